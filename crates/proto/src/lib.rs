@@ -1,0 +1,25 @@
+//! Meridian's wire types, generated from `proto/meridian/<package>/v1`.
+//!
+//! This crate only holds generated code and the descriptor set for gRPC
+//! reflection. Domain crates convert to and from these types with
+//! `From`/`TryFrom`; they never use them as domain types.
+
+#![forbid(unsafe_code)]
+
+/// The encoded `FileDescriptorSet` of every Meridian proto, for reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/meridian_descriptor.bin"));
+
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod common {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/meridian.common.v1.rs"));
+    }
+}
+
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod events {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/meridian.events.v1.rs"));
+    }
+}

@@ -1,0 +1,4 @@
+//! Meridian's integration tests: one binary, so one link.
+
+mod contract_embedded;
+mod contract_kafka;

@@ -71,3 +71,23 @@ impl Drop for Tansu {
         let _ = self.child.wait();
     }
 }
+
+/// Shared by the durability tests and the `log-writer` process they start.
+pub mod durability {
+    use meridian_events::Envelope;
+    use uuid::Uuid;
+
+    pub const TOPIC_PARTITIONS: u32 = 4;
+
+    /// Event `i` of batch `batch`: its own aggregate, version 1, marked
+    /// `b<batch>-i<i>` so a reader can tell which batch it belongs to.
+    pub fn batch_event(batch: u64, i: u64) -> Envelope {
+        let aggregate = Uuid::from_u128((u128::from(batch) << 32) | u128::from(i) | (1 << 100));
+        meridian_log::contract::event(aggregate, 1, &format!("b{batch}-i{i}"))
+    }
+
+    /// The batch number in a marker.
+    pub fn batch_of(marker: &str) -> Option<u64> {
+        marker.strip_prefix('b')?.split_once("-i")?.0.parse().ok()
+    }
+}

@@ -77,6 +77,19 @@ pub async fn read_all(log: &dyn EventLog, from: Vec<Position>, expected: usize) 
     records
 }
 
+/// Reads until a read waits `idle` and gets nothing.
+pub async fn read_to_end(log: &dyn EventLog, from: Vec<Position>) -> Vec<Record> {
+    let mut reader = log.reader(from).await.unwrap();
+    let mut records = Vec::new();
+    loop {
+        let batch = reader.next_batch(4096, Duration::from_millis(300)).await.unwrap();
+        if batch.is_empty() {
+            return records;
+        }
+        records.extend(batch);
+    }
+}
+
 fn starts(topic: &TopicName, partitions: u32) -> Vec<Position> {
     (0..partitions).map(|p| Position::start(topic.clone(), p)).collect()
 }

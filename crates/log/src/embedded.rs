@@ -155,7 +155,8 @@ impl EmbeddedLog {
         all
     }
 
-    /// Stops the writer after the jobs already sent and releases the file.
+    /// Stops the writer after the jobs already sent. The file is released
+    /// once the key stores and readers taken from this log are dropped too.
     pub async fn close(mut self) {
         self.jobs.take();
         if let Some(writer) = self.writer.take() {

@@ -2,8 +2,9 @@
 //! fail or the process die, so durability claims are tested, not assumed.
 //!
 //! Set per log instance ([`FailPoints::set`]) or for a whole process from the
-//! `MERIDIAN_FAILPOINTS` environment variable (`point=action[,point=action]`,
-//! actions `error` and `abort`), which is how a test arms a child process.
+//! `MERIDIAN_FAILPOINTS` environment variable (`point=action[@n][,…]`,
+//! actions `error` and `abort`, firing on the n-th hit, default the first),
+//! which is how a test arms a child process.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,7 +24,8 @@ pub enum Action {
 
 #[derive(Clone, Default, Debug)]
 pub struct FailPoints {
-    armed: Arc<Mutex<HashMap<String, Action>>>,
+    /// point → (action, hits to let pass before it fires)
+    armed: Arc<Mutex<HashMap<String, (Action, u64)>>>,
 }
 
 impl FailPoints {
@@ -33,12 +35,16 @@ impl FailPoints {
         let points = FailPoints::default();
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let (point, action) = item.split_once('=').ok_or_else(|| format!("failpoint {item:?}: expected point=action"))?;
+            let (action, nth) = match action.split_once('@') {
+                Some((a, n)) => (a, n.parse::<u64>().map_err(|_| format!("failpoint {point}: {n:?} is not a hit count"))?),
+                None => (action, 1),
+            };
             let action = match action {
                 "error" => Action::Error,
                 "abort" => Action::Abort,
                 other => return Err(format!("failpoint {point}: unknown action {other:?}, expected error or abort")),
             };
-            points.set(point, Some(action));
+            points.armed.lock().unwrap_or_else(|p| p.into_inner()).insert(point.to_owned(), (action, nth.saturating_sub(1)));
         }
         Ok(points)
     }
@@ -46,14 +52,21 @@ impl FailPoints {
     pub fn set(&self, point: &str, action: Option<Action>) {
         let mut armed = self.armed.lock().unwrap_or_else(|p| p.into_inner());
         match action {
-            Some(a) => armed.insert(point.to_owned(), a),
+            Some(a) => armed.insert(point.to_owned(), (a, 0)),
             None => armed.remove(point),
         };
     }
 
     /// Called at a failpoint: aborts the process or returns an error when armed.
     pub fn hit(&self, point: &'static str) -> Result<(), crate::Error> {
-        let action = self.armed.lock().unwrap_or_else(|p| p.into_inner()).get(point).copied();
+        let action = match self.armed.lock().unwrap_or_else(|p| p.into_inner()).get_mut(point) {
+            None => None,
+            Some((_, skip)) if *skip > 0 => {
+                *skip -= 1;
+                None
+            }
+            Some((action, _)) => Some(*action),
+        };
         match action {
             None => Ok(()),
             Some(Action::Error) => Err(crate::Error::Injected { point }),

@@ -2,3 +2,5 @@
 
 mod contract_embedded;
 mod contract_kafka;
+mod durability;
+mod shredding;

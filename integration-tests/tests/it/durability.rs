@@ -1,0 +1,157 @@
+//! Durability that a test can catch lying.
+//!
+//! SIGKILL does not drop the page cache, so a kill alone cannot see a
+//! missing fsync. Hence three kinds of test:
+//! - failpoints between write and commit, and between commit and
+//!   acknowledgement, each aborting the writer process there;
+//! - a writer that reports every acknowledged batch over a pipe and is
+//!   SIGKILLed mid-flight: every acknowledged batch must be there after a
+//!   restart, and no batch may be half there;
+//! - a count of fsync/fdatasync calls (strace) on durable appends: fewer
+//!   syncs than acknowledged commits means acknowledgements are not durable.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use meridian_events::DataClass;
+use meridian_events::payload::Payload;
+use meridian_integration_tests::durability::{TOPIC_PARTITIONS, batch_of};
+use meridian_log::contract::read_to_end;
+use meridian_log::embedded::{EmbeddedLog, EmbeddedOptions};
+use meridian_log::{Position, TopicName};
+use tempfile::TempDir;
+
+const WRITER: &str = env!("CARGO_BIN_EXE_log-writer");
+const BATCH: u64 = 10;
+
+fn writer(path: &Path, batches: u64, concurrency: u64, failpoints: &str) -> Child {
+    writer_from(path, 0, batches, concurrency, failpoints)
+}
+
+fn writer_from(path: &Path, first: u64, batches: u64, concurrency: u64, failpoints: &str) -> Child {
+    Command::new(WRITER)
+        .args([path.to_str().unwrap(), &batches.to_string(), &BATCH.to_string(), &concurrency.to_string(), &first.to_string()])
+        .env("MERIDIAN_FAILPOINTS", failpoints)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start log-writer")
+}
+
+/// Reads acknowledgements until the writer exits, or until `stop_after`
+/// acknowledgements, when it is SIGKILLed.
+fn acks(mut child: Child, stop_after: Option<usize>) -> (BTreeSet<u64>, std::process::ExitStatus) {
+    let stdout = child.stdout.take().unwrap();
+    let mut acked = BTreeSet::new();
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        if let Some(n) = line.strip_prefix("ack ") {
+            acked.insert(n.parse().unwrap());
+            if stop_after.is_some_and(|s| acked.len() >= s) {
+                child.kill().unwrap();
+                break;
+            }
+        }
+    }
+    (acked, child.wait().unwrap())
+}
+
+/// Batch number → how many of its events are in the log.
+async fn stored(path: &Path) -> BTreeMap<u64, u64> {
+    let log = EmbeddedLog::open(path, EmbeddedOptions::default()).unwrap();
+    let topic = TopicName::new("durability", DataClass::Operational, "writes").unwrap();
+    let from = (0..TOPIC_PARTITIONS).map(|p| Position::start(topic.clone(), p)).collect();
+    let mut counts = BTreeMap::new();
+    for r in read_to_end(&log, from).await {
+        let Payload::StudyStarted(s) = r.envelope().unwrap().open_plain().unwrap() else { panic!("unexpected payload") };
+        *counts.entry(batch_of(&s.modality).unwrap()).or_insert(0) += 1;
+    }
+    log.close().await;
+    counts
+}
+
+fn assert_no_half_batch(counts: &BTreeMap<u64, u64>) {
+    for (batch, n) in counts {
+        assert_eq!(*n, BATCH, "batch {batch} is half there: {n} of {BATCH} events");
+    }
+}
+
+fn assert_acked_are_stored(acked: &BTreeSet<u64>, counts: &BTreeMap<u64, u64>) {
+    let missing: Vec<_> = acked.iter().filter(|b| !counts.contains_key(b)).collect();
+    assert!(missing.is_empty(), "acknowledged batches lost: {missing:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_between_write_and_commit_loses_only_the_unacknowledged_batch() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("region.redb");
+    // Commit 1 creates the topic; commit 8 is batch 6's, which dies unwritten.
+    let (acked, status) = acks(writer(&path, 50, 1, "log.before_commit=abort@8"), None);
+    assert!(!status.success(), "the writer must have died at the failpoint");
+    assert_eq!(acked, (0..6).collect());
+    let counts = stored(&path).await;
+    assert_no_half_batch(&counts);
+    assert_eq!(counts.keys().copied().collect::<BTreeSet<_>>(), acked, "exactly the acknowledged batches");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_between_commit_and_acknowledgement_keeps_the_committed_batch() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("region.redb");
+    let (acked, status) = acks(writer(&path, 50, 1, "log.after_commit=abort@8"), None);
+    assert!(!status.success());
+    assert_eq!(acked, (0..6).collect());
+    let counts = stored(&path).await;
+    assert_no_half_batch(&counts);
+    // Batch 6 was committed, then the process died before saying so.
+    assert_eq!(counts.keys().copied().collect::<BTreeSet<_>>(), (0..7).collect());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_flight_loses_no_acknowledged_batch_and_restart_continues() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("region.redb");
+    let (acked, _) = acks(writer(&path, 1_000_000, 4, ""), Some(300));
+    assert!(acked.len() >= 300);
+    let counts = stored(&path).await;
+    assert_no_half_batch(&counts);
+    assert_acked_are_stored(&acked, &counts);
+
+    // A restarted writer appends after what is there; nothing old changes.
+    let (again, status) = acks(writer_from(&path, 10_000_000, 20, 1, ""), None);
+    assert!(status.success());
+    assert_eq!(again, (10_000_000..10_000_020).collect());
+    let mut after = stored(&path).await;
+    assert_no_half_batch(&after);
+    assert_acked_are_stored(&again, &after);
+    after.retain(|b, _| *b < 10_000_000);
+    assert_eq!(after, counts);
+}
+
+#[test]
+fn every_acknowledged_append_is_synced_to_disk() {
+    if Command::new("strace").arg("-V").output().is_err() {
+        panic!("strace is not installed: .ci/run installs it (apt-get install strace)");
+    }
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("region.redb");
+    let summary = dir.path().join("strace.txt");
+    // One batch at a time, so every acknowledgement needs its own commit.
+    let status = Command::new("strace")
+        .args(["-f", "-c", "-e", "trace=fsync,fdatasync,sync_file_range", "-o", summary.to_str().unwrap()])
+        .args([WRITER, path.to_str().unwrap(), "25", &BATCH.to_string(), "1"])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let text = std::fs::read_to_string(&summary).unwrap();
+    let syncs: u64 = text
+        .lines()
+        .filter(|l| l.trim_end().ends_with("fsync") || l.trim_end().ends_with("fdatasync"))
+        .filter_map(|l| l.split_whitespace().nth(3).and_then(|calls| calls.parse::<u64>().ok()))
+        .sum();
+    // 25 acknowledged appends + the topic's creation, each durable.
+    assert!(syncs >= 26, "{syncs} fsync/fdatasync calls for 26 durable commits:\n{text}");
+}

@@ -44,8 +44,7 @@ impl TenantSecret {
     fn uuid_v8(&self, domain: &str, parts: &[&[u8]]) -> Uuid {
         // A fixed-length domain label and length-prefixed parts, so that no
         // two different inputs feed the MAC the same bytes.
-        let mut mac =
-            HmacSha256::new_from_slice(&self.0).expect("HMAC accepts keys of any length");
+        let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC accepts keys of any length");
         mac.update(domain.as_bytes());
         mac.update(&[0]);
         for part in parts {
@@ -66,7 +65,8 @@ impl fmt::Debug for TenantSecret {
 /// DICOM pads UI values to an even length with a NUL byte (PS3.5 6.2), and
 /// other string values with spaces: neither is part of the identifier.
 fn value(text: &str) -> &[u8] {
-    text.trim_matches(|c: char| c == '\0' || c.is_ascii_whitespace()).as_bytes()
+    text.trim_matches(|c: char| c == '\0' || c.is_ascii_whitespace())
+        .as_bytes()
 }
 
 fn uuid_v8_from(digest: &[u8]) -> Uuid {
@@ -208,7 +208,11 @@ impl EventId {
     pub fn derived(cause: EventId, payload_type: &str, ordinal: u32) -> Self {
         EventId(sha256_v8(
             "meridian.event.derived.v1",
-            &[cause.0.as_bytes(), payload_type.as_bytes(), &ordinal.to_be_bytes()],
+            &[
+                cause.0.as_bytes(),
+                payload_type.as_bytes(),
+                &ordinal.to_be_bytes(),
+            ],
         ))
     }
 
@@ -217,14 +221,23 @@ impl EventId {
     pub fn timer(aggregate_id: Uuid, timer_kind: &str, deadline: UnixMicros) -> Self {
         EventId(sha256_v8(
             "meridian.event.timer.v1",
-            &[aggregate_id.as_bytes(), timer_kind.as_bytes(), &deadline.0.to_be_bytes()],
+            &[
+                aggregate_id.as_bytes(),
+                timer_kind.as_bytes(),
+                &deadline.0.to_be_bytes(),
+            ],
         ))
     }
 
     /// For the `ordinal`-th event of a mutating RPC that carries an
     /// idempotency key: a retried RPC appends nothing new. Scoped by tenant
     /// so that two tenants' keys cannot collide.
-    pub fn idempotent(tenant: &str, idempotency_key: &str, payload_type: &str, ordinal: u32) -> Self {
+    pub fn idempotent(
+        tenant: &str,
+        idempotency_key: &str,
+        payload_type: &str,
+        ordinal: u32,
+    ) -> Self {
         EventId(sha256_v8(
             "meridian.event.idempotent.v1",
             &[
@@ -270,9 +283,18 @@ mod tests {
     #[test]
     fn patient_key_is_qualified_by_issuer_without_ambiguity() {
         let s = secret(3);
-        assert_ne!(PatientKey::derive(&s, "A", "12"), PatientKey::derive(&s, "A1", "2"));
-        assert_ne!(PatientKey::derive(&s, "HOSP1", "42"), PatientKey::derive(&s, "HOSP2", "42"));
-        assert_eq!(PatientKey::derive(&s, "HOSP1", "42"), PatientKey::derive(&s, "HOSP1", "42"));
+        assert_ne!(
+            PatientKey::derive(&s, "A", "12"),
+            PatientKey::derive(&s, "A1", "2")
+        );
+        assert_ne!(
+            PatientKey::derive(&s, "HOSP1", "42"),
+            PatientKey::derive(&s, "HOSP2", "42")
+        );
+        assert_eq!(
+            PatientKey::derive(&s, "HOSP1", "42"),
+            PatientKey::derive(&s, "HOSP1", "42")
+        );
     }
 
     #[test]
@@ -285,9 +307,18 @@ mod tests {
         let cause = EventId::new_at(UnixMicros(1_700_000_000_000_000));
         assert_eq!(cause.0.get_version_num(), 7);
         let d0 = EventId::derived(cause, "meridian.events.v1.StudyQueued", 0);
-        assert_eq!(d0, EventId::derived(cause, "meridian.events.v1.StudyQueued", 0));
-        assert_ne!(d0, EventId::derived(cause, "meridian.events.v1.StudyQueued", 1));
-        assert_ne!(d0, EventId::derived(cause, "meridian.events.v1.StudyAssigned", 0));
+        assert_eq!(
+            d0,
+            EventId::derived(cause, "meridian.events.v1.StudyQueued", 0)
+        );
+        assert_ne!(
+            d0,
+            EventId::derived(cause, "meridian.events.v1.StudyQueued", 1)
+        );
+        assert_ne!(
+            d0,
+            EventId::derived(cause, "meridian.events.v1.StudyAssigned", 0)
+        );
         let study = Uuid::now_v7();
         let t = EventId::timer(study, "sla.fraction.500", UnixMicros(5));
         assert_eq!(t, EventId::timer(study, "sla.fraction.500", UnixMicros(5)));
@@ -301,6 +332,9 @@ mod tests {
         let id = StudyId::derive(&secret(9), "1.2");
         assert_eq!(id.to_string().parse::<StudyId>().unwrap(), id);
         let err = "not-a-uuid".parse::<StudyId>().unwrap_err();
-        assert!(err.to_string().starts_with("study id \"not-a-uuid\" is not a UUID"));
+        assert!(
+            err.to_string()
+                .starts_with("study id \"not-a-uuid\" is not a UUID")
+        );
     }
 }

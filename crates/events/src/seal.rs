@@ -55,11 +55,19 @@ pub enum Error {
     #[error("generating a data key: {0}")]
     Random(String),
     #[error("key store {operation}: {reason}")]
-    Store { operation: &'static str, reason: String },
+    Store {
+        operation: &'static str,
+        reason: String,
+    },
     #[error("sealing payload of event {event_id}: {reason}")]
     Seal { event_id: EventId, reason: String },
-    #[error("payload of event {event_id} does not open with data key {key_id:?}: wrong key or tampered bytes")]
-    Open { event_id: EventId, key_id: DataKeyId },
+    #[error(
+        "payload of event {event_id} does not open with data key {key_id:?}: wrong key or tampered bytes"
+    )]
+    Open {
+        event_id: EventId,
+        key_id: DataKeyId,
+    },
 }
 
 /// The home region's store of data keys. The embedded implementation is a
@@ -80,7 +88,10 @@ impl DataKey {
         getrandom::getrandom(&mut bytes).map_err(|e| Error::Random(e.to_string()))?;
         let mut id = [0u8; 16];
         getrandom::getrandom(&mut id).map_err(|e| Error::Random(e.to_string()))?;
-        Ok(DataKey { id: DataKeyId(uuid::Builder::from_random_bytes(id).into_uuid()), bytes })
+        Ok(DataKey {
+            id: DataKeyId(uuid::Builder::from_random_bytes(id).into_uuid()),
+            bytes,
+        })
     }
 
     /// Rebuilds a key a store kept.
@@ -107,16 +118,34 @@ impl DataKey {
         let cipher = Aes256GcmSiv::new((&self.bytes).into());
         let nonce = Self::nonce(event_id);
         cipher
-            .encrypt(Nonce::from_slice(&nonce), AeadPayload { msg: plaintext, aad })
-            .map_err(|e| Error::Seal { event_id, reason: e.to_string() })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                AeadPayload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
+            .map_err(|e| Error::Seal {
+                event_id,
+                reason: e.to_string(),
+            })
     }
 
     pub fn open(&self, event_id: EventId, aad: &[u8], ciphertext: &[u8]) -> Result<Vec<u8>, Error> {
         let cipher = Aes256GcmSiv::new((&self.bytes).into());
         let nonce = Self::nonce(event_id);
         cipher
-            .decrypt(Nonce::from_slice(&nonce), AeadPayload { msg: ciphertext, aad })
-            .map_err(|_| Error::Open { event_id, key_id: self.id })
+            .decrypt(
+                Nonce::from_slice(&nonce),
+                AeadPayload {
+                    msg: ciphertext,
+                    aad,
+                },
+            )
+            .map_err(|_| Error::Open {
+                event_id,
+                key_id: self.id,
+            })
     }
 }
 
@@ -191,7 +220,10 @@ mod tests {
         assert_eq!(a, key.seal(id, b"aad", b"patient id 42").unwrap());
         assert_eq!(key.open(id, b"aad", &a).unwrap(), b"patient id 42");
         assert!(key.open(id, b"other aad", &a).is_err());
-        assert!(key.open(EventId::new_at(UnixMicros(2)), b"aad", &a).is_err());
+        assert!(
+            key.open(EventId::new_at(UnixMicros(2)), b"aad", &a)
+                .is_err()
+        );
         assert!(DataKey::generate().unwrap().open(id, b"aad", &a).is_err());
     }
 

@@ -37,12 +37,21 @@ pub enum Conflict {
     #[error("event {event_id} was seen before with different content")]
     SameIdDifferentContent { event_id: EventId },
     #[error("events {applied} and {incoming} both claim version {version} of {aggregate}")]
-    VersionClaimedTwice { aggregate: String, version: u64, applied: EventId, incoming: EventId },
+    VersionClaimedTwice {
+        aggregate: String,
+        version: u64,
+        applied: EventId,
+        incoming: EventId,
+    },
 }
 
 impl Deduplicator {
     fn key(envelope: &Envelope) -> String {
-        format!("{}/{}", envelope.meta.aggregate_type, envelope.meta.aggregate_id.hyphenated())
+        format!(
+            "{}/{}",
+            envelope.meta.aggregate_type,
+            envelope.meta.aggregate_id.hyphenated()
+        )
     }
 
     /// Whether `envelope` (whose encoded bytes hash to `digest`) is new.
@@ -75,7 +84,11 @@ impl Deduplicator {
     pub fn record(&mut self, envelope: &Envelope, digest: [u8; 32]) {
         self.last.insert(
             Self::key(envelope),
-            Applied { version: envelope.meta.aggregate_version, event_id: envelope.meta.event_id, digest },
+            Applied {
+                version: envelope.meta.aggregate_version,
+                event_id: envelope.meta.event_id,
+                digest,
+            },
         );
     }
 

@@ -20,14 +20,14 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Headers as _, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::failpoint::{self, FailPoints};
 use crate::partitioner::partition_for;
-use crate::record::{Appended, Outgoing, Position, Record, Step};
+use crate::record::{Appended, Headers, Outgoing, Position, Record, Step};
 use crate::topic::{TopicName, TopicSpec};
 use crate::{Error, EventLog, LogReader};
 
@@ -47,7 +47,10 @@ pub struct KafkaConfig {
 }
 
 impl KafkaConfig {
-    pub fn new(bootstrap_servers: impl Into<String>, transactional_id: impl Into<String>) -> KafkaConfig {
+    pub fn new(
+        bootstrap_servers: impl Into<String>,
+        transactional_id: impl Into<String>,
+    ) -> KafkaConfig {
         KafkaConfig {
             bootstrap_servers: bootstrap_servers.into(),
             transactional_id: transactional_id.into(),
@@ -77,7 +80,10 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, Error> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Error::KafkaProtocol { operation, reason: e.to_string() })?
+        .map_err(|e| Error::KafkaProtocol {
+            operation,
+            reason: e.to_string(),
+        })?
 }
 
 /// The event log of one region on a Kafka cluster.
@@ -102,8 +108,15 @@ impl KafkaLog {
             .create()
             .map_err(kafka("create producer"))?;
         let p = producer.clone();
-        blocking("init transactions", move || p.init_transactions(TIMEOUT).map_err(kafka("init transactions"))).await?;
-        let admin = config.client().create().map_err(kafka("create admin client"))?;
+        blocking("init transactions", move || {
+            p.init_transactions(TIMEOUT)
+                .map_err(kafka("init transactions"))
+        })
+        .await?;
+        let admin = config
+            .client()
+            .create()
+            .map_err(kafka("create admin client"))?;
         let metadata: BaseConsumer = config
             .client()
             .set("group.id", "meridian-metadata")
@@ -137,7 +150,11 @@ impl KafkaLog {
     }
 
     /// Produces `outputs` (and commits `inputs` for `consumer`) in one transaction.
-    async fn transact(&self, outputs: Vec<Outgoing>, offsets: Option<(String, Vec<Position>)>) -> Result<Vec<Appended>, Error> {
+    async fn transact(
+        &self,
+        outputs: Vec<Outgoing>,
+        offsets: Option<(String, Vec<Position>)>,
+    ) -> Result<Vec<Appended>, Error> {
         for out in &outputs {
             out.validate()?;
         }
@@ -150,7 +167,11 @@ impl KafkaLog {
                 for p in inputs {
                     let n = self.partitions(&p.topic).await?;
                     if p.partition >= n {
-                        return Err(Error::NoSuchPartition { topic: p.topic.to_string(), partition: p.partition, partitions: n });
+                        return Err(Error::NoSuchPartition {
+                            topic: p.topic.to_string(),
+                            partition: p.partition,
+                            partitions: n,
+                        });
                     }
                 }
                 Some(self.group(consumer)?)
@@ -161,35 +182,54 @@ impl KafkaLog {
         // One transaction at a time per transactional producer.
         let producer = self.producer.lock().await;
         let p = producer.clone();
-        blocking("begin transaction", move || p.begin_transaction().map_err(kafka("begin transaction"))).await?;
+        blocking("begin transaction", move || {
+            p.begin_transaction().map_err(kafka("begin transaction"))
+        })
+        .await?;
         let result = async {
             let mut deliveries = Vec::with_capacity(outputs.len());
             for (out, partition) in outputs.iter().zip(&partitions) {
-                let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());
-                for (name, value) in &out.headers {
-                    headers = headers.insert(Header { key: name, value: Some(value) });
+                let mut headers = OwnedHeaders::new_with_capacity(4);
+                for (name, value) in out.headers.iter() {
+                    headers = headers.insert(Header {
+                        key: name,
+                        value: Some(value),
+                    });
                 }
                 let record = FutureRecord::to(out.topic.as_str())
                     .key(&out.key)
                     .payload(&out.value)
                     .partition(*partition as i32)
                     .headers(headers);
-                let delivery = producer.send_result(record).map_err(|(e, _)| kafka("produce")(e))?;
+                let delivery = producer
+                    .send_result(record)
+                    .map_err(|(e, _)| kafka("produce")(e))?;
                 deliveries.push(delivery);
             }
             let mut appended = Vec::with_capacity(deliveries.len());
             for (delivery, out) in deliveries.into_iter().zip(&outputs) {
                 let d = delivery
                     .await
-                    .map_err(|_| Error::KafkaProtocol { operation: "produce", reason: "delivery cancelled".into() })?
+                    .map_err(|_| Error::KafkaProtocol {
+                        operation: "produce",
+                        reason: "delivery cancelled".into(),
+                    })?
                     .map_err(|(e, _)| kafka("produce")(e))?;
-                appended.push(Appended { event_id: out.event_id, partition: d.partition as u32, offset: d.offset as u64 });
+                appended.push(Appended {
+                    event_id: out.event_id,
+                    partition: d.partition as u32,
+                    offset: d.offset as u64,
+                });
             }
             if let (Some((_, inputs)), Some(group)) = (&offsets, &group) {
                 let mut tpl = TopicPartitionList::new();
                 for p in inputs {
-                    tpl.add_partition_offset(p.topic.as_str(), p.partition as i32, Offset::Offset(p.offset as i64))
-                        .map_err(kafka("send offsets"))?;
+                    tpl.add_partition_offset(
+                        p.topic.as_str(),
+                        p.partition as i32,
+                        Offset::Offset(p.offset as i64),
+                    )
+                    .map_err(kafka("send offsets"))?;
                 }
                 let metadata = group.group_metadata().ok_or(Error::KafkaProtocol {
                     operation: "send offsets",
@@ -197,13 +237,18 @@ impl KafkaLog {
                 })?;
                 let p = producer.clone();
                 blocking("send offsets", move || {
-                    p.send_offsets_to_transaction(&tpl, &metadata, TIMEOUT).map_err(kafka("send offsets"))
+                    p.send_offsets_to_transaction(&tpl, &metadata, TIMEOUT)
+                        .map_err(kafka("send offsets"))
                 })
                 .await?;
             }
             self.config.failpoints.hit(failpoint::BEFORE_COMMIT)?;
             let p = producer.clone();
-            blocking("commit transaction", move || p.commit_transaction(TIMEOUT).map_err(kafka("commit transaction"))).await?;
+            blocking("commit transaction", move || {
+                p.commit_transaction(TIMEOUT)
+                    .map_err(kafka("commit transaction"))
+            })
+            .await?;
             Ok(appended)
         }
         .await;
@@ -215,7 +260,11 @@ impl KafkaLog {
             Err(error) => {
                 let p = producer.clone();
                 // The error that made us abort is the one to report.
-                let _ = blocking("abort transaction", move || p.abort_transaction(TIMEOUT).map_err(kafka("abort transaction"))).await;
+                let _ = blocking("abort transaction", move || {
+                    p.abort_transaction(TIMEOUT)
+                        .map_err(kafka("abort transaction"))
+                })
+                .await;
                 Err(error)
             }
         }
@@ -225,47 +274,78 @@ impl KafkaLog {
 #[async_trait]
 impl EventLog for KafkaLog {
     async fn ensure_topic(&self, spec: &TopicSpec) -> Result<(), Error> {
-        let retention = spec.retention_ms.map(|ms| ms.to_string()).unwrap_or_else(|| "-1".to_owned());
+        let retention = spec
+            .retention_ms
+            .map(|ms| ms.to_string())
+            .unwrap_or_else(|| "-1".to_owned());
         let topic = NewTopic::new(
             spec.name.as_str(),
             spec.partitions as i32,
             TopicReplication::Fixed(self.config.replication_factor),
         )
         .set("retention.ms", &retention);
-        let results = self.admin.create_topics([&topic], &AdminOptions::new()).await.map_err(kafka("create topic"))?;
+        let results = self
+            .admin
+            .create_topics([&topic], &AdminOptions::new())
+            .await
+            .map_err(kafka("create topic"))?;
         for result in results {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((name, code)) => {
-                    return Err(Error::KafkaProtocol { operation: "create topic", reason: format!("{name}: {code}") });
+                    return Err(Error::KafkaProtocol {
+                        operation: "create topic",
+                        reason: format!("{name}: {code}"),
+                    });
                 }
             }
         }
-        self.partitions.write().unwrap_or_else(|p| p.into_inner()).remove(&spec.name);
+        self.partitions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&spec.name);
         let existing = self.partitions(&spec.name).await?;
         if existing != spec.partitions {
-            return Err(Error::PartitionCount { topic: spec.name.to_string(), existing, requested: spec.partitions });
+            return Err(Error::PartitionCount {
+                topic: spec.name.to_string(),
+                existing,
+                requested: spec.partitions,
+            });
         }
         Ok(())
     }
 
     async fn partitions(&self, topic: &TopicName) -> Result<u32, Error> {
-        if let Some(n) = self.partitions.read().unwrap_or_else(|p| p.into_inner()).get(topic) {
+        if let Some(n) = self
+            .partitions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(topic)
+        {
             return Ok(*n);
         }
         let metadata = self.metadata.clone();
         let name = topic.to_string();
         let count = blocking("fetch metadata", move || {
-            let md = metadata.fetch_metadata(Some(&name), TIMEOUT).map_err(kafka("fetch metadata"))?;
+            let md = metadata
+                .fetch_metadata(Some(&name), TIMEOUT)
+                .map_err(kafka("fetch metadata"))?;
             let t = md.topics().iter().find(|t| t.name() == name);
             match t {
-                Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(Some(t.partitions().len() as u32)),
+                Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                    Ok(Some(t.partitions().len() as u32))
+                }
                 _ => Ok(None),
             }
         })
         .await?;
-        let count = count.ok_or_else(|| Error::UnknownTopic { topic: topic.to_string() })?;
-        self.partitions.write().unwrap_or_else(|p| p.into_inner()).insert(topic.clone(), count);
+        let count = count.ok_or_else(|| Error::UnknownTopic {
+            topic: topic.to_string(),
+        })?;
+        self.partitions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(topic.clone(), count);
         Ok(count)
     }
 
@@ -280,7 +360,10 @@ impl EventLog for KafkaLog {
         let consumer: StreamConsumer = self
             .config
             .client()
-            .set("group.id", format!("meridian-reader-{}", uuid::Uuid::now_v7()))
+            .set(
+                "group.id",
+                format!("meridian-reader-{}", uuid::Uuid::now_v7()),
+            )
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("isolation.level", "read_committed")
@@ -292,19 +375,31 @@ impl EventLog for KafkaLog {
         for p in &from {
             let n = self.partitions(&p.topic).await?;
             if p.partition >= n {
-                return Err(Error::NoSuchPartition { topic: p.topic.to_string(), partition: p.partition, partitions: n });
+                return Err(Error::NoSuchPartition {
+                    topic: p.topic.to_string(),
+                    partition: p.partition,
+                    partitions: n,
+                });
             }
-            tpl.add_partition_offset(p.topic.as_str(), p.partition as i32, Offset::Offset(p.offset as i64))
-                .map_err(kafka("assign"))?;
+            tpl.add_partition_offset(
+                p.topic.as_str(),
+                p.partition as i32,
+                Offset::Offset(p.offset as i64),
+            )
+            .map_err(kafka("assign"))?;
         }
         consumer.assign(&tpl).map_err(kafka("assign"))?;
-        let topics = from.iter().map(|p| (p.topic.to_string(), p.topic.clone())).collect();
+        let mut topics: Vec<TopicName> = from.iter().map(|p| p.topic.clone()).collect();
+        topics.dedup();
         Ok(Box::new(KafkaReader { consumer, topics }))
     }
 
     async fn commit(&self, step: Step) -> Result<(), Error> {
         if !step.outputs.is_empty() {
-            return self.transact(step.outputs, Some((step.consumer, step.inputs))).await.map(|_| ());
+            return self
+                .transact(step.outputs, Some((step.consumer, step.inputs)))
+                .await
+                .map(|_| ());
         }
         // Positions alone need no transaction: one offset commit is atomic.
         // (tansu also drops the offsets of a transaction that produced nothing.)
@@ -312,25 +407,45 @@ impl EventLog for KafkaLog {
         for p in &step.inputs {
             let n = self.partitions(&p.topic).await?;
             if p.partition >= n {
-                return Err(Error::NoSuchPartition { topic: p.topic.to_string(), partition: p.partition, partitions: n });
+                return Err(Error::NoSuchPartition {
+                    topic: p.topic.to_string(),
+                    partition: p.partition,
+                    partitions: n,
+                });
             }
-            tpl.add_partition_offset(p.topic.as_str(), p.partition as i32, Offset::Offset(p.offset as i64))
-                .map_err(kafka("commit offsets"))?;
+            tpl.add_partition_offset(
+                p.topic.as_str(),
+                p.partition as i32,
+                Offset::Offset(p.offset as i64),
+            )
+            .map_err(kafka("commit offsets"))?;
         }
         let group = self.group(&step.consumer)?;
         let failpoints = self.config.failpoints.clone();
         failpoints.hit(failpoint::BEFORE_COMMIT)?;
-        blocking("commit offsets", move || group.commit(&tpl, CommitMode::Sync).map_err(kafka("commit offsets"))).await?;
+        blocking("commit offsets", move || {
+            group
+                .commit(&tpl, CommitMode::Sync)
+                .map_err(kafka("commit offsets"))
+        })
+        .await?;
         failpoints.hit(failpoint::AFTER_COMMIT)
     }
 
-    async fn committed(&self, consumer: &str, topic: &TopicName, partition: u32) -> Result<Option<u64>, Error> {
+    async fn committed(
+        &self,
+        consumer: &str,
+        topic: &TopicName,
+        partition: u32,
+    ) -> Result<Option<u64>, Error> {
         let group = self.group(consumer)?;
         let topic = topic.to_string();
         blocking("committed offsets", move || {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition(&topic, partition as i32);
-            let offsets = group.committed_offsets(tpl, TIMEOUT).map_err(kafka("committed offsets"))?;
+            let offsets = group
+                .committed_offsets(tpl, TIMEOUT)
+                .map_err(kafka("committed offsets"))?;
             Ok(offsets.elements().first().and_then(|e| match e.offset() {
                 Offset::Offset(o) if o >= 0 => Some(o as u64),
                 _ => None,
@@ -342,7 +457,8 @@ impl EventLog for KafkaLog {
 
 struct KafkaReader {
     consumer: StreamConsumer,
-    topics: HashMap<String, TopicName>,
+    /// Few topics per reader: a scan beats hashing the name per record.
+    topics: Vec<TopicName>,
 }
 
 #[async_trait]
@@ -350,18 +466,29 @@ impl LogReader for KafkaReader {
     async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, Error> {
         let mut out = Vec::new();
         while out.len() < max {
-            // Wait for the first record; then take only what is already there.
-            let timeout = if out.is_empty() { wait } else { Duration::ZERO };
-            let message = match tokio::time::timeout(timeout, self.consumer.recv()).await {
-                Err(_) => break,
-                Ok(m) => m.map_err(kafka("consume"))?,
+            // Wait for the first record; then take only what is already
+            // there (a biased select, not a timer per record).
+            let message = if out.is_empty() {
+                match tokio::time::timeout(wait, self.consumer.recv()).await {
+                    Err(_) => break,
+                    Ok(m) => m.map_err(kafka("consume"))?,
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    m = self.consumer.recv() => m.map_err(kafka("consume"))?,
+                    () = std::future::ready(()) => break,
+                }
             };
-            let Some(topic) = self.topics.get(message.topic()).cloned() else {
+            let name = message.topic();
+            let Some(topic) = self.topics.iter().find(|t| t.as_str() == name).cloned() else {
                 continue;
             };
             let headers = message
                 .headers()
-                .map(|hs| hs.iter().map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec())).collect())
+                .map(|hs| {
+                    Headers::from_pairs(hs.iter().map(|h| (h.key, h.value.unwrap_or_default())))
+                })
                 .unwrap_or_default();
             out.push(Record {
                 topic,

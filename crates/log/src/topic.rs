@@ -5,16 +5,21 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use meridian_events::DataClass;
 
-/// A topic's name, parsed.
+/// A topic's name, parsed. Cheap to clone: every record read carries one.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TopicName {
+pub struct TopicName(Arc<Parts>);
+
+#[derive(Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Parts {
+    // `full` first, so names order as their text does.
+    full: String,
     region: String,
     class: DataClass,
     stream: String,
-    full: String,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -25,7 +30,9 @@ pub struct ParseTopicError {
 }
 
 fn is_segment(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 impl TopicName {
@@ -34,19 +41,19 @@ impl TopicName {
     }
 
     pub fn region(&self) -> &str {
-        &self.region
+        &self.0.region
     }
 
     pub fn class(&self) -> DataClass {
-        self.class
+        self.0.class
     }
 
     pub fn stream(&self) -> &str {
-        &self.stream
+        &self.0.stream
     }
 
     pub fn as_str(&self) -> &str {
-        &self.full
+        &self.0.full
     }
 }
 
@@ -54,7 +61,10 @@ impl FromStr for TopicName {
     type Err = ParseTopicError;
 
     fn from_str(name: &str) -> Result<Self, Self::Err> {
-        let err = |reason: &str| ParseTopicError { name: name.to_owned(), reason: reason.to_owned() };
+        let err = |reason: &str| ParseTopicError {
+            name: name.to_owned(),
+            reason: reason.to_owned(),
+        };
         let parts: Vec<&str> = name.split('.').collect();
         let [prefix, region, class, stream] = parts.as_slice() else {
             return Err(err("expected meridian.<region>.<class>.<stream>"));
@@ -63,16 +73,23 @@ impl FromStr for TopicName {
             return Err(err("must start with \"meridian.\""));
         }
         if !is_segment(region) || !is_segment(stream) {
-            return Err(err("region and stream are lower-case letters, digits, '-' and '_'"));
+            return Err(err(
+                "region and stream are lower-case letters, digits, '-' and '_'",
+            ));
         }
         let class = DataClass::parse(class).ok_or_else(|| err("class must be phi, deid or ops"))?;
-        Ok(TopicName { region: (*region).to_owned(), class, stream: (*stream).to_owned(), full: name.to_owned() })
+        Ok(TopicName(Arc::new(Parts {
+            region: (*region).to_owned(),
+            class,
+            stream: (*stream).to_owned(),
+            full: name.to_owned(),
+        })))
     }
 }
 
 impl fmt::Display for TopicName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.full)
+        f.write_str(&self.0.full)
     }
 }
 
@@ -88,7 +105,11 @@ pub struct TopicSpec {
 
 impl TopicSpec {
     pub fn new(name: TopicName, partitions: u32) -> TopicSpec {
-        TopicSpec { name, partitions, retention_ms: None }
+        TopicSpec {
+            name,
+            partitions,
+            retention_ms: None,
+        }
     }
 }
 
@@ -99,9 +120,23 @@ mod tests {
     #[test]
     fn names_parse_and_say_what_is_wrong() {
         let t: TopicName = "meridian.us-east.phi.ingest".parse().unwrap();
-        assert_eq!((t.region(), t.class(), t.stream()), ("us-east", DataClass::Phi, "ingest"));
-        assert_eq!(TopicName::new("eu-west", DataClass::Operational, "routing").unwrap().as_str(), "meridian.eu-west.ops.routing");
-        assert!("meridian.us-east.secret.ingest".parse::<TopicName>().unwrap_err().reason.contains("class"));
+        assert_eq!(
+            (t.region(), t.class(), t.stream()),
+            ("us-east", DataClass::Phi, "ingest")
+        );
+        assert_eq!(
+            TopicName::new("eu-west", DataClass::Operational, "routing")
+                .unwrap()
+                .as_str(),
+            "meridian.eu-west.ops.routing"
+        );
+        assert!(
+            "meridian.us-east.secret.ingest"
+                .parse::<TopicName>()
+                .unwrap_err()
+                .reason
+                .contains("class")
+        );
         assert!("kafka.us-east.phi.ingest".parse::<TopicName>().is_err());
         assert!("meridian.US.phi.ingest".parse::<TopicName>().is_err());
         assert!("meridian.us-east.phi".parse::<TopicName>().is_err());

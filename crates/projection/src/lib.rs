@@ -75,11 +75,21 @@ pub struct Stats {
 pub enum Error {
     /// The key store failed (not "key missing"): retry later, do not skip.
     #[error("projection {projection}: {source}")]
-    KeyStore { projection: &'static str, source: EnvelopeError },
+    KeyStore {
+        projection: &'static str,
+        source: EnvelopeError,
+    },
     #[error("projection {projection}: snapshot {operation}: {reason}")]
-    Snapshot { projection: &'static str, operation: &'static str, reason: String },
+    Snapshot {
+        projection: &'static str,
+        operation: &'static str,
+        reason: String,
+    },
     #[error("projection {projection}: {source}")]
-    Log { projection: &'static str, source: meridian_log::Error },
+    Log {
+        projection: &'static str,
+        source: meridian_log::Error,
+    },
 }
 
 /// What became of one record.
@@ -115,7 +125,10 @@ impl<P: Projection> Projector<P> {
     pub fn new(start: Vec<Position>) -> Self {
         Projector {
             state: P::State::default(),
-            positions: start.into_iter().map(|p| ((p.topic, p.partition), p.offset)).collect(),
+            positions: start
+                .into_iter()
+                .map(|p| ((p.topic, p.partition), p.offset))
+                .collect(),
             dedup: Deduplicator::default(),
             stats: Stats::default(),
         }
@@ -133,7 +146,11 @@ impl<P: Projection> Projector<P> {
     pub fn positions(&self) -> Vec<Position> {
         self.positions
             .iter()
-            .map(|((topic, partition), offset)| Position { topic: topic.clone(), partition: *partition, offset: *offset })
+            .map(|((topic, partition), offset)| Position {
+                topic: topic.clone(),
+                partition: *partition,
+                offset: *offset,
+            })
             .collect()
     }
 
@@ -188,7 +205,12 @@ impl<P: Projection> Projector<P> {
         }
         let payload = match envelope.open(keys) {
             Ok(p) => p,
-            Err(e) if !e.is_unreadable() => return Err(Error::KeyStore { projection: P::NAME, source: e }),
+            Err(e) if !e.is_unreadable() => {
+                return Err(Error::KeyStore {
+                    projection: P::NAME,
+                    source: e,
+                });
+            }
             Err(e) => {
                 let reason = match e {
                     EnvelopeError::Shredded { .. } => {
@@ -211,7 +233,13 @@ impl<P: Projection> Projector<P> {
         };
         self.dedup.record(&envelope, digest);
         let state = std::mem::take(&mut self.state);
-        self.state = P::apply(state, &Event { envelope: &envelope, payload: &payload });
+        self.state = P::apply(
+            state,
+            &Event {
+                envelope: &envelope,
+                payload: &payload,
+            },
+        );
         self.stats.applied += 1;
         Ok(Outcome::Applied)
     }
@@ -221,7 +249,11 @@ impl<P: Projection> Projector<P> {
         Snapshot {
             projection: P::NAME.to_owned(),
             state: self.state.clone(),
-            positions: self.positions.iter().map(|((t, p), o)| (t.to_string(), *p, *o)).collect(),
+            positions: self
+                .positions
+                .iter()
+                .map(|((t, p), o)| (t.to_string(), *p, *o))
+                .collect(),
             dedup: self.dedup.clone(),
             stats: self.stats.clone(),
         }
@@ -229,16 +261,28 @@ impl<P: Projection> Projector<P> {
 
     /// Continues from a snapshot.
     pub fn restore(snapshot: Snapshot<P>) -> Result<Self, Error> {
-        let bad = |reason: String| Error::Snapshot { projection: P::NAME, operation: "restore", reason };
+        let bad = |reason: String| Error::Snapshot {
+            projection: P::NAME,
+            operation: "restore",
+            reason,
+        };
         if snapshot.projection != P::NAME {
-            return Err(bad(format!("snapshot is of projection {:?}", snapshot.projection)));
+            return Err(bad(format!(
+                "snapshot is of projection {:?}",
+                snapshot.projection
+            )));
         }
         let mut positions = BTreeMap::new();
         for (topic, partition, offset) in snapshot.positions {
             let topic: TopicName = topic.parse().map_err(|e| bad(format!("{e}")))?;
             positions.insert((topic, partition), offset);
         }
-        Ok(Projector { state: snapshot.state, positions, dedup: snapshot.dedup, stats: snapshot.stats })
+        Ok(Projector {
+            state: snapshot.state,
+            positions,
+            dedup: snapshot.dedup,
+            stats: snapshot.stats,
+        })
     }
 }
 

@@ -22,12 +22,18 @@ impl Projection for Chain {
     const NAME: &'static str = "test.chain";
 
     fn apply(mut state: Self::State, event: &Event<'_>) -> Self::State {
-        let Payload::StudyStarted(s) = event.payload else { return state };
-        let h = state.entry(event.envelope.meta.aggregate_id.to_string()).or_insert(17);
+        let Payload::StudyStarted(s) = event.payload else {
+            return state;
+        };
+        let h = state
+            .entry(event.envelope.meta.aggregate_id.to_string())
+            .or_insert(17);
         for b in s.modality.bytes() {
             *h = h.wrapping_mul(1_000_003).wrapping_add(u64::from(b));
         }
-        *h = h.wrapping_mul(31).wrapping_add(event.envelope.meta.aggregate_version);
+        *h = h
+            .wrapping_mul(31)
+            .wrapping_add(event.envelope.meta.aggregate_version);
         state
     }
 }
@@ -54,7 +60,13 @@ struct Scenario {
 }
 
 fn scenario() -> impl Strategy<Value = Scenario> {
-    let writes = prop::collection::vec((0usize..4, prop::option::weighted(0.2, any::<prop::sample::Index>())), 1..40);
+    let writes = prop::collection::vec(
+        (
+            0usize..4,
+            prop::option::weighted(0.2, any::<prop::sample::Index>()),
+        ),
+        1..40,
+    );
     let steps = prop::collection::vec(
         prop_oneof![
             6 => (0..PARTITIONS).prop_map(Step::Read),
@@ -79,12 +91,16 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                 offset: part.len() as u64,
                 key: out.key,
                 value: out.value,
-                headers: vec![],
+                headers: Default::default(),
             });
         };
         for (agg, reappend) in writes {
             versions[agg] += 1;
-            let e = event(aggregates[agg], versions[agg], &format!("m{}", versions[agg] * 7 + agg as u64));
+            let e = event(
+                aggregates[agg],
+                versions[agg],
+                &format!("m{}", versions[agg] * 7 + agg as u64),
+            );
             push(&e, &mut partitions);
             written.push(e);
             // A producer that crashed re-appends an event it already wrote.
@@ -98,7 +114,9 @@ fn scenario() -> impl Strategy<Value = Scenario> {
 }
 
 fn start() -> Vec<Position> {
-    (0..PARTITIONS).map(|p| Position::start(topic(), p)).collect()
+    (0..PARTITIONS)
+        .map(|p| Position::start(topic(), p))
+        .collect()
 }
 
 fn full_replay(s: &Scenario) -> Projector<Chain> {
@@ -170,17 +188,26 @@ fn check(s: Scenario, broken: bool) -> Result<(), TestCaseError> {
 
 #[test]
 fn snapshot_plus_tail_equals_full_replay() {
-    let mut runner = TestRunner::new(Config { cases: 512, ..Config::default() });
+    let mut runner = TestRunner::new(Config {
+        cases: 512,
+        ..Config::default()
+    });
     runner.run(&scenario(), |s| check(s, false)).unwrap();
 }
 
 #[test]
 fn the_property_catches_a_snapshot_that_is_not_atomic() {
-    let mut runner = TestRunner::new(Config { cases: 512, ..Config::default() });
+    let mut runner = TestRunner::new(Config {
+        cases: 512,
+        ..Config::default()
+    });
     match runner.run(&scenario(), |s| check(s, true)) {
         Err(TestError::Fail(_, minimal)) => {
             // The shrunk counterexample really loses an event.
-            assert_ne!(with_crashes(&minimal, true).state(), full_replay(&minimal).state());
+            assert_ne!(
+                with_crashes(&minimal, true).state(),
+                full_replay(&minimal).state()
+            );
         }
         other => panic!("a non-atomic snapshot went unnoticed: {other:?}"),
     }
@@ -199,15 +226,38 @@ fn unreadable_events_are_skipped_counted_and_not_applied_twice() {
         offset,
         key: vec![],
         value: e.encode_to_vec(),
-        headers: vec![],
+        headers: Default::default(),
     };
-    let corrupt = Record { value: b"garbage".to_vec(), ..record(&good, 2) };
-    assert_eq!(projector.feed(&record(&good, 0), &keys).unwrap(), Outcome::Applied);
-    assert_eq!(projector.feed(&record(&unknown, 1), &keys).unwrap(), Outcome::Skipped);
+    let corrupt = Record {
+        value: b"garbage".to_vec(),
+        ..record(&good, 2)
+    };
+    assert_eq!(
+        projector.feed(&record(&good, 0), &keys).unwrap(),
+        Outcome::Applied
+    );
+    assert_eq!(
+        projector.feed(&record(&unknown, 1), &keys).unwrap(),
+        Outcome::Skipped
+    );
     assert_eq!(projector.feed(&corrupt, &keys).unwrap(), Outcome::Skipped);
-    assert_eq!(projector.feed(&record(&unknown, 3), &keys).unwrap(), Outcome::Duplicate);
-    assert_eq!(projector.feed(&record(&good, 1), &keys).unwrap(), Outcome::BehindPosition);
+    assert_eq!(
+        projector.feed(&record(&unknown, 3), &keys).unwrap(),
+        Outcome::Duplicate
+    );
+    assert_eq!(
+        projector.feed(&record(&good, 1), &keys).unwrap(),
+        Outcome::BehindPosition
+    );
     let stats = projector.stats();
-    assert_eq!((stats.applied, stats.unreadable_payloads, stats.corrupt_envelopes, stats.duplicates), (1, 1, 1, 1));
+    assert_eq!(
+        (
+            stats.applied,
+            stats.unreadable_payloads,
+            stats.corrupt_envelopes,
+            stats.duplicates
+        ),
+        (1, 1, 1, 1)
+    );
     assert_eq!(projector.positions()[0].offset, 4);
 }

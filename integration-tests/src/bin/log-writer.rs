@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use meridian_events::DataClass;
+use meridian_integration_tests::durability::{TOPIC_PARTITIONS, batch_event};
 use meridian_log::embedded::{EmbeddedLog, EmbeddedOptions};
 use meridian_log::failpoint::FailPoints;
 use meridian_log::{EventLog, Outgoing, TopicName, TopicSpec};
-use meridian_integration_tests::durability::{batch_event, TOPIC_PARTITIONS};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
@@ -24,12 +24,21 @@ async fn main() -> anyhow::Result<()> {
         _ => bail!("usage: log-writer PATH BATCHES BATCH_SIZE CONCURRENCY [FIRST_BATCH]"),
     };
     let first: u64 = first.parse().context("FIRST_BATCH")?;
-    let (batches, size, concurrency): (u64, u64, u64) =
-        (batches.parse().context("BATCHES")?, size.parse().context("BATCH_SIZE")?, concurrency.parse().context("CONCURRENCY")?);
-    let failpoints = FailPoints::from_spec(&std::env::var("MERIDIAN_FAILPOINTS").unwrap_or_default()).map_err(anyhow::Error::msg)?;
-    let log = Arc::new(EmbeddedLog::open(path.as_ref(), EmbeddedOptions { failpoints })?);
+    let (batches, size, concurrency): (u64, u64, u64) = (
+        batches.parse().context("BATCHES")?,
+        size.parse().context("BATCH_SIZE")?,
+        concurrency.parse().context("CONCURRENCY")?,
+    );
+    let failpoints =
+        FailPoints::from_spec(&std::env::var("MERIDIAN_FAILPOINTS").unwrap_or_default())
+            .map_err(anyhow::Error::msg)?;
+    let log = Arc::new(EmbeddedLog::open(
+        path.as_ref(),
+        EmbeddedOptions { failpoints },
+    )?);
     let topic = TopicName::new("durability", DataClass::Operational, "writes")?;
-    log.ensure_topic(&TopicSpec::new(topic.clone(), TOPIC_PARTITIONS)).await?;
+    log.ensure_topic(&TopicSpec::new(topic.clone(), TOPIC_PARTITIONS))
+        .await?;
     println!("ready");
     let mut tasks = Vec::new();
     for lane in 0..concurrency {
@@ -37,8 +46,12 @@ async fn main() -> anyhow::Result<()> {
         tasks.push(tokio::spawn(async move {
             let mut batch_no = first + lane;
             while batch_no < first + batches {
-                let batch: Vec<Outgoing> =
-                    (0..size).map(|i| Outgoing::new(topic.clone(), &batch_event(batch_no, i)).expect("operational event")).collect();
+                let batch: Vec<Outgoing> = (0..size)
+                    .map(|i| {
+                        Outgoing::new(topic.clone(), &batch_event(batch_no, i))
+                            .expect("operational event")
+                    })
+                    .collect();
                 log.append(batch).await?;
                 // One line per ack, flushed, so the test reads it before any crash.
                 let mut out = std::io::stdout().lock();

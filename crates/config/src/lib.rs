@@ -1,0 +1,2 @@
+//! Meridian configuration.
+pub mod value;

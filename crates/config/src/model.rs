@@ -1,0 +1,409 @@
+//! The configuration schema: one struct per file kind. Every struct denies
+//! unknown fields, so a typo is an error that names the field, not a
+//! setting silently ignored.
+
+use std::collections::BTreeMap;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::value::{
+    AeTitle, Country, Date, Decimal, DurationSpec, Jurisdiction, Rvu, TimeOfDay, TimeZoneName,
+};
+
+/// `regions/<name>.toml`: a residency zone.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Region {
+    /// The region's name, e.g. "us-east"; equals the file's stem.
+    pub name: String,
+    /// ISO 3166-1 alpha-2 country whose law governs the region's data.
+    /// Onshore means the same country.
+    pub country: Country,
+    /// IANA time zone, for follow-the-sun.
+    pub time_zone: TimeZoneName,
+    /// Regions that count as nearshore from this one.
+    #[serde(default)]
+    pub nearshore: Vec<String>,
+}
+
+/// A secret given by reference: never the secret itself.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum SecretRef {
+    /// A file, relative to the secrets directory (`meridian dev`: `<data-dir>/secrets`).
+    File(String),
+    /// The name of an environment variable.
+    Env(String),
+}
+
+/// `tenants/<name>.toml`: a health-system customer.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tenant {
+    pub name: String,
+    pub display_name: String,
+    /// Regions where the tenant's PHI may live.
+    pub home_regions: Vec<String>,
+    /// Keys the HMAC that derives opaque ids; at least 32 bytes.
+    pub id_secret: SecretRef,
+    /// Region → the called AE title the tenant sends to there.
+    pub called_ae_titles: BTreeMap<String, AeTitle>,
+    pub facilities: Vec<Facility>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Facility {
+    pub name: String,
+    /// ISO 3166-2 jurisdiction: the patient's jurisdiction for licensure.
+    pub jurisdiction: Jurisdiction,
+    pub time_zone: TimeZoneName,
+    /// AE titles the facility's modalities and PACS send from.
+    pub calling_ae_titles: Vec<AeTitle>,
+    /// When set, associations must also come from one of these networks.
+    #[serde(default)]
+    pub source_networks: Vec<IpNet>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ReadType {
+    Preliminary,
+    Final,
+    Secondary,
+    PeerReview,
+}
+
+impl ReadType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadType::Preliminary => "preliminary",
+            ReadType::Final => "final",
+            ReadType::Secondary => "secondary",
+            ReadType::PeerReview => "peer_review",
+        }
+    }
+}
+
+// Parsed from a string (not a serde enum) so that, as a map key, the field
+// path names it ("sla.stat.turnaround") and a wrong value says what is allowed.
+impl<'de> Deserialize<'de> for ReadType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Ok(match text.as_str() {
+            "preliminary" => ReadType::Preliminary,
+            "final" => ReadType::Final,
+            "secondary" => ReadType::Secondary,
+            "peer_review" => ReadType::PeerReview,
+            _ => {
+                return Err(serde::de::Error::custom(format!(
+                    "{text:?} is not a read type, expected one of preliminary, final, secondary, peer_review"
+                )));
+            }
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DeliveryModel {
+    Onshore,
+    Nearshore,
+    Offshore,
+}
+
+impl DeliveryModel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryModel::Onshore => "onshore",
+            DeliveryModel::Nearshore => "nearshore",
+            DeliveryModel::Offshore => "offshore",
+        }
+    }
+}
+
+// Parsed from a string (not a serde enum) so that, as a map key, the field
+// path names it ("sla.stat.turnaround") and a wrong value says what is allowed.
+impl<'de> Deserialize<'de> for DeliveryModel {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Ok(match text.as_str() {
+            "onshore" => DeliveryModel::Onshore,
+            "nearshore" => DeliveryModel::Nearshore,
+            "offshore" => DeliveryModel::Offshore,
+            _ => {
+                return Err(serde::de::Error::custom(format!(
+                    "{text:?} is not a delivery model, expected one of onshore, nearshore, offshore"
+                )));
+            }
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    Stat,
+    Urgent,
+    Routine,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Stat => "stat",
+            Priority::Urgent => "urgent",
+            Priority::Routine => "routine",
+        }
+    }
+}
+
+// Parsed from a string (not a serde enum) so that, as a map key, the field
+// path names it ("sla.stat.turnaround") and a wrong value says what is allowed.
+impl<'de> Deserialize<'de> for Priority {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Ok(match text.as_str() {
+            "stat" => Priority::Stat,
+            "urgent" => Priority::Urgent,
+            "routine" => Priority::Routine,
+            _ => {
+                return Err(serde::de::Error::custom(format!(
+                    "{text:?} is not a priority, expected one of stat, urgent, routine"
+                )));
+            }
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AssignmentMode {
+    /// The engine assigns the best eligible reader.
+    Push,
+    /// Eligible readers see a shared worklist and claim.
+    Pull,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageAccess {
+    /// Full PHI streamed from the home region, never persisted elsewhere.
+    StreamFromHome,
+    /// A de-identified derivative (PS3.15 Annex E) that may be replicated.
+    Deidentified,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EngagementModel {
+    Subscription,
+    Transaction,
+    ProjectBased,
+}
+
+/// `contracts/<name>.toml`: a tenant's agreement with reading groups.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Contract {
+    pub name: String,
+    pub tenant: String,
+    pub reading_groups: Vec<String>,
+    pub assignment: AssignmentMode,
+    pub image_access: ImageAccess,
+    /// No new instance for this long completes a study.
+    pub quiet_period: DurationSpec,
+    /// How long images are kept after the final report, then purged.
+    pub retention: DurationSpec,
+    /// Regions a de-identified derivative may be written to.
+    #[serde(default)]
+    pub deidentification_destinations: Vec<String>,
+    /// Read type → delivery models allowed for it.
+    pub delivery: BTreeMap<ReadType, Vec<DeliveryModel>>,
+    /// Priority → turnaround promised (study completed → report signed).
+    pub sla: BTreeMap<Priority, Sla>,
+    /// Fractions of the SLA at which an unread study escalates, increasing, each in (0, 1).
+    pub escalation_fractions: Vec<f64>,
+    pub engagement: Engagement,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sla {
+    pub turnaround: DurationSpec,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Engagement {
+    pub model: EngagementModel,
+    /// ISO 4217 currency code.
+    pub currency: String,
+    /// Subscription: the monthly fee.
+    #[serde(default)]
+    pub monthly_fee: Option<Decimal>,
+    /// Subscription: studies included per month before per-study prices apply.
+    #[serde(default)]
+    pub included_studies: Option<u32>,
+    /// Transaction (and overage): price per study by modality; "default" for the rest.
+    #[serde(default)]
+    pub per_study: BTreeMap<String, Decimal>,
+    /// Project-based: the fixed fee and the project's end.
+    #[serde(default)]
+    pub project_fee: Option<Decimal>,
+    #[serde(default)]
+    pub project_ends: Option<Date>,
+}
+
+/// `groups/<name>.toml`: a reading group and its readers (bootstrap data:
+/// registration events at first start, then the routing API).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadingGroup {
+    pub name: String,
+    pub display_name: String,
+    pub readers: Vec<Reader>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reader {
+    pub id: String,
+    pub name: String,
+    /// The region the reader sits in.
+    pub region: String,
+    pub time_zone: TimeZoneName,
+    #[serde(default)]
+    pub licences: Vec<Licence>,
+    #[serde(default)]
+    pub credentials: Vec<Credential>,
+    pub subspecialties: Vec<String>,
+    pub modalities: Vec<String>,
+    pub read_types: Vec<ReadType>,
+    #[serde(default)]
+    pub shifts: Vec<Shift>,
+    /// Most open assignments at once.
+    pub capacity: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Licence {
+    pub jurisdiction: Jurisdiction,
+    pub expires: Date,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credential {
+    pub tenant: String,
+    pub facility: String,
+    pub expires: Date,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shift {
+    /// "mon" … "sun".
+    pub days: Vec<Weekday>,
+    /// Local time in the reader's time zone; `end` before `start` crosses midnight.
+    pub start: TimeOfDay,
+    pub end: TimeOfDay,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Weekday {
+    Mon,
+    Tue,
+    Wed,
+    Thu,
+    Fri,
+    Sat,
+    Sun,
+}
+
+/// `catalog/subspecialties.toml`: which subspecialty reads what.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubspecialtyMap {
+    /// The known subspecialties.
+    pub subspecialties: Vec<String>,
+    /// First match wins; a rule without body part matches every body part.
+    pub rules: Vec<SubspecialtyRule>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubspecialtyRule {
+    /// DICOM modality code, e.g. "MR".
+    pub modality: String,
+    /// DICOM Body Part Examined, e.g. "HEAD".
+    #[serde(default)]
+    pub body_part: Option<String>,
+    pub subspecialty: String,
+}
+
+/// `catalog/rvus.toml`: procedure code → work RVU.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RvuTable {
+    /// e.g. `"70450" = "0.85"` (CPT: CT head without contrast).
+    pub work_rvu: BTreeMap<String, Rvu>,
+}
+
+/// `auth.toml`: who may call, and the example principals `meridian dev` mints tokens for.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    /// `iss` of accepted tokens.
+    pub issuer: String,
+    /// `aud` of accepted tokens.
+    pub audience: String,
+    /// Public keys that verify tokens (EdDSA / Ed25519, SPKI PEM).
+    pub keys: Vec<VerifyingKey>,
+    #[serde(default)]
+    pub principals: Vec<ExamplePrincipal>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyingKey {
+    /// The `kid` in token headers.
+    pub id: String,
+    pub public_key: SecretRef,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrincipalKind {
+    Tenant,
+    Group,
+    Platform,
+}
+
+impl PrincipalKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrincipalKind::Tenant => "tenant",
+            PrincipalKind::Group => "group",
+            PrincipalKind::Platform => "platform",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExamplePrincipal {
+    pub name: String,
+    pub kind: PrincipalKind,
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// For a facility system: the facility it speaks for.
+    #[serde(default)]
+    pub facility: Option<String>,
+    #[serde(default)]
+    pub group: Option<String>,
+    /// For a reader: the reader id in the group.
+    #[serde(default)]
+    pub reader: Option<String>,
+    pub roles: Vec<String>,
+}

@@ -1,0 +1,387 @@
+//! Principals, actions, resources, and the one place that decides.
+
+use meridian_config::{PrincipalKind, roles_for};
+use serde::{Deserialize, Serialize};
+
+/// Who is calling.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    /// Stable name of the caller (token `sub`, or `dimse:<tenant>/<facility>`).
+    pub subject: String,
+    pub kind: PrincipalKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facility: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reader: Option<String>,
+    pub roles: Vec<String>,
+}
+
+impl Principal {
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+
+    /// Roles not valid for the principal's kind are dropped: a token cannot
+    /// grant a tenant principal the SRE role.
+    pub fn sanitised(mut self) -> Principal {
+        let allowed = roles_for(self.kind);
+        self.roles.retain(|r| allowed.contains(&r.as_str()));
+        self
+    }
+}
+
+/// What a caller wants to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send studies in (DIMSE C-STORE, STOW-RS, gRPC upload). Facility systems.
+    SendStudy,
+    /// Verify connectivity (C-ECHO). Facility systems.
+    Echo,
+    /// List the tenant's rejected instances.
+    ViewRejections,
+    /// Change the tenant's settings and users.
+    ManageTenant,
+    /// See a reading group's worklist.
+    ViewWorklist,
+    /// Claim a study from the worklist.
+    ClaimStudy,
+    /// View a study's images (QIDO-RS/WADO-RS).
+    ReadImages,
+    /// Draft and sign a report.
+    SignReport,
+    /// Register and update readers of a group.
+    ManageReaders,
+    /// Reassign a group's work.
+    Reassign,
+    /// Read a region's event log (metadata; never PHI payloads).
+    TailLog,
+    /// Rebuild a projection.
+    RebuildProjection,
+    /// Produce the residency report.
+    ReadResidencyReport,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::SendStudy => "send_study",
+            Action::Echo => "echo",
+            Action::ViewRejections => "view_rejections",
+            Action::ManageTenant => "manage_tenant",
+            Action::ViewWorklist => "view_worklist",
+            Action::ClaimStudy => "claim_study",
+            Action::ReadImages => "read_images",
+            Action::SignReport => "sign_report",
+            Action::ManageReaders => "manage_readers",
+            Action::Reassign => "reassign",
+            Action::TailLog => "tail_log",
+            Action::RebuildProjection => "rebuild_projection",
+            Action::ReadResidencyReport => "read_residency_report",
+        }
+    }
+}
+
+/// What the action is on.
+#[derive(Clone, Copy, Debug)]
+pub enum Resource<'a> {
+    Tenant {
+        tenant: &'a str,
+    },
+    /// A study, with what reaches it from the reading side: the reading
+    /// groups its tenant's contract names, and the reader it is assigned to.
+    Study {
+        tenant: &'a str,
+        contract_groups: &'a [String],
+        assigned_reader: Option<&'a str>,
+    },
+    ReadingGroup {
+        group: &'a str,
+    },
+    Region {
+        region: &'a str,
+    },
+}
+
+impl Resource<'_> {
+    pub fn describe(&self) -> String {
+        match self {
+            Resource::Tenant { tenant } => format!("tenant {tenant}"),
+            Resource::Study { tenant, .. } => format!("a study of tenant {tenant}"),
+            Resource::ReadingGroup { group } => format!("reading group {group}"),
+            Resource::Region { region } => format!("region {region}"),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Resource::Tenant { .. } => "tenant",
+            Resource::Study { .. } => "study",
+            Resource::ReadingGroup { .. } => "reading_group",
+            Resource::Region { .. } => "region",
+        }
+    }
+}
+
+/// Why an action was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{subject} may not {action} on {resource}: {reason}")]
+pub struct Denied {
+    pub subject: String,
+    pub action: &'static str,
+    pub resource: String,
+    pub resource_kind: &'static str,
+    pub reason: String,
+}
+
+fn needs_role(p: &Principal, any_of: &[&str]) -> Result<(), String> {
+    if any_of.iter().any(|r| p.has_role(r)) {
+        Ok(())
+    } else {
+        Err(format!("needs role {}", any_of.join(" or ")))
+    }
+}
+
+fn same(what: &str, mine: Option<&str>, theirs: &str) -> Result<(), String> {
+    match mine {
+        Some(m) if m == theirs => Ok(()),
+        Some(m) => Err(format!("the principal's {what} is {m}, not {theirs}")),
+        None => Err(format!("the principal has no {what}")),
+    }
+}
+
+/// The one decision every handler asks for.
+pub fn authorize(p: &Principal, action: Action, resource: &Resource<'_>) -> Result<(), Denied> {
+    decide(p, action, resource).map_err(|reason| Denied {
+        subject: p.subject.clone(),
+        action: action.as_str(),
+        resource: resource.describe(),
+        resource_kind: resource.kind(),
+        reason,
+    })
+}
+
+fn decide(p: &Principal, action: Action, resource: &Resource<'_>) -> Result<(), String> {
+    use Action::*;
+    match (p.kind, action, resource) {
+        // Platform principals operate the platform; they never see PHI.
+        (
+            PrincipalKind::Platform,
+            TailLog | RebuildProjection | ReadResidencyReport,
+            Resource::Region { .. },
+        ) => needs_role(p, &["sre"]),
+        (PrincipalKind::Platform, _, _) => {
+            Err("platform principals operate regions and never act on patient data".into())
+        }
+
+        // Tenant principals act on their own tenant only.
+        (PrincipalKind::Tenant, SendStudy | Echo, Resource::Tenant { tenant }) => {
+            same("tenant", p.tenant.as_deref(), tenant)?;
+            needs_role(p, &["facility"])
+        }
+        (PrincipalKind::Tenant, ViewRejections, Resource::Tenant { tenant }) => {
+            same("tenant", p.tenant.as_deref(), tenant)?;
+            needs_role(p, &["facility", "tenant-admin"])
+        }
+        (PrincipalKind::Tenant, ManageTenant, Resource::Tenant { tenant }) => {
+            same("tenant", p.tenant.as_deref(), tenant)?;
+            needs_role(p, &["tenant-admin"])
+        }
+        (PrincipalKind::Tenant, ReadImages, Resource::Study { tenant, .. }) => {
+            same("tenant", p.tenant.as_deref(), tenant)?;
+            needs_role(p, &["facility", "tenant-admin"])
+        }
+
+        // Group principals: their own group, and a tenant's studies only
+        // through a contract (and, for images and reports, an assignment).
+        (PrincipalKind::Group, ViewWorklist, Resource::ReadingGroup { group }) => {
+            same("reading group", p.group.as_deref(), group)?;
+            needs_role(p, &["reader", "group-admin"])
+        }
+        (PrincipalKind::Group, ManageReaders | Reassign, Resource::ReadingGroup { group }) => {
+            same("reading group", p.group.as_deref(), group)?;
+            needs_role(p, &["group-admin"])
+        }
+        (
+            PrincipalKind::Group,
+            ClaimStudy | ReadImages | SignReport,
+            Resource::Study {
+                tenant,
+                contract_groups,
+                assigned_reader,
+            },
+        ) => {
+            needs_role(p, &["reader"])?;
+            let group = p
+                .group
+                .as_deref()
+                .ok_or("the principal has no reading group")?;
+            if !contract_groups.iter().any(|g| g == group) {
+                return Err(format!(
+                    "no contract of tenant {tenant} names reading group {group}"
+                ));
+            }
+            if action == ClaimStudy {
+                return Ok(());
+            }
+            match (assigned_reader, p.reader.as_deref()) {
+                (Some(a), Some(r)) if *a == r => Ok(()),
+                (Some(_), _) => Err("the study is assigned to another reader".into()),
+                (None, _) => Err("the study is not assigned to this reader".into()),
+            }
+        }
+        (kind, action, resource) => Err(format!(
+            "{} principals cannot {} on a {}",
+            kind.as_str(),
+            action.as_str(),
+            resource.kind()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(
+        kind: PrincipalKind,
+        tenant: Option<&str>,
+        group: Option<&str>,
+        reader: Option<&str>,
+        roles: &[&str],
+    ) -> Principal {
+        Principal {
+            subject: "t".into(),
+            kind,
+            tenant: tenant.map(Into::into),
+            facility: None,
+            group: group.map(Into::into),
+            reader: reader.map(Into::into),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn tenants_act_on_their_own_tenant_with_the_right_role() {
+        let pacs = p(
+            PrincipalKind::Tenant,
+            Some("acme"),
+            None,
+            None,
+            &["facility"],
+        );
+        assert!(
+            authorize(
+                &pacs,
+                Action::SendStudy,
+                &Resource::Tenant { tenant: "acme" }
+            )
+            .is_ok()
+        );
+        let e = authorize(
+            &pacs,
+            Action::SendStudy,
+            &Resource::Tenant {
+                tenant: "northwind",
+            },
+        )
+        .unwrap_err();
+        assert_eq!(e.reason, "the principal's tenant is acme, not northwind");
+        let e = authorize(
+            &pacs,
+            Action::ManageTenant,
+            &Resource::Tenant { tenant: "acme" },
+        )
+        .unwrap_err();
+        assert_eq!(e.reason, "needs role tenant-admin");
+    }
+
+    #[test]
+    fn readers_reach_studies_only_through_a_contract_and_an_assignment() {
+        let groups = vec!["atlantic-rads".to_string()];
+        let reader = p(
+            PrincipalKind::Group,
+            None,
+            Some("atlantic-rads"),
+            Some("dr-ana-ortiz"),
+            &["reader"],
+        );
+        let study = |assigned| Resource::Study {
+            tenant: "acme",
+            contract_groups: &groups,
+            assigned_reader: assigned,
+        };
+        assert!(authorize(&reader, Action::ClaimStudy, &study(None)).is_ok());
+        assert!(authorize(&reader, Action::ReadImages, &study(Some("dr-ana-ortiz"))).is_ok());
+        assert!(authorize(&reader, Action::ReadImages, &study(Some("dr-ben-cole"))).is_err());
+        assert!(authorize(&reader, Action::SignReport, &study(None)).is_err());
+        let outsider = p(
+            PrincipalKind::Group,
+            None,
+            Some("lotus-teleradiology"),
+            Some("dr-priya-nair"),
+            &["reader"],
+        );
+        let e = authorize(&outsider, Action::ClaimStudy, &study(None)).unwrap_err();
+        assert_eq!(
+            e.reason,
+            "no contract of tenant acme names reading group lotus-teleradiology"
+        );
+    }
+
+    #[test]
+    fn platform_principals_operate_but_never_see_patient_data() {
+        let sre = p(PrincipalKind::Platform, None, None, None, &["sre"]);
+        assert!(
+            authorize(
+                &sre,
+                Action::TailLog,
+                &Resource::Region { region: "us-east" }
+            )
+            .is_ok()
+        );
+        let groups = vec![];
+        let e = authorize(
+            &sre,
+            Action::ReadImages,
+            &Resource::Study {
+                tenant: "acme",
+                contract_groups: &groups,
+                assigned_reader: None,
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("never act on patient data"), "{e}");
+        let tenant_admin = p(
+            PrincipalKind::Tenant,
+            Some("acme"),
+            None,
+            None,
+            &["tenant-admin"],
+        );
+        assert!(
+            authorize(
+                &tenant_admin,
+                Action::TailLog,
+                &Resource::Region { region: "us-east" }
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn roles_that_do_not_fit_the_kind_are_dropped() {
+        let sneaky = p(
+            PrincipalKind::Tenant,
+            Some("acme"),
+            None,
+            None,
+            &["facility", "sre"],
+        )
+        .sanitised();
+        assert_eq!(sneaky.roles, ["facility"]);
+    }
+}

@@ -1,0 +1,351 @@
+//! Bearer tokens: EdDSA (Ed25519) JWTs with claims `sub`, `kind`, `tenant`
+//! or `group` (+ `facility`, `reader`), `roles`, `iss`, `aud`, `iat`, `exp`.
+//!
+//! Time is an argument: `verify(token, now)` checks `exp` and `iat`
+//! against the caller's `now` (the adapters pass the wall clock).
+
+use std::collections::HashMap;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use meridian_config::PrincipalKind;
+use serde::{Deserialize, Serialize};
+
+use crate::principal::Principal;
+
+/// Clock skew tolerated on `iat` and `exp`, in seconds.
+const LEEWAY: i64 = 30;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    kind: PrincipalKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tenant: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    facility: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reader: Option<String>,
+    #[serde(default)]
+    roles: Vec<String>,
+    iss: String,
+    aud: String,
+    iat: i64,
+    exp: i64,
+}
+
+/// Why a caller is not authenticated. Each maps to a machine-readable
+/// reason in the rich error details.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no bearer token: send `authorization: Bearer <token>`")]
+    Missing,
+    #[error("the authorization header is not `Bearer <token>`")]
+    NotBearer,
+    #[error("the token is not a valid JWT: {0}")]
+    Malformed(String),
+    #[error("the token is signed with key {kid:?}, which is not a configured verifying key")]
+    UnknownKey { kid: String },
+    #[error("the token's signature does not verify")]
+    BadSignature,
+    #[error("the token expired at {exp} (now {now})")]
+    Expired { exp: i64, now: i64 },
+    #[error("the token's {claim} is {found:?}, expected {expected:?}")]
+    WrongClaim {
+        claim: &'static str,
+        found: String,
+        expected: String,
+    },
+    #[error("the token's claims are inconsistent: {0}")]
+    BadClaims(String),
+}
+
+impl AuthError {
+    /// The machine-readable reason (`ErrorInfo.reason`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "TOKEN_MISSING",
+            AuthError::NotBearer => "TOKEN_NOT_BEARER",
+            AuthError::Malformed(_) => "TOKEN_MALFORMED",
+            AuthError::UnknownKey { .. } => "TOKEN_UNKNOWN_KEY",
+            AuthError::BadSignature => "TOKEN_BAD_SIGNATURE",
+            AuthError::Expired { .. } => "TOKEN_EXPIRED",
+            AuthError::WrongClaim { .. } => "TOKEN_WRONG_CLAIM",
+            AuthError::BadClaims(_) => "TOKEN_BAD_CLAIMS",
+        }
+    }
+}
+
+/// Verifies tokens against the configured keys.
+pub struct TokenVerifier {
+    keys: HashMap<String, DecodingKey>,
+    issuer: String,
+    audience: String,
+}
+
+/// A key that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("key {id}: {reason}")]
+pub struct KeyError {
+    pub id: String,
+    pub reason: String,
+}
+
+impl TokenVerifier {
+    /// `keys`: key id → SPKI PEM of an Ed25519 public key.
+    pub fn new(
+        issuer: &str,
+        audience: &str,
+        keys: &[(String, Vec<u8>)],
+    ) -> Result<TokenVerifier, KeyError> {
+        let mut map = HashMap::new();
+        for (id, pem) in keys {
+            let key = DecodingKey::from_ed_pem(pem).map_err(|e| KeyError {
+                id: id.clone(),
+                reason: e.to_string(),
+            })?;
+            map.insert(id.clone(), key);
+        }
+        Ok(TokenVerifier {
+            keys: map,
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+        })
+    }
+
+    /// The token in an `authorization` header value.
+    pub fn verify_header(&self, header: Option<&str>, now: i64) -> Result<Principal, AuthError> {
+        let value = header.ok_or(AuthError::Missing)?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .ok_or(AuthError::NotBearer)?;
+        self.verify(token.trim(), now)
+    }
+
+    pub fn verify(&self, token: &str, now: i64) -> Result<Principal, AuthError> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(AuthError::WrongClaim {
+                claim: "alg",
+                found: format!("{:?}", header.alg),
+                expected: "EdDSA".into(),
+            });
+        }
+        let kid = header.kid.unwrap_or_default();
+        let key = self.keys.get(&kid).ok_or(AuthError::UnknownKey { kid })?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        // Checked below against the caller's clock, not jsonwebtoken's.
+        validation.validate_exp = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
+        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| match e
+            .kind()
+        {
+            jsonwebtoken::errors::ErrorKind::InvalidSignature => AuthError::BadSignature,
+            _ => AuthError::Malformed(e.to_string()),
+        })?;
+        let c = data.claims;
+        if c.exp + LEEWAY < now {
+            return Err(AuthError::Expired { exp: c.exp, now });
+        }
+        if c.iat - LEEWAY > now {
+            return Err(AuthError::BadClaims(format!(
+                "issued in the future (iat {}, now {now})",
+                c.iat
+            )));
+        }
+        if c.iss != self.issuer {
+            return Err(AuthError::WrongClaim {
+                claim: "iss",
+                found: c.iss,
+                expected: self.issuer.clone(),
+            });
+        }
+        if c.aud != self.audience {
+            return Err(AuthError::WrongClaim {
+                claim: "aud",
+                found: c.aud,
+                expected: self.audience.clone(),
+            });
+        }
+        match c.kind {
+            PrincipalKind::Tenant if c.tenant.is_none() => {
+                return Err(AuthError::BadClaims(
+                    "a tenant principal needs `tenant`".into(),
+                ));
+            }
+            PrincipalKind::Group if c.group.is_none() => {
+                return Err(AuthError::BadClaims(
+                    "a group principal needs `group`".into(),
+                ));
+            }
+            _ => {}
+        }
+        Ok(Principal {
+            subject: c.sub,
+            kind: c.kind,
+            tenant: c.tenant.filter(|_| c.kind == PrincipalKind::Tenant),
+            facility: c.facility.filter(|_| c.kind == PrincipalKind::Tenant),
+            group: c.group.filter(|_| c.kind == PrincipalKind::Group),
+            reader: c.reader.filter(|_| c.kind == PrincipalKind::Group),
+            roles: c.roles,
+        }
+        .sanitised())
+    }
+}
+
+/// Mints tokens (for `meridian dev` and tests).
+pub struct TokenSigner {
+    kid: String,
+    key: EncodingKey,
+    issuer: String,
+    audience: String,
+}
+
+impl TokenSigner {
+    /// `private_pem`: PKCS#8 PEM of an Ed25519 private key.
+    pub fn new(
+        kid: &str,
+        private_pem: &[u8],
+        issuer: &str,
+        audience: &str,
+    ) -> Result<TokenSigner, KeyError> {
+        let key = EncodingKey::from_ed_pem(private_pem).map_err(|e| KeyError {
+            id: kid.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Ok(TokenSigner {
+            kid: kid.to_owned(),
+            key,
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+        })
+    }
+
+    pub fn mint(&self, p: &Principal, now: i64, ttl_seconds: i64) -> Result<String, KeyError> {
+        let claims = Claims {
+            sub: p.subject.clone(),
+            kind: p.kind,
+            tenant: p.tenant.clone(),
+            facility: p.facility.clone(),
+            group: p.group.clone(),
+            reader: p.reader.clone(),
+            roles: p.roles.clone(),
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            iat: now,
+            exp: now + ttl_seconds,
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, &claims, &self.key).map_err(|e| KeyError {
+            id: self.kid.clone(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// A fresh Ed25519 key pair as (PKCS#8 private PEM, SPKI public PEM).
+pub fn generate_ed25519() -> Result<(String, String), KeyError> {
+    use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+    let err = |reason: String| KeyError {
+        id: "new".into(),
+        reason,
+    };
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|e| err(e.to_string()))?;
+    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|e| err(e.to_string()))?;
+    // SubjectPublicKeyInfo for Ed25519 (RFC 8410): a fixed prefix and the 32-byte key.
+    let mut spki = vec![
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    spki.extend_from_slice(pair.public_key().as_ref());
+    let private = pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.as_ref().to_vec()));
+    let public = pem::encode(&pem::Pem::new("PUBLIC KEY", spki));
+    Ok((private, public))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn pair() -> (TokenSigner, TokenVerifier) {
+        let (private, public) = generate_ed25519().unwrap();
+        let signer = TokenSigner::new("k1", private.as_bytes(), "iss", "aud").unwrap();
+        let verifier =
+            TokenVerifier::new("iss", "aud", &[("k1".into(), public.into_bytes())]).unwrap();
+        (signer, verifier)
+    }
+
+    pub(crate) fn reader() -> Principal {
+        Principal {
+            subject: "dr-nair".into(),
+            kind: PrincipalKind::Group,
+            tenant: None,
+            facility: None,
+            group: Some("lotus-teleradiology".into()),
+            reader: Some("dr-priya-nair".into()),
+            roles: vec!["reader".into()],
+        }
+    }
+
+    #[test]
+    fn a_minted_token_verifies_to_the_same_principal() {
+        let (signer, verifier) = pair();
+        let token = signer.mint(&reader(), 1_000, 3_600).unwrap();
+        assert_eq!(verifier.verify(&token, 1_100).unwrap(), reader());
+        assert_eq!(
+            verifier
+                .verify_header(Some(&format!("Bearer {token}")), 1_100)
+                .unwrap(),
+            reader()
+        );
+    }
+
+    #[test]
+    fn bad_tokens_say_why() {
+        let (signer, verifier) = pair();
+        let token = signer.mint(&reader(), 1_000, 60).unwrap();
+        assert_eq!(
+            verifier.verify(&token, 5_000).unwrap_err().reason(),
+            "TOKEN_EXPIRED"
+        );
+        assert_eq!(
+            verifier.verify_header(None, 0).unwrap_err(),
+            AuthError::Missing
+        );
+        assert_eq!(
+            verifier.verify_header(Some("Basic abc"), 0).unwrap_err(),
+            AuthError::NotBearer
+        );
+        assert_eq!(
+            verifier.verify("not.a.jwt", 0).unwrap_err().reason(),
+            "TOKEN_MALFORMED"
+        );
+        // Signed by another key with the same kid.
+        let (other, _) = pair();
+        let forged = other.mint(&reader(), 1_000, 60).unwrap();
+        assert_eq!(
+            verifier.verify(&forged, 1_000).unwrap_err(),
+            AuthError::BadSignature
+        );
+        // Tampered payload.
+        let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+        parts[1] = parts[1].chars().rev().collect();
+        assert!(verifier.verify(&parts.join("."), 1_000).is_err());
+        // Another issuer.
+        let (private, public) = generate_ed25519().unwrap();
+        let wrong = TokenSigner::new("k1", private.as_bytes(), "evil", "aud")
+            .unwrap()
+            .mint(&reader(), 1_000, 60)
+            .unwrap();
+        let v = TokenVerifier::new("iss", "aud", &[("k1".into(), public.into_bytes())]).unwrap();
+        assert_eq!(
+            v.verify(&wrong, 1_000).unwrap_err().reason(),
+            "TOKEN_WRONG_CLAIM"
+        );
+    }
+}

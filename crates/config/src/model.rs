@@ -407,3 +407,35 @@ pub struct ExamplePrincipal {
     pub reader: Option<String>,
     pub roles: Vec<String>,
 }
+
+/// Why a secret could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("secret file {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("environment variable {name} is not set")]
+    Env { name: String },
+}
+
+impl SecretRef {
+    /// Reads the secret: a file under `secrets_dir`, or a variable from
+    /// `env` (injected, so tests never set the process environment).
+    pub fn read(
+        &self,
+        secrets_dir: &std::path::Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Vec<u8>, SecretError> {
+        match self {
+            SecretRef::File(rel) => {
+                let path = secrets_dir.join(rel);
+                std::fs::read(&path).map_err(|e| SecretError::File {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })
+            }
+            SecretRef::Env(name) => env(name)
+                .map(String::into_bytes)
+                .ok_or_else(|| SecretError::Env { name: name.clone() }),
+        }
+    }
+}

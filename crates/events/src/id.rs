@@ -161,6 +161,19 @@ opaque_id!(
     "event id"
 );
 
+opaque_id!(
+    /// The aggregate id of a reader: a name-based UUIDv8 of the configured
+    /// reader id (reader ids are not PHI; the UUID is the log's key form).
+    ReaderKey,
+    "reader key"
+);
+
+impl ReaderKey {
+    pub fn of(reader_id: &str) -> Self {
+        ReaderKey(sha256_v8("meridian.reader.v1", &[reader_id.as_bytes()]))
+    }
+}
+
 impl StudyId {
     pub fn derive(secret: &TenantSecret, study_instance_uid: &str) -> Self {
         StudyId(secret.uuid_v8("meridian.study.v1", &[value(study_instance_uid)]))

@@ -1,6 +1,13 @@
-//! The `meridian` command.
+//! The `meridian` command. Parses arguments and hands over; the work is in
+//! the library crates.
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+mod client;
+mod dev;
 
 #[derive(Parser)]
 #[command(name = "meridian", version, about = "Meridian teleradiology platform")]
@@ -11,31 +18,149 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Event types: writer, aggregate, data class, topic stream, schema version.
+    /// Run every region of a configuration in one process, on embedded defaults.
+    Dev(dev::DevArgs),
+    /// Configuration as code.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// A region's event log, through the running process.
+    #[command(subcommand)]
+    Log(LogCommand),
+    /// A region's projections, through the running process.
+    #[command(subcommand)]
+    Projection(ProjectionCommand),
+    /// The event catalogue: writer, aggregate, data class, stream, schema version.
     Events,
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Events => {
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration directory; report every problem.
+    Check {
+        /// The configuration directory.
+        dir: PathBuf,
+    },
+}
+
+/// How to reach a running region.
+#[derive(Args, Clone)]
+pub struct Target {
+    /// The region.
+    #[arg(long)]
+    pub region: String,
+    /// `meridian dev`'s data directory (endpoints.json, tokens.json).
+    #[arg(long, default_value = ".meridian-dev")]
+    pub data_dir: PathBuf,
+    /// Act as this principal of `<data-dir>/tokens.json`.
+    #[arg(long = "as", default_value = "sre", conflicts_with = "token")]
+    pub as_principal: String,
+    /// A bearer token to use instead of `--as`.
+    #[arg(long)]
+    pub token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Show the region's events (PHI payloads stay sealed).
+    Tail {
+        #[command(flatten)]
+        target: Target,
+        /// Only this study (opaque study id).
+        #[arg(long)]
+        study: Option<String>,
+        /// Only these streams (ingest, storage, audit, routing…).
+        #[arg(long = "stream")]
+        streams: Vec<String>,
+        /// Keep following new events.
+        #[arg(long, short)]
+        follow: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProjectionCommand {
+    /// Throw a projection away and rebuild it by replaying the log.
+    Rebuild {
+        /// The projection, e.g. events.summary.
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+fn print_events() {
+    println!(
+        "{:<22} {:<8} {:<15} {:<6} {:<8} version",
+        "event", "writer", "aggregate", "class", "stream"
+    );
+    for info in meridian_events::payload::CATALOGUE {
+        let name = info.type_name.rsplit('.').next().unwrap_or(info.type_name);
+        println!(
+            "{:<22} {:<8} {:<15} {:<6} {:<8} {}",
+            name,
+            info.writer,
+            info.aggregate_type,
+            info.data_class.as_str(),
+            info.stream,
+            info.schema_version
+        );
+    }
+}
+
+fn config_check(dir: &std::path::Path) -> ExitCode {
+    match meridian_config::Platform::load(dir) {
+        Ok(p) => {
             println!(
-                "{:<22} {:<8} {:<15} {:<6} {:<8} {}",
-                "event", "writer", "aggregate", "class", "stream", "version"
+                "{}: ok ({} regions, {} tenants, {} contracts, {} reading groups, {} principals)",
+                dir.display(),
+                p.regions.len(),
+                p.tenants.len(),
+                p.contracts.len(),
+                p.groups.len(),
+                p.auth.principals.len()
             );
-            for info in meridian_events::payload::CATALOGUE {
-                let name = info.type_name.rsplit('.').next().unwrap_or(info.type_name);
-                println!(
-                    "{:<22} {:<8} {:<15} {:<6} {:<8} {}",
-                    name,
-                    info.writer,
-                    info.aggregate_type,
-                    info.data_class.as_str(),
-                    info.stream,
-                    info.schema_version
-                );
-            }
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            eprintln!("{problems}");
+            eprintln!("{} problem(s) in {}", problems.0.len(), dir.display());
+            ExitCode::FAILURE
         }
     }
-    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Events => {
+            print_events();
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(ConfigCommand::Check { dir }) => Ok(config_check(&dir)),
+        Command::Dev(args) => dev::run(args).await,
+        Command::Log(LogCommand::Tail {
+            target,
+            study,
+            streams,
+            follow,
+        }) => client::tail(&target, study, streams, follow).await,
+        Command::Projection(ProjectionCommand::Rebuild { name, target }) => {
+            client::rebuild(&target, name).await
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

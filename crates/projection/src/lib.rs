@@ -134,6 +134,16 @@ impl<P: Projection> Projector<P> {
         }
     }
 
+    /// Adds a start position for every topic-partition not read yet (a
+    /// topic created after the snapshot was taken).
+    pub fn ensure_positions(&mut self, starts: Vec<Position>) {
+        for p in starts {
+            self.positions
+                .entry((p.topic, p.partition))
+                .or_insert(p.offset);
+        }
+    }
+
     pub fn state(&self) -> &P::State {
         &self.state
     }

@@ -23,3 +23,10 @@ pub mod events {
         include!(concat!(env!("OUT_DIR"), "/meridian.events.v1.rs"));
     }
 }
+
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod admin {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/meridian.admin.v1.rs"));
+    }
+}

@@ -1,0 +1,353 @@
+//! `meridian dev`: every region of a configuration in one process, each with
+//! its own embedded log, key store and object-store folder under one data
+//! directory. Generates what a fresh machine lacks (the token signing key,
+//! tenant id secrets) into `<data-dir>/secrets`, never into the repository.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use meridian_auth::token::generate_ed25519;
+use meridian_auth::{Principal, TokenSigner, TokenVerifier};
+use meridian_config::{Platform, SecretRef};
+use meridian_events::UnixMicros;
+use meridian_region::{Listeners, Region};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+#[derive(Args)]
+pub struct DevArgs {
+    /// The configuration directory.
+    #[arg(long, default_value = "deploy/examples/dev")]
+    config: PathBuf,
+    /// Where logs, keys, objects, snapshots, secrets and tokens live.
+    #[arg(long, default_value = ".meridian-dev")]
+    data_dir: PathBuf,
+    /// Ports from N: region i gets gRPC N+10i, DICOM N+10i+1, HTTP N+10i+2.
+    #[arg(long, conflicts_with = "ports")]
+    port_base: Option<u16>,
+    /// `auto`: every listener on a free port (for tests).
+    #[arg(long, value_parser = ["auto"])]
+    ports: Option<String>,
+    /// Lifetime of the tokens written to tokens.json, in hours.
+    #[arg(long, default_value_t = 24 * 30)]
+    token_hours: i64,
+}
+
+/// The regions in the order the default ports follow: the documented three
+/// first (us-east 50051/11112/8080, eu-west 50061/…, in-south 50071/…),
+/// then any other in name order.
+fn region_order(platform: &Platform) -> Vec<String> {
+    let documented = ["us-east", "eu-west", "in-south"];
+    let mut order: Vec<String> = documented
+        .iter()
+        .filter(|r| platform.regions.contains_key(**r))
+        .map(|r| r.to_string())
+        .collect();
+    order.extend(
+        platform
+            .regions
+            .keys()
+            .filter(|r| !documented.contains(&r.as_str()))
+            .cloned(),
+    );
+    order
+}
+
+struct Ports {
+    grpc: u16,
+    dicom: u16,
+    http: u16,
+}
+
+fn ports(args: &DevArgs, i: u16) -> Ports {
+    match (&args.ports, args.port_base) {
+        (Some(_), _) => Ports {
+            grpc: 0,
+            dicom: 0,
+            http: 0,
+        },
+        (None, Some(base)) => Ports {
+            grpc: base + 10 * i,
+            dicom: base + 10 * i + 1,
+            http: base + 10 * i + 2,
+        },
+        (None, None) => Ports {
+            grpc: 50051 + 10 * i,
+            dicom: 11112 + 10 * i,
+            http: 8080 + 10 * i,
+        },
+    }
+}
+
+async fn bind(port: u16, what: &str, region: &str) -> anyhow::Result<TcpListener> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("region {region}: binding the {what} port {addr}"))
+}
+
+/// Writes `bytes` to `path` atomically (temp file, fsync, rename), with
+/// owner-only permissions when `private`.
+fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+fn random_hex(bytes: usize) -> anyhow::Result<String> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::getrandom(&mut buf).map_err(|e| anyhow::anyhow!("random bytes: {e}"))?;
+    Ok(hex::encode(buf))
+}
+
+/// Creates the secrets the configuration names by file and a fresh machine
+/// does not have yet; returns the token signer.
+fn ensure_secrets(platform: &Platform, secrets: &Path) -> anyhow::Result<TokenSigner> {
+    std::fs::create_dir_all(secrets).with_context(|| format!("creating {}", secrets.display()))?;
+    for tenant in platform.tenants.values() {
+        if let SecretRef::File(rel) = &tenant.id_secret {
+            let path = secrets.join(rel);
+            if !path.exists() {
+                write_atomic(&path, random_hex(32)?.as_bytes(), true)?;
+                tracing::info!(tenant = %tenant.name, path = %path.display(), "generated the tenant's id secret");
+            }
+        }
+    }
+    let mut signer = None;
+    for key in &platform.auth.keys {
+        let SecretRef::File(rel) = &key.public_key else {
+            continue;
+        };
+        let public = secrets.join(rel);
+        let private = secrets.join(format!(
+            "{}.key.pem",
+            rel.trim_end_matches(".pem").trim_end_matches(".pub")
+        ));
+        if !public.exists() || !private.exists() {
+            let (private_pem, public_pem) = generate_ed25519()?;
+            write_atomic(&private, private_pem.as_bytes(), true)?;
+            write_atomic(&public, public_pem.as_bytes(), false)?;
+            tracing::info!(key = %key.id, path = %private.display(), "generated a token signing key");
+        }
+        if signer.is_none() {
+            let pem = std::fs::read(&private)
+                .with_context(|| format!("reading {}", private.display()))?;
+            signer = Some(TokenSigner::new(
+                &key.id,
+                &pem,
+                &platform.auth.issuer,
+                &platform.auth.audience,
+            )?);
+        }
+    }
+    signer.context(
+        "auth.toml names no verifying key held in a file: `meridian dev` signs tokens with one",
+    )
+}
+
+fn verifier(platform: &Platform, secrets: &Path) -> anyhow::Result<TokenVerifier> {
+    let env = |name: &str| std::env::var(name).ok();
+    let mut keys = Vec::new();
+    for key in &platform.auth.keys {
+        let pem = key
+            .public_key
+            .read(secrets, &env)
+            .with_context(|| format!("auth.toml: key {}", key.id))?;
+        keys.push((key.id.clone(), pem));
+    }
+    Ok(TokenVerifier::new(
+        &platform.auth.issuer,
+        &platform.auth.audience,
+        &keys,
+    )?)
+}
+
+fn tokens(
+    platform: &Platform,
+    signer: &TokenSigner,
+    now: i64,
+    ttl: i64,
+) -> anyhow::Result<serde_json::Value> {
+    let mut principals = BTreeMap::new();
+    for p in &platform.auth.principals {
+        let principal = Principal {
+            subject: p.name.clone(),
+            kind: p.kind,
+            tenant: p.tenant.clone(),
+            facility: p.facility.clone(),
+            group: p.group.clone(),
+            reader: p.reader.clone(),
+            roles: p.roles.clone(),
+        };
+        let token = signer.mint(&principal, now, ttl)?;
+        principals.insert(
+            p.name.clone(),
+            json!({
+                "token": token,
+                "kind": p.kind.as_str(),
+                "tenant": p.tenant,
+                "facility": p.facility,
+                "group": p.group,
+                "reader": p.reader,
+                "roles": p.roles,
+            }),
+        );
+    }
+    Ok(json!({ "principals": principals }))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
+    let platform = match Platform::load(&args.config) {
+        Ok(p) => Arc::new(p),
+        Err(problems) => {
+            eprintln!("{problems}");
+            eprintln!(
+                "{} problem(s) in {}: not starting",
+                problems.0.len(),
+                args.config.display()
+            );
+            // EX_USAGE: the configuration, not the platform, is at fault.
+            return Ok(ExitCode::from(64));
+        }
+    };
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let secrets = args.data_dir.join("secrets");
+    let signer = ensure_secrets(&platform, &secrets)?;
+    let verifier = Arc::new(verifier(&platform, &secrets)?);
+    let wall = SystemTime::now().duration_since(UNIX_EPOCH)?;
+    let now = UnixMicros(wall.as_micros() as i64);
+
+    let mut endpoints = BTreeMap::new();
+    let mut servers = Vec::new();
+    let (stop, stopped) = watch::channel(false);
+    for (i, name) in region_order(&platform).iter().enumerate() {
+        let p = ports(&args, i as u16);
+        let grpc = bind(p.grpc, "gRPC", name).await?;
+        let http = bind(p.http, "HTTP", name).await?;
+        let grpc_addr = grpc.local_addr()?;
+        let http_addr = http.local_addr()?;
+        let region = Region::open(
+            name,
+            &args.data_dir.join(name),
+            platform.clone(),
+            verifier.clone(),
+            now,
+        )
+        .await
+        .with_context(|| format!("opening region {name}"))?;
+        // The DICOM port is reserved in the port plan; it is listed once a
+        // DICOM service (ingest) listens on it.
+        let _ = p.dicom;
+        endpoints.insert(
+            name.clone(),
+            json!({ "grpc": grpc_addr.to_string(), "http": format!("http://{http_addr}") }),
+        );
+        let mut rx = stopped.clone();
+        let region = Arc::new(region);
+        servers.push(tokio::spawn(meridian_region::serve(
+            region,
+            Listeners { grpc, http },
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            },
+        )));
+    }
+    if servers.is_empty() {
+        bail!("{} configures no region", args.config.display());
+    }
+    let tokens = tokens(
+        &platform,
+        &signer,
+        wall.as_secs() as i64,
+        args.token_hours * 3_600,
+    )?;
+    write_atomic(
+        &args.data_dir.join("tokens.json"),
+        serde_json::to_vec_pretty(&tokens)?.as_slice(),
+        true,
+    )?;
+    // Written last and atomically: its presence means every listener is up.
+    let endpoints = json!({ "regions": endpoints });
+    write_atomic(
+        &args.data_dir.join("endpoints.json"),
+        serde_json::to_vec_pretty(&endpoints)?.as_slice(),
+        false,
+    )?;
+    for (name, e) in endpoints["regions"].as_object().into_iter().flatten() {
+        eprintln!(
+            "meridian dev: region {name:<9} gRPC {}  HTTP {}",
+            e["grpc"].as_str().unwrap_or(""),
+            e["http"].as_str().unwrap_or("")
+        );
+    }
+    eprintln!(
+        "meridian dev: endpoints and tokens in {} (Ctrl-C stops)",
+        args.data_dir.display()
+    );
+
+    shutdown_signal().await;
+    let _ = stop.send(true);
+    let mut failed = false;
+    for server in servers {
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                eprintln!("error: {e}");
+                failed = true;
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                failed = true;
+            }
+        }
+    }
+    let _ = std::fs::remove_file(args.data_dir.join("endpoints.json"));
+    eprintln!("meridian dev: stopped");
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}

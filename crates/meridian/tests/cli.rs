@@ -1,0 +1,440 @@
+//! The `meridian` command as a person uses it: `config check`, and
+//! `meridian dev` with real gRPC and HTTP clients, Ctrl-C and a restart.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use meridian_proto::admin::v1 as admin;
+use meridian_proto::admin::v1::admin_service_client::AdminServiceClient;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+use tonic_types::StatusExt;
+
+const MERIDIAN: &str = env!("CARGO_BIN_EXE_meridian");
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+#[test]
+fn config_check_passes_the_examples_and_reports_every_broken_message() {
+    let ok = Command::new(MERIDIAN)
+        .args(["config", "check"])
+        .arg(repo().join("deploy/examples/dev"))
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&ok.stdout)
+            .contains("ok (3 regions, 2 tenants, 2 contracts, 2 reading groups")
+    );
+
+    let broken = repo().join("crates/config/tests/fixtures/broken");
+    let out = Command::new(MERIDIAN)
+        .args(["config", "check"])
+        .arg(&broken)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let expected = std::fs::read_to_string(broken.with_extension("expected")).unwrap();
+    for line in expected.lines().filter(|l| !l.is_empty()) {
+        assert!(
+            stderr.lines().any(|l| l == line),
+            "missing from `config check`: {line}\n---\n{stderr}"
+        );
+    }
+}
+
+/// A running `meridian dev`, killed when dropped.
+struct Dev {
+    child: Child,
+    data: PathBuf,
+}
+
+impl Dev {
+    fn start(data: &Path) -> Dev {
+        let _ = std::fs::remove_file(data.join("endpoints.json"));
+        let child = Command::new(MERIDIAN)
+            .args(["dev", "--ports", "auto", "--config"])
+            .arg(repo().join("deploy/examples/dev"))
+            .arg("--data-dir")
+            .arg(data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut dev = Dev {
+            child,
+            data: data.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !data.join("endpoints.json").exists() {
+            if let Some(status) = dev.child.try_wait().unwrap() {
+                panic!("meridian dev exited early: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "meridian dev wrote no endpoints.json in 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        dev
+    }
+
+    fn json(&self, name: &str) -> Value {
+        serde_json::from_str(&std::fs::read_to_string(self.data.join(name)).unwrap()).unwrap()
+    }
+
+    fn grpc(&self, region: &str) -> String {
+        format!(
+            "http://{}",
+            self.json("endpoints.json")["regions"][region]["grpc"]
+                .as_str()
+                .unwrap()
+        )
+    }
+
+    fn http(&self, region: &str) -> String {
+        self.json("endpoints.json")["regions"][region]["http"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("http://")
+            .to_owned()
+    }
+
+    fn token(&self, principal: &str) -> String {
+        self.json("tokens.json")["principals"][principal]["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// SIGINT, as Ctrl-C sends it; the process must exit cleanly.
+    fn interrupt(mut self) {
+        let status = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "meridian dev exited with {status} after SIGINT"
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "meridian dev did not stop within 30 s of SIGINT"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            !self.data.join("endpoints.json").exists(),
+            "a stopped dev leaves no endpoints.json behind"
+        );
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn bearer<T>(message: T, token: &str) -> Request<T> {
+    let mut r = Request::new(message);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+async fn http_get(
+    addr: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, HashMap<String, String>, Value) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_lowercase(), v.to_owned()))
+        .collect();
+    (
+        status,
+        headers,
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_serves_three_regions_with_health_reflection_and_auth_and_restarts() {
+    let data = tempfile::TempDir::new().unwrap();
+    let dev = Dev::start(data.path());
+
+    let endpoints = dev.json("endpoints.json");
+    let regions: Vec<&String> = endpoints["regions"].as_object().unwrap().keys().collect();
+    assert_eq!(regions, ["eu-west", "in-south", "us-east"]);
+    let tokens = dev.json("tokens.json");
+    for name in [
+        "acme-pacs",
+        "acme-admin",
+        "northwind-pacs",
+        "northwind-admin",
+        "atlantic-admin",
+        "dr-ortiz",
+        "dr-nair",
+        "sre",
+    ] {
+        let p = &tokens["principals"][name];
+        assert!(
+            p["token"]
+                .as_str()
+                .is_some_and(|t| t.split('.').count() == 3),
+            "{name} has a JWT"
+        );
+        assert!(
+            p["kind"].is_string() && p["roles"].is_array(),
+            "{name}: {p}"
+        );
+    }
+    assert_eq!(tokens["principals"]["acme-pacs"]["tenant"], "acme");
+    assert_eq!(
+        tokens["principals"]["dr-nair"]["group"],
+        "lotus-teleradiology"
+    );
+
+    for region in ["us-east", "eu-west", "in-south"] {
+        let channel = Channel::from_shared(dev.grpc(region))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        // Health.
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            status.into_inner().status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
+        // Reflection v1 and v1alpha list Meridian's service.
+        {
+            use tonic_reflection::pb::v1::ServerReflectionRequest;
+            use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+            use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+            use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+            let mut client = ServerReflectionClient::new(channel.clone());
+            let req = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
+            let mut replies = client
+                .server_reflection_info(tokio_stream::iter(vec![req]))
+                .await
+                .unwrap()
+                .into_inner();
+            let reply = replies.message().await.unwrap().unwrap();
+            let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+                panic!("no service list")
+            };
+            let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+            assert!(
+                names.contains(&"meridian.admin.v1.AdminService".to_owned()),
+                "{names:?}"
+            );
+            assert!(
+                names.contains(&"grpc.health.v1.Health".to_owned()),
+                "{names:?}"
+            );
+        }
+        {
+            use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+            use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+            use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+            let mut client = ServerReflectionClient::new(channel.clone());
+            let req = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
+            let mut replies = client
+                .server_reflection_info(tokio_stream::iter(vec![req]))
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(replies.message().await.unwrap().is_some());
+        }
+
+        // Auth over gRPC: no token, a bad token, the wrong principal, the right one.
+        let mut admin = AdminServiceClient::new(channel);
+        let err = admin
+            .list_topics(admin::ListTopicsRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+        assert_eq!(
+            err.get_error_details().error_info().unwrap().reason,
+            "TOKEN_MISSING"
+        );
+        let err = admin
+            .list_topics(bearer(admin::ListTopicsRequest {}, "not-a-token"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+        assert_eq!(
+            err.get_error_details().error_info().unwrap().reason,
+            "TOKEN_MALFORMED"
+        );
+        let err = admin
+            .list_topics(bearer(
+                admin::ListTopicsRequest {},
+                &dev.token("acme-admin"),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+        let details = err.get_error_details();
+        assert_eq!(details.error_info().unwrap().reason, "PERMISSION_DENIED");
+        assert_eq!(
+            details.resource_info().unwrap().resource_name,
+            format!("region {region}")
+        );
+        let topics = admin
+            .list_topics(bearer(admin::ListTopicsRequest {}, &dev.token("sre")))
+            .await
+            .unwrap()
+            .into_inner()
+            .topics;
+        assert!(
+            topics
+                .iter()
+                .any(|t| t.name == format!("meridian.{region}.phi.ingest") && t.partitions == 8),
+            "{topics:?}"
+        );
+
+        // Auth over HTTP.
+        let addr = dev.http(region);
+        let (status, _, body) = http_get(&addr, "/healthz", None).await;
+        assert_eq!((status, body["status"].as_str()), (200, Some("serving")));
+        let (status, headers, body) = http_get(&addr, "/v1/whoami", None).await;
+        assert_eq!(status, 401);
+        assert_eq!(
+            headers.get("www-authenticate").map(String::as_str),
+            Some("Bearer")
+        );
+        assert_eq!(body["error"]["reason"], "TOKEN_MISSING");
+        let (status, _, body) = http_get(&addr, "/v1/whoami", Some(&dev.token("dr-nair"))).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["principal"]["reader"], "dr-priya-nair");
+        let (status, _, body) = http_get(&addr, "/v1/summary", Some(&dev.token("dr-nair"))).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (403, Some("PERMISSION_DENIED"))
+        );
+        let (status, _, _) = http_get(&addr, "/v1/summary", Some(&dev.token("sre"))).await;
+        assert_eq!(status, 200);
+    }
+
+    // The CLI against the running process: readers were registered at first start.
+    let tail = |region: &str| {
+        let out = Command::new(MERIDIAN)
+            .args(["log", "tail", "--region", region, "--data-dir"])
+            .arg(data.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let us_east = tail("us-east");
+    assert_eq!(
+        us_east
+            .lines()
+            .filter(|l| l.contains("ReaderRegistered"))
+            .count(),
+        2,
+        "{us_east}"
+    );
+    assert!(us_east.contains("dr-ana-ortiz") && us_east.contains("dr-ben-cole"));
+    let rebuild = Command::new(MERIDIAN)
+        .args([
+            "projection",
+            "rebuild",
+            "events.summary",
+            "--region",
+            "in-south",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&rebuild.stdout);
+    assert!(
+        rebuild.status.success() && text.contains("2 events applied") && text.contains("matches"),
+        "{text}"
+    );
+    let denied = Command::new(MERIDIAN)
+        .args([
+            "log",
+            "tail",
+            "--region",
+            "us-east",
+            "--as",
+            "acme-pacs",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(!denied.status.success());
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("PermissionDenied"));
+
+    // Ctrl-C stops it cleanly; a restart continues where it stopped.
+    dev.interrupt();
+    let dev = Dev::start(data.path());
+    let again = tail("us-east");
+    assert_eq!(
+        again
+            .lines()
+            .filter(|l| l.contains("ReaderRegistered"))
+            .count(),
+        2,
+        "a restart registers nobody twice:\n{again}"
+    );
+    drop(dev);
+}

@@ -1,0 +1,186 @@
+//! `meridian.admin.v1.AdminService`: operating a region. Platform
+//! principals (SRE) only; nothing returned carries PHI.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::Stream;
+use meridian_auth::grpc::{permission_denied, principal};
+use meridian_auth::{Action, Resource, authorize};
+use meridian_events::envelope::Body;
+use meridian_log::{EventLog, LogReader, Record};
+use meridian_proto::admin::v1 as pb;
+use meridian_proto::admin::v1::admin_service_server::AdminService;
+use tonic::{Request, Response, Status};
+
+use crate::node::Region;
+use crate::summary::EventSummary;
+
+pub struct Admin {
+    region: Arc<Region>,
+}
+
+impl Admin {
+    pub fn new(region: Arc<Region>) -> Admin {
+        Admin { region }
+    }
+
+    fn allow<T>(&self, request: &Request<T>, action: Action) -> Result<(), Status> {
+        let p = principal(request)?;
+        authorize(
+            p,
+            action,
+            &Resource::Region {
+                region: &self.region.name,
+            },
+        )
+        .map_err(|d| permission_denied(&d))
+    }
+}
+
+fn render(record: &Record) -> pb::TailLogResponse {
+    let mut out = pb::TailLogResponse {
+        topic: record.topic.to_string(),
+        partition: record.partition,
+        offset: record.offset,
+        ..Default::default()
+    };
+    let envelope = match record.envelope() {
+        Ok(e) => e,
+        Err(e) => {
+            out.error = e.to_string();
+            return out;
+        }
+    };
+    out.event_id = envelope.meta.event_id.to_string();
+    out.payload_type = envelope.payload_type.clone();
+    out.data_class = envelope.data_class.as_str().to_owned();
+    out.aggregate_type = envelope.meta.aggregate_type.clone();
+    out.aggregate_id = envelope.meta.aggregate_id.to_string();
+    out.aggregate_version = envelope.meta.aggregate_version;
+    out.tenant = envelope.meta.tenant.clone();
+    out.occurred_at = Some(envelope.meta.occurred_at.to_timestamp());
+    out.payload_text = match &envelope.body {
+        // PHI stays sealed: the tail shows that it is there, not what it says.
+        Body::Sealed { .. } => "(sealed)".to_owned(),
+        Body::Plain(_) => match envelope.open_plain() {
+            Ok(p) => format!("{p:?}"),
+            Err(e) => {
+                out.error = e.to_string();
+                String::new()
+            }
+        },
+    };
+    out
+}
+
+struct Tail {
+    reader: Box<dyn LogReader>,
+    buffer: VecDeque<Record>,
+    study: Option<String>,
+    follow: bool,
+}
+
+type TailStream = Pin<Box<dyn Stream<Item = Result<pb::TailLogResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AdminService for Admin {
+    type TailLogStream = TailStream;
+
+    async fn tail_log(
+        &self,
+        request: Request<pb::TailLogRequest>,
+    ) -> Result<Response<TailStream>, Status> {
+        self.allow(&request, Action::TailLog)?;
+        let req = request.into_inner();
+        let from = self
+            .region
+            .start_positions()
+            .into_iter()
+            .filter(|p| req.streams.is_empty() || req.streams.iter().any(|s| s == p.topic.stream()))
+            .collect();
+        let reader = self
+            .region
+            .log
+            .reader(from)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let study = (!req.study_id.is_empty()).then_some(req.study_id);
+        let state = Tail {
+            reader,
+            buffer: VecDeque::new(),
+            study,
+            follow: req.follow,
+        };
+        let stream = futures_util::stream::unfold(state, |mut t| async move {
+            loop {
+                if let Some(record) = t.buffer.pop_front() {
+                    let item = render(&record);
+                    if t.study.as_ref().is_some_and(|s| *s != item.aggregate_id) {
+                        continue;
+                    }
+                    return Some((Ok(item), t));
+                }
+                let wait = if t.follow {
+                    Duration::from_secs(1)
+                } else {
+                    Duration::from_millis(200)
+                };
+                match t.reader.next_batch(512, wait).await {
+                    Ok(batch) if batch.is_empty() && !t.follow => return None,
+                    Ok(batch) => t.buffer.extend(batch),
+                    Err(e) => return Some((Err(Status::internal(e.to_string())), t)),
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn rebuild_projection(
+        &self,
+        request: Request<pb::RebuildProjectionRequest>,
+    ) -> Result<Response<pb::RebuildProjectionResponse>, Status> {
+        self.allow(&request, Action::RebuildProjection)?;
+        let name = request.into_inner().name;
+        if name != <EventSummary as meridian_projection::Projection>::NAME {
+            return Err(Status::not_found(format!(
+                "no projection {name:?} in region {}; known: events.summary",
+                self.region.name
+            )));
+        }
+        let rebuilt = self
+            .region
+            .rebuild_summary()
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::RebuildProjectionResponse {
+            name,
+            events_applied: rebuilt.applied,
+            duplicates: rebuilt.duplicates,
+            skipped: rebuilt.skipped,
+            duration_micros: rebuilt.duration.as_micros() as u64,
+            matches_previous: rebuilt.matches_previous,
+            summary: rebuilt.summary,
+        }))
+    }
+
+    async fn list_topics(
+        &self,
+        request: Request<pb::ListTopicsRequest>,
+    ) -> Result<Response<pb::ListTopicsResponse>, Status> {
+        self.allow(&request, Action::TailLog)?;
+        let topics = self
+            .region
+            .log
+            .topics()
+            .into_iter()
+            .map(|(name, partitions)| pb::TopicInfo {
+                name: name.to_string(),
+                partitions,
+            })
+            .collect();
+        Ok(Response::new(pb::ListTopicsResponse { topics }))
+    }
+}

@@ -1,0 +1,431 @@
+//! Opening a region: its folder, log, topics, key store, the reader
+//! bootstrap and the projections it serves.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meridian_auth::TokenVerifier;
+use meridian_config::{Platform, Reader, Weekday};
+use meridian_events::payload::CATALOGUE;
+use meridian_events::{Envelope, EventId, EventMeta, ReaderKey, UnixMicros};
+use meridian_log::embedded::{EmbeddedKeyStore, EmbeddedLog, EmbeddedOptions};
+use meridian_log::{EventLog, Outgoing, Position, TopicName, TopicSpec};
+use meridian_projection::Projector;
+use meridian_projection::run::catch_up;
+use meridian_projection::snapshot::FileSnapshots;
+use meridian_proto::events::v1 as pb;
+use tokio::sync::{Mutex, watch};
+
+use crate::summary::EventSummary;
+
+/// Partitions of every topic a region creates. Fixed for a topic's life.
+pub const PARTITIONS: u32 = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegionError {
+    #[error("region {region} is not in the configuration")]
+    Unknown { region: String },
+    #[error("region {region}: {path}: {source}")]
+    Io {
+        region: String,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("region {region}: {source}")]
+    Log {
+        region: String,
+        source: meridian_log::Error,
+    },
+    #[error("region {region}: {source}")]
+    Projection {
+        region: String,
+        source: meridian_projection::Error,
+    },
+    #[error("region {region}: bootstrap of reader {reader}: {reason}")]
+    Bootstrap {
+        region: String,
+        reader: String,
+        reason: String,
+    },
+}
+
+/// What a rebuild found.
+#[derive(Clone, Debug)]
+pub struct Rebuilt {
+    pub applied: u64,
+    pub duplicates: u64,
+    pub skipped: u64,
+    pub duration: Duration,
+    pub matches_previous: bool,
+    pub summary: String,
+}
+
+/// One open region.
+pub struct Region {
+    pub name: String,
+    pub platform: Arc<Platform>,
+    pub log: Arc<EmbeddedLog>,
+    pub keys: EmbeddedKeyStore,
+    pub objects: PathBuf,
+    pub verifier: Arc<TokenVerifier>,
+    topics: Vec<TopicName>,
+    summary: Mutex<Projector<EventSummary>>,
+    snapshots: FileSnapshots,
+}
+
+impl Region {
+    /// Opens the region `name` in `dir` (created if missing); `now` stamps
+    /// the bootstrap events of a first start.
+    pub async fn open(
+        name: &str,
+        dir: &Path,
+        platform: Arc<Platform>,
+        verifier: Arc<TokenVerifier>,
+        now: UnixMicros,
+    ) -> Result<Region, RegionError> {
+        if !platform.regions.contains_key(name) {
+            return Err(RegionError::Unknown {
+                region: name.to_owned(),
+            });
+        }
+        let io = |path: &Path| {
+            let (region, path) = (name.to_owned(), path.display().to_string());
+            move |source| RegionError::Io {
+                region,
+                path,
+                source,
+            }
+        };
+        let objects = dir.join("objects");
+        std::fs::create_dir_all(&objects).map_err(io(&objects))?;
+        let log_err = |source| RegionError::Log {
+            region: name.to_owned(),
+            source,
+        };
+        let log = Arc::new(
+            EmbeddedLog::open(&dir.join("log.redb"), EmbeddedOptions::default())
+                .map_err(log_err)?,
+        );
+        let mut topics = Vec::new();
+        for info in CATALOGUE {
+            let topic = TopicName::new(name, info.data_class, info.stream).map_err(|e| {
+                RegionError::Bootstrap {
+                    region: name.to_owned(),
+                    reader: String::new(),
+                    reason: e.to_string(),
+                }
+            })?;
+            if !topics.contains(&topic) {
+                log.ensure_topic(&TopicSpec::new(topic.clone(), PARTITIONS))
+                    .await
+                    .map_err(log_err)?;
+                topics.push(topic);
+            }
+        }
+        let snapshots = FileSnapshots::new(dir.join("snapshots"));
+        let proj_err = |source| RegionError::Projection {
+            region: name.to_owned(),
+            source,
+        };
+        let mut summary = match snapshots.load::<EventSummary>().map_err(proj_err)? {
+            Some(s) => Projector::restore(s).map_err(proj_err)?,
+            None => Projector::new(Vec::new()),
+        };
+        let starts = start_positions(&topics);
+        summary.ensure_positions(starts);
+        let keys = log.key_store();
+        catch_up(log.as_ref(), &keys, &mut summary, Duration::from_millis(50))
+            .await
+            .map_err(proj_err)?;
+        let region = Region {
+            name: name.to_owned(),
+            platform,
+            log,
+            keys,
+            objects,
+            verifier,
+            topics,
+            summary: Mutex::new(summary),
+            snapshots,
+        };
+        region.bootstrap_readers(now).await?;
+        Ok(region)
+    }
+
+    pub fn topics(&self) -> &[TopicName] {
+        &self.topics
+    }
+
+    pub fn start_positions(&self) -> Vec<Position> {
+        start_positions(&self.topics)
+    }
+
+    /// Readers configured to sit in this region become ReaderRegistered
+    /// events at first start; afterwards they change through the routing
+    /// API. Event ids come from an idempotency key, so a bootstrap repeated
+    /// after a crash is recognised as the same events.
+    async fn bootstrap_readers(&self, now: UnixMicros) -> Result<(), RegionError> {
+        let mut summary = self.summary.lock().await;
+        let topic = TopicName::new(
+            &self.name,
+            meridian_events::DataClass::Operational,
+            "routing",
+        )
+        .map_err(|e| RegionError::Bootstrap {
+            region: self.name.clone(),
+            reader: String::new(),
+            reason: e.to_string(),
+        })?;
+        let mut batch = Vec::new();
+        for group in self.platform.groups.values() {
+            for reader in group.readers.iter().filter(|r| r.region == self.name) {
+                if summary.state().readers.contains(&reader.id) {
+                    continue;
+                }
+                let envelope =
+                    registration(&self.name, &group.name, reader, now).map_err(|reason| {
+                        RegionError::Bootstrap {
+                            region: self.name.clone(),
+                            reader: reader.id.clone(),
+                            reason,
+                        }
+                    })?;
+                let out =
+                    Outgoing::new(topic.clone(), &envelope).map_err(|source| RegionError::Log {
+                        region: self.name.clone(),
+                        source,
+                    })?;
+                batch.push(out);
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(region = %self.name, readers = batch.len(), "registering configured readers");
+        self.log
+            .append(batch)
+            .await
+            .map_err(|source| RegionError::Log {
+                region: self.name.clone(),
+                source,
+            })?;
+        catch_up(
+            self.log.as_ref(),
+            &self.keys,
+            &mut summary,
+            Duration::from_millis(50),
+        )
+        .await
+        .map_err(|source| RegionError::Projection {
+            region: self.name.clone(),
+            source,
+        })?;
+        self.snapshots
+            .save(&summary.snapshot())
+            .map_err(|source| RegionError::Projection {
+                region: self.name.clone(),
+                source,
+            })
+    }
+
+    /// The summary's state, rendered.
+    pub async fn summary(&self) -> crate::summary::Summary {
+        self.summary.lock().await.state().clone()
+    }
+
+    /// Follows the log into the summary until `shutdown`, snapshotting every
+    /// 1,000 events or 5 s, and once more at the end.
+    pub async fn follow(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let positions = self.summary.lock().await.positions();
+        let mut reader = match self.log.reader(positions).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(region = %self.name, error = %e, "cannot follow the log");
+                return;
+            }
+        };
+        let (mut pending, mut last) = (0usize, Instant::now());
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                batch = reader.next_batch(1024, Duration::from_millis(500)) => match batch {
+                    Ok(batch) if !batch.is_empty() => {
+                        let mut summary = self.summary.lock().await;
+                        for record in &batch {
+                            if let Err(e) = summary.feed(record, &self.keys) {
+                                tracing::warn!(region = %self.name, error = %e, "summary projection");
+                            }
+                        }
+                        pending += batch.len();
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(region = %self.name, error = %e, "reading the log");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                },
+            }
+            if pending > 0 && (pending >= 1_000 || last.elapsed() > Duration::from_secs(5)) {
+                self.save_snapshot().await;
+                (pending, last) = (0, Instant::now());
+            }
+        }
+        self.save_snapshot().await;
+    }
+
+    async fn save_snapshot(&self) {
+        let snapshot = self.summary.lock().await.snapshot();
+        if let Err(e) = self.snapshots.save(&snapshot) {
+            tracing::warn!(region = %self.name, error = %e, "saving the summary snapshot");
+        }
+    }
+
+    /// Throws the summary away and rebuilds it from the log. Holds the
+    /// projection while it does, so the follower neither loses nor doubles
+    /// anything: what it read meanwhile is behind or ahead of the rebuilt
+    /// positions, and the projector treats it accordingly.
+    pub async fn rebuild_summary(&self) -> Result<Rebuilt, RegionError> {
+        let err = |source| RegionError::Projection {
+            region: self.name.clone(),
+            source,
+        };
+        let mut live = self.summary.lock().await;
+        let started = Instant::now();
+        let mut fresh = Projector::<EventSummary>::new(self.start_positions());
+        let idle = Duration::from_millis(100);
+        catch_up(self.log.as_ref(), &self.keys, &mut fresh, idle)
+            .await
+            .map_err(err)?;
+        // Bring both to the same point to compare them.
+        for _ in 0..3 {
+            catch_up(self.log.as_ref(), &self.keys, &mut live, idle)
+                .await
+                .map_err(err)?;
+            catch_up(self.log.as_ref(), &self.keys, &mut fresh, idle)
+                .await
+                .map_err(err)?;
+            if live.positions() == fresh.positions() {
+                break;
+            }
+        }
+        let matches_previous =
+            live.positions() == fresh.positions() && live.state() == fresh.state();
+        let stats = fresh.stats().clone();
+        let summary = fresh.state().render();
+        *live = fresh;
+        self.snapshots.save(&live.snapshot()).map_err(err)?;
+        Ok(Rebuilt {
+            applied: stats.applied,
+            duplicates: stats.duplicates,
+            skipped: stats.corrupt_envelopes
+                + stats.unreadable_payloads
+                + stats.shredded
+                + stats.unknown_keys
+                + stats.conflicts,
+            duration: started.elapsed(),
+            matches_previous,
+            summary,
+        })
+    }
+}
+
+fn start_positions(topics: &[TopicName]) -> Vec<Position> {
+    topics
+        .iter()
+        .flat_map(|t| (0..PARTITIONS).map(move |p| Position::start(t.clone(), p)))
+        .collect()
+}
+
+fn end_of_day(date: &meridian_config::value::Date) -> Result<prost_types::Timestamp, String> {
+    let next = date.0.tomorrow().map_err(|e| e.to_string())?;
+    let ts = next
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .map_err(|e| e.to_string())?
+        .timestamp();
+    Ok(prost_types::Timestamp {
+        seconds: ts.as_second(),
+        nanos: 0,
+    })
+}
+
+fn iso_weekday(d: Weekday) -> u32 {
+    match d {
+        Weekday::Mon => 1,
+        Weekday::Tue => 2,
+        Weekday::Wed => 3,
+        Weekday::Thu => 4,
+        Weekday::Fri => 5,
+        Weekday::Sat => 6,
+        Weekday::Sun => 7,
+    }
+}
+
+/// The ReaderRegistered event of a configured reader. Reader events belong
+/// to no tenant: their envelope's tenant is "platform".
+fn registration(
+    region: &str,
+    group: &str,
+    r: &Reader,
+    now: UnixMicros,
+) -> Result<Envelope, String> {
+    let mut licences = Vec::new();
+    for l in &r.licences {
+        licences.push(pb::Licence {
+            jurisdiction: l.jurisdiction.0.clone(),
+            expires_at: Some(end_of_day(&l.expires)?),
+        });
+    }
+    let mut credentials = Vec::new();
+    for c in &r.credentials {
+        credentials.push(pb::Credential {
+            tenant: c.tenant.clone(),
+            facility: c.facility.clone(),
+            expires_at: Some(end_of_day(&c.expires)?),
+        });
+    }
+    let shifts = r
+        .shifts
+        .iter()
+        .flat_map(|s| {
+            s.days.iter().map(|d| pb::Shift {
+                weekday: iso_weekday(*d),
+                start_minute: s.start.minute_of_day,
+                end_minute: s.end.minute_of_day,
+            })
+        })
+        .collect();
+    let payload = pb::ReaderRegistered {
+        reader_id: r.id.clone(),
+        reading_group: group.to_owned(),
+        region: region.to_owned(),
+        display_name: r.name.clone(),
+        licences,
+        credentials,
+        subspecialties: r.subspecialties.clone(),
+        modalities: r.modalities.clone(),
+        read_types: r.read_types.iter().map(|t| t.as_str().to_owned()).collect(),
+        shifts,
+        time_zone: r.time_zone.0.clone(),
+        capacity: r.capacity,
+    };
+    let type_name = "meridian.events.v1.ReaderRegistered";
+    let meta = EventMeta {
+        event_id: EventId::idempotent(
+            "platform",
+            &format!("bootstrap/reader/{}", r.id),
+            type_name,
+            0,
+        ),
+        aggregate_type: "routing.reader".into(),
+        aggregate_id: ReaderKey::of(&r.id).0,
+        aggregate_version: 1,
+        tenant: "platform".into(),
+        home_region: region.to_owned(),
+        occurred_at: now,
+        causation_id: None,
+        correlation_id: None,
+        traceparent: None,
+    };
+    Envelope::plain(meta, &payload).map_err(|e| e.to_string())
+}

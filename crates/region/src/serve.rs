@@ -1,0 +1,102 @@
+//! Running a region's servers until shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use meridian_auth::grpc::Authenticate;
+use meridian_proto::admin::v1::admin_service_server::AdminServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+
+use crate::admin::Admin;
+use crate::node::Region;
+
+/// The region's listeners, bound by the caller (tests bind port 0).
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: TcpListener,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("region {region}: gRPC server: {reason}")]
+    Grpc { region: String, reason: String },
+    #[error("region {region}: HTTP server: {source}")]
+    Http {
+        region: String,
+        source: std::io::Error,
+    },
+}
+
+/// Serves gRPC (health, reflection v1 and v1alpha, admin) and HTTP, and
+/// follows the log into the region's projections, until `shutdown` resolves.
+pub async fn serve(
+    region: Arc<Region>,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let name = region.name.clone();
+    let (stop, stopped) = watch::channel(false);
+    let follower = tokio::spawn(region.clone().follow(stopped.clone()));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", ServingStatus::Serving).await;
+    health.set_serving::<AdminServiceServer<Admin>>().await;
+    let grpc_err = |reason: String| ServeError::Grpc {
+        region: name.clone(),
+        reason,
+    };
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(meridian_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
+        .build_v1()
+        .map_err(|e| grpc_err(e.to_string()))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| grpc_err(e.to_string()))?;
+    let admin = AdminServiceServer::with_interceptor(
+        Admin::new(region.clone()),
+        Authenticate::new(region.verifier.clone()),
+    );
+
+    let wait = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let grpc = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
+            wait(stopped.clone()),
+        );
+    let http = axum::serve(listeners.http, crate::http::router(region.clone()))
+        .with_graceful_shutdown(wait(stopped.clone()));
+    let grpc = tokio::spawn(grpc);
+    let http = tokio::spawn(async move { http.await });
+
+    shutdown.await;
+    tracing::info!(region = %name, "shutting down");
+    let _ = stop.send(true);
+    let grpc = grpc
+        .await
+        .map_err(|e| grpc_err(e.to_string()))?
+        .map_err(|e| grpc_err(e.to_string()));
+    let http = http
+        .await
+        .map_err(|e| grpc_err(e.to_string()))?
+        .map_err(|source| ServeError::Http {
+            region: name.clone(),
+            source,
+        });
+    let _ = follower.await;
+    grpc?;
+    http
+}

@@ -4,14 +4,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tonic::{Code, Request, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::ERROR_DOMAIN;
 use crate::principal::{Denied, Principal};
-use crate::token::{AuthError, TokenVerifier};
+use crate::token::{AuthError, TokenVerifier, wall_clock_seconds};
 
 /// UNAUTHENTICATED with an ErrorInfo whose reason says what was wrong.
 pub fn unauthenticated(e: &AuthError) -> Status {

@@ -3,7 +3,6 @@
 //! `WWW-Authenticate`, 403) that say what was wrong.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -13,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::principal::{Denied, Principal};
-use crate::token::{AuthError, TokenVerifier};
+use crate::token::{AuthError, TokenVerifier, wall_clock_seconds};
 
 impl IntoResponse for AuthError {
     fn into_response(self) -> Response {
@@ -56,10 +55,7 @@ pub async fn authenticate(
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or(""));
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let now = wall_clock_seconds();
     match verifier.verify_header(header, now) {
         Ok(principal) => {
             request.extensions_mut().insert(principal);

@@ -12,6 +12,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::principal::Principal;
 
+/// The wall clock in Unix seconds, for the adapters that verify a token
+/// when a request arrives. Everything else takes the time as an argument.
+#[allow(clippy::disallowed_methods)] // the edge: the request's arrival time
+pub fn wall_clock_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 /// Clock skew tolerated on `iat` and `exp`, in seconds.
 const LEEWAY: i64 = 30;
 

@@ -256,6 +256,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let secrets = args.data_dir.join("secrets");
     let signer = ensure_secrets(&platform, &secrets)?;
     let verifier = Arc::new(verifier(&platform, &secrets)?);
+    #[allow(clippy::disallowed_methods)]
+    // the edge: the start time stamps bootstrap events and tokens
     let wall = SystemTime::now().duration_since(UNIX_EPOCH)?;
     let now = UnixMicros(wall.as_micros() as i64);
 

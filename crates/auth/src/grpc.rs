@@ -29,13 +29,6 @@ pub fn permission_denied(d: &Denied) -> Status {
     Status::with_error_details(Code::PermissionDenied, d.to_string(), details)
 }
 
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// Resolves the principal and puts it in the request's extensions. Apply
 /// to every Meridian service; health and reflection stay open.
 #[derive(Clone)]
@@ -57,7 +50,7 @@ impl tonic::service::Interceptor for Authenticate {
             .map(|v| v.to_str().unwrap_or(""));
         let principal = self
             .verifier
-            .verify_header(header, now())
+            .verify_header(header, wall_clock_seconds())
             .map_err(|e| unauthenticated(&e))?;
         request.extensions_mut().insert(principal);
         Ok(request)

@@ -1,9 +1,11 @@
 //! The production log on Kafka (rdkafka with its bundled librdkafka).
 //!
-//! - One transactional, idempotent producer (`acks=all`): every `append` and
-//!   every `commit` is one Kafka transaction, so an append is atomic per call
-//!   and a consume-transform-produce step commits its outputs and its input
-//!   offsets (`send_offsets_to_transaction`) together.
+//! - One transactional, idempotent producer (`acks=all`), owned by a
+//!   committer task: each transaction holds every append and step that was
+//!   waiting when it began (group commit), so an append is atomic per call,
+//!   a consume-transform-produce step commits its outputs and its input
+//!   offsets (`send_offsets_to_transaction`) together, and concurrent
+//!   callers share one commit round trip.
 //! - Readers `assign()` explicit partitions at explicit offsets with
 //!   `isolation.level=read_committed`; nothing relies on "latest" offsets or
 //!   group rebalancing (tansu answers ListOffsets "latest" wrongly for
@@ -24,6 +26,7 @@ use rdkafka::message::{Header, Headers as _, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::failpoint::{self, FailPoints};
 use crate::partitioner::partition_for;
@@ -89,7 +92,8 @@ async fn blocking<T: Send + 'static>(
 /// The event log of one region on a Kafka cluster.
 pub struct KafkaLog {
     config: KafkaConfig,
-    producer: tokio::sync::Mutex<FutureProducer>,
+    /// To the committer task, which owns the transactional producer.
+    jobs: mpsc::Sender<TxnJob>,
     admin: AdminClient<DefaultClientContext>,
     metadata: Arc<BaseConsumer>,
     partitions: RwLock<HashMap<TopicName, u32>>,
@@ -122,9 +126,11 @@ impl KafkaLog {
             .set("group.id", "meridian-metadata")
             .create()
             .map_err(kafka("create metadata client"))?;
+        let (jobs, queue) = mpsc::channel(1024);
+        tokio::spawn(committer(producer, config.failpoints.clone(), queue));
         Ok(KafkaLog {
             config,
-            producer: tokio::sync::Mutex::new(producer),
+            jobs,
             admin,
             metadata: Arc::new(metadata),
             partitions: RwLock::new(HashMap::new()),
@@ -149,7 +155,9 @@ impl KafkaLog {
         Ok(c)
     }
 
-    /// Produces `outputs` (and commits `inputs` for `consumer`) in one transaction.
+    /// Produces `outputs` (and commits `inputs` for `consumer`) atomically:
+    /// validated here, then handed to the committer, which puts every job
+    /// waiting at that moment into one Kafka transaction.
     async fn transact(
         &self,
         outputs: Vec<Outgoing>,
@@ -158,13 +166,15 @@ impl KafkaLog {
         for out in &outputs {
             out.validate()?;
         }
-        let mut partitions = Vec::with_capacity(outputs.len());
-        for out in &outputs {
-            partitions.push(partition_for(&out.key, self.partitions(&out.topic).await?));
+        let mut records = Vec::with_capacity(outputs.len());
+        for out in outputs {
+            let partition = partition_for(&out.key, self.partitions(&out.topic).await?);
+            records.push((out, partition));
         }
-        let group = match &offsets {
+        let offsets = match offsets {
             Some((consumer, inputs)) => {
-                for p in inputs {
+                let mut tpl = TopicPartitionList::new();
+                for p in &inputs {
                     let n = self.partitions(&p.topic).await?;
                     if p.partition >= n {
                         return Err(Error::NoSuchPartition {
@@ -173,57 +183,6 @@ impl KafkaLog {
                             partitions: n,
                         });
                     }
-                }
-                Some(self.group(consumer)?)
-            }
-            None => None,
-        };
-
-        // One transaction at a time per transactional producer.
-        let producer = self.producer.lock().await;
-        let p = producer.clone();
-        blocking("begin transaction", move || {
-            p.begin_transaction().map_err(kafka("begin transaction"))
-        })
-        .await?;
-        let result = async {
-            let mut deliveries = Vec::with_capacity(outputs.len());
-            for (out, partition) in outputs.iter().zip(&partitions) {
-                let mut headers = OwnedHeaders::new_with_capacity(4);
-                for (name, value) in out.headers.iter() {
-                    headers = headers.insert(Header {
-                        key: name,
-                        value: Some(value),
-                    });
-                }
-                let record = FutureRecord::to(out.topic.as_str())
-                    .key(&out.key)
-                    .payload(&out.value)
-                    .partition(*partition as i32)
-                    .headers(headers);
-                let delivery = producer
-                    .send_result(record)
-                    .map_err(|(e, _)| kafka("produce")(e))?;
-                deliveries.push(delivery);
-            }
-            let mut appended = Vec::with_capacity(deliveries.len());
-            for (delivery, out) in deliveries.into_iter().zip(&outputs) {
-                let d = delivery
-                    .await
-                    .map_err(|_| Error::KafkaProtocol {
-                        operation: "produce",
-                        reason: "delivery cancelled".into(),
-                    })?
-                    .map_err(|(e, _)| kafka("produce")(e))?;
-                appended.push(Appended {
-                    event_id: out.event_id,
-                    partition: d.partition as u32,
-                    offset: d.offset as u64,
-                });
-            }
-            if let (Some((_, inputs)), Some(group)) = (&offsets, &group) {
-                let mut tpl = TopicPartitionList::new();
-                for p in inputs {
                     tpl.add_partition_offset(
                         p.topic.as_str(),
                         p.partition as i32,
@@ -231,32 +190,53 @@ impl KafkaLog {
                     )
                     .map_err(kafka("send offsets"))?;
                 }
-                let metadata = group.group_metadata().ok_or(Error::KafkaProtocol {
-                    operation: "send offsets",
-                    reason: "no consumer group metadata".into(),
-                })?;
-                let p = producer.clone();
-                blocking("send offsets", move || {
-                    p.send_offsets_to_transaction(&tpl, &metadata, TIMEOUT)
-                        .map_err(kafka("send offsets"))
-                })
-                .await?;
+                Some((self.group(&consumer)?, tpl))
             }
-            self.config.failpoints.hit(failpoint::BEFORE_COMMIT)?;
-            let p = producer.clone();
-            blocking("commit transaction", move || {
-                p.commit_transaction(TIMEOUT)
-                    .map_err(kafka("commit transaction"))
+            None => None,
+        };
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(TxnJob {
+                records,
+                offsets,
+                reply,
             })
-            .await?;
-            Ok(appended)
-        }
-        .await;
-        match result {
-            Ok(appended) => {
-                self.config.failpoints.hit(failpoint::AFTER_COMMIT)?;
-                Ok(appended)
+            .await
+            .map_err(|_| Error::Closed)?;
+        answer.await.map_err(|_| Error::Closed)?
+    }
+}
+
+/// One caller's share of a transaction.
+struct TxnJob {
+    records: Vec<(Outgoing, u32)>,
+    offsets: Option<(Arc<BaseConsumer>, TopicPartitionList)>,
+    reply: oneshot::Sender<Result<Vec<Appended>, Error>>,
+}
+
+/// Most jobs in one transaction.
+const MAX_GROUP: usize = 64;
+
+/// Owns the transactional producer: one transaction at a time, holding
+/// every job that was waiting when it began (group commit). A failure
+/// aborts the transaction and fails every job in it; callers retry, and
+/// de-duplication makes a retried append harmless.
+async fn committer(
+    producer: FutureProducer,
+    failpoints: FailPoints,
+    mut jobs: mpsc::Receiver<TxnJob>,
+) {
+    while let Some(first) = jobs.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
             }
+        }
+        let result = transaction(&producer, &failpoints, &group).await;
+        let result = match result {
+            Ok(appended) => failpoints.hit(failpoint::AFTER_COMMIT).map(|()| appended),
             Err(error) => {
                 let p = producer.clone();
                 // The error that made us abort is the one to report.
@@ -267,8 +247,97 @@ impl KafkaLog {
                 .await;
                 Err(error)
             }
+        };
+        match result {
+            Ok(appended) => {
+                for (job, a) in group.into_iter().zip(appended) {
+                    let _ = job.reply.send(Ok(a));
+                }
+            }
+            Err(error) => {
+                for job in group {
+                    let _ = job.reply.send(Err(error.clone()));
+                }
+            }
         }
     }
+}
+
+async fn transaction(
+    producer: &FutureProducer,
+    failpoints: &FailPoints,
+    group: &[TxnJob],
+) -> Result<Vec<Vec<Appended>>, Error> {
+    let p = producer.clone();
+    blocking("begin transaction", move || {
+        p.begin_transaction().map_err(kafka("begin transaction"))
+    })
+    .await?;
+    let mut deliveries = Vec::with_capacity(group.len());
+    for job in group {
+        let mut pending = Vec::with_capacity(job.records.len());
+        for (out, partition) in &job.records {
+            let mut headers = OwnedHeaders::new_with_capacity(4);
+            for (name, value) in out.headers.iter() {
+                headers = headers.insert(Header {
+                    key: name,
+                    value: Some(value),
+                });
+            }
+            let record = FutureRecord::to(out.topic.as_str())
+                .key(&out.key)
+                .payload(&out.value)
+                .partition(*partition as i32)
+                .headers(headers);
+            pending.push(
+                producer
+                    .send_result(record)
+                    .map_err(|(e, _)| kafka("produce")(e))?,
+            );
+        }
+        deliveries.push(pending);
+    }
+    let mut appended = Vec::with_capacity(group.len());
+    for (job, pending) in group.iter().zip(deliveries) {
+        let mut a = Vec::with_capacity(pending.len());
+        for (delivery, (out, _)) in pending.into_iter().zip(&job.records) {
+            let d = delivery
+                .await
+                .map_err(|_| Error::KafkaProtocol {
+                    operation: "produce",
+                    reason: "delivery cancelled".into(),
+                })?
+                .map_err(|(e, _)| kafka("produce")(e))?;
+            a.push(Appended {
+                event_id: out.event_id,
+                partition: d.partition as u32,
+                offset: d.offset as u64,
+            });
+        }
+        appended.push(a);
+    }
+    for job in group {
+        if let Some((consumer, tpl)) = &job.offsets {
+            let metadata = consumer.group_metadata().ok_or(Error::KafkaProtocol {
+                operation: "send offsets",
+                reason: "no consumer group metadata".into(),
+            })?;
+            let (p, tpl) = (producer.clone(), tpl.clone());
+            blocking("send offsets", move || {
+                p.send_offsets_to_transaction(&tpl, &metadata, TIMEOUT)
+                    .map_err(kafka("send offsets"))
+            })
+            .await?;
+        }
+    }
+    failpoints.hit(failpoint::BEFORE_COMMIT)?;
+    let p = producer.clone();
+    blocking("commit transaction", move || {
+        p.commit_transaction(TIMEOUT)
+            .map_err(kafka("commit transaction"))
+    })
+    .await?;
+    Ok(appended)
 }
 
 #[async_trait]

@@ -44,7 +44,7 @@ pub mod topic;
 pub use record::{Appended, Headers, Outgoing, Position, Record, Step};
 pub use topic::{TopicName, TopicSpec};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum Error {
     #[error("topic {topic} does not exist")]
     UnknownTopic { topic: String },

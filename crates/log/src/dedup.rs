@@ -12,9 +12,11 @@ use std::collections::BTreeMap;
 
 use meridian_events::{Envelope, EventId};
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Applied {
+    aggregate_type: String,
     version: u64,
     event_id: EventId,
     digest: [u8; 32],
@@ -22,8 +24,11 @@ struct Applied {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deduplicator {
-    /// "aggregate_type/aggregate_id" → last applied event.
-    last: BTreeMap<String, Applied>,
+    /// Aggregate id → the last applied event of each aggregate type with
+    /// that id (usually one). Keyed by id so a lookup allocates nothing.
+    last: BTreeMap<Uuid, Vec<Applied>>,
+    #[serde(default)]
+    aggregates: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +51,14 @@ pub enum Conflict {
 }
 
 impl Deduplicator {
+    fn applied(&self, envelope: &Envelope) -> Option<&Applied> {
+        self.last
+            .get(&envelope.meta.aggregate_id)?
+            .iter()
+            .find(|a| a.aggregate_type == envelope.meta.aggregate_type)
+    }
+
+    /// The aggregate as error messages name it.
     fn key(envelope: &Envelope) -> String {
         format!(
             "{}/{}",
@@ -56,7 +69,7 @@ impl Deduplicator {
 
     /// Whether `envelope` (whose encoded bytes hash to `digest`) is new.
     pub fn check(&self, envelope: &Envelope, digest: &[u8; 32]) -> Result<Verdict, Conflict> {
-        let Some(last) = self.last.get(&Self::key(envelope)) else {
+        let Some(last) = self.applied(envelope) else {
             return Ok(Verdict::New);
         };
         let (version, id) = (envelope.meta.aggregate_version, envelope.meta.event_id);
@@ -82,14 +95,23 @@ impl Deduplicator {
 
     /// Records `envelope` as applied.
     pub fn record(&mut self, envelope: &Envelope, digest: [u8; 32]) {
-        self.last.insert(
-            Self::key(envelope),
-            Applied {
-                version: envelope.meta.aggregate_version,
-                event_id: envelope.meta.event_id,
-                digest,
-            },
-        );
+        let (version, event_id) = (envelope.meta.aggregate_version, envelope.meta.event_id);
+        let types = self.last.entry(envelope.meta.aggregate_id).or_default();
+        match types
+            .iter_mut()
+            .find(|a| a.aggregate_type == envelope.meta.aggregate_type)
+        {
+            Some(a) => (a.version, a.event_id, a.digest) = (version, event_id, digest),
+            None => {
+                types.push(Applied {
+                    aggregate_type: envelope.meta.aggregate_type.clone(),
+                    version,
+                    event_id,
+                    digest,
+                });
+                self.aggregates += 1;
+            }
+        }
     }
 
     /// Checks and, when new, records: true when the event should be applied.
@@ -104,8 +126,9 @@ impl Deduplicator {
         }
     }
 
+    /// How many aggregates it remembers.
     pub fn len(&self) -> usize {
-        self.last.len()
+        self.aggregates
     }
 
     pub fn is_empty(&self) -> bool {

@@ -79,7 +79,16 @@ impl Projection for Count {
     }
 }
 
-async fn embedded(events: usize) -> anyhow::Result<()> {
+/// One round of the embedded log's figures.
+struct EmbeddedFigures {
+    append: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    replay_read: f64,
+    replay_fold: f64,
+}
+
+async fn embedded(events: usize) -> anyhow::Result<EmbeddedFigures> {
     let dir = tempfile::TempDir::new()?;
     let log = Arc::new(EmbeddedLog::open(
         &dir.path().join("bench.redb"),
@@ -113,11 +122,7 @@ async fn embedded(events: usize) -> anyhow::Result<()> {
     for t in tasks {
         t.await??;
     }
-    let secs = started.elapsed().as_secs_f64();
-    println!(
-        "embedded  durable append, 256 B payloads, batches of 100, 8 appenders: {:>9.0} events/s ({events} events in {secs:.2} s)",
-        events as f64 / secs
-    );
+    let append = events as f64 / started.elapsed().as_secs_f64();
 
     // Single-event durable append latency, one appender.
     let singles = outgoing(&topic, 2_000);
@@ -128,12 +133,8 @@ async fn embedded(events: usize) -> anyhow::Result<()> {
         latencies.push(t.elapsed());
     }
     latencies.sort();
-    println!(
-        "embedded  single-event durable append latency: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
-        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3
-    );
+    let p50_ms = percentile(&latencies, 0.50).as_secs_f64() * 1e3;
+    let p99_ms = percentile(&latencies, 0.99).as_secs_f64() * 1e3;
 
     // Replay: read every record back; then read and fold through a projector.
     let from: Vec<Position> = (0..PARTITIONS)
@@ -149,11 +150,7 @@ async fn embedded(events: usize) -> anyhow::Result<()> {
             .await?
             .len();
     }
-    let secs = started.elapsed().as_secs_f64();
-    println!(
-        "embedded  replay (read): {:>9.0} events/s ({n} events in {secs:.2} s)",
-        n as f64 / secs
-    );
+    let replay_read = n as f64 / started.elapsed().as_secs_f64();
 
     let keys = log.key_store();
     let started = Instant::now();
@@ -165,18 +162,25 @@ async fn embedded(events: usize) -> anyhow::Result<()> {
         Duration::from_millis(50),
     )
     .await?;
+    // The last read waits 50 ms for more before deciding it has caught up.
     let secs = started.elapsed().as_secs_f64() - 0.05;
-    println!(
-        "embedded  replay (read + decode + de-duplicate + fold): {:>9.0} events/s ({} events in {secs:.2} s)",
-        *projector.state() as f64 / secs,
-        projector.state()
-    );
     anyhow::ensure!(
         projector.stats().duplicates == 0,
         "unexpected duplicates: {:?}",
         projector.stats()
     );
-    Ok(())
+    anyhow::ensure!(
+        *projector.state() as usize == total,
+        "folded {} of {total}",
+        projector.state()
+    );
+    Ok(EmbeddedFigures {
+        append,
+        p50_ms,
+        p99_ms,
+        replay_read,
+        replay_fold: total as f64 / secs,
+    })
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -408,7 +412,29 @@ async fn main() -> anyhow::Result<()> {
         Some(i) => args.get(i + 1).context("--events N")?.parse()?,
         None => 200_000,
     };
-    embedded(events).await?;
+    let mut rounds = Vec::new();
+    for _ in 0..3 {
+        rounds.push(embedded(events).await?);
+    }
+    let m = |f: fn(&EmbeddedFigures) -> f64| median(rounds.iter().map(f).collect());
+    println!("embedded  ({events} events of 256 B payload per run, median of 3 runs)");
+    println!(
+        "embedded  durable append, batches of 100, 8 appenders: {:>9.0} events/s",
+        m(|f| f.append)
+    );
+    println!(
+        "embedded  single-event durable append latency: p50 {:.3} ms, p99 {:.3} ms",
+        m(|f| f.p50_ms),
+        m(|f| f.p99_ms)
+    );
+    println!(
+        "embedded  replay, read: {:>9.0} events/s",
+        m(|f| f.replay_read)
+    );
+    println!(
+        "embedded  replay, read + decode + de-duplicate + fold (Projector): {:>9.0} events/s",
+        m(|f| f.replay_fold)
+    );
     kafka(events / 2, 3).await?;
     Ok(())
 }

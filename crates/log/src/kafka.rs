@@ -20,7 +20,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers as _, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -426,7 +426,7 @@ impl EventLog for KafkaLog {
     }
 
     async fn reader(&self, from: Vec<Position>) -> Result<Box<dyn LogReader>, Error> {
-        let consumer: StreamConsumer = self
+        let consumer: BaseConsumer = self
             .config
             .client()
             .set(
@@ -460,7 +460,10 @@ impl EventLog for KafkaLog {
         consumer.assign(&tpl).map_err(kafka("assign"))?;
         let mut topics: Vec<TopicName> = from.iter().map(|p| p.topic.clone()).collect();
         topics.dedup();
-        Ok(Box::new(KafkaReader { consumer, topics }))
+        Ok(Box::new(KafkaReader {
+            consumer: Arc::new(consumer),
+            topics: Arc::new(topics),
+        }))
     }
 
     async fn commit(&self, step: Step) -> Result<(), Error> {
@@ -525,49 +528,48 @@ impl EventLog for KafkaLog {
 }
 
 struct KafkaReader {
-    consumer: StreamConsumer,
+    consumer: Arc<BaseConsumer>,
     /// Few topics per reader: a scan beats hashing the name per record.
-    topics: Vec<TopicName>,
+    topics: Arc<Vec<TopicName>>,
 }
 
 #[async_trait]
 impl LogReader for KafkaReader {
     async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, Error> {
-        let mut out = Vec::new();
-        while out.len() < max {
-            // Wait for the first record; then take only what is already
-            // there (a biased select, not a timer per record).
-            let message = if out.is_empty() {
-                match tokio::time::timeout(wait, self.consumer.recv()).await {
-                    Err(_) => break,
-                    Ok(m) => m.map_err(kafka("consume"))?,
-                }
-            } else {
-                tokio::select! {
-                    biased;
-                    m = self.consumer.recv() => m.map_err(kafka("consume"))?,
-                    () = std::future::ready(()) => break,
-                }
-            };
-            let name = message.topic();
-            let Some(topic) = self.topics.iter().find(|t| t.as_str() == name).cloned() else {
-                continue;
-            };
-            let headers = message
-                .headers()
-                .map(|hs| {
-                    Headers::from_pairs(hs.iter().map(|h| (h.key, h.value.unwrap_or_default())))
-                })
-                .unwrap_or_default();
-            out.push(Record {
-                topic,
-                partition: message.partition() as u32,
-                offset: message.offset() as u64,
-                key: message.key().unwrap_or_default().to_vec(),
-                value: message.payload().unwrap_or_default().to_vec(),
-                headers,
-            });
-        }
-        Ok(out)
+        let (consumer, topics) = (self.consumer.clone(), self.topics.clone());
+        // One blocking task fills the batch: the first poll waits, the
+        // rest take only what librdkafka already holds. Cheaper than an
+        // async wakeup per record.
+        blocking("consume", move || {
+            let mut out = Vec::new();
+            let mut timeout = wait;
+            while out.len() < max {
+                let message = match consumer.poll(timeout) {
+                    None => break,
+                    Some(m) => m.map_err(kafka("consume"))?,
+                };
+                timeout = Duration::ZERO;
+                let name = message.topic();
+                let Some(topic) = topics.iter().find(|t| t.as_str() == name).cloned() else {
+                    continue;
+                };
+                let headers = message
+                    .headers()
+                    .map(|hs| {
+                        Headers::from_pairs(hs.iter().map(|h| (h.key, h.value.unwrap_or_default())))
+                    })
+                    .unwrap_or_default();
+                out.push(Record {
+                    topic,
+                    partition: message.partition() as u32,
+                    offset: message.offset() as u64,
+                    key: message.key().unwrap_or_default().to_vec(),
+                    value: message.payload().unwrap_or_default().to_vec(),
+                    headers,
+                });
+            }
+            Ok(out)
+        })
+        .await
     }
 }

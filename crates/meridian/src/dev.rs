@@ -268,8 +268,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         let p = ports(&args, i as u16);
         let grpc = bind(p.grpc, "gRPC", name).await?;
         let http = bind(p.http, "HTTP", name).await?;
+        let dicom = bind(p.dicom, "DICOM", name).await?;
         let grpc_addr = grpc.local_addr()?;
         let http_addr = http.local_addr()?;
+        let dicom_addr = dicom.local_addr()?;
         let region = Region::open(
             name,
             &args.data_dir.join(name),
@@ -279,18 +281,19 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         )
         .await
         .with_context(|| format!("opening region {name}"))?;
-        // The DICOM port is reserved in the port plan; it is listed once a
-        // DICOM service (ingest) listens on it.
-        let _ = p.dicom;
         endpoints.insert(
             name.clone(),
-            json!({ "grpc": grpc_addr.to_string(), "http": format!("http://{http_addr}") }),
+            json!({
+                "grpc": grpc_addr.to_string(),
+                "dicom": { "host": dicom_addr.ip().to_string(), "port": dicom_addr.port() },
+                "http": format!("http://{http_addr}"),
+            }),
         );
         let mut rx = stopped.clone();
         let region = Arc::new(region);
         servers.push(tokio::spawn(meridian_region::serve(
             region,
-            Listeners { grpc, http },
+            Listeners { grpc, http, dicom },
             async move {
                 let _ = rx.wait_for(|s| *s).await;
             },

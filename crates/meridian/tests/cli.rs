@@ -111,6 +111,12 @@ impl Dev {
             .to_owned()
     }
 
+    fn dicom_port(&self, region: &str) -> u16 {
+        self.json("endpoints.json")["regions"][region]["dicom"]["port"]
+            .as_u64()
+            .unwrap() as u16
+    }
+
     fn token(&self, principal: &str) -> String {
         self.json("tokens.json")["principals"][principal]["token"]
             .as_str()
@@ -196,7 +202,7 @@ async fn http_get(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dev_serves_three_regions_with_health_reflection_and_auth_and_restarts() {
+async fn dev_serves_three_regions_with_health_reflection_dicom_echo_and_auth_and_restarts() {
     let data = tempfile::TempDir::new().unwrap();
     let dev = Dev::start(data.path());
 
@@ -366,6 +372,48 @@ async fn dev_serves_three_regions_with_health_reflection_and_auth_and_restarts()
         let (status, _, _) = http_get(&addr, "/v1/summary", Some(&dev.token("sre"))).await;
         assert_eq!(status, 200);
     }
+
+    // A real DICOM peer (dcmtk's echoscu): the called AE title names the
+    // tenant, the calling AE title the facility; anything else is refused
+    // with the PS3.8 reason.
+    let echo = |region: &str, calling: &str, called: &str| {
+        let out = Command::new("echoscu")
+            .args([
+                "-aet",
+                calling,
+                "-aec",
+                called,
+                "127.0.0.1",
+                &dev.dicom_port(region).to_string(),
+            ])
+            .env("TCP_NODELAY", "1")
+            .output()
+            .expect("echoscu (dcmtk) is installed: .ci/run installs it");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(
+        dev.json("endpoints.json")["regions"]["us-east"]["dicom"]["host"],
+        "127.0.0.1"
+    );
+    assert!(echo("us-east", "ACME_CT1", "MERIDIAN_ACME").0);
+    assert!(
+        echo("us-east", "ACMEIC_PACS", "MERIDIAN_ACME").0,
+        "127.0.0.1 is in the facility's source networks"
+    );
+    assert!(echo("eu-west", "NW_DUB_PACS", "MERIDIAN_NW").0);
+    let (ok, err) = echo("us-east", "ACME_CT1", "MERIDIAN_NW");
+    assert!(
+        !ok && err.contains("Called AE Title Not Recognized"),
+        "northwind's AE is not in us-east: {err}"
+    );
+    let (ok, err) = echo("eu-west", "ACME_CT1", "MERIDIAN_NW");
+    assert!(
+        !ok && err.contains("Calling AE Title Not Recognized"),
+        "{err}"
+    );
 
     // The CLI against the running process: readers were registered at first start.
     let tail = |region: &str| {

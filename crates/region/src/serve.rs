@@ -18,7 +18,12 @@ use crate::node::Region;
 pub struct Listeners {
     pub grpc: TcpListener,
     pub http: TcpListener,
+    /// DIMSE associations (today C-ECHO; ingest adds C-STORE).
+    pub dicom: TcpListener,
 }
+
+/// Most DICOM associations served at once; more wait in the accept queue.
+const MAX_ASSOCIATIONS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -81,6 +86,11 @@ pub async fn serve(
         .with_graceful_shutdown(wait(stopped.clone()));
     let grpc = tokio::spawn(grpc);
     let http = tokio::spawn(async move { http.await });
+    let dicom = tokio::spawn(dicom(
+        region.clone(),
+        listeners.dicom,
+        wait(stopped.clone()),
+    ));
 
     shutdown.await;
     tracing::info!(region = %name, "shutting down");
@@ -97,6 +107,48 @@ pub async fn serve(
             source,
         });
     let _ = follower.await;
+    let _ = dicom.await;
     grpc?;
     http
+}
+
+/// Accepts DICOM associations until `shutdown`; each is served on its own
+/// task, at most [`MAX_ASSOCIATIONS`] at once.
+async fn dicom(region: Arc<Region>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ASSOCIATIONS));
+    let limits = meridian_dimse::Limits::default();
+    tokio::pin!(shutdown);
+    loop {
+        let (socket, peer) = tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(region = %region.name, error = %e, "accepting a DICOM connection");
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (region, limits) = (region.clone(), limits.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            match meridian_dimse::accept(
+                socket,
+                peer,
+                &region.name,
+                region.platform.clone(),
+                &limits,
+            )
+            .await
+            {
+                Ok(served) => {
+                    tracing::info!(region = %region.name, subject = %served.principal.subject, echoes = served.echoes, released = served.released, "association ended")
+                }
+                Err(e) => tracing::info!(region = %region.name, error = %e, "association"),
+            }
+        });
+    }
 }

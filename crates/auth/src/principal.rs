@@ -20,6 +20,20 @@ pub struct Principal {
     pub roles: Vec<String>,
 }
 
+impl From<&meridian_config::ExamplePrincipal> for Principal {
+    fn from(p: &meridian_config::ExamplePrincipal) -> Self {
+        Principal {
+            subject: p.name.clone(),
+            kind: p.kind,
+            tenant: p.tenant.clone(),
+            facility: p.facility.clone(),
+            group: p.group.clone(),
+            reader: p.reader.clone(),
+            roles: p.roles.clone(),
+        }
+    }
+}
+
 impl Principal {
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)

@@ -161,12 +161,21 @@ struct MemoryKeys {
     keys: HashMap<DataKeyId, (StudyId, Option<DataKey>)>,
 }
 
+impl MemoryKeyStore {
+    fn keys(
+        &self,
+        operation: &'static str,
+    ) -> Result<std::sync::MutexGuard<'_, MemoryKeys>, Error> {
+        self.inner.lock().map_err(|_| Error::Store {
+            operation,
+            reason: "lock poisoned".into(),
+        })
+    }
+}
+
 impl KeyStore for MemoryKeyStore {
     fn current_key(&self, study: StudyId) -> Result<DataKey, Error> {
-        let mut inner = self.inner.lock().map_err(|_| Error::Store {
-            operation: "current_key",
-            reason: "lock poisoned".into(),
-        })?;
+        let mut inner = self.keys("current_key")?;
         if let Some(id) = inner.current.get(&study)
             && let Some((_, Some(key))) = inner.keys.get(id)
         {
@@ -179,10 +188,7 @@ impl KeyStore for MemoryKeyStore {
     }
 
     fn key(&self, id: DataKeyId) -> Result<KeyState, Error> {
-        let inner = self.inner.lock().map_err(|_| Error::Store {
-            operation: "key",
-            reason: "lock poisoned".into(),
-        })?;
+        let inner = self.keys("key")?;
         Ok(match inner.keys.get(&id) {
             Some((_, Some(key))) => KeyState::Active(key.clone()),
             Some((_, None)) => KeyState::Shredded,
@@ -191,10 +197,7 @@ impl KeyStore for MemoryKeyStore {
     }
 
     fn shred(&self, study: StudyId) -> Result<usize, Error> {
-        let mut inner = self.inner.lock().map_err(|_| Error::Store {
-            operation: "shred",
-            reason: "lock poisoned".into(),
-        })?;
+        let mut inner = self.keys("shred")?;
         inner.current.remove(&study);
         let mut n = 0;
         for (owner, key) in inner.keys.values_mut() {

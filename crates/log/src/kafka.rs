@@ -155,6 +155,33 @@ impl KafkaLog {
         Ok(c)
     }
 
+    /// Explicit positions as librdkafka's list, each checked against its
+    /// topic's partition count.
+    async fn partition_list(
+        &self,
+        positions: &[Position],
+        operation: &'static str,
+    ) -> Result<TopicPartitionList, Error> {
+        let mut tpl = TopicPartitionList::new();
+        for p in positions {
+            let n = self.partitions(&p.topic).await?;
+            if p.partition >= n {
+                return Err(Error::NoSuchPartition {
+                    topic: p.topic.to_string(),
+                    partition: p.partition,
+                    partitions: n,
+                });
+            }
+            tpl.add_partition_offset(
+                p.topic.as_str(),
+                p.partition as i32,
+                Offset::Offset(p.offset as i64),
+            )
+            .map_err(kafka(operation))?;
+        }
+        Ok(tpl)
+    }
+
     /// Produces `outputs` (and commits `inputs` for `consumer`) atomically:
     /// validated here, then handed to the committer, which puts every job
     /// waiting at that moment into one Kafka transaction.
@@ -172,26 +199,10 @@ impl KafkaLog {
             records.push((out, partition));
         }
         let offsets = match offsets {
-            Some((consumer, inputs)) => {
-                let mut tpl = TopicPartitionList::new();
-                for p in &inputs {
-                    let n = self.partitions(&p.topic).await?;
-                    if p.partition >= n {
-                        return Err(Error::NoSuchPartition {
-                            topic: p.topic.to_string(),
-                            partition: p.partition,
-                            partitions: n,
-                        });
-                    }
-                    tpl.add_partition_offset(
-                        p.topic.as_str(),
-                        p.partition as i32,
-                        Offset::Offset(p.offset as i64),
-                    )
-                    .map_err(kafka("send offsets"))?;
-                }
-                Some((self.group(&consumer)?, tpl))
-            }
+            Some((consumer, inputs)) => Some((
+                self.group(&consumer)?,
+                self.partition_list(&inputs, "send offsets").await?,
+            )),
             None => None,
         };
         let (reply, answer) = oneshot::channel();
@@ -440,23 +451,7 @@ impl EventLog for KafkaLog {
             .set("fetch.wait.max.ms", "10")
             .create()
             .map_err(kafka("create reader"))?;
-        let mut tpl = TopicPartitionList::new();
-        for p in &from {
-            let n = self.partitions(&p.topic).await?;
-            if p.partition >= n {
-                return Err(Error::NoSuchPartition {
-                    topic: p.topic.to_string(),
-                    partition: p.partition,
-                    partitions: n,
-                });
-            }
-            tpl.add_partition_offset(
-                p.topic.as_str(),
-                p.partition as i32,
-                Offset::Offset(p.offset as i64),
-            )
-            .map_err(kafka("assign"))?;
-        }
+        let tpl = self.partition_list(&from, "assign").await?;
         consumer.assign(&tpl).map_err(kafka("assign"))?;
         let mut topics: Vec<TopicName> = from.iter().map(|p| p.topic.clone()).collect();
         topics.dedup();
@@ -475,23 +470,7 @@ impl EventLog for KafkaLog {
         }
         // Positions alone need no transaction: one offset commit is atomic.
         // (tansu also drops the offsets of a transaction that produced nothing.)
-        let mut tpl = TopicPartitionList::new();
-        for p in &step.inputs {
-            let n = self.partitions(&p.topic).await?;
-            if p.partition >= n {
-                return Err(Error::NoSuchPartition {
-                    topic: p.topic.to_string(),
-                    partition: p.partition,
-                    partitions: n,
-                });
-            }
-            tpl.add_partition_offset(
-                p.topic.as_str(),
-                p.partition as i32,
-                Offset::Offset(p.offset as i64),
-            )
-            .map_err(kafka("commit offsets"))?;
-        }
+        let tpl = self.partition_list(&step.inputs, "commit offsets").await?;
         let group = self.group(&step.consumer)?;
         let failpoints = self.config.failpoints.clone();
         failpoints.hit(failpoint::BEFORE_COMMIT)?;

@@ -190,16 +190,7 @@ fn tokens(
 ) -> anyhow::Result<serde_json::Value> {
     let mut principals = BTreeMap::new();
     for p in &platform.auth.principals {
-        let principal = Principal {
-            subject: p.name.clone(),
-            kind: p.kind,
-            tenant: p.tenant.clone(),
-            facility: p.facility.clone(),
-            group: p.group.clone(),
-            reader: p.reader.clone(),
-            roles: p.roles.clone(),
-        };
-        let token = signer.mint(&principal, now, ttl)?;
+        let token = signer.mint(&Principal::from(p), now, ttl)?;
         principals.insert(
             p.name.clone(),
             json!({

@@ -25,6 +25,61 @@ pub struct Region {
     /// Regions that count as nearshore from this one.
     #[serde(default)]
     pub nearshore: Vec<String>,
+    /// The region's event log; the embedded log when absent.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// Where a region's event log lives. Topics are provisioned from this at
+/// start: `meridian.<region>.<class>.<stream>` for every stream of the
+/// event catalogue.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LogConfig {
+    /// The durable single-node log in the region's data directory.
+    Embedded {
+        #[serde(default = "default_partitions")]
+        partitions: u32,
+    },
+    /// A Kafka-API cluster (Kafka, Redpanda, MSK, Confluent).
+    Kafka {
+        /// `host:port[,host:port…]`.
+        bootstrap_servers: String,
+        #[serde(default = "default_partitions")]
+        partitions: u32,
+        #[serde(default = "default_replication")]
+        replication_factor: i32,
+        /// Kept forever when absent: the log is the source of truth.
+        #[serde(default)]
+        retention: Option<DurationSpec>,
+        /// Further librdkafka settings (TLS, SASL); secrets by environment reference only.
+        #[serde(default)]
+        client: BTreeMap<String, String>,
+    },
+}
+
+fn default_partitions() -> u32 {
+    8
+}
+
+fn default_replication() -> i32 {
+    3
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig::Embedded {
+            partitions: default_partitions(),
+        }
+    }
+}
+
+impl LogConfig {
+    pub fn partitions(&self) -> u32 {
+        match self {
+            LogConfig::Embedded { partitions } | LogConfig::Kafka { partitions, .. } => *partitions,
+        }
+    }
 }
 
 /// A secret given by reference: never the secret itself.

@@ -142,6 +142,44 @@ pub(crate) fn all(
 fn regions(out: &mut Out, f: &Files<'_>) {
     for (stem, (file, r)) in f.regions {
         check_name(out, file, stem, &r.name);
+        if !(1..=1024).contains(&r.log.partitions()) {
+            out.at(
+                file,
+                "log.partitions",
+                format!("{} is not between 1 and 1024", r.log.partitions()),
+            );
+        }
+        if let LogConfig::Kafka {
+            bootstrap_servers,
+            replication_factor,
+            client,
+            ..
+        } = &r.log
+        {
+            if bootstrap_servers.split(',').any(|s| {
+                s.trim()
+                    .rsplit_once(':')
+                    .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            }) {
+                out.at(
+                    file,
+                    "log.bootstrap_servers",
+                    format!("{bootstrap_servers:?}: expected host:port[,host:port…]"),
+                );
+            }
+            if *replication_factor < 1 {
+                out.at(file, "log.replication_factor", "must be at least 1");
+            }
+            for key in client.keys() {
+                if key.contains("password") || key.contains("secret") {
+                    out.at(
+                        file,
+                        format!("log.client.{key}"),
+                        "no secrets in configuration: set it through the environment",
+                    );
+                }
+            }
+        }
         for (i, n) in r.nearshore.iter().enumerate() {
             if n == &r.name {
                 out.at(

@@ -314,6 +314,24 @@ mod tests {
     }
 
     #[test]
+    fn a_region_log_is_embedded_unless_configured() {
+        let r: crate::Region =
+            toml::from_str("name = \"x\"\ncountry = \"US\"\ntime_zone = \"UTC\"").unwrap();
+        assert_eq!(r.log, crate::LogConfig::Embedded { partitions: 8 });
+        let r: crate::Region = toml::from_str(
+            "name = \"x\"\ncountry = \"US\"\ntime_zone = \"UTC\"\n[log]\nkind = \"kafka\"\nbootstrap_servers = \"k:9092\"\nretention = \"30d\"",
+        )
+        .unwrap();
+        assert!(
+            matches!(r.log, crate::LogConfig::Kafka { partitions: 8, replication_factor: 3, retention: Some(d), .. } if d.seconds == 2_592_000)
+        );
+        let bad = toml::from_str::<crate::Region>(
+            "name = \"x\"\ncountry = \"US\"\ntime_zone = \"UTC\"\n[log]\nkind = \"kafka\"\nbootstrap = \"k\"",
+        );
+        assert!(bad.is_err());
+    }
+
+    #[test]
     fn codes_and_names_are_checked() {
         assert!("US-NY".parse::<Jurisdiction>().is_ok());
         assert!("AU-NSW".parse::<Jurisdiction>().is_ok());

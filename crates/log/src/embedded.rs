@@ -701,10 +701,23 @@ impl LogReader for EmbeddedReader {
     }
 }
 
-/// The region's data keys, in a table of the embedded store.
+/// The region's data keys, in a table of the embedded store: the log's own
+/// file when the log is embedded, a file of its own when the log is Kafka.
 #[derive(Clone)]
 pub struct EmbeddedKeyStore {
     db: Arc<Database>,
+}
+
+impl EmbeddedKeyStore {
+    /// A key store in its own file (for regions whose log is not embedded).
+    pub fn open(path: &Path) -> Result<EmbeddedKeyStore, Error> {
+        let db = store("open key store", Database::builder().create(path))?;
+        let tx = store("open key store", db.begin_write())?;
+        store("open key store", tx.open_table(DATA_KEYS))?;
+        store("open key store", tx.open_table(STUDY_KEYS))?;
+        store("open key store", tx.commit())?;
+        Ok(EmbeddedKeyStore { db: Arc::new(db) })
+    }
 }
 
 fn key_err(operation: &'static str) -> impl Fn(redb::Error) -> seal::Error {

@@ -10,7 +10,7 @@ use futures_util::Stream;
 use meridian_auth::grpc::{permission_denied, principal};
 use meridian_auth::{Action, Resource, authorize};
 use meridian_events::envelope::Body;
-use meridian_log::{EventLog, LogReader, Record};
+use meridian_log::{LogReader, Record};
 use meridian_proto::admin::v1 as pb;
 use meridian_proto::admin::v1::admin_service_server::AdminService;
 use tonic::{Request, Response, Status};
@@ -171,16 +171,19 @@ impl AdminService for Admin {
         request: Request<pb::ListTopicsRequest>,
     ) -> Result<Response<pb::ListTopicsResponse>, Status> {
         self.allow(&request, Action::TailLog)?;
-        let topics = self
-            .region
-            .log
-            .topics()
-            .into_iter()
-            .map(|(name, partitions)| pb::TopicInfo {
+        let mut topics = Vec::new();
+        for name in self.region.topics() {
+            let partitions = self
+                .region
+                .log
+                .partitions(name)
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+            topics.push(pb::TopicInfo {
                 name: name.to_string(),
                 partitions,
-            })
-            .collect();
+            });
+        }
         Ok(Response::new(pb::ListTopicsResponse { topics }))
     }
 }

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meridian_auth::TokenVerifier;
-use meridian_config::{Platform, Reader, Weekday};
+use meridian_config::{LogConfig, Platform, Reader, Weekday};
 use meridian_events::payload::CATALOGUE;
-use meridian_events::{Envelope, EventId, EventMeta, ReaderKey, UnixMicros};
+use meridian_events::{Envelope, EventId, EventMeta, KeyStore, ReaderKey, UnixMicros};
 use meridian_log::embedded::{EmbeddedKeyStore, EmbeddedLog, EmbeddedOptions};
+use meridian_log::kafka::{KafkaConfig, KafkaLog};
 use meridian_log::{EventLog, Outgoing, Position, TopicName, TopicSpec};
 use meridian_projection::Projector;
 use meridian_projection::run::catch_up;
@@ -18,9 +19,6 @@ use meridian_proto::events::v1 as pb;
 use tokio::sync::{Mutex, watch};
 
 use crate::summary::EventSummary;
-
-/// Partitions of every topic a region creates. Fixed for a topic's life.
-pub const PARTITIONS: u32 = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegionError {
@@ -65,11 +63,13 @@ pub struct Rebuilt {
 pub struct Region {
     pub name: String,
     pub platform: Arc<Platform>,
-    pub log: Arc<EmbeddedLog>,
-    pub keys: EmbeddedKeyStore,
+    pub log: Arc<dyn EventLog>,
+    pub keys: Arc<dyn KeyStore>,
     pub objects: PathBuf,
     pub verifier: Arc<TokenVerifier>,
     topics: Vec<TopicName>,
+    partitions: u32,
+    idle: Duration,
     summary: Mutex<Projector<EventSummary>>,
     snapshots: FileSnapshots,
 }
@@ -84,11 +84,12 @@ impl Region {
         verifier: Arc<TokenVerifier>,
         now: UnixMicros,
     ) -> Result<Region, RegionError> {
-        if !platform.regions.contains_key(name) {
+        let Some(config) = platform.regions.get(name) else {
             return Err(RegionError::Unknown {
                 region: name.to_owned(),
             });
-        }
+        };
+        let log_config = config.log.clone();
         let io = |path: &Path| {
             let (region, path) = (name.to_owned(), path.display().to_string());
             move |source| RegionError::Io {
@@ -103,10 +104,44 @@ impl Region {
             region: name.to_owned(),
             source,
         };
-        let log = Arc::new(
-            EmbeddedLog::open(&dir.join("log.redb"), EmbeddedOptions::default())
-                .map_err(log_err)?,
-        );
+        let (log, keys, retention_ms): (Arc<dyn EventLog>, Arc<dyn KeyStore>, _) = match &log_config
+        {
+            LogConfig::Embedded { .. } => {
+                let log = EmbeddedLog::open(&dir.join("log.redb"), EmbeddedOptions::default())
+                    .map_err(log_err)?;
+                let keys = log.key_store();
+                (Arc::new(log), Arc::new(keys), None)
+            }
+            LogConfig::Kafka {
+                bootstrap_servers,
+                replication_factor,
+                retention,
+                client,
+                ..
+            } => {
+                // One transactional producer per region process: a restart
+                // with the same id fences its predecessor's open transaction.
+                let mut kafka =
+                    KafkaConfig::new(bootstrap_servers.clone(), format!("meridian-{name}"));
+                kafka.replication_factor = *replication_factor;
+                kafka.extra = client.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                let log = KafkaLog::connect(kafka).await.map_err(log_err)?;
+                let keys = EmbeddedKeyStore::open(&dir.join("keys.redb")).map_err(log_err)?;
+                (
+                    Arc::new(log),
+                    Arc::new(keys),
+                    retention.map(|r| r.seconds * 1_000),
+                )
+            }
+        };
+        let partitions = log_config.partitions();
+        // Positions are explicit and there is no trusted "end of log", so
+        // catching up means reading until a read stays empty this long; a
+        // broker's first fetch takes longer than a local read.
+        let idle = match log_config {
+            LogConfig::Embedded { .. } => Duration::from_millis(50),
+            LogConfig::Kafka { .. } => Duration::from_secs(2),
+        };
         let mut topics = Vec::new();
         for info in CATALOGUE {
             let topic = TopicName::new(name, info.data_class, info.stream).map_err(|e| {
@@ -117,9 +152,12 @@ impl Region {
                 }
             })?;
             if !topics.contains(&topic) {
-                log.ensure_topic(&TopicSpec::new(topic.clone(), PARTITIONS))
-                    .await
-                    .map_err(log_err)?;
+                let spec = TopicSpec {
+                    name: topic.clone(),
+                    partitions,
+                    retention_ms,
+                };
+                log.ensure_topic(&spec).await.map_err(log_err)?;
                 topics.push(topic);
             }
         }
@@ -132,10 +170,8 @@ impl Region {
             Some(s) => Projector::restore(s).map_err(proj_err)?,
             None => Projector::new(Vec::new()),
         };
-        let starts = start_positions(&topics);
-        summary.ensure_positions(starts);
-        let keys = log.key_store();
-        catch_up(log.as_ref(), &keys, &mut summary, Duration::from_millis(50))
+        summary.ensure_positions(start_positions(&topics, partitions));
+        catch_up(log.as_ref(), keys.as_ref(), &mut summary, idle)
             .await
             .map_err(proj_err)?;
         let region = Region {
@@ -146,6 +182,8 @@ impl Region {
             objects,
             verifier,
             topics,
+            partitions,
+            idle,
             summary: Mutex::new(summary),
             snapshots,
         };
@@ -158,7 +196,7 @@ impl Region {
     }
 
     pub fn start_positions(&self) -> Vec<Position> {
-        start_positions(&self.topics)
+        start_positions(&self.topics, self.partitions)
     }
 
     /// Readers configured to sit in this region become ReaderRegistered
@@ -212,9 +250,9 @@ impl Region {
             })?;
         catch_up(
             self.log.as_ref(),
-            &self.keys,
+            self.keys.as_ref(),
             &mut summary,
-            Duration::from_millis(50),
+            self.idle,
         )
         .await
         .map_err(|source| RegionError::Projection {
@@ -253,7 +291,7 @@ impl Region {
                     Ok(batch) if !batch.is_empty() => {
                         let mut summary = self.summary.lock().await;
                         for record in &batch {
-                            if let Err(e) = summary.feed(record, &self.keys) {
+                            if let Err(e) = summary.feed(record, self.keys.as_ref()) {
                                 tracing::warn!(region = %self.name, error = %e, "summary projection");
                             }
                         }
@@ -293,16 +331,16 @@ impl Region {
         let mut live = self.summary.lock().await;
         let started = Instant::now();
         let mut fresh = Projector::<EventSummary>::new(self.start_positions());
-        let idle = Duration::from_millis(100);
-        catch_up(self.log.as_ref(), &self.keys, &mut fresh, idle)
+        let idle = self.idle;
+        catch_up(self.log.as_ref(), self.keys.as_ref(), &mut fresh, idle)
             .await
             .map_err(err)?;
         // Bring both to the same point to compare them.
         for _ in 0..3 {
-            catch_up(self.log.as_ref(), &self.keys, &mut live, idle)
+            catch_up(self.log.as_ref(), self.keys.as_ref(), &mut live, idle)
                 .await
                 .map_err(err)?;
-            catch_up(self.log.as_ref(), &self.keys, &mut fresh, idle)
+            catch_up(self.log.as_ref(), self.keys.as_ref(), &mut fresh, idle)
                 .await
                 .map_err(err)?;
             if live.positions() == fresh.positions() {
@@ -330,10 +368,10 @@ impl Region {
     }
 }
 
-fn start_positions(topics: &[TopicName]) -> Vec<Position> {
+fn start_positions(topics: &[TopicName], partitions: u32) -> Vec<Position> {
     topics
         .iter()
-        .flat_map(|t| (0..PARTITIONS).map(move |p| Position::start(t.clone(), p)))
+        .flat_map(|t| (0..partitions).map(move |p| Position::start(t.clone(), p)))
         .collect()
 }
 

@@ -3,4 +3,5 @@
 mod contract_embedded;
 mod contract_kafka;
 mod durability;
+mod region_kafka;
 mod shredding;

@@ -32,10 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let fds = protox::compile(&files, [&root])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(
-        out.join("meridian_descriptor.bin"),
-        prost::Message::encode_to_vec(&fds),
-    )?;
+    std::fs::write(out.join("meridian_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
     let mut config = tonic_prost_build::Config::new();
     // `prost::Name` lets the event catalogue check payload names at compile time.
     config.enable_type_names();

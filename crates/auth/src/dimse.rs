@@ -18,11 +18,7 @@ pub enum AssociationRejected {
     #[error("calling AE title {calling:?} is not a facility of tenant {tenant}")]
     CallingAeNotRecognized { calling: String, tenant: String },
     #[error("calling AE title {calling:?} of tenant {tenant} may not connect from {peer}")]
-    SourceNotAllowed {
-        calling: String,
-        tenant: String,
-        peer: IpAddr,
-    },
+    SourceNotAllowed { calling: String, tenant: String, peer: IpAddr },
 }
 
 impl AssociationRejected {
@@ -31,8 +27,7 @@ impl AssociationRejected {
     pub fn reason_code(&self) -> u8 {
         match self {
             AssociationRejected::CalledAeNotRecognized { .. } => 7,
-            AssociationRejected::CallingAeNotRecognized { .. }
-            | AssociationRejected::SourceNotAllowed { .. } => 3,
+            AssociationRejected::CallingAeNotRecognized { .. } | AssociationRejected::SourceNotAllowed { .. } => 3,
         }
     }
 }
@@ -47,25 +42,14 @@ pub fn resolve_association(
     peer: IpAddr,
 ) -> Result<Principal, AssociationRejected> {
     let (called, calling) = (called_ae.trim(), calling_ae.trim());
-    let tenant = platform
-        .called_ae_titles(region)
-        .get(called)
-        .copied()
-        .ok_or_else(|| AssociationRejected::CalledAeNotRecognized {
-            called: called.to_owned(),
-            region: region.to_owned(),
+    let tenant = platform.called_ae_titles(region).get(called).copied().ok_or_else(|| {
+        AssociationRejected::CalledAeNotRecognized { called: called.to_owned(), region: region.to_owned() }
+    })?;
+    let facility =
+        tenant.facilities.iter().find(|f| f.calling_ae_titles.iter().any(|ae| ae.0 == calling)).ok_or_else(|| {
+            AssociationRejected::CallingAeNotRecognized { calling: calling.to_owned(), tenant: tenant.name.clone() }
         })?;
-    let facility = tenant
-        .facilities
-        .iter()
-        .find(|f| f.calling_ae_titles.iter().any(|ae| ae.0 == calling))
-        .ok_or_else(|| AssociationRejected::CallingAeNotRecognized {
-            calling: calling.to_owned(),
-            tenant: tenant.name.clone(),
-        })?;
-    if !facility.source_networks.is_empty()
-        && !facility.source_networks.iter().any(|n| n.contains(&peer))
-    {
+    if !facility.source_networks.is_empty() && !facility.source_networks.iter().any(|n| n.contains(&peer)) {
         return Err(AssociationRejected::SourceNotAllowed {
             calling: calling.to_owned(),
             tenant: tenant.name.clone(),
@@ -90,16 +74,14 @@ mod tests {
     use super::*;
 
     fn platform() -> Platform {
-        Platform::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples/dev"))
-            .unwrap()
+        Platform::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples/dev")).unwrap()
     }
 
     #[test]
     fn called_and_calling_ae_titles_resolve_tenant_and_facility() {
         let p = platform();
         let local: IpAddr = "127.0.0.1".parse().unwrap();
-        let principal =
-            resolve_association(&p, "us-east", "MERIDIAN_ACME ", "ACME_CT1", local).unwrap();
+        let principal = resolve_association(&p, "us-east", "MERIDIAN_ACME ", "ACME_CT1", local).unwrap();
         assert_eq!(principal.tenant.as_deref(), Some("acme"));
         assert_eq!(principal.facility.as_deref(), Some("acme-general"));
         assert_eq!(principal.roles, ["facility"]);
@@ -113,22 +95,16 @@ mod tests {
         assert_eq!(e.reason_code(), 7);
         // A tenant's called AE belongs to its home region only.
         assert_eq!(
-            resolve_association(&p, "eu-west", "MERIDIAN_ACME", "ACME_CT1", local)
-                .unwrap_err()
-                .reason_code(),
+            resolve_association(&p, "eu-west", "MERIDIAN_ACME", "ACME_CT1", local).unwrap_err().reason_code(),
             7
         );
         let e = resolve_association(&p, "us-east", "MERIDIAN_ACME", "STRANGER", local).unwrap_err();
         assert_eq!(e.reason_code(), 3);
-        assert_eq!(
-            e.to_string(),
-            "calling AE title \"STRANGER\" is not a facility of tenant acme"
-        );
+        assert_eq!(e.to_string(), "calling AE title \"STRANGER\" is not a facility of tenant acme");
         // acme-imaging-center only from 127.0.0.0/8 and 10.20.0.0/16.
         assert!(resolve_association(&p, "us-east", "MERIDIAN_ACME", "ACMEIC_PACS", local).is_ok());
         let far: IpAddr = "192.0.2.7".parse().unwrap();
-        let e =
-            resolve_association(&p, "us-east", "MERIDIAN_ACME", "ACMEIC_PACS", far).unwrap_err();
+        let e = resolve_association(&p, "us-east", "MERIDIAN_ACME", "ACMEIC_PACS", far).unwrap_err();
         assert!(matches!(e, AssociationRejected::SourceNotAllowed { .. }));
     }
 }

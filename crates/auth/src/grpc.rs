@@ -20,10 +20,8 @@ pub fn unauthenticated(e: &AuthError) -> Status {
 
 /// PERMISSION_DENIED with an ErrorInfo (action) and a ResourceInfo.
 pub fn permission_denied(d: &Denied) -> Status {
-    let metadata = HashMap::from([
-        ("action".to_owned(), d.action.to_owned()),
-        ("subject".to_owned(), d.subject.clone()),
-    ]);
+    let metadata =
+        HashMap::from([("action".to_owned(), d.action.to_owned()), ("subject".to_owned(), d.subject.clone())]);
     let mut details = ErrorDetails::with_error_info("PERMISSION_DENIED", ERROR_DOMAIN, metadata);
     details.set_resource_info(d.resource_kind, d.resource.clone(), "", d.reason.clone());
     Status::with_error_details(Code::PermissionDenied, d.to_string(), details)
@@ -44,14 +42,8 @@ impl Authenticate {
 
 impl tonic::service::Interceptor for Authenticate {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let header = request
-            .metadata()
-            .get("authorization")
-            .map(|v| v.to_str().unwrap_or(""));
-        let principal = self
-            .verifier
-            .verify_header(header, wall_clock_seconds())
-            .map_err(|e| unauthenticated(&e))?;
+        let header = request.metadata().get("authorization").map(|v| v.to_str().unwrap_or(""));
+        let principal = self.verifier.verify_header(header, wall_clock_seconds()).map_err(|e| unauthenticated(&e))?;
         request.extensions_mut().insert(principal);
         Ok(request)
     }
@@ -59,8 +51,5 @@ impl tonic::service::Interceptor for Authenticate {
 
 /// The principal the interceptor resolved.
 pub fn principal<T>(request: &Request<T>) -> Result<&Principal, Status> {
-    request
-        .extensions()
-        .get::<Principal>()
-        .ok_or_else(|| unauthenticated(&AuthError::Missing))
+    request.extensions().get::<Principal>().ok_or_else(|| unauthenticated(&AuthError::Missing))
 }

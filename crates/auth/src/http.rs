@@ -19,15 +19,8 @@ impl IntoResponse for AuthError {
         let body = json!({"error": {"code": "UNAUTHENTICATED", "reason": self.reason(), "message": self.to_string()}});
         let mut response = (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
         // RFC 6750 section 3.
-        let challenge = if self == AuthError::Missing {
-            "Bearer"
-        } else {
-            "Bearer error=\"invalid_token\""
-        };
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static(challenge),
-        );
+        let challenge = if self == AuthError::Missing { "Bearer" } else { "Bearer error=\"invalid_token\"" };
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
         response
     }
 }
@@ -46,15 +39,8 @@ impl IntoResponse for Denied {
 }
 
 /// `axum::middleware::from_fn_with_state(verifier, authenticate)`.
-pub async fn authenticate(
-    State(verifier): State<Arc<TokenVerifier>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let header = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map(|v| v.to_str().unwrap_or(""));
+pub async fn authenticate(State(verifier): State<Arc<TokenVerifier>>, mut request: Request, next: Next) -> Response {
+    let header = request.headers().get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or(""));
     let now = wall_clock_seconds();
     match verifier.verify_header(header, now) {
         Ok(principal) => {
@@ -69,10 +55,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
     type Rejection = AuthError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        parts
-            .extensions
-            .get::<Principal>()
-            .cloned()
-            .ok_or(AuthError::Missing)
+        parts.extensions.get::<Principal>().cloned().ok_or(AuthError::Missing)
     }
 }

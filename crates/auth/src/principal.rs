@@ -152,11 +152,7 @@ pub struct Denied {
 }
 
 fn needs_role(p: &Principal, any_of: &[&str]) -> Result<(), String> {
-    if any_of.iter().any(|r| p.has_role(r)) {
-        Ok(())
-    } else {
-        Err(format!("needs role {}", any_of.join(" or ")))
-    }
+    if any_of.iter().any(|r| p.has_role(r)) { Ok(()) } else { Err(format!("needs role {}", any_of.join(" or "))) }
 }
 
 fn same(what: &str, mine: Option<&str>, theirs: &str) -> Result<(), String> {
@@ -182,11 +178,9 @@ fn decide(p: &Principal, action: Action, resource: &Resource<'_>) -> Result<(), 
     use Action::*;
     match (p.kind, action, resource) {
         // Platform principals operate the platform; they never see PHI.
-        (
-            PrincipalKind::Platform,
-            TailLog | RebuildProjection | ReadResidencyReport,
-            Resource::Region { .. },
-        ) => needs_role(p, &["sre"]),
+        (PrincipalKind::Platform, TailLog | RebuildProjection | ReadResidencyReport, Resource::Region { .. }) => {
+            needs_role(p, &["sre"])
+        }
         (PrincipalKind::Platform, _, _) => {
             Err("platform principals operate regions and never act on patient data".into())
         }
@@ -222,21 +216,12 @@ fn decide(p: &Principal, action: Action, resource: &Resource<'_>) -> Result<(), 
         (
             PrincipalKind::Group,
             ClaimStudy | ReadImages | SignReport,
-            Resource::Study {
-                tenant,
-                contract_groups,
-                assigned_reader,
-            },
+            Resource::Study { tenant, contract_groups, assigned_reader },
         ) => {
             needs_role(p, &["reader"])?;
-            let group = p
-                .group
-                .as_deref()
-                .ok_or("the principal has no reading group")?;
+            let group = p.group.as_deref().ok_or("the principal has no reading group")?;
             if !contract_groups.iter().any(|g| g == group) {
-                return Err(format!(
-                    "no contract of tenant {tenant} names reading group {group}"
-                ));
+                return Err(format!("no contract of tenant {tenant} names reading group {group}"));
             }
             if action == ClaimStudy {
                 return Ok(());
@@ -247,12 +232,9 @@ fn decide(p: &Principal, action: Action, resource: &Resource<'_>) -> Result<(), 
                 (None, _) => Err("the study is not assigned to this reader".into()),
             }
         }
-        (kind, action, resource) => Err(format!(
-            "{} principals cannot {} on a {}",
-            kind.as_str(),
-            action.as_str(),
-            resource.kind()
-        )),
+        (kind, action, resource) => {
+            Err(format!("{} principals cannot {} on a {}", kind.as_str(), action.as_str(), resource.kind()))
+        }
     }
 }
 
@@ -280,122 +262,47 @@ mod tests {
 
     #[test]
     fn tenants_act_on_their_own_tenant_with_the_right_role() {
-        let pacs = p(
-            PrincipalKind::Tenant,
-            Some("acme"),
-            None,
-            None,
-            &["facility"],
-        );
-        assert!(
-            authorize(
-                &pacs,
-                Action::SendStudy,
-                &Resource::Tenant { tenant: "acme" }
-            )
-            .is_ok()
-        );
-        let e = authorize(
-            &pacs,
-            Action::SendStudy,
-            &Resource::Tenant {
-                tenant: "northwind",
-            },
-        )
-        .unwrap_err();
+        let pacs = p(PrincipalKind::Tenant, Some("acme"), None, None, &["facility"]);
+        assert!(authorize(&pacs, Action::SendStudy, &Resource::Tenant { tenant: "acme" }).is_ok());
+        let e = authorize(&pacs, Action::SendStudy, &Resource::Tenant { tenant: "northwind" }).unwrap_err();
         assert_eq!(e.reason, "the principal's tenant is acme, not northwind");
-        let e = authorize(
-            &pacs,
-            Action::ManageTenant,
-            &Resource::Tenant { tenant: "acme" },
-        )
-        .unwrap_err();
+        let e = authorize(&pacs, Action::ManageTenant, &Resource::Tenant { tenant: "acme" }).unwrap_err();
         assert_eq!(e.reason, "needs role tenant-admin");
     }
 
     #[test]
     fn readers_reach_studies_only_through_a_contract_and_an_assignment() {
         let groups = vec!["atlantic-rads".to_string()];
-        let reader = p(
-            PrincipalKind::Group,
-            None,
-            Some("atlantic-rads"),
-            Some("dr-ana-ortiz"),
-            &["reader"],
-        );
-        let study = |assigned| Resource::Study {
-            tenant: "acme",
-            contract_groups: &groups,
-            assigned_reader: assigned,
-        };
+        let reader = p(PrincipalKind::Group, None, Some("atlantic-rads"), Some("dr-ana-ortiz"), &["reader"]);
+        let study = |assigned| Resource::Study { tenant: "acme", contract_groups: &groups, assigned_reader: assigned };
         assert!(authorize(&reader, Action::ClaimStudy, &study(None)).is_ok());
         assert!(authorize(&reader, Action::ReadImages, &study(Some("dr-ana-ortiz"))).is_ok());
         assert!(authorize(&reader, Action::ReadImages, &study(Some("dr-ben-cole"))).is_err());
         assert!(authorize(&reader, Action::SignReport, &study(None)).is_err());
-        let outsider = p(
-            PrincipalKind::Group,
-            None,
-            Some("lotus-teleradiology"),
-            Some("dr-priya-nair"),
-            &["reader"],
-        );
+        let outsider = p(PrincipalKind::Group, None, Some("lotus-teleradiology"), Some("dr-priya-nair"), &["reader"]);
         let e = authorize(&outsider, Action::ClaimStudy, &study(None)).unwrap_err();
-        assert_eq!(
-            e.reason,
-            "no contract of tenant acme names reading group lotus-teleradiology"
-        );
+        assert_eq!(e.reason, "no contract of tenant acme names reading group lotus-teleradiology");
     }
 
     #[test]
     fn platform_principals_operate_but_never_see_patient_data() {
         let sre = p(PrincipalKind::Platform, None, None, None, &["sre"]);
-        assert!(
-            authorize(
-                &sre,
-                Action::TailLog,
-                &Resource::Region { region: "us-east" }
-            )
-            .is_ok()
-        );
+        assert!(authorize(&sre, Action::TailLog, &Resource::Region { region: "us-east" }).is_ok());
         let groups = vec![];
         let e = authorize(
             &sre,
             Action::ReadImages,
-            &Resource::Study {
-                tenant: "acme",
-                contract_groups: &groups,
-                assigned_reader: None,
-            },
+            &Resource::Study { tenant: "acme", contract_groups: &groups, assigned_reader: None },
         )
         .unwrap_err();
         assert!(e.to_string().contains("never act on patient data"), "{e}");
-        let tenant_admin = p(
-            PrincipalKind::Tenant,
-            Some("acme"),
-            None,
-            None,
-            &["tenant-admin"],
-        );
-        assert!(
-            authorize(
-                &tenant_admin,
-                Action::TailLog,
-                &Resource::Region { region: "us-east" }
-            )
-            .is_err()
-        );
+        let tenant_admin = p(PrincipalKind::Tenant, Some("acme"), None, None, &["tenant-admin"]);
+        assert!(authorize(&tenant_admin, Action::TailLog, &Resource::Region { region: "us-east" }).is_err());
     }
 
     #[test]
     fn roles_that_do_not_fit_the_kind_are_dropped() {
-        let sneaky = p(
-            PrincipalKind::Tenant,
-            Some("acme"),
-            None,
-            None,
-            &["facility", "sre"],
-        )
-        .sanitised();
+        let sneaky = p(PrincipalKind::Tenant, Some("acme"), None, None, &["facility", "sre"]).sanitised();
         assert_eq!(sneaky.roles, ["facility"]);
     }
 }

@@ -16,10 +16,7 @@ use crate::principal::Principal;
 /// when a request arrives. Everything else takes the time as an argument.
 #[allow(clippy::disallowed_methods)] // the edge: the request's arrival time
 pub fn wall_clock_seconds() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// Clock skew tolerated on `iat` and `exp`, in seconds.
@@ -62,11 +59,7 @@ pub enum AuthError {
     #[error("the token expired at {exp} (now {now})")]
     Expired { exp: i64, now: i64 },
     #[error("the token's {claim} is {found:?}, expected {expected:?}")]
-    WrongClaim {
-        claim: &'static str,
-        found: String,
-        expected: String,
-    },
+    WrongClaim { claim: &'static str, found: String, expected: String },
     #[error("the token's claims are inconsistent: {0}")]
     BadClaims(String),
 }
@@ -104,39 +97,25 @@ pub struct KeyError {
 
 impl TokenVerifier {
     /// `keys`: key id → SPKI PEM of an Ed25519 public key.
-    pub fn new(
-        issuer: &str,
-        audience: &str,
-        keys: &[(String, Vec<u8>)],
-    ) -> Result<TokenVerifier, KeyError> {
+    pub fn new(issuer: &str, audience: &str, keys: &[(String, Vec<u8>)]) -> Result<TokenVerifier, KeyError> {
         let mut map = HashMap::new();
         for (id, pem) in keys {
-            let key = DecodingKey::from_ed_pem(pem).map_err(|e| KeyError {
-                id: id.clone(),
-                reason: e.to_string(),
-            })?;
+            let key = DecodingKey::from_ed_pem(pem).map_err(|e| KeyError { id: id.clone(), reason: e.to_string() })?;
             map.insert(id.clone(), key);
         }
-        Ok(TokenVerifier {
-            keys: map,
-            issuer: issuer.to_owned(),
-            audience: audience.to_owned(),
-        })
+        Ok(TokenVerifier { keys: map, issuer: issuer.to_owned(), audience: audience.to_owned() })
     }
 
     /// The token in an `authorization` header value.
     pub fn verify_header(&self, header: Option<&str>, now: i64) -> Result<Principal, AuthError> {
         let value = header.ok_or(AuthError::Missing)?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .ok_or(AuthError::NotBearer)?;
+        let token =
+            value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).ok_or(AuthError::NotBearer)?;
         self.verify(token.trim(), now)
     }
 
     pub fn verify(&self, token: &str, now: i64) -> Result<Principal, AuthError> {
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
+        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
         if header.alg != Algorithm::EdDSA {
             return Err(AuthError::WrongClaim {
                 claim: "alg",
@@ -151,9 +130,7 @@ impl TokenVerifier {
         validation.validate_exp = false;
         validation.validate_aud = false;
         validation.required_spec_claims.clear();
-        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| match e
-            .kind()
-        {
+        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::InvalidSignature => AuthError::BadSignature,
             _ => AuthError::Malformed(e.to_string()),
         })?;
@@ -162,35 +139,20 @@ impl TokenVerifier {
             return Err(AuthError::Expired { exp: c.exp, now });
         }
         if c.iat - LEEWAY > now {
-            return Err(AuthError::BadClaims(format!(
-                "issued in the future (iat {}, now {now})",
-                c.iat
-            )));
+            return Err(AuthError::BadClaims(format!("issued in the future (iat {}, now {now})", c.iat)));
         }
         if c.iss != self.issuer {
-            return Err(AuthError::WrongClaim {
-                claim: "iss",
-                found: c.iss,
-                expected: self.issuer.clone(),
-            });
+            return Err(AuthError::WrongClaim { claim: "iss", found: c.iss, expected: self.issuer.clone() });
         }
         if c.aud != self.audience {
-            return Err(AuthError::WrongClaim {
-                claim: "aud",
-                found: c.aud,
-                expected: self.audience.clone(),
-            });
+            return Err(AuthError::WrongClaim { claim: "aud", found: c.aud, expected: self.audience.clone() });
         }
         match c.kind {
             PrincipalKind::Tenant if c.tenant.is_none() => {
-                return Err(AuthError::BadClaims(
-                    "a tenant principal needs `tenant`".into(),
-                ));
+                return Err(AuthError::BadClaims("a tenant principal needs `tenant`".into()));
             }
             PrincipalKind::Group if c.group.is_none() => {
-                return Err(AuthError::BadClaims(
-                    "a group principal needs `group`".into(),
-                ));
+                return Err(AuthError::BadClaims("a group principal needs `group`".into()));
             }
             _ => {}
         }
@@ -217,22 +179,10 @@ pub struct TokenSigner {
 
 impl TokenSigner {
     /// `private_pem`: PKCS#8 PEM of an Ed25519 private key.
-    pub fn new(
-        kid: &str,
-        private_pem: &[u8],
-        issuer: &str,
-        audience: &str,
-    ) -> Result<TokenSigner, KeyError> {
-        let key = EncodingKey::from_ed_pem(private_pem).map_err(|e| KeyError {
-            id: kid.to_owned(),
-            reason: e.to_string(),
-        })?;
-        Ok(TokenSigner {
-            kid: kid.to_owned(),
-            key,
-            issuer: issuer.to_owned(),
-            audience: audience.to_owned(),
-        })
+    pub fn new(kid: &str, private_pem: &[u8], issuer: &str, audience: &str) -> Result<TokenSigner, KeyError> {
+        let key = EncodingKey::from_ed_pem(private_pem)
+            .map_err(|e| KeyError { id: kid.to_owned(), reason: e.to_string() })?;
+        Ok(TokenSigner { kid: kid.to_owned(), key, issuer: issuer.to_owned(), audience: audience.to_owned() })
     }
 
     pub fn mint(&self, p: &Principal, now: i64, ttl_seconds: i64) -> Result<String, KeyError> {
@@ -251,27 +201,20 @@ impl TokenSigner {
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, &claims, &self.key).map_err(|e| KeyError {
-            id: self.kid.clone(),
-            reason: e.to_string(),
-        })
+        jsonwebtoken::encode(&header, &claims, &self.key)
+            .map_err(|e| KeyError { id: self.kid.clone(), reason: e.to_string() })
     }
 }
 
 /// A fresh Ed25519 key pair as (PKCS#8 private PEM, SPKI public PEM).
 pub fn generate_ed25519() -> Result<(String, String), KeyError> {
     use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
-    let err = |reason: String| KeyError {
-        id: "new".into(),
-        reason,
-    };
+    let err = |reason: String| KeyError { id: "new".into(), reason };
     let rng = aws_lc_rs::rand::SystemRandom::new();
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|e| err(e.to_string()))?;
     let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|e| err(e.to_string()))?;
     // SubjectPublicKeyInfo for Ed25519 (RFC 8410): a fixed prefix and the 32-byte key.
-    let mut spki = vec![
-        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
-    ];
+    let mut spki = vec![0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
     spki.extend_from_slice(pair.public_key().as_ref());
     let private = pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.as_ref().to_vec()));
     let public = pem::encode(&pem::Pem::new("PUBLIC KEY", spki));
@@ -285,8 +228,7 @@ pub(crate) mod tests {
     pub(crate) fn pair() -> (TokenSigner, TokenVerifier) {
         let (private, public) = generate_ed25519().unwrap();
         let signer = TokenSigner::new("k1", private.as_bytes(), "iss", "aud").unwrap();
-        let verifier =
-            TokenVerifier::new("iss", "aud", &[("k1".into(), public.into_bytes())]).unwrap();
+        let verifier = TokenVerifier::new("iss", "aud", &[("k1".into(), public.into_bytes())]).unwrap();
         (signer, verifier)
     }
 
@@ -307,55 +249,30 @@ pub(crate) mod tests {
         let (signer, verifier) = pair();
         let token = signer.mint(&reader(), 1_000, 3_600).unwrap();
         assert_eq!(verifier.verify(&token, 1_100).unwrap(), reader());
-        assert_eq!(
-            verifier
-                .verify_header(Some(&format!("Bearer {token}")), 1_100)
-                .unwrap(),
-            reader()
-        );
+        assert_eq!(verifier.verify_header(Some(&format!("Bearer {token}")), 1_100).unwrap(), reader());
     }
 
     #[test]
     fn bad_tokens_say_why() {
         let (signer, verifier) = pair();
         let token = signer.mint(&reader(), 1_000, 60).unwrap();
-        assert_eq!(
-            verifier.verify(&token, 5_000).unwrap_err().reason(),
-            "TOKEN_EXPIRED"
-        );
-        assert_eq!(
-            verifier.verify_header(None, 0).unwrap_err(),
-            AuthError::Missing
-        );
-        assert_eq!(
-            verifier.verify_header(Some("Basic abc"), 0).unwrap_err(),
-            AuthError::NotBearer
-        );
-        assert_eq!(
-            verifier.verify("not.a.jwt", 0).unwrap_err().reason(),
-            "TOKEN_MALFORMED"
-        );
+        assert_eq!(verifier.verify(&token, 5_000).unwrap_err().reason(), "TOKEN_EXPIRED");
+        assert_eq!(verifier.verify_header(None, 0).unwrap_err(), AuthError::Missing);
+        assert_eq!(verifier.verify_header(Some("Basic abc"), 0).unwrap_err(), AuthError::NotBearer);
+        assert_eq!(verifier.verify("not.a.jwt", 0).unwrap_err().reason(), "TOKEN_MALFORMED");
         // Signed by another key with the same kid.
         let (other, _) = pair();
         let forged = other.mint(&reader(), 1_000, 60).unwrap();
-        assert_eq!(
-            verifier.verify(&forged, 1_000).unwrap_err(),
-            AuthError::BadSignature
-        );
+        assert_eq!(verifier.verify(&forged, 1_000).unwrap_err(), AuthError::BadSignature);
         // Tampered payload.
         let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
         parts[1] = parts[1].chars().rev().collect();
         assert!(verifier.verify(&parts.join("."), 1_000).is_err());
         // Another issuer.
         let (private, public) = generate_ed25519().unwrap();
-        let wrong = TokenSigner::new("k1", private.as_bytes(), "evil", "aud")
-            .unwrap()
-            .mint(&reader(), 1_000, 60)
-            .unwrap();
+        let wrong =
+            TokenSigner::new("k1", private.as_bytes(), "evil", "aud").unwrap().mint(&reader(), 1_000, 60).unwrap();
         let v = TokenVerifier::new("iss", "aud", &[("k1".into(), public.into_bytes())]).unwrap();
-        assert_eq!(
-            v.verify(&wrong, 1_000).unwrap_err().reason(),
-            "TOKEN_WRONG_CLAIM"
-        );
+        assert_eq!(v.verify(&wrong, 1_000).unwrap_err().reason(), "TOKEN_WRONG_CLAIM");
     }
 }

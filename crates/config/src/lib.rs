@@ -98,11 +98,7 @@ struct Loader {
 
 impl Loader {
     fn problem(&mut self, file: &str, field: impl Into<String>, reason: impl Into<String>) {
-        self.problems.push(Problem {
-            file: file.to_owned(),
-            field: field.into(),
-            reason: reason.into(),
-        });
+        self.problems.push(Problem { file: file.to_owned(), field: field.into(), reason: reason.into() });
     }
 
     /// Parses one file; on failure records the problem and returns `None`.
@@ -119,11 +115,7 @@ impl Loader {
             Err(e) => {
                 let line = e.span().map(|s| text[..s.start].lines().count().max(1));
                 let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
-                self.problem(
-                    rel,
-                    "",
-                    format!("not valid TOML: {}{at}", e.message().trim()),
-                );
+                self.problem(rel, "", format!("not valid TOML: {}{at}", e.message().trim()));
                 return None;
             }
         };
@@ -148,19 +140,12 @@ impl Loader {
                 return out;
             }
         };
-        let mut names: Vec<String> = entries
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
+        let mut names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
         names.sort();
         for name in names {
             let rel = format!("{dir}/{name}");
             let Some(stem) = name.strip_suffix(".toml") else {
-                self.problem(
-                    &rel,
-                    "",
-                    "not a .toml file: configuration files end in .toml",
-                );
+                self.problem(&rel, "", "not a .toml file: configuration files end in .toml");
                 continue;
             };
             match self.parse::<T>(&rel) {
@@ -175,11 +160,7 @@ impl Loader {
 impl Platform {
     /// Loads and validates the configuration in `dir`.
     pub fn load(dir: &Path) -> Result<Platform, Problems> {
-        let mut l = Loader {
-            root: dir.to_path_buf(),
-            problems: Vec::new(),
-            unparsed: Default::default(),
-        };
+        let mut l = Loader { root: dir.to_path_buf(), problems: Vec::new(), unparsed: Default::default() };
         match std::fs::read_dir(dir) {
             Err(e) => {
                 return Err(Problems(vec![Problem {
@@ -189,15 +170,11 @@ impl Platform {
                 }]));
             }
             Ok(entries) => {
-                let mut names: Vec<_> = entries
-                    .flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect();
+                let mut names: Vec<_> =
+                    entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
                 names.sort();
                 for name in names {
-                    let known = KIND_DIRS.contains(&name.as_str())
-                        || name == "catalog"
-                        || name == "auth.toml";
+                    let known = KIND_DIRS.contains(&name.as_str()) || name == "catalog" || name == "auth.toml";
                     if !known && !name.starts_with('.') && name != "README.md" {
                         l.problem(
                             &name,
@@ -235,14 +212,9 @@ impl Platform {
             groups: &groups,
             unparsed: &l.unparsed,
         };
-        l.problems.extend(validate::all(
-            &files,
-            subspecialties.as_ref(),
-            auth.as_ref(),
-        ));
+        l.problems.extend(validate::all(&files, subspecialties.as_ref(), auth.as_ref()));
         // A file that did not parse has recorded its problem already.
-        let (Some(subspecialties), Some(rvus), Some(auth), true) =
-            (subspecialties, rvus, auth, l.problems.is_empty())
+        let (Some(subspecialties), Some(rvus), Some(auth), true) = (subspecialties, rvus, auth, l.problems.is_empty())
         else {
             return Err(Problems(l.problems));
         };
@@ -260,10 +232,7 @@ impl Platform {
 
     /// The called AE title → tenant map of one region.
     pub fn called_ae_titles(&self, region: &str) -> BTreeMap<&str, &Tenant> {
-        self.tenants
-            .values()
-            .filter_map(|t| t.called_ae_titles.get(region).map(|ae| (ae.0.as_str(), t)))
-            .collect()
+        self.tenants.values().filter_map(|t| t.called_ae_titles.get(region).map(|ae| (ae.0.as_str(), t))).collect()
     }
 }
 
@@ -295,20 +264,10 @@ mod tests {
             Ok(p) => p,
             Err(problems) => panic!("the example configuration has problems:\n{problems}"),
         };
-        assert_eq!(
-            platform.regions.keys().collect::<Vec<_>>(),
-            ["eu-west", "in-south", "us-east"]
-        );
+        assert_eq!(platform.regions.keys().collect::<Vec<_>>(), ["eu-west", "in-south", "us-east"]);
         assert_eq!(platform.tenants.len(), 2);
         assert_eq!(platform.groups.len(), 2);
-        assert_eq!(
-            platform
-                .called_ae_titles("us-east")
-                .keys()
-                .copied()
-                .collect::<Vec<_>>(),
-            ["MERIDIAN_ACME"]
-        );
+        assert_eq!(platform.called_ae_titles("us-east").keys().copied().collect::<Vec<_>>(), ["MERIDIAN_ACME"]);
         let acme = &platform.contracts["acme-atlantic"];
         assert_eq!(acme.sla[&Priority::Stat].turnaround.seconds, 1_800);
         assert_eq!(acme.engagement.per_study["CT"].minor_units(2), Ok(4_500));

@@ -7,9 +7,7 @@ use std::collections::BTreeMap;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::value::{
-    AeTitle, Country, Date, Decimal, DurationSpec, Jurisdiction, Rvu, TimeOfDay, TimeZoneName,
-};
+use crate::value::{AeTitle, Country, Date, Decimal, DurationSpec, Jurisdiction, Rvu, TimeOfDay, TimeZoneName};
 
 /// `regions/<name>.toml`: a residency zone.
 #[derive(Clone, Debug, Deserialize)]
@@ -68,9 +66,7 @@ fn default_replication() -> i32 {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig::Embedded {
-            partitions: default_partitions(),
-        }
+        LogConfig::Embedded { partitions: default_partitions() }
     }
 }
 
@@ -483,14 +479,12 @@ impl SecretRef {
         match self {
             SecretRef::File(rel) => {
                 let path = secrets_dir.join(rel);
-                std::fs::read(&path).map_err(|e| SecretError::File {
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                })
+                std::fs::read(&path)
+                    .map_err(|e| SecretError::File { path: path.display().to_string(), reason: e.to_string() })
             }
-            SecretRef::Env(name) => env(name)
-                .map(String::into_bytes)
-                .ok_or_else(|| SecretError::Env { name: name.clone() }),
+            SecretRef::Env(name) => {
+                env(name).map(String::into_bytes).ok_or_else(|| SecretError::Env { name: name.clone() })
+            }
         }
     }
 }

@@ -41,41 +41,21 @@ struct Out(Vec<Problem>);
 
 impl Out {
     fn at(&mut self, file: &str, field: impl Into<String>, reason: impl Into<String>) {
-        self.0.push(Problem {
-            file: file.to_owned(),
-            field: field.into(),
-            reason: reason.into(),
-        });
+        self.0.push(Problem { file: file.to_owned(), field: field.into(), reason: reason.into() });
     }
 }
 
 fn known<'a>(names: impl IntoIterator<Item = &'a String>) -> String {
     let names: Vec<_> = names.into_iter().map(|n| format!("{n:?}")).collect();
-    if names.is_empty() {
-        "none is configured".into()
-    } else {
-        format!("known: {}", names.join(", "))
-    }
+    if names.is_empty() { "none is configured".into() } else { format!("known: {}", names.join(", ")) }
 }
 
 fn check_name(out: &mut Out, file: &str, stem: &str, name: &str) {
     if name != stem {
-        out.at(
-            file,
-            "name",
-            format!("{name:?} does not match the file name {stem:?}"),
-        );
+        out.at(file, "name", format!("{name:?} does not match the file name {stem:?}"));
     }
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
-        out.at(
-            file,
-            "name",
-            format!("{name:?}: names are lower-case letters, digits and '-'"),
-        );
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        out.at(file, "name", format!("{name:?}: names are lower-case letters, digits and '-'"));
     }
 }
 
@@ -83,36 +63,18 @@ fn check_secret(out: &mut Out, file: &str, field: &str, secret: &SecretRef) {
     match secret {
         SecretRef::File(path) => {
             if path.is_empty() || path.starts_with('/') || path.split('/').any(|p| p == "..") {
-                out.at(
-                    file,
-                    field,
-                    format!(
-                        "{path:?}: a secret file is a relative path inside the secrets directory"
-                    ),
-                );
+                out.at(file, field, format!("{path:?}: a secret file is a relative path inside the secrets directory"));
             }
         }
         SecretRef::Env(var) => {
-            if var.is_empty()
-                || !var
-                    .bytes()
-                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
-            {
-                out.at(
-                    file,
-                    field,
-                    format!("{var:?} is not an environment variable name (A-Z, 0-9, _)"),
-                );
+            if var.is_empty() || !var.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_') {
+                out.at(file, field, format!("{var:?} is not an environment variable name (A-Z, 0-9, _)"));
             }
         }
     }
 }
 
-pub(crate) fn all(
-    f: &Files<'_>,
-    subspecialties: Option<&SubspecialtyMap>,
-    auth: Option<&Auth>,
-) -> Vec<Problem> {
+pub(crate) fn all(f: &Files<'_>, subspecialties: Option<&SubspecialtyMap>, auth: Option<&Auth>) -> Vec<Problem> {
     let mut out = Out(Vec::new());
     regions(&mut out, f);
     tenants(&mut out, f);
@@ -124,11 +86,7 @@ pub(crate) fn all(
                 out.at(
                     "catalog/subspecialties.toml",
                     format!("rules[{i}].subspecialty"),
-                    format!(
-                        "{:?} is not in subspecialties ({})",
-                        rule.subspecialty,
-                        known(&map.subspecialties)
-                    ),
+                    format!("{:?} is not in subspecialties ({})", rule.subspecialty, known(&map.subspecialties)),
                 );
             }
         }
@@ -143,24 +101,13 @@ fn regions(out: &mut Out, f: &Files<'_>) {
     for (stem, (file, r)) in f.regions {
         check_name(out, file, stem, &r.name);
         if !(1..=1024).contains(&r.log.partitions()) {
-            out.at(
-                file,
-                "log.partitions",
-                format!("{} is not between 1 and 1024", r.log.partitions()),
-            );
+            out.at(file, "log.partitions", format!("{} is not between 1 and 1024", r.log.partitions()));
         }
-        if let LogConfig::Kafka {
-            bootstrap_servers,
-            replication_factor,
-            client,
-            ..
-        } = &r.log
-        {
-            if bootstrap_servers.split(',').any(|s| {
-                s.trim()
-                    .rsplit_once(':')
-                    .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
-            }) {
+        if let LogConfig::Kafka { bootstrap_servers, replication_factor, client, .. } = &r.log {
+            if bootstrap_servers
+                .split(',')
+                .any(|s| s.trim().rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()))
+            {
                 out.at(
                     file,
                     "log.bootstrap_servers",
@@ -182,17 +129,9 @@ fn regions(out: &mut Out, f: &Files<'_>) {
         }
         for (i, n) in r.nearshore.iter().enumerate() {
             if n == &r.name {
-                out.at(
-                    file,
-                    format!("nearshore[{i}]"),
-                    "a region is not nearshore to itself",
-                );
+                out.at(file, format!("nearshore[{i}]"), "a region is not nearshore to itself");
             } else if f.no_region(n) {
-                out.at(
-                    file,
-                    format!("nearshore[{i}]"),
-                    format!("unknown region {n:?} ({})", known(f.regions.keys())),
-                );
+                out.at(file, format!("nearshore[{i}]"), format!("unknown region {n:?} ({})", known(f.regions.keys())));
             }
         }
     }
@@ -205,11 +144,7 @@ fn tenants(out: &mut Out, f: &Files<'_>) {
         check_name(out, file, stem, &t.name);
         check_secret(out, file, "id_secret", &t.id_secret);
         if t.home_regions.is_empty() {
-            out.at(
-                file,
-                "home_regions",
-                "a tenant needs at least one home region",
-            );
+            out.at(file, "home_regions", "a tenant needs at least one home region");
         }
         for (i, r) in t.home_regions.iter().enumerate() {
             if f.no_region(r) {
@@ -219,32 +154,25 @@ fn tenants(out: &mut Out, f: &Files<'_>) {
                     format!("unknown region {r:?} ({})", known(f.regions.keys())),
                 );
             } else if f.regions.contains_key(r) && !t.called_ae_titles.contains_key(r) {
-                out.at(
-                    file,
-                    "called_ae_titles",
-                    format!("no called AE title for home region {r:?}"),
-                );
+                out.at(file, "called_ae_titles", format!("no called AE title for home region {r:?}"));
             }
         }
         for (region, ae) in &t.called_ae_titles {
             let field = format!("called_ae_titles.{region}");
             if f.no_region(region) {
+                out.at(file, &field, format!("unknown region {region:?} ({})", known(f.regions.keys())));
+            } else if !t.home_regions.contains(region) {
                 out.at(
                     file,
                     &field,
-                    format!("unknown region {region:?} ({})", known(f.regions.keys())),
+                    format!("{region:?} is not a home region of the tenant: its PHI may not be sent there"),
                 );
-            } else if !t.home_regions.contains(region) {
-                out.at(file, &field, format!("{region:?} is not a home region of the tenant: its PHI may not be sent there"));
             }
             if let Some(other) = called.insert((region.clone(), ae.0.clone()), t.name.clone()) {
                 out.at(
                     file,
                     &field,
-                    format!(
-                        "{:?} is already the called AE title of tenant {other:?} in {region}",
-                        ae.0
-                    ),
+                    format!("{:?} is already the called AE title of tenant {other:?} in {region}", ae.0),
                 );
             }
         }
@@ -255,11 +183,7 @@ fn tenants(out: &mut Out, f: &Files<'_>) {
         let mut calling: BTreeMap<&str, &str> = BTreeMap::new();
         for (i, fac) in t.facilities.iter().enumerate() {
             if !names.insert(fac.name.as_str()) {
-                out.at(
-                    file,
-                    format!("facilities[{i}].name"),
-                    format!("facility {:?} is listed twice", fac.name),
-                );
+                out.at(file, format!("facilities[{i}].name"), format!("facility {:?} is listed twice", fac.name));
             }
             if fac.calling_ae_titles.is_empty() {
                 out.at(
@@ -273,7 +197,10 @@ fn tenants(out: &mut Out, f: &Files<'_>) {
                     out.at(
                         file,
                         format!("facilities[{i}].calling_ae_titles[{j}]"),
-                        format!("{:?} is also a calling AE title of facility {other:?}: associations would be ambiguous", ae.0),
+                        format!(
+                            "{:?} is also a calling AE title of facility {other:?}: associations would be ambiguous",
+                            ae.0
+                        ),
                     );
                 }
             }
@@ -285,22 +212,10 @@ fn contracts(out: &mut Out, f: &Files<'_>) {
     for (stem, (file, c)) in f.contracts {
         check_name(out, file, stem, &c.name);
         if f.no_tenant(&c.tenant) {
-            out.at(
-                file,
-                "tenant",
-                format!(
-                    "unknown tenant {:?} ({})",
-                    c.tenant,
-                    known(f.tenants.keys())
-                ),
-            );
+            out.at(file, "tenant", format!("unknown tenant {:?} ({})", c.tenant, known(f.tenants.keys())));
         }
         if c.reading_groups.is_empty() {
-            out.at(
-                file,
-                "reading_groups",
-                "a contract needs at least one reading group",
-            );
+            out.at(file, "reading_groups", "a contract needs at least one reading group");
         }
         for (i, g) in c.reading_groups.iter().enumerate() {
             if f.no_group(g) {
@@ -320,8 +235,7 @@ fn contracts(out: &mut Out, f: &Files<'_>) {
                 );
             }
         }
-        if c.image_access == ImageAccess::Deidentified && c.deidentification_destinations.is_empty()
-        {
+        if c.image_access == ImageAccess::Deidentified && c.deidentification_destinations.is_empty() {
             out.at(
                 file,
                 "deidentification_destinations",
@@ -332,33 +246,21 @@ fn contracts(out: &mut Out, f: &Files<'_>) {
             out.at(file, "retention", "must be longer than 0s");
         }
         if c.delivery.is_empty() {
-            out.at(
-                file,
-                "delivery",
-                "no read type may be read under this contract",
-            );
+            out.at(file, "delivery", "no read type may be read under this contract");
         }
         for p in [Priority::Stat, Priority::Urgent, Priority::Routine] {
             let name = p.as_str();
             match c.sla.get(&p) {
-                None => out.at(
-                    file,
-                    format!("sla.{name}"),
-                    "missing: every priority needs a turnaround",
-                ),
-                Some(s) if s.turnaround.seconds == 0 => out.at(
-                    file,
-                    format!("sla.{name}.turnaround"),
-                    "must be longer than 0s",
-                ),
+                None => out.at(file, format!("sla.{name}"), "missing: every priority needs a turnaround"),
+                Some(s) if s.turnaround.seconds == 0 => {
+                    out.at(file, format!("sla.{name}.turnaround"), "must be longer than 0s")
+                }
                 _ => {}
             }
         }
-        if let (Some(stat), Some(urgent), Some(routine)) = (
-            c.sla.get(&Priority::Stat),
-            c.sla.get(&Priority::Urgent),
-            c.sla.get(&Priority::Routine),
-        ) && !(stat.turnaround <= urgent.turnaround && urgent.turnaround <= routine.turnaround)
+        if let (Some(stat), Some(urgent), Some(routine)) =
+            (c.sla.get(&Priority::Stat), c.sla.get(&Priority::Urgent), c.sla.get(&Priority::Routine))
+            && !(stat.turnaround <= urgent.turnaround && urgent.turnaround <= routine.turnaround)
         {
             out.at(
                 file,
@@ -372,17 +274,9 @@ fn contracts(out: &mut Out, f: &Files<'_>) {
         let fr = &c.escalation_fractions;
         for (i, x) in fr.iter().enumerate() {
             if !(*x > 0.0 && *x < 1.0) {
-                out.at(
-                    file,
-                    format!("escalation_fractions[{i}]"),
-                    format!("{x} is not between 0 and 1"),
-                );
+                out.at(file, format!("escalation_fractions[{i}]"), format!("{x} is not between 0 and 1"));
             } else if i > 0 && *x <= fr[i - 1] {
-                out.at(
-                    file,
-                    format!("escalation_fractions[{i}]"),
-                    format!("{x} does not increase on {}", fr[i - 1]),
-                );
+                out.at(file, format!("escalation_fractions[{i}]"), format!("{x} does not increase on {}", fr[i - 1]));
             }
         }
         engagement(out, file, &c.engagement);
@@ -391,14 +285,7 @@ fn contracts(out: &mut Out, f: &Files<'_>) {
 
 fn engagement(out: &mut Out, file: &str, e: &Engagement) {
     let Some(exp) = currency_exponent(&e.currency) else {
-        out.at(
-            file,
-            "engagement.currency",
-            format!(
-                "{:?} is not an ISO 4217 currency Meridian bills in",
-                e.currency
-            ),
-        );
+        out.at(file, "engagement.currency", format!("{:?} is not an ISO 4217 currency Meridian bills in", e.currency));
         return;
     };
     let mut amount = |field: String, d: &crate::value::Decimal| {
@@ -417,25 +304,13 @@ fn engagement(out: &mut Out, file: &str, e: &Engagement) {
     }
     match e.model {
         EngagementModel::Subscription if e.monthly_fee.is_none() => {
-            out.at(
-                file,
-                "engagement.monthly_fee",
-                "a subscription needs a monthly fee",
-            );
+            out.at(file, "engagement.monthly_fee", "a subscription needs a monthly fee");
         }
         EngagementModel::Transaction if !e.per_study.contains_key("default") => {
-            out.at(
-                file,
-                "engagement.per_study",
-                "a transaction contract needs a \"default\" per-study price",
-            );
+            out.at(file, "engagement.per_study", "a transaction contract needs a \"default\" per-study price");
         }
         EngagementModel::ProjectBased if e.project_fee.is_none() || e.project_ends.is_none() => {
-            out.at(
-                file,
-                "engagement",
-                "a project-based contract needs project_fee and project_ends",
-            );
+            out.at(file, "engagement", "a project-based contract needs project_fee and project_ends");
         }
         _ => {}
     }
@@ -448,36 +323,16 @@ fn groups(out: &mut Out, f: &Files<'_>, subspecialties: Option<&SubspecialtyMap>
         for (i, r) in g.readers.iter().enumerate() {
             let at = |field: &str| format!("readers[{i}].{field}");
             if let Some(other) = reader_ids.insert(r.id.as_str(), g.name.as_str()) {
-                out.at(
-                    file,
-                    at("id"),
-                    format!("reader id {:?} is also used in group {other:?}", r.id),
-                );
+                out.at(file, at("id"), format!("reader id {:?} is also used in group {other:?}", r.id));
             }
             if f.no_region(&r.region) {
-                out.at(
-                    file,
-                    at("region"),
-                    format!(
-                        "unknown region {:?} ({})",
-                        r.region,
-                        known(f.regions.keys())
-                    ),
-                );
+                out.at(file, at("region"), format!("unknown region {:?} ({})", r.region, known(f.regions.keys())));
             }
             if r.capacity == 0 {
-                out.at(
-                    file,
-                    at("capacity"),
-                    "a reader with capacity 0 can never be assigned",
-                );
+                out.at(file, at("capacity"), "a reader with capacity 0 can never be assigned");
             }
             if r.read_types.is_empty() {
-                out.at(
-                    file,
-                    at("read_types"),
-                    "a reader needs at least one read type",
-                );
+                out.at(file, at("read_types"), "a reader needs at least one read type");
             }
             if let Some(map) = subspecialties {
                 for (j, s) in r.subspecialties.iter().enumerate() {
@@ -485,10 +340,7 @@ fn groups(out: &mut Out, f: &Files<'_>, subspecialties: Option<&SubspecialtyMap>
                         out.at(
                             file,
                             at(&format!("subspecialties[{j}]")),
-                            format!(
-                                "unknown subspecialty {s:?} ({})",
-                                known(&map.subspecialties)
-                            ),
+                            format!("unknown subspecialty {s:?} ({})", known(&map.subspecialties)),
                         );
                     }
                 }
@@ -499,35 +351,22 @@ fn groups(out: &mut Out, f: &Files<'_>, subspecialties: Option<&SubspecialtyMap>
                     None => out.at(
                         file,
                         at(&format!("credentials[{j}].tenant")),
-                        format!(
-                            "unknown tenant {:?} ({})",
-                            c.tenant,
-                            known(f.tenants.keys())
-                        ),
+                        format!("unknown tenant {:?} ({})", c.tenant, known(f.tenants.keys())),
                     ),
-                    Some((_, t)) if !t.facilities.iter().any(|fac| fac.name == c.facility) => out
-                        .at(
-                            file,
-                            at(&format!("credentials[{j}].facility")),
-                            format!("tenant {:?} has no facility {:?}", c.tenant, c.facility),
-                        ),
+                    Some((_, t)) if !t.facilities.iter().any(|fac| fac.name == c.facility) => out.at(
+                        file,
+                        at(&format!("credentials[{j}].facility")),
+                        format!("tenant {:?} has no facility {:?}", c.tenant, c.facility),
+                    ),
                     _ => {}
                 }
             }
             for (j, s) in r.shifts.iter().enumerate() {
                 if s.days.is_empty() {
-                    out.at(
-                        file,
-                        at(&format!("shifts[{j}].days")),
-                        "a shift needs at least one day",
-                    );
+                    out.at(file, at(&format!("shifts[{j}].days")), "a shift needs at least one day");
                 }
                 if s.start == s.end {
-                    out.at(
-                        file,
-                        at(&format!("shifts[{j}]")),
-                        "start and end are the same time",
-                    );
+                    out.at(file, at(&format!("shifts[{j}]")), "start and end are the same time");
                 }
             }
         }
@@ -542,11 +381,7 @@ fn check_auth(out: &mut Out, f: &Files<'_>, auth: &Auth) {
     let mut ids = BTreeSet::new();
     for (i, k) in auth.keys.iter().enumerate() {
         if !ids.insert(&k.id) {
-            out.at(
-                file,
-                format!("keys[{i}].id"),
-                format!("key id {:?} is listed twice", k.id),
-            );
+            out.at(file, format!("keys[{i}].id"), format!("key id {:?} is listed twice", k.id));
         }
         check_secret(out, file, &format!("keys[{i}].public_key"), &k.public_key);
     }
@@ -554,57 +389,35 @@ fn check_auth(out: &mut Out, f: &Files<'_>, auth: &Auth) {
     for (i, p) in auth.principals.iter().enumerate() {
         let at = |field: &str| format!("principals[{i}].{field}");
         if !names.insert(&p.name) {
-            out.at(
-                file,
-                at("name"),
-                format!("principal {:?} is listed twice", p.name),
-            );
+            out.at(file, at("name"), format!("principal {:?} is listed twice", p.name));
         }
         match p.kind {
             PrincipalKind::Tenant => match &p.tenant {
                 None => out.at(file, at("tenant"), "a tenant principal names its tenant"),
                 Some(t) => match f.tenants.get(t) {
                     None if !f.no_tenant(t) => {}
-                    None => out.at(
-                        file,
-                        at("tenant"),
-                        format!("unknown tenant {t:?} ({})", known(f.tenants.keys())),
-                    ),
+                    None => out.at(file, at("tenant"), format!("unknown tenant {t:?} ({})", known(f.tenants.keys()))),
                     Some((_, tenant)) => {
                         if let Some(fac) = &p.facility
                             && !tenant.facilities.iter().any(|x| &x.name == fac)
                         {
-                            out.at(
-                                file,
-                                at("facility"),
-                                format!("tenant {t:?} has no facility {fac:?}"),
-                            );
+                            out.at(file, at("facility"), format!("tenant {t:?} has no facility {fac:?}"));
                         }
                     }
                 },
             },
             PrincipalKind::Group => match &p.group {
-                None => out.at(
-                    file,
-                    at("group"),
-                    "a group principal names its reading group",
-                ),
+                None => out.at(file, at("group"), "a group principal names its reading group"),
                 Some(g) => match f.groups.get(g) {
                     None if !f.no_group(g) => {}
-                    None => out.at(
-                        file,
-                        at("group"),
-                        format!("unknown reading group {g:?} ({})", known(f.groups.keys())),
-                    ),
+                    None => {
+                        out.at(file, at("group"), format!("unknown reading group {g:?} ({})", known(f.groups.keys())))
+                    }
                     Some((_, group)) => {
                         if let Some(r) = &p.reader
                             && !group.readers.iter().any(|x| &x.id == r)
                         {
-                            out.at(
-                                file,
-                                at("reader"),
-                                format!("reading group {g:?} has no reader {r:?}"),
-                            );
+                            out.at(file, at("reader"), format!("reading group {g:?} has no reader {r:?}"));
                         }
                     }
                 },
@@ -615,11 +428,7 @@ fn check_auth(out: &mut Out, f: &Files<'_>, auth: &Auth) {
             out.at(file, at("tenant"), "only a tenant principal names a tenant");
         }
         if p.kind != PrincipalKind::Group && (p.group.is_some() || p.reader.is_some()) {
-            out.at(
-                file,
-                at("group"),
-                "only a group principal names a reading group or reader",
-            );
+            out.at(file, at("group"), "only a group principal names a reading group or reader");
         }
         let allowed = roles_for(p.kind);
         for (j, role) in p.roles.iter().enumerate() {
@@ -636,18 +445,10 @@ fn check_auth(out: &mut Out, f: &Files<'_>, auth: &Auth) {
             }
         }
         if p.roles.iter().any(|r| r == "facility") && p.facility.is_none() {
-            out.at(
-                file,
-                at("facility"),
-                "a principal with the facility role names its facility",
-            );
+            out.at(file, at("facility"), "a principal with the facility role names its facility");
         }
         if p.roles.iter().any(|r| r == "reader") && p.reader.is_none() {
-            out.at(
-                file,
-                at("reader"),
-                "a principal with the reader role names its reader id",
-            );
+            out.at(file, at("reader"), "a principal with the reader role names its reader id");
         }
     }
 }

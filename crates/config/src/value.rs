@@ -28,8 +28,7 @@ pub struct DurationSpec {
 impl FromStr for DurationSpec {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, String> {
-        let bad =
-            || format!("{text:?} is not a duration, expected like \"15m\" (units s, m, h, d)");
+        let bad = || format!("{text:?} is not a duration, expected like \"15m\" (units s, m, h, d)");
         let t = text.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
         let (n, unit) = t.split_at(split);
@@ -41,9 +40,7 @@ impl FromStr for DurationSpec {
             "d" => 86_400,
             _ => return Err(bad()),
         };
-        Ok(DurationSpec {
-            seconds: n.checked_mul(scale).ok_or_else(bad)?,
-        })
+        Ok(DurationSpec { seconds: n.checked_mul(scale).ok_or_else(bad)? })
     }
 }
 from_str_deserialize!(DurationSpec);
@@ -69,15 +66,11 @@ impl FromStr for Country {
     fn from_str(text: &str) -> Result<Self, String> {
         if text.len() == 2 && text.bytes().all(|b| b.is_ascii_uppercase()) {
             if text == "UK" {
-                return Err(
-                    "\"UK\" is not an ISO 3166-1 code: the United Kingdom is \"GB\"".into(),
-                );
+                return Err("\"UK\" is not an ISO 3166-1 code: the United Kingdom is \"GB\"".into());
             }
             Ok(Country(text.to_owned()))
         } else {
-            Err(format!(
-                "{text:?} is not an ISO 3166-1 alpha-2 country code, expected like \"US\""
-            ))
+            Err(format!("{text:?} is not an ISO 3166-1 alpha-2 country code, expected like \"US\""))
         }
     }
 }
@@ -97,11 +90,7 @@ impl Jurisdiction {
 impl FromStr for Jurisdiction {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, String> {
-        let bad = || {
-            format!(
-                "{text:?} is not an ISO 3166-1 or 3166-2 code, expected like \"US-NY\" or \"GB\""
-            )
-        };
+        let bad = || format!("{text:?} is not an ISO 3166-1 or 3166-2 code, expected like \"US-NY\" or \"GB\"");
         let (country, sub) = match text.split_once('-') {
             Some((c, s)) => (c, Some(s)),
             None => (text, None),
@@ -113,9 +102,7 @@ impl FromStr for Jurisdiction {
             return Err(bad());
         }
         if let Some(sub) = sub
-            && !sub
-                .bytes()
-                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+            && !sub.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
         {
             return Err(bad());
         }
@@ -139,9 +126,7 @@ impl FromStr for TimeZoneName {
     fn from_str(text: &str) -> Result<Self, String> {
         jiff::tz::TimeZone::get(text)
             .map(|_| TimeZoneName(text.to_owned()))
-            .map_err(|_| {
-                format!("{text:?} is not an IANA time zone, expected like \"Europe/London\"")
-            })
+            .map_err(|_| format!("{text:?} is not an IANA time zone, expected like \"Europe/London\""))
     }
 }
 from_str_deserialize!(TimeZoneName);
@@ -158,13 +143,8 @@ impl FromStr for AeTitle {
         if trimmed.is_empty() || trimmed.len() > 16 {
             return Err(format!("{text:?} is not an AE title: 1 to 16 characters"));
         }
-        if !trimmed
-            .bytes()
-            .all(|b| (0x20..0x7f).contains(&b) && b != b'\\')
-        {
-            return Err(format!(
-                "{text:?} is not an AE title: printable ASCII without '\\\\'"
-            ));
+        if !trimmed.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'\\') {
+            return Err(format!("{text:?} is not an AE title: printable ASCII without '\\\\'"));
         }
         Ok(AeTitle(trimmed.to_owned()))
     }
@@ -194,19 +174,13 @@ pub struct TimeOfDay {
 impl FromStr for TimeOfDay {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, String> {
-        let bad = || {
-            format!(
-                "{text:?} is not a time of day, expected like \"08:30\" (24:00 for midnight at the end)"
-            )
-        };
+        let bad = || format!("{text:?} is not a time of day, expected like \"08:30\" (24:00 for midnight at the end)");
         let (h, m) = text.split_once(':').ok_or_else(bad)?;
         let (h, m): (u32, u32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
         if h > 24 || m > 59 || (h == 24 && m != 0) || text.len() != 5 {
             return Err(bad());
         }
-        Ok(TimeOfDay {
-            minute_of_day: h * 60 + m,
-        })
+        Ok(TimeOfDay { minute_of_day: h * 60 + m })
     }
 }
 from_str_deserialize!(TimeOfDay);
@@ -214,8 +188,8 @@ from_str_deserialize!(TimeOfDay);
 /// ISO 4217 minor-unit exponents of the currencies Meridian bills in.
 pub fn currency_exponent(code: &str) -> Option<u32> {
     match code {
-        "USD" | "EUR" | "GBP" | "INR" | "AUD" | "CAD" | "CHF" | "SGD" | "AED" | "BRL" | "MXN"
-        | "ZAR" | "NZD" | "SEK" | "NOK" | "DKK" | "PHP" | "PLN" => Some(2),
+        "USD" | "EUR" | "GBP" | "INR" | "AUD" | "CAD" | "CHF" | "SGD" | "AED" | "BRL" | "MXN" | "ZAR" | "NZD"
+        | "SEK" | "NOK" | "DKK" | "PHP" | "PLN" => Some(2),
         "JPY" | "KRW" | "CLP" | "ISK" => Some(0),
         "KWD" | "BHD" | "OMR" | "JOD" => Some(3),
         _ => None,
@@ -233,10 +207,7 @@ impl FromStr for Decimal {
         let bad = || format!("{text:?} is not an amount, expected a decimal string like \"45.00\"");
         let digits = text.strip_prefix('-').unwrap_or(text);
         let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
-        if int.is_empty()
-            || !int.bytes().all(|b| b.is_ascii_digit())
-            || !frac.bytes().all(|b| b.is_ascii_digit())
-        {
+        if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad());
         }
         if digits.contains('.') && frac.is_empty() {
@@ -256,25 +227,16 @@ impl Decimal {
         let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
         let frac = frac.trim_end_matches('0');
         if frac.len() as u32 > exponent {
-            return Err(format!(
-                "{:?} has more decimal places than the currency's {exponent}",
-                self.0
-            ));
+            return Err(format!("{:?} has more decimal places than the currency's {exponent}", self.0));
         }
-        let mut units: i64 = int
-            .parse()
-            .map_err(|_| format!("{:?} is too large", self.0))?;
-        units = units
-            .checked_mul(10i64.pow(exponent))
-            .ok_or_else(|| format!("{:?} is too large", self.0))?;
+        let mut units: i64 = int.parse().map_err(|_| format!("{:?} is too large", self.0))?;
+        units = units.checked_mul(10i64.pow(exponent)).ok_or_else(|| format!("{:?} is too large", self.0))?;
         let mut f = frac.to_owned();
         while (f.len() as u32) < exponent {
             f.push('0');
         }
         if !f.is_empty() {
-            units += f
-                .parse::<i64>()
-                .map_err(|_| format!("{:?} is too large", self.0))?;
+            units += f.parse::<i64>().map_err(|_| format!("{:?} is too large", self.0))?;
         }
         Ok(if negative { -units } else { units })
     }
@@ -315,8 +277,7 @@ mod tests {
 
     #[test]
     fn a_region_log_is_embedded_unless_configured() {
-        let r: crate::Region =
-            toml::from_str("name = \"x\"\ncountry = \"US\"\ntime_zone = \"UTC\"").unwrap();
+        let r: crate::Region = toml::from_str("name = \"x\"\ncountry = \"US\"\ntime_zone = \"UTC\"").unwrap();
         assert_eq!(r.log, crate::LogConfig::Embedded { partitions: 8 });
         let r: crate::Region = toml::from_str(
             "name = \"x\"\ncountry = \"US\"\ntime_zone = \"UTC\"\n[log]\nkind = \"kafka\"\nbootstrap_servers = \"k:9092\"\nretention = \"30d\"",
@@ -353,15 +314,9 @@ mod tests {
     fn amounts_become_integer_minor_units() {
         let d: Decimal = "45.5".parse().unwrap();
         assert_eq!(d.minor_units(2).unwrap(), 4550);
-        assert_eq!(
-            "1250".parse::<Decimal>().unwrap().minor_units(0).unwrap(),
-            1250
-        );
+        assert_eq!("1250".parse::<Decimal>().unwrap().minor_units(0).unwrap(), 1250);
         assert!("0.001".parse::<Decimal>().unwrap().minor_units(2).is_err());
-        assert_eq!(
-            "-3.10".parse::<Decimal>().unwrap().minor_units(2).unwrap(),
-            -310
-        );
+        assert_eq!("-3.10".parse::<Decimal>().unwrap().minor_units(2).unwrap(), -310);
         assert!("4,50".parse::<Decimal>().is_err());
         assert!("45.".parse::<Decimal>().is_err());
         assert_eq!(currency_exponent("JPY"), Some(0));

@@ -18,8 +18,5 @@ fn every_problem_of_the_broken_set_is_reported() {
         .collect();
     let missing: Vec<_> = expected.iter().filter(|e| !got.contains(e)).collect();
     let unexpected: Vec<_> = got.iter().filter(|g| !expected.contains(g)).collect();
-    assert!(
-        missing.is_empty() && unexpected.is_empty(),
-        "missing: {missing:#?}\nunexpected: {unexpected:#?}"
-    );
+    assert!(missing.is_empty() && unexpected.is_empty(), "missing: {missing:#?}\nunexpected: {unexpected:#?}");
 }

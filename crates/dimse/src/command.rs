@@ -27,9 +27,8 @@ pub struct Command {
 impl Command {
     /// Decodes a complete command set; says which element is missing or bad.
     pub fn decode(bytes: &[u8]) -> Result<Command, String> {
-        let obj =
-            InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
-                .map_err(|e| format!("command set does not decode: {e}"))?;
+        let obj = InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
+            .map_err(|e| format!("command set does not decode: {e}"))?;
         let u16_of = |tag, name: &str| -> Result<u16, String> {
             obj.element(tag)
                 .map_err(|_| format!("command set has no {name}"))?
@@ -44,21 +43,12 @@ impl Command {
             .and_then(|e| e.to_str().ok())
             .map(|s| s.trim_end_matches(['\0', ' ']).to_owned())
             .unwrap_or_default();
-        Ok(Command {
-            field,
-            message_id,
-            affected_sop_class,
-        })
+        Ok(Command { field, message_id, affected_sop_class })
     }
 
     /// A C-ECHO-RSP (PS3.7 9.3.5.2) answering `message_id`.
     pub fn echo_response(message_id: u16, status: u16) -> Response {
-        Response {
-            field: C_ECHO_RSP,
-            sop_class: crate::VERIFICATION,
-            message_id,
-            status,
-        }
+        Response { field: C_ECHO_RSP, sop_class: crate::VERIFICATION, message_id, status }
     }
 }
 
@@ -74,26 +64,10 @@ pub struct Response {
 impl Response {
     pub fn encode(&self) -> Result<Vec<u8>, String> {
         let obj = InMemDicomObject::command_from_element_iter([
-            DataElement::new(
-                tags::AFFECTED_SOP_CLASS_UID,
-                VR::UI,
-                PrimitiveValue::from(self.sop_class),
-            ),
-            DataElement::new(
-                tags::COMMAND_FIELD,
-                VR::US,
-                PrimitiveValue::from(self.field),
-            ),
-            DataElement::new(
-                tags::MESSAGE_ID_BEING_RESPONDED_TO,
-                VR::US,
-                PrimitiveValue::from(self.message_id),
-            ),
-            DataElement::new(
-                tags::COMMAND_DATA_SET_TYPE,
-                VR::US,
-                PrimitiveValue::from(NO_DATA_SET),
-            ),
+            DataElement::new(tags::AFFECTED_SOP_CLASS_UID, VR::UI, PrimitiveValue::from(self.sop_class)),
+            DataElement::new(tags::COMMAND_FIELD, VR::US, PrimitiveValue::from(self.field)),
+            DataElement::new(tags::MESSAGE_ID_BEING_RESPONDED_TO, VR::US, PrimitiveValue::from(self.message_id)),
+            DataElement::new(tags::COMMAND_DATA_SET_TYPE, VR::US, PrimitiveValue::from(NO_DATA_SET)),
             DataElement::new(tags::STATUS, VR::US, PrimitiveValue::from(self.status)),
         ]);
         let mut out = Vec::with_capacity(128);
@@ -113,37 +87,13 @@ mod tests {
         assert_eq!(bytes.len() % 2, 0);
         let back = Command::decode(&bytes);
         // A response has no Message ID, only Message ID Being Responded To.
-        assert_eq!(
-            back.unwrap_err(),
-            "command set has no Message ID (0000,0110)"
-        );
-        let obj =
-            InMemDicomObject::read_dataset_with_ts(&bytes[..], &IMPLICIT_VR_LITTLE_ENDIAN.erased())
-                .unwrap();
-        assert_eq!(
-            obj.element(tags::COMMAND_FIELD)
-                .unwrap()
-                .to_int::<u16>()
-                .unwrap(),
-            C_ECHO_RSP
-        );
-        assert_eq!(
-            obj.element(tags::MESSAGE_ID_BEING_RESPONDED_TO)
-                .unwrap()
-                .to_int::<u16>()
-                .unwrap(),
-            7
-        );
-        assert_eq!(
-            obj.element(tags::STATUS).unwrap().to_int::<u16>().unwrap(),
-            0
-        );
+        assert_eq!(back.unwrap_err(), "command set has no Message ID (0000,0110)");
+        let obj = InMemDicomObject::read_dataset_with_ts(&bytes[..], &IMPLICIT_VR_LITTLE_ENDIAN.erased()).unwrap();
+        assert_eq!(obj.element(tags::COMMAND_FIELD).unwrap().to_int::<u16>().unwrap(), C_ECHO_RSP);
+        assert_eq!(obj.element(tags::MESSAGE_ID_BEING_RESPONDED_TO).unwrap().to_int::<u16>().unwrap(), 7);
+        assert_eq!(obj.element(tags::STATUS).unwrap().to_int::<u16>().unwrap(), 0);
         // Group length (0000,0000) counts the bytes after it.
-        let group_length = obj
-            .element(tags::COMMAND_GROUP_LENGTH)
-            .unwrap()
-            .to_int::<u32>()
-            .unwrap();
+        let group_length = obj.element(tags::COMMAND_GROUP_LENGTH).unwrap().to_int::<u32>().unwrap();
         assert_eq!(group_length as usize, bytes.len() - 12);
     }
 

@@ -40,20 +40,14 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_pdu_length: 64 * 1024,
-            idle_timeout: Duration::from_secs(60),
-        }
+        Limits { max_pdu_length: 64 * 1024, idle_timeout: Duration::from_secs(60) }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("association from {peer} refused: {reason}")]
-    Refused {
-        peer: SocketAddr,
-        reason: AssociationRejected,
-    },
+    Refused { peer: SocketAddr, reason: AssociationRejected },
     #[error("association from {peer}: {reason}")]
     Protocol { peer: SocketAddr, reason: String },
 }
@@ -84,13 +78,8 @@ impl dicom_ul::association::server::AccessControl for &Gate {
         called_ae_title: &str,
         _user_identity: Option<&UserIdentity>,
     ) -> Result<(), AssociationRJServiceUserReason> {
-        let outcome = resolve_association(
-            &self.platform,
-            &self.region,
-            called_ae_title,
-            calling_ae_title,
-            self.peer.ip(),
-        );
+        let outcome =
+            resolve_association(&self.platform, &self.region, called_ae_title, calling_ae_title, self.peer.ip());
         let reason = match &outcome {
             Ok(_) => None,
             Err(e @ AssociationRejected::CalledAeNotRecognized { .. }) => {
@@ -113,15 +102,8 @@ pub async fn accept(
     limits: &Limits,
 ) -> Result<Served, Error> {
     let protocol = |reason: String| Error::Protocol { peer, reason };
-    socket
-        .set_nodelay(true)
-        .map_err(|e| protocol(e.to_string()))?;
-    let gate = Gate {
-        platform,
-        region: region.to_owned(),
-        peer,
-        outcome: Mutex::new(None),
-    };
+    socket.set_nodelay(true).map_err(|e| protocol(e.to_string()))?;
+    let gate = Gate { platform, region: region.to_owned(), peer, outcome: Mutex::new(None) };
     let outcome = {
         let options = ServerAssociationOptions::new()
             .ae_access_control(&gate)
@@ -133,11 +115,7 @@ pub async fn accept(
             .read_timeout(limits.idle_timeout);
         options.establish_async(socket).await
     };
-    let resolved = gate
-        .outcome
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
+    let resolved = gate.outcome.lock().unwrap_or_else(|p| p.into_inner()).take();
     let (mut association, principal) = match (outcome, resolved) {
         (Ok(a), Some(Ok(p))) => (a, p),
         (_, Some(Err(reason))) => return Err(Error::Refused { peer, reason }),
@@ -145,11 +123,7 @@ pub async fn accept(
         (Ok(_), None) => return Err(protocol("accepted without access control".into())),
     };
     let tenant = principal.tenant.clone().unwrap_or_default();
-    if let Err(denied) = authorize(
-        &principal,
-        Action::Echo,
-        &Resource::Tenant { tenant: &tenant },
-    ) {
+    if let Err(denied) = authorize(&principal, Action::Echo, &Resource::Tenant { tenant: &tenant }) {
         let _ = association.abort().await;
         return Err(protocol(denied.to_string()));
     }
@@ -161,19 +135,11 @@ pub async fn accept(
         let pdu = match tokio::time::timeout(limits.idle_timeout, association.receive()).await {
             Err(_) => {
                 let _ = association.abort().await;
-                return Ok(Served {
-                    principal,
-                    echoes,
-                    released: false,
-                });
+                return Ok(Served { principal, echoes, released: false });
             }
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "association ended without release");
-                return Ok(Served {
-                    principal,
-                    echoes,
-                    released: false,
-                });
+                return Ok(Served { principal, echoes, released: false });
             }
             Ok(Ok(pdu)) => pdu,
         };
@@ -193,18 +159,12 @@ pub async fn accept(
                     let response = match request.field {
                         command::C_ECHO_RQ => {
                             echoes += 1;
-                            command::Command::echo_response(
-                                request.message_id,
-                                command::STATUS_SUCCESS,
-                            )
+                            command::Command::echo_response(request.message_id, command::STATUS_SUCCESS)
                         }
                         other => {
                             // PS3.7 C.4.2: refused, an operation this SCP does not offer.
                             tracing::info!(%peer, command = other, "unsupported DIMSE command");
-                            command::Command::echo_response(
-                                request.message_id,
-                                command::STATUS_UNRECOGNIZED_OPERATION,
-                            )
+                            command::Command::echo_response(request.message_id, command::STATUS_UNRECOGNIZED_OPERATION)
                         }
                     };
                     let pdu = Pdu::PData {
@@ -215,29 +175,15 @@ pub async fn accept(
                             data: response.encode().map_err(protocol)?,
                         }],
                     };
-                    association
-                        .send(&pdu)
-                        .await
-                        .map_err(|e| protocol(e.to_string()))?;
+                    association.send(&pdu).await.map_err(|e| protocol(e.to_string()))?;
                 }
             }
             Pdu::ReleaseRQ => {
-                association
-                    .send(&Pdu::ReleaseRP)
-                    .await
-                    .map_err(|e| protocol(e.to_string()))?;
-                return Ok(Served {
-                    principal,
-                    echoes,
-                    released: true,
-                });
+                association.send(&Pdu::ReleaseRP).await.map_err(|e| protocol(e.to_string()))?;
+                return Ok(Served { principal, echoes, released: true });
             }
             Pdu::AbortRQ { .. } => {
-                return Ok(Served {
-                    principal,
-                    echoes,
-                    released: false,
-                });
+                return Ok(Served { principal, echoes, released: false });
             }
             other => {
                 let _ = association.abort().await;

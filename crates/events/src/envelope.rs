@@ -82,10 +82,7 @@ pub struct EventMeta {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Body {
     Plain(Vec<u8>),
-    Sealed {
-        key_id: DataKeyId,
-        ciphertext: Vec<u8>,
-    },
+    Sealed { key_id: DataKeyId, ciphertext: Vec<u8> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,23 +103,13 @@ pub enum Error {
     #[error("payload type {payload_type} is PHI and must be sealed with a data key")]
     PhiNotSealed { payload_type: &'static str },
     #[error("payload type {payload_type} belongs to aggregate type {expected}, not {found}")]
-    WrongAggregate {
-        payload_type: &'static str,
-        expected: &'static str,
-        found: String,
-    },
+    WrongAggregate { payload_type: &'static str, expected: &'static str, found: String },
     #[error("event {event_id}: PHI payload's data key was shredded (study purged)")]
     Shredded { event_id: EventId },
     #[error("event {event_id}: data key {key_id:?} is not in this region's key store")]
-    UnknownKey {
-        event_id: EventId,
-        key_id: DataKeyId,
-    },
+    UnknownKey { event_id: EventId, key_id: DataKeyId },
     #[error("event {event_id}: {source}")]
-    Payload {
-        event_id: EventId,
-        source: payload::Error,
-    },
+    Payload { event_id: EventId, source: payload::Error },
     #[error(transparent)]
     Seal(#[from] seal::Error),
 }
@@ -151,9 +138,7 @@ impl Envelope {
     pub fn plain<P: EventPayload>(meta: EventMeta, payload: &P) -> Result<Envelope, Error> {
         Self::check::<P>(&meta)?;
         if P::DATA_CLASS == DataClass::Phi {
-            return Err(Error::PhiNotSealed {
-                payload_type: P::full_name_static(),
-            });
+            return Err(Error::PhiNotSealed { payload_type: P::full_name_static() });
         }
         Ok(Envelope {
             meta,
@@ -176,11 +161,7 @@ impl Envelope {
     }
 
     /// As [`Envelope::sealed`], with a key the caller already holds.
-    pub fn sealed_with<P: EventPayload>(
-        meta: EventMeta,
-        payload: &P,
-        key: &DataKey,
-    ) -> Result<Envelope, Error> {
+    pub fn sealed_with<P: EventPayload>(meta: EventMeta, payload: &P, key: &DataKey) -> Result<Envelope, Error> {
         Self::check::<P>(&meta)?;
         let mut envelope = Envelope {
             meta,
@@ -191,10 +172,7 @@ impl Envelope {
         };
         let aad = envelope.aad(key.id);
         let ciphertext = key.seal(envelope.meta.event_id, &aad, &payload.encode_to_vec())?;
-        envelope.body = Body::Sealed {
-            key_id: key.id,
-            ciphertext,
-        };
+        envelope.body = Body::Sealed { key_id: key.id, ciphertext };
         Ok(envelope)
     }
 
@@ -224,10 +202,7 @@ impl Envelope {
                 }
                 KeyState::Shredded => return Err(Error::Shredded { event_id }),
                 KeyState::Unknown => {
-                    return Err(Error::UnknownKey {
-                        event_id,
-                        key_id: *key_id,
-                    });
+                    return Err(Error::UnknownKey { event_id, key_id: *key_id });
                 }
             },
         };
@@ -287,9 +262,7 @@ impl From<&Envelope> for pb::Envelope {
     fn from(e: &Envelope) -> Self {
         let (payload, data_key_id) = match &e.body {
             Body::Plain(bytes) => (bytes.clone(), String::new()),
-            Body::Sealed { key_id, ciphertext } => {
-                (ciphertext.clone(), key_id.0.hyphenated().to_string())
-            }
+            Body::Sealed { key_id, ciphertext } => (ciphertext.clone(), key_id.0.hyphenated().to_string()),
         };
         pb::Envelope {
             event_id: e.meta.event_id.to_string(),
@@ -300,16 +273,8 @@ impl From<&Envelope> for pb::Envelope {
             home_region: e.meta.home_region.clone(),
             data_class: common_pb::DataClass::from(e.data_class) as i32,
             occurred_at: Some(e.meta.occurred_at.to_timestamp()),
-            causation_id: e
-                .meta
-                .causation_id
-                .map(|i| i.to_string())
-                .unwrap_or_default(),
-            correlation_id: e
-                .meta
-                .correlation_id
-                .map(|i| i.to_string())
-                .unwrap_or_default(),
+            causation_id: e.meta.causation_id.map(|i| i.to_string()).unwrap_or_default(),
+            correlation_id: e.meta.correlation_id.map(|i| i.to_string()).unwrap_or_default(),
             traceparent: e.meta.traceparent.clone().unwrap_or_default(),
             payload_type: e.payload_type.clone(),
             schema_version: e.schema_version,
@@ -320,29 +285,15 @@ impl From<&Envelope> for pb::Envelope {
 }
 
 fn uuid_field(field: &'static str, text: &str) -> Result<Uuid, Error> {
-    Uuid::parse_str(text).map_err(|e| Error::Field {
-        field,
-        reason: format!("{text:?} is not a UUID: {e}"),
-    })
+    Uuid::parse_str(text).map_err(|e| Error::Field { field, reason: format!("{text:?} is not a UUID: {e}") })
 }
 
 fn optional_event_id(field: &'static str, text: &str) -> Result<Option<EventId>, Error> {
-    if text.is_empty() {
-        Ok(None)
-    } else {
-        uuid_field(field, text).map(|u| Some(EventId(u)))
-    }
+    if text.is_empty() { Ok(None) } else { uuid_field(field, text).map(|u| Some(EventId(u))) }
 }
 
 fn required(field: &'static str, text: String) -> Result<String, Error> {
-    if text.is_empty() {
-        Err(Error::Field {
-            field,
-            reason: "is empty".into(),
-        })
-    } else {
-        Ok(text)
-    }
+    if text.is_empty() { Err(Error::Field { field, reason: "is empty".into() }) } else { Ok(text) }
 }
 
 impl TryFrom<pb::Envelope> for Envelope {
@@ -364,29 +315,17 @@ impl TryFrom<pb::Envelope> for Envelope {
             .occurred_at
             .as_ref()
             .map(UnixMicros::from_timestamp)
-            .ok_or(Error::Field {
-                field: "occurred_at",
-                reason: "is missing".into(),
-            })?;
+            .ok_or(Error::Field { field: "occurred_at", reason: "is missing".into() })?;
         if p.aggregate_version == 0 {
-            return Err(Error::Field {
-                field: "aggregate_version",
-                reason: "must be at least 1".into(),
-            });
+            return Err(Error::Field { field: "aggregate_version", reason: "must be at least 1".into() });
         }
         let body = if p.data_key_id.is_empty() {
             Body::Plain(p.payload)
         } else {
-            Body::Sealed {
-                key_id: DataKeyId(uuid_field("data_key_id", &p.data_key_id)?),
-                ciphertext: p.payload,
-            }
+            Body::Sealed { key_id: DataKeyId(uuid_field("data_key_id", &p.data_key_id)?), ciphertext: p.payload }
         };
         if data_class == DataClass::Phi && matches!(body, Body::Plain(_)) {
-            return Err(Error::Field {
-                field: "data_key_id",
-                reason: "a PHI payload must be sealed".into(),
-            });
+            return Err(Error::Field { field: "data_key_id", reason: "a PHI payload must be sealed".into() });
         }
         Ok(Envelope {
             meta: EventMeta {
@@ -431,11 +370,7 @@ mod tests {
 
     #[test]
     fn operational_envelope_round_trips_through_protobuf() {
-        let payload = pb::StudyStarted {
-            study_id: "x".into(),
-            modality: "MR".into(),
-            ..Default::default()
-        };
+        let payload = pb::StudyStarted { study_id: "x".into(), modality: "MR".into(), ..Default::default() };
         let env = Envelope::plain(meta("ingest.study"), &payload).unwrap();
         let back = Envelope::decode(&env.encode_to_vec()).unwrap();
         assert_eq!(back, env);
@@ -444,10 +379,7 @@ mod tests {
 
     #[test]
     fn phi_cannot_be_sent_plain_and_is_unreadable_after_shredding() {
-        let payload = pb::InstanceReceived {
-            patient_id: "MRN-123".into(),
-            ..Default::default()
-        };
+        let payload = pb::InstanceReceived { patient_id: "MRN-123".into(), ..Default::default() };
         let err = Envelope::plain(meta("ingest.study"), &payload).unwrap_err();
         assert!(matches!(err, Error::PhiNotSealed { .. }));
 
@@ -455,19 +387,10 @@ mod tests {
         let study = StudyId(Uuid::now_v7());
         let env = Envelope::sealed(meta("ingest.study"), &payload, study, &keys).unwrap();
         let bytes = env.encode_to_vec();
-        assert!(
-            !bytes.windows(7).any(|w| w == b"MRN-123"),
-            "PHI must not appear in clear"
-        );
+        assert!(!bytes.windows(7).any(|w| w == b"MRN-123"), "PHI must not appear in clear");
         let back = Envelope::decode(&bytes).unwrap();
-        assert_eq!(
-            back.open(&keys).unwrap(),
-            Payload::InstanceReceived(payload)
-        );
-        assert!(matches!(
-            back.open(&MemoryKeyStore::default()),
-            Err(Error::UnknownKey { .. })
-        ));
+        assert_eq!(back.open(&keys).unwrap(), Payload::InstanceReceived(payload));
+        assert!(matches!(back.open(&MemoryKeyStore::default()), Err(Error::UnknownKey { .. })));
         keys.shred(study).unwrap();
         assert!(matches!(back.open(&keys), Err(Error::Shredded { .. })));
     }
@@ -475,20 +398,11 @@ mod tests {
     #[test]
     fn wrong_aggregate_and_bad_fields_are_named() {
         let err = Envelope::plain(meta("routing.study"), &pb::StudyStarted::default()).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("belongs to aggregate type ingest.study"),
-            "{err}"
-        );
-        let mut p = pb::Envelope::from(
-            &Envelope::plain(meta("ingest.study"), &pb::StudyStarted::default()).unwrap(),
-        );
+        assert!(err.to_string().contains("belongs to aggregate type ingest.study"), "{err}");
+        let mut p = pb::Envelope::from(&Envelope::plain(meta("ingest.study"), &pb::StudyStarted::default()).unwrap());
         p.aggregate_id = "nope".into();
         let err = Envelope::decode(&p.encode_to_vec()).unwrap_err();
-        assert!(
-            err.to_string().starts_with("envelope field aggregate_id"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("envelope field aggregate_id"), "{err}");
         assert!(Envelope::decode(b"\xff\xff\xff").is_err());
     }
 }

@@ -65,8 +65,7 @@ impl fmt::Debug for TenantSecret {
 /// DICOM pads UI values to an even length with a NUL byte (PS3.5 6.2), and
 /// other string values with spaces: neither is part of the identifier.
 fn value(text: &str) -> &[u8] {
-    text.trim_matches(|c: char| c == '\0' || c.is_ascii_whitespace())
-        .as_bytes()
+    text.trim_matches(|c: char| c == '\0' || c.is_ascii_whitespace()).as_bytes()
 }
 
 fn uuid_v8_from(digest: &[u8]) -> Uuid {
@@ -196,10 +195,7 @@ impl PatientKey {
     /// The issuer qualifies the Patient ID (DICOM (0010,0021)): the same id
     /// from two issuers is two patients.
     pub fn derive(secret: &TenantSecret, issuer_of_patient_id: &str, patient_id: &str) -> Self {
-        PatientKey(secret.uuid_v8(
-            "meridian.patient.v1",
-            &[value(issuer_of_patient_id), value(patient_id)],
-        ))
+        PatientKey(secret.uuid_v8("meridian.patient.v1", &[value(issuer_of_patient_id), value(patient_id)]))
     }
 }
 
@@ -208,11 +204,7 @@ impl EventId {
     /// `now` is the request's arrival time; the low bits are random.
     pub fn new_at(now: UnixMicros) -> Self {
         let millis = now.as_millis().max(0) as u64;
-        let ts = uuid::Timestamp::from_unix(
-            uuid::NoContext,
-            millis / 1_000,
-            ((millis % 1_000) * 1_000_000) as u32,
-        );
+        let ts = uuid::Timestamp::from_unix(uuid::NoContext, millis / 1_000, ((millis % 1_000) * 1_000_000) as u32);
         EventId(Uuid::new_v7(ts))
     }
 
@@ -221,11 +213,7 @@ impl EventId {
     pub fn derived(cause: EventId, payload_type: &str, ordinal: u32) -> Self {
         EventId(sha256_v8(
             "meridian.event.derived.v1",
-            &[
-                cause.0.as_bytes(),
-                payload_type.as_bytes(),
-                &ordinal.to_be_bytes(),
-            ],
+            &[cause.0.as_bytes(), payload_type.as_bytes(), &ordinal.to_be_bytes()],
         ))
     }
 
@@ -234,31 +222,17 @@ impl EventId {
     pub fn timer(aggregate_id: Uuid, timer_kind: &str, deadline: UnixMicros) -> Self {
         EventId(sha256_v8(
             "meridian.event.timer.v1",
-            &[
-                aggregate_id.as_bytes(),
-                timer_kind.as_bytes(),
-                &deadline.0.to_be_bytes(),
-            ],
+            &[aggregate_id.as_bytes(), timer_kind.as_bytes(), &deadline.0.to_be_bytes()],
         ))
     }
 
     /// For the `ordinal`-th event of a mutating RPC that carries an
     /// idempotency key: a retried RPC appends nothing new. Scoped by tenant
     /// so that two tenants' keys cannot collide.
-    pub fn idempotent(
-        tenant: &str,
-        idempotency_key: &str,
-        payload_type: &str,
-        ordinal: u32,
-    ) -> Self {
+    pub fn idempotent(tenant: &str, idempotency_key: &str, payload_type: &str, ordinal: u32) -> Self {
         EventId(sha256_v8(
             "meridian.event.idempotent.v1",
-            &[
-                tenant.as_bytes(),
-                idempotency_key.as_bytes(),
-                payload_type.as_bytes(),
-                &ordinal.to_be_bytes(),
-            ],
+            &[tenant.as_bytes(), idempotency_key.as_bytes(), payload_type.as_bytes(), &ordinal.to_be_bytes()],
         ))
     }
 }
@@ -296,18 +270,9 @@ mod tests {
     #[test]
     fn patient_key_is_qualified_by_issuer_without_ambiguity() {
         let s = secret(3);
-        assert_ne!(
-            PatientKey::derive(&s, "A", "12"),
-            PatientKey::derive(&s, "A1", "2")
-        );
-        assert_ne!(
-            PatientKey::derive(&s, "HOSP1", "42"),
-            PatientKey::derive(&s, "HOSP2", "42")
-        );
-        assert_eq!(
-            PatientKey::derive(&s, "HOSP1", "42"),
-            PatientKey::derive(&s, "HOSP1", "42")
-        );
+        assert_ne!(PatientKey::derive(&s, "A", "12"), PatientKey::derive(&s, "A1", "2"));
+        assert_ne!(PatientKey::derive(&s, "HOSP1", "42"), PatientKey::derive(&s, "HOSP2", "42"));
+        assert_eq!(PatientKey::derive(&s, "HOSP1", "42"), PatientKey::derive(&s, "HOSP1", "42"));
     }
 
     #[test]
@@ -320,18 +285,9 @@ mod tests {
         let cause = EventId::new_at(UnixMicros(1_700_000_000_000_000));
         assert_eq!(cause.0.get_version_num(), 7);
         let d0 = EventId::derived(cause, "meridian.events.v1.StudyQueued", 0);
-        assert_eq!(
-            d0,
-            EventId::derived(cause, "meridian.events.v1.StudyQueued", 0)
-        );
-        assert_ne!(
-            d0,
-            EventId::derived(cause, "meridian.events.v1.StudyQueued", 1)
-        );
-        assert_ne!(
-            d0,
-            EventId::derived(cause, "meridian.events.v1.StudyAssigned", 0)
-        );
+        assert_eq!(d0, EventId::derived(cause, "meridian.events.v1.StudyQueued", 0));
+        assert_ne!(d0, EventId::derived(cause, "meridian.events.v1.StudyQueued", 1));
+        assert_ne!(d0, EventId::derived(cause, "meridian.events.v1.StudyAssigned", 0));
         let study = Uuid::now_v7();
         let t = EventId::timer(study, "sla.fraction.500", UnixMicros(5));
         assert_eq!(t, EventId::timer(study, "sla.fraction.500", UnixMicros(5)));
@@ -345,9 +301,6 @@ mod tests {
         let id = StudyId::derive(&secret(9), "1.2");
         assert_eq!(id.to_string().parse::<StudyId>().unwrap(), id);
         let err = "not-a-uuid".parse::<StudyId>().unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with("study id \"not-a-uuid\" is not a UUID")
-        );
+        assert!(err.to_string().starts_with("study id \"not-a-uuid\" is not a UUID"));
     }
 }

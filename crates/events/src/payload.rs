@@ -42,14 +42,8 @@ pub struct PayloadInfo {
 pub enum Error {
     #[error("unknown payload type {type_name:?}")]
     UnknownType { type_name: String },
-    #[error(
-        "payload type {type_name} has schema version {found}, this build reads up to {supported}"
-    )]
-    UnsupportedSchemaVersion {
-        type_name: String,
-        found: u32,
-        supported: u32,
-    },
+    #[error("payload type {type_name} has schema version {found}, this build reads up to {supported}")]
+    UnsupportedSchemaVersion { type_name: String, found: u32, supported: u32 },
     #[error("payload of type {type_name} does not decode: {reason}")]
     Corrupt { type_name: String, reason: String },
 }
@@ -170,27 +164,18 @@ mod tests {
             <pb::StudyStarted as prost::Name>::full_name(),
             info("meridian.events.v1.StudyStarted").unwrap().type_name
         );
-        assert_eq!(
-            <pb::InstanceReceived as EventPayload>::DATA_CLASS,
-            DataClass::Phi
-        );
+        assert_eq!(<pb::InstanceReceived as EventPayload>::DATA_CLASS, DataClass::Phi);
     }
 
     #[test]
     fn unknown_types_and_versions_are_typed_errors() {
         assert_eq!(
             Payload::decode("meridian.events.v9.Nope", 1, &[]),
-            Err(Error::UnknownType {
-                type_name: "meridian.events.v9.Nope".into()
-            })
+            Err(Error::UnknownType { type_name: "meridian.events.v9.Nope".into() })
         );
         assert!(matches!(
             Payload::decode("meridian.events.v1.StudyStarted", 2, &[]),
-            Err(Error::UnsupportedSchemaVersion {
-                found: 2,
-                supported: 1,
-                ..
-            })
+            Err(Error::UnsupportedSchemaVersion { found: 2, supported: 1, .. })
         ));
         assert!(matches!(
             Payload::decode("meridian.events.v1.StudyStarted", 1, &[0xff, 0xff, 0xff]),
@@ -200,12 +185,7 @@ mod tests {
 
     #[test]
     fn every_payload_round_trips() {
-        let p = pb::StudyStarted {
-            study_id: "s".into(),
-            modality: "CT".into(),
-            ..Default::default()
-        }
-        .into_payload();
+        let p = pb::StudyStarted { study_id: "s".into(), modality: "CT".into(), ..Default::default() }.into_payload();
         let back = Payload::decode(p.type_name(), 1, &p.encode_to_vec()).unwrap();
         assert_eq!(back, p);
     }

@@ -55,19 +55,11 @@ pub enum Error {
     #[error("generating a data key: {0}")]
     Random(String),
     #[error("key store {operation}: {reason}")]
-    Store {
-        operation: &'static str,
-        reason: String,
-    },
+    Store { operation: &'static str, reason: String },
     #[error("sealing payload of event {event_id}: {reason}")]
     Seal { event_id: EventId, reason: String },
-    #[error(
-        "payload of event {event_id} does not open with data key {key_id:?}: wrong key or tampered bytes"
-    )]
-    Open {
-        event_id: EventId,
-        key_id: DataKeyId,
-    },
+    #[error("payload of event {event_id} does not open with data key {key_id:?}: wrong key or tampered bytes")]
+    Open { event_id: EventId, key_id: DataKeyId },
 }
 
 /// The home region's store of data keys. The embedded implementation is a
@@ -88,10 +80,7 @@ impl DataKey {
         getrandom::getrandom(&mut bytes).map_err(|e| Error::Random(e.to_string()))?;
         let mut id = [0u8; 16];
         getrandom::getrandom(&mut id).map_err(|e| Error::Random(e.to_string()))?;
-        Ok(DataKey {
-            id: DataKeyId(uuid::Builder::from_random_bytes(id).into_uuid()),
-            bytes,
-        })
+        Ok(DataKey { id: DataKeyId(uuid::Builder::from_random_bytes(id).into_uuid()), bytes })
     }
 
     /// Rebuilds a key a store kept.
@@ -104,10 +93,8 @@ impl DataKey {
     }
 
     fn nonce(event_id: EventId) -> [u8; 12] {
-        let digest = Sha256::new()
-            .chain_update(b"meridian.seal.nonce.v1\0")
-            .chain_update(event_id.0.as_bytes())
-            .finalize();
+        let digest =
+            Sha256::new().chain_update(b"meridian.seal.nonce.v1\0").chain_update(event_id.0.as_bytes()).finalize();
         let mut nonce = [0u8; 12];
         nonce.copy_from_slice(&digest[..12]);
         nonce
@@ -118,34 +105,16 @@ impl DataKey {
         let cipher = Aes256GcmSiv::new((&self.bytes).into());
         let nonce = Self::nonce(event_id);
         cipher
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                AeadPayload {
-                    msg: plaintext,
-                    aad,
-                },
-            )
-            .map_err(|e| Error::Seal {
-                event_id,
-                reason: e.to_string(),
-            })
+            .encrypt(Nonce::from_slice(&nonce), AeadPayload { msg: plaintext, aad })
+            .map_err(|e| Error::Seal { event_id, reason: e.to_string() })
     }
 
     pub fn open(&self, event_id: EventId, aad: &[u8], ciphertext: &[u8]) -> Result<Vec<u8>, Error> {
         let cipher = Aes256GcmSiv::new((&self.bytes).into());
         let nonce = Self::nonce(event_id);
         cipher
-            .decrypt(
-                Nonce::from_slice(&nonce),
-                AeadPayload {
-                    msg: ciphertext,
-                    aad,
-                },
-            )
-            .map_err(|_| Error::Open {
-                event_id,
-                key_id: self.id,
-            })
+            .decrypt(Nonce::from_slice(&nonce), AeadPayload { msg: ciphertext, aad })
+            .map_err(|_| Error::Open { event_id, key_id: self.id })
     }
 }
 
@@ -162,14 +131,8 @@ struct MemoryKeys {
 }
 
 impl MemoryKeyStore {
-    fn keys(
-        &self,
-        operation: &'static str,
-    ) -> Result<std::sync::MutexGuard<'_, MemoryKeys>, Error> {
-        self.inner.lock().map_err(|_| Error::Store {
-            operation,
-            reason: "lock poisoned".into(),
-        })
+    fn keys(&self, operation: &'static str) -> Result<std::sync::MutexGuard<'_, MemoryKeys>, Error> {
+        self.inner.lock().map_err(|_| Error::Store { operation, reason: "lock poisoned".into() })
     }
 }
 
@@ -223,10 +186,7 @@ mod tests {
         assert_eq!(a, key.seal(id, b"aad", b"patient id 42").unwrap());
         assert_eq!(key.open(id, b"aad", &a).unwrap(), b"patient id 42");
         assert!(key.open(id, b"other aad", &a).is_err());
-        assert!(
-            key.open(EventId::new_at(UnixMicros(2)), b"aad", &a)
-                .is_err()
-        );
+        assert!(key.open(EventId::new_at(UnixMicros(2)), b"aad", &a).is_err());
         assert!(DataKey::generate().unwrap().open(id, b"aad", &a).is_err());
     }
 

@@ -34,9 +34,7 @@ pub struct Gaps {
 pub async fn topic(log: &dyn EventLog, class: DataClass, partitions: u32) -> TopicName {
     let stream = format!("t{}", Uuid::now_v7().simple());
     let name = TopicName::new("test", class, &stream).unwrap();
-    log.ensure_topic(&TopicSpec::new(name.clone(), partitions))
-        .await
-        .unwrap();
+    log.ensure_topic(&TopicSpec::new(name.clone(), partitions)).await.unwrap();
     name
 }
 
@@ -58,11 +56,7 @@ pub fn meta(aggregate: Uuid, version: u64, event_id: EventId) -> EventMeta {
 /// An operational event: version `version` of study `aggregate`, marked.
 pub fn event(aggregate: Uuid, version: u64, marker: &str) -> Envelope {
     let id = EventId::derived(EventId(aggregate), "contract", version as u32);
-    let payload = pb::StudyStarted {
-        study_id: aggregate.to_string(),
-        modality: marker.into(),
-        ..Default::default()
-    };
+    let payload = pb::StudyStarted { study_id: aggregate.to_string(), modality: marker.into(), ..Default::default() };
     Envelope::plain(meta(aggregate, version, id), &payload).unwrap()
 }
 
@@ -75,20 +69,10 @@ pub async fn read_all(log: &dyn EventLog, from: Vec<Position>, expected: usize) 
     let mut records = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while records.len() < expected && tokio::time::Instant::now() < deadline {
-        records.extend(
-            reader
-                .next_batch(1000, Duration::from_millis(500))
-                .await
-                .unwrap(),
-        );
+        records.extend(reader.next_batch(1000, Duration::from_millis(500)).await.unwrap());
     }
     // Anything beyond what was expected must show up too.
-    records.extend(
-        reader
-            .next_batch(1000, Duration::from_millis(300))
-            .await
-            .unwrap(),
-    );
+    records.extend(reader.next_batch(1000, Duration::from_millis(300)).await.unwrap());
     records
 }
 
@@ -97,10 +81,7 @@ pub async fn read_to_end(log: &dyn EventLog, from: Vec<Position>) -> Vec<Record>
     let mut reader = log.reader(from).await.unwrap();
     let mut records = Vec::new();
     loop {
-        let batch = reader
-            .next_batch(4096, Duration::from_millis(300))
-            .await
-            .unwrap();
+        let batch = reader.next_batch(4096, Duration::from_millis(300)).await.unwrap();
         if batch.is_empty() {
             return records;
         }
@@ -109,9 +90,7 @@ pub async fn read_to_end(log: &dyn EventLog, from: Vec<Position>) -> Vec<Record>
 }
 
 fn starts(topic: &TopicName, partitions: u32) -> Vec<Position> {
-    (0..partitions)
-        .map(|p| Position::start(topic.clone(), p))
-        .collect()
+    (0..partitions).map(|p| Position::start(topic.clone(), p)).collect()
 }
 
 fn marker(r: &Record) -> String {
@@ -134,18 +113,10 @@ pub async fn per_key_order(log: &dyn EventLog) {
             }
         }
         let appended = log.append(batch.clone()).await.unwrap();
-        assert_eq!(
-            appended.len(),
-            batch.len(),
-            "one position per appended record"
-        );
+        assert_eq!(appended.len(), batch.len(), "one position per appended record");
         for (a, o) in appended.iter().zip(&batch) {
             assert_eq!(a.event_id, o.event_id);
-            assert_eq!(
-                a.partition,
-                partition_for(&o.key, 4),
-                "partition must come from murmur2(key)"
-            );
+            assert_eq!(a.partition, partition_for(&o.key, 4), "partition must come from murmur2(key)");
         }
     }
     let records = read_all(log, starts(&t, 4), 100).await;
@@ -153,16 +124,10 @@ pub async fn per_key_order(log: &dyn EventLog) {
     let mut seen: BTreeMap<Vec<u8>, Vec<u64>> = BTreeMap::new();
     for r in &records {
         assert_eq!(r.partition, partition_for(&r.key, 4));
-        seen.entry(r.key.clone())
-            .or_default()
-            .push(r.envelope().unwrap().meta.aggregate_version);
+        seen.entry(r.key.clone()).or_default().push(r.envelope().unwrap().meta.aggregate_version);
     }
     for versions in seen.values() {
-        assert_eq!(
-            versions,
-            &(1..=20).collect::<Vec<_>>(),
-            "per-key order must hold"
-        );
+        assert_eq!(versions, &(1..=20).collect::<Vec<_>>(), "per-key order must hold");
     }
 }
 
@@ -174,18 +139,12 @@ pub async fn class_mismatch_is_refused_and_append_is_atomic(log: &dyn EventLog) 
     let study = Uuid::now_v7();
     let phi = Envelope::sealed(
         meta(study, 1, EventId::new_at(UnixMicros(1))),
-        &pb::InstanceReceived {
-            patient_id: "MRN-1".into(),
-            ..Default::default()
-        },
+        &pb::InstanceReceived { patient_id: "MRN-1".into(), ..Default::default() },
         StudyId(study),
         &keys,
     )
     .unwrap();
-    assert!(matches!(
-        Outgoing::new(ops.clone(), &phi),
-        Err(Error::ClassMismatch { .. })
-    ));
+    assert!(matches!(Outgoing::new(ops.clone(), &phi), Err(Error::ClassMismatch { .. })));
 
     let good = out(&ops, &event(Uuid::now_v7(), 1, "good"));
     let mut smuggled = good.clone();
@@ -193,88 +152,45 @@ pub async fn class_mismatch_is_refused_and_append_is_atomic(log: &dyn EventLog) 
     smuggled.key = study.hyphenated().to_string().into_bytes();
     let err = log.append(vec![good.clone(), smuggled]).await.unwrap_err();
     assert!(matches!(err, Error::ClassMismatch { .. }), "got {err}");
-    assert!(
-        err.to_string().contains("is phi but the topic carries ops"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("is phi but the topic carries ops"), "{err}");
 
     let mut garbage = good.clone();
     garbage.value = b"not an envelope".to_vec();
-    assert!(matches!(
-        log.append(vec![garbage]).await.unwrap_err(),
-        Error::NotAnEnvelope { .. }
-    ));
+    assert!(matches!(log.append(vec![garbage]).await.unwrap_err(), Error::NotAnEnvelope { .. }));
 
     // Nothing of the refused batches was written; a later good one is.
-    log.append(vec![out(&ops, &event(Uuid::now_v7(), 1, "later"))])
-        .await
-        .unwrap();
+    log.append(vec![out(&ops, &event(Uuid::now_v7(), 1, "later"))]).await.unwrap();
     let records = read_all(log, starts(&ops, 1), 1).await;
-    assert_eq!(
-        records.iter().map(marker).collect::<Vec<_>>(),
-        vec!["later"]
-    );
+    assert_eq!(records.iter().map(marker).collect::<Vec<_>>(), vec!["later"]);
 }
 
 /// A consumer that dies before committing gets the same records again.
 pub async fn redelivery_after_consumer_dies(log: &dyn EventLog) {
     let input = topic(log, DataClass::Operational, 1).await;
     let key = Uuid::now_v7();
-    log.append(
-        (1..=10)
-            .map(|v| out(&input, &event(key, v, &v.to_string())))
-            .collect(),
-    )
-    .await
-    .unwrap();
+    log.append((1..=10).map(|v| out(&input, &event(key, v, &v.to_string()))).collect()).await.unwrap();
     let consumer = format!("c{}", Uuid::now_v7().simple());
     let records = read_all(log, starts(&input, 1), 10).await;
     assert_eq!(records.len(), 10);
     // Processed five, committed them, then died with five more in hand.
-    log.commit(Step {
-        consumer: consumer.clone(),
-        outputs: vec![],
-        inputs: vec![records[4].next_position()],
-    })
-    .await
-    .unwrap();
-    let at = log
-        .committed(&consumer, &input, 0)
+    log.commit(Step { consumer: consumer.clone(), outputs: vec![], inputs: vec![records[4].next_position()] })
         .await
-        .unwrap()
-        .expect("a committed position");
+        .unwrap();
+    let at = log.committed(&consumer, &input, 0).await.unwrap().expect("a committed position");
     assert_eq!(at, records[4].offset + 1);
-    let again = read_all(
-        log,
-        vec![Position {
-            topic: input.clone(),
-            partition: 0,
-            offset: at,
-        }],
-        5,
-    )
-    .await;
-    assert_eq!(
-        again.iter().map(marker).collect::<Vec<_>>(),
-        vec!["6", "7", "8", "9", "10"]
-    );
+    let again = read_all(log, vec![Position { topic: input.clone(), partition: 0, offset: at }], 5).await;
+    assert_eq!(again.iter().map(marker).collect::<Vec<_>>(), vec!["6", "7", "8", "9", "10"]);
 }
 
 /// A consume-transform-produce step that fails before its commit leaves the
 /// input positions where they were. Its outputs are invisible, or, where the
 /// broker shows aborted records (tansu), harmless: the retried step writes
 /// the same event ids and a de-duplicating consumer applies each once.
-pub async fn aborted_step_does_not_advance(
-    log: &dyn EventLog,
-    failpoints: &FailPoints,
-    gaps: Gaps,
-) {
+pub async fn aborted_step_does_not_advance(log: &dyn EventLog, failpoints: &FailPoints, gaps: Gaps) {
     let input = topic(log, DataClass::Operational, 1).await;
     let output = topic(log, DataClass::Operational, 1).await;
     let key = Uuid::now_v7();
-    log.append(vec![out(&input, &event(key, 1, "in"))])
-        .await
-        .unwrap();
+    log.append(vec![out(&input, &event(key, 1, "in"))]).await.unwrap();
     let consumer = format!("c{}", Uuid::now_v7().simple());
     let records = read_all(log, starts(&input, 1), 1).await;
     let derived_key = Uuid::now_v7();
@@ -287,32 +203,19 @@ pub async fn aborted_step_does_not_advance(
     let err = log.commit(step.clone()).await.unwrap_err();
     failpoints.set(failpoint::BEFORE_COMMIT, None);
     assert!(matches!(err, Error::Injected { .. }), "got {err}");
-    assert_eq!(
-        log.committed(&consumer, &input, 0).await.unwrap(),
-        None,
-        "an aborted step must not move positions"
-    );
+    assert_eq!(log.committed(&consumer, &input, 0).await.unwrap(), None, "an aborted step must not move positions");
 
     let seen_after_abort = read_all(log, starts(&output, 1), 0).await;
     if !gaps.aborted_records_visible {
-        assert!(
-            seen_after_abort.is_empty(),
-            "aborted outputs must be invisible"
-        );
+        assert!(seen_after_abort.is_empty(), "aborted outputs must be invisible");
     }
     // The retry commits; whatever a reader sees, de-duplicated, is one event.
     log.commit(step).await.unwrap();
-    assert_eq!(
-        log.committed(&consumer, &input, 0).await.unwrap(),
-        Some(records[0].offset + 1)
-    );
+    assert_eq!(log.committed(&consumer, &input, 0).await.unwrap(), Some(records[0].offset + 1));
     let seen = read_all(log, starts(&output, 1), seen_after_abort.len() + 1).await;
     let mut dedup = Deduplicator::default();
-    let applied: Vec<_> = seen
-        .iter()
-        .filter(|r| dedup.admit(&r.envelope().unwrap(), &r.value).unwrap())
-        .map(marker)
-        .collect();
+    let applied: Vec<_> =
+        seen.iter().filter(|r| dedup.admit(&r.envelope().unwrap(), &r.value).unwrap()).map(marker).collect();
     assert_eq!(applied, vec!["derived"]);
 }
 
@@ -321,59 +224,29 @@ pub async fn aborted_step_does_not_advance(
 pub async fn resume_after_restart<L: EventLog>(first: L, reopen: impl AsyncFnOnce(L) -> L) {
     let input = topic(&first, DataClass::Operational, 2).await;
     let key = Uuid::now_v7();
-    first
-        .append(
-            (1..=6)
-                .map(|v| out(&input, &event(key, v, &v.to_string())))
-                .collect(),
-        )
-        .await
-        .unwrap();
+    first.append((1..=6).map(|v| out(&input, &event(key, v, &v.to_string()))).collect()).await.unwrap();
     let partition = partition_for(key.hyphenated().to_string().as_bytes(), 2);
     let records = read_all(&first, starts(&input, 2), 6).await;
     let consumer = format!("c{}", Uuid::now_v7().simple());
     first
-        .commit(Step {
-            consumer: consumer.clone(),
-            outputs: vec![],
-            inputs: vec![records[3].next_position()],
-        })
+        .commit(Step { consumer: consumer.clone(), outputs: vec![], inputs: vec![records[3].next_position()] })
         .await
         .unwrap();
     let log = reopen(first).await;
-    let at = log
-        .committed(&consumer, &input, partition)
-        .await
-        .unwrap()
-        .expect("position survives restart");
-    let rest = read_all(
-        &log,
-        vec![Position {
-            topic: input.clone(),
-            partition,
-            offset: at,
-        }],
-        2,
-    )
-    .await;
+    let at = log.committed(&consumer, &input, partition).await.unwrap().expect("position survives restart");
+    let rest = read_all(&log, vec![Position { topic: input.clone(), partition, offset: at }], 2).await;
     assert_eq!(rest.iter().map(marker).collect::<Vec<_>>(), vec!["5", "6"]);
     assert_eq!(log.partitions(&input).await.unwrap(), 2);
 }
 
 /// A producer that restarts and appends an event again (same id, same
 /// bytes) is applied once by every consumer.
-pub async fn reappended_event_is_applied_once<L: EventLog>(
-    first: L,
-    reopen: impl AsyncFnOnce(L) -> L,
-) -> L {
+pub async fn reappended_event_is_applied_once<L: EventLog>(first: L, reopen: impl AsyncFnOnce(L) -> L) -> L {
     let t = topic(&first, DataClass::Operational, 1).await;
     let key = Uuid::now_v7();
     let e1 = event(key, 1, "one");
     let e2 = event(key, 2, "two");
-    first
-        .append(vec![out(&t, &e1), out(&t, &e2)])
-        .await
-        .unwrap();
+    first.append(vec![out(&t, &e1), out(&t, &e2)]).await.unwrap();
     let log = reopen(first).await;
     // It did not know whether its append landed, so it sends both again.
     log.append(vec![out(&t, &e1), out(&t, &e2)]).await.unwrap();
@@ -381,11 +254,8 @@ pub async fn reappended_event_is_applied_once<L: EventLog>(
     assert_eq!(records.len(), 4, "the log keeps both copies");
     for _consumer in 0..2 {
         let mut dedup = Deduplicator::default();
-        let applied: Vec<_> = records
-            .iter()
-            .filter(|r| dedup.admit(&r.envelope().unwrap(), &r.value).unwrap())
-            .map(marker)
-            .collect();
+        let applied: Vec<_> =
+            records.iter().filter(|r| dedup.admit(&r.envelope().unwrap(), &r.value).unwrap()).map(marker).collect();
         assert_eq!(applied, vec!["one", "two"]);
     }
     log
@@ -398,25 +268,12 @@ pub async fn same_id_different_content_is_reported(log: &dyn EventLog) {
     let original = event(key, 1, "original");
     let mut forged = event(key, 1, "forged");
     forged.meta.event_id = original.meta.event_id;
-    log.append(vec![out(&t, &original), out(&t, &forged)])
-        .await
-        .unwrap();
+    log.append(vec![out(&t, &original), out(&t, &forged)]).await.unwrap();
     let records = read_all(log, starts(&t, 1), 2).await;
     let mut dedup = Deduplicator::default();
-    assert!(
-        dedup
-            .admit(&records[0].envelope().unwrap(), &records[0].value)
-            .unwrap()
-    );
-    let err = dedup
-        .admit(&records[1].envelope().unwrap(), &records[1].value)
-        .unwrap_err();
-    assert_eq!(
-        err,
-        Conflict::SameIdDifferentContent {
-            event_id: original.meta.event_id
-        }
-    );
+    assert!(dedup.admit(&records[0].envelope().unwrap(), &records[0].value).unwrap());
+    let err = dedup.admit(&records[1].envelope().unwrap(), &records[1].value).unwrap_err();
+    assert_eq!(err, Conflict::SameIdDifferentContent { event_id: original.meta.event_id });
 }
 
 /// An unknown payload type or schema version and a corrupt payload come
@@ -431,44 +288,24 @@ pub async fn corrupt_or_unknown_payload_is_a_typed_error(log: &dyn EventLog) {
     newer.schema_version = 99;
     let mut corrupt = event(Uuid::now_v7(), 1, "x");
     corrupt.body = meridian_events::envelope::Body::Plain(vec![0x0a, 0xff, 0xff, 0xff]);
-    log.append(vec![out(&t, &unknown), out(&t, &newer), out(&t, &corrupt)])
-        .await
-        .unwrap();
+    log.append(vec![out(&t, &unknown), out(&t, &newer), out(&t, &corrupt)]).await.unwrap();
     let records = read_all(log, starts(&t, 1), 3).await;
-    let errors: Vec<_> = records
-        .iter()
-        .map(|r| r.envelope().unwrap().open_plain().unwrap_err())
-        .collect();
+    let errors: Vec<_> = records.iter().map(|r| r.envelope().unwrap().open_plain().unwrap_err()).collect();
     assert!(
-        matches!(
-            &errors[0],
-            EnvelopeError::Payload {
-                source: PayloadError::UnknownType { .. },
-                ..
-            }
-        ),
+        matches!(&errors[0], EnvelopeError::Payload { source: PayloadError::UnknownType { .. }, .. }),
         "{:?}",
         errors[0]
     );
     assert!(
         matches!(
             &errors[1],
-            EnvelopeError::Payload {
-                source: PayloadError::UnsupportedSchemaVersion { found: 99, .. },
-                ..
-            }
+            EnvelopeError::Payload { source: PayloadError::UnsupportedSchemaVersion { found: 99, .. }, .. }
         ),
         "{:?}",
         errors[1]
     );
     assert!(
-        matches!(
-            &errors[2],
-            EnvelopeError::Payload {
-                source: PayloadError::Corrupt { .. },
-                ..
-            }
-        ),
+        matches!(&errors[2], EnvelopeError::Payload { source: PayloadError::Corrupt { .. }, .. }),
         "{:?}",
         errors[2]
     );
@@ -478,24 +315,9 @@ pub async fn corrupt_or_unknown_payload_is_a_typed_error(log: &dyn EventLog) {
 /// A topic keeps its partition count: asking for another is an error.
 pub async fn partition_count_is_fixed(log: &dyn EventLog) {
     let t = topic(log, DataClass::Operational, 3).await;
-    log.ensure_topic(&TopicSpec::new(t.clone(), 3))
-        .await
-        .unwrap();
-    let err = log
-        .ensure_topic(&TopicSpec::new(t.clone(), 5))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::PartitionCount {
-                existing: 3,
-                requested: 5,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    log.ensure_topic(&TopicSpec::new(t.clone(), 3)).await.unwrap();
+    let err = log.ensure_topic(&TopicSpec::new(t.clone(), 5)).await.unwrap_err();
+    assert!(matches!(err, Error::PartitionCount { existing: 3, requested: 5, .. }), "{err}");
     let unknown = TopicName::new("test", DataClass::Operational, "never-created").unwrap();
     assert!(log.reader(vec![Position::start(unknown, 0)]).await.is_err());
 }

@@ -42,29 +42,17 @@ pub enum Conflict {
     #[error("event {event_id} was seen before with different content")]
     SameIdDifferentContent { event_id: EventId },
     #[error("events {applied} and {incoming} both claim version {version} of {aggregate}")]
-    VersionClaimedTwice {
-        aggregate: String,
-        version: u64,
-        applied: EventId,
-        incoming: EventId,
-    },
+    VersionClaimedTwice { aggregate: String, version: u64, applied: EventId, incoming: EventId },
 }
 
 impl Deduplicator {
     fn applied(&self, envelope: &Envelope) -> Option<&Applied> {
-        self.last
-            .get(&envelope.meta.aggregate_id)?
-            .iter()
-            .find(|a| a.aggregate_type == envelope.meta.aggregate_type)
+        self.last.get(&envelope.meta.aggregate_id)?.iter().find(|a| a.aggregate_type == envelope.meta.aggregate_type)
     }
 
     /// The aggregate as error messages name it.
     fn key(envelope: &Envelope) -> String {
-        format!(
-            "{}/{}",
-            envelope.meta.aggregate_type,
-            envelope.meta.aggregate_id.hyphenated()
-        )
+        format!("{}/{}", envelope.meta.aggregate_type, envelope.meta.aggregate_id.hyphenated())
     }
 
     /// Whether `envelope` (whose encoded bytes hash to `digest`) is new.
@@ -97,18 +85,10 @@ impl Deduplicator {
     pub fn record(&mut self, envelope: &Envelope, digest: [u8; 32]) {
         let (version, event_id) = (envelope.meta.aggregate_version, envelope.meta.event_id);
         let types = self.last.entry(envelope.meta.aggregate_id).or_default();
-        match types
-            .iter_mut()
-            .find(|a| a.aggregate_type == envelope.meta.aggregate_type)
-        {
+        match types.iter_mut().find(|a| a.aggregate_type == envelope.meta.aggregate_type) {
             Some(a) => (a.version, a.event_id, a.digest) = (version, event_id, digest),
             None => {
-                types.push(Applied {
-                    aggregate_type: envelope.meta.aggregate_type.clone(),
-                    version,
-                    event_id,
-                    digest,
-                });
+                types.push(Applied { aggregate_type: envelope.meta.aggregate_type.clone(), version, event_id, digest });
                 self.aggregates += 1;
             }
         }

@@ -51,10 +51,7 @@ fn record_key(topic: u32, partition: u32, offset: u64) -> u128 {
 }
 
 fn store_err(operation: &'static str) -> impl Fn(redb::Error) -> Error {
-    move |e| Error::Store {
-        operation,
-        reason: e.to_string(),
-    }
+    move |e| Error::Store { operation, reason: e.to_string() }
 }
 
 fn store<T, E: Into<redb::Error>>(operation: &'static str, r: Result<T, E>) -> Result<T, Error> {
@@ -76,18 +73,9 @@ pub struct EmbeddedOptions {
 }
 
 enum Job {
-    CreateTopic {
-        spec: TopicSpec,
-        reply: oneshot::Sender<Result<(), Error>>,
-    },
-    Append {
-        batch: Vec<Outgoing>,
-        reply: oneshot::Sender<Result<Vec<Appended>, Error>>,
-    },
-    Commit {
-        step: Step,
-        reply: oneshot::Sender<Result<(), Error>>,
-    },
+    CreateTopic { spec: TopicSpec, reply: oneshot::Sender<Result<(), Error>> },
+    Append { batch: Vec<Outgoing>, reply: oneshot::Sender<Result<Vec<Appended>, Error>> },
+    Commit { step: Step, reply: oneshot::Sender<Result<(), Error>> },
 }
 
 /// The embedded log of one region.
@@ -120,13 +108,9 @@ impl EmbeddedLog {
             for entry in store("open", table.iter())? {
                 let (name, value) = store("open", entry)?;
                 let (number, partitions, _retention) = value.value();
-                let name: TopicName =
-                    name.value()
-                        .parse()
-                        .map_err(|e: crate::topic::ParseTopicError| Error::Store {
-                            operation: "open",
-                            reason: e.to_string(),
-                        })?;
+                let name: TopicName = name.value().parse().map_err(|e: crate::topic::ParseTopicError| {
+                    Error::Store { operation: "open", reason: e.to_string() }
+                })?;
                 for p in 0..partitions {
                     let range = record_key(number, p, 0)..=record_key(number, p, u64::MAX);
                     let last = store("open", records.range(range))?.next_back();
@@ -153,33 +137,19 @@ impl EmbeddedLog {
         let writer = std::thread::Builder::new()
             .name("meridian-log-writer".into())
             .spawn(move || writer.run(rx))
-            .map_err(|e| Error::Store {
-                operation: "open",
-                reason: format!("starting the writer thread: {e}"),
-            })?;
-        Ok(EmbeddedLog {
-            db,
-            topics,
-            jobs: Some(jobs),
-            writer: Some(writer),
-            committed,
-        })
+            .map_err(|e| Error::Store { operation: "open", reason: format!("starting the writer thread: {e}") })?;
+        Ok(EmbeddedLog { db, topics, jobs: Some(jobs), writer: Some(writer), committed })
     }
 
     /// The region's data-key store, in the same database.
     pub fn key_store(&self) -> EmbeddedKeyStore {
-        EmbeddedKeyStore {
-            db: self.db.clone(),
-        }
+        EmbeddedKeyStore { db: self.db.clone() }
     }
 
     /// Every topic with its partition count.
     pub fn topics(&self) -> Vec<(TopicName, u32)> {
         let topics = self.topics.read().unwrap_or_else(|p| p.into_inner());
-        let mut all: Vec<_> = topics
-            .iter()
-            .map(|(n, m)| (n.clone(), m.partitions))
-            .collect();
+        let mut all: Vec<_> = topics.iter().map(|(n, m)| (n.clone(), m.partitions)).collect();
         all.sort();
         all
     }
@@ -193,16 +163,9 @@ impl EmbeddedLog {
         }
     }
 
-    async fn send<T>(
-        &self,
-        job: impl FnOnce(oneshot::Sender<Result<T, Error>>) -> Job,
-    ) -> Result<T, Error> {
+    async fn send<T>(&self, job: impl FnOnce(oneshot::Sender<Result<T, Error>>) -> Job) -> Result<T, Error> {
         let (reply, answer) = oneshot::channel();
-        self.jobs
-            .as_ref()
-            .ok_or(Error::Closed)?
-            .send(job(reply))
-            .map_err(|_| Error::Closed)?;
+        self.jobs.as_ref().ok_or(Error::Closed)?.send(job(reply)).map_err(|_| Error::Closed)?;
         answer.await.map_err(|_| Error::Closed)?
     }
 }
@@ -279,10 +242,7 @@ impl Writer {
             Ok(()) => {
                 self.next_offsets = offsets;
                 if !new_topics.is_empty() {
-                    self.topics
-                        .write()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .extend(new_topics);
+                    self.topics.write().unwrap_or_else(|p| p.into_inner()).extend(new_topics);
                 }
                 self.commits += 1;
                 self.notify.send_replace(self.commits);
@@ -293,18 +253,9 @@ impl Writer {
                         _ => Error::Closed,
                     });
                     match (plan, failed) {
-                        (Plan::Topic { reply, .. } | Plan::Commit { reply, .. }, None) => {
-                            drop(reply.send(Ok(())))
-                        }
-                        (
-                            Plan::Append {
-                                appended, reply, ..
-                            },
-                            None,
-                        ) => drop(reply.send(Ok(appended))),
-                        (Plan::Topic { reply, .. } | Plan::Commit { reply, .. }, Some(e)) => {
-                            drop(reply.send(Err(e)))
-                        }
+                        (Plan::Topic { reply, .. } | Plan::Commit { reply, .. }, None) => drop(reply.send(Ok(()))),
+                        (Plan::Append { appended, reply, .. }, None) => drop(reply.send(Ok(appended))),
+                        (Plan::Topic { reply, .. } | Plan::Commit { reply, .. }, Some(e)) => drop(reply.send(Err(e))),
                         (Plan::Append { reply, .. }, Some(e)) => drop(reply.send(Err(e))),
                     }
                 }
@@ -314,15 +265,10 @@ impl Writer {
                 for plan in plans {
                     let e = match &error {
                         Error::Injected { point } => Error::Injected { point },
-                        _ => Error::Store {
-                            operation: "commit",
-                            reason: reason.clone(),
-                        },
+                        _ => Error::Store { operation: "commit", reason: reason.clone() },
                     };
                     match plan {
-                        Plan::Topic { reply, .. } | Plan::Commit { reply, .. } => {
-                            drop(reply.send(Err(e)))
-                        }
+                        Plan::Topic { reply, .. } | Plan::Commit { reply, .. } => drop(reply.send(Err(e))),
                         Plan::Append { reply, .. } => drop(reply.send(Err(e))),
                     }
                 }
@@ -356,52 +302,31 @@ impl Writer {
                     return Ok(None);
                 }
                 if spec.partitions == 0 {
-                    let e = Error::PartitionCount {
-                        topic: spec.name.to_string(),
-                        existing: 0,
-                        requested: 0,
-                    };
+                    let e = Error::PartitionCount { topic: spec.name.to_string(), existing: 0, requested: 0 };
                     return Err((e, Box::new(move |e| drop(reply.send(Err(e))))));
                 }
                 let number = topics.len() as u32 + new_topics.len() as u32;
-                let meta = TopicMeta {
-                    number,
-                    partitions: spec.partitions,
-                };
+                let meta = TopicMeta { number, partitions: spec.partitions };
                 new_topics.insert(spec.name.clone(), meta);
                 for p in 0..spec.partitions {
                     offsets.insert((number, p), 0);
                 }
-                Ok(Some(Plan::Topic {
-                    name: spec.name,
-                    meta,
-                    retention: spec.retention_ms.unwrap_or(0),
-                    reply,
-                }))
+                Ok(Some(Plan::Topic { name: spec.name, meta, retention: spec.retention_ms.unwrap_or(0), reply }))
             }
             Job::Append { batch, reply } => match Self::plan_records(&lookup, offsets, batch) {
-                Ok((records, appended)) => Ok(Some(Plan::Append {
-                    records,
-                    appended,
-                    reply,
-                })),
+                Ok((records, appended)) => Ok(Some(Plan::Append { records, appended, reply })),
                 Err(e) => Err((e, Box::new(move |e| drop(reply.send(Err(e)))))),
             },
             Job::Commit { step, reply } => {
                 for input in &step.inputs {
-                    if let Err(e) =
-                        check_partition(lookup(&input.topic), &input.topic, input.partition)
-                    {
+                    if let Err(e) = check_partition(lookup(&input.topic), &input.topic, input.partition) {
                         return Err((e, Box::new(move |e| drop(reply.send(Err(e))))));
                     }
                 }
                 match Self::plan_records(&lookup, offsets, step.outputs) {
-                    Ok((records, _)) => Ok(Some(Plan::Commit {
-                        records,
-                        consumer: step.consumer,
-                        inputs: step.inputs,
-                        reply,
-                    })),
+                    Ok((records, _)) => {
+                        Ok(Some(Plan::Commit { records, consumer: step.consumer, inputs: step.inputs, reply }))
+                    }
                     Err(e) => Err((e, Box::new(move |e| drop(reply.send(Err(e)))))),
                 }
             }
@@ -417,9 +342,7 @@ impl Writer {
         // Validate the whole batch before taking any offset: all or nothing.
         let mut metas = Vec::with_capacity(batch.len());
         for out in &batch {
-            let meta = lookup(&out.topic).ok_or_else(|| Error::UnknownTopic {
-                topic: out.topic.to_string(),
-            })?;
+            let meta = lookup(&out.topic).ok_or_else(|| Error::UnknownTopic { topic: out.topic.to_string() })?;
             out.validate()?;
             metas.push(meta);
         }
@@ -430,15 +353,8 @@ impl Writer {
             let next = offsets.entry((meta.number, partition)).or_insert(0);
             let offset = *next;
             *next += 1;
-            records.push((
-                record_key(meta.number, partition, offset),
-                encode_record(&out),
-            ));
-            appended.push(Appended {
-                event_id: out.event_id,
-                partition,
-                offset,
-            });
+            records.push((record_key(meta.number, partition, offset), encode_record(&out)));
+            appended.push(Appended { event_id: out.event_id, partition, offset });
         }
         Ok((records, appended))
     }
@@ -451,39 +367,22 @@ impl Writer {
             let mut positions = store("write", tx.open_table(POSITIONS))?;
             for plan in plans {
                 match plan {
-                    Plan::Topic {
-                        name,
-                        meta,
-                        retention,
-                        ..
-                    } => {
-                        store(
-                            "write",
-                            topics
-                                .insert(name.as_str(), (meta.number, meta.partitions, *retention)),
-                        )?;
+                    Plan::Topic { name, meta, retention, .. } => {
+                        store("write", topics.insert(name.as_str(), (meta.number, meta.partitions, *retention)))?;
                     }
                     Plan::Append { records: rs, .. } => {
                         for (key, value) in rs {
                             store("write", records.insert(*key, value.as_slice()))?;
                         }
                     }
-                    Plan::Commit {
-                        records: rs,
-                        consumer,
-                        inputs,
-                        ..
-                    } => {
+                    Plan::Commit { records: rs, consumer, inputs, .. } => {
                         for (key, value) in rs {
                             store("write", records.insert(*key, value.as_slice()))?;
                         }
                         for p in inputs {
                             store(
                                 "write",
-                                positions.insert(
-                                    (consumer.as_str(), p.topic.as_str(), p.partition),
-                                    p.offset,
-                                ),
+                                positions.insert((consumer.as_str(), p.topic.as_str(), p.partition), p.offset),
                             )?;
                         }
                     }
@@ -498,20 +397,10 @@ impl Writer {
     }
 }
 
-fn check_partition(
-    meta: Option<TopicMeta>,
-    topic: &TopicName,
-    partition: u32,
-) -> Result<TopicMeta, Error> {
-    let meta = meta.ok_or_else(|| Error::UnknownTopic {
-        topic: topic.to_string(),
-    })?;
+fn check_partition(meta: Option<TopicMeta>, topic: &TopicName, partition: u32) -> Result<TopicMeta, Error> {
+    let meta = meta.ok_or_else(|| Error::UnknownTopic { topic: topic.to_string() })?;
     if partition >= meta.partitions {
-        return Err(Error::NoSuchPartition {
-            topic: topic.to_string(),
-            partition,
-            partitions: meta.partitions,
-        });
+        return Err(Error::NoSuchPartition { topic: topic.to_string(), partition, partitions: meta.partitions });
     }
     Ok(meta)
 }
@@ -547,12 +436,7 @@ impl EventLog for EmbeddedLog {
 
     async fn partitions(&self, topic: &TopicName) -> Result<u32, Error> {
         let topics = self.topics.read().unwrap_or_else(|p| p.into_inner());
-        topics
-            .get(topic)
-            .map(|m| m.partitions)
-            .ok_or_else(|| Error::UnknownTopic {
-                topic: topic.to_string(),
-            })
+        topics.get(topic).map(|m| m.partitions).ok_or_else(|| Error::UnknownTopic { topic: topic.to_string() })
     }
 
     async fn append(&self, batch: Vec<Outgoing>) -> Result<Vec<Appended>, Error> {
@@ -567,48 +451,28 @@ impl EventLog for EmbeddedLog {
         {
             let topics = self.topics.read().unwrap_or_else(|p| p.into_inner());
             for position in from {
-                let meta = check_partition(
-                    topics.get(&position.topic).copied(),
-                    &position.topic,
-                    position.partition,
-                )?;
+                let meta = check_partition(topics.get(&position.topic).copied(), &position.topic, position.partition)?;
                 cursors.push((meta.number, position));
             }
         }
-        Ok(Box::new(EmbeddedReader {
-            db: self.db.clone(),
-            cursors,
-            next: 0,
-            committed: self.committed.clone(),
-        }))
+        Ok(Box::new(EmbeddedReader { db: self.db.clone(), cursors, next: 0, committed: self.committed.clone() }))
     }
 
     async fn commit(&self, step: Step) -> Result<(), Error> {
         self.send(|reply| Job::Commit { step, reply }).await
     }
 
-    async fn committed(
-        &self,
-        consumer: &str,
-        topic: &TopicName,
-        partition: u32,
-    ) -> Result<Option<u64>, Error> {
+    async fn committed(&self, consumer: &str, topic: &TopicName, partition: u32) -> Result<Option<u64>, Error> {
         let db = self.db.clone();
         let (consumer, topic) = (consumer.to_owned(), topic.to_string());
         tokio::task::spawn_blocking(move || {
             let rx = store("read positions", db.begin_read())?;
             let table = store("read positions", rx.open_table(POSITIONS))?;
-            let value = store(
-                "read positions",
-                table.get((consumer.as_str(), topic.as_str(), partition)),
-            )?;
+            let value = store("read positions", table.get((consumer.as_str(), topic.as_str(), partition)))?;
             Ok(value.map(|v| v.value()))
         })
         .await
-        .map_err(|e| Error::Store {
-            operation: "read positions",
-            reason: e.to_string(),
-        })?
+        .map_err(|e| Error::Store { operation: "read positions", reason: e.to_string() })?
     }
 }
 
@@ -619,12 +483,7 @@ struct EmbeddedReader {
     committed: watch::Receiver<u64>,
 }
 
-fn read_cursors(
-    db: &Database,
-    cursors: &[(u32, Position)],
-    start: usize,
-    max: usize,
-) -> Result<Vec<Record>, Error> {
+fn read_cursors(db: &Database, cursors: &[(u32, Position)], start: usize, max: usize) -> Result<Vec<Record>, Error> {
     let rx = store("read", db.begin_read())?;
     let table = store("read", rx.open_table(RECORDS))?;
     let mut out = Vec::new();
@@ -673,13 +532,9 @@ impl LogReader for EmbeddedReader {
             let db = self.db.clone();
             let cursors = self.cursors.clone();
             let start = self.next;
-            let batch =
-                tokio::task::spawn_blocking(move || read_cursors(&db, &cursors, start, max))
-                    .await
-                    .map_err(|e| Error::Store {
-                        operation: "read",
-                        reason: e.to_string(),
-                    })??;
+            let batch = tokio::task::spawn_blocking(move || read_cursors(&db, &cursors, start, max))
+                .await
+                .map_err(|e| Error::Store { operation: "read", reason: e.to_string() })??;
             if !batch.is_empty() {
                 for record in &batch {
                     if let Some((_, p)) = self
@@ -721,10 +576,7 @@ impl EmbeddedKeyStore {
 }
 
 fn key_err(operation: &'static str) -> impl Fn(redb::Error) -> seal::Error {
-    move |e| seal::Error::Store {
-        operation,
-        reason: e.to_string(),
-    }
+    move |e| seal::Error::Store { operation, reason: e.to_string() }
 }
 
 fn ks<T, E: Into<redb::Error>>(operation: &'static str, r: Result<T, E>) -> Result<T, seal::Error> {
@@ -761,14 +613,8 @@ impl KeyStore for EmbeddedKeyStore {
                     let key = DataKey::generate()?;
                     let mut value = study.0.as_bytes().to_vec();
                     value.extend_from_slice(key.bytes());
-                    ks(
-                        "current_key",
-                        keys.insert(key.id.0.as_u128(), value.as_slice()),
-                    )?;
-                    ks(
-                        "current_key",
-                        studies.insert(study.0.as_u128(), key.id.0.as_u128()),
-                    )?;
+                    ks("current_key", keys.insert(key.id.0.as_u128(), value.as_slice()))?;
+                    ks("current_key", studies.insert(study.0.as_u128(), key.id.0.as_u128()))?;
                     key
                 }
             }

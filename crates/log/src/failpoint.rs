@@ -34,24 +34,19 @@ impl FailPoints {
     pub fn from_spec(spec: &str) -> Result<FailPoints, String> {
         let points = FailPoints::default();
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let (point, action) = item
-                .split_once('=')
-                .ok_or_else(|| format!("failpoint {item:?}: expected point=action"))?;
+            let (point, action) =
+                item.split_once('=').ok_or_else(|| format!("failpoint {item:?}: expected point=action"))?;
             let (action, nth) = match action.split_once('@') {
-                Some((a, n)) => (
-                    a,
-                    n.parse::<u64>()
-                        .map_err(|_| format!("failpoint {point}: {n:?} is not a hit count"))?,
-                ),
+                Some((a, n)) => {
+                    (a, n.parse::<u64>().map_err(|_| format!("failpoint {point}: {n:?} is not a hit count"))?)
+                }
                 None => (action, 1),
             };
             let action = match action {
                 "error" => Action::Error,
                 "abort" => Action::Abort,
                 other => {
-                    return Err(format!(
-                        "failpoint {point}: unknown action {other:?}, expected error or abort"
-                    ));
+                    return Err(format!("failpoint {point}: unknown action {other:?}, expected error or abort"));
                 }
             };
             points
@@ -73,12 +68,7 @@ impl FailPoints {
 
     /// Called at a failpoint: aborts the process or returns an error when armed.
     pub fn hit(&self, point: &'static str) -> Result<(), crate::Error> {
-        let action = match self
-            .armed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(point)
-        {
+        let action = match self.armed.lock().unwrap_or_else(|p| p.into_inner()).get_mut(point) {
             None => None,
             Some((_, skip)) if *skip > 0 => {
                 *skip -= 1;

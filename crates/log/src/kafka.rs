@@ -50,10 +50,7 @@ pub struct KafkaConfig {
 }
 
 impl KafkaConfig {
-    pub fn new(
-        bootstrap_servers: impl Into<String>,
-        transactional_id: impl Into<String>,
-    ) -> KafkaConfig {
+    pub fn new(bootstrap_servers: impl Into<String>, transactional_id: impl Into<String>) -> KafkaConfig {
         KafkaConfig {
             bootstrap_servers: bootstrap_servers.into(),
             transactional_id: transactional_id.into(),
@@ -81,12 +78,7 @@ async fn blocking<T: Send + 'static>(
     operation: &'static str,
     f: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Error> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::KafkaProtocol {
-            operation,
-            reason: e.to_string(),
-        })?
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::KafkaProtocol { operation, reason: e.to_string() })?
 }
 
 /// The event log of one region on a Kafka cluster.
@@ -112,20 +104,10 @@ impl KafkaLog {
             .create()
             .map_err(kafka("create producer"))?;
         let p = producer.clone();
-        blocking("init transactions", move || {
-            p.init_transactions(TIMEOUT)
-                .map_err(kafka("init transactions"))
-        })
-        .await?;
-        let admin = config
-            .client()
-            .create()
-            .map_err(kafka("create admin client"))?;
-        let metadata: BaseConsumer = config
-            .client()
-            .set("group.id", "meridian-metadata")
-            .create()
-            .map_err(kafka("create metadata client"))?;
+        blocking("init transactions", move || p.init_transactions(TIMEOUT).map_err(kafka("init transactions"))).await?;
+        let admin = config.client().create().map_err(kafka("create admin client"))?;
+        let metadata: BaseConsumer =
+            config.client().set("group.id", "meridian-metadata").create().map_err(kafka("create metadata client"))?;
         let (jobs, queue) = mpsc::channel(1024);
         tokio::spawn(committer(producer, config.failpoints.clone(), queue));
         Ok(KafkaLog {
@@ -172,12 +154,8 @@ impl KafkaLog {
                     partitions: n,
                 });
             }
-            tpl.add_partition_offset(
-                p.topic.as_str(),
-                p.partition as i32,
-                Offset::Offset(p.offset as i64),
-            )
-            .map_err(kafka(operation))?;
+            tpl.add_partition_offset(p.topic.as_str(), p.partition as i32, Offset::Offset(p.offset as i64))
+                .map_err(kafka(operation))?;
         }
         Ok(tpl)
     }
@@ -199,21 +177,13 @@ impl KafkaLog {
             records.push((out, partition));
         }
         let offsets = match offsets {
-            Some((consumer, inputs)) => Some((
-                self.group(&consumer)?,
-                self.partition_list(&inputs, "send offsets").await?,
-            )),
+            Some((consumer, inputs)) => {
+                Some((self.group(&consumer)?, self.partition_list(&inputs, "send offsets").await?))
+            }
             None => None,
         };
         let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(TxnJob {
-                records,
-                offsets,
-                reply,
-            })
-            .await
-            .map_err(|_| Error::Closed)?;
+        self.jobs.send(TxnJob { records, offsets, reply }).await.map_err(|_| Error::Closed)?;
         answer.await.map_err(|_| Error::Closed)?
     }
 }
@@ -232,11 +202,7 @@ const MAX_GROUP: usize = 64;
 /// every job that was waiting when it began (group commit). A failure
 /// aborts the transaction and fails every job in it; callers retry, and
 /// de-duplication makes a retried append harmless.
-async fn committer(
-    producer: FutureProducer,
-    failpoints: FailPoints,
-    mut jobs: mpsc::Receiver<TxnJob>,
-) {
+async fn committer(producer: FutureProducer, failpoints: FailPoints, mut jobs: mpsc::Receiver<TxnJob>) {
     while let Some(first) = jobs.recv().await {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -252,8 +218,7 @@ async fn committer(
                 let p = producer.clone();
                 // The error that made us abort is the one to report.
                 let _ = blocking("abort transaction", move || {
-                    p.abort_transaction(TIMEOUT)
-                        .map_err(kafka("abort transaction"))
+                    p.abort_transaction(TIMEOUT).map_err(kafka("abort transaction"))
                 })
                 .await;
                 Err(error)
@@ -280,31 +245,21 @@ async fn transaction(
     group: &[TxnJob],
 ) -> Result<Vec<Vec<Appended>>, Error> {
     let p = producer.clone();
-    blocking("begin transaction", move || {
-        p.begin_transaction().map_err(kafka("begin transaction"))
-    })
-    .await?;
+    blocking("begin transaction", move || p.begin_transaction().map_err(kafka("begin transaction"))).await?;
     let mut deliveries = Vec::with_capacity(group.len());
     for job in group {
         let mut pending = Vec::with_capacity(job.records.len());
         for (out, partition) in &job.records {
             let mut headers = OwnedHeaders::new_with_capacity(4);
             for (name, value) in out.headers.iter() {
-                headers = headers.insert(Header {
-                    key: name,
-                    value: Some(value),
-                });
+                headers = headers.insert(Header { key: name, value: Some(value) });
             }
             let record = FutureRecord::to(out.topic.as_str())
                 .key(&out.key)
                 .payload(&out.value)
                 .partition(*partition as i32)
                 .headers(headers);
-            pending.push(
-                producer
-                    .send_result(record)
-                    .map_err(|(e, _)| kafka("produce")(e))?,
-            );
+            pending.push(producer.send_result(record).map_err(|(e, _)| kafka("produce")(e))?);
         }
         deliveries.push(pending);
     }
@@ -314,16 +269,9 @@ async fn transaction(
         for (delivery, (out, _)) in pending.into_iter().zip(&job.records) {
             let d = delivery
                 .await
-                .map_err(|_| Error::KafkaProtocol {
-                    operation: "produce",
-                    reason: "delivery cancelled".into(),
-                })?
+                .map_err(|_| Error::KafkaProtocol { operation: "produce", reason: "delivery cancelled".into() })?
                 .map_err(|(e, _)| kafka("produce")(e))?;
-            a.push(Appended {
-                event_id: out.event_id,
-                partition: d.partition as u32,
-                offset: d.offset as u64,
-            });
+            a.push(Appended { event_id: out.event_id, partition: d.partition as u32, offset: d.offset as u64 });
         }
         appended.push(a);
     }
@@ -335,97 +283,61 @@ async fn transaction(
             })?;
             let (p, tpl) = (producer.clone(), tpl.clone());
             blocking("send offsets", move || {
-                p.send_offsets_to_transaction(&tpl, &metadata, TIMEOUT)
-                    .map_err(kafka("send offsets"))
+                p.send_offsets_to_transaction(&tpl, &metadata, TIMEOUT).map_err(kafka("send offsets"))
             })
             .await?;
         }
     }
     failpoints.hit(failpoint::BEFORE_COMMIT)?;
     let p = producer.clone();
-    blocking("commit transaction", move || {
-        p.commit_transaction(TIMEOUT)
-            .map_err(kafka("commit transaction"))
-    })
-    .await?;
+    blocking("commit transaction", move || p.commit_transaction(TIMEOUT).map_err(kafka("commit transaction"))).await?;
     Ok(appended)
 }
 
 #[async_trait]
 impl EventLog for KafkaLog {
     async fn ensure_topic(&self, spec: &TopicSpec) -> Result<(), Error> {
-        let retention = spec
-            .retention_ms
-            .map(|ms| ms.to_string())
-            .unwrap_or_else(|| "-1".to_owned());
+        let retention = spec.retention_ms.map(|ms| ms.to_string()).unwrap_or_else(|| "-1".to_owned());
         let topic = NewTopic::new(
             spec.name.as_str(),
             spec.partitions as i32,
             TopicReplication::Fixed(self.config.replication_factor),
         )
         .set("retention.ms", &retention);
-        let results = self
-            .admin
-            .create_topics([&topic], &AdminOptions::new())
-            .await
-            .map_err(kafka("create topic"))?;
+        let results = self.admin.create_topics([&topic], &AdminOptions::new()).await.map_err(kafka("create topic"))?;
         for result in results {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((name, code)) => {
-                    return Err(Error::KafkaProtocol {
-                        operation: "create topic",
-                        reason: format!("{name}: {code}"),
-                    });
+                    return Err(Error::KafkaProtocol { operation: "create topic", reason: format!("{name}: {code}") });
                 }
             }
         }
-        self.partitions
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&spec.name);
+        self.partitions.write().unwrap_or_else(|p| p.into_inner()).remove(&spec.name);
         let existing = self.partitions(&spec.name).await?;
         if existing != spec.partitions {
-            return Err(Error::PartitionCount {
-                topic: spec.name.to_string(),
-                existing,
-                requested: spec.partitions,
-            });
+            return Err(Error::PartitionCount { topic: spec.name.to_string(), existing, requested: spec.partitions });
         }
         Ok(())
     }
 
     async fn partitions(&self, topic: &TopicName) -> Result<u32, Error> {
-        if let Some(n) = self
-            .partitions
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(topic)
-        {
+        if let Some(n) = self.partitions.read().unwrap_or_else(|p| p.into_inner()).get(topic) {
             return Ok(*n);
         }
         let metadata = self.metadata.clone();
         let name = topic.to_string();
         let count = blocking("fetch metadata", move || {
-            let md = metadata
-                .fetch_metadata(Some(&name), TIMEOUT)
-                .map_err(kafka("fetch metadata"))?;
+            let md = metadata.fetch_metadata(Some(&name), TIMEOUT).map_err(kafka("fetch metadata"))?;
             let t = md.topics().iter().find(|t| t.name() == name);
             match t {
-                Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
-                    Ok(Some(t.partitions().len() as u32))
-                }
+                Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(Some(t.partitions().len() as u32)),
                 _ => Ok(None),
             }
         })
         .await?;
-        let count = count.ok_or_else(|| Error::UnknownTopic {
-            topic: topic.to_string(),
-        })?;
-        self.partitions
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(topic.clone(), count);
+        let count = count.ok_or_else(|| Error::UnknownTopic { topic: topic.to_string() })?;
+        self.partitions.write().unwrap_or_else(|p| p.into_inner()).insert(topic.clone(), count);
         Ok(count)
     }
 
@@ -440,10 +352,7 @@ impl EventLog for KafkaLog {
         let consumer: BaseConsumer = self
             .config
             .client()
-            .set(
-                "group.id",
-                format!("meridian-reader-{}", uuid::Uuid::now_v7()),
-            )
+            .set("group.id", format!("meridian-reader-{}", uuid::Uuid::now_v7()))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("isolation.level", "read_committed")
@@ -455,18 +364,12 @@ impl EventLog for KafkaLog {
         consumer.assign(&tpl).map_err(kafka("assign"))?;
         let mut topics: Vec<TopicName> = from.iter().map(|p| p.topic.clone()).collect();
         topics.dedup();
-        Ok(Box::new(KafkaReader {
-            consumer: Arc::new(consumer),
-            topics: Arc::new(topics),
-        }))
+        Ok(Box::new(KafkaReader { consumer: Arc::new(consumer), topics: Arc::new(topics) }))
     }
 
     async fn commit(&self, step: Step) -> Result<(), Error> {
         if !step.outputs.is_empty() {
-            return self
-                .transact(step.outputs, Some((step.consumer, step.inputs)))
-                .await
-                .map(|_| ());
+            return self.transact(step.outputs, Some((step.consumer, step.inputs))).await.map(|_| ());
         }
         // Positions alone need no transaction: one offset commit is atomic.
         // (tansu also drops the offsets of a transaction that produced nothing.)
@@ -474,29 +377,18 @@ impl EventLog for KafkaLog {
         let group = self.group(&step.consumer)?;
         let failpoints = self.config.failpoints.clone();
         failpoints.hit(failpoint::BEFORE_COMMIT)?;
-        blocking("commit offsets", move || {
-            group
-                .commit(&tpl, CommitMode::Sync)
-                .map_err(kafka("commit offsets"))
-        })
-        .await?;
+        blocking("commit offsets", move || group.commit(&tpl, CommitMode::Sync).map_err(kafka("commit offsets")))
+            .await?;
         failpoints.hit(failpoint::AFTER_COMMIT)
     }
 
-    async fn committed(
-        &self,
-        consumer: &str,
-        topic: &TopicName,
-        partition: u32,
-    ) -> Result<Option<u64>, Error> {
+    async fn committed(&self, consumer: &str, topic: &TopicName, partition: u32) -> Result<Option<u64>, Error> {
         let group = self.group(consumer)?;
         let topic = topic.to_string();
         blocking("committed offsets", move || {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition(&topic, partition as i32);
-            let offsets = group
-                .committed_offsets(tpl, TIMEOUT)
-                .map_err(kafka("committed offsets"))?;
+            let offsets = group.committed_offsets(tpl, TIMEOUT).map_err(kafka("committed offsets"))?;
             Ok(offsets.elements().first().and_then(|e| match e.offset() {
                 Offset::Offset(o) if o >= 0 => Some(o as u64),
                 _ => None,
@@ -534,9 +426,7 @@ impl LogReader for KafkaReader {
                 };
                 let headers = message
                     .headers()
-                    .map(|hs| {
-                        Headers::from_pairs(hs.iter().map(|h| (h.key, h.value.unwrap_or_default())))
-                    })
+                    .map(|hs| Headers::from_pairs(hs.iter().map(|h| (h.key, h.value.unwrap_or_default()))))
                     .unwrap_or_default();
                 out.push(Record {
                     topic,

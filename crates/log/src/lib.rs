@@ -49,45 +49,21 @@ pub enum Error {
     #[error("topic {topic} does not exist")]
     UnknownTopic { topic: String },
     #[error("topic {topic} exists with {existing} partitions, {requested} requested")]
-    PartitionCount {
-        topic: String,
-        existing: u32,
-        requested: u32,
-    },
+    PartitionCount { topic: String, existing: u32, requested: u32 },
     #[error("topic {topic} has {partitions} partitions, partition {partition} requested")]
-    NoSuchPartition {
-        topic: String,
-        partition: u32,
-        partitions: u32,
-    },
-    #[error(
-        "append to {topic}: event {event_id} is {event_class} but the topic carries {topic_class}"
-    )]
-    ClassMismatch {
-        topic: String,
-        event_id: EventId,
-        event_class: DataClass,
-        topic_class: DataClass,
-    },
+    NoSuchPartition { topic: String, partition: u32, partitions: u32 },
+    #[error("append to {topic}: event {event_id} is {event_class} but the topic carries {topic_class}")]
+    ClassMismatch { topic: String, event_id: EventId, event_class: DataClass, topic_class: DataClass },
     #[error("append to {topic}: record value is not an envelope: {reason}")]
     NotAnEnvelope { topic: String, reason: String },
     #[error("append to {topic}: record key of event {event_id} is not its aggregate id")]
     KeyMismatch { topic: String, event_id: EventId },
     #[error("embedded log {operation}: {reason}")]
-    Store {
-        operation: &'static str,
-        reason: String,
-    },
+    Store { operation: &'static str, reason: String },
     #[error("kafka {operation}: {source}")]
-    Kafka {
-        operation: &'static str,
-        source: rdkafka::error::KafkaError,
-    },
+    Kafka { operation: &'static str, source: rdkafka::error::KafkaError },
     #[error("kafka {operation}: {reason}")]
-    KafkaProtocol {
-        operation: &'static str,
-        reason: String,
-    },
+    KafkaProtocol { operation: &'static str, reason: String },
     #[error("injected failure at {point}")]
     Injected { point: &'static str },
     #[error("the log is closed")]
@@ -113,12 +89,7 @@ pub trait EventLog: Send + Sync + 'static {
     async fn commit(&self, step: Step) -> Result<(), Error>;
 
     /// The consumer's committed position in a topic-partition, if any.
-    async fn committed(
-        &self,
-        consumer: &str,
-        topic: &TopicName,
-        partition: u32,
-    ) -> Result<Option<u64>, Error>;
+    async fn committed(&self, consumer: &str, topic: &TopicName, partition: u32) -> Result<Option<u64>, Error>;
 }
 
 /// Reads records in offset order per partition.

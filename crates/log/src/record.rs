@@ -83,11 +83,7 @@ pub struct Position {
 
 impl Position {
     pub fn start(topic: TopicName, partition: u32) -> Position {
-        Position {
-            topic,
-            partition,
-            offset: 0,
-        }
+        Position { topic, partition, offset: 0 }
     }
 }
 
@@ -117,12 +113,7 @@ impl Outgoing {
         }
         let headers = Headers::from_pairs(pairs);
         Ok(Outgoing {
-            key: envelope
-                .meta
-                .aggregate_id
-                .hyphenated()
-                .to_string()
-                .into_bytes(),
+            key: envelope.meta.aggregate_id.hyphenated().to_string().into_bytes(),
             value: envelope.encode_to_vec(),
             headers,
             event_id: envelope.meta.event_id,
@@ -135,23 +126,11 @@ impl Outgoing {
     /// key. Both logs call this on every append, so a hand-built record
     /// cannot slip PHI into an operational topic.
     pub fn validate(&self) -> Result<(), Error> {
-        let envelope = Envelope::decode(&self.value).map_err(|source| Error::NotAnEnvelope {
-            topic: self.topic.to_string(),
-            reason: source.to_string(),
-        })?;
+        let envelope = Envelope::decode(&self.value)
+            .map_err(|source| Error::NotAnEnvelope { topic: self.topic.to_string(), reason: source.to_string() })?;
         check_class(&self.topic, envelope.meta.event_id, envelope.data_class)?;
-        if self.key
-            != envelope
-                .meta
-                .aggregate_id
-                .hyphenated()
-                .to_string()
-                .as_bytes()
-        {
-            return Err(Error::KeyMismatch {
-                topic: self.topic.to_string(),
-                event_id: envelope.meta.event_id,
-            });
+        if self.key != envelope.meta.aggregate_id.hyphenated().to_string().as_bytes() {
+            return Err(Error::KeyMismatch { topic: self.topic.to_string(), event_id: envelope.meta.event_id });
         }
         Ok(())
     }
@@ -183,11 +162,7 @@ pub struct Record {
 impl Record {
     /// The position after this record.
     pub fn next_position(&self) -> Position {
-        Position {
-            topic: self.topic.clone(),
-            partition: self.partition,
-            offset: self.offset + 1,
-        }
+        Position { topic: self.topic.clone(), partition: self.partition, offset: self.offset + 1 }
     }
 
     pub fn header(&self, name: &str) -> Option<&[u8]> {

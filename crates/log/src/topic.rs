@@ -30,9 +30,7 @@ pub struct ParseTopicError {
 }
 
 fn is_segment(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 impl TopicName {
@@ -61,10 +59,7 @@ impl FromStr for TopicName {
     type Err = ParseTopicError;
 
     fn from_str(name: &str) -> Result<Self, Self::Err> {
-        let err = |reason: &str| ParseTopicError {
-            name: name.to_owned(),
-            reason: reason.to_owned(),
-        };
+        let err = |reason: &str| ParseTopicError { name: name.to_owned(), reason: reason.to_owned() };
         let parts: Vec<&str> = name.split('.').collect();
         let [prefix, region, class, stream] = parts.as_slice() else {
             return Err(err("expected meridian.<region>.<class>.<stream>"));
@@ -73,9 +68,7 @@ impl FromStr for TopicName {
             return Err(err("must start with \"meridian.\""));
         }
         if !is_segment(region) || !is_segment(stream) {
-            return Err(err(
-                "region and stream are lower-case letters, digits, '-' and '_'",
-            ));
+            return Err(err("region and stream are lower-case letters, digits, '-' and '_'"));
         }
         let class = DataClass::parse(class).ok_or_else(|| err("class must be phi, deid or ops"))?;
         Ok(TopicName(Arc::new(Parts {
@@ -105,11 +98,7 @@ pub struct TopicSpec {
 
 impl TopicSpec {
     pub fn new(name: TopicName, partitions: u32) -> TopicSpec {
-        TopicSpec {
-            name,
-            partitions,
-            retention_ms: None,
-        }
+        TopicSpec { name, partitions, retention_ms: None }
     }
 }
 
@@ -120,23 +109,12 @@ mod tests {
     #[test]
     fn names_parse_and_say_what_is_wrong() {
         let t: TopicName = "meridian.us-east.phi.ingest".parse().unwrap();
+        assert_eq!((t.region(), t.class(), t.stream()), ("us-east", DataClass::Phi, "ingest"));
         assert_eq!(
-            (t.region(), t.class(), t.stream()),
-            ("us-east", DataClass::Phi, "ingest")
-        );
-        assert_eq!(
-            TopicName::new("eu-west", DataClass::Operational, "routing")
-                .unwrap()
-                .as_str(),
+            TopicName::new("eu-west", DataClass::Operational, "routing").unwrap().as_str(),
             "meridian.eu-west.ops.routing"
         );
-        assert!(
-            "meridian.us-east.secret.ingest"
-                .parse::<TopicName>()
-                .unwrap_err()
-                .reason
-                .contains("class")
-        );
+        assert!("meridian.us-east.secret.ingest".parse::<TopicName>().unwrap_err().reason.contains("class"));
         assert!("kafka.us-east.phi.ingest".parse::<TopicName>().is_err());
         assert!("meridian.US.phi.ingest".parse::<TopicName>().is_err());
         assert!("meridian.us-east.phi".parse::<TopicName>().is_err());

@@ -25,15 +25,9 @@ fn read_json(path: &std::path::Path) -> anyhow::Result<serde_json::Value> {
 async fn connect(target: &Target) -> anyhow::Result<Connection> {
     let endpoints = read_json(&target.data_dir.join("endpoints.json"))?;
     let Some(grpc) = endpoints["regions"][&target.region]["grpc"].as_str() else {
-        let known: Vec<String> = endpoints["regions"]
-            .as_object()
-            .map(|m| m.keys().cloned().collect())
-            .unwrap_or_default();
-        bail!(
-            "region {:?} is not in endpoints.json (regions: {})",
-            target.region,
-            known.join(", ")
-        );
+        let known: Vec<String> =
+            endpoints["regions"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+        bail!("region {:?} is not in endpoints.json (regions: {})", target.region, known.join(", "));
     };
     let token = match &target.token {
         Some(t) => t.clone(),
@@ -49,17 +43,12 @@ async fn connect(target: &Target) -> anyhow::Result<Connection> {
         .connect()
         .await
         .with_context(|| format!("connecting to {grpc}"))?;
-    Ok(Connection {
-        client: AdminServiceClient::new(channel),
-        token,
-    })
+    Ok(Connection { client: AdminServiceClient::new(channel), token })
 }
 
 fn authorized<T>(message: T, token: &str) -> anyhow::Result<Request<T>> {
     let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse()?);
     Ok(request)
 }
 
@@ -74,17 +63,8 @@ pub async fn tail(
     follow: bool,
 ) -> anyhow::Result<ExitCode> {
     let mut c = connect(target).await?;
-    let request = pb::TailLogRequest {
-        study_id: study.unwrap_or_default(),
-        follow,
-        streams,
-    };
-    let mut stream = c
-        .client
-        .tail_log(authorized(request, &c.token)?)
-        .await
-        .map_err(status_error)?
-        .into_inner();
+    let request = pb::TailLogRequest { study_id: study.unwrap_or_default(), follow, streams };
+    let mut stream = c.client.tail_log(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
     while let Some(event) = stream.message().await.map_err(status_error)? {
         let at = event
             .occurred_at
@@ -92,10 +72,7 @@ pub async fn tail(
             .map(|t| t.to_string())
             .unwrap_or_default();
         if !event.error.is_empty() {
-            println!(
-                "{}/{}@{} unreadable: {}",
-                event.topic, event.partition, event.offset, event.error
-            );
+            println!("{}/{}@{} unreadable: {}", event.topic, event.partition, event.offset, event.error);
             continue;
         }
         let short = event.payload_type.rsplit('.').next().unwrap_or_default();
@@ -117,12 +94,7 @@ pub async fn tail(
 pub async fn rebuild(target: &Target, name: String) -> anyhow::Result<ExitCode> {
     let mut c = connect(target).await?;
     let request = pb::RebuildProjectionRequest { name };
-    let r = c
-        .client
-        .rebuild_projection(authorized(request, &c.token)?)
-        .await
-        .map_err(status_error)?
-        .into_inner();
+    let r = c.client.rebuild_projection(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
     println!(
         "{} rebuilt in region {}: {} events applied, {} duplicates, {} skipped, {:.1} ms; {} the state before the rebuild\n{}",
         r.name,
@@ -131,16 +103,8 @@ pub async fn rebuild(target: &Target, name: String) -> anyhow::Result<ExitCode> 
         r.duplicates,
         r.skipped,
         r.duration_micros as f64 / 1e3,
-        if r.matches_previous {
-            "matches"
-        } else {
-            "DIFFERS FROM"
-        },
+        if r.matches_previous { "matches" } else { "DIFFERS FROM" },
         r.summary
     );
-    Ok(if r.matches_previous {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(3)
-    })
+    Ok(if r.matches_previous { ExitCode::SUCCESS } else { ExitCode::from(3) })
 }

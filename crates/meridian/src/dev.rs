@@ -46,18 +46,9 @@ pub struct DevArgs {
 /// then any other in name order.
 fn region_order(platform: &Platform) -> Vec<String> {
     let documented = ["us-east", "eu-west", "in-south"];
-    let mut order: Vec<String> = documented
-        .iter()
-        .filter(|r| platform.regions.contains_key(**r))
-        .map(|r| r.to_string())
-        .collect();
-    order.extend(
-        platform
-            .regions
-            .keys()
-            .filter(|r| !documented.contains(&r.as_str()))
-            .cloned(),
-    );
+    let mut order: Vec<String> =
+        documented.iter().filter(|r| platform.regions.contains_key(**r)).map(|r| r.to_string()).collect();
+    order.extend(platform.regions.keys().filter(|r| !documented.contains(&r.as_str())).cloned());
     order
 }
 
@@ -69,29 +60,15 @@ struct Ports {
 
 fn ports(args: &DevArgs, i: u16) -> Ports {
     match (&args.ports, args.port_base) {
-        (Some(_), _) => Ports {
-            grpc: 0,
-            dicom: 0,
-            http: 0,
-        },
-        (None, Some(base)) => Ports {
-            grpc: base + 10 * i,
-            dicom: base + 10 * i + 1,
-            http: base + 10 * i + 2,
-        },
-        (None, None) => Ports {
-            grpc: 50051 + 10 * i,
-            dicom: 11112 + 10 * i,
-            http: 8080 + 10 * i,
-        },
+        (Some(_), _) => Ports { grpc: 0, dicom: 0, http: 0 },
+        (None, Some(base)) => Ports { grpc: base + 10 * i, dicom: base + 10 * i + 1, http: base + 10 * i + 2 },
+        (None, None) => Ports { grpc: 50051 + 10 * i, dicom: 11112 + 10 * i, http: 8080 + 10 * i },
     }
 }
 
 async fn bind(port: u16, what: &str, region: &str) -> anyhow::Result<TcpListener> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("region {region}: binding the {what} port {addr}"))
+    TcpListener::bind(addr).await.with_context(|| format!("region {region}: binding the {what} port {addr}"))
 }
 
 /// Writes `bytes` to `path` atomically (temp file, fsync, rename), with
@@ -105,9 +82,7 @@ fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> anyhow::Result<()> 
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
+    let mut file = options.open(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
     file.write_all(bytes)?;
     file.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
@@ -139,10 +114,7 @@ fn ensure_secrets(platform: &Platform, secrets: &Path) -> anyhow::Result<TokenSi
             continue;
         };
         let public = secrets.join(rel);
-        let private = secrets.join(format!(
-            "{}.key.pem",
-            rel.trim_end_matches(".pem").trim_end_matches(".pub")
-        ));
+        let private = secrets.join(format!("{}.key.pem", rel.trim_end_matches(".pem").trim_end_matches(".pub")));
         if !public.exists() || !private.exists() {
             let (private_pem, public_pem) = generate_ed25519()?;
             write_atomic(&private, private_pem.as_bytes(), true)?;
@@ -150,44 +122,24 @@ fn ensure_secrets(platform: &Platform, secrets: &Path) -> anyhow::Result<TokenSi
             tracing::info!(key = %key.id, path = %private.display(), "generated a token signing key");
         }
         if signer.is_none() {
-            let pem = std::fs::read(&private)
-                .with_context(|| format!("reading {}", private.display()))?;
-            signer = Some(TokenSigner::new(
-                &key.id,
-                &pem,
-                &platform.auth.issuer,
-                &platform.auth.audience,
-            )?);
+            let pem = std::fs::read(&private).with_context(|| format!("reading {}", private.display()))?;
+            signer = Some(TokenSigner::new(&key.id, &pem, &platform.auth.issuer, &platform.auth.audience)?);
         }
     }
-    signer.context(
-        "auth.toml names no verifying key held in a file: `meridian dev` signs tokens with one",
-    )
+    signer.context("auth.toml names no verifying key held in a file: `meridian dev` signs tokens with one")
 }
 
 fn verifier(platform: &Platform, secrets: &Path) -> anyhow::Result<TokenVerifier> {
     let env = |name: &str| std::env::var(name).ok();
     let mut keys = Vec::new();
     for key in &platform.auth.keys {
-        let pem = key
-            .public_key
-            .read(secrets, &env)
-            .with_context(|| format!("auth.toml: key {}", key.id))?;
+        let pem = key.public_key.read(secrets, &env).with_context(|| format!("auth.toml: key {}", key.id))?;
         keys.push((key.id.clone(), pem));
     }
-    Ok(TokenVerifier::new(
-        &platform.auth.issuer,
-        &platform.auth.audience,
-        &keys,
-    )?)
+    Ok(TokenVerifier::new(&platform.auth.issuer, &platform.auth.audience, &keys)?)
 }
 
-fn tokens(
-    platform: &Platform,
-    signer: &TokenSigner,
-    now: i64,
-    ttl: i64,
-) -> anyhow::Result<serde_json::Value> {
+fn tokens(platform: &Platform, signer: &TokenSigner, now: i64, ttl: i64) -> anyhow::Result<serde_json::Value> {
     let mut principals = BTreeMap::new();
     for p in &platform.auth.principals {
         let token = signer.mint(&Principal::from(p), now, ttl)?;
@@ -211,14 +163,13 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},
@@ -233,17 +184,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         Ok(p) => Arc::new(p),
         Err(problems) => {
             eprintln!("{problems}");
-            eprintln!(
-                "{} problem(s) in {}: not starting",
-                problems.0.len(),
-                args.config.display()
-            );
+            eprintln!("{} problem(s) in {}: not starting", problems.0.len(), args.config.display());
             // EX_USAGE: the configuration, not the platform, is at fault.
             return Ok(ExitCode::from(64));
         }
     };
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
     let secrets = args.data_dir.join("secrets");
     let signer = ensure_secrets(&platform, &secrets)?;
     let verifier = Arc::new(verifier(&platform, &secrets)?);
@@ -263,15 +209,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         let grpc_addr = grpc.local_addr()?;
         let http_addr = http.local_addr()?;
         let dicom_addr = dicom.local_addr()?;
-        let region = Region::open(
-            name,
-            &args.data_dir.join(name),
-            platform.clone(),
-            verifier.clone(),
-            now,
-        )
-        .await
-        .with_context(|| format!("opening region {name}"))?;
+        let region = Region::open(name, &args.data_dir.join(name), platform.clone(), verifier.clone(), now)
+            .await
+            .with_context(|| format!("opening region {name}"))?;
         endpoints.insert(
             name.clone(),
             json!({
@@ -282,35 +222,18 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         );
         let mut rx = stopped.clone();
         let region = Arc::new(region);
-        servers.push(tokio::spawn(meridian_region::serve(
-            region,
-            Listeners { grpc, http, dicom },
-            async move {
-                let _ = rx.wait_for(|s| *s).await;
-            },
-        )));
+        servers.push(tokio::spawn(meridian_region::serve(region, Listeners { grpc, http, dicom }, async move {
+            let _ = rx.wait_for(|s| *s).await;
+        })));
     }
     if servers.is_empty() {
         bail!("{} configures no region", args.config.display());
     }
-    let tokens = tokens(
-        &platform,
-        &signer,
-        wall.as_secs() as i64,
-        args.token_hours * 3_600,
-    )?;
-    write_atomic(
-        &args.data_dir.join("tokens.json"),
-        serde_json::to_vec_pretty(&tokens)?.as_slice(),
-        true,
-    )?;
+    let tokens = tokens(&platform, &signer, wall.as_secs() as i64, args.token_hours * 3_600)?;
+    write_atomic(&args.data_dir.join("tokens.json"), serde_json::to_vec_pretty(&tokens)?.as_slice(), true)?;
     // Written last and atomically: its presence means every listener is up.
     let endpoints = json!({ "regions": endpoints });
-    write_atomic(
-        &args.data_dir.join("endpoints.json"),
-        serde_json::to_vec_pretty(&endpoints)?.as_slice(),
-        false,
-    )?;
+    write_atomic(&args.data_dir.join("endpoints.json"), serde_json::to_vec_pretty(&endpoints)?.as_slice(), false)?;
     for (name, e) in endpoints["regions"].as_object().into_iter().flatten() {
         eprintln!(
             "meridian dev: region {name:<9} gRPC {}  HTTP {}",
@@ -318,10 +241,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             e["http"].as_str().unwrap_or("")
         );
     }
-    eprintln!(
-        "meridian dev: endpoints and tokens in {} (Ctrl-C stops)",
-        args.data_dir.display()
-    );
+    eprintln!("meridian dev: endpoints and tokens in {} (Ctrl-C stops)", args.data_dir.display());
 
     shutdown_signal().await;
     let _ = stop.send(true);
@@ -341,9 +261,5 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     }
     let _ = std::fs::remove_file(args.data_dir.join("endpoints.json"));
     eprintln!("meridian dev: stopped");
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }

@@ -89,10 +89,7 @@ enum ProjectionCommand {
 }
 
 fn print_events() {
-    println!(
-        "{:<22} {:<8} {:<15} {:<6} {:<8} version",
-        "event", "writer", "aggregate", "class", "stream"
-    );
+    println!("{:<22} {:<8} {:<15} {:<6} {:<8} version", "event", "writer", "aggregate", "class", "stream");
     for info in meridian_events::payload::CATALOGUE {
         let name = info.type_name.rsplit('.').next().unwrap_or(info.type_name);
         println!(
@@ -132,9 +129,7 @@ fn config_check(dir: &std::path::Path) -> ExitCode {
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -146,15 +141,10 @@ async fn main() -> ExitCode {
         }
         Command::Config(ConfigCommand::Check { dir }) => Ok(config_check(&dir)),
         Command::Dev(args) => dev::run(args).await,
-        Command::Log(LogCommand::Tail {
-            target,
-            study,
-            streams,
-            follow,
-        }) => client::tail(&target, study, streams, follow).await,
-        Command::Projection(ProjectionCommand::Rebuild { name, target }) => {
-            client::rebuild(&target, name).await
+        Command::Log(LogCommand::Tail { target, study, streams, follow }) => {
+            client::tail(&target, study, streams, follow).await
         }
+        Command::Projection(ProjectionCommand::Rebuild { name, target }) => client::rebuild(&target, name).await,
     };
     match result {
         Ok(code) => code,

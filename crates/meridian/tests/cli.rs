@@ -22,35 +22,17 @@ fn repo() -> PathBuf {
 
 #[test]
 fn config_check_passes_the_examples_and_reports_every_broken_message() {
-    let ok = Command::new(MERIDIAN)
-        .args(["config", "check"])
-        .arg(repo().join("deploy/examples/dev"))
-        .output()
-        .unwrap();
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&ok.stdout)
-            .contains("ok (3 regions, 2 tenants, 2 contracts, 2 reading groups")
-    );
+    let ok = Command::new(MERIDIAN).args(["config", "check"]).arg(repo().join("deploy/examples/dev")).output().unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("ok (3 regions, 2 tenants, 2 contracts, 2 reading groups"));
 
     let broken = repo().join("crates/config/tests/fixtures/broken");
-    let out = Command::new(MERIDIAN)
-        .args(["config", "check"])
-        .arg(&broken)
-        .output()
-        .unwrap();
+    let out = Command::new(MERIDIAN).args(["config", "check"]).arg(&broken).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     let expected = std::fs::read_to_string(broken.with_extension("expected")).unwrap();
     for line in expected.lines().filter(|l| !l.is_empty()) {
-        assert!(
-            stderr.lines().any(|l| l == line),
-            "missing from `config check`: {line}\n---\n{stderr}"
-        );
+        assert!(stderr.lines().any(|l| l == line), "missing from `config check`: {line}\n---\n{stderr}");
     }
 }
 
@@ -72,19 +54,13 @@ impl Dev {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut dev = Dev {
-            child,
-            data: data.to_path_buf(),
-        };
+        let mut dev = Dev { child, data: data.to_path_buf() };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !data.join("endpoints.json").exists() {
             if let Some(status) = dev.child.try_wait().unwrap() {
                 panic!("meridian dev exited early: {status}");
             }
-            assert!(
-                Instant::now() < deadline,
-                "meridian dev wrote no endpoints.json in 60 s"
-            );
+            assert!(Instant::now() < deadline, "meridian dev wrote no endpoints.json in 60 s");
             std::thread::sleep(Duration::from_millis(50));
         }
         dev
@@ -95,12 +71,7 @@ impl Dev {
     }
 
     fn grpc(&self, region: &str) -> String {
-        format!(
-            "http://{}",
-            self.json("endpoints.json")["regions"][region]["grpc"]
-                .as_str()
-                .unwrap()
-        )
+        format!("http://{}", self.json("endpoints.json")["regions"][region]["grpc"].as_str().unwrap())
     }
 
     fn http(&self, region: &str) -> String {
@@ -112,44 +83,27 @@ impl Dev {
     }
 
     fn dicom_port(&self, region: &str) -> u16 {
-        self.json("endpoints.json")["regions"][region]["dicom"]["port"]
-            .as_u64()
-            .unwrap() as u16
+        self.json("endpoints.json")["regions"][region]["dicom"]["port"].as_u64().unwrap() as u16
     }
 
     fn token(&self, principal: &str) -> String {
-        self.json("tokens.json")["principals"][principal]["token"]
-            .as_str()
-            .unwrap()
-            .to_owned()
+        self.json("tokens.json")["principals"][principal]["token"].as_str().unwrap().to_owned()
     }
 
     /// SIGINT, as Ctrl-C sends it; the process must exit cleanly.
     fn interrupt(mut self) {
-        let status = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status()
-            .unwrap();
+        let status = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status().unwrap();
         assert!(status.success());
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "meridian dev exited with {status} after SIGINT"
-                );
+                assert!(status.success(), "meridian dev exited with {status} after SIGINT");
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "meridian dev did not stop within 30 s of SIGINT"
-            );
+            assert!(Instant::now() < deadline, "meridian dev did not stop within 30 s of SIGINT");
             std::thread::sleep(Duration::from_millis(50));
         }
-        assert!(
-            !self.data.join("endpoints.json").exists(),
-            "a stopped dev leaves no endpoints.json behind"
-        );
+        assert!(!self.data.join("endpoints.json").exists(), "a stopped dev leaves no endpoints.json behind");
     }
 }
 
@@ -162,43 +116,22 @@ impl Drop for Dev {
 
 fn bearer<T>(message: T, token: &str) -> Request<T> {
     let mut r = Request::new(message);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
     r
 }
 
-async fn http_get(
-    addr: &str,
-    path: &str,
-    token: Option<&str>,
-) -> (u16, HashMap<String, String>, Value) {
+async fn http_get(addr: &str, path: &str, token: Option<&str>) -> (u16, HashMap<String, String>, Value) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut raw = String::new();
     stream.read_to_string(&mut raw).await.unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap();
     let mut lines = head.lines();
-    let status: u16 = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(": "))
-        .map(|(k, v)| (k.to_lowercase(), v.to_owned()))
-        .collect();
-    (
-        status,
-        headers,
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
+    let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers = lines.filter_map(|l| l.split_once(": ")).map(|(k, v)| (k.to_lowercase(), v.to_owned())).collect();
+    (status, headers, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,52 +143,22 @@ async fn dev_serves_three_regions_with_health_reflection_dicom_echo_and_auth_and
     let regions: Vec<&String> = endpoints["regions"].as_object().unwrap().keys().collect();
     assert_eq!(regions, ["eu-west", "in-south", "us-east"]);
     let tokens = dev.json("tokens.json");
-    for name in [
-        "acme-pacs",
-        "acme-admin",
-        "northwind-pacs",
-        "northwind-admin",
-        "atlantic-admin",
-        "dr-ortiz",
-        "dr-nair",
-        "sre",
-    ] {
+    for name in
+        ["acme-pacs", "acme-admin", "northwind-pacs", "northwind-admin", "atlantic-admin", "dr-ortiz", "dr-nair", "sre"]
+    {
         let p = &tokens["principals"][name];
-        assert!(
-            p["token"]
-                .as_str()
-                .is_some_and(|t| t.split('.').count() == 3),
-            "{name} has a JWT"
-        );
-        assert!(
-            p["kind"].is_string() && p["roles"].is_array(),
-            "{name}: {p}"
-        );
+        assert!(p["token"].as_str().is_some_and(|t| t.split('.').count() == 3), "{name} has a JWT");
+        assert!(p["kind"].is_string() && p["roles"].is_array(), "{name}: {p}");
     }
     assert_eq!(tokens["principals"]["acme-pacs"]["tenant"], "acme");
-    assert_eq!(
-        tokens["principals"]["dr-nair"]["group"],
-        "lotus-teleradiology"
-    );
+    assert_eq!(tokens["principals"]["dr-nair"]["group"], "lotus-teleradiology");
 
     for region in ["us-east", "eu-west", "in-south"] {
-        let channel = Channel::from_shared(dev.grpc(region))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = Channel::from_shared(dev.grpc(region)).unwrap().connect().await.unwrap();
         // Health.
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-        let status = health
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            status.into_inner().status,
-            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-        );
+        let status = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
+        assert_eq!(status.into_inner().status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
         // Reflection v1 and v1alpha list Meridian's service.
         {
             use tonic_reflection::pb::v1::ServerReflectionRequest;
@@ -267,24 +170,14 @@ async fn dev_serves_three_regions_with_health_reflection_dicom_echo_and_auth_and
                 host: String::new(),
                 message_request: Some(MessageRequest::ListServices(String::new())),
             };
-            let mut replies = client
-                .server_reflection_info(tokio_stream::iter(vec![req]))
-                .await
-                .unwrap()
-                .into_inner();
+            let mut replies = client.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
             let reply = replies.message().await.unwrap().unwrap();
             let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
                 panic!("no service list")
             };
             let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-            assert!(
-                names.contains(&"meridian.admin.v1.AdminService".to_owned()),
-                "{names:?}"
-            );
-            assert!(
-                names.contains(&"grpc.health.v1.Health".to_owned()),
-                "{names:?}"
-            );
+            assert!(names.contains(&"meridian.admin.v1.AdminService".to_owned()), "{names:?}");
+            assert!(names.contains(&"grpc.health.v1.Health".to_owned()), "{names:?}");
         }
         {
             use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
@@ -295,48 +188,23 @@ async fn dev_serves_three_regions_with_health_reflection_dicom_echo_and_auth_and
                 host: String::new(),
                 message_request: Some(MessageRequest::ListServices(String::new())),
             };
-            let mut replies = client
-                .server_reflection_info(tokio_stream::iter(vec![req]))
-                .await
-                .unwrap()
-                .into_inner();
+            let mut replies = client.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
             assert!(replies.message().await.unwrap().is_some());
         }
 
         // Auth over gRPC: no token, a bad token, the wrong principal, the right one.
         let mut admin = AdminServiceClient::new(channel);
-        let err = admin
-            .list_topics(admin::ListTopicsRequest {})
-            .await
-            .unwrap_err();
+        let err = admin.list_topics(admin::ListTopicsRequest {}).await.unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated);
-        assert_eq!(
-            err.get_error_details().error_info().unwrap().reason,
-            "TOKEN_MISSING"
-        );
-        let err = admin
-            .list_topics(bearer(admin::ListTopicsRequest {}, "not-a-token"))
-            .await
-            .unwrap_err();
+        assert_eq!(err.get_error_details().error_info().unwrap().reason, "TOKEN_MISSING");
+        let err = admin.list_topics(bearer(admin::ListTopicsRequest {}, "not-a-token")).await.unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated);
-        assert_eq!(
-            err.get_error_details().error_info().unwrap().reason,
-            "TOKEN_MALFORMED"
-        );
-        let err = admin
-            .list_topics(bearer(
-                admin::ListTopicsRequest {},
-                &dev.token("acme-admin"),
-            ))
-            .await
-            .unwrap_err();
+        assert_eq!(err.get_error_details().error_info().unwrap().reason, "TOKEN_MALFORMED");
+        let err = admin.list_topics(bearer(admin::ListTopicsRequest {}, &dev.token("acme-admin"))).await.unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied);
         let details = err.get_error_details();
         assert_eq!(details.error_info().unwrap().reason, "PERMISSION_DENIED");
-        assert_eq!(
-            details.resource_info().unwrap().resource_name,
-            format!("region {region}")
-        );
+        assert_eq!(details.resource_info().unwrap().resource_name, format!("region {region}"));
         let topics = admin
             .list_topics(bearer(admin::ListTopicsRequest {}, &dev.token("sre")))
             .await
@@ -344,9 +212,7 @@ async fn dev_serves_three_regions_with_health_reflection_dicom_echo_and_auth_and
             .into_inner()
             .topics;
         assert!(
-            topics
-                .iter()
-                .any(|t| t.name == format!("meridian.{region}.phi.ingest") && t.partitions == 8),
+            topics.iter().any(|t| t.name == format!("meridian.{region}.phi.ingest") && t.partitions == 8),
             "{topics:?}"
         );
 
@@ -356,19 +222,13 @@ async fn dev_serves_three_regions_with_health_reflection_dicom_echo_and_auth_and
         assert_eq!((status, body["status"].as_str()), (200, Some("serving")));
         let (status, headers, body) = http_get(&addr, "/v1/whoami", None).await;
         assert_eq!(status, 401);
-        assert_eq!(
-            headers.get("www-authenticate").map(String::as_str),
-            Some("Bearer")
-        );
+        assert_eq!(headers.get("www-authenticate").map(String::as_str), Some("Bearer"));
         assert_eq!(body["error"]["reason"], "TOKEN_MISSING");
         let (status, _, body) = http_get(&addr, "/v1/whoami", Some(&dev.token("dr-nair"))).await;
         assert_eq!(status, 200);
         assert_eq!(body["principal"]["reader"], "dr-priya-nair");
         let (status, _, body) = http_get(&addr, "/v1/summary", Some(&dev.token("dr-nair"))).await;
-        assert_eq!(
-            (status, body["error"]["code"].as_str()),
-            (403, Some("PERMISSION_DENIED"))
-        );
+        assert_eq!((status, body["error"]["code"].as_str()), (403, Some("PERMISSION_DENIED")));
         let (status, _, _) = http_get(&addr, "/v1/summary", Some(&dev.token("sre"))).await;
         assert_eq!(status, 200);
     }
@@ -378,42 +238,20 @@ async fn dev_serves_three_regions_with_health_reflection_dicom_echo_and_auth_and
     // with the PS3.8 reason.
     let echo = |region: &str, calling: &str, called: &str| {
         let out = Command::new("echoscu")
-            .args([
-                "-aet",
-                calling,
-                "-aec",
-                called,
-                "127.0.0.1",
-                &dev.dicom_port(region).to_string(),
-            ])
+            .args(["-aet", calling, "-aec", called, "127.0.0.1", &dev.dicom_port(region).to_string()])
             .env("TCP_NODELAY", "1")
             .output()
             .expect("echoscu (dcmtk) is installed: .ci/run installs it");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
     };
-    assert_eq!(
-        dev.json("endpoints.json")["regions"]["us-east"]["dicom"]["host"],
-        "127.0.0.1"
-    );
+    assert_eq!(dev.json("endpoints.json")["regions"]["us-east"]["dicom"]["host"], "127.0.0.1");
     assert!(echo("us-east", "ACME_CT1", "MERIDIAN_ACME").0);
-    assert!(
-        echo("us-east", "ACMEIC_PACS", "MERIDIAN_ACME").0,
-        "127.0.0.1 is in the facility's source networks"
-    );
+    assert!(echo("us-east", "ACMEIC_PACS", "MERIDIAN_ACME").0, "127.0.0.1 is in the facility's source networks");
     assert!(echo("eu-west", "NW_DUB_PACS", "MERIDIAN_NW").0);
     let (ok, err) = echo("us-east", "ACME_CT1", "MERIDIAN_NW");
-    assert!(
-        !ok && err.contains("Called AE Title Not Recognized"),
-        "northwind's AE is not in us-east: {err}"
-    );
+    assert!(!ok && err.contains("Called AE Title Not Recognized"), "northwind's AE is not in us-east: {err}");
     let (ok, err) = echo("eu-west", "ACME_CT1", "MERIDIAN_NW");
-    assert!(
-        !ok && err.contains("Calling AE Title Not Recognized"),
-        "{err}"
-    );
+    assert!(!ok && err.contains("Calling AE Title Not Recognized"), "{err}");
 
     // The CLI against the running process: readers were registered at first start.
     let tail = |region: &str| {
@@ -422,50 +260,21 @@ async fn dev_serves_three_regions_with_health_reflection_dicom_echo_and_auth_and
             .arg(data.path())
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
     let us_east = tail("us-east");
-    assert_eq!(
-        us_east
-            .lines()
-            .filter(|l| l.contains("ReaderRegistered"))
-            .count(),
-        2,
-        "{us_east}"
-    );
+    assert_eq!(us_east.lines().filter(|l| l.contains("ReaderRegistered")).count(), 2, "{us_east}");
     assert!(us_east.contains("dr-ana-ortiz") && us_east.contains("dr-ben-cole"));
     let rebuild = Command::new(MERIDIAN)
-        .args([
-            "projection",
-            "rebuild",
-            "events.summary",
-            "--region",
-            "in-south",
-            "--data-dir",
-        ])
+        .args(["projection", "rebuild", "events.summary", "--region", "in-south", "--data-dir"])
         .arg(data.path())
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&rebuild.stdout);
-    assert!(
-        rebuild.status.success() && text.contains("2 events applied") && text.contains("matches"),
-        "{text}"
-    );
+    assert!(rebuild.status.success() && text.contains("2 events applied") && text.contains("matches"), "{text}");
     let denied = Command::new(MERIDIAN)
-        .args([
-            "log",
-            "tail",
-            "--region",
-            "us-east",
-            "--as",
-            "acme-pacs",
-            "--data-dir",
-        ])
+        .args(["log", "tail", "--region", "us-east", "--as", "acme-pacs", "--data-dir"])
         .arg(data.path())
         .output()
         .unwrap();
@@ -477,10 +286,7 @@ async fn dev_serves_three_regions_with_health_reflection_dicom_echo_and_auth_and
     let dev = Dev::start(data.path());
     let again = tail("us-east");
     assert_eq!(
-        again
-            .lines()
-            .filter(|l| l.contains("ReaderRegistered"))
-            .count(),
+        again.lines().filter(|l| l.contains("ReaderRegistered")).count(),
         2,
         "a restart registers nobody twice:\n{again}"
     );

@@ -75,21 +75,11 @@ pub struct Stats {
 pub enum Error {
     /// The key store failed (not "key missing"): retry later, do not skip.
     #[error("projection {projection}: {source}")]
-    KeyStore {
-        projection: &'static str,
-        source: EnvelopeError,
-    },
+    KeyStore { projection: &'static str, source: EnvelopeError },
     #[error("projection {projection}: snapshot {operation}: {reason}")]
-    Snapshot {
-        projection: &'static str,
-        operation: &'static str,
-        reason: String,
-    },
+    Snapshot { projection: &'static str, operation: &'static str, reason: String },
     #[error("projection {projection}: {source}")]
-    Log {
-        projection: &'static str,
-        source: meridian_log::Error,
-    },
+    Log { projection: &'static str, source: meridian_log::Error },
 }
 
 /// What became of one record.
@@ -125,10 +115,7 @@ impl<P: Projection> Projector<P> {
     pub fn new(start: Vec<Position>) -> Self {
         Projector {
             state: P::State::default(),
-            positions: start
-                .into_iter()
-                .map(|p| ((p.topic, p.partition), p.offset))
-                .collect(),
+            positions: start.into_iter().map(|p| ((p.topic, p.partition), p.offset)).collect(),
             dedup: Deduplicator::default(),
             stats: Stats::default(),
         }
@@ -138,9 +125,7 @@ impl<P: Projection> Projector<P> {
     /// topic created after the snapshot was taken).
     pub fn ensure_positions(&mut self, starts: Vec<Position>) {
         for p in starts {
-            self.positions
-                .entry((p.topic, p.partition))
-                .or_insert(p.offset);
+            self.positions.entry((p.topic, p.partition)).or_insert(p.offset);
         }
     }
 
@@ -216,10 +201,7 @@ impl<P: Projection> Projector<P> {
         let payload = match envelope.open(keys) {
             Ok(p) => p,
             Err(e) if !e.is_unreadable() => {
-                return Err(Error::KeyStore {
-                    projection: P::NAME,
-                    source: e,
-                });
+                return Err(Error::KeyStore { projection: P::NAME, source: e });
             }
             Err(e) => {
                 let reason = match e {
@@ -243,13 +225,7 @@ impl<P: Projection> Projector<P> {
         };
         self.dedup.record(&envelope, digest);
         let state = std::mem::take(&mut self.state);
-        self.state = P::apply(
-            state,
-            &Event {
-                envelope: &envelope,
-                payload: &payload,
-            },
-        );
+        self.state = P::apply(state, &Event { envelope: &envelope, payload: &payload });
         self.stats.applied += 1;
         Ok(Outcome::Applied)
     }
@@ -259,11 +235,7 @@ impl<P: Projection> Projector<P> {
         Snapshot {
             projection: P::NAME.to_owned(),
             state: self.state.clone(),
-            positions: self
-                .positions
-                .iter()
-                .map(|((t, p), o)| (t.to_string(), *p, *o))
-                .collect(),
+            positions: self.positions.iter().map(|((t, p), o)| (t.to_string(), *p, *o)).collect(),
             dedup: self.dedup.clone(),
             stats: self.stats.clone(),
         }
@@ -271,28 +243,16 @@ impl<P: Projection> Projector<P> {
 
     /// Continues from a snapshot.
     pub fn restore(snapshot: Snapshot<P>) -> Result<Self, Error> {
-        let bad = |reason: String| Error::Snapshot {
-            projection: P::NAME,
-            operation: "restore",
-            reason,
-        };
+        let bad = |reason: String| Error::Snapshot { projection: P::NAME, operation: "restore", reason };
         if snapshot.projection != P::NAME {
-            return Err(bad(format!(
-                "snapshot is of projection {:?}",
-                snapshot.projection
-            )));
+            return Err(bad(format!("snapshot is of projection {:?}", snapshot.projection)));
         }
         let mut positions = BTreeMap::new();
         for (topic, partition, offset) in snapshot.positions {
             let topic: TopicName = topic.parse().map_err(|e| bad(format!("{e}")))?;
             positions.insert((topic, partition), offset);
         }
-        Ok(Projector {
-            state: snapshot.state,
-            positions,
-            dedup: snapshot.dedup,
-            stats: snapshot.stats,
-        })
+        Ok(Projector { state: snapshot.state, positions, dedup: snapshot.dedup, stats: snapshot.stats })
     }
 }
 

@@ -15,21 +15,10 @@ pub async fn catch_up<P: Projection>(
     projector: &mut Projector<P>,
     idle: Duration,
 ) -> Result<(), Error> {
-    let mut reader = log
-        .reader(projector.positions())
-        .await
-        .map_err(|source| Error::Log {
-            projection: P::NAME,
-            source,
-        })?;
+    let mut reader =
+        log.reader(projector.positions()).await.map_err(|source| Error::Log { projection: P::NAME, source })?;
     loop {
-        let batch = reader
-            .next_batch(1024, idle)
-            .await
-            .map_err(|source| Error::Log {
-                projection: P::NAME,
-                source,
-            })?;
+        let batch = reader.next_batch(1024, idle).await.map_err(|source| Error::Log { projection: P::NAME, source })?;
         if batch.is_empty() {
             return Ok(());
         }

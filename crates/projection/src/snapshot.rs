@@ -24,20 +24,14 @@ impl FileSnapshots {
     }
 
     pub fn save<P: Projection>(&self, snapshot: &Snapshot<P>) -> Result<(), Error> {
-        let err = |reason: String| Error::Snapshot {
-            projection: P::NAME,
-            operation: "save",
-            reason,
-        };
+        let err = |reason: String| Error::Snapshot { projection: P::NAME, operation: "save", reason };
         fs::create_dir_all(&self.dir).map_err(|e| err(format!("{}: {e}", self.dir.display())))?;
         let bytes = serde_json::to_vec(snapshot).map_err(|e| err(e.to_string()))?;
         let path = self.path::<P>();
         let tmp = path.with_extension("json.tmp");
         let mut file = File::create(&tmp).map_err(|e| err(format!("{}: {e}", tmp.display())))?;
-        file.write_all(&bytes)
-            .map_err(|e| err(format!("{}: {e}", tmp.display())))?;
-        file.sync_all()
-            .map_err(|e| err(format!("{}: {e}", tmp.display())))?;
+        file.write_all(&bytes).map_err(|e| err(format!("{}: {e}", tmp.display())))?;
+        file.sync_all().map_err(|e| err(format!("{}: {e}", tmp.display())))?;
         fs::rename(&tmp, &path).map_err(|e| err(format!("{}: {e}", path.display())))?;
         sync_dir(&self.dir).map_err(|e| err(format!("{}: {e}", self.dir.display())))
     }
@@ -55,13 +49,11 @@ impl FileSnapshots {
                 });
             }
         };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| Error::Snapshot {
-                projection: P::NAME,
-                operation: "load",
-                reason: format!("{}: {e}", path.display()),
-            })
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::Snapshot {
+            projection: P::NAME,
+            operation: "load",
+            reason: format!("{}: {e}", path.display()),
+        })
     }
 
     /// Throws the snapshot away, so the next start replays from the log.
@@ -69,11 +61,7 @@ impl FileSnapshots {
         match fs::remove_file(self.path::<P>()) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::Snapshot {
-                projection: P::NAME,
-                operation: "remove",
-                reason: e.to_string(),
-            }),
+            Err(e) => Err(Error::Snapshot { projection: P::NAME, operation: "remove", reason: e.to_string() }),
         }
     }
 }

@@ -25,15 +25,11 @@ impl Projection for Chain {
         let Payload::StudyStarted(s) = event.payload else {
             return state;
         };
-        let h = state
-            .entry(event.envelope.meta.aggregate_id.to_string())
-            .or_insert(17);
+        let h = state.entry(event.envelope.meta.aggregate_id.to_string()).or_insert(17);
         for b in s.modality.bytes() {
             *h = h.wrapping_mul(1_000_003).wrapping_add(u64::from(b));
         }
-        *h = h
-            .wrapping_mul(31)
-            .wrapping_add(event.envelope.meta.aggregate_version);
+        *h = h.wrapping_mul(31).wrapping_add(event.envelope.meta.aggregate_version);
         state
     }
 }
@@ -60,13 +56,7 @@ struct Scenario {
 }
 
 fn scenario() -> impl Strategy<Value = Scenario> {
-    let writes = prop::collection::vec(
-        (
-            0usize..4,
-            prop::option::weighted(0.2, any::<prop::sample::Index>()),
-        ),
-        1..40,
-    );
+    let writes = prop::collection::vec((0usize..4, prop::option::weighted(0.2, any::<prop::sample::Index>())), 1..40);
     let steps = prop::collection::vec(
         prop_oneof![
             6 => (0..PARTITIONS).prop_map(Step::Read),
@@ -96,11 +86,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
         };
         for (agg, reappend) in writes {
             versions[agg] += 1;
-            let e = event(
-                aggregates[agg],
-                versions[agg],
-                &format!("m{}", versions[agg] * 7 + agg as u64),
-            );
+            let e = event(aggregates[agg], versions[agg], &format!("m{}", versions[agg] * 7 + agg as u64));
             push(&e, &mut partitions);
             written.push(e);
             // A producer that crashed re-appends an event it already wrote.
@@ -114,9 +100,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
 }
 
 fn start() -> Vec<Position> {
-    (0..PARTITIONS)
-        .map(|p| Position::start(topic(), p))
-        .collect()
+    (0..PARTITIONS).map(|p| Position::start(topic(), p)).collect()
 }
 
 fn full_replay(s: &Scenario) -> Projector<Chain> {
@@ -188,26 +172,17 @@ fn check(s: Scenario, broken: bool) -> Result<(), TestCaseError> {
 
 #[test]
 fn snapshot_plus_tail_equals_full_replay() {
-    let mut runner = TestRunner::new(Config {
-        cases: 512,
-        ..Config::default()
-    });
+    let mut runner = TestRunner::new(Config { cases: 512, ..Config::default() });
     runner.run(&scenario(), |s| check(s, false)).unwrap();
 }
 
 #[test]
 fn the_property_catches_a_snapshot_that_is_not_atomic() {
-    let mut runner = TestRunner::new(Config {
-        cases: 512,
-        ..Config::default()
-    });
+    let mut runner = TestRunner::new(Config { cases: 512, ..Config::default() });
     match runner.run(&scenario(), |s| check(s, true)) {
         Err(TestError::Fail(_, minimal)) => {
             // The shrunk counterexample really loses an event.
-            assert_ne!(
-                with_crashes(&minimal, true).state(),
-                full_replay(&minimal).state()
-            );
+            assert_ne!(with_crashes(&minimal, true).state(), full_replay(&minimal).state());
         }
         other => panic!("a non-atomic snapshot went unnoticed: {other:?}"),
     }
@@ -228,36 +203,13 @@ fn unreadable_events_are_skipped_counted_and_not_applied_twice() {
         value: e.encode_to_vec(),
         headers: Default::default(),
     };
-    let corrupt = Record {
-        value: b"garbage".to_vec(),
-        ..record(&good, 2)
-    };
-    assert_eq!(
-        projector.feed(&record(&good, 0), &keys).unwrap(),
-        Outcome::Applied
-    );
-    assert_eq!(
-        projector.feed(&record(&unknown, 1), &keys).unwrap(),
-        Outcome::Skipped
-    );
+    let corrupt = Record { value: b"garbage".to_vec(), ..record(&good, 2) };
+    assert_eq!(projector.feed(&record(&good, 0), &keys).unwrap(), Outcome::Applied);
+    assert_eq!(projector.feed(&record(&unknown, 1), &keys).unwrap(), Outcome::Skipped);
     assert_eq!(projector.feed(&corrupt, &keys).unwrap(), Outcome::Skipped);
-    assert_eq!(
-        projector.feed(&record(&unknown, 3), &keys).unwrap(),
-        Outcome::Duplicate
-    );
-    assert_eq!(
-        projector.feed(&record(&good, 1), &keys).unwrap(),
-        Outcome::BehindPosition
-    );
+    assert_eq!(projector.feed(&record(&unknown, 3), &keys).unwrap(), Outcome::Duplicate);
+    assert_eq!(projector.feed(&record(&good, 1), &keys).unwrap(), Outcome::BehindPosition);
     let stats = projector.stats();
-    assert_eq!(
-        (
-            stats.applied,
-            stats.unreadable_payloads,
-            stats.corrupt_envelopes,
-            stats.duplicates
-        ),
-        (1, 1, 1, 1)
-    );
+    assert_eq!((stats.applied, stats.unreadable_payloads, stats.corrupt_envelopes, stats.duplicates), (1, 1, 1, 1));
     assert_eq!(projector.positions()[0].offset, 4);
 }

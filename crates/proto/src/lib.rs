@@ -7,8 +7,7 @@
 #![forbid(unsafe_code)]
 
 /// The encoded `FileDescriptorSet` of every Meridian proto, for reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/meridian_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/meridian_descriptor.bin"));
 
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod common {

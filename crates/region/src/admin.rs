@@ -29,14 +29,7 @@ impl Admin {
 
     fn allow<T>(&self, request: &Request<T>, action: Action) -> Result<(), Status> {
         let p = principal(request)?;
-        authorize(
-            p,
-            action,
-            &Resource::Region {
-                region: &self.region.name,
-            },
-        )
-        .map_err(|d| permission_denied(&d))
+        authorize(p, action, &Resource::Region { region: &self.region.name }).map_err(|d| permission_denied(&d))
     }
 }
 
@@ -89,10 +82,7 @@ type TailStream = Pin<Box<dyn Stream<Item = Result<pb::TailLogResponse, Status>>
 impl AdminService for Admin {
     type TailLogStream = TailStream;
 
-    async fn tail_log(
-        &self,
-        request: Request<pb::TailLogRequest>,
-    ) -> Result<Response<TailStream>, Status> {
+    async fn tail_log(&self, request: Request<pb::TailLogRequest>) -> Result<Response<TailStream>, Status> {
         self.allow(&request, Action::TailLog)?;
         let req = request.into_inner();
         let from = self
@@ -101,19 +91,9 @@ impl AdminService for Admin {
             .into_iter()
             .filter(|p| req.streams.is_empty() || req.streams.iter().any(|s| s == p.topic.stream()))
             .collect();
-        let reader = self
-            .region
-            .log
-            .reader(from)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let reader = self.region.log.reader(from).await.map_err(|e| Status::internal(e.to_string()))?;
         let study = (!req.study_id.is_empty()).then_some(req.study_id);
-        let state = Tail {
-            reader,
-            buffer: VecDeque::new(),
-            study,
-            follow: req.follow,
-        };
+        let state = Tail { reader, buffer: VecDeque::new(), study, follow: req.follow };
         let stream = futures_util::stream::unfold(state, |mut t| async move {
             loop {
                 if let Some(record) = t.buffer.pop_front() {
@@ -123,11 +103,7 @@ impl AdminService for Admin {
                     }
                     return Some((Ok(item), t));
                 }
-                let wait = if t.follow {
-                    Duration::from_secs(1)
-                } else {
-                    Duration::from_millis(200)
-                };
+                let wait = if t.follow { Duration::from_secs(1) } else { Duration::from_millis(200) };
                 match t.reader.next_batch(512, wait).await {
                     Ok(batch) if batch.is_empty() && !t.follow => return None,
                     Ok(batch) => t.buffer.extend(batch),
@@ -150,11 +126,7 @@ impl AdminService for Admin {
                 self.region.name
             )));
         }
-        let rebuilt = self
-            .region
-            .rebuild_summary()
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let rebuilt = self.region.rebuild_summary().await.map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(pb::RebuildProjectionResponse {
             name,
             events_applied: rebuilt.applied,
@@ -173,16 +145,8 @@ impl AdminService for Admin {
         self.allow(&request, Action::TailLog)?;
         let mut topics = Vec::new();
         for name in self.region.topics() {
-            let partitions = self
-                .region
-                .log
-                .partitions(name)
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?;
-            topics.push(pb::TopicInfo {
-                name: name.to_string(),
-                partitions,
-            });
+            let partitions = self.region.log.partitions(name).await.map_err(|e| Status::internal(e.to_string()))?;
+            topics.push(pb::TopicInfo { name: name.to_string(), partitions });
         }
         Ok(Response::new(pb::ListTopicsResponse { topics }))
     }

@@ -16,14 +16,8 @@ pub fn router(region: Arc<Region>) -> Router {
     let authenticated = Router::new()
         .route("/v1/whoami", get(whoami))
         .route("/v1/summary", get(summary))
-        .layer(axum::middleware::from_fn_with_state(
-            region.verifier.clone(),
-            meridian_auth::http::authenticate,
-        ));
-    Router::new()
-        .route("/healthz", get(healthz))
-        .merge(authenticated)
-        .with_state(region)
+        .layer(axum::middleware::from_fn_with_state(region.verifier.clone(), meridian_auth::http::authenticate));
+    Router::new().route("/healthz", get(healthz)).merge(authenticated).with_state(region)
 }
 
 async fn healthz(State(region): State<Arc<Region>>) -> Json<Value> {
@@ -34,19 +28,8 @@ async fn whoami(State(region): State<Arc<Region>>, principal: Principal) -> Json
     Json(json!({"region": region.name, "principal": principal}))
 }
 
-async fn summary(
-    State(region): State<Arc<Region>>,
-    principal: Principal,
-) -> Result<Json<Value>, Denied> {
-    authorize(
-        &principal,
-        Action::TailLog,
-        &Resource::Region {
-            region: &region.name,
-        },
-    )?;
+async fn summary(State(region): State<Arc<Region>>, principal: Principal) -> Result<Json<Value>, Denied> {
+    authorize(&principal, Action::TailLog, &Resource::Region { region: &region.name })?;
     let s = region.summary().await;
-    Ok(Json(
-        json!({"region": region.name, "by_type": s.by_type, "by_tenant": s.by_tenant, "readers": s.readers}),
-    ))
+    Ok(Json(json!({"region": region.name, "by_type": s.by_type, "by_tenant": s.by_tenant, "readers": s.readers})))
 }

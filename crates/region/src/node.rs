@@ -25,27 +25,13 @@ pub enum RegionError {
     #[error("region {region} is not in the configuration")]
     Unknown { region: String },
     #[error("region {region}: {path}: {source}")]
-    Io {
-        region: String,
-        path: String,
-        source: std::io::Error,
-    },
+    Io { region: String, path: String, source: std::io::Error },
     #[error("region {region}: {source}")]
-    Log {
-        region: String,
-        source: meridian_log::Error,
-    },
+    Log { region: String, source: meridian_log::Error },
     #[error("region {region}: {source}")]
-    Projection {
-        region: String,
-        source: meridian_projection::Error,
-    },
+    Projection { region: String, source: meridian_projection::Error },
     #[error("region {region}: bootstrap of reader {reader}: {reason}")]
-    Bootstrap {
-        region: String,
-        reader: String,
-        reason: String,
-    },
+    Bootstrap { region: String, reader: String, reason: String },
 }
 
 /// What a rebuild found.
@@ -85,53 +71,31 @@ impl Region {
         now: UnixMicros,
     ) -> Result<Region, RegionError> {
         let Some(config) = platform.regions.get(name) else {
-            return Err(RegionError::Unknown {
-                region: name.to_owned(),
-            });
+            return Err(RegionError::Unknown { region: name.to_owned() });
         };
         let log_config = config.log.clone();
         let io = |path: &Path| {
             let (region, path) = (name.to_owned(), path.display().to_string());
-            move |source| RegionError::Io {
-                region,
-                path,
-                source,
-            }
+            move |source| RegionError::Io { region, path, source }
         };
         let objects = dir.join("objects");
         std::fs::create_dir_all(&objects).map_err(io(&objects))?;
-        let log_err = |source| RegionError::Log {
-            region: name.to_owned(),
-            source,
-        };
-        let (log, keys, retention_ms): (Arc<dyn EventLog>, Arc<dyn KeyStore>, _) = match &log_config
-        {
+        let log_err = |source| RegionError::Log { region: name.to_owned(), source };
+        let (log, keys, retention_ms): (Arc<dyn EventLog>, Arc<dyn KeyStore>, _) = match &log_config {
             LogConfig::Embedded { .. } => {
-                let log = EmbeddedLog::open(&dir.join("log.redb"), EmbeddedOptions::default())
-                    .map_err(log_err)?;
+                let log = EmbeddedLog::open(&dir.join("log.redb"), EmbeddedOptions::default()).map_err(log_err)?;
                 let keys = log.key_store();
                 (Arc::new(log), Arc::new(keys), None)
             }
-            LogConfig::Kafka {
-                bootstrap_servers,
-                replication_factor,
-                retention,
-                client,
-                ..
-            } => {
+            LogConfig::Kafka { bootstrap_servers, replication_factor, retention, client, .. } => {
                 // One transactional producer per region process: a restart
                 // with the same id fences its predecessor's open transaction.
-                let mut kafka =
-                    KafkaConfig::new(bootstrap_servers.clone(), format!("meridian-{name}"));
+                let mut kafka = KafkaConfig::new(bootstrap_servers.clone(), format!("meridian-{name}"));
                 kafka.replication_factor = *replication_factor;
                 kafka.extra = client.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
                 let log = KafkaLog::connect(kafka).await.map_err(log_err)?;
                 let keys = EmbeddedKeyStore::open(&dir.join("keys.redb")).map_err(log_err)?;
-                (
-                    Arc::new(log),
-                    Arc::new(keys),
-                    retention.map(|r| r.seconds * 1_000),
-                )
+                (Arc::new(log), Arc::new(keys), retention.map(|r| r.seconds * 1_000))
             }
         };
         let partitions = log_config.partitions();
@@ -144,36 +108,25 @@ impl Region {
         };
         let mut topics = Vec::new();
         for info in CATALOGUE {
-            let topic = TopicName::new(name, info.data_class, info.stream).map_err(|e| {
-                RegionError::Bootstrap {
-                    region: name.to_owned(),
-                    reader: String::new(),
-                    reason: e.to_string(),
-                }
+            let topic = TopicName::new(name, info.data_class, info.stream).map_err(|e| RegionError::Bootstrap {
+                region: name.to_owned(),
+                reader: String::new(),
+                reason: e.to_string(),
             })?;
             if !topics.contains(&topic) {
-                let spec = TopicSpec {
-                    name: topic.clone(),
-                    partitions,
-                    retention_ms,
-                };
+                let spec = TopicSpec { name: topic.clone(), partitions, retention_ms };
                 log.ensure_topic(&spec).await.map_err(log_err)?;
                 topics.push(topic);
             }
         }
         let snapshots = FileSnapshots::new(dir.join("snapshots"));
-        let proj_err = |source| RegionError::Projection {
-            region: name.to_owned(),
-            source,
-        };
+        let proj_err = |source| RegionError::Projection { region: name.to_owned(), source };
         let mut summary = match snapshots.load::<EventSummary>().map_err(proj_err)? {
             Some(s) => Projector::restore(s).map_err(proj_err)?,
             None => Projector::new(Vec::new()),
         };
         summary.ensure_positions(start_positions(&topics, partitions));
-        catch_up(log.as_ref(), keys.as_ref(), &mut summary, idle)
-            .await
-            .map_err(proj_err)?;
+        catch_up(log.as_ref(), keys.as_ref(), &mut summary, idle).await.map_err(proj_err)?;
         let region = Region {
             name: name.to_owned(),
             platform,
@@ -205,15 +158,8 @@ impl Region {
     /// after a crash is recognised as the same events.
     async fn bootstrap_readers(&self, now: UnixMicros) -> Result<(), RegionError> {
         let mut summary = self.summary.lock().await;
-        let topic = TopicName::new(
-            &self.name,
-            meridian_events::DataClass::Operational,
-            "routing",
-        )
-        .map_err(|e| RegionError::Bootstrap {
-            region: self.name.clone(),
-            reader: String::new(),
-            reason: e.to_string(),
+        let topic = TopicName::new(&self.name, meridian_events::DataClass::Operational, "routing").map_err(|e| {
+            RegionError::Bootstrap { region: self.name.clone(), reader: String::new(), reason: e.to_string() }
         })?;
         let mut batch = Vec::new();
         for group in self.platform.groups.values() {
@@ -221,19 +167,11 @@ impl Region {
                 if summary.state().readers.contains(&reader.id) {
                     continue;
                 }
-                let envelope =
-                    registration(&self.name, &group.name, reader, now).map_err(|reason| {
-                        RegionError::Bootstrap {
-                            region: self.name.clone(),
-                            reader: reader.id.clone(),
-                            reason,
-                        }
-                    })?;
-                let out =
-                    Outgoing::new(topic.clone(), &envelope).map_err(|source| RegionError::Log {
-                        region: self.name.clone(),
-                        source,
-                    })?;
+                let envelope = registration(&self.name, &group.name, reader, now).map_err(|reason| {
+                    RegionError::Bootstrap { region: self.name.clone(), reader: reader.id.clone(), reason }
+                })?;
+                let out = Outgoing::new(topic.clone(), &envelope)
+                    .map_err(|source| RegionError::Log { region: self.name.clone(), source })?;
                 batch.push(out);
             }
         }
@@ -241,30 +179,13 @@ impl Region {
             return Ok(());
         }
         tracing::info!(region = %self.name, readers = batch.len(), "registering configured readers");
-        self.log
-            .append(batch)
+        self.log.append(batch).await.map_err(|source| RegionError::Log { region: self.name.clone(), source })?;
+        catch_up(self.log.as_ref(), self.keys.as_ref(), &mut summary, self.idle)
             .await
-            .map_err(|source| RegionError::Log {
-                region: self.name.clone(),
-                source,
-            })?;
-        catch_up(
-            self.log.as_ref(),
-            self.keys.as_ref(),
-            &mut summary,
-            self.idle,
-        )
-        .await
-        .map_err(|source| RegionError::Projection {
-            region: self.name.clone(),
-            source,
-        })?;
+            .map_err(|source| RegionError::Projection { region: self.name.clone(), source })?;
         self.snapshots
             .save(&summary.snapshot())
-            .map_err(|source| RegionError::Projection {
-                region: self.name.clone(),
-                source,
-            })
+            .map_err(|source| RegionError::Projection { region: self.name.clone(), source })
     }
 
     /// The summary's state, rendered.
@@ -324,31 +245,21 @@ impl Region {
     /// anything: what it read meanwhile is behind or ahead of the rebuilt
     /// positions, and the projector treats it accordingly.
     pub async fn rebuild_summary(&self) -> Result<Rebuilt, RegionError> {
-        let err = |source| RegionError::Projection {
-            region: self.name.clone(),
-            source,
-        };
+        let err = |source| RegionError::Projection { region: self.name.clone(), source };
         let mut live = self.summary.lock().await;
         let started = Instant::now();
         let mut fresh = Projector::<EventSummary>::new(self.start_positions());
         let idle = self.idle;
-        catch_up(self.log.as_ref(), self.keys.as_ref(), &mut fresh, idle)
-            .await
-            .map_err(err)?;
+        catch_up(self.log.as_ref(), self.keys.as_ref(), &mut fresh, idle).await.map_err(err)?;
         // Bring both to the same point to compare them.
         for _ in 0..3 {
-            catch_up(self.log.as_ref(), self.keys.as_ref(), &mut live, idle)
-                .await
-                .map_err(err)?;
-            catch_up(self.log.as_ref(), self.keys.as_ref(), &mut fresh, idle)
-                .await
-                .map_err(err)?;
+            catch_up(self.log.as_ref(), self.keys.as_ref(), &mut live, idle).await.map_err(err)?;
+            catch_up(self.log.as_ref(), self.keys.as_ref(), &mut fresh, idle).await.map_err(err)?;
             if live.positions() == fresh.positions() {
                 break;
             }
         }
-        let matches_previous =
-            live.positions() == fresh.positions() && live.state() == fresh.state();
+        let matches_previous = live.positions() == fresh.positions() && live.state() == fresh.state();
         let stats = fresh.stats().clone();
         let summary = fresh.state().render();
         *live = fresh;
@@ -369,22 +280,13 @@ impl Region {
 }
 
 fn start_positions(topics: &[TopicName], partitions: u32) -> Vec<Position> {
-    topics
-        .iter()
-        .flat_map(|t| (0..partitions).map(move |p| Position::start(t.clone(), p)))
-        .collect()
+    topics.iter().flat_map(|t| (0..partitions).map(move |p| Position::start(t.clone(), p))).collect()
 }
 
 fn end_of_day(date: &meridian_config::value::Date) -> Result<prost_types::Timestamp, String> {
     let next = date.0.tomorrow().map_err(|e| e.to_string())?;
-    let ts = next
-        .to_zoned(jiff::tz::TimeZone::UTC)
-        .map_err(|e| e.to_string())?
-        .timestamp();
-    Ok(prost_types::Timestamp {
-        seconds: ts.as_second(),
-        nanos: 0,
-    })
+    let ts = next.to_zoned(jiff::tz::TimeZone::UTC).map_err(|e| e.to_string())?.timestamp();
+    Ok(prost_types::Timestamp { seconds: ts.as_second(), nanos: 0 })
 }
 
 fn iso_weekday(d: Weekday) -> u32 {
@@ -401,18 +303,11 @@ fn iso_weekday(d: Weekday) -> u32 {
 
 /// The ReaderRegistered event of a configured reader. Reader events belong
 /// to no tenant: their envelope's tenant is "platform".
-fn registration(
-    region: &str,
-    group: &str,
-    r: &Reader,
-    now: UnixMicros,
-) -> Result<Envelope, String> {
+fn registration(region: &str, group: &str, r: &Reader, now: UnixMicros) -> Result<Envelope, String> {
     let mut licences = Vec::new();
     for l in &r.licences {
-        licences.push(pb::Licence {
-            jurisdiction: l.jurisdiction.0.clone(),
-            expires_at: Some(end_of_day(&l.expires)?),
-        });
+        licences
+            .push(pb::Licence { jurisdiction: l.jurisdiction.0.clone(), expires_at: Some(end_of_day(&l.expires)?) });
     }
     let mut credentials = Vec::new();
     for c in &r.credentials {
@@ -449,12 +344,7 @@ fn registration(
     };
     let type_name = "meridian.events.v1.ReaderRegistered";
     let meta = EventMeta {
-        event_id: EventId::idempotent(
-            "platform",
-            &format!("bootstrap/reader/{}", r.id),
-            type_name,
-            0,
-        ),
+        event_id: EventId::idempotent("platform", &format!("bootstrap/reader/{}", r.id), type_name, 0),
         aggregate_type: "routing.reader".into(),
         aggregate_id: ReaderKey::of(&r.id).0,
         aggregate_version: 1,

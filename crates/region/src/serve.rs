@@ -30,10 +30,7 @@ pub enum ServeError {
     #[error("region {region}: gRPC server: {reason}")]
     Grpc { region: String, reason: String },
     #[error("region {region}: HTTP server: {source}")]
-    Http {
-        region: String,
-        source: std::io::Error,
-    },
+    Http { region: String, source: std::io::Error },
 }
 
 /// Serves gRPC (health, reflection v1 and v1alpha, admin) and HTTP, and
@@ -50,25 +47,16 @@ pub async fn serve(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
     health.set_serving::<AdminServiceServer<Admin>>().await;
-    let grpc_err = |reason: String| ServeError::Grpc {
-        region: name.clone(),
-        reason,
-    };
+    let grpc_err = |reason: String| ServeError::Grpc { region: name.clone(), reason };
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(meridian_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection()
-        .build_v1()
-        .map_err(|e| grpc_err(e.to_string()))?;
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()
-        .map_err(|e| grpc_err(e.to_string()))?;
-    let admin = AdminServiceServer::with_interceptor(
-        Admin::new(region.clone()),
-        Authenticate::new(region.verifier.clone()),
-    );
+    let reflection_v1 = reflection().build_v1().map_err(|e| grpc_err(e.to_string()))?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| grpc_err(e.to_string()))?;
+    let admin =
+        AdminServiceServer::with_interceptor(Admin::new(region.clone()), Authenticate::new(region.verifier.clone()));
 
     let wait = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -82,30 +70,20 @@ pub async fn serve(
             TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
             wait(stopped.clone()),
         );
-    let http = axum::serve(listeners.http, crate::http::router(region.clone()))
-        .with_graceful_shutdown(wait(stopped.clone()));
+    let http =
+        axum::serve(listeners.http, crate::http::router(region.clone())).with_graceful_shutdown(wait(stopped.clone()));
     let grpc = tokio::spawn(grpc);
     let http = tokio::spawn(async move { http.await });
-    let dicom = tokio::spawn(dicom(
-        region.clone(),
-        listeners.dicom,
-        wait(stopped.clone()),
-    ));
+    let dicom = tokio::spawn(dicom(region.clone(), listeners.dicom, wait(stopped.clone())));
 
     shutdown.await;
     tracing::info!(region = %name, "shutting down");
     let _ = stop.send(true);
-    let grpc = grpc
-        .await
-        .map_err(|e| grpc_err(e.to_string()))?
-        .map_err(|e| grpc_err(e.to_string()));
+    let grpc = grpc.await.map_err(|e| grpc_err(e.to_string()))?.map_err(|e| grpc_err(e.to_string()));
     let http = http
         .await
         .map_err(|e| grpc_err(e.to_string()))?
-        .map_err(|source| ServeError::Http {
-            region: name.clone(),
-            source,
-        });
+        .map_err(|source| ServeError::Http { region: name.clone(), source });
     let _ = follower.await;
     let _ = dicom.await;
     grpc?;
@@ -135,15 +113,7 @@ async fn dicom(region: Arc<Region>, listener: TcpListener, shutdown: impl Future
         let (region, limits) = (region.clone(), limits.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            match meridian_dimse::accept(
-                socket,
-                peer,
-                &region.name,
-                region.platform.clone(),
-                &limits,
-            )
-            .await
-            {
+            match meridian_dimse::accept(socket, peer, &region.name, region.platform.clone(), &limits).await {
                 Ok(served) => {
                     tracing::info!(region = %region.name, subject = %served.principal.subject, echoes = served.echoes, released = served.released, "association ended")
                 }

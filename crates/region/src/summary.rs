@@ -21,18 +21,9 @@ impl Projection for EventSummary {
     const NAME: &'static str = "events.summary";
 
     fn apply(mut state: Summary, event: &Event<'_>) -> Summary {
-        let short = event
-            .envelope
-            .payload_type
-            .rsplit('.')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
+        let short = event.envelope.payload_type.rsplit('.').next().unwrap_or_default().to_owned();
         *state.by_type.entry(short).or_default() += 1;
-        *state
-            .by_tenant
-            .entry(event.envelope.meta.tenant.clone())
-            .or_default() += 1;
+        *state.by_tenant.entry(event.envelope.meta.tenant.clone()).or_default() += 1;
         if let Payload::ReaderRegistered(r) = event.payload {
             state.readers.insert(r.reader_id.clone());
         }
@@ -42,16 +33,7 @@ impl Projection for EventSummary {
 
 impl Summary {
     pub fn render(&self) -> String {
-        let types: Vec<String> = self
-            .by_type
-            .iter()
-            .map(|(t, n)| format!("{t}={n}"))
-            .collect();
-        format!(
-            "{} events ({}); {} readers",
-            self.by_type.values().sum::<u64>(),
-            types.join(", "),
-            self.readers.len()
-        )
+        let types: Vec<String> = self.by_type.iter().map(|(t, n)| format!("{t}={n}")).collect();
+        format!("{} events ({}); {} readers", self.by_type.values().sum::<u64>(), types.join(", "), self.readers.len())
     }
 }

@@ -31,38 +31,21 @@ const PARTITIONS: u32 = 4;
 
 /// An operational event whose payload is 256 bytes.
 fn event(aggregate: Uuid, version: u64) -> Envelope {
-    let mut payload = pb::StudyStarted {
-        study_id: aggregate.to_string(),
-        modality: "CT".into(),
-        ..Default::default()
-    };
+    let mut payload = pb::StudyStarted { study_id: aggregate.to_string(), modality: "CT".into(), ..Default::default() };
     // Pad until the encoded payload is exactly 256 bytes (the length prefix
     // of the padding field grows with it).
     while prost::Message::encoded_len(&payload) < 256 {
         payload.body_part.push('x');
     }
     assert_eq!(prost::Message::encoded_len(&payload), 256);
-    Envelope::plain(
-        meta(
-            aggregate,
-            version,
-            EventId::derived(EventId(aggregate), "bench", version as u32),
-        ),
-        &payload,
-    )
-    .expect("operational payload")
+    Envelope::plain(meta(aggregate, version, EventId::derived(EventId(aggregate), "bench", version as u32)), &payload)
+        .expect("operational payload")
 }
 
 fn outgoing(topic: &TopicName, n: usize) -> Vec<Outgoing> {
     let aggregates: Vec<Uuid> = (0..64).map(|_| Uuid::now_v7()).collect();
     (0..n)
-        .map(|i| {
-            Outgoing::new(
-                topic.clone(),
-                &event(aggregates[i % 64], (i / 64) as u64 + 1),
-            )
-            .expect("event")
-        })
+        .map(|i| Outgoing::new(topic.clone(), &event(aggregates[i % 64], (i / 64) as u64 + 1)).expect("event"))
         .collect()
 }
 
@@ -90,24 +73,14 @@ struct EmbeddedFigures {
 
 async fn embedded(events: usize) -> anyhow::Result<EmbeddedFigures> {
     let dir = tempfile::TempDir::new()?;
-    let log = Arc::new(EmbeddedLog::open(
-        &dir.path().join("bench.redb"),
-        EmbeddedOptions::default(),
-    )?);
+    let log = Arc::new(EmbeddedLog::open(&dir.path().join("bench.redb"), EmbeddedOptions::default())?);
     let topic = TopicName::new("bench", DataClass::Operational, "append")?;
-    log.ensure_topic(&TopicSpec::new(topic.clone(), PARTITIONS))
-        .await?;
+    log.ensure_topic(&TopicSpec::new(topic.clone(), PARTITIONS)).await?;
 
     // Durable append, batches of 100, 8 appenders; each appender writes its
     // own aggregates, as a service does (versions of one aggregate in order).
-    let lanes: Vec<Vec<Vec<Outgoing>>> = (0..8)
-        .map(|_| {
-            outgoing(&topic, events / 8)
-                .chunks(100)
-                .map(<[_]>::to_vec)
-                .collect()
-        })
-        .collect();
+    let lanes: Vec<Vec<Vec<Outgoing>>> =
+        (0..8).map(|_| outgoing(&topic, events / 8).chunks(100).map(<[_]>::to_vec).collect()).collect();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for lane in lanes {
@@ -137,50 +110,25 @@ async fn embedded(events: usize) -> anyhow::Result<EmbeddedFigures> {
     let p99_ms = percentile(&latencies, 0.99).as_secs_f64() * 1e3;
 
     // Replay: read every record back; then read and fold through a projector.
-    let from: Vec<Position> = (0..PARTITIONS)
-        .map(|p| Position::start(topic.clone(), p))
-        .collect();
+    let from: Vec<Position> = (0..PARTITIONS).map(|p| Position::start(topic.clone(), p)).collect();
     let total = events + 2_000;
     let started = Instant::now();
     let mut reader = log.reader(from.clone()).await?;
     let mut n = 0;
     while n < total {
-        n += reader
-            .next_batch(8192, Duration::from_millis(200))
-            .await?
-            .len();
+        n += reader.next_batch(8192, Duration::from_millis(200)).await?.len();
     }
     let replay_read = n as f64 / started.elapsed().as_secs_f64();
 
     let keys = log.key_store();
     let started = Instant::now();
     let mut projector = Projector::<Count>::new(from);
-    meridian_projection::run::catch_up(
-        log.as_ref(),
-        &keys,
-        &mut projector,
-        Duration::from_millis(50),
-    )
-    .await?;
+    meridian_projection::run::catch_up(log.as_ref(), &keys, &mut projector, Duration::from_millis(50)).await?;
     // The last read waits 50 ms for more before deciding it has caught up.
     let secs = started.elapsed().as_secs_f64() - 0.05;
-    anyhow::ensure!(
-        projector.stats().duplicates == 0,
-        "unexpected duplicates: {:?}",
-        projector.stats()
-    );
-    anyhow::ensure!(
-        *projector.state() as usize == total,
-        "folded {} of {total}",
-        projector.state()
-    );
-    Ok(EmbeddedFigures {
-        append,
-        p50_ms,
-        p99_ms,
-        replay_read,
-        replay_fold: total as f64 / secs,
-    })
+    anyhow::ensure!(projector.stats().duplicates == 0, "unexpected duplicates: {:?}", projector.stats());
+    anyhow::ensure!(*projector.state() as usize == total, "folded {} of {total}", projector.state());
+    Ok(EmbeddedFigures { append, p50_ms, p99_ms, replay_read, replay_fold: total as f64 / secs })
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -204,10 +152,7 @@ async fn bare_produce(
         .set("linger.ms", "5")
         .set("queue.buffering.max.messages", "1000000");
     if transactional {
-        config.set(
-            "transactional.id",
-            format!("bench-bare-{}", Uuid::now_v7().simple()),
-        );
+        config.set("transactional.id", format!("bench-bare-{}", Uuid::now_v7().simple()));
     }
     let producer: FutureProducer = config.create()?;
     if transactional {
@@ -224,10 +169,7 @@ async fn bare_produce(
             // The same record KafkaLog sends: key, value and headers.
             let mut headers = OwnedHeaders::new_with_capacity(4);
             for (name, value) in r.headers.iter() {
-                headers = headers.insert(Header {
-                    key: name,
-                    value: Some(value),
-                });
+                headers = headers.insert(Header { key: name, value: Some(value) });
             }
             let record = FutureRecord::to(topic.as_str())
                 .key(&r.key)
@@ -247,15 +189,8 @@ async fn bare_produce(
 }
 
 /// KafkaLog with `appenders` concurrent appenders of 1,000-event batches.
-async fn ours_produce(
-    log: &Arc<KafkaLog>,
-    topic: &TopicName,
-    events: usize,
-    appenders: usize,
-) -> anyhow::Result<f64> {
-    let lanes: Vec<Vec<Outgoing>> = (0..appenders)
-        .map(|_| outgoing(topic, events / appenders))
-        .collect();
+async fn ours_produce(log: &Arc<KafkaLog>, topic: &TopicName, events: usize, appenders: usize) -> anyhow::Result<f64> {
+    let lanes: Vec<Vec<Outgoing>> = (0..appenders).map(|_| outgoing(topic, events / appenders)).collect();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for lane in lanes {
@@ -276,12 +211,7 @@ async fn ours_produce(
 /// A bare rdkafka consumer over every partition from offset 0; `owned`
 /// takes ownership of each record (`detach`), as a consumer that keeps
 /// records past the next poll must; otherwise it only looks at the payload.
-async fn bare_consume(
-    bootstrap: &str,
-    topic: &TopicName,
-    n: usize,
-    owned: bool,
-) -> anyhow::Result<f64> {
+async fn bare_consume(bootstrap: &str, topic: &TopicName, n: usize, owned: bool) -> anyhow::Result<f64> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("bench-{}", Uuid::now_v7().simple()))
@@ -297,9 +227,8 @@ async fn bare_consume(
     let started = Instant::now();
     let (mut bytes, mut kept) = (0usize, Vec::new());
     for _ in 0..n {
-        let m = tokio::time::timeout(Duration::from_secs(10), consumer.recv())
-            .await
-            .context("bare consumer stalled")??;
+        let m =
+            tokio::time::timeout(Duration::from_secs(10), consumer.recv()).await.context("bare consumer stalled")??;
         if owned {
             kept.push(m.detach());
         } else {
@@ -312,9 +241,7 @@ async fn bare_consume(
 }
 
 async fn ours_consume(log: &KafkaLog, topic: &TopicName, n: usize) -> anyhow::Result<f64> {
-    let from: Vec<Position> = (0..PARTITIONS)
-        .map(|p| Position::start(topic.clone(), p))
-        .collect();
+    let from: Vec<Position> = (0..PARTITIONS).map(|p| Position::start(topic.clone(), p)).collect();
     let started = Instant::now();
     let mut reader = log.reader(from).await?;
     let mut got = 0;
@@ -332,51 +259,22 @@ async fn ours_consume(log: &KafkaLog, topic: &TopicName, n: usize) -> anyhow::Re
 async fn kafka(events: usize, rounds: usize) -> anyhow::Result<()> {
     let tansu = Tansu::start();
     let bootstrap = tansu.bootstrap();
-    let log = Arc::new(
-        KafkaLog::connect(KafkaConfig::new(
-            &bootstrap,
-            format!("bench-{}", Uuid::now_v7().simple()),
-        ))
-        .await?,
-    );
+    let log =
+        Arc::new(KafkaLog::connect(KafkaConfig::new(&bootstrap, format!("bench-{}", Uuid::now_v7().simple()))).await?);
     let mut r: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for round in 0..rounds {
-        let ours = TopicName::new(
-            "bench",
-            DataClass::Operational,
-            &format!("kafka-ours-{round}"),
-        )?;
-        let bare = TopicName::new(
-            "bench",
-            DataClass::Operational,
-            &format!("kafka-bare-{round}"),
-        )?;
-        log.ensure_topic(&TopicSpec::new(ours.clone(), PARTITIONS))
-            .await?;
-        log.ensure_topic(&TopicSpec::new(bare.clone(), PARTITIONS))
-            .await?;
+        let ours = TopicName::new("bench", DataClass::Operational, &format!("kafka-ours-{round}"))?;
+        let bare = TopicName::new("bench", DataClass::Operational, &format!("kafka-bare-{round}"))?;
+        log.ensure_topic(&TopicSpec::new(ours.clone(), PARTITIONS)).await?;
+        log.ensure_topic(&TopicSpec::new(bare.clone(), PARTITIONS)).await?;
         let records = outgoing(&bare, events);
-        r.entry("bare idempotent")
-            .or_default()
-            .push(bare_produce(&bootstrap, &bare, &records, false).await?);
-        r.entry("ours 8 appenders")
-            .or_default()
-            .push(ours_produce(&log, &ours, events, 8).await?);
-        r.entry("bare transactional")
-            .or_default()
-            .push(bare_produce(&bootstrap, &bare, &records, true).await?);
-        r.entry("ours 1 appender")
-            .or_default()
-            .push(ours_produce(&log, &ours, events, 1).await?);
-        r.entry("consume ours")
-            .or_default()
-            .push(ours_consume(&log, &ours, 2 * events).await?);
-        r.entry("consume bare owned")
-            .or_default()
-            .push(bare_consume(&bootstrap, &bare, 2 * events, true).await?);
-        r.entry("consume bare borrowed")
-            .or_default()
-            .push(bare_consume(&bootstrap, &bare, 2 * events, false).await?);
+        r.entry("bare idempotent").or_default().push(bare_produce(&bootstrap, &bare, &records, false).await?);
+        r.entry("ours 8 appenders").or_default().push(ours_produce(&log, &ours, events, 8).await?);
+        r.entry("bare transactional").or_default().push(bare_produce(&bootstrap, &bare, &records, true).await?);
+        r.entry("ours 1 appender").or_default().push(ours_produce(&log, &ours, events, 1).await?);
+        r.entry("consume ours").or_default().push(ours_consume(&log, &ours, 2 * events).await?);
+        r.entry("consume bare owned").or_default().push(bare_consume(&bootstrap, &bare, 2 * events, true).await?);
+        r.entry("consume bare borrowed").or_default().push(bare_consume(&bootstrap, &bare, 2 * events, false).await?);
     }
     let m = |k: &str| median(r[k].clone());
     println!(
@@ -418,19 +316,13 @@ async fn main() -> anyhow::Result<()> {
     }
     let m = |f: fn(&EmbeddedFigures) -> f64| median(rounds.iter().map(f).collect());
     println!("embedded  ({events} events of 256 B payload per run, median of 3 runs)");
-    println!(
-        "embedded  durable append, batches of 100, 8 appenders: {:>9.0} events/s",
-        m(|f| f.append)
-    );
+    println!("embedded  durable append, batches of 100, 8 appenders: {:>9.0} events/s", m(|f| f.append));
     println!(
         "embedded  single-event durable append latency: p50 {:.3} ms, p99 {:.3} ms",
         m(|f| f.p50_ms),
         m(|f| f.p99_ms)
     );
-    println!(
-        "embedded  replay, read: {:>9.0} events/s",
-        m(|f| f.replay_read)
-    );
+    println!("embedded  replay, read: {:>9.0} events/s", m(|f| f.replay_read));
     println!(
         "embedded  replay, read + decode + de-duplicate + fold (Projector): {:>9.0} events/s",
         m(|f| f.replay_fold)

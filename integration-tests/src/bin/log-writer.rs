@@ -30,15 +30,10 @@ async fn main() -> anyhow::Result<()> {
         concurrency.parse().context("CONCURRENCY")?,
     );
     let failpoints =
-        FailPoints::from_spec(&std::env::var("MERIDIAN_FAILPOINTS").unwrap_or_default())
-            .map_err(anyhow::Error::msg)?;
-    let log = Arc::new(EmbeddedLog::open(
-        path.as_ref(),
-        EmbeddedOptions { failpoints },
-    )?);
+        FailPoints::from_spec(&std::env::var("MERIDIAN_FAILPOINTS").unwrap_or_default()).map_err(anyhow::Error::msg)?;
+    let log = Arc::new(EmbeddedLog::open(path.as_ref(), EmbeddedOptions { failpoints })?);
     let topic = TopicName::new("durability", DataClass::Operational, "writes")?;
-    log.ensure_topic(&TopicSpec::new(topic.clone(), TOPIC_PARTITIONS))
-        .await?;
+    log.ensure_topic(&TopicSpec::new(topic.clone(), TOPIC_PARTITIONS)).await?;
     println!("ready");
     let mut tasks = Vec::new();
     for lane in 0..concurrency {
@@ -47,10 +42,7 @@ async fn main() -> anyhow::Result<()> {
             let mut batch_no = first + lane;
             while batch_no < first + batches {
                 let batch: Vec<Outgoing> = (0..size)
-                    .map(|i| {
-                        Outgoing::new(topic.clone(), &batch_event(batch_no, i))
-                            .expect("operational event")
-                    })
+                    .map(|i| Outgoing::new(topic.clone(), &batch_event(batch_no, i)).expect("operational event"))
                     .collect();
                 log.append(batch).await?;
                 // One line per ack, flushed, so the test reads it before any crash.

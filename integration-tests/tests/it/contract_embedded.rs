@@ -6,13 +6,7 @@ use meridian_log::failpoint::FailPoints;
 use tempfile::TempDir;
 
 fn open(dir: &TempDir, failpoints: &FailPoints) -> EmbeddedLog {
-    EmbeddedLog::open(
-        &dir.path().join("region.redb"),
-        EmbeddedOptions {
-            failpoints: failpoints.clone(),
-        },
-    )
-    .unwrap()
+    EmbeddedLog::open(&dir.path().join("region.redb"), EmbeddedOptions { failpoints: failpoints.clone() }).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,8 +18,7 @@ async fn embedded_per_key_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_class_mismatch_is_refused_and_append_is_atomic() {
     let dir = TempDir::new().unwrap();
-    contract::class_mismatch_is_refused_and_append_is_atomic(&open(&dir, &FailPoints::default()))
-        .await;
+    contract::class_mismatch_is_refused_and_append_is_atomic(&open(&dir, &FailPoints::default())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,9 +35,7 @@ async fn embedded_aborted_step_does_not_advance() {
     contract::aborted_step_does_not_advance(
         &open(&dir, &failpoints),
         &failpoints,
-        Gaps {
-            aborted_records_visible: false,
-        },
+        Gaps { aborted_records_visible: false },
     )
     .await;
 }
@@ -80,8 +71,7 @@ async fn embedded_same_id_different_content_is_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_corrupt_or_unknown_payload_is_a_typed_error() {
     let dir = TempDir::new().unwrap();
-    contract::corrupt_or_unknown_payload_is_a_typed_error(&open(&dir, &FailPoints::default()))
-        .await;
+    contract::corrupt_or_unknown_payload_is_a_typed_error(&open(&dir, &FailPoints::default())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,10 +16,7 @@ use meridian_log::kafka::{KafkaConfig, KafkaLog};
 use uuid::Uuid;
 
 async fn connect(tansu: &Tansu, failpoints: &FailPoints) -> KafkaLog {
-    let mut config = KafkaConfig::new(
-        tansu.bootstrap(),
-        format!("meridian-test-{}", Uuid::now_v7().simple()),
-    );
+    let mut config = KafkaConfig::new(tansu.bootstrap(), format!("meridian-test-{}", Uuid::now_v7().simple()));
     config.failpoints = failpoints.clone();
     KafkaLog::connect(config).await.unwrap()
 }
@@ -33,10 +30,7 @@ async fn kafka_per_key_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_class_mismatch_is_refused_and_append_is_atomic() {
     let tansu = Tansu::start();
-    contract::class_mismatch_is_refused_and_append_is_atomic(
-        &connect(&tansu, &FailPoints::default()).await,
-    )
-    .await;
+    contract::class_mismatch_is_refused_and_append_is_atomic(&connect(&tansu, &FailPoints::default()).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,14 +45,7 @@ async fn kafka_aborted_step_does_not_advance() {
     let failpoints = FailPoints::default();
     // tansu gap (1): aborted records reach read_committed readers.
     let log = connect(&tansu, &failpoints).await;
-    contract::aborted_step_does_not_advance(
-        &log,
-        &failpoints,
-        Gaps {
-            aborted_records_visible: true,
-        },
-    )
-    .await;
+    contract::aborted_step_does_not_advance(&log, &failpoints, Gaps { aborted_records_visible: true }).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,17 +73,13 @@ async fn kafka_reappended_event_is_applied_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_same_id_different_content_is_reported() {
     let tansu = Tansu::start();
-    contract::same_id_different_content_is_reported(&connect(&tansu, &FailPoints::default()).await)
-        .await;
+    contract::same_id_different_content_is_reported(&connect(&tansu, &FailPoints::default()).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_corrupt_or_unknown_payload_is_a_typed_error() {
     let tansu = Tansu::start();
-    contract::corrupt_or_unknown_payload_is_a_typed_error(
-        &connect(&tansu, &FailPoints::default()).await,
-    )
-    .await;
+    contract::corrupt_or_unknown_payload_is_a_typed_error(&connect(&tansu, &FailPoints::default()).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

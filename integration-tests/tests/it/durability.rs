@@ -68,9 +68,7 @@ fn acks(mut child: Child, stop_after: Option<usize>) -> (BTreeSet<u64>, std::pro
 async fn stored(path: &Path) -> BTreeMap<u64, u64> {
     let log = EmbeddedLog::open(path, EmbeddedOptions::default()).unwrap();
     let topic = TopicName::new("durability", DataClass::Operational, "writes").unwrap();
-    let from = (0..TOPIC_PARTITIONS)
-        .map(|p| Position::start(topic.clone(), p))
-        .collect();
+    let from = (0..TOPIC_PARTITIONS).map(|p| Position::start(topic.clone(), p)).collect();
     let mut counts = BTreeMap::new();
     for r in read_to_end(&log, from).await {
         let Payload::StudyStarted(s) = r.envelope().unwrap().open_plain().unwrap() else {
@@ -84,10 +82,7 @@ async fn stored(path: &Path) -> BTreeMap<u64, u64> {
 
 fn assert_no_half_batch(counts: &BTreeMap<u64, u64>) {
     for (batch, n) in counts {
-        assert_eq!(
-            *n, BATCH,
-            "batch {batch} is half there: {n} of {BATCH} events"
-        );
+        assert_eq!(*n, BATCH, "batch {batch} is half there: {n} of {BATCH} events");
     }
 }
 
@@ -102,18 +97,11 @@ async fn crash_between_write_and_commit_loses_only_the_unacknowledged_batch() {
     let path = dir.path().join("region.redb");
     // Commit 1 creates the topic; commit 8 is batch 6's, which dies unwritten.
     let (acked, status) = acks(writer(&path, 50, 1, "log.before_commit=abort@8"), None);
-    assert!(
-        !status.success(),
-        "the writer must have died at the failpoint"
-    );
+    assert!(!status.success(), "the writer must have died at the failpoint");
     assert_eq!(acked, (0..6).collect());
     let counts = stored(&path).await;
     assert_no_half_batch(&counts);
-    assert_eq!(
-        counts.keys().copied().collect::<BTreeSet<_>>(),
-        acked,
-        "exactly the acknowledged batches"
-    );
+    assert_eq!(counts.keys().copied().collect::<BTreeSet<_>>(), acked, "exactly the acknowledged batches");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,10 +114,7 @@ async fn crash_between_commit_and_acknowledgement_keeps_the_committed_batch() {
     let counts = stored(&path).await;
     assert_no_half_batch(&counts);
     // Batch 6 was committed, then the process died before saying so.
-    assert_eq!(
-        counts.keys().copied().collect::<BTreeSet<_>>(),
-        (0..7).collect()
-    );
+    assert_eq!(counts.keys().copied().collect::<BTreeSet<_>>(), (0..7).collect());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,21 +148,8 @@ fn every_acknowledged_append_is_synced_to_disk() {
     let summary = dir.path().join("strace.txt");
     // One batch at a time, so every acknowledgement needs its own commit.
     let status = Command::new("strace")
-        .args([
-            "-f",
-            "-c",
-            "-e",
-            "trace=fsync,fdatasync,sync_file_range",
-            "-o",
-            summary.to_str().unwrap(),
-        ])
-        .args([
-            WRITER,
-            path.to_str().unwrap(),
-            "25",
-            &BATCH.to_string(),
-            "1",
-        ])
+        .args(["-f", "-c", "-e", "trace=fsync,fdatasync,sync_file_range", "-o", summary.to_str().unwrap()])
+        .args([WRITER, path.to_str().unwrap(), "25", &BATCH.to_string(), "1"])
         .stdout(Stdio::null())
         .status()
         .unwrap();
@@ -186,15 +158,8 @@ fn every_acknowledged_append_is_synced_to_disk() {
     let syncs: u64 = text
         .lines()
         .filter(|l| l.trim_end().ends_with("fsync") || l.trim_end().ends_with("fdatasync"))
-        .filter_map(|l| {
-            l.split_whitespace()
-                .nth(3)
-                .and_then(|calls| calls.parse::<u64>().ok())
-        })
+        .filter_map(|l| l.split_whitespace().nth(3).and_then(|calls| calls.parse::<u64>().ok()))
         .sum();
     // 25 acknowledged appends + the topic's creation, each durable.
-    assert!(
-        syncs >= 26,
-        "{syncs} fsync/fdatasync calls for 26 durable commits:\n{text}"
-    );
+    assert!(syncs >= 26, "{syncs} fsync/fdatasync calls for 26 durable commits:\n{text}");
 }

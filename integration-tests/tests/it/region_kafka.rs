@@ -26,61 +26,34 @@ async fn a_region_runs_on_kafka_with_topics_provisioned_from_config() {
         bootstrap_servers: tansu.bootstrap(),
         partitions: 3,
         replication_factor: 1,
-        retention: Some(DurationSpec {
-            seconds: 7 * 86_400,
-        }),
+        retention: Some(DurationSpec { seconds: 7 * 86_400 }),
         client: BTreeMap::new(),
     };
     let platform = Arc::new(platform);
     let (_, public) = generate_ed25519().unwrap();
-    let verifier =
-        Arc::new(TokenVerifier::new("iss", "aud", &[("k".into(), public.into_bytes())]).unwrap());
+    let verifier = Arc::new(TokenVerifier::new("iss", "aud", &[("k".into(), public.into_bytes())]).unwrap());
     let dir = tempfile::TempDir::new().unwrap();
     let now = UnixMicros(1_790_000_000_000_000);
 
-    let region = Region::open(
-        "in-south",
-        dir.path(),
-        platform.clone(),
-        verifier.clone(),
-        now,
-    )
-    .await
-    .unwrap();
+    let region = Region::open("in-south", dir.path(), platform.clone(), verifier.clone(), now).await.unwrap();
     assert_eq!(region.topics().len(), 5);
     for topic in region.topics() {
-        assert_eq!(
-            region.log.partitions(topic).await.unwrap(),
-            3,
-            "{topic} has the configured partition count"
-        );
+        assert_eq!(region.log.partitions(topic).await.unwrap(), 3, "{topic} has the configured partition count");
     }
     let readers: Vec<String> = region.summary().await.readers.into_iter().collect();
     assert_eq!(readers, ["dr-arjun-rao", "dr-priya-nair"]);
-    assert!(
-        dir.path().join("keys.redb").exists(),
-        "the key store lives in the region, not in the broker"
-    );
+    assert!(dir.path().join("keys.redb").exists(), "the key store lives in the region, not in the broker");
     assert!(!dir.path().join("log.redb").exists());
 
     // Retention from config, as the broker reports it.
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", tansu.bootstrap())
-        .create()
-        .unwrap();
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", tansu.bootstrap()).create().unwrap();
     let topic = region.topics()[0].to_string();
-    match admin
-        .describe_configs(&[ResourceSpecifier::Topic(&topic)], &AdminOptions::new())
-        .await
-    {
+    match admin.describe_configs(&[ResourceSpecifier::Topic(&topic)], &AdminOptions::new()).await {
         Ok(results) => {
             let config = results.into_iter().next().unwrap().unwrap();
             let retention = config.get("retention.ms").and_then(|e| e.value.clone());
-            assert_eq!(
-                retention.as_deref(),
-                Some("604800000"),
-                "retention.ms of {topic}"
-            );
+            assert_eq!(retention.as_deref(), Some("604800000"), "retention.ms of {topic}");
         }
         // Not every Kafka-API broker answers DescribeConfigs; say so rather than pass silently.
         Err(e) => eprintln!("the broker did not describe topic configs ({e}); retention unchecked"),
@@ -89,14 +62,8 @@ async fn a_region_runs_on_kafka_with_topics_provisioned_from_config() {
     // A restart (new client, same transactional id) registers no one twice,
     // and a rebuild from the broker equals the state it resumed from.
     drop(region);
-    let region = Region::open("in-south", dir.path(), platform, verifier, now)
-        .await
-        .unwrap();
+    let region = Region::open("in-south", dir.path(), platform, verifier, now).await.unwrap();
     let rebuilt = region.rebuild_summary().await.unwrap();
-    assert_eq!(
-        (rebuilt.applied, rebuilt.duplicates, rebuilt.skipped),
-        (2, 0, 0),
-        "{rebuilt:?}"
-    );
+    assert_eq!((rebuilt.applied, rebuilt.duplicates, rebuilt.skipped), (2, 0, 0), "{rebuilt:?}");
     assert!(rebuilt.matches_previous);
 }

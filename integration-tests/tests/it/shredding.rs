@@ -35,14 +35,7 @@ fn topic() -> TopicName {
 
 async fn rebuild(log: &EmbeddedLog) -> Projector<InstancesPerStudy> {
     let mut projector = Projector::new((0..2).map(|p| Position::start(topic(), p)).collect());
-    catch_up(
-        log,
-        &log.key_store(),
-        &mut projector,
-        Duration::from_millis(200),
-    )
-    .await
-    .unwrap();
+    catch_up(log, &log.key_store(), &mut projector, Duration::from_millis(200)).await.unwrap();
     projector
 }
 
@@ -55,10 +48,7 @@ async fn shredding_a_study_makes_its_phi_events_unreadable_and_rebuilds_skip_the
     let keys = log.key_store();
     let secret = TenantSecret::new(vec![42; 32]).unwrap();
     let mut studies = Vec::new();
-    for (name, mrn) in [
-        ("1.2.840.1", "MRN-ALICE-0001"),
-        ("1.2.840.2", "MRN-BOB-0002"),
-    ] {
+    for (name, mrn) in [("1.2.840.1", "MRN-ALICE-0001"), ("1.2.840.2", "MRN-BOB-0002")] {
         let study = StudyId::derive(&secret, name);
         let mut batch = Vec::new();
         for n in 1..=3u64 {
@@ -70,11 +60,7 @@ async fn shredding_a_study_makes_its_phi_events_unreadable_and_rebuilds_skip_the
                 ..Default::default()
             };
             let e = Envelope::sealed(
-                meta(
-                    study.0,
-                    n,
-                    EventId::derived(EventId(study.0), "t", n as u32),
-                ),
+                meta(study.0, n, EventId::derived(EventId(study.0), "t", n as u32)),
                 &payload,
                 study,
                 &keys,
@@ -86,10 +72,7 @@ async fn shredding_a_study_makes_its_phi_events_unreadable_and_rebuilds_skip_the
         studies.push(study);
     }
     let before = rebuild(&log).await;
-    assert_eq!(
-        before.state().values().copied().collect::<Vec<_>>(),
-        vec![3, 3]
-    );
+    assert_eq!(before.state().values().copied().collect::<Vec<_>>(), vec![3, 3]);
 
     // Purge the first study.
     assert_eq!(keys.shred(studies[0]).unwrap(), 1);
@@ -101,11 +84,7 @@ async fn shredding_a_study_makes_its_phi_events_unreadable_and_rebuilds_skip_the
     let after = rebuild(&log).await;
     assert_eq!(after.state().len(), 1);
     assert_eq!(after.state().get(&studies[1].to_string()), Some(&3));
-    assert_eq!(
-        after.stats().shredded,
-        3,
-        "the purged study's events are skipped and counted"
-    );
+    assert_eq!(after.stats().shredded, 3, "the purged study's events are skipped and counted");
     assert_eq!(after.stats().applied, 3);
 
     // The events themselves are still in the log: the log is forever.

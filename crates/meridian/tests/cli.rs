@@ -229,8 +229,11 @@ async fn dev_serves_three_regions_with_health_reflection_dicom_echo_and_auth_and
         assert_eq!(body["principal"]["reader"], "dr-priya-nair");
         let (status, _, body) = http_get(&addr, "/v1/summary", Some(&dev.token("dr-nair"))).await;
         assert_eq!((status, body["error"]["code"].as_str()), (403, Some("PERMISSION_DENIED")));
-        let (status, _, _) = http_get(&addr, "/v1/summary", Some(&dev.token("sre"))).await;
+        let (status, _, body) = http_get(&addr, "/v1/summary", Some(&dev.token("sre"))).await;
         assert_eq!(status, 200);
+        let stats = &body["projection"]["stats"];
+        assert!(stats["applied"].as_u64().unwrap() >= 1, "{body}");
+        assert_eq!(stats["unreadable_payloads"], 0);
     }
 
     // A real DICOM peer (dcmtk's echoscu): the called AE title names the
@@ -266,6 +269,17 @@ async fn dev_serves_three_regions_with_health_reflection_dicom_echo_and_auth_and
     let us_east = tail("us-east");
     assert_eq!(us_east.lines().filter(|l| l.contains("ReaderRegistered")).count(), 2, "{us_east}");
     assert!(us_east.contains("dr-ana-ortiz") && us_east.contains("dr-ben-cole"));
+    // --study keeps one aggregate's events (here a reader's, the only aggregates yet).
+    let aggregate =
+        us_east.lines().next().unwrap().split_whitespace().nth(3).unwrap().split('/').nth(1).unwrap().to_owned();
+    let out = Command::new(MERIDIAN)
+        .args(["log", "tail", "--region", "us-east", "--study", &aggregate, "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    let one = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(one.lines().count(), 1, "{one}");
+    assert!(one.contains(&aggregate));
     let rebuild = Command::new(MERIDIAN)
         .args(["projection", "rebuild", "events.summary", "--region", "in-south", "--data-dir"])
         .arg(data.path())

@@ -31,5 +31,12 @@ async fn whoami(State(region): State<Arc<Region>>, principal: Principal) -> Json
 async fn summary(State(region): State<Arc<Region>>, principal: Principal) -> Result<Json<Value>, Denied> {
     authorize(&principal, Action::TailLog, &Resource::Region { region: &region.name })?;
     let s = region.summary().await;
-    Ok(Json(json!({"region": region.name, "by_type": s.by_type, "by_tenant": s.by_tenant, "readers": s.readers})))
+    let stats = region.summary_stats().await;
+    Ok(Json(json!({
+        "region": region.name,
+        "by_type": s.by_type,
+        "by_tenant": s.by_tenant,
+        "readers": s.readers,
+        "projection": {"name": "events.summary", "stats": stats},
+    })))
 }

@@ -188,9 +188,15 @@ impl Region {
             .map_err(|source| RegionError::Projection { region: self.name.clone(), source })
     }
 
-    /// The summary's state, rendered.
+    /// The summary's state.
     pub async fn summary(&self) -> crate::summary::Summary {
         self.summary.lock().await.state().clone()
+    }
+
+    /// What the summary projection did with its input, by reason: the
+    /// skip counters (unreadable, shredded, conflicts…) operators watch.
+    pub async fn summary_stats(&self) -> meridian_projection::Stats {
+        self.summary.lock().await.stats().clone()
     }
 
     /// Follows the log into the summary until `shutdown`, snapshotting every

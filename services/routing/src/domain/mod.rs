@@ -1,0 +1,10 @@
+//! The routing domain: synchronous and pure. Time comes in as an argument.
+
+pub mod model;
+pub mod order;
+pub mod policy;
+pub mod rules;
+pub mod worklist;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,171 @@
+//! Readers and worklist studies. A worklist study carries no PHI: opaque
+//! ids, codes, times and flags only, so an entry may be shown to a reader
+//! in another region.
+
+use std::collections::BTreeSet;
+
+use meridian_events::UnixMicros;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ReadType {
+    Preliminary,
+    Final,
+    Secondary,
+    PeerReview,
+}
+
+/// Most urgent first: `Stat < Urgent < Routine`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Priority {
+    Stat,
+    Urgent,
+    Routine,
+}
+
+impl Priority {
+    /// One step more urgent (escalation); STAT stays STAT.
+    pub fn raised(self) -> Priority {
+        match self {
+            Priority::Routine => Priority::Urgent,
+            _ => Priority::Stat,
+        }
+    }
+}
+
+/// Where the reader sits relative to the study's origin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum DeliveryModel {
+    Onshore,
+    Nearshore,
+    Offshore,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ServiceType {
+    /// STAT, synchronous.
+    RealTime,
+    /// Routine, asynchronous.
+    StoreAndForward,
+    /// Local first, remote overflow.
+    Hybrid,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Availability {
+    Available,
+    Busy,
+    Away,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Licence {
+    /// ISO 3166-2 ("US-NY") or, for a national licence, ISO 3166-1 ("GB").
+    pub jurisdiction: String,
+    pub expires: UnixMicros,
+}
+
+impl Licence {
+    /// A national licence covers every subdivision of its country.
+    pub fn covers(&self, patient_jurisdiction: &str) -> bool {
+        self.jurisdiction == patient_jurisdiction
+            || (!self.jurisdiction.contains('-')
+                && patient_jurisdiction.split('-').next() == Some(self.jurisdiction.as_str()))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credential {
+    pub tenant: String,
+    pub facility: String,
+    pub expires: UnixMicros,
+}
+
+/// A weekly shift in the reader's own time zone; `end_minute` before
+/// `start_minute` crosses midnight into the next day.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shift {
+    /// ISO weekday, 1 = Monday.
+    pub weekday: u8,
+    pub start_minute: u32,
+    pub end_minute: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reader {
+    pub id: String,
+    pub group: String,
+    /// The region the reader sits in.
+    pub region: String,
+    /// IANA time zone of the reader's shifts.
+    pub time_zone: String,
+    pub licences: Vec<Licence>,
+    pub credentials: Vec<Credential>,
+    pub subspecialties: BTreeSet<String>,
+    pub modalities: BTreeSet<String>,
+    pub read_types: BTreeSet<ReadType>,
+    pub shifts: Vec<Shift>,
+    /// Most open assignments at once.
+    pub capacity: u32,
+    pub availability: Availability,
+}
+
+impl Reader {
+    /// Whether `now` falls in one of the reader's shifts, in their time zone.
+    /// An unknown time zone means never on shift (and config rejects one).
+    pub fn on_shift(&self, now: UnixMicros) -> bool {
+        let Ok(tz) = jiff::tz::TimeZone::get(&self.time_zone) else { return false };
+        let Ok(ts) = jiff::Timestamp::from_microsecond(now.0) else { return false };
+        let local = ts.to_zoned(tz);
+        let weekday = local.weekday().to_monday_one_offset() as u8;
+        let minute = local.hour() as u32 * 60 + local.minute() as u32;
+        let yesterday = if weekday == 1 { 7 } else { weekday - 1 };
+        self.shifts.iter().any(|s| {
+            if s.start_minute < s.end_minute {
+                s.weekday == weekday && (s.start_minute..s.end_minute).contains(&minute)
+            } else {
+                // Crosses midnight: the evening of its day, the morning of the next.
+                (s.weekday == weekday && minute >= s.start_minute) || (s.weekday == yesterday && minute < s.end_minute)
+            }
+        })
+    }
+}
+
+/// A study on the worklist, for one read type. No PHI.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Study {
+    pub id: Uuid,
+    pub tenant: String,
+    pub facility: String,
+    pub contract: String,
+    /// The region that holds the study's PHI and decides its commands.
+    pub home_region: String,
+    /// ISO 3166-2 jurisdiction of the facility: the patient's, for licensure.
+    pub origin_jurisdiction: String,
+    pub modality: String,
+    pub body_part: String,
+    pub subspecialty: Option<String>,
+    /// When false, `subspecialty` is a preference that orders, not a rule.
+    pub subspecialty_required: bool,
+    pub priority: Priority,
+    pub service_type: ServiceType,
+    pub read_type: ReadType,
+    /// Opaque patient key, to keep a patient's concurrent studies together.
+    pub patient_key: Option<Uuid>,
+    /// Work RVU of the procedure, in thousandths.
+    pub rvu_milli: u32,
+    pub ai_flagged: bool,
+    pub completed_at: UnixMicros,
+    pub deadline: UnixMicros,
+    /// The reader of the read this one follows: the preliminary read for a
+    /// final, the reviewed read for a peer review. They may not do this one.
+    pub prior_reader: Option<String>,
+    /// Escalation fractions already passed.
+    pub escalations: u8,
+    /// Delivery models offered beyond the contract's first ones, by escalation.
+    pub widened: BTreeSet<DeliveryModel>,
+    pub assignee: Option<String>,
+    /// Arrival order, the last tie-break.
+    pub sequence: u64,
+}

@@ -1,0 +1,98 @@
+//! What routing decides with besides its own state: contracts and the
+//! region topology, taken from configuration.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::model::{DeliveryModel, Priority, ReadType, Reader, ServiceType, Study};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AssignmentMode {
+    /// The engine assigns the best eligible reader.
+    Push,
+    /// Eligible readers claim from a shared worklist.
+    Pull,
+}
+
+/// A contract as routing uses it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ContractPolicy {
+    pub name: String,
+    pub tenant: String,
+    pub groups: BTreeSet<String>,
+    pub mode: AssignmentMode,
+    /// Read type → the delivery models the contract allows for it.
+    pub delivery: BTreeMap<ReadType, BTreeSet<DeliveryModel>>,
+    /// Priority → turnaround in seconds (study completed → report signed).
+    pub sla_seconds: BTreeMap<Priority, u64>,
+    /// Fractions of the SLA, in per mille, at which an unread study escalates.
+    pub escalation_per_mille: Vec<u32>,
+}
+
+impl ContractPolicy {
+    pub fn allowed(&self, read_type: ReadType) -> BTreeSet<DeliveryModel> {
+        self.delivery.get(&read_type).cloned().unwrap_or_default()
+    }
+
+    /// The delivery models offered when a study arrives: all the contract
+    /// allows, except for hybrid service, which starts local (onshore) and
+    /// widens by escalation.
+    pub fn first_offered(&self, read_type: ReadType, service: ServiceType) -> BTreeSet<DeliveryModel> {
+        let allowed = self.allowed(read_type);
+        match service {
+            ServiceType::Hybrid => allowed.into_iter().filter(|m| *m == DeliveryModel::Onshore).collect(),
+            _ => allowed,
+        }
+    }
+
+    /// What escalation level `level` (1-based) adds, as the contract
+    /// allows: nearshore first, then offshore.
+    pub fn widening(&self, read_type: ReadType, level: u8) -> Option<DeliveryModel> {
+        let allowed = self.allowed(read_type);
+        let next = match level {
+            1 => DeliveryModel::Nearshore,
+            _ => DeliveryModel::Offshore,
+        };
+        allowed.contains(&next).then_some(next)
+    }
+}
+
+/// A region as routing needs it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionInfo {
+    /// ISO 3166-1 country: onshore means the same country.
+    pub country: String,
+    pub nearshore: BTreeSet<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Policy {
+    pub contracts: BTreeMap<String, ContractPolicy>,
+    pub regions: BTreeMap<String, RegionInfo>,
+}
+
+impl Policy {
+    /// Where `reader` sits relative to `study`: onshore when the reader's
+    /// region is in the patient's country, nearshore when the study's home
+    /// region lists the reader's region as near, offshore otherwise.
+    pub fn delivery_model(&self, reader: &Reader, study: &Study) -> DeliveryModel {
+        let patient_country = study.origin_jurisdiction.split('-').next().unwrap_or_default();
+        match self.regions.get(&reader.region) {
+            Some(r) if r.country == patient_country => DeliveryModel::Onshore,
+            _ if self.regions.get(&study.home_region).is_some_and(|h| h.nearshore.contains(&reader.region)) => {
+                DeliveryModel::Nearshore
+            }
+            _ => DeliveryModel::Offshore,
+        }
+    }
+
+    /// The delivery models a study is offered to now.
+    pub fn offered(&self, study: &Study) -> BTreeSet<DeliveryModel> {
+        let Some(contract) = self.contracts.get(&study.contract) else { return BTreeSet::new() };
+        let allowed = contract.allowed(study.read_type);
+        let mut offered = contract.first_offered(study.read_type, study.service_type);
+        offered.extend(study.widened.iter().filter(|m| allowed.contains(m)));
+        offered
+    }
+}

@@ -1,0 +1,16 @@
+//! Routing: the right study reaches a radiologist who may legally and
+//! competently read it, in time.
+//!
+//! # Layout
+//! - [`domain`]: pure code, no I/O, no clock. Readers and worklist studies
+//!   ([`domain::model`]), the contract and region facts it decides with
+//!   ([`domain::policy`]), the named eligibility rules ([`domain::rules`]),
+//!   the one total order ([`domain::order`]), and `decide`/`apply`
+//!   ([`domain::worklist`]).
+//!
+//! Not built yet (see the issue): the gRPC service, the log adapter, the
+//! `meridian worklist`/`claim` commands, the oracle property tests.
+
+#![forbid(unsafe_code)]
+
+pub mod domain;

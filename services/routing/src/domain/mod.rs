@@ -8,3 +8,6 @@ pub mod worklist;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod oracle;

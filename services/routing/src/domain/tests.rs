@@ -380,3 +380,71 @@ fn a_shift_crossing_midnight_covers_both_days() {
     assert!(!r.on_shift(at("2026-11-29T14:00:00Z"))); // Sunday 09:00
     assert!(!r.on_shift(at("2026-11-28T12:00:00Z"))); // Saturday 07:00
 }
+
+#[test]
+fn nighthawk_offshore_preliminary_at_night_then_onshore_final_in_the_morning() {
+    let policy = policy();
+    let night = at(NY_3AM);
+    let prelim = study("acme-pull", Priority::Stat, ReadType::Preliminary, night);
+    let (state, _) = run(given_readers(), vec![Command::Queue(prelim.clone())], night);
+    // Only Bangalore is on shift: nair claims the preliminary.
+    let events = decide(&state, &policy, Command::ClaimNext { reader: "nair".into() }, night).unwrap();
+    assert!(
+        matches!(&events[..], [Event::AssignmentClaimed { study, delivery_model: DeliveryModel::Offshore, .. }] if *study == prelim.id)
+    );
+    let state = apply(state, &events[0]);
+    // In the morning the final is queued, following nair's preliminary.
+    let morning = at(NY_10AM);
+    let mut fin = study("acme-pull", Priority::Urgent, ReadType::Final, morning);
+    fin.prior_reader = Some("nair".into());
+    let (state, _) = run(state, vec![Command::Queue(fin.clone())], morning);
+    assert!(
+        state.worklist(&policy, morning, "nair").unwrap().is_empty(),
+        "finals are onshore only, and nair is off shift"
+    );
+    assert_eq!(state.worklist(&policy, morning, "ortiz").unwrap()[0].id, fin.id);
+    let events = decide(&state, &policy, Command::ClaimNext { reader: "ortiz".into() }, morning).unwrap();
+    assert!(matches!(&events[..], [Event::AssignmentClaimed { delivery_model: DeliveryModel::Onshore, .. }]));
+}
+
+#[test]
+fn hybrid_service_reads_locally_first_and_overflows_to_remote_readers_by_escalation() {
+    let policy = policy();
+    let night = at(NY_3AM);
+    let mut s = study("acme-pull", Priority::Routine, ReadType::Preliminary, night);
+    s.service_type = ServiceType::Hybrid;
+    let (state, _) = run(given_readers(), vec![Command::Queue(s.clone())], night);
+    assert!(state.worklist(&policy, night, "nair").unwrap().is_empty(), "hybrid starts onshore only");
+    // Routine: 24 h SLA; at 50% (+12 h) it escalates and widens. acme has
+    // no nearshore, so level 1 widens nothing and level 2 (80%) opens offshore.
+    let half = UnixMicros(night.0 + 12 * 3_600_000_000);
+    let (state, events) = run(state, vec![Command::Tick], half);
+    assert!(matches!(
+        &events[..],
+        [Event::AssignmentEscalated { level: 1, widened: None, priority: Priority::Urgent, .. }]
+    ));
+    let later = UnixMicros(night.0 + 20 * 3_600_000_000);
+    let (state, events) = run(state, vec![Command::Tick], later);
+    assert!(matches!(
+        &events[..],
+        [Event::AssignmentEscalated { level: 2, widened: Some(DeliveryModel::Offshore), priority: Priority::Stat, .. }]
+    ));
+    // 23:00 in New York is 09:30 in Bangalore: the overflow reaches nair.
+    assert_eq!(state.worklist(&policy, later, "nair").unwrap()[0].id, s.id);
+}
+
+#[test]
+fn the_state_survives_a_snapshot_round_trip() {
+    let now = at(NY_10AM);
+    let (state, _) = run(
+        given_readers(),
+        vec![
+            Command::Queue(study("acme-push", Priority::Stat, ReadType::Preliminary, now)),
+            Command::AssignPending,
+            Command::Tick,
+        ],
+        now,
+    );
+    let json = serde_json::to_string(&state).unwrap();
+    assert_eq!(serde_json::from_str::<State>(&json).unwrap(), state);
+}

@@ -347,6 +347,7 @@ fn registration(region: &str, group: &str, r: &Reader, now: UnixMicros) -> Resul
         shifts,
         time_zone: r.time_zone.0.clone(),
         capacity: r.capacity,
+        status: "available".into(),
     };
     let type_name = "meridian.events.v1.ReaderRegistered";
     let meta = EventMeta {

@@ -7,10 +7,13 @@
 //!   ([`domain::policy`]), the named eligibility rules ([`domain::rules`]),
 //!   the one total order ([`domain::order`]), and `decide`/`apply`
 //!   ([`domain::worklist`]).
+//! - [`adapters`]: the domain's events to and from their protobuf payloads
+//!   in `meridian.events.v1` ([`adapters::events`]).
 //!
 //! Not built yet (see the issue): the gRPC service, the log adapter, the
 //! `meridian worklist`/`claim` commands, the oracle property tests.
 
 #![forbid(unsafe_code)]
 
+pub mod adapters;
 pub mod domain;

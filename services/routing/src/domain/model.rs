@@ -169,3 +169,23 @@ pub struct Study {
     /// Arrival order, the last tie-break.
     pub sequence: u64,
 }
+
+macro_rules! names {
+    ($t:ident { $($v:ident => $s:literal),* $(,)? }) => {
+        impl $t {
+            pub fn as_str(self) -> &'static str {
+                match self { $($t::$v => $s),* }
+            }
+
+            pub fn parse(text: &str) -> Option<$t> {
+                match text { $($s => Some($t::$v),)* _ => None }
+            }
+        }
+    };
+}
+
+names!(ReadType { Preliminary => "preliminary", Final => "final", Secondary => "secondary", PeerReview => "peer_review" });
+names!(Priority { Stat => "stat", Urgent => "urgent", Routine => "routine" });
+names!(DeliveryModel { Onshore => "onshore", Nearshore => "nearshore", Offshore => "offshore" });
+names!(ServiceType { RealTime => "real_time", StoreAndForward => "store_and_forward", Hybrid => "hybrid" });
+names!(Availability { Available => "available", Busy => "busy", Away => "away" });

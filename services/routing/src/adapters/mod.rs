@@ -1,0 +1,3 @@
+//! Adapters between routing's domain and the outside.
+
+pub mod events;

@@ -115,6 +115,14 @@ macro_rules! catalogue {
                 }
             }
 
+            /// An envelope around this payload when it is not PHI (a PHI
+            /// payload needs [`crate::Envelope::sealed`]).
+            pub fn plain_envelope(&self, meta: crate::EventMeta) -> Result<crate::Envelope, crate::envelope::Error> {
+                match self {
+                    $(Payload::$name(m) => crate::Envelope::plain(meta, m),)*
+                }
+            }
+
             pub fn info(&self) -> &'static PayloadInfo {
                 info(self.type_name()).expect("every Payload variant is in the catalogue")
             }

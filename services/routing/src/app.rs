@@ -1,0 +1,335 @@
+//! Routing on a region's event log.
+//!
+//! The state is a projection of the routing topic. A command is decided
+//! against it under one lock (routing is the only writer of its events in
+//! a region), its events get envelopes with deterministic ids and the next
+//! version of their aggregate, are appended as one atomic batch, and only
+//! then applied: a failed append changes nothing.
+//!
+//! Event ids: a request carrying an idempotency key derives its events'
+//! ids from (tenant, key, type, ordinal), so a retried request appends
+//! nothing new; timer events derive theirs from (study, timer, deadline),
+//! so a restart cannot double an escalation or a breach.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meridian_events::{DataClass, EventId, EventMeta, KeyStore, UnixMicros};
+use meridian_log::{EventLog, Outgoing, Position, TopicName};
+use meridian_projection::run::catch_up;
+use meridian_projection::{Event as Logged, Projection, Projector};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use crate::adapters::events::{aggregate, from_payload, to_payload};
+use crate::domain::policy::Policy;
+use crate::domain::worklist::{self, Command, Event, State};
+
+/// The routing state as folded from the log, with each aggregate's version.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Folded {
+    pub worklist: State,
+    pub versions: BTreeMap<Uuid, u64>,
+}
+
+/// The projection of the routing topic.
+pub struct RoutingProjection;
+
+impl Projection for RoutingProjection {
+    type State = Folded;
+    const NAME: &'static str = "routing.worklist";
+
+    fn apply(mut state: Folded, event: &Logged<'_>) -> Folded {
+        match from_payload(event.payload) {
+            Ok(Some(e)) => {
+                state.worklist = worklist::apply(state.worklist, &e);
+                state.versions.insert(event.envelope.meta.aggregate_id, event.envelope.meta.aggregate_version);
+            }
+            Ok(None) => {}
+            // Routing wrote it, so this is a bug or a newer writer: counted by
+            // the projector as applied, logged here, never a crash.
+            Err(e) => tracing::error!(error = %e, event = %event.envelope.meta.event_id, "routing event does not map"),
+        }
+        state
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Domain(#[from] worklist::Error),
+    #[error("routing log: {0}")]
+    Log(#[from] meridian_log::Error),
+    #[error("routing projection: {0}")]
+    Projection(#[from] meridian_projection::Error),
+    #[error("routing envelope: {0}")]
+    Envelope(#[from] meridian_events::envelope::Error),
+}
+
+/// Who asked, for event ids: an idempotency key makes a retry a no-op.
+#[derive(Clone, Debug)]
+pub enum Cause {
+    Request {
+        tenant: String,
+        idempotency_key: String,
+    },
+    /// A timer or a background pass; ids come from the events themselves.
+    Timer,
+    /// A request without an idempotency key: fresh UUIDv7 ids.
+    Unkeyed,
+}
+
+pub struct Routing {
+    region: String,
+    topic: TopicName,
+    log: Arc<dyn EventLog>,
+    keys: Arc<dyn KeyStore>,
+    policy: Policy,
+    projector: Mutex<Projector<RoutingProjection>>,
+}
+
+impl Routing {
+    /// Replays the routing topic of `region` into the state.
+    pub async fn open(
+        region: &str,
+        log: Arc<dyn EventLog>,
+        keys: Arc<dyn KeyStore>,
+        policy: Policy,
+        idle: Duration,
+    ) -> Result<Routing, Error> {
+        let topic = TopicName::new(region, DataClass::Operational, "routing")
+            .map_err(|e| meridian_log::Error::UnknownTopic { topic: e.name })?;
+        let partitions = log.partitions(&topic).await?;
+        let mut projector = Projector::new((0..partitions).map(|p| Position::start(topic.clone(), p)).collect());
+        catch_up(log.as_ref(), keys.as_ref(), &mut projector, idle).await?;
+        Ok(Routing { region: region.to_owned(), topic, log, keys, policy, projector: Mutex::new(projector) })
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Reads under the lock, for queries.
+    pub async fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        f(&self.projector.lock().await.state().worklist)
+    }
+
+    /// Decides `command` at `now`, appends its events, applies them.
+    pub async fn execute(&self, command: Command, now: UnixMicros, cause: Cause) -> Result<Vec<Event>, Error> {
+        let mut projector = self.projector.lock().await;
+        let events = worklist::decide(&projector.state().worklist, &self.policy, command, now)?;
+        if events.is_empty() {
+            return Ok(events);
+        }
+        let mut versions = projector.state().versions.clone();
+        let mut batch = Vec::with_capacity(events.len());
+        for (ordinal, e) in events.iter().enumerate() {
+            let (aggregate_type, aggregate_id) = aggregate(e);
+            let version = versions.get(&aggregate_id).copied().unwrap_or(0) + 1;
+            versions.insert(aggregate_id, version);
+            let payload = to_payload(e);
+            let type_name = payload.type_name();
+            let event_id = match (&cause, e) {
+                (_, Event::AssignmentEscalated { study, level, .. }) => {
+                    EventId::timer(*study, &format!("escalation.{level}"), self.deadline(&projector, *study))
+                }
+                (_, Event::SlaBreached { study, deadline, .. }) => EventId::timer(*study, "sla.breach", *deadline),
+                (Cause::Request { tenant, idempotency_key }, _) => {
+                    EventId::idempotent(tenant, idempotency_key, type_name, ordinal as u32)
+                }
+                _ => EventId::new_at(now),
+            };
+            let tenant = match e {
+                Event::StudyQueued(s) => s.tenant.clone(),
+                _ => projector
+                    .state()
+                    .worklist
+                    .studies
+                    .get(&aggregate_id)
+                    .map(|s| s.tenant.clone())
+                    .unwrap_or_else(|| "platform".into()),
+            };
+            let meta = EventMeta {
+                event_id,
+                aggregate_type: aggregate_type.into(),
+                aggregate_id,
+                aggregate_version: version,
+                tenant,
+                home_region: self.region.clone(),
+                occurred_at: now,
+                causation_id: None,
+                correlation_id: None,
+                traceparent: None,
+            };
+            let envelope = payload.plain_envelope(meta)?;
+            batch.push(Outgoing::new(self.topic.clone(), &envelope)?);
+        }
+        let appended = self.log.append(batch.clone()).await?;
+        // Fold exactly what was appended, at its positions, so the
+        // projector's positions and de-duplication stay true.
+        for (out, at) in batch.into_iter().zip(appended) {
+            let record = meridian_log::Record {
+                topic: out.topic,
+                partition: at.partition,
+                offset: at.offset,
+                key: out.key,
+                value: out.value,
+                headers: out.headers,
+            };
+            projector.feed(&record, self.keys.as_ref())?;
+        }
+        Ok(events)
+    }
+
+    fn deadline(&self, projector: &Projector<RoutingProjection>, study: Uuid) -> UnixMicros {
+        projector.state().worklist.studies.get(&study).map_or(UnixMicros(0), |s| s.deadline)
+    }
+
+    /// Reads what others appended to the routing topic since (none today:
+    /// routing is the only writer), keeping the state current.
+    pub async fn catch_up(&self, idle: Duration) -> Result<(), Error> {
+        let mut projector = self.projector.lock().await;
+        catch_up(self.log.as_ref(), self.keys.as_ref(), &mut projector, idle).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use meridian_log::TopicSpec;
+    use meridian_log::embedded::{EmbeddedLog, EmbeddedOptions};
+
+    use super::*;
+    use crate::domain::model::*;
+    use crate::domain::policy::*;
+    use crate::domain::worklist::NewStudy;
+
+    fn policy() -> Policy {
+        let contract = ContractPolicy {
+            name: "c".into(),
+            tenant: "acme".into(),
+            groups: BTreeSet::from(["g".to_string()]),
+            mode: AssignmentMode::Pull,
+            delivery: BTreeMap::from([(ReadType::Preliminary, BTreeSet::from([DeliveryModel::Onshore]))]),
+            sla_seconds: BTreeMap::from([
+                (Priority::Stat, 1_800),
+                (Priority::Urgent, 7_200),
+                (Priority::Routine, 86_400),
+            ]),
+            escalation_per_mille: vec![500],
+        };
+        Policy {
+            contracts: BTreeMap::from([("c".to_string(), contract)]),
+            regions: BTreeMap::from([(
+                "us-east".to_string(),
+                RegionInfo { country: "US".into(), nearshore: BTreeSet::new() },
+            )]),
+        }
+    }
+
+    fn reader() -> Reader {
+        Reader {
+            id: "dr-x".into(),
+            group: "g".into(),
+            region: "us-east".into(),
+            time_zone: "UTC".into(),
+            licences: vec![],
+            credentials: vec![Credential {
+                tenant: "acme".into(),
+                facility: "f".into(),
+                expires: UnixMicros(i64::MAX),
+            }],
+            subspecialties: BTreeSet::new(),
+            modalities: BTreeSet::from(["CT".into()]),
+            read_types: BTreeSet::from([ReadType::Preliminary]),
+            shifts: (1..=7).map(|d| Shift { weekday: d, start_minute: 0, end_minute: 0 }).collect(),
+            capacity: 5,
+            availability: Availability::Available,
+        }
+    }
+
+    fn study(id: u128, now: UnixMicros) -> NewStudy {
+        NewStudy {
+            id: Uuid::from_u128(id),
+            tenant: "acme".into(),
+            facility: "f".into(),
+            contract: "c".into(),
+            home_region: "us-east".into(),
+            origin_jurisdiction: "US-NY".into(),
+            modality: "CT".into(),
+            body_part: "HEAD".into(),
+            subspecialty: None,
+            subspecialty_required: false,
+            priority: Priority::Stat,
+            service_type: ServiceType::RealTime,
+            read_type: ReadType::Preliminary,
+            patient_key: None,
+            rvu_milli: 850,
+            ai_flagged: false,
+            completed_at: now,
+            prior_reader: None,
+        }
+    }
+
+    async fn open(log: &Arc<EmbeddedLog>) -> Routing {
+        let keys: Arc<dyn KeyStore> = Arc::new(log.key_store());
+        Routing::open("us-east", log.clone(), keys, policy(), Duration::from_millis(50)).await.unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commands_land_in_the_log_and_a_restart_rebuilds_the_same_state() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let log = Arc::new(EmbeddedLog::open(&dir.path().join("log.redb"), EmbeddedOptions::default()).unwrap());
+        let topic = TopicName::new("us-east", DataClass::Operational, "routing").unwrap();
+        log.ensure_topic(&TopicSpec::new(topic.clone(), 4)).await.unwrap();
+        // 2026-11-25 12:00 UTC; the reader's shift (00:00 to 00:00) is all day.
+        let now = UnixMicros(1_795_000_000_000_000);
+        let routing = open(&log).await;
+        routing.execute(Command::RegisterReader(reader()), now, Cause::Unkeyed).await.unwrap();
+        let keyed = Cause::Request { tenant: "acme".into(), idempotency_key: "queue-1".into() };
+        let queued = routing.execute(Command::Queue(study(1, now)), now, keyed).await.unwrap();
+        assert_eq!(queued.len(), 1);
+        routing.execute(Command::Queue(study(2, now)), now, Cause::Unkeyed).await.unwrap();
+        let claim = Cause::Request { tenant: "acme".into(), idempotency_key: "claim-1".into() };
+        routing.execute(Command::ClaimNext { reader: "dr-x".into() }, now, claim).await.unwrap();
+        // Half the STAT SLA later the unclaimed study escalates, once.
+        let later = UnixMicros(now.0 + 900_000_000);
+        let escalated = routing.execute(Command::Tick, later, Cause::Timer).await.unwrap();
+        assert_eq!(escalated.len(), 1);
+        let before = routing.read(|s| s.clone()).await;
+
+        // The log holds each event once, versioned per aggregate, with
+        // deterministic ids where a key or a timer made them.
+        let from = (0..4).map(|p| Position::start(topic.clone(), p)).collect();
+        let mut reader = log.reader(from).await.unwrap();
+        let records = reader.next_batch(100, Duration::from_millis(100)).await.unwrap();
+        assert_eq!(records.len(), 5, "registered, queued twice, claimed, escalated");
+        let envelopes: Vec<_> = records.iter().map(|r| r.envelope().unwrap()).collect();
+        let queue_1 = envelopes
+            .iter()
+            .find(|e| e.meta.aggregate_id == Uuid::from_u128(1) && e.meta.aggregate_version == 1)
+            .unwrap();
+        assert_eq!(queue_1.meta.event_id, EventId::idempotent("acme", "queue-1", "meridian.events.v1.StudyQueued", 0));
+        assert_eq!(queue_1.meta.tenant, "acme");
+        let escalation = envelopes.iter().find(|e| e.payload_type.ends_with("AssignmentEscalated")).unwrap();
+        let deadline = before.studies[&escalation.meta.aggregate_id].deadline;
+        assert_eq!(escalation.meta.event_id, EventId::timer(escalation.meta.aggregate_id, "escalation.1", deadline));
+        let claimed = envelopes.iter().find(|e| e.payload_type.ends_with("AssignmentClaimed")).unwrap();
+        assert_eq!(claimed.meta.aggregate_version, 2, "the study's second event");
+        drop(reader);
+
+        // A restart rebuilds the same state, and the timer does not fire again.
+        drop(routing);
+        let routing = open(&log).await;
+        assert_eq!(routing.read(|s| s.clone()).await, before);
+        assert!(routing.execute(Command::Tick, later, Cause::Timer).await.unwrap().is_empty());
+        // A refused command appends nothing.
+        let err =
+            routing.execute(Command::ClaimNext { reader: "nobody".into() }, later, Cause::Unkeyed).await.unwrap_err();
+        assert!(matches!(err, Error::Domain(worklist::Error::UnknownReader { .. })));
+    }
+}

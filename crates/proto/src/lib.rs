@@ -29,3 +29,10 @@ pub mod admin {
         include!(concat!(env!("OUT_DIR"), "/meridian.admin.v1.rs"));
     }
 }
+
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod routing {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/meridian.routing.v1.rs"));
+    }
+}

@@ -13,6 +13,7 @@ use crate::Target;
 
 struct Connection {
     client: AdminServiceClient<Channel>,
+    channel: Channel,
     token: String,
 }
 
@@ -22,6 +23,21 @@ fn read_json(path: &std::path::Path) -> anyhow::Result<serde_json::Value> {
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
+/// The token to use and the principal's entry in tokens.json (if `--as`).
+fn credentials(target: &Target) -> anyhow::Result<(String, serde_json::Value)> {
+    match &target.token {
+        Some(t) => Ok((t.clone(), serde_json::Value::Null)),
+        None => {
+            let tokens = read_json(&target.data_dir.join("tokens.json"))?;
+            let entry = tokens["principals"][&target.as_principal].clone();
+            match entry["token"].as_str() {
+                Some(t) => Ok((t.to_owned(), entry)),
+                None => bail!("no principal {:?} in tokens.json", target.as_principal),
+            }
+        }
+    }
+}
+
 async fn connect(target: &Target) -> anyhow::Result<Connection> {
     let endpoints = read_json(&target.data_dir.join("endpoints.json"))?;
     let Some(grpc) = endpoints["regions"][&target.region]["grpc"].as_str() else {
@@ -29,21 +45,12 @@ async fn connect(target: &Target) -> anyhow::Result<Connection> {
             endpoints["regions"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
         bail!("region {:?} is not in endpoints.json (regions: {})", target.region, known.join(", "));
     };
-    let token = match &target.token {
-        Some(t) => t.clone(),
-        None => {
-            let tokens = read_json(&target.data_dir.join("tokens.json"))?;
-            match tokens["principals"][&target.as_principal]["token"].as_str() {
-                Some(t) => t.to_owned(),
-                None => bail!("no principal {:?} in tokens.json", target.as_principal),
-            }
-        }
-    };
+    let (token, _) = credentials(target)?;
     let channel = Channel::from_shared(format!("http://{grpc}"))?
         .connect()
         .await
         .with_context(|| format!("connecting to {grpc}"))?;
-    Ok(Connection { client: AdminServiceClient::new(channel), token })
+    Ok(Connection { client: AdminServiceClient::new(channel.clone()), channel, token })
 }
 
 fn authorized<T>(message: T, token: &str) -> anyhow::Result<Request<T>> {
@@ -107,4 +114,104 @@ pub async fn rebuild(target: &Target, name: String) -> anyhow::Result<ExitCode> 
         r.summary
     );
     Ok(if r.matches_previous { ExitCode::SUCCESS } else { ExitCode::from(3) })
+}
+
+/// The reader id the principal acts as.
+fn reader_of(target: &Target, reader: &Option<String>) -> anyhow::Result<String> {
+    if let Some(r) = reader {
+        return Ok(r.clone());
+    }
+    let (_, entry) = credentials(target)?;
+    match entry["reader"].as_str() {
+        Some(r) => Ok(r.to_owned()),
+        None => bail!("principal {:?} is not a reader: pass --reader ID", target.as_principal),
+    }
+}
+
+fn print_entry(region: &str, e: &meridian_proto::routing::v1::WorklistEntry) {
+    let deadline = e
+        .deadline
+        .as_ref()
+        .and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok())
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    println!(
+        "{region:<9} {} {:<7} {:<11} {:<3} {:<8} {:<10} due {deadline} {}{}",
+        e.study_id,
+        e.priority,
+        e.read_type,
+        e.modality,
+        e.body_part,
+        e.delivery_model,
+        e.tenant,
+        if e.ai_flagged { " [AI]" } else { "" }
+    );
+}
+
+/// Every region's worklist for the reader: entries carry no PHI, so they
+/// may be gathered anywhere; commands go to the study's home region.
+pub async fn worklist(target: &Target, reader: Option<String>) -> anyhow::Result<ExitCode> {
+    use meridian_proto::routing::v1::GetWorklistRequest;
+    use meridian_proto::routing::v1::routing_service_client::RoutingServiceClient;
+    let reader = reader_of(target, &reader)?;
+    let endpoints = read_json(&target.data_dir.join("endpoints.json"))?;
+    let regions: Vec<String> =
+        endpoints["regions"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+    let mut total = 0;
+    for region in regions {
+        let t = Target { region: region.clone(), ..target.clone() };
+        let c = connect(&t).await?;
+        let mut client = RoutingServiceClient::new(c.channel);
+        let list = client
+            .get_worklist(authorized(GetWorklistRequest { reader_id: reader.clone() }, &c.token)?)
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        for e in &list.entries {
+            print_entry(&region, e);
+        }
+        total += list.entries.len();
+    }
+    eprintln!("{total} studies on {reader}'s worklist");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Which routing command to send.
+pub enum RoutingCommand {
+    Claim(String),
+    ClaimNext,
+    Release { study: String, reason: String },
+}
+
+pub async fn routing(target: &Target, reader: Option<String>, command: RoutingCommand) -> anyhow::Result<ExitCode> {
+    use meridian_proto::routing::v1 as pb;
+    use meridian_proto::routing::v1::routing_service_client::RoutingServiceClient;
+    let reader = reader_of(target, &reader)?;
+    let c = connect(target).await?;
+    let mut client = RoutingServiceClient::new(c.channel);
+    // One key per invocation: a transport retry of this request appends nothing new.
+    let key = format!("cli-{}", std::process::id());
+    match command {
+        RoutingCommand::Claim(study) => {
+            let request = pb::ClaimRequest { reader_id: reader, study_id: study, idempotency_key: key };
+            let r = client.claim(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
+            if let Some(e) = r.entry {
+                print_entry(&target.region, &e);
+            }
+        }
+        RoutingCommand::ClaimNext => {
+            let request = pb::ClaimNextRequest { reader_id: reader, idempotency_key: key };
+            let r = client.claim_next(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
+            if let Some(e) = r.entry {
+                print_entry(&target.region, &e);
+            }
+        }
+        RoutingCommand::Release { study, reason } => {
+            let request =
+                pb::ReleaseRequest { reader_id: reader, study_id: study.clone(), reason, idempotency_key: key };
+            client.release(authorized(request, &c.token)?).await.map_err(status_error)?;
+            println!("released {study}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

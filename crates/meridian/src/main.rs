@@ -31,6 +31,44 @@ enum Command {
     Projection(ProjectionCommand),
     /// The event catalogue: writer, aggregate, data class, stream, schema version.
     Events,
+    /// A reader's worklist, gathered from every region (entries carry no PHI).
+    Worklist {
+        /// `meridian dev`'s data directory.
+        #[arg(long, default_value = ".meridian-dev")]
+        data_dir: PathBuf,
+        /// Act as this principal of tokens.json (a reader).
+        #[arg(long = "as")]
+        as_principal: String,
+        /// The reader id, when the principal is a group admin.
+        #[arg(long)]
+        reader: Option<String>,
+    },
+    /// Claim a study (in its home region).
+    Claim {
+        study: String,
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        reader: Option<String>,
+    },
+    /// Claim the first eligible study in the region's order.
+    ClaimNext {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        reader: Option<String>,
+    },
+    /// Give a claimed study back to the worklist.
+    Release {
+        study: String,
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        reader: Option<String>,
+        /// Why, for the record.
+        #[arg(long, default_value = "released by the reader")]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -145,6 +183,19 @@ async fn main() -> ExitCode {
             client::tail(&target, study, streams, follow).await
         }
         Command::Projection(ProjectionCommand::Rebuild { name, target }) => client::rebuild(&target, name).await,
+        Command::Worklist { data_dir, as_principal, reader } => {
+            let target = Target { region: String::new(), data_dir, as_principal, token: None };
+            client::worklist(&target, reader).await
+        }
+        Command::Claim { study, target, reader } => {
+            client::routing(&target, reader, client::RoutingCommand::Claim(study)).await
+        }
+        Command::ClaimNext { target, reader } => {
+            client::routing(&target, reader, client::RoutingCommand::ClaimNext).await
+        }
+        Command::Release { study, target, reader, reason } => {
+            client::routing(&target, reader, client::RoutingCommand::Release { study, reason }).await
+        }
     };
     match result {
         Ok(code) => code,

@@ -267,7 +267,9 @@ async fn dev_serves_three_regions_with_health_reflection_dicom_echo_and_auth_and
         String::from_utf8(out.stdout).unwrap()
     };
     let us_east = tail("us-east");
-    assert_eq!(us_east.lines().filter(|l| l.contains("ReaderRegistered")).count(), 2, "{us_east}");
+    // Every configured reader, in every region: a study's home region must
+    // know every reader it may offer the study to.
+    assert_eq!(us_east.lines().filter(|l| l.contains("ReaderRegistered")).count(), 5, "{us_east}");
     assert!(us_east.contains("dr-ana-ortiz") && us_east.contains("dr-ben-cole"));
     // --study keeps one aggregate's events (here a reader's, the only aggregates yet).
     let aggregate =
@@ -286,7 +288,7 @@ async fn dev_serves_three_regions_with_health_reflection_dicom_echo_and_auth_and
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&rebuild.stdout);
-    assert!(rebuild.status.success() && text.contains("2 events applied") && text.contains("matches"), "{text}");
+    assert!(rebuild.status.success() && text.contains("5 events applied") && text.contains("matches"), "{text}");
     let denied = Command::new(MERIDIAN)
         .args(["log", "tail", "--region", "us-east", "--as", "acme-pacs", "--data-dir"])
         .arg(data.path())
@@ -295,13 +297,31 @@ async fn dev_serves_three_regions_with_health_reflection_dicom_echo_and_auth_and
     assert!(!denied.status.success());
     assert!(String::from_utf8_lossy(&denied.stderr).contains("PermissionDenied"));
 
+    // Routing in every region: a reader's worklist gathered from all of them
+    // (empty until ingest queues studies), commands to a study's region.
+    let run = |args: &[&str]| {
+        let out = Command::new(MERIDIAN).args(args).arg("--data-dir").arg(data.path()).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, text) = run(&["worklist", "--as", "dr-ortiz"]);
+    assert!(ok && text.contains("0 studies on dr-ana-ortiz's worklist"), "{text}");
+    let (ok, text) = run(&["worklist", "--as", "atlantic-admin", "--reader", "dr-ana-ortiz"]);
+    assert!(ok, "a group admin sees the group's worklists: {text}");
+    let (ok, text) = run(&["worklist", "--as", "dr-nair", "--reader", "dr-ana-ortiz"]);
+    assert!(!ok && text.contains("PermissionDenied"), "{text}");
+    let (ok, text) = run(&["claim-next", "--region", "us-east", "--as", "dr-ortiz"]);
+    assert!(!ok && text.contains("NotFound: no eligible study for dr-ana-ortiz"), "{text}");
+
     // Ctrl-C stops it cleanly; a restart continues where it stopped.
     dev.interrupt();
     let dev = Dev::start(data.path());
     let again = tail("us-east");
     assert_eq!(
         again.lines().filter(|l| l.contains("ReaderRegistered")).count(),
-        2,
+        5,
         "a restart registers nobody twice:\n{again}"
     );
     drop(dev);

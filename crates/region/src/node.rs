@@ -58,6 +58,8 @@ pub struct Region {
     idle: Duration,
     summary: Mutex<Projector<EventSummary>>,
     snapshots: FileSnapshots,
+    /// The routing service of this region (worklist, claims, timers).
+    pub routing: Arc<meridian_routing::app::Routing>,
 }
 
 impl Region {
@@ -127,7 +129,17 @@ impl Region {
         };
         summary.ensure_positions(start_positions(&topics, partitions));
         catch_up(log.as_ref(), keys.as_ref(), &mut summary, idle).await.map_err(proj_err)?;
+        let routing_policy = meridian_routing::adapters::config::policy(&platform);
         let region = Region {
+            routing: Arc::new(
+                meridian_routing::app::Routing::open(name, log.clone(), keys.clone(), routing_policy, idle)
+                    .await
+                    .map_err(|e| RegionError::Bootstrap {
+                        region: name.to_owned(),
+                        reader: String::new(),
+                        reason: e.to_string(),
+                    })?,
+            ),
             name: name.to_owned(),
             platform,
             log,
@@ -141,6 +153,12 @@ impl Region {
             snapshots,
         };
         region.bootstrap_readers(now).await?;
+        // Routing's state includes the readers just registered.
+        region.routing.catch_up(idle).await.map_err(|e| RegionError::Bootstrap {
+            region: name.to_owned(),
+            reader: String::new(),
+            reason: e.to_string(),
+        })?;
         Ok(region)
     }
 
@@ -152,8 +170,10 @@ impl Region {
         start_positions(&self.topics, self.partitions)
     }
 
-    /// Readers configured to sit in this region become ReaderRegistered
-    /// events at first start; afterwards they change through the routing
+    /// Every configured reader becomes a ReaderRegistered event in every
+    /// region at first start (reader events are operational: a study's home
+    /// region must know every reader it may offer the study to, wherever
+    /// they sit); afterwards they change through the routing
     /// API. Event ids come from an idempotency key, so a bootstrap repeated
     /// after a crash is recognised as the same events.
     async fn bootstrap_readers(&self, now: UnixMicros) -> Result<(), RegionError> {
@@ -163,7 +183,7 @@ impl Region {
         })?;
         let mut batch = Vec::new();
         for group in self.platform.groups.values() {
-            for reader in group.readers.iter().filter(|r| r.region == self.name) {
+            for reader in &group.readers {
                 if summary.state().readers.contains(&reader.id) {
                     continue;
                 }

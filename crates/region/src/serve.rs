@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use meridian_auth::grpc::Authenticate;
 use meridian_proto::admin::v1::admin_service_server::AdminServiceServer;
+use meridian_proto::routing::v1::routing_service_server::RoutingServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::Server;
@@ -57,6 +58,11 @@ pub async fn serve(
     let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| grpc_err(e.to_string()))?;
     let admin =
         AdminServiceServer::with_interceptor(Admin::new(region.clone()), Authenticate::new(region.verifier.clone()));
+    let routing = RoutingServiceServer::with_interceptor(
+        meridian_routing::adapters::grpc::RoutingGrpc::new(region.routing.clone()),
+        Authenticate::new(region.verifier.clone()),
+    );
+    health.set_serving::<RoutingServiceServer<meridian_routing::adapters::grpc::RoutingGrpc>>().await;
 
     let wait = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -66,6 +72,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(admin)
+        .add_service(routing)
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
             wait(stopped.clone()),
@@ -75,6 +82,7 @@ pub async fn serve(
     let grpc = tokio::spawn(grpc);
     let http = tokio::spawn(async move { http.await });
     let dicom = tokio::spawn(dicom(region.clone(), listeners.dicom, wait(stopped.clone())));
+    let timers = tokio::spawn(routing_timers(region.clone(), wait(stopped.clone())));
 
     shutdown.await;
     tracing::info!(region = %name, "shutting down");
@@ -86,6 +94,7 @@ pub async fn serve(
         .map_err(|source| ServeError::Http { region: name.clone(), source });
     let _ = follower.await;
     let _ = dicom.await;
+    let _ = timers.await;
     grpc?;
     http
 }
@@ -120,5 +129,33 @@ async fn dicom(region: Arc<Region>, listener: TcpListener, shutdown: impl Future
                 Err(e) => tracing::info!(region = %region.name, error = %e, "association"),
             }
         });
+    }
+}
+
+/// How often routing's timers (escalations, SLA breaches) and push
+/// assignment run.
+const ROUTING_TICK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Fires routing's timers and push assignment every [`ROUTING_TICK`] until
+/// `shutdown`. Timer events carry ids derived from (study, timer,
+/// deadline), so a tick repeated after a restart appends nothing twice.
+async fn routing_timers(region: Arc<Region>, shutdown: impl Future<Output = ()>) {
+    use meridian_routing::app::Cause;
+    use meridian_routing::domain::worklist::Command;
+    tokio::pin!(shutdown);
+    let mut every = tokio::time::interval(ROUTING_TICK);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            _ = every.tick() => {}
+        }
+        #[allow(clippy::disallowed_methods)] // the edge: the timers' clock
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let now = meridian_events::UnixMicros(now.as_micros() as i64);
+        for command in [Command::Tick, Command::AssignPending] {
+            if let Err(e) = region.routing.execute(command, now, Cause::Timer).await {
+                tracing::warn!(region = %region.name, error = %e, "routing timers");
+            }
+        }
     }
 }

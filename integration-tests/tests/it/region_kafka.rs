@@ -41,7 +41,7 @@ async fn a_region_runs_on_kafka_with_topics_provisioned_from_config() {
         assert_eq!(region.log.partitions(topic).await.unwrap(), 3, "{topic} has the configured partition count");
     }
     let readers: Vec<String> = region.summary().await.readers.into_iter().collect();
-    assert_eq!(readers, ["dr-arjun-rao", "dr-priya-nair"]);
+    assert_eq!(readers, ["dr-ana-ortiz", "dr-arjun-rao", "dr-ben-cole", "dr-ciara-byrne", "dr-priya-nair"]);
     assert!(dir.path().join("keys.redb").exists(), "the key store lives in the region, not in the broker");
     assert!(!dir.path().join("log.redb").exists());
 
@@ -64,6 +64,6 @@ async fn a_region_runs_on_kafka_with_topics_provisioned_from_config() {
     drop(region);
     let region = Region::open("in-south", dir.path(), platform, verifier, now).await.unwrap();
     let rebuilt = region.rebuild_summary().await.unwrap();
-    assert_eq!((rebuilt.applied, rebuilt.duplicates, rebuilt.skipped), (2, 0, 0), "{rebuilt:?}");
+    assert_eq!((rebuilt.applied, rebuilt.duplicates, rebuilt.skipped), (5, 0, 0), "{rebuilt:?}");
     assert!(rebuilt.matches_previous);
 }

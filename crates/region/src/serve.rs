@@ -132,8 +132,8 @@ async fn dicom(region: Arc<Region>, listener: TcpListener, shutdown: impl Future
     }
 }
 
-/// How often routing's timers (escalations, SLA breaches) and push
-/// assignment run.
+/// How often routing takes in completed studies and runs its timers
+/// (escalations, SLA breaches) and push assignment.
 const ROUTING_TICK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Fires routing's timers and push assignment every [`ROUTING_TICK`] until
@@ -152,6 +152,10 @@ async fn routing_timers(region: Arc<Region>, shutdown: impl Future<Output = ()>)
         #[allow(clippy::disallowed_methods)] // the edge: the timers' clock
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let now = meridian_events::UnixMicros(now.as_micros() as i64);
+        // Completed studies first, so they are assigned on this tick.
+        if let Err(e) = region.routing.intake(std::time::Duration::from_millis(20)).await {
+            tracing::warn!(region = %region.name, error = %e, "routing intake");
+        }
         for command in [Command::Tick, Command::AssignPending] {
             if let Err(e) = region.routing.execute(command, now, Cause::Timer).await {
                 tracing::warn!(region = %region.name, error = %e, "routing timers");

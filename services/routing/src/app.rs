@@ -79,6 +79,37 @@ pub enum Cause {
     Timer,
     /// A request without an idempotency key: fresh UUIDv7 ids.
     Unkeyed,
+    /// Another event: ids derived from it, so a redelivery reproduces them.
+    Derived(EventId),
+}
+
+/// Routing's consumer name on the ingest topic.
+pub const INTAKE: &str = "routing.intake";
+
+/// A StudyCompleted record of this region as intake needs it; anything
+/// else (other events, unreadable records) is passed over.
+fn completed(record: &meridian_log::Record, region: &str) -> Option<(EventId, crate::domain::intake::Completed)> {
+    use meridian_events::payload::Payload;
+    let envelope = record.envelope().ok()?;
+    let Ok(Payload::StudyCompleted(c)) = envelope.open_plain() else { return None };
+    let study = Uuid::parse_str(&c.study_id).ok()?;
+    let completed_at = c.completed_at.as_ref().map(UnixMicros::from_timestamp).unwrap_or(envelope.meta.occurred_at);
+    Some((
+        envelope.meta.event_id,
+        crate::domain::intake::Completed {
+            study,
+            tenant: envelope.meta.tenant.clone(),
+            home_region: region.to_owned(),
+            facility: c.facility,
+            origin_jurisdiction: c.origin_jurisdiction,
+            modality: c.modality,
+            body_part: c.body_part,
+            patient_key: Uuid::parse_str(&c.patient_key).ok(),
+            procedure_code: c.procedure_code,
+            requested_priority: crate::domain::model::Priority::parse(&c.requested_priority),
+            completed_at,
+        },
+    ))
 }
 
 pub struct Routing {
@@ -123,49 +154,7 @@ impl Routing {
         if events.is_empty() {
             return Ok(events);
         }
-        let mut versions = projector.state().versions.clone();
-        let mut batch = Vec::with_capacity(events.len());
-        for (ordinal, e) in events.iter().enumerate() {
-            let (aggregate_type, aggregate_id) = aggregate(e);
-            let version = versions.get(&aggregate_id).copied().unwrap_or(0) + 1;
-            versions.insert(aggregate_id, version);
-            let payload = to_payload(e);
-            let type_name = payload.type_name();
-            let event_id = match (&cause, e) {
-                (_, Event::AssignmentEscalated { study, level, .. }) => {
-                    EventId::timer(*study, &format!("escalation.{level}"), self.deadline(&projector, *study))
-                }
-                (_, Event::SlaBreached { study, deadline, .. }) => EventId::timer(*study, "sla.breach", *deadline),
-                (Cause::Request { tenant, idempotency_key }, _) => {
-                    EventId::idempotent(tenant, idempotency_key, type_name, ordinal as u32)
-                }
-                _ => EventId::new_at(now),
-            };
-            let tenant = match e {
-                Event::StudyQueued(s) => s.tenant.clone(),
-                _ => projector
-                    .state()
-                    .worklist
-                    .studies
-                    .get(&aggregate_id)
-                    .map(|s| s.tenant.clone())
-                    .unwrap_or_else(|| "platform".into()),
-            };
-            let meta = EventMeta {
-                event_id,
-                aggregate_type: aggregate_type.into(),
-                aggregate_id,
-                aggregate_version: version,
-                tenant,
-                home_region: self.region.clone(),
-                occurred_at: now,
-                causation_id: None,
-                correlation_id: None,
-                traceparent: None,
-            };
-            let envelope = payload.plain_envelope(meta)?;
-            batch.push(Outgoing::new(self.topic.clone(), &envelope)?);
-        }
+        let batch = self.outgoing(&projector, &events, now, &cause)?;
         let appended = self.log.append(batch.clone()).await?;
         // Fold exactly what was appended, at its positions, so the
         // projector's positions and de-duplication stay true.
@@ -181,6 +170,128 @@ impl Routing {
             projector.feed(&record, self.keys.as_ref())?;
         }
         Ok(events)
+    }
+
+    /// Envelopes for `events`: the next version of each aggregate, ids from
+    /// the cause (or, for timer events, from study, timer and deadline).
+    fn outgoing(
+        &self,
+        projector: &Projector<RoutingProjection>,
+        events: &[Event],
+        now: UnixMicros,
+        cause: &Cause,
+    ) -> Result<Vec<Outgoing>, Error> {
+        let mut versions = projector.state().versions.clone();
+        let mut batch = Vec::with_capacity(events.len());
+        for (ordinal, e) in events.iter().enumerate() {
+            let (aggregate_type, aggregate_id) = aggregate(e);
+            let version = versions.get(&aggregate_id).copied().unwrap_or(0) + 1;
+            versions.insert(aggregate_id, version);
+            let payload = to_payload(e);
+            let type_name = payload.type_name();
+            let event_id = match (cause, e) {
+                (_, Event::AssignmentEscalated { study, level, .. }) => {
+                    EventId::timer(*study, &format!("escalation.{level}"), self.deadline(projector, *study))
+                }
+                (_, Event::SlaBreached { study, deadline, .. }) => EventId::timer(*study, "sla.breach", *deadline),
+                (Cause::Request { tenant, idempotency_key }, _) => {
+                    EventId::idempotent(tenant, idempotency_key, type_name, ordinal as u32)
+                }
+                (Cause::Derived(cause), _) => EventId::derived(*cause, type_name, ordinal as u32),
+                _ => EventId::new_at(now),
+            };
+            let tenant = match e {
+                Event::StudyQueued(s) => s.tenant.clone(),
+                _ => projector
+                    .state()
+                    .worklist
+                    .studies
+                    .get(&aggregate_id)
+                    .map(|s| s.tenant.clone())
+                    .unwrap_or_else(|| "platform".into()),
+            };
+            let causation_id = match cause {
+                Cause::Derived(c) => Some(*c),
+                _ => None,
+            };
+            let meta = EventMeta {
+                event_id,
+                aggregate_type: aggregate_type.into(),
+                aggregate_id,
+                aggregate_version: version,
+                tenant,
+                home_region: self.region.clone(),
+                occurred_at: now,
+                causation_id,
+                correlation_id: causation_id,
+                traceparent: None,
+            };
+            batch.push(Outgoing::new(self.topic.clone(), &payload.plain_envelope(meta)?)?);
+        }
+        Ok(batch)
+    }
+
+    /// Queues the studies ingest reports completed, from routing's committed
+    /// position on the region's ingest topic until a read stays empty for
+    /// `idle`. Each study's routing events and the input position commit
+    /// together (consume-transform-produce); their ids derive from the
+    /// StudyCompleted event, and a study already queued is skipped, so a
+    /// redelivery changes nothing. Returns how many studies were queued.
+    pub async fn intake(&self, idle: Duration) -> Result<usize, Error> {
+        use meridian_log::Step;
+        let ingest = TopicName::new(&self.region, DataClass::Operational, "ingest")
+            .map_err(|e| meridian_log::Error::UnknownTopic { topic: e.name })?;
+        let partitions = self.log.partitions(&ingest).await?;
+        let mut from = Vec::new();
+        for p in 0..partitions {
+            let offset = self.log.committed(INTAKE, &ingest, p).await?.unwrap_or(0);
+            from.push(Position { topic: ingest.clone(), partition: p, offset });
+        }
+        let mut reader = self.log.reader(from).await?;
+        let mut queued = 0;
+        loop {
+            let batch = reader.next_batch(256, idle).await?;
+            if batch.is_empty() {
+                return Ok(queued);
+            }
+            for record in batch {
+                let mut projector = self.projector.lock().await;
+                let mut outputs = Vec::new();
+                if let Some((cause, completed)) = completed(&record, &self.region) {
+                    match crate::domain::intake::queue(&self.policy, &completed) {
+                        Ok(new) => {
+                            let command = Command::Queue(new);
+                            match worklist::decide(
+                                &projector.state().worklist,
+                                &self.policy,
+                                command,
+                                completed.completed_at,
+                            ) {
+                                Ok(events) => {
+                                    outputs = self.outgoing(
+                                        &projector,
+                                        &events,
+                                        completed.completed_at,
+                                        &Cause::Derived(cause),
+                                    )?;
+                                    queued += 1;
+                                }
+                                Err(worklist::Error::AlreadyQueued { .. }) => {}
+                                Err(e) => tracing::warn!(region = %self.region, error = %e, "study not queued"),
+                            }
+                        }
+                        Err(skip) => tracing::warn!(region = %self.region, %skip, "study not routed"),
+                    }
+                }
+                let has_outputs = !outputs.is_empty();
+                self.log
+                    .commit(Step { consumer: INTAKE.into(), outputs, inputs: vec![record.next_position()] })
+                    .await?;
+                if has_outputs {
+                    catch_up(self.log.as_ref(), self.keys.as_ref(), &mut projector, Duration::from_millis(20)).await?;
+                }
+            }
+        }
     }
 
     fn deadline(&self, projector: &Projector<RoutingProjection>, study: Uuid) -> UnixMicros {
@@ -208,7 +319,7 @@ mod tests {
     use crate::domain::policy::*;
     use crate::domain::worklist::NewStudy;
 
-    fn policy() -> Policy {
+    pub(super) fn policy() -> Policy {
         let contract = ContractPolicy {
             name: "c".into(),
             tenant: "acme".into(),
@@ -228,6 +339,7 @@ mod tests {
                 "us-east".to_string(),
                 RegionInfo { country: "US".into(), nearshore: BTreeSet::new() },
             )]),
+            ..Default::default()
         }
     }
 
@@ -278,6 +390,98 @@ mod tests {
     async fn open(log: &Arc<EmbeddedLog>) -> Routing {
         let keys: Arc<dyn KeyStore> = Arc::new(log.key_store());
         Routing::open("us-east", log.clone(), keys, policy(), Duration::from_millis(50)).await.unwrap()
+    }
+
+    fn completed_event(study: u128, tenant: &str, at: UnixMicros) -> meridian_events::Envelope {
+        use meridian_proto::events::v1 as pb;
+        let payload = pb::StudyCompleted {
+            study_id: Uuid::from_u128(study).to_string(),
+            completed_at: Some(at.to_timestamp()),
+            facility: "f".into(),
+            origin_jurisdiction: "US-NY".into(),
+            modality: "CT".into(),
+            body_part: "HEAD".into(),
+            procedure_code: "70450".into(),
+            requested_priority: "stat".into(),
+            ..Default::default()
+        };
+        let meta = EventMeta {
+            event_id: EventId::new_at(at),
+            aggregate_type: "ingest.study".into(),
+            aggregate_id: Uuid::from_u128(study),
+            aggregate_version: 2,
+            tenant: tenant.into(),
+            home_region: "us-east".into(),
+            occurred_at: at,
+            causation_id: None,
+            correlation_id: None,
+            traceparent: None,
+        };
+        meridian_events::Envelope::plain(meta, &payload).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn completed_studies_are_queued_once_with_ids_derived_from_their_cause() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let log = Arc::new(EmbeddedLog::open(&dir.path().join("log.redb"), EmbeddedOptions::default()).unwrap());
+        let routing_topic = TopicName::new("us-east", DataClass::Operational, "routing").unwrap();
+        let ingest = TopicName::new("us-east", DataClass::Operational, "ingest").unwrap();
+        log.ensure_topic(&TopicSpec::new(routing_topic, 4)).await.unwrap();
+        log.ensure_topic(&TopicSpec::new(ingest.clone(), 4)).await.unwrap();
+        let mut policy = policy();
+        policy.rvu_milli.insert("70450".into(), 850);
+        policy.subspecialty_rules.push(SubspecialtyRule {
+            modality: "CT".into(),
+            body_part: Some("HEAD".into()),
+            subspecialty: "neuro".into(),
+        });
+        let keys: Arc<dyn KeyStore> = Arc::new(log.key_store());
+        let routing = Routing::open("us-east", log.clone(), keys, policy, Duration::from_millis(50)).await.unwrap();
+        let at = UnixMicros(1_795_000_000_000_000);
+        let first = completed_event(1, "acme", at);
+        let events = [first.clone(), completed_event(2, "acme", at), completed_event(3, "no-contract-tenant", at)];
+        log.append(events.iter().map(|e| Outgoing::new(ingest.clone(), e).unwrap()).collect()).await.unwrap();
+
+        assert_eq!(
+            routing.intake(Duration::from_millis(50)).await.unwrap(),
+            2,
+            "a tenant without a contract is not routed"
+        );
+        let study = routing.read(|s| s.studies[&Uuid::from_u128(1)].clone()).await;
+        assert_eq!(
+            (study.contract.as_str(), study.priority, study.read_type),
+            ("c", Priority::Stat, ReadType::Preliminary)
+        );
+        assert_eq!((study.subspecialty.as_deref(), study.rvu_milli), (Some("neuro"), 850));
+        assert_eq!(study.deadline, UnixMicros(at.0 + 1_800_000_000), "STAT: 30 minutes from completion");
+        let partition =
+            meridian_log::partitioner::partition_for(Uuid::from_u128(3).hyphenated().to_string().as_bytes(), 4);
+        assert!(
+            log.committed(INTAKE, &ingest, partition).await.unwrap().is_some(),
+            "positions commit with the outputs"
+        );
+
+        // Nothing new on a second pass; a re-appended StudyCompleted is recognised.
+        assert_eq!(routing.intake(Duration::from_millis(50)).await.unwrap(), 0);
+        log.append(vec![Outgoing::new(ingest.clone(), &first).unwrap()]).await.unwrap();
+        assert_eq!(routing.intake(Duration::from_millis(50)).await.unwrap(), 0);
+
+        // The StudyQueued id derives from the StudyCompleted that caused it.
+        drop(routing);
+        let keys: Arc<dyn KeyStore> = Arc::new(log.key_store());
+        let routing = Routing::open("us-east", log.clone(), keys, super::tests::policy(), Duration::from_millis(50))
+            .await
+            .unwrap();
+        assert_eq!(routing.read(|s| s.studies.len()).await, 2, "a restart keeps exactly the two queued studies");
+        let from = (0..4)
+            .map(|p| Position::start(TopicName::new("us-east", DataClass::Operational, "routing").unwrap(), p))
+            .collect();
+        let mut reader = log.reader(from).await.unwrap();
+        let records = reader.next_batch(100, Duration::from_millis(100)).await.unwrap();
+        let queued =
+            records.iter().map(|r| r.envelope().unwrap()).find(|e| e.meta.aggregate_id == Uuid::from_u128(1)).unwrap();
+        assert_eq!(queued.meta.event_id, EventId::derived(first.meta.event_id, "meridian.events.v1.StudyQueued", 0));
+        assert_eq!(queued.meta.causation_id, Some(first.meta.event_id));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

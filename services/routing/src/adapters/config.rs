@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use meridian_config as cfg;
 
 use crate::domain::model::{DeliveryModel, Priority, ReadType};
-use crate::domain::policy::{AssignmentMode, ContractPolicy, Policy, RegionInfo};
+use crate::domain::policy::{AssignmentMode, ContractPolicy, Policy, RegionInfo, SubspecialtyRule};
 
 fn read_type(t: cfg::ReadType) -> ReadType {
     match t {
@@ -67,7 +67,18 @@ pub fn policy(platform: &cfg::Platform) -> Policy {
             )
         })
         .collect();
-    Policy { contracts, regions }
+    let subspecialty_rules = platform
+        .subspecialties
+        .rules
+        .iter()
+        .map(|r| SubspecialtyRule {
+            modality: r.modality.clone(),
+            body_part: r.body_part.clone(),
+            subspecialty: r.subspecialty.clone(),
+        })
+        .collect();
+    let rvu_milli = platform.rvus.work_rvu.iter().map(|(code, rvu)| (code.clone(), rvu.milli)).collect();
+    Policy { contracts, regions, subspecialty_rules, rvu_milli }
 }
 
 #[cfg(test)]
@@ -88,5 +99,7 @@ mod tests {
         assert!(acme.delivery[&ReadType::Preliminary].contains(&DeliveryModel::Offshore));
         assert!(!acme.delivery[&ReadType::Final].contains(&DeliveryModel::Offshore));
         assert_eq!(p.regions["in-south"].country, "IN");
+        assert_eq!(p.rvu_milli["70450"], 850);
+        assert_eq!(p.subspecialty_rules[0].subspecialty, "neuro");
     }
 }

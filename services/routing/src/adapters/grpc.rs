@@ -395,6 +395,7 @@ mod tests {
                 "us-east".to_string(),
                 RegionInfo { country: "US".into(), nearshore: BTreeSet::new() },
             )]),
+            ..Default::default()
         };
         let routing =
             Arc::new(Routing::open("us-east", log.clone(), keys, policy, Duration::from_millis(50)).await.unwrap());

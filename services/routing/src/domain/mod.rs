@@ -1,5 +1,6 @@
 //! The routing domain: synchronous and pure. Time comes in as an argument.
 
+pub mod intake;
 pub mod model;
 pub mod order;
 pub mod policy;

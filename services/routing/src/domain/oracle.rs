@@ -149,7 +149,7 @@ fn policy(nearshore: bool, modes: [bool; 2], offshore: [bool; 2]) -> Policy {
             (c.name.clone(), c)
         })
         .collect();
-    Policy { contracts, regions }
+    Policy { contracts, regions, ..Default::default() }
 }
 
 prop_compose! {

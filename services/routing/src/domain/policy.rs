@@ -66,10 +66,23 @@ pub struct RegionInfo {
     pub nearshore: BTreeSet<String>,
 }
 
+/// Modality (and body part) → subspecialty; first match wins.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubspecialtyRule {
+    pub modality: String,
+    pub body_part: Option<String>,
+    pub subspecialty: String,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Policy {
     pub contracts: BTreeMap<String, ContractPolicy>,
     pub regions: BTreeMap<String, RegionInfo>,
+    #[serde(default)]
+    pub subspecialty_rules: Vec<SubspecialtyRule>,
+    /// Procedure code → work RVU in thousandths.
+    #[serde(default)]
+    pub rvu_milli: BTreeMap<String, u32>,
 }
 
 impl Policy {

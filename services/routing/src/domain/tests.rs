@@ -51,6 +51,7 @@ fn policy() -> Policy {
             .into_iter()
             .map(|(n, r)| (n.to_string(), r))
             .collect(),
+        ..Default::default()
     }
 }
 

@@ -1,0 +1,220 @@
+//! Routing figures (docs/benchmarks.md): with 10,000 readers and 100,000
+//! open studies, the latency of one reader's worklist query and of one
+//! claim decision; and a full rebuild of 1,000,000 routing events from the
+//! embedded log.
+//!
+//! Usage: cargo run --release -p meridian-integration-tests --bin routing-bench [-- --readers N --studies N --events N]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meridian_events::{DataClass, KeyStore, UnixMicros};
+use meridian_log::embedded::{EmbeddedLog, EmbeddedOptions};
+use meridian_log::{EventLog, TopicName, TopicSpec};
+use meridian_routing::app::{Cause, Routing};
+use meridian_routing::domain::model::*;
+use meridian_routing::domain::policy::*;
+use meridian_routing::domain::worklist::{self, Command, Event, State};
+use uuid::Uuid;
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+const REGIONS: [(&str, &str, &str); 3] =
+    [("us-east", "US", "America/New_York"), ("eu-west", "IE", "Europe/Dublin"), ("in-south", "IN", "Asia/Kolkata")];
+const SUBS: [&str; 4] = ["neuro", "body", "chest", "msk"];
+const MODALITIES: [&str; 4] = ["CT", "MR", "CR", "US"];
+
+fn policy() -> Policy {
+    let contracts = (0..10)
+        .map(|i| {
+            let mut prelim = BTreeSet::from([DeliveryModel::Onshore]);
+            if i % 2 == 0 {
+                prelim.insert(DeliveryModel::Offshore);
+            }
+            let c = ContractPolicy {
+                name: format!("c{i}"),
+                tenant: format!("t{i}"),
+                groups: (0..5).map(|g| format!("g{}", (i + g) % 20)).collect(),
+                mode: AssignmentMode::Pull,
+                delivery: BTreeMap::from([
+                    (ReadType::Preliminary, prelim),
+                    (ReadType::Final, BTreeSet::from([DeliveryModel::Onshore])),
+                ]),
+                sla_seconds: BTreeMap::from([
+                    (Priority::Stat, 1_800),
+                    (Priority::Urgent, 7_200),
+                    (Priority::Routine, 86_400),
+                ]),
+                escalation_per_mille: vec![500, 800],
+            };
+            (c.name.clone(), c)
+        })
+        .collect();
+    let regions = REGIONS
+        .iter()
+        .map(|(n, c, _)| (n.to_string(), RegionInfo { country: c.to_string(), nearshore: BTreeSet::new() }))
+        .collect();
+    Policy { contracts, regions, ..Default::default() }
+}
+
+fn reader(i: usize) -> Reader {
+    let (region, _, tz) = REGIONS[i % 3];
+    Reader {
+        id: format!("r{i}"),
+        group: format!("g{}", i % 20),
+        region: region.into(),
+        time_zone: tz.into(),
+        licences: vec![Licence { jurisdiction: "US".into(), expires: UnixMicros(i64::MAX) }],
+        credentials: (0..10)
+            .filter(|t| (i + t) % 3 != 0)
+            .map(|t| Credential { tenant: format!("t{t}"), facility: format!("f{t}"), expires: UnixMicros(i64::MAX) })
+            .collect(),
+        subspecialties: BTreeSet::from([SUBS[i % 4].to_string(), SUBS[(i / 4) % 4].to_string()]),
+        modalities: BTreeSet::from([MODALITIES[i % 4].to_string(), MODALITIES[(i + 1) % 4].to_string()]),
+        read_types: BTreeSet::from([ReadType::Preliminary, ReadType::Final]),
+        shifts: (1..=7)
+            .map(|d| Shift {
+                weekday: d,
+                start_minute: ((i % 24) * 60) as u32,
+                end_minute: (((i + 10) % 24) * 60) as u32,
+            })
+            .collect(),
+        capacity: 10,
+        availability: Availability::Available,
+    }
+}
+
+fn study(i: usize, now: UnixMicros) -> Study {
+    Study {
+        id: Uuid::from_u128(i as u128 + 1),
+        tenant: format!("t{}", i % 10),
+        facility: format!("f{}", i % 10),
+        contract: format!("c{}", i % 10),
+        home_region: "us-east".into(),
+        origin_jurisdiction: "US-NY".into(),
+        modality: MODALITIES[i % 4].into(),
+        body_part: "HEAD".into(),
+        subspecialty: Some(SUBS[i % 4].into()),
+        subspecialty_required: i % 5 == 0,
+        priority: [Priority::Stat, Priority::Urgent, Priority::Routine][i % 3],
+        service_type: ServiceType::StoreAndForward,
+        read_type: if i % 4 == 0 { ReadType::Final } else { ReadType::Preliminary },
+        patient_key: Some(Uuid::from_u128((i % 50_000) as u128)),
+        rvu_milli: 500 + (i % 2_000) as u32,
+        ai_flagged: i % 7 == 0,
+        completed_at: UnixMicros(now.0 - (i % 600) as i64 * 60_000_000),
+        deadline: UnixMicros(now.0 + 3_600_000_000 + (i as i64 % 86_400) * 1_000_000),
+        prior_reader: None,
+        escalations: 0,
+        widened: BTreeSet::new(),
+        assignee: None,
+        sequence: i as u64,
+    }
+}
+
+fn percentiles(mut xs: Vec<Duration>) -> (f64, f64) {
+    xs.sort();
+    let at = |p: f64| xs[((xs.len() as f64 * p).ceil() as usize).clamp(1, xs.len()) - 1].as_secs_f64() * 1e3;
+    (at(0.5), at(0.99))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let (n_readers, n_studies, n_events) =
+        (arg("--readers", 10_000), arg("--studies", 100_000), arg("--events", 1_000_000));
+    let now = UnixMicros(1_795_000_000_000_000);
+    let policy = policy();
+    let mut state = State::default();
+    for i in 0..n_readers {
+        state = worklist::apply(state, &Event::ReaderRegistered(reader(i)));
+    }
+    for i in 0..n_studies {
+        state = worklist::apply(state, &Event::StudyQueued(study(i, now)));
+    }
+    println!("routing   ({n_readers} readers, {n_studies} open studies, 10 contracts, 20 reading groups, 3 regions)");
+
+    let sample: Vec<String> = (0..100).map(|k| format!("r{}", (k * 97) % n_readers)).collect();
+    let mut lat = Vec::new();
+    let mut offered = 0;
+    for r in &sample {
+        let t = Instant::now();
+        offered += state.worklist(&policy, now, r)?.len();
+        lat.push(t.elapsed());
+    }
+    let (p50, p99) = percentiles(lat);
+    println!(
+        "routing   worklist query for one reader: p50 {p50:.1} ms, p99 {p99:.1} ms (mean {} studies offered)",
+        offered / sample.len()
+    );
+
+    let mut lat = Vec::new();
+    let mut decided = 0;
+    let started = Instant::now();
+    for r in &sample {
+        let t = Instant::now();
+        if worklist::decide(&state, &policy, Command::ClaimNext { reader: r.clone() }, now).is_ok() {
+            decided += 1;
+        }
+        lat.push(t.elapsed());
+    }
+    let rate = sample.len() as f64 / started.elapsed().as_secs_f64();
+    let (p50, p99) = percentiles(lat);
+    println!(
+        "routing   claim-next decision: p50 {p50:.1} ms, p99 {p99:.1} ms, {rate:.0} decisions/s ({decided} of {} found work)",
+        sample.len()
+    );
+
+    // Full rebuild of n_events routing events from the embedded log.
+    let dir = tempfile::TempDir::new()?;
+    let log = Arc::new(EmbeddedLog::open(&dir.path().join("log.redb"), EmbeddedOptions::default())?);
+    log.ensure_topic(&TopicSpec::new(TopicName::new("us-east", DataClass::Operational, "routing")?, 8)).await?;
+    let keys: Arc<dyn KeyStore> = Arc::new(log.key_store());
+    let routing =
+        Routing::open("us-east", log.clone(), keys.clone(), policy.clone(), Duration::from_millis(50)).await?;
+    let started = Instant::now();
+    let mut written = 0;
+    let mut i = 0;
+    while written < n_events {
+        // A queued study and its claim-release churn: realistic event mix.
+        let mut s = study(n_studies + i, now);
+        s.sequence = i as u64;
+        let new = worklist::NewStudy {
+            id: s.id,
+            tenant: s.tenant,
+            facility: s.facility,
+            contract: s.contract,
+            home_region: s.home_region,
+            origin_jurisdiction: s.origin_jurisdiction,
+            modality: s.modality,
+            body_part: s.body_part,
+            subspecialty: s.subspecialty,
+            subspecialty_required: s.subspecialty_required,
+            priority: s.priority,
+            service_type: s.service_type,
+            read_type: s.read_type,
+            patient_key: s.patient_key,
+            rvu_milli: s.rvu_milli,
+            ai_flagged: s.ai_flagged,
+            completed_at: s.completed_at,
+            prior_reader: None,
+        };
+        written += routing.execute(Command::Queue(new), now, Cause::Unkeyed).await?.len();
+        i += 1;
+    }
+    let write_secs = started.elapsed().as_secs_f64();
+    drop(routing);
+    let started = Instant::now();
+    let routing = Routing::open("us-east", log.clone(), keys, policy, Duration::from_millis(50)).await?;
+    let secs = started.elapsed().as_secs_f64() - 0.05;
+    let studies = routing.read(|s| s.studies.len()).await;
+    anyhow::ensure!(studies == i, "rebuilt {studies} of {i} studies");
+    println!(
+        "routing   full rebuild of {written} routing events from the embedded log: {secs:.2} s ({:.0} events/s; writing them took {write_secs:.1} s)",
+        written as f64 / secs
+    );
+    Ok(())
+}

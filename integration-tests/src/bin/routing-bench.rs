@@ -70,7 +70,7 @@ fn reader(i: usize) -> Reader {
         time_zone: tz.into(),
         licences: vec![Licence { jurisdiction: "US".into(), expires: UnixMicros(i64::MAX) }],
         credentials: (0..10)
-            .filter(|t| (i + t) % 3 != 0)
+            .filter(|t| !(i + t).is_multiple_of(3))
             .map(|t| Credential { tenant: format!("t{t}"), facility: format!("f{t}"), expires: UnixMicros(i64::MAX) })
             .collect(),
         subspecialties: BTreeSet::from([SUBS[i % 4].to_string(), SUBS[(i / 4) % 4].to_string()]),
@@ -99,13 +99,13 @@ fn study(i: usize, now: UnixMicros) -> Study {
         modality: MODALITIES[i % 4].into(),
         body_part: "HEAD".into(),
         subspecialty: Some(SUBS[i % 4].into()),
-        subspecialty_required: i % 5 == 0,
+        subspecialty_required: i.is_multiple_of(5),
         priority: [Priority::Stat, Priority::Urgent, Priority::Routine][i % 3],
         service_type: ServiceType::StoreAndForward,
-        read_type: if i % 4 == 0 { ReadType::Final } else { ReadType::Preliminary },
+        read_type: if i.is_multiple_of(4) { ReadType::Final } else { ReadType::Preliminary },
         patient_key: Some(Uuid::from_u128((i % 50_000) as u128)),
         rvu_milli: 500 + (i % 2_000) as u32,
-        ai_flagged: i % 7 == 0,
+        ai_flagged: i.is_multiple_of(7),
         completed_at: UnixMicros(now.0 - (i % 600) as i64 * 60_000_000),
         deadline: UnixMicros(now.0 + 3_600_000_000 + (i as i64 % 86_400) * 1_000_000),
         prior_reader: None,

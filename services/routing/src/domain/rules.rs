@@ -83,6 +83,9 @@ pub struct Context<'a> {
     pub now: UnixMicros,
     /// The reader's open assignments.
     pub open_assignments: u32,
+    /// Whether `now` is within one of the reader's shifts: decided once per
+    /// reader, not once per study (it converts to the reader's time zone).
+    pub on_shift: bool,
 }
 
 fn check(rule: Rule, passed: bool, reason: impl FnOnce() -> String) -> Check {
@@ -142,7 +145,7 @@ fn evaluate(rule: Rule, r: &Reader, s: &Study, ctx: &Context<'_>) -> Check {
             check(rule, ok, || format!("the study requires subspecialty {}", s.subspecialty.as_deref().unwrap_or("")))
         }
         Rule::OnShift => {
-            let ok = r.availability == Availability::Available && r.on_shift(now);
+            let ok = r.availability == Availability::Available && ctx.on_shift;
             check(rule, ok, || {
                 if r.availability != Availability::Available {
                     format!("{} is {:?}", r.id, r.availability)

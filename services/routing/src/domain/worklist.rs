@@ -175,7 +175,8 @@ pub enum Error {
 
 impl State {
     fn context<'a>(&self, policy: &'a Policy, now: UnixMicros, reader: &str) -> Context<'a> {
-        Context { policy, now, open_assignments: self.load.get(reader).map_or(0, |l| l.open) }
+        let on_shift = self.readers.get(reader).is_some_and(|r| r.on_shift(now));
+        Context { policy, now, open_assignments: self.load.get(reader).map_or(0, |l| l.open), on_shift }
     }
 
     fn situation(&self, policy: &Policy, reader: &Reader, study: &Study) -> ReaderSituation {
@@ -349,14 +350,24 @@ pub fn decide(state: &State, policy: &Policy, command: Command, now: UnixMicros)
 fn assign_pending(state: &State, policy: &Policy, now: UnixMicros) -> Vec<Event> {
     let mut scratch = state.clone();
     let mut events = Vec::new();
+    // Shifts do not change within one decision: each reader's once.
+    let on_shift: BTreeMap<String, bool> = state.readers.values().map(|r| (r.id.clone(), r.on_shift(now))).collect();
     loop {
         let mut best: Option<(Rank, Uuid, String, DeliveryModel)> = None;
+        let contexts: Vec<(&Reader, Context<'_>)> = scratch
+            .readers
+            .values()
+            .map(|r| {
+                let open = scratch.load.get(&r.id).map_or(0, |l| l.open);
+                (r, Context { policy, now, open_assignments: open, on_shift: on_shift[&r.id] })
+            })
+            .collect();
         for s in scratch.studies.values() {
             if s.assignee.is_some() || scratch.mode(policy, s) != Some(AssignmentMode::Push) {
                 continue;
             }
-            for r in scratch.readers.values() {
-                if !rules::eligible(r, s, &scratch.context(policy, now, &r.id)) {
+            for (r, ctx) in &contexts {
+                if !rules::eligible(r, s, ctx) {
                     continue;
                 }
                 let situation = scratch.situation(policy, r, s);

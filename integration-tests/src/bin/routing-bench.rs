@@ -9,10 +9,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meridian_events::{DataClass, KeyStore, UnixMicros};
+use meridian_events::{DataClass, EventId, EventMeta, KeyStore, UnixMicros};
 use meridian_log::embedded::{EmbeddedLog, EmbeddedOptions};
-use meridian_log::{EventLog, TopicName, TopicSpec};
-use meridian_routing::app::{Cause, Routing};
+use meridian_log::{EventLog, Outgoing, TopicName, TopicSpec};
+use meridian_routing::adapters::events::to_payload;
+use meridian_routing::app::Routing;
 use meridian_routing::domain::model::*;
 use meridian_routing::domain::policy::*;
 use meridian_routing::domain::worklist::{self, Command, Event, State};
@@ -137,7 +138,17 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("routing   ({n_readers} readers, {n_studies} open studies, 10 contracts, 20 reading groups, 3 regions)");
 
-    let sample: Vec<String> = (0..100).map(|k| format!("r{}", (k * 97) % n_readers)).collect();
+    // The readers who can take work now (on shift, available): an off-shift
+    // reader's query is answered before any study is looked at, and would
+    // flatter the figures. A first pass warms the time-zone database.
+    let sample: Vec<String> = (0..n_readers)
+        .map(|i| format!("r{}", (i * 7_919) % n_readers))
+        .filter(|r| state.readers[r].on_shift(now))
+        .take(1_000)
+        .collect();
+    for r in sample.iter().take(50) {
+        state.worklist(&policy, now, r)?;
+    }
     let mut lat = Vec::new();
     let mut offered = 0;
     for r in &sample {
@@ -147,9 +158,18 @@ async fn main() -> anyhow::Result<()> {
     }
     let (p50, p99) = percentiles(lat);
     println!(
-        "routing   worklist query for one reader: p50 {p50:.1} ms, p99 {p99:.1} ms (mean {} studies offered)",
+        "routing   whole worklist of one on-shift reader ({} sampled): p50 {p50:.2} ms, p99 {p99:.2} ms (mean {} studies offered)",
+        sample.len(),
         offered / sample.len()
     );
+    let mut lat = Vec::new();
+    for r in &sample {
+        let t = Instant::now();
+        state.offers(&policy, now, r, |_| true, 50)?;
+        lat.push(t.elapsed());
+    }
+    let (p50, p99) = percentiles(lat);
+    println!("routing   first page (50) of one on-shift reader's worklist: p50 {p50:.3} ms, p99 {p99:.3} ms");
 
     let mut lat = Vec::new();
     let mut decided = 0;
@@ -164,56 +184,118 @@ async fn main() -> anyhow::Result<()> {
     let rate = sample.len() as f64 / started.elapsed().as_secs_f64();
     let (p50, p99) = percentiles(lat);
     println!(
-        "routing   claim-next decision: p50 {p50:.1} ms, p99 {p99:.1} ms, {rate:.0} decisions/s ({decided} of {} found work)",
+        "routing   claim-next decision (pull): p50 {p50:.3} ms, p99 {p99:.3} ms, {rate:.0} decisions/s ({decided} of {} found work)",
         sample.len()
     );
 
-    // Full rebuild of n_events routing events from the embedded log.
+    // Push: a study arrives under a push contract and the engine assigns it,
+    // with the 100,000 pull studies still open beside it.
+    let mut push_policy = policy.clone();
+    let mut push = push_policy.contracts["c0"].clone();
+    push.name = "push".into();
+    push.mode = AssignmentMode::Push;
+    push_policy.contracts.insert("push".into(), push);
+    let mut lat = Vec::new();
+    let mut assigned = 0;
+    let started = Instant::now();
+    for k in 0..1_000 {
+        let mut s = study(n_studies + k, now);
+        s.contract = "push".into();
+        s.tenant = "t0".into();
+        s.facility = "f0".into();
+        let id = s.id;
+        let queued = worklist::apply(state, &Event::StudyQueued(s));
+        let t = Instant::now();
+        let events = worklist::decide(&queued, &push_policy, Command::Assign { study: id }, now)?;
+        lat.push(t.elapsed());
+        assigned += events.len();
+        state = events.iter().fold(queued, worklist::apply);
+    }
+    let rate = 1_000.0 / started.elapsed().as_secs_f64();
+    let (p50, p99) = percentiles(lat);
+    println!(
+        "routing   push assignment of an arriving study: p50 {p50:.3} ms, p99 {p99:.3} ms, {rate:.0} decisions/s ({assigned} of 1000 assigned)"
+    );
+
+    // A sweep: 1,000 push studies arrive at once and the timer's
+    // AssignPending gives each its reader, beside the open pull studies.
+    let mut swept = state.clone();
+    for k in 0..1_000 {
+        let mut s = study(n_studies + 10_000 + k, now);
+        s.contract = "push".into();
+        s.tenant = "t0".into();
+        s.facility = "f0".into();
+        swept = worklist::apply(swept, &Event::StudyQueued(s));
+    }
+    let t = Instant::now();
+    let events = worklist::decide(&swept, &push_policy, Command::AssignPending, now)?;
+    println!(
+        "routing   push sweep (AssignPending) over 1000 arrivals: {:.1} ms for {} assignments",
+        t.elapsed().as_secs_f64() * 1e3,
+        events.len()
+    );
+
+    // Full rebuild of n_events routing events from the embedded log. The
+    // input is written in large batches (as a busy region's routing would
+    // append it over hours): per study, StudyQueued and AssignmentClaimed,
+    // and for every fourth a release and a second claim.
     let dir = tempfile::TempDir::new()?;
     let log = Arc::new(EmbeddedLog::open(&dir.path().join("log.redb"), EmbeddedOptions::default())?);
-    log.ensure_topic(&TopicSpec::new(TopicName::new("us-east", DataClass::Operational, "routing")?, 8)).await?;
+    let topic = TopicName::new("us-east", DataClass::Operational, "routing")?;
+    log.ensure_topic(&TopicSpec::new(topic.clone(), 8)).await?;
     let keys: Arc<dyn KeyStore> = Arc::new(log.key_store());
-    let routing =
-        Routing::open("us-east", log.clone(), keys.clone(), policy.clone(), Duration::from_millis(50)).await?;
     let started = Instant::now();
-    let mut written = 0;
-    let mut i = 0;
+    let (mut written, mut studies) = (0, 0);
+    let mut batch = Vec::new();
     while written < n_events {
-        // A queued study and its claim-release churn: realistic event mix.
-        let mut s = study(n_studies + i, now);
-        s.sequence = i as u64;
-        let new = worklist::NewStudy {
-            id: s.id,
-            tenant: s.tenant,
-            facility: s.facility,
-            contract: s.contract,
-            home_region: s.home_region,
-            origin_jurisdiction: s.origin_jurisdiction,
-            modality: s.modality,
-            body_part: s.body_part,
-            subspecialty: s.subspecialty,
-            subspecialty_required: s.subspecialty_required,
-            priority: s.priority,
-            service_type: s.service_type,
-            read_type: s.read_type,
-            patient_key: s.patient_key,
-            rvu_milli: s.rvu_milli,
-            ai_flagged: s.ai_flagged,
-            completed_at: s.completed_at,
-            prior_reader: None,
-        };
-        written += routing.execute(Command::Queue(new), now, Cause::Unkeyed).await?.len();
-        i += 1;
+        let mut s = study(n_studies + 20_000 + studies, now);
+        s.sequence = studies as u64;
+        let reader = format!("r{}", studies % n_readers);
+        let mut events = vec![
+            Event::StudyQueued(s.clone()),
+            Event::AssignmentClaimed { study: s.id, reader: reader.clone(), delivery_model: DeliveryModel::Onshore },
+        ];
+        if studies.is_multiple_of(4) {
+            events.push(Event::AssignmentReleased { study: s.id, reader, reason: "shift ended".into() });
+            events.push(Event::AssignmentClaimed {
+                study: s.id,
+                reader: format!("r{}", (studies + 1) % n_readers),
+                delivery_model: DeliveryModel::Onshore,
+            });
+        }
+        for (version, e) in events.iter().enumerate() {
+            let meta = EventMeta {
+                event_id: EventId::new_at(now),
+                aggregate_type: "routing.study".into(),
+                aggregate_id: s.id,
+                aggregate_version: version as u64 + 1,
+                tenant: s.tenant.clone(),
+                home_region: "us-east".into(),
+                occurred_at: now,
+                causation_id: None,
+                correlation_id: None,
+                traceparent: None,
+            };
+            batch.push(Outgoing::new(topic.clone(), &to_payload(e).plain_envelope(meta)?)?);
+        }
+        written += events.len();
+        studies += 1;
+        if batch.len() >= 10_000 {
+            log.append(std::mem::take(&mut batch)).await?;
+        }
     }
+    log.append(batch).await?;
     let write_secs = started.elapsed().as_secs_f64();
-    drop(routing);
+    let idle = Duration::from_millis(50);
     let started = Instant::now();
-    let routing = Routing::open("us-east", log.clone(), keys, policy, Duration::from_millis(50)).await?;
-    let secs = started.elapsed().as_secs_f64() - 0.05;
-    let studies = routing.read(|s| s.studies.len()).await;
-    anyhow::ensure!(studies == i, "rebuilt {studies} of {i} studies");
+    let routing = Routing::open("us-east", log.clone(), keys, policy, idle).await?;
+    // The replay ends when a read stays empty for `idle`: not rebuild time.
+    let secs = started.elapsed().as_secs_f64() - idle.as_secs_f64();
+    let (rebuilt, assigned) =
+        routing.read(|s| (s.studies.len(), s.studies.values().filter(|s| s.assignee.is_some()).count())).await;
+    anyhow::ensure!(rebuilt == studies && assigned == studies, "rebuilt {rebuilt} of {studies} studies");
     println!(
-        "routing   full rebuild of {written} routing events from the embedded log: {secs:.2} s ({:.0} events/s; writing them took {write_secs:.1} s)",
+        "routing   full rebuild of {written} routing events ({studies} studies) from the embedded log: {secs:.2} s ({:.0} events/s; writing them took {write_secs:.1} s)",
         written as f64 / secs
     );
     Ok(())

@@ -4,6 +4,7 @@ pub mod intake;
 pub mod model;
 pub mod order;
 pub mod policy;
+pub mod queue;
 pub mod rules;
 pub mod worklist;
 

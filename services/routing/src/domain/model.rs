@@ -42,7 +42,7 @@ pub enum DeliveryModel {
     Offshore,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum ServiceType {
     /// STAT, synchronous.
     RealTime,
@@ -111,15 +111,37 @@ pub struct Reader {
     pub availability: Availability,
 }
 
+/// A moment as a reader's shifts see it: the ISO weekday and minute of the
+/// day in one time zone. Worked out once per time zone, not per reader,
+/// where many readers are asked at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalTime {
+    pub weekday: u8,
+    pub minute: u32,
+}
+
+impl LocalTime {
+    /// `None` for an unknown time zone (config rejects one).
+    pub fn of(time_zone: &str, now: UnixMicros) -> Option<LocalTime> {
+        let tz = jiff::tz::TimeZone::get(time_zone).ok()?;
+        let local = jiff::Timestamp::from_microsecond(now.0).ok()?.to_zoned(tz);
+        Some(LocalTime {
+            weekday: local.weekday().to_monday_one_offset() as u8,
+            minute: local.hour() as u32 * 60 + local.minute() as u32,
+        })
+    }
+}
+
 impl Reader {
     /// Whether `now` falls in one of the reader's shifts, in their time zone.
-    /// An unknown time zone means never on shift (and config rejects one).
+    /// An unknown time zone means never on shift.
     pub fn on_shift(&self, now: UnixMicros) -> bool {
-        let Ok(tz) = jiff::tz::TimeZone::get(&self.time_zone) else { return false };
-        let Ok(ts) = jiff::Timestamp::from_microsecond(now.0) else { return false };
-        let local = ts.to_zoned(tz);
-        let weekday = local.weekday().to_monday_one_offset() as u8;
-        let minute = local.hour() as u32 * 60 + local.minute() as u32;
+        LocalTime::of(&self.time_zone, now).is_some_and(|t| self.on_shift_at(t))
+    }
+
+    /// Whether local time `t` (in the reader's zone) falls in a shift.
+    pub fn on_shift_at(&self, t: LocalTime) -> bool {
+        let LocalTime { weekday, minute } = t;
         let yesterday = if weekday == 1 { 7 } else { weekday - 1 };
         self.shifts.iter().any(|s| {
             if s.start_minute < s.end_minute {

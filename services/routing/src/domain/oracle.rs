@@ -321,6 +321,24 @@ proptest! {
                 (expected, got) => prop_assert!(false, "oracle {:?}, engine {:?}", expected, got),
             }
         }
+        // On arrival, `Assign` gives one study the oracle's best reader for it.
+        for s in state.studies.values().filter(|s| p.contracts[&s.contract].mode == AssignmentMode::Push) {
+            let load = OracleLoad::default();
+            let best = state
+                .readers
+                .values()
+                .filter(|r| oracle_eligible(&p, r, s, 0, w.now))
+                .map(|r| oracle_key(&p, r, s, &load))
+                .min()
+                .map(|k| k.8);
+            let events = decide(&state, &p, Command::Assign { study: s.id }, w.now).unwrap();
+            let got = match &events[..] {
+                [] => None,
+                [Event::StudyAssigned { study, reader, .. }] if *study == s.id => Some(reader.clone()),
+                other => { prop_assert!(false, "Assign decided {:?}", other); None }
+            };
+            prop_assert_eq!(got, best);
+        }
     }
 
     /// Pull: a reader's worklist is exactly the studies the oracle finds
@@ -339,6 +357,9 @@ proptest! {
             expected.sort();
             let got: Vec<Uuid> = state.worklist(&p, w.now, &r.id).unwrap().iter().map(|s| s.id).collect();
             prop_assert_eq!(&got, &expected.iter().map(|(_, id)| *id).collect::<Vec<_>>());
+            // A page is the head of the whole worklist.
+            let page: Vec<Uuid> = state.offers(&p, w.now, &r.id, |_| true, 2).unwrap().iter().map(|s| s.id).collect();
+            prop_assert_eq!(&page[..], &got[..got.len().min(2)]);
             let first_pull = expected.iter().map(|(_, id)| *id).find(|id| p.contracts[&state.studies[id].contract].mode == AssignmentMode::Pull);
             match decide(&state, &p, Command::ClaimNext { reader: r.id.clone() }, w.now) {
                 Ok(events) => {

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::model::{DeliveryModel, Priority, Reader, ServiceType, Study};
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Rank {
+pub struct Rank<'r> {
     pub deadline: UnixMicros,
     pub priority: Priority,
     pub subspecialty_mismatch: bool,
@@ -28,7 +28,7 @@ pub struct Rank {
     pub remote_in_hybrid: bool,
     pub sequence: u64,
     pub study: Uuid,
-    pub reader: String,
+    pub reader: &'r str,
 }
 
 /// What the order needs to know of the reader's situation.
@@ -39,7 +39,7 @@ pub struct ReaderSituation {
     pub delivery_model: DeliveryModel,
 }
 
-pub fn rank(study: &Study, reader: &Reader, situation: &ReaderSituation) -> Rank {
+pub fn rank<'r>(study: &Study, reader: &'r Reader, situation: &ReaderSituation) -> Rank<'r> {
     Rank {
         deadline: study.deadline,
         priority: study.priority,
@@ -50,6 +50,6 @@ pub fn rank(study: &Study, reader: &Reader, situation: &ReaderSituation) -> Rank
             && situation.delivery_model != DeliveryModel::Onshore,
         sequence: study.sequence,
         study: study.id,
-        reader: reader.id.clone(),
+        reader: &reader.id,
     }
 }

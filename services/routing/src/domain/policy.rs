@@ -90,14 +90,39 @@ impl Policy {
     /// region is in the patient's country, nearshore when the study's home
     /// region lists the reader's region as near, offshore otherwise.
     pub fn delivery_model(&self, reader: &Reader, study: &Study) -> DeliveryModel {
-        let patient_country = study.origin_jurisdiction.split('-').next().unwrap_or_default();
+        self.delivery_model_from(reader, country(&study.origin_jurisdiction), &study.home_region)
+    }
+
+    /// `delivery_model` for a study from `patient_country`, held in `home_region`.
+    pub fn delivery_model_from(&self, reader: &Reader, patient_country: &str, home_region: &str) -> DeliveryModel {
         match self.regions.get(&reader.region) {
             Some(r) if r.country == patient_country => DeliveryModel::Onshore,
-            _ if self.regions.get(&study.home_region).is_some_and(|h| h.nearshore.contains(&reader.region)) => {
+            _ if self.regions.get(home_region).is_some_and(|h| h.nearshore.contains(&reader.region)) => {
                 DeliveryModel::Nearshore
             }
             _ => DeliveryModel::Offshore,
         }
+    }
+
+    /// Whether a study is offered to readers of delivery model `model` now:
+    /// `offered(study).contains(model)`, without building the set (it is
+    /// asked once per candidate study of every query).
+    pub fn offers(&self, study: &Study, model: DeliveryModel) -> bool {
+        self.offers_to(&study.contract, study.read_type, study.service_type, &study.widened, model)
+    }
+
+    /// `offers` for a study of `contract`, read type, service and widening.
+    pub fn offers_to(
+        &self,
+        contract: &str,
+        read_type: ReadType,
+        service: ServiceType,
+        widened: &BTreeSet<DeliveryModel>,
+        model: DeliveryModel,
+    ) -> bool {
+        let Some(contract) = self.contracts.get(contract) else { return false };
+        contract.delivery.get(&read_type).is_some_and(|allowed| allowed.contains(&model))
+            && (service != ServiceType::Hybrid || model == DeliveryModel::Onshore || widened.contains(&model))
     }
 
     /// The delivery models a study is offered to now.
@@ -108,4 +133,9 @@ impl Policy {
         offered.extend(study.widened.iter().filter(|m| allowed.contains(m)));
         offered
     }
+}
+
+/// The ISO 3166-1 country of an ISO 3166-2 jurisdiction ("US-NY" → "US").
+pub fn country(jurisdiction: &str) -> &str {
+    jurisdiction.split('-').next().unwrap_or_default()
 }

@@ -92,6 +92,12 @@ fn check(rule: Rule, passed: bool, reason: impl FnOnce() -> String) -> Check {
     Check { rule, passed, reason: if passed { String::new() } else { reason() } }
 }
 
+/// Whether the rules that look at the reader alone (availability, shift,
+/// capacity) let them take any study now: when not, no study need be asked.
+pub fn reader_can_take_work(reader: &Reader, ctx: &Context<'_>) -> bool {
+    reader.availability == Availability::Available && ctx.on_shift && ctx.open_assignments < reader.capacity
+}
+
 /// Every rule, in order, with its verdict.
 pub fn explain(reader: &Reader, study: &Study, ctx: &Context<'_>) -> Vec<Check> {
     Rule::ALL.iter().map(|rule| evaluate(*rule, reader, study, ctx)).collect()
@@ -120,8 +126,8 @@ fn evaluate(rule: Rule, r: &Reader, s: &Study, ctx: &Context<'_>) -> Check {
         }),
         Rule::DeliveryModel => {
             let model = ctx.policy.delivery_model(r, s);
-            let offered = ctx.policy.offered(s);
-            check(rule, offered.contains(&model), || {
+            check(rule, ctx.policy.offers(s, model), || {
+                let offered = ctx.policy.offered(s);
                 format!("{model:?} {:?} reads are not offered for this study now (offered: {offered:?})", s.read_type)
             })
         }

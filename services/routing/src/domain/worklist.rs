@@ -1,15 +1,18 @@
 //! The worklist: `decide(&state, &policy, command, now) -> events` and
 //! `apply(state, &event) -> state`. No I/O, no clock.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use meridian_events::UnixMicros;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::model::{Availability, Credential, DeliveryModel, Licence, Priority, ReadType, Reader, ServiceType, Study};
+use super::model::{
+    Availability, Credential, DeliveryModel, Licence, LocalTime, Priority, ReadType, Reader, ServiceType, Study,
+};
 use super::order::{Rank, ReaderSituation, rank};
-use super::policy::{AssignmentMode, Policy};
+use super::policy::{AssignmentMode, ContractPolicy, Policy};
+use super::queue::{Bucket, Place, Queue, merged};
 use super::rules::{self, Check, Context};
 
 /// A reader's open work, kept by `apply` so decisions need no scan.
@@ -21,13 +24,77 @@ pub struct Load {
     pub patients: BTreeMap<Uuid, u32>,
 }
 
+impl Load {
+    fn take(&mut self, s: &Study) {
+        self.open += 1;
+        self.rvu_milli += u64::from(s.rvu_milli);
+        if let Some(p) = s.patient_key {
+            *self.patients.entry(p).or_default() += 1;
+        }
+    }
+
+    fn give_back(&mut self, s: &Study) {
+        self.open = self.open.saturating_sub(1);
+        self.rvu_milli = self.rvu_milli.saturating_sub(u64::from(s.rvu_milli));
+        if let Some(p) = s.patient_key
+            && let Some(n) = self.patients.get_mut(&p)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.patients.remove(&p);
+            }
+        }
+    }
+}
+
+/// The worklist state. Only `apply` changes it, which keeps the derived
+/// indexes (the unassigned-study queue, readers by group) true; they are
+/// not serialized but rebuilt when a snapshot is read.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "Stored")]
 pub struct State {
-    pub readers: BTreeMap<String, Reader>,
+    pub readers: HashMap<String, Reader>,
     pub studies: BTreeMap<Uuid, Study>,
     pub load: BTreeMap<String, Load>,
     pub breached: BTreeSet<Uuid>,
     pub next_sequence: u64,
+    #[serde(skip)]
+    queue: Queue,
+    /// Reading group → its readers.
+    #[serde(skip)]
+    groups: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// The serialized part of `State`.
+#[derive(Deserialize)]
+struct Stored {
+    readers: HashMap<String, Reader>,
+    studies: BTreeMap<Uuid, Study>,
+    load: BTreeMap<String, Load>,
+    breached: BTreeSet<Uuid>,
+    next_sequence: u64,
+}
+
+impl From<Stored> for State {
+    fn from(s: Stored) -> State {
+        let mut queue = Queue::default();
+        for study in s.studies.values().filter(|st| st.assignee.is_none()) {
+            queue.insert(study);
+        }
+        let mut groups: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for r in s.readers.values() {
+            groups.entry(r.group.clone()).or_default().insert(r.id.clone());
+        }
+        State {
+            readers: s.readers,
+            studies: s.studies,
+            load: s.load,
+            breached: s.breached,
+            next_sequence: s.next_sequence,
+            queue,
+            groups,
+        }
+    }
 }
 
 /// A study arriving on the worklist (from StudyCompleted and the contract).
@@ -71,6 +138,11 @@ pub enum Command {
     Queue(NewStudy),
     /// Push contracts: give every study that has an eligible reader the best one.
     AssignPending,
+    /// Push contracts: give this study its best eligible reader, if it has
+    /// one (on arrival, without walking the rest of the queue).
+    Assign {
+        study: Uuid,
+    },
     Claim {
         reader: String,
         study: Uuid,
@@ -173,44 +245,83 @@ pub enum Error {
     NotInGroup { reader: String, group: String },
 }
 
+/// Appends a run of equally-prefixed offers in the full order.
+fn flush<'s>(tied: &mut Vec<(Rank<'_>, &'s Study)>, offered: &mut Vec<&'s Study>) {
+    tied.sort_by(|a, b| a.0.cmp(&b.0));
+    offered.extend(tied.drain(..).map(|(_, s)| s));
+}
+
+/// The reader's situation for the order, given their open work.
+fn situation(policy: &Policy, reader: &Reader, study: &Study, load: Option<&Load>) -> ReaderSituation {
+    ReaderSituation {
+        load_rvu_milli: load.map_or(0, |l| l.rvu_milli),
+        holds_patient: study.patient_key.is_some_and(|p| load.is_some_and(|l| l.patients.contains_key(&p))),
+        delivery_model: policy.delivery_model(reader, study),
+    }
+}
+
 impl State {
     fn context<'a>(&self, policy: &'a Policy, now: UnixMicros, reader: &str) -> Context<'a> {
         let on_shift = self.readers.get(reader).is_some_and(|r| r.on_shift(now));
         Context { policy, now, open_assignments: self.load.get(reader).map_or(0, |l| l.open), on_shift }
     }
 
-    fn situation(&self, policy: &Policy, reader: &Reader, study: &Study) -> ReaderSituation {
-        let load = self.load.get(&reader.id);
-        ReaderSituation {
-            load_rvu_milli: load.map_or(0, |l| l.rvu_milli),
-            holds_patient: study.patient_key.is_some_and(|p| load.is_some_and(|l| l.patients.contains_key(&p))),
-            delivery_model: policy.delivery_model(reader, study),
-        }
-    }
-
     fn mode(&self, policy: &Policy, study: &Study) -> Option<AssignmentMode> {
         policy.contracts.get(&study.contract).map(|c| c.mode)
     }
 
+    /// The unassigned studies, indexed.
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
     /// Every rule's verdict for `reader` on `study`.
     pub fn explain(&self, policy: &Policy, now: UnixMicros, reader: &str, study: Uuid) -> Result<Vec<Check>, Error> {
-        let r = self.readers.get(reader).ok_or_else(|| Error::UnknownReader { reader: reader.to_owned() })?;
-        let s = self.studies.get(&study).ok_or(Error::UnknownStudy { study })?;
+        let r = self.reader(reader)?;
+        let s = self.study(study)?;
         Ok(rules::explain(r, s, &self.context(policy, now, reader)))
     }
 
     /// The unassigned studies `reader` is eligible for, in the total order.
     pub fn worklist(&self, policy: &Policy, now: UnixMicros, reader: &str) -> Result<Vec<&Study>, Error> {
-        let r = self.readers.get(reader).ok_or_else(|| Error::UnknownReader { reader: reader.to_owned() })?;
+        self.offers(policy, now, reader, |_| true, usize::MAX)
+    }
+
+    /// The first `limit` unassigned studies `reader` is eligible for, in the
+    /// total order, under the contracts `include` accepts. The queue yields
+    /// candidates in the order's study-level prefix; each run of equal
+    /// prefixes is then ranked in full, so the walk stops at `limit`.
+    pub fn offers(
+        &self,
+        policy: &Policy,
+        now: UnixMicros,
+        reader: &str,
+        include: impl Fn(&ContractPolicy) -> bool,
+        limit: usize,
+    ) -> Result<Vec<&Study>, Error> {
+        let r = self.reader(reader)?;
         let ctx = self.context(policy, now, reader);
-        let mut ranked: Vec<(Rank, &Study)> = self
-            .studies
-            .values()
-            .filter(|s| s.assignee.is_none() && rules::eligible(r, s, &ctx))
-            .map(|s| (rank(s, r, &self.situation(policy, r, s)), s))
-            .collect();
-        ranked.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(ranked.into_iter().map(|(_, s)| s).collect())
+        let load = self.load.get(reader);
+        let mut offered = Vec::new();
+        if !rules::reader_can_take_work(r, &ctx) {
+            return Ok(offered);
+        }
+        let mut tied: Vec<(Rank, &Study)> = Vec::new();
+        for place in merged(self.queue.for_reader(policy, r, include)) {
+            if tied.first().is_some_and(|(rk, _)| (rk.deadline, rk.priority) != place.prefix()) {
+                flush(&mut tied, &mut offered);
+                if offered.len() >= limit {
+                    break;
+                }
+            }
+            let Some(s) = self.studies.get(&place.study) else { continue };
+            if rules::eligible(r, s, &ctx) {
+                tied.push((rank(s, r, &situation(policy, r, s, load)), s));
+            }
+        }
+        flush(&mut tied, &mut offered);
+        offered.truncate(limit);
+        Ok(offered)
     }
 
     fn reader(&self, id: &str) -> Result<&Reader, Error> {
@@ -225,6 +336,20 @@ impl State {
         match rules::first_failure(r, s, &self.context(policy, now, &r.id)) {
             None => Ok(()),
             Some(check) => Err(Error::NotEligible { reader: r.id.clone(), study: s.id, check }),
+        }
+    }
+
+    /// Changes one study through `change`, keeping the queue true: a study
+    /// is in the queue exactly while it is unassigned, at its current place.
+    fn change_study(&mut self, id: &Uuid, change: impl FnOnce(&mut Study, &mut BTreeMap<String, Load>)) {
+        if let Some(s) = self.studies.get_mut(id) {
+            if s.assignee.is_none() {
+                self.queue.remove(s);
+            }
+            change(s, &mut self.load);
+            if s.assignee.is_none() {
+                self.queue.insert(s);
+            }
         }
     }
 }
@@ -280,7 +405,19 @@ pub fn decide(state: &State, policy: &Policy, command: Command, now: UnixMicros)
                 sequence: state.next_sequence,
             })])
         }
-        Command::AssignPending => Ok(assign_pending(state, policy, now)),
+        Command::AssignPending => Ok(assign_push(state, policy, now, None)),
+        Command::Assign { study } => {
+            let s = state.study(study)?;
+            match (&s.assignee, state.mode(policy, s)) {
+                (Some(assignee), _) => Err(Error::AlreadyAssigned { study, assignee: assignee.clone() }),
+                (None, Some(AssignmentMode::Push)) => Ok(assign_push(state, policy, now, Some(s))),
+                (None, mode) => Err(Error::WrongMode {
+                    study,
+                    mode: mode.unwrap_or(AssignmentMode::Pull),
+                    action: "assigned: readers claim it",
+                }),
+            }
+        }
         Command::Claim { reader, study } => {
             let r = state.reader(&reader)?;
             let s = state.study(study)?;
@@ -298,23 +435,21 @@ pub fn decide(state: &State, policy: &Policy, command: Command, now: UnixMicros)
             // No cherry-picking: an eligible unclaimed STAT study that is due
             // sooner comes first.
             let ctx = state.context(policy, now, &reader);
-            if let Some(earlier) = state.studies.values().find(|o| {
-                o.id != s.id
-                    && o.assignee.is_none()
-                    && o.priority == Priority::Stat
-                    && o.deadline < s.deadline
-                    && rules::eligible(r, o, &ctx)
-            }) {
-                return Err(Error::CherryPick { study, earlier: earlier.id });
+            let earlier = merged(state.queue.for_reader(policy, r, |_| true))
+                .take_while(|p| p.deadline < s.deadline)
+                .filter(|p| p.priority == Priority::Stat && p.study != s.id)
+                .find(|p| state.studies.get(&p.study).is_some_and(|o| rules::eligible(r, o, &ctx)));
+            if let Some(earlier) = earlier {
+                return Err(Error::CherryPick { study, earlier: earlier.study });
             }
             Ok(vec![Event::AssignmentClaimed { study, reader, delivery_model: policy.delivery_model(r, s) }])
         }
         Command::ClaimNext { reader } => {
             let r = state.reader(&reader)?;
             let next = state
-                .worklist(policy, now, &reader)?
+                .offers(policy, now, &reader, |c| c.mode == AssignmentMode::Pull, 1)?
                 .into_iter()
-                .find(|s| state.mode(policy, s) == Some(AssignmentMode::Pull))
+                .next()
                 .ok_or_else(|| Error::NothingToClaim { reader: reader.clone() })?;
             Ok(vec![Event::AssignmentClaimed {
                 study: next.id,
@@ -347,40 +482,85 @@ pub fn decide(state: &State, policy: &Policy, command: Command, now: UnixMicros)
 
 /// Push assignment: repeatedly the lowest eligible (study, reader) pair in
 /// the total order, until no unassigned push study has an eligible reader.
-fn assign_pending(state: &State, policy: &Policy, now: UnixMicros) -> Vec<Event> {
-    let mut scratch = state.clone();
+///
+/// Each push bucket of the queue gets its candidate readers once (reading
+/// group, modality, credential, on shift: none of which an assignment
+/// changes); the rules then decide each pair with the decision's own load.
+/// A bucket is walked in the order's study-level prefix, so it stops at its
+/// first run of equal prefixes with an eligible pair, or once it cannot beat
+/// the best pair found so far. With `only`, that one study's bucket and
+/// that study alone are considered.
+fn assign_push(state: &State, policy: &Policy, now: UnixMicros, only: Option<&Study>) -> Vec<Event> {
+    let only = only.map(Place::of);
+    // Many readers are asked at one moment: local time once per time zone,
+    // the lane's delivery model once per reader region.
+    let mut local: BTreeMap<&str, Option<LocalTime>> = BTreeMap::new();
+    let push: Vec<(&Bucket, Vec<&Reader>)> = state
+        .queue
+        .buckets()
+        .filter(|(_, bucket)| only.is_none_or(|p| bucket.contains(&p)))
+        .filter_map(|(key, bucket)| {
+            let contract = policy.contracts.get(key.contract).filter(|c| c.mode == AssignmentMode::Push)?;
+            let mut offered_to_region: BTreeMap<&str, bool> = BTreeMap::new();
+            let readers: Vec<&Reader> = contract
+                .groups
+                .iter()
+                .filter_map(|g| state.groups.get(g))
+                .flatten()
+                .filter_map(|id| state.readers.get(id))
+                .filter(|r| {
+                    r.availability == Availability::Available
+                        && r.modalities.contains(key.modality)
+                        && r.read_types.contains(&key.lane.read_type)
+                        && local
+                            .entry(r.time_zone.as_str())
+                            .or_insert_with(|| LocalTime::of(&r.time_zone, now))
+                            .is_some_and(|t| r.on_shift_at(t))
+                        && *offered_to_region
+                            .entry(r.region.as_str())
+                            .or_insert_with(|| key.lane.offered_to(policy, key.contract, r))
+                        && r.credentials.iter().any(|c| c.tenant == key.tenant && c.facility == key.facility)
+                })
+                .collect();
+            (!readers.is_empty()).then_some((bucket, readers))
+        })
+        .collect();
+    // What this decision has assigned so far, over the state.
+    let mut taken: BTreeSet<Uuid> = BTreeSet::new();
+    let mut load: BTreeMap<&str, Load> = BTreeMap::new();
     let mut events = Vec::new();
-    // Shifts do not change within one decision: each reader's once.
-    let on_shift: BTreeMap<String, bool> = state.readers.values().map(|r| (r.id.clone(), r.on_shift(now))).collect();
     loop {
-        let mut best: Option<(Rank, Uuid, String, DeliveryModel)> = None;
-        let contexts: Vec<(&Reader, Context<'_>)> = scratch
-            .readers
-            .values()
-            .map(|r| {
-                let open = scratch.load.get(&r.id).map_or(0, |l| l.open);
-                (r, Context { policy, now, open_assignments: open, on_shift: on_shift[&r.id] })
-            })
-            .collect();
-        for s in scratch.studies.values() {
-            if s.assignee.is_some() || scratch.mode(policy, s) != Some(AssignmentMode::Push) {
-                continue;
-            }
-            for (r, ctx) in &contexts {
-                if !rules::eligible(r, s, ctx) {
-                    continue;
+        let mut best: Option<(Rank, &Study, &Reader, DeliveryModel)> = None;
+        for (bucket, readers) in &push {
+            let mut tie = None;
+            for place in bucket.iter().filter(|p| !taken.contains(&p.study) && only.is_none_or(|o| o == **p)) {
+                if tie.is_some_and(|t| t != place.prefix())
+                    || best.as_ref().is_some_and(|b| place.prefix() > (b.0.deadline, b.0.priority))
+                {
+                    break;
                 }
-                let situation = scratch.situation(policy, r, s);
-                let rk = rank(s, r, &situation);
-                if best.as_ref().is_none_or(|b| rk < b.0) {
-                    best = Some((rk, s.id, r.id.clone(), situation.delivery_model));
+                let Some(s) = state.studies.get(&place.study) else { continue };
+                for r in readers {
+                    let l = load.get(r.id.as_str()).or_else(|| state.load.get(&r.id));
+                    let ctx = Context { policy, now, open_assignments: l.map_or(0, |l| l.open), on_shift: true };
+                    if !rules::eligible(r, s, &ctx) {
+                        continue;
+                    }
+                    tie = Some(place.prefix());
+                    let situation = situation(policy, r, s, l);
+                    let rk = rank(s, r, &situation);
+                    if best.as_ref().is_none_or(|b| rk < b.0) {
+                        best = Some((rk, s, r, situation.delivery_model));
+                    }
                 }
             }
         }
         let Some((_, study, reader, delivery_model)) = best else { return events };
-        let event = Event::StudyAssigned { study, reader, delivery_model };
-        scratch = apply(scratch, &event);
-        events.push(event);
+        load.entry(reader.id.as_str())
+            .or_insert_with(|| state.load.get(&reader.id).cloned().unwrap_or_default())
+            .take(study);
+        taken.insert(study.id);
+        events.push(Event::StudyAssigned { study: study.id, reader: reader.id.clone(), delivery_model });
     }
 }
 
@@ -417,34 +597,16 @@ fn timers(state: &State, policy: &Policy, now: UnixMicros) -> Vec<Event> {
     events
 }
 
-fn take(load: &mut BTreeMap<String, Load>, reader: &str, s: &Study) {
-    let l = load.entry(reader.to_owned()).or_default();
-    l.open += 1;
-    l.rvu_milli += u64::from(s.rvu_milli);
-    if let Some(p) = s.patient_key {
-        *l.patients.entry(p).or_default() += 1;
-    }
-}
-
-fn give_back(load: &mut BTreeMap<String, Load>, reader: &str, s: &Study) {
-    if let Some(l) = load.get_mut(reader) {
-        l.open = l.open.saturating_sub(1);
-        l.rvu_milli = l.rvu_milli.saturating_sub(u64::from(s.rvu_milli));
-        if let Some(p) = s.patient_key
-            && let Some(n) = l.patients.get_mut(&p)
-        {
-            *n -= 1;
-            if *n == 0 {
-                l.patients.remove(&p);
-            }
-        }
-    }
-}
-
 /// Folds one event into the state.
 pub fn apply(mut state: State, event: &Event) -> State {
     match event {
         Event::ReaderRegistered(r) => {
+            if let Some(old) = state.readers.get(&r.id)
+                && let Some(members) = state.groups.get_mut(&old.group)
+            {
+                members.remove(&r.id);
+            }
+            state.groups.entry(r.group.clone()).or_default().insert(r.id.clone());
             state.readers.insert(r.id.clone(), r.clone());
         }
         Event::AvailabilityChanged { reader, availability } => {
@@ -464,40 +626,46 @@ pub fn apply(mut state: State, event: &Event) -> State {
         }
         Event::StudyQueued(s) => {
             state.next_sequence = state.next_sequence.max(s.sequence + 1);
-            state.studies.insert(s.id, s.clone());
+            if let Some(old) = state.studies.insert(s.id, s.clone())
+                && old.assignee.is_none()
+            {
+                state.queue.remove(&old);
+            }
+            if s.assignee.is_none() {
+                state.queue.insert(s);
+            }
         }
         Event::StudyAssigned { study, reader, .. } | Event::AssignmentClaimed { study, reader, .. } => {
-            if let Some(s) = state.studies.get_mut(study) {
+            state.change_study(study, |s, load| {
                 s.assignee = Some(reader.clone());
-                let s = s.clone();
-                take(&mut state.load, reader, &s);
-            }
+                load.entry(reader.clone()).or_default().take(s);
+            });
         }
         Event::AssignmentReleased { study, reader, .. } => {
-            if let Some(s) = state.studies.get_mut(study) {
+            state.change_study(study, |s, load| {
                 s.assignee = None;
-                let s = s.clone();
-                give_back(&mut state.load, reader, &s);
-            }
+                if let Some(l) = load.get_mut(reader) {
+                    l.give_back(s);
+                }
+            });
         }
         Event::AssignmentReassigned { study, from, to, .. } => {
-            if let Some(s) = state.studies.get_mut(study) {
+            state.change_study(study, |s, load| {
                 s.assignee = Some(to.clone());
-                let s = s.clone();
-                if let Some(from) = from {
-                    give_back(&mut state.load, from, &s);
+                if let Some(l) = from.as_ref().and_then(|f| load.get_mut(f)) {
+                    l.give_back(s);
                 }
-                take(&mut state.load, to, &s);
-            }
+                load.entry(to.clone()).or_default().take(s);
+            });
         }
         Event::AssignmentEscalated { study, level, priority, widened, .. } => {
-            if let Some(s) = state.studies.get_mut(study) {
+            state.change_study(study, |s, _| {
                 s.escalations = *level;
                 s.priority = *priority;
                 if let Some(w) = widened {
                     s.widened.insert(*w);
                 }
-            }
+            });
         }
         Event::SlaBreached { study, .. } => {
             state.breached.insert(*study);

@@ -149,30 +149,44 @@ fn print_entry(region: &str, e: &meridian_proto::routing::v1::WorklistEntry) {
 }
 
 /// Every region's worklist for the reader: entries carry no PHI, so they
-/// may be gathered anywhere; commands go to the study's home region.
-pub async fn worklist(target: &Target, reader: Option<String>) -> anyhow::Result<ExitCode> {
+/// may be gathered anywhere; commands go to the study's home region. The
+/// first `limit` of each region are merged by deadline, then priority (the
+/// order's study-level prefix; each region ranks its own ties).
+pub async fn worklist(target: &Target, reader: Option<String>, limit: u32) -> anyhow::Result<ExitCode> {
     use meridian_proto::routing::v1::GetWorklistRequest;
     use meridian_proto::routing::v1::routing_service_client::RoutingServiceClient;
     let reader = reader_of(target, &reader)?;
     let endpoints = read_json(&target.data_dir.join("endpoints.json"))?;
     let regions: Vec<String> =
         endpoints["regions"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
-    let mut total = 0;
+    let mut gathered = Vec::new();
+    let mut more = false;
     for region in regions {
         let t = Target { region: region.clone(), ..target.clone() };
         let c = connect(&t).await?;
         let mut client = RoutingServiceClient::new(c.channel);
-        let list = client
-            .get_worklist(authorized(GetWorklistRequest { reader_id: reader.clone() }, &c.token)?)
-            .await
-            .map_err(status_error)?
-            .into_inner();
-        for e in &list.entries {
-            print_entry(&region, e);
-        }
-        total += list.entries.len();
+        let request =
+            GetWorklistRequest { reader_id: reader.clone(), page_size: limit as i32, page_token: String::new() };
+        let list = client.get_worklist(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
+        more |= !list.next_page_token.is_empty();
+        gathered.extend(list.entries.into_iter().enumerate().map(|(i, e)| (region.clone(), i, e)));
     }
-    eprintln!("{total} studies on {reader}'s worklist");
+    let urgency = |p: &str| ["stat", "urgent", "routine"].iter().position(|x| *x == p).unwrap_or(3);
+    gathered.sort_by_key(|(region, i, e)| {
+        let deadline = e.deadline.as_ref().map_or((i64::MAX, 0), |d| (d.seconds, d.nanos));
+        (deadline, urgency(&e.priority), region.clone(), *i)
+    });
+    more |= gathered.len() > limit as usize;
+    gathered.truncate(limit as usize);
+    for (region, _, e) in &gathered {
+        print_entry(region, e);
+    }
+    let shown = gathered.len();
+    if more {
+        eprintln!("the first {shown} studies of {reader}'s worklist (--limit shows more)");
+    } else {
+        eprintln!("{shown} studies on {reader}'s worklist");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

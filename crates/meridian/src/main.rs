@@ -42,6 +42,9 @@ enum Command {
         /// The reader id, when the principal is a group admin.
         #[arg(long)]
         reader: Option<String>,
+        /// The most entries to show, first in the total order across regions.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
     },
     /// Claim a study (in its home region).
     Claim {
@@ -183,9 +186,9 @@ async fn main() -> ExitCode {
             client::tail(&target, study, streams, follow).await
         }
         Command::Projection(ProjectionCommand::Rebuild { name, target }) => client::rebuild(&target, name).await,
-        Command::Worklist { data_dir, as_principal, reader } => {
+        Command::Worklist { data_dir, as_principal, reader, limit } => {
             let target = Target { region: String::new(), data_dir, as_principal, token: None };
-            client::worklist(&target, reader).await
+            client::worklist(&target, reader, limit).await
         }
         Command::Claim { study, target, reader } => {
             client::routing(&target, reader, client::RoutingCommand::Claim(study)).await

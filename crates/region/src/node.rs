@@ -1,21 +1,21 @@
 //! Opening a region: its folder, log, topics, key store, the reader
 //! bootstrap and the projections it serves.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meridian_auth::TokenVerifier;
-use meridian_config::{LogConfig, Platform, Reader, Weekday};
+use meridian_config::{LogConfig, Platform};
 use meridian_events::payload::CATALOGUE;
-use meridian_events::{Envelope, EventId, EventMeta, KeyStore, ReaderKey, UnixMicros};
+use meridian_events::{KeyStore, UnixMicros};
 use meridian_log::embedded::{EmbeddedKeyStore, EmbeddedLog, EmbeddedOptions};
 use meridian_log::kafka::{KafkaConfig, KafkaLog};
-use meridian_log::{EventLog, Outgoing, Position, TopicName, TopicSpec};
+use meridian_log::{EventLog, Position, TopicName, TopicSpec};
 use meridian_projection::Projector;
 use meridian_projection::run::catch_up;
 use meridian_projection::snapshot::FileSnapshots;
-use meridian_proto::events::v1 as pb;
 use tokio::sync::{Mutex, watch};
 
 use crate::summary::EventSummary;
@@ -177,29 +177,30 @@ impl Region {
     /// API. Event ids come from an idempotency key, so a bootstrap repeated
     /// after a crash is recognised as the same events.
     async fn bootstrap_readers(&self, now: UnixMicros) -> Result<(), RegionError> {
-        let mut summary = self.summary.lock().await;
-        let topic = TopicName::new(&self.name, meridian_events::DataClass::Operational, "routing").map_err(|e| {
-            RegionError::Bootstrap { region: self.name.clone(), reader: String::new(), reason: e.to_string() }
-        })?;
-        let mut batch = Vec::new();
+        use meridian_routing::app::Cause;
+        use meridian_routing::domain::worklist::Command;
+        let err = |reader: &str, reason: String| RegionError::Bootstrap {
+            region: self.name.clone(),
+            reader: reader.to_owned(),
+            reason,
+        };
+        let known: BTreeSet<String> = self.routing.read(|s| s.readers.keys().cloned().collect()).await;
+        let mut commands = Vec::new();
         for group in self.platform.groups.values() {
-            for reader in &group.readers {
-                if summary.state().readers.contains(&reader.id) {
-                    continue;
-                }
-                let envelope = registration(&self.name, &group.name, reader, now).map_err(|reason| {
-                    RegionError::Bootstrap { region: self.name.clone(), reader: reader.id.clone(), reason }
-                })?;
-                let out = Outgoing::new(topic.clone(), &envelope)
-                    .map_err(|source| RegionError::Log { region: self.name.clone(), source })?;
-                batch.push(out);
+            for reader in group.readers.iter().filter(|r| !known.contains(&r.id)) {
+                let registered =
+                    meridian_routing::adapters::config::reader(&group.name, reader).map_err(|e| err(&reader.id, e))?;
+                let key = format!("bootstrap/reader/{}", reader.id);
+                let cause = Cause::Request { tenant: "platform".into(), idempotency_key: key };
+                commands.push((Command::RegisterReader(registered), cause));
             }
         }
-        if batch.is_empty() {
+        if commands.is_empty() {
             return Ok(());
         }
-        tracing::info!(region = %self.name, readers = batch.len(), "registering configured readers");
-        self.log.append(batch).await.map_err(|source| RegionError::Log { region: self.name.clone(), source })?;
+        tracing::info!(region = %self.name, readers = commands.len(), "registering configured readers");
+        self.routing.execute_all(commands, now).await.map_err(|e| err("", e.to_string()))?;
+        let mut summary = self.summary.lock().await;
         catch_up(self.log.as_ref(), self.keys.as_ref(), &mut summary, self.idle)
             .await
             .map_err(|source| RegionError::Projection { region: self.name.clone(), source })?;
@@ -307,80 +308,4 @@ impl Region {
 
 fn start_positions(topics: &[TopicName], partitions: u32) -> Vec<Position> {
     topics.iter().flat_map(|t| (0..partitions).map(move |p| Position::start(t.clone(), p))).collect()
-}
-
-fn end_of_day(date: &meridian_config::value::Date) -> Result<prost_types::Timestamp, String> {
-    let next = date.0.tomorrow().map_err(|e| e.to_string())?;
-    let ts = next.to_zoned(jiff::tz::TimeZone::UTC).map_err(|e| e.to_string())?.timestamp();
-    Ok(prost_types::Timestamp { seconds: ts.as_second(), nanos: 0 })
-}
-
-fn iso_weekday(d: Weekday) -> u32 {
-    match d {
-        Weekday::Mon => 1,
-        Weekday::Tue => 2,
-        Weekday::Wed => 3,
-        Weekday::Thu => 4,
-        Weekday::Fri => 5,
-        Weekday::Sat => 6,
-        Weekday::Sun => 7,
-    }
-}
-
-/// The ReaderRegistered event of a configured reader. Reader events belong
-/// to no tenant: their envelope's tenant is "platform".
-fn registration(region: &str, group: &str, r: &Reader, now: UnixMicros) -> Result<Envelope, String> {
-    let mut licences = Vec::new();
-    for l in &r.licences {
-        licences
-            .push(pb::Licence { jurisdiction: l.jurisdiction.0.clone(), expires_at: Some(end_of_day(&l.expires)?) });
-    }
-    let mut credentials = Vec::new();
-    for c in &r.credentials {
-        credentials.push(pb::Credential {
-            tenant: c.tenant.clone(),
-            facility: c.facility.clone(),
-            expires_at: Some(end_of_day(&c.expires)?),
-        });
-    }
-    let shifts = r
-        .shifts
-        .iter()
-        .flat_map(|s| {
-            s.days.iter().map(|d| pb::Shift {
-                weekday: iso_weekday(*d),
-                start_minute: s.start.minute_of_day,
-                end_minute: s.end.minute_of_day,
-            })
-        })
-        .collect();
-    let payload = pb::ReaderRegistered {
-        reader_id: r.id.clone(),
-        reading_group: group.to_owned(),
-        region: region.to_owned(),
-        display_name: r.name.clone(),
-        licences,
-        credentials,
-        subspecialties: r.subspecialties.clone(),
-        modalities: r.modalities.clone(),
-        read_types: r.read_types.iter().map(|t| t.as_str().to_owned()).collect(),
-        shifts,
-        time_zone: r.time_zone.0.clone(),
-        capacity: r.capacity,
-        status: "available".into(),
-    };
-    let type_name = "meridian.events.v1.ReaderRegistered";
-    let meta = EventMeta {
-        event_id: EventId::idempotent("platform", &format!("bootstrap/reader/{}", r.id), type_name, 0),
-        aggregate_type: "routing.reader".into(),
-        aggregate_id: ReaderKey::of(&r.id).0,
-        aggregate_version: 1,
-        tenant: "platform".into(),
-        home_region: region.to_owned(),
-        occurred_at: now,
-        causation_id: None,
-        correlation_id: None,
-        traceparent: None,
-    };
-    Envelope::plain(meta, &payload).map_err(|e| e.to_string())
 }

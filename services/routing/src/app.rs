@@ -20,7 +20,7 @@ use meridian_log::{EventLog, Outgoing, Position, TopicName};
 use meridian_projection::run::catch_up;
 use meridian_projection::{Event as Logged, Projection, Projector};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 use uuid::Uuid;
 
 use crate::adapters::events::{aggregate, from_payload, to_payload};
@@ -119,6 +119,8 @@ pub struct Routing {
     keys: Arc<dyn KeyStore>,
     policy: Policy,
     projector: Mutex<Projector<RoutingProjection>>,
+    /// Counts state changes, so watchers learn that the worklist moved.
+    changed: watch::Sender<u64>,
 }
 
 impl Routing {
@@ -135,11 +137,28 @@ impl Routing {
         let partitions = log.partitions(&topic).await?;
         let mut projector = Projector::new((0..partitions).map(|p| Position::start(topic.clone(), p)).collect());
         catch_up(log.as_ref(), keys.as_ref(), &mut projector, idle).await?;
-        Ok(Routing { region: region.to_owned(), topic, log, keys, policy, projector: Mutex::new(projector) })
+        Ok(Routing {
+            region: region.to_owned(),
+            topic,
+            log,
+            keys,
+            policy,
+            projector: Mutex::new(projector),
+            changed: watch::Sender::new(0),
+        })
     }
 
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    /// Wakes on every change to the state (a command, intake, catch-up).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn announce(&self) {
+        self.changed.send_modify(|n| *n += 1);
     }
 
     /// Reads under the lock, for queries.
@@ -149,12 +168,35 @@ impl Routing {
 
     /// Decides `command` at `now`, appends its events, applies them.
     pub async fn execute(&self, command: Command, now: UnixMicros, cause: Cause) -> Result<Vec<Event>, Error> {
+        self.execute_all(vec![(command, cause)], now).await
+    }
+
+    /// Decides `commands` in turn, each against the state the ones before it
+    /// leave, and appends all their events as one batch: all land, or none
+    /// and nothing changes. A refused command refuses the batch.
+    pub async fn execute_all(&self, commands: Vec<(Command, Cause)>, now: UnixMicros) -> Result<Vec<Event>, Error> {
         let mut projector = self.projector.lock().await;
-        let events = worklist::decide(&projector.state().worklist, &self.policy, command, now)?;
+        let (mut events, mut batch) = (Vec::new(), Vec::new());
+        // Later commands decide against a scratch copy; a lone one needs none.
+        let mut scratch: Option<Folded> = None;
+        let last = commands.len().saturating_sub(1);
+        for (i, (command, cause)) in commands.into_iter().enumerate() {
+            let folded = scratch.as_ref().unwrap_or(projector.state());
+            let decided = worklist::decide(&folded.worklist, &self.policy, command, now)?;
+            batch.extend(self.outgoing(folded, &decided, now, &cause)?);
+            if i < last {
+                let mut next = scratch.take().unwrap_or_else(|| projector.state().clone());
+                for e in &decided {
+                    *next.versions.entry(aggregate(e).1).or_default() += 1;
+                    next.worklist = worklist::apply(next.worklist, e);
+                }
+                scratch = Some(next);
+            }
+            events.extend(decided);
+        }
         if events.is_empty() {
             return Ok(events);
         }
-        let batch = self.outgoing(&projector, &events, now, &cause)?;
         let appended = self.log.append(batch.clone()).await?;
         // Fold exactly what was appended, at its positions, so the
         // projector's positions and de-duplication stay true.
@@ -169,6 +211,7 @@ impl Routing {
             };
             projector.feed(&record, self.keys.as_ref())?;
         }
+        self.announce();
         Ok(events)
     }
 
@@ -176,12 +219,12 @@ impl Routing {
     /// the cause (or, for timer events, from study, timer and deadline).
     fn outgoing(
         &self,
-        projector: &Projector<RoutingProjection>,
+        folded: &Folded,
         events: &[Event],
         now: UnixMicros,
         cause: &Cause,
     ) -> Result<Vec<Outgoing>, Error> {
-        let mut versions = projector.state().versions.clone();
+        let mut versions = folded.versions.clone();
         let mut batch = Vec::with_capacity(events.len());
         for (ordinal, e) in events.iter().enumerate() {
             let (aggregate_type, aggregate_id) = aggregate(e);
@@ -189,9 +232,10 @@ impl Routing {
             versions.insert(aggregate_id, version);
             let payload = to_payload(e);
             let type_name = payload.type_name();
+            let study = folded.worklist.studies.get(&aggregate_id);
             let event_id = match (cause, e) {
-                (_, Event::AssignmentEscalated { study, level, .. }) => {
-                    EventId::timer(*study, &format!("escalation.{level}"), self.deadline(projector, *study))
+                (_, Event::AssignmentEscalated { study: id, level, .. }) => {
+                    EventId::timer(*id, &format!("escalation.{level}"), study.map_or(UnixMicros(0), |s| s.deadline))
                 }
                 (_, Event::SlaBreached { study, deadline, .. }) => EventId::timer(*study, "sla.breach", *deadline),
                 (Cause::Request { tenant, idempotency_key }, _) => {
@@ -202,13 +246,7 @@ impl Routing {
             };
             let tenant = match e {
                 Event::StudyQueued(s) => s.tenant.clone(),
-                _ => projector
-                    .state()
-                    .worklist
-                    .studies
-                    .get(&aggregate_id)
-                    .map(|s| s.tenant.clone())
-                    .unwrap_or_else(|| "platform".into()),
+                _ => study.map(|s| s.tenant.clone()).unwrap_or_else(|| "platform".into()),
             };
             let causation_id = match cause {
                 Cause::Derived(c) => Some(*c),
@@ -269,7 +307,7 @@ impl Routing {
                             ) {
                                 Ok(events) => {
                                     outputs = self.outgoing(
-                                        &projector,
+                                        projector.state(),
                                         &events,
                                         completed.completed_at,
                                         &Cause::Derived(cause),
@@ -289,13 +327,10 @@ impl Routing {
                     .await?;
                 if has_outputs {
                     catch_up(self.log.as_ref(), self.keys.as_ref(), &mut projector, Duration::from_millis(20)).await?;
+                    self.announce();
                 }
             }
         }
-    }
-
-    fn deadline(&self, projector: &Projector<RoutingProjection>, study: Uuid) -> UnixMicros {
-        projector.state().worklist.studies.get(&study).map_or(UnixMicros(0), |s| s.deadline)
     }
 
     /// Reads what others appended to the routing topic since (none today:
@@ -303,6 +338,7 @@ impl Routing {
     pub async fn catch_up(&self, idle: Duration) -> Result<(), Error> {
         let mut projector = self.projector.lock().await;
         catch_up(self.log.as_ref(), self.keys.as_ref(), &mut projector, idle).await?;
+        self.announce();
         Ok(())
     }
 }

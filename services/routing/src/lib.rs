@@ -5,22 +5,28 @@
 //! - [`domain`]: pure code, no I/O, no clock. Readers and worklist studies
 //!   ([`domain::model`]), the contract and region facts it decides with
 //!   ([`domain::policy`]), the named eligibility rules ([`domain::rules`]),
-//!   the one total order ([`domain::order`]), and `decide`/`apply`
-//!   ([`domain::worklist`]).
+//!   the one total order ([`domain::order`]), the index of unassigned
+//!   studies that keeps queries and decisions off a full scan
+//!   ([`domain::queue`]), `decide`/`apply` ([`domain::worklist`]), and what
+//!   a completed study queues ([`domain::intake`]).
 //! - [`app`]: routing on a region's event log: replay into the state,
-//!   decide a command under one lock, append its events with deterministic
-//!   ids, then apply them; take in ingest's StudyCompleted as
-//!   consume-transform-produce steps.
+//!   decide commands under one lock, append their events with
+//!   deterministic ids, then apply them; take in ingest's StudyCompleted as
+//!   consume-transform-produce steps; tell watchers the state changed.
 //! - [`adapters`]: the domain's events to and from their protobuf payloads
-//!   in `meridian.events.v1` ([`adapters::events`]).
+//!   in `meridian.events.v1` ([`adapters::events`]), the policy and readers
+//!   from configuration ([`adapters::config`]), and `meridian.routing.v1`
+//!   over gRPC ([`adapters::grpc`]).
 //!
-//! Not built yet (see the issue): `WatchWorklist`, reader registration
-//! and update RPCs, the nighthawk/final hand-over from reporting, and the
-//! benchmark at 10,000 readers and 100,000 studies (decisions are O(studies
-//! × readers) today).
+//! Not built yet: the hand-over from a signed preliminary to the final
+//! read (it waits for reporting's ReportSigned), and AI triage raising
+//! priority (it waits for AiTriageCompleted).
 
 #![forbid(unsafe_code)]
 
 pub mod adapters;
 pub mod app;
 pub mod domain;
+
+#[cfg(test)]
+mod replay_tests;

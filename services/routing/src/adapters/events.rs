@@ -10,7 +10,7 @@ use meridian_proto::events::v1 as pb;
 use uuid::Uuid;
 
 use crate::domain::model::*;
-use crate::domain::worklist::Event;
+use crate::domain::worklist::{Event, Profile};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{payload}.{field}: {reason}")]
@@ -24,7 +24,8 @@ pub struct Error {
 pub fn aggregate(e: &Event) -> (&'static str, Uuid) {
     match e {
         Event::ReaderRegistered(r) => ("routing.reader", ReaderKey::of(&r.id).0),
-        Event::AvailabilityChanged { reader, .. }
+        Event::ReaderUpdated { reader, .. }
+        | Event::AvailabilityChanged { reader, .. }
         | Event::LicenceUpdated { reader, .. }
         | Event::CredentialUpdated { reader, .. } => ("routing.reader", ReaderKey::of(reader).0),
         Event::StudyQueued(s) => ("routing.study", s.id),
@@ -45,6 +46,37 @@ fn licences(ls: &[Licence]) -> Vec<pb::Licence> {
     ls.iter().map(|l| pb::Licence { jurisdiction: l.jurisdiction.clone(), expires_at: ts(l.expires) }).collect()
 }
 
+fn shifts(ss: &[Shift]) -> Vec<pb::Shift> {
+    ss.iter()
+        .map(|s| pb::Shift { weekday: u32::from(s.weekday), start_minute: s.start_minute, end_minute: s.end_minute })
+        .collect()
+}
+
+fn from_shifts(f: &Fields, ss: &[pb::Shift]) -> Result<Vec<Shift>, Error> {
+    ss.iter()
+        .map(|s| {
+            let weekday = u8::try_from(s.weekday)
+                .ok()
+                .filter(|d| (1..=7).contains(d))
+                .ok_or_else(|| f.err("shifts.weekday", format!("{} is not an ISO weekday (1-7)", s.weekday)))?;
+            if s.start_minute >= 1_440 || s.end_minute >= 1_440 {
+                return Err(
+                    f.err("shifts", format!("{}..{} is not within a day's minutes", s.start_minute, s.end_minute))
+                );
+            }
+            Ok(Shift { weekday, start_minute: s.start_minute, end_minute: s.end_minute })
+        })
+        .collect()
+}
+
+fn read_types(ts: &BTreeSet<ReadType>) -> Vec<String> {
+    ts.iter().map(|t| t.as_str().to_owned()).collect()
+}
+
+fn from_read_types(f: &Fields, ts: &[String]) -> Result<BTreeSet<ReadType>, Error> {
+    ts.iter().map(|t| f.named("read_types", t, ReadType::parse)).collect()
+}
+
 fn credentials(cs: &[Credential]) -> Vec<pb::Credential> {
     cs.iter()
         .map(|c| pb::Credential { tenant: c.tenant.clone(), facility: c.facility.clone(), expires_at: ts(c.expires) })
@@ -63,19 +95,19 @@ pub fn to_payload(e: &Event) -> Payload {
             credentials: credentials(&r.credentials),
             subspecialties: r.subspecialties.iter().cloned().collect(),
             modalities: r.modalities.iter().cloned().collect(),
-            read_types: r.read_types.iter().map(|t| t.as_str().to_owned()).collect(),
-            shifts: r
-                .shifts
-                .iter()
-                .map(|s| pb::Shift {
-                    weekday: u32::from(s.weekday),
-                    start_minute: s.start_minute,
-                    end_minute: s.end_minute,
-                })
-                .collect(),
+            read_types: read_types(&r.read_types),
+            shifts: shifts(&r.shifts),
             time_zone: r.time_zone.clone(),
             capacity: r.capacity,
             status: r.availability.as_str().to_owned(),
+        }),
+        Event::ReaderUpdated { reader, profile } => Payload::ReaderUpdated(pb::ReaderUpdated {
+            reader_id: reader.clone(),
+            subspecialties: profile.subspecialties.iter().cloned().collect(),
+            modalities: profile.modalities.iter().cloned().collect(),
+            read_types: read_types(&profile.read_types),
+            shifts: shifts(&profile.shifts),
+            capacity: profile.capacity,
         }),
         Event::AvailabilityChanged { reader, availability } => Payload::AvailabilityChanged(pb::AvailabilityChanged {
             reader_id: reader.clone(),
@@ -214,19 +246,24 @@ pub fn from_payload(p: &Payload) -> Result<Option<Event>, Error> {
                 credentials: from_credentials(&f, &r.credentials)?,
                 subspecialties: r.subspecialties.iter().cloned().collect(),
                 modalities: r.modalities.iter().cloned().collect(),
-                read_types: r.read_types.iter().map(|t| f.named("read_types", t, ReadType::parse)).collect::<Result<
-                    BTreeSet<_>,
-                    _,
-                >>(
-                )?,
-                shifts: r
-                    .shifts
-                    .iter()
-                    .map(|s| Shift { weekday: s.weekday as u8, start_minute: s.start_minute, end_minute: s.end_minute })
-                    .collect(),
+                read_types: from_read_types(&f, &r.read_types)?,
+                shifts: from_shifts(&f, &r.shifts)?,
                 capacity: r.capacity,
                 availability: f.named("status", status, Availability::parse)?,
             })
+        }
+        Payload::ReaderUpdated(u) => {
+            let f = Fields("ReaderUpdated");
+            Event::ReaderUpdated {
+                reader: u.reader_id.clone(),
+                profile: Profile {
+                    subspecialties: u.subspecialties.iter().cloned().collect(),
+                    modalities: u.modalities.iter().cloned().collect(),
+                    read_types: from_read_types(&f, &u.read_types)?,
+                    shifts: from_shifts(&f, &u.shifts)?,
+                    capacity: u.capacity,
+                },
+            }
         }
         Payload::AvailabilityChanged(a) => Event::AvailabilityChanged {
             reader: a.reader_id.clone(),
@@ -377,6 +414,16 @@ mod tests {
         let s = Uuid::from_u128(7);
         let events = vec![
             Event::ReaderRegistered(reader()),
+            Event::ReaderUpdated {
+                reader: "dr-x".into(),
+                profile: Profile {
+                    subspecialties: BTreeSet::from(["neuro".into(), "msk".into()]),
+                    modalities: BTreeSet::from(["MR".into()]),
+                    read_types: BTreeSet::from([ReadType::Secondary]),
+                    shifts: vec![Shift { weekday: 1, start_minute: 60, end_minute: 120 }],
+                    capacity: 9,
+                },
+            },
             Event::AvailabilityChanged { reader: "dr-x".into(), availability: Availability::Away },
             Event::LicenceUpdated { reader: "dr-x".into(), licences: reader().licences },
             Event::CredentialUpdated { reader: "dr-x".into(), credentials: reader().credentials },

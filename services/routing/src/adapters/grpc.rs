@@ -4,20 +4,25 @@
 //! Domain refusals map to the rich error model: FAILED_PRECONDITION with a
 //! PreconditionFailure naming the rule, NOT_FOUND with a ResourceInfo.
 
+use std::collections::BTreeSet;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use meridian_auth::grpc::{permission_denied, principal};
 use meridian_auth::{Action, Denied, Principal, Resource, authorize};
 use meridian_events::UnixMicros;
 use meridian_proto::routing::v1 as pb;
 use meridian_proto::routing::v1::routing_service_server::RoutingService;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use uuid::Uuid;
 
 use crate::app::{Cause, Error, Routing};
-use crate::domain::model::{Availability, Reader, Study};
-use crate::domain::worklist::{self, Command, Event, State};
+use crate::domain::model::{Availability, Credential, Licence, ReadType, Reader, Shift, Study};
+use crate::domain::worklist::{self, Command, Event, Profile, State};
 
 pub struct RoutingGrpc {
     routing: Arc<Routing>,
@@ -55,6 +60,11 @@ pub fn status(e: Error) -> Status {
             let message = d.to_string();
             match d {
                 W::UnknownReader { reader } => not_found("reader", &reader),
+                W::AlreadyRegistered { reader } => {
+                    let mut details = ErrorDetails::new();
+                    details.set_resource_info("reader", &reader, "", message.clone());
+                    Status::with_error_details(Code::AlreadyExists, message, details)
+                }
                 W::UnknownStudy { study } => not_found("study", &study.to_string()),
                 W::UnknownContract { contract, .. } => not_found("contract", &contract),
                 W::NotEligible { check, .. } => precondition("ELIGIBILITY", check.rule.as_str(), message),
@@ -71,6 +81,32 @@ pub fn status(e: Error) -> Status {
         Error::Log(e) => Status::unavailable(format!("routing log: {e}")),
         other => Status::internal(other.to_string()),
     }
+}
+
+fn bad_request(field: &str, description: String) -> Status {
+    let details = ErrorDetails::with_bad_request_violation(field, description.clone());
+    Status::with_error_details(Code::InvalidArgument, format!("{field}: {description}"), details)
+}
+
+const DEFAULT_PAGE: usize = 50;
+const MAX_PAGE: usize = 1_000;
+/// A watched page is looked at again this often even with no event:
+/// shifts end and licences expire with time alone.
+const WATCH_RECHECK: Duration = Duration::from_secs(15);
+
+fn page_size(requested: i32) -> usize {
+    if requested <= 0 { DEFAULT_PAGE } else { (requested as usize).min(MAX_PAGE) }
+}
+
+/// Page tokens are the offset into the worklist, opaque to clients.
+fn page_offset(token: &str) -> Result<usize, Status> {
+    if token.is_empty() {
+        return Ok(0);
+    }
+    token
+        .strip_prefix("o")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| bad_request("page_token", format!("{token:?} is not a token this service gave")))
 }
 
 fn parse_study(id: &str) -> Result<Uuid, Status> {
@@ -123,7 +159,183 @@ fn entry(routing: &Routing, reader: &Reader, s: &Study) -> pb::WorklistEntry {
     }
 }
 
+fn time(field: &str, t: &Option<prost_types::Timestamp>) -> Result<UnixMicros, Status> {
+    t.as_ref().map(UnixMicros::from_timestamp).ok_or_else(|| bad_request(field, "is missing".into()))
+}
+
+fn licences_in(ls: &[pb::Licence]) -> Result<Vec<Licence>, Status> {
+    ls.iter()
+        .enumerate()
+        .map(|(i, l)| {
+            if l.jurisdiction.is_empty() {
+                return Err(bad_request(&format!("licences[{i}].jurisdiction"), "is empty".into()));
+            }
+            Ok(Licence {
+                jurisdiction: l.jurisdiction.clone(),
+                expires: time(&format!("licences[{i}].expires_at"), &l.expires_at)?,
+            })
+        })
+        .collect()
+}
+
+fn credentials_in(cs: &[pb::Credential]) -> Result<Vec<Credential>, Status> {
+    cs.iter()
+        .enumerate()
+        .map(|(i, c)| {
+            if c.tenant.is_empty() || c.facility.is_empty() {
+                return Err(bad_request(&format!("credentials[{i}]"), "needs a tenant and a facility".into()));
+            }
+            Ok(Credential {
+                tenant: c.tenant.clone(),
+                facility: c.facility.clone(),
+                expires: time(&format!("credentials[{i}].expires_at"), &c.expires_at)?,
+            })
+        })
+        .collect()
+}
+
+fn profile_in(p: Option<&pb::ReaderProfile>) -> Result<Profile, Status> {
+    let p = p.ok_or_else(|| bad_request("profile", "is missing".into()))?;
+    let read_types = p
+        .read_types
+        .iter()
+        .map(|t| {
+            ReadType::parse(t).ok_or_else(|| {
+                bad_request("profile.read_types", format!("{t:?} is not preliminary, final, secondary or peer_review"))
+            })
+        })
+        .collect::<Result<BTreeSet<_>, _>>()?;
+    let shifts = p
+        .shifts
+        .iter()
+        .enumerate()
+        .map(|(i, sh)| {
+            let weekday = u8::try_from(sh.weekday).ok().filter(|d| (1..=7).contains(d));
+            match weekday {
+                Some(weekday) if sh.start_minute < 1_440 && sh.end_minute < 1_440 => {
+                    Ok(Shift { weekday, start_minute: sh.start_minute, end_minute: sh.end_minute })
+                }
+                _ => Err(bad_request(
+                    &format!("profile.shifts[{i}]"),
+                    "needs an ISO weekday (1-7) and minutes of the day (0-1439)".into(),
+                )),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if p.capacity == 0 {
+        return Err(bad_request("profile.capacity", "must be at least 1".into()));
+    }
+    Ok(Profile {
+        subspecialties: p.subspecialties.iter().cloned().collect(),
+        modalities: p.modalities.iter().cloned().collect(),
+        read_types,
+        shifts,
+        capacity: p.capacity,
+    })
+}
+
+fn reader_out(state: &State, r: &Reader) -> pb::Reader {
+    let ts = |t: UnixMicros| Some(t.to_timestamp());
+    pb::Reader {
+        reader_id: r.id.clone(),
+        reading_group: r.group.clone(),
+        region: r.region.clone(),
+        time_zone: r.time_zone.clone(),
+        profile: Some(pb::ReaderProfile {
+            subspecialties: r.subspecialties.iter().cloned().collect(),
+            modalities: r.modalities.iter().cloned().collect(),
+            read_types: r.read_types.iter().map(|t| t.as_str().to_owned()).collect(),
+            shifts: r
+                .shifts
+                .iter()
+                .map(|s| pb::Shift {
+                    weekday: u32::from(s.weekday),
+                    start_minute: s.start_minute,
+                    end_minute: s.end_minute,
+                })
+                .collect(),
+            capacity: r.capacity,
+        }),
+        licences: r
+            .licences
+            .iter()
+            .map(|l| pb::Licence { jurisdiction: l.jurisdiction.clone(), expires_at: ts(l.expires) })
+            .collect(),
+        credentials: r
+            .credentials
+            .iter()
+            .map(|c| pb::Credential {
+                tenant: c.tenant.clone(),
+                facility: c.facility.clone(),
+                expires_at: ts(c.expires),
+            })
+            .collect(),
+        status: r.availability.as_str().into(),
+        open_assignments: state.load.get(&r.id).map_or(0, |l| l.open),
+    }
+}
+
+/// The page `reader` watches, and why each study of `previous` that is not
+/// on it left.
+fn watched_page(
+    routing: &Routing,
+    state: &State,
+    reader: &str,
+    size: usize,
+    previous: &[pb::WorklistEntry],
+    at: UnixMicros,
+) -> Result<pb::WatchWorklistResponse, Status> {
+    let r = state.readers.get(reader).ok_or_else(|| not_found("reader", reader))?;
+    let studies = state.offers(routing.policy(), at, reader, |_| true, size).map_err(|e| status(Error::Domain(e)))?;
+    let entries: Vec<pb::WorklistEntry> = studies.iter().map(|st| entry(routing, r, st)).collect();
+    let now_on: BTreeSet<&str> = entries.iter().map(|e| e.study_id.as_str()).collect();
+    let before: BTreeSet<&str> = previous.iter().map(|e| e.study_id.as_str()).collect();
+    let entered =
+        entries.iter().filter(|e| !before.contains(e.study_id.as_str())).map(|e| e.study_id.clone()).collect();
+    let removed = previous
+        .iter()
+        .filter(|e| !now_on.contains(e.study_id.as_str()))
+        .map(|e| {
+            let id = Uuid::parse_str(&e.study_id).unwrap_or_default();
+            let reason = match state.studies.get(&id) {
+                None => "no longer on this region's worklist".to_owned(),
+                Some(st) if st.assignee.as_deref() == Some(reader) => "assigned to you".to_owned(),
+                Some(st) if st.assignee.is_some() => "assigned to another reader".to_owned(),
+                Some(_) => match state.explain(routing.policy(), at, reader, id) {
+                    Ok(checks) => match checks.into_iter().find(|c| !c.passed) {
+                        Some(c) => format!("{}: {}", c.rule, c.reason),
+                        None => format!("behind {size} studies that come first"),
+                    },
+                    Err(e) => e.to_string(),
+                },
+            };
+            pb::WorklistRemoval { study_id: e.study_id.clone(), reason }
+        })
+        .collect();
+    Ok(pb::WatchWorklistResponse { entries, entered_study_ids: entered, removed })
+}
+
 impl RoutingGrpc {
+    /// The reader a management call is about, and the admin's right to it.
+    async fn managed_reader(&self, p: &Principal, reader_id: &str) -> Result<(), Status> {
+        self.routing
+            .read(|s| {
+                let r = s.readers.get(reader_id).ok_or_else(|| not_found("reader", reader_id))?;
+                authorize(p, Action::ManageReaders, &Resource::ReadingGroup { group: &r.group })
+                    .map_err(|d| permission_denied(&d))
+            })
+            .await
+    }
+
+    /// Runs a management command and answers with the reader after it.
+    async fn manage(&self, p: &Principal, reader_id: &str, command: Command, key: &str) -> Result<pb::Reader, Status> {
+        self.routing.execute(command, now(), cause(p, key)).await.map_err(status)?;
+        self.routing
+            .read(|s| s.readers.get(reader_id).map(|r| reader_out(s, r)))
+            .await
+            .ok_or_else(|| not_found("reader", reader_id))
+    }
+
     /// A reader claims: through a contract of their group, for themselves.
     async fn claim(
         &self,
@@ -176,17 +388,70 @@ impl RoutingService for RoutingGrpc {
         request: Request<pb::GetWorklistRequest>,
     ) -> Result<Response<pb::GetWorklistResponse>, Status> {
         let p = principal(&request)?.clone();
-        let reader_id = request.into_inner().reader_id;
+        let r = request.into_inner();
+        let (size, offset) = (page_size(r.page_size), page_offset(&r.page_token)?);
         let at = now();
         let routing = &self.routing;
-        let entries = routing
-            .read(|s| -> Result<Vec<pb::WorklistEntry>, Status> {
-                let reader = acting_for(&p, s, &reader_id, Action::ViewWorklist)?;
-                let studies = s.worklist(routing.policy(), at, &reader_id).map_err(|e| status(Error::Domain(e)))?;
-                Ok(studies.into_iter().map(|st| entry(routing, reader, st)).collect())
+        let (entries, more) = routing
+            .read(|s| -> Result<_, Status> {
+                let reader = acting_for(&p, s, &r.reader_id, Action::ViewWorklist)?;
+                let studies = s
+                    .offers(routing.policy(), at, &r.reader_id, |_| true, offset + size + 1)
+                    .map_err(|e| status(Error::Domain(e)))?;
+                let more = studies.len() > offset + size;
+                Ok((studies.into_iter().skip(offset).take(size).map(|st| entry(routing, reader, st)).collect(), more))
             })
             .await?;
-        Ok(Response::new(pb::GetWorklistResponse { entries }))
+        let next_page_token = if more { format!("o{}", offset + size) } else { String::new() };
+        Ok(Response::new(pb::GetWorklistResponse { entries, next_page_token }))
+    }
+
+    type WatchWorklistStream = Pin<Box<dyn Stream<Item = Result<pb::WatchWorklistResponse, Status>> + Send + 'static>>;
+
+    async fn watch_worklist(
+        &self,
+        request: Request<pb::WatchWorklistRequest>,
+    ) -> Result<Response<Self::WatchWorklistStream>, Status> {
+        let p = principal(&request)?.clone();
+        let r = request.into_inner();
+        let size = page_size(r.page_size);
+        let routing = self.routing.clone();
+        let first = routing
+            .read(|s| {
+                acting_for(&p, s, &r.reader_id, Action::ViewWorklist)?;
+                watched_page(&routing, s, &r.reader_id, size, &[], now())
+            })
+            .await?;
+        let mut changes = routing.changes();
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tokio::spawn(async move {
+            let mut previous = first.entries.clone();
+            if tx.send(Ok(first)).await.is_err() {
+                return;
+            }
+            loop {
+                tokio::select! {
+                    () = tx.closed() => return,
+                    changed = changes.changed() => if changed.is_err() { return },
+                    () = tokio::time::sleep(WATCH_RECHECK) => {}
+                }
+                let page = routing.read(|s| watched_page(&routing, s, &r.reader_id, size, &previous, now())).await;
+                match page {
+                    Ok(page) if page.entries == previous => {}
+                    Ok(page) => {
+                        previous = page.entries.clone();
+                        if tx.send(Ok(page)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn claim(&self, request: Request<pb::ClaimRequest>) -> Result<Response<pb::ClaimResponse>, Status> {
@@ -266,6 +531,94 @@ impl RoutingService for RoutingGrpc {
         let command = Command::SetAvailability { reader: r.reader_id, availability };
         self.routing.execute(command, now(), Cause::Unkeyed).await.map_err(status)?;
         Ok(Response::new(pb::SetAvailabilityResponse {}))
+    }
+
+    async fn register_reader(
+        &self,
+        request: Request<pb::RegisterReaderRequest>,
+    ) -> Result<Response<pb::RegisterReaderResponse>, Status> {
+        let p = principal(&request)?.clone();
+        let r = request.into_inner();
+        let given = r.reader.ok_or_else(|| bad_request("reader", "is missing".into()))?;
+        authorize(&p, Action::ManageReaders, &Resource::ReadingGroup { group: &given.reading_group })
+            .map_err(|d| permission_denied(&d))?;
+        if given.reader_id.is_empty() {
+            return Err(bad_request("reader.reader_id", "is empty".into()));
+        }
+        if !self.routing.policy().regions.contains_key(&given.region) {
+            return Err(bad_request("reader.region", format!("{:?} is not a configured region", given.region)));
+        }
+        if jiff::tz::TimeZone::get(&given.time_zone).is_err() {
+            return Err(bad_request("reader.time_zone", format!("{:?} is not an IANA time zone", given.time_zone)));
+        }
+        let profile = profile_in(given.profile.as_ref())?;
+        let reader = Reader {
+            id: given.reader_id.clone(),
+            group: given.reading_group,
+            region: given.region,
+            time_zone: given.time_zone,
+            licences: licences_in(&given.licences)?,
+            credentials: credentials_in(&given.credentials)?,
+            subspecialties: profile.subspecialties,
+            modalities: profile.modalities,
+            read_types: profile.read_types,
+            shifts: profile.shifts,
+            capacity: profile.capacity,
+            availability: Availability::Available,
+        };
+        let reader = self.manage(&p, &given.reader_id, Command::RegisterReader(reader), &r.idempotency_key).await?;
+        Ok(Response::new(pb::RegisterReaderResponse { reader: Some(reader) }))
+    }
+
+    async fn update_reader(
+        &self,
+        request: Request<pb::UpdateReaderRequest>,
+    ) -> Result<Response<pb::UpdateReaderResponse>, Status> {
+        let p = principal(&request)?.clone();
+        let r = request.into_inner();
+        self.managed_reader(&p, &r.reader_id).await?;
+        let profile = profile_in(r.profile.as_ref())?;
+        let command = Command::UpdateReader { reader: r.reader_id.clone(), profile };
+        let reader = self.manage(&p, &r.reader_id, command, &r.idempotency_key).await?;
+        Ok(Response::new(pb::UpdateReaderResponse { reader: Some(reader) }))
+    }
+
+    async fn update_licences(
+        &self,
+        request: Request<pb::UpdateLicencesRequest>,
+    ) -> Result<Response<pb::UpdateLicencesResponse>, Status> {
+        let p = principal(&request)?.clone();
+        let r = request.into_inner();
+        self.managed_reader(&p, &r.reader_id).await?;
+        let command = Command::UpdateLicences { reader: r.reader_id.clone(), licences: licences_in(&r.licences)? };
+        let reader = self.manage(&p, &r.reader_id, command, &r.idempotency_key).await?;
+        Ok(Response::new(pb::UpdateLicencesResponse { reader: Some(reader) }))
+    }
+
+    async fn update_credentials(
+        &self,
+        request: Request<pb::UpdateCredentialsRequest>,
+    ) -> Result<Response<pb::UpdateCredentialsResponse>, Status> {
+        let p = principal(&request)?.clone();
+        let r = request.into_inner();
+        self.managed_reader(&p, &r.reader_id).await?;
+        let command =
+            Command::UpdateCredentials { reader: r.reader_id.clone(), credentials: credentials_in(&r.credentials)? };
+        let reader = self.manage(&p, &r.reader_id, command, &r.idempotency_key).await?;
+        Ok(Response::new(pb::UpdateCredentialsResponse { reader: Some(reader) }))
+    }
+
+    async fn get_reader(
+        &self,
+        request: Request<pb::GetReaderRequest>,
+    ) -> Result<Response<pb::GetReaderResponse>, Status> {
+        let p = principal(&request)?.clone();
+        let r = request.into_inner();
+        let reader = self
+            .routing
+            .read(|s| acting_for(&p, s, &r.reader_id, Action::ViewWorklist).map(|reader| reader_out(s, reader)))
+            .await?;
+        Ok(Response::new(pb::GetReaderResponse { reader: Some(reader) }))
     }
 }
 
@@ -365,8 +718,24 @@ mod tests {
         r
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn readers_claim_over_grpc_through_authorize_with_rich_errors() {
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        routing: Arc<Routing>,
+        c: RoutingServiceClient<Channel>,
+        at: UnixMicros,
+        x: String,
+        y: String,
+        admin: String,
+        z: String,
+        pacs: String,
+        stat: Uuid,
+        routine: Uuid,
+        fin: Uuid,
+    }
+
+    /// Routing over gRPC with readers dr-x, dr-y (group g) and dr-z (group
+    /// h), a STAT and a routine preliminary queued, and tokens for each.
+    async fn fixture() -> Fixture {
         let dir = tempfile::TempDir::new().unwrap();
         let log = Arc::new(EmbeddedLog::open(&dir.path().join("log.redb"), EmbeddedOptions::default()).unwrap());
         log.ensure_topic(&TopicSpec::new(TopicName::new("us-east", DataClass::Operational, "routing").unwrap(), 4))
@@ -433,11 +802,20 @@ mod tests {
                 .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
         );
         let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
-        let mut c = RoutingServiceClient::new(channel);
+        let c = RoutingServiceClient::new(channel);
 
+        Fixture { _dir: dir, routing, c, at, x, y, admin, z, pacs, stat, routine, fin }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readers_claim_over_grpc_through_authorize_with_rich_errors() {
+        let Fixture { _dir, routing, mut c, at, x, y, admin, z, pacs, stat, routine, fin } = fixture().await;
         // The worklist, in the total order: STAT first.
-        let list =
-            c.get_worklist(call(pb::GetWorklistRequest { reader_id: "dr-x".into() }, &x)).await.unwrap().into_inner();
+        let list = c
+            .get_worklist(call(pb::GetWorklistRequest { reader_id: "dr-x".into(), ..Default::default() }, &x))
+            .await
+            .unwrap()
+            .into_inner();
         let ids: Vec<String> = list.entries.iter().map(|e| e.study_id.clone()).collect();
         assert_eq!(ids, [stat.to_string(), routine.to_string()]);
         assert_eq!((list.entries[0].delivery_model.as_str(), list.entries[0].ai_flagged), ("onshore", true));
@@ -505,12 +883,25 @@ mod tests {
         assert_eq!(failed, ["contract"]);
 
         // Who may act for whom.
-        let err = c.get_worklist(call(pb::GetWorklistRequest { reader_id: "dr-x".into() }, &y)).await.unwrap_err();
+        let err = c
+            .get_worklist(call(pb::GetWorklistRequest { reader_id: "dr-x".into(), ..Default::default() }, &y))
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied);
-        assert!(c.get_worklist(call(pb::GetWorklistRequest { reader_id: "dr-x".into() }, &admin)).await.is_ok());
-        let err = c.get_worklist(call(pb::GetWorklistRequest { reader_id: "dr-x".into() }, &pacs)).await.unwrap_err();
+        assert!(
+            c.get_worklist(call(pb::GetWorklistRequest { reader_id: "dr-x".into(), ..Default::default() }, &admin))
+                .await
+                .is_ok()
+        );
+        let err = c
+            .get_worklist(call(pb::GetWorklistRequest { reader_id: "dr-x".into(), ..Default::default() }, &pacs))
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied);
-        let err = c.get_worklist(Request::new(pb::GetWorklistRequest { reader_id: "dr-x".into() })).await.unwrap_err();
+        let err = c
+            .get_worklist(Request::new(pb::GetWorklistRequest { reader_id: "dr-x".into(), ..Default::default() }))
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated);
         let err = c
             .claim(call(
@@ -570,5 +961,183 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied, "a reader is not a group admin");
         assert_eq!(routing.read(|s| s.studies[&stat].assignee.clone()).await.as_deref(), Some("dr-y"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_worklist_pages_and_a_watch_follows_its_changes_with_reasons() {
+        let Fixture { _dir, routing, mut c, at, x, y, stat, routine, .. } = fixture().await;
+        let page = |size: i32, token: &str| pb::GetWorklistRequest {
+            reader_id: "dr-x".into(),
+            page_size: size,
+            page_token: token.into(),
+        };
+        let first = c.get_worklist(call(page(1, ""), &x)).await.unwrap().into_inner();
+        assert_eq!(first.entries.iter().map(|e| e.study_id.clone()).collect::<Vec<_>>(), [stat.to_string()]);
+        assert!(!first.next_page_token.is_empty());
+        let second = c.get_worklist(call(page(1, &first.next_page_token), &x)).await.unwrap().into_inner();
+        assert_eq!(second.entries[0].study_id, routine.to_string());
+        assert!(second.next_page_token.is_empty(), "the last page says so");
+        let err = c.get_worklist(call(page(1, "page-2"), &x)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert_eq!(err.get_error_details().bad_request().unwrap().field_violations[0].field, "page_token");
+
+        let mut watch = c
+            .watch_worklist(call(pb::WatchWorklistRequest { reader_id: "dr-x".into(), page_size: 10 }, &x))
+            .await
+            .unwrap()
+            .into_inner();
+        let now_on = watch.message().await.unwrap().unwrap();
+        assert_eq!(now_on.entries.len(), 2);
+        assert_eq!(now_on.entered_study_ids, [stat.to_string(), routine.to_string()]);
+
+        // Another reader claims the STAT study: it leaves dr-x's page, with why.
+        c.claim_next(call(pb::ClaimNextRequest { reader_id: "dr-y".into(), idempotency_key: String::new() }, &y))
+            .await
+            .unwrap();
+        let change = tokio::time::timeout(Duration::from_secs(5), watch.message()).await.unwrap().unwrap().unwrap();
+        assert_eq!(change.entries.iter().map(|e| e.study_id.clone()).collect::<Vec<_>>(), [routine.to_string()]);
+        assert_eq!(change.removed.len(), 1);
+        assert_eq!(change.removed[0].study_id, stat.to_string());
+        assert_eq!(change.removed[0].reason, "assigned to another reader");
+        assert!(change.entered_study_ids.is_empty());
+
+        // dr-x goes away: everything leaves, naming the rule.
+        routing
+            .execute(
+                Command::SetAvailability { reader: "dr-x".into(), availability: Availability::Away },
+                at,
+                Cause::Unkeyed,
+            )
+            .await
+            .unwrap();
+        let change = tokio::time::timeout(Duration::from_secs(5), watch.message()).await.unwrap().unwrap().unwrap();
+        assert!(change.entries.is_empty());
+        assert_eq!(change.removed[0].reason, "on_shift: dr-x is Away");
+
+        // A reader cannot watch another's worklist.
+        let err = c
+            .watch_worklist(call(pb::WatchWorklistRequest { reader_id: "dr-y".into(), page_size: 0 }, &x))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn group_admins_register_and_update_their_readers_and_no_one_else_does() {
+        let Fixture { _dir, routing, mut c, x, admin, z, stat, .. } = fixture().await;
+        let until = Some(UnixMicros(i64::MAX / 2).to_timestamp());
+        let profile = pb::ReaderProfile {
+            subspecialties: vec!["neuro".into()],
+            modalities: vec!["CT".into()],
+            read_types: vec!["preliminary".into(), "final".into()],
+            shifts: (1..=7).map(|d| pb::Shift { weekday: d, start_minute: 0, end_minute: 0 }).collect(),
+            capacity: 3,
+        };
+        let new_reader = pb::Reader {
+            reader_id: "dr-w".into(),
+            reading_group: "g".into(),
+            region: "us-east".into(),
+            time_zone: "America/New_York".into(),
+            profile: Some(profile.clone()),
+            licences: vec![pb::Licence { jurisdiction: "US-NY".into(), expires_at: until }],
+            credentials: vec![pb::Credential { tenant: "acme".into(), facility: "f".into(), expires_at: until }],
+            ..Default::default()
+        };
+        let register = |r: pb::Reader| pb::RegisterReaderRequest { reader: Some(r), idempotency_key: String::new() };
+
+        // A reader is not an admin; an admin of another group is not this one's.
+        let err = c.register_reader(call(register(new_reader.clone()), &x)).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+        let err = c.register_reader(call(register(new_reader.clone()), &z)).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+        // Bad fields are named.
+        let mut bad = new_reader.clone();
+        bad.time_zone = "Mars/Olympus".into();
+        let err = c.register_reader(call(register(bad), &admin)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert_eq!(err.get_error_details().bad_request().unwrap().field_violations[0].field, "reader.time_zone");
+        let mut bad = new_reader.clone();
+        bad.profile.as_mut().unwrap().shifts[0].weekday = 8;
+        let err = c.register_reader(call(register(bad), &admin)).await.unwrap_err();
+        assert_eq!(err.get_error_details().bad_request().unwrap().field_violations[0].field, "profile.shifts[0]");
+
+        let registered =
+            c.register_reader(call(register(new_reader.clone()), &admin)).await.unwrap().into_inner().reader.unwrap();
+        assert_eq!((registered.status.as_str(), registered.open_assignments), ("available", 0));
+        assert_eq!(registered.profile.as_ref().unwrap().capacity, 3);
+        let err = c.register_reader(call(register(new_reader.clone()), &admin)).await.unwrap_err();
+        assert_eq!(err.code(), Code::AlreadyExists);
+
+        // The new reader is offered work at once.
+        let offered = routing.read(|s| s.worklist(routing.policy(), now(), "dr-w").unwrap().len()).await;
+        assert_eq!(offered, 2);
+
+        // A profile without CT takes the work away; the event says so.
+        let mut mr_only = profile.clone();
+        mr_only.modalities = vec!["MR".into()];
+        let updated = c
+            .update_reader(call(
+                pb::UpdateReaderRequest {
+                    reader_id: "dr-w".into(),
+                    profile: Some(mr_only),
+                    idempotency_key: "u1".into(),
+                },
+                &admin,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .reader
+            .unwrap();
+        assert_eq!(updated.profile.unwrap().modalities, ["MR"]);
+        let checks = routing.read(|s| s.explain(routing.policy(), now(), "dr-w", stat).unwrap()).await;
+        assert!(checks.iter().any(|c| c.rule.as_str() == "modality" && !c.passed));
+
+        // Credentials and licences are replaced whole.
+        let updated = c
+            .update_credentials(call(
+                pb::UpdateCredentialsRequest {
+                    reader_id: "dr-w".into(),
+                    credentials: vec![],
+                    idempotency_key: String::new(),
+                },
+                &admin,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .reader
+            .unwrap();
+        assert!(updated.credentials.is_empty());
+        let err = c
+            .update_licences(call(
+                pb::UpdateLicencesRequest {
+                    reader_id: "dr-w".into(),
+                    licences: vec![pb::Licence { jurisdiction: "US-CA".into(), expires_at: None }],
+                    idempotency_key: String::new(),
+                },
+                &admin,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.get_error_details().bad_request().unwrap().field_violations[0].field, "licences[0].expires_at");
+        let err = c
+            .update_licences(call(
+                pb::UpdateLicencesRequest {
+                    reader_id: "dr-w".into(),
+                    licences: vec![],
+                    idempotency_key: String::new(),
+                },
+                &x,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "a reader does not change their own licences");
+
+        // The reader sees themselves; the log holds every change.
+        let me = c.get_reader(call(pb::GetReaderRequest { reader_id: "dr-x".into() }, &x)).await.unwrap().into_inner();
+        assert_eq!(me.reader.unwrap().reading_group, "g");
+        let types = routing.read(|s| s.readers["dr-w"].modalities.clone()).await;
+        assert_eq!(types, BTreeSet::from(["MR".to_string()]));
     }
 }

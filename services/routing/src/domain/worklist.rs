@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::model::{
-    Availability, Credential, DeliveryModel, Licence, LocalTime, Priority, ReadType, Reader, ServiceType, Study,
+    Availability, Credential, DeliveryModel, Licence, LocalTime, Priority, ReadType, Reader, ServiceType, Shift, Study,
 };
 use super::order::{Rank, ReaderSituation, rank};
 use super::policy::{AssignmentMode, ContractPolicy, Policy};
@@ -120,9 +120,25 @@ pub struct NewStudy {
     pub prior_reader: Option<String>,
 }
 
+/// What a reader reads and when: the part of a reader their group's admin
+/// changes after registration (licences and credentials have their own
+/// commands, availability is the reader's).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Profile {
+    pub subspecialties: BTreeSet<String>,
+    pub modalities: BTreeSet<String>,
+    pub read_types: BTreeSet<ReadType>,
+    pub shifts: Vec<Shift>,
+    pub capacity: u32,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
     RegisterReader(Reader),
+    UpdateReader {
+        reader: String,
+        profile: Profile,
+    },
     SetAvailability {
         reader: String,
         availability: Availability,
@@ -168,6 +184,10 @@ pub enum Command {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Event {
     ReaderRegistered(Reader),
+    ReaderUpdated {
+        reader: String,
+        profile: Profile,
+    },
     AvailabilityChanged {
         reader: String,
         availability: Availability,
@@ -223,6 +243,8 @@ pub enum Event {
 pub enum Error {
     #[error("unknown reader {reader}")]
     UnknownReader { reader: String },
+    #[error("reader {reader} is already registered")]
+    AlreadyRegistered { reader: String },
     #[error("unknown study {study}")]
     UnknownStudy { study: Uuid },
     #[error("study {study} names contract {contract}, which is not configured")]
@@ -357,7 +379,16 @@ impl State {
 /// Decides a command against the state at `now`.
 pub fn decide(state: &State, policy: &Policy, command: Command, now: UnixMicros) -> Result<Vec<Event>, Error> {
     match command {
-        Command::RegisterReader(r) => Ok(vec![Event::ReaderRegistered(r)]),
+        Command::RegisterReader(r) => {
+            if state.readers.contains_key(&r.id) {
+                return Err(Error::AlreadyRegistered { reader: r.id });
+            }
+            Ok(vec![Event::ReaderRegistered(r)])
+        }
+        Command::UpdateReader { reader, profile } => {
+            state.reader(&reader)?;
+            Ok(vec![Event::ReaderUpdated { reader, profile }])
+        }
         Command::SetAvailability { reader, availability } => {
             state.reader(&reader)?;
             Ok(vec![Event::AvailabilityChanged { reader, availability }])
@@ -608,6 +639,15 @@ pub fn apply(mut state: State, event: &Event) -> State {
             }
             state.groups.entry(r.group.clone()).or_default().insert(r.id.clone());
             state.readers.insert(r.id.clone(), r.clone());
+        }
+        Event::ReaderUpdated { reader, profile } => {
+            if let Some(r) = state.readers.get_mut(reader) {
+                r.subspecialties = profile.subspecialties.clone();
+                r.modalities = profile.modalities.clone();
+                r.read_types = profile.read_types.clone();
+                r.shifts = profile.shifts.clone();
+                r.capacity = profile.capacity;
+            }
         }
         Event::AvailabilityChanged { reader, availability } => {
             if let Some(r) = state.readers.get_mut(reader) {

@@ -142,6 +142,10 @@ catalogue! {
     PhiAccessed          => 1, Operational, "audit",   "storage.audit",  "storage";
     DerivativeCreated    => 1, Operational, "storage", "storage.object", "storage";
     ObjectPurged         => 1, Operational, "storage", "storage.object", "storage";
+    // inference
+    AiTriageCompleted    => 1, Operational, "inference", "inference.study", "inference";
+    // reporting
+    ReportSigned         => 1, Operational, "reporting", "reporting.study", "reporting";
     // routing
     ReaderRegistered     => 1, Operational, "routing", "routing.reader", "routing";
     ReaderUpdated        => 1, Operational, "routing", "routing.reader", "routing";
@@ -152,6 +156,8 @@ catalogue! {
     StudyAssigned        => 1, Operational, "routing", "routing.study",  "routing";
     AssignmentClaimed    => 1, Operational, "routing", "routing.study",  "routing";
     AssignmentReleased   => 1, Operational, "routing", "routing.study",  "routing";
+    AssignmentCompleted  => 1, Operational, "routing", "routing.study",  "routing";
+    StudyTriaged         => 1, Operational, "routing", "routing.study",  "routing";
     AssignmentReassigned => 1, Operational, "routing", "routing.study",  "routing";
     AssignmentEscalated  => 1, Operational, "routing", "routing.study",  "routing";
     SlaBreached          => 1, Operational, "routing", "routing.study",  "routing";

@@ -86,18 +86,32 @@ pub enum Cause {
 /// Routing's consumer name on the ingest topic.
 pub const INTAKE: &str = "routing.intake";
 
-/// A StudyCompleted record of this region as intake needs it; anything
-/// else (other events, unreadable records) is passed over.
-fn completed(record: &meridian_log::Record, region: &str) -> Option<(EventId, crate::domain::intake::Completed)> {
+/// The streams routing takes input from, in its region.
+const INPUTS: [&str; 3] = ["ingest", "inference", "reporting"];
+
+/// What a record of routing's inputs asks of it: the command, the moment
+/// it is decided at, and the event that caused it. StudyCompleted queues a
+/// study, and so does StudyStarted when the order asked for STAT (it is
+/// queued at its first instance, not after the quiet period);
+/// AiTriageCompleted triages; ReportSigned ends a read. Anything else, or
+/// a record that does not read, is passed over.
+fn input(record: &meridian_log::Record, region: &str, policy: &Policy) -> Option<(EventId, Command, UnixMicros)> {
+    use crate::domain::intake::{Completed, queue};
+    use crate::domain::model::{Priority, ReadType};
     use meridian_events::payload::Payload;
     let envelope = record.envelope().ok()?;
-    let Ok(Payload::StudyCompleted(c)) = envelope.open_plain() else { return None };
-    let study = Uuid::parse_str(&c.study_id).ok()?;
-    let completed_at = c.completed_at.as_ref().map(UnixMicros::from_timestamp).unwrap_or(envelope.meta.occurred_at);
-    Some((
-        envelope.meta.event_id,
-        crate::domain::intake::Completed {
-            study,
+    let cause = envelope.meta.event_id;
+    let at = envelope.meta.occurred_at;
+    let completed = |c: Completed| match queue(policy, &c) {
+        Ok(new) => Some((cause, Command::Queue(new), c.completed_at)),
+        Err(skip) => {
+            tracing::warn!(%region, %skip, "study not routed");
+            None
+        }
+    };
+    match envelope.open_plain().ok()? {
+        Payload::StudyCompleted(c) => completed(Completed {
+            study: Uuid::parse_str(&c.study_id).ok()?,
             tenant: envelope.meta.tenant.clone(),
             home_region: region.to_owned(),
             facility: c.facility,
@@ -106,10 +120,49 @@ fn completed(record: &meridian_log::Record, region: &str) -> Option<(EventId, cr
             body_part: c.body_part,
             patient_key: Uuid::parse_str(&c.patient_key).ok(),
             procedure_code: c.procedure_code,
-            requested_priority: crate::domain::model::Priority::parse(&c.requested_priority),
-            completed_at,
-        },
-    ))
+            requested_priority: Priority::parse(&c.requested_priority),
+            completed_at: c.completed_at.as_ref().map(UnixMicros::from_timestamp).unwrap_or(at),
+        }),
+        Payload::StudyStarted(c) if Priority::parse(&c.requested_priority) == Some(Priority::Stat) => {
+            completed(Completed {
+                study: Uuid::parse_str(&c.study_id).ok()?,
+                tenant: envelope.meta.tenant.clone(),
+                home_region: region.to_owned(),
+                facility: c.facility,
+                origin_jurisdiction: c.origin_jurisdiction,
+                modality: c.modality,
+                body_part: c.body_part,
+                patient_key: Uuid::parse_str(&c.patient_key).ok(),
+                procedure_code: c.procedure_code,
+                requested_priority: Some(Priority::Stat),
+                completed_at: at,
+            })
+        }
+        Payload::AiTriageCompleted(t) => Some((
+            cause,
+            Command::Triage {
+                study: Uuid::parse_str(&t.study_id).ok()?,
+                flagged: t.flagged,
+                suggested: Priority::parse(&t.suggested_priority),
+                model: t.model,
+            },
+            at,
+        )),
+        Payload::ReportSigned(r) => {
+            let signed_at = r.signed_at.as_ref().map(UnixMicros::from_timestamp).unwrap_or(at);
+            Some((
+                cause,
+                Command::ReadSigned {
+                    study: Uuid::parse_str(&r.study_id).ok()?,
+                    read_type: ReadType::parse(&r.read_type)?,
+                    reader: r.reader_id,
+                    signed_at,
+                },
+                signed_at,
+            ))
+        }
+        _ => None,
+    }
 }
 
 pub struct Routing {
@@ -269,56 +322,47 @@ impl Routing {
         Ok(batch)
     }
 
-    /// Queues the studies ingest reports completed, from routing's committed
-    /// position on the region's ingest topic until a read stays empty for
-    /// `idle`. Each study's routing events and the input position commit
-    /// together (consume-transform-produce); their ids derive from the
-    /// StudyCompleted event, and a study already queued is skipped, so a
-    /// redelivery changes nothing. Returns how many studies were queued.
+    /// Takes in what ingest, inference and reporting report (see
+    /// [`input`]), from routing's committed positions on those topics until
+    /// a read stays empty for `idle`. Each input's routing events and its
+    /// position commit together (consume-transform-produce); their ids
+    /// derive from the input event, and a decision that refuses (a study
+    /// already queued, a read signed twice) commits the position alone, so
+    /// a redelivery changes nothing. Returns how many inputs decided events.
     pub async fn intake(&self, idle: Duration) -> Result<usize, Error> {
         use meridian_log::Step;
-        let ingest = TopicName::new(&self.region, DataClass::Operational, "ingest")
-            .map_err(|e| meridian_log::Error::UnknownTopic { topic: e.name })?;
-        let partitions = self.log.partitions(&ingest).await?;
         let mut from = Vec::new();
-        for p in 0..partitions {
-            let offset = self.log.committed(INTAKE, &ingest, p).await?.unwrap_or(0);
-            from.push(Position { topic: ingest.clone(), partition: p, offset });
+        for stream in INPUTS {
+            let topic = TopicName::new(&self.region, DataClass::Operational, stream)
+                .map_err(|e| meridian_log::Error::UnknownTopic { topic: e.name })?;
+            // A region without that service yet has no topic for it.
+            let partitions = match self.log.partitions(&topic).await {
+                Err(meridian_log::Error::UnknownTopic { .. }) => continue,
+                other => other?,
+            };
+            for p in 0..partitions {
+                let offset = self.log.committed(INTAKE, &topic, p).await?.unwrap_or(0);
+                from.push(Position { topic: topic.clone(), partition: p, offset });
+            }
         }
         let mut reader = self.log.reader(from).await?;
-        let mut queued = 0;
+        let mut decided = 0;
         loop {
             let batch = reader.next_batch(256, idle).await?;
             if batch.is_empty() {
-                return Ok(queued);
+                return Ok(decided);
             }
             for record in batch {
                 let mut projector = self.projector.lock().await;
                 let mut outputs = Vec::new();
-                if let Some((cause, completed)) = completed(&record, &self.region) {
-                    match crate::domain::intake::queue(&self.policy, &completed) {
-                        Ok(new) => {
-                            let command = Command::Queue(new);
-                            match worklist::decide(
-                                &projector.state().worklist,
-                                &self.policy,
-                                command,
-                                completed.completed_at,
-                            ) {
-                                Ok(events) => {
-                                    outputs = self.outgoing(
-                                        projector.state(),
-                                        &events,
-                                        completed.completed_at,
-                                        &Cause::Derived(cause),
-                                    )?;
-                                    queued += 1;
-                                }
-                                Err(worklist::Error::AlreadyQueued { .. }) => {}
-                                Err(e) => tracing::warn!(region = %self.region, error = %e, "study not queued"),
-                            }
+                if let Some((cause, command, at)) = input(&record, &self.region, &self.policy) {
+                    match worklist::decide(&projector.state().worklist, &self.policy, command, at) {
+                        Ok(events) if !events.is_empty() => {
+                            outputs = self.outgoing(projector.state(), &events, at, &Cause::Derived(cause))?;
+                            decided += 1;
                         }
-                        Err(skip) => tracing::warn!(region = %self.region, %skip, "study not routed"),
+                        Ok(_) | Err(worklist::Error::AlreadyQueued { .. }) => {}
+                        Err(e) => tracing::warn!(region = %self.region, error = %e, "input not applied"),
                     }
                 }
                 let has_outputs = !outputs.is_empty();
@@ -464,6 +508,7 @@ mod tests {
         let ingest = TopicName::new("us-east", DataClass::Operational, "ingest").unwrap();
         log.ensure_topic(&TopicSpec::new(routing_topic, 4)).await.unwrap();
         log.ensure_topic(&TopicSpec::new(ingest.clone(), 4)).await.unwrap();
+        // No inference or reporting topic: intake reads what the region has.
         let mut policy = policy();
         policy.rvu_milli.insert("70450".into(), 850);
         policy.subspecialty_rules.push(SubspecialtyRule {
@@ -571,5 +616,100 @@ mod tests {
         let err =
             routing.execute(Command::ClaimNext { reader: "nobody".into() }, later, Cause::Unkeyed).await.unwrap_err();
         assert!(matches!(err, Error::Domain(worklist::Error::UnknownReader { .. })));
+    }
+
+    fn envelope<P: meridian_events::EventPayload>(
+        study: u128,
+        version: u64,
+        at: UnixMicros,
+        payload: &P,
+    ) -> meridian_events::Envelope {
+        let meta = EventMeta {
+            event_id: EventId::new_at(at),
+            aggregate_type: P::AGGREGATE_TYPE.into(),
+            aggregate_id: Uuid::from_u128(study),
+            aggregate_version: version,
+            tenant: "acme".into(),
+            home_region: "us-east".into(),
+            occurred_at: at,
+            causation_id: None,
+            correlation_id: None,
+            traceparent: None,
+        };
+        meridian_events::Envelope::plain(meta, payload).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stat_studies_queue_at_their_first_instance_and_triage_and_signatures_flow_in() {
+        use meridian_proto::events::v1 as pb;
+        let dir = tempfile::TempDir::new().unwrap();
+        let log = Arc::new(EmbeddedLog::open(&dir.path().join("log.redb"), EmbeddedOptions::default()).unwrap());
+        let topic = |stream: &str| TopicName::new("us-east", DataClass::Operational, stream).unwrap();
+        for stream in ["routing", "ingest", "inference", "reporting"] {
+            log.ensure_topic(&TopicSpec::new(topic(stream), 2)).await.unwrap();
+        }
+        let routing = open(&log).await;
+        let at = UnixMicros(1_795_000_000_000_000);
+        routing.execute(Command::RegisterReader(reader()), at, Cause::Unkeyed).await.unwrap();
+        let started = |study: u128, priority: &str| {
+            let payload = pb::StudyStarted {
+                study_id: Uuid::from_u128(study).to_string(),
+                facility: "f".into(),
+                origin_jurisdiction: "US-NY".into(),
+                modality: "CT".into(),
+                body_part: "HEAD".into(),
+                requested_priority: priority.into(),
+                ..Default::default()
+            };
+            Outgoing::new(topic("ingest"), &envelope(study, 1, at, &payload)).unwrap()
+        };
+        log.append(vec![started(1, "stat"), started(2, "routine")]).await.unwrap();
+        assert_eq!(routing.intake(Duration::from_millis(50)).await.unwrap(), 1, "only STAT queues at its start");
+        assert_eq!(routing.read(|s| s.studies[&Uuid::from_u128(1)].deadline).await, UnixMicros(at.0 + 1_800_000_000));
+        // Its StudyCompleted after the quiet period queues nothing new.
+        let later = UnixMicros(at.0 + 90_000_000);
+        log.append(vec![Outgoing::new(topic("ingest"), &completed_event(1, "acme", later)).unwrap()]).await.unwrap();
+        assert_eq!(routing.intake(Duration::from_millis(50)).await.unwrap(), 0);
+        assert!(routing.read(|s| s.studies.len() == 1).await);
+
+        // Triage for the routine study, before it is queued: it waits for it.
+        let triage = pb::AiTriageCompleted {
+            study_id: Uuid::from_u128(2).to_string(),
+            model: "ich@2".into(),
+            flagged: true,
+            suggested_priority: "stat".into(),
+        };
+        log.append(vec![Outgoing::new(topic("inference"), &envelope(2, 1, later, &triage)).unwrap()]).await.unwrap();
+        assert_eq!(routing.intake(Duration::from_millis(50)).await.unwrap(), 1);
+        let mut c2 = completed_event(2, "acme", later);
+        if let Ok(meridian_events::payload::Payload::StudyCompleted(mut p)) = c2.open_plain() {
+            p.requested_priority = "routine".into();
+            c2 = meridian_events::Envelope::plain(c2.meta.clone(), &p).unwrap();
+        }
+        log.append(vec![Outgoing::new(topic("ingest"), &c2).unwrap()]).await.unwrap();
+        assert_eq!(routing.intake(Duration::from_millis(50)).await.unwrap(), 1);
+        let raised = routing.read(|s| s.studies[&Uuid::from_u128(2)].clone()).await;
+        assert_eq!((raised.priority, raised.ai_flagged), (Priority::Stat, true));
+
+        // dr-x claims the first and signs it: the read ends (the contract has no finals).
+        routing.execute(Command::ClaimNext { reader: "dr-x".into() }, later, Cause::Unkeyed).await.unwrap();
+        let signed = pb::ReportSigned {
+            study_id: Uuid::from_u128(1).to_string(),
+            report_id: "r1".into(),
+            read_type: "preliminary".into(),
+            reader_id: "dr-x".into(),
+            signed_at: Some(later.to_timestamp()),
+        };
+        let signed = envelope(1, 1, later, &signed);
+        log.append(vec![Outgoing::new(topic("reporting"), &signed).unwrap()]).await.unwrap();
+        assert_eq!(routing.intake(Duration::from_millis(50)).await.unwrap(), 1);
+        assert!(!routing.read(|s| s.studies.contains_key(&Uuid::from_u128(1))).await);
+        assert_eq!(routing.read(|s| s.load["dr-x"].open).await, 0);
+        // A redelivered signature changes nothing; a restart rebuilds the same state.
+        log.append(vec![Outgoing::new(topic("reporting"), &signed).unwrap()]).await.unwrap();
+        assert_eq!(routing.intake(Duration::from_millis(50)).await.unwrap(), 0);
+        let before = routing.read(|s| s.clone()).await;
+        drop(routing);
+        assert_eq!(open(&log).await.read(|s| s.clone()).await, before);
     }
 }

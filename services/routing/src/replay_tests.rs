@@ -90,6 +90,10 @@ enum Op {
     Capacity(usize, u32),
     /// Minutes pass, then timers run.
     Tick(u16),
+    /// The assignee of a study signs their read.
+    Sign(usize),
+    /// AI triage of a study, queued or (past the last queued) not yet.
+    Triage(usize, bool, u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -104,6 +108,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..READERS.len(), any::<bool>()).prop_map(|(r, away)| Op::Away(r, away)),
         1 => (0..READERS.len(), 1u32..4).prop_map(|(r, c)| Op::Capacity(r, c)),
         2 => (1u16..1_000).prop_map(Op::Tick),
+        2 => (0usize..12).prop_map(Op::Sign),
+        1 => (0usize..14, any::<bool>(), 0u8..4).prop_map(|(s, f, p)| Op::Triage(s, f, p)),
     ]
 }
 
@@ -172,6 +178,21 @@ fn decided(ops: &[Op]) -> (Vec<Vec<Record>>, State) {
                 now = UnixMicros(now.0 + i64::from(*minutes) * 60_000_000);
                 Command::Tick
             }
+            Op::Sign(n) => {
+                let id = study(*n, queued);
+                let Some((read_type, Some(reader))) = state.studies.get(&id).map(|s| (s.read_type, s.assignee.clone()))
+                else {
+                    continue;
+                };
+                Command::ReadSigned { study: id, read_type, reader, signed_at: now }
+            }
+            Op::Triage(n, flagged, p) => Command::Triage {
+                // Up to two ids past the last queued: triage that comes first.
+                study: Uuid::from_u128(1 + (*n as u128 % (queued + 2))),
+                flagged: *flagged,
+                suggested: [Some(Priority::Stat), Some(Priority::Urgent), Some(Priority::Routine), None][*p as usize],
+                model: "m".into(),
+            },
         };
         let Ok(events) = worklist::decide(&state, &policy, command, now) else { continue };
         for e in &events {
@@ -301,7 +322,7 @@ fn generated_sequences_assign_release_and_escalate() {
     use proptest::strategy::ValueTree;
     use proptest::test_runner::TestRunner;
     let mut runner = TestRunner::deterministic();
-    let (mut assigning, mut releasing, mut escalating, n) = (0, 0, 0, 200);
+    let (mut assigning, mut releasing, mut escalating, mut handing_over, n) = (0, 0, 0, 0, 200);
     for _ in 0..n {
         let ops = prop::collection::vec(op(), 1..60).new_tree(&mut runner).unwrap().current();
         let (partitions, folded) = decided(&ops);
@@ -313,8 +334,10 @@ fn generated_sequences_assign_release_and_escalate() {
         assigning += usize::from(folded.studies.values().any(|s| s.assignee.is_some()));
         releasing += usize::from(types.contains("AssignmentReleased") || types.contains("AssignmentReassigned"));
         escalating += usize::from(types.contains("AssignmentEscalated"));
+        handing_over += usize::from(types.contains("AssignmentCompleted"));
     }
     assert!(assigning * 2 > n, "only {assigning} of {n} sequences assign");
     assert!(releasing * 5 > n, "only {releasing} of {n} sequences release or reassign");
     assert!(escalating * 5 > n, "only {escalating} of {n} sequences escalate");
+    assert!(handing_over * 5 > n, "only {handing_over} of {n} sequences sign a read");
 }

@@ -34,7 +34,9 @@ pub fn aggregate(e: &Event) -> (&'static str, Uuid) {
         | Event::AssignmentReleased { study, .. }
         | Event::AssignmentReassigned { study, .. }
         | Event::AssignmentEscalated { study, .. }
-        | Event::SlaBreached { study, .. } => ("routing.study", *study),
+        | Event::SlaBreached { study, .. }
+        | Event::AssignmentCompleted { study, .. }
+        | Event::StudyTriaged { study, .. } => ("routing.study", *study),
     }
 }
 
@@ -184,6 +186,23 @@ pub fn to_payload(e: &Event) -> Payload {
             priority: priority.as_str().to_owned(),
             deadline: ts(*deadline),
         }),
+        Event::AssignmentCompleted { study, reader, read_type, signed_at } => {
+            Payload::AssignmentCompleted(pb::AssignmentCompleted {
+                study_id: study.to_string(),
+                reader_id: reader.clone(),
+                read_type: read_type.as_str().to_owned(),
+                signed_at: ts(*signed_at),
+            })
+        }
+        Event::StudyTriaged { study, ai_flagged, priority, deadline, model } => {
+            Payload::StudyTriaged(pb::StudyTriaged {
+                study_id: study.to_string(),
+                ai_flagged: *ai_flagged,
+                priority: priority.as_str().to_owned(),
+                sla_deadline: deadline.map(|d| d.to_timestamp()),
+                model: model.clone(),
+            })
+        }
     }
 }
 
@@ -350,6 +369,25 @@ pub fn from_payload(p: &Payload) -> Result<Option<Event>, Error> {
                 deadline: f.time("deadline", &b.deadline)?,
             }
         }
+        Payload::AssignmentCompleted(a) => {
+            let f = Fields("AssignmentCompleted");
+            Event::AssignmentCompleted {
+                study: f.uuid("study_id", &a.study_id)?,
+                reader: a.reader_id.clone(),
+                read_type: f.named("read_type", &a.read_type, ReadType::parse)?,
+                signed_at: f.time("signed_at", &a.signed_at)?,
+            }
+        }
+        Payload::StudyTriaged(t) => {
+            let f = Fields("StudyTriaged");
+            Event::StudyTriaged {
+                study: f.uuid("study_id", &t.study_id)?,
+                ai_flagged: t.ai_flagged,
+                priority: f.named("priority", &t.priority, Priority::parse)?,
+                deadline: t.sla_deadline.as_ref().map(UnixMicros::from_timestamp),
+                model: t.model.clone(),
+            }
+        }
         _ => return Ok(None),
     }))
 }
@@ -440,6 +478,26 @@ mod tests {
                 widened: Some(DeliveryModel::Offshore),
             },
             Event::SlaBreached { study: s, priority: Priority::Stat, deadline: UnixMicros(5) },
+            Event::AssignmentCompleted {
+                study: s,
+                reader: "dr-x".into(),
+                read_type: ReadType::Preliminary,
+                signed_at: UnixMicros(1_800_000_000_000_000),
+            },
+            Event::StudyTriaged {
+                study: s,
+                ai_flagged: true,
+                priority: Priority::Stat,
+                deadline: Some(UnixMicros(1_800_001_800_000_000)),
+                model: "ich-detect@2.1".into(),
+            },
+            Event::StudyTriaged {
+                study: s,
+                ai_flagged: false,
+                priority: Priority::Urgent,
+                deadline: None,
+                model: String::new(),
+            },
         ];
         for e in events {
             let payload = to_payload(&e);

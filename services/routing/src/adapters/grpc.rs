@@ -75,6 +75,7 @@ pub fn status(e: Error) -> Status {
                 W::WrongMode { study, .. } => precondition("ASSIGNMENT_MODE", &study.to_string(), message),
                 W::AlreadyQueued { study } => Status::already_exists(format!("study {study} is already queued")),
                 W::NothingToClaim { reader } => not_found("eligible study for", &reader),
+                W::WrongRead { study, .. } => precondition("READ_TYPE", &study.to_string(), message),
                 W::NotInGroup { reader, group } => precondition("GROUP", &group, format!("{reader} is not in {group}")),
             }
         }

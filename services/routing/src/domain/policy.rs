@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use meridian_events::UnixMicros;
 use serde::{Deserialize, Serialize};
 
 use super::model::{DeliveryModel, Priority, ReadType, Reader, ServiceType, Study};
@@ -33,6 +34,13 @@ pub struct ContractPolicy {
 impl ContractPolicy {
     pub fn allowed(&self, read_type: ReadType) -> BTreeSet<DeliveryModel> {
         self.delivery.get(&read_type).cloned().unwrap_or_default()
+    }
+
+    /// When a read of `priority` that starts its clock at `from` is due.
+    /// A priority the contract gives no turnaround is due at once.
+    pub fn deadline(&self, priority: Priority, from: UnixMicros) -> UnixMicros {
+        let seconds = self.sla_seconds.get(&priority).copied().unwrap_or(0);
+        UnixMicros(from.0.saturating_add(i64::try_from(seconds).unwrap_or(i64::MAX).saturating_mul(1_000_000)))
     }
 
     /// The delivery models offered when a study arrives: all the contract

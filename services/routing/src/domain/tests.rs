@@ -394,18 +394,98 @@ fn nighthawk_offshore_preliminary_at_night_then_onshore_final_in_the_morning() {
         matches!(&events[..], [Event::AssignmentClaimed { study, delivery_model: DeliveryModel::Offshore, .. }] if *study == prelim.id)
     );
     let state = apply(state, &events[0]);
-    // In the morning the final is queued, following nair's preliminary.
+    // Only the assignee signs the read they hold.
+    let signed = UnixMicros(night.0 + 20 * 60_000_000);
+    let sign = |reader: &str, read_type| Command::ReadSigned {
+        study: prelim.id,
+        read_type,
+        reader: reader.into(),
+        signed_at: signed,
+    };
+    assert!(matches!(
+        decide(&state, &policy, sign("ortiz", ReadType::Preliminary), signed),
+        Err(Error::NotAssignee { .. })
+    ));
+    assert!(matches!(decide(&state, &policy, sign("nair", ReadType::Final), signed), Err(Error::WrongRead { .. })));
+
+    // nair signs: the preliminary ends and the final is queued, following it,
+    // as routine work due a day after the signature.
+    let (state, events) = run(state, vec![sign("nair", ReadType::Preliminary)], signed);
+    let [Event::AssignmentCompleted { reader, read_type: ReadType::Preliminary, .. }, Event::StudyQueued(fin)] =
+        &events[..]
+    else {
+        panic!("{events:?}")
+    };
+    assert_eq!(reader, "nair");
+    assert_eq!((fin.id, fin.read_type, fin.priority), (prelim.id, ReadType::Final, Priority::Routine));
+    assert_eq!((fin.prior_reader.as_deref(), fin.deadline), (Some("nair"), UnixMicros(signed.0 + 86_400_000_000)));
+    assert_eq!(state.load["nair"].open, 0, "the preliminary no longer counts against nair");
+
+    // In the morning: finals are onshore only, and nair gave the preliminary.
     let morning = at(NY_10AM);
-    let mut fin = study("acme-pull", Priority::Urgent, ReadType::Final, morning);
-    fin.prior_reader = Some("nair".into());
-    let (state, _) = run(state, vec![Command::Queue(fin.clone())], morning);
-    assert!(
-        state.worklist(&policy, morning, "nair").unwrap().is_empty(),
-        "finals are onshore only, and nair is off shift"
-    );
-    assert_eq!(state.worklist(&policy, morning, "ortiz").unwrap()[0].id, fin.id);
-    let events = decide(&state, &policy, Command::ClaimNext { reader: "ortiz".into() }, morning).unwrap();
+    assert!(state.worklist(&policy, morning, "nair").unwrap().is_empty());
+    let checks = state.explain(&policy, morning, "nair", prelim.id).unwrap();
+    for rule in [Rule::ReadType, Rule::DeliveryModel, Rule::Conflict] {
+        assert!(checks.iter().any(|c| c.rule == rule && !c.passed), "{rule}: {checks:?}");
+    }
+    assert_eq!(state.worklist(&policy, morning, "ortiz").unwrap()[0].id, prelim.id);
+    let (state, events) = run(state, vec![Command::ClaimNext { reader: "ortiz".into() }], morning);
     assert!(matches!(&events[..], [Event::AssignmentClaimed { delivery_model: DeliveryModel::Onshore, .. }]));
+
+    // The final signed, the study leaves routing, saying so; no breach follows.
+    let (state, events) = run(
+        state,
+        vec![Command::ReadSigned {
+            study: prelim.id,
+            read_type: ReadType::Final,
+            reader: "ortiz".into(),
+            signed_at: morning,
+        }],
+        morning,
+    );
+    assert!(matches!(&events[..], [Event::AssignmentCompleted { read_type: ReadType::Final, .. }]));
+    assert!(!state.studies.contains_key(&prelim.id));
+    assert_eq!(state.load["ortiz"].open, 0);
+    assert!(run(state, vec![Command::Tick], UnixMicros(morning.0 + 7 * 86_400_000_000)).1.is_empty());
+}
+
+#[test]
+fn ai_triage_raises_priority_and_brings_the_deadline_forward_even_before_the_study_arrives() {
+    let policy = policy();
+    let now = at(NY_10AM);
+    let routine = study("acme-pull", Priority::Routine, ReadType::Preliminary, now);
+    let urgent = study("acme-pull", Priority::Urgent, ReadType::Preliminary, now);
+    let (state, _) = run(given_readers(), vec![Command::Queue(routine.clone()), Command::Queue(urgent.clone())], now);
+    assert_eq!(state.worklist(&policy, now, "ortiz").unwrap()[0].id, urgent.id);
+
+    // A bleed suspected on the routine head CT: STAT, due 30 minutes from completion.
+    let later = UnixMicros(now.0 + 5 * 60_000_000);
+    let triage = |study, flagged, suggested| Command::Triage { study, flagged, suggested, model: "ich@2".into() };
+    let (state, events) = run(state, vec![triage(routine.id, true, Some(Priority::Stat))], later);
+    assert_eq!(
+        events,
+        [Event::StudyTriaged {
+            study: routine.id,
+            ai_flagged: true,
+            priority: Priority::Stat,
+            deadline: Some(UnixMicros(now.0 + 1_800_000_000)),
+            model: "ich@2".into(),
+        }]
+    );
+    let head = state.worklist(&policy, later, "ortiz").unwrap()[0];
+    assert_eq!((head.id, head.priority, head.ai_flagged), (routine.id, Priority::Stat, true));
+    // Triage never lowers: a routine suggestion for a STAT study changes nothing.
+    assert!(run(state.clone(), vec![triage(routine.id, false, Some(Priority::Routine))], later).1.is_empty());
+
+    // A triage that comes before its study (another topic, no order) waits for it.
+    let early = study("acme-pull", Priority::Routine, ReadType::Preliminary, later);
+    let (state, events) = run(state, vec![triage(early.id, true, None)], later);
+    assert!(matches!(&events[..], [Event::StudyTriaged { deadline: None, priority: Priority::Urgent, .. }]));
+    let (state, _) = run(state, vec![Command::Queue(early.clone())], later);
+    let arrived = &state.studies[&early.id];
+    assert_eq!((arrived.priority, arrived.ai_flagged), (Priority::Urgent, true));
+    assert_eq!(arrived.deadline, UnixMicros(later.0 + 7_200_000_000));
+    assert!(state.pending_triage.is_empty());
 }
 
 #[test]

@@ -47,6 +47,13 @@ impl Load {
     }
 }
 
+/// What AI triage said of a study, kept until the study is queued.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Triage {
+    pub ai_flagged: bool,
+    pub priority: Priority,
+}
+
 /// The worklist state. Only `apply` changes it, which keeps the derived
 /// indexes (the unassigned-study queue, readers by group) true; they are
 /// not serialized but rebuilt when a snapshot is read.
@@ -58,6 +65,9 @@ pub struct State {
     pub load: BTreeMap<String, Load>,
     pub breached: BTreeSet<Uuid>,
     pub next_sequence: u64,
+    /// Triage results that came before their study was queued.
+    #[serde(default)]
+    pub pending_triage: BTreeMap<Uuid, Triage>,
     #[serde(skip)]
     queue: Queue,
     /// Reading group → its readers.
@@ -73,6 +83,8 @@ struct Stored {
     load: BTreeMap<String, Load>,
     breached: BTreeSet<Uuid>,
     next_sequence: u64,
+    #[serde(default)]
+    pending_triage: BTreeMap<Uuid, Triage>,
 }
 
 impl From<Stored> for State {
@@ -91,6 +103,7 @@ impl From<Stored> for State {
             load: s.load,
             breached: s.breached,
             next_sequence: s.next_sequence,
+            pending_triage: s.pending_triage,
             queue,
             groups,
         }
@@ -179,6 +192,20 @@ pub enum Command {
     },
     /// Escalations and SLA breaches due by `now`.
     Tick,
+    /// AI triage read the study (from inference's AiTriageCompleted).
+    Triage {
+        study: Uuid,
+        flagged: bool,
+        suggested: Option<Priority>,
+        model: String,
+    },
+    /// The assignee signed the read (from reporting's ReportSigned).
+    ReadSigned {
+        study: Uuid,
+        read_type: ReadType,
+        reader: String,
+        signed_at: UnixMicros,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -237,6 +264,24 @@ pub enum Event {
         priority: Priority,
         deadline: UnixMicros,
     },
+    /// The read was signed: the assignment ends; the study leaves the
+    /// worklist unless a StudyQueued for the following read comes after.
+    AssignmentCompleted {
+        study: Uuid,
+        reader: String,
+        read_type: ReadType,
+        signed_at: UnixMicros,
+    },
+    /// AI triage raised the study's urgency. `deadline` is the contract's for
+    /// the new priority (never later than before); `None` when the study is
+    /// not queued yet, and the triage waits for it.
+    StudyTriaged {
+        study: Uuid,
+        ai_flagged: bool,
+        priority: Priority,
+        deadline: Option<UnixMicros>,
+        model: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -265,6 +310,8 @@ pub enum Error {
     WrongMode { study: Uuid, mode: AssignmentMode, action: &'static str },
     #[error("reader {reader} is not in reading group {group}")]
     NotInGroup { reader: String, group: String },
+    #[error("study {study} has a {open:?} read open, not a {signed:?} read")]
+    WrongRead { study: Uuid, signed: ReadType, open: ReadType },
 }
 
 /// Appends a run of equally-prefixed offers in the full order.
@@ -409,7 +456,10 @@ pub fn decide(state: &State, policy: &Policy, command: Command, now: UnixMicros)
                 .contracts
                 .get(&n.contract)
                 .ok_or_else(|| Error::UnknownContract { study: n.id, contract: n.contract.clone() })?;
-            let sla = contract.sla_seconds.get(&n.priority).copied().unwrap_or(0);
+            // A triage that came first raises the study as it arrives.
+            let triage = state.pending_triage.get(&n.id);
+            let priority = triage.map_or(n.priority, |t| t.priority.min(n.priority));
+            let ai_flagged = n.ai_flagged || triage.is_some_and(|t| t.ai_flagged);
             Ok(vec![Event::StudyQueued(Study {
                 id: n.id,
                 tenant: n.tenant,
@@ -421,14 +471,14 @@ pub fn decide(state: &State, policy: &Policy, command: Command, now: UnixMicros)
                 body_part: n.body_part,
                 subspecialty: n.subspecialty,
                 subspecialty_required: n.subspecialty_required,
-                priority: n.priority,
+                priority,
                 service_type: n.service_type,
                 read_type: n.read_type,
                 patient_key: n.patient_key,
                 rvu_milli: n.rvu_milli,
-                ai_flagged: n.ai_flagged,
+                ai_flagged,
                 completed_at: n.completed_at,
-                deadline: UnixMicros(n.completed_at.0 + (sla as i64) * 1_000_000),
+                deadline: contract.deadline(priority, n.completed_at),
                 prior_reader: n.prior_reader,
                 escalations: 0,
                 widened: BTreeSet::new(),
@@ -508,6 +558,68 @@ pub fn decide(state: &State, policy: &Policy, command: Command, now: UnixMicros)
             Ok(vec![Event::AssignmentReassigned { study, from: s.assignee.clone(), to, by_group: group }])
         }
         Command::Tick => Ok(timers(state, policy, now)),
+        Command::Triage { study, flagged, suggested, model } => {
+            let Some(s) = state.studies.get(&study) else {
+                let before = state.pending_triage.get(&study);
+                let priority =
+                    suggested.unwrap_or(Priority::Routine).min(before.map_or(Priority::Routine, |t| t.priority));
+                let priority = if flagged && suggested.is_none() { priority.raised() } else { priority };
+                return Ok(vec![Event::StudyTriaged { study, ai_flagged: flagged, priority, deadline: None, model }]);
+            };
+            let priority = match suggested {
+                Some(p) => p.min(s.priority),
+                None if flagged => s.priority.raised(),
+                None => s.priority,
+            };
+            if priority == s.priority && (s.ai_flagged || !flagged) {
+                return Ok(vec![]);
+            }
+            let contract = policy
+                .contracts
+                .get(&s.contract)
+                .ok_or_else(|| Error::UnknownContract { study, contract: s.contract.clone() })?;
+            let deadline = contract.deadline(priority, s.completed_at).min(s.deadline);
+            Ok(vec![Event::StudyTriaged {
+                study,
+                ai_flagged: s.ai_flagged || flagged,
+                priority,
+                deadline: Some(deadline),
+                model,
+            }])
+        }
+        Command::ReadSigned { study, read_type, reader, signed_at } => {
+            let s = state.study(study)?;
+            if s.read_type != read_type {
+                return Err(Error::WrongRead { study, signed: read_type, open: s.read_type });
+            }
+            if s.assignee.as_deref() != Some(reader.as_str()) {
+                return Err(Error::NotAssignee { study, reader });
+            }
+            let contract = policy
+                .contracts
+                .get(&s.contract)
+                .ok_or_else(|| Error::UnknownContract { study, contract: s.contract.clone() })?;
+            let mut events = vec![Event::AssignmentCompleted { study, reader: reader.clone(), read_type, signed_at }];
+            // A preliminary is followed by the final where the contract has
+            // finals. The preliminary answered the urgent question: the final
+            // is routine work, due the contract's routine turnaround after
+            // the preliminary's signature, and never by the same reader.
+            let finals = contract.delivery.get(&ReadType::Final).is_some_and(|m| !m.is_empty());
+            if read_type == ReadType::Preliminary && finals {
+                events.push(Event::StudyQueued(Study {
+                    read_type: ReadType::Final,
+                    priority: Priority::Routine,
+                    deadline: contract.deadline(Priority::Routine, signed_at),
+                    prior_reader: Some(reader),
+                    escalations: 0,
+                    widened: BTreeSet::new(),
+                    assignee: None,
+                    sequence: state.next_sequence,
+                    ..s.clone()
+                }));
+            }
+            Ok(events)
+        }
     }
 }
 
@@ -666,6 +778,7 @@ pub fn apply(mut state: State, event: &Event) -> State {
         }
         Event::StudyQueued(s) => {
             state.next_sequence = state.next_sequence.max(s.sequence + 1);
+            state.pending_triage.remove(&s.id);
             if let Some(old) = state.studies.insert(s.id, s.clone())
                 && old.assignee.is_none()
             {
@@ -709,6 +822,31 @@ pub fn apply(mut state: State, event: &Event) -> State {
         }
         Event::SlaBreached { study, .. } => {
             state.breached.insert(*study);
+        }
+        Event::AssignmentCompleted { study, reader, .. } => {
+            if let Some(s) = state.studies.remove(study) {
+                if s.assignee.is_none() {
+                    state.queue.remove(&s);
+                }
+                if let Some(l) = state.load.get_mut(reader) {
+                    l.give_back(&s);
+                }
+            }
+            // The read that follows has an SLA of its own.
+            state.breached.remove(study);
+        }
+        Event::StudyTriaged { study, ai_flagged, priority, deadline, .. } => {
+            if state.studies.contains_key(study) {
+                state.change_study(study, |s, _| {
+                    s.ai_flagged = *ai_flagged;
+                    s.priority = *priority;
+                    if let Some(d) = deadline {
+                        s.deadline = *d;
+                    }
+                });
+            } else {
+                state.pending_triage.insert(*study, Triage { ai_flagged: *ai_flagged, priority: *priority });
+            }
         }
     }
     state

@@ -171,20 +171,19 @@ async fn main() -> anyhow::Result<()> {
     let (p50, p99) = percentiles(lat);
     println!("routing   first page (50) of one on-shift reader's worklist: p50 {p50:.3} ms, p99 {p99:.3} ms");
 
-    let mut lat = Vec::new();
-    let mut decided = 0;
+    let (mut found, mut empty) = (Vec::new(), Vec::new());
     let started = Instant::now();
     for r in &sample {
         let t = Instant::now();
-        if worklist::decide(&state, &policy, Command::ClaimNext { reader: r.clone() }, now).is_ok() {
-            decided += 1;
-        }
-        lat.push(t.elapsed());
+        let decided = worklist::decide(&state, &policy, Command::ClaimNext { reader: r.clone() }, now).is_ok();
+        if decided { found.push(t.elapsed()) } else { empty.push(t.elapsed()) }
     }
     let rate = sample.len() as f64 / started.elapsed().as_secs_f64();
-    let (p50, p99) = percentiles(lat);
+    let decided = found.len();
+    let (p50, p99) = percentiles(found);
+    let (e50, e99) = percentiles(empty);
     println!(
-        "routing   claim-next decision (pull): p50 {p50:.3} ms, p99 {p99:.3} ms, {rate:.0} decisions/s ({decided} of {} found work)",
+        "routing   claim-next decision (pull), readers who found work ({decided} of {}): p50 {p50:.3} ms, p99 {p99:.3} ms; readers with none eligible: p50 {e50:.3} ms, p99 {e99:.3} ms; {rate:.0} decisions/s",
         sample.len()
     );
 

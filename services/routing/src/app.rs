@@ -97,7 +97,7 @@ const INPUTS: [&str; 3] = ["ingest", "inference", "reporting"];
 /// a record that does not read, is passed over.
 fn input(record: &meridian_log::Record, region: &str, policy: &Policy) -> Option<(EventId, Command, UnixMicros)> {
     use crate::domain::intake::{Completed, queue};
-    use crate::domain::model::{Priority, ReadType};
+    use crate::domain::model::Priority;
     use meridian_events::payload::Payload;
     let envelope = record.envelope().ok()?;
     let cause = envelope.meta.event_id;
@@ -109,35 +109,49 @@ fn input(record: &meridian_log::Record, region: &str, policy: &Policy) -> Option
             None
         }
     };
-    match envelope.open_plain().ok()? {
-        Payload::StudyCompleted(c) => completed(Completed {
-            study: Uuid::parse_str(&c.study_id).ok()?,
-            tenant: envelope.meta.tenant.clone(),
-            home_region: region.to_owned(),
-            facility: c.facility,
-            origin_jurisdiction: c.origin_jurisdiction,
-            modality: c.modality,
-            body_part: c.body_part,
-            patient_key: Uuid::parse_str(&c.patient_key).ok(),
-            procedure_code: c.procedure_code,
-            requested_priority: Priority::parse(&c.requested_priority),
-            completed_at: c.completed_at.as_ref().map(UnixMicros::from_timestamp).unwrap_or(at),
-        }),
+    let arrived = match envelope.open_plain().ok()? {
+        Payload::StudyCompleted(c) => Some(c),
+        // The same facts, queued now: the start's moment is the clock's.
         Payload::StudyStarted(c) if Priority::parse(&c.requested_priority) == Some(Priority::Stat) => {
-            completed(Completed {
-                study: Uuid::parse_str(&c.study_id).ok()?,
-                tenant: envelope.meta.tenant.clone(),
-                home_region: region.to_owned(),
+            Some(meridian_proto::events::v1::StudyCompleted {
+                study_id: c.study_id,
                 facility: c.facility,
                 origin_jurisdiction: c.origin_jurisdiction,
                 modality: c.modality,
                 body_part: c.body_part,
-                patient_key: Uuid::parse_str(&c.patient_key).ok(),
+                patient_key: c.patient_key,
                 procedure_code: c.procedure_code,
-                requested_priority: Some(Priority::Stat),
-                completed_at: at,
+                requested_priority: c.requested_priority,
+                ..Default::default()
             })
         }
+        other => return triaged_or_signed(other, cause, at),
+    };
+    let c = arrived?;
+    completed(Completed {
+        study: Uuid::parse_str(&c.study_id).ok()?,
+        tenant: envelope.meta.tenant.clone(),
+        home_region: region.to_owned(),
+        facility: c.facility,
+        origin_jurisdiction: c.origin_jurisdiction,
+        modality: c.modality,
+        body_part: c.body_part,
+        patient_key: Uuid::parse_str(&c.patient_key).ok(),
+        procedure_code: c.procedure_code,
+        requested_priority: Priority::parse(&c.requested_priority),
+        completed_at: c.completed_at.as_ref().map(UnixMicros::from_timestamp).unwrap_or(at),
+    })
+}
+
+/// AiTriageCompleted and ReportSigned as routing's commands.
+fn triaged_or_signed(
+    payload: meridian_events::payload::Payload,
+    cause: EventId,
+    at: UnixMicros,
+) -> Option<(EventId, Command, UnixMicros)> {
+    use crate::domain::model::{Priority, ReadType};
+    use meridian_events::payload::Payload;
+    match payload {
         Payload::AiTriageCompleted(t) => Some((
             cause,
             Command::Triage {

@@ -16,6 +16,31 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Args)]
+struct SimulateArgs {
+    /// The scenario: regions, contracts, arrivals, readers (TOML).
+    scenario: PathBuf,
+    /// More readers (`[[readers]]` TOML), e.g. a hiring plan to try.
+    #[arg(long = "add")]
+    add: Vec<PathBuf>,
+    /// Which policies to run.
+    #[arg(long, value_enum, default_value = "both")]
+    policy: SimulatedPolicy,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the plot of queue depth and SLA at risk here (SVG).
+    #[arg(long)]
+    svg: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SimulatedPolicy {
+    Both,
+    Meridian,
+    Fifo,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run every region of a configuration in one process, on embedded defaults.
@@ -31,6 +56,9 @@ enum Command {
     Projection(ProjectionCommand),
     /// The event catalogue: writer, aggregate, data class, stream, schema version.
     Events,
+    /// Run the routing engine over a simulated day and report SLA compliance,
+    /// utilisation and escalations, side by side with a FIFO worklist.
+    Simulate(SimulateArgs),
     /// A reader's worklist, gathered from every region (entries carry no PHI).
     Worklist {
         /// `meridian dev`'s data directory.
@@ -180,6 +208,7 @@ async fn main() -> ExitCode {
             print_events();
             Ok(ExitCode::SUCCESS)
         }
+        Command::Simulate(args) => simulate(args),
         Command::Config(ConfigCommand::Check { dir }) => Ok(config_check(&dir)),
         Command::Dev(args) => dev::run(args).await,
         Command::Log(LogCommand::Tail { target, study, streams, follow }) => {
@@ -207,4 +236,38 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    use meridian_routing::simulate::{self, Scenario, Strategy, report};
+    let added: Vec<&std::path::Path> = args.add.iter().map(PathBuf::as_path).collect();
+    let scenario = Scenario::load(&args.scenario, &added)?;
+    let strategies = match args.policy {
+        SimulatedPolicy::Both => vec![Strategy::Meridian, Strategy::Fifo],
+        SimulatedPolicy::Meridian => vec![Strategy::Meridian],
+        SimulatedPolicy::Fifo => vec![Strategy::Fifo],
+    };
+    let started = std::time::Instant::now();
+    let result = simulate::simulate(&scenario, &strategies);
+    println!(
+        "{} from {}, {} h, {} readers, {} arrivals ({:.1} s)\n",
+        args.scenario.display(),
+        result.start,
+        result.hours,
+        result.readers,
+        result.arrivals,
+        started.elapsed().as_secs_f64()
+    );
+    println!("{}", report::table(&result.policies));
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&result)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        println!("results: {}", path.display());
+    }
+    if let Some(path) = &args.svg {
+        std::fs::write(path, report::svg(&result.policies)).with_context(|| format!("writing {}", path.display()))?;
+        println!("plot: {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -114,6 +114,38 @@ impl Drop for Dev {
     }
 }
 
+#[test]
+fn simulate_runs_the_example_with_both_policies_side_by_side() {
+    let out = tempfile::TempDir::new().unwrap();
+    let (json, svg) = (out.path().join("day.json"), out.path().join("day.svg"));
+    let run = Command::new(MERIDIAN)
+        .arg("simulate")
+        .arg(repo().join("deploy/examples/simulate/scenario.toml"))
+        .arg("--add")
+        .arg(repo().join("deploy/examples/simulate/two-offshore-neuro.toml"))
+        .arg("--json")
+        .arg(&json)
+        .arg("--svg")
+        .arg(&svg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{text}{}", String::from_utf8_lossy(&run.stderr));
+    assert!(text.contains("22 readers"), "the added roster joins: {text}");
+    let stat_row = text.lines().find(|l| l.starts_with("all") && l.contains("stat")).unwrap();
+    assert!(stat_row.contains('%') && text.contains("meridian") && text.contains("fifo"), "{text}");
+    let results: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(results["policies"].as_array().unwrap().len(), 2);
+    assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
+
+    // A scenario that does not read is an error that names the field.
+    let bad = out.path().join("bad.toml");
+    std::fs::write(&bad, "[day]\nstart = \"yesterday\"\n").unwrap();
+    let run = Command::new(MERIDIAN).arg("simulate").arg(&bad).output().unwrap();
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("day.start"), "{}", String::from_utf8_lossy(&run.stderr));
+}
+
 fn bearer<T>(message: T, token: &str) -> Request<T> {
     let mut r = Request::new(message);
     r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());

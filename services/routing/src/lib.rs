@@ -27,6 +27,7 @@
 pub mod adapters;
 pub mod app;
 pub mod domain;
+pub mod simulate;
 
 #[cfg(test)]
 mod replay_tests;

@@ -7,6 +7,8 @@ use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN;
 
 /// Command Field values (PS3.7 E.1).
+pub const C_STORE_RQ: u16 = 0x0001;
+pub const C_STORE_RSP: u16 = 0x8001;
 pub const C_ECHO_RQ: u16 = 0x0030;
 pub const C_ECHO_RSP: u16 = 0x8030;
 /// Command Data Set Type: no data set follows (PS3.7 E.1).
@@ -15,6 +17,16 @@ pub const NO_DATA_SET: u16 = 0x0101;
 /// Status values (PS3.7 annex C).
 pub const STATUS_SUCCESS: u16 = 0x0000;
 pub const STATUS_UNRECOGNIZED_OPERATION: u16 = 0x0211;
+/// C-STORE (PS3.4 B.2.3): refused, SOP class not supported.
+pub const STATUS_SOP_CLASS_NOT_SUPPORTED: u16 = 0x0122;
+/// Refused: not authorized.
+pub const STATUS_NOT_AUTHORIZED: u16 = 0x0124;
+/// Refused: out of resources.
+pub const STATUS_OUT_OF_RESOURCES: u16 = 0xA700;
+/// Error: data set does not match SOP class.
+pub const STATUS_DATA_SET_MISMATCH: u16 = 0xA900;
+/// Error: cannot understand (0xC000 to 0xCFFF).
+pub const STATUS_CANNOT_UNDERSTAND: u16 = 0xC000;
 
 /// The parts of a command set Meridian reads.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,6 +34,10 @@ pub struct Command {
     pub field: u16,
     pub message_id: u16,
     pub affected_sop_class: String,
+    /// Empty when the command names none (C-ECHO).
+    pub affected_sop_instance: String,
+    /// Whether a data set follows the command.
+    pub has_data_set: bool,
 }
 
 impl Command {
@@ -37,18 +53,37 @@ impl Command {
         };
         let field = u16_of(tags::COMMAND_FIELD, "Command Field (0000,0100)")?;
         let message_id = u16_of(tags::MESSAGE_ID, "Message ID (0000,0110)")?;
-        let affected_sop_class = obj
-            .element(tags::AFFECTED_SOP_CLASS_UID)
-            .ok()
-            .and_then(|e| e.to_str().ok())
-            .map(|s| s.trim_end_matches(['\0', ' ']).to_owned())
-            .unwrap_or_default();
-        Ok(Command { field, message_id, affected_sop_class })
+        let uid = |tag| {
+            obj.element(tag)
+                .ok()
+                .and_then(|e| e.to_str().ok())
+                .map(|s| s.trim_end_matches(['\0', ' ']).to_owned())
+                .unwrap_or_default()
+        };
+        let has_data_set = u16_of(tags::COMMAND_DATA_SET_TYPE, "Command Data Set Type (0000,0800)")? != NO_DATA_SET;
+        Ok(Command {
+            field,
+            message_id,
+            affected_sop_class: uid(tags::AFFECTED_SOP_CLASS_UID),
+            affected_sop_instance: uid(tags::AFFECTED_SOP_INSTANCE_UID),
+            has_data_set,
+        })
     }
 
     /// A C-ECHO-RSP (PS3.7 9.3.5.2) answering `message_id`.
     pub fn echo_response(message_id: u16, status: u16) -> Response {
-        Response { field: C_ECHO_RSP, sop_class: crate::VERIFICATION, message_id, status }
+        Response { field: C_ECHO_RSP, sop_class: crate::VERIFICATION.into(), sop_instance: None, message_id, status }
+    }
+
+    /// The C-STORE-RSP (PS3.7 9.3.1.2) answering this C-STORE-RQ.
+    pub fn store_response(&self, status: u16) -> Response {
+        Response {
+            field: C_STORE_RSP,
+            sop_class: self.affected_sop_class.clone(),
+            sop_instance: Some(self.affected_sop_instance.clone()),
+            message_id: self.message_id,
+            status,
+        }
     }
 }
 
@@ -56,20 +91,29 @@ impl Command {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Response {
     pub field: u16,
-    pub sop_class: &'static str,
+    pub sop_class: String,
+    pub sop_instance: Option<String>,
     pub message_id: u16,
     pub status: u16,
 }
 
 impl Response {
     pub fn encode(&self) -> Result<Vec<u8>, String> {
-        let obj = InMemDicomObject::command_from_element_iter([
-            DataElement::new(tags::AFFECTED_SOP_CLASS_UID, VR::UI, PrimitiveValue::from(self.sop_class)),
+        let mut elements = vec![
+            DataElement::new(tags::AFFECTED_SOP_CLASS_UID, VR::UI, PrimitiveValue::from(self.sop_class.as_str())),
             DataElement::new(tags::COMMAND_FIELD, VR::US, PrimitiveValue::from(self.field)),
             DataElement::new(tags::MESSAGE_ID_BEING_RESPONDED_TO, VR::US, PrimitiveValue::from(self.message_id)),
             DataElement::new(tags::COMMAND_DATA_SET_TYPE, VR::US, PrimitiveValue::from(NO_DATA_SET)),
             DataElement::new(tags::STATUS, VR::US, PrimitiveValue::from(self.status)),
-        ]);
+        ];
+        if let Some(instance) = &self.sop_instance {
+            elements.push(DataElement::new(
+                tags::AFFECTED_SOP_INSTANCE_UID,
+                VR::UI,
+                PrimitiveValue::from(instance.as_str()),
+            ));
+        }
+        let obj = InMemDicomObject::command_from_element_iter(elements);
         let mut out = Vec::with_capacity(128);
         obj.write_dataset_with_ts(&mut out, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
             .map_err(|e| format!("encoding the response command set: {e}"))?;

@@ -7,12 +7,16 @@
 //! - [`command`]: DIMSE command sets (PS3.7 section 9.3), encoded in
 //!   implicit VR little endian as PS3.7 section 6.3.1 requires.
 //!
-//! Today the one service is Verification (C-ECHO, PS3.4 annex A); ingest
-//! adds the storage service classes on the same acceptor.
+//! Services: Verification (C-ECHO, PS3.4 annex A) and, when a
+//! [`StoreService`] is given, Storage (C-STORE, PS3.4 annex B) for every
+//! storage SOP class ([`storage_classes`]) in the transfer syntaxes a
+//! study is stored in as received ([`STORED_TRANSFER_SYNTAXES`]); any other
+//! transfer syntax is refused at negotiation, not per instance.
 
 #![forbid(unsafe_code)]
 
 pub mod command;
+pub mod storage_classes;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -29,6 +33,54 @@ use tokio::net::TcpStream;
 pub const VERIFICATION: &str = "1.2.840.10008.1.1";
 pub const IMPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2";
 pub const EXPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2.1";
+
+/// The transfer syntaxes instances are stored in as received (PS3.5
+/// annex A): implicit and explicit VR little endian, explicit big endian,
+/// deflated, JPEG baseline and lossless, JPEG-LS, JPEG 2000, RLE.
+pub const STORED_TRANSFER_SYNTAXES: &[&str] = &[
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    "1.2.840.10008.1.2.1.99", // deflated explicit VR little endian
+    "1.2.840.10008.1.2.2",    // explicit VR big endian (retired, still sent)
+    "1.2.840.10008.1.2.4.50", // JPEG baseline
+    "1.2.840.10008.1.2.4.51", // JPEG extended
+    "1.2.840.10008.1.2.4.57", // JPEG lossless
+    "1.2.840.10008.1.2.4.70", // JPEG lossless, first-order prediction
+    "1.2.840.10008.1.2.4.80", // JPEG-LS lossless
+    "1.2.840.10008.1.2.4.81", // JPEG-LS near-lossless
+    "1.2.840.10008.1.2.4.90", // JPEG 2000 lossless
+    "1.2.840.10008.1.2.4.91", // JPEG 2000
+    "1.2.840.10008.1.2.5",    // RLE lossless
+];
+
+/// One instance a peer sent with C-STORE.
+#[derive(Clone, Debug)]
+pub struct Instance {
+    /// Affected SOP Class UID of the command.
+    pub sop_class: String,
+    /// Affected SOP Instance UID of the command.
+    pub sop_instance: String,
+    /// The presentation context's transfer syntax: the data set's encoding.
+    pub transfer_syntax: String,
+    /// The data set as received.
+    pub data_set: Vec<u8>,
+}
+
+/// Who sent an association's instances.
+#[derive(Clone, Debug)]
+pub struct Sender {
+    pub principal: Principal,
+    pub calling_ae_title: String,
+    pub called_ae_title: String,
+    pub peer: SocketAddr,
+}
+
+/// Stores what C-STORE brings. Returns the DIMSE status to answer with;
+/// success only once the instance is durable.
+#[async_trait::async_trait]
+pub trait StoreService: Send + Sync {
+    async fn store(&self, sender: &Sender, instance: Instance) -> u16;
+}
 
 /// Limits of one region's DICOM port.
 #[derive(Clone, Debug)]
@@ -57,6 +109,9 @@ pub enum Error {
 pub struct Served {
     pub principal: Principal,
     pub echoes: u32,
+    /// C-STORE requests answered, and how many of them with success.
+    pub stores: u32,
+    pub stored: u32,
     /// False when the peer aborted or went silent instead of releasing.
     pub released: bool,
 }
@@ -67,6 +122,7 @@ struct Gate {
     region: String,
     peer: SocketAddr,
     outcome: Mutex<Option<Result<Principal, AssociationRejected>>>,
+    titles: Mutex<(String, String)>,
 }
 
 // On a reference: the options borrow the gate, and the caller reads its outcome after.
@@ -89,30 +145,49 @@ impl dicom_ul::association::server::AccessControl for &Gate {
             Err(_) => Some(AssociationRJServiceUserReason::CallingAETitleNotRecognized),
         };
         *self.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+        *self.titles.lock().unwrap_or_else(|p| p.into_inner()) =
+            (calling_ae_title.trim().to_owned(), called_ae_title.trim().to_owned());
         reason.map_or(Ok(()), Err)
     }
 }
 
-/// Negotiates and serves one association on `socket`.
+/// Negotiates and serves one association on `socket`: Verification, and
+/// Storage when `store` is given.
 pub async fn accept(
     socket: TcpStream,
     peer: SocketAddr,
     region: &str,
     platform: Arc<Platform>,
     limits: &Limits,
+    store: Option<&dyn StoreService>,
 ) -> Result<Served, Error> {
     let protocol = |reason: String| Error::Protocol { peer, reason };
     socket.set_nodelay(true).map_err(|e| protocol(e.to_string()))?;
-    let gate = Gate { platform, region: region.to_owned(), peer, outcome: Mutex::new(None) };
+    let gate = Gate {
+        platform,
+        region: region.to_owned(),
+        peer,
+        outcome: Mutex::new(None),
+        titles: Mutex::new(Default::default()),
+    };
     let outcome = {
-        let options = ServerAssociationOptions::new()
+        let mut options = ServerAssociationOptions::new()
             .ae_access_control(&gate)
             .ae_title("MERIDIAN")
             .with_abstract_syntax(VERIFICATION)
-            .with_transfer_syntax(IMPLICIT_VR_LITTLE_ENDIAN)
-            .with_transfer_syntax(EXPLICIT_VR_LITTLE_ENDIAN)
             .max_pdu_length(limits.max_pdu_length)
             .read_timeout(limits.idle_timeout);
+        if store.is_some() {
+            for (uid, _) in storage_classes::STORAGE_SOP_CLASSES {
+                options = options.with_abstract_syntax(*uid);
+            }
+            for ts in STORED_TRANSFER_SYNTAXES {
+                options = options.with_transfer_syntax(*ts);
+            }
+        } else {
+            options =
+                options.with_transfer_syntax(IMPLICIT_VR_LITTLE_ENDIAN).with_transfer_syntax(EXPLICIT_VR_LITTLE_ENDIAN);
+        }
         options.establish_async(socket).await
     };
     let resolved = gate.outcome.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -128,26 +203,61 @@ pub async fn accept(
         return Err(protocol(denied.to_string()));
     }
     tracing::info!(%peer, region, subject = %principal.subject, "association accepted");
+    let (calling_ae_title, called_ae_title) = gate.titles.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let sender = Sender { principal: principal.clone(), calling_ae_title, called_ae_title, peer };
+    let syntaxes: std::collections::HashMap<u8, String> =
+        association.presentation_contexts().iter().map(|pc| (pc.id, pc.transfer_syntax.clone())).collect();
 
-    let mut echoes = 0;
+    let (mut echoes, mut stores, mut stored) = (0, 0, 0);
     let mut command = Vec::new();
+    // A C-STORE-RQ waiting for its data set, and the data set so far.
+    let mut pending: Option<(u8, command::Command)> = None;
+    let mut data_set = Vec::new();
     loop {
         let pdu = match tokio::time::timeout(limits.idle_timeout, association.receive()).await {
             Err(_) => {
                 let _ = association.abort().await;
-                return Ok(Served { principal, echoes, released: false });
+                return Ok(Served { principal, echoes, stores, stored, released: false });
             }
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "association ended without release");
-                return Ok(Served { principal, echoes, released: false });
+                return Ok(Served { principal, echoes, stores, stored, released: false });
             }
             Ok(Ok(pdu)) => pdu,
         };
         match pdu {
             Pdu::PData { data } => {
                 for value in data {
-                    if value.value_type != PDataValueType::Command {
-                        // Verification has no data set; nothing else is negotiated.
+                    let context = value.presentation_context_id;
+                    if value.value_type == PDataValueType::Data {
+                        match &pending {
+                            Some((id, _)) if *id == context => data_set.extend_from_slice(&value.data),
+                            _ => {
+                                let _ = association.abort().await;
+                                return Err(protocol("a data set fragment without its C-STORE command".into()));
+                            }
+                        }
+                        if !value.is_last {
+                            continue;
+                        }
+                        let Some((_, request)) = pending.take() else { continue };
+                        let status = match store {
+                            Some(store) => {
+                                let instance = Instance {
+                                    sop_class: request.affected_sop_class.clone(),
+                                    sop_instance: request.affected_sop_instance.clone(),
+                                    transfer_syntax: syntaxes.get(&context).cloned().unwrap_or_default(),
+                                    data_set: std::mem::take(&mut data_set),
+                                };
+                                store.store(&sender, instance).await
+                            }
+                            None => command::STATUS_SOP_CLASS_NOT_SUPPORTED,
+                        };
+                        stores += 1;
+                        if status == command::STATUS_SUCCESS {
+                            stored += 1;
+                        }
+                        respond(&mut association, context, request.store_response(status)).await.map_err(protocol)?;
                         continue;
                     }
                     command.extend_from_slice(&value.data);
@@ -156,34 +266,37 @@ pub async fn accept(
                     }
                     let request = command::Command::decode(&command).map_err(protocol)?;
                     command.clear();
-                    let response = match request.field {
+                    match request.field {
                         command::C_ECHO_RQ => {
                             echoes += 1;
-                            command::Command::echo_response(request.message_id, command::STATUS_SUCCESS)
+                            let response = command::Command::echo_response(request.message_id, command::STATUS_SUCCESS);
+                            respond(&mut association, context, response).await.map_err(protocol)?;
+                        }
+                        command::C_STORE_RQ if request.has_data_set => {
+                            data_set.clear();
+                            pending = Some((context, request));
                         }
                         other => {
                             // PS3.7 C.4.2: refused, an operation this SCP does not offer.
                             tracing::info!(%peer, command = other, "unsupported DIMSE command");
-                            command::Command::echo_response(request.message_id, command::STATUS_UNRECOGNIZED_OPERATION)
+                            let response = command::Response {
+                                field: other | 0x8000,
+                                sop_class: request.affected_sop_class.clone(),
+                                sop_instance: None,
+                                message_id: request.message_id,
+                                status: command::STATUS_UNRECOGNIZED_OPERATION,
+                            };
+                            respond(&mut association, context, response).await.map_err(protocol)?;
                         }
-                    };
-                    let pdu = Pdu::PData {
-                        data: vec![PDataValue {
-                            presentation_context_id: value.presentation_context_id,
-                            value_type: PDataValueType::Command,
-                            is_last: true,
-                            data: response.encode().map_err(protocol)?,
-                        }],
-                    };
-                    association.send(&pdu).await.map_err(|e| protocol(e.to_string()))?;
+                    }
                 }
             }
             Pdu::ReleaseRQ => {
                 association.send(&Pdu::ReleaseRP).await.map_err(|e| protocol(e.to_string()))?;
-                return Ok(Served { principal, echoes, released: true });
+                return Ok(Served { principal, echoes, stores, stored, released: true });
             }
             Pdu::AbortRQ { .. } => {
-                return Ok(Served { principal, echoes, released: false });
+                return Ok(Served { principal, echoes, stores, stored, released: false });
             }
             other => {
                 let _ = association.abort().await;
@@ -191,4 +304,21 @@ pub async fn accept(
             }
         }
     }
+}
+
+/// Sends one response command set on `context`.
+async fn respond(
+    association: &mut dicom_ul::association::AsyncServerAssociation<TcpStream>,
+    context: u8,
+    response: command::Response,
+) -> Result<(), String> {
+    let pdu = Pdu::PData {
+        data: vec![PDataValue {
+            presentation_context_id: context,
+            value_type: PDataValueType::Command,
+            is_last: true,
+            data: response.encode()?,
+        }],
+    };
+    association.send(&pdu).await.map_err(|e| e.to_string())
 }

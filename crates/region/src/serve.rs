@@ -122,7 +122,7 @@ async fn dicom(region: Arc<Region>, listener: TcpListener, shutdown: impl Future
         let (region, limits) = (region.clone(), limits.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            match meridian_dimse::accept(socket, peer, &region.name, region.platform.clone(), &limits).await {
+            match meridian_dimse::accept(socket, peer, &region.name, region.platform.clone(), &limits, None).await {
                 Ok(served) => {
                     tracing::info!(region = %region.name, subject = %served.principal.subject, echoes = served.echoes, released = served.released, "association ended")
                 }

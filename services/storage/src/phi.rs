@@ -1,0 +1,237 @@
+//! The PHI write path: the only way patient data enters a region's object
+//! store. It checks residency on every write: a tenant's PHI lives only in
+//! the tenant's home regions. A refused write appends PhiWriteRefused
+//! (operational: tenant, region, contracts, the opaque study id) and
+//! returns an error that names them; nothing is stored.
+//!
+//! Objects are keyed by opaque ids and the SHA-256 of their bytes (the
+//! instance's version): `phi/<tenant>/<study>/<series>/<instance>/<sha256>.dcm`.
+//! The same bytes again store nothing new; different bytes for the same
+//! instance are a new version beside the old one.
+
+use std::sync::Arc;
+
+use meridian_config::Platform;
+use meridian_events::{DataClass, EventId, EventMeta, InstanceId, SeriesId, StudyId, UnixMicros};
+use meridian_log::{EventLog, Outgoing, TopicName};
+use sha2::{Digest, Sha256};
+
+use crate::blobs::{BlobError, Blobs};
+
+/// One object of patient data to store.
+pub struct PhiObject {
+    pub tenant: String,
+    pub study: StudyId,
+    pub series: SeriesId,
+    pub instance: InstanceId,
+    /// The Part-10 bytes.
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub key: String,
+    /// SHA-256 of the bytes, lower-case hex: the version.
+    pub sha256: String,
+    pub size: u64,
+    /// False when these exact bytes were already stored.
+    pub created: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PhiWriteError {
+    #[error(
+        "residency: PHI of tenant {tenant} may not be written in region {region} \
+         (its home regions are {home_regions:?}; contracts {contracts:?})"
+    )]
+    Refused { tenant: String, region: String, home_regions: Vec<String>, contracts: Vec<String> },
+    #[error("residency: tenant {tenant} is not configured; refusing to write its data in region {region}")]
+    UnknownTenant { tenant: String, region: String },
+    #[error("PHI object store: {0}")]
+    Blob(#[from] BlobError),
+    #[error("PHI write path log: {0}")]
+    Log(#[from] meridian_log::Error),
+    #[error("PHI write path event: {0}")]
+    Envelope(#[from] meridian_events::envelope::Error),
+}
+
+pub struct PhiWriter {
+    region: String,
+    platform: Arc<Platform>,
+    blobs: Arc<dyn Blobs>,
+    log: Arc<dyn EventLog>,
+}
+
+impl PhiWriter {
+    pub fn new(region: &str, platform: Arc<Platform>, blobs: Arc<dyn Blobs>, log: Arc<dyn EventLog>) -> PhiWriter {
+        PhiWriter { region: region.to_owned(), platform, blobs, log }
+    }
+
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    pub fn blobs(&self) -> &Arc<dyn Blobs> {
+        &self.blobs
+    }
+
+    /// Whether `tenant`'s PHI may live in this region.
+    pub fn check_residency(&self, tenant: &str) -> Result<(), PhiWriteError> {
+        let Some(t) = self.platform.tenants.get(tenant) else {
+            return Err(PhiWriteError::UnknownTenant { tenant: tenant.to_owned(), region: self.region.clone() });
+        };
+        if t.home_regions.contains(&self.region) {
+            return Ok(());
+        }
+        Err(PhiWriteError::Refused {
+            tenant: tenant.to_owned(),
+            region: self.region.clone(),
+            home_regions: t.home_regions.clone(),
+            contracts: self
+                .platform
+                .contracts
+                .values()
+                .filter(|c| c.tenant == tenant)
+                .map(|c| c.name.clone())
+                .collect(),
+        })
+    }
+
+    /// Stores `object` durably, or refuses it for residency (recording the
+    /// refusal). Returns only once the bytes are on durable storage.
+    pub async fn put(&self, object: PhiObject, now: UnixMicros) -> Result<Stored, PhiWriteError> {
+        if let Err(refused) = self.check_residency(&object.tenant) {
+            self.record_refusal(&object, &refused, now).await?;
+            tracing::warn!(region = %self.region, tenant = %object.tenant, study = %object.study, "PHI write refused");
+            return Err(refused);
+        }
+        let sha256 = hex::encode(Sha256::digest(&object.bytes));
+        let key = format!(
+            "phi/{}/{}/{}/{}/{sha256}.dcm",
+            object.tenant,
+            object.study.as_uuid(),
+            object.series.as_uuid(),
+            object.instance.as_uuid()
+        );
+        let size = object.bytes.len() as u64;
+        let created = self.blobs.put_once(&key, object.bytes).await?;
+        Ok(Stored { key, sha256, size, created })
+    }
+
+    async fn record_refusal(
+        &self,
+        object: &PhiObject,
+        refused: &PhiWriteError,
+        now: UnixMicros,
+    ) -> Result<(), PhiWriteError> {
+        let contracts = match refused {
+            PhiWriteError::Refused { contracts, .. } => contracts.join(","),
+            _ => String::new(),
+        };
+        let payload = meridian_proto::events::v1::PhiWriteRefused {
+            tenant: object.tenant.clone(),
+            region: self.region.clone(),
+            contract: contracts,
+            study_id: object.study.as_uuid().to_string(),
+            reason: refused.to_string(),
+        };
+        // A refusal is not a step in the object's history: its version is
+        // its moment, so every refusal is a distinct event.
+        let meta = EventMeta {
+            event_id: EventId::new_at(now),
+            aggregate_type: "storage.object".into(),
+            aggregate_id: object.study.as_uuid(),
+            aggregate_version: now.0.max(1) as u64,
+            tenant: object.tenant.clone(),
+            home_region: self.region.clone(),
+            occurred_at: now,
+            causation_id: None,
+            correlation_id: None,
+            traceparent: None,
+        };
+        let topic = TopicName::new(&self.region, DataClass::Operational, "storage")
+            .map_err(|e| meridian_log::Error::UnknownTopic { topic: e.name })?;
+        let envelope = meridian_events::Envelope::plain(meta, &payload)?;
+        self.log.append(vec![Outgoing::new(topic, &envelope)?]).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use meridian_events::TenantSecret;
+    use meridian_events::payload::Payload;
+    use meridian_log::embedded::{EmbeddedLog, EmbeddedOptions};
+    use meridian_log::{Position, TopicSpec};
+
+    use super::*;
+    use crate::blobs::LocalBlobs;
+
+    fn platform() -> Arc<Platform> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples/dev");
+        Arc::new(Platform::load(&dir).unwrap())
+    }
+
+    fn object(bytes: &[u8]) -> PhiObject {
+        let secret = TenantSecret::new(vec![7u8; 32]).unwrap();
+        PhiObject {
+            tenant: "acme".into(),
+            study: StudyId::derive(&secret, "1.2.3"),
+            series: SeriesId::derive(&secret, "1.2.3.4"),
+            instance: InstanceId::derive(&secret, "1.2.3.4.5"),
+            bytes: bytes.to_vec(),
+        }
+    }
+
+    async fn writer(region: &str, dir: &Path) -> (PhiWriter, Arc<EmbeddedLog>) {
+        let log = Arc::new(EmbeddedLog::open(&dir.join("log.redb"), EmbeddedOptions::default()).unwrap());
+        let topic = TopicName::new(region, DataClass::Operational, "storage").unwrap();
+        log.ensure_topic(&TopicSpec::new(topic, 2)).await.unwrap();
+        let blobs: Arc<dyn Blobs> = Arc::new(LocalBlobs::new(dir.join("objects")));
+        (PhiWriter::new(region, platform(), blobs, log.clone()), log)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn phi_is_stored_by_opaque_id_and_version_in_a_home_region() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (phi, _) = writer("us-east", dir.path()).await;
+        let now = UnixMicros(1_795_000_000_000_000);
+        let first = phi.put(object(b"DICM one"), now).await.unwrap();
+        assert!(first.created);
+        assert!(first.key.starts_with("phi/acme/") && first.key.ends_with(&format!("/{}.dcm", first.sha256)));
+        assert!(!first.key.contains("1.2.3"), "no DICOM UID in the key");
+        assert!(!phi.put(object(b"DICM one"), now).await.unwrap().created, "the same bytes store nothing new");
+        let second = phi.put(object(b"DICM two"), now).await.unwrap();
+        assert_ne!(second.key, first.key, "different bytes are a new version beside the first");
+        assert_eq!(phi.blobs().list("phi/acme/").await.unwrap().len(), 2);
+        assert_eq!(phi.blobs().get(&first.key).await.unwrap().unwrap(), b"DICM one");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_outside_the_tenants_home_regions_is_refused_recorded_and_stores_nothing() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (phi, log) = writer("eu-west", dir.path()).await;
+        let now = UnixMicros(1_795_000_000_000_000);
+        let err = phi.put(object(b"DICM one"), now).await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("tenant acme") && text.contains("region eu-west") && text.contains("acme-atlantic"),
+            "{text}"
+        );
+        assert!(phi.blobs().list("").await.unwrap().is_empty());
+        let unknown = PhiObject { tenant: "nobody".into(), ..object(b"x") };
+        assert!(matches!(phi.put(unknown, now).await, Err(PhiWriteError::UnknownTenant { .. })));
+
+        let topic = TopicName::new("eu-west", DataClass::Operational, "storage").unwrap();
+        let mut reader = log.reader((0..2).map(|p| Position::start(topic.clone(), p)).collect()).await.unwrap();
+        let records = reader.next_batch(10, Duration::from_millis(200)).await.unwrap();
+        assert_eq!(records.len(), 2, "one PhiWriteRefused per refused write");
+        let envelope = records[0].envelope().unwrap();
+        let Ok(Payload::PhiWriteRefused(p)) = envelope.open_plain() else { panic!("{envelope:?}") };
+        assert_eq!((p.region.as_str(), p.study_id), ("eu-west", object(b"").study.as_uuid().to_string()));
+        assert_eq!(envelope.meta.aggregate_id, object(b"").study.as_uuid());
+    }
+}

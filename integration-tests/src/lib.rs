@@ -88,3 +88,68 @@ pub mod durability {
         marker.strip_prefix('b')?.split_once("-i")?.0.parse().ok()
     }
 }
+
+/// DICOM files made with dcmtk's `dump2dcm`, for tests that send real
+/// studies with real peers.
+pub mod dicom {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    /// The UIDs and attributes of one synthetic CT instance.
+    pub struct CtInstance<'a> {
+        pub study_uid: &'a str,
+        pub series_uid: &'a str,
+        pub sop_uid: &'a str,
+        pub patient_id: &'a str,
+        /// Requested Procedure Priority, e.g. "STAT"; empty for none.
+        pub priority: &'a str,
+        /// Pixel values of a 2×2 image: different values, different bytes.
+        pub pixels: [u16; 4],
+    }
+
+    /// Writes the instance as a Part-10 file in `dir` (explicit VR little
+    /// endian) and returns its path.
+    pub fn write_ct(dir: &Path, ct: &CtInstance<'_>) -> PathBuf {
+        let dump = dir.join(format!("{}.dump", ct.sop_uid));
+        let file = dir.join(format!("{}.dcm", ct.sop_uid));
+        let priority =
+            if ct.priority.is_empty() { String::new() } else { format!("(0040,1003) SH [{}]\n", ct.priority) };
+        let [a, b, c, d] = ct.pixels;
+        let text = format!(
+            "# Dicom-File-Format\n# Dicom-Meta-Information-Header\n(0002,0001) OB 00\\01\n\
+             (0002,0002) UI =CTImageStorage\n(0002,0003) UI [{sop}]\n(0002,0010) UI =LittleEndianExplicit\n\
+             # Dicom-Data-Set\n(0008,0016) UI =CTImageStorage\n(0008,0018) UI [{sop}]\n(0008,0050) SH [ACC-77]\n\
+             (0008,0060) CS [CT]\n(0010,0010) PN [Doe^Jane]\n(0010,0020) LO [{pid}]\n(0018,0015) CS [HEAD]\n\
+             (0020,000d) UI [{study}]\n(0020,000e) UI [{series}]\n(0028,0002) US 1\n(0028,0004) CS [MONOCHROME2]\n\
+             (0028,0010) US 2\n(0028,0011) US 2\n(0028,0100) US 16\n(0028,0101) US 16\n(0028,0102) US 15\n\
+             (0028,0103) US 0\n{priority}(7fe0,0010) OW {a:04x}\\{b:04x}\\{c:04x}\\{d:04x}\n",
+            sop = ct.sop_uid,
+            pid = ct.patient_id,
+            study = ct.study_uid,
+            series = ct.series_uid,
+        );
+        std::fs::write(&dump, text).unwrap();
+        let out = Command::new("dump2dcm")
+            .arg(&dump)
+            .arg(&file)
+            .output()
+            .expect("dump2dcm (dcmtk) is installed: .ci/run installs it");
+        assert!(out.status.success(), "dump2dcm: {}", String::from_utf8_lossy(&out.stderr));
+        file
+    }
+
+    /// Sends `files` with dcmtk's `storescu` in one association; returns
+    /// whether it succeeded and what it said.
+    pub fn storescu(port: u16, calling: &str, called: &str, files: &[PathBuf]) -> (bool, String) {
+        let out = Command::new("storescu")
+            .args(["-aet", calling, "-aec", called, "127.0.0.1", &port.to_string()])
+            .args(files)
+            .env("TCP_NODELAY", "1")
+            .output()
+            .expect("storescu (dcmtk) is installed: .ci/run installs it");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    }
+}

@@ -380,12 +380,12 @@ mod tests {
     #[test]
     fn phi_cannot_be_sent_plain_and_is_unreadable_after_shredding() {
         let payload = pb::InstanceReceived { patient_id: "MRN-123".into(), ..Default::default() };
-        let err = Envelope::plain(meta("ingest.study"), &payload).unwrap_err();
+        let err = Envelope::plain(meta("ingest.instances"), &payload).unwrap_err();
         assert!(matches!(err, Error::PhiNotSealed { .. }));
 
         let keys = MemoryKeyStore::default();
         let study = StudyId(Uuid::now_v7());
-        let env = Envelope::sealed(meta("ingest.study"), &payload, study, &keys).unwrap();
+        let env = Envelope::sealed(meta("ingest.instances"), &payload, study, &keys).unwrap();
         let bytes = env.encode_to_vec();
         assert!(!bytes.windows(7).any(|w| w == b"MRN-123"), "PHI must not appear in clear");
         let back = Envelope::decode(&bytes).unwrap();

@@ -132,7 +132,7 @@ macro_rules! catalogue {
 
 catalogue! {
     // ingest
-    InstanceReceived     => 1, Phi,         "ingest",  "ingest.study",   "ingest";
+    InstanceReceived     => 1, Phi,         "ingest",  "ingest.instances", "ingest";
     InstanceRejected     => 1, Operational, "ingest",  "ingest.study",   "ingest";
     StudyStarted         => 1, Operational, "ingest",  "ingest.study",   "ingest";
     StudyCompleted       => 1, Operational, "ingest",  "ingest.study",   "ingest";

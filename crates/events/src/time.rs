@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Microseconds since the Unix epoch, UTC.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct UnixMicros(pub i64);
 
 impl UnixMicros {

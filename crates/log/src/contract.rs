@@ -138,7 +138,7 @@ pub async fn class_mismatch_is_refused_and_append_is_atomic(log: &dyn EventLog) 
     let keys = MemoryKeyStore::default();
     let study = Uuid::now_v7();
     let phi = Envelope::sealed(
-        meta(study, 1, EventId::new_at(UnixMicros(1))),
+        EventMeta { aggregate_type: "ingest.instances".into(), ..meta(study, 1, EventId::new_at(UnixMicros(1))) },
         &pb::InstanceReceived { patient_id: "MRN-1".into(), ..Default::default() },
         StudyId(study),
         &keys,

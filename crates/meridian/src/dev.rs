@@ -129,6 +129,21 @@ fn ensure_secrets(platform: &Platform, secrets: &Path) -> anyhow::Result<TokenSi
     signer.context("auth.toml names no verifying key held in a file: `meridian dev` signs tokens with one")
 }
 
+/// The id secrets of the tenants whose PHI `region` holds.
+fn tenant_secrets(platform: &Platform, secrets: &Path, region: &str) -> anyhow::Result<meridian_region::Secrets> {
+    let env = |name: &str| std::env::var(name).ok();
+    platform
+        .tenants
+        .values()
+        .filter(|t| t.home_regions.iter().any(|r| r == region))
+        .map(|t| {
+            let bytes = t.id_secret.read(secrets, &env).with_context(|| format!("tenant {}: id secret", t.name))?;
+            let secret = meridian_events::TenantSecret::new(bytes).with_context(|| format!("tenant {}", t.name))?;
+            Ok((t.name.clone(), secret))
+        })
+        .collect()
+}
+
 fn verifier(platform: &Platform, secrets: &Path) -> anyhow::Result<TokenVerifier> {
     let env = |name: &str| std::env::var(name).ok();
     let mut keys = Vec::new();
@@ -209,9 +224,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         let grpc_addr = grpc.local_addr()?;
         let http_addr = http.local_addr()?;
         let dicom_addr = dicom.local_addr()?;
-        let region = Region::open(name, &args.data_dir.join(name), platform.clone(), verifier.clone(), now)
-            .await
-            .with_context(|| format!("opening region {name}"))?;
+        let tenant_secrets = tenant_secrets(&platform, &secrets, name)?;
+        let region =
+            Region::open(name, &args.data_dir.join(name), platform.clone(), verifier.clone(), tenant_secrets, now)
+                .await
+                .with_context(|| format!("opening region {name}"))?;
         endpoints.insert(
             name.clone(),
             json!({

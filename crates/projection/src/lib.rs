@@ -230,6 +230,29 @@ impl<P: Projection> Projector<P> {
         Ok(Outcome::Applied)
     }
 
+    /// Folds records this process has just appended, at the positions the
+    /// log gave them: the one writer of a topic keeps its projection
+    /// current without reading its own writes back.
+    pub fn feed_appended(
+        &mut self,
+        batch: Vec<meridian_log::Outgoing>,
+        appended: Vec<meridian_log::Appended>,
+        keys: &dyn KeyStore,
+    ) -> Result<(), Error> {
+        for (out, at) in batch.into_iter().zip(appended) {
+            let record = Record {
+                topic: out.topic,
+                partition: at.partition,
+                offset: at.offset,
+                key: out.key,
+                value: out.value,
+                headers: out.headers,
+            };
+            self.feed(&record, keys)?;
+        }
+        Ok(())
+    }
+
     /// Everything needed to continue after a restart, as one value.
     pub fn snapshot(&self) -> Snapshot<P> {
         Snapshot {

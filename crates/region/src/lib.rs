@@ -25,5 +25,6 @@ pub mod node;
 pub mod serve;
 pub mod summary;
 
+pub use meridian_ingest::app::Secrets;
 pub use node::{Region, RegionError};
 pub use serve::{Listeners, serve};

@@ -60,16 +60,20 @@ pub struct Region {
     snapshots: FileSnapshots,
     /// The routing service of this region (worklist, claims, timers).
     pub routing: Arc<meridian_routing::app::Routing>,
+    /// The ingest service of this region (C-STORE, study completeness).
+    pub ingest: Arc<meridian_ingest::app::Ingest>,
 }
 
 impl Region {
     /// Opens the region `name` in `dir` (created if missing); `now` stamps
-    /// the bootstrap events of a first start.
+    /// the bootstrap events of a first start. `secrets` are the id secrets
+    /// of the tenants whose PHI this region holds.
     pub async fn open(
         name: &str,
         dir: &Path,
         platform: Arc<Platform>,
         verifier: Arc<TokenVerifier>,
+        secrets: meridian_ingest::app::Secrets,
         now: UnixMicros,
     ) -> Result<Region, RegionError> {
         let Some(config) = platform.regions.get(name) else {
@@ -130,7 +134,19 @@ impl Region {
         summary.ensure_positions(start_positions(&topics, partitions));
         catch_up(log.as_ref(), keys.as_ref(), &mut summary, idle).await.map_err(proj_err)?;
         let routing_policy = meridian_routing::adapters::config::policy(&platform);
+        let blobs: Arc<dyn meridian_storage::blobs::Blobs> =
+            Arc::new(meridian_storage::blobs::LocalBlobs::new(objects.clone()));
+        let phi = meridian_storage::phi::PhiWriter::new(name, platform.clone(), blobs, log.clone());
+        let ingest =
+            meridian_ingest::app::Ingest::open(name, platform.clone(), secrets, phi, log.clone(), keys.clone(), idle)
+                .await
+                .map_err(|e| RegionError::Bootstrap {
+                    region: name.to_owned(),
+                    reader: String::new(),
+                    reason: format!("ingest: {e}"),
+                })?;
         let region = Region {
+            ingest: Arc::new(ingest),
             routing: Arc::new(
                 meridian_routing::app::Routing::open(name, log.clone(), keys.clone(), routing_policy, idle)
                     .await

@@ -83,6 +83,7 @@ pub async fn serve(
     let http = tokio::spawn(async move { http.await });
     let dicom = tokio::spawn(dicom(region.clone(), listeners.dicom, wait(stopped.clone())));
     let timers = tokio::spawn(routing_timers(region.clone(), wait(stopped.clone())));
+    let completion = tokio::spawn(ingest_timers(region.clone(), wait(stopped.clone())));
 
     shutdown.await;
     tracing::info!(region = %name, "shutting down");
@@ -95,6 +96,7 @@ pub async fn serve(
     let _ = follower.await;
     let _ = dicom.await;
     let _ = timers.await;
+    let _ = completion.await;
     grpc?;
     http
 }
@@ -122,13 +124,42 @@ async fn dicom(region: Arc<Region>, listener: TcpListener, shutdown: impl Future
         let (region, limits) = (region.clone(), limits.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            match meridian_dimse::accept(socket, peer, &region.name, region.platform.clone(), &limits, None).await {
-                Ok(served) => {
-                    tracing::info!(region = %region.name, subject = %served.principal.subject, echoes = served.echoes, released = served.released, "association ended")
-                }
+            let store: &dyn meridian_dimse::StoreService = region.ingest.as_ref();
+            match meridian_dimse::accept(socket, peer, &region.name, region.platform.clone(), &limits, Some(store))
+                .await
+            {
+                Ok(served) => tracing::info!(
+                    region = %region.name,
+                    subject = %served.principal.subject,
+                    echoes = served.echoes,
+                    stores = served.stores,
+                    stored = served.stored,
+                    released = served.released,
+                    "association ended"
+                ),
                 Err(e) => tracing::info!(region = %region.name, error = %e, "association"),
             }
         });
+    }
+}
+
+/// How often ingest looks for studies quiet for their period.
+const INGEST_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Completes quiet studies every [`INGEST_TICK`] until `shutdown`.
+async fn ingest_timers(region: Arc<Region>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut every = tokio::time::interval(INGEST_TICK);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            _ = every.tick() => {}
+        }
+        #[allow(clippy::disallowed_methods)] // the edge: the timers' clock
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        if let Err(e) = region.ingest.complete_quiet(meridian_events::UnixMicros(now.as_micros() as i64)).await {
+            tracing::warn!(region = %region.name, error = %e, "ingest completion");
+        }
     }
 }
 

@@ -3,5 +3,6 @@
 mod contract_embedded;
 mod contract_kafka;
 mod durability;
+mod ingest_dimse;
 mod region_kafka;
 mod shredding;

@@ -35,7 +35,9 @@ async fn a_region_runs_on_kafka_with_topics_provisioned_from_config() {
     let dir = tempfile::TempDir::new().unwrap();
     let now = UnixMicros(1_790_000_000_000_000);
 
-    let region = Region::open("in-south", dir.path(), platform.clone(), verifier.clone(), now).await.unwrap();
+    let region = Region::open("in-south", dir.path(), platform.clone(), verifier.clone(), Default::default(), now)
+        .await
+        .unwrap();
     let names: Vec<String> = region.topics().iter().map(|t| t.to_string()).collect();
     assert_eq!(
         names,
@@ -74,7 +76,7 @@ async fn a_region_runs_on_kafka_with_topics_provisioned_from_config() {
     // A restart (new client, same transactional id) registers no one twice,
     // and a rebuild from the broker equals the state it resumed from.
     drop(region);
-    let region = Region::open("in-south", dir.path(), platform, verifier, now).await.unwrap();
+    let region = Region::open("in-south", dir.path(), platform, verifier, Default::default(), now).await.unwrap();
     let rebuilt = region.rebuild_summary().await.unwrap();
     assert_eq!((rebuilt.applied, rebuilt.duplicates, rebuilt.skipped), (5, 0, 0), "{rebuilt:?}");
     assert!(rebuilt.matches_previous);

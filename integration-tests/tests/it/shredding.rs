@@ -60,7 +60,10 @@ async fn shredding_a_study_makes_its_phi_events_unreadable_and_rebuilds_skip_the
                 ..Default::default()
             };
             let e = Envelope::sealed(
-                meta(study.0, n, EventId::derived(EventId(study.0), "t", n as u32)),
+                meridian_events::EventMeta {
+                    aggregate_type: "ingest.instances".into(),
+                    ..meta(study.0, n, EventId::derived(EventId(study.0), "t", n as u32))
+                },
                 &payload,
                 study,
                 &keys,

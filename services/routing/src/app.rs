@@ -265,19 +265,7 @@ impl Routing {
             return Ok(events);
         }
         let appended = self.log.append(batch.clone()).await?;
-        // Fold exactly what was appended, at its positions, so the
-        // projector's positions and de-duplication stay true.
-        for (out, at) in batch.into_iter().zip(appended) {
-            let record = meridian_log::Record {
-                topic: out.topic,
-                partition: at.partition,
-                offset: at.offset,
-                key: out.key,
-                value: out.value,
-                headers: out.headers,
-            };
-            projector.feed(&record, self.keys.as_ref())?;
-        }
+        projector.feed_appended(batch, appended, self.keys.as_ref())?;
         self.announce();
         Ok(events)
     }

@@ -1,0 +1,176 @@
+//! Studies in over DIMSE with real peers: dcmtk makes the files and sends
+//! them with `storescu` to a region's acceptor backed by ingest; `dcmdump`
+//! reads back what was stored.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meridian_config::Platform;
+use meridian_events::payload::Payload;
+use meridian_events::{DataClass, KeyStore, TenantSecret, UnixMicros};
+use meridian_ingest::app::{Ingest, Secrets};
+use meridian_integration_tests::dicom::{CtInstance, storescu, write_ct};
+use meridian_log::embedded::{EmbeddedLog, EmbeddedOptions};
+use meridian_log::{EventLog, Position, TopicName, TopicSpec};
+use meridian_storage::blobs::{Blobs, LocalBlobs};
+use meridian_storage::phi::PhiWriter;
+use tokio::net::TcpListener;
+
+const STUDY: &str = "1.2.826.0.1.3680043.10.543.7";
+
+fn ct<'a>(series: &'a str, sop: &'a str, pixels: [u16; 4]) -> CtInstance<'a> {
+    CtInstance { study_uid: STUDY, series_uid: series, sop_uid: sop, patient_id: "MRN-0001", priority: "STAT", pixels }
+}
+
+fn platform() -> Arc<Platform> {
+    Arc::new(Platform::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/dev")).unwrap())
+}
+
+async fn read_all(log: &EmbeddedLog, topic: &TopicName) -> Vec<meridian_events::Envelope> {
+    let mut reader = log.reader((0..2).map(|p| Position::start(topic.clone(), p)).collect()).await.unwrap();
+    let records = reader.next_batch(1_000, Duration::from_millis(200)).await.unwrap();
+    records.iter().map(|r| r.envelope().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storescu_sends_a_study_that_is_stored_recorded_and_completed() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let log = Arc::new(EmbeddedLog::open(&dir.path().join("log.redb"), EmbeddedOptions::default()).unwrap());
+    let topic = |class, stream| TopicName::new("us-east", class, stream).unwrap();
+    let (phi_topic, ops_topic) = (topic(DataClass::Phi, "ingest"), topic(DataClass::Operational, "ingest"));
+    for t in [&phi_topic, &ops_topic, &topic(DataClass::Operational, "storage")] {
+        log.ensure_topic(&TopicSpec::new(t.clone(), 2)).await.unwrap();
+    }
+    let keys: Arc<dyn KeyStore> = Arc::new(log.key_store());
+    let platform = platform();
+    let blobs: Arc<dyn Blobs> = Arc::new(LocalBlobs::new(dir.path().join("objects")));
+    let phi = PhiWriter::new("us-east", platform.clone(), blobs.clone(), log.clone());
+    let secrets: Secrets = [("acme".to_string(), TenantSecret::new(vec![3u8; 32]).unwrap())].into();
+    let ingest = Arc::new(
+        Ingest::open("us-east", platform.clone(), secrets, phi, log.clone(), keys.clone(), Duration::from_millis(50))
+            .await
+            .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (scp_ingest, scp_platform) = (ingest.clone(), platform.clone());
+    tokio::spawn(async move {
+        loop {
+            let (socket, peer) = listener.accept().await.unwrap();
+            let (ingest, platform) = (scp_ingest.clone(), scp_platform.clone());
+            tokio::spawn(async move {
+                let limits = meridian_dimse::Limits::default();
+                let store: &dyn meridian_dimse::StoreService = ingest.as_ref();
+                let _ = meridian_dimse::accept(socket, peer, "us-east", platform, &limits, Some(store)).await;
+            });
+        }
+    });
+
+    // One study, two series, three instances, ordered STAT.
+    let files = tempfile::TempDir::new().unwrap();
+    let study = STUDY;
+    let s1 = format!("{study}.1");
+    let s2 = format!("{study}.2");
+    let sent = vec![
+        write_ct(files.path(), &ct(&s1, &format!("{s1}.1"), [1, 2, 3, 4])),
+        write_ct(files.path(), &ct(&s1, &format!("{s1}.2"), [5, 6, 7, 8])),
+        write_ct(files.path(), &ct(&s2, &format!("{s2}.1"), [9, 9, 9, 9])),
+    ];
+    let (ok, said) = storescu(port, "ACME_CT1", "MERIDIAN_ACME", &sent);
+    assert!(ok, "{said}");
+
+    // Stored as Part-10 files that a real peer reads back, named by opaque ids.
+    let keys_stored = blobs.list("phi/acme/").await.unwrap();
+    assert_eq!(keys_stored.len(), 3);
+    assert!(keys_stored.iter().all(|k| !k.contains(study)), "no DICOM UID in an object key");
+    let first = dir.path().join("objects").join(&keys_stored[0]);
+    let dump = Command::new("dcmdump").arg(&first).output().unwrap();
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    assert!(dump.contains("MediaStorageSOPInstanceUID") && dump.contains(study), "{dump}");
+    assert!(dump.contains("[ACME_CT1]"), "the sender's AE title is in the file meta: {dump}");
+
+    // The log: three sealed InstanceReceived, one StudyStarted; no PHI in clear.
+    let received = read_all(&log, &phi_topic).await;
+    assert_eq!(received.len(), 3);
+    for e in &received {
+        let raw = format!("{:?}", e.body);
+        assert!(!raw.contains("MRN-0001") && !raw.contains(study), "a sealed payload shows no PHI");
+        let Ok(Payload::InstanceReceived(r)) = e.open(keys.as_ref()) else { panic!("{e:?}") };
+        assert_eq!(
+            (r.modality.as_str(), r.requested_priority.as_str(), r.facility.as_str()),
+            ("CT", "stat", "acme-general")
+        );
+        assert!(!r.patient_key.is_empty());
+    }
+    let ops = read_all(&log, &ops_topic).await;
+    let started: Vec<_> = ops
+        .iter()
+        .filter_map(|e| match e.open_plain() {
+            Ok(Payload::StudyStarted(s)) => Some(s),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started.len(), 1, "one StudyStarted for the study");
+    assert_eq!((started[0].origin_jurisdiction.as_str(), started[0].requested_priority.as_str()), ("US-NY", "stat"));
+    let opaque = started[0].study_id.clone();
+    assert!(!format!("{ops:?}").contains(study), "operational events carry opaque ids only");
+
+    // The same files again: nothing new is stored or said.
+    let (ok, said) = storescu(port, "ACME_CT1", "MERIDIAN_ACME", &sent);
+    assert!(ok, "{said}");
+    assert_eq!(blobs.list("phi/acme/").await.unwrap().len(), 3);
+    assert_eq!(read_all(&log, &phi_topic).await.len(), 3);
+
+    // Quiet for the contract's period (acme: 2 minutes): completed, once.
+    let last = ingest.read(|s| s.studies.values().map(|st| st.last_at).max().unwrap()).await;
+    assert_eq!(ingest.complete_quiet(UnixMicros(last.0 + 60_000_000)).await.unwrap(), 0, "not quiet yet");
+    assert_eq!(ingest.complete_quiet(UnixMicros(last.0 + 120_000_000)).await.unwrap(), 1);
+    assert_eq!(ingest.complete_quiet(UnixMicros(last.0 + 240_000_000)).await.unwrap(), 0);
+    let completed: Vec<_> = read_all(&log, &ops_topic)
+        .await
+        .iter()
+        .filter_map(|e| match e.open_plain() {
+            Ok(Payload::StudyCompleted(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(completed.len(), 1);
+    let c = &completed[0];
+    assert_eq!((c.study_id.as_str(), c.series_count, c.instance_count), (opaque.as_str(), 2, 3));
+    assert_eq!((c.modality.as_str(), c.body_part.as_str(), c.origin_jurisdiction.as_str()), ("CT", "HEAD", "US-NY"));
+
+    // A changed instance after completion: a new version beside the old, and StudyUpdated.
+    let changed = write_ct(files.path(), &ct(&s2, &format!("{s2}.1"), [7, 7, 7, 7]));
+    let (ok, said) = storescu(port, "ACME_CT1", "MERIDIAN_ACME", &[changed]);
+    assert!(ok, "{said}");
+    assert_eq!(blobs.list("phi/acme/").await.unwrap().len(), 4, "both versions are kept");
+    let versions: Vec<_> = read_all(&log, &phi_topic)
+        .await
+        .iter()
+        .filter_map(|e| match e.open(keys.as_ref()) {
+            Ok(Payload::InstanceReceived(r)) => Some(r.replaces_earlier_version),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(versions, [false, false, false, true]);
+    let updated = read_all(&log, &ops_topic).await.iter().filter(|e| e.payload_type.ends_with("StudyUpdated")).count();
+    assert_eq!(updated, 1);
+
+    // A restart rebuilds the same studies from the log.
+    let before = ingest.read(|s| s.clone()).await;
+    let phi = PhiWriter::new("us-east", platform.clone(), blobs, log.clone());
+    let reopened = Ingest::open(
+        "us-east",
+        platform,
+        [("acme".to_string(), TenantSecret::new(vec![3u8; 32]).unwrap())].into(),
+        phi,
+        log.clone(),
+        keys,
+        Duration::from_millis(50),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reopened.read(|s| s.clone()).await, before);
+}

@@ -1,0 +1,355 @@
+//! Ingest on a region: C-STORE in, through the PHI write path, into the
+//! event log, and study completeness.
+//!
+//! The acknowledgement order of an instance: the Part-10 object is put
+//! (durable, residency checked) → InstanceReceived (sealed PHI) and, for a
+//! study's first instance, StudyStarted are appended as one batch → the
+//! studies projection is updated → the success status is sent. A crash
+//! before the append leaves an object no event names: invisible, and for
+//! the sweeper (not built yet). A refusal appends InstanceRejected (opaque
+//! ids and the reason only) and answers its status; the association goes on.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meridian_auth::{Action, Resource, authorize};
+use meridian_config::Platform;
+use meridian_dimse::command::{STATUS_NOT_AUTHORIZED, STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS};
+use meridian_dimse::{Instance, Sender, StoreService};
+use meridian_events::payload::Payload;
+use meridian_events::{
+    DataClass, Envelope, EventId, EventMeta, InstanceId, KeyStore, PatientKey, SeriesId, StudyId, TenantSecret,
+    UnixMicros,
+};
+use meridian_log::{EventLog, Outgoing, Position, TopicName};
+use meridian_projection::run::catch_up;
+use meridian_projection::{Event as Logged, Projection, Projector};
+use meridian_proto::events::v1 as pb;
+use meridian_storage::phi::{PhiObject, PhiWriteError, PhiWriter};
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use crate::dataset::{self, Rejection};
+use crate::studies::{self, Studies};
+
+/// A study completes after this long without a new instance when its
+/// contract names no quiet period.
+pub const DEFAULT_QUIET: Duration = Duration::from_secs(90);
+
+/// A study's operational events, and its instance records (PHI, on the
+/// PHI topic): two aggregates keyed by the study, each in order on its topic.
+const STUDY: &str = "ingest.study";
+const INSTANCES: &str = "ingest.instances";
+
+/// Each tenant's id secret, for the tenants whose home this region is.
+pub type Secrets = BTreeMap<String, TenantSecret>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("ingest log: {0}")]
+    Log(#[from] meridian_log::Error),
+    #[error("ingest projection: {0}")]
+    Projection(#[from] meridian_projection::Error),
+    #[error("ingest event: {0}")]
+    Envelope(#[from] meridian_events::envelope::Error),
+    #[error("ingest: {0}")]
+    Phi(#[from] PhiWriteError),
+    #[error("ingest: {0}")]
+    Part10(String),
+}
+
+/// The studies projection of the region's ingest topics.
+pub struct IngestProjection;
+
+impl Projection for IngestProjection {
+    type State = Studies;
+    const NAME: &'static str = "ingest.studies";
+
+    fn apply(state: Studies, event: &Logged<'_>) -> Studies {
+        studies::apply(state, event.payload, &event.envelope.meta)
+    }
+}
+
+pub struct Ingest {
+    region: String,
+    platform: Arc<Platform>,
+    secrets: Secrets,
+    phi: PhiWriter,
+    log: Arc<dyn EventLog>,
+    keys: Arc<dyn KeyStore>,
+    phi_topic: TopicName,
+    ops_topic: TopicName,
+    projector: Mutex<Projector<IngestProjection>>,
+}
+
+fn topic(region: &str, class: DataClass) -> Result<TopicName, Error> {
+    TopicName::new(region, class, "ingest").map_err(|e| Error::Log(meridian_log::Error::UnknownTopic { topic: e.name }))
+}
+
+impl Ingest {
+    /// Replays the region's ingest topics into the studies projection.
+    pub async fn open(
+        region: &str,
+        platform: Arc<Platform>,
+        secrets: Secrets,
+        phi: PhiWriter,
+        log: Arc<dyn EventLog>,
+        keys: Arc<dyn KeyStore>,
+        idle: Duration,
+    ) -> Result<Ingest, Error> {
+        let (phi_topic, ops_topic) = (topic(region, DataClass::Phi)?, topic(region, DataClass::Operational)?);
+        let mut positions = Vec::new();
+        for t in [&phi_topic, &ops_topic] {
+            for p in 0..log.partitions(t).await? {
+                positions.push(Position::start(t.clone(), p));
+            }
+        }
+        let mut projector = Projector::new(positions);
+        catch_up(log.as_ref(), keys.as_ref(), &mut projector, idle).await?;
+        Ok(Ingest {
+            region: region.to_owned(),
+            platform,
+            secrets,
+            phi,
+            log,
+            keys,
+            phi_topic,
+            ops_topic,
+            projector: Mutex::new(projector),
+        })
+    }
+
+    /// Reads the studies under the lock.
+    pub async fn read<T>(&self, f: impl FnOnce(&Studies) -> T) -> T {
+        f(self.projector.lock().await.state())
+    }
+
+    fn jurisdiction(&self, tenant: &str, facility: &str) -> String {
+        self.platform
+            .tenants
+            .get(tenant)
+            .and_then(|t| t.facilities.iter().find(|f| f.name == facility))
+            .map(|f| f.jurisdiction.0.clone())
+            .unwrap_or_default()
+    }
+
+    /// The tenant's quiet period: its first contract's (by name).
+    fn quiet(&self, tenant: &str) -> i64 {
+        let seconds = self
+            .platform
+            .contracts
+            .values()
+            .find(|c| c.tenant == tenant)
+            .map_or(DEFAULT_QUIET.as_secs(), |c| c.quiet_period.seconds);
+        i64::try_from(seconds).unwrap_or(i64::MAX / 1_000_000) * 1_000_000
+    }
+
+    fn meta(&self, tenant: &str, study: Uuid, version: u64, event_id: EventId, now: UnixMicros) -> EventMeta {
+        EventMeta {
+            event_id,
+            aggregate_type: STUDY.into(),
+            aggregate_id: study,
+            aggregate_version: version,
+            tenant: tenant.to_owned(),
+            home_region: self.region.clone(),
+            occurred_at: now,
+            causation_id: None,
+            correlation_id: None,
+            traceparent: None,
+        }
+    }
+
+    /// Stores one instance and answers the DIMSE status for it.
+    pub async fn receive(&self, sender: &Sender, instance: Instance, now: UnixMicros) -> u16 {
+        match self.try_receive(sender, instance, now).await {
+            Ok(status) => status,
+            Err(e) => {
+                // Nothing was acknowledged; the peer may send again.
+                tracing::warn!(region = %self.region, error = %e, "instance not stored");
+                STATUS_OUT_OF_RESOURCES
+            }
+        }
+    }
+
+    async fn try_receive(&self, sender: &Sender, instance: Instance, now: UnixMicros) -> Result<u16, Error> {
+        let principal = &sender.principal;
+        let tenant = principal.tenant.clone().unwrap_or_default();
+        let facility = principal.facility.clone().unwrap_or_default();
+        if authorize(principal, Action::SendStudy, &Resource::Tenant { tenant: &tenant }).is_err() {
+            let refusal = Rejection {
+                status: STATUS_NOT_AUTHORIZED,
+                code: "not_authorized",
+                reason: "the calling AE title may not send studies".into(),
+            };
+            return self.reject(&tenant, &facility, None, refusal, now).await;
+        }
+        let facts = match dataset::read(&instance) {
+            Ok(f) => f,
+            Err(rejection) => {
+                let study = self.secrets.get(&tenant).and_then(|secret| {
+                    // Identify the study where the data set names one, so
+                    // the tenant sees the rejection under it.
+                    study_of(&instance).map(|uid| StudyId::derive(secret, &uid).as_uuid())
+                });
+                return self.reject(&tenant, &facility, study, rejection, now).await;
+            }
+        };
+        let Some(secret) = self.secrets.get(&tenant) else {
+            tracing::error!(region = %self.region, %tenant, "no id secret for the tenant in this region");
+            return Ok(STATUS_OUT_OF_RESOURCES);
+        };
+        let study = StudyId::derive(secret, &facts.study_uid);
+        let series = SeriesId::derive(secret, &facts.series_uid);
+        let instance_id = InstanceId::derive(secret, &facts.sop_uid);
+        let patient_key = if facts.patient_id.is_empty() {
+            String::new()
+        } else {
+            PatientKey::derive(secret, &facts.issuer_of_patient_id, &facts.patient_id).as_uuid().to_string()
+        };
+        let bytes = dataset::part10(&instance, &sender.calling_ae_title).map_err(Error::Part10)?;
+        let object = PhiObject { tenant: tenant.clone(), study, series, instance: instance_id, bytes };
+        let stored = match self.phi.put(object, now).await {
+            Ok(stored) => stored,
+            Err(refused @ (PhiWriteError::Refused { .. } | PhiWriteError::UnknownTenant { .. })) => {
+                let rejection =
+                    Rejection { status: STATUS_NOT_AUTHORIZED, code: "residency", reason: refused.to_string() };
+                return self.reject(&tenant, &facility, Some(study.as_uuid()), rejection, now).await;
+            }
+            Err(e) => return Err(e.into()),
+        };
+
+        let mut projector = self.projector.lock().await;
+        let known = projector.state().studies.get(&study.as_uuid());
+        let instance_key = instance_id.as_uuid().to_string();
+        let previous = known.and_then(|s| s.instances.get(&instance_key));
+        if previous == Some(&stored.sha256) {
+            // The same bytes again: nothing new to say.
+            return Ok(STATUS_SUCCESS);
+        }
+        let received = pb::InstanceReceived {
+            study_id: study.as_uuid().to_string(),
+            instance_id: instance_key,
+            series_id: series.as_uuid().to_string(),
+            study_instance_uid: facts.study_uid,
+            series_instance_uid: facts.series_uid,
+            sop_instance_uid: facts.sop_uid,
+            sop_class_uid: facts.sop_class,
+            transfer_syntax_uid: facts.transfer_syntax,
+            object_key: stored.key,
+            sha256: stored.sha256,
+            size_bytes: stored.size,
+            facility: facility.clone(),
+            calling_ae_title: sender.calling_ae_title.clone(),
+            patient_id: facts.patient_id,
+            issuer_of_patient_id: facts.issuer_of_patient_id,
+            accession_number: facts.accession_number,
+            replaces_earlier_version: previous.is_some(),
+            modality: facts.modality,
+            body_part: facts.body_part,
+            patient_key,
+            procedure_code: facts.procedure_code,
+            requested_priority: facts.requested_priority,
+        };
+        let mut version = known.map_or(0, |s| s.version);
+        let records = known.map_or(0, |s| s.instances_version) + 1;
+        let meta = EventMeta {
+            aggregate_type: INSTANCES.into(),
+            ..self.meta(&tenant, study.as_uuid(), records, EventId::new_at(now), now)
+        };
+        let sealed = Envelope::sealed(meta, &received, study, self.keys.as_ref())?;
+        let mut batch = vec![Outgoing::new(self.phi_topic.clone(), &sealed)?];
+        match studies::alongside(projector.state(), study.as_uuid(), &received) {
+            Some(Payload::StudyStarted(mut started)) => {
+                started.origin_jurisdiction = self.jurisdiction(&tenant, &facility);
+                version += 1;
+                let meta = self.meta(&tenant, study.as_uuid(), version, EventId::new_at(now), now);
+                batch.push(Outgoing::new(self.ops_topic.clone(), &Envelope::plain(meta, &started)?)?);
+            }
+            Some(Payload::StudyUpdated(updated)) => {
+                version += 1;
+                let meta = self.meta(&tenant, study.as_uuid(), version, EventId::new_at(now), now);
+                batch.push(Outgoing::new(self.ops_topic.clone(), &Envelope::plain(meta, &updated)?)?);
+            }
+            _ => {}
+        }
+        let appended = self.log.append(batch.clone()).await?;
+        projector.feed_appended(batch, appended, self.keys.as_ref())?;
+        Ok(STATUS_SUCCESS)
+    }
+
+    /// Records a refused instance (operational: opaque ids and the reason)
+    /// and answers its status.
+    async fn reject(
+        &self,
+        tenant: &str,
+        facility: &str,
+        study: Option<Uuid>,
+        rejection: Rejection,
+        now: UnixMicros,
+    ) -> Result<u16, Error> {
+        tracing::info!(region = %self.region, %tenant, %facility, code = rejection.code, status = rejection.status, "instance rejected");
+        let mut projector = self.projector.lock().await;
+        // A refusal under a known study is part of its history; one that
+        // names no study is an aggregate of its own.
+        let (aggregate, version) = match study {
+            Some(s) => (s, projector.state().studies.get(&s).map_or(0, |st| st.version) + 1),
+            None => (Uuid::now_v7(), 1),
+        };
+        let payload = pb::InstanceRejected {
+            study_id: study.map(|s| s.to_string()).unwrap_or_default(),
+            facility: facility.to_owned(),
+            dimse_status: u32::from(rejection.status),
+            reason_code: rejection.code.to_owned(),
+            reason: rejection.reason,
+        };
+        let meta = self.meta(tenant, aggregate, version, EventId::new_at(now), now);
+        let batch = vec![Outgoing::new(self.ops_topic.clone(), &Envelope::plain(meta, &payload)?)?];
+        let appended = self.log.append(batch.clone()).await?;
+        projector.feed_appended(batch, appended, self.keys.as_ref())?;
+        Ok(rejection.status)
+    }
+
+    /// Completes every study quiet for its period by `now`. Event ids come
+    /// from (study, last instance time), so a restart cannot complete a
+    /// study twice. Returns how many completed.
+    pub async fn complete_quiet(&self, now: UnixMicros) -> Result<usize, Error> {
+        let mut projector = self.projector.lock().await;
+        let state = projector.state();
+        let done = studies::completions(state, now, |t| self.quiet(t), |t, f| self.jurisdiction(t, f));
+        if done.is_empty() {
+            return Ok(0);
+        }
+        let mut batch = Vec::new();
+        for (study, completed) in &done {
+            let s = &state.studies[study];
+            let event_id = EventId::timer(*study, "ingest.quiet", s.last_at);
+            let meta = self.meta(&s.tenant, *study, s.version + 1, event_id, now);
+            batch.push(Outgoing::new(self.ops_topic.clone(), &Envelope::plain(meta, completed)?)?);
+        }
+        let appended = self.log.append(batch.clone()).await?;
+        projector.feed_appended(batch, appended, self.keys.as_ref())?;
+        tracing::info!(region = %self.region, studies = done.len(), "studies completed");
+        Ok(done.len())
+    }
+}
+
+/// The Study Instance UID of a data set that failed a later check, when it
+/// has a readable one.
+fn study_of(instance: &Instance) -> Option<String> {
+    use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry};
+    let ts = TransferSyntaxRegistry.get(&instance.transfer_syntax)?;
+    let obj = dicom_object::InMemDicomObject::read_dataset_with_ts(&instance.data_set[..], ts).ok()?;
+    let uid = obj.element(dicom_dictionary_std::tags::STUDY_INSTANCE_UID).ok()?.to_str().ok()?;
+    let uid = uid.trim_end_matches(['\0', ' ']);
+    dataset::valid_uid(uid).then(|| uid.to_owned())
+}
+
+#[async_trait::async_trait]
+impl StoreService for Ingest {
+    async fn store(&self, sender: &Sender, instance: Instance) -> u16 {
+        #[allow(clippy::disallowed_methods)] // the edge: an instance's arrival time
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        self.receive(sender, instance, UnixMicros(now.as_micros() as i64)).await
+    }
+}

@@ -1,0 +1,166 @@
+//! What ingest reads of a received data set, what it refuses, and the
+//! Part-10 file it stores.
+//!
+//! Each refusal carries the DIMSE status of PS3.4 B.2.3 the peer gets and
+//! a reason without PHI (it goes into InstanceRejected): 0xA900 for a
+//! missing or malformed identifying attribute or one that contradicts the
+//! command, 0xC000 for a data set that does not parse, 0x0122 for a SOP
+//! class that is not a storage class.
+
+use dicom_core::Tag;
+use dicom_dictionary_std::tags;
+use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+use dicom_transfer_syntax_registry::TransferSyntaxIndex;
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use meridian_dimse::Instance;
+use meridian_dimse::command::{STATUS_CANNOT_UNDERSTAND, STATUS_DATA_SET_MISMATCH, STATUS_SOP_CLASS_NOT_SUPPORTED};
+
+/// Meridian's implementation class UID (a UUID-derived `2.25` root) and
+/// version name, written into every File Meta Information it builds.
+pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.139612087498763419274622219745871396181";
+pub const IMPLEMENTATION_VERSION_NAME: &str = "MERIDIAN_0_1";
+
+/// What ingest needs of an instance. PHI: it stays in the home region.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Facts {
+    pub study_uid: String,
+    pub series_uid: String,
+    pub sop_uid: String,
+    pub sop_class: String,
+    pub transfer_syntax: String,
+    pub patient_id: String,
+    pub issuer_of_patient_id: String,
+    pub accession_number: String,
+    pub modality: String,
+    pub body_part: String,
+    pub procedure_code: String,
+    /// "stat", "urgent", "routine" or empty.
+    pub requested_priority: String,
+}
+
+/// Why an instance is refused: the status for the peer, a code and a
+/// reason for InstanceRejected (no PHI in either).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub status: u16,
+    pub code: &'static str,
+    pub reason: String,
+}
+
+fn reject(status: u16, code: &'static str, reason: impl Into<String>) -> Rejection {
+    Rejection { status, code, reason: reason.into() }
+}
+
+fn text(obj: &InMemDicomObject, tag: Tag) -> String {
+    obj.element(tag)
+        .ok()
+        .and_then(|e| e.to_str().ok())
+        .map(|s| s.trim_end_matches(['\0', ' ']).trim_start().to_owned())
+        .unwrap_or_default()
+}
+
+/// A UID as PS3.5 9.1 has it: 1 to 64 characters of digits and dots, no
+/// empty component, no leading zero in a component.
+pub fn valid_uid(uid: &str) -> bool {
+    !uid.is_empty()
+        && uid.len() <= 64
+        && uid
+            .split('.')
+            .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()) && (c == "0" || !c.starts_with('0')))
+}
+
+/// Reads and checks a received instance.
+pub fn read(instance: &Instance) -> Result<Facts, Rejection> {
+    if !meridian_dimse::storage_classes::STORAGE_SOP_CLASSES.iter().any(|(uid, _)| *uid == instance.sop_class) {
+        return Err(reject(STATUS_SOP_CLASS_NOT_SUPPORTED, "sop_class_not_supported", "not a storage SOP class"));
+    }
+    let ts = TransferSyntaxRegistry.get(&instance.transfer_syntax).ok_or_else(|| {
+        reject(
+            STATUS_CANNOT_UNDERSTAND,
+            "unknown_transfer_syntax",
+            format!("transfer syntax {} is unknown", instance.transfer_syntax),
+        )
+    })?;
+    let obj = InMemDicomObject::read_dataset_with_ts(&instance.data_set[..], ts).map_err(|e| {
+        reject(
+            STATUS_CANNOT_UNDERSTAND,
+            "unreadable_data_set",
+            format!("the data set does not parse as {}: {e}", ts.name()),
+        )
+    })?;
+    let uid = |tag: Tag, name: &str, code_missing: &'static str| -> Result<String, Rejection> {
+        let value = text(&obj, tag);
+        if value.is_empty() {
+            return Err(reject(STATUS_DATA_SET_MISMATCH, code_missing, format!("{name} {tag} is missing")));
+        }
+        if !valid_uid(&value) {
+            return Err(reject(STATUS_DATA_SET_MISMATCH, "malformed_uid", format!("{name} {tag} is not a valid UID")));
+        }
+        Ok(value)
+    };
+    let study_uid = uid(tags::STUDY_INSTANCE_UID, "Study Instance UID", "missing_study_instance_uid")?;
+    let series_uid = uid(tags::SERIES_INSTANCE_UID, "Series Instance UID", "missing_series_instance_uid")?;
+    let sop_uid = uid(tags::SOP_INSTANCE_UID, "SOP Instance UID", "missing_sop_instance_uid")?;
+    let sop_class = uid(tags::SOP_CLASS_UID, "SOP Class UID", "missing_sop_class_uid")?;
+    if sop_class != instance.sop_class {
+        return Err(reject(
+            STATUS_DATA_SET_MISMATCH,
+            "sop_class_mismatch",
+            "the data set's SOP Class UID differs from the command's Affected SOP Class UID",
+        ));
+    }
+    if sop_uid != instance.sop_instance {
+        return Err(reject(
+            STATUS_DATA_SET_MISMATCH,
+            "sop_instance_mismatch",
+            "the data set's SOP Instance UID differs from the command's Affected SOP Instance UID",
+        ));
+    }
+    let procedure_code = obj
+        .element(tags::PROCEDURE_CODE_SEQUENCE)
+        .ok()
+        .and_then(|e| e.items().and_then(|items| items.first().map(|item| text(item, tags::CODE_VALUE))))
+        .unwrap_or_default();
+    let requested_priority = match text(&obj, tags::REQUESTED_PROCEDURE_PRIORITY).to_ascii_uppercase().as_str() {
+        "STAT" => "stat",
+        "HIGH" => "urgent",
+        "ROUTINE" | "MEDIUM" | "LOW" => "routine",
+        _ => "",
+    }
+    .to_owned();
+    Ok(Facts {
+        study_uid,
+        series_uid,
+        sop_uid,
+        sop_class,
+        transfer_syntax: instance.transfer_syntax.clone(),
+        patient_id: text(&obj, tags::PATIENT_ID),
+        issuer_of_patient_id: text(&obj, tags::ISSUER_OF_PATIENT_ID),
+        accession_number: text(&obj, tags::ACCESSION_NUMBER),
+        modality: text(&obj, tags::MODALITY),
+        body_part: text(&obj, tags::BODY_PART_EXAMINED),
+        procedure_code,
+        requested_priority,
+    })
+}
+
+/// The Part-10 file of a received instance: preamble, "DICM", the File
+/// Meta Information built from the association, then the data set exactly
+/// as received (stored in its transfer syntax, never re-encoded).
+pub fn part10(instance: &Instance, calling_ae_title: &str) -> Result<Vec<u8>, String> {
+    let meta = FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(instance.sop_class.as_str())
+        .media_storage_sop_instance_uid(instance.sop_instance.as_str())
+        .transfer_syntax(instance.transfer_syntax.as_str())
+        .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
+        .implementation_version_name(IMPLEMENTATION_VERSION_NAME)
+        .source_application_entity_title(calling_ae_title)
+        .build()
+        .map_err(|e| format!("building the file meta information: {e}"))?;
+    let mut out = Vec::with_capacity(instance.data_set.len() + 512);
+    out.extend_from_slice(&[0u8; 128]);
+    out.extend_from_slice(b"DICM");
+    meta.write(&mut out).map_err(|e| format!("writing the file meta information: {e}"))?;
+    out.extend_from_slice(&instance.data_set);
+    Ok(out)
+}

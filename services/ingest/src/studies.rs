@@ -1,0 +1,163 @@
+//! The region's studies as ingest knows them: a fold of its own events,
+//! and the decisions that follow from it. Pure: time is an argument.
+//!
+//! A study starts with its first instance (StudyStarted), is complete when
+//! no instance has come for its quiet period (StudyCompleted, carrying what
+//! routing needs), and an instance after that appends StudyUpdated.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use meridian_events::payload::Payload;
+use meridian_events::{EventMeta, UnixMicros};
+use meridian_proto::events::v1 as pb;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Study {
+    pub tenant: String,
+    pub facility: String,
+    pub first_at: UnixMicros,
+    pub last_at: UnixMicros,
+    pub series: BTreeSet<String>,
+    /// Opaque instance id → SHA-256 of its latest stored version.
+    pub instances: BTreeMap<String, String>,
+    /// Modality → instances of it.
+    pub modalities: BTreeMap<String, u32>,
+    pub body_part: String,
+    pub patient_key: String,
+    pub procedure_code: String,
+    pub requested_priority: String,
+    pub completed_at: Option<UnixMicros>,
+    /// The last version of the study's operational stream (`ingest.study`).
+    pub version: u64,
+    /// The last version of its instance records (`ingest.instances`, PHI):
+    /// a stream of its own, on its own topic, so that each stays in order.
+    pub instances_version: u64,
+}
+
+impl Study {
+    /// The modality most of its instances have (ties by name).
+    pub fn primary_modality(&self) -> String {
+        self.modalities
+            .iter()
+            .max_by_key(|(m, n)| (**n, std::cmp::Reverse((*m).clone())))
+            .map(|(m, _)| m.clone())
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Studies {
+    pub studies: BTreeMap<Uuid, Study>,
+}
+
+/// Folds one ingest event.
+pub fn apply(mut state: Studies, payload: &Payload, meta: &EventMeta) -> Studies {
+    let Ok(id) = Uuid::parse_str(match payload {
+        Payload::InstanceReceived(r) => &r.study_id,
+        Payload::StudyStarted(s) => &s.study_id,
+        Payload::StudyCompleted(c) => &c.study_id,
+        Payload::StudyUpdated(u) => &u.study_id,
+        Payload::InstanceRejected(r) => &r.study_id,
+        _ => return state,
+    }) else {
+        return state;
+    };
+    let study = state.studies.entry(id).or_default();
+    if meta.aggregate_type == "ingest.instances" {
+        study.instances_version = study.instances_version.max(meta.aggregate_version);
+    } else {
+        study.version = study.version.max(meta.aggregate_version);
+    }
+    match payload {
+        Payload::InstanceReceived(r) => {
+            if study.instances.is_empty() {
+                study.first_at = meta.occurred_at;
+                study.tenant = meta.tenant.clone();
+            }
+            study.last_at = study.last_at.max(meta.occurred_at);
+            study.facility = r.facility.clone();
+            study.series.insert(r.series_id.clone());
+            if study.instances.insert(r.instance_id.clone(), r.sha256.clone()).is_none() {
+                *study.modalities.entry(r.modality.clone()).or_default() += 1;
+            }
+            let keep = |field: &mut String, value: &str| {
+                if field.is_empty() && !value.is_empty() {
+                    *field = value.to_owned();
+                }
+            };
+            keep(&mut study.body_part, &r.body_part);
+            keep(&mut study.patient_key, &r.patient_key);
+            keep(&mut study.procedure_code, &r.procedure_code);
+            keep(&mut study.requested_priority, &r.requested_priority);
+        }
+        Payload::StudyCompleted(c) => {
+            study.completed_at = Some(c.completed_at.as_ref().map_or(meta.occurred_at, UnixMicros::from_timestamp));
+        }
+        _ => {}
+    }
+    state
+}
+
+/// What accompanies a new instance of `study`: StudyStarted for the first
+/// of a study, StudyUpdated for one after its completion.
+pub fn alongside(state: &Studies, study: Uuid, received: &pb::InstanceReceived) -> Option<Payload> {
+    match state.studies.get(&study).filter(|s| !s.instances.is_empty()) {
+        None => Some(Payload::StudyStarted(pb::StudyStarted {
+            study_id: study.to_string(),
+            facility: received.facility.clone(),
+            origin_jurisdiction: String::new(),
+            modality: received.modality.clone(),
+            body_part: received.body_part.clone(),
+            patient_key: received.patient_key.clone(),
+            procedure_code: received.procedure_code.clone(),
+            requested_priority: received.requested_priority.clone(),
+        })),
+        Some(s) if s.completed_at.is_some() => {
+            let new_series = !s.series.contains(&received.series_id);
+            let new_instance = !s.instances.contains_key(&received.instance_id);
+            Some(Payload::StudyUpdated(pb::StudyUpdated {
+                study_id: study.to_string(),
+                series_count: (s.series.len() + usize::from(new_series)) as u32,
+                instance_count: (s.instances.len() + usize::from(new_instance)) as u32,
+            }))
+        }
+        Some(_) => None,
+    }
+}
+
+/// The studies quiet for their period by `now`, each with its
+/// StudyCompleted. `quiet` gives a tenant's quiet period in microseconds;
+/// `jurisdiction` a facility's.
+pub fn completions(
+    state: &Studies,
+    now: UnixMicros,
+    quiet: impl Fn(&str) -> i64,
+    jurisdiction: impl Fn(&str, &str) -> String,
+) -> Vec<(Uuid, pb::StudyCompleted)> {
+    state
+        .studies
+        .iter()
+        .filter(|(_, s)| s.completed_at.is_none() && !s.instances.is_empty() && now.0 >= s.last_at.0 + quiet(&s.tenant))
+        .map(|(id, s)| {
+            (
+                *id,
+                pb::StudyCompleted {
+                    study_id: id.to_string(),
+                    series_count: s.series.len() as u32,
+                    instance_count: s.instances.len() as u32,
+                    modalities: s.modalities.keys().cloned().collect(),
+                    completed_at: Some(now.to_timestamp()),
+                    facility: s.facility.clone(),
+                    origin_jurisdiction: jurisdiction(&s.tenant, &s.facility),
+                    modality: s.primary_modality(),
+                    body_part: s.body_part.clone(),
+                    patient_key: s.patient_key.clone(),
+                    procedure_code: s.procedure_code.clone(),
+                    requested_priority: s.requested_priority.clone(),
+                },
+            )
+        })
+        .collect()
+}

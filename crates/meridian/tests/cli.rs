@@ -329,6 +329,37 @@ async fn dev_serves_three_regions_with_health_reflection_dicom_echo_and_auth_and
     assert!(!denied.status.success());
     assert!(String::from_utf8_lossy(&denied.stderr).contains("PermissionDenied"));
 
+    // A STAT study sent with storescu: stored in us-east, started, and
+    // queued by routing at its first instance; the tail shows no PHI.
+    let files = tempfile::TempDir::new().unwrap();
+    let study_uid = "1.2.826.0.1.3680043.10.543.99";
+    let file = meridian_integration_tests::dicom::write_ct(
+        files.path(),
+        &meridian_integration_tests::dicom::CtInstance {
+            study_uid,
+            series_uid: "1.2.826.0.1.3680043.10.543.99.1",
+            sop_uid: "1.2.826.0.1.3680043.10.543.99.1.1",
+            patient_id: "MRN-E2E-9",
+            priority: "STAT",
+            pixels: [1, 2, 3, 4],
+        },
+    );
+    let (ok, said) =
+        meridian_integration_tests::dicom::storescu(dev.dicom_port("us-east"), "ACME_CT1", "MERIDIAN_ACME", &[file]);
+    assert!(ok, "{said}");
+    let mut seen = String::new();
+    for _ in 0..40 {
+        seen = tail("us-east");
+        if seen.contains("StudyQueued") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for event in ["InstanceReceived", "StudyStarted", "StudyQueued"] {
+        assert!(seen.contains(event), "{event} in us-east's log:\n{seen}");
+    }
+    assert!(!seen.contains("MRN-E2E-9") && !seen.contains(study_uid), "no PHI in the tail:\n{seen}");
+
     // Routing in every region: a reader's worklist gathered from all of them
     // (empty until ingest queues studies), commands to a study's region.
     let run = |args: &[&str]| {

@@ -34,8 +34,20 @@ async fn read_all(log: &EmbeddedLog, topic: &TopicName) -> Vec<meridian_events::
     records.iter().map(|r| r.envelope().unwrap()).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn storescu_sends_a_study_that_is_stored_recorded_and_completed() {
+/// A region's DICOM acceptor backed by ingest, on an embedded log.
+struct Scp {
+    dir: tempfile::TempDir,
+    log: Arc<EmbeddedLog>,
+    keys: Arc<dyn KeyStore>,
+    blobs: Arc<dyn Blobs>,
+    ingest: Arc<Ingest>,
+    port: u16,
+    platform: Arc<Platform>,
+    phi_topic: TopicName,
+    ops_topic: TopicName,
+}
+
+async fn scp() -> Scp {
     let dir = tempfile::TempDir::new().unwrap();
     let log = Arc::new(EmbeddedLog::open(&dir.path().join("log.redb"), EmbeddedOptions::default()).unwrap());
     let topic = |class, stream| TopicName::new("us-east", class, stream).unwrap();
@@ -68,6 +80,12 @@ async fn storescu_sends_a_study_that_is_stored_recorded_and_completed() {
         }
     });
 
+    Scp { dir, log, keys, blobs, ingest, port, platform, phi_topic, ops_topic }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storescu_sends_a_study_that_is_stored_recorded_and_completed() {
+    let Scp { dir, log, keys, blobs, ingest, port, platform, phi_topic, ops_topic } = scp().await;
     // One study, two series, three instances, ordered STAT.
     let files = tempfile::TempDir::new().unwrap();
     let study = STUDY;
@@ -173,4 +191,91 @@ async fn storescu_sends_a_study_that_is_stored_recorded_and_completed() {
     .await
     .unwrap();
     assert_eq!(reopened.read(|s| s.clone()).await, before);
+}
+
+/// Sends each (command SOP Instance UID, data set) with C-STORE over one
+/// association made with dicom-ul, as raw PDUs; returns each status.
+fn send_raw(port: u16, instances: Vec<(String, Vec<u8>)>) -> Vec<u16> {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    use dicom_object::InMemDicomObject;
+    use dicom_transfer_syntax_registry::entries::{EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN};
+    use dicom_ul::pdu::{PDataValue, PDataValueType};
+    use dicom_ul::{ClientAssociationOptions, Pdu};
+    const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
+    let mut a = ClientAssociationOptions::new()
+        .calling_ae_title("ACME_CT1")
+        .called_ae_title("MERIDIAN_ACME")
+        .with_presentation_context(CT, vec![EXPLICIT_VR_LITTLE_ENDIAN.uid()])
+        .establish(("127.0.0.1", port))
+        .unwrap();
+    let context = a.presentation_contexts()[0].id;
+    let mut statuses = Vec::new();
+    for (n, (sop, data_set)) in instances.into_iter().enumerate() {
+        let command = InMemDicomObject::command_from_element_iter([
+            DataElement::new(tags::AFFECTED_SOP_CLASS_UID, VR::UI, PrimitiveValue::from(CT)),
+            DataElement::new(tags::COMMAND_FIELD, VR::US, PrimitiveValue::from(0x0001u16)),
+            DataElement::new(tags::MESSAGE_ID, VR::US, PrimitiveValue::from(n as u16 + 1)),
+            DataElement::new(tags::PRIORITY, VR::US, PrimitiveValue::from(0u16)),
+            DataElement::new(tags::COMMAND_DATA_SET_TYPE, VR::US, PrimitiveValue::from(0u16)),
+            DataElement::new(tags::AFFECTED_SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from(sop.as_str())),
+        ]);
+        let mut bytes = Vec::new();
+        command.write_dataset_with_ts(&mut bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased()).unwrap();
+        let pdv = |value_type, data| PDataValue { presentation_context_id: context, value_type, is_last: true, data };
+        a.send(&Pdu::PData { data: vec![pdv(PDataValueType::Command, bytes)] }).unwrap();
+        a.send(&Pdu::PData { data: vec![pdv(PDataValueType::Data, data_set)] }).unwrap();
+        let Pdu::PData { data } = a.receive().unwrap() else { panic!("no response") };
+        let response =
+            InMemDicomObject::read_dataset_with_ts(&data[0].data[..], &IMPLICIT_VR_LITTLE_ENDIAN.erased()).unwrap();
+        statuses.push(response.element(tags::STATUS).unwrap().to_int::<u16>().unwrap());
+    }
+    a.release().unwrap();
+    statuses
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_instance_is_refused_with_its_status_and_the_others_are_stored() {
+    use dicom_dictionary_std::tags;
+    use dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN;
+    let Scp { log, blobs, port, ops_topic, .. } = scp().await;
+    let files = tempfile::TempDir::new().unwrap();
+    let s1 = format!("{STUDY}.1");
+    let data_set = |sop: &str, drop: Option<dicom_core::Tag>| {
+        let path = write_ct(files.path(), &ct(&s1, sop, [1, 2, 3, 4]));
+        let mut obj = dicom_object::open_file(&path).unwrap().into_inner();
+        if let Some(tag) = drop {
+            obj.remove_element(tag);
+        }
+        let mut out = Vec::new();
+        obj.write_dataset_with_ts(&mut out, &EXPLICIT_VR_LITTLE_ENDIAN.erased()).unwrap();
+        out
+    };
+    let (a, b, c) = (format!("{s1}.1"), format!("{s1}.2"), format!("{s1}.3"));
+    let instances = vec![
+        (a.clone(), data_set(&a, None)),
+        (b.clone(), data_set(&b, Some(tags::STUDY_INSTANCE_UID))),
+        (c.clone(), data_set(&c, None)),
+        // The command names one instance, the data set another.
+        (format!("{s1}.9"), data_set(&format!("{s1}.4"), None)),
+    ];
+    let statuses = tokio::task::spawn_blocking(move || send_raw(port, instances)).await.unwrap();
+    assert_eq!(statuses, [0x0000, 0xA900, 0x0000, 0xA900]);
+    assert_eq!(blobs.list("phi/acme/").await.unwrap().len(), 2, "the good instances of the association are stored");
+
+    let rejected: Vec<_> = read_all(&log, &ops_topic)
+        .await
+        .iter()
+        .filter_map(|e| match e.open_plain() {
+            Ok(Payload::InstanceRejected(r)) => Some(r),
+            _ => None,
+        })
+        .collect();
+    // Different aggregates, different partitions: no order between them.
+    let by_code = |code: &str| rejected.iter().find(|r| r.reason_code == code).unwrap();
+    assert_eq!(rejected.len(), 2);
+    assert!(rejected.iter().all(|r| r.dimse_status == 0xA900 && r.facility == "acme-general"));
+    assert!(by_code("missing_study_instance_uid").study_id.is_empty(), "a data set without a study names none");
+    let mismatch = &by_code("sop_instance_mismatch").study_id;
+    assert!(!mismatch.is_empty() && !mismatch.contains(STUDY), "opaque study id only");
 }

@@ -164,3 +164,105 @@ pub fn part10(instance: &Instance, calling_ae_title: &str) -> Result<Vec<u8>, St
     out.extend_from_slice(&instance.data_set);
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN;
+
+    use super::*;
+
+    const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
+
+    /// A CT data set with `drop` left out and `set` overriding values.
+    fn data_set(drop: &[Tag], set: &[(Tag, &str)]) -> Vec<u8> {
+        let mut values = vec![
+            (tags::SOP_CLASS_UID, VR::UI, CT),
+            (tags::SOP_INSTANCE_UID, VR::UI, "1.2.3.4.5"),
+            (tags::MODALITY, VR::CS, "CT"),
+            (tags::PATIENT_ID, VR::LO, "MRN-1"),
+            (tags::BODY_PART_EXAMINED, VR::CS, "CHEST"),
+            (tags::STUDY_INSTANCE_UID, VR::UI, "1.2.3"),
+            (tags::SERIES_INSTANCE_UID, VR::UI, "1.2.3.4"),
+            (tags::REQUESTED_PROCEDURE_PRIORITY, VR::SH, "HIGH"),
+        ];
+        for (tag, value) in set {
+            if let Some(v) = values.iter_mut().find(|(t, _, _)| t == tag) {
+                v.2 = value;
+            }
+        }
+        let obj = InMemDicomObject::from_element_iter(
+            values
+                .into_iter()
+                .filter(|(t, _, _)| !drop.contains(t))
+                .map(|(t, vr, v)| DataElement::new(t, vr, PrimitiveValue::from(v))),
+        );
+        let mut out = Vec::new();
+        obj.write_dataset_with_ts(&mut out, &EXPLICIT_VR_LITTLE_ENDIAN.erased()).unwrap();
+        out
+    }
+
+    fn instance(data_set: Vec<u8>) -> Instance {
+        Instance {
+            sop_class: CT.into(),
+            sop_instance: "1.2.3.4.5".into(),
+            transfer_syntax: EXPLICIT_VR_LITTLE_ENDIAN.uid().into(),
+            data_set,
+        }
+    }
+
+    #[test]
+    fn a_good_instance_gives_its_facts() {
+        let facts = read(&instance(data_set(&[], &[]))).unwrap();
+        assert_eq!((facts.study_uid.as_str(), facts.sop_uid.as_str()), ("1.2.3", "1.2.3.4.5"));
+        assert_eq!((facts.modality.as_str(), facts.body_part.as_str()), ("CT", "CHEST"));
+        assert_eq!(facts.requested_priority, "urgent", "HIGH is urgent");
+        // Patient ID is Type 2: an instance without it is still stored.
+        assert_eq!(read(&instance(data_set(&[tags::PATIENT_ID], &[]))).unwrap().patient_id, "");
+    }
+
+    #[test]
+    fn each_refusal_has_its_status_and_a_reason_without_phi() {
+        let cases: Vec<(Instance, u16, &str)> = vec![
+            (instance(data_set(&[tags::STUDY_INSTANCE_UID], &[])), 0xA900, "missing_study_instance_uid"),
+            (instance(data_set(&[tags::SERIES_INSTANCE_UID], &[])), 0xA900, "missing_series_instance_uid"),
+            (instance(data_set(&[tags::SOP_INSTANCE_UID], &[])), 0xA900, "missing_sop_instance_uid"),
+            (instance(data_set(&[tags::SOP_CLASS_UID], &[])), 0xA900, "missing_sop_class_uid"),
+            (instance(data_set(&[], &[(tags::STUDY_INSTANCE_UID, "1.2.03")])), 0xA900, "malformed_uid"),
+            (instance(data_set(&[], &[(tags::SOP_INSTANCE_UID, "1.2.3.4.6")])), 0xA900, "sop_instance_mismatch"),
+            (
+                instance(data_set(&[], &[(tags::SOP_CLASS_UID, "1.2.840.10008.5.1.4.1.1.4")])),
+                0xA900,
+                "sop_class_mismatch",
+            ),
+            (instance(b"\x08\x00\x16\x00UI\xff\xff garbage".to_vec()), 0xC000, "unreadable_data_set"),
+            (
+                Instance { sop_class: "1.2.840.10008.1.1".into(), ..instance(data_set(&[], &[])) },
+                0x0122,
+                "sop_class_not_supported",
+            ),
+            (
+                Instance { transfer_syntax: "1.2.3.999".into(), ..instance(data_set(&[], &[])) },
+                0xC000,
+                "unknown_transfer_syntax",
+            ),
+        ];
+        for (i, status, code) in cases {
+            let r = read(&i).unwrap_err();
+            assert_eq!((r.status, r.code), (status, code), "{}", r.reason);
+            assert!(!r.reason.contains("MRN-1"), "{}", r.reason);
+        }
+    }
+
+    #[test]
+    fn the_part10_file_is_preamble_magic_meta_then_the_data_set_as_received() {
+        let i = instance(data_set(&[], &[]));
+        let bytes = part10(&i, "ACME_CT1").unwrap();
+        assert_eq!(&bytes[128..132], b"DICM");
+        assert!(bytes.ends_with(&i.data_set), "stored as received");
+        let file = dicom_object::from_reader(&bytes[128..]).unwrap();
+        assert_eq!(file.meta().media_storage_sop_instance_uid(), "1.2.3.4.5");
+        assert_eq!(file.meta().source_application_entity_title(), Some("ACME_CT1"));
+        assert!(valid_uid("1.2.840.10008.5.1.4.1.1.2") && !valid_uid("1..2") && !valid_uid("1.02") && !valid_uid(""));
+    }
+}

@@ -208,6 +208,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let secrets = args.data_dir.join("secrets");
     let signer = ensure_secrets(&platform, &secrets)?;
     let verifier = Arc::new(verifier(&platform, &secrets)?);
+    // Tests arm crash points in the child process through the environment.
+    let failpoints =
+        meridian_log::failpoint::FailPoints::from_spec(&std::env::var("MERIDIAN_FAILPOINTS").unwrap_or_default())
+            .map_err(anyhow::Error::msg)?;
     #[allow(clippy::disallowed_methods)]
     // the edge: the start time stamps bootstrap events and tokens
     let wall = SystemTime::now().duration_since(UNIX_EPOCH)?;
@@ -224,11 +228,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         let grpc_addr = grpc.local_addr()?;
         let http_addr = http.local_addr()?;
         let dicom_addr = dicom.local_addr()?;
-        let tenant_secrets = tenant_secrets(&platform, &secrets, name)?;
-        let region =
-            Region::open(name, &args.data_dir.join(name), platform.clone(), verifier.clone(), tenant_secrets, now)
-                .await
-                .with_context(|| format!("opening region {name}"))?;
+        let options = meridian_region::RegionOptions {
+            secrets: tenant_secrets(&platform, &secrets, name)?,
+            failpoints: failpoints.clone(),
+        };
+        let region = Region::open(name, &args.data_dir.join(name), platform.clone(), verifier.clone(), options, now)
+            .await
+            .with_context(|| format!("opening region {name}"))?;
         endpoints.insert(
             name.clone(),
             json!({

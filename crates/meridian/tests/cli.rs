@@ -44,12 +44,18 @@ struct Dev {
 
 impl Dev {
     fn start(data: &Path) -> Dev {
+        Dev::start_armed(data, "")
+    }
+
+    /// Starts with `MERIDIAN_FAILPOINTS` set to `failpoints`.
+    fn start_armed(data: &Path, failpoints: &str) -> Dev {
         let _ = std::fs::remove_file(data.join("endpoints.json"));
         let child = Command::new(MERIDIAN)
             .args(["dev", "--ports", "auto", "--config"])
             .arg(repo().join("deploy/examples/dev"))
             .arg("--data-dir")
             .arg(data)
+            .env("MERIDIAN_FAILPOINTS", failpoints)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -107,6 +113,21 @@ impl Dev {
     }
 }
 
+impl Dev {
+    /// Waits for the process to die on its own (an armed failpoint).
+    fn wait_for_crash(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(!status.success(), "meridian dev was to crash, and exited with {status}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "meridian dev did not crash at its failpoint");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 impl Drop for Dev {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -144,6 +165,164 @@ fn simulate_runs_the_example_with_both_policies_side_by_side() {
     let run = Command::new(MERIDIAN).arg("simulate").arg(&bad).output().unwrap();
     assert!(!run.status.success());
     assert!(String::from_utf8_lossy(&run.stderr).contains("day.start"), "{}", String::from_utf8_lossy(&run.stderr));
+}
+
+/// The instances a `storescu -v` run had acknowledged with success, in order.
+fn acknowledged(storescu_output: &str) -> Vec<String> {
+    let mut sending = None;
+    let mut acked = Vec::new();
+    for line in storescu_output.lines() {
+        if let Some(file) = line.strip_prefix("I: Sending file: ") {
+            sending = Some(file.trim().to_owned());
+        } else if line.contains("Received Store Response (Success)")
+            && let Some(file) = sending.take()
+        {
+            acked.push(file);
+        }
+    }
+    acked
+}
+
+fn storescu_verbose(port: u16, files: &[PathBuf]) -> String {
+    let out = Command::new("storescu")
+        .args(["-v", "-aet", "ACME_CT1", "-aec", "MERIDIAN_ACME", "127.0.0.1", &port.to_string()])
+        .args(files)
+        .env("TCP_NODELAY", "1")
+        .output()
+        .expect("storescu (dcmtk) is installed: .ci/run installs it");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// What us-east's log holds of stored instances: SOP Instance UID → the
+/// object keys and SHA-256s its InstanceReceived events name.
+fn stored_instances(data: &Path) -> Vec<(String, String, String)> {
+    use meridian_events::DataClass;
+    use meridian_events::payload::Payload;
+    use meridian_log::embedded::{EmbeddedLog, EmbeddedOptions};
+    use meridian_log::{EventLog, Position, TopicName};
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let log = EmbeddedLog::open(&data.join("us-east/log.redb"), EmbeddedOptions::default()).unwrap();
+        let keys = log.key_store();
+        let topic = TopicName::new("us-east", DataClass::Phi, "ingest").unwrap();
+        let from = (0..log.partitions(&topic).await.unwrap()).map(|p| Position::start(topic.clone(), p)).collect();
+        let mut reader = log.reader(from).await.unwrap();
+        let mut stored = Vec::new();
+        loop {
+            let batch = reader.next_batch(1_000, Duration::from_millis(200)).await.unwrap();
+            if batch.is_empty() {
+                return stored;
+            }
+            for record in batch {
+                if let Ok(Payload::InstanceReceived(r)) = record.envelope().unwrap().open(&keys) {
+                    stored.push((r.sop_instance_uid, r.object_key, r.sha256));
+                }
+            }
+        }
+    })
+}
+
+#[test]
+fn no_acknowledged_instance_is_lost_when_the_region_dies_between_put_append_and_acknowledgement() {
+    use meridian_integration_tests::dicom::{CtInstance, write_ct};
+    use sha2::Digest;
+    let data = tempfile::TempDir::new().unwrap();
+    let files = tempfile::TempDir::new().unwrap();
+    let study = |round: usize, n: usize| -> Vec<PathBuf> {
+        let study_uid = format!("1.2.826.0.1.3680043.10.543.{}", 500 + round);
+        let series_uid = format!("{study_uid}.1");
+        (1..=n)
+            .map(|i| {
+                let sop_uid = format!("{series_uid}.{i}");
+                let pixels = [i as u16, round as u16, 7, 7];
+                let ct = CtInstance {
+                    study_uid: &study_uid,
+                    series_uid: &series_uid,
+                    sop_uid: &sop_uid,
+                    patient_id: "MRN-CRASH",
+                    priority: "",
+                    pixels,
+                };
+                write_ct(files.path(), &ct)
+            })
+            .collect()
+    };
+    let mut sent: Vec<PathBuf> = Vec::new();
+    let mut acked: Vec<String> = Vec::new();
+    // The region dies after the object is durable but before its event,
+    // then after the event but before the success status.
+    for (round, point) in [(1, "ingest.after_put"), (2, "ingest.after_append")] {
+        let mut dev = Dev::start_armed(data.path(), &format!("{point}=abort@3"));
+        let batch = study(round, 5);
+        let said = storescu_verbose(dev.dicom_port("us-east"), &batch);
+        dev.wait_for_crash();
+        let this = acknowledged(&said);
+        assert_eq!(this.len(), 2, "two acknowledged before the crash at {point}:\n{said}");
+        acked.extend(this);
+        sent.extend(batch);
+    }
+    // SIGKILL at an arbitrary moment of a longer send.
+    {
+        let dev = Dev::start(data.path());
+        let batch = study(3, 200);
+        let port = dev.dicom_port("us-east");
+        let sender = {
+            let batch = batch.clone();
+            std::thread::spawn(move || storescu_verbose(port, &batch))
+        };
+        // Once the send is under way (objects are landing), kill it.
+        let objects = data.path().join("us-east/objects");
+        let before = count_files(&objects);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while count_files(&objects) < before + 10 {
+            assert!(Instant::now() < deadline, "the send did not get under way");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let status = Command::new("kill").args(["-KILL", &dev.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let this = acknowledged(&sender.join().unwrap());
+        assert!(
+            !this.is_empty() && this.len() < batch.len(),
+            "killed mid-send: {} of {} acknowledged",
+            this.len(),
+            batch.len()
+        );
+        acked.extend(this);
+        sent.extend(batch);
+        drop(dev);
+    }
+
+    // The sender retries everything: every instance is stored exactly once.
+    let dev = Dev::start(data.path());
+    let said = storescu_verbose(dev.dicom_port("us-east"), &sent);
+    assert_eq!(acknowledged(&said).len(), sent.len(), "{said}");
+    dev.interrupt();
+
+    let stored = stored_instances(data.path());
+    let uid_of = |file: &str| Path::new(file).file_stem().unwrap().to_string_lossy().into_owned();
+    for file in &acked {
+        let uid = uid_of(file);
+        assert!(stored.iter().any(|(u, _, _)| *u == uid), "acknowledged {uid} is in the log");
+    }
+    let mut uids: Vec<&String> = stored.iter().map(|(u, _, _)| u).collect();
+    uids.sort();
+    uids.dedup();
+    assert_eq!(uids.len(), sent.len(), "every sent instance is recorded");
+    assert_eq!(stored.len(), sent.len(), "and none twice");
+    // Nothing half-written is visible: every recorded object is whole.
+    for (uid, key, sha) in &stored {
+        let bytes = std::fs::read(data.path().join("us-east/objects").join(key)).unwrap();
+        assert_eq!(&hex_of(&sha2::Sha256::digest(&bytes)), sha, "{uid}");
+    }
+}
+
+fn count_files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries.filter_map(Result::ok).map(|e| if e.path().is_dir() { count_files(&e.path()) } else { 1 }).sum()
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn bearer<T>(message: T, token: &str) -> Request<T> {

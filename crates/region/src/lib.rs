@@ -26,5 +26,5 @@ pub mod serve;
 pub mod summary;
 
 pub use meridian_ingest::app::Secrets;
-pub use node::{Region, RegionError};
+pub use node::{Region, RegionError, RegionOptions};
 pub use serve::{Listeners, serve};

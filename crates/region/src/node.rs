@@ -64,18 +64,27 @@ pub struct Region {
     pub ingest: Arc<meridian_ingest::app::Ingest>,
 }
 
+/// What a region is opened with besides its configuration.
+#[derive(Clone, Default)]
+pub struct RegionOptions {
+    /// The id secrets of the tenants whose PHI this region holds.
+    pub secrets: meridian_ingest::app::Secrets,
+    /// Armed by tests to crash the region at named points of its write paths.
+    pub failpoints: meridian_log::failpoint::FailPoints,
+}
+
 impl Region {
     /// Opens the region `name` in `dir` (created if missing); `now` stamps
-    /// the bootstrap events of a first start. `secrets` are the id secrets
-    /// of the tenants whose PHI this region holds.
+    /// the bootstrap events of a first start.
     pub async fn open(
         name: &str,
         dir: &Path,
         platform: Arc<Platform>,
         verifier: Arc<TokenVerifier>,
-        secrets: meridian_ingest::app::Secrets,
+        options: RegionOptions,
         now: UnixMicros,
     ) -> Result<Region, RegionError> {
+        let RegionOptions { secrets, failpoints } = options;
         let Some(config) = platform.regions.get(name) else {
             return Err(RegionError::Unknown { region: name.to_owned() });
         };
@@ -89,7 +98,8 @@ impl Region {
         let log_err = |source| RegionError::Log { region: name.to_owned(), source };
         let (log, keys, retention_ms): (Arc<dyn EventLog>, Arc<dyn KeyStore>, _) = match &log_config {
             LogConfig::Embedded { .. } => {
-                let log = EmbeddedLog::open(&dir.join("log.redb"), EmbeddedOptions::default()).map_err(log_err)?;
+                let log_options = EmbeddedOptions { failpoints: failpoints.clone() };
+                let log = EmbeddedLog::open(&dir.join("log.redb"), log_options).map_err(log_err)?;
                 let keys = log.key_store();
                 (Arc::new(log), Arc::new(keys), None)
             }
@@ -137,14 +147,22 @@ impl Region {
         let blobs: Arc<dyn meridian_storage::blobs::Blobs> =
             Arc::new(meridian_storage::blobs::LocalBlobs::new(objects.clone()));
         let phi = meridian_storage::phi::PhiWriter::new(name, platform.clone(), blobs, log.clone());
-        let ingest =
-            meridian_ingest::app::Ingest::open(name, platform.clone(), secrets, phi, log.clone(), keys.clone(), idle)
-                .await
-                .map_err(|e| RegionError::Bootstrap {
-                    region: name.to_owned(),
-                    reader: String::new(),
-                    reason: format!("ingest: {e}"),
-                })?;
+        let ingest_options = meridian_ingest::app::IngestOptions { secrets, failpoints };
+        let ingest = meridian_ingest::app::Ingest::open(
+            name,
+            platform.clone(),
+            phi,
+            log.clone(),
+            keys.clone(),
+            idle,
+            ingest_options,
+        )
+        .await
+        .map_err(|e| RegionError::Bootstrap {
+            region: name.to_owned(),
+            reader: String::new(),
+            reason: format!("ingest: {e}"),
+        })?;
         let region = Region {
             ingest: Arc::new(ingest),
             routing: Arc::new(

@@ -10,7 +10,7 @@ use std::time::Duration;
 use meridian_config::Platform;
 use meridian_events::payload::Payload;
 use meridian_events::{DataClass, KeyStore, TenantSecret, UnixMicros};
-use meridian_ingest::app::{Ingest, Secrets};
+use meridian_ingest::app::{Ingest, IngestOptions, Secrets};
 use meridian_integration_tests::dicom::{CtInstance, storescu, write_ct};
 use meridian_log::embedded::{EmbeddedLog, EmbeddedOptions};
 use meridian_log::{EventLog, Position, TopicName, TopicSpec};
@@ -61,9 +61,17 @@ async fn scp() -> Scp {
     let phi = PhiWriter::new("us-east", platform.clone(), blobs.clone(), log.clone());
     let secrets: Secrets = [("acme".to_string(), TenantSecret::new(vec![3u8; 32]).unwrap())].into();
     let ingest = Arc::new(
-        Ingest::open("us-east", platform.clone(), secrets, phi, log.clone(), keys.clone(), Duration::from_millis(50))
-            .await
-            .unwrap(),
+        Ingest::open(
+            "us-east",
+            platform.clone(),
+            phi,
+            log.clone(),
+            keys.clone(),
+            Duration::from_millis(50),
+            IngestOptions { secrets, ..Default::default() },
+        )
+        .await
+        .unwrap(),
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -179,14 +187,15 @@ async fn storescu_sends_a_study_that_is_stored_recorded_and_completed() {
     // A restart rebuilds the same studies from the log.
     let before = ingest.read(|s| s.clone()).await;
     let phi = PhiWriter::new("us-east", platform.clone(), blobs, log.clone());
+    let secrets: Secrets = [("acme".to_string(), TenantSecret::new(vec![3u8; 32]).unwrap())].into();
     let reopened = Ingest::open(
         "us-east",
         platform,
-        [("acme".to_string(), TenantSecret::new(vec![3u8; 32]).unwrap())].into(),
         phi,
         log.clone(),
         keys,
         Duration::from_millis(50),
+        IngestOptions { secrets, ..Default::default() },
     )
     .await
     .unwrap();

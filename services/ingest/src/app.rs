@@ -22,6 +22,7 @@ use meridian_events::{
     DataClass, Envelope, EventId, EventMeta, InstanceId, KeyStore, PatientKey, SeriesId, StudyId, TenantSecret,
     UnixMicros,
 };
+use meridian_log::failpoint::FailPoints;
 use meridian_log::{EventLog, Outgoing, Position, TopicName};
 use meridian_projection::run::catch_up;
 use meridian_projection::{Event as Logged, Projection, Projector};
@@ -32,6 +33,11 @@ use uuid::Uuid;
 
 use crate::dataset::{self, Rejection};
 use crate::studies::{self, Studies};
+
+/// The object is durable; its events are not appended yet.
+pub const AFTER_PUT: &str = "ingest.after_put";
+/// The events are appended; the success status is not sent yet.
+pub const AFTER_APPEND: &str = "ingest.after_append";
 
 /// A study completes after this long without a new instance when its
 /// contract names no quiet period.
@@ -44,6 +50,13 @@ const INSTANCES: &str = "ingest.instances";
 
 /// Each tenant's id secret, for the tenants whose home this region is.
 pub type Secrets = BTreeMap<String, TenantSecret>;
+
+#[derive(Clone, Default)]
+pub struct IngestOptions {
+    pub secrets: Secrets,
+    /// [`AFTER_PUT`] and [`AFTER_APPEND`], armed by crash tests.
+    pub failpoints: FailPoints,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -81,6 +94,7 @@ pub struct Ingest {
     phi_topic: TopicName,
     ops_topic: TopicName,
     projector: Mutex<Projector<IngestProjection>>,
+    failpoints: FailPoints,
 }
 
 fn topic(region: &str, class: DataClass) -> Result<TopicName, Error> {
@@ -92,12 +106,13 @@ impl Ingest {
     pub async fn open(
         region: &str,
         platform: Arc<Platform>,
-        secrets: Secrets,
         phi: PhiWriter,
         log: Arc<dyn EventLog>,
         keys: Arc<dyn KeyStore>,
         idle: Duration,
+        options: IngestOptions,
     ) -> Result<Ingest, Error> {
+        let IngestOptions { secrets, failpoints } = options;
         let (phi_topic, ops_topic) = (topic(region, DataClass::Phi)?, topic(region, DataClass::Operational)?);
         let mut positions = Vec::new();
         for t in [&phi_topic, &ops_topic] {
@@ -117,6 +132,7 @@ impl Ingest {
             phi_topic,
             ops_topic,
             projector: Mutex::new(projector),
+            failpoints,
         })
     }
 
@@ -218,6 +234,7 @@ impl Ingest {
             }
             Err(e) => return Err(e.into()),
         };
+        self.failpoints.hit(AFTER_PUT)?;
 
         let mut projector = self.projector.lock().await;
         let known = projector.state().studies.get(&study.as_uuid());
@@ -275,6 +292,7 @@ impl Ingest {
         }
         let appended = self.log.append(batch.clone()).await?;
         projector.feed_appended(batch, appended, self.keys.as_ref())?;
+        self.failpoints.hit(AFTER_APPEND)?;
         Ok(STATUS_SUCCESS)
     }
 

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use meridian_auth::{Action, Resource, authorize};
 use meridian_config::Platform;
-use meridian_dimse::command::{STATUS_NOT_AUTHORIZED, STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS};
+use meridian_dimse::command::{
+    STATUS_CANNOT_UNDERSTAND, STATUS_NOT_AUTHORIZED, STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS,
+};
 use meridian_dimse::{Instance, Sender, StoreService};
 use meridian_events::payload::Payload;
 use meridian_events::{
@@ -68,8 +70,6 @@ pub enum Error {
     Envelope(#[from] meridian_events::envelope::Error),
     #[error("ingest: {0}")]
     Phi(#[from] PhiWriteError),
-    #[error("ingest: {0}")]
-    Part10(String),
 }
 
 /// The studies projection of the region's ingest topics.
@@ -200,7 +200,14 @@ impl Ingest {
             };
             return self.reject(&tenant, &facility, None, refusal, now).await;
         }
-        let facts = match dataset::read(&instance) {
+        let bytes = match dataset::part10(&instance, &sender.calling_ae_title) {
+            Ok(b) => b,
+            Err(reason) => {
+                let rejection = Rejection { status: STATUS_CANNOT_UNDERSTAND, code: "unreadable_data_set", reason };
+                return self.reject(&tenant, &facility, None, rejection, now).await;
+            }
+        };
+        let facts = match dataset::read_part10(&instance, &bytes) {
             Ok(f) => f,
             Err(rejection) => {
                 let study = self.secrets.get(&tenant).and_then(|secret| {
@@ -223,7 +230,6 @@ impl Ingest {
         } else {
             PatientKey::derive(secret, &facts.issuer_of_patient_id, &facts.patient_id).as_uuid().to_string()
         };
-        let bytes = dataset::part10(&instance, &sender.calling_ae_title).map_err(Error::Part10)?;
         let object = PhiObject { tenant: tenant.clone(), study, series, instance: instance_id, bytes };
         let stored = match self.phi.put(object, now).await {
             Ok(stored) => stored,

@@ -71,6 +71,14 @@ pub fn valid_uid(uid: &str) -> bool {
 
 /// Reads and checks a received instance.
 pub fn read(instance: &Instance) -> Result<Facts, Rejection> {
+    let file = part10(instance, "").map_err(|e| reject(STATUS_CANNOT_UNDERSTAND, "unreadable_data_set", e))?;
+    read_part10(instance, &file)
+}
+
+/// Reads and checks a received instance from its Part-10 file (see
+/// [`part10`]). Only the attributes before Pixel Data are parsed: the
+/// pixels are stored as received and never looked at here.
+pub fn read_part10(instance: &Instance, file: &[u8]) -> Result<Facts, Rejection> {
     if !meridian_dimse::storage_classes::STORAGE_SOP_CLASSES.iter().any(|(uid, _)| *uid == instance.sop_class) {
         return Err(reject(STATUS_SOP_CLASS_NOT_SUPPORTED, "sop_class_not_supported", "not a storage SOP class"));
     }
@@ -81,13 +89,16 @@ pub fn read(instance: &Instance) -> Result<Facts, Rejection> {
             format!("transfer syntax {} is unknown", instance.transfer_syntax),
         )
     })?;
-    let obj = InMemDicomObject::read_dataset_with_ts(&instance.data_set[..], ts).map_err(|e| {
-        reject(
-            STATUS_CANNOT_UNDERSTAND,
-            "unreadable_data_set",
-            format!("the data set does not parse as {}: {e}", ts.name()),
-        )
-    })?;
+    let obj = dicom_object::OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .from_reader(file.get(128..).unwrap_or_default())
+        .map_err(|e| {
+            reject(
+                STATUS_CANNOT_UNDERSTAND,
+                "unreadable_data_set",
+                format!("the data set does not parse as {}: {e}", ts.name()),
+            )
+        })?;
     let uid = |tag: Tag, name: &str, code_missing: &'static str| -> Result<String, Rejection> {
         let value = text(&obj, tag);
         if value.is_empty() {

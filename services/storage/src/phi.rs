@@ -5,7 +5,9 @@
 //! returns an error that names them; nothing is stored.
 //!
 //! Objects are keyed by opaque ids and the SHA-256 of their bytes (the
-//! instance's version): `phi/<tenant>/<study>/<series>/<instance>/<sha256>.dcm`.
+//! instance's version): `phi/<tenant>/<study>/<series>/<instance>.<sha256>.dcm`
+//! (a series' instances share a directory: no directory, and no directory
+//! sync, per instance).
 //! The same bytes again store nothing new; different bytes for the same
 //! instance are a new version beside the old one.
 
@@ -14,7 +16,6 @@ use std::sync::Arc;
 use meridian_config::Platform;
 use meridian_events::{DataClass, EventId, EventMeta, InstanceId, SeriesId, StudyId, UnixMicros};
 use meridian_log::{EventLog, Outgoing, TopicName};
-use sha2::{Digest, Sha256};
 
 use crate::blobs::{BlobError, Blobs};
 
@@ -105,9 +106,10 @@ impl PhiWriter {
             tracing::warn!(region = %self.region, tenant = %object.tenant, study = %object.study, "PHI write refused");
             return Err(refused);
         }
-        let sha256 = hex::encode(Sha256::digest(&object.bytes));
+        // The version is the content: computed over every byte stored.
+        let sha256 = hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &object.bytes));
         let key = format!(
-            "phi/{}/{}/{}/{}/{sha256}.dcm",
+            "phi/{}/{}/{}/{}.{sha256}.dcm",
             object.tenant,
             object.study.as_uuid(),
             object.series.as_uuid(),
@@ -201,7 +203,7 @@ mod tests {
         let now = UnixMicros(1_795_000_000_000_000);
         let first = phi.put(object(b"DICM one"), now).await.unwrap();
         assert!(first.created);
-        assert!(first.key.starts_with("phi/acme/") && first.key.ends_with(&format!("/{}.dcm", first.sha256)));
+        assert!(first.key.starts_with("phi/acme/") && first.key.ends_with(&format!(".{}.dcm", first.sha256)));
         assert!(!first.key.contains("1.2.3"), "no DICOM UID in the key");
         assert!(!phi.put(object(b"DICM one"), now).await.unwrap().created, "the same bytes store nothing new");
         let second = phi.put(object(b"DICM two"), now).await.unwrap();

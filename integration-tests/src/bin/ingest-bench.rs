@@ -1,0 +1,288 @@
+//! C-STORE throughput (docs/benchmarks.md): dcmtk's `storescu` sends N CT
+//! slices of 512×512×16 bit (≈ 0.5 MB) over loopback, with TCP_NODELAY, to
+//! `meridian dev` (us-east), to dcmtk's bare `storescp` writing plain files
+//! (the ceiling that sender and disk allow), and to Orthanc when it is
+//! installed (default SQLite index and filesystem storage); (a) on one
+//! association, (b) on four in parallel. Also the peak memory of the
+//! meridian process during (b).
+//!
+//! Orthanc listens on every interface, so run the bench in a private
+//! network namespace:
+//!
+//!   unshare -n sh -c 'ip link set lo up && target/release/ingest-bench --count 1000'
+//!
+//! The `meridian` binary is taken from beside this one (same target dir).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dicom_core::{DataElement, PrimitiveValue, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+
+const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+}
+
+/// Writes `n` CT slices of one series and returns their paths and total size.
+fn slices(dir: &Path, n: usize) -> anyhow::Result<(Vec<PathBuf>, u64)> {
+    let study = "1.2.826.0.1.3680043.10.543.2026";
+    let series = format!("{study}.1");
+    let mut files = Vec::new();
+    let mut bytes = 0;
+    for i in 0..n {
+        let sop = format!("{series}.{}", i + 1);
+        let pixels: Vec<u16> = (0..512 * 512).map(|p| ((p * 7 + i * 13) % 4096) as u16).collect();
+        let obj = InMemDicomObject::from_element_iter([
+            DataElement::new(tags::SOP_CLASS_UID, VR::UI, PrimitiveValue::from(CT)),
+            DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from(sop.as_str())),
+            DataElement::new(tags::ACCESSION_NUMBER, VR::SH, PrimitiveValue::from("ACC-BENCH")),
+            DataElement::new(tags::MODALITY, VR::CS, PrimitiveValue::from("CT")),
+            DataElement::new(tags::PATIENT_NAME, VR::PN, PrimitiveValue::from("Bench^Patient")),
+            DataElement::new(tags::PATIENT_ID, VR::LO, PrimitiveValue::from("MRN-BENCH")),
+            DataElement::new(tags::BODY_PART_EXAMINED, VR::CS, PrimitiveValue::from("CHEST")),
+            DataElement::new(tags::STUDY_INSTANCE_UID, VR::UI, PrimitiveValue::from(study)),
+            DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, PrimitiveValue::from(series.as_str())),
+            DataElement::new(tags::INSTANCE_NUMBER, VR::IS, PrimitiveValue::from((i + 1).to_string())),
+            DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16)),
+            DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, PrimitiveValue::from("MONOCHROME2")),
+            DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(512u16)),
+            DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(512u16)),
+            DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16)),
+            DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(12u16)),
+            DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(11u16)),
+            DataElement::new(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(0u16)),
+            DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(pixels.into())),
+        ]);
+        let meta = FileMetaTableBuilder::new()
+            .media_storage_sop_class_uid(CT)
+            .media_storage_sop_instance_uid(sop.as_str())
+            .transfer_syntax("1.2.840.10008.1.2.1")
+            .build()?;
+        let path = dir.join(format!("{:04}.dcm", i + 1));
+        obj.with_exact_meta(meta).write_to_file(&path)?;
+        bytes += std::fs::metadata(&path)?.len();
+        files.push(path);
+    }
+    Ok((files, bytes))
+}
+
+/// Sends `files` over `associations` parallel storescu runs; returns seconds.
+fn send(port: u16, calling: &str, called: &str, files: &[PathBuf], associations: usize) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let chunk = files.len().div_ceil(associations);
+    let runs: Vec<Child> = files
+        .chunks(chunk)
+        .map(|part| {
+            Command::new("storescu")
+                .args(["-aet", calling, "-aec", called, "127.0.0.1", &port.to_string()])
+                .args(part)
+                .env("TCP_NODELAY", "1")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+        })
+        .collect::<Result<_, _>>()?;
+    for run in runs {
+        let out = run.wait_with_output()?;
+        anyhow::ensure!(out.status.success(), "storescu: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+fn wait_for_port(port: u16) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Peak resident memory of a process, from /proc.
+fn peak_rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+struct Peer {
+    name: &'static str,
+    fsync: &'static str,
+    child: Child,
+    port: u16,
+    calling: &'static str,
+    called: &'static str,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let n: usize = arg("--count").and_then(|v| v.parse().ok()).unwrap_or(1_000);
+    if let Some(dir) = arg("--write-only") {
+        // The slices alone, for sending by hand (or under a profiler).
+        let (files, bytes) = slices(&PathBuf::from(dir).tap_mkdir()?, n)?;
+        println!("wrote {} slices, {} MB", files.len(), bytes / 1_000_000);
+        return Ok(());
+    }
+    let work = tempfile::TempDir::new()?;
+    let (files, bytes) = slices(&work.path().join("slices").tap_mkdir()?, n)?;
+    let mb = bytes as f64 / 1e6;
+    println!("ingest    {n} CT slices of 512x512x16 bit, {mb:.0} MB, storescu over loopback with TCP_NODELAY=1");
+
+    let meridian = std::env::current_exe()?.with_file_name("meridian");
+    let port_base = 24_000 + (std::process::id() % 1_000) as u16 * 10;
+    let mut peers = Vec::new();
+    for (name, fsync) in [
+        (
+            "meridian",
+            "object file and directory fsynced, then the event log committed (group commit), before each success",
+        ),
+        ("storescp", "none: plain files, no fsync (dcmtk's bare SCP)"),
+        ("orthanc", "default: SQLite index and filesystem storage"),
+    ] {
+        let dir = work.path().join(name).tap_mkdir()?;
+        let peer = match name {
+            "meridian" => {
+                let child = Command::new(&meridian)
+                    .args(["dev", "--port-base", &port_base.to_string(), "--config"])
+                    .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/dev"))
+                    .arg("--data-dir")
+                    .arg(&dir)
+                    .env("RUST_LOG", "warn")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()?;
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !dir.join("endpoints.json").exists() {
+                    anyhow::ensure!(Instant::now() < deadline, "meridian dev did not start");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let endpoints: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("endpoints.json"))?)?;
+                let port = endpoints["regions"]["us-east"]["dicom"]["port"].as_u64().unwrap_or(0) as u16;
+                Peer { name, fsync, child, port, calling: "ACME_CT1", called: "MERIDIAN_ACME" }
+            }
+            "storescp" => {
+                let port = port_base + 7;
+                let child = Command::new("storescp")
+                    .args(["-od"])
+                    .arg(&dir)
+                    .arg(port.to_string())
+                    .env("TCP_NODELAY", "1")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()?;
+                Peer { name, fsync, child, port, calling: "BENCH", called: "STORESCP" }
+            }
+            _ => {
+                let Ok(orthanc) = which("Orthanc") else {
+                    println!("ingest    orthanc: not installed (apt-get install orthanc); left out");
+                    continue;
+                };
+                let port = port_base + 8;
+                let config = dir.join("orthanc.json");
+                let json = serde_json::json!({
+                    "Name": "bench",
+                    "StorageDirectory": dir.join("storage"),
+                    "IndexDirectory": dir.join("index"),
+                    "DicomAet": "ORTHANC",
+                    "DicomPort": port,
+                    "HttpPort": port + 1,
+                    "RemoteAccessAllowed": false,
+                    "DicomCheckCalledAet": false,
+                    "Plugins": [],
+                });
+                std::fs::write(&config, serde_json::to_vec_pretty(&json)?)?;
+                let child = Command::new(orthanc)
+                    .arg(&config)
+                    .env("TCP_NODELAY", "1")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()?;
+                Peer { name, fsync, child, port, calling: "BENCH", called: "ORTHANC" }
+            }
+        };
+        wait_for_port(peer.port)?;
+        peers.push(peer);
+    }
+    // Interleaved: (a) for every peer, then (b) for every peer, each on a
+    // fresh series so nothing is a duplicate.
+    for associations in [1, 4] {
+        for peer in &peers {
+            let (files, _) = if associations == 1 {
+                (files.clone(), bytes)
+            } else {
+                // The same pixels under new UIDs: re-stamp by rewriting.
+                let dir = work.path().join(format!("b-{}", peer.name)).tap_mkdir()?;
+                restamp(&files, &dir)?
+            };
+            let secs = send(peer.port, peer.calling, peer.called, &files, associations)?;
+            let rss = if peer.name == "meridian" && associations == 4 {
+                peak_rss_mb(peer.child.id()).map_or(String::new(), |m| format!("; peak RSS {m:.0} MB"))
+            } else {
+                String::new()
+            };
+            println!(
+                "ingest    ({}) {:<9} {:>6.0} instances/s {:>6.1} MB/s over {associations} association(s) in {secs:.2} s{rss}",
+                if associations == 1 { "a" } else { "b" },
+                peer.name,
+                n as f64 / secs,
+                mb / secs,
+            );
+        }
+    }
+    for peer in &peers {
+        println!("ingest    {} fsync policy: {}", peer.name, peer.fsync);
+    }
+    Ok(())
+}
+
+/// Copies the slices under a new series and new SOP Instance UIDs.
+fn restamp(files: &[PathBuf], dir: &Path) -> anyhow::Result<(Vec<PathBuf>, u64)> {
+    let tag = dir.file_name().map(|s| s.to_string_lossy().len()).unwrap_or(0) + std::process::id() as usize % 97;
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    for (i, f) in files.iter().enumerate() {
+        let mut obj = dicom_object::open_file(f)?;
+        let series = format!("1.2.826.0.1.3680043.10.543.2026.{}", 100 + tag);
+        let sop = format!("{series}.{}", i + 1);
+        obj.put(DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, PrimitiveValue::from(series.as_str())));
+        obj.put(DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from(sop.as_str())));
+        obj.update_meta(|m| m.media_storage_sop_instance_uid = sop.clone());
+        let path = dir.join(format!("{:04}.dcm", i + 1));
+        obj.write_to_file(&path)?;
+        bytes += std::fs::metadata(&path)?.len();
+        out.push(path);
+    }
+    Ok((out, bytes))
+}
+
+fn which(name: &str) -> Result<PathBuf, ()> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or(())
+}
+
+trait MkDir {
+    fn tap_mkdir(self) -> std::io::Result<PathBuf>;
+}
+
+impl MkDir for PathBuf {
+    fn tap_mkdir(self) -> std::io::Result<PathBuf> {
+        std::fs::create_dir_all(&self)?;
+        Ok(self)
+    }
+}

@@ -539,6 +539,27 @@ async fn dev_serves_three_regions_with_health_reflection_dicom_echo_and_auth_and
     }
     assert!(!seen.contains("MRN-E2E-9") && !seen.contains(study_uid), "no PHI in the tail:\n{seen}");
 
+    // The tenant's ingest API in its home region: the PACS completes the
+    // study now and lists its rejections; a reader may do neither.
+    {
+        use meridian_proto::ingest::v1 as ipb;
+        use meridian_proto::ingest::v1::ingest_service_client::IngestServiceClient;
+        let channel = Channel::from_shared(dev.grpc("us-east")).unwrap().connect().await.unwrap();
+        let mut ingest = IngestServiceClient::new(channel);
+        let pacs = dev.token("acme-pacs");
+        let complete = || ipb::CompleteStudyRequest {
+            study: Some(ipb::complete_study_request::Study::StudyInstanceUid(study_uid.into())),
+        };
+        let done = ingest.complete_study(bearer(complete(), &pacs)).await.unwrap().into_inner();
+        assert!(done.completed_now && done.instance_count == 1, "{done:?}");
+        assert!(!done.study_id.contains(study_uid), "answered with the opaque id");
+        assert!(!ingest.complete_study(bearer(complete(), &pacs)).await.unwrap().into_inner().completed_now);
+        let none = ipb::ListRejectionsRequest { page_size: 0 };
+        assert!(ingest.list_rejections(bearer(none, &pacs)).await.unwrap().into_inner().rejections.is_empty());
+        let err = ingest.list_rejections(bearer(none, &dev.token("dr-ortiz"))).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    }
+
     // Routing in every region: a reader's worklist gathered from all of them
     // (empty until ingest queues studies), commands to a study's region.
     let run = |args: &[&str]| {

@@ -31,6 +31,12 @@ pub mod admin {
 }
 
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod ingest {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/meridian.ingest.v1.rs"));
+    }
+}
+
 pub mod routing {
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/meridian.routing.v1.rs"));

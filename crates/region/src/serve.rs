@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use meridian_auth::grpc::Authenticate;
 use meridian_proto::admin::v1::admin_service_server::AdminServiceServer;
+use meridian_proto::ingest::v1::ingest_service_server::IngestServiceServer;
 use meridian_proto::routing::v1::routing_service_server::RoutingServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -63,6 +64,11 @@ pub async fn serve(
         Authenticate::new(region.verifier.clone()),
     );
     health.set_serving::<RoutingServiceServer<meridian_routing::adapters::grpc::RoutingGrpc>>().await;
+    let ingest = IngestServiceServer::with_interceptor(
+        meridian_ingest::grpc::IngestGrpc::new(region.ingest.clone()),
+        Authenticate::new(region.verifier.clone()),
+    );
+    health.set_serving::<IngestServiceServer<meridian_ingest::grpc::IngestGrpc>>().await;
 
     let wait = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -73,6 +79,7 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(admin)
         .add_service(routing)
+        .add_service(ingest)
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
             wait(stopped.clone()),

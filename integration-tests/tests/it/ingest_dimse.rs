@@ -247,7 +247,7 @@ fn send_raw(port: u16, instances: Vec<(String, Vec<u8>)>) -> Vec<u16> {
 async fn a_malformed_instance_is_refused_with_its_status_and_the_others_are_stored() {
     use dicom_dictionary_std::tags;
     use dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN;
-    let Scp { log, blobs, port, ops_topic, .. } = scp().await;
+    let Scp { log, blobs, port, ops_topic, ingest, .. } = scp().await;
     let files = tempfile::TempDir::new().unwrap();
     let s1 = format!("{STUDY}.1");
     let data_set = |sop: &str, drop: Option<dicom_core::Tag>| {
@@ -287,4 +287,7 @@ async fn a_malformed_instance_is_refused_with_its_status_and_the_others_are_stor
     assert!(by_code("missing_study_instance_uid").study_id.is_empty(), "a data set without a study names none");
     let mismatch = &by_code("sop_instance_mismatch").study_id;
     assert!(!mismatch.is_empty() && !mismatch.contains(STUDY), "opaque study id only");
+    // The tenant can list them (ListRejections reads these).
+    let kept = ingest.read(|s| s.rejections.get("acme").map(|r| r.len())).await;
+    assert_eq!(kept, Some(2));
 }

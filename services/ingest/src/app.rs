@@ -339,22 +339,68 @@ impl Ingest {
     /// study twice. Returns how many completed.
     pub async fn complete_quiet(&self, now: UnixMicros) -> Result<usize, Error> {
         let mut projector = self.projector.lock().await;
-        let state = projector.state();
-        let done = studies::completions(state, now, |t| self.quiet(t), |t, f| self.jurisdiction(t, f));
+        let done = studies::completions(projector.state(), now, |t| self.quiet(t), |t, f| self.jurisdiction(t, f));
+        let n = done.len();
+        self.append_completions(&mut projector, done, now).await?;
+        if n > 0 {
+            tracing::info!(region = %self.region, studies = n, "studies completed");
+        }
+        Ok(n)
+    }
+
+    /// Completes `tenant`'s study now (the sender says it has sent it all).
+    /// `None` when the tenant has no such open or completed study here; the
+    /// flag says whether it completed now or was complete already.
+    pub async fn complete_now(
+        &self,
+        tenant: &str,
+        study: Uuid,
+        now: UnixMicros,
+    ) -> Result<Option<(pb::StudyCompleted, bool)>, Error> {
+        let mut projector = self.projector.lock().await;
+        let Some(s) = projector.state().studies.get(&study).filter(|s| s.tenant == tenant) else {
+            return Ok(None);
+        };
+        if s.completed_at.is_some() {
+            let done = pb::StudyCompleted {
+                study_id: study.to_string(),
+                series_count: s.series.len() as u32,
+                instance_count: s.instances.len() as u32,
+                ..Default::default()
+            };
+            return Ok(Some((done, false)));
+        }
+        let Some(completed) = studies::completion(projector.state(), study, now, |t, f| self.jurisdiction(t, f)) else {
+            return Ok(None);
+        };
+        self.append_completions(&mut projector, vec![(study, completed.clone())], now).await?;
+        Ok(Some((completed, true)))
+    }
+
+    async fn append_completions(
+        &self,
+        projector: &mut Projector<IngestProjection>,
+        done: Vec<(Uuid, pb::StudyCompleted)>,
+        now: UnixMicros,
+    ) -> Result<(), Error> {
         if done.is_empty() {
-            return Ok(0);
+            return Ok(());
         }
         let mut batch = Vec::new();
         for (study, completed) in &done {
-            let s = &state.studies[study];
+            let s = &projector.state().studies[study];
             let event_id = EventId::timer(*study, "ingest.quiet", s.last_at);
             let meta = self.meta(&s.tenant, *study, s.version + 1, event_id, now);
             batch.push(Outgoing::new(self.ops_topic.clone(), &Envelope::plain(meta, completed)?)?);
         }
         let appended = self.log.append(batch.clone()).await?;
         projector.feed_appended(batch, appended, self.keys.as_ref())?;
-        tracing::info!(region = %self.region, studies = done.len(), "studies completed");
-        Ok(done.len())
+        Ok(())
+    }
+
+    /// The opaque id of `tenant`'s Study Instance UID (in its home region).
+    pub fn study_id_of(&self, tenant: &str, study_instance_uid: &str) -> Option<Uuid> {
+        self.secrets.get(tenant).map(|secret| StudyId::derive(secret, study_instance_uid).as_uuid())
     }
 }
 

@@ -9,12 +9,15 @@
 //! - [`app`]: [`app::Ingest`], the region's `StoreService`: acknowledgement
 //!   order, rejections, completion.
 //!
+//! - [`grpc`]: `meridian.ingest.v1` for tenants: `ListRejections`,
+//!   `CompleteStudy`.
+//!
 //! Not built yet (issue 5 continues): the study index and QIDO-RS/WADO-RS,
-//! the rejection list API, `CompleteStudy`, association limits beyond the
-//! acceptor's, the sweeper, S3, and the benchmark against Orthanc.
+//! association limits beyond the acceptor's, the sweeper, and S3.
 
 #![forbid(unsafe_code)]
 
 pub mod app;
 pub mod dataset;
+pub mod grpc;
 pub mod studies;

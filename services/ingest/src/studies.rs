@@ -5,7 +5,7 @@
 //! no instance has come for its quiet period (StudyCompleted, carrying what
 //! routing needs), and an instance after that appends StudyUpdated.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use meridian_events::payload::Payload;
 use meridian_events::{EventMeta, UnixMicros};
@@ -47,13 +47,47 @@ impl Study {
     }
 }
 
+/// A refused instance, as its tenant may list it (no PHI).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejected {
+    pub study_id: String,
+    pub facility: String,
+    pub dimse_status: u32,
+    pub reason_code: String,
+    pub reason: String,
+    pub at: UnixMicros,
+}
+
+/// How many rejections per tenant the state keeps (the log keeps all).
+pub const REJECTIONS_KEPT: usize = 1_000;
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Studies {
     pub studies: BTreeMap<Uuid, Study>,
+    /// Tenant → its latest rejections, oldest first.
+    #[serde(default)]
+    pub rejections: BTreeMap<String, VecDeque<Rejected>>,
 }
 
 /// Folds one ingest event.
 pub fn apply(mut state: Studies, payload: &Payload, meta: &EventMeta) -> Studies {
+    if let Payload::InstanceRejected(r) = payload {
+        let kept = state.rejections.entry(meta.tenant.clone()).or_default();
+        kept.push_back(Rejected {
+            study_id: r.study_id.clone(),
+            facility: r.facility.clone(),
+            dimse_status: r.dimse_status,
+            reason_code: r.reason_code.clone(),
+            reason: r.reason.clone(),
+            at: meta.occurred_at,
+        });
+        if kept.len() > REJECTIONS_KEPT {
+            kept.pop_front();
+        }
+        if r.study_id.is_empty() {
+            return state;
+        }
+    }
     let Ok(id) = Uuid::parse_str(match payload {
         Payload::InstanceReceived(r) => &r.study_id,
         Payload::StudyStarted(s) => &s.study_id,
@@ -127,6 +161,30 @@ pub fn alongside(state: &Studies, study: Uuid, received: &pb::InstanceReceived) 
     }
 }
 
+/// The StudyCompleted of `id` at `now`, if it is open.
+pub fn completion(
+    state: &Studies,
+    id: Uuid,
+    now: UnixMicros,
+    jurisdiction: impl Fn(&str, &str) -> String,
+) -> Option<pb::StudyCompleted> {
+    let s = state.studies.get(&id).filter(|s| s.completed_at.is_none() && !s.instances.is_empty())?;
+    Some(pb::StudyCompleted {
+        study_id: id.to_string(),
+        series_count: s.series.len() as u32,
+        instance_count: s.instances.len() as u32,
+        modalities: s.modalities.keys().cloned().collect(),
+        completed_at: Some(now.to_timestamp()),
+        facility: s.facility.clone(),
+        origin_jurisdiction: jurisdiction(&s.tenant, &s.facility),
+        modality: s.primary_modality(),
+        body_part: s.body_part.clone(),
+        patient_key: s.patient_key.clone(),
+        procedure_code: s.procedure_code.clone(),
+        requested_priority: s.requested_priority.clone(),
+    })
+}
+
 /// The studies quiet for their period by `now`, each with its
 /// StudyCompleted. `quiet` gives a tenant's quiet period in microseconds;
 /// `jurisdiction` a facility's.
@@ -139,25 +197,7 @@ pub fn completions(
     state
         .studies
         .iter()
-        .filter(|(_, s)| s.completed_at.is_none() && !s.instances.is_empty() && now.0 >= s.last_at.0 + quiet(&s.tenant))
-        .map(|(id, s)| {
-            (
-                *id,
-                pb::StudyCompleted {
-                    study_id: id.to_string(),
-                    series_count: s.series.len() as u32,
-                    instance_count: s.instances.len() as u32,
-                    modalities: s.modalities.keys().cloned().collect(),
-                    completed_at: Some(now.to_timestamp()),
-                    facility: s.facility.clone(),
-                    origin_jurisdiction: jurisdiction(&s.tenant, &s.facility),
-                    modality: s.primary_modality(),
-                    body_part: s.body_part.clone(),
-                    patient_key: s.patient_key.clone(),
-                    procedure_code: s.procedure_code.clone(),
-                    requested_priority: s.requested_priority.clone(),
-                },
-            )
-        })
+        .filter(|(_, s)| now.0 >= s.last_at.0 + quiet(&s.tenant))
+        .filter_map(|(id, _)| completion(state, *id, now, &jurisdiction).map(|c| (*id, c)))
         .collect()
 }

@@ -19,6 +19,21 @@ pub fn unauthenticated(e: &AuthError) -> Status {
 }
 
 /// PERMISSION_DENIED with an ErrorInfo (action) and a ResourceInfo.
+/// INVALID_ARGUMENT with a BadRequest naming the field and what is wrong.
+pub fn invalid_argument(field: &str, description: impl Into<String>) -> Status {
+    let description = description.into();
+    let details = ErrorDetails::with_bad_request_violation(field, description.clone());
+    Status::with_error_details(Code::InvalidArgument, format!("{field}: {description}"), details)
+}
+
+/// The edge: when a request arrived, on the wall clock, for the domain
+/// code that takes time as an argument.
+#[allow(clippy::disallowed_methods)]
+pub fn arrival_time() -> meridian_events::UnixMicros {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    meridian_events::UnixMicros(d.as_micros() as i64)
+}
+
 pub fn permission_denied(d: &Denied) -> Status {
     let metadata =
         HashMap::from([("action".to_owned(), d.action.to_owned()), ("subject".to_owned(), d.subject.clone())]);

@@ -153,26 +153,41 @@ async fn dicom(region: Arc<Region>, listener: TcpListener, shutdown: impl Future
 /// How often ingest looks for studies quiet for their period.
 const INGEST_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Completes quiet studies every [`INGEST_TICK`] until `shutdown`.
-async fn ingest_timers(region: Arc<Region>, shutdown: impl Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    let mut every = tokio::time::interval(INGEST_TICK);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => return,
-            _ = every.tick() => {}
-        }
-        #[allow(clippy::disallowed_methods)] // the edge: the timers' clock
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        if let Err(e) = region.ingest.complete_quiet(meridian_events::UnixMicros(now.as_micros() as i64)).await {
-            tracing::warn!(region = %region.name, error = %e, "ingest completion");
-        }
-    }
-}
-
 /// How often routing takes in completed studies and runs its timers
 /// (escalations, SLA breaches) and push assignment.
 const ROUTING_TICK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs `work` with the wall clock's time every `period` until `shutdown`.
+async fn every<F, Fut>(period: std::time::Duration, shutdown: impl Future<Output = ()>, mut work: F)
+where
+    F: FnMut(meridian_events::UnixMicros) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    tokio::pin!(shutdown);
+    let mut ticks = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            _ = ticks.tick() => {}
+        }
+        #[allow(clippy::disallowed_methods)] // the edge: the timers' clock
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        work(meridian_events::UnixMicros(now.as_micros() as i64)).await;
+    }
+}
+
+/// Completes quiet studies every [`INGEST_TICK`] until `shutdown`.
+async fn ingest_timers(region: Arc<Region>, shutdown: impl Future<Output = ()>) {
+    every(INGEST_TICK, shutdown, |now| {
+        let region = region.clone();
+        async move {
+            if let Err(e) = region.ingest.complete_quiet(now).await {
+                tracing::warn!(region = %region.name, error = %e, "ingest completion");
+            }
+        }
+    })
+    .await
+}
 
 /// Fires routing's timers and push assignment every [`ROUTING_TICK`] until
 /// `shutdown`. Timer events carry ids derived from (study, timer,
@@ -180,24 +195,19 @@ const ROUTING_TICK: std::time::Duration = std::time::Duration::from_secs(5);
 async fn routing_timers(region: Arc<Region>, shutdown: impl Future<Output = ()>) {
     use meridian_routing::app::Cause;
     use meridian_routing::domain::worklist::Command;
-    tokio::pin!(shutdown);
-    let mut every = tokio::time::interval(ROUTING_TICK);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => return,
-            _ = every.tick() => {}
-        }
-        #[allow(clippy::disallowed_methods)] // the edge: the timers' clock
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        let now = meridian_events::UnixMicros(now.as_micros() as i64);
-        // Completed studies first, so they are assigned on this tick.
-        if let Err(e) = region.routing.intake(std::time::Duration::from_millis(20)).await {
-            tracing::warn!(region = %region.name, error = %e, "routing intake");
-        }
-        for command in [Command::Tick, Command::AssignPending] {
-            if let Err(e) = region.routing.execute(command, now, Cause::Timer).await {
-                tracing::warn!(region = %region.name, error = %e, "routing timers");
+    every(ROUTING_TICK, shutdown, |now| {
+        let region = region.clone();
+        async move {
+            // Completed studies first, so they are assigned on this tick.
+            if let Err(e) = region.routing.intake(std::time::Duration::from_millis(20)).await {
+                tracing::warn!(region = %region.name, error = %e, "routing intake");
+            }
+            for command in [Command::Tick, Command::AssignPending] {
+                if let Err(e) = region.routing.execute(command, now, Cause::Timer).await {
+                    tracing::warn!(region = %region.name, error = %e, "routing timers");
+                }
             }
         }
-    }
+    })
+    .await
 }

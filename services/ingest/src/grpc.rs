@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use meridian_auth::grpc::{permission_denied, principal};
 use meridian_auth::{Action, Principal, Resource, authorize};
-use meridian_events::UnixMicros;
 use meridian_proto::ingest::v1 as pb;
 use meridian_proto::ingest::v1::complete_study_request::Study;
 use meridian_proto::ingest::v1::ingest_service_server::IngestService;
@@ -26,17 +25,9 @@ impl IngestGrpc {
     }
 }
 
-/// The edge: a request's arrival time.
-#[allow(clippy::disallowed_methods)]
-fn now() -> UnixMicros {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    UnixMicros(d.as_micros() as i64)
-}
+use meridian_auth::grpc::arrival_time as now;
 
-fn bad_request(field: &str, description: String) -> Status {
-    let details = ErrorDetails::with_bad_request_violation(field, description.clone());
-    Status::with_error_details(Code::InvalidArgument, format!("{field}: {description}"), details)
-}
+use meridian_auth::grpc::invalid_argument as bad_request;
 
 /// The tenant the principal acts for, if it may take `action` for it.
 fn tenant_for(p: &Principal, action: Action) -> Result<String, Status> {
@@ -97,12 +88,12 @@ impl IngestService for IngestGrpc {
                 .study_id_of(&tenant, &uid)
                 .ok_or_else(|| Status::failed_precondition(format!("tenant {tenant}'s studies are not held here")))?,
             Some(Study::StudyInstanceUid(_)) => {
-                return Err(bad_request("study_instance_uid", "is not a valid UID".into()));
+                return Err(bad_request("study_instance_uid", "is not a valid UID"));
             }
             Some(Study::StudyId(id)) => {
                 Uuid::parse_str(&id).map_err(|e| bad_request("study_id", format!("{id:?} is not a study id: {e}")))?
             }
-            None => return Err(bad_request("study", "name the study by study_instance_uid or study_id".into())),
+            None => return Err(bad_request("study", "name the study by study_instance_uid or study_id")),
         };
         let done =
             self.ingest.complete_now(&tenant, study, now()).await.map_err(|e| Status::unavailable(e.to_string()))?;

@@ -34,12 +34,7 @@ impl RoutingGrpc {
     }
 }
 
-/// The edge: a request's arrival time.
-#[allow(clippy::disallowed_methods)]
-fn now() -> UnixMicros {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    UnixMicros(d.as_micros() as i64)
-}
+use meridian_auth::grpc::arrival_time as now;
 
 fn not_found(kind: &str, name: &str) -> Status {
     let mut details = ErrorDetails::new();
@@ -84,10 +79,7 @@ pub fn status(e: Error) -> Status {
     }
 }
 
-fn bad_request(field: &str, description: String) -> Status {
-    let details = ErrorDetails::with_bad_request_violation(field, description.clone());
-    Status::with_error_details(Code::InvalidArgument, format!("{field}: {description}"), details)
-}
+use meridian_auth::grpc::invalid_argument as bad_request;
 
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 1_000;
@@ -161,7 +153,7 @@ fn entry(routing: &Routing, reader: &Reader, s: &Study) -> pb::WorklistEntry {
 }
 
 fn time(field: &str, t: &Option<prost_types::Timestamp>) -> Result<UnixMicros, Status> {
-    t.as_ref().map(UnixMicros::from_timestamp).ok_or_else(|| bad_request(field, "is missing".into()))
+    t.as_ref().map(UnixMicros::from_timestamp).ok_or_else(|| bad_request(field, "is missing"))
 }
 
 fn licences_in(ls: &[pb::Licence]) -> Result<Vec<Licence>, Status> {
@@ -169,7 +161,7 @@ fn licences_in(ls: &[pb::Licence]) -> Result<Vec<Licence>, Status> {
         .enumerate()
         .map(|(i, l)| {
             if l.jurisdiction.is_empty() {
-                return Err(bad_request(&format!("licences[{i}].jurisdiction"), "is empty".into()));
+                return Err(bad_request(&format!("licences[{i}].jurisdiction"), "is empty"));
             }
             Ok(Licence {
                 jurisdiction: l.jurisdiction.clone(),
@@ -184,7 +176,7 @@ fn credentials_in(cs: &[pb::Credential]) -> Result<Vec<Credential>, Status> {
         .enumerate()
         .map(|(i, c)| {
             if c.tenant.is_empty() || c.facility.is_empty() {
-                return Err(bad_request(&format!("credentials[{i}]"), "needs a tenant and a facility".into()));
+                return Err(bad_request(&format!("credentials[{i}]"), "needs a tenant and a facility"));
             }
             Ok(Credential {
                 tenant: c.tenant.clone(),
@@ -196,7 +188,7 @@ fn credentials_in(cs: &[pb::Credential]) -> Result<Vec<Credential>, Status> {
 }
 
 fn profile_in(p: Option<&pb::ReaderProfile>) -> Result<Profile, Status> {
-    let p = p.ok_or_else(|| bad_request("profile", "is missing".into()))?;
+    let p = p.ok_or_else(|| bad_request("profile", "is missing"))?;
     let read_types = p
         .read_types
         .iter()
@@ -218,13 +210,13 @@ fn profile_in(p: Option<&pb::ReaderProfile>) -> Result<Profile, Status> {
                 }
                 _ => Err(bad_request(
                     &format!("profile.shifts[{i}]"),
-                    "needs an ISO weekday (1-7) and minutes of the day (0-1439)".into(),
+                    "needs an ISO weekday (1-7) and minutes of the day (0-1439)",
                 )),
             }
         })
         .collect::<Result<Vec<_>, _>>()?;
     if p.capacity == 0 {
-        return Err(bad_request("profile.capacity", "must be at least 1".into()));
+        return Err(bad_request("profile.capacity", "must be at least 1"));
     }
     Ok(Profile {
         subspecialties: p.subspecialties.iter().cloned().collect(),
@@ -540,11 +532,11 @@ impl RoutingService for RoutingGrpc {
     ) -> Result<Response<pb::RegisterReaderResponse>, Status> {
         let p = principal(&request)?.clone();
         let r = request.into_inner();
-        let given = r.reader.ok_or_else(|| bad_request("reader", "is missing".into()))?;
+        let given = r.reader.ok_or_else(|| bad_request("reader", "is missing"))?;
         authorize(&p, Action::ManageReaders, &Resource::ReadingGroup { group: &given.reading_group })
             .map_err(|d| permission_denied(&d))?;
         if given.reader_id.is_empty() {
-            return Err(bad_request("reader.reader_id", "is empty".into()));
+            return Err(bad_request("reader.reader_id", "is empty"));
         }
         if !self.routing.policy().regions.contains_key(&given.region) {
             return Err(bad_request("reader.region", format!("{:?} is not a configured region", given.region)));

@@ -291,3 +291,79 @@ async fn a_malformed_instance_is_refused_with_its_status_and_the_others_are_stor
     let kept = ingest.read(|s| s.rejections.get("acme").map(|r| r.len())).await;
     assert_eq!(kept, Some(2));
 }
+
+/// The data set of a Part-10 file: what follows its File Meta group.
+fn data_set_of(file: &[u8]) -> &[u8] {
+    // (0002,0000) UL group length, explicit VR, right after "DICM".
+    let group_length = u32::from_le_bytes([file[140], file[141], file[142], file[143]]) as usize;
+    &file[144 + group_length..]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_and_other_transfer_syntaxes_are_stored_exactly_as_received() {
+    let Scp { dir, blobs, port, .. } = scp().await;
+    let files = tempfile::TempDir::new().unwrap();
+    let s1 = format!("{STUDY}.3");
+    // dcmtk converts each to a syntax; each needs its own instance.
+    let conversions: [(&str, &[&str], &str); 5] = [
+        ("dcmcrle", &[], "1.2.840.10008.1.2.5"),
+        ("dcmcjpeg", &["+e1"], "1.2.840.10008.1.2.4.70"),
+        ("dcmcjpls", &[], "1.2.840.10008.1.2.4.80"),
+        ("dcmconv", &["+tb"], "1.2.840.10008.1.2.2"),
+        ("dcmconv", &["+td"], "1.2.840.10008.1.2.1.99"),
+    ];
+    let mut sent = Vec::new();
+    for (i, (tool, args, ts)) in conversions.iter().enumerate() {
+        let plain = write_ct(files.path(), &ct(&s1, &format!("{s1}.{}", i + 1), [1, 2, 3, i as u16]));
+        let converted = files.path().join(format!("{i}.{tool}.dcm"));
+        let out = Command::new(tool).args(*args).arg(&plain).arg(&converted).output().unwrap();
+        assert!(out.status.success(), "{tool}: {}", String::from_utf8_lossy(&out.stderr));
+        sent.push((converted, *ts));
+    }
+    // dcmsend proposes each file's own transfer syntax, all in one association.
+    let out = Command::new("dcmsend")
+        .args(["-aet", "ACME_CT1", "-aec", "MERIDIAN_ACME", "127.0.0.1", &port.to_string()])
+        .args(sent.iter().map(|(f, _)| f))
+        .env("TCP_NODELAY", "1")
+        .output()
+        .expect("dcmsend (dcmtk) is installed: .ci/run installs it");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+
+    let stored = blobs.list("phi/acme/").await.unwrap();
+    assert_eq!(stored.len(), sent.len(), "every one is stored: {said}");
+    // The encapsulated (compressed) ones travel as they are: stored byte for
+    // byte, in their own syntax. For big endian and deflated files dcmsend
+    // proposes the uncompressed family and the association settles on
+    // explicit VR little endian, which is then what is received and stored.
+    for (file, ts) in
+        sent.iter().filter(|(_, ts)| ts.starts_with("1.2.840.10008.1.2.4") || *ts == "1.2.840.10008.1.2.5")
+    {
+        let original = std::fs::read(file).unwrap();
+        let body = data_set_of(&original);
+        let object = stored
+            .iter()
+            .map(|k| std::fs::read(dir.path().join("objects").join(k)).unwrap())
+            .find(|o| data_set_of(o) == body)
+            .unwrap_or_else(|| panic!("no stored object carries {ts}'s data set byte for byte"));
+        let meta = dicom_object::OpenFileOptions::new()
+            .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
+            .from_reader(&object[128..])
+            .unwrap();
+        assert_eq!(meta.meta().transfer_syntax().trim_end_matches('\0'), *ts);
+    }
+
+    // A peer that proposes deflated first gets it, and it is read and stored as such.
+    let deflated = &sent[4].0;
+    let out = Command::new("storescu")
+        .args(["-xd", "-aet", "ACME_CT1", "-aec", "MERIDIAN_ACME", "127.0.0.1", &port.to_string()])
+        .arg(deflated)
+        .env("TCP_NODELAY", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let body = data_set_of(&std::fs::read(deflated).unwrap()).to_vec();
+    let stored = blobs.list("phi/acme/").await.unwrap();
+    let found = stored.iter().any(|k| data_set_of(&std::fs::read(dir.path().join("objects").join(k)).unwrap()) == body);
+    assert!(found, "the deflated data set is stored as received");
+}

@@ -26,6 +26,28 @@ pub struct Region {
     /// The region's event log; the embedded log when absent.
     #[serde(default)]
     pub log: LogConfig,
+    /// Limits of the region's DICOM port.
+    #[serde(default)]
+    pub dicom: DicomLimits,
+}
+
+/// `[dicom]` of a region: what its DICOM port accepts at once.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DicomLimits {
+    /// Associations served at once; one more is refused at once (A-ASSOCIATE-RJ,
+    /// transient, local limit exceeded) so the sender retries later.
+    pub max_associations: u32,
+    /// The largest PDU this side receives, in bytes (PS3.8 maximum length).
+    pub max_pdu_length: u32,
+    /// An association silent this long is aborted.
+    pub idle_timeout: DurationSpec,
+}
+
+impl Default for DicomLimits {
+    fn default() -> Self {
+        DicomLimits { max_associations: 64, max_pdu_length: 65_536, idle_timeout: DurationSpec { seconds: 60 } }
+    }
 }
 
 /// Where a region's event log lives. Topics are provisioned from this at

@@ -127,6 +127,15 @@ fn regions(out: &mut Out, f: &Files<'_>) {
                 }
             }
         }
+        if r.dicom.max_associations == 0 {
+            out.at(file, "dicom.max_associations", "must be at least 1");
+        }
+        if !(4_096..=1_048_576).contains(&r.dicom.max_pdu_length) {
+            out.at(file, "dicom.max_pdu_length", format!("{} is not between 4096 and 1048576", r.dicom.max_pdu_length));
+        }
+        if r.dicom.idle_timeout.seconds == 0 {
+            out.at(file, "dicom.idle_timeout", "must be at least a second");
+        }
         for (i, n) in r.nearshore.iter().enumerate() {
             if n == &r.name {
                 out.at(file, format!("nearshore[{i}]"), "a region is not nearshore to itself");

@@ -306,6 +306,36 @@ pub async fn accept(
     }
 }
 
+/// Refuses an association because the port is at its limit: reads the
+/// A-ASSOCIATE-RQ and answers A-ASSOCIATE-RJ, transient, service provider
+/// (presentation), local limit exceeded (PS3.8 9.3.4), so the sender tries
+/// again later instead of waiting in a queue it cannot see.
+pub async fn refuse_busy(mut socket: TcpStream, peer: SocketAddr) -> Result<(), Error> {
+    use dicom_ul::pdu::{
+        AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason, AssociationRJSource,
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let protocol = |reason: String| Error::Protocol { peer, reason };
+    let mut header = [0u8; 6];
+    socket.read_exact(&mut header).await.map_err(|e| protocol(e.to_string()))?;
+    let length = u32::from_be_bytes([header[2], header[3], header[4], header[5]]) as usize;
+    if header[0] == 0x01 && length <= 64 * 1024 {
+        let mut body = vec![0u8; length];
+        socket.read_exact(&mut body).await.map_err(|e| protocol(e.to_string()))?;
+    }
+    let rj = Pdu::AssociationRJ(AssociationRJ {
+        result: AssociationRJResult::Transient,
+        source: AssociationRJSource::ServiceProviderPresentation(
+            AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
+        ),
+    });
+    let mut out = Vec::new();
+    dicom_ul::pdu::write_pdu(&mut out, &rj).map_err(|e| protocol(e.to_string()))?;
+    socket.write_all(&out).await.map_err(|e| protocol(e.to_string()))?;
+    let _ = socket.shutdown().await;
+    Ok(())
+}
+
 /// Sends one response command set on `context`.
 async fn respond(
     association: &mut dicom_ul::association::AsyncServerAssociation<TcpStream>,

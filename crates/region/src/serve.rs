@@ -24,9 +24,6 @@ pub struct Listeners {
     pub dicom: TcpListener,
 }
 
-/// Most DICOM associations served at once; more wait in the accept queue.
-const MAX_ASSOCIATIONS: usize = 64;
-
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("region {region}: gRPC server: {reason}")]
@@ -109,10 +106,15 @@ pub async fn serve(
 }
 
 /// Accepts DICOM associations until `shutdown`; each is served on its own
-/// task, at most [`MAX_ASSOCIATIONS`] at once.
+/// task, at most the region's `dicom.max_associations` at once. One more is
+/// refused at once (transient), not queued.
 async fn dicom(region: Arc<Region>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ASSOCIATIONS));
-    let limits = meridian_dimse::Limits::default();
+    let config = region.platform.regions.get(&region.name).map(|r| r.dicom.clone()).unwrap_or_default();
+    let slots = Arc::new(tokio::sync::Semaphore::new(config.max_associations as usize));
+    let limits = meridian_dimse::Limits {
+        max_pdu_length: config.max_pdu_length,
+        idle_timeout: std::time::Duration::from_secs(config.idle_timeout.seconds),
+    };
     tokio::pin!(shutdown);
     loop {
         let (socket, peer) = tokio::select! {
@@ -125,8 +127,14 @@ async fn dicom(region: Arc<Region>, listener: TcpListener, shutdown: impl Future
                 }
             },
         };
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(region = %region.name, %peer, "DICOM association refused: at the association limit");
+            tokio::spawn(async move {
+                if let Err(e) = meridian_dimse::refuse_busy(socket, peer).await {
+                    tracing::info!(error = %e, "refusing a busy association");
+                }
+            });
+            continue;
         };
         let (region, limits) = (region.clone(), limits.clone());
         tokio::spawn(async move {

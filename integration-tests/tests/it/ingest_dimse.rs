@@ -367,3 +367,25 @@ async fn compressed_and_other_transfer_syntaxes_are_stored_exactly_as_received()
     let found = stored.iter().any(|k| data_set_of(&std::fs::read(dir.path().join("objects").join(k)).unwrap()) == body);
     assert!(found, "the deflated data set is stored as received");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_association_over_the_limit_is_refused_at_once_as_transient() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (socket, peer) = listener.accept().await.unwrap();
+        meridian_dimse::refuse_busy(socket, peer).await.unwrap();
+    });
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("echoscu")
+            .args(["-aet", "ACME_CT1", "-aec", "MERIDIAN_ACME", "127.0.0.1", &port.to_string()])
+            .env("TCP_NODELAY", "1")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(said.contains("Rejected Transient") && said.contains("Local Limit Exceeded"), "{said}");
+}

@@ -184,13 +184,25 @@ where
     }
 }
 
-/// Completes quiet studies every [`INGEST_TICK`] until `shutdown`.
+/// How long an object may stay unnamed by any event before it is swept,
+/// and how often the sweep runs (in ingest ticks).
+const ORPHAN_GRACE: std::time::Duration = std::time::Duration::from_secs(3_600);
+const SWEEP_EVERY_TICKS: u64 = 600;
+
+/// Completes quiet studies every [`INGEST_TICK`], and sweeps objects no
+/// event names every [`SWEEP_EVERY_TICKS`], until `shutdown`.
 async fn ingest_timers(region: Arc<Region>, shutdown: impl Future<Output = ()>) {
+    let mut ticks = 0u64;
     every(INGEST_TICK, shutdown, |now| {
         let region = region.clone();
+        ticks += 1;
+        let sweep = ticks.is_multiple_of(SWEEP_EVERY_TICKS);
         async move {
             if let Err(e) = region.ingest.complete_quiet(now).await {
                 tracing::warn!(region = %region.name, error = %e, "ingest completion");
+            }
+            if sweep && let Err(e) = region.ingest.sweep(now, ORPHAN_GRACE).await {
+                tracing::warn!(region = %region.name, error = %e, "ingest sweep");
             }
         }
     })

@@ -389,3 +389,41 @@ async fn an_association_over_the_limit_is_refused_at_once_as_transient() {
     assert!(!out.status.success());
     assert!(said.contains("Rejected Transient") && said.contains("Local Limit Exceeded"), "{said}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_no_event_names_are_swept_after_the_grace_period_and_no_others() {
+    use meridian_events::{InstanceId, SeriesId, StudyId};
+    use meridian_storage::phi::PhiObject;
+    let Scp { blobs, port, ingest, platform, log, .. } = scp().await;
+    // A stored instance: named by its InstanceReceived.
+    let files = tempfile::TempDir::new().unwrap();
+    let s1 = format!("{STUDY}.5");
+    let (ok, said) = storescu(
+        port,
+        "ACME_CT1",
+        "MERIDIAN_ACME",
+        &[write_ct(files.path(), &ct(&s1, &format!("{s1}.1"), [1, 1, 1, 1]))],
+    );
+    assert!(ok, "{said}");
+    // An object whose event never landed (as after a crash between the two).
+    let phi = PhiWriter::new("us-east", platform, blobs.clone(), log);
+    let secret = TenantSecret::new(vec![3u8; 32]).unwrap();
+    let orphan = PhiObject {
+        tenant: "acme".into(),
+        study: StudyId::derive(&secret, "1.2.3.9"),
+        series: SeriesId::derive(&secret, "1.2.3.9.1"),
+        instance: InstanceId::derive(&secret, "1.2.3.9.1.1"),
+        bytes: b"half a story".to_vec(),
+    };
+    let t0 = UnixMicros(1_795_000_000_000_000);
+    let orphan_key = phi.put(orphan, t0).await.unwrap().key;
+    assert_eq!(blobs.list("phi/").await.unwrap().len(), 2);
+
+    let grace = Duration::from_secs(3_600);
+    assert_eq!(ingest.sweep(t0, grace).await.unwrap(), 0, "the first sight only marks it");
+    assert_eq!(ingest.sweep(UnixMicros(t0.0 + 1_800_000_000), grace).await.unwrap(), 0, "within the grace period");
+    assert_eq!(ingest.sweep(UnixMicros(t0.0 + 3_600_000_000), grace).await.unwrap(), 1);
+    let left = blobs.list("phi/").await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_ne!(left[0], orphan_key, "the named object stays");
+}

@@ -5,8 +5,8 @@
 //! (durable, residency checked) → InstanceReceived (sealed PHI) and, for a
 //! study's first instance, StudyStarted are appended as one batch → the
 //! studies projection is updated → the success status is sent. A crash
-//! before the append leaves an object no event names: invisible, and for
-//! the sweeper (not built yet). A refusal appends InstanceRejected (opaque
+//! before the append leaves an object no event names: invisible, and swept
+//! after a grace period ([`Ingest::sweep`]). A refusal appends InstanceRejected (opaque
 //! ids and the reason only) and answers its status; the association goes on.
 
 use std::collections::BTreeMap;
@@ -95,6 +95,8 @@ pub struct Ingest {
     ops_topic: TopicName,
     projector: Mutex<Projector<IngestProjection>>,
     failpoints: FailPoints,
+    /// Orphans seen by the last sweep, and when.
+    suspects: Mutex<BTreeMap<String, UnixMicros>>,
 }
 
 fn topic(region: &str, class: DataClass) -> Result<TopicName, Error> {
@@ -133,6 +135,7 @@ impl Ingest {
             ops_topic,
             projector: Mutex::new(projector),
             failpoints,
+            suspects: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -396,6 +399,33 @@ impl Ingest {
         let appended = self.log.append(batch.clone()).await?;
         projector.feed_appended(batch, appended, self.keys.as_ref())?;
         Ok(())
+    }
+
+    /// Deletes the objects that no event has named for at least `grace`:
+    /// a crash between the object put and the event append leaves one,
+    /// invisible (nothing points at it) until it goes. A sweep only marks
+    /// what it finds; a later sweep deletes what is still unnamed after the
+    /// grace period, so an instance in flight is never swept. Returns how
+    /// many objects were deleted.
+    pub async fn sweep(&self, now: UnixMicros, grace: Duration) -> Result<usize, Error> {
+        let keys = self.phi.blobs().list("phi/").await.map_err(PhiWriteError::from)?;
+        let orphans: Vec<String> = self.read(|s| studies::orphans(s, &keys).into_iter().cloned().collect()).await;
+        let mut suspects = self.suspects.lock().await;
+        suspects.retain(|k, _| orphans.contains(k));
+        let grace = i64::try_from(grace.as_micros()).unwrap_or(i64::MAX);
+        let mut deleted = 0;
+        for key in orphans {
+            let first_seen = *suspects.entry(key.clone()).or_insert(now);
+            if now.0 - first_seen.0 >= grace {
+                self.phi.blobs().delete(&key).await.map_err(PhiWriteError::from)?;
+                suspects.remove(&key);
+                deleted += 1;
+            }
+        }
+        if deleted > 0 {
+            tracing::info!(region = %self.region, deleted, "swept objects no event names");
+        }
+        Ok(deleted)
     }
 
     /// The opaque id of `tenant`'s Study Instance UID (in its home region).

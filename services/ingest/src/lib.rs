@@ -13,7 +13,7 @@
 //!   `CompleteStudy`.
 //!
 //! Not built yet (issue 5 continues): the study index and QIDO-RS/WADO-RS,
-//! association limits beyond the acceptor's, the sweeper, and S3.
+//! and S3.
 
 #![forbid(unsafe_code)]
 

@@ -22,6 +22,9 @@ pub struct Study {
     pub series: BTreeSet<String>,
     /// Opaque instance id → SHA-256 of its latest stored version.
     pub instances: BTreeMap<String, String>,
+    /// The object keys its InstanceReceived events name (every version).
+    #[serde(default)]
+    pub objects: BTreeSet<String>,
     /// Modality → instances of it.
     pub modalities: BTreeMap<String, u32>,
     pub body_part: String,
@@ -113,6 +116,7 @@ pub fn apply(mut state: Studies, payload: &Payload, meta: &EventMeta) -> Studies
             study.last_at = study.last_at.max(meta.occurred_at);
             study.facility = r.facility.clone();
             study.series.insert(r.series_id.clone());
+            study.objects.insert(r.object_key.clone());
             if study.instances.insert(r.instance_id.clone(), r.sha256.clone()).is_none() {
                 *study.modalities.entry(r.modality.clone()).or_default() += 1;
             }
@@ -159,6 +163,12 @@ pub fn alongside(state: &Studies, study: Uuid, received: &pb::InstanceReceived) 
         }
         Some(_) => None,
     }
+}
+
+/// Keys under `phi/` that no event names: objects whose InstanceReceived
+/// never landed (a crash between the put and the append).
+pub fn orphans<'k>(state: &Studies, keys: &'k [String]) -> Vec<&'k String> {
+    keys.iter().filter(|k| !state.studies.values().any(|s| s.objects.contains(*k))).collect()
 }
 
 /// The StudyCompleted of `id` at `now`, if it is open.

@@ -7,8 +7,8 @@
 //!   goes through [`phi::PhiWriter::put`], which refuses (and records
 //!   PhiWriteRefused) when the tenant's data may not live in this region.
 //!
-//! Not built yet (issue 5): the study index, QIDO-RS/WADO-RS, the S3 store
-//! against moto, and the sweeper of objects whose event never landed.
+//! Not built yet (issue 5): the study index, QIDO-RS/WADO-RS and the S3
+//! store against moto. (Ingest sweeps objects whose event never landed.)
 
 #![forbid(unsafe_code)]
 

@@ -160,6 +160,7 @@ pub async fn worklist(target: &Target, reader: Option<String>, limit: u32) -> an
     let regions: Vec<String> =
         endpoints["regions"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
     let mut gathered = Vec::new();
+    let mut held = Vec::new();
     let mut more = false;
     for region in regions {
         let t = Target { region: region.clone(), ..target.clone() };
@@ -170,6 +171,18 @@ pub async fn worklist(target: &Target, reader: Option<String>, limit: u32) -> an
         let list = client.get_worklist(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
         more |= !list.next_page_token.is_empty();
         gathered.extend(list.entries.into_iter().enumerate().map(|(i, e)| (region.clone(), i, e)));
+        let request = meridian_proto::routing::v1::ListAssignmentsRequest { reader_id: reader.clone() };
+        let mine = client.list_assignments(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
+        held.extend(mine.entries.into_iter().map(|e| (region.clone(), e)));
+    }
+    if !held.is_empty() {
+        held.sort_by_key(|(region, e)| {
+            (e.deadline.as_ref().map_or((i64::MAX, 0), |d| (d.seconds, d.nanos)), region.clone())
+        });
+        for (region, e) in &held {
+            print_entry(region, e);
+        }
+        eprintln!("{} studies assigned to {reader}", held.len());
     }
     let urgency = |p: &str| ["stat", "urgent", "routine"].iter().position(|x| *x == p).unwrap_or(3);
     gathered.sort_by_key(|(region, i, e)| {

@@ -601,6 +601,23 @@ impl RoutingService for RoutingGrpc {
         Ok(Response::new(pb::UpdateCredentialsResponse { reader: Some(reader) }))
     }
 
+    async fn list_assignments(
+        &self,
+        request: Request<pb::ListAssignmentsRequest>,
+    ) -> Result<Response<pb::ListAssignmentsResponse>, Status> {
+        let p = principal(&request)?.clone();
+        let reader_id = request.into_inner().reader_id;
+        let routing = &self.routing;
+        let entries = routing
+            .read(|s| -> Result<Vec<pb::WorklistEntry>, Status> {
+                let reader = acting_for(&p, s, &reader_id, Action::ViewWorklist)?;
+                let held = s.assignments(&reader_id).map_err(|e| status(Error::Domain(e)))?;
+                Ok(held.into_iter().map(|st| entry(routing, reader, st)).collect())
+            })
+            .await?;
+        Ok(Response::new(pb::ListAssignmentsResponse { entries }))
+    }
+
     async fn get_reader(
         &self,
         request: Request<pb::GetReaderRequest>,
@@ -833,6 +850,16 @@ mod tests {
             .unwrap()
             .into_inner();
         assert_eq!(next.entry.unwrap().study_id, stat.to_string());
+        // The claimed study is dr-x's work now, and only dr-x (or an admin) sees it listed.
+        let mine = c
+            .list_assignments(call(pb::ListAssignmentsRequest { reader_id: "dr-x".into() }, &x))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(mine.entries.iter().map(|e| e.study_id.clone()).collect::<Vec<_>>(), [stat.to_string()]);
+        let err =
+            c.list_assignments(call(pb::ListAssignmentsRequest { reader_id: "dr-x".into() }, &y)).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
         let err = c
             .claim(call(
                 pb::ClaimRequest {

@@ -351,6 +351,14 @@ impl State {
         Ok(rules::explain(r, s, &self.context(policy, now, reader)))
     }
 
+    /// The studies assigned to `reader`, due first first.
+    pub fn assignments(&self, reader: &str) -> Result<Vec<&Study>, Error> {
+        self.reader(reader)?;
+        let mut held: Vec<&Study> = self.studies.values().filter(|s| s.assignee.as_deref() == Some(reader)).collect();
+        held.sort_by_key(|s| (s.deadline, s.priority, s.sequence));
+        Ok(held)
+    }
+
     /// The unassigned studies `reader` is eligible for, in the total order.
     pub fn worklist(&self, policy: &Policy, now: UnixMicros, reader: &str) -> Result<Vec<&Study>, Error> {
         self.offers(policy, now, reader, |_| true, usize::MAX)

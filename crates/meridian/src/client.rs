@@ -79,11 +79,11 @@ pub async fn tail(
             .map(|t| t.to_string())
             .unwrap_or_default();
         if !event.error.is_empty() {
-            println!("{}/{}@{} unreadable: {}", event.topic, event.partition, event.offset, event.error);
+            say!("{}/{}@{} unreadable: {}", event.topic, event.partition, event.offset, event.error);
             continue;
         }
         let short = event.payload_type.rsplit('.').next().unwrap_or_default();
-        println!(
+        say!(
             "{}/{}@{} {at} {short} {}/{} v{} tenant={} {}",
             event.topic,
             event.partition,
@@ -102,7 +102,7 @@ pub async fn rebuild(target: &Target, name: String) -> anyhow::Result<ExitCode> 
     let mut c = connect(target).await?;
     let request = pb::RebuildProjectionRequest { name };
     let r = c.client.rebuild_projection(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
-    println!(
+    say!(
         "{} rebuilt in region {}: {} events applied, {} duplicates, {} skipped, {:.1} ms; {} the state before the rebuild\n{}",
         r.name,
         target.region,
@@ -135,7 +135,7 @@ fn print_entry(region: &str, e: &meridian_proto::routing::v1::WorklistEntry) {
         .and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok())
         .map(|t| t.to_string())
         .unwrap_or_default();
-    println!(
+    say!(
         "{region:<9} {} {:<7} {:<11} {:<3} {:<8} {:<10} due {deadline} {}{}",
         e.study_id,
         e.priority,
@@ -237,7 +237,7 @@ pub async fn routing(target: &Target, reader: Option<String>, command: RoutingCo
             let request =
                 pb::ReleaseRequest { reader_id: reader, study_id: study.clone(), reason, idempotency_key: key };
             client.release(authorized(request, &c.token)?).await.map_err(status_error)?;
-            println!("released {study}");
+            say!("released {study}");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -6,6 +6,20 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+/// `println!` for a command's output: when stdout is a pipe whose reader
+/// has gone (`meridian log tail | head`), the command ends quietly instead
+/// of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*)
+            && e.kind() == std::io::ErrorKind::BrokenPipe
+        {
+            std::process::exit(0);
+        }
+    }};
+}
+
 mod client;
 mod dev;
 
@@ -158,11 +172,11 @@ enum ProjectionCommand {
 }
 
 fn print_events() {
-    println!("{:<22} {:<8} {:<15} {:<6} {:<8} version", "event", "writer", "aggregate", "class", "stream");
+    say!("{:<22} {:<8} {:<17} {:<6} {:<8} version", "event", "writer", "aggregate", "class", "stream");
     for info in meridian_events::payload::CATALOGUE {
         let name = info.type_name.rsplit('.').next().unwrap_or(info.type_name);
-        println!(
-            "{:<22} {:<8} {:<15} {:<6} {:<8} {}",
+        say!(
+            "{:<22} {:<8} {:<17} {:<6} {:<8} {}",
             name,
             info.writer,
             info.aggregate_type,
@@ -176,7 +190,7 @@ fn print_events() {
 fn config_check(dir: &std::path::Path) -> ExitCode {
     match meridian_config::Platform::load(dir) {
         Ok(p) => {
-            println!(
+            say!(
                 "{}: ok ({} regions, {} tenants, {} contracts, {} reading groups, {} principals)",
                 dir.display(),
                 p.regions.len(),
@@ -250,7 +264,7 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     };
     let started = std::time::Instant::now();
     let result = simulate::simulate(&scenario, &strategies);
-    println!(
+    say!(
         "{} from {}, {} h, {} readers, {} arrivals ({:.1} s)\n",
         args.scenario.display(),
         result.start,
@@ -259,15 +273,15 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         result.arrivals,
         started.elapsed().as_secs_f64()
     );
-    println!("{}", report::table(&result.policies));
+    say!("{}", report::table(&result.policies));
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&result)?;
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-        println!("results: {}", path.display());
+        say!("results: {}", path.display());
     }
     if let Some(path) = &args.svg {
         std::fs::write(path, report::svg(&result.policies)).with_context(|| format!("writing {}", path.display()))?;
-        println!("plot: {}", path.display());
+        say!("plot: {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -42,11 +42,20 @@ pub struct DicomLimits {
     pub max_pdu_length: u32,
     /// An association silent this long is aborted.
     pub idle_timeout: DurationSpec,
+    /// The largest data set one instance may have, in bytes; a larger one is
+    /// refused (0xA700). With `max_associations`, it bounds the memory the
+    /// port may hold.
+    pub max_instance_bytes: u64,
 }
 
 impl Default for DicomLimits {
     fn default() -> Self {
-        DicomLimits { max_associations: 64, max_pdu_length: 65_536, idle_timeout: DurationSpec { seconds: 60 } }
+        DicomLimits {
+            max_associations: 64,
+            max_pdu_length: 65_536,
+            idle_timeout: DurationSpec { seconds: 60 },
+            max_instance_bytes: 1 << 30,
+        }
     }
 }
 

@@ -133,6 +133,9 @@ fn regions(out: &mut Out, f: &Files<'_>) {
         if !(4_096..=1_048_576).contains(&r.dicom.max_pdu_length) {
             out.at(file, "dicom.max_pdu_length", format!("{} is not between 4096 and 1048576", r.dicom.max_pdu_length));
         }
+        if r.dicom.max_instance_bytes < 1 << 20 {
+            out.at(file, "dicom.max_instance_bytes", "must be at least 1048576 (1 MiB)");
+        }
         if r.dicom.idle_timeout.seconds == 0 {
             out.at(file, "dicom.idle_timeout", "must be at least a second");
         }

@@ -80,6 +80,12 @@ pub struct Sender {
 #[async_trait::async_trait]
 pub trait StoreService: Send + Sync {
     async fn store(&self, sender: &Sender, instance: Instance) -> u16;
+
+    /// A data set over [`Limits::max_instance_bytes`] was discarded; says
+    /// so (e.g. records the refusal) and returns the status to answer.
+    async fn too_large(&self, _sender: &Sender, _sop_class: &str, _size: usize) -> u16 {
+        command::STATUS_OUT_OF_RESOURCES
+    }
 }
 
 /// Limits of one region's DICOM port.
@@ -88,13 +94,20 @@ pub struct Limits {
     pub max_pdu_length: u32,
     /// An association silent this long is aborted.
     pub idle_timeout: Duration,
+    /// The largest data set one C-STORE may bring; a larger one is read to
+    /// its end, discarded and answered out of resources (0xA700). It bounds
+    /// an association's memory, which the peer otherwise decides.
+    pub max_instance_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_pdu_length: 64 * 1024, idle_timeout: Duration::from_secs(60) }
+        Limits { max_pdu_length: 64 * 1024, idle_timeout: Duration::from_secs(60), max_instance_bytes: 1 << 30 }
     }
 }
+
+/// A command set is a few hundred bytes; more is not a command.
+const MAX_COMMAND_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -213,6 +226,8 @@ pub async fn accept(
     // A C-STORE-RQ waiting for its data set, and the data set so far.
     let mut pending: Option<(u8, command::Command)> = None;
     let mut data_set = Vec::new();
+    // Bytes of the pending data set; past the limit they are not kept.
+    let mut data_set_size = 0usize;
     loop {
         let pdu = match tokio::time::timeout(limits.idle_timeout, association.receive()).await {
             Err(_) => {
@@ -231,7 +246,14 @@ pub async fn accept(
                     let context = value.presentation_context_id;
                     if value.value_type == PDataValueType::Data {
                         match &pending {
-                            Some((id, _)) if *id == context => data_set.extend_from_slice(&value.data),
+                            Some((id, _)) if *id == context => {
+                                data_set_size += value.data.len();
+                                if data_set_size <= limits.max_instance_bytes {
+                                    data_set.extend_from_slice(&value.data);
+                                } else {
+                                    data_set = Vec::new();
+                                }
+                            }
                             _ => {
                                 let _ = association.abort().await;
                                 return Err(protocol("a data set fragment without its C-STORE command".into()));
@@ -241,7 +263,12 @@ pub async fn accept(
                             continue;
                         }
                         let Some((_, request)) = pending.take() else { continue };
+                        let size = std::mem::take(&mut data_set_size);
                         let status = match store {
+                            Some(store) if size > limits.max_instance_bytes => {
+                                tracing::warn!(%peer, size, limit = limits.max_instance_bytes, "data set over the limit");
+                                store.too_large(&sender, &request.affected_sop_class, size).await
+                            }
                             Some(store) => {
                                 let instance = Instance {
                                     sop_class: request.affected_sop_class.clone(),
@@ -261,6 +288,10 @@ pub async fn accept(
                         continue;
                     }
                     command.extend_from_slice(&value.data);
+                    if command.len() > MAX_COMMAND_BYTES {
+                        let _ = association.abort().await;
+                        return Err(protocol(format!("a command set over {MAX_COMMAND_BYTES} bytes")));
+                    }
                     if !value.is_last {
                         continue;
                     }
@@ -274,6 +305,7 @@ pub async fn accept(
                         }
                         command::C_STORE_RQ if request.has_data_set => {
                             data_set.clear();
+                            data_set_size = 0;
                             pending = Some((context, request));
                         }
                         other => {

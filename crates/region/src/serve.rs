@@ -114,6 +114,7 @@ async fn dicom(region: Arc<Region>, listener: TcpListener, shutdown: impl Future
     let limits = meridian_dimse::Limits {
         max_pdu_length: config.max_pdu_length,
         idle_timeout: std::time::Duration::from_secs(config.idle_timeout.seconds),
+        max_instance_bytes: usize::try_from(config.max_instance_bytes).unwrap_or(usize::MAX),
     };
     tokio::pin!(shutdown);
     loop {

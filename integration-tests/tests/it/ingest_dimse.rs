@@ -48,6 +48,10 @@ struct Scp {
 }
 
 async fn scp() -> Scp {
+    scp_with(meridian_dimse::Limits::default()).await
+}
+
+async fn scp_with(limits: meridian_dimse::Limits) -> Scp {
     let dir = tempfile::TempDir::new().unwrap();
     let log = Arc::new(EmbeddedLog::open(&dir.path().join("log.redb"), EmbeddedOptions::default()).unwrap());
     let topic = |class, stream| TopicName::new("us-east", class, stream).unwrap();
@@ -79,9 +83,8 @@ async fn scp() -> Scp {
     tokio::spawn(async move {
         loop {
             let (socket, peer) = listener.accept().await.unwrap();
-            let (ingest, platform) = (scp_ingest.clone(), scp_platform.clone());
+            let (ingest, platform, limits) = (scp_ingest.clone(), scp_platform.clone(), limits.clone());
             tokio::spawn(async move {
-                let limits = meridian_dimse::Limits::default();
                 let store: &dyn meridian_dimse::StoreService = ingest.as_ref();
                 let _ = meridian_dimse::accept(socket, peer, "us-east", platform, &limits, Some(store)).await;
             });
@@ -426,4 +429,44 @@ async fn objects_no_event_names_are_swept_after_the_grace_period_and_no_others()
     let left = blobs.list("phi/").await.unwrap();
     assert_eq!(left.len(), 1);
     assert_ne!(left[0], orphan_key, "the named object stays");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_over_the_size_limit_is_refused_and_the_association_goes_on() {
+    use dicom_core::{DataElement, Tag, VR};
+    use dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN;
+    let limits = meridian_dimse::Limits { max_instance_bytes: 2_000, ..Default::default() };
+    let Scp { log, blobs, port, ops_topic, .. } = scp_with(limits).await;
+    let files = tempfile::TempDir::new().unwrap();
+    let s1 = format!("{STUDY}.6");
+    let data_set = |sop: &str, padding: usize| {
+        let path = write_ct(files.path(), &ct(&s1, sop, [1, 2, 3, 4]));
+        let mut obj = dicom_object::open_file(&path).unwrap().into_inner();
+        if padding > 0 {
+            // A private element that makes the data set large.
+            obj.put(DataElement::new(
+                Tag(0x0011, 0x1010),
+                VR::OB,
+                dicom_core::PrimitiveValue::from(vec![0u8; padding]),
+            ));
+        }
+        let mut out = Vec::new();
+        obj.write_dataset_with_ts(&mut out, &EXPLICIT_VR_LITTLE_ENDIAN.erased()).unwrap();
+        out
+    };
+    let (a, b, c) = (format!("{s1}.1"), format!("{s1}.2"), format!("{s1}.3"));
+    let instances = vec![(a.clone(), data_set(&a, 0)), (b.clone(), data_set(&b, 8_000)), (c.clone(), data_set(&c, 0))];
+    let statuses = tokio::task::spawn_blocking(move || send_raw(port, instances)).await.unwrap();
+    assert_eq!(statuses, [0x0000, 0xA700, 0x0000]);
+    assert_eq!(blobs.list("phi/acme/").await.unwrap().len(), 2, "the others are stored");
+    let rejected: Vec<_> = read_all(&log, &ops_topic)
+        .await
+        .iter()
+        .filter_map(|e| match e.open_plain() {
+            Ok(Payload::InstanceRejected(r)) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rejected.len(), 1);
+    assert_eq!((rejected[0].reason_code.as_str(), rejected[0].dimse_status), ("instance_too_large", 0xA700));
 }

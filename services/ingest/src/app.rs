@@ -445,11 +445,27 @@ fn study_of(instance: &Instance) -> Option<String> {
     dataset::valid_uid(uid).then(|| uid.to_owned())
 }
 
+/// The edge: an instance's arrival time.
+#[allow(clippy::disallowed_methods)]
+fn arrival() -> UnixMicros {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    UnixMicros(now.as_micros() as i64)
+}
+
 #[async_trait::async_trait]
 impl StoreService for Ingest {
     async fn store(&self, sender: &Sender, instance: Instance) -> u16 {
-        #[allow(clippy::disallowed_methods)] // the edge: an instance's arrival time
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        self.receive(sender, instance, UnixMicros(now.as_micros() as i64)).await
+        self.receive(sender, instance, arrival()).await
+    }
+
+    async fn too_large(&self, sender: &Sender, _sop_class: &str, size: usize) -> u16 {
+        let tenant = sender.principal.tenant.clone().unwrap_or_default();
+        let facility = sender.principal.facility.clone().unwrap_or_default();
+        let rejection = Rejection {
+            status: STATUS_OUT_OF_RESOURCES,
+            code: "instance_too_large",
+            reason: format!("a data set of {size} bytes is over this region's per-instance limit"),
+        };
+        self.reject(&tenant, &facility, None, rejection, arrival()).await.unwrap_or(STATUS_OUT_OF_RESOURCES)
     }
 }

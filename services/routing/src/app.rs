@@ -390,7 +390,7 @@ impl Routing {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     use meridian_log::TopicSpec;
@@ -425,7 +425,8 @@ mod tests {
         }
     }
 
-    fn reader() -> Reader {
+    /// A reader of group "g" in us-east, on shift all week, reading CT.
+    pub(crate) fn reader() -> Reader {
         Reader {
             id: "dr-x".into(),
             group: "g".into(),
@@ -446,7 +447,8 @@ mod tests {
         }
     }
 
-    fn study(id: u128, now: UnixMicros) -> NewStudy {
+    /// A STAT CT preliminary of acme under contract "c", completed `now`.
+    pub(crate) fn study(id: u128, now: UnixMicros) -> NewStudy {
         NewStudy {
             id: Uuid::from_u128(id),
             tenant: "acme".into(),

@@ -664,44 +664,13 @@ mod tests {
         Reader {
             id: id.into(),
             group: group.into(),
-            region: "us-east".into(),
-            time_zone: "UTC".into(),
-            licences: vec![],
-            credentials: vec![Credential {
-                tenant: "acme".into(),
-                facility: "f".into(),
-                expires: UnixMicros(i64::MAX),
-            }],
-            subspecialties: BTreeSet::new(),
-            modalities: BTreeSet::from(["CT".into()]),
             read_types: BTreeSet::from([ReadType::Preliminary, ReadType::Final]),
-            shifts: (1..=7).map(|d| Shift { weekday: d, start_minute: 0, end_minute: 0 }).collect(),
-            capacity: 5,
-            availability: Availability::Available,
+            ..crate::app::tests::reader()
         }
     }
 
     fn study(id: u128, priority: Priority, read_type: ReadType, at: UnixMicros) -> NewStudy {
-        NewStudy {
-            id: Uuid::from_u128(id),
-            tenant: "acme".into(),
-            facility: "f".into(),
-            contract: "c".into(),
-            home_region: "us-east".into(),
-            origin_jurisdiction: "US-NY".into(),
-            modality: "CT".into(),
-            body_part: "HEAD".into(),
-            subspecialty: None,
-            subspecialty_required: false,
-            priority,
-            service_type: ServiceType::RealTime,
-            read_type,
-            patient_key: None,
-            rvu_milli: 850,
-            ai_flagged: true,
-            completed_at: at,
-            prior_reader: None,
-        }
+        NewStudy { priority, read_type, ai_flagged: true, ..crate::app::tests::study(id, at) }
     }
 
     fn principal(

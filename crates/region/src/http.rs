@@ -1,23 +1,40 @@
 //! The region's HTTP port: `/healthz` (open), `/v1/whoami` (any
-//! authenticated principal) and `/v1/summary` (platform principals). Later
-//! issues add DICOMweb here.
+//! authenticated principal), `/v1/summary` (platform principals) and
+//! DICOMweb under `/dicomweb` (QIDO-RS, WADO-RS; bearer tokens, CORS for
+//! browser viewers).
 
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::{Method, header};
 use axum::routing::get;
 use axum::{Json, Router};
 use meridian_auth::{Action, Denied, Principal, Resource, authorize};
 use serde_json::{Value, json};
+use tower_http::cors::{Any, CorsLayer};
 
 use crate::node::Region;
 
 pub fn router(region: Arc<Region>) -> Router {
-    let authenticated = Router::new()
-        .route("/v1/whoami", get(whoami))
-        .route("/v1/summary", get(summary))
-        .layer(axum::middleware::from_fn_with_state(region.verifier.clone(), meridian_auth::http::authenticate));
-    Router::new().route("/healthz", get(healthz)).merge(authenticated).with_state(region)
+    let authenticate =
+        || axum::middleware::from_fn_with_state(region.verifier.clone(), meridian_auth::http::authenticate);
+    let authenticated =
+        Router::new().route("/v1/whoami", get(whoami)).route("/v1/summary", get(summary)).layer(authenticate());
+    // Viewers run in browsers on other origins and send bearer tokens (no
+    // cookies), so any origin may call; the preflight is answered before
+    // authentication.
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([header::AUTHORIZATION, header::ACCEPT, header::CONTENT_TYPE])
+        .expose_headers([header::CONTENT_TYPE, header::CONTENT_LOCATION, header::WARNING])
+        .max_age(std::time::Duration::from_secs(600));
+    let dicomweb = region.dicomweb.clone().router().layer(authenticate()).layer(cors);
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(authenticated)
+        .with_state(region.clone())
+        .nest("/dicomweb", dicomweb)
 }
 
 async fn healthz(State(region): State<Arc<Region>>) -> Json<Value> {

@@ -18,6 +18,9 @@ use meridian_projection::run::catch_up;
 use meridian_projection::snapshot::FileSnapshots;
 use tokio::sync::{Mutex, watch};
 
+use meridian_storage::dicomweb::{Assignments, DicomWeb};
+use meridian_storage::index::StudyIndex;
+
 use crate::summary::EventSummary;
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +65,20 @@ pub struct Region {
     pub routing: Arc<meridian_routing::app::Routing>,
     /// The ingest service of this region (C-STORE, study completeness).
     pub ingest: Arc<meridian_ingest::app::Ingest>,
+    /// The study index (QIDO-RS, WADO-RS metadata), fed by ingest.
+    pub index: Arc<StudyIndex>,
+    /// QIDO-RS and WADO-RS over the index and the object store.
+    pub dicomweb: Arc<DicomWeb>,
+}
+
+/// Routing's assignments, as DICOMweb asks who may see a study.
+struct RoutingAssignments(Arc<meridian_routing::app::Routing>);
+
+#[async_trait::async_trait]
+impl Assignments for RoutingAssignments {
+    async fn assignee(&self, study: uuid::Uuid) -> Option<String> {
+        self.0.read(|s| s.studies.get(&study).and_then(|s| s.assignee.clone())).await
+    }
 }
 
 /// What a region is opened with besides its configuration.
@@ -146,12 +163,19 @@ impl Region {
         let routing_policy = meridian_routing::adapters::config::policy(&platform);
         let blobs: Arc<dyn meridian_storage::blobs::Blobs> =
             Arc::new(meridian_storage::blobs::LocalBlobs::new(objects.clone()));
-        let phi = meridian_storage::phi::PhiWriter::new(name, platform.clone(), blobs, log.clone());
+        let phi = meridian_storage::phi::PhiWriter::new(name, platform.clone(), blobs.clone(), log.clone());
+        let index_path = dir.join("index.redb");
+        let index = Arc::new(StudyIndex::open(&index_path).map_err(|e| RegionError::Io {
+            region: name.to_owned(),
+            path: index_path.display().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })?);
         let ingest_options = meridian_ingest::app::IngestOptions { secrets, failpoints };
         let ingest = meridian_ingest::app::Ingest::open(
             name,
             platform.clone(),
             phi,
+            index.clone(),
             log.clone(),
             keys.clone(),
             idle,
@@ -163,17 +187,19 @@ impl Region {
             reader: String::new(),
             reason: format!("ingest: {e}"),
         })?;
+        let routing = Arc::new(
+            meridian_routing::app::Routing::open(name, log.clone(), keys.clone(), routing_policy, idle).await.map_err(
+                |e| RegionError::Bootstrap { region: name.to_owned(), reader: String::new(), reason: e.to_string() },
+            )?,
+        );
+        let assignments = Arc::new(RoutingAssignments(routing.clone()));
+        let dicomweb =
+            DicomWeb::new(name, platform.clone(), index.clone(), blobs, log.clone(), assignments).map_err(log_err)?;
         let region = Region {
             ingest: Arc::new(ingest),
-            routing: Arc::new(
-                meridian_routing::app::Routing::open(name, log.clone(), keys.clone(), routing_policy, idle)
-                    .await
-                    .map_err(|e| RegionError::Bootstrap {
-                        region: name.to_owned(),
-                        reader: String::new(),
-                        reason: e.to_string(),
-                    })?,
-            ),
+            routing,
+            index,
+            dicomweb: Arc::new(dicomweb),
             name: name.to_owned(),
             platform,
             log,

@@ -101,6 +101,9 @@ pub async fn serve(
     let _ = dicom.await;
     let _ = timers.await;
     let _ = completion.await;
+    if let Err(e) = region.index.sync() {
+        tracing::warn!(region = %name, error = %e, "study index sync at shutdown");
+    }
     grpc?;
     http
 }
@@ -204,6 +207,11 @@ async fn ingest_timers(region: Arc<Region>, shutdown: impl Future<Output = ()>) 
             }
             if sweep && let Err(e) = region.ingest.sweep(now, ORPHAN_GRACE).await {
                 tracing::warn!(region = %region.name, error = %e, "ingest sweep");
+            }
+            // The index's own commits are not synced (the log is the
+            // durable copy); syncing each second bounds the catch-up.
+            if let Err(e) = region.index.sync() {
+                tracing::warn!(region = %region.name, error = %e, "study index sync");
             }
         }
     })

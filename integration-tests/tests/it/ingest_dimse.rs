@@ -15,6 +15,7 @@ use meridian_integration_tests::dicom::{CtInstance, storescu, write_ct};
 use meridian_log::embedded::{EmbeddedLog, EmbeddedOptions};
 use meridian_log::{EventLog, Position, TopicName, TopicSpec};
 use meridian_storage::blobs::{Blobs, LocalBlobs};
+use meridian_storage::index::StudyIndex;
 use meridian_storage::phi::PhiWriter;
 use tokio::net::TcpListener;
 
@@ -41,6 +42,7 @@ struct Scp {
     keys: Arc<dyn KeyStore>,
     blobs: Arc<dyn Blobs>,
     ingest: Arc<Ingest>,
+    index: Arc<StudyIndex>,
     port: u16,
     platform: Arc<Platform>,
     phi_topic: TopicName,
@@ -64,11 +66,13 @@ async fn scp_with(limits: meridian_dimse::Limits) -> Scp {
     let blobs: Arc<dyn Blobs> = Arc::new(LocalBlobs::new(dir.path().join("objects")));
     let phi = PhiWriter::new("us-east", platform.clone(), blobs.clone(), log.clone());
     let secrets: Secrets = [("acme".to_string(), TenantSecret::new(vec![3u8; 32]).unwrap())].into();
+    let index = Arc::new(StudyIndex::open(&dir.path().join("index.redb")).unwrap());
     let ingest = Arc::new(
         Ingest::open(
             "us-east",
             platform.clone(),
             phi,
+            index.clone(),
             log.clone(),
             keys.clone(),
             Duration::from_millis(50),
@@ -91,12 +95,12 @@ async fn scp_with(limits: meridian_dimse::Limits) -> Scp {
         }
     });
 
-    Scp { dir, log, keys, blobs, ingest, port, platform, phi_topic, ops_topic }
+    Scp { dir, log, keys, blobs, ingest, index, port, platform, phi_topic, ops_topic }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storescu_sends_a_study_that_is_stored_recorded_and_completed() {
-    let Scp { dir, log, keys, blobs, ingest, port, platform, phi_topic, ops_topic } = scp().await;
+    let Scp { dir, log, keys, blobs, ingest, index, port, platform, phi_topic, ops_topic } = scp().await;
     // One study, two series, three instances, ordered STAT.
     let files = tempfile::TempDir::new().unwrap();
     let study = STUDY;
@@ -119,6 +123,13 @@ async fn storescu_sends_a_study_that_is_stored_recorded_and_completed() {
     let dump = String::from_utf8_lossy(&dump.stdout);
     assert!(dump.contains("MediaStorageSOPInstanceUID") && dump.contains(study), "{dump}");
     assert!(dump.contains("[ACME_CT1]"), "the sender's AE title is in the file meta: {dump}");
+
+    // Acknowledged means indexed: QIDO sees the study at once.
+    let indexed = index.study("acme", study).unwrap().expect("the study is indexed");
+    assert_eq!((indexed.series, indexed.instances), (2, 3));
+    let instances = index.instances("acme", study, None).unwrap();
+    assert_eq!(instances.len(), 3);
+    assert!(instances.iter().all(|(_, _, e)| e.sha256.len() == 64 && e.object_key.ends_with(".dcm")));
 
     // The log: three sealed InstanceReceived, one StudyStarted; no PHI in clear.
     let received = read_all(&log, &phi_topic).await;
@@ -191,10 +202,13 @@ async fn storescu_sends_a_study_that_is_stored_recorded_and_completed() {
     let before = ingest.read(|s| s.clone()).await;
     let phi = PhiWriter::new("us-east", platform.clone(), blobs, log.clone());
     let secrets: Secrets = [("acme".to_string(), TenantSecret::new(vec![3u8; 32]).unwrap())].into();
+    // A fresh index catches up from the log and the objects it names.
+    let fresh = Arc::new(StudyIndex::open(&dir.path().join("index-2.redb")).unwrap());
     let reopened = Ingest::open(
         "us-east",
         platform,
         phi,
+        fresh.clone(),
         log.clone(),
         keys,
         Duration::from_millis(50),
@@ -203,6 +217,12 @@ async fn storescu_sends_a_study_that_is_stored_recorded_and_completed() {
     .await
     .unwrap();
     assert_eq!(reopened.read(|s| s.clone()).await, before);
+    let studies = |i: &StudyIndex| i.studies("acme").unwrap();
+    assert_eq!(studies(&fresh), studies(&index));
+    let all = |i: &StudyIndex| {
+        studies(i).iter().flat_map(|(uid, _)| i.instances("acme", uid, None).unwrap()).collect::<Vec<_>>()
+    };
+    assert_eq!(all(&fresh), all(&index), "the caught-up index holds the latest version of each instance");
 }
 
 /// Sends each (command SOP Instance UID, data set) with C-STORE over one

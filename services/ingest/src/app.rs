@@ -29,6 +29,7 @@ use meridian_log::{EventLog, Outgoing, Position, TopicName};
 use meridian_projection::run::catch_up;
 use meridian_projection::{Event as Logged, Projection, Projector};
 use meridian_proto::events::v1 as pb;
+use meridian_storage::index::{IndexError, Received, StudyIndex};
 use meridian_storage::phi::{PhiObject, PhiWriteError, PhiWriter};
 use tokio::sync::Mutex;
 use uuid::Uuid;
@@ -70,6 +71,8 @@ pub enum Error {
     Envelope(#[from] meridian_events::envelope::Error),
     #[error("ingest: {0}")]
     Phi(#[from] PhiWriteError),
+    #[error("ingest: {0}")]
+    Index(#[from] IndexError),
 }
 
 /// The studies projection of the region's ingest topics.
@@ -89,6 +92,7 @@ pub struct Ingest {
     platform: Arc<Platform>,
     secrets: Secrets,
     phi: PhiWriter,
+    index: Arc<StudyIndex>,
     log: Arc<dyn EventLog>,
     keys: Arc<dyn KeyStore>,
     phi_topic: TopicName,
@@ -104,11 +108,14 @@ fn topic(region: &str, class: DataClass) -> Result<TopicName, Error> {
 }
 
 impl Ingest {
-    /// Replays the region's ingest topics into the studies projection.
+    /// Replays the region's ingest topics into the studies projection, and
+    /// the study index from its last synced position.
+    #[allow(clippy::too_many_arguments)]
     pub async fn open(
         region: &str,
         platform: Arc<Platform>,
         phi: PhiWriter,
+        index: Arc<StudyIndex>,
         log: Arc<dyn EventLog>,
         keys: Arc<dyn KeyStore>,
         idle: Duration,
@@ -124,11 +131,16 @@ impl Ingest {
         }
         let mut projector = Projector::new(positions);
         catch_up(log.as_ref(), keys.as_ref(), &mut projector, idle).await?;
+        let indexed = index.catch_up(log.as_ref(), keys.as_ref(), phi.blobs().as_ref(), &phi_topic, idle).await?;
+        if indexed > 0 {
+            tracing::info!(region, instances = indexed, "study index caught up from the log");
+        }
         Ok(Ingest {
             region: region.to_owned(),
             platform,
             secrets,
             phi,
+            index,
             log,
             keys,
             phi_topic,
@@ -249,8 +261,27 @@ impl Ingest {
         let known = projector.state().studies.get(&study.as_uuid());
         let instance_key = instance_id.as_uuid().to_string();
         let previous = known.and_then(|s| s.instances.get(&instance_key));
+        let indexed = Received {
+            tenant: tenant.clone(),
+            study_id: study.as_uuid(),
+            series_id: series.as_uuid(),
+            instance_id: instance_id.as_uuid(),
+            study_uid: facts.study_uid.clone(),
+            series_uid: facts.series_uid.clone(),
+            sop_uid: facts.sop_uid.clone(),
+            object_key: stored.key.clone(),
+            sha256: stored.sha256.clone(),
+            size: stored.size,
+            transfer_syntax: facts.transfer_syntax.clone(),
+            metadata: facts.metadata,
+        };
         if previous == Some(&stored.sha256) {
-            // The same bytes again: nothing new to say.
+            // The same bytes again: nothing new to say. (A crash after the
+            // append may have left the index behind: it is caught up here.)
+            let current = self.index.instance(&tenant, &indexed.study_uid, &indexed.series_uid, &indexed.sop_uid)?;
+            if current.is_none_or(|c| c.sha256 != stored.sha256) {
+                self.index.record(&indexed, None)?;
+            }
             return Ok(STATUS_SUCCESS);
         }
         let received = pb::InstanceReceived {
@@ -300,6 +331,8 @@ impl Ingest {
             _ => {}
         }
         let appended = self.log.append(batch.clone()).await?;
+        let at = appended.first().map(|a| (&self.phi_topic, a.partition, a.offset));
+        self.index.record(&indexed, at)?;
         projector.feed_appended(batch, appended, self.keys.as_ref())?;
         self.failpoints.hit(AFTER_APPEND)?;
         Ok(STATUS_SUCCESS)

@@ -21,7 +21,7 @@ pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.1396120874987634192746222197458
 pub const IMPLEMENTATION_VERSION_NAME: &str = "MERIDIAN_0_1";
 
 /// What ingest needs of an instance. PHI: it stays in the home region.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Facts {
     pub study_uid: String,
     pub series_uid: String,
@@ -36,6 +36,8 @@ pub struct Facts {
     pub procedure_code: String,
     /// "stat", "urgent", "routine" or empty.
     pub requested_priority: String,
+    /// Every attribute but the pixel data, as DICOM JSON, for the study index.
+    pub metadata: meridian_storage::index::Attributes,
 }
 
 /// Why an instance is refused: the status for the peer, a code and a
@@ -152,6 +154,7 @@ pub fn read_part10(instance: &Instance, file: &[u8]) -> Result<Facts, Rejection>
         body_part: text(&obj, tags::BODY_PART_EXAMINED),
         procedure_code,
         requested_priority,
+        metadata: meridian_storage::index::metadata(&obj, &instance.transfer_syntax),
     })
 }
 

@@ -1,0 +1,775 @@
+//! DICOMweb under `/dicomweb` on the region's HTTP port: QIDO-RS search
+//! and WADO-RS retrieval (instances, metadata, frames), behind the bearer
+//! token layer, with CORS for browser viewers.
+//!
+//! Who sees what: a tenant's principals (facility, tenant-admin) see their
+//! tenant's studies; a reader sees a study assigned to them under a
+//! contract that streams images from home. Every response that carries
+//! PHI is preceded by PhiAccessed (principal, opaque study id, region,
+//! time) appended to the home region's audit topic: no audit, no bytes.
+
+pub mod query;
+pub mod retrieve;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use meridian_auth::{Action, Denied, Principal, Resource, authorize};
+use meridian_config::{ImageAccess, Platform, PrincipalKind};
+use meridian_events::{DataClass, Envelope, EventId, EventMeta, UnixMicros};
+use meridian_log::{EventLog, Outgoing, TopicName};
+use meridian_proto::events::v1 as pb;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::blobs::Blobs;
+use crate::index::{Attributes, InstanceEntry, StudyEntry, StudyIndex, series_key, study_key};
+use query::{Level, MODALITIES_IN_STUDY};
+use retrieve::{Acceptable, RetrieveError};
+
+/// Aggregate type of the audit trail: each access is its own aggregate
+/// (keyed by its event id), so concurrent reads never contend for a version.
+const AUDIT: &str = "storage.audit";
+
+/// Who a study is assigned to: routing's answer, asked per request.
+#[async_trait::async_trait]
+pub trait Assignments: Send + Sync {
+    async fn assignee(&self, study: Uuid) -> Option<String>;
+}
+
+pub struct DicomWeb {
+    region: String,
+    platform: Arc<Platform>,
+    index: Arc<StudyIndex>,
+    blobs: Arc<dyn Blobs>,
+    log: Arc<dyn EventLog>,
+    assignments: Arc<dyn Assignments>,
+    audit_topic: TopicName,
+}
+
+#[derive(Debug)]
+pub enum WebError {
+    BadRequest(String),
+    NotFound(String),
+    NotAcceptable(String),
+    Denied(Denied),
+    Unavailable(String),
+}
+
+impl IntoResponse for WebError {
+    fn into_response(self) -> Response {
+        let (status, code, message) = match self {
+            WebError::Denied(d) => return d.into_response(),
+            WebError::BadRequest(m) => (StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", m),
+            WebError::NotFound(m) => (StatusCode::NOT_FOUND, "NOT_FOUND", m),
+            WebError::NotAcceptable(m) => (StatusCode::NOT_ACCEPTABLE, "NOT_ACCEPTABLE", m),
+            WebError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", m),
+        };
+        (status, axum::Json(json!({"error": {"code": code, "message": message}}))).into_response()
+    }
+}
+
+impl From<crate::index::IndexError> for WebError {
+    fn from(e: crate::index::IndexError) -> Self {
+        tracing::error!(error = %e, "study index");
+        WebError::Unavailable("the study index is unavailable; try again".into())
+    }
+}
+
+impl From<RetrieveError> for WebError {
+    fn from(e: RetrieveError) -> Self {
+        match e {
+            RetrieveError::NotAcceptable(m) => WebError::NotAcceptable(m),
+            RetrieveError::Corrupt(m) => {
+                tracing::error!(error = %m, "stored object");
+                WebError::Unavailable("a stored object could not be read".into())
+            }
+        }
+    }
+}
+
+/// A study a principal may see: its tenant, UID and index entry.
+struct Visible {
+    tenant: String,
+    uid: String,
+    entry: StudyEntry,
+}
+
+fn now() -> UnixMicros {
+    #[allow(clippy::disallowed_methods)] // the edge: the time of an access
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    UnixMicros(t.as_micros() as i64)
+}
+
+impl DicomWeb {
+    pub fn new(
+        region: &str,
+        platform: Arc<Platform>,
+        index: Arc<StudyIndex>,
+        blobs: Arc<dyn Blobs>,
+        log: Arc<dyn EventLog>,
+        assignments: Arc<dyn Assignments>,
+    ) -> Result<DicomWeb, meridian_log::Error> {
+        let audit_topic = TopicName::new(region, DataClass::Operational, "audit")
+            .map_err(|e| meridian_log::Error::UnknownTopic { topic: e.name })?;
+        Ok(DicomWeb { region: region.to_owned(), platform, index, blobs, log, assignments, audit_topic })
+    }
+
+    /// The routes, to nest under `/dicomweb` behind the bearer-token layer.
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new()
+            .route("/studies", get(search_studies))
+            .route("/series", get(search_all_series))
+            .route("/instances", get(search_all_instances))
+            .route("/studies/{study}", get(retrieve_study))
+            .route("/studies/{study}/metadata", get(study_metadata))
+            .route("/studies/{study}/series", get(search_series))
+            .route("/studies/{study}/instances", get(search_study_instances))
+            .route("/studies/{study}/series/{series}", get(retrieve_series))
+            .route("/studies/{study}/series/{series}/metadata", get(series_metadata))
+            .route("/studies/{study}/series/{series}/instances", get(search_instances))
+            .route("/studies/{study}/series/{series}/instances/{instance}", get(retrieve_instance))
+            .route("/studies/{study}/series/{series}/instances/{instance}/metadata", get(instance_metadata))
+            .route("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}", get(retrieve_frames))
+            .with_state(self)
+    }
+
+    /// The tenants whose studies `principal` may reach: its own tenant, or
+    /// for a reader the tenants whose contracts name its group and stream
+    /// images from home. Denied when there are none.
+    fn tenants(&self, principal: &Principal) -> Result<Vec<String>, WebError> {
+        let groups = |tenant: &str| -> Vec<String> {
+            let contracts = self.platform.contracts.values().filter(|c| c.tenant == tenant);
+            contracts.flat_map(|c| c.reading_groups.clone()).collect()
+        };
+        let tenants: Vec<String> = match principal.kind {
+            PrincipalKind::Tenant => principal.tenant.iter().cloned().collect(),
+            PrincipalKind::Group => {
+                let group = principal.group.clone().unwrap_or_default();
+                let mut t: Vec<String> = self
+                    .platform
+                    .contracts
+                    .values()
+                    .filter(|c| c.reading_groups.contains(&group) && c.image_access == ImageAccess::StreamFromHome)
+                    .map(|c| c.tenant.clone())
+                    .collect();
+                t.dedup();
+                t
+            }
+            PrincipalKind::Platform => Vec::new(),
+        };
+        // The role and contract checks, as if the study were assigned to
+        // the caller; the assignment is checked per study.
+        let probe = tenants.first().cloned().unwrap_or_default();
+        let g = groups(&probe);
+        let resource =
+            Resource::Study { tenant: &probe, contract_groups: &g, assigned_reader: principal.reader.as_deref() };
+        authorize(principal, Action::ReadImages, &resource).map_err(WebError::Denied)?;
+        Ok(tenants)
+    }
+
+    async fn allowed(&self, principal: &Principal, tenant: &str, study: Uuid) -> Result<(), Denied> {
+        let groups: Vec<String> = self
+            .platform
+            .contracts
+            .values()
+            .filter(|c| c.tenant == tenant)
+            .flat_map(|c| c.reading_groups.clone())
+            .collect();
+        let assignee =
+            if principal.kind == PrincipalKind::Group { self.assignments.assignee(study).await } else { None };
+        let resource = Resource::Study { tenant, contract_groups: &groups, assigned_reader: assignee.as_deref() };
+        authorize(principal, Action::ReadImages, &resource)
+    }
+
+    /// The study `uid` as `principal` may see it.
+    async fn study(&self, principal: &Principal, uid: &str) -> Result<Visible, WebError> {
+        for tenant in self.tenants(principal)? {
+            if let Some(entry) = self.index.study(&tenant, uid)? {
+                self.allowed(principal, &tenant, entry.study_id).await.map_err(WebError::Denied)?;
+                return Ok(Visible { tenant, uid: uid.to_owned(), entry });
+            }
+        }
+        Err(WebError::NotFound(format!("no study {uid} here for {}", principal.subject)))
+    }
+
+    /// Appends PhiAccessed for each study before any of their bytes go out.
+    async fn audit(
+        &self,
+        principal: &Principal,
+        action: &str,
+        accessed: &[(&str, Uuid, Vec<String>)],
+    ) -> Result<(), WebError> {
+        if accessed.is_empty() {
+            return Ok(());
+        }
+        let at = now();
+        let mut batch = Vec::with_capacity(accessed.len());
+        for (tenant, study, instances) in accessed {
+            let event_id = EventId::new_at(at);
+            let meta = EventMeta {
+                event_id,
+                aggregate_type: AUDIT.into(),
+                aggregate_id: event_id.as_uuid(),
+                aggregate_version: 1,
+                tenant: (*tenant).to_owned(),
+                home_region: self.region.clone(),
+                occurred_at: at,
+                causation_id: None,
+                correlation_id: None,
+                traceparent: None,
+            };
+            let payload = pb::PhiAccessed {
+                study_id: study.to_string(),
+                principal: principal.subject.clone(),
+                principal_kind: principal.kind.as_str().to_owned(),
+                from_region: self.region.clone(),
+                action: action.to_owned(),
+                instance_ids: instances.clone(),
+            };
+            let envelope = Envelope::plain(meta, &payload).map_err(|e| WebError::Unavailable(e.to_string()))?;
+            batch.push(
+                Outgoing::new(self.audit_topic.clone(), &envelope).map_err(|e| WebError::Unavailable(e.to_string()))?,
+            );
+        }
+        self.log.append(batch).await.map_err(|e| {
+            tracing::error!(region = %self.region, error = %e, "audit append failed; no PHI sent");
+            WebError::Unavailable("the access could not be audited, so nothing is sent; try again".into())
+        })?;
+        Ok(())
+    }
+
+    async fn object(&self, entry: &InstanceEntry) -> Result<Vec<u8>, WebError> {
+        match self.blobs.get(&entry.object_key).await {
+            Ok(Some(bytes)) => Ok(bytes),
+            Ok(None) => Err(WebError::Unavailable(format!(
+                "instance {} is indexed but its object is missing",
+                entry.instance_id
+            ))),
+            Err(e) => Err(WebError::Unavailable(e.to_string())),
+        }
+    }
+}
+
+type Params = Query<Vec<(String, String)>>;
+type Web = State<Arc<DicomWeb>>;
+
+fn dicom_json(body: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, "application/dicom+json")], body).into_response()
+}
+
+fn base_url(headers: &HeaderMap) -> String {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    let scheme = headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()).unwrap_or("http");
+    format!("{scheme}://{host}/dicomweb")
+}
+
+fn is(value: u32) -> Value {
+    json!({"vr": "IS", "Value": [value]})
+}
+
+fn url(u: String) -> Value {
+    json!({"vr": "UR", "Value": [u]})
+}
+
+/// The study's attributes as QIDO-RS returns them.
+fn study_attrs(entry: &StudyEntry, uid: &str, base: &str) -> Attributes {
+    let mut a = entry.attrs.clone();
+    a.insert(MODALITIES_IN_STUDY.into(), json!({"vr": "CS", "Value": entry.modalities}));
+    a.insert("00201206".into(), is(entry.series));
+    a.insert("00201208".into(), is(entry.instances));
+    a.insert("00080056".into(), json!({"vr": "CS", "Value": ["ONLINE"]}));
+    a.insert("00081190".into(), url(format!("{base}/studies/{uid}")));
+    a
+}
+
+/// Adds what `includefield` asks for beyond the kept attributes, from the
+/// first instance under `prefix` (a study or series key).
+fn include(
+    index: &StudyIndex,
+    q: &query::Query,
+    prefix: &str,
+    skip: &[&[&str]],
+    a: &mut Attributes,
+) -> Result<(), WebError> {
+    let missing = q.include.iter().any(|t| !a.contains_key(t));
+    if !q.include_all && !missing {
+        return Ok(());
+    }
+    if let Some(first) = index.first_metadata(prefix)? {
+        for (tag, value) in first {
+            let below = skip.iter().any(|level| level.contains(&tag.as_str()));
+            let asked = q.include.contains(&tag) || (q.include_all && !below);
+            if asked && !a.contains_key(&tag) {
+                a.insert(tag, value);
+            }
+        }
+    }
+    a.sort_keys();
+    Ok(())
+}
+
+fn page<T>(items: Vec<T>, q: &query::Query) -> Vec<T> {
+    items.into_iter().skip(q.offset).take(q.limit.unwrap_or(usize::MAX)).collect()
+}
+
+fn parsed(params: &[(String, String)], level: Level) -> Result<query::Query, WebError> {
+    query::parse(params, level).map_err(WebError::BadRequest)
+}
+
+fn number(a: &Attributes, tag: &str) -> i64 {
+    a.get(tag).and_then(|v| v.get("Value")).and_then(|v| v.get(0)).and_then(Value::as_i64).unwrap_or(i64::MAX)
+}
+
+async fn search_studies(
+    State(web): Web,
+    principal: Principal,
+    headers: HeaderMap,
+    Query(p): Params,
+) -> Result<Response, WebError> {
+    let q = parsed(&p, Level::Study)?;
+    let base = base_url(&headers);
+    let mut found = Vec::new();
+    for tenant in web.tenants(&principal)? {
+        for (uid, entry) in web.index.studies(&tenant)? {
+            let attrs = study_attrs(&entry, &uid, &base);
+            if q.matches(&[&attrs]) && web.allowed(&principal, &tenant, entry.study_id).await.is_ok() {
+                found.push((tenant.clone(), uid, entry, attrs));
+            }
+        }
+    }
+    let found = page(found, &q);
+    let accessed: Vec<_> = found.iter().map(|(t, _, e, _)| (t.as_str(), e.study_id, Vec::new())).collect();
+    web.audit(&principal, "qido-rs.search-studies", &accessed).await?;
+    let mut out = Vec::new();
+    for (tenant, uid, _, mut attrs) in found {
+        include(
+            &web.index,
+            &q,
+            &study_key(&tenant, &uid),
+            &[crate::index::SERIES_TAGS, crate::index::INSTANCE_TAGS],
+            &mut attrs,
+        )?;
+        out.push(Value::Object(attrs));
+    }
+    Ok(dicom_json(serde_json::to_vec(&out).unwrap_or_default()))
+}
+
+/// Series of the visible studies (all, or the one named).
+async fn series_of(
+    web: &DicomWeb,
+    principal: &Principal,
+    study: Option<&str>,
+    q: &query::Query,
+    base: &str,
+) -> Result<Vec<Value>, WebError> {
+    let studies = match study {
+        Some(uid) => vec![web.study(principal, uid).await?],
+        None => visible_studies(web, principal).await?,
+    };
+    let mut found = Vec::new();
+    for v in &studies {
+        let sattrs = study_attrs(&v.entry, &v.uid, base);
+        let mut series = web.index.series(&v.tenant, &v.uid)?;
+        series.sort_by_key(|(_, s)| number(&s.attrs, "00200011"));
+        for (suid, s) in series {
+            let mut a = s.attrs.clone();
+            a.insert("00201209".into(), is(s.instances));
+            a.insert("00081190".into(), url(format!("{base}/studies/{}/series/{suid}", v.uid)));
+            if q.matches(&[&a, &sattrs]) {
+                found.push((v, suid, a));
+            }
+        }
+    }
+    let found = page(found, q);
+    let mut accessed: Vec<(&str, Uuid, Vec<String>)> = Vec::new();
+    for (v, _, _) in &found {
+        if !accessed.iter().any(|(_, s, _)| *s == v.entry.study_id) {
+            accessed.push((&v.tenant, v.entry.study_id, Vec::new()));
+        }
+    }
+    web.audit(principal, "qido-rs.search-series", &accessed).await?;
+    let mut out = Vec::new();
+    for (v, suid, mut a) in found {
+        // A series result names its study too.
+        a.insert("0020000D".into(), json!({"vr": "UI", "Value": [v.uid]}));
+        include(&web.index, q, &series_key(&v.tenant, &v.uid, &suid), &[crate::index::INSTANCE_TAGS], &mut a)?;
+        out.push(Value::Object(a));
+    }
+    Ok(out)
+}
+
+async fn visible_studies(web: &DicomWeb, principal: &Principal) -> Result<Vec<Visible>, WebError> {
+    let mut out = Vec::new();
+    for tenant in web.tenants(principal)? {
+        for (uid, entry) in web.index.studies(&tenant)? {
+            if web.allowed(principal, &tenant, entry.study_id).await.is_ok() {
+                out.push(Visible { tenant: tenant.clone(), uid, entry });
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn search_all_series(
+    State(web): Web,
+    principal: Principal,
+    headers: HeaderMap,
+    Query(p): Params,
+) -> Result<Response, WebError> {
+    let q = parsed(&p, Level::Series)?;
+    let out = series_of(&web, &principal, None, &q, &base_url(&headers)).await?;
+    Ok(dicom_json(serde_json::to_vec(&out).unwrap_or_default()))
+}
+
+async fn search_series(
+    State(web): Web,
+    principal: Principal,
+    headers: HeaderMap,
+    Path(study): Path<String>,
+    Query(p): Params,
+) -> Result<Response, WebError> {
+    let q = parsed(&p, Level::Series)?;
+    let out = series_of(&web, &principal, Some(&study), &q, &base_url(&headers)).await?;
+    Ok(dicom_json(serde_json::to_vec(&out).unwrap_or_default()))
+}
+
+/// Instances of the visible studies, of one study, or of one series.
+async fn instances_of(
+    web: &DicomWeb,
+    principal: &Principal,
+    study: Option<&str>,
+    series: Option<&str>,
+    q: &query::Query,
+    base: &str,
+) -> Result<Vec<Value>, WebError> {
+    let studies = match study {
+        Some(uid) => vec![web.study(principal, uid).await?],
+        None => visible_studies(web, principal).await?,
+    };
+    let mut found = Vec::new();
+    for v in &studies {
+        let sattrs = study_attrs(&v.entry, &v.uid, base);
+        let series_attrs: Vec<(String, Attributes)> =
+            web.index.series(&v.tenant, &v.uid)?.into_iter().map(|(uid, s)| (uid, s.attrs)).collect();
+        if let Some(s) = series
+            && !series_attrs.iter().any(|(uid, _)| uid == s)
+        {
+            return Err(WebError::NotFound(format!("study {} has no series {s}", v.uid)));
+        }
+        let mut instances = web.index.instances(&v.tenant, &v.uid, series)?;
+        instances.sort_by_key(|(s, sop, e)| (s.clone(), number(&e.attrs, "00200013"), sop.clone()));
+        for (suid, sop, e) in instances {
+            let empty = Attributes::new();
+            let seriesa = series_attrs.iter().find(|(u, _)| *u == suid).map_or(&empty, |(_, a)| a);
+            if q.matches(&[&e.attrs, seriesa, &sattrs]) {
+                found.push((v, suid, sop, e));
+            }
+        }
+    }
+    let found = page(found, q);
+    let mut accessed: Vec<(&str, Uuid, Vec<String>)> = Vec::new();
+    for (v, _, _, _) in &found {
+        if !accessed.iter().any(|(_, s, _)| *s == v.entry.study_id) {
+            accessed.push((&v.tenant, v.entry.study_id, Vec::new()));
+        }
+    }
+    web.audit(principal, "qido-rs.search-instances", &accessed).await?;
+    let mut out = Vec::with_capacity(found.len());
+    for (v, suid, sop, e) in found {
+        let mut a = e.attrs;
+        a.insert("0020000D".into(), json!({"vr": "UI", "Value": [v.uid]}));
+        a.insert("0020000E".into(), json!({"vr": "UI", "Value": [suid]}));
+        a.insert("00080056".into(), json!({"vr": "CS", "Value": ["ONLINE"]}));
+        a.insert("00081190".into(), url(format!("{base}/studies/{}/series/{suid}/instances/{sop}", v.uid)));
+        if q.include_all || !q.include.is_empty() {
+            let mut meta = Vec::new();
+            web.index.metadata_into(&v.tenant, &v.uid, Some(&suid), Some(&sop), &mut meta)?;
+            let all: Vec<Attributes> = serde_json::from_slice(&meta).unwrap_or_default();
+            for (tag, value) in all.into_iter().flatten() {
+                if (q.include_all || q.include.contains(&tag)) && !a.contains_key(&tag) {
+                    a.insert(tag, value);
+                }
+            }
+        }
+        a.sort_keys();
+        out.push(Value::Object(a));
+    }
+    Ok(out)
+}
+
+async fn search_all_instances(
+    State(web): Web,
+    principal: Principal,
+    headers: HeaderMap,
+    Query(p): Params,
+) -> Result<Response, WebError> {
+    let q = parsed(&p, Level::Instance)?;
+    let out = instances_of(&web, &principal, None, None, &q, &base_url(&headers)).await?;
+    Ok(dicom_json(serde_json::to_vec(&out).unwrap_or_default()))
+}
+
+async fn search_study_instances(
+    State(web): Web,
+    principal: Principal,
+    headers: HeaderMap,
+    Path(study): Path<String>,
+    Query(p): Params,
+) -> Result<Response, WebError> {
+    let q = parsed(&p, Level::Instance)?;
+    let out = instances_of(&web, &principal, Some(&study), None, &q, &base_url(&headers)).await?;
+    Ok(dicom_json(serde_json::to_vec(&out).unwrap_or_default()))
+}
+
+async fn search_instances(
+    State(web): Web,
+    principal: Principal,
+    headers: HeaderMap,
+    Path((study, series)): Path<(String, String)>,
+    Query(p): Params,
+) -> Result<Response, WebError> {
+    let q = parsed(&p, Level::Instance)?;
+    let out = instances_of(&web, &principal, Some(&study), Some(&series), &q, &base_url(&headers)).await?;
+    Ok(dicom_json(serde_json::to_vec(&out).unwrap_or_default()))
+}
+
+/// Metadata of a study, series or instance: the stored DICOM JSON.
+async fn metadata(
+    web: &DicomWeb,
+    principal: &Principal,
+    study: &str,
+    series: Option<&str>,
+    sop: Option<&str>,
+) -> Result<Response, WebError> {
+    let v = web.study(principal, study).await?;
+    let mut body = Vec::new();
+    let n = web.index.metadata_into(&v.tenant, &v.uid, series, sop, &mut body)?;
+    if n == 0 {
+        let what = match (series, sop) {
+            (Some(s), Some(i)) => format!("study {study} has no instance {i} in series {s}"),
+            (Some(s), None) => format!("study {study} has no series {s}"),
+            _ => format!("study {study} has no instances"),
+        };
+        return Err(WebError::NotFound(what));
+    }
+    let instances = match (series, sop) {
+        (Some(s), Some(i)) => web.index.instance(&v.tenant, &v.uid, s, i)?.map(|e| vec![e.instance_id.to_string()]),
+        _ => None,
+    };
+    web.audit(principal, "wado-rs.metadata", &[(&v.tenant, v.entry.study_id, instances.unwrap_or_default())]).await?;
+    Ok(dicom_json(body))
+}
+
+async fn study_metadata(
+    State(web): Web,
+    principal: Principal,
+    Path(study): Path<String>,
+) -> Result<Response, WebError> {
+    metadata(&web, &principal, &study, None, None).await
+}
+
+async fn series_metadata(
+    State(web): Web,
+    principal: Principal,
+    Path((study, series)): Path<(String, String)>,
+) -> Result<Response, WebError> {
+    metadata(&web, &principal, &study, Some(&series), None).await
+}
+
+async fn instance_metadata(
+    State(web): Web,
+    principal: Principal,
+    Path((study, series, instance)): Path<(String, String, String)>,
+) -> Result<Response, WebError> {
+    metadata(&web, &principal, &study, Some(&series), Some(&instance)).await
+}
+
+fn accept(headers: &HeaderMap) -> Option<String> {
+    let all: Vec<&str> = headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect();
+    (!all.is_empty()).then(|| all.join(","))
+}
+
+/// Instances of a study, series or one instance as multipart/related
+/// application/dicom, streamed one object at a time.
+async fn retrieve(
+    web: Arc<DicomWeb>,
+    principal: &Principal,
+    headers: &HeaderMap,
+    study: &str,
+    series: Option<&str>,
+    sop: Option<&str>,
+) -> Result<Response, WebError> {
+    let acceptable =
+        retrieve::negotiate(accept(headers).as_deref(), &["application/dicom"]).map_err(WebError::NotAcceptable)?;
+    let v = web.study(principal, study).await?;
+    let mut instances = web.index.instances(&v.tenant, &v.uid, series)?;
+    if let Some(sop) = sop {
+        instances.retain(|(_, i, _)| i == sop);
+    }
+    if instances.is_empty() {
+        return Err(WebError::NotFound(format!("nothing under study {study} matches the request")));
+    }
+    // One instance asked for: answer its transcoding error as 406 before
+    // anything is sent.
+    let first = if sop.is_some() {
+        let e = &instances[0].2;
+        let bytes = web.object(e).await?;
+        Some(retrieve::in_syntax(bytes, &e.transfer_syntax, acceptable.wanted.resolve(&e.transfer_syntax))?)
+    } else {
+        None
+    };
+    let ids =
+        if sop.is_some() { instances.iter().map(|(_, _, e)| e.instance_id.to_string()).collect() } else { Vec::new() };
+    let action = match (series, sop) {
+        (_, Some(_)) => "wado-rs.retrieve-instance",
+        (Some(_), None) => "wado-rs.retrieve-series",
+        _ => "wado-rs.retrieve-study",
+    };
+    web.audit(principal, action, &[(&v.tenant, v.entry.study_id, ids)]).await?;
+    let boundary = Uuid::now_v7().simple().to_string();
+    let content_type = format!("multipart/related; type=\"application/dicom\"; boundary={boundary}");
+    let stream = instance_parts(web, instances.into_iter().map(|(_, _, e)| e).collect(), acceptable, boundary, first);
+    let mut response = Response::new(Body::from_stream(stream));
+    if let Ok(ct) = HeaderValue::from_str(&content_type) {
+        response.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    Ok(response)
+}
+
+fn instance_parts(
+    web: Arc<DicomWeb>,
+    entries: Vec<InstanceEntry>,
+    acceptable: Acceptable,
+    boundary: String,
+    first: Option<Vec<u8>>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    let state = (entries.into_iter(), first, false);
+    futures_util::stream::unfold(state, move |(mut rest, first, done)| {
+        let (web, acceptable, boundary) = (web.clone(), acceptable.clone(), boundary.clone());
+        async move {
+            if done {
+                return None;
+            }
+            let Some(e) = rest.next() else {
+                return Some((Ok(Bytes::from(retrieve::closing(&boundary))), (rest, None, true)));
+            };
+            let ts = acceptable.wanted.resolve(&e.transfer_syntax).to_owned();
+            let bytes = match first {
+                Some(b) => Ok(b),
+                None => match web.object(&e).await {
+                    Ok(stored) => retrieve::in_syntax(stored, &e.transfer_syntax, &ts).map_err(WebError::from),
+                    Err(err) => Err(err),
+                },
+            };
+            match bytes {
+                Ok(body) => {
+                    let part =
+                        retrieve::part(&boundary, &format!("application/dicom; transfer-syntax={ts}"), None, &body);
+                    Some((Ok(Bytes::from(part)), (rest, None, false)))
+                }
+                // Headers are gone: the only honest signal left is to cut the body short.
+                Err(err) => {
+                    tracing::error!(instance = %e.instance_id, error = ?err, "a retrieve stopped mid-stream");
+                    Some((Err(std::io::Error::other(format!("{err:?}"))), (rest, None, true)))
+                }
+            }
+        }
+    })
+}
+
+async fn retrieve_study(
+    State(web): Web,
+    principal: Principal,
+    headers: HeaderMap,
+    Path(study): Path<String>,
+) -> Result<Response, WebError> {
+    retrieve(web, &principal, &headers, &study, None, None).await
+}
+
+async fn retrieve_series(
+    State(web): Web,
+    principal: Principal,
+    headers: HeaderMap,
+    Path((study, series)): Path<(String, String)>,
+) -> Result<Response, WebError> {
+    retrieve(web, &principal, &headers, &study, Some(&series), None).await
+}
+
+async fn retrieve_instance(
+    State(web): Web,
+    principal: Principal,
+    headers: HeaderMap,
+    Path((study, series, instance)): Path<(String, String, String)>,
+) -> Result<Response, WebError> {
+    retrieve(web, &principal, &headers, &study, Some(&series), Some(&instance)).await
+}
+
+/// The image media type of an encapsulated transfer syntax's frames.
+fn frame_media_type(ts: &str) -> Option<&'static str> {
+    match ts {
+        "1.2.840.10008.1.2.4.50" | "1.2.840.10008.1.2.4.51" | "1.2.840.10008.1.2.4.57" | "1.2.840.10008.1.2.4.70" => {
+            Some("image/jpeg")
+        }
+        "1.2.840.10008.1.2.4.80" | "1.2.840.10008.1.2.4.81" => Some("image/jls"),
+        "1.2.840.10008.1.2.4.90" | "1.2.840.10008.1.2.4.91" => Some("image/jp2"),
+        "1.2.840.10008.1.2.5" => Some("image/dicom-rle"),
+        _ => None,
+    }
+}
+
+async fn retrieve_frames(
+    State(web): Web,
+    principal: Principal,
+    headers: HeaderMap,
+    Path((study, series, instance, list)): Path<(String, String, String, String)>,
+) -> Result<Response, WebError> {
+    let numbers: Vec<u32> =
+        list.split(',').map(|n| n.trim().parse::<u32>().ok().filter(|n| *n > 0)).collect::<Option<_>>().ok_or_else(
+            || WebError::BadRequest(format!("frame list {list:?} is not comma-separated frame numbers from 1")),
+        )?;
+    let v = web.study(&principal, &study).await?;
+    let entry = web
+        .index
+        .instance(&v.tenant, &v.uid, &series, &instance)?
+        .ok_or_else(|| WebError::NotFound(format!("study {study} has no instance {instance} in series {series}")))?;
+    let media = frame_media_type(&entry.transfer_syntax);
+    let mut part_types = vec!["application/octet-stream"];
+    part_types.extend(media);
+    let acceptable = retrieve::negotiate(accept(&headers).as_deref(), &part_types).map_err(WebError::NotAcceptable)?;
+    // An image type asks for the frames as stored.
+    let ts = if acceptable.part_type == "application/octet-stream" {
+        acceptable.wanted.resolve(&entry.transfer_syntax).to_owned()
+    } else {
+        entry.transfer_syntax.clone()
+    };
+    let stored = web.object(&entry).await?;
+    let frames = retrieve::frames(&stored, &entry.transfer_syntax, &ts, &numbers)?;
+    web.audit(
+        &principal,
+        "wado-rs.retrieve-frames",
+        &[(&v.tenant, v.entry.study_id, vec![entry.instance_id.to_string()])],
+    )
+    .await?;
+    let boundary = Uuid::now_v7().simple().to_string();
+    let part_type = if acceptable.part_type == "application/octet-stream" {
+        format!("application/octet-stream; transfer-syntax={ts}")
+    } else {
+        format!("{}; transfer-syntax={ts}", acceptable.part_type)
+    };
+    let mut body = Vec::new();
+    for f in &frames {
+        body.extend(retrieve::part(&boundary, &part_type, None, f));
+    }
+    body.extend(retrieve::closing(&boundary));
+    let content_type = format!("multipart/related; type=\"{}\"; boundary={boundary}", acceptable.part_type);
+    let mut response = Response::new(Body::from(body));
+    if let Ok(ct) = HeaderValue::from_str(&content_type) {
+        response.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    Ok(response)
+}

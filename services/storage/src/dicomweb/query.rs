@@ -1,0 +1,243 @@
+//! QIDO-RS query parameters and attribute matching (PS3.18 8.3.4 and
+//! PS3.4 C.2.2.2): single value, wildcard (`*`, `?`), UID list and range
+//! matching over DICOM JSON attributes. Pure: no I/O.
+
+use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+use dicom_dictionary_std::StandardDataDictionary;
+use serde_json::Value;
+
+use crate::index::{Attributes, INSTANCE_TAGS, SERIES_TAGS, STUDY_TAGS};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Study,
+    Series,
+    Instance,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Study => "study",
+            Level::Series => "series",
+            Level::Instance => "instance",
+        }
+    }
+
+    /// The attributes a query at this level may match on: its own and
+    /// those of the levels above it.
+    fn matchable(self) -> Vec<&'static str> {
+        let mut tags: Vec<&str> = STUDY_TAGS.to_vec();
+        tags.push(MODALITIES_IN_STUDY);
+        if self != Level::Study {
+            tags.extend(SERIES_TAGS);
+        }
+        if self == Level::Instance {
+            tags.extend(INSTANCE_TAGS);
+        }
+        tags
+    }
+}
+
+/// Computed at the study level from its series.
+pub const MODALITIES_IN_STUDY: &str = "00080061";
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Query {
+    /// (tag, value) pairs; every one must match.
+    pub filters: Vec<(String, String)>,
+    pub fuzzy: bool,
+    pub include_all: bool,
+    pub include: Vec<String>,
+    pub limit: Option<usize>,
+    pub offset: usize,
+}
+
+/// A tag as 8 upper-case hex digits, from a keyword (`PatientID`) or a tag
+/// (`00100020`).
+pub fn tag_of(name: &str) -> Option<String> {
+    if name.len() == 8 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Some(name.to_ascii_uppercase());
+    }
+    StandardDataDictionary.by_name(name).map(|e| e.tag()).map(|t| format!("{:04X}{:04X}", t.group(), t.element()))
+}
+
+fn keyword(tag: &str) -> String {
+    let parsed = u16::from_str_radix(&tag[..4], 16).ok().zip(u16::from_str_radix(&tag[4..], 16).ok());
+    parsed
+        .and_then(|(g, e)| StandardDataDictionary.by_tag(dicom_core::Tag(g, e)))
+        .map(|e| format!("{} ({tag})", e.alias()))
+        .unwrap_or_else(|| tag.to_owned())
+}
+
+/// Reads the query string's pairs at `level`; an unknown parameter or an
+/// attribute this level cannot match on is an error that names it.
+pub fn parse(pairs: &[(String, String)], level: Level) -> Result<Query, String> {
+    let mut q = Query::default();
+    let matchable = level.matchable();
+    for (name, value) in pairs {
+        match name.as_str() {
+            "limit" => {
+                q.limit = Some(value.parse().map_err(|_| format!("limit={value:?} is not a non-negative integer"))?)
+            }
+            "offset" => {
+                q.offset = value.parse().map_err(|_| format!("offset={value:?} is not a non-negative integer"))?
+            }
+            "fuzzymatching" => q.fuzzy = value == "true",
+            "includefield" => {
+                for field in value.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+                    if field == "all" {
+                        q.include_all = true;
+                    } else {
+                        let tag = tag_of(field)
+                            .ok_or_else(|| format!("includefield {field:?} is not a DICOM keyword or tag"))?;
+                        q.include.push(tag);
+                    }
+                }
+            }
+            other => {
+                let tag = tag_of(other).ok_or_else(|| {
+                    format!("query parameter {other:?} is not a QIDO-RS parameter, DICOM keyword or tag")
+                })?;
+                if !matchable.contains(&tag.as_str()) {
+                    return Err(format!(
+                        "matching on {} is not supported at the {} level; supported: {}",
+                        keyword(&tag),
+                        level.as_str(),
+                        matchable.iter().map(|t| keyword(t)).collect::<Vec<_>>().join(", ")
+                    ));
+                }
+                q.filters.push((tag, value.clone()));
+            }
+        }
+    }
+    Ok(q)
+}
+
+impl Query {
+    /// Whether every filter matches, looking each tag up in `levels` in turn.
+    pub fn matches(&self, levels: &[&Attributes]) -> bool {
+        self.filters.iter().all(|(tag, wanted)| {
+            let attr = levels.iter().find_map(|a| a.get(tag));
+            matches(attr, wanted)
+        })
+    }
+}
+
+/// Whether one attribute matches one query value.
+pub fn matches(attr: Option<&Value>, wanted: &str) -> bool {
+    if wanted.is_empty() {
+        return true; // universal matching
+    }
+    let Some(attr) = attr else { return false };
+    let vr = attr.get("vr").and_then(Value::as_str).unwrap_or("");
+    let Some(values) = attr.get("Value").and_then(Value::as_array) else { return false };
+    let strings = values.iter().map(|v| match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        // A person name matches on its alphabetic group.
+        Value::Object(o) => o.get("Alphabetic").and_then(Value::as_str).unwrap_or("").to_owned(),
+        _ => String::new(),
+    });
+    let strings: Vec<String> = strings.collect();
+    match vr {
+        "UI" => {
+            let list: Vec<&str> = wanted.split(['\\', ',']).collect();
+            strings.iter().any(|s| list.contains(&s.as_str()))
+        }
+        "DA" | "TM" | "DT" if wanted.contains('-') => {
+            let (lo, hi) = wanted.split_once('-').unwrap_or((wanted, ""));
+            strings.iter().any(|s| in_range(s, lo, hi))
+        }
+        "PN" => strings.iter().any(|s| wildcard(&s.to_lowercase(), &wanted.to_lowercase())),
+        _ if wanted.contains(['*', '?']) => strings.iter().any(|s| wildcard(s, wanted)),
+        _ => strings.iter().any(|s| s == wanted),
+    }
+}
+
+fn in_range(value: &str, lo: &str, hi: &str) -> bool {
+    let v = value.replace([':', '.'], "");
+    let (lo, hi) = (lo.replace(':', ""), hi.replace(':', ""));
+    // A bound compares on as many digits as it gives.
+    let prefix = |bound: &str| v.chars().take(bound.len()).collect::<String>();
+    (lo.is_empty() || prefix(&lo) >= lo) && (hi.is_empty() || prefix(&hi) <= hi)
+}
+
+/// `*` matches any run of characters, `?` any one.
+pub fn wildcard(value: &str, pattern: &str) -> bool {
+    let (v, p): (Vec<char>, Vec<char>) = (value.chars().collect(), pattern.chars().collect());
+    let (mut vi, mut pi) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while vi < v.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == v[vi]) {
+            vi += 1;
+            pi += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, vi));
+            pi += 1;
+        } else if let Some((sp, sv)) = star {
+            pi = sp + 1;
+            vi = sv + 1;
+            star = Some((sp, sv + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pairs(q: &[(&str, &str)]) -> Vec<(String, String)> {
+        q.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    #[test]
+    fn keywords_and_tags_resolve_and_unknown_parameters_are_named() {
+        let q = parse(&pairs(&[("PatientID", "X1"), ("0020000D", "1.2"), ("limit", "5")]), Level::Study).unwrap();
+        assert_eq!(q.filters, [("00100020".to_string(), "X1".to_string()), ("0020000D".into(), "1.2".into())]);
+        assert_eq!(q.limit, Some(5));
+        let e = parse(&pairs(&[("PatientNmae", "x")]), Level::Study).unwrap_err();
+        assert!(e.contains("\"PatientNmae\""), "{e}");
+        let e = parse(&pairs(&[("Modality", "CT")]), Level::Study).unwrap_err();
+        assert!(e.contains("Modality (00080060) is not supported at the study level"), "{e}");
+        assert!(parse(&pairs(&[("Modality", "CT")]), Level::Series).is_ok());
+        let e = parse(&pairs(&[("limit", "-1")]), Level::Study).unwrap_err();
+        assert!(e.contains("limit=\"-1\""), "{e}");
+    }
+
+    #[test]
+    fn matching_follows_the_value_representation() {
+        let uid = json!({"vr": "UI", "Value": ["1.2.3"]});
+        assert!(matches(Some(&uid), "1.2.3"));
+        assert!(matches(Some(&uid), "9.9,1.2.3"));
+        assert!(!matches(Some(&uid), "1.2.*"), "UIDs do not take wildcards");
+        let date = json!({"vr": "DA", "Value": ["20240315"]});
+        assert!(matches(Some(&date), "20240101-20241231"));
+        assert!(matches(Some(&date), "-20240315"));
+        assert!(!matches(Some(&date), "20240316-"));
+        assert!(matches(Some(&date), "20240315"));
+        let name = json!({"vr": "PN", "Value": [{"Alphabetic": "Doe^Jane"}]});
+        assert!(matches(Some(&name), "doe*"));
+        assert!(matches(Some(&name), "D?E^JANE"));
+        assert!(!matches(Some(&name), "Smith*"));
+        let modalities = json!({"vr": "CS", "Value": ["CT", "SR"]});
+        assert!(matches(Some(&modalities), "SR"));
+        assert!(!matches(Some(&modalities), "MR"));
+        let number = json!({"vr": "IS", "Value": [12]});
+        assert!(matches(Some(&number), "12"));
+        assert!(!matches(None, "x"));
+        assert!(matches(None, ""), "an empty value matches everything");
+    }
+
+    #[test]
+    fn wildcards() {
+        assert!(wildcard("CHEST CT", "*CT"));
+        assert!(wildcard("CHEST CT", "C*S*"));
+        assert!(!wildcard("CHEST", "C?T"));
+        assert!(wildcard("", "*"));
+    }
+}

@@ -1,0 +1,559 @@
+//! The study index: study, series and instance attributes and each
+//! instance's metadata (DICOM JSON without pixel data), in the region's
+//! `index.redb`, so QIDO-RS and WADO-RS metadata never open objects one by
+//! one.
+//!
+//! It is a projection of the home region's InstanceReceived events and the
+//! objects they name. Ingest records each instance in its acknowledgement
+//! path (after the append, before the success status), so an acknowledged
+//! instance is visible at once; each record carries its log position. Those
+//! commits are not synced (the log is the durable copy): after a crash the
+//! index reopens at its last synced position and [`StudyIndex::catch_up`]
+//! reads the rest of the log, opening the objects it names.
+//!
+//! Keys are `tenant NUL study-uid [NUL series-uid [NUL sop-uid]]`: a
+//! study's series and a series' instances are one range. The index holds
+//! PHI and stays in the home region.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use dicom_object::InMemDicomObject;
+use meridian_events::KeyStore;
+use meridian_events::payload::Payload;
+use meridian_log::{EventLog, Position, TopicName};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use crate::blobs::Blobs;
+
+const STUDIES: TableDefinition<&str, &[u8]> = TableDefinition::new("studies");
+const SERIES: TableDefinition<&str, &[u8]> = TableDefinition::new("series");
+const INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("instances");
+/// The same keys as INSTANCES; the value is the DICOM JSON object, as served.
+const METADATA: TableDefinition<&str, &[u8]> = TableDefinition::new("metadata");
+/// `topic#partition` → the next offset to read.
+const POSITIONS: TableDefinition<&str, u64> = TableDefinition::new("positions");
+
+/// DICOM JSON attributes (PS3.18 F.2): tag as 8 hex digits → `{vr, Value}`.
+pub type Attributes = Map<String, Value>;
+
+/// Study-level attributes kept for queries (patient and study modules).
+pub const STUDY_TAGS: &[&str] = &[
+    "00080020", "00080030", "00080050", "00080080", "00080090", "00080201", "00081030", "00100010", "00100020",
+    "00100021", "00100030", "00100040", "0020000D", "00200010",
+];
+/// Series-level attributes kept for queries.
+pub const SERIES_TAGS: &[&str] = &[
+    "00080021", "00080031", "00080060", "0008103E", "00180015", "0020000E", "00200011", "00200060", "00400244",
+    "00400245",
+];
+/// Instance-level attributes kept for queries.
+pub const INSTANCE_TAGS: &[&str] = &[
+    "00080008", "00080016", "00080018", "00080023", "00080033", "00200012", "00200013", "00280008", "00280010",
+    "00280011", "00280100",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("study index {path}: {reason}")]
+    Store { path: String, reason: String },
+    #[error("study index: a stored record does not decode: {0}")]
+    Corrupt(String),
+    #[error("study index catch-up: {0}")]
+    Log(#[from] meridian_log::Error),
+    #[error("study index catch-up: {0}")]
+    Envelope(#[from] meridian_events::envelope::Error),
+    #[error("study index catch-up: {0}")]
+    Blob(#[from] crate::blobs::BlobError),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StudyEntry {
+    pub study_id: Uuid,
+    pub attrs: Attributes,
+    pub modalities: BTreeSet<String>,
+    pub series: u32,
+    pub instances: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SeriesEntry {
+    pub series_id: Uuid,
+    pub attrs: Attributes,
+    pub instances: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InstanceEntry {
+    pub instance_id: Uuid,
+    pub attrs: Attributes,
+    pub object_key: String,
+    pub sha256: String,
+    pub size: u64,
+    pub transfer_syntax: String,
+}
+
+/// One received instance, as ingest (or the catch-up) hands it over.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub tenant: String,
+    pub study_id: Uuid,
+    pub series_id: Uuid,
+    pub instance_id: Uuid,
+    pub study_uid: String,
+    pub series_uid: String,
+    pub sop_uid: String,
+    pub object_key: String,
+    pub sha256: String,
+    pub size: u64,
+    pub transfer_syntax: String,
+    /// Every attribute of the data set but the pixel data (see [`metadata`]).
+    pub metadata: Attributes,
+}
+
+/// The DICOM JSON of a data set read up to its pixel data, with the
+/// transfer syntax it is stored in as Available Transfer Syntax UID.
+pub fn metadata(header: &InMemDicomObject, transfer_syntax: &str) -> Attributes {
+    let mut attrs = match dicom_json::to_value(header) {
+        Ok(Value::Object(map)) => map,
+        _ => Map::new(),
+    };
+    for bulk in ["7FE00008", "7FE00009", "7FE00010"] {
+        attrs.remove(bulk);
+    }
+    attrs.insert("00083002".into(), json!({"vr": "UI", "Value": [transfer_syntax]}));
+    attrs.sort_keys();
+    attrs
+}
+
+fn pick(attrs: &Attributes, tags: &[&str]) -> Attributes {
+    tags.iter().filter_map(|t| attrs.get(*t).map(|v| ((*t).to_owned(), v.clone()))).collect()
+}
+
+/// The first text value of an attribute.
+pub fn text<'a>(attrs: &'a Attributes, tag: &str) -> Option<&'a str> {
+    attrs.get(tag)?.get("Value")?.get(0)?.as_str()
+}
+
+pub fn study_key(tenant: &str, study_uid: &str) -> String {
+    format!("{tenant}\0{study_uid}")
+}
+
+pub fn series_key(tenant: &str, study_uid: &str, series_uid: &str) -> String {
+    format!("{tenant}\0{study_uid}\0{series_uid}")
+}
+
+fn instance_key(tenant: &str, study_uid: &str, series_uid: &str, sop_uid: &str) -> String {
+    format!("{tenant}\0{study_uid}\0{series_uid}\0{sop_uid}")
+}
+
+/// Keys under `prefix` followed by NUL: the children of a study or series.
+fn children(prefix: &str) -> (String, String) {
+    (format!("{prefix}\0"), format!("{prefix}\u{1}"))
+}
+
+fn position_key(topic: &TopicName, partition: u32) -> String {
+    format!("{}#{partition}", topic.as_str())
+}
+
+pub struct StudyIndex {
+    db: Database,
+    path: String,
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, IndexError> {
+    serde_json::from_slice(bytes).map_err(|e| IndexError::Corrupt(e.to_string()))
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+impl StudyIndex {
+    pub fn open(path: &Path) -> Result<StudyIndex, IndexError> {
+        let shown = path.display().to_string();
+        let db =
+            Database::create(path).map_err(|e| IndexError::Store { path: shown.clone(), reason: e.to_string() })?;
+        let index = StudyIndex { db, path: shown };
+        let txn = index.write(Durability::Immediate)?;
+        {
+            for table in [STUDIES, SERIES, INSTANCES, METADATA] {
+                txn.open_table(table).map_err(|e| index.err(e))?;
+            }
+            txn.open_table(POSITIONS).map_err(|e| index.err(e))?;
+        }
+        txn.commit().map_err(|e| index.err(e))?;
+        Ok(index)
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> IndexError {
+        IndexError::Store { path: self.path.clone(), reason: e.to_string() }
+    }
+
+    fn write(&self, durability: Durability) -> Result<redb::WriteTransaction, IndexError> {
+        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        txn.set_durability(durability).map_err(|e| self.err(e))?;
+        Ok(txn)
+    }
+
+    /// Records `received`, read from the log at `at` (the record's topic,
+    /// partition and offset). A newer version of an instance replaces the
+    /// older one here (both objects stay in the store). The commit is not
+    /// synced: see the module comment.
+    pub fn record(&self, received: &Received, at: Option<(&TopicName, u32, u64)>) -> Result<(), IndexError> {
+        let txn = self.write(Durability::None)?;
+        self.record_in(&txn, received)?;
+        if let Some((topic, partition, offset)) = at {
+            let mut positions = txn.open_table(POSITIONS).map_err(|e| self.err(e))?;
+            positions.insert(position_key(topic, partition).as_str(), offset + 1).map_err(|e| self.err(e))?;
+        }
+        txn.commit().map_err(|e| self.err(e))
+    }
+
+    fn record_in(&self, txn: &redb::WriteTransaction, r: &Received) -> Result<(), IndexError> {
+        let err = |e: redb::Error| self.err(e);
+        let mut studies = txn.open_table(STUDIES).map_err(|e| err(e.into()))?;
+        let mut series = txn.open_table(SERIES).map_err(|e| err(e.into()))?;
+        let mut instances = txn.open_table(INSTANCES).map_err(|e| err(e.into()))?;
+        let mut metadata = txn.open_table(METADATA).map_err(|e| err(e.into()))?;
+
+        let ikey = instance_key(&r.tenant, &r.study_uid, &r.series_uid, &r.sop_uid);
+        let new_instance = instances.get(ikey.as_str()).map_err(|e| err(e.into()))?.is_none();
+        let entry = InstanceEntry {
+            instance_id: r.instance_id,
+            attrs: pick(&r.metadata, INSTANCE_TAGS),
+            object_key: r.object_key.clone(),
+            sha256: r.sha256.clone(),
+            size: r.size,
+            transfer_syntax: r.transfer_syntax.clone(),
+        };
+        instances.insert(ikey.as_str(), encode(&entry).as_slice()).map_err(|e| err(e.into()))?;
+        metadata.insert(ikey.as_str(), encode(&r.metadata).as_slice()).map_err(|e| err(e.into()))?;
+
+        let skey = series_key(&r.tenant, &r.study_uid, &r.series_uid);
+        let known_series = match series.get(skey.as_str()).map_err(|e| err(e.into()))? {
+            Some(v) => Some(decode::<SeriesEntry>(v.value())?),
+            None => None,
+        };
+        let new_series = known_series.is_none();
+        let mut s = known_series.unwrap_or(SeriesEntry {
+            series_id: r.series_id,
+            attrs: pick(&r.metadata, SERIES_TAGS),
+            instances: 0,
+        });
+        s.instances += u32::from(new_instance);
+        series.insert(skey.as_str(), encode(&s).as_slice()).map_err(|e| err(e.into()))?;
+
+        let stkey = study_key(&r.tenant, &r.study_uid);
+        let known_study = match studies.get(stkey.as_str()).map_err(|e| err(e.into()))? {
+            Some(v) => Some(decode::<StudyEntry>(v.value())?),
+            None => None,
+        };
+        let mut st = known_study.unwrap_or(StudyEntry {
+            study_id: r.study_id,
+            attrs: pick(&r.metadata, STUDY_TAGS),
+            modalities: BTreeSet::new(),
+            series: 0,
+            instances: 0,
+        });
+        if let Some(m) = text(&r.metadata, "00080060").filter(|m| !m.is_empty()) {
+            st.modalities.insert(m.to_owned());
+        }
+        st.series += u32::from(new_series);
+        st.instances += u32::from(new_instance);
+        studies.insert(stkey.as_str(), encode(&st).as_slice()).map_err(|e| err(e.into()))?;
+        Ok(())
+    }
+
+    /// Syncs what [`record`](Self::record) committed (the region calls it
+    /// from a timer and at shutdown).
+    pub fn sync(&self) -> Result<(), IndexError> {
+        self.write(Durability::Immediate)?.commit().map_err(|e| self.err(e))
+    }
+
+    /// Where the index has read `topic` to.
+    pub fn positions(&self, topic: &TopicName, partitions: u32) -> Result<Vec<Position>, IndexError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(POSITIONS).map_err(|e| self.err(e))?;
+        (0..partitions)
+            .map(|p| {
+                let offset = table.get(position_key(topic, p).as_str()).map_err(|e| self.err(e))?.map(|v| v.value());
+                Ok(Position { topic: topic.clone(), partition: p, offset: offset.unwrap_or(0) })
+            })
+            .collect()
+    }
+
+    /// Reads the PHI ingest topic from the index's positions to its end,
+    /// indexing each InstanceReceived from the object it names. Returns how
+    /// many instances it indexed.
+    pub async fn catch_up(
+        &self,
+        log: &dyn EventLog,
+        keys: &dyn KeyStore,
+        blobs: &dyn Blobs,
+        topic: &TopicName,
+        idle: Duration,
+    ) -> Result<usize, IndexError> {
+        let partitions = log.partitions(topic).await?;
+        let mut reader = log.reader(self.positions(topic, partitions)?).await?;
+        let mut indexed = 0;
+        loop {
+            let batch = reader.next_batch(256, idle).await?;
+            if batch.is_empty() {
+                return Ok(indexed);
+            }
+            for record in batch {
+                let at = Some((&record.topic, record.partition, record.offset));
+                let envelope = meridian_events::Envelope::decode(&record.value)?;
+                let received = match envelope.open(keys) {
+                    Ok(Payload::InstanceReceived(r)) => r,
+                    // Shredded studies and other payloads leave nothing to index.
+                    _ => {
+                        self.skip(at)?;
+                        continue;
+                    }
+                };
+                let Some(bytes) = blobs.get(&received.object_key).await? else {
+                    tracing::warn!(instance = %received.instance_id, "an indexed event names a missing object");
+                    self.skip(at)?;
+                    continue;
+                };
+                let header = dicom_object::OpenFileOptions::new()
+                    .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
+                    .from_reader(bytes.get(128..).unwrap_or_default());
+                let attrs = match header {
+                    Ok(obj) => metadata(&obj, &received.transfer_syntax_uid),
+                    Err(e) => {
+                        tracing::warn!(instance = %received.instance_id, error = %e, "a stored object does not parse");
+                        self.skip(at)?;
+                        continue;
+                    }
+                };
+                let parse = |s: &str| Uuid::parse_str(s).unwrap_or_default();
+                let r = Received {
+                    tenant: envelope.meta.tenant.clone(),
+                    study_id: parse(&received.study_id),
+                    series_id: parse(&received.series_id),
+                    instance_id: parse(&received.instance_id),
+                    study_uid: received.study_instance_uid,
+                    series_uid: received.series_instance_uid,
+                    sop_uid: received.sop_instance_uid,
+                    object_key: received.object_key,
+                    sha256: received.sha256,
+                    size: received.size_bytes,
+                    transfer_syntax: received.transfer_syntax_uid,
+                    metadata: attrs,
+                };
+                self.record(&r, at)?;
+                indexed += 1;
+            }
+        }
+    }
+
+    fn skip(&self, at: Option<(&TopicName, u32, u64)>) -> Result<(), IndexError> {
+        let Some((topic, partition, offset)) = at else { return Ok(()) };
+        let txn = self.write(Durability::None)?;
+        {
+            let mut positions = txn.open_table(POSITIONS).map_err(|e| self.err(e))?;
+            positions.insert(position_key(topic, partition).as_str(), offset + 1).map_err(|e| self.err(e))?;
+        }
+        txn.commit().map_err(|e| self.err(e))
+    }
+
+    /// The instance's entry, if indexed.
+    pub fn instance(
+        &self,
+        tenant: &str,
+        study_uid: &str,
+        series_uid: &str,
+        sop_uid: &str,
+    ) -> Result<Option<InstanceEntry>, IndexError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(INSTANCES).map_err(|e| self.err(e))?;
+        let key = instance_key(tenant, study_uid, series_uid, sop_uid);
+        table.get(key.as_str()).map_err(|e| self.err(e))?.map(|v| decode(v.value())).transpose()
+    }
+
+    pub fn study(&self, tenant: &str, study_uid: &str) -> Result<Option<StudyEntry>, IndexError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(STUDIES).map_err(|e| self.err(e))?;
+        table
+            .get(study_key(tenant, study_uid).as_str())
+            .map_err(|e| self.err(e))?
+            .map(|v| decode(v.value()))
+            .transpose()
+    }
+
+    /// The tenant's studies, in key order: (Study Instance UID, entry).
+    pub fn studies(&self, tenant: &str) -> Result<Vec<(String, StudyEntry)>, IndexError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(STUDIES).map_err(|e| self.err(e))?;
+        let (from, to) = children(tenant);
+        let mut out = Vec::new();
+        for row in table.range(from.as_str()..to.as_str()).map_err(|e| self.err(e))? {
+            let (k, v) = row.map_err(|e| self.err(e))?;
+            let uid = k.value()[from.len()..].to_owned();
+            out.push((uid, decode(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// The series of a study: (Series Instance UID, entry).
+    pub fn series(&self, tenant: &str, study_uid: &str) -> Result<Vec<(String, SeriesEntry)>, IndexError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(SERIES).map_err(|e| self.err(e))?;
+        let (from, to) = children(&study_key(tenant, study_uid));
+        let mut out = Vec::new();
+        for row in table.range(from.as_str()..to.as_str()).map_err(|e| self.err(e))? {
+            let (k, v) = row.map_err(|e| self.err(e))?;
+            out.push((k.value()[from.len()..].to_owned(), decode(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// The instances under a study (every series) or one series:
+    /// (Series Instance UID, SOP Instance UID, entry).
+    pub fn instances(
+        &self,
+        tenant: &str,
+        study_uid: &str,
+        series_uid: Option<&str>,
+    ) -> Result<Vec<(String, String, InstanceEntry)>, IndexError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(INSTANCES).map_err(|e| self.err(e))?;
+        let study = study_key(tenant, study_uid);
+        let prefix = match series_uid {
+            Some(s) => series_key(tenant, study_uid, s),
+            None => study.clone(),
+        };
+        let (from, to) = children(&prefix);
+        let mut out = Vec::new();
+        for row in table.range(from.as_str()..to.as_str()).map_err(|e| self.err(e))? {
+            let (k, v) = row.map_err(|e| self.err(e))?;
+            let rest = &k.value()[study.len() + 1..];
+            let (series, sop) = rest.split_once('\0').unwrap_or((rest, ""));
+            out.push((series.to_owned(), sop.to_owned(), decode(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// The stored DICOM JSON of each instance under a study, series or
+    /// instance, written into `out` as one JSON array. Returns how many.
+    pub fn metadata_into(
+        &self,
+        tenant: &str,
+        study_uid: &str,
+        series_uid: Option<&str>,
+        sop_uid: Option<&str>,
+        out: &mut Vec<u8>,
+    ) -> Result<usize, IndexError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(METADATA).map_err(|e| self.err(e))?;
+        out.push(b'[');
+        let mut n = 0;
+        let mut push = |value: &[u8]| {
+            if n > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(value);
+            n += 1;
+        };
+        match (series_uid, sop_uid) {
+            (Some(series), Some(sop)) => {
+                let key = instance_key(tenant, study_uid, series, sop);
+                if let Some(v) = table.get(key.as_str()).map_err(|e| self.err(e))? {
+                    push(v.value());
+                }
+            }
+            _ => {
+                let prefix = match series_uid {
+                    Some(s) => series_key(tenant, study_uid, s),
+                    None => study_key(tenant, study_uid),
+                };
+                let (from, to) = children(&prefix);
+                for row in table.range(from.as_str()..to.as_str()).map_err(|e| self.err(e))? {
+                    let (_, v) = row.map_err(|e| self.err(e))?;
+                    push(v.value());
+                }
+            }
+        }
+        out.push(b']');
+        Ok(n)
+    }
+
+    /// The stored attributes of the first instance under a study or
+    /// series: what `includefield` asks for beyond the kept attributes.
+    pub fn first_metadata(&self, prefix_key: &str) -> Result<Option<Attributes>, IndexError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(METADATA).map_err(|e| self.err(e))?;
+        let (from, to) = children(prefix_key);
+        let mut rows = table.range(from.as_str()..to.as_str()).map_err(|e| self.err(e))?;
+        match rows.next() {
+            Some(row) => {
+                let (_, v) = row.map_err(|e| self.err(e))?;
+                Ok(Some(decode(v.value())?))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn received(study: &str, series: &str, sop: &str, modality: &str, sha: &str) -> Received {
+        let mut metadata = Map::new();
+        metadata.insert("0020000D".into(), json!({"vr": "UI", "Value": [study]}));
+        metadata.insert("0020000E".into(), json!({"vr": "UI", "Value": [series]}));
+        metadata.insert("00080018".into(), json!({"vr": "UI", "Value": [sop]}));
+        metadata.insert("00080060".into(), json!({"vr": "CS", "Value": [modality]}));
+        metadata.insert("00100010".into(), json!({"vr": "PN", "Value": [{"Alphabetic": "Doe^Jane"}]}));
+        Received {
+            tenant: "acme".into(),
+            study_id: Uuid::from_u128(1),
+            series_id: Uuid::from_u128(2),
+            instance_id: Uuid::from_u128(3),
+            study_uid: study.into(),
+            series_uid: series.into(),
+            sop_uid: sop.into(),
+            object_key: format!("phi/acme/{sop}.{sha}.dcm"),
+            sha256: sha.into(),
+            size: 10,
+            transfer_syntax: "1.2.840.10008.1.2".into(),
+            metadata,
+        }
+    }
+
+    #[test]
+    fn counts_series_and_instances_and_a_new_version_replaces_the_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = StudyIndex::open(&dir.path().join("index.redb")).unwrap();
+        index.record(&received("1.2", "1.2.1", "1.2.1.1", "CT", "aa"), None).unwrap();
+        index.record(&received("1.2", "1.2.1", "1.2.1.2", "CT", "bb"), None).unwrap();
+        index.record(&received("1.2", "1.2.2", "1.2.2.1", "SR", "cc"), None).unwrap();
+        index.record(&received("1.2", "1.2.1", "1.2.1.1", "CT", "dd"), None).unwrap();
+        // Another study whose UID extends this one's must not leak into it.
+        index.record(&received("1.23", "1.23.1", "1.23.1.1", "MR", "ee"), None).unwrap();
+
+        let study = index.study("acme", "1.2").unwrap().unwrap();
+        assert_eq!((study.series, study.instances), (2, 3));
+        assert_eq!(study.modalities.iter().map(String::as_str).collect::<Vec<_>>(), ["CT", "SR"]);
+        assert_eq!(index.series("acme", "1.2").unwrap().len(), 2);
+        let all = index.instances("acme", "1.2", None).unwrap();
+        assert_eq!(all.len(), 3);
+        let one = index.instance("acme", "1.2", "1.2.1", "1.2.1.1").unwrap().unwrap();
+        assert_eq!(one.sha256, "dd");
+        let mut out = Vec::new();
+        assert_eq!(index.metadata_into("acme", "1.2", Some("1.2.1"), None, &mut out).unwrap(), 2);
+        let parsed: Vec<Value> = serde_json::from_slice(&out).unwrap();
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(index.studies("acme").unwrap().len(), 2);
+        assert!(index.studies("acm").unwrap().is_empty(), "tenants are whole key segments");
+        assert!(index.study("northwind", "1.2").unwrap().is_none());
+    }
+}

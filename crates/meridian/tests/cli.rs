@@ -193,33 +193,139 @@ fn storescu_verbose(port: u16, files: &[PathBuf]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
-/// What us-east's log holds of stored instances: SOP Instance UID → the
-/// object keys and SHA-256s its InstanceReceived events name.
-fn stored_instances(data: &Path) -> Vec<(String, String, String)> {
-    use meridian_events::DataClass;
-    use meridian_events::payload::Payload;
+/// Every envelope (and its record's raw value) of one of us-east's
+/// topics, read from the log file of a stopped `meridian dev`.
+fn topic_events(
+    data: &Path,
+    class: meridian_events::DataClass,
+    stream: &str,
+) -> (Vec<(Vec<u8>, meridian_events::Envelope)>, meridian_log::embedded::EmbeddedKeyStore) {
     use meridian_log::embedded::{EmbeddedLog, EmbeddedOptions};
     use meridian_log::{EventLog, Position, TopicName};
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let log = EmbeddedLog::open(&data.join("us-east/log.redb"), EmbeddedOptions::default()).unwrap();
-        let keys = log.key_store();
-        let topic = TopicName::new("us-east", DataClass::Phi, "ingest").unwrap();
+        let topic = TopicName::new("us-east", class, stream).unwrap();
         let from = (0..log.partitions(&topic).await.unwrap()).map(|p| Position::start(topic.clone(), p)).collect();
         let mut reader = log.reader(from).await.unwrap();
-        let mut stored = Vec::new();
+        let mut events = Vec::new();
         loop {
             let batch = reader.next_batch(1_000, Duration::from_millis(200)).await.unwrap();
             if batch.is_empty() {
-                return stored;
+                return (events, log.key_store());
             }
-            for record in batch {
-                if let Ok(Payload::InstanceReceived(r)) = record.envelope().unwrap().open(&keys) {
-                    stored.push((r.sop_instance_uid, r.object_key, r.sha256));
-                }
-            }
+            events.extend(batch.into_iter().map(|r| {
+                let envelope = r.envelope().unwrap();
+                (r.value, envelope)
+            }));
         }
     })
+}
+
+/// What us-east's log holds of stored instances: SOP Instance UID → the
+/// object keys and SHA-256s its InstanceReceived events name.
+fn stored_instances(data: &Path) -> Vec<(String, String, String)> {
+    use meridian_events::payload::Payload;
+    let (events, keys) = topic_events(data, meridian_events::DataClass::Phi, "ingest");
+    events
+        .iter()
+        .filter_map(|(_, e)| match e.open(&keys) {
+            Ok(Payload::InstanceReceived(r)) => Some((r.sop_instance_uid, r.object_key, r.sha256)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The Python with the tools the tests drive (.ci/run installs them).
+fn python() -> PathBuf {
+    std::env::var_os("MERIDIAN_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/meridian/tools/venv/bin/python")
+    })
+}
+
+#[test]
+fn dicomweb_gives_a_real_client_what_dimse_stored_in_every_transfer_syntax_and_audits_each_read() {
+    use meridian_events::payload::Payload;
+    let data = tempfile::TempDir::new().unwrap();
+    let files = tempfile::TempDir::new().unwrap();
+    let dev = Dev::start(data.path());
+    let script = repo().join("integration-tests/python/dicomweb_check.py");
+    let listed = Command::new(python()).arg(&script).arg("files").arg(files.path()).output().unwrap();
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let port = dev.dicom_port("us-east").to_string();
+    // Native syntaxes with storescu proposing exactly that one; compressed
+    // files with dcmsend, which proposes the file's own.
+    for line in String::from_utf8_lossy(&listed.stdout).lines() {
+        let (ts, path) = line.split_once(' ').unwrap();
+        let native = match ts {
+            "1.2.840.10008.1.2" => Some("-xi"),
+            "1.2.840.10008.1.2.1" => Some("-xe"),
+            "1.2.840.10008.1.2.1.99" => Some("-xd"),
+            "1.2.840.10008.1.2.2" => Some("-xb"),
+            _ => None,
+        };
+        let mut send = match native {
+            Some(option) => {
+                let mut c = Command::new("storescu");
+                c.arg(option);
+                c
+            }
+            None => {
+                let mut c = Command::new("dcmsend");
+                c.arg("-dn");
+                c
+            }
+        };
+        let out = send
+            .args(["-aet", "ACME_CT1", "-aec", "MERIDIAN_ACME", "127.0.0.1", &port, path])
+            .env("TCP_NODELAY", "1")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "sending {path} ({ts}): {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let url = format!("http://{}/dicomweb", dev.http("us-east"));
+    let checked = Command::new(python())
+        .arg(&script)
+        .arg("check")
+        .arg(&url)
+        .arg(data.path().join("tokens.json"))
+        .arg(files.path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&checked.stdout).into_owned() + &String::from_utf8_lossy(&checked.stderr);
+    assert!(checked.status.success() && said.contains("all DICOMweb checks passed"), "{said}");
+    dev.interrupt();
+
+    // Each read was audited in the home region, with opaque ids only.
+    let (audit, _) = topic_events(data.path(), meridian_events::DataClass::Operational, "audit");
+    let accessed: Vec<_> = audit
+        .iter()
+        .map(|(raw, e)| {
+            assert!(
+                !String::from_utf8_lossy(raw).contains("1.2.826.0.1.3680043.10.543.77"),
+                "an audit record names no DICOM UID"
+            );
+            match e.open_plain() {
+                Ok(Payload::PhiAccessed(a)) => a,
+                other => panic!("the audit topic holds PhiAccessed only: {other:?}"),
+            }
+        })
+        .collect();
+    for action in [
+        "qido-rs.search-studies",
+        "qido-rs.search-instances",
+        "wado-rs.retrieve-instance",
+        "wado-rs.retrieve-study",
+        "wado-rs.metadata",
+        "wado-rs.retrieve-frames",
+    ] {
+        assert!(accessed.iter().any(|a| a.action == action && a.principal == "acme-pacs"), "{action} is audited");
+    }
+    assert!(
+        accessed.iter().all(|a| a.principal == "acme-pacs" && a.from_region == "us-east"),
+        "refused callers saw nothing, so nothing was audited for them"
+    );
+    assert!(accessed.iter().all(|a| uuid::Uuid::parse_str(&a.study_id).is_ok()));
 }
 
 #[test]
@@ -292,8 +398,21 @@ fn no_acknowledged_instance_is_lost_when_the_region_dies_between_put_append_and_
         drop(dev);
     }
 
-    // The sender retries everything: every instance is stored exactly once.
+    // Before any retry: every acknowledged instance is visible to QIDO-RS
+    // (the restarted region's index caught up from the log).
     let dev = Dev::start(data.path());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (status, _, found) =
+        runtime.block_on(http_get(&dev.http("us-east"), "/dicomweb/instances", Some(&dev.token("acme-pacs"))));
+    assert_eq!(status, 200, "{found}");
+    let visible: Vec<&str> =
+        found.as_array().unwrap().iter().filter_map(|i| i["00080018"]["Value"][0].as_str()).collect();
+    for file in &acked {
+        let uid = Path::new(file).file_stem().unwrap().to_string_lossy().into_owned();
+        assert!(visible.contains(&uid.as_str()), "acknowledged {uid} is retrievable after the crash");
+    }
+
+    // The sender retries everything: every instance is stored exactly once.
     let said = storescu_verbose(dev.dicom_port("us-east"), &sent);
     assert_eq!(acknowledged(&said).len(), sent.len(), "{said}");
     dev.interrupt();

@@ -6,9 +6,6 @@ use dicom_pixeldata::Transcode;
 use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry};
 
 pub const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
-const IMPLICIT_VR_LE: &str = "1.2.840.10008.1.2";
-const DEFLATED_LE: &str = "1.2.840.10008.1.2.1.99";
-const EXPLICIT_VR_BE: &str = "1.2.840.10008.1.2.2";
 
 /// What a client will take, from its Accept header.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -160,28 +157,18 @@ pub fn frames(stored: &[u8], stored_ts: &str, want: &str, numbers: &[u32]) -> Re
             let samples = int(tags::SAMPLES_PER_PIXEL).unwrap_or(1) as usize;
             let bits = int(tags::BITS_ALLOCATED).unwrap_or(8) as usize;
             let frame_bytes = (rows * columns * samples * bits).div_ceil(8);
-            let swap = obj.meta().transfer_syntax() == EXPLICIT_VR_BE && bits == 16;
             numbers
                 .iter()
                 .map(|n| {
                     let start = (*n as usize - 1) * frame_bytes;
-                    let mut frame = data
+                    let frame = data
                         .get(start..start + frame_bytes)
-                        .ok_or_else(|| RetrieveError::Corrupt(format!("frame {n} runs past the pixel data")))?
-                        .to_vec();
-                    if swap {
-                        frame.chunks_exact_mut(2).for_each(|pair| pair.swap(0, 1));
-                    }
-                    Ok(frame)
+                        .ok_or_else(|| RetrieveError::Corrupt(format!("frame {n} runs past the pixel data")))?;
+                    Ok(frame.to_vec())
                 })
                 .collect()
         }
     }
-}
-
-/// Whether `ts` keeps pixel data native (so frames need no codec).
-pub fn is_native(ts: &str) -> bool {
-    [EXPLICIT_VR_LE, IMPLICIT_VR_LE, DEFLATED_LE, EXPLICIT_VR_BE].contains(&ts)
 }
 
 /// One part of a multipart/related body.

@@ -6,6 +6,10 @@
 //! association, (b) on four in parallel. Also the peak memory of the
 //! meridian process during (b).
 //!
+//! Then DICOMweb on the meridian region that took (a)'s 1,000-instance
+//! series: WADO-RS first-byte latency of one instance, WADO-RS series
+//! metadata and QIDO-RS instance search of the series (p50/p99).
+//!
 //! Orthanc listens on every interface, so run the bench in a private
 //! network namespace:
 //!
@@ -244,7 +248,126 @@ fn main() -> anyhow::Result<()> {
     for peer in &peers {
         println!("ingest    {} fsync policy: {}", peer.name, peer.fsync);
     }
-    Ok(())
+    // The ingest peers stop first: the region's files are one process's.
+    // Then the ≈ 2 GB just written is flushed, so the reads below do not
+    // share the disk with writeback.
+    drop(peers);
+    Command::new("sync").status()?;
+    dicomweb_figures(&work.path().join("meridian"), n)
+}
+
+/// One GET over a fresh connection: (time to the first response byte,
+/// time to the last, status, body bytes).
+fn timed_get(addr: &str, path: &str, token: &str, accept: &str) -> anyhow::Result<(f64, f64, u16, usize)> {
+    use std::io::{Read, Write};
+    let started = Instant::now();
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes())?;
+    let mut first = [0u8; 1];
+    stream.read_exact(&mut first)?;
+    let first_byte = started.elapsed().as_secs_f64() * 1e3;
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest)?;
+    let total = started.elapsed().as_secs_f64() * 1e3;
+    let head = String::from_utf8_lossy(&rest[..rest.len().min(20)]).into_owned();
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Ok((first_byte, total, status, rest.len() + 1))
+}
+
+fn percentiles(mut ms: Vec<f64>) -> (f64, f64) {
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).saturating_sub(1).min(ms.len() - 1)];
+    (at(0.50), at(0.99))
+}
+
+/// DICOMweb figures against the `meridian dev` in `dir`, which holds (a)'s
+/// series of `n` instances. Starts its own dev on that data when the
+/// ingest one has gone.
+fn dicomweb_figures(dir: &Path, n: usize) -> anyhow::Result<()> {
+    let meridian = std::env::current_exe()?.with_file_name("meridian");
+    let _ = std::fs::remove_file(dir.join("endpoints.json"));
+    let mut child = Command::new(&meridian)
+        .args(["dev", "--ports", "auto", "--config"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/dev"))
+        .arg("--data-dir")
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !dir.join("endpoints.json").exists() {
+        anyhow::ensure!(Instant::now() < deadline, "meridian dev did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let result = (|| -> anyhow::Result<()> {
+        let endpoints: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("endpoints.json"))?)?;
+        let tokens: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("tokens.json"))?)?;
+        let http =
+            endpoints["regions"]["us-east"]["http"].as_str().unwrap_or("").trim_start_matches("http://").to_owned();
+        let token = tokens["principals"]["acme-pacs"]["token"].as_str().unwrap_or("").to_owned();
+        let study = "1.2.826.0.1.3680043.10.543.2026";
+        let series = format!("{study}.1");
+        let wado = "multipart/related; type=\"application/dicom\"; transfer-syntax=*";
+        // Warm up (page cache, connections), then measure.
+        for i in 1..=20 {
+            timed_get(
+                &http,
+                &format!("/dicomweb/studies/{study}/series/{series}/instances/{series}.{i}"),
+                &token,
+                wado,
+            )?;
+        }
+        let mut first = Vec::new();
+        let mut sizes = 0;
+        for i in 0..500 {
+            let sop = format!("{series}.{}", i % n + 1);
+            let path = format!("/dicomweb/studies/{study}/series/{series}/instances/{sop}");
+            let (fb, _, status, size) = timed_get(&http, &path, &token, wado)?;
+            anyhow::ensure!(status == 200, "WADO-RS answered {status}");
+            first.push(fb);
+            sizes += size;
+        }
+        let (p50, p99) = percentiles(first);
+        println!(
+            "dicomweb  WADO-RS instance (512x512x16, as stored), first byte: p50 {p50:.2} ms, p99 {p99:.2} ms over 500 requests ({} KB each)",
+            sizes / 500 / 1024
+        );
+        for (what, path, accept) in [
+            (
+                "WADO-RS series metadata",
+                format!("/dicomweb/studies/{study}/series/{series}/metadata"),
+                "application/dicom+json",
+            ),
+            (
+                "QIDO-RS instances of the series",
+                format!("/dicomweb/studies/{study}/series/{series}/instances"),
+                "application/dicom+json",
+            ),
+        ] {
+            let mut total = Vec::new();
+            let mut size = 0;
+            for _ in 0..100 {
+                let (_, t, status, s) = timed_get(&http, &path, &token, accept)?;
+                anyhow::ensure!(status == 200, "{what} answered {status}");
+                total.push(t);
+                size = s;
+            }
+            let (p50, p99) = percentiles(total);
+            println!(
+                "dicomweb  {what} ({n} instances, {} KB), whole response: p50 {p50:.1} ms, p99 {p99:.1} ms over 100 requests",
+                size / 1024
+            );
+        }
+        Ok(())
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
 }
 
 /// Copies the slices under a new series and new SOP Instance UIDs.

@@ -607,10 +607,13 @@ async fn retrieve(
     let acceptable =
         retrieve::negotiate(accept(headers).as_deref(), &["application/dicom"]).map_err(WebError::NotAcceptable)?;
     let v = web.study(principal, study).await?;
-    let mut instances = web.index.instances(&v.tenant, &v.uid, series)?;
-    if let Some(sop) = sop {
-        instances.retain(|(_, i, _)| i == sop);
-    }
+    let instances = match (series, sop) {
+        // One instance: one lookup, not the whole series.
+        (Some(s), Some(i)) => {
+            web.index.instance(&v.tenant, &v.uid, s, i)?.map(|e| (s.to_owned(), i.to_owned(), e)).into_iter().collect()
+        }
+        _ => web.index.instances(&v.tenant, &v.uid, series)?,
+    };
     if instances.is_empty() {
         return Err(WebError::NotFound(format!("nothing under study {study} matches the request")));
     }

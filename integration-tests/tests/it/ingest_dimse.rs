@@ -490,3 +490,52 @@ async fn an_instance_over_the_size_limit_is_refused_and_the_association_goes_on(
     assert_eq!(rejected.len(), 1);
     assert_eq!((rejected[0].reason_code.as_str(), rejected[0].dimse_status), ("instance_too_large", 0xA700));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_associations_share_group_commits_and_keep_one_studys_history_in_order() {
+    let Scp { log, keys, index, port, ingest, blobs, phi_topic, ops_topic, .. } = scp().await;
+    // Four associations send instances of one study at once, so their
+    // arrivals meet in the same group commits.
+    let files = tempfile::TempDir::new().unwrap();
+    let mut sends = Vec::new();
+    for a in 0..4u16 {
+        let series = format!("{STUDY}.40.{}", a + 1);
+        let batch: Vec<_> = (0..10u16)
+            .map(|i| write_ct(files.path(), &ct(&series, &format!("{series}.{}", i + 1), [a, i, 1, 1])))
+            .collect();
+        sends.push(std::thread::spawn(move || storescu(port, "ACME_CT1", "MERIDIAN_ACME", &batch)));
+    }
+    for send in sends {
+        let (ok, said) = send.join().unwrap();
+        assert!(ok, "{said}");
+    }
+    // Every instance once, its records numbered 1..=40 in log order per
+    // partition, and one StudyStarted.
+    let received: Vec<_> = read_all(&log, &phi_topic).await;
+    assert_eq!(received.len(), 40);
+    let mut versions: Vec<u64> = received.iter().map(|e| e.meta.aggregate_version).collect();
+    assert!(versions.windows(2).all(|w| w[0] < w[1]), "one study's records are in version order: {versions:?}");
+    versions.dedup();
+    assert_eq!(versions, (1..=40).collect::<Vec<u64>>());
+    let ops = read_all(&log, &ops_topic).await;
+    assert_eq!(ops.iter().filter(|e| e.payload_type.ends_with("StudyStarted")).count(), 1);
+    let entry = index.study("acme", STUDY).unwrap().unwrap();
+    assert_eq!((entry.series, entry.instances), (4, 40));
+    // The state built in groups is the state a replay builds.
+    let phi = PhiWriter::new("us-east", platform(), blobs, log.clone());
+    let secrets: Secrets = [("acme".to_string(), TenantSecret::new(vec![3u8; 32]).unwrap())].into();
+    let dir = tempfile::TempDir::new().unwrap();
+    let replayed = Ingest::open(
+        "us-east",
+        platform(),
+        phi,
+        Arc::new(StudyIndex::open(&dir.path().join("index.redb")).unwrap()),
+        log.clone(),
+        keys,
+        Duration::from_millis(50),
+        IngestOptions { secrets, ..Default::default() },
+    )
+    .await
+    .unwrap();
+    assert_eq!(replayed.read(|s| s.clone()).await, ingest.read(|s| s.clone()).await);
+}

@@ -31,7 +31,7 @@ use meridian_projection::{Event as Logged, Projection, Projector};
 use meridian_proto::events::v1 as pb;
 use meridian_storage::index::{IndexError, Received, StudyIndex};
 use meridian_storage::phi::{PhiObject, PhiWriteError, PhiWriter};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, oneshot};
 use uuid::Uuid;
 
 use crate::dataset::{self, Rejection};
@@ -73,7 +73,27 @@ pub enum Error {
     Phi(#[from] PhiWriteError),
     #[error("ingest: {0}")]
     Index(#[from] IndexError),
+    /// The group this instance was committed with failed.
+    #[error("ingest: the group commit failed: {0}")]
+    Group(String),
+    #[error("ingest: the committing task went away")]
+    Abandoned,
 }
+
+/// An instance whose object is durable, waiting for its events.
+struct Arrival {
+    tenant: String,
+    facility: String,
+    study: StudyId,
+    received: pb::InstanceReceived,
+    indexed: Received,
+    now: UnixMicros,
+}
+
+type Answer = oneshot::Sender<Result<u16, Error>>;
+
+/// One record an arrival appends, with what it says (for folding ahead).
+type Record = (Outgoing, Payload, EventMeta);
 
 /// The studies projection of the region's ingest topics.
 pub struct IngestProjection;
@@ -98,6 +118,8 @@ pub struct Ingest {
     phi_topic: TopicName,
     ops_topic: TopicName,
     projector: Mutex<Projector<IngestProjection>>,
+    /// Arrivals waiting for the next group commit.
+    arrivals: std::sync::Mutex<Vec<(Arrival, Answer)>>,
     failpoints: FailPoints,
     /// Orphans seen by the last sweep, and when.
     suspects: Mutex<BTreeMap<String, UnixMicros>>,
@@ -146,6 +168,7 @@ impl Ingest {
             phi_topic,
             ops_topic,
             projector: Mutex::new(projector),
+            arrivals: std::sync::Mutex::new(Vec::new()),
             failpoints,
             suspects: Mutex::new(BTreeMap::new()),
         })
@@ -257,85 +280,193 @@ impl Ingest {
         };
         self.failpoints.hit(AFTER_PUT)?;
 
-        let mut projector = self.projector.lock().await;
-        let known = projector.state().studies.get(&study.as_uuid());
-        let instance_key = instance_id.as_uuid().to_string();
-        let previous = known.and_then(|s| s.instances.get(&instance_key));
-        let indexed = Received {
-            tenant: tenant.clone(),
-            study_id: study.as_uuid(),
-            series_id: series.as_uuid(),
-            instance_id: instance_id.as_uuid(),
-            study_uid: facts.study_uid.clone(),
-            series_uid: facts.series_uid.clone(),
-            sop_uid: facts.sop_uid.clone(),
-            object_key: stored.key.clone(),
-            sha256: stored.sha256.clone(),
-            size: stored.size,
-            transfer_syntax: facts.transfer_syntax.clone(),
-            metadata: facts.metadata,
-        };
-        if previous == Some(&stored.sha256) {
-            // The same bytes again: nothing new to say. (A crash after the
-            // append may have left the index behind: it is caught up here.)
-            let current = self.index.instance(&tenant, &indexed.study_uid, &indexed.series_uid, &indexed.sop_uid)?;
-            if current.is_none_or(|c| c.sha256 != stored.sha256) {
-                self.index.record(&indexed, None)?;
-            }
-            return Ok(STATUS_SUCCESS);
-        }
         let received = pb::InstanceReceived {
             study_id: study.as_uuid().to_string(),
-            instance_id: instance_key,
+            instance_id: instance_id.as_uuid().to_string(),
             series_id: series.as_uuid().to_string(),
-            study_instance_uid: facts.study_uid,
-            series_instance_uid: facts.series_uid,
-            sop_instance_uid: facts.sop_uid,
+            study_instance_uid: facts.study_uid.clone(),
+            series_instance_uid: facts.series_uid.clone(),
+            sop_instance_uid: facts.sop_uid.clone(),
             sop_class_uid: facts.sop_class,
-            transfer_syntax_uid: facts.transfer_syntax,
-            object_key: stored.key,
-            sha256: stored.sha256,
+            transfer_syntax_uid: facts.transfer_syntax.clone(),
+            object_key: stored.key.clone(),
+            sha256: stored.sha256.clone(),
             size_bytes: stored.size,
             facility: facility.clone(),
             calling_ae_title: sender.calling_ae_title.clone(),
             patient_id: facts.patient_id,
             issuer_of_patient_id: facts.issuer_of_patient_id,
             accession_number: facts.accession_number,
-            replaces_earlier_version: previous.is_some(),
+            replaces_earlier_version: false,
             modality: facts.modality,
             body_part: facts.body_part,
             patient_key,
             procedure_code: facts.procedure_code,
             requested_priority: facts.requested_priority,
         };
+        let indexed = Received {
+            tenant: tenant.clone(),
+            study_id: study.as_uuid(),
+            series_id: series.as_uuid(),
+            instance_id: instance_id.as_uuid(),
+            study_uid: facts.study_uid,
+            series_uid: facts.series_uid,
+            sop_uid: facts.sop_uid,
+            object_key: stored.key,
+            sha256: stored.sha256,
+            size: stored.size,
+            transfer_syntax: facts.transfer_syntax,
+            metadata: facts.metadata,
+        };
+        let arrival = Arrival { tenant, facility, study, received, indexed, now };
+        self.acknowledge(arrival).await
+    }
+
+    /// Appends the arrival's events and indexes it, together with every
+    /// other arrival waiting at that moment: one log append (one group
+    /// commit) and one index transaction for all. Whoever takes the lock
+    /// commits what is queued; the others find their answer ready.
+    async fn acknowledge(&self, arrival: Arrival) -> Result<u16, Error> {
+        let (answer, answered) = oneshot::channel();
+        self.arrivals.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((arrival, answer));
+        {
+            let mut projector = self.projector.lock().await;
+            let group = std::mem::take(&mut *self.arrivals.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+            if !group.is_empty() {
+                self.commit_group(&mut projector, group).await;
+            }
+        }
+        answered.await.unwrap_or_else(|_| Err(Error::Abandoned))
+    }
+
+    async fn commit_group(&self, projector: &mut Projector<IngestProjection>, group: Vec<(Arrival, Answer)>) {
+        let state = projector.state();
+        // Studies touched twice in this group: the later arrival decides
+        // against the earlier one's events, folded into a copy of the study.
+        let mut scratch = Studies::default();
+        let mut batch = Vec::new();
+        let mut members = Vec::new();
+        let mut answers: Vec<Option<Result<u16, Error>>> = (0..group.len()).map(|_| None).collect();
+        for (i, (arrival, _)) in group.iter().enumerate() {
+            let id = arrival.study.as_uuid();
+            let view = if scratch.studies.contains_key(&id) { &scratch } else { state };
+            match self.events_of(view, arrival) {
+                Ok(None) => members.push((i, None)),
+                Ok(Some(records)) => {
+                    let again = group[i + 1..].iter().any(|(later, _)| later.study == arrival.study);
+                    if again {
+                        scratch
+                            .studies
+                            .entry(id)
+                            .or_insert_with(|| state.studies.get(&id).cloned().unwrap_or_default());
+                        for (_, payload, meta) in &records {
+                            scratch = studies::apply(std::mem::take(&mut scratch), payload, meta);
+                        }
+                    }
+                    let range = batch.len()..batch.len() + records.len();
+                    batch.extend(records.into_iter().map(|(out, _, _)| out));
+                    members.push((i, Some(range)));
+                }
+                Err(e) => answers[i] = Some(Err(e)),
+            }
+        }
+        let appended = if batch.is_empty() { Ok(Vec::new()) } else { self.log.append(batch.clone()).await };
+        match appended {
+            Ok(appended) => {
+                let mut records = Vec::new();
+                for (i, range) in &members {
+                    let at = range
+                        .as_ref()
+                        .and_then(|r| appended.get(r.start))
+                        .map(|a| (&self.phi_topic, a.partition, a.offset));
+                    let indexed = &group[*i].0.indexed;
+                    // The same bytes again append nothing; the index may
+                    // still lack them after a crash, and is caught up here.
+                    if at.is_some()
+                        || self
+                            .index
+                            .instance(&indexed.tenant, &indexed.study_uid, &indexed.series_uid, &indexed.sop_uid)
+                            .ok()
+                            .flatten()
+                            .is_none_or(|c| c.sha256 != indexed.sha256)
+                    {
+                        records.push((indexed, at));
+                    }
+                }
+                let indexed = self.index.record_all(&records);
+                let fed = projector.feed_appended(batch, appended, self.keys.as_ref());
+                let outcome = indexed.map_err(Error::from).and_then(|()| fed.map_err(Error::from));
+                if let Err(e) = self.failpoints.hit(AFTER_APPEND) {
+                    let reason = e.to_string();
+                    for (_, answer) in group {
+                        let _ = answer.send(Err(Error::Group(reason.clone())));
+                    }
+                    return;
+                }
+                match outcome {
+                    Ok(()) => {
+                        for (i, _) in &members {
+                            answers[*i] = Some(Ok(STATUS_SUCCESS));
+                        }
+                    }
+                    Err(e) => {
+                        let reason = e.to_string();
+                        for (i, _) in &members {
+                            answers[*i] = Some(Err(Error::Group(reason.clone())));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                for (i, _) in &members {
+                    answers[*i] = Some(Err(Error::Group(reason.clone())));
+                }
+            }
+        }
+        for ((_, answer), result) in group.into_iter().zip(answers) {
+            let _ = answer.send(result.unwrap_or(Err(Error::Abandoned)));
+        }
+    }
+
+    /// The records one arrival appends against `state`: InstanceReceived
+    /// (sealed) and StudyStarted or StudyUpdated where due; `None` for the
+    /// same bytes again.
+    fn events_of(&self, state: &Studies, arrival: &Arrival) -> Result<Option<Vec<Record>>, Error> {
+        let Arrival { tenant, facility, study, received, now, .. } = arrival;
+        let known = state.studies.get(&study.as_uuid());
+        let previous = known.and_then(|s| s.instances.get(&received.instance_id));
+        if previous == Some(&received.sha256) {
+            return Ok(None);
+        }
+        let received = pb::InstanceReceived { replaces_earlier_version: previous.is_some(), ..received.clone() };
         let mut version = known.map_or(0, |s| s.version);
         let records = known.map_or(0, |s| s.instances_version) + 1;
         let meta = EventMeta {
             aggregate_type: INSTANCES.into(),
-            ..self.meta(&tenant, study.as_uuid(), records, EventId::new_at(now), now)
+            ..self.meta(tenant, study.as_uuid(), records, EventId::new_at(*now), *now)
         };
-        let sealed = Envelope::sealed(meta, &received, study, self.keys.as_ref())?;
-        let mut batch = vec![Outgoing::new(self.phi_topic.clone(), &sealed)?];
-        match studies::alongside(projector.state(), study.as_uuid(), &received) {
+        let sealed = Envelope::sealed(meta.clone(), &received, *study, self.keys.as_ref())?;
+        let mut out =
+            vec![(Outgoing::new(self.phi_topic.clone(), &sealed)?, Payload::InstanceReceived(received.clone()), meta)];
+        let alongside = match studies::alongside(state, study.as_uuid(), &received) {
             Some(Payload::StudyStarted(mut started)) => {
-                started.origin_jurisdiction = self.jurisdiction(&tenant, &facility);
-                version += 1;
-                let meta = self.meta(&tenant, study.as_uuid(), version, EventId::new_at(now), now);
-                batch.push(Outgoing::new(self.ops_topic.clone(), &Envelope::plain(meta, &started)?)?);
+                started.origin_jurisdiction = self.jurisdiction(tenant, facility);
+                Some(Payload::StudyStarted(started))
             }
-            Some(Payload::StudyUpdated(updated)) => {
-                version += 1;
-                let meta = self.meta(&tenant, study.as_uuid(), version, EventId::new_at(now), now);
-                batch.push(Outgoing::new(self.ops_topic.clone(), &Envelope::plain(meta, &updated)?)?);
-            }
-            _ => {}
+            other => other,
+        };
+        if let Some(payload) = alongside {
+            version += 1;
+            let meta = self.meta(tenant, study.as_uuid(), version, EventId::new_at(*now), *now);
+            let envelope = match &payload {
+                Payload::StudyStarted(p) => Envelope::plain(meta.clone(), p)?,
+                Payload::StudyUpdated(p) => Envelope::plain(meta.clone(), p)?,
+                _ => return Ok(Some(out)),
+            };
+            out.push((Outgoing::new(self.ops_topic.clone(), &envelope)?, payload, meta));
         }
-        let appended = self.log.append(batch.clone()).await?;
-        let at = appended.first().map(|a| (&self.phi_topic, a.partition, a.offset));
-        self.index.record(&indexed, at)?;
-        projector.feed_appended(batch, appended, self.keys.as_ref())?;
-        self.failpoints.hit(AFTER_APPEND)?;
-        Ok(STATUS_SUCCESS)
+        Ok(Some(out))
     }
 
     /// Records a refused instance (operational: opaque ids and the reason)

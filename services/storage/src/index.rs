@@ -97,6 +97,9 @@ pub struct InstanceEntry {
     pub transfer_syntax: String,
 }
 
+/// Where in the log a recorded instance was read: topic, partition, offset.
+pub type At<'a> = Option<(&'a TopicName, u32, u64)>;
+
 /// One received instance, as ingest (or the catch-up) hands it over.
 #[derive(Clone, Debug)]
 pub struct Received {
@@ -204,12 +207,30 @@ impl StudyIndex {
     /// partition and offset). A newer version of an instance replaces the
     /// older one here (both objects stay in the store). The commit is not
     /// synced: see the module comment.
-    pub fn record(&self, received: &Received, at: Option<(&TopicName, u32, u64)>) -> Result<(), IndexError> {
+    pub fn record(&self, received: &Received, at: At<'_>) -> Result<(), IndexError> {
         let txn = self.write(Durability::None)?;
         self.record_in(&txn, received)?;
         if let Some((topic, partition, offset)) = at {
             let mut positions = txn.open_table(POSITIONS).map_err(|e| self.err(e))?;
             positions.insert(position_key(topic, partition).as_str(), offset + 1).map_err(|e| self.err(e))?;
+        }
+        txn.commit().map_err(|e| self.err(e))
+    }
+
+    /// Records several instances in one transaction (a group commit's).
+    pub fn record_all(&self, received: &[(&Received, At<'_>)]) -> Result<(), IndexError> {
+        if received.is_empty() {
+            return Ok(());
+        }
+        let txn = self.write(Durability::None)?;
+        {
+            let mut positions = txn.open_table(POSITIONS).map_err(|e| self.err(e))?;
+            for (r, at) in received {
+                self.record_in(&txn, r)?;
+                if let Some((topic, partition, offset)) = at {
+                    positions.insert(position_key(topic, *partition).as_str(), offset + 1).map_err(|e| self.err(e))?;
+                }
+            }
         }
         txn.commit().map_err(|e| self.err(e))
     }
@@ -354,7 +375,7 @@ impl StudyIndex {
         }
     }
 
-    fn skip(&self, at: Option<(&TopicName, u32, u64)>) -> Result<(), IndexError> {
+    fn skip(&self, at: At<'_>) -> Result<(), IndexError> {
         let Some((topic, partition, offset)) = at else { return Ok(()) };
         let txn = self.write(Durability::None)?;
         {

@@ -1,5 +1,5 @@
-//! Test harnesses that start real parts: a Kafka-API broker (tansu) on a free
-//! loopback port, stopped when dropped.
+//! Test harnesses that start real parts on free loopback ports, stopped
+//! when dropped: a Kafka-API broker (tansu) and an S3-API server (moto).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -63,6 +63,75 @@ impl Tansu {
 }
 
 impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The tools venv's `bin` (`.ci/run` installs moto and the DICOMweb client
+/// there): beside `MERIDIAN_PYTHON`, or the default tools folder.
+pub fn venv_bin() -> PathBuf {
+    if let Some(python) = std::env::var_os("MERIDIAN_PYTHON")
+        && let Some(dir) = PathBuf::from(python).parent()
+    {
+        return dir.to_path_buf();
+    }
+    let home = std::env::var_os("HOME").expect("HOME is set");
+    PathBuf::from(home).join(".cache/meridian/tools/venv/bin")
+}
+
+/// An S3-API server (moto's `moto_server`) on loopback, with one bucket.
+pub struct Moto {
+    child: Child,
+    pub port: u16,
+}
+
+impl Moto {
+    pub fn start(bucket: &str) -> Moto {
+        let port = free_port();
+        let bin = venv_bin().join("moto_server");
+        let child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e} (.ci/run installs moto[server])", bin.display()));
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(Instant::now() < deadline, "moto did not listen on {addr} within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let moto = Moto { child, port };
+        // CreateBucket: moto does not check signatures.
+        let (status, body) = moto.request("PUT", &format!("/{bucket}"));
+        assert!(status == 200, "creating bucket {bucket}: {status} {body}");
+        moto
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// One plain HTTP request; (status, body).
+    pub fn request(&self, method: &str, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut raw = String::new();
+        stream.read_to_string(&mut raw).unwrap();
+        let status = raw.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        (status, body)
+    }
+}
+
+impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -29,6 +29,45 @@ pub struct Region {
     /// Limits of the region's DICOM port.
     #[serde(default)]
     pub dicom: DicomLimits,
+    /// Where the region's objects (PHI and derivatives) are stored; the
+    /// region's data directory when absent.
+    #[serde(default)]
+    pub objects: ObjectStoreConfig,
+}
+
+/// `[objects]` of a region.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ObjectStoreConfig {
+    /// Files under the region's data directory, each fsynced with its
+    /// directory before a write is acknowledged (`meridian dev`).
+    #[default]
+    Local,
+    /// An S3-API bucket (AWS S3, MinIO, Ceph RGW). Credentials come from
+    /// the environment variables named here, never from files.
+    S3 {
+        bucket: String,
+        /// The service endpoint; AWS's own when absent.
+        #[serde(default)]
+        endpoint: Option<String>,
+        /// The signing region, e.g. "us-east-1".
+        region: String,
+        /// Plain-HTTP endpoints (a local test server only).
+        #[serde(default)]
+        allow_http: bool,
+        #[serde(default = "default_access_key_env")]
+        access_key_id_env: String,
+        #[serde(default = "default_secret_key_env")]
+        secret_access_key_env: String,
+    },
+}
+
+fn default_access_key_env() -> String {
+    "AWS_ACCESS_KEY_ID".into()
+}
+
+fn default_secret_key_env() -> String {
+    "AWS_SECRET_ACCESS_KEY".into()
 }
 
 /// `[dicom]` of a region: what its DICOM port accepts at once.

@@ -139,6 +139,33 @@ fn regions(out: &mut Out, f: &Files<'_>) {
         if r.dicom.idle_timeout.seconds == 0 {
             out.at(file, "dicom.idle_timeout", "must be at least a second");
         }
+        if let crate::model::ObjectStoreConfig::S3 { bucket, endpoint, allow_http, .. } = &r.objects {
+            // S3's bucket naming rules: 3-63 of a-z, 0-9, '.', '-', starting
+            // and ending with a letter or digit.
+            let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+            let named = (3..=63).contains(&bucket.len())
+                && bucket.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+                && edge_ok(bucket.chars().next())
+                && edge_ok(bucket.chars().last());
+            if !named {
+                out.at(
+                    file,
+                    "objects.bucket",
+                    format!("{bucket:?} is not an S3 bucket name (3-63 of a-z, 0-9, '.', '-')"),
+                );
+            }
+            match endpoint.as_deref() {
+                Some(e) if e.starts_with("http://") && !allow_http => out.at(
+                    file,
+                    "objects.endpoint",
+                    format!("{e:?} is plain HTTP: PHI travels over TLS (allow_http = true is for a local test server)"),
+                ),
+                Some(e) if !e.starts_with("http://") && !e.starts_with("https://") => {
+                    out.at(file, "objects.endpoint", format!("{e:?} is not an http(s) URL"))
+                }
+                _ => {}
+            }
+        }
         for (i, n) in r.nearshore.iter().enumerate() {
             if n == &r.name {
                 out.at(file, format!("nearshore[{i}]"), "a region is not nearshore to itself");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meridian_auth::TokenVerifier;
-use meridian_config::{LogConfig, Platform};
+use meridian_config::{LogConfig, ObjectStoreConfig, Platform};
 use meridian_events::payload::CATALOGUE;
 use meridian_events::{KeyStore, UnixMicros};
 use meridian_log::embedded::{EmbeddedKeyStore, EmbeddedLog, EmbeddedOptions};
@@ -33,6 +33,8 @@ pub enum RegionError {
     Log { region: String, source: meridian_log::Error },
     #[error("region {region}: {source}")]
     Projection { region: String, source: meridian_projection::Error },
+    #[error("region {region}: {reason}")]
+    Config { region: String, reason: String },
     #[error("region {region}: bootstrap of reader {reader}: {reason}")]
     Bootstrap { region: String, reader: String, reason: String },
 }
@@ -69,6 +71,37 @@ pub struct Region {
     pub index: Arc<StudyIndex>,
     /// QIDO-RS and WADO-RS over the index and the object store.
     pub dicomweb: Arc<DicomWeb>,
+}
+
+/// The region's object store, as its `[objects]` says.
+fn object_store(config: &ObjectStoreConfig, folder: &Path) -> Result<Arc<dyn meridian_storage::blobs::Blobs>, String> {
+    use meridian_storage::blobs::{LocalBlobs, S3Blobs, S3Settings};
+    match config {
+        ObjectStoreConfig::Local => Ok(Arc::new(LocalBlobs::new(folder))),
+        ObjectStoreConfig::S3 {
+            bucket,
+            endpoint,
+            region: signing,
+            allow_http,
+            access_key_id_env,
+            secret_access_key_env,
+        } => {
+            let env = |name: &str| {
+                std::env::var(name)
+                    .map_err(|_| format!("[objects] S3 bucket {bucket}: environment variable {name} is not set"))
+            };
+            let settings = S3Settings {
+                bucket: bucket.clone(),
+                endpoint: endpoint.clone(),
+                region: signing.clone(),
+                allow_http: *allow_http,
+                access_key_id: env(access_key_id_env)?,
+                secret_access_key: env(secret_access_key_env)?,
+            };
+            let store = S3Blobs::new(&settings).map_err(|e| e.to_string())?;
+            Ok(Arc::new(store))
+        }
+    }
 }
 
 /// Routing's assignments, as DICOMweb asks who may see a study.
@@ -161,8 +194,8 @@ impl Region {
         summary.ensure_positions(start_positions(&topics, partitions));
         catch_up(log.as_ref(), keys.as_ref(), &mut summary, idle).await.map_err(proj_err)?;
         let routing_policy = meridian_routing::adapters::config::policy(&platform);
-        let blobs: Arc<dyn meridian_storage::blobs::Blobs> =
-            Arc::new(meridian_storage::blobs::LocalBlobs::new(objects.clone()));
+        let blobs = object_store(&config.objects, &objects)
+            .map_err(|reason| RegionError::Config { region: name.to_owned(), reason })?;
         let phi = meridian_storage::phi::PhiWriter::new(name, platform.clone(), blobs.clone(), log.clone());
         let index_path = dir.join("index.redb");
         let index = Arc::new(StudyIndex::open(&index_path).map_err(|e| RegionError::Io {

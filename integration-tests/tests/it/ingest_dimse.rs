@@ -36,17 +36,17 @@ async fn read_all(log: &EmbeddedLog, topic: &TopicName) -> Vec<meridian_events::
 }
 
 /// A region's DICOM acceptor backed by ingest, on an embedded log.
-struct Scp {
-    dir: tempfile::TempDir,
-    log: Arc<EmbeddedLog>,
-    keys: Arc<dyn KeyStore>,
-    blobs: Arc<dyn Blobs>,
-    ingest: Arc<Ingest>,
-    index: Arc<StudyIndex>,
-    port: u16,
-    platform: Arc<Platform>,
-    phi_topic: TopicName,
-    ops_topic: TopicName,
+pub(crate) struct Scp {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) log: Arc<EmbeddedLog>,
+    pub(crate) keys: Arc<dyn KeyStore>,
+    pub(crate) blobs: Arc<dyn Blobs>,
+    pub(crate) ingest: Arc<Ingest>,
+    pub(crate) index: Arc<StudyIndex>,
+    pub(crate) port: u16,
+    pub(crate) platform: Arc<Platform>,
+    pub(crate) phi_topic: TopicName,
+    pub(crate) ops_topic: TopicName,
 }
 
 async fn scp() -> Scp {
@@ -54,6 +54,11 @@ async fn scp() -> Scp {
 }
 
 async fn scp_with(limits: meridian_dimse::Limits) -> Scp {
+    scp_on(limits, None).await
+}
+
+/// The acceptor over `blobs`, or local files in its folder.
+pub(crate) async fn scp_on(limits: meridian_dimse::Limits, blobs: Option<Arc<dyn Blobs>>) -> Scp {
     let dir = tempfile::TempDir::new().unwrap();
     let log = Arc::new(EmbeddedLog::open(&dir.path().join("log.redb"), EmbeddedOptions::default()).unwrap());
     let topic = |class, stream| TopicName::new("us-east", class, stream).unwrap();
@@ -63,7 +68,7 @@ async fn scp_with(limits: meridian_dimse::Limits) -> Scp {
     }
     let keys: Arc<dyn KeyStore> = Arc::new(log.key_store());
     let platform = platform();
-    let blobs: Arc<dyn Blobs> = Arc::new(LocalBlobs::new(dir.path().join("objects")));
+    let blobs: Arc<dyn Blobs> = blobs.unwrap_or_else(|| Arc::new(LocalBlobs::new(dir.path().join("objects"))));
     let phi = PhiWriter::new("us-east", platform.clone(), blobs.clone(), log.clone());
     let secrets: Secrets = [("acme".to_string(), TenantSecret::new(vec![3u8; 32]).unwrap())].into();
     let index = Arc::new(StudyIndex::open(&dir.path().join("index.redb")).unwrap());

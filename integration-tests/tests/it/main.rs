@@ -5,4 +5,5 @@ mod contract_kafka;
 mod durability;
 mod ingest_dimse;
 mod region_kafka;
+mod s3_moto;
 mod shredding;

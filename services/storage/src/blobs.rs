@@ -13,6 +13,18 @@ pub enum BlobError {
     Io { path: String, source: std::io::Error },
     #[error("object store task: {0}")]
     Task(String),
+    #[error("object store {operation} {key:?}: {reason}")]
+    Remote { operation: &'static str, key: String, reason: String },
+}
+
+/// Keys are relative paths of plain segments: nothing can name a place
+/// outside the store, and `.tmp` names are the local store's own.
+fn check_key(key: &str) -> Result<(), BlobError> {
+    let plain = !key.is_empty()
+        && key
+            .split('/')
+            .all(|s| !s.is_empty() && s != "." && s != ".." && !s.contains('\\') && !s.starts_with(".tmp"));
+    if plain { Ok(()) } else { Err(BlobError::BadKey { key: key.to_owned() }) }
 }
 
 #[async_trait::async_trait]
@@ -41,13 +53,7 @@ impl LocalBlobs {
     }
 
     fn path(&self, key: &str) -> Result<PathBuf, BlobError> {
-        let plain = !key.is_empty()
-            && key
-                .split('/')
-                .all(|s| !s.is_empty() && s != "." && s != ".." && !s.contains('\\') && !s.starts_with(".tmp"));
-        if !plain {
-            return Err(BlobError::BadKey { key: key.to_owned() });
-        }
+        check_key(key)?;
         Ok(self.root.join(key))
     }
 }
@@ -164,6 +170,129 @@ impl Blobs for LocalBlobs {
     }
 }
 
+/// Where an S3-API bucket is and how to sign for it.
+#[derive(Clone, Debug)]
+pub struct S3Settings {
+    pub bucket: String,
+    /// The service endpoint (MinIO, Ceph, moto); AWS's own when `None`.
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub allow_http: bool,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+/// An S3-API bucket through `object_store`. A PUT is durable when S3
+/// answers it (that is S3's contract), so the PHI path's order holds as it
+/// does for local files. Keys are content-addressed, so writing a key that
+/// another writer just wrote puts the same bytes: no conditional PUT is
+/// needed for "written once".
+pub struct S3Blobs {
+    store: object_store::aws::AmazonS3,
+    bucket: String,
+}
+
+impl S3Blobs {
+    pub fn new(settings: &S3Settings) -> Result<S3Blobs, BlobError> {
+        let mut builder = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(&settings.bucket)
+            .with_region(&settings.region)
+            .with_access_key_id(&settings.access_key_id)
+            .with_secret_access_key(&settings.secret_access_key)
+            .with_allow_http(settings.allow_http);
+        if let Some(endpoint) = &settings.endpoint {
+            // Path-style addressing: custom endpoints rarely resolve
+            // bucket sub-domains.
+            builder = builder.with_endpoint(endpoint).with_virtual_hosted_style_request(false);
+        }
+        let store = builder.build().map_err(|e| BlobError::Remote {
+            operation: "configure",
+            key: settings.bucket.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(S3Blobs { store, bucket: settings.bucket.clone() })
+    }
+
+    fn path(key: &str) -> Result<object_store::path::Path, BlobError> {
+        check_key(key)?;
+        object_store::path::Path::parse(key).map_err(|_| BlobError::BadKey { key: key.to_owned() })
+    }
+
+    fn remote(&self, operation: &'static str, key: &str) -> impl FnOnce(object_store::Error) -> BlobError + use<> {
+        let key = format!("s3://{}/{key}", self.bucket);
+        move |e| BlobError::Remote { operation, key, reason: e.to_string() }
+    }
+}
+
+#[async_trait::async_trait]
+impl Blobs for S3Blobs {
+    async fn put_once(&self, key: &str, bytes: Vec<u8>) -> Result<bool, BlobError> {
+        use object_store::ObjectStore;
+        let path = S3Blobs::path(key)?;
+        match self.store.head(&path).await {
+            Ok(_) => return Ok(false),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(self.remote("head", key)(e)),
+        }
+        self.store.put(&path, bytes.into()).await.map_err(self.remote("put", key))?;
+        Ok(true)
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BlobError> {
+        use object_store::ObjectStore;
+        let path = S3Blobs::path(key)?;
+        match self.store.get(&path).await {
+            Ok(found) => Ok(Some(found.bytes().await.map_err(self.remote("get", key))?.to_vec())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.remote("get", key)(e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, BlobError> {
+        use futures_util::TryStreamExt;
+        use object_store::ObjectStore;
+        // object_store lists whole segments: list the prefix's directory
+        // and keep the keys that start with it.
+        let dir = prefix.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+        let under = (!dir.is_empty()).then(|| object_store::path::Path::from(dir));
+        let found: Vec<object_store::ObjectMeta> =
+            self.store.list(under.as_ref()).try_collect().await.map_err(self.remote("list", prefix))?;
+        let mut keys: Vec<String> =
+            found.into_iter().map(|m| m.location.to_string()).filter(|k| k.starts_with(prefix)).collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), BlobError> {
+        use object_store::ObjectStore;
+        let path = S3Blobs::path(key)?;
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.remote("delete", key)(e)),
+        }
+    }
+}
+
+/// What every object store must do, run against each (the local store in
+/// unit tests, S3 against moto in the integration tests). `blobs` must be
+/// empty.
+pub async fn contract(blobs: &dyn Blobs) {
+    assert!(blobs.put_once("phi/acme/s1/i1/abc.dcm", b"one".to_vec()).await.unwrap());
+    assert!(!blobs.put_once("phi/acme/s1/i1/abc.dcm", b"other".to_vec()).await.unwrap(), "no overwrite");
+    assert_eq!(blobs.get("phi/acme/s1/i1/abc.dcm").await.unwrap().unwrap(), b"one");
+    assert_eq!(blobs.get("phi/acme/s1/i1/none.dcm").await.unwrap(), None);
+    blobs.put_once("phi/acme/s2/i9/def.dcm", b"two".to_vec()).await.unwrap();
+    blobs.put_once("phi/acmeco/s3/i1/ghi.dcm", b"three".to_vec()).await.unwrap();
+    assert_eq!(blobs.list("phi/acme/").await.unwrap(), ["phi/acme/s1/i1/abc.dcm", "phi/acme/s2/i9/def.dcm"]);
+    assert_eq!(blobs.list("phi/acme").await.unwrap().len(), 3, "a prefix need not end at a segment");
+    for bad in ["../x", "/etc/passwd", "a//b", "a/./b", "", "a/.tmp-1"] {
+        assert!(matches!(blobs.put_once(bad, vec![]).await, Err(BlobError::BadKey { .. })), "{bad}");
+    }
+    blobs.delete("phi/acme/s2/i9/def.dcm").await.unwrap();
+    blobs.delete("phi/acme/s2/i9/def.dcm").await.unwrap();
+    assert_eq!(blobs.list("phi/").await.unwrap(), ["phi/acme/s1/i1/abc.dcm", "phi/acmeco/s3/i1/ghi.dcm"]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,17 +301,7 @@ mod tests {
     async fn a_key_is_written_once_read_back_listed_and_never_escapes_the_root() {
         let dir = tempfile::TempDir::new().unwrap();
         let blobs = LocalBlobs::new(dir.path());
-        assert!(blobs.put_once("phi/acme/s1/i1/abc.dcm", b"one".to_vec()).await.unwrap());
-        assert!(!blobs.put_once("phi/acme/s1/i1/abc.dcm", b"other".to_vec()).await.unwrap(), "no overwrite");
-        assert_eq!(blobs.get("phi/acme/s1/i1/abc.dcm").await.unwrap().unwrap(), b"one");
-        assert_eq!(blobs.get("phi/acme/s1/i1/none.dcm").await.unwrap(), None);
-        blobs.put_once("phi/acme/s2/i9/def.dcm", b"two".to_vec()).await.unwrap();
-        assert_eq!(blobs.list("phi/acme/").await.unwrap(), ["phi/acme/s1/i1/abc.dcm", "phi/acme/s2/i9/def.dcm"]);
-        for bad in ["../x", "/etc/passwd", "a//b", "a/./b", "", "a/.tmp-1"] {
-            assert!(matches!(blobs.put_once(bad, vec![]).await, Err(BlobError::BadKey { .. })), "{bad}");
-        }
-        blobs.delete("phi/acme/s2/i9/def.dcm").await.unwrap();
-        assert_eq!(blobs.list("phi/").await.unwrap(), ["phi/acme/s1/i1/abc.dcm"]);
+        contract(&blobs).await;
         let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("phi/acme/s1/i1")).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
     }

@@ -163,3 +163,33 @@ fn every_acknowledged_append_is_synced_to_disk() {
     // 25 acknowledged appends + the topic's creation, each durable.
     assert!(syncs >= 26, "{syncs} fsync/fdatasync calls for 26 durable commits:\n{text}");
 }
+
+#[test]
+fn every_acknowledged_object_is_synced_with_its_directory() {
+    if Command::new("strace").arg("-V").output().is_err() {
+        panic!("strace is not installed: .ci/run installs it (apt-get install strace)");
+    }
+    let dir = TempDir::new().unwrap();
+    let trace = dir.path().join("strace.txt");
+    let objects = dir.path().join("objects");
+    let out = Command::new("strace")
+        .args(["-f", "-e", "trace=fsync,fdatasync,rename", "-y", "-o", trace.to_str().unwrap()])
+        .args([env!("CARGO_BIN_EXE_blob-writer"), objects.to_str().unwrap(), "20"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let acked = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("ack ")).count();
+    assert_eq!(acked, 20);
+    let text = std::fs::read_to_string(&trace).unwrap();
+    // `-y` names each descriptor's path: a sync of each object's file,
+    // and of the series directory after each rename into it.
+    let synced = |pred: &dyn Fn(&str) -> bool| {
+        text.lines().filter(|l| (l.contains("fsync(") || l.contains("fdatasync(")) && pred(l)).count()
+    };
+    let files = synced(&|l| l.contains("/.tmp-"));
+    let series_dir = synced(&|l| l.contains("/phi/acme/study/series>"));
+    let renames = text.lines().filter(|l| l.contains("rename(")).count();
+    assert_eq!(files, 20, "each object's bytes are synced before its rename:\n{text}");
+    assert_eq!(renames, 20);
+    assert!(series_dir >= 20, "the directory is synced after each rename ({series_dir}):\n{text}");
+}

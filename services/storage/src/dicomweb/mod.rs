@@ -285,6 +285,7 @@ fn study_attrs(entry: &StudyEntry, uid: &str, base: &str) -> Attributes {
     a.insert("00201208".into(), is(entry.instances));
     a.insert("00080056".into(), json!({"vr": "CS", "Value": ["ONLINE"]}));
     a.insert("00081190".into(), url(format!("{base}/studies/{uid}")));
+    a.sort_keys();
     a
 }
 
@@ -301,6 +302,8 @@ fn include(
     if !q.include_all && !missing {
         return Ok(());
     }
+    // Beyond the kept attributes: the first instance's, as OHIF asks for
+    // e.g. Modality or StudyDescription at the study level.
     if let Some(first) = index.first_metadata(prefix)? {
         for (tag, value) in first {
             let below = skip.iter().any(|level| level.contains(&tag.as_str()));
@@ -399,6 +402,7 @@ async fn series_of(
         // A series result names its study too.
         a.insert("0020000D".into(), json!({"vr": "UI", "Value": [v.uid]}));
         include(&web.index, q, &series_key(&v.tenant, &v.uid, &suid), &[crate::index::INSTANCE_TAGS], &mut a)?;
+        a.sort_keys();
         out.push(Value::Object(a));
     }
     Ok(out)

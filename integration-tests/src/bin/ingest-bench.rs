@@ -144,8 +144,80 @@ fn main() -> anyhow::Result<()> {
     let mb = bytes as f64 / 1e6;
     println!("ingest    {n} CT slices of 512x512x16 bit, {mb:.0} MB, storescu over loopback with TCP_NODELAY=1");
 
-    let meridian = std::env::current_exe()?.with_file_name("meridian");
+    let runs: usize = arg("--runs").and_then(|v| v.parse().ok()).unwrap_or(3);
     let port_base = 24_000 + (std::process::id() % 1_000) as u16 * 10;
+    // (mode, peer) → instances/s of each run; peak RSS of meridian in (b).
+    let mut rates: std::collections::BTreeMap<(&str, &str), Vec<f64>> = Default::default();
+    let mut rss = Vec::new();
+    let mut fsync_policies = Vec::new();
+    let mut last_meridian = None;
+    for run in 0..runs {
+        let run_dir = work.path().join(format!("run-{run}")).tap_mkdir()?;
+        let peers = start_peers(&run_dir, port_base + (run as u16 % 3) * 100)?;
+        fsync_policies = peers.iter().map(|p| (p.name, p.fsync)).collect();
+        // Interleaved: (a) for every peer, then (b) for every peer, each
+        // run on fresh UIDs (the peers of a run share a set).
+        for (mode, associations) in [("a", 1), ("b", 4)] {
+            let set = if run == 0 && mode == "a" {
+                files.clone()
+            } else {
+                let dir = work.path().join(format!("set-{run}-{mode}")).tap_mkdir()?;
+                restamp(&files, &dir, run * 2 + usize::from(mode == "b"))?.0
+            };
+            for peer in &peers {
+                let secs = send(peer.port, peer.calling, peer.called, &set, associations)?;
+                rates.entry((mode, peer.name)).or_default().push(n as f64 / secs);
+                if peer.name == "meridian" && associations == 4 {
+                    rss.extend(peak_rss_mb(peer.child.id()));
+                }
+            }
+        }
+        drop(peers);
+        if run + 1 == runs {
+            last_meridian = Some(run_dir.join("meridian"));
+        } else {
+            std::fs::remove_dir_all(&run_dir)?;
+        }
+        for mode in ["a", "b"] {
+            let _ = std::fs::remove_dir_all(work.path().join(format!("set-{run}-{mode}")));
+        }
+    }
+    for ((mode, peer), all) in &rates {
+        let mut sorted = all.clone();
+        sorted.sort_by(f64::total_cmp);
+        let median = sorted[sorted.len() / 2];
+        let shown: Vec<String> = all.iter().map(|r| format!("{r:.0}")).collect();
+        println!(
+            "ingest    ({mode}) {peer:<9} median {median:>5.0} instances/s {:>6.1} MB/s over {} association(s); runs: {}",
+            median * mb / n as f64,
+            if *mode == "a" { 1 } else { 4 },
+            shown.join(", ")
+        );
+    }
+    if let Some(peak) = rss.iter().copied().reduce(f64::max) {
+        println!("ingest    meridian peak RSS during (b): {peak:.0} MB");
+    }
+    for (name, fsync) in fsync_policies {
+        println!("ingest    {name} fsync policy: {fsync}");
+    }
+    // The written data is flushed first, so the reads below do not share
+    // the disk with writeback.
+    Command::new("sync").status()?;
+    // The last run's (a) series: the original files' in a single run.
+    let series = if runs <= 1 {
+        "1.2.826.0.1.3680043.10.543.2026.1".to_owned()
+    } else {
+        format!("1.2.826.0.1.3680043.10.543.2026.{}", 100 + (runs - 1) * 2)
+    };
+    match last_meridian {
+        Some(dir) => dicomweb_figures(&dir, n, &series),
+        None => Ok(()),
+    }
+}
+
+/// Starts meridian dev, storescp and (when installed) Orthanc in `dir`.
+fn start_peers(dir: &Path, port_base: u16) -> anyhow::Result<Vec<Peer>> {
+    let meridian = std::env::current_exe()?.with_file_name("meridian");
     let mut peers = Vec::new();
     for (name, fsync) in [
         (
@@ -155,7 +227,7 @@ fn main() -> anyhow::Result<()> {
         ("storescp", "none: plain files, no fsync (dcmtk's bare SCP)"),
         ("orthanc", "default: SQLite index and filesystem storage"),
     ] {
-        let dir = work.path().join(name).tap_mkdir()?;
+        let dir = dir.join(name).tap_mkdir()?;
         let peer = match name {
             "meridian" => {
                 let child = Command::new(&meridian)
@@ -219,41 +291,7 @@ fn main() -> anyhow::Result<()> {
         wait_for_port(peer.port)?;
         peers.push(peer);
     }
-    // Interleaved: (a) for every peer, then (b) for every peer, each on a
-    // fresh series so nothing is a duplicate.
-    for associations in [1, 4] {
-        for peer in &peers {
-            let (files, _) = if associations == 1 {
-                (files.clone(), bytes)
-            } else {
-                // The same pixels under new UIDs: re-stamp by rewriting.
-                let dir = work.path().join(format!("b-{}", peer.name)).tap_mkdir()?;
-                restamp(&files, &dir)?
-            };
-            let secs = send(peer.port, peer.calling, peer.called, &files, associations)?;
-            let rss = if peer.name == "meridian" && associations == 4 {
-                peak_rss_mb(peer.child.id()).map_or(String::new(), |m| format!("; peak RSS {m:.0} MB"))
-            } else {
-                String::new()
-            };
-            println!(
-                "ingest    ({}) {:<9} {:>6.0} instances/s {:>6.1} MB/s over {associations} association(s) in {secs:.2} s{rss}",
-                if associations == 1 { "a" } else { "b" },
-                peer.name,
-                n as f64 / secs,
-                mb / secs,
-            );
-        }
-    }
-    for peer in &peers {
-        println!("ingest    {} fsync policy: {}", peer.name, peer.fsync);
-    }
-    // The ingest peers stop first: the region's files are one process's.
-    // Then the ≈ 2 GB just written is flushed, so the reads below do not
-    // share the disk with writeback.
-    drop(peers);
-    Command::new("sync").status()?;
-    dicomweb_figures(&work.path().join("meridian"), n)
+    Ok(peers)
 }
 
 /// One GET over a fresh connection: (time to the first response byte,
@@ -284,10 +322,9 @@ fn percentiles(mut ms: Vec<f64>) -> (f64, f64) {
     (at(0.50), at(0.99))
 }
 
-/// DICOMweb figures against the `meridian dev` in `dir`, which holds (a)'s
-/// series of `n` instances. Starts its own dev on that data when the
-/// ingest one has gone.
-fn dicomweb_figures(dir: &Path, n: usize) -> anyhow::Result<()> {
+/// DICOMweb figures on a `meridian dev` started on `dir`, the last run's
+/// meridian data: (a)'s series of `n` instances among others.
+fn dicomweb_figures(dir: &Path, n: usize, series: &str) -> anyhow::Result<()> {
     let meridian = std::env::current_exe()?.with_file_name("meridian");
     let _ = std::fs::remove_file(dir.join("endpoints.json"));
     let mut child = Command::new(&meridian)
@@ -311,7 +348,6 @@ fn dicomweb_figures(dir: &Path, n: usize) -> anyhow::Result<()> {
             endpoints["regions"]["us-east"]["http"].as_str().unwrap_or("").trim_start_matches("http://").to_owned();
         let token = tokens["principals"]["acme-pacs"]["token"].as_str().unwrap_or("").to_owned();
         let study = "1.2.826.0.1.3680043.10.543.2026";
-        let series = format!("{study}.1");
         let wado = "multipart/related; type=\"application/dicom\"; transfer-syntax=*";
         // Warm up (page cache, connections), then measure.
         for i in 1..=20 {
@@ -371,8 +407,7 @@ fn dicomweb_figures(dir: &Path, n: usize) -> anyhow::Result<()> {
 }
 
 /// Copies the slices under a new series and new SOP Instance UIDs.
-fn restamp(files: &[PathBuf], dir: &Path) -> anyhow::Result<(Vec<PathBuf>, u64)> {
-    let tag = dir.file_name().map(|s| s.to_string_lossy().len()).unwrap_or(0) + std::process::id() as usize % 97;
+fn restamp(files: &[PathBuf], dir: &Path, tag: usize) -> anyhow::Result<(Vec<PathBuf>, u64)> {
     let mut out = Vec::new();
     let mut bytes = 0;
     for (i, f) in files.iter().enumerate() {

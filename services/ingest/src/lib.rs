@@ -7,13 +7,12 @@
 //!   the decisions on them (started, updated, completed after the quiet
 //!   period). Pure.
 //! - [`app`]: [`app::Ingest`], the region's `StoreService`: acknowledgement
-//!   order, rejections, completion.
-//!
+//!   order (object, then a group commit of events and index), rejections,
+//!   completion.
 //! - [`grpc`]: `meridian.ingest.v1` for tenants: `ListRejections`,
 //!   `CompleteStudy`.
 //!
-//! Not built yet (issue 5 continues): the study index and QIDO-RS/WADO-RS,
-//! and S3.
+//! The study index and DICOMweb out are the storage service's.
 
 #![forbid(unsafe_code)]
 

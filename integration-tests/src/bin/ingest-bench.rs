@@ -215,9 +215,35 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// `meridian dev` (beside this binary) on the example configuration and
+/// `dir`, once it has written its endpoints.
+fn start_dev(dir: &Path, ports: &[&str]) -> anyhow::Result<Child> {
+    let meridian = std::env::current_exe()?.with_file_name("meridian");
+    let _ = std::fs::remove_file(dir.join("endpoints.json"));
+    let mut child = Command::new(&meridian)
+        .arg("dev")
+        .args(ports)
+        .arg("--config")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/dev"))
+        .arg("--data-dir")
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !dir.join("endpoints.json").exists() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            anyhow::bail!("meridian dev did not start in 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(child)
+}
+
 /// Starts meridian dev, storescp and (when installed) Orthanc in `dir`.
 fn start_peers(dir: &Path, port_base: u16) -> anyhow::Result<Vec<Peer>> {
-    let meridian = std::env::current_exe()?.with_file_name("meridian");
     let mut peers = Vec::new();
     for (name, fsync) in [
         (
@@ -230,20 +256,7 @@ fn start_peers(dir: &Path, port_base: u16) -> anyhow::Result<Vec<Peer>> {
         let dir = dir.join(name).tap_mkdir()?;
         let peer = match name {
             "meridian" => {
-                let child = Command::new(&meridian)
-                    .args(["dev", "--port-base", &port_base.to_string(), "--config"])
-                    .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/dev"))
-                    .arg("--data-dir")
-                    .arg(&dir)
-                    .env("RUST_LOG", "warn")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()?;
-                let deadline = Instant::now() + Duration::from_secs(60);
-                while !dir.join("endpoints.json").exists() {
-                    anyhow::ensure!(Instant::now() < deadline, "meridian dev did not start");
-                    std::thread::sleep(Duration::from_millis(50));
-                }
+                let child = start_dev(&dir, &["--port-base", &port_base.to_string()])?;
                 let endpoints: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("endpoints.json"))?)?;
                 let port = endpoints["regions"]["us-east"]["dicom"]["port"].as_u64().unwrap_or(0) as u16;
                 Peer { name, fsync, child, port, calling: "ACME_CT1", called: "MERIDIAN_ACME" }
@@ -325,22 +338,7 @@ fn percentiles(mut ms: Vec<f64>) -> (f64, f64) {
 /// DICOMweb figures on a `meridian dev` started on `dir`, the last run's
 /// meridian data: (a)'s series of `n` instances among others.
 fn dicomweb_figures(dir: &Path, n: usize, series: &str) -> anyhow::Result<()> {
-    let meridian = std::env::current_exe()?.with_file_name("meridian");
-    let _ = std::fs::remove_file(dir.join("endpoints.json"));
-    let mut child = Command::new(&meridian)
-        .args(["dev", "--ports", "auto", "--config"])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/dev"))
-        .arg("--data-dir")
-        .arg(dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !dir.join("endpoints.json").exists() {
-        anyhow::ensure!(Instant::now() < deadline, "meridian dev did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut child = start_dev(dir, &["--ports", "auto"])?;
     let result = (|| -> anyhow::Result<()> {
         let endpoints: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("endpoints.json"))?)?;
         let tokens: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("tokens.json"))?)?;

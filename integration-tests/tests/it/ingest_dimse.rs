@@ -49,6 +49,19 @@ pub(crate) struct Scp {
     pub(crate) ops_topic: TopicName,
 }
 
+/// Ingest for us-east over `blobs`, replaying `log` (acme's id secret).
+async fn open_ingest(
+    blobs: Arc<dyn Blobs>,
+    log: Arc<EmbeddedLog>,
+    keys: Arc<dyn KeyStore>,
+    index: Arc<StudyIndex>,
+) -> Ingest {
+    let phi = PhiWriter::new("us-east", platform(), blobs, log.clone());
+    let secrets: Secrets = [("acme".to_string(), TenantSecret::new(vec![3u8; 32]).unwrap())].into();
+    let options = IngestOptions { secrets, ..Default::default() };
+    Ingest::open("us-east", platform(), phi, index, log, keys, Duration::from_millis(50), options).await.unwrap()
+}
+
 async fn scp() -> Scp {
     scp_with(meridian_dimse::Limits::default()).await
 }
@@ -69,23 +82,8 @@ pub(crate) async fn scp_on(limits: meridian_dimse::Limits, blobs: Option<Arc<dyn
     let keys: Arc<dyn KeyStore> = Arc::new(log.key_store());
     let platform = platform();
     let blobs: Arc<dyn Blobs> = blobs.unwrap_or_else(|| Arc::new(LocalBlobs::new(dir.path().join("objects"))));
-    let phi = PhiWriter::new("us-east", platform.clone(), blobs.clone(), log.clone());
-    let secrets: Secrets = [("acme".to_string(), TenantSecret::new(vec![3u8; 32]).unwrap())].into();
     let index = Arc::new(StudyIndex::open(&dir.path().join("index.redb")).unwrap());
-    let ingest = Arc::new(
-        Ingest::open(
-            "us-east",
-            platform.clone(),
-            phi,
-            index.clone(),
-            log.clone(),
-            keys.clone(),
-            Duration::from_millis(50),
-            IngestOptions { secrets, ..Default::default() },
-        )
-        .await
-        .unwrap(),
-    );
+    let ingest = Arc::new(open_ingest(blobs.clone(), log.clone(), keys.clone(), index.clone()).await);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (scp_ingest, scp_platform) = (ingest.clone(), platform.clone());
@@ -105,7 +103,7 @@ pub(crate) async fn scp_on(limits: meridian_dimse::Limits, blobs: Option<Arc<dyn
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storescu_sends_a_study_that_is_stored_recorded_and_completed() {
-    let Scp { dir, log, keys, blobs, ingest, index, port, platform, phi_topic, ops_topic } = scp().await;
+    let Scp { dir, log, keys, blobs, ingest, index, port, phi_topic, ops_topic, .. } = scp().await;
     // One study, two series, three instances, ordered STAT.
     let files = tempfile::TempDir::new().unwrap();
     let study = STUDY;
@@ -205,22 +203,9 @@ async fn storescu_sends_a_study_that_is_stored_recorded_and_completed() {
 
     // A restart rebuilds the same studies from the log.
     let before = ingest.read(|s| s.clone()).await;
-    let phi = PhiWriter::new("us-east", platform.clone(), blobs, log.clone());
-    let secrets: Secrets = [("acme".to_string(), TenantSecret::new(vec![3u8; 32]).unwrap())].into();
     // A fresh index catches up from the log and the objects it names.
     let fresh = Arc::new(StudyIndex::open(&dir.path().join("index-2.redb")).unwrap());
-    let reopened = Ingest::open(
-        "us-east",
-        platform,
-        phi,
-        fresh.clone(),
-        log.clone(),
-        keys,
-        Duration::from_millis(50),
-        IngestOptions { secrets, ..Default::default() },
-    )
-    .await
-    .unwrap();
+    let reopened = open_ingest(blobs, log.clone(), keys, fresh.clone()).await;
     assert_eq!(reopened.read(|s| s.clone()).await, before);
     let studies = |i: &StudyIndex| i.studies("acme").unwrap();
     assert_eq!(studies(&fresh), studies(&index));
@@ -527,20 +512,8 @@ async fn parallel_associations_share_group_commits_and_keep_one_studys_history_i
     let entry = index.study("acme", STUDY).unwrap().unwrap();
     assert_eq!((entry.series, entry.instances), (4, 40));
     // The state built in groups is the state a replay builds.
-    let phi = PhiWriter::new("us-east", platform(), blobs, log.clone());
-    let secrets: Secrets = [("acme".to_string(), TenantSecret::new(vec![3u8; 32]).unwrap())].into();
     let dir = tempfile::TempDir::new().unwrap();
-    let replayed = Ingest::open(
-        "us-east",
-        platform(),
-        phi,
-        Arc::new(StudyIndex::open(&dir.path().join("index.redb")).unwrap()),
-        log.clone(),
-        keys,
-        Duration::from_millis(50),
-        IngestOptions { secrets, ..Default::default() },
-    )
-    .await
-    .unwrap();
+    let index = Arc::new(StudyIndex::open(&dir.path().join("index.redb")).unwrap());
+    let replayed = open_ingest(blobs, log.clone(), keys, index).await;
     assert_eq!(replayed.read(|s| s.clone()).await, ingest.read(|s| s.clone()).await);
 }

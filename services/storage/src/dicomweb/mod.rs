@@ -124,17 +124,17 @@ impl DicomWeb {
     pub fn router(self: Arc<Self>) -> Router {
         Router::new()
             .route("/studies", get(search_studies))
-            .route("/series", get(search_all_series))
-            .route("/instances", get(search_all_instances))
-            .route("/studies/{study}", get(retrieve_study))
-            .route("/studies/{study}/metadata", get(study_metadata))
+            .route("/series", get(search_series))
+            .route("/instances", get(search_instances))
+            .route("/studies/{study}", get(retrieve_of))
+            .route("/studies/{study}/metadata", get(metadata_of))
             .route("/studies/{study}/series", get(search_series))
-            .route("/studies/{study}/instances", get(search_study_instances))
-            .route("/studies/{study}/series/{series}", get(retrieve_series))
-            .route("/studies/{study}/series/{series}/metadata", get(series_metadata))
+            .route("/studies/{study}/instances", get(search_instances))
+            .route("/studies/{study}/series/{series}", get(retrieve_of))
+            .route("/studies/{study}/series/{series}/metadata", get(metadata_of))
             .route("/studies/{study}/series/{series}/instances", get(search_instances))
-            .route("/studies/{study}/series/{series}/instances/{instance}", get(retrieve_instance))
-            .route("/studies/{study}/series/{series}/instances/{instance}/metadata", get(instance_metadata))
+            .route("/studies/{study}/series/{series}/instances/{instance}", get(retrieve_of))
+            .route("/studies/{study}/series/{series}/instances/{instance}/metadata", get(metadata_of))
             .route("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}", get(retrieve_frames))
             .with_state(self)
     }
@@ -371,10 +371,7 @@ async fn series_of(
     q: &query::Query,
     base: &str,
 ) -> Result<Vec<Value>, WebError> {
-    let studies = match study {
-        Some(uid) => vec![web.study(principal, uid).await?],
-        None => visible_studies(web, principal).await?,
-    };
+    let studies = scope(web, principal, study).await?;
     let mut found = Vec::new();
     for v in &studies {
         let sattrs = study_attrs(&v.entry, &v.uid, base);
@@ -390,13 +387,7 @@ async fn series_of(
         }
     }
     let found = page(found, q);
-    let mut accessed: Vec<(&str, Uuid, Vec<String>)> = Vec::new();
-    for (v, _, _) in &found {
-        if !accessed.iter().any(|(_, s, _)| *s == v.entry.study_id) {
-            accessed.push((&v.tenant, v.entry.study_id, Vec::new()));
-        }
-    }
-    web.audit(principal, "qido-rs.search-series", &accessed).await?;
+    web.audit(principal, "qido-rs.search-series", &accessed(found.iter().map(|(v, _, _)| *v))).await?;
     let mut out = Vec::new();
     for (v, suid, mut a) in found {
         // A series result names its study too.
@@ -406,6 +397,25 @@ async fn series_of(
         out.push(Value::Object(a));
     }
     Ok(out)
+}
+
+/// The study named, or every study the principal may see.
+async fn scope(web: &DicomWeb, principal: &Principal, study: Option<&str>) -> Result<Vec<Visible>, WebError> {
+    match study {
+        Some(uid) => Ok(vec![web.study(principal, uid).await?]),
+        None => visible_studies(web, principal).await,
+    }
+}
+
+/// Each study behind `results` once, as the audit records it.
+fn accessed<'a>(results: impl Iterator<Item = &'a Visible>) -> Vec<(&'a str, Uuid, Vec<String>)> {
+    let mut out: Vec<(&str, Uuid, Vec<String>)> = Vec::new();
+    for v in results {
+        if !out.iter().any(|(_, s, _)| *s == v.entry.study_id) {
+            out.push((&v.tenant, v.entry.study_id, Vec::new()));
+        }
+    }
+    out
 }
 
 async fn visible_studies(web: &DicomWeb, principal: &Principal) -> Result<Vec<Visible>, WebError> {
@@ -420,26 +430,38 @@ async fn visible_studies(web: &DicomWeb, principal: &Principal) -> Result<Vec<Vi
     Ok(out)
 }
 
-async fn search_all_series(
-    State(web): Web,
-    principal: Principal,
-    headers: HeaderMap,
-    Query(p): Params,
-) -> Result<Response, WebError> {
-    let q = parsed(&p, Level::Series)?;
-    let out = series_of(&web, &principal, None, &q, &base_url(&headers)).await?;
-    Ok(dicom_json(serde_json::to_vec(&out).unwrap_or_default()))
+/// The study and series UIDs of a search route (`/series`,
+/// `/studies/{study}/series`, `/instances`, …), where it names them.
+type Scope = Option<Path<std::collections::HashMap<String, String>>>;
+
+fn scope_of(path: Scope) -> (Option<String>, Option<String>) {
+    let mut path = path.map(|Path(p)| p).unwrap_or_default();
+    (path.remove("study"), path.remove("series"))
 }
 
 async fn search_series(
     State(web): Web,
     principal: Principal,
     headers: HeaderMap,
-    Path(study): Path<String>,
+    path: Scope,
     Query(p): Params,
 ) -> Result<Response, WebError> {
     let q = parsed(&p, Level::Series)?;
-    let out = series_of(&web, &principal, Some(&study), &q, &base_url(&headers)).await?;
+    let (study, _) = scope_of(path);
+    let out = series_of(&web, &principal, study.as_deref(), &q, &base_url(&headers)).await?;
+    Ok(dicom_json(serde_json::to_vec(&out).unwrap_or_default()))
+}
+
+async fn search_instances(
+    State(web): Web,
+    principal: Principal,
+    headers: HeaderMap,
+    path: Scope,
+    Query(p): Params,
+) -> Result<Response, WebError> {
+    let q = parsed(&p, Level::Instance)?;
+    let (study, series) = scope_of(path);
+    let out = instances_of(&web, &principal, study.as_deref(), series.as_deref(), &q, &base_url(&headers)).await?;
     Ok(dicom_json(serde_json::to_vec(&out).unwrap_or_default()))
 }
 
@@ -452,10 +474,7 @@ async fn instances_of(
     q: &query::Query,
     base: &str,
 ) -> Result<Vec<Value>, WebError> {
-    let studies = match study {
-        Some(uid) => vec![web.study(principal, uid).await?],
-        None => visible_studies(web, principal).await?,
-    };
+    let studies = scope(web, principal, study).await?;
     let mut found = Vec::new();
     for v in &studies {
         let sattrs = study_attrs(&v.entry, &v.uid, base);
@@ -477,13 +496,7 @@ async fn instances_of(
         }
     }
     let found = page(found, q);
-    let mut accessed: Vec<(&str, Uuid, Vec<String>)> = Vec::new();
-    for (v, _, _, _) in &found {
-        if !accessed.iter().any(|(_, s, _)| *s == v.entry.study_id) {
-            accessed.push((&v.tenant, v.entry.study_id, Vec::new()));
-        }
-    }
-    web.audit(principal, "qido-rs.search-instances", &accessed).await?;
+    web.audit(principal, "qido-rs.search-instances", &accessed(found.iter().map(|(v, _, _, _)| *v))).await?;
     let mut out = Vec::with_capacity(found.len());
     for (v, suid, sop, e) in found {
         let mut a = e.attrs;
@@ -505,41 +518,6 @@ async fn instances_of(
         out.push(Value::Object(a));
     }
     Ok(out)
-}
-
-async fn search_all_instances(
-    State(web): Web,
-    principal: Principal,
-    headers: HeaderMap,
-    Query(p): Params,
-) -> Result<Response, WebError> {
-    let q = parsed(&p, Level::Instance)?;
-    let out = instances_of(&web, &principal, None, None, &q, &base_url(&headers)).await?;
-    Ok(dicom_json(serde_json::to_vec(&out).unwrap_or_default()))
-}
-
-async fn search_study_instances(
-    State(web): Web,
-    principal: Principal,
-    headers: HeaderMap,
-    Path(study): Path<String>,
-    Query(p): Params,
-) -> Result<Response, WebError> {
-    let q = parsed(&p, Level::Instance)?;
-    let out = instances_of(&web, &principal, Some(&study), None, &q, &base_url(&headers)).await?;
-    Ok(dicom_json(serde_json::to_vec(&out).unwrap_or_default()))
-}
-
-async fn search_instances(
-    State(web): Web,
-    principal: Principal,
-    headers: HeaderMap,
-    Path((study, series)): Path<(String, String)>,
-    Query(p): Params,
-) -> Result<Response, WebError> {
-    let q = parsed(&p, Level::Instance)?;
-    let out = instances_of(&web, &principal, Some(&study), Some(&series), &q, &base_url(&headers)).await?;
-    Ok(dicom_json(serde_json::to_vec(&out).unwrap_or_default()))
 }
 
 /// Metadata of a study, series or instance: the stored DICOM JSON.
@@ -569,28 +547,25 @@ async fn metadata(
     Ok(dicom_json(body))
 }
 
-async fn study_metadata(
-    State(web): Web,
-    principal: Principal,
-    Path(study): Path<String>,
-) -> Result<Response, WebError> {
-    metadata(&web, &principal, &study, None, None).await
+/// WADO-RS metadata of the study, series or instance the route names.
+async fn metadata_of(State(web): Web, principal: Principal, path: Scope) -> Result<Response, WebError> {
+    let mut path = path.map(|Path(p)| p).unwrap_or_default();
+    let study = path.remove("study").unwrap_or_default();
+    metadata(&web, &principal, &study, path.get("series").map(String::as_str), path.get("instance").map(String::as_str))
+        .await
 }
 
-async fn series_metadata(
+/// WADO-RS retrieval of the study, series or instance the route names.
+async fn retrieve_of(
     State(web): Web,
     principal: Principal,
-    Path((study, series)): Path<(String, String)>,
+    headers: HeaderMap,
+    path: Scope,
 ) -> Result<Response, WebError> {
-    metadata(&web, &principal, &study, Some(&series), None).await
-}
-
-async fn instance_metadata(
-    State(web): Web,
-    principal: Principal,
-    Path((study, series, instance)): Path<(String, String, String)>,
-) -> Result<Response, WebError> {
-    metadata(&web, &principal, &study, Some(&series), Some(&instance)).await
+    let mut path = path.map(|Path(p)| p).unwrap_or_default();
+    let study = path.remove("study").unwrap_or_default();
+    let (series, instance) = (path.get("series").map(String::as_str), path.get("instance").map(String::as_str));
+    retrieve(web, &principal, &headers, &study, series, instance).await
 }
 
 fn accept(headers: &HeaderMap) -> Option<String> {
@@ -687,33 +662,6 @@ fn instance_parts(
             }
         }
     })
-}
-
-async fn retrieve_study(
-    State(web): Web,
-    principal: Principal,
-    headers: HeaderMap,
-    Path(study): Path<String>,
-) -> Result<Response, WebError> {
-    retrieve(web, &principal, &headers, &study, None, None).await
-}
-
-async fn retrieve_series(
-    State(web): Web,
-    principal: Principal,
-    headers: HeaderMap,
-    Path((study, series)): Path<(String, String)>,
-) -> Result<Response, WebError> {
-    retrieve(web, &principal, &headers, &study, Some(&series), None).await
-}
-
-async fn retrieve_instance(
-    State(web): Web,
-    principal: Principal,
-    headers: HeaderMap,
-    Path((study, series, instance)): Path<(String, String, String)>,
-) -> Result<Response, WebError> {
-    retrieve(web, &principal, &headers, &study, Some(&series), Some(&instance)).await
 }
 
 /// The image media type of an encapsulated transfer syntax's frames.

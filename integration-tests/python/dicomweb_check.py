@@ -3,6 +3,7 @@ and plain requests against a running `meridian dev`.
 
     dicomweb_check.py files DIR              # copies the files into DIR, prints "transfer-syntax path" each
     dicomweb_check.py check URL TOKENS DIR   # after they were sent: checks, exit 1 on failure
+    dicomweb_check.py stow URL TOKENS DIR    # STOW-RS: sends DIR's files itself, then checks
 
 pydicom's MR_small variants share their UIDs, so each copy gets its own
 Study, Series and SOP Instance UIDs from dcmtk's dcmodify, which keeps the
@@ -214,10 +215,105 @@ def main_check(url, tokens_path, folder):
     print("all DICOMweb checks passed")
 
 
+def multipart(parts, boundary="meridian-test-boundary"):
+    body = b""
+    for content_type, payload in parts:
+        body += f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode() + payload + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+def main_stow(url, tokens_path, folder):
+    with open(tokens_path) as f:
+        tokens = {name: p["token"] for name, p in json.load(f)["principals"].items()}
+    auth = {"Authorization": f"Bearer {tokens['acme-pacs']}"}
+    acme = client(url, tokens["acme-pacs"])
+    sent = {name: pydicom.dcmread(os.path.join(folder, name)) for name in FILES}
+
+    # dicomweb-client's STOW-RS, every transfer syntax in one request.
+    result = acme.store_instances(list(sent.values()))
+    stored = result.get("ReferencedSOPSequence", [])
+    check(
+        len(stored) == len(sent) and "FailedSOPSequence" not in result,
+        f"store_instances: {len(stored)} stored, none failed",
+    )
+    check(
+        {i.ReferencedSOPInstanceUID for i in stored} == {ds.SOPInstanceUID for ds in sent.values()},
+        "the response names every instance sent",
+    )
+    for name, ds in sent.items():
+        got = acme.retrieve_instance(
+            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID,
+            media_types=(("application/dicom", "*"),),
+        )
+        check(
+            got.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID and got.PixelData == ds.PixelData,
+            f"{name}: stored by STOW-RS, retrieved as sent",
+        )
+
+    # Raw requests: good and bad parts in one request.
+    def raw(name):
+        with open(os.path.join(folder, name), "rb") as f:
+            return f.read()
+
+    good = raw("CT_small.dcm")
+    body, content_type = multipart([
+        ("application/dicom", good),
+        ("application/dicom", b"not a dicom file at all"),
+        ("application/dicom", good[:400]),
+    ])
+    r = requests.post(f"{url}/studies", data=body, headers={**auth, "Content-Type": content_type})
+    doc = r.json()
+    failed = doc.get("00081198", {}).get("Value", [])
+    check(r.status_code == 202 and len(failed) == 2 and len(doc["00081199"]["Value"]) == 1,
+          f"mixed good and bad parts: 202, one stored, two failed ({r.status_code})")
+    check(all(f["00081197"]["Value"][0] == 0xC000 for f in failed), "the failures say 0xC000 (cannot understand)")
+
+    # Only bad parts: 409.
+    body, content_type = multipart([("application/dicom", b"junk")])
+    r = requests.post(f"{url}/studies", data=body, headers={**auth, "Content-Type": content_type})
+    check(r.status_code == 409, f"nothing stored: 409 ({r.status_code})")
+
+    # A study in the path that the instance is not in.
+    body, content_type = multipart([("application/dicom", good)])
+    r = requests.post(f"{url}/studies/1.2.3.4.5", data=body, headers={**auth, "Content-Type": content_type})
+    failed = r.json().get("00081198", {}).get("Value", [])
+    check(r.status_code == 409 and failed and failed[0]["00081197"]["Value"][0] == 0xA900,
+          f"an instance of another study than the path's: 409 with 0xA900 ({r.status_code})")
+
+    # Malformed requests get a 4xx that names the problem.
+    r = requests.post(f"{url}/studies", data=good, headers={**auth, "Content-Type": "application/dicom"})
+    check(r.status_code == 415 and "multipart/related" in r.text, f"a bare application/dicom body: 415 ({r.status_code})")
+    r = requests.post(f"{url}/studies", data=b"", headers={**auth, "Content-Type": content_type})
+    check(r.status_code == 400, f"an empty payload: 400 ({r.status_code}) {r.text[:100]}")
+    r = requests.post(f"{url}/studies", data=b"--nope\r\nContent-Type: application/dicom\r\n\r\nabc",
+                      headers={**auth, "Content-Type": content_type})
+    check(r.status_code == 400, f"a multipart body without its boundary: 400 ({r.status_code}) {r.text[:100]}")
+    r = requests.post(f"{url}/studies", data=body,
+                      headers={**auth, "Content-Type": 'multipart/related; type="application/dicom"'})
+    check(r.status_code == 400 and "boundary" in r.text, f"no boundary: 400 ({r.status_code})")
+
+    # Who may not store: another tenant's PHI may not live here (residency),
+    # an admin is not a sending facility, and no token is no entry.
+    r = requests.post(f"{url}/studies", data=body, headers={
+        "Authorization": f"Bearer {tokens['northwind-pacs']}", "Content-Type": content_type})
+    failed = r.json().get("00081198", {}).get("Value", []) if r.status_code == 409 else []
+    check(r.status_code == 409 and failed and failed[0]["00081197"]["Value"][0] == 0x0124,
+          f"northwind's PHI in us-east: refused for residency, 0x0124 ({r.status_code})")
+    r = requests.post(f"{url}/studies", data=body, headers={
+        "Authorization": f"Bearer {tokens['acme-admin']}", "Content-Type": content_type})
+    check(r.status_code == 403, f"a tenant admin does not send studies: 403 ({r.status_code})")
+    r = requests.post(f"{url}/studies", data=body, headers={"Content-Type": content_type})
+    check(r.status_code == 401, f"no token: 401 ({r.status_code})")
+    print("all STOW-RS checks passed")
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["files"] and len(sys.argv) == 3:
         files(sys.argv[2])
     elif sys.argv[1:2] == ["check"] and len(sys.argv) == 5:
         main_check(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif sys.argv[1:2] == ["stow"] and len(sys.argv) == 5:
+        main_stow(sys.argv[2], sys.argv[3], sys.argv[4])
     else:
         fail(__doc__)

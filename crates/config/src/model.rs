@@ -33,6 +33,24 @@ pub struct Region {
     /// region's data directory when absent.
     #[serde(default)]
     pub objects: ObjectStoreConfig,
+    /// Limits of DICOMweb on the region's HTTP port.
+    #[serde(default)]
+    pub dicomweb: DicomWebLimits,
+}
+
+/// `[dicomweb]` of a region.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DicomWebLimits {
+    /// The largest STOW-RS request body; each part is also bounded by
+    /// `dicom.max_instance_bytes`.
+    pub max_request_bytes: u64,
+}
+
+impl Default for DicomWebLimits {
+    fn default() -> Self {
+        DicomWebLimits { max_request_bytes: 8 << 30 }
+    }
 }
 
 /// `[objects]` of a region.

@@ -139,6 +139,9 @@ fn regions(out: &mut Out, f: &Files<'_>) {
         if r.dicom.idle_timeout.seconds == 0 {
             out.at(file, "dicom.idle_timeout", "must be at least a second");
         }
+        if r.dicomweb.max_request_bytes < 1 << 20 {
+            out.at(file, "dicomweb.max_request_bytes", "must be at least 1048576 (1 MiB)");
+        }
         if let crate::model::ObjectStoreConfig::S3 { bucket, endpoint, allow_http, .. } = &r.objects {
             // S3's bucket naming rules: 3-63 of a-z, 0-9, '.', '-', starting
             // and ending with a letter or digit.

@@ -435,6 +435,149 @@ fn no_acknowledged_instance_is_lost_when_the_region_dies_between_put_append_and_
     }
 }
 
+/// One STOW-RS request of `files` (Part-10) over a fresh connection; the
+/// status and body, or `None` when the connection broke first.
+fn stow(addr: &str, token: &str, files: &[PathBuf]) -> Option<(u16, Value)> {
+    use std::io::{Read, Write};
+    let boundary = "meridian-stow-test";
+    let mut body = Vec::new();
+    for f in files {
+        body.extend(format!("--{boundary}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes());
+        body.extend(std::fs::read(f).unwrap());
+        body.extend(b"\r\n");
+    }
+    body.extend(format!("--{boundary}--\r\n").as_bytes());
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    let head = format!(
+        "POST /dicomweb/studies HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: multipart/related; type=\"application/dicom\"; boundary={boundary}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).ok()?;
+    stream.write_all(&body).ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, serde_json::from_str(body).ok()?))
+}
+
+#[test]
+fn stow_rs_stores_through_the_same_checks_and_write_path_and_answers_each_part() {
+    use meridian_events::payload::Payload;
+    let data = tempfile::TempDir::new().unwrap();
+    let files = tempfile::TempDir::new().unwrap();
+    let dev = Dev::start(data.path());
+    let script = repo().join("integration-tests/python/dicomweb_check.py");
+    let listed = Command::new(python()).arg(&script).arg("files").arg(files.path()).output().unwrap();
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let url = format!("http://{}/dicomweb", dev.http("us-east"));
+    let checked = Command::new(python())
+        .arg(&script)
+        .arg("stow")
+        .arg(&url)
+        .arg(data.path().join("tokens.json"))
+        .arg(files.path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&checked.stdout).into_owned() + &String::from_utf8_lossy(&checked.stderr);
+    assert!(checked.status.success() && said.contains("all STOW-RS checks passed"), "{said}");
+    dev.interrupt();
+
+    // The residency refusal is on record, and the refused parts are listed
+    // for the tenant with opaque ids and reasons only.
+    let (storage, _) = topic_events(data.path(), meridian_events::DataClass::Operational, "storage");
+    let refusals: Vec<_> = storage
+        .iter()
+        .filter_map(|(_, e)| match e.open_plain() {
+            Ok(Payload::PhiWriteRefused(r)) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert!(refusals.iter().any(|r| r.tenant == "northwind" && r.region == "us-east"), "{refusals:?}");
+    let (ingest, _) = topic_events(data.path(), meridian_events::DataClass::Operational, "ingest");
+    let rejected: Vec<_> = ingest
+        .iter()
+        .filter_map(|(raw, e)| match e.open_plain() {
+            Ok(Payload::InstanceRejected(r)) => {
+                assert!(
+                    !String::from_utf8_lossy(raw).contains("1.2.826.0.1.3680043.10.543.77"),
+                    "no UID in a rejection"
+                );
+                Some(r.reason_code)
+            }
+            _ => None,
+        })
+        .collect();
+    for code in ["unreadable_data_set", "study_mismatch", "residency"] {
+        assert!(rejected.iter().any(|c| c == code), "{code} among {rejected:?}");
+    }
+}
+
+#[test]
+fn every_instance_stow_rs_reported_stored_survives_a_sigkill_mid_request() {
+    use meridian_integration_tests::dicom::{CtInstance, write_ct};
+    let data = tempfile::TempDir::new().unwrap();
+    let files = tempfile::TempDir::new().unwrap();
+    let study = "1.2.826.0.1.3680043.10.543.600";
+    let series = format!("{study}.1");
+    let all: Vec<PathBuf> = (1..=120u16)
+        .map(|i| {
+            let sop = format!("{series}.{i}");
+            let ct = CtInstance {
+                study_uid: study,
+                series_uid: &series,
+                sop_uid: &sop,
+                patient_id: "MRN-STOW",
+                priority: "",
+                pixels: [i, 1, 2, 3],
+            };
+            write_ct(files.path(), &ct)
+        })
+        .collect();
+    let dev = Dev::start(data.path());
+    let (addr, token) = (dev.http("us-east"), dev.token("acme-pacs"));
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<String>>();
+    let sender = {
+        let all = all.clone();
+        std::thread::spawn(move || {
+            for chunk in all.chunks(4) {
+                let Some((200, answer)) = stow(&addr, &token, chunk) else { return };
+                let stored = answer["00081199"]["Value"].as_array().cloned().unwrap_or_default();
+                let uids = stored.iter().filter_map(|i| i["00081155"]["Value"][0].as_str().map(str::to_owned));
+                if tx.send(uids.collect()).is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    // A few requests answered, then SIGKILL while the next is in flight.
+    let mut reported: Vec<String> = Vec::new();
+    while reported.len() < 12 {
+        reported.extend(rx.recv_timeout(Duration::from_secs(30)).expect("STOW-RS answers"));
+    }
+    let status = Command::new("kill").args(["-KILL", &dev.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    sender.join().unwrap();
+    reported.extend(rx.try_iter().flatten());
+    assert!(reported.len() < all.len(), "the kill came mid-send ({} reported)", reported.len());
+    drop(dev);
+
+    let dev = Dev::start(data.path());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (status, _, found) =
+        runtime.block_on(http_get(&dev.http("us-east"), "/dicomweb/instances", Some(&dev.token("acme-pacs"))));
+    assert_eq!(status, 200, "{found}");
+    let visible: Vec<&str> =
+        found.as_array().unwrap().iter().filter_map(|i| i["00080018"]["Value"][0].as_str()).collect();
+    for uid in &reported {
+        assert!(visible.contains(&uid.as_str()), "{uid} was reported stored and is retrievable after SIGKILL");
+    }
+    dev.interrupt();
+}
+
 fn count_files(dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     entries.filter_map(Result::ok).map(|e| if e.path().is_dir() { count_files(&e.path()) } else { 1 }).sum()

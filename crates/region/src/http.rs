@@ -29,7 +29,13 @@ pub fn router(region: Arc<Region>) -> Router {
         .allow_headers([header::AUTHORIZATION, header::ACCEPT, header::CONTENT_TYPE])
         .expose_headers([header::CONTENT_TYPE, header::CONTENT_LOCATION, header::WARNING])
         .max_age(std::time::Duration::from_secs(600));
-    let dicomweb = region.dicomweb.clone().router().layer(authenticate()).layer(cors);
+    let config = region.platform.regions.get(&region.name);
+    let limits = meridian_ingest::stow::StowLimits {
+        max_instance_bytes: config.map_or(1 << 30, |r| r.dicom.max_instance_bytes),
+        max_request_bytes: config.map_or(8 << 30, |r| r.dicomweb.max_request_bytes),
+    };
+    let stow = meridian_ingest::stow::router(region.ingest.clone(), limits);
+    let dicomweb = region.dicomweb.clone().router().merge(stow).layer(authenticate()).layer(cors);
     Router::new()
         .route("/healthz", get(healthz))
         .merge(authenticated)

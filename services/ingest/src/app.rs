@@ -256,6 +256,16 @@ impl Ingest {
                 return self.reject(&tenant, &facility, study, rejection, now).await;
             }
         };
+        // Residency first: a region that may not hold the tenant's PHI
+        // holds no id secret for it either.
+        if let Err(refused) = self.phi.admit(&tenant, now).await {
+            if let PhiWriteError::Refused { .. } | PhiWriteError::UnknownTenant { .. } = refused {
+                let rejection =
+                    Rejection { status: STATUS_NOT_AUTHORIZED, code: "residency", reason: refused.to_string() };
+                return self.reject(&tenant, &facility, None, rejection, now).await;
+            }
+            return Err(refused.into());
+        }
         let Some(secret) = self.secrets.get(&tenant) else {
             tracing::error!(region = %self.region, %tenant, "no id secret for the tenant in this region");
             return Ok(STATUS_OUT_OF_RESOURCES);
@@ -469,6 +479,19 @@ impl Ingest {
         Ok(Some(out))
     }
 
+    /// Refuses an instance that never reached the checks (an HTTP part that
+    /// is not a DICOM file, too large, or in a syntax this region does not
+    /// store): records it like any refusal and answers its status.
+    pub async fn refuse(&self, sender: &Sender, study: Option<Uuid>, rejection: Rejection, now: UnixMicros) -> u16 {
+        let tenant = sender.principal.tenant.clone().unwrap_or_default();
+        let facility = sender.principal.facility.clone().unwrap_or_default();
+        let status = rejection.status;
+        self.reject(&tenant, &facility, study, rejection, now).await.unwrap_or_else(|e| {
+            tracing::warn!(region = %self.region, error = %e, "recording a refusal");
+            status
+        })
+    }
+
     /// Records a refused instance (operational: opaque ids and the reason)
     /// and answers its status.
     async fn reject(
@@ -611,7 +634,7 @@ fn study_of(instance: &Instance) -> Option<String> {
 
 /// The edge: an instance's arrival time.
 #[allow(clippy::disallowed_methods)]
-fn arrival() -> UnixMicros {
+pub fn arrival() -> UnixMicros {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     UnixMicros(now.as_micros() as i64)
 }

@@ -11,6 +11,7 @@
 //!   completion.
 //! - [`grpc`]: `meridian.ingest.v1` for tenants: `ListRejections`,
 //!   `CompleteStudy`.
+//! - [`stow`]: STOW-RS, through the same checks and acknowledgement path.
 //!
 //! The study index and DICOMweb out are the storage service's.
 
@@ -19,4 +20,5 @@
 pub mod app;
 pub mod dataset;
 pub mod grpc;
+pub mod stow;
 pub mod studies;

@@ -102,7 +102,7 @@ impl PhiWriter {
     /// refusal). Returns only once the bytes are on durable storage.
     pub async fn put(&self, object: PhiObject, now: UnixMicros) -> Result<Stored, PhiWriteError> {
         if let Err(refused) = self.check_residency(&object.tenant) {
-            self.record_refusal(&object, &refused, now).await?;
+            self.record_refusal(&object.tenant, Some(object.study.as_uuid()), &refused, now).await?;
             tracing::warn!(region = %self.region, tenant = %object.tenant, study = %object.study, "PHI write refused");
             return Err(refused);
         }
@@ -120,9 +120,23 @@ impl PhiWriter {
         Ok(Stored { key, sha256, size, created })
     }
 
+    /// Whether `tenant`'s PHI may be written here, asked before anything
+    /// else is known of the data (a region that may not hold the tenant's
+    /// PHI does not hold its id secret either, so no opaque study id can be
+    /// named). A refusal is recorded (PhiWriteRefused) and returned.
+    pub async fn admit(&self, tenant: &str, now: UnixMicros) -> Result<(), PhiWriteError> {
+        if let Err(refused) = self.check_residency(tenant) {
+            self.record_refusal(tenant, None, &refused, now).await?;
+            tracing::warn!(region = %self.region, %tenant, "PHI write refused");
+            return Err(refused);
+        }
+        Ok(())
+    }
+
     async fn record_refusal(
         &self,
-        object: &PhiObject,
+        tenant: &str,
+        study: Option<uuid::Uuid>,
         refused: &PhiWriteError,
         now: UnixMicros,
     ) -> Result<(), PhiWriteError> {
@@ -131,20 +145,21 @@ impl PhiWriter {
             _ => String::new(),
         };
         let payload = meridian_proto::events::v1::PhiWriteRefused {
-            tenant: object.tenant.clone(),
+            tenant: tenant.to_owned(),
             region: self.region.clone(),
             contract: contracts,
-            study_id: object.study.as_uuid().to_string(),
+            study_id: study.map(|s| s.to_string()).unwrap_or_default(),
             reason: refused.to_string(),
         };
+        let event_id = EventId::new_at(now);
         // A refusal is not a step in the object's history: its version is
         // its moment, so every refusal is a distinct event.
         let meta = EventMeta {
-            event_id: EventId::new_at(now),
+            event_id,
             aggregate_type: "storage.object".into(),
-            aggregate_id: object.study.as_uuid(),
+            aggregate_id: study.unwrap_or_else(|| event_id.as_uuid()),
             aggregate_version: now.0.max(1) as u64,
-            tenant: object.tenant.clone(),
+            tenant: tenant.to_owned(),
             home_region: self.region.clone(),
             occurred_at: now,
             causation_id: None,

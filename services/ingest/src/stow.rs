@@ -1,0 +1,375 @@
+//! STOW-RS (PS3.18 10.5): `POST /dicomweb/studies[/{study}]` with
+//! `multipart/related; type="application/dicom"`, each part one Part-10
+//! instance. Every part goes through the same checks, PHI write path and
+//! acknowledgement order as a C-STORE; the answer lists what was stored
+//! (ReferencedSOPSequence) and what failed with its reason
+//! (FailedSOPSequence): 200 when all were stored, 202 when some failed, 409
+//! when none was stored.
+//!
+//! The body is streamed: one part is in memory at a time, at most the
+//! region's per-instance limit (a larger part is read to its end, dropped
+//! and answered 0xA700); the whole request is bounded too (413, naming
+//! what was stored before the limit).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use dicom_dictionary_std::tags;
+use meridian_auth::{Action, Principal, Resource, authorize};
+use meridian_dimse::command::{
+    STATUS_CANNOT_UNDERSTAND, STATUS_DATA_SET_MISMATCH, STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS,
+};
+use meridian_dimse::{Instance, STORED_TRANSFER_SYNTAXES, Sender};
+use serde_json::{Value, json};
+
+use crate::app::{Ingest, arrival};
+use crate::dataset::{self, Rejection};
+
+/// A transfer syntax this region does not store (PS3.18 table 10.5.3-4's
+/// "Referenced Transfer Syntax not supported").
+pub const STATUS_TRANSFER_SYNTAX_NOT_SUPPORTED: u16 = 0xC122;
+
+/// What one STOW-RS request may carry.
+#[derive(Clone, Copy, Debug)]
+pub struct StowLimits {
+    pub max_instance_bytes: u64,
+    pub max_request_bytes: u64,
+}
+
+struct Stow {
+    ingest: Arc<Ingest>,
+    limits: StowLimits,
+}
+
+/// The STOW-RS routes, to nest under `/dicomweb` behind the bearer-token
+/// layer (beside the storage service's QIDO-RS and WADO-RS).
+pub fn router(ingest: Arc<Ingest>, limits: StowLimits) -> Router {
+    Router::new()
+        .route("/studies", post(store))
+        .route("/studies/{study}", post(store))
+        // The request is streamed and bounded by `limits`, not buffered.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(Arc::new(Stow { ingest, limits }))
+}
+
+/// One part's outcome.
+struct Outcome {
+    sop_class: String,
+    sop_instance: String,
+    study: String,
+    series: String,
+    status: u16,
+}
+
+fn problem(status: StatusCode, code: &str, message: String) -> Response {
+    (status, axum::Json(json!({"error": {"code": code, "message": message}}))).into_response()
+}
+
+async fn store(
+    State(stow): State<Arc<Stow>>,
+    principal: Principal,
+    headers: HeaderMap,
+    study: Option<Path<String>>,
+    body: Body,
+) -> Response {
+    let study = study.map(|Path(s)| s);
+    let tenant = principal.tenant.clone().unwrap_or_default();
+    if let Err(denied) = authorize(&principal, Action::SendStudy, &Resource::Tenant { tenant: &tenant }) {
+        return denied.into_response();
+    }
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let boundary = match multipart_boundary(content_type) {
+        Ok(b) => b,
+        Err((status, message)) => return problem(status, "INVALID_ARGUMENT", message),
+    };
+    let constraints =
+        multer::Constraints::new().size_limit(multer::SizeLimit::new().whole_stream(stow.limits.max_request_bytes));
+    let mut parts = multer::Multipart::with_constraints(body.into_data_stream(), boundary, constraints);
+    let sender = Sender {
+        principal: principal.clone(),
+        calling_ae_title: String::new(),
+        called_ae_title: String::new(),
+        // An HTTP request has no DICOM peer address; the principal says who.
+        peer: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+    };
+    let mut outcomes = Vec::new();
+    let mut index = 0;
+    loop {
+        let mut field = match parts.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(e) => return cut_short(&headers, study.as_deref(), outcomes, index, &e),
+        };
+        index += 1;
+        let part_type = field.content_type().map(|m| m.essence_str().to_owned()).unwrap_or_default();
+        let mut bytes = Vec::new();
+        let mut too_large = false;
+        loop {
+            match field.chunk().await {
+                Ok(Some(chunk)) => {
+                    too_large |= (bytes.len() + chunk.len()) as u64 > stow.limits.max_instance_bytes;
+                    if too_large {
+                        bytes = Vec::new(); // read to its end, keep nothing
+                    } else {
+                        bytes.extend_from_slice(&chunk);
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return cut_short(&headers, study.as_deref(), outcomes, index, &e),
+            }
+        }
+        let now = arrival();
+        let outcome = if too_large {
+            let reason = format!("part {index} is over this region's per-instance limit");
+            let rejection = Rejection { status: STATUS_OUT_OF_RESOURCES, code: "instance_too_large", reason };
+            refused(&stow.ingest, &sender, rejection, now).await
+        } else if part_type != "application/dicom" && !part_type.is_empty() {
+            let reason = format!("part {index} is {part_type}, not application/dicom");
+            let rejection = Rejection { status: STATUS_CANNOT_UNDERSTAND, code: "unsupported_media_type", reason };
+            refused(&stow.ingest, &sender, rejection, now).await
+        } else {
+            store_part(&stow.ingest, &sender, bytes, study.as_deref(), now).await
+        };
+        outcomes.push(outcome);
+    }
+    if outcomes.is_empty() {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "the request has no parts: nothing to store".into(),
+        );
+    }
+    answer(&headers, study.as_deref(), &outcomes, None)
+}
+
+/// Checks the request's Content-Type and returns its boundary.
+fn multipart_boundary(content_type: &str) -> Result<String, (StatusCode, String)> {
+    let lower = content_type.to_ascii_lowercase();
+    let media = lower.split(';').next().unwrap_or("").trim().to_owned();
+    if media != "multipart/related" {
+        return Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "Content-Type {content_type:?}: STOW-RS takes multipart/related; type=\"application/dicom\"; boundary=..."
+            ),
+        ));
+    }
+    let param = |name: &str| {
+        content_type
+            .split(';')
+            .skip(1)
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().trim_matches('"').to_owned())
+    };
+    if let Some(t) = param("type")
+        && !t.eq_ignore_ascii_case("application/dicom")
+    {
+        return Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "multipart/related of type {t:?}: this region takes Part-10 instances (type=\"application/dicom\")"
+            ),
+        ));
+    }
+    // RFC 2046: 1 to 70 characters.
+    match param("boundary") {
+        Some(b) if (1..=70).contains(&b.len()) => Ok(b),
+        _ => Err((StatusCode::BAD_REQUEST, format!("Content-Type {content_type:?} has no usable boundary parameter"))),
+    }
+}
+
+async fn refused(ingest: &Ingest, sender: &Sender, rejection: Rejection, now: meridian_events::UnixMicros) -> Outcome {
+    let status = ingest.refuse(sender, None, rejection, now).await;
+    Outcome {
+        sop_class: String::new(),
+        sop_instance: String::new(),
+        study: String::new(),
+        series: String::new(),
+        status,
+    }
+}
+
+/// Stores one Part-10 file through ingest, as a C-STORE would.
+async fn store_part(
+    ingest: &Ingest,
+    sender: &Sender,
+    file: Vec<u8>,
+    study: Option<&str>,
+    now: meridian_events::UnixMicros,
+) -> Outcome {
+    let instance = match instance_of(&file) {
+        Ok(i) => i,
+        Err(rejection) => return refused(ingest, sender, rejection, now).await,
+    };
+    let mut outcome = Outcome {
+        sop_class: instance.sop_class.clone(),
+        sop_instance: instance.sop_instance.clone(),
+        study: String::new(),
+        series: String::new(),
+        status: STATUS_SUCCESS,
+    };
+    if !STORED_TRANSFER_SYNTAXES.contains(&instance.transfer_syntax.as_str()) {
+        let reason = format!("transfer syntax {} is not one this region stores", instance.transfer_syntax);
+        let rejection =
+            Rejection { status: STATUS_TRANSFER_SYNTAX_NOT_SUPPORTED, code: "transfer_syntax_not_supported", reason };
+        outcome.status = ingest.refuse(sender, None, rejection, now).await;
+        return outcome;
+    }
+    if let Ok(facts) = dataset::read_part10(&instance, &file) {
+        (outcome.study, outcome.series) = (facts.study_uid, facts.series_uid);
+        if let Some(wanted) = study
+            && wanted != outcome.study
+        {
+            let reason = "the instance's Study Instance UID is not the study the request names".to_owned();
+            let rejection = Rejection { status: STATUS_DATA_SET_MISMATCH, code: "study_mismatch", reason };
+            outcome.status = ingest.refuse(sender, None, rejection, now).await;
+            return outcome;
+        }
+    }
+    outcome.status = ingest.receive(sender, instance, now).await;
+    outcome
+}
+
+/// The instance a Part-10 file holds: its File Meta Information names the
+/// SOP class and instance and the transfer syntax of the data set after it.
+fn instance_of(file: &[u8]) -> Result<Instance, Rejection> {
+    let unreadable =
+        |reason: String| Rejection { status: STATUS_CANNOT_UNDERSTAND, code: "unreadable_data_set", reason };
+    if file.get(128..132) != Some(b"DICM") {
+        return Err(unreadable("not a DICOM Part-10 file (no \"DICM\" after the 128-byte preamble)".into()));
+    }
+    let meta = dicom_object::meta::FileMetaTable::from_reader(&file[128..])
+        .map_err(|e| unreadable(format!("the File Meta Information does not parse: {e}")))?;
+    let start = 132 + 12 + meta.information_group_length as usize;
+    let data_set =
+        file.get(start..).ok_or_else(|| unreadable("the file ends inside its File Meta Information".into()))?;
+    let clean = |s: &str| s.trim_end_matches(['\0', ' ']).to_owned();
+    Ok(Instance {
+        sop_class: clean(&meta.media_storage_sop_class_uid),
+        sop_instance: clean(&meta.media_storage_sop_instance_uid),
+        transfer_syntax: clean(&meta.transfer_syntax),
+        data_set: data_set.to_vec(),
+    })
+}
+
+fn base_url(headers: &HeaderMap) -> String {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    let scheme = headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()).unwrap_or("http");
+    format!("{scheme}://{host}/dicomweb")
+}
+
+fn uid(value: &str) -> Value {
+    json!({"vr": "UI", "Value": [value]})
+}
+
+/// The STOW-RS response (PS3.18 10.5.3.1): 200, 202 or 409 with the
+/// Store Instances Response Module as DICOM JSON; with `limit`, 413.
+fn answer(headers: &HeaderMap, study: Option<&str>, outcomes: &[Outcome], limit: Option<String>) -> Response {
+    let base = base_url(headers);
+    let tag = |t: dicom_core::Tag| format!("{:04X}{:04X}", t.group(), t.element());
+    let mut stored = Vec::new();
+    let mut failed = Vec::new();
+    for o in outcomes {
+        let mut item = serde_json::Map::new();
+        if !o.sop_class.is_empty() {
+            item.insert(tag(tags::REFERENCED_SOP_CLASS_UID), uid(&o.sop_class));
+            item.insert(tag(tags::REFERENCED_SOP_INSTANCE_UID), uid(&o.sop_instance));
+        }
+        if o.status == STATUS_SUCCESS {
+            let url = format!("{base}/studies/{}/series/{}/instances/{}", o.study, o.series, o.sop_instance);
+            item.insert(tag(tags::RETRIEVE_URL), json!({"vr": "UR", "Value": [url]}));
+            stored.push(Value::Object(item));
+        } else {
+            item.insert(tag(tags::FAILURE_REASON), json!({"vr": "US", "Value": [o.status]}));
+            failed.push(Value::Object(item));
+        }
+    }
+    let mut body = serde_json::Map::new();
+    if let Some(s) = study.or_else(|| outcomes.iter().find(|o| o.status == STATUS_SUCCESS).map(|o| o.study.as_str())) {
+        body.insert(tag(tags::RETRIEVE_URL), json!({"vr": "UR", "Value": [format!("{base}/studies/{s}")]}));
+    }
+    if !stored.is_empty() {
+        body.insert(tag(tags::REFERENCED_SOP_SEQUENCE), json!({"vr": "SQ", "Value": stored}));
+    }
+    if !failed.is_empty() {
+        body.insert(tag(tags::FAILED_SOP_SEQUENCE), json!({"vr": "SQ", "Value": failed}));
+    }
+    let status = match (limit.is_some(), stored.is_empty(), failed.is_empty()) {
+        (true, _, _) => StatusCode::PAYLOAD_TOO_LARGE,
+        (false, false, true) => StatusCode::OK,
+        (false, false, false) => StatusCode::ACCEPTED,
+        (false, true, _) => StatusCode::CONFLICT,
+    };
+    let mut response = (status, serde_json::to_vec(&Value::Object(body)).unwrap_or_default()).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/dicom+json"));
+    if let Some(message) = limit
+        && let Ok(warning) = header::HeaderValue::from_str(&format!("299 meridian \"{message}\""))
+    {
+        response.headers_mut().insert(header::WARNING, warning);
+    }
+    response
+}
+
+/// The body ended badly or went over the request limit after `index`
+/// parts: what was stored stays stored, and the answer says so.
+fn cut_short(
+    headers: &HeaderMap,
+    study: Option<&str>,
+    outcomes: Vec<Outcome>,
+    index: usize,
+    error: &multer::Error,
+) -> Response {
+    match error {
+        multer::Error::StreamSizeExceeded { limit } => {
+            let message = format!(
+                "the request is over this region's limit of {limit} bytes at part {}; the parts before it are answered",
+                index + 1
+            );
+            answer(headers, study, &outcomes, Some(message))
+        }
+        e => {
+            let stored = outcomes.iter().filter(|o| o.status == STATUS_SUCCESS).count();
+            problem(
+                StatusCode::BAD_REQUEST,
+                "INVALID_ARGUMENT",
+                format!(
+                    "the multipart body is malformed after part {index}: {e}; {stored} instance(s) before it were stored"
+                ),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_content_type_must_be_multipart_related_of_dicom_with_a_boundary() {
+        let ok = "multipart/related; type=\"application/dicom\"; boundary=abc";
+        assert_eq!(multipart_boundary(ok).unwrap(), "abc");
+        assert_eq!(multipart_boundary("multipart/related; boundary=xyz").unwrap(), "xyz");
+        let (status, message) = multipart_boundary("application/dicom").unwrap_err();
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert!(message.contains("multipart/related"), "{message}");
+        let (status, _) =
+            multipart_boundary("multipart/related; type=\"application/dicom+json\"; boundary=a").unwrap_err();
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        let (status, message) = multipart_boundary("multipart/related; type=\"application/dicom\"").unwrap_err();
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(message.contains("boundary"), "{message}");
+    }
+
+    #[test]
+    fn a_file_without_the_dicm_magic_is_not_understood() {
+        let e = instance_of(b"hello").unwrap_err();
+        assert_eq!(e.status, STATUS_CANNOT_UNDERSTAND);
+        assert!(e.reason.contains("DICM"), "{}", e.reason);
+    }
+}

@@ -222,3 +222,138 @@ pub mod dicom {
         )
     }
 }
+
+/// What the benches share: CT slices, `meridian dev` and peer processes,
+/// and a few figures' helpers.
+pub mod bench {
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+
+    const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
+
+    /// The study every bench slice belongs to.
+    pub const STUDY: &str = "1.2.826.0.1.3680043.10.543.2026";
+
+    pub fn arg(name: &str) -> Option<String> {
+        let args: Vec<String> = std::env::args().collect();
+        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+    }
+
+    /// Writes `n` CT slices of 512×512×16 bit (≈ 0.5 MB) of `series` in
+    /// [`STUDY`], and returns their paths and total size.
+    pub fn slices(dir: &Path, n: usize, series: &str) -> anyhow::Result<(Vec<PathBuf>, u64)> {
+        let study = STUDY;
+        let mut files = Vec::new();
+        let mut bytes = 0;
+        for i in 0..n {
+            let sop = format!("{series}.{}", i + 1);
+            let pixels: Vec<u16> = (0..512 * 512).map(|p| ((p * 7 + i * 13) % 4096) as u16).collect();
+            let obj = InMemDicomObject::from_element_iter([
+                DataElement::new(tags::SOP_CLASS_UID, VR::UI, PrimitiveValue::from(CT)),
+                DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from(sop.as_str())),
+                DataElement::new(tags::ACCESSION_NUMBER, VR::SH, PrimitiveValue::from("ACC-BENCH")),
+                DataElement::new(tags::MODALITY, VR::CS, PrimitiveValue::from("CT")),
+                DataElement::new(tags::PATIENT_NAME, VR::PN, PrimitiveValue::from("Bench^Patient")),
+                DataElement::new(tags::PATIENT_ID, VR::LO, PrimitiveValue::from("MRN-BENCH")),
+                DataElement::new(tags::BODY_PART_EXAMINED, VR::CS, PrimitiveValue::from("CHEST")),
+                DataElement::new(tags::STUDY_INSTANCE_UID, VR::UI, PrimitiveValue::from(study)),
+                DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, PrimitiveValue::from(series)),
+                DataElement::new(tags::INSTANCE_NUMBER, VR::IS, PrimitiveValue::from((i + 1).to_string())),
+                DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16)),
+                DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, PrimitiveValue::from("MONOCHROME2")),
+                DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(512u16)),
+                DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(512u16)),
+                DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16)),
+                DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(12u16)),
+                DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(11u16)),
+                DataElement::new(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(0u16)),
+                DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(pixels.into())),
+            ]);
+            let meta = FileMetaTableBuilder::new()
+                .media_storage_sop_class_uid(CT)
+                .media_storage_sop_instance_uid(sop.as_str())
+                .transfer_syntax("1.2.840.10008.1.2.1")
+                .build()?;
+            let path = dir.join(format!("{:04}.dcm", i + 1));
+            obj.with_exact_meta(meta).write_to_file(&path)?;
+            bytes += std::fs::metadata(&path)?.len();
+            files.push(path);
+        }
+        Ok((files, bytes))
+    }
+
+    pub fn wait_for_port(port: u16) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "nothing listens on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Peak resident memory of a process, from /proc.
+    pub fn peak_rss_mb(pid: u32) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb / 1024.0)
+    }
+
+    /// `meridian dev` (beside this binary) on the example configuration and
+    /// `dir`, once it has written its endpoints.
+    pub fn start_dev(dir: &Path, ports: &[&str]) -> anyhow::Result<Child> {
+        let meridian = std::env::current_exe()?.with_file_name("meridian");
+        let _ = std::fs::remove_file(dir.join("endpoints.json"));
+        let mut child = Command::new(&meridian)
+            .arg("dev")
+            .args(ports)
+            .arg("--config")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/dev"))
+            .arg("--data-dir")
+            .arg(dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !dir.join("endpoints.json").exists() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                anyhow::bail!("meridian dev did not start in 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(child)
+    }
+
+    pub fn percentiles(mut ms: Vec<f64>) -> (f64, f64) {
+        ms.sort_by(f64::total_cmp);
+        let at = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).saturating_sub(1).min(ms.len() - 1)];
+        (at(0.50), at(0.99))
+    }
+
+    /// A program on `PATH`, if installed.
+    pub fn which(name: &str) -> Option<PathBuf> {
+        std::env::var_os("PATH")
+            .into_iter()
+            .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    }
+
+    pub trait MkDir {
+        fn tap_mkdir(self) -> std::io::Result<PathBuf>;
+    }
+
+    impl MkDir for PathBuf {
+        fn tap_mkdir(self) -> std::io::Result<PathBuf> {
+            std::fs::create_dir_all(&self)?;
+            Ok(self)
+        }
+    }
+}

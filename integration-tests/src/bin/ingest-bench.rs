@@ -19,61 +19,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use dicom_core::{DataElement, PrimitiveValue, VR};
-use dicom_dictionary_std::tags;
-use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
-
-const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
-
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
-}
-
-/// Writes `n` CT slices of one series and returns their paths and total size.
-fn slices(dir: &Path, n: usize) -> anyhow::Result<(Vec<PathBuf>, u64)> {
-    let study = "1.2.826.0.1.3680043.10.543.2026";
-    let series = format!("{study}.1");
-    let mut files = Vec::new();
-    let mut bytes = 0;
-    for i in 0..n {
-        let sop = format!("{series}.{}", i + 1);
-        let pixels: Vec<u16> = (0..512 * 512).map(|p| ((p * 7 + i * 13) % 4096) as u16).collect();
-        let obj = InMemDicomObject::from_element_iter([
-            DataElement::new(tags::SOP_CLASS_UID, VR::UI, PrimitiveValue::from(CT)),
-            DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from(sop.as_str())),
-            DataElement::new(tags::ACCESSION_NUMBER, VR::SH, PrimitiveValue::from("ACC-BENCH")),
-            DataElement::new(tags::MODALITY, VR::CS, PrimitiveValue::from("CT")),
-            DataElement::new(tags::PATIENT_NAME, VR::PN, PrimitiveValue::from("Bench^Patient")),
-            DataElement::new(tags::PATIENT_ID, VR::LO, PrimitiveValue::from("MRN-BENCH")),
-            DataElement::new(tags::BODY_PART_EXAMINED, VR::CS, PrimitiveValue::from("CHEST")),
-            DataElement::new(tags::STUDY_INSTANCE_UID, VR::UI, PrimitiveValue::from(study)),
-            DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, PrimitiveValue::from(series.as_str())),
-            DataElement::new(tags::INSTANCE_NUMBER, VR::IS, PrimitiveValue::from((i + 1).to_string())),
-            DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16)),
-            DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, PrimitiveValue::from("MONOCHROME2")),
-            DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(512u16)),
-            DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(512u16)),
-            DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16)),
-            DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(12u16)),
-            DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(11u16)),
-            DataElement::new(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(0u16)),
-            DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(pixels.into())),
-        ]);
-        let meta = FileMetaTableBuilder::new()
-            .media_storage_sop_class_uid(CT)
-            .media_storage_sop_instance_uid(sop.as_str())
-            .transfer_syntax("1.2.840.10008.1.2.1")
-            .build()?;
-        let path = dir.join(format!("{:04}.dcm", i + 1));
-        obj.with_exact_meta(meta).write_to_file(&path)?;
-        bytes += std::fs::metadata(&path)?.len();
-        files.push(path);
-    }
-    Ok((files, bytes))
-}
+use meridian_integration_tests::bench::{
+    MkDir, STUDY, arg, peak_rss_mb, percentiles, slices, start_dev, wait_for_port, which,
+};
 
 /// Sends `files` over `associations` parallel storescu runs; returns seconds.
 fn send(port: u16, calling: &str, called: &str, files: &[PathBuf], associations: usize) -> anyhow::Result<f64> {
@@ -98,23 +48,6 @@ fn send(port: u16, calling: &str, called: &str, files: &[PathBuf], associations:
     Ok(started.elapsed().as_secs_f64())
 }
 
-fn wait_for_port(port: u16) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "nothing listens on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
-
-/// Peak resident memory of a process, from /proc.
-fn peak_rss_mb(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
 struct Peer {
     name: &'static str,
     fsync: &'static str,
@@ -135,12 +68,12 @@ fn main() -> anyhow::Result<()> {
     let n: usize = arg("--count").and_then(|v| v.parse().ok()).unwrap_or(1_000);
     if let Some(dir) = arg("--write-only") {
         // The slices alone, for sending by hand (or under a profiler).
-        let (files, bytes) = slices(&PathBuf::from(dir).tap_mkdir()?, n)?;
+        let (files, bytes) = slices(&PathBuf::from(dir).tap_mkdir()?, n, &format!("{STUDY}.1"))?;
         println!("wrote {} slices, {} MB", files.len(), bytes / 1_000_000);
         return Ok(());
     }
     let work = tempfile::TempDir::new()?;
-    let (files, bytes) = slices(&work.path().join("slices").tap_mkdir()?, n)?;
+    let (files, bytes) = slices(&work.path().join("slices").tap_mkdir()?, n, &format!("{STUDY}.1"))?;
     let mb = bytes as f64 / 1e6;
     println!("ingest    {n} CT slices of 512x512x16 bit, {mb:.0} MB, storescu over loopback with TCP_NODELAY=1");
 
@@ -162,7 +95,7 @@ fn main() -> anyhow::Result<()> {
                 files.clone()
             } else {
                 let dir = work.path().join(format!("set-{run}-{mode}")).tap_mkdir()?;
-                restamp(&files, &dir, run * 2 + usize::from(mode == "b"))?.0
+                slices(&dir, n, &format!("{STUDY}.{}", 100 + run * 2 + usize::from(mode == "b")))?.0
             };
             for peer in &peers {
                 let secs = send(peer.port, peer.calling, peer.called, &set, associations)?;
@@ -204,42 +137,11 @@ fn main() -> anyhow::Result<()> {
     // the disk with writeback.
     Command::new("sync").status()?;
     // The last run's (a) series: the original files' in a single run.
-    let series = if runs <= 1 {
-        "1.2.826.0.1.3680043.10.543.2026.1".to_owned()
-    } else {
-        format!("1.2.826.0.1.3680043.10.543.2026.{}", 100 + (runs - 1) * 2)
-    };
+    let series = if runs <= 1 { format!("{STUDY}.1") } else { format!("{STUDY}.{}", 100 + (runs - 1) * 2) };
     match last_meridian {
         Some(dir) => dicomweb_figures(&dir, n, &series),
         None => Ok(()),
     }
-}
-
-/// `meridian dev` (beside this binary) on the example configuration and
-/// `dir`, once it has written its endpoints.
-fn start_dev(dir: &Path, ports: &[&str]) -> anyhow::Result<Child> {
-    let meridian = std::env::current_exe()?.with_file_name("meridian");
-    let _ = std::fs::remove_file(dir.join("endpoints.json"));
-    let mut child = Command::new(&meridian)
-        .arg("dev")
-        .args(ports)
-        .arg("--config")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/dev"))
-        .arg("--data-dir")
-        .arg(dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !dir.join("endpoints.json").exists() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            anyhow::bail!("meridian dev did not start in 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(child)
 }
 
 /// Starts meridian dev, storescp and (when installed) Orthanc in `dir`.
@@ -274,7 +176,7 @@ fn start_peers(dir: &Path, port_base: u16) -> anyhow::Result<Vec<Peer>> {
                 Peer { name, fsync, child, port, calling: "BENCH", called: "STORESCP" }
             }
             _ => {
-                let Ok(orthanc) = which("Orthanc") else {
+                let Some(orthanc) = which("Orthanc") else {
                     println!("ingest    orthanc: not installed (apt-get install orthanc); left out");
                     continue;
                 };
@@ -329,12 +231,6 @@ fn timed_get(addr: &str, path: &str, token: &str, accept: &str) -> anyhow::Resul
     Ok((first_byte, total, status, rest.len() + 1))
 }
 
-fn percentiles(mut ms: Vec<f64>) -> (f64, f64) {
-    ms.sort_by(f64::total_cmp);
-    let at = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).saturating_sub(1).min(ms.len() - 1)];
-    (at(0.50), at(0.99))
-}
-
 /// DICOMweb figures on a `meridian dev` started on `dir`, the last run's
 /// meridian data: (a)'s series of `n` instances among others.
 fn dicomweb_figures(dir: &Path, n: usize, series: &str) -> anyhow::Result<()> {
@@ -345,7 +241,7 @@ fn dicomweb_figures(dir: &Path, n: usize, series: &str) -> anyhow::Result<()> {
         let http =
             endpoints["regions"]["us-east"]["http"].as_str().unwrap_or("").trim_start_matches("http://").to_owned();
         let token = tokens["principals"]["acme-pacs"]["token"].as_str().unwrap_or("").to_owned();
-        let study = "1.2.826.0.1.3680043.10.543.2026";
+        let study = STUDY;
         let wado = "multipart/related; type=\"application/dicom\"; transfer-syntax=*";
         // Warm up (page cache, connections), then measure.
         for i in 1..=20 {
@@ -402,43 +298,4 @@ fn dicomweb_figures(dir: &Path, n: usize, series: &str) -> anyhow::Result<()> {
     let _ = child.kill();
     let _ = child.wait();
     result
-}
-
-/// Copies the slices under a new series and new SOP Instance UIDs.
-fn restamp(files: &[PathBuf], dir: &Path, tag: usize) -> anyhow::Result<(Vec<PathBuf>, u64)> {
-    let mut out = Vec::new();
-    let mut bytes = 0;
-    for (i, f) in files.iter().enumerate() {
-        let mut obj = dicom_object::open_file(f)?;
-        let series = format!("1.2.826.0.1.3680043.10.543.2026.{}", 100 + tag);
-        let sop = format!("{series}.{}", i + 1);
-        obj.put(DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, PrimitiveValue::from(series.as_str())));
-        obj.put(DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from(sop.as_str())));
-        obj.update_meta(|m| m.media_storage_sop_instance_uid = sop.clone());
-        let path = dir.join(format!("{:04}.dcm", i + 1));
-        obj.write_to_file(&path)?;
-        bytes += std::fs::metadata(&path)?.len();
-        out.push(path);
-    }
-    Ok((out, bytes))
-}
-
-fn which(name: &str) -> Result<PathBuf, ()> {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .ok_or(())
-}
-
-trait MkDir {
-    fn tap_mkdir(self) -> std::io::Result<PathBuf>;
-}
-
-impl MkDir for PathBuf {
-    fn tap_mkdir(self) -> std::io::Result<PathBuf> {
-        std::fs::create_dir_all(&self)?;
-        Ok(self)
-    }
 }

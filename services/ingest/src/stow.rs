@@ -44,6 +44,19 @@ pub struct StowLimits {
 struct Stow {
     ingest: Arc<Ingest>,
     limits: StowLimits,
+    /// KiB of parts being stored at once, over every request.
+    in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+/// At most this many KiB of parts are stored at once (256 MiB).
+const IN_FLIGHT_KIB: u32 = 256 * 1024;
+
+async fn finish(tasks: Vec<tokio::task::JoinHandle<Outcome>>) -> Vec<Outcome> {
+    let mut out = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        out.push(task.await.unwrap_or_else(|_| Outcome::lost()));
+    }
+    out
 }
 
 /// The STOW-RS routes, to nest under `/dicomweb` behind the bearer-token
@@ -54,7 +67,11 @@ pub fn router(ingest: Arc<Ingest>, limits: StowLimits) -> Router {
         .route("/studies/{study}", post(store))
         // The request is streamed and bounded by `limits`, not buffered.
         .layer(DefaultBodyLimit::disable())
-        .with_state(Arc::new(Stow { ingest, limits }))
+        .with_state(Arc::new(Stow {
+            ingest,
+            limits,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_KIB as usize)),
+        }))
 }
 
 /// One part's outcome.
@@ -64,6 +81,19 @@ struct Outcome {
     study: String,
     series: String,
     status: u16,
+}
+
+impl Outcome {
+    /// A part whose storing task died: not stored, as far as anyone knows.
+    fn lost() -> Outcome {
+        Outcome {
+            sop_class: String::new(),
+            sop_instance: String::new(),
+            study: String::new(),
+            series: String::new(),
+            status: STATUS_OUT_OF_RESOURCES,
+        }
+    }
 }
 
 fn problem(status: StatusCode, code: &str, message: String) -> Response {
@@ -103,7 +133,7 @@ async fn store(
         let mut field = match parts.next_field().await {
             Ok(Some(field)) => field,
             Ok(None) => break,
-            Err(e) => return cut_short(&headers, study.as_deref(), outcomes, index, &e),
+            Err(e) => return cut_short(&headers, study.as_deref(), finish(outcomes).await, index, &e),
         };
         index += 1;
         let part_type = field.content_type().map(|m| m.essence_str().to_owned()).unwrap_or_default();
@@ -120,23 +150,33 @@ async fn store(
                     }
                 }
                 Ok(None) => break,
-                Err(e) => return cut_short(&headers, study.as_deref(), outcomes, index, &e),
+                Err(e) => return cut_short(&headers, study.as_deref(), finish(outcomes).await, index, &e),
             }
         }
         let now = arrival();
-        let outcome = if too_large {
+        let rejection = if too_large {
             let reason = format!("part {index} is over this region's per-instance limit");
-            let rejection = Rejection { status: STATUS_OUT_OF_RESOURCES, code: "instance_too_large", reason };
-            refused(&stow.ingest, &sender, rejection, now).await
+            Some(Rejection { status: STATUS_OUT_OF_RESOURCES, code: "instance_too_large", reason })
         } else if part_type != "application/dicom" && !part_type.is_empty() {
             let reason = format!("part {index} is {part_type}, not application/dicom");
-            let rejection = Rejection { status: STATUS_CANNOT_UNDERSTAND, code: "unsupported_media_type", reason };
-            refused(&stow.ingest, &sender, rejection, now).await
+            Some(Rejection { status: STATUS_CANNOT_UNDERSTAND, code: "unsupported_media_type", reason })
         } else {
-            store_part(&stow.ingest, &sender, bytes, study.as_deref(), now).await
+            None
         };
-        outcomes.push(outcome);
+        // Parts are stored while the next ones are read, so one request's
+        // instances share group commits; the bytes in flight are bounded.
+        let cost = u32::try_from(bytes.len().div_ceil(1024).max(1)).unwrap_or(u32::MAX).min(IN_FLIGHT_KIB);
+        let Ok(permit) = stow.in_flight.clone().acquire_many_owned(cost).await else { break };
+        let (ingest, sender, study) = (stow.ingest.clone(), sender.clone(), study.clone());
+        outcomes.push(tokio::spawn(async move {
+            let _permit = permit;
+            match rejection {
+                Some(rejection) => refused(&ingest, &sender, rejection, now).await,
+                None => store_part(&ingest, &sender, bytes, study.as_deref(), now).await,
+            }
+        }));
     }
+    let outcomes = finish(outcomes).await;
     if outcomes.is_empty() {
         return problem(
             StatusCode::BAD_REQUEST,

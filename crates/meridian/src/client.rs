@@ -242,3 +242,112 @@ pub async fn routing(target: &Target, reader: Option<String>, command: RoutingCo
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Files to send: each path, directories walked (sorted), `.dcm` or not.
+fn files_of(paths: Vec<std::path::PathBuf>) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let mut out = Vec::new();
+    let mut pending: Vec<_> = paths.into_iter().rev().collect();
+    while let Some(path) = pending.pop() {
+        let meta = std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?;
+        if meta.is_dir() {
+            let mut entries: Vec<_> = std::fs::read_dir(&path)?.filter_map(Result::ok).map(|e| e.path()).collect();
+            entries.sort();
+            entries.reverse();
+            pending.extend(entries);
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(out)
+}
+
+/// `meridian send`: uploads files over `UploadInstances`, one stream,
+/// with a progress line on stderr and a summary; exit status 1 when any
+/// instance was refused.
+pub async fn send(target: &Target, paths: Vec<std::path::PathBuf>) -> anyhow::Result<ExitCode> {
+    use meridian_proto::ingest::v1 as ingest;
+    use meridian_proto::ingest::v1::ingest_service_client::IngestServiceClient;
+    use meridian_proto::ingest::v1::upload_instances_response::Result as Answer;
+    use std::io::Write as _;
+    const CHUNK: usize = 1 << 20;
+    let files = files_of(paths)?;
+    if files.is_empty() {
+        bail!("no files to send");
+    }
+    let c = connect(target).await?;
+    let mut client = IngestServiceClient::new(c.channel.clone())
+        .max_decoding_message_size(8 << 20)
+        .max_encoding_message_size(8 << 20);
+    let total = files.len();
+    let (tx, rx) = tokio::sync::mpsc::channel::<ingest::UploadInstancesRequest>(16);
+    let reading = {
+        let files = files.clone();
+        tokio::spawn(async move {
+            use ingest::upload_instances_request::Part;
+            for file in &files {
+                let bytes = tokio::fs::read(file).await.with_context(|| format!("reading {}", file.display()))?;
+                let modified = std::fs::metadata(file)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos());
+                let header = ingest::InstanceHeader {
+                    // The file as it is on disk: a resend of it is answered, not stored again.
+                    idempotency_key: format!("{}:{}:{modified}", file.display(), bytes.len()),
+                    size_bytes: bytes.len() as u64,
+                    label: file.display().to_string(),
+                };
+                let message = |part| ingest::UploadInstancesRequest { part: Some(part) };
+                if tx.send(message(Part::Header(header))).await.is_err() {
+                    return Ok(());
+                }
+                for chunk in bytes.chunks(CHUNK) {
+                    if tx.send(message(Part::Chunk(chunk.to_vec()))).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            anyhow::Ok(())
+        })
+    };
+    let started = std::time::Instant::now();
+    let request = authorized(tokio_stream::wrappers::ReceiverStream::new(rx), &c.token)?;
+    let mut answers = client.upload_instances(request).await.map_err(status_error)?.into_inner();
+    let (mut stored, mut refused, mut bytes) = (0usize, Vec::new(), 0u64);
+    while let Some(answer) = answers.message().await.map_err(status_error)? {
+        bytes += std::fs::metadata(&answer.label).map(|m| m.len()).unwrap_or(0);
+        match answer.result {
+            Some(Answer::Stored(_)) => stored += 1,
+            Some(Answer::Refused(r)) => refused.push((answer.label, r)),
+            None => {}
+        }
+        let done = stored + refused.len();
+        if done % 25 != 0 && done != total {
+            continue;
+        }
+        let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3);
+        let _ = write!(
+            std::io::stderr(),
+            "\rsent {done}/{total} instances, {:.1} MB, {rate:.0}/s, {} refused ",
+            bytes as f64 / 1e6,
+            refused.len()
+        );
+    }
+    let _ = writeln!(std::io::stderr());
+    reading.await.context("the reading task")??;
+    say!(
+        "{stored} of {total} instances stored, {} refused, in {:.1} s",
+        refused.len(),
+        started.elapsed().as_secs_f64()
+    );
+    for (label, r) in &refused {
+        say!("refused {label}: 0x{:04X} {}: {}", r.dimse_status, r.reason_code, r.reason);
+    }
+    if stored + refused.len() < total {
+        bail!(
+            "the region answered {} of {total} instances; send again (stored ones are answered, not stored twice)",
+            stored + refused.len()
+        );
+    }
+    Ok(if refused.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -96,6 +96,15 @@ enum Command {
         #[arg(long)]
         reader: Option<String>,
     },
+    /// Upload DICOM Part-10 files to a region over gRPC (the facility's
+    /// principal, e.g. `--as acme-pacs`); directories are walked.
+    Send {
+        /// Files or directories of .dcm files.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Claim the first eligible study in the region's order.
     ClaimNext {
         #[command(flatten)]
@@ -236,6 +245,7 @@ async fn main() -> ExitCode {
         Command::Claim { study, target, reader } => {
             client::routing(&target, reader, client::RoutingCommand::Claim(study)).await
         }
+        Command::Send { paths, target } => client::send(&target, paths).await,
         Command::ClaimNext { target, reader } => {
             client::routing(&target, reader, client::RoutingCommand::ClaimNext).await
         }

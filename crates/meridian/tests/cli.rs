@@ -578,6 +578,75 @@ fn every_instance_stow_rs_reported_stored_survives_a_sigkill_mid_request() {
     dev.interrupt();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_upload_stores_answers_each_instance_and_replays_a_key() {
+    use meridian_proto::ingest::v1 as ingest;
+    use meridian_proto::ingest::v1::ingest_service_client::IngestServiceClient;
+    use meridian_proto::ingest::v1::upload_instances_request::Part;
+    use meridian_proto::ingest::v1::upload_instances_response::Result as Answer;
+    let data = tempfile::TempDir::new().unwrap();
+    let files = tempfile::TempDir::new().unwrap();
+    let dev = Dev::start(data.path());
+    let script = repo().join("integration-tests/python/dicomweb_check.py");
+    let listed = Command::new(python()).arg(&script).arg("files").arg(files.path()).output().unwrap();
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let junk = files.path().join("junk.dcm");
+    std::fs::write(&junk, b"not a DICOM file").unwrap();
+
+    // `meridian send`: every file of the folder, one refused with its reason.
+    let sent = Command::new(MERIDIAN)
+        .args(["send", "--region", "us-east", "--as", "acme-pacs", "--data-dir"])
+        .arg(data.path())
+        .arg(files.path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&sent.stdout);
+    assert_eq!(sent.status.code(), Some(1), "a refusal fails the command: {said}");
+    assert!(said.contains("12 of 13 instances stored, 1 refused"), "{said}");
+    assert!(said.contains("junk.dcm: 0xC000 unreadable_data_set: not a DICOM Part-10 file"), "{said}");
+
+    // The stream by hand: a key answered once is replayed, not stored again;
+    // the same key with other bytes is refused; a malformed stream ends
+    // with INVALID_ARGUMENT naming the instance.
+    let channel = Channel::from_shared(dev.grpc("us-east")).unwrap().connect().await.unwrap();
+    let mut client = IngestServiceClient::new(channel);
+    let token = dev.token("acme-pacs");
+    let ct = std::fs::read(files.path().join("CT_small.dcm")).unwrap();
+    let mr = std::fs::read(files.path().join("MR_small.dcm")).unwrap();
+    let instance = |key: &str, bytes: &[u8]| {
+        let header =
+            ingest::InstanceHeader { idempotency_key: key.into(), size_bytes: bytes.len() as u64, label: key.into() };
+        let mut parts = vec![Part::Header(header)];
+        parts.extend(bytes.chunks(10_000).map(|c| Part::Chunk(c.to_vec())));
+        parts
+    };
+    let mut parts = instance("k1", &ct);
+    parts.extend(instance("k1", &ct));
+    parts.extend(instance("k1", &mr));
+    parts.push(Part::Chunk(b"stray".to_vec()));
+    let messages: Vec<_> = parts.into_iter().map(|p| ingest::UploadInstancesRequest { part: Some(p) }).collect();
+    let mut answers = client.upload_instances(bearer(tokio_stream::iter(messages), &token)).await.unwrap().into_inner();
+    let first = answers.message().await.unwrap().unwrap();
+    let Some(Answer::Stored(stored)) = first.result else { panic!("{first:?}") };
+    assert!(!stored.replayed && uuid::Uuid::parse_str(&stored.instance_id).is_ok());
+    let again = answers.message().await.unwrap().unwrap();
+    let Some(Answer::Stored(replayed)) = again.result else { panic!("{again:?}") };
+    assert!(replayed.replayed);
+    assert_eq!(replayed.instance_id, stored.instance_id);
+    let other = answers.message().await.unwrap().unwrap();
+    let Some(Answer::Refused(refused)) = other.result else { panic!("{other:?}") };
+    assert_eq!(refused.reason_code, "idempotency_key_reused");
+    let broken = answers.message().await.unwrap_err();
+    assert_eq!(broken.code(), Code::InvalidArgument);
+    assert!(broken.message().contains("without an InstanceHeader"), "{}", broken.message());
+
+    // Another facility's tenant may not store here; an admin may not send.
+    let denied =
+        client.upload_instances(bearer(tokio_stream::iter(Vec::new()), &dev.token("acme-admin"))).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    dev.interrupt();
+}
+
 fn count_files(dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     entries.filter_map(Result::ok).map(|e| if e.path().is_dir() { count_files(&e.path()) } else { 1 }).sum()

@@ -62,7 +62,7 @@ pub async fn serve(
     );
     health.set_serving::<RoutingServiceServer<meridian_routing::adapters::grpc::RoutingGrpc>>().await;
     let ingest = IngestServiceServer::with_interceptor(
-        meridian_ingest::grpc::IngestGrpc::new(region.ingest.clone()),
+        meridian_ingest::grpc::IngestGrpc::new(region.ingest.clone(), upload_limits(&region)),
         Authenticate::new(region.verifier.clone()),
     );
     health.set_serving::<IngestServiceServer<meridian_ingest::grpc::IngestGrpc>>().await;
@@ -106,6 +106,11 @@ pub async fn serve(
     }
     grpc?;
     http
+}
+
+fn upload_limits(region: &Region) -> meridian_ingest::grpc::UploadLimits {
+    let config = region.platform.regions.get(&region.name);
+    meridian_ingest::grpc::UploadLimits { max_instance_bytes: config.map_or(1 << 30, |r| r.dicom.max_instance_bytes) }
 }
 
 /// Accepts DICOM associations until `shutdown`; each is served on its own

@@ -92,6 +92,23 @@ struct Arrival {
 
 type Answer = oneshot::Sender<Result<u16, Error>>;
 
+/// What became of one instance: its status, and its opaque ids when it was
+/// stored or why it was refused (no PHI in either).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    pub status: u16,
+    /// (study, series, instance) of a stored instance.
+    pub stored: Option<(Uuid, Uuid, Uuid)>,
+    /// (reason code, reason) of a refused one.
+    pub refusal: Option<(String, String)>,
+}
+
+impl Receipt {
+    fn refused(status: u16, code: &str, reason: String) -> Receipt {
+        Receipt { status, stored: None, refusal: Some((code.to_owned(), reason)) }
+    }
+}
+
 /// One record an arrival appends, with what it says (for folding ahead).
 type Record = (Outgoing, Payload, EventMeta);
 
@@ -216,17 +233,22 @@ impl Ingest {
 
     /// Stores one instance and answers the DIMSE status for it.
     pub async fn receive(&self, sender: &Sender, instance: Instance, now: UnixMicros) -> u16 {
+        self.receipt(sender, instance, now).await.status
+    }
+
+    /// Stores one instance and says what became of it.
+    pub async fn receipt(&self, sender: &Sender, instance: Instance, now: UnixMicros) -> Receipt {
         match self.try_receive(sender, instance, now).await {
-            Ok(status) => status,
+            Ok(receipt) => receipt,
             Err(e) => {
                 // Nothing was acknowledged; the peer may send again.
                 tracing::warn!(region = %self.region, error = %e, "instance not stored");
-                STATUS_OUT_OF_RESOURCES
+                Receipt::refused(STATUS_OUT_OF_RESOURCES, "not_stored", format!("not stored, send it again: {e}"))
             }
         }
     }
 
-    async fn try_receive(&self, sender: &Sender, instance: Instance, now: UnixMicros) -> Result<u16, Error> {
+    async fn try_receive(&self, sender: &Sender, instance: Instance, now: UnixMicros) -> Result<Receipt, Error> {
         let principal = &sender.principal;
         let tenant = principal.tenant.clone().unwrap_or_default();
         let facility = principal.facility.clone().unwrap_or_default();
@@ -268,7 +290,8 @@ impl Ingest {
         }
         let Some(secret) = self.secrets.get(&tenant) else {
             tracing::error!(region = %self.region, %tenant, "no id secret for the tenant in this region");
-            return Ok(STATUS_OUT_OF_RESOURCES);
+            let reason = format!("region {} holds no id secret for tenant {tenant}", self.region);
+            return Ok(Receipt::refused(STATUS_OUT_OF_RESOURCES, "no_id_secret", reason));
         };
         let study = StudyId::derive(secret, &facts.study_uid);
         let series = SeriesId::derive(secret, &facts.series_uid);
@@ -328,8 +351,10 @@ impl Ingest {
             transfer_syntax: facts.transfer_syntax,
             metadata: facts.metadata,
         };
+        let ids = (study.as_uuid(), series.as_uuid(), instance_id.as_uuid());
         let arrival = Arrival { tenant, facility, study, received, indexed, now };
-        self.acknowledge(arrival).await
+        let status = self.acknowledge(arrival).await?;
+        Ok(Receipt { status, stored: Some(ids), refusal: None })
     }
 
     /// Appends the arrival's events and indexes it, together with every
@@ -486,7 +511,7 @@ impl Ingest {
         let tenant = sender.principal.tenant.clone().unwrap_or_default();
         let facility = sender.principal.facility.clone().unwrap_or_default();
         let status = rejection.status;
-        self.reject(&tenant, &facility, study, rejection, now).await.unwrap_or_else(|e| {
+        self.reject(&tenant, &facility, study, rejection, now).await.map(|r| r.status).unwrap_or_else(|e| {
             tracing::warn!(region = %self.region, error = %e, "recording a refusal");
             status
         })
@@ -501,8 +526,9 @@ impl Ingest {
         study: Option<Uuid>,
         rejection: Rejection,
         now: UnixMicros,
-    ) -> Result<u16, Error> {
+    ) -> Result<Receipt, Error> {
         tracing::info!(region = %self.region, %tenant, %facility, code = rejection.code, status = rejection.status, "instance rejected");
+        let receipt = Receipt::refused(rejection.status, rejection.code, rejection.reason.clone());
         let mut projector = self.projector.lock().await;
         // A refusal under a known study is part of its history; one that
         // names no study is an aggregate of its own.
@@ -521,7 +547,7 @@ impl Ingest {
         let batch = vec![Outgoing::new(self.ops_topic.clone(), &Envelope::plain(meta, &payload)?)?];
         let appended = self.log.append(batch.clone()).await?;
         projector.feed_appended(batch, appended, self.keys.as_ref())?;
-        Ok(rejection.status)
+        Ok(receipt)
     }
 
     /// Completes every study quiet for its period by `now`. Event ids come
@@ -653,6 +679,6 @@ impl StoreService for Ingest {
             code: "instance_too_large",
             reason: format!("a data set of {size} bytes is over this region's per-instance limit"),
         };
-        self.reject(&tenant, &facility, None, rejection, arrival()).await.unwrap_or(STATUS_OUT_OF_RESOURCES)
+        self.reject(&tenant, &facility, None, rejection, arrival()).await.map_or(STATUS_OUT_OF_RESOURCES, |r| r.status)
     }
 }

@@ -27,7 +27,7 @@ use meridian_dimse::command::{
 use meridian_dimse::{Instance, STORED_TRANSFER_SYNTAXES, Sender};
 use serde_json::{Value, json};
 
-use crate::app::{Ingest, arrival};
+use crate::app::{Ingest, Receipt, arrival};
 use crate::dataset::{self, Rejection};
 
 /// A transfer syntax this region does not store (PS3.18 table 10.5.3-4's
@@ -74,25 +74,40 @@ pub fn router(ingest: Arc<Ingest>, limits: StowLimits) -> Router {
         }))
 }
 
-/// One part's outcome.
-struct Outcome {
-    sop_class: String,
-    sop_instance: String,
-    study: String,
-    series: String,
-    status: u16,
+/// What became of one Part-10 file: its receipt, and the UIDs its File
+/// Meta Information and data set name (empty where unreadable). PHI: the
+/// UIDs go back to the sender only.
+pub(crate) struct Outcome {
+    pub(crate) sop_class: String,
+    pub(crate) sop_instance: String,
+    pub(crate) study: String,
+    pub(crate) series: String,
+    pub(crate) receipt: Receipt,
 }
 
 impl Outcome {
-    /// A part whose storing task died: not stored, as far as anyone knows.
-    fn lost() -> Outcome {
+    fn of(receipt: Receipt) -> Outcome {
         Outcome {
             sop_class: String::new(),
             sop_instance: String::new(),
             study: String::new(),
             series: String::new(),
-            status: STATUS_OUT_OF_RESOURCES,
+            receipt,
         }
+    }
+
+    /// A part whose storing task died: not stored, as far as anyone knows.
+    fn lost() -> Outcome {
+        let reason = "the task storing it stopped; send it again".to_owned();
+        Outcome::of(Receipt {
+            status: STATUS_OUT_OF_RESOURCES,
+            stored: None,
+            refusal: Some(("not_stored".into(), reason)),
+        })
+    }
+
+    pub(crate) fn status(&self) -> u16 {
+        self.receipt.status
     }
 }
 
@@ -172,7 +187,7 @@ async fn store(
             let _permit = permit;
             match rejection {
                 Some(rejection) => refused(&ingest, &sender, rejection, now).await,
-                None => store_part(&ingest, &sender, bytes, study.as_deref(), now).await,
+                None => store_file(&ingest, &sender, bytes, study.as_deref(), now).await,
             }
         }));
     }
@@ -225,18 +240,14 @@ fn multipart_boundary(content_type: &str) -> Result<String, (StatusCode, String)
 }
 
 async fn refused(ingest: &Ingest, sender: &Sender, rejection: Rejection, now: meridian_events::UnixMicros) -> Outcome {
+    let (code, reason) = (rejection.code.to_owned(), rejection.reason.clone());
     let status = ingest.refuse(sender, None, rejection, now).await;
-    Outcome {
-        sop_class: String::new(),
-        sop_instance: String::new(),
-        study: String::new(),
-        series: String::new(),
-        status,
-    }
+    Outcome::of(Receipt { status, stored: None, refusal: Some((code, reason)) })
 }
 
-/// Stores one Part-10 file through ingest, as a C-STORE would.
-async fn store_part(
+/// Stores one Part-10 file through ingest, as a C-STORE would (STOW-RS
+/// and the gRPC upload).
+pub(crate) async fn store_file(
     ingest: &Ingest,
     sender: &Sender,
     file: Vec<u8>,
@@ -250,15 +261,13 @@ async fn store_part(
     let mut outcome = Outcome {
         sop_class: instance.sop_class.clone(),
         sop_instance: instance.sop_instance.clone(),
-        study: String::new(),
-        series: String::new(),
-        status: STATUS_SUCCESS,
+        ..Outcome::of(Receipt { status: STATUS_SUCCESS, stored: None, refusal: None })
     };
     if !STORED_TRANSFER_SYNTAXES.contains(&instance.transfer_syntax.as_str()) {
         let reason = format!("transfer syntax {} is not one this region stores", instance.transfer_syntax);
         let rejection =
             Rejection { status: STATUS_TRANSFER_SYNTAX_NOT_SUPPORTED, code: "transfer_syntax_not_supported", reason };
-        outcome.status = ingest.refuse(sender, None, rejection, now).await;
+        outcome.receipt = refused(ingest, sender, rejection, now).await.receipt;
         return outcome;
     }
     if let Ok(facts) = dataset::read_part10(&instance, &file) {
@@ -268,17 +277,17 @@ async fn store_part(
         {
             let reason = "the instance's Study Instance UID is not the study the request names".to_owned();
             let rejection = Rejection { status: STATUS_DATA_SET_MISMATCH, code: "study_mismatch", reason };
-            outcome.status = ingest.refuse(sender, None, rejection, now).await;
+            outcome.receipt = refused(ingest, sender, rejection, now).await.receipt;
             return outcome;
         }
     }
-    outcome.status = ingest.receive(sender, instance, now).await;
+    outcome.receipt = ingest.receipt(sender, instance, now).await;
     outcome
 }
 
 /// The instance a Part-10 file holds: its File Meta Information names the
 /// SOP class and instance and the transfer syntax of the data set after it.
-fn instance_of(file: &[u8]) -> Result<Instance, Rejection> {
+pub(crate) fn instance_of(file: &[u8]) -> Result<Instance, Rejection> {
     let unreadable =
         |reason: String| Rejection { status: STATUS_CANNOT_UNDERSTAND, code: "unreadable_data_set", reason };
     if file.get(128..132) != Some(b"DICM") {
@@ -321,17 +330,18 @@ fn answer(headers: &HeaderMap, study: Option<&str>, outcomes: &[Outcome], limit:
             item.insert(tag(tags::REFERENCED_SOP_CLASS_UID), uid(&o.sop_class));
             item.insert(tag(tags::REFERENCED_SOP_INSTANCE_UID), uid(&o.sop_instance));
         }
-        if o.status == STATUS_SUCCESS {
+        if o.status() == STATUS_SUCCESS {
             let url = format!("{base}/studies/{}/series/{}/instances/{}", o.study, o.series, o.sop_instance);
             item.insert(tag(tags::RETRIEVE_URL), json!({"vr": "UR", "Value": [url]}));
             stored.push(Value::Object(item));
         } else {
-            item.insert(tag(tags::FAILURE_REASON), json!({"vr": "US", "Value": [o.status]}));
+            item.insert(tag(tags::FAILURE_REASON), json!({"vr": "US", "Value": [o.status()]}));
             failed.push(Value::Object(item));
         }
     }
     let mut body = serde_json::Map::new();
-    if let Some(s) = study.or_else(|| outcomes.iter().find(|o| o.status == STATUS_SUCCESS).map(|o| o.study.as_str())) {
+    if let Some(s) = study.or_else(|| outcomes.iter().find(|o| o.status() == STATUS_SUCCESS).map(|o| o.study.as_str()))
+    {
         body.insert(tag(tags::RETRIEVE_URL), json!({"vr": "UR", "Value": [format!("{base}/studies/{s}")]}));
     }
     if !stored.is_empty() {
@@ -374,7 +384,7 @@ fn cut_short(
             answer(headers, study, &outcomes, Some(message))
         }
         e => {
-            let stored = outcomes.iter().filter(|o| o.status == STATUS_SUCCESS).count();
+            let stored = outcomes.iter().filter(|o| o.status() == STATUS_SUCCESS).count();
             problem(
                 StatusCode::BAD_REQUEST,
                 "INVALID_ARGUMENT",

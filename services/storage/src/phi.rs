@@ -56,6 +56,11 @@ pub enum PhiWriteError {
     Envelope(#[from] meridian_events::envelope::Error),
 }
 
+/// SHA-256 of `bytes`, lower-case hex: an object's version.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes))
+}
+
 pub struct PhiWriter {
     region: String,
     platform: Arc<Platform>,
@@ -107,7 +112,7 @@ impl PhiWriter {
             return Err(refused);
         }
         // The version is the content: computed over every byte stored.
-        let sha256 = hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &object.bytes));
+        let sha256 = sha256_hex(&object.bytes);
         let key = format!(
             "phi/{}/{}/{}/{}.{sha256}.dcm",
             object.tenant,

@@ -3,7 +3,8 @@
 //! instances, one request at a time, to `meridian dev` (us-east, as the
 //! acme-pacs principal) and to Orthanc with its DICOMweb plugin (default
 //! SQLite index and filesystem storage); three runs, interleaved, each on
-//! fresh UIDs; medians.
+//! fresh UIDs; medians. Then the same set through `meridian send` (the
+//! gRPC upload, one stream) to the same region.
 //!
 //!   unshare -n sh -c 'ip link set lo up && target/release/stow-bench --count 1000'
 //!
@@ -137,6 +138,20 @@ fn main() -> anyhow::Result<()> {
             }
             std::fs::remove_dir_all(&set)?;
         }
+        // The gRPC upload: `meridian send` of a fresh set, one stream.
+        let set = work.path().join(format!("set-{run}-grpc")).tap_mkdir()?;
+        slices(&set, n, &format!("{STUDY}.{}", 400 + run))?;
+        let started = Instant::now();
+        let sent = Command::new(std::env::current_exe()?.with_file_name("meridian"))
+            .args(["send", "--region", "us-east", "--as", "acme-pacs", "--data-dir"])
+            .arg(run_dir.join("meridian"))
+            .arg(&set)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        anyhow::ensure!(sent.success(), "meridian send failed");
+        rates.entry((0, "meridian (gRPC upload)")).or_default().push(n as f64 / started.elapsed().as_secs_f64());
+        std::fs::remove_dir_all(&set)?;
         drop(targets);
         std::fs::remove_dir_all(&run_dir)?;
     }
@@ -146,8 +161,9 @@ fn main() -> anyhow::Result<()> {
         sorted.sort_by(f64::total_cmp);
         let median = sorted[sorted.len() / 2];
         let shown: Vec<String> = all.iter().map(|r| format!("{r:.0}")).collect();
+        let per = if *per == 0 { "stream".to_owned() } else { format!("{per:>2} per request") };
         println!(
-            "stow      {per:>2} per request  {name:<9} median {median:>5.0} instances/s {:>6.1} MB/s; runs: {}",
+            "stow      {per:<14} {name:<9} median {median:>5.0} instances/s {:>6.1} MB/s; runs: {}",
             median * mb / n as f64,
             shown.join(", ")
         );

@@ -243,20 +243,43 @@ fn python() -> PathBuf {
     })
 }
 
+/// pydicom's test files copied into `dir` with fresh UIDs, by
+/// `integration-tests/python/dicomweb_check.py`: (transfer syntax, path).
+fn pydicom_files(dir: &Path) -> Vec<(String, String)> {
+    let script = repo().join("integration-tests/python/dicomweb_check.py");
+    let listed = Command::new(python()).arg(&script).arg("files").arg(dir).output().unwrap();
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let text = String::from_utf8_lossy(&listed.stdout).into_owned();
+    text.lines().filter_map(|l| l.split_once(' ')).map(|(ts, p)| (ts.to_owned(), p.to_owned())).collect()
+}
+
+/// Runs the script's `mode` checks against us-east's DICOMweb and asserts
+/// they all passed (the script says `passed` last).
+fn python_checks(dev: &Dev, mode: &str, files: &Path, passed: &str) {
+    let script = repo().join("integration-tests/python/dicomweb_check.py");
+    let checked = Command::new(python())
+        .arg(&script)
+        .arg(mode)
+        .arg(format!("http://{}/dicomweb", dev.http("us-east")))
+        .arg(dev.data.join("tokens.json"))
+        .arg(files)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&checked.stdout).into_owned() + &String::from_utf8_lossy(&checked.stderr);
+    assert!(checked.status.success() && said.contains(passed), "{said}");
+}
+
 #[test]
 fn dicomweb_gives_a_real_client_what_dimse_stored_in_every_transfer_syntax_and_audits_each_read() {
     use meridian_events::payload::Payload;
     let data = tempfile::TempDir::new().unwrap();
     let files = tempfile::TempDir::new().unwrap();
     let dev = Dev::start(data.path());
-    let script = repo().join("integration-tests/python/dicomweb_check.py");
-    let listed = Command::new(python()).arg(&script).arg("files").arg(files.path()).output().unwrap();
-    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
     let port = dev.dicom_port("us-east").to_string();
     // Native syntaxes with storescu proposing exactly that one; compressed
     // files with dcmsend, which proposes the file's own.
-    for line in String::from_utf8_lossy(&listed.stdout).lines() {
-        let (ts, path) = line.split_once(' ').unwrap();
+    for (ts, path) in pydicom_files(files.path()) {
+        let (ts, path) = (ts.as_str(), path.as_str());
         let native = match ts {
             "1.2.840.10008.1.2" => Some("-xi"),
             "1.2.840.10008.1.2.1" => Some("-xe"),
@@ -283,17 +306,7 @@ fn dicomweb_gives_a_real_client_what_dimse_stored_in_every_transfer_syntax_and_a
             .unwrap();
         assert!(out.status.success(), "sending {path} ({ts}): {}", String::from_utf8_lossy(&out.stderr));
     }
-    let url = format!("http://{}/dicomweb", dev.http("us-east"));
-    let checked = Command::new(python())
-        .arg(&script)
-        .arg("check")
-        .arg(&url)
-        .arg(data.path().join("tokens.json"))
-        .arg(files.path())
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&checked.stdout).into_owned() + &String::from_utf8_lossy(&checked.stderr);
-    assert!(checked.status.success() && said.contains("all DICOMweb checks passed"), "{said}");
+    python_checks(&dev, "check", files.path(), "all DICOMweb checks passed");
     dev.interrupt();
 
     // Each read was audited in the home region, with opaque ids only.
@@ -470,20 +483,8 @@ fn stow_rs_stores_through_the_same_checks_and_write_path_and_answers_each_part()
     let data = tempfile::TempDir::new().unwrap();
     let files = tempfile::TempDir::new().unwrap();
     let dev = Dev::start(data.path());
-    let script = repo().join("integration-tests/python/dicomweb_check.py");
-    let listed = Command::new(python()).arg(&script).arg("files").arg(files.path()).output().unwrap();
-    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
-    let url = format!("http://{}/dicomweb", dev.http("us-east"));
-    let checked = Command::new(python())
-        .arg(&script)
-        .arg("stow")
-        .arg(&url)
-        .arg(data.path().join("tokens.json"))
-        .arg(files.path())
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&checked.stdout).into_owned() + &String::from_utf8_lossy(&checked.stderr);
-    assert!(checked.status.success() && said.contains("all STOW-RS checks passed"), "{said}");
+    pydicom_files(files.path());
+    python_checks(&dev, "stow", files.path(), "all STOW-RS checks passed");
     dev.interrupt();
 
     // The residency refusal is on record, and the refused parts are listed
@@ -587,9 +588,7 @@ async fn the_grpc_upload_stores_answers_each_instance_and_replays_a_key() {
     let data = tempfile::TempDir::new().unwrap();
     let files = tempfile::TempDir::new().unwrap();
     let dev = Dev::start(data.path());
-    let script = repo().join("integration-tests/python/dicomweb_check.py");
-    let listed = Command::new(python()).arg(&script).arg("files").arg(files.path()).output().unwrap();
-    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    pydicom_files(files.path());
     let junk = files.path().join("junk.dcm");
     std::fs::write(&junk, b"not a DICOM file").unwrap();
 

@@ -337,6 +337,44 @@ pub mod bench {
         (at(0.50), at(0.99))
     }
 
+    /// Orthanc (Debian's, default SQLite index and filesystem storage) in
+    /// `dir` with its DICOM port at `dicom_port`, HTTP at `dicom_port + 1`,
+    /// `TCP_NODELAY=1`, and the plugins given (with their settings merged
+    /// in); `None` when Orthanc is not installed.
+    pub fn start_orthanc(
+        dir: &Path,
+        dicom_port: u16,
+        plugins: &[&str],
+        settings: serde_json::Value,
+    ) -> anyhow::Result<Option<Child>> {
+        let Some(orthanc) = which("Orthanc") else { return Ok(None) };
+        let mut config = serde_json::json!({
+            "Name": "bench",
+            "StorageDirectory": dir.join("storage"),
+            "IndexDirectory": dir.join("index"),
+            "DicomAet": "ORTHANC",
+            "DicomPort": dicom_port,
+            "HttpPort": dicom_port + 1,
+            "RemoteAccessAllowed": false,
+            "AuthenticationEnabled": false,
+            "DicomCheckCalledAet": false,
+            "Plugins": plugins,
+        });
+        if let (Some(config), serde_json::Value::Object(extra)) = (config.as_object_mut(), settings) {
+            config.extend(extra);
+        }
+        let path = dir.join("orthanc.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;
+        let child = Command::new(orthanc)
+            .arg(&path)
+            .env("TCP_NODELAY", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        wait_for_port(dicom_port + 1)?;
+        Ok(Some(child))
+    }
+
     /// A program on `PATH`, if installed.
     pub fn which(name: &str) -> Option<PathBuf> {
         std::env::var_os("PATH")

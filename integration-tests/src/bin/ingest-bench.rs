@@ -22,7 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use meridian_integration_tests::bench::{
-    MkDir, STUDY, arg, peak_rss_mb, percentiles, slices, start_dev, wait_for_port, which,
+    MkDir, STUDY, arg, peak_rss_mb, percentiles, slices, start_dev, start_orthanc, wait_for_port,
 };
 
 /// Sends `files` over `associations` parallel storescu runs; returns seconds.
@@ -176,30 +176,11 @@ fn start_peers(dir: &Path, port_base: u16) -> anyhow::Result<Vec<Peer>> {
                 Peer { name, fsync, child, port, calling: "BENCH", called: "STORESCP" }
             }
             _ => {
-                let Some(orthanc) = which("Orthanc") else {
+                let port = port_base + 8;
+                let Some(child) = start_orthanc(&dir, port, &[], serde_json::json!({}))? else {
                     println!("ingest    orthanc: not installed (apt-get install orthanc); left out");
                     continue;
                 };
-                let port = port_base + 8;
-                let config = dir.join("orthanc.json");
-                let json = serde_json::json!({
-                    "Name": "bench",
-                    "StorageDirectory": dir.join("storage"),
-                    "IndexDirectory": dir.join("index"),
-                    "DicomAet": "ORTHANC",
-                    "DicomPort": port,
-                    "HttpPort": port + 1,
-                    "RemoteAccessAllowed": false,
-                    "DicomCheckCalledAet": false,
-                    "Plugins": [],
-                });
-                std::fs::write(&config, serde_json::to_vec_pretty(&json)?)?;
-                let child = Command::new(orthanc)
-                    .arg(&config)
-                    .env("TCP_NODELAY", "1")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()?;
                 Peer { name, fsync, child, port, calling: "BENCH", called: "ORTHANC" }
             }
         };

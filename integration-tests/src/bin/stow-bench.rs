@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
-use meridian_integration_tests::bench::{MkDir, STUDY, arg, slices, start_dev, wait_for_port, which};
+use meridian_integration_tests::bench::{MkDir, STUDY, arg, slices, start_dev, start_orthanc};
 
 const ORTHANC_DICOMWEB: &str = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so";
 const BOUNDARY: &str = "meridian-stow-bench";
@@ -87,26 +87,17 @@ fn start_targets(dir: &Path, port_base: u16) -> anyhow::Result<Vec<Target>> {
     let addr = endpoints["regions"]["us-east"]["http"].as_str().unwrap_or("").trim_start_matches("http://").to_owned();
     let token = tokens["principals"]["acme-pacs"]["token"].as_str().map(str::to_owned);
     targets.push(Target { name: "meridian", child, addr, path: "/dicomweb/studies", token });
-    match which("Orthanc") {
-        Some(orthanc) if Path::new(ORTHANC_DICOMWEB).exists() => {
-            let orthanc_dir = dir.join("orthanc").tap_mkdir()?;
-            let port = port_base + 8;
-            let config = orthanc_dir.join("orthanc.json");
-            let json = serde_json::json!({
-                "Name": "bench",
-                "StorageDirectory": orthanc_dir.join("storage"),
-                "IndexDirectory": orthanc_dir.join("index"),
-                "DicomPort": port + 1,
-                "HttpPort": port,
-                "RemoteAccessAllowed": false,
-                "AuthenticationEnabled": false,
-                "Plugins": [ORTHANC_DICOMWEB],
-                "DicomWeb": {"Enable": true, "Root": "/dicom-web/"},
-            });
-            std::fs::write(&config, serde_json::to_vec_pretty(&json)?)?;
-            let child = Command::new(orthanc).arg(&config).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
-            wait_for_port(port)?;
-            let addr = format!("127.0.0.1:{port}");
+    let orthanc_dir = dir.join("orthanc").tap_mkdir()?;
+    let dicomweb = serde_json::json!({"DicomWeb": {"Enable": true, "Root": "/dicom-web/"}});
+    let port = port_base + 8;
+    let orthanc = if Path::new(ORTHANC_DICOMWEB).exists() {
+        start_orthanc(&orthanc_dir, port, &[ORTHANC_DICOMWEB], dicomweb)?
+    } else {
+        None
+    };
+    match orthanc {
+        Some(child) => {
+            let addr = format!("127.0.0.1:{}", port + 1);
             targets.push(Target { name: "orthanc", child, addr, path: "/dicom-web/studies", token: None });
         }
         _ => println!(

@@ -243,6 +243,16 @@ fn python() -> PathBuf {
     })
 }
 
+/// The SOP Instance UIDs acme-pacs finds with QIDO-RS in us-east.
+fn visible_instances(dev: &Dev) -> Vec<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (status, _, found) =
+        runtime.block_on(http_get(&dev.http("us-east"), "/dicomweb/instances", Some(&dev.token("acme-pacs"))));
+    assert_eq!(status, 200, "{found}");
+    let uids = found.as_array().unwrap().iter().filter_map(|i| i["00080018"]["Value"][0].as_str());
+    uids.map(str::to_owned).collect()
+}
+
 /// pydicom's test files copied into `dir` with fresh UIDs, by
 /// `integration-tests/python/dicomweb_check.py`: (transfer syntax, path).
 fn pydicom_files(dir: &Path) -> Vec<(String, String)> {
@@ -414,15 +424,10 @@ fn no_acknowledged_instance_is_lost_when_the_region_dies_between_put_append_and_
     // Before any retry: every acknowledged instance is visible to QIDO-RS
     // (the restarted region's index caught up from the log).
     let dev = Dev::start(data.path());
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let (status, _, found) =
-        runtime.block_on(http_get(&dev.http("us-east"), "/dicomweb/instances", Some(&dev.token("acme-pacs"))));
-    assert_eq!(status, 200, "{found}");
-    let visible: Vec<&str> =
-        found.as_array().unwrap().iter().filter_map(|i| i["00080018"]["Value"][0].as_str()).collect();
+    let visible = visible_instances(&dev);
     for file in &acked {
         let uid = Path::new(file).file_stem().unwrap().to_string_lossy().into_owned();
-        assert!(visible.contains(&uid.as_str()), "acknowledged {uid} is retrievable after the crash");
+        assert!(visible.contains(&uid), "acknowledged {uid} is retrievable after the crash");
     }
 
     // The sender retries everything: every instance is stored exactly once.
@@ -567,14 +572,9 @@ fn every_instance_stow_rs_reported_stored_survives_a_sigkill_mid_request() {
     drop(dev);
 
     let dev = Dev::start(data.path());
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let (status, _, found) =
-        runtime.block_on(http_get(&dev.http("us-east"), "/dicomweb/instances", Some(&dev.token("acme-pacs"))));
-    assert_eq!(status, 200, "{found}");
-    let visible: Vec<&str> =
-        found.as_array().unwrap().iter().filter_map(|i| i["00080018"]["Value"][0].as_str()).collect();
+    let visible = visible_instances(&dev);
     for uid in &reported {
-        assert!(visible.contains(&uid.as_str()), "{uid} was reported stored and is retrievable after SIGKILL");
+        assert!(visible.contains(uid), "{uid} was reported stored and is retrievable after SIGKILL");
     }
     dev.interrupt();
 }

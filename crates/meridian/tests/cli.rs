@@ -646,6 +646,59 @@ async fn the_grpc_upload_stores_answers_each_instance_and_replays_a_key() {
     dev.interrupt();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_instance_the_grpc_upload_answered_stored_survives_a_sigkill_mid_stream() {
+    use meridian_proto::ingest::v1 as ingest;
+    use meridian_proto::ingest::v1::ingest_service_client::IngestServiceClient;
+    use meridian_proto::ingest::v1::upload_instances_request::Part;
+    use meridian_proto::ingest::v1::upload_instances_response::Result as Answer;
+    let data = tempfile::TempDir::new().unwrap();
+    let files = tempfile::TempDir::new().unwrap();
+    // 200 CT slices of 512×512 (≈ 0.5 MB each): long enough a stream to be
+    // killed in the middle of.
+    let series = format!("{}.700", meridian_integration_tests::bench::STUDY);
+    let (paths, _) = meridian_integration_tests::bench::slices(files.path(), 200, &series).unwrap();
+    let mut messages = Vec::new();
+    for (i, path) in paths.iter().enumerate() {
+        let sop = format!("{series}.{}", i + 1);
+        let bytes = std::fs::read(path).unwrap();
+        let header =
+            ingest::InstanceHeader { idempotency_key: sop.clone(), size_bytes: bytes.len() as u64, label: sop };
+        messages.push(ingest::UploadInstancesRequest { part: Some(Part::Header(header)) });
+        messages.extend(
+            bytes.chunks(1 << 20).map(|c| ingest::UploadInstancesRequest { part: Some(Part::Chunk(c.to_vec())) }),
+        );
+    }
+    let dev = Dev::start(data.path());
+    let channel = Channel::from_shared(dev.grpc("us-east")).unwrap().connect().await.unwrap();
+    let mut client = IngestServiceClient::new(channel);
+    let request = bearer(tokio_stream::iter(messages), &dev.token("acme-pacs"));
+    let mut answers = client.upload_instances(request).await.unwrap().into_inner();
+    // Some instances answered, then SIGKILL while the rest are in flight.
+    let mut reported = Vec::new();
+    while reported.len() < 10 {
+        let answer = answers.message().await.unwrap().expect("the upload answers");
+        assert!(matches!(answer.result, Some(Answer::Stored(_))), "{answer:?}");
+        reported.push(answer.label);
+    }
+    let status = Command::new("kill").args(["-KILL", &dev.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    while let Ok(Some(answer)) = answers.message().await {
+        if let Some(Answer::Stored(_)) = answer.result {
+            reported.push(answer.label);
+        }
+    }
+    assert!(reported.len() < 200, "the kill came mid-stream ({} answered)", reported.len());
+    drop(dev);
+
+    let dev = Dev::start(data.path());
+    let visible = tokio::task::block_in_place(|| visible_instances(&dev));
+    for uid in &reported {
+        assert!(visible.contains(uid), "{uid} was answered stored and is retrievable after SIGKILL");
+    }
+    dev.interrupt();
+}
+
 fn count_files(dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     entries.filter_map(Result::ok).map(|e| if e.path().is_dir() { count_files(&e.path()) } else { 1 }).sum()

@@ -35,6 +35,18 @@ async fn read_all(log: &EmbeddedLog, topic: &TopicName) -> Vec<meridian_events::
     records.iter().map(|r| r.envelope().unwrap()).collect()
 }
 
+/// The InstanceRejected events of the region's operational ingest topic.
+async fn rejections(log: &EmbeddedLog, ops_topic: &TopicName) -> Vec<meridian_proto::events::v1::InstanceRejected> {
+    let events = read_all(log, ops_topic).await;
+    events
+        .iter()
+        .filter_map(|e| match e.open_plain() {
+            Ok(Payload::InstanceRejected(r)) => Some(r),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A region's DICOM acceptor backed by ingest, on an embedded log.
 pub(crate) struct Scp {
     pub(crate) dir: tempfile::TempDir,
@@ -285,14 +297,7 @@ async fn a_malformed_instance_is_refused_with_its_status_and_the_others_are_stor
     assert_eq!(statuses, [0x0000, 0xA900, 0x0000, 0xA900]);
     assert_eq!(blobs.list("phi/acme/").await.unwrap().len(), 2, "the good instances of the association are stored");
 
-    let rejected: Vec<_> = read_all(&log, &ops_topic)
-        .await
-        .iter()
-        .filter_map(|e| match e.open_plain() {
-            Ok(Payload::InstanceRejected(r)) => Some(r),
-            _ => None,
-        })
-        .collect();
+    let rejected = rejections(&log, &ops_topic).await;
     // Different aggregates, different partitions: no order between them.
     let by_code = |code: &str| rejected.iter().find(|r| r.reason_code == code).unwrap();
     assert_eq!(rejected.len(), 2);
@@ -469,14 +474,7 @@ async fn an_instance_over_the_size_limit_is_refused_and_the_association_goes_on(
     let statuses = tokio::task::spawn_blocking(move || send_raw(port, instances)).await.unwrap();
     assert_eq!(statuses, [0x0000, 0xA700, 0x0000]);
     assert_eq!(blobs.list("phi/acme/").await.unwrap().len(), 2, "the others are stored");
-    let rejected: Vec<_> = read_all(&log, &ops_topic)
-        .await
-        .iter()
-        .filter_map(|e| match e.open_plain() {
-            Ok(Payload::InstanceRejected(r)) => Some(r),
-            _ => None,
-        })
-        .collect();
+    let rejected = rejections(&log, &ops_topic).await;
     assert_eq!(rejected.len(), 1);
     assert_eq!((rejected[0].reason_code.as_str(), rejected[0].dimse_status), ("instance_too_large", 0xA700));
 }

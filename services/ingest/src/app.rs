@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use meridian_auth::grpc::arrival_time;
 use meridian_auth::{Action, Resource, authorize};
 use meridian_config::Platform;
 use meridian_dimse::command::{
@@ -658,17 +659,10 @@ fn study_of(instance: &Instance) -> Option<String> {
     dataset::valid_uid(uid).then(|| uid.to_owned())
 }
 
-/// The edge: an instance's arrival time.
-#[allow(clippy::disallowed_methods)]
-pub fn arrival() -> UnixMicros {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    UnixMicros(now.as_micros() as i64)
-}
-
 #[async_trait::async_trait]
 impl StoreService for Ingest {
     async fn store(&self, sender: &Sender, instance: Instance) -> u16 {
-        self.receive(sender, instance, arrival()).await
+        self.receive(sender, instance, arrival_time()).await
     }
 
     async fn too_large(&self, sender: &Sender, _sop_class: &str, size: usize) -> u16 {
@@ -679,6 +673,8 @@ impl StoreService for Ingest {
             code: "instance_too_large",
             reason: format!("a data set of {size} bytes is over this region's per-instance limit"),
         };
-        self.reject(&tenant, &facility, None, rejection, arrival()).await.map_or(STATUS_OUT_OF_RESOURCES, |r| r.status)
+        self.reject(&tenant, &facility, None, rejection, arrival_time())
+            .await
+            .map_or(STATUS_OUT_OF_RESOURCES, |r| r.status)
     }
 }

@@ -23,6 +23,8 @@ use crate::app::Ingest;
 
 pub struct IngestGrpc {
     ingest: Arc<Ingest>,
+    /// KiB of uploaded instances being stored at once, over every stream.
+    in_flight: Arc<tokio::sync::Semaphore>,
     /// Idempotency keys already answered with a stored instance.
     answered: Arc<Answered>,
     limits: UploadLimits,
@@ -115,11 +117,12 @@ impl Answered {
 
 impl IngestGrpc {
     pub fn new(ingest: Arc<Ingest>, limits: UploadLimits) -> IngestGrpc {
-        IngestGrpc { ingest, answered: Arc::default(), limits }
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_KIB as usize));
+        IngestGrpc { ingest, in_flight, answered: Arc::default(), limits }
     }
 }
 
-/// At most this many KiB of one upload's instances are being stored at once.
+/// At most this many KiB of uploaded instances are being stored at once.
 const IN_FLIGHT_KIB: u32 = 128 * 1024;
 /// A chunk larger than this is refused (the header comment says 4 MiB).
 const MAX_CHUNK: usize = 4 << 20;
@@ -162,7 +165,7 @@ async fn upload_one(
         Some(Claim::Same) => true,
         Some(Claim::Fresh) | None => false,
     };
-    let outcome = crate::stow::store_file(&ingest, &sender, file, None, crate::app::arrival()).await;
+    let outcome = crate::stow::store_file(&ingest, &sender, file, None, now()).await;
     match (outcome.receipt.stored, outcome.receipt.refusal) {
         (Some((study, series, instance)), _) => {
             let stored = pb::StoredInstance {
@@ -216,15 +219,10 @@ impl IngestService for IngestGrpc {
         use pb::upload_instances_request::Part;
         let p = principal(&request)?.clone();
         let tenant = tenant_for(&p, Action::SendStudy)?;
-        let sender = Sender {
-            principal: p,
-            calling_ae_title: String::new(),
-            called_ae_title: String::new(),
-            // A gRPC stream has no DICOM peer address; the principal says who.
-            peer: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
-        };
+        let sender = crate::stow::sender_of(p);
         let mut incoming = request.into_inner();
         let (ingest, answered, limits) = (self.ingest.clone(), self.answered.clone(), self.limits);
+        let in_flight = self.in_flight.clone();
         // Instances are stored while the next ones arrive; answers go out in
         // the order the instances came, each as soon as it and those before
         // it are done.
@@ -240,7 +238,6 @@ impl IngestService for IngestGrpc {
             }
         });
         tokio::spawn(async move {
-            let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_KIB as usize));
             let mut current: Option<(pb::InstanceHeader, Vec<u8>)> = None;
             let mut count = 0usize;
             let fail = |status: Status| tokio::spawn(async move { Err(status) });

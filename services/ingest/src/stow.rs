@@ -27,7 +27,9 @@ use meridian_dimse::command::{
 use meridian_dimse::{Instance, STORED_TRANSFER_SYNTAXES, Sender};
 use serde_json::{Value, json};
 
-use crate::app::{Ingest, Receipt, arrival};
+use meridian_auth::grpc::arrival_time;
+
+use crate::app::{Ingest, Receipt};
 use crate::dataset::{self, Rejection};
 
 /// A transfer syntax this region does not store (PS3.18 table 10.5.3-4's
@@ -135,13 +137,7 @@ async fn store(
     let constraints =
         multer::Constraints::new().size_limit(multer::SizeLimit::new().whole_stream(stow.limits.max_request_bytes));
     let mut parts = multer::Multipart::with_constraints(body.into_data_stream(), boundary, constraints);
-    let sender = Sender {
-        principal: principal.clone(),
-        calling_ae_title: String::new(),
-        called_ae_title: String::new(),
-        // An HTTP request has no DICOM peer address; the principal says who.
-        peer: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
-    };
+    let sender = sender_of(principal.clone());
     let mut outcomes = Vec::new();
     let mut index = 0;
     loop {
@@ -168,7 +164,7 @@ async fn store(
                 Err(e) => return cut_short(&headers, study.as_deref(), finish(outcomes).await, index, &e),
             }
         }
-        let now = arrival();
+        let now = arrival_time();
         let rejection = if too_large {
             let reason = format!("part {index} is over this region's per-instance limit");
             Some(Rejection { status: STATUS_OUT_OF_RESOURCES, code: "instance_too_large", reason })
@@ -202,10 +198,20 @@ async fn store(
     answer(&headers, study.as_deref(), &outcomes, None)
 }
 
+/// Who sends over HTTP or gRPC: the token's principal. There is no DICOM
+/// association, so no AE titles and no peer address.
+pub(crate) fn sender_of(principal: Principal) -> Sender {
+    Sender {
+        principal,
+        calling_ae_title: String::new(),
+        called_ae_title: String::new(),
+        peer: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+    }
+}
+
 /// Checks the request's Content-Type and returns its boundary.
 fn multipart_boundary(content_type: &str) -> Result<String, (StatusCode, String)> {
-    let lower = content_type.to_ascii_lowercase();
-    let media = lower.split(';').next().unwrap_or("").trim().to_owned();
+    let (media, params) = meridian_storage::dicomweb::retrieve::media_type(content_type);
     if media != "multipart/related" {
         return Err((
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -214,14 +220,7 @@ fn multipart_boundary(content_type: &str) -> Result<String, (StatusCode, String)
             ),
         ));
     }
-    let param = |name: &str| {
-        content_type
-            .split(';')
-            .skip(1)
-            .filter_map(|p| p.split_once('='))
-            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.trim().trim_matches('"').to_owned())
-    };
+    let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     if let Some(t) = param("type")
         && !t.eq_ignore_ascii_case("application/dicom")
     {
@@ -307,12 +306,6 @@ pub(crate) fn instance_of(file: &[u8]) -> Result<Instance, Rejection> {
     })
 }
 
-fn base_url(headers: &HeaderMap) -> String {
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
-    let scheme = headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()).unwrap_or("http");
-    format!("{scheme}://{host}/dicomweb")
-}
-
 fn uid(value: &str) -> Value {
     json!({"vr": "UI", "Value": [value]})
 }
@@ -320,7 +313,7 @@ fn uid(value: &str) -> Value {
 /// The STOW-RS response (PS3.18 10.5.3.1): 200, 202 or 409 with the
 /// Store Instances Response Module as DICOM JSON; with `limit`, 413.
 fn answer(headers: &HeaderMap, study: Option<&str>, outcomes: &[Outcome], limit: Option<String>) -> Response {
-    let base = base_url(headers);
+    let base = meridian_storage::dicomweb::base_url(headers);
     let tag = |t: dicom_core::Tag| format!("{:04X}{:04X}", t.group(), t.element());
     let mut stored = Vec::new();
     let mut failed = Vec::new();

@@ -123,7 +123,12 @@ pub struct Received {
 pub fn metadata(header: &InMemDicomObject, transfer_syntax: &str) -> Attributes {
     let mut attrs = match dicom_json::to_value(header) {
         Ok(Value::Object(map)) => map,
-        _ => Map::new(),
+        // Searches then see only what the index keeps of the instance
+        // (its ids and object): nothing beyond is invented.
+        other => {
+            tracing::warn!(error = ?other.err(), "a data set's attributes do not convert to DICOM JSON");
+            Map::new()
+        }
     };
     for bulk in ["7FE00008", "7FE00009", "7FE00010"] {
         attrs.remove(bulk);
@@ -172,8 +177,8 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, IndexError> {
     serde_json::from_slice(bytes).map_err(|e| IndexError::Corrupt(e.to_string()))
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).unwrap_or_default()
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, IndexError> {
+    serde_json::to_vec(value).map_err(|e| IndexError::Corrupt(e.to_string()))
 }
 
 impl StudyIndex {
@@ -252,8 +257,8 @@ impl StudyIndex {
             size: r.size,
             transfer_syntax: r.transfer_syntax.clone(),
         };
-        instances.insert(ikey.as_str(), encode(&entry).as_slice()).map_err(|e| err(e.into()))?;
-        metadata.insert(ikey.as_str(), encode(&r.metadata).as_slice()).map_err(|e| err(e.into()))?;
+        instances.insert(ikey.as_str(), encode(&entry)?.as_slice()).map_err(|e| err(e.into()))?;
+        metadata.insert(ikey.as_str(), encode(&r.metadata)?.as_slice()).map_err(|e| err(e.into()))?;
 
         let skey = series_key(&r.tenant, &r.study_uid, &r.series_uid);
         let known_series = match series.get(skey.as_str()).map_err(|e| err(e.into()))? {
@@ -267,7 +272,7 @@ impl StudyIndex {
             instances: 0,
         });
         s.instances += u32::from(new_instance);
-        series.insert(skey.as_str(), encode(&s).as_slice()).map_err(|e| err(e.into()))?;
+        series.insert(skey.as_str(), encode(&s)?.as_slice()).map_err(|e| err(e.into()))?;
 
         let stkey = study_key(&r.tenant, &r.study_uid);
         let known_study = match studies.get(stkey.as_str()).map_err(|e| err(e.into()))? {
@@ -286,7 +291,7 @@ impl StudyIndex {
         }
         st.series += u32::from(new_series);
         st.instances += u32::from(new_instance);
-        studies.insert(stkey.as_str(), encode(&st).as_slice()).map_err(|e| err(e.into()))?;
+        studies.insert(stkey.as_str(), encode(&st)?.as_slice()).map_err(|e| err(e.into()))?;
         Ok(())
     }
 
@@ -354,12 +359,20 @@ impl StudyIndex {
                         continue;
                     }
                 };
-                let parse = |s: &str| Uuid::parse_str(s).unwrap_or_default();
+                let ids = [&received.study_id, &received.series_id, &received.instance_id].map(|s| Uuid::parse_str(s));
+                let [Ok(study_id), Ok(series_id), Ok(instance_id)] = ids else {
+                    tracing::warn!(
+                        offset = record.offset,
+                        "an InstanceReceived names malformed opaque ids; not indexed"
+                    );
+                    self.skip(at)?;
+                    continue;
+                };
                 let r = Received {
                     tenant: envelope.meta.tenant.clone(),
-                    study_id: parse(&received.study_id),
-                    series_id: parse(&received.series_id),
-                    instance_id: parse(&received.instance_id),
+                    study_id,
+                    series_id,
+                    instance_id,
                     study_uid: received.study_instance_uid,
                     series_uid: received.series_instance_uid,
                     sop_uid: received.sop_instance_uid,

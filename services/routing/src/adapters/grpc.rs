@@ -320,6 +320,19 @@ impl RoutingGrpc {
             .await
     }
 
+    /// A group admin's change to one of its readers: the right to the reader
+    /// first, then the request's fields, then the reader as it now is.
+    async fn change_reader(
+        &self,
+        p: &Principal,
+        reader_id: &str,
+        key: &str,
+        command: impl FnOnce() -> Result<Command, Status>,
+    ) -> Result<pb::Reader, Status> {
+        self.managed_reader(p, reader_id).await?;
+        self.manage(p, reader_id, command()?, key).await
+    }
+
     /// Runs a management command and answers with the reader after it.
     async fn manage(&self, p: &Principal, reader_id: &str, command: Command, key: &str) -> Result<pb::Reader, Status> {
         self.routing.execute(command, now(), cause(p, key)).await.map_err(status)?;
@@ -569,10 +582,9 @@ impl RoutingService for RoutingGrpc {
     ) -> Result<Response<pb::UpdateReaderResponse>, Status> {
         let p = principal(&request)?.clone();
         let r = request.into_inner();
-        self.managed_reader(&p, &r.reader_id).await?;
-        let profile = profile_in(r.profile.as_ref())?;
-        let command = Command::UpdateReader { reader: r.reader_id.clone(), profile };
-        let reader = self.manage(&p, &r.reader_id, command, &r.idempotency_key).await?;
+        let command =
+            || Ok(Command::UpdateReader { reader: r.reader_id.clone(), profile: profile_in(r.profile.as_ref())? });
+        let reader = self.change_reader(&p, &r.reader_id, &r.idempotency_key, command).await?;
         Ok(Response::new(pb::UpdateReaderResponse { reader: Some(reader) }))
     }
 
@@ -582,9 +594,9 @@ impl RoutingService for RoutingGrpc {
     ) -> Result<Response<pb::UpdateLicencesResponse>, Status> {
         let p = principal(&request)?.clone();
         let r = request.into_inner();
-        self.managed_reader(&p, &r.reader_id).await?;
-        let command = Command::UpdateLicences { reader: r.reader_id.clone(), licences: licences_in(&r.licences)? };
-        let reader = self.manage(&p, &r.reader_id, command, &r.idempotency_key).await?;
+        let command =
+            || Ok(Command::UpdateLicences { reader: r.reader_id.clone(), licences: licences_in(&r.licences)? });
+        let reader = self.change_reader(&p, &r.reader_id, &r.idempotency_key, command).await?;
         Ok(Response::new(pb::UpdateLicencesResponse { reader: Some(reader) }))
     }
 
@@ -594,10 +606,10 @@ impl RoutingService for RoutingGrpc {
     ) -> Result<Response<pb::UpdateCredentialsResponse>, Status> {
         let p = principal(&request)?.clone();
         let r = request.into_inner();
-        self.managed_reader(&p, &r.reader_id).await?;
-        let command =
-            Command::UpdateCredentials { reader: r.reader_id.clone(), credentials: credentials_in(&r.credentials)? };
-        let reader = self.manage(&p, &r.reader_id, command, &r.idempotency_key).await?;
+        let command = || {
+            Ok(Command::UpdateCredentials { reader: r.reader_id.clone(), credentials: credentials_in(&r.credentials)? })
+        };
+        let reader = self.change_reader(&p, &r.reader_id, &r.idempotency_key, command).await?;
         Ok(Response::new(pb::UpdateCredentialsResponse { reader: Some(reader) }))
     }
 

@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use meridian_auth::{Action, Denied, Principal, Resource, authorize};
 use meridian_config::{ImageAccess, Platform, PrincipalKind};
-use meridian_events::{DataClass, Envelope, EventId, EventMeta, UnixMicros};
+use meridian_events::{DataClass, Envelope, EventId, EventMeta};
 use meridian_log::{EventLog, Outgoing, TopicName};
 use meridian_proto::events::v1 as pb;
 use serde_json::{Value, json};
@@ -98,12 +98,6 @@ struct Visible {
     tenant: String,
     uid: String,
     entry: StudyEntry,
-}
-
-fn now() -> UnixMicros {
-    #[allow(clippy::disallowed_methods)] // the edge: the time of an access
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    UnixMicros(t.as_micros() as i64)
 }
 
 impl DicomWeb {
@@ -208,7 +202,7 @@ impl DicomWeb {
         if accessed.is_empty() {
             return Ok(());
         }
-        let at = now();
+        let at = meridian_auth::grpc::arrival_time();
         let mut batch = Vec::with_capacity(accessed.len());
         for (tenant, study, instances) in accessed {
             let event_id = EventId::new_at(at);
@@ -263,7 +257,8 @@ fn dicom_json(body: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, "application/dicom+json")], body).into_response()
 }
 
-fn base_url(headers: &HeaderMap) -> String {
+/// The DICOMweb root as the client addressed it, for RetrieveURLs.
+pub fn base_url(headers: &HeaderMap) -> String {
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
     let scheme = headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()).unwrap_or("http");
     format!("{scheme}://{host}/dicomweb")

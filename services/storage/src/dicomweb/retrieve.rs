@@ -31,7 +31,9 @@ pub struct Acceptable {
     pub wanted: Wanted,
 }
 
-fn params(range: &str) -> (String, Vec<(String, String)>) {
+/// A media type (lower case) and its parameters (names lower case, values
+/// unquoted as given), from one Accept range or a Content-Type.
+pub fn media_type(range: &str) -> (String, Vec<(String, String)>) {
     let mut it = range.split(';');
     let media = it.next().unwrap_or("").trim().to_ascii_lowercase();
     let params = it
@@ -48,7 +50,7 @@ pub fn negotiate(accept: Option<&str>, part_types: &[&str]) -> Result<Acceptable
     let default = Acceptable { part_type: part_types[0].to_owned(), wanted: Wanted::Syntax(EXPLICIT_VR_LE.into()) };
     let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else { return Ok(default) };
     for range in accept.split(',') {
-        let (media, params) = params(range);
+        let (media, params) = media_type(range);
         let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
         let wanted = match param("transfer-syntax") {
             Some(ts) if ts == "*" => Wanted::AsStored,

@@ -331,6 +331,51 @@ pub enum ImageAccess {
     Deidentified,
 }
 
+/// An option of PS3.15 Annex E's Basic Application Level Confidentiality
+/// Profile (a column of Table E.1-1). Meridian applies the retain options;
+/// the clean options and Retain Safe Private need content inspection (free
+/// text, structured content, graphics, a safe private attribute list) it
+/// does not do, so a contract naming one is refused at load.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum DeidentificationOption {
+    RetainSafePrivate,
+    RetainUids,
+    RetainDeviceIdentity,
+    RetainInstitutionIdentity,
+    RetainPatientCharacteristics,
+    RetainLongitudinalFullDates,
+    RetainLongitudinalModifiedDates,
+    CleanDescriptors,
+    CleanStructuredContent,
+    CleanGraphics,
+}
+
+impl DeidentificationOption {
+    /// Whether Meridian can apply the option.
+    pub fn supported(self) -> bool {
+        !matches!(
+            self,
+            Self::RetainSafePrivate | Self::CleanDescriptors | Self::CleanStructuredContent | Self::CleanGraphics
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RetainSafePrivate => "retain_safe_private",
+            Self::RetainUids => "retain_uids",
+            Self::RetainDeviceIdentity => "retain_device_identity",
+            Self::RetainInstitutionIdentity => "retain_institution_identity",
+            Self::RetainPatientCharacteristics => "retain_patient_characteristics",
+            Self::RetainLongitudinalFullDates => "retain_longitudinal_full_dates",
+            Self::RetainLongitudinalModifiedDates => "retain_longitudinal_modified_dates",
+            Self::CleanDescriptors => "clean_descriptors",
+            Self::CleanStructuredContent => "clean_structured_content",
+            Self::CleanGraphics => "clean_graphics",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum EngagementModel {
@@ -355,6 +400,9 @@ pub struct Contract {
     /// Regions a de-identified derivative may be written to.
     #[serde(default)]
     pub deidentification_destinations: Vec<String>,
+    /// Annex E options applied to the derivative, besides the Basic Profile.
+    #[serde(default)]
+    pub deidentification_options: Vec<DeidentificationOption>,
     /// Read type → delivery models allowed for it.
     pub delivery: BTreeMap<ReadType, Vec<DeliveryModel>>,
     /// Priority → turnaround promised (study completed → report signed).

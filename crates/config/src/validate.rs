@@ -284,6 +284,28 @@ fn contracts(out: &mut Out, f: &Files<'_>) {
                 "image_access = \"deidentified\" needs at least one destination region",
             );
         }
+        for (i, o) in c.deidentification_options.iter().enumerate() {
+            if !o.supported() {
+                out.at(
+                    file,
+                    format!("deidentification_options[{i}]"),
+                    format!(
+                        "{:?} is not supported: it needs content inspection (free text, structured content, \
+                         graphics or a safe private attribute list) Meridian does not do",
+                        o.as_str()
+                    ),
+                );
+            }
+        }
+        if c.deidentification_options.contains(&DeidentificationOption::RetainLongitudinalFullDates)
+            && c.deidentification_options.contains(&DeidentificationOption::RetainLongitudinalModifiedDates)
+        {
+            out.at(
+                file,
+                "deidentification_options",
+                "retain_longitudinal_full_dates and retain_longitudinal_modified_dates exclude each other",
+            );
+        }
         if c.retention.seconds == 0 {
             out.at(file, "retention", "must be longer than 0s");
         }

@@ -41,9 +41,10 @@ impl TenantSecret {
         Ok(TenantSecret(bytes))
     }
 
-    fn uuid_v8(&self, domain: &str, parts: &[&[u8]]) -> Uuid {
-        // A fixed-length domain label and length-prefixed parts, so that no
-        // two different inputs feed the MAC the same bytes.
+    /// HMAC-SHA-256 of `parts` under this secret, in `domain`. A domain
+    /// label ended by a NUL and length-prefixed parts, so that no two
+    /// different inputs feed the MAC the same bytes.
+    pub fn mac(&self, domain: &str, parts: &[&[u8]]) -> [u8; 32] {
         let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC accepts keys of any length");
         mac.update(domain.as_bytes());
         mac.update(&[0]);
@@ -51,8 +52,18 @@ impl TenantSecret {
             mac.update(&(part.len() as u64).to_be_bytes());
             mac.update(part);
         }
-        let digest = mac.finalize().into_bytes();
-        uuid_v8_from(&digest)
+        mac.finalize().into_bytes().into()
+    }
+
+    /// A secret for one purpose (e.g. one contract's de-identification),
+    /// derived from this one: it lives where this one lives, and one
+    /// purpose's secret tells nothing of another's.
+    pub fn subkey(&self, domain: &str, name: &str) -> TenantSecret {
+        TenantSecret(self.mac(domain, &[name.as_bytes()]).to_vec())
+    }
+
+    fn uuid_v8(&self, domain: &str, parts: &[&[u8]]) -> Uuid {
+        uuid_v8_from(&self.mac(domain, parts))
     }
 }
 

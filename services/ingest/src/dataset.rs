@@ -15,10 +15,7 @@ use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use meridian_dimse::Instance;
 use meridian_dimse::command::{STATUS_CANNOT_UNDERSTAND, STATUS_DATA_SET_MISMATCH, STATUS_SOP_CLASS_NOT_SUPPORTED};
 
-/// Meridian's implementation class UID (a UUID-derived `2.25` root) and
-/// version name, written into every File Meta Information it builds.
-pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.139612087498763419274622219745871396181";
-pub const IMPLEMENTATION_VERSION_NAME: &str = "MERIDIAN_0_1";
+pub use meridian_storage::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 
 /// What ingest needs of an instance. PHI: it stays in the home region.
 #[derive(Clone, Debug, PartialEq)]

@@ -11,10 +11,19 @@
 //!   updated in ingest's acknowledgement path.
 //! - [`dicomweb`]: QIDO-RS and WADO-RS over the index and the objects, with
 //!   PhiAccessed before any PHI goes out.
+//! - [`deidentify`]: PS3.15 Annex E de-identification of one instance
+//!   (pure), and [`derivatives`]: a completed study's de-identified copies
+//!   written to the regions its contract allows, with DerivativeCreated.
 
 #![forbid(unsafe_code)]
 
+/// Meridian's implementation class UID (a UUID-derived `2.25` root) and
+/// version name, written into every File Meta Information it builds.
+pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.139612087498763419274622219745871396181";
+pub const IMPLEMENTATION_VERSION_NAME: &str = "MERIDIAN_0_1";
+
 pub mod blobs;
+pub mod deidentify;
 pub mod dicomweb;
 pub mod index;
 pub mod phi;

@@ -2,6 +2,7 @@
 
 mod contract_embedded;
 mod contract_kafka;
+mod deid_oracle;
 mod durability;
 mod ingest_dimse;
 mod region_kafka;

@@ -200,12 +200,22 @@ fn topic_events(
     class: meridian_events::DataClass,
     stream: &str,
 ) -> (Vec<(Vec<u8>, meridian_events::Envelope)>, meridian_log::embedded::EmbeddedKeyStore) {
+    region_topic_events(data, "us-east", class, stream)
+}
+
+/// The same, of any region's topic.
+fn region_topic_events(
+    data: &Path,
+    region: &str,
+    class: meridian_events::DataClass,
+    stream: &str,
+) -> (Vec<(Vec<u8>, meridian_events::Envelope)>, meridian_log::embedded::EmbeddedKeyStore) {
     use meridian_log::embedded::{EmbeddedLog, EmbeddedOptions};
     use meridian_log::{EventLog, Position, TopicName};
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let log = EmbeddedLog::open(&data.join("us-east/log.redb"), EmbeddedOptions::default()).unwrap();
-        let topic = TopicName::new("us-east", class, stream).unwrap();
+        let log = EmbeddedLog::open(&data.join(region).join("log.redb"), EmbeddedOptions::default()).unwrap();
+        let topic = TopicName::new(region, class, stream).unwrap();
         let from = (0..log.partitions(&topic).await.unwrap()).map(|p| Position::start(topic.clone(), p)).collect();
         let mut reader = log.reader(from).await.unwrap();
         let mut events = Vec::new();
@@ -697,6 +707,145 @@ async fn every_instance_the_grpc_upload_answered_stored_survives_a_sigkill_mid_s
         assert!(visible.contains(uid), "{uid} was answered stored and is retrievable after SIGKILL");
     }
     dev.interrupt();
+}
+
+/// The files under `dir`, recursively (none if it does not exist).
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_study_under_a_deidentified_contract_is_derived_into_the_allowed_region_only() {
+    use meridian_events::DataClass;
+    use meridian_events::payload::Payload;
+    use meridian_proto::ingest::v1 as ipb;
+    use meridian_proto::ingest::v1::ingest_service_client::IngestServiceClient;
+    let data = tempfile::TempDir::new().unwrap();
+    let files = tempfile::TempDir::new().unwrap();
+    // Northwind (home eu-west) gives Lotus's offshore readers
+    // de-identified images in in-south, with modified dates.
+    let study_uid = "1.2.826.0.1.3680043.10.543.77";
+    for (i, burned_in) in [(1, "NO"), (2, "NO"), (3, "YES")] {
+        let sop = format!("{study_uid}.1.{i}");
+        let file = meridian_integration_tests::dicom::write_ct(
+            files.path(),
+            &meridian_integration_tests::dicom::CtInstance {
+                study_uid,
+                series_uid: "1.2.826.0.1.3680043.10.543.77.1",
+                sop_uid: &sop,
+                patient_id: "NW-MRN-31",
+                priority: "",
+                pixels: [i, 2, 3, 4],
+            },
+        );
+        let modified = Command::new("dcmodify")
+            .args(["-nb", "-i", &format!("(0028,0301)={burned_in}"), "-i", "(0010,0010)=Kelly^Niamh"])
+            .args(["-i", "(0008,0020)=20240301", "-i", "(0008,0080)=Dublin General"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(modified.status.success(), "{}", String::from_utf8_lossy(&modified.stderr));
+    }
+    for f in files_under(files.path()) {
+        if f.extension().is_some_and(|e| e == "dump") {
+            std::fs::remove_file(f).unwrap();
+        }
+    }
+    // The region dies after the first derivative object is stored, before
+    // DerivativeCreated is committed.
+    let mut dev = Dev::start_armed(data.path(), "derivatives.after_put=abort@1");
+    let sent = Command::new(MERIDIAN)
+        .args(["send", "--region", "eu-west", "--as", "northwind-pacs", "--data-dir"])
+        .arg(data.path())
+        .arg(files.path())
+        .output()
+        .unwrap();
+    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stdout));
+
+    let channel = Channel::from_shared(dev.grpc("eu-west")).unwrap().connect().await.unwrap();
+    let complete = ipb::CompleteStudyRequest {
+        study: Some(ipb::complete_study_request::Study::StudyInstanceUid(study_uid.into())),
+    };
+    let done = IngestServiceClient::new(channel)
+        .complete_study(bearer(complete, &dev.token("northwind-pacs")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(done.completed_now && done.instance_count == 3, "{done:?}");
+    dev.wait_for_crash();
+    let destination = data.path().join("in-south/objects/deid");
+    assert_eq!(files_under(&destination).len(), 1, "one object stored before the crash");
+
+    // After the restart the study is derived again: the two released
+    // instances appear in in-south's store, and nowhere else.
+    let dev = Dev::start(data.path());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while files_under(&destination).len() < 2 {
+        assert!(Instant::now() < deadline, "no derivative in in-south within 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let derived = files_under(&destination);
+    assert_eq!(derived.len(), 2, "{derived:?}");
+    for region in ["eu-west", "us-east"] {
+        assert!(files_under(&data.path().join(region).join("objects/deid")).is_empty(), "{region}");
+    }
+    for path in &derived {
+        let key = path.strip_prefix(data.path().join("in-south/objects")).unwrap().to_string_lossy().into_owned();
+        assert!(key.starts_with("deid/northwind/northwind-lotus/"), "{key}");
+        let bytes = std::fs::read(path).unwrap();
+        for phi in ["Kelly", "NW-MRN-31", "Dublin", study_uid] {
+            assert!(!bytes.windows(phi.len()).any(|w| w == phi.as_bytes()), "{phi} in {key}");
+        }
+        // pydicom reads it, and it says what was done.
+        let script = repo().join("integration-tests/python/deid_oracle.py");
+        let read = Command::new(python()).arg(&script).arg("read").arg(path).output().unwrap();
+        assert!(read.status.success(), "{}", String::from_utf8_lossy(&read.stderr));
+        let attrs: Value = serde_json::from_slice(&read.stdout).unwrap();
+        assert_eq!(attrs["00120062"][1], "YES");
+        assert_eq!(attrs["00280303"][1], "MODIFIED");
+        assert!(attrs["0020000D"][1].as_str().unwrap().starts_with("2.25."));
+        let date = attrs["00080020"][1].as_str().unwrap();
+        assert!(date.len() == 8 && date < "20230301", "study date moved back a year or more: {date}");
+    }
+    dev.interrupt();
+
+    // Another restart derives nothing twice.
+    let dev = Dev::start(data.path());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    dev.interrupt();
+    assert_eq!(files_under(&destination).len(), 2);
+    let log_dir = data.path().to_path_buf();
+    let (events, _) = tokio::task::spawn_blocking(move || {
+        region_topic_events(&log_dir, "eu-west", DataClass::Operational, "storage")
+    })
+    .await
+    .unwrap();
+    let created: Vec<_> = events
+        .iter()
+        .filter_map(|(_, e)| match e.open_plain() {
+            Ok(Payload::DerivativeCreated(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(created.len(), 1, "{created:?}");
+    let c = &created[0];
+    assert_eq!((c.instance_count, c.withheld_count), (2, 1));
+    assert_eq!((c.destination_region.as_str(), c.contract.as_str()), ("in-south", "northwind-lotus"));
+    assert_eq!(c.study_id, done.study_id);
+    assert_ne!(c.derivative_study_id, c.study_id);
+    assert!(c.derivative_study_id.parse::<uuid::Uuid>().is_ok());
+    assert_eq!(c.options, ["retain_longitudinal_modified_dates", "retain_patient_characteristics"]);
 }
 
 fn count_files(dir: &Path) -> usize {

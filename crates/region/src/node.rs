@@ -71,6 +71,9 @@ pub struct Region {
     pub index: Arc<StudyIndex>,
     /// QIDO-RS and WADO-RS over the index and the object store.
     pub dicomweb: Arc<DicomWeb>,
+    /// De-identified derivatives of completed studies, for the contracts
+    /// that give readers de-identified images.
+    pub derivatives: Arc<meridian_storage::derivatives::Derivatives>,
 }
 
 /// The region's object store, as its `[objects]` says.
@@ -102,6 +105,35 @@ fn object_store(config: &ObjectStoreConfig, folder: &Path) -> Result<Arc<dyn mer
             Ok(Arc::new(store))
         }
     }
+}
+
+/// The object stores of the regions this region's tenants' contracts send
+/// de-identified derivatives to. A local store is reached in the data
+/// folder the regions share (`meridian dev`: `<data>/<region>/objects`);
+/// separate deployments use S3, with the destination's credentials.
+fn derivative_destinations(
+    name: &str,
+    platform: &Platform,
+    dir: &Path,
+) -> Result<std::collections::BTreeMap<String, Arc<dyn meridian_storage::blobs::Blobs>>, String> {
+    let homed_here =
+        |tenant: &str| platform.tenants.get(tenant).is_some_and(|t| t.home_regions.iter().any(|r| r == name));
+    let wanted: BTreeSet<&String> = platform
+        .contracts
+        .values()
+        .filter(|c| homed_here(&c.tenant))
+        .flat_map(|c| c.deidentification_destinations.iter())
+        .filter(|r| *r != name)
+        .collect();
+    let mut out = std::collections::BTreeMap::new();
+    for region in wanted {
+        let Some(config) = platform.regions.get(region) else { continue };
+        let folder = dir.parent().unwrap_or(dir).join(region).join("objects");
+        let store =
+            object_store(&config.objects, &folder).map_err(|e| format!("derivative destination {region}: {e}"))?;
+        out.insert(region.clone(), store);
+    }
+    Ok(out)
 }
 
 /// Routing's assignments, as DICOMweb asks who may see a study.
@@ -196,13 +228,28 @@ impl Region {
         let routing_policy = meridian_routing::adapters::config::policy(&platform);
         let blobs = object_store(&config.objects, &objects)
             .map_err(|reason| RegionError::Config { region: name.to_owned(), reason })?;
+        let destinations = derivative_destinations(name, &platform, dir)
+            .map_err(|reason| RegionError::Config { region: name.to_owned(), reason })?;
         let phi = meridian_storage::phi::PhiWriter::new(name, platform.clone(), blobs.clone(), log.clone());
+        let derivative_writer = Arc::new(
+            meridian_storage::phi::PhiWriter::new(name, platform.clone(), blobs.clone(), log.clone())
+                .with_destinations(destinations),
+        );
         let index_path = dir.join("index.redb");
         let index = Arc::new(StudyIndex::open(&index_path).map_err(|e| RegionError::Io {
             region: name.to_owned(),
             path: index_path.display().to_string(),
             source: std::io::Error::other(e.to_string()),
         })?);
+        let derivatives = Arc::new(meridian_storage::derivatives::Derivatives::new(
+            name,
+            platform.clone(),
+            derivative_writer,
+            index.clone(),
+            log.clone(),
+            secrets.clone(),
+            failpoints.clone(),
+        ));
         let ingest_options = meridian_ingest::app::IngestOptions { secrets, failpoints };
         let ingest = meridian_ingest::app::Ingest::open(
             name,
@@ -229,6 +276,7 @@ impl Region {
         let dicomweb =
             DicomWeb::new(name, platform.clone(), index.clone(), blobs, log.clone(), assignments).map_err(log_err)?;
         let region = Region {
+            derivatives,
             ingest: Arc::new(ingest),
             routing,
             index,

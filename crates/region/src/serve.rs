@@ -210,6 +210,10 @@ async fn ingest_timers(region: Arc<Region>, shutdown: impl Future<Output = ()>) 
             if let Err(e) = region.ingest.complete_quiet(now).await {
                 tracing::warn!(region = %region.name, error = %e, "ingest completion");
             }
+            // Completed studies' de-identified derivatives, where contracts ask.
+            if let Err(e) = region.derivatives.intake(std::time::Duration::from_millis(20)).await {
+                tracing::warn!(region = %region.name, error = %e, "derivatives");
+            }
             if sweep && let Err(e) = region.ingest.sweep(now, ORPHAN_GRACE).await {
                 tracing::warn!(region = %region.name, error = %e, "ingest sweep");
             }

@@ -35,6 +35,9 @@ const SERIES: TableDefinition<&str, &[u8]> = TableDefinition::new("series");
 const INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("instances");
 /// The same keys as INSTANCES; the value is the DICOM JSON object, as served.
 const METADATA: TableDefinition<&str, &[u8]> = TableDefinition::new("metadata");
+/// `tenant \0 opaque study id` → Study Instance UID: events name studies
+/// by opaque id only.
+const STUDY_IDS: TableDefinition<&str, &str> = TableDefinition::new("study_ids");
 /// `topic#partition` → the next offset to read.
 const POSITIONS: TableDefinition<&str, u64> = TableDefinition::new("positions");
 
@@ -193,6 +196,7 @@ impl StudyIndex {
                 txn.open_table(table).map_err(|e| index.err(e))?;
             }
             txn.open_table(POSITIONS).map_err(|e| index.err(e))?;
+            txn.open_table(STUDY_IDS).map_err(|e| index.err(e))?;
         }
         txn.commit().map_err(|e| index.err(e))?;
         Ok(index)
@@ -279,6 +283,7 @@ impl StudyIndex {
             Some(v) => Some(decode::<StudyEntry>(v.value())?),
             None => None,
         };
+        let new_study = known_study.is_none();
         let mut st = known_study.unwrap_or(StudyEntry {
             study_id: r.study_id,
             attrs: pick(&r.metadata, STUDY_TAGS),
@@ -292,7 +297,20 @@ impl StudyIndex {
         st.series += u32::from(new_series);
         st.instances += u32::from(new_instance);
         studies.insert(stkey.as_str(), encode(&st)?.as_slice()).map_err(|e| err(e.into()))?;
+        if new_study {
+            let mut ids = txn.open_table(STUDY_IDS).map_err(|e| err(e.into()))?;
+            let id = format!("{}\0{}", r.tenant, r.study_id);
+            ids.insert(id.as_str(), r.study_uid.as_str()).map_err(|e| err(e.into()))?;
+        }
         Ok(())
+    }
+
+    /// The Study Instance UID of the tenant's study with opaque id `study_id`.
+    pub fn study_uid(&self, tenant: &str, study_id: Uuid) -> Result<Option<String>, IndexError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(STUDY_IDS).map_err(|e| self.err(e))?;
+        let id = format!("{tenant}\0{study_id}");
+        Ok(table.get(id.as_str()).map_err(|e| self.err(e))?.map(|v| v.value().to_owned()))
     }
 
     /// Syncs what [`record`](Self::record) committed (the region calls it

@@ -24,6 +24,7 @@ pub const IMPLEMENTATION_VERSION_NAME: &str = "MERIDIAN_0_1";
 
 pub mod blobs;
 pub mod deidentify;
+pub mod derivatives;
 pub mod dicomweb;
 pub mod index;
 pub mod phi;

@@ -11,6 +11,7 @@
 //! The same bytes again store nothing new; different bytes for the same
 //! instance are a new version beside the old one.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use meridian_config::Platform;
@@ -26,6 +27,19 @@ pub struct PhiObject {
     pub series: SeriesId,
     pub instance: InstanceId,
     /// The Part-10 bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// One de-identified object (PS3.15 Annex E) for a destination region.
+pub struct DeidentifiedObject {
+    pub tenant: String,
+    /// The contract that allows the destination.
+    pub contract: String,
+    pub destination: String,
+    /// The derivative's opaque ids (of its replacement UIDs).
+    pub study: StudyId,
+    pub series: SeriesId,
+    pub instance: InstanceId,
     pub bytes: Vec<u8>,
 }
 
@@ -48,6 +62,13 @@ pub enum PhiWriteError {
     Refused { tenant: String, region: String, home_regions: Vec<String>, contracts: Vec<String> },
     #[error("residency: tenant {tenant} is not configured; refusing to write its data in region {region}")]
     UnknownTenant { tenant: String, region: String },
+    #[error(
+        "residency: a de-identified derivative of tenant {tenant} may not be written in region {region} \
+         under contract {contract} ({reason})"
+    )]
+    DerivativeRefused { tenant: String, region: String, contract: String, reason: String },
+    #[error("no object store of region {region} is reachable from region {from}")]
+    NoStore { region: String, from: String },
     #[error("PHI object store: {0}")]
     Blob(#[from] BlobError),
     #[error("PHI write path log: {0}")]
@@ -66,11 +87,19 @@ pub struct PhiWriter {
     platform: Arc<Platform>,
     blobs: Arc<dyn Blobs>,
     log: Arc<dyn EventLog>,
+    /// Other regions' object stores, for de-identified derivatives.
+    destinations: BTreeMap<String, Arc<dyn Blobs>>,
 }
 
 impl PhiWriter {
     pub fn new(region: &str, platform: Arc<Platform>, blobs: Arc<dyn Blobs>, log: Arc<dyn EventLog>) -> PhiWriter {
-        PhiWriter { region: region.to_owned(), platform, blobs, log }
+        PhiWriter { region: region.to_owned(), platform, blobs, log, destinations: BTreeMap::new() }
+    }
+
+    /// The object stores of other regions derivatives may be written to.
+    pub fn with_destinations(mut self, destinations: BTreeMap<String, Arc<dyn Blobs>>) -> PhiWriter {
+        self.destinations = destinations;
+        self
     }
 
     pub fn region(&self) -> &str {
@@ -107,22 +136,70 @@ impl PhiWriter {
     /// refusal). Returns only once the bytes are on durable storage.
     pub async fn put(&self, object: PhiObject, now: UnixMicros) -> Result<Stored, PhiWriteError> {
         if let Err(refused) = self.check_residency(&object.tenant) {
-            self.record_refusal(&object.tenant, Some(object.study.as_uuid()), &refused, now).await?;
+            self.record_refusal(&object.tenant, &self.region, Some(object.study.as_uuid()), &refused, now).await?;
             tracing::warn!(region = %self.region, tenant = %object.tenant, study = %object.study, "PHI write refused");
             return Err(refused);
         }
-        // The version is the content: computed over every byte stored.
-        let sha256 = sha256_hex(&object.bytes);
-        let key = format!(
-            "phi/{}/{}/{}/{}.{sha256}.dcm",
+        let folder = format!("phi/{}/{}/{}", object.tenant, object.study.as_uuid(), object.series.as_uuid());
+        store(&self.blobs, &folder, object.instance, object.bytes).await
+    }
+
+    /// Whether `contract` lets `tenant`'s de-identified derivatives live
+    /// in `region`: it is the tenant's, gives readers de-identified images,
+    /// and names the region among its destinations. Pseudonymised data is
+    /// still personal data, so nothing else may hold it.
+    pub fn check_derivative(&self, tenant: &str, contract: &str, region: &str) -> Result<(), PhiWriteError> {
+        let refused = |reason: String| PhiWriteError::DerivativeRefused {
+            tenant: tenant.to_owned(),
+            region: region.to_owned(),
+            contract: contract.to_owned(),
+            reason,
+        };
+        let Some(c) = self.platform.contracts.get(contract) else {
+            return Err(refused("no such contract".into()));
+        };
+        if c.tenant != tenant {
+            return Err(refused(format!("the contract is tenant {}'s", c.tenant)));
+        }
+        if c.image_access != meridian_config::ImageAccess::Deidentified {
+            return Err(refused("the contract streams images from home; it allows no derivative".into()));
+        }
+        if !c.deidentification_destinations.iter().any(|d| d == region) {
+            return Err(refused(format!("its destinations are {:?}", c.deidentification_destinations)));
+        }
+        Ok(())
+    }
+
+    /// Stores a de-identified derivative's object in its destination
+    /// region's store, or refuses it (recording PhiWriteRefused here, in
+    /// the home region, which decided). Keys:
+    /// `deid/<tenant>/<contract>/<study>/<series>/<instance>.<sha256>.dcm`.
+    pub async fn put_deidentified(&self, object: DeidentifiedObject, now: UnixMicros) -> Result<Stored, PhiWriteError> {
+        if let Err(refused) = self.check_derivative(&object.tenant, &object.contract, &object.destination) {
+            self.record_refusal(&object.tenant, &object.destination, Some(object.study.as_uuid()), &refused, now)
+                .await?;
+            tracing::warn!(
+                region = %self.region, tenant = %object.tenant, destination = %object.destination,
+                study = %object.study, "derivative write refused"
+            );
+            return Err(refused);
+        }
+        let blobs = if object.destination == self.region {
+            &self.blobs
+        } else {
+            self.destinations.get(&object.destination).ok_or_else(|| PhiWriteError::NoStore {
+                region: object.destination.clone(),
+                from: self.region.clone(),
+            })?
+        };
+        let folder = format!(
+            "deid/{}/{}/{}/{}",
             object.tenant,
+            object.contract,
             object.study.as_uuid(),
-            object.series.as_uuid(),
-            object.instance.as_uuid()
+            object.series.as_uuid()
         );
-        let size = object.bytes.len() as u64;
-        let created = self.blobs.put_once(&key, object.bytes).await?;
-        Ok(Stored { key, sha256, size, created })
+        store(blobs, &folder, object.instance, object.bytes).await
     }
 
     /// Whether `tenant`'s PHI may be written here, asked before anything
@@ -131,7 +208,7 @@ impl PhiWriter {
     /// named). A refusal is recorded (PhiWriteRefused) and returned.
     pub async fn admit(&self, tenant: &str, now: UnixMicros) -> Result<(), PhiWriteError> {
         if let Err(refused) = self.check_residency(tenant) {
-            self.record_refusal(tenant, None, &refused, now).await?;
+            self.record_refusal(tenant, &self.region, None, &refused, now).await?;
             tracing::warn!(region = %self.region, %tenant, "PHI write refused");
             return Err(refused);
         }
@@ -141,17 +218,19 @@ impl PhiWriter {
     async fn record_refusal(
         &self,
         tenant: &str,
+        region: &str,
         study: Option<uuid::Uuid>,
         refused: &PhiWriteError,
         now: UnixMicros,
     ) -> Result<(), PhiWriteError> {
         let contracts = match refused {
             PhiWriteError::Refused { contracts, .. } => contracts.join(","),
+            PhiWriteError::DerivativeRefused { contract, .. } => contract.clone(),
             _ => String::new(),
         };
         let payload = meridian_proto::events::v1::PhiWriteRefused {
             tenant: tenant.to_owned(),
-            region: self.region.clone(),
+            region: region.to_owned(),
             contract: contracts,
             study_id: study.map(|s| s.to_string()).unwrap_or_default(),
             reason: refused.to_string(),
@@ -177,6 +256,21 @@ impl PhiWriter {
         self.log.append(vec![Outgoing::new(topic, &envelope)?]).await?;
         Ok(())
     }
+}
+
+/// Puts `bytes` under `<folder>/<instance>.<sha256>.dcm`, once: the
+/// version is the content, computed over every byte stored.
+async fn store(
+    blobs: &Arc<dyn Blobs>,
+    folder: &str,
+    instance: InstanceId,
+    bytes: Vec<u8>,
+) -> Result<Stored, PhiWriteError> {
+    let sha256 = sha256_hex(&bytes);
+    let key = format!("{folder}/{}.{sha256}.dcm", instance.as_uuid());
+    let size = bytes.len() as u64;
+    let created = blobs.put_once(&key, bytes).await?;
+    Ok(Stored { key, sha256, size, created })
 }
 
 #[cfg(test)]
@@ -255,5 +349,57 @@ mod tests {
         let Ok(Payload::PhiWriteRefused(p)) = envelope.open_plain() else { panic!("{envelope:?}") };
         assert_eq!((p.region.as_str(), p.study_id), ("eu-west", object(b"").study.as_uuid().to_string()));
         assert_eq!(envelope.meta.aggregate_id, object(b"").study.as_uuid());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_derivative_goes_only_where_its_contract_allows_and_a_refusal_is_recorded_at_home() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (home, log) = writer("eu-west", dir.path()).await;
+        let in_south: Arc<dyn Blobs> = Arc::new(LocalBlobs::new(dir.path().join("in-south")));
+        let phi = home.with_destinations(BTreeMap::from([("in-south".to_owned(), in_south.clone())]));
+        let now = UnixMicros(1_795_000_000_000_000);
+        let derivative = |tenant: &str, contract: &str, destination: &str| {
+            let o = object(b"DICM de-identified");
+            DeidentifiedObject {
+                tenant: tenant.into(),
+                contract: contract.into(),
+                destination: destination.into(),
+                study: o.study,
+                series: o.series,
+                instance: o.instance,
+                bytes: o.bytes,
+            }
+        };
+        let stored = phi.put_deidentified(derivative("northwind", "northwind-lotus", "in-south"), now).await.unwrap();
+        assert!(stored.key.starts_with("deid/northwind/northwind-lotus/"), "{}", stored.key);
+        assert_eq!(in_south.get(&stored.key).await.unwrap().unwrap(), b"DICM de-identified");
+        assert!(phi.blobs().list("").await.unwrap().is_empty(), "nothing in the home store");
+
+        // Not a destination; another tenant's contract; a contract that
+        // streams from home: each refused with its reason, nothing stored.
+        for (tenant, contract, destination, reason) in [
+            ("northwind", "northwind-lotus", "us-east", "its destinations are [\"in-south\"]"),
+            ("acme", "northwind-lotus", "in-south", "the contract is tenant northwind's"),
+            ("acme", "acme-atlantic", "in-south", "streams images from home"),
+        ] {
+            let err = phi.put_deidentified(derivative(tenant, contract, destination), now).await.unwrap_err();
+            assert!(
+                matches!(err, PhiWriteError::DerivativeRefused { .. }) && err.to_string().contains(reason),
+                "{err}"
+            );
+        }
+        assert_eq!(in_south.list("").await.unwrap().len(), 1);
+        let topic = TopicName::new("eu-west", DataClass::Operational, "storage").unwrap();
+        let mut reader = log.reader((0..2).map(|p| Position::start(topic.clone(), p)).collect()).await.unwrap();
+        let records = reader.next_batch(10, Duration::from_millis(200)).await.unwrap();
+        assert_eq!(records.len(), 3, "one PhiWriteRefused per refused derivative");
+        let regions: Vec<String> = records
+            .iter()
+            .map(|r| match r.envelope().unwrap().open_plain() {
+                Ok(Payload::PhiWriteRefused(p)) => p.region,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert!(regions.contains(&"us-east".to_owned()) && regions.contains(&"in-south".to_owned()));
     }
 }

@@ -260,6 +260,11 @@ pub mod bench {
                 DataElement::new(tags::MODALITY, VR::CS, PrimitiveValue::from("CT")),
                 DataElement::new(tags::PATIENT_NAME, VR::PN, PrimitiveValue::from("Bench^Patient")),
                 DataElement::new(tags::PATIENT_ID, VR::LO, PrimitiveValue::from("MRN-BENCH")),
+                DataElement::new(tags::PATIENT_BIRTH_DATE, VR::DA, PrimitiveValue::from("19700101")),
+                DataElement::new(tags::STUDY_DATE, VR::DA, PrimitiveValue::from("20260301")),
+                DataElement::new(tags::INSTITUTION_NAME, VR::LO, PrimitiveValue::from("Bench General")),
+                // Nothing burned into the pixels: a de-identified derivative may release it.
+                DataElement::new(tags::BURNED_IN_ANNOTATION, VR::CS, PrimitiveValue::from("NO")),
                 DataElement::new(tags::BODY_PART_EXAMINED, VR::CS, PrimitiveValue::from("CHEST")),
                 DataElement::new(tags::STUDY_INSTANCE_UID, VR::UI, PrimitiveValue::from(study)),
                 DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, PrimitiveValue::from(series)),

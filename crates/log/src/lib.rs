@@ -90,6 +90,17 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// The consumer's committed position in a topic-partition, if any.
     async fn committed(&self, consumer: &str, topic: &TopicName, partition: u32) -> Result<Option<u64>, Error>;
+
+    /// Where the consumer goes on in each partition of `topic`: its
+    /// committed positions, the start where it has none.
+    async fn resume(&self, consumer: &str, topic: &TopicName) -> Result<Vec<Position>, Error> {
+        let mut from = Vec::new();
+        for partition in 0..self.partitions(topic).await? {
+            let offset = self.committed(consumer, topic, partition).await?.unwrap_or(0);
+            from.push(Position { topic: topic.clone(), partition, offset });
+        }
+        Ok(from)
+    }
 }
 
 /// Reads records in offset order per partition.

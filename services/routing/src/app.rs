@@ -338,13 +338,9 @@ impl Routing {
             let topic = TopicName::new(&self.region, DataClass::Operational, stream)
                 .map_err(|e| meridian_log::Error::UnknownTopic { topic: e.name })?;
             // A region without that service yet has no topic for it.
-            let partitions = match self.log.partitions(&topic).await {
+            match self.log.resume(INTAKE, &topic).await {
                 Err(meridian_log::Error::UnknownTopic { .. }) => continue,
-                other => other?,
-            };
-            for p in 0..partitions {
-                let offset = self.log.committed(INTAKE, &topic, p).await?.unwrap_or(0);
-                from.push(Position { topic: topic.clone(), partition: p, offset });
+                positions => from.extend(positions?),
             }
         }
         let mut reader = self.log.reader(from).await?;

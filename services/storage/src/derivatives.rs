@@ -23,7 +23,7 @@ use meridian_events::payload::Payload;
 use meridian_events::{
     DataClass, Envelope, EventId, EventMeta, InstanceId, SeriesId, StudyId, TenantSecret, UnixMicros,
 };
-use meridian_log::{EventLog, Outgoing, Position, Step, TopicName};
+use meridian_log::{EventLog, Outgoing, Step, TopicName};
 use uuid::Uuid;
 
 use crate::deidentify::{DeidError, Profile};
@@ -99,12 +99,7 @@ impl Derivatives {
     pub async fn intake(&self, idle: Duration) -> Result<usize, DerivativeError> {
         let topic = TopicName::new(&self.region, DataClass::Operational, "ingest")
             .map_err(|e| meridian_log::Error::UnknownTopic { topic: e.name })?;
-        let mut from = Vec::new();
-        for p in 0..self.log.partitions(&topic).await? {
-            let offset = self.log.committed(CONSUMER, &topic, p).await?.unwrap_or(0);
-            from.push(Position { topic: topic.clone(), partition: p, offset });
-        }
-        let mut reader = self.log.reader(from).await?;
+        let mut reader = self.log.reader(self.log.resume(CONSUMER, &topic).await?).await?;
         let mut derived = 0;
         loop {
             let batch = reader.next_batch(64, idle).await?;

@@ -20,15 +20,13 @@ use std::time::Duration;
 use futures_util::{StreamExt, TryStreamExt};
 use meridian_config::{ImageAccess, Platform};
 use meridian_events::payload::Payload;
-use meridian_events::{
-    DataClass, Envelope, EventId, EventMeta, InstanceId, SeriesId, StudyId, TenantSecret, UnixMicros,
-};
+use meridian_events::{DataClass, Envelope, EventId, InstanceId, SeriesId, StudyId, TenantSecret, UnixMicros};
 use meridian_log::{EventLog, Outgoing, Step, TopicName};
 use uuid::Uuid;
 
 use crate::deidentify::{DeidError, Profile};
 use crate::index::StudyIndex;
-use crate::phi::{DeidentifiedObject, PhiWriteError, PhiWriter};
+use crate::phi::{DeidentifiedObject, PhiWriteError, PhiWriter, object_event};
 
 /// The consumer's name on the ingest topic.
 pub const CONSUMER: &str = "storage.derivatives";
@@ -233,8 +231,6 @@ impl Derivatives {
         at: UnixMicros,
         created: &[Created],
     ) -> Result<Vec<Outgoing>, DerivativeError> {
-        let topic = TopicName::new(&self.region, DataClass::Operational, "storage")
-            .map_err(|e| meridian_log::Error::UnknownTopic { topic: e.name })?;
         let mut out = Vec::new();
         for (ordinal, c) in created.iter().enumerate() {
             let contract = self.platform.contracts.get(&c.contract);
@@ -249,20 +245,9 @@ impl Derivatives {
                     .map(|c| c.deidentification_options.iter().map(|o| o.as_str().to_owned()).collect())
                     .unwrap_or_default(),
             };
-            let meta = EventMeta {
-                event_id: EventId::derived(cause, "meridian.events.v1.DerivativeCreated", ordinal as u32),
-                aggregate_type: "storage.object".into(),
-                aggregate_id: study,
-                // Not a step of the study's history: the moment of its cause.
-                aggregate_version: at.0.max(1) as u64,
-                tenant: tenant.to_owned(),
-                home_region: self.region.clone(),
-                occurred_at: at,
-                causation_id: Some(cause),
-                correlation_id: None,
-                traceparent: None,
-            };
-            out.push(Outgoing::new(topic.clone(), &Envelope::plain(meta, &payload)?)?);
+            let event_id = EventId::derived(cause, "meridian.events.v1.DerivativeCreated", ordinal as u32);
+            let (topic, meta) = object_event(&self.region, tenant, study, event_id, at, Some(cause))?;
+            out.push(Outgoing::new(topic, &Envelope::plain(meta, &payload)?)?);
         }
         Ok(out)
     }

@@ -238,24 +238,41 @@ impl PhiWriter {
         let event_id = EventId::new_at(now);
         // A refusal is not a step in the object's history: its version is
         // its moment, so every refusal is a distinct event.
-        let meta = EventMeta {
-            event_id,
-            aggregate_type: "storage.object".into(),
-            aggregate_id: study.unwrap_or_else(|| event_id.as_uuid()),
-            aggregate_version: now.0.max(1) as u64,
-            tenant: tenant.to_owned(),
-            home_region: self.region.clone(),
-            occurred_at: now,
-            causation_id: None,
-            correlation_id: None,
-            traceparent: None,
-        };
-        let topic = TopicName::new(&self.region, DataClass::Operational, "storage")
-            .map_err(|e| meridian_log::Error::UnknownTopic { topic: e.name })?;
+        let study = study.unwrap_or_else(|| event_id.as_uuid());
+        let (topic, meta) = object_event(&self.region, tenant, study, event_id, now, None)?;
         let envelope = meridian_events::Envelope::plain(meta, &payload)?;
         self.log.append(vec![Outgoing::new(topic, &envelope)?]).await?;
         Ok(())
     }
+}
+
+/// Where storage's events about a study's objects go in `region` (its
+/// operational storage topic) and their meta: aggregate "storage.object"
+/// keyed by the opaque study id. Such an event (a refusal, a derivative)
+/// is not a step of the object's history, so its version is its moment.
+pub(crate) fn object_event(
+    region: &str,
+    tenant: &str,
+    study: uuid::Uuid,
+    event_id: EventId,
+    at: UnixMicros,
+    cause: Option<EventId>,
+) -> Result<(TopicName, EventMeta), meridian_log::Error> {
+    let topic = TopicName::new(region, DataClass::Operational, "storage")
+        .map_err(|e| meridian_log::Error::UnknownTopic { topic: e.name })?;
+    let meta = EventMeta {
+        event_id,
+        aggregate_type: "storage.object".into(),
+        aggregate_id: study,
+        aggregate_version: at.0.max(1) as u64,
+        tenant: tenant.to_owned(),
+        home_region: region.to_owned(),
+        occurred_at: at,
+        causation_id: cause,
+        correlation_id: None,
+        traceparent: None,
+    };
+    Ok((topic, meta))
 }
 
 /// Puts `bytes` under `<folder>/<instance>.<sha256>.dcm`, once: the

@@ -253,6 +253,45 @@ impl<P: Projection> Projector<P> {
         Ok(())
     }
 
+    /// The snapshot's bytes, encoded from the live state without copying
+    /// it: a caller holding the projector's lock holds it only this long,
+    /// and writes the file ([`snapshot::FileSnapshots::write`]) after.
+    pub fn encode_snapshot(&self) -> Result<Vec<u8>, Error> {
+        #[derive(Serialize)]
+        struct View<'a, S: Serialize> {
+            projection: &'a str,
+            state: &'a S,
+            positions: Vec<(String, u32, u64)>,
+            dedup: &'a Deduplicator,
+            stats: &'a Stats,
+        }
+        let view = View {
+            projection: P::NAME,
+            state: &self.state,
+            positions: self.positions.iter().map(|((t, p), o)| (t.to_string(), *p, *o)).collect(),
+            dedup: &self.dedup,
+            stats: &self.stats,
+        };
+        serde_json::to_vec(&view).map_err(|e| Error::Snapshot {
+            projection: P::NAME,
+            operation: "encode",
+            reason: e.to_string(),
+        })
+    }
+
+    /// How many records it has taken in (applied, duplicate or skipped):
+    /// what a snapshot schedule counts.
+    pub fn fed(&self) -> u64 {
+        let s = &self.stats;
+        s.applied
+            + s.duplicates
+            + s.corrupt_envelopes
+            + s.unreadable_payloads
+            + s.shredded
+            + s.unknown_keys
+            + s.conflicts
+    }
+
     /// Everything needed to continue after a restart, as one value.
     pub fn snapshot(&self) -> Snapshot<P> {
         Snapshot {

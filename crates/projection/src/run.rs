@@ -1,10 +1,11 @@
-//! Reading a log into a projector.
+//! Reading a log into a projector, and opening one from its snapshot.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use meridian_events::KeyStore;
-use meridian_log::EventLog;
+use meridian_log::{EventLog, Position};
 
+use crate::snapshot::{FileSnapshots, Loaded};
 use crate::{Error, Projection, Projector};
 
 /// Reads from the projector's positions until a read waits `idle` with
@@ -25,5 +26,109 @@ pub async fn catch_up<P: Projection>(
         for record in &batch {
             projector.feed(record, keys)?;
         }
+    }
+}
+
+/// How a projection was opened: from a snapshot or from the start, and how
+/// much of the log it read to catch up.
+#[derive(Clone, Debug)]
+pub struct Resumed {
+    /// The snapshot it continued from (false: none, or set aside).
+    pub from_snapshot: bool,
+    /// Records read after the snapshot (or from the start).
+    pub tail: u64,
+    pub duration: Duration,
+}
+
+/// Opens projection `P`: from its snapshot where one reads (an unreadable
+/// one is set aside and logged), from `starts` otherwise; a topic-partition
+/// the snapshot does not know starts at `starts`' offset. Then reads the
+/// tail. Memory and time follow the tail, not the log's length.
+pub async fn resume<P: Projection>(
+    snapshots: &FileSnapshots,
+    starts: Vec<Position>,
+    log: &dyn EventLog,
+    keys: &dyn KeyStore,
+    idle: Duration,
+) -> Result<(Projector<P>, Resumed), Error> {
+    let started = Instant::now();
+    let (mut projector, from_snapshot) = match snapshots.load_or_set_aside::<P>()? {
+        Loaded::Found(snapshot) => match Projector::restore(snapshot) {
+            Ok(p) => (p, true),
+            Err(e) => {
+                tracing::warn!(projection = P::NAME, error = %e, "snapshot does not restore: rebuilding from the log");
+                (Projector::new(Vec::new()), false)
+            }
+        },
+        Loaded::Missing | Loaded::SetAside { .. } => (Projector::new(Vec::new()), false),
+    };
+    projector.ensure_positions(starts);
+    let before = projector.fed() + projector.stats().behind_position;
+    catch_up(log, keys, &mut projector, idle).await?;
+    let tail = projector.fed() + projector.stats().behind_position - before;
+    let resumed = Resumed { from_snapshot, tail, duration: started.elapsed() };
+    tracing::info!(
+        projection = P::NAME,
+        from_snapshot,
+        tail,
+        ms = resumed.duration.as_millis() as u64,
+        "projection opened"
+    );
+    Ok((projector, resumed))
+}
+
+/// Takes a projection's snapshots on a schedule: after `events` records
+/// or `interval`, whichever comes first, and only when something was fed.
+/// The snapshot is encoded under the caller's lock (no copy of the state)
+/// and written after it is released, on a blocking thread.
+#[derive(Debug)]
+pub struct Snapshotter {
+    files: FileSnapshots,
+    events: u64,
+    interval: Duration,
+    /// (records fed at the last snapshot, when it was taken).
+    last: std::sync::Mutex<(u64, Instant)>,
+}
+
+impl Snapshotter {
+    pub fn new(files: FileSnapshots, events: u64, interval: Duration) -> Snapshotter {
+        Snapshotter { files, events, interval, last: std::sync::Mutex::new((0, Instant::now())) }
+    }
+
+    /// Neither reads nor writes snapshots: every open is a full replay.
+    pub fn none() -> Snapshotter {
+        Snapshotter::new(FileSnapshots::none(), u64::MAX, Duration::MAX)
+    }
+
+    pub fn files(&self) -> &FileSnapshots {
+        &self.files
+    }
+
+    /// The encoded snapshot when one is due (with `force`: whenever
+    /// anything was fed since the last), and the count it was taken at.
+    pub fn encode_if_due<P: Projection>(
+        &self,
+        projector: &Projector<P>,
+        force: bool,
+    ) -> Result<Option<(u64, Vec<u8>)>, Error> {
+        let fed = projector.fed();
+        let (at, when) = *self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let due = fed > at && (force || fed - at >= self.events || when.elapsed() >= self.interval);
+        if !due {
+            return Ok(None);
+        }
+        Ok(Some((fed, projector.encode_snapshot()?)))
+    }
+
+    /// Writes what [`encode_if_due`](Self::encode_if_due) gave, atomically.
+    pub async fn write<P: Projection>(&self, fed: u64, bytes: Vec<u8>) -> Result<(), Error> {
+        let files = self.files.clone();
+        tokio::task::spawn_blocking(move || files.write::<P>(&bytes)).await.map_err(|e| Error::Snapshot {
+            projection: P::NAME,
+            operation: "save",
+            reason: e.to_string(),
+        })??;
+        *self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = (fed, Instant::now());
+        Ok(())
     }
 }

@@ -14,7 +14,7 @@ use meridian_log::embedded::{EmbeddedKeyStore, EmbeddedLog, EmbeddedOptions};
 use meridian_log::kafka::{KafkaConfig, KafkaLog};
 use meridian_log::{EventLog, Position, TopicName, TopicSpec};
 use meridian_projection::Projector;
-use meridian_projection::run::catch_up;
+use meridian_projection::run::{Snapshotter, catch_up, resume};
 use meridian_projection::snapshot::FileSnapshots;
 use tokio::sync::{Mutex, watch};
 
@@ -38,6 +38,12 @@ pub enum RegionError {
     #[error("region {region}: bootstrap of reader {reader}: {reason}")]
     Bootstrap { region: String, reader: String, reason: String },
 }
+
+/// A projection's snapshot is due after this many records or this long,
+/// whichever comes first (and at shutdown): a restart reads at most about
+/// this much of the log per projection.
+pub const SNAPSHOT_EVERY_EVENTS: u64 = 10_000;
+pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(30);
 
 /// What a rebuild found.
 #[derive(Clone, Debug)]
@@ -63,6 +69,7 @@ pub struct Region {
     idle: Duration,
     summary: Mutex<Projector<EventSummary>>,
     snapshots: FileSnapshots,
+    summary_snapshots: Snapshotter,
     /// The routing service of this region (worklist, claims, timers).
     pub routing: Arc<meridian_routing::app::Routing>,
     /// The ingest service of this region (C-STORE, study completeness).
@@ -218,13 +225,11 @@ impl Region {
             }
         }
         let snapshots = FileSnapshots::new(dir.join("snapshots"));
+        let scheduled = || Snapshotter::new(snapshots.clone(), SNAPSHOT_EVERY_EVENTS, SNAPSHOT_EVERY);
         let proj_err = |source| RegionError::Projection { region: name.to_owned(), source };
-        let mut summary = match snapshots.load::<EventSummary>().map_err(proj_err)? {
-            Some(s) => Projector::restore(s).map_err(proj_err)?,
-            None => Projector::new(Vec::new()),
-        };
-        summary.ensure_positions(start_positions(&topics, partitions));
-        catch_up(log.as_ref(), keys.as_ref(), &mut summary, idle).await.map_err(proj_err)?;
+        let starts = start_positions(&topics, partitions);
+        let (summary, _) =
+            resume::<EventSummary>(&snapshots, starts, log.as_ref(), keys.as_ref(), idle).await.map_err(proj_err)?;
         let routing_policy = meridian_routing::adapters::config::policy(&platform);
         let blobs = object_store(&config.objects, &objects)
             .map_err(|reason| RegionError::Config { region: name.to_owned(), reason })?;
@@ -250,7 +255,7 @@ impl Region {
             secrets.clone(),
             failpoints.clone(),
         ));
-        let ingest_options = meridian_ingest::app::IngestOptions { secrets, failpoints };
+        let ingest_options = meridian_ingest::app::IngestOptions { secrets, failpoints, snapshots: scheduled() };
         let ingest = meridian_ingest::app::Ingest::open(
             name,
             platform.clone(),
@@ -268,9 +273,13 @@ impl Region {
             reason: format!("ingest: {e}"),
         })?;
         let routing = Arc::new(
-            meridian_routing::app::Routing::open(name, log.clone(), keys.clone(), routing_policy, idle).await.map_err(
-                |e| RegionError::Bootstrap { region: name.to_owned(), reader: String::new(), reason: e.to_string() },
-            )?,
+            meridian_routing::app::Routing::open(name, log.clone(), keys.clone(), routing_policy, idle, scheduled())
+                .await
+                .map_err(|e| RegionError::Bootstrap {
+                    region: name.to_owned(),
+                    reader: String::new(),
+                    reason: e.to_string(),
+                })?,
         );
         let assignments = Arc::new(RoutingAssignments(routing.clone()));
         let dicomweb =
@@ -291,6 +300,7 @@ impl Region {
             partitions,
             idle,
             summary: Mutex::new(summary),
+            summary_snapshots: scheduled(),
             snapshots,
         };
         region.bootstrap_readers(now).await?;
@@ -372,7 +382,6 @@ impl Region {
                 return;
             }
         };
-        let (mut pending, mut last) = (0usize, Instant::now());
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
@@ -384,7 +393,6 @@ impl Region {
                                 tracing::warn!(region = %self.name, error = %e, "summary projection");
                             }
                         }
-                        pending += batch.len();
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -393,18 +401,33 @@ impl Region {
                     }
                 },
             }
-            if pending > 0 && (pending >= 1_000 || last.elapsed() > Duration::from_secs(5)) {
-                self.save_snapshot().await;
-                (pending, last) = (0, Instant::now());
-            }
+            self.save_snapshot(false).await;
         }
-        self.save_snapshot().await;
+        self.save_snapshot(true).await;
     }
 
-    async fn save_snapshot(&self) {
-        let snapshot = self.summary.lock().await.snapshot();
-        if let Err(e) = self.snapshots.save(&snapshot) {
+    async fn save_snapshot(&self, force: bool) {
+        let encoded = self.summary_snapshots.encode_if_due(&*self.summary.lock().await, force);
+        let written = match encoded {
+            Ok(Some((fed, bytes))) => self.summary_snapshots.write::<EventSummary>(fed, bytes).await,
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
             tracing::warn!(region = %self.name, error = %e, "saving the summary snapshot");
+        }
+    }
+
+    /// Writes every projection's snapshot that is due (`force`: every one
+    /// that changed, as at shutdown). Failures are logged: the previous
+    /// snapshot stays valid and the next start reads a longer tail.
+    pub async fn save_snapshots(&self, force: bool) {
+        self.save_snapshot(force).await;
+        if let Err(e) = self.ingest.snapshot(force).await {
+            tracing::warn!(region = %self.name, error = %e, "saving ingest's snapshot");
+        }
+        if let Err(e) = self.routing.snapshot(force).await {
+            tracing::warn!(region = %self.name, error = %e, "saving routing's snapshot");
         }
     }
 

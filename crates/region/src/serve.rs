@@ -92,20 +92,56 @@ pub async fn serve(
     shutdown.await;
     tracing::info!(region = %name, "shutting down");
     let _ = stop.send(true);
-    let grpc = grpc.await.map_err(|e| grpc_err(e.to_string()))?.map_err(|e| grpc_err(e.to_string()));
-    let http = http
-        .await
-        .map_err(|e| grpc_err(e.to_string()))?
-        .map_err(|source| ServeError::Http { region: name.clone(), source });
-    let _ = follower.await;
-    let _ = dicom.await;
-    let _ = timers.await;
-    let _ = completion.await;
+    // Everything that was running gets a bounded time to finish: a watch
+    // stream or a stuck peer must not keep the process up.
+    let deadline = tokio::time::Instant::now() + DRAIN;
+    let grpc = match drain(grpc, deadline, &name, "gRPC").await {
+        Some(Ok(r)) => r.map_err(|e| grpc_err(e.to_string())),
+        Some(Err(e)) => Err(grpc_err(e.to_string())),
+        None => Ok(()),
+    };
+    let http = match drain(http, deadline, &name, "HTTP").await {
+        Some(Ok(r)) => r.map_err(|source| ServeError::Http { region: name.clone(), source }),
+        Some(Err(e)) => Err(grpc_err(e.to_string())),
+        None => Ok(()),
+    };
+    for (task, what) in
+        [(follower, "log follower"), (dicom, "DICOM"), (timers, "routing ticks"), (completion, "ingest ticks")]
+    {
+        drain(task, deadline, &name, what).await;
+    }
+    // What was acknowledged is in the log; the snapshots make the next
+    // start read only what came after them.
+    region.save_snapshots(true).await;
     if let Err(e) = region.index.sync() {
         tracing::warn!(region = %name, error = %e, "study index sync at shutdown");
     }
+    tracing::info!(region = %name, "stopped");
     grpc?;
     http
+}
+
+/// How long a region's servers and ticks get to finish after shutdown is
+/// asked: in-flight instances are acknowledged or not (and then sent
+/// again by their peer); nothing acknowledged depends on this.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Awaits `task` until `deadline`, then aborts it. `None` when aborted.
+async fn drain<T>(
+    task: tokio::task::JoinHandle<T>,
+    deadline: tokio::time::Instant,
+    region: &str,
+    what: &str,
+) -> Option<Result<T, tokio::task::JoinError>> {
+    let abort = task.abort_handle();
+    match tokio::time::timeout_at(deadline, task).await {
+        Ok(done) => Some(done),
+        Err(_) => {
+            tracing::warn!(%region, what, "still running at the shutdown deadline: stopped");
+            abort.abort();
+            None
+        }
+    }
 }
 
 fn upload_limits(region: &Region) -> meridian_ingest::grpc::UploadLimits {
@@ -127,7 +163,12 @@ async fn dicom(region: Arc<Region>, listener: TcpListener, shutdown: impl Future
     tokio::pin!(shutdown);
     loop {
         let (socket, peer) = tokio::select! {
-            () = &mut shutdown => return,
+            () = &mut shutdown => {
+                // Associations in flight finish (the caller bounds the wait):
+                // every slot back means every association ended.
+                let _ = slots.acquire_many(config.max_associations).await;
+                return;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -189,7 +230,13 @@ where
         }
         #[allow(clippy::disallowed_methods)] // the edge: the timers' clock
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        work(meridian_events::UnixMicros(now.as_micros() as i64)).await;
+        // Shutdown does not wait for a long pass (a backlog of intake):
+        // each step of it commits atomically with its input positions, so
+        // stopping between steps loses nothing and the next start goes on.
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = work(meridian_events::UnixMicros(now.as_micros() as i64)) => {}
+        }
     }
 }
 
@@ -217,6 +264,7 @@ async fn ingest_timers(region: Arc<Region>, shutdown: impl Future<Output = ()>) 
             if sweep && let Err(e) = region.ingest.sweep(now, ORPHAN_GRACE).await {
                 tracing::warn!(region = %region.name, error = %e, "ingest sweep");
             }
+            region.save_snapshots(false).await;
             // The index's own commits are not synced (the log is the
             // durable copy); syncing each second bounds the catch-up.
             if let Err(e) = region.index.sync() {

@@ -287,7 +287,9 @@ async fn main() -> anyhow::Result<()> {
     let write_secs = started.elapsed().as_secs_f64();
     let idle = Duration::from_millis(50);
     let started = Instant::now();
-    let routing = Routing::open("us-east", log.clone(), keys, policy, idle).await?;
+    let routing =
+        Routing::open("us-east", log.clone(), keys, policy, idle, meridian_projection::run::Snapshotter::none())
+            .await?;
     // The replay ends when a read stays empty for `idle`: not rebuild time.
     let secs = started.elapsed().as_secs_f64() - idle.as_secs_f64();
     let (rebuilt, assigned) =

@@ -21,11 +21,11 @@ use tokio::net::TcpListener;
 
 const STUDY: &str = "1.2.826.0.1.3680043.10.543.7";
 
-fn ct<'a>(series: &'a str, sop: &'a str, pixels: [u16; 4]) -> CtInstance<'a> {
+pub(crate) fn ct<'a>(series: &'a str, sop: &'a str, pixels: [u16; 4]) -> CtInstance<'a> {
     CtInstance { study_uid: STUDY, series_uid: series, sop_uid: sop, patient_id: "MRN-0001", priority: "STAT", pixels }
 }
 
-fn platform() -> Arc<Platform> {
+pub(crate) fn platform() -> Arc<Platform> {
     Arc::new(Platform::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/dev")).unwrap())
 }
 
@@ -68,9 +68,20 @@ async fn open_ingest(
     keys: Arc<dyn KeyStore>,
     index: Arc<StudyIndex>,
 ) -> Ingest {
+    open_ingest_with(blobs, log, keys, index, meridian_projection::run::Snapshotter::none()).await
+}
+
+/// The same, continuing from (and writing) `snapshots`.
+pub(crate) async fn open_ingest_with(
+    blobs: Arc<dyn Blobs>,
+    log: Arc<EmbeddedLog>,
+    keys: Arc<dyn KeyStore>,
+    index: Arc<StudyIndex>,
+    snapshots: meridian_projection::run::Snapshotter,
+) -> Ingest {
     let phi = PhiWriter::new("us-east", platform(), blobs, log.clone());
     let secrets: Secrets = [("acme".to_string(), TenantSecret::new(vec![3u8; 32]).unwrap())].into();
-    let options = IngestOptions { secrets, ..Default::default() };
+    let options = IngestOptions { secrets, failpoints: Default::default(), snapshots };
     Ingest::open("us-east", platform(), phi, index, log, keys, Duration::from_millis(50), options).await.unwrap()
 }
 
@@ -82,8 +93,16 @@ async fn scp_with(limits: meridian_dimse::Limits) -> Scp {
     scp_on(limits, None).await
 }
 
-/// The acceptor over `blobs`, or local files in its folder.
-pub(crate) async fn scp_on(limits: meridian_dimse::Limits, blobs: Option<Arc<dyn Blobs>>) -> Scp {
+/// A region's log, with its ingest topics, in a fresh folder.
+pub(crate) struct Folder {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) log: Arc<EmbeddedLog>,
+    pub(crate) keys: Arc<dyn KeyStore>,
+    pub(crate) phi_topic: TopicName,
+    pub(crate) ops_topic: TopicName,
+}
+
+pub(crate) async fn folder() -> Folder {
     let dir = tempfile::TempDir::new().unwrap();
     let log = Arc::new(EmbeddedLog::open(&dir.path().join("log.redb"), EmbeddedOptions::default()).unwrap());
     let topic = |class, stream| TopicName::new("us-east", class, stream).unwrap();
@@ -92,10 +111,27 @@ pub(crate) async fn scp_on(limits: meridian_dimse::Limits, blobs: Option<Arc<dyn
         log.ensure_topic(&TopicSpec::new(t.clone(), 2)).await.unwrap();
     }
     let keys: Arc<dyn KeyStore> = Arc::new(log.key_store());
+    Folder { dir, log, keys, phi_topic, ops_topic }
+}
+
+/// The acceptor over `blobs`, or local files in its folder.
+pub(crate) async fn scp_on(limits: meridian_dimse::Limits, blobs: Option<Arc<dyn Blobs>>) -> Scp {
+    scp_in(folder().await, limits, blobs, meridian_projection::run::Snapshotter::none()).await
+}
+
+/// The acceptor over a folder whose log may already hold events, its
+/// studies projection continuing from `snapshots`.
+pub(crate) async fn scp_in(
+    folder: Folder,
+    limits: meridian_dimse::Limits,
+    blobs: Option<Arc<dyn Blobs>>,
+    snapshots: meridian_projection::run::Snapshotter,
+) -> Scp {
+    let Folder { dir, log, keys, phi_topic, ops_topic } = folder;
     let platform = platform();
     let blobs: Arc<dyn Blobs> = blobs.unwrap_or_else(|| Arc::new(LocalBlobs::new(dir.path().join("objects"))));
     let index = Arc::new(StudyIndex::open(&dir.path().join("index.redb")).unwrap());
-    let ingest = Arc::new(open_ingest(blobs.clone(), log.clone(), keys.clone(), index.clone()).await);
+    let ingest = Arc::new(open_ingest_with(blobs.clone(), log.clone(), keys.clone(), index.clone(), snapshots).await);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (scp_ingest, scp_platform) = (ingest.clone(), platform.clone());
@@ -179,7 +215,7 @@ async fn storescu_sends_a_study_that_is_stored_recorded_and_completed() {
     assert_eq!(read_all(&log, &phi_topic).await.len(), 3);
 
     // Quiet for the contract's period (acme: 2 minutes): completed, once.
-    let last = ingest.read(|s| s.studies.values().map(|st| st.last_at).max().unwrap()).await;
+    let last = ingest.read(|s| s.open.values().map(|st| st.last_at).max().unwrap()).await;
     assert_eq!(ingest.complete_quiet(UnixMicros(last.0 + 60_000_000)).await.unwrap(), 0, "not quiet yet");
     assert_eq!(ingest.complete_quiet(UnixMicros(last.0 + 120_000_000)).await.unwrap(), 1);
     assert_eq!(ingest.complete_quiet(UnixMicros(last.0 + 240_000_000)).await.unwrap(), 0);

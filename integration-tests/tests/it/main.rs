@@ -1,5 +1,6 @@
 //! Meridian's integration tests: one binary, so one link.
 
+mod bounded_state;
 mod contract_embedded;
 mod contract_kafka;
 mod deid_oracle;

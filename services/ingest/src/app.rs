@@ -27,7 +27,7 @@ use meridian_events::{
 };
 use meridian_log::failpoint::FailPoints;
 use meridian_log::{EventLog, Outgoing, Position, TopicName};
-use meridian_projection::run::catch_up;
+use meridian_projection::run::{Snapshotter, resume};
 use meridian_projection::{Event as Logged, Projection, Projector};
 use meridian_proto::events::v1 as pb;
 use meridian_storage::index::{IndexError, Received, StudyIndex};
@@ -43,6 +43,9 @@ pub const AFTER_PUT: &str = "ingest.after_put";
 /// The events are appended; the success status is not sent yet.
 pub const AFTER_APPEND: &str = "ingest.after_append";
 
+/// Object keys looked up in the index per read transaction by the sweep.
+const SWEEP_PAGE: usize = 4_096;
+
 /// A study completes after this long without a new instance when its
 /// contract names no quiet period.
 pub const DEFAULT_QUIET: Duration = Duration::from_secs(90);
@@ -55,11 +58,12 @@ const INSTANCES: &str = "ingest.instances";
 /// Each tenant's id secret, for the tenants whose home this region is.
 pub type Secrets = BTreeMap<String, TenantSecret>;
 
-#[derive(Clone, Default)]
 pub struct IngestOptions {
     pub secrets: Secrets,
     /// [`AFTER_PUT`] and [`AFTER_APPEND`], armed by crash tests.
     pub failpoints: FailPoints,
+    /// Where and how often the studies projection is snapshotted.
+    pub snapshots: Snapshotter,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +145,7 @@ pub struct Ingest {
     failpoints: FailPoints,
     /// Orphans seen by the last sweep, and when.
     suspects: Mutex<BTreeMap<String, UnixMicros>>,
+    snapshots: Snapshotter,
 }
 
 fn topic(region: &str, class: DataClass) -> Result<TopicName, Error> {
@@ -148,8 +153,9 @@ fn topic(region: &str, class: DataClass) -> Result<TopicName, Error> {
 }
 
 impl Ingest {
-    /// Replays the region's ingest topics into the studies projection, and
-    /// the study index from its last synced position.
+    /// Opens the studies projection from its snapshot and the tail of the
+    /// region's ingest topics, and catches the study index up from its last
+    /// synced position.
     #[allow(clippy::too_many_arguments)]
     pub async fn open(
         region: &str,
@@ -161,7 +167,7 @@ impl Ingest {
         idle: Duration,
         options: IngestOptions,
     ) -> Result<Ingest, Error> {
-        let IngestOptions { secrets, failpoints } = options;
+        let IngestOptions { secrets, failpoints, snapshots } = options;
         let (phi_topic, ops_topic) = (topic(region, DataClass::Phi)?, topic(region, DataClass::Operational)?);
         let mut positions = Vec::new();
         for t in [&phi_topic, &ops_topic] {
@@ -169,8 +175,8 @@ impl Ingest {
                 positions.push(Position::start(t.clone(), p));
             }
         }
-        let mut projector = Projector::new(positions);
-        catch_up(log.as_ref(), keys.as_ref(), &mut projector, idle).await?;
+        let (projector, _) =
+            resume::<IngestProjection>(snapshots.files(), positions, log.as_ref(), keys.as_ref(), idle).await?;
         let indexed = index.catch_up(log.as_ref(), keys.as_ref(), phi.blobs().as_ref(), &phi_topic, idle).await?;
         if indexed > 0 {
             tracing::info!(region, instances = indexed, "study index caught up from the log");
@@ -189,7 +195,19 @@ impl Ingest {
             arrivals: std::sync::Mutex::new(Vec::new()),
             failpoints,
             suspects: Mutex::new(BTreeMap::new()),
+            snapshots,
         })
+    }
+
+    /// Writes the studies' snapshot when one is due (`force`: whenever
+    /// anything changed since the last, as at shutdown). The lock that
+    /// acknowledgements wait on is held only while it is encoded.
+    pub async fn snapshot(&self, force: bool) -> Result<(), Error> {
+        let encoded = self.snapshots.encode_if_due(&*self.projector.lock().await, force)?;
+        if let Some((fed, bytes)) = encoded {
+            self.snapshots.write::<IngestProjection>(fed, bytes).await?;
+        }
+        Ok(())
     }
 
     /// Reads the studies under the lock.
@@ -379,22 +397,33 @@ impl Ingest {
         let state = projector.state();
         // Studies touched twice in this group: the later arrival decides
         // against the earlier one's events, folded into a copy of the study.
+        // A completed study is reopened into the copy from the index.
         let mut scratch = Studies::default();
         let mut batch = Vec::new();
         let mut members = Vec::new();
         let mut answers: Vec<Option<Result<u16, Error>>> = (0..group.len()).map(|_| None).collect();
         for (i, (arrival, _)) in group.iter().enumerate() {
             let id = arrival.study.as_uuid();
-            let view = if scratch.studies.contains_key(&id) { &scratch } else { state };
+            if !scratch.open.contains_key(&id)
+                && let Some(closed) = state.closed.get(&id)
+            {
+                match self.reopen(closed, &arrival.indexed) {
+                    Ok(study) => {
+                        scratch.open.insert(id, study);
+                    }
+                    Err(e) => {
+                        answers[i] = Some(Err(e));
+                        continue;
+                    }
+                }
+            }
+            let view = if scratch.open.contains_key(&id) { &scratch } else { state };
             match self.events_of(view, arrival) {
                 Ok(None) => members.push((i, None)),
                 Ok(Some(records)) => {
                     let again = group[i + 1..].iter().any(|(later, _)| later.study == arrival.study);
                     if again {
-                        scratch
-                            .studies
-                            .entry(id)
-                            .or_insert_with(|| state.studies.get(&id).cloned().unwrap_or_default());
+                        scratch.open.entry(id).or_insert_with(|| state.open.get(&id).cloned().unwrap_or_default());
                         for (_, payload, meta) in &records {
                             scratch = studies::apply(std::mem::take(&mut scratch), payload, meta);
                         }
@@ -470,7 +499,7 @@ impl Ingest {
     /// same bytes again.
     fn events_of(&self, state: &Studies, arrival: &Arrival) -> Result<Option<Vec<Record>>, Error> {
         let Arrival { tenant, facility, study, received, now, .. } = arrival;
-        let known = state.studies.get(&study.as_uuid());
+        let known = state.open.get(&study.as_uuid());
         let previous = known.and_then(|s| s.instances.get(&received.instance_id));
         if previous == Some(&received.sha256) {
             return Ok(None);
@@ -505,6 +534,22 @@ impl Ingest {
         Ok(Some(out))
     }
 
+    /// A completed study as a decision about a new instance needs it: its
+    /// instances and series as the index holds them.
+    fn reopen(&self, closed: &studies::Closed, arrival: &Received) -> Result<studies::Study, Error> {
+        let series: BTreeMap<String, Uuid> = self
+            .index
+            .series(&arrival.tenant, &arrival.study_uid)?
+            .into_iter()
+            .map(|(uid, entry)| (uid, entry.series_id))
+            .collect();
+        let instances = self.index.instances(&arrival.tenant, &arrival.study_uid, None)?;
+        Ok(closed.reopened(instances.into_iter().map(|(series_uid, _, entry)| {
+            let series = series.get(&series_uid).map(Uuid::to_string).unwrap_or(series_uid);
+            (series, entry.instance_id.to_string(), entry.sha256)
+        })))
+    }
+
     /// Refuses an instance that never reached the checks (an HTTP part that
     /// is not a DICOM file, too large, or in a syntax this region does not
     /// store): records it like any refusal and answers its status.
@@ -531,10 +576,11 @@ impl Ingest {
         tracing::info!(region = %self.region, %tenant, %facility, code = rejection.code, status = rejection.status, "instance rejected");
         let receipt = Receipt::refused(rejection.status, rejection.code, rejection.reason.clone());
         let mut projector = self.projector.lock().await;
-        // A refusal under a known study is part of its history; one that
-        // names no study is an aggregate of its own.
-        let (aggregate, version) = match study {
-            Some(s) => (s, projector.state().studies.get(&s).map_or(0, |st| st.version) + 1),
+        // A refusal under a study this region holds is part of its
+        // history; one that names no study, or one not received here, is
+        // an aggregate of its own (so no state is kept for it).
+        let (aggregate, version) = match study.and_then(|s| projector.state().version(&s).map(|v| (s, v))) {
+            Some((s, version)) => (s, version + 1),
             None => (Uuid::now_v7(), 1),
         };
         let payload = pb::InstanceRejected {
@@ -575,17 +621,17 @@ impl Ingest {
         now: UnixMicros,
     ) -> Result<Option<(pb::StudyCompleted, bool)>, Error> {
         let mut projector = self.projector.lock().await;
-        let Some(s) = projector.state().studies.get(&study).filter(|s| s.tenant == tenant) else {
-            return Ok(None);
-        };
-        if s.completed_at.is_some() {
+        if let Some(c) = projector.state().closed.get(&study).filter(|c| c.tenant == tenant) {
             let done = pb::StudyCompleted {
                 study_id: study.to_string(),
-                series_count: s.series.len() as u32,
-                instance_count: s.instances.len() as u32,
+                series_count: c.series,
+                instance_count: c.instances,
                 ..Default::default()
             };
             return Ok(Some((done, false)));
+        }
+        if projector.state().open.get(&study).is_none_or(|s| s.tenant != tenant) {
+            return Ok(None);
         }
         let Some(completed) = studies::completion(projector.state(), study, now, |t, f| self.jurisdiction(t, f)) else {
             return Ok(None);
@@ -605,7 +651,7 @@ impl Ingest {
         }
         let mut batch = Vec::new();
         for (study, completed) in &done {
-            let s = &projector.state().studies[study];
+            let Some(s) = projector.state().open.get(study) else { continue };
             let event_id = EventId::timer(*study, "ingest.quiet", s.last_at);
             let meta = self.meta(&s.tenant, *study, s.version + 1, event_id, now);
             batch.push(Outgoing::new(self.ops_topic.clone(), &Envelope::plain(meta, completed)?)?);
@@ -621,9 +667,19 @@ impl Ingest {
     /// what it finds; a later sweep deletes what is still unnamed after the
     /// grace period, so an instance in flight is never swept. Returns how
     /// many objects were deleted.
+    /// Each listed key is one lookup in the index's table of named
+    /// objects, off the lock that acknowledgements wait on.
     pub async fn sweep(&self, now: UnixMicros, grace: Duration) -> Result<usize, Error> {
         let keys = self.phi.blobs().list("phi/").await.map_err(PhiWriteError::from)?;
-        let orphans: Vec<String> = self.read(|s| studies::orphans(s, &keys).into_iter().cloned().collect()).await;
+        let mut orphans = Vec::new();
+        for page in keys.chunks(SWEEP_PAGE) {
+            let index = self.index.clone();
+            let page = page.to_vec();
+            let unnamed = tokio::task::spawn_blocking(move || index.unnamed(&page))
+                .await
+                .map_err(|e| Error::Group(format!("sweep lookup: {e}")))??;
+            orphans.extend(unnamed);
+        }
         let mut suspects = self.suspects.lock().await;
         suspects.retain(|k, _| orphans.contains(k));
         let grace = i64::try_from(grace.as_micros()).unwrap_or(i64::MAX);

@@ -13,6 +13,8 @@ use meridian_proto::events::v1 as pb;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// A study still receiving instances: everything about it, until it
+/// completes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Study {
     pub tenant: String,
@@ -22,9 +24,6 @@ pub struct Study {
     pub series: BTreeSet<String>,
     /// Opaque instance id → SHA-256 of its latest stored version.
     pub instances: BTreeMap<String, String>,
-    /// The object keys its InstanceReceived events name (every version).
-    #[serde(default)]
-    pub objects: BTreeSet<String>,
     /// Modality → instances of it.
     pub modalities: BTreeMap<String, u32>,
     pub body_part: String,
@@ -50,6 +49,43 @@ impl Study {
     }
 }
 
+/// A completed study, compact: what StudyUpdated, CompleteStudy and the
+/// next version of its streams need. Which instances and series it holds
+/// is the study index's to say (read on demand when an instance comes
+/// after completion), so memory follows open work, not history.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Closed {
+    pub tenant: String,
+    pub completed_at: UnixMicros,
+    pub last_at: UnixMicros,
+    pub series: u32,
+    pub instances: u32,
+    pub version: u64,
+    pub instances_version: u64,
+}
+
+impl Closed {
+    /// The study as a decision sees it when an instance comes after its
+    /// completion: the instances and series the index holds (opaque series
+    /// id, opaque instance id, SHA-256).
+    pub fn reopened(&self, indexed: impl IntoIterator<Item = (String, String, String)>) -> Study {
+        let mut study = Study {
+            tenant: self.tenant.clone(),
+            first_at: self.last_at,
+            last_at: self.last_at,
+            completed_at: Some(self.completed_at),
+            version: self.version,
+            instances_version: self.instances_version,
+            ..Study::default()
+        };
+        for (series, instance, sha256) in indexed {
+            study.series.insert(series);
+            study.instances.insert(instance, sha256);
+        }
+        study
+    }
+}
+
 /// A refused instance, as its tenant may list it (no PHI).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rejected {
@@ -66,13 +102,38 @@ pub const REJECTIONS_KEPT: usize = 1_000;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Studies {
-    pub studies: BTreeMap<Uuid, Study>,
+    /// Studies receiving instances (the working set), by opaque id.
+    pub open: BTreeMap<Uuid, Study>,
+    /// Completed studies, compact, by opaque id (until retention purges
+    /// them).
+    pub closed: BTreeMap<Uuid, Closed>,
     /// Tenant → its latest rejections, oldest first.
     #[serde(default)]
     pub rejections: BTreeMap<String, VecDeque<Rejected>>,
 }
 
-/// Folds one ingest event.
+impl Studies {
+    /// The last version of the study's operational stream, open or closed.
+    pub fn version(&self, id: &Uuid) -> Option<u64> {
+        self.open.get(id).map(|s| s.version).or_else(|| self.closed.get(id).map(|c| c.version))
+    }
+
+    /// How many studies it holds, open and closed.
+    pub fn len(&self) -> usize {
+        self.open.len() + self.closed.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty() && self.closed.is_empty()
+    }
+}
+
+/// Folds one ingest event. Order across the two topics is not given (a
+/// replay may read a StudyCompleted before instances that preceded it):
+/// a study closes with the larger of its own counts and the completion's,
+/// an instance folded into a closed study changes only its versions and
+/// times, and StudyUpdated brings the counts up; so any interleaving of
+/// the same events ends in the same state.
 pub fn apply(mut state: Studies, payload: &Payload, meta: &EventMeta) -> Studies {
     if let Payload::InstanceRejected(r) = payload {
         let kept = state.rejections.entry(meta.tenant.clone()).or_default();
@@ -101,8 +162,30 @@ pub fn apply(mut state: Studies, payload: &Payload, meta: &EventMeta) -> Studies
     }) else {
         return state;
     };
-    let study = state.studies.entry(id).or_default();
-    if meta.aggregate_type == "ingest.instances" {
+    let instances_stream = meta.aggregate_type == "ingest.instances";
+    if let Some(closed) = state.closed.get_mut(&id) {
+        if instances_stream {
+            closed.instances_version = closed.instances_version.max(meta.aggregate_version);
+        } else {
+            closed.version = closed.version.max(meta.aggregate_version);
+        }
+        match payload {
+            Payload::InstanceReceived(_) => closed.last_at = closed.last_at.max(meta.occurred_at),
+            Payload::StudyUpdated(u) => {
+                closed.series = closed.series.max(u.series_count);
+                closed.instances = closed.instances.max(u.instance_count);
+            }
+            _ => {}
+        }
+        return state;
+    }
+    // A refusal under a study that has no instance here yet opens nothing:
+    // its aggregate is the refusal's own (see the app's `reject`).
+    if matches!(payload, Payload::InstanceRejected(_)) && !state.open.contains_key(&id) {
+        return state;
+    }
+    let study = state.open.entry(id).or_default();
+    if instances_stream {
         study.instances_version = study.instances_version.max(meta.aggregate_version);
     } else {
         study.version = study.version.max(meta.aggregate_version);
@@ -116,7 +199,6 @@ pub fn apply(mut state: Studies, payload: &Payload, meta: &EventMeta) -> Studies
             study.last_at = study.last_at.max(meta.occurred_at);
             study.facility = r.facility.clone();
             study.series.insert(r.series_id.clone());
-            study.objects.insert(r.object_key.clone());
             if study.instances.insert(r.instance_id.clone(), r.sha256.clone()).is_none() {
                 *study.modalities.entry(r.modality.clone()).or_default() += 1;
             }
@@ -131,7 +213,18 @@ pub fn apply(mut state: Studies, payload: &Payload, meta: &EventMeta) -> Studies
             keep(&mut study.requested_priority, &r.requested_priority);
         }
         Payload::StudyCompleted(c) => {
-            study.completed_at = Some(c.completed_at.as_ref().map_or(meta.occurred_at, UnixMicros::from_timestamp));
+            let study = state.open.remove(&id).unwrap_or_default();
+            let completed_at = c.completed_at.as_ref().map_or(meta.occurred_at, UnixMicros::from_timestamp);
+            let closed = Closed {
+                tenant: if study.tenant.is_empty() { meta.tenant.clone() } else { study.tenant },
+                completed_at,
+                last_at: study.last_at,
+                series: (study.series.len() as u32).max(c.series_count),
+                instances: (study.instances.len() as u32).max(c.instance_count),
+                version: study.version,
+                instances_version: study.instances_version,
+            };
+            state.closed.insert(id, closed);
         }
         _ => {}
     }
@@ -139,9 +232,11 @@ pub fn apply(mut state: Studies, payload: &Payload, meta: &EventMeta) -> Studies
 }
 
 /// What accompanies a new instance of `study`: StudyStarted for the first
-/// of a study, StudyUpdated for one after its completion.
+/// of a study, StudyUpdated for one after its completion. `state` holds the
+/// study open (a completed one reopened for the decision, see
+/// [`Closed::reopened`]).
 pub fn alongside(state: &Studies, study: Uuid, received: &pb::InstanceReceived) -> Option<Payload> {
-    match state.studies.get(&study).filter(|s| !s.instances.is_empty()) {
+    match state.open.get(&study).filter(|s| !s.instances.is_empty()) {
         None => Some(Payload::StudyStarted(pb::StudyStarted {
             study_id: study.to_string(),
             facility: received.facility.clone(),
@@ -165,12 +260,6 @@ pub fn alongside(state: &Studies, study: Uuid, received: &pb::InstanceReceived) 
     }
 }
 
-/// Keys under `phi/` that no event names: objects whose InstanceReceived
-/// never landed (a crash between the put and the append).
-pub fn orphans<'k>(state: &Studies, keys: &'k [String]) -> Vec<&'k String> {
-    keys.iter().filter(|k| !state.studies.values().any(|s| s.objects.contains(*k))).collect()
-}
-
 /// The StudyCompleted of `id` at `now`, if it is open.
 pub fn completion(
     state: &Studies,
@@ -178,7 +267,7 @@ pub fn completion(
     now: UnixMicros,
     jurisdiction: impl Fn(&str, &str) -> String,
 ) -> Option<pb::StudyCompleted> {
-    let s = state.studies.get(&id).filter(|s| s.completed_at.is_none() && !s.instances.is_empty())?;
+    let s = state.open.get(&id).filter(|s| s.completed_at.is_none() && !s.instances.is_empty())?;
     Some(pb::StudyCompleted {
         study_id: id.to_string(),
         series_count: s.series.len() as u32,
@@ -197,7 +286,8 @@ pub fn completion(
 
 /// The studies quiet for their period by `now`, each with its
 /// StudyCompleted. `quiet` gives a tenant's quiet period in microseconds;
-/// `jurisdiction` a facility's.
+/// `jurisdiction` a facility's. It visits open studies only: the work at
+/// hand, however many have completed before.
 pub fn completions(
     state: &Studies,
     now: UnixMicros,
@@ -205,9 +295,9 @@ pub fn completions(
     jurisdiction: impl Fn(&str, &str) -> String,
 ) -> Vec<(Uuid, pb::StudyCompleted)> {
     state
-        .studies
+        .open
         .iter()
-        .filter(|(_, s)| now.0 >= s.last_at.0 + quiet(&s.tenant))
+        .filter(|(_, s)| now.0 >= s.last_at.0.saturating_add(quiet(&s.tenant)))
         .filter_map(|(id, _)| completion(state, *id, now, &jurisdiction).map(|c| (*id, c)))
         .collect()
 }

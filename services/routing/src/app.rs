@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use meridian_events::{DataClass, EventId, EventMeta, KeyStore, UnixMicros};
 use meridian_log::{EventLog, Outgoing, Position, TopicName};
-use meridian_projection::run::catch_up;
+use meridian_projection::run::{Snapshotter, catch_up, resume};
 use meridian_projection::{Event as Logged, Projection, Projector};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, watch};
@@ -188,22 +188,26 @@ pub struct Routing {
     projector: Mutex<Projector<RoutingProjection>>,
     /// Counts state changes, so watchers learn that the worklist moved.
     changed: watch::Sender<u64>,
+    snapshots: Snapshotter,
 }
 
 impl Routing {
-    /// Replays the routing topic of `region` into the state.
+    /// Opens the state from its snapshot and the tail of the routing topic
+    /// of `region`.
     pub async fn open(
         region: &str,
         log: Arc<dyn EventLog>,
         keys: Arc<dyn KeyStore>,
         policy: Policy,
         idle: Duration,
+        snapshots: Snapshotter,
     ) -> Result<Routing, Error> {
         let topic = TopicName::new(region, DataClass::Operational, "routing")
             .map_err(|e| meridian_log::Error::UnknownTopic { topic: e.name })?;
         let partitions = log.partitions(&topic).await?;
-        let mut projector = Projector::new((0..partitions).map(|p| Position::start(topic.clone(), p)).collect());
-        catch_up(log.as_ref(), keys.as_ref(), &mut projector, idle).await?;
+        let starts = (0..partitions).map(|p| Position::start(topic.clone(), p)).collect();
+        let (projector, _) =
+            resume::<RoutingProjection>(snapshots.files(), starts, log.as_ref(), keys.as_ref(), idle).await?;
         Ok(Routing {
             region: region.to_owned(),
             topic,
@@ -212,7 +216,19 @@ impl Routing {
             policy,
             projector: Mutex::new(projector),
             changed: watch::Sender::new(0),
+            snapshots,
         })
+    }
+
+    /// Writes the state's snapshot when one is due (`force`: whenever
+    /// anything changed since the last, as at shutdown); commands wait only
+    /// while it is encoded.
+    pub async fn snapshot(&self, force: bool) -> Result<(), Error> {
+        let encoded = self.snapshots.encode_if_due(&*self.projector.lock().await, force)?;
+        if let Some((fed, bytes)) = encoded {
+            self.snapshots.write::<RoutingProjection>(fed, bytes).await?;
+        }
+        Ok(())
     }
 
     pub fn policy(&self) -> &Policy {
@@ -469,7 +485,16 @@ pub(crate) mod tests {
 
     async fn open(log: &Arc<EmbeddedLog>) -> Routing {
         let keys: Arc<dyn KeyStore> = Arc::new(log.key_store());
-        Routing::open("us-east", log.clone(), keys, policy(), Duration::from_millis(50)).await.unwrap()
+        Routing::open(
+            "us-east",
+            log.clone(),
+            keys,
+            policy(),
+            Duration::from_millis(50),
+            meridian_projection::run::Snapshotter::none(),
+        )
+        .await
+        .unwrap()
     }
 
     fn completed_event(study: u128, tenant: &str, at: UnixMicros) -> meridian_events::Envelope {
@@ -517,7 +542,16 @@ pub(crate) mod tests {
             subspecialty: "neuro".into(),
         });
         let keys: Arc<dyn KeyStore> = Arc::new(log.key_store());
-        let routing = Routing::open("us-east", log.clone(), keys, policy, Duration::from_millis(50)).await.unwrap();
+        let routing = Routing::open(
+            "us-east",
+            log.clone(),
+            keys,
+            policy,
+            Duration::from_millis(50),
+            meridian_projection::run::Snapshotter::none(),
+        )
+        .await
+        .unwrap();
         let at = UnixMicros(1_795_000_000_000_000);
         let first = completed_event(1, "acme", at);
         let events = [first.clone(), completed_event(2, "acme", at), completed_event(3, "no-contract-tenant", at)];
@@ -550,9 +584,16 @@ pub(crate) mod tests {
         // The StudyQueued id derives from the StudyCompleted that caused it.
         drop(routing);
         let keys: Arc<dyn KeyStore> = Arc::new(log.key_store());
-        let routing = Routing::open("us-east", log.clone(), keys, super::tests::policy(), Duration::from_millis(50))
-            .await
-            .unwrap();
+        let routing = Routing::open(
+            "us-east",
+            log.clone(),
+            keys,
+            super::tests::policy(),
+            Duration::from_millis(50),
+            meridian_projection::run::Snapshotter::none(),
+        )
+        .await
+        .unwrap();
         assert_eq!(routing.read(|s| s.studies.len()).await, 2, "a restart keeps exactly the two queued studies");
         let from = (0..4)
             .map(|p| Position::start(TopicName::new("us-east", DataClass::Operational, "routing").unwrap(), p))

@@ -40,6 +40,15 @@ const METADATA: TableDefinition<&str, &[u8]> = TableDefinition::new("metadata");
 const STUDY_IDS: TableDefinition<&str, &str> = TableDefinition::new("study_ids");
 /// `topic#partition` → the next offset to read.
 const POSITIONS: TableDefinition<&str, u64> = TableDefinition::new("positions");
+/// Every object key an indexed InstanceReceived names (every version): what
+/// the orphan sweep looks keys up in, one lookup per listed object.
+const OBJECTS: TableDefinition<&str, ()> = TableDefinition::new("objects");
+/// `schema` → the version of the tables above this file was built to.
+const SCHEMA: TableDefinition<&str, u32> = TableDefinition::new("schema");
+/// 2: OBJECTS (and STUDY_IDS) are filled for every indexed instance. An
+/// older file is caught up again from the start of the log on open
+/// (re-recording an instance is idempotent), which fills them.
+const SCHEMA_VERSION: u32 = 2;
 
 /// DICOM JSON attributes (PS3.18 F.2): tag as 8 hex digits → `{vr, Value}`.
 pub type Attributes = Map<String, Value>;
@@ -195,8 +204,18 @@ impl StudyIndex {
             for table in [STUDIES, SERIES, INSTANCES, METADATA] {
                 txn.open_table(table).map_err(|e| index.err(e))?;
             }
-            txn.open_table(POSITIONS).map_err(|e| index.err(e))?;
+            let mut positions = txn.open_table(POSITIONS).map_err(|e| index.err(e))?;
             txn.open_table(STUDY_IDS).map_err(|e| index.err(e))?;
+            txn.open_table(OBJECTS).map_err(|e| index.err(e))?;
+            let mut schema = txn.open_table(SCHEMA).map_err(|e| index.err(e))?;
+            let version = schema.get("schema").map_err(|e| index.err(e))?.map(|v| v.value());
+            if version != Some(SCHEMA_VERSION) {
+                if version.is_none_or(|v| v < SCHEMA_VERSION) {
+                    // Read the log again from the start to fill the new tables.
+                    positions.retain(|_, _| false).map_err(|e| index.err(e))?;
+                }
+                schema.insert("schema", SCHEMA_VERSION).map_err(|e| index.err(e))?;
+            }
         }
         txn.commit().map_err(|e| index.err(e))?;
         Ok(index)
@@ -262,6 +281,8 @@ impl StudyIndex {
             transfer_syntax: r.transfer_syntax.clone(),
         };
         instances.insert(ikey.as_str(), encode(&entry)?.as_slice()).map_err(|e| err(e.into()))?;
+        let mut objects = txn.open_table(OBJECTS).map_err(|e| err(e.into()))?;
+        objects.insert(r.object_key.as_str(), ()).map_err(|e| err(e.into()))?;
         metadata.insert(ikey.as_str(), encode(&r.metadata)?.as_slice()).map_err(|e| err(e.into()))?;
 
         let skey = series_key(&r.tenant, &r.study_uid, &r.series_uid);
@@ -414,6 +435,20 @@ impl StudyIndex {
             positions.insert(position_key(topic, partition).as_str(), offset + 1).map_err(|e| self.err(e))?;
         }
         txn.commit().map_err(|e| self.err(e))
+    }
+
+    /// The keys among `keys` that no indexed instance names (one read
+    /// transaction, one lookup each).
+    pub fn unnamed(&self, keys: &[String]) -> Result<Vec<String>, IndexError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(OBJECTS).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for key in keys {
+            if table.get(key.as_str()).map_err(|e| self.err(e))?.is_none() {
+                out.push(key.clone());
+            }
+        }
+        Ok(out)
     }
 
     /// The instance's entry, if indexed.

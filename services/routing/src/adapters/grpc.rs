@@ -757,8 +757,18 @@ mod tests {
             )]),
             ..Default::default()
         };
-        let routing =
-            Arc::new(Routing::open("us-east", log.clone(), keys, policy, Duration::from_millis(50)).await.unwrap());
+        let routing = Arc::new(
+            Routing::open(
+                "us-east",
+                log.clone(),
+                keys,
+                policy,
+                Duration::from_millis(50),
+                meridian_projection::run::Snapshotter::none(),
+            )
+            .await
+            .unwrap(),
+        );
         let at = now();
         for r in [reader("dr-x", "g"), reader("dr-y", "g"), reader("dr-z", "h")] {
             routing.execute(Command::RegisterReader(r), at, Cause::Unkeyed).await.unwrap();

@@ -40,9 +40,16 @@ async fn the_simulator_and_the_live_service_decide_the_same_day() {
     let topic = TopicName::new("us-east", DataClass::Operational, "routing").unwrap();
     log.ensure_topic(&TopicSpec::new(topic, 4)).await.unwrap();
     let keys: Arc<dyn KeyStore> = Arc::new(log.key_store());
-    let live = Routing::open("us-east", log.clone(), keys.clone(), scenario.policy(), Duration::from_millis(50))
-        .await
-        .unwrap();
+    let live = Routing::open(
+        "us-east",
+        log.clone(),
+        keys.clone(),
+        scenario.policy(),
+        Duration::from_millis(50),
+        meridian_projection::run::Snapshotter::none(),
+    )
+    .await
+    .unwrap();
     let mut decided = Vec::new();
     for (command, now) in &simulated.trace {
         if let Ok(events) = live.execute(command.clone(), *now, Cause::Unkeyed).await {
@@ -54,7 +61,16 @@ async fn the_simulator_and_the_live_service_decide_the_same_day() {
     // And its projection, rebuilt from the log, holds the simulator's day.
     drop(live);
     let folded = simulated.events.iter().fold(State::default(), worklist::apply);
-    let rebuilt = Routing::open("us-east", log, keys, scenario.policy(), Duration::from_millis(50)).await.unwrap();
+    let rebuilt = Routing::open(
+        "us-east",
+        log,
+        keys,
+        scenario.policy(),
+        Duration::from_millis(50),
+        meridian_projection::run::Snapshotter::none(),
+    )
+    .await
+    .unwrap();
     assert_eq!(rebuilt.read(|s| s.clone()).await, folded);
 }
 

@@ -1,0 +1,162 @@
+//! Bounded state: ingest's studies projection holds open studies in full
+//! and completed ones compact, completes from the open ones alone however
+//! many have completed before, and restarts from its snapshot plus the tail.
+
+use std::time::Duration;
+
+use meridian_events::{Envelope, EventId, EventMeta, StudyId, UnixMicros};
+use meridian_integration_tests::dicom::{storescu, write_ct};
+use meridian_log::{EventLog, Outgoing};
+use meridian_projection::run::Snapshotter;
+use meridian_projection::snapshot::FileSnapshots;
+use meridian_proto::events::v1 as pb;
+use uuid::Uuid;
+
+use crate::ingest_dimse::{Folder, Scp, ct, folder, open_ingest_with, scp_in};
+
+const T0: UnixMicros = UnixMicros(1_795_000_000_000_000);
+
+fn meta(study: Uuid, aggregate_type: &str, version: u64, at: UnixMicros) -> EventMeta {
+    EventMeta {
+        event_id: EventId::new_at(at),
+        aggregate_type: aggregate_type.into(),
+        aggregate_id: study,
+        aggregate_version: version,
+        tenant: "acme".into(),
+        home_region: "us-east".into(),
+        occurred_at: at,
+        causation_id: None,
+        correlation_id: None,
+        traceparent: None,
+    }
+}
+
+/// Appends `studies` completed studies of `instances` instances each, as
+/// ingest writes them (sealed InstanceReceived, StudyStarted,
+/// StudyCompleted), numbered from `first`.
+async fn completed_history(folder: &Folder, first: u32, studies: u32, instances: u32) {
+    let mut batch = Vec::new();
+    for s in first..first + studies {
+        let study = StudyId(Uuid::from_u128(0xA000_0000_0000 + u128::from(s)));
+        let id = study.0;
+        let series = Uuid::from_u128(0xB000_0000_0000 + u128::from(s)).to_string();
+        for i in 0..instances {
+            let received = pb::InstanceReceived {
+                study_id: id.to_string(),
+                series_id: series.clone(),
+                instance_id: Uuid::from_u128((u128::from(s) << 32) + u128::from(i)).to_string(),
+                study_instance_uid: format!("1.2.826.0.1.3680043.10.543.9.{s}"),
+                object_key: format!("phi/acme/{id}/{series}/{i}.dcm"),
+                sha256: format!("{:064x}", (u128::from(s) << 32) + u128::from(i)),
+                facility: "acme-general".into(),
+                modality: "CT".into(),
+                ..Default::default()
+            };
+            let at = UnixMicros(T0.0 + i64::from(i));
+            let sealed =
+                Envelope::sealed(meta(id, "ingest.instances", u64::from(i) + 1, at), &received, study, &*folder.keys)
+                    .unwrap();
+            batch.push(Outgoing::new(folder.phi_topic.clone(), &sealed).unwrap());
+        }
+        let started =
+            pb::StudyStarted { study_id: id.to_string(), facility: "acme-general".into(), ..Default::default() };
+        let completed = pb::StudyCompleted {
+            study_id: id.to_string(),
+            series_count: 1,
+            instance_count: instances,
+            completed_at: Some(UnixMicros(T0.0 + 120_000_000).to_timestamp()),
+            ..Default::default()
+        };
+        batch.push(
+            Outgoing::new(
+                folder.ops_topic.clone(),
+                &Envelope::plain(meta(id, "ingest.study", 1, T0), &started).unwrap(),
+            )
+            .unwrap(),
+        );
+        let done = Envelope::plain(meta(id, "ingest.study", 2, T0), &completed).unwrap();
+        batch.push(Outgoing::new(folder.ops_topic.clone(), &done).unwrap());
+        if batch.len() >= 5_000 {
+            folder.log.append(std::mem::take(&mut batch)).await.unwrap();
+        }
+    }
+    folder.log.append(batch).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_study_completes_at_its_quiet_period_among_ten_thousand_completed_and_they_stay_compact() {
+    const STUDIES: u32 = 10_000;
+    let folder = folder().await;
+    // 2,000 studies of five instances (each sealed under its own data key,
+    // which is what makes history slow to write here) and 8,000 whose
+    // instance records are older than the log's retention.
+    completed_history(&folder, 0, 2_000, 5).await;
+    completed_history(&folder, 2_000, STUDIES - 2_000, 0).await;
+    let snapshot_dir = folder.dir.path().join("snapshots");
+    let snapshots = || Snapshotter::new(FileSnapshots::new(&snapshot_dir), 10_000, Duration::from_secs(30));
+    let Scp { ingest, port, log, keys, blobs, index, dir: _dir, .. } =
+        scp_in(folder, meridian_dimse::Limits::default(), None, snapshots()).await;
+    let (open, closed) = ingest.read(|s| (s.open.len(), s.closed.len())).await;
+    assert_eq!((open, closed), (0, STUDIES as usize), "completed studies are closed, none is open");
+
+    // A new study arrives among them.
+    let files = tempfile::TempDir::new().unwrap();
+    let series = "1.2.826.0.1.3680043.10.543.8.1";
+    let sent: Vec<_> =
+        (1..=2).map(|i| write_ct(files.path(), &ct(series, &format!("{series}.{i}"), [i, 1, 1, 1]))).collect();
+    let (ok, said) = storescu(port, "ACME_CT1", "MERIDIAN_ACME", &sent);
+    assert!(ok, "{said}");
+    let last = ingest.read(|s| s.open.values().map(|st| st.last_at).max().unwrap()).await;
+    let quiet = 120_000_000; // acme's contract: 2 minutes
+    assert_eq!(ingest.complete_quiet(UnixMicros(last.0 + quiet - 1)).await.unwrap(), 0, "not quiet yet");
+    assert_eq!(ingest.complete_quiet(UnixMicros(last.0 + quiet)).await.unwrap(), 1, "exactly the new study");
+    let (open, closed) = ingest.read(|s| (s.open.len(), s.closed.len())).await;
+    assert_eq!((open, closed), (0, STUDIES as usize + 1));
+
+    // Completed studies keep no per-instance state: in the snapshot, a
+    // completed study of five instances takes as little as one of none
+    // (every hash and object key kept would be over a kilobyte each).
+    ingest.snapshot(true).await.unwrap();
+    let file = snapshot_dir.join("ingest.studies.snapshot.json");
+    let snapshot: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let closed = snapshot["state"]["closed"].as_object().unwrap();
+    let size = |s: u128| serde_json::to_vec(&closed[&Uuid::from_u128(0xA000_0000_0000 + s).to_string()]).unwrap().len();
+    assert!(size(1) <= size(2_001) + 16, "five instances: {} bytes, none: {} bytes", size(1), size(2_001));
+    let state = serde_json::to_vec(&snapshot["state"]).unwrap().len();
+    let per_study = state / (STUDIES as usize + 1);
+    assert!(per_study < 250, "{state} bytes of state: {per_study} per completed study");
+
+    // Snapshot + tail equals a full replay: one more instance after the
+    // snapshot (into the completed study: StudyUpdated), then both opens.
+    let late = write_ct(files.path(), &ct(series, &format!("{series}.3"), [3, 1, 1, 1]));
+    let (ok, said) = storescu(port, "ACME_CT1", "MERIDIAN_ACME", &[late]);
+    assert!(ok, "{said}");
+    let live = ingest.read(|s| s.clone()).await;
+    let updated = live.closed.values().find(|c| c.instances == 3).expect("the completed study counts its new instance");
+    assert_eq!((updated.series, updated.version), (1, 3));
+    let resumed = open_ingest_with(blobs.clone(), log.clone(), keys.clone(), index.clone(), snapshots()).await;
+    let replayed = open_ingest_with(blobs, log, keys, index, Snapshotter::none()).await;
+    assert_eq!(resumed.read(|s| s.clone()).await, live);
+    assert_eq!(replayed.read(|s| s.clone()).await, live);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_snapshot_is_set_aside_and_the_studies_are_rebuilt_from_the_log() {
+    let folder = folder().await;
+    completed_history(&folder, 0, 20, 2).await;
+    let snapshot_dir = folder.dir.path().join("snapshots");
+    std::fs::create_dir_all(&snapshot_dir).unwrap();
+    let file = snapshot_dir.join("ingest.studies.snapshot.json");
+    std::fs::write(&file, b"{\"projection\":\"ingest.studies\",\"state\":{\"open\":").unwrap();
+    let snapshots = Snapshotter::new(FileSnapshots::new(&snapshot_dir), 10_000, Duration::from_secs(30));
+    let Scp { ingest, dir: _dir, .. } = scp_in(folder, meridian_dimse::Limits::default(), None, snapshots).await;
+    assert_eq!(ingest.read(|s| s.closed.len()).await, 20, "rebuilt from the log, not empty");
+    assert!(!file.exists());
+    let aside = snapshot_dir.join("ingest.studies.snapshot.json.unreadable-0");
+    let listed: Vec<_> = std::fs::read_dir(&snapshot_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(aside.exists(), "the unreadable file is kept aside for inspection: {listed:?}");
+    // The next snapshot is written whole and reads back.
+    ingest.snapshot(true).await.unwrap();
+    let written: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(written["projection"], "ingest.studies");
+}

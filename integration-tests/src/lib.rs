@@ -244,52 +244,120 @@ pub mod bench {
         args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
     }
 
+    /// One synthetic CT instance: its UIDs, patient, priority and size.
+    pub struct Synthetic<'a> {
+        pub study: &'a str,
+        pub series: &'a str,
+        pub sop: &'a str,
+        pub patient_id: &'a str,
+        /// Requested Procedure Priority ("STAT", …); empty for none.
+        pub priority: &'a str,
+        pub number: usize,
+        /// Rows and columns of a 16-bit image.
+        pub side: u16,
+    }
+
+    /// Writes `ct` as a Part-10 file (explicit VR little endian) at `path`;
+    /// returns its size.
+    pub fn write_synthetic(path: &Path, ct: &Synthetic<'_>) -> anyhow::Result<u64> {
+        let side = usize::from(ct.side);
+        let pixels: Vec<u16> = (0..side * side).map(|p| ((p * 7 + ct.number * 13) % 4096) as u16).collect();
+        let mut obj = InMemDicomObject::from_element_iter([
+            DataElement::new(tags::SOP_CLASS_UID, VR::UI, PrimitiveValue::from(CT)),
+            DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from(ct.sop)),
+            DataElement::new(tags::ACCESSION_NUMBER, VR::SH, PrimitiveValue::from("ACC-BENCH")),
+            DataElement::new(tags::MODALITY, VR::CS, PrimitiveValue::from("CT")),
+            DataElement::new(tags::PATIENT_NAME, VR::PN, PrimitiveValue::from("Bench^Patient")),
+            DataElement::new(tags::PATIENT_ID, VR::LO, PrimitiveValue::from(ct.patient_id)),
+            DataElement::new(tags::PATIENT_BIRTH_DATE, VR::DA, PrimitiveValue::from("19700101")),
+            DataElement::new(tags::STUDY_DATE, VR::DA, PrimitiveValue::from("20260301")),
+            DataElement::new(tags::INSTITUTION_NAME, VR::LO, PrimitiveValue::from("Bench General")),
+            // Nothing burned into the pixels: a de-identified derivative may release it.
+            DataElement::new(tags::BURNED_IN_ANNOTATION, VR::CS, PrimitiveValue::from("NO")),
+            DataElement::new(tags::BODY_PART_EXAMINED, VR::CS, PrimitiveValue::from("CHEST")),
+            DataElement::new(tags::STUDY_INSTANCE_UID, VR::UI, PrimitiveValue::from(ct.study)),
+            DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, PrimitiveValue::from(ct.series)),
+            DataElement::new(tags::INSTANCE_NUMBER, VR::IS, PrimitiveValue::from(ct.number.to_string())),
+            DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16)),
+            DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, PrimitiveValue::from("MONOCHROME2")),
+            DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(ct.side)),
+            DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(ct.side)),
+            DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16)),
+            DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(12u16)),
+            DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(11u16)),
+            DataElement::new(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(0u16)),
+            DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(pixels.into())),
+        ]);
+        if !ct.priority.is_empty() {
+            obj.put(DataElement::new(tags::REQUESTED_PROCEDURE_PRIORITY, VR::SH, PrimitiveValue::from(ct.priority)));
+        }
+        let meta = FileMetaTableBuilder::new()
+            .media_storage_sop_class_uid(CT)
+            .media_storage_sop_instance_uid(ct.sop)
+            .transfer_syntax("1.2.840.10008.1.2.1")
+            .build()?;
+        obj.with_exact_meta(meta).write_to_file(path)?;
+        Ok(std::fs::metadata(path)?.len())
+    }
+
     /// Writes `n` CT slices of 512×512×16 bit (≈ 0.5 MB) of `series` in
     /// [`STUDY`], and returns their paths and total size.
     pub fn slices(dir: &Path, n: usize, series: &str) -> anyhow::Result<(Vec<PathBuf>, u64)> {
-        let study = STUDY;
         let mut files = Vec::new();
         let mut bytes = 0;
         for i in 0..n {
             let sop = format!("{series}.{}", i + 1);
-            let pixels: Vec<u16> = (0..512 * 512).map(|p| ((p * 7 + i * 13) % 4096) as u16).collect();
-            let obj = InMemDicomObject::from_element_iter([
-                DataElement::new(tags::SOP_CLASS_UID, VR::UI, PrimitiveValue::from(CT)),
-                DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from(sop.as_str())),
-                DataElement::new(tags::ACCESSION_NUMBER, VR::SH, PrimitiveValue::from("ACC-BENCH")),
-                DataElement::new(tags::MODALITY, VR::CS, PrimitiveValue::from("CT")),
-                DataElement::new(tags::PATIENT_NAME, VR::PN, PrimitiveValue::from("Bench^Patient")),
-                DataElement::new(tags::PATIENT_ID, VR::LO, PrimitiveValue::from("MRN-BENCH")),
-                DataElement::new(tags::PATIENT_BIRTH_DATE, VR::DA, PrimitiveValue::from("19700101")),
-                DataElement::new(tags::STUDY_DATE, VR::DA, PrimitiveValue::from("20260301")),
-                DataElement::new(tags::INSTITUTION_NAME, VR::LO, PrimitiveValue::from("Bench General")),
-                // Nothing burned into the pixels: a de-identified derivative may release it.
-                DataElement::new(tags::BURNED_IN_ANNOTATION, VR::CS, PrimitiveValue::from("NO")),
-                DataElement::new(tags::BODY_PART_EXAMINED, VR::CS, PrimitiveValue::from("CHEST")),
-                DataElement::new(tags::STUDY_INSTANCE_UID, VR::UI, PrimitiveValue::from(study)),
-                DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, PrimitiveValue::from(series)),
-                DataElement::new(tags::INSTANCE_NUMBER, VR::IS, PrimitiveValue::from((i + 1).to_string())),
-                DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16)),
-                DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, PrimitiveValue::from("MONOCHROME2")),
-                DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(512u16)),
-                DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(512u16)),
-                DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16)),
-                DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(12u16)),
-                DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(11u16)),
-                DataElement::new(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(0u16)),
-                DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(pixels.into())),
-            ]);
-            let meta = FileMetaTableBuilder::new()
-                .media_storage_sop_class_uid(CT)
-                .media_storage_sop_instance_uid(sop.as_str())
-                .transfer_syntax("1.2.840.10008.1.2.1")
-                .build()?;
             let path = dir.join(format!("{:04}.dcm", i + 1));
-            obj.with_exact_meta(meta).write_to_file(&path)?;
-            bytes += std::fs::metadata(&path)?.len();
+            let ct = Synthetic {
+                study: STUDY,
+                series,
+                sop: &sop,
+                patient_id: "MRN-BENCH",
+                priority: "",
+                number: i + 1,
+                side: 512,
+            };
+            bytes += write_synthetic(&path, &ct)?;
             files.push(path);
         }
         Ok((files, bytes))
+    }
+
+    /// Writes `studies` studies of `per_study` small instances (`side`² 16-bit
+    /// pixels) under `root`, one folder of files per study, each study its
+    /// own patient; `tag` keeps UIDs apart between calls. Returns the paths.
+    pub fn small_studies(
+        root: &Path,
+        tag: u32,
+        studies: usize,
+        per_study: usize,
+        side: u16,
+        priority: &str,
+    ) -> anyhow::Result<Vec<PathBuf>> {
+        let mut files = Vec::with_capacity(studies * per_study);
+        for s in 0..studies {
+            let dir = root.join(format!("{tag}-{s:06}"));
+            std::fs::create_dir_all(&dir)?;
+            let study = format!("{STUDY}.{tag}.{s}");
+            let series = format!("{study}.1");
+            let patient = format!("MRN-{tag}-{s}");
+            for i in 0..per_study {
+                let sop = format!("{series}.{}", i + 1);
+                let path = dir.join(format!("{i:04}.dcm"));
+                let ct = Synthetic {
+                    study: &study,
+                    series: &series,
+                    sop: &sop,
+                    patient_id: &patient,
+                    priority,
+                    number: i + 1,
+                    side,
+                };
+                write_synthetic(&path, &ct)?;
+                files.push(path);
+            }
+        }
+        Ok(files)
     }
 
     pub fn wait_for_port(port: u16) -> anyhow::Result<()> {

@@ -97,16 +97,26 @@ impl Dev {
     }
 
     /// SIGINT, as Ctrl-C sends it; the process must exit cleanly.
-    fn interrupt(mut self) {
-        let status = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status().unwrap();
+    fn interrupt(self) {
+        self.stop_with("INT");
+    }
+
+    /// SIGTERM, as an orchestrator sends it; the process must exit cleanly.
+    fn terminate(self) {
+        self.stop_with("TERM");
+    }
+
+    fn stop_with(mut self, signal: &str) {
+        let status = Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status().unwrap();
         assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Liveness, not speed: a stop that never comes fails here.
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "meridian dev exited with {status} after SIGINT");
+                assert!(status.success(), "meridian dev exited with {status} after SIG{signal}");
                 break;
             }
-            assert!(Instant::now() < deadline, "meridian dev did not stop within 30 s of SIGINT");
+            assert!(Instant::now() < deadline, "meridian dev did not stop within 60 s of SIG{signal}");
             std::thread::sleep(Duration::from_millis(50));
         }
         assert!(!self.data.join("endpoints.json").exists(), "a stopped dev leaves no endpoints.json behind");
@@ -707,6 +717,69 @@ async fn every_instance_the_grpc_upload_answered_stored_survives_a_sigkill_mid_s
         assert!(visible.contains(uid), "{uid} was answered stored and is retrievable after SIGKILL");
     }
     dev.interrupt();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_stops_on_sigterm_while_busy_and_restarts_from_its_snapshots_queueing_each_study_once() {
+    const STUDIES: usize = 1_500;
+    let data = tempfile::TempDir::new().unwrap();
+    let files = tempfile::TempDir::new().unwrap();
+    // One-instance STAT studies: each is queued for routing at its first
+    // instance, so routing's intake has a backlog when the signal comes.
+    meridian_integration_tests::bench::small_studies(files.path(), 9, STUDIES, 1, 16, "STAT").unwrap();
+    let dev = Dev::start(data.path());
+    let sent = Command::new(MERIDIAN)
+        .args(["send", "--region", "us-east", "--as", "acme-pacs", "--data-dir"])
+        .arg(data.path())
+        .arg(files.path())
+        .output()
+        .unwrap();
+    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stdout));
+    dev.terminate();
+    let snapshots = data.path().join("us-east/snapshots");
+    for name in ["events.summary", "ingest.studies", "routing.worklist"] {
+        assert!(snapshots.join(format!("{name}.snapshot.json")).exists(), "{name} was snapshotted at shutdown");
+    }
+
+    // The restart continues from the snapshots: ingest and routing wrote
+    // nothing after theirs, so they read no tail at all.
+    let dev = Dev::start(data.path());
+    let sre = dev.token("sre");
+    let (status, _, summary) = http_get(&dev.http("us-east"), "/v1/summary", Some(&sre)).await;
+    assert_eq!(status, 200, "{summary}");
+    let projections = summary["projections"].as_array().unwrap();
+    for p in projections {
+        assert_eq!(p["opened"]["from_snapshot"], true, "{p}");
+    }
+    let opened = |name: &str| projections.iter().find(|p| p["name"] == name).unwrap().clone();
+    assert_eq!(opened("ingest.studies")["opened"]["tail"], 0, "{}", opened("ingest.studies"));
+    assert_eq!(opened("routing.worklist")["opened"]["tail"], 0, "{}", opened("routing.worklist"));
+    assert_eq!(opened("ingest.studies")["open_studies"], STUDIES);
+
+    // Routing takes in the rest of its backlog; every study is queued once.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, _, summary) = http_get(&dev.http("us-east"), "/v1/summary", Some(&sre)).await;
+        if summary["by_type"]["StudyQueued"].as_u64() == Some(STUDIES as u64) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not every study was queued: {}", summary["by_type"]);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    dev.interrupt();
+    let (routing, _) =
+        tokio::task::block_in_place(|| topic_events(data.path(), meridian_events::DataClass::Operational, "routing"));
+    let mut queued: Vec<_> = routing
+        .iter()
+        .filter_map(|(_, e)| match e.open_plain() {
+            Ok(meridian_events::payload::Payload::StudyQueued(q)) => Some(q.study_id),
+            _ => None,
+        })
+        .collect();
+    queued.sort();
+    let total = queued.len();
+    queued.dedup();
+    assert_eq!((total, queued.len()), (STUDIES, STUDIES), "each study queued exactly once across the stop");
 }
 
 /// The files under `dir`, recursively (none if it does not exist).

@@ -31,13 +31,18 @@ pub async fn catch_up<P: Projection>(
 
 /// How a projection was opened: from a snapshot or from the start, and how
 /// much of the log it read to catch up.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Resumed {
     /// The snapshot it continued from (false: none, or set aside).
     pub from_snapshot: bool,
     /// Records read after the snapshot (or from the start).
     pub tail: u64,
+    #[serde(rename = "open_ms", serialize_with = "millis")]
     pub duration: Duration,
+}
+
+fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_millis() as u64)
 }
 
 /// Opens projection `P`: from its snapshot where one reads (an unreadable

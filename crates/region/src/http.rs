@@ -61,5 +61,6 @@ async fn summary(State(region): State<Arc<Region>>, principal: Principal) -> Res
         "by_tenant": s.by_tenant,
         "readers": s.readers,
         "projection": {"name": "events.summary", "stats": stats},
+        "projections": region.projections().await,
     })))
 }

@@ -14,7 +14,7 @@ use meridian_log::embedded::{EmbeddedKeyStore, EmbeddedLog, EmbeddedOptions};
 use meridian_log::kafka::{KafkaConfig, KafkaLog};
 use meridian_log::{EventLog, Position, TopicName, TopicSpec};
 use meridian_projection::Projector;
-use meridian_projection::run::{Snapshotter, catch_up, resume};
+use meridian_projection::run::{Resumed, Snapshotter, catch_up, resume};
 use meridian_projection::snapshot::FileSnapshots;
 use tokio::sync::{Mutex, watch};
 
@@ -70,6 +70,7 @@ pub struct Region {
     summary: Mutex<Projector<EventSummary>>,
     snapshots: FileSnapshots,
     summary_snapshots: Snapshotter,
+    summary_opened: Resumed,
     /// The routing service of this region (worklist, claims, timers).
     pub routing: Arc<meridian_routing::app::Routing>,
     /// The ingest service of this region (C-STORE, study completeness).
@@ -228,7 +229,7 @@ impl Region {
         let scheduled = || Snapshotter::new(snapshots.clone(), SNAPSHOT_EVERY_EVENTS, SNAPSHOT_EVERY);
         let proj_err = |source| RegionError::Projection { region: name.to_owned(), source };
         let starts = start_positions(&topics, partitions);
-        let (summary, _) =
+        let (summary, summary_opened) =
             resume::<EventSummary>(&snapshots, starts, log.as_ref(), keys.as_ref(), idle).await.map_err(proj_err)?;
         let routing_policy = meridian_routing::adapters::config::policy(&platform);
         let blobs = object_store(&config.objects, &objects)
@@ -301,6 +302,7 @@ impl Region {
             idle,
             summary: Mutex::new(summary),
             summary_snapshots: scheduled(),
+            summary_opened,
             snapshots,
         };
         region.bootstrap_readers(now).await?;
@@ -363,6 +365,20 @@ impl Region {
     /// The summary's state.
     pub async fn summary(&self) -> crate::summary::Summary {
         self.summary.lock().await.state().clone()
+    }
+
+    /// Each in-memory projection: how it was opened (from a snapshot, the
+    /// tail it read) and what it did with its input, by reason.
+    pub async fn projections(&self) -> serde_json::Value {
+        let (ingest, routing) =
+            (self.ingest.read(|s| (s.open.len(), s.closed.len())).await, self.routing.read(|s| s.studies.len()).await);
+        serde_json::json!([
+            {"name": "events.summary", "opened": self.summary_opened, "stats": self.summary_stats().await},
+            {"name": "ingest.studies", "opened": self.ingest.opened(), "stats": self.ingest.stats().await,
+             "open_studies": ingest.0, "closed_studies": ingest.1},
+            {"name": "routing.worklist", "opened": self.routing.opened(), "stats": self.routing.stats().await,
+             "studies": routing},
+        ])
     }
 
     /// What the summary projection did with its input, by reason: the

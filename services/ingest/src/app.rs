@@ -27,7 +27,7 @@ use meridian_events::{
 };
 use meridian_log::failpoint::FailPoints;
 use meridian_log::{EventLog, Outgoing, Position, TopicName};
-use meridian_projection::run::{Snapshotter, resume};
+use meridian_projection::run::{Resumed, Snapshotter, resume};
 use meridian_projection::{Event as Logged, Projection, Projector};
 use meridian_proto::events::v1 as pb;
 use meridian_storage::index::{IndexError, Received, StudyIndex};
@@ -146,6 +146,7 @@ pub struct Ingest {
     /// Orphans seen by the last sweep, and when.
     suspects: Mutex<BTreeMap<String, UnixMicros>>,
     snapshots: Snapshotter,
+    opened: Resumed,
 }
 
 fn topic(region: &str, class: DataClass) -> Result<TopicName, Error> {
@@ -175,7 +176,7 @@ impl Ingest {
                 positions.push(Position::start(t.clone(), p));
             }
         }
-        let (projector, _) =
+        let (projector, opened) =
             resume::<IngestProjection>(snapshots.files(), positions, log.as_ref(), keys.as_ref(), idle).await?;
         let indexed = index.catch_up(log.as_ref(), keys.as_ref(), phi.blobs().as_ref(), &phi_topic, idle).await?;
         if indexed > 0 {
@@ -196,7 +197,18 @@ impl Ingest {
             failpoints,
             suspects: Mutex::new(BTreeMap::new()),
             snapshots,
+            opened,
         })
+    }
+
+    /// How the studies projection was opened (snapshot, tail, time).
+    pub fn opened(&self) -> &Resumed {
+        &self.opened
+    }
+
+    /// What the studies projection did with its input, by reason.
+    pub async fn stats(&self) -> meridian_projection::Stats {
+        self.projector.lock().await.stats().clone()
     }
 
     /// Writes the studies' snapshot when one is due (`force`: whenever

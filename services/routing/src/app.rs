@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use meridian_events::{DataClass, EventId, EventMeta, KeyStore, UnixMicros};
 use meridian_log::{EventLog, Outgoing, Position, TopicName};
-use meridian_projection::run::{Snapshotter, catch_up, resume};
+use meridian_projection::run::{Resumed, Snapshotter, catch_up, resume};
 use meridian_projection::{Event as Logged, Projection, Projector};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, watch};
@@ -85,6 +85,10 @@ pub enum Cause {
 
 /// Routing's consumer name on the ingest topic.
 pub const INTAKE: &str = "routing.intake";
+
+/// Inputs decided and committed as one step: a backlog of completed
+/// studies is one commit (one sync) per this many, not one each.
+const INTAKE_BATCH: usize = 256;
 
 /// The streams routing takes input from, in its region.
 const INPUTS: [&str; 3] = ["ingest", "inference", "reporting"];
@@ -189,6 +193,7 @@ pub struct Routing {
     /// Counts state changes, so watchers learn that the worklist moved.
     changed: watch::Sender<u64>,
     snapshots: Snapshotter,
+    opened: Resumed,
 }
 
 impl Routing {
@@ -206,7 +211,7 @@ impl Routing {
             .map_err(|e| meridian_log::Error::UnknownTopic { topic: e.name })?;
         let partitions = log.partitions(&topic).await?;
         let starts = (0..partitions).map(|p| Position::start(topic.clone(), p)).collect();
-        let (projector, _) =
+        let (projector, opened) =
             resume::<RoutingProjection>(snapshots.files(), starts, log.as_ref(), keys.as_ref(), idle).await?;
         Ok(Routing {
             region: region.to_owned(),
@@ -217,7 +222,18 @@ impl Routing {
             projector: Mutex::new(projector),
             changed: watch::Sender::new(0),
             snapshots,
+            opened,
         })
+    }
+
+    /// How the state was opened (snapshot, tail, time).
+    pub fn opened(&self) -> &Resumed {
+        &self.opened
+    }
+
+    /// What the projection did with its input, by reason.
+    pub async fn stats(&self) -> meridian_projection::Stats {
+        self.projector.lock().await.stats().clone()
     }
 
     /// Writes the state's snapshot when one is due (`force`: whenever
@@ -259,24 +275,8 @@ impl Routing {
     /// and nothing changes. A refused command refuses the batch.
     pub async fn execute_all(&self, commands: Vec<(Command, Cause)>, now: UnixMicros) -> Result<Vec<Event>, Error> {
         let mut projector = self.projector.lock().await;
-        let (mut events, mut batch) = (Vec::new(), Vec::new());
-        // Later commands decide against a scratch copy; a lone one needs none.
-        let mut scratch: Option<Folded> = None;
-        let last = commands.len().saturating_sub(1);
-        for (i, (command, cause)) in commands.into_iter().enumerate() {
-            let folded = scratch.as_ref().unwrap_or(projector.state());
-            let decided = worklist::decide(&folded.worklist, &self.policy, command, now)?;
-            batch.extend(self.outgoing(folded, &decided, now, &cause)?);
-            if i < last {
-                let mut next = scratch.take().unwrap_or_else(|| projector.state().clone());
-                for e in &decided {
-                    *next.versions.entry(aggregate(e).1).or_default() += 1;
-                    next.worklist = worklist::apply(next.worklist, e);
-                }
-                scratch = Some(next);
-            }
-            events.extend(decided);
-        }
+        let commands = commands.into_iter().map(|(command, cause)| (command, cause, now)).collect();
+        let (events, batch, _) = self.decide_in_turn(projector.state(), commands, |e| Err(e.into()))?;
         if events.is_empty() {
             return Ok(events);
         }
@@ -284,6 +284,44 @@ impl Routing {
         projector.feed_appended(batch, appended, self.keys.as_ref())?;
         self.announce();
         Ok(events)
+    }
+
+    /// Decides `commands` in turn, each against `state` as the ones before
+    /// it leave it (a scratch copy, made only when a later command needs
+    /// it), and enveloped; with how many commands decided any event. A
+    /// refused command decides nothing and goes to `refused`, which may end
+    /// the whole decision with an error.
+    fn decide_in_turn(
+        &self,
+        state: &Folded,
+        commands: Vec<(Command, Cause, UnixMicros)>,
+        mut refused: impl FnMut(worklist::Error) -> Result<(), Error>,
+    ) -> Result<(Vec<Event>, Vec<Outgoing>, usize), Error> {
+        let (mut events, mut batch, mut deciding) = (Vec::new(), Vec::new(), 0);
+        let mut scratch: Option<Folded> = None;
+        let last = commands.len().saturating_sub(1);
+        for (i, (command, cause, now)) in commands.into_iter().enumerate() {
+            let folded = scratch.as_ref().unwrap_or(state);
+            let decided = match worklist::decide(&folded.worklist, &self.policy, command, now) {
+                Ok(decided) => decided,
+                Err(e) => {
+                    refused(e)?;
+                    continue;
+                }
+            };
+            batch.extend(self.outgoing(folded, &decided, now, &cause)?);
+            if i < last && !decided.is_empty() {
+                let mut next = scratch.take().unwrap_or_else(|| state.clone());
+                for e in &decided {
+                    *next.versions.entry(aggregate(e).1).or_default() += 1;
+                    next.worklist = worklist::apply(next.worklist, e);
+                }
+                scratch = Some(next);
+            }
+            deciding += usize::from(!decided.is_empty());
+            events.extend(decided);
+        }
+        Ok((events, batch, deciding))
     }
 
     /// Envelopes for `events`: the next version of each aggregate, ids from
@@ -342,11 +380,14 @@ impl Routing {
 
     /// Takes in what ingest, inference and reporting report (see
     /// [`input`]), from routing's committed positions on those topics until
-    /// a read stays empty for `idle`. Each input's routing events and its
-    /// position commit together (consume-transform-produce); their ids
-    /// derive from the input event, and a decision that refuses (a study
-    /// already queued, a read signed twice) commits the position alone, so
-    /// a redelivery changes nothing. Returns how many inputs decided events.
+    /// a read stays empty for `idle`. Inputs and the routing events they
+    /// cause commit together (consume-transform-produce), a read batch (up
+    /// to [`INTAKE_BATCH`] inputs, decided in turn) as one step: a backlog
+    /// costs one sync per batch, and a stop between steps loses nothing.
+    /// Event ids derive from the input event, and a decision that refuses
+    /// (a study already queued, a read signed twice) commits the position
+    /// alone, so a redelivery changes nothing. Returns how many inputs
+    /// decided events.
     pub async fn intake(&self, idle: Duration) -> Result<usize, Error> {
         use meridian_log::Step;
         let mut from = Vec::new();
@@ -362,31 +403,37 @@ impl Routing {
         let mut reader = self.log.reader(from).await?;
         let mut decided = 0;
         loop {
-            let batch = reader.next_batch(256, idle).await?;
+            let batch = reader.next_batch(INTAKE_BATCH, idle).await?;
             if batch.is_empty() {
                 return Ok(decided);
             }
-            for record in batch {
-                let mut projector = self.projector.lock().await;
-                let mut outputs = Vec::new();
-                if let Some((cause, command, at)) = input(&record, &self.region, &self.policy) {
-                    match worklist::decide(&projector.state().worklist, &self.policy, command, at) {
-                        Ok(events) if !events.is_empty() => {
-                            outputs = self.outgoing(projector.state(), &events, at, &Cause::Derived(cause))?;
-                            decided += 1;
-                        }
-                        Ok(_) | Err(worklist::Error::AlreadyQueued { .. }) => {}
-                        Err(e) => tracing::warn!(region = %self.region, error = %e, "input not applied"),
-                    }
+            let mut projector = self.projector.lock().await;
+            let commands: Vec<_> = batch
+                .iter()
+                .filter_map(|record| input(record, &self.region, &self.policy))
+                .map(|(cause, command, at)| (command, Cause::Derived(cause), at))
+                .collect();
+            let region = &self.region;
+            let (_, outputs, deciding) = self.decide_in_turn(projector.state(), commands, |e| {
+                if !matches!(e, worklist::Error::AlreadyQueued { .. }) {
+                    tracing::warn!(%region, error = %e, "input not applied");
                 }
-                let has_outputs = !outputs.is_empty();
-                self.log
-                    .commit(Step { consumer: INTAKE.into(), outputs, inputs: vec![record.next_position()] })
-                    .await?;
-                if has_outputs {
-                    catch_up(self.log.as_ref(), self.keys.as_ref(), &mut projector, Duration::from_millis(20)).await?;
-                    self.announce();
-                }
+                Ok(())
+            })?;
+            decided += deciding;
+            // The batch's positions: the next offset of each partition read.
+            let mut inputs: BTreeMap<(TopicName, u32), u64> = BTreeMap::new();
+            for record in &batch {
+                let next = inputs.entry((record.topic.clone(), record.partition)).or_default();
+                *next = (*next).max(record.offset + 1);
+            }
+            let inputs =
+                inputs.into_iter().map(|((topic, partition), offset)| Position { topic, partition, offset }).collect();
+            let has_outputs = !outputs.is_empty();
+            self.log.commit(Step { consumer: INTAKE.into(), outputs, inputs }).await?;
+            if has_outputs {
+                catch_up(self.log.as_ref(), self.keys.as_ref(), &mut projector, Duration::from_millis(20)).await?;
+                self.announce();
             }
         }
     }

@@ -45,11 +45,15 @@ pub struct DicomWebLimits {
     /// The largest STOW-RS request body; each part is also bounded by
     /// `dicom.max_instance_bytes`.
     pub max_request_bytes: u64,
+    /// The most results one QIDO-RS response holds, and how many it holds
+    /// when the request names no `limit`; when more match, the response
+    /// says so (PS3.18 8.3.4.2) and the client pages with `offset`.
+    pub max_results: u32,
 }
 
 impl Default for DicomWebLimits {
     fn default() -> Self {
-        DicomWebLimits { max_request_bytes: 8 << 30 }
+        DicomWebLimits { max_request_bytes: 8 << 30, max_results: 1_000 }
     }
 }
 

@@ -139,6 +139,9 @@ fn regions(out: &mut Out, f: &Files<'_>) {
         if r.dicom.idle_timeout.seconds == 0 {
             out.at(file, "dicom.idle_timeout", "must be at least a second");
         }
+        if r.dicomweb.max_results == 0 {
+            out.at(file, "dicomweb.max_results", "must be at least 1: a search must be able to answer");
+        }
         if r.dicomweb.max_request_bytes < 1 << 20 {
             out.at(file, "dicomweb.max_request_bytes", "must be at least 1048576 (1 MiB)");
         }

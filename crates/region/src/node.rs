@@ -152,6 +152,14 @@ impl Assignments for RoutingAssignments {
     async fn assignee(&self, study: uuid::Uuid) -> Option<String> {
         self.0.read(|s| s.studies.get(&study).and_then(|s| s.assignee.clone())).await
     }
+
+    async fn assigned_to(&self, reader: &str) -> BTreeSet<uuid::Uuid> {
+        self.0
+            .read(|s| {
+                s.studies.iter().filter(|(_, st)| st.assignee.as_deref() == Some(reader)).map(|(id, _)| *id).collect()
+            })
+            .await
+    }
 }
 
 /// What a region is opened with besides its configuration.

@@ -43,12 +43,36 @@ const POSITIONS: TableDefinition<&str, u64> = TableDefinition::new("positions");
 /// Every object key an indexed InstanceReceived names (every version): what
 /// the orphan sweep looks keys up in, one lookup per listed object.
 const OBJECTS: TableDefinition<&str, ()> = TableDefinition::new("objects");
+/// `tenant \0 tag \0 value \0 Study Instance UID` → (): studies by the
+/// study-level attributes searches name most, so a search naming one
+/// visits its candidates only, not every study of the tenant.
+const STUDY_BY: TableDefinition<&str, ()> = TableDefinition::new("study_by");
 /// `schema` → the version of the tables above this file was built to.
 const SCHEMA: TableDefinition<&str, u32> = TableDefinition::new("schema");
-/// 2: OBJECTS (and STUDY_IDS) are filled for every indexed instance. An
-/// older file is caught up again from the start of the log on open
-/// (re-recording an instance is idempotent), which fills them.
-const SCHEMA_VERSION: u32 = 2;
+/// 3: OBJECTS, STUDY_IDS and STUDY_BY are filled for every indexed
+/// instance. An older file is caught up again from the start of the log
+/// on open (re-recording an instance is idempotent), which fills them.
+const SCHEMA_VERSION: u32 = 3;
+
+/// The study attributes [`STUDY_BY`] keys studies by: Patient ID,
+/// Accession Number, Study Date.
+pub const SEEKABLE: &[&str] = &["00100020", "00080050", "00080020"];
+
+/// Which of a tenant's studies a search visits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Seek {
+    /// Every one, in Study Instance UID order.
+    All,
+    /// These Study Instance UIDs, in that order.
+    Uids(Vec<String>),
+    /// Those whose `tag` (one of [`SEEKABLE`]) has exactly `value`.
+    Value { tag: String, value: String },
+    /// Those whose `tag` has a value from `from` (empty: no lower bound) to
+    /// `to` (empty: no upper bound), where a bound compares on as many
+    /// characters as it has, as DICOM range matching does (DA values
+    /// compare as dates; `2026` to `2026` is the whole year).
+    Range { tag: String, from: String, to: String },
+}
 
 /// DICOM JSON attributes (PS3.18 F.2): tag as 8 hex digits → `{vr, Value}`.
 pub type Attributes = Map<String, Value>;
@@ -155,6 +179,12 @@ fn pick(attrs: &Attributes, tags: &[&str]) -> Attributes {
 }
 
 /// The first text value of an attribute.
+/// The string values of `tag` (empty ones left out).
+fn values<'a>(attrs: &'a Attributes, tag: &str) -> impl Iterator<Item = &'a str> {
+    let values = attrs.get(tag).and_then(|v| v.get("Value")).and_then(Value::as_array);
+    values.into_iter().flatten().filter_map(Value::as_str).filter(|v| !v.is_empty())
+}
+
 pub fn text<'a>(attrs: &'a Attributes, tag: &str) -> Option<&'a str> {
     attrs.get(tag)?.get("Value")?.get(0)?.as_str()
 }
@@ -207,6 +237,7 @@ impl StudyIndex {
             let mut positions = txn.open_table(POSITIONS).map_err(|e| index.err(e))?;
             txn.open_table(STUDY_IDS).map_err(|e| index.err(e))?;
             txn.open_table(OBJECTS).map_err(|e| index.err(e))?;
+            txn.open_table(STUDY_BY).map_err(|e| index.err(e))?;
             let mut schema = txn.open_table(SCHEMA).map_err(|e| index.err(e))?;
             let version = schema.get("schema").map_err(|e| index.err(e))?.map(|v| v.value());
             if version != Some(SCHEMA_VERSION) {
@@ -322,6 +353,13 @@ impl StudyIndex {
             let mut ids = txn.open_table(STUDY_IDS).map_err(|e| err(e.into()))?;
             let id = format!("{}\0{}", r.tenant, r.study_id);
             ids.insert(id.as_str(), r.study_uid.as_str()).map_err(|e| err(e.into()))?;
+            let mut by = txn.open_table(STUDY_BY).map_err(|e| err(e.into()))?;
+            for tag in SEEKABLE {
+                for value in values(&st.attrs, tag) {
+                    let key = format!("{}\0{tag}\0{value}\0{}", r.tenant, r.study_uid);
+                    by.insert(key.as_str(), ()).map_err(|e| err(e.into()))?;
+                }
+            }
         }
         Ok(())
     }
@@ -475,6 +513,75 @@ impl StudyIndex {
             .transpose()
     }
 
+    /// Visits the tenant's studies that `seek` names, in its order, until
+    /// `visit` returns false. One read transaction; nothing is collected,
+    /// so a search costs what it visits, not what the tenant holds.
+    pub fn visit_studies(
+        &self,
+        tenant: &str,
+        seek: &Seek,
+        mut visit: impl FnMut(&str, StudyEntry) -> bool,
+    ) -> Result<(), IndexError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let studies = txn.open_table(STUDIES).map_err(|e| self.err(e))?;
+        let entry = |uid: &str| -> Result<Option<StudyEntry>, IndexError> {
+            studies
+                .get(study_key(tenant, uid).as_str())
+                .map_err(|e| self.err(e))?
+                .map(|v| decode(v.value()))
+                .transpose()
+        };
+        match seek {
+            Seek::All => {
+                let (from, to) = children(tenant);
+                for row in studies.range(from.as_str()..to.as_str()).map_err(|e| self.err(e))? {
+                    let (k, v) = row.map_err(|e| self.err(e))?;
+                    if !visit(&k.value()[from.len()..], decode(v.value())?) {
+                        break;
+                    }
+                }
+            }
+            Seek::Uids(uids) => {
+                for uid in uids {
+                    if let Some(e) = entry(uid)?
+                        && !visit(uid, e)
+                    {
+                        break;
+                    }
+                }
+            }
+            Seek::Value { tag, value } => {
+                let by = txn.open_table(STUDY_BY).map_err(|e| self.err(e))?;
+                let (from, to) = children(&format!("{tenant}\0{tag}\0{value}"));
+                for row in by.range(from.as_str()..to.as_str()).map_err(|e| self.err(e))? {
+                    let (k, _) = row.map_err(|e| self.err(e))?;
+                    if let Some(e) = entry(&k.value()[from.len()..])?
+                        && !visit(&k.value()[from.len()..], e)
+                    {
+                        break;
+                    }
+                }
+            }
+            Seek::Range { tag, from, to } => {
+                let by = txn.open_table(STUDY_BY).map_err(|e| self.err(e))?;
+                let prefix = format!("{tenant}\0{tag}\0");
+                // Values and UIDs are printable: \x7f sorts after all of them.
+                let low = format!("{prefix}{from}");
+                let high = if to.is_empty() { format!("{prefix}\x7f") } else { format!("{prefix}{to}\x7f") };
+                for row in by.range(low.as_str()..=high.as_str()).map_err(|e| self.err(e))? {
+                    let (k, _) = row.map_err(|e| self.err(e))?;
+                    let Some((_, uid)) = k.value()[prefix.len()..].rsplit_once('\0') else { continue };
+                    if let Some(e) = entry(uid)?
+                        && !visit(uid, e)
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The tenant's studies, in key order: (Study Instance UID, entry).
     pub fn studies(&self, tenant: &str) -> Result<Vec<(String, StudyEntry)>, IndexError> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
@@ -614,6 +721,38 @@ mod tests {
             transfer_syntax: "1.2.840.10008.1.2".into(),
             metadata,
         }
+    }
+
+    #[test]
+    fn a_seek_visits_only_its_candidates_and_stops_when_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = StudyIndex::open(&dir.path().join("index.redb")).unwrap();
+        for i in 0..50u32 {
+            let mut r =
+                received(&format!("1.2.{i:02}"), &format!("1.2.{i:02}.1"), &format!("1.2.{i:02}.1.1"), "CT", "aa");
+            r.metadata.insert("00100020".into(), json!({"vr": "LO", "Value": [format!("P{}", i % 7)]}));
+            r.metadata.insert("00080020".into(), json!({"vr": "DA", "Value": [format!("202601{:02}", 1 + i % 28)]}));
+            index.record(&r, None).unwrap();
+        }
+        let visited = |seek: Seek, stop_after: usize| {
+            let mut seen = Vec::new();
+            index
+                .visit_studies("acme", &seek, |uid, _| {
+                    seen.push(uid.to_owned());
+                    seen.len() < stop_after
+                })
+                .unwrap();
+            seen
+        };
+        let p3 = visited(Seek::Value { tag: "00100020".into(), value: "P3".into() }, usize::MAX);
+        assert_eq!(p3, ["1.2.03", "1.2.10", "1.2.17", "1.2.24", "1.2.31", "1.2.38", "1.2.45"]);
+        let range = Seek::Range { tag: "00080020".into(), from: "20260105".into(), to: "20260106".into() };
+        assert_eq!(visited(range, usize::MAX).len(), 4, "days 5 and 6, twice each");
+        let open = Seek::Range { tag: "00080020".into(), from: String::new(), to: "2026010".into() };
+        assert_eq!(visited(open, usize::MAX).len(), 18, "a bound compares on its own length: days 1 to 9");
+        assert_eq!(visited(Seek::Uids(vec!["1.2.07".into(), "9.9".into()]), usize::MAX), ["1.2.07"]);
+        assert_eq!(visited(Seek::All, 5).len(), 5, "the visit stops when told");
+        assert!(visited(Seek::Value { tag: "00100020".into(), value: "P".into() }, usize::MAX).is_empty());
     }
 
     #[test]

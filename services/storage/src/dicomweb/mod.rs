@@ -10,6 +10,8 @@
 
 pub mod query;
 pub mod retrieve;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
@@ -28,7 +30,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::blobs::Blobs;
-use crate::index::{Attributes, InstanceEntry, StudyEntry, StudyIndex, series_key, study_key};
+use crate::index::{Attributes, InstanceEntry, Seek, StudyEntry, StudyIndex, series_key, study_key};
 use query::{Level, MODALITIES_IN_STUDY};
 use retrieve::{Acceptable, RetrieveError};
 
@@ -36,10 +38,12 @@ use retrieve::{Acceptable, RetrieveError};
 /// (keyed by its event id), so concurrent reads never contend for a version.
 const AUDIT: &str = "storage.audit";
 
-/// Who a study is assigned to: routing's answer, asked per request.
+/// Who a study is assigned to: routing's answer, asked once per request.
 #[async_trait::async_trait]
 pub trait Assignments: Send + Sync {
     async fn assignee(&self, study: Uuid) -> Option<String>;
+    /// Every study assigned to `reader` now.
+    async fn assigned_to(&self, reader: &str) -> std::collections::BTreeSet<Uuid>;
 }
 
 pub struct DicomWeb {
@@ -50,6 +54,8 @@ pub struct DicomWeb {
     log: Arc<dyn EventLog>,
     assignments: Arc<dyn Assignments>,
     audit_topic: TopicName,
+    /// The most results one search answers (`[dicomweb] max_results`).
+    max_results: usize,
 }
 
 #[derive(Debug)]
@@ -94,6 +100,7 @@ impl From<RetrieveError> for WebError {
 }
 
 /// A study a principal may see: its tenant, UID and index entry.
+#[derive(Clone)]
 struct Visible {
     tenant: String,
     uid: String,
@@ -111,7 +118,11 @@ impl DicomWeb {
     ) -> Result<DicomWeb, meridian_log::Error> {
         let audit_topic = TopicName::new(region, DataClass::Operational, "audit")
             .map_err(|e| meridian_log::Error::UnknownTopic { topic: e.name })?;
-        Ok(DicomWeb { region: region.to_owned(), platform, index, blobs, log, assignments, audit_topic })
+        let max_results = platform
+            .regions
+            .get(region)
+            .map_or(1_000, |r| usize::try_from(r.dicomweb.max_results).unwrap_or(usize::MAX));
+        Ok(DicomWeb { region: region.to_owned(), platform, index, blobs, log, assignments, audit_topic, max_results })
     }
 
     /// The routes, to nest under `/dicomweb` behind the bearer-token layer.
@@ -168,6 +179,14 @@ impl DicomWeb {
     }
 
     async fn allowed(&self, principal: &Principal, tenant: &str, study: Uuid) -> Result<(), Denied> {
+        let assignee =
+            if principal.kind == PrincipalKind::Group { self.assignments.assignee(study).await } else { None };
+        self.permits(principal, tenant, assignee.as_deref())
+    }
+
+    /// Whether `principal` may read images of `tenant`'s studies assigned
+    /// to `assignee` (none: a tenant's own principals).
+    fn permits(&self, principal: &Principal, tenant: &str, assignee: Option<&str>) -> Result<(), Denied> {
         let groups: Vec<String> = self
             .platform
             .contracts
@@ -175,10 +194,64 @@ impl DicomWeb {
             .filter(|c| c.tenant == tenant)
             .flat_map(|c| c.reading_groups.clone())
             .collect();
-        let assignee =
-            if principal.kind == PrincipalKind::Group { self.assignments.assignee(study).await } else { None };
-        let resource = Resource::Study { tenant, contract_groups: &groups, assigned_reader: assignee.as_deref() };
+        let resource = Resource::Study { tenant, contract_groups: &groups, assigned_reader: assignee };
         authorize(principal, Action::ReadImages, &resource)
+    }
+
+    /// Visits the studies `principal` may see, until `visit` says stop: the
+    /// one `study` names, or those `seek` names in the index's order. A
+    /// reader's are the studies assigned to them (asked of routing once,
+    /// not per study); the permission is decided once per tenant. Nothing
+    /// is gathered first, so a search costs the page it answers.
+    async fn visit_visible(
+        &self,
+        principal: &Principal,
+        study: Option<&str>,
+        seek: &Seek,
+        mut visit: impl FnMut(Visible) -> Result<bool, WebError>,
+    ) -> Result<(), WebError> {
+        if let Some(uid) = study {
+            visit(self.study(principal, uid).await?)?;
+            return Ok(());
+        }
+        let tenants = self.tenants(principal)?;
+        let assigned = match (&principal.kind, &principal.reader) {
+            (PrincipalKind::Group, Some(reader)) => Some(self.assignments.assigned_to(reader).await),
+            (PrincipalKind::Group, None) => Some(Default::default()),
+            _ => None,
+        };
+        for tenant in tenants {
+            let assignee = assigned.as_ref().and(principal.reader.as_deref());
+            if self.permits(principal, &tenant, assignee).is_err() {
+                continue;
+            }
+            let seek = match &assigned {
+                Some(ids) => {
+                    let mut uids = Vec::new();
+                    for id in ids {
+                        uids.extend(self.index.study_uid(&tenant, *id)?);
+                    }
+                    uids.sort();
+                    Seek::Uids(uids)
+                }
+                None => seek.clone(),
+            };
+            let (mut failed, mut stopped) = (None, false);
+            self.index.visit_studies(&tenant, &seek, |uid, entry| {
+                match visit(Visible { tenant: tenant.clone(), uid: uid.to_owned(), entry }) {
+                    Ok(go_on) => stopped = !go_on,
+                    Err(e) => failed = Some(e),
+                }
+                !stopped && failed.is_none()
+            })?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            if stopped {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// The study `uid` as `principal` may see it.
@@ -312,8 +385,51 @@ fn include(
     Ok(())
 }
 
-fn page<T>(items: Vec<T>, q: &query::Query) -> Vec<T> {
-    items.into_iter().skip(q.offset).take(q.limit.unwrap_or(usize::MAX)).collect()
+/// One page of search results: `offset` matches skipped, at most `limit`
+/// kept (the request's, capped at the region's `max_results`, which is also
+/// the default), and whether the cap cut off more matches (PS3.18 8.3.4.2:
+/// the response then says so in a Warning; a client's own smaller limit
+/// is its paging, and gets none).
+struct Pager<T> {
+    skip: usize,
+    limit: usize,
+    capped: bool,
+    items: Vec<T>,
+    more: bool,
+}
+
+impl<T> Pager<T> {
+    fn new(q: &query::Query, max_results: usize) -> Pager<T> {
+        let capped = q.limit.is_none_or(|l| l > max_results);
+        let limit = q.limit.unwrap_or(max_results).min(max_results);
+        Pager { skip: q.offset, limit, capped, items: Vec::new(), more: false }
+    }
+
+    /// Takes one match; false once the page is full and one more was seen.
+    fn offer(&mut self, item: T) -> bool {
+        if self.skip > 0 {
+            self.skip -= 1;
+            return true;
+        }
+        if self.items.len() == self.limit {
+            self.more = self.capped;
+            return false;
+        }
+        self.items.push(item);
+        true
+    }
+}
+
+/// A search's DICOM JSON, with PS3.18's Warning when the page was cut.
+fn results(out: &[Value], more: bool, base: &str) -> Response {
+    let mut response = dicom_json(serde_json::to_vec(out).unwrap_or_default());
+    if more {
+        let warning = format!("299 {base} \"There are additional results that can be requested\"");
+        if let Ok(value) = HeaderValue::from_str(&warning) {
+            response.headers_mut().insert(header::WARNING, value);
+        }
+    }
+    response
 }
 
 fn parsed(params: &[(String, String)], level: Level) -> Result<query::Query, WebError> {
@@ -332,43 +448,37 @@ async fn search_studies(
 ) -> Result<Response, WebError> {
     let q = parsed(&p, Level::Study)?;
     let base = base_url(&headers);
-    let mut found = Vec::new();
-    for tenant in web.tenants(&principal)? {
-        for (uid, entry) in web.index.studies(&tenant)? {
-            let attrs = study_attrs(&entry, &uid, &base);
-            if q.matches(&[&attrs]) && web.allowed(&principal, &tenant, entry.study_id).await.is_ok() {
-                found.push((tenant.clone(), uid, entry, attrs));
-            }
-        }
-    }
-    let found = page(found, &q);
-    let accessed: Vec<_> = found.iter().map(|(t, _, e, _)| (t.as_str(), e.study_id, Vec::new())).collect();
-    web.audit(&principal, "qido-rs.search-studies", &accessed).await?;
+    let mut page = Pager::new(&q, web.max_results);
+    web.visit_visible(&principal, None, &q.seek(), |v| {
+        let attrs = study_attrs(&v.entry, &v.uid, &base);
+        Ok(!q.matches(&[&attrs]) || page.offer((v, attrs)))
+    })
+    .await?;
+    web.audit(&principal, "qido-rs.search-studies", &accessed(page.items.iter().map(|(v, _)| v))).await?;
     let mut out = Vec::new();
-    for (tenant, uid, _, mut attrs) in found {
+    for (v, mut attrs) in page.items {
         include(
             &web.index,
             &q,
-            &study_key(&tenant, &uid),
+            &study_key(&v.tenant, &v.uid),
             &[crate::index::SERIES_TAGS, crate::index::INSTANCE_TAGS],
             &mut attrs,
         )?;
         out.push(Value::Object(attrs));
     }
-    Ok(dicom_json(serde_json::to_vec(&out).unwrap_or_default()))
+    Ok(results(&out, page.more, &base))
 }
 
-/// Series of the visible studies (all, or the one named).
+/// Series of the visible studies (all, or the one named): one page of them.
 async fn series_of(
     web: &DicomWeb,
     principal: &Principal,
     study: Option<&str>,
     q: &query::Query,
     base: &str,
-) -> Result<Vec<Value>, WebError> {
-    let studies = scope(web, principal, study).await?;
-    let mut found = Vec::new();
-    for v in &studies {
+) -> Result<(Vec<Value>, bool), WebError> {
+    let mut page = Pager::new(q, web.max_results);
+    web.visit_visible(principal, study, &q.seek(), |v| {
         let sattrs = study_attrs(&v.entry, &v.uid, base);
         let mut series = web.index.series(&v.tenant, &v.uid)?;
         series.sort_by_key(|(_, s)| number(&s.attrs, "00200011"));
@@ -376,30 +486,23 @@ async fn series_of(
             let mut a = s.attrs.clone();
             a.insert("00201209".into(), is(s.instances));
             a.insert("00081190".into(), url(format!("{base}/studies/{}/series/{suid}", v.uid)));
-            if q.matches(&[&a, &sattrs]) {
-                found.push((v, suid, a));
+            if q.matches(&[&a, &sattrs]) && !page.offer((v.clone(), suid, a)) {
+                return Ok(false);
             }
         }
-    }
-    let found = page(found, q);
-    web.audit(principal, "qido-rs.search-series", &accessed(found.iter().map(|(v, _, _)| *v))).await?;
+        Ok(true)
+    })
+    .await?;
+    web.audit(principal, "qido-rs.search-series", &accessed(page.items.iter().map(|(v, _, _)| v))).await?;
     let mut out = Vec::new();
-    for (v, suid, mut a) in found {
+    for (v, suid, mut a) in page.items {
         // A series result names its study too.
         a.insert("0020000D".into(), json!({"vr": "UI", "Value": [v.uid]}));
         include(&web.index, q, &series_key(&v.tenant, &v.uid, &suid), &[crate::index::INSTANCE_TAGS], &mut a)?;
         a.sort_keys();
         out.push(Value::Object(a));
     }
-    Ok(out)
-}
-
-/// The study named, or every study the principal may see.
-async fn scope(web: &DicomWeb, principal: &Principal, study: Option<&str>) -> Result<Vec<Visible>, WebError> {
-    match study {
-        Some(uid) => Ok(vec![web.study(principal, uid).await?]),
-        None => visible_studies(web, principal).await,
-    }
+    Ok((out, page.more))
 }
 
 /// Each study behind `results` once, as the audit records it.
@@ -411,18 +514,6 @@ fn accessed<'a>(results: impl Iterator<Item = &'a Visible>) -> Vec<(&'a str, Uui
         }
     }
     out
-}
-
-async fn visible_studies(web: &DicomWeb, principal: &Principal) -> Result<Vec<Visible>, WebError> {
-    let mut out = Vec::new();
-    for tenant in web.tenants(principal)? {
-        for (uid, entry) in web.index.studies(&tenant)? {
-            if web.allowed(principal, &tenant, entry.study_id).await.is_ok() {
-                out.push(Visible { tenant: tenant.clone(), uid, entry });
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// The study and series UIDs of a search route (`/series`,
@@ -443,8 +534,9 @@ async fn search_series(
 ) -> Result<Response, WebError> {
     let q = parsed(&p, Level::Series)?;
     let (study, _) = scope_of(path);
-    let out = series_of(&web, &principal, study.as_deref(), &q, &base_url(&headers)).await?;
-    Ok(dicom_json(serde_json::to_vec(&out).unwrap_or_default()))
+    let base = base_url(&headers);
+    let (out, more) = series_of(&web, &principal, study.as_deref(), &q, &base).await?;
+    Ok(results(&out, more, &base))
 }
 
 async fn search_instances(
@@ -456,11 +548,13 @@ async fn search_instances(
 ) -> Result<Response, WebError> {
     let q = parsed(&p, Level::Instance)?;
     let (study, series) = scope_of(path);
-    let out = instances_of(&web, &principal, study.as_deref(), series.as_deref(), &q, &base_url(&headers)).await?;
-    Ok(dicom_json(serde_json::to_vec(&out).unwrap_or_default()))
+    let base = base_url(&headers);
+    let (out, more) = instances_of(&web, &principal, study.as_deref(), series.as_deref(), &q, &base).await?;
+    Ok(results(&out, more, &base))
 }
 
-/// Instances of the visible studies, of one study, or of one series.
+/// Instances of the visible studies, of one study, or of one series: one
+/// page of them.
 async fn instances_of(
     web: &DicomWeb,
     principal: &Principal,
@@ -468,10 +562,9 @@ async fn instances_of(
     series: Option<&str>,
     q: &query::Query,
     base: &str,
-) -> Result<Vec<Value>, WebError> {
-    let studies = scope(web, principal, study).await?;
-    let mut found = Vec::new();
-    for v in &studies {
+) -> Result<(Vec<Value>, bool), WebError> {
+    let mut page = Pager::new(q, web.max_results);
+    web.visit_visible(principal, study, &q.seek(), |v| {
         let sattrs = study_attrs(&v.entry, &v.uid, base);
         let series_attrs: Vec<(String, Attributes)> =
             web.index.series(&v.tenant, &v.uid)?.into_iter().map(|(uid, s)| (uid, s.attrs)).collect();
@@ -485,13 +578,15 @@ async fn instances_of(
         for (suid, sop, e) in instances {
             let empty = Attributes::new();
             let seriesa = series_attrs.iter().find(|(u, _)| *u == suid).map_or(&empty, |(_, a)| a);
-            if q.matches(&[&e.attrs, seriesa, &sattrs]) {
-                found.push((v, suid, sop, e));
+            if q.matches(&[&e.attrs, seriesa, &sattrs]) && !page.offer((v.clone(), suid, sop, e)) {
+                return Ok(false);
             }
         }
-    }
-    let found = page(found, q);
-    web.audit(principal, "qido-rs.search-instances", &accessed(found.iter().map(|(v, _, _, _)| *v))).await?;
+        Ok(true)
+    })
+    .await?;
+    let (found, page_more) = (page.items, page.more);
+    web.audit(principal, "qido-rs.search-instances", &accessed(found.iter().map(|(v, _, _, _)| v))).await?;
     let mut out = Vec::with_capacity(found.len());
     for (v, suid, sop, e) in found {
         let mut a = e.attrs;
@@ -512,7 +607,7 @@ async fn instances_of(
         a.sort_keys();
         out.push(Value::Object(a));
     }
-    Ok(out)
+    Ok((out, page_more))
 }
 
 /// Metadata of a study, series or instance: the stored DICOM JSON.

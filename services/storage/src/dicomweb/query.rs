@@ -6,7 +6,7 @@ use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
 use dicom_dictionary_std::StandardDataDictionary;
 use serde_json::Value;
 
-use crate::index::{Attributes, INSTANCE_TAGS, SERIES_TAGS, STUDY_TAGS};
+use crate::index::{Attributes, INSTANCE_TAGS, SERIES_TAGS, STUDY_TAGS, Seek};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Level {
@@ -115,6 +115,30 @@ pub fn parse(pairs: &[(String, String)], level: Level) -> Result<Query, String> 
 }
 
 impl Query {
+    /// Where a study-level search can start: the studies one filter names
+    /// through the index's keys (UIDs, Patient ID, Accession Number, Study
+    /// Date), or all. The filters are still matched on every candidate.
+    pub fn seek(&self) -> Seek {
+        let filter = |tag: &str| self.filters.iter().find(|(t, v)| t == tag && !v.is_empty()).map(|(_, v)| v.as_str());
+        if let Some(uids) = filter("0020000D") {
+            return Seek::Uids(uids.split(['\\', ',']).map(str::to_owned).collect());
+        }
+        let exact = |v: &str| !v.contains(['*', '?', '\\']);
+        for tag in ["00100020", "00080050"] {
+            if let Some(value) = filter(tag).filter(|v| exact(v)) {
+                return Seek::Value { tag: tag.into(), value: value.into() };
+            }
+        }
+        match filter("00080020") {
+            Some(date) if date.contains('-') => {
+                let (from, to) = date.split_once('-').unwrap_or((date, ""));
+                Seek::Range { tag: "00080020".into(), from: from.into(), to: to.into() }
+            }
+            Some(date) if exact(date) => Seek::Value { tag: "00080020".into(), value: date.into() },
+            _ => Seek::All,
+        }
+    }
+
     /// Whether every filter matches, looking each tag up in `levels` in turn.
     pub fn matches(&self, levels: &[&Attributes]) -> bool {
         self.filters.iter().all(|(tag, wanted)| {
@@ -231,6 +255,26 @@ mod tests {
         assert!(matches(Some(&number), "12"));
         assert!(!matches(None, "x"));
         assert!(matches(None, ""), "an empty value matches everything");
+    }
+
+    #[test]
+    fn a_search_seeks_through_the_index_keys_its_filters_name() {
+        let seek = |q: &[(&str, &str)]| parse(&pairs(q), Level::Study).unwrap().seek();
+        assert_eq!(seek(&[("limit", "5")]), Seek::All);
+        assert_eq!(
+            seek(&[("StudyInstanceUID", "1.2\\1.3"), ("PatientID", "P7")]),
+            Seek::Uids(vec!["1.2".into(), "1.3".into()])
+        );
+        assert_eq!(seek(&[("PatientID", "P7")]), Seek::Value { tag: "00100020".into(), value: "P7".into() });
+        assert_eq!(
+            seek(&[("PatientID", "P*"), ("AccessionNumber", "A1")]),
+            Seek::Value { tag: "00080050".into(), value: "A1".into() }
+        );
+        assert_eq!(
+            seek(&[("StudyDate", "20260101-")]),
+            Seek::Range { tag: "00080020".into(), from: "20260101".into(), to: String::new() }
+        );
+        assert_eq!(seek(&[("PatientName", "DOE*"), ("PatientID", "")]), Seek::All);
     }
 
     #[test]

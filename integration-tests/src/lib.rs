@@ -260,6 +260,13 @@ pub mod bench {
     /// Writes `ct` as a Part-10 file (explicit VR little endian) at `path`;
     /// returns its size.
     pub fn write_synthetic(path: &Path, ct: &Synthetic<'_>) -> anyhow::Result<u64> {
+        let bytes = synthetic(ct)?;
+        std::fs::write(path, &bytes)?;
+        Ok(bytes.len() as u64)
+    }
+
+    /// `ct` as the bytes of a Part-10 file (explicit VR little endian).
+    pub fn synthetic(ct: &Synthetic<'_>) -> anyhow::Result<Vec<u8>> {
         let side = usize::from(ct.side);
         let pixels: Vec<u16> = (0..side * side).map(|p| ((p * 7 + ct.number * 13) % 4096) as u16).collect();
         let mut obj = InMemDicomObject::from_element_iter([
@@ -296,8 +303,9 @@ pub mod bench {
             .media_storage_sop_instance_uid(ct.sop)
             .transfer_syntax("1.2.840.10008.1.2.1")
             .build()?;
-        obj.with_exact_meta(meta).write_to_file(path)?;
-        Ok(std::fs::metadata(path)?.len())
+        let mut bytes = Vec::new();
+        obj.with_exact_meta(meta).write_all(&mut bytes)?;
+        Ok(bytes)
     }
 
     /// Writes `n` CT slices of 512×512×16 bit (≈ 0.5 MB) of `series` in
@@ -402,6 +410,28 @@ pub mod bench {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(child)
+    }
+
+    /// A GET over a fresh connection: (ms to the first byte, ms to the
+    /// last, status, bytes).
+    pub fn timed_get(addr: &str, path: &str, token: &str, accept: &str) -> anyhow::Result<(f64, f64, u16, usize)> {
+        use std::io::{Read, Write};
+        let started = Instant::now();
+        let mut stream = std::net::TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes())?;
+        let mut first = [0u8; 1];
+        stream.read_exact(&mut first)?;
+        let first_byte = started.elapsed().as_secs_f64() * 1e3;
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest)?;
+        let total = started.elapsed().as_secs_f64() * 1e3;
+        let head = String::from_utf8_lossy(&rest[..rest.len().min(20)]).into_owned();
+        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        Ok((first_byte, total, status, rest.len() + 1))
     }
 
     pub fn percentiles(mut ms: Vec<f64>) -> (f64, f64) {

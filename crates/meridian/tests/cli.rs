@@ -1105,6 +1105,22 @@ async fn dev_serves_three_regions_with_health_reflection_dicom_echo_and_auth_and
         .unwrap();
     let text = String::from_utf8_lossy(&rebuild.stdout);
     assert!(rebuild.status.success() && text.contains("5 events applied") && text.contains("matches"), "{text}");
+    for name in ["ingest.studies", "routing.worklist"] {
+        let rebuild = Command::new(MERIDIAN)
+            .args(["projection", "rebuild", name, "--region", "us-east", "--data-dir"])
+            .arg(data.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&rebuild.stdout);
+        assert!(rebuild.status.success() && text.contains("matches"), "{name}: {text}");
+    }
+    let unknown = Command::new(MERIDIAN)
+        .args(["projection", "rebuild", "no.such", "--region", "us-east", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&unknown.stderr);
+    assert!(!unknown.status.success() && said.contains("routing.worklist"), "the known ones are named: {said}");
     let denied = Command::new(MERIDIAN)
         .args(["log", "tail", "--region", "us-east", "--as", "acme-pacs", "--data-dir"])
         .arg(data.path())

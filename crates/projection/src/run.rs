@@ -29,6 +29,52 @@ pub async fn catch_up<P: Projection>(
     }
 }
 
+/// What a rebuild found.
+#[derive(Clone, Debug)]
+pub struct Rebuilt {
+    pub applied: u64,
+    pub duplicates: u64,
+    /// Skipped for any reason (unreadable, shredded, unknown key, conflict).
+    pub skipped: u64,
+    pub duration: Duration,
+    /// The rebuilt state and positions equal the live ones it replaced.
+    pub matches_previous: bool,
+}
+
+/// Throws `live` away for a fresh replay from `starts`: both are brought
+/// to the same point of the log and compared (a projection that does not
+/// rebuild to what it held has a bug), then the fresh one takes `live`'s
+/// place. The caller holds `live`'s lock throughout, so nothing is lost or
+/// applied twice meanwhile.
+pub async fn rebuild<P: Projection>(
+    live: &mut Projector<P>,
+    starts: Vec<Position>,
+    log: &dyn EventLog,
+    keys: &dyn KeyStore,
+    idle: Duration,
+) -> Result<Rebuilt, Error> {
+    let started = Instant::now();
+    let mut fresh = Projector::<P>::new(starts);
+    catch_up(log, keys, &mut fresh, idle).await?;
+    for _ in 0..3 {
+        catch_up(log, keys, live, idle).await?;
+        catch_up(log, keys, &mut fresh, idle).await?;
+        if live.positions() == fresh.positions() {
+            break;
+        }
+    }
+    let matches_previous = live.positions() == fresh.positions() && live.state() == fresh.state();
+    let s = fresh.stats().clone();
+    *live = fresh;
+    Ok(Rebuilt {
+        applied: s.applied,
+        duplicates: s.duplicates,
+        skipped: s.corrupt_envelopes + s.unreadable_payloads + s.shredded + s.unknown_keys + s.conflicts,
+        duration: started.elapsed(),
+        matches_previous,
+    })
+}
+
 /// How a projection was opened: from a snapshot or from the start, and how
 /// much of the log it read to catch up.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -128,11 +174,14 @@ impl Snapshotter {
     /// Writes what [`encode_if_due`](Self::encode_if_due) gave, atomically.
     pub async fn write<P: Projection>(&self, fed: u64, bytes: Vec<u8>) -> Result<(), Error> {
         let files = self.files.clone();
+        let (size, started) = (bytes.len(), Instant::now());
         tokio::task::spawn_blocking(move || files.write::<P>(&bytes)).await.map_err(|e| Error::Snapshot {
             projection: P::NAME,
             operation: "save",
             reason: e.to_string(),
         })??;
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        tracing::debug!(projection = P::NAME, bytes = size, ms, "snapshot written");
         *self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = (fed, Instant::now());
         Ok(())
     }

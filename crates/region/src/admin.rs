@@ -16,7 +16,6 @@ use meridian_proto::admin::v1::admin_service_server::AdminService;
 use tonic::{Request, Response, Status};
 
 use crate::node::Region;
-use crate::summary::EventSummary;
 
 pub struct Admin {
     region: Arc<Region>,
@@ -120,21 +119,22 @@ impl AdminService for Admin {
     ) -> Result<Response<pb::RebuildProjectionResponse>, Status> {
         self.allow(&request, Action::RebuildProjection)?;
         let name = request.into_inner().name;
-        if name != <EventSummary as meridian_projection::Projection>::NAME {
+        let Some(done) = self.region.rebuild(&name).await.map_err(|e| Status::internal(e.to_string()))? else {
             return Err(Status::not_found(format!(
-                "no projection {name:?} in region {}; known: events.summary",
-                self.region.name
+                "no projection {name:?} in region {}; known: {}",
+                self.region.name,
+                crate::node::PROJECTIONS.join(", ")
             )));
-        }
-        let rebuilt = self.region.rebuild_summary().await.map_err(|e| Status::internal(e.to_string()))?;
+        };
+        let r = done.rebuilt;
         Ok(Response::new(pb::RebuildProjectionResponse {
             name,
-            events_applied: rebuilt.applied,
-            duplicates: rebuilt.duplicates,
-            skipped: rebuilt.skipped,
-            duration_micros: rebuilt.duration.as_micros() as u64,
-            matches_previous: rebuilt.matches_previous,
-            summary: rebuilt.summary,
+            events_applied: r.applied,
+            duplicates: r.duplicates,
+            skipped: r.skipped,
+            duration_micros: r.duration.as_micros() as u64,
+            matches_previous: r.matches_previous,
+            summary: done.summary,
         }))
     }
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use meridian_auth::TokenVerifier;
 use meridian_config::{LogConfig, ObjectStoreConfig, Platform};
@@ -14,7 +14,7 @@ use meridian_log::embedded::{EmbeddedKeyStore, EmbeddedLog, EmbeddedOptions};
 use meridian_log::kafka::{KafkaConfig, KafkaLog};
 use meridian_log::{EventLog, Position, TopicName, TopicSpec};
 use meridian_projection::Projector;
-use meridian_projection::run::{Resumed, Snapshotter, catch_up, resume};
+use meridian_projection::run::{Resumed, Snapshotter, catch_up, rebuild, resume};
 use meridian_projection::snapshot::FileSnapshots;
 use tokio::sync::{Mutex, watch};
 
@@ -37,6 +37,8 @@ pub enum RegionError {
     Config { region: String, reason: String },
     #[error("region {region}: bootstrap of reader {reader}: {reason}")]
     Bootstrap { region: String, reader: String, reason: String },
+    #[error("region {region}: rebuilding {projection}: {reason}")]
+    Rebuild { region: String, projection: String, reason: String },
 }
 
 /// A projection's snapshot is due after this many records or this long,
@@ -45,14 +47,13 @@ pub enum RegionError {
 pub const SNAPSHOT_EVERY_EVENTS: u64 = 10_000;
 pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(30);
 
-/// What a rebuild found.
+/// The projections a region rebuilds on request.
+pub const PROJECTIONS: [&str; 3] = ["events.summary", "ingest.studies", "routing.worklist"];
+
+/// What a rebuild found, and the rebuilt state in a line.
 #[derive(Clone, Debug)]
 pub struct Rebuilt {
-    pub applied: u64,
-    pub duplicates: u64,
-    pub skipped: u64,
-    pub duration: Duration,
-    pub matches_previous: bool,
+    pub rebuilt: meridian_projection::run::Rebuilt,
     pub summary: String,
 }
 
@@ -462,35 +463,33 @@ impl Region {
     pub async fn rebuild_summary(&self) -> Result<Rebuilt, RegionError> {
         let err = |source| RegionError::Projection { region: self.name.clone(), source };
         let mut live = self.summary.lock().await;
-        let started = Instant::now();
-        let mut fresh = Projector::<EventSummary>::new(self.start_positions());
-        let idle = self.idle;
-        catch_up(self.log.as_ref(), self.keys.as_ref(), &mut fresh, idle).await.map_err(err)?;
-        // Bring both to the same point to compare them.
-        for _ in 0..3 {
-            catch_up(self.log.as_ref(), self.keys.as_ref(), &mut live, idle).await.map_err(err)?;
-            catch_up(self.log.as_ref(), self.keys.as_ref(), &mut fresh, idle).await.map_err(err)?;
-            if live.positions() == fresh.positions() {
-                break;
-            }
-        }
-        let matches_previous = live.positions() == fresh.positions() && live.state() == fresh.state();
-        let stats = fresh.stats().clone();
-        let summary = fresh.state().render();
-        *live = fresh;
+        let rebuilt = rebuild(&mut live, self.start_positions(), self.log.as_ref(), self.keys.as_ref(), self.idle)
+            .await
+            .map_err(err)?;
         self.snapshots.save(&live.snapshot()).map_err(err)?;
-        Ok(Rebuilt {
-            applied: stats.applied,
-            duplicates: stats.duplicates,
-            skipped: stats.corrupt_envelopes
-                + stats.unreadable_payloads
-                + stats.shredded
-                + stats.unknown_keys
-                + stats.conflicts,
-            duration: started.elapsed(),
-            matches_previous,
-            summary,
-        })
+        Ok(Rebuilt { rebuilt, summary: live.state().render() })
+    }
+
+    /// Rebuilds the projection `name` from the log (see
+    /// [`meridian_projection::run::rebuild`]) and snapshots it. Ingest's and
+    /// routing's writers wait while theirs is rebuilt.
+    pub async fn rebuild(&self, name: &str) -> Result<Option<Rebuilt>, RegionError> {
+        let err =
+            |reason: String| RegionError::Rebuild { region: self.name.clone(), projection: name.to_owned(), reason };
+        match name {
+            "events.summary" => self.rebuild_summary().await.map(Some),
+            "ingest.studies" => {
+                let rebuilt = self.ingest.rebuild(self.idle).await.map_err(|e| err(e.to_string()))?;
+                let (open, closed) = self.ingest.read(|s| (s.open.len(), s.closed.len())).await;
+                Ok(Some(Rebuilt { rebuilt, summary: format!("{open} open studies, {closed} completed") }))
+            }
+            "routing.worklist" => {
+                let rebuilt = self.routing.rebuild(self.idle).await.map_err(|e| err(e.to_string()))?;
+                let (readers, studies) = self.routing.read(|s| (s.readers.len(), s.studies.len())).await;
+                Ok(Some(Rebuilt { rebuilt, summary: format!("{readers} readers, {studies} studies") }))
+            }
+            _ => Ok(None),
+        }
     }
 }
 

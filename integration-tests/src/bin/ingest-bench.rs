@@ -22,7 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use meridian_integration_tests::bench::{
-    MkDir, STUDY, arg, peak_rss_mb, percentiles, slices, start_dev, start_orthanc, wait_for_port,
+    MkDir, STUDY, arg, peak_rss_mb, percentiles, slices, start_dev, start_orthanc, timed_get, wait_for_port,
 };
 
 /// Sends `files` over `associations` parallel storescu runs; returns seconds.
@@ -192,26 +192,6 @@ fn start_peers(dir: &Path, port_base: u16) -> anyhow::Result<Vec<Peer>> {
 
 /// One GET over a fresh connection: (time to the first response byte,
 /// time to the last, status, body bytes).
-fn timed_get(addr: &str, path: &str, token: &str, accept: &str) -> anyhow::Result<(f64, f64, u16, usize)> {
-    use std::io::{Read, Write};
-    let started = Instant::now();
-    let mut stream = std::net::TcpStream::connect(addr)?;
-    stream.set_nodelay(true)?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes())?;
-    let mut first = [0u8; 1];
-    stream.read_exact(&mut first)?;
-    let first_byte = started.elapsed().as_secs_f64() * 1e3;
-    let mut rest = Vec::new();
-    stream.read_to_end(&mut rest)?;
-    let total = started.elapsed().as_secs_f64() * 1e3;
-    let head = String::from_utf8_lossy(&rest[..rest.len().min(20)]).into_owned();
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    Ok((first_byte, total, status, rest.len() + 1))
-}
-
 /// DICOMweb figures on a `meridian dev` started on `dir`, the last run's
 /// meridian data: (a)'s series of `n` instances among others.
 fn dicomweb_figures(dir: &Path, n: usize, series: &str) -> anyhow::Result<()> {

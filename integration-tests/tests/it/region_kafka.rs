@@ -77,7 +77,13 @@ async fn a_region_runs_on_kafka_with_topics_provisioned_from_config() {
     // and a rebuild from the broker equals the state it resumed from.
     drop(region);
     let region = Region::open("in-south", dir.path(), platform, verifier, Default::default(), now).await.unwrap();
-    let rebuilt = region.rebuild_summary().await.unwrap();
+    let rebuilt = region.rebuild_summary().await.unwrap().rebuilt;
     assert_eq!((rebuilt.applied, rebuilt.duplicates, rebuilt.skipped), (5, 0, 0), "{rebuilt:?}");
     assert!(rebuilt.matches_previous);
+    // Every projection rebuilds from the broker to what it held.
+    for name in meridian_region::node::PROJECTIONS {
+        let done = region.rebuild(name).await.unwrap().expect(name);
+        assert!(done.rebuilt.matches_previous, "{name}: {done:?}");
+    }
+    assert!(region.rebuild("no.such.projection").await.unwrap().is_none());
 }

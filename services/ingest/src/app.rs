@@ -27,7 +27,7 @@ use meridian_events::{
 };
 use meridian_log::failpoint::FailPoints;
 use meridian_log::{EventLog, Outgoing, Position, TopicName};
-use meridian_projection::run::{Resumed, Snapshotter, resume};
+use meridian_projection::run::{Rebuilt, Resumed, Snapshotter, rebuild, resume};
 use meridian_projection::{Event as Logged, Projection, Projector};
 use meridian_proto::events::v1 as pb;
 use meridian_storage::index::{IndexError, Received, StudyIndex};
@@ -147,6 +147,8 @@ pub struct Ingest {
     suspects: Mutex<BTreeMap<String, UnixMicros>>,
     snapshots: Snapshotter,
     opened: Resumed,
+    /// Where a replay of the studies starts: every partition of both topics.
+    starts: Vec<Position>,
 }
 
 fn topic(region: &str, class: DataClass) -> Result<TopicName, Error> {
@@ -177,7 +179,7 @@ impl Ingest {
             }
         }
         let (projector, opened) =
-            resume::<IngestProjection>(snapshots.files(), positions, log.as_ref(), keys.as_ref(), idle).await?;
+            resume::<IngestProjection>(snapshots.files(), positions.clone(), log.as_ref(), keys.as_ref(), idle).await?;
         let indexed = index.catch_up(log.as_ref(), keys.as_ref(), phi.blobs().as_ref(), &phi_topic, idle).await?;
         if indexed > 0 {
             tracing::info!(region, instances = indexed, "study index caught up from the log");
@@ -198,7 +200,18 @@ impl Ingest {
             suspects: Mutex::new(BTreeMap::new()),
             snapshots,
             opened,
+            starts: positions,
         })
+    }
+
+    /// Rebuilds the studies from the log and snapshots them; arrivals wait.
+    pub async fn rebuild(&self, idle: Duration) -> Result<Rebuilt, Error> {
+        let rebuilt = {
+            let mut projector = self.projector.lock().await;
+            rebuild(&mut projector, self.starts.clone(), self.log.as_ref(), self.keys.as_ref(), idle).await?
+        };
+        self.snapshot(true).await?;
+        Ok(rebuilt)
     }
 
     /// How the studies projection was opened (snapshot, tail, time).

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use meridian_events::{DataClass, EventId, EventMeta, KeyStore, UnixMicros};
 use meridian_log::{EventLog, Outgoing, Position, TopicName};
-use meridian_projection::run::{Resumed, Snapshotter, catch_up, resume};
+use meridian_projection::run::{Rebuilt, Resumed, Snapshotter, catch_up, rebuild, resume};
 use meridian_projection::{Event as Logged, Projection, Projector};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, watch};
@@ -224,6 +224,20 @@ impl Routing {
             snapshots,
             opened,
         })
+    }
+
+    /// Rebuilds the state from the routing topic and snapshots it; commands
+    /// wait meanwhile.
+    pub async fn rebuild(&self, idle: Duration) -> Result<Rebuilt, Error> {
+        let rebuilt = {
+            let mut projector = self.projector.lock().await;
+            let partitions = self.log.partitions(&self.topic).await?;
+            let starts = (0..partitions).map(|p| Position::start(self.topic.clone(), p)).collect();
+            rebuild(&mut projector, starts, self.log.as_ref(), self.keys.as_ref(), idle).await?
+        };
+        self.announce();
+        self.snapshot(true).await?;
+        Ok(rebuilt)
     }
 
     /// How the state was opened (snapshot, tail, time).

@@ -87,10 +87,17 @@ pub struct EmbeddedLog {
     committed: watch::Receiver<u64>,
 }
 
+/// The page cache of an embedded log file. redb's default (1 GiB a file)
+/// would let a region's memory grow with its history; appends and readers
+/// near the tail need far less.
+pub const LOG_CACHE_BYTES: usize = 64 << 20;
+/// The page cache of a key store in its own file.
+pub const KEYS_CACHE_BYTES: usize = 16 << 20;
+
 impl EmbeddedLog {
     /// Opens (or creates) the log at `path`.
     pub fn open(path: &Path, options: EmbeddedOptions) -> Result<EmbeddedLog, Error> {
-        let db = Arc::new(store("open", Database::builder().create(path))?);
+        let db = Arc::new(store("open", Database::builder().set_cache_size(LOG_CACHE_BYTES).create(path))?);
         let mut topics = HashMap::new();
         let mut next_offsets = HashMap::new();
         {
@@ -566,7 +573,7 @@ pub struct EmbeddedKeyStore {
 impl EmbeddedKeyStore {
     /// A key store in its own file (for regions whose log is not embedded).
     pub fn open(path: &Path) -> Result<EmbeddedKeyStore, Error> {
-        let db = store("open key store", Database::builder().create(path))?;
+        let db = store("open key store", Database::builder().set_cache_size(KEYS_CACHE_BYTES).create(path))?;
         let tx = store("open key store", db.begin_write())?;
         store("open key store", tx.open_table(DATA_KEYS))?;
         store("open key store", tx.open_table(STUDY_KEYS))?;

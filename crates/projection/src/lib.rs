@@ -19,7 +19,9 @@
 //! # Layout
 //! - [`Projection`], [`Projector`], [`Stats`]: the fold and its driver.
 //! - [`snapshot`]: atomic snapshot files.
-//! - [`run`]: reading a log into a projector until told to stop.
+//! - [`run`]: reading a log into a projector; opening one from its snapshot
+//!   and tail; snapshots on a schedule; rebuilding.
+//! - [`live`]: a projection a service serves from memory, behind one lock.
 
 #![forbid(unsafe_code)]
 
@@ -34,6 +36,7 @@ use meridian_log::{Position, Record, TopicName};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub mod live;
 pub mod run;
 pub mod snapshot;
 

@@ -91,9 +91,15 @@ pub async fn serve(
 
     shutdown.await;
     tracing::info!(region = %name, "shutting down");
+    // Long passes end at their next step; no step is cut between its
+    // commit and its fold.
+    region.routing.stop_intake();
+    region.derivatives.stop();
     let _ = stop.send(true);
-    // Everything that was running gets a bounded time to finish: a watch
-    // stream or a stuck peer must not keep the process up.
+    // Servers and associations get a bounded time to finish: a watch
+    // stream or a stuck peer must not keep the process up. Past it they
+    // are left to the process's exit (as a crash would, which loses
+    // nothing acknowledged), never cancelled mid-step while others run.
     let deadline = tokio::time::Instant::now() + DRAIN;
     let grpc = match drain(grpc, deadline, &name, "gRPC").await {
         Some(Ok(r)) => r.map_err(|e| grpc_err(e.to_string())),
@@ -126,19 +132,20 @@ pub async fn serve(
 /// again by their peer); nothing acknowledged depends on this.
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Awaits `task` until `deadline`, then aborts it. `None` when aborted.
+/// Awaits `task` until `deadline`. `None` when it is still running then:
+/// it is not cancelled (a write path cut between its append and its fold
+/// would leave others deciding against a stale state) but left to end
+/// with the process.
 async fn drain<T>(
     task: tokio::task::JoinHandle<T>,
     deadline: tokio::time::Instant,
     region: &str,
     what: &str,
 ) -> Option<Result<T, tokio::task::JoinError>> {
-    let abort = task.abort_handle();
     match tokio::time::timeout_at(deadline, task).await {
         Ok(done) => Some(done),
         Err(_) => {
-            tracing::warn!(%region, what, "still running at the shutdown deadline: stopped");
-            abort.abort();
+            tracing::warn!(%region, what, "still running at the shutdown deadline: left to the exit");
             None
         }
     }
@@ -230,13 +237,9 @@ where
         }
         #[allow(clippy::disallowed_methods)] // the edge: the timers' clock
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        // Shutdown does not wait for a long pass (a backlog of intake):
-        // each step of it commits atomically with its input positions, so
-        // stopping between steps loses nothing and the next start goes on.
-        tokio::select! {
-            () = &mut shutdown => return,
-            () = work(meridian_events::UnixMicros(now.as_micros() as i64)) => {}
-        }
+        // A pass runs to its end: long ones (intake) stop at their next
+        // step when the region stops, never between a commit and its fold.
+        work(meridian_events::UnixMicros(now.as_micros() as i64)).await;
     }
 }
 

@@ -86,6 +86,11 @@ fn instance(k: u64, per_study: u64) -> anyhow::Result<Vec<u8>> {
     synthetic(&ct)
 }
 
+/// Instances a stream has sent and not yet had answered: a sender with a
+/// window, as a PACS with a few associations is; the latency measured is
+/// the region's, not a queue's.
+const IN_FLIGHT: usize = 8;
+
 /// Sends instances `from..to` over `streams` gRPC upload streams; returns
 /// each instance's acknowledgement latency (ms).
 async fn fill(e: &Endpoints, from: u64, to: u64, per_study: u64, streams: u64) -> anyhow::Result<Vec<f64>> {
@@ -99,10 +104,12 @@ async fn fill(e: &Endpoints, from: u64, to: u64, per_study: u64, streams: u64) -
             let mut client = IngestServiceClient::new(channel);
             let (tx, rx) = tokio::sync::mpsc::channel::<ingest::UploadInstancesRequest>(64);
             let sent = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+            let window = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
             let sending = {
-                let sent = sent.clone();
+                let (sent, window) = (sent.clone(), window.clone());
                 tokio::spawn(async move {
                     for k in start..end {
+                        window.acquire().await?.forget();
                         let bytes = instance(k, per_study)?;
                         let header = ingest::InstanceHeader {
                             idempotency_key: String::new(),
@@ -126,6 +133,7 @@ async fn fill(e: &Endpoints, from: u64, to: u64, per_study: u64, streams: u64) -
             let mut latencies = Vec::with_capacity((end - start) as usize);
             while let Some(answer) = answers.message().await? {
                 let at = sent.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop_front();
+                window.add_permits(1);
                 latencies.push(at.map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3));
                 anyhow::ensure!(
                     matches!(answer.result, Some(ingest::upload_instances_response::Result::Stored(_))),
@@ -199,6 +207,34 @@ fn snapshot_writes(log: &Path, from: usize) -> Vec<(String, f64, f64)> {
         .collect()
 }
 
+/// Where the study index's bytes go: per table, its entries and the bytes
+/// stored in them, its B-tree pages and fragmentation, beside the file.
+fn index_report(path: &Path, instances: u64) -> anyhow::Result<()> {
+    use redb::{ReadableDatabase, ReadableTableMetadata, TableHandle};
+    let db = redb::Database::open(path)?;
+    let txn = db.begin_read()?;
+    let mut total = 0;
+    println!("\nstudy index {} ({:.0} MB file):", path.display(), file_mb(path));
+    println!("table | entries | stored MB | B/instance | metadata MB | fragmented MB");
+    for handle in txn.list_tables()? {
+        let table = txn.open_untyped_table(handle.clone())?;
+        let stats = table.stats()?;
+        let bytes = stats.stored_bytes() + stats.metadata_bytes() + stats.fragmented_bytes();
+        total += bytes;
+        println!(
+            "{} | {} | {:.1} | {:.0} | {:.1} | {:.1}",
+            handle.name(),
+            table.len()?,
+            stats.stored_bytes() as f64 / 1e6,
+            stats.stored_bytes() as f64 / instances as f64,
+            stats.metadata_bytes() as f64 / 1e6,
+            stats.fragmented_bytes() as f64 / 1e6
+        );
+    }
+    println!("all tables: {:.0} MB in pages, {:.0} B/instance", total as f64 / 1e6, total as f64 / instances as f64);
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let stages: Vec<u64> = arg("--stages")
@@ -268,5 +304,5 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     terminate(&mut child)?;
-    Ok(())
+    index_report(&dir.join("us-east/index.redb"), instances)
 }

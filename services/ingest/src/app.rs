@@ -27,7 +27,8 @@ use meridian_events::{
 };
 use meridian_log::failpoint::FailPoints;
 use meridian_log::{EventLog, Outgoing, Position, TopicName};
-use meridian_projection::run::{Rebuilt, Resumed, Snapshotter, rebuild, resume};
+use meridian_projection::live::Live;
+use meridian_projection::run::{Rebuilt, Resumed, Snapshotter};
 use meridian_projection::{Event as Logged, Projection, Projector};
 use meridian_proto::events::v1 as pb;
 use meridian_storage::index::{IndexError, Received, StudyIndex};
@@ -139,16 +140,12 @@ pub struct Ingest {
     keys: Arc<dyn KeyStore>,
     phi_topic: TopicName,
     ops_topic: TopicName,
-    projector: Mutex<Projector<IngestProjection>>,
+    projector: Live<IngestProjection>,
     /// Arrivals waiting for the next group commit.
     arrivals: std::sync::Mutex<Vec<(Arrival, Answer)>>,
     failpoints: FailPoints,
     /// Orphans seen by the last sweep, and when.
     suspects: Mutex<BTreeMap<String, UnixMicros>>,
-    snapshots: Snapshotter,
-    opened: Resumed,
-    /// Where a replay of the studies starts: every partition of both topics.
-    starts: Vec<Position>,
 }
 
 fn topic(region: &str, class: DataClass) -> Result<TopicName, Error> {
@@ -178,8 +175,7 @@ impl Ingest {
                 positions.push(Position::start(t.clone(), p));
             }
         }
-        let (projector, opened) =
-            resume::<IngestProjection>(snapshots.files(), positions.clone(), log.as_ref(), keys.as_ref(), idle).await?;
+        let projector = Live::open(snapshots, positions, log.as_ref(), keys.as_ref(), idle).await?;
         let indexed = index.catch_up(log.as_ref(), keys.as_ref(), phi.blobs().as_ref(), &phi_topic, idle).await?;
         if indexed > 0 {
             tracing::info!(region, instances = indexed, "study index caught up from the log");
@@ -194,45 +190,33 @@ impl Ingest {
             keys,
             phi_topic,
             ops_topic,
-            projector: Mutex::new(projector),
+            projector,
             arrivals: std::sync::Mutex::new(Vec::new()),
             failpoints,
             suspects: Mutex::new(BTreeMap::new()),
-            snapshots,
-            opened,
-            starts: positions,
         })
     }
 
     /// Rebuilds the studies from the log and snapshots them; arrivals wait.
     pub async fn rebuild(&self, idle: Duration) -> Result<Rebuilt, Error> {
-        let rebuilt = {
-            let mut projector = self.projector.lock().await;
-            rebuild(&mut projector, self.starts.clone(), self.log.as_ref(), self.keys.as_ref(), idle).await?
-        };
-        self.snapshot(true).await?;
-        Ok(rebuilt)
+        Ok(self.projector.rebuild(self.log.as_ref(), self.keys.as_ref(), idle).await?)
     }
 
     /// How the studies projection was opened (snapshot, tail, time).
     pub fn opened(&self) -> &Resumed {
-        &self.opened
+        self.projector.opened()
     }
 
     /// What the studies projection did with its input, by reason.
     pub async fn stats(&self) -> meridian_projection::Stats {
-        self.projector.lock().await.stats().clone()
+        self.projector.stats().await
     }
 
     /// Writes the studies' snapshot when one is due (`force`: whenever
     /// anything changed since the last, as at shutdown). The lock that
     /// acknowledgements wait on is held only while it is encoded.
     pub async fn snapshot(&self, force: bool) -> Result<(), Error> {
-        let encoded = self.snapshots.encode_if_due(&*self.projector.lock().await, force)?;
-        if let Some((fed, bytes)) = encoded {
-            self.snapshots.write::<IngestProjection>(fed, bytes).await?;
-        }
-        Ok(())
+        Ok(self.projector.snapshot(force).await?)
     }
 
     /// Reads the studies under the lock.

@@ -301,3 +301,173 @@ pub fn completions(
         .filter_map(|(id, _)| completion(state, *id, now, &jurisdiction).map(|c| (*id, c)))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    //! The fold reads two topics with no order between them: any
+    //! interleaving of the same per-topic sequences must end in the same
+    //! state, and a snapshot (serialized) plus the rest must equal folding
+    //! everything at once.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn meta(study: Uuid, stream: &str, version: u64, at: i64) -> EventMeta {
+        EventMeta {
+            event_id: meridian_events::EventId(Uuid::from_u128(u128::from(version) << 64 | study.as_u128() & 0xffff)),
+            aggregate_type: stream.into(),
+            aggregate_id: study,
+            aggregate_version: version,
+            tenant: "acme".into(),
+            home_region: "us-east".into(),
+            occurred_at: UnixMicros(at),
+            causation_id: None,
+            correlation_id: None,
+            traceparent: None,
+        }
+    }
+
+    type Logged = (Payload, EventMeta);
+
+    /// One study's history as ingest writes it, on its two topics: `sent`
+    /// instances (ids drawn from a few, so some are new versions), the
+    /// completion after `before_completion` of them, updates after it,
+    /// and a refusal.
+    fn study(s: u128, sent: &[u8], before_completion: usize, refused: bool) -> (Vec<Logged>, Vec<Logged>) {
+        let id = Uuid::from_u128(s);
+        let (mut phi, mut ops) = (Vec::new(), Vec::new());
+        let (mut instances, mut series) = (BTreeMap::new(), BTreeSet::new());
+        let mut version = 0;
+        for (n, i) in sent.iter().enumerate() {
+            let at = 1_000 + n as i64;
+            let received = pb::InstanceReceived {
+                study_id: id.to_string(),
+                series_id: format!("series-{}", i % 2),
+                instance_id: format!("instance-{i}"),
+                sha256: format!("sha-{n}"),
+                replaces_earlier_version: instances.contains_key(i),
+                modality: "CT".into(),
+                ..Default::default()
+            };
+            let first = instances.is_empty();
+            let completed = n >= before_completion;
+            if n == before_completion && !instances.is_empty() {
+                version += 1;
+                let done = pb::StudyCompleted {
+                    study_id: id.to_string(),
+                    series_count: series.len() as u32,
+                    instance_count: instances.len() as u32,
+                    completed_at: Some(UnixMicros(at).to_timestamp()),
+                    ..Default::default()
+                };
+                ops.push((Payload::StudyCompleted(done), meta(id, "ingest.study", version, at)));
+            }
+            instances.insert(*i, n);
+            series.insert(i % 2);
+            phi.push((Payload::InstanceReceived(received), meta(id, "ingest.instances", n as u64 + 1, at)));
+            if first {
+                version += 1;
+                let started = pb::StudyStarted { study_id: id.to_string(), ..Default::default() };
+                ops.push((Payload::StudyStarted(started), meta(id, "ingest.study", version, at)));
+            } else if completed && before_completion > 0 {
+                version += 1;
+                let updated = pb::StudyUpdated {
+                    study_id: id.to_string(),
+                    series_count: series.len() as u32,
+                    instance_count: instances.len() as u32,
+                };
+                ops.push((Payload::StudyUpdated(updated), meta(id, "ingest.study", version, at)));
+            }
+        }
+        // A study whose completion comes after its last instance (the usual
+        // case): no StudyUpdated follows to bring its counts up.
+        if before_completion >= sent.len() && before_completion % 2 == 0 {
+            version += 1;
+            let done = pb::StudyCompleted {
+                study_id: id.to_string(),
+                series_count: series.len() as u32,
+                instance_count: instances.len() as u32,
+                completed_at: Some(UnixMicros(1_500).to_timestamp()),
+                ..Default::default()
+            };
+            ops.push((Payload::StudyCompleted(done), meta(id, "ingest.study", version, 1_500)));
+        }
+        if refused {
+            version += 1;
+            let r = pb::InstanceRejected { study_id: id.to_string(), reason_code: "x".into(), ..Default::default() };
+            ops.push((Payload::InstanceRejected(r), meta(id, "ingest.study", version, 2_000)));
+        }
+        (phi, ops)
+    }
+
+    fn fold(events: &[&Logged], from: Studies) -> Studies {
+        events.iter().fold(from, |state, (payload, meta)| apply(state, payload, meta))
+    }
+
+    fn histories() -> impl Strategy<Value = (Vec<Logged>, Vec<Logged>)> {
+        let one = (prop::collection::vec(0u8..4, 1..8), 0usize..9, any::<bool>());
+        prop::collection::vec(one, 1..4).prop_map(|studies| {
+            let (mut phi, mut ops) = (Vec::new(), Vec::new());
+            for (s, (sent, before, refused)) in studies.into_iter().enumerate() {
+                let (p, o) = study(s as u128 + 1, &sent, before, refused);
+                phi.extend(p);
+                ops.extend(o);
+            }
+            (phi, ops)
+        })
+    }
+
+    /// Merges the two topics in the order `picks` says (true: PHI next).
+    fn interleave<'a>(phi: &'a [Logged], ops: &'a [Logged], picks: &[bool]) -> Vec<&'a Logged> {
+        let (mut p, mut o, mut out) = (phi.iter(), ops.iter(), Vec::new());
+        for pick in picks.iter().copied().chain(std::iter::repeat(true)) {
+            let next = if pick { p.next().or_else(|| o.next()) } else { o.next().or_else(|| p.next()) };
+            match next {
+                Some(e) => out.push(e),
+                None => break,
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_interleaving_of_the_two_topics_and_any_snapshot_point_end_in_one_state(
+            (phi, ops) in histories(),
+            picks in prop::collection::vec(any::<bool>(), 0..64),
+            other in prop::collection::vec(any::<bool>(), 0..64),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let one = interleave(&phi, &ops, &picks);
+            let expected = fold(&one, Studies::default());
+            let two = interleave(&phi, &ops, &other);
+            prop_assert_eq!(&fold(&two, Studies::default()), &expected);
+            // A snapshot, serialized as the projector stores it, plus the tail.
+            let at = cut.index(one.len() + 1);
+            let snapshot = serde_json::to_vec(&fold(&one[..at], Studies::default())).unwrap();
+            let restored: Studies = serde_json::from_slice(&snapshot).unwrap();
+            prop_assert_eq!(&fold(&one[at..], restored), &expected);
+        }
+
+        #[test]
+        fn a_completed_study_keeps_counts_not_instances(
+            (phi, ops) in histories(),
+            picks in prop::collection::vec(any::<bool>(), 0..64),
+        ) {
+            let state = fold(&interleave(&phi, &ops, &picks), Studies::default());
+            for (id, closed) in &state.closed {
+                prop_assert!(!state.open.contains_key(id));
+                // Counts agree with the last word ingest wrote on them.
+                let last = ops.iter().rev().find_map(|(p, m)| match p {
+                    Payload::StudyUpdated(u) if m.aggregate_id == *id => Some((u.series_count, u.instance_count)),
+                    Payload::StudyCompleted(c) if m.aggregate_id == *id => Some((c.series_count, c.instance_count)),
+                    _ => None,
+                });
+                prop_assert_eq!(Some((closed.series, closed.instances)), last);
+            }
+        }
+    }
+}

@@ -17,10 +17,11 @@ use std::time::Duration;
 
 use meridian_events::{DataClass, EventId, EventMeta, KeyStore, UnixMicros};
 use meridian_log::{EventLog, Outgoing, Position, TopicName};
-use meridian_projection::run::{Rebuilt, Resumed, Snapshotter, catch_up, rebuild, resume};
-use meridian_projection::{Event as Logged, Projection, Projector};
+use meridian_projection::live::Live;
+use meridian_projection::run::{Rebuilt, Resumed, Snapshotter, catch_up};
+use meridian_projection::{Event as Logged, Projection};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Mutex, watch};
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::adapters::events::{aggregate, from_payload, to_payload};
@@ -189,11 +190,11 @@ pub struct Routing {
     log: Arc<dyn EventLog>,
     keys: Arc<dyn KeyStore>,
     policy: Policy,
-    projector: Mutex<Projector<RoutingProjection>>,
+    projector: Live<RoutingProjection>,
     /// Counts state changes, so watchers learn that the worklist moved.
     changed: watch::Sender<u64>,
-    snapshots: Snapshotter,
-    opened: Resumed,
+    /// Set when the region stops: intake returns between steps.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Routing {
@@ -211,54 +212,49 @@ impl Routing {
             .map_err(|e| meridian_log::Error::UnknownTopic { topic: e.name })?;
         let partitions = log.partitions(&topic).await?;
         let starts = (0..partitions).map(|p| Position::start(topic.clone(), p)).collect();
-        let (projector, opened) =
-            resume::<RoutingProjection>(snapshots.files(), starts, log.as_ref(), keys.as_ref(), idle).await?;
+        let projector = Live::open(snapshots, starts, log.as_ref(), keys.as_ref(), idle).await?;
         Ok(Routing {
             region: region.to_owned(),
             topic,
             log,
             keys,
             policy,
-            projector: Mutex::new(projector),
+            projector,
             changed: watch::Sender::new(0),
-            snapshots,
-            opened,
+            stopping: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Makes [`intake`](Self::intake) return after the step it is on: the
+    /// region is stopping. A step is never cut between its commit and its
+    /// fold, so no later decision sees a state missing its own events.
+    pub fn stop_intake(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Rebuilds the state from the routing topic and snapshots it; commands
     /// wait meanwhile.
     pub async fn rebuild(&self, idle: Duration) -> Result<Rebuilt, Error> {
-        let rebuilt = {
-            let mut projector = self.projector.lock().await;
-            let partitions = self.log.partitions(&self.topic).await?;
-            let starts = (0..partitions).map(|p| Position::start(self.topic.clone(), p)).collect();
-            rebuild(&mut projector, starts, self.log.as_ref(), self.keys.as_ref(), idle).await?
-        };
+        let rebuilt = self.projector.rebuild(self.log.as_ref(), self.keys.as_ref(), idle).await?;
         self.announce();
-        self.snapshot(true).await?;
         Ok(rebuilt)
     }
 
     /// How the state was opened (snapshot, tail, time).
     pub fn opened(&self) -> &Resumed {
-        &self.opened
+        self.projector.opened()
     }
 
     /// What the projection did with its input, by reason.
     pub async fn stats(&self) -> meridian_projection::Stats {
-        self.projector.lock().await.stats().clone()
+        self.projector.stats().await
     }
 
     /// Writes the state's snapshot when one is due (`force`: whenever
     /// anything changed since the last, as at shutdown); commands wait only
     /// while it is encoded.
     pub async fn snapshot(&self, force: bool) -> Result<(), Error> {
-        let encoded = self.snapshots.encode_if_due(&*self.projector.lock().await, force)?;
-        if let Some((fed, bytes)) = encoded {
-            self.snapshots.write::<RoutingProjection>(fed, bytes).await?;
-        }
-        Ok(())
+        Ok(self.projector.snapshot(force).await?)
     }
 
     pub fn policy(&self) -> &Policy {
@@ -417,6 +413,9 @@ impl Routing {
         let mut reader = self.log.reader(from).await?;
         let mut decided = 0;
         loop {
+            if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                return Ok(decided);
+            }
             let batch = reader.next_batch(INTAKE_BATCH, idle).await?;
             if batch.is_empty() {
                 return Ok(decided);

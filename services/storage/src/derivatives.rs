@@ -71,6 +71,7 @@ pub struct Derivatives {
     log: Arc<dyn EventLog>,
     secrets: BTreeMap<String, TenantSecret>,
     failpoints: meridian_log::failpoint::FailPoints,
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// One instance's outcome: its derivative's ids, or why it was withheld.
@@ -89,7 +90,16 @@ impl Derivatives {
         secrets: BTreeMap<String, TenantSecret>,
         failpoints: meridian_log::failpoint::FailPoints,
     ) -> Derivatives {
-        Derivatives { region: region.to_owned(), platform, phi, index, log, secrets, failpoints }
+        Derivatives {
+            region: region.to_owned(),
+            platform,
+            phi,
+            index,
+            log,
+            secrets,
+            failpoints,
+            stopping: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     /// Takes in what ingest appended since the last call: derives every
@@ -100,22 +110,42 @@ impl Derivatives {
         let mut reader = self.log.reader(self.log.resume(CONSUMER, &topic).await?).await?;
         let mut derived = 0;
         loop {
+            if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                return Ok(derived);
+            }
             let batch = reader.next_batch(64, idle).await?;
             if batch.is_empty() {
                 return Ok(derived);
             }
-            for record in batch {
+            // Inputs that ask for nothing commit their positions together,
+            // with the next step that has outputs or at the batch's end:
+            // one sync per batch, not one per ingest event.
+            let mut inputs: BTreeMap<(TopicName, u32), u64> = BTreeMap::new();
+            let last = batch.len() - 1;
+            for (i, record) in batch.into_iter().enumerate() {
                 let mut outputs = Vec::new();
                 if let Some((cause, tenant, study, at)) = completed(&record) {
                     let created = self.derive(&tenant, study, at).await?;
                     derived += usize::from(!created.is_empty());
                     outputs = self.events(&tenant, study, cause, at, &created)?;
                 }
-                self.log
-                    .commit(Step { consumer: CONSUMER.into(), outputs, inputs: vec![record.next_position()] })
-                    .await?;
+                let next = record.next_position();
+                inputs.insert((next.topic, next.partition), next.offset);
+                if !outputs.is_empty() || i == last {
+                    let inputs = std::mem::take(&mut inputs)
+                        .into_iter()
+                        .map(|((topic, partition), offset)| meridian_log::Position { topic, partition, offset })
+                        .collect();
+                    self.log.commit(Step { consumer: CONSUMER.into(), outputs, inputs }).await?;
+                }
             }
         }
+    }
+
+    /// Makes [`intake`](Self::intake) return after the study it is on:
+    /// the region is stopping.
+    pub fn stop(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Writes the derivatives of `study` for every contract of `tenant`

@@ -54,6 +54,10 @@ const SCHEMA: TableDefinition<&str, u32> = TableDefinition::new("schema");
 /// on open (re-recording an instance is idempotent), which fills them.
 const SCHEMA_VERSION: u32 = 3;
 
+/// The index file's page cache: searches and the latest studies stay hot;
+/// redb's default (1 GiB) would let memory grow with the archive.
+pub const INDEX_CACHE_BYTES: usize = 128 << 20;
+
 /// The study attributes [`STUDY_BY`] keys studies by: Patient ID,
 /// Accession Number, Study Date.
 pub const SEEKABLE: &[&str] = &["00100020", "00080050", "00080020"];
@@ -226,8 +230,10 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, IndexError> {
 impl StudyIndex {
     pub fn open(path: &Path) -> Result<StudyIndex, IndexError> {
         let shown = path.display().to_string();
-        let db =
-            Database::create(path).map_err(|e| IndexError::Store { path: shown.clone(), reason: e.to_string() })?;
+        let db = Database::builder()
+            .set_cache_size(INDEX_CACHE_BYTES)
+            .create(path)
+            .map_err(|e| IndexError::Store { path: shown.clone(), reason: e.to_string() })?;
         let index = StudyIndex { db, path: shown };
         let txn = index.write(Durability::Immediate)?;
         {

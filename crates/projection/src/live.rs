@@ -1,0 +1,72 @@
+//! A projection a service serves from memory: the projector behind one
+//! lock, opened from its snapshot and tail, snapshotted on a schedule and
+//! rebuilt on request. Ingest's studies and routing's worklist are each
+//! one; the service decides and appends under [`Live::lock`].
+
+use std::time::Duration;
+
+use meridian_events::KeyStore;
+use meridian_log::{EventLog, Position};
+use tokio::sync::{Mutex, MutexGuard};
+
+use crate::run::{Rebuilt, Resumed, Snapshotter, rebuild, resume};
+use crate::{Error, Projection, Projector, Stats};
+
+pub struct Live<P: Projection> {
+    projector: Mutex<Projector<P>>,
+    snapshots: Snapshotter,
+    opened: Resumed,
+    /// Where a replay starts: every partition of the projection's topics.
+    starts: Vec<Position>,
+}
+
+impl<P: Projection> Live<P> {
+    /// Opens from the snapshot and the tail (see [`resume`]).
+    pub async fn open(
+        snapshots: Snapshotter,
+        starts: Vec<Position>,
+        log: &dyn EventLog,
+        keys: &dyn KeyStore,
+        idle: Duration,
+    ) -> Result<Live<P>, Error> {
+        let (projector, opened) = resume::<P>(snapshots.files(), starts.clone(), log, keys, idle).await?;
+        Ok(Live { projector: Mutex::new(projector), snapshots, opened, starts })
+    }
+
+    /// The projector, for a decision and its append, or a read.
+    pub async fn lock(&self) -> MutexGuard<'_, Projector<P>> {
+        self.projector.lock().await
+    }
+
+    /// How it was opened (snapshot, tail, time).
+    pub fn opened(&self) -> &Resumed {
+        &self.opened
+    }
+
+    /// What it did with its input, by reason.
+    pub async fn stats(&self) -> Stats {
+        self.projector.lock().await.stats().clone()
+    }
+
+    /// Writes the snapshot when one is due (`force`: whenever anything
+    /// changed since the last, as at shutdown). The lock is held only while
+    /// the snapshot is encoded, not while it is written.
+    pub async fn snapshot(&self, force: bool) -> Result<(), Error> {
+        let encoded = self.snapshots.encode_if_due(&*self.projector.lock().await, force)?;
+        if let Some((fed, bytes)) = encoded {
+            self.snapshots.write::<P>(fed, bytes).await?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds from the log (see [`rebuild`]) under the lock, so writers
+    /// wait meanwhile, then snapshots.
+    pub async fn rebuild(&self, log: &dyn EventLog, keys: &dyn KeyStore, idle: Duration) -> Result<Rebuilt, Error> {
+        let rebuilt = {
+            let mut projector = self.projector.lock().await;
+            rebuild(&mut projector, self.starts.clone(), log, keys, idle).await?
+        };
+        self.snapshot(true).await?;
+        Ok(rebuilt)
+    }
+}

@@ -382,7 +382,7 @@ mod tests {
         }
         // A study whose completion comes after its last instance (the usual
         // case): no StudyUpdated follows to bring its counts up.
-        if before_completion >= sent.len() && before_completion % 2 == 0 {
+        if before_completion >= sent.len() && before_completion.is_multiple_of(2) {
             version += 1;
             let done = pb::StudyCompleted {
                 study_id: id.to_string(),

@@ -44,7 +44,7 @@ pub const AFTER_PUT: &str = "ingest.after_put";
 /// The events are appended; the success status is not sent yet.
 pub const AFTER_APPEND: &str = "ingest.after_append";
 
-/// Object keys looked up in the index per read transaction by the sweep.
+/// Object keys the sweep lists and looks up in the index at a time.
 const SWEEP_PAGE: usize = 4_096;
 
 /// A study completes after this long without a new instance when its
@@ -676,18 +676,22 @@ impl Ingest {
     /// what it finds; a later sweep deletes what is still unnamed after the
     /// grace period, so an instance in flight is never swept. Returns how
     /// many objects were deleted.
-    /// Each listed key is one lookup in the index's table of named
-    /// objects, off the lock that acknowledgements wait on.
+    /// The listing comes in pages (one in memory at a time); each key is
+    /// one lookup in the index's table of named objects, off the lock that
+    /// acknowledgements wait on.
     pub async fn sweep(&self, now: UnixMicros, grace: Duration) -> Result<usize, Error> {
-        let keys = self.phi.blobs().list("phi/").await.map_err(PhiWriteError::from)?;
         let mut orphans = Vec::new();
-        for page in keys.chunks(SWEEP_PAGE) {
+        let mut after: Option<String> = None;
+        loop {
+            let page =
+                self.phi.blobs().list_page("phi/", after.as_deref(), SWEEP_PAGE).await.map_err(PhiWriteError::from)?;
+            let Some(last) = page.last().cloned() else { break };
             let index = self.index.clone();
-            let page = page.to_vec();
             let unnamed = tokio::task::spawn_blocking(move || index.unnamed(&page))
                 .await
                 .map_err(|e| Error::Group(format!("sweep lookup: {e}")))??;
             orphans.extend(unnamed);
+            after = Some(last);
         }
         let mut suspects = self.suspects.lock().await;
         suspects.retain(|k, _| orphans.contains(k));

@@ -35,6 +35,9 @@ pub trait Blobs: Send + Sync {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BlobError>;
     /// Every key under `prefix`, sorted.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, BlobError>;
+    /// At most `limit` keys under `prefix` after `after` (exclusive), in
+    /// order: a listing of any size, one page in memory at a time.
+    async fn list_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, BlobError>;
     async fn delete(&self, key: &str) -> Result<(), BlobError>;
 }
 
@@ -105,6 +108,54 @@ fn put_blocking(root: &Path, path: &Path, bytes: &[u8]) -> Result<bool, BlobErro
     Ok(true)
 }
 
+/// Keys under `dir` (relative to `root`) that are under `prefix` and after
+/// `after`, in key order, until `out` holds `limit`. Entries sort as their
+/// keys do (a directory as its name and a slash), and a subtree wholly at
+/// or before `after`, or beside `prefix`, is not entered. Returns whether
+/// the page is full.
+fn walk_page(
+    root: &Path,
+    dir: &str,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+    out: &mut Vec<String>,
+) -> Result<bool, BlobError> {
+    let path = if dir.is_empty() { root.to_path_buf() } else { root.join(dir) };
+    let entries = match std::fs::read_dir(&path) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io(&path)(e)),
+    };
+    let mut keyed = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io(&path))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let key = if dir.is_empty() { name.clone() } else { format!("{dir}/{name}") };
+        if entry.file_type().map_err(io(&path))?.is_dir() {
+            keyed.push((format!("{key}/"), true));
+        } else if !name.starts_with(".tmp") {
+            keyed.push((key, false));
+        }
+    }
+    keyed.sort();
+    for (key, is_dir) in keyed {
+        if is_dir {
+            let beside = !(key.starts_with(prefix) || prefix.starts_with(key.as_str()));
+            let passed = after.is_some_and(|a| key.as_str() < a && !a.starts_with(key.as_str()));
+            if !beside && !passed && walk_page(root, key.trim_end_matches('/'), prefix, after, limit, out)? {
+                return Ok(true);
+            }
+        } else if key.starts_with(prefix) && after.is_none_or(|a| key.as_str() > a) {
+            out.push(key);
+            if out.len() >= limit {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
 /// File system calls block: off the async workers.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, BlobError> + Send + 'static,
@@ -155,6 +206,18 @@ impl Blobs for LocalBlobs {
             }
             keys.sort();
             Ok(keys)
+        })
+        .await
+    }
+
+    async fn list_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, BlobError> {
+        let (root, prefix, after) = (self.root.clone(), prefix.to_owned(), after.map(str::to_owned));
+        blocking(move || {
+            let mut out = Vec::new();
+            if limit > 0 {
+                walk_page(&root, "", &prefix, after.as_deref(), limit, &mut out)?;
+            }
+            Ok(out)
         })
         .await
     }
@@ -263,6 +326,28 @@ impl Blobs for S3Blobs {
         Ok(keys)
     }
 
+    async fn list_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, BlobError> {
+        use futures_util::TryStreamExt;
+        use object_store::ObjectStore;
+        let dir = prefix.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+        let under = (!dir.is_empty()).then(|| object_store::path::Path::from(dir));
+        // S3 lists in key order and starts after the offset itself.
+        let mut listing = match after {
+            Some(a) => self.store.list_with_offset(under.as_ref(), &object_store::path::Path::from(a)),
+            None => self.store.list(under.as_ref()),
+        };
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let Some(meta) = listing.try_next().await.map_err(self.remote("list", prefix))? else { break };
+            let key = meta.location.to_string();
+            if key.starts_with(prefix) && after.is_none_or(|a| key.as_str() > a) {
+                out.push(key);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     async fn delete(&self, key: &str) -> Result<(), BlobError> {
         use object_store::ObjectStore;
         let path = S3Blobs::path(key)?;
@@ -288,6 +373,28 @@ pub async fn contract(blobs: &dyn Blobs) {
     for bad in ["../x", "/etc/passwd", "a//b", "a/./b", "", "a/.tmp-1"] {
         assert!(matches!(blobs.put_once(bad, vec![]).await, Err(BlobError::BadKey { .. })), "{bad}");
     }
+    // Pages of any size walk the same keys in the same order.
+    blobs.put_once("phi/acme/s1-b/x.dcm", b"four".to_vec()).await.unwrap();
+    blobs.put_once("phi/acme/s1/i2/jkl.dcm", b"five".to_vec()).await.unwrap();
+    let all = blobs.list("phi/").await.unwrap();
+    assert_eq!(all.len(), 5);
+    for size in [1, 2, 3, 10] {
+        let (mut paged, mut after) = (Vec::new(), None::<String>);
+        loop {
+            let page = blobs.list_page("phi/", after.as_deref(), size).await.unwrap();
+            assert!(page.len() <= size);
+            let Some(last) = page.last().cloned() else { break };
+            paged.extend(page);
+            after = Some(last);
+        }
+        assert_eq!(paged, all, "pages of {size}");
+    }
+    assert_eq!(
+        blobs.list_page("phi/acme/", Some("phi/acme/s1/i2/jkl.dcm"), 10).await.unwrap(),
+        ["phi/acme/s2/i9/def.dcm"]
+    );
+    blobs.delete("phi/acme/s1-b/x.dcm").await.unwrap();
+    blobs.delete("phi/acme/s1/i2/jkl.dcm").await.unwrap();
     blobs.delete("phi/acme/s2/i9/def.dcm").await.unwrap();
     blobs.delete("phi/acme/s2/i9/def.dcm").await.unwrap();
     assert_eq!(blobs.list("phi/").await.unwrap(), ["phi/acme/s1/i1/abc.dcm", "phi/acmeco/s3/i1/ghi.dcm"]);

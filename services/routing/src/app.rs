@@ -343,12 +343,15 @@ impl Routing {
         now: UnixMicros,
         cause: &Cause,
     ) -> Result<Vec<Outgoing>, Error> {
-        let mut versions = folded.versions.clone();
+        // Only this batch's aggregates: copying every version ever folded
+        // would make each command cost the length of history.
+        let mut bumped: BTreeMap<Uuid, u64> = BTreeMap::new();
         let mut batch = Vec::with_capacity(events.len());
         for (ordinal, e) in events.iter().enumerate() {
             let (aggregate_type, aggregate_id) = aggregate(e);
-            let version = versions.get(&aggregate_id).copied().unwrap_or(0) + 1;
-            versions.insert(aggregate_id, version);
+            let last = bumped.get(&aggregate_id).or_else(|| folded.versions.get(&aggregate_id));
+            let version = last.copied().unwrap_or(0) + 1;
+            bumped.insert(aggregate_id, version);
             let payload = to_payload(e);
             let type_name = payload.type_name();
             let study = folded.worklist.studies.get(&aggregate_id);

@@ -33,6 +33,9 @@ pub struct Region {
     /// region's data directory when absent.
     #[serde(default)]
     pub objects: ObjectStoreConfig,
+    /// Housekeeping of the region's objects.
+    #[serde(default)]
+    pub housekeeping: Housekeeping,
     /// Limits of DICOMweb on the region's HTTP port.
     #[serde(default)]
     pub dicomweb: DicomWebLimits,
@@ -116,6 +119,29 @@ impl Default for DicomLimits {
             max_pdu_length: 65_536,
             idle_timeout: DurationSpec { seconds: 60 },
             max_instance_bytes: 1 << 30,
+        }
+    }
+}
+
+/// `[housekeeping]` of a region.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Housekeeping {
+    /// How often the region looks for objects no event names (left by a
+    /// crash between an object's put and its event). Each sweep lists the
+    /// region's objects in pages, off the acknowledgement path.
+    pub orphan_sweep_every: DurationSpec,
+    /// How long such an object stays before it is deleted: longer than
+    /// any instance takes from its put to its event, so none in flight
+    /// is ever swept.
+    pub orphan_grace: DurationSpec,
+}
+
+impl Default for Housekeeping {
+    fn default() -> Self {
+        Housekeeping {
+            orphan_sweep_every: DurationSpec { seconds: 600 },
+            orphan_grace: DurationSpec { seconds: 3_600 },
         }
     }
 }

@@ -139,6 +139,16 @@ fn regions(out: &mut Out, f: &Files<'_>) {
         if r.dicom.idle_timeout.seconds == 0 {
             out.at(file, "dicom.idle_timeout", "must be at least a second");
         }
+        if r.housekeeping.orphan_sweep_every.seconds == 0 {
+            out.at(file, "housekeeping.orphan_sweep_every", "must be at least a second");
+        }
+        if r.housekeeping.orphan_grace.seconds < 60 {
+            out.at(
+                file,
+                "housekeeping.orphan_grace",
+                "must be at least a minute: an instance in flight must never look orphaned",
+            );
+        }
         if r.dicomweb.max_results == 0 {
             out.at(file, "dicomweb.max_results", "must be at least 1: a search must be able to answer");
         }

@@ -88,6 +88,7 @@ pub async fn serve(
     let dicom = tokio::spawn(dicom(region.clone(), listeners.dicom, wait(stopped.clone())));
     let timers = tokio::spawn(routing_timers(region.clone(), wait(stopped.clone())));
     let completion = tokio::spawn(ingest_timers(region.clone(), wait(stopped.clone())));
+    let sweeps = tokio::spawn(orphan_sweeps(region.clone(), wait(stopped.clone())));
 
     shutdown.await;
     tracing::info!(region = %name, "shutting down");
@@ -111,9 +112,15 @@ pub async fn serve(
         Some(Err(e)) => Err(grpc_err(e.to_string())),
         None => Ok(()),
     };
-    for (task, what) in
-        [(follower, "log follower"), (dicom, "DICOM"), (timers, "routing ticks"), (completion, "ingest ticks")]
-    {
+    // The ticks finish the step they are on (intake stops at its next
+    // one), within the same bound.
+    for (task, what) in [
+        (follower, "log follower"),
+        (dicom, "DICOM"),
+        (timers, "routing ticks"),
+        (completion, "ingest ticks"),
+        (sweeps, "orphan sweep"),
+    ] {
         drain(task, deadline, &name, what).await;
     }
     // What was acknowledged is in the log; the snapshots make the next
@@ -230,6 +237,8 @@ where
 {
     tokio::pin!(shutdown);
     let mut ticks = tokio::time::interval(period);
+    // A pass longer than the period is followed by one tick, not a burst.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = &mut shutdown => return,
@@ -243,19 +252,42 @@ where
     }
 }
 
-/// How long an object may stay unnamed by any event before it is swept,
-/// and how often the sweep runs (in ingest ticks).
-const ORPHAN_GRACE: std::time::Duration = std::time::Duration::from_secs(3_600);
-const SWEEP_EVERY_TICKS: u64 = 600;
+/// Sweeps objects no event names every `[housekeeping]
+/// orphan_sweep_every` until `shutdown`, on its own timer so a long sweep
+/// delays neither completion nor acknowledgements.
+async fn orphan_sweeps(region: Arc<Region>, shutdown: impl Future<Output = ()>) {
+    let config = region.platform.regions.get(&region.name).map(|r| r.housekeeping.clone()).unwrap_or_default();
+    let period = std::time::Duration::from_secs(config.orphan_sweep_every.seconds.max(1));
+    let grace = std::time::Duration::from_secs(config.orphan_grace.seconds);
+    let mut first = true;
+    every(period, shutdown, |now| {
+        let region = region.clone();
+        // The interval's first tick is at once: the first sweep waits a period.
+        let skip = std::mem::replace(&mut first, false);
+        async move {
+            if skip {
+                return;
+            }
+            let started = std::time::Instant::now();
+            match region.ingest.sweep(now, grace).await {
+                Ok(deleted) => tracing::debug!(
+                    region = %region.name,
+                    deleted,
+                    ms = started.elapsed().as_millis() as u64,
+                    "orphan sweep"
+                ),
+                Err(e) => tracing::warn!(region = %region.name, error = %e, "ingest sweep"),
+            }
+        }
+    })
+    .await
+}
 
-/// Completes quiet studies every [`INGEST_TICK`], and sweeps objects no
-/// event names every [`SWEEP_EVERY_TICKS`], until `shutdown`.
+/// Completes quiet studies, takes derivatives and snapshots every
+/// [`INGEST_TICK`] until `shutdown`.
 async fn ingest_timers(region: Arc<Region>, shutdown: impl Future<Output = ()>) {
-    let mut ticks = 0u64;
     every(INGEST_TICK, shutdown, |now| {
         let region = region.clone();
-        ticks += 1;
-        let sweep = ticks.is_multiple_of(SWEEP_EVERY_TICKS);
         async move {
             if let Err(e) = region.ingest.complete_quiet(now).await {
                 tracing::warn!(region = %region.name, error = %e, "ingest completion");
@@ -263,9 +295,6 @@ async fn ingest_timers(region: Arc<Region>, shutdown: impl Future<Output = ()>) 
             // Completed studies' de-identified derivatives, where contracts ask.
             if let Err(e) = region.derivatives.intake(std::time::Duration::from_millis(20)).await {
                 tracing::warn!(region = %region.name, error = %e, "derivatives");
-            }
-            if sweep && let Err(e) = region.ingest.sweep(now, ORPHAN_GRACE).await {
-                tracing::warn!(region = %region.name, error = %e, "ingest sweep");
             }
             region.save_snapshots(false).await;
             // The index's own commits are not synced (the log is the

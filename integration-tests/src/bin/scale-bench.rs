@@ -7,8 +7,11 @@
 //!
 //! ```sh
 //! cargo build --release -p meridian -p meridian-integration-tests
-//! target/release/scale-bench --stages 200000,1000000 --dir /tmp/scale
+//! target/release/scale-bench --stages 200000,1000000 --dir /tmp/scale --housekeeping
 //! ```
+//!
+//! `--housekeeping` then measures upload acknowledgements with the orphan
+//! sweep idle and with it running back to back.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -23,16 +26,20 @@ use meridian_proto::ingest::v1::upload_instances_request::Part;
 const JSON: &str = "application/dicom+json";
 
 fn start(dir: &Path) -> anyhow::Result<(Child, f64)> {
+    start_with(dir, &Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/dev"))
+}
+
+fn start_with(dir: &Path, config: &Path) -> anyhow::Result<(Child, f64)> {
     let meridian = std::env::current_exe()?.with_file_name("meridian");
     let _ = std::fs::remove_file(dir.join("endpoints.json"));
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("dev.log"))?;
     let started = Instant::now();
     let mut child = Command::new(&meridian)
         .args(["dev", "--ports", "auto", "--config"])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/dev"))
+        .arg(config)
         .arg("--data-dir")
         .arg(dir)
-        .env("RUST_LOG", "warn,meridian_projection=debug")
+        .env("RUST_LOG", "warn,meridian_projection=debug,meridian_region=debug")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()?;
@@ -235,6 +242,52 @@ fn index_report(path: &Path, instances: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The example configuration copied under `dir`, us-east sweeping for
+/// orphans every second (so sweeps run back to back).
+fn sweeping_config(dir: &Path) -> anyhow::Result<PathBuf> {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/dev");
+    let to = dir.join("config-sweeping");
+    let status = Command::new("cp").arg("-r").arg(&from).arg(&to).status()?;
+    anyhow::ensure!(status.success(), "copying {}", from.display());
+    let region = to.join("regions/us-east.toml");
+    let mut text = std::fs::read_to_string(&region)?;
+    text.push_str("\n[housekeeping]\norphan_sweep_every = \"1s\"\n");
+    std::fs::write(&region, text)?;
+    Ok(to)
+}
+
+/// Upload acknowledgements over the filled region with the orphan sweep
+/// idle (as configured: every 10 minutes), then with it running back to
+/// back: acknowledgements must not wait for housekeeping. Completion runs
+/// every second in both.
+async fn housekeeping(dir: &Path, child: &mut Child, from: u64, per_study: u64, streams: u64) -> anyhow::Result<u64> {
+    const N: u64 = 30_000;
+    let log = dir.join("dev.log");
+    let (idle50, idle99) = percentiles(fill(&endpoints(dir)?, from, from + N, per_study, streams).await?);
+    terminate(child)?;
+    let log_from = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
+    let (next, _) = start_with(dir, &sweeping_config(dir)?)?;
+    *child = next;
+    let sweeps = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.get(log_from..).unwrap_or_default().lines().filter(|l| l.contains("orphan sweep")).count()
+    };
+    // The first sweep starts a second after the start; wait for one whole
+    // sweep so the measured window sees them back to back.
+    while sweeps() == 0 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (before, started) = (sweeps(), Instant::now());
+    let (busy50, busy99) = percentiles(fill(&endpoints(dir)?, from + N, from + 2 * N, per_study, streams).await?);
+    let during = sweeps() - before;
+    println!(
+        "\nupload acknowledgement over {from} instances, {N} each: sweep idle p50/p99 {idle50:.1}/{idle99:.1} ms; \
+         sweeps back to back p50/p99 {busy50:.1}/{busy99:.1} ms ({during} sweeps of the whole store finished in the {:.0} s window)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(from + 2 * N)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let stages: Vec<u64> = arg("--stages")
@@ -302,6 +355,9 @@ async fn main() -> anyhow::Result<()> {
             file_mb(&dir.join("us-east/log.redb")),
             shots.join("; ")
         );
+    }
+    if std::env::args().any(|a| a == "--housekeeping") {
+        instances = housekeeping(&dir, &mut child, instances, per_study, streams).await?;
     }
     terminate(&mut child)?;
     index_report(&dir.join("us-east/index.redb"), instances)

@@ -96,6 +96,7 @@ pub async fn serve(
     // commit and its fold.
     region.routing.stop_intake();
     region.derivatives.stop();
+    region.ingest.stop_sweep();
     let _ = stop.send(true);
     // Servers and associations get a bounded time to finish: a watch
     // stream or a stuck peer must not keep the process up. Past it they

@@ -146,6 +146,8 @@ pub struct Ingest {
     failpoints: FailPoints,
     /// Orphans seen by the last sweep, and when.
     suspects: Mutex<BTreeMap<String, UnixMicros>>,
+    /// Set when the region stops: a sweep ends at its next page.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 fn topic(region: &str, class: DataClass) -> Result<TopicName, Error> {
@@ -194,7 +196,14 @@ impl Ingest {
             arrivals: std::sync::Mutex::new(Vec::new()),
             failpoints,
             suspects: Mutex::new(BTreeMap::new()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Makes a running [`sweep`](Self::sweep) end at its next page (it
+    /// deletes nothing then): the region is stopping.
+    pub fn stop_sweep(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Rebuilds the studies from the log and snapshots them; arrivals wait.
@@ -683,6 +692,9 @@ impl Ingest {
         let mut orphans = Vec::new();
         let mut after: Option<String> = None;
         loop {
+            if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                return Ok(0);
+            }
             let page =
                 self.phi.blobs().list_page("phi/", after.as_deref(), SWEEP_PAGE).await.map_err(PhiWriteError::from)?;
             let Some(last) = page.last().cloned() else { break };

@@ -613,12 +613,7 @@ async fn the_grpc_upload_stores_answers_each_instance_and_replays_a_key() {
     std::fs::write(&junk, b"not a DICOM file").unwrap();
 
     // `meridian send`: every file of the folder, one refused with its reason.
-    let sent = Command::new(MERIDIAN)
-        .args(["send", "--region", "us-east", "--as", "acme-pacs", "--data-dir"])
-        .arg(data.path())
-        .arg(files.path())
-        .output()
-        .unwrap();
+    let sent = meridian_send(data.path(), "us-east", "acme-pacs", files.path());
     let said = String::from_utf8_lossy(&sent.stdout);
     assert_eq!(sent.status.code(), Some(1), "a refusal fails the command: {said}");
     assert!(said.contains("12 of 13 instances stored, 1 refused"), "{said}");
@@ -728,12 +723,7 @@ async fn dev_stops_on_sigterm_while_busy_and_restarts_from_its_snapshots_queuein
     // instance, so routing's intake has a backlog when the signal comes.
     meridian_integration_tests::bench::small_studies(files.path(), 9, STUDIES, 1, 16, "STAT").unwrap();
     let dev = Dev::start(data.path());
-    let sent = Command::new(MERIDIAN)
-        .args(["send", "--region", "us-east", "--as", "acme-pacs", "--data-dir"])
-        .arg(data.path())
-        .arg(files.path())
-        .output()
-        .unwrap();
+    let sent = meridian_send(data.path(), "us-east", "acme-pacs", files.path());
     assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stdout));
     dev.terminate();
     let snapshots = data.path().join("us-east/snapshots");
@@ -755,6 +745,18 @@ async fn dev_stops_on_sigterm_while_busy_and_restarts_from_its_snapshots_queuein
     assert_eq!(opened("ingest.studies")["opened"]["tail"], 0, "{}", opened("ingest.studies"));
     assert_eq!(opened("routing.worklist")["opened"]["tail"], 0, "{}", opened("routing.worklist"));
     assert_eq!(opened("ingest.studies")["open_studies"], STUDIES);
+
+    // 1,500 studies are more than one QIDO-RS page (1,000 by default): the
+    // page is cut, the response says so (PS3.18 8.3.4.2), and the next
+    // page holds the rest.
+    let acme = dev.token("acme-pacs");
+    let (status, headers, first) = http_get(&dev.http("us-east"), "/dicomweb/studies", Some(&acme)).await;
+    assert_eq!((status, first.as_array().map(Vec::len)), (200, Some(1_000)));
+    let warning = headers.get("warning").expect("a cut result carries a Warning");
+    assert!(warning.starts_with("299 ") && warning.contains("There are additional results that can be requested"));
+    let (_, headers, rest) = http_get(&dev.http("us-east"), "/dicomweb/studies?offset=1000", Some(&acme)).await;
+    assert_eq!(rest.as_array().map(Vec::len), Some(STUDIES - 1_000));
+    assert!(!headers.contains_key("warning"), "the last page is whole");
 
     // Routing takes in the rest of its backlog; every study is queued once.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -780,6 +782,17 @@ async fn dev_stops_on_sigterm_while_busy_and_restarts_from_its_snapshots_queuein
     let total = queued.len();
     queued.dedup();
     assert_eq!((total, queued.len()), (STUDIES, STUDIES), "each study queued exactly once across the stop");
+}
+
+/// `meridian send` of `path` to `region` as `principal`, against the
+/// `meridian dev` whose data directory is `data`.
+fn meridian_send(data: &Path, region: &str, principal: &str, path: &Path) -> std::process::Output {
+    Command::new(MERIDIAN)
+        .args(["send", "--region", region, "--as", principal, "--data-dir"])
+        .arg(data)
+        .arg(path)
+        .output()
+        .unwrap()
 }
 
 /// The files under `dir`, recursively (none if it does not exist).
@@ -837,12 +850,7 @@ async fn a_completed_study_under_a_deidentified_contract_is_derived_into_the_all
     // The region dies after the first derivative object is stored, before
     // DerivativeCreated is committed.
     let mut dev = Dev::start_armed(data.path(), "derivatives.after_put=abort@1");
-    let sent = Command::new(MERIDIAN)
-        .args(["send", "--region", "eu-west", "--as", "northwind-pacs", "--data-dir"])
-        .arg(data.path())
-        .arg(files.path())
-        .output()
-        .unwrap();
+    let sent = meridian_send(data.path(), "eu-west", "northwind-pacs", files.path());
     assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stdout));
 
     let channel = Channel::from_shared(dev.grpc("eu-west")).unwrap().connect().await.unwrap();

@@ -17,18 +17,8 @@ use crate::ingest_dimse::{Folder, Scp, ct, folder, open_ingest_with, scp_in};
 const T0: UnixMicros = UnixMicros(1_795_000_000_000_000);
 
 fn meta(study: Uuid, aggregate_type: &str, version: u64, at: UnixMicros) -> EventMeta {
-    EventMeta {
-        event_id: EventId::new_at(at),
-        aggregate_type: aggregate_type.into(),
-        aggregate_id: study,
-        aggregate_version: version,
-        tenant: "acme".into(),
-        home_region: "us-east".into(),
-        occurred_at: at,
-        causation_id: None,
-        correlation_id: None,
-        traceparent: None,
-    }
+    let meta = meridian_log::contract::meta(study, version, EventId::new_at(at));
+    EventMeta { aggregate_type: aggregate_type.into(), home_region: "us-east".into(), occurred_at: at, ..meta }
 }
 
 /// Appends `studies` completed studies of `instances` instances each, as

@@ -23,7 +23,7 @@ use dicom_object::InMemDicomObject;
 use meridian_events::KeyStore;
 use meridian_events::payload::Payload;
 use meridian_log::{EventLog, Position, TopicName};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
@@ -32,27 +32,30 @@ use crate::blobs::Blobs;
 
 const STUDIES: TableDefinition<&str, &[u8]> = TableDefinition::new("studies");
 const SERIES: TableDefinition<&str, &[u8]> = TableDefinition::new("series");
+/// One row per instance: its ids, object and DICOM JSON (see [`InstanceRow`]).
 const INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("instances");
-/// The same keys as INSTANCES; the value is the DICOM JSON object, as served.
-const METADATA: TableDefinition<&str, &[u8]> = TableDefinition::new("metadata");
 /// `tenant \0 opaque study id` → Study Instance UID: events name studies
 /// by opaque id only.
 const STUDY_IDS: TableDefinition<&str, &str> = TableDefinition::new("study_ids");
 /// `topic#partition` → the next offset to read.
 const POSITIONS: TableDefinition<&str, u64> = TableDefinition::new("positions");
-/// Every object key an indexed InstanceReceived names (every version): what
-/// the orphan sweep looks keys up in, one lookup per listed object.
-const OBJECTS: TableDefinition<&str, ()> = TableDefinition::new("objects");
+/// Every object an indexed InstanceReceived names (every version), by
+/// [`object_id`]: what the orphan sweep looks keys up in, one lookup per
+/// listed object.
+const OBJECTS: TableDefinition<u128, ()> = TableDefinition::new("objects");
 /// `tenant \0 tag \0 value \0 Study Instance UID` → (): studies by the
 /// study-level attributes searches name most, so a search naming one
 /// visits its candidates only, not every study of the tenant.
 const STUDY_BY: TableDefinition<&str, ()> = TableDefinition::new("study_by");
 /// `schema` → the version of the tables above this file was built to.
 const SCHEMA: TableDefinition<&str, u32> = TableDefinition::new("schema");
-/// 3: OBJECTS, STUDY_IDS and STUDY_BY are filled for every indexed
-/// instance. An older file is caught up again from the start of the log
-/// on open (re-recording an instance is idempotent), which fills them.
-const SCHEMA_VERSION: u32 = 3;
+/// 4: one compact row per instance (metadata deflated inside it) and
+/// objects by a 128-bit digest of their key. A file built to an older
+/// version is emptied on open and caught up again from the start of the
+/// log, which is the index's source.
+const SCHEMA_VERSION: u32 = 4;
+/// Tables of schemas before 4 that no longer exist.
+const RETIRED: &[&str] = &["metadata"];
 
 /// The index file's page cache: searches and the latest studies stay hot;
 /// redb's default (1 GiB) would let memory grow with the archive.
@@ -214,6 +217,97 @@ fn position_key(topic: &TopicName, partition: u32) -> String {
     format!("{}#{partition}", topic.as_str())
 }
 
+/// An instance's row in [`INSTANCES`], protobuf-encoded: opaque id, object,
+/// digest and syntax, and the DICOM JSON deflated (about a third of its
+/// size: tag names and VRs repeat). The instance-level attributes
+/// searches match are read from that JSON, so nothing is kept twice.
+#[derive(Clone, PartialEq, prost::Message)]
+struct InstanceRow {
+    #[prost(bytes = "vec", tag = "1")]
+    instance_id: Vec<u8>,
+    #[prost(string, tag = "2")]
+    object_key: String,
+    /// The SHA-256 as 32 bytes; `sha256_text` instead if it is not hex.
+    #[prost(bytes = "vec", tag = "3")]
+    sha256: Vec<u8>,
+    #[prost(string, tag = "4")]
+    sha256_text: String,
+    #[prost(uint64, tag = "5")]
+    size: u64,
+    #[prost(string, tag = "6")]
+    transfer_syntax: String,
+    /// The DICOM JSON object, raw deflate.
+    #[prost(bytes = "vec", tag = "7")]
+    metadata: Vec<u8>,
+}
+
+impl InstanceRow {
+    fn of(r: &Received) -> Result<Vec<u8>, IndexError> {
+        use std::io::Write;
+        let json = encode(&r.metadata)?;
+        let mut deflate = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        deflate.write_all(&json).map_err(|e| IndexError::Corrupt(e.to_string()))?;
+        let metadata = deflate.finish().map_err(|e| IndexError::Corrupt(e.to_string()))?;
+        let (sha256, sha256_text) = match hex::decode(&r.sha256) {
+            Ok(bytes) => (bytes, String::new()),
+            Err(_) => (Vec::new(), r.sha256.clone()),
+        };
+        let row = InstanceRow {
+            instance_id: r.instance_id.as_bytes().to_vec(),
+            object_key: r.object_key.clone(),
+            sha256,
+            sha256_text,
+            size: r.size,
+            transfer_syntax: r.transfer_syntax.clone(),
+            metadata,
+        };
+        Ok(prost::Message::encode_to_vec(&row))
+    }
+
+    fn decode(bytes: &[u8]) -> Result<InstanceRow, IndexError> {
+        <InstanceRow as prost::Message>::decode(bytes).map_err(|e| IndexError::Corrupt(e.to_string()))
+    }
+
+    /// Appends the row's DICOM JSON object to `out`.
+    fn metadata_into(bytes: &[u8], out: &mut Vec<u8>) -> Result<(), IndexError> {
+        InstanceRow::decode(bytes)?.inflate(out)
+    }
+
+    fn inflate(&self, out: &mut Vec<u8>) -> Result<(), IndexError> {
+        use std::io::Read;
+        flate2::read::DeflateDecoder::new(self.metadata.as_slice())
+            .read_to_end(out)
+            .map(drop)
+            .map_err(|e| IndexError::Corrupt(format!("an instance's metadata does not inflate: {e}")))
+    }
+
+    fn entry(bytes: &[u8]) -> Result<InstanceEntry, IndexError> {
+        let row = InstanceRow::decode(bytes)?;
+        let mut json = Vec::new();
+        row.inflate(&mut json)?;
+        let instance_id = Uuid::from_slice(&row.instance_id).map_err(|e| IndexError::Corrupt(e.to_string()))?;
+        let sha256 = if row.sha256_text.is_empty() { hex::encode(&row.sha256) } else { row.sha256_text };
+        Ok(InstanceEntry {
+            instance_id,
+            attrs: pick(&decode(&json)?, INSTANCE_TAGS),
+            object_key: row.object_key,
+            sha256,
+            size: row.size,
+            transfer_syntax: row.transfer_syntax,
+        })
+    }
+}
+
+/// An object key's entry in [`OBJECTS`]: the first 128 bits of its
+/// SHA-256. Two keys sharing one would only keep an orphan, never delete
+/// a named object.
+fn object_id(key: &str) -> u128 {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.as_bytes());
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&digest.as_ref()[..16]);
+    u128::from_be_bytes(first)
+}
+
 pub struct StudyIndex {
     db: Database,
     path: String,
@@ -237,23 +331,29 @@ impl StudyIndex {
         let index = StudyIndex { db, path: shown };
         let txn = index.write(Durability::Immediate)?;
         {
-            for table in [STUDIES, SERIES, INSTANCES, METADATA] {
-                txn.open_table(table).map_err(|e| index.err(e))?;
-            }
-            let mut positions = txn.open_table(POSITIONS).map_err(|e| index.err(e))?;
-            txn.open_table(STUDY_IDS).map_err(|e| index.err(e))?;
-            txn.open_table(OBJECTS).map_err(|e| index.err(e))?;
-            txn.open_table(STUDY_BY).map_err(|e| index.err(e))?;
             let mut schema = txn.open_table(SCHEMA).map_err(|e| index.err(e))?;
             let version = schema.get("schema").map_err(|e| index.err(e))?.map(|v| v.value());
-            if version != Some(SCHEMA_VERSION) {
-                if version.is_none_or(|v| v < SCHEMA_VERSION) {
-                    // Read the log again from the start to fill the new tables.
-                    positions.retain(|_, _| false).map_err(|e| index.err(e))?;
+            if version.is_some_and(|v| v < SCHEMA_VERSION) {
+                // Rows of an older shape do not decode: start again from the
+                // log (positions go with the tables).
+                tracing::info!(path = %index.path, from = ?version, to = SCHEMA_VERSION, "study index rebuilt from the log for a new schema");
+                let tables = [STUDIES.name(), SERIES.name(), INSTANCES.name(), STUDY_IDS.name(), POSITIONS.name()];
+                let names = tables.into_iter().chain([OBJECTS.name(), STUDY_BY.name()]).chain(RETIRED.iter().copied());
+                for name in names {
+                    txn.delete_table(TableDefinition::<&str, ()>::new(name)).map_err(|e| index.err(e))?;
                 }
+            }
+            if version != Some(SCHEMA_VERSION) {
                 schema.insert("schema", SCHEMA_VERSION).map_err(|e| index.err(e))?;
             }
         }
+        for table in [STUDIES, SERIES, INSTANCES] {
+            txn.open_table(table).map_err(|e| index.err(e))?;
+        }
+        txn.open_table(POSITIONS).map_err(|e| index.err(e))?;
+        txn.open_table(STUDY_IDS).map_err(|e| index.err(e))?;
+        txn.open_table(OBJECTS).map_err(|e| index.err(e))?;
+        txn.open_table(STUDY_BY).map_err(|e| index.err(e))?;
         txn.commit().map_err(|e| index.err(e))?;
         Ok(index)
     }
@@ -305,22 +405,12 @@ impl StudyIndex {
         let mut studies = txn.open_table(STUDIES).map_err(|e| err(e.into()))?;
         let mut series = txn.open_table(SERIES).map_err(|e| err(e.into()))?;
         let mut instances = txn.open_table(INSTANCES).map_err(|e| err(e.into()))?;
-        let mut metadata = txn.open_table(METADATA).map_err(|e| err(e.into()))?;
 
         let ikey = instance_key(&r.tenant, &r.study_uid, &r.series_uid, &r.sop_uid);
         let new_instance = instances.get(ikey.as_str()).map_err(|e| err(e.into()))?.is_none();
-        let entry = InstanceEntry {
-            instance_id: r.instance_id,
-            attrs: pick(&r.metadata, INSTANCE_TAGS),
-            object_key: r.object_key.clone(),
-            sha256: r.sha256.clone(),
-            size: r.size,
-            transfer_syntax: r.transfer_syntax.clone(),
-        };
-        instances.insert(ikey.as_str(), encode(&entry)?.as_slice()).map_err(|e| err(e.into()))?;
+        instances.insert(ikey.as_str(), InstanceRow::of(r)?.as_slice()).map_err(|e| err(e.into()))?;
         let mut objects = txn.open_table(OBJECTS).map_err(|e| err(e.into()))?;
-        objects.insert(r.object_key.as_str(), ()).map_err(|e| err(e.into()))?;
-        metadata.insert(ikey.as_str(), encode(&r.metadata)?.as_slice()).map_err(|e| err(e.into()))?;
+        objects.insert(object_id(&r.object_key), ()).map_err(|e| err(e.into()))?;
 
         let skey = series_key(&r.tenant, &r.study_uid, &r.series_uid);
         let known_series = match series.get(skey.as_str()).map_err(|e| err(e.into()))? {
@@ -488,7 +578,7 @@ impl StudyIndex {
         let table = txn.open_table(OBJECTS).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for key in keys {
-            if table.get(key.as_str()).map_err(|e| self.err(e))?.is_none() {
+            if table.get(object_id(key)).map_err(|e| self.err(e))?.is_none() {
                 out.push(key.clone());
             }
         }
@@ -506,7 +596,7 @@ impl StudyIndex {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
         let table = txn.open_table(INSTANCES).map_err(|e| self.err(e))?;
         let key = instance_key(tenant, study_uid, series_uid, sop_uid);
-        table.get(key.as_str()).map_err(|e| self.err(e))?.map(|v| decode(v.value())).transpose()
+        table.get(key.as_str()).map_err(|e| self.err(e))?.map(|v| InstanceRow::entry(v.value())).transpose()
     }
 
     pub fn study(&self, tenant: &str, study_uid: &str) -> Result<Option<StudyEntry>, IndexError> {
@@ -636,7 +726,7 @@ impl StudyIndex {
             let (k, v) = row.map_err(|e| self.err(e))?;
             let rest = &k.value()[study.len() + 1..];
             let (series, sop) = rest.split_once('\0').unwrap_or((rest, ""));
-            out.push((series.to_owned(), sop.to_owned(), decode(v.value())?));
+            out.push((series.to_owned(), sop.to_owned(), InstanceRow::entry(v.value())?));
         }
         Ok(out)
     }
@@ -652,21 +742,22 @@ impl StudyIndex {
         out: &mut Vec<u8>,
     ) -> Result<usize, IndexError> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
-        let table = txn.open_table(METADATA).map_err(|e| self.err(e))?;
+        let table = txn.open_table(INSTANCES).map_err(|e| self.err(e))?;
         out.push(b'[');
         let mut n = 0;
-        let mut push = |value: &[u8]| {
+        let mut push = |row: &[u8]| -> Result<(), IndexError> {
             if n > 0 {
                 out.push(b',');
             }
-            out.extend_from_slice(value);
+            InstanceRow::metadata_into(row, out)?;
             n += 1;
+            Ok(())
         };
         match (series_uid, sop_uid) {
             (Some(series), Some(sop)) => {
                 let key = instance_key(tenant, study_uid, series, sop);
                 if let Some(v) = table.get(key.as_str()).map_err(|e| self.err(e))? {
-                    push(v.value());
+                    push(v.value())?;
                 }
             }
             _ => {
@@ -677,7 +768,7 @@ impl StudyIndex {
                 let (from, to) = children(&prefix);
                 for row in table.range(from.as_str()..to.as_str()).map_err(|e| self.err(e))? {
                     let (_, v) = row.map_err(|e| self.err(e))?;
-                    push(v.value());
+                    push(v.value())?;
                 }
             }
         }
@@ -689,13 +780,15 @@ impl StudyIndex {
     /// series: what `includefield` asks for beyond the kept attributes.
     pub fn first_metadata(&self, prefix_key: &str) -> Result<Option<Attributes>, IndexError> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
-        let table = txn.open_table(METADATA).map_err(|e| self.err(e))?;
+        let table = txn.open_table(INSTANCES).map_err(|e| self.err(e))?;
         let (from, to) = children(prefix_key);
         let mut rows = table.range(from.as_str()..to.as_str()).map_err(|e| self.err(e))?;
         match rows.next() {
             Some(row) => {
                 let (_, v) = row.map_err(|e| self.err(e))?;
-                Ok(Some(decode(v.value())?))
+                let mut json = Vec::new();
+                InstanceRow::metadata_into(v.value(), &mut json)?;
+                Ok(Some(decode(&json)?))
             }
             None => Ok(None),
         }
@@ -787,5 +880,47 @@ mod tests {
         assert_eq!(index.studies("acme").unwrap().len(), 2);
         assert!(index.studies("acm").unwrap().is_empty(), "tenants are whole key segments");
         assert!(index.study("northwind", "1.2").unwrap().is_none());
+    }
+
+    #[test]
+    fn rows_give_back_the_recorded_metadata_and_an_older_schema_is_read_again_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.redb");
+        {
+            // A file as schema 3 left it: its own tables and a position.
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(SCHEMA).unwrap().insert("schema", 3).unwrap();
+            txn.open_table(POSITIONS).unwrap().insert("meridian.us-east.phi.ingest#0", 42).unwrap();
+            txn.open_table(TableDefinition::<&str, &[u8]>::new("metadata"))
+                .unwrap()
+                .insert("k", b"{}".as_slice())
+                .unwrap();
+            txn.open_table(TableDefinition::<&str, &[u8]>::new("objects"))
+                .unwrap()
+                .insert("phi/x", b"".as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let index = StudyIndex::open(&path).unwrap();
+        let topic: TopicName = "meridian.us-east.phi.ingest".parse().unwrap();
+        assert_eq!(index.positions(&topic, 1).unwrap()[0].offset, 0, "caught up again from the start");
+        let txn = index.db.begin_read().unwrap();
+        assert!(txn.list_tables().unwrap().all(|t| t.name() != "metadata"), "the retired table is gone");
+        drop(txn);
+
+        let mut r = received("1.2", "1.2.1", "1.2.1.1", "CT", &"ab".repeat(32));
+        r.metadata.insert("00200013".into(), json!({"vr": "IS", "Value": [7]}));
+        r.metadata.sort_keys();
+        index.record(&r, None).unwrap();
+        let mut out = Vec::new();
+        index.metadata_into("acme", "1.2", None, Some("1.2.1.1"), &mut out).unwrap();
+        let all: Vec<Attributes> = serde_json::from_slice(&out).unwrap();
+        assert_eq!(all, [r.metadata.clone()]);
+        let entry = index.instance("acme", "1.2", "1.2.1", "1.2.1.1").unwrap().unwrap();
+        assert_eq!(entry.sha256, "ab".repeat(32));
+        assert_eq!(entry.attrs, pick(&r.metadata, INSTANCE_TAGS));
+        assert_eq!(entry.attrs.len(), 2, "SOP Instance UID, Instance Number, and nothing of other levels");
+        assert!(index.unnamed(&[r.object_key.clone(), "phi/x".into()]).unwrap() == ["phi/x"]);
     }
 }

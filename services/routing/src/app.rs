@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::adapters::events::{aggregate, from_payload, to_payload};
+use crate::answers::{Answers, Retry};
 use crate::domain::policy::Policy;
 use crate::domain::worklist::{self, Command, Event, State};
 
@@ -33,6 +34,9 @@ use crate::domain::worklist::{self, Command, Event, State};
 pub struct Folded {
     pub worklist: State,
     pub versions: BTreeMap<Uuid, u64>,
+    /// Keyed requests' answers, for their retries (bounded: see [`Answers`]).
+    #[serde(default)]
+    pub answers: Answers,
 }
 
 /// The projection of the routing topic.
@@ -45,6 +49,8 @@ impl Projection for RoutingProjection {
     fn apply(mut state: Folded, event: &Logged<'_>) -> Folded {
         match from_payload(event.payload) {
             Ok(Some(e)) => {
+                let meta = &event.envelope.meta;
+                state.answers.record(meta.event_id, &e, meta.occurred_at);
                 state.worklist = worklist::apply(state.worklist, &e);
                 state.versions.insert(event.envelope.meta.aggregate_id, event.envelope.meta.aggregate_version);
             }
@@ -67,6 +73,9 @@ pub enum Error {
     Projection(#[from] meridian_projection::Error),
     #[error("routing envelope: {0}")]
     Envelope(#[from] meridian_events::envelope::Error),
+    /// An idempotency key sent again with another request.
+    #[error("idempotency key {key:?} was already used for another request: {first}")]
+    KeyReused { key: String, first: String },
 }
 
 /// Who asked, for event ids: an idempotency key makes a retry a no-op.
@@ -287,7 +296,8 @@ impl Routing {
         let mut projector = self.projector.lock().await;
         let commands = commands.into_iter().map(|(command, cause)| (command, cause, now)).collect();
         let (events, batch, _) = self.decide_in_turn(projector.state(), commands, |e| Err(e.into()))?;
-        if events.is_empty() {
+        // Nothing new (or only retries answered again): nothing to append.
+        if batch.is_empty() {
             return Ok(events);
         }
         let appended = self.log.append(batch.clone()).await?;
@@ -312,6 +322,19 @@ impl Routing {
         let last = commands.len().saturating_sub(1);
         for (i, (command, cause, now)) in commands.into_iter().enumerate() {
             let folded = scratch.as_ref().unwrap_or(state);
+            if let Cause::Request { tenant, idempotency_key } = &cause {
+                match folded.answers.retry(tenant, idempotency_key, &command) {
+                    Retry::New => {}
+                    Retry::Same(answer) => {
+                        events.push(answer);
+                        continue;
+                    }
+                    Retry::Different(first) => {
+                        let first = crate::answers::describe(&first);
+                        return Err(Error::KeyReused { key: idempotency_key.clone(), first });
+                    }
+                }
+            }
             let decided = match worklist::decide(&folded.worklist, &self.policy, command, now) {
                 Ok(decided) => decided,
                 Err(e) => {

@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod adapters;
+pub mod answers;
 pub mod app;
 pub mod domain;
 pub mod simulate;

@@ -72,7 +72,17 @@ pub fn status(e: Error) -> Status {
                 W::NothingToClaim { reader } => not_found("eligible study for", &reader),
                 W::WrongRead { study, .. } => precondition("READ_TYPE", &study.to_string(), message),
                 W::NotInGroup { reader, group } => precondition("GROUP", &group, format!("{reader} is not in {group}")),
+                W::HeldByAnotherGroup { study, .. } => {
+                    let mut details = ErrorDetails::new();
+                    details.set_resource_info("study", study.to_string(), "", message.clone());
+                    Status::with_error_details(Code::PermissionDenied, message, details)
+                }
             }
+        }
+        Error::KeyReused { .. } => {
+            let message = e.to_string();
+            let details = ErrorDetails::with_bad_request_violation("idempotency_key", message.clone());
+            Status::with_error_details(Code::InvalidArgument, message, details)
         }
         Error::Log(e) => Status::unavailable(format!("routing log: {e}")),
         other => Status::internal(other.to_string()),
@@ -133,6 +143,19 @@ fn acting_for<'s>(p: &Principal, state: &'s State, reader_id: &str, action: Acti
         }));
     }
     Ok(reader)
+}
+
+/// The study, if reading group `group` may see it: a contract of its
+/// tenant names the group. Otherwise NOT_FOUND, as for a study that is not
+/// here, so that other groups' work is not disclosed.
+fn seen_by<'s>(routing: &Routing, state: &'s State, group: &str, study: Uuid) -> Result<&'s Study, Status> {
+    let hidden = || not_found("study", &study.to_string());
+    let st = state.studies.get(&study).ok_or_else(hidden)?;
+    let contract = routing.policy().contracts.get(&st.contract);
+    if !contract.is_some_and(|c| c.groups.contains(group)) {
+        return Err(hidden());
+    }
+    Ok(st)
 }
 
 fn entry(routing: &Routing, reader: &Reader, s: &Study) -> pb::WorklistEntry {
@@ -494,6 +517,8 @@ impl RoutingService for RoutingGrpc {
         authorize(&p, Action::Reassign, &Resource::ReadingGroup { group: &r.reading_group })
             .map_err(|d| permission_denied(&d))?;
         let study = parse_study(&r.study_id)?;
+        let routing = &self.routing;
+        routing.read(|s| seen_by(routing, s, &r.reading_group, study).map(drop)).await?;
         let command = Command::Reassign { group: r.reading_group, study, to: r.to_reader_id };
         self.routing.execute(command, now(), cause(&p, &r.idempotency_key)).await.map_err(status)?;
         Ok(Response::new(pb::ReassignResponse {}))
@@ -510,7 +535,8 @@ impl RoutingService for RoutingGrpc {
         let routing = &self.routing;
         let checks = routing
             .read(|s| -> Result<_, Status> {
-                acting_for(&p, s, &r.reader_id, Action::ViewWorklist)?;
+                let reader = acting_for(&p, s, &r.reader_id, Action::ViewWorklist)?;
+                seen_by(routing, s, &reader.group, study)?;
                 s.explain(routing.policy(), at, &r.reader_id, study).map_err(|e| status(Error::Domain(e)))
             })
             .await?;
@@ -711,6 +737,7 @@ mod tests {
 
     struct Fixture {
         _dir: tempfile::TempDir,
+        log: Arc<EmbeddedLog>,
         routing: Arc<Routing>,
         c: RoutingServiceClient<Channel>,
         at: UnixMicros,
@@ -719,6 +746,7 @@ mod tests {
         admin: String,
         z: String,
         pacs: String,
+        h_admin: String,
         stat: Uuid,
         routine: Uuid,
         fin: Uuid,
@@ -749,8 +777,15 @@ mod tests {
             ]),
             escalation_per_mille: vec![500],
         };
+        // A second contract names both groups: one group's reader may then
+        // hold a study the other group's admin can see.
+        let shared = ContractPolicy {
+            name: "shared".into(),
+            groups: BTreeSet::from(["g".into(), "h".into()]),
+            ..contract.clone()
+        };
         let policy = Policy {
-            contracts: BTreeMap::from([("c".to_string(), contract)]),
+            contracts: BTreeMap::from([("c".to_string(), contract), ("shared".to_string(), shared)]),
             regions: BTreeMap::from([(
                 "us-east".to_string(),
                 RegionInfo { country: "US".into(), nearshore: BTreeSet::new() },
@@ -792,6 +827,7 @@ mod tests {
         let admin = token(principal("g-admin", PrincipalKind::Group, Some("g"), None, &["group-admin"]));
         let z = token(principal("dr-z", PrincipalKind::Group, Some("h"), Some("dr-z"), &["reader"]));
         let pacs = token(principal("pacs", PrincipalKind::Tenant, None, None, &["facility"]));
+        let h_admin = token(principal("h-admin", PrincipalKind::Group, Some("h"), None, &["group-admin"]));
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -805,12 +841,12 @@ mod tests {
         let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
         let c = RoutingServiceClient::new(channel);
 
-        Fixture { _dir: dir, routing, c, at, x, y, admin, z, pacs, stat, routine, fin }
+        Fixture { _dir: dir, log, routing, c, at, x, y, admin, z, pacs, h_admin, stat, routine, fin }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn readers_claim_over_grpc_through_authorize_with_rich_errors() {
-        let Fixture { _dir, routing, mut c, at, x, y, admin, z, pacs, stat, routine, fin } = fixture().await;
+        let Fixture { _dir, routing, mut c, at, x, y, admin, z, pacs, stat, routine, fin, .. } = fixture().await;
         // The worklist, in the total order: STAT first.
         let list = c
             .get_worklist(call(pb::GetWorklistRequest { reader_id: "dr-x".into(), ..Default::default() }, &x))
@@ -883,15 +919,26 @@ mod tests {
         assert_eq!(precondition_of(&err), Some(("ELIGIBILITY".into(), "licence".into())));
         let why = c
             .explain_eligibility(call(
-                pb::ExplainEligibilityRequest { reader_id: "dr-z".into(), study_id: routine.to_string() },
-                &z,
+                pb::ExplainEligibilityRequest { reader_id: "dr-y".into(), study_id: fin.to_string() },
+                &y,
             ))
             .await
             .unwrap()
             .into_inner();
         assert!(!why.eligible);
         let failed: Vec<&str> = why.checks.iter().filter(|c| !c.passed).map(|c| c.rule.as_str()).collect();
-        assert_eq!(failed, ["contract"]);
+        assert_eq!(failed, ["licence"]);
+        // Another group's reader learns nothing of a study no contract
+        // of theirs names: the same answer as for no study at all.
+        let err = c
+            .explain_eligibility(call(
+                pb::ExplainEligibilityRequest { reader_id: "dr-z".into(), study_id: routine.to_string() },
+                &z,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+        assert_eq!(err.message(), format!("no study {routine} in this region"));
 
         // Who may act for whom.
         let err = c
@@ -972,6 +1019,94 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied, "a reader is not a group admin");
         assert_eq!(routing.read(|s| s.studies[&stat].assignee.clone()).await.as_deref(), Some("dr-y"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retried_request_gets_its_first_answer_even_after_a_restart_and_a_reused_key_is_named() {
+        let Fixture { _dir, log, routing, mut c, at, x, stat, routine, .. } = fixture().await;
+        let next = || call(pb::ClaimNextRequest { reader_id: "dr-x".into(), idempotency_key: "n-1".into() }, &x);
+        let first = c.claim_next(next()).await.unwrap().into_inner();
+        let again = c.claim_next(next()).await.unwrap().into_inner();
+        assert_eq!(again, first, "the retry is answered as the first call was");
+        assert_eq!(first.entry.as_ref().unwrap().study_id, stat.to_string());
+        let mine = routing.read(|s| s.studies.values().filter(|s| s.assignee.as_deref() == Some("dr-x")).count()).await;
+        assert_eq!(mine, 1, "the retry claimed nothing more");
+
+        // The same key for another request: INVALID_ARGUMENT naming the key.
+        let claim =
+            pb::ClaimRequest { reader_id: "dr-x".into(), study_id: routine.to_string(), idempotency_key: "n-1".into() };
+        let err = c.claim(call(claim, &x)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert_eq!(err.get_error_details().bad_request().unwrap().field_violations[0].field, "idempotency_key");
+        assert!(err.message().contains("\"n-1\""), "{}", err.message());
+
+        let release = || {
+            let r = pb::ReleaseRequest {
+                reader_id: "dr-x".into(),
+                study_id: stat.to_string(),
+                reason: "wrong subspecialty".into(),
+                idempotency_key: "r-1".into(),
+            };
+            call(r, &x)
+        };
+        c.release(release()).await.unwrap();
+        c.release(release()).await.expect("a retried release is answered, not refused as not the assignee");
+
+        // The answers live in the log: a routing opened again from it knows them.
+        let keys: Arc<dyn KeyStore> = Arc::new(log.key_store());
+        let policy = routing.policy().clone();
+        drop((c, routing));
+        let reopened = Routing::open(
+            "us-east",
+            log,
+            keys,
+            policy,
+            Duration::from_millis(50),
+            meridian_projection::run::Snapshotter::none(),
+        )
+        .await
+        .unwrap();
+        let cause = || Cause::Request { tenant: "reader:dr-x".into(), idempotency_key: "n-1".into() };
+        let answer = reopened.execute(Command::ClaimNext { reader: "dr-x".into() }, at, cause()).await.unwrap();
+        assert!(matches!(&answer[..], [Event::AssignmentClaimed { study, .. }] if *study == stat));
+        assert_eq!(reopened.read(|s| s.studies[&stat].assignee.clone()).await, None, "released, and not claimed again");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_admin_moves_only_work_its_group_may_see_and_no_other_group_holds() {
+        let Fixture { _dir, routing, mut c, at, admin, z, h_admin, routine, .. } = fixture().await;
+        let shared = Uuid::from_u128(4);
+        let queued = NewStudy { contract: "shared".into(), ..study(4, Priority::Stat, ReadType::Preliminary, at) };
+        routing.execute(Command::Queue(queued), at, Cause::Unkeyed).await.unwrap();
+        let claim =
+            pb::ClaimRequest { reader_id: "dr-z".into(), study_id: shared.to_string(), idempotency_key: String::new() };
+        c.claim(call(claim, &z)).await.unwrap();
+        let reassign = |group: &str, study: Uuid, to: &str, token: &str| {
+            let r = pb::ReassignRequest {
+                reading_group: group.into(),
+                study_id: study.to_string(),
+                to_reader_id: to.into(),
+                idempotency_key: String::new(),
+            };
+            call(r, token)
+        };
+        let err = c.reassign(reassign("g", shared, "dr-x", &admin)).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "g's admin may not take what h's reader holds");
+        assert!(err.message().contains("dr-z of reading group h holds"), "{}", err.message());
+        assert_eq!(routing.read(|s| s.studies[&shared].assignee.clone()).await.as_deref(), Some("dr-z"));
+        // h's admin may not see a study only g's contract names.
+        let err = c.reassign(reassign("h", routine, "dr-z", &h_admin)).await.unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+        // Once dr-z lets it go, either group's admin may move it.
+        let release = pb::ReleaseRequest {
+            reader_id: "dr-z".into(),
+            study_id: shared.to_string(),
+            reason: String::new(),
+            idempotency_key: String::new(),
+        };
+        c.release(call(release, &z)).await.unwrap();
+        c.reassign(reassign("g", shared, "dr-x", &admin)).await.unwrap();
+        assert_eq!(routing.read(|s| s.studies[&shared].assignee.clone()).await.as_deref(), Some("dr-x"));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

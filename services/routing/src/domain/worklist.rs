@@ -312,6 +312,8 @@ pub enum Error {
     NotInGroup { reader: String, group: String },
     #[error("study {study} has a {open:?} read open, not a {signed:?} read")]
     WrongRead { study: Uuid, signed: ReadType, open: ReadType },
+    #[error("{holder} of reading group {holder_group} holds study {study}; only that group may move it")]
+    HeldByAnotherGroup { study: Uuid, holder: String, holder_group: String },
 }
 
 /// Appends a run of equally-prefixed offers in the full order.
@@ -561,6 +563,14 @@ pub fn decide(state: &State, policy: &Policy, command: Command, now: UnixMicros)
             let s = state.study(study)?;
             if s.assignee.as_deref() == Some(to.as_str()) {
                 return Err(Error::AlreadyAssigned { study, assignee: to });
+            }
+            // A group moves its own readers' work, or work no one holds.
+            if let Some(holder) = &s.assignee {
+                let holder_group = state.readers.get(holder).map_or("", |r| r.group.as_str());
+                if holder_group != group {
+                    let (holder, holder_group) = (holder.clone(), holder_group.to_owned());
+                    return Err(Error::HeldByAnotherGroup { study, holder, holder_group });
+                }
             }
             state.check_eligible(policy, now, target, s)?;
             Ok(vec![Event::AssignmentReassigned { study, from: s.assignee.clone(), to, by_group: group }])

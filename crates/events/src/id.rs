@@ -96,6 +96,12 @@ fn sha256_v8(domain: &str, parts: &[&[u8]]) -> Uuid {
     uuid_v8_from(&hash.finalize())
 }
 
+/// The id of an aggregate that other ids name (a study's derivative for one
+/// contract and destination): the same parts give the same id anywhere.
+pub fn aggregate_id(kind: &str, parts: &[&[u8]]) -> Uuid {
+    sha256_v8(&format!("meridian.aggregate.{kind}.v1"), parts)
+}
+
 /// Error parsing an id from text.
 #[derive(Debug, thiserror::Error)]
 #[error("{kind} {text:?} is not a UUID: {source}")]

@@ -138,9 +138,9 @@ catalogue! {
     StudyCompleted       => 1, Operational, "ingest",  "ingest.study",   "ingest";
     StudyUpdated         => 1, Operational, "ingest",  "ingest.study",   "ingest";
     // storage
-    PhiWriteRefused      => 1, Operational, "storage", "storage.object", "storage";
+    PhiWriteRefused      => 1, Operational, "storage", "storage.refusal", "storage";
     PhiAccessed          => 1, Operational, "audit",   "storage.audit",  "storage";
-    DerivativeCreated    => 1, Operational, "storage", "storage.object", "storage";
+    DerivativeCreated    => 1, Operational, "storage", "storage.derivative", "storage";
     ObjectPurged         => 1, Operational, "storage", "storage.object", "storage";
     // inference
     AiTriageCompleted    => 1, Operational, "inference", "inference.study", "inference";

@@ -199,7 +199,7 @@ fn storescu_verbose(port: u16, files: &[PathBuf]) -> String {
         .args(files)
         .env("TCP_NODELAY", "1")
         .output()
-        .expect("storescu (dcmtk) is installed: .ci/run installs it");
+        .expect("storescu (dcmtk) is installed: scripts/test installs it");
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
@@ -256,7 +256,7 @@ fn stored_instances(data: &Path) -> Vec<(String, String, String)> {
         .collect()
 }
 
-/// The Python with the tools the tests drive (.ci/run installs them).
+/// The Python with the tools the tests drive (scripts/test installs them).
 fn python() -> PathBuf {
     std::env::var_os("MERIDIAN_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
         PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/meridian/tools/venv/bin/python")
@@ -1068,7 +1068,7 @@ async fn dev_serves_three_regions_with_health_reflection_dicom_echo_and_auth_and
             .args(["-aet", calling, "-aec", called, "127.0.0.1", &dev.dicom_port(region).to_string()])
             .env("TCP_NODELAY", "1")
             .output()
-            .expect("echoscu (dcmtk) is installed: .ci/run installs it");
+            .expect("echoscu (dcmtk) is installed: scripts/test installs it");
         (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
     };
     assert_eq!(dev.json("endpoints.json")["regions"]["us-east"]["dicom"]["host"], "127.0.0.1");

@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use crate::deidentify::{DeidError, Profile};
 use crate::index::StudyIndex;
-use crate::phi::{DeidentifiedObject, PhiWriteError, PhiWriter, object_event};
+use crate::phi::{Aggregate, DeidentifiedObject, PhiWriteError, PhiWriter, storage_event};
 
 /// The consumer's name on the ingest topic.
 pub const CONSUMER: &str = "storage.derivatives";
@@ -124,10 +124,10 @@ impl Derivatives {
             let last = batch.len() - 1;
             for (i, record) in batch.into_iter().enumerate() {
                 let mut outputs = Vec::new();
-                if let Some((cause, tenant, study, at)) = completed(&record) {
-                    let created = self.derive(&tenant, study, at).await?;
+                if let Some(c) = completed(&record) {
+                    let created = self.derive(&c.tenant, c.study, c.at).await?;
                     derived += usize::from(!created.is_empty());
-                    outputs = self.events(&tenant, study, cause, at, &created)?;
+                    outputs = self.events(&c, &created)?;
                 }
                 let next = record.next_position();
                 inputs.insert((next.topic, next.partition), next.offset);
@@ -253,14 +253,16 @@ impl Derivatives {
 
     /// DerivativeCreated per destination, with ids derived from the input
     /// event's, so a redone step appends recognisable duplicates.
-    fn events(
-        &self,
-        tenant: &str,
-        study: Uuid,
-        cause: EventId,
-        at: UnixMicros,
-        created: &[Created],
-    ) -> Result<Vec<Outgoing>, DerivativeError> {
+    ///
+    /// Each (study, contract, destination) is its own aggregate, written
+    /// only here. Its version is the version of the ingest event that asked
+    /// for it (StudyCompleted, then each StudyUpdated): rising with every
+    /// derivation of the study, and the same when a step is redone, with no
+    /// state to keep. Versions have gaps; consumers need them rising, not
+    /// consecutive.
+    fn events(&self, c: &Completion, created: &[Created]) -> Result<Vec<Outgoing>, DerivativeError> {
+        let Completion { cause, tenant, study, at, version } = c;
+        let (tenant, study, cause, at) = (tenant.as_str(), *study, *cause, *at);
         let mut out = Vec::new();
         for (ordinal, c) in created.iter().enumerate() {
             let contract = self.platform.contracts.get(&c.contract);
@@ -276,16 +278,30 @@ impl Derivatives {
                     .unwrap_or_default(),
             };
             let event_id = EventId::derived(cause, "meridian.events.v1.DerivativeCreated", ordinal as u32);
-            let (topic, meta) = object_event(&self.region, tenant, study, event_id, at, Some(cause))?;
+            let id = meridian_events::id::aggregate_id(
+                "storage.derivative",
+                &[study.as_bytes(), c.contract.as_bytes(), c.destination.as_bytes()],
+            );
+            let aggregate = Aggregate { kind: "storage.derivative", id, version: *version };
+            let (topic, meta) = storage_event(&self.region, tenant, aggregate, event_id, at, Some(cause))?;
             out.push(Outgoing::new(topic, &Envelope::plain(meta, &payload)?)?);
         }
         Ok(out)
     }
 }
 
-/// The study a record says is complete (or grew after completion): the
-/// cause, tenant, opaque study id and moment.
-fn completed(record: &meridian_log::Record) -> Option<(EventId, String, Uuid, UnixMicros)> {
+/// A study an ingest event says is complete (or grew after completion).
+struct Completion {
+    cause: EventId,
+    tenant: String,
+    study: Uuid,
+    at: UnixMicros,
+    /// The ingest event's version in the study's ingest aggregate.
+    version: u64,
+}
+
+/// The study a record says is complete (or grew after completion).
+fn completed(record: &meridian_log::Record) -> Option<Completion> {
     let envelope = record.envelope().ok()?;
     let study = match envelope.open_plain().ok()? {
         Payload::StudyCompleted(c) => c.study_id,
@@ -293,5 +309,76 @@ fn completed(record: &meridian_log::Record) -> Option<(EventId, String, Uuid, Un
         _ => return None,
     };
     let study = Uuid::parse_str(&study).ok()?;
-    Some((envelope.meta.event_id, envelope.meta.tenant.clone(), study, envelope.meta.occurred_at))
+    let meta = &envelope.meta;
+    Some(Completion {
+        cause: meta.event_id,
+        tenant: meta.tenant.clone(),
+        study,
+        at: meta.occurred_at,
+        version: meta.aggregate_version,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use meridian_log::dedup::Deduplicator;
+    use meridian_log::embedded::{EmbeddedLog, EmbeddedOptions};
+
+    use super::*;
+    use crate::blobs::{Blobs, LocalBlobs};
+
+    fn created(destination: &str) -> Created {
+        Created {
+            contract: "northwind-lotus".into(),
+            destination: destination.into(),
+            derivative_study: StudyId(Uuid::from_u128(9)),
+            instances: 3,
+            withheld: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn each_destination_is_its_own_aggregate_versioned_by_what_asked_so_no_consumer_drops_one() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let platform =
+            Arc::new(Platform::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples/dev")).unwrap());
+        let log = Arc::new(EmbeddedLog::open(&dir.path().join("log.redb"), EmbeddedOptions::default()).unwrap());
+        let blobs: Arc<dyn Blobs> = Arc::new(LocalBlobs::new(dir.path().join("objects")));
+        let phi = Arc::new(PhiWriter::new("eu-west", platform.clone(), blobs, log.clone()));
+        let index = Arc::new(StudyIndex::open(&dir.path().join("index.redb")).unwrap());
+        let derivatives = Derivatives::new("eu-west", platform, phi, index, log, BTreeMap::new(), Default::default());
+
+        let at = UnixMicros(1_795_000_000_000_000);
+        let completion = |version: u64| Completion {
+            cause: EventId::new_at(at),
+            tenant: "northwind".into(),
+            study: Uuid::from_u128(1),
+            at,
+            version,
+        };
+        // A contract naming two destination regions: two events, one study.
+        let completed = completion(4);
+        let two = [created("in-south"), created("us-east")];
+        let first = derivatives.events(&completed, &two).unwrap();
+        let metas: Vec<_> = first.iter().map(|o| Envelope::decode(&o.value).unwrap().meta).collect();
+        assert_eq!(metas.len(), 2);
+        assert_ne!(metas[0].aggregate_id, metas[1].aggregate_id, "one aggregate per destination");
+        assert!(metas.iter().all(|m| m.aggregate_version == 4 && m.aggregate_type == "storage.derivative"));
+        assert!(metas.iter().all(|m| m.aggregate_id != Uuid::from_u128(1)), "not the study's own id");
+
+        let mut dedup = Deduplicator::with_window(16);
+        let mut admit = |out: &[Outgoing]| -> Vec<bool> {
+            out.iter().map(|o| dedup.admit(&Envelope::decode(&o.value).unwrap(), &o.value).unwrap()).collect()
+        };
+        assert_eq!(admit(&first), [true, true], "a de-duplicating consumer takes both");
+        // A redone step appends the same events: recognised as copies.
+        assert_eq!(admit(&derivatives.events(&completed, &two).unwrap()), [false, false]);
+        // The study grows after completion (StudyUpdated, a later version):
+        // each destination's next version, taken as new.
+        let updated = derivatives.events(&completion(6), &two).unwrap();
+        assert!(updated.iter().all(|o| Envelope::decode(&o.value).unwrap().meta.aggregate_version == 6));
+        assert_eq!(admit(&updated), [true, true]);
+    }
 }

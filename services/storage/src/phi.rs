@@ -235,25 +235,30 @@ impl PhiWriter {
             study_id: study.map(|s| s.to_string()).unwrap_or_default(),
             reason: refused.to_string(),
         };
+        // A refusal is not a step in any history: each is its own
+        // aggregate (its event id), at version 1; the study is in the payload.
         let event_id = EventId::new_at(now);
-        // A refusal is not a step in the object's history: its version is
-        // its moment, so every refusal is a distinct event.
-        let study = study.unwrap_or_else(|| event_id.as_uuid());
-        let (topic, meta) = object_event(&self.region, tenant, study, event_id, now, None)?;
+        let aggregate = Aggregate { kind: "storage.refusal", id: event_id.as_uuid(), version: 1 };
+        let (topic, meta) = storage_event(&self.region, tenant, aggregate, event_id, now, None)?;
         let envelope = meridian_events::Envelope::plain(meta, &payload)?;
         self.log.append(vec![Outgoing::new(topic, &envelope)?]).await?;
         Ok(())
     }
 }
 
-/// Where storage's events about a study's objects go in `region` (its
-/// operational storage topic) and their meta: aggregate "storage.object"
-/// keyed by the opaque study id. Such an event (a refusal, a derivative)
-/// is not a step of the object's history, so its version is its moment.
-pub(crate) fn object_event(
+/// The aggregate a storage event belongs to, and its version there.
+pub(crate) struct Aggregate {
+    pub kind: &'static str,
+    pub id: uuid::Uuid,
+    pub version: u64,
+}
+
+/// Where storage's events go in `region` (its operational storage topic)
+/// and their meta.
+pub(crate) fn storage_event(
     region: &str,
     tenant: &str,
-    study: uuid::Uuid,
+    aggregate: Aggregate,
     event_id: EventId,
     at: UnixMicros,
     cause: Option<EventId>,
@@ -262,9 +267,9 @@ pub(crate) fn object_event(
         .map_err(|e| meridian_log::Error::UnknownTopic { topic: e.name })?;
     let meta = EventMeta {
         event_id,
-        aggregate_type: "storage.object".into(),
-        aggregate_id: study,
-        aggregate_version: at.0.max(1) as u64,
+        aggregate_type: aggregate.kind.into(),
+        aggregate_id: aggregate.id,
+        aggregate_version: aggregate.version,
         tenant: tenant.to_owned(),
         home_region: region.to_owned(),
         occurred_at: at,
@@ -365,7 +370,11 @@ mod tests {
         let envelope = records[0].envelope().unwrap();
         let Ok(Payload::PhiWriteRefused(p)) = envelope.open_plain() else { panic!("{envelope:?}") };
         assert_eq!((p.region.as_str(), p.study_id), ("eu-west", object(b"").study.as_uuid().to_string()));
-        assert_eq!(envelope.meta.aggregate_id, object(b"").study.as_uuid());
+        // Each refusal is its own aggregate: two refusals of one study never
+        // claim one version.
+        let meta = &envelope.meta;
+        assert_eq!((meta.aggregate_type.as_str(), meta.aggregate_version), ("storage.refusal", 1));
+        assert_eq!(meta.aggregate_id, meta.event_id.as_uuid());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,6 +11,7 @@ file's transfer syntax. TOKENS is the path of tokens.json. Every check prints on
 failure stops with the reason.
 """
 
+import io
 import json
 import os
 import shutil
@@ -188,10 +189,48 @@ def main_check(url, tokens_path, folder):
 
     # Bad requests say what was wrong.
     auth = {"Authorization": f"Bearer {tokens['acme-pacs']}"}
-    r = requests.get(f"{url}/studies?PatientNmae=x", headers=auth)
-    check(r.status_code == 400 and "PatientNmae" in r.text, f"an unknown query key: 400 naming it ({r.status_code})")
-    r = requests.get(f"{url}/studies?Modality=CT", headers=auth)
-    check(r.status_code == 400 and "study level" in r.text, f"a series attribute at the study level: 400 ({r.status_code})")
+    # PS3.18 8.3.4: an unsupported parameter is ignored and named in a Warning.
+    r = requests.get(f"{url}/studies?PatientNmae=x&Modality=CT&limit=2", headers=auth)
+    warning = r.headers.get("Warning", "")
+    check(r.status_code == 200 and len(r.json()) == 2 and warning.startswith("299 ")
+          and "PatientNmae" in warning and "Modality" in warning,
+          f"unsupported query keys: 200 as if absent, named in a Warning ({r.status_code}, {warning!r})")
+    r = requests.get(f"{url}/studies?PatientName=doe&fuzzymatching=true", headers=auth)
+    check(r.status_code == 200 and "Only literal matching has been performed" in r.headers.get("Warning", ""),
+          f"fuzzymatching: literal matching, said in a Warning ({r.status_code})")
+    r = requests.get(f"{url}/studies?limit=many", headers=auth)
+    check(r.status_code == 400 and "limit" in r.text, f"an invalid limit: 400 naming it ({r.status_code})")
+    r = requests.get(f"{url}/studies?includefield=NoSuchThing", headers=auth)
+    check(r.status_code == 400 and "NoSuchThing" in r.text, f"an unknown includefield: 400 ({r.status_code})")
+    # Accept is honoured for JSON answers.
+    r = requests.get(f"{url}/studies?limit=1", headers={**auth, "Accept": "application/json"})
+    check(r.status_code == 200 and r.headers["Content-Type"] == "application/json", f"QIDO as application/json ({r.status_code})")
+    r = requests.get(f"{url}/studies?limit=1", headers={**auth, "Accept": "application/*"})
+    check(r.headers.get("Content-Type") == "application/dicom+json", f"a wildcard gets DICOM JSON ({r.status_code})")
+    r = requests.get(f"{url}/studies", headers={**auth, "Accept": "text/html"})
+    check(r.status_code == 406 and "application/dicom+json" in r.text, f"QIDO as text/html: 406 ({r.status_code})")
+    r = requests.get(f"{url}/studies/{study}/metadata", headers={**auth, "Accept": "image/png"})
+    check(r.status_code == 406, f"metadata as image/png: 406 ({r.status_code})")
+    r = requests.get(f"{url}/studies/{study}/metadata", headers={**auth, "Accept": "application/dicom+json"})
+    check(r.status_code == 200 and r.json()[0]["0020000D"]["Value"][0] == study, f"metadata as DICOM JSON ({r.status_code})")
+    # One instance as a bare Part-10 file (PS3.18 table 10.4.4-1).
+    r = requests.get(path, headers={**auth, "Accept": "application/dicom; transfer-syntax=*"})
+    bare = pydicom.dcmread(io.BytesIO(r.content)) if r.status_code == 200 else None
+    check(bare is not None and r.headers["Content-Type"].startswith("application/dicom;")
+          and bare.SOPInstanceUID == sop and bare.PixelData == one.PixelData,
+          f"one instance as a bare application/dicom ({r.status_code}, {r.headers.get('Content-Type')})")
+    r = requests.get(f"{url}/studies/{study}", headers={**auth, "Accept": "application/dicom"})
+    check(r.status_code == 406 and "one instance" in r.text, f"a whole study as one bare part: 406 ({r.status_code})")
+    # An unknown path: the usual JSON 404, with CORS headers for browsers;
+    # without a token, 401 first.
+    origin = {"Origin": "https://viewer.example"}
+    r = requests.get(f"{url}/no/such/thing", headers={**auth, **origin})
+    check(r.status_code == 404 and r.json()["error"]["code"] == "NOT_FOUND"
+          and r.headers.get("Access-Control-Allow-Origin") == "*",
+          f"an unknown path: JSON 404 with CORS ({r.status_code}, {r.headers.get('Access-Control-Allow-Origin')})")
+    r = requests.get(f"{url}/no/such/thing", headers=origin)
+    check(r.status_code == 401 and r.headers.get("Access-Control-Allow-Origin") == "*",
+          f"an unknown path without a token: 401 with CORS ({r.status_code})")
     r = requests.get(path, headers={**auth, "Accept": "application/json"})
     check(r.status_code == 406 and "multipart/related" in r.text, f"an Accept it cannot serve: 406 ({r.status_code})")
     r = requests.get(f"{path}/frames/0", headers=auth)
@@ -281,9 +320,29 @@ def main_stow(url, tokens_path, folder):
     check(r.status_code == 409 and failed and failed[0]["00081197"]["Value"][0] == 0xA900,
           f"an instance of another study than the path's: 409 with 0xA900 ({r.status_code})")
 
+    # One Part-10 body as application/dicom (not multipart), as Google's and
+    # Azure's servers take it: one instance, answered as one part would be.
+    single = {**auth, "Content-Type": "application/dicom"}
+    ds = sent["CT_small.dcm"]
+    r = requests.post(f"{url}/studies", data=good, headers=single)
+    stored = r.json().get("00081199", {}).get("Value", []) if r.status_code == 200 else []
+    check(r.status_code == 200 and len(stored) == 1 and stored[0]["00081155"]["Value"][0] == ds.SOPInstanceUID,
+          f"a bare application/dicom body: 200, stored ({r.status_code}) {r.text[:200]}")
+    r = requests.post(f"{url}/studies/{ds.StudyInstanceUID}", data=good, headers=single)
+    check(r.status_code == 200, f"a bare body to its own study: 200 ({r.status_code})")
+    r = requests.post(f"{url}/studies/1.2.3.4.5", data=good, headers=single)
+    failed = r.json().get("00081198", {}).get("Value", []) if r.status_code == 409 else []
+    check(failed and failed[0]["00081197"]["Value"][0] == 0xA900,
+          f"a bare body of another study than the path's: 409 with 0xA900 ({r.status_code})")
+    r = requests.post(f"{url}/studies", data=b"not a dicom file", headers=single)
+    failed = r.json().get("00081198", {}).get("Value", []) if r.status_code == 409 else []
+    check(failed and failed[0]["00081197"]["Value"][0] == 0xC000, f"an unreadable bare body: 409 with 0xC000 ({r.status_code})")
+    r = requests.post(f"{url}/studies", data=b"", headers=single)
+    check(r.status_code == 400 and "empty" in r.text, f"an empty bare body: 400 ({r.status_code}) {r.text[:100]}")
+
     # Malformed requests get a 4xx that names the problem.
-    r = requests.post(f"{url}/studies", data=good, headers={**auth, "Content-Type": "application/dicom"})
-    check(r.status_code == 415 and "multipart/related" in r.text, f"a bare application/dicom body: 415 ({r.status_code})")
+    r = requests.post(f"{url}/studies", data=good, headers={**auth, "Content-Type": "application/dicom+json"})
+    check(r.status_code == 415 and "multipart/related" in r.text, f"a JSON body: 415 ({r.status_code})")
     r = requests.post(f"{url}/studies", data=b"", headers={**auth, "Content-Type": content_type})
     check(r.status_code == 400, f"an empty payload: 400 ({r.status_code}) {r.text[:100]}")
     r = requests.post(f"{url}/studies", data=b"--nope\r\nContent-Type: application/dicom\r\n\r\nabc",

@@ -39,6 +39,7 @@ pub mod failpoint;
 pub mod kafka;
 pub mod partitioner;
 pub mod record;
+pub mod skips;
 pub mod topic;
 
 pub use record::{Appended, Headers, Outgoing, Position, Record, Step};

@@ -68,34 +68,82 @@ pub async fn tail(
     study: Option<String>,
     streams: Vec<String>,
     follow: bool,
+    json: bool,
 ) -> anyhow::Result<ExitCode> {
     let mut c = connect(target).await?;
     let request = pb::TailLogRequest { study_id: study.unwrap_or_default(), follow, streams };
     let mut stream = c.client.tail_log(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
     while let Some(event) = stream.message().await.map_err(status_error)? {
-        let at = event
-            .occurred_at
-            .and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok())
-            .map(|t| t.to_string())
-            .unwrap_or_default();
-        if !event.error.is_empty() {
-            say!("{}/{}@{} unreadable: {}", event.topic, event.partition, event.offset, event.error);
-            continue;
+        if json {
+            say!("{}", tail_json(&event));
+        } else {
+            say!("{}", tail_line(&event));
         }
-        let short = event.payload_type.rsplit('.').next().unwrap_or_default();
-        say!(
-            "{}/{}@{} {at} {short} {}/{} v{} tenant={} {}",
-            event.topic,
-            event.partition,
-            event.offset,
-            event.aggregate_type,
-            event.aggregate_id,
-            event.aggregate_version,
-            event.tenant,
-            event.payload_text
-        );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn occurred_at(event: &pb::TailLogResponse) -> Option<String> {
+    let t = event.occurred_at.as_ref()?;
+    jiff::Timestamp::new(t.seconds, t.nanos).ok().map(|t| t.to_string())
+}
+
+/// One event as a line an operator reads: when, where in the log, what,
+/// of which aggregate, and the payload's fields as `name=value`.
+pub fn tail_line(event: &pb::TailLogResponse) -> String {
+    let place = format!("{}/{}@{}", event.topic, event.partition, event.offset);
+    if !event.error.is_empty() && event.payload_type.is_empty() {
+        return format!("{place} unreadable: {}", event.error);
+    }
+    let short = event.payload_type.rsplit('.').next().unwrap_or_default();
+    let mut line = format!(
+        "{} {place} {short} {}/{} v{} tenant={}",
+        occurred_at(event).unwrap_or_default(),
+        event.aggregate_type,
+        event.aggregate_id,
+        event.aggregate_version,
+        event.tenant
+    );
+    if event.data_class == "phi" {
+        line.push_str(" (sealed)");
+    } else if let Ok(serde_json::Value::Object(fields)) = serde_json::from_str(&event.payload_json) {
+        for (name, value) in fields {
+            let value = match value {
+                serde_json::Value::String(s) if !s.is_empty() && !s.contains(char::is_whitespace) => s,
+                other => other.to_string(),
+            };
+            line.push_str(&format!(" {name}={value}"));
+        }
+    }
+    if !event.error.is_empty() {
+        line.push_str(&format!(" unreadable: {}", event.error));
+    }
+    line
+}
+
+/// One event as a JSON object: the envelope's fields and the payload in
+/// protobuf's canonical JSON mapping (`null` when sealed or unreadable).
+pub fn tail_json(event: &pb::TailLogResponse) -> serde_json::Value {
+    let payload: serde_json::Value = serde_json::from_str(&event.payload_json).unwrap_or(serde_json::Value::Null);
+    let mut out = serde_json::json!({
+        "topic": event.topic,
+        "partition": event.partition,
+        "offset": event.offset,
+        "event_id": event.event_id,
+        "payload_type": event.payload_type,
+        "data_class": event.data_class,
+        "aggregate_type": event.aggregate_type,
+        "aggregate_id": event.aggregate_id,
+        "aggregate_version": event.aggregate_version,
+        "tenant": event.tenant,
+        "occurred_at": occurred_at(event),
+        "sealed": event.data_class == "phi",
+        "payload": payload,
+    });
+    if !event.error.is_empty() {
+        out["error"] = event.error.clone().into();
+    }
+    out
 }
 
 pub async fn rebuild(target: &Target, name: String) -> anyhow::Result<ExitCode> {

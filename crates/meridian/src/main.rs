@@ -166,6 +166,10 @@ enum LogCommand {
         /// Keep following new events.
         #[arg(long, short)]
         follow: bool,
+        /// One JSON object per line (envelope fields and the payload in
+        /// protobuf's canonical JSON mapping), for jq.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -234,8 +238,8 @@ async fn main() -> ExitCode {
         Command::Simulate(args) => simulate(args),
         Command::Config(ConfigCommand::Check { dir }) => Ok(config_check(&dir)),
         Command::Dev(args) => dev::run(args).await,
-        Command::Log(LogCommand::Tail { target, study, streams, follow }) => {
-            client::tail(&target, study, streams, follow).await
+        Command::Log(LogCommand::Tail { target, study, streams, follow, json }) => {
+            client::tail(&target, study, streams, follow, json).await
         }
         Command::Projection(ProjectionCommand::Rebuild { name, target }) => client::rebuild(&target, name).await,
         Command::Worklist { data_dir, as_principal, reader, limit } => {

@@ -745,6 +745,11 @@ async fn dev_stops_on_sigterm_while_busy_and_restarts_from_its_snapshots_queuein
     assert_eq!(opened("ingest.studies")["opened"]["tail"], 0, "{}", opened("ingest.studies"));
     assert_eq!(opened("routing.worklist")["opened"]["tail"], 0, "{}", opened("routing.worklist"));
     assert_eq!(opened("ingest.studies")["open_studies"], STUDIES);
+    // Every consumer outside the projections says what it passed, and why.
+    let consumers: Vec<&str> =
+        summary["consumers"].as_array().unwrap().iter().filter_map(|c| c["consumer"].as_str()).collect();
+    assert_eq!(consumers, ["storage.index", "routing.intake", "storage.derivatives"]);
+    assert!(summary["consumers"].as_array().unwrap().iter().all(|c| c["skipped_total"] == 0), "{summary}");
 
     // 1,500 studies are more than one QIDO-RS page (1,000 by default): the
     // page is cut, the response says so (PS3.18 8.3.4.2), and the next
@@ -1167,6 +1172,28 @@ async fn dev_serves_three_regions_with_health_reflection_dicom_echo_and_auth_and
         assert!(seen.contains(event), "{event} in us-east's log:\n{seen}");
     }
     assert!(!seen.contains("MRN-E2E-9") && !seen.contains(study_uid), "no PHI in the tail:\n{seen}");
+    assert!(!seen.contains("StudyQueued {"), "one readable line per event, not Rust's Debug:\n{seen}");
+    let queued = seen.lines().find(|l| l.contains(" StudyQueued ")).unwrap();
+    assert!(queued.contains(" priority=stat") || queued.contains(" priority=STAT"), "{queued}");
+    // --json: one object per line, the payload in protobuf's JSON mapping.
+    let out = Command::new(MERIDIAN)
+        .args(["log", "tail", "--json", "--region", "us-east", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    let events: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let of = |short: &str| {
+        events.iter().find(|e| e["payload_type"] == format!("meridian.events.v1.{short}")).unwrap().clone()
+    };
+    let received = of("InstanceReceived");
+    assert_eq!((received["sealed"].clone(), received["payload"].clone()), (Value::Bool(true), Value::Null));
+    let queued = of("StudyQueued");
+    assert_eq!(queued["payload"]["studyId"], queued["aggregate_id"], "{queued}");
+    assert!(queued["occurred_at"].as_str().unwrap().ends_with('Z'));
 
     // The tenant's ingest API in its home region: the PACS completes the
     // study now and lists its rejections; a reader may do neither.

@@ -153,16 +153,7 @@ impl<P: Projection> Projector<P> {
     }
 
     fn skip(&mut self, record: &Record, reason: &str, error: &dyn std::fmt::Display) -> Outcome {
-        // Opaque coordinates only: the error texts name event ids, never PHI.
-        tracing::warn!(
-            projection = P::NAME,
-            topic = %record.topic,
-            partition = record.partition,
-            offset = record.offset,
-            reason,
-            %error,
-            "skipping event"
-        );
+        meridian_log::skips::log(P::NAME, record, reason, error);
         Outcome::Skipped
     }
 

@@ -57,8 +57,14 @@ fn render(record: &Record) -> pb::TailLogResponse {
     out.payload_text = match &envelope.body {
         // PHI stays sealed: the tail shows that it is there, not what it says.
         Body::Sealed { .. } => "(sealed)".to_owned(),
-        Body::Plain(_) => match envelope.open_plain() {
-            Ok(p) => format!("{p:?}"),
+        Body::Plain(bytes) => match envelope.open_plain() {
+            Ok(p) => {
+                out.payload_json = canonical_json(&envelope.payload_type, bytes).unwrap_or_else(|e| {
+                    tracing::warn!(payload_type = %envelope.payload_type, error = %e, "payload without a JSON form");
+                    String::new()
+                });
+                format!("{p:?}")
+            }
             Err(e) => {
                 out.error = e.to_string();
                 String::new()
@@ -66,6 +72,21 @@ fn render(record: &Record) -> pb::TailLogResponse {
         },
     };
     out
+}
+
+/// The descriptors of every Meridian message (the set gRPC reflection
+/// serves), for payloads in protobuf's canonical JSON mapping.
+static DESCRIPTORS: std::sync::LazyLock<Result<prost_reflect::DescriptorPool, String>> =
+    std::sync::LazyLock::new(|| {
+        prost_reflect::DescriptorPool::decode(meridian_proto::FILE_DESCRIPTOR_SET).map_err(|e| e.to_string())
+    });
+
+/// `bytes`, a `type_name` message, in protobuf's canonical JSON mapping.
+fn canonical_json(type_name: &str, bytes: &[u8]) -> Result<String, String> {
+    let pool = DESCRIPTORS.as_ref()?;
+    let descriptor = pool.get_message_by_name(type_name).ok_or_else(|| format!("no descriptor for {type_name}"))?;
+    let message = prost_reflect::DynamicMessage::decode(descriptor, bytes).map_err(|e| e.to_string())?;
+    serde_json::to_string(&message).map_err(|e| e.to_string())
 }
 
 struct Tail {

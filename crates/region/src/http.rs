@@ -35,7 +35,15 @@ pub fn router(region: Arc<Region>) -> Router {
         max_request_bytes: config.map_or(8 << 30, |r| r.dicomweb.max_request_bytes),
     };
     let stow = meridian_ingest::stow::router(region.ingest.clone(), limits);
-    let dicomweb = region.dicomweb.clone().router().merge(stow).layer(authenticate()).layer(cors);
+    // The fallback comes before the layers so that they wrap it too.
+    let dicomweb = region
+        .dicomweb
+        .clone()
+        .router()
+        .merge(stow)
+        .fallback(meridian_storage::dicomweb::no_such_resource)
+        .layer(authenticate())
+        .layer(cors);
     Router::new()
         .route("/healthz", get(healthz))
         .merge(authenticated)
@@ -62,5 +70,6 @@ async fn summary(State(region): State<Arc<Region>>, principal: Principal) -> Res
         "readers": s.readers,
         "projection": {"name": "events.summary", "stats": stats},
         "projections": region.projections().await,
+        "consumers": region.consumers(),
     })))
 }

@@ -390,6 +390,15 @@ impl Region {
         ])
     }
 
+    /// Every consumer outside the projection runtime, with the records it
+    /// passed since this process started, by reason (shredded, unknown data
+    /// key, corrupt envelope, missing object, unroutable…).
+    pub fn consumers(&self) -> serde_json::Value {
+        let skips = [self.ingest.index_skips(), self.routing.intake_skips(), self.derivatives.skips()]
+            .map(|s| serde_json::json!({"consumer": s.consumer(), "skipped": s.counts(), "skipped_total": s.total()}));
+        serde_json::Value::Array(skips.into())
+    }
+
     /// What the summary projection did with its input, by reason: the
     /// skip counters (unreadable, shredded, conflicts…) operators watch.
     pub async fn summary_stats(&self) -> meridian_projection::Stats {

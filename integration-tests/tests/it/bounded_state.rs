@@ -2,10 +2,12 @@
 //! and completed ones compact, completes from the open ones alone however
 //! many have completed before, and restarts from its snapshot plus the tail.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use meridian_events::{Envelope, EventId, EventMeta, StudyId, UnixMicros};
+use meridian_events::{Envelope, EventId, EventMeta, KeyStore, StudyId, UnixMicros};
 use meridian_integration_tests::dicom::{storescu, write_ct};
+use meridian_log::skips::Skips;
 use meridian_log::{EventLog, Outgoing};
 use meridian_projection::run::Snapshotter;
 use meridian_projection::snapshot::FileSnapshots;
@@ -153,6 +155,32 @@ async fn a_corrupt_snapshot_is_set_aside_and_the_studies_are_rebuilt_from_the_lo
 
 /// Everything the study index serves for acme: studies, then each study's
 /// series, instances and stored DICOM JSON.
+/// A key store that fails its next `failures` reads, as a disk error would.
+struct FailingKeys<'a> {
+    inner: &'a dyn KeyStore,
+    failures: AtomicU32,
+}
+
+impl KeyStore for FailingKeys<'_> {
+    fn current_key(&self, study: StudyId) -> Result<meridian_events::DataKey, meridian_events::seal::Error> {
+        self.inner.current_key(study)
+    }
+
+    fn key(
+        &self,
+        id: meridian_events::seal::DataKeyId,
+    ) -> Result<meridian_events::KeyState, meridian_events::seal::Error> {
+        if self.failures.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            return Err(meridian_events::seal::Error::Store { operation: "read", reason: "key store down".into() });
+        }
+        self.inner.key(id)
+    }
+
+    fn shred(&self, study: StudyId) -> Result<usize, meridian_events::seal::Error> {
+        self.inner.shred(study)
+    }
+}
+
 fn served(index: &meridian_storage::index::StudyIndex) -> Vec<String> {
     let mut out = Vec::new();
     for (uid, study) in index.studies("acme").unwrap() {
@@ -193,11 +221,27 @@ async fn the_study_index_synced_then_caught_up_from_the_log_equals_the_live_one(
 
     let restarted = StudyIndex::open(&synced).unwrap();
     assert_ne!(served(&restarted), live, "the synced copy lacks the tail");
-    let read = restarted.catch_up(&*log, &*keys, &*blobs, &phi_topic, Duration::from_millis(50)).await.unwrap();
+    let skips = Skips::new("storage.index");
+    // The key store fails for a moment: the catch-up stops at that record
+    // and leaves no hole; the next one reads it.
+    let failing = FailingKeys { inner: &*keys, failures: AtomicU32::new(1) };
+    let idle = Duration::from_millis(50);
+    let err = restarted.catch_up(&*log, &failing, &*blobs, &phi_topic, idle, &skips).await.unwrap_err();
+    assert!(err.to_string().contains("key store down"), "{err}");
+    let read = restarted.catch_up(&*log, &failing, &*blobs, &phi_topic, idle, &skips).await.unwrap();
     assert_eq!(read, 4, "only the tail is read: three instances and one new version");
     assert_eq!(served(&restarted), live);
+    assert_eq!(skips.total(), 0);
 
     let fresh = StudyIndex::open(&dir.path().join("index-fresh.redb")).unwrap();
-    fresh.catch_up(&*log, &*keys, &*blobs, &phi_topic, Duration::from_millis(50)).await.unwrap();
+    fresh.catch_up(&*log, &*keys, &*blobs, &phi_topic, idle, &skips).await.unwrap();
     assert_eq!(served(&fresh), live, "a full replay builds the same index");
+
+    // A shredded study is passed, counted by reason, not retried.
+    let (uid, entry) = index.studies("acme").unwrap().remove(0);
+    keys.shred(StudyId(entry.study_id)).unwrap();
+    let after_shred = StudyIndex::open(&dir.path().join("index-after-shred.redb")).unwrap();
+    assert_eq!(after_shred.catch_up(&*log, &*keys, &*blobs, &phi_topic, idle, &skips).await.unwrap(), 0);
+    assert_eq!(skips.counts(), std::collections::BTreeMap::from([("shredded".to_string(), 8)]));
+    assert!(after_shred.study("acme", &uid).unwrap().is_none());
 }

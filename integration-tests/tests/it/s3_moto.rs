@@ -75,8 +75,10 @@ async fn dimse_instances_land_in_the_bucket_and_a_fresh_index_reads_them_back() 
     // A fresh index catches up from the log, reading each object from S3.
     let fresh = StudyIndex::open(&dir.path().join("fresh.redb")).unwrap();
     let topic = meridian_log::TopicName::new("us-east", meridian_events::DataClass::Phi, "ingest").unwrap();
-    let n =
-        fresh.catch_up(log.as_ref(), keys.as_ref(), blobs.as_ref(), &topic, Duration::from_millis(100)).await.unwrap();
+    let n = fresh
+        .catch_up(log.as_ref(), keys.as_ref(), blobs.as_ref(), &topic, Duration::from_millis(100), &Default::default())
+        .await
+        .unwrap();
     assert_eq!(n, 3);
     assert_eq!(fresh.instances("acme", study, None).unwrap(), index.instances("acme", study, None).unwrap());
     drop(ingest);

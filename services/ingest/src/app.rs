@@ -26,6 +26,7 @@ use meridian_events::{
     UnixMicros,
 };
 use meridian_log::failpoint::FailPoints;
+use meridian_log::skips::Skips;
 use meridian_log::{EventLog, Outgoing, Position, TopicName};
 use meridian_projection::live::Live;
 use meridian_projection::run::{Rebuilt, Resumed, Snapshotter};
@@ -148,7 +149,13 @@ pub struct Ingest {
     suspects: Mutex<BTreeMap<String, UnixMicros>>,
     /// Set when the region stops: a sweep ends at its next page.
     stopping: std::sync::atomic::AtomicBool,
+    /// Records the study index's catch-up passed, by reason.
+    index_skips: Skips,
 }
+
+/// How often opening retries a study index catch-up that failed on a
+/// store error (after 0.4, 0.8, 1.6, 3.2 s) before it refuses to start.
+const CATCH_UP_RETRIES: u32 = 4;
 
 fn topic(region: &str, class: DataClass) -> Result<TopicName, Error> {
     TopicName::new(region, class, "ingest").map_err(|e| Error::Log(meridian_log::Error::UnknownTopic { topic: e.name }))
@@ -178,7 +185,22 @@ impl Ingest {
             }
         }
         let projector = Live::open(snapshots, positions, log.as_ref(), keys.as_ref(), idle).await?;
-        let indexed = index.catch_up(log.as_ref(), keys.as_ref(), phi.blobs().as_ref(), &phi_topic, idle).await?;
+        let index_skips = Skips::new("storage.index");
+        let mut attempt = 0;
+        let indexed = loop {
+            let blobs = phi.blobs().as_ref();
+            match index.catch_up(log.as_ref(), keys.as_ref(), blobs, &phi_topic, idle, &index_skips).await {
+                Ok(n) => break n,
+                // A store that fails now may answer in a moment; the index
+                // never passes a record it could not read.
+                Err(e) if attempt < CATCH_UP_RETRIES => {
+                    attempt += 1;
+                    tracing::warn!(region, attempt, error = %e, "study index catch-up failed; reading that record again");
+                    tokio::time::sleep(Duration::from_millis(200) * 2u32.pow(attempt)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         if indexed > 0 {
             tracing::info!(region, instances = indexed, "study index caught up from the log");
         }
@@ -197,7 +219,13 @@ impl Ingest {
             failpoints,
             suspects: Mutex::new(BTreeMap::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            index_skips,
         })
+    }
+
+    /// What the study index's catch-up could not index, by reason.
+    pub fn index_skips(&self) -> &Skips {
+        &self.index_skips
     }
 
     /// Makes a running [`sweep`](Self::sweep) end at its next page (it

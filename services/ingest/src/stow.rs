@@ -1,6 +1,7 @@
 //! STOW-RS (PS3.18 10.5): `POST /dicomweb/studies[/{study}]` with
 //! `multipart/related; type="application/dicom"`, each part one Part-10
-//! instance. Every part goes through the same checks, PHI write path and
+//! instance, or one Part-10 file as a bare `application/dicom` body (as
+//! Google's and Azure's servers take it). Every part goes through the same checks, PHI write path and
 //! acknowledgement order as a C-STORE; the answer lists what was stored
 //! (ReferencedSOPSequence) and what failed with its reason
 //! (FailedSOPSequence): 200 when all were stored, 202 when some failed, 409
@@ -130,6 +131,9 @@ async fn store(
         return denied.into_response();
     }
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if meridian_storage::dicomweb::retrieve::media_type(content_type).0 == "application/dicom" {
+        return single_part(&stow, &headers, study, sender_of(principal), body).await;
+    }
     let boundary = match multipart_boundary(content_type) {
         Ok(b) => b,
         Err((status, message)) => return problem(status, "INVALID_ARGUMENT", message),
@@ -198,6 +202,48 @@ async fn store(
     answer(&headers, study.as_deref(), &outcomes, None)
 }
 
+/// One Part-10 body posted as `application/dicom` rather than multipart
+/// (as Google's and Azure's DICOMweb servers take it): one instance
+/// through the same checks, limits and response as one multipart part.
+async fn single_part(stow: &Stow, headers: &HeaderMap, study: Option<String>, sender: Sender, body: Body) -> Response {
+    use futures_util::StreamExt;
+    let mut stream = body.into_data_stream();
+    let (mut bytes, mut read, mut too_large) = (Vec::new(), 0u64, false);
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                let message = format!("the request body could not be read to its end: {e}; nothing was stored");
+                return problem(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", message);
+            }
+        };
+        read += chunk.len() as u64;
+        too_large |= read > stow.limits.max_instance_bytes;
+        if too_large {
+            bytes = Vec::new();
+            // Past the request limit there is no point reading on.
+            if read > stow.limits.max_request_bytes {
+                break;
+            }
+        } else {
+            bytes.extend_from_slice(&chunk);
+        }
+    }
+    if read == 0 {
+        let message = "the request body is empty: an application/dicom body is one Part-10 file".to_owned();
+        return problem(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", message);
+    }
+    let now = arrival_time();
+    let outcome = if too_large {
+        let reason = "the instance is over this region's per-instance limit".to_owned();
+        let rejection = Rejection { status: STATUS_OUT_OF_RESOURCES, code: "instance_too_large", reason };
+        refused(&stow.ingest, &sender, rejection, now).await
+    } else {
+        store_file(&stow.ingest, &sender, bytes, study.as_deref(), now).await
+    };
+    answer(headers, study.as_deref(), &[outcome], None)
+}
+
 /// Who sends over HTTP or gRPC: the token's principal. There is no DICOM
 /// association, so no AE titles and no peer address.
 pub(crate) fn sender_of(principal: Principal) -> Sender {
@@ -216,7 +262,7 @@ fn multipart_boundary(content_type: &str) -> Result<String, (StatusCode, String)
         return Err((
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!(
-                "Content-Type {content_type:?}: STOW-RS takes multipart/related; type=\"application/dicom\"; boundary=..."
+                "Content-Type {content_type:?}: STOW-RS takes multipart/related; type=\"application/dicom\"; boundary=..., or one Part-10 file as application/dicom"
             ),
         ));
     }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_events::{DataClass, EventId, EventMeta, KeyStore, UnixMicros};
+use meridian_log::skips::Skips;
 use meridian_log::{EventLog, Outgoing, Position, TopicName};
 use meridian_projection::live::Live;
 use meridian_projection::run::{Rebuilt, Resumed, Snapshotter, catch_up};
@@ -103,31 +104,35 @@ const INTAKE_BATCH: usize = 256;
 /// The streams routing takes input from, in its region.
 const INPUTS: [&str; 3] = ["ingest", "inference", "reporting"];
 
+/// A command routing takes from an input: the cause, the command, and the
+/// moment it is decided at.
+type Input = (EventId, Command, UnixMicros);
+
+/// Why an input record was passed without a command: a reason as skip
+/// counts name it, and what was wrong.
+type Passed = (&'static str, String);
+
 /// What a record of routing's inputs asks of it: the command, the moment
 /// it is decided at, and the event that caused it. StudyCompleted queues a
 /// study, and so does StudyStarted when the order asked for STAT (it is
 /// queued at its first instance, not after the quiet period);
-/// AiTriageCompleted triages; ReportSigned ends a read. Anything else, or
-/// a record that does not read, is passed over.
-fn input(record: &meridian_log::Record, region: &str, policy: &Policy) -> Option<(EventId, Command, UnixMicros)> {
+/// AiTriageCompleted triages; ReportSigned ends a read. Other events ask
+/// nothing (`Ok(None)`); a record that does not read, or names what
+/// routing cannot use, is passed with the reason (`Err`), counted and
+/// logged by the caller.
+fn input(record: &meridian_log::Record, policy: &Policy, region: &str) -> Result<Option<Input>, Passed> {
     use crate::domain::intake::{Completed, queue};
     use crate::domain::model::Priority;
     use meridian_events::payload::Payload;
-    let envelope = record.envelope().ok()?;
+    let envelope = record.envelope().map_err(|e| ("corrupt_envelope", e.to_string()))?;
     let cause = envelope.meta.event_id;
     let at = envelope.meta.occurred_at;
-    let completed = |c: Completed| match queue(policy, &c) {
-        Ok(new) => Some((cause, Command::Queue(new), c.completed_at)),
-        Err(skip) => {
-            tracing::warn!(%region, %skip, "study not routed");
-            None
-        }
-    };
-    let arrived = match envelope.open_plain().ok()? {
-        Payload::StudyCompleted(c) => Some(c),
+    let payload = envelope.open_plain().map_err(|e| (meridian_log::skips::reason(&e), e.to_string()))?;
+    let c = match payload {
+        Payload::StudyCompleted(c) => c,
         // The same facts, queued now: the start's moment is the clock's.
         Payload::StudyStarted(c) if Priority::parse(&c.requested_priority) == Some(Priority::Stat) => {
-            Some(meridian_proto::events::v1::StudyCompleted {
+            meridian_proto::events::v1::StudyCompleted {
                 study_id: c.study_id,
                 facility: c.facility,
                 origin_jurisdiction: c.origin_jurisdiction,
@@ -137,13 +142,13 @@ fn input(record: &meridian_log::Record, region: &str, policy: &Policy) -> Option
                 procedure_code: c.procedure_code,
                 requested_priority: c.requested_priority,
                 ..Default::default()
-            })
+            }
         }
         other => return triaged_or_signed(other, cause, at),
     };
-    let c = arrived?;
-    completed(Completed {
-        study: Uuid::parse_str(&c.study_id).ok()?,
+    let study = study_id(&c.study_id)?;
+    let completed = Completed {
+        study,
         tenant: envelope.meta.tenant.clone(),
         home_region: region.to_owned(),
         facility: c.facility,
@@ -154,7 +159,15 @@ fn input(record: &meridian_log::Record, region: &str, policy: &Policy) -> Option
         procedure_code: c.procedure_code,
         requested_priority: Priority::parse(&c.requested_priority),
         completed_at: c.completed_at.as_ref().map(UnixMicros::from_timestamp).unwrap_or(at),
-    })
+    };
+    match queue(policy, &completed) {
+        Ok(new) => Ok(Some((cause, Command::Queue(new), completed.completed_at))),
+        Err(skip) => Err(("unroutable", skip.to_string())),
+    }
+}
+
+fn study_id(text: &str) -> Result<Uuid, Passed> {
+    Uuid::parse_str(text).map_err(|e| ("malformed_ids", format!("study id {text:?}: {e}")))
 }
 
 /// AiTriageCompleted and ReportSigned as routing's commands.
@@ -162,34 +175,28 @@ fn triaged_or_signed(
     payload: meridian_events::payload::Payload,
     cause: EventId,
     at: UnixMicros,
-) -> Option<(EventId, Command, UnixMicros)> {
+) -> Result<Option<Input>, Passed> {
     use crate::domain::model::{Priority, ReadType};
     use meridian_events::payload::Payload;
     match payload {
-        Payload::AiTriageCompleted(t) => Some((
-            cause,
-            Command::Triage {
-                study: Uuid::parse_str(&t.study_id).ok()?,
+        Payload::AiTriageCompleted(t) => {
+            let command = Command::Triage {
+                study: study_id(&t.study_id)?,
                 flagged: t.flagged,
                 suggested: Priority::parse(&t.suggested_priority),
                 model: t.model,
-            },
-            at,
-        )),
+            };
+            Ok(Some((cause, command, at)))
+        }
         Payload::ReportSigned(r) => {
             let signed_at = r.signed_at.as_ref().map(UnixMicros::from_timestamp).unwrap_or(at);
-            Some((
-                cause,
-                Command::ReadSigned {
-                    study: Uuid::parse_str(&r.study_id).ok()?,
-                    read_type: ReadType::parse(&r.read_type)?,
-                    reader: r.reader_id,
-                    signed_at,
-                },
-                signed_at,
-            ))
+            let read_type = ReadType::parse(&r.read_type)
+                .ok_or_else(|| ("unknown_read_type", format!("read type {:?}", r.read_type)))?;
+            let command =
+                Command::ReadSigned { study: study_id(&r.study_id)?, read_type, reader: r.reader_id, signed_at };
+            Ok(Some((cause, command, signed_at)))
         }
-        _ => None,
+        _ => Ok(None),
     }
 }
 
@@ -204,6 +211,8 @@ pub struct Routing {
     changed: watch::Sender<u64>,
     /// Set when the region stops: intake returns between steps.
     stopping: std::sync::atomic::AtomicBool,
+    /// Inputs intake passed, by reason.
+    intake_skips: Skips,
 }
 
 impl Routing {
@@ -231,7 +240,13 @@ impl Routing {
             projector,
             changed: watch::Sender::new(0),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            intake_skips: Skips::new(INTAKE),
         })
+    }
+
+    /// What intake passed without a command, by reason.
+    pub fn intake_skips(&self) -> &Skips {
+        &self.intake_skips
     }
 
     /// Makes [`intake`](Self::intake) return after the step it is on: the
@@ -447,11 +462,14 @@ impl Routing {
                 return Ok(decided);
             }
             let mut projector = self.projector.lock().await;
-            let commands: Vec<_> = batch
-                .iter()
-                .filter_map(|record| input(record, &self.region, &self.policy))
-                .map(|(cause, command, at)| (command, Cause::Derived(cause), at))
-                .collect();
+            let mut commands = Vec::new();
+            for record in &batch {
+                match input(record, &self.policy, &self.region) {
+                    Ok(Some((cause, command, at))) => commands.push((command, Cause::Derived(cause), at)),
+                    Ok(None) => {}
+                    Err((reason, what)) => self.intake_skips.skip(record, reason, &what),
+                }
+            }
             let region = &self.region;
             let (_, outputs, deciding) = self.decide_in_turn(projector.state(), commands, |e| {
                 if !matches!(e, worklist::Error::AlreadyQueued { .. }) {
@@ -648,6 +666,11 @@ pub(crate) mod tests {
             2,
             "a tenant without a contract is not routed"
         );
+        assert_eq!(
+            routing.intake_skips().counts(),
+            BTreeMap::from([("unroutable".to_string(), 1)]),
+            "and it is counted"
+        );
         let study = routing.read(|s| s.studies[&Uuid::from_u128(1)].clone()).await;
         assert_eq!(
             (study.contract.as_str(), study.priority, study.read_type),
@@ -666,6 +689,17 @@ pub(crate) mod tests {
         assert_eq!(routing.intake(Duration::from_millis(50)).await.unwrap(), 0);
         log.append(vec![Outgoing::new(ingest.clone(), &first).unwrap()]).await.unwrap();
         assert_eq!(routing.intake(Duration::from_millis(50)).await.unwrap(), 0);
+
+        // Records intake cannot use are counted by reason, never dropped silently.
+        let malformed = completed_event(4, "acme", at);
+        let payload =
+            meridian_proto::events::v1::StudyCompleted { study_id: "not-a-uuid".into(), ..Default::default() };
+        let malformed = meridian_events::Envelope::plain(malformed.meta.clone(), &payload).unwrap();
+        // (The log refuses to append what is not an envelope.)
+        log.append(vec![Outgoing::new(ingest.clone(), &malformed).unwrap()]).await.unwrap();
+        assert_eq!(routing.intake(Duration::from_millis(50)).await.unwrap(), 0);
+        let skipped = routing.intake_skips().counts();
+        assert_eq!((skipped["malformed_ids"], skipped["unroutable"]), (1, 1), "{skipped:?}");
 
         // The StudyQueued id derives from the StudyCompleted that caused it.
         drop(routing);

@@ -72,6 +72,8 @@ pub struct Derivatives {
     secrets: BTreeMap<String, TenantSecret>,
     failpoints: meridian_log::failpoint::FailPoints,
     stopping: std::sync::atomic::AtomicBool,
+    /// Ingest records passed without a derivation, by reason.
+    skips: meridian_log::skips::Skips,
 }
 
 /// One instance's outcome: its derivative's ids, or why it was withheld.
@@ -99,7 +101,13 @@ impl Derivatives {
             secrets,
             failpoints,
             stopping: std::sync::atomic::AtomicBool::new(false),
+            skips: meridian_log::skips::Skips::new(CONSUMER),
         }
+    }
+
+    /// What intake passed without a derivation, by reason.
+    pub fn skips(&self) -> &meridian_log::skips::Skips {
+        &self.skips
     }
 
     /// Takes in what ingest appended since the last call: derives every
@@ -124,10 +132,14 @@ impl Derivatives {
             let last = batch.len() - 1;
             for (i, record) in batch.into_iter().enumerate() {
                 let mut outputs = Vec::new();
-                if let Some(c) = completed(&record) {
-                    let created = self.derive(&c.tenant, c.study, c.at).await?;
-                    derived += usize::from(!created.is_empty());
-                    outputs = self.events(&c, &created)?;
+                match completed(&record) {
+                    Ok(Some(c)) => {
+                        let created = self.derive(&c.tenant, c.study, c.at).await?;
+                        derived += usize::from(!created.is_empty());
+                        outputs = self.events(&c, &created)?;
+                    }
+                    Ok(None) => {}
+                    Err((reason, what)) => self.skips.skip(&record, reason, &what),
                 }
                 let next = record.next_position();
                 inputs.insert((next.topic, next.partition), next.offset);
@@ -300,23 +312,25 @@ struct Completion {
     version: u64,
 }
 
-/// The study a record says is complete (or grew after completion).
-fn completed(record: &meridian_log::Record) -> Option<Completion> {
-    let envelope = record.envelope().ok()?;
-    let study = match envelope.open_plain().ok()? {
+/// The study a record says is complete (or grew after completion); `Err`
+/// with a reason for a record that does not read.
+fn completed(record: &meridian_log::Record) -> Result<Option<Completion>, (&'static str, String)> {
+    let envelope = record.envelope().map_err(|e| ("corrupt_envelope", e.to_string()))?;
+    let payload = envelope.open_plain().map_err(|e| (meridian_log::skips::reason(&e), e.to_string()))?;
+    let study = match payload {
         Payload::StudyCompleted(c) => c.study_id,
         Payload::StudyUpdated(u) => u.study_id,
-        _ => return None,
+        _ => return Ok(None),
     };
-    let study = Uuid::parse_str(&study).ok()?;
+    let study = Uuid::parse_str(&study).map_err(|e| ("malformed_ids", format!("study id {study:?}: {e}")))?;
     let meta = &envelope.meta;
-    Some(Completion {
+    Ok(Some(Completion {
         cause: meta.event_id,
         tenant: meta.tenant.clone(),
         study,
         at: meta.occurred_at,
         version: meta.aggregate_version,
-    })
+    }))
 }
 
 #[cfg(test)]

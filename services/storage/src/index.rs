@@ -489,6 +489,11 @@ impl StudyIndex {
     /// Reads the PHI ingest topic from the index's positions to its end,
     /// indexing each InstanceReceived from the object it names. Returns how
     /// many instances it indexed.
+    ///
+    /// A record that can never be indexed here (shredded, under a data key
+    /// this region lacks, naming a missing or unparseable object) is counted
+    /// in `skips` by reason and passed. A failing key store or object store
+    /// is an error, returned before the position passes that record.
     pub async fn catch_up(
         &self,
         log: &dyn EventLog,
@@ -496,6 +501,7 @@ impl StudyIndex {
         blobs: &dyn Blobs,
         topic: &TopicName,
         idle: Duration,
+        skips: &meridian_log::skips::Skips,
     ) -> Result<usize, IndexError> {
         let partitions = log.partitions(topic).await?;
         let mut reader = log.reader(self.positions(topic, partitions)?).await?;
@@ -507,17 +513,33 @@ impl StudyIndex {
             }
             for record in batch {
                 let at = Some((&record.topic, record.partition, record.offset));
-                let envelope = meridian_events::Envelope::decode(&record.value)?;
-                let received = match envelope.open(keys) {
-                    Ok(Payload::InstanceReceived(r)) => r,
-                    // Shredded studies and other payloads leave nothing to index.
-                    _ => {
+                let envelope = match meridian_events::Envelope::decode(&record.value) {
+                    Ok(envelope) => envelope,
+                    Err(e) => {
+                        skips.skip(&record, "corrupt_envelope", &e);
                         self.skip(at)?;
                         continue;
                     }
                 };
+                let received = match envelope.open(keys) {
+                    Ok(Payload::InstanceReceived(r)) => r,
+                    // Nothing else on this topic is indexed.
+                    Ok(_) => {
+                        self.skip(at)?;
+                        continue;
+                    }
+                    // The key store failed: stop here and read this record
+                    // again next time, never leave a hole behind.
+                    Err(e) if !e.is_unreadable() => return Err(e.into()),
+                    Err(e) => {
+                        skips.skip(&record, meridian_log::skips::reason(&e), &e);
+                        self.skip(at)?;
+                        continue;
+                    }
+                };
+                // A store error returns here too (without advancing).
                 let Some(bytes) = blobs.get(&received.object_key).await? else {
-                    tracing::warn!(instance = %received.instance_id, "an indexed event names a missing object");
+                    skips.skip(&record, "missing_object", &format!("instance {}", received.instance_id));
                     self.skip(at)?;
                     continue;
                 };
@@ -527,17 +549,14 @@ impl StudyIndex {
                 let attrs = match header {
                     Ok(obj) => metadata(&obj, &received.transfer_syntax_uid),
                     Err(e) => {
-                        tracing::warn!(instance = %received.instance_id, error = %e, "a stored object does not parse");
+                        skips.skip(&record, "unparseable_object", &format!("instance {}: {e}", received.instance_id));
                         self.skip(at)?;
                         continue;
                     }
                 };
                 let ids = [&received.study_id, &received.series_id, &received.instance_id].map(|s| Uuid::parse_str(s));
                 let [Ok(study_id), Ok(series_id), Ok(instance_id)] = ids else {
-                    tracing::warn!(
-                        offset = record.offset,
-                        "an InstanceReceived names malformed opaque ids; not indexed"
-                    );
+                    skips.skip(&record, "malformed_ids", &"an InstanceReceived names malformed opaque ids");
                     self.skip(at)?;
                     continue;
                 };

@@ -80,6 +80,17 @@ impl IntoResponse for WebError {
     }
 }
 
+/// What a path under `/dicomweb` that names no resource gets: the usual
+/// JSON error (behind the same token and CORS layers as every route, so
+/// a browser viewer sees the 404, not a CORS failure).
+pub async fn no_such_resource(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let message = format!(
+        "{method} {}: no DICOMweb resource here (PS3.18 studies, series, instances, metadata, frames)",
+        uri.path()
+    );
+    WebError::NotFound(message).into_response()
+}
+
 impl From<crate::index::IndexError> for WebError {
     fn from(e: crate::index::IndexError) -> Self {
         tracing::error!(error = %e, "study index");
@@ -326,9 +337,35 @@ impl DicomWeb {
 type Params = Query<Vec<(String, String)>>;
 type Web = State<Arc<DicomWeb>>;
 
-fn dicom_json(body: Vec<u8>) -> Response {
-    ([(header::CONTENT_TYPE, "application/dicom+json")], body).into_response()
+fn dicom_json(body: Vec<u8>, media: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, media)], body).into_response()
 }
+
+/// The JSON media type a search or metadata answer is sent as, from
+/// `Accept` (PS3.18 8.7.3): `application/dicom+json`, `application/json`
+/// (its alias; answered as that type when it is the one asked for), or a
+/// wildcard; none acceptable is 406 naming what is served.
+fn json_type(headers: &HeaderMap) -> Result<&'static str, WebError> {
+    let Some(accept) = accept(headers).filter(|a| !a.trim().is_empty()) else { return Ok(DICOM_JSON) };
+    for range in accept.split(',') {
+        let (media, params) = retrieve::media_type(range);
+        // A range the client refuses (q=0) is passed over.
+        if params.iter().any(|(k, v)| k == "q" && v.parse::<f32>().is_ok_and(|q| q <= 0.0)) {
+            continue;
+        }
+        match media.as_str() {
+            "application/dicom+json" | "application/*" | "*/*" => return Ok(DICOM_JSON),
+            "application/json" => return Ok("application/json"),
+            _ => {}
+        }
+    }
+    Err(WebError::NotAcceptable(format!(
+        "Accept {accept:?} names nothing this resource is served as; it is served as application/dicom+json \
+         (or application/json)"
+    )))
+}
+
+const DICOM_JSON: &str = "application/dicom+json";
 
 /// The DICOMweb root as the client addressed it, for RetrieveURLs.
 pub fn base_url(headers: &HeaderMap) -> String {
@@ -420,13 +457,17 @@ impl<T> Pager<T> {
     }
 }
 
-/// A search's DICOM JSON, with PS3.18's Warning when the page was cut.
-fn results(out: &[Value], more: bool, base: &str) -> Response {
-    let mut response = dicom_json(serde_json::to_vec(out).unwrap_or_default());
+/// A search's DICOM JSON, with PS3.18's Warnings: parameters ignored,
+/// fuzzy matching not performed, the page cut.
+fn results(out: &[Value], more: bool, q: &query::Query, base: &str, media: &'static str) -> Response {
+    let mut response = dicom_json(serde_json::to_vec(out).unwrap_or_default(), media);
+    let mut warnings = q.warnings(base);
     if more {
-        let warning = format!("299 {base} \"There are additional results that can be requested\"");
+        warnings.push(format!("299 {base} \"There are additional results that can be requested\""));
+    }
+    for warning in warnings {
         if let Ok(value) = HeaderValue::from_str(&warning) {
-            response.headers_mut().insert(header::WARNING, value);
+            response.headers_mut().append(header::WARNING, value);
         }
     }
     response
@@ -447,6 +488,7 @@ async fn search_studies(
     Query(p): Params,
 ) -> Result<Response, WebError> {
     let q = parsed(&p, Level::Study)?;
+    let media = json_type(&headers)?;
     let base = base_url(&headers);
     let mut page = Pager::new(&q, web.max_results);
     web.visit_visible(&principal, None, &q.seek(), |v| {
@@ -466,7 +508,7 @@ async fn search_studies(
         )?;
         out.push(Value::Object(attrs));
     }
-    Ok(results(&out, page.more, &base))
+    Ok(results(&out, page.more, &q, &base, media))
 }
 
 /// Series of the visible studies (all, or the one named): one page of them.
@@ -533,10 +575,11 @@ async fn search_series(
     Query(p): Params,
 ) -> Result<Response, WebError> {
     let q = parsed(&p, Level::Series)?;
+    let media = json_type(&headers)?;
     let (study, _) = scope_of(path);
     let base = base_url(&headers);
     let (out, more) = series_of(&web, &principal, study.as_deref(), &q, &base).await?;
-    Ok(results(&out, more, &base))
+    Ok(results(&out, more, &q, &base, media))
 }
 
 async fn search_instances(
@@ -547,10 +590,11 @@ async fn search_instances(
     Query(p): Params,
 ) -> Result<Response, WebError> {
     let q = parsed(&p, Level::Instance)?;
+    let media = json_type(&headers)?;
     let (study, series) = scope_of(path);
     let base = base_url(&headers);
     let (out, more) = instances_of(&web, &principal, study.as_deref(), series.as_deref(), &q, &base).await?;
-    Ok(results(&out, more, &base))
+    Ok(results(&out, more, &q, &base, media))
 }
 
 /// Instances of the visible studies, of one study, or of one series: one
@@ -614,6 +658,7 @@ async fn instances_of(
 async fn metadata(
     web: &DicomWeb,
     principal: &Principal,
+    media: &'static str,
     study: &str,
     series: Option<&str>,
     sop: Option<&str>,
@@ -634,15 +679,21 @@ async fn metadata(
         _ => None,
     };
     web.audit(principal, "wado-rs.metadata", &[(&v.tenant, v.entry.study_id, instances.unwrap_or_default())]).await?;
-    Ok(dicom_json(body))
+    Ok(dicom_json(body, media))
 }
 
 /// WADO-RS metadata of the study, series or instance the route names.
-async fn metadata_of(State(web): Web, principal: Principal, path: Scope) -> Result<Response, WebError> {
+async fn metadata_of(
+    State(web): Web,
+    principal: Principal,
+    headers: HeaderMap,
+    path: Scope,
+) -> Result<Response, WebError> {
+    let media = json_type(&headers)?;
     let mut path = path.map(|Path(p)| p).unwrap_or_default();
     let study = path.remove("study").unwrap_or_default();
-    metadata(&web, &principal, &study, path.get("series").map(String::as_str), path.get("instance").map(String::as_str))
-        .await
+    let (series, sop) = (path.get("series").map(String::as_str), path.get("instance").map(String::as_str));
+    metadata(&web, &principal, media, &study, series, sop).await
 }
 
 /// WADO-RS retrieval of the study, series or instance the route names.
@@ -673,8 +724,8 @@ async fn retrieve(
     series: Option<&str>,
     sop: Option<&str>,
 ) -> Result<Response, WebError> {
-    let acceptable =
-        retrieve::negotiate(accept(headers).as_deref(), &["application/dicom"]).map_err(WebError::NotAcceptable)?;
+    let acceptable = retrieve::negotiate_single(accept(headers).as_deref(), &["application/dicom"], sop.is_some())
+        .map_err(WebError::NotAcceptable)?;
     let v = web.study(principal, study).await?;
     let instances = match (series, sop) {
         // One instance: one lookup, not the whole series.
@@ -703,6 +754,17 @@ async fn retrieve(
         _ => "wado-rs.retrieve-study",
     };
     web.audit(principal, action, &[(&v.tenant, v.entry.study_id, ids)]).await?;
+    if acceptable.single_part
+        && let Some(bytes) = first
+    {
+        let syntax = acceptable.wanted.resolve(&instances[0].2.transfer_syntax);
+        let content_type = format!("application/dicom; transfer-syntax={syntax}");
+        let mut response = Response::new(Body::from(bytes));
+        if let Ok(ct) = HeaderValue::from_str(&content_type) {
+            response.headers_mut().insert(header::CONTENT_TYPE, ct);
+        }
+        return Ok(response);
+    }
     let boundary = Uuid::now_v7().simple().to_string();
     let content_type = format!("multipart/related; type=\"application/dicom\"; boundary={boundary}");
     let stream = instance_parts(web, instances.into_iter().map(|(_, _, e)| e).collect(), acceptable, boundary, first);

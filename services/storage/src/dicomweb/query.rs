@@ -51,6 +51,9 @@ pub struct Query {
     pub include: Vec<String>,
     pub limit: Option<usize>,
     pub offset: usize,
+    /// Parameters this search does not support and ignored, as given
+    /// (PS3.18 8.3.4: answered as if absent, and named in a Warning).
+    pub ignored: Vec<String>,
 }
 
 /// A tag as 8 upper-case hex digits, from a keyword (`PatientID`) or a tag
@@ -62,16 +65,11 @@ pub fn tag_of(name: &str) -> Option<String> {
     StandardDataDictionary.by_name(name).map(|e| e.tag()).map(|t| format!("{:04X}{:04X}", t.group(), t.element()))
 }
 
-fn keyword(tag: &str) -> String {
-    let parsed = u16::from_str_radix(&tag[..4], 16).ok().zip(u16::from_str_radix(&tag[4..], 16).ok());
-    parsed
-        .and_then(|(g, e)| StandardDataDictionary.by_tag(dicom_core::Tag(g, e)))
-        .map(|e| format!("{} ({tag})", e.alias()))
-        .unwrap_or_else(|| tag.to_owned())
-}
-
-/// Reads the query string's pairs at `level`; an unknown parameter or an
-/// attribute this level cannot match on is an error that names it.
+/// Reads the query string's pairs at `level`. A parameter it does not
+/// support (an unknown name, a keyword in the wrong case, an attribute this
+/// level cannot match on) is ignored and listed in `ignored` (PS3.18 8.3.4);
+/// an invalid value of a supported one (`limit`, `offset`, an unknown
+/// `includefield`) is an error that names it.
 pub fn parse(pairs: &[(String, String)], level: Level) -> Result<Query, String> {
     let mut q = Query::default();
     let matchable = level.matchable();
@@ -95,26 +93,34 @@ pub fn parse(pairs: &[(String, String)], level: Level) -> Result<Query, String> 
                     }
                 }
             }
-            other => {
-                let tag = tag_of(other).ok_or_else(|| {
-                    format!("query parameter {other:?} is not a QIDO-RS parameter, DICOM keyword or tag")
-                })?;
-                if !matchable.contains(&tag.as_str()) {
-                    return Err(format!(
-                        "matching on {} is not supported at the {} level; supported: {}",
-                        keyword(&tag),
-                        level.as_str(),
-                        matchable.iter().map(|t| keyword(t)).collect::<Vec<_>>().join(", ")
-                    ));
-                }
-                q.filters.push((tag, value.clone()));
-            }
+            other => match tag_of(other) {
+                Some(tag) if matchable.contains(&tag.as_str()) => q.filters.push((tag, value.clone())),
+                _ => q.ignored.push(other.to_owned()),
+            },
         }
     }
     Ok(q)
 }
 
 impl Query {
+    /// The Warning header values this search's answer carries (PS3.18
+    /// 8.3.4.2 and 8.3.4.3), for the service at `base`.
+    pub fn warnings(&self, base: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.ignored.is_empty() {
+            let names = self.ignored.join(", ");
+            out.push(format!(
+                "299 {base} \"The following query parameters are not supported and were ignored: {names}\""
+            ));
+        }
+        if self.fuzzy {
+            out.push(format!(
+                "299 {base} \"The fuzzymatching parameter is not supported. Only literal matching has been performed.\""
+            ));
+        }
+        out
+    }
+
     /// Where a study-level search can start: the studies one filter names
     /// through the index's keys (UIDs, Patient ID, Accession Number, Study
     /// Date), or all. The filters are still matched on every candidate.
@@ -224,13 +230,26 @@ mod tests {
         let q = parse(&pairs(&[("PatientID", "X1"), ("0020000D", "1.2"), ("limit", "5")]), Level::Study).unwrap();
         assert_eq!(q.filters, [("00100020".to_string(), "X1".to_string()), ("0020000D".into(), "1.2".into())]);
         assert_eq!(q.limit, Some(5));
-        let e = parse(&pairs(&[("PatientNmae", "x")]), Level::Study).unwrap_err();
-        assert!(e.contains("\"PatientNmae\""), "{e}");
-        let e = parse(&pairs(&[("Modality", "CT")]), Level::Study).unwrap_err();
-        assert!(e.contains("Modality (00080060) is not supported at the study level"), "{e}");
-        assert!(parse(&pairs(&[("Modality", "CT")]), Level::Series).is_ok());
+        // Unsupported parameters are ignored and named (PS3.18 8.3.4):
+        // an unknown name, a keyword in the wrong case, another level's attribute.
+        let q = parse(&pairs(&[("PatientNmae", "x"), ("patientid", "y"), ("Modality", "CT")]), Level::Study).unwrap();
+        assert!(q.filters.is_empty());
+        assert_eq!(q.ignored, ["PatientNmae", "patientid", "Modality"]);
+        let warnings = q.warnings("http://h/dicomweb");
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].starts_with("299 http://h/dicomweb \"")
+                && warnings[0].contains("PatientNmae, patientid, Modality")
+        );
+        assert!(parse(&pairs(&[("Modality", "CT")]), Level::Series).unwrap().ignored.is_empty());
+        let fuzzy = parse(&pairs(&[("fuzzymatching", "true")]), Level::Study).unwrap();
+        assert!(fuzzy.warnings("b")[0].contains("The fuzzymatching parameter is not supported. Only literal matching"));
+        assert!(parse(&pairs(&[("fuzzymatching", "false")]), Level::Study).unwrap().warnings("b").is_empty());
+        // Invalid values of supported parameters stay errors.
         let e = parse(&pairs(&[("limit", "-1")]), Level::Study).unwrap_err();
         assert!(e.contains("limit=\"-1\""), "{e}");
+        let e = parse(&pairs(&[("includefield", "NoSuchKeyword")]), Level::Study).unwrap_err();
+        assert!(e.contains("NoSuchKeyword"), "{e}");
     }
 
     #[test]

@@ -29,6 +29,9 @@ impl Wanted {
 pub struct Acceptable {
     pub part_type: String,
     pub wanted: Wanted,
+    /// The bare part asked for, not multipart/related (one instance as
+    /// `application/dicom`, PS3.18 table 10.4.4-1).
+    pub single_part: bool,
 }
 
 /// A media type (lower case) and its parameters (names lower case, values
@@ -47,7 +50,17 @@ pub fn media_type(range: &str) -> (String, Vec<(String, String)>) {
 /// multipart/related (a missing header takes the first part type). The
 /// transfer syntax defaults to Explicit VR Little Endian (PS3.18 8.7.3.5).
 pub fn negotiate(accept: Option<&str>, part_types: &[&str]) -> Result<Acceptable, String> {
-    let default = Acceptable { part_type: part_types[0].to_owned(), wanted: Wanted::Syntax(EXPLICIT_VR_LE.into()) };
+    negotiate_single(accept, part_types, false)
+}
+
+/// [`negotiate`], where a bare part type (e.g. `application/dicom`) is
+/// also served when `single` (the resource is one instance).
+pub fn negotiate_single(accept: Option<&str>, part_types: &[&str], single: bool) -> Result<Acceptable, String> {
+    let default = Acceptable {
+        part_type: part_types[0].to_owned(),
+        wanted: Wanted::Syntax(EXPLICIT_VR_LE.into()),
+        single_part: false,
+    };
     let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else { return Ok(default) };
     for range in accept.split(',') {
         let (media, params) = media_type(range);
@@ -59,10 +72,13 @@ pub fn negotiate(accept: Option<&str>, part_types: &[&str]) -> Result<Acceptable
         };
         match media.as_str() {
             "*/*" | "multipart/*" => return Ok(Acceptable { wanted, ..default }),
+            bare if single && part_types.contains(&bare) => {
+                return Ok(Acceptable { part_type: bare.to_owned(), wanted, single_part: true });
+            }
             "multipart/related" => {
                 let part_type = param("type").unwrap_or_else(|| part_types[0].to_owned()).to_ascii_lowercase();
                 if part_types.contains(&part_type.as_str()) {
-                    return Ok(Acceptable { part_type, wanted });
+                    return Ok(Acceptable { part_type, wanted, single_part: false });
                 }
             }
             _ => {}
@@ -70,8 +86,9 @@ pub fn negotiate(accept: Option<&str>, part_types: &[&str]) -> Result<Acceptable
     }
     Err(format!(
         "Accept {accept:?} names nothing this resource is served as; it is served as multipart/related; type=\"{}\" \
-         (optionally with transfer-syntax=* or a transfer syntax UID)",
-        part_types.join("\" or \"")
+         (optionally with transfer-syntax=* or a transfer syntax UID){}",
+        part_types.join("\" or \""),
+        if single { ", or as one bare part" } else { "; a bare part only for one instance" }
     ))
 }
 
@@ -206,6 +223,12 @@ mod tests {
         );
         assert_eq!(jpeg.unwrap().wanted, Wanted::Syntax("1.2.840.10008.1.2.4.50".into()));
         assert!(negotiate(Some("*/*"), &dicom).is_ok());
+        // A bare application/dicom: one instance only.
+        let bare = negotiate_single(Some("application/dicom; transfer-syntax=*"), &dicom, true).unwrap();
+        assert_eq!((bare.single_part, bare.wanted), (true, Wanted::AsStored));
+        let e = negotiate_single(Some("application/dicom"), &dicom, false).unwrap_err();
+        assert!(e.contains("a bare part only for one instance"), "{e}");
+        assert!(!negotiate_single(Some("*/*"), &dicom, true).unwrap().single_part, "a wildcard stays multipart");
         let e = negotiate(Some("application/json"), &dicom).unwrap_err();
         assert!(e.contains("application/json") && e.contains("multipart/related"), "{e}");
         let frames = ["application/octet-stream", "image/jpeg"];

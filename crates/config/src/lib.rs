@@ -30,10 +30,12 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
+pub mod applies;
 pub mod model;
 mod validate;
 pub mod value;
 
+pub use applies::{Applies, Hours, NoContract, StudyFacts};
 pub use model::*;
 
 /// One thing wrong with the configuration.

@@ -440,6 +440,27 @@ pub struct Contract {
     /// Fractions of the SLA at which an unread study escalates, increasing, each in (0, 1).
     pub escalation_fractions: Vec<f64>,
     pub engagement: Engagement,
+    /// Which of the tenant's studies this contract takes (all by default);
+    /// the configuration check refuses two contracts that could both take one.
+    #[serde(default)]
+    pub applies: crate::applies::Applies,
+    /// How studies are served: "real_time", "store_and_forward" or
+    /// "hybrid" (local readers first, wider by escalation). Default: real
+    /// time for STAT, store and forward otherwise.
+    #[serde(default)]
+    pub service: Option<ServiceType>,
+    /// Only readers of the study's subspecialty may read it (otherwise the
+    /// subspecialty is a preference).
+    #[serde(default)]
+    pub subspecialty_required: bool,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceType {
+    RealTime,
+    StoreAndForward,
+    Hybrid,
 }
 
 #[derive(Clone, Debug, Deserialize)]

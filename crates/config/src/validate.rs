@@ -357,6 +357,43 @@ fn contracts(out: &mut Out, f: &Files<'_>) {
             }
         }
         engagement(out, file, &c.engagement);
+        if let Some(tenant) = f.tenants.get(&c.tenant).map(|(_, t)| t) {
+            for (i, facility) in c.applies.facilities.iter().enumerate() {
+                if !tenant.facilities.iter().any(|x| x.name == *facility) {
+                    let names: Vec<&String> = tenant.facilities.iter().map(|x| &x.name).collect();
+                    out.at(
+                        file,
+                        format!("applies.facilities[{i}]"),
+                        format!("tenant {} has no facility {facility:?} ({})", c.tenant, known(names)),
+                    );
+                }
+            }
+        }
+        if let Some(h) = c.applies.hours
+            && h.start == h.end
+        {
+            out.at(file, "applies.hours", "start and end are the same: the contract would take no study");
+        }
+    }
+    // Exactly one contract may take any study: two of one tenant that
+    // could both take one are refused, naming both files and the study.
+    let all: Vec<_> = f.contracts.values().collect();
+    for (i, (file, c)) in all.iter().enumerate() {
+        for (other_file, other) in &all[i + 1..] {
+            if c.tenant == other.tenant
+                && let Some(study) = c.applies.overlap(&other.applies)
+            {
+                out.at(
+                    file,
+                    "applies",
+                    format!(
+                        "contracts {} ({file}) and {} ({other_file}) of tenant {} could both take a study ({study}): \
+                         narrow [applies] so that exactly one does",
+                        c.name, other.name, c.tenant
+                    ),
+                );
+            }
+        }
     }
 }
 

@@ -153,6 +153,7 @@ catalogue! {
     LicenceUpdated       => 1, Operational, "routing", "routing.reader", "routing";
     CredentialUpdated    => 1, Operational, "routing", "routing.reader", "routing";
     StudyQueued          => 1, Operational, "routing", "routing.study",  "routing";
+    StudyUnroutable      => 1, Operational, "routing", "routing.study",  "routing";
     StudyAssigned        => 1, Operational, "routing", "routing.study",  "routing";
     AssignmentClaimed    => 1, Operational, "routing", "routing.study",  "routing";
     AssignmentReleased   => 1, Operational, "routing", "routing.study",  "routing";

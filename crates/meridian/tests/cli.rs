@@ -49,10 +49,15 @@ impl Dev {
 
     /// Starts with `MERIDIAN_FAILPOINTS` set to `failpoints`.
     fn start_armed(data: &Path, failpoints: &str) -> Dev {
+        Dev::start_configured(&repo().join("deploy/examples/dev"), data, failpoints)
+    }
+
+    /// Starts on the configuration in `config`.
+    fn start_configured(config: &Path, data: &Path, failpoints: &str) -> Dev {
         let _ = std::fs::remove_file(data.join("endpoints.json"));
         let child = Command::new(MERIDIAN)
             .args(["dev", "--ports", "auto", "--config"])
-            .arg(repo().join("deploy/examples/dev"))
+            .arg(config)
             .arg("--data-dir")
             .arg(data)
             .env("MERIDIAN_FAILPOINTS", failpoints)
@@ -932,6 +937,127 @@ async fn a_completed_study_under_a_deidentified_contract_is_derived_into_the_all
     assert_ne!(c.derivative_study_id, c.study_id);
     assert!(c.derivative_study_id.parse::<uuid::Uuid>().is_ok());
     assert_eq!(c.options, ["retain_longitudinal_modified_dates", "retain_patient_characteristics"]);
+}
+
+/// Copies a configuration directory (the examples) to `to`.
+fn copy_config(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_config(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+/// A fixed-offset zone (no daylight saving) whose local hour is `hour` now.
+// The region under test reads the real clock, so the test must too.
+#[allow(clippy::disallowed_methods)]
+fn zone_at_hour(hour: i64) -> String {
+    let utc_hour = jiff::Timestamp::now().as_second().rem_euclid(86_400) / 3_600;
+    let mut offset = (hour - utc_hour).rem_euclid(24);
+    if offset > 12 {
+        offset -= 24;
+    }
+    // POSIX sign: Etc/GMT-3 is three hours east of UTC.
+    match offset {
+        0 => "Etc/GMT".into(),
+        o if o > 0 => format!("Etc/GMT-{o}"),
+        o => format!("Etc/GMT+{}", -o),
+    }
+}
+
+#[test]
+fn each_study_goes_to_the_contract_that_takes_it_at_its_facilitys_hour() {
+    use meridian_events::payload::Payload;
+    // acme with a day contract (atlantic-rads, 07:00 to 19:00 facility
+    // time) and a nighthawk contract (lotus-teleradiology, 19:00 to 07:00);
+    // its two facilities sit where it is now 10:00 and 02:00.
+    let config = tempfile::TempDir::new().unwrap();
+    copy_config(&repo().join("deploy/examples/dev"), config.path());
+    let tenant = config.path().join("tenants/acme.toml");
+    let text = std::fs::read_to_string(&tenant).unwrap().replacen(
+        "time_zone = \"America/New_York\"",
+        &format!("time_zone = \"{}\"", zone_at_hour(10)),
+        1,
+    );
+    let text = text.replacen("time_zone = \"America/New_York\"", &format!("time_zone = \"{}\"", zone_at_hour(2)), 1);
+    std::fs::write(&tenant, text).unwrap();
+    let day = config.path().join("contracts/acme-atlantic.toml");
+    let text = std::fs::read_to_string(&day).unwrap();
+    let with_hours =
+        |t: &str, hours: &str| t.replacen("\n[delivery]", &format!("\n[applies]\nhours = {hours}\n\n[delivery]"), 1);
+    std::fs::write(&day, with_hours(&text, r#"{ start = "07:00", end = "19:00" }"#)).unwrap();
+    let nights = with_hours(&text, r#"{ start = "19:00", end = "07:00" }"#)
+        .replace("name = \"acme-atlantic\"", "name = \"acme-nights\"")
+        .replace(
+            r#"reading_groups = ["atlantic-rads", "lotus-teleradiology"]"#,
+            r#"reading_groups = ["lotus-teleradiology"]"#,
+        );
+    std::fs::write(config.path().join("contracts/acme-nights.toml"), nights).unwrap();
+    let check = Command::new(MERIDIAN).args(["config", "check"]).arg(config.path()).output().unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+
+    let data = tempfile::TempDir::new().unwrap();
+    let dev = Dev::start_configured(config.path(), data.path(), "");
+    let files = tempfile::TempDir::new().unwrap();
+    let send = |study: &str, calling: &str| {
+        let file = meridian_integration_tests::dicom::write_ct(
+            files.path(),
+            &meridian_integration_tests::dicom::CtInstance {
+                study_uid: study,
+                series_uid: &format!("{study}.1"),
+                sop_uid: &format!("{study}.1.1"),
+                patient_id: "MRN-HOURS",
+                priority: "STAT",
+                pixels: [1, 2, 3, 4],
+            },
+        );
+        let (ok, said) =
+            meridian_integration_tests::dicom::storescu(dev.dicom_port("us-east"), calling, "MERIDIAN_ACME", &[file]);
+        assert!(ok, "{said}");
+    };
+    send("1.2.826.0.1.3680043.10.543.201", "ACME_CT1"); // acme-general, 10:00 there
+    send("1.2.826.0.1.3680043.10.543.202", "ACMEIC_PACS"); // acme-imaging-center, 02:00 there
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let queued = loop {
+        let out = Command::new(MERIDIAN)
+            .args(["log", "tail", "--json", "--stream", "routing", "--region", "us-east", "--data-dir"])
+            .arg(data.path())
+            .output()
+            .unwrap();
+        let queued: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["payload_type"] == "meridian.events.v1.StudyQueued")
+            .map(|e| e["payload"].clone())
+            .collect();
+        if queued.len() == 2 {
+            break queued;
+        }
+        assert!(Instant::now() < deadline, "two STAT studies queued within 30 s: {queued:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let contract_of = |facility: &str| {
+        queued.iter().find(|q| q["facility"] == facility).map(|q| q["contract"].clone()).unwrap_or_default()
+    };
+    assert_eq!(contract_of("acme-general"), "acme-atlantic", "{queued:?}");
+    assert_eq!(contract_of("acme-imaging-center"), "acme-nights", "{queued:?}");
+    dev.interrupt();
+    // The choice is on the log from the first instance on.
+    let (ingest, _) = topic_events(data.path(), meridian_events::DataClass::Operational, "ingest");
+    let started: Vec<String> = ingest
+        .iter()
+        .filter_map(|(_, e)| match e.open_plain() {
+            Ok(Payload::StudyStarted(s)) => Some(s.contract),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started.len(), 2);
+    assert!(started.contains(&"acme-atlantic".to_string()) && started.contains(&"acme-nights".to_string()));
 }
 
 fn count_files(dir: &Path) -> usize {

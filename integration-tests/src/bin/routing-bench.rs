@@ -51,6 +51,8 @@ fn policy() -> Policy {
                     (Priority::Routine, 86_400),
                 ]),
                 escalation_per_mille: vec![500, 800],
+                service: None,
+                subspecialty_required: false,
             };
             (c.name.clone(), c)
         })

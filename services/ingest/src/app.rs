@@ -270,15 +270,34 @@ impl Ingest {
             .unwrap_or_default()
     }
 
-    /// The tenant's quiet period: its first contract's (by name).
-    fn quiet(&self, tenant: &str) -> i64 {
-        let seconds = self
-            .platform
-            .contracts
-            .values()
-            .find(|c| c.tenant == tenant)
-            .map_or(DEFAULT_QUIET.as_secs(), |c| c.quiet_period.seconds);
+    /// A study's quiet period: its contract's (the default when no
+    /// contract takes it).
+    fn quiet(&self, study: &studies::Study) -> i64 {
+        let seconds =
+            self.platform.contracts.get(&study.contract).map_or(DEFAULT_QUIET.as_secs(), |c| c.quiet_period.seconds);
         i64::try_from(seconds).unwrap_or(i64::MAX / 1_000_000) * 1_000_000
+    }
+
+    /// The contract that takes a study starting with `received` at `now`,
+    /// or why none does: chosen once, here, and carried on StudyStarted and
+    /// StudyCompleted so that routing and every later reader agree.
+    fn contract_for(&self, tenant: &str, received: &pb::InstanceReceived, now: UnixMicros) -> (String, String) {
+        let priority = match received.requested_priority.as_str() {
+            "stat" => meridian_config::Priority::Stat,
+            "urgent" => meridian_config::Priority::Urgent,
+            _ => meridian_config::Priority::Routine,
+        };
+        let facts = meridian_config::StudyFacts {
+            facility: &received.facility,
+            modality: &received.modality,
+            body_part: &received.body_part,
+            priority,
+        };
+        let at = jiff::Timestamp::from_microsecond(now.0).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+        match self.platform.contract_for(tenant, &facts, at) {
+            Ok(c) => (c.name.clone(), String::new()),
+            Err(why) => (String::new(), why.to_string()),
+        }
     }
 
     fn meta(&self, tenant: &str, study: Uuid, version: u64, event_id: EventId, now: UnixMicros) -> EventMeta {
@@ -563,6 +582,7 @@ impl Ingest {
         let alongside = match studies::alongside(state, study.as_uuid(), &received) {
             Some(Payload::StudyStarted(mut started)) => {
                 started.origin_jurisdiction = self.jurisdiction(tenant, facility);
+                (started.contract, started.unroutable_reason) = self.contract_for(tenant, &received, *now);
                 Some(Payload::StudyStarted(started))
             }
             other => other,
@@ -648,7 +668,7 @@ impl Ingest {
     /// study twice. Returns how many completed.
     pub async fn complete_quiet(&self, now: UnixMicros) -> Result<usize, Error> {
         let mut projector = self.projector.lock().await;
-        let done = studies::completions(projector.state(), now, |t| self.quiet(t), |t, f| self.jurisdiction(t, f));
+        let done = studies::completions(projector.state(), now, |s| self.quiet(s), |t, f| self.jurisdiction(t, f));
         let n = done.len();
         self.append_completions(&mut projector, done, now).await?;
         if n > 0 {

@@ -30,6 +30,11 @@ pub struct Study {
     pub patient_key: String,
     pub procedure_code: String,
     pub requested_priority: String,
+    /// The contract StudyStarted chose (empty: none, see `unroutable`).
+    #[serde(default)]
+    pub contract: String,
+    #[serde(default)]
+    pub unroutable: String,
     pub completed_at: Option<UnixMicros>,
     /// The last version of the study's operational stream (`ingest.study`).
     pub version: u64,
@@ -212,6 +217,10 @@ pub fn apply(mut state: Studies, payload: &Payload, meta: &EventMeta) -> Studies
             keep(&mut study.procedure_code, &r.procedure_code);
             keep(&mut study.requested_priority, &r.requested_priority);
         }
+        Payload::StudyStarted(started) => {
+            study.contract.clone_from(&started.contract);
+            study.unroutable.clone_from(&started.unroutable_reason);
+        }
         Payload::StudyCompleted(c) => {
             let study = state.open.remove(&id).unwrap_or_default();
             let completed_at = c.completed_at.as_ref().map_or(meta.occurred_at, UnixMicros::from_timestamp);
@@ -246,6 +255,9 @@ pub fn alongside(state: &Studies, study: Uuid, received: &pb::InstanceReceived) 
             patient_key: received.patient_key.clone(),
             procedure_code: received.procedure_code.clone(),
             requested_priority: received.requested_priority.clone(),
+            // The caller chooses the contract (it knows the configuration).
+            contract: String::new(),
+            unroutable_reason: String::new(),
         })),
         Some(s) if s.completed_at.is_some() => {
             let new_series = !s.series.contains(&received.series_id);
@@ -281,23 +293,26 @@ pub fn completion(
         patient_key: s.patient_key.clone(),
         procedure_code: s.procedure_code.clone(),
         requested_priority: s.requested_priority.clone(),
+        contract: s.contract.clone(),
+        unroutable_reason: s.unroutable.clone(),
     })
 }
 
 /// The studies quiet for their period by `now`, each with its
-/// StudyCompleted. `quiet` gives a tenant's quiet period in microseconds;
+/// StudyCompleted. `quiet` gives a study's quiet period in microseconds
+/// (its contract's);
 /// `jurisdiction` a facility's. It visits open studies only: the work at
 /// hand, however many have completed before.
 pub fn completions(
     state: &Studies,
     now: UnixMicros,
-    quiet: impl Fn(&str) -> i64,
+    quiet: impl Fn(&Study) -> i64,
     jurisdiction: impl Fn(&str, &str) -> String,
 ) -> Vec<(Uuid, pb::StudyCompleted)> {
     state
         .open
         .iter()
-        .filter(|(_, s)| now.0 >= s.last_at.0.saturating_add(quiet(&s.tenant)))
+        .filter(|(_, s)| now.0 >= s.last_at.0.saturating_add(quiet(s)))
         .filter_map(|(id, _)| completion(state, *id, now, &jurisdiction).map(|c| (*id, c)))
         .collect()
 }

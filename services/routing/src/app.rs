@@ -116,8 +116,9 @@ type Passed = (&'static str, String);
 /// it is decided at, and the event that caused it. StudyCompleted queues a
 /// study, and so does StudyStarted when the order asked for STAT (it is
 /// queued at its first instance, not after the quiet period);
-/// AiTriageCompleted triages; ReportSigned ends a read. Other events ask
-/// nothing (`Ok(None)`); a record that does not read, or names what
+/// AiTriageCompleted triages; ReportSigned ends a read. A completed study
+/// no contract takes is marked unroutable. Other events ask nothing
+/// (`Ok(None)`); a record that does not read, or names what
 /// routing cannot use, is passed with the reason (`Err`), counted and
 /// logged by the caller.
 fn input(record: &meridian_log::Record, policy: &Policy, region: &str) -> Result<Option<Input>, Passed> {
@@ -141,6 +142,8 @@ fn input(record: &meridian_log::Record, policy: &Policy, region: &str) -> Result
                 patient_key: c.patient_key,
                 procedure_code: c.procedure_code,
                 requested_priority: c.requested_priority,
+                contract: c.contract,
+                unroutable_reason: c.unroutable_reason,
                 ..Default::default()
             }
         }
@@ -159,11 +162,21 @@ fn input(record: &meridian_log::Record, policy: &Policy, region: &str) -> Result
         procedure_code: c.procedure_code,
         requested_priority: Priority::parse(&c.requested_priority),
         completed_at: c.completed_at.as_ref().map(UnixMicros::from_timestamp).unwrap_or(at),
+        contract: c.contract,
+        unroutable_reason: c.unroutable_reason,
     };
-    match queue(policy, &completed) {
-        Ok(new) => Ok(Some((cause, Command::Queue(new), completed.completed_at))),
-        Err(skip) => Err(("unroutable", skip.to_string())),
-    }
+    let command = match queue(policy, &completed) {
+        Ok(new) => Command::Queue(new),
+        // Kept, with why, for the tenant to list: never dropped.
+        Err(skip) => Command::MarkUnroutable(crate::domain::worklist::Unroutable {
+            study,
+            tenant: completed.tenant.clone(),
+            facility: completed.facility.clone(),
+            reason: skip.to_string(),
+            completed_at: completed.completed_at,
+        }),
+    };
+    Ok(Some((cause, command, completed.completed_at)))
 }
 
 fn study_id(text: &str) -> Result<Uuid, Passed> {
@@ -390,7 +403,24 @@ impl Routing {
             let last = bumped.get(&aggregate_id).or_else(|| folded.versions.get(&aggregate_id));
             let version = last.copied().unwrap_or(0) + 1;
             bumped.insert(aggregate_id, version);
-            let payload = to_payload(e);
+            let mut payload = to_payload(e);
+            // An assignment names the read it is for: the study's, as the
+            // state (or a StudyQueued earlier in this batch) has it.
+            let read_type = |study: &Uuid| {
+                folded.worklist.studies.get(study).map(|s| s.read_type).or_else(|| {
+                    events.iter().find_map(|q| match q {
+                        Event::StudyQueued(s) if s.id == *study => Some(s.read_type),
+                        _ => None,
+                    })
+                })
+            };
+            use meridian_events::payload::Payload as P;
+            let named = |study: &Uuid| read_type(study).map(|t| t.as_str().to_owned()).unwrap_or_default();
+            match (&mut payload, e) {
+                (P::StudyAssigned(p), Event::StudyAssigned { study, .. }) => p.read_type = named(study),
+                (P::AssignmentClaimed(p), Event::AssignmentClaimed { study, .. }) => p.read_type = named(study),
+                _ => {}
+            }
             let type_name = payload.type_name();
             let study = folded.worklist.studies.get(&aggregate_id);
             let event_id = match (cause, e) {
@@ -530,6 +560,8 @@ pub(crate) mod tests {
                 (Priority::Routine, 86_400),
             ]),
             escalation_per_mille: vec![500],
+            service: None,
+            subspecialty_required: false,
         };
         Policy {
             contracts: BTreeMap::from([("c".to_string(), contract)]),
@@ -661,16 +693,13 @@ pub(crate) mod tests {
         let events = [first.clone(), completed_event(2, "acme", at), completed_event(3, "no-contract-tenant", at)];
         log.append(events.iter().map(|e| Outgoing::new(ingest.clone(), e).unwrap()).collect()).await.unwrap();
 
-        assert_eq!(
-            routing.intake(Duration::from_millis(50)).await.unwrap(),
-            2,
-            "a tenant without a contract is not routed"
-        );
-        assert_eq!(
-            routing.intake_skips().counts(),
-            BTreeMap::from([("unroutable".to_string(), 1)]),
-            "and it is counted"
-        );
+        assert_eq!(routing.intake(Duration::from_millis(50)).await.unwrap(), 3);
+        // A tenant without a contract: kept as unroutable, with why, never dropped.
+        let unroutable = routing.read(|s| s.unroutable.clone()).await;
+        let kept = &unroutable["no-contract-tenant"];
+        assert_eq!((kept.len(), kept[0].study), (1, Uuid::from_u128(3)));
+        assert_eq!(kept[0].reason, "tenant no-contract-tenant has no contract");
+        assert!(routing.intake_skips().counts().is_empty());
         let study = routing.read(|s| s.studies[&Uuid::from_u128(1)].clone()).await;
         assert_eq!(
             (study.contract.as_str(), study.priority, study.read_type),
@@ -699,7 +728,7 @@ pub(crate) mod tests {
         log.append(vec![Outgoing::new(ingest.clone(), &malformed).unwrap()]).await.unwrap();
         assert_eq!(routing.intake(Duration::from_millis(50)).await.unwrap(), 0);
         let skipped = routing.intake_skips().counts();
-        assert_eq!((skipped["malformed_ids"], skipped["unroutable"]), (1, 1), "{skipped:?}");
+        assert_eq!(skipped, BTreeMap::from([("malformed_ids".to_string(), 1)]));
 
         // The StudyQueued id derives from the StudyCompleted that caused it.
         drop(routing);

@@ -44,6 +44,8 @@ fn policy() -> Policy {
         ]),
         sla_seconds: BTreeMap::from([(Priority::Stat, 1_800), (Priority::Urgent, 7_200), (Priority::Routine, 86_400)]),
         escalation_per_mille: vec![500, 800],
+        service: None,
+        subspecialty_required: false,
     };
     let region = |country: &str| RegionInfo { country: country.into(), nearshore: BTreeSet::new() };
     Policy {

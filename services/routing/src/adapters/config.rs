@@ -6,7 +6,9 @@ use meridian_config as cfg;
 
 use meridian_events::UnixMicros;
 
-use crate::domain::model::{Availability, Credential, DeliveryModel, Licence, Priority, ReadType, Reader, Shift};
+use crate::domain::model::{
+    Availability, Credential, DeliveryModel, Licence, Priority, ReadType, Reader, ServiceType, Shift,
+};
 use crate::domain::policy::{AssignmentMode, ContractPolicy, Policy, RegionInfo, SubspecialtyRule};
 
 fn read_type(t: cfg::ReadType) -> ReadType {
@@ -116,6 +118,12 @@ pub fn policy(platform: &cfg::Platform) -> Policy {
                     .collect::<BTreeMap<_, _>>(),
                 sla_seconds: c.sla.iter().map(|(p, s)| (priority(*p), s.turnaround.seconds)).collect(),
                 escalation_per_mille: c.escalation_fractions.iter().map(|f| (f * 1_000.0).round() as u32).collect(),
+                service: c.service.map(|s| match s {
+                    cfg::ServiceType::RealTime => ServiceType::RealTime,
+                    cfg::ServiceType::StoreAndForward => ServiceType::StoreAndForward,
+                    cfg::ServiceType::Hybrid => ServiceType::Hybrid,
+                }),
+                subspecialty_required: c.subspecialty_required,
             };
             (c.name.clone(), policy)
         })

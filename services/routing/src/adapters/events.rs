@@ -10,7 +10,7 @@ use meridian_proto::events::v1 as pb;
 use uuid::Uuid;
 
 use crate::domain::model::*;
-use crate::domain::worklist::{Event, Profile};
+use crate::domain::worklist::{Event, Profile, Unroutable};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{payload}.{field}: {reason}")]
@@ -29,6 +29,7 @@ pub fn aggregate(e: &Event) -> (&'static str, Uuid) {
         | Event::LicenceUpdated { reader, .. }
         | Event::CredentialUpdated { reader, .. } => ("routing.reader", ReaderKey::of(reader).0),
         Event::StudyQueued(s) => ("routing.study", s.id),
+        Event::StudyUnroutable(u) => ("routing.study", u.study),
         Event::StudyAssigned { study, .. }
         | Event::AssignmentClaimed { study, .. }
         | Event::AssignmentReleased { study, .. }
@@ -88,6 +89,13 @@ fn credentials(cs: &[Credential]) -> Vec<pb::Credential> {
 /// The payload of a domain event.
 pub fn to_payload(e: &Event) -> Payload {
     match e {
+        Event::StudyUnroutable(u) => Payload::StudyUnroutable(pb::StudyUnroutable {
+            study_id: u.study.to_string(),
+            tenant: u.tenant.clone(),
+            facility: u.facility.clone(),
+            reason: u.reason.clone(),
+            completed_at: ts(u.completed_at),
+        }),
         Event::ReaderRegistered(r) => Payload::ReaderRegistered(pb::ReaderRegistered {
             reader_id: r.id.clone(),
             reading_group: r.group.clone(),
@@ -296,6 +304,16 @@ pub fn from_payload(p: &Payload) -> Result<Option<Event>, Error> {
             reader: c.reader_id.clone(),
             credentials: from_credentials(&Fields("CredentialUpdated"), &c.credentials)?,
         },
+        Payload::StudyUnroutable(u) => {
+            let f = Fields("StudyUnroutable");
+            Event::StudyUnroutable(Unroutable {
+                study: f.uuid("study_id", &u.study_id)?,
+                tenant: u.tenant.clone(),
+                facility: u.facility.clone(),
+                reason: u.reason.clone(),
+                completed_at: f.time("completed_at", &u.completed_at)?,
+            })
+        }
         Payload::StudyQueued(s) => {
             let f = Fields("StudyQueued");
             Event::StudyQueued(Study {

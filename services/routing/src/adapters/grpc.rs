@@ -656,6 +656,15 @@ impl RoutingService for RoutingGrpc {
         Ok(Response::new(pb::ListAssignmentsResponse { entries }))
     }
 
+    async fn list_unroutable(
+        &self,
+        request: Request<pb::ListUnroutableRequest>,
+    ) -> Result<Response<pb::ListUnroutableResponse>, Status> {
+        let p = principal(&request)?.clone();
+        let studies = self.unroutable_of(&p, request.get_ref().page_size).await?;
+        Ok(Response::new(pb::ListUnroutableResponse { studies }))
+    }
+
     async fn get_reader(
         &self,
         request: Request<pb::GetReaderRequest>,
@@ -667,6 +676,29 @@ impl RoutingService for RoutingGrpc {
             .read(|s| acting_for(&p, s, &r.reader_id, Action::ViewWorklist).map(|reader| reader_out(s, reader)))
             .await?;
         Ok(Response::new(pb::GetReaderResponse { reader: Some(reader) }))
+    }
+}
+
+impl RoutingGrpc {
+    /// The tenant's unroutable studies, newest first.
+    pub async fn unroutable_of(&self, p: &Principal, page_size: i32) -> Result<Vec<pb::UnroutableStudy>, Status> {
+        let tenant = p.tenant.clone().unwrap_or_default();
+        authorize(p, Action::ViewRejections, &Resource::Tenant { tenant: &tenant })
+            .map_err(|d| permission_denied(&d))?;
+        let size = if page_size <= 0 { 100 } else { (page_size as usize).min(1_000) };
+        Ok(self
+            .routing
+            .read(|s| {
+                let list = s.unroutable.get(&tenant).into_iter().flatten().rev().take(size);
+                list.map(|u| pb::UnroutableStudy {
+                    study_id: u.study.to_string(),
+                    facility: u.facility.clone(),
+                    reason: u.reason.clone(),
+                    completed_at: Some(u.completed_at.to_timestamp()),
+                })
+                .collect()
+            })
+            .await)
     }
 }
 
@@ -776,6 +808,8 @@ mod tests {
                 (Priority::Routine, 86_400),
             ]),
             escalation_per_mille: vec![500],
+            service: None,
+            subspecialty_required: false,
         };
         // A second contract names both groups: one group's reader may then
         // hold a study the other group's admin can see.
@@ -1107,6 +1141,48 @@ mod tests {
         c.release(call(release, &z)).await.unwrap();
         c.reassign(reassign("g", shared, "dr-x", &admin)).await.unwrap();
         assert_eq!(routing.read(|s| s.studies[&shared].assignee.clone()).await.as_deref(), Some("dr-x"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tenant_lists_its_unroutable_studies_and_an_assignment_names_its_read() {
+        let Fixture { _dir, log, routing, mut c, at, x, pacs, stat, .. } = fixture().await;
+        let unroutable = crate::domain::worklist::Unroutable {
+            study: Uuid::from_u128(7),
+            tenant: "acme".into(),
+            facility: "f".into(),
+            reason: "no contract of tenant acme takes a routine XA study".into(),
+            completed_at: at,
+        };
+        let mark = || Command::MarkUnroutable(unroutable.clone());
+        routing.execute(mark(), at, Cause::Unkeyed).await.unwrap();
+        let again = routing.execute(mark(), at, Cause::Unkeyed).await.unwrap_err();
+        assert!(matches!(again, Error::Domain(worklist::Error::AlreadyQueued { .. })), "kept once");
+        let listed =
+            c.list_unroutable(call(pb::ListUnroutableRequest { page_size: 0 }, &pacs)).await.unwrap().into_inner();
+        assert_eq!(listed.studies.len(), 1);
+        assert_eq!(
+            (listed.studies[0].study_id.clone(), listed.studies[0].reason.clone()),
+            (unroutable.study.to_string(), unroutable.reason.clone())
+        );
+        let err = c.list_unroutable(call(pb::ListUnroutableRequest { page_size: 0 }, &x)).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "a reader does not list a tenant's studies");
+
+        // The claim's event says which read it is for.
+        c.claim_next(call(pb::ClaimNextRequest { reader_id: "dr-x".into(), idempotency_key: String::new() }, &x))
+            .await
+            .unwrap();
+        let topic = TopicName::new("us-east", DataClass::Operational, "routing").unwrap();
+        let start = (0..4).map(|p| meridian_log::Position::start(topic.clone(), p)).collect();
+        let records = log.reader(start).await.unwrap().next_batch(1_000, Duration::from_millis(200)).await.unwrap();
+        let claimed: Vec<_> = records
+            .iter()
+            .filter_map(|r| match r.envelope().unwrap().open_plain() {
+                Ok(meridian_events::Payload::AssignmentClaimed(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!((claimed[0].study_id.clone(), claimed[0].read_type.as_str()), (stat.to_string(), "preliminary"));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

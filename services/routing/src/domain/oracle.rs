@@ -145,6 +145,8 @@ fn policy(nearshore: bool, modes: [bool; 2], offshore: [bool; 2]) -> Policy {
                     (Priority::Routine, 86_400),
                 ]),
                 escalation_per_mille: vec![500, 800],
+                service: None,
+                subspecialty_required: false,
             };
             (c.name.clone(), c)
         })

@@ -29,6 +29,13 @@ pub struct ContractPolicy {
     pub sla_seconds: BTreeMap<Priority, u64>,
     /// Fractions of the SLA, in per mille, at which an unread study escalates.
     pub escalation_per_mille: Vec<u32>,
+    /// How its studies are served; `None`: real time for STAT, store and
+    /// forward otherwise.
+    #[serde(default)]
+    pub service: Option<ServiceType>,
+    /// Only readers of a study's subspecialty may read it.
+    #[serde(default)]
+    pub subspecialty_required: bool,
 }
 
 impl ContractPolicy {

@@ -33,6 +33,8 @@ fn contract(name: &str, tenant: &str, mode: AssignmentMode, offshore_prelims: bo
         ]),
         sla_seconds: BTreeMap::from([(Priority::Stat, 1_800), (Priority::Urgent, 7_200), (Priority::Routine, 86_400)]),
         escalation_per_mille: vec![500, 800],
+        service: None,
+        subspecialty_required: false,
     }
 }
 

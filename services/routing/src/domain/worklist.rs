@@ -1,7 +1,7 @@
 //! The worklist: `decide(&state, &policy, command, now) -> events` and
 //! `apply(state, &event) -> state`. No I/O, no clock.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use meridian_events::UnixMicros;
 use serde::{Deserialize, Serialize};
@@ -68,6 +68,11 @@ pub struct State {
     /// Triage results that came before their study was queued.
     #[serde(default)]
     pub pending_triage: BTreeMap<Uuid, Triage>,
+    /// Tenant → its studies no contract takes, oldest first (at most
+    /// [`UNROUTABLE_KEPT`] each): listed for the tenant, never dropped
+    /// silently.
+    #[serde(default)]
+    pub unroutable: BTreeMap<String, VecDeque<Unroutable>>,
     #[serde(skip)]
     queue: Queue,
     /// Reading group → its readers.
@@ -85,6 +90,8 @@ struct Stored {
     next_sequence: u64,
     #[serde(default)]
     pending_triage: BTreeMap<Uuid, Triage>,
+    #[serde(default)]
+    unroutable: BTreeMap<String, VecDeque<Unroutable>>,
 }
 
 impl From<Stored> for State {
@@ -104,10 +111,24 @@ impl From<Stored> for State {
             breached: s.breached,
             next_sequence: s.next_sequence,
             pending_triage: s.pending_triage,
+            unroutable: s.unroutable,
             queue,
             groups,
         }
     }
+}
+
+/// Unroutable studies kept per tenant, newest last.
+pub const UNROUTABLE_KEPT: usize = 1_000;
+
+/// A completed study no contract of its tenant takes, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unroutable {
+    pub study: Uuid,
+    pub tenant: String,
+    pub facility: String,
+    pub reason: String,
+    pub completed_at: UnixMicros,
 }
 
 /// A study arriving on the worklist (from StudyCompleted and the contract).
@@ -165,6 +186,8 @@ pub enum Command {
         credentials: Vec<Credential>,
     },
     Queue(NewStudy),
+    /// A completed study no contract takes: kept for the tenant to list.
+    MarkUnroutable(Unroutable),
     /// Push contracts: give every study that has an eligible reader the best one.
     AssignPending,
     /// Push contracts: give this study its best eligible reader, if it has
@@ -211,6 +234,7 @@ pub enum Command {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Event {
     ReaderRegistered(Reader),
+    StudyUnroutable(Unroutable),
     ReaderUpdated {
         reader: String,
         profile: Profile,
@@ -457,6 +481,13 @@ pub fn decide(state: &State, policy: &Policy, command: Command, now: UnixMicros)
         Command::UpdateCredentials { reader, credentials } => {
             state.reader(&reader)?;
             Ok(vec![Event::CredentialUpdated { reader, credentials }])
+        }
+        Command::MarkUnroutable(u) => {
+            let known = state.unroutable.get(&u.tenant).is_some_and(|l| l.iter().any(|x| x.study == u.study));
+            if known || state.studies.contains_key(&u.study) {
+                return Err(Error::AlreadyQueued { study: u.study });
+            }
+            Ok(vec![Event::StudyUnroutable(u)])
         }
         Command::Queue(n) => {
             if state.studies.contains_key(&n.id) {
@@ -761,6 +792,15 @@ fn timers(state: &State, policy: &Policy, now: UnixMicros) -> Vec<Event> {
 /// Folds one event into the state.
 pub fn apply(mut state: State, event: &Event) -> State {
     match event {
+        Event::StudyUnroutable(u) => {
+            let list = state.unroutable.entry(u.tenant.clone()).or_default();
+            if !list.iter().any(|x| x.study == u.study) {
+                list.push_back(u.clone());
+                while list.len() > UNROUTABLE_KEPT {
+                    list.pop_front();
+                }
+            }
+        }
         Event::ReaderRegistered(r) => {
             if let Some(old) = state.readers.get(&r.id)
                 && let Some(members) = state.groups.get_mut(&old.group)

@@ -216,8 +216,19 @@ impl Day<'_> {
             procedure_code: spec.name.clone(),
             requested_priority: Some(a.priority),
             completed_at: a.at,
+            // The scenario names no facility hours: a stream's study goes
+            // to its tenant's first contract, as ingest would choose it
+            // from a configuration with one contract per tenant.
+            contract: self
+                .policy
+                .contracts
+                .values()
+                .find(|k| k.tenant == spec.tenant)
+                .map(|k| k.name.clone())
+                .unwrap_or_default(),
+            unroutable_reason: String::new(),
         };
-        // Routing's own intake decides the contract, read, subspecialty, RVUs.
+        // Routing's own intake decides the read, subspecialty, RVUs.
         let Ok(new) = intake::queue(&self.policy, &completed) else {
             self.out.unrouted += 1;
             return;

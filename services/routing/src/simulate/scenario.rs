@@ -301,6 +301,8 @@ impl Scenario {
                         .filter_map(|(p, m)| Some((Priority::parse(p)?, m * 60)))
                         .collect(),
                     escalation_per_mille: c.escalation.iter().map(|f| (f * 1_000.0).round() as u32).collect(),
+                    service: None,
+                    subspecialty_required: false,
                 };
                 (c.name.clone(), policy)
             })

@@ -152,7 +152,7 @@ fn start_peers(dir: &Path, port_base: u16) -> anyhow::Result<Vec<Peer>> {
             "meridian",
             "object file and directory fsynced, then the event log committed (group commit), before each success",
         ),
-        ("storescp", "none: plain files, no fsync (dcmtk's bare SCP)"),
+        ("storescp", "none: plain files, no fsync (dcmtk's bare SCP, --fork: one process per association)"),
         ("orthanc", "default: SQLite index and filesystem storage"),
     ] {
         let dir = dir.join(name).tap_mkdir()?;
@@ -165,8 +165,10 @@ fn start_peers(dir: &Path, port_base: u16) -> anyhow::Result<Vec<Peer>> {
             }
             "storescp" => {
                 let port = port_base + 7;
+                // --fork: each association in its own process, as a real
+                    // archive serves several senders at once.
                 let child = Command::new("storescp")
-                    .args(["-od"])
+                    .args(["--fork", "-od"])
                     .arg(&dir)
                     .arg(port.to_string())
                     .env("TCP_NODELAY", "1")

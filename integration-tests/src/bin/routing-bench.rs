@@ -1,7 +1,8 @@
 //! Routing figures (docs/benchmarks.md): with 10,000 readers and 100,000
 //! open studies, the latency of one reader's worklist query and of one
-//! claim decision; and a full rebuild of 1,000,000 routing events from the
-//! embedded log.
+//! claim decision; the same claim through the gRPC server on loopback
+//! (token, authorization, decision, durable append, answer); and a full
+//! rebuild of 1,000,000 routing events from the embedded log.
 //!
 //! Usage: cargo run --release -p meridian-integration-tests --bin routing-bench [-- --readers N --studies N --events N]
 
@@ -120,6 +121,9 @@ fn study(i: usize, now: UnixMicros) -> Study {
 }
 
 fn percentiles(mut xs: Vec<Duration>) -> (f64, f64) {
+    if xs.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
     xs.sort();
     let at = |p: f64| xs[((xs.len() as f64 * p).ceil() as usize).clamp(1, xs.len()) - 1].as_secs_f64() * 1e3;
     (at(0.5), at(0.99))
@@ -236,6 +240,8 @@ async fn main() -> anyhow::Result<()> {
         events.len()
     );
 
+    grpc_claims(n_readers, n_studies).await?;
+
     // Full rebuild of n_events routing events from the embedded log. The
     // input is written in large batches (as a busy region's routing would
     // append it over hours): per study, StudyQueued and AssignmentClaimed,
@@ -300,6 +306,149 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "routing   full rebuild of {written} routing events ({studies} studies) from the embedded log: {secs:.2} s ({:.0} events/s; writing them took {write_secs:.1} s)",
         written as f64 / secs
+    );
+    Ok(())
+}
+
+/// ClaimNext through `meridian.routing.v1` on loopback against a region's
+/// routing holding `n_readers` readers and `n_studies` open studies (read
+/// from its embedded log at open): each call carries a bearer token, is
+/// authorized, decided, appended durably and answered, one at a time.
+async fn grpc_claims(n_readers: usize, n_studies: usize) -> anyhow::Result<()> {
+    use meridian_auth::grpc::Authenticate;
+    use meridian_auth::{Principal, TokenSigner, TokenVerifier};
+    use meridian_proto::routing::v1 as pb;
+    use meridian_proto::routing::v1::routing_service_client::RoutingServiceClient;
+    use meridian_proto::routing::v1::routing_service_server::RoutingServiceServer;
+    use meridian_routing::adapters::events::aggregate;
+    use meridian_routing::adapters::grpc::RoutingGrpc;
+
+    // The server takes each call's time from the clock: so do the studies.
+    let now = meridian_auth::grpc::arrival_time();
+    let dir = tempfile::TempDir::new()?;
+    let log = Arc::new(EmbeddedLog::open(&dir.path().join("log.redb"), EmbeddedOptions::default())?);
+    let topic = TopicName::new("us-east", DataClass::Operational, "routing")?;
+    log.ensure_topic(&TopicSpec::new(topic.clone(), 8)).await?;
+    let events = (0..n_readers)
+        .map(|i| Event::ReaderRegistered(reader(i)))
+        .chain((0..n_studies).map(|i| Event::StudyQueued(study(i, now))));
+    let mut batch = Vec::new();
+    for e in events {
+        let (aggregate_type, aggregate_id) = aggregate(&e);
+        let meta = EventMeta {
+            event_id: EventId::new_at(now),
+            aggregate_type: aggregate_type.into(),
+            aggregate_id,
+            aggregate_version: 1,
+            tenant: "t0".into(),
+            home_region: "us-east".into(),
+            occurred_at: now,
+            causation_id: None,
+            correlation_id: None,
+            traceparent: None,
+        };
+        batch.push(Outgoing::new(topic.clone(), &to_payload(&e).plain_envelope(meta)?)?);
+        if batch.len() >= 10_000 {
+            log.append(std::mem::take(&mut batch)).await?;
+        }
+    }
+    log.append(batch).await?;
+    let keys: Arc<dyn KeyStore> = Arc::new(log.key_store());
+    let idle = Duration::from_millis(50);
+    let routing = Arc::new(
+        Routing::open("us-east", log, keys, policy(), idle, meridian_projection::run::Snapshotter::none()).await?,
+    );
+
+    let (private, public) = meridian_auth::token::generate_ed25519()?;
+    let signer = TokenSigner::new("k", private.as_bytes(), "iss", "aud")?;
+    let verifier = Arc::new(TokenVerifier::new("iss", "aud", &[("k".into(), public.into_bytes())])?);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let service =
+        RoutingServiceServer::with_interceptor(RoutingGrpc::new(routing.clone()), Authenticate::new(verifier));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?.connect().await?;
+    let mut client = RoutingServiceClient::new(channel);
+
+    let sample: Vec<(String, String)> = routing
+        .read(|s| {
+            (0..n_readers)
+                .map(|i| format!("r{}", (i * 7_919) % n_readers))
+                .filter(|r| s.readers[r].on_shift(now))
+                .take(1_000)
+                .map(|r| (r.clone(), s.readers[&r].group.clone()))
+                .collect()
+        })
+        .await;
+    // The same readers' decisions alone, at the same moment: what the RPC
+    // adds is the difference.
+    let policy = policy();
+    let decisions: Vec<(bool, Duration)> = routing
+        .read(|s| {
+            sample
+                .iter()
+                .map(|(r, _)| {
+                    let t = Instant::now();
+                    let found = worklist::decide(s, &policy, Command::ClaimNext { reader: r.clone() }, now).is_ok();
+                    (found, t.elapsed())
+                })
+                .collect()
+        })
+        .await;
+    let (d_found, d_empty): (Vec<_>, Vec<_>) = decisions.into_iter().partition(|(found, _)| *found);
+    let (f50, f99) = percentiles(d_found.into_iter().map(|(_, d)| d).collect());
+    let (n50, n99) = percentiles(d_empty.into_iter().map(|(_, d)| d).collect());
+    println!(
+        "routing   the same readers' claim-next decisions alone: found work p50 {f50:.3} ms, p99 {f99:.3} ms; none eligible p50 {n50:.3} ms, p99 {n99:.3} ms"
+    );
+    let mut calls = Vec::new();
+    for (reader, group) in &sample {
+        let p = Principal {
+            subject: reader.clone(),
+            kind: meridian_config::PrincipalKind::Group,
+            tenant: None,
+            facility: None,
+            group: Some(group.clone()),
+            reader: Some(reader.clone()),
+            roles: vec!["reader".into()],
+        };
+        let mut request = tonic::Request::new(pb::ClaimNextRequest {
+            reader_id: reader.clone(),
+            idempotency_key: format!("bench-{reader}"),
+        });
+        let token = signer.mint(&p, now.0 / 1_000_000, 3_600)?;
+        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse()?);
+        calls.push(request);
+    }
+    // Warm the connection and the time-zone database with a few calls
+    // that are then not counted.
+    let warm = calls.split_off(calls.len().saturating_sub(20));
+    for request in warm {
+        let _ = client.claim_next(request).await;
+    }
+    let (mut found, mut empty) = (Vec::new(), Vec::new());
+    let started = Instant::now();
+    let count = calls.len();
+    for request in calls {
+        let t = Instant::now();
+        match client.claim_next(request).await {
+            Ok(_) => found.push(t.elapsed()),
+            Err(s) if s.code() == tonic::Code::NotFound => empty.push(t.elapsed()),
+            Err(s) => anyhow::bail!("ClaimNext: {s}"),
+        }
+    }
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    let claimed = found.len();
+    let (a50, a99) = percentiles(found.iter().chain(&empty).copied().collect());
+    println!("routing   ClaimNext over gRPC on loopback, every call: p50 {a50:.3} ms, p99 {a99:.3} ms");
+    let (p50, p99) = percentiles(found);
+    let (e50, e99) = percentiles(empty);
+    println!(
+        "routing   ClaimNext over gRPC on loopback, one at a time, readers who found work ({claimed} of {count}): p50 {p50:.3} ms, p99 {p99:.3} ms; none eligible: p50 {e50:.3} ms, p99 {e99:.3} ms; {rate:.0} calls/s"
     );
     Ok(())
 }

@@ -68,6 +68,9 @@ enum Command {
     /// A region's projections, through the running process.
     #[command(subcommand)]
     Projection(ProjectionCommand),
+    /// A stopped region's study index, offline.
+    #[command(subcommand)]
+    Index(IndexCommand),
     /// The event catalogue: writer, aggregate, data class, stream, schema version.
     Events,
     /// Run the routing engine over a simulated day and report SLA compliance,
@@ -184,6 +187,49 @@ enum ProjectionCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum IndexCommand {
+    /// Give the study index's free pages back to the file system (the
+    /// file never shrinks while a region runs). Stop `meridian dev` first.
+    Compact {
+        /// `meridian dev`'s data directory.
+        #[arg(long, default_value = ".meridian-dev")]
+        data_dir: PathBuf,
+        /// Only this region (default: every region in the data directory).
+        #[arg(long)]
+        region: Vec<String>,
+    },
+}
+
+/// Compacts each region's `index.redb` under `data_dir`.
+fn index_compact(data_dir: &std::path::Path, regions: Vec<String>) -> anyhow::Result<ExitCode> {
+    let regions = if regions.is_empty() {
+        let mut found: Vec<String> = std::fs::read_dir(data_dir)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", data_dir.display()))?
+            .filter_map(Result::ok)
+            .filter(|e| e.path().join("index.redb").is_file())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        found.sort();
+        found
+    } else {
+        regions
+    };
+    anyhow::ensure!(!regions.is_empty(), "no region with a study index under {}", data_dir.display());
+    for region in regions {
+        let path = data_dir.join(&region).join("index.redb");
+        let started = std::time::Instant::now();
+        let (before, after) = meridian_storage::index::StudyIndex::compact(&path)?;
+        say!(
+            "{region}: study index {:.1} MB -> {:.1} MB in {:.1} s",
+            before as f64 / 1e6,
+            after as f64 / 1e6,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn print_events() {
     say!("{:<22} {:<8} {:<17} {:<6} {:<8} version", "event", "writer", "aggregate", "class", "stream");
     for info in meridian_events::payload::CATALOGUE {
@@ -242,6 +288,7 @@ async fn main() -> ExitCode {
             client::tail(&target, study, streams, follow, json).await
         }
         Command::Projection(ProjectionCommand::Rebuild { name, target }) => client::rebuild(&target, name).await,
+        Command::Index(IndexCommand::Compact { data_dir, region }) => index_compact(&data_dir, region),
         Command::Worklist { data_dir, as_principal, reader, limit } => {
             let target = Target { region: String::new(), data_dir, as_principal, token: None };
             client::worklist(&target, reader, limit).await

@@ -792,6 +792,21 @@ async fn dev_stops_on_sigterm_while_busy_and_restarts_from_its_snapshots_queuein
     let total = queued.len();
     queued.dedup();
     assert_eq!((total, queued.len()), (STUDIES, STUDIES), "each study queued exactly once across the stop");
+
+    // Offline, the study index gives its free pages back; it serves the
+    // same studies afterwards.
+    let compact = Command::new(MERIDIAN).args(["index", "compact", "--data-dir"]).arg(data.path()).output().unwrap();
+    let said = String::from_utf8_lossy(&compact.stdout);
+    assert!(
+        compact.status.success() && said.contains("us-east: study index"),
+        "{said}{}",
+        String::from_utf8_lossy(&compact.stderr)
+    );
+    let dev = Dev::start(data.path());
+    let acme = dev.token("acme-pacs");
+    let (status, _, rest) = http_get(&dev.http("us-east"), "/dicomweb/studies?offset=1000", Some(&acme)).await;
+    assert_eq!((status, rest.as_array().map(Vec::len)), (200, Some(STUDIES - 1_000)));
+    dev.interrupt();
 }
 
 /// `meridian send` of `path` to `region` as `principal`, against the

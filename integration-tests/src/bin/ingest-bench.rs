@@ -166,7 +166,7 @@ fn start_peers(dir: &Path, port_base: u16) -> anyhow::Result<Vec<Peer>> {
             "storescp" => {
                 let port = port_base + 7;
                 // --fork: each association in its own process, as a real
-                    // archive serves several senders at once.
+                // archive serves several senders at once.
                 let child = Command::new("storescp")
                     .args(["--fork", "-od"])
                     .arg(&dir)

@@ -44,8 +44,9 @@ const POSITIONS: TableDefinition<&str, u64> = TableDefinition::new("positions");
 /// listed object.
 const OBJECTS: TableDefinition<u128, ()> = TableDefinition::new("objects");
 /// `tenant \0 tag \0 value \0 Study Instance UID` → (): studies by the
-/// study-level attributes searches name most, so a search naming one
-/// visits its candidates only, not every study of the tenant.
+/// study-level attributes searches name most (and each modality), so a
+/// search naming one visits its candidates only, not every study of the
+/// tenant.
 const STUDY_BY: TableDefinition<&str, ()> = TableDefinition::new("study_by");
 /// `schema` → the version of the tables above this file was built to.
 const SCHEMA: TableDefinition<&str, u32> = TableDefinition::new("schema");
@@ -62,8 +63,12 @@ const RETIRED: &[&str] = &["metadata"];
 pub const INDEX_CACHE_BYTES: usize = 128 << 20;
 
 /// The study attributes [`STUDY_BY`] keys studies by: Patient ID,
-/// Accession Number, Study Date.
+/// Accession Number, Study Date (from the first instance), and each
+/// modality in the study (Modalities in Study, as instances bring them).
 pub const SEEKABLE: &[&str] = &["00100020", "00080050", "00080020"];
+
+/// Modalities in Study: computed from the study's instances.
+pub const MODALITIES_IN_STUDY: &str = "00080061";
 
 /// Which of a tenant's studies a search visits.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -358,6 +363,24 @@ impl StudyIndex {
         Ok(index)
     }
 
+    /// Gives the index file's free pages back to the file system, offline
+    /// (the region must be stopped: the file is opened exclusively).
+    /// Returns the file's size before and after. redb reuses freed pages
+    /// but never shrinks the file, which stays at its high-water mark.
+    pub fn compact(path: &Path) -> Result<(u64, u64), IndexError> {
+        let shown = path.display().to_string();
+        let store = |reason: String| IndexError::Store { path: shown.clone(), reason };
+        let size = || std::fs::metadata(path).map(|m| m.len()).map_err(|e| store(e.to_string()));
+        let before = size()?;
+        let mut db = Database::builder()
+            .set_cache_size(INDEX_CACHE_BYTES)
+            .open(path)
+            .map_err(|e| store(format!("{e} (is the region still running? compact a stopped region)")))?;
+        while db.compact().map_err(|e| store(e.to_string()))? {}
+        drop(db);
+        Ok((before, size()?))
+    }
+
     fn err(&self, e: impl std::fmt::Display) -> IndexError {
         IndexError::Store { path: self.path.clone(), reason: e.to_string() }
     }
@@ -439,8 +462,13 @@ impl StudyIndex {
             series: 0,
             instances: 0,
         });
-        if let Some(m) = text(&r.metadata, "00080060").filter(|m| !m.is_empty()) {
+        // A modality new to the study: keyed for ModalitiesInStudy searches.
+        let new_modality = text(&r.metadata, "00080060").filter(|m| !m.is_empty() && !st.modalities.contains(*m));
+        if let Some(m) = new_modality {
             st.modalities.insert(m.to_owned());
+            let mut by = txn.open_table(STUDY_BY).map_err(|e| err(e.into()))?;
+            let key = format!("{}\0{MODALITIES_IN_STUDY}\0{m}\0{}", r.tenant, r.study_uid);
+            by.insert(key.as_str(), ()).map_err(|e| err(e.into()))?;
         }
         st.series += u32::from(new_series);
         st.instances += u32::from(new_instance);
@@ -871,6 +899,15 @@ mod tests {
         assert_eq!(visited(Seek::Uids(vec!["1.2.07".into(), "9.9".into()]), usize::MAX), ["1.2.07"]);
         assert_eq!(visited(Seek::All, 5).len(), 5, "the visit stops when told");
         assert!(visited(Seek::Value { tag: "00100020".into(), value: "P".into() }, usize::MAX).is_empty());
+        // Each modality a study holds is a key, added as instances bring it.
+        let mut mr = received("1.2.07", "1.2.07.2", "1.2.07.2.1", "MR", "bb");
+        mr.metadata.insert("00100020".into(), json!({"vr": "LO", "Value": ["P0"]}));
+        index.record(&mr, None).unwrap();
+        let modality = |m: &str| Seek::Value { tag: MODALITIES_IN_STUDY.into(), value: m.into() };
+        assert_eq!(visited(modality("MR"), usize::MAX), ["1.2.07"]);
+        assert_eq!(visited(modality("CT"), usize::MAX).len(), 50);
+        index.record(&mr, None).unwrap();
+        assert_eq!(visited(modality("MR"), usize::MAX), ["1.2.07"], "recorded again, keyed once");
     }
 
     #[test]
@@ -899,6 +936,35 @@ mod tests {
         assert_eq!(index.studies("acme").unwrap().len(), 2);
         assert!(index.studies("acm").unwrap().is_empty(), "tenants are whole key segments");
         assert!(index.study("northwind", "1.2").unwrap().is_none());
+    }
+
+    #[test]
+    fn compaction_gives_freed_pages_back_and_keeps_every_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.redb");
+        let index = StudyIndex::open(&path).unwrap();
+        let big = |i: u32, sha: &str| {
+            let mut r = received(&format!("1.2.{i}"), &format!("1.2.{i}.1"), &format!("1.2.{i}.1.1"), "CT", sha);
+            r.metadata.insert("00081030".into(), json!({"vr": "LO", "Value": [format!("{i:0>4000}")]}));
+            r
+        };
+        for i in 0..300 {
+            index.record(&big(i, "aa"), None).unwrap();
+        }
+        // A new version of each: the old rows' pages are freed.
+        for i in 0..300 {
+            index.record(&big(i, "bb"), None).unwrap();
+        }
+        index.sync().unwrap();
+        let before = index.studies("acme").unwrap().len();
+        drop(index);
+        let (was, now) = StudyIndex::compact(&path).unwrap();
+        assert!(now < was, "{was} -> {now}");
+        let index = StudyIndex::open(&path).unwrap();
+        assert_eq!(index.studies("acme").unwrap().len(), before);
+        assert_eq!(index.instance("acme", "1.2.7", "1.2.7.1", "1.2.7.1.1").unwrap().unwrap().sha256, "bb");
+        let err = StudyIndex::compact(&path).unwrap_err().to_string();
+        assert!(err.contains("is the region still running"), "{err}");
     }
 
     #[test]

@@ -40,7 +40,7 @@ impl Level {
 }
 
 /// Computed at the study level from its series.
-pub const MODALITIES_IN_STUDY: &str = "00080061";
+pub use crate::index::MODALITIES_IN_STUDY;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Query {
@@ -138,9 +138,16 @@ impl Query {
         match filter("00080020") {
             Some(date) if date.contains('-') => {
                 let (from, to) = date.split_once('-').unwrap_or((date, ""));
-                Seek::Range { tag: "00080020".into(), from: from.into(), to: to.into() }
+                return Seek::Range { tag: "00080020".into(), from: from.into(), to: to.into() };
             }
-            Some(date) if exact(date) => Seek::Value { tag: "00080020".into(), value: date.into() },
+            Some(date) if exact(date) => return Seek::Value { tag: "00080020".into(), value: date.into() },
+            _ => {}
+        }
+        // One modality (a list or a wildcard is matched on every study).
+        match filter(MODALITIES_IN_STUDY) {
+            Some(modality) if exact(modality) && !modality.contains(',') => {
+                Seek::Value { tag: MODALITIES_IN_STUDY.into(), value: modality.into() }
+            }
             _ => Seek::All,
         }
     }
@@ -294,6 +301,13 @@ mod tests {
             Seek::Range { tag: "00080020".into(), from: "20260101".into(), to: String::new() }
         );
         assert_eq!(seek(&[("PatientName", "DOE*"), ("PatientID", "")]), Seek::All);
+        assert_eq!(seek(&[("ModalitiesInStudy", "MR")]), Seek::Value { tag: "00080061".into(), value: "MR".into() });
+        assert_eq!(seek(&[("ModalitiesInStudy", "CT\\MR")]), Seek::All, "a list is matched on every study");
+        assert_eq!(
+            seek(&[("ModalitiesInStudy", "MR"), ("StudyDate", "20260101")]),
+            Seek::Value { tag: "00080020".into(), value: "20260101".into() },
+            "the date narrows first"
+        );
     }
 
     #[test]

@@ -620,17 +620,14 @@ pub(crate) mod tests {
     }
 
     async fn open(log: &Arc<EmbeddedLog>) -> Routing {
+        open_with(log, policy()).await
+    }
+
+    /// Routing of us-east on `log` under `policy`, without snapshots.
+    pub(crate) async fn open_with(log: &Arc<EmbeddedLog>, policy: Policy) -> Routing {
         let keys: Arc<dyn KeyStore> = Arc::new(log.key_store());
-        Routing::open(
-            "us-east",
-            log.clone(),
-            keys,
-            policy(),
-            Duration::from_millis(50),
-            meridian_projection::run::Snapshotter::none(),
-        )
-        .await
-        .unwrap()
+        let none = meridian_projection::run::Snapshotter::none();
+        Routing::open("us-east", log.clone(), keys, policy, Duration::from_millis(50), none).await.unwrap()
     }
 
     fn completed_event(study: u128, tenant: &str, at: UnixMicros) -> meridian_events::Envelope {
@@ -677,17 +674,7 @@ pub(crate) mod tests {
             body_part: Some("HEAD".into()),
             subspecialty: "neuro".into(),
         });
-        let keys: Arc<dyn KeyStore> = Arc::new(log.key_store());
-        let routing = Routing::open(
-            "us-east",
-            log.clone(),
-            keys,
-            policy,
-            Duration::from_millis(50),
-            meridian_projection::run::Snapshotter::none(),
-        )
-        .await
-        .unwrap();
+        let routing = open_with(&log, policy).await;
         let at = UnixMicros(1_795_000_000_000_000);
         let first = completed_event(1, "acme", at);
         let events = [first.clone(), completed_event(2, "acme", at), completed_event(3, "no-contract-tenant", at)];
@@ -732,17 +719,7 @@ pub(crate) mod tests {
 
         // The StudyQueued id derives from the StudyCompleted that caused it.
         drop(routing);
-        let keys: Arc<dyn KeyStore> = Arc::new(log.key_store());
-        let routing = Routing::open(
-            "us-east",
-            log.clone(),
-            keys,
-            super::tests::policy(),
-            Duration::from_millis(50),
-            meridian_projection::run::Snapshotter::none(),
-        )
-        .await
-        .unwrap();
+        let routing = open(&log).await;
         assert_eq!(routing.read(|s| s.studies.len()).await, 2, "a restart keeps exactly the two queued studies");
         let from = (0..4)
             .map(|p| Position::start(TopicName::new("us-east", DataClass::Operational, "routing").unwrap(), p))

@@ -718,7 +718,7 @@ mod tests {
     use meridian_auth::token::generate_ed25519;
     use meridian_auth::{TokenSigner, TokenVerifier};
     use meridian_config::PrincipalKind;
-    use meridian_events::{DataClass, KeyStore};
+    use meridian_events::DataClass;
     use meridian_log::embedded::{EmbeddedLog, EmbeddedOptions};
     use meridian_log::{EventLog, TopicName, TopicSpec};
     use meridian_proto::routing::v1::routing_service_client::RoutingServiceClient;
@@ -792,7 +792,6 @@ mod tests {
         log.ensure_topic(&TopicSpec::new(TopicName::new("us-east", DataClass::Operational, "routing").unwrap(), 4))
             .await
             .unwrap();
-        let keys: Arc<dyn KeyStore> = Arc::new(log.key_store());
         let contract = ContractPolicy {
             name: "c".into(),
             tenant: "acme".into(),
@@ -826,18 +825,7 @@ mod tests {
             )]),
             ..Default::default()
         };
-        let routing = Arc::new(
-            Routing::open(
-                "us-east",
-                log.clone(),
-                keys,
-                policy,
-                Duration::from_millis(50),
-                meridian_projection::run::Snapshotter::none(),
-            )
-            .await
-            .unwrap(),
-        );
+        let routing = Arc::new(crate::app::tests::open_with(&log, policy).await);
         let at = now();
         for r in [reader("dr-x", "g"), reader("dr-y", "g"), reader("dr-z", "h")] {
             routing.execute(Command::RegisterReader(r), at, Cause::Unkeyed).await.unwrap();
@@ -1087,19 +1075,9 @@ mod tests {
         c.release(release()).await.expect("a retried release is answered, not refused as not the assignee");
 
         // The answers live in the log: a routing opened again from it knows them.
-        let keys: Arc<dyn KeyStore> = Arc::new(log.key_store());
         let policy = routing.policy().clone();
         drop((c, routing));
-        let reopened = Routing::open(
-            "us-east",
-            log,
-            keys,
-            policy,
-            Duration::from_millis(50),
-            meridian_projection::run::Snapshotter::none(),
-        )
-        .await
-        .unwrap();
+        let reopened = crate::app::tests::open_with(&log, policy).await;
         let cause = || Cause::Request { tenant: "reader:dr-x".into(), idempotency_key: "n-1".into() };
         let answer = reopened.execute(Command::ClaimNext { reader: "dr-x".into() }, at, cause()).await.unwrap();
         assert!(matches!(&answer[..], [Event::AssignmentClaimed { study, .. }] if *study == stat));

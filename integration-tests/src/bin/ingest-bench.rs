@@ -153,7 +153,10 @@ fn start_peers(dir: &Path, port_base: u16) -> anyhow::Result<Vec<Peer>> {
             "object file and directory fsynced, then the event log committed (group commit), before each success",
         ),
         ("storescp", "none: plain files, no fsync (dcmtk's bare SCP, --fork: one process per association)"),
-        ("orthanc", "default: SQLite index and filesystem storage"),
+        (
+            "orthanc",
+            "default: each stored file fdatasynced (SyncStorageArea), not its directory; SQLite index not synced",
+        ),
     ] {
         let dir = dir.join(name).tap_mkdir()?;
         let peer = match name {

@@ -275,4 +275,26 @@ mod tests {
         assert_eq!(acme.engagement.per_study["CT"].minor_units(2), Ok(4_500));
         assert_eq!(platform.rvus.work_rvu["70450"].milli, 850);
     }
+
+    #[test]
+    fn kafka_secrets_come_from_the_environment_variables_the_configuration_names() {
+        let log = LogConfig::Kafka {
+            bootstrap_servers: "k:9093".into(),
+            partitions: 8,
+            replication_factor: 3,
+            retention: None,
+            client: BTreeMap::from([("security.protocol".into(), "SASL_SSL".into())]),
+            client_secrets_env: BTreeMap::from([("sasl.password".into(), "MERIDIAN_KAFKA_PASSWORD".into())]),
+        };
+        let env = |v: &str| (v == "MERIDIAN_KAFKA_PASSWORD").then(|| "s3cret".to_string());
+        let settings = log.kafka_client(env).unwrap();
+        assert!(settings.contains(&("sasl.password".into(), "s3cret".into())));
+        assert!(settings.contains(&("security.protocol".into(), "SASL_SSL".into())));
+        let err = log.kafka_client(|_| None).unwrap_err();
+        assert_eq!(
+            err,
+            "environment variable MERIDIAN_KAFKA_PASSWORD (for log.client_secrets_env.sasl.password) is not set"
+        );
+        assert!(LogConfig::default().kafka_client(|_| None).unwrap().is_empty());
+    }
 }

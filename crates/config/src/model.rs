@@ -168,10 +168,32 @@ pub enum LogConfig {
         /// Kept forever when absent: the log is the source of truth.
         #[serde(default)]
         retention: Option<DurationSpec>,
-        /// Further librdkafka settings (TLS, SASL); secrets by environment reference only.
+        /// Further librdkafka settings (TLS, SASL); no secrets here.
         #[serde(default)]
         client: BTreeMap<String, String>,
+        /// librdkafka settings whose values are secrets, by the environment
+        /// variable that holds each, e.g. `{ "sasl.password" =
+        /// "MERIDIAN_KAFKA_PASSWORD" }`: read at start, never from a file.
+        #[serde(default)]
+        client_secrets_env: BTreeMap<String, String>,
     },
+}
+
+impl LogConfig {
+    /// The Kafka client settings with every secret read from its
+    /// environment variable through `env`; a variable that is not set is
+    /// an error naming it and the setting it is for.
+    pub fn kafka_client(&self, env: impl Fn(&str) -> Option<String>) -> Result<Vec<(String, String)>, String> {
+        let LogConfig::Kafka { client, client_secrets_env, .. } = self else { return Ok(Vec::new()) };
+        let mut settings: Vec<(String, String)> = client.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (key, variable) in client_secrets_env {
+            let value = env(variable).filter(|v| !v.is_empty()).ok_or_else(|| {
+                format!("environment variable {variable} (for log.client_secrets_env.{key}) is not set")
+            })?;
+            settings.push((key.clone(), value));
+        }
+        Ok(settings)
+    }
 }
 
 fn default_partitions() -> u32 {

@@ -103,7 +103,7 @@ fn regions(out: &mut Out, f: &Files<'_>) {
         if !(1..=1024).contains(&r.log.partitions()) {
             out.at(file, "log.partitions", format!("{} is not between 1 and 1024", r.log.partitions()));
         }
-        if let LogConfig::Kafka { bootstrap_servers, replication_factor, client, .. } = &r.log {
+        if let LogConfig::Kafka { bootstrap_servers, replication_factor, client, client_secrets_env, .. } = &r.log {
             if bootstrap_servers
                 .split(',')
                 .any(|s| s.trim().rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()))
@@ -122,7 +122,29 @@ fn regions(out: &mut Out, f: &Files<'_>) {
                     out.at(
                         file,
                         format!("log.client.{key}"),
-                        "no secrets in configuration: set it through the environment",
+                        format!(
+                            "no secrets in configuration: name the environment variable that holds it, \
+                             client_secrets_env = {{ {key:?} = \"MERIDIAN_KAFKA_...\" }}"
+                        ),
+                    );
+                }
+            }
+            for (key, variable) in client_secrets_env {
+                let name_ok = !variable.is_empty()
+                    && !variable.starts_with(|c: char| c.is_ascii_digit())
+                    && variable.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+                if !name_ok {
+                    out.at(
+                        file,
+                        format!("log.client_secrets_env.{key}"),
+                        format!("{variable:?} is not an environment variable name (A-Z, 0-9 and _, not first a digit)"),
+                    );
+                }
+                if client.contains_key(key) {
+                    out.at(
+                        file,
+                        format!("log.client_secrets_env.{key}"),
+                        "also set in log.client: set it in one place",
                     );
                 }
             }

@@ -202,12 +202,16 @@ impl Region {
                 let keys = log.key_store();
                 (Arc::new(log), Arc::new(keys), None)
             }
-            LogConfig::Kafka { bootstrap_servers, replication_factor, retention, client, .. } => {
+            LogConfig::Kafka { bootstrap_servers, replication_factor, retention, .. } => {
                 // One transactional producer per region process: a restart
                 // with the same id fences its predecessor's open transaction.
                 let mut kafka = KafkaConfig::new(bootstrap_servers.clone(), format!("meridian-{name}"));
                 kafka.replication_factor = *replication_factor;
-                kafka.extra = client.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                // Secrets come from the environment variables the
+                // configuration names (the edge of the process reads them).
+                kafka.extra = log_config
+                    .kafka_client(|variable| std::env::var(variable).ok())
+                    .map_err(|reason| RegionError::Config { region: name.to_owned(), reason })?;
                 let log = KafkaLog::connect(kafka).await.map_err(log_err)?;
                 let keys = EmbeddedKeyStore::open(&dir.join("keys.redb")).map_err(log_err)?;
                 (Arc::new(log), Arc::new(keys), retention.map(|r| r.seconds * 1_000))

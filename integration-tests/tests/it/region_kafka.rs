@@ -28,12 +28,24 @@ async fn a_region_runs_on_kafka_with_topics_provisioned_from_config() {
         replication_factor: 1,
         retention: Some(DurationSpec { seconds: 7 * 86_400 }),
         client: BTreeMap::new(),
+        client_secrets_env: BTreeMap::new(),
     };
-    let platform = Arc::new(platform);
     let (_, public) = generate_ed25519().unwrap();
     let verifier = Arc::new(TokenVerifier::new("iss", "aud", &[("k".into(), public.into_bytes())]).unwrap());
     let dir = tempfile::TempDir::new().unwrap();
     let now = UnixMicros(1_790_000_000_000_000);
+
+    // A secret named by an environment variable that is not set: the
+    // region does not start, and says which variable it needs.
+    let mut unset = platform.clone();
+    if let Some(LogConfig::Kafka { client_secrets_env, .. }) = unset.regions.get_mut("in-south").map(|r| &mut r.log) {
+        client_secrets_env.insert("sasl.password".into(), "MERIDIAN_TEST_NEVER_SET".into());
+    }
+    let refused =
+        Region::open("in-south", dir.path(), Arc::new(unset), verifier.clone(), Default::default(), now).await;
+    let said = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(said.contains("environment variable MERIDIAN_TEST_NEVER_SET"), "{said}");
+    let platform = Arc::new(platform);
 
     let region = Region::open("in-south", dir.path(), platform.clone(), verifier.clone(), Default::default(), now)
         .await

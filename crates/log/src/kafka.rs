@@ -294,6 +294,42 @@ async fn transaction(
     Ok(appended)
 }
 
+/// How many in-sync replicas an acknowledged write needs: 2 where there
+/// are at least 3 replicas (one may be down, none is lost), else all.
+pub fn min_insync_replicas(replication_factor: i32) -> i32 {
+    if replication_factor >= 3 { 2 } else { replication_factor.max(1) }
+}
+
+impl KafkaLog {
+    /// Refuses a topic (one created before, or by someone else) whose
+    /// `min.insync.replicas` is below `wanted`: with acks=all, that is
+    /// what makes an acknowledged event survive a broker's loss. A broker
+    /// that does not describe topic configurations is logged, not refused.
+    async fn check_min_insync(&self, topic: &TopicName, wanted: i32) -> Result<(), Error> {
+        use rdkafka::admin::ResourceSpecifier;
+        let resource = ResourceSpecifier::Topic(topic.as_str());
+        let described = self.admin.describe_configs([&resource], &AdminOptions::new()).await;
+        let found = match described.as_deref() {
+            Ok([Ok(config)]) => config.get("min.insync.replicas").and_then(|e| e.value.clone()),
+            other => {
+                tracing::warn!(%topic, result = ?other.map(|r| r.len()), "the broker did not describe the topic's configuration; min.insync.replicas not checked");
+                return Ok(());
+            }
+        };
+        match found.and_then(|v| v.parse::<i32>().ok()) {
+            Some(n) if n < wanted => Err(Error::KafkaProtocol {
+                operation: "check topic",
+                reason: format!(
+                    "{topic} has min.insync.replicas={n}; with replication factor {} it needs at least {wanted} \
+                     (kafka-configs --alter --entity-type topics --entity-name {topic} --add-config min.insync.replicas={wanted})",
+                    self.config.replication_factor
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
 #[async_trait]
 impl EventLog for KafkaLog {
     async fn ensure_topic(&self, spec: &TopicSpec) -> Result<(), Error> {
@@ -304,6 +340,9 @@ impl EventLog for KafkaLog {
             TopicReplication::Fixed(self.config.replication_factor),
         )
         .set("retention.ms", &retention);
+        let wanted = min_insync_replicas(self.config.replication_factor);
+        let min_isr = wanted.to_string();
+        let topic = topic.set("min.insync.replicas", &min_isr);
         let results = self.admin.create_topics([&topic], &AdminOptions::new()).await.map_err(kafka("create topic"))?;
         for result in results {
             match result {
@@ -318,7 +357,7 @@ impl EventLog for KafkaLog {
         if existing != spec.partitions {
             return Err(Error::PartitionCount { topic: spec.name.to_string(), existing, requested: spec.partitions });
         }
-        Ok(())
+        self.check_min_insync(&spec.name, wanted).await
     }
 
     async fn partitions(&self, topic: &TopicName) -> Result<u32, Error> {
@@ -440,5 +479,16 @@ impl LogReader for KafkaReader {
             Ok(out)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_acknowledged_write_survives_one_broker_where_there_are_three() {
+        assert_eq!(super::min_insync_replicas(1), 1);
+        assert_eq!(super::min_insync_replicas(2), 2);
+        assert_eq!(super::min_insync_replicas(3), 2);
+        assert_eq!(super::min_insync_replicas(5), 2);
     }
 }

@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
@@ -48,11 +49,12 @@ pub trait Blobs: Send + Sync {
 /// not sync, which is why this is not it.
 pub struct LocalBlobs {
     root: PathBuf,
+    dir_syncs: Arc<DirSyncs>,
 }
 
 impl LocalBlobs {
     pub fn new(root: impl Into<PathBuf>) -> LocalBlobs {
-        LocalBlobs { root: root.into() }
+        LocalBlobs { root: root.into(), dir_syncs: Arc::default() }
     }
 
     fn path(&self, key: &str) -> Result<PathBuf, BlobError> {
@@ -84,11 +86,91 @@ fn create_dirs(root: &Path, dir: &Path) -> Result<(), BlobError> {
     sync_dir(dir.parent().unwrap_or(root))
 }
 
-fn put_blocking(root: &Path, path: &Path, bytes: &[u8]) -> Result<bool, BlobError> {
+/// Directory syncs shared by objects renamed into one directory at about
+/// the same time (the instances of one series arriving over several
+/// associations): a sync that starts after an object's rename makes that
+/// rename durable, so it covers every object renamed before it started.
+/// A put returns only once such a sync has finished; concurrent puts into
+/// one directory share it instead of each syncing the directory.
+#[derive(Default)]
+struct DirSyncs {
+    dirs: std::sync::Mutex<std::collections::HashMap<PathBuf, DirSync>>,
+    synced: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct DirSync {
+    /// Renames into the directory so far, and how many a finished sync covers.
+    renamed: u64,
+    covered: u64,
+    syncing: bool,
+    waiting: usize,
+}
+
+impl DirSyncs {
+    /// Called after a rename into `dir`: returns once a sync of `dir` that
+    /// started after that rename has finished (running `sync` itself, or
+    /// waiting for the one in flight, then the next).
+    fn after_rename(&self, dir: &Path, sync: impl Fn(&Path) -> Result<(), BlobError>) -> Result<(), BlobError> {
+        let mut dirs = self.dirs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mine = {
+            let d = dirs.entry(dir.to_path_buf()).or_default();
+            d.renamed += 1;
+            d.renamed
+        };
+        loop {
+            // The entry stays while anyone is in this loop (see `forget`).
+            let Some(d) = dirs.get_mut(dir) else {
+                drop(dirs);
+                return sync(dir);
+            };
+            if d.covered >= mine {
+                Self::forget(&mut dirs, dir);
+                return Ok(());
+            }
+            if !d.syncing {
+                d.syncing = true;
+                let upto = d.renamed;
+                drop(dirs);
+                let result = sync(dir);
+                dirs = self.dirs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let Some(d) = dirs.get_mut(dir) {
+                    d.syncing = false;
+                    if result.is_ok() {
+                        d.covered = d.covered.max(upto);
+                    }
+                }
+                // Waiters covered return; the others (or all, after an
+                // error) start the next sync.
+                self.synced.notify_all();
+                Self::forget(&mut dirs, dir);
+                return result;
+            }
+            d.waiting += 1;
+            dirs = self.synced.wait(dirs).unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(d) = dirs.get_mut(dir) {
+                d.waiting -= 1;
+            }
+        }
+    }
+
+    /// Drops a directory's entry once no one needs it: the map holds the
+    /// directories being written now, not every series ever written.
+    fn forget(dirs: &mut std::collections::HashMap<PathBuf, DirSync>, dir: &Path) {
+        if dirs.get(dir).is_some_and(|d| !d.syncing && d.waiting == 0 && d.covered >= d.renamed) {
+            dirs.remove(dir);
+        }
+    }
+}
+
+fn put_blocking(root: &Path, path: &Path, bytes: &[u8], dir_syncs: &DirSyncs) -> Result<bool, BlobError> {
+    let dir = path.parent().unwrap_or(root);
     if path.exists() {
+        // Its first put may have failed after the rename, before the
+        // directory was synced: this answer must not come before that sync.
+        dir_syncs.after_rename(dir, sync_dir)?;
         return Ok(false);
     }
-    let dir = path.parent().unwrap_or(root);
     if !root.is_dir() {
         std::fs::create_dir_all(root).map_err(io(root))?;
     }
@@ -104,7 +186,7 @@ fn put_blocking(root: &Path, path: &Path, bytes: &[u8]) -> Result<bool, BlobErro
         return Err(io(&tmp)(e));
     }
     std::fs::rename(&tmp, path).map_err(io(path))?;
-    sync_dir(dir)?;
+    dir_syncs.after_rename(dir, sync_dir)?;
     Ok(true)
 }
 
@@ -166,8 +248,8 @@ async fn blocking<T: Send + 'static>(
 #[async_trait::async_trait]
 impl Blobs for LocalBlobs {
     async fn put_once(&self, key: &str, bytes: Vec<u8>) -> Result<bool, BlobError> {
-        let (root, path) = (self.root.clone(), self.path(key)?);
-        blocking(move || put_blocking(&root, &path, &bytes)).await
+        let (root, path, dir_syncs) = (self.root.clone(), self.path(key)?, self.dir_syncs.clone());
+        blocking(move || put_blocking(&root, &path, &bytes, &dir_syncs)).await
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BlobError> {
@@ -411,5 +493,53 @@ mod tests {
         contract(&blobs).await;
         let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("phi/acme/s1/i1")).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
+    }
+
+    /// Many puts into one directory at once: each returns only after a
+    /// directory sync that started after its rename has finished, and an
+    /// error reaches the puts that sync was for (which may try again).
+    #[test]
+    fn a_shared_directory_sync_covers_every_rename_that_came_before_it() {
+        use std::sync::Mutex;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let syncs = Arc::new(DirSyncs::default());
+        let clock = Arc::new(AtomicU64::new(0));
+        // (started, finished) of each sync.
+        let done: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
+        let failures = Arc::new(AtomicU64::new(1));
+        let threads: Vec<_> = (0..16)
+            .map(|_| {
+                let (syncs, clock, done, failures) = (syncs.clone(), clock.clone(), done.clone(), failures.clone());
+                std::thread::spawn(move || {
+                    let renamed = clock.fetch_add(1, Ordering::SeqCst);
+                    let sync = |_: &Path| {
+                        let started = clock.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(2));
+                        if failures.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+                            return Err(BlobError::Task("the disk said no".into()));
+                        }
+                        done.lock().unwrap().push((started, clock.fetch_add(1, Ordering::SeqCst)));
+                        Ok(())
+                    };
+                    let mut result = syncs.after_rename(Path::new("/series"), sync);
+                    if result.is_err() {
+                        // The caller retries its put, as ingest's sender would.
+                        result = syncs.after_rename(Path::new("/series"), sync);
+                    }
+                    (renamed, result.map(|()| clock.fetch_add(1, Ordering::SeqCst)))
+                })
+            })
+            .collect();
+        let outcomes: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let done = done.lock().unwrap().clone();
+        for (renamed, returned) in outcomes {
+            let returned = returned.unwrap();
+            assert!(
+                done.iter().any(|(started, finished)| *started > renamed && *finished < returned),
+                "a put renamed at {renamed} returned at {returned} without a sync after it: {done:?}"
+            );
+        }
+        assert!(done.len() <= 16, "never more syncs than renames");
+        assert!(syncs.dirs.lock().unwrap().is_empty(), "nothing kept once every put returned");
     }
 }

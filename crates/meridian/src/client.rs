@@ -251,6 +251,23 @@ pub async fn worklist(target: &Target, reader: Option<String>, limit: u32) -> an
     Ok(ExitCode::SUCCESS)
 }
 
+/// The tenant's unroutable studies in `target`'s region, newest first.
+pub async fn unroutable(target: &Target, limit: u32) -> anyhow::Result<ExitCode> {
+    use meridian_proto::routing::v1 as pb;
+    use meridian_proto::routing::v1::routing_service_client::RoutingServiceClient;
+    let c = connect(target).await?;
+    let mut client = RoutingServiceClient::new(c.channel);
+    let request = pb::ListUnroutableRequest { page_size: limit.min(i32::MAX as u32) as i32 };
+    let r = client.list_unroutable(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
+    for s in &r.studies {
+        let at = s.completed_at.and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok());
+        let at = at.map(|t| t.to_string()).unwrap_or_default();
+        say!("{} {at} facility={} {}", s.study_id, s.facility, s.reason);
+    }
+    eprintln!("{} unroutable studies in {}", r.studies.len(), target.region);
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Which routing command to send.
 pub enum RoutingCommand {
     Claim(String),

@@ -115,6 +115,15 @@ enum Command {
         #[arg(long)]
         reader: Option<String>,
     },
+    /// The tenant's studies no contract takes, with why (a facility's or
+    /// tenant admin's principal, e.g. `--as acme-pacs`).
+    Unroutable {
+        #[command(flatten)]
+        target: Target,
+        /// At most this many, newest first.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
     /// Give a claimed study back to the worklist.
     Release {
         study: String,
@@ -297,6 +306,7 @@ async fn main() -> ExitCode {
             client::routing(&target, reader, client::RoutingCommand::Claim(study)).await
         }
         Command::Send { paths, target } => client::send(&target, paths).await,
+        Command::Unroutable { target, limit } => client::unroutable(&target, limit).await,
         Command::ClaimNext { target, reader } => {
             client::routing(&target, reader, client::RoutingCommand::ClaimNext).await
         }

@@ -1000,13 +1000,19 @@ fn each_study_goes_to_the_contract_that_takes_it_at_its_facilitys_hour() {
         1,
     );
     let text = text.replacen("time_zone = \"America/New_York\"", &format!("time_zone = \"{}\"", zone_at_hour(2)), 1);
-    std::fs::write(&tenant, text).unwrap();
+    // A third facility, also at 02:00, that no contract takes at night.
+    let annex = format!(
+        "\n[[facilities]]\nname = \"acme-annex\"\njurisdiction = \"US-NY\"\ntime_zone = \"{}\"\ncalling_ae_titles = [\"ACME_ANNEX\"]\n",
+        zone_at_hour(2)
+    );
+    std::fs::write(&tenant, text + &annex).unwrap();
     let day = config.path().join("contracts/acme-atlantic.toml");
     let text = std::fs::read_to_string(&day).unwrap();
     let with_hours =
         |t: &str, hours: &str| t.replacen("\n[delivery]", &format!("\n[applies]\nhours = {hours}\n\n[delivery]"), 1);
     std::fs::write(&day, with_hours(&text, r#"{ start = "07:00", end = "19:00" }"#)).unwrap();
     let nights = with_hours(&text, r#"{ start = "19:00", end = "07:00" }"#)
+        .replace("\n[applies]\n", "\n[applies]\nfacilities = [\"acme-general\", \"acme-imaging-center\"]\n")
         .replace("name = \"acme-atlantic\"", "name = \"acme-nights\"")
         .replace(
             r#"reading_groups = ["atlantic-rads", "lotus-teleradiology"]"#,
@@ -1037,6 +1043,7 @@ fn each_study_goes_to_the_contract_that_takes_it_at_its_facilitys_hour() {
     };
     send("1.2.826.0.1.3680043.10.543.201", "ACME_CT1"); // acme-general, 10:00 there
     send("1.2.826.0.1.3680043.10.543.202", "ACMEIC_PACS"); // acme-imaging-center, 02:00 there
+    send("1.2.826.0.1.3680043.10.543.203", "ACME_ANNEX"); // acme-annex, 02:00 there: no contract
     let deadline = Instant::now() + Duration::from_secs(30);
     let queued = loop {
         let out = Command::new(MERIDIAN)
@@ -1061,6 +1068,30 @@ fn each_study_goes_to_the_contract_that_takes_it_at_its_facilitys_hour() {
     };
     assert_eq!(contract_of("acme-general"), "acme-atlantic", "{queued:?}");
     assert_eq!(contract_of("acme-imaging-center"), "acme-nights", "{queued:?}");
+    // The annex's study is kept as unroutable, and its tenant can list it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let listed = loop {
+        let out = Command::new(MERIDIAN)
+            .args(["unroutable", "--region", "us-east", "--as", "acme-pacs", "--data-dir"])
+            .arg(data.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let listed = String::from_utf8(out.stdout).unwrap();
+        if !listed.is_empty() {
+            break listed;
+        }
+        assert!(Instant::now() < deadline, "the annex's study listed as unroutable within 30 s");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(listed.contains("facility=acme-annex") && listed.contains("no contract of tenant acme takes"), "{listed}");
+    let denied = Command::new(MERIDIAN)
+        .args(["unroutable", "--region", "us-east", "--as", "dr-ortiz", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(!denied.status.success(), "a reader does not list a tenant's studies");
     dev.interrupt();
     // The choice is on the log from the first instance on.
     let (ingest, _) = topic_events(data.path(), meridian_events::DataClass::Operational, "ingest");
@@ -1071,7 +1102,7 @@ fn each_study_goes_to_the_contract_that_takes_it_at_its_facilitys_hour() {
             _ => None,
         })
         .collect();
-    assert_eq!(started.len(), 2);
+    assert_eq!(started.len(), 3);
     assert!(started.contains(&"acme-atlantic".to_string()) && started.contains(&"acme-nights".to_string()));
 }
 

@@ -90,27 +90,21 @@ pub struct KafkaLog {
     metadata: Arc<BaseConsumer>,
     partitions: RwLock<HashMap<TopicName, u32>>,
     groups: Mutex<HashMap<String, Arc<BaseConsumer>>>,
+    /// Set once a newer process fenced this one's producer: why.
+    fenced: Arc<std::sync::OnceLock<String>>,
 }
 
 impl KafkaLog {
     pub async fn connect(config: KafkaConfig) -> Result<KafkaLog, Error> {
-        let producer: FutureProducer = config
-            .client()
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("transactional.id", &config.transactional_id)
-            .set("linger.ms", "5")
-            .set("queue.buffering.max.messages", "1000000")
-            .create()
-            .map_err(kafka("create producer"))?;
-        let p = producer.clone();
-        blocking("init transactions", move || p.init_transactions(TIMEOUT).map_err(kafka("init transactions"))).await?;
+        let producer = producer(&config).await?;
         let admin = config.client().create().map_err(kafka("create admin client"))?;
         let metadata: BaseConsumer =
             config.client().set("group.id", "meridian-metadata").create().map_err(kafka("create metadata client"))?;
         let (jobs, queue) = mpsc::channel(1024);
-        tokio::spawn(committer(producer, config.failpoints.clone(), queue));
+        let fenced = Arc::new(std::sync::OnceLock::new());
+        tokio::spawn(committer(producer, config.clone(), fenced.clone(), queue));
         Ok(KafkaLog {
+            fenced,
             config,
             jobs,
             admin,
@@ -202,7 +196,41 @@ const MAX_GROUP: usize = 64;
 /// every job that was waiting when it began (group commit). A failure
 /// aborts the transaction and fails every job in it; callers retry, and
 /// de-duplication makes a retried append harmless.
-async fn committer(producer: FutureProducer, failpoints: FailPoints, mut jobs: mpsc::Receiver<TxnJob>) {
+/// Makes the transactional producer, ready for its first transaction.
+async fn producer(config: &KafkaConfig) -> Result<FutureProducer, Error> {
+    let producer: FutureProducer = config
+        .client()
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("transactional.id", &config.transactional_id)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .map_err(kafka("create producer"))?;
+    let p = producer.clone();
+    blocking("init transactions", move || p.init_transactions(TIMEOUT).map_err(kafka("init transactions"))).await?;
+    Ok(producer)
+}
+
+/// Whether librdkafka's fatal error means this producer was fenced: a
+/// newer process owns the transactional id.
+fn is_fencing(code: RDKafkaErrorCode) -> bool {
+    matches!(code, RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+}
+
+/// Runs the transactions, one group of waiting appends and steps at a
+/// time. After a fatal producer error it makes a new producer (the next
+/// group runs on it); once fenced, it refuses every job, since writing
+/// again would fight the newer owner of the transactional id.
+async fn committer(
+    mut producer: FutureProducer,
+    config: KafkaConfig,
+    fenced: Arc<std::sync::OnceLock<String>>,
+    mut jobs: mpsc::Receiver<TxnJob>,
+) {
+    let failpoints = config.failpoints.clone();
+    let refusal =
+        |reason: &str| Error::Fenced { transactional_id: config.transactional_id.clone(), reason: reason.to_owned() };
     while let Some(first) = jobs.recv().await {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -210,6 +238,12 @@ async fn committer(producer: FutureProducer, failpoints: FailPoints, mut jobs: m
                 Ok(job) => group.push(job),
                 Err(_) => break,
             }
+        }
+        if let Some(reason) = fenced.get() {
+            for job in group {
+                let _ = job.reply.send(Err(refusal(reason)));
+            }
+            continue;
         }
         let result = transaction(&producer, &failpoints, &group).await;
         let result = match result {
@@ -221,7 +255,24 @@ async fn committer(producer: FutureProducer, failpoints: FailPoints, mut jobs: m
                     p.abort_transaction(TIMEOUT).map_err(kafka("abort transaction"))
                 })
                 .await;
-                Err(error)
+                match producer.client().fatal_error() {
+                    Some((code, reason)) if is_fencing(code) => {
+                        tracing::error!(transactional_id = %config.transactional_id, %reason, "the event log's producer was fenced by a newer process; it writes no more");
+                        let _ = fenced.set(reason.clone());
+                        Err(refusal(&reason))
+                    }
+                    Some((code, reason)) => {
+                        tracing::error!(?code, %reason, "the event log's producer failed fatally; making a new one");
+                        match self::producer(&config).await {
+                            Ok(fresh) => producer = fresh,
+                            Err(e) => {
+                                tracing::error!(error = %e, "a new producer could not be made; the next append tries again")
+                            }
+                        }
+                        Err(error)
+                    }
+                    None => Err(error),
+                }
             }
         };
         match result {
@@ -301,6 +352,13 @@ pub fn min_insync_replicas(replication_factor: i32) -> i32 {
 }
 
 impl KafkaLog {
+    /// Why this log may no longer write, once a newer process with the same
+    /// transactional id fenced it (the process should then stop: its
+    /// orchestrator restarts it, or it was the stale one).
+    pub fn fenced(&self) -> Option<&str> {
+        self.fenced.get().map(String::as_str)
+    }
+
     /// Refuses a topic (one created before, or by someone else) whose
     /// `min.insync.replicas` is below `wanted`: with acks=all, that is
     /// what makes an acknowledged event survive a broker's loss. A broker
@@ -332,6 +390,12 @@ impl KafkaLog {
 
 #[async_trait]
 impl EventLog for KafkaLog {
+    fn fatal(&self) -> Option<String> {
+        self.fenced().map(|reason| {
+            format!("fenced: transactional id {} belongs to a newer process ({reason})", self.config.transactional_id)
+        })
+    }
+
     async fn ensure_topic(&self, spec: &TopicSpec) -> Result<(), Error> {
         let retention = spec.retention_ms.map(|ms| ms.to_string()).unwrap_or_else(|| "-1".to_owned());
         let topic = NewTopic::new(

@@ -65,6 +65,12 @@ pub enum Error {
     Kafka { operation: &'static str, source: rdkafka::error::KafkaError },
     #[error("kafka {operation}: {reason}")]
     KafkaProtocol { operation: &'static str, reason: String },
+    /// Another process took over this log's transactional id: this one may
+    /// never write again (only a restart, as the newest owner, may).
+    #[error(
+        "kafka: fenced: transactional id {transactional_id} belongs to a newer process ({reason}); restart this one"
+    )]
+    Fenced { transactional_id: String, reason: String },
     #[error("injected failure at {point}")]
     Injected { point: &'static str },
     #[error("the log is closed")]
@@ -82,6 +88,13 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Appends every record or none; durable when it returns.
     async fn append(&self, batch: Vec<Outgoing>) -> Result<Vec<Appended>, Error>;
+
+    /// Why this log can never write again from this process (a Kafka
+    /// producer fenced by a newer owner of its transactional id), if so:
+    /// the process should stop and let its orchestrator decide.
+    fn fatal(&self) -> Option<String> {
+        None
+    }
 
     /// A reader starting at explicit positions.
     async fn reader(&self, from: Vec<Position>) -> Result<Box<dyn LogReader>, Error>;

@@ -219,6 +219,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
 
     let mut endpoints = BTreeMap::new();
     let mut servers = Vec::new();
+    let region_failed = Arc::new(tokio::sync::Notify::new());
     let (stop, stopped) = watch::channel(false);
     for (i, name) in region_order(&platform).iter().enumerate() {
         let p = ports(&args, i as u16);
@@ -245,9 +246,18 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         );
         let mut rx = stopped.clone();
         let region = Arc::new(region);
-        servers.push(tokio::spawn(meridian_region::serve(region, Listeners { grpc, http, dicom }, async move {
+        let serving = meridian_region::serve(region, Listeners { grpc, http, dicom }, async move {
             let _ = rx.wait_for(|s| *s).await;
-        })));
+        });
+        let failed = region_failed.clone();
+        servers.push(tokio::spawn(async move {
+            let served = serving.await;
+            // A region that stops on its own (its log lost) stops the rest.
+            if served.is_err() {
+                failed.notify_one();
+            }
+            served
+        }));
     }
     if servers.is_empty() {
         bail!("{} configures no region", args.config.display());
@@ -266,7 +276,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     }
     eprintln!("meridian dev: endpoints and tokens in {} (Ctrl-C stops)", args.data_dir.display());
 
-    shutdown_signal().await;
+    tokio::select! {
+        () = shutdown_signal() => {}
+        () = region_failed.notified() => eprintln!("meridian dev: a region stopped on its own; stopping the others"),
+    }
     let _ = stop.send(true);
     let mut failed = false;
     for server in servers {

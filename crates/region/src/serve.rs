@@ -30,6 +30,20 @@ pub enum ServeError {
     Grpc { region: String, reason: String },
     #[error("region {region}: HTTP server: {source}")]
     Http { region: String, source: std::io::Error },
+    #[error("region {region}: stopped: its event log can no longer write: {reason}")]
+    LogLost { region: String, reason: String },
+}
+
+/// Resolves when the region's log says it can never write again (polled:
+/// it is rare and the answer is a stop).
+async fn log_lost(region: Arc<Region>) -> String {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        if let Some(reason) = region.log.fatal() {
+            return reason;
+        }
+    }
 }
 
 /// Serves gRPC (health, reflection v1 and v1alpha, admin) and HTTP, and
@@ -90,7 +104,17 @@ pub async fn serve(
     let completion = tokio::spawn(ingest_timers(region.clone(), wait(stopped.clone())));
     let sweeps = tokio::spawn(orphan_sweeps(region.clone(), wait(stopped.clone())));
 
-    shutdown.await;
+    // A log that can no longer write (fenced by a newer process) stops the
+    // region as a signal would, and the stop is reported as an error so
+    // the process exits non-zero and its orchestrator restarts or retires it.
+    let lost = tokio::select! {
+        () = shutdown => None,
+        reason = log_lost(region.clone()) => {
+            tracing::error!(region = %name, %reason, "the event log can no longer write: stopping");
+            health.set_service_status("", ServingStatus::NotServing).await;
+            Some(reason)
+        }
+    };
     tracing::info!(region = %name, "shutting down");
     // Long passes end at their next step; no step is cut between its
     // commit and its fold.
@@ -132,7 +156,11 @@ pub async fn serve(
     }
     tracing::info!(region = %name, "stopped");
     grpc?;
-    http
+    http?;
+    match lost {
+        Some(reason) => Err(ServeError::LogLost { region: name, reason }),
+        None => Ok(()),
+    }
 }
 
 /// How long a region's servers and ticks get to finish after shutdown is

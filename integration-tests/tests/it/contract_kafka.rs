@@ -87,3 +87,27 @@ async fn kafka_partition_count_is_fixed() {
     let tansu = Tansu::start();
     contract::partition_count_is_fixed(&connect(&tansu, &FailPoints::default()).await).await;
 }
+
+/// A second process with the same transactional id fences the first: the
+/// first's next append fails and says it was fenced (no zombie writes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_a_fenced_producer_says_so_and_writes_nothing() {
+    use meridian_events::DataClass;
+    use meridian_log::EventLog;
+    let tansu = Tansu::start();
+    let id = format!("meridian-test-{}", Uuid::now_v7().simple());
+    let first = KafkaLog::connect(KafkaConfig::new(tansu.bootstrap(), id.clone())).await.unwrap();
+    let t = contract::topic(&first, DataClass::Operational, 2).await;
+    let one = |marker: &str| {
+        vec![meridian_log::Outgoing::new(t.clone(), &contract::event(Uuid::now_v7(), 1, marker)).unwrap()]
+    };
+    first.append(one("before")).await.unwrap();
+    let second = KafkaLog::connect(KafkaConfig::new(tansu.bootstrap(), id)).await.unwrap();
+    assert!(first.append(one("zombie")).await.is_err(), "the fenced process's write fails");
+    let again = first.append(one("zombie again")).await.unwrap_err();
+    assert!(matches!(again, meridian_log::Error::Fenced { .. }), "{again}");
+    assert!(again.to_string().contains("restart this one"), "{again}");
+    assert!(first.fenced().is_some());
+    second.append(one("after")).await.unwrap();
+    assert!(second.fenced().is_none(), "the newer owner writes on");
+}

@@ -12,6 +12,7 @@ use meridian_config::value::DurationSpec;
 use meridian_config::{LogConfig, Platform};
 use meridian_events::UnixMicros;
 use meridian_integration_tests::Tansu;
+use meridian_log::EventLog;
 use meridian_region::Region;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
@@ -80,6 +81,8 @@ async fn a_region_runs_on_kafka_with_topics_provisioned_from_config() {
             let config = results.into_iter().next().unwrap().unwrap();
             let retention = config.get("retention.ms").and_then(|e| e.value.clone());
             assert_eq!(retention.as_deref(), Some("604800000"), "retention.ms of {topic}");
+            let min_isr = config.get("min.insync.replicas").and_then(|e| e.value.clone());
+            assert_eq!(min_isr.as_deref(), Some("1"), "min.insync.replicas of {topic} at replication 1");
         }
         // Not every Kafka-API broker answers DescribeConfigs; say so rather than pass silently.
         Err(e) => eprintln!("the broker did not describe topic configs ({e}); retention unchecked"),
@@ -98,4 +101,38 @@ async fn a_region_runs_on_kafka_with_topics_provisioned_from_config() {
         assert!(done.rebuilt.matches_previous, "{name}: {done:?}");
     }
     assert!(region.rebuild("no.such.projection").await.unwrap().is_none());
+
+    // Another process takes the region's transactional id: this region's
+    // next write fails, and serving stops on its own with the reason (the
+    // orchestrator restarts it, or it was the stale copy).
+    let newer = meridian_log::kafka::KafkaLog::connect(meridian_log::kafka::KafkaConfig::new(
+        tansu.bootstrap(),
+        "meridian-in-south",
+    ))
+    .await
+    .unwrap();
+    let topic = region.topics().iter().find(|t| t.stream() == "routing").unwrap().clone();
+    let write = || {
+        let event = meridian_log::contract::event(uuid::Uuid::now_v7(), 1, "after the takeover");
+        vec![meridian_log::Outgoing::new(topic.clone(), &event).unwrap()]
+    };
+    assert!(region.log.append(write()).await.is_err(), "a fenced region writes nothing");
+    assert!(region.log.fatal().is_some_and(|r| r.contains("fenced")));
+    newer.append(write()).await.unwrap();
+    let bind = || {
+        std::net::TcpListener::bind("127.0.0.1:0").map(|l| {
+            l.set_nonblocking(true).unwrap();
+            tokio::net::TcpListener::from_std(l).unwrap()
+        })
+    };
+    let listeners =
+        meridian_region::serve::Listeners { grpc: bind().unwrap(), http: bind().unwrap(), dicom: bind().unwrap() };
+    let served = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        meridian_region::serve(Arc::new(region), listeners, std::future::pending()),
+    )
+    .await
+    .expect("a region whose log is lost stops without a signal");
+    let said = served.unwrap_err().to_string();
+    assert!(said.contains("its event log can no longer write") && said.contains("fenced"), "{said}");
 }

@@ -226,6 +226,8 @@ pub struct Routing {
     stopping: std::sync::atomic::AtomicBool,
     /// Inputs intake passed, by reason.
     intake_skips: Skips,
+    /// Intake's reader, kept between passes at the committed positions.
+    intake_reader: tokio::sync::Mutex<Option<Box<dyn meridian_log::LogReader>>>,
 }
 
 impl Routing {
@@ -254,6 +256,7 @@ impl Routing {
             changed: watch::Sender::new(0),
             stopping: std::sync::atomic::AtomicBool::new(false),
             intake_skips: Skips::new(INTAKE),
+            intake_reader: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -471,24 +474,36 @@ impl Routing {
     /// decided events.
     pub async fn intake(&self, idle: Duration) -> Result<usize, Error> {
         use meridian_log::Step;
-        let mut from = Vec::new();
-        for stream in INPUTS {
-            let topic = TopicName::new(&self.region, DataClass::Operational, stream)
-                .map_err(|e| meridian_log::Error::UnknownTopic { topic: e.name })?;
-            // A region without that service yet has no topic for it.
-            match self.log.resume(INTAKE, &topic).await {
-                Err(meridian_log::Error::UnknownTopic { .. }) => continue,
-                positions => from.extend(positions?),
+        // One reader for every pass (a Kafka reader is a client with its
+        // connections): it stays at the committed positions between
+        // passes, and any error drops it, so the next pass starts again
+        // from what was committed.
+        let mut kept = self.intake_reader.lock().await;
+        let mut reader = match kept.take() {
+            Some(reader) => reader,
+            None => {
+                let mut from = Vec::new();
+                for stream in INPUTS {
+                    let topic = TopicName::new(&self.region, DataClass::Operational, stream)
+                        .map_err(|e| meridian_log::Error::UnknownTopic { topic: e.name })?;
+                    // A region without that service yet has no topic for it.
+                    match self.log.resume(INTAKE, &topic).await {
+                        Err(meridian_log::Error::UnknownTopic { .. }) => continue,
+                        positions => from.extend(positions?),
+                    }
+                }
+                self.log.reader(from).await?
             }
-        }
-        let mut reader = self.log.reader(from).await?;
+        };
         let mut decided = 0;
         loop {
             if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                *kept = Some(reader);
                 return Ok(decided);
             }
             let batch = reader.next_batch(INTAKE_BATCH, idle).await?;
             if batch.is_empty() {
+                *kept = Some(reader);
                 return Ok(decided);
             }
             let mut projector = self.projector.lock().await;
@@ -656,6 +671,30 @@ pub(crate) mod tests {
             traceparent: None,
         };
         meridian_events::Envelope::plain(meta, &payload).unwrap()
+    }
+
+    /// Intake keeps its reader between passes; a failed commit drops it, so
+    /// the next pass reads the uncommitted input again and decides it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_intake_step_is_read_again_by_the_next_pass() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let failpoints = meridian_log::failpoint::FailPoints::default();
+        let options = EmbeddedOptions { failpoints: failpoints.clone() };
+        let log = Arc::new(EmbeddedLog::open(&dir.path().join("log.redb"), options).unwrap());
+        let ingest = TopicName::new("us-east", DataClass::Operational, "ingest").unwrap();
+        for t in [TopicName::new("us-east", DataClass::Operational, "routing").unwrap(), ingest.clone()] {
+            log.ensure_topic(&TopicSpec::new(t, 4)).await.unwrap();
+        }
+        let routing = open(&log).await;
+        let at = UnixMicros(1_795_000_000_000_000);
+        assert_eq!(routing.intake(Duration::from_millis(50)).await.unwrap(), 0, "a first pass over nothing");
+        log.append(vec![Outgoing::new(ingest.clone(), &completed_event(1, "acme", at)).unwrap()]).await.unwrap();
+        failpoints.set(meridian_log::failpoint::BEFORE_COMMIT, Some(meridian_log::failpoint::Action::Error));
+        assert!(routing.intake(Duration::from_millis(50)).await.is_err());
+        failpoints.set(meridian_log::failpoint::BEFORE_COMMIT, None);
+        assert_eq!(routing.intake(Duration::from_millis(50)).await.unwrap(), 1, "read again and decided");
+        assert_eq!(routing.intake(Duration::from_millis(50)).await.unwrap(), 0, "and only once");
+        assert!(routing.read(|s| s.studies.contains_key(&Uuid::from_u128(1))).await);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

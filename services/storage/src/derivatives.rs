@@ -74,6 +74,8 @@ pub struct Derivatives {
     stopping: std::sync::atomic::AtomicBool,
     /// Ingest records passed without a derivation, by reason.
     skips: meridian_log::skips::Skips,
+    /// The intake's reader, kept between passes at the committed positions.
+    reader: tokio::sync::Mutex<Option<Box<dyn meridian_log::LogReader>>>,
 }
 
 /// One instance's outcome: its derivative's ids, or why it was withheld.
@@ -102,6 +104,7 @@ impl Derivatives {
             failpoints,
             stopping: std::sync::atomic::AtomicBool::new(false),
             skips: meridian_log::skips::Skips::new(CONSUMER),
+            reader: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -113,16 +116,26 @@ impl Derivatives {
     /// Takes in what ingest appended since the last call: derives every
     /// completed or updated study. Returns how many studies were derived.
     pub async fn intake(&self, idle: Duration) -> Result<usize, DerivativeError> {
-        let topic = TopicName::new(&self.region, DataClass::Operational, "ingest")
-            .map_err(|e| meridian_log::Error::UnknownTopic { topic: e.name })?;
-        let mut reader = self.log.reader(self.log.resume(CONSUMER, &topic).await?).await?;
+        // One reader for every pass, kept at the committed positions; an
+        // error drops it and the next pass starts from what was committed.
+        let mut kept = self.reader.lock().await;
+        let mut reader = match kept.take() {
+            Some(reader) => reader,
+            None => {
+                let topic = TopicName::new(&self.region, DataClass::Operational, "ingest")
+                    .map_err(|e| meridian_log::Error::UnknownTopic { topic: e.name })?;
+                self.log.reader(self.log.resume(CONSUMER, &topic).await?).await?
+            }
+        };
         let mut derived = 0;
         loop {
             if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                *kept = Some(reader);
                 return Ok(derived);
             }
             let batch = reader.next_batch(64, idle).await?;
             if batch.is_empty() {
+                *kept = Some(reader);
                 return Ok(derived);
             }
             // Inputs that ask for nothing commit their positions together,

@@ -182,6 +182,34 @@ pub async fn redelivery_after_consumer_dies(log: &dyn EventLog) {
     assert_eq!(again.iter().map(marker).collect::<Vec<_>>(), vec!["6", "7", "8", "9", "10"]);
 }
 
+/// A step's commit says where each output landed, in order: a consumer
+/// folds its own writes from that, never by reading them back.
+pub async fn commit_returns_where_outputs_landed(log: &dyn EventLog) {
+    let input = topic(log, DataClass::Operational, 1).await;
+    let output = topic(log, DataClass::Operational, 4).await;
+    log.append(vec![out(&input, &event(Uuid::now_v7(), 1, "in"))]).await.unwrap();
+    let records = read_all(log, starts(&input, 1), 1).await;
+    let outputs: Vec<Outgoing> = (0..6).map(|i| out(&output, &event(Uuid::now_v7(), 1, &format!("out{i}")))).collect();
+    let consumer = format!("c{}", Uuid::now_v7().simple());
+    let step = Step { consumer, outputs: outputs.clone(), inputs: vec![records[0].next_position()] };
+    let landed = log.commit(step).await.unwrap();
+    assert_eq!(landed.len(), outputs.len(), "one position per output");
+    let written = read_all(log, starts(&output, 4), 6).await;
+    for (o, a) in outputs.iter().zip(&landed) {
+        assert_eq!(a.event_id, o.event_id);
+        assert_eq!(a.partition, partition_for(&o.key, 4));
+        let there =
+            written.iter().find(|r| r.partition == a.partition && r.offset == a.offset).expect("a record there");
+        assert_eq!(there.value, o.value, "the record at the returned position is the output");
+    }
+    let positions_only = Step {
+        consumer: format!("c{}", Uuid::now_v7().simple()),
+        outputs: vec![],
+        inputs: vec![records[0].next_position()],
+    };
+    assert!(log.commit(positions_only).await.unwrap().is_empty());
+}
+
 /// A consume-transform-produce step that fails before its commit leaves the
 /// input positions where they were. Its outputs are invisible, or, where the
 /// broker shows aborted records (tansu), harmless: the retried step writes

@@ -75,7 +75,7 @@ pub struct EmbeddedOptions {
 enum Job {
     CreateTopic { spec: TopicSpec, reply: oneshot::Sender<Result<(), Error>> },
     Append { batch: Vec<Outgoing>, reply: oneshot::Sender<Result<Vec<Appended>, Error>> },
-    Commit { step: Step, reply: oneshot::Sender<Result<(), Error>> },
+    Commit { step: Step, reply: oneshot::Sender<Result<Vec<Appended>, Error>> },
 }
 
 /// The embedded log of one region.
@@ -211,9 +211,10 @@ enum Plan {
     },
     Commit {
         records: Vec<(u128, Vec<u8>)>,
+        appended: Vec<Appended>,
         consumer: String,
         inputs: Vec<Position>,
-        reply: oneshot::Sender<Result<(), Error>>,
+        reply: oneshot::Sender<Result<Vec<Appended>, Error>>,
     },
 }
 
@@ -260,10 +261,12 @@ impl Writer {
                         _ => Error::Closed,
                     });
                     match (plan, failed) {
-                        (Plan::Topic { reply, .. } | Plan::Commit { reply, .. }, None) => drop(reply.send(Ok(()))),
-                        (Plan::Append { appended, reply, .. }, None) => drop(reply.send(Ok(appended))),
-                        (Plan::Topic { reply, .. } | Plan::Commit { reply, .. }, Some(e)) => drop(reply.send(Err(e))),
-                        (Plan::Append { reply, .. }, Some(e)) => drop(reply.send(Err(e))),
+                        (Plan::Topic { reply, .. }, None) => drop(reply.send(Ok(()))),
+                        (Plan::Append { appended, reply, .. } | Plan::Commit { appended, reply, .. }, None) => {
+                            drop(reply.send(Ok(appended)))
+                        }
+                        (Plan::Topic { reply, .. }, Some(e)) => drop(reply.send(Err(e))),
+                        (Plan::Append { reply, .. } | Plan::Commit { reply, .. }, Some(e)) => drop(reply.send(Err(e))),
                     }
                 }
             }
@@ -275,8 +278,8 @@ impl Writer {
                         _ => Error::Store { operation: "commit", reason: reason.clone() },
                     };
                     match plan {
-                        Plan::Topic { reply, .. } | Plan::Commit { reply, .. } => drop(reply.send(Err(e))),
-                        Plan::Append { reply, .. } => drop(reply.send(Err(e))),
+                        Plan::Topic { reply, .. } => drop(reply.send(Err(e))),
+                        Plan::Append { reply, .. } | Plan::Commit { reply, .. } => drop(reply.send(Err(e))),
                     }
                 }
             }
@@ -331,9 +334,13 @@ impl Writer {
                     }
                 }
                 match Self::plan_records(&lookup, offsets, step.outputs) {
-                    Ok((records, _)) => {
-                        Ok(Some(Plan::Commit { records, consumer: step.consumer, inputs: step.inputs, reply }))
-                    }
+                    Ok((records, appended)) => Ok(Some(Plan::Commit {
+                        records,
+                        appended,
+                        consumer: step.consumer,
+                        inputs: step.inputs,
+                        reply,
+                    })),
                     Err(e) => Err((e, Box::new(move |e| drop(reply.send(Err(e)))))),
                 }
             }
@@ -465,7 +472,7 @@ impl EventLog for EmbeddedLog {
         Ok(Box::new(EmbeddedReader { db: self.db.clone(), cursors, next: 0, committed: self.committed.clone() }))
     }
 
-    async fn commit(&self, step: Step) -> Result<(), Error> {
+    async fn commit(&self, step: Step) -> Result<Vec<Appended>, Error> {
         self.send(|reply| Job::Commit { step, reply }).await
     }
 

@@ -470,9 +470,9 @@ impl EventLog for KafkaLog {
         Ok(Box::new(KafkaReader { consumer: Arc::new(consumer), topics: Arc::new(topics) }))
     }
 
-    async fn commit(&self, step: Step) -> Result<(), Error> {
+    async fn commit(&self, step: Step) -> Result<Vec<Appended>, Error> {
         if !step.outputs.is_empty() {
-            return self.transact(step.outputs, Some((step.consumer, step.inputs))).await.map(|_| ());
+            return self.transact(step.outputs, Some((step.consumer, step.inputs))).await;
         }
         // Positions alone need no transaction: one offset commit is atomic.
         // (tansu also drops the offsets of a transaction that produced nothing.)
@@ -482,7 +482,8 @@ impl EventLog for KafkaLog {
         failpoints.hit(failpoint::BEFORE_COMMIT)?;
         blocking("commit offsets", move || group.commit(&tpl, CommitMode::Sync).map_err(kafka("commit offsets")))
             .await?;
-        failpoints.hit(failpoint::AFTER_COMMIT)
+        failpoints.hit(failpoint::AFTER_COMMIT)?;
+        Ok(Vec::new())
     }
 
     async fn committed(&self, consumer: &str, topic: &TopicName, partition: u32) -> Result<Option<u64>, Error> {

@@ -99,8 +99,10 @@ pub trait EventLog: Send + Sync + 'static {
     /// A reader starting at explicit positions.
     async fn reader(&self, from: Vec<Position>) -> Result<Box<dyn LogReader>, Error>;
 
-    /// Commits a consume-transform-produce step atomically.
-    async fn commit(&self, step: Step) -> Result<(), Error>;
+    /// Commits a consume-transform-produce step atomically; returns where
+    /// each output landed, in order (as `append` does), so a consumer can
+    /// fold its own writes without reading them back.
+    async fn commit(&self, step: Step) -> Result<Vec<Appended>, Error>;
 
     /// The consumer's committed position in a topic-partition, if any.
     async fn committed(&self, consumer: &str, topic: &TopicName, partition: u32) -> Result<Option<u64>, Error>;

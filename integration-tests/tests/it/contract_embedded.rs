@@ -79,3 +79,9 @@ async fn embedded_partition_count_is_fixed() {
     let dir = TempDir::new().unwrap();
     contract::partition_count_is_fixed(&open(&dir, &FailPoints::default())).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_commit_returns_where_outputs_landed() {
+    let dir = TempDir::new().unwrap();
+    contract::commit_returns_where_outputs_landed(&open(&dir, &FailPoints::default())).await;
+}

@@ -111,3 +111,9 @@ async fn kafka_a_fenced_producer_says_so_and_writes_nothing() {
     second.append(one("after")).await.unwrap();
     assert!(second.fenced().is_none(), "the newer owner writes on");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_commit_returns_where_outputs_landed() {
+    let tansu = Tansu::start();
+    contract::commit_returns_where_outputs_landed(&connect(&tansu, &FailPoints::default()).await).await;
+}

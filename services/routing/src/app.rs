@@ -531,10 +531,12 @@ impl Routing {
             }
             let inputs =
                 inputs.into_iter().map(|((topic, partition), offset)| Position { topic, partition, offset }).collect();
-            let has_outputs = !outputs.is_empty();
-            self.log.commit(Step { consumer: INTAKE.into(), outputs, inputs }).await?;
-            if has_outputs {
-                catch_up(self.log.as_ref(), self.keys.as_ref(), &mut projector, Duration::from_millis(20)).await?;
+            let written = outputs.clone();
+            let appended = self.log.commit(Step { consumer: INTAKE.into(), outputs, inputs }).await?;
+            if !written.is_empty() {
+                // The step's own events, folded where the log put them: no
+                // read-back (which on a broker might not see them yet).
+                projector.feed_appended(written, appended, self.keys.as_ref())?;
                 self.announce();
             }
         }

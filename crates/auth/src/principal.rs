@@ -55,7 +55,7 @@ pub enum Action {
     SendStudy,
     /// Verify connectivity (C-ECHO). Facility systems.
     Echo,
-    /// List the tenant's rejected instances.
+    /// List the tenant's rejected instances and the studies no contract takes.
     ViewRejections,
     /// Change the tenant's settings and users.
     ManageTenant,

@@ -345,6 +345,10 @@ impl Priority {
             Priority::Routine => "routine",
         }
     }
+
+    pub fn parse(text: &str) -> Option<Priority> {
+        [Priority::Stat, Priority::Urgent, Priority::Routine].into_iter().find(|p| p.as_str() == text)
+    }
 }
 
 // Parsed from a string (not a serde enum) so that, as a map key, the field
@@ -352,15 +356,8 @@ impl Priority {
 impl<'de> Deserialize<'de> for Priority {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        Ok(match text.as_str() {
-            "stat" => Priority::Stat,
-            "urgent" => Priority::Urgent,
-            "routine" => Priority::Routine,
-            _ => {
-                return Err(serde::de::Error::custom(format!(
-                    "{text:?} is not a priority, expected one of stat, urgent, routine"
-                )));
-            }
+        Priority::parse(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!("{text:?} is not a priority, expected one of stat, urgent, routine"))
         })
     }
 }

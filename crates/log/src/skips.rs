@@ -56,13 +56,14 @@ pub fn log(consumer: &str, record: &Record, reason: &str, error: &dyn std::fmt::
     );
 }
 
-/// The reason an envelope could not be opened, as skip counts name it.
+/// Why a decoded envelope could not be opened, as every consumer (and the
+/// projection runtime's stats) names it. A record that is not an envelope
+/// at all is `corrupt_envelope`.
 pub fn reason(error: &meridian_events::envelope::Error) -> &'static str {
     use meridian_events::envelope::Error as E;
     match error {
         E::Shredded { .. } => "shredded",
         E::UnknownKey { .. } => "unknown_data_key",
-        E::Decode(_) | E::Field { .. } => "corrupt_envelope",
         _ => "unreadable_payload",
     }
 }

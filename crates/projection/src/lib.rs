@@ -198,20 +198,12 @@ impl<P: Projection> Projector<P> {
                 return Err(Error::KeyStore { projection: P::NAME, source: e });
             }
             Err(e) => {
-                let reason = match e {
-                    EnvelopeError::Shredded { .. } => {
-                        self.stats.shredded += 1;
-                        "shredded"
-                    }
-                    EnvelopeError::UnknownKey { .. } => {
-                        self.stats.unknown_keys += 1;
-                        "unknown_data_key"
-                    }
-                    _ => {
-                        self.stats.unreadable_payloads += 1;
-                        "unreadable_payload"
-                    }
-                };
+                let reason = meridian_log::skips::reason(&e);
+                match e {
+                    EnvelopeError::Shredded { .. } => self.stats.shredded += 1,
+                    EnvelopeError::UnknownKey { .. } => self.stats.unknown_keys += 1,
+                    _ => self.stats.unreadable_payloads += 1,
+                }
                 // Recorded as seen, so a redelivery is a duplicate, not a second skip.
                 self.dedup.record(&envelope, digest);
                 return Ok(self.skip(record, reason, &e));

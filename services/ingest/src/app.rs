@@ -282,11 +282,9 @@ impl Ingest {
     /// or why none does: chosen once, here, and carried on StudyStarted and
     /// StudyCompleted so that routing and every later reader agree.
     fn contract_for(&self, tenant: &str, received: &pb::InstanceReceived, now: UnixMicros) -> (String, String) {
-        let priority = match received.requested_priority.as_str() {
-            "stat" => meridian_config::Priority::Stat,
-            "urgent" => meridian_config::Priority::Urgent,
-            _ => meridian_config::Priority::Routine,
-        };
+        // An order without a priority is routine, as routing queues it.
+        let priority = meridian_config::Priority::parse(&received.requested_priority)
+            .unwrap_or(meridian_config::Priority::Routine);
         let facts = meridian_config::StudyFacts {
             facility: &received.facility,
             modality: &received.modality,

@@ -78,7 +78,7 @@ impl Applies {
     pub fn matches(&self, facts: &StudyFacts<'_>, local: jiff::civil::DateTime) -> bool {
         let any_of =
             |list: &[String], value: &str| list.is_empty() || list.iter().any(|v| v.eq_ignore_ascii_case(value));
-        listed(&self.facilities, &facts.facility.to_owned())
+        (self.facilities.is_empty() || self.facilities.iter().any(|f| f == facts.facility))
             && any_of(&self.modalities, facts.modality)
             && any_of(&self.body_parts, facts.body_part)
             && listed(&self.priorities, &facts.priority)

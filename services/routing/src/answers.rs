@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use meridian_events::payload::Payload;
 use meridian_events::{EventId, UnixMicros};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -47,12 +48,13 @@ pub enum Retry {
 
 /// The payload type of the first event a keyed command answers with.
 fn answered_by(command: &Command) -> Option<&'static str> {
-    match command {
-        Command::Claim { .. } | Command::ClaimNext { .. } => Some("meridian.events.v1.AssignmentClaimed"),
-        Command::Release { .. } => Some("meridian.events.v1.AssignmentReleased"),
-        Command::Reassign { .. } => Some("meridian.events.v1.AssignmentReassigned"),
-        _ => None,
-    }
+    let payload = match command {
+        Command::Claim { .. } | Command::ClaimNext { .. } => Payload::AssignmentClaimed(Default::default()),
+        Command::Release { .. } => Payload::AssignmentReleased(Default::default()),
+        Command::Reassign { .. } => Payload::AssignmentReassigned(Default::default()),
+        _ => return None,
+    };
+    Some(payload.type_name())
 }
 
 fn same(command: &Command, event: &Event) -> bool {

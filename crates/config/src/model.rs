@@ -39,6 +39,21 @@ pub struct Region {
     /// Limits of DICOMweb on the region's HTTP port.
     #[serde(default)]
     pub dicomweb: DicomWebLimits,
+    /// Where the region's per-study data keys live.
+    #[serde(default)]
+    pub keys: KeysConfig,
+}
+
+/// `[keys]` of a region. On the embedded log the data keys are a table of
+/// the log's own file (one process holds both). On Kafka the region's
+/// service processes share them through the region's object store, each
+/// wrapped by this key-encryption key (64 hex digits; by reference, never
+/// in the file): required there.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    #[serde(default)]
+    pub key_encryption_key: Option<SecretRef>,
 }
 
 /// `[dicomweb]` of a region.

@@ -117,6 +117,14 @@ fn regions(out: &mut Out, f: &Files<'_>) {
             if *replication_factor < 1 {
                 out.at(file, "log.replication_factor", "must be at least 1");
             }
+            if r.keys.key_encryption_key.is_none() {
+                out.at(
+                    file,
+                    "keys.key_encryption_key",
+                    "a region on Kafka keeps its data keys in its object store, wrapped by this key: \
+                     name it, e.g. key_encryption_key = { env = \"MERIDIAN_KEK\" }",
+                );
+            }
             for key in client.keys() {
                 if key.contains("password") || key.contains("secret") {
                     out.at(

@@ -40,6 +40,11 @@ impl Skips {
     pub fn total(&self) -> u64 {
         self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).values().sum()
     }
+
+    /// The consumer and its counts, as `/v1/summary` shows them.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({"consumer": self.consumer, "skipped": self.counts(), "skipped_total": self.total()})
+    }
 }
 
 /// Logs that `consumer` skipped `record`: opaque coordinates only (error

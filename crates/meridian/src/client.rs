@@ -39,17 +39,25 @@ fn credentials(target: &Target) -> anyhow::Result<(String, serde_json::Value)> {
 }
 
 async fn connect(target: &Target) -> anyhow::Result<Connection> {
-    let endpoints = read_json(&target.data_dir.join("endpoints.json"))?;
-    let Some(grpc) = endpoints["regions"][&target.region]["grpc"].as_str() else {
-        let known: Vec<String> =
-            endpoints["regions"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
-        bail!("region {:?} is not in endpoints.json (regions: {})", target.region, known.join(", "));
+    let url = match &target.endpoint {
+        Some(url) if url.starts_with("http://") => url.clone(),
+        Some(url) if url.contains("://") => {
+            bail!("--endpoint {url:?}: this build of the CLI speaks plain http:// to a region's gRPC port")
+        }
+        Some(host_port) => format!("http://{host_port}"),
+        None => {
+            let endpoints = read_json(&target.data_dir.join("endpoints.json"))?;
+            let Some(grpc) = endpoints["regions"][&target.region]["grpc"].as_str() else {
+                let known: Vec<String> =
+                    endpoints["regions"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+                bail!("region {:?} is not in endpoints.json (regions: {})", target.region, known.join(", "));
+            };
+            format!("http://{grpc}")
+        }
     };
+    let grpc = url.trim_start_matches("http://").to_owned();
     let (token, _) = credentials(target)?;
-    let channel = Channel::from_shared(format!("http://{grpc}"))?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {grpc}"))?;
+    let channel = Channel::from_shared(url)?.connect().await.with_context(|| format!("connecting to {grpc}"))?;
     Ok(Connection { client: AdminServiceClient::new(channel.clone()), channel, token })
 }
 

@@ -17,7 +17,9 @@ use meridian_auth::token::generate_ed25519;
 use meridian_auth::{Principal, TokenSigner, TokenVerifier};
 use meridian_config::{Platform, SecretRef};
 use meridian_events::UnixMicros;
-use meridian_region::{Listeners, Region};
+use meridian_region::{Listeners, RegionContext};
+
+use crate::compose::ServiceName;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -73,7 +75,7 @@ async fn bind(port: u16, what: &str, region: &str) -> anyhow::Result<TcpListener
 
 /// Writes `bytes` to `path` atomically (temp file, fsync, rename), with
 /// owner-only permissions when `private`.
-fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> anyhow::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
@@ -129,8 +131,28 @@ fn ensure_secrets(platform: &Platform, secrets: &Path) -> anyhow::Result<TokenSi
     signer.context("auth.toml names no verifying key held in a file: `meridian dev` signs tokens with one")
 }
 
+/// The region's key-encryption key, where its `[keys]` names one.
+pub(crate) fn key_encryption_key(
+    platform: &Platform,
+    secrets: &Path,
+    region: &str,
+) -> anyhow::Result<Option<meridian_objects::keys::Kek>> {
+    let env = |name: &str| std::env::var(name).ok();
+    let Some(secret) = platform.regions.get(region).and_then(|r| r.keys.key_encryption_key.as_ref()) else {
+        return Ok(None);
+    };
+    let what = || format!("regions/{region}.toml: keys.key_encryption_key");
+    let text = secret.read(secrets, &env).with_context(what)?;
+    let kek = meridian_objects::keys::Kek::from_hex(&text).map_err(anyhow::Error::msg).with_context(what)?;
+    Ok(Some(kek))
+}
+
 /// The id secrets of the tenants whose PHI `region` holds.
-fn tenant_secrets(platform: &Platform, secrets: &Path, region: &str) -> anyhow::Result<meridian_region::Secrets> {
+pub(crate) fn tenant_secrets(
+    platform: &Platform,
+    secrets: &Path,
+    region: &str,
+) -> anyhow::Result<meridian_region::Secrets> {
     let env = |name: &str| std::env::var(name).ok();
     platform
         .tenants
@@ -144,7 +166,7 @@ fn tenant_secrets(platform: &Platform, secrets: &Path, region: &str) -> anyhow::
         .collect()
 }
 
-fn verifier(platform: &Platform, secrets: &Path) -> anyhow::Result<TokenVerifier> {
+pub(crate) fn verifier(platform: &Platform, secrets: &Path) -> anyhow::Result<TokenVerifier> {
     let env = |name: &str| std::env::var(name).ok();
     let mut keys = Vec::new();
     for key in &platform.auth.keys {
@@ -174,7 +196,7 @@ fn tokens(platform: &Platform, signer: &TokenSigner, now: i64, ttl: i64) -> anyh
     Ok(json!({ "principals": principals }))
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -232,10 +254,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         let options = meridian_region::RegionOptions {
             secrets: tenant_secrets(&platform, &secrets, name)?,
             failpoints: failpoints.clone(),
+            key_encryption_key: key_encryption_key(&platform, &secrets, name)?,
+            process: "dev".into(),
         };
-        let region = Region::open(name, &args.data_dir.join(name), platform.clone(), verifier.clone(), options, now)
+        let context = RegionContext::open(name, &args.data_dir.join(name), platform.clone(), verifier.clone(), options)
             .await
             .with_context(|| format!("opening region {name}"))?;
+        let region = crate::compose::open(Arc::new(context), &ServiceName::BUILT, now).await?;
         endpoints.insert(
             name.clone(),
             json!({
@@ -246,7 +271,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         );
         let mut rx = stopped.clone();
         let region = Arc::new(region);
-        let serving = meridian_region::serve(region, Listeners { grpc, http, dicom }, async move {
+        let serving = meridian_region::serve(region, Listeners { grpc, http, dicom: Some(dicom) }, async move {
             let _ = rx.wait_for(|s| *s).await;
         });
         let failed = region_failed.clone();

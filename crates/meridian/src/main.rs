@@ -21,7 +21,9 @@ macro_rules! say {
 }
 
 mod client;
+mod compose;
 mod dev;
+mod serve;
 
 #[derive(Parser)]
 #[command(name = "meridian", version, about = "Meridian teleradiology platform")]
@@ -59,6 +61,8 @@ enum SimulatedPolicy {
 enum Command {
     /// Run every region of a configuration in one process, on embedded defaults.
     Dev(dev::DevArgs),
+    /// Run one service of one region as its own process, on the region's Kafka log.
+    Serve(serve::ServeArgs),
     /// Configuration as code.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -161,6 +165,11 @@ pub struct Target {
     /// A bearer token to use instead of `--as`.
     #[arg(long)]
     pub token: Option<String>,
+    /// The region's gRPC address (`http://host:port`) instead of
+    /// `<data-dir>/endpoints.json`: a deployed region, or one service's
+    /// process.
+    #[arg(long)]
+    pub endpoint: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -293,13 +302,14 @@ async fn main() -> ExitCode {
         Command::Simulate(args) => simulate(args),
         Command::Config(ConfigCommand::Check { dir }) => Ok(config_check(&dir)),
         Command::Dev(args) => dev::run(args).await,
+        Command::Serve(args) => serve::run(args).await,
         Command::Log(LogCommand::Tail { target, study, streams, follow, json }) => {
             client::tail(&target, study, streams, follow, json).await
         }
         Command::Projection(ProjectionCommand::Rebuild { name, target }) => client::rebuild(&target, name).await,
         Command::Index(IndexCommand::Compact { data_dir, region }) => index_compact(&data_dir, region),
         Command::Worklist { data_dir, as_principal, reader, limit } => {
-            let target = Target { region: String::new(), data_dir, as_principal, token: None };
+            let target = Target { region: String::new(), data_dir, as_principal, token: None, endpoint: None };
             client::worklist(&target, reader, limit).await
         }
         Command::Claim { study, target, reader } => {

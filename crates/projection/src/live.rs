@@ -69,4 +69,52 @@ impl<P: Projection> Live<P> {
         self.snapshot(true).await?;
         Ok(rebuilt)
     }
+
+    /// Follows the log into the projection until `stop` resolves: one
+    /// reader from the projector's positions (a Kafka reader is a client
+    /// with its connections), snapshots when due and once more at the end.
+    /// A failed read is tried again a second later from where it was.
+    pub async fn follow(&self, log: &dyn EventLog, keys: &dyn KeyStore, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        let mut reader = None;
+        loop {
+            if reader.is_none() {
+                let positions = self.projector.lock().await.positions();
+                match log.reader(positions).await {
+                    Ok(r) => reader = Some(r),
+                    Err(e) => tracing::warn!(projection = P::NAME, error = %e, "opening a reader"),
+                }
+            }
+            let Some(r) = reader.as_mut() else {
+                tokio::select! {
+                    () = &mut stop => break,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            };
+            tokio::select! {
+                () = &mut stop => break,
+                batch = r.next_batch(1024, Duration::from_millis(500)) => match batch {
+                    Ok(batch) => {
+                        let mut projector = self.projector.lock().await;
+                        for record in &batch {
+                            if let Err(e) = projector.feed(record, keys) {
+                                tracing::warn!(projection = P::NAME, error = %e, "following the log");
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(projection = P::NAME, error = %e, "reading the log");
+                        reader = None;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                },
+            }
+            if let Err(e) = self.snapshot(false).await {
+                tracing::warn!(projection = P::NAME, error = %e, "saving the snapshot");
+            }
+        }
+        if let Err(e) = self.snapshot(true).await {
+            tracing::warn!(projection = P::NAME, error = %e, "saving the snapshot");
+        }
+    }
 }

@@ -144,7 +144,7 @@ impl AdminService for Admin {
             return Err(Status::not_found(format!(
                 "no projection {name:?} in region {}; known: {}",
                 self.region.name,
-                crate::node::PROJECTIONS.join(", ")
+                self.region.rebuildable().join(", ")
             )));
         };
         let r = done.rebuilt;

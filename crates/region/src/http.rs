@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{Method, header};
+use axum::http::{Method, StatusCode, header};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use meridian_auth::{Action, Denied, Principal, Resource, authorize};
@@ -29,19 +30,16 @@ pub fn router(region: Arc<Region>) -> Router {
         .allow_headers([header::AUTHORIZATION, header::ACCEPT, header::CONTENT_TYPE])
         .expose_headers([header::CONTENT_TYPE, header::CONTENT_LOCATION, header::WARNING])
         .max_age(std::time::Duration::from_secs(600));
-    let config = region.platform.regions.get(&region.name);
-    let limits = meridian_ingest::stow::StowLimits {
-        max_instance_bytes: config.map_or(1 << 30, |r| r.dicom.max_instance_bytes),
-        max_request_bytes: config.map_or(8 << 30, |r| r.dicomweb.max_request_bytes),
-    };
-    let stow = meridian_ingest::stow::router(region.ingest.clone(), limits);
-    // The fallback comes before the layers so that they wrap it too.
+    // Each service of the process brings its part of `/dicomweb` (storage:
+    // QIDO-RS and WADO-RS; ingest: STOW-RS). The fallback comes before the
+    // layers so that they wrap it too.
+    let served: Vec<&'static str> = region.services().iter().map(|s| s.name()).collect();
     let dicomweb = region
-        .dicomweb
-        .clone()
-        .router()
-        .merge(stow)
-        .fallback(meridian_storage::dicomweb::no_such_resource)
+        .services()
+        .iter()
+        .filter_map(|s| s.dicomweb())
+        .fold(Router::new(), Router::merge)
+        .fallback(move |method: Method, uri: axum::http::Uri| no_such_resource(method, uri, served.clone()))
         .layer(authenticate())
         .layer(cors);
     Router::new()
@@ -51,8 +49,23 @@ pub fn router(region: Arc<Region>) -> Router {
         .nest("/dicomweb", dicomweb)
 }
 
+/// What a path under `/dicomweb` that names no resource here gets: the
+/// usual JSON error (behind the same token and CORS layers as every route,
+/// so a browser viewer sees the 404, not a CORS failure), naming the
+/// services this process runs (a split region routes by path).
+async fn no_such_resource(method: Method, uri: axum::http::Uri, served: Vec<&'static str>) -> impl IntoResponse {
+    let message = format!(
+        "{method} {}: no DICOMweb resource here (PS3.18 studies, series, instances, metadata, frames; \
+         this process serves {})",
+        uri.path(),
+        served.join(", ")
+    );
+    (StatusCode::NOT_FOUND, Json(json!({"error": {"code": "NOT_FOUND", "message": message}})))
+}
+
 async fn healthz(State(region): State<Arc<Region>>) -> Json<Value> {
-    Json(json!({"region": region.name, "status": "serving"}))
+    let services: Vec<&str> = region.services().iter().map(|s| s.name()).collect();
+    Json(json!({"region": region.name, "status": "serving", "services": services}))
 }
 
 async fn whoami(State(region): State<Arc<Region>>, principal: Principal) -> Json<Value> {

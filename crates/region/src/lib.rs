@@ -1,21 +1,26 @@
-//! One region of Meridian, as `meridian dev` hosts it (one per configured
-//! region, in one process) and as a region's deployment runs it.
+//! The shared part of a region's process: what every service of a region
+//! opens on, and the servers around them.
 //!
-//! A region owns its embedded event log, its data-key store (a table of the
-//! same file), its object-store folder, and the projections it serves. It
-//! listens on a gRPC port (health, reflection v1 and v1alpha, and
-//! Meridian's services behind the auth interceptor) and an HTTP port.
+//! A region's services meet only on its log. Each process opens the
+//! region's context once (log, data keys, object store, secrets, token
+//! verifier, snapshots) and the services it runs on it, each through its own
+//! opener in its own crate (`services/*/src/serve.rs`); the `meridian`
+//! binary is the one place that names them all (`meridian dev`: every
+//! service of every region in one process; `meridian serve <service>`: one).
 //! Listeners are passed in, so tests bind `127.0.0.1:0`.
 //!
 //! # Layout
-//! - [`node`]: opening a region: log, topics, key store, folders, the
-//!   reader bootstrap, the projections and their followers.
+//! - [`node`]: [`RegionContext`] (opening the log, topics, key store,
+//!   object store) and [`Region`] (a context with this process's services
+//!   and the summary projection).
+//! - [`service`]: [`RegionService`], what a service brings to a process.
 //! - [`summary`]: the `events.summary` projection (counts per event type
 //!   and tenant, registered readers).
 //! - [`admin`]: `meridian.admin.v1.AdminService` (tail the log, rebuild a
 //!   projection, list topics): platform principals only.
-//! - [`http`]: the HTTP router (`/healthz`, `/v1/whoami`).
-//! - [`serve`]: running the servers until shutdown.
+//! - [`http`]: the HTTP router (`/healthz`, `/v1/whoami`, `/v1/summary`,
+//!   and `/dicomweb` from the services that serve it).
+//! - [`serve`]: running the servers and the services' tasks until shutdown.
 
 #![forbid(unsafe_code)]
 
@@ -23,8 +28,9 @@ pub mod admin;
 pub mod http;
 pub mod node;
 pub mod serve;
+pub mod service;
 pub mod summary;
 
-pub use meridian_ingest::app::Secrets;
-pub use node::{Region, RegionError, RegionOptions};
-pub use serve::{Listeners, serve};
+pub use node::{Region, RegionContext, RegionError, RegionOptions, Secrets};
+pub use serve::{Listeners, every, serve};
+pub use service::{RegionService, Stopping, Task};

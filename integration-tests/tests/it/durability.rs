@@ -173,7 +173,7 @@ fn every_acknowledged_object_is_synced_with_its_directory() {
     let trace = dir.path().join("strace.txt");
     let objects = dir.path().join("objects");
     let out = Command::new("strace")
-        .args(["-f", "-e", "trace=fsync,fdatasync,rename", "-y", "-o", trace.to_str().unwrap()])
+        .args(["-f", "-e", "trace=fsync,fdatasync,rename,link,linkat", "-y", "-o", trace.to_str().unwrap()])
         .args([env!("CARGO_BIN_EXE_blob-writer"), objects.to_str().unwrap(), "20"])
         .output()
         .unwrap();
@@ -182,14 +182,15 @@ fn every_acknowledged_object_is_synced_with_its_directory() {
     assert_eq!(acked, 20);
     let text = std::fs::read_to_string(&trace).unwrap();
     // `-y` names each descriptor's path: a sync of each object's file,
-    // and of the series directory after each rename into it.
+    // and of the series directory after each is linked into it (a link,
+    // not a rename, so that a name is created once, never replaced).
     let synced = |pred: &dyn Fn(&str) -> bool| {
         text.lines().filter(|l| (l.contains("fsync(") || l.contains("fdatasync(")) && pred(l)).count()
     };
     let files = synced(&|l| l.contains("/.tmp-"));
     let series_dir = synced(&|l| l.contains("/phi/acme/study/series>"));
-    let renames = text.lines().filter(|l| l.contains("rename(")).count();
-    assert_eq!(files, 20, "each object's bytes are synced before its rename:\n{text}");
-    assert_eq!(renames, 20);
-    assert!(series_dir >= 20, "the directory is synced after each rename ({series_dir}):\n{text}");
+    let links = text.lines().filter(|l| l.contains("link(") || l.contains("linkat(")).count();
+    assert_eq!(files, 20, "each object's bytes are synced before it is linked into place:\n{text}");
+    assert_eq!(links, 20);
+    assert!(series_dir >= 20, "the directory is synced after each link ({series_dir}):\n{text}");
 }

@@ -1,5 +1,6 @@
 //! A whole region on a Kafka-API broker (tansu): topics provisioned from the
-//! region's `[log]` configuration, readers bootstrapped once, the summary
+//! region's `[log]` configuration, data keys in its object store wrapped by
+//! its key-encryption key, readers bootstrapped once, the summary
 //! projection rebuilt to the same state after a restart.
 
 use std::collections::BTreeMap;
@@ -13,10 +14,41 @@ use meridian_config::{LogConfig, Platform};
 use meridian_events::UnixMicros;
 use meridian_integration_tests::Tansu;
 use meridian_log::EventLog;
-use meridian_region::Region;
+use meridian_region::{Region, RegionContext, RegionOptions, RegionService};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
+
+fn kek() -> Option<meridian_objects::keys::Kek> {
+    Some(meridian_objects::keys::Kek::from_hex("5a".repeat(32).as_bytes()).unwrap())
+}
+
+/// The region with every service this version has, each through its own
+/// opener, as `meridian dev` composes them (routing before storage, which
+/// asks it who holds a study; ingest and storage on one index).
+async fn open(
+    name: &str,
+    dir: &Path,
+    platform: Arc<Platform>,
+    verifier: Arc<TokenVerifier>,
+    now: UnixMicros,
+) -> Region {
+    let options = RegionOptions { key_encryption_key: kek(), process: "test".into(), ..Default::default() };
+    let context = Arc::new(RegionContext::open(name, dir, platform, verifier, options).await.unwrap());
+    let routing = meridian_routing::serve::RoutingService::open(&context, now).await.unwrap();
+    let index = Arc::new(meridian_storage::index::StudyIndex::open(&dir.join("index.redb")).unwrap());
+    let ingest = meridian_ingest::serve::IngestService::open(&context, index.clone()).await.unwrap();
+    let storage = meridian_storage::serve::StorageService::open(
+        &context,
+        index,
+        meridian_storage::serve::IndexFeed::Ingest,
+        meridian_storage::serve::AssigneeSource::Log,
+    )
+    .await
+    .unwrap();
+    let services: Vec<Arc<dyn RegionService>> = vec![routing, ingest, storage];
+    Region::new(context, services).await.unwrap()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_region_runs_on_kafka_with_topics_provisioned_from_config() {
@@ -42,15 +74,19 @@ async fn a_region_runs_on_kafka_with_topics_provisioned_from_config() {
     if let Some(LogConfig::Kafka { client_secrets_env, .. }) = unset.regions.get_mut("in-south").map(|r| &mut r.log) {
         client_secrets_env.insert("sasl.password".into(), "MERIDIAN_TEST_NEVER_SET".into());
     }
-    let refused =
-        Region::open("in-south", dir.path(), Arc::new(unset), verifier.clone(), Default::default(), now).await;
+    let options = RegionOptions { key_encryption_key: kek(), ..Default::default() };
+    let refused = RegionContext::open("in-south", dir.path(), Arc::new(unset), verifier.clone(), options).await;
     let said = refused.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(said.contains("environment variable MERIDIAN_TEST_NEVER_SET"), "{said}");
+    // Without its key-encryption key a region on Kafka does not start.
+    let no_kek = RegionOptions::default();
+    let refused =
+        RegionContext::open("in-south", dir.path(), Arc::new(platform.clone()), verifier.clone(), no_kek).await;
+    let said = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(said.contains("[keys] key_encryption_key"), "{said}");
     let platform = Arc::new(platform);
 
-    let region = Region::open("in-south", dir.path(), platform.clone(), verifier.clone(), Default::default(), now)
-        .await
-        .unwrap();
+    let region = open("in-south", dir.path(), platform.clone(), verifier.clone(), now).await;
     let names: Vec<String> = region.topics().iter().map(|t| t.to_string()).collect();
     assert_eq!(
         names,
@@ -69,7 +105,7 @@ async fn a_region_runs_on_kafka_with_topics_provisioned_from_config() {
     }
     let readers: Vec<String> = region.summary().await.readers.into_iter().collect();
     assert_eq!(readers, ["dr-ana-ortiz", "dr-arjun-rao", "dr-ben-cole", "dr-ciara-byrne", "dr-priya-nair"]);
-    assert!(dir.path().join("keys.redb").exists(), "the key store lives in the region, not in the broker");
+    assert!(!dir.path().join("keys.redb").exists(), "data keys live in the object store, shared by processes");
     assert!(!dir.path().join("log.redb").exists());
 
     // Retention from config, as the broker reports it.
@@ -91,12 +127,13 @@ async fn a_region_runs_on_kafka_with_topics_provisioned_from_config() {
     // A restart (new client, same transactional id) registers no one twice,
     // and a rebuild from the broker equals the state it resumed from.
     drop(region);
-    let region = Region::open("in-south", dir.path(), platform, verifier, Default::default(), now).await.unwrap();
+    let region = open("in-south", dir.path(), platform, verifier, now).await;
     let rebuilt = region.rebuild_summary().await.unwrap().rebuilt;
     assert_eq!((rebuilt.applied, rebuilt.duplicates, rebuilt.skipped), (5, 0, 0), "{rebuilt:?}");
     assert!(rebuilt.matches_previous);
     // Every projection rebuilds from the broker to what it held.
-    for name in meridian_region::node::PROJECTIONS {
+    assert_eq!(region.rebuildable(), ["events.summary", "routing.worklist", "ingest.studies", "storage.assignments"]);
+    for name in region.rebuildable() {
         let done = region.rebuild(name).await.unwrap().expect(name);
         assert!(done.rebuilt.matches_previous, "{name}: {done:?}");
     }
@@ -107,7 +144,7 @@ async fn a_region_runs_on_kafka_with_topics_provisioned_from_config() {
     // orchestrator restarts it, or it was the stale copy).
     let newer = meridian_log::kafka::KafkaLog::connect(meridian_log::kafka::KafkaConfig::new(
         tansu.bootstrap(),
-        "meridian-in-south",
+        "meridian-in-south-test",
     ))
     .await
     .unwrap();
@@ -125,8 +162,11 @@ async fn a_region_runs_on_kafka_with_topics_provisioned_from_config() {
             tokio::net::TcpListener::from_std(l).unwrap()
         })
     };
-    let listeners =
-        meridian_region::serve::Listeners { grpc: bind().unwrap(), http: bind().unwrap(), dicom: bind().unwrap() };
+    let listeners = meridian_region::serve::Listeners {
+        grpc: bind().unwrap(),
+        http: bind().unwrap(),
+        dicom: Some(bind().unwrap()),
+    };
     let served = tokio::time::timeout(
         std::time::Duration::from_secs(30),
         meridian_region::serve(Arc::new(region), listeners, std::future::pending()),

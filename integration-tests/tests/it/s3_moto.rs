@@ -98,3 +98,31 @@ async fn dimse_instances_land_in_the_bucket_and_a_fresh_index_reads_them_back() 
     assert!(matches!(refused, PhiWriteError::Refused { .. }), "{refused}");
     assert!(blobs.list("phi/northwind/").await.unwrap().is_empty());
 }
+
+/// The data keys of a region whose services are separate processes, in its
+/// bucket: processes racing on a new study agree on one key (S3's
+/// conditional PUT), another process opens it, and a shred is seen by a
+/// process that had never read the key.
+#[test]
+fn data_keys_in_the_bucket_are_shared_by_processes_and_shredded_for_all() {
+    use meridian_events::KeyStore;
+    use meridian_events::seal::KeyState;
+    use meridian_objects::keys::{Kek, ObjectKeyStore};
+    let moto = Moto::start("keys");
+    let kek = || Kek::from_hex("3c".repeat(32).as_bytes()).unwrap();
+    let store = || ObjectKeyStore::new(s3(&moto, "keys"), kek()).unwrap();
+    let study = StudyId(uuid::Uuid::from_u128(0x5eed));
+    let ids: Vec<_> = std::thread::scope(|s| {
+        let racers: Vec<_> = (0..6).map(|_| s.spawn(|| store().current_key(study).unwrap().id)).collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert!(ids.windows(2).all(|w| w[0] == w[1]), "one key for the study: {ids:?}");
+    let reader = store();
+    assert!(matches!(reader.key(ids[0]).unwrap(), KeyState::Active(_)));
+    assert_eq!(store().shred(study).unwrap(), 1);
+    assert!(matches!(store().key(ids[0]).unwrap(), KeyState::Shredded), "a fresh process sees the shred");
+    let other_region = ObjectKeyStore::new(s3(&moto, "keys"), Kek::from_hex("3d".repeat(32).as_bytes()).unwrap());
+    let fresh = other_region.unwrap().current_key(StudyId(uuid::Uuid::from_u128(7))).unwrap();
+    let refused = reader.key(fresh.id).unwrap_err().to_string();
+    assert!(refused.contains("key-encryption key"), "{refused}");
+}

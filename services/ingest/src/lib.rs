@@ -12,6 +12,8 @@
 //! - [`grpc`]: `meridian.ingest.v1` for tenants: `ListRejections`,
 //!   `CompleteStudy`.
 //! - [`stow`]: STOW-RS, through the same checks and acknowledgement path.
+//! - [`serve`]: ingest as a service of a region's process: the DICOM
+//!   port, STOW-RS, its gRPC API and its ticks (completion, orphan sweep).
 //!
 //! The study index and DICOMweb out are the storage service's.
 
@@ -20,5 +22,6 @@
 pub mod app;
 pub mod dataset;
 pub mod grpc;
+pub mod serve;
 pub mod stow;
 pub mod studies;

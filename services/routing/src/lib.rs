@@ -17,6 +17,8 @@
 //!   in `meridian.events.v1` ([`adapters::events`]), the policy and readers
 //!   from configuration ([`adapters::config`]), and `meridian.routing.v1`
 //!   over gRPC ([`adapters::grpc`]).
+//! - [`serve`]: routing as a service of a region's process (its gRPC API,
+//!   the configured readers' registration, intake and timers).
 //!
 //! Not built yet: the hand-over from a signed preliminary to the final
 //! read (it waits for reporting's ReportSigned), and AI triage raising
@@ -28,6 +30,7 @@ pub mod adapters;
 pub mod answers;
 pub mod app;
 pub mod domain;
+pub mod serve;
 pub mod simulate;
 
 #[cfg(test)]

@@ -531,8 +531,31 @@ impl StudyIndex {
         idle: Duration,
         skips: &meridian_log::skips::Skips,
     ) -> Result<usize, IndexError> {
+        let mut reader = self.reader(log, topic).await?;
+        self.index_from(reader.as_mut(), keys, blobs, idle, skips).await
+    }
+
+    /// A reader of `topic` from the index's positions.
+    pub async fn reader(
+        &self,
+        log: &dyn EventLog,
+        topic: &TopicName,
+    ) -> Result<Box<dyn meridian_log::LogReader>, IndexError> {
         let partitions = log.partitions(topic).await?;
-        let mut reader = log.reader(self.positions(topic, partitions)?).await?;
+        Ok(log.reader(self.positions(topic, partitions)?).await?)
+    }
+
+    /// Indexes what `reader` reads until a read stays empty for `idle`
+    /// (see [`Self::catch_up`]). After an error the reader is past records
+    /// the index does not hold: read again with a new [`Self::reader`].
+    pub async fn index_from(
+        &self,
+        reader: &mut dyn meridian_log::LogReader,
+        keys: &dyn KeyStore,
+        blobs: &dyn Blobs,
+        idle: Duration,
+        skips: &meridian_log::skips::Skips,
+    ) -> Result<usize, IndexError> {
         let mut indexed = 0;
         loop {
             let batch = reader.next_batch(256, idle).await?;

@@ -80,17 +80,6 @@ impl IntoResponse for WebError {
     }
 }
 
-/// What a path under `/dicomweb` that names no resource gets: the usual
-/// JSON error (behind the same token and CORS layers as every route, so
-/// a browser viewer sees the 404, not a CORS failure).
-pub async fn no_such_resource(method: axum::http::Method, uri: axum::http::Uri) -> Response {
-    let message = format!(
-        "{method} {}: no DICOMweb resource here (PS3.18 studies, series, instances, metadata, frames)",
-        uri.path()
-    );
-    WebError::NotFound(message).into_response()
-}
-
 impl From<crate::index::IndexError> for WebError {
     fn from(e: crate::index::IndexError) -> Self {
         tracing::error!(error = %e, "study index");

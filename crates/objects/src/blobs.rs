@@ -43,7 +43,7 @@ pub trait Blobs: Send + Sync {
 }
 
 /// Files under a root directory. A put writes a temporary file in the
-/// target directory, fsyncs it, renames it into place and fsyncs the
+/// target directory, fsyncs it, links it into place (a name is created once, never replaced) and fsyncs the
 /// directory (and any directory it had to create), so an acknowledged
 /// object survives a power cut; `object_store`'s `LocalFileSystem` does
 /// not sync, which is why this is not it.
@@ -86,10 +86,10 @@ fn create_dirs(root: &Path, dir: &Path) -> Result<(), BlobError> {
     sync_dir(dir.parent().unwrap_or(root))
 }
 
-/// Directory syncs shared by objects renamed into one directory at about
+/// Directory syncs shared by objects linked into one directory at about
 /// the same time (the instances of one series arriving over several
-/// associations): a sync that starts after an object's rename makes that
-/// rename durable, so it covers every object renamed before it started.
+/// associations): a sync that starts after an object's link makes that
+/// link durable, so it covers every object linked before it started.
 /// A put returns only once such a sync has finished; concurrent puts into
 /// one directory share it instead of each syncing the directory.
 #[derive(Default)]
@@ -100,23 +100,23 @@ struct DirSyncs {
 
 #[derive(Default)]
 struct DirSync {
-    /// Renames into the directory so far, and how many a finished sync covers.
-    renamed: u64,
+    /// Links into the directory so far, and how many a finished sync covers.
+    linked: u64,
     covered: u64,
     syncing: bool,
     waiting: usize,
 }
 
 impl DirSyncs {
-    /// Called after a rename into `dir`: returns once a sync of `dir` that
-    /// started after that rename has finished (running `sync` itself, or
+    /// Called after a link into `dir`: returns once a sync of `dir` that
+    /// started after that link has finished (running `sync` itself, or
     /// waiting for the one in flight, then the next).
-    fn after_rename(&self, dir: &Path, sync: impl Fn(&Path) -> Result<(), BlobError>) -> Result<(), BlobError> {
+    fn after_link(&self, dir: &Path, sync: impl Fn(&Path) -> Result<(), BlobError>) -> Result<(), BlobError> {
         let mut dirs = self.dirs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mine = {
             let d = dirs.entry(dir.to_path_buf()).or_default();
-            d.renamed += 1;
-            d.renamed
+            d.linked += 1;
+            d.linked
         };
         loop {
             // The entry stays while anyone is in this loop (see `forget`).
@@ -130,7 +130,7 @@ impl DirSyncs {
             }
             if !d.syncing {
                 d.syncing = true;
-                let upto = d.renamed;
+                let upto = d.linked;
                 drop(dirs);
                 let result = sync(dir);
                 dirs = self.dirs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -157,7 +157,7 @@ impl DirSyncs {
     /// Drops a directory's entry once no one needs it: the map holds the
     /// directories being written now, not every series ever written.
     fn forget(dirs: &mut std::collections::HashMap<PathBuf, DirSync>, dir: &Path) {
-        if dirs.get(dir).is_some_and(|d| !d.syncing && d.waiting == 0 && d.covered >= d.renamed) {
+        if dirs.get(dir).is_some_and(|d| !d.syncing && d.waiting == 0 && d.covered >= d.linked) {
             dirs.remove(dir);
         }
     }
@@ -166,9 +166,9 @@ impl DirSyncs {
 fn put_blocking(root: &Path, path: &Path, bytes: &[u8], dir_syncs: &DirSyncs) -> Result<bool, BlobError> {
     let dir = path.parent().unwrap_or(root);
     if path.exists() {
-        // Its first put may have failed after the rename, before the
+        // Its first put may have failed after the link, before the
         // directory was synced: this answer must not come before that sync.
-        dir_syncs.after_rename(dir, sync_dir)?;
+        dir_syncs.after_link(dir, sync_dir)?;
         return Ok(false);
     }
     if !root.is_dir() {
@@ -185,9 +185,18 @@ fn put_blocking(root: &Path, path: &Path, bytes: &[u8], dir_syncs: &DirSyncs) ->
         let _ = std::fs::remove_file(&tmp);
         return Err(io(&tmp)(e));
     }
-    std::fs::rename(&tmp, path).map_err(io(path))?;
-    dir_syncs.after_rename(dir, sync_dir)?;
-    Ok(true)
+    // A hard link creates the name only if it is free (a link would
+    // replace it): of writers racing on one key exactly one creates it,
+    // which the key store's pointers rely on.
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    let created = match linked {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+        Err(e) => return Err(io(path)(e)),
+    };
+    dir_syncs.after_link(dir, sync_dir)?;
+    Ok(created)
 }
 
 /// Keys under `dir` (relative to `root`) that are under `prefix` and after
@@ -329,9 +338,9 @@ pub struct S3Settings {
 
 /// An S3-API bucket through `object_store`. A PUT is durable when S3
 /// answers it (that is S3's contract), so the PHI path's order holds as it
-/// does for local files. Keys are content-addressed, so writing a key that
-/// another writer just wrote puts the same bytes: no conditional PUT is
-/// needed for "written once".
+/// does for local files. A put is conditional (If-None-Match), so a key is
+/// written once even by racing writers: PHI keys are content-addressed,
+/// but the key store's pointers are not.
 pub struct S3Blobs {
     store: object_store::aws::AmazonS3,
     bucket: String,
@@ -344,7 +353,9 @@ impl S3Blobs {
             .with_region(&settings.region)
             .with_access_key_id(&settings.access_key_id)
             .with_secret_access_key(&settings.secret_access_key)
-            .with_allow_http(settings.allow_http);
+            .with_allow_http(settings.allow_http)
+            // S3's own conditional writes (If-None-Match), for put_once.
+            .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch);
         if let Some(endpoint) = &settings.endpoint {
             // Path-style addressing: custom endpoints rarely resolve
             // bucket sub-domains.
@@ -379,8 +390,14 @@ impl Blobs for S3Blobs {
             Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(self.remote("head", key)(e)),
         }
-        self.store.put(&path, bytes.into()).await.map_err(self.remote("put", key))?;
-        Ok(true)
+        // A conditional PUT (If-None-Match: *): of writers racing on one
+        // key exactly one creates it.
+        let create = object_store::PutOptions { mode: object_store::PutMode::Create, ..Default::default() };
+        match self.store.put_opts(&path, bytes.into(), create).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(false),
+            Err(e) => Err(self.remote("put", key)(e)),
+        }
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BlobError> {
@@ -436,6 +453,45 @@ impl Blobs for S3Blobs {
         match self.store.delete(&path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.remote("delete", key)(e)),
+        }
+    }
+}
+
+/// The object store a region's `[objects]` names: files under `folder`,
+/// or an S3-API bucket whose credentials come from the environment
+/// variables the configuration names (read through `env`, the process's
+/// edge). An unset variable is an error naming it.
+pub fn open(
+    config: &meridian_config::ObjectStoreConfig,
+    folder: &Path,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Arc<dyn Blobs>, String> {
+    use meridian_config::ObjectStoreConfig;
+    match config {
+        ObjectStoreConfig::Local => Ok(Arc::new(LocalBlobs::new(folder))),
+        ObjectStoreConfig::S3 {
+            bucket,
+            endpoint,
+            region: signing,
+            allow_http,
+            access_key_id_env,
+            secret_access_key_env,
+        } => {
+            let var = |name: &str| {
+                env(name)
+                    .filter(|v| !v.is_empty())
+                    .ok_or_else(|| format!("[objects] S3 bucket {bucket}: environment variable {name} is not set"))
+            };
+            let settings = S3Settings {
+                bucket: bucket.clone(),
+                endpoint: endpoint.clone(),
+                region: signing.clone(),
+                allow_http: *allow_http,
+                access_key_id: var(access_key_id_env)?,
+                secret_access_key: var(secret_access_key_env)?,
+            };
+            let store = S3Blobs::new(&settings).map_err(|e| e.to_string())?;
+            Ok(Arc::new(store))
         }
     }
 }
@@ -496,10 +552,10 @@ mod tests {
     }
 
     /// Many puts into one directory at once: each returns only after a
-    /// directory sync that started after its rename has finished, and an
+    /// directory sync that started after its link has finished, and an
     /// error reaches the puts that sync was for (which may try again).
     #[test]
-    fn a_shared_directory_sync_covers_every_rename_that_came_before_it() {
+    fn a_shared_directory_sync_covers_every_link_that_came_before_it() {
         use std::sync::Mutex;
         use std::sync::atomic::{AtomicU64, Ordering};
         let syncs = Arc::new(DirSyncs::default());
@@ -511,7 +567,7 @@ mod tests {
             .map(|_| {
                 let (syncs, clock, done, failures) = (syncs.clone(), clock.clone(), done.clone(), failures.clone());
                 std::thread::spawn(move || {
-                    let renamed = clock.fetch_add(1, Ordering::SeqCst);
+                    let linked = clock.fetch_add(1, Ordering::SeqCst);
                     let sync = |_: &Path| {
                         let started = clock.fetch_add(1, Ordering::SeqCst);
                         std::thread::sleep(std::time::Duration::from_millis(2));
@@ -521,25 +577,25 @@ mod tests {
                         done.lock().unwrap().push((started, clock.fetch_add(1, Ordering::SeqCst)));
                         Ok(())
                     };
-                    let mut result = syncs.after_rename(Path::new("/series"), sync);
+                    let mut result = syncs.after_link(Path::new("/series"), sync);
                     if result.is_err() {
                         // The caller retries its put, as ingest's sender would.
-                        result = syncs.after_rename(Path::new("/series"), sync);
+                        result = syncs.after_link(Path::new("/series"), sync);
                     }
-                    (renamed, result.map(|()| clock.fetch_add(1, Ordering::SeqCst)))
+                    (linked, result.map(|()| clock.fetch_add(1, Ordering::SeqCst)))
                 })
             })
             .collect();
         let outcomes: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
         let done = done.lock().unwrap().clone();
-        for (renamed, returned) in outcomes {
+        for (linked, returned) in outcomes {
             let returned = returned.unwrap();
             assert!(
-                done.iter().any(|(started, finished)| *started > renamed && *finished < returned),
-                "a put renamed at {renamed} returned at {returned} without a sync after it: {done:?}"
+                done.iter().any(|(started, finished)| *started > linked && *finished < returned),
+                "a put linked at {linked} returned at {returned} without a sync after it: {done:?}"
             );
         }
-        assert!(done.len() <= 16, "never more syncs than renames");
+        assert!(done.len() <= 16, "never more syncs than links");
         assert!(syncs.dirs.lock().unwrap().is_empty(), "nothing kept once every put returned");
     }
 }

@@ -1,0 +1,106 @@
+//! The one place that names every service: which services a process runs
+//! on a region's context, and what they share when they run together.
+//!
+//! `meridian dev` opens all of them for every region; `meridian serve
+//! <service>` opens one. Where ingest and storage run in one process they
+//! share one study index (ingest writes it before acknowledging, so a
+//! search right after a C-STORE finds the instance); where storage and
+//! routing do, DICOMweb asks routing who holds a study. Apart, storage
+//! follows both from the log.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use meridian_events::UnixMicros;
+use meridian_region::{Region, RegionContext, RegionService};
+use meridian_routing::app::Routing;
+use meridian_storage::dicomweb::Assignments;
+use meridian_storage::index::StudyIndex;
+use meridian_storage::serve::{AssigneeSource, IndexFeed, StorageService};
+
+/// A service `meridian serve` can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum ServiceName {
+    Ingest,
+    Storage,
+    Routing,
+    Reporting,
+    Billing,
+    Inference,
+    Replicator,
+}
+
+impl ServiceName {
+    pub const BUILT: [ServiceName; 3] = [ServiceName::Ingest, ServiceName::Storage, ServiceName::Routing];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceName::Ingest => "ingest",
+            ServiceName::Storage => "storage",
+            ServiceName::Routing => "routing",
+            ServiceName::Reporting => "reporting",
+            ServiceName::Billing => "billing",
+            ServiceName::Inference => "inference",
+            ServiceName::Replicator => "replicator",
+        }
+    }
+
+    pub fn is_built(self) -> bool {
+        Self::BUILT.contains(&self)
+    }
+}
+
+/// Routing's answer to DICOMweb's "who holds this study", in one process.
+struct RoutingAssignments(Arc<Routing>);
+
+#[async_trait::async_trait]
+impl Assignments for RoutingAssignments {
+    async fn assignee(&self, study: uuid::Uuid) -> Option<String> {
+        self.0.read(|s| s.studies.get(&study).and_then(|s| s.assignee.clone())).await
+    }
+
+    async fn assigned_to(&self, reader: &str) -> BTreeSet<uuid::Uuid> {
+        self.0
+            .read(|s| {
+                s.studies.iter().filter(|(_, st)| st.assignee.as_deref() == Some(reader)).map(|(id, _)| *id).collect()
+            })
+            .await
+    }
+}
+
+/// Opens `services` on `context`; `now` stamps the reader registrations of
+/// a first start.
+pub async fn open(context: Arc<RegionContext>, services: &[ServiceName], now: UnixMicros) -> anyhow::Result<Region> {
+    let name = context.name.clone();
+    let runs = |s: ServiceName| services.contains(&s);
+    let mut opened: Vec<Arc<dyn RegionService>> = Vec::new();
+    let routing = if runs(ServiceName::Routing) {
+        let routing = meridian_routing::serve::RoutingService::open(&context, now).await?;
+        opened.push(routing.clone());
+        Some(routing)
+    } else {
+        None
+    };
+    let index =
+        if runs(ServiceName::Ingest) || runs(ServiceName::Storage) { Some(open_index(&context.dir)?) } else { None };
+    if let (true, Some(index)) = (runs(ServiceName::Ingest), &index) {
+        opened.push(meridian_ingest::serve::IngestService::open(&context, index.clone()).await?);
+    }
+    if let (true, Some(index)) = (runs(ServiceName::Storage), index) {
+        let feed = if runs(ServiceName::Ingest) { IndexFeed::Ingest } else { IndexFeed::Log };
+        let assignees = match &routing {
+            Some(r) => AssigneeSource::Given(Arc::new(RoutingAssignments(r.routing.clone()))),
+            None => AssigneeSource::Log,
+        };
+        opened.push(StorageService::open(&context, index, feed, assignees).await?);
+    }
+    Region::new(context, opened).await.with_context(|| format!("opening region {name}"))
+}
+
+fn open_index(dir: &Path) -> anyhow::Result<Arc<StudyIndex>> {
+    let path = dir.join("index.redb");
+    let index = StudyIndex::open(&path).with_context(|| format!("opening the study index {}", path.display()))?;
+    Ok(Arc::new(index))
+}

@@ -1,0 +1,155 @@
+//! `meridian serve <service>`: one service of one region, as a process of
+//! its own, meeting the region's other services only on its Kafka log.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use clap::Args;
+use meridian_config::{LogConfig, Platform};
+use meridian_events::UnixMicros;
+use meridian_region::{Listeners, RegionContext};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::compose::ServiceName;
+use crate::dev::{key_encryption_key, shutdown_signal, tenant_secrets, verifier, write_atomic};
+
+/// EX_USAGE: the command line or the configuration is at fault.
+const USAGE: u8 = 64;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// The service to run.
+    #[arg(value_enum)]
+    service: ServiceName,
+    /// The region it serves.
+    #[arg(long)]
+    region: String,
+    /// The configuration directory.
+    #[arg(long)]
+    config: PathBuf,
+    /// This process's own directory: snapshots, its study index, and (on
+    /// `[objects] kind = "local"`) objects. One per process.
+    #[arg(long, default_value = ".meridian-serve")]
+    data_dir: PathBuf,
+    /// Where secrets named by `{ file = … }` are (tenant id secrets, the
+    /// token verifying keys, the key-encryption key). `<data-dir>/secrets`
+    /// when absent.
+    #[arg(long)]
+    secrets: Option<PathBuf>,
+    /// The address every listener binds (`0.0.0.0` in a pod).
+    #[arg(long, default_value = "127.0.0.1")]
+    listen: IpAddr,
+    /// The gRPC port (0: any free one).
+    #[arg(long, default_value_t = 50051)]
+    grpc_port: u16,
+    /// The HTTP port (0: any free one).
+    #[arg(long, default_value_t = 8080)]
+    http_port: u16,
+    /// The DICOM port, for ingest (0: any free one).
+    #[arg(long, default_value_t = 11112)]
+    dicom_port: u16,
+    /// Which replica this is (a StatefulSet's ordinal); part of its Kafka
+    /// transactional id, so replicas never fence each other.
+    #[arg(long)]
+    instance: Option<u32>,
+    /// Write the bound addresses here once every listener is up.
+    #[arg(long)]
+    endpoints: Option<PathBuf>,
+}
+
+fn refuse(message: impl std::fmt::Display) -> anyhow::Result<ExitCode> {
+    eprintln!("meridian serve: {message}");
+    Ok(ExitCode::from(USAGE))
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let service = args.service;
+    if !service.is_built() {
+        let built: Vec<&str> = ServiceName::BUILT.iter().map(|s| s.as_str()).collect();
+        return refuse(format!(
+            "the {} service is not built yet; this version serves {}",
+            service.as_str(),
+            built.join(", ")
+        ));
+    }
+    let platform = match Platform::load(&args.config) {
+        Ok(p) => Arc::new(p),
+        Err(problems) => {
+            eprintln!("{problems}");
+            return refuse(format!("{} problem(s) in {}: not starting", problems.0.len(), args.config.display()));
+        }
+    };
+    let region = &args.region;
+    let Some(config) = platform.regions.get(region) else {
+        let known: Vec<&String> = platform.regions.keys().collect();
+        return refuse(format!("no region {region:?} in {} (regions: {known:?})", args.config.display()));
+    };
+    if let LogConfig::Embedded { .. } = config.log {
+        return refuse(format!(
+            "regions/{region}.toml: [log] kind = \"embedded\" is one process's file; services run as separate \
+             processes only on a Kafka log ([log] kind = \"kafka\"). `meridian dev` runs every service in one \
+             process on the embedded log."
+        ));
+    }
+    let secrets = args.secrets.clone().unwrap_or_else(|| args.data_dir.join("secrets"));
+    let verifier = Arc::new(verifier(&platform, &secrets)?);
+    let failpoints =
+        meridian_log::failpoint::FailPoints::from_spec(&std::env::var("MERIDIAN_FAILPOINTS").unwrap_or_default())
+            .map_err(anyhow::Error::msg)?;
+    let process = match args.instance {
+        Some(i) => format!("{}-{i}", service.as_str()),
+        None => service.as_str().to_owned(),
+    };
+    let options = meridian_region::RegionOptions {
+        secrets: tenant_secrets(&platform, &secrets, region)?,
+        failpoints,
+        key_encryption_key: key_encryption_key(&platform, &secrets, region)?,
+        process,
+    };
+    let bind = |port: u16, what: &'static str| {
+        let addr = SocketAddr::new(args.listen, port);
+        async move { TcpListener::bind(addr).await.with_context(|| format!("binding the {what} port {addr}")) }
+    };
+    let grpc = bind(args.grpc_port, "gRPC").await?;
+    let http = bind(args.http_port, "HTTP").await?;
+    let dicom = match service {
+        ServiceName::Ingest => Some(bind(args.dicom_port, "DICOM").await?),
+        _ => None,
+    };
+    #[allow(clippy::disallowed_methods)] // the edge: the start time stamps reader registrations
+    let now = UnixMicros(SystemTime::now().duration_since(UNIX_EPOCH)?.as_micros() as i64);
+    let dir = args.data_dir.join(region);
+    let context = RegionContext::open(region, &dir, platform.clone(), verifier, options)
+        .await
+        .with_context(|| format!("opening region {region}"))?;
+    let opened = crate::compose::open(Arc::new(context), &[service], now).await?;
+
+    let mut endpoint = json!({
+        "grpc": grpc.local_addr()?.to_string(),
+        "http": format!("http://{}", http.local_addr()?),
+    });
+    if let Some(d) = &dicom {
+        let addr = d.local_addr()?;
+        endpoint["dicom"] = json!({"host": addr.ip().to_string(), "port": addr.port()});
+    }
+    let serving = meridian_region::serve(Arc::new(opened), Listeners { grpc, http, dicom }, shutdown_signal());
+    if let Some(path) = &args.endpoints {
+        // Written atomically once every listener is bound: its presence
+        // means the process is up.
+        let endpoints = json!({"service": service.as_str(), "regions": {region.clone(): endpoint}});
+        write_atomic(path, serde_json::to_vec_pretty(&endpoints)?.as_slice(), false)?;
+    }
+    eprintln!("meridian serve: {} in {region}: {endpoint}", service.as_str());
+    match serving.await {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! What a service brings to a region's process: the seam between the shared
+//! region context and each service's own opener (`services/*/src/serve.rs`).
+//!
+//! `meridian serve <service>` runs one service on a region's context;
+//! `meridian dev` runs every service of every region in one process through
+//! the same openers. A service adds gRPC services and HTTP routes to the
+//! process's ports, starts its own tasks (listeners, ticks, consumers) and
+//! answers for its projections; the region serves health, reflection,
+//! admin and `/v1/summary` around them.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Resolves when the process is stopping; every long task selects on it.
+#[derive(Clone)]
+pub struct Stopping(pub(crate) watch::Receiver<bool>);
+
+impl Stopping {
+    pub async fn wait(mut self) {
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+
+    /// A stop that never comes, for tests that drive a task by hand.
+    pub fn never() -> (watch::Sender<bool>, Stopping) {
+        let (tx, rx) = watch::channel(false);
+        (tx, Stopping(rx))
+    }
+}
+
+/// One of a service's running tasks, named for the shutdown log.
+pub struct Task {
+    pub what: &'static str,
+    pub handle: tokio::task::JoinHandle<()>,
+}
+
+impl Task {
+    pub fn spawn(what: &'static str, work: impl Future<Output = ()> + Send + 'static) -> Task {
+        Task { what, handle: tokio::spawn(work) }
+    }
+}
+
+/// What a projection rebuild found, and the rebuilt state in a line.
+#[derive(Clone, Debug)]
+pub struct Rebuilt {
+    pub rebuilt: meridian_projection::run::Rebuilt,
+    pub summary: String,
+}
+
+/// The gRPC services of a process, gathered from its services.
+pub type GrpcRoutes = tonic::service::RoutesBuilder;
+
+/// Sockets a service may take: the DICOM port is ingest's.
+#[derive(Default)]
+pub struct ServiceListeners {
+    pub dicom: Option<TcpListener>,
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A service of a region, opened on its context.
+pub trait RegionService: Send + Sync + 'static {
+    /// `ingest`, `storage`, `routing`…: what `meridian serve` names.
+    fn name(&self) -> &'static str;
+
+    /// Adds this service's gRPC services and reports them serving.
+    fn grpc<'a>(
+        &'a self,
+        routes: &'a mut GrpcRoutes,
+        health: &'a tonic_health::server::HealthReporter,
+    ) -> BoxFuture<'a, ()>;
+
+    /// Routes under `/dicomweb` (authenticated and CORS-wrapped by the
+    /// region); `None` when the service serves none.
+    fn dicomweb(&self) -> Option<axum::Router> {
+        None
+    }
+
+    /// Starts the service's tasks; each ends when `stopping` resolves, at
+    /// the end of the step it is on.
+    fn start(self: std::sync::Arc<Self>, listeners: &mut ServiceListeners, stopping: Stopping) -> Vec<Task>;
+
+    /// Asks long passes to end at their next step (called before the
+    /// tasks are awaited at shutdown).
+    fn stop(&self) {}
+
+    /// Writes the snapshots that are due (`force`: every changed one).
+    fn save_snapshots(&self, force: bool) -> BoxFuture<'_, ()>;
+
+    /// Each in-memory projection: how it was opened, what it did.
+    fn projections(&self) -> BoxFuture<'_, Vec<serde_json::Value>> {
+        Box::pin(async { Vec::new() })
+    }
+
+    /// Consumers outside the projection runtime, with their skip counts.
+    fn consumers(&self) -> Vec<serde_json::Value> {
+        Vec::new()
+    }
+
+    /// The projections this service rebuilds on request.
+    fn rebuildable(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Rebuilds the projection `name` (one of [`Self::rebuildable`]).
+    fn rebuild<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Option<Result<Rebuilt, String>>> {
+        let _ = name;
+        Box::pin(async { None })
+    }
+}

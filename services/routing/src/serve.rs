@@ -1,0 +1,161 @@
+//! Routing as a service of a region's process: the worklist's gRPC API,
+//! the readers the configuration names (registered once), the intake of
+//! completed studies and the timers (escalations, SLA breaches, push
+//! assignment).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meridian_auth::grpc::Authenticate;
+use meridian_events::UnixMicros;
+use meridian_proto::routing::v1::routing_service_server::RoutingServiceServer;
+use meridian_region::service::{BoxFuture, GrpcRoutes, Rebuilt, ServiceListeners};
+use meridian_region::{RegionContext, RegionError, RegionService, Stopping, Task, every};
+
+use crate::adapters::grpc::RoutingGrpc;
+use crate::app::{Cause, Routing};
+use crate::domain::worklist::Command;
+
+/// How often routing takes in completed studies and runs its timers
+/// (escalations, SLA breaches) and push assignment.
+const ROUTING_TICK: Duration = Duration::from_secs(5);
+
+pub struct RoutingService {
+    context: Arc<RegionContext>,
+    pub routing: Arc<Routing>,
+}
+
+impl RoutingService {
+    /// Opens the worklist from its snapshot and tail and registers the
+    /// configured readers it does not know yet; `now` stamps those events.
+    pub async fn open(context: &Arc<RegionContext>, now: UnixMicros) -> Result<Arc<RoutingService>, RegionError> {
+        let err = |reason: String| context.service_error("routing", reason);
+        let policy = crate::adapters::config::policy(&context.platform);
+        let routing = Routing::open(
+            &context.name,
+            context.log.clone(),
+            context.keys.clone(),
+            policy,
+            context.idle,
+            context.snapshotter(),
+        )
+        .await
+        .map_err(|e| err(e.to_string()))?;
+        let service = RoutingService { context: context.clone(), routing: Arc::new(routing) };
+        service.register_readers(now).await.map_err(err)?;
+        Ok(Arc::new(service))
+    }
+
+    /// Every configured reader becomes a ReaderRegistered event in every
+    /// region at first start (reader events are operational: a study's home
+    /// region must know every reader it may offer the study to, wherever
+    /// they sit); afterwards they change through the routing API. Event ids
+    /// come from an idempotency key, so a registration repeated after a
+    /// crash, or by a second process, is recognised as the same events.
+    async fn register_readers(&self, now: UnixMicros) -> Result<(), String> {
+        let known: BTreeSet<String> = self.routing.read(|s| s.readers.keys().cloned().collect()).await;
+        let mut commands = Vec::new();
+        for group in self.context.platform.groups.values() {
+            for reader in group.readers.iter().filter(|r| !known.contains(&r.id)) {
+                let registered = crate::adapters::config::reader(&group.name, reader)
+                    .map_err(|e| format!("reader {}: {e}", reader.id))?;
+                let key = format!("bootstrap/reader/{}", reader.id);
+                let cause = Cause::Request { tenant: "platform".into(), idempotency_key: key };
+                commands.push((Command::RegisterReader(registered), cause));
+            }
+        }
+        if commands.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(region = %self.context.name, readers = commands.len(), "registering configured readers");
+        self.routing.execute_all(commands, now).await.map_err(|e| e.to_string())?;
+        // The worklist includes the readers just registered.
+        self.routing.catch_up(self.context.idle).await.map_err(|e| e.to_string())
+    }
+}
+
+impl RegionService for RoutingService {
+    fn name(&self) -> &'static str {
+        "routing"
+    }
+
+    fn grpc<'a>(
+        &'a self,
+        routes: &'a mut GrpcRoutes,
+        health: &'a tonic_health::server::HealthReporter,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            routes.add_service(RoutingServiceServer::with_interceptor(
+                RoutingGrpc::new(self.routing.clone()),
+                Authenticate::new(self.context.verifier.clone()),
+            ));
+            health.set_serving::<RoutingServiceServer<RoutingGrpc>>().await;
+        })
+    }
+
+    fn start(self: Arc<Self>, _: &mut ServiceListeners, stopping: Stopping) -> Vec<Task> {
+        // Timer events carry ids derived from (study, timer, deadline), so
+        // a tick repeated after a restart appends nothing twice.
+        let timers = every(ROUTING_TICK, stopping.wait(), move |now| {
+            let service = self.clone();
+            async move {
+                // Completed studies first, so they are assigned on this tick.
+                if let Err(e) = service.routing.intake(Duration::from_millis(20)).await {
+                    tracing::warn!(region = %service.context.name, error = %e, "routing intake");
+                }
+                for command in [Command::Tick, Command::AssignPending] {
+                    if let Err(e) = service.routing.execute(command, now, Cause::Timer).await {
+                        tracing::warn!(region = %service.context.name, error = %e, "routing timers");
+                    }
+                }
+                service.save_snapshots(false).await;
+            }
+        });
+        vec![Task::spawn("routing ticks", timers)]
+    }
+
+    fn stop(&self) {
+        self.routing.stop_intake();
+    }
+
+    fn save_snapshots(&self, force: bool) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Err(e) = self.routing.snapshot(force).await {
+                tracing::warn!(region = %self.context.name, error = %e, "saving routing's snapshot");
+            }
+        })
+    }
+
+    fn projections(&self) -> BoxFuture<'_, Vec<serde_json::Value>> {
+        Box::pin(async move {
+            let studies = self.routing.read(|s| s.studies.len()).await;
+            vec![serde_json::json!({
+                "name": "routing.worklist", "opened": self.routing.opened(),
+                "stats": self.routing.stats().await, "studies": studies,
+            })]
+        })
+    }
+
+    fn consumers(&self) -> Vec<serde_json::Value> {
+        vec![self.routing.intake_skips().to_json()]
+    }
+
+    fn rebuildable(&self) -> &'static [&'static str] {
+        &["routing.worklist"]
+    }
+
+    fn rebuild<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Option<Result<Rebuilt, String>>> {
+        Box::pin(async move {
+            if name != "routing.worklist" {
+                return None;
+            }
+            let rebuilt = match self.routing.rebuild(self.context.idle).await {
+                Ok(r) => r,
+                Err(e) => return Some(Err(e.to_string())),
+            };
+            let (readers, studies) = self.routing.read(|s| (s.readers.len(), s.studies.len())).await;
+            Some(Ok(Rebuilt { rebuilt, summary: format!("{readers} readers, {studies} studies") }))
+        })
+    }
+}

@@ -210,6 +210,24 @@ pub mod dicom {
         file
     }
 
+    /// The files (as storescu names them) that storescu's verbose (`-v`)
+    /// output says were stored: each "Sending file" line followed by a
+    /// successful store response.
+    pub fn acknowledged(storescu_output: &str) -> Vec<String> {
+        let mut sending = None;
+        let mut acked = Vec::new();
+        for line in storescu_output.lines() {
+            if let Some(file) = line.strip_prefix("I: Sending file: ") {
+                sending = Some(file.trim().to_owned());
+            } else if line.contains("Received Store Response (Success)")
+                && let Some(file) = sending.take()
+            {
+                acked.push(file);
+            }
+        }
+        acked
+    }
+
     /// Sends `files` with dcmtk's `storescu` in one association; returns
     /// whether it succeeded and what it said.
     pub fn storescu(port: u16, calling: &str, called: &str, files: &[PathBuf]) -> (bool, String) {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use meridian_integration_tests::dicom::acknowledged;
 use meridian_proto::admin::v1 as admin;
 use meridian_proto::admin::v1::admin_service_client::AdminServiceClient;
 use serde_json::Value;
@@ -180,22 +181,6 @@ fn simulate_runs_the_example_with_both_policies_side_by_side() {
     let run = Command::new(MERIDIAN).arg("simulate").arg(&bad).output().unwrap();
     assert!(!run.status.success());
     assert!(String::from_utf8_lossy(&run.stderr).contains("day.start"), "{}", String::from_utf8_lossy(&run.stderr));
-}
-
-/// The instances a `storescu -v` run had acknowledged with success, in order.
-fn acknowledged(storescu_output: &str) -> Vec<String> {
-    let mut sending = None;
-    let mut acked = Vec::new();
-    for line in storescu_output.lines() {
-        if let Some(file) = line.strip_prefix("I: Sending file: ") {
-            sending = Some(file.trim().to_owned());
-        } else if line.contains("Received Store Response (Success)")
-            && let Some(file) = sending.take()
-        {
-            acked.push(file);
-        }
-    }
-    acked
 }
 
 fn storescu_verbose(port: u16, files: &[PathBuf]) -> String {

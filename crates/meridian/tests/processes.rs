@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use meridian_integration_tests::dicom::{CtInstance, storescu, write_ct};
+use meridian_integration_tests::dicom::{CtInstance, acknowledged, storescu, write_ct};
 use meridian_integration_tests::{Moto, Tansu};
 use serde_json::Value;
 
@@ -272,24 +272,6 @@ fn study_files(dir: &Path, study: &str, n: usize) -> Vec<PathBuf> {
         .collect()
 }
 
-/// The SOP Instance UIDs (the files' stems) storescu's verbose output
-/// says were stored.
-fn acknowledged(out: &str) -> Vec<String> {
-    let mut sending = None;
-    let mut acked = Vec::new();
-    for line in out.lines() {
-        if let Some(file) = line.strip_prefix("I: Sending file: ") {
-            sending = Some(file.trim().to_owned());
-        } else if line.contains("Received Store Response (Success)")
-            && let Some(file) = sending.take()
-        {
-            let stem = Path::new(&file).file_stem().unwrap().to_string_lossy().into_owned();
-            acked.push(stem);
-        }
-    }
-    acked
-}
-
 #[test]
 fn services_as_processes_on_kafka_lose_nothing_acknowledged_when_killed_mid_flow() {
     let (tansu, moto) = (Tansu::start(), Moto::start(BUCKET));
@@ -366,7 +348,11 @@ fn services_as_processes_on_kafka_lose_nothing_acknowledged_when_killed_mid_flow
     };
     std::thread::sleep(Duration::from_millis(400));
     ingest.kill();
-    let acked = acknowledged(&sending.join().unwrap());
+    // Files are named by their SOP Instance UIDs.
+    let acked: Vec<String> = acknowledged(&sending.join().unwrap())
+        .iter()
+        .map(|file| Path::new(file).file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
     eprintln!("{} of 40 instances acknowledged before the SIGKILL", acked.len());
     assert!(acked.len() < many.len(), "the kill landed mid-association ({} of 40 acknowledged)", acked.len());
     // Storage, too, is killed while it may be indexing, and comes back.

@@ -110,3 +110,20 @@ pub trait RegionService: Send + Sync + 'static {
         Box::pin(async { None })
     }
 }
+
+/// The rebuild of a service's one projection `mine`, when `name` is it:
+/// `rebuild` runs it, `summary` then says what it holds.
+pub async fn rebuild_if<E: std::fmt::Display>(
+    name: &str,
+    mine: &str,
+    rebuild: impl Future<Output = Result<meridian_projection::run::Rebuilt, E>>,
+    summary: impl Future<Output = String>,
+) -> Option<Result<Rebuilt, String>> {
+    if name != mine {
+        return None;
+    }
+    Some(match rebuild.await {
+        Ok(rebuilt) => Ok(Rebuilt { rebuilt, summary: summary.await }),
+        Err(e) => Err(e.to_string()),
+    })
+}

@@ -13,7 +13,7 @@ use std::time::Duration;
 use meridian_auth::grpc::Authenticate;
 use meridian_events::UnixMicros;
 use meridian_proto::ingest::v1::ingest_service_server::IngestServiceServer;
-use meridian_region::service::{BoxFuture, GrpcRoutes, Rebuilt, ServiceListeners};
+use meridian_region::service::{BoxFuture, GrpcRoutes, Rebuilt, ServiceListeners, rebuild_if};
 use meridian_region::{RegionContext, RegionError, RegionService, Stopping, Task, every};
 use meridian_storage::index::StudyIndex;
 use meridian_storage::phi::PhiWriter;
@@ -142,17 +142,10 @@ impl RegionService for IngestService {
     }
 
     fn rebuild<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Option<Result<Rebuilt, String>>> {
-        Box::pin(async move {
-            if name != "ingest.studies" {
-                return None;
-            }
-            let rebuilt = match self.ingest.rebuild(self.context.idle).await {
-                Ok(r) => r,
-                Err(e) => return Some(Err(e.to_string())),
-            };
+        Box::pin(rebuild_if(name, "ingest.studies", self.ingest.rebuild(self.context.idle), async {
             let (open, closed) = self.ingest.read(|s| (s.open.len(), s.closed.len())).await;
-            Some(Ok(Rebuilt { rebuilt, summary: format!("{open} open studies, {closed} completed") }))
-        })
+            format!("{open} open studies, {closed} completed")
+        }))
     }
 }
 

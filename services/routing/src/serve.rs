@@ -10,7 +10,7 @@ use std::time::Duration;
 use meridian_auth::grpc::Authenticate;
 use meridian_events::UnixMicros;
 use meridian_proto::routing::v1::routing_service_server::RoutingServiceServer;
-use meridian_region::service::{BoxFuture, GrpcRoutes, Rebuilt, ServiceListeners};
+use meridian_region::service::{BoxFuture, GrpcRoutes, Rebuilt, ServiceListeners, rebuild_if};
 use meridian_region::{RegionContext, RegionError, RegionService, Stopping, Task, every};
 
 use crate::adapters::grpc::RoutingGrpc;
@@ -146,16 +146,9 @@ impl RegionService for RoutingService {
     }
 
     fn rebuild<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Option<Result<Rebuilt, String>>> {
-        Box::pin(async move {
-            if name != "routing.worklist" {
-                return None;
-            }
-            let rebuilt = match self.routing.rebuild(self.context.idle).await {
-                Ok(r) => r,
-                Err(e) => return Some(Err(e.to_string())),
-            };
+        Box::pin(rebuild_if(name, "routing.worklist", self.routing.rebuild(self.context.idle), async {
             let (readers, studies) = self.routing.read(|s| (s.readers.len(), s.studies.len())).await;
-            Some(Ok(Rebuilt { rebuilt, summary: format!("{readers} readers, {studies} studies") }))
-        })
+            format!("{readers} readers, {studies} studies")
+        }))
     }
 }

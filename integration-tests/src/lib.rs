@@ -34,19 +34,42 @@ pub fn tansu_bin() -> PathBuf {
     );
 }
 
-/// A tansu broker process on loopback with the in-memory storage engine.
+/// A tansu broker process on loopback with the in-memory storage engine,
+/// or (`on_s3`) keeping its topics and positions in an S3-API bucket, so
+/// that it can be restarted on the same port with everything it held.
 pub struct Tansu {
     child: Child,
     pub port: u16,
+    engine: String,
+    env: Vec<(String, String)>,
 }
 
 impl Tansu {
     pub fn start() -> Tansu {
-        let port = free_port();
+        Tansu::spawn(free_port(), "memory://tansu/".into(), Vec::new())
+    }
+
+    /// A broker whose storage is `bucket` on `moto` (created if missing).
+    pub fn on_s3(moto: &Moto, bucket: &str) -> Tansu {
+        let (status, body) = moto.request("PUT", &format!("/{bucket}"));
+        assert!(status == 200, "creating bucket {bucket}: {status} {body}");
+        let env = [
+            ("AWS_ACCESS_KEY_ID", "tansu"),
+            ("AWS_SECRET_ACCESS_KEY", "tansu"),
+            ("AWS_DEFAULT_REGION", "us-east-1"),
+            ("AWS_ENDPOINT", &moto.endpoint()),
+            ("AWS_ALLOW_HTTP", "true"),
+        ];
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Tansu::spawn(free_port(), format!("s3://{bucket}/"), env)
+    }
+
+    fn spawn(port: u16, engine: String, env: Vec<(String, String)>) -> Tansu {
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(tansu_bin())
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"])
+            .args(["--storage-engine", &engine])
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -57,11 +80,25 @@ impl Tansu {
             assert!(Instant::now() < deadline, "tansu did not listen on {addr} within 20 s");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Tansu { child, port }
+        Tansu { child, port, engine, env }
     }
 
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the broker (SIGKILL); [`Tansu::restart`] brings it back.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the broker again on the same port and storage.
+    pub fn restart(&mut self) {
+        self.stop();
+        let again = Tansu::spawn(self.port, self.engine.clone(), std::mem::take(&mut self.env));
+        let old = std::mem::replace(self, again);
+        drop(old); // already stopped
     }
 }
 
@@ -92,7 +129,14 @@ pub struct Moto {
 
 impl Moto {
     pub fn start(bucket: &str) -> Moto {
-        let port = free_port();
+        let moto = Moto::spawn(free_port());
+        // CreateBucket: moto does not check signatures.
+        let (status, body) = moto.request("PUT", &format!("/{bucket}"));
+        assert!(status == 200, "creating bucket {bucket}: {status} {body}");
+        moto
+    }
+
+    fn spawn(port: u16) -> Moto {
         let bin = venv_bin().join("moto_server");
         let child = Command::new(&bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
@@ -106,11 +150,23 @@ impl Moto {
             assert!(Instant::now() < deadline, "moto did not listen on {addr} within 30 s");
             std::thread::sleep(Duration::from_millis(50));
         }
-        let moto = Moto { child, port };
-        // CreateBucket: moto does not check signatures.
-        let (status, body) = moto.request("PUT", &format!("/{bucket}"));
+        Moto { child, port }
+    }
+
+    /// Kills the server (its buckets are in memory: they go too).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts a fresh server on the same port with `bucket` (empty).
+    pub fn restart(&mut self, bucket: &str) {
+        self.stop();
+        let again = Moto::spawn(self.port);
+        let old = std::mem::replace(self, again);
+        drop(old); // already stopped
+        let (status, body) = self.request("PUT", &format!("/{bucket}"));
         assert!(status == 200, "creating bucket {bucket}: {status} {body}");
-        moto
     }
 
     pub fn endpoint(&self) -> String {

@@ -424,6 +424,22 @@ impl EventLog for KafkaLog {
         self.check_min_insync(&spec.name, wanted).await
     }
 
+    async fn reachable(&self, within: Duration) -> Result<(), Error> {
+        let metadata = self.metadata.clone();
+        let bootstrap = self.config.bootstrap_servers.clone();
+        blocking("fetch metadata", move || {
+            let md = metadata.fetch_metadata(None, within).map_err(kafka("fetch metadata"))?;
+            if md.brokers().is_empty() {
+                return Err(Error::KafkaProtocol {
+                    operation: "fetch metadata",
+                    reason: format!("{bootstrap} names no broker"),
+                });
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn partitions(&self, topic: &TopicName) -> Result<u32, Error> {
         if let Some(n) = self.partitions.read().unwrap_or_else(|p| p.into_inner()).get(topic) {
             return Ok(*n);

@@ -96,6 +96,13 @@ pub trait EventLog: Send + Sync + 'static {
         None
     }
 
+    /// Whether the log answers now (a broker's metadata within `within`),
+    /// for readiness: an error says what did not answer.
+    async fn reachable(&self, within: Duration) -> Result<(), Error> {
+        let _ = within;
+        Ok(())
+    }
+
     /// A reader starting at explicit positions.
     async fn reader(&self, from: Vec<Position>) -> Result<Box<dyn LogReader>, Error>;
 

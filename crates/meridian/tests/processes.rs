@@ -404,3 +404,74 @@ fn services_as_processes_on_kafka_lose_nothing_acknowledged_when_killed_mid_flow
         }
     }
 }
+
+/// gRPC health of a process: SERVING or NOT_SERVING.
+fn health(process: &Service) -> i32 {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let channel =
+            tonic::transport::Channel::from_shared(format!("http://{}", process.grpc())).unwrap().connect().await;
+        let mut client = HealthClient::new(channel.unwrap());
+        client.check(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner().status
+    })
+}
+
+/// `/readyz`: (ready, the reasons it gives when not).
+fn ready(process: &Service) -> (bool, String) {
+    let (status, body) = get(&process.http(), "/readyz", "");
+    (status == 200, body["reasons"].to_string())
+}
+
+#[test]
+fn a_process_is_not_ready_while_its_broker_or_bucket_is_away_and_recovers_by_itself() {
+    use tonic_health::ServingStatus;
+    let brokers_bucket = Moto::start("unused");
+    let mut tansu = Tansu::on_s3(&brokers_bucket, "tansu");
+    let mut moto = Moto::start(BUCKET);
+    let work = tempfile::TempDir::new().unwrap();
+    let config = work.path().join("config");
+    configure(&config, &tansu, &moto);
+    let tokens = secrets(&config, &work.path().join("secrets"));
+    let env = [("MERIDIAN_TEST_S3_KEY", "testing"), ("MERIDIAN_TEST_S3_SECRET", "testing"), ("MERIDIAN_TEST_KEK", KEK)];
+    let cluster = Cluster {
+        config: config.clone(),
+        work: work.path().to_owned(),
+        env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    };
+    let routing = cluster.start("routing", None);
+    let ingest = cluster.start("ingest", None);
+    wait_until("ready at start", 30, || ready(&ingest).0.then_some(()));
+    assert_eq!(health(&ingest), ServingStatus::Serving as i32);
+
+    // The bucket goes away: not ready, saying why; back: ready by itself.
+    moto.stop();
+    let said = wait_until("not ready without the bucket", 30, || {
+        let (ok, said) = ready(&ingest);
+        (!ok).then_some(said)
+    });
+    assert!(said.contains("object store"), "{said}");
+    assert_eq!(health(&ingest), ServingStatus::NotServing as i32);
+    moto.restart(BUCKET);
+    wait_until("ready again with the bucket back", 30, || ready(&ingest).0.then_some(()));
+    assert_eq!(health(&ingest), ServingStatus::Serving as i32);
+
+    // The broker goes away: the same; it comes back with its topics and
+    // positions (tansu keeps them in its own bucket), and work goes on.
+    tansu.stop();
+    let said = wait_until("not ready without the broker", 60, || {
+        let (ok, said) = ready(&routing);
+        (!ok).then_some(said)
+    });
+    assert!(said.contains("event log"), "{said}");
+    assert_eq!(health(&routing), ServingStatus::NotServing as i32);
+    tansu.restart();
+    wait_until("ready again with the broker back", 60, || ready(&routing).0.then_some(()));
+    let files = tempfile::TempDir::new().unwrap();
+    let study = "1.2.826.0.1.3680043.10.543.401";
+    let (ok, said) = storescu(ingest.dicom_port(), "ACME_CT1", "MERIDIAN_ACME", &study_files(files.path(), study, 2));
+    assert!(ok, "stored after the broker's restart: {said}");
+    let events = routing_events(&routing, &tokens["sre"]);
+    assert_eq!(of_type(&events, "ReaderRegistered").len(), 5, "the broker kept what it held");
+}

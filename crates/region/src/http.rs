@@ -1,4 +1,5 @@
-//! The region's HTTP port: `/healthz` (open), `/v1/whoami` (any
+//! The region's HTTP port: `/healthz` (open: the process lives),
+//! `/readyz` (open: its log and object store answer), `/v1/whoami` (any
 //! authenticated principal), `/v1/summary` (platform principals) and
 //! DICOMweb under `/dicomweb` (QIDO-RS, WADO-RS; bearer tokens, CORS for
 //! browser viewers).
@@ -44,6 +45,7 @@ pub fn router(region: Arc<Region>) -> Router {
         .layer(cors);
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .merge(authenticated)
         .with_state(region.clone())
         .nest("/dicomweb", dicomweb)
@@ -66,6 +68,15 @@ async fn no_such_resource(method: Method, uri: axum::http::Uri, served: Vec<&'st
 async fn healthz(State(region): State<Arc<Region>>) -> Json<Value> {
     let services: Vec<&str> = region.services().iter().map(|s| s.name()).collect();
     Json(json!({"region": region.name, "status": "serving", "services": services}))
+}
+
+/// Ready when the log and the object store answered the last probe; 503
+/// with the reasons otherwise (a load balancer stops sending work here).
+async fn readyz(State(region): State<Arc<Region>>) -> impl IntoResponse {
+    let reasons = region.unready();
+    let status = if reasons.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let said = if reasons.is_empty() { "ready" } else { "not_ready" };
+    (status, Json(json!({"region": region.name, "status": said, "reasons": reasons})))
 }
 
 async fn whoami(State(region): State<Arc<Region>>, principal: Principal) -> Json<Value> {

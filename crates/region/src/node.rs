@@ -242,7 +242,12 @@ pub struct Region {
     summary: Mutex<Projector<EventSummary>>,
     summary_snapshots: Snapshotter,
     summary_opened: Resumed,
+    /// Why the process is not ready now (empty: ready), from the last probe.
+    unready: std::sync::Mutex<Vec<String>>,
 }
+
+/// How long a readiness probe waits for the broker or the bucket.
+pub const PROBE_WITHIN: Duration = Duration::from_secs(3);
 
 impl Region {
     /// The region with `services` opened on `context`; the summary
@@ -272,7 +277,32 @@ impl Region {
             services,
             summary: Mutex::new(summary),
             summary_opened,
+            unready: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Asks the log and the object store whether they answer, remembers
+    /// and returns why not (empty: ready).
+    pub async fn probe(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if let Err(e) = self.log.reachable(PROBE_WITHIN).await {
+            reasons.push(format!("event log: {e}"));
+        }
+        match tokio::time::timeout(PROBE_WITHIN, self.context.blobs.get("readiness/probe")).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => reasons.push(format!("object store: {e}")),
+            Err(_) => reasons.push(format!("object store: no answer within {} s", PROBE_WITHIN.as_secs())),
+        }
+        if let Some(fatal) = self.log.fatal() {
+            reasons.push(format!("event log: {fatal}"));
+        }
+        *self.unready.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = reasons.clone();
+        reasons
+    }
+
+    /// Why the process was not ready at the last probe (empty: ready).
+    pub fn unready(&self) -> Vec<String> {
+        self.unready.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     pub fn services(&self) -> &[Arc<dyn RegionService>] {

@@ -46,6 +46,38 @@ async fn log_lost(region: Arc<Region>) -> String {
     }
 }
 
+/// How often readiness is probed.
+const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Probes the log and the object store every [`PROBE_EVERY`] until
+/// `shutdown`: gRPC health says NOT_SERVING (and `/readyz` 503 with the
+/// reasons) while either does not answer, SERVING again once both do.
+async fn readiness(
+    region: Arc<Region>,
+    health: tonic_health::server::HealthReporter,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut ready = true;
+    loop {
+        let reasons = region.probe().await;
+        if reasons.is_empty() != ready {
+            ready = reasons.is_empty();
+            if ready {
+                tracing::info!(region = %region.name, "ready again");
+                health.set_service_status("", ServingStatus::Serving).await;
+            } else {
+                tracing::warn!(region = %region.name, ?reasons, "not ready");
+                health.set_service_status("", ServingStatus::NotServing).await;
+            }
+        }
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(PROBE_EVERY) => {}
+        }
+    }
+}
+
 /// Serves gRPC (health, reflection v1 and v1alpha, admin and each
 /// service's own) and HTTP, starts each service's tasks and follows the log
 /// into the summary, until `shutdown` resolves.
@@ -88,6 +120,7 @@ pub async fn serve(
         axum::serve(listeners.http, crate::http::router(region.clone())).with_graceful_shutdown(wait(stopped.clone()));
     let grpc = tokio::spawn(grpc);
     let http = tokio::spawn(async move { http.await });
+    let readiness = tokio::spawn(readiness(region.clone(), health.clone(), wait(stopped.clone())));
     let mut taken = ServiceListeners { dicom: listeners.dicom };
     let mut tasks = Vec::new();
     for service in region.services() {
@@ -129,6 +162,7 @@ pub async fn serve(
     };
     // The tasks finish the step they are on, within the same bound.
     drain(follower, deadline, &name, "log follower").await;
+    drain(readiness, deadline, &name, "readiness").await;
     for task in tasks {
         drain(task.handle, deadline, &name, task.what).await;
     }

@@ -219,6 +219,8 @@ pub mod durability {
 
 /// DICOM files made with dcmtk's `dump2dcm`, for tests that send real
 /// studies with real peers.
+pub mod processes;
+
 pub mod dicom {
     use std::path::{Path, PathBuf};
     use std::process::Command;

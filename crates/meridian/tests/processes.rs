@@ -8,283 +8,32 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use meridian_integration_tests::dicom::{CtInstance, acknowledged, storescu, write_ct};
+use meridian_integration_tests::dicom::{acknowledged, storescu};
+use meridian_integration_tests::processes::{
+    BUCKET, Cluster, complete, found, get, health, of_type, ready, study_files, wait_until,
+};
 use meridian_integration_tests::{Moto, Tansu};
-use serde_json::Value;
 
 const MERIDIAN: &str = env!("CARGO_BIN_EXE_meridian");
-const BUCKET: &str = "meridian-us-east-phi";
-const KEK: &str = "6b656b2d666f722d7468652d70726f636573732d746573742d6f6e6c792d2121";
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples/dev")
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        let target = to.join(path.file_name().unwrap());
-        if path.is_dir() {
-            copy_dir(&path, &target);
-        } else {
-            std::fs::copy(&path, &target).unwrap();
-        }
-    }
-}
-
-/// The example configuration with us-east on the broker and the bucket,
-/// and one reader on shift around the clock so that push assignment does
-/// not depend on the hour the test runs.
-fn configure(dir: &Path, tansu: &Tansu, moto: &Moto) {
-    copy_dir(&repo().join("deploy/examples/dev"), dir);
-    let region = dir.join("regions/us-east.toml");
-    let text = std::fs::read_to_string(&region).unwrap().replace(
-        "[objects]\nkind = \"local\"",
-        &format!(
-            "[objects]\nkind = \"s3\"\nbucket = \"{BUCKET}\"\nregion = \"us-east-1\"\nendpoint = \"{}\"\n\
-             allow_http = true\naccess_key_id_env = \"MERIDIAN_TEST_S3_KEY\"\n\
-             secret_access_key_env = \"MERIDIAN_TEST_S3_SECRET\"\n\n\
-             [log]\nkind = \"kafka\"\nbootstrap_servers = \"{}\"\npartitions = 2\nreplication_factor = 1\n\n\
-             [keys]\nkey_encryption_key = {{ env = \"MERIDIAN_TEST_KEK\" }}\n",
-            moto.endpoint(),
-            tansu.bootstrap()
-        ),
-    );
-    assert!(text.contains("kind = \"kafka\""), "the example's [objects] moved: update this test");
-    std::fs::write(&region, text).unwrap();
-    let group = dir.join("groups/atlantic-rads.toml");
-    let text = std::fs::read_to_string(&group).unwrap().replacen(
-        r#"shifts = [{ days = ["mon", "tue", "wed", "thu", "fri"], start = "08:00", end = "17:00" }]"#,
-        r#"shifts = [{ days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], start = "06:00", end = "05:59" }]"#,
-        1,
-    );
-    std::fs::write(&group, text).unwrap();
-    let check = Command::new(MERIDIAN).args(["config", "check"]).arg(dir).output().unwrap();
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
-}
-
-/// Tenant id secrets and a token key pair in `secrets`; a token for each
-/// named principal.
-fn secrets(config: &Path, secrets: &Path) -> BTreeMap<String, String> {
-    use meridian_auth::{Principal, TokenSigner};
-    std::fs::create_dir_all(secrets).unwrap();
-    for tenant in ["acme", "northwind"] {
-        std::fs::write(secrets.join(format!("{tenant}.id-secret")), format!("{tenant}-").repeat(8)).unwrap();
-    }
-    let (private, public) = meridian_auth::token::generate_ed25519().unwrap();
-    std::fs::write(secrets.join("jwt-dev-1.pub.pem"), public).unwrap();
-    let platform = meridian_config::Platform::load(config).unwrap();
-    let signer = TokenSigner::new("dev-1", private.as_bytes(), &platform.auth.issuer, &platform.auth.audience).unwrap();
-    #[allow(clippy::disallowed_methods)] // tokens are checked against the real clock
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    platform
-        .auth
-        .principals
-        .iter()
-        .map(|p| (p.name.clone(), signer.mint(&Principal::from(p), now, 3_600).unwrap()))
-        .collect()
-}
-
-/// One `meridian serve` child.
-struct Service {
-    name: String,
-    child: Child,
-    endpoints: Value,
-    log: PathBuf,
-}
-
-struct Cluster {
-    config: PathBuf,
-    work: PathBuf,
-    env: Vec<(String, String)>,
-}
-
-impl Cluster {
-    /// Starts `service` (as replica `instance` where given) and waits for
-    /// its endpoints file.
-    fn start(&self, service: &str, instance: Option<u32>) -> Service {
-        let name = instance.map_or(service.to_owned(), |i| format!("{service}-{i}"));
-        let data = self.work.join(&name);
-        let endpoints = self.work.join(format!("{name}.endpoints.json"));
-        let _ = std::fs::remove_file(&endpoints);
-        let log = self.work.join(format!("{name}.log"));
-        let mut command = Command::new(MERIDIAN);
-        command
-            .args(["serve", service, "--region", "us-east", "--config"])
-            .arg(&self.config)
-            .arg("--data-dir")
-            .arg(&data)
-            .arg("--secrets")
-            .arg(self.work.join("secrets"))
-            .args(["--grpc-port", "0", "--http-port", "0", "--dicom-port", "0", "--endpoints"])
-            .arg(&endpoints)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap());
-        if let Some(i) = instance {
-            command.args(["--instance", &i.to_string()]);
-        }
-        let mut child = command.spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while !endpoints.exists() {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("{name} exited {status}: {}", std::fs::read_to_string(&log).unwrap_or_default());
-            }
-            assert!(Instant::now() < deadline, "{name} up within 90 s: {}", std::fs::read_to_string(&log).unwrap());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let endpoints: Value = serde_json::from_slice(&std::fs::read(&endpoints).unwrap()).unwrap();
-        Service { name, child, endpoints: endpoints["regions"]["us-east"].clone(), log }
-    }
-}
-
-impl Service {
-    fn grpc(&self) -> String {
-        self.endpoints["grpc"].as_str().unwrap().to_owned()
-    }
-
-    fn http(&self) -> String {
-        self.endpoints["http"].as_str().unwrap().trim_start_matches("http://").to_owned()
-    }
-
-    fn dicom_port(&self) -> u16 {
-        self.endpoints["dicom"]["port"].as_u64().unwrap() as u16
-    }
-
-    fn kill(mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- {} ---\n{}", self.name, std::fs::read_to_string(&self.log).unwrap_or_default());
-        }
-    }
-}
-
-fn get(addr: &str, path: &str, token: &str) -> (u16, Value) {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nAccept: application/json\r\n\
-             Connection: close\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.unwrap();
-        let raw = String::from_utf8_lossy(&raw).into_owned();
-        let status = raw.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or_default();
-        // Chunked bodies: take the JSON between the first chunk size and the end.
-        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-            body.split_once("\r\n").map(|(_, b)| b.rsplit_once("\r\n0\r\n").map_or(b, |(b, _)| b)).unwrap_or_default()
-        } else {
-            body
-        };
-        (status, serde_json::from_str(body.trim()).unwrap_or(Value::Null))
-    })
-}
-
-/// The SOP Instance UIDs storage's QIDO-RS finds for acme.
-fn found(storage: &Service, token: &str) -> Vec<String> {
-    let (status, body) = get(&storage.http(), "/dicomweb/instances?limit=1000", token);
-    assert_eq!(status, 200, "{body}");
-    let uids = body.as_array().unwrap().iter().filter_map(|i| i["00080018"]["Value"][0].as_str());
-    let mut uids: Vec<String> = uids.map(str::to_owned).collect();
-    uids.sort();
-    uids
-}
-
-/// Routing's events, read back through a process's admin API with the
-/// CLI's `--endpoint`.
-fn routing_events(process: &Service, token: &str) -> Vec<Value> {
-    let out = Command::new(MERIDIAN)
-        .args(["log", "tail", "--json", "--stream", "routing", "--region", "us-east", "--endpoint"])
-        .arg(process.grpc())
-        .args(["--token", token])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
-}
-
-fn of_type<'a>(events: &'a [Value], short: &str) -> Vec<&'a Value> {
-    let full = format!("meridian.events.v1.{short}");
-    events.iter().filter(|e| e["payload_type"] == full.as_str()).collect()
-}
-
-fn wait_until<T>(what: &str, seconds: u64, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    loop {
-        if let Some(t) = probe() {
-            return t;
-        }
-        assert!(Instant::now() < deadline, "{what} within {seconds} s");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-fn complete(ingest: &Service, token: &str, study_uid: &str) {
-    use meridian_proto::ingest::v1 as pb;
-    use meridian_proto::ingest::v1::ingest_service_client::IngestServiceClient;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async {
-        let mut client = IngestServiceClient::connect(format!("http://{}", ingest.grpc())).await.unwrap();
-        let mut request = tonic::Request::new(pb::CompleteStudyRequest {
-            study: Some(pb::complete_study_request::Study::StudyInstanceUid(study_uid.to_owned())),
-        });
-        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-        client.complete_study(request).await.unwrap();
-    });
-}
-
-fn study_files(dir: &Path, study: &str, n: usize) -> Vec<PathBuf> {
-    (1..=n)
-        .map(|i| {
-            write_ct(
-                dir,
-                &CtInstance {
-                    study_uid: study,
-                    series_uid: &format!("{study}.1"),
-                    sop_uid: &format!("{study}.1.{i}"),
-                    patient_id: "MRN-PROC",
-                    priority: "STAT",
-                    pixels: [i as u16, 2, 3, 4],
-                },
-            )
-        })
-        .collect()
+fn routing_events(process: &meridian_integration_tests::processes::Service, token: &str) -> Vec<serde_json::Value> {
+    meridian_integration_tests::processes::routing_events(Path::new(MERIDIAN), process, token)
 }
 
 #[test]
 fn services_as_processes_on_kafka_lose_nothing_acknowledged_when_killed_mid_flow() {
     let (tansu, moto) = (Tansu::start(), Moto::start(BUCKET));
     let work = tempfile::TempDir::new().unwrap();
-    let config = work.path().join("config");
-    configure(&config, &tansu, &moto);
-    let tokens = secrets(&config, &work.path().join("secrets"));
-    let env = [("MERIDIAN_TEST_S3_KEY", "testing"), ("MERIDIAN_TEST_S3_SECRET", "testing"), ("MERIDIAN_TEST_KEK", KEK)];
-    let cluster = Cluster {
-        config: config.clone(),
-        work: work.path().to_owned(),
-        env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-    };
+    let (cluster, tokens) = Cluster::new(Path::new(MERIDIAN), &examples(), work.path(), &tansu, Some(&moto));
+    let config = cluster.config.clone();
 
     // Bad input first: an embedded region is refused, naming the file.
     let embedded = Command::new(MERIDIAN)
@@ -405,25 +154,6 @@ fn services_as_processes_on_kafka_lose_nothing_acknowledged_when_killed_mid_flow
     }
 }
 
-/// gRPC health of a process: SERVING or NOT_SERVING.
-fn health(process: &Service) -> i32 {
-    use tonic_health::pb::HealthCheckRequest;
-    use tonic_health::pb::health_client::HealthClient;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async {
-        let channel =
-            tonic::transport::Channel::from_shared(format!("http://{}", process.grpc())).unwrap().connect().await;
-        let mut client = HealthClient::new(channel.unwrap());
-        client.check(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner().status
-    })
-}
-
-/// `/readyz`: (ready, the reasons it gives when not).
-fn ready(process: &Service) -> (bool, String) {
-    let (status, body) = get(&process.http(), "/readyz", "");
-    (status == 200, body["reasons"].to_string())
-}
-
 #[test]
 fn a_process_is_not_ready_while_its_broker_or_bucket_is_away_and_recovers_by_itself() {
     use tonic_health::ServingStatus;
@@ -431,15 +161,7 @@ fn a_process_is_not_ready_while_its_broker_or_bucket_is_away_and_recovers_by_its
     let mut tansu = Tansu::on_s3(&brokers_bucket, "tansu");
     let mut moto = Moto::start(BUCKET);
     let work = tempfile::TempDir::new().unwrap();
-    let config = work.path().join("config");
-    configure(&config, &tansu, &moto);
-    let tokens = secrets(&config, &work.path().join("secrets"));
-    let env = [("MERIDIAN_TEST_S3_KEY", "testing"), ("MERIDIAN_TEST_S3_SECRET", "testing"), ("MERIDIAN_TEST_KEK", KEK)];
-    let cluster = Cluster {
-        config: config.clone(),
-        work: work.path().to_owned(),
-        env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-    };
+    let (cluster, tokens) = Cluster::new(Path::new(MERIDIAN), &examples(), work.path(), &tansu, Some(&moto));
     let routing = cluster.start("routing", None);
     let ingest = cluster.start("ingest", None);
     wait_until("ready at start", 30, || ready(&ingest).0.then_some(()));

@@ -23,6 +23,12 @@ impl Stopping {
         let _ = self.0.wait_for(|stop| *stop).await;
     }
 
+    /// Whether the stop has come (for loops that must not be cancelled
+    /// mid-step, and check between steps instead).
+    pub fn is_stopping(&self) -> bool {
+        *self.0.borrow()
+    }
+
     /// A stop that never comes, for tests that drive a task by hand.
     pub fn never() -> (watch::Sender<bool>, Stopping) {
         let (tx, rx) = watch::channel(false);

@@ -17,9 +17,13 @@ use crate::adapters::grpc::RoutingGrpc;
 use crate::app::{Cause, Routing};
 use crate::domain::worklist::Command;
 
-/// How often routing takes in completed studies and runs its timers
-/// (escalations, SLA breaches) and push assignment.
+/// How often routing runs its timers (escalations, SLA breaches) and push
+/// assignment (readers come on shift, capacity frees up).
 const ROUTING_TICK: Duration = Duration::from_secs(5);
+
+/// How long one intake pass waits for the next input before it returns
+/// (and is started again): bounds how late a stop is seen.
+const INTAKE_WAIT: Duration = Duration::from_millis(250);
 
 pub struct RoutingService {
     context: Arc<RegionContext>,
@@ -75,6 +79,18 @@ impl RoutingService {
     }
 }
 
+impl RoutingService {
+    /// Offers pending studies to readers (push contracts).
+    async fn assign_pending(&self) {
+        #[allow(clippy::disallowed_methods)] // the edge: push assignment's clock
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let now = UnixMicros(now.as_micros() as i64);
+        if let Err(e) = self.routing.execute(Command::AssignPending, now, Cause::Timer).await {
+            tracing::warn!(region = %self.context.name, error = %e, "push assignment");
+        }
+    }
+}
+
 impl RegionService for RoutingService {
     fn name(&self) -> &'static str {
         "routing"
@@ -95,24 +111,38 @@ impl RegionService for RoutingService {
     }
 
     fn start(self: Arc<Self>, _: &mut ServiceListeners, stopping: Stopping) -> Vec<Task> {
+        // Completed studies are taken in as they arrive (one long-lived
+        // reader waits on ingest's topic), and pushed to a reader at once.
+        // Never cancelled mid-step (a step is a commit and its fold): the
+        // pass ends within INTAKE_WAIT once the stop is asked.
+        let intake = {
+            let (service, stopping) = (self.clone(), stopping.clone());
+            async move {
+                while !stopping.is_stopping() {
+                    match service.routing.intake(INTAKE_WAIT).await {
+                        Ok(0) => {}
+                        Ok(_) => service.assign_pending().await,
+                        Err(e) => {
+                            tracing::warn!(region = %service.context.name, error = %e, "routing intake");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+            }
+        };
         // Timer events carry ids derived from (study, timer, deadline), so
         // a tick repeated after a restart appends nothing twice.
         let timers = every(ROUTING_TICK, stopping.wait(), move |now| {
             let service = self.clone();
             async move {
-                // Completed studies first, so they are assigned on this tick.
-                if let Err(e) = service.routing.intake(Duration::from_millis(20)).await {
-                    tracing::warn!(region = %service.context.name, error = %e, "routing intake");
+                if let Err(e) = service.routing.execute(Command::Tick, now, Cause::Timer).await {
+                    tracing::warn!(region = %service.context.name, error = %e, "routing timers");
                 }
-                for command in [Command::Tick, Command::AssignPending] {
-                    if let Err(e) = service.routing.execute(command, now, Cause::Timer).await {
-                        tracing::warn!(region = %service.context.name, error = %e, "routing timers");
-                    }
-                }
+                service.assign_pending().await;
                 service.save_snapshots(false).await;
             }
         });
-        vec![Task::spawn("routing ticks", timers)]
+        vec![Task::spawn("routing intake", intake), Task::spawn("routing ticks", timers)]
     }
 
     fn stop(&self) {

@@ -133,6 +133,11 @@ impl Cluster {
     /// Starts `service` (as replica `instance` where given) and waits for
     /// its endpoints file.
     pub fn start(&self, service: &str, instance: Option<u32>) -> Service {
+        self.start_armed(service, instance, "")
+    }
+
+    /// The same, with `MERIDIAN_FAILPOINTS` set to `failpoints`.
+    pub fn start_armed(&self, service: &str, instance: Option<u32>, failpoints: &str) -> Service {
         let name = instance.map_or(service.to_owned(), |i| format!("{service}-{i}"));
         let data = self.work.join(&name);
         let endpoints = self.work.join(format!("{name}.endpoints.json"));
@@ -150,6 +155,7 @@ impl Cluster {
             .arg(&endpoints)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
+            .env("MERIDIAN_FAILPOINTS", failpoints)
             .stdout(Stdio::null())
             .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap());
         if let Some(i) = instance {

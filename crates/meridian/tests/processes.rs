@@ -59,7 +59,10 @@ fn services_as_processes_on_kafka_lose_nothing_acknowledged_when_killed_mid_flow
     let said = String::from_utf8_lossy(&no_kek.stderr);
     assert!(!no_kek.status.success() && said.contains("keys.key_encryption_key"), "{said}");
 
-    let routing = cluster.start("routing", None);
+    // Routing's first commit registers the configured readers; its second
+    // is the intake of the first completed study: it dies there, having
+    // read the input and committed nothing.
+    let mut routing = cluster.start_armed("routing", None, "log.before_commit=abort@2");
     let storage = cluster.start("storage", None);
     let ingest = cluster.start("ingest", Some(0));
     let (pacs, sre) = (&tokens["acme-pacs"], &tokens["sre"]);
@@ -72,7 +75,10 @@ fn services_as_processes_on_kafka_lose_nothing_acknowledged_when_killed_mid_flow
     assert!(ok, "{said}");
     wait_until("storage's QIDO-RS finds the three instances", 60, || (found(&storage, pacs).len() == 3).then_some(()));
     complete(&ingest, pacs, first);
-    let events = wait_until("routing queues and assigns the study", 60, || {
+    let died = wait_until("routing dies at its intake commit", 60, || routing.child.try_wait().unwrap());
+    assert!(!died.success(), "{died}");
+    let routing = cluster.start("routing", None);
+    let events = wait_until("routing, restarted, queues and assigns the study", 60, || {
         let events = routing_events(&storage, sre);
         (of_type(&events, "StudyQueued").len() == 1 && of_type(&events, "StudyAssigned").len() == 1).then_some(events)
     });

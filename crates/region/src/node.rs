@@ -127,6 +127,7 @@ impl RegionContext {
                 let process = if process.is_empty() { "dev".to_owned() } else { process };
                 let mut kafka = KafkaConfig::new(bootstrap_servers.clone(), format!("meridian-{name}-{process}"));
                 kafka.replication_factor = *replication_factor;
+                kafka.failpoints = failpoints.clone();
                 // Secrets come from the environment variables the
                 // configuration names (the edge of the process reads them).
                 kafka.extra = log_config.kafka_client(|variable| std::env::var(variable).ok()).map_err(config_err)?;

@@ -1,6 +1,6 @@
-//! `meridian serve` processes for tests and benches: one region (us-east)
-//! of the example configuration on a tansu broker and a moto bucket, each
-//! service its own child process on free ports, found through the
+//! `meridian serve` processes for tests and benches: regions of the
+//! example configuration on a tansu broker and moto buckets, each service
+//! of a region its own child process on free ports, found through the
 //! endpoints file it writes once it is up.
 
 use std::collections::BTreeMap;
@@ -13,7 +13,6 @@ use serde_json::Value;
 use crate::dicom::{CtInstance, write_ct};
 use crate::{Moto, Tansu};
 
-pub const BUCKET: &str = "meridian-us-east-phi";
 pub const KEK: &str = "6b656b2d666f722d7468652d70726f636573732d746573742d6f6e6c792d2121";
 
 pub fn copy_dir(from: &Path, to: &Path) {
@@ -29,35 +28,58 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// The example configuration with us-east on the broker and the bucket,
-/// and one reader on shift around the clock so that push assignment does
-/// not depend on the hour the test runs.
+/// The bucket of `region`'s objects on moto.
+pub fn bucket(region: &str) -> String {
+    format!("meridian-{region}-objects")
+}
+
+/// The regions [`configure`] puts on the broker.
+pub const ON_KAFKA: [&str; 2] = ["us-east", "eu-west"];
+
+/// The example configuration with us-east and eu-west on the broker and
+/// each region's objects in its own bucket on `moto` (in-south keeps the
+/// embedded log: it only receives de-identified derivatives here), and one
+/// reader on shift around the clock so that push assignment does not depend
+/// on the hour the test runs.
 ///
-/// Without `moto` the region keeps `[objects] kind = "local"`: each process
+/// Without `moto` the regions keep `[objects] kind = "local"`: each process
 /// then has its own objects and data keys, which only a process that works
 /// alone (ingest, for a throughput figure) can use.
 pub fn configure(meridian: &Path, examples: &Path, dir: &Path, tansu: &Tansu, moto: Option<&Moto>) {
     copy_dir(examples, dir);
-    let region = dir.join("regions/us-east.toml");
-    let objects = match moto {
-        Some(moto) => format!(
-            "[objects]\nkind = \"s3\"\nbucket = \"{BUCKET}\"\nregion = \"us-east-1\"\nendpoint = \"{}\"\n\
-             allow_http = true\naccess_key_id_env = \"MERIDIAN_TEST_S3_KEY\"\n\
-             secret_access_key_env = \"MERIDIAN_TEST_S3_SECRET\"\n",
-            moto.endpoint()
-        ),
-        None => "[objects]\nkind = \"local\"\n".to_owned(),
-    };
-    let text = std::fs::read_to_string(&region).unwrap().replace(
-        "[objects]\nkind = \"local\"",
-        &format!(
-            "{objects}\n[log]\nkind = \"kafka\"\nbootstrap_servers = \"{}\"\npartitions = 2\nreplication_factor = 1\n\n\
-             [keys]\nkey_encryption_key = {{ env = \"MERIDIAN_TEST_KEK\" }}\n",
-            tansu.bootstrap()
-        ),
-    );
-    assert!(text.contains("kind = \"kafka\""), "the example's [objects] moved: update this test");
-    std::fs::write(&region, text).unwrap();
+    for region in ["us-east", "eu-west", "in-south"] {
+        let objects = match moto {
+            Some(moto) => {
+                let (status, body) = moto.request("PUT", &format!("/{}", bucket(region)));
+                assert!(status == 200, "creating bucket {}: {status} {body}", bucket(region));
+                format!(
+                    "[objects]\nkind = \"s3\"\nbucket = \"{}\"\nregion = \"us-east-1\"\nendpoint = \"{}\"\n\
+                     allow_http = true\naccess_key_id_env = \"MERIDIAN_TEST_S3_KEY\"\n\
+                     secret_access_key_env = \"MERIDIAN_TEST_S3_SECRET\"\n",
+                    bucket(region),
+                    moto.endpoint()
+                )
+            }
+            None => "[objects]\nkind = \"local\"\n".to_owned(),
+        };
+        let log = if ON_KAFKA.contains(&region) {
+            format!(
+                "\n[log]\nkind = \"kafka\"\nbootstrap_servers = \"{}\"\npartitions = 2\nreplication_factor = 1\n\n\
+                 [keys]\nkey_encryption_key = {{ env = \"MERIDIAN_TEST_KEK\" }}\n",
+                tansu.bootstrap()
+            )
+        } else {
+            String::new()
+        };
+        let path = dir.join(format!("regions/{region}.toml"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = if text.contains("[objects]\nkind = \"local\"") {
+            text.replace("[objects]\nkind = \"local\"", &format!("{objects}{log}"))
+        } else {
+            format!("{text}\n{objects}{log}")
+        };
+        std::fs::write(&path, text).unwrap();
+    }
     let group = dir.join("groups/atlantic-rads.toml");
     let text = std::fs::read_to_string(&group).unwrap().replacen(
         r#"shifts = [{ days = ["mon", "tue", "wed", "thu", "fri"], start = "08:00", end = "17:00" }]"#,
@@ -111,8 +133,7 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// The example configuration's us-east on `tansu` and `moto` (see
-    /// [`configure`]) in `work/config`, its secrets in `work/secrets`; a
+    /// The example configuration on `tansu` and `moto` (see [`configure`]) in `work/config`, its secrets in `work/secrets`; a
     /// token for each principal.
     pub fn new(
         meridian: &Path,
@@ -130,22 +151,28 @@ impl Cluster {
         (Cluster { meridian: meridian.to_owned(), config, work: work.to_owned(), env }, tokens)
     }
 
-    /// Starts `service` (as replica `instance` where given) and waits for
-    /// its endpoints file.
+    /// Starts us-east's `service` (as replica `instance` where given) and
+    /// waits for its endpoints file.
     pub fn start(&self, service: &str, instance: Option<u32>) -> Service {
-        self.start_armed(service, instance, "")
+        self.start_in("us-east", service, instance, "")
     }
 
     /// The same, with `MERIDIAN_FAILPOINTS` set to `failpoints`.
     pub fn start_armed(&self, service: &str, instance: Option<u32>, failpoints: &str) -> Service {
+        self.start_in("us-east", service, instance, failpoints)
+    }
+
+    /// `region`'s `service`, with `failpoints` armed.
+    pub fn start_in(&self, region: &str, service: &str, instance: Option<u32>, failpoints: &str) -> Service {
         let name = instance.map_or(service.to_owned(), |i| format!("{service}-{i}"));
+        let name = if region == "us-east" { name } else { format!("{region}-{name}") };
         let data = self.work.join(&name);
         let endpoints = self.work.join(format!("{name}.endpoints.json"));
         let _ = std::fs::remove_file(&endpoints);
         let log = self.work.join(format!("{name}.log"));
         let mut command = Command::new(&self.meridian);
         command
-            .args(["serve", service, "--region", "us-east", "--config"])
+            .args(["serve", service, "--region", region, "--config"])
             .arg(&self.config)
             .arg("--data-dir")
             .arg(&data)
@@ -171,7 +198,7 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(100));
         }
         let endpoints: Value = serde_json::from_slice(&std::fs::read(&endpoints).unwrap()).unwrap();
-        Service { name, child, endpoints: endpoints["regions"]["us-east"].clone(), log }
+        Service { name, child, endpoints: endpoints["regions"][region].clone(), log }
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use meridian_integration_tests::dicom::{acknowledged, storescu};
 use meridian_integration_tests::processes::{
-    BUCKET, Cluster, complete, found, get, health, of_type, ready, study_files, wait_until,
+    Cluster, bucket, complete, found, get, health, of_type, ready, study_files, wait_until,
 };
 use meridian_integration_tests::{Moto, Tansu};
 
@@ -30,14 +30,14 @@ fn routing_events(process: &meridian_integration_tests::processes::Service, toke
 
 #[test]
 fn services_as_processes_on_kafka_lose_nothing_acknowledged_when_killed_mid_flow() {
-    let (tansu, moto) = (Tansu::start(), Moto::start(BUCKET));
+    let (tansu, moto) = (Tansu::start(), Moto::start("unused"));
     let work = tempfile::TempDir::new().unwrap();
     let (cluster, tokens) = Cluster::new(Path::new(MERIDIAN), &examples(), work.path(), &tansu, Some(&moto));
     let config = cluster.config.clone();
 
     // Bad input first: an embedded region is refused, naming the file.
     let embedded = Command::new(MERIDIAN)
-        .args(["serve", "routing", "--region", "eu-west", "--config"])
+        .args(["serve", "routing", "--region", "in-south", "--config"])
         .arg(&config)
         .arg("--data-dir")
         .arg(work.path().join("refused"))
@@ -45,7 +45,7 @@ fn services_as_processes_on_kafka_lose_nothing_acknowledged_when_killed_mid_flow
         .unwrap();
     assert_eq!(embedded.status.code(), Some(64));
     let said = String::from_utf8_lossy(&embedded.stderr);
-    assert!(said.contains("regions/eu-west.toml") && said.contains("kind = \"kafka\""), "{said}");
+    assert!(said.contains("regions/in-south.toml") && said.contains("kind = \"kafka\""), "{said}");
     // A missing key-encryption key exits 64 naming the field.
     let no_kek = Command::new(MERIDIAN)
         .args(["serve", "routing", "--region", "us-east", "--config"])
@@ -165,7 +165,7 @@ fn a_process_is_not_ready_while_its_broker_or_bucket_is_away_and_recovers_by_its
     use tonic_health::ServingStatus;
     let brokers_bucket = Moto::start("unused");
     let mut tansu = Tansu::on_s3(&brokers_bucket, "tansu");
-    let mut moto = Moto::start(BUCKET);
+    let mut moto = Moto::start("unused");
     let work = tempfile::TempDir::new().unwrap();
     let (cluster, tokens) = Cluster::new(Path::new(MERIDIAN), &examples(), work.path(), &tansu, Some(&moto));
     let routing = cluster.start("routing", None);
@@ -181,7 +181,7 @@ fn a_process_is_not_ready_while_its_broker_or_bucket_is_away_and_recovers_by_its
     });
     assert!(said.contains("object store"), "{said}");
     assert_eq!(health(&ingest), ServingStatus::NotServing as i32);
-    moto.restart(BUCKET);
+    moto.restart(&bucket("us-east"));
     wait_until("ready again with the bucket back", 30, || ready(&ingest).0.then_some(()));
     assert_eq!(health(&ingest), ServingStatus::Serving as i32);
 
@@ -202,4 +202,68 @@ fn a_process_is_not_ready_while_its_broker_or_bucket_is_away_and_recovers_by_its
     assert!(ok, "stored after the broker's restart: {said}");
     let events = routing_events(&routing, &tokens["sre"]);
     assert_eq!(of_type(&events, "ReaderRegistered").len(), 5, "the broker kept what it held");
+}
+
+/// Keys under `prefix` in `bucket` on moto.
+fn keys_in(moto: &Moto, bucket: &str, prefix: &str) -> Vec<String> {
+    let (status, body) = moto.request("GET", &format!("/{bucket}?list-type=2&prefix={prefix}"));
+    assert_eq!(status, 200, "{body}");
+    body.split("<Key>").skip(1).filter_map(|k| k.split_once("</Key>")).map(|(k, _)| k.to_owned()).collect()
+}
+
+#[test]
+fn a_study_completed_in_one_process_is_derived_by_another_into_the_region_its_contract_allows() {
+    let (tansu, moto) = (Tansu::start(), Moto::start("unused"));
+    let work = tempfile::TempDir::new().unwrap();
+    let (cluster, tokens) = Cluster::new(Path::new(MERIDIAN), &examples(), work.path(), &tansu, Some(&moto));
+    // Northwind's home is eu-west; its contract gives Lotus's readers
+    // de-identified images in in-south.
+    let ingest = cluster.start_in("eu-west", "ingest", None, "");
+    let storage = cluster.start_in("eu-west", "storage", None, "");
+    let files = tempfile::TempDir::new().unwrap();
+    let study = "1.2.826.0.1.3680043.10.543.501";
+    let sent: Vec<PathBuf> = (1..=2)
+        .map(|i| {
+            meridian_integration_tests::dicom::write_ct(
+                files.path(),
+                &meridian_integration_tests::dicom::CtInstance {
+                    study_uid: study,
+                    series_uid: &format!("{study}.1"),
+                    sop_uid: &format!("{study}.1.{i}"),
+                    patient_id: "NW-MRN-7",
+                    priority: "",
+                    pixels: [i, 2, 3, 4],
+                },
+            )
+        })
+        .collect();
+    // Only images that say no identity is burned into their pixels are
+    // released de-identified.
+    for file in &sent {
+        let modified = Command::new("dcmodify").args(["-nb", "-i", "(0028,0301)=NO"]).arg(file).output().unwrap();
+        assert!(modified.status.success(), "{}", String::from_utf8_lossy(&modified.stderr));
+    }
+    let (ok, said) = storescu(ingest.dicom_port(), "NW_DUB_CT", "MERIDIAN_NW", &sent);
+    assert!(ok, "{said}");
+    complete(&ingest, &tokens["northwind-pacs"], study);
+    let derived = wait_until("both instances derived into in-south's bucket", 60, || {
+        let keys = keys_in(&moto, &bucket("in-south"), "deid/");
+        (keys.len() == 2).then_some(keys)
+    });
+    assert!(derived.iter().all(|k| !k.contains(study)), "derivative keys carry no DICOM UID: {derived:?}");
+    // Residency: the patient's images stay in eu-west's bucket; in-south
+    // holds only de-identified copies, us-east nothing.
+    assert_eq!(keys_in(&moto, &bucket("eu-west"), "phi/").len(), 2);
+    assert!(keys_in(&moto, &bucket("in-south"), "phi/").is_empty());
+    assert!(keys_in(&moto, &bucket("us-east"), "").is_empty());
+    let out = Command::new(MERIDIAN)
+        .args(["log", "tail", "--json", "--stream", "storage", "--region", "eu-west", "--endpoint"])
+        .arg(storage.grpc())
+        .args(["--token", &tokens["sre"]])
+        .output()
+        .unwrap();
+    let events: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let created = of_type(&events, "DerivativeCreated");
+    assert_eq!(created.len(), 1, "one DerivativeCreated for the study's derivative: {events:?}");
 }

@@ -186,7 +186,7 @@ async fn main() -> anyhow::Result<()> {
 
     // The split: routing, storage and ingest on tansu and a moto bucket.
     let tansu = Tansu::start();
-    let moto = Moto::start(meridian_integration_tests::processes::BUCKET);
+    let moto = Moto::start("unused");
     let dir = work.path().join("split");
     let (cluster, tokens) = Cluster::new(&meridian, &examples, &dir, &tansu, Some(&moto));
     let mut services = BTreeMap::new();

@@ -97,7 +97,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     let secrets = args.secrets.clone().unwrap_or_else(|| args.data_dir.join("secrets"));
-    let verifier = Arc::new(verifier(&platform, &secrets)?);
+    // A secret that is not where the configuration says is the operator's
+    // to fix: EX_USAGE, naming the file or variable.
+    let verifier = match verifier(&platform, &secrets) {
+        Ok(v) => Arc::new(v),
+        Err(e) => return refuse(format!("{e:#}")),
+    };
     let failpoints =
         meridian_log::failpoint::FailPoints::from_spec(&std::env::var("MERIDIAN_FAILPOINTS").unwrap_or_default())
             .map_err(anyhow::Error::msg)?;
@@ -105,12 +110,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Some(i) => format!("{}-{i}", service.as_str()),
         None => service.as_str().to_owned(),
     };
-    let options = meridian_region::RegionOptions {
-        secrets: tenant_secrets(&platform, &secrets, region)?,
-        failpoints,
-        key_encryption_key: key_encryption_key(&platform, &secrets, region)?,
-        process,
-    };
+    let (tenant_secrets, kek) =
+        match (tenant_secrets(&platform, &secrets, region), key_encryption_key(&platform, &secrets, region)) {
+            (Ok(t), Ok(k)) => (t, k),
+            (Err(e), _) | (_, Err(e)) => return refuse(format!("{e:#}")),
+        };
+    let options =
+        meridian_region::RegionOptions { secrets: tenant_secrets, failpoints, key_encryption_key: kek, process };
     let bind = |port: u16, what: &'static str| {
         let addr = SocketAddr::new(args.listen, port);
         async move { TcpListener::bind(addr).await.with_context(|| format!("binding the {what} port {addr}")) }
@@ -124,9 +130,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     #[allow(clippy::disallowed_methods)] // the edge: the start time stamps reader registrations
     let now = UnixMicros(SystemTime::now().duration_since(UNIX_EPOCH)?.as_micros() as i64);
     let dir = args.data_dir.join(region);
-    let context = RegionContext::open(region, &dir, platform.clone(), verifier, options)
-        .await
-        .with_context(|| format!("opening region {region}"))?;
+    let context = match RegionContext::open(region, &dir, platform.clone(), verifier, options).await {
+        Ok(context) => context,
+        // A setting or variable the region needs: the operator's to fix.
+        Err(e @ meridian_region::RegionError::Config { .. }) => return refuse(e),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("opening region {region}"))),
+    };
     let opened = crate::compose::open(Arc::new(context), &[service], now).await?;
 
     let mut endpoint = json!({

@@ -57,7 +57,22 @@ fn services_as_processes_on_kafka_lose_nothing_acknowledged_when_killed_mid_flow
         .output()
         .unwrap();
     let said = String::from_utf8_lossy(&no_kek.stderr);
-    assert!(!no_kek.status.success() && said.contains("keys.key_encryption_key"), "{said}");
+    assert_eq!(no_kek.status.code(), Some(64), "{said}");
+    assert!(said.contains("keys.key_encryption_key") && said.contains("MERIDIAN_TEST_KEK"), "{said}");
+    // So does a bucket whose credentials' variable is not set.
+    let no_bucket_key = Command::new(MERIDIAN)
+        .args(["serve", "storage", "--region", "us-east", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(work.path().join("refused"))
+        .arg("--secrets")
+        .arg(work.path().join("secrets"))
+        .env("MERIDIAN_TEST_KEK", meridian_integration_tests::processes::KEK)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&no_bucket_key.stderr);
+    assert_eq!(no_bucket_key.status.code(), Some(64), "{said}");
+    assert!(said.contains("MERIDIAN_TEST_S3_KEY"), "{said}");
 
     // Routing's first commit registers the configured readers; its second
     // is the intake of the first completed study: it dies there, having

@@ -118,7 +118,8 @@ pub struct Service {
     pub name: String,
     pub child: Child,
     pub endpoints: Value,
-    log: PathBuf,
+    /// Where its stderr (its tracing) goes.
+    pub log: PathBuf,
 }
 
 /// Where processes are started from: the `meridian` binary, the
@@ -162,8 +163,17 @@ impl Cluster {
         self.start_in("us-east", service, instance, failpoints)
     }
 
+    /// Replica `ordinal` of `replicas` of `region`'s `service`.
+    pub fn start_replica(&self, region: &str, service: &str, ordinal: u32, replicas: u32) -> Service {
+        self.spawn(region, service, Some(ordinal), replicas, "")
+    }
+
     /// `region`'s `service`, with `failpoints` armed.
     pub fn start_in(&self, region: &str, service: &str, instance: Option<u32>, failpoints: &str) -> Service {
+        self.spawn(region, service, instance, 1, failpoints)
+    }
+
+    fn spawn(&self, region: &str, service: &str, instance: Option<u32>, replicas: u32, failpoints: &str) -> Service {
         let name = instance.map_or(service.to_owned(), |i| format!("{service}-{i}"));
         let name = if region == "us-east" { name } else { format!("{region}-{name}") };
         let data = self.work.join(&name);
@@ -186,7 +196,7 @@ impl Cluster {
             .stdout(Stdio::null())
             .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap());
         if let Some(i) = instance {
-            command.args(["--instance", &i.to_string()]);
+            command.args(["--instance", &i.to_string(), "--replicas", &replicas.to_string()]);
         }
         let mut child = command.spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(90);

@@ -72,3 +72,56 @@ mod tests {
         }
     }
 }
+
+/// Which partitions one replica of a consumer owns: static ownership by
+/// ordinal (a StatefulSet's `-0`, `-1`, …), partition `p` to the replica
+/// `p mod replicas`. No group join (slow on some brokers, and a rebalance
+/// mid-step is one more failure mode); a stale owner during a rollout is
+/// fenced by its transactional id, which names its ordinal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ownership {
+    pub ordinal: u32,
+    pub replicas: u32,
+}
+
+impl Default for Ownership {
+    fn default() -> Self {
+        Ownership { ordinal: 0, replicas: 1 }
+    }
+}
+
+impl Ownership {
+    /// `ordinal` of `replicas`; an ordinal outside them is an error saying so.
+    pub fn new(ordinal: u32, replicas: u32) -> Result<Ownership, String> {
+        if replicas == 0 || ordinal >= replicas {
+            return Err(format!("replica {ordinal} of {replicas}: the ordinal must be below the number of replicas"));
+        }
+        Ok(Ownership { ordinal, replicas })
+    }
+
+    pub fn owns(&self, partition: u32) -> bool {
+        partition % self.replicas == self.ordinal
+    }
+
+    /// The positions among `from` this replica reads.
+    pub fn mine(&self, from: Vec<crate::Position>) -> Vec<crate::Position> {
+        from.into_iter().filter(|p| self.owns(p.partition)).collect()
+    }
+}
+
+#[cfg(test)]
+mod ownership_tests {
+    use super::Ownership;
+
+    #[test]
+    fn every_partition_has_exactly_one_owner() {
+        for replicas in 1..=5 {
+            for partition in 0..16 {
+                let owners = (0..replicas).filter(|&o| Ownership::new(o, replicas).unwrap().owns(partition)).count();
+                assert_eq!(owners, 1, "partition {partition} of {replicas} replicas");
+            }
+        }
+        assert!(Ownership::new(2, 2).unwrap_err().contains("below the number of replicas"));
+        assert!(Ownership::new(0, 0).is_err());
+    }
+}

@@ -256,6 +256,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             failpoints: failpoints.clone(),
             key_encryption_key: key_encryption_key(&platform, &secrets, name)?,
             process: "dev".into(),
+            ownership: Default::default(),
         };
         let context = RegionContext::open(name, &args.data_dir.join(name), platform.clone(), verifier.clone(), options)
             .await

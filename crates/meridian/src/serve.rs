@@ -57,6 +57,11 @@ pub struct ServeArgs {
     /// transactional id, so replicas never fence each other.
     #[arg(long)]
     instance: Option<u32>,
+    /// How many replicas of this service the region runs: replica `I`
+    /// owns the partitions p with p mod N = I of its partitioned consumers
+    /// (storage's derivatives). Ingest and routing run one per region.
+    #[arg(long, default_value_t = 1)]
+    replicas: u32,
     /// Write the bound addresses here once every listener is up.
     #[arg(long)]
     endpoints: Option<PathBuf>,
@@ -106,6 +111,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let failpoints =
         meridian_log::failpoint::FailPoints::from_spec(&std::env::var("MERIDIAN_FAILPOINTS").unwrap_or_default())
             .map_err(anyhow::Error::msg)?;
+    let ownership = match meridian_log::partitioner::Ownership::new(args.instance.unwrap_or(0), args.replicas) {
+        Ok(o) => o,
+        Err(e) => return refuse(format!("--instance and --replicas: {e}")),
+    };
+    if args.replicas > 1 && matches!(service, ServiceName::Ingest | ServiceName::Routing) {
+        return refuse(format!(
+            "--replicas {}: {} numbers its aggregates' versions from its own state, so a region runs one; \
+             a restarted one fences its predecessor",
+            args.replicas,
+            service.as_str()
+        ));
+    }
     let process = match args.instance {
         Some(i) => format!("{}-{i}", service.as_str()),
         None => service.as_str().to_owned(),
@@ -115,8 +132,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             (Ok(t), Ok(k)) => (t, k),
             (Err(e), _) | (_, Err(e)) => return refuse(format!("{e:#}")),
         };
-    let options =
-        meridian_region::RegionOptions { secrets: tenant_secrets, failpoints, key_encryption_key: kek, process };
+    let options = meridian_region::RegionOptions {
+        secrets: tenant_secrets,
+        failpoints,
+        key_encryption_key: kek,
+        process,
+        ownership,
+    };
     let bind = |port: u16, what: &'static str| {
         let addr = SocketAddr::new(args.listen, port);
         async move { TcpListener::bind(addr).await.with_context(|| format!("binding the {what} port {addr}")) }

@@ -227,58 +227,78 @@ fn keys_in(moto: &Moto, bucket: &str, prefix: &str) -> Vec<String> {
 }
 
 #[test]
-fn a_study_completed_in_one_process_is_derived_by_another_into_the_region_its_contract_allows() {
+fn studies_completed_in_one_process_are_derived_by_two_storage_replicas_each_once_into_the_allowed_region() {
+    use meridian_events::{StudyId, TenantSecret};
     let (tansu, moto) = (Tansu::start(), Moto::start("unused"));
     let work = tempfile::TempDir::new().unwrap();
     let (cluster, tokens) = Cluster::new(Path::new(MERIDIAN), &examples(), work.path(), &tansu, Some(&moto));
     // Northwind's home is eu-west; its contract gives Lotus's readers
-    // de-identified images in in-south.
+    // de-identified images in in-south. Two storage replicas share the
+    // derivations by partition of ingest's topic.
     let ingest = cluster.start_in("eu-west", "ingest", None, "");
-    let storage = cluster.start_in("eu-west", "storage", None, "");
-    let files = tempfile::TempDir::new().unwrap();
-    let study = "1.2.826.0.1.3680043.10.543.501";
-    let sent: Vec<PathBuf> = (1..=2)
-        .map(|i| {
-            meridian_integration_tests::dicom::write_ct(
-                files.path(),
-                &meridian_integration_tests::dicom::CtInstance {
-                    study_uid: study,
-                    series_uid: &format!("{study}.1"),
-                    sop_uid: &format!("{study}.1.{i}"),
-                    patient_id: "NW-MRN-7",
-                    priority: "",
-                    pixels: [i, 2, 3, 4],
-                },
-            )
-        })
-        .collect();
-    // Only images that say no identity is burned into their pixels are
-    // released de-identified.
-    for file in &sent {
-        let modified = Command::new("dcmodify").args(["-nb", "-i", "(0028,0301)=NO"]).arg(file).output().unwrap();
-        assert!(modified.status.success(), "{}", String::from_utf8_lossy(&modified.stderr));
+    let replicas =
+        [cluster.start_replica("eu-west", "storage", 0, 2), cluster.start_replica("eu-west", "storage", 1, 2)];
+    // Two studies on each of the topic's two partitions (records are keyed
+    // by the study's opaque id).
+    let secret = std::fs::read(work.path().join("secrets/northwind.id-secret")).unwrap();
+    let secret = TenantSecret::new(secret).unwrap();
+    let mut by_partition: [Vec<String>; 2] = Default::default();
+    for n in 0.. {
+        let uid = format!("1.2.826.0.1.3680043.10.543.5{n:02}");
+        let key = StudyId::derive(&secret, &uid).as_uuid().hyphenated().to_string();
+        let p = meridian_log::partitioner::partition_for(key.as_bytes(), 2) as usize;
+        if by_partition[p].len() < 2 {
+            by_partition[p].push(uid);
+        }
+        if by_partition.iter().all(|s| s.len() == 2) {
+            break;
+        }
     }
-    let (ok, said) = storescu(ingest.dicom_port(), "NW_DUB_CT", "MERIDIAN_NW", &sent);
-    assert!(ok, "{said}");
-    complete(&ingest, &tokens["northwind-pacs"], study);
-    let derived = wait_until("both instances derived into in-south's bucket", 60, || {
+    let files = tempfile::TempDir::new().unwrap();
+    for study in by_partition.iter().flatten() {
+        let file = meridian_integration_tests::dicom::write_ct(
+            files.path(),
+            &meridian_integration_tests::dicom::CtInstance {
+                study_uid: study,
+                series_uid: &format!("{study}.1"),
+                sop_uid: &format!("{study}.1.1"),
+                patient_id: "NW-MRN-7",
+                priority: "",
+                pixels: [1, 2, 3, 4],
+            },
+        );
+        // Only images that say no identity is burned into their pixels are
+        // released de-identified.
+        let modified = Command::new("dcmodify").args(["-nb", "-i", "(0028,0301)=NO"]).arg(&file).output().unwrap();
+        assert!(modified.status.success(), "{}", String::from_utf8_lossy(&modified.stderr));
+        let (ok, said) = storescu(ingest.dicom_port(), "NW_DUB_CT", "MERIDIAN_NW", &[file]);
+        assert!(ok, "{said}");
+        complete(&ingest, &tokens["northwind-pacs"], study);
+    }
+    let derived = wait_until("the four studies derived into in-south's bucket", 60, || {
         let keys = keys_in(&moto, &bucket("in-south"), "deid/");
-        (keys.len() == 2).then_some(keys)
+        (keys.len() == 4).then_some(keys)
     });
-    assert!(derived.iter().all(|k| !k.contains(study)), "derivative keys carry no DICOM UID: {derived:?}");
+    assert!(derived.iter().all(|k| !k.contains("1.2.826")), "derivative keys carry no DICOM UID: {derived:?}");
     // Residency: the patient's images stay in eu-west's bucket; in-south
     // holds only de-identified copies, us-east nothing.
-    assert_eq!(keys_in(&moto, &bucket("eu-west"), "phi/").len(), 2);
+    assert_eq!(keys_in(&moto, &bucket("eu-west"), "phi/").len(), 4);
     assert!(keys_in(&moto, &bucket("in-south"), "phi/").is_empty());
     assert!(keys_in(&moto, &bucket("us-east"), "").is_empty());
+    // Each study derived once, each replica deriving its own partition's.
     let out = Command::new(MERIDIAN)
         .args(["log", "tail", "--json", "--stream", "storage", "--region", "eu-west", "--endpoint"])
-        .arg(storage.grpc())
+        .arg(replicas[0].grpc())
         .args(["--token", &tokens["sre"]])
         .output()
         .unwrap();
     let events: Vec<serde_json::Value> =
         String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    let created = of_type(&events, "DerivativeCreated");
-    assert_eq!(created.len(), 1, "one DerivativeCreated for the study's derivative: {events:?}");
+    assert_eq!(of_type(&events, "DerivativeCreated").len(), 4, "one DerivativeCreated per study: {events:?}");
+    for (ordinal, replica) in replicas.iter().enumerate() {
+        let said = std::fs::read_to_string(&replica.log).unwrap();
+        let derived: Vec<&str> = said.lines().filter(|l| l.contains("study derived")).collect();
+        assert_eq!(derived.len(), 2, "replica {ordinal} derived its partition's two: {derived:?}");
+        assert!(derived.iter().all(|l| l.contains(&format!("partition={ordinal}"))), "{derived:?}");
+    }
 }

@@ -66,6 +66,8 @@ pub struct RegionOptions {
     /// (`meridian-{region}-{process}`): `dev`, `routing`, `ingest-1`… One
     /// process per id: a second one fences the first.
     pub process: String,
+    /// Which partitions this replica's partitioned consumers own.
+    pub ownership: meridian_log::partitioner::Ownership,
 }
 
 /// What every service process of a region shares: opened once per process.
@@ -83,6 +85,9 @@ pub struct RegionContext {
     /// The id secrets of the tenants whose PHI this region holds.
     pub secrets: Secrets,
     pub failpoints: meridian_log::failpoint::FailPoints,
+    /// Which partitions this replica's partitioned consumers own (all of
+    /// them in a process that is the only one of its service).
+    pub ownership: meridian_log::partitioner::Ownership,
     /// How long a read must stay empty to count as caught up.
     pub idle: Duration,
     topics: Vec<TopicName>,
@@ -99,7 +104,7 @@ impl RegionContext {
         verifier: Arc<TokenVerifier>,
         options: RegionOptions,
     ) -> Result<RegionContext, RegionError> {
-        let RegionOptions { secrets, failpoints, key_encryption_key, process } = options;
+        let RegionOptions { secrets, failpoints, key_encryption_key, process, ownership } = options;
         let Some(config) = platform.regions.get(name) else {
             return Err(RegionError::Unknown { region: name.to_owned() });
         };
@@ -171,6 +176,7 @@ impl RegionContext {
             verifier,
             secrets,
             failpoints,
+            ownership,
             idle,
             topics,
             partitions,

@@ -76,6 +76,8 @@ pub struct Derivatives {
     skips: meridian_log::skips::Skips,
     /// The intake's reader, kept between passes at the committed positions.
     reader: tokio::sync::Mutex<Option<Box<dyn meridian_log::LogReader>>>,
+    /// Which partitions of ingest's topic this replica derives.
+    ownership: meridian_log::partitioner::Ownership,
 }
 
 /// One instance's outcome: its derivative's ids, or why it was withheld.
@@ -105,7 +107,15 @@ impl Derivatives {
             stopping: std::sync::atomic::AtomicBool::new(false),
             skips: meridian_log::skips::Skips::new(CONSUMER),
             reader: tokio::sync::Mutex::new(None),
+            ownership: meridian_log::partitioner::Ownership::default(),
         }
+    }
+
+    /// Derives only the studies on the partitions `ownership` gives this
+    /// replica.
+    pub fn owning(mut self, ownership: meridian_log::partitioner::Ownership) -> Derivatives {
+        self.ownership = ownership;
+        self
     }
 
     /// What intake passed without a derivation, by reason.
@@ -124,7 +134,9 @@ impl Derivatives {
             None => {
                 let topic = TopicName::new(&self.region, DataClass::Operational, "ingest")
                     .map_err(|e| meridian_log::Error::UnknownTopic { topic: e.name })?;
-                self.log.reader(self.log.resume(CONSUMER, &topic).await?).await?
+                // Only the partitions this replica owns: another replica
+                // takes the rest, and no study is derived by two.
+                self.log.reader(self.ownership.mine(self.log.resume(CONSUMER, &topic).await?)).await?
             }
         };
         let mut derived = 0;
@@ -150,6 +162,15 @@ impl Derivatives {
                         let created = self.derive(&c.tenant, c.study, c.at).await?;
                         derived += usize::from(!created.is_empty());
                         outputs = self.events(&c, &created)?;
+                        if !created.is_empty() {
+                            tracing::info!(
+                                region = %self.region,
+                                study = %c.study,
+                                partition = record.partition,
+                                derivatives = created.len(),
+                                "study derived"
+                            );
+                        }
                     }
                     Ok(None) => {}
                     Err((reason, what)) => self.skips.skip(&record, reason, &what),

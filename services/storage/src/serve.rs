@@ -73,15 +73,18 @@ impl StorageService {
             PhiWriter::new(name, context.platform.clone(), context.blobs.clone(), context.log.clone())
                 .with_destinations(destinations),
         );
-        let derivatives = Arc::new(Derivatives::new(
-            name,
-            context.platform.clone(),
-            writer,
-            index.clone(),
-            context.log.clone(),
-            context.secrets.clone(),
-            context.failpoints.clone(),
-        ));
+        let derivatives = Arc::new(
+            Derivatives::new(
+                name,
+                context.platform.clone(),
+                writer,
+                index.clone(),
+                context.log.clone(),
+                context.secrets.clone(),
+                context.failpoints.clone(),
+            )
+            .owning(context.ownership),
+        );
         let topic = |stream: &str, class| TopicName::new(name, class, stream).map_err(|e| err(e.to_string()));
         let phi_topic = topic("ingest", meridian_events::DataClass::Phi)?;
         let (assignments, folded): (Arc<dyn Assignments>, _) = match assignees {

@@ -268,6 +268,21 @@ pub mod dicom {
         file
     }
 
+    /// A study of one instance (series `{study}.1`, instance `{study}.1.1`).
+    pub fn one_instance_study(dir: &Path, study: &str, patient_id: &str, priority: &str) -> PathBuf {
+        write_ct(
+            dir,
+            &CtInstance {
+                study_uid: study,
+                series_uid: &format!("{study}.1"),
+                sop_uid: &format!("{study}.1.1"),
+                patient_id,
+                priority,
+                pixels: [1, 2, 3, 4],
+            },
+        )
+    }
+
     /// The files (as storescu names them) that storescu's verbose (`-v`)
     /// output says were stored: each "Sending file" line followed by a
     /// successful store response.
@@ -317,6 +332,36 @@ pub mod bench {
 
     /// The study every bench slice belongs to.
     pub const STUDY: &str = "1.2.826.0.1.3680043.10.543.2026";
+
+    /// Sends `files` over `associations` parallel storescu runs (TCP_NODELAY);
+    /// returns seconds.
+    pub fn send_parallel(
+        port: u16,
+        calling: &str,
+        called: &str,
+        files: &[PathBuf],
+        associations: usize,
+    ) -> anyhow::Result<f64> {
+        let started = Instant::now();
+        let chunk = files.len().div_ceil(associations);
+        let runs: Vec<Child> = files
+            .chunks(chunk)
+            .map(|part| {
+                Command::new("storescu")
+                    .args(["-aet", calling, "-aec", called, "127.0.0.1", &port.to_string()])
+                    .args(part)
+                    .env("TCP_NODELAY", "1")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+            })
+            .collect::<Result<_, _>>()?;
+        for run in runs {
+            let out = run.wait_with_output()?;
+            anyhow::ensure!(out.status.success(), "storescu: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(started.elapsed().as_secs_f64())
+    }
 
     pub fn arg(name: &str) -> Option<String> {
         let args: Vec<String> = std::env::args().collect();

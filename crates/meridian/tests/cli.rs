@@ -1012,17 +1012,7 @@ fn each_study_goes_to_the_contract_that_takes_it_at_its_facilitys_hour() {
     let dev = Dev::start_configured(config.path(), data.path(), "");
     let files = tempfile::TempDir::new().unwrap();
     let send = |study: &str, calling: &str| {
-        let file = meridian_integration_tests::dicom::write_ct(
-            files.path(),
-            &meridian_integration_tests::dicom::CtInstance {
-                study_uid: study,
-                series_uid: &format!("{study}.1"),
-                sop_uid: &format!("{study}.1.1"),
-                patient_id: "MRN-HOURS",
-                priority: "STAT",
-                pixels: [1, 2, 3, 4],
-            },
-        );
+        let file = meridian_integration_tests::dicom::one_instance_study(files.path(), study, "MRN-HOURS", "STAT");
         let (ok, said) =
             meridian_integration_tests::dicom::storescu(dev.dicom_port("us-east"), calling, "MERIDIAN_ACME", &[file]);
         assert!(ok, "{said}");

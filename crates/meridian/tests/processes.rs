@@ -256,17 +256,7 @@ fn studies_completed_in_one_process_are_derived_by_two_storage_replicas_each_onc
     }
     let files = tempfile::TempDir::new().unwrap();
     for study in by_partition.iter().flatten() {
-        let file = meridian_integration_tests::dicom::write_ct(
-            files.path(),
-            &meridian_integration_tests::dicom::CtInstance {
-                study_uid: study,
-                series_uid: &format!("{study}.1"),
-                sop_uid: &format!("{study}.1.1"),
-                patient_id: "NW-MRN-7",
-                priority: "",
-                pixels: [1, 2, 3, 4],
-            },
-        );
+        let file = meridian_integration_tests::dicom::one_instance_study(files.path(), study, "NW-MRN-7", "");
         // Only images that say no identity is burned into their pixels are
         // released de-identified.
         let modified = Command::new("dcmodify").args(["-nb", "-i", "(0028,0301)=NO"]).arg(&file).output().unwrap();

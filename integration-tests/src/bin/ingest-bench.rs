@@ -19,33 +19,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Instant;
 
 use meridian_integration_tests::bench::{
     MkDir, STUDY, arg, peak_rss_mb, percentiles, slices, start_dev, start_orthanc, timed_get, wait_for_port,
 };
 
-/// Sends `files` over `associations` parallel storescu runs; returns seconds.
 fn send(port: u16, calling: &str, called: &str, files: &[PathBuf], associations: usize) -> anyhow::Result<f64> {
-    let started = Instant::now();
-    let chunk = files.len().div_ceil(associations);
-    let runs: Vec<Child> = files
-        .chunks(chunk)
-        .map(|part| {
-            Command::new("storescu")
-                .args(["-aet", calling, "-aec", called, "127.0.0.1", &port.to_string()])
-                .args(part)
-                .env("TCP_NODELAY", "1")
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-        })
-        .collect::<Result<_, _>>()?;
-    for run in runs {
-        let out = run.wait_with_output()?;
-        anyhow::ensure!(out.status.success(), "storescu: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(started.elapsed().as_secs_f64())
+    meridian_integration_tests::bench::send_parallel(port, calling, called, files, associations)
 }
 
 struct Peer {

@@ -19,7 +19,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,27 +30,8 @@ use meridian_proto::admin::v1 as admin;
 use meridian_proto::ingest::v1 as ingest;
 use tokio_stream::StreamExt;
 
-/// Sends `files` over `associations` parallel storescu runs; returns seconds.
 fn send(port: u16, files: &[PathBuf], associations: usize) -> anyhow::Result<f64> {
-    let started = Instant::now();
-    let chunk = files.len().div_ceil(associations);
-    let runs: Vec<Child> = files
-        .chunks(chunk)
-        .map(|part| {
-            Command::new("storescu")
-                .args(["-aet", "ACME_CT1", "-aec", "MERIDIAN_ACME", "127.0.0.1", &port.to_string()])
-                .args(part)
-                .env("TCP_NODELAY", "1")
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-        })
-        .collect::<Result<_, _>>()?;
-    for run in runs {
-        let out = run.wait_with_output()?;
-        anyhow::ensure!(out.status.success(), "storescu: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(started.elapsed().as_secs_f64())
+    meridian_integration_tests::bench::send_parallel(port, "ACME_CT1", "MERIDIAN_ACME", files, associations)
 }
 
 fn bearer<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T>> {

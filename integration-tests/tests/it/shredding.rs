@@ -33,19 +33,46 @@ fn topic() -> TopicName {
     TopicName::new("us-east", DataClass::Phi, "ingest").unwrap()
 }
 
-async fn rebuild(log: &EmbeddedLog) -> Projector<InstancesPerStudy> {
+async fn rebuild(log: &EmbeddedLog, keys: &dyn KeyStore) -> Projector<InstancesPerStudy> {
     let mut projector = Projector::new((0..2).map(|p| Position::start(topic(), p)).collect());
-    catch_up(log, &log.key_store(), &mut projector, Duration::from_millis(200)).await.unwrap();
+    catch_up(log, keys, &mut projector, Duration::from_millis(200)).await.unwrap();
     projector
 }
+
+/// The key store a process opens beside the log (a fresh one after a
+/// restart: nothing cached).
+type OpenKeys<'a> = dyn Fn(&EmbeddedLog) -> Box<dyn KeyStore> + 'a;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shredding_a_study_makes_its_phi_events_unreadable_and_rebuilds_skip_them() {
     let dir = TempDir::new().unwrap();
-    let path = dir.path().join("us-east.redb");
+    shred_and_restart(dir.path(), &|log: &EmbeddedLog| Box::new(log.key_store())).await;
+}
+
+/// The same with the data keys of a region on Kafka: in its object store,
+/// wrapped by its key-encryption key, shared by its processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shredding_works_the_same_with_keys_in_the_object_store() {
+    use meridian_objects::blobs::LocalBlobs;
+    use meridian_objects::keys::{Kek, ObjectKeyStore};
+    let dir = TempDir::new().unwrap();
+    let objects = dir.path().join("objects");
+    let open = |_: &EmbeddedLog| -> Box<dyn KeyStore> {
+        let kek = Kek::from_hex("1f".repeat(32).as_bytes()).unwrap();
+        Box::new(ObjectKeyStore::new(std::sync::Arc::new(LocalBlobs::new(&objects)), kek).unwrap())
+    };
+    shred_and_restart(dir.path(), &open).await;
+    // No PHI in the key store's objects either, and no tombstone missing.
+    let tombstones = std::fs::read_dir(objects.join("keys/v1/shredded")).unwrap().count();
+    assert_eq!(tombstones, 1, "the shredded key reads as shredded, not unknown");
+    assert_eq!(std::fs::read_dir(objects.join("keys/v1/key")).unwrap().count(), 1, "only the live study's key");
+}
+
+async fn shred_and_restart(dir: &std::path::Path, open_keys: &OpenKeys<'_>) {
+    let path = dir.join("us-east.redb");
     let log = EmbeddedLog::open(&path, EmbeddedOptions::default()).unwrap();
     log.ensure_topic(&TopicSpec::new(topic(), 2)).await.unwrap();
-    let keys = log.key_store();
+    let keys = open_keys(&log);
     let secret = TenantSecret::new(vec![42; 32]).unwrap();
     let mut studies = Vec::new();
     for (name, mrn) in [("1.2.840.1", "MRN-ALICE-0001"), ("1.2.840.2", "MRN-BOB-0002")] {
@@ -66,7 +93,7 @@ async fn shredding_a_study_makes_its_phi_events_unreadable_and_rebuilds_skip_the
                 },
                 &payload,
                 study,
-                &keys,
+                keys.as_ref(),
             )
             .unwrap();
             batch.push(Outgoing::new(topic(), &e).unwrap());
@@ -74,7 +101,7 @@ async fn shredding_a_study_makes_its_phi_events_unreadable_and_rebuilds_skip_the
         log.append(batch).await.unwrap();
         studies.push(study);
     }
-    let before = rebuild(&log).await;
+    let before = rebuild(&log, keys.as_ref()).await;
     assert_eq!(before.state().values().copied().collect::<Vec<_>>(), vec![3, 3]);
 
     // Purge the first study.
@@ -84,7 +111,8 @@ async fn shredding_a_study_makes_its_phi_events_unreadable_and_rebuilds_skip_the
 
     // After a restart, the purge holds.
     let log = EmbeddedLog::open(&path, EmbeddedOptions::default()).unwrap();
-    let after = rebuild(&log).await;
+    let keys = open_keys(&log);
+    let after = rebuild(&log, keys.as_ref()).await;
     assert_eq!(after.state().len(), 1);
     assert_eq!(after.state().get(&studies[1].to_string()), Some(&3));
     assert_eq!(after.stats().shredded, 3, "the purged study's events are skipped and counted");
@@ -93,6 +121,7 @@ async fn shredding_a_study_makes_its_phi_events_unreadable_and_rebuilds_skip_the
     // The events themselves are still in the log: the log is forever.
     let records = read_to_end(&log, (0..2).map(|p| Position::start(topic(), p)).collect()).await;
     assert_eq!(records.len(), 6);
+    drop(keys);
     log.close().await;
 
     // And no PHI was ever in the file in clear.

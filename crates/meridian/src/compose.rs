@@ -70,14 +70,26 @@ impl Assignments for RoutingAssignments {
     }
 }
 
-/// Opens `services` on `context`; `now` stamps the reader registrations of
-/// a first start.
+/// Opens `services` on `context`, and the summary projection at the same
+/// time (on Kafka each catch-up waits for the log to stay quiet: in turn,
+/// they would add up); `now` stamps the reader registrations of a first
+/// start.
 pub async fn open(context: Arc<RegionContext>, services: &[ServiceName], now: UnixMicros) -> anyhow::Result<Region> {
     let name = context.name.clone();
+    let (summary, opened) = tokio::join!(Region::resume_summary(&context), open_services(&context, services, now));
+    let summary = summary.with_context(|| format!("opening region {name}"))?;
+    Ok(Region::assemble(context, opened?, summary))
+}
+
+async fn open_services(
+    context: &Arc<RegionContext>,
+    services: &[ServiceName],
+    now: UnixMicros,
+) -> anyhow::Result<Vec<Arc<dyn RegionService>>> {
     let runs = |s: ServiceName| services.contains(&s);
     let mut opened: Vec<Arc<dyn RegionService>> = Vec::new();
     let routing = if runs(ServiceName::Routing) {
-        let routing = meridian_routing::serve::RoutingService::open(&context, now).await?;
+        let routing = meridian_routing::serve::RoutingService::open(context, now).await?;
         opened.push(routing.clone());
         Some(routing)
     } else {
@@ -86,7 +98,7 @@ pub async fn open(context: Arc<RegionContext>, services: &[ServiceName], now: Un
     let index =
         if runs(ServiceName::Ingest) || runs(ServiceName::Storage) { Some(open_index(&context.dir)?) } else { None };
     if let (true, Some(index)) = (runs(ServiceName::Ingest), &index) {
-        opened.push(meridian_ingest::serve::IngestService::open(&context, index.clone()).await?);
+        opened.push(meridian_ingest::serve::IngestService::open(context, index.clone()).await?);
     }
     if let (true, Some(index)) = (runs(ServiceName::Storage), index) {
         let feed = if runs(ServiceName::Ingest) { IndexFeed::Ingest } else { IndexFeed::Log };
@@ -94,9 +106,9 @@ pub async fn open(context: Arc<RegionContext>, services: &[ServiceName], now: Un
             Some(r) => AssigneeSource::Given(Arc::new(RoutingAssignments(r.routing.clone()))),
             None => AssigneeSource::Log,
         };
-        opened.push(StorageService::open(&context, index, feed, assignees).await?);
+        opened.push(StorageService::open(context, index, feed, assignees).await?);
     }
-    Region::new(context, opened).await.with_context(|| format!("opening region {name}"))
+    Ok(opened)
 }
 
 fn open_index(dir: &Path) -> anyhow::Result<Arc<StudyIndex>> {

@@ -253,6 +253,12 @@ pub struct Region {
     unready: std::sync::Mutex<Vec<String>>,
 }
 
+/// The summary projection, resumed, before its region is assembled.
+pub struct ResumedSummary {
+    projector: Projector<EventSummary>,
+    opened: Resumed,
+}
+
 /// How long a readiness probe waits for the broker or the bucket.
 pub const PROBE_WITHIN: Duration = Duration::from_secs(3);
 
@@ -263,8 +269,15 @@ impl Region {
         context: Arc<RegionContext>,
         services: Vec<Arc<dyn RegionService>>,
     ) -> Result<Region, RegionError> {
+        let summary = Region::resume_summary(&context).await?;
+        Ok(Region::assemble(context, services, summary))
+    }
+
+    /// The summary projection from its snapshot and the log's tail: a
+    /// composition opens it while its services open theirs.
+    pub async fn resume_summary(context: &RegionContext) -> Result<ResumedSummary, RegionError> {
         let proj_err = |source| RegionError::Projection { region: context.name.clone(), source: Box::new(source) };
-        let (summary, summary_opened) = resume::<EventSummary>(
+        let (projector, opened) = resume::<EventSummary>(
             &context.snapshots,
             context.start_positions(),
             context.log.as_ref(),
@@ -273,7 +286,16 @@ impl Region {
         )
         .await
         .map_err(proj_err)?;
-        Ok(Region {
+        Ok(ResumedSummary { projector, opened })
+    }
+
+    /// The region of `services` on `context` with its resumed summary.
+    pub fn assemble(
+        context: Arc<RegionContext>,
+        services: Vec<Arc<dyn RegionService>>,
+        summary: ResumedSummary,
+    ) -> Region {
+        Region {
             name: context.name.clone(),
             platform: context.platform.clone(),
             log: context.log.clone(),
@@ -282,10 +304,10 @@ impl Region {
             summary_snapshots: context.snapshotter(),
             context,
             services,
-            summary: Mutex::new(summary),
-            summary_opened,
+            summary: Mutex::new(summary.projector),
+            summary_opened: summary.opened,
             unready: std::sync::Mutex::new(Vec::new()),
-        })
+        }
     }
 
     /// Asks the log and the object store whether they answer, remembers

@@ -184,23 +184,29 @@ impl Ingest {
                 positions.push(Position::start(t.clone(), p));
             }
         }
-        let projector = Live::open(snapshots, positions, log.as_ref(), keys.as_ref(), idle).await?;
         let index_skips = Skips::new("storage.index");
-        let mut attempt = 0;
-        let indexed = loop {
-            let blobs = phi.blobs().as_ref();
-            match index.catch_up(log.as_ref(), keys.as_ref(), blobs, &phi_topic, idle, &index_skips).await {
-                Ok(n) => break n,
-                // A store that fails now may answer in a moment; the index
-                // never passes a record it could not read.
-                Err(e) if attempt < CATCH_UP_RETRIES => {
-                    attempt += 1;
-                    tracing::warn!(region, attempt, error = %e, "study index catch-up failed; reading that record again");
-                    tokio::time::sleep(Duration::from_millis(200) * 2u32.pow(attempt)).await;
+        // The studies and the index catch up at once: each waits for the
+        // log to stay quiet, which in turn would add up.
+        let index_caught_up = async {
+            let mut attempt = 0;
+            loop {
+                let blobs = phi.blobs().as_ref();
+                match index.catch_up(log.as_ref(), keys.as_ref(), blobs, &phi_topic, idle, &index_skips).await {
+                    Ok(n) => return Ok(n),
+                    // A store that fails now may answer in a moment; the
+                    // index never passes a record it could not read.
+                    Err(e) if attempt < CATCH_UP_RETRIES => {
+                        attempt += 1;
+                        tracing::warn!(region, attempt, error = %e, "study index catch-up failed; reading that record again");
+                        tokio::time::sleep(Duration::from_millis(200) * 2u32.pow(attempt)).await;
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e.into()),
             }
         };
+        let (projector, indexed) =
+            tokio::join!(Live::open(snapshots, positions, log.as_ref(), keys.as_ref(), idle), index_caught_up);
+        let (projector, indexed) = (projector?, indexed?);
         if indexed > 0 {
             tracing::info!(region, instances = indexed, "study index caught up from the log");
         }

@@ -87,23 +87,44 @@ impl StorageService {
         );
         let topic = |stream: &str, class| TopicName::new(name, class, stream).map_err(|e| err(e.to_string()));
         let phi_topic = topic("ingest", meridian_events::DataClass::Phi)?;
-        let (assignments, folded): (Arc<dyn Assignments>, _) = match assignees {
-            AssigneeSource::Given(given) => (given, None),
-            AssigneeSource::Log => {
-                let routing = topic("routing", meridian_events::DataClass::Operational)?;
-                let folded = FoldedAssignments::open(
-                    &routing,
-                    context.log.as_ref(),
-                    context.keys.as_ref(),
-                    context.snapshotter(),
-                    context.idle,
-                )
-                .await
-                .map_err(|e| err(e.to_string()))?;
-                let folded = Arc::new(folded);
-                (folded.clone(), Some(folded))
+        let index_skips = Skips::new("storage.index");
+        // The assignments fold and the index catch up at once: each waits
+        // for the log to stay quiet, which in turn would add up.
+        let folding = async {
+            match assignees {
+                AssigneeSource::Given(given) => Ok((given, None)),
+                AssigneeSource::Log => {
+                    let routing = topic("routing", meridian_events::DataClass::Operational)?;
+                    let folded = FoldedAssignments::open(
+                        &routing,
+                        context.log.as_ref(),
+                        context.keys.as_ref(),
+                        context.snapshotter(),
+                        context.idle,
+                    )
+                    .await
+                    .map_err(|e| err(e.to_string()))?;
+                    let folded = Arc::new(folded);
+                    Ok::<(Arc<dyn Assignments>, _), RegionError>((folded.clone(), Some(folded)))
+                }
             }
         };
+        let indexing = async {
+            if let IndexFeed::Ingest = feed {
+                return Ok(0);
+            }
+            // Serve searches over what the log held at start.
+            let c = context;
+            index
+                .catch_up(c.log.as_ref(), c.keys.as_ref(), c.blobs.as_ref(), &phi_topic, c.idle, &index_skips)
+                .await
+                .map_err(|e| err(e.to_string()))
+        };
+        let (folding, indexed) = tokio::join!(folding, indexing);
+        let ((assignments, folded), indexed) = (folding?, indexed?);
+        if let IndexFeed::Log = feed {
+            tracing::info!(region = %name, instances = indexed, "study index caught up from the log");
+        }
         let dicomweb = DicomWeb::new(
             name,
             context.platform.clone(),
@@ -119,16 +140,11 @@ impl StorageService {
             dicomweb: Arc::new(dicomweb),
             derivatives,
             feed,
-            index_skips: Skips::new("storage.index"),
+            index_skips,
             folded,
             phi_topic,
             index_reader: tokio::sync::Mutex::new(None),
         };
-        if let IndexFeed::Log = service.feed {
-            // Serve searches over what the log held at start.
-            let indexed = service.follow_index(service.context.idle).await.map_err(|e| err(e.to_string()))?;
-            tracing::info!(region = %name, instances = indexed, "study index caught up from the log");
-        }
         Ok(Arc::new(service))
     }
 

@@ -115,3 +115,66 @@ impl Assignments for FoldedAssignments {
 
 /// Routing's answer through the shared trait, where one process runs both.
 pub type SharedAssignments = Arc<dyn Assignments>;
+
+#[cfg(test)]
+mod tests {
+    use meridian_events::payload::Payload;
+    use meridian_events::{Envelope, EventId};
+    use meridian_proto::events::v1 as pb;
+
+    use super::*;
+
+    fn fold(events: &[Payload]) -> Held {
+        let study = Uuid::from_u128(1);
+        events.iter().enumerate().fold(Held::default(), |held, (i, payload)| {
+            let meta = meridian_events::EventMeta {
+                aggregate_type: "routing.study".into(),
+                ..meridian_log::contract::meta(study, i as u64 + 1, EventId(Uuid::from_u128(100 + i as u128)))
+            };
+            let envelope = Envelope::plain(meta, &pb::StudyQueued::default()).unwrap();
+            StudyAssignees::apply(held, &Event { envelope: &envelope, payload })
+        })
+    }
+
+    #[test]
+    fn a_study_is_held_by_whoever_routing_last_gave_it_to_and_by_nobody_once_it_is_done() {
+        let s = Uuid::from_u128(7).to_string();
+        let assigned = Payload::StudyAssigned(pb::StudyAssigned {
+            study_id: s.clone(),
+            reader_id: "ortiz".into(),
+            ..Default::default()
+        });
+        let moved = Payload::AssignmentReassigned(pb::AssignmentReassigned {
+            study_id: s.clone(),
+            from_reader_id: "ortiz".into(),
+            to_reader_id: "rao".into(),
+            ..Default::default()
+        });
+        let held = fold(&[assigned.clone(), moved.clone()]);
+        assert_eq!(held.assignee.get(&Uuid::from_u128(7)).map(String::as_str), Some("rao"));
+        let released =
+            Payload::AssignmentReleased(pb::AssignmentReleased { study_id: s.clone(), ..Default::default() });
+        assert!(fold(&[assigned.clone(), released]).assignee.is_empty(), "released: nobody holds it");
+        let signed =
+            Payload::AssignmentCompleted(pb::AssignmentCompleted { study_id: s.clone(), ..Default::default() });
+        assert!(fold(&[assigned.clone(), signed]).assignee.is_empty(), "signed: nobody holds it");
+        // Queued again (the final after a preliminary): nobody, until the
+        // next reader claims it.
+        let again = Payload::StudyQueued(pb::StudyQueued { study_id: s.clone(), ..Default::default() });
+        let claimed = Payload::AssignmentClaimed(pb::AssignmentClaimed {
+            study_id: s.clone(),
+            reader_id: "cole".into(),
+            ..Default::default()
+        });
+        assert!(fold(&[assigned.clone(), again.clone()]).assignee.is_empty());
+        let held = fold(&[assigned, again, claimed]);
+        assert_eq!(held.assignee.get(&Uuid::from_u128(7)).map(String::as_str), Some("cole"));
+        // Another service's events and malformed ids change nothing.
+        let other = Payload::StudyAssigned(pb::StudyAssigned {
+            study_id: "not-a-uuid".into(),
+            reader_id: "x".into(),
+            ..Default::default()
+        });
+        assert!(fold(&[other]).assignee.is_empty());
+    }
+}

@@ -31,6 +31,10 @@ use crate::phi::{Aggregate, DeidentifiedObject, PhiWriteError, PhiWriter, storag
 /// The consumer's name on the ingest topic.
 pub const CONSUMER: &str = "storage.derivatives";
 
+/// How long a derivation waits for the index to hold a completed study's
+/// instances (where the index follows the log).
+const INDEX_WAIT: Duration = Duration::from_secs(10);
+
 /// A derivative object is stored, its DerivativeCreated not yet committed.
 pub const AFTER_PUT: &str = "derivatives.after_put";
 
@@ -78,6 +82,9 @@ pub struct Derivatives {
     reader: tokio::sync::Mutex<Option<Box<dyn meridian_log::LogReader>>>,
     /// Which partitions of ingest's topic this replica derives.
     ownership: meridian_log::partitioner::Ownership,
+    /// Where the index follows the log (ingest is another process): what a
+    /// completion names may not be indexed yet.
+    follower: Option<Arc<crate::index::IndexFollower>>,
 }
 
 /// One instance's outcome: its derivative's ids, or why it was withheld.
@@ -108,6 +115,40 @@ impl Derivatives {
             skips: meridian_log::skips::Skips::new(CONSUMER),
             reader: tokio::sync::Mutex::new(None),
             ownership: meridian_log::partitioner::Ownership::default(),
+            follower: None,
+        }
+    }
+
+    /// Waits, before deriving a study, until `follower` has indexed the
+    /// instances its completion counts (they were appended before it, but
+    /// reach this index through the log).
+    pub fn following(mut self, follower: Arc<crate::index::IndexFollower>) -> Derivatives {
+        self.follower = Some(follower);
+        self
+    }
+
+    /// Follows the log into the index until it holds the instances `c`
+    /// counts, for at most [`INDEX_WAIT`]; past it, derives what is there
+    /// (an instance the index skipped, shredded or unreadable, never comes).
+    async fn await_index(&self, c: &Completion) -> Result<(), DerivativeError> {
+        let Some(follower) = &self.follower else { return Ok(()) };
+        let deadline = tokio::time::Instant::now() + INDEX_WAIT;
+        loop {
+            let held = match self.index.study_uid(&c.tenant, c.study)? {
+                Some(uid) => self.index.study(&c.tenant, &uid)?.map_or(0, |s| s.instances),
+                None => 0,
+            };
+            if held >= c.instances {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    region = %self.region, study = %c.study, held, counted = c.instances,
+                    "the index holds fewer instances than the study's completion counts: deriving what it holds"
+                );
+                return Ok(());
+            }
+            follower.follow(Duration::from_millis(100)).await?;
         }
     }
 
@@ -159,6 +200,7 @@ impl Derivatives {
                 let mut outputs = Vec::new();
                 match completed(&record) {
                     Ok(Some(c)) => {
+                        self.await_index(&c).await?;
                         let created = self.derive(&c.tenant, c.study, c.at).await?;
                         derived += usize::from(!created.is_empty());
                         outputs = self.events(&c, &created)?;
@@ -307,7 +349,7 @@ impl Derivatives {
     /// state to keep. Versions have gaps; consumers need them rising, not
     /// consecutive.
     fn events(&self, c: &Completion, created: &[Created]) -> Result<Vec<Outgoing>, DerivativeError> {
-        let Completion { cause, tenant, study, at, version } = c;
+        let Completion { cause, tenant, study, at, version, .. } = c;
         let (tenant, study, cause, at) = (tenant.as_str(), *study, *cause, *at);
         let mut out = Vec::new();
         for (ordinal, c) in created.iter().enumerate() {
@@ -344,6 +386,8 @@ struct Completion {
     at: UnixMicros,
     /// The ingest event's version in the study's ingest aggregate.
     version: u64,
+    /// The instances the study holds at this completion or update.
+    instances: u32,
 }
 
 /// The study a record says is complete (or grew after completion); `Err`
@@ -351,9 +395,9 @@ struct Completion {
 fn completed(record: &meridian_log::Record) -> Result<Option<Completion>, (&'static str, String)> {
     let envelope = record.envelope().map_err(|e| ("corrupt_envelope", e.to_string()))?;
     let payload = envelope.open_plain().map_err(|e| (meridian_log::skips::reason(&e), e.to_string()))?;
-    let study = match payload {
-        Payload::StudyCompleted(c) => c.study_id,
-        Payload::StudyUpdated(u) => u.study_id,
+    let (study, instances) = match payload {
+        Payload::StudyCompleted(c) => (c.study_id, c.instance_count),
+        Payload::StudyUpdated(u) => (u.study_id, u.instance_count),
         _ => return Ok(None),
     };
     let study = Uuid::parse_str(&study).map_err(|e| ("malformed_ids", format!("study id {study:?}: {e}")))?;
@@ -364,6 +408,7 @@ fn completed(record: &meridian_log::Record) -> Result<Option<Completion>, (&'sta
         study,
         at: meta.occurred_at,
         version: meta.aggregate_version,
+        instances,
     }))
 }
 
@@ -405,6 +450,7 @@ mod tests {
             study: Uuid::from_u128(1),
             at,
             version,
+            instances: 2,
         };
         // A contract naming two destination regions: two events, one study.
         let completed = completion(4);

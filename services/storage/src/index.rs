@@ -865,6 +865,61 @@ impl StudyIndex {
     }
 }
 
+/// Follows the region's InstanceReceived into an index with one reader
+/// kept between passes (a Kafka reader is a client with its connections),
+/// for a storage process whose ingest is another process.
+pub struct IndexFollower {
+    index: std::sync::Arc<StudyIndex>,
+    log: std::sync::Arc<dyn EventLog>,
+    keys: std::sync::Arc<dyn KeyStore>,
+    blobs: std::sync::Arc<dyn Blobs>,
+    topic: TopicName,
+    skips: meridian_log::skips::Skips,
+    reader: tokio::sync::Mutex<Option<Box<dyn meridian_log::LogReader>>>,
+}
+
+impl IndexFollower {
+    pub fn new(
+        index: std::sync::Arc<StudyIndex>,
+        log: std::sync::Arc<dyn EventLog>,
+        keys: std::sync::Arc<dyn KeyStore>,
+        blobs: std::sync::Arc<dyn Blobs>,
+        topic: TopicName,
+    ) -> IndexFollower {
+        IndexFollower {
+            index,
+            log,
+            keys,
+            blobs,
+            topic,
+            skips: meridian_log::skips::Skips::new("storage.index"),
+            reader: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Indexes what the log holds past the index's positions, until a read
+    /// stays empty for `idle`. After an error the kept reader is dropped:
+    /// the next pass reads again from what the index holds.
+    pub async fn follow(&self, idle: Duration) -> Result<usize, IndexError> {
+        let mut slot = self.reader.lock().await;
+        let reader = match slot.as_mut() {
+            Some(reader) => reader,
+            None => slot.insert(self.index.reader(self.log.as_ref(), &self.topic).await?),
+        };
+        let indexed =
+            self.index.index_from(reader.as_mut(), self.keys.as_ref(), self.blobs.as_ref(), idle, &self.skips).await;
+        if indexed.is_err() {
+            *slot = None;
+        }
+        indexed
+    }
+
+    /// What it could not index, by reason.
+    pub fn skips(&self) -> &meridian_log::skips::Skips {
+        &self.skips
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

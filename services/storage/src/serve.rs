@@ -19,7 +19,7 @@ use meridian_region::{RegionContext, RegionError, RegionService, Stopping, Task,
 use crate::assignments::FoldedAssignments;
 use crate::derivatives::Derivatives;
 use crate::dicomweb::{Assignments, DicomWeb};
-use crate::index::StudyIndex;
+use crate::index::{IndexFollower, StudyIndex};
 use crate::phi::PhiWriter;
 
 /// Who keeps the study index current.
@@ -41,21 +41,18 @@ pub enum AssigneeSource {
 /// How often a separate storage process reads the log for new instances.
 const INDEX_FOLLOW: Duration = Duration::from_millis(100);
 
-/// How often derivatives of completed studies are taken.
-const DERIVATIVES_TICK: Duration = Duration::from_secs(1);
+/// How long one derivatives pass waits for the next completed study
+/// before it returns (and is started again): bounds how late a stop is seen.
+const DERIVATIVES_WAIT: Duration = Duration::from_millis(250);
 
 pub struct StorageService {
     context: Arc<RegionContext>,
     pub index: Arc<StudyIndex>,
     pub dicomweb: Arc<DicomWeb>,
     pub derivatives: Arc<Derivatives>,
-    feed: IndexFeed,
-    index_skips: Skips,
     folded: Option<Arc<FoldedAssignments>>,
-    phi_topic: TopicName,
-    /// The index follower's reader, kept between passes (a Kafka reader is
-    /// a client with its connections); dropped after an error.
-    index_reader: tokio::sync::Mutex<Option<Box<dyn meridian_log::LogReader>>>,
+    /// Where ingest is another process: the index's follower of the log.
+    follower: Option<Arc<IndexFollower>>,
 }
 
 impl StorageService {
@@ -73,21 +70,34 @@ impl StorageService {
             PhiWriter::new(name, context.platform.clone(), context.blobs.clone(), context.log.clone())
                 .with_destinations(destinations),
         );
-        let derivatives = Arc::new(
-            Derivatives::new(
-                name,
-                context.platform.clone(),
-                writer,
-                index.clone(),
-                context.log.clone(),
-                context.secrets.clone(),
-                context.failpoints.clone(),
-            )
-            .owning(context.ownership),
-        );
         let topic = |stream: &str, class| TopicName::new(name, class, stream).map_err(|e| err(e.to_string()));
         let phi_topic = topic("ingest", meridian_events::DataClass::Phi)?;
-        let index_skips = Skips::new("storage.index");
+        let follower = match feed {
+            IndexFeed::Ingest => None,
+            IndexFeed::Log => Some(Arc::new(IndexFollower::new(
+                index.clone(),
+                context.log.clone(),
+                context.keys.clone(),
+                context.blobs.clone(),
+                phi_topic,
+            ))),
+        };
+        let mut derivatives = Derivatives::new(
+            name,
+            context.platform.clone(),
+            writer,
+            index.clone(),
+            context.log.clone(),
+            context.secrets.clone(),
+            context.failpoints.clone(),
+        )
+        .owning(context.ownership);
+        if let Some(follower) = &follower {
+            // A completed study's instances reach this index through the
+            // log too: derivatives wait for them.
+            derivatives = derivatives.following(follower.clone());
+        }
+        let derivatives = Arc::new(derivatives);
         // The assignments fold and the index catch up at once: each waits
         // for the log to stay quiet, which in turn would add up.
         let folding = async {
@@ -110,19 +120,15 @@ impl StorageService {
             }
         };
         let indexing = async {
-            if let IndexFeed::Ingest = feed {
-                return Ok(0);
-            }
             // Serve searches over what the log held at start.
-            let c = context;
-            index
-                .catch_up(c.log.as_ref(), c.keys.as_ref(), c.blobs.as_ref(), &phi_topic, c.idle, &index_skips)
-                .await
-                .map_err(|e| err(e.to_string()))
+            match &follower {
+                Some(follower) => follower.follow(context.idle).await.map_err(|e| err(e.to_string())),
+                None => Ok(0),
+            }
         };
         let (folding, indexed) = tokio::join!(folding, indexing);
         let ((assignments, folded), indexed) = (folding?, indexed?);
-        if let IndexFeed::Log = feed {
+        if follower.is_some() {
             tracing::info!(region = %name, instances = indexed, "study index caught up from the log");
         }
         let dicomweb = DicomWeb::new(
@@ -139,30 +145,10 @@ impl StorageService {
             index,
             dicomweb: Arc::new(dicomweb),
             derivatives,
-            feed,
-            index_skips,
             folded,
-            phi_topic,
-            index_reader: tokio::sync::Mutex::new(None),
+            follower,
         };
         Ok(Arc::new(service))
-    }
-
-    /// Indexes what the log holds past the index's positions, with the
-    /// reader kept from the last pass.
-    async fn follow_index(&self, idle: Duration) -> Result<usize, crate::index::IndexError> {
-        let c = &self.context;
-        let mut slot = self.index_reader.lock().await;
-        let reader = match slot.as_mut() {
-            Some(reader) => reader,
-            None => slot.insert(self.index.reader(c.log.as_ref(), &self.phi_topic).await?),
-        };
-        let indexed =
-            self.index.index_from(reader.as_mut(), c.keys.as_ref(), c.blobs.as_ref(), idle, &self.index_skips).await;
-        if indexed.is_err() {
-            *slot = None;
-        }
-        indexed
     }
 }
 
@@ -181,27 +167,25 @@ impl RegionService for StorageService {
 
     fn start(self: Arc<Self>, _: &mut ServiceListeners, stopping: Stopping) -> Vec<Task> {
         let mut tasks = Vec::new();
-        let storage = self.clone();
-        tasks.push(Task::spawn(
-            "derivatives",
-            every(DERIVATIVES_TICK, stopping.clone().wait(), move |_| {
-                let storage = storage.clone();
-                async move {
-                    // Completed studies' de-identified derivatives, where
-                    // contracts ask.
-                    if let Err(e) = storage.derivatives.intake(Duration::from_millis(20)).await {
-                        tracing::warn!(region = %storage.context.name, error = %e, "derivatives");
-                    }
+        // Completed studies' de-identified derivatives, where contracts ask,
+        // taken as they complete (one long-lived reader on ingest's topic);
+        // never cancelled mid-step: the stop is checked between passes.
+        let (storage, stop) = (self.clone(), stopping.clone());
+        tasks.push(Task::spawn("derivatives", async move {
+            while !stop.is_stopping() {
+                if let Err(e) = storage.derivatives.intake(DERIVATIVES_WAIT).await {
+                    tracing::warn!(region = %storage.context.name, error = %e, "derivatives");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-            }),
-        ));
-        if let IndexFeed::Log = self.feed {
+            }
+        }));
+        if let Some(follower) = self.follower.clone() {
             let storage = self.clone();
             let mut last_sync = std::time::Instant::now();
             tasks.push(Task::spawn(
                 "study index",
                 every(INDEX_FOLLOW, stopping.clone().wait(), move |_| {
-                    let storage = storage.clone();
+                    let (storage, follower) = (storage.clone(), follower.clone());
                     // The index's commits are not synced (the log is the
                     // durable copy); a sync each second bounds the re-read.
                     let sync = last_sync.elapsed() >= Duration::from_secs(1);
@@ -209,7 +193,7 @@ impl RegionService for StorageService {
                         last_sync = std::time::Instant::now();
                     }
                     async move {
-                        if let Err(e) = storage.follow_index(Duration::from_millis(50)).await {
+                        if let Err(e) = follower.follow(Duration::from_millis(50)).await {
                             tracing::warn!(region = %storage.context.name, error = %e, "study index");
                         }
                         if sync && let Err(e) = storage.index.sync() {
@@ -240,7 +224,7 @@ impl RegionService for StorageService {
                 tracing::warn!(region = %self.context.name, error = %e, "saving the assignments snapshot");
             }
             if force
-                && let IndexFeed::Log = self.feed
+                && self.follower.is_some()
                 && let Err(e) = self.index.sync()
             {
                 tracing::warn!(region = %self.context.name, error = %e, "study index sync at shutdown");
@@ -261,8 +245,8 @@ impl RegionService for StorageService {
 
     fn consumers(&self) -> Vec<serde_json::Value> {
         let mut skips = vec![self.derivatives.skips()];
-        if let IndexFeed::Log = self.feed {
-            skips.push(&self.index_skips);
+        if let Some(follower) = &self.follower {
+            skips.push(follower.skips());
         }
         skips.into_iter().map(Skips::to_json).collect()
     }

@@ -9,6 +9,8 @@
 //! - The last C-STORE of a study acknowledged → its StudyQueued on the log
 //!   (CompleteStudy in between, so no quiet period), p50/p99 over
 //!   `--studies` studies, across processes and in one.
+//! - The same acknowledgement → the instance found by storage's QIDO-RS
+//!   (another process, whose index follows the log).
 //! - Peak resident memory of each service process.
 //! - SIGKILL → ready again (endpoints written, `/readyz` 200) per service.
 //!
@@ -111,6 +113,46 @@ async fn queue_latency(
     Ok(ms)
 }
 
+/// Whether a QIDO-RS search of `study` on `http` (host:port) finds it.
+async fn found(http: &str, token: &str, study: &str) -> anyhow::Result<bool> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(http).await?;
+    let request = format!(
+        "GET /dicomweb/studies?StudyInstanceUID={study} HTTP/1.1\r\nHost: {http}\r\n\
+         Authorization: Bearer {token}\r\nAccept: application/dicom+json\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    let raw = String::from_utf8_lossy(&raw);
+    Ok(raw.starts_with("HTTP/1.1 200") && raw.contains(study))
+}
+
+/// `studies` one-instance studies sent to `dicom_port`, each timed from
+/// its acknowledgement until storage's QIDO-RS on `http` finds it; ms.
+async fn search_latency(
+    dicom_port: u16,
+    http: &str,
+    token: &str,
+    studies: usize,
+    dir: &Path,
+    tag: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let mut ms = Vec::new();
+    for i in 0..studies {
+        let study = format!("{STUDY}.{tag}.{i}");
+        let file = meridian_integration_tests::dicom::one_instance_study(dir, &study, "MRN-SEARCH", "");
+        send(dicom_port, &[file], 1)?;
+        let acknowledged = Instant::now();
+        while !found(http, token, &study).await? {
+            anyhow::ensure!(acknowledged.elapsed() < Duration::from_secs(60), "{study} not found within 60 s");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        ms.push(acknowledged.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(ms)
+}
+
 fn rates(label: &str, port: u16, n: usize, work: &Path, tag: usize) -> anyhow::Result<()> {
     for associations in [1, 4] {
         let dir = work.join(format!("set-{tag}-{associations}"));
@@ -181,6 +223,11 @@ async fn main() -> anyhow::Result<()> {
     let ms = queue_latency(port, &services["ingest"].grpc(), &queued, &tokens["acme-pacs"], studies, &files, 2).await?;
     let (p50, p99) = percentiles(ms);
     println!("process   separate processes: acknowledged → StudyQueued p50 {p50:.0} ms p99 {p99:.0} ms");
+    let files = work.path().join("search-split");
+    std::fs::create_dir_all(&files)?;
+    let ms = search_latency(port, &services["storage"].http(), &tokens["acme-pacs"], studies, &files, 3).await?;
+    let (p50, p99) = percentiles(ms);
+    println!("process   separate processes: acknowledged → found by storage's QIDO-RS p50 {p50:.0} ms p99 {p99:.0} ms");
     for (name, service) in &services {
         println!("process   {name:<8} peak RSS {:.0} MB", peak_rss_mb(service.child.id()).unwrap_or_default());
     }

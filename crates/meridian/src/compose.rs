@@ -4,21 +4,18 @@
 //! `meridian dev` opens all of them for every region; `meridian serve
 //! <service>` opens one. Where ingest and storage run in one process they
 //! share one study index (ingest writes it before acknowledging, so a
-//! search right after a C-STORE finds the instance); where storage and
-//! routing do, DICOMweb asks routing who holds a study. Apart, storage
-//! follows both from the log.
+//! search right after a C-STORE finds the instance); apart, storage
+//! follows InstanceReceived from the log. Who holds a study storage always
+//! folds from routing's events, together or apart.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
 use meridian_events::UnixMicros;
 use meridian_region::{Region, RegionContext, RegionService};
-use meridian_routing::app::Routing;
-use meridian_storage::dicomweb::Assignments;
 use meridian_storage::index::StudyIndex;
-use meridian_storage::serve::{AssigneeSource, IndexFeed, StorageService};
+use meridian_storage::serve::{IndexFeed, StorageService};
 
 /// A service `meridian serve` can run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -52,24 +49,6 @@ impl ServiceName {
     }
 }
 
-/// Routing's answer to DICOMweb's "who holds this study", in one process.
-struct RoutingAssignments(Arc<Routing>);
-
-#[async_trait::async_trait]
-impl Assignments for RoutingAssignments {
-    async fn assignee(&self, study: uuid::Uuid) -> Option<String> {
-        self.0.read(|s| s.studies.get(&study).and_then(|s| s.assignee.clone())).await
-    }
-
-    async fn assigned_to(&self, reader: &str) -> BTreeSet<uuid::Uuid> {
-        self.0
-            .read(|s| {
-                s.studies.iter().filter(|(_, st)| st.assignee.as_deref() == Some(reader)).map(|(id, _)| *id).collect()
-            })
-            .await
-    }
-}
-
 /// Opens `services` on `context`, and the summary projection at the same
 /// time (on Kafka each catch-up waits for the log to stay quiet: in turn,
 /// they would add up); `now` stamps the reader registrations of a first
@@ -88,13 +67,9 @@ async fn open_services(
 ) -> anyhow::Result<Vec<Arc<dyn RegionService>>> {
     let runs = |s: ServiceName| services.contains(&s);
     let mut opened: Vec<Arc<dyn RegionService>> = Vec::new();
-    let routing = if runs(ServiceName::Routing) {
-        let routing = meridian_routing::serve::RoutingService::open(context, now).await?;
-        opened.push(routing.clone());
-        Some(routing)
-    } else {
-        None
-    };
+    if runs(ServiceName::Routing) {
+        opened.push(meridian_routing::serve::RoutingService::open(context, now).await?);
+    }
     let index =
         if runs(ServiceName::Ingest) || runs(ServiceName::Storage) { Some(open_index(&context.dir)?) } else { None };
     if let (true, Some(index)) = (runs(ServiceName::Ingest), &index) {
@@ -102,11 +77,7 @@ async fn open_services(
     }
     if let (true, Some(index)) = (runs(ServiceName::Storage), index) {
         let feed = if runs(ServiceName::Ingest) { IndexFeed::Ingest } else { IndexFeed::Log };
-        let assignees = match &routing {
-            Some(r) => AssigneeSource::Given(Arc::new(RoutingAssignments(r.routing.clone()))),
-            None => AssigneeSource::Log,
-        };
-        opened.push(StorageService::open(context, index, feed, assignees).await?);
+        opened.push(StorageService::open(context, index, feed).await?);
     }
     Ok(opened)
 }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -68,8 +68,9 @@ fn ports(args: &DevArgs, i: u16) -> Ports {
     }
 }
 
-async fn bind(port: u16, what: &str, region: &str) -> anyhow::Result<TcpListener> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+/// A listener on `ip:port` (port 0: any free one), for `region`'s `what`.
+pub(crate) async fn bind(ip: IpAddr, port: u16, what: &str, region: &str) -> anyhow::Result<TcpListener> {
+    let addr = SocketAddr::new(ip, port);
     TcpListener::bind(addr).await.with_context(|| format!("region {region}: binding the {what} port {addr}"))
 }
 
@@ -245,9 +246,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let (stop, stopped) = watch::channel(false);
     for (i, name) in region_order(&platform).iter().enumerate() {
         let p = ports(&args, i as u16);
-        let grpc = bind(p.grpc, "gRPC", name).await?;
-        let http = bind(p.http, "HTTP", name).await?;
-        let dicom = bind(p.dicom, "DICOM", name).await?;
+        let loopback = IpAddr::from([127, 0, 0, 1]);
+        let grpc = bind(loopback, p.grpc, "gRPC", name).await?;
+        let http = bind(loopback, p.http, "HTTP", name).await?;
+        let dicom = bind(loopback, p.dicom, "DICOM", name).await?;
         let grpc_addr = grpc.local_addr()?;
         let http_addr = http.local_addr()?;
         let dicom_addr = dicom.local_addr()?;

@@ -1,22 +1,20 @@
 //! `meridian serve <service>`: one service of one region, as a process of
 //! its own, meeting the region's other services only on its Kafka log.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
 use clap::Args;
 use meridian_config::{LogConfig, Platform};
 use meridian_events::UnixMicros;
 use meridian_region::{Listeners, RegionContext};
 use serde_json::json;
-use tokio::net::TcpListener;
 
 use crate::compose::ServiceName;
-use crate::dev::{key_encryption_key, shutdown_signal, tenant_secrets, verifier, write_atomic};
+use crate::dev::{bind, key_encryption_key, shutdown_signal, tenant_secrets, verifier, write_atomic};
 
 /// EX_USAGE: the command line or the configuration is at fault.
 const USAGE: u8 = 64;
@@ -139,14 +137,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         process,
         ownership,
     };
-    let bind = |port: u16, what: &'static str| {
-        let addr = SocketAddr::new(args.listen, port);
-        async move { TcpListener::bind(addr).await.with_context(|| format!("binding the {what} port {addr}")) }
-    };
-    let grpc = bind(args.grpc_port, "gRPC").await?;
-    let http = bind(args.http_port, "HTTP").await?;
+    let grpc = bind(args.listen, args.grpc_port, "gRPC", region).await?;
+    let http = bind(args.listen, args.http_port, "HTTP", region).await?;
     let dicom = match service {
-        ServiceName::Ingest => Some(bind(args.dicom_port, "DICOM").await?),
+        ServiceName::Ingest => Some(bind(args.listen, args.dicom_port, "DICOM", region).await?),
         _ => None,
     };
     #[allow(clippy::disallowed_methods)] // the edge: the start time stamps reader registrations

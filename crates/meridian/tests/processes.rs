@@ -98,6 +98,15 @@ fn services_as_processes_on_kafka_lose_nothing_acknowledged_when_killed_mid_flow
         (of_type(&events, "StudyQueued").len() == 1 && of_type(&events, "StudyAssigned").len() == 1).then_some(events)
     });
     assert_eq!(of_type(&events, "StudyAssigned")[0]["payload"]["readerId"], "dr-ana-ortiz");
+    // Storage, another process, learns who holds the study from routing's
+    // events: the assignee finds it with QIDO-RS, another reader does not.
+    let readable = |principal: &str| {
+        let (status, body) = get(&storage.http(), "/dicomweb/studies", &tokens[principal]);
+        assert_eq!(status, 200, "{body}");
+        body.as_array().map_or(0, Vec::len)
+    };
+    wait_until("the assignee finds the study through storage", 30, || (readable("dr-ortiz") == 1).then_some(()));
+    assert_eq!(readable("dr-nair"), 0, "a reader it is not assigned to sees nothing");
 
     // SIGKILL ingest in the middle of an association; what storescu saw
     // acknowledged must all be found once ingest is back, and the rest is

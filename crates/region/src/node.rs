@@ -74,6 +74,8 @@ pub struct RegionOptions {
 pub struct RegionContext {
     pub name: String,
     pub platform: Arc<Platform>,
+    /// `regions/<name>.toml`.
+    config: meridian_config::Region,
     pub log: Arc<dyn EventLog>,
     pub keys: Arc<dyn KeyStore>,
     /// The region's object store (PHI, derivatives; on Kafka, data keys).
@@ -166,8 +168,10 @@ impl RegionContext {
                 topics.push(topic);
             }
         }
+        let config = config.clone();
         Ok(RegionContext {
             name: name.to_owned(),
+            config,
             platform,
             log,
             keys,
@@ -184,9 +188,9 @@ impl RegionContext {
         })
     }
 
-    /// The region's configuration (present: checked at open).
-    pub fn config(&self) -> Option<&meridian_config::Region> {
-        self.platform.regions.get(&self.name)
+    /// `regions/<name>.toml`.
+    pub fn config(&self) -> &meridian_config::Region {
+        &self.config
     }
 
     pub fn topics(&self) -> &[TopicName] {

@@ -28,12 +28,6 @@ impl Stopping {
     pub fn is_stopping(&self) -> bool {
         *self.0.borrow()
     }
-
-    /// A stop that never comes, for tests that drive a task by hand.
-    pub fn never() -> (watch::Sender<bool>, Stopping) {
-        let (tx, rx) = watch::channel(false);
-        (tx, Stopping(rx))
-    }
 }
 
 /// One of a service's running tasks, named for the shutdown log.

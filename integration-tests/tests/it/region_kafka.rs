@@ -38,14 +38,10 @@ async fn open(
     let routing = meridian_routing::serve::RoutingService::open(&context, now).await.unwrap();
     let index = Arc::new(meridian_storage::index::StudyIndex::open(&dir.join("index.redb")).unwrap());
     let ingest = meridian_ingest::serve::IngestService::open(&context, index.clone()).await.unwrap();
-    let storage = meridian_storage::serve::StorageService::open(
-        &context,
-        index,
-        meridian_storage::serve::IndexFeed::Ingest,
-        meridian_storage::serve::AssigneeSource::Log,
-    )
-    .await
-    .unwrap();
+    let storage =
+        meridian_storage::serve::StorageService::open(&context, index, meridian_storage::serve::IndexFeed::Ingest)
+            .await
+            .unwrap();
     let services: Vec<Arc<dyn RegionService>> = vec![routing, ingest, storage];
     Region::new(context, services).await.unwrap()
 }

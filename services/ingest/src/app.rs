@@ -22,8 +22,7 @@ use meridian_dimse::command::{
 use meridian_dimse::{Instance, Sender, StoreService};
 use meridian_events::payload::Payload;
 use meridian_events::{
-    DataClass, Envelope, EventId, EventMeta, InstanceId, KeyStore, PatientKey, SeriesId, StudyId, TenantSecret,
-    UnixMicros,
+    DataClass, Envelope, EventId, EventMeta, InstanceId, KeyStore, PatientKey, SeriesId, StudyId, UnixMicros,
 };
 use meridian_log::failpoint::FailPoints;
 use meridian_log::skips::Skips;
@@ -58,7 +57,7 @@ const STUDY: &str = "ingest.study";
 const INSTANCES: &str = "ingest.instances";
 
 /// Each tenant's id secret, for the tenants whose home this region is.
-pub type Secrets = BTreeMap<String, TenantSecret>;
+pub use meridian_region::Secrets;
 
 pub struct IngestOptions {
     pub secrets: Secrets,

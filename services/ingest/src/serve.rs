@@ -57,12 +57,9 @@ impl IngestService {
     }
 
     fn limits(&self) -> &meridian_config::DicomLimits {
-        self.context.config().map_or(&DEFAULT_LIMITS, |c| &c.dicom)
+        &self.context.config().dicom
     }
 }
-
-static DEFAULT_LIMITS: std::sync::LazyLock<meridian_config::DicomLimits> =
-    std::sync::LazyLock::new(meridian_config::DicomLimits::default);
 
 impl RegionService for IngestService {
     fn name(&self) -> &'static str {
@@ -85,7 +82,7 @@ impl RegionService for IngestService {
     }
 
     fn dicomweb(&self) -> Option<axum::Router> {
-        let max_request_bytes = self.context.config().map_or(8 << 30, |r| r.dicomweb.max_request_bytes);
+        let max_request_bytes = self.context.config().dicomweb.max_request_bytes;
         let limits =
             crate::stow::StowLimits { max_instance_bytes: self.limits().max_instance_bytes, max_request_bytes };
         Some(crate::stow::router(self.ingest.clone(), limits))
@@ -230,7 +227,7 @@ async fn dicom(service: Arc<IngestService>, listener: TcpListener, shutdown: imp
 /// orphan_sweep_every` until `shutdown`, on its own timer so a long sweep
 /// delays neither completion nor acknowledgements.
 async fn orphan_sweeps(service: Arc<IngestService>, shutdown: impl std::future::Future<Output = ()>) {
-    let config = service.context.config().map(|r| r.housekeeping.clone()).unwrap_or_default();
+    let config = service.context.config().housekeeping.clone();
     let period = Duration::from_secs(config.orphan_sweep_every.seconds.max(1));
     let grace = Duration::from_secs(config.orphan_grace.seconds);
     let mut first = true;

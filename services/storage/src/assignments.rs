@@ -2,13 +2,12 @@
 //! events, so DICOMweb can tell a reader's own studies from the rest
 //! without asking routing's memory (which may be another process).
 //!
-//! It follows `ops.routing` a moment behind routing: a reader who has just
-//! claimed a study may get 403 until the claim is folded here (bounded by
-//! the log's delivery, usually well under a second). In `meridian dev` the
-//! composition gives DICOMweb routing's own answer instead.
+//! It follows `ops.routing` a moment behind routing, in `meridian dev` as
+//! in a process of its own: a reader who has just claimed a study may get
+//! 403 until the claim is folded here (the log's delivery: a wake-up on the
+//! embedded log, a fetch on Kafka).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 use meridian_events::payload::Payload;
 use meridian_log::{EventLog, Position, TopicName};
@@ -112,9 +111,6 @@ impl Assignments for FoldedAssignments {
         projector.state().assignee.iter().filter(|(_, r)| *r == reader).map(|(s, _)| *s).collect()
     }
 }
-
-/// Routing's answer through the shared trait, where one process runs both.
-pub type SharedAssignments = Arc<dyn Assignments>;
 
 #[cfg(test)]
 mod tests {

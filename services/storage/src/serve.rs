@@ -18,7 +18,7 @@ use meridian_region::{RegionContext, RegionError, RegionService, Stopping, Task,
 
 use crate::assignments::FoldedAssignments;
 use crate::derivatives::Derivatives;
-use crate::dicomweb::{Assignments, DicomWeb};
+use crate::dicomweb::DicomWeb;
 use crate::index::{IndexFollower, StudyIndex};
 use crate::phi::PhiWriter;
 
@@ -27,14 +27,6 @@ pub enum IndexFeed {
     /// Ingest, in this process, before it acknowledges.
     Ingest,
     /// This service, from the log's InstanceReceived.
-    Log,
-}
-
-/// Who tells DICOMweb which reader holds a study.
-pub enum AssigneeSource {
-    /// Routing, in this process.
-    Given(Arc<dyn Assignments>),
-    /// This service's fold of `ops.routing`.
     Log,
 }
 
@@ -50,7 +42,8 @@ pub struct StorageService {
     pub index: Arc<StudyIndex>,
     pub dicomweb: Arc<DicomWeb>,
     pub derivatives: Arc<Derivatives>,
-    folded: Option<Arc<FoldedAssignments>>,
+    /// Who holds each study, folded from routing's events.
+    folded: Arc<FoldedAssignments>,
     /// Where ingest is another process: the index's follower of the log.
     follower: Option<Arc<IndexFollower>>,
 }
@@ -61,7 +54,6 @@ impl StorageService {
         context: &Arc<RegionContext>,
         index: Arc<StudyIndex>,
         feed: IndexFeed,
-        assignees: AssigneeSource,
     ) -> Result<Arc<StorageService>, RegionError> {
         let err = |reason: String| context.service_error("storage", reason);
         let name = &context.name;
@@ -101,23 +93,17 @@ impl StorageService {
         // The assignments fold and the index catch up at once: each waits
         // for the log to stay quiet, which in turn would add up.
         let folding = async {
-            match assignees {
-                AssigneeSource::Given(given) => Ok((given, None)),
-                AssigneeSource::Log => {
-                    let routing = topic("routing", meridian_events::DataClass::Operational)?;
-                    let folded = FoldedAssignments::open(
-                        &routing,
-                        context.log.as_ref(),
-                        context.keys.as_ref(),
-                        context.snapshotter(),
-                        context.idle,
-                    )
-                    .await
-                    .map_err(|e| err(e.to_string()))?;
-                    let folded = Arc::new(folded);
-                    Ok::<(Arc<dyn Assignments>, _), RegionError>((folded.clone(), Some(folded)))
-                }
-            }
+            let routing = topic("routing", meridian_events::DataClass::Operational)?;
+            let folded = FoldedAssignments::open(
+                &routing,
+                context.log.as_ref(),
+                context.keys.as_ref(),
+                context.snapshotter(),
+                context.idle,
+            )
+            .await
+            .map_err(|e| err(e.to_string()))?;
+            Ok::<_, RegionError>(Arc::new(folded))
         };
         let indexing = async {
             // Serve searches over what the log held at start.
@@ -127,7 +113,7 @@ impl StorageService {
             }
         };
         let (folding, indexed) = tokio::join!(folding, indexing);
-        let ((assignments, folded), indexed) = (folding?, indexed?);
+        let (folded, indexed) = (folding?, indexed?);
         if follower.is_some() {
             tracing::info!(region = %name, instances = indexed, "study index caught up from the log");
         }
@@ -137,7 +123,7 @@ impl StorageService {
             index.clone(),
             context.blobs.clone(),
             context.log.clone(),
-            assignments,
+            folded.clone(),
         )
         .map_err(|e| err(e.to_string()))?;
         let service = StorageService {
@@ -203,12 +189,10 @@ impl RegionService for StorageService {
                 }),
             ));
         }
-        if let Some(folded) = self.folded.clone() {
-            let context = self.context.clone();
-            tasks.push(Task::spawn("assignments", async move {
-                folded.live().follow(context.log.as_ref(), context.keys.as_ref(), stopping.wait()).await;
-            }));
-        }
+        let (folded, context) = (self.folded.clone(), self.context.clone());
+        tasks.push(Task::spawn("assignments", async move {
+            folded.live().follow(context.log.as_ref(), context.keys.as_ref(), stopping.wait()).await;
+        }));
         tasks
     }
 
@@ -218,9 +202,7 @@ impl RegionService for StorageService {
 
     fn save_snapshots(&self, force: bool) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            if let Some(folded) = &self.folded
-                && let Err(e) = folded.live().snapshot(force).await
-            {
+            if let Err(e) = self.folded.live().snapshot(force).await {
                 tracing::warn!(region = %self.context.name, error = %e, "saving the assignments snapshot");
             }
             if force
@@ -234,7 +216,7 @@ impl RegionService for StorageService {
 
     fn projections(&self) -> BoxFuture<'_, Vec<serde_json::Value>> {
         Box::pin(async move {
-            let Some(folded) = &self.folded else { return Vec::new() };
+            let folded = &self.folded;
             let held = folded.live().lock().await.state().assignee.len();
             vec![serde_json::json!({
                 "name": "storage.assignments", "opened": folded.live().opened(),
@@ -252,7 +234,7 @@ impl RegionService for StorageService {
     }
 
     fn rebuildable(&self) -> &'static [&'static str] {
-        if self.folded.is_some() { &["storage.assignments"] } else { &[] }
+        &["storage.assignments"]
     }
 
     fn rebuild<'a>(
@@ -260,7 +242,10 @@ impl RegionService for StorageService {
         name: &'a str,
     ) -> BoxFuture<'a, Option<Result<meridian_region::service::Rebuilt, String>>> {
         Box::pin(async move {
-            let folded = self.folded.as_ref().filter(|_| name == "storage.assignments")?;
+            if name != "storage.assignments" {
+                return None;
+            }
+            let folded = &self.folded;
             let c = &self.context;
             let rebuilt = match folded.live().rebuild(c.log.as_ref(), c.keys.as_ref(), c.idle).await {
                 Ok(r) => r,

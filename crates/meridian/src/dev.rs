@@ -259,6 +259,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             key_encryption_key: key_encryption_key(&platform, &secrets, name)?,
             process: "dev".into(),
             ownership: Default::default(),
+            peers: Vec::new(),
         };
         let context = RegionContext::open(name, &args.data_dir.join(name), platform.clone(), verifier.clone(), options)
             .await

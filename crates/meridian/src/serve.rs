@@ -57,9 +57,15 @@ pub struct ServeArgs {
     instance: Option<u32>,
     /// How many replicas of this service the region runs: replica `I`
     /// owns the partitions p with p mod N = I of its partitioned consumers
-    /// (storage's derivatives). Ingest and routing run one per region.
+    /// (storage's derivatives) and, for ingest, writes the events of the
+    /// studies on them. Routing runs one per region.
     #[arg(long, default_value_t = 1)]
     replicas: u32,
+    /// Every replica's gRPC URL in ordinal order, comma-separated (ingest
+    /// with --replicas above 1: a replica hands each arrival to the owner
+    /// of its study), e.g. `http://ingest-0.ingest:50051,http://ingest-1.ingest:50051`.
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
     /// Write the bound addresses here once every listener is up.
     #[arg(long)]
     endpoints: Option<PathBuf>,
@@ -113,12 +119,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Ok(o) => o,
         Err(e) => return refuse(format!("--instance and --replicas: {e}")),
     };
-    if args.replicas > 1 && matches!(service, ServiceName::Ingest | ServiceName::Routing) {
+    if args.replicas > 1 && service == ServiceName::Routing {
         return refuse(format!(
-            "--replicas {}: {} numbers its aggregates' versions from its own state, so a region runs one; \
+            "--replicas {}: routing decides over the whole worklist of its region, so a region runs one; \
              a restarted one fences its predecessor",
+            args.replicas
+        ));
+    }
+    if service == ServiceName::Ingest && args.replicas > 1 && args.peers.len() != args.replicas as usize {
+        return refuse(format!(
+            "--replicas {} needs --peers with every replica's gRPC URL in ordinal order; {} given",
             args.replicas,
-            service.as_str()
+            args.peers.len()
         ));
     }
     let process = match args.instance {
@@ -136,6 +148,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         key_encryption_key: kek,
         process,
         ownership,
+        peers: args.peers.clone(),
     };
     let grpc = bind(args.listen, args.grpc_port, "gRPC", region).await?;
     let http = bind(args.listen, args.http_port, "HTTP", region).await?;

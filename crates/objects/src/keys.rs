@@ -48,11 +48,86 @@ const PREFIX: &str = "keys/v1";
 
 /// The region's key-encryption key: 32 bytes.
 #[derive(Clone)]
-pub struct Kek(Aes256GcmSiv);
+pub struct Kek(Aes256GcmSiv, ServiceKey);
 
 impl std::fmt::Debug for Kek {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Kek(..)")
+    }
+}
+
+/// A key every process of a region derives from the region's
+/// key-encryption key, to authenticate calls between its processes (one
+/// ingest replica handing an arrival to another). Holding it grants
+/// nothing the key-encryption key does not: that one opens every data key.
+#[derive(Clone)]
+pub struct ServiceKey([u8; 32]);
+
+impl std::fmt::Debug for ServiceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServiceKey(..)")
+    }
+}
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+impl ServiceKey {
+    /// HMAC-SHA-256 of a fixed label under the key-encryption key: a key
+    /// for this purpose only, never the key-encryption key itself.
+    fn derive(kek: &[u8; 32]) -> ServiceKey {
+        use hmac::Mac;
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(kek).expect("HMAC takes a key of any length");
+        mac.update(b"meridian/region-service-key/v1");
+        ServiceKey(mac.finalize().into_bytes().into())
+    }
+
+    /// From raw bytes (tests).
+    pub fn from_bytes(bytes: [u8; 32]) -> ServiceKey {
+        ServiceKey(bytes)
+    }
+
+    fn mac(&self, purpose: &str, sent_at: i64, body: &[u8]) -> HmacSha256 {
+        use hmac::Mac;
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.0).expect("HMAC takes a key of any length");
+        // Length-prefixed, so no two different inputs MAC the same bytes.
+        mac.update(&(purpose.len() as u64).to_be_bytes());
+        mac.update(purpose.as_bytes());
+        mac.update(&sent_at.to_be_bytes());
+        mac.update(&(body.len() as u64).to_be_bytes());
+        mac.update(body);
+        mac
+    }
+
+    /// The MAC of `body`, sent for `purpose` at `sent_at` (microseconds).
+    pub fn sign(&self, purpose: &str, sent_at: i64, body: &[u8]) -> Vec<u8> {
+        use hmac::Mac;
+        self.mac(purpose, sent_at, body).finalize().into_bytes().to_vec()
+    }
+
+    /// Checks `tag` (in constant time) and that `sent_at` is within
+    /// `window` microseconds of `now`, either way: a copied request
+    /// replays only briefly, and only what it said.
+    pub fn verify(
+        &self,
+        purpose: &str,
+        sent_at: i64,
+        body: &[u8],
+        tag: &[u8],
+        now: i64,
+        window: i64,
+    ) -> Result<(), String> {
+        use hmac::Mac;
+        self.mac(purpose, sent_at, body)
+            .verify_slice(tag)
+            .map_err(|_| "the request's MAC does not verify under this region's service key".to_owned())?;
+        if (now - sent_at).abs() > window {
+            return Err(format!(
+                "the request was sent {} ms from this process's clock, outside the {} ms window",
+                (now - sent_at) / 1_000,
+                window / 1_000
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -69,7 +144,12 @@ impl Kek {
         let bytes: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
             format!("the key-encryption key is {} bytes; it must be 32 (64 hex digits)", b.len())
         })?;
-        Ok(Kek(Aes256GcmSiv::new((&bytes).into())))
+        Ok(Kek(Aes256GcmSiv::new((&bytes).into()), ServiceKey::derive(&bytes)))
+    }
+
+    /// The region's service key, derived from this key.
+    pub fn service_key(&self) -> ServiceKey {
+        self.1.clone()
     }
 
     /// `study (16 bytes, clear: an opaque id) | nonce (12) | sealed key`.
@@ -326,6 +406,22 @@ mod tests {
         let short = Kek::from_hex(b"0011").unwrap_err();
         assert!(short.contains("2 bytes; it must be 32"), "{short}");
         assert!(Kek::from_hex(b"zz".repeat(32).as_slice()).unwrap_err().contains("not hex"));
+    }
+
+    #[test]
+    fn a_service_key_authenticates_one_request_briefly_and_only_within_its_region() {
+        let (key, other) = (kek(7).service_key(), kek(8).service_key());
+        let tag = key.sign("ingest.arrival", 1_000_000, b"body");
+        assert!(kek(7).service_key().verify("ingest.arrival", 1_000_000, b"body", &tag, 1_500_000, 60_000_000).is_ok());
+        let refused = |r: Result<(), String>| r.unwrap_err();
+        assert!(
+            refused(other.verify("ingest.arrival", 1_000_000, b"body", &tag, 1_000_000, 60_000_000)).contains("MAC")
+        );
+        assert!(refused(key.verify("ingest.arrival", 1_000_000, b"bodz", &tag, 1_000_000, 60_000_000)).contains("MAC"));
+        assert!(refused(key.verify("other.purpose", 1_000_000, b"body", &tag, 1_000_000, 60_000_000)).contains("MAC"));
+        assert!(refused(key.verify("ingest.arrival", 1_000_001, b"body", &tag, 1_000_000, 60_000_000)).contains("MAC"));
+        let late = refused(key.verify("ingest.arrival", 1_000_000, b"body", &tag, 62_000_000, 60_000_000));
+        assert!(late.contains("outside the 60000 ms window"), "{late}");
     }
 
     #[test]

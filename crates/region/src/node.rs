@@ -68,6 +68,9 @@ pub struct RegionOptions {
     pub process: String,
     /// Which partitions this replica's partitioned consumers own.
     pub ownership: meridian_log::partitioner::Ownership,
+    /// Every replica's gRPC URL in ordinal order, for a service whose
+    /// replicas call each other (ingest); empty for one replica.
+    pub peers: Vec<String>,
 }
 
 /// What every service process of a region shares: opened once per process.
@@ -90,6 +93,11 @@ pub struct RegionContext {
     /// Which partitions this replica's partitioned consumers own (all of
     /// them in a process that is the only one of its service).
     pub ownership: meridian_log::partitioner::Ownership,
+    /// Every replica's gRPC URL in ordinal order (see [`RegionOptions`]).
+    pub peers: Vec<String>,
+    /// Authenticates calls between this region's processes (derived from
+    /// its key-encryption key; absent on the embedded log, one process).
+    pub service_key: Option<meridian_objects::keys::ServiceKey>,
     /// How long a read must stay empty to count as caught up.
     pub idle: Duration,
     topics: Vec<TopicName>,
@@ -106,7 +114,8 @@ impl RegionContext {
         verifier: Arc<TokenVerifier>,
         options: RegionOptions,
     ) -> Result<RegionContext, RegionError> {
-        let RegionOptions { secrets, failpoints, key_encryption_key, process, ownership } = options;
+        let RegionOptions { secrets, failpoints, key_encryption_key, process, ownership, peers } = options;
+        let service_key = key_encryption_key.as_ref().map(meridian_objects::keys::Kek::service_key);
         let Some(config) = platform.regions.get(name) else {
             return Err(RegionError::Unknown { region: name.to_owned() });
         };
@@ -181,6 +190,8 @@ impl RegionContext {
             secrets,
             failpoints,
             ownership,
+            peers,
+            service_key,
             idle,
             topics,
             partitions,

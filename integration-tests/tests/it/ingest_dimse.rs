@@ -81,7 +81,7 @@ pub(crate) async fn open_ingest_with(
 ) -> Ingest {
     let phi = PhiWriter::new("us-east", platform(), blobs, log.clone());
     let secrets: Secrets = [("acme".to_string(), TenantSecret::new(vec![3u8; 32]).unwrap())].into();
-    let options = IngestOptions { secrets, failpoints: Default::default(), snapshots };
+    let options = IngestOptions { secrets, failpoints: Default::default(), snapshots, replicas: None };
     Ingest::open("us-east", platform(), phi, index, log, keys, Duration::from_millis(50), options).await.unwrap()
 }
 

@@ -31,12 +31,14 @@ use meridian_projection::live::Live;
 use meridian_projection::run::{Rebuilt, Resumed, Snapshotter};
 use meridian_projection::{Event as Logged, Projection, Projector};
 use meridian_proto::events::v1 as pb;
+use meridian_proto::ingest::v1 as pb_ingest;
 use meridian_storage::index::{IndexError, Received, StudyIndex};
 use meridian_storage::phi::{PhiObject, PhiWriteError, PhiWriter};
 use tokio::sync::{Mutex, oneshot};
 use uuid::Uuid;
 
 use crate::dataset::{self, Rejection};
+use crate::replicas::{ReplicaError, Replicas};
 use crate::studies::{self, Studies};
 
 /// The object is durable; its events are not appended yet.
@@ -65,6 +67,9 @@ pub struct IngestOptions {
     pub failpoints: FailPoints,
     /// Where and how often the studies projection is snapshotted.
     pub snapshots: Snapshotter,
+    /// This replica and its peers, when the region runs more than one:
+    /// it then folds and writes only the studies it owns.
+    pub replicas: Option<Arc<Replicas>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +89,14 @@ pub enum Error {
     Group(String),
     #[error("ingest: the committing task went away")]
     Abandoned,
+    #[error("ingest: {0}")]
+    Replicas(#[from] ReplicaError),
+    /// The study's owner did not answer a handed-over arrival.
+    #[error("ingest: ingest replica {owner}, which owns the study, did not take the arrival: {reason}")]
+    HandOver { owner: u32, reason: String },
+    /// A replica handed over an arrival this one cannot record.
+    #[error("ingest: a handed-over arrival: {0}")]
+    Arrival(String),
 }
 
 /// An instance whose object is durable, waiting for its events.
@@ -94,6 +107,42 @@ struct Arrival {
     received: pb::InstanceReceived,
     indexed: Received,
     now: UnixMicros,
+}
+
+impl Arrival {
+    /// As one replica hands it to the study's owner.
+    fn to_wire(&self) -> pb_ingest::Arrival {
+        pb_ingest::Arrival {
+            tenant: self.tenant.clone(),
+            facility: self.facility.clone(),
+            received: Some(self.received.clone()),
+            metadata_json: serde_json::to_vec(&self.indexed.metadata).unwrap_or_default(),
+            arrived_at_micros: self.now.0,
+        }
+    }
+
+    fn from_wire(wire: pb_ingest::Arrival) -> Result<Arrival, Error> {
+        let bad = |what: &str, e: &dyn std::fmt::Display| Error::Arrival(format!("{what}: {e}"));
+        let received = wire.received.ok_or_else(|| Error::Arrival("it names no InstanceReceived".into()))?;
+        let id = |field: &str, text: &str| Uuid::parse_str(text).map_err(|e| bad(field, &e));
+        let study = StudyId(id("study_id", &received.study_id)?);
+        let indexed = Received {
+            tenant: wire.tenant.clone(),
+            study_id: study.as_uuid(),
+            series_id: id("series_id", &received.series_id)?,
+            instance_id: id("instance_id", &received.instance_id)?,
+            study_uid: received.study_instance_uid.clone(),
+            series_uid: received.series_instance_uid.clone(),
+            sop_uid: received.sop_instance_uid.clone(),
+            object_key: received.object_key.clone(),
+            sha256: received.sha256.clone(),
+            size: received.size_bytes,
+            transfer_syntax: received.transfer_syntax_uid.clone(),
+            metadata: serde_json::from_slice(&wire.metadata_json).map_err(|e| bad("metadata_json", &e))?,
+        };
+        let now = UnixMicros(wire.arrived_at_micros);
+        Ok(Arrival { tenant: wire.tenant, facility: wire.facility, study, received, indexed, now })
+    }
 }
 
 type Answer = oneshot::Sender<Result<u16, Error>>;
@@ -150,6 +199,7 @@ pub struct Ingest {
     stopping: std::sync::atomic::AtomicBool,
     /// Records the study index's catch-up passed, by reason.
     index_skips: Skips,
+    replicas: Option<Arc<Replicas>>,
 }
 
 /// How often opening retries a study index catch-up that failed on a
@@ -175,13 +225,24 @@ impl Ingest {
         idle: Duration,
         options: IngestOptions,
     ) -> Result<Ingest, Error> {
-        let IngestOptions { secrets, failpoints, snapshots } = options;
+        let IngestOptions { secrets, failpoints, snapshots, replicas } = options;
         let (phi_topic, ops_topic) = (topic(region, DataClass::Phi)?, topic(region, DataClass::Operational)?);
         let mut positions = Vec::new();
+        let mut counts = Vec::new();
         for t in [&phi_topic, &ops_topic] {
-            for p in 0..log.partitions(t).await? {
+            let partitions = log.partitions(t).await?;
+            counts.push(partitions);
+            for p in 0..partitions {
                 positions.push(Position::start(t.clone(), p));
             }
+        }
+        if let Some(replicas) = &replicas {
+            // A study's records are keyed by its id on both topics: one
+            // partition number, one owner, only when the counts agree.
+            if counts[0] != counts[1] || counts[0] != replicas.partitions() {
+                return Err(ReplicaError::Partitions { phi: counts[0], ops: counts[1] }.into());
+            }
+            positions = replicas.ownership().mine(positions);
         }
         let index_skips = Skips::new("storage.index");
         // The studies and the index catch up at once: each waits for the
@@ -225,6 +286,7 @@ impl Ingest {
             suspects: Mutex::new(BTreeMap::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
             index_skips,
+            replicas,
         })
     }
 
@@ -440,8 +502,38 @@ impl Ingest {
         };
         let ids = (study.as_uuid(), series.as_uuid(), instance_id.as_uuid());
         let arrival = Arrival { tenant, facility, study, received, indexed, now };
-        let status = self.acknowledge(arrival).await?;
+        let status = match &self.replicas {
+            Some(replicas) if !replicas.owns(study.as_uuid()) => {
+                let owner = replicas.owner_of(study.as_uuid());
+                replicas
+                    .hand_over(owner, arrival.to_wire(), now.0)
+                    .await
+                    .map_err(|s| Error::HandOver { owner, reason: s.message().to_owned() })?
+            }
+            _ => self.acknowledge(arrival).await?,
+        };
         Ok(Receipt { status, stored: Some(ids), refusal: None })
+    }
+
+    /// Records an arrival another replica stored, for a study this one
+    /// owns: the same commit as its own arrivals. Its DIMSE status.
+    pub async fn record_handed_over(&self, arrival: pb_ingest::Arrival) -> Result<u16, Error> {
+        let arrival = Arrival::from_wire(arrival)?;
+        if let Some(replicas) = &self.replicas
+            && !replicas.owns(arrival.study.as_uuid())
+        {
+            let owner = replicas.owner_of(arrival.study.as_uuid());
+            return Err(Error::Arrival(format!(
+                "replica {} does not own study {}; replica {owner} does (are the replicas' --replicas the same?)",
+                replicas.ownership().ordinal,
+                arrival.study.as_uuid()
+            )));
+        }
+        self.acknowledge(arrival).await
+    }
+
+    pub fn replicas(&self) -> Option<&Arc<Replicas>> {
+        self.replicas.as_ref()
     }
 
     /// Appends the arrival's events and indexes it, together with every
@@ -753,7 +845,9 @@ impl Ingest {
             let unnamed = tokio::task::spawn_blocking(move || index.unnamed(&page))
                 .await
                 .map_err(|e| Error::Group(format!("sweep lookup: {e}")))??;
-            orphans.extend(unnamed);
+            // Another replica's arrivals are named in its index, not this
+            // one's: each replica sweeps only the studies it owns.
+            orphans.extend(unnamed.into_iter().filter(|key| self.sweeps(key)));
             after = Some(last);
         }
         let mut suspects = self.suspects.lock().await;
@@ -772,6 +866,13 @@ impl Ingest {
             tracing::info!(region = %self.region, deleted, "swept objects no event names");
         }
         Ok(deleted)
+    }
+
+    /// Whether this replica sweeps the object at `key`
+    /// (`phi/{tenant}/{study}/…`): it owns the study, or is the only one.
+    fn sweeps(&self, key: &str) -> bool {
+        let Some(replicas) = &self.replicas else { return true };
+        key.split('/').nth(2).and_then(|s| Uuid::parse_str(s).ok()).is_some_and(|study| replicas.owns(study))
     }
 
     /// The opaque id of `tenant`'s Study Instance UID (in its home region).

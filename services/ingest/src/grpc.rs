@@ -14,12 +14,19 @@ use meridian_auth::grpc::{permission_denied, principal};
 use meridian_auth::{Action, Principal, Resource, authorize};
 use meridian_proto::ingest::v1 as pb;
 use meridian_proto::ingest::v1::complete_study_request::Study;
+use meridian_proto::ingest::v1::ingest_replica_service_server::IngestReplicaService;
 use meridian_proto::ingest::v1::ingest_service_server::IngestService;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use uuid::Uuid;
 
 use crate::app::Ingest;
+
+/// The caller's credentials, passed on when a replica asks another.
+const AUTHORIZATION: &str = "authorization";
+/// Set when one replica asks another for its part of a tenant's list: it
+/// answers with its own part only.
+const REPLICA_ONLY: &str = "x-meridian-replica-only";
 
 pub struct IngestGrpc {
     ingest: Arc<Ingest>,
@@ -337,11 +344,14 @@ impl IngestService for IngestGrpc {
     ) -> Result<Response<pb::ListRejectionsResponse>, Status> {
         let p = principal(&request)?.clone();
         let tenant = tenant_for(&p, Action::ViewRejections)?;
-        let size = match request.into_inner().page_size {
+        let credentials = request.metadata().get(AUTHORIZATION).cloned();
+        let asked_by_replica = request.metadata().contains_key(REPLICA_ONLY);
+        let page_size = request.get_ref().page_size;
+        let size = match page_size {
             n if n <= 0 => 100,
             n => (n as usize).min(1_000),
         };
-        let rejections = self
+        let mut rejections: Vec<pb::Rejection> = self
             .ingest
             .read(|s| {
                 s.rejections
@@ -363,6 +373,26 @@ impl IngestService for IngestGrpc {
                     .unwrap_or_default()
             })
             .await;
+        // Each replica folds the rejections of its own partitions: the
+        // tenant's list is all of theirs, newest first.
+        if let Some(replicas) = self.ingest.replicas().filter(|_| !asked_by_replica) {
+            for ordinal in replicas.others() {
+                let mut ask = Request::new(pb::ListRejectionsRequest { page_size });
+                if let Some(c) = &credentials {
+                    ask.metadata_mut().insert(AUTHORIZATION, c.clone());
+                }
+                ask.metadata_mut().insert(REPLICA_ONLY, tonic::metadata::MetadataValue::from_static("1"));
+                let answer = replicas.tenant_client(ordinal)?.list_rejections(ask).await.map_err(|e| {
+                    Status::unavailable(format!(
+                        "ingest replica {ordinal} did not list its rejections: {}",
+                        e.message()
+                    ))
+                })?;
+                rejections.extend(answer.into_inner().rejections);
+            }
+            rejections.sort_by_key(|r| std::cmp::Reverse(r.rejected_at.map(|t| (t.seconds, t.nanos))));
+            rejections.truncate(size);
+        }
         Ok(Response::new(pb::ListRejectionsResponse { rejections }))
     }
 
@@ -372,6 +402,7 @@ impl IngestService for IngestGrpc {
     ) -> Result<Response<pb::CompleteStudyResponse>, Status> {
         let p = principal(&request)?.clone();
         let tenant = tenant_for(&p, Action::SendStudy)?;
+        let credentials = request.metadata().get(AUTHORIZATION).cloned();
         let study = match request.into_inner().study {
             Some(Study::StudyInstanceUid(uid)) if crate::dataset::valid_uid(&uid) => self
                 .ingest
@@ -385,6 +416,16 @@ impl IngestService for IngestGrpc {
             }
             None => return Err(bad_request("study", "name the study by study_instance_uid or study_id")),
         };
+        // The study's owner completes it, asked with the caller's own
+        // credentials (it checks them again).
+        if let Some(replicas) = self.ingest.replicas().filter(|r| !r.owns(study)) {
+            let owner = replicas.owner_of(study);
+            let mut ask = Request::new(pb::CompleteStudyRequest { study: Some(Study::StudyId(study.to_string())) });
+            if let Some(c) = credentials {
+                ask.metadata_mut().insert(AUTHORIZATION, c);
+            }
+            return replicas.tenant_client(owner)?.complete_study(ask).await;
+        }
         let done =
             self.ingest.complete_now(&tenant, study, now()).await.map_err(|e| Status::unavailable(e.to_string()))?;
         let Some((completed, completed_now)) = done else {
@@ -402,5 +443,41 @@ impl IngestService for IngestGrpc {
             instance_count: completed.instance_count,
             completed_now,
         }))
+    }
+}
+
+/// `meridian.ingest.v1.IngestReplicaService`: arrivals handed over by the
+/// region's other ingest replicas, authenticated by the region's service
+/// key (see [`crate::replicas`]).
+pub struct ReplicaGrpc {
+    ingest: Arc<Ingest>,
+}
+
+impl ReplicaGrpc {
+    pub fn new(ingest: Arc<Ingest>) -> ReplicaGrpc {
+        ReplicaGrpc { ingest }
+    }
+}
+
+#[tonic::async_trait]
+impl IngestReplicaService for ReplicaGrpc {
+    async fn record_arrival(
+        &self,
+        request: Request<pb::RecordArrivalRequest>,
+    ) -> Result<Response<pb::RecordArrivalResponse>, Status> {
+        let Some(replicas) = self.ingest.replicas() else {
+            return Err(Status::failed_precondition(
+                "this ingest is the region's only replica; nothing is handed to it",
+            ));
+        };
+        let arrival = replicas.open(request.get_ref(), now().0).map_err(|reason| {
+            tracing::warn!(%reason, "a handed-over arrival was refused");
+            Status::unauthenticated(reason)
+        })?;
+        match self.ingest.record_handed_over(arrival).await {
+            Ok(status) => Ok(Response::new(pb::RecordArrivalResponse { dimse_status: u32::from(status) })),
+            Err(e @ crate::app::Error::Arrival(_)) => Err(Status::failed_precondition(e.to_string())),
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
     }
 }

@@ -22,6 +22,7 @@
 pub mod app;
 pub mod dataset;
 pub mod grpc;
+pub mod replicas;
 pub mod serve;
 pub mod stow;
 pub mod studies;

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use meridian_auth::grpc::Authenticate;
 use meridian_events::UnixMicros;
+use meridian_proto::ingest::v1::ingest_replica_service_server::IngestReplicaServiceServer;
 use meridian_proto::ingest::v1::ingest_service_server::IngestServiceServer;
 use meridian_region::service::{BoxFuture, GrpcRoutes, Rebuilt, ServiceListeners, rebuild_if};
 use meridian_region::{RegionContext, RegionError, RegionService, Stopping, Task, every};
@@ -20,7 +21,8 @@ use meridian_storage::phi::PhiWriter;
 use tokio::net::TcpListener;
 
 use crate::app::{Ingest, IngestOptions};
-use crate::grpc::{IngestGrpc, UploadLimits};
+use crate::grpc::{IngestGrpc, ReplicaGrpc, UploadLimits};
+use crate::replicas::Replicas;
 
 /// How often ingest looks for studies quiet for their period.
 const INGEST_TICK: Duration = Duration::from_secs(1);
@@ -36,10 +38,19 @@ impl IngestService {
     /// `index` up with the log.
     pub async fn open(context: &Arc<RegionContext>, index: Arc<StudyIndex>) -> Result<Arc<IngestService>, RegionError> {
         let phi = PhiWriter::new(&context.name, context.platform.clone(), context.blobs.clone(), context.log.clone());
+        let replicas = if context.ownership.replicas > 1 {
+            let partitions = context.config().log.partitions();
+            let replicas = Replicas::new(context.ownership, partitions, &context.peers, context.service_key.clone())
+                .map_err(|e| context.service_error("ingest", e))?;
+            Some(Arc::new(replicas))
+        } else {
+            None
+        };
         let options = IngestOptions {
             secrets: context.secrets.clone(),
             failpoints: context.failpoints.clone(),
             snapshots: context.snapshotter(),
+            replicas,
         };
         let ingest = Ingest::open(
             &context.name,
@@ -78,6 +89,11 @@ impl RegionService for IngestService {
                 Authenticate::new(self.context.verifier.clone()),
             ));
             health.set_serving::<IngestServiceServer<IngestGrpc>>().await;
+            if self.ingest.replicas().is_some() {
+                // Authenticated by the region's service key, not a token.
+                routes.add_service(IngestReplicaServiceServer::new(ReplicaGrpc::new(self.ingest.clone())));
+                health.set_serving::<IngestReplicaServiceServer<ReplicaGrpc>>().await;
+            }
         })
     }
 

@@ -165,15 +165,38 @@ impl Cluster {
 
     /// Replica `ordinal` of `replicas` of `region`'s `service`.
     pub fn start_replica(&self, region: &str, service: &str, ordinal: u32, replicas: u32) -> Service {
-        self.spawn(region, service, Some(ordinal), replicas, "")
+        self.spawn(region, service, Some(ordinal), replicas, "", &[])
+    }
+
+    /// `replicas` replicas of `region`'s ingest, each told every replica's
+    /// gRPC address (free ports picked before they start, as a
+    /// StatefulSet's stable names would be known).
+    pub fn start_ingest_replicas(&self, region: &str, replicas: u32) -> Vec<Service> {
+        let ports: Vec<u16> = (0..replicas).map(|_| crate::free_port()).collect();
+        let peers: Vec<String> = ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
+        let peers = peers.join(",");
+        (0..replicas)
+            .map(|i| {
+                let port = ports[i as usize].to_string();
+                self.spawn(region, "ingest", Some(i), replicas, "", &["--grpc-port", &port, "--peers", &peers])
+            })
+            .collect()
     }
 
     /// `region`'s `service`, with `failpoints` armed.
     pub fn start_in(&self, region: &str, service: &str, instance: Option<u32>, failpoints: &str) -> Service {
-        self.spawn(region, service, instance, 1, failpoints)
+        self.spawn(region, service, instance, 1, failpoints, &[])
     }
 
-    fn spawn(&self, region: &str, service: &str, instance: Option<u32>, replicas: u32, failpoints: &str) -> Service {
+    fn spawn(
+        &self,
+        region: &str,
+        service: &str,
+        instance: Option<u32>,
+        replicas: u32,
+        failpoints: &str,
+        extra: &[&str],
+    ) -> Service {
         let name = instance.map_or(service.to_owned(), |i| format!("{service}-{i}"));
         let name = if region == "us-east" { name } else { format!("{region}-{name}") };
         let data = self.work.join(&name);
@@ -188,7 +211,7 @@ impl Cluster {
             .arg(&data)
             .arg("--secrets")
             .arg(self.work.join("secrets"))
-            .args(["--grpc-port", "0", "--http-port", "0", "--dicom-port", "0", "--endpoints"])
+            .args(["--http-port", "0", "--dicom-port", "0", "--endpoints"])
             .arg(&endpoints)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
@@ -198,6 +221,10 @@ impl Cluster {
         if let Some(i) = instance {
             command.args(["--instance", &i.to_string(), "--replicas", &replicas.to_string()]);
         }
+        if !extra.contains(&"--grpc-port") {
+            command.args(["--grpc-port", "0"]);
+        }
+        command.args(extra);
         let mut child = command.spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(90);
         while !endpoints.exists() {
@@ -307,7 +334,8 @@ pub fn wait_until<T>(what: &str, seconds: u64, mut probe: impl FnMut() -> Option
     }
 }
 
-pub fn complete(ingest: &Service, token: &str, study_uid: &str) {
+/// Completes a study through `ingest`: (series, instances, completed now).
+pub fn complete(ingest: &Service, token: &str, study_uid: &str) -> (u32, u32, bool) {
     use meridian_proto::ingest::v1 as pb;
     use meridian_proto::ingest::v1::ingest_service_client::IngestServiceClient;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -317,8 +345,23 @@ pub fn complete(ingest: &Service, token: &str, study_uid: &str) {
             study: Some(pb::complete_study_request::Study::StudyInstanceUid(study_uid.to_owned())),
         });
         request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-        client.complete_study(request).await.unwrap();
-    });
+        let done = client.complete_study(request).await.unwrap().into_inner();
+        (done.series_count, done.instance_count, done.completed_now)
+    })
+}
+
+/// The tenant's rejections as `ingest` lists them: (reason code, facility).
+pub fn rejections(ingest: &Service, token: &str) -> Vec<(String, String)> {
+    use meridian_proto::ingest::v1 as pb;
+    use meridian_proto::ingest::v1::ingest_service_client::IngestServiceClient;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let mut client = IngestServiceClient::connect(format!("http://{}", ingest.grpc())).await.unwrap();
+        let mut request = tonic::Request::new(pb::ListRejectionsRequest { page_size: 0 });
+        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let listed = client.list_rejections(request).await.unwrap().into_inner();
+        listed.rejections.into_iter().map(|r| (r.reason_code, r.facility)).collect()
+    })
 }
 
 pub fn study_files(dir: &Path, study: &str, n: usize) -> Vec<PathBuf> {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use meridian_integration_tests::dicom::{acknowledged, storescu};
 use meridian_integration_tests::processes::{
-    Cluster, bucket, complete, found, get, health, of_type, ready, study_files, wait_until,
+    Cluster, bucket, complete, found, get, health, of_type, ready, rejections, study_files, wait_until,
 };
 use meridian_integration_tests::{Moto, Tansu};
 
@@ -236,15 +236,16 @@ fn keys_in(moto: &Moto, bucket: &str, prefix: &str) -> Vec<String> {
 }
 
 #[test]
-fn studies_completed_in_one_process_are_derived_by_two_storage_replicas_each_once_into_the_allowed_region() {
+fn studies_sent_to_two_ingest_replicas_are_derived_by_two_storage_replicas_each_once_into_the_allowed_region() {
     use meridian_events::{StudyId, TenantSecret};
     let (tansu, moto) = (Tansu::start(), Moto::start("unused"));
     let work = tempfile::TempDir::new().unwrap();
     let (cluster, tokens) = Cluster::new(Path::new(MERIDIAN), &examples(), work.path(), &tansu, Some(&moto));
     // Northwind's home is eu-west; its contract gives Lotus's readers
-    // de-identified images in in-south. Two storage replicas share the
-    // derivations by partition of ingest's topic.
-    let ingest = cluster.start_in("eu-west", "ingest", None, "");
+    // de-identified images in in-south. Two ingest replicas each own the
+    // studies on one partition of ingest's topics; two storage replicas
+    // share the derivations the same way.
+    let ingest = cluster.start_ingest_replicas("eu-west", 2);
     let replicas =
         [cluster.start_replica("eu-west", "storage", 0, 2), cluster.start_replica("eu-west", "storage", 1, 2)];
     // Two studies on each of the topic's two partitions (records are keyed
@@ -264,24 +265,48 @@ fn studies_completed_in_one_process_are_derived_by_two_storage_replicas_each_onc
         }
     }
     let files = tempfile::TempDir::new().unwrap();
-    for study in by_partition.iter().flatten() {
-        let file = meridian_integration_tests::dicom::one_instance_study(files.path(), study, "NW-MRN-7", "");
-        // Only images that say no identity is burned into their pixels are
-        // released de-identified.
-        let modified = Command::new("dcmodify").args(["-nb", "-i", "(0028,0301)=NO"]).arg(&file).output().unwrap();
-        assert!(modified.status.success(), "{}", String::from_utf8_lossy(&modified.stderr));
-        let (ok, said) = storescu(ingest.dicom_port(), "NW_DUB_CT", "MERIDIAN_NW", &[file]);
-        assert!(ok, "{said}");
-        complete(&ingest, &tokens["northwind-pacs"], study);
+    let pacs = &tokens["northwind-pacs"];
+    for (n, study) in by_partition.iter().flatten().enumerate() {
+        // Each study's two instances go to the two replicas: one stores an
+        // instance of a study it does not own and hands it to the owner.
+        let dir = files.path().join(n.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        let instances = study_files(&dir, study, 2);
+        for (replica, file) in ingest.iter().zip(&instances) {
+            // Only images that say no identity is burned into their pixels
+            // are released de-identified.
+            let modified = Command::new("dcmodify").args(["-nb", "-i", "(0028,0301)=NO"]).arg(file).output().unwrap();
+            assert!(modified.status.success(), "{}", String::from_utf8_lossy(&modified.stderr));
+            let (ok, said) = storescu(replica.dicom_port(), "NW_DUB_CT", "MERIDIAN_NW", std::slice::from_ref(file));
+            assert!(ok, "{said}");
+        }
+        // Asked of either replica, the owner completes it with both.
+        let (_, instances, completed_now) = complete(&ingest[n % 2], pacs, study);
+        assert_eq!((instances, completed_now), (2, true), "study {study}");
     }
+    // A refusal on each replica: the tenant's list, asked of one, has both.
+    for (n, replica) in ingest.iter().enumerate() {
+        let dir = files.path().join(format!("refused-{n}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = study_files(&dir, &format!("1.2.826.0.1.3680043.10.543.9{n}"), 1);
+        let erased = Command::new("dcmodify").args(["-nb", "-i", "(0020,000E)="]).arg(&file[0]).output().unwrap();
+        assert!(erased.status.success(), "{}", String::from_utf8_lossy(&erased.stderr));
+        let (ok, _) = storescu(replica.dicom_port(), "NW_DUB_CT", "MERIDIAN_NW", &file);
+        assert!(!ok, "an instance without a Series Instance UID is refused");
+    }
+    let listed = wait_until("both replicas' refusals listed by one", 30, || {
+        let listed = rejections(&ingest[0], pacs);
+        (listed.len() == 2).then_some(listed)
+    });
+    assert!(listed.iter().all(|(code, _)| code == "missing_series_instance_uid"), "{listed:?}");
     let derived = wait_until("the four studies derived into in-south's bucket", 60, || {
         let keys = keys_in(&moto, &bucket("in-south"), "deid/");
-        (keys.len() == 4).then_some(keys)
+        (keys.len() == 8).then_some(keys)
     });
     assert!(derived.iter().all(|k| !k.contains("1.2.826")), "derivative keys carry no DICOM UID: {derived:?}");
     // Residency: the patient's images stay in eu-west's bucket; in-south
     // holds only de-identified copies, us-east nothing.
-    assert_eq!(keys_in(&moto, &bucket("eu-west"), "phi/").len(), 4);
+    assert_eq!(keys_in(&moto, &bucket("eu-west"), "phi/").len(), 8);
     assert!(keys_in(&moto, &bucket("in-south"), "phi/").is_empty());
     assert!(keys_in(&moto, &bucket("us-east"), "").is_empty());
     // Each study derived once, each replica deriving its own partition's.
@@ -294,6 +319,19 @@ fn studies_completed_in_one_process_are_derived_by_two_storage_replicas_each_onc
     let events: Vec<serde_json::Value> =
         String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     assert_eq!(of_type(&events, "DerivativeCreated").len(), 4, "one DerivativeCreated per study: {events:?}");
+    // One writer per study: one StudyStarted and one StudyCompleted each,
+    // every instance recorded once, whichever replica received it.
+    let out = Command::new(MERIDIAN)
+        .args(["log", "tail", "--json", "--stream", "ingest", "--region", "eu-west", "--endpoint"])
+        .arg(ingest[1].grpc())
+        .args(["--token", &tokens["sre"]])
+        .output()
+        .unwrap();
+    let events: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert_eq!(of_type(&events, "StudyStarted").len(), 4, "{events:?}");
+    assert_eq!(of_type(&events, "StudyCompleted").len(), 4, "{events:?}");
+    assert_eq!(of_type(&events, "InstanceReceived").len(), 8, "{events:?}");
     for (ordinal, replica) in replicas.iter().enumerate() {
         let said = std::fs::read_to_string(&replica.log).unwrap();
         let derived: Vec<&str> = said.lines().filter(|l| l.contains("study derived")).collect();

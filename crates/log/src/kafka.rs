@@ -483,7 +483,8 @@ impl EventLog for KafkaLog {
         consumer.assign(&tpl).map_err(kafka("assign"))?;
         let mut topics: Vec<TopicName> = from.iter().map(|p| p.topic.clone()).collect();
         topics.dedup();
-        Ok(Box::new(KafkaReader { consumer: Arc::new(consumer), topics: Arc::new(topics) }))
+        let starts = from.iter().map(|p| (p.topic.to_string(), p.partition as i32, p.offset as i64)).collect();
+        Ok(Box::new(KafkaReader { consumer: Arc::new(consumer), topics: Arc::new(topics), starts, ends: None }))
     }
 
     async fn commit(&self, step: Step) -> Result<Vec<Appended>, Error> {
@@ -522,6 +523,30 @@ struct KafkaReader {
     consumer: Arc<BaseConsumer>,
     /// Few topics per reader: a scan beats hashing the name per record.
     topics: Arc<Vec<TopicName>>,
+    /// Where each assigned partition was read from.
+    starts: Vec<(String, i32, i64)>,
+    /// Each partition's end when a catch-up began (its last stable
+    /// offset: the reader reads committed records only).
+    ends: Option<Arc<Vec<i64>>>,
+}
+
+/// How long a catch-up read waits before it looks at the positions again.
+const CATCH_UP_POLL: Duration = Duration::from_millis(50);
+
+impl KafkaReader {
+    /// Whether every partition is read to its end. The consumer's position
+    /// moves past transaction markers, so it reaches the end offset itself.
+    fn at_ends(consumer: &BaseConsumer, starts: &[(String, i32, i64)], ends: &[i64]) -> Result<bool, Error> {
+        let positions = consumer.position().map_err(kafka("position"))?;
+        Ok(starts.iter().zip(ends).all(|((topic, partition, start), end)| {
+            let at = match positions.find_partition(topic, *partition).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                // Nothing read yet in this partition.
+                _ => *start,
+            };
+            at >= *end
+        }))
+    }
 }
 
 #[async_trait]
@@ -560,6 +585,47 @@ impl LogReader for KafkaReader {
             Ok(out)
         })
         .await
+    }
+
+    async fn catch_up_batch(&mut self, max: usize, idle: Duration) -> Result<Vec<Record>, Error> {
+        let ends = match &self.ends {
+            Some(ends) => ends.clone(),
+            None => {
+                let (consumer, starts) = (self.consumer.clone(), self.starts.clone());
+                let ends = blocking("end offsets", move || {
+                    starts
+                        .iter()
+                        .map(|(topic, partition, _)| {
+                            let (_, high) = consumer
+                                .fetch_watermarks(topic, *partition, Duration::from_secs(10))
+                                .map_err(kafka("end offsets"))?;
+                            Ok(high)
+                        })
+                        .collect::<Result<Vec<i64>, Error>>()
+                })
+                .await?;
+                let ends = Arc::new(ends);
+                self.ends = Some(ends.clone());
+                ends
+            }
+        };
+        let started = std::time::Instant::now();
+        loop {
+            let (consumer, starts, at) = (self.consumer.clone(), self.starts.clone(), ends.clone());
+            if blocking("position", move || KafkaReader::at_ends(&consumer, &starts, &at)).await? {
+                // The next catch-up on this reader asks for the ends again.
+                self.ends = None;
+                return Ok(Vec::new());
+            }
+            let batch = self.next_batch(max, CATCH_UP_POLL.min(idle)).await?;
+            if !batch.is_empty() {
+                return Ok(batch);
+            }
+            if started.elapsed() >= idle {
+                self.ends = None;
+                return Ok(batch);
+            }
+        }
     }
 }
 

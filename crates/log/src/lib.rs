@@ -132,4 +132,14 @@ pub trait LogReader: Send {
     /// Up to `max` records; waits up to `wait` when none is there yet and
     /// returns an empty batch if none came.
     async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, Error>;
+
+    /// The next records of a catch-up: empty once the reader has read its
+    /// partitions to where they ended when the catch-up began. A log that
+    /// knows its ends (Kafka: the last stable offsets) stops there at once;
+    /// otherwise, and as a bound where an end is not reached (a
+    /// transaction another producer holds open), a read that waits `idle`
+    /// with nothing new ends it.
+    async fn catch_up_batch(&mut self, max: usize, idle: Duration) -> Result<Vec<Record>, Error> {
+        self.next_batch(max, idle).await
+    }
 }

@@ -8,8 +8,10 @@ use meridian_log::{EventLog, Position};
 use crate::snapshot::{FileSnapshots, Loaded};
 use crate::{Error, Projection, Projector};
 
-/// Reads from the projector's positions until a read waits `idle` with
-/// nothing new: a full catch-up, as a rebuild or a test wants it.
+/// Reads from the projector's positions to the log's end as it was when
+/// the catch-up began (where the log can say; else until a read waits
+/// `idle` with nothing new): a full catch-up, as an open or a rebuild
+/// wants it.
 pub async fn catch_up<P: Projection>(
     log: &dyn EventLog,
     keys: &dyn KeyStore,
@@ -19,7 +21,8 @@ pub async fn catch_up<P: Projection>(
     let mut reader =
         log.reader(projector.positions()).await.map_err(|source| Error::Log { projection: P::NAME, source })?;
     loop {
-        let batch = reader.next_batch(1024, idle).await.map_err(|source| Error::Log { projection: P::NAME, source })?;
+        let batch =
+            reader.catch_up_batch(1024, idle).await.map_err(|source| Error::Log { projection: P::NAME, source })?;
         if batch.is_empty() {
             return Ok(());
         }

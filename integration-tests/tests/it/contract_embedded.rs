@@ -85,3 +85,9 @@ async fn embedded_commit_returns_where_outputs_landed() {
     let dir = TempDir::new().unwrap();
     contract::commit_returns_where_outputs_landed(&open(&dir, &FailPoints::default())).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_catch_up_ends_at_the_end() {
+    let dir = TempDir::new().unwrap();
+    contract::catch_up_ends_at_the_end(&open(&dir, &FailPoints::default())).await;
+}

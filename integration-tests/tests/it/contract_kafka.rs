@@ -117,3 +117,9 @@ async fn kafka_commit_returns_where_outputs_landed() {
     let tansu = Tansu::start();
     contract::commit_returns_where_outputs_landed(&connect(&tansu, &FailPoints::default()).await).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_catch_up_ends_at_the_end() {
+    let tansu = Tansu::start();
+    contract::catch_up_ends_at_the_end(&connect(&tansu, &FailPoints::default()).await).await;
+}

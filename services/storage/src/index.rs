@@ -148,6 +148,15 @@ pub struct InstanceEntry {
 /// Where in the log a recorded instance was read: topic, partition, offset.
 pub type At<'a> = Option<(&'a TopicName, u32, u64)>;
 
+/// How far [`StudyIndex::index_from`] reads.
+#[derive(Clone, Copy, Debug)]
+pub enum Read {
+    /// To the log's end as it was when the read began (a catch-up).
+    ToEnd(Duration),
+    /// Until a read waits this long with nothing new (a follower's pass).
+    Until(Duration),
+}
+
 /// One received instance, as ingest (or the catch-up) hands it over.
 #[derive(Clone, Debug)]
 pub struct Received {
@@ -532,7 +541,7 @@ impl StudyIndex {
         skips: &meridian_log::skips::Skips,
     ) -> Result<usize, IndexError> {
         let mut reader = self.reader(log, topic).await?;
-        self.index_from(reader.as_mut(), keys, blobs, idle, skips).await
+        self.index_from(reader.as_mut(), keys, blobs, Read::ToEnd(idle), skips).await
     }
 
     /// A reader of `topic` from the index's positions.
@@ -545,20 +554,23 @@ impl StudyIndex {
         Ok(log.reader(self.positions(topic, partitions)?).await?)
     }
 
-    /// Indexes what `reader` reads until a read stays empty for `idle`
-    /// (see [`Self::catch_up`]). After an error the reader is past records
-    /// the index does not hold: read again with a new [`Self::reader`].
+    /// Indexes what `reader` reads until `read` says stop (see
+    /// [`Self::catch_up`]). After an error the reader is past records the
+    /// index does not hold: read again with a new [`Self::reader`].
     pub async fn index_from(
         &self,
         reader: &mut dyn meridian_log::LogReader,
         keys: &dyn KeyStore,
         blobs: &dyn Blobs,
-        idle: Duration,
+        read: Read,
         skips: &meridian_log::skips::Skips,
     ) -> Result<usize, IndexError> {
         let mut indexed = 0;
         loop {
-            let batch = reader.next_batch(256, idle).await?;
+            let batch = match read {
+                Read::ToEnd(idle) => reader.catch_up_batch(256, idle).await?,
+                Read::Until(wait) => reader.next_batch(256, wait).await?,
+            };
             if batch.is_empty() {
                 return Ok(indexed);
             }
@@ -906,8 +918,10 @@ impl IndexFollower {
             Some(reader) => reader,
             None => slot.insert(self.index.reader(self.log.as_ref(), &self.topic).await?),
         };
-        let indexed =
-            self.index.index_from(reader.as_mut(), self.keys.as_ref(), self.blobs.as_ref(), idle, &self.skips).await;
+        let indexed = self
+            .index
+            .index_from(reader.as_mut(), self.keys.as_ref(), self.blobs.as_ref(), Read::Until(idle), &self.skips)
+            .await;
         if indexed.is_err() {
             *slot = None;
         }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Args;
-use meridian_config::{LogConfig, Platform};
+use meridian_config::{LogConfig, ObjectStoreConfig, Platform};
 use meridian_events::UnixMicros;
 use meridian_region::{Listeners, RegionContext};
 use serde_json::json;
@@ -105,16 +105,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
              process on the embedded log."
         ));
     }
-    let secrets = args.secrets.clone().unwrap_or_else(|| args.data_dir.join("secrets"));
-    // A secret that is not where the configuration says is the operator's
-    // to fix: EX_USAGE, naming the file or variable.
-    let verifier = match verifier(&platform, &secrets) {
-        Ok(v) => Arc::new(v),
-        Err(e) => return refuse(format!("{e:#}")),
-    };
-    let failpoints =
-        meridian_log::failpoint::FailPoints::from_spec(&std::env::var("MERIDIAN_FAILPOINTS").unwrap_or_default())
-            .map_err(anyhow::Error::msg)?;
+    // The command line first: nothing is read before it makes sense.
     let ownership = match meridian_log::partitioner::Ownership::new(args.instance.unwrap_or(0), args.replicas) {
         Ok(o) => o,
         Err(e) => return refuse(format!("--instance and --replicas: {e}")),
@@ -126,6 +117,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             args.replicas
         ));
     }
+    if service == ServiceName::Ingest && args.replicas > 1 && matches!(config.objects, ObjectStoreConfig::Local) {
+        return refuse(format!(
+            "--replicas {}: ingest replicas hand each other arrivals whose objects all must read, and \
+             regions/{region}.toml's [objects] kind = \"local\" is a folder in each process's data directory; \
+             use [objects] kind = \"s3\"",
+            args.replicas
+        ));
+    }
     if service == ServiceName::Ingest && args.replicas > 1 && args.peers.len() != args.replicas as usize {
         return refuse(format!(
             "--replicas {} needs --peers with every replica's gRPC URL in ordinal order; {} given",
@@ -133,6 +132,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             args.peers.len()
         ));
     }
+    let secrets = args.secrets.clone().unwrap_or_else(|| args.data_dir.join("secrets"));
+    // A secret that is not where the configuration says is the operator's
+    // to fix: EX_USAGE, naming the file or variable.
+    let verifier = match verifier(&platform, &secrets) {
+        Ok(v) => Arc::new(v),
+        Err(e) => return refuse(format!("{e:#}")),
+    };
+    let failpoints =
+        meridian_log::failpoint::FailPoints::from_spec(&std::env::var("MERIDIAN_FAILPOINTS").unwrap_or_default())
+            .map_err(anyhow::Error::msg)?;
     let process = match args.instance {
         Some(i) => format!("{}-{i}", service.as_str()),
         None => service.as_str().to_owned(),

@@ -73,6 +73,16 @@ fn services_as_processes_on_kafka_lose_nothing_acknowledged_when_killed_mid_flow
     let said = String::from_utf8_lossy(&no_bucket_key.stderr);
     assert_eq!(no_bucket_key.status.code(), Some(64), "{said}");
     assert!(said.contains("MERIDIAN_TEST_S3_KEY"), "{said}");
+    // Ingest replicas without every replica's address are refused.
+    let no_peers = Command::new(MERIDIAN)
+        .args(["serve", "ingest", "--region", "us-east", "--instance", "0", "--replicas", "2", "--config"])
+        .arg(&config)
+        .args(["--peers", "http://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&no_peers.stderr);
+    assert_eq!(no_peers.status.code(), Some(64), "{said}");
+    assert!(said.contains("--peers") && said.contains("1 given"), "{said}");
 
     // Routing's first commit registers the configured readers; its second
     // is the intake of the first completed study: it dies there, having

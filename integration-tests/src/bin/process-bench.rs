@@ -165,6 +165,28 @@ fn rates(label: &str, port: u16, n: usize, work: &Path, tag: usize) -> anyhow::R
     Ok(())
 }
 
+/// The same four associations split over two ingest replicas, two each,
+/// at once: instances/s over the whole set.
+fn rates_split(label: &str, ports: [u16; 2], n: usize, work: &Path, tag: usize) -> anyhow::Result<()> {
+    let dir = work.join(format!("set-{tag}-split"));
+    std::fs::create_dir_all(&dir)?;
+    let (files, _) = slices(&dir, n, &format!("{STUDY}.{}", 200 + tag * 2 + 1))?;
+    let (first, second) = files.split_at(files.len() / 2);
+    let started = Instant::now();
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let a = s.spawn(|| send(ports[0], first, 2));
+        let b = s.spawn(|| send(ports[1], second, 2));
+        for sent in [a.join(), b.join()] {
+            sent.map_err(|_| anyhow::anyhow!("a sender panicked"))??;
+        }
+        Ok(())
+    })?;
+    let secs = started.elapsed().as_secs_f64();
+    println!("process   {label:<34} {:>5.0} instances/s over 4 associations, 2 to each", n as f64 / secs);
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let n: usize = arg("--count").and_then(|v| v.parse().ok()).unwrap_or(300);
@@ -204,6 +226,48 @@ async fn main() -> anyhow::Result<()> {
         let ingest = cluster.start("ingest", None);
         rates("ingest process, tansu, local objects", ingest.dicom_port(), n, work.path(), 2)?;
         ingest.kill();
+    }
+
+    // Two ingest replicas on tansu and a moto bucket (replicas share the
+    // region's object store), beside one on the same parts.
+    {
+        let tansu = Tansu::start();
+        let moto = Moto::start("unused");
+        let dir = work.path().join("replicas");
+        let (cluster, _) = Cluster::new(&meridian, &examples, &dir, &tansu, Some(&moto));
+        let one = cluster.start("ingest", None);
+        rates_split("one ingest process, tansu, moto", [one.dicom_port(); 2], n, work.path(), 5)?;
+        one.kill();
+        // The slices are one study: one replica owns it and the other
+        // hands every arrival it stores to that owner.
+        let replicas = cluster.start_ingest_replicas("us-east", 2);
+        let ports = [replicas[0].dicom_port(), replicas[1].dicom_port()];
+        rates_split("two ingest replicas, tansu, moto", ports, n, work.path(), 6)?;
+        // Many studies: each replica owns about half of them.
+        let dir = work.path().join("many");
+        std::fs::create_dir_all(&dir)?;
+        let files: Vec<PathBuf> = (0..n)
+            .map(|i| {
+                meridian_integration_tests::dicom::one_instance_study(&dir, &format!("{STUDY}.9.{i}"), "MRN-MANY", "")
+            })
+            .collect();
+        let (first, second) = files.split_at(n / 2);
+        let started = Instant::now();
+        std::thread::scope(|s| -> anyhow::Result<()> {
+            let a = s.spawn(|| send(ports[0], first, 2));
+            let b = s.spawn(|| send(ports[1], second, 2));
+            for sent in [a.join(), b.join()] {
+                sent.map_err(|_| anyhow::anyhow!("a sender panicked"))??;
+            }
+            Ok(())
+        })?;
+        println!(
+            "process   two ingest replicas, {n} one-instance studies: {:>5.0} instances/s over 4 associations, 2 to each",
+            n as f64 / started.elapsed().as_secs_f64()
+        );
+        for r in replicas {
+            r.kill();
+        }
     }
 
     // The split: routing, storage and ingest on tansu and a moto bucket.

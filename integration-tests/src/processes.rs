@@ -173,14 +173,16 @@ impl Cluster {
     /// StatefulSet's stable names would be known).
     pub fn start_ingest_replicas(&self, region: &str, replicas: u32) -> Vec<Service> {
         let ports: Vec<u16> = (0..replicas).map(|_| crate::free_port()).collect();
+        (0..replicas).map(|i| self.start_ingest_replica(region, i, &ports)).collect()
+    }
+
+    /// Ingest replica `ordinal` of `region`, its peers on the gRPC `ports`
+    /// of every replica (its own among them): to start or restart one.
+    pub fn start_ingest_replica(&self, region: &str, ordinal: u32, ports: &[u16]) -> Service {
         let peers: Vec<String> = ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
-        let peers = peers.join(",");
-        (0..replicas)
-            .map(|i| {
-                let port = ports[i as usize].to_string();
-                self.spawn(region, "ingest", Some(i), replicas, "", &["--grpc-port", &port, "--peers", &peers])
-            })
-            .collect()
+        let (port, peers) = (ports[ordinal as usize].to_string(), peers.join(","));
+        let replicas = ports.len() as u32;
+        self.spawn(region, "ingest", Some(ordinal), replicas, "", &["--grpc-port", &port, "--peers", &peers])
     }
 
     /// `region`'s `service`, with `failpoints` armed.

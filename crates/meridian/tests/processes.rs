@@ -348,4 +348,41 @@ fn studies_sent_to_two_ingest_replicas_are_derived_by_two_storage_replicas_each_
         assert_eq!(derived.len(), 2, "replica {ordinal} derived its partition's two: {derived:?}");
         assert!(derived.iter().all(|l| l.contains(&format!("partition={ordinal}"))), "{derived:?}");
     }
+    // The owner SIGKILLed: the other replica stores an instance of its
+    // study but cannot hand it over, and tells the sender to send again;
+    // the owner back (same address), the same instance is recorded once.
+    let mut ingest = ingest;
+    let ports: Vec<u16> = ingest.iter().map(|s| s.grpc().rsplit(':').next().unwrap().parse().unwrap()).collect();
+    let late = (0..)
+        .map(|n| format!("1.2.826.0.1.3680043.10.543.7{n:02}"))
+        .find(|uid| {
+            let key = StudyId::derive(&secret, uid).as_uuid().hyphenated().to_string();
+            meridian_log::partitioner::partition_for(key.as_bytes(), 2) == 0
+        })
+        .unwrap();
+    let dir = files.path().join("late");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = study_files(&dir, &late, 1);
+    ingest.remove(0).kill();
+    let (ok, said) = storescu(ingest[0].dicom_port(), "NW_DUB_CT", "MERIDIAN_NW", &file);
+    assert!(!ok, "acknowledged while the study's owner was down: {said}");
+    ingest.insert(0, cluster.start_ingest_replica("eu-west", 0, &ports));
+    let (ok, said) = storescu(ingest[1].dicom_port(), "NW_DUB_CT", "MERIDIAN_NW", &file);
+    assert!(ok, "{said}");
+    assert_eq!(complete(&ingest[1], pacs, &late), (1, 1, true));
+    let late_id = StudyId::derive(&secret, &late).as_uuid().to_string();
+    let out = Command::new(MERIDIAN)
+        .args(["log", "tail", "--json", "--stream", "ingest", "--region", "eu-west", "--endpoint"])
+        .arg(ingest[0].grpc())
+        .args(["--token", &tokens["sre"]])
+        .output()
+        .unwrap();
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e.to_string().contains(&late_id))
+        .collect();
+    for (kind, n) in [("InstanceReceived", 1), ("StudyStarted", 1), ("StudyCompleted", 1)] {
+        assert_eq!(of_type(&events, kind).len(), n, "{kind} of the late study: {events:?}");
+    }
 }

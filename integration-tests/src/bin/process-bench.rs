@@ -187,6 +187,31 @@ fn rates_split(label: &str, ports: [u16; 2], n: usize, work: &Path, tag: usize) 
     Ok(())
 }
 
+/// `n` one-instance studies over four associations, two to each port.
+fn many_studies(label: &str, ports: [u16; 2], n: usize, work: &Path, tag: usize) -> anyhow::Result<()> {
+    let dir = work.join(format!("many-{tag}"));
+    std::fs::create_dir_all(&dir)?;
+    let files: Vec<PathBuf> = (0..n)
+        .map(|i| {
+            meridian_integration_tests::dicom::one_instance_study(&dir, &format!("{STUDY}.{tag}.{i}"), "MRN-MANY", "")
+        })
+        .collect();
+    let (first, second) = files.split_at(n / 2);
+    let started = Instant::now();
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let a = s.spawn(|| send(ports[0], first, 2));
+        let b = s.spawn(|| send(ports[1], second, 2));
+        for sent in [a.join(), b.join()] {
+            sent.map_err(|_| anyhow::anyhow!("a sender panicked"))??;
+        }
+        Ok(())
+    })?;
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    println!("process   {label:<34} {rate:>5.0} instances/s, {n} one-instance studies over 4 associations");
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let n: usize = arg("--count").and_then(|v| v.parse().ok()).unwrap_or(300);
@@ -237,6 +262,7 @@ async fn main() -> anyhow::Result<()> {
         let (cluster, _) = Cluster::new(&meridian, &examples, &dir, &tansu, Some(&moto));
         let one = cluster.start("ingest", None);
         rates_split("one ingest process, tansu, moto", [one.dicom_port(); 2], n, work.path(), 5)?;
+        many_studies("one ingest process, tansu, moto", [one.dicom_port(); 2], n, work.path(), 8)?;
         one.kill();
         // The slices are one study: one replica owns it and the other
         // hands every arrival it stores to that owner.
@@ -244,27 +270,7 @@ async fn main() -> anyhow::Result<()> {
         let ports = [replicas[0].dicom_port(), replicas[1].dicom_port()];
         rates_split("two ingest replicas, tansu, moto", ports, n, work.path(), 6)?;
         // Many studies: each replica owns about half of them.
-        let dir = work.path().join("many");
-        std::fs::create_dir_all(&dir)?;
-        let files: Vec<PathBuf> = (0..n)
-            .map(|i| {
-                meridian_integration_tests::dicom::one_instance_study(&dir, &format!("{STUDY}.9.{i}"), "MRN-MANY", "")
-            })
-            .collect();
-        let (first, second) = files.split_at(n / 2);
-        let started = Instant::now();
-        std::thread::scope(|s| -> anyhow::Result<()> {
-            let a = s.spawn(|| send(ports[0], first, 2));
-            let b = s.spawn(|| send(ports[1], second, 2));
-            for sent in [a.join(), b.join()] {
-                sent.map_err(|_| anyhow::anyhow!("a sender panicked"))??;
-            }
-            Ok(())
-        })?;
-        println!(
-            "process   two ingest replicas, {n} one-instance studies: {:>5.0} instances/s over 4 associations, 2 to each",
-            n as f64 / started.elapsed().as_secs_f64()
-        );
+        many_studies("two ingest replicas, tansu, moto", ports, n, work.path(), 7)?;
         for r in replicas {
             r.kill();
         }

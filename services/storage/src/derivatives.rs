@@ -148,7 +148,7 @@ impl Derivatives {
                 );
                 return Ok(());
             }
-            follower.follow(Duration::from_millis(100)).await?;
+            follower.follow(crate::index::Read::Until(Duration::from_millis(100))).await?;
         }
     }
 

@@ -909,19 +909,17 @@ impl IndexFollower {
         }
     }
 
-    /// Indexes what the log holds past the index's positions, until a read
-    /// stays empty for `idle`. After an error the kept reader is dropped:
+    /// Indexes what the log holds past the index's positions, as far as
+    /// `read` says. After an error the kept reader is dropped:
     /// the next pass reads again from what the index holds.
-    pub async fn follow(&self, idle: Duration) -> Result<usize, IndexError> {
+    pub async fn follow(&self, read: Read) -> Result<usize, IndexError> {
         let mut slot = self.reader.lock().await;
         let reader = match slot.as_mut() {
             Some(reader) => reader,
             None => slot.insert(self.index.reader(self.log.as_ref(), &self.topic).await?),
         };
-        let indexed = self
-            .index
-            .index_from(reader.as_mut(), self.keys.as_ref(), self.blobs.as_ref(), Read::Until(idle), &self.skips)
-            .await;
+        let indexed =
+            self.index.index_from(reader.as_mut(), self.keys.as_ref(), self.blobs.as_ref(), read, &self.skips).await;
         if indexed.is_err() {
             *slot = None;
         }

@@ -19,7 +19,7 @@ use meridian_region::{RegionContext, RegionError, RegionService, Stopping, Task,
 use crate::assignments::FoldedAssignments;
 use crate::derivatives::Derivatives;
 use crate::dicomweb::DicomWeb;
-use crate::index::{IndexFollower, StudyIndex};
+use crate::index::{IndexFollower, Read, StudyIndex};
 use crate::phi::PhiWriter;
 
 /// Who keeps the study index current.
@@ -108,7 +108,7 @@ impl StorageService {
         let indexing = async {
             // Serve searches over what the log held at start.
             match &follower {
-                Some(follower) => follower.follow(context.idle).await.map_err(|e| err(e.to_string())),
+                Some(follower) => follower.follow(Read::ToEnd(context.idle)).await.map_err(|e| err(e.to_string())),
                 None => Ok(0),
             }
         };
@@ -179,7 +179,7 @@ impl RegionService for StorageService {
                         last_sync = std::time::Instant::now();
                     }
                     async move {
-                        if let Err(e) = follower.follow(Duration::from_millis(50)).await {
+                        if let Err(e) = follower.follow(Read::Until(Duration::from_millis(50))).await {
                             tracing::warn!(region = %storage.context.name, error = %e, "study index");
                         }
                         if sync && let Err(e) = storage.index.sync() {

@@ -310,8 +310,14 @@ pub fn found(storage: &Service, token: &str) -> Vec<String> {
 /// Routing's events, read back through a process's admin API with the
 /// CLI's `--endpoint`.
 pub fn routing_events(meridian: &Path, process: &Service, token: &str) -> Vec<Value> {
+    stream_events(meridian, process, "us-east", "routing", token)
+}
+
+/// Every event of `region`'s `stream` so far, as `meridian log tail --json`
+/// prints them through `process`'s admin API.
+pub fn stream_events(meridian: &Path, process: &Service, region: &str, stream: &str, token: &str) -> Vec<Value> {
     let out = Command::new(meridian)
-        .args(["log", "tail", "--json", "--stream", "routing", "--region", "us-east", "--endpoint"])
+        .args(["log", "tail", "--json", "--stream", stream, "--region", region, "--endpoint"])
         .arg(process.grpc())
         .args(["--token", token])
         .output()

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use meridian_integration_tests::dicom::{acknowledged, storescu};
 use meridian_integration_tests::processes::{
-    Cluster, bucket, complete, found, get, health, of_type, ready, rejections, study_files, wait_until,
+    Cluster, bucket, complete, found, get, health, of_type, ready, rejections, stream_events, study_files, wait_until,
 };
 use meridian_integration_tests::{Moto, Tansu};
 
@@ -320,25 +320,11 @@ fn studies_sent_to_two_ingest_replicas_are_derived_by_two_storage_replicas_each_
     assert!(keys_in(&moto, &bucket("in-south"), "phi/").is_empty());
     assert!(keys_in(&moto, &bucket("us-east"), "").is_empty());
     // Each study derived once, each replica deriving its own partition's.
-    let out = Command::new(MERIDIAN)
-        .args(["log", "tail", "--json", "--stream", "storage", "--region", "eu-west", "--endpoint"])
-        .arg(replicas[0].grpc())
-        .args(["--token", &tokens["sre"]])
-        .output()
-        .unwrap();
-    let events: Vec<serde_json::Value> =
-        String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let events = stream_events(Path::new(MERIDIAN), &replicas[0], "eu-west", "storage", &tokens["sre"]);
     assert_eq!(of_type(&events, "DerivativeCreated").len(), 4, "one DerivativeCreated per study: {events:?}");
     // One writer per study: one StudyStarted and one StudyCompleted each,
     // every instance recorded once, whichever replica received it.
-    let out = Command::new(MERIDIAN)
-        .args(["log", "tail", "--json", "--stream", "ingest", "--region", "eu-west", "--endpoint"])
-        .arg(ingest[1].grpc())
-        .args(["--token", &tokens["sre"]])
-        .output()
-        .unwrap();
-    let events: Vec<serde_json::Value> =
-        String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let events = stream_events(Path::new(MERIDIAN), &ingest[1], "eu-west", "ingest", &tokens["sre"]);
     assert_eq!(of_type(&events, "StudyStarted").len(), 4, "{events:?}");
     assert_eq!(of_type(&events, "StudyCompleted").len(), 4, "{events:?}");
     assert_eq!(of_type(&events, "InstanceReceived").len(), 8, "{events:?}");
@@ -371,17 +357,11 @@ fn studies_sent_to_two_ingest_replicas_are_derived_by_two_storage_replicas_each_
     assert!(ok, "{said}");
     assert_eq!(complete(&ingest[1], pacs, &late), (1, 1, true));
     let late_id = StudyId::derive(&secret, &late).as_uuid().to_string();
-    let out = Command::new(MERIDIAN)
-        .args(["log", "tail", "--json", "--stream", "ingest", "--region", "eu-west", "--endpoint"])
-        .arg(ingest[0].grpc())
-        .args(["--token", &tokens["sre"]])
-        .output()
-        .unwrap();
-    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| e.to_string().contains(&late_id))
-        .collect();
+    let events: Vec<serde_json::Value> =
+        stream_events(Path::new(MERIDIAN), &ingest[0], "eu-west", "ingest", &tokens["sre"])
+            .into_iter()
+            .filter(|e| e.to_string().contains(&late_id))
+            .collect();
     for (kind, n) in [("InstanceReceived", 1), ("StudyStarted", 1), ("StudyCompleted", 1)] {
         assert_eq!(of_type(&events, kind).len(), n, "{kind} of the late study: {events:?}");
     }

@@ -165,12 +165,9 @@ fn rates(label: &str, port: u16, n: usize, work: &Path, tag: usize) -> anyhow::R
     Ok(())
 }
 
-/// The same four associations split over two ingest replicas, two each,
-/// at once: instances/s over the whole set.
-fn rates_split(label: &str, ports: [u16; 2], n: usize, work: &Path, tag: usize) -> anyhow::Result<()> {
-    let dir = work.join(format!("set-{tag}-split"));
-    std::fs::create_dir_all(&dir)?;
-    let (files, _) = slices(&dir, n, &format!("{STUDY}.{}", 200 + tag * 2 + 1))?;
+/// Half of `files` to each port over two associations each, at once:
+/// seconds until both halves are acknowledged.
+fn send_split(ports: [u16; 2], files: &[PathBuf]) -> anyhow::Result<f64> {
     let (first, second) = files.split_at(files.len() / 2);
     let started = Instant::now();
     std::thread::scope(|s| -> anyhow::Result<()> {
@@ -181,7 +178,16 @@ fn rates_split(label: &str, ports: [u16; 2], n: usize, work: &Path, tag: usize) 
         }
         Ok(())
     })?;
-    let secs = started.elapsed().as_secs_f64();
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// The same four associations split over two ingest replicas, two each,
+/// at once: instances/s over the whole set.
+fn rates_split(label: &str, ports: [u16; 2], n: usize, work: &Path, tag: usize) -> anyhow::Result<()> {
+    let dir = work.join(format!("set-{tag}-split"));
+    std::fs::create_dir_all(&dir)?;
+    let (files, _) = slices(&dir, n, &format!("{STUDY}.{}", 200 + tag * 2 + 1))?;
+    let secs = send_split(ports, &files)?;
     println!("process   {label:<34} {:>5.0} instances/s over 4 associations, 2 to each", n as f64 / secs);
     std::fs::remove_dir_all(&dir)?;
     Ok(())
@@ -196,17 +202,7 @@ fn many_studies(label: &str, ports: [u16; 2], n: usize, work: &Path, tag: usize)
             meridian_integration_tests::dicom::one_instance_study(&dir, &format!("{STUDY}.{tag}.{i}"), "MRN-MANY", "")
         })
         .collect();
-    let (first, second) = files.split_at(n / 2);
-    let started = Instant::now();
-    std::thread::scope(|s| -> anyhow::Result<()> {
-        let a = s.spawn(|| send(ports[0], first, 2));
-        let b = s.spawn(|| send(ports[1], second, 2));
-        for sent in [a.join(), b.join()] {
-            sent.map_err(|_| anyhow::anyhow!("a sender panicked"))??;
-        }
-        Ok(())
-    })?;
-    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let rate = n as f64 / send_split(ports, &files)?;
     println!("process   {label:<34} {rate:>5.0} instances/s, {n} one-instance studies over 4 associations");
     std::fs::remove_dir_all(&dir)?;
     Ok(())

@@ -105,6 +105,7 @@ fn study(i: usize, now: UnixMicros) -> Study {
         subspecialty: Some(SUBS[i % 4].into()),
         subspecialty_required: i.is_multiple_of(5),
         priority: [Priority::Stat, Priority::Urgent, Priority::Routine][i % 3],
+        requested_priority: [Priority::Stat, Priority::Urgent, Priority::Routine][i % 3],
         service_type: ServiceType::StoreAndForward,
         read_type: if i.is_multiple_of(4) { ReadType::Final } else { ReadType::Preliminary },
         patient_key: Some(Uuid::from_u128((i % 50_000) as u128)),

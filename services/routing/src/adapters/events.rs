@@ -134,6 +134,7 @@ pub fn to_payload(e: &Event) -> Payload {
             study_id: s.id.to_string(),
             tenant: s.tenant.clone(),
             priority: s.priority.as_str().to_owned(),
+            requested_priority: s.requested_priority.as_str().to_owned(),
             read_type: s.read_type.as_str().to_owned(),
             sla_deadline: ts(s.deadline),
             facility: s.facility.clone(),
@@ -189,11 +190,15 @@ pub fn to_payload(e: &Event) -> Payload {
                 level: u32::from(*level),
             })
         }
-        Event::SlaBreached { study, priority, deadline } => Payload::SlaBreached(pb::SlaBreached {
-            study_id: study.to_string(),
-            priority: priority.as_str().to_owned(),
-            deadline: ts(*deadline),
-        }),
+        Event::SlaBreached { study, priority, deadline, read_type, contract } => {
+            Payload::SlaBreached(pb::SlaBreached {
+                study_id: study.to_string(),
+                priority: priority.as_str().to_owned(),
+                deadline: ts(*deadline),
+                read_type: read_type.map(|r| r.as_str().to_owned()).unwrap_or_default(),
+                contract: contract.clone(),
+            })
+        }
         Event::AssignmentCompleted { study, reader, read_type, signed_at } => {
             Payload::AssignmentCompleted(pb::AssignmentCompleted {
                 study_id: study.to_string(),
@@ -328,6 +333,10 @@ pub fn from_payload(p: &Payload) -> Result<Option<Event>, Error> {
                 subspecialty: Fields::opt(&s.subspecialty),
                 subspecialty_required: s.subspecialty_required,
                 priority: f.named("priority", &s.priority, Priority::parse)?,
+                requested_priority: match Fields::opt(&s.requested_priority) {
+                    Some(p) => f.named("requested_priority", &p, Priority::parse)?,
+                    None => f.named("priority", &s.priority, Priority::parse)?,
+                },
                 service_type: f.named("service_type", &s.service_type, ServiceType::parse)?,
                 read_type: f.named("read_type", &s.read_type, ReadType::parse)?,
                 patient_key: Fields::opt(&s.patient_key).map(|k| f.uuid("patient_key", &k)).transpose()?,
@@ -385,6 +394,8 @@ pub fn from_payload(p: &Payload) -> Result<Option<Event>, Error> {
                 study: f.uuid("study_id", &b.study_id)?,
                 priority: f.named("priority", &b.priority, Priority::parse)?,
                 deadline: f.time("deadline", &b.deadline)?,
+                read_type: Fields::opt(&b.read_type).map(|r| f.named("read_type", &r, ReadType::parse)).transpose()?,
+                contract: b.contract.clone(),
             }
         }
         Payload::AssignmentCompleted(a) => {
@@ -450,6 +461,7 @@ mod tests {
             subspecialty: Some("neuro".into()),
             subspecialty_required: true,
             priority: Priority::Urgent,
+            requested_priority: Priority::Routine,
             service_type: ServiceType::Hybrid,
             read_type: ReadType::Final,
             patient_key: Some(Uuid::from_u128(9)),
@@ -495,7 +507,13 @@ mod tests {
                 priority: Priority::Stat,
                 widened: Some(DeliveryModel::Offshore),
             },
-            Event::SlaBreached { study: s, priority: Priority::Stat, deadline: UnixMicros(5) },
+            Event::SlaBreached {
+                study: s,
+                priority: Priority::Stat,
+                deadline: UnixMicros(5),
+                read_type: Some(ReadType::Final),
+                contract: "c".into(),
+            },
             Event::AssignmentCompleted {
                 study: s,
                 reader: "dr-x".into(),

@@ -25,6 +25,12 @@ pub enum Priority {
 }
 
 impl Priority {
+    /// Routine: an order that names no priority (and events written before
+    /// a priority field existed).
+    pub fn routine() -> Priority {
+        Priority::Routine
+    }
+
     /// One step more urgent (escalation); STAT stays STAT.
     pub fn raised(self) -> Priority {
         match self {
@@ -171,6 +177,10 @@ pub struct Study {
     /// When false, `subspecialty` is a preference that orders, not a rule.
     pub subspecialty_required: bool,
     pub priority: Priority,
+    /// The order's priority, before a triage or an escalation raised
+    /// `priority` (billing prices by it).
+    #[serde(default = "Priority::routine")]
+    pub requested_priority: Priority,
     pub service_type: ServiceType,
     pub read_type: ReadType,
     /// Opaque patient key, to keep a patient's concurrent studies together.

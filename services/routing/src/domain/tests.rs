@@ -286,7 +286,11 @@ fn unclaimed_studies_escalate_at_each_fraction_once_and_breach_once() {
         matches!(&events[0], Event::AssignmentEscalated { level: 2, widened: None, .. }),
         "globex forbids offshore: {events:?}"
     );
-    assert!(matches!(&events[1], Event::SlaBreached { study, .. } if *study == s.id));
+    assert!(
+        matches!(&events[1], Event::SlaBreached { study, read_type: Some(ReadType::Preliminary), contract, .. }
+            if *study == s.id && contract == "globex-onshore"),
+        "a breach names its read and contract: {events:?}"
+    );
     let (_, never) = run(state, vec![Command::Tick], UnixMicros(done.0 + 9_000_000_000));
     assert!(never.is_empty());
 }
@@ -486,6 +490,8 @@ fn ai_triage_raises_priority_and_brings_the_deadline_forward_even_before_the_stu
     let (state, _) = run(state, vec![Command::Queue(early.clone())], later);
     let arrived = &state.studies[&early.id];
     assert_eq!((arrived.priority, arrived.ai_flagged), (Priority::Urgent, true));
+    // The order's priority is kept beside the raise: billing prices by it.
+    assert_eq!(arrived.requested_priority, Priority::Routine);
     assert_eq!(arrived.deadline, UnixMicros(later.0 + 7_200_000_000));
     assert!(state.pending_triage.is_empty());
 }

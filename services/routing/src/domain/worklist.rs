@@ -287,6 +287,10 @@ pub enum Event {
         study: Uuid,
         priority: Priority,
         deadline: UnixMicros,
+        /// The read that breached and its contract (absent in events
+        /// written before they were recorded).
+        read_type: Option<ReadType>,
+        contract: String,
     },
     /// The read was signed: the assignment ends; the study leaves the
     /// worklist unless a StudyQueued for the following read comes after.
@@ -513,6 +517,7 @@ pub fn decide(state: &State, policy: &Policy, command: Command, now: UnixMicros)
                 subspecialty: n.subspecialty,
                 subspecialty_required: n.subspecialty_required,
                 priority,
+                requested_priority: n.priority,
                 service_type: n.service_type,
                 read_type: n.read_type,
                 patient_key: n.patient_key,
@@ -783,7 +788,13 @@ fn timers(state: &State, policy: &Policy, now: UnixMicros) -> Vec<Event> {
             }
         }
         if now >= s.deadline && !state.breached.contains(&s.id) {
-            events.push(Event::SlaBreached { study: s.id, priority: s.priority, deadline: s.deadline });
+            events.push(Event::SlaBreached {
+                study: s.id,
+                priority: s.priority,
+                deadline: s.deadline,
+                read_type: Some(s.read_type),
+                contract: s.contract.clone(),
+            });
         }
     }
     events

@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::value::{AeTitle, Country, Date, Decimal, DurationSpec, Jurisdiction, Rvu, TimeOfDay, TimeZoneName};
+use crate::value::{
+    AeTitle, Country, Credit, Date, Decimal, DurationSpec, Jurisdiction, Percent, Rounding, Rvu, TimeOfDay,
+    TimeZoneName,
+};
 
 /// `regions/<name>.toml`: a residency zone.
 #[derive(Clone, Debug, Deserialize)]
@@ -296,16 +299,22 @@ impl ReadType {
 impl<'de> Deserialize<'de> for ReadType {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        Ok(match text.as_str() {
+        ReadType::parse(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a read type, expected one of preliminary, final, secondary, peer_review"
+            ))
+        })
+    }
+}
+
+impl ReadType {
+    pub fn parse(text: &str) -> Option<ReadType> {
+        Some(match text {
             "preliminary" => ReadType::Preliminary,
             "final" => ReadType::Final,
             "secondary" => ReadType::Secondary,
             "peer_review" => ReadType::PeerReview,
-            _ => {
-                return Err(serde::de::Error::custom(format!(
-                    "{text:?} is not a read type, expected one of preliminary, final, secondary, peer_review"
-                )));
-            }
+            _ => return None,
         })
     }
 }
@@ -523,6 +532,58 @@ pub struct Engagement {
     pub project_fee: Option<Decimal>,
     #[serde(default)]
     pub project_ends: Option<Date>,
+    /// Transaction: prices by read type ("preliminary", "final", …), then
+    /// modality ("default" for the rest), over `per_study` (the price of
+    /// any read type not named here).
+    #[serde(default)]
+    pub per_read_type: BTreeMap<String, BTreeMap<String, Decimal>>,
+    /// Added to a read ordered at this priority ("stat", "urgent"): the
+    /// order's priority, never a triage's or an escalation's raise.
+    #[serde(default)]
+    pub priority_surcharge: BTreeMap<String, Decimal>,
+    /// Added to a study completed outside office hours, in its facility's
+    /// time zone.
+    #[serde(default)]
+    pub after_hours: Option<AfterHours>,
+    /// Added to a read that needed a subspecialist.
+    #[serde(default)]
+    pub subspecialty_surcharge: Option<Decimal>,
+    /// Whether a signed preliminary is charged too (a final always is).
+    #[serde(default)]
+    pub bills_preliminary: bool,
+    /// SLA credits by the breached read's priority: a share of its price
+    /// ("25%") or an amount ("10.00").
+    #[serde(default)]
+    pub sla_credit: BTreeMap<String, Credit>,
+    /// The most an invoice credits for breaches, as a share of its charges.
+    #[serde(default)]
+    pub sla_credit_cap: Option<Percent>,
+    #[serde(default)]
+    pub rounding: Rounding,
+    /// Billing periods are calendar months in this zone (UTC when absent).
+    #[serde(default)]
+    pub billing_time_zone: Option<TimeZoneName>,
+}
+
+/// Office hours' end and start for the after-hours surcharge (`from`
+/// "19:00" to `to` "07:00" crosses midnight); weekends count as after hours
+/// when `weekends` is true.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AfterHours {
+    pub surcharge: Decimal,
+    pub from: TimeOfDay,
+    pub to: TimeOfDay,
+    #[serde(default)]
+    pub weekends: bool,
+}
+
+/// `[payout]` of a reading group: what it is paid per work RVU it reads.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Payout {
+    pub currency: String,
+    pub rate_per_wrvu: Decimal,
 }
 
 /// `groups/<name>.toml`: a reading group and its readers (bootstrap data:
@@ -533,6 +594,9 @@ pub struct ReadingGroup {
     pub name: String,
     pub display_name: String,
     pub readers: Vec<Reader>,
+    /// What the group is paid per work RVU; no payouts accrue without it.
+    #[serde(default)]
+    pub payout: Option<Payout>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -432,19 +432,59 @@ fn engagement(out: &mut Out, file: &str, e: &Engagement) {
         out.at(file, "engagement.currency", format!("{:?} is not an ISO 4217 currency Meridian bills in", e.currency));
         return;
     };
-    let mut amount = |field: String, d: &crate::value::Decimal| {
+    let amount = |out: &mut Out, field: String, d: &crate::value::Decimal| {
         if let Err(reason) = d.minor_units(exp) {
             out.at(file, field, format!("{reason} ({})", e.currency));
         }
     };
     if let Some(d) = &e.monthly_fee {
-        amount("engagement.monthly_fee".into(), d);
+        amount(out, "engagement.monthly_fee".into(), d);
     }
     if let Some(d) = &e.project_fee {
-        amount("engagement.project_fee".into(), d);
+        amount(out, "engagement.project_fee".into(), d);
     }
     for (k, d) in &e.per_study {
-        amount(format!("engagement.per_study.{k}"), d);
+        amount(out, format!("engagement.per_study.{k}"), d);
+    }
+    for (read_type, prices) in &e.per_read_type {
+        if crate::model::ReadType::parse(read_type).is_none() {
+            out.at(
+                file,
+                format!("engagement.per_read_type.{read_type}"),
+                "not a read type (preliminary, final, secondary, peer_review)",
+            );
+        }
+        for (k, d) in prices {
+            amount(out, format!("engagement.per_read_type.{read_type}.{k}"), d);
+        }
+    }
+    for (priority, d) in &e.priority_surcharge {
+        if !matches!(priority.as_str(), "stat" | "urgent" | "routine") {
+            out.at(file, format!("engagement.priority_surcharge.{priority}"), "not a priority (stat, urgent, routine)");
+        }
+        amount(out, format!("engagement.priority_surcharge.{priority}"), d);
+    }
+    if let Some(a) = &e.after_hours {
+        amount(out, "engagement.after_hours.surcharge".into(), &a.surcharge);
+    }
+    if let Some(d) = &e.subspecialty_surcharge {
+        amount(out, "engagement.subspecialty_surcharge".into(), d);
+    }
+    for (priority, credit) in &e.sla_credit {
+        let field = format!("engagement.sla_credit.{priority}");
+        if !matches!(priority.as_str(), "stat" | "urgent" | "routine") {
+            out.at(file, field.clone(), "not a priority (stat, urgent, routine)");
+        }
+        match credit {
+            crate::value::Credit::Fixed(d) => amount(out, field, d),
+            crate::value::Credit::Share(p) if p.per_million > 1_000_000 => {
+                out.at(file, field, "a credit of more than 100% of the read's price");
+            }
+            crate::value::Credit::Share(_) => {}
+        }
+    }
+    if e.sla_credit_cap.is_some_and(|cap| cap.per_million > 1_000_000) {
+        out.at(file, "engagement.sla_credit_cap", "a cap over 100% of the invoice's charges");
     }
     match e.model {
         EngagementModel::Subscription if e.monthly_fee.is_none() => {
@@ -464,6 +504,20 @@ fn groups(out: &mut Out, f: &Files<'_>, subspecialties: Option<&SubspecialtyMap>
     let mut reader_ids: BTreeMap<&str, &str> = BTreeMap::new();
     for (stem, (file, g)) in f.groups {
         check_name(out, file, stem, &g.name);
+        if let Some(p) = &g.payout {
+            match currency_exponent(&p.currency) {
+                None => out.at(
+                    file,
+                    "payout.currency",
+                    format!("{:?} is not an ISO 4217 currency Meridian pays in", p.currency),
+                ),
+                Some(exp) => {
+                    if let Err(reason) = p.rate_per_wrvu.minor_units(exp) {
+                        out.at(file, "payout.rate_per_wrvu", format!("{reason} ({})", p.currency));
+                    }
+                }
+            }
+        }
         for (i, r) in g.readers.iter().enumerate() {
             let at = |field: &str| format!("readers[{i}].{field}");
             if let Some(other) = reader_ids.insert(r.id.as_str(), g.name.as_str()) {

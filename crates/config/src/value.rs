@@ -242,6 +242,62 @@ impl Decimal {
     }
 }
 
+/// A share, written "25%" or "12.5%": kept in millionths of the whole
+/// (25% = 250,000), so a percentage needs no float.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Percent {
+    pub per_million: u32,
+}
+
+impl FromStr for Percent {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("{text:?} is not a percentage, expected like \"25%\" or \"12.5%\"");
+        let number = text.strip_suffix('%').ok_or_else(bad)?;
+        let decimal: Decimal = number.parse().map_err(|_| bad())?;
+        if decimal.0.starts_with('-') {
+            return Err(bad());
+        }
+        // Four decimal places of a percent are millionths of the whole.
+        let units = decimal.minor_units(4).map_err(|_| format!("{text:?} has more than four decimal places"))?;
+        u32::try_from(units).map(|per_million| Percent { per_million }).map_err(|_| bad())
+    }
+}
+from_str_deserialize!(Percent);
+
+/// An SLA credit: a share of the breached read's price, or a fixed amount.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Credit {
+    Share(Percent),
+    Fixed(Decimal),
+}
+
+impl FromStr for Credit {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text.ends_with('%') {
+            return text.parse().map(Credit::Share);
+        }
+        text.parse()
+            .map(Credit::Fixed)
+            .map_err(|_| format!("{text:?} is neither a percentage (\"25%\") nor an amount (\"10.00\")"))
+    }
+}
+from_str_deserialize!(Credit);
+
+/// How a line's amount is rounded to the currency's minor unit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rounding {
+    /// Half away from zero (commercial rounding).
+    #[default]
+    HalfUp,
+    /// Half to even (banker's rounding).
+    HalfEven,
+    /// Toward zero.
+    Down,
+}
+
 /// A work RVU, a decimal like "0.85", kept in thousandths.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Rvu {

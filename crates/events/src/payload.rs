@@ -162,6 +162,11 @@ catalogue! {
     AssignmentReassigned => 1, Operational, "routing", "routing.study",  "routing";
     AssignmentEscalated  => 1, Operational, "routing", "routing.study",  "routing";
     SlaBreached          => 1, Operational, "routing", "routing.study",  "routing";
+    // billing
+    ChargePosted         => 1, Operational, "billing", "billing.study",  "billing";
+    ChargeUnpriced       => 1, Operational, "billing", "billing.study",  "billing";
+    CreditPosted         => 1, Operational, "billing", "billing.study",  "billing";
+    PayoutAccrued        => 1, Operational, "billing", "billing.study",  "billing";
 }
 
 /// Looks a payload type up in the catalogue.

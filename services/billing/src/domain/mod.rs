@@ -1,0 +1,10 @@
+//! Billing's pure domain: integer money and rounding ([`money`]), what a
+//! read costs and what a group earns ([`pricing`]), and the ledger fold
+//! ([`ledger`]: `decide` and `apply`, the outbox of facts for the log).
+
+pub mod ledger;
+pub mod money;
+pub mod pricing;
+
+#[cfg(test)]
+mod tests;

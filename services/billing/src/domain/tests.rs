@@ -1,0 +1,176 @@
+//! The ledger fold: what each routing event bills.
+
+use meridian_events::{EventId, UnixMicros};
+use uuid::Uuid;
+
+use super::ledger::{Cause, Input, Ledger, What, apply, apply_facts, decide, reprice};
+use super::pricing::Read;
+use super::pricing::tests::{ct, ny, pricebook};
+
+fn cause(n: u128, version: u64, tenant: &str) -> Cause {
+    Cause { event_id: EventId(Uuid::from_u128(n)), version, tenant: tenant.into(), occurred_at: ny(12) }
+}
+
+/// Folds `inputs` (each with its cause) and returns the ledger.
+fn fold(mut ledger: Ledger, inputs: &[(Input, Cause)]) -> Ledger {
+    for (input, cause) in inputs {
+        let facts = decide(&ledger, input, cause);
+        ledger = apply(ledger, input, facts);
+    }
+    ledger
+}
+
+fn given() -> Ledger {
+    let ledger = Ledger { pricebook: pricebook(), ..Ledger::default() };
+    fold(ledger, &[(Input::Reader { reader: "dr-ortiz".into(), group: "atlantic-rads".into() }, cause(1, 1, "acme"))])
+}
+
+fn signed(study: Uuid, read_type: &str, at: UnixMicros) -> Input {
+    Input::Signed { study, reader: "dr-ortiz".into(), read_type: read_type.into(), signed_at: at }
+}
+
+#[test]
+fn a_signed_final_posts_one_charge_and_the_groups_payout_and_the_same_input_again_the_same_facts() {
+    let study = Uuid::from_u128(7);
+    let ledger = fold(given(), &[(Input::Queued { study, read: ct("final", "stat", ny(22)) }, cause(2, 1, "acme"))]);
+    let input = signed(study, "final", ny(23));
+    let facts = decide(&ledger, &input, &cause(3, 2, "acme"));
+    assert_eq!(facts, decide(&ledger, &input, &cause(3, 2, "acme")), "deterministic: ids and versions from the cause");
+    let [charge, payout] = &facts[..] else { panic!("{facts:?}") };
+    let What::Charged(c) = &charge.what else { panic!() };
+    // 45 base + 25 STAT + 15 after hours (22:00 in New York).
+    assert_eq!((c.amount, c.currency.as_str(), c.period.as_str()), (8_500, "USD", "2026-11"));
+    assert_eq!(charge.id, EventId::derived(EventId(Uuid::from_u128(3)), "meridian.events.v1.ChargePosted", 0));
+    assert_eq!(charge.version, 16, "routing version 2 × 8 + the charge's slot");
+    let What::Accrued(p) = &payout.what else { panic!() };
+    // 0.85 wRVU × 32.50 = 27.625 → 27.63.
+    assert_eq!((p.group.as_str(), p.amount), ("atlantic-rads", 2_763));
+    assert_ne!(payout.version, charge.version);
+    let ledger = apply(ledger, &input, facts);
+    assert!(ledger.reads.is_empty(), "a signed read leaves the open work");
+    assert_eq!(ledger.totals["acme/2026-11/USD"].charges, 8_500);
+    assert_eq!(ledger.totals["group:atlantic-rads/2026-11/USD"].payouts, 2_763);
+    assert_eq!(ledger.outbox.len(), 2);
+}
+
+#[test]
+fn a_preliminary_is_charged_where_the_contract_bills_them_and_secondary_reads_are_not() {
+    let study = Uuid::from_u128(8);
+    let mut inputs = vec![
+        (Input::Queued { study, read: ct("preliminary", "routine", ny(10)) }, cause(10, 1, "acme")),
+        (signed(study, "preliminary", ny(11)), cause(11, 2, "acme")),
+        (Input::Queued { study, read: ct("final", "routine", ny(10)) }, cause(12, 3, "acme")),
+        (signed(study, "final", ny(13)), cause(13, 4, "acme")),
+    ];
+    let ledger = fold(given(), &inputs);
+    let charges: Vec<i64> = ledger
+        .outbox
+        .iter()
+        .filter_map(|f| if let What::Charged(c) = &f.what { Some(c.amount) } else { None })
+        .collect();
+    assert_eq!(charges, [3_000, 4_500]);
+    let mut no_prelims = given();
+    no_prelims.pricebook.contracts.get_mut("acme-atlantic").unwrap().bills_preliminary = false;
+    let ledger = fold(no_prelims, &inputs);
+    assert_eq!(ledger.outbox.iter().filter(|f| matches!(f.what, What::Charged(_))).count(), 1);
+    inputs.truncate(0);
+    let second = Uuid::from_u128(9);
+    inputs.push((Input::Queued { study: second, read: ct("secondary", "routine", ny(10)) }, cause(20, 1, "acme")));
+    inputs.push((signed(second, "secondary", ny(11)), cause(21, 2, "acme")));
+    let ledger = fold(given(), &inputs);
+    assert!(ledger.outbox.iter().all(|f| !matches!(f.what, What::Charged(_))), "{:?}", ledger.outbox);
+}
+
+#[test]
+fn a_subscription_includes_its_first_studies_of_the_month_then_charges_overage() {
+    let read = |n: u128| Read {
+        tenant: "northwind".into(),
+        facility: "northwind-dublin".into(),
+        contract: "northwind-lotus".into(),
+        modality: "CT".into(),
+        read_type: "final".into(),
+        priority: "routine".into(),
+        subspecialty: None,
+        rvu_milli: 0,
+        completed_at: UnixMicros(n as i64),
+    };
+    let mut inputs = Vec::new();
+    for n in 0..3u128 {
+        let study = Uuid::from_u128(100 + n);
+        inputs.push((Input::Queued { study, read: read(n) }, cause(200 + 2 * n, 1, "northwind")));
+        inputs.push((signed(study, "final", ny(12)), cause(201 + 2 * n, 2, "northwind")));
+    }
+    let ledger = fold(given(), &inputs);
+    let charges: Vec<(bool, i64)> = ledger
+        .outbox
+        .iter()
+        .filter_map(|f| if let What::Charged(c) = &f.what { Some((c.included, c.amount)) } else { None })
+        .collect();
+    assert_eq!(charges, [(true, 0), (true, 0), (false, 950)]);
+}
+
+#[test]
+fn an_unpriced_read_is_posted_as_such_and_priced_once_the_contract_names_its_price() {
+    let mut start = given();
+    start.pricebook.contracts.get_mut("acme-atlantic").unwrap().per_study.remove("default");
+    let study = Uuid::from_u128(30);
+    let mr = Read { modality: "MR".into(), ..ct("final", "routine", ny(10)) };
+    let ledger = fold(
+        start,
+        &[
+            (Input::Queued { study, read: mr }, cause(31, 1, "acme")),
+            (signed(study, "final", ny(11)), cause(32, 2, "acme")),
+        ],
+    );
+    let unpriced: Vec<_> = ledger.outbox.iter().filter(|f| matches!(f.what, What::Unpriced(_))).collect();
+    let [unpriced] = &unpriced[..] else { panic!("{:?}", ledger.outbox) };
+    let What::Unpriced(u) = &unpriced.what else { panic!() };
+    assert_eq!(u.missing, "engagement.per_study.MR");
+    assert_eq!(ledger.totals["acme/2026-11/USD"].unpriced, 1);
+    assert!(reprice(&ledger).is_empty(), "still no price");
+
+    let mut fixed = ledger.clone();
+    fixed.pricebook.contracts.get_mut("acme-atlantic").unwrap().per_study.insert("MR".into(), 6_000);
+    let priced = reprice(&fixed);
+    assert_eq!(priced, reprice(&fixed), "repricing twice yields the same charge");
+    let [charge] = &priced[..] else { panic!("{priced:?}") };
+    assert_eq!(charge.id, EventId::derived(unpriced.id, "meridian.events.v1.ChargePosted", 0));
+    assert_eq!(charge.version, 2 * 8 + 4);
+    let fixed = apply_facts(fixed, priced);
+    assert!(fixed.unpriced.is_empty());
+    assert!(reprice(&fixed).is_empty());
+    assert_eq!(fixed.totals["acme/2026-11/USD"].charges, 6_000);
+}
+
+#[test]
+fn a_breach_credits_a_share_of_the_reads_price_or_a_fixed_amount() {
+    let (stat, routine) = (Uuid::from_u128(40), Uuid::from_u128(41));
+    let ledger = fold(
+        given(),
+        &[
+            (Input::Queued { study: stat, read: ct("final", "stat", ny(10)) }, cause(42, 1, "acme")),
+            (Input::Queued { study: routine, read: ct("final", "routine", ny(10)) }, cause(43, 1, "acme")),
+        ],
+    );
+    let breach = |study, priority: &str| Input::Breached {
+        study,
+        priority: priority.into(),
+        read_type: Some("final".into()),
+        contract: "acme-atlantic".into(),
+        deadline: ny(11),
+    };
+    let ledger = fold(
+        ledger,
+        &[(breach(stat, "stat"), cause(44, 2, "acme")), (breach(routine, "routine"), cause(45, 2, "acme"))],
+    );
+    let credits: Vec<i64> = ledger
+        .outbox
+        .iter()
+        .filter_map(|f| if let What::Credited(c) = &f.what { Some(c.amount) } else { None })
+        .collect();
+    // 50% of (45 + 25 STAT) and a fixed 5.00.
+    assert_eq!(credits, [-3_500, -500]);
+    assert_eq!(ledger.totals["acme/2026-11/USD"].credits, -4_000);
+    // Urgent has no credit rule: nothing.
+    assert!(decide(&ledger, &breach(stat, "urgent"), &cause(46, 3, "acme")).is_empty());
+}

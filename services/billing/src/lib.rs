@@ -1,0 +1,15 @@
+//! Billing: one charge per billable read through any crash, every figure
+//! traceable to the routing events behind it.
+//!
+//! # Layout
+//! - [`domain`]: pure code, no I/O, no clock: integer money
+//!   ([`domain::money`]), prices and payouts ([`domain::pricing`]), the
+//!   ledger fold ([`domain::ledger`]).
+//!
+//! Not built yet: invoices and credit notes, the billing gRPC API and CLI,
+//! project milestones, the crash-victim test and the bench (issue 18
+//! continues).
+
+#![forbid(unsafe_code)]
+
+pub mod domain;

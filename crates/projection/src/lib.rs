@@ -136,6 +136,13 @@ impl<P: Projection> Projector<P> {
         &self.state
     }
 
+    /// The state, to change what the fold does not derive from the log: a
+    /// consumer's outbox once its facts are appended, settings from
+    /// configuration.
+    pub fn state_mut(&mut self) -> &mut P::State {
+        &mut self.state
+    }
+
     pub fn stats(&self) -> &Stats {
         &self.stats
     }

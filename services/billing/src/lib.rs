@@ -12,4 +12,6 @@
 
 #![forbid(unsafe_code)]
 
+pub mod adapters;
+pub mod app;
 pub mod domain;

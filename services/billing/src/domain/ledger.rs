@@ -22,8 +22,9 @@ use super::pricing::{CreditRule, Line, Model, Pricebook, Read};
 pub enum Input {
     /// StudyQueued: the read that will be signed next.
     Queued { study: Uuid, read: Read },
-    /// AssignmentCompleted: the read was signed.
-    Signed { study: Uuid, reader: String, read_type: String, signed_at: UnixMicros },
+    /// AssignmentCompleted: the read was signed by `reader` of `group`
+    /// (empty in events from before routing recorded it).
+    Signed { study: Uuid, reader: String, group: String, read_type: String, signed_at: UnixMicros },
     /// SlaBreached: routing judged the read late.
     Breached { study: Uuid, priority: String, read_type: Option<String>, contract: String, deadline: UnixMicros },
     /// ReaderRegistered: which group a reader reads for.
@@ -159,6 +160,9 @@ pub struct Ledger {
     pub unpriced: BTreeMap<EventId, Fact>,
     /// Facts decided and not yet appended.
     pub outbox: Vec<Fact>,
+    /// Routing events billing could not read, by reason (never a reason
+    /// to stop: routing wrote them, and a newer routing may write more).
+    pub unreadable: BTreeMap<String, u64>,
 }
 
 fn fact(cause: &Cause, study: Uuid, slot: u64, what: What) -> Fact {
@@ -185,7 +189,7 @@ pub fn decide(ledger: &Ledger, input: &Input, cause: &Cause) -> Vec<Fact> {
     let book = &ledger.pricebook;
     match input {
         Input::Queued { .. } | Input::Reader { .. } => Vec::new(),
-        Input::Signed { study, reader, read_type, signed_at } => {
+        Input::Signed { study, reader, group, read_type, signed_at } => {
             let Some(read) = ledger.reads.get(study) else { return Vec::new() };
             let read = Read { read_type: read_type.clone(), ..read.clone() };
             let period = book.period(&read.contract, *signed_at);
@@ -194,7 +198,10 @@ pub fn decide(ledger: &Ledger, input: &Input, cause: &Cause) -> Vec<Fact> {
             if contract.is_none_or(|c| billable(read_type, c.bills_preliminary)) {
                 facts.push(charge(ledger, cause, *study, read.clone(), reader, period.clone(), *signed_at, CHARGE));
             }
-            if let Some(group) = ledger.readers.get(reader)
+            // The group named by the event; for older events, the one the
+            // reader registered with (another partition: it may come later).
+            let group = if group.is_empty() { ledger.readers.get(reader) } else { Some(group) };
+            if let Some(group) = group
                 && read.rvu_milli > 0
                 && let Some((currency, amount)) = book.payout(group, read.rvu_milli)
             {

@@ -26,7 +26,7 @@ fn given() -> Ledger {
 }
 
 fn signed(study: Uuid, read_type: &str, at: UnixMicros) -> Input {
-    Input::Signed { study, reader: "dr-ortiz".into(), read_type: read_type.into(), signed_at: at }
+    Input::Signed { study, reader: "dr-ortiz".into(), group: String::new(), read_type: read_type.into(), signed_at: at }
 }
 
 #[test]

@@ -199,12 +199,13 @@ pub fn to_payload(e: &Event) -> Payload {
                 contract: contract.clone(),
             })
         }
-        Event::AssignmentCompleted { study, reader, read_type, signed_at } => {
+        Event::AssignmentCompleted { study, reader, read_type, signed_at, group } => {
             Payload::AssignmentCompleted(pb::AssignmentCompleted {
                 study_id: study.to_string(),
                 reader_id: reader.clone(),
                 read_type: read_type.as_str().to_owned(),
                 signed_at: ts(*signed_at),
+                reading_group: group.clone(),
             })
         }
         Event::StudyTriaged { study, ai_flagged, priority, deadline, model } => {
@@ -405,6 +406,7 @@ pub fn from_payload(p: &Payload) -> Result<Option<Event>, Error> {
                 reader: a.reader_id.clone(),
                 read_type: f.named("read_type", &a.read_type, ReadType::parse)?,
                 signed_at: f.time("signed_at", &a.signed_at)?,
+                group: a.reading_group.clone(),
             }
         }
         Payload::StudyTriaged(t) => {
@@ -519,6 +521,7 @@ mod tests {
                 reader: "dr-x".into(),
                 read_type: ReadType::Preliminary,
                 signed_at: UnixMicros(1_800_000_000_000_000),
+                group: "g".into(),
             },
             Event::StudyTriaged {
                 study: s,

@@ -417,12 +417,14 @@ fn nighthawk_offshore_preliminary_at_night_then_onshore_final_in_the_morning() {
     // nair signs: the preliminary ends and the final is queued, following it,
     // as routine work due a day after the signature.
     let (state, events) = run(state, vec![sign("nair", ReadType::Preliminary)], signed);
-    let [Event::AssignmentCompleted { reader, read_type: ReadType::Preliminary, .. }, Event::StudyQueued(fin)] =
+    let [Event::AssignmentCompleted { reader, read_type: ReadType::Preliminary, group, .. }, Event::StudyQueued(fin)] =
         &events[..]
     else {
         panic!("{events:?}")
     };
     assert_eq!(reader, "nair");
+    assert_eq!(group, &state.readers["nair"].group, "the signing reader's group, for billing's payout");
+    assert!(!group.is_empty());
     assert_eq!((fin.id, fin.read_type, fin.priority), (prelim.id, ReadType::Final, Priority::Routine));
     assert_eq!((fin.prior_reader.as_deref(), fin.deadline), (Some("nair"), UnixMicros(signed.0 + 86_400_000_000)));
     assert_eq!(state.load["nair"].open, 0, "the preliminary no longer counts against nair");

@@ -299,6 +299,9 @@ pub enum Event {
         reader: String,
         read_type: ReadType,
         signed_at: UnixMicros,
+        /// The reader's reading group (empty in events from before it was
+        /// recorded).
+        group: String,
     },
     /// AI triage raised the study's urgency. `deadline` is the contract's for
     /// the new priority (never later than before); `None` when the study is
@@ -653,7 +656,9 @@ pub fn decide(state: &State, policy: &Policy, command: Command, now: UnixMicros)
                 .contracts
                 .get(&s.contract)
                 .ok_or_else(|| Error::UnknownContract { study, contract: s.contract.clone() })?;
-            let mut events = vec![Event::AssignmentCompleted { study, reader: reader.clone(), read_type, signed_at }];
+            let group = state.readers.get(&reader).map(|r| r.group.clone()).unwrap_or_default();
+            let mut events =
+                vec![Event::AssignmentCompleted { study, reader: reader.clone(), read_type, signed_at, group }];
             // A preliminary is followed by the final where the contract has
             // finals. The preliminary answered the urgent question: the final
             // is routine work, due the contract's routine turnaround after

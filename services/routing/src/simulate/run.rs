@@ -168,7 +168,7 @@ impl Day<'_> {
                     self.arrival_order.entry(line(s)).or_default().insert(s.sequence, *study);
                 }
             }
-            Event::AssignmentCompleted { study, reader, read_type, signed_at } => {
+            Event::AssignmentCompleted { study, reader, read_type, signed_at, .. } => {
                 if let Some(d) = self.desks.get_mut(reader) {
                     d.held.remove(study);
                     d.use_.reads += 1;

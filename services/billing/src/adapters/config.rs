@@ -1,0 +1,97 @@
+//! The pricebook from configuration: every amount in its currency's minor
+//! units (validation already refused amounts with too many places).
+
+use meridian_config::value::{Credit, Decimal, currency_exponent};
+use meridian_config::{EngagementModel, Platform};
+
+use crate::domain::pricing::{AfterHours, ContractPrices, CreditRule, GroupRate, Model, Pricebook};
+
+fn minor(d: &Decimal, exponent: u32) -> i64 {
+    d.minor_units(exponent).unwrap_or(0)
+}
+
+/// The prices of every contract and group of `platform`, and the time zone
+/// of every facility.
+pub fn pricebook(platform: &Platform) -> Pricebook {
+    let mut book = Pricebook::default();
+    for (name, contract) in &platform.contracts {
+        let e = &contract.engagement;
+        let exp = currency_exponent(&e.currency).unwrap_or(2);
+        let prices = ContractPrices {
+            tenant: contract.tenant.clone(),
+            model: match e.model {
+                EngagementModel::Transaction => Model::Transaction,
+                EngagementModel::Subscription => Model::Subscription,
+                EngagementModel::ProjectBased => Model::ProjectBased,
+            },
+            currency: e.currency.clone(),
+            per_study: e.per_study.iter().map(|(k, d)| (k.clone(), minor(d, exp))).collect(),
+            per_read_type: e
+                .per_read_type
+                .iter()
+                .map(|(rt, prices)| (rt.clone(), prices.iter().map(|(k, d)| (k.clone(), minor(d, exp))).collect()))
+                .collect(),
+            priority_surcharge: e.priority_surcharge.iter().map(|(k, d)| (k.clone(), minor(d, exp))).collect(),
+            after_hours: e.after_hours.as_ref().map(|a| AfterHours {
+                surcharge: minor(&a.surcharge, exp),
+                from: a.from.minute_of_day,
+                to: a.to.minute_of_day,
+                weekends: a.weekends,
+            }),
+            subspecialty_surcharge: e.subspecialty_surcharge.as_ref().map(|d| minor(d, exp)),
+            bills_preliminary: e.bills_preliminary,
+            included_studies: e.included_studies.unwrap_or(0),
+            sla_credit: e
+                .sla_credit
+                .iter()
+                .map(|(p, c)| {
+                    let rule = match c {
+                        Credit::Share(share) => CreditRule::Share(share.per_million),
+                        Credit::Fixed(d) => CreditRule::Fixed(minor(d, exp)),
+                    };
+                    (p.clone(), rule)
+                })
+                .collect(),
+            rounding: e.rounding.into(),
+            billing_time_zone: e.billing_time_zone.as_ref().map_or_else(|| "UTC".to_owned(), |z| z.0.clone()),
+        };
+        book.contracts.insert(name.clone(), prices);
+    }
+    for (name, group) in &platform.groups {
+        if let Some(p) = &group.payout {
+            let exp = currency_exponent(&p.currency).unwrap_or(2);
+            let rate = GroupRate { currency: p.currency.clone(), per_wrvu: minor(&p.rate_per_wrvu, exp) };
+            book.groups.insert(name.clone(), rate);
+        }
+    }
+    for (tenant, t) in &platform.tenants {
+        for f in &t.facilities {
+            book.facility_zones.insert(format!("{tenant}/{}", f.name), f.time_zone.0.clone());
+        }
+    }
+    book
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn the_example_configuration_prices_in_minor_units() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples/dev");
+        let book = pricebook(&Platform::load(&dir).unwrap());
+        let acme = &book.contracts["acme-atlantic"];
+        assert_eq!(
+            (acme.currency.as_str(), acme.per_study["CT"], acme.per_read_type["preliminary"]["CT"]),
+            ("USD", 4_500, 3_000)
+        );
+        assert_eq!(acme.sla_credit["stat"], CreditRule::Share(500_000));
+        assert_eq!(acme.sla_credit["routine"], CreditRule::Fixed(500));
+        assert_eq!(acme.after_hours.as_ref().map(|a| (a.from, a.to)), Some((19 * 60, 7 * 60)));
+        assert_eq!(book.contracts["northwind-lotus"].model, Model::Subscription);
+        assert_eq!(book.groups["atlantic-rads"], GroupRate { currency: "USD".into(), per_wrvu: 3_250 });
+        assert!(book.facility_zones.keys().any(|k| k.starts_with("acme/")));
+    }
+}

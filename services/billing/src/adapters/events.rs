@@ -1,0 +1,153 @@
+//! Routing's payloads in, billing's payloads out.
+
+use meridian_events::UnixMicros;
+use meridian_events::envelope::EventMeta;
+use meridian_events::payload::Payload;
+use meridian_proto::common::v1::Money;
+use meridian_proto::events::v1 as pb;
+use uuid::Uuid;
+
+use crate::domain::ledger::{Cause, Fact, Input, What};
+use crate::domain::pricing::Read;
+
+/// Why a routing event could not be read as billing's input.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{payload}.{field}: {reason}")]
+pub struct Unreadable {
+    pub payload: &'static str,
+    pub field: &'static str,
+    pub reason: String,
+}
+
+fn uuid(payload: &'static str, field: &'static str, text: &str) -> Result<Uuid, Unreadable> {
+    Uuid::parse_str(text).map_err(|e| Unreadable { payload, field, reason: format!("{text:?} is not a UUID: {e}") })
+}
+
+fn time(t: &Option<prost_types::Timestamp>) -> UnixMicros {
+    t.as_ref().map_or(UnixMicros(0), |t| UnixMicros(t.seconds * 1_000_000 + i64::from(t.nanos) / 1_000))
+}
+
+fn ts(t: UnixMicros) -> Option<prost_types::Timestamp> {
+    Some(t.to_timestamp())
+}
+
+/// The input and cause of a routing event billing reads; `None` for the
+/// events it does not need.
+pub fn input(payload: &Payload, meta: &EventMeta) -> Result<Option<(Input, Cause)>, Unreadable> {
+    let input = match payload {
+        Payload::StudyQueued(q) => Input::Queued {
+            study: uuid("StudyQueued", "study_id", &q.study_id)?,
+            read: Read {
+                tenant: q.tenant.clone(),
+                facility: q.facility.clone(),
+                contract: q.contract.clone(),
+                modality: q.modality.clone(),
+                read_type: q.read_type.clone(),
+                // Events from before requested_priority: the priority then.
+                priority: if q.requested_priority.is_empty() {
+                    q.priority.clone()
+                } else {
+                    q.requested_priority.clone()
+                },
+                subspecialty: (!q.subspecialty.is_empty()).then(|| q.subspecialty.clone()),
+                rvu_milli: q.rvu_milli,
+                completed_at: time(&q.completed_at),
+            },
+        },
+        Payload::AssignmentCompleted(c) => Input::Signed {
+            study: uuid("AssignmentCompleted", "study_id", &c.study_id)?,
+            reader: c.reader_id.clone(),
+            group: c.reading_group.clone(),
+            read_type: c.read_type.clone(),
+            signed_at: time(&c.signed_at),
+        },
+        Payload::SlaBreached(b) => Input::Breached {
+            study: uuid("SlaBreached", "study_id", &b.study_id)?,
+            priority: b.priority.clone(),
+            read_type: (!b.read_type.is_empty()).then(|| b.read_type.clone()),
+            contract: b.contract.clone(),
+            deadline: time(&b.deadline),
+        },
+        Payload::ReaderRegistered(r) => Input::Reader { reader: r.reader_id.clone(), group: r.reading_group.clone() },
+        _ => return Ok(None),
+    };
+    let cause = Cause {
+        event_id: meta.event_id,
+        version: meta.aggregate_version,
+        tenant: meta.tenant.clone(),
+        occurred_at: meta.occurred_at,
+    };
+    Ok(Some((input, cause)))
+}
+
+fn money(currency: &str, minor_units: i64) -> Option<Money> {
+    Some(Money { currency_code: currency.to_owned(), minor_units })
+}
+
+/// The payload of one of billing's facts.
+pub fn payload(f: &Fact) -> Payload {
+    let study_id = f.study.to_string();
+    let cause_event_id = f.cause.to_string();
+    match &f.what {
+        What::Charged(c) => Payload::ChargePosted(pb::ChargePosted {
+            study_id,
+            contract: c.read.contract.clone(),
+            facility: c.read.facility.clone(),
+            reader_id: c.reader.clone(),
+            read_type: c.read.read_type.clone(),
+            modality: c.read.modality.clone(),
+            priority: c.read.priority.clone(),
+            lines: c
+                .lines
+                .iter()
+                .map(|l| pb::ChargeLine {
+                    kind: l.kind.clone(),
+                    line: l.line.clone(),
+                    amount: money(&c.currency, l.amount),
+                })
+                .collect(),
+            amount: money(&c.currency, c.amount),
+            model: c.model.as_str().to_owned(),
+            included: c.included,
+            period: c.period.clone(),
+            signed_at: ts(c.signed_at),
+            cause_event_id,
+        }),
+        What::Unpriced(u) => Payload::ChargeUnpriced(pb::ChargeUnpriced {
+            study_id,
+            contract: u.read.contract.clone(),
+            facility: u.read.facility.clone(),
+            reader_id: u.reader.clone(),
+            read_type: u.read.read_type.clone(),
+            modality: u.read.modality.clone(),
+            priority: u.read.priority.clone(),
+            missing: u.missing.clone(),
+            period: u.period.clone(),
+            signed_at: ts(u.signed_at),
+            cause_event_id,
+            completed_at: ts(u.read.completed_at),
+            subspecialty: u.read.subspecialty.clone().unwrap_or_default(),
+        }),
+        What::Credited(c) => Payload::CreditPosted(pb::CreditPosted {
+            study_id,
+            contract: c.contract.clone(),
+            read_type: c.read_type.clone(),
+            priority: c.priority.clone(),
+            line: c.line.clone(),
+            amount: money(&c.currency, c.amount),
+            period: c.period.clone(),
+            breached_at: ts(c.breached_at),
+            cause_event_id,
+        }),
+        What::Accrued(p) => Payload::PayoutAccrued(pb::PayoutAccrued {
+            study_id,
+            reader_id: p.reader.clone(),
+            reading_group: p.group.clone(),
+            rvu_milli: p.rvu_milli,
+            amount: money(&p.currency, p.amount),
+            period: p.period.clone(),
+            signed_at: ts(p.signed_at),
+            cause_event_id,
+        }),
+    }
+}

@@ -1,0 +1,500 @@
+//! Billing on a region's log: routing's topic in, billing's topic out, in
+//! consume-transform-produce steps.
+//!
+//! The ledger is a projection of the routing topic whose fold decides
+//! ([`crate::domain::ledger`]): each record's facts land in the state's
+//! outbox, and one [`Step`] appends a batch's facts and commits the
+//! batch's input positions atomically (a Kafka transaction with its
+//! offsets; one redb transaction embedded). A crash before the commit
+//! loses the step whole: the next start reads those inputs again and
+//! decides the same facts (ids derive from the inputs). Snapshots are
+//! taken between steps, so a snapshot's positions never pass the committed
+//! ones; on opening, the inputs between the snapshot and the committed
+//! positions are folded again without appending what they decide (it is in
+//! the log already).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use meridian_config::Platform;
+use meridian_events::envelope::EventMeta;
+use meridian_events::{DataClass, KeyStore};
+use meridian_log::failpoint::FailPoints;
+use meridian_log::{EventLog, LogReader, Outgoing, Position, Step, TopicName};
+use meridian_projection::run::Snapshotter;
+use meridian_projection::snapshot::Loaded;
+use meridian_projection::{Event as Logged, Projection, Projector, Stats};
+use tokio::sync::Mutex;
+
+use crate::adapters;
+use crate::domain::ledger::{self, Fact, Ledger, Totals};
+
+/// Facts decided, not committed yet.
+pub const AFTER_DECIDE: &str = "billing.after_decide";
+/// The consumer's name: its committed positions on the routing topic.
+pub const CONSUMER: &str = "billing.ledger";
+/// Routing records per step.
+const BATCH: usize = 2_048;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("billing log: {0}")]
+    Log(#[from] meridian_log::Error),
+    #[error("billing ledger: {0}")]
+    Projection(#[from] meridian_projection::Error),
+    #[error("billing event: {0}")]
+    Envelope(#[from] meridian_events::envelope::Error),
+}
+
+/// The ledger as a projection of the routing topic: the fold decides.
+pub struct LedgerProjection;
+
+impl Projection for LedgerProjection {
+    type State = Ledger;
+    const NAME: &'static str = "billing.ledger";
+
+    fn apply(state: Ledger, event: &Logged<'_>) -> Ledger {
+        match adapters::events::input(event.payload, &event.envelope.meta) {
+            Ok(Some((input, cause))) => {
+                let facts = ledger::decide(&state, &input, &cause);
+                ledger::apply(state, &input, facts)
+            }
+            Ok(None) => state,
+            Err(why) => {
+                let mut state = state;
+                *state.unreadable.entry(why.to_string()).or_default() += 1;
+                state
+            }
+        }
+    }
+}
+
+pub struct Billing {
+    region: String,
+    log: Arc<dyn EventLog>,
+    keys: Arc<dyn KeyStore>,
+    routing: TopicName,
+    billing: TopicName,
+    projector: Mutex<Projector<LedgerProjection>>,
+    /// Kept between passes; dropped after an error.
+    reader: Mutex<Option<Box<dyn LogReader>>>,
+    snapshots: Snapshotter,
+    failpoints: FailPoints,
+    stopping: AtomicBool,
+}
+
+fn topic(region: &str, stream: &str) -> Result<TopicName, Error> {
+    TopicName::new(region, DataClass::Operational, stream)
+        .map_err(|e| Error::Log(meridian_log::Error::UnknownTopic { topic: e.name }))
+}
+
+impl Billing {
+    /// Opens the ledger from its snapshot, folds the inputs committed since
+    /// without appending again, and prices what it could not before.
+    pub async fn open(
+        region: &str,
+        platform: &Platform,
+        log: Arc<dyn EventLog>,
+        keys: Arc<dyn KeyStore>,
+        snapshots: Snapshotter,
+        failpoints: FailPoints,
+        idle: Duration,
+    ) -> Result<Billing, Error> {
+        let (routing, billing) = (topic(region, "routing")?, topic(region, "billing")?);
+        let projector = recover(region, log.as_ref(), keys.as_ref(), &routing, &snapshots, idle).await?;
+        let billing = Billing {
+            region: region.to_owned(),
+            log,
+            keys,
+            routing,
+            billing,
+            projector: Mutex::new(projector),
+            reader: Mutex::new(None),
+            snapshots,
+            failpoints,
+            stopping: AtomicBool::new(false),
+        };
+        // Prices apply from this start on (configuration is read at start).
+        billing.projector.lock().await.state_mut().pricebook = adapters::config::pricebook(platform);
+        billing.reprice().await?;
+        Ok(billing)
+    }
+
+    /// Makes a running pass end after its current step.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// One pass: steps over the routing records that arrived, until a read
+    /// waits `wait` with nothing. Returns how many records it took.
+    pub async fn pass(&self, wait: Duration) -> Result<usize, Error> {
+        let mut kept = self.reader.lock().await;
+        let mut projector = self.projector.lock().await;
+        let mut reader = match kept.take() {
+            Some(reader) => reader,
+            None => self.log.reader(projector.positions()).await?,
+        };
+        let mut taken = 0;
+        loop {
+            if self.stopping.load(Ordering::Relaxed) {
+                *kept = Some(reader);
+                return Ok(taken);
+            }
+            let batch = reader.next_batch(BATCH, wait).await?;
+            if batch.is_empty() {
+                *kept = Some(reader);
+                return Ok(taken);
+            }
+            taken += batch.len();
+            match self.step(&mut projector, &batch).await {
+                Ok(()) => {}
+                Err(e) => {
+                    // The state folded inputs the log did not take: start
+                    // again from the snapshot and what was committed.
+                    let snapshots = &self.snapshots;
+                    *projector =
+                        recover(&self.region, self.log.as_ref(), self.keys.as_ref(), &self.routing, snapshots, wait)
+                            .await?;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Folds `batch` and commits its facts with its positions.
+    async fn step(
+        &self,
+        projector: &mut Projector<LedgerProjection>,
+        batch: &[meridian_log::Record],
+    ) -> Result<(), Error> {
+        for record in batch {
+            projector.feed(record, self.keys.as_ref())?;
+        }
+        let facts = std::mem::take(&mut projector.state_mut().outbox);
+        let outputs = self.outgoing(&facts)?;
+        self.failpoints.hit(AFTER_DECIDE)?;
+        let inputs = projector.positions();
+        self.log.commit(Step { consumer: CONSUMER.into(), outputs, inputs }).await?;
+        if !facts.is_empty() {
+            tracing::debug!(region = %self.region, facts = facts.len(), "billing step committed");
+        }
+        Ok(())
+    }
+
+    fn outgoing(&self, facts: &[Fact]) -> Result<Vec<Outgoing>, Error> {
+        facts
+            .iter()
+            .map(|f| {
+                let meta = EventMeta {
+                    event_id: f.id,
+                    aggregate_type: "billing.study".into(),
+                    aggregate_id: f.study,
+                    aggregate_version: f.version,
+                    tenant: f.tenant.clone(),
+                    home_region: self.region.clone(),
+                    occurred_at: f.occurred_at,
+                    causation_id: Some(f.cause),
+                    correlation_id: None,
+                    traceparent: None,
+                };
+                let envelope = adapters::events::payload(f).plain_envelope(meta)?;
+                Ok(Outgoing::new(self.billing.clone(), &envelope)?)
+            })
+            .collect()
+    }
+
+    /// Charges the unpriced reads the configuration prices now.
+    pub async fn reprice(&self) -> Result<usize, Error> {
+        let mut projector = self.projector.lock().await;
+        let facts = ledger::reprice(projector.state());
+        if facts.is_empty() {
+            return Ok(0);
+        }
+        let outputs = self.outgoing(&facts)?;
+        self.log.append(outputs).await?;
+        let n = facts.len();
+        let state = std::mem::take(projector.state_mut());
+        let mut state = ledger::apply_facts(state, facts);
+        state.outbox.clear();
+        *projector.state_mut() = state;
+        tracing::info!(region = %self.region, charges = n, "unpriced reads priced");
+        Ok(n)
+    }
+
+    /// Writes the snapshot when due (`force`: whenever anything changed).
+    /// Taken between steps: the outbox is empty and the positions are
+    /// committed ones.
+    pub async fn snapshot(&self, force: bool) -> Result<(), Error> {
+        let encoded = {
+            let projector = self.projector.lock().await;
+            self.snapshots.encode_if_due(&projector, force)?
+        };
+        if let Some((fed, bytes)) = encoded {
+            self.snapshots.write::<LedgerProjection>(fed, bytes).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn stats(&self) -> Stats {
+        self.projector.lock().await.stats().clone()
+    }
+
+    /// Reads the ledger under the lock.
+    pub async fn read<T>(&self, f: impl FnOnce(&Ledger) -> T) -> T {
+        f(self.projector.lock().await.state())
+    }
+
+    /// A tenant's (or `group:G`'s) totals by `period/currency`.
+    pub async fn totals(&self, owner: &str) -> BTreeMap<String, Totals> {
+        let prefix = format!("{owner}/");
+        self.read(|l| {
+            l.totals
+                .iter()
+                .filter_map(|(k, t)| k.strip_prefix(&prefix).map(|rest| (rest.to_owned(), t.clone())))
+                .collect()
+        })
+        .await
+    }
+}
+
+/// The ledger at the committed positions: the snapshot (or nothing), then
+/// the routing records up to where the consumer committed, their facts
+/// dropped (they are in the log).
+async fn recover(
+    region: &str,
+    log: &dyn EventLog,
+    keys: &dyn KeyStore,
+    routing: &TopicName,
+    snapshots: &Snapshotter,
+    idle: Duration,
+) -> Result<Projector<LedgerProjection>, Error> {
+    let starts: Vec<Position> =
+        (0..log.partitions(routing).await?).map(|p| Position::start(routing.clone(), p)).collect();
+    let mut projector = match snapshots.files().load_or_set_aside::<LedgerProjection>()? {
+        Loaded::Found(snapshot) => Projector::restore(snapshot)?,
+        Loaded::Missing => Projector::new(starts.clone()),
+        Loaded::SetAside { set_aside, reason } => {
+            tracing::warn!(%region, path = %set_aside.display(), %reason, "billing's snapshot set aside; folding the routing topic again");
+            Projector::new(starts.clone())
+        }
+    };
+    projector.ensure_positions(starts);
+    projector.state_mut().outbox.clear();
+    let committed: BTreeMap<u32, u64> =
+        log.resume(CONSUMER, routing).await?.into_iter().map(|p| (p.partition, p.offset)).collect();
+    let behind = |p: &Position| p.offset < committed.get(&p.partition).copied().unwrap_or(0);
+    let from: Vec<Position> = projector.positions().into_iter().filter(|p| behind(p)).collect();
+    if from.is_empty() {
+        return Ok(projector);
+    }
+    let mut reader = log.reader(from).await?;
+    let mut folded = 0u64;
+    loop {
+        let batch = reader.catch_up_batch(BATCH, idle).await?;
+        for record in &batch {
+            // Only what was committed: the rest is decided afresh.
+            if record.offset < committed.get(&record.partition).copied().unwrap_or(0) {
+                projector.feed(record, keys)?;
+                folded += 1;
+            }
+        }
+        projector.state_mut().outbox.clear();
+        let done = projector.positions().iter().all(|p| !behind(p));
+        if batch.is_empty() || done {
+            break;
+        }
+    }
+    if folded > 0 {
+        tracing::info!(%region, records = folded, "billing folded the inputs committed after its snapshot");
+    }
+    Ok(projector)
+}
+
+#[cfg(test)]
+mod tests {
+    use meridian_events::payload::Payload;
+    use meridian_events::{Envelope, EventId, UnixMicros};
+    use meridian_log::TopicSpec;
+    use meridian_log::embedded::{EmbeddedLog, EmbeddedOptions};
+    use meridian_log::failpoint::{Action, FailPoints};
+    use meridian_projection::snapshot::FileSnapshots;
+    use meridian_proto::events::v1 as pb;
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn platform() -> Platform {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples/dev");
+        Platform::load(&dir).unwrap()
+    }
+
+    /// 2026-11-04 10:00 New York.
+    const AT: i64 = (1_793_768_400 + 10 * 3_600) * 1_000_000;
+
+    fn routing_event(study: Uuid, version: u64, payload: Payload) -> Envelope {
+        let meta = EventMeta {
+            event_id: EventId::derived(EventId(study), payload.type_name(), version as u32),
+            aggregate_type: payload.info().aggregate_type.into(),
+            aggregate_id: study,
+            aggregate_version: version,
+            tenant: "acme".into(),
+            home_region: "us-east".into(),
+            occurred_at: UnixMicros(AT),
+            causation_id: None,
+            correlation_id: None,
+            traceparent: None,
+        };
+        payload.plain_envelope(meta).unwrap()
+    }
+
+    /// A final CT read of `study`, queued and signed by dr-ana-ortiz.
+    fn read(study: Uuid) -> Vec<Envelope> {
+        let queued = pb::StudyQueued {
+            study_id: study.to_string(),
+            tenant: "acme".into(),
+            priority: "routine".into(),
+            requested_priority: "routine".into(),
+            read_type: "final".into(),
+            facility: "acme-general".into(),
+            contract: "acme-atlantic".into(),
+            modality: "CT".into(),
+            rvu_milli: 850,
+            completed_at: Some(UnixMicros(AT).to_timestamp()),
+            ..Default::default()
+        };
+        let signed = pb::AssignmentCompleted {
+            study_id: study.to_string(),
+            reader_id: "dr-ana-ortiz".into(),
+            read_type: "final".into(),
+            signed_at: Some(UnixMicros(AT + 3_600_000_000).to_timestamp()),
+            reading_group: "atlantic-rads".into(),
+        };
+        vec![
+            routing_event(study, 1, Payload::StudyQueued(queued)),
+            routing_event(study, 2, Payload::AssignmentCompleted(signed)),
+        ]
+    }
+
+    fn reader() -> Envelope {
+        let registered = pb::ReaderRegistered {
+            reader_id: "dr-ana-ortiz".into(),
+            reading_group: "atlantic-rads".into(),
+            ..Default::default()
+        };
+        routing_event(Uuid::from_u128(1), 1, Payload::ReaderRegistered(registered))
+    }
+
+    struct Region {
+        _dir: tempfile::TempDir,
+        log: Arc<EmbeddedLog>,
+        routing: TopicName,
+        billing: TopicName,
+        failpoints: FailPoints,
+        snapshots: std::path::PathBuf,
+    }
+
+    async fn region() -> Region {
+        let dir = tempfile::TempDir::new().unwrap();
+        let failpoints = FailPoints::default();
+        let log = Arc::new(EmbeddedLog::open(&dir.path().join("log.redb"), EmbeddedOptions::default()).unwrap());
+        let (routing, billing) = (topic("us-east", "routing").unwrap(), topic("us-east", "billing").unwrap());
+        for t in [&routing, &billing] {
+            log.ensure_topic(&TopicSpec::new(t.clone(), 4)).await.unwrap();
+        }
+        let snapshots = dir.path().join("snapshots");
+        Region { _dir: dir, log, routing, billing, failpoints, snapshots }
+    }
+
+    async fn open(r: &Region) -> Billing {
+        let keys: Arc<dyn KeyStore> = Arc::new(r.log.key_store());
+        let snapshots = Snapshotter::new(FileSnapshots::new(&r.snapshots), 1, Duration::ZERO);
+        let idle = Duration::from_millis(50);
+        Billing::open("us-east", &platform(), r.log.clone(), keys, snapshots, r.failpoints.clone(), idle).await.unwrap()
+    }
+
+    async fn append(r: &Region, events: &[Envelope]) {
+        let batch = events.iter().map(|e| Outgoing::new(r.routing.clone(), e).unwrap()).collect();
+        r.log.append(batch).await.unwrap();
+    }
+
+    /// Billing's topic: (payload type, event id) of every record.
+    async fn posted(r: &Region) -> Vec<(String, EventId)> {
+        let starts = (0..4).map(|p| Position::start(r.billing.clone(), p)).collect();
+        let records = meridian_log::contract::read_to_end(r.log.as_ref(), starts).await;
+        records
+            .iter()
+            .map(|rec| {
+                let e = rec.envelope().unwrap();
+                (e.payload_type.rsplit('.').next().unwrap().to_owned(), e.meta.event_id)
+            })
+            .collect()
+    }
+
+    fn count(posted: &[(String, EventId)], kind: &str) -> usize {
+        posted.iter().filter(|(k, _)| k == kind).count()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_signed_read_is_charged_and_paid_once_through_a_failed_step_and_restarts() {
+        let r = region().await;
+        append(&r, &[reader()]).await;
+        let studies: Vec<Uuid> = (10..20u128).map(Uuid::from_u128).collect();
+        for s in &studies[..5] {
+            append(&r, &read(*s)).await;
+        }
+        let billing = open(&r).await;
+        assert!(billing.pass(Duration::from_millis(50)).await.unwrap() > 0);
+        billing.snapshot(true).await.unwrap();
+        // A step dies after deciding, before committing: nothing of it lands.
+        for s in &studies[5..8] {
+            append(&r, &read(*s)).await;
+        }
+        r.failpoints.set(AFTER_DECIDE, Some(Action::Error));
+        assert!(billing.pass(Duration::from_millis(50)).await.is_err());
+        r.failpoints.set(AFTER_DECIDE, None);
+        assert_eq!(count(&posted(&r).await, "ChargePosted"), 5);
+        assert!(billing.pass(Duration::from_millis(50)).await.unwrap() > 0, "read again");
+        // A restart from the snapshot (taken before the last two steps):
+        // the committed inputs are folded again without appending again.
+        drop(billing);
+        for s in &studies[8..] {
+            append(&r, &read(*s)).await;
+        }
+        let billing = open(&r).await;
+        billing.pass(Duration::from_millis(50)).await.unwrap();
+        let posted = posted(&r).await;
+        assert_eq!(count(&posted, "ChargePosted"), 10, "{posted:?}");
+        assert_eq!(count(&posted, "PayoutAccrued"), 10, "{posted:?}");
+        let mut ids: Vec<EventId> = posted.iter().map(|(_, id)| *id).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), posted.len(), "no fact twice");
+        // 45.00 each; 27.63 of payout each.
+        let totals = billing.totals("acme").await;
+        assert_eq!(totals["2026-11/USD"].charges, 45_000);
+        assert_eq!(totals["2026-11/USD"].charged_reads, 10);
+        assert_eq!(billing.totals("group:atlantic-rads").await["2026-11/USD"].payouts, 27_630);
+        assert_eq!(billing.stats().await.conflicts, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_no_price_covers_is_posted_unpriced_and_charged_when_the_price_exists() {
+        let r = region().await;
+        let study = Uuid::from_u128(50);
+        let mut events = read(study);
+        // Northwind's subscription prices every modality by default; a
+        // contract nobody configured prices nothing.
+        let Payload::StudyQueued(mut q) = events[0].open_plain().unwrap() else { panic!() };
+        q.contract = "acme-gone".into();
+        events[0] = routing_event(study, 1, Payload::StudyQueued(q));
+        append(&r, &events).await;
+        let billing = open(&r).await;
+        billing.pass(Duration::from_millis(50)).await.unwrap();
+        let posted = posted(&r).await;
+        assert_eq!((count(&posted, "ChargeUnpriced"), count(&posted, "ChargePosted")), (1, 0), "{posted:?}");
+        assert_eq!(billing.read(|l| l.unpriced.len()).await, 1);
+        assert_eq!(billing.reprice().await.unwrap(), 0, "still no such contract");
+    }
+}

@@ -408,3 +408,42 @@ pub fn ready(process: &Service) -> (bool, String) {
     let (status, body) = get(&process.http(), "/readyz", "");
     (status == 200, body["reasons"].to_string())
 }
+
+/// Appends reporting's ReportSigned for `study` (as reporting will): the
+/// read `read_type` signed by `reader`, as version `version` of the
+/// study's reporting aggregate, to `region`'s reporting topic on `tansu`.
+pub fn sign(tansu: &Tansu, region: &str, tenant: &str, study: &str, reader: &str, read_type: &str, version: u64) {
+    use meridian_events::payload::Payload;
+    use meridian_events::{DataClass, EventId, EventMeta, UnixMicros};
+    use meridian_log::kafka::{KafkaConfig, KafkaLog};
+    use meridian_log::{EventLog, Outgoing, TopicName};
+    let study_id: uuid::Uuid = study.parse().unwrap();
+    let at = UnixMicros(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64);
+    let payload = Payload::ReportSigned(meridian_proto::events::v1::ReportSigned {
+        study_id: study.to_owned(),
+        report_id: EventId::derived(EventId(study_id), read_type, version as u32).to_string(),
+        read_type: read_type.to_owned(),
+        reader_id: reader.to_owned(),
+        signed_at: Some(at.to_timestamp()),
+    });
+    let meta = EventMeta {
+        event_id: EventId::derived(EventId(study_id), "test.sign", version as u32),
+        aggregate_type: "reporting.study".into(),
+        aggregate_id: study_id,
+        aggregate_version: version,
+        tenant: tenant.to_owned(),
+        home_region: region.to_owned(),
+        occurred_at: at,
+        causation_id: None,
+        correlation_id: None,
+        traceparent: None,
+    };
+    let envelope = payload.plain_envelope(meta).unwrap();
+    let topic = TopicName::new(region, DataClass::Operational, "reporting").unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let config = KafkaConfig::new(tansu.bootstrap(), format!("test-reporting-{}", uuid::Uuid::now_v7().simple()));
+        let log = KafkaLog::connect(config).await.unwrap();
+        log.append(vec![Outgoing::new(topic, &envelope).unwrap()]).await.unwrap();
+    });
+}

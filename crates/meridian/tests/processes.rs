@@ -366,3 +366,89 @@ fn studies_sent_to_two_ingest_replicas_are_derived_by_two_storage_replicas_each_
         assert_eq!(of_type(&events, kind).len(), n, "{kind} of the late study: {events:?}");
     }
 }
+
+#[test]
+fn billing_charges_and_pays_each_signed_read_once_through_kills() {
+    use meridian_integration_tests::processes::sign;
+    let (tansu, moto) = (Tansu::start(), Moto::start("unused"));
+    let work = tempfile::TempDir::new().unwrap();
+    let (cluster, tokens) = Cluster::new(Path::new(MERIDIAN), &examples(), work.path(), &tansu, Some(&moto));
+    let (pacs, sre) = (&tokens["acme-pacs"], &tokens["sre"]);
+    let routing = cluster.start("routing", None);
+    let ingest = cluster.start("ingest", None);
+    // Billing's first step takes the readers' registrations; its second,
+    // the study's first events: it dies there, before committing.
+    let mut billing = cluster.start_armed("billing", None, "billing.after_decide=abort@2");
+    let events = |stream: &str| stream_events(Path::new(MERIDIAN), &routing, "us-east", stream, sre);
+
+    // Two STAT CT studies: each queued at once and pushed to a reader for
+    // its preliminary read (the example's finals need an onshore reader
+    // other than the preliminary's: none is free here, so finals wait).
+    let files = tempfile::TempDir::new().unwrap();
+    for (n, uid) in ["1.2.826.0.1.3680043.10.543.401", "1.2.826.0.1.3680043.10.543.402"].iter().enumerate() {
+        let dir = files.path().join(n.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = study_files(&dir, uid, 1);
+        // A CT head (CPT 70450, 0.85 wRVU in the example's catalogue): the
+        // group is paid by the procedure's work RVU.
+        let coded = Command::new("dcmodify")
+            .args(["-nb", "-i", "(0008,1032)[0].(0008,0100)=70450", "-i", "(0008,1032)[0].(0008,0102)=CPT"])
+            .arg(&file[0])
+            .output()
+            .unwrap();
+        assert!(coded.status.success(), "{}", String::from_utf8_lossy(&coded.stderr));
+        let (ok, said) = storescu(ingest.dicom_port(), "ACME_CT1", "MERIDIAN_ACME", &file);
+        assert!(ok, "{said}");
+        complete(&ingest, pacs, uid);
+    }
+    let died = wait_until("billing dies at its failpoint", 60, || billing.child.try_wait().unwrap());
+    assert!(!died.success(), "{died}");
+    billing = cluster.start("billing", None);
+    let assigned = wait_until("both preliminaries assigned", 60, || {
+        let events = events("routing");
+        let assigned: Vec<(String, String)> = of_type(&events, "StudyAssigned")
+            .iter()
+            .map(|a| {
+                let a = &a["payload"];
+                (a["studyId"].as_str().unwrap().to_owned(), a["readerId"].as_str().unwrap().to_owned())
+            })
+            .collect();
+        (assigned.len() == 2).then_some(assigned)
+    });
+    sign(&tansu, "us-east", "acme", &assigned[0].0, &assigned[0].1, "preliminary", 1);
+    // SIGKILL billing while it may be charging the first read.
+    billing.kill();
+    let billing = cluster.start("billing", None);
+    sign(&tansu, "us-east", "acme", &assigned[1].0, &assigned[1].1, "preliminary", 1);
+
+    let posted = wait_until("both reads charged and paid", 60, || {
+        let posted = events("billing");
+        (of_type(&posted, "ChargePosted").len() >= 2 && of_type(&posted, "PayoutAccrued").len() >= 2).then_some(posted)
+    });
+    let charges = of_type(&posted, "ChargePosted");
+    assert_eq!(charges.len(), 2, "one charge per signed read: {posted:?}");
+    assert_eq!(of_type(&posted, "PayoutAccrued").len(), 2, "{posted:?}");
+    assert!(of_type(&posted, "ChargeUnpriced").is_empty(), "{posted:?}");
+    let ids: std::collections::BTreeSet<&str> = posted.iter().map(|e| e["event_id"].as_str().unwrap_or("")).collect();
+    assert_eq!(ids.len(), posted.len(), "no fact twice: {posted:?}");
+    // Priced by the contract: a CT preliminary is 30.00, with the STAT
+    // order's surcharge; paid to the signing reader's group.
+    for c in &charges {
+        let lines = c["payload"]["lines"].as_array().unwrap();
+        assert_eq!(lines[0]["amount"]["minorUnits"], "3000", "{c}");
+        assert!(lines.iter().any(|l| l["kind"] == "priority"), "the STAT order's surcharge: {c}");
+        assert_eq!(c["payload"]["amount"]["currencyCode"], "USD");
+    }
+    for p in of_type(&posted, "PayoutAccrued") {
+        let (group, amount) = (&p["payload"]["readingGroup"], &p["payload"]["amount"]);
+        // 0.85 wRVU × 32.50 USD (atlantic-rads) or × 18.00 EUR (lotus).
+        let expected = match group.as_str().unwrap() {
+            "atlantic-rads" => ("USD", "2763"),
+            "lotus-teleradiology" => ("EUR", "1530"),
+            other => panic!("paid to {other}: {p}"),
+        };
+        assert_eq!((amount["currencyCode"].as_str().unwrap(), amount["minorUnits"].as_str().unwrap()), expected, "{p}");
+        assert_eq!(p["payload"]["rvuMilli"], 850);
+    }
+    drop(billing);
+}

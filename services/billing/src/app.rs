@@ -77,6 +77,8 @@ pub struct Billing {
     keys: Arc<dyn KeyStore>,
     routing: TopicName,
     billing: TopicName,
+    /// The prices this process started with (configuration is read at start).
+    pricebook: crate::domain::pricing::Pricebook,
     projector: Mutex<Projector<LedgerProjection>>,
     /// Kept between passes; dropped after an error.
     reader: Mutex<Option<Box<dyn LogReader>>>,
@@ -103,21 +105,21 @@ impl Billing {
         idle: Duration,
     ) -> Result<Billing, Error> {
         let (routing, billing) = (topic(region, "routing")?, topic(region, "billing")?);
-        let projector = recover(region, log.as_ref(), keys.as_ref(), &routing, &snapshots, idle).await?;
+        let pricebook = adapters::config::pricebook(platform);
+        let projector = recover(region, log.as_ref(), keys.as_ref(), &routing, &snapshots, &pricebook, idle).await?;
         let billing = Billing {
             region: region.to_owned(),
             log,
             keys,
             routing,
             billing,
+            pricebook,
             projector: Mutex::new(projector),
             reader: Mutex::new(None),
             snapshots,
             failpoints,
             stopping: AtomicBool::new(false),
         };
-        // Prices apply from this start on (configuration is read at start).
-        billing.projector.lock().await.state_mut().pricebook = adapters::config::pricebook(platform);
         billing.reprice().await?;
         Ok(billing)
     }
@@ -154,9 +156,9 @@ impl Billing {
                     // The state folded inputs the log did not take: start
                     // again from the snapshot and what was committed.
                     let snapshots = &self.snapshots;
+                    let (log, keys) = (self.log.as_ref(), self.keys.as_ref());
                     *projector =
-                        recover(&self.region, self.log.as_ref(), self.keys.as_ref(), &self.routing, snapshots, wait)
-                            .await?;
+                        recover(&self.region, log, keys, &self.routing, snapshots, &self.pricebook, wait).await?;
                     return Err(e);
                 }
             }
@@ -261,13 +263,17 @@ impl Billing {
 
 /// The ledger at the committed positions: the snapshot (or nothing), then
 /// the routing records up to where the consumer committed, their facts
-/// dropped (they are in the log).
+/// dropped (they are in the log). The fold prices with `pricebook` from
+/// the start: a price changed between a crash and its restart applies to
+/// the inputs committed since the snapshot too (their facts are not
+/// appended again; only the ledger's counts follow the new prices).
 async fn recover(
     region: &str,
     log: &dyn EventLog,
     keys: &dyn KeyStore,
     routing: &TopicName,
     snapshots: &Snapshotter,
+    pricebook: &crate::domain::pricing::Pricebook,
     idle: Duration,
 ) -> Result<Projector<LedgerProjection>, Error> {
     let starts: Vec<Position> =
@@ -282,6 +288,7 @@ async fn recover(
     };
     projector.ensure_positions(starts);
     projector.state_mut().outbox.clear();
+    projector.state_mut().pricebook = pricebook.clone();
     let committed: BTreeMap<u32, u64> =
         log.resume(CONSUMER, routing).await?.into_iter().map(|p| (p.partition, p.offset)).collect();
     let behind = |p: &Position| p.offset < committed.get(&p.partition).copied().unwrap_or(0);

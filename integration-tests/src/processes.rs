@@ -418,6 +418,7 @@ pub fn sign(tansu: &Tansu, region: &str, tenant: &str, study: &str, reader: &str
     use meridian_log::kafka::{KafkaConfig, KafkaLog};
     use meridian_log::{EventLog, Outgoing, TopicName};
     let study_id: uuid::Uuid = study.parse().unwrap();
+    #[allow(clippy::disallowed_methods)] // a test's stand-in for reporting: the signature's time
     let at = UnixMicros(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64);
     let payload = Payload::ReportSigned(meridian_proto::events::v1::ReportSigned {
         study_id: study.to_owned(),

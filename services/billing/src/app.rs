@@ -23,7 +23,7 @@ use meridian_events::envelope::EventMeta;
 use meridian_events::{DataClass, KeyStore};
 use meridian_log::failpoint::FailPoints;
 use meridian_log::{EventLog, LogReader, Outgoing, Position, Step, TopicName};
-use meridian_projection::run::Snapshotter;
+use meridian_projection::run::{Resumed, Snapshotter};
 use meridian_projection::snapshot::Loaded;
 use meridian_projection::{Event as Logged, Projection, Projector, Stats};
 use tokio::sync::Mutex;
@@ -79,6 +79,9 @@ pub struct Billing {
     billing: TopicName,
     /// The prices this process started with (configuration is read at start).
     pricebook: crate::domain::pricing::Pricebook,
+    /// How the ledger was opened: from a snapshot or not, and how many
+    /// committed inputs it folded again.
+    opened: Resumed,
     projector: Mutex<Projector<LedgerProjection>>,
     /// Kept between passes; dropped after an error.
     reader: Mutex<Option<Box<dyn LogReader>>>,
@@ -106,7 +109,10 @@ impl Billing {
     ) -> Result<Billing, Error> {
         let (routing, billing) = (topic(region, "routing")?, topic(region, "billing")?);
         let pricebook = adapters::config::pricebook(platform);
-        let projector = recover(region, log.as_ref(), keys.as_ref(), &routing, &snapshots, &pricebook, idle).await?;
+        let started = std::time::Instant::now();
+        let (projector, from_snapshot, tail) =
+            recover(region, log.as_ref(), keys.as_ref(), &routing, &snapshots, &pricebook, idle).await?;
+        let opened = Resumed { from_snapshot, tail, duration: started.elapsed() };
         let billing = Billing {
             region: region.to_owned(),
             log,
@@ -114,6 +120,7 @@ impl Billing {
             routing,
             billing,
             pricebook,
+            opened,
             projector: Mutex::new(projector),
             reader: Mutex::new(None),
             snapshots,
@@ -157,7 +164,7 @@ impl Billing {
                     // again from the snapshot and what was committed.
                     let snapshots = &self.snapshots;
                     let (log, keys) = (self.log.as_ref(), self.keys.as_ref());
-                    *projector =
+                    (*projector, _, _) =
                         recover(&self.region, log, keys, &self.routing, snapshots, &self.pricebook, wait).await?;
                     return Err(e);
                 }
@@ -239,6 +246,10 @@ impl Billing {
         Ok(())
     }
 
+    pub fn opened(&self) -> &Resumed {
+        &self.opened
+    }
+
     pub async fn stats(&self) -> Stats {
         self.projector.lock().await.stats().clone()
     }
@@ -275,15 +286,15 @@ async fn recover(
     snapshots: &Snapshotter,
     pricebook: &crate::domain::pricing::Pricebook,
     idle: Duration,
-) -> Result<Projector<LedgerProjection>, Error> {
+) -> Result<(Projector<LedgerProjection>, bool, u64), Error> {
     let starts: Vec<Position> =
         (0..log.partitions(routing).await?).map(|p| Position::start(routing.clone(), p)).collect();
-    let mut projector = match snapshots.files().load_or_set_aside::<LedgerProjection>()? {
-        Loaded::Found(snapshot) => Projector::restore(snapshot)?,
-        Loaded::Missing => Projector::new(starts.clone()),
+    let (mut projector, from_snapshot) = match snapshots.files().load_or_set_aside::<LedgerProjection>()? {
+        Loaded::Found(snapshot) => (Projector::restore(snapshot)?, true),
+        Loaded::Missing => (Projector::new(starts.clone()), false),
         Loaded::SetAside { set_aside, reason } => {
             tracing::warn!(%region, path = %set_aside.display(), %reason, "billing's snapshot set aside; folding the routing topic again");
-            Projector::new(starts.clone())
+            (Projector::new(starts.clone()), false)
         }
     };
     projector.ensure_positions(starts);
@@ -294,7 +305,7 @@ async fn recover(
     let behind = |p: &Position| p.offset < committed.get(&p.partition).copied().unwrap_or(0);
     let from: Vec<Position> = projector.positions().into_iter().filter(|p| behind(p)).collect();
     if from.is_empty() {
-        return Ok(projector);
+        return Ok((projector, from_snapshot, 0));
     }
     let mut reader = log.reader(from).await?;
     let mut folded = 0u64;
@@ -316,7 +327,7 @@ async fn recover(
     if folded > 0 {
         tracing::info!(%region, records = folded, "billing folded the inputs committed after its snapshot");
     }
-    Ok(projector)
+    Ok((projector, from_snapshot, folded))
 }
 
 #[cfg(test)]

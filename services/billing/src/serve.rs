@@ -92,7 +92,7 @@ impl RegionService for BillingService {
             let (open_reads, unpriced, unreadable) =
                 self.billing.read(|l| (l.reads.len(), l.unpriced.len(), l.unreadable.clone())).await;
             vec![serde_json::json!({
-                "name": "billing.ledger", "stats": self.billing.stats().await,
+                "name": "billing.ledger", "opened": self.billing.opened(), "stats": self.billing.stats().await,
                 "open_reads": open_reads, "unpriced_reads": unpriced, "unreadable": unreadable,
             })]
         })

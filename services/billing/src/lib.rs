@@ -21,3 +21,6 @@ pub mod adapters;
 pub mod app;
 pub mod domain;
 pub mod serve;
+
+#[cfg(test)]
+mod replay_tests;

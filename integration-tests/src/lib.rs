@@ -622,3 +622,78 @@ pub mod bench {
         }
     }
 }
+
+/// Signed reads on a region's routing topic, as billing reads them: for
+/// billing's bench, its crash victim and its tests.
+pub mod billing {
+    use meridian_events::payload::Payload;
+    use meridian_events::{DataClass, EventId, EventMeta, UnixMicros};
+    use meridian_log::{EventLog, Outgoing, TopicName};
+    use meridian_proto::events::v1 as pb;
+    use uuid::Uuid;
+
+    pub const PARTITIONS: u32 = 4;
+    /// 2026-11-04 10:00 New York.
+    pub const AT: i64 = (1_793_768_400 + 10 * 3_600) * 1_000_000;
+
+    pub fn routing(region: &str) -> TopicName {
+        TopicName::new(region, DataClass::Operational, "routing").expect("a valid topic")
+    }
+
+    pub fn event(study: Uuid, version: u64, payload: Payload) -> anyhow::Result<Outgoing> {
+        let meta = EventMeta {
+            event_id: EventId::derived(EventId(study), payload.type_name(), version as u32),
+            aggregate_type: payload.info().aggregate_type.into(),
+            aggregate_id: study,
+            aggregate_version: version,
+            tenant: "acme".into(),
+            home_region: "us-east".into(),
+            occurred_at: UnixMicros(AT),
+            causation_id: None,
+            correlation_id: None,
+            traceparent: None,
+        };
+        Ok(Outgoing::new(routing("us-east"), &payload.plain_envelope(meta)?)?)
+    }
+
+    /// Read `n`: queued and signed (a final CT read of Acme's contract).
+    pub fn read(n: u64) -> anyhow::Result<[Outgoing; 2]> {
+        let study = Uuid::from_u64_pair(0xb111, n);
+        let modality = ["CT", "MR", "CR"][(n % 3) as usize];
+        let queued = pb::StudyQueued {
+            study_id: study.to_string(),
+            tenant: "acme".into(),
+            priority: "routine".into(),
+            requested_priority: if n.is_multiple_of(10) { "stat" } else { "routine" }.into(),
+            read_type: "final".into(),
+            facility: "acme-general".into(),
+            contract: "acme-atlantic".into(),
+            modality: modality.into(),
+            rvu_milli: 850,
+            completed_at: Some(UnixMicros(AT + (n as i64 % 86_400) * 1_000_000).to_timestamp()),
+            ..Default::default()
+        };
+        let signed = pb::AssignmentCompleted {
+            study_id: study.to_string(),
+            reader_id: "dr-ana-ortiz".into(),
+            read_type: "final".into(),
+            signed_at: Some(UnixMicros(AT + 7_200_000_000).to_timestamp()),
+            reading_group: "atlantic-rads".into(),
+        };
+        Ok([event(study, 1, Payload::StudyQueued(queued))?, event(study, 2, Payload::AssignmentCompleted(signed))?])
+    }
+
+    pub async fn write_reads(log: &dyn EventLog, from: u64, reads: u64) -> anyhow::Result<()> {
+        let mut batch = Vec::new();
+        for n in from..from + reads {
+            batch.extend(read(n)?);
+            if batch.len() >= 4_000 {
+                log.append(std::mem::take(&mut batch)).await?;
+            }
+        }
+        if !batch.is_empty() {
+            log.append(batch).await?;
+        }
+        Ok(())
+    }
+}

@@ -194,3 +194,110 @@ fn every_acknowledged_object_is_synced_with_its_directory() {
     assert_eq!(links, 20);
     assert!(series_dir >= 20, "the directory is synced after each link ({series_dir}):\n{text}");
 }
+
+/// Billing through crashes: 10,000 signed reads on the routing topic, the
+/// billing process SIGKILLed at random 20 times and aborted at its
+/// failpoints (after deciding, before the log commits), restarted each
+/// time, then run to the end. The ledger is exactly the one a single
+/// uninterrupted fold decides: every charge and payout once, none twice,
+/// to the minor unit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn billing_posts_each_charge_once_through_sigkills_and_failpoints() {
+    use meridian_billing::app::LedgerProjection;
+    use meridian_integration_tests::billing::{PARTITIONS, routing, write_reads};
+    use meridian_log::{EventLog, TopicSpec};
+    const READS: u64 = 10_000;
+    let dir = TempDir::new().unwrap();
+    let (log_path, snapshots) = (dir.path().join("log.redb"), dir.path().join("snapshots"));
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/dev");
+    {
+        let log = EmbeddedLog::open(&log_path, EmbeddedOptions::default()).unwrap();
+        for stream in ["routing", "billing"] {
+            let t = TopicName::new("us-east", DataClass::Operational, stream).unwrap();
+            log.ensure_topic(&TopicSpec::new(t, PARTITIONS)).await.unwrap();
+        }
+        write_reads(&log, 0, READS).await.unwrap();
+        log.close().await;
+    }
+    let victim = |failpoints: &str| {
+        Command::new(env!("CARGO_BIN_EXE_billing-writer"))
+            .arg(&log_path)
+            .arg(&snapshots)
+            .arg(READS.to_string())
+            .arg(&config)
+            .env("MERIDIAN_FAILPOINTS", failpoints)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let ready = |child: &mut Child| {
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        line
+    };
+    // Failpoints first: each aborts the process inside a step.
+    for failpoints in ["billing.after_decide=abort@2", "log.before_commit=abort@3", "log.after_commit=abort@2"] {
+        let mut child = victim(failpoints);
+        let _ = ready(&mut child);
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "{failpoints}: the victim died there ({status})");
+    }
+    // Then SIGKILLs at pseudo-random moments (a fixed seed: the same
+    // schedule every run), each once the victim has opened.
+    let mut seed = 0x9e37_79b9_u64;
+    let mut kills = 0;
+    while kills < 20 {
+        let mut child = victim("");
+        if ready(&mut child).trim() != "ready" {
+            // It finished before it could be killed: nothing left to do.
+            break;
+        }
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        std::thread::sleep(std::time::Duration::from_millis(5 + (seed >> 33) % 60));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills += 1;
+    }
+    let mut child = victim("");
+    let _ = ready(&mut child);
+    let mut done = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut done).unwrap();
+    assert!(child.wait().unwrap().success() && done.starts_with("done"), "{done}");
+
+    // What an uninterrupted fold decides, and what the log holds.
+    let log = EmbeddedLog::open(&log_path, EmbeddedOptions::default()).unwrap();
+    let keys = log.key_store();
+    let mut expected = meridian_projection::Projector::<LedgerProjection>::new(
+        (0..PARTITIONS).map(|p| Position::start(routing("us-east"), p)).collect(),
+    );
+    expected.state_mut().pricebook =
+        meridian_billing::adapters::config::pricebook(&meridian_config::Platform::load(&config).unwrap());
+    let routed = read_to_end(&log, (0..PARTITIONS).map(|p| Position::start(routing("us-east"), p)).collect()).await;
+    for r in &routed {
+        expected.feed(r, &keys).unwrap();
+    }
+    let billing = TopicName::new("us-east", DataClass::Operational, "billing").unwrap();
+    let posted = read_to_end(&log, (0..PARTITIONS).map(|p| Position::start(billing.clone(), p)).collect()).await;
+    let mut ids = BTreeMap::new();
+    let mut charged = 0i64;
+    for r in &posted {
+        let envelope = r.envelope().unwrap();
+        *ids.entry(envelope.meta.event_id).or_insert(0) += 1;
+        if let Payload::ChargePosted(c) = envelope.open_plain().unwrap() {
+            charged += c.amount.unwrap().minor_units;
+        }
+    }
+    let twice: Vec<_> = ids.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "facts appended twice after {kills} kills: {twice:?}");
+    let expected_ids: BTreeSet<_> = expected.state().outbox.iter().map(|f| f.id).collect();
+    let got_ids: BTreeSet<_> = ids.keys().copied().collect();
+    assert_eq!(got_ids.len(), expected_ids.len(), "every charge and payout, after {kills} kills");
+    assert_eq!(got_ids, expected_ids);
+    let expected_charged: i64 =
+        expected.state().totals.iter().filter(|(k, _)| k.starts_with("acme/")).map(|(_, t)| t.charges).sum();
+    assert_eq!(charged, expected_charged, "to the minor unit");
+    assert_eq!(expected.state().totals.values().map(|t| t.charged_reads).sum::<u64>(), READS);
+    assert!(kills >= 20, "only {kills} kills landed before billing finished");
+    log.close().await;
+}

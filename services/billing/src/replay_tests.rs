@@ -244,6 +244,17 @@ proptest! {
             let t = &ledger.totals[&key];
             prop_assert_eq!((t.charges, t.credits, t.payouts), (charges, credits, payouts), "{}", key);
         }
+        // Every invoice's total is the sum of its lines, each line a
+        // quantity times a unit price (the capped credit aside).
+        for period in ["2026-11", "2026-12"] {
+            for invoice in crate::domain::invoice::preview(ledger, "acme", period) {
+                prop_assert_eq!(invoice.total, invoice.lines.iter().map(|l| l.amount).sum::<i64>());
+                prop_assert!(invoice.credits <= 0 && invoice.credits >= invoice.credits_uncapped);
+                for l in invoice.lines.iter().filter(|l| l.line != "engagement.sla_credit") {
+                    prop_assert_eq!(l.amount, l.unit * l.quantity as i64);
+                }
+            }
+        }
         // One charge per billed read: every signed preliminary (the
         // contract bills them) and every signed final.
         let billed = plans.iter().map(|p| usize::from(p.prelim_signed) * (1 + usize::from(p.final_signed))).sum::<usize>();

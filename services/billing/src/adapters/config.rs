@@ -41,6 +41,8 @@ pub fn pricebook(platform: &Platform) -> Pricebook {
             subspecialty_surcharge: e.subspecialty_surcharge.as_ref().map(|d| minor(d, exp)),
             bills_preliminary: e.bills_preliminary,
             included_studies: e.included_studies.unwrap_or(0),
+            monthly_fee: e.monthly_fee.as_ref().map_or(0, |d| minor(d, exp)),
+            credit_cap: e.sla_credit_cap.map(|c| c.per_million),
             sla_credit: e
                 .sla_credit
                 .iter()

@@ -163,6 +163,17 @@ pub struct Ledger {
     /// Routing events billing could not read, by reason (never a reason
     /// to stop: routing wrote them, and a newer routing may write more).
     pub unreadable: BTreeMap<String, u64>,
+    /// `tenant/period` → its charges, credits and unpriced reads, for the
+    /// ledger view and the invoice (periods not invoiced yet).
+    pub entries: BTreeMap<String, Vec<Entry>>,
+}
+
+/// One fact of a tenant's period, as its ledger and invoice show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub id: EventId,
+    pub study: Uuid,
+    pub what: What,
 }
 
 fn fact(cause: &Cause, study: Uuid, slot: u64, what: What) -> Fact {
@@ -319,6 +330,10 @@ pub fn apply(mut ledger: Ledger, input: &Input, facts: Vec<Fact>) -> Ledger {
     ledger
 }
 
+fn entry(f: &Fact) -> Entry {
+    Entry { id: f.id, study: f.study, what: f.what.clone() }
+}
+
 /// Folds one fact into the counts and totals.
 fn record(mut ledger: Ledger, f: &Fact) -> Ledger {
     let key = |owner: &str, period: &str, currency: &str| format!("{owner}/{period}/{currency}");
@@ -328,16 +343,29 @@ fn record(mut ledger: Ledger, f: &Fact) -> Ledger {
             let t = ledger.totals.entry(key(&f.tenant, &c.period, &c.currency)).or_default();
             t.charges += c.amount;
             t.charged_reads += 1;
-            // A repriced read leaves the waiting list.
-            ledger.unpriced.remove(&f.cause);
+            // A repriced read leaves the waiting list, and its period's.
+            if let Some(unpriced) = ledger.unpriced.remove(&f.cause)
+                && let What::Unpriced(u) = &unpriced.what
+            {
+                let currency = ledger.pricebook.contracts.get(&u.read.contract).map_or("", |c| c.currency.as_str());
+                if let Some(t) = ledger.totals.get_mut(&key(&f.tenant, &u.period, currency)) {
+                    t.unpriced = t.unpriced.saturating_sub(1);
+                }
+                if let Some(entries) = ledger.entries.get_mut(&format!("{}/{}", f.tenant, u.period)) {
+                    entries.retain(|e| e.id != f.cause);
+                }
+            }
+            ledger.entries.entry(format!("{}/{}", f.tenant, c.period)).or_default().push(entry(f));
         }
         What::Unpriced(u) => {
             let currency = ledger.pricebook.contracts.get(&u.read.contract).map_or("", |c| c.currency.as_str());
             ledger.totals.entry(key(&f.tenant, &u.period, currency)).or_default().unpriced += 1;
             ledger.unpriced.insert(f.id, f.clone());
+            ledger.entries.entry(format!("{}/{}", f.tenant, u.period)).or_default().push(entry(f));
         }
         What::Credited(c) => {
             ledger.totals.entry(key(&f.tenant, &c.period, &c.currency)).or_default().credits += c.amount;
+            ledger.entries.entry(format!("{}/{}", f.tenant, c.period)).or_default().push(entry(f));
         }
         What::Accrued(p) => {
             ledger.totals.entry(key(&format!("group:{}", p.group), &p.period, &p.currency)).or_default().payouts +=

@@ -2,6 +2,7 @@
 //! read costs and what a group earns ([`pricing`]), and the ledger fold
 //! ([`ledger`]: `decide` and `apply`, the outbox of facts for the log).
 
+pub mod invoice;
 pub mod ledger;
 pub mod money;
 pub mod pricing;

@@ -61,6 +61,10 @@ pub struct ContractPrices {
     pub subspecialty_surcharge: Option<i64>,
     pub bills_preliminary: bool,
     pub included_studies: u32,
+    /// Subscription: the monthly fee.
+    pub monthly_fee: i64,
+    /// The most an invoice credits, in millionths of its charges.
+    pub credit_cap: Option<u32>,
     pub sla_credit: BTreeMap<String, CreditRule>,
     pub rounding: Rounding,
     /// IANA zone of the billing periods.
@@ -213,6 +217,8 @@ pub(crate) mod tests {
             subspecialty_surcharge: Some(1_250),
             bills_preliminary: true,
             included_studies: 0,
+            monthly_fee: 0,
+            credit_cap: Some(200_000),
             sla_credit: BTreeMap::from([
                 ("stat".into(), CreditRule::Share(500_000)),
                 ("routine".into(), CreditRule::Fixed(500)),

@@ -174,3 +174,94 @@ fn a_breach_credits_a_share_of_the_reads_price_or_a_fixed_amount() {
     // Urgent has no credit rule: nothing.
     assert!(decide(&ledger, &breach(stat, "urgent"), &cause(46, 3, "acme")).is_empty());
 }
+
+#[test]
+fn an_invoice_groups_lines_by_contract_field_caps_credits_and_names_its_events() {
+    use super::invoice::preview;
+    let mut start = given();
+    start.pricebook.contracts.get_mut("acme-atlantic").unwrap().credit_cap = Some(100_000); // 10%
+    let mut inputs = Vec::new();
+    for n in 0..4u128 {
+        let study = Uuid::from_u128(60 + n);
+        let priority = if n == 0 { "stat" } else { "routine" };
+        inputs.push((Input::Queued { study, read: ct("final", priority, ny(10)) }, cause(600 + 3 * n, 1, "acme")));
+        if n < 2 {
+            let breach = Input::Breached {
+                study,
+                priority: priority.into(),
+                read_type: Some("final".into()),
+                contract: "acme-atlantic".into(),
+                deadline: ny(11),
+            };
+            inputs.push((breach, cause(601 + 3 * n, 2, "acme")));
+        }
+        inputs.push((signed(study, "final", ny(12)), cause(602 + 3 * n, 3, "acme")));
+    }
+    let ledger = fold(start, &inputs);
+    let invoices = preview(&ledger, "acme", "2026-11");
+    let [acme] = &invoices[..] else { panic!("{invoices:?}") };
+    let line = |field: &str| acme.lines.iter().find(|l| l.line == field).unwrap_or_else(|| panic!("{field}: {acme:?}"));
+    let base = line("engagement.per_study.CT");
+    assert_eq!((base.quantity, base.unit, base.amount, base.events.len()), (4, 4_500, 18_000, 4));
+    assert_eq!(line("engagement.priority_surcharge.stat").amount, 2_500);
+    assert_eq!(acme.charges, 20_500);
+    // Credits: 50% of the STAT read's 70.00 and 5.00 for the routine one;
+    // capped at 10% of 205.00.
+    assert_eq!(acme.credits_uncapped, -4_000);
+    assert_eq!(acme.credits, -2_050);
+    assert_eq!(line("engagement.sla_credit").events.len(), 2);
+    assert_eq!(acme.total, acme.lines.iter().map(|l| l.amount).sum::<i64>());
+    assert_eq!(acme.total, 20_500 - 2_050);
+    assert!(acme.blocking.is_empty());
+    assert!(acme.lines.iter().all(|l| l.line == "engagement.sla_credit" || l.amount == l.unit * l.quantity as i64));
+}
+
+#[test]
+fn a_subscription_invoice_bills_its_fee_counts_included_reads_and_an_unpriced_read_blocks() {
+    use super::invoice::preview;
+    let mut start = given();
+    start.pricebook.contracts.get_mut("northwind-lotus").unwrap().monthly_fee = 2_500_000;
+    let read = |modality: &str| Read {
+        tenant: "northwind".into(),
+        facility: "northwind-dublin".into(),
+        contract: "northwind-lotus".into(),
+        modality: modality.into(),
+        read_type: "final".into(),
+        priority: "routine".into(),
+        subspecialty: None,
+        rvu_milli: 0,
+        completed_at: ny(10),
+    };
+    let mut inputs = Vec::new();
+    for n in 0..3u128 {
+        let study = Uuid::from_u128(700 + n);
+        inputs.push((Input::Queued { study, read: read("CT") }, cause(710 + 2 * n, 1, "northwind")));
+        inputs.push((signed(study, "final", ny(12)), cause(711 + 2 * n, 2, "northwind")));
+    }
+    let ledger = fold(start, &inputs);
+    let invoices = preview(&ledger, "northwind", "2026-11");
+    let [nw] = &invoices[..] else { panic!("{invoices:?}") };
+    let fields: Vec<(&str, u64, i64)> = nw.lines.iter().map(|l| (l.line.as_str(), l.quantity, l.amount)).collect();
+    assert_eq!(
+        fields,
+        [
+            ("engagement.monthly_fee", 1, 2_500_000),
+            ("engagement.included_studies", 2, 0),
+            ("engagement.per_study.default", 1, 950)
+        ]
+    );
+    assert_eq!(nw.total, 2_500_950);
+
+    let mut unpriced = ledger.clone();
+    unpriced.pricebook.contracts.get_mut("northwind-lotus").unwrap().per_study.clear();
+    let study = Uuid::from_u128(799);
+    let unpriced = fold(
+        unpriced,
+        &[
+            (Input::Queued { study, read: read("MR") }, cause(790, 1, "northwind")),
+            (signed(study, "final", ny(12)), cause(791, 2, "northwind")),
+        ],
+    );
+    let invoices = preview(&unpriced, "northwind", "2026-11");
+    assert_eq!(invoices[0].blocking, ["engagement.per_study.MR"]);
+}

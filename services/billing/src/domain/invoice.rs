@@ -1,0 +1,135 @@
+//! A tenant's invoice for a period, built from its ledger entries: one
+//! invoice per contract (each in its contract's currency). Each line is a
+//! quantity times a unit price, and names the events behind it; credits
+//! are capped per invoice; a read no price covers blocks the invoice.
+
+use std::collections::BTreeMap;
+
+use meridian_events::EventId;
+use serde::{Deserialize, Serialize};
+
+use super::ledger::{Ledger, What};
+use super::money;
+use super::pricing::Model;
+
+/// One line: `quantity` × `unit` = `amount` (minor units).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvoiceLine {
+    /// The contract field that prices it, e.g. "engagement.per_study.CT".
+    pub line: String,
+    pub quantity: u64,
+    pub unit: i64,
+    pub amount: i64,
+    /// The ChargePosted (or CreditPosted) events behind it.
+    pub events: Vec<EventId>,
+}
+
+/// What an invoice would say now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Preview {
+    pub contract: String,
+    pub currency: String,
+    pub lines: Vec<InvoiceLine>,
+    /// The sum of the lines.
+    pub charges: i64,
+    /// SLA credits after the contract's cap (zero or negative).
+    pub credits: i64,
+    /// Credits before the cap.
+    pub credits_uncapped: i64,
+    pub total: i64,
+    /// The configuration fields reads still need before this can be issued.
+    pub blocking: Vec<String>,
+}
+
+/// `tenant`'s invoices for `period` ("2026-11"), one per contract.
+pub fn preview(ledger: &Ledger, tenant: &str, period: &str) -> Vec<Preview> {
+    let entries = ledger.entries.get(&format!("{tenant}/{period}")).map(Vec::as_slice).unwrap_or(&[]);
+    let mut contracts: Vec<&str> =
+        ledger.pricebook.contracts.iter().filter(|(_, c)| c.tenant == tenant).map(|(name, _)| name.as_str()).collect();
+    for e in entries {
+        let contract = match &e.what {
+            What::Charged(c) => c.read.contract.as_str(),
+            What::Unpriced(u) => u.read.contract.as_str(),
+            What::Credited(c) => c.contract.as_str(),
+            What::Accrued(_) => continue,
+        };
+        if !contracts.contains(&contract) {
+            contracts.push(contract);
+        }
+    }
+    contracts.into_iter().map(|contract| invoice(ledger, contract, entries)).collect()
+}
+
+fn invoice(ledger: &Ledger, contract: &str, entries: &[super::ledger::Entry]) -> Preview {
+    let prices = ledger.pricebook.contracts.get(contract);
+    let currency = prices.map_or(String::new(), |c| c.currency.clone());
+    // (line field, unit) → (quantity, events)
+    let mut grouped: BTreeMap<(String, i64), (u64, Vec<EventId>)> = BTreeMap::new();
+    let (mut credits_uncapped, mut blocking) = (0i64, Vec::new());
+    let mut credit_events = Vec::new();
+    for e in entries {
+        match &e.what {
+            What::Charged(c) if c.read.contract == contract => {
+                if c.included {
+                    let slot = grouped.entry(("engagement.included_studies".into(), 0)).or_default();
+                    slot.0 += 1;
+                    slot.1.push(e.id);
+                }
+                for l in &c.lines {
+                    let slot = grouped.entry((l.line.clone(), l.amount)).or_default();
+                    slot.0 += 1;
+                    slot.1.push(e.id);
+                }
+            }
+            What::Unpriced(u) if u.read.contract == contract && !blocking.contains(&u.missing) => {
+                blocking.push(u.missing.clone());
+            }
+            What::Credited(c) if c.contract == contract => {
+                credits_uncapped += c.amount;
+                credit_events.push(e.id);
+            }
+            _ => {}
+        }
+    }
+    let mut lines = Vec::new();
+    if let Some(p) = prices
+        && p.model == Model::Subscription
+    {
+        lines.push(InvoiceLine {
+            line: "engagement.monthly_fee".into(),
+            quantity: 1,
+            unit: p.monthly_fee,
+            amount: p.monthly_fee,
+            events: Vec::new(),
+        });
+    }
+    for ((line, unit), (quantity, events)) in grouped {
+        let amount = unit.saturating_mul(i64::try_from(quantity).unwrap_or(i64::MAX));
+        lines.push(InvoiceLine { line, quantity, unit, amount, events });
+    }
+    let charges: i64 = lines.iter().map(|l| l.amount).sum();
+    let rounding = prices.map(|p| p.rounding).unwrap_or_default();
+    let credits = match prices.and_then(|p| p.credit_cap) {
+        Some(cap) => credits_uncapped.max(-money::share(charges, cap, rounding)),
+        None => credits_uncapped,
+    };
+    if credits != 0 || !credit_events.is_empty() {
+        lines.push(InvoiceLine {
+            line: "engagement.sla_credit".into(),
+            quantity: credit_events.len() as u64,
+            unit: 0,
+            amount: credits,
+            events: credit_events,
+        });
+    }
+    Preview {
+        contract: contract.to_owned(),
+        currency,
+        lines,
+        charges,
+        credits,
+        credits_uncapped,
+        total: charges + credits,
+        blocking,
+    }
+}

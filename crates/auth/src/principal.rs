@@ -77,6 +77,8 @@ pub enum Action {
     RebuildProjection,
     /// Produce the residency report.
     ReadResidencyReport,
+    /// See the tenant's ledger and invoice previews.
+    ViewLedger,
 }
 
 impl Action {
@@ -95,6 +97,7 @@ impl Action {
             Action::TailLog => "tail_log",
             Action::RebuildProjection => "rebuild_projection",
             Action::ReadResidencyReport => "read_residency_report",
+            Action::ViewLedger => "view_ledger",
         }
     }
 }
@@ -194,6 +197,10 @@ fn decide(p: &Principal, action: Action, resource: &Resource<'_>) -> Result<(), 
             same("tenant", p.tenant.as_deref(), tenant)?;
             needs_role(p, &["facility", "tenant-admin"])
         }
+        (PrincipalKind::Tenant, ViewLedger, Resource::Tenant { tenant }) => {
+            same("tenant", p.tenant.as_deref(), tenant)?;
+            needs_role(p, &["tenant-admin"])
+        }
         (PrincipalKind::Tenant, ManageTenant, Resource::Tenant { tenant }) => {
             same("tenant", p.tenant.as_deref(), tenant)?;
             needs_role(p, &["tenant-admin"])
@@ -268,6 +275,12 @@ mod tests {
         assert_eq!(e.reason, "the principal's tenant is acme, not northwind");
         let e = authorize(&pacs, Action::ManageTenant, &Resource::Tenant { tenant: "acme" }).unwrap_err();
         assert_eq!(e.reason, "needs role tenant-admin");
+        // The ledger is the tenant administrator's, and only their tenant's.
+        assert!(authorize(&pacs, Action::ViewLedger, &Resource::Tenant { tenant: "acme" }).is_err());
+        let admin = p(PrincipalKind::Tenant, Some("acme"), None, None, &["tenant-admin"]);
+        assert!(authorize(&admin, Action::ViewLedger, &Resource::Tenant { tenant: "acme" }).is_ok());
+        let e = authorize(&admin, Action::ViewLedger, &Resource::Tenant { tenant: "northwind" }).unwrap_err();
+        assert_eq!(e.reason, "the principal's tenant is acme, not northwind");
     }
 
     #[test]

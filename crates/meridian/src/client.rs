@@ -276,6 +276,99 @@ pub async fn unroutable(target: &Target, limit: u32) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
+/// An amount in minor units as its major-unit decimal (ISO 4217 exponent).
+fn amount(m: &Option<meridian_proto::common::v1::Money>) -> String {
+    let Some(m) = m else { return String::new() };
+    let exp = meridian_config::value::currency_exponent(&m.currency_code).unwrap_or(2);
+    let (sign, units) = (if m.minor_units < 0 { "-" } else { "" }, m.minor_units.unsigned_abs());
+    if exp == 0 {
+        return format!("{sign}{units} {}", m.currency_code);
+    }
+    let scale = 10u64.pow(exp);
+    format!("{sign}{}.{:0width$} {}", units / scale, units % scale, m.currency_code, width = exp as usize)
+}
+
+pub async fn ledger(target: &Target, tenant: &str, period: &str) -> anyhow::Result<ExitCode> {
+    use meridian_proto::billing::v1 as pb;
+    use meridian_proto::billing::v1::billing_service_client::BillingServiceClient;
+    let c = connect(target).await?;
+    let mut client = BillingServiceClient::new(c.channel);
+    let request = pb::GetLedgerRequest { tenant: tenant.to_owned(), period: period.to_owned() };
+    let r = client.get_ledger(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
+    for e in &r.entries {
+        let extra = if e.included {
+            " included".to_owned()
+        } else if e.missing.is_empty() {
+            String::new()
+        } else {
+            format!(" missing {}", e.missing)
+        };
+        say!(
+            "{} {:<8} {} {} {} {} {}{extra}",
+            e.event_id,
+            e.kind,
+            e.study_id,
+            e.contract,
+            e.read_type,
+            e.modality,
+            amount(&e.amount)
+        );
+    }
+    eprintln!("{} ledger entries of {tenant} for {period} in {}", r.entries.len(), target.region);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn invoice_preview(target: &Target, tenant: &str, period: &str, csv: bool) -> anyhow::Result<ExitCode> {
+    use meridian_proto::billing::v1 as pb;
+    use meridian_proto::billing::v1::billing_service_client::BillingServiceClient;
+    let c = connect(target).await?;
+    let mut client = BillingServiceClient::new(c.channel);
+    let request = pb::PreviewInvoiceRequest { tenant: tenant.to_owned(), period: period.to_owned() };
+    let r = client.preview_invoice(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
+    if csv {
+        say!("contract,line,quantity,unit_price,amount,currency,event_ids");
+    }
+    for invoice in &r.invoices {
+        for l in &invoice.lines {
+            let money = |m: &Option<meridian_proto::common::v1::Money>| m.as_ref().map_or(0, |m| m.minor_units);
+            let currency = l.amount.as_ref().map_or("", |m| m.currency_code.as_str());
+            if csv {
+                say!(
+                    "{},{},{},{},{},{currency},{}",
+                    invoice.contract,
+                    l.line,
+                    l.quantity,
+                    money(&l.unit_price),
+                    money(&l.amount),
+                    l.event_ids.join(" ")
+                );
+            } else {
+                say!(
+                    "{} {:<44} {:>6} × {:>14} = {:>16}",
+                    invoice.contract,
+                    l.line,
+                    l.quantity,
+                    amount(&l.unit_price),
+                    amount(&l.amount)
+                );
+            }
+        }
+        if !csv {
+            say!(
+                "{} total {} (charges {}, credits {})",
+                invoice.contract,
+                amount(&invoice.total),
+                amount(&invoice.charges),
+                amount(&invoice.credits)
+            );
+            for b in &invoice.blocking {
+                say!("{} blocked: a read needs {b}", invoice.contract);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Which routing command to send.
 pub enum RoutingCommand {
     Claim(String),

@@ -128,6 +128,22 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
+    /// A tenant's charges, credits and unpriced reads of a month (a tenant
+    /// administrator's principal, e.g. `--as acme-admin`).
+    Ledger {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        tenant: String,
+        /// The month, "2026-11", in the contract's billing time zone.
+        #[arg(long)]
+        period: String,
+    },
+    /// A tenant's invoices for a month.
+    Invoice {
+        #[command(subcommand)]
+        command: InvoiceCommand,
+    },
     /// Give a claimed study back to the worklist.
     Release {
         study: String,
@@ -138,6 +154,23 @@ enum Command {
         /// Why, for the record.
         #[arg(long, default_value = "released by the reader")]
         reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum InvoiceCommand {
+    /// What the month's invoice would say now, one per contract: lines
+    /// with the events behind them, capped credits, what blocks issuing.
+    Preview {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        period: String,
+        /// One CSV row per line instead of text.
+        #[arg(long)]
+        csv: bool,
     },
 }
 
@@ -317,6 +350,10 @@ async fn main() -> ExitCode {
         }
         Command::Send { paths, target } => client::send(&target, paths).await,
         Command::Unroutable { target, limit } => client::unroutable(&target, limit).await,
+        Command::Ledger { target, tenant, period } => client::ledger(&target, &tenant, &period).await,
+        Command::Invoice { command: InvoiceCommand::Preview { target, tenant, period, csv } } => {
+            client::invoice_preview(&target, &tenant, &period, csv).await
+        }
         Command::ClaimNext { target, reader } => {
             client::routing(&target, reader, client::RoutingCommand::ClaimNext).await
         }

@@ -450,5 +450,38 @@ fn billing_charges_and_pays_each_signed_read_once_through_kills() {
         assert_eq!((amount["currencyCode"].as_str().unwrap(), amount["minorUnits"].as_str().unwrap()), expected, "{p}");
         assert_eq!(p["payload"]["rvuMilli"], 850);
     }
+
+    // The tenant's administrator previews the month's invoice: the lines
+    // by contract field, each naming the charges behind it.
+    let period = charges[0]["payload"]["period"].as_str().unwrap().to_owned();
+    let preview = |token: &str, tenant: &str| {
+        Command::new(MERIDIAN)
+            .args(["invoice", "preview", "--csv", "--tenant", tenant, "--period", &period, "--region", "us-east"])
+            .args(["--endpoint", &format!("http://{}", billing.grpc()), "--token", token])
+            .output()
+            .unwrap()
+    };
+    let out = preview(&tokens["acme-admin"], "acme");
+    let csv = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{csv}{}", String::from_utf8_lossy(&out.stderr));
+    let base = csv
+        .lines()
+        .find(|l| l.contains(",engagement.per_read_type.preliminary.CT,"))
+        .unwrap_or_else(|| panic!("{csv}"));
+    let fields: Vec<&str> = base.split(',').collect();
+    assert_eq!(&fields[2..6], ["2", "3000", "6000", "USD"], "{csv}");
+    let named: std::collections::BTreeSet<&str> = fields[6].split(' ').collect();
+    let charged: std::collections::BTreeSet<&str> = charges.iter().map(|c| c["event_id"].as_str().unwrap()).collect();
+    assert_eq!(named, charged, "the line names the charges behind it");
+    // Only the tenant's administrator, and only for its own tenant.
+    for (token, tenant) in [(pacs, "acme"), (&tokens["northwind-admin"], "acme")] {
+        let denied = preview(token, tenant);
+        assert!(!denied.status.success());
+        assert!(
+            String::from_utf8_lossy(&denied.stderr).contains("PermissionDenied"),
+            "{}",
+            String::from_utf8_lossy(&denied.stderr)
+        );
+    }
     drop(billing);
 }

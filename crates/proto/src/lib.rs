@@ -37,6 +37,13 @@ pub mod ingest {
     }
 }
 
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod billing {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/meridian.billing.v1.rs"));
+    }
+}
+
 pub mod routing {
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/meridian.routing.v1.rs"));

@@ -8,6 +8,10 @@ use std::time::Duration;
 use meridian_region::service::{BoxFuture, GrpcRoutes, ServiceListeners};
 use meridian_region::{RegionContext, RegionError, RegionService, Stopping, Task, every};
 
+use meridian_auth::grpc::Authenticate;
+use meridian_proto::billing::v1::billing_service_server::BillingServiceServer;
+
+use crate::adapters::grpc::BillingGrpc;
 use crate::app::Billing;
 
 /// How long one pass waits for the next routing record before it returns
@@ -44,9 +48,18 @@ impl RegionService for BillingService {
         "billing"
     }
 
-    fn grpc<'a>(&'a self, _: &'a mut GrpcRoutes, _: &'a tonic_health::server::HealthReporter) -> BoxFuture<'a, ()> {
-        // meridian.billing.v1 comes with the ledger's API (issue 18 goes on).
-        Box::pin(async {})
+    fn grpc<'a>(
+        &'a self,
+        routes: &'a mut GrpcRoutes,
+        health: &'a tonic_health::server::HealthReporter,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            routes.add_service(BillingServiceServer::with_interceptor(
+                BillingGrpc::new(self.billing.clone()),
+                Authenticate::new(self.context.verifier.clone()),
+            ));
+            health.set_serving::<BillingServiceServer<BillingGrpc>>().await;
+        })
     }
 
     fn start(self: Arc<Self>, _: &mut ServiceListeners, stopping: Stopping) -> Vec<Task> {

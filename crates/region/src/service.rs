@@ -28,6 +28,24 @@ impl Stopping {
     pub fn is_stopping(&self) -> bool {
         *self.0.borrow()
     }
+
+    /// Runs `pass` again and again until the stop comes. A pass is never
+    /// cancelled mid-step (each returns within its own wait, and the stop
+    /// is seen between passes); a failed one is logged as `what` and tried
+    /// again after a second.
+    pub async fn passes<F, Fut, E>(self, region: String, what: &'static str, mut pass: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
+    {
+        while !self.is_stopping() {
+            if let Err(e) = pass().await {
+                tracing::warn!(%region, error = %e, "{what}");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
 }
 
 /// One of a service's running tasks, named for the shutdown log.

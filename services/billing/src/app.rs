@@ -331,7 +331,7 @@ async fn recover(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use meridian_events::payload::Payload;
     use meridian_events::{Envelope, EventId, UnixMicros};
     use meridian_log::TopicSpec;
@@ -343,6 +343,24 @@ mod tests {
 
     use super::*;
 
+    /// Routing's event `payload` of `study` at `version` (tenant acme,
+    /// us-east), with an id derived from them.
+    pub(crate) fn routing_event_at(study: Uuid, version: u64, payload: Payload, at: UnixMicros) -> Envelope {
+        let meta = EventMeta {
+            event_id: EventId::derived(EventId(study), payload.type_name(), version as u32),
+            aggregate_type: payload.info().aggregate_type.into(),
+            aggregate_id: study,
+            aggregate_version: version,
+            tenant: "acme".into(),
+            home_region: "us-east".into(),
+            occurred_at: at,
+            causation_id: None,
+            correlation_id: None,
+            traceparent: None,
+        };
+        payload.plain_envelope(meta).unwrap()
+    }
+
     fn platform() -> Platform {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples/dev");
         Platform::load(&dir).unwrap()
@@ -352,19 +370,7 @@ mod tests {
     const AT: i64 = (1_793_768_400 + 10 * 3_600) * 1_000_000;
 
     fn routing_event(study: Uuid, version: u64, payload: Payload) -> Envelope {
-        let meta = EventMeta {
-            event_id: EventId::derived(EventId(study), payload.type_name(), version as u32),
-            aggregate_type: payload.info().aggregate_type.into(),
-            aggregate_id: study,
-            aggregate_version: version,
-            tenant: "acme".into(),
-            home_region: "us-east".into(),
-            occurred_at: UnixMicros(AT),
-            causation_id: None,
-            correlation_id: None,
-            traceparent: None,
-        };
-        payload.plain_envelope(meta).unwrap()
+        routing_event_at(study, version, payload, UnixMicros(AT))
     }
 
     /// A final CT read of `study`, queued and signed by dr-ana-ortiz.

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use meridian_events::payload::Payload;
 use meridian_events::seal::MemoryKeyStore;
-use meridian_events::{DataClass, EventId, EventMeta, UnixMicros};
+use meridian_events::{DataClass, UnixMicros};
 use meridian_log::partitioner::partition_for;
 use meridian_log::{Outgoing, Record, TopicName};
 use meridian_projection::{Projector, Snapshot};
@@ -64,19 +64,7 @@ fn plans() -> impl Strategy<Value = Vec<StudyPlan>> {
 }
 
 fn event(study: Uuid, version: u64, payload: Payload) -> Record {
-    let meta = EventMeta {
-        event_id: EventId::derived(EventId(study), payload.type_name(), version as u32),
-        aggregate_type: payload.info().aggregate_type.into(),
-        aggregate_id: study,
-        aggregate_version: version,
-        tenant: "acme".into(),
-        home_region: "us-east".into(),
-        occurred_at: ny(0),
-        causation_id: None,
-        correlation_id: None,
-        traceparent: None,
-    };
-    let envelope = payload.plain_envelope(meta).unwrap();
+    let envelope = crate::app::tests::routing_event_at(study, version, payload, ny(0));
     let out = Outgoing::new(topic(), &envelope).unwrap();
     Record {
         topic: topic(),

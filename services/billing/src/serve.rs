@@ -66,15 +66,11 @@ impl RegionService for BillingService {
         // Never cancelled mid-step: a step is one commit; the pass ends
         // within PASS_WAIT once the stop is asked.
         let steps = {
-            let (service, stopping) = (self.clone(), stopping.clone());
-            async move {
-                while !stopping.is_stopping() {
-                    if let Err(e) = service.billing.pass(PASS_WAIT).await {
-                        tracing::warn!(region = %service.context.name, error = %e, "billing step");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            }
+            let (service, region) = (self.clone(), self.context.name.clone());
+            stopping.clone().passes(region, "billing step", move || {
+                let service = service.clone();
+                async move { service.billing.pass(PASS_WAIT).await.map(|_| ()) }
+            })
         };
         let ticks = every(BILLING_TICK, stopping.wait(), move |_| {
             let service = self.clone();

@@ -116,19 +116,16 @@ impl RegionService for RoutingService {
         // Never cancelled mid-step (a step is a commit and its fold): the
         // pass ends within INTAKE_WAIT once the stop is asked.
         let intake = {
-            let (service, stopping) = (self.clone(), stopping.clone());
-            async move {
-                while !stopping.is_stopping() {
-                    match service.routing.intake(INTAKE_WAIT).await {
-                        Ok(0) => {}
-                        Ok(_) => service.assign_pending().await,
-                        Err(e) => {
-                            tracing::warn!(region = %service.context.name, error = %e, "routing intake");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                        }
+            let (service, region) = (self.clone(), self.context.name.clone());
+            stopping.clone().passes(region, "routing intake", move || {
+                let service = service.clone();
+                async move {
+                    if service.routing.intake(INTAKE_WAIT).await? > 0 {
+                        service.assign_pending().await;
                     }
+                    Ok::<_, crate::app::Error>(())
                 }
-            }
+            })
         };
         // Timer events carry ids derived from (study, timer, deadline), so
         // a tick repeated after a restart appends nothing twice.

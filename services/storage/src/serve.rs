@@ -156,15 +156,14 @@ impl RegionService for StorageService {
         // Completed studies' de-identified derivatives, where contracts ask,
         // taken as they complete (one long-lived reader on ingest's topic);
         // never cancelled mid-step: the stop is checked between passes.
-        let (storage, stop) = (self.clone(), stopping.clone());
-        tasks.push(Task::spawn("derivatives", async move {
-            while !stop.is_stopping() {
-                if let Err(e) = storage.derivatives.intake(DERIVATIVES_WAIT).await {
-                    tracing::warn!(region = %storage.context.name, error = %e, "derivatives");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        }));
+        let storage = self.clone();
+        tasks.push(Task::spawn(
+            "derivatives",
+            stopping.clone().passes(self.context.name.clone(), "derivatives", move || {
+                let storage = storage.clone();
+                async move { storage.derivatives.intake(DERIVATIVES_WAIT).await.map(|_| ()) }
+            }),
+        ));
         if let Some(follower) = self.follower.clone() {
             let storage = self.clone();
             let mut last_sync = std::time::Instant::now();

@@ -79,6 +79,8 @@ pub enum Action {
     ReadResidencyReport,
     /// See the tenant's ledger and invoice previews.
     ViewLedger,
+    /// Issue a tenant's invoices (the platform's billing role).
+    IssueInvoice,
 }
 
 impl Action {
@@ -98,6 +100,7 @@ impl Action {
             Action::RebuildProjection => "rebuild_projection",
             Action::ReadResidencyReport => "read_residency_report",
             Action::ViewLedger => "view_ledger",
+            Action::IssueInvoice => "issue_invoice",
         }
     }
 }
@@ -184,6 +187,8 @@ fn decide(p: &Principal, action: Action, resource: &Resource<'_>) -> Result<(), 
         (PrincipalKind::Platform, TailLog | RebuildProjection | ReadResidencyReport, Resource::Region { .. }) => {
             needs_role(p, &["sre"])
         }
+        // Invoices carry amounts and opaque ids, never PHI.
+        (PrincipalKind::Platform, IssueInvoice, Resource::Tenant { .. }) => needs_role(p, &["billing"]),
         (PrincipalKind::Platform, _, _) => {
             Err("platform principals operate regions and never act on patient data".into())
         }
@@ -281,6 +286,15 @@ mod tests {
         assert!(authorize(&admin, Action::ViewLedger, &Resource::Tenant { tenant: "acme" }).is_ok());
         let e = authorize(&admin, Action::ViewLedger, &Resource::Tenant { tenant: "northwind" }).unwrap_err();
         assert_eq!(e.reason, "the principal's tenant is acme, not northwind");
+        // Issuing is the platform's billing role, not the tenant's.
+        assert!(authorize(&admin, Action::IssueInvoice, &Resource::Tenant { tenant: "acme" }).is_err());
+        let clerk = p(PrincipalKind::Platform, None, None, None, &["billing"]);
+        assert!(authorize(&clerk, Action::IssueInvoice, &Resource::Tenant { tenant: "acme" }).is_ok());
+        let sre = p(PrincipalKind::Platform, None, None, None, &["sre"]);
+        assert_eq!(
+            authorize(&sre, Action::IssueInvoice, &Resource::Tenant { tenant: "acme" }).unwrap_err().reason,
+            "needs role billing"
+        );
     }
 
     #[test]

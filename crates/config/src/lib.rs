@@ -248,7 +248,7 @@ pub fn roles_for(kind: PrincipalKind) -> &'static [&'static str] {
         // A facility system (PACS, modality, EHR interface) or a tenant administrator.
         PrincipalKind::Tenant => &["facility", "tenant-admin"],
         PrincipalKind::Group => &["reader", "group-admin"],
-        PrincipalKind::Platform => &["sre"],
+        PrincipalKind::Platform => &["sre", "billing"],
     }
 }
 

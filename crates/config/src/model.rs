@@ -45,6 +45,34 @@ pub struct Region {
     /// Where the region's per-study data keys live.
     #[serde(default)]
     pub keys: KeysConfig,
+    /// Who issues the region's invoices, and their number series.
+    #[serde(default)]
+    pub billing: BillingConfig,
+}
+
+/// `[billing]` of a region: the invoice issuer (the legal entity on the
+/// invoice) and the prefix of its gapless number series ("US" numbers
+/// invoices US-000001, US-000002, …; one series per issuer).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BillingConfig {
+    #[serde(default)]
+    pub invoice_issuer: Option<String>,
+    #[serde(default)]
+    pub invoice_series: Option<String>,
+}
+
+impl Region {
+    /// The invoice issuer: `[billing] invoice_issuer`, else the region's name.
+    pub fn invoice_issuer(&self) -> String {
+        self.billing.invoice_issuer.clone().unwrap_or_else(|| self.name.clone())
+    }
+
+    /// The invoice series: `[billing] invoice_series`, else the region's
+    /// name in capitals.
+    pub fn invoice_series(&self) -> String {
+        self.billing.invoice_series.clone().unwrap_or_else(|| self.name.to_ascii_uppercase())
+    }
 }
 
 /// `[keys]` of a region. On the embedded log the data keys are a table of

@@ -103,6 +103,13 @@ fn regions(out: &mut Out, f: &Files<'_>) {
         if !(1..=1024).contains(&r.log.partitions()) {
             out.at(file, "log.partitions", format!("{} is not between 1 and 1024", r.log.partitions()));
         }
+        if let Some(series) = &r.billing.invoice_series
+            && (series.is_empty()
+                || series.len() > 16
+                || !series.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-'))
+        {
+            out.at(file, "billing.invoice_series", format!("{series:?}: 1 to 16 of A-Z, 0-9 and '-'"));
+        }
         if let LogConfig::Kafka { bootstrap_servers, replication_factor, client, client_secrets_env, .. } = &r.log {
             if bootstrap_servers
                 .split(',')

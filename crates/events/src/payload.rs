@@ -167,6 +167,7 @@ catalogue! {
     ChargeUnpriced       => 1, Operational, "billing", "billing.study",  "billing";
     CreditPosted         => 1, Operational, "billing", "billing.study",  "billing";
     PayoutAccrued        => 1, Operational, "billing", "billing.study",  "billing";
+    InvoiceIssued        => 1, Operational, "billing", "billing.series", "billing";
 }
 
 /// Looks a payload type up in the catalogue.

@@ -369,6 +369,27 @@ pub async fn invoice_preview(target: &Target, tenant: &str, period: &str, csv: b
     Ok(ExitCode::SUCCESS)
 }
 
+/// Issues (`issue`) or lists a tenant's invoices of a month.
+pub async fn invoices(target: &Target, tenant: &str, period: &str, issue: bool) -> anyhow::Result<ExitCode> {
+    use meridian_proto::billing::v1 as pb;
+    use meridian_proto::billing::v1::billing_service_client::BillingServiceClient;
+    let c = connect(target).await?;
+    let mut client = BillingServiceClient::new(c.channel);
+    let (tenant, period) = (tenant.to_owned(), period.to_owned());
+    let invoices = if issue {
+        let request = pb::IssueInvoiceRequest { tenant: tenant.clone(), period: period.clone() };
+        client.issue_invoice(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner().invoices
+    } else {
+        let request = pb::ListInvoicesRequest { tenant: tenant.clone(), period: period.clone() };
+        client.list_invoices(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner().invoices
+    };
+    for i in &invoices {
+        say!("{} {} {} {} {}", i.number, i.contract, i.period, amount(&i.total), i.event_id);
+    }
+    eprintln!("{} invoices of {tenant} for {period} in {}", invoices.len(), target.region);
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Which routing command to send.
 pub enum RoutingCommand {
     Claim(String),

@@ -172,6 +172,25 @@ enum InvoiceCommand {
         #[arg(long)]
         csv: bool,
     },
+    /// Issue the month's invoices once it has ended (a platform principal
+    /// with the billing role, e.g. `--as billing-clerk`); again, the same.
+    Issue {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        period: String,
+    },
+    /// The month's issued invoices.
+    List {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        period: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -353,6 +372,12 @@ async fn main() -> ExitCode {
         Command::Ledger { target, tenant, period } => client::ledger(&target, &tenant, &period).await,
         Command::Invoice { command: InvoiceCommand::Preview { target, tenant, period, csv } } => {
             client::invoice_preview(&target, &tenant, &period, csv).await
+        }
+        Command::Invoice { command: InvoiceCommand::Issue { target, tenant, period } } => {
+            client::invoices(&target, &tenant, &period, true).await
+        }
+        Command::Invoice { command: InvoiceCommand::List { target, tenant, period } } => {
+            client::invoices(&target, &tenant, &period, false).await
         }
         Command::ClaimNext { target, reader } => {
             client::routing(&target, reader, client::RoutingCommand::ClaimNext).await

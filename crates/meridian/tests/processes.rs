@@ -473,6 +473,14 @@ fn billing_charges_and_pays_each_signed_read_once_through_kills() {
     let named: std::collections::BTreeSet<&str> = fields[6].split(' ').collect();
     let charged: std::collections::BTreeSet<&str> = charges.iter().map(|c| c["event_id"].as_str().unwrap()).collect();
     assert_eq!(named, charged, "the line names the charges behind it");
+    // The month is still open: issuing is refused, naming its end.
+    let issue = Command::new(MERIDIAN)
+        .args(["invoice", "issue", "--tenant", "acme", "--period", &period, "--region", "us-east"])
+        .args(["--endpoint", &format!("http://{}", billing.grpc()), "--token", &tokens["billing-clerk"]])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&issue.stderr);
+    assert!(!issue.status.success() && said.contains("FailedPrecondition") && said.contains("open until"), "{said}");
     // Only the tenant's administrator, and only for its own tenant.
     for (token, tenant) in [(pacs, "acme"), (&tokens["northwind-admin"], "acme")] {
         let denied = preview(token, tenant);

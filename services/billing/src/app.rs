@@ -19,16 +19,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use meridian_config::Platform;
+use meridian_events::UnixMicros;
 use meridian_events::envelope::EventMeta;
 use meridian_events::{DataClass, KeyStore};
 use meridian_log::failpoint::FailPoints;
 use meridian_log::{EventLog, LogReader, Outgoing, Position, Step, TopicName};
+use meridian_projection::live::Live;
 use meridian_projection::run::{Resumed, Snapshotter};
 use meridian_projection::snapshot::Loaded;
 use meridian_projection::{Event as Logged, Projection, Projector, Stats};
 use tokio::sync::Mutex;
 
 use crate::adapters;
+use crate::domain::invoice::{self, Issuance, Issued};
 use crate::domain::ledger::{self, Fact, Ledger, Totals};
 
 /// Facts decided, not committed yet.
@@ -46,6 +49,8 @@ pub enum Error {
     Projection(#[from] meridian_projection::Error),
     #[error("billing event: {0}")]
     Envelope(#[from] meridian_events::envelope::Error),
+    #[error("{0}")]
+    Refused(#[from] invoice::IssueRefused),
 }
 
 /// The ledger as a projection of the routing topic: the fold decides.
@@ -71,8 +76,30 @@ impl Projection for LedgerProjection {
     }
 }
 
+/// The region's issued invoices: a projection of billing's own topic
+/// (InvoiceIssued only), so numbers go on after a restart.
+pub struct IssuanceProjection;
+
+impl Projection for IssuanceProjection {
+    type State = Issuance;
+    const NAME: &'static str = "billing.invoices";
+
+    fn apply(state: Issuance, event: &Logged<'_>) -> Issuance {
+        match event.payload {
+            meridian_events::payload::Payload::InvoiceIssued(i) => {
+                state.apply(adapters::events::issued(i, event.envelope.meta.event_id))
+            }
+            _ => state,
+        }
+    }
+}
+
 pub struct Billing {
     region: String,
+    /// The region's invoice issuer and its number series.
+    issuer: String,
+    series: String,
+    issuance: Live<IssuanceProjection>,
     log: Arc<dyn EventLog>,
     keys: Arc<dyn KeyStore>,
     routing: TopicName,
@@ -113,8 +140,18 @@ impl Billing {
         let (projector, from_snapshot, tail) =
             recover(region, log.as_ref(), keys.as_ref(), &routing, &snapshots, &pricebook, idle).await?;
         let opened = Resumed { from_snapshot, tail, duration: started.elapsed() };
+        let billing_starts =
+            (0..log.partitions(&billing).await?).map(|p| Position::start(billing.clone(), p)).collect();
+        let own = Snapshotter::new(snapshots.files().clone(), 1_000, Duration::from_secs(5));
+        let issuance = Live::open(own, billing_starts, log.as_ref(), keys.as_ref(), idle).await?;
+        let config = platform.regions.get(region);
+        let issuer = config.map_or_else(|| region.to_owned(), meridian_config::Region::invoice_issuer);
+        let series = config.map_or_else(|| region.to_ascii_uppercase(), meridian_config::Region::invoice_series);
         let billing = Billing {
             region: region.to_owned(),
+            issuer,
+            series,
+            issuance,
             log,
             keys,
             routing,
@@ -232,6 +269,47 @@ impl Billing {
         Ok(n)
     }
 
+    /// Issues `tenant`'s invoices of `period` that are due (see
+    /// [`invoice::issue`]): the ones issued already and the new ones.
+    pub async fn issue(&self, tenant: &str, period: &str, now: UnixMicros) -> Result<Vec<Issued>, Error> {
+        let ledger = self.projector.lock().await;
+        let mut issuance = self.issuance.lock().await;
+        let at = jiff::Timestamp::from_microsecond(now.0).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+        let (mut issued, new) = invoice::issue(issuance.state(), ledger.state(), &self.series, tenant, period, at)?;
+        if new.is_empty() {
+            return Ok(issued);
+        }
+        let series_id = meridian_events::id::aggregate_id("billing.series", &[self.series.as_bytes()]);
+        let mut batch = Vec::new();
+        for to_issue in &new {
+            let meta = EventMeta {
+                event_id: to_issue.issued.event_id,
+                aggregate_type: "billing.series".into(),
+                aggregate_id: series_id,
+                aggregate_version: to_issue.issued.sequence,
+                tenant: tenant.to_owned(),
+                home_region: self.region.clone(),
+                occurred_at: now,
+                causation_id: None,
+                correlation_id: None,
+                traceparent: None,
+            };
+            let payload = adapters::events::invoice_issued(to_issue, &self.issuer, now);
+            let envelope = meridian_events::Envelope::plain(meta, &payload)?;
+            batch.push(Outgoing::new(self.billing.clone(), &envelope)?);
+        }
+        let appended = self.log.append(batch.clone()).await?;
+        issuance.feed_appended(batch, appended, self.keys.as_ref())?;
+        issued.extend(new.into_iter().map(|t| t.issued));
+        tracing::info!(region = %self.region, %tenant, %period, invoices = issued.len(), "invoices issued");
+        Ok(issued)
+    }
+
+    /// `tenant`'s issued invoices of `period`.
+    pub async fn invoices(&self, tenant: &str, period: &str) -> Vec<Issued> {
+        self.issuance.lock().await.state().of(tenant, period).into_iter().cloned().collect()
+    }
+
     /// Writes the snapshot when due (`force`: whenever anything changed).
     /// Taken between steps: the outbox is empty and the positions are
     /// committed ones.
@@ -243,6 +321,7 @@ impl Billing {
         if let Some((fed, bytes)) = encoded {
             self.snapshots.write::<LedgerProjection>(fed, bytes).await?;
         }
+        self.issuance.snapshot(force).await?;
         Ok(())
     }
 
@@ -501,6 +580,36 @@ pub(crate) mod tests {
         assert_eq!(totals["2026-11/USD"].charged_reads, 10);
         assert_eq!(billing.totals("group:atlantic-rads").await["2026-11/USD"].payouts, 27_630);
         assert_eq!(billing.stats().await.conflicts, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn invoices_are_numbered_without_gaps_across_restarts_and_issued_once() {
+        let r = region().await;
+        append(&r, &read(Uuid::from_u128(70))).await;
+        let billing = open(&r).await;
+        billing.pass(Duration::from_millis(50)).await.unwrap();
+        // November (New York) is open until December 1st, 05:00 UTC.
+        let open_until = UnixMicros(1_796_101_200 * 1_000_000);
+        let refused = billing.issue("acme", "2026-11", UnixMicros(open_until.0 - 1)).await.unwrap_err();
+        assert!(refused.to_string().contains("open until 2026-12-01T00:00:00-05:00"), "{refused}");
+        let first = billing.issue("acme", "2026-11", open_until).await.unwrap();
+        assert_eq!(first.iter().map(|i| (i.number.as_str(), i.total)).collect::<Vec<_>>(), [("US-000001", 4_500)]);
+        assert_eq!(billing.issue("acme", "2026-11", open_until).await.unwrap(), first, "issued once");
+        billing.snapshot(true).await.unwrap();
+        drop(billing);
+        // December's read, after a restart: the series goes on.
+        let mut december = read(Uuid::from_u128(71));
+        let Payload::AssignmentCompleted(mut signed) = december[1].open_plain().unwrap() else { panic!() };
+        signed.signed_at = Some(UnixMicros(open_until.0 + 86_400_000_000).to_timestamp());
+        december[1] = routing_event(Uuid::from_u128(71), 2, Payload::AssignmentCompleted(signed));
+        append(&r, &december).await;
+        let billing = open(&r).await;
+        billing.pass(Duration::from_millis(50)).await.unwrap();
+        let next = billing.issue("acme", "2026-12", UnixMicros(1_798_779_600 * 1_000_000)).await.unwrap();
+        assert_eq!(next[0].number, "US-000002");
+        assert_eq!(billing.invoices("acme", "2026-11").await, first);
+        let posted = posted(&r).await;
+        assert_eq!(count(&posted, "InvoiceIssued"), 2, "{posted:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

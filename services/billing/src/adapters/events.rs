@@ -151,3 +151,51 @@ pub fn payload(f: &Fact) -> Payload {
         }),
     }
 }
+
+/// An invoice to issue, as its event.
+pub fn invoice_issued(
+    to_issue: &crate::domain::invoice::ToIssue,
+    issuer: &str,
+    issued_at: UnixMicros,
+) -> pb::InvoiceIssued {
+    let (p, i) = (&to_issue.preview, &to_issue.issued);
+    pb::InvoiceIssued {
+        number: i.number.clone(),
+        series: i.series.clone(),
+        sequence: i.sequence,
+        issuer: issuer.to_owned(),
+        tenant: i.tenant.clone(),
+        period: i.period.clone(),
+        contract: i.contract.clone(),
+        lines: p
+            .lines
+            .iter()
+            .map(|l| pb::InvoiceLine {
+                line: l.line.clone(),
+                quantity: l.quantity,
+                unit_price: money(&p.currency, l.unit),
+                amount: money(&p.currency, l.amount),
+                event_ids: l.events.iter().map(ToString::to_string).collect(),
+            })
+            .collect(),
+        charges: money(&p.currency, p.charges),
+        credits: money(&p.currency, p.credits),
+        total: money(&p.currency, p.total),
+        issued_at: ts(issued_at),
+    }
+}
+
+/// An issued invoice as its series remembers it.
+pub fn issued(i: &pb::InvoiceIssued, event_id: meridian_events::EventId) -> crate::domain::invoice::Issued {
+    crate::domain::invoice::Issued {
+        number: i.number.clone(),
+        series: i.series.clone(),
+        sequence: i.sequence,
+        event_id,
+        tenant: i.tenant.clone(),
+        period: i.period.clone(),
+        contract: i.contract.clone(),
+        currency: i.total.as_ref().map_or(String::new(), |m| m.currency_code.clone()),
+        total: i.total.as_ref().map_or(0, |m| m.minor_units),
+    }
+}

@@ -4,15 +4,18 @@
 
 use std::sync::Arc;
 
+use meridian_auth::grpc::arrival_time;
 use meridian_auth::grpc::{invalid_argument, permission_denied, principal};
 use meridian_auth::{Action, Resource, authorize};
 use meridian_proto::billing::v1 as pb;
 use meridian_proto::billing::v1::billing_service_server::BillingService;
 use meridian_proto::common::v1::Money;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::app::Billing;
+use crate::app::{Billing, Error};
 use crate::domain::invoice;
+use crate::domain::invoice::IssueRefused;
 use crate::domain::ledger::What;
 
 pub struct BillingGrpc {
@@ -31,11 +34,16 @@ fn money(currency: &str, minor_units: i64) -> Option<Money> {
 
 /// The tenant and period a request names, once the caller may see them.
 fn scope<T>(request: &Request<T>, tenant: &str, period: &str) -> Result<(String, String), Status> {
+    scope_for(request, Action::ViewLedger, tenant, period)
+}
+
+/// The same, for `action`.
+fn scope_for<T>(request: &Request<T>, action: Action, tenant: &str, period: &str) -> Result<(String, String), Status> {
     let p = principal(request)?;
     if tenant.is_empty() {
         return Err(invalid_argument("tenant", "name the tenant"));
     }
-    authorize(p, Action::ViewLedger, &Resource::Tenant { tenant }).map_err(|d| permission_denied(&d))?;
+    authorize(p, action, &Resource::Tenant { tenant }).map_err(|d| permission_denied(&d))?;
     let valid = period.len() == 7
         && period.as_bytes()[4] == b'-'
         && period[..4].bytes().all(|b| b.is_ascii_digit())
@@ -46,8 +54,49 @@ fn scope<T>(request: &Request<T>, tenant: &str, period: &str) -> Result<(String,
     Ok((tenant.to_owned(), period.to_owned()))
 }
 
+fn issued(i: &crate::domain::invoice::Issued) -> pb::IssuedInvoice {
+    pb::IssuedInvoice {
+        number: i.number.clone(),
+        contract: i.contract.clone(),
+        period: i.period.clone(),
+        total: money(&i.currency, i.total),
+        event_id: i.event_id.to_string(),
+    }
+}
+
 #[tonic::async_trait]
 impl BillingService for BillingGrpc {
+    async fn issue_invoice(
+        &self,
+        request: Request<pb::IssueInvoiceRequest>,
+    ) -> Result<Response<pb::IssueInvoiceResponse>, Status> {
+        let (tenant, period) =
+            scope_for(&request, Action::IssueInvoice, &request.get_ref().tenant, &request.get_ref().period)?;
+        match self.billing.issue(&tenant, &period, arrival_time()).await {
+            Ok(done) => Ok(Response::new(pb::IssueInvoiceResponse { invoices: done.iter().map(issued).collect() })),
+            Err(Error::Refused(why)) => {
+                let mut details = ErrorDetails::new();
+                let (kind, subject) = match &why {
+                    IssueRefused::Open { ends, .. } => ("PERIOD_OPEN", ends.clone()),
+                    IssueRefused::Blocked { fields, .. } => ("PRICE_MISSING", fields.join(", ")),
+                    IssueRefused::Period { period } => ("NOT_A_PERIOD", period.clone()),
+                };
+                details.add_precondition_failure_violation(kind, subject, why.to_string());
+                Err(Status::with_error_details(Code::FailedPrecondition, why.to_string(), details))
+            }
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
+    }
+
+    async fn list_invoices(
+        &self,
+        request: Request<pb::ListInvoicesRequest>,
+    ) -> Result<Response<pb::ListInvoicesResponse>, Status> {
+        let (tenant, period) = scope(&request, &request.get_ref().tenant, &request.get_ref().period)?;
+        let done = self.billing.invoices(&tenant, &period).await;
+        Ok(Response::new(pb::ListInvoicesResponse { invoices: done.iter().map(issued).collect() }))
+    }
+
     async fn get_ledger(
         &self,
         request: Request<pb::GetLedgerRequest>,

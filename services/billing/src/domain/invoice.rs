@@ -133,3 +133,121 @@ fn invoice(ledger: &Ledger, contract: &str, entries: &[super::ledger::Entry]) ->
         blocking,
     }
 }
+
+/// An issued invoice, as its series remembers it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Issued {
+    pub number: String,
+    pub series: String,
+    pub sequence: u64,
+    pub event_id: EventId,
+    pub tenant: String,
+    pub period: String,
+    pub contract: String,
+    pub currency: String,
+    pub total: i64,
+}
+
+/// The region's issued invoices: each series' last number, and which
+/// tenant, period and contract has which invoice.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Issuance {
+    pub last: BTreeMap<String, u64>,
+    /// `tenant/period/contract` → its invoice.
+    pub issued: BTreeMap<String, Issued>,
+}
+
+impl Issuance {
+    pub fn apply(mut self, issued: Issued) -> Issuance {
+        let last = self.last.entry(issued.series.clone()).or_default();
+        *last = (*last).max(issued.sequence);
+        self.issued.insert(format!("{}/{}/{}", issued.tenant, issued.period, issued.contract), issued);
+        self
+    }
+
+    /// `tenant`'s invoices of `period`, by contract.
+    pub fn of(&self, tenant: &str, period: &str) -> Vec<&Issued> {
+        let prefix = format!("{tenant}/{period}/");
+        self.issued.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)).map(|(_, i)| i).collect()
+    }
+}
+
+/// Why a period's invoices cannot be issued.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IssueRefused {
+    #[error("period {period} of contract {contract} is open until {ends}: an invoice is issued once it has ended")]
+    Open { period: String, contract: String, ends: String },
+    #[error("contract {contract}'s reads need {fields:?} before its invoice can be issued")]
+    Blocked { contract: String, fields: Vec<String> },
+    #[error("{period:?} is not a month, expected like \"2026-11\"")]
+    Period { period: String },
+}
+
+/// The first instant after `period` ("2026-11") in `zone`.
+pub fn period_end(zone: &str, period: &str) -> Option<jiff::Timestamp> {
+    let (year, month) = period.split_once('-')?;
+    let (year, month): (i16, i8) = (year.parse().ok()?, month.parse().ok()?);
+    let first = jiff::civil::Date::new(year, month, 1).ok()?;
+    let next = first.checked_add(jiff::Span::new().months(1)).ok()?;
+    let tz = jiff::tz::TimeZone::get(zone).ok()?;
+    next.to_zoned(tz).ok().map(|z| z.timestamp())
+}
+
+/// One invoice to issue: what it says and its number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToIssue {
+    pub preview: Preview,
+    pub issued: Issued,
+}
+
+/// Which of `tenant`'s invoices of `period` are issued already, and which
+/// to issue now in `series` (numbers following its last, in contract
+/// order). A contract with nothing billed gets none; an open period or a
+/// blocked invoice refuses the whole request, naming why.
+pub fn issue(
+    issuance: &Issuance,
+    ledger: &Ledger,
+    series: &str,
+    tenant: &str,
+    period: &str,
+    now: jiff::Timestamp,
+) -> Result<(Vec<Issued>, Vec<ToIssue>), IssueRefused> {
+    let mut existing = Vec::new();
+    let mut new = Vec::new();
+    let mut sequence = issuance.last.get(series).copied().unwrap_or(0);
+    for preview in super::invoice::preview(ledger, tenant, period) {
+        if let Some(done) = issuance.issued.get(&format!("{tenant}/{period}/{}", preview.contract)) {
+            existing.push(done.clone());
+            continue;
+        }
+        let zone = ledger.pricebook.contracts.get(&preview.contract).map_or("UTC", |c| c.billing_time_zone.as_str());
+        let ends = period_end(zone, period).ok_or_else(|| IssueRefused::Period { period: period.to_owned() })?;
+        if now < ends {
+            let ends = ends.to_zoned(jiff::tz::TimeZone::get(zone).unwrap_or(jiff::tz::TimeZone::UTC)).to_string();
+            return Err(IssueRefused::Open { period: period.to_owned(), contract: preview.contract.clone(), ends });
+        }
+        if !preview.blocking.is_empty() {
+            return Err(IssueRefused::Blocked { contract: preview.contract.clone(), fields: preview.blocking.clone() });
+        }
+        if preview.lines.is_empty() {
+            continue;
+        }
+        sequence += 1;
+        let issued = Issued {
+            number: format!("{series}-{sequence:06}"),
+            series: series.to_owned(),
+            sequence,
+            event_id: EventId(meridian_events::id::aggregate_id(
+                "billing.invoice",
+                &[tenant.as_bytes(), period.as_bytes(), preview.contract.as_bytes()],
+            )),
+            tenant: tenant.to_owned(),
+            period: period.to_owned(),
+            contract: preview.contract.clone(),
+            currency: preview.currency.clone(),
+            total: preview.total,
+        };
+        new.push(ToIssue { preview, issued });
+    }
+    Ok((existing, new))
+}

@@ -265,3 +265,52 @@ fn a_subscription_invoice_bills_its_fee_counts_included_reads_and_an_unpriced_re
     let invoices = preview(&unpriced, "northwind", "2026-11");
     assert_eq!(invoices[0].blocking, ["engagement.per_study.MR"]);
 }
+
+#[test]
+fn invoices_are_issued_once_a_period_ends_with_gapless_numbers_and_never_twice() {
+    use super::invoice::{Issuance, IssueRefused, issue, period_end};
+    let study = Uuid::from_u128(900);
+    let ledger = fold(
+        given(),
+        &[
+            (Input::Queued { study, read: ct("final", "routine", ny(10)) }, cause(901, 1, "acme")),
+            (signed(study, "final", ny(12)), cause(902, 2, "acme")),
+        ],
+    );
+    // November ends at midnight New York time (05:00 UTC).
+    let ends = period_end("America/New_York", "2026-11").unwrap();
+    assert_eq!(ends.to_string(), "2026-12-01T05:00:00Z");
+    let before = ends.checked_sub(jiff::Span::new().seconds(1)).unwrap();
+    let refused = issue(&Issuance::default(), &ledger, "US", "acme", "2026-11", before).unwrap_err();
+    assert!(
+        matches!(&refused, IssueRefused::Open { ends, .. } if ends.starts_with("2026-12-01T00:00:00-05:00")),
+        "{refused}"
+    );
+
+    let (existing, new) = issue(&Issuance::default(), &ledger, "US", "acme", "2026-11", ends).unwrap();
+    assert!(existing.is_empty());
+    let [first] = &new[..] else { panic!("{new:?}") };
+    assert_eq!((first.issued.number.as_str(), first.issued.total), ("US-000001", 4_500));
+    // Issued: asking again returns it and issues nothing; the series goes on.
+    let issuance = Issuance::default().apply(first.issued.clone());
+    let (existing, new) = issue(&issuance, &ledger, "US", "acme", "2026-11", ends).unwrap();
+    assert_eq!((existing.len(), new.len()), (1, 0));
+    assert_eq!(issuance.last["US"], 1);
+    assert!(issue(&issuance, &ledger, "US", "acme", "2026-13", ends).is_err());
+
+    // A read no price covers blocks the invoice, naming the field.
+    let mut blocked = given();
+    blocked.pricebook.contracts.get_mut("acme-atlantic").unwrap().per_study.clear();
+    let blocked = fold(
+        blocked,
+        &[
+            (Input::Queued { study, read: ct("final", "routine", ny(10)) }, cause(903, 1, "acme")),
+            (signed(study, "final", ny(12)), cause(904, 2, "acme")),
+        ],
+    );
+    let refused = issue(&Issuance::default(), &blocked, "US", "acme", "2026-11", ends).unwrap_err();
+    assert_eq!(
+        refused,
+        IssueRefused::Blocked { contract: "acme-atlantic".into(), fields: vec!["engagement.per_study.CT".into()] }
+    );
+}

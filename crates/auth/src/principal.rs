@@ -81,6 +81,8 @@ pub enum Action {
     ViewLedger,
     /// Issue a tenant's invoices (the platform's billing role).
     IssueInvoice,
+    /// See what a reading group is paid.
+    ViewPayouts,
 }
 
 impl Action {
@@ -101,6 +103,7 @@ impl Action {
             Action::ReadResidencyReport => "read_residency_report",
             Action::ViewLedger => "view_ledger",
             Action::IssueInvoice => "issue_invoice",
+            Action::ViewPayouts => "view_payouts",
         }
     }
 }
@@ -221,7 +224,7 @@ fn decide(p: &Principal, action: Action, resource: &Resource<'_>) -> Result<(), 
             same("reading group", p.group.as_deref(), group)?;
             needs_role(p, &["reader", "group-admin"])
         }
-        (PrincipalKind::Group, ManageReaders | Reassign, Resource::ReadingGroup { group }) => {
+        (PrincipalKind::Group, ManageReaders | Reassign | ViewPayouts, Resource::ReadingGroup { group }) => {
             same("reading group", p.group.as_deref(), group)?;
             needs_role(p, &["group-admin"])
         }
@@ -295,6 +298,13 @@ mod tests {
             authorize(&sre, Action::IssueInvoice, &Resource::Tenant { tenant: "acme" }).unwrap_err().reason,
             "needs role billing"
         );
+        // A group's payouts are its admin's to see, its own only.
+        let group_admin = p(PrincipalKind::Group, None, Some("atlantic-rads"), None, &["group-admin"]);
+        let group = |g| Resource::ReadingGroup { group: g };
+        assert!(authorize(&group_admin, Action::ViewPayouts, &group("atlantic-rads")).is_ok());
+        assert!(authorize(&group_admin, Action::ViewPayouts, &group("lotus-teleradiology")).is_err());
+        let reader = p(PrincipalKind::Group, None, Some("atlantic-rads"), Some("dr-ana-ortiz"), &["reader"]);
+        assert!(authorize(&reader, Action::ViewPayouts, &group("atlantic-rads")).is_err());
     }
 
     #[test]

@@ -369,6 +369,37 @@ pub async fn invoice_preview(target: &Target, tenant: &str, period: &str, csv: b
     Ok(ExitCode::SUCCESS)
 }
 
+/// A group's payouts of a month in every region, by currency.
+pub async fn payouts(target: &Target, group: &str, period: &str) -> anyhow::Result<ExitCode> {
+    use meridian_proto::billing::v1 as pb;
+    use meridian_proto::billing::v1::billing_service_client::BillingServiceClient;
+    let endpoints = read_json(&target.data_dir.join("endpoints.json"))?;
+    let regions: Vec<String> =
+        endpoints["regions"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+    let mut by_currency: std::collections::BTreeMap<String, (i64, u64)> = std::collections::BTreeMap::new();
+    for region in regions {
+        let t = Target { region: region.clone(), ..target.clone() };
+        let c = connect(&t).await?;
+        let mut client = BillingServiceClient::new(c.channel);
+        let request = pb::ListPayoutsRequest { reading_group: group.to_owned(), period: period.to_owned() };
+        let r = client.list_payouts(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
+        for p in r.payouts {
+            say!("{region} {} for {} reads", amount(&p.amount), p.reads);
+            if let Some(m) = p.amount {
+                let sum = by_currency.entry(m.currency_code).or_default();
+                sum.0 += m.minor_units;
+                sum.1 += p.reads;
+            }
+        }
+    }
+    for (currency, (minor_units, reads)) in &by_currency {
+        let money =
+            Some(meridian_proto::common::v1::Money { currency_code: currency.clone(), minor_units: *minor_units });
+        say!("all regions {} for {reads} reads", amount(&money));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Issues (`issue`) or lists a tenant's invoices of a month.
 pub async fn invoices(target: &Target, tenant: &str, period: &str, issue: bool) -> anyhow::Result<ExitCode> {
     use meridian_proto::billing::v1 as pb;

@@ -139,6 +139,19 @@ enum Command {
         #[arg(long)]
         period: String,
     },
+    /// What a reading group earned in a month, gathered from every region
+    /// (its group admin's principal, e.g. `--as atlantic-admin`).
+    Payouts {
+        /// `meridian dev`'s data directory.
+        #[arg(long, default_value = ".meridian-dev")]
+        data_dir: PathBuf,
+        #[arg(long = "as")]
+        as_principal: String,
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        period: String,
+    },
     /// A tenant's invoices for a month.
     Invoice {
         #[command(subcommand)]
@@ -370,6 +383,10 @@ async fn main() -> ExitCode {
         Command::Send { paths, target } => client::send(&target, paths).await,
         Command::Unroutable { target, limit } => client::unroutable(&target, limit).await,
         Command::Ledger { target, tenant, period } => client::ledger(&target, &tenant, &period).await,
+        Command::Payouts { data_dir, as_principal, group, period } => {
+            let target = Target { region: String::new(), data_dir, as_principal, token: None, endpoint: None };
+            client::payouts(&target, &group, &period).await
+        }
         Command::Invoice { command: InvoiceCommand::Preview { target, tenant, period, csv } } => {
             client::invoice_preview(&target, &tenant, &period, csv).await
         }

@@ -481,6 +481,30 @@ fn billing_charges_and_pays_each_signed_read_once_through_kills() {
         .unwrap();
     let said = String::from_utf8_lossy(&issue.stderr);
     assert!(!issue.status.success() && said.contains("FailedPrecondition") && said.contains("open until"), "{said}");
+    // The reading group's admin sees what the group earned here.
+    let groups: std::collections::BTreeSet<String> = of_type(&posted, "PayoutAccrued")
+        .iter()
+        .map(|p| p["payload"]["readingGroup"].as_str().unwrap().to_owned())
+        .collect();
+    if groups.contains("atlantic-rads") {
+        use meridian_proto::billing::v1 as pb;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let payouts = runtime.block_on(async {
+            let address = format!("http://{}", billing.grpc());
+            let mut client = pb::billing_service_client::BillingServiceClient::connect(address).await.unwrap();
+            let ask = pb::ListPayoutsRequest { reading_group: "atlantic-rads".into(), period: period.clone() };
+            let mut request = tonic::Request::new(ask);
+            let token = format!("Bearer {}", tokens["atlantic-admin"]);
+            request.metadata_mut().insert("authorization", token.parse().unwrap());
+            client.list_payouts(request).await.unwrap().into_inner().payouts
+        });
+        let paid = of_type(&posted, "PayoutAccrued")
+            .iter()
+            .filter(|p| p["payload"]["readingGroup"] == "atlantic-rads")
+            .count();
+        let [usd] = &payouts[..] else { panic!("{payouts:?}") };
+        assert_eq!((usd.reads, usd.amount.as_ref().unwrap().minor_units), (paid as u64, 2_763 * paid as i64));
+    }
     // Only the tenant's administrator, and only for its own tenant.
     for (token, tenant) in [(pacs, "acme"), (&tokens["northwind-admin"], "acme")] {
         let denied = preview(token, tenant);

@@ -44,11 +44,7 @@ fn scope_for<T>(request: &Request<T>, action: Action, tenant: &str, period: &str
         return Err(invalid_argument("tenant", "name the tenant"));
     }
     authorize(p, action, &Resource::Tenant { tenant }).map_err(|d| permission_denied(&d))?;
-    let valid = period.len() == 7
-        && period.as_bytes()[4] == b'-'
-        && period[..4].bytes().all(|b| b.is_ascii_digit())
-        && matches!(period[5..].parse::<u8>(), Ok(1..=12));
-    if !valid {
+    if !is_month(period) {
         return Err(invalid_argument("period", format!("{period:?} is not a month, expected like \"2026-11\"")));
     }
     Ok((tenant.to_owned(), period.to_owned()))
@@ -62,6 +58,14 @@ fn issued(i: &crate::domain::invoice::Issued) -> pb::IssuedInvoice {
         total: money(&i.currency, i.total),
         event_id: i.event_id.to_string(),
     }
+}
+
+/// "2026-11": a calendar month.
+fn is_month(period: &str) -> bool {
+    period.len() == 7
+        && period.as_bytes()[4] == b'-'
+        && period[..4].bytes().all(|b| b.is_ascii_digit())
+        && matches!(period[5..].parse::<u8>(), Ok(1..=12))
 }
 
 #[tonic::async_trait]
@@ -86,6 +90,29 @@ impl BillingService for BillingGrpc {
             }
             Err(e) => Err(Status::unavailable(e.to_string())),
         }
+    }
+
+    async fn list_payouts(
+        &self,
+        request: Request<pb::ListPayoutsRequest>,
+    ) -> Result<Response<pb::ListPayoutsResponse>, Status> {
+        let p = principal(&request)?;
+        let (group, period) = (&request.get_ref().reading_group, &request.get_ref().period);
+        if group.is_empty() {
+            return Err(invalid_argument("reading_group", "name the reading group"));
+        }
+        authorize(p, Action::ViewPayouts, &Resource::ReadingGroup { group }).map_err(|d| permission_denied(&d))?;
+        if !is_month(period) {
+            return Err(invalid_argument("period", format!("{period:?} is not a month, expected like \"2026-11\"")));
+        }
+        let totals = self.billing.totals(&format!("group:{group}")).await;
+        let prefix = format!("{period}/");
+        let payouts = totals
+            .iter()
+            .filter_map(|(k, t)| k.strip_prefix(&prefix).map(|currency| (currency, t)))
+            .map(|(currency, t)| pb::GroupPayout { amount: money(currency, t.payouts), reads: t.paid_reads })
+            .collect();
+        Ok(Response::new(pb::ListPayoutsResponse { payouts }))
     }
 
     async fn list_invoices(

@@ -142,6 +142,9 @@ pub struct Totals {
     pub credits: i64,
     pub unpriced: u64,
     pub payouts: i64,
+    /// Signed reads paid for.
+    #[serde(default)]
+    pub paid_reads: u64,
 }
 
 /// Billing's state: the reads waiting to be signed (open work only), who
@@ -368,8 +371,9 @@ fn record(mut ledger: Ledger, f: &Fact) -> Ledger {
             ledger.entries.entry(format!("{}/{}", f.tenant, c.period)).or_default().push(entry(f));
         }
         What::Accrued(p) => {
-            ledger.totals.entry(key(&format!("group:{}", p.group), &p.period, &p.currency)).or_default().payouts +=
-                p.amount;
+            let t = ledger.totals.entry(key(&format!("group:{}", p.group), &p.period, &p.currency)).or_default();
+            t.payouts += p.amount;
+            t.paid_reads += 1;
         }
     }
     ledger

@@ -377,6 +377,7 @@ pub async fn payouts(target: &Target, group: &str, period: &str) -> anyhow::Resu
     let regions: Vec<String> =
         endpoints["regions"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
     let mut by_currency: std::collections::BTreeMap<String, (i64, u64)> = std::collections::BTreeMap::new();
+    let asked = regions.len();
     for region in regions {
         let t = Target { region: region.clone(), ..target.clone() };
         let c = connect(&t).await?;
@@ -397,6 +398,7 @@ pub async fn payouts(target: &Target, group: &str, period: &str) -> anyhow::Resu
             Some(meridian_proto::common::v1::Money { currency_code: currency.clone(), minor_units: *minor_units });
         say!("all regions {} for {reads} reads", amount(&money));
     }
+    eprintln!("payouts of {group} for {period} from {asked} regions");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -96,7 +96,7 @@ pub fn configure(meridian: &Path, examples: &Path, dir: &Path, tansu: &Tansu, mo
 pub fn secrets(config: &Path, secrets: &Path) -> BTreeMap<String, String> {
     use meridian_auth::{Principal, TokenSigner};
     std::fs::create_dir_all(secrets).unwrap();
-    for tenant in ["acme", "northwind"] {
+    for tenant in ["acme", "globex", "northwind"] {
         std::fs::write(secrets.join(format!("{tenant}.id-secret")), format!("{tenant}-").repeat(8)).unwrap();
     }
     let (private, public) = meridian_auth::token::generate_ed25519().unwrap();

@@ -267,9 +267,10 @@ mod tests {
             Err(problems) => panic!("the example configuration has problems:\n{problems}"),
         };
         assert_eq!(platform.regions.keys().collect::<Vec<_>>(), ["eu-west", "in-south", "us-east"]);
-        assert_eq!(platform.tenants.len(), 2);
+        assert_eq!(platform.tenants.len(), 3);
         assert_eq!(platform.groups.len(), 2);
-        assert_eq!(platform.called_ae_titles("us-east").keys().copied().collect::<Vec<_>>(), ["MERIDIAN_ACME"]);
+        let us_east: Vec<&str> = platform.called_ae_titles("us-east").keys().copied().collect();
+        assert_eq!(us_east, ["MERIDIAN_ACME", "MERIDIAN_GLOBEX"]);
         let acme = &platform.contracts["acme-atlantic"];
         assert_eq!(acme.sla[&Priority::Stat].turnaround.seconds, 1_800);
         assert_eq!(acme.engagement.per_study["CT"].minor_units(2), Ok(4_500));

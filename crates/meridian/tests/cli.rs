@@ -25,7 +25,7 @@ fn repo() -> PathBuf {
 fn config_check_passes_the_examples_and_reports_every_broken_message() {
     let ok = Command::new(MERIDIAN).args(["config", "check"]).arg(repo().join("deploy/examples/dev")).output().unwrap();
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
-    assert!(String::from_utf8_lossy(&ok.stdout).contains("ok (3 regions, 2 tenants, 2 contracts, 2 reading groups"));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("ok (3 regions, 3 tenants, 3 contracts, 2 reading groups"));
 
     let broken = repo().join("crates/config/tests/fixtures/broken");
     let out = Command::new(MERIDIAN).args(["config", "check"]).arg(&broken).output().unwrap();

@@ -218,6 +218,9 @@ fn a_process_is_not_ready_while_its_broker_or_bucket_is_away_and_recovers_by_its
     moto.restart(&bucket("us-east"));
     wait_until("ready again with the bucket back", 30, || ready(&ingest).0.then_some(()));
     assert_eq!(health(&ingest), ServingStatus::Serving as i32);
+    // Routing probes the bucket too, on its own 5 s schedule: ready again
+    // before the broker goes, so what it says next is about the broker.
+    wait_until("routing ready again with the bucket back", 30, || ready(&routing).0.then_some(()));
 
     // The broker goes away: the same; it comes back with its topics and
     // positions (tansu keeps them in its own bucket), and work goes on.

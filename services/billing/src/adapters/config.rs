@@ -42,6 +42,8 @@ pub fn pricebook(platform: &Platform) -> Pricebook {
             bills_preliminary: e.bills_preliminary,
             included_studies: e.included_studies.unwrap_or(0),
             monthly_fee: e.monthly_fee.as_ref().map_or(0, |d| minor(d, exp)),
+            project_fee: e.project_fee.as_ref().map_or(0, |d| minor(d, exp)),
+            project_ends: e.project_ends.as_ref().map(|d| format!("{:04}-{:02}", d.0.year(), d.0.month())),
             credit_cap: e.sla_credit_cap.map(|c| c.per_million),
             sla_credit: e
                 .sla_credit
@@ -93,6 +95,11 @@ mod tests {
         assert_eq!(acme.sla_credit["routine"], CreditRule::Fixed(500));
         assert_eq!(acme.after_hours.as_ref().map(|a| (a.from, a.to)), Some((19 * 60, 7 * 60)));
         assert_eq!(book.contracts["northwind-lotus"].model, Model::Subscription);
+        let globex = &book.contracts["globex-backlog"];
+        assert_eq!(
+            (globex.model, globex.project_fee, globex.project_ends.as_deref()),
+            (Model::ProjectBased, 12_000_000, Some("2027-03"))
+        );
         assert_eq!(book.groups["atlantic-rads"], GroupRate { currency: "USD".into(), per_wrvu: 3_250 });
         assert!(book.facility_zones.keys().any(|k| k.starts_with("acme/")));
     }

@@ -57,10 +57,10 @@ pub fn preview(ledger: &Ledger, tenant: &str, period: &str) -> Vec<Preview> {
             contracts.push(contract);
         }
     }
-    contracts.into_iter().map(|contract| invoice(ledger, contract, entries)).collect()
+    contracts.into_iter().map(|contract| invoice(ledger, contract, period, entries)).collect()
 }
 
-fn invoice(ledger: &Ledger, contract: &str, entries: &[super::ledger::Entry]) -> Preview {
+fn invoice(ledger: &Ledger, contract: &str, period: &str, entries: &[super::ledger::Entry]) -> Preview {
     let prices = ledger.pricebook.contracts.get(contract);
     let currency = prices.map_or(String::new(), |c| c.currency.clone());
     // (line field, unit) → (quantity, events)
@@ -70,8 +70,16 @@ fn invoice(ledger: &Ledger, contract: &str, entries: &[super::ledger::Entry]) ->
     for e in entries {
         match &e.what {
             What::Charged(c) if c.read.contract == contract => {
-                if c.included {
-                    let slot = grouped.entry(("engagement.included_studies".into(), 0)).or_default();
+                // Reads at no price are counted on a line of their own.
+                let counted = if c.included {
+                    Some("engagement.included_studies")
+                } else if c.model == Model::ProjectBased {
+                    Some("engagement.project_reads")
+                } else {
+                    None
+                };
+                if let Some(counted) = counted {
+                    let slot = grouped.entry((counted.into(), 0)).or_default();
                     slot.0 += 1;
                     slot.1.push(e.id);
                 }
@@ -100,6 +108,19 @@ fn invoice(ledger: &Ledger, contract: &str, entries: &[super::ledger::Entry]) ->
             quantity: 1,
             unit: p.monthly_fee,
             amount: p.monthly_fee,
+            events: Vec::new(),
+        });
+    }
+    // A project's fee is billed in the period it ends (its milestone).
+    if let Some(p) = prices
+        && p.model == Model::ProjectBased
+        && p.project_ends.as_deref() == Some(period)
+    {
+        lines.push(InvoiceLine {
+            line: "engagement.project_fee".into(),
+            quantity: 1,
+            unit: p.project_fee,
+            amount: p.project_fee,
             events: Vec::new(),
         });
     }
@@ -229,7 +250,8 @@ pub fn issue(
         if !preview.blocking.is_empty() {
             return Err(IssueRefused::Blocked { contract: preview.contract.clone(), fields: preview.blocking.clone() });
         }
-        if preview.lines.is_empty() {
+        // Nothing billed (no reads, or only reads at no price): no invoice.
+        if preview.lines.iter().all(|l| l.amount == 0) {
             continue;
         }
         sequence += 1;

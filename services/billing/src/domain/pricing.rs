@@ -63,6 +63,9 @@ pub struct ContractPrices {
     pub included_studies: u32,
     /// Subscription: the monthly fee.
     pub monthly_fee: i64,
+    /// Project: the fixed fee, billed in the period the project ends.
+    pub project_fee: i64,
+    pub project_ends: Option<String>,
     /// The most an invoice credits, in millionths of its charges.
     pub credit_cap: Option<u32>,
     pub sla_credit: BTreeMap<String, CreditRule>,
@@ -218,6 +221,8 @@ pub(crate) mod tests {
             bills_preliminary: true,
             included_studies: 0,
             monthly_fee: 0,
+            project_fee: 0,
+            project_ends: None,
             credit_cap: Some(200_000),
             sla_credit: BTreeMap::from([
                 ("stat".into(), CreditRule::Share(500_000)),

@@ -314,3 +314,41 @@ fn invoices_are_issued_once_a_period_ends_with_gapless_numbers_and_never_twice()
         IssueRefused::Blocked { contract: "acme-atlantic".into(), fields: vec!["engagement.per_study.CT".into()] }
     );
 }
+
+#[test]
+fn a_project_counts_its_reads_at_no_price_and_bills_its_fee_in_the_period_it_ends() {
+    use super::invoice::{Issuance, issue, preview};
+    use super::pricing::{ContractPrices, Model};
+    let mut start = given();
+    start.pricebook.contracts.insert(
+        "globex-backlog".into(),
+        ContractPrices {
+            tenant: "globex".into(),
+            model: Model::ProjectBased,
+            currency: "USD".into(),
+            project_fee: 12_000_000,
+            project_ends: Some("2026-12".into()),
+            billing_time_zone: "America/New_York".into(),
+            ..Default::default()
+        },
+    );
+    let read = Read { tenant: "globex".into(), contract: "globex-backlog".into(), ..ct("final", "routine", ny(10)) };
+    let study = Uuid::from_u128(950);
+    let ledger = fold(
+        start,
+        &[
+            (Input::Queued { study, read }, cause(951, 1, "globex")),
+            (signed(study, "final", ny(12)), cause(952, 2, "globex")),
+        ],
+    );
+    let november = preview(&ledger, "globex", "2026-11");
+    let fields: Vec<(&str, u64, i64)> =
+        november[0].lines.iter().map(|l| (l.line.as_str(), l.quantity, l.amount)).collect();
+    assert_eq!(fields, [("engagement.project_reads", 1, 0)]);
+    let after = jiff::Timestamp::from_second(1_796_101_200).unwrap();
+    let (_, none) = issue(&Issuance::default(), &ledger, "US", "globex", "2026-11", after).unwrap();
+    assert!(none.is_empty(), "nothing billed in November: no invoice");
+    let december = preview(&ledger, "globex", "2026-12");
+    assert_eq!(december[0].lines[0].line, "engagement.project_fee");
+    assert_eq!(december[0].total, 12_000_000);
+}

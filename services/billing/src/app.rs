@@ -164,6 +164,11 @@ impl Billing {
             failpoints,
             stopping: AtomicBool::new(false),
         };
+        {
+            // What was issued since the ledger's snapshot leaves it.
+            let issuance = billing.issuance.lock().await;
+            invoice::settle(billing.projector.lock().await.state_mut(), issuance.state());
+        }
         billing.reprice().await?;
         Ok(billing)
     }
@@ -272,7 +277,7 @@ impl Billing {
     /// Issues `tenant`'s invoices of `period` that are due (see
     /// [`invoice::issue`]): the ones issued already and the new ones.
     pub async fn issue(&self, tenant: &str, period: &str, now: UnixMicros) -> Result<Vec<Issued>, Error> {
-        let ledger = self.projector.lock().await;
+        let mut ledger = self.projector.lock().await;
         let mut issuance = self.issuance.lock().await;
         let at = jiff::Timestamp::from_microsecond(now.0).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
         let (mut issued, new) = invoice::issue(issuance.state(), ledger.state(), &self.series, tenant, period, at)?;
@@ -300,9 +305,18 @@ impl Billing {
         }
         let appended = self.log.append(batch.clone()).await?;
         issuance.feed_appended(batch, appended, self.keys.as_ref())?;
+        invoice::settle(ledger.state_mut(), issuance.state());
         issued.extend(new.into_iter().map(|t| t.issued));
         tracing::info!(region = %self.region, %tenant, %period, invoices = issued.len(), "invoices issued");
         Ok(issued)
+    }
+
+    /// What `tenant`'s invoices of `period` not issued yet would say.
+    pub async fn preview(&self, tenant: &str, period: &str) -> Vec<invoice::Preview> {
+        let ledger = self.projector.lock().await;
+        let issuance = self.issuance.lock().await;
+        let issued = |contract: &str| issuance.state().issued.contains_key(&format!("{tenant}/{period}/{contract}"));
+        invoice::preview(ledger.state(), tenant, period).into_iter().filter(|p| !issued(&p.contract)).collect()
     }
 
     /// `tenant`'s issued invoices of `period`.
@@ -595,6 +609,9 @@ pub(crate) mod tests {
         let first = billing.issue("acme", "2026-11", open_until).await.unwrap();
         assert_eq!(first.iter().map(|i| (i.number.as_str(), i.total)).collect::<Vec<_>>(), [("US-000001", 4_500)]);
         assert_eq!(billing.issue("acme", "2026-11", open_until).await.unwrap(), first, "issued once");
+        // Issued, the period leaves the ledger's memory and its preview.
+        assert!(!billing.read(|l| l.entries.contains_key("acme/2026-11")).await);
+        assert!(billing.preview("acme", "2026-11").await.is_empty());
         billing.snapshot(true).await.unwrap();
         drop(billing);
         // December's read, after a restart: the series goes on.
@@ -605,6 +622,7 @@ pub(crate) mod tests {
         append(&r, &december).await;
         let billing = open(&r).await;
         billing.pass(Duration::from_millis(50)).await.unwrap();
+        assert!(!billing.read(|l| l.entries.contains_key("acme/2026-11")).await, "and stays out after a restart");
         let next = billing.issue("acme", "2026-12", UnixMicros(1_798_779_600 * 1_000_000)).await.unwrap();
         assert_eq!(next[0].number, "US-000002");
         assert_eq!(billing.invoices("acme", "2026-11").await, first);

@@ -14,7 +14,6 @@ use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::app::{Billing, Error};
-use crate::domain::invoice;
 use crate::domain::invoice::IssueRefused;
 use crate::domain::ledger::What;
 
@@ -186,7 +185,7 @@ impl BillingService for BillingGrpc {
         request: Request<pb::PreviewInvoiceRequest>,
     ) -> Result<Response<pb::PreviewInvoiceResponse>, Status> {
         let (tenant, period) = scope(&request, &request.get_ref().tenant, &request.get_ref().period)?;
-        let previews = self.billing.read(|l| invoice::preview(l, &tenant, &period)).await;
+        let previews = self.billing.preview(&tenant, &period).await;
         let invoices = previews
             .into_iter()
             .map(|p| pb::InvoicePreview {

@@ -273,3 +273,23 @@ pub fn issue(
     }
     Ok((existing, new))
 }
+
+/// Drops from the ledger the entries of the invoices `issuance` holds:
+/// an issued invoice is immutable and in the log, so the ledger keeps only
+/// what is still to be invoiced (memory follows the open periods, not the
+/// history). Done after each issue and at every start.
+pub fn settle(ledger: &mut Ledger, issuance: &Issuance) {
+    ledger.entries.retain(|key, entries| {
+        let Some((tenant, period)) = key.split_once('/') else { return true };
+        entries.retain(|e| {
+            let contract = match &e.what {
+                What::Charged(c) => c.read.contract.as_str(),
+                What::Unpriced(u) => u.read.contract.as_str(),
+                What::Credited(c) => c.contract.as_str(),
+                What::Accrued(_) => return true,
+            };
+            !issuance.issued.contains_key(&format!("{tenant}/{period}/{contract}"))
+        });
+        !entries.is_empty()
+    });
+}

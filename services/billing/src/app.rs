@@ -68,8 +68,13 @@ impl Projection for LedgerProjection {
             }
             Ok(None) => state,
             Err(why) => {
+                // Counted by payload and field (a bounded set), with the
+                // last reason and event for each (the fold does no I/O:
+                // the summary shows them).
                 let mut state = state;
-                *state.unreadable.entry(why.to_string()).or_default() += 1;
+                let seen = state.unreadable.entry(format!("{}.{}", why.payload, why.field)).or_default();
+                seen.0 += 1;
+                seen.1 = format!("{why} (event {})", event.envelope.meta.event_id);
                 state
             }
         }
@@ -650,5 +655,22 @@ pub(crate) mod tests {
         assert_eq!((count(&posted, "ChargeUnpriced"), count(&posted, "ChargePosted")), (1, 0), "{posted:?}");
         assert_eq!(billing.read(|l| l.unpriced.len()).await, 1);
         assert_eq!(billing.reprice().await.unwrap(), 0, "still no such contract");
+
+        // A routing event billing cannot read is counted by payload and
+        // field, with the reason, and passed; what follows is still read.
+        let broken = Uuid::from_u128(51);
+        let mut events = read(broken);
+        let Payload::StudyQueued(mut q) = events[0].open_plain().unwrap() else { panic!() };
+        q.study_id = "not-a-study".into();
+        events[0] = routing_event(broken, 1, Payload::StudyQueued(q));
+        append(&r, &events).await;
+        append(&r, &read(Uuid::from_u128(52))).await;
+        billing.pass(Duration::from_millis(50)).await.unwrap();
+        let unreadable = billing.read(|l| l.unreadable.clone()).await;
+        let (times, why) = &unreadable["StudyQueued.study_id"];
+        assert_eq!(*times, 1);
+        assert!(why.contains("\"not-a-study\" is not a UUID"), "{why}");
+        let after = billing.totals("acme").await.values().map(|t| t.charged_reads).sum::<u64>();
+        assert_eq!(after, 1, "the next read is charged");
     }
 }

@@ -163,9 +163,11 @@ pub struct Ledger {
     pub unpriced: BTreeMap<EventId, Fact>,
     /// Facts decided and not yet appended.
     pub outbox: Vec<Fact>,
-    /// Routing events billing could not read, by reason (never a reason
-    /// to stop: routing wrote them, and a newer routing may write more).
-    pub unreadable: BTreeMap<String, u64>,
+    /// Routing events billing could not read, by payload and field (never
+    /// a reason to stop: routing wrote them, and a newer routing may write
+    /// more).
+    /// `payload.field` → (how many, the last reason and event).
+    pub unreadable: BTreeMap<String, (u64, String)>,
     /// `tenant/period` → its charges, credits and unpriced reads, for the
     /// ledger view and the invoice (periods not invoiced yet).
     pub entries: BTreeMap<String, Vec<Entry>>,

@@ -132,6 +132,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             args.peers.len()
         ));
     }
+    for url in &args.peers {
+        if let Err(e) = tonic::transport::Endpoint::from_shared(url.clone()) {
+            return refuse(format!("--peers: {url:?} is not a gRPC address (like http://ingest-0.ingest:50051): {e}"));
+        }
+    }
     let secrets = args.secrets.clone().unwrap_or_else(|| args.data_dir.join("secrets"));
     // A secret that is not where the configuration says is the operator's
     // to fix: EX_USAGE, naming the file or variable.

@@ -83,6 +83,15 @@ fn services_as_processes_on_kafka_lose_nothing_acknowledged_when_killed_mid_flow
     let said = String::from_utf8_lossy(&no_peers.stderr);
     assert_eq!(no_peers.status.code(), Some(64), "{said}");
     assert!(said.contains("--peers") && said.contains("1 given"), "{said}");
+    let bad_peer = Command::new(MERIDIAN)
+        .args(["serve", "ingest", "--region", "us-east", "--instance", "0", "--replicas", "2", "--config"])
+        .arg(&config)
+        .args(["--peers", "http://127.0.0.1:1,not a url"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&bad_peer.stderr);
+    assert_eq!(bad_peer.status.code(), Some(64), "{said}");
+    assert!(said.contains("--peers: \"not a url\" is not a gRPC address"), "{said}");
 
     // Routing's first commit registers the configured readers; its second
     // is the intake of the first completed study: it dies there, having

@@ -44,6 +44,10 @@ pub mod snapshot;
 pub struct Event<'a> {
     pub envelope: &'a Envelope,
     pub payload: &'a Payload,
+    /// Where the record is in its topic: a fold that must find the event
+    /// again later (an invoice's document) keeps these, not the event.
+    pub partition: u32,
+    pub offset: u64,
 }
 
 /// A fold over events. `apply` must be pure: no I/O, no clock.
@@ -218,7 +222,10 @@ impl<P: Projection> Projector<P> {
         };
         self.dedup.record(&envelope, digest);
         let state = std::mem::take(&mut self.state);
-        self.state = P::apply(state, &Event { envelope: &envelope, payload: &payload });
+        self.state = P::apply(
+            state,
+            &Event { envelope: &envelope, payload: &payload, partition: record.partition, offset: record.offset },
+        );
         self.stats.applied += 1;
         Ok(Outcome::Applied)
     }

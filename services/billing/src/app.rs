@@ -31,8 +31,9 @@ use meridian_projection::{Event as Logged, Projection, Projector, Stats};
 use tokio::sync::Mutex;
 
 use crate::adapters;
-use crate::domain::invoice::{self, Issuance, Issued};
+use crate::domain::invoice::{self, Issuance, Issued, ToIssue};
 use crate::domain::ledger::{self, Fact, Ledger, Totals};
+use meridian_proto::events::v1 as pb;
 
 /// Facts decided, not committed yet.
 pub const AFTER_DECIDE: &str = "billing.after_decide";
@@ -51,6 +52,8 @@ pub enum Error {
     Envelope(#[from] meridian_events::envelope::Error),
     #[error("{0}")]
     Refused(#[from] invoice::IssueRefused),
+    #[error("invoice {number}'s document cannot be read: {reason}")]
+    Document { number: String, reason: String },
 }
 
 /// The ledger as a projection of the routing topic: the fold decides.
@@ -92,7 +95,7 @@ impl Projection for IssuanceProjection {
     fn apply(state: Issuance, event: &Logged<'_>) -> Issuance {
         match event.payload {
             meridian_events::payload::Payload::InvoiceIssued(i) => {
-                state.apply(adapters::events::issued(i, event.envelope.meta.event_id))
+                state.apply(adapters::events::issued(i, event.envelope.meta.event_id, event.partition, event.offset))
             }
             _ => state,
         }
@@ -171,8 +174,8 @@ impl Billing {
         };
         {
             // What was issued since the ledger's snapshot leaves it.
-            let issuance = billing.issuance.lock().await;
-            invoice::settle(billing.projector.lock().await.state_mut(), issuance.state());
+            let mut projector = billing.projector.lock().await;
+            billing.close_issued(&mut projector).await?;
         }
         billing.reprice().await?;
         Ok(billing)
@@ -213,6 +216,7 @@ impl Billing {
                     let (log, keys) = (self.log.as_ref(), self.keys.as_ref());
                     (*projector, _, _) =
                         recover(&self.region, log, keys, &self.routing, snapshots, &self.pricebook, wait).await?;
+                    self.close_issued(&mut projector).await?;
                     return Err(e);
                 }
             }
@@ -313,10 +317,57 @@ impl Billing {
         }
         let appended = self.log.append(batch.clone()).await?;
         issuance.feed_appended(batch, appended, self.keys.as_ref())?;
-        invoice::settle(ledger.state_mut(), issuance.state());
-        issued.extend(new.into_iter().map(|t| t.issued));
+        for ToIssue { preview, issued: new } in new {
+            invoice::close(ledger.state_mut(), tenant, period, &preview.contract, &invoice::invoiced(&preview.lines));
+            // As the series folded it: with its place on the topic.
+            let key = format!("{tenant}/{period}/{}", new.contract);
+            issued.push(issuance.state().issued.get(&key).cloned().unwrap_or(new));
+        }
         tracing::info!(region = %self.region, %tenant, %period, invoices = issued.len(), "invoices issued");
         Ok(issued)
+    }
+
+    /// Closes in the ledger the invoices it has not closed (issued after
+    /// its snapshot, or all when it was folded from the start), each by the
+    /// events its document names: what came after an invoice stays, to be
+    /// carried to the contract's next one.
+    async fn close_issued(&self, projector: &mut Projector<LedgerProjection>) -> Result<(), Error> {
+        let issuance = self.issuance.lock().await;
+        for issued in invoice::unclosed(projector.state(), issuance.state()) {
+            let document = self.document(issued).await?;
+            let lines = adapters::events::invoice_lines(&document);
+            invoice::close(
+                projector.state_mut(),
+                &issued.tenant,
+                &issued.period,
+                &issued.contract,
+                &invoice::invoiced(&lines),
+            );
+        }
+        Ok(())
+    }
+
+    /// The InvoiceIssued of `issued`, read at its place on the topic.
+    pub async fn document(&self, issued: &Issued) -> Result<pb::InvoiceIssued, Error> {
+        let missing = |reason: String| Error::Document { number: issued.number.clone(), reason };
+        let at = Position { topic: self.billing.clone(), partition: issued.partition, offset: issued.offset };
+        let mut reader = self.log.reader(vec![at]).await?;
+        let batch = reader.next_batch(1, Duration::from_secs(5)).await?;
+        let record = batch.first().ok_or_else(|| missing("nothing at its place on the topic".into()))?;
+        let envelope = record.envelope().map_err(|e| missing(e.to_string()))?;
+        if record.offset != issued.offset || envelope.meta.event_id != issued.event_id {
+            return Err(missing(format!("the record at its place is event {}", envelope.meta.event_id)));
+        }
+        match envelope.open_plain()? {
+            meridian_events::payload::Payload::InvoiceIssued(document) => Ok(document),
+            other => Err(missing(format!("the record at its place is a {}", other.type_name()))),
+        }
+    }
+
+    /// An issued invoice by its number.
+    pub async fn invoice(&self, number: &str) -> Option<Issued> {
+        let issuance = self.issuance.lock().await;
+        issuance.state().issued.values().find(|i| i.number == number).cloned()
     }
 
     /// What `tenant`'s invoices of `period` not issued yet would say.
@@ -636,6 +687,65 @@ pub(crate) mod tests {
         assert_eq!(billing.invoices("acme", "2026-11").await, first);
         let posted = posted(&r).await;
         assert_eq!(count(&posted, "InvoiceIssued"), 2, "{posted:?}");
+    }
+
+    /// `study`'s final CT read, signed at `signed_at`.
+    fn read_signed_at(study: Uuid, signed_at: UnixMicros) -> Vec<Envelope> {
+        let mut events = read(study);
+        let Payload::AssignmentCompleted(mut signed) = events[1].open_plain().unwrap() else { panic!() };
+        signed.signed_at = Some(signed_at.to_timestamp());
+        events[1] = routing_event(study, 2, Payload::AssignmentCompleted(signed));
+        events
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_that_comes_after_its_months_invoice_goes_on_the_next_one_through_restarts() {
+        let r = region().await;
+        append(&r, &read(Uuid::from_u128(80))).await;
+        let billing = open(&r).await;
+        billing.pass(Duration::from_millis(50)).await.unwrap();
+        // The ledger's snapshot is from before the invoice: a restart must
+        // learn of the invoice from its document, not from the snapshot.
+        billing.snapshot(true).await.unwrap();
+        let december = UnixMicros(1_796_101_200 * 1_000_000);
+        let november = billing.issue("acme", "2026-11", december).await.unwrap();
+        assert_eq!(november[0].total, 4_500);
+        let document = billing.document(&november[0]).await.unwrap();
+        assert_eq!(document.number, november[0].number);
+        assert_eq!(document.lines[0].event_ids.len(), 1, "{document:?}");
+
+        // A November read routing records only now (it was down, say).
+        let late = Uuid::from_u128(81);
+        append(&r, &read(late)).await;
+        billing.pass(Duration::from_millis(50)).await.unwrap();
+        drop(billing);
+        let billing = open(&r).await;
+        assert!(billing.preview("acme", "2026-11").await.is_empty(), "November is issued");
+        let ledger = billing.read(|l| l.entries.get("acme/2026-11").cloned().unwrap_or_default()).await;
+        assert_eq!(ledger.len(), 1, "only the late read is left of November: {ledger:?}");
+        assert_eq!(ledger[0].study, late);
+
+        // December's invoice bills December's read and carries November's.
+        append(&r, &read_signed_at(Uuid::from_u128(82), UnixMicros(december.0 + 86_400_000_000))).await;
+        billing.pass(Duration::from_millis(50)).await.unwrap();
+        let preview = billing.preview("acme", "2026-12").await;
+        let acme = preview.iter().find(|p| p.contract == "acme-atlantic").unwrap();
+        let lines: Vec<(&str, &str, u64, i64)> =
+            acme.lines.iter().map(|l| (l.line.as_str(), l.period.as_str(), l.quantity, l.amount)).collect();
+        assert_eq!(
+            lines,
+            [("engagement.per_study.CT", "", 1, 4_500), ("engagement.per_study.CT", "2026-11", 1, 4_500)],
+            "{preview:?}"
+        );
+        let january = UnixMicros(1_798_779_600 * 1_000_000);
+        let issued = billing.issue("acme", "2026-12", january).await.unwrap();
+        assert_eq!((issued[0].number.as_str(), issued[0].total), ("US-000002", 9_000));
+        // Once carried, it is gone: not on January's, not after a restart.
+        drop(billing);
+        let billing = open(&r).await;
+        assert!(!billing.read(|l| l.entries.contains_key("acme/2026-11")).await);
+        let january = billing.preview("acme", "2027-01").await;
+        assert!(january.iter().all(|p| p.lines.is_empty()), "{january:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -128,7 +128,7 @@ mod tests {
                 ..meridian_log::contract::meta(study, i as u64 + 1, EventId(Uuid::from_u128(100 + i as u128)))
             };
             let envelope = Envelope::plain(meta, &pb::StudyQueued::default()).unwrap();
-            StudyAssignees::apply(held, &Event { envelope: &envelope, payload })
+            StudyAssignees::apply(held, &Event { envelope: &envelope, payload, partition: 0, offset: i as u64 })
         })
     }
 

@@ -7,6 +7,7 @@ use meridian_proto::common::v1::Money;
 use meridian_proto::events::v1 as pb;
 use uuid::Uuid;
 
+use crate::domain::invoice::InvoiceLine;
 use crate::domain::ledger::{Cause, Fact, Input, What};
 use crate::domain::pricing::Read;
 
@@ -176,6 +177,7 @@ pub fn invoice_issued(
                 unit_price: money(&p.currency, l.unit),
                 amount: money(&p.currency, l.amount),
                 event_ids: l.events.iter().map(ToString::to_string).collect(),
+                period: l.period.clone(),
             })
             .collect(),
         charges: money(&p.currency, p.charges),
@@ -185,8 +187,15 @@ pub fn invoice_issued(
     }
 }
 
-/// An issued invoice as its series remembers it.
-pub fn issued(i: &pb::InvoiceIssued, event_id: meridian_events::EventId) -> crate::domain::invoice::Issued {
+/// An issued invoice as its series remembers it: its lines without their
+/// events, and where its event is on the topic.
+pub fn issued(
+    i: &pb::InvoiceIssued,
+    event_id: meridian_events::EventId,
+    partition: u32,
+    offset: u64,
+) -> crate::domain::invoice::Issued {
+    let lines = invoice_lines(i).into_iter().map(|l| InvoiceLine { events: Vec::new(), ..l }).collect();
     crate::domain::invoice::Issued {
         number: i.number.clone(),
         series: i.series.clone(),
@@ -197,5 +206,25 @@ pub fn issued(i: &pb::InvoiceIssued, event_id: meridian_events::EventId) -> crat
         contract: i.contract.clone(),
         currency: i.total.as_ref().map_or(String::new(), |m| m.currency_code.clone()),
         total: i.total.as_ref().map_or(0, |m| m.minor_units),
+        lines,
+        partition,
+        offset,
     }
+}
+
+/// An issued invoice's lines, with their events (ids that do not parse
+/// are left out: billing wrote them, so none should).
+pub fn invoice_lines(i: &pb::InvoiceIssued) -> Vec<InvoiceLine> {
+    let minor = |m: &Option<Money>| m.as_ref().map_or(0, |m| m.minor_units);
+    i.lines
+        .iter()
+        .map(|l| InvoiceLine {
+            line: l.line.clone(),
+            quantity: l.quantity,
+            unit: minor(&l.unit_price),
+            amount: minor(&l.amount),
+            events: l.event_ids.iter().filter_map(|id| id.parse().ok()).collect(),
+            period: l.period.clone(),
+        })
+        .collect()
 }

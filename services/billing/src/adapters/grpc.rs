@@ -141,6 +141,7 @@ impl BillingService for BillingGrpc {
                                 let base = pb::LedgerEntry {
                                     event_id: e.id.to_string(),
                                     study_id: e.study.to_string(),
+                                    carried: l.carried(&tenant, &period, e),
                                     ..Default::default()
                                 };
                                 Some(match &e.what {
@@ -199,6 +200,7 @@ impl BillingService for BillingGrpc {
                         unit_price: money(&p.currency, l.unit),
                         amount: money(&p.currency, l.amount),
                         event_ids: l.events.iter().map(ToString::to_string).collect(),
+                        period: l.period.clone(),
                     })
                     .collect(),
                 charges: money(&p.currency, p.charges),

@@ -3,12 +3,12 @@
 //! quantity times a unit price, and names the events behind it; credits
 //! are capped per invoice; a read no price covers blocks the invoice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use meridian_events::EventId;
 use serde::{Deserialize, Serialize};
 
-use super::ledger::{Ledger, What};
+use super::ledger::{Entry, Ledger, What};
 use super::money;
 use super::pricing::Model;
 
@@ -22,6 +22,9 @@ pub struct InvoiceLine {
     pub amount: i64,
     /// The ChargePosted (or CreditPosted) events behind it.
     pub events: Vec<EventId>,
+    /// The earlier period its entries belong to, when they came after that
+    /// period's invoice; empty for the invoice's own period.
+    pub period: String,
 }
 
 /// What an invoice would say now.
@@ -41,33 +44,46 @@ pub struct Preview {
     pub blocking: Vec<String>,
 }
 
-/// `tenant`'s invoices for `period` ("2026-11"), one per contract.
+/// `tenant`'s invoices for `period` ("2026-11"), one per contract: the
+/// period's entries, and those of earlier periods that came after their
+/// period's invoice was issued (carried to the contract's next invoice).
 pub fn preview(ledger: &Ledger, tenant: &str, period: &str) -> Vec<Preview> {
-    let entries = ledger.entries.get(&format!("{tenant}/{period}")).map(Vec::as_slice).unwrap_or(&[]);
+    let entries = billable(ledger, tenant, period);
     let mut contracts: Vec<&str> =
         ledger.pricebook.contracts.iter().filter(|(_, c)| c.tenant == tenant).map(|(name, _)| name.as_str()).collect();
-    for e in entries {
-        let contract = match &e.what {
-            What::Charged(c) => c.read.contract.as_str(),
-            What::Unpriced(u) => u.read.contract.as_str(),
-            What::Credited(c) => c.contract.as_str(),
-            What::Accrued(_) => continue,
-        };
-        if !contracts.contains(&contract) {
+    for (_, e) in &entries {
+        if let Some(contract) = e.contract()
+            && !contracts.contains(&contract)
+        {
             contracts.push(contract);
         }
     }
-    contracts.into_iter().map(|contract| invoice(ledger, contract, period, entries)).collect()
+    contracts.into_iter().map(|contract| invoice(ledger, contract, period, &entries)).collect()
 }
 
-fn invoice(ledger: &Ledger, contract: &str, period: &str, entries: &[super::ledger::Entry]) -> Preview {
+/// The entries an invoice of `tenant`'s `period` bills, each with the
+/// period it belongs to: the period's own (not carried) and the carried
+/// ones of earlier periods.
+fn billable<'l>(ledger: &'l Ledger, tenant: &str, period: &str) -> Vec<(&'l str, &'l Entry)> {
+    let (first, last) = (format!("{tenant}/"), format!("{tenant}/{period}"));
+    let mut out = Vec::new();
+    for (key, entries) in ledger.entries.range(first..=last) {
+        let Some(of) = key.strip_prefix(tenant).and_then(|k| k.strip_prefix('/')) else { continue };
+        let own = of == period;
+        out.extend(entries.iter().filter(|e| ledger.carried(tenant, of, e) != own).map(|e| (of, e)));
+    }
+    out
+}
+
+fn invoice(ledger: &Ledger, contract: &str, period: &str, entries: &[(&str, &Entry)]) -> Preview {
     let prices = ledger.pricebook.contracts.get(contract);
     let currency = prices.map_or(String::new(), |c| c.currency.clone());
-    // (line field, unit) → (quantity, events)
-    let mut grouped: BTreeMap<(String, i64), (u64, Vec<EventId>)> = BTreeMap::new();
+    // (carried from, line field, unit) → (quantity, events)
+    let mut grouped: BTreeMap<(String, String, i64), (u64, Vec<EventId>)> = BTreeMap::new();
     let (mut credits_uncapped, mut blocking) = (0i64, Vec::new());
     let mut credit_events = Vec::new();
-    for e in entries {
+    for (of, e) in entries {
+        let from = if *of == period { String::new() } else { (*of).to_owned() };
         match &e.what {
             What::Charged(c) if c.read.contract == contract => {
                 // Reads at no price are counted on a line of their own.
@@ -79,12 +95,12 @@ fn invoice(ledger: &Ledger, contract: &str, period: &str, entries: &[super::ledg
                     None
                 };
                 if let Some(counted) = counted {
-                    let slot = grouped.entry((counted.into(), 0)).or_default();
+                    let slot = grouped.entry((from.clone(), counted.into(), 0)).or_default();
                     slot.0 += 1;
                     slot.1.push(e.id);
                 }
                 for l in &c.lines {
-                    let slot = grouped.entry((l.line.clone(), l.amount)).or_default();
+                    let slot = grouped.entry((from.clone(), l.line.clone(), l.amount)).or_default();
                     slot.0 += 1;
                     slot.1.push(e.id);
                 }
@@ -109,6 +125,7 @@ fn invoice(ledger: &Ledger, contract: &str, period: &str, entries: &[super::ledg
             unit: p.monthly_fee,
             amount: p.monthly_fee,
             events: Vec::new(),
+            period: String::new(),
         });
     }
     // A project's fee is billed in the period it ends (its milestone).
@@ -122,11 +139,13 @@ fn invoice(ledger: &Ledger, contract: &str, period: &str, entries: &[super::ledg
             unit: p.project_fee,
             amount: p.project_fee,
             events: Vec::new(),
+            period: String::new(),
         });
     }
-    for ((line, unit), (quantity, events)) in grouped {
+    // The period's own lines first, then those carried, oldest first.
+    for ((period, line, unit), (quantity, events)) in grouped {
         let amount = unit.saturating_mul(i64::try_from(quantity).unwrap_or(i64::MAX));
-        lines.push(InvoiceLine { line, quantity, unit, amount, events });
+        lines.push(InvoiceLine { line, quantity, unit, amount, events, period });
     }
     let charges: i64 = lines.iter().map(|l| l.amount).sum();
     let rounding = prices.map(|p| p.rounding).unwrap_or_default();
@@ -141,6 +160,7 @@ fn invoice(ledger: &Ledger, contract: &str, period: &str, entries: &[super::ledg
             unit: 0,
             amount: credits,
             events: credit_events,
+            period: String::new(),
         });
     }
     Preview {
@@ -167,6 +187,15 @@ pub struct Issued {
     pub contract: String,
     pub currency: String,
     pub total: i64,
+    /// Its lines, without their events (those are in the document).
+    #[serde(default)]
+    pub lines: Vec<InvoiceLine>,
+    /// Where its InvoiceIssued is on the billing topic: the document, with
+    /// every line's events, is read from there.
+    #[serde(default)]
+    pub partition: u32,
+    #[serde(default)]
+    pub offset: u64,
 }
 
 /// The region's issued invoices: each series' last number, and which
@@ -268,28 +297,44 @@ pub fn issue(
             contract: preview.contract.clone(),
             currency: preview.currency.clone(),
             total: preview.total,
+            lines: preview.lines.iter().map(|l| InvoiceLine { events: Vec::new(), ..l.clone() }).collect(),
+            // Where the log puts it, once appended.
+            partition: 0,
+            offset: 0,
         };
         new.push(ToIssue { preview, issued });
     }
     Ok((existing, new))
 }
 
-/// Drops from the ledger the entries of the invoices `issuance` holds:
-/// an issued invoice is immutable and in the log, so the ledger keeps only
-/// what is still to be invoiced (memory follows the open periods, not the
-/// history). Done after each issue and at every start.
-pub fn settle(ledger: &mut Ledger, issuance: &Issuance) {
-    ledger.entries.retain(|key, entries| {
-        let Some((tenant, period)) = key.split_once('/') else { return true };
-        entries.retain(|e| {
-            let contract = match &e.what {
-                What::Charged(c) => c.read.contract.as_str(),
-                What::Unpriced(u) => u.read.contract.as_str(),
-                What::Credited(c) => c.contract.as_str(),
-                What::Accrued(_) => return true,
-            };
-            !issuance.issued.contains_key(&format!("{tenant}/{period}/{contract}"))
-        });
-        !entries.is_empty()
-    });
+/// Closes `tenant`'s `period` of `contract` in the ledger once its invoice
+/// is issued: the entries it `invoiced` leave the ledger (an issued invoice
+/// is immutable and in the log, so the ledger keeps only what is still to
+/// be invoiced), and what comes for the period after this is carried to
+/// the contract's next invoice. Exactly by event id, so an entry that came
+/// after the invoice stays whenever the ledger learns of the invoice.
+pub fn close(ledger: &mut Ledger, tenant: &str, period: &str, contract: &str, invoiced: &BTreeSet<EventId>) {
+    let (first, last) = (format!("{tenant}/"), format!("{tenant}/{period}"));
+    let keys: Vec<String> = ledger.entries.range(first..=last).map(|(k, _)| k.clone()).collect();
+    for key in keys {
+        if let Some(entries) = ledger.entries.get_mut(&key) {
+            entries.retain(|e| !invoiced.contains(&e.id));
+            if entries.is_empty() {
+                ledger.entries.remove(&key);
+            }
+        }
+    }
+    ledger.closed.insert(format!("{tenant}/{period}/{contract}"));
+}
+
+/// The events an invoice's lines name.
+pub fn invoiced(lines: &[InvoiceLine]) -> BTreeSet<EventId> {
+    lines.iter().flat_map(|l| l.events.iter().copied()).collect()
+}
+
+/// The issued invoices the ledger has not closed (issued after its
+/// snapshot, or all of them when it was folded from the start): the
+/// caller reads each one's document and [`close`]s it.
+pub fn unclosed<'i>(ledger: &Ledger, issuance: &'i Issuance) -> Vec<&'i Issued> {
+    issuance.issued.iter().filter(|(k, _)| !ledger.closed.contains(*k)).map(|(_, i)| i).collect()
 }

@@ -169,8 +169,22 @@ pub struct Ledger {
     /// `payload.field` → (how many, the last reason and event).
     pub unreadable: BTreeMap<String, (u64, String)>,
     /// `tenant/period` → its charges, credits and unpriced reads, for the
-    /// ledger view and the invoice (periods not invoiced yet).
+    /// ledger view and the invoice: periods not invoiced yet, and the
+    /// entries that came after their period's invoice (carried to the
+    /// contract's next one).
     pub entries: BTreeMap<String, Vec<Entry>>,
+    /// `tenant/period/contract` of the invoices issued: an entry of one of
+    /// these came late and goes on the contract's next invoice. Grows by
+    /// one key per contract and month.
+    #[serde(default)]
+    pub closed: std::collections::BTreeSet<String>,
+}
+
+impl Ledger {
+    /// Whether `entry` of `tenant/period` came after its period's invoice.
+    pub fn carried(&self, tenant: &str, period: &str, entry: &Entry) -> bool {
+        entry.contract().is_some_and(|c| self.closed.contains(&format!("{tenant}/{period}/{c}")))
+    }
 }
 
 /// One fact of a tenant's period, as its ledger and invoice show it.
@@ -179,6 +193,18 @@ pub struct Entry {
     pub id: EventId,
     pub study: Uuid,
     pub what: What,
+}
+
+impl Entry {
+    /// The contract it is billed under (none for a payout).
+    pub fn contract(&self) -> Option<&str> {
+        match &self.what {
+            What::Charged(c) => Some(&c.read.contract),
+            What::Unpriced(u) => Some(&u.read.contract),
+            What::Credited(c) => Some(&c.contract),
+            What::Accrued(_) => None,
+        }
+    }
 }
 
 fn fact(cause: &Cause, study: Uuid, slot: u64, what: What) -> Fact {

@@ -413,13 +413,27 @@ pub fn ready(process: &Service) -> (bool, String) {
 /// read `read_type` signed by `reader`, as version `version` of the
 /// study's reporting aggregate, to `region`'s reporting topic on `tansu`.
 pub fn sign(tansu: &Tansu, region: &str, tenant: &str, study: &str, reader: &str, read_type: &str, version: u64) {
+    #[allow(clippy::disallowed_methods)] // a test's stand-in for reporting: the signature's time
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64;
+    sign_at(tansu, (region, tenant), study, reader, read_type, version, meridian_events::UnixMicros(now));
+}
+
+/// [`sign`], with the signature's time `at` (a read signed last month
+/// bills in a month that has ended).
+pub fn sign_at(
+    tansu: &Tansu,
+    (region, tenant): (&str, &str),
+    study: &str,
+    reader: &str,
+    read_type: &str,
+    version: u64,
+    at: meridian_events::UnixMicros,
+) {
     use meridian_events::payload::Payload;
-    use meridian_events::{DataClass, EventId, EventMeta, UnixMicros};
+    use meridian_events::{DataClass, EventId, EventMeta};
     use meridian_log::kafka::{KafkaConfig, KafkaLog};
     use meridian_log::{EventLog, Outgoing, TopicName};
     let study_id: uuid::Uuid = study.parse().unwrap();
-    #[allow(clippy::disallowed_methods)] // a test's stand-in for reporting: the signature's time
-    let at = UnixMicros(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64);
     let payload = Payload::ReportSigned(meridian_proto::events::v1::ReportSigned {
         study_id: study.to_owned(),
         report_id: EventId::derived(EventId(study_id), read_type, version as u32).to_string(),

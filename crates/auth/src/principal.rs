@@ -77,7 +77,8 @@ pub enum Action {
     RebuildProjection,
     /// Produce the residency report.
     ReadResidencyReport,
-    /// See the tenant's ledger and invoice previews.
+    /// See the tenant's ledger, invoice previews and issued invoices (its
+    /// administrator; the platform's billing role).
     ViewLedger,
     /// Issue a tenant's invoices (the platform's billing role).
     IssueInvoice,
@@ -191,7 +192,7 @@ fn decide(p: &Principal, action: Action, resource: &Resource<'_>) -> Result<(), 
             needs_role(p, &["sre"])
         }
         // Invoices carry amounts and opaque ids, never PHI.
-        (PrincipalKind::Platform, IssueInvoice, Resource::Tenant { .. }) => needs_role(p, &["billing"]),
+        (PrincipalKind::Platform, IssueInvoice | ViewLedger, Resource::Tenant { .. }) => needs_role(p, &["billing"]),
         (PrincipalKind::Platform, _, _) => {
             Err("platform principals operate regions and never act on patient data".into())
         }
@@ -293,6 +294,8 @@ mod tests {
         assert!(authorize(&admin, Action::IssueInvoice, &Resource::Tenant { tenant: "acme" }).is_err());
         let clerk = p(PrincipalKind::Platform, None, None, None, &["billing"]);
         assert!(authorize(&clerk, Action::IssueInvoice, &Resource::Tenant { tenant: "acme" }).is_ok());
+        // The clerk who issues reads what is issued and what is to be.
+        assert!(authorize(&clerk, Action::ViewLedger, &Resource::Tenant { tenant: "acme" }).is_ok());
         let sre = p(PrincipalKind::Platform, None, None, None, &["sre"]);
         assert_eq!(
             authorize(&sre, Action::IssueInvoice, &Resource::Tenant { tenant: "acme" }).unwrap_err().reason,

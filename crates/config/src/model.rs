@@ -73,6 +73,12 @@ impl Region {
     pub fn invoice_series(&self) -> String {
         self.billing.invoice_series.clone().unwrap_or_else(|| self.name.to_ascii_uppercase())
     }
+
+    /// The credit note series: the invoice series with "-CN" (a series of
+    /// its own, as the law asks of corrections).
+    pub fn credit_note_series(&self) -> String {
+        format!("{}-CN", self.invoice_series())
+    }
 }
 
 /// `[keys]` of a region. On the embedded log the data keys are a table of

@@ -168,6 +168,7 @@ catalogue! {
     CreditPosted         => 1, Operational, "billing", "billing.study",  "billing";
     PayoutAccrued        => 1, Operational, "billing", "billing.study",  "billing";
     InvoiceIssued        => 1, Operational, "billing", "billing.series", "billing";
+    CreditNoteIssued     => 1, Operational, "billing", "billing.series", "billing";
 }
 
 /// Looks a payload type up in the catalogue.

@@ -423,6 +423,163 @@ pub async fn invoices(target: &Target, tenant: &str, period: &str, issue: bool) 
     Ok(ExitCode::SUCCESS)
 }
 
+/// `--line 2:1` (line 2, one unit) or `--line 2` (all that is left).
+pub fn credit_line(text: &str) -> Result<(u32, u64), String> {
+    let (line, quantity) = text.split_once(':').unwrap_or((text, "0"));
+    let line: u32 = line.parse().map_err(|_| format!("{line:?} is not a line number (1, 2, …)"))?;
+    let quantity: u64 = quantity.parse().map_err(|_| format!("{quantity:?} is not a quantity"))?;
+    if line == 0 {
+        return Err("lines are counted from 1".into());
+    }
+    Ok((line, quantity))
+}
+
+fn minor(m: &Option<meridian_proto::common::v1::Money>) -> i64 {
+    m.as_ref().map_or(0, |m| m.minor_units)
+}
+
+/// An issued invoice: text, CSV (one row per line) or JSON.
+pub async fn invoice_show(target: &Target, number: &str, csv: bool, json: bool) -> anyhow::Result<ExitCode> {
+    use meridian_proto::billing::v1 as pb;
+    use meridian_proto::billing::v1::billing_service_client::BillingServiceClient;
+    let c = connect(target).await?;
+    let mut client = BillingServiceClient::new(c.channel);
+    let request = pb::GetInvoiceRequest { number: number.to_owned() };
+    let r = client.get_invoice(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
+    let i = r.invoice.context("the region answered without the invoice")?;
+    let currency = i.total.as_ref().map_or(String::new(), |m| m.currency_code.clone());
+    if json {
+        let time = |t: &Option<prost_types::Timestamp>| {
+            t.as_ref()
+                .and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok())
+                .map(|t| t.to_string())
+                .unwrap_or_default()
+        };
+        let lines: Vec<serde_json::Value> = i
+            .lines
+            .iter()
+            .enumerate()
+            .map(|(n, l)| {
+                serde_json::json!({
+                    "line_no": n + 1, "line": l.line, "period": l.period, "quantity": l.quantity,
+                    "unit_price": minor(&l.unit_price), "amount": minor(&l.amount), "event_ids": l.event_ids,
+                })
+            })
+            .collect();
+        let notes: Vec<serde_json::Value> = i
+            .credit_notes
+            .iter()
+            .map(|n| {
+                let lines: Vec<serde_json::Value> = n
+                    .lines
+                    .iter()
+                    .map(|l| {
+                        serde_json::json!({
+                            "invoice_line": l.invoice_line, "line": l.line, "period": l.period,
+                            "quantity": l.quantity, "unit_price": minor(&l.unit_price), "amount": minor(&l.amount),
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "number": n.number, "reason": n.reason, "total": minor(&n.total), "lines": lines,
+                    "issued_at": time(&n.issued_at), "event_id": n.event_id,
+                })
+            })
+            .collect();
+        let document = serde_json::json!({
+            "number": i.number, "issuer": i.issuer, "tenant": i.tenant, "period": i.period,
+            "contract": i.contract, "currency": currency,
+            "minor_unit_exponent": meridian_config::value::currency_exponent(&currency).unwrap_or(2),
+            "lines": lines, "charges": minor(&i.charges), "credits": minor(&i.credits), "total": minor(&i.total),
+            "issued_at": time(&i.issued_at), "event_id": i.event_id, "credit_notes": notes,
+        });
+        say!("{}", serde_json::to_string_pretty(&document)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if csv {
+        say!("number,line_no,line,period,quantity,unit_price,amount,currency,event_ids");
+    } else {
+        say!("{} issued by {} to {} for {} ({})", i.number, i.issuer, i.tenant, i.period, i.contract);
+    }
+    for (n, l) in i.lines.iter().enumerate() {
+        if csv {
+            say!(
+                "{},{},{},{},{},{},{},{currency},{}",
+                i.number,
+                n + 1,
+                l.line,
+                l.period,
+                l.quantity,
+                minor(&l.unit_price),
+                minor(&l.amount),
+                l.event_ids.join(" ")
+            );
+        } else {
+            let from = if l.period.is_empty() { String::new() } else { format!(" (from {})", l.period) };
+            say!(
+                "{:>3} {:<44} {:>6} × {:>14} = {:>16}{from}",
+                n + 1,
+                l.line,
+                l.quantity,
+                amount(&l.unit_price),
+                amount(&l.amount)
+            );
+        }
+    }
+    if !csv {
+        say!("total {} (charges {}, credits {})", amount(&i.total), amount(&i.charges), amount(&i.credits));
+        for note in &i.credit_notes {
+            say!("credit note {} {}: {}", note.number, amount(&note.total), note.reason);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Issues a credit note against an invoice.
+pub async fn credit_note(
+    target: &Target,
+    number: &str,
+    lines: &[(u32, u64)],
+    reason: &str,
+    key: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    use meridian_proto::billing::v1 as pb;
+    use meridian_proto::billing::v1::billing_service_client::BillingServiceClient;
+    let key = key.unwrap_or_else(|| {
+        let asked: Vec<String> = lines.iter().map(|(l, q)| format!("{l}:{q}")).collect();
+        let id = meridian_events::id::aggregate_id(
+            "cli.credit_note",
+            &[number.as_bytes(), asked.join(",").as_bytes(), reason.as_bytes()],
+        );
+        id.simple().to_string()
+    });
+    let c = connect(target).await?;
+    let mut client = BillingServiceClient::new(c.channel);
+    let request = pb::IssueCreditNoteRequest {
+        invoice_number: number.to_owned(),
+        lines: lines
+            .iter()
+            .map(|&(invoice_line, quantity)| pb::CreditNoteLineRequest { invoice_line, quantity })
+            .collect(),
+        reason: reason.to_owned(),
+        idempotency_key: key,
+    };
+    let r = client.issue_credit_note(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
+    let note = r.credit_note.context("the region answered without the credit note")?;
+    for l in &note.lines {
+        say!(
+            "{} line {} {} × {} = {}",
+            note.number,
+            l.invoice_line,
+            l.quantity,
+            amount(&l.unit_price),
+            amount(&l.amount)
+        );
+    }
+    say!("{} against {} total {} {}", note.number, note.invoice_number, amount(&note.total), note.event_id);
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Which routing command to send.
 pub enum RoutingCommand {
     Claim(String),

@@ -204,6 +204,43 @@ enum InvoiceCommand {
         #[arg(long)]
         period: String,
     },
+    /// An issued invoice as it was issued, every line with the events
+    /// behind it, and the credit notes that correct it.
+    Show {
+        #[command(flatten)]
+        target: Target,
+        /// The invoice's number, e.g. US-000001.
+        #[arg(long)]
+        number: String,
+        /// Export: one CSV row per line.
+        #[arg(long, conflicts_with = "json")]
+        csv: bool,
+        /// Export: the whole invoice as JSON (amounts in minor units).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Correct an issued invoice with a credit note (a platform principal
+    /// with the billing role): some units of some of its lines, credited at
+    /// their unit price.
+    Credit {
+        #[command(flatten)]
+        target: Target,
+        /// The invoice's number, e.g. US-000001.
+        #[arg(long)]
+        number: String,
+        /// A line to credit, counted from 1 as `invoice show` lists them,
+        /// with how many of its units (`2:1`); all that are left without.
+        #[arg(long = "line", required = true, value_parser = client::credit_line)]
+        lines: Vec<(u32, u64)>,
+        /// Why: printed on the credit note.
+        #[arg(long)]
+        reason: String,
+        /// Names the request: the same key again returns the same credit
+        /// note. By default, derived from the number, lines and reason, so
+        /// running the same command twice credits once.
+        #[arg(long)]
+        key: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -392,6 +429,12 @@ async fn main() -> ExitCode {
         }
         Command::Invoice { command: InvoiceCommand::Issue { target, tenant, period } } => {
             client::invoices(&target, &tenant, &period, true).await
+        }
+        Command::Invoice { command: InvoiceCommand::Show { target, number, csv, json } } => {
+            client::invoice_show(&target, &number, csv, json).await
+        }
+        Command::Invoice { command: InvoiceCommand::Credit { target, number, lines, reason, key } } => {
+            client::credit_note(&target, &number, &lines, &reason, key).await
         }
         Command::Invoice { command: InvoiceCommand::List { target, tenant, period } } => {
             client::invoices(&target, &tenant, &period, false).await

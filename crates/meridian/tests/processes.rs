@@ -381,8 +381,13 @@ fn studies_sent_to_two_ingest_replicas_are_derived_by_two_storage_replicas_each_
 
 #[test]
 fn billing_charges_and_pays_each_signed_read_once_through_kills() {
-    use meridian_integration_tests::processes::sign;
+    use meridian_integration_tests::processes::sign_at;
     let (tansu, moto) = (Tansu::start(), Moto::start("unused"));
+    // The reads are signed 40 days ago: their month has ended, so its
+    // invoice can be issued, shown and corrected here.
+    #[allow(clippy::disallowed_methods)] // the test's clock, for a month that has ended
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64;
+    let signed_at = meridian_events::UnixMicros(now - 40 * 86_400_000_000);
     let work = tempfile::TempDir::new().unwrap();
     let (cluster, tokens) = Cluster::new(Path::new(MERIDIAN), &examples(), work.path(), &tansu, Some(&moto));
     let (pacs, sre) = (&tokens["acme-pacs"], &tokens["sre"]);
@@ -427,11 +432,11 @@ fn billing_charges_and_pays_each_signed_read_once_through_kills() {
             .collect();
         (assigned.len() == 2).then_some(assigned)
     });
-    sign(&tansu, "us-east", "acme", &assigned[0].0, &assigned[0].1, "preliminary", 1);
+    sign_at(&tansu, ("us-east", "acme"), &assigned[0].0, &assigned[0].1, "preliminary", 1, signed_at);
     // SIGKILL billing while it may be charging the first read.
     billing.kill();
     let billing = cluster.start("billing", None);
-    sign(&tansu, "us-east", "acme", &assigned[1].0, &assigned[1].1, "preliminary", 1);
+    sign_at(&tansu, ("us-east", "acme"), &assigned[1].0, &assigned[1].1, "preliminary", 1, signed_at);
 
     let posted = wait_until("both reads charged and paid", 60, || {
         let posted = events("billing");
@@ -485,14 +490,60 @@ fn billing_charges_and_pays_each_signed_read_once_through_kills() {
     let named: std::collections::BTreeSet<&str> = fields[6].split(' ').collect();
     let charged: std::collections::BTreeSet<&str> = charges.iter().map(|c| c["event_id"].as_str().unwrap()).collect();
     assert_eq!(named, charged, "the line names the charges behind it");
-    // The month is still open: issuing is refused, naming its end.
-    let issue = Command::new(MERIDIAN)
-        .args(["invoice", "issue", "--tenant", "acme", "--period", &period, "--region", "us-east"])
-        .args(["--endpoint", &format!("http://{}", billing.grpc()), "--token", &tokens["billing-clerk"]])
-        .output()
-        .unwrap();
+    // This month is still open: issuing it is refused, naming its end.
+    let cli = |token: &str, args: &[&str]| {
+        Command::new(MERIDIAN)
+            .args(args)
+            .args(["--region", "us-east", "--endpoint", &format!("http://{}", billing.grpc()), "--token", token])
+            .output()
+            .unwrap()
+    };
+    let clerk = tokens["billing-clerk"].as_str();
+    let this_month = jiff::Timestamp::from_microsecond(now).unwrap().strftime("%Y-%m").to_string();
+    let issue = cli(clerk, &["invoice", "issue", "--tenant", "acme", "--period", &this_month]);
     let said = String::from_utf8_lossy(&issue.stderr);
     assert!(!issue.status.success() && said.contains("FailedPrecondition") && said.contains("open until"), "{said}");
+    // The reads' month has ended: the clerk issues its invoice, once.
+    let issue = cli(clerk, &["invoice", "issue", "--tenant", "acme", "--period", &period]);
+    let said = String::from_utf8_lossy(&issue.stdout);
+    assert!(issue.status.success(), "{said}{}", String::from_utf8_lossy(&issue.stderr));
+    let number = said.lines().find(|l| l.contains(" acme-atlantic ")).and_then(|l| l.split(' ').next()).unwrap();
+    assert!(number.starts_with("US-"), "{said}");
+    let again = cli(clerk, &["invoice", "issue", "--tenant", "acme", "--period", &period]);
+    assert_eq!(String::from_utf8_lossy(&again.stdout), said, "issued once");
+    // Exported as issued: each line names its events; the JSON says the same.
+    let shown = cli(&tokens["acme-admin"], &["invoice", "show", "--number", number, "--csv"]);
+    let csv = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.status.success(), "{csv}{}", String::from_utf8_lossy(&shown.stderr));
+    let base = csv.lines().find(|l| l.contains(",engagement.per_read_type.preliminary.CT,")).unwrap();
+    let fields: Vec<&str> = base.split(',').collect();
+    assert_eq!(&fields[4..8], ["2", "3000", "6000", "USD"], "{csv}");
+    assert_eq!(fields[8].split(' ').collect::<std::collections::BTreeSet<_>>(), charged, "{csv}");
+    let shown = cli(&tokens["acme-admin"], &["invoice", "show", "--number", number, "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    let line_no = fields[1].parse::<u64>().unwrap();
+    assert_eq!(json["lines"][line_no as usize - 1]["amount"], 6000, "{json}");
+    assert_eq!(json["minor_unit_exponent"], 2);
+    // Another tenant's administrator may not see it.
+    let denied = cli(&tokens["northwind-admin"], &["invoice", "show", "--number", number]);
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("PermissionDenied"));
+    // One read was charged twice by mistake: a credit note takes one unit
+    // of the line back; run again, the same credit note; more than is left
+    // is refused, naming what is left.
+    let line = format!("{line_no}:1");
+    let credit = |line: &str| {
+        cli(clerk, &["invoice", "credit", "--number", number, "--line", line, "--reason", "duplicate read"])
+    };
+    let note = credit(&line);
+    let said = String::from_utf8_lossy(&note.stdout).to_string();
+    assert!(note.status.success() && said.contains("US-CN-000001") && said.contains("-30.00 USD"), "{said}");
+    assert_eq!(String::from_utf8_lossy(&credit(&line).stdout), said, "credited once");
+    let refused = credit(&format!("{line_no}:2"));
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("FailedPrecondition") && why.contains("has 1 left to credit, not 2"), "{why}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&cli(clerk, &["invoice", "show", "--number", number, "--json"]).stdout).unwrap();
+    assert_eq!(json["credit_notes"][0]["total"], -3000, "{json}");
     // The reading group's admin sees what the group earned here.
     let groups: std::collections::BTreeSet<String> = of_type(&posted, "PayoutAccrued")
         .iter()

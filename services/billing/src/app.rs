@@ -31,6 +31,7 @@ use meridian_projection::{Event as Logged, Projection, Projector, Stats};
 use tokio::sync::Mutex;
 
 use crate::adapters;
+use crate::domain::credit_note::{self, CreditNote};
 use crate::domain::invoice::{self, Issuance, Issued, ToIssue};
 use crate::domain::ledger::{self, Fact, Ledger, Totals};
 use meridian_proto::events::v1 as pb;
@@ -52,6 +53,8 @@ pub enum Error {
     Envelope(#[from] meridian_events::envelope::Error),
     #[error("{0}")]
     Refused(#[from] invoice::IssueRefused),
+    #[error("{0}")]
+    CreditRefused(#[from] credit_note::CreditRefused),
     #[error("invoice {number}'s document cannot be read: {reason}")]
     Document { number: String, reason: String },
 }
@@ -97,6 +100,9 @@ impl Projection for IssuanceProjection {
             meridian_events::payload::Payload::InvoiceIssued(i) => {
                 state.apply(adapters::events::issued(i, event.envelope.meta.event_id, event.partition, event.offset))
             }
+            meridian_events::payload::Payload::CreditNoteIssued(n) => {
+                state.apply_credit_note(adapters::events::credit_note(n, event.envelope.meta.event_id))
+            }
             _ => state,
         }
     }
@@ -107,6 +113,7 @@ pub struct Billing {
     /// The region's invoice issuer and its number series.
     issuer: String,
     series: String,
+    credit_note_series: String,
     issuance: Live<IssuanceProjection>,
     log: Arc<dyn EventLog>,
     keys: Arc<dyn KeyStore>,
@@ -155,10 +162,13 @@ impl Billing {
         let config = platform.regions.get(region);
         let issuer = config.map_or_else(|| region.to_owned(), meridian_config::Region::invoice_issuer);
         let series = config.map_or_else(|| region.to_ascii_uppercase(), meridian_config::Region::invoice_series);
+        let credit_note_series =
+            config.map_or_else(|| format!("{series}-CN"), meridian_config::Region::credit_note_series);
         let billing = Billing {
             region: region.to_owned(),
             issuer,
             series,
+            credit_note_series,
             issuance,
             log,
             keys,
@@ -364,10 +374,38 @@ impl Billing {
         }
     }
 
-    /// An issued invoice by its number.
-    pub async fn invoice(&self, number: &str) -> Option<Issued> {
+    /// An issued invoice by its number, and its credit notes.
+    pub async fn invoice(&self, number: &str) -> Option<(Issued, Vec<CreditNote>)> {
         let issuance = self.issuance.lock().await;
-        issuance.state().issued.values().find(|i| i.number == number).cloned()
+        let issued = issuance.state().by_number(number)?.clone();
+        Some((issued, credit_note::against(issuance.state(), number).into_iter().cloned().collect()))
+    }
+
+    /// Issues the credit note `ask` makes (or returns the one its key made).
+    pub async fn credit(&self, ask: &credit_note::Ask, now: UnixMicros) -> Result<CreditNote, Error> {
+        let mut issuance = self.issuance.lock().await;
+        let (note, new) = credit_note::credit(issuance.state(), &self.credit_note_series, ask, now)?;
+        if !new {
+            return Ok(note);
+        }
+        let meta = EventMeta {
+            event_id: note.event_id,
+            aggregate_type: "billing.series".into(),
+            aggregate_id: meridian_events::id::aggregate_id("billing.series", &[note.series.as_bytes()]),
+            aggregate_version: note.sequence,
+            tenant: note.tenant.clone(),
+            home_region: self.region.clone(),
+            occurred_at: now,
+            causation_id: Some(note.invoice_event_id),
+            correlation_id: None,
+            traceparent: None,
+        };
+        let payload = adapters::events::credit_note_issued(&note, &self.issuer);
+        let batch = vec![Outgoing::new(self.billing.clone(), &meridian_events::Envelope::plain(meta, &payload)?)?];
+        let appended = self.log.append(batch.clone()).await?;
+        issuance.feed_appended(batch, appended, self.keys.as_ref())?;
+        tracing::info!(region = %self.region, number = %note.number, invoice = %note.invoice, total = note.total, "credit note issued");
+        Ok(note)
     }
 
     /// What `tenant`'s invoices of `period` not issued yet would say.
@@ -490,7 +528,6 @@ pub(crate) mod tests {
     use meridian_log::embedded::{EmbeddedLog, EmbeddedOptions};
     use meridian_log::failpoint::{Action, FailPoints};
     use meridian_projection::snapshot::FileSnapshots;
-    use meridian_proto::events::v1 as pb;
     use uuid::Uuid;
 
     use super::*;
@@ -746,6 +783,44 @@ pub(crate) mod tests {
         assert!(!billing.read(|l| l.entries.contains_key("acme/2026-11")).await);
         let january = billing.preview("acme", "2027-01").await;
         assert!(january.iter().all(|p| p.lines.is_empty()), "{january:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn credit_notes_correct_an_issued_invoice_in_their_own_series_through_restarts() {
+        let r = region().await;
+        for study in 90..93u128 {
+            append(&r, &read(Uuid::from_u128(study))).await;
+        }
+        let billing = open(&r).await;
+        let december = UnixMicros(1_796_101_200 * 1_000_000);
+        let invoice = billing.issue("acme", "2026-11", december).await.unwrap().remove(0);
+        assert_eq!((invoice.number.as_str(), invoice.total), ("US-000001", 13_500));
+        let ask = |lines: &[(u32, u64)], key: &str| credit_note::Ask {
+            invoice: invoice.number.clone(),
+            lines: lines.to_vec(),
+            reason: "study read twice".into(),
+            key: key.into(),
+        };
+        let first = billing.credit(&ask(&[(1, 1)], "first"), december).await.unwrap();
+        assert_eq!((first.number.as_str(), first.total), ("US-CN-000001", -4_500));
+        assert_eq!(billing.credit(&ask(&[(1, 1)], "first"), december).await.unwrap(), first, "a retry");
+        drop(billing);
+
+        let billing = open(&r).await;
+        let (issued, notes) = billing.invoice("US-000001").await.unwrap();
+        assert_eq!(notes, std::slice::from_ref(&first), "folded from the log again");
+        let document = billing.document(&issued).await.unwrap();
+        assert_eq!(document.lines[0].event_ids.len(), 3, "the invoice as issued: {document:?}");
+        let refused = billing.credit(&ask(&[(1, 3)], "second"), december).await.unwrap_err();
+        assert!(refused.to_string().contains("has 2 left to credit, not 3"), "{refused}");
+        let second = billing.credit(&ask(&[(1, 0)], "second"), december).await.unwrap();
+        assert_eq!((second.number.as_str(), second.total), ("US-CN-000002", -9_000));
+        let posted = posted(&r).await;
+        assert_eq!(count(&posted, "CreditNoteIssued"), 2, "{posted:?}");
+        // The invoice series goes on apart from the credit notes'.
+        append(&r, &read_signed_at(Uuid::from_u128(94), UnixMicros(december.0 + 86_400_000_000))).await;
+        let next = billing.issue("acme", "2026-12", UnixMicros(1_798_779_600 * 1_000_000)).await.unwrap();
+        assert_eq!(next[0].number, "US-000002");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@ use meridian_proto::common::v1::Money;
 use meridian_proto::events::v1 as pb;
 use uuid::Uuid;
 
+use crate::domain::credit_note::{CreditNote, CreditedLine};
 use crate::domain::invoice::InvoiceLine;
 use crate::domain::ledger::{Cause, Fact, Input, What};
 use crate::domain::pricing::Read;
@@ -227,4 +228,68 @@ pub fn invoice_lines(i: &pb::InvoiceIssued) -> Vec<InvoiceLine> {
             period: l.period.clone(),
         })
         .collect()
+}
+
+/// A credit note to issue, as its event.
+pub fn credit_note_issued(note: &CreditNote, issuer: &str) -> pb::CreditNoteIssued {
+    pb::CreditNoteIssued {
+        number: note.number.clone(),
+        series: note.series.clone(),
+        sequence: note.sequence,
+        issuer: issuer.to_owned(),
+        tenant: note.tenant.clone(),
+        invoice_number: note.invoice.clone(),
+        invoice_event_id: note.invoice_event_id.to_string(),
+        contract: note.contract.clone(),
+        period: note.period.clone(),
+        lines: note
+            .lines
+            .iter()
+            .map(|l| pb::CreditNoteLine {
+                invoice_line: l.invoice_line,
+                line: l.line.clone(),
+                period: l.period.clone(),
+                quantity: l.quantity,
+                unit_price: money(&note.currency, l.unit),
+                amount: money(&note.currency, l.amount),
+            })
+            .collect(),
+        total: money(&note.currency, note.total),
+        reason: note.reason.clone(),
+        issued_at: ts(note.issued_at),
+        idempotency_key: note.key.clone(),
+    }
+}
+
+/// An issued credit note as its series remembers it.
+pub fn credit_note(n: &pb::CreditNoteIssued, event_id: meridian_events::EventId) -> CreditNote {
+    let minor = |m: &Option<Money>| m.as_ref().map_or(0, |m| m.minor_units);
+    CreditNote {
+        number: n.number.clone(),
+        series: n.series.clone(),
+        sequence: n.sequence,
+        event_id,
+        tenant: n.tenant.clone(),
+        invoice: n.invoice_number.clone(),
+        invoice_event_id: n.invoice_event_id.parse().unwrap_or(meridian_events::EventId(Uuid::nil())),
+        contract: n.contract.clone(),
+        period: n.period.clone(),
+        currency: n.total.as_ref().map_or(String::new(), |m| m.currency_code.clone()),
+        lines: n
+            .lines
+            .iter()
+            .map(|l| CreditedLine {
+                invoice_line: l.invoice_line,
+                line: l.line.clone(),
+                period: l.period.clone(),
+                quantity: l.quantity,
+                unit: minor(&l.unit_price),
+                amount: minor(&l.amount),
+            })
+            .collect(),
+        total: minor(&n.total),
+        reason: n.reason.clone(),
+        key: n.idempotency_key.clone(),
+        issued_at: time(&n.issued_at),
+    }
 }

@@ -14,7 +14,8 @@ use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::app::{Billing, Error};
-use crate::domain::invoice::IssueRefused;
+use crate::domain::credit_note::{Ask, CreditNote, CreditRefused};
+use crate::domain::invoice::{InvoiceLine, IssueRefused};
 use crate::domain::ledger::What;
 
 pub struct BillingGrpc {
@@ -59,6 +60,63 @@ fn issued(i: &crate::domain::invoice::Issued) -> pb::IssuedInvoice {
     }
 }
 
+fn line(currency: &str, l: &InvoiceLine) -> pb::InvoiceLine {
+    pb::InvoiceLine {
+        line: l.line.clone(),
+        quantity: l.quantity,
+        unit_price: money(currency, l.unit),
+        amount: money(currency, l.amount),
+        event_ids: l.events.iter().map(ToString::to_string).collect(),
+        period: l.period.clone(),
+    }
+}
+
+fn credit_note(n: &CreditNote) -> pb::CreditNote {
+    pb::CreditNote {
+        number: n.number.clone(),
+        invoice_number: n.invoice.clone(),
+        lines: n
+            .lines
+            .iter()
+            .map(|l| pb::CreditNoteLine {
+                invoice_line: l.invoice_line,
+                line: l.line.clone(),
+                period: l.period.clone(),
+                quantity: l.quantity,
+                unit_price: money(&n.currency, l.unit),
+                amount: money(&n.currency, l.amount),
+            })
+            .collect(),
+        total: money(&n.currency, n.total),
+        reason: n.reason.clone(),
+        event_id: n.event_id.to_string(),
+        issued_at: Some(n.issued_at.to_timestamp()),
+    }
+}
+
+/// Why a credit note was refused, as a status with its details.
+fn credit_refused(why: &CreditRefused) -> Status {
+    let message = why.to_string();
+    match why {
+        CreditRefused::UnknownInvoice { .. } => Status::not_found(message),
+        CreditRefused::NoLines => invalid_argument("lines", message),
+        CreditRefused::NoReason => invalid_argument("reason", message),
+        CreditRefused::NoKey | CreditRefused::KeyReused { .. } => invalid_argument("idempotency_key", message),
+        CreditRefused::NoSuchLine { .. } => invalid_argument("lines.invoice_line", message),
+        CreditRefused::NotACharge { index, .. }
+        | CreditRefused::FullyCredited { index, .. }
+        | CreditRefused::Exceeds { index, .. } => {
+            let mut details = ErrorDetails::new();
+            details.add_precondition_failure_violation(
+                "NOTHING_LEFT_TO_CREDIT",
+                format!("line {index}"),
+                message.clone(),
+            );
+            Status::with_error_details(Code::FailedPrecondition, message, details)
+        }
+    }
+}
+
 /// "2026-11": a calendar month.
 fn is_month(period: &str) -> bool {
     period.len() == 7
@@ -87,6 +145,61 @@ impl BillingService for BillingGrpc {
                 details.add_precondition_failure_violation(kind, subject, why.to_string());
                 Err(Status::with_error_details(Code::FailedPrecondition, why.to_string(), details))
             }
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
+    }
+
+    async fn get_invoice(
+        &self,
+        request: Request<pb::GetInvoiceRequest>,
+    ) -> Result<Response<pb::GetInvoiceResponse>, Status> {
+        let p = principal(&request)?;
+        let number = &request.get_ref().number;
+        let Some((issued, notes)) = self.billing.invoice(number).await else {
+            return Err(Status::not_found(format!("no invoice {number:?} was issued in this region")));
+        };
+        authorize(p, Action::ViewLedger, &Resource::Tenant { tenant: &issued.tenant })
+            .map_err(|d| permission_denied(&d))?;
+        let document = self.billing.document(&issued).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let currency = issued.currency.as_str();
+        let invoice = pb::Invoice {
+            number: document.number.clone(),
+            issuer: document.issuer.clone(),
+            tenant: document.tenant.clone(),
+            period: document.period.clone(),
+            contract: document.contract.clone(),
+            lines: crate::adapters::events::invoice_lines(&document).iter().map(|l| line(currency, l)).collect(),
+            charges: document.charges.clone(),
+            credits: document.credits.clone(),
+            total: document.total.clone(),
+            issued_at: document.issued_at,
+            event_id: issued.event_id.to_string(),
+            credit_notes: notes.iter().map(credit_note).collect(),
+        };
+        Ok(Response::new(pb::GetInvoiceResponse { invoice: Some(invoice) }))
+    }
+
+    async fn issue_credit_note(
+        &self,
+        request: Request<pb::IssueCreditNoteRequest>,
+    ) -> Result<Response<pb::IssueCreditNoteResponse>, Status> {
+        let p = principal(&request)?;
+        let r = request.get_ref();
+        let Some((issued, _)) = self.billing.invoice(&r.invoice_number).await else {
+            return Err(credit_refused(&CreditRefused::UnknownInvoice { number: r.invoice_number.clone() }));
+        };
+        authorize(p, Action::IssueInvoice, &Resource::Tenant { tenant: &issued.tenant })
+            .map_err(|d| permission_denied(&d))?;
+        let ask = Ask {
+            invoice: r.invoice_number.clone(),
+            lines: r.lines.iter().map(|l| (l.invoice_line, l.quantity)).collect(),
+            reason: r.reason.clone(),
+            key: r.idempotency_key.clone(),
+        };
+        let now = arrival_time();
+        match self.billing.credit(&ask, now).await {
+            Ok(note) => Ok(Response::new(pb::IssueCreditNoteResponse { credit_note: Some(credit_note(&note)) })),
+            Err(Error::CreditRefused(why)) => Err(credit_refused(&why)),
             Err(e) => Err(Status::unavailable(e.to_string())),
         }
     }
@@ -191,18 +304,7 @@ impl BillingService for BillingGrpc {
             .into_iter()
             .map(|p| pb::InvoicePreview {
                 contract: p.contract.clone(),
-                lines: p
-                    .lines
-                    .iter()
-                    .map(|l| pb::InvoiceLine {
-                        line: l.line.clone(),
-                        quantity: l.quantity,
-                        unit_price: money(&p.currency, l.unit),
-                        amount: money(&p.currency, l.amount),
-                        event_ids: l.events.iter().map(ToString::to_string).collect(),
-                        period: l.period.clone(),
-                    })
-                    .collect(),
+                lines: p.lines.iter().map(|l| line(&p.currency, l)).collect(),
                 charges: money(&p.currency, p.charges),
                 credits: money(&p.currency, p.credits),
                 total: money(&p.currency, p.total),

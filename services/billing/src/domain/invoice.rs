@@ -205,9 +205,24 @@ pub struct Issuance {
     pub last: BTreeMap<String, u64>,
     /// `tenant/period/contract` → its invoice.
     pub issued: BTreeMap<String, Issued>,
+    /// The credit notes, by their event's id.
+    #[serde(default)]
+    pub credit_notes: BTreeMap<EventId, super::credit_note::CreditNote>,
 }
 
 impl Issuance {
+    pub fn apply_credit_note(mut self, note: super::credit_note::CreditNote) -> Issuance {
+        let last = self.last.entry(note.series.clone()).or_default();
+        *last = (*last).max(note.sequence);
+        self.credit_notes.insert(note.event_id, note);
+        self
+    }
+
+    /// An issued invoice by its number.
+    pub fn by_number(&self, number: &str) -> Option<&Issued> {
+        self.issued.values().find(|i| i.number == number)
+    }
+
     pub fn apply(mut self, issued: Issued) -> Issuance {
         let last = self.last.entry(issued.series.clone()).or_default();
         *last = (*last).max(issued.sequence);

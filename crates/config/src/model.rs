@@ -532,6 +532,16 @@ pub struct Contract {
     pub subspecialty_required: bool,
 }
 
+/// `[[engagement.milestones]]`: a share of a project's fee, due on a date.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Milestone {
+    /// Names the invoice line: `engagement.milestones.<name>`.
+    pub name: String,
+    pub due: Date,
+    pub share: Percent,
+}
+
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ServiceType {
@@ -566,6 +576,11 @@ pub struct Engagement {
     pub project_fee: Option<Decimal>,
     #[serde(default)]
     pub project_ends: Option<Date>,
+    /// Project-based: when the fee is billed, as shares of it due on dates
+    /// (billed in the period of each date); the whole fee in the period the
+    /// project ends when there are none. The shares add up to 100%.
+    #[serde(default)]
+    pub milestones: Vec<Milestone>,
     /// Transaction: prices by read type ("preliminary", "final", …), then
     /// modality ("default" for the rest), over `per_study` (the price of
     /// any read type not named here).

@@ -493,6 +493,7 @@ fn engagement(out: &mut Out, file: &str, e: &Engagement) {
     if e.sla_credit_cap.is_some_and(|cap| cap.per_million > 1_000_000) {
         out.at(file, "engagement.sla_credit_cap", "a cap over 100% of the invoice's charges");
     }
+    milestones(out, file, e);
     match e.model {
         EngagementModel::Subscription if e.monthly_fee.is_none() => {
             out.at(file, "engagement.monthly_fee", "a subscription needs a monthly fee");
@@ -504,6 +505,47 @@ fn engagement(out: &mut Out, file: &str, e: &Engagement) {
             out.at(file, "engagement", "a project-based contract needs project_fee and project_ends");
         }
         _ => {}
+    }
+}
+
+/// A project's milestones: named once, each a share of the fee due by the
+/// project's end, the shares adding up to the whole fee.
+fn milestones(out: &mut Out, file: &str, e: &Engagement) {
+    if e.milestones.is_empty() {
+        return;
+    }
+    if e.model != EngagementModel::ProjectBased {
+        out.at(file, "engagement.milestones", "only a project-based contract bills at milestones");
+    }
+    let mut names = std::collections::BTreeSet::new();
+    let mut total: u64 = 0;
+    for (n, m) in e.milestones.iter().enumerate() {
+        let field = format!("engagement.milestones[{n}]");
+        if m.name.is_empty()
+            || !m.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        {
+            out.at(file, format!("{field}.name"), format!("{:?}: lowercase letters, digits, '-' and '_'", m.name));
+        } else if !names.insert(m.name.as_str()) {
+            out.at(file, format!("{field}.name"), format!("{:?} names two milestones", m.name));
+        }
+        if m.share.per_million == 0 {
+            out.at(file, format!("{field}.share"), "a milestone of 0% bills nothing");
+        }
+        if let Some(ends) = &e.project_ends
+            && m.due.0 > ends.0
+        {
+            out.at(file, format!("{field}.due"), format!("{} is after the project ends ({})", m.due.0, ends.0));
+        }
+        total += u64::from(m.share.per_million);
+    }
+    if total != 1_000_000 {
+        let (whole, fraction) = (total / 10_000, total % 10_000);
+        let percent = if fraction == 0 {
+            whole.to_string()
+        } else {
+            format!("{whole}.{}", format!("{fraction:04}").trim_end_matches('0'))
+        };
+        out.at(file, "engagement.milestones", format!("the shares add up to {percent}%, not 100%"));
     }
 }
 

@@ -4,7 +4,8 @@
 use meridian_config::value::{Credit, Decimal, currency_exponent};
 use meridian_config::{EngagementModel, Platform};
 
-use crate::domain::pricing::{AfterHours, ContractPrices, CreditRule, GroupRate, Model, Pricebook};
+use crate::domain::money;
+use crate::domain::pricing::{AfterHours, ContractPrices, CreditRule, GroupRate, MilestoneDue, Model, Pricebook};
 
 fn minor(d: &Decimal, exponent: u32) -> i64 {
     d.minor_units(exponent).unwrap_or(0)
@@ -43,7 +44,8 @@ pub fn pricebook(platform: &Platform) -> Pricebook {
             included_studies: e.included_studies.unwrap_or(0),
             monthly_fee: e.monthly_fee.as_ref().map_or(0, |d| minor(d, exp)),
             project_fee: e.project_fee.as_ref().map_or(0, |d| minor(d, exp)),
-            project_ends: e.project_ends.as_ref().map(|d| format!("{:04}-{:02}", d.0.year(), d.0.month())),
+            project_ends: e.project_ends.as_ref().map(month),
+            milestones: milestones(e, exp),
             credit_cap: e.sla_credit_cap.map(|c| c.per_million),
             sla_credit: e
                 .sla_credit
@@ -76,6 +78,35 @@ pub fn pricebook(platform: &Platform) -> Pricebook {
     book
 }
 
+fn month(d: &meridian_config::value::Date) -> String {
+    format!("{:04}-{:02}", d.0.year(), d.0.month())
+}
+
+/// A project's fee by period: split by its milestones' shares (largest
+/// remainder, so the parts add up to the fee exactly), or whole in the
+/// period the project ends.
+fn milestones(e: &meridian_config::Engagement, exp: u32) -> Vec<MilestoneDue> {
+    let fee = e.project_fee.as_ref().map_or(0, |d| minor(d, exp));
+    if e.milestones.is_empty() {
+        return e
+            .project_ends
+            .as_ref()
+            .map(|ends| MilestoneDue { line: "engagement.project_fee".into(), period: month(ends), amount: fee })
+            .into_iter()
+            .collect();
+    }
+    let weights: Vec<u64> = e.milestones.iter().map(|m| u64::from(m.share.per_million)).collect();
+    e.milestones
+        .iter()
+        .zip(money::split(fee, &weights))
+        .map(|(m, amount)| MilestoneDue {
+            line: format!("engagement.milestones.{}", m.name),
+            period: month(&m.due),
+            amount,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -100,7 +131,52 @@ mod tests {
             (globex.model, globex.project_fee, globex.project_ends.as_deref()),
             (Model::ProjectBased, 12_000_000, Some("2027-03"))
         );
+        // 30%, 30% and 40% of the fee, in the months they are due.
+        let due: Vec<(&str, &str, i64)> =
+            globex.milestones.iter().map(|m| (m.line.as_str(), m.period.as_str(), m.amount)).collect();
+        assert_eq!(
+            due,
+            [
+                ("engagement.milestones.started", "2026-12", 3_600_000),
+                ("engagement.milestones.half-cleared", "2027-02", 3_600_000),
+                ("engagement.milestones.cleared", "2027-03", 4_800_000),
+            ]
+        );
         assert_eq!(book.groups["atlantic-rads"], GroupRate { currency: "USD".into(), per_wrvu: 3_250 });
         assert!(book.facility_zones.keys().any(|k| k.starts_with("acme/")));
+    }
+}
+
+#[cfg(test)]
+mod milestone_tests {
+    use super::*;
+
+    const PROJECT: &str = r#"
+        model = "project_based"
+        currency = "USD"
+        project_fee = "1000.00"
+        project_ends = "2027-03-31"
+    "#;
+
+    #[test]
+    fn a_fee_split_at_milestones_adds_up_to_the_fee_to_the_cent() {
+        let text = format!(
+            "{PROJECT}{}",
+            r#"milestones = [
+                { name = "a", due = "2027-01-31", share = "33.3333%" },
+                { name = "b", due = "2027-02-28", share = "33.3333%" },
+                { name = "c", due = "2027-03-31", share = "33.3334%" },
+            ]"#
+        );
+        let e: meridian_config::Engagement = toml::from_str(&text).unwrap();
+        let parts: Vec<(String, i64)> = milestones(&e, 2).into_iter().map(|m| (m.period, m.amount)).collect();
+        assert_eq!(parts, [("2027-01".into(), 33_333), ("2027-02".into(), 33_333), ("2027-03".into(), 33_334)]);
+        // Without milestones, the whole fee in the month the project ends.
+        let e: meridian_config::Engagement = toml::from_str(PROJECT).unwrap();
+        let whole = milestones(&e, 2);
+        assert_eq!(
+            whole,
+            [MilestoneDue { line: "engagement.project_fee".into(), period: "2027-03".into(), amount: 100_000 }]
+        );
     }
 }

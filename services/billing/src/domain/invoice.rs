@@ -128,19 +128,20 @@ fn invoice(ledger: &Ledger, contract: &str, period: &str, entries: &[(&str, &Ent
             period: String::new(),
         });
     }
-    // A project's fee is billed in the period it ends (its milestone).
+    // A project's fee is billed at its milestones (or whole when it ends).
     if let Some(p) = prices
         && p.model == Model::ProjectBased
-        && p.project_ends.as_deref() == Some(period)
     {
-        lines.push(InvoiceLine {
-            line: "engagement.project_fee".into(),
-            quantity: 1,
-            unit: p.project_fee,
-            amount: p.project_fee,
-            events: Vec::new(),
-            period: String::new(),
-        });
+        for m in p.milestones.iter().filter(|m| m.period == period) {
+            lines.push(InvoiceLine {
+                line: m.line.clone(),
+                quantity: 1,
+                unit: m.amount,
+                amount: m.amount,
+                events: Vec::new(),
+                period: String::new(),
+            });
+        }
     }
     // The period's own lines first, then those carried, oldest first.
     for ((period, line, unit), (quantity, events)) in grouped {

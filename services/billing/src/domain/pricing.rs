@@ -63,15 +63,28 @@ pub struct ContractPrices {
     pub included_studies: u32,
     /// Subscription: the monthly fee.
     pub monthly_fee: i64,
-    /// Project: the fixed fee, billed in the period the project ends.
+    /// Project: the fixed fee, and the parts of it billed in each period
+    /// (its milestones; the whole fee when the project ends without).
     pub project_fee: i64,
     pub project_ends: Option<String>,
+    #[serde(default)]
+    pub milestones: Vec<MilestoneDue>,
     /// The most an invoice credits, in millionths of its charges.
     pub credit_cap: Option<u32>,
     pub sla_credit: BTreeMap<String, CreditRule>,
     pub rounding: Rounding,
     /// IANA zone of the billing periods.
     pub billing_time_zone: String,
+}
+
+/// A part of a project's fee, billed in `period`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MilestoneDue {
+    /// The invoice line: "engagement.milestones.<name>", or
+    /// "engagement.project_fee" for a fee billed whole when the project ends.
+    pub line: String,
+    pub period: String,
+    pub amount: i64,
 }
 
 /// A reading group's rate per work RVU.
@@ -223,6 +236,7 @@ pub(crate) mod tests {
             monthly_fee: 0,
             project_fee: 0,
             project_ends: None,
+            milestones: Vec::new(),
             credit_cap: Some(200_000),
             sla_credit: BTreeMap::from([
                 ("stat".into(), CreditRule::Share(500_000)),

@@ -316,9 +316,9 @@ fn invoices_are_issued_once_a_period_ends_with_gapless_numbers_and_never_twice()
 }
 
 #[test]
-fn a_project_counts_its_reads_at_no_price_and_bills_its_fee_in_the_period_it_ends() {
+fn a_project_counts_its_reads_at_no_price_and_bills_its_fee_at_its_milestones() {
     use super::invoice::{Issuance, issue, preview};
-    use super::pricing::{ContractPrices, Model};
+    use super::pricing::{ContractPrices, MilestoneDue, Model};
     let mut start = given();
     start.pricebook.contracts.insert(
         "globex-backlog".into(),
@@ -327,7 +327,19 @@ fn a_project_counts_its_reads_at_no_price_and_bills_its_fee_in_the_period_it_end
             model: Model::ProjectBased,
             currency: "USD".into(),
             project_fee: 12_000_000,
-            project_ends: Some("2026-12".into()),
+            project_ends: Some("2027-01".into()),
+            milestones: vec![
+                MilestoneDue {
+                    line: "engagement.milestones.started".into(),
+                    period: "2026-12".into(),
+                    amount: 3_600_000,
+                },
+                MilestoneDue {
+                    line: "engagement.milestones.cleared".into(),
+                    period: "2027-01".into(),
+                    amount: 8_400_000,
+                },
+            ],
             billing_time_zone: "America/New_York".into(),
             ..Default::default()
         },
@@ -349,6 +361,8 @@ fn a_project_counts_its_reads_at_no_price_and_bills_its_fee_in_the_period_it_end
     let (_, none) = issue(&Issuance::default(), &ledger, "US", "globex", "2026-11", after).unwrap();
     assert!(none.is_empty(), "nothing billed in November: no invoice");
     let december = preview(&ledger, "globex", "2026-12");
-    assert_eq!(december[0].lines[0].line, "engagement.project_fee");
-    assert_eq!(december[0].total, 12_000_000);
+    assert_eq!(december[0].lines[0].line, "engagement.milestones.started");
+    assert_eq!(december[0].total, 3_600_000);
+    let january = preview(&ledger, "globex", "2027-01");
+    assert_eq!((january[0].lines[0].line.as_str(), january[0].total), ("engagement.milestones.cleared", 8_400_000));
 }

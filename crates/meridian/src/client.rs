@@ -535,6 +535,66 @@ pub async fn invoice_show(target: &Target, number: &str, csv: bool, json: bool) 
     Ok(ExitCode::SUCCESS)
 }
 
+/// Explains a charge, credit or unpriced read.
+pub async fn explain_charge(target: &Target, tenant: &str, event: &str) -> anyhow::Result<ExitCode> {
+    use meridian_proto::billing::v1 as pb;
+    use meridian_proto::billing::v1::billing_service_client::BillingServiceClient;
+    use pb::explain_charge_response::Fact;
+    let c = connect(target).await?;
+    let mut client = BillingServiceClient::new(c.channel);
+    let request = pb::ExplainChargeRequest { event_id: event.to_owned(), tenant: tenant.to_owned() };
+    let r = client.explain_charge(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
+    let time = |t: &Option<prost_types::Timestamp>| {
+        t.as_ref()
+            .and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok())
+            .map(|t| t.to_string())
+            .unwrap_or_default()
+    };
+    match r.fact.context("the region answered without the fact")? {
+        Fact::Charge(c) => {
+            say!("charge {event} of {} for study {} in {} ({})", r.tenant, c.study_id, c.period, c.model);
+            say!(
+                "read: {} {} {} at {}, ordered {}, signed by {} at {}",
+                c.contract,
+                c.read_type,
+                c.modality,
+                c.facility,
+                c.priority,
+                c.reader_id,
+                time(&c.signed_at)
+            );
+            if c.included {
+                say!("within the period's included studies: no price");
+            }
+            for l in &c.lines {
+                say!("  {:<12} {:<44} {:>14}", l.kind, l.line, amount(&l.amount));
+            }
+            say!("  {:<12} {:<44} {:>14}", "total", "", amount(&c.amount));
+            say!("caused by {}", c.cause_event_id);
+        }
+        Fact::Credit(c) => {
+            say!("credit {event} of {} for study {} in {}", r.tenant, c.study_id, c.period);
+            say!("breach: {} {} read of {}, late at {}", c.priority, c.read_type, c.contract, time(&c.breached_at));
+            say!("  {:<44} {:>14}", c.line, amount(&c.amount));
+            say!("caused by {}", c.cause_event_id);
+        }
+        Fact::Unpriced(u) => {
+            say!("unpriced read {event} of {} for study {} in {}", r.tenant, u.study_id, u.period);
+            say!("read: {} {} {} at {}, ordered {}", u.contract, u.read_type, u.modality, u.facility, u.priority);
+            say!("needs {} in the contract", u.missing);
+            say!("caused by {}", u.cause_event_id);
+        }
+    }
+    if r.invoiced {
+        say!("invoiced");
+    } else if r.carried {
+        say!("came after its period's invoice: goes on the contract's next one");
+    } else {
+        say!("to be invoiced");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Issues a credit note against an invoice.
 pub async fn credit_note(
     target: &Target,

@@ -219,6 +219,18 @@ enum InvoiceCommand {
         #[arg(long)]
         json: bool,
     },
+    /// What is behind a charge, credit or unpriced read (an event id from
+    /// `meridian ledger` or an invoice line): the read, each part of its
+    /// price with the contract field that set it, and its cause.
+    Explain {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        tenant: String,
+        /// The ChargePosted, CreditPosted or ChargeUnpriced event id.
+        #[arg(long)]
+        event: String,
+    },
     /// Correct an issued invoice with a credit note (a platform principal
     /// with the billing role): some units of some of its lines, credited at
     /// their unit price.
@@ -432,6 +444,9 @@ async fn main() -> ExitCode {
         }
         Command::Invoice { command: InvoiceCommand::Show { target, number, csv, json } } => {
             client::invoice_show(&target, &number, csv, json).await
+        }
+        Command::Invoice { command: InvoiceCommand::Explain { target, tenant, event } } => {
+            client::explain_charge(&target, &tenant, &event).await
         }
         Command::Invoice { command: InvoiceCommand::Credit { target, number, lines, reason, key } } => {
             client::credit_note(&target, &number, &lines, &reason, key).await

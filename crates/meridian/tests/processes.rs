@@ -527,6 +527,15 @@ fn billing_charges_and_pays_each_signed_read_once_through_kills() {
     // Another tenant's administrator may not see it.
     let denied = cli(&tokens["northwind-admin"], &["invoice", "show", "--number", number]);
     assert!(String::from_utf8_lossy(&denied.stderr).contains("PermissionDenied"));
+    // A charge on it, explained: the read, each part of its price, its cause.
+    let charge = charges[0]["event_id"].as_str().unwrap();
+    let explained = cli(&tokens["acme-admin"], &["invoice", "explain", "--tenant", "acme", "--event", charge]);
+    let said = String::from_utf8_lossy(&explained.stdout);
+    assert!(explained.status.success(), "{said}{}", String::from_utf8_lossy(&explained.stderr));
+    assert!(said.contains("engagement.per_read_type.preliminary.CT") && said.contains("invoiced"), "{said}");
+    assert!(said.contains(charges[0]["payload"]["causeEventId"].as_str().unwrap()), "{said}");
+    let denied = cli(&tokens["northwind-admin"], &["invoice", "explain", "--tenant", "acme", "--event", charge]);
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("PermissionDenied"));
     // One read was charged twice by mistake: a credit note takes one unit
     // of the line back; run again, the same credit note; more than is left
     // is refused, naming what is left.

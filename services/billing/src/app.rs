@@ -108,6 +108,17 @@ impl Projection for IssuanceProjection {
     }
 }
 
+/// A fact as [`Billing::explain`] finds it.
+#[derive(Debug)]
+pub struct Explained {
+    pub tenant: String,
+    pub payload: meridian_events::payload::Payload,
+    /// Found on the topic, no longer in the ledger: invoiced.
+    pub invoiced: bool,
+    /// In the ledger, after its period's invoice: for the next one.
+    pub carried: bool,
+}
+
 pub struct Billing {
     region: String,
     /// The region's invoice issuer and its number series.
@@ -371,6 +382,60 @@ impl Billing {
         match envelope.open_plain()? {
             meridian_events::payload::Payload::InvoiceIssued(document) => Ok(document),
             other => Err(missing(format!("the record at its place is a {}", other.type_name()))),
+        }
+    }
+
+    /// The fact `id` (a charge, credit or unpriced read) and its tenant:
+    /// from the ledger while it is to be invoiced (`invoiced` false), else
+    /// read from billing's topic (the whole topic: an audit, not a hot path).
+    pub async fn explain(&self, id: meridian_events::EventId) -> Result<Option<Explained>, Error> {
+        let found = self
+            .read(|l| {
+                l.entries.iter().find_map(|(key, entries)| {
+                    let e = entries.iter().find(|e| e.id == id)?;
+                    let (tenant, period) = key.split_once('/')?;
+                    let fact = Fact {
+                        id: e.id,
+                        study: e.study,
+                        tenant: tenant.to_owned(),
+                        version: 0,
+                        cause: e.cause,
+                        occurred_at: UnixMicros(0),
+                        what: e.what.clone(),
+                    };
+                    let carried = l.carried(tenant, period, e);
+                    Some(Explained {
+                        tenant: tenant.to_owned(),
+                        payload: adapters::events::payload(&fact),
+                        invoiced: false,
+                        carried,
+                    })
+                })
+            })
+            .await;
+        if found.is_some() {
+            return Ok(found);
+        }
+        let starts =
+            (0..self.log.partitions(&self.billing).await?).map(|p| Position::start(self.billing.clone(), p)).collect();
+        let mut reader = self.log.reader(starts).await?;
+        loop {
+            let batch = reader.catch_up_batch(BATCH, Duration::from_millis(200)).await?;
+            if batch.is_empty() {
+                return Ok(None);
+            }
+            for record in &batch {
+                let Ok(envelope) = record.envelope() else { continue };
+                if envelope.meta.event_id != id {
+                    continue;
+                }
+                let payload = envelope.open_plain()?;
+                use meridian_events::payload::Payload as P;
+                if !matches!(payload, P::ChargePosted(_) | P::CreditPosted(_) | P::ChargeUnpriced(_)) {
+                    return Ok(None);
+                }
+                return Ok(Some(Explained { tenant: envelope.meta.tenant, payload, invoiced: true, carried: false }));
+            }
         }
     }
 
@@ -792,8 +857,21 @@ pub(crate) mod tests {
             append(&r, &read(Uuid::from_u128(study))).await;
         }
         let billing = open(&r).await;
+        billing.pass(Duration::from_millis(50)).await.unwrap();
+        // A charge explained from the ledger, then (invoiced) from the topic.
+        let charge = billing.read(|l| l.entries["acme/2026-11"][0].clone()).await;
+        let explained = billing.explain(charge.id).await.unwrap().unwrap();
+        let Payload::ChargePosted(charged) = &explained.payload else { panic!("{explained:?}") };
+        assert_eq!((explained.tenant.as_str(), explained.invoiced), ("acme", false));
+        assert_eq!(charged.lines[0].line, "engagement.per_study.CT");
+        assert_eq!(charged.cause_event_id, charge.cause.to_string());
+        assert_ne!(charge.cause, EventId(Uuid::nil()));
         let december = UnixMicros(1_796_101_200 * 1_000_000);
         let invoice = billing.issue("acme", "2026-11", december).await.unwrap().remove(0);
+        let after = billing.explain(charge.id).await.unwrap().unwrap();
+        assert!(after.invoiced);
+        assert_eq!(after.payload, explained.payload, "the same charge, as the topic has it");
+        assert!(billing.explain(EventId(Uuid::from_u128(12345))).await.unwrap().is_none());
         assert_eq!((invoice.number.as_str(), invoice.total), ("US-000001", 13_500));
         let ask = |lines: &[(u32, u64)], key: &str| credit_note::Ask {
             invoice: invoice.number.clone(),

@@ -204,6 +204,38 @@ impl BillingService for BillingGrpc {
         }
     }
 
+    async fn explain_charge(
+        &self,
+        request: Request<pb::ExplainChargeRequest>,
+    ) -> Result<Response<pb::ExplainChargeResponse>, Status> {
+        use meridian_events::payload::Payload;
+        use pb::explain_charge_response::Fact;
+        let p = principal(&request)?;
+        let (text, tenant) = (&request.get_ref().event_id, &request.get_ref().tenant);
+        if tenant.is_empty() {
+            return Err(invalid_argument("tenant", "name the tenant"));
+        }
+        // Before looking: a search of the topic is for those who may see it.
+        authorize(p, Action::ViewLedger, &Resource::Tenant { tenant }).map_err(|d| permission_denied(&d))?;
+        let id: meridian_events::EventId =
+            text.parse().map_err(|_| invalid_argument("event_id", format!("{text:?} is not an event id")))?;
+        let not_found = || Status::not_found(format!("{tenant} has no charge, credit or unpriced read {id} here"));
+        let explained = self.billing.explain(id).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let explained = explained.filter(|e| &e.tenant == tenant).ok_or_else(not_found)?;
+        let fact = match explained.payload {
+            Payload::ChargePosted(c) => Fact::Charge(c),
+            Payload::CreditPosted(c) => Fact::Credit(c),
+            Payload::ChargeUnpriced(u) => Fact::Unpriced(u),
+            _ => return Err(not_found()),
+        };
+        Ok(Response::new(pb::ExplainChargeResponse {
+            tenant: explained.tenant,
+            fact: Some(fact),
+            invoiced: explained.invoiced,
+            carried: explained.carried,
+        }))
+    }
+
     async fn list_payouts(
         &self,
         request: Request<pb::ListPayoutsRequest>,

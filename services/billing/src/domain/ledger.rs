@@ -193,6 +193,14 @@ pub struct Entry {
     pub id: EventId,
     pub study: Uuid,
     pub what: What,
+    /// The event that caused it (AssignmentCompleted, SlaBreached, or the
+    /// ChargeUnpriced a charge prices), for explaining it.
+    #[serde(default = "no_cause")]
+    pub cause: EventId,
+}
+
+fn no_cause() -> EventId {
+    EventId(Uuid::nil())
 }
 
 impl Entry {
@@ -362,7 +370,7 @@ pub fn apply(mut ledger: Ledger, input: &Input, facts: Vec<Fact>) -> Ledger {
 }
 
 fn entry(f: &Fact) -> Entry {
-    Entry { id: f.id, study: f.study, what: f.what.clone() }
+    Entry { id: f.id, study: f.study, what: f.what.clone(), cause: f.cause }
 }
 
 /// Folds one fact into the counts and totals.

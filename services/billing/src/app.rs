@@ -38,6 +38,8 @@ use meridian_proto::events::v1 as pb;
 
 /// Facts decided, not committed yet.
 pub const AFTER_DECIDE: &str = "billing.after_decide";
+/// The step built (facts and positions), just before the log commits it.
+pub const BEFORE_COMMIT: &str = "billing.before_commit";
 /// The consumer's name: its committed positions on the routing topic.
 pub const CONSUMER: &str = "billing.ledger";
 /// Routing records per step.
@@ -257,6 +259,7 @@ impl Billing {
         let outputs = self.outgoing(&facts)?;
         self.failpoints.hit(AFTER_DECIDE)?;
         let inputs = projector.positions();
+        self.failpoints.hit(BEFORE_COMMIT)?;
         self.log.commit(Step { consumer: CONSUMER.into(), outputs, inputs }).await?;
         if !facts.is_empty() {
             tracing::debug!(region = %self.region, facts = facts.len(), "billing step committed");

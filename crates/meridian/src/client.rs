@@ -491,7 +491,7 @@ pub async fn invoice_show(target: &Target, number: &str, csv: bool, json: bool) 
             "contract": i.contract, "currency": currency,
             "minor_unit_exponent": meridian_config::value::currency_exponent(&currency).unwrap_or(2),
             "lines": lines, "charges": minor(&i.charges), "credits": minor(&i.credits), "total": minor(&i.total),
-            "issued_at": time(&i.issued_at), "event_id": i.event_id, "credit_notes": notes,
+            "issued_at": time(&i.issued_at), "event_id": i.event_id, "credit_notes": notes, "rounding": i.rounding,
         });
         say!("{}", serde_json::to_string_pretty(&document)?);
         return Ok(ExitCode::SUCCESS);
@@ -499,7 +499,15 @@ pub async fn invoice_show(target: &Target, number: &str, csv: bool, json: bool) 
     if csv {
         say!("number,line_no,line,period,quantity,unit_price,amount,currency,event_ids");
     } else {
-        say!("{} issued by {} to {} for {} ({})", i.number, i.issuer, i.tenant, i.period, i.contract);
+        say!(
+            "{} issued by {} to {} for {} ({}; lines rounded {})",
+            i.number,
+            i.issuer,
+            i.tenant,
+            i.period,
+            i.contract,
+            i.rounding
+        );
     }
     for (n, l) in i.lines.iter().enumerate() {
         if csv {

@@ -523,7 +523,7 @@ fn billing_charges_and_pays_each_signed_read_once_through_kills() {
     let json: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
     let line_no = fields[1].parse::<u64>().unwrap();
     assert_eq!(json["lines"][line_no as usize - 1]["amount"], 6000, "{json}");
-    assert_eq!(json["minor_unit_exponent"], 2);
+    assert_eq!((&json["minor_unit_exponent"], &json["rounding"]), (&2.into(), &"half_up".into()), "{json}");
     // Another tenant's administrator may not see it.
     let denied = cli(&tokens["northwind-admin"], &["invoice", "show", "--number", number]);
     assert!(String::from_utf8_lossy(&denied.stderr).contains("PermissionDenied"));

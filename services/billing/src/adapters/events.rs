@@ -185,6 +185,7 @@ pub fn invoice_issued(
         credits: money(&p.currency, p.credits),
         total: money(&p.currency, p.total),
         issued_at: ts(issued_at),
+        rounding: p.rounding.to_owned(),
     }
 }
 

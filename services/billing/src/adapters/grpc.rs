@@ -175,6 +175,7 @@ impl BillingService for BillingGrpc {
             issued_at: document.issued_at,
             event_id: issued.event_id.to_string(),
             credit_notes: notes.iter().map(credit_note).collect(),
+            rounding: document.rounding.clone(),
         };
         Ok(Response::new(pb::GetInvoiceResponse { invoice: Some(invoice) }))
     }
@@ -341,6 +342,7 @@ impl BillingService for BillingGrpc {
                 credits: money(&p.currency, p.credits),
                 total: money(&p.currency, p.total),
                 blocking: p.blocking,
+                rounding: p.rounding.to_owned(),
             })
             .collect();
         Ok(Response::new(pb::PreviewInvoiceResponse { invoices }))

@@ -42,6 +42,8 @@ pub struct Preview {
     pub total: i64,
     /// The configuration fields reads still need before this can be issued.
     pub blocking: Vec<String>,
+    /// How its amounts were rounded ("half_up", "half_even", "down").
+    pub rounding: &'static str,
 }
 
 /// `tenant`'s invoices for `period` ("2026-11"), one per contract: the
@@ -69,8 +71,17 @@ fn billable<'l>(ledger: &'l Ledger, tenant: &str, period: &str) -> Vec<(&'l str,
     let mut out = Vec::new();
     for (key, entries) in ledger.entries.range(first..=last) {
         let Some(of) = key.strip_prefix(tenant).and_then(|k| k.strip_prefix('/')) else { continue };
+        // The period's closed contracts, looked up once (not per entry).
+        let prefix = format!("{key}/");
+        let closed: Vec<&str> = ledger
+            .closed
+            .range(prefix.clone()..)
+            .take_while(|k| k.starts_with(&prefix))
+            .map(|k| &k[prefix.len()..])
+            .collect();
         let own = of == period;
-        out.extend(entries.iter().filter(|e| ledger.carried(tenant, of, e) != own).map(|e| (of, e)));
+        let carried = |e: &Entry| e.contract().is_some_and(|c| closed.contains(&c));
+        out.extend(entries.iter().filter(|e| carried(e) != own).map(|e| (of, e)));
     }
     out
 }
@@ -173,6 +184,7 @@ fn invoice(ledger: &Ledger, contract: &str, period: &str, entries: &[(&str, &Ent
         credits_uncapped,
         total: charges + credits,
         blocking,
+        rounding: rounding.as_str(),
     }
 }
 

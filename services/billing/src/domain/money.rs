@@ -15,6 +15,17 @@ pub enum Rounding {
     Down,
 }
 
+impl Rounding {
+    /// As the configuration names it, and the invoice records it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rounding::HalfUp => "half_up",
+            Rounding::HalfEven => "half_even",
+            Rounding::Down => "down",
+        }
+    }
+}
+
 impl From<meridian_config::value::Rounding> for Rounding {
     fn from(r: meridian_config::value::Rounding) -> Self {
         match r {

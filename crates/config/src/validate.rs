@@ -393,7 +393,7 @@ fn contracts(out: &mut Out, f: &Files<'_>) {
                 out.at(file, format!("escalation_fractions[{i}]"), format!("{x} does not increase on {}", fr[i - 1]));
             }
         }
-        engagement(out, file, &c.engagement);
+        engagement(out, file, &c.engagement, &c.applies.modalities);
         if let Some(tenant) = f.tenants.get(&c.tenant).map(|(_, t)| t) {
             for (i, facility) in c.applies.facilities.iter().enumerate() {
                 if !tenant.facilities.iter().any(|x| x.name == *facility) {
@@ -434,7 +434,8 @@ fn contracts(out: &mut Out, f: &Files<'_>) {
     }
 }
 
-fn engagement(out: &mut Out, file: &str, e: &Engagement) {
+/// `takes`: the modalities the contract's `[applies]` names (empty: all).
+fn engagement(out: &mut Out, file: &str, e: &Engagement, takes: &[String]) {
     let Some(exp) = currency_exponent(&e.currency) else {
         out.at(file, "engagement.currency", format!("{:?} is not an ISO 4217 currency Meridian bills in", e.currency));
         return;
@@ -498,8 +499,22 @@ fn engagement(out: &mut Out, file: &str, e: &Engagement) {
         EngagementModel::Subscription if e.monthly_fee.is_none() => {
             out.at(file, "engagement.monthly_fee", "a subscription needs a monthly fee");
         }
+        // Without a default, each modality the contract takes needs a price.
         EngagementModel::Transaction if !e.per_study.contains_key("default") => {
-            out.at(file, "engagement.per_study", "a transaction contract needs a \"default\" per-study price");
+            if takes.is_empty() {
+                out.at(
+                    file,
+                    "engagement.per_study",
+                    "the contract takes every modality ([applies] names none): it needs a \"default\" per-study price",
+                );
+            }
+            for m in takes.iter().filter(|m| !e.per_study.contains_key(*m)) {
+                out.at(
+                    file,
+                    format!("engagement.per_study.{m}"),
+                    format!("the contract takes {m} studies ([applies] modalities) but prices none: name it or a \"default\""),
+                );
+            }
         }
         EngagementModel::ProjectBased if e.project_fee.is_none() || e.project_ends.is_none() => {
             out.at(file, "engagement", "a project-based contract needs project_fee and project_ends");

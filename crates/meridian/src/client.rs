@@ -318,6 +318,40 @@ pub async fn ledger(target: &Target, tenant: &str, period: &str) -> anyhow::Resu
     Ok(ExitCode::SUCCESS)
 }
 
+/// The columns of an invoice's lines as CSV: whose (the contract of a
+/// preview, the number of an issued invoice), the line's place, its
+/// contract field, the earlier period it is carried from, and its figures.
+const LINES_CSV_HEADER: &str = "invoice,line_no,line,period,quantity,unit_price,amount,currency,event_ids";
+
+/// An invoice's (or a preview's) lines, as text or CSV rows.
+fn print_lines(owner: &str, lines: &[meridian_proto::billing::v1::InvoiceLine], csv: bool) {
+    for (n, l) in lines.iter().enumerate() {
+        let currency = l.amount.as_ref().map_or("", |m| m.currency_code.as_str());
+        if csv {
+            say!(
+                "{owner},{},{},{},{},{},{},{currency},{}",
+                n + 1,
+                l.line,
+                l.period,
+                l.quantity,
+                minor(&l.unit_price),
+                minor(&l.amount),
+                l.event_ids.join(" ")
+            );
+        } else {
+            let from = if l.period.is_empty() { String::new() } else { format!(" (from {})", l.period) };
+            say!(
+                "{owner} {:>3} {:<44} {:>6} × {:>14} = {:>16}{from}",
+                n + 1,
+                l.line,
+                l.quantity,
+                amount(&l.unit_price),
+                amount(&l.amount)
+            );
+        }
+    }
+}
+
 pub async fn invoice_preview(target: &Target, tenant: &str, period: &str, csv: bool) -> anyhow::Result<ExitCode> {
     use meridian_proto::billing::v1 as pb;
     use meridian_proto::billing::v1::billing_service_client::BillingServiceClient;
@@ -326,33 +360,10 @@ pub async fn invoice_preview(target: &Target, tenant: &str, period: &str, csv: b
     let request = pb::PreviewInvoiceRequest { tenant: tenant.to_owned(), period: period.to_owned() };
     let r = client.preview_invoice(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
     if csv {
-        say!("contract,line,quantity,unit_price,amount,currency,event_ids");
+        say!("{LINES_CSV_HEADER}");
     }
     for invoice in &r.invoices {
-        for l in &invoice.lines {
-            let money = |m: &Option<meridian_proto::common::v1::Money>| m.as_ref().map_or(0, |m| m.minor_units);
-            let currency = l.amount.as_ref().map_or("", |m| m.currency_code.as_str());
-            if csv {
-                say!(
-                    "{},{},{},{},{},{currency},{}",
-                    invoice.contract,
-                    l.line,
-                    l.quantity,
-                    money(&l.unit_price),
-                    money(&l.amount),
-                    l.event_ids.join(" ")
-                );
-            } else {
-                say!(
-                    "{} {:<44} {:>6} × {:>14} = {:>16}",
-                    invoice.contract,
-                    l.line,
-                    l.quantity,
-                    amount(&l.unit_price),
-                    amount(&l.amount)
-                );
-            }
-        }
+        print_lines(&invoice.contract, &invoice.lines, csv);
         if !csv {
             say!(
                 "{} total {} (charges {}, credits {})",
@@ -434,6 +445,11 @@ pub fn credit_line(text: &str) -> Result<(u32, u64), String> {
     Ok((line, quantity))
 }
 
+/// RFC 3339, or nothing when absent.
+fn time(t: &Option<prost_types::Timestamp>) -> String {
+    t.as_ref().and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok()).map(|t| t.to_string()).unwrap_or_default()
+}
+
 fn minor(m: &Option<meridian_proto::common::v1::Money>) -> i64 {
     m.as_ref().map_or(0, |m| m.minor_units)
 }
@@ -449,12 +465,6 @@ pub async fn invoice_show(target: &Target, number: &str, csv: bool, json: bool) 
     let i = r.invoice.context("the region answered without the invoice")?;
     let currency = i.total.as_ref().map_or(String::new(), |m| m.currency_code.clone());
     if json {
-        let time = |t: &Option<prost_types::Timestamp>| {
-            t.as_ref()
-                .and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok())
-                .map(|t| t.to_string())
-                .unwrap_or_default()
-        };
         let lines: Vec<serde_json::Value> = i
             .lines
             .iter()
@@ -497,7 +507,7 @@ pub async fn invoice_show(target: &Target, number: &str, csv: bool, json: bool) 
         return Ok(ExitCode::SUCCESS);
     }
     if csv {
-        say!("number,line_no,line,period,quantity,unit_price,amount,currency,event_ids");
+        say!("{LINES_CSV_HEADER}");
     } else {
         say!(
             "{} issued by {} to {} for {} ({}; lines rounded {})",
@@ -509,31 +519,7 @@ pub async fn invoice_show(target: &Target, number: &str, csv: bool, json: bool) 
             i.rounding
         );
     }
-    for (n, l) in i.lines.iter().enumerate() {
-        if csv {
-            say!(
-                "{},{},{},{},{},{},{},{currency},{}",
-                i.number,
-                n + 1,
-                l.line,
-                l.period,
-                l.quantity,
-                minor(&l.unit_price),
-                minor(&l.amount),
-                l.event_ids.join(" ")
-            );
-        } else {
-            let from = if l.period.is_empty() { String::new() } else { format!(" (from {})", l.period) };
-            say!(
-                "{:>3} {:<44} {:>6} × {:>14} = {:>16}{from}",
-                n + 1,
-                l.line,
-                l.quantity,
-                amount(&l.unit_price),
-                amount(&l.amount)
-            );
-        }
-    }
+    print_lines(&i.number, &i.lines, csv);
     if !csv {
         say!("total {} (charges {}, credits {})", amount(&i.total), amount(&i.charges), amount(&i.credits));
         for note in &i.credit_notes {
@@ -552,12 +538,6 @@ pub async fn explain_charge(target: &Target, tenant: &str, event: &str) -> anyho
     let mut client = BillingServiceClient::new(c.channel);
     let request = pb::ExplainChargeRequest { event_id: event.to_owned(), tenant: tenant.to_owned() };
     let r = client.explain_charge(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
-    let time = |t: &Option<prost_types::Timestamp>| {
-        t.as_ref()
-            .and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok())
-            .map(|t| t.to_string())
-            .unwrap_or_default()
-    };
     match r.fact.context("the region answered without the fact")? {
         Fact::Charge(c) => {
             say!("charge {event} of {} for study {} in {} ({})", r.tenant, c.study_id, c.period, c.model);

@@ -139,7 +139,7 @@ catalogue! {
     StudyUpdated         => 1, Operational, "ingest",  "ingest.study",   "ingest";
     // storage
     PhiWriteRefused      => 1, Operational, "storage", "storage.refusal", "storage";
-    PhiAccessed          => 1, Operational, "audit",   "storage.audit",  "storage";
+    PhiAccessed          => 1, Operational, "audit",   "storage.audit",  "audit";
     DerivativeCreated    => 1, Operational, "storage", "storage.derivative", "storage";
     ObjectPurged         => 1, Operational, "storage", "storage.object", "storage";
     // inference

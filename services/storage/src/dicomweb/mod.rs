@@ -21,11 +21,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use meridian_audit::{Accessed, Audit};
 use meridian_auth::{Action, Denied, Principal, Resource, authorize};
 use meridian_config::{ImageAccess, Platform, PrincipalKind};
-use meridian_events::{DataClass, Envelope, EventId, EventMeta};
-use meridian_log::{EventLog, Outgoing, TopicName};
-use meridian_proto::events::v1 as pb;
+use meridian_log::EventLog;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -33,10 +32,6 @@ use crate::blobs::Blobs;
 use crate::index::{Attributes, InstanceEntry, Seek, StudyEntry, StudyIndex, series_key, study_key};
 use query::{Level, MODALITIES_IN_STUDY};
 use retrieve::{Acceptable, RetrieveError};
-
-/// Aggregate type of the audit trail: each access is its own aggregate
-/// (keyed by its event id), so concurrent reads never contend for a version.
-const AUDIT: &str = "storage.audit";
 
 /// Who a study is assigned to: routing's answer, asked once per request.
 #[async_trait::async_trait]
@@ -47,13 +42,12 @@ pub trait Assignments: Send + Sync {
 }
 
 pub struct DicomWeb {
-    region: String,
     platform: Arc<Platform>,
     index: Arc<StudyIndex>,
     blobs: Arc<dyn Blobs>,
-    log: Arc<dyn EventLog>,
     assignments: Arc<dyn Assignments>,
-    audit_topic: TopicName,
+    /// The region's audit writer.
+    trail: Audit,
     /// The most results one search answers (`[dicomweb] max_results`).
     max_results: usize,
 }
@@ -116,13 +110,13 @@ impl DicomWeb {
         log: Arc<dyn EventLog>,
         assignments: Arc<dyn Assignments>,
     ) -> Result<DicomWeb, meridian_log::Error> {
-        let audit_topic = TopicName::new(region, DataClass::Operational, "audit")
-            .map_err(|e| meridian_log::Error::UnknownTopic { topic: e.name })?;
+        let trail =
+            Audit::new(region, log.clone()).map_err(|e| meridian_log::Error::UnknownTopic { topic: e.to_string() })?;
         let max_results = platform
             .regions
             .get(region)
             .map_or(1_000, |r| usize::try_from(r.dicomweb.max_results).unwrap_or(usize::MAX));
-        Ok(DicomWeb { region: region.to_owned(), platform, index, blobs, log, assignments, audit_topic, max_results })
+        Ok(DicomWeb { platform, index, blobs, assignments, trail, max_results })
     }
 
     /// The routes, to nest under `/dicomweb` behind the bearer-token layer.
@@ -265,50 +259,20 @@ impl DicomWeb {
         Err(WebError::NotFound(format!("no study {uid} here for {}", principal.subject)))
     }
 
-    /// Appends PhiAccessed for each study before any of their bytes go out.
+    /// Appends PhiAccessed for each study before any of their bytes go out
+    /// (the region's one audit writer).
     async fn audit(
         &self,
         principal: &Principal,
         action: &str,
         accessed: &[(&str, Uuid, Vec<String>)],
     ) -> Result<(), WebError> {
-        if accessed.is_empty() {
-            return Ok(());
-        }
+        let accessed: Vec<Accessed<'_>> = accessed
+            .iter()
+            .map(|(tenant, study, items)| Accessed { tenant, study: *study, items: items.clone() })
+            .collect();
         let at = meridian_auth::grpc::arrival_time();
-        let mut batch = Vec::with_capacity(accessed.len());
-        for (tenant, study, instances) in accessed {
-            let event_id = EventId::new_at(at);
-            let meta = EventMeta {
-                event_id,
-                aggregate_type: AUDIT.into(),
-                aggregate_id: event_id.as_uuid(),
-                aggregate_version: 1,
-                tenant: (*tenant).to_owned(),
-                home_region: self.region.clone(),
-                occurred_at: at,
-                causation_id: None,
-                correlation_id: None,
-                traceparent: None,
-            };
-            let payload = pb::PhiAccessed {
-                study_id: study.to_string(),
-                principal: principal.subject.clone(),
-                principal_kind: principal.kind.as_str().to_owned(),
-                from_region: self.region.clone(),
-                action: action.to_owned(),
-                instance_ids: instances.clone(),
-            };
-            let envelope = Envelope::plain(meta, &payload).map_err(|e| WebError::Unavailable(e.to_string()))?;
-            batch.push(
-                Outgoing::new(self.audit_topic.clone(), &envelope).map_err(|e| WebError::Unavailable(e.to_string()))?,
-            );
-        }
-        self.log.append(batch).await.map_err(|e| {
-            tracing::error!(region = %self.region, error = %e, "audit append failed; no PHI sent");
-            WebError::Unavailable("the access could not be audited, so nothing is sent; try again".into())
-        })?;
-        Ok(())
+        self.trail.record(principal, action, &accessed, at).await.map_err(|e| WebError::Unavailable(e.to_string()))
     }
 
     async fn object(&self, entry: &InstanceEntry) -> Result<Vec<u8>, WebError> {

@@ -89,7 +89,7 @@ async fn region(max_results: u32) -> Region {
         index.record(&received(i), None).unwrap();
     }
     let log = Arc::new(EmbeddedLog::open(&dir.path().join("log.redb"), EmbeddedOptions::default()).unwrap());
-    let audit = TopicName::new("us-east", DataClass::Operational, "audit").unwrap();
+    let audit = meridian_log::TopicName::new("us-east", meridian_events::DataClass::Operational, "audit").unwrap();
     log.ensure_topic(&TopicSpec::new(audit, 2)).await.unwrap();
     let assignments = Arc::new(Fixed {
         reader: "dr-priya-nair".into(),

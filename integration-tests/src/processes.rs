@@ -440,6 +440,7 @@ pub fn sign_at(
         read_type: read_type.to_owned(),
         reader_id: reader.to_owned(),
         signed_at: Some(at.to_timestamp()),
+        ..Default::default()
     });
     let meta = EventMeta {
         event_id: EventId::derived(EventId(study_id), "test.sign", version as u32),

@@ -67,6 +67,8 @@ pub enum Action {
     ReadImages,
     /// Draft and sign a report.
     SignReport,
+    /// Read a study's reports (text is PHI: audited).
+    ReadReport,
     /// Register and update readers of a group.
     ManageReaders,
     /// Reassign a group's work.
@@ -97,6 +99,7 @@ impl Action {
             Action::ClaimStudy => "claim_study",
             Action::ReadImages => "read_images",
             Action::SignReport => "sign_report",
+            Action::ReadReport => "read_report",
             Action::ManageReaders => "manage_readers",
             Action::Reassign => "reassign",
             Action::TailLog => "tail_log",
@@ -214,7 +217,7 @@ fn decide(p: &Principal, action: Action, resource: &Resource<'_>) -> Result<(), 
             same("tenant", p.tenant.as_deref(), tenant)?;
             needs_role(p, &["tenant-admin"])
         }
-        (PrincipalKind::Tenant, ReadImages, Resource::Study { tenant, .. }) => {
+        (PrincipalKind::Tenant, ReadImages | ReadReport, Resource::Study { tenant, .. }) => {
             same("tenant", p.tenant.as_deref(), tenant)?;
             needs_role(p, &["facility", "tenant-admin"])
         }
@@ -231,7 +234,7 @@ fn decide(p: &Principal, action: Action, resource: &Resource<'_>) -> Result<(), 
         }
         (
             PrincipalKind::Group,
-            ClaimStudy | ReadImages | SignReport,
+            ClaimStudy | ReadImages | SignReport | ReadReport,
             Resource::Study { tenant, contract_groups, assigned_reader },
         ) => {
             needs_role(p, &["reader"])?;

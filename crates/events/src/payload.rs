@@ -146,6 +146,7 @@ catalogue! {
     AiTriageCompleted    => 1, Operational, "inference", "inference.study", "inference";
     // reporting
     ReportSigned         => 1, Operational, "reporting", "reporting.study", "reporting";
+    ReportText           => 1, Phi,         "reporting", "reporting.study", "reporting";
     // routing
     ReaderRegistered     => 1, Operational, "routing", "routing.reader", "routing";
     ReaderUpdated        => 1, Operational, "routing", "routing.reader", "routing";

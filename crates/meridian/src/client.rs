@@ -628,6 +628,76 @@ pub async fn credit_note(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Saves a draft of the caller's read of `study`.
+pub async fn report_draft(
+    target: &Target,
+    study: &str,
+    findings: &str,
+    impression: &str,
+    base_version: u32,
+) -> anyhow::Result<ExitCode> {
+    use meridian_proto::reporting::v1 as pb;
+    use meridian_proto::reporting::v1::reporting_service_client::ReportingServiceClient;
+    let c = connect(target).await?;
+    let mut client = ReportingServiceClient::new(c.channel);
+    let sections = pb::Sections { findings: findings.to_owned(), impression: impression.to_owned() };
+    let request = pb::SaveDraftRequest { study_id: study.to_owned(), sections: Some(sections), base_version };
+    let r = client.save_draft(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
+    say!("{study} {} draft version {} saved (report {})", r.read_type, r.version, r.report_id);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Signs the caller's read of `study`.
+pub async fn report_sign(
+    target: &Target,
+    study: &str,
+    read_type: &str,
+    version: u32,
+    discrepancy: &str,
+) -> anyhow::Result<ExitCode> {
+    use meridian_proto::reporting::v1 as pb;
+    use meridian_proto::reporting::v1::reporting_service_client::ReportingServiceClient;
+    let c = connect(target).await?;
+    let mut client = ReportingServiceClient::new(c.channel);
+    let request = pb::SignRequest {
+        study_id: study.to_owned(),
+        read_type: read_type.to_owned(),
+        version,
+        discrepancy: discrepancy.to_owned(),
+    };
+    let r = client.sign(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
+    say!("{study} {read_type} signed with version {} at {} ({})", r.version, time(&r.signed_at), r.event_id);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A study's reports.
+pub async fn report_show(target: &Target, study: &str) -> anyhow::Result<ExitCode> {
+    use meridian_proto::reporting::v1 as pb;
+    use meridian_proto::reporting::v1::reporting_service_client::ReportingServiceClient;
+    let c = connect(target).await?;
+    let mut client = ReportingServiceClient::new(c.channel);
+    let request = pb::GetReportRequest { study_id: study.to_owned() };
+    let r = client.get_report(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
+    for report in &r.reports {
+        let signed = if report.status == "signed" {
+            format!("signed by {} at {} (version {})", report.signed_by, time(&report.signed_at), report.signed_version)
+        } else {
+            "draft".to_owned()
+        };
+        say!("{} report {} ({} versions): {signed}", report.read_type, report.report_id, report.versions);
+        if let Some(text) = &report.text {
+            let sections = text.sections.clone().unwrap_or_default();
+            say!("  version {} by {}", text.version, text.author_id);
+            say!("  FINDINGS: {}", sections.findings);
+            say!("  IMPRESSION: {}", sections.impression);
+        }
+    }
+    if r.reports.is_empty() {
+        eprintln!("no report of {study} yet");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Which routing command to send.
 pub enum RoutingCommand {
     Claim(String),

@@ -30,8 +30,8 @@ pub enum ServiceName {
 }
 
 impl ServiceName {
-    pub const BUILT: [ServiceName; 4] =
-        [ServiceName::Ingest, ServiceName::Storage, ServiceName::Routing, ServiceName::Billing];
+    pub const BUILT: [ServiceName; 5] =
+        [ServiceName::Ingest, ServiceName::Storage, ServiceName::Routing, ServiceName::Reporting, ServiceName::Billing];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -79,6 +79,9 @@ async fn open_services(
     if let (true, Some(index)) = (runs(ServiceName::Storage), index) {
         let feed = if runs(ServiceName::Ingest) { IndexFeed::Ingest } else { IndexFeed::Log };
         opened.push(StorageService::open(context, index, feed).await?);
+    }
+    if runs(ServiceName::Reporting) {
+        opened.push(meridian_reporting::serve::ReportingService::open(context).await?);
     }
     if runs(ServiceName::Billing) {
         opened.push(meridian_billing::serve::BillingService::open(context).await?);

@@ -157,6 +157,12 @@ enum Command {
         #[command(subcommand)]
         command: InvoiceCommand,
     },
+    /// A study's report: the reader who holds its read drafts and signs it
+    /// (e.g. `--as dr-ana-ortiz`), in the study's home region.
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
+    },
     /// Give a claimed study back to the worklist.
     Release {
         study: String,
@@ -167,6 +173,45 @@ enum Command {
         /// Why, for the record.
         #[arg(long, default_value = "released by the reader")]
         reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReportCommand {
+    /// Save a new version of the draft for the read you hold.
+    Draft {
+        /// The opaque study id, as `meridian worklist` shows it.
+        study: String,
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value = "")]
+        findings: String,
+        #[arg(long, default_value = "")]
+        impression: String,
+        /// The version you edited (refused if another was saved since); 0: the latest.
+        #[arg(long, default_value_t = 0)]
+        base_version: u32,
+    },
+    /// Sign the read you hold with a saved version (the latest by default).
+    Sign {
+        study: String,
+        #[command(flatten)]
+        target: Target,
+        /// The read: preliminary, final, … (the one you hold).
+        #[arg(long)]
+        read_type: String,
+        #[arg(long, default_value_t = 0)]
+        version: u32,
+        /// A final after another reader's preliminary: none, minor or major.
+        #[arg(long, default_value = "")]
+        discrepancy: String,
+    },
+    /// A study's reports, with the text of each read's signed (or latest)
+    /// version (audited).
+    Show {
+        study: String,
+        #[command(flatten)]
+        target: Target,
     },
 }
 
@@ -425,6 +470,15 @@ async fn main() -> ExitCode {
         Command::Worklist { data_dir, as_principal, reader, limit } => {
             let target = Target { region: String::new(), data_dir, as_principal, token: None, endpoint: None };
             client::worklist(&target, reader, limit).await
+        }
+        Command::Report { command: ReportCommand::Draft { study, target, findings, impression, base_version } } => {
+            client::report_draft(&target, &study, &findings, &impression, base_version).await
+        }
+        Command::Report { command: ReportCommand::Sign { study, target, read_type, version, discrepancy } } => {
+            client::report_sign(&target, &study, &read_type, version, &discrepancy).await
+        }
+        Command::Report { command: ReportCommand::Show { study, target } } => {
+            client::report_show(&target, &study).await
         }
         Command::Claim { study, target, reader } => {
             client::routing(&target, reader, client::RoutingCommand::Claim(study)).await

@@ -1393,3 +1393,142 @@ async fn dev_serves_three_regions_with_health_reflection_dicom_echo_and_auth_and
     );
     drop(dev);
 }
+
+/// The payloads of `stream`'s events of `kind` in us-east, as `meridian
+/// log tail --json` shows them.
+fn tail_payloads(data: &Path, stream: &str, kind: &str) -> Vec<Value> {
+    let out = Command::new(MERIDIAN)
+        .args(["log", "tail", "--json", "--stream", stream, "--region", "us-east", "--data-dir"])
+        .arg(data)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["payload_type"] == format!("meridian.events.v1.{kind}"))
+        .map(|e| e["payload"].clone())
+        .collect()
+}
+
+fn wait_for<T>(what: &str, seconds: u64, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        if let Some(found) = probe() {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "{what} within {seconds} s");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn a_reader_drafts_and_signs_the_read_they_hold_and_routing_pushes_them_the_next() {
+    // Atlantic with one reader, always on shift, one study at a time; the
+    // contract names only Atlantic, so every preliminary goes to her.
+    let config = tempfile::TempDir::new().unwrap();
+    copy_config(&repo().join("deploy/examples/dev"), config.path());
+    let group = config.path().join("groups/atlantic-rads.toml");
+    let text = std::fs::read_to_string(&group).unwrap();
+    let first = text.split("\n[[readers]]").take(2).collect::<Vec<_>>().join("\n[[readers]]");
+    let ortiz = first.replace("capacity = 8", "capacity = 1").replace(
+        r#"shifts = [{ days = ["mon", "tue", "wed", "thu", "fri"], start = "08:00", end = "17:00" }]"#,
+        r#"shifts = [{ days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], start = "00:00", end = "23:59" }]"#,
+    );
+    assert!(ortiz.contains("capacity = 1") && ortiz.contains("\"sun\""), "{ortiz}");
+    std::fs::write(&group, ortiz).unwrap();
+    let contract = config.path().join("contracts/acme-atlantic.toml");
+    let text = std::fs::read_to_string(&contract).unwrap();
+    let text = text.replace(
+        r#"reading_groups = ["atlantic-rads", "lotus-teleradiology"]"#,
+        r#"reading_groups = ["atlantic-rads"]"#,
+    );
+    std::fs::write(&contract, text).unwrap();
+    let check = Command::new(MERIDIAN).args(["config", "check"]).arg(config.path()).output().unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+
+    let data = tempfile::TempDir::new().unwrap();
+    let dev = Dev::start_configured(config.path(), data.path(), "");
+    let files = tempfile::TempDir::new().unwrap();
+    for uid in ["1.2.826.0.1.3680043.10.543.301", "1.2.826.0.1.3680043.10.543.302"] {
+        let file = meridian_integration_tests::dicom::one_instance_study(files.path(), uid, "MRN-READ", "STAT");
+        let (ok, said) = meridian_integration_tests::dicom::storescu(
+            dev.dicom_port("us-east"),
+            "ACME_CT1",
+            "MERIDIAN_ACME",
+            &[file],
+        );
+        assert!(ok, "{said}");
+    }
+    let queued = wait_for("both studies queued", 30, || {
+        let q = tail_payloads(data.path(), "routing", "StudyQueued");
+        (q.len() == 2).then_some(q)
+    });
+    let held = wait_for("one study pushed to dr-ana-ortiz", 30, || {
+        let assigned = tail_payloads(data.path(), "routing", "StudyAssigned");
+        assigned.first().map(|a| a["studyId"].as_str().unwrap().to_owned())
+    });
+    let other: String = queued.iter().map(|q| q["studyId"].as_str().unwrap().to_owned()).find(|s| *s != held).unwrap();
+    let cli = |args: &[&str]| {
+        let out =
+            Command::new(MERIDIAN).args(args).args(["--region", "us-east", "--data-dir"]).arg(data.path()).output();
+        let out = out.unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    // Only the reader who holds it writes its report.
+    let (ok, said) = cli(&["report", "draft", &other, "--as", "dr-ortiz", "--impression", "x"]);
+    assert!(!ok && said.contains("PermissionDenied"), "{said}");
+    let (ok, said) = cli(&["report", "draft", &held, "--as", "dr-nair", "--impression", "x"]);
+    assert!(!ok && said.contains("PermissionDenied"), "{said}");
+    // Drafted without an impression, then with one; signed.
+    let (ok, said) = cli(&["report", "draft", &held, "--as", "dr-ortiz", "--findings", "No bleed."]);
+    assert!(ok && said.contains("preliminary draft version 1 saved"), "{said}");
+    let (ok, said) = cli(&["report", "sign", &held, "--as", "dr-ortiz", "--read-type", "preliminary"]);
+    assert!(!ok && said.contains("InvalidArgument") && said.contains("sections.impression"), "{said}");
+    let (ok, said) = cli(&[
+        "report",
+        "draft",
+        &held,
+        "--as",
+        "dr-ortiz",
+        "--findings",
+        "No bleed.",
+        "--impression",
+        "No acute findings.",
+        "--base-version",
+        "1",
+    ]);
+    assert!(ok && said.contains("version 2"), "{said}");
+    let (ok, said) = cli(&["report", "sign", &held, "--as", "dr-ortiz", "--read-type", "final"]);
+    assert!(!ok && said.contains("FailedPrecondition") && said.contains("open read is preliminary"), "{said}");
+    let (ok, said) = cli(&["report", "sign", &held, "--as", "dr-ortiz", "--read-type", "preliminary"]);
+    assert!(ok && said.contains("signed with version 2"), "{said}");
+    // Routing completes the read, which frees her, and pushes her the next.
+    wait_for("the preliminary completed", 30, || {
+        let done = tail_payloads(data.path(), "routing", "AssignmentCompleted");
+        done.iter().any(|c| c["studyId"] == held.as_str() && c["readType"] == "preliminary").then_some(())
+    });
+    wait_for("the other study pushed to her", 30, || {
+        let assigned = tail_payloads(data.path(), "routing", "StudyAssigned");
+        assigned.iter().any(|a| a["studyId"] == other.as_str() && a["readerId"] == "dr-ana-ortiz").then_some(())
+    });
+    // The tenant reads the signed report; the read is audited.
+    let (ok, said) = cli(&["report", "show", &held, "--as", "acme-admin"]);
+    assert!(ok && said.contains("signed by dr-ana-ortiz") && said.contains("IMPRESSION: No acute findings."), "{said}");
+    let audited = tail_payloads(data.path(), "audit", "PhiAccessed");
+    assert!(
+        audited.iter().any(|a| a["action"] == "reporting.get-report" && a["studyId"] == held.as_str()),
+        "{audited:?}"
+    );
+    let (ok, said) = cli(&["report", "show", &held, "--as", "northwind-admin"]);
+    assert!(!ok && said.contains("PermissionDenied"), "{said}");
+    dev.interrupt();
+    // The text is on the PHI topic, sealed; the signature names its version.
+    let (texts, _) = topic_events(data.path(), meridian_events::DataClass::Phi, "reporting");
+    assert_eq!(texts.len(), 2);
+    assert!(texts.iter().all(|(_, e)| e.open_plain().is_err()), "report text is sealed on the log");
+    let (signed, _) = topic_events(data.path(), meridian_events::DataClass::Operational, "reporting");
+    assert_eq!(signed.len(), 1);
+}

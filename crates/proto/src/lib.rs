@@ -49,3 +49,10 @@ pub mod routing {
         include!(concat!(env!("OUT_DIR"), "/meridian.routing.v1.rs"));
     }
 }
+
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod reporting {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/meridian.reporting.v1.rs"));
+    }
+}

@@ -907,6 +907,7 @@ pub(crate) mod tests {
             read_type: "preliminary".into(),
             reader_id: "dr-x".into(),
             signed_at: Some(later.to_timestamp()),
+            ..Default::default()
         };
         let signed = envelope(1, 1, later, &signed);
         log.append(vec![Outgoing::new(topic("reporting"), &signed).unwrap()]).await.unwrap();

@@ -1,0 +1,123 @@
+//! Routing's payloads and reporting's own, as the facts reporting folds;
+//! reporting's events as payloads.
+
+use meridian_events::payload::Payload;
+use meridian_events::{EventId, UnixMicros};
+use meridian_proto::events::v1 as pb;
+use uuid::Uuid;
+
+use crate::domain::model::{Fact, Licence, Signature, StudyFacts, VersionRef};
+use crate::domain::report::Event;
+
+fn time(t: &Option<prost_types::Timestamp>) -> UnixMicros {
+    t.as_ref().map_or(UnixMicros(0), UnixMicros::from_timestamp)
+}
+
+fn licences(ls: &[pb::Licence]) -> Vec<Licence> {
+    ls.iter().map(|l| Licence { jurisdiction: l.jurisdiction.clone(), expires: time(&l.expires_at) }).collect()
+}
+
+/// Why an event reporting reads could not be read (counted, never a stop).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{payload}.{field}: {reason}")]
+pub struct Unreadable {
+    pub payload: &'static str,
+    pub field: &'static str,
+    pub reason: String,
+}
+
+fn uuid(payload: &'static str, field: &'static str, text: &str) -> Result<Uuid, Unreadable> {
+    Uuid::parse_str(text).map_err(|e| Unreadable { payload, field, reason: format!("{text:?} is not a UUID: {e}") })
+}
+
+/// The fact of an event reporting folds (`None` for the rest). `partition`
+/// and `offset` are the record's place, kept for a saved version's text.
+pub fn fact(payload: &Payload, event_id: EventId, partition: u32, offset: u64) -> Result<Option<Fact>, Unreadable> {
+    Ok(Some(match payload {
+        Payload::StudyQueued(q) => Fact::Queued {
+            study: uuid("StudyQueued", "study_id", &q.study_id)?,
+            facts: StudyFacts {
+                tenant: q.tenant.clone(),
+                contract: q.contract.clone(),
+                facility: q.facility.clone(),
+                jurisdiction: q.origin_jurisdiction.clone(),
+                modality: q.modality.clone(),
+                body_part: q.body_part.clone(),
+            },
+            read_type: q.read_type.clone(),
+        },
+        Payload::StudyAssigned(a) => {
+            Fact::Held { study: uuid("StudyAssigned", "study_id", &a.study_id)?, reader: a.reader_id.clone() }
+        }
+        Payload::AssignmentClaimed(a) => {
+            Fact::Held { study: uuid("AssignmentClaimed", "study_id", &a.study_id)?, reader: a.reader_id.clone() }
+        }
+        Payload::AssignmentReassigned(a) => {
+            Fact::Held { study: uuid("AssignmentReassigned", "study_id", &a.study_id)?, reader: a.to_reader_id.clone() }
+        }
+        Payload::AssignmentReleased(a) => {
+            Fact::Released { study: uuid("AssignmentReleased", "study_id", &a.study_id)? }
+        }
+        Payload::AssignmentCompleted(a) => Fact::Completed {
+            study: uuid("AssignmentCompleted", "study_id", &a.study_id)?,
+            read_type: a.read_type.clone(),
+        },
+        Payload::ReaderRegistered(r) => Fact::Licences { reader: r.reader_id.clone(), licences: licences(&r.licences) },
+        Payload::LicenceUpdated(l) => Fact::Licences { reader: l.reader_id.clone(), licences: licences(&l.licences) },
+        Payload::ReportText(t) => Fact::Saved {
+            study: uuid("ReportText", "study_id", &t.study_id)?,
+            report: uuid("ReportText", "report_id", &t.report_id)?,
+            read_type: t.read_type.clone(),
+            version: VersionRef {
+                version: t.version,
+                author: t.author_id.clone(),
+                saved_at: time(&t.saved_at),
+                partition,
+                offset,
+                has_impression: !t.impression.trim().is_empty(),
+            },
+        },
+        Payload::ReportSigned(s) => Fact::Signed {
+            study: uuid("ReportSigned", "study_id", &s.study_id)?,
+            report: uuid("ReportSigned", "report_id", &s.report_id)?,
+            read_type: s.read_type.clone(),
+            signature: Signature {
+                version: s.report_version,
+                reader: s.reader_id.clone(),
+                at: time(&s.signed_at),
+                discrepancy: s.discrepancy.clone(),
+                event_id,
+            },
+        },
+        _ => return Ok(None),
+    }))
+}
+
+/// The payload of one of reporting's events.
+pub fn payload(event: &Event) -> Payload {
+    match event {
+        Event::Drafted { study, report, version, read_type, author, findings, impression, saved_at } => {
+            Payload::ReportText(pb::ReportText {
+                study_id: study.to_string(),
+                report_id: report.to_string(),
+                version: *version,
+                read_type: read_type.clone(),
+                author_id: author.clone(),
+                findings: findings.clone(),
+                impression: impression.clone(),
+                saved_at: Some(saved_at.to_timestamp()),
+            })
+        }
+        Event::Signed { study, report, read_type, reader, version, signed_at, discrepancy } => {
+            Payload::ReportSigned(pb::ReportSigned {
+                study_id: study.to_string(),
+                report_id: report.to_string(),
+                read_type: read_type.clone(),
+                reader_id: reader.clone(),
+                signed_at: Some(signed_at.to_timestamp()),
+                report_version: *version,
+                discrepancy: discrepancy.clone(),
+            })
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! `meridian.reporting.v1.ReportingService`: the reader who holds a read
+//! drafts and signs its report; the tenant, and the reader who holds the
+//! study, read it (audited before the text leaves). Every call resolves
+//! the principal and asks `authorize` against the study as reporting has
+//! folded it.
+
+use std::sync::Arc;
+
+use meridian_audit::{Accessed, Audit};
+use meridian_auth::grpc::{arrival_time, invalid_argument, permission_denied, principal};
+use meridian_auth::{Action, Principal, Resource, authorize};
+use meridian_config::Platform;
+use meridian_proto::reporting::v1 as pb;
+use meridian_proto::reporting::v1::reporting_service_server::ReportingService;
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+use uuid::Uuid;
+
+use crate::app::{Error, Reporting};
+use crate::domain::model::{Study, StudyFacts};
+use crate::domain::report::{self, Command, Event};
+
+pub struct ReportingGrpc {
+    reporting: Arc<Reporting>,
+    platform: Arc<Platform>,
+    audit: Arc<Audit>,
+}
+
+impl ReportingGrpc {
+    pub fn new(reporting: Arc<Reporting>, platform: Arc<Platform>, audit: Arc<Audit>) -> ReportingGrpc {
+        ReportingGrpc { reporting, platform, audit }
+    }
+
+    /// The study, once `p` may do `action` on it.
+    async fn study(&self, p: &Principal, action: Action, text: &str) -> Result<(Uuid, Study), Status> {
+        let study = Uuid::parse_str(text)
+            .map_err(|_| invalid_argument("study_id", format!("{text:?} is not a study id (a UUID)")))?;
+        let found =
+            self.reporting.read_current(|f| f.state.studies.get(&study).cloned()).await.map_err(|e| status(&e))?;
+        let s = found.ok_or_else(|| Status::not_found(format!("no study {study} is known to reporting here")))?;
+        let StudyFacts { tenant, contract, .. } = &s.facts;
+        let groups = self.platform.contracts.get(contract).map(|c| c.reading_groups.clone()).unwrap_or_default();
+        // A reader may read the reports of a study they hold, or wrote in.
+        let wrote = |r: &str| s.reports.iter().any(|rep| rep.versions.iter().any(|v| v.author == r));
+        let holder = s.open.as_ref().and_then(|o| o.holder.clone());
+        let assigned = match (action, p.reader.as_deref()) {
+            (Action::ReadReport, Some(r)) if holder.as_deref() != Some(r) && wrote(r) => Some(r.to_owned()),
+            _ => holder,
+        };
+        let resource = Resource::Study { tenant, contract_groups: &groups, assigned_reader: assigned.as_deref() };
+        authorize(p, action, &resource).map_err(|d| permission_denied(&d))?;
+        Ok((study, s))
+    }
+}
+
+fn reader(p: &Principal) -> Result<String, Status> {
+    p.reader.clone().ok_or_else(|| Status::permission_denied(format!("{} is not a reader", p.subject)))
+}
+
+/// One mapping of reporting's errors to statuses: a rule broken is
+/// FAILED_PRECONDITION naming it; a bad field INVALID_ARGUMENT naming it.
+pub fn status(e: &Error) -> Status {
+    match e {
+        Error::Refused(why) => {
+            let message = why.to_string();
+            if let Some(rule) = why.rule() {
+                let mut details = ErrorDetails::new();
+                details.add_precondition_failure_violation(rule, "study", message.clone());
+                return Status::with_error_details(Code::FailedPrecondition, message, details);
+            }
+            match why {
+                report::Error::UnknownStudy { .. } => Status::not_found(message),
+                report::Error::NoImpression { .. } => invalid_argument("sections.impression", message),
+                report::Error::Discrepancy { .. } => invalid_argument("discrepancy", message),
+                _ => invalid_argument("version", message),
+            }
+        }
+        other => Status::unavailable(other.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl ReportingService for ReportingGrpc {
+    async fn save_draft(
+        &self,
+        request: Request<pb::SaveDraftRequest>,
+    ) -> Result<Response<pb::SaveDraftResponse>, Status> {
+        let p = principal(&request)?;
+        let r = request.get_ref();
+        let (study, _) = self.study(p, Action::SignReport, &r.study_id).await?;
+        let sections = r.sections.clone().unwrap_or_default();
+        let command = Command::SaveDraft {
+            study,
+            reader: reader(p)?,
+            findings: sections.findings,
+            impression: sections.impression,
+            base_version: r.base_version,
+        };
+        let (events, _) = self.reporting.execute(command, arrival_time()).await.map_err(|e| status(&e))?;
+        match events.first() {
+            Some(Event::Drafted { report, version, read_type, .. }) => Ok(Response::new(pb::SaveDraftResponse {
+                report_id: report.to_string(),
+                version: *version,
+                read_type: read_type.clone(),
+            })),
+            _ => Err(Status::internal("a draft decided nothing")),
+        }
+    }
+
+    async fn sign(&self, request: Request<pb::SignRequest>) -> Result<Response<pb::SignResponse>, Status> {
+        let p = principal(&request)?;
+        let r = request.get_ref();
+        let (study, _) = self.study(p, Action::SignReport, &r.study_id).await?;
+        let command = Command::Sign {
+            study,
+            reader: reader(p)?,
+            read_type: r.read_type.clone(),
+            version: r.version,
+            discrepancy: r.discrepancy.clone(),
+        };
+        let (_, now) = self.reporting.execute(command, arrival_time()).await.map_err(|e| status(&e))?;
+        // Signed now or before (a retry): the signature as folded.
+        let signed = now.report(&r.read_type).and_then(|rep| rep.signed.as_ref().map(|s| (rep.id, s.clone())));
+        let (report, signature) = signed.ok_or_else(|| Status::internal("signed, yet no signature folded"))?;
+        Ok(Response::new(pb::SignResponse {
+            report_id: report.to_string(),
+            version: signature.version,
+            signed_at: Some(signature.at.to_timestamp()),
+            event_id: signature.event_id.to_string(),
+        }))
+    }
+
+    async fn get_report(
+        &self,
+        request: Request<pb::GetReportRequest>,
+    ) -> Result<Response<pb::GetReportResponse>, Status> {
+        let p = principal(&request)?;
+        let (study, s) = self.study(p, Action::ReadReport, &request.get_ref().study_id).await?;
+        // No audit, no text.
+        let items = s.reports.iter().map(|r| r.id.to_string()).collect();
+        let accessed = [Accessed { tenant: &s.facts.tenant, study, items }];
+        self.audit
+            .record(p, "reporting.get-report", &accessed, arrival_time())
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let mut reports = Vec::new();
+        for r in &s.reports {
+            let shown = match &r.signed {
+                Some(signed) => r.versions.iter().find(|v| v.version == signed.version),
+                None => r.versions.last(),
+            };
+            let text = match shown {
+                Some(v) => {
+                    let t = self.reporting.text(study, v).await.map_err(|e| status(&e))?;
+                    Some(pb::ReportVersion {
+                        version: v.version,
+                        author_id: v.author.clone(),
+                        saved_at: Some(v.saved_at.to_timestamp()),
+                        sections: Some(pb::Sections { findings: t.findings, impression: t.impression }),
+                    })
+                }
+                None => None,
+            };
+            reports.push(pb::Report {
+                report_id: r.id.to_string(),
+                read_type: r.read_type.clone(),
+                status: if r.signed.is_some() { "signed" } else { "draft" }.into(),
+                signed_version: r.signed.as_ref().map_or(0, |s| s.version),
+                signed_by: r.signed.as_ref().map_or(String::new(), |s| s.reader.clone()),
+                signed_at: r.signed.as_ref().map(|s| s.at.to_timestamp()),
+                discrepancy: r.signed.as_ref().map_or(String::new(), |s| s.discrepancy.clone()),
+                text,
+                versions: u32::try_from(r.versions.len()).unwrap_or(u32::MAX),
+            });
+        }
+        Ok(Response::new(pb::GetReportResponse { study_id: study.to_string(), reports }))
+    }
+}

@@ -1,0 +1,4 @@
+//! Reporting's edges: events in and out ([`events`]), gRPC ([`grpc`]).
+
+pub mod events;
+pub mod grpc;

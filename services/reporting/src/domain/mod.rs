@@ -1,0 +1,9 @@
+//! Reporting's pure domain: the facts it folds from routing and from its
+//! own events ([`model`]), and what a draft or a signature decides
+//! ([`report`]).
+
+pub mod model;
+pub mod report;
+
+#[cfg(test)]
+mod tests;

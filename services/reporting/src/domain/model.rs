@@ -1,0 +1,182 @@
+//! What reporting knows: each study's open read and who holds it (from
+//! routing), each reader's licences (from routing), and each read's report
+//! versions and signature (its own events). The text of a version is not
+//! held: only where its event is on the log, so memory holds no PHI text
+//! and follows the studies, not the words written.
+
+use std::collections::BTreeMap;
+
+use meridian_events::{EventId, UnixMicros};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A fact reporting folds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fact {
+    /// StudyQueued: the study's next read and its facts.
+    Queued { study: Uuid, facts: StudyFacts, read_type: String },
+    /// StudyAssigned, AssignmentClaimed, AssignmentReassigned: who holds the read.
+    Held { study: Uuid, reader: String },
+    /// AssignmentReleased: nobody holds it.
+    Released { study: Uuid },
+    /// AssignmentCompleted: the read is done.
+    Completed { study: Uuid, read_type: String },
+    /// ReaderRegistered, LicenceUpdated.
+    Licences { reader: String, licences: Vec<Licence> },
+    /// ReportText: a version saved, at its place on the log.
+    Saved { study: Uuid, version: VersionRef, read_type: String, report: Uuid },
+    /// ReportSigned.
+    Signed { study: Uuid, report: Uuid, read_type: String, signature: Signature },
+}
+
+/// What routing says of a study.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StudyFacts {
+    pub tenant: String,
+    pub contract: String,
+    pub facility: String,
+    /// The patient's jurisdiction ("US-NY"), for a final's licence.
+    pub jurisdiction: String,
+    pub modality: String,
+    pub body_part: String,
+}
+
+/// A licence to report: a jurisdiction (a national one covers its
+/// subdivisions) until it expires.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Licence {
+    pub jurisdiction: String,
+    pub expires: UnixMicros,
+}
+
+impl Licence {
+    /// As routing judges it: "US" covers "US-NY"; "US-NY" only itself.
+    pub fn covers(&self, jurisdiction: &str, at: UnixMicros) -> bool {
+        let place = self.jurisdiction == jurisdiction
+            || (!self.jurisdiction.contains('-') && jurisdiction.split('-').next() == Some(self.jurisdiction.as_str()));
+        place && at < self.expires
+    }
+}
+
+/// A saved version: who, when, and where its ReportText is on the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRef {
+    pub version: u32,
+    pub author: String,
+    pub saved_at: UnixMicros,
+    pub partition: u32,
+    pub offset: u64,
+    /// Whether it has an impression (a version without one cannot be signed).
+    pub has_impression: bool,
+}
+
+/// A read's signature.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signature {
+    pub version: u32,
+    pub reader: String,
+    pub at: UnixMicros,
+    pub discrepancy: String,
+    pub event_id: EventId,
+}
+
+/// One read's report: its versions, and its signature once signed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    pub id: Uuid,
+    pub read_type: String,
+    pub versions: Vec<VersionRef>,
+    pub signed: Option<Signature>,
+}
+
+/// The read routing has open for a study, and who holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenRead {
+    pub read_type: String,
+    pub holder: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Study {
+    pub facts: StudyFacts,
+    pub open: Option<OpenRead>,
+    /// One per read type, in the order they were started.
+    pub reports: Vec<Report>,
+}
+
+impl Study {
+    pub fn report(&self, read_type: &str) -> Option<&Report> {
+        self.reports.iter().find(|r| r.read_type == read_type)
+    }
+}
+
+/// Reporting's state. Grows by one small entry per study reported (its
+/// reports' versions and signatures, never their text).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub studies: BTreeMap<Uuid, Study>,
+    pub licences: BTreeMap<String, Vec<Licence>>,
+}
+
+/// The report id of `study`'s read of `read_type`: the same for all its
+/// versions (one business identifier across versions).
+pub fn report_id(study: Uuid, read_type: &str) -> Uuid {
+    meridian_events::id::aggregate_id("reporting.report", &[study.as_bytes(), read_type.as_bytes()])
+}
+
+/// Folds one fact.
+pub fn apply(mut state: State, fact: &Fact) -> State {
+    match fact {
+        Fact::Queued { study, facts, read_type } => {
+            let s = state.studies.entry(*study).or_default();
+            s.facts = facts.clone();
+            s.open = Some(OpenRead { read_type: read_type.clone(), holder: None });
+        }
+        Fact::Held { study, reader } => {
+            if let Some(open) = state.studies.get_mut(study).and_then(|s| s.open.as_mut()) {
+                open.holder = Some(reader.clone());
+            }
+        }
+        Fact::Released { study } => {
+            if let Some(open) = state.studies.get_mut(study).and_then(|s| s.open.as_mut()) {
+                open.holder = None;
+            }
+        }
+        Fact::Completed { study, read_type } => {
+            if let Some(s) = state.studies.get_mut(study)
+                && s.open.as_ref().is_some_and(|o| &o.read_type == read_type)
+            {
+                s.open = None;
+            }
+        }
+        Fact::Licences { reader, licences } => {
+            state.licences.insert(reader.clone(), licences.clone());
+        }
+        Fact::Saved { study, version, read_type, report } => {
+            let s = state.studies.entry(*study).or_default();
+            let r = match s.reports.iter().position(|r| &r.read_type == read_type) {
+                Some(i) => &mut s.reports[i],
+                None => {
+                    s.reports.push(Report {
+                        id: *report,
+                        read_type: read_type.clone(),
+                        versions: vec![],
+                        signed: None,
+                    });
+                    s.reports.last_mut().expect("just pushed")
+                }
+            };
+            if !r.versions.iter().any(|v| v.version == version.version) {
+                r.versions.push(version.clone());
+            }
+        }
+        Fact::Signed { study, read_type, signature, .. } => {
+            if let Some(r) =
+                state.studies.get_mut(study).and_then(|s| s.reports.iter_mut().find(|r| &r.read_type == read_type))
+            {
+                r.signed = Some(signature.clone());
+            }
+        }
+    }
+    state
+}

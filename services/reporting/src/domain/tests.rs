@@ -1,0 +1,276 @@
+use meridian_events::{EventId, UnixMicros};
+use proptest::prelude::*;
+use uuid::Uuid;
+
+use super::model::*;
+use super::report::*;
+
+const NOW: UnixMicros = UnixMicros(1_796_000_000_000_000);
+const STUDY: Uuid = Uuid::from_u128(7);
+
+fn facts() -> StudyFacts {
+    StudyFacts {
+        tenant: "acme".into(),
+        contract: "acme-atlantic".into(),
+        facility: "acme-general".into(),
+        jurisdiction: "US-NY".into(),
+        modality: "CT".into(),
+        body_part: "HEAD".into(),
+    }
+}
+
+fn licence(jurisdiction: &str, expires: UnixMicros) -> Licence {
+    Licence { jurisdiction: jurisdiction.into(), expires }
+}
+
+/// A study whose `read_type` read `reader` holds; `reader` licensed in the US.
+fn held(read_type: &str, reader: &str) -> State {
+    let state = apply(State::default(), &Fact::Queued { study: STUDY, facts: facts(), read_type: read_type.into() });
+    let state = apply(state, &Fact::Held { study: STUDY, reader: reader.into() });
+    let later = UnixMicros(NOW.0 + 86_400_000_000);
+    apply(state, &Fact::Licences { reader: reader.into(), licences: vec![licence("US", later)] })
+}
+
+/// Decides and folds what `command` decides (as the log would give it back).
+fn run(state: State, command: &Command, now: UnixMicros) -> Result<(State, Vec<Event>), Error> {
+    let events = decide(&state, command, now)?;
+    let mut state = state;
+    for (n, e) in events.iter().enumerate() {
+        state = apply(state, &fact_of(e, n as u64));
+    }
+    Ok((state, events))
+}
+
+/// What folding an event back from the log gives.
+fn fact_of(event: &Event, offset: u64) -> Fact {
+    match event {
+        Event::Drafted { study, report, version, read_type, author, impression, saved_at, .. } => Fact::Saved {
+            study: *study,
+            report: *report,
+            read_type: read_type.clone(),
+            version: VersionRef {
+                version: *version,
+                author: author.clone(),
+                saved_at: *saved_at,
+                partition: 0,
+                offset,
+                has_impression: !impression.trim().is_empty(),
+            },
+        },
+        Event::Signed { study, report, read_type, reader, version, signed_at, discrepancy } => Fact::Signed {
+            study: *study,
+            report: *report,
+            read_type: read_type.clone(),
+            signature: Signature {
+                version: *version,
+                reader: reader.clone(),
+                at: *signed_at,
+                discrepancy: discrepancy.clone(),
+                event_id: EventId(Uuid::from_u128(u128::from(offset))),
+            },
+        },
+    }
+}
+
+fn draft(reader: &str, impression: &str, base: u32) -> Command {
+    Command::SaveDraft {
+        study: STUDY,
+        reader: reader.into(),
+        findings: "No acute intracranial abnormality.".into(),
+        impression: impression.into(),
+        base_version: base,
+    }
+}
+
+fn sign(reader: &str, read_type: &str, version: u32) -> Command {
+    Command::Sign {
+        study: STUDY,
+        reader: reader.into(),
+        read_type: read_type.into(),
+        version,
+        discrepancy: String::new(),
+    }
+}
+
+#[test]
+fn only_the_holder_drafts_and_each_save_is_a_new_version_from_the_latest() {
+    let state = held("preliminary", "ortiz");
+    let refused = decide(&state, &draft("nair", "Normal.", 0), NOW).unwrap_err();
+    assert_eq!(refused.rule(), Some("ASSIGNMENT"));
+    let (state, first) = run(state, &draft("ortiz", "", 0), NOW).unwrap();
+    let (state, second) = run(state, &draft("ortiz", "Normal.", 1), NOW).unwrap();
+    let versions: Vec<u32> = [&first[0], &second[0]]
+        .iter()
+        .map(|e| match e {
+            Event::Drafted { version, .. } => *version,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(versions, [1, 2]);
+    // Edited from version 1 while 2 was saved: refused, naming the latest.
+    let stale = decide(&state, &draft("ortiz", "Normal.", 1), NOW).unwrap_err();
+    assert_eq!(
+        (stale.rule(), stale.to_string().as_str()),
+        (Some("VERSION"), "version 2 was saved since version 1: edit the latest")
+    );
+    assert_eq!(
+        decide(&State::default(), &draft("ortiz", "x", 0), NOW).unwrap_err(),
+        Error::UnknownStudy { study: STUDY }
+    );
+}
+
+#[test]
+fn a_read_is_signed_by_its_holder_with_a_saved_version_that_has_an_impression() {
+    let state = held("preliminary", "ortiz");
+    assert_eq!(decide(&state, &sign("ortiz", "preliminary", 0), NOW).unwrap_err().rule(), Some("DRAFT"));
+    let (state, _) = run(state, &draft("ortiz", "", 0), NOW).unwrap();
+    assert_eq!(decide(&state, &sign("ortiz", "preliminary", 0), NOW).unwrap_err(), Error::NoImpression { version: 1 });
+    let (state, _) = run(state, &draft("ortiz", "No acute findings.", 0), NOW).unwrap();
+    assert_eq!(decide(&state, &sign("nair", "preliminary", 0), NOW).unwrap_err().rule(), Some("ASSIGNMENT"));
+    assert_eq!(decide(&state, &sign("ortiz", "final", 0), NOW).unwrap_err().rule(), Some("READ_TYPE"));
+    assert!(matches!(decide(&state, &sign("ortiz", "preliminary", 9), NOW), Err(Error::NoVersion { last: 2, .. })));
+    let bad = Command::Sign {
+        study: STUDY,
+        reader: "ortiz".into(),
+        read_type: "preliminary".into(),
+        version: 0,
+        discrepancy: "huge".into(),
+    };
+    assert_eq!(decide(&state, &bad, NOW).unwrap_err(), Error::Discrepancy { value: "huge".into() });
+
+    let (state, signed) = run(state, &sign("ortiz", "preliminary", 0), NOW).unwrap();
+    assert!(matches!(&signed[..], [Event::Signed { version: 2, .. }]), "{signed:?}");
+    // Asked again: the same signature, nothing new; by another: refused.
+    assert!(decide(&state, &sign("ortiz", "preliminary", 0), NOW).unwrap().is_empty());
+    assert_eq!(decide(&state, &sign("nair", "preliminary", 0), NOW).unwrap_err().rule(), Some("SIGNED"));
+    // The signed text is immutable: no more versions of that read.
+    assert_eq!(decide(&state, &draft("ortiz", "Changed.", 0), NOW).unwrap_err().rule(), Some("SIGNED"));
+}
+
+#[test]
+fn a_final_needs_a_licence_current_in_the_patients_jurisdiction() {
+    let with = |licences: Vec<Licence>| {
+        let state = held("final", "ortiz");
+        let state = apply(state, &Fact::Licences { reader: "ortiz".into(), licences });
+        run(state, &draft("ortiz", "Normal.", 0), NOW).unwrap().0
+    };
+    let year = 365 * 86_400_000_000;
+    // A national licence covers the state; the state's covers itself.
+    for ok in [vec![licence("US", UnixMicros(NOW.0 + year))], vec![licence("US-NY", UnixMicros(NOW.0 + year))]] {
+        assert!(decide(&with(ok), &sign("ortiz", "final", 0), NOW).is_ok());
+    }
+    for refused in [
+        vec![],
+        vec![licence("US-CA", UnixMicros(NOW.0 + year))],
+        vec![licence("GB", UnixMicros(NOW.0 + year))],
+        // Expired at the moment of signing.
+        vec![licence("US", NOW)],
+    ] {
+        let e = decide(&with(refused.clone()), &sign("ortiz", "final", 0), NOW).unwrap_err();
+        assert_eq!(e, Error::Licence { reader: "ortiz".into(), jurisdiction: "US-NY".into() }, "{refused:?}");
+    }
+    // A preliminary needs none.
+    let state = apply(held("preliminary", "ortiz"), &Fact::Licences { reader: "ortiz".into(), licences: vec![] });
+    let state = run(state, &draft("ortiz", "Normal.", 0), NOW).unwrap().0;
+    assert!(decide(&state, &sign("ortiz", "preliminary", 0), NOW).is_ok());
+}
+
+#[test]
+fn routing_moves_the_read_and_reporting_follows() {
+    let state = held("preliminary", "ortiz");
+    let state = run(state, &draft("ortiz", "Normal.", 0), NOW).unwrap().0;
+    // Released, then reassigned to nair: ortiz may no longer sign; nair
+    // signs the versions saved so far.
+    let state = apply(state, &Fact::Released { study: STUDY });
+    assert_eq!(decide(&state, &sign("ortiz", "preliminary", 0), NOW).unwrap_err().rule(), Some("ASSIGNMENT"));
+    let state = apply(state, &Fact::Held { study: STUDY, reader: "nair".into() });
+    let state = run(state, &sign("nair", "preliminary", 0), NOW).unwrap().0;
+    // Routing completes the preliminary and queues the final.
+    let state = apply(state, &Fact::Completed { study: STUDY, read_type: "preliminary".into() });
+    assert_eq!(state.studies[&STUDY].open, None);
+    let state = apply(state, &Fact::Queued { study: STUDY, facts: facts(), read_type: "final".into() });
+    let state = apply(state, &Fact::Held { study: STUDY, reader: "ortiz".into() });
+    let (state, drafted) = run(state, &draft("ortiz", "Agree.", 0), NOW).unwrap();
+    assert!(matches!(&drafted[..], [Event::Drafted { version: 1, read_type, .. }] if read_type == "final"));
+    assert_eq!(state.studies[&STUDY].reports.len(), 2, "one report per read");
+    assert_ne!(report_id(STUDY, "preliminary"), report_id(STUDY, "final"));
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    Hold(u8),
+    Release,
+    Complete,
+    Queue(bool),
+    Draft(u8, bool),
+    Sign(u8, bool),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (0..3u8).prop_map(Step::Hold),
+        Just(Step::Release),
+        Just(Step::Complete),
+        any::<bool>().prop_map(Step::Queue),
+        (0..3u8, any::<bool>()).prop_map(|(r, i)| Step::Draft(r, i)),
+        (0..3u8, any::<bool>()).prop_map(|(r, f)| Step::Sign(r, f)),
+    ]
+}
+
+proptest! {
+    /// Whatever routing does in between: no signature without holding the
+    /// open read of its type, and a signed read's signature and versions
+    /// never change after.
+    #[test]
+    fn no_sign_without_the_open_read_and_signed_text_never_changes(steps in prop::collection::vec(step(), 1..60)) {
+        let readers = ["ortiz", "nair", "lee"];
+        let year = UnixMicros(NOW.0 + 365 * 86_400_000_000);
+        let mut state = State::default();
+        for r in readers {
+            state = apply(state, &Fact::Licences { reader: r.into(), licences: vec![licence("US", year)] });
+        }
+        let mut frozen: Vec<(String, Report)> = Vec::new();
+        for (n, s) in steps.iter().enumerate() {
+            let now = UnixMicros(NOW.0 + n as i64);
+            let before = state.clone();
+            match s {
+                Step::Hold(r) => state = apply(state, &Fact::Held { study: STUDY, reader: readers[*r as usize].into() }),
+                Step::Release => state = apply(state, &Fact::Released { study: STUDY }),
+                Step::Complete => {
+                    let open = state.studies.get(&STUDY).and_then(|s| s.open.clone());
+                    if let Some(o) = open {
+                        state = apply(state, &Fact::Completed { study: STUDY, read_type: o.read_type });
+                    }
+                }
+                Step::Queue(fin) => {
+                    let read_type = if *fin { "final" } else { "preliminary" };
+                    state = apply(state, &Fact::Queued { study: STUDY, facts: facts(), read_type: read_type.into() });
+                }
+                Step::Draft(r, impression) => {
+                    let text = if *impression { "Normal." } else { "" };
+                    if let Ok((next, _)) = run(state.clone(), &draft(readers[*r as usize], text, 0), now) {
+                        state = next;
+                    }
+                }
+                Step::Sign(r, fin) => {
+                    let (reader, read_type) = (readers[*r as usize], if *fin { "final" } else { "preliminary" });
+                    if let Ok((next, events)) = run(state.clone(), &sign(reader, read_type, 0), now)
+                        && !events.is_empty()
+                    {
+                        let open = before.studies.get(&STUDY).and_then(|s| s.open.clone());
+                        prop_assert_eq!(open, Some(OpenRead { read_type: read_type.into(), holder: Some(reader.into()) }));
+                        state = next;
+                    }
+                }
+            }
+            if let Some(study) = state.studies.get(&STUDY) {
+                for r in study.reports.iter().filter(|r| r.signed.is_some()) {
+                    match frozen.iter().find(|(t, _)| *t == r.read_type) {
+                        Some((_, then)) => prop_assert_eq!(then, r, "a signed report changed"),
+                        None => frozen.push((r.read_type.clone(), r.clone())),
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! Reporting as a service of a region's process: the gRPC service, and a
+//! task that follows the log into reporting's state (routing's moves and
+//! its own events), snapshotting as it goes.
+
+use std::sync::Arc;
+
+use meridian_audit::Audit;
+use meridian_auth::grpc::Authenticate;
+use meridian_proto::reporting::v1::reporting_service_server::ReportingServiceServer;
+use meridian_region::service::{BoxFuture, GrpcRoutes, ServiceListeners};
+use meridian_region::{RegionContext, RegionError, RegionService, Stopping, Task};
+
+use crate::adapters::grpc::ReportingGrpc;
+use crate::app::Reporting;
+
+pub struct ReportingService {
+    context: Arc<RegionContext>,
+    pub reporting: Arc<Reporting>,
+    audit: Arc<Audit>,
+}
+
+impl ReportingService {
+    /// Opens reporting's state from its snapshot and the tail of its topics.
+    pub async fn open(context: &Arc<RegionContext>) -> Result<Arc<ReportingService>, RegionError> {
+        let reporting = Reporting::open(
+            &context.name,
+            context.log.clone(),
+            context.keys.clone(),
+            context.snapshotter(),
+            context.idle,
+        )
+        .await
+        .map_err(|e| context.service_error("reporting", e))?;
+        let audit =
+            Audit::new(&context.name, context.log.clone()).map_err(|e| context.service_error("reporting", e))?;
+        Ok(Arc::new(ReportingService {
+            context: context.clone(),
+            reporting: Arc::new(reporting),
+            audit: Arc::new(audit),
+        }))
+    }
+}
+
+impl RegionService for ReportingService {
+    fn name(&self) -> &'static str {
+        "reporting"
+    }
+
+    fn grpc<'a>(
+        &'a self,
+        routes: &'a mut GrpcRoutes,
+        health: &'a tonic_health::server::HealthReporter,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let service = ReportingGrpc::new(self.reporting.clone(), self.context.platform.clone(), self.audit.clone());
+            routes.add_service(ReportingServiceServer::with_interceptor(
+                service,
+                Authenticate::new(self.context.verifier.clone()),
+            ));
+            health.set_serving::<ReportingServiceServer<ReportingGrpc>>().await;
+        })
+    }
+
+    fn start(self: Arc<Self>, _: &mut ServiceListeners, stopping: Stopping) -> Vec<Task> {
+        let reporting = self.reporting.clone();
+        let follow = async move { reporting.follow(stopping.wait()).await };
+        vec![Task::spawn("reporting follows the log", follow)]
+    }
+
+    fn stop(&self) {}
+
+    fn save_snapshots(&self, force: bool) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Err(e) = self.reporting.snapshot(force).await {
+                tracing::warn!(region = %self.context.name, error = %e, "saving reporting's snapshot");
+            }
+        })
+    }
+
+    fn projections(&self) -> BoxFuture<'_, Vec<serde_json::Value>> {
+        Box::pin(async move {
+            let (studies, unreadable) = self.reporting.read(|f| (f.state.studies.len(), f.unreadable.clone())).await;
+            vec![serde_json::json!({
+                "name": "reporting.reports", "opened": self.reporting.opened(), "stats": self.reporting.stats().await,
+                "studies": studies, "unreadable": unreadable,
+            })]
+        })
+    }
+}

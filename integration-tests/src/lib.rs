@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -198,6 +198,43 @@ impl Drop for Moto {
 }
 
 /// Shared by the durability tests and the `log-writer` process they start.
+/// The example configuration where Atlantic has one reader, dr-ana-ortiz,
+/// always on shift and reading one study at a time, and Acme's contract
+/// names only Atlantic: every Acme preliminary goes to her, and the next
+/// only once she has signed the one before. Written to `to`.
+pub fn one_reader_examples(examples: &Path, to: &Path) {
+    copy_dir(examples, to);
+    let group = to.join("groups/atlantic-rads.toml");
+    let text = std::fs::read_to_string(&group).unwrap();
+    let first = text.split("\n[[readers]]").take(2).collect::<Vec<_>>().join("\n[[readers]]");
+    let ortiz = first.replace("capacity = 8", "capacity = 1").replace(
+        r#"shifts = [{ days = ["mon", "tue", "wed", "thu", "fri"], start = "08:00", end = "17:00" }]"#,
+        r#"shifts = [{ days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], start = "00:00", end = "23:59" }]"#,
+    );
+    assert!(ortiz.contains("capacity = 1") && ortiz.contains("\"sun\""), "the example's reader changed: {ortiz}");
+    std::fs::write(&group, ortiz).unwrap();
+    let contract = to.join("contracts/acme-atlantic.toml");
+    let text = std::fs::read_to_string(&contract).unwrap();
+    let only = r#"reading_groups = ["atlantic-rads"]"#;
+    let text = text.replace(r#"reading_groups = ["atlantic-rads", "lotus-teleradiology"]"#, only);
+    assert!(text.contains(only), "the example's contract changed");
+    std::fs::write(&contract, text).unwrap();
+}
+
+/// Copies a directory tree.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
 pub mod durability {
     use meridian_events::Envelope;
     use uuid::Uuid;

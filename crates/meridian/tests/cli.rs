@@ -941,19 +941,6 @@ async fn a_completed_study_under_a_deidentified_contract_is_derived_into_the_all
 }
 
 /// Copies a configuration directory (the examples) to `to`.
-fn copy_config(from: &Path, to: &Path) {
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        let target = to.join(path.file_name().unwrap());
-        if path.is_dir() {
-            std::fs::create_dir_all(&target).unwrap();
-            copy_config(&path, &target);
-        } else {
-            std::fs::copy(&path, &target).unwrap();
-        }
-    }
-}
-
 /// A fixed-offset zone (no daylight saving) whose local hour is `hour` now.
 // The region under test reads the real clock, so the test must too.
 #[allow(clippy::disallowed_methods)]
@@ -978,7 +965,7 @@ fn each_study_goes_to_the_contract_that_takes_it_at_its_facilitys_hour() {
     // time) and a nighthawk contract (lotus-teleradiology, 19:00 to 07:00);
     // its two facilities sit where it is now 10:00 and 02:00.
     let config = tempfile::TempDir::new().unwrap();
-    copy_config(&repo().join("deploy/examples/dev"), config.path());
+    meridian_integration_tests::copy_dir(&repo().join("deploy/examples/dev"), config.path());
     let tenant = config.path().join("tenants/acme.toml");
     let text = std::fs::read_to_string(&tenant).unwrap().replacen(
         "time_zone = \"America/New_York\"",
@@ -1426,23 +1413,7 @@ fn a_reader_drafts_and_signs_the_read_they_hold_and_routing_pushes_them_the_next
     // Atlantic with one reader, always on shift, one study at a time; the
     // contract names only Atlantic, so every preliminary goes to her.
     let config = tempfile::TempDir::new().unwrap();
-    copy_config(&repo().join("deploy/examples/dev"), config.path());
-    let group = config.path().join("groups/atlantic-rads.toml");
-    let text = std::fs::read_to_string(&group).unwrap();
-    let first = text.split("\n[[readers]]").take(2).collect::<Vec<_>>().join("\n[[readers]]");
-    let ortiz = first.replace("capacity = 8", "capacity = 1").replace(
-        r#"shifts = [{ days = ["mon", "tue", "wed", "thu", "fri"], start = "08:00", end = "17:00" }]"#,
-        r#"shifts = [{ days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], start = "00:00", end = "23:59" }]"#,
-    );
-    assert!(ortiz.contains("capacity = 1") && ortiz.contains("\"sun\""), "{ortiz}");
-    std::fs::write(&group, ortiz).unwrap();
-    let contract = config.path().join("contracts/acme-atlantic.toml");
-    let text = std::fs::read_to_string(&contract).unwrap();
-    let text = text.replace(
-        r#"reading_groups = ["atlantic-rads", "lotus-teleradiology"]"#,
-        r#"reading_groups = ["atlantic-rads"]"#,
-    );
-    std::fs::write(&contract, text).unwrap();
+    meridian_integration_tests::one_reader_examples(&repo().join("deploy/examples/dev"), config.path());
     let check = Command::new(MERIDIAN).args(["config", "check"]).arg(config.path()).output().unwrap();
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
 

@@ -589,3 +589,64 @@ fn billing_charges_and_pays_each_signed_read_once_through_kills() {
     }
     drop(billing);
 }
+
+/// Reporting as its own process beside routing and ingest: the reader
+/// who holds a read drafts it, reporting is SIGKILLed and restarted (from
+/// its snapshot and the tail), the reader signs, and routing — another
+/// process, meeting reporting only on the log — completes the read and
+/// pushes her the next study.
+#[test]
+fn reporting_apart_signs_what_routing_assigned_through_a_sigkill() {
+    let (tansu, moto) = (Tansu::start(), Moto::start("unused"));
+    let work = tempfile::TempDir::new().unwrap();
+    let one_reader = work.path().join("examples");
+    meridian_integration_tests::one_reader_examples(&examples(), &one_reader);
+    let (cluster, tokens) = Cluster::new(Path::new(MERIDIAN), &one_reader, work.path(), &tansu, Some(&moto));
+    let (pacs, sre) = (&tokens["acme-pacs"], &tokens["sre"]);
+    let routing = cluster.start("routing", None);
+    let ingest = cluster.start("ingest", None);
+    let mut reporting = cluster.start("reporting", None);
+    let events = |stream: &str| stream_events(Path::new(MERIDIAN), &routing, "us-east", stream, sre);
+    let files = tempfile::TempDir::new().unwrap();
+    for (n, uid) in ["1.2.826.0.1.3680043.10.543.501", "1.2.826.0.1.3680043.10.543.502"].iter().enumerate() {
+        let dir = files.path().join(n.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = study_files(&dir, uid, 1);
+        let (ok, said) = storescu(ingest.dicom_port(), "ACME_CT1", "MERIDIAN_ACME", &file);
+        assert!(ok, "{said}");
+        complete(&ingest, pacs, uid);
+    }
+    let assigned = |events: &[serde_json::Value]| -> Vec<String> {
+        of_type(events, "StudyAssigned").iter().map(|a| a["payload"]["studyId"].as_str().unwrap().to_owned()).collect()
+    };
+    let held = wait_until("one study pushed to dr-ana-ortiz", 60, || assigned(&events("routing")).first().cloned());
+    let cli = |reporting: &meridian_integration_tests::processes::Service, token: &str, args: &[&str]| {
+        let out = Command::new(MERIDIAN)
+            .args(args)
+            .args(["--region", "us-east", "--endpoint", &format!("http://{}", reporting.grpc()), "--token", token])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let ortiz = tokens["dr-ortiz"].as_str();
+    let (ok, said) = cli(&reporting, ortiz, &["report", "draft", &held, "--impression", "No acute findings."]);
+    assert!(ok && said.contains("version 1 saved"), "{said}");
+    reporting.kill();
+    let reporting = cluster.start("reporting", None);
+    let (ok, said) = cli(&reporting, ortiz, &["report", "sign", &held, "--read-type", "preliminary"]);
+    assert!(ok && said.contains("signed with version 1"), "the draft outlived the kill: {said}");
+    let next = wait_until("the read completed and the next study pushed to her", 60, || {
+        let events = events("routing");
+        let done = of_type(&events, "AssignmentCompleted").iter().any(|c| c["payload"]["studyId"] == held.as_str());
+        let next = assigned(&events).into_iter().find(|s| *s != held);
+        next.filter(|_| done)
+    });
+    assert_ne!(next, held);
+    let (ok, said) = cli(&reporting, &tokens["acme-admin"], &["report", "show", &held]);
+    assert!(ok && said.contains("signed by dr-ana-ortiz") && said.contains("No acute findings."), "{said}");
+    let signed = of_type(&events("reporting"), "ReportSigned").len();
+    assert_eq!(signed, 1, "one signature on the log");
+}

@@ -605,7 +605,7 @@ fn reporting_apart_signs_what_routing_assigned_through_a_sigkill() {
     let (pacs, sre) = (&tokens["acme-pacs"], &tokens["sre"]);
     let routing = cluster.start("routing", None);
     let ingest = cluster.start("ingest", None);
-    let mut reporting = cluster.start("reporting", None);
+    let reporting = cluster.start("reporting", None);
     let events = |stream: &str| stream_events(Path::new(MERIDIAN), &routing, "us-east", stream, sre);
     let files = tempfile::TempDir::new().unwrap();
     for (n, uid) in ["1.2.826.0.1.3680043.10.543.501", "1.2.826.0.1.3680043.10.543.502"].iter().enumerate() {

@@ -343,6 +343,46 @@ proptest! {
         }
     }
 
+    /// A signature ends the read whoever holds it: a signer who lost the
+    /// read to a racing release or reassignment still completes it; the
+    /// holder is released first and their load freed; no one else's
+    /// load changes, and nobody holds the read after.
+    #[test]
+    fn a_signature_ends_the_read_whoever_holds_it(
+        w in world(),
+        pick in any::<prop::sample::Index>(),
+        signer in any::<prop::sample::Index>(),
+    ) {
+        let (p, state) = setup(&w);
+        let assigned = decide(&state, &p, Command::AssignPending, w.now).unwrap();
+        let state = assigned.iter().fold(state, apply);
+        let held: Vec<&Study> = state.studies.values().filter(|s| s.assignee.is_some()).collect();
+        prop_assume!(!held.is_empty());
+        let s = pick.get(&held);
+        let holder = s.assignee.clone().unwrap();
+        let readers: Vec<&String> = state.readers.keys().collect();
+        let signer = signer.get(&readers).to_string();
+        let sign = Command::ReadSigned { study: s.id, read_type: s.read_type, reader: signer.clone(), signed_at: w.now };
+        let events = decide(&state, &p, sign, w.now).unwrap();
+        let released: Vec<&String> = events
+            .iter()
+            .filter_map(|e| match e { Event::AssignmentReleased { reader, .. } => Some(reader), _ => None })
+            .collect();
+        if signer == holder {
+            prop_assert!(released.is_empty());
+        } else {
+            prop_assert_eq!(released, vec![&holder]);
+        }
+        let completed = events.iter().any(|e| matches!(e, Event::AssignmentCompleted { reader, .. } if *reader == signer));
+        prop_assert!(completed, "the signer completes the read: {:?}", events);
+        let after = events.iter().fold(state.clone(), apply);
+        for (r, l) in &state.load {
+            let expected = if *r == holder { l.open - 1 } else { l.open };
+            prop_assert_eq!(after.load.get(r).map_or(0, |l| l.open), expected, "{}", r);
+        }
+        prop_assert!(after.studies.get(&s.id).is_none_or(|n| n.assignee.is_none()));
+    }
+
     /// Pull: a reader's worklist is exactly the studies the oracle finds
     /// eligible, in the oracle's order; ClaimNext takes the first.
     #[test]

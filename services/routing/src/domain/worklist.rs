@@ -649,16 +649,20 @@ pub fn decide(state: &State, policy: &Policy, command: Command, now: UnixMicros)
             if s.read_type != read_type {
                 return Err(Error::WrongRead { study, signed: read_type, open: s.read_type });
             }
-            if s.assignee.as_deref() != Some(reader.as_str()) {
-                return Err(Error::NotAssignee { study, reader });
-            }
             let contract = policy
                 .contracts
                 .get(&s.contract)
                 .ok_or_else(|| Error::UnknownContract { study, contract: s.contract.clone() })?;
             let group = state.readers.get(&reader).map(|r| r.group.clone()).unwrap_or_default();
-            let mut events =
-                vec![Event::AssignmentCompleted { study, reader: reader.clone(), read_type, signed_at, group }];
+            // A signature is a clinical fact: the read is done even when the
+            // signer lost the assignment to a racing release or reassignment.
+            // Whoever holds it now is released first (their capacity freed).
+            let mut events = Vec::new();
+            if let Some(holder) = s.assignee.as_ref().filter(|h| **h != reader) {
+                let reason = format!("the read was signed by {reader}");
+                events.push(Event::AssignmentReleased { study, reader: holder.clone(), reason });
+            }
+            events.push(Event::AssignmentCompleted { study, reader: reader.clone(), read_type, signed_at, group });
             // A preliminary is followed by the final where the contract has
             // finals. The preliminary answered the urgent question: the final
             // is routine work, due the contract's routine turnaround after
@@ -902,7 +906,11 @@ pub fn apply(mut state: State, event: &Event) -> State {
                 if s.assignee.is_none() {
                     state.queue.remove(&s);
                 }
-                if let Some(l) = state.load.get_mut(reader) {
+                // Only a holder gives work back (a signer who lost the read
+                // holds none of it).
+                if s.assignee.as_deref() == Some(reader.as_str())
+                    && let Some(l) = state.load.get_mut(reader)
+                {
                     l.give_back(&s);
                 }
             }

@@ -147,6 +147,7 @@ catalogue! {
     // reporting
     ReportSigned         => 1, Operational, "reporting", "reporting.study", "reporting";
     ReportText           => 1, Phi,         "reporting", "reporting.study", "reporting";
+    ReportAmended        => 1, Operational, "reporting", "reporting.study", "reporting";
     // routing
     ReaderRegistered     => 1, Operational, "routing", "routing.reader", "routing";
     ReaderUpdated        => 1, Operational, "routing", "routing.reader", "routing";

@@ -670,6 +670,40 @@ pub async fn report_sign(
     Ok(ExitCode::SUCCESS)
 }
 
+/// An amendment of a signed report.
+pub enum Amend {
+    Addendum { read_type: String, text: String },
+    Correct { read_type: String, findings: String, impression: String, reason: String },
+    EnteredInError { read_type: String, reason: String },
+}
+
+/// Amends the caller's signed report of `study`.
+pub async fn report_amend(target: &Target, study: &str, amend: Amend) -> anyhow::Result<ExitCode> {
+    use meridian_proto::reporting::v1 as pb;
+    use meridian_proto::reporting::v1::reporting_service_client::ReportingServiceClient;
+    let c = connect(target).await?;
+    let mut client = ReportingServiceClient::new(c.channel);
+    let study_id = study.to_owned();
+    let amended = match amend {
+        Amend::Addendum { read_type, text } => {
+            let request = pb::AddAddendumRequest { study_id, read_type, text };
+            client.add_addendum(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner().amended
+        }
+        Amend::Correct { read_type, findings, impression, reason } => {
+            let sections = Some(pb::Sections { findings, impression });
+            let request = pb::CorrectRequest { study_id, read_type, sections, reason };
+            client.correct(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner().amended
+        }
+        Amend::EnteredInError { read_type, reason } => {
+            let request = pb::EnterInErrorRequest { study_id, read_type, reason };
+            client.enter_in_error(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner().amended
+        }
+    };
+    let a = amended.context("the region answered without the amendment")?;
+    say!("{study} report {} is {} (version {})", a.report_id, a.status, a.version);
+    Ok(ExitCode::SUCCESS)
+}
+
 /// A study's reports.
 pub async fn report_show(target: &Target, study: &str) -> anyhow::Result<ExitCode> {
     use meridian_proto::reporting::v1 as pb;
@@ -679,10 +713,11 @@ pub async fn report_show(target: &Target, study: &str) -> anyhow::Result<ExitCod
     let request = pb::GetReportRequest { study_id: study.to_owned() };
     let r = client.get_report(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
     for report in &r.reports {
-        let signed = if report.status == "signed" {
-            format!("signed by {} at {} (version {})", report.signed_by, time(&report.signed_at), report.signed_version)
-        } else {
+        let signed = if report.status == "draft" {
             "draft".to_owned()
+        } else {
+            let at = time(&report.signed_at);
+            format!("{}, signed by {} at {at} (version {})", report.status, report.signed_by, report.signed_version)
         };
         say!("{} report {} ({} versions): {signed}", report.read_type, report.report_id, report.versions);
         if let Some(text) = &report.text {
@@ -690,6 +725,13 @@ pub async fn report_show(target: &Target, study: &str) -> anyhow::Result<ExitCod
             say!("  version {} by {}", text.version, text.author_id);
             say!("  FINDINGS: {}", sections.findings);
             say!("  IMPRESSION: {}", sections.impression);
+        }
+        for a in &report.amendments {
+            let reason = if a.reason.is_empty() { String::new() } else { format!(": {}", a.reason) };
+            say!("  {} by {} at {} (version {}){reason}", a.kind, a.reader_id, time(&a.at), a.version);
+            if let Some(text) = &a.sections {
+                say!("    {} {}", text.findings, text.impression);
+            }
         }
     }
     if r.reports.is_empty() {

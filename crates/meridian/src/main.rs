@@ -206,8 +206,42 @@ enum ReportCommand {
         #[arg(long, default_value = "")]
         discrepancy: String,
     },
-    /// A study's reports, with the text of each read's signed (or latest)
-    /// version (audited).
+    /// Append an addendum to a report you signed (the signed text stays).
+    Addendum {
+        study: String,
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        read_type: String,
+        #[arg(long)]
+        text: String,
+    },
+    /// Correct a report you signed: new text, current from now on.
+    Correct {
+        study: String,
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        read_type: String,
+        #[arg(long, default_value = "")]
+        findings: String,
+        #[arg(long)]
+        impression: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Mark a report you signed as entered in error.
+    EnteredInError {
+        study: String,
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        read_type: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// A study's reports, with the text of each read's current version and
+    /// of each amendment (audited).
     Show {
         study: String,
         #[command(flatten)]
@@ -479,6 +513,18 @@ async fn main() -> ExitCode {
         }
         Command::Report { command: ReportCommand::Show { study, target } } => {
             client::report_show(&target, &study).await
+        }
+        Command::Report { command: ReportCommand::Addendum { study, target, read_type, text } } => {
+            client::report_amend(&target, &study, client::Amend::Addendum { read_type, text }).await
+        }
+        Command::Report {
+            command: ReportCommand::Correct { study, target, read_type, findings, impression, reason },
+        } => {
+            client::report_amend(&target, &study, client::Amend::Correct { read_type, findings, impression, reason })
+                .await
+        }
+        Command::Report { command: ReportCommand::EnteredInError { study, target, read_type, reason } } => {
+            client::report_amend(&target, &study, client::Amend::EnteredInError { read_type, reason }).await
         }
         Command::Claim { study, target, reader } => {
             client::routing(&target, reader, client::RoutingCommand::Claim(study)).await

@@ -1495,11 +1495,25 @@ fn a_reader_drafts_and_signs_the_read_they_hold_and_routing_pushes_them_the_next
     );
     let (ok, said) = cli(&["report", "show", &held, "--as", "northwind-admin"]);
     assert!(!ok && said.contains("PermissionDenied"), "{said}");
+    // Its signer appends an addendum; the signed text stays the report.
+    let addendum =
+        ["report", "addendum", &held, "--read-type", "preliminary", "--text", "Compared with the prior: stable."];
+    let (ok, said) = cli(&[&addendum[..], &["--as", "dr-nair"]].concat());
+    assert!(!ok && said.contains("PermissionDenied"), "{said}");
+    let (ok, said) = cli(&[&addendum[..], &["--as", "dr-ortiz"]].concat());
+    assert!(ok && said.contains("is appended (version 3)"), "{said}");
+    let (ok, said) = cli(&["report", "show", &held, "--as", "acme-admin"]);
+    assert!(ok && said.contains("appended, signed by dr-ana-ortiz"), "{said}");
+    assert!(
+        said.contains("IMPRESSION: No acute findings.") && said.contains("Compared with the prior: stable."),
+        "{said}"
+    );
     dev.interrupt();
     // The text is on the PHI topic, sealed; the signature names its version.
     let (texts, _) = topic_events(data.path(), meridian_events::DataClass::Phi, "reporting");
-    assert_eq!(texts.len(), 2);
+    assert_eq!(texts.len(), 3, "two drafts and the addendum");
     assert!(texts.iter().all(|(_, e)| e.open_plain().is_err()), "report text is sealed on the log");
     let (signed, _) = topic_events(data.path(), meridian_events::DataClass::Operational, "reporting");
-    assert_eq!(signed.len(), 1);
+    let kinds: Vec<&str> = signed.iter().map(|(_, e)| e.payload_type.rsplit('.').next().unwrap()).collect();
+    assert_eq!(kinds, ["ReportSigned", "ReportAmended"]);
 }

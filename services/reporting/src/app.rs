@@ -130,15 +130,14 @@ impl Reporting {
             projector.feed_appended(batch, appended, self.keys.as_ref())?;
             for e in &events {
                 let (study, what) = match e {
-                    Event::Drafted { study, version, .. } => (study, format!("draft version {version} saved")),
+                    Event::Drafted { study, version, kind, .. } => (study, format!("{kind} version {version} saved")),
                     Event::Signed { study, read_type, .. } => (study, format!("{read_type} signed")),
+                    Event::Amended { study, read_type, kind, .. } => (study, format!("{read_type} report {kind}")),
                 };
                 tracing::info!(region = %self.region, %study, "{what}");
             }
         }
-        let study = match &command {
-            Command::SaveDraft { study, .. } | Command::Sign { study, .. } => *study,
-        };
+        let study = command.study();
         let now_study = projector.state().state.studies.get(&study).cloned().unwrap_or_default();
         Ok((events, now_study))
     }
@@ -150,6 +149,7 @@ impl Reporting {
             let (study, report, version, kind) = match e {
                 Event::Drafted { study, report, version, .. } => (*study, *report, *version, "text"),
                 Event::Signed { study, report, version, .. } => (*study, *report, *version, "signed"),
+                Event::Amended { study, report, version, kind, .. } => (*study, *report, *version, *kind),
             };
             let last = bumped.get(&study).or_else(|| folded.versions.get(&study)).copied().unwrap_or(0);
             bumped.insert(study, last + 1);

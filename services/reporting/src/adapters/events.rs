@@ -6,7 +6,7 @@ use meridian_events::{EventId, UnixMicros};
 use meridian_proto::events::v1 as pb;
 use uuid::Uuid;
 
-use crate::domain::model::{Fact, Licence, Signature, StudyFacts, VersionRef};
+use crate::domain::model::{Amendment, Fact, Licence, Signature, StudyFacts, VersionRef};
 use crate::domain::report::Event;
 
 fn time(t: &Option<prost_types::Timestamp>) -> UnixMicros {
@@ -75,6 +75,18 @@ pub fn fact(payload: &Payload, event_id: EventId, partition: u32, offset: u64) -
                 partition,
                 offset,
                 has_impression: !t.impression.trim().is_empty(),
+                kind: if t.kind.is_empty() { "draft".into() } else { t.kind.clone() },
+            },
+        },
+        Payload::ReportAmended(a) => Fact::Amended {
+            study: uuid("ReportAmended", "study_id", &a.study_id)?,
+            read_type: a.read_type.clone(),
+            amendment: Amendment {
+                kind: a.kind.clone(),
+                version: a.version,
+                reader: a.reader_id.clone(),
+                at: time(&a.amended_at),
+                reason: a.reason.clone(),
             },
         },
         Payload::ReportSigned(s) => Fact::Signed {
@@ -96,7 +108,7 @@ pub fn fact(payload: &Payload, event_id: EventId, partition: u32, offset: u64) -
 /// The payload of one of reporting's events.
 pub fn payload(event: &Event) -> Payload {
     match event {
-        Event::Drafted { study, report, version, read_type, author, findings, impression, saved_at } => {
+        Event::Drafted { study, report, version, read_type, author, findings, impression, saved_at, kind } => {
             Payload::ReportText(pb::ReportText {
                 study_id: study.to_string(),
                 report_id: report.to_string(),
@@ -106,6 +118,19 @@ pub fn payload(event: &Event) -> Payload {
                 findings: findings.clone(),
                 impression: impression.clone(),
                 saved_at: Some(saved_at.to_timestamp()),
+                kind: (*kind).to_owned(),
+            })
+        }
+        Event::Amended { study, report, read_type, kind, version, reader, at, reason } => {
+            Payload::ReportAmended(pb::ReportAmended {
+                study_id: study.to_string(),
+                report_id: report.to_string(),
+                read_type: read_type.clone(),
+                kind: (*kind).to_owned(),
+                version: *version,
+                reader_id: reader.clone(),
+                amended_at: Some(at.to_timestamp()),
+                reason: reason.clone(),
             })
         }
         Event::Signed { study, report, read_type, reader, version, signed_at, discrepancy } => {

@@ -40,16 +40,34 @@ impl ReportingGrpc {
         let s = found.ok_or_else(|| Status::not_found(format!("no study {study} is known to reporting here")))?;
         let StudyFacts { tenant, contract, .. } = &s.facts;
         let groups = self.platform.contracts.get(contract).map(|c| c.reading_groups.clone()).unwrap_or_default();
-        // A reader may read the reports of a study they hold, or wrote in.
+        // A reader acts on a study they hold, or wrote in (to read it, or
+        // amend what they signed: the domain checks the signer).
         let wrote = |r: &str| s.reports.iter().any(|rep| rep.versions.iter().any(|v| v.author == r));
         let holder = s.open.as_ref().and_then(|o| o.holder.clone());
-        let assigned = match (action, p.reader.as_deref()) {
-            (Action::ReadReport, Some(r)) if holder.as_deref() != Some(r) && wrote(r) => Some(r.to_owned()),
+        let assigned = match p.reader.as_deref() {
+            Some(r) if holder.as_deref() != Some(r) && wrote(r) => Some(r.to_owned()),
             _ => holder,
         };
         let resource = Resource::Study { tenant, contract_groups: &groups, assigned_reader: assigned.as_deref() };
         authorize(p, action, &resource).map_err(|d| permission_denied(&d))?;
         Ok((study, s))
+    }
+}
+
+impl ReportingGrpc {
+    /// Runs an amendment and says what it did.
+    async fn amend(&self, command: Command, read_type: &str) -> Result<pb::Amended, Status> {
+        let (events, now) = self.reporting.execute(command, arrival_time()).await.map_err(|e| status(&e))?;
+        let report = now.report(read_type).ok_or_else(|| Status::internal("amended, yet no report folded"))?;
+        let version = events.iter().find_map(|e| match e {
+            Event::Amended { version, .. } => Some(*version),
+            _ => None,
+        });
+        Ok(pb::Amended {
+            report_id: report.id.to_string(),
+            status: report.status().into(),
+            version: version.unwrap_or(0),
+        })
     }
 }
 
@@ -72,6 +90,7 @@ pub fn status(e: &Error) -> Status {
                 report::Error::UnknownStudy { .. } => Status::not_found(message),
                 report::Error::NoImpression { .. } => invalid_argument("sections.impression", message),
                 report::Error::Discrepancy { .. } => invalid_argument("discrepancy", message),
+                report::Error::Empty { field, .. } => invalid_argument(field, message),
                 _ => invalid_argument("version", message),
             }
         }
@@ -130,6 +149,53 @@ impl ReportingService for ReportingGrpc {
         }))
     }
 
+    async fn add_addendum(
+        &self,
+        request: Request<pb::AddAddendumRequest>,
+    ) -> Result<Response<pb::AddAddendumResponse>, Status> {
+        let p = principal(&request)?;
+        let r = request.get_ref();
+        let (study, _) = self.study(p, Action::SignReport, &r.study_id).await?;
+        let command =
+            Command::AddAddendum { study, reader: reader(p)?, read_type: r.read_type.clone(), text: r.text.clone() };
+        let amended = self.amend(command, &r.read_type).await?;
+        Ok(Response::new(pb::AddAddendumResponse { amended: Some(amended) }))
+    }
+
+    async fn correct(&self, request: Request<pb::CorrectRequest>) -> Result<Response<pb::CorrectResponse>, Status> {
+        let p = principal(&request)?;
+        let r = request.get_ref();
+        let (study, _) = self.study(p, Action::SignReport, &r.study_id).await?;
+        let sections = r.sections.clone().unwrap_or_default();
+        let command = Command::Correct {
+            study,
+            reader: reader(p)?,
+            read_type: r.read_type.clone(),
+            findings: sections.findings,
+            impression: sections.impression,
+            reason: r.reason.clone(),
+        };
+        let amended = self.amend(command, &r.read_type).await?;
+        Ok(Response::new(pb::CorrectResponse { amended: Some(amended) }))
+    }
+
+    async fn enter_in_error(
+        &self,
+        request: Request<pb::EnterInErrorRequest>,
+    ) -> Result<Response<pb::EnterInErrorResponse>, Status> {
+        let p = principal(&request)?;
+        let r = request.get_ref();
+        let (study, _) = self.study(p, Action::SignReport, &r.study_id).await?;
+        let command = Command::EnterInError {
+            study,
+            reader: reader(p)?,
+            read_type: r.read_type.clone(),
+            reason: r.reason.clone(),
+        };
+        let amended = self.amend(command, &r.read_type).await?;
+        Ok(Response::new(pb::EnterInErrorResponse { amended: Some(amended) }))
+    }
+
     async fn get_report(
         &self,
         request: Request<pb::GetReportRequest>,
@@ -145,11 +211,7 @@ impl ReportingService for ReportingGrpc {
             .map_err(|e| Status::unavailable(e.to_string()))?;
         let mut reports = Vec::new();
         for r in &s.reports {
-            let shown = match &r.signed {
-                Some(signed) => r.versions.iter().find(|v| v.version == signed.version),
-                None => r.versions.last(),
-            };
-            let text = match shown {
+            let text = match r.current() {
                 Some(v) => {
                     let t = self.reporting.text(study, v).await.map_err(|e| status(&e))?;
                     Some(pb::ReportVersion {
@@ -161,10 +223,29 @@ impl ReportingService for ReportingGrpc {
                 }
                 None => None,
             };
+            let mut amendments = Vec::new();
+            for a in &r.amendments {
+                let sections = match r.versions.iter().find(|v| a.version != 0 && v.version == a.version) {
+                    Some(v) => {
+                        let t = self.reporting.text(study, v).await.map_err(|e| status(&e))?;
+                        Some(pb::Sections { findings: t.findings, impression: t.impression })
+                    }
+                    None => None,
+                };
+                amendments.push(pb::Amendment {
+                    kind: a.kind.clone(),
+                    version: a.version,
+                    reader_id: a.reader.clone(),
+                    at: Some(a.at.to_timestamp()),
+                    reason: a.reason.clone(),
+                    sections,
+                });
+            }
             reports.push(pb::Report {
+                amendments,
                 report_id: r.id.to_string(),
                 read_type: r.read_type.clone(),
-                status: if r.signed.is_some() { "signed" } else { "draft" }.into(),
+                status: r.status().into(),
                 signed_version: r.signed.as_ref().map_or(0, |s| s.version),
                 signed_by: r.signed.as_ref().map_or(String::new(), |s| s.reader.clone()),
                 signed_at: r.signed.as_ref().map(|s| s.at.to_timestamp()),

@@ -27,6 +27,21 @@ pub enum Fact {
     Saved { study: Uuid, version: VersionRef, read_type: String, report: Uuid },
     /// ReportSigned.
     Signed { study: Uuid, report: Uuid, read_type: String, signature: Signature },
+    /// ReportAmended.
+    Amended { study: Uuid, read_type: String, amendment: Amendment },
+}
+
+/// What was done to a signed report. Its text, if any, is a version of
+/// kind "addendum" or "correction".
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Amendment {
+    /// "addendum", "corrected" or "entered_in_error".
+    pub kind: String,
+    /// The text version it adds (0: none).
+    pub version: u32,
+    pub reader: String,
+    pub at: UnixMicros,
+    pub reason: String,
 }
 
 /// What routing says of a study.
@@ -68,6 +83,13 @@ pub struct VersionRef {
     pub offset: u64,
     /// Whether it has an impression (a version without one cannot be signed).
     pub has_impression: bool,
+    /// "draft", "addendum" or "correction".
+    #[serde(default = "draft")]
+    pub kind: String,
+}
+
+fn draft() -> String {
+    "draft".into()
 }
 
 /// A read's signature.
@@ -87,6 +109,49 @@ pub struct Report {
     pub read_type: String,
     pub versions: Vec<VersionRef>,
     pub signed: Option<Signature>,
+    /// After signing: addenda, a correction, an entry in error (append-only).
+    #[serde(default)]
+    pub amendments: Vec<Amendment>,
+}
+
+impl Report {
+    /// Its status as FHIR names it: "preliminary"/"final" once signed (by
+    /// read type), "appended", "corrected", "entered-in-error"; "draft"
+    /// before.
+    pub fn status(&self) -> &'static str {
+        if self.signed.is_none() {
+            return "draft";
+        }
+        let kinds = || self.amendments.iter().map(|a| a.kind.as_str());
+        if kinds().any(|k| k == "entered_in_error") {
+            "entered-in-error"
+        } else if kinds().any(|k| k == "corrected") {
+            "corrected"
+        } else if kinds().any(|k| k == "addendum") {
+            "appended"
+        } else if self.read_type == "preliminary" {
+            "preliminary"
+        } else {
+            "final"
+        }
+    }
+
+    /// The version whose text is the report now: the last correction, else
+    /// the signed one (a draft's: the latest).
+    pub fn current(&self) -> Option<&VersionRef> {
+        let corrected = self.amendments.iter().rev().find(|a| a.kind == "corrected").map(|a| a.version);
+        let chosen = corrected.or(self.signed.as_ref().map(|s| s.version));
+        match chosen {
+            Some(v) => self.versions.iter().find(|x| x.version == v),
+            None => self.versions.last(),
+        }
+    }
+
+    /// The addenda's text versions, in order.
+    pub fn addenda(&self) -> impl Iterator<Item = &VersionRef> {
+        let versions: Vec<u32> = self.amendments.iter().filter(|a| a.kind == "addendum").map(|a| a.version).collect();
+        self.versions.iter().filter(move |v| versions.contains(&v.version))
+    }
 }
 
 /// The read routing has open for a study, and who holds it.
@@ -162,12 +227,21 @@ pub fn apply(mut state: State, fact: &Fact) -> State {
                         read_type: read_type.clone(),
                         versions: vec![],
                         signed: None,
+                        amendments: vec![],
                     });
                     s.reports.last_mut().expect("just pushed")
                 }
             };
             if !r.versions.iter().any(|v| v.version == version.version) {
                 r.versions.push(version.clone());
+            }
+        }
+        Fact::Amended { study, read_type, amendment } => {
+            if let Some(r) =
+                state.studies.get_mut(study).and_then(|s| s.reports.iter_mut().find(|r| &r.read_type == read_type))
+                && !r.amendments.contains(amendment)
+            {
+                r.amendments.push(amendment.clone());
             }
         }
         Fact::Signed { study, read_type, signature, .. } => {

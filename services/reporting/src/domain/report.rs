@@ -6,12 +6,60 @@
 use meridian_events::UnixMicros;
 use uuid::Uuid;
 
-use super::model::{State, report_id};
+use super::model::{Report, State, report_id};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
-    SaveDraft { study: Uuid, reader: String, findings: String, impression: String, base_version: u32 },
-    Sign { study: Uuid, reader: String, read_type: String, version: u32, discrepancy: String },
+    SaveDraft {
+        study: Uuid,
+        reader: String,
+        findings: String,
+        impression: String,
+        base_version: u32,
+    },
+    Sign {
+        study: Uuid,
+        reader: String,
+        read_type: String,
+        version: u32,
+        discrepancy: String,
+    },
+    /// Text appended to a signed report (the signed text stays).
+    AddAddendum {
+        study: Uuid,
+        reader: String,
+        read_type: String,
+        text: String,
+    },
+    /// A corrected report: new text, current from now on; the signed text
+    /// stays on record.
+    Correct {
+        study: Uuid,
+        reader: String,
+        read_type: String,
+        findings: String,
+        impression: String,
+        reason: String,
+    },
+    /// The report should never have been issued (wrong patient, say).
+    EnterInError {
+        study: Uuid,
+        reader: String,
+        read_type: String,
+        reason: String,
+    },
+}
+
+impl Command {
+    pub fn study(&self) -> Uuid {
+        match self {
+            Command::SaveDraft { study, .. }
+            | Command::Sign { study, .. }
+            | Command::AddAddendum { study, .. }
+            | Command::Correct { study, .. }
+            | Command::EnterInError { study, .. } => *study,
+        }
+    }
 }
 
 /// What reporting appends.
@@ -27,6 +75,8 @@ pub enum Event {
         findings: String,
         impression: String,
         saved_at: UnixMicros,
+        /// "draft", "addendum" or "correction".
+        kind: &'static str,
     },
     /// A read signed with one of its versions (ReportSigned).
     Signed {
@@ -37,6 +87,17 @@ pub enum Event {
         version: u32,
         signed_at: UnixMicros,
         discrepancy: String,
+    },
+    /// A signed report amended (ReportAmended).
+    Amended {
+        study: Uuid,
+        report: Uuid,
+        read_type: String,
+        kind: &'static str,
+        version: u32,
+        reader: String,
+        at: UnixMicros,
+        reason: String,
     },
 }
 
@@ -63,6 +124,14 @@ pub enum Error {
     NoImpression { version: u32 },
     #[error("discrepancy: {value:?} is not none, minor or major")]
     Discrepancy { value: String },
+    #[error("study {study}'s {read_type} report is not signed: amend only what was signed")]
+    NotSigned { study: Uuid, read_type: String },
+    #[error("{reader} did not sign study {study}'s {read_type} report ({signer} did): its signer amends it")]
+    NotSigner { study: Uuid, read_type: String, reader: String, signer: String },
+    #[error("study {study}'s {read_type} report was entered in error: it takes no more amendments")]
+    EnteredInError { study: Uuid, read_type: String },
+    #[error("{field}: {what}")]
+    Empty { field: &'static str, what: &'static str },
 }
 
 impl Error {
@@ -75,10 +144,14 @@ impl Error {
             Error::Licence { .. } => Some("LICENCE"),
             Error::NoDraft { .. } => Some("DRAFT"),
             Error::Stale { .. } => Some("VERSION"),
+            Error::NotSigned { .. } => Some("NOT_SIGNED"),
+            Error::NotSigner { .. } => Some("AUTHOR"),
+            Error::EnteredInError { .. } => Some("ENTERED_IN_ERROR"),
             Error::UnknownStudy { .. }
             | Error::NoVersion { .. }
             | Error::NoImpression { .. }
-            | Error::Discrepancy { .. } => None,
+            | Error::Discrepancy { .. }
+            | Error::Empty { .. } => None,
         }
     }
 }
@@ -110,6 +183,7 @@ pub fn decide(state: &State, command: &Command, now: UnixMicros) -> Result<Vec<E
                 findings: findings.clone(),
                 impression: impression.clone(),
                 saved_at: now,
+                kind: "draft",
             }])
         }
         Command::Sign { study, reader, read_type, version, discrepancy } => {
@@ -161,5 +235,89 @@ pub fn decide(state: &State, command: &Command, now: UnixMicros) -> Result<Vec<E
                 discrepancy: discrepancy.clone(),
             }])
         }
+        Command::AddAddendum { study, reader, read_type, text } => {
+            if text.trim().is_empty() {
+                return Err(Error::Empty { field: "text", what: "an addendum says something" });
+            }
+            let report = signed_by(state, *study, read_type, reader)?;
+            Ok(amend(report, *study, reader, now, "addendum", Some((text.as_str(), "")), String::new()))
+        }
+        Command::Correct { study, reader, read_type, findings, impression, reason } => {
+            if impression.trim().is_empty() {
+                return Err(Error::Empty {
+                    field: "sections.impression",
+                    what: "a corrected report has an impression",
+                });
+            }
+            if reason.trim().is_empty() {
+                return Err(Error::Empty { field: "reason", what: "say what the correction corrects" });
+            }
+            let report = signed_by(state, *study, read_type, reader)?;
+            let text = Some((findings.as_str(), impression.as_str()));
+            Ok(amend(report, *study, reader, now, "corrected", text, reason.clone()))
+        }
+        Command::EnterInError { study, reader, read_type, reason } => {
+            if reason.trim().is_empty() {
+                return Err(Error::Empty { field: "reason", what: "say why the report was in error" });
+            }
+            let report = signed_by(state, *study, read_type, reader)?;
+            Ok(amend(report, *study, reader, now, "entered_in_error", None, reason.clone()))
+        }
     }
+}
+
+/// `study`'s signed `read_type` report, when `reader` signed it and it
+/// still takes amendments.
+fn signed_by<'s>(state: &'s State, study: Uuid, read_type: &str, reader: &str) -> Result<&'s Report, Error> {
+    let s = state.studies.get(&study).ok_or(Error::UnknownStudy { study })?;
+    let not_signed = || Error::NotSigned { study, read_type: read_type.to_owned() };
+    let report = s.report(read_type).ok_or_else(not_signed)?;
+    let signed = report.signed.as_ref().ok_or_else(not_signed)?;
+    if signed.reader != reader {
+        let (read_type, reader, signer) = (read_type.to_owned(), reader.to_owned(), signed.reader.clone());
+        return Err(Error::NotSigner { study, read_type, reader, signer });
+    }
+    if report.amendments.iter().any(|a| a.kind == "entered_in_error") {
+        return Err(Error::EnteredInError { study, read_type: read_type.to_owned() });
+    }
+    Ok(report)
+}
+
+/// The events of an amendment: its text as the next version (if any) and
+/// the amendment naming it.
+fn amend(
+    report: &Report,
+    study: Uuid,
+    reader: &str,
+    now: UnixMicros,
+    kind: &'static str,
+    text: Option<(&str, &str)>,
+    reason: String,
+) -> Vec<Event> {
+    let next = report.versions.last().map_or(0, |v| v.version) + 1;
+    let mut events = Vec::new();
+    if let Some((findings, impression)) = text {
+        events.push(Event::Drafted {
+            study,
+            report: report.id,
+            version: next,
+            read_type: report.read_type.clone(),
+            author: reader.to_owned(),
+            findings: findings.to_owned(),
+            impression: impression.to_owned(),
+            saved_at: now,
+            kind: if kind == "addendum" { "addendum" } else { "correction" },
+        });
+    }
+    events.push(Event::Amended {
+        study,
+        report: report.id,
+        read_type: report.read_type.clone(),
+        kind,
+        version: if text.is_some() { next } else { 0 },
+        reader: reader.to_owned(),
+        at: now,
+        reason,
+    });
+    events
 }

@@ -44,7 +44,7 @@ fn run(state: State, command: &Command, now: UnixMicros) -> Result<(State, Vec<E
 /// What folding an event back from the log gives.
 fn fact_of(event: &Event, offset: u64) -> Fact {
     match event {
-        Event::Drafted { study, report, version, read_type, author, impression, saved_at, .. } => Fact::Saved {
+        Event::Drafted { study, report, version, read_type, author, impression, saved_at, kind, .. } => Fact::Saved {
             study: *study,
             report: *report,
             read_type: read_type.clone(),
@@ -55,6 +55,18 @@ fn fact_of(event: &Event, offset: u64) -> Fact {
                 partition: 0,
                 offset,
                 has_impression: !impression.trim().is_empty(),
+                kind: (*kind).to_owned(),
+            },
+        },
+        Event::Amended { study, read_type, kind, version, reader, at, reason, .. } => Fact::Amended {
+            study: *study,
+            read_type: read_type.clone(),
+            amendment: Amendment {
+                kind: (*kind).to_owned(),
+                version: *version,
+                reader: reader.clone(),
+                at: *at,
+                reason: reason.clone(),
             },
         },
         Event::Signed { study, report, read_type, reader, version, signed_at, discrepancy } => Fact::Signed {
@@ -196,6 +208,69 @@ fn routing_moves_the_read_and_reporting_follows() {
     assert_ne!(report_id(STUDY, "preliminary"), report_id(STUDY, "final"));
 }
 
+#[test]
+fn a_signed_report_is_amended_by_its_signer_only_by_appending() {
+    let state = held("preliminary", "ortiz");
+    let addendum = |reader: &str| Command::AddAddendum {
+        study: STUDY,
+        reader: reader.into(),
+        read_type: "preliminary".into(),
+        text: "Comparison with the prior CT: unchanged.".into(),
+    };
+    let state = run(state, &draft("ortiz", "Normal.", 0), NOW).unwrap().0;
+    assert_eq!(decide(&state, &addendum("ortiz"), NOW).unwrap_err().rule(), Some("NOT_SIGNED"));
+    let state = run(state, &sign("ortiz", "preliminary", 0), NOW).unwrap().0;
+    let signed_text = state.studies[&STUDY].report("preliminary").unwrap().current().cloned();
+    assert_eq!(decide(&state, &addendum("nair"), NOW).unwrap_err().rule(), Some("AUTHOR"));
+    let empty = Command::AddAddendum {
+        study: STUDY,
+        reader: "ortiz".into(),
+        read_type: "preliminary".into(),
+        text: " ".into(),
+    };
+    assert_eq!(
+        decide(&state, &empty, NOW).unwrap_err(),
+        Error::Empty { field: "text", what: "an addendum says something" }
+    );
+
+    let (state, events) = run(state, &addendum("ortiz"), NOW).unwrap();
+    assert!(
+        matches!(
+            &events[..],
+            [Event::Drafted { version: 2, kind: "addendum", .. }, Event::Amended { kind: "addendum", version: 2, .. }]
+        ),
+        "{events:?}"
+    );
+    let report = state.studies[&STUDY].report("preliminary").unwrap();
+    assert_eq!(report.status(), "appended");
+    assert_eq!(report.current().cloned(), signed_text, "the signed text stays the report");
+    assert_eq!(report.addenda().map(|v| v.version).collect::<Vec<_>>(), [2]);
+
+    // Corrected: a new current text; the signed one stays on record.
+    let correct = Command::Correct {
+        study: STUDY,
+        reader: "ortiz".into(),
+        read_type: "preliminary".into(),
+        findings: "Small left subdural haematoma.".into(),
+        impression: "Acute left subdural haematoma.".into(),
+        reason: "missed finding".into(),
+    };
+    let (state, _) = run(state, &correct, NOW).unwrap();
+    let report = state.studies[&STUDY].report("preliminary").unwrap();
+    assert_eq!((report.status(), report.current().map(|v| v.version)), ("corrected", Some(3)));
+    assert_eq!(report.versions.len(), 3, "nothing replaced: every version stays");
+    // Entered in error: the end of it.
+    let wrong = Command::EnterInError {
+        study: STUDY,
+        reader: "ortiz".into(),
+        read_type: "preliminary".into(),
+        reason: "wrong patient".into(),
+    };
+    let (state, _) = run(state, &wrong, NOW).unwrap();
+    assert_eq!(state.studies[&STUDY].report("preliminary").unwrap().status(), "entered-in-error");
+    assert_eq!(decide(&state, &addendum("ortiz"), NOW).unwrap_err().rule(), Some("ENTERED_IN_ERROR"));
+}
+
 #[derive(Clone, Debug)]
 enum Step {
     Hold(u8),
@@ -204,6 +279,7 @@ enum Step {
     Queue(bool),
     Draft(u8, bool),
     Sign(u8, bool),
+    Amend(u8, bool),
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -214,13 +290,14 @@ fn step() -> impl Strategy<Value = Step> {
         any::<bool>().prop_map(Step::Queue),
         (0..3u8, any::<bool>()).prop_map(|(r, i)| Step::Draft(r, i)),
         (0..3u8, any::<bool>()).prop_map(|(r, f)| Step::Sign(r, f)),
+        (0..3u8, any::<bool>()).prop_map(|(r, f)| Step::Amend(r, f)),
     ]
 }
 
 proptest! {
     /// Whatever routing does in between: no signature without holding the
-    /// open read of its type, and a signed read's signature and versions
-    /// never change after.
+    /// open read of its type; a signed read's signature and versions never
+    /// change after, and amendments only append.
     #[test]
     fn no_sign_without_the_open_read_and_signed_text_never_changes(steps in prop::collection::vec(step(), 1..60)) {
         let readers = ["ortiz", "nair", "lee"];
@@ -252,6 +329,18 @@ proptest! {
                         state = next;
                     }
                 }
+                Step::Amend(r, fin) => {
+                    let read_type = if *fin { "final" } else { "preliminary" };
+                    let add = Command::AddAddendum {
+                        study: STUDY,
+                        reader: readers[*r as usize].into(),
+                        read_type: read_type.into(),
+                        text: "Addendum.".into(),
+                    };
+                    if let Ok((next, _)) = run(state.clone(), &add, now) {
+                        state = next;
+                    }
+                }
                 Step::Sign(r, fin) => {
                     let (reader, read_type) = (readers[*r as usize], if *fin { "final" } else { "preliminary" });
                     if let Ok((next, events)) = run(state.clone(), &sign(reader, read_type, 0), now)
@@ -265,8 +354,17 @@ proptest! {
             }
             if let Some(study) = state.studies.get(&STUDY) {
                 for r in study.reports.iter().filter(|r| r.signed.is_some()) {
-                    match frozen.iter().find(|(t, _)| *t == r.read_type) {
-                        Some((_, then)) => prop_assert_eq!(then, r, "a signed report changed"),
+                    match frozen.iter_mut().find(|(t, _)| *t == r.read_type) {
+                        // Signed: the signature and every version kept as
+                        // they were; only amendments (and their text) added.
+                        Some((_, then)) => {
+                            prop_assert_eq!(&then.signed, &r.signed, "a signature changed");
+                            prop_assert!(r.versions.starts_with(&then.versions), "a version changed");
+                            prop_assert!(r.amendments.starts_with(&then.amendments), "an amendment changed");
+                            let added = &r.versions[then.versions.len()..];
+                            prop_assert!(added.iter().all(|v| v.kind != "draft"), "a draft after signing");
+                            *then = r.clone();
+                        }
                         None => frozen.push((r.read_type.clone(), r.clone())),
                     }
                 }

@@ -485,6 +485,12 @@ impl Ingest {
             patient_key,
             procedure_code: facts.procedure_code,
             requested_priority: facts.requested_priority,
+            patient_name: facts.patient_name,
+            patient_birth_date: facts.patient_birth_date,
+            patient_sex: facts.patient_sex,
+            study_description: facts.study_description,
+            study_date: facts.study_date,
+            study_time: facts.study_time,
         };
         let indexed = Received {
             tenant: tenant.clone(),

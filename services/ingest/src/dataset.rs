@@ -33,6 +33,13 @@ pub struct Facts {
     pub procedure_code: String,
     /// "stat", "urgent", "routine" or empty.
     pub requested_priority: String,
+    /// The patient and the study as the report names them.
+    pub patient_name: String,
+    pub patient_birth_date: String,
+    pub patient_sex: String,
+    pub study_description: String,
+    pub study_date: String,
+    pub study_time: String,
     /// Every attribute but the pixel data, as DICOM JSON, for the study index.
     pub metadata: meridian_storage::index::Attributes,
 }
@@ -151,6 +158,12 @@ pub fn read_part10(instance: &Instance, file: &[u8]) -> Result<Facts, Rejection>
         body_part: text(&obj, tags::BODY_PART_EXAMINED),
         procedure_code,
         requested_priority,
+        patient_name: text(&obj, tags::PATIENT_NAME),
+        patient_birth_date: text(&obj, tags::PATIENT_BIRTH_DATE),
+        patient_sex: text(&obj, tags::PATIENT_SEX),
+        study_description: text(&obj, tags::STUDY_DESCRIPTION),
+        study_date: text(&obj, tags::STUDY_DATE),
+        study_time: text(&obj, tags::STUDY_TIME),
         metadata: meridian_storage::index::metadata(&obj, &instance.transfer_syntax),
     })
 }

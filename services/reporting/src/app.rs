@@ -35,7 +35,7 @@ pub enum Error {
     Envelope(#[from] meridian_events::envelope::Error),
     #[error("{0}")]
     Refused(#[from] report::Error),
-    #[error("the text of study {study}'s version {version}: {reason}")]
+    #[error("study {study}'s record (text version {version}; 0: its first instance): {reason}")]
     Text { study: Uuid, version: u32, reason: String },
 }
 
@@ -90,6 +90,8 @@ pub struct Reporting {
     /// Signatures (operational) and text (PHI).
     signed: TopicName,
     text: TopicName,
+    /// Where the studies' instances (their patients) are.
+    ingest: TopicName,
     idle: Duration,
 }
 
@@ -109,12 +111,13 @@ impl Reporting {
         let routing = topic(region, DataClass::Operational, "routing")?;
         let signed = topic(region, DataClass::Operational, "reporting")?;
         let text = topic(region, DataClass::Phi, "reporting")?;
+        let ingest = topic(region, DataClass::Phi, "ingest")?;
         let mut starts = Vec::new();
-        for t in [&routing, &signed, &text] {
+        for t in [&routing, &signed, &text, &ingest] {
             starts.extend((0..log.partitions(t).await?).map(|p| Position::start(t.clone(), p)));
         }
         let live = Live::open(snapshots, starts, log.as_ref(), keys.as_ref(), idle).await?;
-        Ok(Reporting { region: region.to_owned(), log, keys, live, signed, text, idle })
+        Ok(Reporting { region: region.to_owned(), log, keys, live, signed, text, ingest, idle })
     }
 
     /// Decides `command` at `now` against the state caught up to the log's
@@ -192,6 +195,21 @@ impl Reporting {
         Ok(f(projector.state()))
     }
 
+    /// The study's first instance as ingest recorded it (patient, accession,
+    /// UIDs: PHI), read at its place on the PHI ingest topic.
+    pub async fn arrival(&self, study: Uuid, at: (u32, u64)) -> Result<pb::InstanceReceived, Error> {
+        let missing = |reason: String| Error::Text { study, version: 0, reason };
+        let position = Position { topic: self.ingest.clone(), partition: at.0, offset: at.1 };
+        let mut reader = self.log.reader(vec![position]).await?;
+        let batch = reader.next_batch(1, Duration::from_secs(5)).await?;
+        let record = batch.first().ok_or_else(|| missing("no instance at its place on the topic".into()))?;
+        let envelope = record.envelope().map_err(|e| missing(e.to_string()))?;
+        match envelope.open(self.keys.as_ref())? {
+            Payload::InstanceReceived(i) if i.study_id == study.to_string() => Ok(i),
+            other => Err(missing(format!("the record at its place is a {}", other.type_name()))),
+        }
+    }
+
     /// A saved version's text, read at its place on the PHI topic.
     pub async fn text(&self, study: Uuid, version: &model::VersionRef) -> Result<Text, Error> {
         let missing = |reason: String| Error::Text { study, version: version.version, reason };
@@ -259,9 +277,12 @@ mod tests {
         let dir = tempfile::TempDir::new().unwrap();
         let log = Arc::new(EmbeddedLog::open(&dir.path().join("log.redb"), EmbeddedOptions::default()).unwrap());
         let keys: Arc<dyn KeyStore> = Arc::new(log.key_store());
-        for (class, stream) in
-            [(DataClass::Operational, "routing"), (DataClass::Operational, "reporting"), (DataClass::Phi, "reporting")]
-        {
+        for (class, stream) in [
+            (DataClass::Operational, "routing"),
+            (DataClass::Operational, "reporting"),
+            (DataClass::Phi, "reporting"),
+            (DataClass::Phi, "ingest"),
+        ] {
             log.ensure_topic(&TopicSpec::new(TopicName::new("us-east", class, stream).unwrap(), 2)).await.unwrap();
         }
         let study = Uuid::from_u128(42);

@@ -78,6 +78,9 @@ pub fn fact(payload: &Payload, event_id: EventId, partition: u32, offset: u64) -
                 kind: if t.kind.is_empty() { "draft".into() } else { t.kind.clone() },
             },
         },
+        Payload::InstanceReceived(i) => {
+            Fact::Arrived { study: uuid("InstanceReceived", "study_id", &i.study_id)?, partition, offset }
+        }
         Payload::ReportAmended(a) => Fact::Amended {
             study: uuid("ReportAmended", "study_id", &a.study_id)?,
             read_type: a.read_type.clone(),

@@ -29,6 +29,9 @@ pub enum Fact {
     Signed { study: Uuid, report: Uuid, read_type: String, signature: Signature },
     /// ReportAmended.
     Amended { study: Uuid, read_type: String, amendment: Amendment },
+    /// InstanceReceived: where the study's first instance (its patient and
+    /// accession) is on the log.
+    Arrived { study: Uuid, partition: u32, offset: u64 },
 }
 
 /// What was done to a signed report. Its text, if any, is a version of
@@ -164,6 +167,11 @@ pub struct OpenRead {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Study {
     pub facts: StudyFacts,
+    /// Where its first InstanceReceived is on the PHI ingest topic: the
+    /// patient and accession a delivered report names are read from there
+    /// (memory holds no patient data).
+    #[serde(default)]
+    pub arrived: Option<(u32, u64)>,
     pub open: Option<OpenRead>,
     /// One per read type, in the order they were started.
     pub reports: Vec<Report>,
@@ -234,6 +242,12 @@ pub fn apply(mut state: State, fact: &Fact) -> State {
             };
             if !r.versions.iter().any(|v| v.version == version.version) {
                 r.versions.push(version.clone());
+            }
+        }
+        Fact::Arrived { study, partition, offset } => {
+            let s = state.studies.entry(*study).or_default();
+            if s.arrived.is_none() {
+                s.arrived = Some((*partition, *offset));
             }
         }
         Fact::Amended { study, read_type, amendment } => {

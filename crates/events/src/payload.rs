@@ -51,6 +51,10 @@ pub enum Error {
 macro_rules! catalogue {
     ($($name:ident => $version:literal, $class:ident, $stream:literal, $aggregate:literal, $writer:literal;)*) => {
         /// Every known payload, decoded.
+        // One payload is decoded, folded and dropped at a time: boxing the
+        // largest (InstanceReceived, the hot path's) would cost an
+        // allocation per instance to save stack bytes nobody keeps.
+        #[allow(clippy::large_enum_variant)]
         #[derive(Clone, Debug, PartialEq)]
         pub enum Payload {
             $($name(pb::$name),)*

@@ -7,5 +7,6 @@ mod deid_oracle;
 mod durability;
 mod ingest_dimse;
 mod region_kafka;
+mod report_messages;
 mod s3_moto;
 mod shredding;

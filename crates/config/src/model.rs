@@ -293,6 +293,52 @@ pub struct Tenant {
     /// Region → the called AE title the tenant sends to there.
     pub called_ae_titles: BTreeMap<String, AeTitle>,
     pub facilities: Vec<Facility>,
+    /// Where the tenant's signed reports go (none by default).
+    #[serde(default)]
+    pub delivery: Vec<DeliveryEndpoint>,
+}
+
+/// `[[delivery]]` of a tenant: a receiver of its signed reports.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryEndpoint {
+    /// Names the endpoint in events and the dead-letter view.
+    pub name: String,
+    pub kind: DeliveryKind,
+    /// `fhir`: the FHIR R4 server's base URL (https; plain http only to a
+    /// loopback address). `hl7_mllp`: host:port of the MLLP listener.
+    pub address: String,
+    /// MSH-5 and MSH-6 of what is sent over MLLP.
+    #[serde(default)]
+    pub receiving_application: Option<String>,
+    #[serde(default)]
+    pub receiving_facility: Option<String>,
+    /// The reads whose reports go there; every signed read when empty.
+    #[serde(default)]
+    pub read_types: Vec<ReadType>,
+    /// Off: nothing is sent there (the examples' endpoints are off).
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+}
+
+fn enabled() -> bool {
+    true
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryKind {
+    Fhir,
+    Hl7Mllp,
+}
+
+impl DeliveryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryKind::Fhir => "fhir",
+            DeliveryKind::Hl7Mllp => "hl7_mllp",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]

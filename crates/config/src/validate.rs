@@ -229,6 +229,42 @@ fn regions(out: &mut Out, f: &Files<'_>) {
     }
 }
 
+/// A tenant's report receivers: named once each, at an address of their
+/// kind; plain HTTP only to this machine (PHI leaves over TLS).
+fn deliveries(out: &mut Out, file: &str, endpoints: &[crate::model::DeliveryEndpoint]) {
+    use crate::model::DeliveryKind;
+    let mut names = BTreeSet::new();
+    for (i, d) in endpoints.iter().enumerate() {
+        let field = |f: &str| format!("delivery[{i}].{f}");
+        if !names.insert(d.name.as_str()) {
+            out.at(file, field("name"), format!("{:?} names two endpoints", d.name));
+        }
+        match d.kind {
+            DeliveryKind::Fhir => {
+                let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"];
+                let plain_local = loopback.iter().any(|l| {
+                    d.address.strip_prefix(l).is_some_and(|rest| rest.is_empty() || rest.starts_with([':', '/']))
+                });
+                if !d.address.starts_with("https://") && !plain_local {
+                    out.at(
+                        file,
+                        field("address"),
+                        format!("{:?}: a FHIR server is reached over https (plain http only on loopback)", d.address),
+                    );
+                }
+            }
+            DeliveryKind::Hl7Mllp => {
+                let port = d.address.rsplit_once(':').and_then(|(host, port)| {
+                    (!host.is_empty()).then_some(port).and_then(|p| p.parse::<u16>().ok()).filter(|p| *p > 0)
+                });
+                if port.is_none() {
+                    out.at(file, field("address"), format!("{:?}: an MLLP listener is host:port", d.address));
+                }
+            }
+        }
+    }
+}
+
 fn tenants(out: &mut Out, f: &Files<'_>) {
     // (region, called AE) → tenant, for uniqueness across tenants.
     let mut called: BTreeMap<(String, String), String> = BTreeMap::new();
@@ -271,6 +307,7 @@ fn tenants(out: &mut Out, f: &Files<'_>) {
         if t.facilities.is_empty() {
             out.at(file, "facilities", "a tenant needs at least one facility");
         }
+        deliveries(out, file, &t.delivery);
         let mut names = BTreeSet::new();
         let mut calling: BTreeMap<&str, &str> = BTreeMap::new();
         for (i, fac) in t.facilities.iter().enumerate() {

@@ -150,8 +150,11 @@ catalogue! {
     AiTriageCompleted    => 1, Operational, "inference", "inference.study", "inference";
     // reporting
     ReportSigned         => 1, Operational, "reporting", "reporting.study", "reporting";
-    ReportText           => 1, Phi,         "reporting", "reporting.study", "reporting";
+    ReportText           => 1, Phi,         "reporting", "reporting.text",  "reporting";
     ReportAmended        => 1, Operational, "reporting", "reporting.study", "reporting";
+    DeliveryRequested    => 1, Operational, "reporting", "reporting.delivery", "reporting";
+    ReportDelivered      => 1, Operational, "reporting", "reporting.delivery", "reporting";
+    DeliveryFailed       => 1, Operational, "reporting", "reporting.delivery", "reporting";
     // routing
     ReaderRegistered     => 1, Operational, "routing", "routing.reader", "routing";
     ReaderUpdated        => 1, Operational, "routing", "routing.reader", "routing";

@@ -1517,3 +1517,156 @@ fn a_reader_drafts_and_signs_the_read_they_hold_and_routing_pushes_them_the_next
     let kinds: Vec<&str> = signed.iter().map(|(_, e)| e.payload_type.rsplit('.').next().unwrap()).collect();
     assert_eq!(kinds, ["ReportSigned", "ReportAmended"]);
 }
+
+/// A Python receiver (an MLLP listener, a FHIR server), killed when
+/// dropped; its port and the JSON lines it records.
+struct Receiver {
+    child: Child,
+    port: u16,
+    record: PathBuf,
+}
+
+impl Receiver {
+    fn start(python: &Path, script: &str, dir: &Path, args: &[&str]) -> Receiver {
+        let (port_file, record) = (dir.join(format!("{script}.port")), dir.join(format!("{script}.jsonl")));
+        let child = Command::new(python)
+            .arg(repo().join("integration-tests/python").join(script))
+            .args([&port_file, &record])
+            .args(args)
+            .spawn()
+            .unwrap();
+        let port = wait_for(&format!("{script} listening"), 30, || {
+            std::fs::read_to_string(&port_file).ok().and_then(|p| p.trim().parse().ok())
+        });
+        Receiver { child, port, record }
+    }
+
+    fn records(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(&self.record).unwrap_or_default();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_signed_report_reaches_a_ris_over_mllp_and_an_ehr_over_fhir_once_through_a_crash_after_sending() {
+    let work = tempfile::TempDir::new().unwrap();
+    let fhir_python = std::env::var_os("MERIDIAN_FHIR_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/meridian/tools/venv-fhir/bin/python")
+    });
+    // The RIS answers its first message "busy" (AE): it is sent again.
+    let ris = Receiver::start(&python(), "mllp_receiver.py", work.path(), &["--busy", "1"]);
+    let ehr = Receiver::start(&fhir_python, "fhir_receiver.py", work.path(), &[]);
+    let config = work.path().join("config");
+    meridian_integration_tests::one_reader_examples(&repo().join("deploy/examples/dev"), &config);
+    let tenant = config.join("tenants/acme.toml");
+    let text = std::fs::read_to_string(&tenant).unwrap();
+    let text = text
+        .replace("address = \"127.0.0.1:2575\"", &format!("address = \"127.0.0.1:{}\"", ris.port))
+        .replace(
+            "address = \"https://ehr.acme.example/fhir\"",
+            &format!("address = \"http://127.0.0.1:{}/fhir\"", ehr.port),
+        )
+        .replace("read_types = [\"final\"]\n", "")
+        .replace("enabled = false", "enabled = true");
+    assert_eq!(text.matches("\nenabled = true").count(), 2, "{text}");
+    std::fs::write(&tenant, text).unwrap();
+
+    // The region aborts right after its first send, before recording the answer.
+    let data = work.path().join("data");
+    let mut dev = Dev::start_configured(&config, &data, "reporting.after_send=abort@1");
+    let files = work.path().join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    let file = meridian_integration_tests::dicom::one_instance_study(
+        &files,
+        "1.2.826.0.1.3680043.10.543.601",
+        "MRN-DELIVER",
+        "STAT",
+    );
+    let (ok, said) =
+        meridian_integration_tests::dicom::storescu(dev.dicom_port("us-east"), "ACME_CT1", "MERIDIAN_ACME", &[file]);
+    assert!(ok, "{said}");
+    let study = wait_for("the study pushed to dr-ana-ortiz", 30, || {
+        tail_payloads(&data, "routing", "StudyAssigned").first().map(|a| a["studyId"].as_str().unwrap().to_owned())
+    });
+    let cli = |args: &[&str]| {
+        let out =
+            Command::new(MERIDIAN).args(args).args(["--region", "us-east", "--data-dir"]).arg(&data).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, said) = cli(&[
+        "report",
+        "draft",
+        &study,
+        "--as",
+        "dr-ortiz",
+        "--findings",
+        "No bleed | no ^ mass.",
+        "--impression",
+        "Normal head CT.",
+    ]);
+    assert!(ok, "{said}");
+    let (ok, said) = cli(&["report", "sign", &study, "--as", "dr-ortiz", "--read-type", "preliminary"]);
+    assert!(ok, "{said}");
+    let died = wait_for("the region aborts after its first send", 30, || dev.child.try_wait().unwrap());
+    assert!(!died.success(), "{died}");
+    let sent_before = ris.records().len() + ehr.records().len();
+    assert_eq!(sent_before, 1, "one message sent before the abort");
+
+    let dev = Dev::start_configured(&config, &data, "");
+    let delivered = wait_for("both receivers' answers recorded", 60, || {
+        let d = tail_payloads(&data, "reporting", "ReportDelivered");
+        (d.len() >= 2).then_some(d)
+    });
+    assert_eq!(delivered.len(), 2, "one ReportDelivered per receiver: {delivered:?}");
+    let requested = tail_payloads(&data, "reporting", "DeliveryRequested");
+    assert_eq!(requested.len(), 2);
+    // The RIS: the same message (one MSH-10) more than once — busy, then
+    // sent again after the crash or the backoff — each valid under STRICT.
+    let ris_got = ris.records();
+    assert!(ris_got.len() >= 2, "{ris_got:?}");
+    assert!(ris_got.iter().all(|r| r["error"] == "" && r["obr25"] == "P"), "{ris_got:?}");
+    assert!(ris_got.iter().all(|r| r["control_id"] == ris_got[0]["control_id"]), "{ris_got:?}");
+    assert_eq!(ris_got.last().unwrap()["ack"], "AA");
+    // The EHR: one resource, conditionally updated, valid under fhir.resources.
+    let ehr_got = ehr.records();
+    assert!(ehr_got.iter().all(|r| r["error"] == "" && r["status"] == "preliminary"), "{ehr_got:?}");
+    assert!(ehr_got.iter().all(|r| r["identifier"] == ehr_got[0]["identifier"]), "{ehr_got:?}");
+
+    // An addendum goes out again as appended/corrected, replacing the
+    // EHR's resource (same identifier) and reaching the RIS as OBR-25 C.
+    let (ok, said) = cli(&[
+        "report",
+        "addendum",
+        &study,
+        "--as",
+        "dr-ortiz",
+        "--read-type",
+        "preliminary",
+        "--text",
+        "Compared with the prior: stable.",
+    ]);
+    assert!(ok, "{said}");
+    wait_for("the addendum delivered to both", 60, || {
+        (tail_payloads(&data, "reporting", "ReportDelivered").len() == 4).then_some(())
+    });
+    let last_ehr = ehr.records().last().unwrap().clone();
+    assert_eq!(
+        (last_ehr["status"].as_str(), last_ehr["identifier"].as_str()),
+        (Some("appended"), ehr_got[0]["identifier"].as_str())
+    );
+    assert!(last_ehr["version"].as_u64().unwrap() >= 2 && last_ehr["answer"] == 200, "{last_ehr}");
+    let last_ris = ris.records().last().unwrap().clone();
+    assert_eq!((last_ris["obr25"].as_str(), last_ris["ack"].as_str()), (Some("C"), Some("AA")));
+    assert_ne!(last_ris["control_id"], ris_got[0]["control_id"], "a new message for the new version");
+    dev.interrupt();
+}

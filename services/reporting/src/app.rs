@@ -22,8 +22,13 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::adapters;
+use crate::adapters::receivers::Receivers;
+use crate::domain::delivery::{self, Delivery, Endpoint, Outcome, Policy};
+use crate::domain::message::{Patient, ReportMessage};
 use crate::domain::model::{self, State, Study};
 use crate::domain::report::{self, Command, Event};
+use meridian_config::{DeliveryEndpoint, Platform};
+use meridian_log::failpoint::FailPoints;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -44,8 +49,12 @@ pub enum Error {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Folded {
     pub state: State,
-    /// reporting.study → its last version.
-    pub versions: BTreeMap<Uuid, u64>,
+    /// `reporting.study/<id>` and `reporting.text/<id>` → the aggregate's
+    /// last version. Text (PHI topic) and signatures (operational topic)
+    /// are two aggregates: one aggregate's versions must stay on one
+    /// topic, or a reader that folds the topics in another order drops
+    /// the lower versions as copies.
+    pub versions: BTreeMap<String, u64>,
     /// `payload.field` → (how many, the last reason and event).
     pub unreadable: BTreeMap<String, (u64, String)>,
 }
@@ -58,8 +67,8 @@ impl Projection for ReportingProjection {
 
     fn apply(mut folded: Folded, event: &Logged<'_>) -> Folded {
         let meta = &event.envelope.meta;
-        if meta.aggregate_type == "reporting.study" {
-            let last = folded.versions.entry(meta.aggregate_id).or_default();
+        if meta.aggregate_type == STUDY || meta.aggregate_type == TEXT {
+            let last = folded.versions.entry(format!("{}/{}", meta.aggregate_type, meta.aggregate_id)).or_default();
             *last = (*last).max(meta.aggregate_version);
         }
         match adapters::events::fact(event.payload, meta.event_id, event.partition, event.offset) {
@@ -93,6 +102,41 @@ pub struct Reporting {
     /// Where the studies' instances (their patients) are.
     ingest: TopicName,
     idle: Duration,
+    /// The tenants' receivers (configuration is read at start).
+    platform: Arc<Platform>,
+    policy: Policy,
+    failpoints: FailPoints,
+}
+
+/// The aggregates of a study's report: signatures and amendments on the
+/// operational topic, text on the PHI one.
+const STUDY: &str = "reporting.study";
+const TEXT: &str = "reporting.text";
+
+/// A frame is sent, its answer not recorded yet.
+pub const AFTER_SEND: &str = "reporting.after_send";
+
+/// MSH-10 of a delivery: the same for every attempt (a receiver tells a
+/// resend by it), within HL7 2.5.1's 20 characters.
+pub fn control_id(delivery: Uuid) -> String {
+    delivery.simple().to_string()[..20].to_owned()
+}
+
+/// The enabled receivers of every tenant, as the domain decides by them.
+fn policy(platform: &Platform) -> Policy {
+    let endpoints = platform
+        .tenants
+        .values()
+        .map(|t| {
+            let enabled = t.delivery.iter().filter(|d| d.enabled).map(|d| Endpoint {
+                name: d.name.clone(),
+                kind: d.kind.as_str().to_owned(),
+                read_types: d.read_types.iter().map(|r| r.as_str().to_owned()).collect(),
+            });
+            (t.name.clone(), enabled.collect())
+        })
+        .collect();
+    Policy { endpoints }
 }
 
 fn topic(region: &str, class: DataClass, stream: &str) -> Result<TopicName, Error> {
@@ -103,10 +147,12 @@ impl Reporting {
     /// Opens from the snapshot and the tail of routing's topic and its own.
     pub async fn open(
         region: &str,
+        platform: Arc<Platform>,
         log: Arc<dyn EventLog>,
         keys: Arc<dyn KeyStore>,
         snapshots: Snapshotter,
         idle: Duration,
+        failpoints: FailPoints,
     ) -> Result<Reporting, Error> {
         let routing = topic(region, DataClass::Operational, "routing")?;
         let signed = topic(region, DataClass::Operational, "reporting")?;
@@ -117,7 +163,20 @@ impl Reporting {
             starts.extend((0..log.partitions(t).await?).map(|p| Position::start(t.clone(), p)));
         }
         let live = Live::open(snapshots, starts, log.as_ref(), keys.as_ref(), idle).await?;
-        Ok(Reporting { region: region.to_owned(), log, keys, live, signed, text, ingest, idle })
+        let policy = policy(&platform);
+        Ok(Reporting {
+            region: region.to_owned(),
+            log,
+            keys,
+            live,
+            signed,
+            text,
+            ingest,
+            idle,
+            platform,
+            policy,
+            failpoints,
+        })
     }
 
     /// Decides `command` at `now` against the state caught up to the log's
@@ -126,7 +185,7 @@ impl Reporting {
     pub async fn execute(&self, command: Command, now: UnixMicros) -> Result<(Vec<Event>, Study), Error> {
         let mut projector = self.live.lock().await;
         catch_up(self.log.as_ref(), self.keys.as_ref(), &mut projector, self.idle).await?;
-        let events = report::decide(&projector.state().state, &command, now)?;
+        let events = report::decide(&projector.state().state, &self.policy, &command, now)?;
         if !events.is_empty() {
             let batch = self.outgoing(projector.state(), &events, now)?;
             let appended = self.log.append(batch.clone()).await?;
@@ -136,6 +195,8 @@ impl Reporting {
                     Event::Drafted { study, version, kind, .. } => (study, format!("{kind} version {version} saved")),
                     Event::Signed { study, read_type, .. } => (study, format!("{read_type} signed")),
                     Event::Amended { study, read_type, kind, .. } => (study, format!("{read_type} report {kind}")),
+                    Event::Requested(d) => (&d.study, format!("delivery to {} requested", d.endpoint)),
+                    Event::Delivered { .. } | Event::DeliveryFailed { .. } => continue,
                 };
                 tracing::info!(region = %self.region, %study, "{what}");
             }
@@ -146,23 +207,46 @@ impl Reporting {
     }
 
     fn outgoing(&self, folded: &Folded, events: &[Event], now: UnixMicros) -> Result<Vec<Outgoing>, Error> {
-        let mut bumped: BTreeMap<Uuid, u64> = BTreeMap::new();
+        let mut bumped: BTreeMap<String, u64> = BTreeMap::new();
         let mut batch = Vec::new();
         for e in events {
-            let (study, report, version, kind) = match e {
-                Event::Drafted { study, report, version, .. } => (*study, *report, *version, "text"),
-                Event::Signed { study, report, version, .. } => (*study, *report, *version, "signed"),
-                Event::Amended { study, report, version, kind, .. } => (*study, *report, *version, *kind),
+            // (aggregate type, aggregate, its version, event id, whose study)
+            let (aggregate_type, aggregate, version, event_id, tenant_of) = match e {
+                Event::Requested(d) => {
+                    ("reporting.delivery", d.id, 1, EventId::derived(EventId(d.id), "requested", 0), d.study)
+                }
+                Event::Delivered { delivery, attempt, .. } => {
+                    let id = EventId::derived(EventId(*delivery), "delivered", *attempt);
+                    let study = folded.state.deliveries.get(delivery).map_or(Uuid::nil(), |d| d.study);
+                    ("reporting.delivery", *delivery, u64::from(*attempt) + 1, id, study)
+                }
+                Event::DeliveryFailed { delivery, attempt, .. } => {
+                    let id = EventId::derived(EventId(*delivery), "failed", *attempt);
+                    let study = folded.state.deliveries.get(delivery).map_or(Uuid::nil(), |d| d.study);
+                    ("reporting.delivery", *delivery, u64::from(*attempt) + 1, id, study)
+                }
+                Event::Drafted { study, report, version, .. }
+                | Event::Signed { study, report, version, .. }
+                | Event::Amended { study, report, version, .. } => {
+                    let (aggregate, kind) = match e {
+                        Event::Drafted { .. } => (TEXT, "text"),
+                        Event::Signed { .. } => (STUDY, "signed"),
+                        Event::Amended { kind, .. } => (STUDY, *kind),
+                        _ => unreachable!("matched above"),
+                    };
+                    let key = format!("{aggregate}/{study}");
+                    let last = bumped.get(&key).or_else(|| folded.versions.get(&key)).copied().unwrap_or(0);
+                    bumped.insert(key, last + 1);
+                    // One per report version (and one signature per report).
+                    (aggregate, *study, last + 1, EventId::derived(EventId(*report), kind, *version), *study)
+                }
             };
-            let last = bumped.get(&study).or_else(|| folded.versions.get(&study)).copied().unwrap_or(0);
-            bumped.insert(study, last + 1);
-            let tenant = folded.state.studies.get(&study).map(|s| s.facts.tenant.clone()).unwrap_or_default();
+            let tenant = folded.state.studies.get(&tenant_of).map(|s| s.facts.tenant.clone()).unwrap_or_default();
             let meta = EventMeta {
-                // One per report version (and one signature per report).
-                event_id: EventId::derived(EventId(report), kind, version),
-                aggregate_type: "reporting.study".into(),
-                aggregate_id: study,
-                aggregate_version: last + 1,
+                event_id,
+                aggregate_type: aggregate_type.into(),
+                aggregate_id: aggregate,
+                aggregate_version: version,
                 tenant,
                 home_region: self.region.clone(),
                 occurred_at: now,
@@ -173,7 +257,7 @@ impl Reporting {
             let envelope = match adapters::events::payload(e) {
                 // Report text is PHI: sealed under the study's data key.
                 Payload::ReportText(text) => {
-                    let sealed = Envelope::sealed(meta, &text, StudyId(study), self.keys.as_ref())?;
+                    let sealed = Envelope::sealed(meta, &text, StudyId(aggregate), self.keys.as_ref())?;
                     Outgoing::new(self.text.clone(), &sealed)?
                 }
                 other => Outgoing::new(self.signed.clone(), &other.plain_envelope(meta)?)?,
@@ -181,6 +265,114 @@ impl Reporting {
             batch.push(envelope);
         }
         Ok(batch)
+    }
+
+    /// Sends the deliveries due at `now` (a few at a time) and records
+    /// each answer. Between a send and its record, a crash sends again on
+    /// restart: the receiver may see a message twice (the same MSH-10, the
+    /// same conditional update), the log one answer.
+    pub async fn deliver_due(&self, receivers: &Receivers, now: UnixMicros) -> Result<usize, Error> {
+        let due = {
+            let mut projector = self.live.lock().await;
+            catch_up(self.log.as_ref(), self.keys.as_ref(), &mut projector, self.idle).await?;
+            delivery::due(&projector.state().state.deliveries, now, 16)
+        };
+        for d in &due {
+            let attempt = d.attempts + 1;
+            let outcome = match self.message(d).await {
+                Ok((message, tenant)) => match self.endpoint(&tenant, &d.endpoint) {
+                    Some(endpoint) => {
+                        let sending = ("MERIDIAN", self.region.as_str());
+                        receivers.send(endpoint, &message, &control_id(d.id), d.requested_at, sending).await
+                    }
+                    None => Outcome::Failed {
+                        error: format!("endpoint {} is no longer configured (or is off)", d.endpoint),
+                        permanent: true,
+                    },
+                },
+                Err(e) => Outcome::Failed { error: e.to_string(), permanent: false },
+            };
+            self.failpoints.hit(AFTER_SEND)?;
+            let mut projector = self.live.lock().await;
+            // Recorded once: another pass may have recorded this attempt.
+            let current = projector.state().state.deliveries.get(&d.id).map(|now| now.attempts);
+            if current != Some(d.attempts) {
+                continue;
+            }
+            let event = report::outcome(d, attempt, outcome, now);
+            match &event {
+                Event::Delivered { answer, .. } => {
+                    tracing::info!(region = %self.region, endpoint = %d.endpoint, delivery = %d.id, %answer, "report delivered");
+                }
+                Event::DeliveryFailed { error, permanent, .. } => {
+                    tracing::warn!(region = %self.region, endpoint = %d.endpoint, delivery = %d.id, %error, permanent, "delivery failed");
+                }
+                _ => {}
+            }
+            let batch = self.outgoing(projector.state(), std::slice::from_ref(&event), now)?;
+            let appended = self.log.append(batch.clone()).await?;
+            projector.feed_appended(batch, appended, self.keys.as_ref())?;
+        }
+        Ok(due.len())
+    }
+
+    /// The tenant's enabled endpoint `name`.
+    fn endpoint(&self, tenant: &str, name: &str) -> Option<&DeliveryEndpoint> {
+        self.platform.tenants.get(tenant)?.delivery.iter().find(|e| e.name == name && e.enabled)
+    }
+
+    /// What `d` sends: the report as it stands, its patient and study
+    /// (read from the log: memory holds neither text nor patient).
+    async fn message(&self, d: &Delivery) -> Result<(ReportMessage, String), Error> {
+        let missing = |reason: &str| Error::Text { study: d.study, version: 0, reason: reason.to_owned() };
+        let (study, group) = self
+            .read(|f| {
+                let s = f.state.studies.get(&d.study).cloned();
+                let signer = s.as_ref().and_then(|s| s.report(&d.read_type)).and_then(|r| r.signed.clone());
+                let group = signer.and_then(|sig| f.state.groups.get(&sig.reader).cloned()).unwrap_or_default();
+                (s, group)
+            })
+            .await;
+        let study = study.ok_or_else(|| missing("unknown study"))?;
+        let report = study.report(&d.read_type).ok_or_else(|| missing("no report of the read"))?;
+        let signed = report.signed.as_ref().ok_or_else(|| missing("the report is not signed"))?;
+        let current = report.current().ok_or_else(|| missing("no text"))?;
+        let text = self.text(d.study, current).await?;
+        let mut addenda = Vec::new();
+        for v in report.addenda() {
+            addenda.push(self.text(d.study, v).await?.findings);
+        }
+        let arrival = match study.arrived {
+            Some(at) => self.arrival(d.study, at).await?,
+            None => pb::InstanceReceived::default(),
+        };
+        let message = ReportMessage {
+            report: report.id,
+            study: d.study,
+            tenant: study.facts.tenant.clone(),
+            status: d.status.clone(),
+            read_type: d.read_type.clone(),
+            patient: Patient {
+                id: arrival.patient_id,
+                issuer: arrival.issuer_of_patient_id,
+                name: arrival.patient_name,
+                birth_date: arrival.patient_birth_date,
+                sex: arrival.patient_sex,
+            },
+            accession: arrival.accession_number,
+            study_uid: arrival.study_instance_uid,
+            study_description: arrival.study_description,
+            study_date: arrival.study_date,
+            study_time: arrival.study_time,
+            signed_at: signed.at,
+            reader: signed.reader.clone(),
+            group,
+            findings: text.findings,
+            impression: text.impression,
+            addenda,
+            language: "en".into(),
+        };
+        Ok((message, study.facts.tenant.clone()))
     }
 
     /// Reads the state under the lock.
@@ -313,7 +505,12 @@ mod tests {
         log.append(events.iter().map(|e| Outgoing::new(routing.clone(), e).unwrap()).collect()).await.unwrap();
 
         let snapshots = || Snapshotter::new(FileSnapshots::new(dir.path().join("snapshots")), 1, Duration::ZERO);
-        let open = || Reporting::open("us-east", log.clone(), keys.clone(), snapshots(), Duration::from_millis(50));
+        let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples/dev");
+        let platform = Arc::new(Platform::load(&examples).unwrap());
+        let open = || {
+            let (idle, failpoints) = (Duration::from_millis(50), FailPoints::default());
+            Reporting::open("us-east", platform.clone(), log.clone(), keys.clone(), snapshots(), idle, failpoints)
+        };
         let reporting = open().await.unwrap();
         let draft = |impression: &str| Command::SaveDraft {
             study,

@@ -8,35 +8,46 @@ use meridian_audit::Audit;
 use meridian_auth::grpc::Authenticate;
 use meridian_proto::reporting::v1::reporting_service_server::ReportingServiceServer;
 use meridian_region::service::{BoxFuture, GrpcRoutes, ServiceListeners};
-use meridian_region::{RegionContext, RegionError, RegionService, Stopping, Task};
+use meridian_region::{RegionContext, RegionError, RegionService, Stopping, Task, every};
+
+use std::time::Duration;
 
 use crate::adapters::grpc::ReportingGrpc;
+use crate::adapters::receivers::Receivers;
 use crate::app::Reporting;
 
 pub struct ReportingService {
     context: Arc<RegionContext>,
     pub reporting: Arc<Reporting>,
     audit: Arc<Audit>,
+    receivers: Arc<Receivers>,
 }
+
+/// How often the delivery worker looks for what is due.
+const DELIVERY_TICK: Duration = Duration::from_secs(1);
 
 impl ReportingService {
     /// Opens reporting's state from its snapshot and the tail of its topics.
     pub async fn open(context: &Arc<RegionContext>) -> Result<Arc<ReportingService>, RegionError> {
         let reporting = Reporting::open(
             &context.name,
+            context.platform.clone(),
             context.log.clone(),
             context.keys.clone(),
             context.snapshotter(),
             context.idle,
+            context.failpoints.clone(),
         )
         .await
         .map_err(|e| context.service_error("reporting", e))?;
         let audit =
             Audit::new(&context.name, context.log.clone()).map_err(|e| context.service_error("reporting", e))?;
+        let receivers = Receivers::new().map_err(|e| context.service_error("reporting", e))?;
         Ok(Arc::new(ReportingService {
             context: context.clone(),
             reporting: Arc::new(reporting),
             audit: Arc::new(audit),
+            receivers: Arc::new(receivers),
         }))
     }
 }
@@ -63,8 +74,20 @@ impl RegionService for ReportingService {
 
     fn start(self: Arc<Self>, _: &mut ServiceListeners, stopping: Stopping) -> Vec<Task> {
         let reporting = self.reporting.clone();
-        let follow = async move { reporting.follow(stopping.wait()).await };
-        vec![Task::spawn("reporting follows the log", follow)]
+        let stop = stopping.clone();
+        let follow = async move { reporting.follow(stop.wait()).await };
+        // Sends what is due; a send is never cancelled mid-frame (the tick
+        // ends between sends once the stop is asked).
+        let deliveries = every(DELIVERY_TICK, stopping.wait(), move |_| {
+            let service = self.clone();
+            async move {
+                let now = meridian_auth::grpc::arrival_time();
+                if let Err(e) = service.reporting.deliver_due(&service.receivers, now).await {
+                    tracing::warn!(region = %service.context.name, error = %e, "delivering reports");
+                }
+            }
+        });
+        vec![Task::spawn("reporting follows the log", follow), Task::spawn("reporting delivers", deliveries)]
     }
 
     fn stop(&self) {}

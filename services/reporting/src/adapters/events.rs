@@ -6,6 +6,7 @@ use meridian_events::{EventId, UnixMicros};
 use meridian_proto::events::v1 as pb;
 use uuid::Uuid;
 
+use crate::domain::delivery::{Delivery, Standing};
 use crate::domain::model::{Amendment, Fact, Licence, Signature, StudyFacts, VersionRef};
 use crate::domain::report::Event;
 
@@ -62,8 +63,37 @@ pub fn fact(payload: &Payload, event_id: EventId, partition: u32, offset: u64) -
             study: uuid("AssignmentCompleted", "study_id", &a.study_id)?,
             read_type: a.read_type.clone(),
         },
-        Payload::ReaderRegistered(r) => Fact::Licences { reader: r.reader_id.clone(), licences: licences(&r.licences) },
-        Payload::LicenceUpdated(l) => Fact::Licences { reader: l.reader_id.clone(), licences: licences(&l.licences) },
+        Payload::ReaderRegistered(r) => Fact::Licences {
+            reader: r.reader_id.clone(),
+            group: Some(r.reading_group.clone()),
+            licences: licences(&r.licences),
+        },
+        Payload::LicenceUpdated(l) => {
+            Fact::Licences { reader: l.reader_id.clone(), group: None, licences: licences(&l.licences) }
+        }
+        Payload::DeliveryRequested(d) => Fact::Requested(Delivery {
+            id: uuid("DeliveryRequested", "delivery_id", &d.delivery_id)?,
+            study: uuid("DeliveryRequested", "study_id", &d.study_id)?,
+            report: uuid("DeliveryRequested", "report_id", &d.report_id)?,
+            read_type: d.read_type.clone(),
+            endpoint: d.endpoint.clone(),
+            kind: d.kind.clone(),
+            status: d.status.clone(),
+            requested_at: time(&d.requested_at),
+            attempts: 0,
+            standing: Standing::Due(time(&d.requested_at)),
+            last_error: String::new(),
+        }),
+        Payload::ReportDelivered(d) => {
+            Fact::Delivered { delivery: uuid("ReportDelivered", "delivery_id", &d.delivery_id)? }
+        }
+        Payload::DeliveryFailed(f) => Fact::Failed {
+            delivery: uuid("DeliveryFailed", "delivery_id", &f.delivery_id)?,
+            attempt: f.attempt,
+            error: f.error.clone(),
+            permanent: f.permanent,
+            retry_at: time(&f.retry_at),
+        },
         Payload::ReportText(t) => Fact::Saved {
             study: uuid("ReportText", "study_id", &t.study_id)?,
             report: uuid("ReportText", "report_id", &t.report_id)?,
@@ -83,6 +113,7 @@ pub fn fact(payload: &Payload, event_id: EventId, partition: u32, offset: u64) -
         }
         Payload::ReportAmended(a) => Fact::Amended {
             study: uuid("ReportAmended", "study_id", &a.study_id)?,
+            report: uuid("ReportAmended", "report_id", &a.report_id)?,
             read_type: a.read_type.clone(),
             amendment: Amendment {
                 kind: a.kind.clone(),
@@ -122,6 +153,32 @@ pub fn payload(event: &Event) -> Payload {
                 impression: impression.clone(),
                 saved_at: Some(saved_at.to_timestamp()),
                 kind: (*kind).to_owned(),
+            })
+        }
+        Event::Requested(d) => Payload::DeliveryRequested(pb::DeliveryRequested {
+            delivery_id: d.id.to_string(),
+            study_id: d.study.to_string(),
+            report_id: d.report.to_string(),
+            read_type: d.read_type.clone(),
+            endpoint: d.endpoint.clone(),
+            kind: d.kind.clone(),
+            status: d.status.clone(),
+            requested_at: Some(d.requested_at.to_timestamp()),
+        }),
+        Event::Delivered { delivery, endpoint, attempt, answer } => Payload::ReportDelivered(pb::ReportDelivered {
+            delivery_id: delivery.to_string(),
+            endpoint: endpoint.clone(),
+            attempt: *attempt,
+            answer: answer.clone(),
+        }),
+        Event::DeliveryFailed { delivery, endpoint, attempt, error, permanent, retry_at } => {
+            Payload::DeliveryFailed(pb::DeliveryFailed {
+                delivery_id: delivery.to_string(),
+                endpoint: endpoint.clone(),
+                attempt: *attempt,
+                error: error.clone(),
+                permanent: *permanent,
+                retry_at: Some(retry_at.to_timestamp()),
             })
         }
         Event::Amended { study, report, read_type, kind, version, reader, at, reason } => {

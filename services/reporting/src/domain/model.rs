@@ -7,6 +7,8 @@
 use std::collections::BTreeMap;
 
 use meridian_events::{EventId, UnixMicros};
+
+use super::delivery::{Delivery, Standing};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -21,14 +23,21 @@ pub enum Fact {
     Released { study: Uuid },
     /// AssignmentCompleted: the read is done.
     Completed { study: Uuid, read_type: String },
-    /// ReaderRegistered, LicenceUpdated.
-    Licences { reader: String, licences: Vec<Licence> },
+    /// ReaderRegistered (with the reader's group: a report's performer),
+    /// LicenceUpdated.
+    Licences { reader: String, group: Option<String>, licences: Vec<Licence> },
+    /// DeliveryRequested.
+    Requested(Delivery),
+    /// ReportDelivered: the request is done.
+    Delivered { delivery: Uuid },
+    /// DeliveryFailed.
+    Failed { delivery: Uuid, attempt: u32, error: String, permanent: bool, retry_at: UnixMicros },
     /// ReportText: a version saved, at its place on the log.
     Saved { study: Uuid, version: VersionRef, read_type: String, report: Uuid },
     /// ReportSigned.
     Signed { study: Uuid, report: Uuid, read_type: String, signature: Signature },
     /// ReportAmended.
-    Amended { study: Uuid, read_type: String, amendment: Amendment },
+    Amended { study: Uuid, report: Uuid, read_type: String, amendment: Amendment },
     /// InstanceReceived: where the study's first instance (its patient and
     /// accession) is on the log.
     Arrived { study: Uuid, partition: u32, offset: u64 },
@@ -189,12 +198,31 @@ impl Study {
 pub struct State {
     pub studies: BTreeMap<Uuid, Study>,
     pub licences: BTreeMap<String, Vec<Licence>>,
+    /// Reader → reading group.
+    #[serde(default)]
+    pub groups: BTreeMap<String, String>,
+    /// Requests not delivered yet (due, or dead letters).
+    #[serde(default)]
+    pub deliveries: BTreeMap<Uuid, Delivery>,
 }
 
 /// The report id of `study`'s read of `read_type`: the same for all its
 /// versions (one business identifier across versions).
 pub fn report_id(study: Uuid, read_type: &str) -> Uuid {
     meridian_events::id::aggregate_id("reporting.report", &[study.as_bytes(), read_type.as_bytes()])
+}
+
+/// `study`'s report of `read_type`, made when it is not there yet.
+fn report_mut<'s>(state: &'s mut State, study: Uuid, read_type: &str, id: Uuid) -> &'s mut Report {
+    let s = state.studies.entry(study).or_default();
+    match s.reports.iter().position(|r| r.read_type == read_type) {
+        Some(i) => &mut s.reports[i],
+        None => {
+            let read_type = read_type.to_owned();
+            s.reports.push(Report { id, read_type, versions: vec![], signed: None, amendments: vec![] });
+            s.reports.last_mut().expect("just pushed")
+        }
+    }
 }
 
 /// Folds one fact.
@@ -222,26 +250,32 @@ pub fn apply(mut state: State, fact: &Fact) -> State {
                 s.open = None;
             }
         }
-        Fact::Licences { reader, licences } => {
+        Fact::Licences { reader, group, licences } => {
             state.licences.insert(reader.clone(), licences.clone());
+            if let Some(group) = group {
+                state.groups.insert(reader.clone(), group.clone());
+            }
+        }
+        Fact::Requested(d) => {
+            state.deliveries.entry(d.id).or_insert_with(|| d.clone());
+        }
+        Fact::Delivered { delivery } => {
+            state.deliveries.remove(delivery);
+        }
+        Fact::Failed { delivery, attempt, error, permanent, retry_at } => {
+            if let Some(d) = state.deliveries.get_mut(delivery)
+                && *attempt >= d.attempts
+            {
+                d.attempts = *attempt;
+                d.last_error = error.clone();
+                d.standing = if *permanent { Standing::Dead(error.clone()) } else { Standing::Due(*retry_at) };
+            }
         }
         Fact::Saved { study, version, read_type, report } => {
-            let s = state.studies.entry(*study).or_default();
-            let r = match s.reports.iter().position(|r| &r.read_type == read_type) {
-                Some(i) => &mut s.reports[i],
-                None => {
-                    s.reports.push(Report {
-                        id: *report,
-                        read_type: read_type.clone(),
-                        versions: vec![],
-                        signed: None,
-                        amendments: vec![],
-                    });
-                    s.reports.last_mut().expect("just pushed")
-                }
-            };
+            let r = report_mut(&mut state, *study, read_type, *report);
             if !r.versions.iter().any(|v| v.version == version.version) {
                 r.versions.push(version.clone());
+                r.versions.sort_by_key(|v| v.version);
             }
         }
         Fact::Arrived { study, partition, offset } => {
@@ -250,20 +284,16 @@ pub fn apply(mut state: State, fact: &Fact) -> State {
                 s.arrived = Some((*partition, *offset));
             }
         }
-        Fact::Amended { study, read_type, amendment } => {
-            if let Some(r) =
-                state.studies.get_mut(study).and_then(|s| s.reports.iter_mut().find(|r| &r.read_type == read_type))
-                && !r.amendments.contains(amendment)
-            {
+        // Signatures and text are on two topics, folded in either order:
+        // whichever comes first makes the report.
+        Fact::Amended { study, report, read_type, amendment } => {
+            let r = report_mut(&mut state, *study, read_type, *report);
+            if !r.amendments.contains(amendment) {
                 r.amendments.push(amendment.clone());
             }
         }
-        Fact::Signed { study, read_type, signature, .. } => {
-            if let Some(r) =
-                state.studies.get_mut(study).and_then(|s| s.reports.iter_mut().find(|r| &r.read_type == read_type))
-            {
-                r.signed = Some(signature.clone());
-            }
+        Fact::Signed { study, report, read_type, signature } => {
+            report_mut(&mut state, *study, read_type, *report).signed = Some(signature.clone());
         }
     }
     state

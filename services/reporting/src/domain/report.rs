@@ -6,6 +6,7 @@
 use meridian_events::UnixMicros;
 use uuid::Uuid;
 
+use super::delivery::{self, Delivery, Outcome, Policy, Standing};
 use super::model::{Report, State, report_id};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,6 +89,19 @@ pub enum Event {
         signed_at: UnixMicros,
         discrepancy: String,
     },
+    /// A report to send to a receiver (DeliveryRequested).
+    Requested(Delivery),
+    /// A receiver took it (ReportDelivered).
+    Delivered { delivery: Uuid, endpoint: String, attempt: u32, answer: String },
+    /// A send failed (DeliveryFailed).
+    DeliveryFailed {
+        delivery: Uuid,
+        endpoint: String,
+        attempt: u32,
+        error: String,
+        permanent: bool,
+        retry_at: UnixMicros,
+    },
     /// A signed report amended (ReportAmended).
     Amended {
         study: Uuid,
@@ -156,9 +170,75 @@ impl Error {
     }
 }
 
-/// The events `command` decides at `now`; none when it was done already
-/// (a signature asked again).
-pub fn decide(state: &State, command: &Command, now: UnixMicros) -> Result<Vec<Event>, Error> {
+/// The events `command` decides at `now` under `policy` (the tenants'
+/// receivers): a signature's or an amendment's events, then a delivery
+/// request to each receiver that takes the read; none when it was done
+/// already (a signature asked again).
+pub fn decide(state: &State, policy: &Policy, command: &Command, now: UnixMicros) -> Result<Vec<Event>, Error> {
+    let mut events = decide_report(state, command, now)?;
+    let study = command.study();
+    let tenant = state.studies.get(&study).map_or("", |s| s.facts.tenant.as_str());
+    let caused: Vec<(Uuid, String, &'static str, u32)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Signed { report, read_type, version, .. } => {
+                let status = if read_type == "preliminary" { "preliminary" } else { "final" };
+                Some((*report, read_type.clone(), status, *version))
+            }
+            Event::Amended { report, read_type, kind, version, .. } => {
+                let status = match *kind {
+                    "addendum" => "appended",
+                    "corrected" => "corrected",
+                    _ => "entered-in-error",
+                };
+                Some((*report, read_type.clone(), status, *version))
+            }
+            _ => None,
+        })
+        .collect();
+    for (report, read_type, status, version) in caused {
+        let what = status; // one request per status change and version
+        for endpoint in policy.endpoints.get(tenant).map(Vec::as_slice).unwrap_or_default() {
+            if !endpoint.read_types.is_empty() && !endpoint.read_types.contains(&read_type) {
+                continue;
+            }
+            events.push(Event::Requested(Delivery {
+                id: delivery::delivery_id(report, what, version, &endpoint.name),
+                study,
+                report,
+                read_type: read_type.clone(),
+                endpoint: endpoint.name.clone(),
+                kind: endpoint.kind.clone(),
+                status: status.to_owned(),
+                requested_at: now,
+                attempts: 0,
+                standing: Standing::Due(now),
+                last_error: String::new(),
+            }));
+        }
+    }
+    Ok(events)
+}
+
+/// What a send of `delivery` (attempt `attempt`) came to, as its event.
+pub fn outcome(delivery: &Delivery, attempt: u32, outcome: Outcome, now: UnixMicros) -> Event {
+    match outcome {
+        Outcome::Delivered(answer) => {
+            Event::Delivered { delivery: delivery.id, endpoint: delivery.endpoint.clone(), attempt, answer }
+        }
+        Outcome::Failed { error, permanent } => Event::DeliveryFailed {
+            delivery: delivery.id,
+            endpoint: delivery.endpoint.clone(),
+            attempt,
+            error,
+            permanent,
+            retry_at: UnixMicros(now.0 + delivery::backoff(attempt)),
+        },
+    }
+}
+
+/// A signature's or an amendment's own events.
+fn decide_report(state: &State, command: &Command, now: UnixMicros) -> Result<Vec<Event>, Error> {
     match command {
         Command::SaveDraft { study, reader, findings, impression, base_version } => {
             let s = state.studies.get(study).ok_or(Error::UnknownStudy { study: *study })?;

@@ -2,8 +2,14 @@ use meridian_events::{EventId, UnixMicros};
 use proptest::prelude::*;
 use uuid::Uuid;
 
+use super::delivery::{Endpoint, Outcome, Policy, Standing};
 use super::model::*;
-use super::report::*;
+use super::report::{Command, Error, Event, outcome};
+
+/// Decides with no receivers (the delivery test names its own).
+fn decide(state: &State, command: &Command, now: UnixMicros) -> Result<Vec<Event>, Error> {
+    super::report::decide(state, &Policy::default(), command, now)
+}
 
 const NOW: UnixMicros = UnixMicros(1_796_000_000_000_000);
 const STUDY: Uuid = Uuid::from_u128(7);
@@ -28,7 +34,7 @@ fn held(read_type: &str, reader: &str) -> State {
     let state = apply(State::default(), &Fact::Queued { study: STUDY, facts: facts(), read_type: read_type.into() });
     let state = apply(state, &Fact::Held { study: STUDY, reader: reader.into() });
     let later = UnixMicros(NOW.0 + 86_400_000_000);
-    apply(state, &Fact::Licences { reader: reader.into(), licences: vec![licence("US", later)] })
+    apply(state, &Fact::Licences { reader: reader.into(), group: None, licences: vec![licence("US", later)] })
 }
 
 /// Decides and folds what `command` decides (as the log would give it back).
@@ -44,6 +50,15 @@ fn run(state: State, command: &Command, now: UnixMicros) -> Result<(State, Vec<E
 /// What folding an event back from the log gives.
 fn fact_of(event: &Event, offset: u64) -> Fact {
     match event {
+        Event::Requested(d) => Fact::Requested(d.clone()),
+        Event::Delivered { delivery, .. } => Fact::Delivered { delivery: *delivery },
+        Event::DeliveryFailed { delivery, attempt, error, permanent, retry_at, .. } => Fact::Failed {
+            delivery: *delivery,
+            attempt: *attempt,
+            error: error.clone(),
+            permanent: *permanent,
+            retry_at: *retry_at,
+        },
         Event::Drafted { study, report, version, read_type, author, impression, saved_at, kind, .. } => Fact::Saved {
             study: *study,
             report: *report,
@@ -58,8 +73,9 @@ fn fact_of(event: &Event, offset: u64) -> Fact {
                 kind: (*kind).to_owned(),
             },
         },
-        Event::Amended { study, read_type, kind, version, reader, at, reason, .. } => Fact::Amended {
+        Event::Amended { study, report, read_type, kind, version, reader, at, reason } => Fact::Amended {
             study: *study,
+            report: *report,
             read_type: read_type.clone(),
             amendment: Amendment {
                 kind: (*kind).to_owned(),
@@ -163,7 +179,7 @@ fn a_read_is_signed_by_its_holder_with_a_saved_version_that_has_an_impression() 
 fn a_final_needs_a_licence_current_in_the_patients_jurisdiction() {
     let with = |licences: Vec<Licence>| {
         let state = held("final", "ortiz");
-        let state = apply(state, &Fact::Licences { reader: "ortiz".into(), licences });
+        let state = apply(state, &Fact::Licences { reader: "ortiz".into(), group: None, licences });
         run(state, &draft("ortiz", "Normal.", 0), NOW).unwrap().0
     };
     let year = 365 * 86_400_000_000;
@@ -182,7 +198,8 @@ fn a_final_needs_a_licence_current_in_the_patients_jurisdiction() {
         assert_eq!(e, Error::Licence { reader: "ortiz".into(), jurisdiction: "US-NY".into() }, "{refused:?}");
     }
     // A preliminary needs none.
-    let state = apply(held("preliminary", "ortiz"), &Fact::Licences { reader: "ortiz".into(), licences: vec![] });
+    let state =
+        apply(held("preliminary", "ortiz"), &Fact::Licences { reader: "ortiz".into(), group: None, licences: vec![] });
     let state = run(state, &draft("ortiz", "Normal.", 0), NOW).unwrap().0;
     assert!(decide(&state, &sign("ortiz", "preliminary", 0), NOW).is_ok());
 }
@@ -206,6 +223,34 @@ fn routing_moves_the_read_and_reporting_follows() {
     assert!(matches!(&drafted[..], [Event::Drafted { version: 1, read_type, .. }] if read_type == "final"));
     assert_eq!(state.studies[&STUDY].reports.len(), 2, "one report per read");
     assert_ne!(report_id(STUDY, "preliminary"), report_id(STUDY, "final"));
+}
+
+#[test]
+fn signatures_and_text_fold_to_the_same_report_in_either_order() {
+    // They are on two topics: a restart may fold the signature first.
+    let state = run(held("preliminary", "ortiz"), &draft("ortiz", "Normal.", 0), NOW).unwrap().0;
+    let signed = decide(&state, &sign("ortiz", "preliminary", 0), NOW).unwrap();
+    let add = Command::AddAddendum {
+        study: STUDY,
+        reader: "ortiz".into(),
+        read_type: "preliminary".into(),
+        text: "More.".into(),
+    };
+    let state = apply(state, &fact_of(&signed[0], 1));
+    let amended = decide(&state, &add, NOW).unwrap();
+    let facts: Vec<Fact> =
+        [fact_of(&signed[0], 1), fact_of(&amended[0], 2), fact_of(&amended[1], 3)].into_iter().collect();
+    let base = held("preliminary", "ortiz");
+    let text = |e: &Event| fact_of(e, 0);
+    let drafted = decide(&base, &draft("ortiz", "Normal.", 0), NOW).unwrap();
+    // In decision order; then the operational facts before any text.
+    let in_order = [text(&drafted[0]), facts[0].clone(), facts[1].clone(), facts[2].clone()];
+    let ops_first = [facts[0].clone(), facts[2].clone(), text(&drafted[0]), facts[1].clone()];
+    let fold = |order: &[Fact]| order.iter().fold(base.clone(), apply);
+    let (a, b) = (fold(&in_order), fold(&ops_first));
+    assert_eq!(a, b);
+    let report = a.studies[&STUDY].report("preliminary").unwrap();
+    assert_eq!((report.status(), report.versions.len()), ("appended", 2));
 }
 
 #[test]
@@ -271,6 +316,66 @@ fn a_signed_report_is_amended_by_its_signer_only_by_appending() {
     assert_eq!(decide(&state, &addendum("ortiz"), NOW).unwrap_err().rule(), Some("ENTERED_IN_ERROR"));
 }
 
+#[test]
+fn a_signature_is_requested_for_each_receiver_that_takes_the_read_and_retried_until_taken() {
+    let policy = Policy {
+        endpoints: [(
+            "acme".to_string(),
+            vec![
+                Endpoint { name: "ris".into(), kind: "hl7_mllp".into(), read_types: vec![] },
+                Endpoint { name: "ehr".into(), kind: "fhir".into(), read_types: vec!["final".into()] },
+            ],
+        )]
+        .into(),
+    };
+    let run_with = |state: State, command: &Command| {
+        let events = super::report::decide(&state, &policy, command, NOW).unwrap();
+        let state = events.iter().enumerate().fold(state, |s, (n, e)| apply(s, &fact_of(e, n as u64)));
+        (state, events)
+    };
+    let state = run(held("preliminary", "ortiz"), &draft("ortiz", "Normal.", 0), NOW).unwrap().0;
+    let (state, events) = run_with(state, &sign("ortiz", "preliminary", 0));
+    let requested: Vec<(&str, &str)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Requested(d) => Some((d.endpoint.as_str(), d.status.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(requested, [("ris", "preliminary")], "the EHR takes finals only");
+    // Signed again: nothing new, not even a request.
+    assert!(super::report::decide(&state, &policy, &sign("ortiz", "preliminary", 0), NOW).unwrap().is_empty());
+    let d = state.deliveries.values().next().unwrap().clone();
+    assert_eq!(super::delivery::due(&state.deliveries, NOW, 10), std::slice::from_ref(&d));
+    // Refused for now: due again after its backoff.
+    let failed = outcome(&d, 1, Outcome::Failed { error: "AE: busy".into(), permanent: false }, NOW);
+    let state = apply(state, &fact_of(&failed, 9));
+    assert!(super::delivery::due(&state.deliveries, NOW, 10).is_empty());
+    let later = UnixMicros(NOW.0 + super::delivery::backoff(1));
+    assert_eq!(super::delivery::due(&state.deliveries, later, 10).len(), 1);
+    // Taken: gone from the state.
+    let taken = outcome(&state.deliveries[&d.id], 2, Outcome::Delivered("AA".into()), later);
+    let state = apply(state, &fact_of(&taken, 10));
+    assert!(state.deliveries.is_empty());
+    // An addendum is requested again, as "appended", under its own id.
+    let add = Command::AddAddendum {
+        study: STUDY,
+        reader: "ortiz".into(),
+        read_type: "preliminary".into(),
+        text: "More.".into(),
+    };
+    let (state, events) = run_with(state, &add);
+    let again: Vec<_> =
+        events.iter().filter_map(|e| if let Event::Requested(d) = e { Some(d) } else { None }).collect();
+    assert_eq!((again.len(), again[0].status.as_str()), (1, "appended"));
+    assert_ne!(again[0].id, d.id);
+    // Refused for good: a dead letter, never due.
+    let dead = outcome(again[0], 1, Outcome::Failed { error: "AR: unknown patient".into(), permanent: true }, NOW);
+    let state = apply(state, &fact_of(&dead, 11));
+    assert_eq!(state.deliveries[&again[0].id].standing, Standing::Dead("AR: unknown patient".into()));
+    assert!(super::delivery::due(&state.deliveries, UnixMicros(i64::MAX), 10).is_empty());
+}
+
 #[derive(Clone, Debug)]
 enum Step {
     Hold(u8),
@@ -304,7 +409,7 @@ proptest! {
         let year = UnixMicros(NOW.0 + 365 * 86_400_000_000);
         let mut state = State::default();
         for r in readers {
-            state = apply(state, &Fact::Licences { reader: r.into(), licences: vec![licence("US", year)] });
+            state = apply(state, &Fact::Licences { reader: r.into(), group: None, licences: vec![licence("US", year)] });
         }
         let mut frozen: Vec<(String, Report)> = Vec::new();
         for (n, s) in steps.iter().enumerate() {

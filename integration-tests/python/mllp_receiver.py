@@ -3,7 +3,9 @@ message is validated with hl7apy at its STRICT level and answered with an
 ACK echoing its MSH-10 in MSA-2 — AA when valid, AR when not; the first
 `--busy N` messages get AE (try again) instead.
 
-Usage: mllp_receiver.py PORT_FILE RECORD_FILE [--busy N]
+Usage: mllp_receiver.py PORT_FILE RECORD_FILE [--busy N] [--refuse-first STATUS]
+With --refuse-first, the first message whose OBR-25 is STATUS gets AR
+(refused for good), as a RIS refuses a correction it cannot match.
 Writes the port it listens on to PORT_FILE, and one JSON line per message
 received to RECORD_FILE: {"control_id", "ack", "obr25", "error"}.
 """
@@ -19,6 +21,7 @@ from hl7apy.parser import parse_message
 
 port_file, record_file = sys.argv[1], sys.argv[2]
 busy = int(sys.argv[sys.argv.index("--busy") + 1]) if "--busy" in sys.argv else 0
+refuse = sys.argv[sys.argv.index("--refuse-first") + 1] if "--refuse-first" in sys.argv else None
 seen = 0
 
 
@@ -31,7 +34,7 @@ def answer(message, code, text=""):
 
 
 async def received(reader, writer):
-    global seen
+    global seen, refuse
     try:
         while not writer.is_closing():
             message = await reader.readmessage()
@@ -44,13 +47,16 @@ async def received(reader, writer):
                 obr = parsed.ORU_R01_PATIENT_RESULT.ORU_R01_ORDER_OBSERVATION.OBR
                 record["obr25"] = obr.OBR_25.to_er7()
                 code = "AE" if seen <= busy else "AA"
+                if refuse is not None and record["obr25"] == refuse:
+                    code, refuse = "AR", None
             except Exception as e:  # what the validator said, for the test
                 record["error"] = f"{type(e).__name__}: {e}"
                 code = "AR"
             record["ack"] = code
             with open(record_file, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
-            writer.writemessage(answer(message, code, "busy" if code == "AE" else record["error"][:80]))
+            said = {"AE": "busy", "AR": record["error"][:80] or "no such order"}.get(code, "")
+            writer.writemessage(answer(message, code, said))
             await writer.drain()
     except asyncio.IncompleteReadError:
         pass

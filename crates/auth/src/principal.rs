@@ -69,6 +69,8 @@ pub enum Action {
     SignReport,
     /// Read a study's reports (text is PHI: audited).
     ReadReport,
+    /// See the tenant's report deliveries not yet taken, and send one again.
+    ManageDeliveries,
     /// Register and update readers of a group.
     ManageReaders,
     /// Reassign a group's work.
@@ -100,6 +102,7 @@ impl Action {
             Action::ReadImages => "read_images",
             Action::SignReport => "sign_report",
             Action::ReadReport => "read_report",
+            Action::ManageDeliveries => "manage_deliveries",
             Action::ManageReaders => "manage_readers",
             Action::Reassign => "reassign",
             Action::TailLog => "tail_log",
@@ -213,7 +216,7 @@ fn decide(p: &Principal, action: Action, resource: &Resource<'_>) -> Result<(), 
             same("tenant", p.tenant.as_deref(), tenant)?;
             needs_role(p, &["tenant-admin"])
         }
-        (PrincipalKind::Tenant, ManageTenant, Resource::Tenant { tenant }) => {
+        (PrincipalKind::Tenant, ManageTenant | ManageDeliveries, Resource::Tenant { tenant }) => {
             same("tenant", p.tenant.as_deref(), tenant)?;
             needs_role(p, &["tenant-admin"])
         }

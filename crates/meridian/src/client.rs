@@ -704,6 +704,41 @@ pub async fn report_amend(target: &Target, study: &str, amend: Amend) -> anyhow:
     Ok(ExitCode::SUCCESS)
 }
 
+/// Lists a tenant's deliveries not yet taken, or sends one again.
+pub async fn deliveries(target: &Target, tenant: Option<&str>, again: Option<&str>) -> anyhow::Result<ExitCode> {
+    use meridian_proto::reporting::v1 as pb;
+    use meridian_proto::reporting::v1::reporting_service_client::ReportingServiceClient;
+    let c = connect(target).await?;
+    let mut client = ReportingServiceClient::new(c.channel);
+    let listed = match (tenant, again) {
+        (_, Some(id)) => {
+            let request = pb::RedeliverRequest { delivery_id: id.to_owned() };
+            let r = client.redeliver(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
+            r.delivery.into_iter().collect::<Vec<_>>()
+        }
+        (Some(tenant), None) => {
+            let request = pb::ListDeliveriesRequest { tenant: tenant.to_owned() };
+            client.list_deliveries(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner().deliveries
+        }
+        (None, None) => bail!("name a tenant or a delivery"),
+    };
+    for d in &listed {
+        let why = if d.last_error.is_empty() { String::new() } else { format!(": {}", d.last_error) };
+        say!(
+            "{} {} {} {} {} {} to {} ({} attempts){why}",
+            d.delivery_id,
+            d.state,
+            d.study_id,
+            d.read_type,
+            d.status,
+            d.kind,
+            d.endpoint,
+            d.attempts
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// A study's reports.
 pub async fn report_show(target: &Target, study: &str) -> anyhow::Result<ExitCode> {
     use meridian_proto::reporting::v1 as pb;

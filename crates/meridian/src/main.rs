@@ -240,6 +240,20 @@ enum ReportCommand {
         #[arg(long)]
         reason: String,
     },
+    /// The tenant's report deliveries not yet taken: still trying, or
+    /// dead letters (its administrator, e.g. `--as acme-admin`).
+    Deliveries {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Send a delivery again (a dead letter once its receiver is fixed).
+    Redeliver {
+        delivery: String,
+        #[command(flatten)]
+        target: Target,
+    },
     /// A study's reports, with the text of each read's current version and
     /// of each amendment (audited).
     Show {
@@ -513,6 +527,12 @@ async fn main() -> ExitCode {
         }
         Command::Report { command: ReportCommand::Show { study, target } } => {
             client::report_show(&target, &study).await
+        }
+        Command::Report { command: ReportCommand::Deliveries { target, tenant } } => {
+            client::deliveries(&target, Some(&tenant), None).await
+        }
+        Command::Report { command: ReportCommand::Redeliver { delivery, target } } => {
+            client::deliveries(&target, None, Some(&delivery)).await
         }
         Command::Report { command: ReportCommand::Addendum { study, target, read_type, text } } => {
             client::report_amend(&target, &study, client::Amend::Addendum { read_type, text }).await

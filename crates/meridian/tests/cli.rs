@@ -1561,7 +1561,8 @@ fn a_signed_report_reaches_a_ris_over_mllp_and_an_ehr_over_fhir_once_through_a_c
         PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/meridian/tools/venv-fhir/bin/python")
     });
     // The RIS answers its first message "busy" (AE): it is sent again.
-    let ris = Receiver::start(&python(), "mllp_receiver.py", work.path(), &["--busy", "1"]);
+    // It refuses for good (AR) the first correction it is sent.
+    let ris = Receiver::start(&python(), "mllp_receiver.py", work.path(), &["--busy", "1", "--refuse-first", "C"]);
     let ehr = Receiver::start(&fhir_python, "fhir_receiver.py", work.path(), &[]);
     let config = work.path().join("config");
     meridian_integration_tests::one_reader_examples(&repo().join("deploy/examples/dev"), &config);
@@ -1656,9 +1657,25 @@ fn a_signed_report_reaches_a_ris_over_mllp_and_an_ehr_over_fhir_once_through_a_c
         "Compared with the prior: stable.",
     ]);
     assert!(ok, "{said}");
+    wait_for("the addendum delivered to the EHR", 60, || {
+        (tail_payloads(&data, "reporting", "ReportDelivered").len() == 3).then_some(())
+    });
+    // The RIS refused it for good: a dead letter its tenant's administrator
+    // sees, with why, and sends again.
+    let dead = wait_for("the RIS's refusal recorded", 30, || {
+        let (ok, said) = cli(&["report", "deliveries", "--as", "acme-admin", "--tenant", "acme"]);
+        assert!(ok, "{said}");
+        said.lines().find(|l| l.contains(" dead ")).map(|l| l.split(' ').next().unwrap().to_owned())
+    });
+    let (ok, said) = cli(&["report", "deliveries", "--as", "northwind-admin", "--tenant", "acme"]);
+    assert!(!ok && said.contains("PermissionDenied"), "{said}");
+    let (ok, said) = cli(&["report", "redeliver", &dead, "--as", "acme-admin"]);
+    assert!(ok && said.contains(" due "), "{said}");
     wait_for("the addendum delivered to both", 60, || {
         (tail_payloads(&data, "reporting", "ReportDelivered").len() == 4).then_some(())
     });
+    let (ok, said) = cli(&["report", "deliveries", "--as", "acme-admin", "--tenant", "acme"]);
+    assert!(ok && said.trim().is_empty(), "nothing left to deliver: {said}");
     let last_ehr = ehr.records().last().unwrap().clone();
     assert_eq!(
         (last_ehr["status"].as_str(), last_ehr["identifier"].as_str()),

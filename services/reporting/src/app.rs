@@ -40,6 +40,8 @@ pub enum Error {
     Envelope(#[from] meridian_events::envelope::Error),
     #[error("{0}")]
     Refused(#[from] report::Error),
+    #[error("no delivery {0} is waiting or dead here")]
+    NoDelivery(Uuid),
     #[error("study {study}'s record (text version {version}; 0: its first instance): {reason}")]
     Text { study: Uuid, version: u32, reason: String },
 }
@@ -314,6 +316,20 @@ impl Reporting {
             projector.feed_appended(batch, appended, self.keys.as_ref())?;
         }
         Ok(due.len())
+    }
+
+    /// Sends delivery `id` again: a new request replacing it, due `now`.
+    pub async fn redeliver(&self, id: Uuid, now: UnixMicros) -> Result<Delivery, Error> {
+        let mut projector = self.live.lock().await;
+        catch_up(self.log.as_ref(), self.keys.as_ref(), &mut projector, self.idle).await?;
+        let old = projector.state().state.deliveries.get(&id).cloned().ok_or(Error::NoDelivery(id))?;
+        let again = delivery::redeliver(&old, now);
+        let event = Event::Requested(again.clone());
+        let batch = self.outgoing(projector.state(), std::slice::from_ref(&event), now)?;
+        let appended = self.log.append(batch.clone()).await?;
+        projector.feed_appended(batch, appended, self.keys.as_ref())?;
+        tracing::info!(region = %self.region, delivery = %again.id, supersedes = %id, endpoint = %again.endpoint, "delivery requested again");
+        Ok(again)
     }
 
     /// The tenant's enabled endpoint `name`.

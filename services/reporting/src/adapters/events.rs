@@ -83,6 +83,11 @@ pub fn fact(payload: &Payload, event_id: EventId, partition: u32, offset: u64) -
             attempts: 0,
             standing: Standing::Due(time(&d.requested_at)),
             last_error: String::new(),
+            supersedes: if d.supersedes.is_empty() {
+                None
+            } else {
+                Some(uuid("DeliveryRequested", "supersedes", &d.supersedes)?)
+            },
         }),
         Payload::ReportDelivered(d) => {
             Fact::Delivered { delivery: uuid("ReportDelivered", "delivery_id", &d.delivery_id)? }
@@ -164,6 +169,7 @@ pub fn payload(event: &Event) -> Payload {
             kind: d.kind.clone(),
             status: d.status.clone(),
             requested_at: Some(d.requested_at.to_timestamp()),
+            supersedes: d.supersedes.map(|s| s.to_string()).unwrap_or_default(),
         }),
         Event::Delivered { delivery, endpoint, attempt, answer } => Payload::ReportDelivered(pb::ReportDelivered {
             delivery_id: delivery.to_string(),

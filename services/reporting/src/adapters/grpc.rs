@@ -17,6 +17,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use uuid::Uuid;
 
 use crate::app::{Error, Reporting};
+use crate::domain::delivery::{Delivery, Standing};
 use crate::domain::model::{Study, StudyFacts};
 use crate::domain::report::{self, Command, Event};
 
@@ -71,6 +72,26 @@ impl ReportingGrpc {
     }
 }
 
+fn delivery(d: &Delivery) -> pb::Delivery {
+    let (state, due_at) = match &d.standing {
+        Standing::Due(at) => ("due", Some(at.to_timestamp())),
+        Standing::Dead(_) => ("dead", None),
+    };
+    pb::Delivery {
+        delivery_id: d.id.to_string(),
+        study_id: d.study.to_string(),
+        report_id: d.report.to_string(),
+        read_type: d.read_type.clone(),
+        endpoint: d.endpoint.clone(),
+        kind: d.kind.clone(),
+        status: d.status.clone(),
+        attempts: d.attempts,
+        state: state.into(),
+        due_at,
+        last_error: d.last_error.clone(),
+    }
+}
+
 fn reader(p: &Principal) -> Result<String, Status> {
     p.reader.clone().ok_or_else(|| Status::permission_denied(format!("{} is not a reader", p.subject)))
 }
@@ -94,6 +115,7 @@ pub fn status(e: &Error) -> Status {
                 _ => invalid_argument("version", message),
             }
         }
+        Error::NoDelivery(_) => Status::not_found(e.to_string()),
         other => Status::unavailable(other.to_string()),
     }
 }
@@ -194,6 +216,51 @@ impl ReportingService for ReportingGrpc {
         };
         let amended = self.amend(command, &r.read_type).await?;
         Ok(Response::new(pb::EnterInErrorResponse { amended: Some(amended) }))
+    }
+
+    async fn list_deliveries(
+        &self,
+        request: Request<pb::ListDeliveriesRequest>,
+    ) -> Result<Response<pb::ListDeliveriesResponse>, Status> {
+        let p = principal(&request)?;
+        let tenant = &request.get_ref().tenant;
+        if tenant.is_empty() {
+            return Err(invalid_argument("tenant", "name the tenant"));
+        }
+        authorize(p, Action::ManageDeliveries, &Resource::Tenant { tenant }).map_err(|d| permission_denied(&d))?;
+        let deliveries = self
+            .reporting
+            .read_current(|f| {
+                let of_tenant =
+                    |d: &&Delivery| f.state.studies.get(&d.study).is_some_and(|s| s.facts.tenant == *tenant);
+                f.state.deliveries.values().filter(of_tenant).map(delivery).collect()
+            })
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::ListDeliveriesResponse { deliveries }))
+    }
+
+    async fn redeliver(
+        &self,
+        request: Request<pb::RedeliverRequest>,
+    ) -> Result<Response<pb::RedeliverResponse>, Status> {
+        let p = principal(&request)?;
+        let text = &request.get_ref().delivery_id;
+        let id = Uuid::parse_str(text)
+            .map_err(|_| invalid_argument("delivery_id", format!("{text:?} is not a delivery id")))?;
+        let tenant = self
+            .reporting
+            .read_current(|f| {
+                let d = f.state.deliveries.get(&id)?;
+                f.state.studies.get(&d.study).map(|s| s.facts.tenant.clone())
+            })
+            .await
+            .map_err(|e| status(&e))?
+            .ok_or_else(|| Status::not_found(format!("no delivery {id} is waiting or dead here")))?;
+        authorize(p, Action::ManageDeliveries, &Resource::Tenant { tenant: &tenant })
+            .map_err(|d| permission_denied(&d))?;
+        let again = self.reporting.redeliver(id, arrival_time()).await.map_err(|e| status(&e))?;
+        Ok(Response::new(pb::RedeliverResponse { delivery: Some(delivery(&again)) }))
     }
 
     async fn get_report(

@@ -53,6 +53,27 @@ pub struct Delivery {
     /// The last failure's reason.
     #[serde(default)]
     pub last_error: String,
+    /// The request this one sends again (a redelivery), which it replaces.
+    #[serde(default)]
+    pub supersedes: Option<Uuid>,
+}
+
+/// A request to send `d`'s report again (a dead letter, or one still
+/// trying), replacing it: a new id, the attempts from zero, due `now`.
+pub fn redeliver(d: &Delivery, now: UnixMicros) -> Delivery {
+    let id = meridian_events::id::aggregate_id(
+        "reporting.delivery.again",
+        &[d.id.as_bytes(), &d.attempts.to_be_bytes(), &now.0.to_be_bytes()],
+    );
+    Delivery {
+        id,
+        requested_at: now,
+        attempts: 0,
+        standing: Standing::Due(now),
+        last_error: String::new(),
+        supersedes: Some(d.id),
+        ..d.clone()
+    }
 }
 
 /// The id of the request to send `report` to `endpoint` after `what`

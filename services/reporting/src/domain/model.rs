@@ -257,6 +257,9 @@ pub fn apply(mut state: State, fact: &Fact) -> State {
             }
         }
         Fact::Requested(d) => {
+            if let Some(old) = d.supersedes {
+                state.deliveries.remove(&old);
+            }
             state.deliveries.entry(d.id).or_insert_with(|| d.clone());
         }
         Fact::Delivered { delivery } => {

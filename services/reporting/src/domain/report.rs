@@ -214,6 +214,7 @@ pub fn decide(state: &State, policy: &Policy, command: &Command, now: UnixMicros
                 attempts: 0,
                 standing: Standing::Due(now),
                 last_error: String::new(),
+                supersedes: None,
             }));
         }
     }

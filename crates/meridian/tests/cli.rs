@@ -1687,3 +1687,84 @@ fn a_signed_report_reaches_a_ris_over_mllp_and_an_ehr_over_fhir_once_through_a_c
     assert_ne!(last_ris["control_id"], ris_got[0]["control_id"], "a new message for the new version");
     dev.interrupt();
 }
+
+/// A reader signs 100 studies one after another; `meridian dev` is
+/// SIGKILLed after 40 signatures were acknowledged, mid-flow, and
+/// restarted: every acknowledged signature is on the log once, and
+/// routing completes each of those reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_signature_survives_a_sigkill_and_routing_completes_each() {
+    use meridian_proto::reporting::v1 as pb;
+    use meridian_proto::reporting::v1::reporting_service_client::ReportingServiceClient;
+    const STUDIES: usize = 100;
+    let work = tempfile::TempDir::new().unwrap();
+    let config = work.path().join("config");
+    meridian_integration_tests::one_reader_examples(&repo().join("deploy/examples/dev"), &config);
+    let group = config.join("groups/atlantic-rads.toml");
+    let text = std::fs::read_to_string(&group).unwrap().replace("capacity = 1", &format!("capacity = {STUDIES}"));
+    std::fs::write(&group, text).unwrap();
+    let data = work.path().join("data");
+    let mut dev = Dev::start_configured(&config, &data, "");
+    let files_dir = work.path().join("files");
+    std::fs::create_dir_all(&files_dir).unwrap();
+    let files: Vec<PathBuf> = (0..STUDIES)
+        .map(|n| {
+            let uid = format!("1.2.826.0.1.3680043.10.543.7{n:03}");
+            meridian_integration_tests::dicom::one_instance_study(&files_dir, &uid, &format!("MRN-{n}"), "STAT")
+        })
+        .collect();
+    let (ok, said) =
+        meridian_integration_tests::dicom::storescu(dev.dicom_port("us-east"), "ACME_CT1", "MERIDIAN_ACME", &files);
+    assert!(ok, "{said}");
+    let assigned = wait_for("every study pushed to dr-ana-ortiz", 60, || {
+        let a = tail_payloads(&data, "routing", "StudyAssigned");
+        (a.len() == STUDIES).then(|| a.iter().map(|a| a["studyId"].as_str().unwrap().to_owned()).collect::<Vec<_>>())
+    });
+    let token = dev.json("tokens.json")["principals"]["dr-ortiz"]["token"].as_str().unwrap().to_owned();
+    let mut client = ReportingServiceClient::connect(dev.grpc("us-east")).await.unwrap();
+    let mut acked = Vec::new();
+    // A SIGKILL from another thread a few milliseconds after the 40th
+    // acknowledgement, while the next calls are in flight.
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let killer = {
+        let (count, pid) = (count.clone(), dev.child.id().to_string());
+        std::thread::spawn(move || {
+            while count.load(std::sync::atomic::Ordering::SeqCst) < 40 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            std::thread::sleep(Duration::from_millis(3));
+            Command::new("kill").args(["-KILL", &pid]).status().unwrap();
+        })
+    };
+    for study in &assigned {
+        let sections = pb::Sections { findings: "No acute findings.".into(), impression: "Normal.".into() };
+        let draft = pb::SaveDraftRequest { study_id: study.clone(), sections: Some(sections), base_version: 0 };
+        if client.save_draft(bearer(draft, &token)).await.is_err() {
+            break;
+        }
+        let sign = pb::SignRequest { study_id: study.clone(), read_type: "preliminary".into(), ..Default::default() };
+        match client.sign(bearer(sign, &token)).await {
+            Ok(_) => acked.push(study.clone()),
+            Err(_) => break,
+        }
+        count.store(acked.len(), std::sync::atomic::Ordering::SeqCst);
+    }
+    killer.join().unwrap();
+    let _ = dev.child.wait();
+    assert!((40..STUDIES).contains(&acked.len()), "the kill landed mid-flow: {} acknowledged", acked.len());
+
+    let dev = Dev::start_configured(&config, &data, "");
+    let signed = tail_payloads(&data, "reporting", "ReportSigned");
+    for study in &acked {
+        let n = signed.iter().filter(|s| s["studyId"] == study.as_str()).count();
+        assert_eq!(n, 1, "acknowledged signature of {study} on the log once");
+    }
+    wait_for("routing completes every acknowledged read", 60, || {
+        let done = tail_payloads(&data, "routing", "AssignmentCompleted");
+        acked
+            .iter()
+            .all(|s| done.iter().any(|c| c["studyId"] == s.as_str() && c["readType"] == "preliminary"))
+            .then_some(())
+    });
+    dev.interrupt();
+}

@@ -108,6 +108,9 @@ pub struct Reporting {
     platform: Arc<Platform>,
     policy: Policy,
     failpoints: FailPoints,
+    /// Woken when a delivery is requested, so the worker sends at once
+    /// rather than at its next tick.
+    requested: tokio::sync::Notify,
 }
 
 /// The aggregates of a study's report: signatures and amendments on the
@@ -178,6 +181,7 @@ impl Reporting {
             platform,
             policy,
             failpoints,
+            requested: tokio::sync::Notify::new(),
         })
     }
 
@@ -192,6 +196,9 @@ impl Reporting {
             let batch = self.outgoing(projector.state(), &events, now)?;
             let appended = self.log.append(batch.clone()).await?;
             projector.feed_appended(batch, appended, self.keys.as_ref())?;
+            if events.iter().any(|e| matches!(e, Event::Requested(_))) {
+                self.requested.notify_one();
+            }
             for e in &events {
                 let (study, what) = match e {
                     Event::Drafted { study, version, kind, .. } => (study, format!("{kind} version {version} saved")),
@@ -328,8 +335,14 @@ impl Reporting {
         let batch = self.outgoing(projector.state(), std::slice::from_ref(&event), now)?;
         let appended = self.log.append(batch.clone()).await?;
         projector.feed_appended(batch, appended, self.keys.as_ref())?;
+        self.requested.notify_one();
         tracing::info!(region = %self.region, delivery = %again.id, supersedes = %id, endpoint = %again.endpoint, "delivery requested again");
         Ok(again)
+    }
+
+    /// Waits until a delivery is requested, or `at_most`.
+    pub async fn wait_for_requests(&self, at_most: Duration) {
+        let _ = tokio::time::timeout(at_most, self.requested.notified()).await;
     }
 
     /// The tenant's enabled endpoint `name`.

@@ -8,7 +8,7 @@ use meridian_audit::Audit;
 use meridian_auth::grpc::Authenticate;
 use meridian_proto::reporting::v1::reporting_service_server::ReportingServiceServer;
 use meridian_region::service::{BoxFuture, GrpcRoutes, ServiceListeners};
-use meridian_region::{RegionContext, RegionError, RegionService, Stopping, Task, every};
+use meridian_region::{RegionContext, RegionError, RegionService, Stopping, Task};
 
 use std::time::Duration;
 
@@ -76,17 +76,23 @@ impl RegionService for ReportingService {
         let reporting = self.reporting.clone();
         let stop = stopping.clone();
         let follow = async move { reporting.follow(stop.wait()).await };
-        // Sends what is due; a send is never cancelled mid-frame (the tick
-        // ends between sends once the stop is asked).
-        let deliveries = every(DELIVERY_TICK, stopping.wait(), move |_| {
-            let service = self.clone();
-            async move {
+        // Sends what is due, at once when a delivery is requested, else on
+        // the tick (retries); a send is never cancelled mid-frame: the stop
+        // is seen between passes.
+        let deliveries = async move {
+            let stop = stopping.wait();
+            tokio::pin!(stop);
+            loop {
                 let now = meridian_auth::grpc::arrival_time();
-                if let Err(e) = service.reporting.deliver_due(&service.receivers, now).await {
-                    tracing::warn!(region = %service.context.name, error = %e, "delivering reports");
+                if let Err(e) = self.reporting.deliver_due(&self.receivers, now).await {
+                    tracing::warn!(region = %self.context.name, error = %e, "delivering reports");
+                }
+                tokio::select! {
+                    () = &mut stop => break,
+                    () = self.reporting.wait_for_requests(DELIVERY_TICK) => {}
                 }
             }
-        });
+        };
         vec![Task::spawn("reporting follows the log", follow), Task::spawn("reporting delivers", deliveries)]
     }
 

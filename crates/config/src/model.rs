@@ -563,6 +563,10 @@ pub struct Contract {
     /// Fractions of the SLA at which an unread study escalates, increasing, each in (0, 1).
     pub escalation_fractions: Vec<f64>,
     pub engagement: Engagement,
+    /// How soon a critical result must reach a person, by ACR category
+    /// (1: minutes, 2: hours, 3: days); escalated when not.
+    #[serde(default)]
+    pub critical_results: CriticalResults,
     /// Which of the tenant's studies this contract takes (all by default);
     /// the configuration check refuses two contracts that could both take one.
     #[serde(default)]
@@ -576,6 +580,49 @@ pub struct Contract {
     /// subspecialty is a preference).
     #[serde(default)]
     pub subspecialty_required: bool,
+}
+
+/// `[critical_results]` of a contract: each ACR category's window, from
+/// flagging to the finding reaching a responsible person.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CriticalResults {
+    #[serde(default = "category_1")]
+    pub category_1: DurationSpec,
+    #[serde(default = "category_2")]
+    pub category_2: DurationSpec,
+    #[serde(default = "category_3")]
+    pub category_3: DurationSpec,
+}
+
+fn category_1() -> DurationSpec {
+    DurationSpec { seconds: 3_600 }
+}
+
+fn category_2() -> DurationSpec {
+    DurationSpec { seconds: 12 * 3_600 }
+}
+
+fn category_3() -> DurationSpec {
+    DurationSpec { seconds: 3 * 86_400 }
+}
+
+impl Default for CriticalResults {
+    fn default() -> Self {
+        CriticalResults { category_1: category_1(), category_2: category_2(), category_3: category_3() }
+    }
+}
+
+impl CriticalResults {
+    /// The window of ACR category `category` (1 to 3), in seconds.
+    pub fn window(&self, category: u8) -> Option<u64> {
+        match category {
+            1 => Some(self.category_1.seconds),
+            2 => Some(self.category_2.seconds),
+            3 => Some(self.category_3.seconds),
+            _ => None,
+        }
+    }
 }
 
 /// `[[engagement.milestones]]`: a share of a project's fee, due on a date.

@@ -346,6 +346,20 @@ fn contracts(out: &mut Out, f: &Files<'_>) {
         if c.reading_groups.is_empty() {
             out.at(file, "reading_groups", "a contract needs at least one reading group");
         }
+        let w = &c.critical_results;
+        if !(0 < w.category_1.seconds
+            && w.category_1.seconds < w.category_2.seconds
+            && w.category_2.seconds < w.category_3.seconds)
+        {
+            out.at(
+                file,
+                "critical_results",
+                format!(
+                    "windows must grow by category, from more than nothing: 1 {}s, 2 {}s, 3 {}s",
+                    w.category_1.seconds, w.category_2.seconds, w.category_3.seconds
+                ),
+            );
+        }
         for (i, g) in c.reading_groups.iter().enumerate() {
             if f.no_group(g) {
                 out.at(

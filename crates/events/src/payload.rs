@@ -155,6 +155,10 @@ catalogue! {
     DeliveryRequested    => 1, Operational, "reporting", "reporting.delivery", "reporting";
     ReportDelivered      => 1, Operational, "reporting", "reporting.delivery", "reporting";
     DeliveryFailed       => 1, Operational, "reporting", "reporting.delivery", "reporting";
+    CriticalResultFlagged      => 1, Operational, "reporting", "reporting.critical", "reporting";
+    CriticalResultCommunicated => 1, Phi,         "reporting", "reporting.critical.contact", "reporting";
+    CriticalResultClosed       => 1, Operational, "reporting", "reporting.critical", "reporting";
+    CriticalResultEscalated    => 1, Operational, "reporting", "reporting.critical", "reporting";
     // routing
     ReaderRegistered     => 1, Operational, "routing", "routing.reader", "routing";
     ReaderUpdated        => 1, Operational, "routing", "routing.reader", "routing";

@@ -704,6 +704,36 @@ pub async fn report_amend(target: &Target, study: &str, amend: Amend) -> anyhow:
     Ok(ExitCode::SUCCESS)
 }
 
+/// A step of a critical result.
+pub enum CriticalStep {
+    Flag { category: u32 },
+    Communicated { recipient: String, method: String },
+}
+
+/// Flags a study's critical result, or records its communication.
+pub async fn critical(target: &Target, study: &str, step: CriticalStep) -> anyhow::Result<ExitCode> {
+    use meridian_proto::reporting::v1 as pb;
+    use meridian_proto::reporting::v1::reporting_service_client::ReportingServiceClient;
+    let c = connect(target).await?;
+    let mut client = ReportingServiceClient::new(c.channel);
+    let study_id = study.to_owned();
+    let result = match step {
+        CriticalStep::Flag { category } => {
+            let request = pb::FlagCriticalRequest { study_id, category };
+            client.flag_critical(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner().critical
+        }
+        CriticalStep::Communicated { recipient, method } => {
+            let request = pb::RecordCommunicationRequest { study_id, recipient, method, communicated_at: None };
+            let r = client.record_communication(authorized(request, &c.token)?).await.map_err(status_error)?;
+            r.into_inner().critical
+        }
+    };
+    let r = result.context("the region answered without the critical result")?;
+    let escalated = if r.escalated { ", escalated" } else { "" };
+    say!("{study} critical result, category {}: {} (due {}){escalated}", r.category, r.state, time(&r.deadline));
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Lists a tenant's deliveries not yet taken, or sends one again.
 pub async fn deliveries(target: &Target, tenant: Option<&str>, again: Option<&str>) -> anyhow::Result<ExitCode> {
     use meridian_proto::reporting::v1 as pb;

@@ -240,6 +240,27 @@ enum ReportCommand {
         #[arg(long)]
         reason: String,
     },
+    /// Flag a critical result of a study you read (ACR category 1, 2, 3):
+    /// it must reach a responsible person within the contract's window.
+    Critical {
+        study: String,
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        category: u32,
+    },
+    /// Record who was reached about a study's critical result, and how.
+    Communicated {
+        study: String,
+        #[command(flatten)]
+        target: Target,
+        /// The person reached, e.g. "Dr Lee, ED attending".
+        #[arg(long)]
+        recipient: String,
+        /// phone, in_person or secure_message.
+        #[arg(long)]
+        method: String,
+    },
     /// The tenant's report deliveries not yet taken: still trying, or
     /// dead letters (its administrator, e.g. `--as acme-admin`).
     Deliveries {
@@ -527,6 +548,12 @@ async fn main() -> ExitCode {
         }
         Command::Report { command: ReportCommand::Show { study, target } } => {
             client::report_show(&target, &study).await
+        }
+        Command::Report { command: ReportCommand::Critical { study, target, category } } => {
+            client::critical(&target, &study, client::CriticalStep::Flag { category }).await
+        }
+        Command::Report { command: ReportCommand::Communicated { study, target, recipient, method } } => {
+            client::critical(&target, &study, client::CriticalStep::Communicated { recipient, method }).await
         }
         Command::Report { command: ReportCommand::Deliveries { target, tenant } } => {
             client::deliveries(&target, Some(&tenant), None).await

@@ -1495,6 +1495,18 @@ fn a_reader_drafts_and_signs_the_read_they_hold_and_routing_pushes_them_the_next
     );
     let (ok, said) = cli(&["report", "show", &held, "--as", "northwind-admin"]);
     assert!(!ok && said.contains("PermissionDenied"), "{said}");
+    // A critical result: flagged by its reader, reported within its window.
+    let (ok, said) = cli(&["report", "critical", &held, "--as", "dr-ortiz", "--category", "1"]);
+    assert!(ok && said.contains("category 1: open"), "{said}");
+    let (ok, said) = cli(&["report", "critical", &held, "--as", "dr-ortiz", "--category", "2"]);
+    assert!(!ok && said.contains("FailedPrecondition") && said.contains("record its communication first"), "{said}");
+    let reach = |method: &str| {
+        cli(&["report", "communicated", &held, "--as", "dr-ortiz", "--recipient", "Dr Lee, ED", "--method", method])
+    };
+    let (ok, said) = reach("fax");
+    assert!(!ok && said.contains("InvalidArgument") && said.contains("method"), "{said}");
+    let (ok, said) = reach("phone");
+    assert!(ok && said.contains("closed in time"), "{said}");
     // Its signer appends an addendum; the signed text stays the report.
     let addendum =
         ["report", "addendum", &held, "--read-type", "preliminary", "--text", "Compared with the prior: stable."];
@@ -1511,11 +1523,11 @@ fn a_reader_drafts_and_signs_the_read_they_hold_and_routing_pushes_them_the_next
     dev.interrupt();
     // The text is on the PHI topic, sealed; the signature names its version.
     let (texts, _) = topic_events(data.path(), meridian_events::DataClass::Phi, "reporting");
-    assert_eq!(texts.len(), 3, "two drafts and the addendum");
+    assert_eq!(texts.len(), 4, "two drafts, who was reached, and the addendum");
     assert!(texts.iter().all(|(_, e)| e.open_plain().is_err()), "report text is sealed on the log");
     let (signed, _) = topic_events(data.path(), meridian_events::DataClass::Operational, "reporting");
     let kinds: Vec<&str> = signed.iter().map(|(_, e)| e.payload_type.rsplit('.').next().unwrap()).collect();
-    assert_eq!(kinds, ["ReportSigned", "ReportAmended"]);
+    assert_eq!(kinds, ["ReportSigned", "CriticalResultFlagged", "CriticalResultClosed", "ReportAmended"]);
 }
 
 /// A Python receiver (an MLLP listener, a FHIR server), killed when

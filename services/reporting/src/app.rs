@@ -23,6 +23,7 @@ use uuid::Uuid;
 
 use crate::adapters;
 use crate::adapters::receivers::Receivers;
+use crate::domain::critical::{self, Critical, CriticalEvent};
 use crate::domain::delivery::{self, Delivery, Endpoint, Outcome, Policy};
 use crate::domain::message::{Patient, ReportMessage};
 use crate::domain::model::{self, State, Study};
@@ -42,6 +43,8 @@ pub enum Error {
     Refused(#[from] report::Error),
     #[error("no delivery {0} is waiting or dead here")]
     NoDelivery(Uuid),
+    #[error("{0}")]
+    Critical(#[from] critical::CriticalError),
     #[error("study {study}'s record (text version {version}; 0: its first instance): {reason}")]
     Text { study: Uuid, version: u32, reason: String },
 }
@@ -69,7 +72,7 @@ impl Projection for ReportingProjection {
 
     fn apply(mut folded: Folded, event: &Logged<'_>) -> Folded {
         let meta = &event.envelope.meta;
-        if meta.aggregate_type == STUDY || meta.aggregate_type == TEXT {
+        if [STUDY, TEXT, CRITICAL, CONTACT].contains(&meta.aggregate_type.as_str()) {
             let last = folded.versions.entry(format!("{}/{}", meta.aggregate_type, meta.aggregate_id)).or_default();
             *last = (*last).max(meta.aggregate_version);
         }
@@ -117,6 +120,9 @@ pub struct Reporting {
 /// operational topic, text on the PHI one.
 const STUDY: &str = "reporting.study";
 const TEXT: &str = "reporting.text";
+/// A study's critical results (operational) and who was reached (PHI).
+const CRITICAL: &str = "reporting.critical";
+const CONTACT: &str = "reporting.critical.contact";
 
 /// A frame is sent, its answer not recorded yet.
 pub const AFTER_SEND: &str = "reporting.after_send";
@@ -338,6 +344,110 @@ impl Reporting {
         self.requested.notify_one();
         tracing::info!(region = %self.region, delivery = %again.id, supersedes = %id, endpoint = %again.endpoint, "delivery requested again");
         Ok(again)
+    }
+
+    /// Flags `study`'s critical result of ACR `category`, due within the
+    /// contract's window for it.
+    pub async fn flag_critical(
+        &self,
+        study: Uuid,
+        reader: &str,
+        category: u8,
+        now: UnixMicros,
+    ) -> Result<Critical, Error> {
+        let mut projector = self.live.lock().await;
+        catch_up(self.log.as_ref(), self.keys.as_ref(), &mut projector, self.idle).await?;
+        let contract =
+            projector.state().state.studies.get(&study).map(|s| s.facts.contract.clone()).unwrap_or_default();
+        let windows = self.platform.contracts.get(&contract).map(|c| c.critical_results.clone()).unwrap_or_default();
+        let event = critical::flag(&projector.state().state, study, reader, category, windows.window(category), now)?;
+        self.append_critical(&mut projector, &[event], now).await?;
+        let flagged = projector.state().state.studies.get(&study).and_then(|s| s.critical.clone());
+        flagged.ok_or_else(|| Error::Text { study, version: 0, reason: "flagged, yet not folded".into() })
+    }
+
+    /// Records who was reached about `study`'s critical result: closes it.
+    pub async fn communicate_critical(
+        &self,
+        study: Uuid,
+        reader: &str,
+        recipient: &str,
+        method: &str,
+        at: UnixMicros,
+        now: UnixMicros,
+    ) -> Result<Critical, Error> {
+        let mut projector = self.live.lock().await;
+        catch_up(self.log.as_ref(), self.keys.as_ref(), &mut projector, self.idle).await?;
+        let events = critical::communicate(&projector.state().state, study, reader, recipient, method, at, now)?;
+        self.append_critical(&mut projector, &events, now).await?;
+        let closed = projector.state().state.studies.get(&study).and_then(|s| s.critical.clone());
+        closed.ok_or_else(|| Error::Text { study, version: 0, reason: "closed, yet not folded".into() })
+    }
+
+    /// Escalates the critical results whose window passed by `now` with no
+    /// one reached (once each: the event's id is the timer's).
+    pub async fn escalate_due(&self, now: UnixMicros) -> Result<usize, Error> {
+        let mut projector = self.live.lock().await;
+        let due = critical::due(&projector.state().state, now);
+        if !due.is_empty() {
+            for e in &due {
+                if let CriticalEvent::Escalated { study, category, .. } = e {
+                    tracing::warn!(region = %self.region, %study, category, "critical result not communicated within its window: escalated");
+                }
+            }
+            self.append_critical(&mut projector, &due, now).await?;
+        }
+        Ok(due.len())
+    }
+
+    async fn append_critical(
+        &self,
+        projector: &mut meridian_projection::Projector<ReportingProjection>,
+        events: &[CriticalEvent],
+        now: UnixMicros,
+    ) -> Result<(), Error> {
+        let folded = projector.state();
+        let mut bumped: BTreeMap<String, u64> = BTreeMap::new();
+        let mut batch = Vec::new();
+        for e in events {
+            let (study, aggregate, kind) = match e {
+                CriticalEvent::Flagged { study, .. } => (*study, CRITICAL, "critical.flagged"),
+                CriticalEvent::Closed { study, .. } => (*study, CRITICAL, "critical.closed"),
+                CriticalEvent::Escalated { study, .. } => (*study, CRITICAL, "critical.escalated"),
+                CriticalEvent::Communicated { study, .. } => (*study, CONTACT, "critical.contact"),
+            };
+            let key = format!("{aggregate}/{study}");
+            let version = bumped.get(&key).or_else(|| folded.versions.get(&key)).copied().unwrap_or(0) + 1;
+            bumped.insert(key, version);
+            let event_id = match e {
+                // Fires once per deadline, whoever fires it.
+                CriticalEvent::Escalated { deadline, .. } => EventId::timer(study, "critical", *deadline),
+                _ => EventId::derived(EventId(study), kind, u32::try_from(version).unwrap_or(u32::MAX)),
+            };
+            let tenant = folded.state.studies.get(&study).map(|s| s.facts.tenant.clone()).unwrap_or_default();
+            let meta = EventMeta {
+                event_id,
+                aggregate_type: aggregate.into(),
+                aggregate_id: study,
+                aggregate_version: version,
+                tenant,
+                home_region: self.region.clone(),
+                occurred_at: now,
+                causation_id: None,
+                correlation_id: None,
+                traceparent: None,
+            };
+            batch.push(match adapters::events::critical_payload(e) {
+                // Who was reached is PHI.
+                Payload::CriticalResultCommunicated(c) => {
+                    Outgoing::new(self.text.clone(), &Envelope::sealed(meta, &c, StudyId(study), self.keys.as_ref())?)?
+                }
+                other => Outgoing::new(self.signed.clone(), &other.plain_envelope(meta)?)?,
+            });
+        }
+        let appended = self.log.append(batch.clone()).await?;
+        projector.feed_appended(batch, appended, self.keys.as_ref())?;
+        Ok(())
     }
 
     /// Waits until a delivery is requested, or `at_most`.
@@ -590,5 +700,27 @@ mod tests {
         // Signed: no more drafts of that read.
         let refused = reporting.execute(draft("Changed."), NOW).await.unwrap_err();
         assert!(matches!(refused, Error::Refused(report::Error::AlreadySigned { .. })), "{refused}");
+
+        // A critical result nobody is reached about within its window (the
+        // example contract's category 1: an hour) is escalated, once, by
+        // the timer's id; after a restart, not again.
+        let flagged = reporting.flag_critical(study, "dr-ana-ortiz", 1, NOW).await.unwrap();
+        assert_eq!(flagged.deadline, UnixMicros(NOW.0 + 3_600_000_000));
+        assert_eq!(reporting.escalate_due(UnixMicros(NOW.0 + 3_599_000_000)).await.unwrap(), 0);
+        let late = UnixMicros(NOW.0 + 3_601_000_000);
+        assert_eq!(reporting.escalate_due(late).await.unwrap(), 1);
+        assert_eq!(reporting.escalate_due(late).await.unwrap(), 0);
+        drop(reporting);
+        let reporting = open().await.unwrap();
+        assert_eq!(reporting.escalate_due(UnixMicros(late.0 + 1)).await.unwrap(), 0, "escalated once");
+        let starts = (0..2).map(|p| Position::start(ops.clone(), p)).collect();
+        let escalated: Vec<_> = meridian_log::contract::read_to_end(log.as_ref(), starts)
+            .await
+            .iter()
+            .map(|r| r.envelope().unwrap())
+            .filter(|e| e.payload_type.ends_with("CriticalResultEscalated"))
+            .collect();
+        assert_eq!(escalated.len(), 1);
+        assert_eq!(escalated[0].meta.event_id, EventId::timer(study, "critical", flagged.deadline));
     }
 }

@@ -76,14 +76,18 @@ impl RegionService for ReportingService {
         let reporting = self.reporting.clone();
         let stop = stopping.clone();
         let follow = async move { reporting.follow(stop.wait()).await };
-        // Sends what is due, at once when a delivery is requested, else on
-        // the tick (retries); a send is never cancelled mid-frame: the stop
-        // is seen between passes.
+        // Escalates critical results past their window, and sends what is
+        // due, at once when a delivery is requested, else on the tick
+        // (retries); a send is never cancelled mid-frame: the stop is seen
+        // between passes.
         let deliveries = async move {
             let stop = stopping.wait();
             tokio::pin!(stop);
             loop {
                 let now = meridian_auth::grpc::arrival_time();
+                if let Err(e) = self.reporting.escalate_due(now).await {
+                    tracing::warn!(region = %self.context.name, error = %e, "escalating critical results");
+                }
                 if let Err(e) = self.reporting.deliver_due(&self.receivers, now).await {
                     tracing::warn!(region = %self.context.name, error = %e, "delivering reports");
                 }

@@ -6,6 +6,7 @@ use meridian_events::{EventId, UnixMicros};
 use meridian_proto::events::v1 as pb;
 use uuid::Uuid;
 
+use crate::domain::critical::CriticalEvent;
 use crate::domain::delivery::{Delivery, Standing};
 use crate::domain::model::{Amendment, Fact, Licence, Signature, StudyFacts, VersionRef};
 use crate::domain::report::Event;
@@ -113,6 +114,33 @@ pub fn fact(payload: &Payload, event_id: EventId, partition: u32, offset: u64) -
                 kind: if t.kind.is_empty() { "draft".into() } else { t.kind.clone() },
             },
         },
+        Payload::CriticalResultCommunicated(c) => Fact::Critical(CriticalEvent::Communicated {
+            study: uuid("CriticalResultCommunicated", "study_id", &c.study_id)?,
+            recipient: c.recipient.clone(),
+            method: c.method.clone(),
+            reader: c.reader_id.clone(),
+            at: time(&c.communicated_at),
+        }),
+        Payload::CriticalResultFlagged(f) => Fact::Critical(CriticalEvent::Flagged {
+            study: uuid("CriticalResultFlagged", "study_id", &f.study_id)?,
+            read_type: f.read_type.clone(),
+            category: u8::try_from(f.category).unwrap_or(0),
+            reader: f.reader_id.clone(),
+            at: time(&f.flagged_at),
+            deadline: time(&f.deadline),
+        }),
+        Payload::CriticalResultClosed(c) => Fact::Critical(CriticalEvent::Closed {
+            study: uuid("CriticalResultClosed", "study_id", &c.study_id)?,
+            category: u8::try_from(c.category).unwrap_or(0),
+            within_window: c.within_window,
+            at: time(&c.closed_at),
+        }),
+        Payload::CriticalResultEscalated(e) => Fact::Critical(CriticalEvent::Escalated {
+            study: uuid("CriticalResultEscalated", "study_id", &e.study_id)?,
+            category: u8::try_from(e.category).unwrap_or(0),
+            deadline: time(&e.deadline),
+            reader: e.reader_id.clone(),
+        }),
         Payload::InstanceReceived(i) => {
             Fact::Arrived { study: uuid("InstanceReceived", "study_id", &i.study_id)?, partition, offset }
         }
@@ -208,6 +236,47 @@ pub fn payload(event: &Event) -> Payload {
                 signed_at: Some(signed_at.to_timestamp()),
                 report_version: *version,
                 discrepancy: discrepancy.clone(),
+            })
+        }
+    }
+}
+
+/// The payload of a critical result's event.
+pub fn critical_payload(event: &CriticalEvent) -> Payload {
+    match event {
+        CriticalEvent::Flagged { study, read_type, category, reader, at, deadline } => {
+            Payload::CriticalResultFlagged(pb::CriticalResultFlagged {
+                study_id: study.to_string(),
+                read_type: read_type.clone(),
+                category: u32::from(*category),
+                reader_id: reader.clone(),
+                flagged_at: Some(at.to_timestamp()),
+                deadline: Some(deadline.to_timestamp()),
+            })
+        }
+        CriticalEvent::Communicated { study, recipient, method, reader, at } => {
+            Payload::CriticalResultCommunicated(pb::CriticalResultCommunicated {
+                study_id: study.to_string(),
+                recipient: recipient.clone(),
+                method: method.clone(),
+                reader_id: reader.clone(),
+                communicated_at: Some(at.to_timestamp()),
+            })
+        }
+        CriticalEvent::Closed { study, category, within_window, at } => {
+            Payload::CriticalResultClosed(pb::CriticalResultClosed {
+                study_id: study.to_string(),
+                category: u32::from(*category),
+                within_window: *within_window,
+                closed_at: Some(at.to_timestamp()),
+            })
+        }
+        CriticalEvent::Escalated { study, category, deadline, reader } => {
+            Payload::CriticalResultEscalated(pb::CriticalResultEscalated {
+                study_id: study.to_string(),
+                category: u32::from(*category),
+                deadline: Some(deadline.to_timestamp()),
+                reader_id: reader.clone(),
             })
         }
     }

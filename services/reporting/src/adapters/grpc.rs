@@ -17,6 +17,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use uuid::Uuid;
 
 use crate::app::{Error, Reporting};
+use crate::domain::critical::Critical;
 use crate::domain::delivery::{Delivery, Standing};
 use crate::domain::model::{Study, StudyFacts};
 use crate::domain::report::{self, Command, Event};
@@ -92,6 +93,22 @@ fn delivery(d: &Delivery) -> pb::Delivery {
     }
 }
 
+fn critical(study: Uuid, c: &Critical) -> pb::CriticalResult {
+    let state = match c.closed {
+        None => "open",
+        Some((_, true)) => "closed in time",
+        Some((_, false)) => "closed late",
+    };
+    pb::CriticalResult {
+        study_id: study.to_string(),
+        category: u32::from(c.category),
+        flagged_at: Some(c.flagged_at.to_timestamp()),
+        deadline: Some(c.deadline.to_timestamp()),
+        state: state.into(),
+        escalated: c.escalated,
+    }
+}
+
 fn reader(p: &Principal) -> Result<String, Status> {
     p.reader.clone().ok_or_else(|| Status::permission_denied(format!("{} is not a reader", p.subject)))
 }
@@ -116,6 +133,22 @@ pub fn status(e: &Error) -> Status {
             }
         }
         Error::NoDelivery(_) => Status::not_found(e.to_string()),
+        Error::Critical(why) => {
+            use crate::domain::critical::CriticalError as C;
+            let message = why.to_string();
+            if let Some(rule) = why.rule() {
+                let mut details = ErrorDetails::new();
+                details.add_precondition_failure_violation(rule, "study", message.clone());
+                return Status::with_error_details(Code::FailedPrecondition, message, details);
+            }
+            match why {
+                C::UnknownStudy { .. } => Status::not_found(message),
+                C::Category { .. } => invalid_argument("category", message),
+                C::Method { .. } => invalid_argument("method", message),
+                C::Recipient => invalid_argument("recipient", message),
+                _ => invalid_argument("communicated_at", message),
+            }
+        }
         other => Status::unavailable(other.to_string()),
     }
 }
@@ -261,6 +294,36 @@ impl ReportingService for ReportingGrpc {
             .map_err(|d| permission_denied(&d))?;
         let again = self.reporting.redeliver(id, arrival_time()).await.map_err(|e| status(&e))?;
         Ok(Response::new(pb::RedeliverResponse { delivery: Some(delivery(&again)) }))
+    }
+
+    async fn flag_critical(
+        &self,
+        request: Request<pb::FlagCriticalRequest>,
+    ) -> Result<Response<pb::FlagCriticalResponse>, Status> {
+        let p = principal(&request)?;
+        let r = request.get_ref();
+        let (study, _) = self.study(p, Action::SignReport, &r.study_id).await?;
+        let category = u8::try_from(r.category).unwrap_or(u8::MAX);
+        let flagged =
+            self.reporting.flag_critical(study, &reader(p)?, category, arrival_time()).await.map_err(|e| status(&e))?;
+        Ok(Response::new(pb::FlagCriticalResponse { critical: Some(critical(study, &flagged)) }))
+    }
+
+    async fn record_communication(
+        &self,
+        request: Request<pb::RecordCommunicationRequest>,
+    ) -> Result<Response<pb::RecordCommunicationResponse>, Status> {
+        let p = principal(&request)?;
+        let r = request.get_ref();
+        let (study, _) = self.study(p, Action::SignReport, &r.study_id).await?;
+        let now = arrival_time();
+        let at = r.communicated_at.as_ref().map_or(now, meridian_events::UnixMicros::from_timestamp);
+        let closed = self
+            .reporting
+            .communicate_critical(study, &reader(p)?, &r.recipient, &r.method, at, now)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::RecordCommunicationResponse { critical: Some(critical(study, &closed)) }))
     }
 
     async fn get_report(

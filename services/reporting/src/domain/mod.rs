@@ -2,6 +2,7 @@
 //! own events ([`model`]), and what a draft or a signature decides
 //! ([`report`]).
 
+pub mod critical;
 pub mod delivery;
 pub mod message;
 pub mod model;

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use meridian_events::{EventId, UnixMicros};
 
+use super::critical::{Critical, CriticalEvent};
 use super::delivery::{Delivery, Standing};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -41,6 +42,8 @@ pub enum Fact {
     /// InstanceReceived: where the study's first instance (its patient and
     /// accession) is on the log.
     Arrived { study: Uuid, partition: u32, offset: u64 },
+    /// A critical result flagged, communicated, closed or escalated.
+    Critical(CriticalEvent),
 }
 
 /// What was done to a signed report. Its text, if any, is a version of
@@ -184,6 +187,9 @@ pub struct Study {
     pub open: Option<OpenRead>,
     /// One per read type, in the order they were started.
     pub reports: Vec<Report>,
+    /// The study's critical result (the latest flagged).
+    #[serde(default)]
+    pub critical: Option<Critical>,
 }
 
 impl Study {
@@ -281,6 +287,7 @@ pub fn apply(mut state: State, fact: &Fact) -> State {
                 r.versions.sort_by_key(|v| v.version);
             }
         }
+        Fact::Critical(event) => super::critical::apply(&mut state, event),
         Fact::Arrived { study, partition, offset } => {
             let s = state.studies.entry(*study).or_default();
             if s.arrived.is_none() {

@@ -704,6 +704,25 @@ pub async fn report_amend(target: &Target, study: &str, amend: Amend) -> anyhow:
     Ok(ExitCode::SUCCESS)
 }
 
+/// The DICOMweb URL of a study the caller reads, under the region's HTTP
+/// root (from endpoints.json, or the path alone with `--endpoint`).
+pub async fn open_study(target: &Target, study: &str) -> anyhow::Result<ExitCode> {
+    use meridian_proto::reporting::v1 as pb;
+    use meridian_proto::reporting::v1::reporting_service_client::ReportingServiceClient;
+    let c = connect(target).await?;
+    let mut client = ReportingServiceClient::new(c.channel);
+    let request = pb::OpenStudyRequest { study_id: study.to_owned() };
+    let r = client.open_study(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
+    let root = if target.endpoint.is_some() {
+        None
+    } else {
+        let endpoints = read_json(&target.data_dir.join("endpoints.json"))?;
+        endpoints["regions"][&target.region]["http"].as_str().map(str::to_owned)
+    };
+    say!("{}{}", root.unwrap_or_default(), r.dicomweb_path);
+    Ok(ExitCode::SUCCESS)
+}
+
 /// A step of a critical result.
 pub enum CriticalStep {
     Flag { category: u32 },

@@ -240,6 +240,13 @@ enum ReportCommand {
         #[arg(long)]
         reason: String,
     },
+    /// Where a viewer opens a study you read: its DICOMweb URL in its home
+    /// region (the UID is PHI: the request is audited).
+    Open {
+        study: String,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Flag a critical result of a study you read (ACR category 1, 2, 3):
     /// it must reach a responsible person within the contract's window.
     Critical {
@@ -549,6 +556,7 @@ async fn main() -> ExitCode {
         Command::Report { command: ReportCommand::Show { study, target } } => {
             client::report_show(&target, &study).await
         }
+        Command::Report { command: ReportCommand::Open { study, target } } => client::open_study(&target, &study).await,
         Command::Report { command: ReportCommand::Critical { study, target, category } } => {
             client::critical(&target, &study, client::CriticalStep::Flag { category }).await
         }

@@ -1448,6 +1448,26 @@ fn a_reader_drafts_and_signs_the_read_they_hold_and_routing_pushes_them_the_next
             String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
         )
     };
+    // The assignee opens it in a viewer: its DICOMweb URL (audited), which
+    // answers her own token; another reader gets nothing.
+    let (ok, url) = cli(&["report", "open", &held, "--as", "dr-ortiz"]);
+    assert!(ok, "{url}");
+    let url = url.trim().to_owned();
+    assert!(url.starts_with("http://") && url.contains("/dicomweb/studies/1.2.826.0.1.3680043.10.543.30"), "{url}");
+    let token = dev.json("tokens.json")["principals"]["dr-ortiz"]["token"].as_str().unwrap().to_owned();
+    let metadata = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", &format!("authorization: Bearer {token}")])
+        .arg(format!("{url}/metadata"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&metadata.stdout), "200", "the viewer's request with her token");
+    let (ok, said) = cli(&["report", "open", &held, "--as", "dr-nair"]);
+    assert!(!ok && said.contains("PermissionDenied"), "{said}");
+    let opened = tail_payloads(data.path(), "audit", "PhiAccessed");
+    assert!(
+        opened.iter().any(|a| a["action"] == "reporting.open-study" && a["studyId"] == held.as_str()),
+        "{opened:?}"
+    );
     // Only the reader who holds it writes its report.
     let (ok, said) = cli(&["report", "draft", &other, "--as", "dr-ortiz", "--impression", "x"]);
     assert!(!ok && said.contains("PermissionDenied"), "{said}");

@@ -326,6 +326,24 @@ impl ReportingService for ReportingGrpc {
         Ok(Response::new(pb::RecordCommunicationResponse { critical: Some(critical(study, &closed)) }))
     }
 
+    async fn open_study(
+        &self,
+        request: Request<pb::OpenStudyRequest>,
+    ) -> Result<Response<pb::OpenStudyResponse>, Status> {
+        let p = principal(&request)?;
+        let (study, s) = self.study(p, Action::ReadImages, &request.get_ref().study_id).await?;
+        let at = s.arrived.ok_or_else(|| Status::failed_precondition("no instance of the study has arrived here"))?;
+        let arrival = self.reporting.arrival(study, at).await.map_err(|e| status(&e))?;
+        // No audit, no UID.
+        let accessed = [Accessed { tenant: &s.facts.tenant, study, items: vec![] }];
+        self.audit
+            .record(p, "reporting.open-study", &accessed, arrival_time())
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let path = format!("/dicomweb/studies/{}", arrival.study_instance_uid);
+        Ok(Response::new(pb::OpenStudyResponse { study_instance_uid: arrival.study_instance_uid, dicomweb_path: path }))
+    }
+
     async fn get_report(
         &self,
         request: Request<pb::GetReportRequest>,

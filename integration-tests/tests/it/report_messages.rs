@@ -77,28 +77,19 @@ fn each_status_of_a_report_is_a_valid_fhir_r4_diagnostic_report() {
     // Resources the check must refuse: an instant that is not one (the
     // validator's), a status outside DiagnosticReport's required binding
     // (the script's, as fhir.resources does not check bindings).
-    let mut bad = fhir::diagnostic_report(&message("final"));
-    bad["issued"] = serde_json::json!("yesterday");
-    let path = dir.path().join("bad-instant.json");
-    std::fs::write(&path, serde_json::to_vec(&bad).unwrap()).unwrap();
-    let out = Command::new(python("MERIDIAN_FHIR_PYTHON", "venv-fhir"))
-        .arg(script("fhir_check.py"))
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("issued"), "{}", String::from_utf8_lossy(&out.stderr));
-    let mut bad = fhir::diagnostic_report(&message("final"));
-    bad["status"] = serde_json::json!("signed");
-    let path = dir.path().join("bad.json");
-    std::fs::write(&path, serde_json::to_vec(&bad).unwrap()).unwrap();
-    let out = Command::new(python("MERIDIAN_FHIR_PYTHON", "venv-fhir"))
-        .arg(script("fhir_check.py"))
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("status"), "{}", String::from_utf8_lossy(&out.stderr));
+    for (field, value) in [("issued", "yesterday"), ("status", "signed")] {
+        let mut bad = fhir::diagnostic_report(&message("final"));
+        bad[field] = serde_json::json!(value);
+        let path = dir.path().join(format!("bad-{field}.json"));
+        std::fs::write(&path, serde_json::to_vec(&bad).unwrap()).unwrap();
+        let out = Command::new(python("MERIDIAN_FHIR_PYTHON", "venv-fhir"))
+            .arg(script("fhir_check.py"))
+            .arg(&path)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && said.contains(field), "{field} = {value:?}: {said}");
+    }
 }
 
 #[test]

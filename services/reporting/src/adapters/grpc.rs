@@ -57,8 +57,18 @@ impl ReportingGrpc {
 }
 
 impl ReportingGrpc {
-    /// Runs an amendment and says what it did.
-    async fn amend(&self, command: Command, read_type: &str) -> Result<pb::Amended, Status> {
+    /// Runs the amendment `command` makes of the caller's signed report of
+    /// the study and read named, and says what it did.
+    async fn amend<T>(
+        &self,
+        request: &Request<T>,
+        study_id: &str,
+        read_type: &str,
+        command: impl FnOnce(Uuid, String, String) -> Command,
+    ) -> Result<pb::Amended, Status> {
+        let p = principal(request)?;
+        let (study, _) = self.study(p, Action::SignReport, study_id).await?;
+        let command = command(study, reader(p)?, read_type.to_owned());
         let (events, now) = self.reporting.execute(command, arrival_time()).await.map_err(|e| status(&e))?;
         let report = now.report(read_type).ok_or_else(|| Status::internal("amended, yet no report folded"))?;
         let version = events.iter().find_map(|e| match e {
@@ -208,29 +218,32 @@ impl ReportingService for ReportingGrpc {
         &self,
         request: Request<pb::AddAddendumRequest>,
     ) -> Result<Response<pb::AddAddendumResponse>, Status> {
-        let p = principal(&request)?;
         let r = request.get_ref();
-        let (study, _) = self.study(p, Action::SignReport, &r.study_id).await?;
-        let command =
-            Command::AddAddendum { study, reader: reader(p)?, read_type: r.read_type.clone(), text: r.text.clone() };
-        let amended = self.amend(command, &r.read_type).await?;
+        let text = r.text.clone();
+        let amended = self
+            .amend(&request, &r.study_id, &r.read_type, |study, reader, read_type| Command::AddAddendum {
+                study,
+                reader,
+                read_type,
+                text,
+            })
+            .await?;
         Ok(Response::new(pb::AddAddendumResponse { amended: Some(amended) }))
     }
 
     async fn correct(&self, request: Request<pb::CorrectRequest>) -> Result<Response<pb::CorrectResponse>, Status> {
-        let p = principal(&request)?;
         let r = request.get_ref();
-        let (study, _) = self.study(p, Action::SignReport, &r.study_id).await?;
-        let sections = r.sections.clone().unwrap_or_default();
-        let command = Command::Correct {
-            study,
-            reader: reader(p)?,
-            read_type: r.read_type.clone(),
-            findings: sections.findings,
-            impression: sections.impression,
-            reason: r.reason.clone(),
-        };
-        let amended = self.amend(command, &r.read_type).await?;
+        let (sections, reason) = (r.sections.clone().unwrap_or_default(), r.reason.clone());
+        let amended = self
+            .amend(&request, &r.study_id, &r.read_type, |study, reader, read_type| Command::Correct {
+                study,
+                reader,
+                read_type,
+                findings: sections.findings,
+                impression: sections.impression,
+                reason,
+            })
+            .await?;
         Ok(Response::new(pb::CorrectResponse { amended: Some(amended) }))
     }
 
@@ -238,16 +251,16 @@ impl ReportingService for ReportingGrpc {
         &self,
         request: Request<pb::EnterInErrorRequest>,
     ) -> Result<Response<pb::EnterInErrorResponse>, Status> {
-        let p = principal(&request)?;
         let r = request.get_ref();
-        let (study, _) = self.study(p, Action::SignReport, &r.study_id).await?;
-        let command = Command::EnterInError {
-            study,
-            reader: reader(p)?,
-            read_type: r.read_type.clone(),
-            reason: r.reason.clone(),
-        };
-        let amended = self.amend(command, &r.read_type).await?;
+        let reason = r.reason.clone();
+        let amended = self
+            .amend(&request, &r.study_id, &r.read_type, |study, reader, read_type| Command::EnterInError {
+                study,
+                reader,
+                read_type,
+                reason,
+            })
+            .await?;
         Ok(Response::new(pb::EnterInErrorResponse { amended: Some(amended) }))
     }
 

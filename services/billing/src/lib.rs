@@ -3,17 +3,15 @@
 //!
 //! # Layout
 //! - [`domain`]: pure code, no I/O, no clock: integer money
-//!   ([`domain::money`]), prices and payouts ([`domain::pricing`]), the
-//!   ledger fold ([`domain::ledger`]).
+//!   ([`domain::money`]), prices, milestones and payouts
+//!   ([`domain::pricing`]), the ledger fold ([`domain::ledger`]), invoices
+//!   and the periods they close ([`domain::invoice`]), credit notes
+//!   ([`domain::credit_note`]).
 //! - [`adapters`]: the pricebook from configuration, routing's payloads in
-//!   and billing's out.
+//!   and billing's out, `meridian.billing.v1` over gRPC.
 //! - [`app`]: the ledger on a region's log, in consume-transform-produce
-//!   steps over the routing topic.
+//!   steps over the routing topic; the invoice series.
 //! - [`serve`]: billing as a service of a region's process.
-//!
-//! Not built yet: invoices and credit notes, the billing gRPC API and CLI,
-//! project milestones, the crash-victim test and the bench (issue 18
-//! continues).
 
 #![forbid(unsafe_code)]
 

@@ -8,10 +8,12 @@
 //! on the region's log; `adapters` map events and serve gRPC; `serve` is
 //! the opener `meridian serve reporting` and `meridian dev` run.
 //!
-//! Not built yet (issue 17 continues): addenda, corrections and
-//! entered-in-error, templates and languages, critical results, peer
-//! review, orders in (HL7 ORM/OMI, FHIR ServiceRequest), delivery out
-//! (FHIR R4 DiagnosticReport, HL7v2 ORU^R01 over MLLP), KPIs.
+//! Built: drafts and signatures, amendments (addenda, corrections, entered
+//! in error), critical results, delivery to a tenant's receivers (HL7 v2
+//! ORU^R01 over MLLP, FHIR R4 DiagnosticReport) with retries and dead
+//! letters, a viewer's entry to the study. Not built yet (issue 17
+//! continues): templates and languages, peer review, orders in (HL7
+//! ORM/OMI, FHIR ServiceRequest), KPIs.
 
 pub mod adapters;
 pub mod app;

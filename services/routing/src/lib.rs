@@ -20,9 +20,9 @@
 //! - [`serve`]: routing as a service of a region's process (its gRPC API,
 //!   the configured readers' registration, intake and timers).
 //!
-//! Not built yet: the hand-over from a signed preliminary to the final
-//! read (it waits for reporting's ReportSigned), and AI triage raising
-//! priority (it waits for AiTriageCompleted).
+//! Its intake folds reporting's ReportSigned (a read completed; after a
+//! preliminary, the final queued) and inference's AiTriageCompleted (a
+//! priority raised); nothing writes the latter yet (issue 19).
 
 #![forbid(unsafe_code)]
 

@@ -71,6 +71,8 @@ pub enum Action {
     ReadReport,
     /// See the tenant's report deliveries not yet taken, and send one again.
     ManageDeliveries,
+    /// See the tenant's reporting figures (turnaround, SLA, critical results).
+    ViewKpis,
     /// Register and update readers of a group.
     ManageReaders,
     /// Reassign a group's work.
@@ -103,6 +105,7 @@ impl Action {
             Action::SignReport => "sign_report",
             Action::ReadReport => "read_report",
             Action::ManageDeliveries => "manage_deliveries",
+            Action::ViewKpis => "view_kpis",
             Action::ManageReaders => "manage_readers",
             Action::Reassign => "reassign",
             Action::TailLog => "tail_log",
@@ -216,7 +219,7 @@ fn decide(p: &Principal, action: Action, resource: &Resource<'_>) -> Result<(), 
             same("tenant", p.tenant.as_deref(), tenant)?;
             needs_role(p, &["tenant-admin"])
         }
-        (PrincipalKind::Tenant, ManageTenant | ManageDeliveries, Resource::Tenant { tenant }) => {
+        (PrincipalKind::Tenant, ManageTenant | ManageDeliveries | ViewKpis, Resource::Tenant { tenant }) => {
             same("tenant", p.tenant.as_deref(), tenant)?;
             needs_role(p, &["tenant-admin"])
         }

@@ -723,6 +723,42 @@ pub async fn open_study(target: &Target, study: &str) -> anyhow::Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
+/// A tenant's reporting figures for a month.
+pub async fn kpis(target: &Target, tenant: &str, period: &str) -> anyhow::Result<ExitCode> {
+    use meridian_proto::reporting::v1 as pb;
+    use meridian_proto::reporting::v1::reporting_service_client::ReportingServiceClient;
+    let c = connect(target).await?;
+    let mut client = ReportingServiceClient::new(c.channel);
+    let request = pb::GetKpisRequest { tenant: tenant.to_owned(), period: period.to_owned() };
+    let k = client.get_kpis(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
+    let minutes = |s: u64| format!("{:.1} min", s as f64 / 60.0);
+    say!("{tenant} {period} in {}: {} reads signed", target.region, k.reads);
+    if k.reads > 0 {
+        say!(
+            "turnaround p50 {}, p90 {}, p99 {}",
+            minutes(k.turnaround_p50_seconds),
+            minutes(k.turnaround_p90_seconds),
+            minutes(k.turnaround_p99_seconds)
+        );
+    }
+    if k.with_sla > 0 {
+        say!("SLA met {} of {} ({:.1}%)", k.within_sla, k.with_sla, 100.0 * k.within_sla as f64 / k.with_sla as f64);
+    }
+    say!(
+        "critical results {}: {} reached in time, {} late{}",
+        k.critical,
+        k.critical_in_time,
+        k.critical_late,
+        if k.critical_in_time + k.critical_late > 0 {
+            format!(", median {} to reach someone", minutes(k.critical_median_seconds))
+        } else {
+            String::new()
+        }
+    );
+    say!("peer review concordance: not measured (peer review is not built yet)");
+    Ok(ExitCode::SUCCESS)
+}
+
 /// A step of a critical result.
 pub enum CriticalStep {
     Flag { category: u32 },

@@ -157,6 +157,16 @@ enum Command {
         #[command(subcommand)]
         command: InvoiceCommand,
     },
+    /// A tenant's reporting figures for a month: turnaround percentiles,
+    /// SLA compliance, critical results (its administrator).
+    Kpi {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        period: String,
+    },
     /// A study's report: the reader who holds its read drafts and signs it
     /// (e.g. `--as dr-ana-ortiz`), in the study's home region.
     Report {
@@ -557,6 +567,7 @@ async fn main() -> ExitCode {
             client::report_show(&target, &study).await
         }
         Command::Report { command: ReportCommand::Open { study, target } } => client::open_study(&target, &study).await,
+        Command::Kpi { target, tenant, period } => client::kpis(&target, &tenant, &period).await,
         Command::Report { command: ReportCommand::Critical { study, target, category } } => {
             client::critical(&target, &study, client::CriticalStep::Flag { category }).await
         }

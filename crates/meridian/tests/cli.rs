@@ -1527,6 +1527,15 @@ fn a_reader_drafts_and_signs_the_read_they_hold_and_routing_pushes_them_the_next
     assert!(!ok && said.contains("InvalidArgument") && said.contains("method"), "{said}");
     let (ok, said) = reach("phone");
     assert!(ok && said.contains("closed in time"), "{said}");
+    // The tenant's figures for the month: the read, in its SLA; the
+    // critical result, reached in time.
+    #[allow(clippy::disallowed_methods)] // the region signs by the real clock; so does the test
+    let month = jiff::Timestamp::now().strftime("%Y-%m").to_string();
+    let (ok, said) = cli(&["kpi", "--as", "acme-admin", "--tenant", "acme", "--period", &month]);
+    assert!(ok && said.contains(": 1 reads signed") && said.contains("SLA met 1 of 1"), "{said}");
+    assert!(said.contains("critical results 1: 1 reached in time, 0 late"), "{said}");
+    let (ok, said) = cli(&["kpi", "--as", "northwind-admin", "--tenant", "acme", "--period", &month]);
+    assert!(!ok && said.contains("PermissionDenied"), "{said}");
     // Its signer appends an addendum; the signed text stays the report.
     let addendum =
         ["report", "addendum", &held, "--read-type", "preliminary", "--text", "Compared with the prior: stable."];

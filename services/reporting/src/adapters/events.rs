@@ -45,6 +45,8 @@ pub fn fact(payload: &Payload, event_id: EventId, partition: u32, offset: u64) -
                 jurisdiction: q.origin_jurisdiction.clone(),
                 modality: q.modality.clone(),
                 body_part: q.body_part.clone(),
+                completed_at: time(&q.completed_at),
+                deadlines: [(q.read_type.clone(), time(&q.sla_deadline))].into(),
             },
             read_type: q.read_type.clone(),
         },

@@ -357,6 +357,40 @@ impl ReportingService for ReportingGrpc {
         Ok(Response::new(pb::OpenStudyResponse { study_instance_uid: arrival.study_instance_uid, dicomweb_path: path }))
     }
 
+    async fn get_kpis(&self, request: Request<pb::GetKpisRequest>) -> Result<Response<pb::GetKpisResponse>, Status> {
+        let p = principal(&request)?;
+        let (tenant, period) = (&request.get_ref().tenant, &request.get_ref().period);
+        if tenant.is_empty() {
+            return Err(invalid_argument("tenant", "name the tenant"));
+        }
+        authorize(p, Action::ViewKpis, &Resource::Tenant { tenant }).map_err(|d| permission_denied(&d))?;
+        let month = period.len() == 7
+            && period.as_bytes()[4] == b'-'
+            && period[..4].bytes().all(|b| b.is_ascii_digit())
+            && matches!(period[5..].parse::<u8>(), Ok(1..=12));
+        if !month {
+            return Err(invalid_argument("period", format!("{period:?} is not a month, expected like \"2026-11\"")));
+        }
+        let k = self
+            .reporting
+            .read_current(|f| crate::domain::kpi::kpis(&f.state, tenant, period))
+            .await
+            .map_err(|e| status(&e))?;
+        let (p50, p90, p99) = k.turnaround.unwrap_or_default();
+        Ok(Response::new(pb::GetKpisResponse {
+            reads: k.reads,
+            turnaround_p50_seconds: p50,
+            turnaround_p90_seconds: p90,
+            turnaround_p99_seconds: p99,
+            within_sla: k.within_sla,
+            with_sla: k.with_sla,
+            critical: k.critical,
+            critical_in_time: k.critical_in_time,
+            critical_late: k.critical_late,
+            critical_median_seconds: k.critical_median.unwrap_or_default(),
+        }))
+    }
+
     async fn get_report(
         &self,
         request: Request<pb::GetReportRequest>,

@@ -4,6 +4,7 @@
 
 pub mod critical;
 pub mod delivery;
+pub mod kpi;
 pub mod message;
 pub mod model;
 pub mod report;

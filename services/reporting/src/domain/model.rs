@@ -69,6 +69,12 @@ pub struct StudyFacts {
     pub jurisdiction: String,
     pub modality: String,
     pub body_part: String,
+    /// When the study was complete: turnaround runs from here.
+    #[serde(default)]
+    pub completed_at: UnixMicros,
+    /// Each read's SLA deadline, as routing queued it.
+    #[serde(default)]
+    pub deadlines: BTreeMap<String, UnixMicros>,
 }
 
 /// A licence to report: a jurisdiction (a national one covers its
@@ -236,7 +242,10 @@ pub fn apply(mut state: State, fact: &Fact) -> State {
     match fact {
         Fact::Queued { study, facts, read_type } => {
             let s = state.studies.entry(*study).or_default();
-            s.facts = facts.clone();
+            // Each read keeps its deadline; a later read's facts are the study's.
+            let mut deadlines = std::mem::take(&mut s.facts.deadlines);
+            deadlines.extend(facts.deadlines.clone());
+            s.facts = StudyFacts { deadlines, ..facts.clone() };
             s.open = Some(OpenRead { read_type: read_type.clone(), holder: None });
         }
         Fact::Held { study, reader } => {

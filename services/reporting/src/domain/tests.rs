@@ -22,6 +22,7 @@ fn facts() -> StudyFacts {
         jurisdiction: "US-NY".into(),
         modality: "CT".into(),
         body_part: "HEAD".into(),
+        ..Default::default()
     }
 }
 

@@ -132,12 +132,7 @@ enum Command {
     /// administrator's principal, e.g. `--as acme-admin`).
     Ledger {
         #[command(flatten)]
-        target: Target,
-        #[arg(long)]
-        tenant: String,
-        /// The month, "2026-11", in the contract's billing time zone.
-        #[arg(long)]
-        period: String,
+        month: TenantMonth,
     },
     /// What a reading group earned in a month, gathered from every region
     /// (its group admin's principal, e.g. `--as atlantic-admin`).
@@ -161,11 +156,7 @@ enum Command {
     /// SLA compliance, critical results (its administrator).
     Kpi {
         #[command(flatten)]
-        target: Target,
-        #[arg(long)]
-        tenant: String,
-        #[arg(long)]
-        period: String,
+        month: TenantMonth,
     },
     /// A study's report: the reader who holds its read drafts and signs it
     /// (e.g. `--as dr-ana-ortiz`), in the study's home region.
@@ -307,11 +298,7 @@ enum InvoiceCommand {
     /// with the events behind them, capped credits, what blocks issuing.
     Preview {
         #[command(flatten)]
-        target: Target,
-        #[arg(long)]
-        tenant: String,
-        #[arg(long)]
-        period: String,
+        month: TenantMonth,
         /// One CSV row per line instead of text.
         #[arg(long)]
         csv: bool,
@@ -320,20 +307,12 @@ enum InvoiceCommand {
     /// with the billing role, e.g. `--as billing-clerk`); again, the same.
     Issue {
         #[command(flatten)]
-        target: Target,
-        #[arg(long)]
-        tenant: String,
-        #[arg(long)]
-        period: String,
+        month: TenantMonth,
     },
     /// The month's issued invoices.
     List {
         #[command(flatten)]
-        target: Target,
-        #[arg(long)]
-        tenant: String,
-        #[arg(long)]
-        period: String,
+        month: TenantMonth,
     },
     /// An issued invoice as it was issued, every line with the events
     /// behind it, and the credit notes that correct it.
@@ -393,6 +372,19 @@ enum ConfigCommand {
         /// The configuration directory.
         dir: PathBuf,
     },
+}
+
+/// A tenant's month in a region: what the ledger, invoice and figure
+/// commands are about.
+#[derive(Args)]
+struct TenantMonth {
+    #[command(flatten)]
+    target: Target,
+    #[arg(long)]
+    tenant: String,
+    /// The month, "2026-11" (in the contract's billing time zone for money).
+    #[arg(long)]
+    period: String,
 }
 
 /// How to reach a running region.
@@ -567,7 +559,7 @@ async fn main() -> ExitCode {
             client::report_show(&target, &study).await
         }
         Command::Report { command: ReportCommand::Open { study, target } } => client::open_study(&target, &study).await,
-        Command::Kpi { target, tenant, period } => client::kpis(&target, &tenant, &period).await,
+        Command::Kpi { month: m } => client::kpis(&m.target, &m.tenant, &m.period).await,
         Command::Report { command: ReportCommand::Critical { study, target, category } } => {
             client::critical(&target, &study, client::CriticalStep::Flag { category }).await
         }
@@ -597,16 +589,16 @@ async fn main() -> ExitCode {
         }
         Command::Send { paths, target } => client::send(&target, paths).await,
         Command::Unroutable { target, limit } => client::unroutable(&target, limit).await,
-        Command::Ledger { target, tenant, period } => client::ledger(&target, &tenant, &period).await,
+        Command::Ledger { month: m } => client::ledger(&m.target, &m.tenant, &m.period).await,
         Command::Payouts { data_dir, as_principal, group, period } => {
             let target = Target { region: String::new(), data_dir, as_principal, token: None, endpoint: None };
             client::payouts(&target, &group, &period).await
         }
-        Command::Invoice { command: InvoiceCommand::Preview { target, tenant, period, csv } } => {
-            client::invoice_preview(&target, &tenant, &period, csv).await
+        Command::Invoice { command: InvoiceCommand::Preview { month: m, csv } } => {
+            client::invoice_preview(&m.target, &m.tenant, &m.period, csv).await
         }
-        Command::Invoice { command: InvoiceCommand::Issue { target, tenant, period } } => {
-            client::invoices(&target, &tenant, &period, true).await
+        Command::Invoice { command: InvoiceCommand::Issue { month: m } } => {
+            client::invoices(&m.target, &m.tenant, &m.period, true).await
         }
         Command::Invoice { command: InvoiceCommand::Show { target, number, csv, json } } => {
             client::invoice_show(&target, &number, csv, json).await
@@ -617,8 +609,8 @@ async fn main() -> ExitCode {
         Command::Invoice { command: InvoiceCommand::Credit { target, number, lines, reason, key } } => {
             client::credit_note(&target, &number, &lines, &reason, key).await
         }
-        Command::Invoice { command: InvoiceCommand::List { target, tenant, period } } => {
-            client::invoices(&target, &tenant, &period, false).await
+        Command::Invoice { command: InvoiceCommand::List { month: m } } => {
+            client::invoices(&m.target, &m.tenant, &m.period, false).await
         }
         Command::ClaimNext { target, reader } => {
             client::routing(&target, reader, client::RoutingCommand::ClaimNext).await

@@ -26,6 +26,28 @@ pub fn invalid_argument(field: &str, description: impl Into<String>) -> Status {
     Status::with_error_details(Code::InvalidArgument, format!("{field}: {description}"), details)
 }
 
+/// FAILED_PRECONDITION with a PreconditionFailure naming the rule broken
+/// (`kind`, e.g. "ASSIGNMENT") and what it is about (`subject`).
+pub fn failed_precondition(kind: &str, subject: impl Into<String>, description: impl Into<String>) -> Status {
+    let description = description.into();
+    let mut details = ErrorDetails::new();
+    details.add_precondition_failure_violation(kind, subject, description.clone());
+    Status::with_error_details(Code::FailedPrecondition, description, details)
+}
+
+/// `text` as a calendar month ("2026-11"), or INVALID_ARGUMENT naming `field`.
+pub fn month_argument(field: &str, text: &str) -> Result<(), Status> {
+    let month = text.len() == 7
+        && text.as_bytes()[4] == b'-'
+        && text[..4].bytes().all(|b| b.is_ascii_digit())
+        && matches!(text[5..].parse::<u8>(), Ok(1..=12));
+    if month {
+        Ok(())
+    } else {
+        Err(invalid_argument(field, format!("{text:?} is not a month, expected like \"2026-11\"")))
+    }
+}
+
 /// The edge: when a request arrived, on the wall clock, for the domain
 /// code that takes time as an argument.
 #[allow(clippy::disallowed_methods)]
@@ -67,4 +89,31 @@ impl tonic::service::Interceptor for Authenticate {
 /// The principal the interceptor resolved.
 pub fn principal<T>(request: &Request<T>) -> Result<&Principal, Status> {
     request.extensions().get::<Principal>().ok_or_else(|| unauthenticated(&AuthError::Missing))
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+    use tonic_types::StatusExt;
+
+    use super::*;
+
+    #[test]
+    fn a_month_is_checked_and_a_broken_rule_named() {
+        assert!(month_argument("period", "2026-11").is_ok());
+        for bad in ["2026-13", "2026-1", "26-11-01", "2026/11", "november"] {
+            let refused = month_argument("period", bad).unwrap_err();
+            assert_eq!(refused.code(), Code::InvalidArgument, "{bad}");
+            let violations = refused.get_details_bad_request().unwrap().field_violations;
+            assert_eq!(violations[0].field, "period");
+            assert!(violations[0].description.contains(bad));
+        }
+        let refused = failed_precondition("ASSIGNMENT", "study", "ortiz does not hold it");
+        assert_eq!((refused.code(), refused.message()), (Code::FailedPrecondition, "ortiz does not hold it"));
+        let failure = refused.get_details_precondition_failure().unwrap();
+        assert_eq!(
+            (failure.violations[0].r#type.as_str(), failure.violations[0].subject.as_str()),
+            ("ASSIGNMENT", "study")
+        );
+    }
 }

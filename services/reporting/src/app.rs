@@ -127,6 +127,24 @@ const CONTACT: &str = "reporting.critical.contact";
 /// A frame is sent, its answer not recorded yet.
 pub const AFTER_SEND: &str = "reporting.after_send";
 
+/// The envelope facts of a report's event of `aggregate` (the study's
+/// next version of it, counting those bumped in this batch), its id one per
+/// report version and `kind`.
+fn report_event(
+    folded: &Folded,
+    bumped: &mut BTreeMap<String, u64>,
+    aggregate: &'static str,
+    kind: &str,
+    study: Uuid,
+    report: Uuid,
+    version: u32,
+) -> (&'static str, Uuid, u64, EventId, Uuid) {
+    let key = format!("{aggregate}/{study}");
+    let last = bumped.get(&key).or_else(|| folded.versions.get(&key)).copied().unwrap_or(0);
+    bumped.insert(key, last + 1);
+    (aggregate, study, last + 1, EventId::derived(EventId(report), kind, version), study)
+}
+
 /// MSH-10 of a delivery: the same for every attempt (a receiver tells a
 /// resend by it), within HL7 2.5.1's 20 characters.
 pub fn control_id(delivery: Uuid) -> String {
@@ -240,20 +258,14 @@ impl Reporting {
                     let study = folded.state.deliveries.get(delivery).map_or(Uuid::nil(), |d| d.study);
                     ("reporting.delivery", *delivery, u64::from(*attempt) + 1, id, study)
                 }
-                Event::Drafted { study, report, version, .. }
-                | Event::Signed { study, report, version, .. }
-                | Event::Amended { study, report, version, .. } => {
-                    let (aggregate, kind) = match e {
-                        Event::Drafted { .. } => (TEXT, "text"),
-                        Event::Signed { .. } => (STUDY, "signed"),
-                        Event::Amended { kind, .. } => (STUDY, *kind),
-                        _ => unreachable!("matched above"),
-                    };
-                    let key = format!("{aggregate}/{study}");
-                    let last = bumped.get(&key).or_else(|| folded.versions.get(&key)).copied().unwrap_or(0);
-                    bumped.insert(key, last + 1);
-                    // One per report version (and one signature per report).
-                    (aggregate, *study, last + 1, EventId::derived(EventId(*report), kind, *version), *study)
+                Event::Drafted { study, report, version, .. } => {
+                    report_event(folded, &mut bumped, TEXT, "text", *study, *report, *version)
+                }
+                Event::Signed { study, report, version, .. } => {
+                    report_event(folded, &mut bumped, STUDY, "signed", *study, *report, *version)
+                }
+                Event::Amended { study, report, version, kind, .. } => {
+                    report_event(folded, &mut bumped, STUDY, kind, *study, *report, *version)
                 }
             };
             let tenant = folded.state.studies.get(&tenant_of).map(|s| s.facts.tenant.clone()).unwrap_or_default();

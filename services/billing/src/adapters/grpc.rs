@@ -5,13 +5,12 @@
 use std::sync::Arc;
 
 use meridian_auth::grpc::arrival_time;
-use meridian_auth::grpc::{invalid_argument, permission_denied, principal};
+use meridian_auth::grpc::{failed_precondition, invalid_argument, month_argument, permission_denied, principal};
 use meridian_auth::{Action, Resource, authorize};
 use meridian_proto::billing::v1 as pb;
 use meridian_proto::billing::v1::billing_service_server::BillingService;
 use meridian_proto::common::v1::Money;
-use tonic::{Code, Request, Response, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic::{Request, Response, Status};
 
 use crate::app::{Billing, Error};
 use crate::domain::credit_note::{Ask, CreditNote, CreditRefused};
@@ -44,9 +43,7 @@ fn scope_for<T>(request: &Request<T>, action: Action, tenant: &str, period: &str
         return Err(invalid_argument("tenant", "name the tenant"));
     }
     authorize(p, action, &Resource::Tenant { tenant }).map_err(|d| permission_denied(&d))?;
-    if !is_month(period) {
-        return Err(invalid_argument("period", format!("{period:?} is not a month, expected like \"2026-11\"")));
-    }
+    month_argument("period", period)?;
     Ok((tenant.to_owned(), period.to_owned()))
 }
 
@@ -106,23 +103,9 @@ fn credit_refused(why: &CreditRefused) -> Status {
         CreditRefused::NotACharge { index, .. }
         | CreditRefused::FullyCredited { index, .. }
         | CreditRefused::Exceeds { index, .. } => {
-            let mut details = ErrorDetails::new();
-            details.add_precondition_failure_violation(
-                "NOTHING_LEFT_TO_CREDIT",
-                format!("line {index}"),
-                message.clone(),
-            );
-            Status::with_error_details(Code::FailedPrecondition, message, details)
+            failed_precondition("NOTHING_LEFT_TO_CREDIT", format!("line {index}"), message)
         }
     }
-}
-
-/// "2026-11": a calendar month.
-fn is_month(period: &str) -> bool {
-    period.len() == 7
-        && period.as_bytes()[4] == b'-'
-        && period[..4].bytes().all(|b| b.is_ascii_digit())
-        && matches!(period[5..].parse::<u8>(), Ok(1..=12))
 }
 
 #[tonic::async_trait]
@@ -136,14 +119,12 @@ impl BillingService for BillingGrpc {
         match self.billing.issue(&tenant, &period, arrival_time()).await {
             Ok(done) => Ok(Response::new(pb::IssueInvoiceResponse { invoices: done.iter().map(issued).collect() })),
             Err(Error::Refused(why)) => {
-                let mut details = ErrorDetails::new();
                 let (kind, subject) = match &why {
                     IssueRefused::Open { ends, .. } => ("PERIOD_OPEN", ends.clone()),
                     IssueRefused::Blocked { fields, .. } => ("PRICE_MISSING", fields.join(", ")),
                     IssueRefused::Period { period } => ("NOT_A_PERIOD", period.clone()),
                 };
-                details.add_precondition_failure_violation(kind, subject, why.to_string());
-                Err(Status::with_error_details(Code::FailedPrecondition, why.to_string(), details))
+                Err(failed_precondition(kind, subject, why.to_string()))
             }
             Err(e) => Err(Status::unavailable(e.to_string())),
         }
@@ -247,9 +228,7 @@ impl BillingService for BillingGrpc {
             return Err(invalid_argument("reading_group", "name the reading group"));
         }
         authorize(p, Action::ViewPayouts, &Resource::ReadingGroup { group }).map_err(|d| permission_denied(&d))?;
-        if !is_month(period) {
-            return Err(invalid_argument("period", format!("{period:?} is not a month, expected like \"2026-11\"")));
-        }
+        month_argument("period", period)?;
         let totals = self.billing.totals(&format!("group:{group}")).await;
         let prefix = format!("{period}/");
         let payouts = totals

@@ -7,13 +7,14 @@
 use std::sync::Arc;
 
 use meridian_audit::{Accessed, Audit};
-use meridian_auth::grpc::{arrival_time, invalid_argument, permission_denied, principal};
+use meridian_auth::grpc::{
+    arrival_time, failed_precondition, invalid_argument, month_argument, permission_denied, principal,
+};
 use meridian_auth::{Action, Principal, Resource, authorize};
 use meridian_config::Platform;
 use meridian_proto::reporting::v1 as pb;
 use meridian_proto::reporting::v1::reporting_service_server::ReportingService;
-use tonic::{Code, Request, Response, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::app::{Error, Reporting};
@@ -130,9 +131,7 @@ pub fn status(e: &Error) -> Status {
         Error::Refused(why) => {
             let message = why.to_string();
             if let Some(rule) = why.rule() {
-                let mut details = ErrorDetails::new();
-                details.add_precondition_failure_violation(rule, "study", message.clone());
-                return Status::with_error_details(Code::FailedPrecondition, message, details);
+                return failed_precondition(rule, "study", message);
             }
             match why {
                 report::Error::UnknownStudy { .. } => Status::not_found(message),
@@ -147,9 +146,7 @@ pub fn status(e: &Error) -> Status {
             use crate::domain::critical::CriticalError as C;
             let message = why.to_string();
             if let Some(rule) = why.rule() {
-                let mut details = ErrorDetails::new();
-                details.add_precondition_failure_violation(rule, "study", message.clone());
-                return Status::with_error_details(Code::FailedPrecondition, message, details);
+                return failed_precondition(rule, "study", message);
             }
             match why {
                 C::UnknownStudy { .. } => Status::not_found(message),
@@ -364,13 +361,7 @@ impl ReportingService for ReportingGrpc {
             return Err(invalid_argument("tenant", "name the tenant"));
         }
         authorize(p, Action::ViewKpis, &Resource::Tenant { tenant }).map_err(|d| permission_denied(&d))?;
-        let month = period.len() == 7
-            && period.as_bytes()[4] == b'-'
-            && period[..4].bytes().all(|b| b.is_ascii_digit())
-            && matches!(period[5..].parse::<u8>(), Ok(1..=12));
-        if !month {
-            return Err(invalid_argument("period", format!("{period:?} is not a month, expected like \"2026-11\"")));
-        }
+        month_argument("period", period)?;
         let k = self
             .reporting
             .read_current(|f| crate::domain::kpi::kpis(&f.state, tenant, period))

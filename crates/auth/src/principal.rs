@@ -71,6 +71,11 @@ pub enum Action {
     ReadReport,
     /// See the tenant's report deliveries not yet taken, and send one again.
     ManageDeliveries,
+    /// Score a peer review (the reader who made its blinded read).
+    ScorePeerReview,
+    /// Settle a peer review score that needs it (the reviewed reader's
+    /// group admin).
+    Arbitrate,
     /// See the tenant's reporting figures (turnaround, SLA, critical results).
     ViewKpis,
     /// Register and update readers of a group.
@@ -105,6 +110,8 @@ impl Action {
             Action::SignReport => "sign_report",
             Action::ReadReport => "read_report",
             Action::ManageDeliveries => "manage_deliveries",
+            Action::ScorePeerReview => "score_peer_review",
+            Action::Arbitrate => "arbitrate",
             Action::ViewKpis => "view_kpis",
             Action::ManageReaders => "manage_readers",
             Action::Reassign => "reassign",
@@ -234,13 +241,17 @@ fn decide(p: &Principal, action: Action, resource: &Resource<'_>) -> Result<(), 
             same("reading group", p.group.as_deref(), group)?;
             needs_role(p, &["reader", "group-admin"])
         }
-        (PrincipalKind::Group, ManageReaders | Reassign | ViewPayouts, Resource::ReadingGroup { group }) => {
+        (
+            PrincipalKind::Group,
+            ManageReaders | Reassign | ViewPayouts | Arbitrate,
+            Resource::ReadingGroup { group },
+        ) => {
             same("reading group", p.group.as_deref(), group)?;
             needs_role(p, &["group-admin"])
         }
         (
             PrincipalKind::Group,
-            ClaimStudy | ReadImages | SignReport | ReadReport,
+            ClaimStudy | ReadImages | SignReport | ReadReport | ScorePeerReview,
             Resource::Study { tenant, contract_groups, assigned_reader },
         ) => {
             needs_role(p, &["reader"])?;
@@ -283,6 +294,22 @@ mod tests {
             reader: reader.map(Into::into),
             roles: roles.iter().map(|r| r.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn a_group_admin_arbitrates_their_own_groups_reviews_and_a_reader_scores_what_they_reviewed() {
+        let admin = p(PrincipalKind::Group, None, Some("atlantic"), None, &["group-admin"]);
+        assert!(authorize(&admin, Action::Arbitrate, &Resource::ReadingGroup { group: "atlantic" }).is_ok());
+        let e = authorize(&admin, Action::Arbitrate, &Resource::ReadingGroup { group: "lotus" }).unwrap_err();
+        assert_eq!(e.reason, "the principal's reading group is atlantic, not lotus");
+        let reader = p(PrincipalKind::Group, None, Some("atlantic"), Some("lee"), &["reader"]);
+        assert!(authorize(&reader, Action::Arbitrate, &Resource::ReadingGroup { group: "atlantic" }).is_err());
+        let groups = ["atlantic".to_string()];
+        let reviewed = |by| Resource::Study { tenant: "acme", contract_groups: &groups, assigned_reader: by };
+        assert!(authorize(&reader, Action::ScorePeerReview, &reviewed(Some("lee"))).is_ok());
+        assert!(authorize(&reader, Action::ScorePeerReview, &reviewed(Some("nair"))).is_err());
+        let tenant = p(PrincipalKind::Tenant, Some("acme"), None, None, &["tenant-admin"]);
+        assert!(authorize(&tenant, Action::ScorePeerReview, &reviewed(None)).is_err());
     }
 
     #[test]

@@ -567,6 +567,15 @@ pub struct Contract {
     /// (1: minutes, 2: hours, 3: days); escalated when not.
     #[serde(default)]
     pub critical_results: CriticalResults,
+    /// A share of signed finals drawn for a blinded second read (RADPEER);
+    /// none when absent.
+    #[serde(default)]
+    pub peer_review: Option<PeerReviewSample>,
+    /// The language reports under this contract are written in (BCP 47:
+    /// "en", "fr-CA"): template titles and the delivered report's
+    /// language.
+    #[serde(default = "english")]
+    pub report_language: String,
     /// Which of the tenant's studies this contract takes (all by default);
     /// the configuration check refuses two contracts that could both take one.
     #[serde(default)]
@@ -580,6 +589,27 @@ pub struct Contract {
     /// subspecialty is a preference).
     #[serde(default)]
     pub subspecialty_required: bool,
+}
+
+fn english() -> String {
+    "en".into()
+}
+
+/// `[peer_review]` of a contract: the share of signed finals reviewed, the
+/// seed that draws them (the same seed draws the same studies), and how
+/// long a review may take.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerReviewSample {
+    /// In [0, 1]: 0.05 reviews one final in twenty.
+    pub fraction: f64,
+    pub seed: String,
+    #[serde(default = "thirty_days")]
+    pub within: DurationSpec,
+}
+
+fn thirty_days() -> DurationSpec {
+    DurationSpec { seconds: 30 * 86_400 }
 }
 
 /// `[critical_results]` of a contract: each ACR category's window, from

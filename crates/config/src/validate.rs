@@ -360,6 +360,31 @@ fn contracts(out: &mut Out, f: &Files<'_>) {
                 ),
             );
         }
+        if let Some(sample) = &c.peer_review {
+            if !(0.0..=1.0).contains(&sample.fraction) {
+                out.at(
+                    file,
+                    "peer_review.fraction",
+                    format!(
+                        "{} is not a share: it must be in [0, 1] (0.05 reviews one final in twenty)",
+                        sample.fraction
+                    ),
+                );
+            }
+            if sample.seed.trim().is_empty() {
+                out.at(file, "peer_review.seed", "name a seed: the same seed draws the same studies");
+            }
+            if sample.within.seconds == 0 {
+                out.at(file, "peer_review.within", "a review needs time: give a window such as \"30d\"");
+            }
+        }
+        if !language_tag(&c.report_language) {
+            out.at(
+                file,
+                "report_language",
+                format!("{:?} is not a language tag (BCP 47, such as \"en\" or \"fr-CA\")", c.report_language),
+            );
+        }
         for (i, g) in c.reading_groups.iter().enumerate() {
             if f.no_group(g) {
                 out.at(
@@ -764,4 +789,14 @@ fn check_auth(out: &mut Out, f: &Files<'_>, auth: &Auth) {
             out.at(file, at("reader"), "a principal with the reader role names its reader id");
         }
     }
+}
+
+/// A BCP 47 tag as reports use them: a two- or three-letter language, then
+/// subtags of letters and digits ("en", "fr-CA", "zh-Hant-TW").
+fn language_tag(tag: &str) -> bool {
+    let mut parts = tag.split('-');
+    let language = parts.next().unwrap_or_default();
+    (2..=3).contains(&language.len())
+        && language.chars().all(|c| c.is_ascii_lowercase())
+        && parts.all(|p| (2..=8).contains(&p.len()) && p.chars().all(|c| c.is_ascii_alphanumeric()))
 }

@@ -159,6 +159,9 @@ catalogue! {
     CriticalResultCommunicated => 1, Phi,         "reporting", "reporting.critical.contact", "reporting";
     CriticalResultClosed       => 1, Operational, "reporting", "reporting.critical", "reporting";
     CriticalResultEscalated    => 1, Operational, "reporting", "reporting.critical", "reporting";
+    PeerReviewRequested        => 1, Operational, "reporting", "reporting.peer_review", "reporting";
+    PeerReviewScored           => 1, Operational, "reporting", "reporting.peer_review", "reporting";
+    PeerReviewArbitrated       => 1, Operational, "reporting", "reporting.peer_review", "reporting";
     // routing
     ReaderRegistered     => 1, Operational, "routing", "routing.reader", "routing";
     ReaderUpdated        => 1, Operational, "routing", "routing.reader", "routing";

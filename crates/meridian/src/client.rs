@@ -755,7 +755,51 @@ pub async fn kpis(target: &Target, tenant: &str, period: &str) -> anyhow::Result
             String::new()
         }
     );
-    say!("peer review concordance: not measured (peer review is not built yet)");
+    if k.readers.is_empty() {
+        say!("peer reviews scored: none");
+    }
+    for (what, of) in [("reader", &k.readers), ("group", &k.groups)] {
+        for c in of {
+            let scores: Vec<String> = c.by_score.iter().map(|(s, n)| format!("{s}: {n}")).collect();
+            say!(
+                "peer review of {what} {}: {} reviewed, concordant {:.1}% ({}){}",
+                c.name,
+                c.reviewed,
+                c.concordant_per_mille as f64 / 10.0,
+                scores.join(", "),
+                if c.awaiting_arbitration > 0 {
+                    format!(", {} awaiting arbitration", c.awaiting_arbitration)
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Scores a study's peer review (its reviewer), or arbitrates the score
+/// (an admin of the reviewed reader's group).
+pub async fn peer_review(target: &Target, study: &str, score: &str, arbitrate: bool) -> anyhow::Result<ExitCode> {
+    use meridian_proto::reporting::v1 as pb;
+    use meridian_proto::reporting::v1::reporting_service_client::ReportingServiceClient;
+    let c = connect(target).await?;
+    let mut client = ReportingServiceClient::new(c.channel);
+    let (study_id, score) = (study.to_owned(), score.to_owned());
+    let review = if arbitrate {
+        let request = pb::ArbitrateRequest { study_id, score };
+        client.arbitrate(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner().review
+    } else {
+        let request = pb::ScorePeerReviewRequest { study_id, score };
+        client.score_peer_review(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner().review
+    };
+    let r = review.context("the region answered without the review")?;
+    let standing = if r.standing_score.is_empty() {
+        "awaits arbitration".to_owned()
+    } else {
+        format!("stands at {}", r.standing_score)
+    };
+    say!("{study} peer review of {} ({}): scored {}, {standing}", r.reviewed_reader_id, r.reviewed_group, r.score);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -257,6 +257,24 @@ enum ReportCommand {
         #[arg(long)]
         category: u32,
     },
+    /// Score the report your blinded peer review read reviewed, by
+    /// RADPEER 2016 (1, 2a, 2b, 3a, 3b), once your review read is signed.
+    Score {
+        study: String,
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        score: String,
+    },
+    /// Settle a peer review score of 2b, 3a or 3b (an admin of the reviewed
+    /// reader's group): the score that stands.
+    Arbitrate {
+        study: String,
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        score: String,
+    },
     /// Record who was reached about a study's critical result, and how.
     Communicated {
         study: String,
@@ -565,6 +583,12 @@ async fn main() -> ExitCode {
         }
         Command::Report { command: ReportCommand::Communicated { study, target, recipient, method } } => {
             client::critical(&target, &study, client::CriticalStep::Communicated { recipient, method }).await
+        }
+        Command::Report { command: ReportCommand::Score { study, target, score } } => {
+            client::peer_review(&target, &study, &score, false).await
+        }
+        Command::Report { command: ReportCommand::Arbitrate { study, target, score } } => {
+            client::peer_review(&target, &study, &score, true).await
         }
         Command::Report { command: ReportCommand::Deliveries { target, tenant } } => {
             client::deliveries(&target, Some(&tenant), None).await

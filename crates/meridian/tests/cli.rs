@@ -1559,6 +1559,119 @@ fn a_reader_drafts_and_signs_the_read_they_hold_and_routing_pushes_them_the_next
     assert_eq!(kinds, ["ReportSigned", "CriticalResultFlagged", "CriticalResultClosed", "ReportAmended"]);
 }
 
+#[test]
+fn a_final_drawn_for_peer_review_is_read_again_blind_scored_and_arbitrated() {
+    // Finals only, every one drawn; dr-ana-ortiz reads them, dr-ben-cole
+    // (always on shift, peer reviews only) reviews them.
+    let config = tempfile::TempDir::new().unwrap();
+    meridian_integration_tests::one_reader_examples(&repo().join("deploy/examples/dev"), config.path());
+    let contract = config.path().join("contracts/acme-atlantic.toml");
+    let text = std::fs::read_to_string(&contract).unwrap();
+    let text =
+        text.replace("fraction = 0.05", "fraction = 1.0").replace("preliminary = [\"onshore\", \"offshore\"]\n", "");
+    assert!(text.contains("fraction = 1.0") && !text.contains("preliminary = ["), "the example's contract changed");
+    std::fs::write(&contract, text).unwrap();
+    let group = config.path().join("groups/atlantic-rads.toml");
+    let mut text = std::fs::read_to_string(&group).unwrap();
+    text.push_str(
+        r#"
+[[readers]]
+id = "dr-ben-cole"
+name = "Dr Ben Cole"
+region = "us-east"
+time_zone = "America/Chicago"
+licences = [{ jurisdiction = "US-NY", expires = "2030-03-31" }]
+credentials = [{ tenant = "acme", facility = "acme-general", expires = "2030-03-31" }]
+subspecialties = ["neuro"]
+modalities = ["CT", "MR"]
+read_types = ["peer_review"]
+capacity = 1
+shifts = [{ days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], start = "00:00", end = "23:59" }]
+"#,
+    );
+    std::fs::write(&group, text).unwrap();
+    let check = Command::new(MERIDIAN).args(["config", "check"]).arg(config.path()).output().unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+
+    let data = tempfile::TempDir::new().unwrap();
+    let dev = Dev::start_configured(config.path(), data.path(), "");
+    let files = tempfile::TempDir::new().unwrap();
+    let file = meridian_integration_tests::dicom::one_instance_study(
+        files.path(),
+        "1.2.826.0.1.3680043.10.543.401",
+        "MRN-PEER",
+        "STAT",
+    );
+    let (ok, said) =
+        meridian_integration_tests::dicom::storescu(dev.dicom_port("us-east"), "ACME_CT1", "MERIDIAN_ACME", &[file]);
+    assert!(ok, "{said}");
+    let study = wait_for("the final pushed to dr-ana-ortiz", 30, || {
+        let assigned = tail_payloads(data.path(), "routing", "StudyAssigned");
+        assigned.first().map(|a| a["studyId"].as_str().unwrap().to_owned())
+    });
+    let cli = |args: &[&str]| {
+        let out =
+            Command::new(MERIDIAN).args(args).args(["--region", "us-east", "--data-dir"]).arg(data.path()).output();
+        let out = out.unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let draft = |who: &str, impression: &str| {
+        cli(&["report", "draft", &study, "--as", who, "--findings", "Findings.", "--impression", impression])
+    };
+    let (ok, said) = draft("dr-ortiz", "No acute findings.");
+    assert!(ok, "{said}");
+    let (ok, said) = cli(&["report", "sign", &study, "--as", "dr-ortiz", "--read-type", "final"]);
+    assert!(ok, "{said}");
+    // Drawn: routing queues the review, which goes to dr-ben-cole (never
+    // to the reader reviewed).
+    wait_for("the review pushed to dr-ben-cole", 30, || {
+        let assigned = tail_payloads(data.path(), "routing", "StudyAssigned");
+        assigned.iter().any(|a| a["studyId"] == study.as_str() && a["readerId"] == "dr-ben-cole").then_some(())
+    });
+    let requested = tail_payloads(data.path(), "reporting", "PeerReviewRequested");
+    assert_eq!(requested.len(), 1, "{requested:?}");
+    assert_eq!(requested[0]["reviewedReaderId"], "dr-ana-ortiz");
+    // Blinded: the reviewer sees no other read, and scores nothing yet.
+    let (ok, said) = cli(&["report", "show", &study, "--as", "dr-cole"]);
+    assert!(ok && !said.contains("No acute findings.") && said.contains("no report of"), "{said}");
+    let (ok, said) = cli(&["report", "score", &study, "--as", "dr-cole", "--score", "1"]);
+    assert!(!ok && said.contains("FailedPrecondition") && said.contains("blinded read comes before"), "{said}");
+    let (ok, said) = draft("dr-cole", "Small left subdural haematoma.");
+    assert!(ok && said.contains("peer_review draft version 1 saved"), "{said}");
+    let (ok, said) = cli(&["report", "show", &study, "--as", "dr-cole"]);
+    assert!(ok && !said.contains("No acute findings.") && said.contains("Small left subdural"), "{said}");
+    let (ok, said) = cli(&["report", "sign", &study, "--as", "dr-cole", "--read-type", "peer_review"]);
+    assert!(ok, "{said}");
+    // Signed: now the reviewed report shows, and the score is taken.
+    let (ok, said) = cli(&["report", "show", &study, "--as", "dr-cole"]);
+    assert!(ok && said.contains("No acute findings.") && said.contains("Small left subdural"), "{said}");
+    let (ok, said) = cli(&["report", "score", &study, "--as", "dr-cole", "--score", "4"]);
+    assert!(!ok && said.contains("InvalidArgument") && said.contains("RADPEER"), "{said}");
+    let (ok, said) = cli(&["report", "score", &study, "--as", "dr-cole", "--score", "3b"]);
+    assert!(ok && said.contains("scored 3b, awaits arbitration"), "{said}");
+    // The hospital sees its final, never the review.
+    let (ok, said) = cli(&["report", "show", &study, "--as", "acme-admin"]);
+    assert!(ok && said.contains("No acute findings.") && !said.contains("subdural"), "{said}");
+    // Only the reviewed reader's group admin arbitrates.
+    let (ok, said) = cli(&["report", "arbitrate", &study, "--as", "dr-cole", "--score", "2a"]);
+    assert!(!ok && said.contains("PermissionDenied"), "{said}");
+    let (ok, said) = cli(&["report", "arbitrate", &study, "--as", "atlantic-admin", "--score", "2a"]);
+    assert!(ok && said.contains("stands at 2a"), "{said}");
+    #[allow(clippy::disallowed_methods)] // the region scores by the real clock; so does the test
+    let month = jiff::Timestamp::now().strftime("%Y-%m").to_string();
+    let (ok, said) = cli(&["kpi", "--as", "acme-admin", "--tenant", "acme", "--period", &month]);
+    assert!(ok && said.contains(": 1 reads signed"), "the review is not a read of the hospital's: {said}");
+    assert!(said.contains("peer review of reader dr-ana-ortiz: 1 reviewed, concordant 0.0% (2a: 1)"), "{said}");
+    assert!(said.contains("peer review of group atlantic-rads: 1 reviewed"), "{said}");
+    // No delivery of the review: only the final's requests.
+    let requests = tail_payloads(data.path(), "reporting", "DeliveryRequested");
+    assert!(requests.iter().all(|r| r["readType"] == "final"), "{requests:?}");
+    dev.interrupt();
+}
+
 /// A Python receiver (an MLLP listener, a FHIR server), killed when
 /// dropped; its port and the JSON lines it records.
 struct Receiver {

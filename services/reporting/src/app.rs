@@ -27,6 +27,7 @@ use crate::domain::critical::{self, Critical, CriticalEvent};
 use crate::domain::delivery::{self, Delivery, Endpoint, Outcome, Policy};
 use crate::domain::message::{Patient, ReportMessage};
 use crate::domain::model::{self, State, Study};
+use crate::domain::peer_review::{self, PeerEvent, Review, Sample};
 use crate::domain::report::{self, Command, Event};
 use meridian_config::{DeliveryEndpoint, Platform};
 use meridian_log::failpoint::FailPoints;
@@ -45,6 +46,8 @@ pub enum Error {
     NoDelivery(Uuid),
     #[error("{0}")]
     Critical(#[from] critical::CriticalError),
+    #[error("{0}")]
+    PeerReview(#[from] peer_review::PeerError),
     #[error("study {study}'s record (text version {version}; 0: its first instance): {reason}")]
     Text { study: Uuid, version: u32, reason: String },
 }
@@ -72,7 +75,7 @@ impl Projection for ReportingProjection {
 
     fn apply(mut folded: Folded, event: &Logged<'_>) -> Folded {
         let meta = &event.envelope.meta;
-        if [STUDY, TEXT, CRITICAL, CONTACT].contains(&meta.aggregate_type.as_str()) {
+        if [STUDY, TEXT, CRITICAL, CONTACT, PEER].contains(&meta.aggregate_type.as_str()) {
             let last = folded.versions.entry(format!("{}/{}", meta.aggregate_type, meta.aggregate_id)).or_default();
             *last = (*last).max(meta.aggregate_version);
         }
@@ -123,6 +126,8 @@ const TEXT: &str = "reporting.text";
 /// A study's critical results (operational) and who was reached (PHI).
 const CRITICAL: &str = "reporting.critical";
 const CONTACT: &str = "reporting.critical.contact";
+/// A study's peer review: requested, scored, arbitrated.
+const PEER: &str = "reporting.peer_review";
 
 /// A frame is sent, its answer not recorded yet.
 pub const AFTER_SEND: &str = "reporting.after_send";
@@ -165,7 +170,16 @@ fn policy(platform: &Platform) -> Policy {
             (t.name.clone(), enabled.collect())
         })
         .collect();
-    Policy { endpoints }
+    let samples = platform
+        .contracts
+        .values()
+        .filter_map(|c| {
+            let p = c.peer_review.as_ref()?;
+            let within = i64::try_from(p.within.seconds).unwrap_or(i64::MAX / 1_000_000) * 1_000_000;
+            Some((c.name.clone(), Sample { fraction: p.fraction, seed: p.seed.clone(), within }))
+        })
+        .collect();
+    Policy { endpoints, samples }
 }
 
 fn topic(region: &str, class: DataClass, stream: &str) -> Result<TopicName, Error> {
@@ -229,6 +243,7 @@ impl Reporting {
                     Event::Signed { study, read_type, .. } => (study, format!("{read_type} signed")),
                     Event::Amended { study, read_type, kind, .. } => (study, format!("{read_type} report {kind}")),
                     Event::Requested(d) => (&d.study, format!("delivery to {} requested", d.endpoint)),
+                    Event::Peer(p) => (&p.study(), "drawn for peer review".to_owned()),
                     Event::Delivered { .. } | Event::DeliveryFailed { .. } => continue,
                 };
                 tracing::info!(region = %self.region, %study, "{what}");
@@ -266,6 +281,15 @@ impl Reporting {
                 }
                 Event::Amended { study, report, version, kind, .. } => {
                     report_event(folded, &mut bumped, STUDY, kind, *study, *report, *version)
+                }
+                // Each once per study.
+                Event::Peer(p) => {
+                    let kind = match p {
+                        PeerEvent::Requested { .. } => "peer.requested",
+                        PeerEvent::Scored { .. } => "peer.scored",
+                        PeerEvent::Arbitrated { .. } => "peer.arbitrated",
+                    };
+                    report_event(folded, &mut bumped, PEER, kind, p.study(), p.study(), 0)
                 }
             };
             let tenant = folded.state.studies.get(&tenant_of).map(|s| s.facts.tenant.clone()).unwrap_or_default();
@@ -460,6 +484,52 @@ impl Reporting {
         let appended = self.log.append(batch.clone()).await?;
         projector.feed_appended(batch, appended, self.keys.as_ref())?;
         Ok(())
+    }
+
+    /// The reviewer's RADPEER score of `study`'s reviewed report.
+    pub async fn score_peer_review(
+        &self,
+        study: Uuid,
+        reviewer: &str,
+        score: &str,
+        now: UnixMicros,
+    ) -> Result<Review, Error> {
+        self.decide_peer(study, now, |state| peer_review::score(state, study, reviewer, score, now)).await
+    }
+
+    /// An admin of `group` arbitrates `study`'s score.
+    pub async fn arbitrate(
+        &self,
+        study: Uuid,
+        group: &str,
+        arbiter: &str,
+        score: &str,
+        now: UnixMicros,
+    ) -> Result<Review, Error> {
+        self.decide_peer(study, now, |state| peer_review::arbitrate(state, study, group, arbiter, score, now)).await
+    }
+
+    async fn decide_peer(
+        &self,
+        study: Uuid,
+        now: UnixMicros,
+        decide: impl FnOnce(&State) -> Result<Vec<PeerEvent>, peer_review::PeerError>,
+    ) -> Result<Review, Error> {
+        let mut projector = self.live.lock().await;
+        catch_up(self.log.as_ref(), self.keys.as_ref(), &mut projector, self.idle).await?;
+        let events: Vec<Event> = decide(&projector.state().state)?.into_iter().map(Event::Peer).collect();
+        if !events.is_empty() {
+            let batch = self.outgoing(projector.state(), &events, now)?;
+            let appended = self.log.append(batch.clone()).await?;
+            projector.feed_appended(batch, appended, self.keys.as_ref())?;
+            for e in &events {
+                if let Event::Peer(PeerEvent::Scored { score, .. } | PeerEvent::Arbitrated { score, .. }) = e {
+                    tracing::info!(region = %self.region, %study, %score, "peer review scored");
+                }
+            }
+        }
+        let review = projector.state().state.studies.get(&study).and_then(|s| s.review.clone());
+        review.ok_or_else(|| Error::Text { study, version: 0, reason: "scored, yet no review folded".into() })
     }
 
     /// Waits until a delivery is requested, or `at_most`.

@@ -147,7 +147,7 @@ fn input(record: &meridian_log::Record, policy: &Policy, region: &str) -> Result
                 ..Default::default()
             }
         }
-        other => return triaged_or_signed(other, cause, at),
+        other => return triaged_or_signed(other, cause, at, region),
     };
     let study = study_id(&c.study_id)?;
     let completed = Completed {
@@ -183,11 +183,13 @@ fn study_id(text: &str) -> Result<Uuid, Passed> {
     Uuid::parse_str(text).map_err(|e| ("malformed_ids", format!("study id {text:?}: {e}")))
 }
 
-/// AiTriageCompleted and ReportSigned as routing's commands.
+/// AiTriageCompleted, PeerReviewRequested and ReportSigned as routing's
+/// commands.
 fn triaged_or_signed(
     payload: meridian_events::payload::Payload,
     cause: EventId,
     at: UnixMicros,
+    region: &str,
 ) -> Result<Option<Input>, Passed> {
     use crate::domain::model::{Priority, ReadType};
     use meridian_events::payload::Payload;
@@ -200,6 +202,34 @@ fn triaged_or_signed(
                 model: t.model,
             };
             Ok(Some((cause, command, at)))
+        }
+        // A blinded second read of a signed final, by anyone but its reader:
+        // routine, due by the review's window.
+        Payload::PeerReviewRequested(r) => {
+            use crate::domain::model::ServiceType;
+            let requested_at = r.requested_at.as_ref().map(UnixMicros::from_timestamp).unwrap_or(at);
+            let new = crate::domain::worklist::NewStudy {
+                id: study_id(&r.study_id)?,
+                tenant: r.tenant,
+                facility: r.facility,
+                contract: r.contract,
+                home_region: region.to_owned(),
+                origin_jurisdiction: r.origin_jurisdiction,
+                modality: r.modality,
+                body_part: r.body_part,
+                subspecialty: Some(r.subspecialty).filter(|s| !s.is_empty()),
+                subspecialty_required: false,
+                priority: Priority::Routine,
+                service_type: ServiceType::StoreAndForward,
+                read_type: ReadType::PeerReview,
+                patient_key: None,
+                rvu_milli: r.rvu_milli,
+                ai_flagged: false,
+                completed_at: requested_at,
+                prior_reader: Some(r.reviewed_reader_id).filter(|s| !s.is_empty()),
+                due: r.due.as_ref().map(UnixMicros::from_timestamp),
+            };
+            Ok(Some((cause, Command::Queue(new), requested_at)))
         }
         Payload::ReportSigned(r) => {
             let signed_at = r.signed_at.as_ref().map(UnixMicros::from_timestamp).unwrap_or(at);
@@ -562,7 +592,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::domain::model::*;
     use crate::domain::policy::*;
-    use crate::domain::worklist::NewStudy;
+    use crate::domain::worklist::{NewStudy, Profile};
 
     pub(super) fn policy() -> Policy {
         let contract = ContractPolicy {
@@ -570,7 +600,10 @@ pub(crate) mod tests {
             tenant: "acme".into(),
             groups: BTreeSet::from(["g".to_string()]),
             mode: AssignmentMode::Pull,
-            delivery: BTreeMap::from([(ReadType::Preliminary, BTreeSet::from([DeliveryModel::Onshore]))]),
+            delivery: BTreeMap::from([
+                (ReadType::Preliminary, BTreeSet::from([DeliveryModel::Onshore])),
+                (ReadType::PeerReview, BTreeSet::from([DeliveryModel::Onshore])),
+            ]),
             sla_seconds: BTreeMap::from([
                 (Priority::Stat, 1_800),
                 (Priority::Urgent, 7_200),
@@ -633,6 +666,7 @@ pub(crate) mod tests {
             ai_flagged: false,
             completed_at: now,
             prior_reader: None,
+            due: None,
         }
     }
 
@@ -917,6 +951,47 @@ pub(crate) mod tests {
         // A redelivered signature changes nothing; a restart rebuilds the same state.
         log.append(vec![Outgoing::new(topic("reporting"), &signed).unwrap()]).await.unwrap();
         assert_eq!(routing.intake(Duration::from_millis(50)).await.unwrap(), 0);
+
+        // Drawn for peer review: a routine blinded read, due by the review's
+        // window, that dr-x (whose read it reviews) may not take.
+        let due = UnixMicros(later.0 + 30 * 86_400_000_000);
+        let review = pb::PeerReviewRequested {
+            study_id: Uuid::from_u128(1).to_string(),
+            report_id: Uuid::from_u128(77).to_string(),
+            reviewed_reader_id: "dr-x".into(),
+            tenant: "acme".into(),
+            contract: "c".into(),
+            facility: "f".into(),
+            origin_jurisdiction: "US-NY".into(),
+            modality: "CT".into(),
+            body_part: "HEAD".into(),
+            rvu_milli: 1_500,
+            requested_at: Some(later.to_timestamp()),
+            due: Some(due.to_timestamp()),
+            ..Default::default()
+        };
+        log.append(vec![Outgoing::new(topic("reporting"), &envelope(1, 2, later, &review)).unwrap()]).await.unwrap();
+        assert_eq!(routing.intake(Duration::from_millis(50)).await.unwrap(), 1);
+        let queued = routing.read(|s| s.studies[&Uuid::from_u128(1)].clone()).await;
+        assert_eq!(
+            (queued.read_type, queued.priority, queued.deadline, queued.prior_reader.as_deref(), queued.rvu_milli),
+            (ReadType::PeerReview, Priority::Routine, due, Some("dr-x"), 1_500)
+        );
+        // dr-x reads peer reviews too, but not of their own read.
+        let r = reader();
+        let profile = Profile {
+            subspecialties: r.subspecialties.clone(),
+            modalities: r.modalities.clone(),
+            read_types: BTreeSet::from([ReadType::Preliminary, ReadType::PeerReview]),
+            shifts: r.shifts.clone(),
+            capacity: r.capacity,
+        };
+        let update = Command::UpdateReader { reader: "dr-x".into(), profile };
+        routing.execute(update, later, Cause::Unkeyed).await.unwrap();
+        let claim = |reader: &str| Command::Claim { reader: reader.into(), study: Uuid::from_u128(1) };
+        let e = routing.execute(claim("dr-x"), later, Cause::Unkeyed).await.unwrap_err();
+        assert!(e.to_string().contains("cannot review their own read"), "{e}");
+
         let before = routing.read(|s| s.clone()).await;
         drop(routing);
         assert_eq!(open(&log).await.read(|s| s.clone()).await, before);

@@ -149,6 +149,7 @@ fn decided(ops: &[Op]) -> (Vec<Vec<Record>>, State) {
                     ai_flagged: false,
                     completed_at: now,
                     prior_reader: None,
+                    due: None,
                 })
             }
             Op::ClaimNext(i) => Command::ClaimNext { reader: READERS[*i].into() },

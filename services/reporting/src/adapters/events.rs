@@ -9,6 +9,7 @@ use uuid::Uuid;
 use crate::domain::critical::CriticalEvent;
 use crate::domain::delivery::{Delivery, Standing};
 use crate::domain::model::{Amendment, Fact, Licence, Signature, StudyFacts, VersionRef};
+use crate::domain::peer_review::{PeerEvent, needs_arbitration};
 use crate::domain::report::Event;
 
 fn time(t: &Option<prost_types::Timestamp>) -> UnixMicros {
@@ -45,6 +46,8 @@ pub fn fact(payload: &Payload, event_id: EventId, partition: u32, offset: u64) -
                 jurisdiction: q.origin_jurisdiction.clone(),
                 modality: q.modality.clone(),
                 body_part: q.body_part.clone(),
+                subspecialty: q.subspecialty.clone(),
+                rvu_milli: q.rvu_milli,
                 completed_at: time(&q.completed_at),
                 deadlines: [(q.read_type.clone(), time(&q.sla_deadline))].into(),
             },
@@ -143,6 +146,41 @@ pub fn fact(payload: &Payload, event_id: EventId, partition: u32, offset: u64) -
             deadline: time(&e.deadline),
             reader: e.reader_id.clone(),
         }),
+        Payload::PeerReviewRequested(r) => Fact::Peer(PeerEvent::Requested {
+            study: uuid("PeerReviewRequested", "study_id", &r.study_id)?,
+            report: uuid("PeerReviewRequested", "report_id", &r.report_id)?,
+            reviewed_reader: r.reviewed_reader_id.clone(),
+            reviewed_group: r.reviewed_group.clone(),
+            facts: StudyFacts {
+                tenant: r.tenant.clone(),
+                contract: r.contract.clone(),
+                facility: r.facility.clone(),
+                jurisdiction: r.origin_jurisdiction.clone(),
+                modality: r.modality.clone(),
+                body_part: r.body_part.clone(),
+                subspecialty: r.subspecialty.clone(),
+                rvu_milli: r.rvu_milli,
+                ..StudyFacts::default()
+            },
+            requested_at: time(&r.requested_at),
+            due: time(&r.due),
+        }),
+        Payload::PeerReviewScored(r) => Fact::Peer(PeerEvent::Scored {
+            study: uuid("PeerReviewScored", "study_id", &r.study_id)?,
+            reviewed_reader: r.reviewed_reader_id.clone(),
+            reviewed_group: r.reviewed_group.clone(),
+            reviewer: r.reviewer_id.clone(),
+            score: r.score.clone(),
+            at: time(&r.scored_at),
+        }),
+        Payload::PeerReviewArbitrated(r) => Fact::Peer(PeerEvent::Arbitrated {
+            study: uuid("PeerReviewArbitrated", "study_id", &r.study_id)?,
+            reviewed_reader: r.reviewed_reader_id.clone(),
+            arbiter: r.arbiter.clone(),
+            scored: r.scored.clone(),
+            score: r.score.clone(),
+            at: time(&r.arbitrated_at),
+        }),
         Payload::InstanceReceived(i) => {
             Fact::Arrived { study: uuid("InstanceReceived", "study_id", &i.study_id)?, partition, offset }
         }
@@ -229,6 +267,7 @@ pub fn payload(event: &Event) -> Payload {
                 reason: reason.clone(),
             })
         }
+        Event::Peer(e) => peer_payload(e),
         Event::Signed { study, report, read_type, reader, version, signed_at, discrepancy } => {
             Payload::ReportSigned(pb::ReportSigned {
                 study_id: study.to_string(),
@@ -279,6 +318,51 @@ pub fn critical_payload(event: &CriticalEvent) -> Payload {
                 category: u32::from(*category),
                 deadline: Some(deadline.to_timestamp()),
                 reader_id: reader.clone(),
+            })
+        }
+    }
+}
+
+/// The payload of a peer review's event.
+pub fn peer_payload(event: &PeerEvent) -> Payload {
+    match event {
+        PeerEvent::Requested { study, report, reviewed_reader, reviewed_group, facts, requested_at, due } => {
+            Payload::PeerReviewRequested(pb::PeerReviewRequested {
+                study_id: study.to_string(),
+                report_id: report.to_string(),
+                reviewed_reader_id: reviewed_reader.clone(),
+                reviewed_group: reviewed_group.clone(),
+                tenant: facts.tenant.clone(),
+                contract: facts.contract.clone(),
+                facility: facts.facility.clone(),
+                origin_jurisdiction: facts.jurisdiction.clone(),
+                modality: facts.modality.clone(),
+                body_part: facts.body_part.clone(),
+                subspecialty: facts.subspecialty.clone(),
+                rvu_milli: facts.rvu_milli,
+                requested_at: Some(requested_at.to_timestamp()),
+                due: Some(due.to_timestamp()),
+            })
+        }
+        PeerEvent::Scored { study, reviewed_reader, reviewed_group, reviewer, score, at } => {
+            Payload::PeerReviewScored(pb::PeerReviewScored {
+                study_id: study.to_string(),
+                reviewed_reader_id: reviewed_reader.clone(),
+                reviewed_group: reviewed_group.clone(),
+                reviewer_id: reviewer.clone(),
+                score: score.clone(),
+                scored_at: Some(at.to_timestamp()),
+                arbitration_required: needs_arbitration(score),
+            })
+        }
+        PeerEvent::Arbitrated { study, reviewed_reader, arbiter, scored, score, at } => {
+            Payload::PeerReviewArbitrated(pb::PeerReviewArbitrated {
+                study_id: study.to_string(),
+                reviewed_reader_id: reviewed_reader.clone(),
+                arbiter: arbiter.clone(),
+                scored: scored.clone(),
+                score: score.clone(),
+                arbitrated_at: Some(at.to_timestamp()),
             })
         }
     }

@@ -20,7 +20,8 @@ use uuid::Uuid;
 use crate::app::{Error, Reporting};
 use crate::domain::critical::Critical;
 use crate::domain::delivery::{Delivery, Standing};
-use crate::domain::model::{Study, StudyFacts};
+use crate::domain::model::{Report, Study, StudyFacts};
+use crate::domain::peer_review::{Concordance, PeerError, Review};
 use crate::domain::report::{self, Command, Event};
 
 pub struct ReportingGrpc {
@@ -120,6 +121,49 @@ fn critical(study: Uuid, c: &Critical) -> pb::CriticalResult {
     }
 }
 
+/// The reports of `s` the caller may see. A peer review is blinded: its
+/// reviewer sees only their own read until they have signed it; nobody
+/// else sees a peer review read (quality work of the reading groups).
+fn visible<'s>(s: &'s Study, caller: Option<&str>) -> impl Iterator<Item = &'s Report> {
+    let review = s.report("peer_review");
+    let holds_review = s
+        .open
+        .as_ref()
+        .is_some_and(|o| o.read_type == "peer_review" && o.holder.as_deref() == caller && caller.is_some());
+    let wrote_review = review.is_some_and(|r| r.versions.iter().any(|v| Some(v.author.as_str()) == caller));
+    let reviewer = holds_review || wrote_review;
+    let blinded = reviewer && review.is_none_or(|r| r.signed.is_none());
+    s.reports.iter().filter(move |r| {
+        let own_review = r.read_type == "peer_review";
+        if blinded { own_review } else { !own_review || reviewer }
+    })
+}
+
+fn peer_review(study: Uuid, r: &Review) -> pb::PeerReview {
+    pb::PeerReview {
+        study_id: study.to_string(),
+        reviewed_reader_id: r.reviewed_reader.clone(),
+        reviewed_group: r.reviewed_group.clone(),
+        due: Some(r.due.to_timestamp()),
+        reviewer_id: r.scored.as_ref().map_or(String::new(), |s| s.reviewer.clone()),
+        score: r.scored.as_ref().map_or(String::new(), |s| s.score.clone()),
+        arbitrated_score: r.arbitrated.as_ref().map_or(String::new(), |a| a.score.clone()),
+        standing_score: r.standing().unwrap_or_default().to_owned(),
+    }
+}
+
+fn concordances(of: std::collections::BTreeMap<String, Concordance>) -> Vec<pb::Concordance> {
+    of.into_iter()
+        .map(|(name, c)| pb::Concordance {
+            concordant_per_mille: c.concordant_per_mille().unwrap_or_default(),
+            name,
+            reviewed: c.reviewed,
+            by_score: c.by_score.into_iter().collect(),
+            awaiting_arbitration: c.awaiting_arbitration,
+        })
+        .collect()
+}
+
 fn reader(p: &Principal) -> Result<String, Status> {
     p.reader.clone().ok_or_else(|| Status::permission_denied(format!("{} is not a reader", p.subject)))
 }
@@ -142,6 +186,14 @@ pub fn status(e: &Error) -> Status {
             }
         }
         Error::NoDelivery(_) => Status::not_found(e.to_string()),
+        Error::PeerReview(why) => {
+            let message = why.to_string();
+            match why.rule() {
+                Some(rule) => failed_precondition(rule, "study", message),
+                None if matches!(why, PeerError::UnknownStudy { .. }) => Status::not_found(message),
+                None => invalid_argument("score", message),
+            }
+        }
         Error::Critical(why) => {
             use crate::domain::critical::CriticalError as C;
             let message = why.to_string();
@@ -362,9 +414,15 @@ impl ReportingService for ReportingGrpc {
         }
         authorize(p, Action::ViewKpis, &Resource::Tenant { tenant }).map_err(|d| permission_denied(&d))?;
         month_argument("period", period)?;
-        let k = self
+        let (k, (readers, groups)) = self
             .reporting
-            .read_current(|f| crate::domain::kpi::kpis(&f.state, tenant, period))
+            .read_current(|f| {
+                let in_period = |t| crate::domain::kpi::month(t) == *period;
+                (
+                    crate::domain::kpi::kpis(&f.state, tenant, period),
+                    crate::domain::peer_review::concordance(&f.state, tenant, in_period),
+                )
+            })
             .await
             .map_err(|e| status(&e))?;
         let (p50, p90, p99) = k.turnaround.unwrap_or_default();
@@ -379,7 +437,52 @@ impl ReportingService for ReportingGrpc {
             critical_in_time: k.critical_in_time,
             critical_late: k.critical_late,
             critical_median_seconds: k.critical_median.unwrap_or_default(),
+            readers: concordances(readers),
+            groups: concordances(groups),
         }))
+    }
+
+    async fn score_peer_review(
+        &self,
+        request: Request<pb::ScorePeerReviewRequest>,
+    ) -> Result<Response<pb::ScorePeerReviewResponse>, Status> {
+        let p = principal(&request)?;
+        let r = request.get_ref();
+        let (study, _) = self.study(p, Action::ScorePeerReview, &r.study_id).await?;
+        let review = self
+            .reporting
+            .score_peer_review(study, &reader(p)?, &r.score, arrival_time())
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::ScorePeerReviewResponse { review: Some(peer_review(study, &review)) }))
+    }
+
+    async fn arbitrate(
+        &self,
+        request: Request<pb::ArbitrateRequest>,
+    ) -> Result<Response<pb::ArbitrateResponse>, Status> {
+        let p = principal(&request)?;
+        let r = request.get_ref();
+        let study = Uuid::parse_str(&r.study_id)
+            .map_err(|_| invalid_argument("study_id", format!("{:?} is not a study id (a UUID)", r.study_id)))?;
+        let group = self
+            .reporting
+            .read_current(|f| {
+                f.state.studies.get(&study).and_then(|s| s.review.as_ref()).map(|r| r.reviewed_group.clone())
+            })
+            .await
+            .map_err(|e| status(&e))?
+            .ok_or_else(|| {
+                failed_precondition("PEER_REVIEW", "study", format!("study {study} was not drawn for peer review"))
+            })?;
+        authorize(p, Action::Arbitrate, &Resource::ReadingGroup { group: &group })
+            .map_err(|d| permission_denied(&d))?;
+        let review = self
+            .reporting
+            .arbitrate(study, &group, &p.subject, &r.score, arrival_time())
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::ArbitrateResponse { review: Some(peer_review(study, &review)) }))
     }
 
     async fn get_report(
@@ -389,14 +492,14 @@ impl ReportingService for ReportingGrpc {
         let p = principal(&request)?;
         let (study, s) = self.study(p, Action::ReadReport, &request.get_ref().study_id).await?;
         // No audit, no text.
-        let items = s.reports.iter().map(|r| r.id.to_string()).collect();
+        let items = visible(&s, p.reader.as_deref()).map(|r| r.id.to_string()).collect();
         let accessed = [Accessed { tenant: &s.facts.tenant, study, items }];
         self.audit
             .record(p, "reporting.get-report", &accessed, arrival_time())
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         let mut reports = Vec::new();
-        for r in &s.reports {
+        for r in visible(&s, p.reader.as_deref()) {
             let text = match r.current() {
                 Some(v) => {
                     let t = self.reporting.text(study, v).await.map_err(|e| status(&e))?;

@@ -21,10 +21,12 @@ pub struct Endpoint {
     pub read_types: Vec<String>,
 }
 
-/// The enabled receivers of each tenant.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The enabled receivers of each tenant, and each contract's peer review
+/// sample.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Policy {
     pub endpoints: BTreeMap<String, Vec<Endpoint>>,
+    pub samples: BTreeMap<String, super::peer_review::Sample>,
 }
 
 /// Where a request stands.

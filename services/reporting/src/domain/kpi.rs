@@ -26,7 +26,7 @@ pub struct Kpis {
 }
 
 /// The month ("2026-11", UTC) of `t`.
-fn month(t: UnixMicros) -> String {
+pub fn month(t: UnixMicros) -> String {
     jiff::Timestamp::from_microsecond(t.0).map(|t| t.strftime("%Y-%m").to_string()).unwrap_or_default()
 }
 
@@ -42,6 +42,10 @@ pub fn kpis(state: &State, tenant: &str, period: &str) -> Kpis {
     let mut reached = Vec::new();
     for s in state.studies.values().filter(|s| s.facts.tenant == tenant) {
         for r in &s.reports {
+            // A peer review is quality work, not a read of the hospital's.
+            if r.read_type == "peer_review" {
+                continue;
+            }
             let Some(signed) = r.signed.as_ref().filter(|sig| month(sig.at) == period) else { continue };
             k.reads += 1;
             if s.facts.completed_at.0 > 0 && signed.at >= s.facts.completed_at {

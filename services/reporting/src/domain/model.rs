@@ -10,6 +10,7 @@ use meridian_events::{EventId, UnixMicros};
 
 use super::critical::{Critical, CriticalEvent};
 use super::delivery::{Delivery, Standing};
+use super::peer_review::{PeerEvent, Review};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -44,6 +45,8 @@ pub enum Fact {
     Arrived { study: Uuid, partition: u32, offset: u64 },
     /// A critical result flagged, communicated, closed or escalated.
     Critical(CriticalEvent),
+    /// A peer review requested, scored or arbitrated.
+    Peer(PeerEvent),
 }
 
 /// What was done to a signed report. Its text, if any, is a version of
@@ -69,6 +72,11 @@ pub struct StudyFacts {
     pub jurisdiction: String,
     pub modality: String,
     pub body_part: String,
+    /// As routing queued it (a peer review is queued by the same).
+    #[serde(default)]
+    pub subspecialty: String,
+    #[serde(default)]
+    pub rvu_milli: u32,
     /// When the study was complete: turnaround runs from here.
     #[serde(default)]
     pub completed_at: UnixMicros,
@@ -196,6 +204,9 @@ pub struct Study {
     /// The study's critical result (the latest flagged).
     #[serde(default)]
     pub critical: Option<Critical>,
+    /// Its final's peer review, when the sample drew it.
+    #[serde(default)]
+    pub review: Option<Review>,
 }
 
 impl Study {
@@ -297,6 +308,7 @@ pub fn apply(mut state: State, fact: &Fact) -> State {
             }
         }
         Fact::Critical(event) => super::critical::apply(&mut state, event),
+        Fact::Peer(event) => super::peer_review::apply(&mut state, event),
         Fact::Arrived { study, partition, offset } => {
             let s = state.studies.entry(*study).or_default();
             if s.arrived.is_none() {

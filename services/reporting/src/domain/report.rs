@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::delivery::{self, Delivery, Outcome, Policy, Standing};
 use super::model::{Report, State, report_id};
+use super::peer_review::{self, PeerEvent};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
@@ -102,6 +103,8 @@ pub enum Event {
         permanent: bool,
         retry_at: UnixMicros,
     },
+    /// A signed final drawn for peer review (PeerReviewRequested).
+    Peer(PeerEvent),
     /// A signed report amended (ReportAmended).
     Amended {
         study: Uuid,
@@ -177,7 +180,16 @@ impl Error {
 pub fn decide(state: &State, policy: &Policy, command: &Command, now: UnixMicros) -> Result<Vec<Event>, Error> {
     let mut events = decide_report(state, command, now)?;
     let study = command.study();
-    let tenant = state.studies.get(&study).map_or("", |s| s.facts.tenant.as_str());
+    let facts = state.studies.get(&study).map(|s| &s.facts);
+    let tenant = facts.map_or("", |f| f.tenant.as_str());
+    let sample = facts.and_then(|f| policy.samples.get(&f.contract));
+    let drawn = events.iter().find_map(|e| match e {
+        Event::Signed { report, read_type, reader, .. } if read_type == "final" => {
+            peer_review::drawn(state, sample, study, *report, reader, now)
+        }
+        _ => None,
+    });
+    events.extend(drawn.map(Event::Peer));
     let caused: Vec<(Uuid, String, &'static str, u32)> = events
         .iter()
         .filter_map(|e| match e {
@@ -198,6 +210,11 @@ pub fn decide(state: &State, policy: &Policy, command: &Command, now: UnixMicros
         .collect();
     for (report, read_type, status, version) in caused {
         let what = status; // one request per status change and version
+        // A peer review is the reading groups' quality work, not a report
+        // to the hospital: never delivered.
+        if read_type == "peer_review" {
+            continue;
+        }
         for endpoint in policy.endpoints.get(tenant).map(Vec::as_slice).unwrap_or_default() {
             if !endpoint.read_types.is_empty() && !endpoint.read_types.contains(&read_type) {
                 continue;

@@ -86,6 +86,7 @@ fn fact_of(event: &Event, offset: u64) -> Fact {
                 reason: reason.clone(),
             },
         },
+        Event::Peer(p) => Fact::Peer(p.clone()),
         Event::Signed { study, report, read_type, reader, version, signed_at, discrepancy } => Fact::Signed {
             study: *study,
             report: *report,
@@ -328,6 +329,7 @@ fn a_signature_is_requested_for_each_receiver_that_takes_the_read_and_retried_un
             ],
         )]
         .into(),
+        ..Policy::default()
     };
     let run_with = |state: State, command: &Command| {
         let events = super::report::decide(&state, &policy, command, NOW).unwrap();
@@ -476,5 +478,148 @@ proptest! {
                 }
             }
         }
+    }
+}
+
+mod peer_review {
+    use super::*;
+    use crate::domain::peer_review::{PeerError, PeerEvent, Sample, arbitrate, concordance, score};
+
+    fn sample(fraction: f64) -> Sample {
+        Sample { fraction, seed: "acme-2026".into(), within: 30 * 86_400_000_000 }
+    }
+
+    fn policy(fraction: f64) -> Policy {
+        Policy { samples: [("acme-atlantic".to_string(), sample(fraction))].into(), ..Policy::default() }
+    }
+
+    fn run_with(policy: &Policy, state: State, command: &Command, now: UnixMicros) -> (State, Vec<Event>) {
+        let events = super::super::report::decide(&state, policy, command, now).unwrap();
+        let state = events.iter().enumerate().fold(state, |s, (n, e)| apply(s, &fact_of(e, n as u64)));
+        (state, events)
+    }
+
+    /// `STUDY`'s final signed by "nair" of atlantic-rads, drawn; then the
+    /// peer review read queued and held by `reviewer`.
+    fn under_review(reviewer: &str) -> State {
+        let state = apply(
+            held("final", "nair"),
+            &Fact::Licences {
+                reader: "nair".into(),
+                group: Some("atlantic-rads".into()),
+                licences: vec![licence("US", UnixMicros(NOW.0 + 86_400_000_000))],
+            },
+        );
+        let state = run(state, &draft("nair", "Normal.", 0), NOW).unwrap().0;
+        let (state, events) = run_with(&policy(1.0), state, &sign("nair", "final", 0), NOW);
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, Event::Peer(PeerEvent::Requested { reviewed_reader, reviewed_group, .. })
+                if reviewed_reader == "nair" && reviewed_group == "atlantic-rads")),
+            "{events:?}"
+        );
+        // Routing completes the final and queues the review.
+        let state = apply(state, &Fact::Completed { study: STUDY, read_type: "final".into() });
+        let state = apply(state, &Fact::Queued { study: STUDY, facts: facts(), read_type: "peer_review".into() });
+        apply(state, &Fact::Held { study: STUDY, reader: reviewer.into() })
+    }
+
+    #[test]
+    fn the_sample_is_drawn_from_its_seed_alone() {
+        let studies: Vec<Uuid> = (0..20_000u128).map(Uuid::from_u128).collect();
+        let drawn = |s: &Sample| studies.iter().filter(|id| s.draws(**id)).count();
+        // A twentieth, give or take what 20,000 draws give (3 sigma ≈ 92).
+        let n = drawn(&sample(0.05));
+        assert!((900..=1100).contains(&n), "{n} of 20000 drawn at 5%");
+        assert_eq!(drawn(&sample(0.0)), 0);
+        assert_eq!(drawn(&sample(1.0)), studies.len());
+        // Another seed draws other studies.
+        let other = Sample { seed: "acme-2027".into(), ..sample(0.05) };
+        let same: usize = studies.iter().filter(|id| sample(0.05).draws(**id) && other.draws(**id)).count();
+        assert!(same < n / 5, "{same} of {n} drawn by both seeds");
+    }
+
+    proptest! {
+        #[test]
+        fn a_draw_is_reproducible_and_grows_with_the_fraction(
+            seed in "[a-z0-9-]{1,12}", study in any::<u128>(), low in 0.0f64..1.0, more in 0.0f64..1.0,
+        ) {
+            let a = Sample { fraction: low, seed: seed.clone(), within: 1 };
+            let again = Sample { fraction: low, seed, within: 1 };
+            let study = Uuid::from_u128(study);
+            prop_assert_eq!(a.draws(study), again.draws(study));
+            let wider = Sample { fraction: (low + more).min(1.0), ..a.clone() };
+            prop_assert!(!a.draws(study) || wider.draws(study));
+        }
+    }
+
+    #[test]
+    fn only_finals_are_drawn_and_a_review_is_never_delivered() {
+        let policy = Policy {
+            endpoints: [(
+                "acme".to_string(),
+                vec![Endpoint { name: "ris".into(), kind: "hl7_mllp".into(), read_types: vec![] }],
+            )]
+            .into(),
+            ..policy(1.0)
+        };
+        let state = run(held("preliminary", "ortiz"), &draft("ortiz", "Normal.", 0), NOW).unwrap().0;
+        let (_, events) = run_with(&policy, state, &sign("ortiz", "preliminary", 0), NOW);
+        assert!(!events.iter().any(|e| matches!(e, Event::Peer(_))), "a preliminary is not reviewed: {events:?}");
+        let state = run(under_review("lee"), &draft("lee", "Small subdural haematoma.", 0), NOW).unwrap().0;
+        let (state, events) = run_with(&policy, state, &sign("lee", "peer_review", 0), NOW);
+        assert!(matches!(&events[..], [Event::Signed { .. }]), "a review is signed, never sent: {events:?}");
+        assert!(state.studies[&STUDY].review.is_some());
+    }
+
+    #[test]
+    fn the_reviewer_scores_after_their_blinded_read_and_an_admin_of_the_reviewed_group_arbitrates() {
+        let state = under_review("lee");
+        // Blinded read first.
+        let e = score(&state, STUDY, "lee", "1", NOW).unwrap_err();
+        assert_eq!(e.rule(), Some("REVIEWER"));
+        let state = run(state, &draft("lee", "Small subdural haematoma.", 0), NOW).unwrap().0;
+        let state = run(state, &sign("lee", "peer_review", 0), NOW).unwrap().0;
+        assert_eq!(score(&state, STUDY, "ortiz", "1", NOW).unwrap_err().rule(), Some("REVIEWER"));
+        assert_eq!(score(&state, STUDY, "lee", "4", NOW).unwrap_err(), PeerError::Score { score: "4".into() });
+        assert_eq!(score(&state, Uuid::from_u128(99), "lee", "1", NOW).unwrap_err().rule(), None);
+        let scored = score(&state, STUDY, "lee", "3b", NOW).unwrap();
+        let state = scored.iter().fold(state, |s, e| apply(s, &Fact::Peer(e.clone())));
+        // Asked again: the same answer; another score: refused.
+        assert!(score(&state, STUDY, "lee", "3b", NOW).unwrap().is_empty());
+        assert_eq!(score(&state, STUDY, "lee", "1", NOW).unwrap_err().rule(), Some("SCORED"));
+        // Not standing until arbitrated; counted as awaiting.
+        let review = state.studies[&STUDY].review.clone().unwrap();
+        assert_eq!(review.standing(), None);
+        let (readers, _) = concordance(&state, "acme", |_| true);
+        assert_eq!(readers["nair"].awaiting_arbitration, 1);
+        // Only the reviewed reader's group arbitrates.
+        assert_eq!(arbitrate(&state, STUDY, "lotus", "admin", "2a", NOW).unwrap_err().rule(), Some("GROUP"));
+        let settled = arbitrate(&state, STUDY, "atlantic-rads", "admin", "2a", NOW).unwrap();
+        let state = settled.iter().fold(state, |s, e| apply(s, &Fact::Peer(e.clone())));
+        assert_eq!(state.studies[&STUDY].review.as_ref().unwrap().standing(), Some("2a"));
+        assert_eq!(
+            arbitrate(&state, STUDY, "atlantic-rads", "admin", "3b", NOW).unwrap_err().rule(),
+            Some("ARBITRATED")
+        );
+        let (readers, groups) = concordance(&state, "acme", |_| true);
+        assert_eq!(readers["nair"].by_score, [("2a".to_string(), 1)].into());
+        assert_eq!(groups["atlantic-rads"].concordant_per_mille(), Some(0));
+        assert!(concordance(&state, "acme", |_| false).0.is_empty(), "scored outside the period");
+    }
+
+    #[test]
+    fn a_concurring_score_stands_without_arbitration() {
+        let state = run(under_review("lee"), &draft("lee", "Normal.", 0), NOW).unwrap().0;
+        let state = run(state, &sign("lee", "peer_review", 0), NOW).unwrap().0;
+        let state =
+            score(&state, STUDY, "lee", "1", NOW).unwrap().iter().fold(state, |s, e| apply(s, &Fact::Peer(e.clone())));
+        assert_eq!(
+            arbitrate(&state, STUDY, "atlantic-rads", "admin", "1", NOW).unwrap_err().rule(),
+            Some("ARBITRATION")
+        );
+        let (readers, _) = concordance(&state, "acme", |_| true);
+        assert_eq!(readers["nair"].concordant_per_mille(), Some(1000));
     }
 }

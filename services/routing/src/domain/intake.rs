@@ -100,6 +100,7 @@ pub fn queue(policy: &Policy, c: &Completed) -> Result<NewStudy, Skip> {
         ai_flagged: false,
         completed_at: c.completed_at,
         prior_reader: None,
+        due: None,
     })
 }
 

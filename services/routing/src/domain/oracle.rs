@@ -230,6 +230,7 @@ prop_compose! {
             ai_flagged: false,
             completed_at: UnixMicros(0),
             prior_reader: prior.map(|p| format!("r{p}")),
+            due: None,
         };
         (s, minutes_ago)
     }
@@ -281,7 +282,9 @@ fn setup(w: &World) -> (Policy, State) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+    // Most worlds push nothing (no reader on shift): the signature test
+    // passes over those, so it may reject several times its cases.
+    #![proptest_config(ProptestConfig { cases: 400, max_global_rejects: 16_384, ..ProptestConfig::default() })]
 
     /// Push: every assignment is the oracle's first eligible pair, in turn,
     /// and breaks no rule; no study gets two assignees.

@@ -131,6 +131,7 @@ fn study(contract: &str, priority: Priority, read_type: ReadType, completed_at: 
         ai_flagged: false,
         completed_at,
         prior_reader: None,
+        due: None,
     }
 }
 

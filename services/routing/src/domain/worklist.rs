@@ -152,6 +152,9 @@ pub struct NewStudy {
     pub ai_flagged: bool,
     pub completed_at: UnixMicros,
     pub prior_reader: Option<String>,
+    /// A deadline of its own (a peer review's window); else the contract's
+    /// turnaround for its priority from `completed_at`.
+    pub due: Option<UnixMicros>,
 }
 
 /// What a reader reads and when: the part of a reader their group's admin
@@ -527,7 +530,7 @@ pub fn decide(state: &State, policy: &Policy, command: Command, now: UnixMicros)
                 rvu_milli: n.rvu_milli,
                 ai_flagged,
                 completed_at: n.completed_at,
-                deadline: contract.deadline(priority, n.completed_at),
+                deadline: n.due.unwrap_or_else(|| contract.deadline(priority, n.completed_at)),
                 prior_reader: n.prior_reader,
                 escalations: 0,
                 widened: BTreeSet::new(),

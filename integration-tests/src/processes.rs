@@ -213,7 +213,7 @@ impl Cluster {
             .arg(&data)
             .arg("--secrets")
             .arg(self.work.join("secrets"))
-            .args(["--http-port", "0", "--dicom-port", "0", "--endpoints"])
+            .args(["--http-port", "0", "--dicom-port", "0", "--mllp-port", "0", "--endpoints"])
             .arg(&endpoints)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")

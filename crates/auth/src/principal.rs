@@ -73,6 +73,9 @@ pub enum Action {
     ManageDeliveries,
     /// Score a peer review (the reader who made its blinded read).
     ScorePeerReview,
+    /// Send an order for imaging (HL7 v2 over MLLP, FHIR ServiceRequest).
+    /// Facility systems.
+    SubmitOrder,
     /// Settle a peer review score that needs it (the reviewed reader's
     /// group admin).
     Arbitrate,
@@ -111,6 +114,7 @@ impl Action {
             Action::ReadReport => "read_report",
             Action::ManageDeliveries => "manage_deliveries",
             Action::ScorePeerReview => "score_peer_review",
+            Action::SubmitOrder => "submit_order",
             Action::Arbitrate => "arbitrate",
             Action::ViewKpis => "view_kpis",
             Action::ManageReaders => "manage_readers",
@@ -214,7 +218,7 @@ fn decide(p: &Principal, action: Action, resource: &Resource<'_>) -> Result<(), 
         }
 
         // Tenant principals act on their own tenant only.
-        (PrincipalKind::Tenant, SendStudy | Echo, Resource::Tenant { tenant }) => {
+        (PrincipalKind::Tenant, SendStudy | Echo | SubmitOrder, Resource::Tenant { tenant }) => {
             same("tenant", p.tenant.as_deref(), tenant)?;
             needs_role(p, &["facility"])
         }

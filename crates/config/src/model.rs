@@ -353,6 +353,10 @@ pub struct Facility {
     /// When set, associations must also come from one of these networks.
     #[serde(default)]
     pub source_networks: Vec<IpNet>,
+    /// Names its order system gives in MSH-4 (Sending Facility) of HL7 v2
+    /// orders, besides the facility's own name.
+    #[serde(default)]
+    pub hl7_sending_facilities: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

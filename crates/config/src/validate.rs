@@ -268,6 +268,8 @@ fn deliveries(out: &mut Out, file: &str, endpoints: &[crate::model::DeliveryEndp
 fn tenants(out: &mut Out, f: &Files<'_>) {
     // (region, called AE) → tenant, for uniqueness across tenants.
     let mut called: BTreeMap<(String, String), String> = BTreeMap::new();
+    // HL7 sending facility → (tenant, facility), across tenants.
+    let mut sending: BTreeMap<String, (String, String)> = BTreeMap::new();
     for (stem, (file, t)) in f.tenants {
         check_name(out, file, stem, &t.name);
         check_secret(out, file, "id_secret", &t.id_secret);
@@ -329,6 +331,26 @@ fn tenants(out: &mut Out, f: &Files<'_>) {
                         format!(
                             "{:?} is also a calling AE title of facility {other:?}: associations would be ambiguous",
                             ae.0
+                        ),
+                    );
+                }
+            }
+            // An order names its facility in MSH-4, on a listener every
+            // tenant of the region shares: one name, one facility.
+            for (j, name) in std::iter::once(&fac.name).chain(&fac.hl7_sending_facilities).enumerate() {
+                if let Some((tenant, other)) = sending.insert(name.clone(), (t.name.clone(), fac.name.clone()))
+                    && (tenant != t.name || other != fac.name)
+                {
+                    let field = if j == 0 {
+                        format!("facilities[{i}].name")
+                    } else {
+                        format!("facilities[{i}].hl7_sending_facilities[{}]", j - 1)
+                    };
+                    out.at(
+                        file,
+                        field,
+                        format!(
+                            "{name:?} also names facility {other:?} of tenant {tenant}: an order's sending facility (MSH-4) would be ambiguous"
                         ),
                     );
                 }

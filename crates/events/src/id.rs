@@ -172,6 +172,12 @@ opaque_id!(
     "patient key"
 );
 opaque_id!(
+    /// An accession number's opaque key: an order and its study's instances
+    /// meet by it, within the tenant, without the accession number.
+    AccessionKey,
+    "accession key"
+);
+opaque_id!(
     /// The id of an event: UUIDv7 at the edge, deterministic UUIDv8 when derived.
     EventId,
     "event id"
@@ -213,6 +219,12 @@ impl PatientKey {
     /// from two issuers is two patients.
     pub fn derive(secret: &TenantSecret, issuer_of_patient_id: &str, patient_id: &str) -> Self {
         PatientKey(secret.uuid_v8("meridian.patient.v1", &[value(issuer_of_patient_id), value(patient_id)]))
+    }
+}
+
+impl AccessionKey {
+    pub fn derive(secret: &TenantSecret, accession_number: &str) -> Self {
+        AccessionKey(secret.uuid_v8("meridian.accession.v1", &[value(accession_number)]))
     }
 }
 

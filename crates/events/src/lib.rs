@@ -25,7 +25,7 @@ pub mod seal;
 pub mod time;
 
 pub use envelope::{DataClass, Envelope, EventMeta};
-pub use id::{EventId, InstanceId, PatientKey, ReaderKey, SeriesId, StudyId, TenantSecret};
+pub use id::{AccessionKey, EventId, InstanceId, PatientKey, ReaderKey, SeriesId, StudyId, TenantSecret};
 pub use payload::{EventPayload, Payload, PayloadInfo};
 pub use seal::{DataKey, KeyState, KeyStore};
 pub use time::UnixMicros;

@@ -162,6 +162,8 @@ catalogue! {
     PeerReviewRequested        => 1, Operational, "reporting", "reporting.peer_review", "reporting";
     PeerReviewScored           => 1, Operational, "reporting", "reporting.peer_review", "reporting";
     PeerReviewArbitrated       => 1, Operational, "reporting", "reporting.peer_review", "reporting";
+    OrderReceived              => 1, Phi,         "reporting", "reporting.order", "reporting";
+    OrderMatched               => 1, Operational, "reporting", "reporting.order.match", "reporting";
     // routing
     ReaderRegistered     => 1, Operational, "routing", "routing.reader", "routing";
     ReaderUpdated        => 1, Operational, "routing", "routing.reader", "routing";

@@ -32,7 +32,8 @@ pub struct DevArgs {
     /// Where logs, keys, objects, snapshots, secrets and tokens live.
     #[arg(long, default_value = ".meridian-dev")]
     data_dir: PathBuf,
-    /// Ports from N: region i gets gRPC N+10i, DICOM N+10i+1, HTTP N+10i+2.
+    /// Ports from N: region i gets gRPC N+10i, DICOM N+10i+1, HTTP N+10i+2,
+    /// MLLP (HL7 v2 orders) N+10i+3.
     #[arg(long, conflicts_with = "ports")]
     port_base: Option<u16>,
     /// `auto`: every listener on a free port (for tests).
@@ -58,13 +59,16 @@ struct Ports {
     grpc: u16,
     dicom: u16,
     http: u16,
+    mllp: u16,
 }
 
 fn ports(args: &DevArgs, i: u16) -> Ports {
     match (&args.ports, args.port_base) {
-        (Some(_), _) => Ports { grpc: 0, dicom: 0, http: 0 },
-        (None, Some(base)) => Ports { grpc: base + 10 * i, dicom: base + 10 * i + 1, http: base + 10 * i + 2 },
-        (None, None) => Ports { grpc: 50051 + 10 * i, dicom: 11112 + 10 * i, http: 8080 + 10 * i },
+        (Some(_), _) => Ports { grpc: 0, dicom: 0, http: 0, mllp: 0 },
+        (None, Some(base)) => {
+            Ports { grpc: base + 10 * i, dicom: base + 10 * i + 1, http: base + 10 * i + 2, mllp: base + 10 * i + 3 }
+        }
+        (None, None) => Ports { grpc: 50051 + 10 * i, dicom: 11112 + 10 * i, http: 8080 + 10 * i, mllp: 2575 + 10 * i },
     }
 }
 
@@ -250,6 +254,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         let grpc = bind(loopback, p.grpc, "gRPC", name).await?;
         let http = bind(loopback, p.http, "HTTP", name).await?;
         let dicom = bind(loopback, p.dicom, "DICOM", name).await?;
+        let mllp = bind(loopback, p.mllp, "MLLP", name).await?;
+        let mllp_addr = mllp.local_addr()?;
         let grpc_addr = grpc.local_addr()?;
         let http_addr = http.local_addr()?;
         let dicom_addr = dicom.local_addr()?;
@@ -270,14 +276,19 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             json!({
                 "grpc": grpc_addr.to_string(),
                 "dicom": { "host": dicom_addr.ip().to_string(), "port": dicom_addr.port() },
+                "mllp": { "host": mllp_addr.ip().to_string(), "port": mllp_addr.port() },
                 "http": format!("http://{http_addr}"),
             }),
         );
         let mut rx = stopped.clone();
         let region = Arc::new(region);
-        let serving = meridian_region::serve(region, Listeners { grpc, http, dicom: Some(dicom) }, async move {
-            let _ = rx.wait_for(|s| *s).await;
-        });
+        let serving = meridian_region::serve(
+            region,
+            Listeners { grpc, http, dicom: Some(dicom), mllp: Some(mllp) },
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            },
+        );
         let failed = region_failed.clone();
         servers.push(tokio::spawn(async move {
             let served = serving.await;

@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// The DICOM port, for ingest (0: any free one).
     #[arg(long, default_value_t = 11112)]
     dicom_port: u16,
+    /// The MLLP port (HL7 v2 orders), for reporting (0: any free one;
+    /// 2575 is HL7's registered port).
+    #[arg(long, default_value_t = 2575)]
+    mllp_port: u16,
     /// Which replica this is (a StatefulSet's ordinal); part of its Kafka
     /// transactional id, so replicas never fence each other.
     #[arg(long)]
@@ -170,6 +174,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ServiceName::Ingest => Some(bind(args.listen, args.dicom_port, "DICOM", region).await?),
         _ => None,
     };
+    let mllp = match service {
+        ServiceName::Reporting => Some(bind(args.listen, args.mllp_port, "MLLP", region).await?),
+        _ => None,
+    };
     #[allow(clippy::disallowed_methods)] // the edge: the start time stamps reader registrations
     let now = UnixMicros(SystemTime::now().duration_since(UNIX_EPOCH)?.as_micros() as i64);
     let dir = args.data_dir.join(region);
@@ -189,7 +197,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let addr = d.local_addr()?;
         endpoint["dicom"] = json!({"host": addr.ip().to_string(), "port": addr.port()});
     }
-    let serving = meridian_region::serve(Arc::new(opened), Listeners { grpc, http, dicom }, shutdown_signal());
+    if let Some(m) = &mllp {
+        let addr = m.local_addr()?;
+        endpoint["mllp"] = json!({"host": addr.ip().to_string(), "port": addr.port()});
+    }
+    let serving = meridian_region::serve(Arc::new(opened), Listeners { grpc, http, dicom, mllp }, shutdown_signal());
     if let Some(path) = &args.endpoints {
         // Written atomically once every listener is bound: its presence
         // means the process is up.

@@ -98,6 +98,10 @@ impl Dev {
         self.json("endpoints.json")["regions"][region]["dicom"]["port"].as_u64().unwrap() as u16
     }
 
+    fn mllp_port(&self, region: &str) -> u16 {
+        self.json("endpoints.json")["regions"][region]["mllp"]["port"].as_u64().unwrap() as u16
+    }
+
     fn token(&self, principal: &str) -> String {
         self.json("tokens.json")["principals"][principal]["token"].as_str().unwrap().to_owned()
     }
@@ -1670,6 +1674,131 @@ shifts = [{ days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], start = "0
     let requests = tail_payloads(data.path(), "reporting", "DeliveryRequested");
     assert!(requests.iter().all(|r| r["readType"] == "final"), "{requests:?}");
     dev.interrupt();
+}
+
+#[test]
+fn orders_over_mllp_and_fhir_meet_their_studies_and_raise_their_priority() {
+    let data = tempfile::TempDir::new().unwrap();
+    let dev = Dev::start(data.path());
+    let python = std::env::var_os("MERIDIAN_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/meridian/tools/venv/bin/python"));
+    let mllp_send = python.with_file_name("mllp_send");
+    // Over one connection: an order with no accession (AE naming OBR-18),
+    // a STAT order for the study to come (AA), an ADT (AR): each answered,
+    // the connection kept.
+    let orm = |control: &str, accession: &str| {
+        format!(
+            "MSH|^~\\&|EPIC|acme-general|MERIDIAN|us-east|20261203101500||ORM^O01^ORM_O01|{control}|P|2.5.1\r\
+PID|1||MRN-ORDER^^^ACME GENERAL^MR||Doe^Jane\r\
+ORC|NW|PO-{control}|||||^^^^^S||20261203101400|||1234^Lee^Sam\r\
+OBR|1|PO-{control}||70450^CT head^CPT||||||||||||||{accession}\r"
+        )
+    };
+    let adt = orm("ADT-1", "ACC-X").replace("ORM^O01^ORM_O01", "ADT^A01^ADT_A01");
+    let unknown = orm("WHO-1", "ACC-X").replace("|EPIC|acme-general|", "|EPIC|nowhere-general|");
+    let messages = [orm("BAD-1", ""), orm("ORD-1", "ACC-77"), adt, unknown].join("\n");
+    let file = data.path().join("orders.hl7");
+    std::fs::write(&file, messages).unwrap();
+    let out = Command::new(&mllp_send)
+        .args(["--loose", "--file"])
+        .arg(&file)
+        .args(["--port", &dev.mllp_port("us-east").to_string(), "127.0.0.1"])
+        .output()
+        .expect("python-hl7's mllp_send in the tools' venv: scripts/test installs it");
+    let said = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    let answers: Vec<&str> = said.lines().filter(|l| l.starts_with("MSA|") || l.starts_with("ERR|")).collect();
+    assert_eq!(answers.len(), 7, "{said}");
+    assert!(answers[0].starts_with("MSA|AE|BAD-1|") && answers[1].starts_with("ERR||OBR^1^18|101^"), "{said}");
+    assert_eq!(answers[2], "MSA|AA|ORD-1");
+    assert!(answers[3].starts_with("MSA|AR|ADT-1|") && answers[4].starts_with("ERR||MSH^1^9|200^"), "{said}");
+    assert!(answers[5].starts_with("MSA|AR|WHO-1|") && answers[6].contains("MSH-4"), "{said}");
+
+    // The study arrives routine, with the order's accession (write_ct's
+    // ACC-77): matched, and
+    // raised to the order's STAT.
+    let files = tempfile::TempDir::new().unwrap();
+    let file = meridian_integration_tests::dicom::one_instance_study(
+        files.path(),
+        "1.2.826.0.1.3680043.10.543.501",
+        "MRN-ORDER",
+        "ROUTINE",
+    );
+    let (ok, said) =
+        meridian_integration_tests::dicom::storescu(dev.dicom_port("us-east"), "ACME_CT1", "MERIDIAN_ACME", &[file]);
+    assert!(ok, "{said}");
+    let matched = wait_for("the order matched to its study", 60, || {
+        let m = tail_payloads(data.path(), "reporting", "OrderMatched");
+        m.first().cloned()
+    });
+    assert_eq!(matched["priority"], "stat");
+    let study = matched["studyId"].as_str().unwrap().to_owned();
+    wait_for("routing raised the study to STAT", 60, || {
+        let triaged = tail_payloads(data.path(), "routing", "StudyTriaged");
+        triaged
+            .iter()
+            .any(|t| t["studyId"] == study.as_str() && t["priority"] == "stat" && t["model"] == "order")
+            .then_some(())
+    });
+
+    // FHIR: a facility's ServiceRequest is created (201, its id the opaque
+    // order key); a bad one gets 400 and an OperationOutcome naming the
+    // element; no token, 401.
+    let url = format!("http://{}/fhir/ServiceRequest", dev.http("us-east"));
+    let post = |token: Option<&str>, body: &str| {
+        let mut curl = Command::new("curl");
+        curl.args([
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/fhir+json",
+            "--data",
+            body,
+        ]);
+        if let Some(t) = token {
+            curl.args(["-H", &format!("authorization: Bearer {t}")]);
+        }
+        let out = curl.arg(&url).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.to_owned(), body.to_owned())
+    };
+    let request = serde_json::json!({
+        "resourceType": "ServiceRequest", "status": "active", "intent": "order", "priority": "urgent",
+        "identifier": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]},
+                        "value": "ACC-FHIR-1"}],
+        "subject": {"identifier": {"value": "MRN-ORDER"}},
+        "requester": {"display": "Dr Sam Lee"}
+    });
+    let token = dev.token("acme-pacs");
+    let (code, body) = post(Some(&token), &request.to_string());
+    assert_eq!(code, "201", "{body}");
+    let created: Value = serde_json::from_str(&body).unwrap();
+    assert!(uuid::Uuid::parse_str(created["id"].as_str().unwrap()).is_ok(), "{body}");
+    let (code, _) = post(Some(&token), &request.to_string());
+    assert_eq!(code, "200", "the same order again: nothing new");
+    let mut bad = request.clone();
+    bad["priority"] = serde_json::json!("whenever");
+    let (code, body) = post(Some(&token), &bad.to_string());
+    assert_eq!(code, "400", "{body}");
+    let outcome: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+    assert_eq!(outcome["issue"][0]["expression"][0], "ServiceRequest.priority");
+    let (code, _) = post(None, &request.to_string());
+    assert_eq!(code, "401");
+    let (code, _) = post(Some(&dev.token("acme-admin")), &request.to_string());
+    assert_eq!(code, "403", "an administrator is no order system");
+    dev.interrupt();
+    // Orders are PHI: sealed on the PHI topic (the HL7 one and the FHIR
+    // one), nothing of them in the clear.
+    let (orders, _) = topic_events(data.path(), meridian_events::DataClass::Phi, "reporting");
+    let kinds: Vec<&str> = orders.iter().map(|(_, e)| e.payload_type.rsplit('.').next().unwrap()).collect();
+    assert_eq!(kinds, ["OrderReceived", "OrderReceived"]);
+    assert!(orders.iter().all(|(_, e)| e.open_plain().is_err()), "an order is sealed on the log");
 }
 
 /// A Python receiver (an MLLP listener, a FHIR server), killed when

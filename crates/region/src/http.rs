@@ -2,7 +2,7 @@
 //! `/readyz` (open: its log and object store answer), `/v1/whoami` (any
 //! authenticated principal), `/v1/summary` (platform principals) and
 //! DICOMweb under `/dicomweb` (QIDO-RS, WADO-RS; bearer tokens, CORS for
-//! browser viewers).
+//! browser viewers) and FHIR under `/fhir` (orders in; bearer tokens).
 
 use std::sync::Arc;
 
@@ -43,12 +43,16 @@ pub fn router(region: Arc<Region>) -> Router {
         .fallback(move |method: Method, uri: axum::http::Uri| no_such_resource(method, uri, served.clone()))
         .layer(authenticate())
         .layer(cors);
+    // FHIR resources a service takes (reporting: ServiceRequest orders).
+    let fhir =
+        region.services().iter().filter_map(|s| s.fhir()).fold(Router::new(), Router::merge).layer(authenticate());
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(authenticated)
         .with_state(region.clone())
         .nest("/dicomweb", dicomweb)
+        .nest("/fhir", fhir)
 }
 
 /// What a path under `/dicomweb` that names no resource here gets: the

@@ -22,6 +22,8 @@ pub struct Listeners {
     pub http: TcpListener,
     /// DIMSE associations: taken by ingest, where this process runs it.
     pub dicom: Option<TcpListener>,
+    /// HL7 v2 orders over MLLP: taken by reporting, where this process runs it.
+    pub mllp: Option<TcpListener>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +123,7 @@ pub async fn serve(
     let grpc = tokio::spawn(grpc);
     let http = tokio::spawn(async move { http.await });
     let readiness = tokio::spawn(readiness(region.clone(), health.clone(), wait(stopped.clone())));
-    let mut taken = ServiceListeners { dicom: listeners.dicom };
+    let mut taken = ServiceListeners { dicom: listeners.dicom, mllp: listeners.mllp };
     let mut tasks = Vec::new();
     for service in region.services() {
         tasks.extend(service.clone().start(&mut taken, Stopping(stopped.clone())));

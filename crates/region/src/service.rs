@@ -70,10 +70,12 @@ pub struct Rebuilt {
 /// The gRPC services of a process, gathered from its services.
 pub type GrpcRoutes = tonic::service::RoutesBuilder;
 
-/// Sockets a service may take: the DICOM port is ingest's.
+/// Sockets a service may take: the DICOM port is ingest's, the MLLP port
+/// (HL7 v2 orders) reporting's.
 #[derive(Default)]
 pub struct ServiceListeners {
     pub dicom: Option<TcpListener>,
+    pub mllp: Option<TcpListener>,
 }
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -93,6 +95,12 @@ pub trait RegionService: Send + Sync + 'static {
     /// Routes under `/dicomweb` (authenticated and CORS-wrapped by the
     /// region); `None` when the service serves none.
     fn dicomweb(&self) -> Option<axum::Router> {
+        None
+    }
+
+    /// Routes under `/fhir` (authenticated by the region); `None` when the
+    /// service serves none.
+    fn fhir(&self) -> Option<axum::Router> {
         None
     }
 

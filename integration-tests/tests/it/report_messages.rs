@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use meridian_events::UnixMicros;
-use meridian_reporting::adapters::{fhir, hl7};
+use meridian_reporting::adapters::{fhir, hl7, hl7_order, orders};
 use meridian_reporting::domain::message::{Patient, ReportMessage};
 use uuid::Uuid;
 
@@ -129,4 +129,85 @@ fn each_status_of_a_report_is_a_strictly_valid_hl7_oru_r01() {
     std::fs::write(&path, oru.replacen(study_date, observed, 1)).unwrap();
     let out = Command::new(python("MERIDIAN_PYTHON", "venv")).arg(script("hl7_check.py")).arg(&path).output().unwrap();
     assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn the_acks_to_orders_and_the_outcome_of_a_bad_service_request_are_valid() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let orm = "MSH|^~\\&|EPIC|acme-general|MERIDIAN|us-east|20261203101500||ORM^O01^ORM_O01|MSG-001|P|2.5.1\r\
+PID|1||MRN-0042^^^ACME GENERAL^MR||Doe^Jane\r\
+ORC|NW|PO-77|||||^^^^^S\r\
+OBR|1|PO-77||70450^CT head^CPT||||||||||||||\r";
+    let m = hl7_order::Message::parse(orm).unwrap();
+    let h = hl7_order::header(&m);
+    let refused = hl7_order::order(&m, "acme", "acme-general").unwrap_err();
+    let rejected = hl7_order::Refusal {
+        code: "AR",
+        error: (200, "Unsupported message type"),
+        segment: "MSH",
+        field: 9,
+        text: "MSH-9 \"ADT^A01\": orders are ORM^O01 or OMI^O23".into(),
+    };
+    let at = UnixMicros(1_796_000_000_000_000);
+    let acks = [None, Some(&refused), Some(&rejected)].map(|r| hl7_order::ack(&h, r, "us-east", at));
+    let files: Vec<PathBuf> = acks
+        .iter()
+        .enumerate()
+        .map(|(n, ack)| {
+            let path = dir.path().join(format!("ack{n}.hl7"));
+            std::fs::write(&path, ack).unwrap();
+            path
+        })
+        .collect();
+    let out = Command::new(python("MERIDIAN_PYTHON", "venv"))
+        .arg(script("hl7_check.py"))
+        .args(&files)
+        .output()
+        .expect("hl7apy in the tools' venv: scripts/test installs it");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert_eq!(
+        said.lines().collect::<Vec<_>>(),
+        [
+            "ok ACK^O01^ACK AMSG-001 AA",
+            "ok ACK^O01^ACK AMSG-001 AE OBR^1^18 101",
+            "ok ACK^O01^ACK AMSG-001 AR MSH^1^9 200",
+        ]
+    );
+
+    // A ServiceRequest as a hospital sends it is valid R4 and reads into an
+    // order; the OperationOutcome a bad one gets is valid R4 and names the
+    // element.
+    let request = serde_json::json!({
+        "resourceType": "ServiceRequest",
+        "status": "active",
+        "intent": "order",
+        "priority": "stat",
+        "identifier": [{
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]},
+            "system": "urn:acme:accession",
+            "value": "ACC-9001"
+        }],
+        "code": {"text": "CT head without contrast"},
+        "subject": {"identifier": {"system": "urn:acme:mrn", "value": "MRN-0042"}},
+        "requester": {"display": "Dr Sam Lee"},
+        "reasonCode": [{"text": "Fall, rule out bleed"}]
+    });
+    let order = orders::service_request(&request, "acme", "acme-general").unwrap();
+    assert_eq!((order.accession.as_str(), order.priority.as_str()), ("ACC-9001", "stat"));
+    let mut bad = request.clone();
+    bad["identifier"] = serde_json::json!([]);
+    let (element, why) = orders::service_request(&bad, "acme", "acme-general").unwrap_err();
+    let outcome = orders::operation_outcome("required", &why, Some(element));
+    let (sent, answered) = (dir.path().join("request.json"), dir.path().join("outcome.json"));
+    std::fs::write(&sent, request.to_string()).unwrap();
+    std::fs::write(&answered, outcome.to_string()).unwrap();
+    let out = Command::new(python("MERIDIAN_FHIR_PYTHON", "venv-fhir"))
+        .arg(script("fhir_check.py"))
+        .args([&sent, &answered])
+        .output()
+        .expect("fhir.resources in its own venv: scripts/test installs it");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert_eq!(outcome["issue"][0]["expression"][0], "ServiceRequest.identifier");
 }

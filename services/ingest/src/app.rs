@@ -22,7 +22,8 @@ use meridian_dimse::command::{
 use meridian_dimse::{Instance, Sender, StoreService};
 use meridian_events::payload::Payload;
 use meridian_events::{
-    DataClass, Envelope, EventId, EventMeta, InstanceId, KeyStore, PatientKey, SeriesId, StudyId, UnixMicros,
+    AccessionKey, DataClass, Envelope, EventId, EventMeta, InstanceId, KeyStore, PatientKey, SeriesId, StudyId,
+    UnixMicros,
 };
 use meridian_log::failpoint::FailPoints;
 use meridian_log::skips::Skips;
@@ -478,6 +479,11 @@ impl Ingest {
             calling_ae_title: sender.calling_ae_title.clone(),
             patient_id: facts.patient_id,
             issuer_of_patient_id: facts.issuer_of_patient_id,
+            accession_key: if facts.accession_number.trim().is_empty() {
+                String::new()
+            } else {
+                AccessionKey::derive(secret, &facts.accession_number).as_uuid().to_string()
+            },
             accession_number: facts.accession_number,
             replaces_earlier_version: false,
             modality: facts.modality,

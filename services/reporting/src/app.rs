@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use meridian_events::envelope::EventMeta;
 use meridian_events::payload::Payload;
-use meridian_events::{DataClass, Envelope, EventId, KeyStore, StudyId, UnixMicros};
+use meridian_events::{AccessionKey, DataClass, Envelope, EventId, KeyStore, StudyId, TenantSecret, UnixMicros};
 use meridian_log::{EventLog, Outgoing, Position, TopicName};
 use meridian_projection::live::Live;
 use meridian_projection::run::{Resumed, Snapshotter, catch_up};
@@ -27,6 +27,7 @@ use crate::domain::critical::{self, Critical, CriticalEvent};
 use crate::domain::delivery::{self, Delivery, Endpoint, Outcome, Policy};
 use crate::domain::message::{Patient, ReportMessage};
 use crate::domain::model::{self, State, Study};
+use crate::domain::order::{self, OrderEvent, OrderIn};
 use crate::domain::peer_review::{self, PeerEvent, Review, Sample};
 use crate::domain::report::{self, Command, Event};
 use meridian_config::{DeliveryEndpoint, Platform};
@@ -48,6 +49,8 @@ pub enum Error {
     Critical(#[from] critical::CriticalError),
     #[error("{0}")]
     PeerReview(#[from] peer_review::PeerError),
+    #[error("tenant {tenant} is not homed in region {region}: its orders (PHI) are not taken here")]
+    NotHomed { tenant: String, region: String },
     #[error("study {study}'s record (text version {version}; 0: its first instance): {reason}")]
     Text { study: Uuid, version: u32, reason: String },
 }
@@ -75,7 +78,7 @@ impl Projection for ReportingProjection {
 
     fn apply(mut folded: Folded, event: &Logged<'_>) -> Folded {
         let meta = &event.envelope.meta;
-        if [STUDY, TEXT, CRITICAL, CONTACT, PEER].contains(&meta.aggregate_type.as_str()) {
+        if [STUDY, TEXT, CRITICAL, CONTACT, PEER, ORDER, ORDER_MATCH].contains(&meta.aggregate_type.as_str()) {
             let last = folded.versions.entry(format!("{}/{}", meta.aggregate_type, meta.aggregate_id)).or_default();
             *last = (*last).max(meta.aggregate_version);
         }
@@ -117,6 +120,19 @@ pub struct Reporting {
     /// Woken when a delivery is requested, so the worker sends at once
     /// rather than at its next tick.
     requested: tokio::sync::Notify,
+    /// The id secrets of the tenants homed here: an order's accession key.
+    secrets: BTreeMap<String, TenantSecret>,
+}
+
+/// What receiving an order did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrderReceipt {
+    /// The order's opaque key.
+    pub key: Uuid,
+    /// The study it met, if it has.
+    pub matched: Option<Uuid>,
+    /// The same order (or a less urgent one) came before: nothing new.
+    pub repeated: bool,
 }
 
 /// The aggregates of a study's report: signatures and amendments on the
@@ -128,6 +144,9 @@ const CRITICAL: &str = "reporting.critical";
 const CONTACT: &str = "reporting.critical.contact";
 /// A study's peer review: requested, scored, arbitrated.
 const PEER: &str = "reporting.peer_review";
+/// An order (PHI) and its match (operational), by accession key.
+const ORDER: &str = "reporting.order";
+const ORDER_MATCH: &str = "reporting.order.match";
 
 /// A frame is sent, its answer not recorded yet.
 pub const AFTER_SEND: &str = "reporting.after_send";
@@ -220,7 +239,15 @@ impl Reporting {
             policy,
             failpoints,
             requested: tokio::sync::Notify::new(),
+            secrets: BTreeMap::new(),
         })
+    }
+
+    /// The id secrets of the tenants homed here, which orders are keyed by
+    /// (without them, orders are refused).
+    pub fn with_secrets(mut self, secrets: BTreeMap<String, TenantSecret>) -> Reporting {
+        self.secrets = secrets;
+        self
     }
 
     /// Decides `command` at `now` against the state caught up to the log's
@@ -530,6 +557,98 @@ impl Reporting {
         }
         let review = projector.state().state.studies.get(&study).and_then(|s| s.review.clone());
         review.ok_or_else(|| Error::Text { study, version: 0, reason: "scored, yet no review folded".into() })
+    }
+
+    /// Records an order from the hospital (in the tenant's home region
+    /// only), matched at once when its study is here.
+    pub async fn receive_order(&self, order: OrderIn, now: UnixMicros) -> Result<OrderReceipt, Error> {
+        let secret = self
+            .secrets
+            .get(&order.tenant)
+            .ok_or_else(|| Error::NotHomed { tenant: order.tenant.clone(), region: self.region.clone() })?;
+        let key = AccessionKey::derive(secret, &order.accession).as_uuid();
+        let mut projector = self.live.lock().await;
+        catch_up(self.log.as_ref(), self.keys.as_ref(), &mut projector, self.idle).await?;
+        let events = order::receive(&projector.state().state, key, order, now);
+        self.append_orders(&mut projector, &events, now).await?;
+        let matched = projector.state().state.orders.orders.get(&key).and_then(|o| o.matched);
+        Ok(OrderReceipt { key, matched, repeated: events.is_empty() })
+    }
+
+    /// Matches the orders whose study arrived after them.
+    pub async fn match_orders(&self, now: UnixMicros) -> Result<usize, Error> {
+        let mut projector = self.live.lock().await;
+        let due = order::due(&projector.state().state, now);
+        if !due.is_empty() {
+            self.append_orders(&mut projector, &due, now).await?;
+        }
+        Ok(due.len())
+    }
+
+    async fn append_orders(
+        &self,
+        projector: &mut meridian_projection::Projector<ReportingProjection>,
+        events: &[OrderEvent],
+        now: UnixMicros,
+    ) -> Result<(), Error> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let folded = projector.state();
+        let mut bumped: BTreeMap<String, u64> = BTreeMap::new();
+        let mut batch = Vec::new();
+        for e in events {
+            let (key, aggregate, tenant) = match e {
+                OrderEvent::Received { key, order, .. } => (*key, ORDER, order.tenant.clone()),
+                OrderEvent::Matched { key, .. } => {
+                    let tenant = folded.state.orders.orders.get(key).map(|o| o.tenant.clone()).unwrap_or_default();
+                    (*key, ORDER_MATCH, tenant)
+                }
+            };
+            let slot = format!("{aggregate}/{key}");
+            let version = bumped.get(&slot).or_else(|| folded.versions.get(&slot)).copied().unwrap_or(0) + 1;
+            bumped.insert(slot, version);
+            let event_id = match e {
+                // One match per order and priority, whoever makes it.
+                OrderEvent::Matched { study, priority, .. } => EventId::derived(
+                    EventId(meridian_events::id::aggregate_id(
+                        "reporting.order.match",
+                        &[key.as_bytes(), study.as_bytes()],
+                    )),
+                    priority,
+                    0,
+                ),
+                OrderEvent::Received { .. } => {
+                    EventId::derived(EventId(key), "order", u32::try_from(version).unwrap_or(u32::MAX))
+                }
+            };
+            let meta = EventMeta {
+                event_id,
+                aggregate_type: aggregate.into(),
+                aggregate_id: key,
+                aggregate_version: version,
+                tenant,
+                home_region: self.region.clone(),
+                occurred_at: now,
+                causation_id: None,
+                correlation_id: None,
+                traceparent: None,
+            };
+            batch.push(match adapters::events::order_payload(e) {
+                // The order is PHI: sealed under its own data key (it may
+                // come before any study).
+                Payload::OrderReceived(o) => {
+                    Outgoing::new(self.text.clone(), &Envelope::sealed(meta, &o, StudyId(key), self.keys.as_ref())?)?
+                }
+                other => Outgoing::new(self.signed.clone(), &other.plain_envelope(meta)?)?,
+            });
+            if let OrderEvent::Matched { study, priority, .. } = e {
+                tracing::info!(region = %self.region, %study, order = %key, %priority, "order matched to its study");
+            }
+        }
+        let appended = self.log.append(batch.clone()).await?;
+        projector.feed_appended(batch, appended, self.keys.as_ref())?;
+        Ok(())
     }
 
     /// Waits until a delivery is requested, or `at_most`.

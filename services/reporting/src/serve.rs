@@ -13,6 +13,7 @@ use meridian_region::{RegionContext, RegionError, RegionService, Stopping, Task}
 use std::time::Duration;
 
 use crate::adapters::grpc::ReportingGrpc;
+use crate::adapters::orders::OrderDesk;
 use crate::adapters::receivers::Receivers;
 use crate::app::Reporting;
 
@@ -21,6 +22,7 @@ pub struct ReportingService {
     pub reporting: Arc<Reporting>,
     audit: Arc<Audit>,
     receivers: Arc<Receivers>,
+    orders: Arc<OrderDesk>,
 }
 
 /// How often the delivery worker looks for what is due.
@@ -39,13 +41,16 @@ impl ReportingService {
             context.failpoints.clone(),
         )
         .await
-        .map_err(|e| context.service_error("reporting", e))?;
+        .map_err(|e| context.service_error("reporting", e))?
+        .with_secrets(context.secrets.clone());
         let audit =
             Audit::new(&context.name, context.log.clone()).map_err(|e| context.service_error("reporting", e))?;
         let receivers = Receivers::new().map_err(|e| context.service_error("reporting", e))?;
+        let reporting = Arc::new(reporting);
         Ok(Arc::new(ReportingService {
+            orders: OrderDesk::new(reporting.clone(), context.platform.clone(), &context.name),
             context: context.clone(),
-            reporting: Arc::new(reporting),
+            reporting,
             audit: Arc::new(audit),
             receivers: Arc::new(receivers),
         }))
@@ -72,7 +77,17 @@ impl RegionService for ReportingService {
         })
     }
 
-    fn start(self: Arc<Self>, _: &mut ServiceListeners, stopping: Stopping) -> Vec<Task> {
+    fn fhir(&self) -> Option<axum::Router> {
+        Some(self.orders.clone().fhir_routes())
+    }
+
+    fn start(self: Arc<Self>, listeners: &mut ServiceListeners, stopping: Stopping) -> Vec<Task> {
+        let mut tasks = Vec::new();
+        // HL7 v2 orders, where this process has the MLLP port.
+        if let Some(mllp) = listeners.mllp.take() {
+            let (orders, stop) = (self.orders.clone(), stopping.clone());
+            tasks.push(Task::spawn("reporting takes HL7 orders", orders.listen(mllp, stop.wait())));
+        }
         let reporting = self.reporting.clone();
         let stop = stopping.clone();
         let follow = async move { reporting.follow(stop.wait()).await };
@@ -88,6 +103,9 @@ impl RegionService for ReportingService {
                 if let Err(e) = self.reporting.escalate_due(now).await {
                     tracing::warn!(region = %self.context.name, error = %e, "escalating critical results");
                 }
+                if let Err(e) = self.reporting.match_orders(now).await {
+                    tracing::warn!(region = %self.context.name, error = %e, "matching orders to their studies");
+                }
                 if let Err(e) = self.reporting.deliver_due(&self.receivers, now).await {
                     tracing::warn!(region = %self.context.name, error = %e, "delivering reports");
                 }
@@ -97,7 +115,9 @@ impl RegionService for ReportingService {
                 }
             }
         };
-        vec![Task::spawn("reporting follows the log", follow), Task::spawn("reporting delivers", deliveries)]
+        tasks.push(Task::spawn("reporting follows the log", follow));
+        tasks.push(Task::spawn("reporting delivers", deliveries));
+        tasks
     }
 
     fn stop(&self) {}

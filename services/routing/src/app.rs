@@ -203,6 +203,19 @@ fn triaged_or_signed(
             };
             Ok(Some((cause, command, at)))
         }
+        // The hospital's order met its study: its priority, raised like a
+        // triage's (never lowered).
+        Payload::OrderMatched(m) => {
+            let suggested = Priority::parse(&m.priority)
+                .ok_or_else(|| ("unknown_priority", format!("order priority {:?}", m.priority)))?;
+            let command = Command::Triage {
+                study: study_id(&m.study_id)?,
+                flagged: false,
+                suggested: Some(suggested),
+                model: "order".into(),
+            };
+            Ok(Some((cause, command, at)))
+        }
         // A blinded second read of a signed final, by anyone but its reader:
         // routine, due by the review's window.
         Payload::PeerReviewRequested(r) => {

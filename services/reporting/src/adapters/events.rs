@@ -9,6 +9,7 @@ use uuid::Uuid;
 use crate::domain::critical::CriticalEvent;
 use crate::domain::delivery::{Delivery, Standing};
 use crate::domain::model::{Amendment, Fact, Licence, Signature, StudyFacts, VersionRef};
+use crate::domain::order::{OrderEvent, OrderFact};
 use crate::domain::peer_review::{PeerEvent, needs_arbitration};
 use crate::domain::report::Event;
 
@@ -181,9 +182,28 @@ pub fn fact(payload: &Payload, event_id: EventId, partition: u32, offset: u64) -
             score: r.score.clone(),
             at: time(&r.arbitrated_at),
         }),
-        Payload::InstanceReceived(i) => {
-            Fact::Arrived { study: uuid("InstanceReceived", "study_id", &i.study_id)?, partition, offset }
-        }
+        Payload::InstanceReceived(i) => Fact::Arrived {
+            study: uuid("InstanceReceived", "study_id", &i.study_id)?,
+            partition,
+            offset,
+            accession_key: if i.accession_key.is_empty() {
+                None
+            } else {
+                Some(uuid("InstanceReceived", "accession_key", &i.accession_key)?)
+            },
+        },
+        Payload::OrderReceived(o) => Fact::Order(OrderFact::Received {
+            key: uuid("OrderReceived", "order_key", &o.order_key)?,
+            tenant: o.tenant.clone(),
+            priority: o.priority.clone(),
+            received_at: time(&o.received_at),
+            partition,
+            offset,
+        }),
+        Payload::OrderMatched(m) => Fact::Order(OrderFact::Matched {
+            study: uuid("OrderMatched", "study_id", &m.study_id)?,
+            key: uuid("OrderMatched", "order_key", &m.order_key)?,
+        }),
         Payload::ReportAmended(a) => Fact::Amended {
             study: uuid("ReportAmended", "study_id", &a.study_id)?,
             report: uuid("ReportAmended", "report_id", &a.report_id)?,
@@ -365,5 +385,33 @@ pub fn peer_payload(event: &PeerEvent) -> Payload {
                 arbitrated_at: Some(at.to_timestamp()),
             })
         }
+    }
+}
+
+/// The payload of an order's event.
+pub fn order_payload(event: &OrderEvent) -> Payload {
+    match event {
+        OrderEvent::Received { key, order, received_at } => Payload::OrderReceived(pb::OrderReceived {
+            order_key: key.to_string(),
+            tenant: order.tenant.clone(),
+            facility: order.facility.clone(),
+            accession_number: order.accession.clone(),
+            placer_order_number: order.placer_order.clone(),
+            patient_id: order.patient_id.clone(),
+            issuer_of_patient_id: order.issuer.clone(),
+            ordering_clinician: order.ordering_clinician.clone(),
+            priority: order.priority.clone(),
+            reason: order.reason.clone(),
+            source: order.source.to_owned(),
+            message_id: order.message_id.clone(),
+            received_at: Some(received_at.to_timestamp()),
+            procedure: order.procedure.clone(),
+        }),
+        OrderEvent::Matched { study, key, priority, at } => Payload::OrderMatched(pb::OrderMatched {
+            study_id: study.to_string(),
+            order_key: key.to_string(),
+            priority: priority.clone(),
+            matched_at: Some(at.to_timestamp()),
+        }),
     }
 }

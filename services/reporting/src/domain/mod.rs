@@ -7,6 +7,7 @@ pub mod delivery;
 pub mod kpi;
 pub mod message;
 pub mod model;
+pub mod order;
 pub mod peer_review;
 pub mod report;
 

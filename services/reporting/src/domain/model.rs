@@ -10,6 +10,7 @@ use meridian_events::{EventId, UnixMicros};
 
 use super::critical::{Critical, CriticalEvent};
 use super::delivery::{Delivery, Standing};
+use super::order::{OrderFact, Orders};
 use super::peer_review::{PeerEvent, Review};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -42,11 +43,13 @@ pub enum Fact {
     Amended { study: Uuid, report: Uuid, read_type: String, amendment: Amendment },
     /// InstanceReceived: where the study's first instance (its patient and
     /// accession) is on the log.
-    Arrived { study: Uuid, partition: u32, offset: u64 },
+    Arrived { study: Uuid, partition: u32, offset: u64, accession_key: Option<Uuid> },
     /// A critical result flagged, communicated, closed or escalated.
     Critical(CriticalEvent),
     /// A peer review requested, scored or arbitrated.
     Peer(PeerEvent),
+    /// An order received or matched.
+    Order(OrderFact),
 }
 
 /// What was done to a signed report. Its text, if any, is a version of
@@ -207,6 +210,9 @@ pub struct Study {
     /// Its final's peer review, when the sample drew it.
     #[serde(default)]
     pub review: Option<Review>,
+    /// The order it met (its accession key).
+    #[serde(default)]
+    pub order: Option<Uuid>,
 }
 
 impl Study {
@@ -227,6 +233,9 @@ pub struct State {
     /// Requests not delivered yet (due, or dead letters).
     #[serde(default)]
     pub deliveries: BTreeMap<Uuid, Delivery>,
+    /// Orders in, and the studies' accession keys they meet by.
+    #[serde(default)]
+    pub orders: Orders,
 }
 
 /// The report id of `study`'s read of `read_type`: the same for all its
@@ -309,10 +318,14 @@ pub fn apply(mut state: State, fact: &Fact) -> State {
         }
         Fact::Critical(event) => super::critical::apply(&mut state, event),
         Fact::Peer(event) => super::peer_review::apply(&mut state, event),
-        Fact::Arrived { study, partition, offset } => {
+        Fact::Order(fact) => super::order::apply(&mut state, fact),
+        Fact::Arrived { study, partition, offset, accession_key } => {
             let s = state.studies.entry(*study).or_default();
             if s.arrived.is_none() {
                 s.arrived = Some((*partition, *offset));
+            }
+            if let Some(key) = accession_key {
+                super::order::apply(&mut state, &OrderFact::Accession { study: *study, key: *key });
             }
         }
         // Signatures and text are on two topics, folded in either order:

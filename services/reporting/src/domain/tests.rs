@@ -623,3 +623,80 @@ mod peer_review {
         assert_eq!(readers["nair"].concordant_per_mille(), Some(1000));
     }
 }
+
+mod orders {
+    use super::*;
+    use crate::domain::order::{OrderEvent, OrderFact, OrderIn, due, receive};
+
+    const KEY: Uuid = Uuid::from_u128(0xacc);
+
+    fn order(priority: &str) -> OrderIn {
+        OrderIn {
+            tenant: "acme".into(),
+            facility: "acme-general".into(),
+            accession: "ACC-1".into(),
+            priority: priority.into(),
+            source: "hl7v2",
+            ..OrderIn::default()
+        }
+    }
+
+    /// What folding `events` back from the log gives.
+    fn fold(state: State, events: &[OrderEvent]) -> State {
+        events.iter().enumerate().fold(state, |s, (n, e)| {
+            let fact = match e {
+                OrderEvent::Received { key, order, received_at } => OrderFact::Received {
+                    key: *key,
+                    tenant: order.tenant.clone(),
+                    priority: order.priority.clone(),
+                    received_at: *received_at,
+                    partition: 0,
+                    offset: n as u64,
+                },
+                OrderEvent::Matched { study, key, .. } => OrderFact::Matched { study: *study, key: *key },
+            };
+            apply(s, &Fact::Order(fact))
+        })
+    }
+
+    fn arrived(state: State) -> State {
+        apply(state, &Fact::Arrived { study: STUDY, partition: 0, offset: 9, accession_key: Some(KEY) })
+    }
+
+    #[test]
+    fn an_order_before_its_study_is_matched_when_the_study_arrives() {
+        let events = receive(&State::default(), KEY, order("stat"), NOW);
+        assert!(matches!(&events[..], [OrderEvent::Received { .. }]), "no study yet: {events:?}");
+        let state = fold(State::default(), &events);
+        assert!(due(&state, NOW).is_empty());
+        let state = arrived(state);
+        let matched = due(&state, NOW);
+        assert_eq!(matched, [OrderEvent::Matched { study: STUDY, key: KEY, priority: "stat".into(), at: NOW }]);
+        let state = fold(state, &matched);
+        assert!(due(&state, NOW).is_empty(), "matched once");
+        assert_eq!(state.studies[&STUDY].order, Some(KEY));
+        // The same order sent again: nothing new.
+        assert!(receive(&state, KEY, order("stat"), NOW).is_empty());
+    }
+
+    #[test]
+    fn an_order_after_its_study_is_matched_at_once_and_a_raised_one_again() {
+        let state = arrived(State::default());
+        let events = receive(&state, KEY, order("routine"), NOW);
+        assert!(
+            matches!(&events[..], [OrderEvent::Received { .. }, OrderEvent::Matched { priority, .. }] if priority == "routine")
+        );
+        let state = fold(state, &events);
+        // Less urgent than before: a resend. More urgent: received and matched again.
+        assert!(receive(&state, KEY, order("routine"), NOW).is_empty());
+        let raised = receive(&state, KEY, order("stat"), NOW);
+        assert!(
+            matches!(&raised[..], [OrderEvent::Received { .. }, OrderEvent::Matched { priority, .. }] if priority == "stat")
+        );
+        let state = fold(state, &raised);
+        assert!(receive(&state, KEY, order("urgent"), NOW).is_empty(), "never lowered");
+        // Another accession of the same tenant meets no study.
+        let other = receive(&state, Uuid::from_u128(0xbad), order("stat"), NOW);
+        assert!(matches!(&other[..], [OrderEvent::Received { .. }]));
+    }
+}

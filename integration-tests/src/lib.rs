@@ -219,7 +219,23 @@ pub fn one_reader_examples(examples: &Path, to: &Path) {
     let text = text.replace(r#"reading_groups = ["atlantic-rads", "lotus-teleradiology"]"#, only);
     assert!(text.contains(only), "the example's contract changed");
     std::fs::write(&contract, text).unwrap();
+    // The other readers' principals go with them.
+    let auth = to.join("auth.toml");
+    let text = std::fs::read_to_string(&auth).unwrap();
+    let without = text.replace(DR_COLE, "");
+    assert!(without.len() < text.len(), "the example's dr-cole principal changed");
+    std::fs::write(&auth, without).unwrap();
 }
+
+/// The example's principal of dr-ben-cole (Atlantic's peer reviewer).
+pub const DR_COLE: &str = r#"# Reads finals and Atlantic's peer reviews.
+[[principals]]
+name = "dr-cole"
+kind = "group"
+group = "atlantic-rads"
+reader = "dr-ben-cole"
+roles = ["reader"]
+"#;
 
 /// Copies a directory tree.
 pub fn copy_dir(from: &Path, to: &Path) {

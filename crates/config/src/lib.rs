@@ -82,6 +82,8 @@ pub struct Platform {
     pub tenants: BTreeMap<String, Tenant>,
     pub contracts: BTreeMap<String, Contract>,
     pub groups: BTreeMap<String, ReadingGroup>,
+    /// `templates/` (optional): report templates by name.
+    pub templates: BTreeMap<String, Template>,
     pub subspecialties: SubspecialtyMap,
     pub rvus: RvuTable,
     pub auth: Auth,
@@ -176,12 +178,13 @@ impl Platform {
                     entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
                 names.sort();
                 for name in names {
-                    let known = KIND_DIRS.contains(&name.as_str()) || name == "catalog" || name == "auth.toml";
+                    let known = KIND_DIRS.contains(&name.as_str())
+                        || ["catalog", "templates", "auth.toml"].contains(&name.as_str());
                     if !known && !name.starts_with('.') && name != "README.md" {
                         l.problem(
                             &name,
                             "",
-                            "unexpected entry: expected regions/, tenants/, contracts/, groups/, catalog/ and auth.toml",
+                            "unexpected entry: expected regions/, tenants/, contracts/, groups/, catalog/, templates/ and auth.toml",
                         );
                     }
                 }
@@ -191,6 +194,10 @@ impl Platform {
         let tenants = l.parse_dir::<Tenant>("tenants");
         let contracts = l.parse_dir::<Contract>("contracts");
         let groups = l.parse_dir::<ReadingGroup>("groups");
+        // Templates are optional: a platform without them writes reports
+        // of findings and impression only.
+        let templates =
+            if dir.join("templates").is_dir() { l.parse_dir::<Template>("templates") } else { BTreeMap::new() };
         if let Ok(entries) = std::fs::read_dir(dir.join("catalog")) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
@@ -212,6 +219,7 @@ impl Platform {
             tenants: &tenants,
             contracts: &contracts,
             groups: &groups,
+            templates: &templates,
             unparsed: &l.unparsed,
         };
         l.problems.extend(validate::all(&files, subspecialties.as_ref(), auth.as_ref()));
@@ -226,6 +234,7 @@ impl Platform {
             tenants: strip(tenants),
             contracts: strip(contracts),
             groups: strip(groups),
+            templates: strip(templates),
             subspecialties,
             rvus,
             auth,

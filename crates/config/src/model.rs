@@ -599,6 +599,59 @@ fn english() -> String {
     "en".into()
 }
 
+/// `templates/<name>.toml`: how a report of a kind of study is written —
+/// its title in each language, its sections' headings, and coded fields
+/// whose values come from a list.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Template {
+    pub name: String,
+    /// The modalities it is for ("CT").
+    pub modalities: Vec<String>,
+    /// The body parts it is for ("HEAD"); any when empty.
+    #[serde(default)]
+    pub body_parts: Vec<String>,
+    /// Language (BCP 47) → the report's title.
+    pub titles: BTreeMap<String, String>,
+    /// The headings of findings and impression, by language; the report's
+    /// language falls back to "Findings" and "Impression".
+    #[serde(default)]
+    pub sections: TemplateSections,
+    #[serde(default)]
+    pub fields: Vec<TemplateField>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateSections {
+    #[serde(default)]
+    pub findings: BTreeMap<String, String>,
+    #[serde(default)]
+    pub impression: BTreeMap<String, String>,
+}
+
+/// A coded field of a template: its name (`fields.<name>` in a draft), its
+/// label by language, and the values it takes.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateField {
+    pub name: String,
+    #[serde(default)]
+    pub titles: BTreeMap<String, String>,
+    pub values: Vec<String>,
+    /// A report is not signed without it.
+    #[serde(default)]
+    pub required: bool,
+}
+
+impl Template {
+    /// Whether it is for a study of `modality` and `body_part`.
+    pub fn takes(&self, modality: &str, body_part: &str) -> bool {
+        self.modalities.iter().any(|m| m == modality)
+            && (self.body_parts.is_empty() || self.body_parts.iter().any(|b| b == body_part))
+    }
+}
+
 /// `[peer_review]` of a contract: the share of signed finals reviewed, the
 /// seed that draws them (the same seed draws the same studies), and how
 /// long a review may take.

@@ -14,6 +14,7 @@ pub(crate) struct Files<'a> {
     pub tenants: Parsed<'a, Tenant>,
     pub contracts: Parsed<'a, Contract>,
     pub groups: Parsed<'a, ReadingGroup>,
+    pub templates: Parsed<'a, crate::model::Template>,
     pub unparsed: &'a BTreeSet<String>,
 }
 
@@ -80,6 +81,7 @@ pub(crate) fn all(f: &Files<'_>, subspecialties: Option<&SubspecialtyMap>, auth:
     tenants(&mut out, f);
     contracts(&mut out, f);
     groups(&mut out, f, subspecialties);
+    templates(&mut out, f);
     if let Some(map) = subspecialties {
         for (i, rule) in map.rules.iter().enumerate() {
             if !map.subspecialties.contains(&rule.subspecialty) {
@@ -809,6 +811,59 @@ fn check_auth(out: &mut Out, f: &Files<'_>, auth: &Auth) {
         }
         if p.roles.iter().any(|r| r == "reader") && p.reader.is_none() {
             out.at(file, at("reader"), "a principal with the reader role names its reader id");
+        }
+    }
+}
+
+fn templates(out: &mut Out, f: &Files<'_>) {
+    // The languages contracts write in: every template titles its report in each.
+    // (A tag that is none is the contract's problem, reported there.)
+    let languages: BTreeMap<&str, &str> = f
+        .contracts
+        .values()
+        .filter(|(_, c)| language_tag(&c.report_language))
+        .map(|(file, c)| (c.report_language.as_str(), file.as_str()))
+        .collect();
+    let mut taken: BTreeMap<(String, String), String> = BTreeMap::new();
+    for (stem, (file, t)) in f.templates {
+        check_name(out, file, stem, &t.name);
+        if t.modalities.is_empty() {
+            out.at(file, "modalities", "a template is for at least one modality");
+        }
+        for (language, contract) in &languages {
+            if !t.titles.contains_key(*language) {
+                out.at(file, "titles", format!("no title in {language:?}, the report_language of {contract}"));
+            }
+        }
+        for language in t.titles.keys().chain(t.sections.findings.keys()).chain(t.sections.impression.keys()) {
+            if !language_tag(language) {
+                out.at(file, "titles", format!("{language:?} is not a language tag (BCP 47, such as \"en\")"));
+            }
+        }
+        let mut names = BTreeSet::new();
+        for (i, field) in t.fields.iter().enumerate() {
+            if !names.insert(field.name.as_str()) {
+                out.at(file, format!("fields[{i}].name"), format!("{:?} names two fields", field.name));
+            }
+            if field.values.is_empty() {
+                out.at(file, format!("fields[{i}].values"), "a coded field lists the values it takes");
+            }
+        }
+        // One template per kind of study, so a draft's template is never a guess.
+        let parts = if t.body_parts.is_empty() { vec!["*".to_owned()] } else { t.body_parts.clone() };
+        for m in &t.modalities {
+            for b in &parts {
+                if let Some(other) = taken.insert((m.clone(), b.clone()), t.name.clone()) {
+                    out.at(
+                        file,
+                        "modalities",
+                        format!(
+                            "template {other:?} is for {m} {} too: one template per modality and body part",
+                            if b == "*" { "(any body part)" } else { b }
+                        ),
+                    );
+                }
+            }
         }
     }
 }

@@ -634,13 +634,15 @@ pub async fn report_draft(
     study: &str,
     findings: &str,
     impression: &str,
+    fields: Vec<(String, String)>,
     base_version: u32,
 ) -> anyhow::Result<ExitCode> {
     use meridian_proto::reporting::v1 as pb;
     use meridian_proto::reporting::v1::reporting_service_client::ReportingServiceClient;
     let c = connect(target).await?;
     let mut client = ReportingServiceClient::new(c.channel);
-    let sections = pb::Sections { findings: findings.to_owned(), impression: impression.to_owned() };
+    let fields = fields.into_iter().collect();
+    let sections = pb::Sections { findings: findings.to_owned(), impression: impression.to_owned(), fields };
     let request = pb::SaveDraftRequest { study_id: study.to_owned(), sections: Some(sections), base_version };
     let r = client.save_draft(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
     say!("{study} {} draft version {} saved (report {})", r.read_type, r.version, r.report_id);
@@ -690,7 +692,7 @@ pub async fn report_amend(target: &Target, study: &str, amend: Amend) -> anyhow:
             client.add_addendum(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner().amended
         }
         Amend::Correct { read_type, findings, impression, reason } => {
-            let sections = Some(pb::Sections { findings, impression });
+            let sections = Some(pb::Sections { findings, impression, ..Default::default() });
             let request = pb::CorrectRequest { study_id, read_type, sections, reason };
             client.correct(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner().amended
         }
@@ -887,7 +889,14 @@ pub async fn report_show(target: &Target, study: &str) -> anyhow::Result<ExitCod
         if let Some(text) = &report.text {
             let sections = text.sections.clone().unwrap_or_default();
             say!("  version {} by {}", text.version, text.author_id);
+            if !text.title.is_empty() {
+                say!("  {} [{}, {}]", text.title, text.template, text.language);
+            }
             say!("  FINDINGS: {}", sections.findings);
+            let fields: std::collections::BTreeMap<_, _> = sections.fields.into_iter().collect();
+            for (name, value) in fields {
+                say!("  {name}: {value}");
+            }
             say!("  IMPRESSION: {}", sections.impression);
         }
         for a in &report.amendments {

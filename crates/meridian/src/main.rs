@@ -189,6 +189,9 @@ enum ReportCommand {
         findings: String,
         #[arg(long, default_value = "")]
         impression: String,
+        /// A coded field of the study's template, `name=value` (repeat for more).
+        #[arg(long = "field", value_parser = field_value)]
+        fields: Vec<(String, String)>,
         /// The version you edited (refused if another was saved since); 0: the latest.
         #[arg(long, default_value_t = 0)]
         base_version: u32,
@@ -567,9 +570,9 @@ async fn main() -> ExitCode {
             let target = Target { region: String::new(), data_dir, as_principal, token: None, endpoint: None };
             client::worklist(&target, reader, limit).await
         }
-        Command::Report { command: ReportCommand::Draft { study, target, findings, impression, base_version } } => {
-            client::report_draft(&target, &study, &findings, &impression, base_version).await
-        }
+        Command::Report {
+            command: ReportCommand::Draft { study, target, findings, impression, fields, base_version },
+        } => client::report_draft(&target, &study, &findings, &impression, fields, base_version).await,
         Command::Report { command: ReportCommand::Sign { study, target, read_type, version, discrepancy } } => {
             client::report_sign(&target, &study, &read_type, version, &discrepancy).await
         }
@@ -684,4 +687,12 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         say!("plot: {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--field name=value`.
+fn field_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => Ok((name.trim().to_owned(), value.trim().to_owned())),
+        _ => Err(format!("{text:?}: a field is name=value, e.g. laterality=left")),
+    }
 }

@@ -1482,6 +1482,11 @@ fn a_reader_drafts_and_signs_the_read_they_hold_and_routing_pushes_them_the_next
     assert!(ok && said.contains("preliminary draft version 1 saved"), "{said}");
     let (ok, said) = cli(&["report", "sign", &held, "--as", "dr-ortiz", "--read-type", "preliminary"]);
     assert!(!ok && said.contains("InvalidArgument") && said.contains("sections.impression"), "{said}");
+    // A CT head is written to the ct-head template: its coded fields take
+    // the values of their lists.
+    let (ok, said) =
+        cli(&["report", "draft", &held, "--as", "dr-ortiz", "--impression", "x", "--field", "laterality=sideways"]);
+    assert!(!ok && said.contains("InvalidArgument") && said.contains("fields.laterality"), "{said}");
     let (ok, said) = cli(&[
         "report",
         "draft",
@@ -1492,6 +1497,8 @@ fn a_reader_drafts_and_signs_the_read_they_hold_and_routing_pushes_them_the_next
         "No bleed.",
         "--impression",
         "No acute findings.",
+        "--field",
+        "haemorrhage=absent",
         "--base-version",
         "1",
     ]);
@@ -1512,6 +1519,7 @@ fn a_reader_drafts_and_signs_the_read_they_hold_and_routing_pushes_them_the_next
     // The tenant reads the signed report; the read is audited.
     let (ok, said) = cli(&["report", "show", &held, "--as", "acme-admin"]);
     assert!(ok && said.contains("signed by dr-ana-ortiz") && said.contains("IMPRESSION: No acute findings."), "{said}");
+    assert!(said.contains("CT Head without contrast [ct-head, en]") && said.contains("haemorrhage: absent"), "{said}");
     let audited = tail_payloads(data.path(), "audit", "PhiAccessed");
     assert!(
         audited.iter().any(|a| a["action"] == "reporting.get-report" && a["studyId"] == held.as_str()),
@@ -1594,6 +1602,9 @@ shifts = [{ days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], start = "0
 "#,
     );
     std::fs::write(&group, text).unwrap();
+    let auth = config.path().join("auth.toml");
+    let text = std::fs::read_to_string(&auth).unwrap() + "\n" + meridian_integration_tests::DR_COLE;
+    std::fs::write(&auth, text).unwrap();
     let check = Command::new(MERIDIAN).args(["config", "check"]).arg(config.path()).output().unwrap();
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
 
@@ -2020,7 +2031,8 @@ async fn every_acknowledged_signature_survives_a_sigkill_and_routing_completes_e
         })
     };
     for study in &assigned {
-        let sections = pb::Sections { findings: "No acute findings.".into(), impression: "Normal.".into() };
+        let sections =
+            pb::Sections { findings: "No acute findings.".into(), impression: "Normal.".into(), ..Default::default() };
         let draft = pb::SaveDraftRequest { study_id: study.clone(), sections: Some(sections), base_version: 0 };
         if client.save_draft(bearer(draft, &token)).await.is_err() {
             break;

@@ -257,6 +257,7 @@ async fn sign_to_delivered(
             reader: READER.into(),
             findings: "No acute intracranial abnormality. Ventricles and sulci normal.".into(),
             impression: "Normal head CT.".into(),
+            fields: Default::default(),
             base_version: 0,
         };
         reporting.execute(draft, NOW).await?;
@@ -310,6 +311,9 @@ fn message(n: u64) -> ReportMessage {
         impression: "Normal head CT.".into(),
         addenda: vec![],
         language: "en".into(),
+        title: String::new(),
+        headings: meridian_reporting::domain::message::default_headings(),
+        fields: Vec::new(),
     }
 }
 
@@ -346,6 +350,7 @@ async fn rebuild(work: &Path, events: u64) -> anyhow::Result<(u64, Duration)> {
             impression: "Normal head CT.".into(),
             saved_at: Some(NOW.to_timestamp()),
             kind: "draft".into(),
+            ..Default::default()
         };
         let id = EventId::derived(EventId(report), "text", 1);
         batch.push(Outgoing::new(

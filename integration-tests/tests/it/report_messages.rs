@@ -47,7 +47,10 @@ fn message(status: &str) -> ReportMessage {
         findings: "No acute haemorrhage | mass ^ effect & no ~ shift \\ none.\nVentricles normal.".into(),
         impression: "Normal head CT.".into(),
         addenda: if status == "appended" { vec!["Compared with 2025: stable.".into()] } else { vec![] },
-        language: "en".into(),
+        language: "en-IE".into(),
+        title: "CT Head without contrast".into(),
+        headings: ("Findings".into(), "Impression".into()),
+        fields: vec![("Intracranial haemorrhage".into(), "absent".into()), ("Laterality".into(), "midline".into())],
     }
 }
 

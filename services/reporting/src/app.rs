@@ -25,11 +25,12 @@ use crate::adapters;
 use crate::adapters::receivers::Receivers;
 use crate::domain::critical::{self, Critical, CriticalEvent};
 use crate::domain::delivery::{self, Delivery, Endpoint, Outcome, Policy};
-use crate::domain::message::{Patient, ReportMessage};
+use crate::domain::message::{Patient, ReportMessage, default_headings};
 use crate::domain::model::{self, State, Study};
 use crate::domain::order::{self, OrderEvent, OrderIn};
 use crate::domain::peer_review::{self, PeerEvent, Review, Sample};
 use crate::domain::report::{self, Command, Event};
+use crate::domain::template::{Field, Template, in_language};
 use meridian_config::{DeliveryEndpoint, Platform};
 use meridian_log::failpoint::FailPoints;
 
@@ -100,6 +101,10 @@ impl Projection for ReportingProjection {
 pub struct Text {
     pub findings: String,
     pub impression: String,
+    /// The template's coded fields, the template, the language.
+    pub fields: BTreeMap<String, String>,
+    pub template: String,
+    pub language: String,
 }
 
 pub struct Reporting {
@@ -189,6 +194,29 @@ fn policy(platform: &Platform) -> Policy {
             (t.name.clone(), enabled.collect())
         })
         .collect();
+    let languages = platform.contracts.values().map(|c| (c.name.clone(), c.report_language.clone())).collect();
+    let templates = platform
+        .templates
+        .values()
+        .map(|t| Template {
+            name: t.name.clone(),
+            modalities: t.modalities.clone(),
+            body_parts: t.body_parts.clone(),
+            titles: t.titles.clone(),
+            findings: t.sections.findings.clone(),
+            impression: t.sections.impression.clone(),
+            fields: t
+                .fields
+                .iter()
+                .map(|f| Field {
+                    name: f.name.clone(),
+                    titles: f.titles.clone(),
+                    values: f.values.clone(),
+                    required: f.required,
+                })
+                .collect(),
+        })
+        .collect();
     let samples = platform
         .contracts
         .values()
@@ -198,7 +226,7 @@ fn policy(platform: &Platform) -> Policy {
             Some((c.name.clone(), Sample { fraction: p.fraction, seed: p.seed.clone(), within }))
         })
         .collect();
-    Policy { endpoints, samples }
+    Policy { endpoints, samples, languages, templates }
 }
 
 fn topic(region: &str, class: DataClass, stream: &str) -> Result<TopicName, Error> {
@@ -678,6 +706,25 @@ impl Reporting {
         let signed = report.signed.as_ref().ok_or_else(|| missing("the report is not signed"))?;
         let current = report.current().ok_or_else(|| missing("no text"))?;
         let text = self.text(d.study, current).await?;
+        let signed_text = match report.versions.iter().find(|v| v.version == signed.version) {
+            Some(v) if v.version != current.version => self.text(d.study, v).await?,
+            _ => text.clone(),
+        };
+        let language = self.policy.language(&study.facts.contract).to_owned();
+        let template = self.policy.templates.iter().find(|t| t.name == signed_text.template);
+        let (title, headings, fields) = match template {
+            Some(t) => {
+                let say =
+                    |texts: &BTreeMap<String, String>, or: &str| in_language(texts, &language).unwrap_or(or).to_owned();
+                let fields = t
+                    .fields
+                    .iter()
+                    .filter_map(|f| Some((say(&f.titles, &f.name), signed_text.fields.get(&f.name)?.clone())))
+                    .collect();
+                (say(&t.titles, ""), (say(&t.findings, "Findings"), say(&t.impression, "Impression")), fields)
+            }
+            None => (String::new(), default_headings(), Vec::new()),
+        };
         let mut addenda = Vec::new();
         for v in report.addenda() {
             addenda.push(self.text(d.study, v).await?.findings);
@@ -710,9 +757,18 @@ impl Reporting {
             findings: text.findings,
             impression: text.impression,
             addenda,
-            language: "en".into(),
+            language,
+            title,
+            headings,
+            fields,
         };
         Ok((message, study.facts.tenant.clone()))
+    }
+
+    /// The title of `template` in `language` ("" for none).
+    pub fn title(&self, template: &str, language: &str) -> String {
+        let t = self.policy.templates.iter().find(|t| t.name == template);
+        t.and_then(|t| in_language(&t.titles, language)).unwrap_or_default().to_owned()
     }
 
     /// Reads the state under the lock.
@@ -751,10 +807,17 @@ impl Reporting {
         let record = batch.first().ok_or_else(|| missing("nothing at its place on the topic".into()))?;
         let envelope = record.envelope().map_err(|e| missing(e.to_string()))?;
         match envelope.open(self.keys.as_ref())? {
-            Payload::ReportText(pb::ReportText { study_id, version: v, findings, impression, .. })
-                if study_id == study.to_string() && v == version.version =>
-            {
-                Ok(Text { findings, impression })
+            Payload::ReportText(pb::ReportText {
+                study_id,
+                version: v,
+                findings,
+                impression,
+                fields,
+                template,
+                language,
+                ..
+            }) if study_id == study.to_string() && v == version.version => {
+                Ok(Text { findings, impression, fields: fields.into_iter().collect(), template, language })
             }
             other => Err(missing(format!("the record at its place is a {}", other.type_name()))),
         }
@@ -857,6 +920,7 @@ mod tests {
             reader: "dr-ana-ortiz".into(),
             findings: "No acute intracranial abnormality.".into(),
             impression: impression.into(),
+            fields: Default::default(),
             base_version: 0,
         };
         // The routing facts were appended after nothing was folded: the

@@ -118,6 +118,12 @@ pub fn fact(payload: &Payload, event_id: EventId, partition: u32, offset: u64) -
                 offset,
                 has_impression: !t.impression.trim().is_empty(),
                 kind: if t.kind.is_empty() { "draft".into() } else { t.kind.clone() },
+                fields: {
+                    let mut names: Vec<String> = t.fields.keys().cloned().collect();
+                    names.sort();
+                    names
+                },
+                template: t.template.clone(),
             },
         },
         Payload::CriticalResultCommunicated(c) => Fact::Critical(CriticalEvent::Communicated {
@@ -235,19 +241,33 @@ pub fn fact(payload: &Payload, event_id: EventId, partition: u32, offset: u64) -
 /// The payload of one of reporting's events.
 pub fn payload(event: &Event) -> Payload {
     match event {
-        Event::Drafted { study, report, version, read_type, author, findings, impression, saved_at, kind } => {
-            Payload::ReportText(pb::ReportText {
-                study_id: study.to_string(),
-                report_id: report.to_string(),
-                version: *version,
-                read_type: read_type.clone(),
-                author_id: author.clone(),
-                findings: findings.clone(),
-                impression: impression.clone(),
-                saved_at: Some(saved_at.to_timestamp()),
-                kind: (*kind).to_owned(),
-            })
-        }
+        Event::Drafted {
+            study,
+            report,
+            version,
+            read_type,
+            author,
+            findings,
+            impression,
+            saved_at,
+            kind,
+            fields,
+            template,
+            language,
+        } => Payload::ReportText(pb::ReportText {
+            fields: fields.clone().into_iter().collect(),
+            template: template.clone(),
+            language: language.clone(),
+            study_id: study.to_string(),
+            report_id: report.to_string(),
+            version: *version,
+            read_type: read_type.clone(),
+            author_id: author.clone(),
+            findings: findings.clone(),
+            impression: impression.clone(),
+            saved_at: Some(saved_at.to_timestamp()),
+            kind: (*kind).to_owned(),
+        }),
         Event::Requested(d) => Payload::DeliveryRequested(pb::DeliveryRequested {
             delivery_id: d.id.to_string(),
             study_id: d.study.to_string(),

@@ -84,7 +84,7 @@ pub fn diagnostic_report(m: &ReportMessage) -> Value {
             "contentType": "text/plain; charset=utf-8",
             "language": m.language,
             "data": base64::engine::general_purpose::STANDARD.encode(text.as_bytes()),
-            "title": format!("{} report", m.read_type),
+            "title": if m.title.is_empty() { format!("{} report", m.read_type) } else { format!("{} ({})", m.title, m.read_type) },
         }],
     });
     // Effective: the study's date (its time has no zone in DICOM, and a
@@ -144,6 +144,9 @@ pub(crate) mod tests {
             impression: "Normal head CT.".into(),
             addenda: vec!["Compared with 2025: stable & unchanged.".into()],
             language: "en".into(),
+            title: String::new(),
+            headings: crate::domain::message::default_headings(),
+            fields: Vec::new(),
         }
     }
 

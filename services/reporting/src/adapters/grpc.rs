@@ -182,6 +182,7 @@ pub fn status(e: &Error) -> Status {
                 report::Error::NoImpression { .. } => invalid_argument("sections.impression", message),
                 report::Error::Discrepancy { .. } => invalid_argument("discrepancy", message),
                 report::Error::Empty { field, .. } => invalid_argument(field, message),
+                report::Error::Field(f) => invalid_argument(&f.field, message),
                 _ => invalid_argument("version", message),
             }
         }
@@ -227,6 +228,7 @@ impl ReportingService for ReportingGrpc {
             reader: reader(p)?,
             findings: sections.findings,
             impression: sections.impression,
+            fields: sections.fields.into_iter().collect(),
             base_version: r.base_version,
         };
         let (events, _) = self.reporting.execute(command, arrival_time()).await.map_err(|e| status(&e))?;
@@ -503,11 +505,19 @@ impl ReportingService for ReportingGrpc {
             let text = match r.current() {
                 Some(v) => {
                     let t = self.reporting.text(study, v).await.map_err(|e| status(&e))?;
+                    let title = self.reporting.title(&t.template, &t.language);
                     Some(pb::ReportVersion {
                         version: v.version,
                         author_id: v.author.clone(),
                         saved_at: Some(v.saved_at.to_timestamp()),
-                        sections: Some(pb::Sections { findings: t.findings, impression: t.impression }),
+                        sections: Some(pb::Sections {
+                            findings: t.findings,
+                            impression: t.impression,
+                            fields: t.fields.into_iter().collect(),
+                        }),
+                        template: t.template,
+                        title,
+                        language: t.language,
                     })
                 }
                 None => None,
@@ -517,7 +527,7 @@ impl ReportingService for ReportingGrpc {
                 let sections = match r.versions.iter().find(|v| a.version != 0 && v.version == a.version) {
                     Some(v) => {
                         let t = self.reporting.text(study, v).await.map_err(|e| status(&e))?;
-                        Some(pb::Sections { findings: t.findings, impression: t.impression })
+                        Some(pb::Sections { findings: t.findings, impression: t.impression, ..Default::default() })
                     }
                     None => None,
                 };

@@ -21,12 +21,24 @@ pub struct Endpoint {
     pub read_types: Vec<String>,
 }
 
-/// The enabled receivers of each tenant, and each contract's peer review
-/// sample.
+/// What reporting decides by from the configuration: the enabled
+/// receivers of each tenant, each contract's peer review sample and report
+/// language, and the report templates.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Policy {
     pub endpoints: BTreeMap<String, Vec<Endpoint>>,
     pub samples: BTreeMap<String, super::peer_review::Sample>,
+    /// Contract → BCP 47 language its reports are written in ("en" when
+    /// not named).
+    pub languages: BTreeMap<String, String>,
+    pub templates: Vec<super::template::Template>,
+}
+
+impl Policy {
+    /// The language of reports under `contract`.
+    pub fn language(&self, contract: &str) -> &str {
+        self.languages.get(contract).map_or("en", String::as_str)
+    }
 }
 
 /// Where a request stands.

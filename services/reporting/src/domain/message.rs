@@ -45,18 +45,38 @@ pub struct ReportMessage {
     pub addenda: Vec<String>,
     /// BCP 47 language of the text.
     pub language: String,
+    /// The template's title in that language ("" with no template), its
+    /// section headings ("Findings", "Impression" by default), and the
+    /// signed version's coded fields as (label, value).
+    pub title: String,
+    pub headings: (String, String),
+    pub fields: Vec<(String, String)>,
+}
+
+/// The headings a report has with no template.
+pub fn default_headings() -> (String, String) {
+    ("Findings".into(), "Impression".into())
 }
 
 impl ReportMessage {
     /// The report as plain text: findings, impression, addenda.
     pub fn text(&self) -> String {
         let mut out = String::new();
+        if !self.title.is_empty() {
+            out.push_str(&format!("{}\n\n", self.title));
+        }
         if !self.findings.trim().is_empty() {
-            out.push_str("FINDINGS:\n");
+            out.push_str(&format!("{}:\n", self.headings.0.to_uppercase()));
             out.push_str(self.findings.trim());
             out.push_str("\n\n");
         }
-        out.push_str("IMPRESSION:\n");
+        for (label, value) in &self.fields {
+            out.push_str(&format!("{label}: {value}\n"));
+        }
+        if !self.fields.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(&format!("{}:\n", self.headings.1.to_uppercase()));
         out.push_str(self.impression.trim());
         out.push('\n');
         for (n, a) in self.addenda.iter().enumerate() {

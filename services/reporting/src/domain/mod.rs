@@ -10,6 +10,7 @@ pub mod model;
 pub mod order;
 pub mod peer_review;
 pub mod report;
+pub mod template;
 
 #[cfg(test)]
 mod tests;

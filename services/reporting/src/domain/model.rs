@@ -118,6 +118,12 @@ pub struct VersionRef {
     /// "draft", "addendum" or "correction".
     #[serde(default = "draft")]
     pub kind: String,
+    /// The coded fields it has (names only: their values are PHI, on the
+    /// log), and the template it was written to ("" for none).
+    #[serde(default)]
+    pub fields: Vec<String>,
+    #[serde(default)]
+    pub template: String,
 }
 
 fn draft() -> String {

@@ -3,12 +3,15 @@
 //! takes a saved version (immutable from then on); a final needs a
 //! licence current in the patient's jurisdiction at the moment of signing.
 
+use std::collections::BTreeMap;
+
 use meridian_events::UnixMicros;
 use uuid::Uuid;
 
 use super::delivery::{self, Delivery, Outcome, Policy, Standing};
 use super::model::{Report, State, report_id};
 use super::peer_review::{self, PeerEvent};
+use super::template::{self, FieldError, Template};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
@@ -17,6 +20,8 @@ pub enum Command {
         reader: String,
         findings: String,
         impression: String,
+        /// The template's coded fields: name → value.
+        fields: BTreeMap<String, String>,
         base_version: u32,
     },
     Sign {
@@ -79,6 +84,10 @@ pub enum Event {
         saved_at: UnixMicros,
         /// "draft", "addendum" or "correction".
         kind: &'static str,
+        fields: BTreeMap<String, String>,
+        /// The template it was written to ("" for none), and its language.
+        template: String,
+        language: String,
     },
     /// A read signed with one of its versions (ReportSigned).
     Signed {
@@ -149,6 +158,8 @@ pub enum Error {
     EnteredInError { study: Uuid, read_type: String },
     #[error("{field}: {what}")]
     Empty { field: &'static str, what: &'static str },
+    #[error("{0}")]
+    Field(#[from] FieldError),
 }
 
 impl Error {
@@ -168,7 +179,8 @@ impl Error {
             | Error::NoVersion { .. }
             | Error::NoImpression { .. }
             | Error::Discrepancy { .. }
-            | Error::Empty { .. } => None,
+            | Error::Empty { .. }
+            | Error::Field(_) => None,
         }
     }
 }
@@ -178,7 +190,7 @@ impl Error {
 /// request to each receiver that takes the read; none when it was done
 /// already (a signature asked again).
 pub fn decide(state: &State, policy: &Policy, command: &Command, now: UnixMicros) -> Result<Vec<Event>, Error> {
-    let mut events = decide_report(state, command, now)?;
+    let mut events = decide_report(state, policy, command, now)?;
     let study = command.study();
     let facts = state.studies.get(&study).map(|s| &s.facts);
     let tenant = facts.map_or("", |f| f.tenant.as_str());
@@ -255,11 +267,26 @@ pub fn outcome(delivery: &Delivery, attempt: u32, outcome: Outcome, now: UnixMic
     }
 }
 
+/// The template of a study's reports, if one is configured.
+fn template_of<'p>(policy: &'p Policy, state: &State, study: Uuid) -> Option<&'p Template> {
+    let facts = &state.studies.get(&study)?.facts;
+    Template::for_study(&policy.templates, &facts.modality, &facts.body_part)
+}
+
 /// A signature's or an amendment's own events.
-fn decide_report(state: &State, command: &Command, now: UnixMicros) -> Result<Vec<Event>, Error> {
+fn decide_report(state: &State, policy: &Policy, command: &Command, now: UnixMicros) -> Result<Vec<Event>, Error> {
+    let language = || {
+        let contract = state.studies.get(&command.study()).map_or("", |s| s.facts.contract.as_str());
+        policy.language(contract).to_owned()
+    };
     match command {
-        Command::SaveDraft { study, reader, findings, impression, base_version } => {
+        Command::SaveDraft { study, reader, findings, impression, fields, base_version } => {
             let s = state.studies.get(study).ok_or(Error::UnknownStudy { study: *study })?;
+            let template = template_of(policy, state, *study);
+            match template {
+                Some(t) => t.check(fields)?,
+                None => template::no_template(fields)?,
+            }
             let open = s.open.as_ref().filter(|o| o.holder.as_deref() == Some(reader.as_str()));
             let Some(open) = open else {
                 return Err(Error::NotHolder { study: *study, reader: reader.clone() });
@@ -282,6 +309,9 @@ fn decide_report(state: &State, command: &Command, now: UnixMicros) -> Result<Ve
                 impression: impression.clone(),
                 saved_at: now,
                 kind: "draft",
+                fields: fields.clone(),
+                template: template.map(|t| t.name.clone()).unwrap_or_default(),
+                language: language(),
             }])
         }
         Command::Sign { study, reader, read_type, version, discrepancy } => {
@@ -323,6 +353,9 @@ fn decide_report(state: &State, command: &Command, now: UnixMicros) -> Result<Ve
             if !chosen.has_impression {
                 return Err(Error::NoImpression { version: chosen.version });
             }
+            if let Some(missing) = template_of(policy, state, *study).and_then(|t| t.missing(&chosen.fields)) {
+                return Err(Error::Field(missing));
+            }
             Ok(vec![Event::Signed {
                 study: *study,
                 report: report_id(*study, read_type),
@@ -338,7 +371,8 @@ fn decide_report(state: &State, command: &Command, now: UnixMicros) -> Result<Ve
                 return Err(Error::Empty { field: "text", what: "an addendum says something" });
             }
             let report = signed_by(state, *study, read_type, reader)?;
-            Ok(amend(report, *study, reader, now, "addendum", Some((text.as_str(), "")), String::new()))
+            let text = Some((text.as_str(), ""));
+            Ok(amend(report, *study, reader, now, "addendum", text, String::new(), language()))
         }
         Command::Correct { study, reader, read_type, findings, impression, reason } => {
             if impression.trim().is_empty() {
@@ -352,14 +386,14 @@ fn decide_report(state: &State, command: &Command, now: UnixMicros) -> Result<Ve
             }
             let report = signed_by(state, *study, read_type, reader)?;
             let text = Some((findings.as_str(), impression.as_str()));
-            Ok(amend(report, *study, reader, now, "corrected", text, reason.clone()))
+            Ok(amend(report, *study, reader, now, "corrected", text, reason.clone(), language()))
         }
         Command::EnterInError { study, reader, read_type, reason } => {
             if reason.trim().is_empty() {
                 return Err(Error::Empty { field: "reason", what: "say why the report was in error" });
             }
             let report = signed_by(state, *study, read_type, reader)?;
-            Ok(amend(report, *study, reader, now, "entered_in_error", None, reason.clone()))
+            Ok(amend(report, *study, reader, now, "entered_in_error", None, reason.clone(), language()))
         }
     }
 }
@@ -382,7 +416,9 @@ fn signed_by<'s>(state: &'s State, study: Uuid, read_type: &str, reader: &str) -
 }
 
 /// The events of an amendment: its text as the next version (if any) and
-/// the amendment naming it.
+/// the amendment naming it. Coded fields are the signed version's: an
+/// addendum or a correction adds text.
+#[allow(clippy::too_many_arguments)] // one amendment's facts, each its own
 fn amend(
     report: &Report,
     study: Uuid,
@@ -391,6 +427,7 @@ fn amend(
     kind: &'static str,
     text: Option<(&str, &str)>,
     reason: String,
+    language: String,
 ) -> Vec<Event> {
     let next = report.versions.last().map_or(0, |v| v.version) + 1;
     let mut events = Vec::new();
@@ -405,6 +442,9 @@ fn amend(
             impression: impression.to_owned(),
             saved_at: now,
             kind: if kind == "addendum" { "addendum" } else { "correction" },
+            fields: BTreeMap::new(),
+            template: String::new(),
+            language,
         });
     }
     events.push(Event::Amended {

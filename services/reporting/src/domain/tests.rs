@@ -60,7 +60,19 @@ fn fact_of(event: &Event, offset: u64) -> Fact {
             permanent: *permanent,
             retry_at: *retry_at,
         },
-        Event::Drafted { study, report, version, read_type, author, impression, saved_at, kind, .. } => Fact::Saved {
+        Event::Drafted {
+            study,
+            report,
+            version,
+            read_type,
+            author,
+            impression,
+            saved_at,
+            kind,
+            fields,
+            template,
+            ..
+        } => Fact::Saved {
             study: *study,
             report: *report,
             read_type: read_type.clone(),
@@ -72,6 +84,8 @@ fn fact_of(event: &Event, offset: u64) -> Fact {
                 offset,
                 has_impression: !impression.trim().is_empty(),
                 kind: (*kind).to_owned(),
+                fields: fields.keys().cloned().collect(),
+                template: template.clone(),
             },
         },
         Event::Amended { study, report, read_type, kind, version, reader, at, reason } => Fact::Amended {
@@ -108,6 +122,7 @@ fn draft(reader: &str, impression: &str, base: u32) -> Command {
         reader: reader.into(),
         findings: "No acute intracranial abnormality.".into(),
         impression: impression.into(),
+        fields: Default::default(),
         base_version: base,
     }
 }
@@ -698,5 +713,87 @@ mod orders {
         // Another accession of the same tenant meets no study.
         let other = receive(&state, Uuid::from_u128(0xbad), order("stat"), NOW);
         assert!(matches!(&other[..], [OrderEvent::Received { .. }]));
+    }
+}
+
+mod templates {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::domain::template::{Field, Template};
+
+    fn policy() -> Policy {
+        let field = |name: &str, values: &[&str], required: bool| Field {
+            name: name.into(),
+            titles: BTreeMap::new(),
+            values: values.iter().map(|v| v.to_string()).collect(),
+            required,
+        };
+        Policy {
+            templates: vec![Template {
+                name: "ct-head".into(),
+                modalities: vec!["CT".into()],
+                body_parts: vec!["HEAD".into()],
+                titles: [("en".to_string(), "CT Head".to_string())].into(),
+                findings: BTreeMap::new(),
+                impression: BTreeMap::new(),
+                fields: vec![
+                    field("haemorrhage", &["absent", "present"], true),
+                    field("laterality", &["left", "right"], false),
+                ],
+            }],
+            languages: [("acme-atlantic".to_string(), "en-IE".to_string())].into(),
+            ..Policy::default()
+        }
+    }
+
+    fn draft_with(fields: &[(&str, &str)]) -> Command {
+        let fields = fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        match draft("ortiz", "Normal.", 0) {
+            Command::SaveDraft { study, reader, findings, impression, base_version, .. } => {
+                Command::SaveDraft { study, reader, findings, impression, fields, base_version }
+            }
+            other => other,
+        }
+    }
+
+    fn run_with(state: State, command: &Command) -> Result<(State, Vec<Event>), Error> {
+        let events = super::super::report::decide(&state, &policy(), command, NOW)?;
+        let state = events.iter().enumerate().fold(state, |s, (n, e)| apply(s, &fact_of(e, n as u64)));
+        Ok((state, events))
+    }
+
+    #[test]
+    fn a_drafts_fields_are_the_templates_with_values_from_its_lists() {
+        let state = held("preliminary", "ortiz");
+        let field_of = |r: Result<(State, Vec<Event>), Error>| match r {
+            Err(Error::Field(f)) => f.field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(field_of(run_with(state.clone(), &draft_with(&[("laterality", "up")]))), "fields.laterality");
+        assert_eq!(field_of(run_with(state.clone(), &draft_with(&[("mass", "yes")]))), "fields.mass");
+        let (state, events) = run_with(state, &draft_with(&[("laterality", "left")])).unwrap();
+        match &events[..] {
+            [Event::Drafted { template, language, fields, .. }] => {
+                assert_eq!((template.as_str(), language.as_str()), ("ct-head", "en-IE"));
+                assert_eq!(fields.get("laterality").map(String::as_str), Some("left"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Signed only once the required field is there.
+        let e = run_with(state.clone(), &sign("ortiz", "preliminary", 0)).unwrap_err();
+        assert_eq!(field_of(Err(e)), "fields.haemorrhage");
+        let (state, _) = run_with(state, &draft_with(&[("haemorrhage", "absent"), ("laterality", "left")])).unwrap();
+        assert!(run_with(state, &sign("ortiz", "preliminary", 0)).is_ok());
+    }
+
+    #[test]
+    fn a_study_with_no_template_takes_no_fields() {
+        let mut state = held("preliminary", "ortiz");
+        state.studies.get_mut(&STUDY).unwrap().facts.modality = "MG".into();
+        let e = run_with(state.clone(), &draft_with(&[("laterality", "left")])).unwrap_err();
+        assert!(matches!(&e, Error::Field(f) if f.field == "fields.laterality"), "{e:?}");
+        let (state, _) = run_with(state, &draft_with(&[])).unwrap();
+        assert!(run_with(state, &sign("ortiz", "preliminary", 0)).is_ok());
     }
 }

@@ -628,6 +628,14 @@ pub async fn credit_note(
     Ok(ExitCode::SUCCESS)
 }
 
+/// One key per invocation (a UUIDv7: its time and random bits): a
+/// transport retry of this request saves nothing new.
+fn invocation_key() -> String {
+    #[allow(clippy::disallowed_methods)] // the edge: a key's time part
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    meridian_events::EventId::new_at(meridian_events::UnixMicros(now.as_micros() as i64)).to_string()
+}
+
 /// Saves a draft of the caller's read of `study`.
 pub async fn report_draft(
     target: &Target,
@@ -643,7 +651,12 @@ pub async fn report_draft(
     let mut client = ReportingServiceClient::new(c.channel);
     let fields = fields.into_iter().collect();
     let sections = pb::Sections { findings: findings.to_owned(), impression: impression.to_owned(), fields };
-    let request = pb::SaveDraftRequest { study_id: study.to_owned(), sections: Some(sections), base_version };
+    let request = pb::SaveDraftRequest {
+        study_id: study.to_owned(),
+        sections: Some(sections),
+        base_version,
+        idempotency_key: invocation_key(),
+    };
     let r = client.save_draft(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
     say!("{study} {} draft version {} saved (report {})", r.read_type, r.version, r.report_id);
     Ok(ExitCode::SUCCESS)
@@ -688,12 +701,13 @@ pub async fn report_amend(target: &Target, study: &str, amend: Amend) -> anyhow:
     let study_id = study.to_owned();
     let amended = match amend {
         Amend::Addendum { read_type, text } => {
-            let request = pb::AddAddendumRequest { study_id, read_type, text };
+            let request = pb::AddAddendumRequest { study_id, read_type, text, idempotency_key: invocation_key() };
             client.add_addendum(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner().amended
         }
         Amend::Correct { read_type, findings, impression, reason } => {
             let sections = Some(pb::Sections { findings, impression, ..Default::default() });
-            let request = pb::CorrectRequest { study_id, read_type, sections, reason };
+            let request =
+                pb::CorrectRequest { study_id, read_type, sections, reason, idempotency_key: invocation_key() };
             client.correct(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner().amended
         }
         Amend::EnteredInError { read_type, reason } => {

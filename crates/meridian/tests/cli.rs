@@ -2033,7 +2033,7 @@ async fn every_acknowledged_signature_survives_a_sigkill_and_routing_completes_e
     for study in &assigned {
         let sections =
             pb::Sections { findings: "No acute findings.".into(), impression: "Normal.".into(), ..Default::default() };
-        let draft = pb::SaveDraftRequest { study_id: study.clone(), sections: Some(sections), base_version: 0 };
+        let draft = pb::SaveDraftRequest { study_id: study.clone(), sections: Some(sections), ..Default::default() };
         if client.save_draft(bearer(draft, &token)).await.is_err() {
             break;
         }

@@ -253,6 +253,7 @@ async fn sign_to_delivered(
     for n in 0..reports {
         let study = Uuid::from_u64_pair(0x5e, n);
         let draft = Command::SaveDraft {
+            key: String::new(),
             study,
             reader: READER.into(),
             findings: "No acute intracranial abnormality. Ventricles and sulci normal.".into(),

@@ -328,8 +328,13 @@ impl Reporting {
                     let study = folded.state.deliveries.get(delivery).map_or(Uuid::nil(), |d| d.study);
                     ("reporting.delivery", *delivery, u64::from(*attempt) + 1, id, study)
                 }
-                Event::Drafted { study, report, version, .. } => {
-                    report_event(folded, &mut bumped, TEXT, "text", *study, *report, *version)
+                Event::Drafted { study, report, version, keyed, .. } => {
+                    let mut e = report_event(folded, &mut bumped, TEXT, "text", *study, *report, *version);
+                    // A keyed save's id is its key's: a retry is the same event.
+                    if let Some(id) = keyed {
+                        e.3 = *id;
+                    }
+                    e
                 }
                 Event::Signed { study, report, version, .. } => {
                     report_event(folded, &mut bumped, STUDY, "signed", *study, *report, *version)
@@ -915,7 +920,8 @@ mod tests {
             Reporting::open("us-east", platform.clone(), log.clone(), keys.clone(), snapshots(), idle, failpoints)
         };
         let reporting = open().await.unwrap();
-        let draft = |impression: &str| Command::SaveDraft {
+        let keyed = |impression: &str, key: &str| Command::SaveDraft {
+            key: key.into(),
             study,
             reader: "dr-ana-ortiz".into(),
             findings: "No acute intracranial abnormality.".into(),
@@ -925,7 +931,15 @@ mod tests {
         };
         // The routing facts were appended after nothing was folded: the
         // command catches up first, so the holder is known.
-        reporting.execute(draft("Normal head CT."), NOW).await.unwrap();
+        let draft = |impression: &str| keyed(impression, "");
+        let (saved, _) = reporting.execute(keyed("Normal head CT.", "save-1"), NOW).await.unwrap();
+        assert!(matches!(&saved[..], [Event::Drafted { version: 1, .. }]), "{saved:?}");
+        // Retried with its key: the same version, nothing new; the key
+        // with other text is refused, naming it.
+        let (retried, now) = reporting.execute(keyed("Normal head CT.", "save-1"), NOW).await.unwrap();
+        assert!(retried.is_empty() && now.reports[0].versions.len() == 1, "{retried:?}");
+        let reused = reporting.execute(keyed("Other text.", "save-1"), NOW).await.unwrap_err();
+        assert!(matches!(reused, Error::Refused(report::Error::KeyReused { .. })), "{reused}");
         reporting.snapshot(true).await.unwrap();
         let sign = Command::Sign {
             study,
@@ -962,6 +976,10 @@ mod tests {
         let report = study_now.report("final").unwrap();
         let text = reporting.text(study, &report.versions[0]).await.unwrap();
         assert_eq!(text.impression, "Normal head CT.");
+        // The key is on the log: retried after the restart, still the
+        // version it saved (even though signed since).
+        let (retried, _) = reporting.execute(keyed("Normal head CT.", "save-1"), NOW).await.unwrap();
+        assert!(retried.is_empty());
         // Signed: no more drafts of that read.
         let refused = reporting.execute(draft("Changed."), NOW).await.unwrap_err();
         assert!(matches!(refused, Error::Refused(report::Error::AlreadySigned { .. })), "{refused}");

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::domain::critical::CriticalEvent;
 use crate::domain::delivery::{Delivery, Standing};
-use crate::domain::model::{Amendment, Fact, Licence, Signature, StudyFacts, VersionRef};
+use crate::domain::model::{Amendment, Fact, Licence, Signature, StudyFacts, VersionRef, text_digest};
 use crate::domain::order::{OrderEvent, OrderFact};
 use crate::domain::peer_review::{PeerEvent, needs_arbitration};
 use crate::domain::report::Event;
@@ -124,6 +124,8 @@ pub fn fact(payload: &Payload, event_id: EventId, partition: u32, offset: u64) -
                     names
                 },
                 template: t.template.clone(),
+                event: event_id.as_uuid(),
+                digest: text_digest(&t.findings, &t.impression, &t.fields.clone().into_iter().collect()),
             },
         },
         Payload::CriticalResultCommunicated(c) => Fact::Critical(CriticalEvent::Communicated {
@@ -254,6 +256,7 @@ pub fn payload(event: &Event) -> Payload {
             fields,
             template,
             language,
+            keyed: _,
         } => Payload::ReportText(pb::ReportText {
             fields: fields.clone().into_iter().collect(),
             template: template.clone(),

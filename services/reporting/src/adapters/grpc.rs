@@ -66,6 +66,7 @@ impl ReportingGrpc {
         request: &Request<T>,
         study_id: &str,
         read_type: &str,
+        key: &str,
         command: impl FnOnce(Uuid, String, String) -> Command,
     ) -> Result<pb::Amended, Status> {
         let p = principal(request)?;
@@ -76,6 +77,11 @@ impl ReportingGrpc {
         let version = events.iter().find_map(|e| match e {
             Event::Amended { version, .. } => Some(*version),
             _ => None,
+        });
+        // A keyed retry: the version the key added.
+        let version = version.or_else(|| {
+            let id = report::keyed_id(p.reader.as_deref().unwrap_or_default(), key, study).as_uuid();
+            report.versions.iter().find(|v| !key.is_empty() && v.event == id).map(|v| v.version)
         });
         Ok(pb::Amended {
             report_id: report.id.to_string(),
@@ -183,6 +189,7 @@ pub fn status(e: &Error) -> Status {
                 report::Error::Discrepancy { .. } => invalid_argument("discrepancy", message),
                 report::Error::Empty { field, .. } => invalid_argument(field, message),
                 report::Error::Field(f) => invalid_argument(&f.field, message),
+                report::Error::KeyReused { .. } => invalid_argument("idempotency_key", message),
                 _ => invalid_argument("version", message),
             }
         }
@@ -230,15 +237,27 @@ impl ReportingService for ReportingGrpc {
             impression: sections.impression,
             fields: sections.fields.into_iter().collect(),
             base_version: r.base_version,
+            key: r.idempotency_key.clone(),
         };
-        let (events, _) = self.reporting.execute(command, arrival_time()).await.map_err(|e| status(&e))?;
+        let (events, now) = self.reporting.execute(command, arrival_time()).await.map_err(|e| status(&e))?;
         match events.first() {
             Some(Event::Drafted { report, version, read_type, .. }) => Ok(Response::new(pb::SaveDraftResponse {
                 report_id: report.to_string(),
                 version: *version,
                 read_type: read_type.clone(),
             })),
-            _ => Err(Status::internal("a draft decided nothing")),
+            // A keyed retry: the version the key saved.
+            _ => {
+                let id = report::keyed_id(&reader(p)?, &r.idempotency_key, study).as_uuid();
+                let saved =
+                    now.reports.iter().find_map(|rep| rep.versions.iter().find(|v| v.event == id).map(|v| (rep, v)));
+                let (rep, v) = saved.ok_or_else(|| Status::internal("a draft decided nothing"))?;
+                Ok(Response::new(pb::SaveDraftResponse {
+                    report_id: rep.id.to_string(),
+                    version: v.version,
+                    read_type: rep.read_type.clone(),
+                }))
+            }
         }
     }
 
@@ -270,13 +289,10 @@ impl ReportingService for ReportingGrpc {
         request: Request<pb::AddAddendumRequest>,
     ) -> Result<Response<pb::AddAddendumResponse>, Status> {
         let r = request.get_ref();
-        let text = r.text.clone();
+        let (text, key) = (r.text.clone(), r.idempotency_key.clone());
         let amended = self
-            .amend(&request, &r.study_id, &r.read_type, |study, reader, read_type| Command::AddAddendum {
-                study,
-                reader,
-                read_type,
-                text,
+            .amend(&request, &r.study_id, &r.read_type, &r.idempotency_key, |study, reader, read_type| {
+                Command::AddAddendum { study, reader, read_type, text, key }
             })
             .await?;
         Ok(Response::new(pb::AddAddendumResponse { amended: Some(amended) }))
@@ -284,15 +300,19 @@ impl ReportingService for ReportingGrpc {
 
     async fn correct(&self, request: Request<pb::CorrectRequest>) -> Result<Response<pb::CorrectResponse>, Status> {
         let r = request.get_ref();
-        let (sections, reason) = (r.sections.clone().unwrap_or_default(), r.reason.clone());
+        let (sections, reason, key) =
+            (r.sections.clone().unwrap_or_default(), r.reason.clone(), r.idempotency_key.clone());
         let amended = self
-            .amend(&request, &r.study_id, &r.read_type, |study, reader, read_type| Command::Correct {
-                study,
-                reader,
-                read_type,
-                findings: sections.findings,
-                impression: sections.impression,
-                reason,
+            .amend(&request, &r.study_id, &r.read_type, &r.idempotency_key, |study, reader, read_type| {
+                Command::Correct {
+                    study,
+                    reader,
+                    read_type,
+                    findings: sections.findings,
+                    impression: sections.impression,
+                    reason,
+                    key,
+                }
             })
             .await?;
         Ok(Response::new(pb::CorrectResponse { amended: Some(amended) }))
@@ -305,7 +325,7 @@ impl ReportingService for ReportingGrpc {
         let r = request.get_ref();
         let reason = r.reason.clone();
         let amended = self
-            .amend(&request, &r.study_id, &r.read_type, |study, reader, read_type| Command::EnterInError {
+            .amend(&request, &r.study_id, &r.read_type, "", |study, reader, read_type| Command::EnterInError {
                 study,
                 reader,
                 read_type,

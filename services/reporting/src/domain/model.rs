@@ -124,6 +124,22 @@ pub struct VersionRef {
     pub fields: Vec<String>,
     #[serde(default)]
     pub template: String,
+    /// Its event's id (a keyed save's is the key's), and a digest of its
+    /// text: a retried keyed save is told from a key reused for other text.
+    #[serde(default)]
+    pub event: Uuid,
+    #[serde(default)]
+    pub digest: String,
+}
+
+/// A digest of a version's text and fields (hex, 128 bits): what a retried
+/// keyed save must match.
+pub fn text_digest(findings: &str, impression: &str, fields: &BTreeMap<String, String>) -> String {
+    let mut parts: Vec<&[u8]> = vec![findings.as_bytes(), impression.as_bytes()];
+    for (k, v) in fields {
+        parts.extend([k.as_bytes(), v.as_bytes()]);
+    }
+    meridian_events::id::aggregate_id("reporting.text.digest", &parts).simple().to_string()
 }
 
 fn draft() -> String {

@@ -5,11 +5,11 @@
 
 use std::collections::BTreeMap;
 
-use meridian_events::UnixMicros;
+use meridian_events::{EventId, UnixMicros};
 use uuid::Uuid;
 
 use super::delivery::{self, Delivery, Outcome, Policy, Standing};
-use super::model::{Report, State, report_id};
+use super::model::{Report, State, VersionRef, report_id, text_digest};
 use super::peer_review::{self, PeerEvent};
 use super::template::{self, FieldError, Template};
 
@@ -23,6 +23,9 @@ pub enum Command {
         /// The template's coded fields: name → value.
         fields: BTreeMap<String, String>,
         base_version: u32,
+        /// The caller's idempotency key ("" for none): the same key and
+        /// text again is the version saved the first time.
+        key: String,
     },
     Sign {
         study: Uuid,
@@ -37,6 +40,7 @@ pub enum Command {
         reader: String,
         read_type: String,
         text: String,
+        key: String,
     },
     /// A corrected report: new text, current from now on; the signed text
     /// stays on record.
@@ -47,6 +51,7 @@ pub enum Command {
         findings: String,
         impression: String,
         reason: String,
+        key: String,
     },
     /// The report should never have been issued (wrong patient, say).
     EnterInError {
@@ -88,6 +93,8 @@ pub enum Event {
         /// The template it was written to ("" for none), and its language.
         template: String,
         language: String,
+        /// Its id when the caller gave an idempotency key.
+        keyed: Option<EventId>,
     },
     /// A read signed with one of its versions (ReportSigned).
     Signed {
@@ -160,6 +167,8 @@ pub enum Error {
     Empty { field: &'static str, what: &'static str },
     #[error("{0}")]
     Field(#[from] FieldError),
+    #[error("idempotency_key {key:?} saved other text for this study before: a key names one save")]
+    KeyReused { key: String },
 }
 
 impl Error {
@@ -180,6 +189,7 @@ impl Error {
             | Error::NoImpression { .. }
             | Error::Discrepancy { .. }
             | Error::Empty { .. }
+            | Error::KeyReused { .. }
             | Error::Field(_) => None,
         }
     }
@@ -267,6 +277,33 @@ pub fn outcome(delivery: &Delivery, attempt: u32, outcome: Outcome, now: UnixMic
     }
 }
 
+/// The id of the text a keyed save of `study` by `reader` writes: the same
+/// for every retry, another for another study.
+pub fn keyed_id(reader: &str, key: &str, study: Uuid) -> EventId {
+    EventId::idempotent(reader, &format!("{key}\u{0}{study}"), "ReportText", 0)
+}
+
+/// The version a keyed request saved before, if it is a retry; refused
+/// when the key saved other text.
+fn retried<'s>(
+    state: &'s State,
+    study: Uuid,
+    reader: &str,
+    key: &str,
+    digest: &str,
+) -> Result<Option<&'s VersionRef>, Error> {
+    if key.is_empty() {
+        return Ok(None);
+    }
+    let id = keyed_id(reader, key, study).as_uuid();
+    let reports = state.studies.get(&study).map(|s| s.reports.as_slice()).unwrap_or_default();
+    match reports.iter().flat_map(|r| &r.versions).find(|v| v.event == id) {
+        Some(v) if v.digest == digest => Ok(Some(v)),
+        Some(_) => Err(Error::KeyReused { key: key.to_owned() }),
+        None => Ok(None),
+    }
+}
+
 /// The template of a study's reports, if one is configured.
 fn template_of<'p>(policy: &'p Policy, state: &State, study: Uuid) -> Option<&'p Template> {
     let facts = &state.studies.get(&study)?.facts;
@@ -280,7 +317,11 @@ fn decide_report(state: &State, policy: &Policy, command: &Command, now: UnixMic
         policy.language(contract).to_owned()
     };
     match command {
-        Command::SaveDraft { study, reader, findings, impression, fields, base_version } => {
+        Command::SaveDraft { study, reader, findings, impression, fields, base_version, key } => {
+            let digest = text_digest(findings, impression, fields);
+            if retried(state, *study, reader, key, &digest)?.is_some() {
+                return Ok(Vec::new());
+            }
             let s = state.studies.get(study).ok_or(Error::UnknownStudy { study: *study })?;
             let template = template_of(policy, state, *study);
             match template {
@@ -312,6 +353,7 @@ fn decide_report(state: &State, policy: &Policy, command: &Command, now: UnixMic
                 fields: fields.clone(),
                 template: template.map(|t| t.name.clone()).unwrap_or_default(),
                 language: language(),
+                keyed: (!key.is_empty()).then(|| keyed_id(reader, key, *study)),
             }])
         }
         Command::Sign { study, reader, read_type, version, discrepancy } => {
@@ -366,15 +408,19 @@ fn decide_report(state: &State, policy: &Policy, command: &Command, now: UnixMic
                 discrepancy: discrepancy.clone(),
             }])
         }
-        Command::AddAddendum { study, reader, read_type, text } => {
+        Command::AddAddendum { study, reader, read_type, text, key } => {
             if text.trim().is_empty() {
                 return Err(Error::Empty { field: "text", what: "an addendum says something" });
             }
+            if retried(state, *study, reader, key, &text_digest(text, "", &BTreeMap::new()))?.is_some() {
+                return Ok(Vec::new());
+            }
             let report = signed_by(state, *study, read_type, reader)?;
             let text = Some((text.as_str(), ""));
-            Ok(amend(report, *study, reader, now, "addendum", text, String::new(), language()))
+            let keyed = (!key.is_empty()).then(|| keyed_id(reader, key, *study));
+            Ok(amend(report, *study, reader, now, "addendum", text, String::new(), language(), keyed))
         }
-        Command::Correct { study, reader, read_type, findings, impression, reason } => {
+        Command::Correct { study, reader, read_type, findings, impression, reason, key } => {
             if impression.trim().is_empty() {
                 return Err(Error::Empty {
                     field: "sections.impression",
@@ -384,16 +430,20 @@ fn decide_report(state: &State, policy: &Policy, command: &Command, now: UnixMic
             if reason.trim().is_empty() {
                 return Err(Error::Empty { field: "reason", what: "say what the correction corrects" });
             }
+            if retried(state, *study, reader, key, &text_digest(findings, impression, &BTreeMap::new()))?.is_some() {
+                return Ok(Vec::new());
+            }
             let report = signed_by(state, *study, read_type, reader)?;
             let text = Some((findings.as_str(), impression.as_str()));
-            Ok(amend(report, *study, reader, now, "corrected", text, reason.clone(), language()))
+            let keyed = (!key.is_empty()).then(|| keyed_id(reader, key, *study));
+            Ok(amend(report, *study, reader, now, "corrected", text, reason.clone(), language(), keyed))
         }
         Command::EnterInError { study, reader, read_type, reason } => {
             if reason.trim().is_empty() {
                 return Err(Error::Empty { field: "reason", what: "say why the report was in error" });
             }
             let report = signed_by(state, *study, read_type, reader)?;
-            Ok(amend(report, *study, reader, now, "entered_in_error", None, reason.clone(), language()))
+            Ok(amend(report, *study, reader, now, "entered_in_error", None, reason.clone(), language(), None))
         }
     }
 }
@@ -428,6 +478,7 @@ fn amend(
     text: Option<(&str, &str)>,
     reason: String,
     language: String,
+    keyed: Option<EventId>,
 ) -> Vec<Event> {
     let next = report.versions.last().map_or(0, |v| v.version) + 1;
     let mut events = Vec::new();
@@ -445,6 +496,7 @@ fn amend(
             fields: BTreeMap::new(),
             template: String::new(),
             language,
+            keyed,
         });
     }
     events.push(Event::Amended {

@@ -66,11 +66,13 @@ fn fact_of(event: &Event, offset: u64) -> Fact {
             version,
             read_type,
             author,
+            findings,
             impression,
             saved_at,
             kind,
             fields,
             template,
+            keyed,
             ..
         } => Fact::Saved {
             study: *study,
@@ -86,6 +88,8 @@ fn fact_of(event: &Event, offset: u64) -> Fact {
                 kind: (*kind).to_owned(),
                 fields: fields.keys().cloned().collect(),
                 template: template.clone(),
+                event: keyed.map_or(Uuid::from_u128(u128::from(offset) + 1_000), |k| k.as_uuid()),
+                digest: text_digest(findings, impression, fields),
             },
         },
         Event::Amended { study, report, read_type, kind, version, reader, at, reason } => Fact::Amended {
@@ -118,6 +122,7 @@ fn fact_of(event: &Event, offset: u64) -> Fact {
 
 fn draft(reader: &str, impression: &str, base: u32) -> Command {
     Command::SaveDraft {
+        key: String::new(),
         study: STUDY,
         reader: reader.into(),
         findings: "No acute intracranial abnormality.".into(),
@@ -248,6 +253,7 @@ fn signatures_and_text_fold_to_the_same_report_in_either_order() {
     let state = run(held("preliminary", "ortiz"), &draft("ortiz", "Normal.", 0), NOW).unwrap().0;
     let signed = decide(&state, &sign("ortiz", "preliminary", 0), NOW).unwrap();
     let add = Command::AddAddendum {
+        key: String::new(),
         study: STUDY,
         reader: "ortiz".into(),
         read_type: "preliminary".into(),
@@ -274,6 +280,7 @@ fn signatures_and_text_fold_to_the_same_report_in_either_order() {
 fn a_signed_report_is_amended_by_its_signer_only_by_appending() {
     let state = held("preliminary", "ortiz");
     let addendum = |reader: &str| Command::AddAddendum {
+        key: String::new(),
         study: STUDY,
         reader: reader.into(),
         read_type: "preliminary".into(),
@@ -285,6 +292,7 @@ fn a_signed_report_is_amended_by_its_signer_only_by_appending() {
     let signed_text = state.studies[&STUDY].report("preliminary").unwrap().current().cloned();
     assert_eq!(decide(&state, &addendum("nair"), NOW).unwrap_err().rule(), Some("AUTHOR"));
     let empty = Command::AddAddendum {
+        key: String::new(),
         study: STUDY,
         reader: "ortiz".into(),
         read_type: "preliminary".into(),
@@ -310,6 +318,7 @@ fn a_signed_report_is_amended_by_its_signer_only_by_appending() {
 
     // Corrected: a new current text; the signed one stays on record.
     let correct = Command::Correct {
+        key: String::new(),
         study: STUDY,
         reader: "ortiz".into(),
         read_type: "preliminary".into(),
@@ -377,6 +386,7 @@ fn a_signature_is_requested_for_each_receiver_that_takes_the_read_and_retried_un
     assert!(state.deliveries.is_empty());
     // An addendum is requested again, as "appended", under its own id.
     let add = Command::AddAddendum {
+        key: String::new(),
         study: STUDY,
         reader: "ortiz".into(),
         read_type: "preliminary".into(),
@@ -455,6 +465,7 @@ proptest! {
                 Step::Amend(r, fin) => {
                     let read_type = if *fin { "final" } else { "preliminary" };
                     let add = Command::AddAddendum {
+                        key: String::new(),
                         study: STUDY,
                         reader: readers[*r as usize].into(),
                         read_type: read_type.into(),
@@ -751,7 +762,7 @@ mod templates {
         let fields = fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         match draft("ortiz", "Normal.", 0) {
             Command::SaveDraft { study, reader, findings, impression, base_version, .. } => {
-                Command::SaveDraft { study, reader, findings, impression, fields, base_version }
+                Command::SaveDraft { study, reader, findings, impression, fields, base_version, key: String::new() }
             }
             other => other,
         }
@@ -796,4 +807,26 @@ mod templates {
         let (state, _) = run_with(state, &draft_with(&[])).unwrap();
         assert!(run_with(state, &sign("ortiz", "preliminary", 0)).is_ok());
     }
+}
+
+#[test]
+fn a_keyed_addendum_retried_is_the_one_added() {
+    let state = run(held("preliminary", "ortiz"), &draft("ortiz", "Normal.", 0), NOW).unwrap().0;
+    let state = run(state, &sign("ortiz", "preliminary", 0), NOW).unwrap().0;
+    let addendum = |text: &str| Command::AddAddendum {
+        key: "add-1".into(),
+        study: STUDY,
+        reader: "ortiz".into(),
+        read_type: "preliminary".into(),
+        text: text.into(),
+    };
+    let (state, events) = run(state, &addendum("Compared with the prior: stable."), NOW).unwrap();
+    assert_eq!(events.len(), 2, "its text and the amendment: {events:?}");
+    let (state, again) = run(state, &addendum("Compared with the prior: stable."), NOW).unwrap();
+    assert!(again.is_empty(), "a retry adds nothing: {again:?}");
+    assert_eq!(state.studies[&STUDY].report("preliminary").unwrap().amendments.len(), 1);
+    assert_eq!(
+        decide(&state, &addendum("Something else."), NOW).unwrap_err(),
+        Error::KeyReused { key: "add-1".into() }
+    );
 }

@@ -4,7 +4,8 @@ creates the resource (201) or replaces the one with that identifier (200),
 after validating it with fhir.resources 6.4.0 (400 with an
 OperationOutcome when invalid).
 
-Usage: fhir_receiver.py PORT_FILE RECORD_FILE
+Usage: fhir_receiver.py PORT_FILE RECORD_FILE [--token T]
+With --token, a request without `Authorization: Bearer T` is answered 401.
 Writes its port to PORT_FILE and one JSON line per request to RECORD_FILE:
 {"identifier", "status", "answer", "version", "error"}.
 """
@@ -18,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from fhir.resources import construct_fhir_element
 
 port_file, record_file = sys.argv[1], sys.argv[2]
+token = sys.argv[sys.argv.index("--token") + 1] if "--token" in sys.argv else None
 stored = {}
 
 
@@ -30,6 +32,16 @@ class Handler(BaseHTTPRequestHandler):
         query = urllib.parse.parse_qs(url.query)
         body = self.rfile.read(int(self.headers.get("content-length", 0)))
         record = {"identifier": (query.get("identifier") or [""])[0], "error": ""}
+        if token is not None and self.headers.get("authorization") != f"Bearer {token}":
+            record["answer"] = 401
+            record["error"] = "no or wrong bearer token"
+            with open(record_file, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+            self.send_response(401)
+            self.send_header("www-authenticate", "Bearer")
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
         try:
             if url.path != "/fhir/DiagnosticReport" or not record["identifier"]:
                 raise ValueError(f"not a conditional update of a DiagnosticReport: {self.path}")

@@ -319,6 +319,10 @@ pub struct DeliveryEndpoint {
     /// Off: nothing is sent there (the examples' endpoints are off).
     #[serde(default = "enabled")]
     pub enabled: bool,
+    /// `fhir`: the token sent as `Authorization: Bearer` (read at start,
+    /// for the enabled endpoints of the tenants homed in the region).
+    #[serde(default)]
+    pub bearer_token: Option<SecretRef>,
 }
 
 fn enabled() -> bool {

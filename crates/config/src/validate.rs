@@ -241,6 +241,12 @@ fn deliveries(out: &mut Out, file: &str, endpoints: &[crate::model::DeliveryEndp
         if !names.insert(d.name.as_str()) {
             out.at(file, field("name"), format!("{:?} names two endpoints", d.name));
         }
+        if let Some(token) = &d.bearer_token {
+            check_secret(out, file, &field("bearer_token"), token);
+            if d.kind == DeliveryKind::Hl7Mllp {
+                out.at(file, field("bearer_token"), "MLLP carries no bearer token: only a FHIR server takes one");
+            }
+        }
         match d.kind {
             DeliveryKind::Fhir => {
                 let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"];

@@ -171,6 +171,29 @@ pub(crate) fn tenant_secrets(
         .collect()
 }
 
+/// The bearer tokens of the enabled FHIR receivers of the tenants homed in
+/// `region`, read from the secrets their `bearer_token` names.
+pub(crate) fn delivery_tokens(
+    platform: &Platform,
+    secrets: &Path,
+    region: &str,
+) -> anyhow::Result<meridian_region::DeliveryTokens> {
+    let env = |name: &str| std::env::var(name).ok();
+    let mut tokens = meridian_region::DeliveryTokens::new();
+    for t in platform.tenants.values().filter(|t| t.home_regions.iter().any(|r| r == region)) {
+        for (i, d) in t.delivery.iter().enumerate().filter(|(_, d)| d.enabled) {
+            let Some(secret) = &d.bearer_token else { continue };
+            let bytes = secret
+                .read(secrets, &env)
+                .with_context(|| format!("tenants/{}.toml: delivery[{i}].bearer_token", t.name))?;
+            let token = String::from_utf8(bytes)
+                .map_err(|_| anyhow::anyhow!("tenants/{}.toml: delivery[{i}].bearer_token: not UTF-8", t.name))?;
+            tokens.insert((t.name.clone(), d.name.clone()), token.trim().to_owned());
+        }
+    }
+    Ok(tokens)
+}
+
 pub(crate) fn verifier(platform: &Platform, secrets: &Path) -> anyhow::Result<TokenVerifier> {
     let env = |name: &str| std::env::var(name).ok();
     let mut keys = Vec::new();
@@ -261,6 +284,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         let dicom_addr = dicom.local_addr()?;
         let options = meridian_region::RegionOptions {
             secrets: tenant_secrets(&platform, &secrets, name)?,
+            delivery_tokens: delivery_tokens(&platform, &secrets, name)?,
             failpoints: failpoints.clone(),
             key_encryption_key: key_encryption_key(&platform, &secrets, name)?,
             process: "dev".into(),

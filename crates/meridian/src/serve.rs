@@ -14,7 +14,7 @@ use meridian_region::{Listeners, RegionContext};
 use serde_json::json;
 
 use crate::compose::ServiceName;
-use crate::dev::{bind, key_encryption_key, shutdown_signal, tenant_secrets, verifier, write_atomic};
+use crate::dev::{bind, delivery_tokens, key_encryption_key, shutdown_signal, tenant_secrets, verifier, write_atomic};
 
 /// EX_USAGE: the command line or the configuration is at fault.
 const USAGE: u8 = 64;
@@ -155,6 +155,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Some(i) => format!("{}-{i}", service.as_str()),
         None => service.as_str().to_owned(),
     };
+    // Only reporting sends reports; a token it cannot read is the
+    // operator's to fix (EX_USAGE, naming the field).
+    let delivery_tokens = match service {
+        ServiceName::Reporting => match delivery_tokens(&platform, &secrets, region) {
+            Ok(t) => t,
+            Err(e) => return refuse(format!("{e:#}")),
+        },
+        _ => Default::default(),
+    };
     let (tenant_secrets, kek) =
         match (tenant_secrets(&platform, &secrets, region), key_encryption_key(&platform, &secrets, region)) {
             (Ok(t), Ok(k)) => (t, k),
@@ -167,6 +176,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         process,
         ownership,
         peers: args.peers.clone(),
+        delivery_tokens,
     };
     let grpc = bind(args.listen, args.grpc_port, "gRPC", region).await?;
     let http = bind(args.listen, args.http_port, "HTTP", region).await?;

@@ -1857,13 +1857,14 @@ fn a_signed_report_reaches_a_ris_over_mllp_and_an_ehr_over_fhir_once_through_a_c
     // The RIS answers its first message "busy" (AE): it is sent again.
     // It refuses for good (AR) the first correction it is sent.
     let ris = Receiver::start(&python(), "mllp_receiver.py", work.path(), &["--busy", "1", "--refuse-first", "C"]);
-    let ehr = Receiver::start(&fhir_python, "fhir_receiver.py", work.path(), &[]);
+    // The EHR takes only its bearer token (acme-ehr's, from the secrets).
+    let ehr = Receiver::start(&fhir_python, "fhir_receiver.py", work.path(), &["--token", "ehr-token-7"]);
     let config = work.path().join("config");
     meridian_integration_tests::one_reader_examples(&repo().join("deploy/examples/dev"), &config);
     let tenant = config.join("tenants/acme.toml");
     let text = std::fs::read_to_string(&tenant).unwrap();
     let text = text
-        .replace("address = \"127.0.0.1:2575\"", &format!("address = \"127.0.0.1:{}\"", ris.port))
+        .replace("address = \"127.0.0.1:6661\"", &format!("address = \"127.0.0.1:{}\"", ris.port))
         .replace(
             "address = \"https://ehr.acme.example/fhir\"",
             &format!("address = \"http://127.0.0.1:{}/fhir\"", ehr.port),
@@ -1875,6 +1876,8 @@ fn a_signed_report_reaches_a_ris_over_mllp_and_an_ehr_over_fhir_once_through_a_c
 
     // The region aborts right after its first send, before recording the answer.
     let data = work.path().join("data");
+    std::fs::create_dir_all(data.join("secrets")).unwrap();
+    std::fs::write(data.join("secrets/acme-ehr.token"), "ehr-token-7\n").unwrap();
     let mut dev = Dev::start_configured(&config, &data, "reporting.after_send=abort@1");
     let files = work.path().join("files");
     std::fs::create_dir_all(&files).unwrap();

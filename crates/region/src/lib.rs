@@ -31,6 +31,6 @@ pub mod serve;
 pub mod service;
 pub mod summary;
 
-pub use node::{Region, RegionContext, RegionError, RegionOptions, Secrets};
+pub use node::{DeliveryTokens, Region, RegionContext, RegionError, RegionOptions, Secrets};
 pub use serve::{Listeners, every, serve};
 pub use service::{RegionService, Stopping, Task};

@@ -71,7 +71,13 @@ pub struct RegionOptions {
     /// Every replica's gRPC URL in ordinal order, for a service whose
     /// replicas call each other (ingest); empty for one replica.
     pub peers: Vec<String>,
+    /// (tenant, endpoint) → the bearer token of an enabled FHIR receiver,
+    /// read by the caller from the secret its `bearer_token` names.
+    pub delivery_tokens: DeliveryTokens,
 }
+
+/// (tenant, endpoint name) → bearer token.
+pub type DeliveryTokens = std::collections::BTreeMap<(String, String), String>;
 
 /// What every service process of a region shares: opened once per process.
 pub struct RegionContext {
@@ -90,6 +96,8 @@ pub struct RegionContext {
     /// The id secrets of the tenants whose PHI this region holds.
     pub secrets: Secrets,
     pub failpoints: meridian_log::failpoint::FailPoints,
+    /// The bearer tokens of the tenants' enabled FHIR receivers.
+    pub delivery_tokens: DeliveryTokens,
     /// Which partitions this replica's partitioned consumers own (all of
     /// them in a process that is the only one of its service).
     pub ownership: meridian_log::partitioner::Ownership,
@@ -114,7 +122,8 @@ impl RegionContext {
         verifier: Arc<TokenVerifier>,
         options: RegionOptions,
     ) -> Result<RegionContext, RegionError> {
-        let RegionOptions { secrets, failpoints, key_encryption_key, process, ownership, peers } = options;
+        let RegionOptions { secrets, failpoints, key_encryption_key, process, ownership, peers, delivery_tokens } =
+            options;
         let service_key = key_encryption_key.as_ref().map(meridian_objects::keys::Kek::service_key);
         let Some(config) = platform.regions.get(name) else {
             return Err(RegionError::Unknown { region: name.to_owned() });
@@ -191,6 +200,7 @@ impl RegionContext {
             failpoints,
             ownership,
             peers,
+            delivery_tokens,
             service_key,
             idle,
             topics,

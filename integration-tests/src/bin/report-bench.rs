@@ -236,7 +236,7 @@ async fn sign_to_delivered(
     );
     let worker = {
         let reporting = reporting.clone();
-        let receivers = Receivers::new().map_err(anyhow::Error::msg)?;
+        let receivers = Receivers::new(Default::default()).map_err(anyhow::Error::msg)?;
         tokio::spawn(async move {
             loop {
                 #[allow(clippy::disallowed_methods)] // the bench's clock, as serve's worker reads it
@@ -406,6 +406,7 @@ async fn main() -> anyhow::Result<()> {
         receiving_facility: Some("ACME".into()),
         read_types: vec![],
         enabled: true,
+        bearer_token: None,
     };
     println!("report    {reports} signatures, one after another, to receivers that answer at once");
 

@@ -45,7 +45,8 @@ impl ReportingService {
         .with_secrets(context.secrets.clone());
         let audit =
             Audit::new(&context.name, context.log.clone()).map_err(|e| context.service_error("reporting", e))?;
-        let receivers = Receivers::new().map_err(|e| context.service_error("reporting", e))?;
+        let receivers =
+            Receivers::new(context.delivery_tokens.clone()).map_err(|e| context.service_error("reporting", e))?;
         let reporting = Arc::new(reporting);
         Ok(Arc::new(ReportingService {
             orders: OrderDesk::new(reporting.clone(), context.platform.clone(), &context.name),

@@ -21,12 +21,14 @@ const MAX_ACK: usize = 64 * 1024;
 
 pub struct Receivers {
     http: reqwest::Client,
+    /// (tenant, endpoint) → bearer token of a FHIR receiver.
+    tokens: meridian_region::DeliveryTokens,
 }
 
 impl Receivers {
-    pub fn new() -> Result<Receivers, String> {
+    pub fn new(tokens: meridian_region::DeliveryTokens) -> Result<Receivers, String> {
         let http = reqwest::Client::builder().timeout(TIMEOUT).build().map_err(|e| e.to_string())?;
-        Ok(Receivers { http })
+        Ok(Receivers { http, tokens })
     }
 
     /// Sends `message` to `endpoint`; `control_id` and `at` make the
@@ -48,21 +50,25 @@ impl Receivers {
                 let oru = hl7::oru_r01(message, control_id, &hl7::Parties { sending, receiving }, at);
                 mllp(&endpoint.address, &oru, control_id).await
             }
-            DeliveryKind::Fhir => self.fhir(&endpoint.address, message).await,
+            DeliveryKind::Fhir => {
+                let token = self.tokens.get(&(message.tenant.clone(), endpoint.name.clone()));
+                self.fhir(&endpoint.address, message, token.map(String::as_str)).await
+            }
         }
     }
 
-    async fn fhir(&self, base: &str, message: &ReportMessage) -> Outcome {
+    async fn fhir(&self, base: &str, message: &ReportMessage, token: Option<&str>) -> Outcome {
         let url = fhir::conditional_update_url(base, message);
         let body = fhir::diagnostic_report(message).to_string();
-        let sent = self
+        let mut put = self
             .http
             .put(&url)
             .header("content-type", "application/fhir+json")
-            .header("accept", "application/fhir+json")
-            .body(body)
-            .send()
-            .await;
+            .header("accept", "application/fhir+json");
+        if let Some(token) = token {
+            put = put.bearer_auth(token);
+        }
+        let sent = put.body(body).send().await;
         match sent {
             Ok(r) if r.status().is_success() => Outcome::Delivered(r.status().as_u16().to_string()),
             Ok(r) => {

@@ -234,6 +234,10 @@ fn decide(p: &Principal, action: Action, resource: &Resource<'_>) -> Result<(), 
             same("tenant", p.tenant.as_deref(), tenant)?;
             needs_role(p, &["tenant-admin"])
         }
+        (PrincipalKind::Tenant, ReadReport, Resource::Tenant { tenant }) => {
+            same("tenant", p.tenant.as_deref(), tenant)?;
+            needs_role(p, &["facility", "tenant-admin"])
+        }
         (PrincipalKind::Tenant, ReadImages | ReadReport, Resource::Study { tenant, .. }) => {
             same("tenant", p.tenant.as_deref(), tenant)?;
             needs_role(p, &["facility", "tenant-admin"])

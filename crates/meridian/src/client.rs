@@ -927,6 +927,42 @@ pub async fn report_show(target: &Target, study: &str) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
+/// Lists reports (every page), one line each.
+pub async fn report_list(target: &Target, tenant: &str, status: &str) -> anyhow::Result<ExitCode> {
+    use meridian_proto::reporting::v1 as pb;
+    use meridian_proto::reporting::v1::reporting_service_client::ReportingServiceClient;
+    let c = connect(target).await?;
+    let mut client = ReportingServiceClient::new(c.channel);
+    let mut page_token = String::new();
+    let mut listed = 0;
+    loop {
+        let request = pb::ListReportsRequest {
+            tenant: tenant.to_owned(),
+            status: status.to_owned(),
+            page_size: 500,
+            page_token: page_token.clone(),
+        };
+        let r = client.list_reports(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
+        for s in &r.reports {
+            let signed = if s.signed_by.is_empty() {
+                String::new()
+            } else {
+                format!(", signed by {} at {}", s.signed_by, time(&s.signed_at))
+            };
+            say!("{} {} {} ({} versions, by {}){signed}", s.study_id, s.read_type, s.status, s.versions, s.author_id);
+        }
+        listed += r.reports.len();
+        if r.next_page_token.is_empty() {
+            break;
+        }
+        page_token = r.next_page_token;
+    }
+    if listed == 0 {
+        eprintln!("no reports");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Which routing command to send.
 pub enum RoutingCommand {
     Claim(String),

@@ -311,6 +311,17 @@ enum ReportCommand {
         #[command(flatten)]
         target: Target,
     },
+    /// Reports by status, without text: a tenant's (`--tenant`, its
+    /// administrator or facility systems), or your own as a reader.
+    List {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value = "")]
+        tenant: String,
+        /// draft, preliminary, final, appended, corrected, entered-in-error.
+        #[arg(long, default_value = "")]
+        status: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -575,6 +586,9 @@ async fn main() -> ExitCode {
         } => client::report_draft(&target, &study, &findings, &impression, fields, base_version).await,
         Command::Report { command: ReportCommand::Sign { study, target, read_type, version, discrepancy } } => {
             client::report_sign(&target, &study, &read_type, version, &discrepancy).await
+        }
+        Command::Report { command: ReportCommand::List { target, tenant, status } } => {
+            client::report_list(&target, &tenant, &status).await
         }
         Command::Report { command: ReportCommand::Show { study, target } } => {
             client::report_show(&target, &study).await

@@ -1527,6 +1527,16 @@ fn a_reader_drafts_and_signs_the_read_they_hold_and_routing_pushes_them_the_next
     );
     let (ok, said) = cli(&["report", "show", &held, "--as", "northwind-admin"]);
     assert!(!ok && said.contains("PermissionDenied"), "{said}");
+    // Listed, without text: the tenant's by status, and the reader's own.
+    let (ok, said) = cli(&["report", "list", "--as", "acme-admin", "--tenant", "acme", "--status", "preliminary"]);
+    assert!(ok && said.contains(&format!("{held} preliminary preliminary (2 versions, by dr-ana-ortiz)")), "{said}");
+    assert!(!said.contains("No acute"), "{said}");
+    let (ok, said) = cli(&["report", "list", "--as", "dr-ortiz"]);
+    assert!(ok && said.contains(held.as_str()), "{said}");
+    let (ok, said) = cli(&["report", "list", "--as", "northwind-admin", "--tenant", "acme"]);
+    assert!(!ok && said.contains("PermissionDenied"), "{said}");
+    let (ok, said) = cli(&["report", "list", "--as", "acme-admin", "--tenant", "acme", "--status", "signed"]);
+    assert!(!ok && said.contains("InvalidArgument") && said.contains("status"), "{said}");
     // A critical result: flagged by its reader, reported within its window.
     let (ok, said) = cli(&["report", "critical", &held, "--as", "dr-ortiz", "--category", "1"]);
     assert!(ok && said.contains("category 1: open"), "{said}");
@@ -1670,6 +1680,8 @@ shifts = [{ days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], start = "0
     // The hospital sees its final, never the review.
     let (ok, said) = cli(&["report", "show", &study, "--as", "acme-admin"]);
     assert!(ok && said.contains("No acute findings.") && !said.contains("subdural"), "{said}");
+    let (ok, said) = cli(&["report", "list", "--as", "acme-admin", "--tenant", "acme"]);
+    assert!(ok && said.contains(" final final") && !said.contains("peer_review"), "{said}");
     // Only the reviewed reader's group admin arbitrates.
     let (ok, said) = cli(&["report", "arbitrate", &study, "--as", "dr-cole", "--score", "2a"]);
     assert!(!ok && said.contains("PermissionDenied"), "{said}");

@@ -145,6 +145,60 @@ fn visible<'s>(s: &'s Study, caller: Option<&str>) -> impl Iterator<Item = &'s R
     })
 }
 
+/// One page of reports after `after` (a study and read type), in study
+/// then read type order: `tenant`'s (never a peer review), or those
+/// `author` wrote; of `status` when one is named. Whether more follow.
+fn page<'s>(
+    state: &'s crate::domain::model::State,
+    tenant: Option<&str>,
+    author: Option<&str>,
+    status: &str,
+    after: Option<&(Uuid, String)>,
+    size: usize,
+) -> (Vec<(Uuid, &'s Study, &'s Report)>, bool) {
+    let mut out = Vec::new();
+    let start = after.map_or(Uuid::nil(), |(s, _)| *s);
+    for (id, s) in state.studies.range(start..) {
+        if tenant.is_some_and(|t| s.facts.tenant != t) {
+            continue;
+        }
+        // Within a study, by read type: the order pages resume in.
+        let mut reports: Vec<&Report> = s.reports.iter().collect();
+        reports.sort_by(|a, b| a.read_type.cmp(&b.read_type));
+        for rep in reports {
+            if after.is_some_and(|(a, t)| id == a && rep.read_type.as_str() <= t.as_str()) {
+                continue;
+            }
+            let mine = author.is_some_and(|a| rep.versions.iter().any(|v| v.author == a));
+            if (tenant.is_some() && rep.read_type == "peer_review") || (author.is_some() && !mine) {
+                continue;
+            }
+            if !status.is_empty() && rep.status() != status {
+                continue;
+            }
+            if out.len() == size {
+                return (out, true);
+            }
+            out.push((*id, s, rep));
+        }
+    }
+    (out, false)
+}
+
+fn summary(study: Uuid, s: &Study, r: &Report) -> pb::ReportSummary {
+    pb::ReportSummary {
+        study_id: study.to_string(),
+        report_id: r.id.to_string(),
+        read_type: r.read_type.clone(),
+        status: r.status().into(),
+        author_id: r.versions.last().map_or(String::new(), |v| v.author.clone()),
+        signed_by: r.signed.as_ref().map_or(String::new(), |sig| sig.reader.clone()),
+        signed_at: r.signed.as_ref().map(|sig| sig.at.to_timestamp()),
+        versions: u32::try_from(r.versions.len()).unwrap_or(u32::MAX),
+        contract: s.facts.contract.clone(),
+    }
+}
+
 fn peer_review(study: Uuid, r: &Review) -> pb::PeerReview {
     pb::PeerReview {
         study_id: study.to_string(),
@@ -464,6 +518,50 @@ impl ReportingService for ReportingGrpc {
         }))
     }
 
+    async fn list_reports(
+        &self,
+        request: Request<pb::ListReportsRequest>,
+    ) -> Result<Response<pb::ListReportsResponse>, Status> {
+        let p = principal(&request)?;
+        let r = request.get_ref();
+        // A tenant's reports, or the calling reader's own.
+        let (tenant, author) = if r.tenant.is_empty() {
+            (None, Some(reader(p)?))
+        } else {
+            authorize(p, Action::ReadReport, &Resource::Tenant { tenant: &r.tenant })
+                .map_err(|d| permission_denied(&d))?;
+            (Some(r.tenant.clone()), None)
+        };
+        const STATUSES: [&str; 6] = ["draft", "preliminary", "final", "appended", "corrected", "entered-in-error"];
+        if !r.status.is_empty() && !STATUSES.contains(&r.status.as_str()) {
+            return Err(invalid_argument("status", format!("{:?} is not one of {}", r.status, STATUSES.join(", "))));
+        }
+        let after: Option<(Uuid, String)> = if r.page_token.is_empty() {
+            None
+        } else {
+            let parsed = r.page_token.split_once('/').and_then(|(s, t)| Some((Uuid::parse_str(s).ok()?, t.to_owned())));
+            Some(parsed.ok_or_else(|| invalid_argument("page_token", "not a token this service gave"))?)
+        };
+        let size = match r.page_size {
+            0 => 100,
+            n => n.min(1000) as usize,
+        };
+        let (reports, more) = self
+            .reporting
+            .read_current(|f| {
+                let (listed, more) =
+                    page(&f.state, tenant.as_deref(), author.as_deref(), &r.status, after.as_ref(), size);
+                (listed.into_iter().map(|(id, s, rep)| summary(id, s, rep)).collect::<Vec<_>>(), more)
+            })
+            .await
+            .map_err(|e| status(&e))?;
+        let next_page_token = match reports.last() {
+            Some(last) if more => format!("{}/{}", last.study_id, last.read_type),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListReportsResponse { reports, next_page_token }))
+    }
+
     async fn score_peer_review(
         &self,
         request: Request<pb::ScorePeerReviewRequest>,
@@ -574,5 +672,69 @@ impl ReportingService for ReportingGrpc {
             });
         }
         Ok(Response::new(pb::GetReportResponse { study_id: study.to_string(), reports }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::model::{Fact, State, StudyFacts, VersionRef, apply};
+
+    /// `n` studies of acme, each with a preliminary by ortiz and a final by
+    /// nair, and one peer review.
+    fn state(n: u128) -> State {
+        let mut state = State::default();
+        for i in 1..=n {
+            let study = Uuid::from_u128(i);
+            let facts = StudyFacts { tenant: "acme".into(), ..Default::default() };
+            state = apply(state, &Fact::Queued { study, facts, read_type: "preliminary".into() });
+            for (read_type, author) in [("preliminary", "ortiz"), ("final", "nair"), ("peer_review", "lee")] {
+                if read_type == "peer_review" && i != 1 {
+                    continue;
+                }
+                let version = VersionRef {
+                    version: 1,
+                    author: author.into(),
+                    saved_at: meridian_events::UnixMicros(0),
+                    partition: 0,
+                    offset: 0,
+                    has_impression: true,
+                    kind: "draft".into(),
+                    fields: vec![],
+                    template: String::new(),
+                    event: Uuid::nil(),
+                    digest: String::new(),
+                };
+                let report = crate::domain::model::report_id(study, read_type);
+                state = apply(state, &Fact::Saved { study, version, read_type: read_type.into(), report });
+            }
+        }
+        state
+    }
+
+    #[test]
+    fn pages_resume_where_the_last_ended_and_list_each_report_once() {
+        let state = state(5);
+        let mut seen = Vec::new();
+        let mut after: Option<(Uuid, String)> = None;
+        loop {
+            let (listed, more) = page(&state, Some("acme"), None, "", after.as_ref(), 3);
+            seen.extend(listed.iter().map(|(id, _, r)| (*id, r.read_type.clone())));
+            let Some((id, _, r)) = listed.last() else { break };
+            after = Some((*id, r.read_type.clone()));
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(seen.len(), 10, "five preliminaries and five finals, the peer review not the tenant's: {seen:?}");
+        let mut unique = seen.clone();
+        unique.dedup();
+        assert_eq!(unique, seen);
+        // A reader's own: the peer review is its reviewer's.
+        let (mine, _) = page(&state, None, Some("lee"), "", None, 100);
+        assert_eq!(mine.iter().map(|(_, _, r)| r.read_type.as_str()).collect::<Vec<_>>(), ["peer_review"]);
+        let (drafts, _) = page(&state, Some("acme"), None, "final", None, 100);
+        assert!(drafts.is_empty(), "nothing is signed");
+        assert_eq!(page(&state, Some("globex"), None, "", None, 100).0.len(), 0);
     }
 }

@@ -315,6 +315,8 @@ fn message(n: u64) -> ReportMessage {
         title: String::new(),
         headings: meridian_reporting::domain::message::default_headings(),
         fields: Vec::new(),
+        placer_order: String::new(),
+        ordering_clinician: String::new(),
     }
 }
 

@@ -51,6 +51,8 @@ fn message(status: &str) -> ReportMessage {
         title: "CT Head without contrast".into(),
         headings: ("Findings".into(), "Impression".into()),
         fields: vec![("Intracranial haemorrhage".into(), "absent".into()), ("Laterality".into(), "midline".into())],
+        placer_order: "PO-77|A".into(),
+        ordering_clinician: "1234^Lee^Sam^^^Dr".into(),
     }
 }
 

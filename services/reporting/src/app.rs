@@ -738,6 +738,10 @@ impl Reporting {
             Some(at) => self.arrival(d.study, at).await?,
             None => pb::InstanceReceived::default(),
         };
+        let order = match study.order {
+            Some(key) => self.order(key).await?,
+            None => pb::OrderReceived::default(),
+        };
         let message = ReportMessage {
             report: report.id,
             study: d.study,
@@ -766,6 +770,8 @@ impl Reporting {
             title,
             headings,
             fields,
+            placer_order: order.placer_order_number,
+            ordering_clinician: order.ordering_clinician,
         };
         Ok((message, study.facts.tenant.clone()))
     }
@@ -799,6 +805,23 @@ impl Reporting {
         let envelope = record.envelope().map_err(|e| missing(e.to_string()))?;
         match envelope.open(self.keys.as_ref())? {
             Payload::InstanceReceived(i) if i.study_id == study.to_string() => Ok(i),
+            other => Err(missing(format!("the record at its place is a {}", other.type_name()))),
+        }
+    }
+
+    /// The order `key` as it was received (PHI), read at its place on the
+    /// PHI topic.
+    pub async fn order(&self, key: Uuid) -> Result<pb::OrderReceived, Error> {
+        let missing = |reason: String| Error::Text { study: key, version: 0, reason };
+        let at = self.read(|f| f.state.orders.orders.get(&key).map(|o| (o.partition, o.offset))).await;
+        let (partition, offset) = at.ok_or_else(|| missing("no such order here".into()))?;
+        let position = Position { topic: self.text.clone(), partition, offset };
+        let mut reader = self.log.reader(vec![position]).await?;
+        let batch = reader.next_batch(1, Duration::from_secs(5)).await?;
+        let record = batch.first().ok_or_else(|| missing("no order at its place on the topic".into()))?;
+        let envelope = record.envelope().map_err(|e| missing(e.to_string()))?;
+        match envelope.open(self.keys.as_ref())? {
+            Payload::OrderReceived(o) if o.order_key == key.to_string() => Ok(o),
             other => Err(missing(format!("the record at its place is a {}", other.type_name()))),
         }
     }

@@ -94,6 +94,16 @@ pub fn diagnostic_report(m: &ReportMessage) -> Value {
         report["imagingStudy"] =
             json!([{ "identifier": { "system": "urn:dicom:uid", "value": format!("urn:oid:{}", m.study_uid) } }]);
     }
+    if !m.placer_order.is_empty() {
+        report["basedOn"] = json!([{
+            "type": "ServiceRequest",
+            "identifier": {
+                "type": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "PLAC" }] },
+                "system": format!("urn:meridian:tenant:{}:placer-order", uri_part(&m.tenant)),
+                "value": m.placer_order,
+            },
+        }]);
+    }
     if !m.accession.is_empty() {
         report["identifier"].as_array_mut().expect("an array").push(json!({
             "type": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN" }] },
@@ -147,6 +157,8 @@ pub(crate) mod tests {
             title: String::new(),
             headings: crate::domain::message::default_headings(),
             fields: Vec::new(),
+            placer_order: String::new(),
+            ordering_clinician: String::new(),
         }
     }
 

@@ -97,7 +97,12 @@ pub fn oru_r01(m: &ReportMessage, control_id: &str, parties: &Parties<'_>, at: U
     let mut obr = vec![String::new(); 33];
     obr[0] = "OBR".into();
     obr[1] = "1".into();
-    obr[2] = escape(&m.accession);
+    // The clinician as the order named them (XCN), each component escaped.
+    obr[16] = m.ordering_clinician.split('^').map(escape).collect::<Vec<_>>().join("^");
+    // OBR-2: the order's placer number when an order was matched, else
+    // the accession (as RIS without orders key it); OBR-18: the accession.
+    obr[2] = escape(if m.placer_order.is_empty() { &m.accession } else { &m.placer_order });
+    obr[18] = escape(&m.accession);
     obr[3] = m.report.simple().to_string();
     obr[4] = format!(
         "18748-4^{}^LN",
@@ -179,6 +184,17 @@ mod tests {
         assert!(obx.iter().any(|s| s.contains("stable \\T\\ unchanged")), "{obx:?}");
         let corrected = oru_r01(&ReportMessage { status: "corrected".into(), ..m }, "x", &parties, UnixMicros(0));
         assert!(corrected.split('\r').nth(2).unwrap().split('|').nth(25) == Some("C"));
+    }
+
+    #[test]
+    fn the_order_a_report_answers_is_named_in_obr_2_and_16() {
+        let m = ReportMessage { placer_order: "PO|77".into(), ordering_clinician: "1234^Lee^Sam".into(), ..message() };
+        let parties = Parties { sending: ("MERIDIAN", "us-east"), receiving: ("RIS", "ACME") };
+        let oru = oru_r01(&m, "c", &parties, UnixMicros(0));
+        let obr: Vec<&str> = oru.split('\r').nth(2).unwrap().split('|').collect();
+        assert_eq!((obr[2], obr[16]), ("PO\\F\\77", "1234^Lee^Sam"));
+        let fhir = crate::adapters::fhir::diagnostic_report(&m);
+        assert_eq!(fhir["basedOn"][0]["identifier"]["value"], "PO|77");
     }
 
     #[test]

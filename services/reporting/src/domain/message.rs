@@ -51,6 +51,10 @@ pub struct ReportMessage {
     pub title: String,
     pub headings: (String, String),
     pub fields: Vec<(String, String)>,
+    /// The hospital's order it answers, when one was matched: its placer
+    /// order number and ordering clinician (as the order named them).
+    pub placer_order: String,
+    pub ordering_clinician: String,
 }
 
 /// The headings a report has with no template.

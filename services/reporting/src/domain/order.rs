@@ -54,7 +54,16 @@ pub struct Orders {
     /// Orders whose study is known and not yet matched: what the next
     /// pass matches (so a pass walks these, not every study).
     pub unmatched: BTreeSet<Uuid>,
+    /// Orders with no study yet, by when they came: one that waits past
+    /// [`ORDER_WAIT`] is let go, so orders for studies done elsewhere do
+    /// not pile up.
+    #[serde(default)]
+    pub waiting: BTreeSet<(UnixMicros, Uuid)>,
 }
+
+/// How long an order waits for its study (counted by the orders that come
+/// after it, not the clock: the fold stays pure).
+pub const ORDER_WAIT: i64 = 90 * 86_400_000_000;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OrderEvent {
@@ -152,11 +161,23 @@ pub fn apply(state: &mut State, fact: &OrderFact) {
             );
             if o.accessions.contains_key(key) {
                 o.unmatched.insert(*key);
+            } else {
+                o.waiting.insert((*received_at, *key));
+            }
+            // Let go of what waited too long for its study.
+            let cutoff = (UnixMicros(received_at.0.saturating_sub(ORDER_WAIT)), Uuid::nil());
+            let expired: Vec<(UnixMicros, Uuid)> = o.waiting.range(..cutoff).copied().collect();
+            for (at, old) in expired {
+                o.waiting.remove(&(at, old));
+                if o.orders.get(&old).is_some_and(|order| order.matched.is_none()) {
+                    o.orders.remove(&old);
+                }
             }
         }
         OrderFact::Accession { study, key } => {
             o.accessions.entry(*key).or_insert(*study);
-            if o.orders.get(key).is_some_and(|order| order.matched.is_none()) {
+            if let Some(order) = o.orders.get(key).filter(|order| order.matched.is_none()) {
+                o.waiting.remove(&(order.received_at, *key));
                 o.unmatched.insert(*key);
             }
         }

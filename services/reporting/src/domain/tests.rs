@@ -725,6 +725,20 @@ mod orders {
         let other = receive(&state, Uuid::from_u128(0xbad), order("stat"), NOW);
         assert!(matches!(&other[..], [OrderEvent::Received { .. }]));
     }
+
+    #[test]
+    fn an_order_whose_study_never_comes_is_let_go_after_its_wait() {
+        let lonely = Uuid::from_u128(0x10);
+        let state = fold(State::default(), &receive(&State::default(), lonely, order("stat"), NOW));
+        assert_eq!(state.orders.waiting.len(), 1);
+        let later = UnixMicros(NOW.0 + crate::domain::order::ORDER_WAIT + 1);
+        let state = fold(state.clone(), &receive(&state, KEY, order("routine"), later));
+        assert!(!state.orders.orders.contains_key(&lonely), "let go");
+        assert!(state.orders.orders.contains_key(&KEY) && state.orders.waiting.len() == 1);
+        // An order matched is kept with its study.
+        let state = arrived(state);
+        assert!(state.orders.waiting.is_empty() && state.orders.unmatched.contains(&KEY));
+    }
 }
 
 mod templates {

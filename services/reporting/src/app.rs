@@ -156,6 +156,15 @@ const ORDER_MATCH: &str = "reporting.order.match";
 /// A frame is sent, its answer not recorded yet.
 pub const AFTER_SEND: &str = "reporting.after_send";
 
+/// The next version of aggregate `aggregate/id`, counting those bumped in
+/// this batch.
+fn next_version(folded: &Folded, bumped: &mut BTreeMap<String, u64>, aggregate: &str, id: Uuid) -> u64 {
+    let slot = format!("{aggregate}/{id}");
+    let next = bumped.get(&slot).or_else(|| folded.versions.get(&slot)).copied().unwrap_or(0) + 1;
+    bumped.insert(slot, next);
+    next
+}
+
 /// The envelope facts of a report's event of `aggregate` (the study's
 /// next version of it, counting those bumped in this batch), its id one per
 /// report version and `kind`.
@@ -168,10 +177,8 @@ fn report_event(
     report: Uuid,
     version: u32,
 ) -> (&'static str, Uuid, u64, EventId, Uuid) {
-    let key = format!("{aggregate}/{study}");
-    let last = bumped.get(&key).or_else(|| folded.versions.get(&key)).copied().unwrap_or(0);
-    bumped.insert(key, last + 1);
-    (aggregate, study, last + 1, EventId::derived(EventId(report), kind, version), study)
+    let next = next_version(folded, bumped, aggregate, study);
+    (aggregate, study, next, EventId::derived(EventId(report), kind, version), study)
 }
 
 /// MSH-10 of a delivery: the same for every attempt (a receiver tells a
@@ -353,29 +360,48 @@ impl Reporting {
                 }
             };
             let tenant = folded.state.studies.get(&tenant_of).map(|s| s.facts.tenant.clone()).unwrap_or_default();
-            let meta = EventMeta {
-                event_id,
-                aggregate_type: aggregate_type.into(),
-                aggregate_id: aggregate,
-                aggregate_version: version,
-                tenant,
-                home_region: self.region.clone(),
-                occurred_at: now,
-                causation_id: None,
-                correlation_id: None,
-                traceparent: None,
-            };
-            let envelope = match adapters::events::payload(e) {
-                // Report text is PHI: sealed under the study's data key.
-                Payload::ReportText(text) => {
-                    let sealed = Envelope::sealed(meta, &text, StudyId(aggregate), self.keys.as_ref())?;
-                    Outgoing::new(self.text.clone(), &sealed)?
-                }
-                other => Outgoing::new(self.signed.clone(), &other.plain_envelope(meta)?)?,
-            };
-            batch.push(envelope);
+            let meta = self.meta(event_id, aggregate_type, aggregate, version, tenant, now);
+            batch.push(self.record(meta, adapters::events::payload(e), StudyId(aggregate))?);
         }
         Ok(batch)
+    }
+
+    fn meta(
+        &self,
+        event_id: EventId,
+        aggregate_type: &str,
+        aggregate_id: Uuid,
+        aggregate_version: u64,
+        tenant: String,
+        now: UnixMicros,
+    ) -> EventMeta {
+        EventMeta {
+            event_id,
+            aggregate_type: aggregate_type.into(),
+            aggregate_id,
+            aggregate_version,
+            tenant,
+            home_region: self.region.clone(),
+            occurred_at: now,
+            causation_id: None,
+            correlation_id: None,
+            traceparent: None,
+        }
+    }
+
+    /// One of reporting's events on its topic: the PHI ones (text, who was
+    /// reached, orders) sealed under `key`'s data key on the PHI topic, the
+    /// rest plain on the operational one.
+    fn record(&self, meta: EventMeta, payload: Payload, key: StudyId) -> Result<Outgoing, Error> {
+        let keys = self.keys.as_ref();
+        Ok(match payload {
+            Payload::ReportText(p) => Outgoing::new(self.text.clone(), &Envelope::sealed(meta, &p, key, keys)?)?,
+            Payload::CriticalResultCommunicated(p) => {
+                Outgoing::new(self.text.clone(), &Envelope::sealed(meta, &p, key, keys)?)?
+            }
+            Payload::OrderReceived(p) => Outgoing::new(self.text.clone(), &Envelope::sealed(meta, &p, key, keys)?)?,
+            other => Outgoing::new(self.signed.clone(), &other.plain_envelope(meta)?)?,
+        })
     }
 
     /// Sends the deliveries due at `now` (a few at a time) and records
@@ -512,34 +538,16 @@ impl Reporting {
                 CriticalEvent::Escalated { study, .. } => (*study, CRITICAL, "critical.escalated"),
                 CriticalEvent::Communicated { study, .. } => (*study, CONTACT, "critical.contact"),
             };
-            let key = format!("{aggregate}/{study}");
-            let version = bumped.get(&key).or_else(|| folded.versions.get(&key)).copied().unwrap_or(0) + 1;
-            bumped.insert(key, version);
+            let version = next_version(folded, &mut bumped, aggregate, study);
             let event_id = match e {
                 // Fires once per deadline, whoever fires it.
                 CriticalEvent::Escalated { deadline, .. } => EventId::timer(study, "critical", *deadline),
                 _ => EventId::derived(EventId(study), kind, u32::try_from(version).unwrap_or(u32::MAX)),
             };
             let tenant = folded.state.studies.get(&study).map(|s| s.facts.tenant.clone()).unwrap_or_default();
-            let meta = EventMeta {
-                event_id,
-                aggregate_type: aggregate.into(),
-                aggregate_id: study,
-                aggregate_version: version,
-                tenant,
-                home_region: self.region.clone(),
-                occurred_at: now,
-                causation_id: None,
-                correlation_id: None,
-                traceparent: None,
-            };
-            batch.push(match adapters::events::critical_payload(e) {
-                // Who was reached is PHI.
-                Payload::CriticalResultCommunicated(c) => {
-                    Outgoing::new(self.text.clone(), &Envelope::sealed(meta, &c, StudyId(study), self.keys.as_ref())?)?
-                }
-                other => Outgoing::new(self.signed.clone(), &other.plain_envelope(meta)?)?,
-            });
+            let meta = self.meta(event_id, aggregate, study, version, tenant, now);
+            // Who was reached is PHI: sealed under the study's key.
+            batch.push(self.record(meta, adapters::events::critical_payload(e), StudyId(study))?);
         }
         let appended = self.log.append(batch.clone()).await?;
         projector.feed_appended(batch, appended, self.keys.as_ref())?;
@@ -638,9 +646,7 @@ impl Reporting {
                     (*key, ORDER_MATCH, tenant)
                 }
             };
-            let slot = format!("{aggregate}/{key}");
-            let version = bumped.get(&slot).or_else(|| folded.versions.get(&slot)).copied().unwrap_or(0) + 1;
-            bumped.insert(slot, version);
+            let version = next_version(folded, &mut bumped, aggregate, key);
             let event_id = match e {
                 // One match per order and priority, whoever makes it.
                 OrderEvent::Matched { study, priority, .. } => EventId::derived(
@@ -655,26 +661,10 @@ impl Reporting {
                     EventId::derived(EventId(key), "order", u32::try_from(version).unwrap_or(u32::MAX))
                 }
             };
-            let meta = EventMeta {
-                event_id,
-                aggregate_type: aggregate.into(),
-                aggregate_id: key,
-                aggregate_version: version,
-                tenant,
-                home_region: self.region.clone(),
-                occurred_at: now,
-                causation_id: None,
-                correlation_id: None,
-                traceparent: None,
-            };
-            batch.push(match adapters::events::order_payload(e) {
-                // The order is PHI: sealed under its own data key (it may
-                // come before any study).
-                Payload::OrderReceived(o) => {
-                    Outgoing::new(self.text.clone(), &Envelope::sealed(meta, &o, StudyId(key), self.keys.as_ref())?)?
-                }
-                other => Outgoing::new(self.signed.clone(), &other.plain_envelope(meta)?)?,
-            });
+            let meta = self.meta(event_id, aggregate, key, version, tenant, now);
+            // The order is PHI: sealed under its own data key (it may come
+            // before any study).
+            batch.push(self.record(meta, adapters::events::order_payload(e), StudyId(key))?);
             if let OrderEvent::Matched { study, priority, .. } = e {
                 tracing::info!(region = %self.region, %study, order = %key, %priority, "order matched to its study");
             }

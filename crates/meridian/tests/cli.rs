@@ -1387,6 +1387,13 @@ async fn dev_serves_three_regions_with_health_reflection_dicom_echo_and_auth_and
 
 /// The payloads of `stream`'s events of `kind` in us-east, as `meridian
 /// log tail --json` shows them.
+/// A client command against `meridian dev`'s us-east in `data`: whether
+/// it succeeded, and what it printed (stdout, then stderr).
+fn us_east(data: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(MERIDIAN).args(args).args(["--region", "us-east", "--data-dir"]).arg(data).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
 fn tail_payloads(data: &Path, stream: &str, kind: &str) -> Vec<Value> {
     let out = Command::new(MERIDIAN)
         .args(["log", "tail", "--json", "--stream", stream, "--region", "us-east", "--data-dir"])
@@ -1443,15 +1450,7 @@ fn a_reader_drafts_and_signs_the_read_they_hold_and_routing_pushes_them_the_next
         assigned.first().map(|a| a["studyId"].as_str().unwrap().to_owned())
     });
     let other: String = queued.iter().map(|q| q["studyId"].as_str().unwrap().to_owned()).find(|s| *s != held).unwrap();
-    let cli = |args: &[&str]| {
-        let out =
-            Command::new(MERIDIAN).args(args).args(["--region", "us-east", "--data-dir"]).arg(data.path()).output();
-        let out = out.unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-        )
-    };
+    let cli = |args: &[&str]| us_east(data.path(), args);
     // The assignee opens it in a viewer: its DICOMweb URL (audited), which
     // answers her own token; another reader gets nothing.
     let (ok, url) = cli(&["report", "open", &held, "--as", "dr-ortiz"]);
@@ -1634,15 +1633,7 @@ shifts = [{ days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], start = "0
         let assigned = tail_payloads(data.path(), "routing", "StudyAssigned");
         assigned.first().map(|a| a["studyId"].as_str().unwrap().to_owned())
     });
-    let cli = |args: &[&str]| {
-        let out =
-            Command::new(MERIDIAN).args(args).args(["--region", "us-east", "--data-dir"]).arg(data.path()).output();
-        let out = out.unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-        )
-    };
+    let cli = |args: &[&str]| us_east(data.path(), args);
     let draft = |who: &str, impression: &str| {
         cli(&["report", "draft", &study, "--as", who, "--findings", "Findings.", "--impression", impression])
     };
@@ -1905,14 +1896,7 @@ fn a_signed_report_reaches_a_ris_over_mllp_and_an_ehr_over_fhir_once_through_a_c
     let study = wait_for("the study pushed to dr-ana-ortiz", 30, || {
         tail_payloads(&data, "routing", "StudyAssigned").first().map(|a| a["studyId"].as_str().unwrap().to_owned())
     });
-    let cli = |args: &[&str]| {
-        let out =
-            Command::new(MERIDIAN).args(args).args(["--region", "us-east", "--data-dir"]).arg(&data).output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-        )
-    };
+    let cli = |args: &[&str]| us_east(&data, args);
     let (ok, said) = cli(&[
         "report",
         "draft",

@@ -321,6 +321,69 @@ pub mod dicom {
         file
     }
 
+    /// A head-CT-like slice for the demonstration triage model: 64 × 64,
+    /// Hounsfield units stored as value − 1024 (Rescale Intercept −1024),
+    /// air outside a disc of brain at 30 HU and, with `bleed`, a 12 × 12
+    /// block at 75 HU (fresh blood). No skull: the demonstration model
+    /// reads any bright block as blood. Accession "ACC-AI".
+    pub fn head_ct_slice(dir: &Path, study: &str, number: usize, bleed: bool) -> PathBuf {
+        use dicom_core::{DataElement, PrimitiveValue, VR};
+        use dicom_dictionary_std::tags;
+        use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+        const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
+        let (series, sop) = (format!("{study}.1"), format!("{study}.1.{number}"));
+        let pixels: Vec<u16> = (0..64 * 64i32)
+            .map(|p| {
+                let (y, x) = (p / 64, p % 64);
+                let inside = (y - 32).pow(2) + (x - 32).pow(2) < 28 * 28;
+                let blood = bleed && (24..36).contains(&y) && (24..36).contains(&x);
+                let hu: i32 = if blood {
+                    75
+                } else if inside {
+                    30
+                } else {
+                    -1000
+                };
+                (hu + 1024) as u16
+            })
+            .collect();
+        let e = |tag, vr, value: PrimitiveValue| DataElement::new(tag, vr, value);
+        let obj = InMemDicomObject::from_element_iter([
+            e(tags::SOP_CLASS_UID, VR::UI, CT.into()),
+            e(tags::SOP_INSTANCE_UID, VR::UI, sop.as_str().into()),
+            e(tags::ACCESSION_NUMBER, VR::SH, "ACC-AI".into()),
+            e(tags::MODALITY, VR::CS, "CT".into()),
+            e(tags::PATIENT_NAME, VR::PN, "Demo^Patient".into()),
+            e(tags::PATIENT_ID, VR::LO, "MRN-AI".into()),
+            e(tags::BODY_PART_EXAMINED, VR::CS, "HEAD".into()),
+            e(tags::STUDY_INSTANCE_UID, VR::UI, study.into()),
+            e(tags::SERIES_INSTANCE_UID, VR::UI, series.as_str().into()),
+            e(tags::INSTANCE_NUMBER, VR::IS, number.to_string().as_str().into()),
+            e(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16)),
+            e(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2".into()),
+            e(tags::ROWS, VR::US, PrimitiveValue::from(64u16)),
+            e(tags::COLUMNS, VR::US, PrimitiveValue::from(64u16)),
+            e(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16)),
+            e(tags::BITS_STORED, VR::US, PrimitiveValue::from(16u16)),
+            e(tags::HIGH_BIT, VR::US, PrimitiveValue::from(15u16)),
+            e(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(0u16)),
+            e(tags::RESCALE_INTERCEPT, VR::DS, "-1024".into()),
+            e(tags::RESCALE_SLOPE, VR::DS, "1".into()),
+            e(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(pixels.into())),
+        ]);
+        let meta = FileMetaTableBuilder::new()
+            .media_storage_sop_class_uid(CT)
+            .media_storage_sop_instance_uid(sop.as_str())
+            .transfer_syntax("1.2.840.10008.1.2.1")
+            .build()
+            .unwrap();
+        let path = dir.join(format!("{sop}.dcm"));
+        let mut bytes = Vec::new();
+        obj.with_exact_meta(meta).write_all(&mut bytes).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
     /// A study of one instance (series `{study}.1`, instance `{study}.1.1`).
     pub fn one_instance_study(dir: &Path, study: &str, patient_id: &str, priority: &str) -> PathBuf {
         write_ct(

@@ -84,6 +84,8 @@ pub struct Platform {
     pub groups: BTreeMap<String, ReadingGroup>,
     /// `templates/` (optional): report templates by name.
     pub templates: BTreeMap<String, Template>,
+    /// `models/` (optional): AI triage models by name.
+    pub models: BTreeMap<String, AiModel>,
     pub subspecialties: SubspecialtyMap,
     pub rvus: RvuTable,
     pub auth: Auth,
@@ -136,6 +138,12 @@ impl Loader {
 
     /// Every `*.toml` in `dir`, parsed, by file stem.
     fn parse_dir<T: DeserializeOwned>(&mut self, dir: &str) -> BTreeMap<String, (String, T)> {
+        self.parse_dir_beside::<T>(dir, &[])
+    }
+
+    /// As [`Self::parse_dir`], with files ending in one of `beside` left
+    /// alone (a model's weights beside its description).
+    fn parse_dir_beside<T: DeserializeOwned>(&mut self, dir: &str, beside: &[&str]) -> BTreeMap<String, (String, T)> {
         let mut out = BTreeMap::new();
         let entries = match std::fs::read_dir(self.root.join(dir)) {
             Ok(e) => e,
@@ -148,6 +156,9 @@ impl Loader {
         names.sort();
         for name in names {
             let rel = format!("{dir}/{name}");
+            if beside.iter().any(|ext| name.ends_with(ext)) {
+                continue;
+            }
             let Some(stem) = name.strip_suffix(".toml") else {
                 self.problem(&rel, "", "not a .toml file: configuration files end in .toml");
                 continue;
@@ -179,12 +190,12 @@ impl Platform {
                 names.sort();
                 for name in names {
                     let known = KIND_DIRS.contains(&name.as_str())
-                        || ["catalog", "templates", "auth.toml"].contains(&name.as_str());
+                        || ["catalog", "templates", "models", "auth.toml"].contains(&name.as_str());
                     if !known && !name.starts_with('.') && name != "README.md" {
                         l.problem(
                             &name,
                             "",
-                            "unexpected entry: expected regions/, tenants/, contracts/, groups/, catalog/, templates/ and auth.toml",
+                            "unexpected entry: expected regions/, tenants/, contracts/, groups/, catalog/, templates/, models/ and auth.toml",
                         );
                     }
                 }
@@ -198,6 +209,11 @@ impl Platform {
         // of findings and impression only.
         let templates =
             if dir.join("templates").is_dir() { l.parse_dir::<Template>("templates") } else { BTreeMap::new() };
+        let models = if dir.join("models").is_dir() {
+            l.parse_dir_beside::<AiModel>("models", &[".onnx"])
+        } else {
+            BTreeMap::new()
+        };
         if let Ok(entries) = std::fs::read_dir(dir.join("catalog")) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
@@ -220,6 +236,8 @@ impl Platform {
             contracts: &contracts,
             groups: &groups,
             templates: &templates,
+            models: &models,
+            root: dir,
             unparsed: &l.unparsed,
         };
         l.problems.extend(validate::all(&files, subspecialties.as_ref(), auth.as_ref()));
@@ -235,6 +253,7 @@ impl Platform {
             contracts: strip(contracts),
             groups: strip(groups),
             templates: strip(templates),
+            models: strip(models),
             subspecialties,
             rvus,
             auth,

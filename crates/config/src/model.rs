@@ -575,6 +575,10 @@ pub struct Contract {
     /// (1: minutes, 2: hours, 3: days); escalated when not.
     #[serde(default)]
     pub critical_results: CriticalResults,
+    /// The AI triage models the tenant buys for this contract's studies
+    /// (`models/<name>.toml`); none when empty.
+    #[serde(default)]
+    pub ai_models: Vec<String>,
     /// A share of signed finals drawn for a blinded second read (RADPEER);
     /// none when absent.
     #[serde(default)]
@@ -601,6 +605,74 @@ pub struct Contract {
 
 fn english() -> String {
     "en".into()
+}
+
+/// `models/<name>.toml`: an AI triage model — what it reads, how it runs,
+/// and what its outputs mean.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AiModel {
+    pub name: String,
+    pub version: String,
+    /// What it is for, as validated ("Demonstration only", a clearance).
+    pub intended_use: String,
+    pub runtime: ModelRuntime,
+    pub input: ModelInput,
+    pub outputs: Vec<ModelOutput>,
+}
+
+/// How a model runs. Embedded: an ONNX file run in process (tract), its
+/// path relative to the configuration directory.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ModelRuntime {
+    Embedded { path: String },
+}
+
+/// What a model reads: the studies it is for, and how a slice becomes its
+/// input tensor (rescaled to the modality's units by the instance's own
+/// rescale, windowed to [0, 1], resized), as `name` [N, 1, rows, columns]
+/// float32.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelInput {
+    pub name: String,
+    pub modalities: Vec<String>,
+    /// Any body part when empty.
+    #[serde(default)]
+    pub body_parts: Vec<String>,
+    pub window: Window,
+    /// Rows and columns the slice is resized to.
+    pub size: [u32; 2],
+    /// "NCHW": the one layout read.
+    pub layout: String,
+    /// "f32": the one dtype read.
+    pub dtype: String,
+    /// At most this many slices a study (evenly spaced): bounds the work.
+    #[serde(default = "max_slices")]
+    pub max_slices: u32,
+}
+
+fn max_slices() -> u32 {
+    128
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Window {
+    pub centre: f64,
+    pub width: f64,
+}
+
+/// One named output: a score per slice in [0, 1]; over `threshold` it
+/// flags `finding` and suggests `suggested_priority`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelOutput {
+    pub name: String,
+    pub threshold: f64,
+    pub finding: String,
+    pub suggested_priority: Priority,
 }
 
 /// `templates/<name>.toml`: how a report of a kind of study is written —

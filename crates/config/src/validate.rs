@@ -15,6 +15,9 @@ pub(crate) struct Files<'a> {
     pub contracts: Parsed<'a, Contract>,
     pub groups: Parsed<'a, ReadingGroup>,
     pub templates: Parsed<'a, crate::model::Template>,
+    pub models: Parsed<'a, crate::model::AiModel>,
+    /// The configuration directory: models' files are relative to it.
+    pub root: &'a std::path::Path,
     pub unparsed: &'a BTreeSet<String>,
 }
 
@@ -82,6 +85,7 @@ pub(crate) fn all(f: &Files<'_>, subspecialties: Option<&SubspecialtyMap>, auth:
     contracts(&mut out, f);
     groups(&mut out, f, subspecialties);
     templates(&mut out, f);
+    models(&mut out, f);
     if let Some(map) = subspecialties {
         for (i, rule) in map.rules.iter().enumerate() {
             if !map.subspecialties.contains(&rule.subspecialty) {
@@ -869,6 +873,47 @@ fn templates(out: &mut Out, f: &Files<'_>) {
                         ),
                     );
                 }
+            }
+        }
+    }
+}
+
+fn models(out: &mut Out, f: &Files<'_>) {
+    use crate::model::ModelRuntime;
+    for (stem, (file, m)) in f.models {
+        check_name(out, file, stem, &m.name);
+        if m.version.trim().is_empty() {
+            out.at(file, "version", "a model names its version: outcomes say which version read a study");
+        }
+        let ModelRuntime::Embedded { path } = &m.runtime;
+        if !f.root.join(path).is_file() {
+            out.at(file, "runtime.path", format!("{path:?}: no such file (relative to the configuration directory)"));
+        }
+        if m.input.modalities.is_empty() {
+            out.at(file, "input.modalities", "a model reads at least one modality");
+        }
+        if m.input.layout != "NCHW" {
+            out.at(file, "input.layout", format!("{:?}: the input is read as NCHW", m.input.layout));
+        }
+        if m.input.dtype != "f32" {
+            out.at(file, "input.dtype", format!("{:?}: the input is read as f32", m.input.dtype));
+        }
+        if m.input.size.contains(&0) || m.input.window.width <= 0.0 || m.input.max_slices == 0 {
+            out.at(file, "input", "size, window width and max_slices must be more than nothing");
+        }
+        if m.outputs.is_empty() {
+            out.at(file, "outputs", "a model has at least one output to judge by");
+        }
+        for (i, o) in m.outputs.iter().enumerate() {
+            if !(0.0..=1.0).contains(&o.threshold) {
+                out.at(file, format!("outputs[{i}].threshold"), format!("{} is outside [0, 1]", o.threshold));
+            }
+        }
+    }
+    for (file, c) in f.contracts.values() {
+        for (i, name) in c.ai_models.iter().enumerate() {
+            if !f.models.contains_key(name) && !f.unparsed.contains(&format!("models/{name}")) {
+                out.at(file, format!("ai_models[{i}]"), format!("unknown model {name:?} ({})", known(f.models.keys())));
             }
         }
     }

@@ -148,6 +148,8 @@ catalogue! {
     ObjectPurged         => 1, Operational, "storage", "storage.object", "storage";
     // inference
     AiTriageCompleted    => 1, Operational, "inference", "inference.study", "inference";
+    AiTriageFailed       => 1, Operational, "inference", "inference.study", "inference";
+    AiTriageScored       => 1, Phi,         "inference", "inference.scores", "inference";
     // reporting
     ReportSigned         => 1, Operational, "reporting", "reporting.study", "reporting";
     ReportText           => 1, Phi,         "reporting", "reporting.text",  "reporting";

@@ -30,8 +30,14 @@ pub enum ServiceName {
 }
 
 impl ServiceName {
-    pub const BUILT: [ServiceName; 5] =
-        [ServiceName::Ingest, ServiceName::Storage, ServiceName::Routing, ServiceName::Reporting, ServiceName::Billing];
+    pub const BUILT: [ServiceName; 6] = [
+        ServiceName::Ingest,
+        ServiceName::Storage,
+        ServiceName::Routing,
+        ServiceName::Reporting,
+        ServiceName::Billing,
+        ServiceName::Inference,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -85,6 +91,9 @@ async fn open_services(
     }
     if runs(ServiceName::Billing) {
         opened.push(meridian_billing::serve::BillingService::open(context).await?);
+    }
+    if runs(ServiceName::Inference) {
+        opened.push(meridian_inference::serve::InferenceService::open(context).await?);
     }
     Ok(opened)
 }

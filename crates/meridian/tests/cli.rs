@@ -1815,6 +1815,63 @@ OBR|1|PO-{control}||70450^CT head^CPT||||||||||||||{accession}\r"
     assert!(orders.iter().all(|(_, e)| e.open_plain().is_err()), "an order is sealed on the log");
 }
 
+#[test]
+fn a_head_ct_with_a_bleed_is_triaged_by_the_demonstration_model_and_raised_to_stat() {
+    // The examples, with acme's studies complete after a second's quiet.
+    let config = tempfile::TempDir::new().unwrap();
+    meridian_integration_tests::copy_dir(&repo().join("deploy/examples/dev"), config.path());
+    let contract = config.path().join("contracts/acme-atlantic.toml");
+    let text = std::fs::read_to_string(&contract).unwrap();
+    assert!(text.contains("quiet_period = \"2m\"") && text.contains("ai_models = [\"ich-demo\"]"), "{text}");
+    std::fs::write(&contract, text.replace("quiet_period = \"2m\"", "quiet_period = \"1s\"")).unwrap();
+    let data = tempfile::TempDir::new().unwrap();
+    let dev = Dev::start_configured(config.path(), data.path(), "");
+    let files = tempfile::TempDir::new().unwrap();
+    let (bleed, clear) = ("1.2.826.0.1.3680043.10.543.701", "1.2.826.0.1.3680043.10.543.702");
+    let mut sent = Vec::new();
+    for (study, bleeding) in [(bleed, true), (clear, false)] {
+        let dir = files.path().join(study);
+        std::fs::create_dir_all(&dir).unwrap();
+        // Three slices; the bleed is on the second.
+        let slices: Vec<PathBuf> = (1..=3)
+            .map(|n| meridian_integration_tests::dicom::head_ct_slice(&dir, study, n, bleeding && n == 2))
+            .collect();
+        let (ok, said) = meridian_integration_tests::dicom::storescu(
+            dev.dicom_port("us-east"),
+            "ACME_CT1",
+            "MERIDIAN_ACME",
+            &slices,
+        );
+        assert!(ok, "{said}");
+        sent.push(study);
+    }
+    let outcomes = wait_for("both studies triaged", 60, || {
+        let t = tail_payloads(data.path(), "inference", "AiTriageCompleted");
+        (t.len() == 2).then_some(t)
+    });
+    let flagged: Vec<&Value> = outcomes.iter().filter(|t| t["flagged"] == true).collect();
+    assert_eq!(flagged.len(), 1, "{outcomes:?}");
+    let hit = flagged[0];
+    assert_eq!((hit["model"].as_str(), hit["suggestedPriority"].as_str()), (Some("ich-demo@1"), Some("stat")));
+    assert_eq!(hit["instancesUsed"], 3);
+    assert_eq!(hit["findings"][0], "ICH");
+    let study = hit["studyId"].as_str().unwrap().to_owned();
+    // Routing raised the flagged study to STAT; the other stays routine.
+    wait_for("routing raised the flagged study", 30, || {
+        let triaged = tail_payloads(data.path(), "routing", "StudyTriaged");
+        triaged.iter().any(|t| t["studyId"] == study.as_str() && t["priority"] == "stat").then_some(())
+    });
+    // Each read was audited before the pixels were read.
+    let audited = tail_payloads(data.path(), "audit", "PhiAccessed");
+    let reads = audited.iter().filter(|a| a["action"] == "inference.read").count();
+    assert_eq!(reads, 2, "{audited:?}");
+    dev.interrupt();
+    // The scores are PHI: sealed on the PHI topic.
+    let (scored, _) = topic_events(data.path(), meridian_events::DataClass::Phi, "inference");
+    assert_eq!(scored.len(), 2);
+    assert!(scored.iter().all(|(_, e)| e.open_plain().is_err()), "scores are sealed on the log");
+}
+
 /// A Python receiver (an MLLP listener, a FHIR server), killed when
 /// dropped; its port and the JSON lines it records.
 struct Receiver {

@@ -92,6 +92,7 @@ async fn a_region_runs_on_kafka_with_topics_provisioned_from_config() {
             "meridian.in-south.ops.storage",
             "meridian.in-south.ops.audit",
             "meridian.in-south.ops.inference",
+            "meridian.in-south.phi.inference",
             "meridian.in-south.ops.reporting",
             "meridian.in-south.phi.reporting",
             "meridian.in-south.ops.routing",

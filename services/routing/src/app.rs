@@ -933,6 +933,7 @@ pub(crate) mod tests {
             model: "ich@2".into(),
             flagged: true,
             suggested_priority: "stat".into(),
+            ..Default::default()
         };
         log.append(vec![Outgoing::new(topic("inference"), &envelope(2, 1, later, &triage)).unwrap()]).await.unwrap();
         assert_eq!(routing.intake(Duration::from_millis(50)).await.unwrap(), 1);

@@ -1,0 +1,408 @@
+//! Inference on a region's log: one projection of ingest's two topics
+//! (completions; instances, opened with the region's keys) and its own,
+//! behind one lock. A pass catches up, takes the reads that are due, runs
+//! each (objects read from the region's store after PhiAccessed, slices
+//! decoded and the model run on blocking threads), and appends the outcome
+//! with ids derived from the study's StudyCompleted and the model: a
+//! redelivery or a restart cannot triage a study twice.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meridian_audit::{Accessed, Audit};
+use meridian_auth::Principal;
+use meridian_config::{ModelRuntime, Platform, PrincipalKind};
+use meridian_events::envelope::EventMeta;
+use meridian_events::payload::Payload;
+use meridian_events::{DataClass, Envelope, EventId, KeyStore, StudyId, UnixMicros};
+use meridian_log::failpoint::FailPoints;
+use meridian_log::{EventLog, Outgoing, Position, TopicName};
+use meridian_objects::blobs::Blobs;
+use meridian_projection::live::Live;
+use meridian_projection::run::{Resumed, Snapshotter, catch_up};
+use meridian_projection::{Event as Logged, Projection, Stats};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::adapters::events::{self, Outcome};
+use crate::adapters::pixels;
+use crate::adapters::runtime::{Embedded, RuntimeError};
+use crate::domain::model::{self, State};
+use crate::domain::triage::{self, Due, ModelSpec, OutputSpec, Policy};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("inference log: {0}")]
+    Log(#[from] meridian_log::Error),
+    #[error("inference state: {0}")]
+    Projection(#[from] meridian_projection::Error),
+    #[error("inference event: {0}")]
+    Envelope(#[from] meridian_events::envelope::Error),
+    #[error("{0}")]
+    Runtime(#[from] RuntimeError),
+    #[error("audit: {0}")]
+    Audit(String),
+}
+
+/// The scores computed, nothing appended yet.
+pub const AFTER_RUN: &str = "inference.after_run";
+
+/// A study whose instances are not all here this long after its
+/// completion fails `incomplete_study`.
+pub const INCOMPLETE_AFTER: i64 = 10 * 60 * 1_000_000;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Folded {
+    pub state: State,
+    /// `inference.study/<id>` and `inference.scores/<id>` → last version.
+    pub versions: BTreeMap<String, u64>,
+    pub unreadable: BTreeMap<String, (u64, String)>,
+}
+
+pub struct InferenceProjection;
+
+const STUDY: &str = "inference.study";
+const SCORES: &str = "inference.scores";
+
+impl Projection for InferenceProjection {
+    type State = Folded;
+    const NAME: &'static str = "inference.triage";
+
+    fn apply(mut folded: Folded, event: &Logged<'_>) -> Folded {
+        let meta = &event.envelope.meta;
+        if [STUDY, SCORES].contains(&meta.aggregate_type.as_str()) {
+            let last = folded.versions.entry(format!("{}/{}", meta.aggregate_type, meta.aggregate_id)).or_default();
+            *last = (*last).max(meta.aggregate_version);
+        }
+        match events::fact(event.payload, meta.event_id, &meta.tenant, meta.occurred_at) {
+            Ok(Some(fact)) => folded.state = model::apply(std::mem::take(&mut folded.state), &fact),
+            Ok(None) => {}
+            Err(why) => {
+                let seen = folded.unreadable.entry(format!("{}.{}", why.payload, why.field)).or_default();
+                seen.0 += 1;
+                seen.1 = format!("{why} (event {})", meta.event_id);
+            }
+        }
+        folded
+    }
+}
+
+/// A model loaded, with how its slices are made.
+pub struct Loaded {
+    pub spec: ModelSpec,
+    pub window: (f64, f64),
+    pub size: (u32, u32),
+    pub runtime: Arc<Embedded>,
+}
+
+/// Loads every model the configuration names (a model that does not load
+/// refuses the start, naming its file and field).
+pub fn load_models(platform: &Platform) -> Result<(Policy, BTreeMap<String, Loaded>), Error> {
+    let mut loaded = BTreeMap::new();
+    let mut policy = Policy::default();
+    for m in platform.models.values() {
+        let ModelRuntime::Embedded { path } = &m.runtime;
+        let outputs: Vec<String> = m.outputs.iter().map(|o| o.name.clone()).collect();
+        let [rows, columns] = m.input.size;
+        let file = platform.root.join(path);
+        let runtime = Embedded::load(&file, &m.input.name, rows, columns, &outputs).map_err(|e| match e {
+            RuntimeError::Load { reason, .. } => RuntimeError::Load {
+                path: format!("models/{}.toml: runtime.path ({})", m.name, file.display()),
+                reason,
+            },
+            other => other,
+        })?;
+        let spec = ModelSpec {
+            name: m.name.clone(),
+            version: m.version.clone(),
+            modalities: m.input.modalities.clone(),
+            body_parts: m.input.body_parts.clone(),
+            max_slices: m.input.max_slices as usize,
+            outputs: m
+                .outputs
+                .iter()
+                .map(|o| OutputSpec {
+                    name: o.name.clone(),
+                    threshold: o.threshold,
+                    finding: o.finding.clone(),
+                    priority: o.suggested_priority.as_str().to_owned(),
+                })
+                .collect(),
+        };
+        policy.models.insert(m.name.clone(), spec.clone());
+        let window = (m.input.window.centre, m.input.window.width);
+        loaded.insert(m.name.clone(), Loaded { spec, window, size: (rows, columns), runtime: Arc::new(runtime) });
+    }
+    for c in platform.contracts.values() {
+        policy.contracts.insert(c.name.clone(), c.ai_models.clone());
+    }
+    for t in platform.tenants.values() {
+        let mut of_tenant = platform.contracts.values().filter(|c| c.tenant == t.name);
+        if let (Some(only), None) = (of_tenant.next(), of_tenant.next()) {
+            policy.only_contract.insert(t.name.clone(), only.name.clone());
+        }
+    }
+    Ok((policy, loaded))
+}
+
+pub struct Inference {
+    region: String,
+    log: Arc<dyn EventLog>,
+    keys: Arc<dyn KeyStore>,
+    blobs: Arc<dyn Blobs>,
+    audit: Arc<Audit>,
+    live: Live<InferenceProjection>,
+    ops: TopicName,
+    phi: TopicName,
+    idle: Duration,
+    policy: Policy,
+    models: BTreeMap<String, Loaded>,
+    failpoints: FailPoints,
+    /// Reads decoded and run at once, at most.
+    permits: tokio::sync::Semaphore,
+}
+
+fn topic(region: &str, class: DataClass, stream: &str) -> Result<TopicName, Error> {
+    TopicName::new(region, class, stream).map_err(|e| Error::Log(meridian_log::Error::UnknownTopic { topic: e.name }))
+}
+
+/// Who reads the objects: inference itself, audited as a service.
+fn service_principal() -> Principal {
+    Principal {
+        subject: "service:inference".into(),
+        kind: PrincipalKind::Platform,
+        tenant: None,
+        facility: None,
+        group: None,
+        reader: None,
+        roles: vec![],
+    }
+}
+
+/// What inference is opened with besides the log.
+pub struct Opening {
+    pub region: String,
+    pub platform: Arc<Platform>,
+    pub log: Arc<dyn EventLog>,
+    pub keys: Arc<dyn KeyStore>,
+    pub blobs: Arc<dyn Blobs>,
+    pub snapshots: Snapshotter,
+    pub idle: Duration,
+    pub failpoints: FailPoints,
+}
+
+impl Inference {
+    /// Loads the models and opens from the snapshot and the tail of
+    /// ingest's topics and its own.
+    pub async fn open(o: Opening) -> Result<Inference, Error> {
+        let (policy, models) = load_models(&o.platform)?;
+        let ingest = topic(&o.region, DataClass::Operational, "ingest")?;
+        let instances = topic(&o.region, DataClass::Phi, "ingest")?;
+        let ops = topic(&o.region, DataClass::Operational, "inference")?;
+        let phi = topic(&o.region, DataClass::Phi, "inference")?;
+        let mut starts = Vec::new();
+        for t in [&ingest, &instances, &ops] {
+            starts.extend((0..o.log.partitions(t).await?).map(|p| Position::start(t.clone(), p)));
+        }
+        let live = Live::open(o.snapshots, starts, o.log.as_ref(), o.keys.as_ref(), o.idle).await?;
+        let audit = Audit::new(&o.region, o.log.clone()).map_err(|e| Error::Audit(e.to_string()))?;
+        Ok(Inference {
+            region: o.region,
+            log: o.log,
+            keys: o.keys,
+            blobs: o.blobs,
+            audit: Arc::new(audit),
+            live,
+            ops,
+            phi,
+            idle: o.idle,
+            policy,
+            models,
+            failpoints: o.failpoints,
+            permits: tokio::sync::Semaphore::new(2),
+        })
+    }
+
+    /// The models loaded, as `name@version`.
+    pub fn models(&self) -> Vec<String> {
+        self.models.values().map(|m| m.spec.id()).collect()
+    }
+
+    /// Runs the reads due at `now` (a few a pass) and appends each outcome.
+    pub async fn run_due(&self, now: UnixMicros) -> Result<usize, Error> {
+        let due = {
+            let mut projector = self.live.lock().await;
+            catch_up(self.log.as_ref(), self.keys.as_ref(), &mut projector, self.idle).await?;
+            triage::due(&projector.state().state, &self.policy, now, INCOMPLETE_AFTER)
+        };
+        let count = due.len().min(8);
+        for d in due.into_iter().take(8) {
+            let outcome = match d {
+                Due::Fail { study, model, reason, detail } => {
+                    Outcome::Failed { study, model: model.id(), reason, detail }
+                }
+                Due::Run { study, model, instances } => self.read(study, &model, &instances, now).await?,
+            };
+            self.failpoints.hit(AFTER_RUN)?;
+            self.append(&outcome, now).await?;
+        }
+        Ok(count)
+    }
+
+    /// One model's read of one study: its outcome.
+    async fn read(
+        &self,
+        study: Uuid,
+        spec: &ModelSpec,
+        instances: &[model::Instance],
+        now: UnixMicros,
+    ) -> Result<Outcome, Error> {
+        let started = Instant::now();
+        let fail = |reason: &'static str, detail: String| Outcome::Failed { study, model: spec.id(), reason, detail };
+        let Some(loaded) = self.models.get(&spec.name) else {
+            return Ok(fail("model_output", format!("model {} is not loaded", spec.id())));
+        };
+        let tenant = self
+            .live
+            .lock()
+            .await
+            .state()
+            .state
+            .studies
+            .get(&study)
+            .and_then(|s| s.completion.as_ref().map(|c| c.tenant.clone()))
+            .unwrap_or_default();
+        // No audit, no pixels.
+        let items = instances.iter().map(|i| i.id.to_string()).collect();
+        self.audit
+            .record(&service_principal(), "inference.read", &[Accessed { tenant: &tenant, study, items }], now)
+            .await
+            .map_err(|e| Error::Audit(e.to_string()))?;
+        let _permit = self.permits.acquire().await.map_err(|e| Error::Audit(e.to_string()))?;
+        let mut objects = Vec::with_capacity(instances.len());
+        for i in instances {
+            match self.blobs.get(&i.object_key).await {
+                Ok(Some(bytes)) => objects.push(bytes),
+                Ok(None) => return Ok(fail("object_missing", format!("instance {} has no object", i.id))),
+                Err(e) => return Ok(fail("object_missing", format!("instance {}: {e}", i.id))),
+            }
+        }
+        let (window, size, runtime) = (loaded.window, loaded.size, loaded.runtime.clone());
+        let ran = tokio::task::spawn_blocking(move || -> Result<BTreeMap<String, Vec<f32>>, (&'static str, String)> {
+            let slices = objects
+                .iter()
+                .map(|bytes| pixels::slice(bytes, window.0, window.1, size.0, size.1))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| (e.reason, e.detail))?;
+            runtime.run(&slices).map_err(|e| match e {
+                RuntimeError::Output(d) => ("model_output", d),
+                other => ("run", other.to_string()),
+            })
+        })
+        .await
+        .map_err(|e| Error::Audit(format!("the model's thread: {e}")))?;
+        let per_slice = match ran {
+            Ok(scores) => scores,
+            Err((reason, detail)) => return Ok(fail(reason, detail)),
+        };
+        let highest: BTreeMap<String, f32> = per_slice
+            .iter()
+            .map(|(name, scores)| (name.clone(), scores.iter().copied().fold(f32::MIN, f32::max)))
+            .collect();
+        let judged = triage::judge(spec, &highest);
+        let scores = spec
+            .outputs
+            .iter()
+            .filter_map(|o| highest.get(&o.name).map(|s| (o.name.clone(), *s, o.threshold as f32)))
+            .collect();
+        Ok(Outcome::Completed {
+            study,
+            model: spec.id(),
+            flagged: judged.flagged,
+            suggested: judged.suggested,
+            findings: judged.findings,
+            latency_ms: u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX),
+            scores,
+            instances: instances.iter().map(|i| i.id).collect(),
+        })
+    }
+
+    async fn append(&self, outcome: &Outcome, now: UnixMicros) -> Result<(), Error> {
+        let mut projector = self.live.lock().await;
+        catch_up(self.log.as_ref(), self.keys.as_ref(), &mut projector, self.idle).await?;
+        let (study, model) = match outcome {
+            Outcome::Completed { study, model, .. } | Outcome::Failed { study, model, .. } => (*study, model.clone()),
+        };
+        let folded = projector.state();
+        let Some(s) = folded.state.studies.get(&study) else { return Ok(()) };
+        // Read once, whoever read it first.
+        if s.read_by.contains(&model) {
+            return Ok(());
+        }
+        let (cause, tenant) = match &s.completion {
+            Some(c) => (c.cause, c.tenant.clone()),
+            None => return Ok(()),
+        };
+        let mut batch = Vec::new();
+        for payload in events::payloads(outcome) {
+            let (aggregate, topic) = match payload {
+                Payload::AiTriageScored(_) => (SCORES, &self.phi),
+                _ => (STUDY, &self.ops),
+            };
+            let slot = format!("{aggregate}/{study}");
+            let version = folded.versions.get(&slot).copied().unwrap_or(0) + 1;
+            let meta = EventMeta {
+                event_id: EventId::derived(cause, &format!("{}:{model}", payload.type_name()), 0),
+                aggregate_type: aggregate.into(),
+                aggregate_id: study,
+                aggregate_version: version,
+                tenant: tenant.clone(),
+                home_region: self.region.clone(),
+                occurred_at: now,
+                causation_id: Some(cause),
+                correlation_id: None,
+                traceparent: None,
+            };
+            batch.push(match payload {
+                // Scores are findings: sealed under the study's key.
+                Payload::AiTriageScored(p) => {
+                    Outgoing::new(topic.clone(), &Envelope::sealed(meta, &p, StudyId(study), self.keys.as_ref())?)?
+                }
+                other => Outgoing::new(topic.clone(), &other.plain_envelope(meta)?)?,
+            });
+        }
+        match outcome {
+            Outcome::Completed { flagged, suggested, latency_ms, .. } => {
+                tracing::info!(region = %self.region, %study, %model, flagged, suggested = suggested.as_deref().unwrap_or(""), latency_ms, "study triaged");
+            }
+            Outcome::Failed { reason, detail, .. } => {
+                tracing::warn!(region = %self.region, %study, %model, reason, %detail, "triage failed: the study is routed at its normal priority");
+            }
+        }
+        let appended = self.log.append(batch.clone()).await?;
+        projector.feed_appended(batch, appended, self.keys.as_ref())?;
+        Ok(())
+    }
+
+    pub async fn read_state<T>(&self, f: impl FnOnce(&Folded) -> T) -> T {
+        f(self.live.lock().await.state())
+    }
+
+    pub fn opened(&self) -> &Resumed {
+        self.live.opened()
+    }
+
+    pub async fn stats(&self) -> Stats {
+        self.live.stats().await
+    }
+
+    pub async fn snapshot(&self, force: bool) -> Result<(), Error> {
+        Ok(self.live.snapshot(force).await?)
+    }
+
+    /// Follows the log into the state until `stop`.
+    pub async fn follow(&self, stop: impl std::future::Future<Output = ()>) {
+        self.live.follow(self.log.as_ref(), self.keys.as_ref(), stop).await;
+    }
+}

@@ -1,0 +1,91 @@
+//! What inference knows: each study's instances as ingest recorded them
+//! (opaque ids and where the object is, never patient data), its
+//! completion, and which models have read it. Studies leave the state a
+//! day after their completion (counted by later completions, so the fold
+//! stays pure): a triage that has not happened by then no longer helps.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use meridian_events::{EventId, UnixMicros};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// One instance of a study.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub id: Uuid,
+    pub series: Uuid,
+    /// Where its Part-10 bytes are in the region's object store.
+    pub object_key: String,
+    pub transfer_syntax: String,
+    pub modality: String,
+    pub body_part: String,
+}
+
+/// A study's completion, as ingest said it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Completion {
+    /// The StudyCompleted's id: outcomes' ids derive from it.
+    pub cause: EventId,
+    pub tenant: String,
+    pub contract: String,
+    pub modality: String,
+    pub body_part: String,
+    pub instance_count: u32,
+    pub completed_at: UnixMicros,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Study {
+    pub instances: Vec<Instance>,
+    pub completion: Option<Completion>,
+    /// Models (`name@version`) with an outcome, completed or failed.
+    pub read_by: BTreeSet<String>,
+    /// When it was first seen: a study never completed is let go too.
+    pub first_seen: UnixMicros,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub studies: BTreeMap<Uuid, Study>,
+}
+
+/// How long a study is kept after its completion (or its first instance).
+pub const KEPT: i64 = 86_400_000_000;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fact {
+    /// InstanceReceived.
+    Instance { study: Uuid, instance: Instance, at: UnixMicros },
+    /// StudyCompleted (its `completed_at`).
+    Completed { study: Uuid, completion: Completion },
+    /// AiTriageCompleted or AiTriageFailed.
+    Read { study: Uuid, model: String },
+}
+
+pub fn apply(mut state: State, fact: &Fact) -> State {
+    match fact {
+        Fact::Instance { study, instance, at } => {
+            let s = state.studies.entry(*study).or_insert_with(|| Study { first_seen: *at, ..Study::default() });
+            if !s.instances.iter().any(|i| i.id == instance.id) {
+                s.instances.push(instance.clone());
+            }
+        }
+        Fact::Completed { study, completion } => {
+            let at = completion.completed_at;
+            let s = state.studies.entry(*study).or_insert_with(|| Study { first_seen: at, ..Study::default() });
+            if s.completion.is_none() {
+                s.completion = Some(completion.clone());
+            }
+            // Let go of what is a day older than this completion.
+            let cutoff = UnixMicros(at.0.saturating_sub(KEPT));
+            state.studies.retain(|_, s| s.completion.as_ref().map_or(s.first_seen, |c| c.completed_at) >= cutoff);
+        }
+        Fact::Read { study, model } => {
+            if let Some(s) = state.studies.get_mut(study) {
+                s.read_by.insert(model.clone());
+            }
+        }
+    }
+    state
+}

@@ -1,0 +1,272 @@
+//! Which models read a study, on which slices, and what their scores say.
+//! A model reads the studies of the contracts that buy it, of its
+//! modalities and body parts; it reads one series (the one with the most
+//! slices it takes), at most `max_slices` of them, evenly spaced. Each
+//! output's score is its highest over the slices; at or over its threshold
+//! it flags its finding and suggests its priority. Inference only
+//! suggests: routing raises a study's priority, never lowers it.
+
+use std::collections::BTreeMap;
+
+use meridian_events::UnixMicros;
+use uuid::Uuid;
+
+use super::model::{Completion, Instance, State};
+
+/// A model as inference decides by it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelSpec {
+    pub name: String,
+    pub version: String,
+    pub modalities: Vec<String>,
+    /// Any when empty.
+    pub body_parts: Vec<String>,
+    pub max_slices: usize,
+    pub outputs: Vec<OutputSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutputSpec {
+    pub name: String,
+    pub threshold: f64,
+    pub finding: String,
+    /// "stat", "urgent" or "routine".
+    pub priority: String,
+}
+
+impl ModelSpec {
+    /// `name@version`: how outcomes name it.
+    pub fn id(&self) -> String {
+        format!("{}@{}", self.name, self.version)
+    }
+
+    fn takes(&self, modality: &str, body_part: &str) -> bool {
+        self.modalities.iter().any(|m| m == modality)
+            && (self.body_parts.is_empty() || self.body_parts.iter().any(|b| b.eq_ignore_ascii_case(body_part)))
+    }
+}
+
+/// The models, and which contracts buy which.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Policy {
+    pub models: BTreeMap<String, ModelSpec>,
+    /// Contract → the models it buys.
+    pub contracts: BTreeMap<String, Vec<String>>,
+    /// Tenant → its one contract, for a study whose completion names none.
+    pub only_contract: BTreeMap<String, String>,
+}
+
+impl Policy {
+    /// The models `c`'s contract buys that take its modality and body part.
+    pub fn models_for(&self, c: &Completion) -> Vec<&ModelSpec> {
+        let contract = if c.contract.is_empty() { self.only_contract.get(&c.tenant) } else { Some(&c.contract) };
+        let names = contract.and_then(|k| self.contracts.get(k)).map(Vec::as_slice).unwrap_or_default();
+        names.iter().filter_map(|n| self.models.get(n)).filter(|m| m.takes(&c.modality, &c.body_part)).collect()
+    }
+}
+
+/// A model's read of a study that is due.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Due {
+    /// Read these instances.
+    Run { study: Uuid, model: ModelSpec, instances: Vec<Instance> },
+    /// It cannot: why (a code) and what (no PHI).
+    Fail { study: Uuid, model: ModelSpec, reason: &'static str, detail: String },
+}
+
+/// The reads due at `now`: each completed study's models not yet read it.
+/// A study whose instances are not all here `incomplete_after` its
+/// completion fails `incomplete_study` (the two topics have no order: the
+/// completion may come first).
+pub fn due(state: &State, policy: &Policy, now: UnixMicros, incomplete_after: i64) -> Vec<Due> {
+    let mut out = Vec::new();
+    for (id, s) in &state.studies {
+        let Some(c) = &s.completion else { continue };
+        for model in policy.models_for(c) {
+            if s.read_by.contains(&model.id()) {
+                continue;
+            }
+            let (study, model) = (*id, model.clone());
+            if (s.instances.len() as u64) < u64::from(c.instance_count) {
+                if now.0 >= c.completed_at.0.saturating_add(incomplete_after) {
+                    let detail = format!("{} of {} instances in hand", s.instances.len(), c.instance_count);
+                    out.push(Due::Fail { study, model, reason: "incomplete_study", detail });
+                }
+                continue;
+            }
+            let taken = slices(&s.instances, &model);
+            if taken.is_empty() {
+                let detail = format!(
+                    "no series of {} {} (the model reads {} {})",
+                    c.modality,
+                    c.body_part,
+                    model.modalities.join("/"),
+                    if model.body_parts.is_empty() { "any body part".to_owned() } else { model.body_parts.join("/") }
+                );
+                out.push(Due::Fail { study, model, reason: "no_matching_series", detail });
+            } else {
+                out.push(Due::Run { study, model, instances: taken });
+            }
+        }
+    }
+    out
+}
+
+/// The slices `model` reads of `instances`: of the series with the most it
+/// takes (the last by its id on a tie), at most `max_slices`, evenly spaced.
+pub fn slices(instances: &[Instance], model: &ModelSpec) -> Vec<Instance> {
+    let mut by_series: BTreeMap<Uuid, Vec<&Instance>> = BTreeMap::new();
+    for i in instances.iter().filter(|i| model.takes(&i.modality, &i.body_part)) {
+        by_series.entry(i.series).or_default().push(i);
+    }
+    let Some(series) = by_series.values().max_by_key(|s| s.len()).cloned() else { return Vec::new() };
+    let n = series.len();
+    let take = n.min(model.max_slices.max(1));
+    (0..take).map(|k| series[k * n / take].clone()).collect()
+}
+
+/// What a model's scores say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Judged {
+    pub flagged: bool,
+    /// The most urgent priority among the flagged outputs.
+    pub suggested: Option<String>,
+    pub findings: Vec<String>,
+}
+
+fn rank(priority: &str) -> u8 {
+    match priority {
+        "stat" => 0,
+        "urgent" => 1,
+        _ => 2,
+    }
+}
+
+/// Judges `scores` (each output's highest score) by `model`'s thresholds.
+pub fn judge(model: &ModelSpec, scores: &BTreeMap<String, f32>) -> Judged {
+    let over: Vec<&OutputSpec> =
+        model.outputs.iter().filter(|o| scores.get(&o.name).is_some_and(|s| f64::from(*s) >= o.threshold)).collect();
+    let suggested = over.iter().map(|o| o.priority.as_str()).min_by_key(|p| rank(p)).map(str::to_owned);
+    Judged { flagged: !over.is_empty(), suggested, findings: over.iter().map(|o| o.finding.clone()).collect() }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::domain::model::{Fact, apply};
+
+    fn model(max_slices: usize) -> ModelSpec {
+        ModelSpec {
+            name: "ich-demo".into(),
+            version: "1".into(),
+            modalities: vec!["CT".into()],
+            body_parts: vec!["HEAD".into()],
+            max_slices,
+            outputs: vec![
+                OutputSpec { name: "ich".into(), threshold: 0.5, finding: "ICH".into(), priority: "stat".into() },
+                OutputSpec { name: "mass".into(), threshold: 0.8, finding: "MASS".into(), priority: "urgent".into() },
+            ],
+        }
+    }
+
+    fn instance(n: u128, series: u128, modality: &str) -> Instance {
+        Instance {
+            id: Uuid::from_u128(n),
+            series: Uuid::from_u128(series),
+            object_key: format!("o/{n}"),
+            transfer_syntax: "1.2.840.10008.1.2.1".into(),
+            modality: modality.into(),
+            body_part: "HEAD".into(),
+        }
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            models: [("ich-demo".to_string(), model(4))].into(),
+            contracts: [("acme-atlantic".to_string(), vec!["ich-demo".to_string()])].into(),
+            only_contract: [("acme".to_string(), "acme-atlantic".to_string())].into(),
+        }
+    }
+
+    fn completion(count: u32, body_part: &str) -> Completion {
+        Completion {
+            cause: meridian_events::EventId(Uuid::from_u128(9)),
+            tenant: "acme".into(),
+            contract: String::new(),
+            modality: "CT".into(),
+            body_part: body_part.into(),
+            instance_count: count,
+            completed_at: UnixMicros(1_000),
+        }
+    }
+
+    #[test]
+    fn a_study_is_read_once_all_its_instances_are_here_and_by_each_model_once() {
+        let study = Uuid::from_u128(1);
+        let mut state = State::default();
+        state = apply(state, &Fact::Completed { study, completion: completion(2, "HEAD") });
+        assert!(due(&state, &policy(), UnixMicros(2_000), 1_000_000).is_empty(), "one of two instances");
+        for n in 1..=2 {
+            state = apply(state, &Fact::Instance { study, instance: instance(n, 7, "CT"), at: UnixMicros(0) });
+        }
+        let runs = due(&state, &policy(), UnixMicros(2_000), 1_000_000);
+        assert!(matches!(&runs[..], [Due::Run { instances, .. }] if instances.len() == 2), "{runs:?}");
+        state = apply(state, &Fact::Read { study, model: "ich-demo@1".into() });
+        assert!(due(&state, &policy(), UnixMicros(2_000), 1_000_000).is_empty(), "read once");
+    }
+
+    #[test]
+    fn a_study_missing_instances_past_the_bound_or_with_no_series_the_model_takes_fails_saying_why() {
+        let study = Uuid::from_u128(1);
+        let state = apply(State::default(), &Fact::Completed { study, completion: completion(3, "HEAD") });
+        let failed = due(&state, &policy(), UnixMicros(1_000 + 1_000_000), 1_000_000);
+        assert!(matches!(&failed[..], [Due::Fail { reason: "incomplete_study", .. }]), "{failed:?}");
+        let state = apply(State::default(), &Fact::Completed { study, completion: completion(1, "HEAD") });
+        let state = apply(state, &Fact::Instance { study, instance: instance(1, 7, "SR"), at: UnixMicros(0) });
+        let failed = due(&state, &policy(), UnixMicros(2_000), 1_000_000);
+        assert!(matches!(&failed[..], [Due::Fail { reason: "no_matching_series", .. }]), "{failed:?}");
+        // A chest CT is not the head model's; a contract that buys nothing, nothing.
+        let state = apply(State::default(), &Fact::Completed { study, completion: completion(1, "CHEST") });
+        assert!(due(&state, &policy(), UnixMicros(2_000), 1_000_000).is_empty());
+    }
+
+    #[test]
+    fn a_study_leaves_the_state_a_day_after_its_completion() {
+        let old = Uuid::from_u128(1);
+        let state = apply(State::default(), &Fact::Completed { study: old, completion: completion(1, "HEAD") });
+        let later =
+            Completion { completed_at: UnixMicros(1_000 + crate::domain::model::KEPT + 1), ..completion(1, "HEAD") };
+        let state = apply(state, &Fact::Completed { study: Uuid::from_u128(2), completion: later });
+        assert!(!state.studies.contains_key(&old) && state.studies.len() == 1);
+    }
+
+    proptest! {
+        #[test]
+        fn flagged_exactly_when_a_score_reaches_its_threshold_and_the_most_urgent_is_suggested(
+            ich in 0.0f32..1.0, mass in 0.0f32..1.0,
+        ) {
+            let scores = [("ich".to_string(), ich), ("mass".to_string(), mass)].into();
+            let j = judge(&model(4), &scores);
+            let (ich_over, mass_over) = (f64::from(ich) >= 0.5, f64::from(mass) >= 0.8);
+            prop_assert_eq!(j.flagged, ich_over || mass_over);
+            let expected = if ich_over { Some("stat") } else if mass_over { Some("urgent") } else { None };
+            prop_assert_eq!(j.suggested.as_deref(), expected);
+            prop_assert_eq!(j.findings.len(), usize::from(ich_over) + usize::from(mass_over));
+        }
+
+        #[test]
+        fn slices_are_of_one_series_at_most_max_and_spread(n in 1usize..300, max in 1usize..64, other in 0usize..10) {
+            let mut instances: Vec<Instance> = (0..n).map(|i| instance(i as u128, 7, "CT")).collect();
+            instances.extend((0..other).map(|i| instance(1_000 + i as u128, 8, "CT")));
+            let taken = slices(&instances, &model(max));
+            prop_assert_eq!(taken.len(), n.max(other).min(max));
+            let series = taken[0].series;
+            prop_assert!(taken.iter().all(|i| i.series == series));
+            let mut ids: Vec<Uuid> = taken.iter().map(|i| i.id).collect();
+            ids.dedup();
+            prop_assert_eq!(ids.len(), taken.len());
+        }
+    }
+}

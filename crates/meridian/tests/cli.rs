@@ -1816,7 +1816,7 @@ OBR|1|PO-{control}||70450^CT head^CPT||||||||||||||{accession}\r"
 }
 
 #[test]
-fn a_head_ct_with_a_bleed_is_triaged_by_the_demonstration_model_and_raised_to_stat() {
+fn a_head_ct_with_a_bleed_is_triaged_once_through_a_crash_by_the_demonstration_model_and_raised_to_stat() {
     // The examples, with acme's studies complete after a second's quiet.
     let config = tempfile::TempDir::new().unwrap();
     meridian_integration_tests::copy_dir(&repo().join("deploy/examples/dev"), config.path());
@@ -1824,8 +1824,10 @@ fn a_head_ct_with_a_bleed_is_triaged_by_the_demonstration_model_and_raised_to_st
     let text = std::fs::read_to_string(&contract).unwrap();
     assert!(text.contains("quiet_period = \"2m\"") && text.contains("ai_models = [\"ich-demo\"]"), "{text}");
     std::fs::write(&contract, text.replace("quiet_period = \"2m\"", "quiet_period = \"1s\"")).unwrap();
+    // The region aborts once the first read's scores are computed, before
+    // anything is appended.
     let data = tempfile::TempDir::new().unwrap();
-    let dev = Dev::start_configured(config.path(), data.path(), "");
+    let mut dev = Dev::start_configured(config.path(), data.path(), "inference.after_run=abort@1");
     let files = tempfile::TempDir::new().unwrap();
     let (bleed, clear) = ("1.2.826.0.1.3680043.10.543.701", "1.2.826.0.1.3680043.10.543.702");
     let mut sent = Vec::new();
@@ -1845,9 +1847,13 @@ fn a_head_ct_with_a_bleed_is_triaged_by_the_demonstration_model_and_raised_to_st
         assert!(ok, "{said}");
         sent.push(study);
     }
+    let died = wait_for("the region aborts after its first read", 60, || dev.child.try_wait().unwrap());
+    assert!(!died.success(), "{died}");
+    // Restarted: each study read once, the aborted read again.
+    let dev = Dev::start_configured(config.path(), data.path(), "");
     let outcomes = wait_for("both studies triaged", 60, || {
         let t = tail_payloads(data.path(), "inference", "AiTriageCompleted");
-        (t.len() == 2).then_some(t)
+        (t.len() >= 2).then_some(t)
     });
     let flagged: Vec<&Value> = outcomes.iter().filter(|t| t["flagged"] == true).collect();
     assert_eq!(flagged.len(), 1, "{outcomes:?}");
@@ -1861,10 +1867,14 @@ fn a_head_ct_with_a_bleed_is_triaged_by_the_demonstration_model_and_raised_to_st
         let triaged = tail_payloads(data.path(), "routing", "StudyTriaged");
         triaged.iter().any(|t| t["studyId"] == study.as_str() && t["priority"] == "stat").then_some(())
     });
-    // Each read was audited before the pixels were read.
+    // Each read was audited before the pixels were read (the aborted one too).
     let audited = tail_payloads(data.path(), "audit", "PhiAccessed");
     let reads = audited.iter().filter(|a| a["action"] == "inference.read").count();
-    assert_eq!(reads, 2, "{audited:?}");
+    assert_eq!(reads, 3, "{audited:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(tail_payloads(data.path(), "inference", "AiTriageCompleted").len(), 2, "one outcome a study");
+    let raised = tail_payloads(data.path(), "routing", "StudyTriaged");
+    assert_eq!(raised.iter().filter(|t| t["studyId"] == study.as_str()).count(), 1, "{raised:?}");
     dev.interrupt();
     // The scores are PHI: sealed on the PHI topic.
     let (scored, _) = topic_events(data.path(), meridian_events::DataClass::Phi, "inference");

@@ -5,6 +5,7 @@ mod contract_embedded;
 mod contract_kafka;
 mod deid_oracle;
 mod durability;
+mod inference_model;
 mod ingest_dimse;
 mod region_kafka;
 mod report_messages;

@@ -1,0 +1,66 @@
+//! The demonstration model: the committed file is its generator's output
+//! byte for byte (onnx 1.17), and tract, the embedded runtime, says what
+//! onnxruntime, the reference, says on the same inputs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use meridian_inference::adapters::runtime::Embedded;
+
+fn python() -> PathBuf {
+    std::env::var_os("MERIDIAN_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/meridian/tools/venv/bin/python")
+    })
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn model() -> PathBuf {
+    repo().join("deploy/examples/dev/models/ich-demo.onnx")
+}
+
+#[test]
+fn the_committed_demonstration_model_is_its_generators_output() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let built = dir.path().join("ich-demo.onnx");
+    let out = Command::new(python())
+        .arg(repo().join("scripts/make-demo-model.py"))
+        .arg(&built)
+        .output()
+        .expect("onnx in the tools' venv: scripts/test installs it");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(&built).unwrap(), std::fs::read(model()).unwrap());
+}
+
+#[test]
+fn tract_says_what_onnxruntime_says_on_the_same_slices() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let reference = dir.path().join("reference.json");
+    let out = Command::new(python())
+        .arg(repo().join("integration-tests/python/onnx_reference.py"))
+        .arg(model())
+        .arg(&reference)
+        .output()
+        .expect("onnxruntime in the tools' venv: scripts/test installs it");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&reference).unwrap()).unwrap();
+    let shape: Vec<usize> = r["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+    let inputs: Vec<f32> = r["inputs"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    let per = shape[2] * shape[3];
+    let slices: Vec<Vec<f32>> = inputs.chunks(per).map(<[f32]>::to_vec).collect();
+    let model = Embedded::load(&model(), "slices", 64, 64, &["ich".to_string()]).unwrap();
+    let ours = model.run(&slices).unwrap();
+    let theirs: Vec<f32> = r["outputs"]["ich"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    assert_eq!(ours["ich"].len(), theirs.len());
+    for (a, b) in ours["ich"].iter().zip(&theirs) {
+        assert!((a - b).abs() < 1e-5, "tract {a} onnxruntime {b}");
+    }
+    // The reference says something: the dark slice with a bright block is
+    // flagged, noise below half the window is not.
+    assert!(theirs[5] > 0.9 && theirs[..5].iter().all(|s| *s < 0.5), "{theirs:?}");
+    // A model whose outputs are not the configured ones does not load.
+    let e = Embedded::load(&self::model(), "slices", 64, 64, &["bleed".to_string()]).unwrap_err();
+    assert!(e.to_string().contains("no output \"bleed\""), "{e}");
+}

@@ -327,16 +327,26 @@ pub mod dicom {
     /// block at 75 HU (fresh blood). No skull: the demonstration model
     /// reads any bright block as blood. Accession "ACC-AI".
     pub fn head_ct_slice(dir: &Path, study: &str, number: usize, bleed: bool) -> PathBuf {
+        let path = dir.join(format!("{study}.1.{number}.dcm"));
+        std::fs::write(&path, head_ct_bytes(study, number, bleed, 64)).unwrap();
+        path
+    }
+
+    /// [`head_ct_slice`]'s Part-10 bytes, `side` × `side` (the disc and the
+    /// block scaled with it).
+    pub fn head_ct_bytes(study: &str, number: usize, bleed: bool, side: u16) -> Vec<u8> {
         use dicom_core::{DataElement, PrimitiveValue, VR};
         use dicom_dictionary_std::tags;
         use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
         const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
         let (series, sop) = (format!("{study}.1"), format!("{study}.1.{number}"));
-        let pixels: Vec<u16> = (0..64 * 64i32)
+        let n = i32::from(side);
+        let scale = |v: i32| v * n / 64;
+        let pixels: Vec<u16> = (0..n * n)
             .map(|p| {
-                let (y, x) = (p / 64, p % 64);
-                let inside = (y - 32).pow(2) + (x - 32).pow(2) < 28 * 28;
-                let blood = bleed && (24..36).contains(&y) && (24..36).contains(&x);
+                let (y, x) = (p / n, p % n);
+                let inside = (y - n / 2).pow(2) + (x - n / 2).pow(2) < scale(28).pow(2);
+                let blood = bleed && (scale(24)..scale(36)).contains(&y) && (scale(24)..scale(36)).contains(&x);
                 let hu: i32 = if blood {
                     75
                 } else if inside {
@@ -361,8 +371,8 @@ pub mod dicom {
             e(tags::INSTANCE_NUMBER, VR::IS, number.to_string().as_str().into()),
             e(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16)),
             e(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2".into()),
-            e(tags::ROWS, VR::US, PrimitiveValue::from(64u16)),
-            e(tags::COLUMNS, VR::US, PrimitiveValue::from(64u16)),
+            e(tags::ROWS, VR::US, PrimitiveValue::from(side)),
+            e(tags::COLUMNS, VR::US, PrimitiveValue::from(side)),
             e(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16)),
             e(tags::BITS_STORED, VR::US, PrimitiveValue::from(16u16)),
             e(tags::HIGH_BIT, VR::US, PrimitiveValue::from(15u16)),
@@ -377,11 +387,9 @@ pub mod dicom {
             .transfer_syntax("1.2.840.10008.1.2.1")
             .build()
             .unwrap();
-        let path = dir.join(format!("{sop}.dcm"));
         let mut bytes = Vec::new();
         obj.with_exact_meta(meta).write_all(&mut bytes).unwrap();
-        std::fs::write(&path, bytes).unwrap();
-        path
+        bytes
     }
 
     /// A study of one instance (series `{study}.1`, instance `{study}.1.1`).

@@ -650,3 +650,42 @@ fn reporting_apart_signs_what_routing_assigned_through_a_sigkill() {
     let signed = of_type(&events("reporting"), "ReportSigned").len();
     assert_eq!(signed, 1, "one signature on the log");
 }
+
+/// Inference as its own process on tansu, reading what ingest (another
+/// process) stored on moto's S3: a head CT with a bleed is read once
+/// through an abort after its scores were computed, and routing (a third
+/// process) raises it to STAT.
+#[test]
+fn inference_apart_reads_from_s3_once_through_an_abort_and_routing_raises_the_study() {
+    let (tansu, moto) = (Tansu::start(), Moto::start("unused"));
+    let work = tempfile::TempDir::new().unwrap();
+    let (cluster, tokens) = Cluster::new(Path::new(MERIDIAN), &examples(), work.path(), &tansu, Some(&moto));
+    let (pacs, sre) = (&tokens["acme-pacs"], &tokens["sre"]);
+    let routing = cluster.start("routing", None);
+    let ingest = cluster.start("ingest", None);
+    let mut inference = cluster.start_armed("inference", None, "inference.after_run=abort@1");
+    let files = tempfile::TempDir::new().unwrap();
+    let uid = "1.2.826.0.1.3680043.10.543.801";
+    let slices: Vec<PathBuf> =
+        (1..=3).map(|n| meridian_integration_tests::dicom::head_ct_slice(files.path(), uid, n, n == 2)).collect();
+    let (ok, said) = storescu(ingest.dicom_port(), "ACME_CT1", "MERIDIAN_ACME", &slices);
+    assert!(ok, "{said}");
+    complete(&ingest, pacs, uid);
+    let died = wait_until("inference aborts after its scores", 60, || inference.exited());
+    assert!(!died.success(), "{died}");
+    let _inference = cluster.start("inference", None);
+    let events = |stream: &str| stream_events(Path::new(MERIDIAN), &routing, "us-east", stream, sre);
+    let study = wait_until("routing raised the study to STAT", 90, || {
+        let routing = events("routing");
+        of_type(&routing, "StudyTriaged")
+            .iter()
+            .find(|t| t["payload"]["priority"] == "stat")
+            .map(|t| t["payload"]["studyId"].as_str().unwrap().to_owned())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let outcomes = events("inference");
+    let completed = of_type(&outcomes, "AiTriageCompleted");
+    assert_eq!(completed.len(), 1, "read once: {outcomes:?}");
+    assert_eq!(completed[0]["payload"]["studyId"], study.as_str());
+    assert_eq!(completed[0]["payload"]["flagged"], true);
+}

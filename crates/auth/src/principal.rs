@@ -96,6 +96,11 @@ pub enum Action {
     ViewLedger,
     /// Issue a tenant's invoices (the platform's billing role).
     IssueInvoice,
+    /// Turn AI models on and off (the platform's SRE).
+    ManageModels,
+    /// See which AI models a region runs (the platform's SRE, a tenant's
+    /// administrator).
+    ViewModels,
     /// See what a reading group is paid.
     ViewPayouts,
 }
@@ -124,6 +129,8 @@ impl Action {
             Action::ReadResidencyReport => "read_residency_report",
             Action::ViewLedger => "view_ledger",
             Action::IssueInvoice => "issue_invoice",
+            Action::ManageModels => "manage_models",
+            Action::ViewModels => "view_models",
             Action::ViewPayouts => "view_payouts",
         }
     }
@@ -208,6 +215,8 @@ fn decide(p: &Principal, action: Action, resource: &Resource<'_>) -> Result<(), 
     use Action::*;
     match (p.kind, action, resource) {
         // Platform principals operate the platform; they never see PHI.
+        (PrincipalKind::Platform, ManageModels | ViewModels, Resource::Region { .. }) => needs_role(p, &["sre"]),
+        (PrincipalKind::Tenant, ViewModels, Resource::Region { .. }) => needs_role(p, &["tenant-admin"]),
         (PrincipalKind::Platform, TailLog | RebuildProjection | ReadResidencyReport, Resource::Region { .. }) => {
             needs_role(p, &["sre"])
         }
@@ -302,6 +311,18 @@ mod tests {
             reader: reader.map(Into::into),
             roles: roles.iter().map(|r| r.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn the_platforms_sre_turns_models_on_and_off_and_a_tenant_admin_only_sees_them() {
+        let region = Resource::Region { region: "us-east" };
+        let sre = p(PrincipalKind::Platform, None, None, None, &["sre"]);
+        assert!(authorize(&sre, Action::ManageModels, &region).is_ok());
+        let billing = p(PrincipalKind::Platform, None, None, None, &["billing"]);
+        assert!(authorize(&billing, Action::ManageModels, &region).is_err());
+        let admin = p(PrincipalKind::Tenant, Some("acme"), None, None, &["tenant-admin"]);
+        assert!(authorize(&admin, Action::ViewModels, &region).is_ok());
+        assert!(authorize(&admin, Action::ManageModels, &region).is_err());
     }
 
     #[test]

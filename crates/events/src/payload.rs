@@ -150,6 +150,8 @@ catalogue! {
     AiTriageCompleted    => 1, Operational, "inference", "inference.study", "inference";
     AiTriageFailed       => 1, Operational, "inference", "inference.study", "inference";
     AiTriageScored       => 1, Phi,         "inference", "inference.scores", "inference";
+    ModelEnabled         => 1, Operational, "inference", "inference.model", "inference";
+    ModelDisabled        => 1, Operational, "inference", "inference.model", "inference";
     // reporting
     ReportSigned         => 1, Operational, "reporting", "reporting.study", "reporting";
     ReportText           => 1, Phi,         "reporting", "reporting.text",  "reporting";

@@ -963,6 +963,65 @@ pub async fn report_list(target: &Target, tenant: &str, status: &str) -> anyhow:
     Ok(ExitCode::SUCCESS)
 }
 
+/// An AI triage call.
+pub enum AiStep {
+    Models,
+    Switch { name: String, enabled: bool, reason: String },
+    Triage(String),
+}
+
+/// Lists the models, turns one on or off, or shows a study's triage.
+pub async fn ai(target: &Target, step: AiStep) -> anyhow::Result<ExitCode> {
+    use meridian_proto::inference::v1 as pb;
+    use meridian_proto::inference::v1::inference_service_client::InferenceServiceClient;
+    let c = connect(target).await?;
+    let mut client = InferenceServiceClient::new(c.channel);
+    let show = |m: &pb::Model| {
+        let on = if m.enabled { "on" } else { "off" };
+        say!(
+            "{}@{} {on}: {} {} ({})",
+            m.name,
+            m.version,
+            m.modalities.join("/"),
+            m.body_parts.join("/"),
+            m.intended_use
+        );
+    };
+    match step {
+        AiStep::Models => {
+            let r = client.list_models(authorized(pb::ListModelsRequest {}, &c.token)?).await.map_err(status_error)?;
+            r.into_inner().models.iter().for_each(show);
+        }
+        AiStep::Switch { name, enabled: true, reason } => {
+            let request = pb::EnableModelRequest { name, reason };
+            let r = client.enable_model(authorized(request, &c.token)?).await.map_err(status_error)?;
+            r.into_inner().model.iter().for_each(show);
+        }
+        AiStep::Switch { name, enabled: false, reason } => {
+            let request = pb::DisableModelRequest { name, reason };
+            let r = client.disable_model(authorized(request, &c.token)?).await.map_err(status_error)?;
+            r.into_inner().model.iter().for_each(show);
+        }
+        AiStep::Triage(study) => {
+            let request = pb::GetTriageRequest { study_id: study };
+            let r = client.get_triage(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
+            for t in &r.triages {
+                if t.outcome == "failed" {
+                    say!("{} {}: failed, {}: {}", r.study_id, t.model, t.reason, t.detail);
+                } else {
+                    let flag = if t.flagged {
+                        format!("flagged {} ({})", t.findings.join(", "), t.suggested_priority)
+                    } else {
+                        "not flagged".into()
+                    };
+                    say!("{} {}: {flag}, {} instances in {} ms", r.study_id, t.model, t.instances_used, t.latency_ms);
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Which routing command to send.
 pub enum RoutingCommand {
     Claim(String),

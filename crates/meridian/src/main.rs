@@ -164,6 +164,12 @@ enum Command {
         #[command(subcommand)]
         command: ReportCommand,
     },
+    /// AI triage: the models a region runs (`--as sre` turns them on and
+    /// off), and what they said of a study (`--as acme-admin`).
+    Ai {
+        #[command(subcommand)]
+        command: AiCommand,
+    },
     /// Give a claimed study back to the worklist.
     Release {
         study: String,
@@ -174,6 +180,37 @@ enum Command {
         /// Why, for the record.
         #[arg(long, default_value = "released by the reader")]
         reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AiCommand {
+    /// The models loaded, and whether each is on.
+    Models {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Turn a model on again.
+    Enable {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Turn a model off: studies are no longer read by it.
+    Disable {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        reason: String,
+    },
+    /// What the models said of a study (codes only).
+    Triage {
+        study: String,
+        #[command(flatten)]
+        target: Target,
     },
 }
 
@@ -586,6 +623,16 @@ async fn main() -> ExitCode {
         } => client::report_draft(&target, &study, &findings, &impression, fields, base_version).await,
         Command::Report { command: ReportCommand::Sign { study, target, read_type, version, discrepancy } } => {
             client::report_sign(&target, &study, &read_type, version, &discrepancy).await
+        }
+        Command::Ai { command: AiCommand::Models { target } } => client::ai(&target, client::AiStep::Models).await,
+        Command::Ai { command: AiCommand::Enable { name, target, reason } } => {
+            client::ai(&target, client::AiStep::Switch { name, enabled: true, reason }).await
+        }
+        Command::Ai { command: AiCommand::Disable { name, target, reason } } => {
+            client::ai(&target, client::AiStep::Switch { name, enabled: false, reason }).await
+        }
+        Command::Ai { command: AiCommand::Triage { study, target } } => {
+            client::ai(&target, client::AiStep::Triage(study)).await
         }
         Command::Report { command: ReportCommand::List { target, tenant, status } } => {
             client::report_list(&target, &tenant, &status).await

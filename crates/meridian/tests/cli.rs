@@ -1875,6 +1875,20 @@ fn a_head_ct_with_a_bleed_is_triaged_once_through_a_crash_by_the_demonstration_m
     assert_eq!(tail_payloads(data.path(), "inference", "AiTriageCompleted").len(), 2, "one outcome a study");
     let raised = tail_payloads(data.path(), "routing", "StudyTriaged");
     assert_eq!(raised.iter().filter(|t| t["studyId"] == study.as_str()).count(), 1, "{raised:?}");
+    // The tenant sees what the model said (codes only); another tenant not.
+    let (ok, said) = us_east(data.path(), &["ai", "triage", &study, "--as", "acme-admin"]);
+    assert!(ok && said.contains("ich-demo@1: flagged ICH (stat), 3 instances"), "{said}");
+    let (ok, said) = us_east(data.path(), &["ai", "triage", &study, "--as", "northwind-admin"]);
+    assert!(!ok && said.contains("PermissionDenied"), "{said}");
+    // The platform's SRE turns the model off (and on), saying why; nobody else.
+    let (ok, said) = us_east(data.path(), &["ai", "disable", "ich-demo", "--as", "acme-admin", "--reason", "x"]);
+    assert!(!ok && said.contains("PermissionDenied"), "{said}");
+    let (ok, said) = us_east(data.path(), &["ai", "disable", "ich-demo", "--as", "sre", "--reason", "drift review"]);
+    assert!(ok && said.contains("ich-demo@1 off"), "{said}");
+    let (ok, said) = us_east(data.path(), &["ai", "models", "--as", "sre"]);
+    assert!(ok && said.contains("ich-demo@1 off"), "{said}");
+    let (ok, said) = us_east(data.path(), &["ai", "enable", "ich-demo", "--as", "sre", "--reason", "reviewed"]);
+    assert!(ok && said.contains("ich-demo@1 on"), "{said}");
     dev.interrupt();
     // The scores are PHI: sealed on the PHI topic.
     let (scored, _) = topic_events(data.path(), meridian_events::DataClass::Phi, "inference");

@@ -51,6 +51,13 @@ pub mod routing {
 }
 
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod inference {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/meridian.inference.v1.rs"));
+    }
+}
+
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod reporting {
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/meridian.reporting.v1.rs"));

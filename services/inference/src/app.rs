@@ -71,7 +71,7 @@ impl Projection for InferenceProjection {
 
     fn apply(mut folded: Folded, event: &Logged<'_>) -> Folded {
         let meta = &event.envelope.meta;
-        if [STUDY, SCORES].contains(&meta.aggregate_type.as_str()) {
+        if [STUDY, SCORES, "inference.model"].contains(&meta.aggregate_type.as_str()) {
             let last = folded.versions.entry(format!("{}/{}", meta.aggregate_type, meta.aggregate_id)).or_default();
             *last = (*last).max(meta.aggregate_version);
         }
@@ -91,9 +91,23 @@ impl Projection for InferenceProjection {
 /// A model loaded, with how its slices are made.
 pub struct Loaded {
     pub spec: ModelSpec,
+    pub intended_use: String,
     pub window: (f64, f64),
     pub size: (u32, u32),
     pub runtime: Arc<Embedded>,
+}
+
+/// What the API says of a loaded model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelView {
+    pub spec: ModelSpec,
+    pub intended_use: String,
+}
+
+impl ModelView {
+    fn of(m: &Loaded) -> ModelView {
+        ModelView { spec: m.spec.clone(), intended_use: m.intended_use.clone() }
+    }
 }
 
 /// Loads every model the configuration names (a model that does not load
@@ -132,7 +146,11 @@ pub fn load_models(platform: &Platform) -> Result<(Policy, BTreeMap<String, Load
         };
         policy.models.insert(m.name.clone(), spec.clone());
         let window = (m.input.window.centre, m.input.window.width);
-        loaded.insert(m.name.clone(), Loaded { spec, window, size: (rows, columns), runtime: Arc::new(runtime) });
+        let intended_use = m.intended_use.clone();
+        loaded.insert(
+            m.name.clone(),
+            Loaded { spec, intended_use, window, size: (rows, columns), runtime: Arc::new(runtime) },
+        );
     }
     for c in platform.contracts.values() {
         policy.contracts.insert(c.name.clone(), c.ai_models.clone());
@@ -383,6 +401,61 @@ impl Inference {
         let appended = self.log.append(batch.clone()).await?;
         projector.feed_appended(batch, appended, self.keys.as_ref())?;
         Ok(())
+    }
+
+    /// Turns model `name` on or off, by `by`, for `reason`; the model as it
+    /// now stands. `None` when no such model is loaded.
+    pub async fn switch(
+        &self,
+        name: &str,
+        enabled: bool,
+        by: &str,
+        reason: &str,
+        now: UnixMicros,
+    ) -> Result<Option<(ModelView, bool)>, Error> {
+        let Some(loaded) = self.models.get(name) else { return Ok(None) };
+        let mut projector = self.live.lock().await;
+        catch_up(self.log.as_ref(), self.keys.as_ref(), &mut projector, self.idle).await?;
+        let was_on = !projector.state().state.disabled.contains(name);
+        if was_on != enabled {
+            let id = meridian_events::id::aggregate_id("inference.model", &[name.as_bytes()]);
+            let slot = format!("inference.model/{id}");
+            let version = projector.state().versions.get(&slot).copied().unwrap_or(0) + 1;
+            let (model, by, reason) = (name.to_owned(), by.to_owned(), reason.to_owned());
+            let payload = if enabled {
+                Payload::ModelEnabled(meridian_proto::events::v1::ModelEnabled { model, by, reason })
+            } else {
+                Payload::ModelDisabled(meridian_proto::events::v1::ModelDisabled { model, by, reason })
+            };
+            let meta = EventMeta {
+                event_id: EventId::derived(
+                    EventId(id),
+                    payload.type_name(),
+                    u32::try_from(version).unwrap_or(u32::MAX),
+                ),
+                aggregate_type: "inference.model".into(),
+                aggregate_id: id,
+                aggregate_version: version,
+                // No tenant's: the platform's (as routing's reader events).
+                tenant: "platform".into(),
+                home_region: self.region.clone(),
+                occurred_at: now,
+                causation_id: None,
+                correlation_id: None,
+                traceparent: None,
+            };
+            let batch = vec![Outgoing::new(self.ops.clone(), &payload.plain_envelope(meta)?)?];
+            let appended = self.log.append(batch.clone()).await?;
+            projector.feed_appended(batch, appended, self.keys.as_ref())?;
+            tracing::warn!(region = %self.region, model = %name, enabled, "model switched");
+        }
+        Ok(Some((ModelView::of(loaded), enabled)))
+    }
+
+    /// Each loaded model, and whether it is on.
+    pub async fn listed(&self) -> Vec<(ModelView, bool)> {
+        let disabled = self.live.lock().await.state().state.disabled.clone();
+        self.models.values().map(|m| (ModelView::of(m), !disabled.contains(&m.spec.name))).collect()
     }
 
     pub async fn read_state<T>(&self, f: impl FnOnce(&Folded) -> T) -> T {

@@ -9,6 +9,10 @@ use std::time::Duration;
 use meridian_region::service::{BoxFuture, GrpcRoutes, ServiceListeners};
 use meridian_region::{RegionContext, RegionError, RegionService, Stopping, Task};
 
+use meridian_auth::grpc::Authenticate;
+use meridian_proto::inference::v1::inference_service_server::InferenceServiceServer;
+
+use crate::adapters::grpc::InferenceGrpc;
 use crate::app::{Inference, Opening};
 
 pub struct InferenceService {
@@ -50,8 +54,19 @@ impl RegionService for InferenceService {
         "inference"
     }
 
-    fn grpc<'a>(&'a self, _: &'a mut GrpcRoutes, _: &'a tonic_health::server::HealthReporter) -> BoxFuture<'a, ()> {
-        Box::pin(async {})
+    fn grpc<'a>(
+        &'a self,
+        routes: &'a mut GrpcRoutes,
+        health: &'a tonic_health::server::HealthReporter,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let service = InferenceGrpc::new(self.inference.clone(), &self.context.name);
+            routes.add_service(InferenceServiceServer::with_interceptor(
+                service,
+                Authenticate::new(self.context.verifier.clone()),
+            ));
+            health.set_serving::<InferenceServiceServer<InferenceGrpc>>().await;
+        })
     }
 
     fn start(self: Arc<Self>, _: &mut ServiceListeners, stopping: Stopping) -> Vec<Task> {

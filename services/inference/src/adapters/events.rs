@@ -6,7 +6,7 @@ use meridian_events::{EventId, UnixMicros};
 use meridian_proto::events::v1 as pb;
 use uuid::Uuid;
 
-use crate::domain::model::{Completion, Fact, Instance};
+use crate::domain::model::{Completion, Fact, Instance, Summary};
 
 /// Why an event could not be read (counted, never a stop).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -48,12 +48,33 @@ pub fn fact(payload: &Payload, event_id: EventId, tenant: &str, at: UnixMicros) 
                 completed_at: c.completed_at.as_ref().map_or(at, UnixMicros::from_timestamp),
             },
         },
-        Payload::AiTriageCompleted(t) => {
-            Fact::Read { study: uuid("AiTriageCompleted", "study_id", &t.study_id)?, model: t.model.clone() }
-        }
-        Payload::AiTriageFailed(t) => {
-            Fact::Read { study: uuid("AiTriageFailed", "study_id", &t.study_id)?, model: t.model.clone() }
-        }
+        Payload::AiTriageCompleted(t) => Fact::Read {
+            study: uuid("AiTriageCompleted", "study_id", &t.study_id)?,
+            summary: Summary {
+                tenant: tenant.to_owned(),
+                model: t.model.clone(),
+                outcome: "completed".into(),
+                flagged: t.flagged,
+                suggested: t.suggested_priority.clone(),
+                findings: t.findings.clone(),
+                latency_ms: t.latency_ms,
+                instances_used: t.instances_used,
+                ..Summary::default()
+            },
+        },
+        Payload::AiTriageFailed(t) => Fact::Read {
+            study: uuid("AiTriageFailed", "study_id", &t.study_id)?,
+            summary: Summary {
+                tenant: tenant.to_owned(),
+                model: t.model.clone(),
+                outcome: "failed".into(),
+                reason: t.reason.clone(),
+                detail: t.detail.clone(),
+                ..Summary::default()
+            },
+        },
+        Payload::ModelEnabled(m) => Fact::Switched { model: m.model.clone(), enabled: true },
+        Payload::ModelDisabled(m) => Fact::Switched { model: m.model.clone(), enabled: false },
         _ => return Ok(None),
     }))
 }

@@ -48,6 +48,31 @@ pub struct Study {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     pub studies: BTreeMap<Uuid, Study>,
+    /// What each model said of each study (codes only): one small entry
+    /// per study read, kept after the study leaves `studies`.
+    #[serde(default)]
+    pub outcomes: BTreeMap<Uuid, Vec<Summary>>,
+    /// Models turned off (by name).
+    #[serde(default)]
+    pub disabled: BTreeSet<String>,
+}
+
+/// A model's outcome for a study, as the API shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Whose study it is.
+    pub tenant: String,
+    /// `name@version`.
+    pub model: String,
+    /// "completed" or "failed".
+    pub outcome: String,
+    pub flagged: bool,
+    pub suggested: String,
+    pub findings: Vec<String>,
+    pub latency_ms: u32,
+    pub instances_used: u32,
+    pub reason: String,
+    pub detail: String,
 }
 
 /// How long a study is kept after its completion (or its first instance).
@@ -60,7 +85,9 @@ pub enum Fact {
     /// StudyCompleted (its `completed_at`).
     Completed { study: Uuid, completion: Completion },
     /// AiTriageCompleted or AiTriageFailed.
-    Read { study: Uuid, model: String },
+    Read { study: Uuid, summary: Summary },
+    /// ModelEnabled or ModelDisabled.
+    Switched { model: String, enabled: bool },
 }
 
 pub fn apply(mut state: State, fact: &Fact) -> State {
@@ -81,9 +108,20 @@ pub fn apply(mut state: State, fact: &Fact) -> State {
             let cutoff = UnixMicros(at.0.saturating_sub(KEPT));
             state.studies.retain(|_, s| s.completion.as_ref().map_or(s.first_seen, |c| c.completed_at) >= cutoff);
         }
-        Fact::Read { study, model } => {
+        Fact::Read { study, summary } => {
             if let Some(s) = state.studies.get_mut(study) {
-                s.read_by.insert(model.clone());
+                s.read_by.insert(summary.model.clone());
+            }
+            let outcomes = state.outcomes.entry(*study).or_default();
+            if !outcomes.iter().any(|o| o.model == summary.model) {
+                outcomes.push(summary.clone());
+            }
+        }
+        Fact::Switched { model, enabled } => {
+            if *enabled {
+                state.disabled.remove(model);
+            } else {
+                state.disabled.insert(model.clone());
             }
         }
     }

@@ -83,7 +83,7 @@ pub fn due(state: &State, policy: &Policy, now: UnixMicros, incomplete_after: i6
     for (id, s) in &state.studies {
         let Some(c) = &s.completion else { continue };
         for model in policy.models_for(c) {
-            if s.read_by.contains(&model.id()) {
+            if s.read_by.contains(&model.id()) || state.disabled.contains(&model.name) {
                 continue;
             }
             let (study, model) = (*id, model.clone());
@@ -213,8 +213,21 @@ mod tests {
         }
         let runs = due(&state, &policy(), UnixMicros(2_000), 1_000_000);
         assert!(matches!(&runs[..], [Due::Run { instances, .. }] if instances.len() == 2), "{runs:?}");
-        state = apply(state, &Fact::Read { study, model: "ich-demo@1".into() });
+        let summary = crate::domain::model::Summary { model: "ich-demo@1".into(), ..Default::default() };
+        state = apply(state, &Fact::Read { study, summary });
         assert!(due(&state, &policy(), UnixMicros(2_000), 1_000_000).is_empty(), "read once");
+        assert_eq!(state.outcomes[&study].len(), 1);
+    }
+
+    #[test]
+    fn a_model_turned_off_reads_nothing_until_turned_on() {
+        let study = Uuid::from_u128(1);
+        let state = apply(State::default(), &Fact::Completed { study, completion: completion(1, "HEAD") });
+        let state = apply(state, &Fact::Instance { study, instance: instance(1, 7, "CT"), at: UnixMicros(0) });
+        let off = apply(state, &Fact::Switched { model: "ich-demo".into(), enabled: false });
+        assert!(due(&off, &policy(), UnixMicros(2_000), 1_000_000).is_empty());
+        let on = apply(off, &Fact::Switched { model: "ich-demo".into(), enabled: true });
+        assert_eq!(due(&on, &policy(), UnixMicros(2_000), 1_000_000).len(), 1);
     }
 
     #[test]

@@ -1815,15 +1815,62 @@ OBR|1|PO-{control}||70450^CT head^CPT||||||||||||||{accession}\r"
     assert!(orders.iter().all(|(_, e)| e.open_plain().is_err()), "an order is sealed on the log");
 }
 
-#[test]
-fn a_head_ct_with_a_bleed_is_triaged_once_through_a_crash_by_the_demonstration_model_and_raised_to_stat() {
-    // The examples, with acme's studies complete after a second's quiet.
+/// The examples, with acme's studies complete after a second's quiet (its
+/// contract buys the demonstration triage model).
+fn acme_completing_in_a_second() -> tempfile::TempDir {
     let config = tempfile::TempDir::new().unwrap();
     meridian_integration_tests::copy_dir(&repo().join("deploy/examples/dev"), config.path());
     let contract = config.path().join("contracts/acme-atlantic.toml");
     let text = std::fs::read_to_string(&contract).unwrap();
     assert!(text.contains("quiet_period = \"2m\"") && text.contains("ai_models = [\"ich-demo\"]"), "{text}");
     std::fs::write(&contract, text.replace("quiet_period = \"2m\"", "quiet_period = \"1s\"")).unwrap();
+    config
+}
+
+#[test]
+fn a_burst_of_100_studies_gets_one_triage_outcome_each_through_a_sigkill() {
+    let config = acme_completing_in_a_second();
+    let data = tempfile::TempDir::new().unwrap();
+    let dev = Dev::start_configured(config.path(), data.path(), "");
+    let files = tempfile::TempDir::new().unwrap();
+    let slices: Vec<PathBuf> = (0..100)
+        .map(|n| {
+            let study = format!("1.2.826.0.1.3680043.10.543.9{n:03}");
+            meridian_integration_tests::dicom::head_ct_slice(files.path(), &study, 1, n % 3 == 0)
+        })
+        .collect();
+    let (ok, said) =
+        meridian_integration_tests::dicom::storescu(dev.dicom_port("us-east"), "ACME_CT1", "MERIDIAN_ACME", &slices);
+    assert!(ok, "{said}");
+    let outcomes = |data: &Path| {
+        let mut all = tail_payloads(data, "inference", "AiTriageCompleted");
+        all.extend(tail_payloads(data, "inference", "AiTriageFailed"));
+        all
+    };
+    // Some read, then SIGKILL mid-burst.
+    wait_for("a first part of the burst triaged", 60, || (outcomes(data.path()).len() >= 15).then_some(()));
+    let status = Command::new("kill").args(["-KILL", &dev.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    drop(dev);
+    let dev = Dev::start_configured(config.path(), data.path(), "");
+    let all = wait_for("every study triaged", 120, || {
+        let all = outcomes(data.path());
+        (all.len() >= 100).then_some(all)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let all = if outcomes(data.path()).len() > all.len() { outcomes(data.path()) } else { all };
+    let mut studies: Vec<&str> = all.iter().map(|o| o["studyId"].as_str().unwrap()).collect();
+    studies.sort_unstable();
+    studies.dedup();
+    assert_eq!((all.len(), studies.len()), (100, 100), "one outcome a study");
+    let flagged = all.iter().filter(|o| o["flagged"] == true).count();
+    assert_eq!(flagged, 34, "every third study has a bleed");
+    dev.interrupt();
+}
+
+#[test]
+fn a_head_ct_with_a_bleed_is_triaged_once_through_a_crash_by_the_demonstration_model_and_raised_to_stat() {
+    let config = acme_completing_in_a_second();
     // The region aborts once the first read's scores are computed, before
     // anything is appended.
     let data = tempfile::TempDir::new().unwrap();

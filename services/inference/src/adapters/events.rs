@@ -49,6 +49,7 @@ pub fn fact(payload: &Payload, event_id: EventId, tenant: &str, at: UnixMicros) 
             },
         },
         Payload::AiTriageCompleted(t) => Fact::Read {
+            at,
             study: uuid("AiTriageCompleted", "study_id", &t.study_id)?,
             summary: Summary {
                 tenant: tenant.to_owned(),
@@ -63,6 +64,7 @@ pub fn fact(payload: &Payload, event_id: EventId, tenant: &str, at: UnixMicros) 
             },
         },
         Payload::AiTriageFailed(t) => Fact::Read {
+            at,
             study: uuid("AiTriageFailed", "study_id", &t.study_id)?,
             summary: Summary {
                 tenant: tenant.to_owned(),

@@ -84,8 +84,8 @@ pub enum Fact {
     Instance { study: Uuid, instance: Instance, at: UnixMicros },
     /// StudyCompleted (its `completed_at`).
     Completed { study: Uuid, completion: Completion },
-    /// AiTriageCompleted or AiTriageFailed.
-    Read { study: Uuid, summary: Summary },
+    /// AiTriageCompleted or AiTriageFailed, when it was appended.
+    Read { study: Uuid, summary: Summary, at: UnixMicros },
     /// ModelEnabled or ModelDisabled.
     Switched { model: String, enabled: bool },
 }
@@ -108,10 +108,12 @@ pub fn apply(mut state: State, fact: &Fact) -> State {
             let cutoff = UnixMicros(at.0.saturating_sub(KEPT));
             state.studies.retain(|_, s| s.completion.as_ref().map_or(s.first_seen, |c| c.completed_at) >= cutoff);
         }
-        Fact::Read { study, summary } => {
-            if let Some(s) = state.studies.get_mut(study) {
-                s.read_by.insert(summary.model.clone());
-            }
+        Fact::Read { study, summary, at } => {
+            // Folded in any order with ingest's topics (a restart may read
+            // this topic first): the study is made here if need be, so a
+            // completion folded later finds it read.
+            let s = state.studies.entry(*study).or_insert_with(|| Study { first_seen: *at, ..Study::default() });
+            s.read_by.insert(summary.model.clone());
             let outcomes = state.outcomes.entry(*study).or_default();
             if !outcomes.iter().any(|o| o.model == summary.model) {
                 outcomes.push(summary.clone());

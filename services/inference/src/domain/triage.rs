@@ -214,9 +214,20 @@ mod tests {
         let runs = due(&state, &policy(), UnixMicros(2_000), 1_000_000);
         assert!(matches!(&runs[..], [Due::Run { instances, .. }] if instances.len() == 2), "{runs:?}");
         let summary = crate::domain::model::Summary { model: "ich-demo@1".into(), ..Default::default() };
-        state = apply(state, &Fact::Read { study, summary });
+        state = apply(state, &Fact::Read { study, summary, at: UnixMicros(2_000) });
         assert!(due(&state, &policy(), UnixMicros(2_000), 1_000_000).is_empty(), "read once");
         assert_eq!(state.outcomes[&study].len(), 1);
+    }
+
+    #[test]
+    fn an_outcome_folded_before_its_study_still_counts() {
+        // A restart may fold inference's topic before ingest's.
+        let study = Uuid::from_u128(1);
+        let summary = crate::domain::model::Summary { model: "ich-demo@1".into(), ..Default::default() };
+        let state = apply(State::default(), &Fact::Read { study, summary, at: UnixMicros(1_500) });
+        let state = apply(state, &Fact::Instance { study, instance: instance(1, 7, "CT"), at: UnixMicros(0) });
+        let state = apply(state, &Fact::Completed { study, completion: completion(1, "HEAD") });
+        assert!(due(&state, &policy(), UnixMicros(2_000), 1_000_000).is_empty(), "read already");
     }
 
     #[test]

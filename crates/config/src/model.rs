@@ -619,6 +619,34 @@ pub struct AiModel {
     pub runtime: ModelRuntime,
     pub input: ModelInput,
     pub outputs: Vec<ModelOutput>,
+    /// What validation found, for the drift check: none when absent.
+    #[serde(default)]
+    pub validation: Option<ModelValidation>,
+}
+
+/// `[validation]` of a model: the share of studies it flagged when it was
+/// validated, and how far a recent window may stray from it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelValidation {
+    /// Where and when it was validated ("acme-general, 2026-10").
+    pub site: String,
+    /// In [0, 1].
+    pub baseline_positive_rate: f64,
+    /// The recent outcomes compared (at least 10).
+    #[serde(default = "drift_window")]
+    pub window: u32,
+    /// The largest difference in positive rate that is not drift, in [0, 1].
+    #[serde(default = "drift_tolerance")]
+    pub tolerance: f64,
+}
+
+fn drift_window() -> u32 {
+    200
+}
+
+fn drift_tolerance() -> f64 {
+    0.1
 }
 
 /// How a model runs. Embedded: an ONNX file run in process (tract), its

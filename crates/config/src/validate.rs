@@ -904,6 +904,18 @@ fn models(out: &mut Out, f: &Files<'_>) {
         if m.outputs.is_empty() {
             out.at(file, "outputs", "a model has at least one output to judge by");
         }
+        if let Some(v) = &m.validation {
+            if !(0.0..=1.0).contains(&v.baseline_positive_rate) || !(0.0..=1.0).contains(&v.tolerance) {
+                out.at(file, "validation", "baseline_positive_rate and tolerance are shares in [0, 1]");
+            }
+            if v.window < 10 {
+                out.at(
+                    file,
+                    "validation.window",
+                    format!("{}: a window of fewer than 10 outcomes says nothing", v.window),
+                );
+            }
+        }
         for (i, o) in m.outputs.iter().enumerate() {
             if !(0.0..=1.0).contains(&o.threshold) {
                 out.at(file, format!("outputs[{i}].threshold"), format!("{} is outside [0, 1]", o.threshold));

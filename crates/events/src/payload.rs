@@ -152,6 +152,7 @@ catalogue! {
     AiTriageScored       => 1, Phi,         "inference", "inference.scores", "inference";
     ModelEnabled         => 1, Operational, "inference", "inference.model", "inference";
     ModelDisabled        => 1, Operational, "inference", "inference.model", "inference";
+    ModelDriftDetected   => 1, Operational, "inference", "inference.model", "inference";
     // reporting
     ReportSigned         => 1, Operational, "reporting", "reporting.study", "reporting";
     ReportText           => 1, Phi,         "reporting", "reporting.text",  "reporting";

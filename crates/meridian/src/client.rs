@@ -986,6 +986,16 @@ pub async fn ai(target: &Target, step: AiStep) -> anyhow::Result<ExitCode> {
             m.body_parts.join("/"),
             m.intended_use
         );
+        say!(
+            "  {} read, {} flagged, {} failed; recent share flagged {:.2}; latency p50 <= {} ms, p99 <= {} ms; {} drift alerts",
+            m.completed,
+            m.flagged,
+            m.failed,
+            m.recent_positive_rate,
+            m.latency_p50_ms,
+            m.latency_p99_ms,
+            m.drift_alerts
+        );
     };
     match step {
         AiStep::Models => {

@@ -1830,6 +1830,16 @@ fn acme_completing_in_a_second() -> tempfile::TempDir {
 #[test]
 fn a_burst_of_100_studies_gets_one_triage_outcome_each_through_a_sigkill() {
     let config = acme_completing_in_a_second();
+    // A validation that expects nothing flagged, over windows of 20: a
+    // third flagged is drift, alerted once a window.
+    let model = config.path().join("models/ich-demo.toml");
+    let text = std::fs::read_to_string(&model).unwrap();
+    let text = text
+        .replace("baseline_positive_rate = 0.3", "baseline_positive_rate = 0.0")
+        .replace("window = 50", "window = 20")
+        .replace("tolerance = 0.25", "tolerance = 0.1");
+    assert!(text.contains("window = 20") && text.contains("= 0.0"), "the example's validation changed");
+    std::fs::write(&model, text).unwrap();
     let data = tempfile::TempDir::new().unwrap();
     let dev = Dev::start_configured(config.path(), data.path(), "");
     let files = tempfile::TempDir::new().unwrap();
@@ -1865,6 +1875,9 @@ fn a_burst_of_100_studies_gets_one_triage_outcome_each_through_a_sigkill() {
     assert_eq!((all.len(), studies.len()), (100, 100), "one outcome a study");
     let flagged = all.iter().filter(|o| o["flagged"] == true).count();
     assert_eq!(flagged, 34, "every third study has a bleed");
+    let drift = tail_payloads(data.path(), "inference", "ModelDriftDetected");
+    assert!((1..=5).contains(&drift.len()), "once a window of 20, at most five: {drift:?}");
+    assert!(drift.iter().all(|d| d["model"] == "ich-demo@1" && d["statistic"].as_f64().unwrap() > 0.1), "{drift:?}");
     dev.interrupt();
 }
 
@@ -1934,6 +1947,7 @@ fn a_head_ct_with_a_bleed_is_triaged_once_through_a_crash_by_the_demonstration_m
     assert!(ok && said.contains("ich-demo@1 off"), "{said}");
     let (ok, said) = us_east(data.path(), &["ai", "models", "--as", "sre"]);
     assert!(ok && said.contains("ich-demo@1 off"), "{said}");
+    assert!(said.contains("2 read, 1 flagged, 0 failed"), "{said}");
     let (ok, said) = us_east(data.path(), &["ai", "enable", "ich-demo", "--as", "sre", "--reason", "reviewed"]);
     assert!(ok && said.contains("ich-demo@1 on"), "{said}");
     dev.interrupt();

@@ -102,11 +102,12 @@ pub struct Loaded {
 pub struct ModelView {
     pub spec: ModelSpec,
     pub intended_use: String,
+    pub stats: model::ModelStats,
 }
 
 impl ModelView {
-    fn of(m: &Loaded) -> ModelView {
-        ModelView { spec: m.spec.clone(), intended_use: m.intended_use.clone() }
+    fn of(m: &Loaded, stats: model::ModelStats) -> ModelView {
+        ModelView { spec: m.spec.clone(), intended_use: m.intended_use.clone(), stats }
     }
 }
 
@@ -133,6 +134,11 @@ pub fn load_models(platform: &Platform) -> Result<(Policy, BTreeMap<String, Load
             modalities: m.input.modalities.clone(),
             body_parts: m.input.body_parts.clone(),
             max_slices: m.input.max_slices as usize,
+            drift: m.validation.as_ref().map(|v| triage::Drift {
+                baseline: v.baseline_positive_rate,
+                window: v.window as usize,
+                tolerance: v.tolerance,
+            }),
             outputs: m
                 .outputs
                 .iter()
@@ -265,7 +271,53 @@ impl Inference {
             self.failpoints.hit(AFTER_RUN)?;
             self.append(&outcome, now).await?;
         }
+        if count > 0 {
+            self.raise_drift(now).await?;
+        }
         Ok(count)
+    }
+
+    /// Appends ModelDriftDetected for each model whose recent outcomes
+    /// stray from its validation (once a window: the id names the count).
+    async fn raise_drift(&self, now: UnixMicros) -> Result<(), Error> {
+        let mut projector = self.live.lock().await;
+        let due = triage::drifted(&projector.state().state, &self.policy);
+        for d in due {
+            let name = d.model.split('@').next().unwrap_or(&d.model).to_owned();
+            let id = meridian_events::id::aggregate_id("inference.model", &[name.as_bytes()]);
+            let version = projector.state().versions.get(&format!("inference.model/{id}")).copied().unwrap_or(0) + 1;
+            let payload = Payload::ModelDriftDetected(meridian_proto::events::v1::ModelDriftDetected {
+                model: d.model.clone(),
+                window: u32::try_from(d.window).unwrap_or(u32::MAX),
+                statistic: d.statistic,
+                baseline: d.baseline,
+                outcomes: d.outcomes,
+            });
+            let event_id = EventId::derived(EventId(id), "drift", u32::try_from(d.outcomes).unwrap_or(u32::MAX));
+            let meta = self.model_meta(event_id, id, version, now);
+            let batch = vec![Outgoing::new(self.ops.clone(), &payload.plain_envelope(meta)?)?];
+            let appended = self.log.append(batch.clone()).await?;
+            projector.feed_appended(batch, appended, self.keys.as_ref())?;
+            tracing::warn!(region = %self.region, model = %d.model, statistic = d.statistic, baseline = d.baseline, window = d.window, "model drift: its recent share flagged strays from its validation");
+        }
+        Ok(())
+    }
+
+    /// The envelope facts of a model's own event (no tenant's: the
+    /// platform's, as routing's reader events).
+    fn model_meta(&self, event_id: EventId, id: Uuid, version: u64, now: UnixMicros) -> EventMeta {
+        EventMeta {
+            event_id,
+            aggregate_type: "inference.model".into(),
+            aggregate_id: id,
+            aggregate_version: version,
+            tenant: "platform".into(),
+            home_region: self.region.clone(),
+            occurred_at: now,
+            causation_id: None,
+            correlation_id: None,
+            traceparent: None,
+        }
     }
 
     /// One model's read of one study: its outcome.
@@ -427,35 +479,29 @@ impl Inference {
             } else {
                 Payload::ModelDisabled(meridian_proto::events::v1::ModelDisabled { model, by, reason })
             };
-            let meta = EventMeta {
-                event_id: EventId::derived(
-                    EventId(id),
-                    payload.type_name(),
-                    u32::try_from(version).unwrap_or(u32::MAX),
-                ),
-                aggregate_type: "inference.model".into(),
-                aggregate_id: id,
-                aggregate_version: version,
-                // No tenant's: the platform's (as routing's reader events).
-                tenant: "platform".into(),
-                home_region: self.region.clone(),
-                occurred_at: now,
-                causation_id: None,
-                correlation_id: None,
-                traceparent: None,
-            };
+            let event_id =
+                EventId::derived(EventId(id), payload.type_name(), u32::try_from(version).unwrap_or(u32::MAX));
+            let meta = self.model_meta(event_id, id, version, now);
             let batch = vec![Outgoing::new(self.ops.clone(), &payload.plain_envelope(meta)?)?];
             let appended = self.log.append(batch.clone()).await?;
             projector.feed_appended(batch, appended, self.keys.as_ref())?;
             tracing::warn!(region = %self.region, model = %name, enabled, "model switched");
         }
-        Ok(Some((ModelView::of(loaded), enabled)))
+        let stats = projector.state().state.stats.get(&loaded.spec.id()).cloned().unwrap_or_default();
+        Ok(Some((ModelView::of(loaded, stats), enabled)))
     }
 
     /// Each loaded model, and whether it is on.
     pub async fn listed(&self) -> Vec<(ModelView, bool)> {
-        let disabled = self.live.lock().await.state().state.disabled.clone();
-        self.models.values().map(|m| (ModelView::of(m), !disabled.contains(&m.spec.name))).collect()
+        let projector = self.live.lock().await;
+        let state = &projector.state().state;
+        self.models
+            .values()
+            .map(|m| {
+                let stats = state.stats.get(&m.spec.id()).cloned().unwrap_or_default();
+                (ModelView::of(m, stats), !state.disabled.contains(&m.spec.name))
+            })
+            .collect()
     }
 
     pub async fn read_state<T>(&self, f: impl FnOnce(&Folded) -> T) -> T {

@@ -75,6 +75,7 @@ pub fn fact(payload: &Payload, event_id: EventId, tenant: &str, at: UnixMicros) 
                 ..Summary::default()
             },
         },
+        Payload::ModelDriftDetected(d) => Fact::Drifted { model: d.model.clone(), outcomes: d.outcomes },
         Payload::ModelEnabled(m) => Fact::Switched { model: m.model.clone(), enabled: true },
         Payload::ModelDisabled(m) => Fact::Switched { model: m.model.clone(), enabled: false },
         _ => return Ok(None),

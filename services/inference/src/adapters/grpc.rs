@@ -50,6 +50,19 @@ fn model(view: &ModelView, enabled: bool) -> pb::Model {
         enabled,
         modalities: view.spec.modalities.clone(),
         body_parts: view.spec.body_parts.clone(),
+        completed: view.stats.completed,
+        flagged: view.stats.flagged,
+        failed: view.stats.failed,
+        recent_positive_rate: view
+            .spec
+            .drift
+            .as_ref()
+            .and_then(|d| view.stats.recent_rate(d.window))
+            .or_else(|| view.stats.recent_rate(view.stats.recent.len()))
+            .unwrap_or_default(),
+        latency_p50_ms: view.stats.latency_percentile(0.5).unwrap_or_default(),
+        latency_p99_ms: view.stats.latency_percentile(0.99).unwrap_or_default(),
+        drift_alerts: view.stats.drift_alerts,
     }
 }
 

@@ -4,7 +4,7 @@
 //! day after their completion (counted by later completions, so the fold
 //! stays pure): a triage that has not happened by then no longer helps.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use meridian_events::{EventId, UnixMicros};
 use serde::{Deserialize, Serialize};
@@ -55,6 +55,60 @@ pub struct State {
     /// Models turned off (by name).
     #[serde(default)]
     pub disabled: BTreeSet<String>,
+    /// How each model (`name@version`) has done here.
+    #[serde(default)]
+    pub stats: BTreeMap<String, ModelStats>,
+}
+
+/// Upper bounds (ms) of the latency histogram's buckets; a last bucket
+/// counts what is above them.
+pub const LATENCY_BOUNDS: [u32; 10] = [10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000];
+/// The most recent outcomes kept for the drift check.
+pub const MAX_WINDOW: usize = 1_000;
+
+/// A model's outcomes here: counts, a latency histogram, the last
+/// outcomes' flags (for drift) and the drift alerts raised.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelStats {
+    pub completed: u64,
+    pub flagged: u64,
+    pub failed: u64,
+    pub latency: Vec<u64>,
+    pub recent: VecDeque<bool>,
+    pub drift_alerts: u64,
+    /// `completed` when the last alert was raised (one a window).
+    pub alerted_at: u64,
+}
+
+impl ModelStats {
+    /// The share flagged over the last `window` outcomes, once there are
+    /// that many.
+    pub fn recent_rate(&self, window: usize) -> Option<f64> {
+        let n = window.min(self.recent.len());
+        if n == 0 || self.recent.len() < window {
+            return None;
+        }
+        let flagged = self.recent.iter().rev().take(n).filter(|f| **f).count();
+        Some(flagged as f64 / n as f64)
+    }
+
+    /// The latency (ms, a bucket's upper bound) under which `p` of the
+    /// reads fell; `None` before any.
+    pub fn latency_percentile(&self, p: f64) -> Option<u32> {
+        let total: u64 = self.latency.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let wanted = (total as f64 * p).ceil() as u64;
+        let mut seen = 0;
+        for (i, n) in self.latency.iter().enumerate() {
+            seen += n;
+            if seen >= wanted {
+                return Some(LATENCY_BOUNDS.get(i).copied().unwrap_or(u32::MAX));
+            }
+        }
+        None
+    }
 }
 
 /// A model's outcome for a study, as the API shows it.
@@ -88,6 +142,8 @@ pub enum Fact {
     Read { study: Uuid, summary: Summary, at: UnixMicros },
     /// ModelEnabled or ModelDisabled.
     Switched { model: String, enabled: bool },
+    /// ModelDriftDetected (`name@version`, its completed outcomes then).
+    Drifted { model: String, outcomes: u64 },
 }
 
 pub fn apply(mut state: State, fact: &Fact) -> State {
@@ -117,6 +173,28 @@ pub fn apply(mut state: State, fact: &Fact) -> State {
             let outcomes = state.outcomes.entry(*study).or_default();
             if !outcomes.iter().any(|o| o.model == summary.model) {
                 outcomes.push(summary.clone());
+                let stats = state.stats.entry(summary.model.clone()).or_default();
+                if summary.outcome == "failed" {
+                    stats.failed += 1;
+                } else {
+                    stats.completed += 1;
+                    stats.flagged += u64::from(summary.flagged);
+                    stats.latency.resize(LATENCY_BOUNDS.len() + 1, 0);
+                    let bucket =
+                        LATENCY_BOUNDS.iter().position(|b| summary.latency_ms <= *b).unwrap_or(LATENCY_BOUNDS.len());
+                    stats.latency[bucket] += 1;
+                    stats.recent.push_back(summary.flagged);
+                    if stats.recent.len() > MAX_WINDOW {
+                        stats.recent.pop_front();
+                    }
+                }
+            }
+        }
+        Fact::Drifted { model, outcomes } => {
+            let stats = state.stats.entry(model.clone()).or_default();
+            if *outcomes > stats.alerted_at || stats.drift_alerts == 0 {
+                stats.drift_alerts += 1;
+                stats.alerted_at = *outcomes;
             }
         }
         Fact::Switched { model, enabled } => {

@@ -23,6 +23,47 @@ pub struct ModelSpec {
     pub body_parts: Vec<String>,
     pub max_slices: usize,
     pub outputs: Vec<OutputSpec>,
+    /// The drift check: the positive rate validation saw, the window of
+    /// recent outcomes compared, and the tolerance.
+    pub drift: Option<Drift>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Drift {
+    pub baseline: f64,
+    pub window: usize,
+    pub tolerance: f64,
+}
+
+/// A model whose recent outcomes stray from its validation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Drifted {
+    pub model: String,
+    pub window: usize,
+    pub statistic: f64,
+    pub baseline: f64,
+    pub outcomes: u64,
+}
+
+/// The drift alerts due: each model whose share flagged over its last
+/// window is farther than its tolerance from its baseline, once a window.
+pub fn drifted(state: &State, policy: &Policy) -> Vec<Drifted> {
+    let mut out = Vec::new();
+    for spec in policy.models.values() {
+        let (Some(d), Some(stats)) = (&spec.drift, state.stats.get(&spec.id())) else { continue };
+        let Some(rate) = stats.recent_rate(d.window) else { continue };
+        let window_passed = stats.drift_alerts == 0 || stats.completed >= stats.alerted_at + d.window as u64;
+        if window_passed && (rate - d.baseline).abs() > d.tolerance {
+            out.push(Drifted {
+                model: spec.id(),
+                window: d.window,
+                statistic: rate,
+                baseline: d.baseline,
+                outcomes: stats.completed,
+            });
+        }
+    }
+    out
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -164,6 +205,7 @@ mod tests {
             modalities: vec!["CT".into()],
             body_parts: vec!["HEAD".into()],
             max_slices,
+            drift: Some(Drift { baseline: 0.1, window: 10, tolerance: 0.2 }),
             outputs: vec![
                 OutputSpec { name: "ich".into(), threshold: 0.5, finding: "ICH".into(), priority: "stat".into() },
                 OutputSpec { name: "mass".into(), threshold: 0.8, finding: "MASS".into(), priority: "urgent".into() },
@@ -228,6 +270,42 @@ mod tests {
         let state = apply(state, &Fact::Instance { study, instance: instance(1, 7, "CT"), at: UnixMicros(0) });
         let state = apply(state, &Fact::Completed { study, completion: completion(1, "HEAD") });
         assert!(due(&state, &policy(), UnixMicros(2_000), 1_000_000).is_empty(), "read already");
+    }
+
+    #[test]
+    fn drift_is_raised_when_the_recent_share_flagged_strays_once_a_window() {
+        let read = |state: State, n: u128, flagged: bool| {
+            let summary = crate::domain::model::Summary {
+                model: "ich-demo@1".into(),
+                outcome: "completed".into(),
+                flagged,
+                latency_ms: 40,
+                ..Default::default()
+            };
+            apply(state, &Fact::Read { study: Uuid::from_u128(n), summary, at: UnixMicros(0) })
+        };
+        // Nine outcomes: not a window yet; then one in ten flagged: as validated.
+        let mut state = State::default();
+        for n in 0..9 {
+            state = read(state, n, false);
+        }
+        assert!(drifted(&state, &policy()).is_empty());
+        state = read(state, 9, true);
+        assert!(drifted(&state, &policy()).is_empty(), "10% against 10%");
+        // Then five in ten: 50% against 10% ± 20%.
+        for n in 10..15 {
+            state = read(state, n, true);
+        }
+        let alerts = drifted(&state, &policy());
+        assert!(matches!(&alerts[..], [d] if (d.statistic - 0.6).abs() < 1e-9 && d.outcomes == 15), "{alerts:?}");
+        state = apply(state, &Fact::Drifted { model: "ich-demo@1".into(), outcomes: 15 });
+        assert!(drifted(&state, &policy()).is_empty(), "once a window");
+        for n in 15..25 {
+            state = read(state, n, true);
+        }
+        assert_eq!(drifted(&state, &policy()).len(), 1, "the next window, still astray");
+        let stats = &state.stats["ich-demo@1"];
+        assert_eq!((stats.completed, stats.latency_percentile(0.99)), (25, Some(50)));
     }
 
     #[test]

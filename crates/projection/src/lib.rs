@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 pub mod live;
 pub mod run;
 pub mod snapshot;
+pub mod unreadable;
 
 /// An event as a projection sees it: the envelope and its opened payload.
 pub struct Event<'a> {

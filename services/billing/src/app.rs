@@ -80,9 +80,7 @@ impl Projection for LedgerProjection {
                 // last reason and event for each (the fold does no I/O:
                 // the summary shows them).
                 let mut state = state;
-                let seen = state.unreadable.entry(format!("{}.{}", why.payload, why.field)).or_default();
-                seen.0 += 1;
-                seen.1 = format!("{why} (event {})", event.envelope.meta.event_id);
+                meridian_projection::unreadable::count(&mut state.unreadable, &why, event.envelope.meta.event_id);
                 state
             }
         }

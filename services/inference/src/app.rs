@@ -64,6 +64,8 @@ pub struct InferenceProjection;
 
 const STUDY: &str = "inference.study";
 const SCORES: &str = "inference.scores";
+/// A model's own events: turned on or off, drift.
+const MODEL: &str = "inference.model";
 
 impl Projection for InferenceProjection {
     type State = Folded;
@@ -71,21 +73,23 @@ impl Projection for InferenceProjection {
 
     fn apply(mut folded: Folded, event: &Logged<'_>) -> Folded {
         let meta = &event.envelope.meta;
-        if [STUDY, SCORES, "inference.model"].contains(&meta.aggregate_type.as_str()) {
+        if [STUDY, SCORES, MODEL].contains(&meta.aggregate_type.as_str()) {
             let last = folded.versions.entry(format!("{}/{}", meta.aggregate_type, meta.aggregate_id)).or_default();
             *last = (*last).max(meta.aggregate_version);
         }
         match events::fact(event.payload, meta.event_id, &meta.tenant, meta.occurred_at) {
             Ok(Some(fact)) => folded.state = model::apply(std::mem::take(&mut folded.state), &fact),
             Ok(None) => {}
-            Err(why) => {
-                let seen = folded.unreadable.entry(format!("{}.{}", why.payload, why.field)).or_default();
-                seen.0 += 1;
-                seen.1 = format!("{why} (event {})", meta.event_id);
-            }
+            Err(why) => meridian_projection::unreadable::count(&mut folded.unreadable, &why, meta.event_id),
         }
         folded
     }
+}
+
+/// Model `name`'s aggregate id and its next version.
+fn model_aggregate(folded: &Folded, name: &str) -> (Uuid, u64) {
+    let id = meridian_events::id::aggregate_id(MODEL, &[name.as_bytes()]);
+    (id, folded.versions.get(&format!("{MODEL}/{id}")).copied().unwrap_or(0) + 1)
 }
 
 /// A model loaded, with how its slices are made.
@@ -284,8 +288,7 @@ impl Inference {
         let due = triage::drifted(&projector.state().state, &self.policy);
         for d in due {
             let name = d.model.split('@').next().unwrap_or(&d.model).to_owned();
-            let id = meridian_events::id::aggregate_id("inference.model", &[name.as_bytes()]);
-            let version = projector.state().versions.get(&format!("inference.model/{id}")).copied().unwrap_or(0) + 1;
+            let (id, version) = model_aggregate(projector.state(), &name);
             let payload = Payload::ModelDriftDetected(meridian_proto::events::v1::ModelDriftDetected {
                 model: d.model.clone(),
                 window: u32::try_from(d.window).unwrap_or(u32::MAX),
@@ -294,7 +297,7 @@ impl Inference {
                 outcomes: d.outcomes,
             });
             let event_id = EventId::derived(EventId(id), "drift", u32::try_from(d.outcomes).unwrap_or(u32::MAX));
-            let meta = self.model_meta(event_id, id, version, now);
+            let meta = self.meta(event_id, MODEL, id, version, "platform", None, now);
             let batch = vec![Outgoing::new(self.ops.clone(), &payload.plain_envelope(meta)?)?];
             let appended = self.log.append(batch.clone()).await?;
             projector.feed_appended(batch, appended, self.keys.as_ref())?;
@@ -303,18 +306,29 @@ impl Inference {
         Ok(())
     }
 
-    /// The envelope facts of a model's own event (no tenant's: the
-    /// platform's, as routing's reader events).
-    fn model_meta(&self, event_id: EventId, id: Uuid, version: u64, now: UnixMicros) -> EventMeta {
+    /// The envelope facts of one of inference's events: version `version`
+    /// of `aggregate_type`/`id`, for `tenant` (a model's own events are
+    /// the platform's, as routing's reader events), caused by `cause`.
+    #[allow(clippy::too_many_arguments)] // an envelope's facts, each its own
+    fn meta(
+        &self,
+        event_id: EventId,
+        aggregate_type: &str,
+        id: Uuid,
+        version: u64,
+        tenant: &str,
+        cause: Option<EventId>,
+        now: UnixMicros,
+    ) -> EventMeta {
         EventMeta {
             event_id,
-            aggregate_type: "inference.model".into(),
+            aggregate_type: aggregate_type.into(),
             aggregate_id: id,
             aggregate_version: version,
-            tenant: "platform".into(),
+            tenant: tenant.into(),
             home_region: self.region.clone(),
             occurred_at: now,
-            causation_id: None,
+            causation_id: cause,
             correlation_id: None,
             traceparent: None,
         }
@@ -422,18 +436,8 @@ impl Inference {
             };
             let slot = format!("{aggregate}/{study}");
             let version = folded.versions.get(&slot).copied().unwrap_or(0) + 1;
-            let meta = EventMeta {
-                event_id: EventId::derived(cause, &format!("{}:{model}", payload.type_name()), 0),
-                aggregate_type: aggregate.into(),
-                aggregate_id: study,
-                aggregate_version: version,
-                tenant: tenant.clone(),
-                home_region: self.region.clone(),
-                occurred_at: now,
-                causation_id: Some(cause),
-                correlation_id: None,
-                traceparent: None,
-            };
+            let event_id = EventId::derived(cause, &format!("{}:{model}", payload.type_name()), 0);
+            let meta = self.meta(event_id, aggregate, study, version, &tenant, Some(cause), now);
             batch.push(match payload {
                 // Scores are findings: sealed under the study's key.
                 Payload::AiTriageScored(p) => {
@@ -470,9 +474,7 @@ impl Inference {
         catch_up(self.log.as_ref(), self.keys.as_ref(), &mut projector, self.idle).await?;
         let was_on = !projector.state().state.disabled.contains(name);
         if was_on != enabled {
-            let id = meridian_events::id::aggregate_id("inference.model", &[name.as_bytes()]);
-            let slot = format!("inference.model/{id}");
-            let version = projector.state().versions.get(&slot).copied().unwrap_or(0) + 1;
+            let (id, version) = model_aggregate(projector.state(), name);
             let (model, by, reason) = (name.to_owned(), by.to_owned(), reason.to_owned());
             let payload = if enabled {
                 Payload::ModelEnabled(meridian_proto::events::v1::ModelEnabled { model, by, reason })
@@ -481,7 +483,7 @@ impl Inference {
             };
             let event_id =
                 EventId::derived(EventId(id), payload.type_name(), u32::try_from(version).unwrap_or(u32::MAX));
-            let meta = self.model_meta(event_id, id, version, now);
+            let meta = self.meta(event_id, MODEL, id, version, "platform", None, now);
             let batch = vec![Outgoing::new(self.ops.clone(), &payload.plain_envelope(meta)?)?];
             let appended = self.log.append(batch.clone()).await?;
             projector.feed_appended(batch, appended, self.keys.as_ref())?;

@@ -86,11 +86,7 @@ impl Projection for ReportingProjection {
         match adapters::events::fact(event.payload, meta.event_id, event.partition, event.offset) {
             Ok(Some(fact)) => folded.state = model::apply(std::mem::take(&mut folded.state), &fact),
             Ok(None) => {}
-            Err(why) => {
-                let seen = folded.unreadable.entry(format!("{}.{}", why.payload, why.field)).or_default();
-                seen.0 += 1;
-                seen.1 = format!("{why} (event {})", meta.event_id);
-            }
+            Err(why) => meridian_projection::unreadable::count(&mut folded.unreadable, &why, meta.event_id),
         }
         folded
     }

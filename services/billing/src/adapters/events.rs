@@ -7,23 +7,12 @@ use meridian_proto::common::v1::Money;
 use meridian_proto::events::v1 as pb;
 use uuid::Uuid;
 
+pub use meridian_projection::unreadable::{Unreadable, uuid};
+
 use crate::domain::credit_note::{CreditNote, CreditedLine};
 use crate::domain::invoice::InvoiceLine;
 use crate::domain::ledger::{Cause, Fact, Input, What};
 use crate::domain::pricing::Read;
-
-/// Why a routing event could not be read as billing's input.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{payload}.{field}: {reason}")]
-pub struct Unreadable {
-    pub payload: &'static str,
-    pub field: &'static str,
-    pub reason: String,
-}
-
-fn uuid(payload: &'static str, field: &'static str, text: &str) -> Result<Uuid, Unreadable> {
-    Uuid::parse_str(text).map_err(|e| Unreadable { payload, field, reason: format!("{text:?} is not a UUID: {e}") })
-}
 
 fn time(t: &Option<prost_types::Timestamp>) -> UnixMicros {
     t.as_ref().map_or(UnixMicros(0), |t| UnixMicros(t.seconds * 1_000_000 + i64::from(t.nanos) / 1_000))

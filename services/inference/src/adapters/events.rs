@@ -6,20 +6,9 @@ use meridian_events::{EventId, UnixMicros};
 use meridian_proto::events::v1 as pb;
 use uuid::Uuid;
 
+pub use meridian_projection::unreadable::{Unreadable, uuid};
+
 use crate::domain::model::{Completion, Fact, Instance, Summary};
-
-/// Why an event could not be read (counted, never a stop).
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{payload}.{field}: {reason}")]
-pub struct Unreadable {
-    pub payload: &'static str,
-    pub field: &'static str,
-    pub reason: String,
-}
-
-fn uuid(payload: &'static str, field: &'static str, text: &str) -> Result<Uuid, Unreadable> {
-    Uuid::parse_str(text).map_err(|e| Unreadable { payload, field, reason: format!("{text:?} is not a UUID: {e}") })
-}
 
 /// The fact of an event inference folds (`None` for the rest).
 pub fn fact(payload: &Payload, event_id: EventId, tenant: &str, at: UnixMicros) -> Result<Option<Fact>, Unreadable> {

@@ -4,7 +4,8 @@
 use meridian_events::payload::Payload;
 use meridian_events::{EventId, UnixMicros};
 use meridian_proto::events::v1 as pb;
-use uuid::Uuid;
+
+pub use meridian_projection::unreadable::{Unreadable, uuid};
 
 use crate::domain::critical::CriticalEvent;
 use crate::domain::delivery::{Delivery, Standing};
@@ -19,19 +20,6 @@ fn time(t: &Option<prost_types::Timestamp>) -> UnixMicros {
 
 fn licences(ls: &[pb::Licence]) -> Vec<Licence> {
     ls.iter().map(|l| Licence { jurisdiction: l.jurisdiction.clone(), expires: time(&l.expires_at) }).collect()
-}
-
-/// Why an event reporting reads could not be read (counted, never a stop).
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{payload}.{field}: {reason}")]
-pub struct Unreadable {
-    pub payload: &'static str,
-    pub field: &'static str,
-    pub reason: String,
-}
-
-fn uuid(payload: &'static str, field: &'static str, text: &str) -> Result<Uuid, Unreadable> {
-    Uuid::parse_str(text).map_err(|e| Unreadable { payload, field, reason: format!("{text:?} is not a UUID: {e}") })
 }
 
 /// The fact of an event reporting folds (`None` for the rest). `partition`

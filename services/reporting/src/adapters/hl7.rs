@@ -30,7 +30,7 @@ pub fn escape(text: &str) -> String {
 }
 
 /// HL7's DTM, to the second, in UTC.
-fn dtm(t: UnixMicros) -> String {
+pub(crate) fn dtm(t: UnixMicros) -> String {
     jiff::Timestamp::from_microsecond(t.0).map(|t| t.strftime("%Y%m%d%H%M%S+0000").to_string()).unwrap_or_default()
 }
 

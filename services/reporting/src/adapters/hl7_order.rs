@@ -270,15 +270,10 @@ pub fn order(m: &Message, tenant: &str, facility: &str) -> Result<OrderIn, Refus
     })
 }
 
-/// HL7's DTM, to the second, in UTC.
-fn dtm(t: UnixMicros) -> String {
-    jiff::Timestamp::from_microsecond(t.0).map(|t| t.strftime("%Y%m%d%H%M%S+0000").to_string()).unwrap_or_default()
-}
-
 /// The ACK to a message with header `h`: AA, or the refusal's code with an
 /// ERR naming where. Its own control id derives from the one it answers.
 pub fn ack(h: &Header, refused: Option<&Refusal>, region: &str, at: UnixMicros) -> String {
-    let esc = crate::adapters::hl7::escape;
+    use crate::adapters::hl7::{dtm, escape as esc};
     let trigger = h.message_type.split('^').nth(1).unwrap_or("O01");
     let own: String = format!("A{}", h.control_id).chars().take(20).collect();
     let msh = format!(

@@ -1,5 +1,6 @@
 //! Test harnesses that start real parts on free loopback ports, stopped
-//! when dropped: a Kafka-API broker (tansu) and an S3-API server (moto).
+//! when dropped: a Kafka-API broker (tansu), an S3-API server (moto) and an
+//! Open Inference Protocol server (MLServer).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -119,6 +120,86 @@ pub fn venv_bin() -> PathBuf {
     }
     let home = std::env::var_os("HOME").expect("HOME is set");
     PathBuf::from(home).join(".cache/meridian/tools/venv/bin")
+}
+
+/// MLServer 1.7 (`scripts/test` installs it in a venv of its own, as its
+/// pins differ from the tools'): `MERIDIAN_MLSERVER`, or the default tools
+/// folder.
+pub fn mlserver_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("MERIDIAN_MLSERVER") {
+        return PathBuf::from(bin);
+    }
+    let home = std::env::var_os("HOME").expect("HOME is set");
+    PathBuf::from(home).join(".cache/meridian/tools/venv-mlserver/bin/mlserver")
+}
+
+/// An Open Inference Protocol v2 server: MLServer serving one ONNX file as
+/// model `name` through `integration-tests/mlserver/onnx_model.py`
+/// (onnxruntime), on loopback, killed when dropped.
+pub struct MlServer {
+    child: Child,
+    pub grpc_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl MlServer {
+    pub fn start(name: &str, onnx: &Path) -> MlServer {
+        let dir = tempfile::TempDir::new().expect("a temporary directory");
+        let (http_port, grpc_port) = (free_port(), free_port());
+        let runtime = Path::new(env!("CARGO_MANIFEST_DIR")).join("mlserver/onnx_model.py");
+        std::fs::copy(&runtime, dir.path().join("onnx_model.py")).expect("copying the MLServer runtime");
+        let settings = serde_json::json!({
+            "host": "127.0.0.1", "http_port": http_port, "grpc_port": grpc_port,
+            "metrics_endpoint": null, "parallel_workers": 0, "debug": false,
+        });
+        std::fs::write(dir.path().join("settings.json"), settings.to_string()).expect("settings.json");
+        let model_dir = dir.path().join(name);
+        std::fs::create_dir_all(&model_dir).expect("the model's folder");
+        let model = serde_json::json!({
+            "name": name, "implementation": "onnx_model.OnnxModel",
+            "parameters": { "uri": onnx.display().to_string() },
+        });
+        std::fs::write(model_dir.join("model-settings.json"), model.to_string()).expect("model-settings.json");
+        let log = std::fs::File::create(dir.path().join("mlserver.log")).expect("the log");
+        let child = Command::new(mlserver_bin())
+            .arg("start")
+            .arg(dir.path())
+            .current_dir(dir.path())
+            .stdout(log.try_clone().expect("the log"))
+            .stderr(log)
+            .spawn()
+            .expect("MLServer in its venv: scripts/test installs it");
+        let mut server = MlServer { child, grpc_port, _dir: dir };
+        // Ready when its log says the model loaded and gRPC listens.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let said = std::fs::read_to_string(server._dir.path().join("mlserver.log")).unwrap_or_default();
+            if said.contains("gRPC server running") && TcpStream::connect(("127.0.0.1", grpc_port)).is_ok() {
+                break;
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("MLServer exited {status}: {said}");
+            }
+            assert!(Instant::now() < deadline, "MLServer did not start in 90 s: {said}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        server
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for MlServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// An S3-API server (moto's `moto_server`) on loopback, with one bucket.

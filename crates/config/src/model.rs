@@ -650,11 +650,44 @@ fn drift_tolerance() -> f64 {
 }
 
 /// How a model runs. Embedded: an ONNX file run in process (tract), its
-/// path relative to the configuration directory.
+/// path relative to the configuration directory. Remote: a model served
+/// over the Open Inference Protocol v2 (gRPC) by MLServer, Triton or
+/// KServe, in the study's home region.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ModelRuntime {
-    Embedded { path: String },
+    Embedded {
+        path: String,
+    },
+    Remote {
+        /// `http://host:port`, or `https://` with `ca`.
+        endpoint: String,
+        /// Its name on the server (the model's own name when empty).
+        #[serde(default)]
+        model: String,
+        /// Its version on the server (the server's choice when empty).
+        #[serde(default)]
+        model_version: String,
+        /// Each call's bound.
+        #[serde(default = "remote_timeout_ms")]
+        timeout_ms: u64,
+        /// Calls again after an unavailable server or a timeout, with
+        /// backoff, this many times before the triage fails `unreachable`.
+        #[serde(default = "remote_retries")]
+        retries: u32,
+        /// The PEM file of the CA that signs the server's certificate,
+        /// relative to the configuration directory (https only).
+        #[serde(default)]
+        ca: Option<String>,
+    },
+}
+
+fn remote_timeout_ms() -> u64 {
+    5_000
+}
+
+fn remote_retries() -> u32 {
+    3
 }
 
 /// What a model reads: the studies it is for, and how a slice becomes its

@@ -885,9 +885,39 @@ fn models(out: &mut Out, f: &Files<'_>) {
         if m.version.trim().is_empty() {
             out.at(file, "version", "a model names its version: outcomes say which version read a study");
         }
-        let ModelRuntime::Embedded { path } = &m.runtime;
-        if !f.root.join(path).is_file() {
-            out.at(file, "runtime.path", format!("{path:?}: no such file (relative to the configuration directory)"));
+        match &m.runtime {
+            ModelRuntime::Embedded { path } => {
+                if !f.root.join(path).is_file() {
+                    out.at(
+                        file,
+                        "runtime.path",
+                        format!("{path:?}: no such file (relative to the configuration directory)"),
+                    );
+                }
+            }
+            ModelRuntime::Remote { endpoint, timeout_ms, ca, .. } => {
+                let (scheme, rest) = endpoint.split_once("://").unwrap_or(("", endpoint));
+                if !matches!(scheme, "http" | "https") || rest.is_empty() {
+                    out.at(file, "runtime.endpoint", format!("{endpoint:?}: an http:// or https:// address"));
+                }
+                match ca {
+                    Some(_) if scheme == "http" => {
+                        out.at(file, "runtime.ca", "a CA is for an https:// endpoint; this one is plain http")
+                    }
+                    None if scheme == "https" => {
+                        out.at(file, "runtime.ca", "an https:// endpoint needs the CA that signs its certificate")
+                    }
+                    Some(ca) if !f.root.join(ca).is_file() => out.at(
+                        file,
+                        "runtime.ca",
+                        format!("{ca:?}: no such file (relative to the configuration directory)"),
+                    ),
+                    _ => {}
+                }
+                if *timeout_ms == 0 {
+                    out.at(file, "runtime.timeout_ms", "a call needs some time: more than 0");
+                }
+            }
         }
         if m.input.modalities.is_empty() {
             out.at(file, "input.modalities", "a model reads at least one modality");

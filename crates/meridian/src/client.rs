@@ -996,6 +996,11 @@ pub async fn ai(target: &Target, step: AiStep) -> anyhow::Result<ExitCode> {
             m.latency_p99_ms,
             m.drift_alerts
         );
+        say!("  runtime: {}", m.runtime);
+        for h in &m.score_histograms {
+            let counts: Vec<String> = h.counts.iter().map(u64::to_string).collect();
+            say!("  {} scores by tenths, 0 to 1: {}", h.output, counts.join(" "));
+        }
     };
     match step {
         AiStep::Models => {

@@ -1957,6 +1957,83 @@ fn a_head_ct_with_a_bleed_is_triaged_once_through_a_crash_by_the_demonstration_m
     assert!(scored.iter().all(|(_, e)| e.open_plain().is_err()), "scores are sealed on the log");
 }
 
+#[test]
+fn a_model_served_by_mlserver_triages_reruns_when_a_slice_comes_later_and_a_dead_server_fails_only_the_triage() {
+    let config = acme_completing_in_a_second();
+    let mut server = meridian_integration_tests::MlServer::start(
+        "ich-demo",
+        &repo().join("deploy/examples/dev/models/ich-demo.onnx"),
+    );
+    // The example's model, served remotely over the Open Inference Protocol.
+    let model = config.path().join("models/ich-demo.toml");
+    let text = std::fs::read_to_string(&model).unwrap();
+    let embedded = "[runtime]\nkind = \"embedded\"\npath = \"models/ich-demo.onnx\"\n";
+    assert!(text.contains(embedded), "the example's runtime changed: {text}");
+    let remote = format!(
+        "[runtime]\nkind = \"remote\"\nendpoint = \"{}\"\nmodel = \"ich-demo\"\ntimeout_ms = 2000\nretries = 2\n",
+        server.endpoint()
+    );
+    std::fs::write(&model, text.replace(embedded, &remote)).unwrap();
+    let data = tempfile::TempDir::new().unwrap();
+    let dev = Dev::start_configured(config.path(), data.path(), "");
+    let files = tempfile::TempDir::new().unwrap();
+    let send = |study: &str, numbers: std::ops::RangeInclusive<usize>, bleed_on: usize| {
+        let slices: Vec<PathBuf> = numbers
+            .map(|n| meridian_integration_tests::dicom::head_ct_slice(files.path(), study, n, n == bleed_on))
+            .collect();
+        let (ok, said) = meridian_integration_tests::dicom::storescu(
+            dev.dicom_port("us-east"),
+            "ACME_CT1",
+            "MERIDIAN_ACME",
+            &slices,
+        );
+        assert!(ok, "{said}");
+    };
+    // Three clear slices: read over OIP, nothing flagged.
+    let study_uid = "1.2.826.0.1.3680043.10.543.801";
+    send(study_uid, 1..=3, 0);
+    let first = wait_for("the study triaged by MLServer", 60, || {
+        tail_payloads(data.path(), "inference", "AiTriageCompleted").into_iter().next()
+    });
+    assert_eq!((first["flagged"].as_bool(), first["instancesUsed"].as_u64()), (None, Some(3)), "{first}");
+    let study = first["studyId"].as_str().unwrap().to_owned();
+    // A fourth slice, with a bleed, after the study completed: ingest says
+    // StudyUpdated and the model reads the study again.
+    send(study_uid, 4..=4, 4);
+    let rerun = wait_for("the study triaged again", 60, || {
+        let all = tail_payloads(data.path(), "inference", "AiTriageCompleted");
+        (all.len() >= 2).then(|| all[1].clone())
+    });
+    assert_eq!(rerun["studyId"], study.as_str());
+    assert_eq!((rerun["flagged"].as_bool(), rerun["instancesUsed"].as_u64()), (Some(true), Some(4)), "{rerun}");
+    assert_ne!(rerun["inputDigest"], first["inputDigest"]);
+    wait_for("routing raised the study on the rerun", 30, || {
+        let triaged = tail_payloads(data.path(), "routing", "StudyTriaged");
+        triaged.iter().any(|t| t["studyId"] == study.as_str() && t["priority"] == "stat").then_some(())
+    });
+    let (ok, said) = us_east(data.path(), &["ai", "models", "--as", "sre"]);
+    assert!(ok && said.contains(&format!("runtime: remote {}", server.endpoint())), "{said}");
+    assert!(said.contains("2 read, 1 flagged, 0 failed"), "{said}");
+    assert!(said.contains("ich scores by tenths, 0 to 1: 1 0 0 0 0 0 0 0 0 1"), "{said}");
+    let (ok, said) = us_east(data.path(), &["ai", "triage", &study, "--as", "acme-admin"]);
+    assert!(ok && said.contains("ich-demo@1: flagged ICH (stat), 4 instances"), "{said}");
+    // The server gone: the next study's triage fails, named; the study is
+    // queued at its normal priority all the same.
+    server.stop();
+    send("1.2.826.0.1.3680043.10.543.802", 1..=2, 1);
+    let failed = wait_for("the triage failed", 60, || {
+        tail_payloads(data.path(), "inference", "AiTriageFailed").into_iter().next()
+    });
+    assert_eq!(failed["reason"], "unreachable", "{failed}");
+    assert!(failed["detail"].as_str().unwrap().contains("after 3 calls"), "{failed}");
+    let other = failed["studyId"].as_str().unwrap().to_owned();
+    wait_for("the other study queued", 30, || {
+        let queued = tail_payloads(data.path(), "routing", "StudyQueued");
+        queued.iter().any(|q| q["studyId"] == other.as_str() && q["priority"] == "routine").then_some(())
+    });
+    dev.interrupt();
+}
+
 /// A Python receiver (an MLLP listener, a FHIR server), killed when
 /// dropped; its port and the JSON lines it records.
 struct Receiver {

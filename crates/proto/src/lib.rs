@@ -1,4 +1,5 @@
-//! Meridian's wire types, generated from `proto/meridian/<package>/v1`.
+//! Meridian's wire types, generated from `proto/meridian/<package>/v1`, and
+//! the Open Inference Protocol's from `proto/inference`.
 //!
 //! This crate only holds generated code and the descriptor set for gRPC
 //! reflection. Domain crates convert to and from these types with
@@ -48,6 +49,13 @@ pub mod routing {
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/meridian.routing.v1.rs"));
     }
+}
+
+/// The Open Inference Protocol v2 (package `inference`), as published:
+/// the client inference calls remote model servers with.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod open_inference {
+    include!(concat!(env!("OUT_DIR"), "/inference.rs"));
 }
 
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

@@ -1,11 +1,14 @@
 //! The demonstration model: the committed file is its generator's output
-//! byte for byte (onnx 1.17), and tract, the embedded runtime, says what
-//! onnxruntime, the reference, says on the same inputs.
+//! byte for byte (onnx 1.17); tract, the embedded runtime, says what
+//! onnxruntime, the reference, says on the same inputs; and the remote
+//! runtime, over the Open Inference Protocol v2 to a real MLServer, says it
+//! too, and fails by name when the server does not answer.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use meridian_inference::adapters::runtime::Embedded;
+use meridian_inference::adapters::oip::RemoteSpec;
+use meridian_inference::adapters::runtime::{Embedded, Remote};
 
 fn python() -> PathBuf {
     std::env::var_os("MERIDIAN_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
@@ -32,6 +35,70 @@ fn the_committed_demonstration_model_is_its_generators_output() {
         .expect("onnx in the tools' venv: scripts/test installs it");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read(&built).unwrap(), std::fs::read(model()).unwrap());
+}
+
+/// onnxruntime's reference run: its six input slices and its scores.
+fn reference() -> (Vec<Vec<f32>>, Vec<f32>) {
+    let dir = tempfile::TempDir::new().unwrap();
+    let reference = dir.path().join("reference.json");
+    let out = Command::new(python())
+        .arg(repo().join("integration-tests/python/onnx_reference.py"))
+        .arg(model())
+        .arg(&reference)
+        .output()
+        .expect("onnxruntime in the tools' venv: scripts/test installs it");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&reference).unwrap()).unwrap();
+    let inputs: Vec<f32> = r["inputs"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    let slices = inputs.chunks(64 * 64).map(<[f32]>::to_vec).collect();
+    let scores = r["outputs"]["ich"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    (slices, scores)
+}
+
+fn remote(endpoint: String, outputs: &[&str]) -> Remote {
+    Remote::connect(RemoteSpec {
+        endpoint,
+        model: "ich-demo".into(),
+        version: String::new(),
+        input: "slices".into(),
+        outputs: outputs.iter().map(|o| o.to_string()).collect(),
+        rows: 64,
+        columns: 64,
+        timeout: std::time::Duration::from_secs(5),
+        retries: 2,
+        ca_pem: None,
+    })
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mlserver_over_the_open_inference_protocol_says_what_tract_says_and_a_dead_server_fails_unreachable() {
+    let (slices, theirs) = reference();
+    let mut server = meridian_integration_tests::MlServer::start("ich-demo", &model());
+    let oip = remote(server.endpoint(), &["ich"]);
+    assert!(oip.ready().await.unwrap(), "ModelReady");
+    // 200 slices: more than one call's bytes (3 MiB), so split in two.
+    let many: Vec<Vec<f32>> = (0..200).map(|i| slices[i % slices.len()].clone()).collect();
+    let served = oip.run(&many, "a-study").await.unwrap();
+    let embedded = Embedded::load(&model(), "slices", 64, 64, &["ich".to_string()]).unwrap();
+    let ours = embedded.run(&many).unwrap();
+    assert_eq!(served["ich"].len(), 200);
+    for (i, (a, b)) in served["ich"].iter().zip(&ours["ich"]).enumerate() {
+        assert!((a - b).abs() < 1e-5, "slice {i}: MLServer {a}, tract {b}");
+        assert!((a - theirs[i % theirs.len()]).abs() < 1e-5, "slice {i}: MLServer {a}, onnxruntime's reference");
+    }
+    assert!(served["ich"][5] > 0.9 && served["ich"][..5].iter().all(|s| *s < 0.5));
+    // An output the model does not have: the server refuses, named, at once.
+    let e = remote(server.endpoint(), &["bleed"]).run(&slices, "a-study").await.unwrap_err();
+    let (reason, detail) = e.reason();
+    assert_eq!(reason, "run", "{detail}");
+    assert!(detail.contains("bleed"), "{detail}");
+    // The server gone: called again with backoff, then unreachable.
+    server.stop();
+    let e = oip.run(&slices, "a-study").await.unwrap_err();
+    let (reason, detail) = e.reason();
+    assert_eq!(reason, "unreachable", "{detail}");
+    assert!(detail.contains("after 3 calls") && detail.contains(&oip.endpoint().to_string()), "{detail}");
 }
 
 #[test]

@@ -26,8 +26,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::adapters::events::{self, Outcome};
+use crate::adapters::oip::RemoteSpec;
 use crate::adapters::pixels;
-use crate::adapters::runtime::{Embedded, RuntimeError};
+use crate::adapters::runtime::{Embedded, Remote, Runtime, RuntimeError};
 use crate::domain::model::{self, State};
 use crate::domain::triage::{self, Due, ModelSpec, OutputSpec, Policy};
 
@@ -77,7 +78,7 @@ impl Projection for InferenceProjection {
             let last = folded.versions.entry(format!("{}/{}", meta.aggregate_type, meta.aggregate_id)).or_default();
             *last = (*last).max(meta.aggregate_version);
         }
-        match events::fact(event.payload, meta.event_id, &meta.tenant, meta.occurred_at) {
+        match events::fact(event.payload, meta.event_id, meta.causation_id, &meta.tenant, meta.occurred_at) {
             Ok(Some(fact)) => folded.state = model::apply(std::mem::take(&mut folded.state), &fact),
             Ok(None) => {}
             Err(why) => meridian_projection::unreadable::count(&mut folded.unreadable, &why, meta.event_id),
@@ -98,7 +99,7 @@ pub struct Loaded {
     pub intended_use: String,
     pub window: (f64, f64),
     pub size: (u32, u32),
-    pub runtime: Arc<Embedded>,
+    pub runtime: Runtime,
 }
 
 /// What the API says of a loaded model.
@@ -106,12 +107,14 @@ pub struct Loaded {
 pub struct ModelView {
     pub spec: ModelSpec,
     pub intended_use: String,
+    /// "embedded" or "remote <endpoint>".
+    pub runtime: String,
     pub stats: model::ModelStats,
 }
 
 impl ModelView {
     fn of(m: &Loaded, stats: model::ModelStats) -> ModelView {
-        ModelView { spec: m.spec.clone(), intended_use: m.intended_use.clone(), stats }
+        ModelView { spec: m.spec.clone(), intended_use: m.intended_use.clone(), runtime: m.runtime.describe(), stats }
     }
 }
 
@@ -121,17 +124,50 @@ pub fn load_models(platform: &Platform) -> Result<(Policy, BTreeMap<String, Load
     let mut loaded = BTreeMap::new();
     let mut policy = Policy::default();
     for m in platform.models.values() {
-        let ModelRuntime::Embedded { path } = &m.runtime;
         let outputs: Vec<String> = m.outputs.iter().map(|o| o.name.clone()).collect();
         let [rows, columns] = m.input.size;
-        let file = platform.root.join(path);
-        let runtime = Embedded::load(&file, &m.input.name, rows, columns, &outputs).map_err(|e| match e {
-            RuntimeError::Load { reason, .. } => RuntimeError::Load {
-                path: format!("models/{}.toml: runtime.path ({})", m.name, file.display()),
-                reason,
-            },
-            other => other,
-        })?;
+        let runtime = match &m.runtime {
+            ModelRuntime::Embedded { path } => {
+                let file = platform.root.join(path);
+                let model = Embedded::load(&file, &m.input.name, rows, columns, &outputs).map_err(|e| match e {
+                    RuntimeError::Load { reason, .. } => RuntimeError::Load {
+                        path: format!("models/{}.toml: runtime.path ({})", m.name, file.display()),
+                        reason,
+                    },
+                    other => other,
+                })?;
+                Runtime::Embedded(Arc::new(model))
+            }
+            ModelRuntime::Remote { endpoint, model, model_version, timeout_ms, retries, ca } => {
+                let field = |field: &str, reason: String| RuntimeError::Load {
+                    path: format!("models/{}.toml: runtime.{field}", m.name),
+                    reason,
+                };
+                let ca_pem = match ca {
+                    Some(ca) => {
+                        Some(std::fs::read(platform.root.join(ca)).map_err(|e| field("ca", format!("{ca}: {e}")))?)
+                    }
+                    None => None,
+                };
+                let spec = RemoteSpec {
+                    endpoint: endpoint.clone(),
+                    model: if model.is_empty() { m.name.clone() } else { model.clone() },
+                    version: model_version.clone(),
+                    input: m.input.name.clone(),
+                    outputs: outputs.clone(),
+                    rows,
+                    columns,
+                    timeout: Duration::from_millis(*timeout_ms),
+                    retries: *retries,
+                    ca_pem,
+                };
+                let remote = Remote::connect(spec).map_err(|e| match e {
+                    RuntimeError::Load { reason, .. } => field("endpoint", reason),
+                    other => other,
+                })?;
+                Runtime::Remote(Arc::new(remote))
+            }
+        };
         let spec = ModelSpec {
             name: m.name.clone(),
             version: m.version.clone(),
@@ -157,10 +193,7 @@ pub fn load_models(platform: &Platform) -> Result<(Policy, BTreeMap<String, Load
         policy.models.insert(m.name.clone(), spec.clone());
         let window = (m.input.window.centre, m.input.window.width);
         let intended_use = m.intended_use.clone();
-        loaded.insert(
-            m.name.clone(),
-            Loaded { spec, intended_use, window, size: (rows, columns), runtime: Arc::new(runtime) },
-        );
+        loaded.insert(m.name.clone(), Loaded { spec, intended_use, window, size: (rows, columns), runtime });
     }
     for c in platform.contracts.values() {
         policy.contracts.insert(c.name.clone(), c.ai_models.clone());
@@ -230,7 +263,8 @@ impl Inference {
         let ops = topic(&o.region, DataClass::Operational, "inference")?;
         let phi = topic(&o.region, DataClass::Phi, "inference")?;
         let mut starts = Vec::new();
-        for t in [&ingest, &instances, &ops] {
+        // Its own PHI topic for the scores' distributions.
+        for t in [&ingest, &instances, &ops, &phi] {
             starts.extend((0..o.log.partitions(t).await?).map(|p| Position::start(t.clone(), p)));
         }
         let live = Live::open(o.snapshots, starts, o.log.as_ref(), o.keys.as_ref(), o.idle).await?;
@@ -267,10 +301,10 @@ impl Inference {
         let count = due.len().min(8);
         for d in due.into_iter().take(8) {
             let outcome = match d {
-                Due::Fail { study, model, reason, detail } => {
-                    Outcome::Failed { study, model: model.id(), reason, detail }
+                Due::Fail { study, model, reason, detail, cause } => {
+                    Outcome::Failed { study, model: model.id(), cause, reason, detail, input_digest: String::new() }
                 }
-                Due::Run { study, model, instances } => self.read(study, &model, &instances, now).await?,
+                Due::Run { study, model, instances, cause } => self.read(study, &model, &instances, cause, now).await?,
             };
             self.failpoints.hit(AFTER_RUN)?;
             self.append(&outcome, now).await?;
@@ -334,16 +368,25 @@ impl Inference {
         }
     }
 
-    /// One model's read of one study: its outcome.
+    /// One model's read of one study, answering `cause`: its outcome.
     async fn read(
         &self,
         study: Uuid,
         spec: &ModelSpec,
         instances: &[model::Instance],
+        cause: EventId,
         now: UnixMicros,
     ) -> Result<Outcome, Error> {
         let started = Instant::now();
-        let fail = |reason: &'static str, detail: String| Outcome::Failed { study, model: spec.id(), reason, detail };
+        let ids: Vec<Uuid> = instances.iter().map(|i| i.id).collect();
+        let fail = |reason: &'static str, detail: String| Outcome::Failed {
+            study,
+            model: spec.id(),
+            cause,
+            reason,
+            detail,
+            input_digest: model::input_digest(&ids),
+        };
         let Some(loaded) = self.models.get(&spec.name) else {
             return Ok(fail("model_output", format!("model {} is not loaded", spec.id())));
         };
@@ -372,23 +415,23 @@ impl Inference {
                 Err(e) => return Ok(fail("object_missing", format!("instance {}: {e}", i.id))),
             }
         }
-        let (window, size, runtime) = (loaded.window, loaded.size, loaded.runtime.clone());
-        let ran = tokio::task::spawn_blocking(move || -> Result<BTreeMap<String, Vec<f32>>, (&'static str, String)> {
-            let slices = objects
-                .iter()
-                .map(|bytes| pixels::slice(bytes, window.0, window.1, size.0, size.1))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| (e.reason, e.detail))?;
-            runtime.run(&slices).map_err(|e| match e {
-                RuntimeError::Output(d) => ("model_output", d),
-                other => ("run", other.to_string()),
-            })
+        let (window, size) = (loaded.window, loaded.size);
+        let decoded = tokio::task::spawn_blocking(move || {
+            objects.iter().map(|bytes| pixels::slice(bytes, window.0, window.1, size.0, size.1)).collect()
         })
         .await
-        .map_err(|e| Error::Audit(format!("the model's thread: {e}")))?;
-        let per_slice = match ran {
+        .map_err(|e| Error::Audit(format!("the decoding thread: {e}")))?;
+        let slices: Vec<Vec<f32>> = match decoded {
+            Ok(slices) => slices,
+            Err(e) => return Ok(fail(e.reason, e.detail)),
+        };
+        // The call's id is the study's opaque id: no UID leaves the service.
+        let per_slice = match loaded.runtime.run(slices, &study.to_string()).await {
             Ok(scores) => scores,
-            Err((reason, detail)) => return Ok(fail(reason, detail)),
+            Err(e) => {
+                let (reason, detail) = e.reason();
+                return Ok(fail(reason, detail));
+            }
         };
         let highest: BTreeMap<String, f32> = per_slice
             .iter()
@@ -403,31 +446,33 @@ impl Inference {
         Ok(Outcome::Completed {
             study,
             model: spec.id(),
+            cause,
             flagged: judged.flagged,
             suggested: judged.suggested,
             findings: judged.findings,
             latency_ms: u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX),
             scores,
-            instances: instances.iter().map(|i| i.id).collect(),
+            instances: ids,
         })
     }
 
     async fn append(&self, outcome: &Outcome, now: UnixMicros) -> Result<(), Error> {
         let mut projector = self.live.lock().await;
         catch_up(self.log.as_ref(), self.keys.as_ref(), &mut projector, self.idle).await?;
-        let (study, model) = match outcome {
-            Outcome::Completed { study, model, .. } | Outcome::Failed { study, model, .. } => (*study, model.clone()),
-        };
+        let (study, model, cause) = (outcome.study(), outcome.model().to_owned(), outcome.cause());
         let folded = projector.state();
         let Some(s) = folded.state.studies.get(&study) else { return Ok(()) };
-        // Read once, whoever read it first.
-        if s.read_by.contains(&model) {
+        let Some(completion) = &s.completion else { return Ok(()) };
+        // Each cause answered once, whoever read it first (an answer
+        // folded from before answers remembered their cause: the completion).
+        let answered = match s.answered.get(&model) {
+            Some(a) => a.cause == Some(cause),
+            None => s.read_by.contains(&model) && completion.cause == cause,
+        };
+        if answered {
             return Ok(());
         }
-        let (cause, tenant) = match &s.completion {
-            Some(c) => (c.cause, c.tenant.clone()),
-            None => return Ok(()),
-        };
+        let tenant = completion.tenant.clone();
         let mut batch = Vec::new();
         for payload in events::payloads(outcome) {
             let (aggregate, topic) = match payload {

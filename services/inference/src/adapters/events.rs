@@ -8,10 +8,17 @@ use uuid::Uuid;
 
 pub use meridian_projection::unreadable::{Unreadable, uuid};
 
-use crate::domain::model::{Completion, Fact, Instance, Summary};
+use crate::domain::model::{Completion, Fact, Instance, Summary, Update, input_digest};
 
-/// The fact of an event inference folds (`None` for the rest).
-pub fn fact(payload: &Payload, event_id: EventId, tenant: &str, at: UnixMicros) -> Result<Option<Fact>, Unreadable> {
+/// The fact of an event inference folds (`None` for the rest); `cause` is
+/// its envelope's causation.
+pub fn fact(
+    payload: &Payload,
+    event_id: EventId,
+    cause: Option<EventId>,
+    tenant: &str,
+    at: UnixMicros,
+) -> Result<Option<Fact>, Unreadable> {
     Ok(Some(match payload {
         Payload::InstanceReceived(i) => Fact::Instance {
             study: uuid("InstanceReceived", "study_id", &i.study_id)?,
@@ -37,6 +44,18 @@ pub fn fact(payload: &Payload, event_id: EventId, tenant: &str, at: UnixMicros) 
                 completed_at: c.completed_at.as_ref().map_or(at, UnixMicros::from_timestamp),
             },
         },
+        Payload::StudyUpdated(u) => Fact::Updated {
+            study: uuid("StudyUpdated", "study_id", &u.study_id)?,
+            update: Update { cause: event_id, instance_count: u.instance_count },
+            at,
+        },
+        Payload::AiTriageScored(t) => Fact::Scored {
+            study: uuid("AiTriageScored", "study_id", &t.study_id)?,
+            model: t.model.clone(),
+            cause,
+            scores: t.scores.iter().map(|s| (s.output.clone(), s.score)).collect(),
+            at,
+        },
         Payload::AiTriageCompleted(t) => Fact::Read {
             at,
             study: uuid("AiTriageCompleted", "study_id", &t.study_id)?,
@@ -49,6 +68,8 @@ pub fn fact(payload: &Payload, event_id: EventId, tenant: &str, at: UnixMicros) 
                 findings: t.findings.clone(),
                 latency_ms: t.latency_ms,
                 instances_used: t.instances_used,
+                cause,
+                input_digest: t.input_digest.clone(),
                 ..Summary::default()
             },
         },
@@ -61,6 +82,8 @@ pub fn fact(payload: &Payload, event_id: EventId, tenant: &str, at: UnixMicros) 
                 outcome: "failed".into(),
                 reason: t.reason.clone(),
                 detail: t.detail.clone(),
+                cause,
+                input_digest: t.input_digest.clone(),
                 ..Summary::default()
             },
         },
@@ -71,12 +94,14 @@ pub fn fact(payload: &Payload, event_id: EventId, tenant: &str, at: UnixMicros) 
     }))
 }
 
-/// What a model's read of a study came to.
+/// What a model's read of a study came to: each answers `cause` (the
+/// StudyCompleted, or a rerun's StudyUpdated) and says what it read.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
     Completed {
         study: Uuid,
         model: String,
+        cause: EventId,
         flagged: bool,
         suggested: Option<String>,
         findings: Vec<String>,
@@ -88,16 +113,39 @@ pub enum Outcome {
     Failed {
         study: Uuid,
         model: String,
+        cause: EventId,
         reason: &'static str,
         detail: String,
+        /// What it meant to read (empty: nothing chosen).
+        input_digest: String,
     },
+}
+
+impl Outcome {
+    pub fn study(&self) -> Uuid {
+        match self {
+            Outcome::Completed { study, .. } | Outcome::Failed { study, .. } => *study,
+        }
+    }
+
+    pub fn model(&self) -> &str {
+        match self {
+            Outcome::Completed { model, .. } | Outcome::Failed { model, .. } => model,
+        }
+    }
+
+    pub fn cause(&self) -> EventId {
+        match self {
+            Outcome::Completed { cause, .. } | Outcome::Failed { cause, .. } => *cause,
+        }
+    }
 }
 
 /// The payloads of an outcome: AiTriageScored (PHI) then AiTriageCompleted,
 /// or AiTriageFailed.
 pub fn payloads(outcome: &Outcome) -> Vec<Payload> {
     match outcome {
-        Outcome::Completed { study, model, flagged, suggested, findings, latency_ms, scores, instances } => vec![
+        Outcome::Completed { study, model, flagged, suggested, findings, latency_ms, scores, instances, .. } => vec![
             Payload::AiTriageScored(pb::AiTriageScored {
                 study_id: study.to_string(),
                 model: model.clone(),
@@ -119,13 +167,17 @@ pub fn payloads(outcome: &Outcome) -> Vec<Payload> {
                 latency_ms: *latency_ms,
                 instances_used: u32::try_from(instances.len()).unwrap_or(u32::MAX),
                 findings: findings.clone(),
+                input_digest: input_digest(instances),
             }),
         ],
-        Outcome::Failed { study, model, reason, detail } => vec![Payload::AiTriageFailed(pb::AiTriageFailed {
-            study_id: study.to_string(),
-            model: model.clone(),
-            reason: (*reason).to_owned(),
-            detail: detail.clone(),
-        })],
+        Outcome::Failed { study, model, reason, detail, input_digest, .. } => {
+            vec![Payload::AiTriageFailed(pb::AiTriageFailed {
+                study_id: study.to_string(),
+                model: model.clone(),
+                reason: (*reason).to_owned(),
+                detail: detail.clone(),
+                input_digest: input_digest.clone(),
+            })]
+        }
     }
 }

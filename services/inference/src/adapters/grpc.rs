@@ -63,6 +63,13 @@ fn model(view: &ModelView, enabled: bool) -> pb::Model {
         latency_p50_ms: view.stats.latency_percentile(0.5).unwrap_or_default(),
         latency_p99_ms: view.stats.latency_percentile(0.99).unwrap_or_default(),
         drift_alerts: view.stats.drift_alerts,
+        runtime: view.runtime.clone(),
+        score_histograms: view
+            .stats
+            .scores
+            .iter()
+            .map(|(output, counts)| pb::ScoreHistogram { output: output.clone(), counts: counts.clone() })
+            .collect(),
     }
 }
 

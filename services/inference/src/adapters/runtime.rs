@@ -1,11 +1,12 @@
-//! The embedded runtime: an ONNX model loaded by tract at start, its input
-//! `[N, 1, rows, columns]` f32 with N symbolic, so a series' slices run as
-//! one batch.
+//! A model's runtime, embedded ([`Embedded`], tract in process) or remote
+//! ([`Remote`], the Open Inference Protocol v2): both take a study's
+//! slices and give each named output's score per slice.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::sync::Arc;
 
-use tract::prelude::*;
+pub use super::oip::Remote;
+pub use super::onnx::Embedded;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -15,76 +16,51 @@ pub enum RuntimeError {
     Output(String),
     #[error("run: {0}")]
     Run(String),
+    /// The server did not answer through every retry.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
 }
 
-/// A loaded model, ready to run.
-#[derive(Debug)]
-pub struct Embedded {
-    runnable: Runnable,
-    input: String,
-    outputs: Vec<String>,
-    rows: usize,
-    columns: usize,
-}
-
-impl Embedded {
-    /// Loads `path`, its input `input` fixed to `[N, 1, rows, columns]` f32;
-    /// every name in `outputs` must be one of its outputs.
-    pub fn load(
-        path: &Path,
-        input: &str,
-        rows: u32,
-        columns: u32,
-        outputs: &[String],
-    ) -> Result<Embedded, RuntimeError> {
-        let load = |reason: String| RuntimeError::Load { path: path.display().to_string(), reason };
-        let mut model = tract::onnx().and_then(|o| o.load(path)).map_err(|e| load(format!("{e:#}")))?;
-        let name = model.input_name(0).map_err(|e| load(format!("{e:#}")))?;
-        if name != input {
-            return Err(load(format!("its input is {name:?}, the configuration says {input:?}")));
+impl RuntimeError {
+    /// The reason code an AiTriageFailed carries, and its detail.
+    pub fn reason(&self) -> (&'static str, String) {
+        match self {
+            RuntimeError::Output(d) => ("model_output", d.clone()),
+            RuntimeError::Unreachable(d) => ("unreachable", d.clone()),
+            other => ("run", other.to_string()),
         }
-        model.set_input_fact(0, format!("N,1,{rows},{columns},f32").as_str()).map_err(|e| load(format!("{e:#}")))?;
-        let model = model.into_model().map_err(|e| load(format!("{e:#}")))?;
-        let count = model.output_count().map_err(|e| load(format!("{e:#}")))?;
-        let names: Vec<String> = (0..count).filter_map(|i| model.output_name(i).ok()).collect();
-        for wanted in outputs {
-            if !names.contains(wanted) {
-                return Err(load(format!("no output {wanted:?} (it has {})", names.join(", "))));
+    }
+}
+
+/// Where a model runs.
+#[derive(Clone, Debug)]
+pub enum Runtime {
+    Embedded(Arc<Embedded>),
+    Remote(Arc<Remote>),
+}
+
+impl Runtime {
+    /// Runs `slices` (each rows × columns): each output's scores, one per
+    /// slice. `id` names the call to a remote server (an opaque id: no PHI
+    /// leaves in a request's metadata). The embedded model runs on a
+    /// blocking thread.
+    pub async fn run(&self, slices: Vec<Vec<f32>>, id: &str) -> Result<BTreeMap<String, Vec<f32>>, RuntimeError> {
+        match self {
+            Runtime::Embedded(model) => {
+                let model = model.clone();
+                tokio::task::spawn_blocking(move || model.run(&slices))
+                    .await
+                    .map_err(|e| RuntimeError::Run(format!("the model's thread: {e}")))?
             }
+            Runtime::Remote(model) => model.run(&slices, id).await,
         }
-        let runnable = model.into_runnable().map_err(|e| load(format!("{e:#}")))?;
-        Ok(Embedded {
-            runnable,
-            input: input.to_owned(),
-            outputs: names,
-            rows: rows as usize,
-            columns: columns as usize,
-        })
     }
 
-    /// Runs `slices` (each rows × columns) as one batch: each output's
-    /// scores, one per slice.
-    pub fn run(&self, slices: &[Vec<f32>]) -> Result<BTreeMap<String, Vec<f32>>, RuntimeError> {
-        let n = slices.len();
-        let mut data = Vec::with_capacity(n * self.rows * self.columns);
-        for s in slices {
-            data.extend_from_slice(s);
+    /// Where it runs, as ListModels shows it.
+    pub fn describe(&self) -> String {
+        match self {
+            Runtime::Embedded(_) => "embedded".into(),
+            Runtime::Remote(m) => format!("remote {}", m.endpoint()),
         }
-        let input = Tensor::from_slice(&[n, 1, self.rows, self.columns], &data)
-            .map_err(|e| RuntimeError::Run(format!("{} input: {e:#}", self.input)))?;
-        let outputs = self.runnable.run([input]).map_err(|e| RuntimeError::Run(format!("{e:#}")))?;
-        let mut scores = BTreeMap::new();
-        for (name, tensor) in self.outputs.iter().zip(outputs) {
-            let shape = tensor.shape().map_err(|e| RuntimeError::Output(format!("{name}: {e:#}")))?.to_vec();
-            let values = tensor
-                .as_slice::<f32>()
-                .map_err(|e| RuntimeError::Output(format!("{name}: expected f32: {e:#}")))?
-                .to_vec();
-            if values.len() != n {
-                return Err(RuntimeError::Output(format!("{name}: expected shape [{n}], found {shape:?}")));
-            }
-            scores.insert(name.clone(), values);
-        }
-        Ok(scores)
     }
 }

@@ -3,6 +3,11 @@
 //! completion, and which models have read it. Studies leave the state a
 //! day after their completion (counted by later completions, so the fold
 //! stays pure): a triage that has not happened by then no longer helps.
+//!
+//! A study may grow after its completion (StudyUpdated): each model's
+//! answer remembers what it answered (the StudyCompleted or StudyUpdated
+//! that caused it) and a digest of the instances it read, so an update
+//! reruns only the models whose input would change.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -35,6 +40,23 @@ pub struct Completion {
     pub completed_at: UnixMicros,
 }
 
+/// The latest StudyUpdated of a completed study: the count it brings the
+/// study up to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Update {
+    pub cause: EventId,
+    pub instance_count: u32,
+}
+
+/// A model's latest outcome for a study: what it answered and what it read.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answer {
+    /// The StudyCompleted or StudyUpdated it answered.
+    pub cause: Option<EventId>,
+    /// [`input_digest`] of the instances read (empty when none were).
+    pub digest: String,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Study {
     pub instances: Vec<Instance>,
@@ -43,6 +65,21 @@ pub struct Study {
     pub read_by: BTreeSet<String>,
     /// When it was first seen: a study never completed is let go too.
     pub first_seen: UnixMicros,
+    #[serde(default)]
+    pub update: Option<Update>,
+    /// Model → its latest outcome's cause and input.
+    #[serde(default)]
+    pub answered: BTreeMap<String, Answer>,
+    /// `model/cause` of the scores folded (each counted once).
+    #[serde(default)]
+    pub scored: BTreeSet<String>,
+}
+
+/// An opaque digest of the instances a model read: equal digests, equal
+/// input. A UUID over their opaque ids, in the order read.
+pub fn input_digest(instances: &[Uuid]) -> String {
+    let parts: Vec<&[u8]> = instances.iter().map(|i| i.as_bytes().as_slice()).collect();
+    meridian_events::id::aggregate_id("inference.input", &parts).to_string()
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +100,9 @@ pub struct State {
 /// Upper bounds (ms) of the latency histogram's buckets; a last bucket
 /// counts what is above them.
 pub const LATENCY_BOUNDS: [u32; 10] = [10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000];
+/// Bins of a score distribution: ten of width 0.1 over [0, 1] (1.0 in the
+/// last).
+pub const SCORE_BINS: usize = 10;
 /// The most recent outcomes kept for the drift check.
 pub const MAX_WINDOW: usize = 1_000;
 
@@ -78,6 +118,9 @@ pub struct ModelStats {
     pub drift_alerts: u64,
     /// `completed` when the last alert was raised (one a window).
     pub alerted_at: u64,
+    /// Output → how its study scores fell in [`SCORE_BINS`] bins.
+    #[serde(default)]
+    pub scores: BTreeMap<String, Vec<u64>>,
 }
 
 impl ModelStats {
@@ -127,17 +170,27 @@ pub struct Summary {
     pub instances_used: u32,
     pub reason: String,
     pub detail: String,
+    /// The StudyCompleted or StudyUpdated it answered.
+    #[serde(default)]
+    pub cause: Option<EventId>,
+    /// [`input_digest`] of what it read.
+    #[serde(default)]
+    pub input_digest: String,
 }
 
 /// How long a study is kept after its completion (or its first instance).
 pub const KEPT: i64 = 86_400_000_000;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Fact {
     /// InstanceReceived.
     Instance { study: Uuid, instance: Instance, at: UnixMicros },
     /// StudyCompleted (its `completed_at`).
     Completed { study: Uuid, completion: Completion },
+    /// StudyUpdated: instances came after the completion.
+    Updated { study: Uuid, update: Update, at: UnixMicros },
+    /// AiTriageScored: each output's score (the study's highest).
+    Scored { study: Uuid, model: String, cause: Option<EventId>, scores: Vec<(String, f32)>, at: UnixMicros },
     /// AiTriageCompleted or AiTriageFailed, when it was appended.
     Read { study: Uuid, summary: Summary, at: UnixMicros },
     /// ModelEnabled or ModelDisabled.
@@ -164,15 +217,41 @@ pub fn apply(mut state: State, fact: &Fact) -> State {
             let cutoff = UnixMicros(at.0.saturating_sub(KEPT));
             state.studies.retain(|_, s| s.completion.as_ref().map_or(s.first_seen, |c| c.completed_at) >= cutoff);
         }
+        Fact::Updated { study, update, at } => {
+            let s = state.studies.entry(*study).or_insert_with(|| Study { first_seen: *at, ..Study::default() });
+            if s.update.as_ref().is_none_or(|u| update.instance_count >= u.instance_count) {
+                s.update = Some(update.clone());
+            }
+        }
+        Fact::Scored { study, model, cause, scores, at } => {
+            let s = state.studies.entry(*study).or_insert_with(|| Study { first_seen: *at, ..Study::default() });
+            let key = format!("{model}/{}", cause.map(|c| c.0.to_string()).unwrap_or_default());
+            if s.scored.insert(key) {
+                let stats = state.stats.entry(model.clone()).or_default();
+                for (output, score) in scores {
+                    let bins = stats.scores.entry(output.clone()).or_insert_with(|| vec![0; SCORE_BINS]);
+                    let bin = ((score.clamp(0.0, 1.0) * SCORE_BINS as f32) as usize).min(SCORE_BINS - 1);
+                    bins[bin] += 1;
+                }
+            }
+        }
         Fact::Read { study, summary, at } => {
             // Folded in any order with ingest's topics (a restart may read
             // this topic first): the study is made here if need be, so a
             // completion folded later finds it read.
             let s = state.studies.entry(*study).or_insert_with(|| Study { first_seen: *at, ..Study::default() });
             s.read_by.insert(summary.model.clone());
+            s.answered
+                .insert(summary.model.clone(), Answer { cause: summary.cause, digest: summary.input_digest.clone() });
             let outcomes = state.outcomes.entry(*study).or_default();
-            if !outcomes.iter().any(|o| o.model == summary.model) {
-                outcomes.push(summary.clone());
+            let earlier = outcomes.iter().position(|o| o.model == summary.model);
+            // A rerun (another cause) takes its model's place; the same
+            // outcome folded again changes nothing.
+            if earlier.is_none_or(|at| outcomes[at].cause != summary.cause) {
+                match earlier {
+                    Some(at) => outcomes[at] = summary.clone(),
+                    None => outcomes.push(summary.clone()),
+                }
                 let stats = state.stats.entry(summary.model.clone()).or_default();
                 if summary.outcome == "failed" {
                     stats.failed += 1;

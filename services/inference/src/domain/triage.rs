@@ -8,10 +8,10 @@
 
 use std::collections::BTreeMap;
 
-use meridian_events::UnixMicros;
+use meridian_events::{EventId, UnixMicros};
 use uuid::Uuid;
 
-use super::model::{Completion, Instance, State};
+use super::model::{Completion, Instance, State, Study, input_digest};
 
 /// A model as inference decides by it.
 #[derive(Clone, Debug, PartialEq)]
@@ -106,32 +106,38 @@ impl Policy {
     }
 }
 
-/// A model's read of a study that is due.
+/// A model's read of a study that is due, and what it answers (the
+/// StudyCompleted, or the StudyUpdated of a rerun).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Due {
     /// Read these instances.
-    Run { study: Uuid, model: ModelSpec, instances: Vec<Instance> },
+    Run { study: Uuid, model: ModelSpec, instances: Vec<Instance>, cause: EventId },
     /// It cannot: why (a code) and what (no PHI).
-    Fail { study: Uuid, model: ModelSpec, reason: &'static str, detail: String },
+    Fail { study: Uuid, model: ModelSpec, reason: &'static str, detail: String, cause: EventId },
 }
 
-/// The reads due at `now`: each completed study's models not yet read it.
-/// A study whose instances are not all here `incomplete_after` its
-/// completion fails `incomplete_study` (the two topics have no order: the
-/// completion may come first).
+/// The reads due at `now`: each completed study's models not yet read it,
+/// and the reruns its latest StudyUpdated makes due. A study whose
+/// instances are not all here `incomplete_after` its completion fails
+/// `incomplete_study` (the two topics have no order: the completion may
+/// come first).
 pub fn due(state: &State, policy: &Policy, now: UnixMicros, incomplete_after: i64) -> Vec<Due> {
     let mut out = Vec::new();
     for (id, s) in &state.studies {
         let Some(c) = &s.completion else { continue };
         for model in policy.models_for(c) {
-            if s.read_by.contains(&model.id()) || state.disabled.contains(&model.name) {
+            if state.disabled.contains(&model.name) {
                 continue;
             }
-            let (study, model) = (*id, model.clone());
+            if s.read_by.contains(&model.id()) {
+                out.extend(rerun(*id, s, model));
+                continue;
+            }
+            let (study, model, cause) = (*id, model.clone(), c.cause);
             if (s.instances.len() as u64) < u64::from(c.instance_count) {
                 if now.0 >= c.completed_at.0.saturating_add(incomplete_after) {
                     let detail = format!("{} of {} instances in hand", s.instances.len(), c.instance_count);
-                    out.push(Due::Fail { study, model, reason: "incomplete_study", detail });
+                    out.push(Due::Fail { study, model, reason: "incomplete_study", detail, cause });
                 }
                 continue;
             }
@@ -144,13 +150,34 @@ pub fn due(state: &State, policy: &Policy, now: UnixMicros, incomplete_after: i6
                     model.modalities.join("/"),
                     if model.body_parts.is_empty() { "any body part".to_owned() } else { model.body_parts.join("/") }
                 );
-                out.push(Due::Fail { study, model, reason: "no_matching_series", detail });
+                out.push(Due::Fail { study, model, reason: "no_matching_series", detail, cause });
             } else {
-                out.push(Due::Run { study, model, instances: taken });
+                out.push(Due::Run { study, model, instances: taken, cause });
             }
         }
     }
     out
+}
+
+/// A rerun of `model` on a study it has read: due once the study's latest
+/// update is answered by no outcome of the model, all the instances it
+/// counts are here, and what the model would read now differs from what it
+/// read (another series, more slices). An update that changes nothing the
+/// model reads runs nothing.
+fn rerun(study: Uuid, s: &Study, model: &ModelSpec) -> Option<Due> {
+    let update = s.update.as_ref()?;
+    let answer = s.answered.get(&model.id());
+    if answer.is_some_and(|a| a.cause == Some(update.cause))
+        || (s.instances.len() as u64) < u64::from(update.instance_count)
+    {
+        return None;
+    }
+    let taken = slices(&s.instances, model);
+    let ids: Vec<Uuid> = taken.iter().map(|i| i.id).collect();
+    if taken.is_empty() || answer.is_some_and(|a| a.digest == input_digest(&ids)) {
+        return None;
+    }
+    Some(Due::Run { study, model: model.clone(), instances: taken, cause: update.cause })
 }
 
 /// The slices `model` reads of `instances`: of the series with the most it
@@ -259,6 +286,77 @@ mod tests {
         state = apply(state, &Fact::Read { study, summary, at: UnixMicros(2_000) });
         assert!(due(&state, &policy(), UnixMicros(2_000), 1_000_000).is_empty(), "read once");
         assert_eq!(state.outcomes[&study].len(), 1);
+    }
+
+    #[test]
+    fn an_update_reruns_a_model_only_when_what_it_reads_changes_and_once_an_update() {
+        let study = Uuid::from_u128(1);
+        let mut state = apply(State::default(), &Fact::Completed { study, completion: completion(2, "HEAD") });
+        for n in 1..=2 {
+            state = apply(state, &Fact::Instance { study, instance: instance(n, 7, "CT"), at: UnixMicros(0) });
+        }
+        let read = |state: State, cause: EventId, ids: &[u128]| {
+            let ids: Vec<Uuid> = ids.iter().map(|n| Uuid::from_u128(*n)).collect();
+            let summary = crate::domain::model::Summary {
+                model: "ich-demo@1".into(),
+                outcome: "completed".into(),
+                cause: Some(cause),
+                input_digest: crate::domain::model::input_digest(&ids),
+                ..Default::default()
+            };
+            apply(state, &Fact::Read { study, summary, at: UnixMicros(2_000) })
+        };
+        let first = completion(2, "HEAD").cause;
+        state = read(state, first, &[1, 2]);
+        // A report (SR) arrives after completion: the head CT model reads the same slices.
+        let sr = EventId(Uuid::from_u128(20));
+        let update = |cause, instance_count| Fact::Updated {
+            study,
+            update: crate::domain::model::Update { cause, instance_count },
+            at: UnixMicros(3_000),
+        };
+        state = apply(state, &update(sr, 3));
+        assert!(due(&state, &policy(), UnixMicros(4_000), 1_000_000).is_empty(), "the update's instance is not here");
+        state = apply(state, &Fact::Instance { study, instance: instance(3, 8, "SR"), at: UnixMicros(0) });
+        assert!(due(&state, &policy(), UnixMicros(4_000), 1_000_000).is_empty(), "nothing the model reads changed");
+        // Another CT slice of the series: a rerun answering that update.
+        let slice = EventId(Uuid::from_u128(21));
+        state = apply(state, &update(slice, 4));
+        state = apply(state, &Fact::Instance { study, instance: instance(4, 7, "CT"), at: UnixMicros(0) });
+        let runs = due(&state, &policy(), UnixMicros(4_000), 1_000_000);
+        assert!(
+            matches!(&runs[..], [Due::Run { instances, cause, .. }] if instances.len() == 3 && *cause == slice),
+            "{runs:?}"
+        );
+        state = read(state, slice, &[1, 2, 4]);
+        assert!(due(&state, &policy(), UnixMicros(4_000), 1_000_000).is_empty(), "that update is answered");
+        assert_eq!(state.outcomes[&study].len(), 1, "the rerun takes its model's place");
+        assert_eq!(state.outcomes[&study][0].cause, Some(slice));
+        assert_eq!(state.stats["ich-demo@1"].completed, 2, "both reads counted");
+        // The rerun folded again changes nothing.
+        let again = read(state.clone(), slice, &[1, 2, 4]);
+        assert_eq!(again, state);
+    }
+
+    #[test]
+    fn scores_fall_into_tenths_once_per_outcome() {
+        let study = Uuid::from_u128(1);
+        let scored = |study: Uuid, cause: u128, score: f32| Fact::Scored {
+            study,
+            model: "ich-demo@1".into(),
+            cause: Some(EventId(Uuid::from_u128(cause))),
+            scores: vec![("ich".into(), score)],
+            at: UnixMicros(0),
+        };
+        let mut state = State::default();
+        for (n, score) in [(1, 0.05), (2, 0.95), (3, 1.0), (4, 0.5)] {
+            state = apply(state, &scored(Uuid::from_u128(n), 9, score));
+        }
+        state = apply(state, &scored(study, 9, 0.05));
+        assert_eq!(state.stats["ich-demo@1"].scores["ich"], vec![1, 0, 0, 0, 0, 1, 0, 0, 0, 2]);
+        // A rerun's scores count as another outcome.
+        state = apply(state, &scored(study, 10, 0.15));
+        assert_eq!(state.stats["ich-demo@1"].scores["ich"][1], 1);
     }
 
     #[test]

@@ -56,6 +56,10 @@ fn reference() -> (Vec<Vec<f32>>, Vec<f32>) {
 }
 
 fn remote(endpoint: String, outputs: &[&str]) -> Remote {
+    remote_trusting(endpoint, outputs, None)
+}
+
+fn remote_trusting(endpoint: String, outputs: &[&str], ca_pem: Option<Vec<u8>>) -> Remote {
     Remote::connect(RemoteSpec {
         endpoint,
         model: "ich-demo".into(),
@@ -66,9 +70,83 @@ fn remote(endpoint: String, outputs: &[&str]) -> Remote {
         columns: 64,
         timeout: std::time::Duration::from_secs(5),
         retries: 2,
-        ca_pem: None,
+        ca_pem,
     })
     .unwrap()
+}
+
+/// MLServer behind a TLS front (`integration-tests/mlserver/tls_front.py`,
+/// grpcio with a certificate for 127.0.0.1 from a test CA).
+struct TlsFront {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl TlsFront {
+    fn start(dir: &Path, upstream: u16) -> TlsFront {
+        let out = Command::new(python())
+            .arg(repo().join("integration-tests/python/make_certs.py"))
+            .arg(dir)
+            .output()
+            .expect("cryptography in the tools' venv");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let mlserver_python = meridian_integration_tests::mlserver_bin().with_file_name("python");
+        let port_file = dir.join("front.port");
+        let child = Command::new(mlserver_python)
+            .arg(repo().join("integration-tests/mlserver/tls_front.py"))
+            .args([dir.join("test-server.pem"), dir.join("test-server.key")])
+            .arg(format!("127.0.0.1:{upstream}"))
+            .arg(&port_file)
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let port = loop {
+            if let Some(port) = std::fs::read_to_string(&port_file).ok().and_then(|p| p.trim().parse().ok()) {
+                break port;
+            }
+            assert!(std::time::Instant::now() < deadline, "the TLS front did not start");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        TlsFront { child, port }
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_model_behind_tls_is_reached_trusting_its_ca_and_refused_trusting_another() {
+    let (slices, theirs) = reference();
+    let server = meridian_integration_tests::MlServer::start("ich-demo", &model());
+    let dir = tempfile::TempDir::new().unwrap();
+    let front = TlsFront::start(dir.path(), server.grpc_port);
+    let endpoint = format!("https://127.0.0.1:{}", front.port);
+    let ca = std::fs::read(dir.path().join("test-ca.pem")).unwrap();
+    let trusted = remote_trusting(endpoint.clone(), &["ich"], Some(ca));
+    let scores = trusted.run(&slices, "a-study").await.unwrap();
+    for (a, b) in scores["ich"].iter().zip(&theirs) {
+        assert!((a - b).abs() < 1e-5, "over TLS {a}, onnxruntime {b}");
+    }
+    // Another CA: the certificate is not trusted, and the failure says so.
+    let other = tempfile::TempDir::new().unwrap();
+    let out = Command::new(python())
+        .arg(repo().join("integration-tests/python/make_certs.py"))
+        .args([other.path().as_os_str(), "other".as_ref()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let wrong = std::fs::read(other.path().join("other-ca.pem")).unwrap();
+    let e = remote_trusting(endpoint.clone(), &["ich"], Some(wrong)).run(&slices, "a-study").await.unwrap_err();
+    let (reason, detail) = e.reason();
+    assert_eq!(reason, "unreachable", "{detail}");
+    assert!(detail.to_lowercase().contains("certificate"), "{detail}");
+    // Plain text to a TLS port is no answer either.
+    let plain = endpoint.replace("https://", "http://");
+    assert!(remote(plain, &["ich"]).run(&slices, "a-study").await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -158,8 +158,17 @@ impl Remote {
         }
     }
 
+    /// A failed call, named: the endpoint, the model, the status and what
+    /// lies under it (a refused connection, an untrusted certificate).
     fn said(&self, status: &tonic::Status) -> String {
-        format!("{} model {}: {:?}: {}", self.spec.endpoint, self.spec.model, status.code(), status.message())
+        let mut said =
+            format!("{} model {}: {:?}: {}", self.spec.endpoint, self.spec.model, status.code(), status.message());
+        let mut source = std::error::Error::source(status);
+        while let Some(cause) = source {
+            said.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        said
     }
 }
 

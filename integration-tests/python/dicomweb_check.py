@@ -41,9 +41,9 @@ FILES = {
     "CT_small.dcm": "1.2.840.10008.1.2.1",
 }
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
-# No pure-Rust JPEG-LS decoder, and the JPEG decoder reads 8-bit samples
-# only (JPGExtended.dcm is 12-bit): these cannot be transcoded (406).
-NOT_TRANSCODABLE = {"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.51"}
+# The JPEG decoder reads 8-bit samples only (JPGExtended.dcm is 12-bit):
+# it cannot be transcoded (406). JPEG-LS is, through CharLS.
+NOT_TRANSCODABLE = {"1.2.840.10008.1.2.4.51"}
 
 
 def fail(message):

@@ -180,6 +180,41 @@ async fn mlserver_over_the_open_inference_protocol_says_what_tract_says_and_a_de
 }
 
 #[test]
+fn jpeg_2000_and_jpeg_ls_slices_decode_to_what_their_uncompressed_originals_do() {
+    use meridian_inference::adapters::pixels;
+    let dir = tempfile::TempDir::new().unwrap();
+    let originals: Vec<PathBuf> = (1..=3)
+        .map(|n| {
+            let path = dir.path().join(format!("slice-{n}.dcm"));
+            let bytes =
+                meridian_integration_tests::dicom::head_ct_bytes("1.2.826.0.1.3680043.10.543.91", n, n == 2, 128);
+            std::fs::write(&path, bytes).unwrap();
+            path
+        })
+        .collect();
+    for (syntax, uid) in [("jpeg2000", "1.2.840.10008.1.2.4.90"), ("jpeg-ls", "1.2.840.10008.1.2.4.80")] {
+        let out = dir.path().join(syntax);
+        std::fs::create_dir_all(&out).unwrap();
+        let run = Command::new(python())
+            .arg(repo().join("integration-tests/python/encode_slices.py"))
+            .arg(syntax)
+            .arg(&out)
+            .args(&originals)
+            .output()
+            .expect("pydicom with pylibjpeg-openjpeg and pyjpegls: scripts/test installs them");
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        for original in &originals {
+            let encoded = std::fs::read(out.join(original.file_name().unwrap())).unwrap();
+            let object = dicom_object::from_reader(&encoded[128..]).unwrap();
+            assert_eq!(object.meta().transfer_syntax().trim_end_matches('\0'), uid);
+            let theirs = pixels::slice(&encoded, 70.0, 40.0, 64, 64).unwrap();
+            let ours = pixels::slice(&std::fs::read(original).unwrap(), 70.0, 40.0, 64, 64).unwrap();
+            assert_eq!(theirs, ours, "{syntax}: {}", original.display());
+        }
+    }
+}
+
+#[test]
 fn tract_says_what_onnxruntime_says_on_the_same_slices() {
     let dir = tempfile::TempDir::new().unwrap();
     let reference = dir.path().join("reference.json");

@@ -1001,6 +1001,12 @@ pub async fn ai(target: &Target, step: AiStep) -> anyhow::Result<ExitCode> {
             let counts: Vec<String> = h.counts.iter().map(u64::to_string).collect();
             say!("  {} scores by tenths, 0 to 1: {}", h.output, counts.join(" "));
         }
+        if !m.failures_by_reason.is_empty() {
+            let mut failures: Vec<(&String, &u64)> = m.failures_by_reason.iter().collect();
+            failures.sort();
+            let failures: Vec<String> = failures.iter().map(|(reason, n)| format!("{reason} {n}")).collect();
+            say!("  failures: {}", failures.join(", "));
+        }
     };
     match step {
         AiStep::Models => {

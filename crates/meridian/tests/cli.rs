@@ -2031,6 +2031,8 @@ fn a_model_served_by_mlserver_triages_reruns_when_a_slice_comes_later_and_a_dead
         let queued = tail_payloads(data.path(), "routing", "StudyQueued");
         queued.iter().any(|q| q["studyId"] == other.as_str() && q["priority"] == "routine").then_some(())
     });
+    let (ok, said) = us_east(data.path(), &["ai", "models", "--as", "sre"]);
+    assert!(ok && said.contains("2 read, 1 flagged, 1 failed") && said.contains("failures: unreachable 1"), "{said}");
     dev.interrupt();
 }
 

@@ -415,13 +415,8 @@ impl Inference {
                 Err(e) => return Ok(fail("object_missing", format!("instance {}: {e}", i.id))),
             }
         }
-        let (window, size) = (loaded.window, loaded.size);
-        let decoded = tokio::task::spawn_blocking(move || {
-            objects.iter().map(|bytes| pixels::slice(bytes, window.0, window.1, size.0, size.1)).collect()
-        })
-        .await
-        .map_err(|e| Error::Audit(format!("the decoding thread: {e}")))?;
-        let slices: Vec<Vec<f32>> = match decoded {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let slices = match pixels::slices(objects, loaded.window, loaded.size, threads).await {
             Ok(slices) => slices,
             Err(e) => return Ok(fail(e.reason, e.detail)),
         };

@@ -70,6 +70,7 @@ fn model(view: &ModelView, enabled: bool) -> pb::Model {
             .iter()
             .map(|(output, counts)| pb::ScoreHistogram { output: output.clone(), counts: counts.clone() })
             .collect(),
+        failures_by_reason: view.stats.failures.iter().map(|(reason, n)| (reason.clone(), *n)).collect(),
     }
 }
 

@@ -121,6 +121,9 @@ pub struct ModelStats {
     /// Output → how its study scores fell in [`SCORE_BINS`] bins.
     #[serde(default)]
     pub scores: BTreeMap<String, Vec<u64>>,
+    /// Failures by reason code.
+    #[serde(default)]
+    pub failures: BTreeMap<String, u64>,
 }
 
 impl ModelStats {
@@ -255,6 +258,7 @@ pub fn apply(mut state: State, fact: &Fact) -> State {
                 let stats = state.stats.entry(summary.model.clone()).or_default();
                 if summary.outcome == "failed" {
                     stats.failed += 1;
+                    *stats.failures.entry(summary.reason.clone()).or_default() += 1;
                 } else {
                     stats.completed += 1;
                     stats.flagged += u64::from(summary.flagged);

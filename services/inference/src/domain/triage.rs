@@ -357,6 +357,16 @@ mod tests {
         // A rerun's scores count as another outcome.
         state = apply(state, &scored(study, 10, 0.15));
         assert_eq!(state.stats["ich-demo@1"].scores["ich"][1], 1);
+        // Failures are counted by their reason.
+        let failed = crate::domain::model::Summary {
+            model: "ich-demo@1".into(),
+            outcome: "failed".into(),
+            reason: "unreachable".into(),
+            ..Default::default()
+        };
+        state = apply(state, &Fact::Read { study: Uuid::from_u128(7), summary: failed, at: UnixMicros(0) });
+        let stats = &state.stats["ich-demo@1"];
+        assert_eq!((stats.failed, stats.failures.get("unreachable")), (1, Some(&1)));
     }
 
     #[test]

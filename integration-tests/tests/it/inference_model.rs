@@ -214,7 +214,7 @@ fn jpeg_2000_and_jpeg_ls_slices_decode_to_what_their_uncompressed_originals_do()
     }
     // A transfer syntax no codec here reads (MPEG-2 video, its frames left as
     // they were): refused by name, not misread.
-    let relabelled = dir.path().join("jpeg-xl.dcm");
+    let relabelled = dir.path().join("mpeg2.dcm");
     let jpeg_ls = dir.path().join("jpeg-ls").join(originals[0].file_name().unwrap());
     let script = "import sys, pydicom; ds = pydicom.dcmread(sys.argv[1]); \
                   ds.file_meta.TransferSyntaxUID = '1.2.840.10008.1.2.4.100'; ds.save_as(sys.argv[2])";

@@ -702,6 +702,10 @@ pub struct ModelInput {
     /// Any body part when empty.
     #[serde(default)]
     pub body_parts: Vec<String>,
+    /// The facilities it reads for (those it was validated at); any when
+    /// empty.
+    #[serde(default)]
+    pub facilities: Vec<String>,
     pub window: Window,
     /// Rows and columns the slice is resized to.
     pub size: [u32; 2],

@@ -922,6 +922,11 @@ fn models(out: &mut Out, f: &Files<'_>) {
         if m.input.modalities.is_empty() {
             out.at(file, "input.modalities", "a model reads at least one modality");
         }
+        for (i, name) in m.input.facilities.iter().enumerate() {
+            if !f.tenants.values().any(|(_, t)| t.facilities.iter().any(|fac| &fac.name == name)) {
+                out.at(file, format!("input.facilities[{i}]"), format!("no tenant has a facility {name:?}"));
+            }
+        }
         if m.input.layout != "NCHW" {
             out.at(file, "input.layout", format!("{:?}: the input is read as NCHW", m.input.layout));
         }

@@ -173,6 +173,7 @@ pub fn load_models(platform: &Platform) -> Result<(Policy, BTreeMap<String, Load
             version: m.version.clone(),
             modalities: m.input.modalities.clone(),
             body_parts: m.input.body_parts.clone(),
+            facilities: m.input.facilities.clone(),
             max_slices: m.input.max_slices as usize,
             drift: m.validation.as_ref().map(|v| triage::Drift {
                 baseline: v.baseline_positive_rate,

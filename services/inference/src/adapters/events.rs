@@ -37,6 +37,7 @@ pub fn fact(
             completion: Completion {
                 cause: event_id,
                 tenant: tenant.to_owned(),
+                facility: c.facility.clone(),
                 contract: c.contract.clone(),
                 modality: c.modality.clone(),
                 body_part: c.body_part.clone(),

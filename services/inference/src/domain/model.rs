@@ -33,6 +33,8 @@ pub struct Completion {
     /// The StudyCompleted's id: outcomes' ids derive from it.
     pub cause: EventId,
     pub tenant: String,
+    #[serde(default)]
+    pub facility: String,
     pub contract: String,
     pub modality: String,
     pub body_part: String,

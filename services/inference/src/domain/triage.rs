@@ -21,6 +21,8 @@ pub struct ModelSpec {
     pub modalities: Vec<String>,
     /// Any when empty.
     pub body_parts: Vec<String>,
+    /// The facilities it reads for; any when empty.
+    pub facilities: Vec<String>,
     pub max_slices: usize,
     pub outputs: Vec<OutputSpec>,
     /// The drift check: the positive rate validation saw, the window of
@@ -98,11 +100,17 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// The models `c`'s contract buys that take its modality and body part.
+    /// The models `c`'s contract buys that take its modality and body part
+    /// and read for its facility.
     pub fn models_for(&self, c: &Completion) -> Vec<&ModelSpec> {
         let contract = if c.contract.is_empty() { self.only_contract.get(&c.tenant) } else { Some(&c.contract) };
         let names = contract.and_then(|k| self.contracts.get(k)).map(Vec::as_slice).unwrap_or_default();
-        names.iter().filter_map(|n| self.models.get(n)).filter(|m| m.takes(&c.modality, &c.body_part)).collect()
+        names
+            .iter()
+            .filter_map(|n| self.models.get(n))
+            .filter(|m| m.takes(&c.modality, &c.body_part))
+            .filter(|m| m.facilities.is_empty() || m.facilities.contains(&c.facility))
+            .collect()
     }
 }
 
@@ -231,6 +239,7 @@ mod tests {
             version: "1".into(),
             modalities: vec!["CT".into()],
             body_parts: vec!["HEAD".into()],
+            facilities: vec![],
             max_slices,
             drift: Some(Drift { baseline: 0.1, window: 10, tolerance: 0.2 }),
             outputs: vec![
@@ -263,6 +272,7 @@ mod tests {
         Completion {
             cause: meridian_events::EventId(Uuid::from_u128(9)),
             tenant: "acme".into(),
+            facility: "acme-general".into(),
             contract: String::new(),
             modality: "CT".into(),
             body_part: body_part.into(),
@@ -440,6 +450,13 @@ mod tests {
         // A chest CT is not the head model's; a contract that buys nothing, nothing.
         let state = apply(State::default(), &Fact::Completed { study, completion: completion(1, "CHEST") });
         assert!(due(&state, &policy(), UnixMicros(2_000), 1_000_000).is_empty());
+        // A model validated at other facilities reads nothing for this one.
+        let mut elsewhere = policy();
+        elsewhere.models.get_mut("ich-demo").unwrap().facilities = vec!["acme-north".into()];
+        let state = apply(State::default(), &Fact::Completed { study, completion: completion(1, "HEAD") });
+        let state = apply(state, &Fact::Instance { study, instance: instance(1, 7, "CT"), at: UnixMicros(0) });
+        assert!(due(&state, &elsewhere, UnixMicros(2_000), 1_000_000).is_empty());
+        assert_eq!(due(&state, &policy(), UnixMicros(2_000), 1_000_000).len(), 1);
     }
 
     #[test]

@@ -54,16 +54,17 @@ fn meta(aggregate: &str, id: Uuid, version: u64, event_id: EventId) -> EventMeta
     }
 }
 
-/// tract's inferences/s and p99 per batch, at `batch`.
+/// tract's inferences/s and p99 per batch, at `batch`: given the batch
+/// laid out in one buffer, as onnxruntime is given one array.
 fn tract_at(model: &Embedded, batch: usize, runs: usize) -> anyhow::Result<(f64, f64)> {
-    let slices = bench_slices(batch);
+    let data: Vec<f32> = bench_slices(batch).concat();
     for _ in 0..5 {
-        model.run(&slices)?;
+        model.run_batch(&data, batch)?;
     }
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs {
         let t = Instant::now();
-        model.run(&slices)?;
+        model.run_batch(&data, batch)?;
         times.push(t.elapsed().as_secs_f64());
     }
     let total: f64 = times.iter().sum();

@@ -57,12 +57,17 @@ impl Embedded {
     /// Runs `slices` (each rows × columns) as one batch: each output's
     /// scores, one per slice.
     pub fn run(&self, slices: &[Vec<f32>]) -> Result<BTreeMap<String, Vec<f32>>, RuntimeError> {
-        let n = slices.len();
-        let mut data = Vec::with_capacity(n * self.rows * self.columns);
+        let mut data = Vec::with_capacity(slices.len() * self.rows * self.columns);
         for s in slices {
             data.extend_from_slice(s);
         }
-        let input = Tensor::from_slice(&[n, 1, self.rows, self.columns], &data)
+        self.run_batch(&data, slices.len())
+    }
+
+    /// Runs `n` slices laid out one after another in `data` (row-major,
+    /// `n` × rows × columns) as one batch.
+    pub fn run_batch(&self, data: &[f32], n: usize) -> Result<BTreeMap<String, Vec<f32>>, RuntimeError> {
+        let input = Tensor::from_slice(&[n, 1, self.rows, self.columns], data)
             .map_err(|e| RuntimeError::Run(format!("{} input: {e:#}", self.input)))?;
         let outputs = self.runnable.run([input]).map_err(|e| RuntimeError::Run(format!("{e:#}")))?;
         let mut scores = BTreeMap::new();

@@ -192,6 +192,7 @@ catalogue! {
     PayoutAccrued        => 1, Operational, "billing", "billing.study",  "billing";
     InvoiceIssued        => 1, Operational, "billing", "billing.series", "billing";
     CreditNoteIssued     => 1, Operational, "billing", "billing.series", "billing";
+    PricesInForce        => 1, Operational, "billing", "billing.prices", "billing";
 }
 
 /// Looks a payload type up in the catalogue.

@@ -344,7 +344,7 @@ async fn assert_billed_exactly(
     let billing = TopicName::new("us-east", DataClass::Operational, "billing").unwrap();
     let posted = read_to_end(log, (0..PARTITIONS).map(|p| Position::start(billing.clone(), p)).collect()).await;
     let mut seen: BTreeMap<meridian_events::EventId, Vec<u8>> = BTreeMap::new();
-    let (mut copies, mut charged) = (0, 0i64);
+    let (mut copies, mut charged, mut prices) = (0, 0i64, 0);
     for r in &posted {
         let envelope = r.envelope().unwrap();
         if let Some(first) = seen.get(&envelope.meta.event_id) {
@@ -352,11 +352,19 @@ async fn assert_billed_exactly(
             copies += 1;
             continue;
         }
-        seen.insert(envelope.meta.event_id, r.value.clone());
-        if let Payload::ChargePosted(c) = envelope.open_plain().unwrap() {
-            charged += c.amount.unwrap().minor_units;
+        match envelope.open_plain().unwrap() {
+            Payload::ChargePosted(c) => charged += c.amount.unwrap().minor_units,
+            // The prices in force, recorded by the first start (the
+            // configuration never changes here): not a fold's fact.
+            Payload::PricesInForce(_) => {
+                prices += 1;
+                continue;
+            }
+            _ => {}
         }
+        seen.insert(envelope.meta.event_id, r.value.clone());
     }
+    assert_eq!(prices, 1, "the prices are put in force once, by the first start");
     let expected_ids: BTreeSet<_> = expected.state().outbox.iter().map(|f| f.id).collect();
     let got_ids: BTreeSet<_> = seen.keys().copied().collect();
     assert_eq!(got_ids.len(), expected_ids.len(), "every charge and payout, after {kills} kills");

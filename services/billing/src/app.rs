@@ -21,7 +21,7 @@ use std::time::Duration;
 use meridian_config::Platform;
 use meridian_events::UnixMicros;
 use meridian_events::envelope::EventMeta;
-use meridian_events::{DataClass, KeyStore};
+use meridian_events::{DataClass, EventId, KeyStore};
 use meridian_log::failpoint::FailPoints;
 use meridian_log::{EventLog, LogReader, Outgoing, Position, Step, TopicName};
 use meridian_projection::live::Live;
@@ -59,6 +59,8 @@ pub enum Error {
     CreditRefused(#[from] credit_note::CreditRefused),
     #[error("invoice {number}'s document cannot be read: {reason}")]
     Document { number: String, reason: String },
+    #[error("billing's prices cannot be recorded: {0}")]
+    Prices(String),
 }
 
 /// The ledger as a projection of the routing topic: the fold decides.
@@ -102,6 +104,14 @@ impl Projection for IssuanceProjection {
             }
             meridian_events::payload::Payload::CreditNoteIssued(n) => {
                 state.apply_credit_note(adapters::events::credit_note(n, event.envelope.meta.event_id))
+            }
+            meridian_events::payload::Payload::PricesInForce(p) => {
+                let mut state = state;
+                match adapters::events::prices_from(p) {
+                    Ok(change) => state.prices.changes.push(change),
+                    Err(_) => state.unreadable_prices += 1,
+                }
+                state
             }
             _ => state,
         }
@@ -163,13 +173,17 @@ impl Billing {
         let (routing, billing) = (topic(region, "routing")?, topic(region, "billing")?);
         let pricebook = adapters::config::pricebook(platform);
         let started = std::time::Instant::now();
-        let (projector, from_snapshot, tail) =
-            recover(region, log.as_ref(), keys.as_ref(), &routing, &snapshots, &pricebook, idle).await?;
-        let opened = Resumed { from_snapshot, tail, duration: started.elapsed() };
+        // Billing's own topic first: the prices each routing record was
+        // priced with.
         let billing_starts =
             (0..log.partitions(&billing).await?).map(|p| Position::start(billing.clone(), p)).collect();
         let own = Snapshotter::new(snapshots.files().clone(), 1_000, Duration::from_secs(5));
-        let issuance = Live::open(own, billing_starts, log.as_ref(), keys.as_ref(), idle).await?;
+        let issuance: Live<IssuanceProjection> =
+            Live::open(own, billing_starts, log.as_ref(), keys.as_ref(), idle).await?;
+        let schedule = issuance.lock().await.state().prices.clone();
+        let (projector, from_snapshot, tail) =
+            recover(region, log.as_ref(), keys.as_ref(), &routing, &snapshots, &schedule, &pricebook, idle).await?;
+        let opened = Resumed { from_snapshot, tail, duration: started.elapsed() };
         let config = platform.regions.get(region);
         let issuer = config.map_or_else(|| region.to_owned(), meridian_config::Region::invoice_issuer);
         let series = config.map_or_else(|| region.to_ascii_uppercase(), meridian_config::Region::invoice_series);
@@ -197,6 +211,7 @@ impl Billing {
             // What was issued since the ledger's snapshot leaves it.
             let mut projector = billing.projector.lock().await;
             billing.close_issued(&mut projector).await?;
+            billing.put_prices_in_force(&projector).await?;
         }
         billing.reprice().await?;
         Ok(billing)
@@ -235,8 +250,10 @@ impl Billing {
                     // again from the snapshot and what was committed.
                     let snapshots = &self.snapshots;
                     let (log, keys) = (self.log.as_ref(), self.keys.as_ref());
+                    let schedule = self.issuance.lock().await.state().prices.clone();
+                    let (routing, prices) = (&self.routing, &self.pricebook);
                     (*projector, _, _) =
-                        recover(&self.region, log, keys, &self.routing, snapshots, &self.pricebook, wait).await?;
+                        recover(&self.region, log, keys, routing, snapshots, &schedule, prices, wait).await?;
                     self.close_issued(&mut projector).await?;
                     return Err(e);
                 }
@@ -347,6 +364,48 @@ impl Billing {
         }
         tracing::info!(region = %self.region, %tenant, %period, invoices = issued.len(), "invoices issued");
         Ok(issued)
+    }
+
+    /// Puts this process's prices in force from the committed routing
+    /// positions on, when they are not the prices last in force: appended
+    /// before anything is decided with them, so folding the routing topic
+    /// again prices every read as it was priced.
+    async fn put_prices_in_force(&self, projector: &Projector<LedgerProjection>) -> Result<(), Error> {
+        let mut issuance = self.issuance.lock().await;
+        let schedule = &issuance.state().prices;
+        if schedule.latest() == Some(&self.pricebook) {
+            return Ok(());
+        }
+        let from: BTreeMap<u32, u64> = projector
+            .positions()
+            .into_iter()
+            .filter(|p| p.topic == self.routing)
+            .map(|p| (p.partition, p.offset))
+            .collect();
+        let version = schedule.changes.len() as u64 + 1;
+        let id = meridian_events::id::aggregate_id("billing.prices", &[self.region.as_bytes()]);
+        // When, for the record; the positions say what it prices.
+        let now = meridian_auth::grpc::arrival_time();
+        let meta = EventMeta {
+            event_id: EventId::derived(EventId(id), "PricesInForce", u32::try_from(version).unwrap_or(u32::MAX)),
+            aggregate_type: "billing.prices".into(),
+            aggregate_id: id,
+            aggregate_version: version,
+            tenant: "platform".into(),
+            home_region: self.region.clone(),
+            occurred_at: now,
+            causation_id: None,
+            correlation_id: None,
+            traceparent: None,
+        };
+        let payload =
+            adapters::events::prices_in_force(&self.pricebook, &from, now).map_err(|e| Error::Prices(e.to_string()))?;
+        let envelope = meridian_events::Envelope::plain(meta, &payload)?;
+        let batch = vec![Outgoing::new(self.billing.clone(), &envelope)?];
+        let appended = self.log.append(batch.clone()).await?;
+        issuance.feed_appended(batch, appended, self.keys.as_ref())?;
+        tracing::info!(region = %self.region, change = version, "billing put its configured prices in force");
+        Ok(())
     }
 
     /// Closes in the ledger the invoices it has not closed (issued after
@@ -530,16 +589,19 @@ impl Billing {
 
 /// The ledger at the committed positions: the snapshot (or nothing), then
 /// the routing records up to where the consumer committed, their facts
-/// dropped (they are in the log). The fold prices with `pricebook` from
-/// the start: a price changed between a crash and its restart applies to
-/// the inputs committed since the snapshot too (their facts are not
-/// appended again; only the ledger's counts follow the new prices).
+/// dropped (they are in the log). Each record is priced with the prices
+/// `schedule` says were in force at its place (so the ledger says what the
+/// log says whatever the configuration now is), `pricebook` before the
+/// schedule's first change (a log older than it); the ledger leaves with
+/// `pricebook`, the prices this process decides with.
+#[allow(clippy::too_many_arguments)] // the log, where to read, and the prices
 async fn recover(
     region: &str,
     log: &dyn EventLog,
     keys: &dyn KeyStore,
     routing: &TopicName,
     snapshots: &Snapshotter,
+    schedule: &crate::domain::pricing::Schedule,
     pricebook: &crate::domain::pricing::Pricebook,
     idle: Duration,
 ) -> Result<(Projector<LedgerProjection>, bool, u64), Error> {
@@ -565,11 +627,18 @@ async fn recover(
     }
     let mut reader = log.reader(from).await?;
     let mut folded = 0u64;
+    let mut in_force = None;
     loop {
         let batch = reader.catch_up_batch(BATCH, idle).await?;
         for record in &batch {
             // Only what was committed: the rest is decided afresh.
             if record.offset < committed.get(&record.partition).copied().unwrap_or(0) {
+                let change = schedule.at(record.partition, record.offset);
+                if change != in_force {
+                    in_force = change;
+                    projector.state_mut().pricebook =
+                        change.map_or_else(|| pricebook.clone(), |c| schedule.changes[c].pricebook.clone());
+                }
                 projector.feed(record, keys)?;
                 folded += 1;
             }
@@ -580,6 +649,7 @@ async fn recover(
             break;
         }
     }
+    projector.state_mut().pricebook = pricebook.clone();
     if folded > 0 {
         tracing::info!(%region, records = folded, "billing folded the inputs committed after its snapshot");
     }
@@ -900,6 +970,77 @@ pub(crate) mod tests {
         append(&r, &read_signed_at(Uuid::from_u128(94), UnixMicros(december.0 + 86_400_000_000))).await;
         let next = billing.issue("acme", "2026-12", UnixMicros(1_798_779_600 * 1_000_000)).await.unwrap();
         assert_eq!(next[0].number, "US-000002");
+    }
+
+    /// The example platform with acme-atlantic's CT read at `price`.
+    fn priced(price: &str) -> Platform {
+        let mut platform = platform();
+        let contract = platform.contracts.get_mut("acme-atlantic").unwrap();
+        contract.engagement.per_study.insert("CT".into(), price.parse().unwrap());
+        platform
+    }
+
+    async fn open_priced(r: &Region, price: &str) -> Billing {
+        let keys: Arc<dyn KeyStore> = Arc::new(r.log.key_store());
+        // No snapshot: every start folds the routing topic from its start.
+        let (snapshots, idle) = (Snapshotter::none(), Duration::from_millis(50));
+        let failpoints = r.failpoints.clone();
+        Billing::open("us-east", &priced(price), r.log.clone(), keys, snapshots, failpoints, idle).await.unwrap()
+    }
+
+    /// Each ChargePosted's amount on billing's topic, in order of size.
+    async fn charged_amounts(r: &Region) -> Vec<i64> {
+        let starts = (0..4).map(|p| Position::start(r.billing.clone(), p)).collect();
+        let records = meridian_log::contract::read_to_end(r.log.as_ref(), starts).await;
+        let mut amounts: Vec<i64> = records
+            .iter()
+            .filter_map(|rec| match rec.envelope().unwrap().open_plain().unwrap() {
+                Payload::ChargePosted(c) => Some(c.amount.unwrap().minor_units),
+                _ => None,
+            })
+            .collect();
+        amounts.sort_unstable();
+        amounts
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_folded_again_after_the_prices_changed_keeps_the_price_it_was_charged() {
+        let r = region().await;
+        append(&r, &[reader()]).await;
+        // Charged at $45, then the process stops.
+        let billing = open_priced(&r, "45.00").await;
+        append(&r, &read(Uuid::from_u128(60))).await;
+        billing.pass(Duration::from_millis(50)).await.unwrap();
+        drop(billing);
+        // The prices change; the routing topic is folded again from its
+        // start (no snapshot): the first read stays at $45, a new one is $50.
+        let billing = open_priced(&r, "50.00").await;
+        assert_eq!(billing.totals("acme").await["2026-11/USD"].charges, 4_500, "folded again at its price");
+        append(&r, &read(Uuid::from_u128(61))).await;
+        billing.pass(Duration::from_millis(50)).await.unwrap();
+        drop(billing);
+        // And again at $55: each read as it was charged, as the log says.
+        let billing = open_priced(&r, "55.00").await;
+        assert_eq!(billing.totals("acme").await["2026-11/USD"].charges, 9_500);
+        let entries = billing.read(|l| l.entries["acme/2026-11"].clone()).await;
+        let mut in_ledger: Vec<i64> = entries
+            .iter()
+            .filter_map(|e| match &e.what {
+                ledger::What::Charged(c) => Some(c.amount),
+                _ => None,
+            })
+            .collect();
+        in_ledger.sort_unstable();
+        assert_eq!(in_ledger, charged_amounts(&r).await, "the ledger says what the log says");
+        assert_eq!(in_ledger, vec![4_500, 5_000]);
+        // The prices in force were recorded once a change: three of them.
+        assert_eq!(billing.issuance.lock().await.state().prices.changes.len(), 3);
+        drop(billing);
+        let billing = open_priced(&r, "55.00").await;
+        assert_eq!(billing.issuance.lock().await.state().prices.changes.len(), 3, "unchanged prices add none");
+        append(&r, &read(Uuid::from_u128(62))).await;
+        billing.pass(Duration::from_millis(50)).await.unwrap();
+        assert_eq!(billing.totals("acme").await["2026-11/USD"].charges, 15_000);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

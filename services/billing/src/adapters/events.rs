@@ -1,5 +1,7 @@
 //! Routing's payloads in, billing's payloads out.
 
+use std::collections::BTreeMap;
+
 use meridian_events::UnixMicros;
 use meridian_events::envelope::EventMeta;
 use meridian_events::payload::Payload;
@@ -282,4 +284,28 @@ pub fn credit_note(n: &pb::CreditNoteIssued, event_id: meridian_events::EventId)
         key: n.idempotency_key.clone(),
         issued_at: time(&n.issued_at),
     }
+}
+
+/// Prices put in force from the routing positions `from` on, as their event.
+pub fn prices_in_force(
+    pricebook: &crate::domain::pricing::Pricebook,
+    from: &BTreeMap<u32, u64>,
+    at: UnixMicros,
+) -> Result<pb::PricesInForce, serde_json::Error> {
+    Ok(pb::PricesInForce {
+        pricebook: serde_json::to_string(pricebook)?,
+        from: from
+            .iter()
+            .map(|(partition, offset)| pb::RoutingPosition { partition: *partition, offset: *offset })
+            .collect(),
+        in_force_at: ts(at),
+    })
+}
+
+/// A PricesInForce as the schedule keeps it.
+pub fn prices_from(p: &pb::PricesInForce) -> Result<crate::domain::pricing::PricesFrom, serde_json::Error> {
+    Ok(crate::domain::pricing::PricesFrom {
+        from: p.from.iter().map(|f| (f.partition, f.offset)).collect(),
+        pricebook: serde_json::from_str(&p.pricebook)?,
+    })
 }

@@ -221,6 +221,12 @@ pub struct Issuance {
     /// The credit notes, by their event's id.
     #[serde(default)]
     pub credit_notes: BTreeMap<EventId, super::credit_note::CreditNote>,
+    /// The prices in force over the routing topic, change by change.
+    #[serde(default)]
+    pub prices: super::pricing::Schedule,
+    /// PricesInForce events that could not be read (a newer billing's?).
+    #[serde(default)]
+    pub unreadable_prices: u64,
 }
 
 impl Issuance {

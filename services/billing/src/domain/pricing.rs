@@ -103,6 +103,34 @@ pub struct Pricebook {
     pub facility_zones: BTreeMap<String, String>,
 }
 
+/// The prices in force over the routing topic, as billing's PricesInForce
+/// recorded them: each change applies from its positions on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Schedule {
+    pub changes: Vec<PricesFrom>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PricesFrom {
+    /// Routing partition → the first offset they price.
+    pub from: BTreeMap<u32, u64>,
+    pub pricebook: Pricebook,
+}
+
+impl Schedule {
+    /// Which change priced the routing record at `partition`/`offset`: the
+    /// last one starting at or before it (`None` before the first: a log
+    /// older than the schedule).
+    pub fn at(&self, partition: u32, offset: u64) -> Option<usize> {
+        self.changes.iter().rposition(|c| c.from.get(&partition).copied().unwrap_or(0) <= offset)
+    }
+
+    /// The prices last put in force.
+    pub fn latest(&self) -> Option<&Pricebook> {
+        self.changes.last().map(|c| &c.pricebook)
+    }
+}
+
 /// What billing knows of a read waiting to be signed (from StudyQueued).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Read {

@@ -143,7 +143,7 @@ impl Remote {
             let mut client = self.client.clone();
             let failure = match tokio::time::timeout(self.spec.timeout, client.model_infer(request.clone())).await {
                 Ok(Ok(answer)) => return Ok(answer.into_inner()),
-                Ok(Err(status)) if !transient(status.code()) => return Err(RuntimeError::Run(self.said(&status))),
+                Ok(Err(status)) if !transient(&status) => return Err(RuntimeError::Run(self.said(&status))),
                 Ok(Err(status)) => self.said(&status),
                 Err(_) => format!("{}: no answer in {:?}", self.spec.endpoint, self.spec.timeout),
             };
@@ -172,10 +172,17 @@ impl Remote {
     }
 }
 
-/// A server busy, restarting or slow: worth calling again.
-fn transient(code: tonic::Code) -> bool {
+/// A server busy, restarting or slow, or a connection lost under a call
+/// (Unknown with a transport error beneath it, as when the server was
+/// restarted between two calls on one connection): worth calling again. An
+/// Unknown the server sent has nothing beneath it.
+fn transient(status: &tonic::Status) -> bool {
     use tonic::Code::*;
-    matches!(code, Unavailable | DeadlineExceeded | ResourceExhausted | Aborted | Cancelled)
+    match status.code() {
+        Unavailable | DeadlineExceeded | ResourceExhausted | Aborted | Cancelled => true,
+        Unknown => std::error::Error::source(status).is_some(),
+        _ => false,
+    }
 }
 
 /// Each wanted output's `n` scores from an answer: by name, FP32 (or FP64)

@@ -1191,3 +1191,39 @@ pub async fn send(target: &Target, paths: Vec<std::path::PathBuf>) -> anyhow::Re
     }
     Ok(if refused.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
+
+/// grpc.health.v1 Check of `service` ("" for the process) at `endpoint`:
+/// exit 0 when SERVING, 1 otherwise (named), within `timeout` seconds.
+pub async fn health(endpoint: &str, service: &str, timeout: u64) -> anyhow::Result<ExitCode> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let bound = std::time::Duration::from_secs(timeout);
+    let asked = async {
+        let channel =
+            tonic::transport::Endpoint::from_shared(endpoint.to_owned())?.connect_timeout(bound).connect().await?;
+        let request = tonic_health::pb::HealthCheckRequest { service: service.to_owned() };
+        anyhow::Ok(HealthClient::new(channel).check(request).await?.into_inner().status())
+    };
+    let what = if service.is_empty() { "the process".to_owned() } else { service.to_owned() };
+    match tokio::time::timeout(bound, asked).await {
+        Ok(Ok(ServingStatus::Serving)) => {
+            say!("{endpoint}: {what} SERVING");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Ok(status)) => {
+            say!("{endpoint}: {what} {}", status.as_str_name());
+            Ok(ExitCode::FAILURE)
+        }
+        Ok(Err(e)) => {
+            match e.downcast_ref::<tonic::Status>() {
+                Some(status) => say!("{endpoint}: {what}: {:?}: {}", status.code(), status.message()),
+                None => say!("{endpoint}: {what}: {e:#}"),
+            }
+            Ok(ExitCode::FAILURE)
+        }
+        Err(_) => {
+            say!("{endpoint}: {what}: no answer in {timeout} s");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

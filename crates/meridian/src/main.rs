@@ -77,6 +77,20 @@ enum Command {
     Index(IndexCommand),
     /// The event catalogue: writer, aggregate, data class, stream, schema version.
     Events,
+    /// Asks a running process's gRPC health service whether it serves
+    /// (exit 0) or not (exit 1): for probes and `helm test`, where no shell is.
+    Health {
+        /// The process's gRPC address, e.g. `http://meridian-us-east-routing:50051`.
+        #[arg(long)]
+        endpoint: String,
+        /// The service asked about (`meridian.routing.v1.RoutingService`);
+        /// the whole process when absent.
+        #[arg(long, default_value = "")]
+        service: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
     /// Run the routing engine over a simulated day and report SLA compliance,
     /// utilisation and escalations, side by side with a FIFO worklist.
     Simulate(SimulateArgs),
@@ -605,6 +619,7 @@ async fn main() -> ExitCode {
             print_events();
             Ok(ExitCode::SUCCESS)
         }
+        Command::Health { endpoint, service, timeout } => client::health(&endpoint, &service, timeout).await,
         Command::Simulate(args) => simulate(args),
         Command::Config(ConfigCommand::Check { dir }) => Ok(config_check(&dir)),
         Command::Dev(args) => dev::run(args).await,

@@ -1127,6 +1127,14 @@ async fn dev_serves_three_regions_with_health_reflection_dicom_echo_and_auth_and
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
         let status = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
         assert_eq!(status.into_inner().status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+        // The same through `meridian health`, as a probe or `helm test` asks.
+        let asked = Command::new(MERIDIAN).args(["health", "--endpoint", &dev.grpc(region)]).output().unwrap();
+        assert!(asked.status.success(), "{}", String::from_utf8_lossy(&asked.stdout));
+        let routing = ["health", "--endpoint", &dev.grpc(region), "--service", "meridian.routing.v1.RoutingService"];
+        assert!(Command::new(MERIDIAN).args(routing).output().unwrap().status.success());
+        let unknown = ["health", "--endpoint", &dev.grpc(region), "--service", "meridian.nothing.v1.Nothing"];
+        let asked = Command::new(MERIDIAN).args(unknown).output().unwrap();
+        assert!(!asked.status.success() && String::from_utf8_lossy(&asked.stdout).contains("NotFound"));
         // Reflection v1 and v1alpha list Meridian's service.
         {
             use tonic_reflection::pb::v1::ServerReflectionRequest;
@@ -1256,7 +1264,9 @@ async fn dev_serves_three_regions_with_health_reflection_dicom_echo_and_auth_and
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&rebuild.stdout);
-    assert!(rebuild.status.success() && text.contains("5 events applied") && text.contains("matches"), "{text}");
+    // Five readers registered, and billing's prices put in force.
+    assert!(rebuild.status.success() && text.contains("6 events applied") && text.contains("matches"), "{text}");
+    assert!(text.contains("PricesInForce=1, ReaderRegistered=5"), "{text}");
     for name in ["ingest.studies", "routing.worklist"] {
         let rebuild = Command::new(MERIDIAN)
             .args(["projection", "rebuild", name, "--region", "us-east", "--data-dir"])

@@ -1837,6 +1837,18 @@ fn acme_completing_in_a_second() -> tempfile::TempDir {
     config
 }
 
+/// Head-CT slices `numbers` of `study` (the bleed on slice `bleed_on`, none
+/// for 0) written under `dir` and sent by storescu to us-east as ACME_CT1.
+fn send_head_ct(dev: &Dev, dir: &Path, study: &str, numbers: std::ops::RangeInclusive<usize>, bleed_on: usize) {
+    let dir = dir.join(study);
+    std::fs::create_dir_all(&dir).unwrap();
+    let slices: Vec<PathBuf> =
+        numbers.map(|n| meridian_integration_tests::dicom::head_ct_slice(&dir, study, n, n == bleed_on)).collect();
+    let (ok, said) =
+        meridian_integration_tests::dicom::storescu(dev.dicom_port("us-east"), "ACME_CT1", "MERIDIAN_ACME", &slices);
+    assert!(ok, "{said}");
+}
+
 #[test]
 fn a_burst_of_100_studies_gets_one_triage_outcome_each_through_a_sigkill() {
     let config = acme_completing_in_a_second();
@@ -1902,19 +1914,8 @@ fn a_head_ct_with_a_bleed_is_triaged_once_through_a_crash_by_the_demonstration_m
     let (bleed, clear) = ("1.2.826.0.1.3680043.10.543.701", "1.2.826.0.1.3680043.10.543.702");
     let mut sent = Vec::new();
     for (study, bleeding) in [(bleed, true), (clear, false)] {
-        let dir = files.path().join(study);
-        std::fs::create_dir_all(&dir).unwrap();
         // Three slices; the bleed is on the second.
-        let slices: Vec<PathBuf> = (1..=3)
-            .map(|n| meridian_integration_tests::dicom::head_ct_slice(&dir, study, n, bleeding && n == 2))
-            .collect();
-        let (ok, said) = meridian_integration_tests::dicom::storescu(
-            dev.dicom_port("us-east"),
-            "ACME_CT1",
-            "MERIDIAN_ACME",
-            &slices,
-        );
-        assert!(ok, "{said}");
+        send_head_ct(&dev, files.path(), study, 1..=3, if bleeding { 2 } else { 0 });
         sent.push(study);
     }
     let died = wait_for("the region aborts after its first read", 60, || dev.child.try_wait().unwrap());
@@ -1988,16 +1989,7 @@ fn a_model_served_by_mlserver_triages_reruns_when_a_slice_comes_later_and_a_dead
     let dev = Dev::start_configured(config.path(), data.path(), "");
     let files = tempfile::TempDir::new().unwrap();
     let send = |study: &str, numbers: std::ops::RangeInclusive<usize>, bleed_on: usize| {
-        let slices: Vec<PathBuf> = numbers
-            .map(|n| meridian_integration_tests::dicom::head_ct_slice(files.path(), study, n, n == bleed_on))
-            .collect();
-        let (ok, said) = meridian_integration_tests::dicom::storescu(
-            dev.dicom_port("us-east"),
-            "ACME_CT1",
-            "MERIDIAN_ACME",
-            &slices,
-        );
-        assert!(ok, "{said}");
+        send_head_ct(&dev, files.path(), study, numbers, bleed_on);
     };
     // Three clear slices: read over OIP, nothing flagged.
     let study_uid = "1.2.826.0.1.3680043.10.543.801";

@@ -397,6 +397,11 @@ pub fn study_files(dir: &Path, study: &str, n: usize) -> Vec<PathBuf> {
 
 /// gRPC health of a process: SERVING or NOT_SERVING.
 pub fn health(process: &Service) -> i32 {
+    service_health(process, "")
+}
+
+/// gRPC health of one of a process's services (`meridian.ingest.v1.IngestService`).
+pub fn service_health(process: &Service, service: &str) -> i32 {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -404,7 +409,8 @@ pub fn health(process: &Service) -> i32 {
         let channel =
             tonic::transport::Channel::from_shared(format!("http://{}", process.grpc())).unwrap().connect().await;
         let mut client = HealthClient::new(channel.unwrap());
-        client.check(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner().status
+        let request = HealthCheckRequest { service: service.to_owned() };
+        client.check(request).await.unwrap().into_inner().status
     })
 }
 

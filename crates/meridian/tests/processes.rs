@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use meridian_integration_tests::dicom::{acknowledged, storescu};
 use meridian_integration_tests::processes::{
-    Cluster, bucket, complete, found, get, health, of_type, ready, rejections, stream_events, study_files, wait_until,
+    Cluster, bucket, complete, found, get, health, of_type, ready, rejections, service_health, stream_events,
+    study_files, wait_until,
 };
 use meridian_integration_tests::{Moto, Tansu};
 
@@ -224,9 +225,13 @@ fn a_process_is_not_ready_while_its_broker_or_bucket_is_away_and_recovers_by_its
     });
     assert!(said.contains("object store"), "{said}");
     assert_eq!(health(&ingest), ServingStatus::NotServing as i32);
+    // Each of its gRPC services says so too, as a probe of one would see.
+    let ingest_api = "meridian.ingest.v1.IngestService";
+    assert_eq!(service_health(&ingest, ingest_api), ServingStatus::NotServing as i32);
     moto.restart(&bucket("us-east"));
     wait_until("ready again with the bucket back", 30, || ready(&ingest).0.then_some(()));
     assert_eq!(health(&ingest), ServingStatus::Serving as i32);
+    assert_eq!(service_health(&ingest, ingest_api), ServingStatus::Serving as i32);
     // Routing probes the bucket too, on its own 5 s schedule: ready again
     // before the broker goes, so what it says next is about the broker.
     wait_until("routing ready again with the bucket back", 30, || ready(&routing).0.then_some(()));

@@ -13,7 +13,7 @@ use tonic_health::ServingStatus;
 
 use crate::admin::Admin;
 use crate::node::Region;
-use crate::service::{ServiceListeners, Stopping};
+use crate::service::{Health, ServiceListeners, Stopping};
 
 /// The process's listeners for a region, bound by the caller (tests bind
 /// port 0).
@@ -54,11 +54,7 @@ const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Probes the log and the object store every [`PROBE_EVERY`] until
 /// `shutdown`: gRPC health says NOT_SERVING (and `/readyz` 503 with the
 /// reasons) while either does not answer, SERVING again once both do.
-async fn readiness(
-    region: Arc<Region>,
-    health: tonic_health::server::HealthReporter,
-    shutdown: impl Future<Output = ()>,
-) {
+async fn readiness(region: Arc<Region>, health: Health, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     let mut ready = true;
     loop {
@@ -67,11 +63,10 @@ async fn readiness(
             ready = reasons.is_empty();
             if ready {
                 tracing::info!(region = %region.name, "ready again");
-                health.set_service_status("", ServingStatus::Serving).await;
             } else {
                 tracing::warn!(region = %region.name, ?reasons, "not ready");
-                health.set_service_status("", ServingStatus::NotServing).await;
             }
+            health.set_all(ready).await;
         }
         tokio::select! {
             () = &mut shutdown => return,
@@ -92,9 +87,10 @@ pub async fn serve(
     let (stop, stopped) = watch::channel(false);
     let follower = tokio::spawn(region.clone().follow(stopped.clone()));
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_service_status("", ServingStatus::Serving).await;
-    health.set_serving::<AdminServiceServer<Admin>>().await;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    reporter.set_service_status("", ServingStatus::Serving).await;
+    let health = Health::new(reporter);
+    health.serving::<AdminServiceServer<Admin>>().await;
     let grpc_err = |reason: String| ServeError::Grpc { region: name.clone(), reason };
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -136,7 +132,7 @@ pub async fn serve(
         () = shutdown => None,
         reason = log_lost(region.clone()) => {
             tracing::error!(region = %name, %reason, "the event log can no longer write: stopping");
-            health.set_service_status("", ServingStatus::NotServing).await;
+            health.set_all(false).await;
             Some(reason)
         }
     };

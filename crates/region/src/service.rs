@@ -70,6 +70,38 @@ pub struct Rebuilt {
 /// The gRPC services of a process, gathered from its services.
 pub type GrpcRoutes = tonic::service::RoutesBuilder;
 
+/// A process's gRPC health: each gRPC service it serves is named here as it
+/// is added, so readiness reports every one of them with the process ("")
+/// — a probe of one service sees the process's readiness too.
+#[derive(Clone)]
+pub struct Health {
+    reporter: tonic_health::server::HealthReporter,
+    served: std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>,
+}
+
+impl Health {
+    pub fn new(reporter: tonic_health::server::HealthReporter) -> Health {
+        Health { reporter, served: Default::default() }
+    }
+
+    /// `S` is served: SERVING now, and with the process from here on.
+    pub async fn serving<S: tonic::server::NamedService>(&self) {
+        self.served.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(S::NAME);
+        self.reporter.set_serving::<S>().await;
+    }
+
+    /// The process and every service it serves: SERVING or NOT_SERVING.
+    pub async fn set_all(&self, serving: bool) {
+        use tonic_health::ServingStatus;
+        let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+        let served = self.served.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        self.reporter.set_service_status("", status).await;
+        for name in served {
+            self.reporter.set_service_status(name, status).await;
+        }
+    }
+}
+
 /// Sockets a service may take: the DICOM port is ingest's, the MLLP port
 /// (HL7 v2 orders) reporting's.
 #[derive(Default)]
@@ -86,11 +118,7 @@ pub trait RegionService: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
     /// Adds this service's gRPC services and reports them serving.
-    fn grpc<'a>(
-        &'a self,
-        routes: &'a mut GrpcRoutes,
-        health: &'a tonic_health::server::HealthReporter,
-    ) -> BoxFuture<'a, ()>;
+    fn grpc<'a>(&'a self, routes: &'a mut GrpcRoutes, health: &'a Health) -> BoxFuture<'a, ()>;
 
     /// Routes under `/dicomweb` (authenticated and CORS-wrapped by the
     /// region); `None` when the service serves none.

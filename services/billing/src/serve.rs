@@ -51,14 +51,14 @@ impl RegionService for BillingService {
     fn grpc<'a>(
         &'a self,
         routes: &'a mut GrpcRoutes,
-        health: &'a tonic_health::server::HealthReporter,
+        health: &'a meridian_region::service::Health,
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             routes.add_service(BillingServiceServer::with_interceptor(
                 BillingGrpc::new(self.billing.clone()),
                 Authenticate::new(self.context.verifier.clone()),
             ));
-            health.set_serving::<BillingServiceServer<BillingGrpc>>().await;
+            health.serving::<BillingServiceServer<BillingGrpc>>().await;
         })
     }
 

@@ -57,7 +57,7 @@ impl RegionService for InferenceService {
     fn grpc<'a>(
         &'a self,
         routes: &'a mut GrpcRoutes,
-        health: &'a tonic_health::server::HealthReporter,
+        health: &'a meridian_region::service::Health,
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let service = InferenceGrpc::new(self.inference.clone(), &self.context.name);
@@ -65,7 +65,7 @@ impl RegionService for InferenceService {
                 service,
                 Authenticate::new(self.context.verifier.clone()),
             ));
-            health.set_serving::<InferenceServiceServer<InferenceGrpc>>().await;
+            health.serving::<InferenceServiceServer<InferenceGrpc>>().await;
         })
     }
 

@@ -80,7 +80,7 @@ impl RegionService for IngestService {
     fn grpc<'a>(
         &'a self,
         routes: &'a mut GrpcRoutes,
-        health: &'a tonic_health::server::HealthReporter,
+        health: &'a meridian_region::service::Health,
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let limits = UploadLimits { max_instance_bytes: self.limits().max_instance_bytes };
@@ -88,11 +88,11 @@ impl RegionService for IngestService {
                 IngestGrpc::new(self.ingest.clone(), limits),
                 Authenticate::new(self.context.verifier.clone()),
             ));
-            health.set_serving::<IngestServiceServer<IngestGrpc>>().await;
+            health.serving::<IngestServiceServer<IngestGrpc>>().await;
             if self.ingest.replicas().is_some() {
                 // Authenticated by the region's service key, not a token.
                 routes.add_service(IngestReplicaServiceServer::new(ReplicaGrpc::new(self.ingest.clone())));
-                health.set_serving::<IngestReplicaServiceServer<ReplicaGrpc>>().await;
+                health.serving::<IngestReplicaServiceServer<ReplicaGrpc>>().await;
             }
         })
     }

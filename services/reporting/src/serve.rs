@@ -66,7 +66,7 @@ impl RegionService for ReportingService {
     fn grpc<'a>(
         &'a self,
         routes: &'a mut GrpcRoutes,
-        health: &'a tonic_health::server::HealthReporter,
+        health: &'a meridian_region::service::Health,
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let service = ReportingGrpc::new(self.reporting.clone(), self.context.platform.clone(), self.audit.clone());
@@ -74,7 +74,7 @@ impl RegionService for ReportingService {
                 service,
                 Authenticate::new(self.context.verifier.clone()),
             ));
-            health.set_serving::<ReportingServiceServer<ReportingGrpc>>().await;
+            health.serving::<ReportingServiceServer<ReportingGrpc>>().await;
         })
     }
 

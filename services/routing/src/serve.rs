@@ -99,14 +99,14 @@ impl RegionService for RoutingService {
     fn grpc<'a>(
         &'a self,
         routes: &'a mut GrpcRoutes,
-        health: &'a tonic_health::server::HealthReporter,
+        health: &'a meridian_region::service::Health,
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             routes.add_service(RoutingServiceServer::with_interceptor(
                 RoutingGrpc::new(self.routing.clone()),
                 Authenticate::new(self.context.verifier.clone()),
             ));
-            health.set_serving::<RoutingServiceServer<RoutingGrpc>>().await;
+            health.serving::<RoutingServiceServer<RoutingGrpc>>().await;
         })
     }
 

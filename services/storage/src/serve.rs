@@ -143,7 +143,7 @@ impl RegionService for StorageService {
         "storage"
     }
 
-    fn grpc<'a>(&'a self, _: &'a mut GrpcRoutes, _: &'a tonic_health::server::HealthReporter) -> BoxFuture<'a, ()> {
+    fn grpc<'a>(&'a self, _: &'a mut GrpcRoutes, _: &'a meridian_region::service::Health) -> BoxFuture<'a, ()> {
         Box::pin(async {})
     }
 

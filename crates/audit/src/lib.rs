@@ -3,6 +3,14 @@
 //! when) to the region's audit topic before the data leaves. No audit, no
 //! data: a caller that cannot append sends nothing. Storage (DICOMweb),
 //! reporting (report text) and inference call this one writer.
+//!
+//! Every refusal appends AccessDenied ([`refusals`]): `authorize` records
+//! it in the principal's trail, which this crate writes. Every process
+//! appends ConfigurationLoaded ([`configuration`]) when it starts.
+
+pub mod atna;
+pub mod configuration;
+pub mod refusals;
 
 use std::sync::Arc;
 
@@ -116,6 +124,7 @@ mod tests {
             group: Some("atlantic-rads".into()),
             reader: Some("dr-ana-ortiz".into()),
             roles: vec!["reader".into()],
+            trail: Default::default(),
         };
         let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
         let accessed = [

@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use meridian_config::{Platform, PrincipalKind};
 
 use crate::principal::Principal;
+use crate::refusal::{Refusal, Trail};
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AssociationRejected {
@@ -30,16 +31,56 @@ impl AssociationRejected {
             AssociationRejected::CallingAeNotRecognized { .. } | AssociationRejected::SourceNotAllowed { .. } => 3,
         }
     }
+
+    /// The machine-readable reason, as the audit records it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AssociationRejected::CalledAeNotRecognized { .. } => "CALLED_AE_NOT_RECOGNIZED",
+            AssociationRejected::CallingAeNotRecognized { .. } => "CALLING_AE_NOT_RECOGNIZED",
+            AssociationRejected::SourceNotAllowed { .. } => "SOURCE_NOT_ALLOWED",
+        }
+    }
 }
 
 /// Resolves the principal of an association to `region` from its AE titles
-/// and the peer's address.
+/// and the peer's address; a rejection is recorded in `trail`, and the
+/// principal carries it.
 pub fn resolve_association(
     platform: &Platform,
     region: &str,
     called_ae: &str,
     calling_ae: &str,
     peer: IpAddr,
+    trail: &Trail,
+) -> Result<Principal, AssociationRejected> {
+    resolve(platform, region, called_ae, calling_ae, peer, trail).inspect_err(|rejected| {
+        trail.record(Refusal {
+            subject: String::new(),
+            principal_kind: "anonymous".into(),
+            tenant: match rejected {
+                AssociationRejected::CalledAeNotRecognized { .. } => None,
+                AssociationRejected::CallingAeNotRecognized { tenant, .. }
+                | AssociationRejected::SourceNotAllowed { tenant, .. } => Some(tenant.clone()),
+            },
+            group: None,
+            action: "associate".into(),
+            resource_kind: "region".into(),
+            resource: format!("region {region}"),
+            resource_tenant: None,
+            reason: rejected.to_string(),
+            code: rejected.code().into(),
+            network_access_point: Some(peer.to_string()),
+        })
+    })
+}
+
+fn resolve(
+    platform: &Platform,
+    region: &str,
+    called_ae: &str,
+    calling_ae: &str,
+    peer: IpAddr,
+    trail: &Trail,
 ) -> Result<Principal, AssociationRejected> {
     let (called, calling) = (called_ae.trim(), calling_ae.trim());
     let tenant = platform.called_ae_titles(region).get(called).copied().ok_or_else(|| {
@@ -64,6 +105,7 @@ pub fn resolve_association(
         group: None,
         reader: None,
         roles: vec!["facility".into()],
+        trail: trail.clone(),
     })
 }
 
@@ -80,31 +122,47 @@ mod tests {
     #[test]
     fn called_and_calling_ae_titles_resolve_tenant_and_facility() {
         let p = platform();
+        let trail = Trail::default();
         let local: IpAddr = "127.0.0.1".parse().unwrap();
-        let principal = resolve_association(&p, "us-east", "MERIDIAN_ACME ", "ACME_CT1", local).unwrap();
+        let principal = resolve_association(&p, "us-east", "MERIDIAN_ACME ", "ACME_CT1", local, &trail).unwrap();
         assert_eq!(principal.tenant.as_deref(), Some("acme"));
         assert_eq!(principal.facility.as_deref(), Some("acme-general"));
         assert_eq!(principal.roles, ["facility"]);
     }
 
     #[test]
-    fn unknown_titles_and_networks_are_rejected_with_the_ps3_8_reason() {
+    fn unknown_titles_and_networks_are_rejected_with_the_ps3_8_reason_and_each_rejection_recorded() {
         let p = platform();
+        let kept = std::sync::Arc::new(crate::refusal::tests::Kept::default());
+        let trail = Trail::new(kept.clone());
         let local: IpAddr = "127.0.0.1".parse().unwrap();
-        let e = resolve_association(&p, "us-east", "NOBODY", "ACME_CT1", local).unwrap_err();
+        let e = resolve_association(&p, "us-east", "NOBODY", "ACME_CT1", local, &trail).unwrap_err();
         assert_eq!(e.reason_code(), 7);
         // A tenant's called AE belongs to its home region only.
         assert_eq!(
-            resolve_association(&p, "eu-west", "MERIDIAN_ACME", "ACME_CT1", local).unwrap_err().reason_code(),
+            resolve_association(&p, "eu-west", "MERIDIAN_ACME", "ACME_CT1", local, &trail).unwrap_err().reason_code(),
             7
         );
-        let e = resolve_association(&p, "us-east", "MERIDIAN_ACME", "STRANGER", local).unwrap_err();
+        let e = resolve_association(&p, "us-east", "MERIDIAN_ACME", "STRANGER", local, &trail).unwrap_err();
         assert_eq!(e.reason_code(), 3);
         assert_eq!(e.to_string(), "calling AE title \"STRANGER\" is not a facility of tenant acme");
         // acme-imaging-center only from 127.0.0.0/8 and 10.20.0.0/16.
-        assert!(resolve_association(&p, "us-east", "MERIDIAN_ACME", "ACMEIC_PACS", local).is_ok());
+        assert!(resolve_association(&p, "us-east", "MERIDIAN_ACME", "ACMEIC_PACS", local, &trail).is_ok());
         let far: IpAddr = "192.0.2.7".parse().unwrap();
-        let e = resolve_association(&p, "us-east", "MERIDIAN_ACME", "ACMEIC_PACS", far).unwrap_err();
+        let e = resolve_association(&p, "us-east", "MERIDIAN_ACME", "ACMEIC_PACS", far, &trail).unwrap_err();
         assert!(matches!(e, AssociationRejected::SourceNotAllowed { .. }));
+        let kept = kept.0.lock().unwrap();
+        let recorded: Vec<_> =
+            kept.iter().map(|r| (r.code.as_str(), r.tenant.as_deref(), r.network_access_point.as_deref())).collect();
+        assert_eq!(
+            recorded,
+            [
+                ("CALLED_AE_NOT_RECOGNIZED", None, Some("127.0.0.1")),
+                ("CALLED_AE_NOT_RECOGNIZED", None, Some("127.0.0.1")),
+                ("CALLING_AE_NOT_RECOGNIZED", Some("acme"), Some("127.0.0.1")),
+                ("SOURCE_NOT_ALLOWED", Some("acme"), Some("192.0.2.7")),
+            ]
+        );
+        assert_eq!(kept[2].reason, "calling AE title \"STRANGER\" is not a facility of tenant acme");
     }
 }

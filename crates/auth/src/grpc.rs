@@ -80,7 +80,10 @@ impl Authenticate {
 impl tonic::service::Interceptor for Authenticate {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let header = request.metadata().get("authorization").map(|v| v.to_str().unwrap_or(""));
-        let principal = self.verifier.verify_header(header, wall_clock_seconds()).map_err(|e| unauthenticated(&e))?;
+        let principal = self
+            .verifier
+            .authenticate(header, wall_clock_seconds(), request.remote_addr())
+            .map_err(|e| unauthenticated(&e))?;
         request.extensions_mut().insert(principal);
         Ok(request)
     }

@@ -42,7 +42,8 @@ impl IntoResponse for Denied {
 pub async fn authenticate(State(verifier): State<Arc<TokenVerifier>>, mut request: Request, next: Next) -> Response {
     let header = request.headers().get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or(""));
     let now = wall_clock_seconds();
-    match verifier.verify_header(header, now) {
+    let peer = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0);
+    match verifier.authenticate(header, now, peer) {
         Ok(principal) => {
             request.extensions_mut().insert(principal);
             next.run(request).await

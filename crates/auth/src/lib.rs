@@ -11,6 +11,7 @@
 //!   minting for `meridian dev`, generating dev key pairs.
 //! - [`grpc`]: the tonic interceptor and rich `Status` errors.
 //! - [`http`]: the axum layer and JSON errors.
+//! - [`refusal`]: the trail every refusal is recorded in (AccessDenied).
 //! - [`dimse`]: the principal of a DICOM association (called AE + calling
 //!   AE + source network), or the A-ASSOCIATE-RJ reason.
 //!
@@ -23,9 +24,11 @@ pub mod dimse;
 pub mod grpc;
 pub mod http;
 pub mod principal;
+pub mod refusal;
 pub mod token;
 
 pub use principal::{Action, Denied, Principal, Resource, authorize};
+pub use refusal::{Refusal, RefusalSink, Trail};
 pub use token::{AuthError, TokenSigner, TokenVerifier};
 
 /// The error domain in rich error details.

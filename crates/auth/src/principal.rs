@@ -3,6 +3,8 @@
 use meridian_config::{PrincipalKind, roles_for};
 use serde::{Deserialize, Serialize};
 
+use crate::refusal::{Refusal, Trail};
+
 /// Who is calling.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Principal {
@@ -18,6 +20,9 @@ pub struct Principal {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reader: Option<String>,
     pub roles: Vec<String>,
+    /// Where this principal's refusals are recorded: its region's audit.
+    #[serde(skip)]
+    pub trail: Trail,
 }
 
 impl From<&meridian_config::ExamplePrincipal> for Principal {
@@ -30,6 +35,7 @@ impl From<&meridian_config::ExamplePrincipal> for Principal {
             group: p.group.clone(),
             reader: p.reader.clone(),
             roles: p.roles.clone(),
+            trail: Trail::default(),
         }
     }
 }
@@ -41,6 +47,31 @@ impl Principal {
 
     /// Roles not valid for the principal's kind are dropped: a token cannot
     /// grant a tenant principal the SRE role.
+    /// Records `denied` in the principal's trail and returns it: for a
+    /// refusal decided outside [`authorize`].
+    pub fn refuse(&self, denied: Denied) -> Denied {
+        self.refuse_on(denied, None)
+    }
+
+    /// [`refuse`](Self::refuse), of a resource of `resource_tenant` (whose
+    /// audit shows the refusal).
+    pub fn refuse_on(&self, denied: Denied, resource_tenant: Option<&str>) -> Denied {
+        self.trail.record(Refusal {
+            subject: denied.subject.clone(),
+            principal_kind: self.kind.as_str().to_owned(),
+            tenant: self.tenant.clone(),
+            group: self.group.clone(),
+            action: denied.action.to_owned(),
+            resource_kind: denied.resource_kind.to_owned(),
+            resource: denied.resource.clone(),
+            resource_tenant: resource_tenant.map(str::to_owned),
+            reason: denied.reason.clone(),
+            code: "PERMISSION_DENIED".to_owned(),
+            network_access_point: None,
+        });
+        denied
+    }
+
     pub fn sanitised(mut self) -> Principal {
         let allowed = roles_for(self.kind);
         self.roles.retain(|r| allowed.contains(&r.as_str()));
@@ -103,6 +134,9 @@ pub enum Action {
     ViewModels,
     /// See what a reading group is paid.
     ViewPayouts,
+    /// Export a tenant's audit trail (its administrator; the platform's
+    /// SRE, for a covered entity's request): opaque ids, never PHI.
+    ExportAudit,
 }
 
 impl Action {
@@ -132,6 +166,7 @@ impl Action {
             Action::ManageModels => "manage_models",
             Action::ViewModels => "view_models",
             Action::ViewPayouts => "view_payouts",
+            Action::ExportAudit => "export_audit",
         }
     }
 }
@@ -164,6 +199,14 @@ impl Resource<'_> {
             Resource::Study { tenant, .. } => format!("a study of tenant {tenant}"),
             Resource::ReadingGroup { group } => format!("reading group {group}"),
             Resource::Region { region } => format!("region {region}"),
+        }
+    }
+
+    /// The tenant whose data or settings the resource is, if any.
+    pub fn tenant(&self) -> Option<&str> {
+        match self {
+            Resource::Tenant { tenant } | Resource::Study { tenant, .. } => Some(tenant),
+            Resource::ReadingGroup { .. } | Resource::Region { .. } => None,
         }
     }
 
@@ -200,14 +243,20 @@ fn same(what: &str, mine: Option<&str>, theirs: &str) -> Result<(), String> {
     }
 }
 
-/// The one decision every handler asks for.
+/// The one decision every handler asks for. A refusal is recorded in the
+/// principal's trail (its region's audit) before it is returned.
 pub fn authorize(p: &Principal, action: Action, resource: &Resource<'_>) -> Result<(), Denied> {
-    decide(p, action, resource).map_err(|reason| Denied {
-        subject: p.subject.clone(),
-        action: action.as_str(),
-        resource: resource.describe(),
-        resource_kind: resource.kind(),
-        reason,
+    decide(p, action, resource).map_err(|reason| {
+        p.refuse_on(
+            Denied {
+                subject: p.subject.clone(),
+                action: action.as_str(),
+                resource: resource.describe(),
+                resource_kind: resource.kind(),
+                reason,
+            },
+            resource.tenant(),
+        )
     })
 }
 
@@ -222,6 +271,8 @@ fn decide(p: &Principal, action: Action, resource: &Resource<'_>) -> Result<(), 
         }
         // Invoices carry amounts and opaque ids, never PHI.
         (PrincipalKind::Platform, IssueInvoice | ViewLedger, Resource::Tenant { .. }) => needs_role(p, &["billing"]),
+        // The audit trail names principals and opaque ids only.
+        (PrincipalKind::Platform, ExportAudit, Resource::Tenant { .. }) => needs_role(p, &["sre"]),
         (PrincipalKind::Platform, _, _) => {
             Err("platform principals operate regions and never act on patient data".into())
         }
@@ -239,7 +290,11 @@ fn decide(p: &Principal, action: Action, resource: &Resource<'_>) -> Result<(), 
             same("tenant", p.tenant.as_deref(), tenant)?;
             needs_role(p, &["tenant-admin"])
         }
-        (PrincipalKind::Tenant, ManageTenant | ManageDeliveries | ViewKpis, Resource::Tenant { tenant }) => {
+        (
+            PrincipalKind::Tenant,
+            ManageTenant | ManageDeliveries | ViewKpis | ExportAudit,
+            Resource::Tenant { tenant },
+        ) => {
             same("tenant", p.tenant.as_deref(), tenant)?;
             needs_role(p, &["tenant-admin"])
         }
@@ -310,7 +365,39 @@ mod tests {
             group: group.map(Into::into),
             reader: reader.map(Into::into),
             roles: roles.iter().map(|r| r.to_string()).collect(),
+            trail: Trail::default(),
         }
+    }
+
+    #[test]
+    fn every_refusal_is_recorded_in_the_principals_trail_and_an_allowed_call_in_none() {
+        let kept = std::sync::Arc::new(crate::refusal::tests::Kept::default());
+        let mut admin = p(PrincipalKind::Tenant, Some("acme"), None, None, &["tenant-admin"]);
+        admin.trail = Trail::new(kept.clone());
+        assert!(authorize(&admin, Action::ViewKpis, &Resource::Tenant { tenant: "acme" }).is_ok());
+        assert!(kept.0.lock().unwrap().is_empty());
+        let denied = authorize(&admin, Action::ViewKpis, &Resource::Tenant { tenant: "globex" }).unwrap_err();
+        let manual = admin.refuse(Denied {
+            subject: admin.subject.clone(),
+            action: "act_for_reader",
+            resource: "reader r".into(),
+            resource_kind: "reader",
+            reason: "not theirs".into(),
+        });
+        let kept = kept.0.lock().unwrap();
+        assert_eq!(kept.len(), 2);
+        let first = &kept[0];
+        assert_eq!(
+            (first.subject.as_str(), first.principal_kind.as_str(), first.tenant.as_deref()),
+            ("t", "tenant", Some("acme"))
+        );
+        assert_eq!((first.action.as_str(), first.resource_kind.as_str()), ("view_kpis", "tenant"));
+        assert_eq!(
+            (first.resource.as_str(), first.reason.as_str()),
+            (denied.resource.as_str(), denied.reason.as_str())
+        );
+        assert_eq!(first.code, "PERMISSION_DENIED");
+        assert_eq!((kept[1].action.as_str(), kept[1].reason.as_str()), (manual.action, "not theirs"));
     }
 
     #[test]

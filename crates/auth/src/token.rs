@@ -11,6 +11,7 @@ use meridian_config::PrincipalKind;
 use serde::{Deserialize, Serialize};
 
 use crate::principal::Principal;
+use crate::refusal::{Refusal, Trail};
 
 /// The wall clock in Unix seconds, for the adapters that verify a token
 /// when a request arrives. Everything else takes the time as an argument.
@@ -81,10 +82,14 @@ impl AuthError {
 }
 
 /// Verifies tokens against the configured keys.
+#[derive(Clone)]
 pub struct TokenVerifier {
     keys: HashMap<String, DecodingKey>,
     issuer: String,
     audience: String,
+    /// Given to every principal verified, and where a refused token is
+    /// recorded: the region's audit.
+    trail: Trail,
 }
 
 /// A key that cannot be used.
@@ -103,7 +108,46 @@ impl TokenVerifier {
             let key = DecodingKey::from_ed_pem(pem).map_err(|e| KeyError { id: id.clone(), reason: e.to_string() })?;
             map.insert(id.clone(), key);
         }
-        Ok(TokenVerifier { keys: map, issuer: issuer.to_owned(), audience: audience.to_owned() })
+        Ok(TokenVerifier {
+            keys: map,
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+            trail: Trail::default(),
+        })
+    }
+
+    /// The same verifier, recording in `trail` (one region's audit).
+    pub fn with_trail(&self, trail: Trail) -> TokenVerifier {
+        TokenVerifier { trail, ..self.clone() }
+    }
+
+    pub fn trail(&self) -> &Trail {
+        &self.trail
+    }
+
+    /// [`verify_header`](Self::verify_header) at an edge: a refused token
+    /// is recorded in the trail with where it came from.
+    pub fn authenticate(
+        &self,
+        header: Option<&str>,
+        now: i64,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<Principal, AuthError> {
+        self.verify_header(header, now).inspect_err(|e| {
+            self.trail.record(Refusal {
+                subject: String::new(),
+                principal_kind: "anonymous".into(),
+                tenant: None,
+                group: None,
+                action: "authenticate".into(),
+                resource_kind: "region".into(),
+                resource: String::new(),
+                resource_tenant: None,
+                reason: e.to_string(),
+                code: e.reason().into(),
+                network_access_point: peer.map(|p| p.to_string()),
+            })
+        })
     }
 
     /// The token in an `authorization` header value.
@@ -164,6 +208,7 @@ impl TokenVerifier {
             group: c.group.filter(|_| c.kind == PrincipalKind::Group),
             reader: c.reader.filter(|_| c.kind == PrincipalKind::Group),
             roles: c.roles,
+            trail: self.trail.clone(),
         }
         .sanitised())
     }
@@ -241,7 +286,26 @@ pub(crate) mod tests {
             group: Some("lotus-teleradiology".into()),
             reader: Some("dr-priya-nair".into()),
             roles: vec!["reader".into()],
+            trail: Trail::default(),
         }
+    }
+
+    #[test]
+    fn a_refused_token_is_recorded_with_its_reason_and_peer_and_a_verified_principal_carries_the_trail() {
+        let (signer, verifier) = pair();
+        let kept = std::sync::Arc::new(crate::refusal::tests::Kept::default());
+        let verifier = verifier.with_trail(Trail::new(kept.clone()));
+        let token = signer.mint(&reader(), 1_000, 60).unwrap();
+        let peer: std::net::SocketAddr = "192.0.2.7:50100".parse().unwrap();
+        let principal = verifier.authenticate(Some(&format!("Bearer {token}")), 1_010, Some(peer)).unwrap();
+        assert!(principal.trail.is_kept());
+        assert!(kept.0.lock().unwrap().is_empty());
+        let late = verifier.authenticate(Some(&format!("Bearer {token}")), 5_000, Some(peer)).unwrap_err();
+        verifier.authenticate(None, 5_000, None).unwrap_err();
+        let kept = kept.0.lock().unwrap();
+        let codes: Vec<_> = kept.iter().map(|r| (r.code.as_str(), r.network_access_point.as_deref())).collect();
+        assert_eq!(codes, [("TOKEN_EXPIRED", Some("192.0.2.7:50100")), ("TOKEN_MISSING", None)]);
+        assert_eq!((kept[0].principal_kind.as_str(), kept[0].reason.clone()), ("anonymous", late.to_string()));
     }
 
     #[test]

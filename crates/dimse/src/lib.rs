@@ -25,7 +25,7 @@ use std::time::Duration;
 use dicom_ul::pdu::{AssociationRJServiceUserReason, PDataValue, PDataValueType, UserIdentity};
 use dicom_ul::{Pdu, ServerAssociationOptions};
 use meridian_auth::dimse::{AssociationRejected, resolve_association};
-use meridian_auth::{Action, Principal, Resource, authorize};
+use meridian_auth::{Action, Principal, Resource, Trail, authorize};
 use meridian_config::Platform;
 use tokio::net::TcpStream;
 
@@ -134,6 +134,7 @@ struct Gate {
     platform: Arc<Platform>,
     region: String,
     peer: SocketAddr,
+    trail: Trail,
     outcome: Mutex<Option<Result<Principal, AssociationRejected>>>,
     titles: Mutex<(String, String)>,
 }
@@ -147,8 +148,14 @@ impl dicom_ul::association::server::AccessControl for &Gate {
         called_ae_title: &str,
         _user_identity: Option<&UserIdentity>,
     ) -> Result<(), AssociationRJServiceUserReason> {
-        let outcome =
-            resolve_association(&self.platform, &self.region, called_ae_title, calling_ae_title, self.peer.ip());
+        let outcome = resolve_association(
+            &self.platform,
+            &self.region,
+            called_ae_title,
+            calling_ae_title,
+            self.peer.ip(),
+            &self.trail,
+        );
         let reason = match &outcome {
             Ok(_) => None,
             Err(e @ AssociationRejected::CalledAeNotRecognized { .. }) => {
@@ -165,12 +172,15 @@ impl dicom_ul::association::server::AccessControl for &Gate {
 }
 
 /// Negotiates and serves one association on `socket`: Verification, and
-/// Storage when `store` is given.
+/// Storage when `store` is given. Refusals are recorded in `trail` (the
+/// region's audit).
+#[allow(clippy::too_many_arguments)]
 pub async fn accept(
     socket: TcpStream,
     peer: SocketAddr,
     region: &str,
     platform: Arc<Platform>,
+    trail: &Trail,
     limits: &Limits,
     store: Option<&dyn StoreService>,
 ) -> Result<Served, Error> {
@@ -180,6 +190,7 @@ pub async fn accept(
         platform,
         region: region.to_owned(),
         peer,
+        trail: trail.clone(),
         outcome: Mutex::new(None),
         titles: Mutex::new(Default::default()),
     };

@@ -144,6 +144,8 @@ catalogue! {
     // storage
     PhiWriteRefused      => 1, Operational, "storage", "storage.refusal", "storage";
     PhiAccessed          => 1, Operational, "audit",   "storage.audit",  "audit";
+    AccessDenied         => 1, Operational, "audit",   "audit.denial",   "audit";
+    ConfigurationLoaded  => 1, Operational, "audit",   "audit.configuration", "audit";
     DerivativeCreated    => 1, Operational, "storage", "storage.derivative", "storage";
     ObjectPurged         => 1, Operational, "storage", "storage.object", "storage";
     // inference

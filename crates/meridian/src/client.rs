@@ -91,6 +91,37 @@ pub async fn tail(
     Ok(ExitCode::SUCCESS)
 }
 
+/// An instant (RFC 3339) or a day (YYYY-MM-DD, its start in UTC), for `flag`.
+fn instant(flag: &str, text: &str) -> anyhow::Result<prost_types::Timestamp> {
+    let at = match text.parse::<jiff::Timestamp>() {
+        Ok(t) => t,
+        Err(_) => match text.parse::<jiff::civil::Date>() {
+            Ok(day) => day.to_zoned(jiff::tz::TimeZone::UTC)?.timestamp(),
+            Err(_) => bail!("{flag} {text:?}: expected an instant (2026-12-01T08:00:00Z) or a day (2026-12-01)"),
+        },
+    };
+    Ok(prost_types::Timestamp { seconds: at.as_second(), nanos: at.subsec_nanosecond() })
+}
+
+pub async fn export_audit(
+    target: &Target,
+    tenant: &str,
+    from: Option<&str>,
+    to: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let request = pb::ExportAuditRequest {
+        tenant: tenant.to_owned(),
+        from: from.map(|f| instant("--from", f)).transpose()?,
+        to: to.map(|t| instant("--to", t)).transpose()?,
+    };
+    let mut c = connect(target).await?;
+    let mut stream = c.client.export_audit(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
+    while let Some(record) = stream.message().await.map_err(status_error)? {
+        say!("{}", record.atna_json);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn occurred_at(event: &pb::TailLogResponse) -> Option<String> {
     let t = event.occurred_at.as_ref()?;
     jiff::Timestamp::new(t.seconds, t.nanos).ok().map(|t| t.to_string())

@@ -294,6 +294,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         let context = RegionContext::open(name, &args.data_dir.join(name), platform.clone(), verifier.clone(), options)
             .await
             .with_context(|| format!("opening region {name}"))?;
+        context.record_configuration(&args.config, now).await?;
         let region = crate::compose::open(Arc::new(context), &ServiceName::BUILT, now).await?;
         endpoints.insert(
             name.clone(),

@@ -184,6 +184,9 @@ enum Command {
         #[command(subcommand)]
         command: AiCommand,
     },
+    /// The audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Give a claimed study back to the worklist.
     Release {
         study: String,
@@ -493,6 +496,24 @@ pub struct Target {
 }
 
 #[derive(Subcommand)]
+enum AuditCommand {
+    /// A tenant's audit trail in a region, as JSON lines in the shape of
+    /// IHE ATNA audit messages (opaque ids; its administrator, or SRE).
+    Export {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        tenant: String,
+        /// From this instant (RFC 3339) or day (YYYY-MM-DD, UTC), inclusive.
+        #[arg(long)]
+        from: Option<String>,
+        /// Up to this instant or day, exclusive.
+        #[arg(long)]
+        to: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum LogCommand {
     /// Show the region's events (PHI payloads stay sealed).
     Tail {
@@ -656,6 +677,9 @@ async fn main() -> ExitCode {
             client::report_show(&target, &study).await
         }
         Command::Report { command: ReportCommand::Open { study, target } } => client::open_study(&target, &study).await,
+        Command::Audit(AuditCommand::Export { target, tenant, from, to }) => {
+            client::export_audit(&target, &tenant, from.as_deref(), to.as_deref()).await
+        }
         Command::Kpi { month: m } => client::kpis(&m.target, &m.tenant, &m.period).await,
         Command::Report { command: ReportCommand::Critical { study, target, category } } => {
             client::critical(&target, &study, client::CriticalStep::Flag { category }).await

@@ -197,6 +197,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Err(e @ meridian_region::RegionError::Config { .. }) => return refuse(e),
         Err(e) => return Err(anyhow::Error::new(e).context(format!("opening region {region}"))),
     };
+    context.record_configuration(&args.config, now).await?;
     let opened = crate::compose::open(Arc::new(context), &[service], now).await?;
 
     let mut endpoint = json!({

@@ -337,14 +337,15 @@ fn dicomweb_gives_a_real_client_what_dimse_stored_in_every_transfer_syntax_and_a
     let (audit, _) = topic_events(data.path(), meridian_events::DataClass::Operational, "audit");
     let accessed: Vec<_> = audit
         .iter()
-        .map(|(raw, e)| {
+        .filter_map(|(raw, e)| {
             assert!(
                 !String::from_utf8_lossy(raw).contains("1.2.826.0.1.3680043.10.543.77"),
                 "an audit record names no DICOM UID"
             );
             match e.open_plain() {
-                Ok(Payload::PhiAccessed(a)) => a,
-                other => panic!("the audit topic holds PhiAccessed only: {other:?}"),
+                Ok(Payload::PhiAccessed(a)) => Some(a),
+                Ok(Payload::AccessDenied(_) | Payload::ConfigurationLoaded(_)) => None,
+                other => panic!("the audit topic holds audit records only: {other:?}"),
             }
         })
         .collect();
@@ -1232,6 +1233,79 @@ async fn dev_serves_three_regions_with_health_reflection_dicom_echo_and_auth_and
     let (ok, err) = echo("eu-west", "ACME_CT1", "MERIDIAN_NW");
     assert!(!ok && err.contains("Calling AE Title Not Recognized"), "{err}");
 
+    // Every refusal above left an AccessDenied in its region's audit: a
+    // missing or broken token with where it came from, a principal out of
+    // its scope over gRPC and HTTP, an association no facility's.
+    let denials = |region: &str, expected: usize| {
+        wait_for(&format!("{expected} refusals audited in {region}"), 10, || {
+            let found = tail_payloads_in(data.path(), region, "audit", "AccessDenied");
+            (found.len() >= expected).then_some(found)
+        })
+    };
+    let field = |d: &Value, name: &str| d[name].as_str().unwrap_or_default().to_owned();
+    let us_east = denials("us-east", 6);
+    let seen: Vec<(String, String, String)> =
+        us_east.iter().map(|d| (field(d, "code"), field(d, "principal"), field(d, "action"))).collect();
+    for expected in [
+        ("TOKEN_MISSING", "", "authenticate"),
+        ("TOKEN_MALFORMED", "", "authenticate"),
+        ("PERMISSION_DENIED", "acme-admin", "tail_log"),
+        ("PERMISSION_DENIED", "dr-nair", "tail_log"),
+        ("CALLED_AE_NOT_RECOGNIZED", "", "associate"),
+    ] {
+        let expected = (expected.0.to_owned(), expected.1.to_owned(), expected.2.to_owned());
+        assert!(seen.contains(&expected), "{expected:?} in {seen:?}");
+    }
+    let missing: Vec<&Value> = us_east.iter().filter(|d| field(d, "code") == "TOKEN_MISSING").collect();
+    assert!(missing.len() >= 2, "one over gRPC, one over HTTP: {us_east:?}");
+    assert!(
+        missing.iter().all(|d| field(d, "networkAccessPoint").starts_with("127.0.0.1:")),
+        "a refused token says where it came from: {missing:?}"
+    );
+    let denied = us_east.iter().find(|d| field(d, "principal") == "acme-admin").unwrap();
+    assert_eq!((field(denied, "tenant"), field(denied, "region")), ("acme".into(), "us-east".into()));
+    assert_eq!(field(denied, "resource"), "region us-east");
+    // A tenant's administrator exports its trail as ATNA audit messages;
+    // another tenant's is refused; a range with nothing in it is empty.
+    let export = |who: &str, tenant: &str, range: &[&str]| {
+        let out = Command::new(MERIDIAN)
+            .args(["audit", "export", "--region", "us-east", "--as", who, "--tenant", tenant, "--data-dir"])
+            .arg(data.path())
+            .args(range)
+            .output()
+            .unwrap();
+        let lines: Vec<Value> =
+            String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        (out.status.success(), lines, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, trail, err) = export("acme-admin", "acme", &[]);
+    assert!(ok, "{err}");
+    assert!(
+        trail.iter().any(|m| m["EventIdentification"]["EventID"]["csd-code"] == "110113"
+            && m["ActiveParticipant"][0]["UserID"] == "acme-admin"
+            && m["EventIdentification"]["EventOutcomeIndicator"] == "4"),
+        "acme-admin's refusal is in acme's trail: {trail:?}"
+    );
+    assert!(trail.iter().all(|m| m["AuditSourceIdentification"]["AuditEnterpriseSiteID"] == "acme"), "{trail:?}");
+    let (ok, _, err) = export("acme-admin", "northwind", &[]);
+    assert!(!ok && err.contains("PermissionDenied"), "{err}");
+    let (ok, old, err) = export("sre", "acme", &["--to", "2001-01-01"]);
+    assert!(ok && old.is_empty(), "{err} {old:?}");
+    let (ok, _, err) = export("sre", "acme", &["--from", "last tuesday"]);
+    assert!(!ok && err.contains("--from \"last tuesday\""), "{err}");
+
+    // And each region's audit says which configuration the process started with.
+    let loaded = tail_payloads_in(data.path(), "in-south", "audit", "ConfigurationLoaded");
+    assert_eq!(loaded.len(), 1, "{loaded:?}");
+    assert_eq!((field(&loaded[0], "process"), field(&loaded[0], "region")), ("dev".into(), "in-south".into()));
+    assert!(field(&loaded[0], "digest").len() == 64 && loaded[0]["files"].as_u64().unwrap() > 10, "{loaded:?}");
+    let eu_west = denials("eu-west", 6);
+    let association = eu_west.iter().find(|d| field(d, "code") == "CALLING_AE_NOT_RECOGNIZED").unwrap();
+    assert_eq!(
+        (field(association, "tenant"), field(association, "networkAccessPoint")),
+        ("northwind".into(), "127.0.0.1".into())
+    );
+
     // The CLI against the running process: readers were registered at first start.
     let tail = |region: &str| {
         let out = Command::new(MERIDIAN)
@@ -1264,9 +1338,10 @@ async fn dev_serves_three_regions_with_health_reflection_dicom_echo_and_auth_and
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&rebuild.stdout);
-    // Five readers registered, and billing's prices put in force.
-    assert!(rebuild.status.success() && text.contains("6 events applied") && text.contains("matches"), "{text}");
-    assert!(text.contains("PricesInForce=1, ReaderRegistered=5"), "{text}");
+    // Five readers registered, billing's prices put in force, the
+    // configuration the process started with, and the five refusals above.
+    assert!(rebuild.status.success() && text.contains("12 events applied") && text.contains("matches"), "{text}");
+    assert!(text.contains("AccessDenied=5, ConfigurationLoaded=1, PricesInForce=1, ReaderRegistered=5"), "{text}");
     for name in ["ingest.studies", "routing.worklist"] {
         let rebuild = Command::new(MERIDIAN)
             .args(["projection", "rebuild", name, "--region", "us-east", "--data-dir"])
@@ -1405,8 +1480,12 @@ fn us_east(data: &Path, args: &[&str]) -> (bool, String) {
 }
 
 fn tail_payloads(data: &Path, stream: &str, kind: &str) -> Vec<Value> {
+    tail_payloads_in(data, "us-east", stream, kind)
+}
+
+fn tail_payloads_in(data: &Path, region: &str, stream: &str, kind: &str) -> Vec<Value> {
     let out = Command::new(MERIDIAN)
-        .args(["log", "tail", "--json", "--stream", stream, "--region", "us-east", "--data-dir"])
+        .args(["log", "tail", "--json", "--stream", stream, "--region", region, "--data-dir"])
         .arg(data)
         .output()
         .unwrap();

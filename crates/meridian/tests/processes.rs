@@ -94,10 +94,11 @@ fn services_as_processes_on_kafka_lose_nothing_acknowledged_when_killed_mid_flow
     assert_eq!(bad_peer.status.code(), Some(64), "{said}");
     assert!(said.contains("--peers: \"not a url\" is not a gRPC address"), "{said}");
 
-    // Routing's first commit registers the configured readers; its second
-    // is the intake of the first completed study: it dies there, having
-    // read the input and committed nothing.
-    let mut routing = cluster.start_armed("routing", None, "log.before_commit=abort@2");
+    // Routing's first commit records the configuration it loaded, its
+    // second registers the configured readers; its third is the intake of
+    // the first completed study: it dies there, having read the input and
+    // committed nothing.
+    let mut routing = cluster.start_armed("routing", None, "log.before_commit=abort@3");
     let storage = cluster.start("storage", None);
     let ingest = cluster.start("ingest", Some(0));
     let (pacs, sre) = (&tokens["acme-pacs"], &tokens["sre"]);

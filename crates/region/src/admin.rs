@@ -1,5 +1,6 @@
-//! `meridian.admin.v1.AdminService`: operating a region. Platform
-//! principals (SRE) only; nothing returned carries PHI.
+//! `meridian.admin.v1.AdminService`: operating a region (platform
+//! principals, SRE) and exporting a tenant's audit trail (its
+//! administrator, or SRE); nothing returned carries PHI.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -94,13 +95,83 @@ struct Tail {
     buffer: VecDeque<Record>,
     study: Option<String>,
     follow: bool,
+    idle: Duration,
 }
 
 type TailStream = Pin<Box<dyn Stream<Item = Result<pb::TailLogResponse, Status>> + Send>>;
+type AuditStream = Pin<Box<dyn Stream<Item = Result<pb::ExportAuditResponse, Status>> + Send>>;
+
+/// A time bound of an export, in microseconds.
+fn bound(t: Option<prost_types::Timestamp>, open: i64) -> i64 {
+    t.map_or(open, |t| t.seconds.saturating_mul(1_000_000).saturating_add(i64::from(t.nanos / 1_000)))
+}
+
+/// The export of one tenant's audit records of `[from, to)`: the audit
+/// topic read to where it ended when the export began.
+struct AuditExport {
+    reader: Box<dyn LogReader>,
+    buffer: VecDeque<Record>,
+    tenant: String,
+    from: i64,
+    to: i64,
+    idle: Duration,
+}
+
+impl AuditExport {
+    fn message(&self, record: &Record) -> Option<String> {
+        let envelope = record.envelope().ok()?;
+        let at = envelope.meta.occurred_at.0;
+        if envelope.meta.tenant != self.tenant || at < self.from || at >= self.to {
+            return None;
+        }
+        let payload = envelope.open_plain().ok()?;
+        meridian_audit::atna::message(&envelope, &payload).map(|m| m.to_string())
+    }
+}
 
 #[tonic::async_trait]
 impl AdminService for Admin {
     type TailLogStream = TailStream;
+    type ExportAuditStream = AuditStream;
+
+    async fn export_audit(&self, request: Request<pb::ExportAuditRequest>) -> Result<Response<AuditStream>, Status> {
+        let p = principal(&request)?;
+        let req = request.get_ref();
+        if req.tenant.is_empty() {
+            return Err(meridian_auth::grpc::invalid_argument(
+                "tenant",
+                "is empty: name the tenant whose trail to export",
+            ));
+        }
+        authorize(p, Action::ExportAudit, &Resource::Tenant { tenant: &req.tenant })
+            .map_err(|d| permission_denied(&d))?;
+        let req = request.into_inner();
+        let (from, to) = (bound(req.from, i64::MIN), bound(req.to, i64::MAX));
+        if from >= to {
+            return Err(meridian_auth::grpc::invalid_argument("to", "is not after from"));
+        }
+        let positions =
+            self.region.start_positions().into_iter().filter(|p| p.topic.stream() == "audit").collect::<Vec<_>>();
+        let reader = self.region.log.reader(positions).await.map_err(|e| Status::internal(e.to_string()))?;
+        let idle = self.region.context.idle;
+        let state = AuditExport { reader, buffer: VecDeque::new(), tenant: req.tenant, from, to, idle };
+        let stream = futures_util::stream::unfold(state, |mut export| async move {
+            loop {
+                if let Some(record) = export.buffer.pop_front() {
+                    match export.message(&record) {
+                        Some(atna_json) => return Some((Ok(pb::ExportAuditResponse { atna_json }), export)),
+                        None => continue,
+                    }
+                }
+                match export.reader.catch_up_batch(512, export.idle).await {
+                    Ok(batch) if batch.is_empty() => return None,
+                    Ok(batch) => export.buffer.extend(batch),
+                    Err(e) => return Some((Err(Status::internal(e.to_string())), export)),
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
 
     async fn tail_log(&self, request: Request<pb::TailLogRequest>) -> Result<Response<TailStream>, Status> {
         self.allow(&request, Action::TailLog)?;
@@ -113,7 +184,7 @@ impl AdminService for Admin {
             .collect();
         let reader = self.region.log.reader(from).await.map_err(|e| Status::internal(e.to_string()))?;
         let study = (!req.study_id.is_empty()).then_some(req.study_id);
-        let state = Tail { reader, buffer: VecDeque::new(), study, follow: req.follow };
+        let state = Tail { reader, buffer: VecDeque::new(), study, follow: req.follow, idle: self.region.context.idle };
         let stream = futures_util::stream::unfold(state, |mut t| async move {
             loop {
                 if let Some(record) = t.buffer.pop_front() {
@@ -123,8 +194,14 @@ impl AdminService for Admin {
                     }
                     return Some((Ok(item), t));
                 }
-                let wait = if t.follow { Duration::from_secs(1) } else { Duration::from_millis(200) };
-                match t.reader.next_batch(512, wait).await {
+                // Without follow, until a read stays empty as long as the
+                // region's catch-up waits (a broker's first fetch after it
+                // restarted takes longer than a local read). Not to the
+                // offsets a broker names as its ends: tansu names them
+                // wrongly after a restart of its s3 engine.
+                let wait = if t.follow { Duration::from_secs(1) } else { t.idle.max(Duration::from_millis(200)) };
+                let batch = t.reader.next_batch(512, wait).await;
+                match batch {
                     Ok(batch) if batch.is_empty() && !t.follow => return None,
                     Ok(batch) => t.buffer.extend(batch),
                     Err(e) => return Some((Err(Status::internal(e.to_string())), t)),

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use meridian_auth::TokenVerifier;
 use meridian_config::{LogConfig, Platform};
-use meridian_events::KeyStore;
 use meridian_events::payload::CATALOGUE;
+use meridian_events::{KeyStore, UnixMicros};
 use meridian_log::embedded::{EmbeddedLog, EmbeddedOptions};
 use meridian_log::kafka::{KafkaConfig, KafkaLog};
 use meridian_log::{EventLog, Position, TopicName, TopicSpec};
@@ -92,7 +92,12 @@ pub struct RegionContext {
     /// The process's data directory for this region: snapshots, the study
     /// index, the embedded log and, on `[objects] kind = "local"`, objects.
     pub dir: PathBuf,
+    /// Gives each principal it verifies the region's refusal trail.
     pub verifier: Arc<TokenVerifier>,
+    /// Refusals the audit trail could not keep (see `meridian_audit::refusals`).
+    pub refusals_lost: Arc<meridian_audit::refusals::Lost>,
+    /// What this process is (`dev`, `routing`, `ingest-1`…).
+    pub process: String,
     /// The id secrets of the tenants whose PHI this region holds.
     pub secrets: Secrets,
     pub failpoints: meridian_log::failpoint::FailPoints,
@@ -149,7 +154,7 @@ impl RegionContext {
             LogConfig::Kafka { bootstrap_servers, replication_factor, retention, .. } => {
                 // One transactional producer per process: a restart with
                 // the same id fences its predecessor's open transaction.
-                let process = if process.is_empty() { "dev".to_owned() } else { process };
+                let process = if process.is_empty() { "dev" } else { process.as_str() };
                 let mut kafka = KafkaConfig::new(bootstrap_servers.clone(), format!("meridian-{name}-{process}"));
                 kafka.replication_factor = *replication_factor;
                 kafka.failpoints = failpoints.clone();
@@ -186,6 +191,10 @@ impl RegionContext {
                 topics.push(topic);
             }
         }
+        // Every principal this region resolves carries its refusal trail.
+        let (trail, refusals_lost) =
+            meridian_audit::refusals::RefusalWriter::start(name, log.clone()).map_err(|e| config_err(e.to_string()))?;
+        let verifier = Arc::new(verifier.with_trail(trail));
         let config = config.clone();
         Ok(RegionContext {
             name: name.to_owned(),
@@ -196,6 +205,8 @@ impl RegionContext {
             blobs,
             dir: dir.to_owned(),
             verifier,
+            refusals_lost,
+            process: if process.is_empty() { "dev".to_owned() } else { process },
             secrets,
             failpoints,
             ownership,
@@ -207,6 +218,14 @@ impl RegionContext {
             partitions,
             snapshots: FileSnapshots::new(dir.join("snapshots")),
         })
+    }
+
+    /// Appends ConfigurationLoaded to the region's audit: the digest of the
+    /// configuration directory this process loaded (`config`), at start.
+    pub async fn record_configuration(&self, config: &Path, now: UnixMicros) -> Result<String, RegionError> {
+        meridian_audit::configuration::record(&self.log, &self.name, config, &self.process, now)
+            .await
+            .map_err(|e| RegionError::Config { region: self.name.clone(), reason: e.to_string() })
     }
 
     /// `regions/<name>.toml`.

@@ -114,8 +114,9 @@ pub async fn serve(
         TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
         wait(stopped.clone()),
     );
-    let http =
-        axum::serve(listeners.http, crate::http::router(region.clone())).with_graceful_shutdown(wait(stopped.clone()));
+    // With the peer's address, so a refused call's audit says where it came from.
+    let router = crate::http::router(region.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let http = axum::serve(listeners.http, router).with_graceful_shutdown(wait(stopped.clone()));
     let grpc = tokio::spawn(grpc);
     let http = tokio::spawn(async move { http.await });
     let readiness = tokio::spawn(readiness(region.clone(), health.clone(), wait(stopped.clone())));

@@ -416,6 +416,7 @@ async fn grpc_claims(n_readers: usize, n_studies: usize) -> anyhow::Result<()> {
             group: Some(group.clone()),
             reader: Some(reader.clone()),
             roles: vec!["reader".into()],
+            trail: Default::default(),
         };
         let mut request = tonic::Request::new(pb::ClaimNextRequest {
             reader_id: reader.clone(),

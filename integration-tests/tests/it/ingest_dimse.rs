@@ -141,7 +141,16 @@ pub(crate) async fn scp_in(
             let (ingest, platform, limits) = (scp_ingest.clone(), scp_platform.clone(), limits.clone());
             tokio::spawn(async move {
                 let store: &dyn meridian_dimse::StoreService = ingest.as_ref();
-                let _ = meridian_dimse::accept(socket, peer, "us-east", platform, &limits, Some(store)).await;
+                let _ = meridian_dimse::accept(
+                    socket,
+                    peer,
+                    "us-east",
+                    platform,
+                    &Default::default(),
+                    &limits,
+                    Some(store),
+                )
+                .await;
             });
         }
     });

@@ -239,6 +239,7 @@ fn service_principal() -> Principal {
         group: None,
         reader: None,
         roles: vec![],
+        trail: Default::default(),
     }
 }
 

@@ -11,7 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
 use meridian_auth::grpc::{permission_denied, principal};
-use meridian_auth::{Action, Principal, Resource, authorize};
+use meridian_auth::{Action, Denied, Principal, Resource, authorize};
 use meridian_proto::ingest::v1 as pb;
 use meridian_proto::ingest::v1::complete_study_request::Study;
 use meridian_proto::ingest::v1::ingest_replica_service_server::IngestReplicaService;
@@ -207,6 +207,13 @@ use meridian_auth::grpc::invalid_argument as bad_request;
 /// The tenant the principal acts for, if it may take `action` for it.
 fn tenant_for(p: &Principal, action: Action) -> Result<String, Status> {
     let tenant = p.tenant.clone().ok_or_else(|| {
+        p.refuse(Denied {
+            subject: p.subject.clone(),
+            action: action.as_str(),
+            resource: "a tenant's studies".into(),
+            resource_kind: "tenant",
+            reason: "the principal acts for no tenant".into(),
+        });
         let details = ErrorDetails::with_bad_request_violation("authorization", "the principal acts for no tenant");
         Status::with_error_details(Code::PermissionDenied, "only a tenant's principals use this service", details)
     })?;

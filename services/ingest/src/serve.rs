@@ -223,7 +223,8 @@ async fn dicom(service: Arc<IngestService>, listener: TcpListener, shutdown: imp
             let _slot = slot;
             let store: &dyn meridian_dimse::StoreService = service.ingest.as_ref();
             let platform = service.context.platform.clone();
-            match meridian_dimse::accept(socket, peer, &region, platform, &limits, Some(store)).await {
+            let trail = service.context.verifier.trail();
+            match meridian_dimse::accept(socket, peer, &region, platform, trail, &limits, Some(store)).await {
                 Ok(served) => tracing::info!(
                     %region,
                     subject = %served.principal.subject,

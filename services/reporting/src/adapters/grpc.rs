@@ -10,7 +10,7 @@ use meridian_audit::{Accessed, Audit};
 use meridian_auth::grpc::{
     arrival_time, failed_precondition, invalid_argument, month_argument, permission_denied, principal,
 };
-use meridian_auth::{Action, Principal, Resource, authorize};
+use meridian_auth::{Action, Denied, Principal, Resource, authorize};
 use meridian_config::Platform;
 use meridian_proto::reporting::v1 as pb;
 use meridian_proto::reporting::v1::reporting_service_server::ReportingService;
@@ -225,7 +225,15 @@ fn concordances(of: std::collections::BTreeMap<String, Concordance>) -> Vec<pb::
 }
 
 fn reader(p: &Principal) -> Result<String, Status> {
-    p.reader.clone().ok_or_else(|| Status::permission_denied(format!("{} is not a reader", p.subject)))
+    p.reader.clone().ok_or_else(|| {
+        permission_denied(&p.refuse(Denied {
+            subject: p.subject.clone(),
+            action: "act_as_reader",
+            resource: "a reader's reports".into(),
+            resource_kind: "reader",
+            reason: format!("{} is not a reader", p.subject),
+        }))
+    })
 }
 
 /// One mapping of reporting's errors to statuses: a rule broken is

@@ -134,13 +134,13 @@ fn acting_for<'s>(p: &Principal, state: &'s State, reader_id: &str, action: Acti
     let reader = state.readers.get(reader_id).ok_or_else(|| not_found("reader", reader_id))?;
     authorize(p, action, &Resource::ReadingGroup { group: &reader.group }).map_err(|d| permission_denied(&d))?;
     if p.reader.as_deref() != Some(reader_id) && !p.has_role("group-admin") {
-        return Err(permission_denied(&Denied {
+        return Err(permission_denied(&p.refuse(Denied {
             subject: p.subject.clone(),
             action: "act_for_reader",
             resource: format!("reader {reader_id}"),
             resource_kind: "reader",
             reason: "a reader acts for themselves; a group admin for the group".into(),
-        }));
+        })));
     }
     Ok(reader)
 }
@@ -519,8 +519,22 @@ impl RoutingService for RoutingGrpc {
         let study = parse_study(&r.study_id)?;
         let routing = &self.routing;
         routing.read(|s| seen_by(routing, s, &r.reading_group, study).map(drop)).await?;
+        let tenant = routing.read(|s| s.studies.get(&study).map(|st| st.tenant.clone())).await;
         let command = Command::Reassign { group: r.reading_group, study, to: r.to_reader_id };
-        self.routing.execute(command, now(), cause(&p, &r.idempotency_key)).await.map_err(status)?;
+        self.routing.execute(command, now(), cause(&p, &r.idempotency_key)).await.map_err(|e| {
+            // The domain's one refusal: another group's reader holds it.
+            if let Error::Domain(held @ worklist::Error::HeldByAnotherGroup { .. }) = &e {
+                let denied = Denied {
+                    subject: p.subject.clone(),
+                    action: Action::Reassign.as_str(),
+                    resource: format!("study {study}"),
+                    resource_kind: "study",
+                    reason: held.to_string(),
+                };
+                p.refuse_on(denied, tenant.as_deref());
+            }
+            status(e)
+        })?;
         Ok(Response::new(pb::ReassignResponse {}))
     }
 
@@ -758,6 +772,7 @@ mod tests {
             group: group.map(Into::into),
             reader: reader.map(Into::into),
             roles: roles.iter().map(|r| r.to_string()).collect(),
+            trail: Default::default(),
         }
     }
 

@@ -113,6 +113,7 @@ fn principal(kind: PrincipalKind) -> Principal {
         group: reader.then(|| "lotus-teleradiology".into()),
         reader: reader.then(|| "dr-priya-nair".into()),
         roles: vec![if reader { "reader".into() } else { "facility".into() }],
+        trail: Default::default(),
     }
 }
 

@@ -47,6 +47,8 @@ pub enum RegionError {
 /// whichever comes first (and at shutdown): a restart reads at most about
 /// this much of the log per projection.
 pub const SNAPSHOT_EVERY_EVENTS: u64 = 10_000;
+/// The stream of the audit trail, kept forever whatever the log's retention.
+pub const AUDIT_STREAM: &str = "audit";
 pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(30);
 
 /// Tenant → id secret, for the tenants whose PHI the region holds.
@@ -186,6 +188,10 @@ impl RegionContext {
         for info in CATALOGUE {
             let topic = TopicName::new(name, info.data_class, info.stream).map_err(|e| config_err(e.to_string()))?;
             if !topics.contains(&topic) {
+                // The audit trail outlives any retention the log is given:
+                // HIPAA keeps it six years (164.316(b)(2)), and it holds
+                // opaque ids only, so it may outlive the studies it names.
+                let retention_ms = if info.stream == AUDIT_STREAM { None } else { retention_ms };
                 let spec = TopicSpec { name: topic.clone(), partitions, retention_ms };
                 log.ensure_topic(&spec).await.map_err(log_err)?;
                 topics.push(topic);

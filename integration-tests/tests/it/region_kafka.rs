@@ -107,20 +107,22 @@ async fn a_region_runs_on_kafka_with_topics_provisioned_from_config() {
     assert!(!dir.path().join("keys.redb").exists(), "data keys live in the object store, shared by processes");
     assert!(!dir.path().join("log.redb").exists());
 
-    // Retention from config, as the broker reports it.
+    // Retention from config, as the broker reports it; the audit trail's
+    // topic is kept forever whatever the log's retention.
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", tansu.bootstrap()).create().unwrap();
-    let topic = region.topics()[0].to_string();
-    match admin.describe_configs(&[ResourceSpecifier::Topic(&topic)], &AdminOptions::new()).await {
-        Ok(results) => {
-            let config = results.into_iter().next().unwrap().unwrap();
-            let retention = config.get("retention.ms").and_then(|e| e.value.clone());
-            assert_eq!(retention.as_deref(), Some("604800000"), "retention.ms of {topic}");
-            let min_isr = config.get("min.insync.replicas").and_then(|e| e.value.clone());
-            assert_eq!(min_isr.as_deref(), Some("1"), "min.insync.replicas of {topic} at replication 1");
+    for (topic, kept) in [(region.topics()[0].to_string(), "604800000"), ("meridian.in-south.ops.audit".into(), "-1")] {
+        match admin.describe_configs(&[ResourceSpecifier::Topic(&topic)], &AdminOptions::new()).await {
+            Ok(results) => {
+                let config = results.into_iter().next().unwrap().unwrap();
+                let retention = config.get("retention.ms").and_then(|e| e.value.clone());
+                assert_eq!(retention.as_deref(), Some(kept), "retention.ms of {topic}");
+                let min_isr = config.get("min.insync.replicas").and_then(|e| e.value.clone());
+                assert_eq!(min_isr.as_deref(), Some("1"), "min.insync.replicas of {topic} at replication 1");
+            }
+            // Not every Kafka-API broker answers DescribeConfigs; say so rather than pass silently.
+            Err(e) => eprintln!("the broker did not describe topic configs ({e}); retention unchecked"),
         }
-        // Not every Kafka-API broker answers DescribeConfigs; say so rather than pass silently.
-        Err(e) => eprintln!("the broker did not describe topic configs ({e}); retention unchecked"),
     }
 
     // A restart (new client, same transactional id) registers no one twice,

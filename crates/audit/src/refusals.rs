@@ -98,7 +98,13 @@ fn denial(region: &str, topic: &TopicName, r: Refusal, at: UnixMicros) -> Result
         aggregate_type: DENIAL.into(),
         aggregate_id: event_id.as_uuid(),
         aggregate_version: 1,
-        tenant: r.resource_tenant.clone().or_else(|| r.tenant.clone()).unwrap_or_else(|| NO_TENANT.into()),
+        // An envelope names a tenant: the resource's, else the caller's, else the platform.
+        tenant: [&r.resource_tenant, &r.tenant]
+            .into_iter()
+            .flatten()
+            .find(|t| !t.is_empty())
+            .cloned()
+            .unwrap_or_else(|| NO_TENANT.into()),
         home_region: region.to_owned(),
         occurred_at: at,
         causation_id: None,

@@ -205,7 +205,7 @@ impl Resource<'_> {
     /// The tenant whose data or settings the resource is, if any.
     pub fn tenant(&self) -> Option<&str> {
         match self {
-            Resource::Tenant { tenant } | Resource::Study { tenant, .. } => Some(tenant),
+            Resource::Tenant { tenant } | Resource::Study { tenant, .. } => Some(*tenant).filter(|t| !t.is_empty()),
             Resource::ReadingGroup { .. } | Resource::Region { .. } => None,
         }
     }

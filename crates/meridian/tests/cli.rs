@@ -17,6 +17,8 @@ use tonic_types::StatusExt;
 
 const MERIDIAN: &str = env!("CARGO_BIN_EXE_meridian");
 
+mod isolation;
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }

@@ -207,15 +207,13 @@ use meridian_auth::grpc::invalid_argument as bad_request;
 /// The tenant the principal acts for, if it may take `action` for it.
 fn tenant_for(p: &Principal, action: Action) -> Result<String, Status> {
     let tenant = p.tenant.clone().ok_or_else(|| {
-        p.refuse(Denied {
+        permission_denied(&p.refuse(Denied {
             subject: p.subject.clone(),
             action: action.as_str(),
             resource: "a tenant's studies".into(),
             resource_kind: "tenant",
-            reason: "the principal acts for no tenant".into(),
-        });
-        let details = ErrorDetails::with_bad_request_violation("authorization", "the principal acts for no tenant");
-        Status::with_error_details(Code::PermissionDenied, "only a tenant's principals use this service", details)
+            reason: "only a tenant's principals use this service".into(),
+        }))
     })?;
     authorize(p, action, &Resource::Tenant { tenant: &tenant }).map_err(|d| permission_denied(&d))?;
     Ok(tenant)

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use meridian_auth::grpc::arrival_time;
 use meridian_auth::grpc::{failed_precondition, invalid_argument, month_argument, permission_denied, principal};
-use meridian_auth::{Action, Resource, authorize};
+use meridian_auth::{Action, Principal, Resource, authorize};
 use meridian_proto::billing::v1 as pb;
 use meridian_proto::billing::v1::billing_service_server::BillingService;
 use meridian_proto::common::v1::Money;
@@ -16,6 +16,14 @@ use crate::app::{Billing, Error};
 use crate::domain::credit_note::{Ask, CreditNote, CreditRefused};
 use crate::domain::invoice::{InvoiceLine, IssueRefused};
 use crate::domain::ledger::What;
+
+/// Refuses a principal who may take `action` for no tenant at all (on its
+/// own tenant, or for a platform principal any): asked before an invoice
+/// is looked up, so that its existence is not told to who may not see it.
+fn own_tenant(p: &Principal, action: Action) -> Result<(), Status> {
+    let own = Resource::Tenant { tenant: p.tenant.as_deref().unwrap_or_default() };
+    authorize(p, action, &own).map_err(|d| permission_denied(&d))
+}
 
 pub struct BillingGrpc {
     billing: Arc<Billing>,
@@ -136,6 +144,8 @@ impl BillingService for BillingGrpc {
     ) -> Result<Response<pb::GetInvoiceResponse>, Status> {
         let p = principal(&request)?;
         let number = &request.get_ref().number;
+        // Who may see no tenant's ledger is refused before the invoice is looked up.
+        own_tenant(p, Action::ViewLedger)?;
         let Some((issued, notes)) = self.billing.invoice(number).await else {
             return Err(Status::not_found(format!("no invoice {number:?} was issued in this region")));
         };
@@ -167,6 +177,8 @@ impl BillingService for BillingGrpc {
     ) -> Result<Response<pb::IssueCreditNoteResponse>, Status> {
         let p = principal(&request)?;
         let r = request.get_ref();
+        // Who may issue for no tenant is refused before the invoice is looked up.
+        own_tenant(p, Action::IssueInvoice)?;
         let Some((issued, _)) = self.billing.invoice(&r.invoice_number).await else {
             return Err(credit_refused(&CreditRefused::UnknownInvoice { number: r.invoice_number.clone() }));
         };

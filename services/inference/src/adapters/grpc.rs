@@ -113,6 +113,10 @@ impl InferenceService for InferenceGrpc {
         let text = &request.get_ref().study_id;
         let study = Uuid::parse_str(text)
             .map_err(|_| invalid_argument("study_id", format!("{text:?} is not a study id (a UUID)")))?;
+        // Who may read no tenant's triage is refused before anything of
+        // the study is looked up (its existence is not theirs to learn).
+        let own = Resource::Tenant { tenant: p.tenant.as_deref().unwrap_or_default() };
+        authorize(p, Action::ReadReport, &own).map_err(|d| permission_denied(&d))?;
         let outcomes = self.inference.read_state(|f| f.state.outcomes.get(&study).cloned()).await;
         let outcomes = outcomes.ok_or_else(|| Status::not_found(format!("no triage of study {study} here")))?;
         let tenant = outcomes.first().map(|o| o.tenant.clone()).unwrap_or_default();

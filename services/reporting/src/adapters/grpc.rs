@@ -593,6 +593,10 @@ impl ReportingService for ReportingGrpc {
         let r = request.get_ref();
         let study = Uuid::parse_str(&r.study_id)
             .map_err(|_| invalid_argument("study_id", format!("{:?} is not a study id (a UUID)", r.study_id)))?;
+        // Only a group admin arbitrates: anyone else is refused before the
+        // study's review is looked up.
+        let own = Resource::ReadingGroup { group: p.group.as_deref().unwrap_or_default() };
+        authorize(p, Action::Arbitrate, &own).map_err(|d| permission_denied(&d))?;
         let group = self
             .reporting
             .read_current(|f| {
@@ -600,9 +604,9 @@ impl ReportingService for ReportingGrpc {
             })
             .await
             .map_err(|e| status(&e))?
-            .ok_or_else(|| {
-                failed_precondition("PEER_REVIEW", "study", format!("study {study} was not drawn for peer review"))
-            })?;
+            // Not drawn and not here are one answer: a review's existence
+            // is its group's to know.
+            .ok_or_else(|| Status::not_found(format!("no peer review of study {study} here")))?;
         authorize(p, Action::Arbitrate, &Resource::ReadingGroup { group: &group })
             .map_err(|d| permission_denied(&d))?;
         let review = self

@@ -48,6 +48,20 @@ pub struct Region {
     /// Who issues the region's invoices, and their number series.
     #[serde(default)]
     pub billing: BillingConfig,
+    /// The region's certificate: its gRPC and HTTP ports speak TLS only
+    /// when this is given.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[tls]` of a region: its certificate chain and private key, PEM files
+/// named under the secrets directory (`{ file = "us-east/tls.crt" }`),
+/// read again when they change.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: SecretRef,
+    pub key: SecretRef,
 }
 
 /// `[billing]` of a region: the invoice issuer (the legal entity on the

@@ -38,26 +38,43 @@ fn credentials(target: &Target) -> anyhow::Result<(String, serde_json::Value)> {
     }
 }
 
+/// A region's gRPC endpoint at `url`; over TLS (https://) trusting `ca`.
+fn endpoint(url: &str, ca: Option<&std::path::Path>) -> anyhow::Result<tonic::transport::Endpoint> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())?;
+    if !url.starts_with("https://") {
+        return Ok(endpoint);
+    }
+    let Some(ca) = ca else {
+        bail!("{url} speaks TLS: name the CA that signs its certificate with --ca FILE (PEM)");
+    };
+    let pem = std::fs::read(ca).with_context(|| format!("--ca {}", ca.display()))?;
+    let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem));
+    endpoint.tls_config(tls).with_context(|| format!("--ca {}", ca.display()))
+}
+
 async fn connect(target: &Target) -> anyhow::Result<Connection> {
     let url = match &target.endpoint {
-        Some(url) if url.starts_with("http://") => url.clone(),
+        Some(url) if url.starts_with("http://") || url.starts_with("https://") => url.clone(),
         Some(url) if url.contains("://") => {
-            bail!("--endpoint {url:?}: this build of the CLI speaks plain http:// to a region's gRPC port")
+            bail!("--endpoint {url:?}: a region's gRPC port is http:// or, with TLS, https://")
         }
         Some(host_port) => format!("http://{host_port}"),
         None => {
             let endpoints = read_json(&target.data_dir.join("endpoints.json"))?;
-            let Some(grpc) = endpoints["regions"][&target.region]["grpc"].as_str() else {
+            let region = &endpoints["regions"][&target.region];
+            let Some(grpc) = region["grpc"].as_str() else {
                 let known: Vec<String> =
                     endpoints["regions"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
                 bail!("region {:?} is not in endpoints.json (regions: {})", target.region, known.join(", "));
             };
-            format!("http://{grpc}")
+            let scheme = if region["tls"].as_bool() == Some(true) { "https" } else { "http" };
+            format!("{scheme}://{grpc}")
         }
     };
-    let grpc = url.trim_start_matches("http://").to_owned();
+    let grpc = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest).to_owned();
     let (token, _) = credentials(target)?;
-    let channel = Channel::from_shared(url)?.connect().await.with_context(|| format!("connecting to {grpc}"))?;
+    let channel =
+        endpoint(&url, target.ca.as_deref())?.connect().await.with_context(|| format!("connecting to {grpc}"))?;
     Ok(Connection { client: AdminServiceClient::new(channel.clone()), channel, token })
 }
 
@@ -1225,13 +1242,13 @@ pub async fn send(target: &Target, paths: Vec<std::path::PathBuf>) -> anyhow::Re
 
 /// grpc.health.v1 Check of `service` ("" for the process) at `endpoint`:
 /// exit 0 when SERVING, 1 otherwise (named), within `timeout` seconds.
-pub async fn health(endpoint: &str, service: &str, timeout: u64) -> anyhow::Result<ExitCode> {
+pub async fn health(at: &str, ca: Option<&std::path::Path>, service: &str, timeout: u64) -> anyhow::Result<ExitCode> {
+    let endpoint = at;
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
     let bound = std::time::Duration::from_secs(timeout);
     let asked = async {
-        let channel =
-            tonic::transport::Endpoint::from_shared(endpoint.to_owned())?.connect_timeout(bound).connect().await?;
+        let channel = self::endpoint(endpoint, ca)?.connect_timeout(bound).connect().await?;
         let request = tonic_health::pb::HealthCheckRequest { service: service.to_owned() };
         anyhow::Ok(HealthClient::new(channel).check(request).await?.into_inner().status())
     };

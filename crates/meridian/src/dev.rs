@@ -194,6 +194,25 @@ pub(crate) fn delivery_tokens(
     Ok(tokens)
 }
 
+/// The region's certificate from `[tls]` (files under `secrets`), or
+/// none; an error names the file and field, for an operator to fix.
+pub(crate) fn region_tls(
+    platform: &Platform,
+    secrets: &Path,
+    region: &str,
+) -> Result<Option<meridian_region::tls::ServerTls>, String> {
+    let Some(tls) = platform.regions.get(region).and_then(|r| r.tls.as_ref()) else { return Ok(None) };
+    let file = |field: &str, reference: &SecretRef| match reference {
+        SecretRef::File(rel) => Ok(secrets.join(rel)),
+        SecretRef::Env(_) => Err(format!(
+            "regions/{region}.toml: tls.{field}: a certificate is read from a file, so that it can be rotated; \
+             name one with {{ file = \"...\" }}"
+        )),
+    };
+    let files = meridian_region::tls::TlsFiles { cert: file("cert", &tls.cert)?, key: file("key", &tls.key)? };
+    meridian_region::tls::ServerTls::load(files).map(Some).map_err(|e| format!("regions/{region}.toml: {e}"))
+}
+
 pub(crate) fn verifier(platform: &Platform, secrets: &Path) -> anyhow::Result<TokenVerifier> {
     let env = |name: &str| std::env::var(name).ok();
     let mut keys = Vec::new();
@@ -278,6 +297,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         let http = bind(loopback, p.http, "HTTP", name).await?;
         let dicom = bind(loopback, p.dicom, "DICOM", name).await?;
         let mllp = bind(loopback, p.mllp, "MLLP", name).await?;
+        let tls = match region_tls(&platform, &secrets, name) {
+            Ok(tls) => tls,
+            Err(e) => {
+                eprintln!("meridian dev: {e}");
+                return Ok(ExitCode::from(64));
+            }
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let mllp_addr = mllp.local_addr()?;
         let grpc_addr = grpc.local_addr()?;
         let http_addr = http.local_addr()?;
@@ -300,16 +327,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             name.clone(),
             json!({
                 "grpc": grpc_addr.to_string(),
+                "tls": tls.is_some(),
                 "dicom": { "host": dicom_addr.ip().to_string(), "port": dicom_addr.port() },
                 "mllp": { "host": mllp_addr.ip().to_string(), "port": mllp_addr.port() },
-                "http": format!("http://{http_addr}"),
+                "http": format!("{scheme}://{http_addr}"),
             }),
         );
         let mut rx = stopped.clone();
         let region = Arc::new(region);
         let serving = meridian_region::serve(
             region,
-            Listeners { grpc, http, dicom: Some(dicom), mllp: Some(mllp) },
+            Listeners { grpc, http, dicom: Some(dicom), mllp: Some(mllp), tls },
             async move {
                 let _ = rx.wait_for(|s| *s).await;
             },

@@ -90,6 +90,9 @@ enum Command {
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 5)]
         timeout: u64,
+        /// The CA (PEM) that signs the process's certificate, for an https:// endpoint.
+        #[arg(long, env = "MERIDIAN_CA")]
+        ca: Option<PathBuf>,
     },
     /// Run the routing engine over a simulated day and report SLA compliance,
     /// utilisation and escalations, side by side with a FIFO worklist.
@@ -493,6 +496,9 @@ pub struct Target {
     /// process.
     #[arg(long)]
     pub endpoint: Option<String>,
+    /// The CA (PEM) that signs the region's certificate, when it speaks TLS.
+    #[arg(long, env = "MERIDIAN_CA")]
+    pub ca: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -640,7 +646,9 @@ async fn main() -> ExitCode {
             print_events();
             Ok(ExitCode::SUCCESS)
         }
-        Command::Health { endpoint, service, timeout } => client::health(&endpoint, &service, timeout).await,
+        Command::Health { endpoint, ca, service, timeout } => {
+            client::health(&endpoint, ca.as_deref(), &service, timeout).await
+        }
         Command::Simulate(args) => simulate(args),
         Command::Config(ConfigCommand::Check { dir }) => Ok(config_check(&dir)),
         Command::Dev(args) => dev::run(args).await,
@@ -651,7 +659,8 @@ async fn main() -> ExitCode {
         Command::Projection(ProjectionCommand::Rebuild { name, target }) => client::rebuild(&target, name).await,
         Command::Index(IndexCommand::Compact { data_dir, region }) => index_compact(&data_dir, region),
         Command::Worklist { data_dir, as_principal, reader, limit } => {
-            let target = Target { region: String::new(), data_dir, as_principal, token: None, endpoint: None };
+            let target =
+                Target { region: String::new(), data_dir, as_principal, token: None, endpoint: None, ca: None };
             client::worklist(&target, reader, limit).await
         }
         Command::Report {
@@ -718,7 +727,8 @@ async fn main() -> ExitCode {
         Command::Unroutable { target, limit } => client::unroutable(&target, limit).await,
         Command::Ledger { month: m } => client::ledger(&m.target, &m.tenant, &m.period).await,
         Command::Payouts { data_dir, as_principal, group, period } => {
-            let target = Target { region: String::new(), data_dir, as_principal, token: None, endpoint: None };
+            let target =
+                Target { region: String::new(), data_dir, as_principal, token: None, endpoint: None, ca: None };
             client::payouts(&target, &group, &period).await
         }
         Command::Invoice { command: InvoiceCommand::Preview { month: m, csv } } => {

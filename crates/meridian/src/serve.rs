@@ -178,6 +178,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         peers: args.peers.clone(),
         delivery_tokens,
     };
+    // Secrets are read at start; the certificate's files are watched after.
+    let tls = match crate::dev::region_tls(&platform, &secrets, region) {
+        Ok(tls) => tls,
+        Err(e) => return refuse(e),
+    };
     let grpc = bind(args.listen, args.grpc_port, "gRPC", region).await?;
     let http = bind(args.listen, args.http_port, "HTTP", region).await?;
     let dicom = match service {
@@ -212,7 +217,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let addr = m.local_addr()?;
         endpoint["mllp"] = json!({"host": addr.ip().to_string(), "port": addr.port()});
     }
-    let serving = meridian_region::serve(Arc::new(opened), Listeners { grpc, http, dicom, mllp }, shutdown_signal());
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    endpoint["tls"] = tls.is_some().into();
+    endpoint["http"] = format!("{scheme}://{}", http.local_addr()?).into();
+    let serving =
+        meridian_region::serve(Arc::new(opened), Listeners { grpc, http, dicom, mllp, tls }, shutdown_signal());
     if let Some(path) = &args.endpoints {
         // Written atomically once every listener is bound: its presence
         // means the process is up.

@@ -2366,3 +2366,166 @@ async fn every_acknowledged_signature_survives_a_sigkill_and_routing_completes_e
     });
     dev.interrupt();
 }
+
+/// A test CA and a server certificate it signs, made by
+/// `integration-tests/python/make_certs.py` (`extra`: `--expired`,
+/// `--names a,b`): (CA, certificate, key) paths.
+fn certificates(dir: &Path, name: &str, extra: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
+    let out = Command::new(python())
+        .arg(repo().join("integration-tests/python/make_certs.py"))
+        .arg(dir)
+        .arg(name)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let file = |suffix: &str| dir.join(format!("{name}-{suffix}"));
+    (file("ca.pem"), file("server.pem"), file("server.key"))
+}
+
+/// gRPC health of `grpc` (an https:// URL) trusting `ca`: SERVING, or the
+/// connection's error with its causes.
+async fn health_over_tls(grpc: &str, ca: &Path) -> Result<i32, String> {
+    use tonic::transport::{Certificate, ClientTlsConfig};
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()));
+    let endpoint = Channel::from_shared(grpc.to_owned()).unwrap().tls_config(tls).unwrap();
+    let channel = endpoint.connect().await.map_err(|e| {
+        let mut said = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            said.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        said
+    })?;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let answer = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await;
+    answer.map(|a| a.into_inner().status).map_err(|s| format!("{s:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_with_a_certificate_speaks_only_tls_refuses_bad_certificates_and_serves_a_rotated_one() {
+    let config = tempfile::TempDir::new().unwrap();
+    meridian_integration_tests::copy_dir(&repo().join("deploy/examples/dev"), config.path());
+    let region = config.path().join("regions/us-east.toml");
+    let mut text = std::fs::read_to_string(&region).unwrap();
+    text.push_str("\n[tls]\ncert = { file = \"tls/us-east.pem\" }\nkey = { file = \"tls/us-east.key\" }\n");
+    std::fs::write(&region, text).unwrap();
+    let data = tempfile::TempDir::new().unwrap();
+    let certs = tempfile::TempDir::new().unwrap();
+    let tls = data.path().join("secrets/tls");
+
+    // Bad input first: no certificate file, no start; the message names
+    // the file, the field and the path.
+    let refused = Command::new(MERIDIAN)
+        .args(["dev", "--ports", "auto", "--config"])
+        .arg(config.path())
+        .arg("--data-dir")
+        .arg(data.path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(64), "{said}");
+    assert!(said.contains("regions/us-east.toml: tls.cert") && said.contains("secrets/tls/us-east.pem"), "{said}");
+
+    let install = |(_, cert, key): &(PathBuf, PathBuf, PathBuf)| {
+        std::fs::create_dir_all(&tls).unwrap();
+        // The key first, as an operator's copy might: the certificate that
+        // follows is what makes the pair whole.
+        std::fs::copy(key, tls.join("us-east.key")).unwrap();
+        std::fs::copy(cert, tls.join("us-east.pem")).unwrap();
+    };
+    let first = certificates(certs.path(), "first", &[]);
+    install(&first);
+    let dev = Dev::start_configured(config.path(), data.path(), "");
+    let endpoints = dev.json("endpoints.json");
+    assert_eq!(endpoints["regions"]["us-east"]["tls"], true);
+    assert_eq!(endpoints["regions"]["eu-west"]["tls"], false, "only the region with a certificate");
+    let grpc = format!("https://{}", endpoints["regions"]["us-east"]["grpc"].as_str().unwrap());
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    assert_eq!(health_over_tls(&grpc, &first.0).await, Ok(serving));
+
+    // Plaintext to the TLS port gets nothing.
+    let plain = format!("http://{}", endpoints["regions"]["us-east"]["grpc"].as_str().unwrap());
+    let channel = Channel::from_shared(plain).unwrap().connect().await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let answer = tokio::time::timeout(
+        Duration::from_secs(15),
+        health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }),
+    )
+    .await;
+    assert!(!matches!(answer, Ok(Ok(_))), "plaintext answered on the TLS port: {answer:?}");
+
+    // The CLI trusts the CA it is given, and says what it needs without one.
+    let tail = |ca: Option<&Path>| {
+        let mut command = Command::new(MERIDIAN);
+        command.args(["log", "tail", "--region", "us-east", "--data-dir"]).arg(data.path());
+        if let Some(ca) = ca {
+            command.arg("--ca").arg(ca);
+        }
+        let out = command.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, said) = tail(Some(&first.0));
+    assert!(ok && said.contains("ReaderRegistered"), "{said}");
+    let (ok, said) = tail(None);
+    assert!(!ok && said.contains("speaks TLS") && said.contains("--ca"), "{said}");
+    // The probe's command too.
+    let probe = Command::new(MERIDIAN).args(["health", "--endpoint", &grpc, "--ca"]).arg(&first.0).output().unwrap();
+    assert!(probe.status.success(), "{}", String::from_utf8_lossy(&probe.stdout));
+
+    // HTTP speaks TLS too: curl trusting the CA, and not without it.
+    let http = endpoints["regions"]["us-east"]["http"].as_str().unwrap().to_owned();
+    assert!(http.starts_with("https://"), "{http}");
+    let curl = |ca: Option<&Path>| {
+        let mut command = Command::new("curl");
+        command.args(["-s", "-o", "/dev/null", "-w", "%{http_code}"]);
+        if let Some(ca) = ca {
+            command.arg("--cacert").arg(ca);
+        }
+        let out = command.arg(format!("{http}/healthz")).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    assert_eq!(curl(Some(&first.0)), (Some(0), "200".to_owned()));
+    assert_eq!(curl(None).0, Some(60), "curl: the peer's certificate cannot be verified");
+
+    // A client trusting another CA is refused, naming why.
+    let stranger = certificates(certs.path(), "stranger", &[]);
+    let refused = health_over_tls(&grpc, &stranger.0).await.unwrap_err();
+    assert!(refused.contains("UnknownIssuer"), "{refused}");
+
+    // Rotated without a restart: the next connection gets the new
+    // certificate; the old CA is no longer enough.
+    let second = certificates(certs.path(), "second", &[]);
+    install(&second);
+    wait_for("the rotated certificate served", 20, || {
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(health_over_tls(&grpc, &second.0)).ok()
+        })
+    });
+    let refused = health_over_tls(&grpc, &first.0).await.unwrap_err();
+    assert!(refused.contains("UnknownIssuer"), "{refused}");
+
+    // An expired certificate, and one for another name: clients refuse them.
+    let expired = certificates(certs.path(), "expired", &["--expired"]);
+    install(&expired);
+    let said = wait_for("the expired certificate served and refused", 20, || {
+        let said = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(health_over_tls(&grpc, &expired.0))
+        });
+        said.err().filter(|e| e.to_lowercase().contains("expired"))
+    });
+    assert!(said.contains("invalid peer certificate"), "{said}");
+    let misnamed = certificates(certs.path(), "misnamed", &["--names", "pacs.example.org"]);
+    install(&misnamed);
+    wait_for("the misnamed certificate served and refused", 20, || {
+        let said = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(health_over_tls(&grpc, &misnamed.0))
+        });
+        said.err().filter(|e| e.contains("NotValidForName") || e.contains("not valid for name"))
+    });
+    dev.interrupt();
+}

@@ -30,6 +30,7 @@ pub mod node;
 pub mod serve;
 pub mod service;
 pub mod summary;
+pub mod tls;
 
 pub use node::{DeliveryTokens, Region, RegionContext, RegionError, RegionOptions, Secrets};
 pub use serve::{Listeners, every, serve};

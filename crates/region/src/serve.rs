@@ -11,9 +11,12 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
+use tokio_stream::StreamExt;
+
 use crate::admin::Admin;
 use crate::node::Region;
 use crate::service::{Health, ServiceListeners, Stopping};
+use crate::tls::{ServerTls, TlsListener};
 
 /// The process's listeners for a region, bound by the caller (tests bind
 /// port 0).
@@ -24,6 +27,8 @@ pub struct Listeners {
     pub dicom: Option<TcpListener>,
     /// HL7 v2 orders over MLLP: taken by reporting, where this process runs it.
     pub mllp: Option<TcpListener>,
+    /// The region's certificate: gRPC and HTTP speak TLS only when given.
+    pub tls: Option<ServerTls>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,15 +115,36 @@ pub async fn serve(
     let wait = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let grpc = Server::builder().add_routes(routes.routes()).serve_with_incoming_shutdown(
-        TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
-        wait(stopped.clone()),
-    );
+    let routes = routes.routes();
     // With the peer's address, so a refused call's audit says where it came from.
-    let router = crate::http::router(region.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let http = axum::serve(listeners.http, router).with_graceful_shutdown(wait(stopped.clone()));
-    let grpc = tokio::spawn(grpc);
-    let http = tokio::spawn(async move { http.await });
+    let router = crate::http::router(region.clone());
+    let (grpc, http) = match listeners.tls {
+        None => {
+            let router = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+            let grpc = Server::builder().add_routes(routes).serve_with_incoming_shutdown(
+                TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
+                wait(stopped.clone()),
+            );
+            let http = axum::serve(listeners.http, router).with_graceful_shutdown(wait(stopped.clone()));
+            (tokio::spawn(grpc), tokio::spawn(async move { http.await }))
+        }
+        Some(tls) => {
+            let connections = tls.incoming(listeners.grpc, "gRPC");
+            let connections = tokio_stream::wrappers::ReceiverStream::new(connections)
+                .map(|(stream, _)| Ok::<_, std::io::Error>(stream));
+            let grpc =
+                Server::builder().add_routes(routes).serve_with_incoming_shutdown(connections, wait(stopped.clone()));
+            let local =
+                listeners.http.local_addr().map_err(|source| ServeError::Http { region: name.clone(), source })?;
+            let http_listener = TlsListener { incoming: tls.incoming(listeners.http, "HTTP"), local };
+            let router = router
+                .layer(axum::middleware::map_request(crate::tls::plain_peer))
+                .into_make_service_with_connect_info::<crate::tls::TlsPeer>();
+            let http = axum::serve(http_listener, router).with_graceful_shutdown(wait(stopped.clone()));
+            tokio::spawn(tls.watch(wait(stopped.clone())));
+            (tokio::spawn(grpc), tokio::spawn(async move { http.await }))
+        }
+    };
     let readiness = tokio::spawn(readiness(region.clone(), health.clone(), wait(stopped.clone())));
     let mut taken = ServiceListeners { dicom: listeners.dicom, mllp: listeners.mllp };
     let mut tasks = Vec::new();

@@ -22,6 +22,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use dicom_ul::association::AsyncServerAssociation;
 use dicom_ul::pdu::{AssociationRJServiceUserReason, PDataValue, PDataValueType, UserIdentity};
 use dicom_ul::{Pdu, ServerAssociationOptions};
 use meridian_auth::dimse::{AssociationRejected, resolve_association};
@@ -172,8 +173,8 @@ impl dicom_ul::association::server::AccessControl for &Gate {
 }
 
 /// Negotiates and serves one association on `socket`: Verification, and
-/// Storage when `store` is given. Refusals are recorded in `trail` (the
-/// region's audit).
+/// Storage when `store` is given; over TLS (PS3.15 Annex B) when `tls` is
+/// given. Refusals are recorded in `trail` (the region's audit).
 #[allow(clippy::too_many_arguments)]
 pub async fn accept(
     socket: TcpStream,
@@ -183,6 +184,7 @@ pub async fn accept(
     trail: &Trail,
     limits: &Limits,
     store: Option<&dyn StoreService>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> Result<Served, Error> {
     let protocol = |reason: String| Error::Protocol { peer, reason };
     socket.set_nodelay(true).map_err(|e| protocol(e.to_string()))?;
@@ -194,7 +196,7 @@ pub async fn accept(
         outcome: Mutex::new(None),
         titles: Mutex::new(Default::default()),
     };
-    let outcome = {
+    {
         let mut options = ServerAssociationOptions::new()
             .ae_access_control(&gate)
             .ae_title("MERIDIAN")
@@ -212,8 +214,35 @@ pub async fn accept(
             options =
                 options.with_transfer_syntax(IMPLICIT_VR_LITTLE_ENDIAN).with_transfer_syntax(EXPLICIT_VR_LITTLE_ENDIAN);
         }
-        options.establish_async(socket).await
-    };
+        match tls {
+            None => {
+                let negotiated = options.establish_async(socket).await;
+                serve(negotiated, &gate, region, limits, store).await
+            }
+            Some(config) => {
+                let negotiated = options.tls_config(config).establish_tls_async(socket).await;
+                serve(negotiated, &gate, region, limits, store).await
+            }
+        }
+    }
+}
+
+/// An association as negotiated on a plain or a TLS connection.
+type Negotiated<S> = Result<AsyncServerAssociation<S>, dicom_ul::association::Error>;
+
+/// Serves an association negotiated through `gate` until it ends.
+async fn serve<S>(
+    outcome: Negotiated<S>,
+    gate: &Gate,
+    region: &str,
+    limits: &Limits,
+    store: Option<&dyn StoreService>,
+) -> Result<Served, Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
+    let peer = gate.peer;
+    let protocol = |reason: String| Error::Protocol { peer, reason };
     let resolved = gate.outcome.lock().unwrap_or_else(|p| p.into_inner()).take();
     let (mut association, principal) = match (outcome, resolved) {
         (Ok(a), Some(Ok(p))) => (a, p),
@@ -380,11 +409,14 @@ pub async fn refuse_busy(mut socket: TcpStream, peer: SocketAddr) -> Result<(), 
 }
 
 /// Sends one response command set on `context`.
-async fn respond(
-    association: &mut dicom_ul::association::AsyncServerAssociation<TcpStream>,
+async fn respond<S>(
+    association: &mut AsyncServerAssociation<S>,
     context: u8,
     response: command::Response,
-) -> Result<(), String> {
+) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
     let pdu = Pdu::PData {
         data: vec![PDataValue {
             presentation_context_id: context,

@@ -2492,8 +2492,51 @@ async fn a_region_with_a_certificate_speaks_only_tls_refuses_bad_certificates_an
     assert_eq!(curl(Some(&first.0)), (Some(0), "200".to_owned()));
     assert_eq!(curl(None).0, Some(60), "curl: the peer's certificate cannot be verified");
 
-    // A client trusting another CA is refused, naming why.
+    // DICOM over TLS (PS3.15 Annex B) with dcmtk: a PACS trusting the CA
+    // echoes and stores; plaintext on the port, or trusting another CA,
+    // gets no association.
     let stranger = certificates(certs.path(), "stranger", &[]);
+    let port = dev.dicom_port("us-east").to_string();
+    let dcmtk = |tool: &str, ca: Option<&Path>, files: &[&Path]| {
+        let mut command = Command::new(tool);
+        if let Some(ca) = ca {
+            command.arg("+tla").arg("+cf").arg(ca);
+        }
+        let out = command
+            .args(["-aet", "ACME_CT1", "-aec", "MERIDIAN_ACME", "127.0.0.1", &port])
+            .args(files)
+            .env("TCP_NODELAY", "1")
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, said) = dcmtk("echoscu", Some(&first.0), &[]);
+    assert!(ok, "echoscu over TLS: {said}");
+    let (ok, _) = dcmtk("echoscu", None, &[]);
+    assert!(!ok, "plaintext DICOM on the TLS port");
+    let (ok, said) = dcmtk("echoscu", Some(&stranger.0), &[]);
+    assert!(!ok, "a PACS trusting another CA: {said}");
+    let files = tempfile::TempDir::new().unwrap();
+    let file = meridian_integration_tests::dicom::one_instance_study(
+        files.path(),
+        "1.2.826.0.1.3680043.10.543.777",
+        "MRN-TLS",
+        "ROUTINE",
+    );
+    let (ok, said) = dcmtk("storescu", Some(&first.0), &[&file]);
+    assert!(ok, "storescu over TLS: {said}");
+    wait_for("the instance stored over TLS recorded", 20, || {
+        let out = Command::new(MERIDIAN)
+            .args(["log", "tail", "--stream", "ingest", "--region", "us-east", "--data-dir"])
+            .arg(data.path())
+            .arg("--ca")
+            .arg(&first.0)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("StudyStarted").then_some(())
+    });
+
+    // A client trusting another CA is refused, naming why.
     let refused = health_over_tls(&grpc, &stranger.0).await.unwrap_err();
     assert!(refused.contains("UnknownIssuer"), "{refused}");
 

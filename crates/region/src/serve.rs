@@ -118,6 +118,7 @@ pub async fn serve(
     let routes = routes.routes();
     // With the peer's address, so a refused call's audit says where it came from.
     let router = crate::http::router(region.clone());
+    let service_tls = listeners.tls.as_ref().map(ServerTls::config);
     let (grpc, http) = match listeners.tls {
         None => {
             let router = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
@@ -146,7 +147,7 @@ pub async fn serve(
         }
     };
     let readiness = tokio::spawn(readiness(region.clone(), health.clone(), wait(stopped.clone())));
-    let mut taken = ServiceListeners { dicom: listeners.dicom, mllp: listeners.mllp };
+    let mut taken = ServiceListeners { dicom: listeners.dicom, mllp: listeners.mllp, tls: service_tls };
     let mut tasks = Vec::new();
     for service in region.services() {
         tasks.extend(service.clone().start(&mut taken, Stopping(stopped.clone())));

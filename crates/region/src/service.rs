@@ -108,6 +108,9 @@ impl Health {
 pub struct ServiceListeners {
     pub dicom: Option<TcpListener>,
     pub mllp: Option<TcpListener>,
+    /// The region's TLS, when it has a certificate: the DICOM port speaks
+    /// it too (PS3.15 Annex B).
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

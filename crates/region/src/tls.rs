@@ -91,6 +91,7 @@ impl ResolvesServerCert for Served {
 pub struct ServerTls {
     files: TlsFiles,
     served: Arc<Served>,
+    config: Arc<rustls::ServerConfig>,
     acceptor: TlsAcceptor,
 }
 
@@ -106,7 +107,14 @@ impl ServerTls {
             .with_cert_resolver(served.clone());
         // gRPC needs HTTP/2; browsers and curl may take either.
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(ServerTls { files, served, acceptor: TlsAcceptor::from(Arc::new(config)) })
+        let config = Arc::new(config);
+        Ok(ServerTls { files, served, acceptor: TlsAcceptor::from(config.clone()), config })
+    }
+
+    /// The configuration, for a port that runs its own handshake (DICOM):
+    /// it serves the certificate read last, as the others do.
+    pub fn config(&self) -> Arc<rustls::ServerConfig> {
+        self.config.clone()
     }
 
     /// Reads the files again if they changed since `seen`; keeps serving

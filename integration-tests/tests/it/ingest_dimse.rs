@@ -149,6 +149,7 @@ pub(crate) async fn scp_in(
                     &Default::default(),
                     &limits,
                     Some(store),
+                    None,
                 )
                 .await;
             });

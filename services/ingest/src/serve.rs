@@ -107,7 +107,8 @@ impl RegionService for IngestService {
     fn start(self: Arc<Self>, listeners: &mut ServiceListeners, stopping: Stopping) -> Vec<Task> {
         let mut tasks = Vec::new();
         if let Some(listener) = listeners.dicom.take() {
-            tasks.push(Task::spawn("DICOM", dicom(self.clone(), listener, stopping.clone().wait())));
+            let tls = listeners.tls.clone();
+            tasks.push(Task::spawn("DICOM", dicom(self.clone(), listener, tls, stopping.clone().wait())));
         }
         let service = self.clone();
         tasks.push(Task::spawn(
@@ -183,7 +184,12 @@ impl IngestService {
 /// Accepts DICOM associations until `shutdown`; each is served on its own
 /// task, at most the region's `dicom.max_associations` at once. One more is
 /// refused at once (transient), not queued.
-async fn dicom(service: Arc<IngestService>, listener: TcpListener, shutdown: impl std::future::Future<Output = ()>) {
+async fn dicom(
+    service: Arc<IngestService>,
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     let region = service.context.name.clone();
     let config = service.limits().clone();
     let slots = Arc::new(tokio::sync::Semaphore::new(config.max_associations as usize));
@@ -211,6 +217,10 @@ async fn dicom(service: Arc<IngestService>, listener: TcpListener, shutdown: imp
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%region, %peer, "DICOM association refused: at the association limit");
+            if tls.is_some() {
+                // A TLS peer reads no plaintext refusal: closed, it tries again.
+                continue;
+            }
             tokio::spawn(async move {
                 if let Err(e) = meridian_dimse::refuse_busy(socket, peer).await {
                     tracing::info!(error = %e, "refusing a busy association");
@@ -218,13 +228,13 @@ async fn dicom(service: Arc<IngestService>, listener: TcpListener, shutdown: imp
             });
             continue;
         };
-        let (service, limits, region) = (service.clone(), limits.clone(), region.clone());
+        let (service, limits, region, tls) = (service.clone(), limits.clone(), region.clone(), tls.clone());
         tokio::spawn(async move {
             let _slot = slot;
             let store: &dyn meridian_dimse::StoreService = service.ingest.as_ref();
             let platform = service.context.platform.clone();
             let trail = service.context.verifier.trail();
-            match meridian_dimse::accept(socket, peer, &region, platform, trail, &limits, Some(store)).await {
+            match meridian_dimse::accept(socket, peer, &region, platform, trail, &limits, Some(store), tls).await {
                 Ok(served) => tracing::info!(
                     %region,
                     subject = %served.principal.subject,

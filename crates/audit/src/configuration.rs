@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use meridian_events::{DataClass, Envelope, EventId, EventMeta, UnixMicros};
-use meridian_log::{EventLog, Outgoing, TopicName};
+use meridian_events::{Envelope, UnixMicros};
+use meridian_log::{EventLog, Outgoing};
 use meridian_proto::events::v1 as pb;
 use sha2::{Digest, Sha256};
 
@@ -56,21 +56,8 @@ pub async fn record(
     at: UnixMicros,
 ) -> Result<String, AuditError> {
     let (digest, files) = digest(dir).map_err(|e| AuditError::Append(format!("{}: {e}", dir.display())))?;
-    let topic = TopicName::new(region, DataClass::Operational, "audit")
-        .map_err(|e| AuditError::Topic { region: region.to_owned(), reason: e.to_string() })?;
-    let event_id = EventId::new_at(at);
-    let meta = EventMeta {
-        event_id,
-        aggregate_type: CONFIGURATION.into(),
-        aggregate_id: event_id.as_uuid(),
-        aggregate_version: 1,
-        tenant: "platform".into(),
-        home_region: region.to_owned(),
-        occurred_at: at,
-        causation_id: None,
-        correlation_id: None,
-        traceparent: None,
-    };
+    let topic = crate::audit_topic(region)?;
+    let meta = crate::record_meta(CONFIGURATION, "platform".into(), region, at);
     let payload = pb::ConfigurationLoaded {
         digest: digest.clone(),
         files,

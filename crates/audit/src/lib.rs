@@ -32,6 +32,30 @@ pub enum AuditError {
     Append(String),
 }
 
+/// The meta of an audit record: each its own aggregate (keyed by its
+/// event id, version 1), so that records never contend for a version.
+pub(crate) fn record_meta(aggregate_type: &str, tenant: String, region: &str, at: UnixMicros) -> EventMeta {
+    let event_id = EventId::new_at(at);
+    EventMeta {
+        event_id,
+        aggregate_type: aggregate_type.into(),
+        aggregate_id: event_id.as_uuid(),
+        aggregate_version: 1,
+        tenant,
+        home_region: region.to_owned(),
+        occurred_at: at,
+        causation_id: None,
+        correlation_id: None,
+        traceparent: None,
+    }
+}
+
+/// `meridian.<region>.ops.audit`.
+pub(crate) fn audit_topic(region: &str) -> Result<TopicName, AuditError> {
+    TopicName::new(region, DataClass::Operational, "audit")
+        .map_err(|e| AuditError::Topic { region: region.to_owned(), reason: e.to_string() })
+}
+
 /// One study accessed: its tenant, opaque id, and the instances (or
 /// reports) read, by opaque id.
 pub struct Accessed<'a> {
@@ -49,8 +73,7 @@ pub struct Audit {
 
 impl Audit {
     pub fn new(region: &str, log: Arc<dyn EventLog>) -> Result<Audit, AuditError> {
-        let topic = TopicName::new(region, DataClass::Operational, "audit")
-            .map_err(|e| AuditError::Topic { region: region.to_owned(), reason: e.to_string() })?;
+        let topic = audit_topic(region)?;
         Ok(Audit { region: region.to_owned(), log, topic })
     }
 
@@ -68,19 +91,7 @@ impl Audit {
         }
         let mut batch = Vec::with_capacity(accessed.len());
         for a in accessed {
-            let event_id = EventId::new_at(at);
-            let meta = EventMeta {
-                event_id,
-                aggregate_type: AUDIT.into(),
-                aggregate_id: event_id.as_uuid(),
-                aggregate_version: 1,
-                tenant: a.tenant.to_owned(),
-                home_region: self.region.clone(),
-                occurred_at: at,
-                causation_id: None,
-                correlation_id: None,
-                traceparent: None,
-            };
+            let meta = record_meta(AUDIT, a.tenant.to_owned(), &self.region, at);
             let payload = pb::PhiAccessed {
                 study_id: a.study.to_string(),
                 principal: principal.subject.clone(),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use meridian_auth::{Refusal, RefusalSink, Trail};
-use meridian_events::{Envelope, EventId, EventMeta, UnixMicros};
+use meridian_events::{Envelope, UnixMicros};
 use meridian_log::{EventLog, Outgoing, TopicName};
 use meridian_proto::events::v1 as pb;
 use tokio::sync::mpsc;
@@ -65,8 +65,7 @@ impl RefusalWriter {
     /// tokio runtime); the trail it returns is given to the region's
     /// principals. The task ends when every trail is dropped.
     pub fn start(region: &str, log: Arc<dyn EventLog>) -> Result<(Trail, Arc<Lost>), AuditError> {
-        let topic = TopicName::new(region, meridian_events::DataClass::Operational, "audit")
-            .map_err(|e| AuditError::Topic { region: region.to_owned(), reason: e.to_string() })?;
+        let topic = crate::audit_topic(region)?;
         let (queue, mut received) = mpsc::channel(QUEUE);
         let lost = Arc::new(Lost::default());
         let writer = RefusalWriter { queue, lost: lost.clone() };
@@ -92,25 +91,9 @@ impl RefusalWriter {
 }
 
 fn denial(region: &str, topic: &TopicName, r: Refusal, at: UnixMicros) -> Result<Outgoing, String> {
-    let event_id = EventId::new_at(at);
-    let meta = EventMeta {
-        event_id,
-        aggregate_type: DENIAL.into(),
-        aggregate_id: event_id.as_uuid(),
-        aggregate_version: 1,
-        // An envelope names a tenant: the resource's, else the caller's, else the platform.
-        tenant: [&r.resource_tenant, &r.tenant]
-            .into_iter()
-            .flatten()
-            .find(|t| !t.is_empty())
-            .cloned()
-            .unwrap_or_else(|| NO_TENANT.into()),
-        home_region: region.to_owned(),
-        occurred_at: at,
-        causation_id: None,
-        correlation_id: None,
-        traceparent: None,
-    };
+    // An envelope names a tenant: the resource's, else the caller's, else the platform.
+    let tenant = [&r.resource_tenant, &r.tenant].into_iter().flatten().find(|t| !t.is_empty()).cloned();
+    let meta = crate::record_meta(DENIAL, tenant.unwrap_or_else(|| NO_TENANT.into()), region, at);
     let payload = pb::AccessDenied {
         principal: r.subject,
         principal_kind: r.principal_kind,

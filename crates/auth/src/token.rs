@@ -5,6 +5,7 @@
 //! against the caller's `now` (the adapters pass the wall clock).
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use meridian_config::PrincipalKind;
@@ -90,7 +91,23 @@ pub struct TokenVerifier {
     /// Given to every principal verified, and where a refused token is
     /// recorded: the region's audit.
     trail: Trail,
+    /// Tokens whose signature and claims were verified, by the token's
+    /// text: a client sends one token on every call, and an Ed25519
+    /// verification costs more than a small RPC. Only the clock is checked
+    /// again. Bounded: emptied when it reaches [`VERIFIED_KEPT`].
+    verified: Arc<Mutex<HashMap<String, Verified>>>,
 }
+
+/// A verified token's principal and the times it is good between.
+#[derive(Clone)]
+struct Verified {
+    principal: Principal,
+    iat: i64,
+    exp: i64,
+}
+
+/// Verified tokens kept at most (a few MB).
+const VERIFIED_KEPT: usize = 10_000;
 
 /// A key that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +130,7 @@ impl TokenVerifier {
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
             trail: Trail::default(),
+            verified: Arc::default(),
         })
     }
 
@@ -159,6 +177,30 @@ impl TokenVerifier {
     }
 
     pub fn verify(&self, token: &str, now: i64) -> Result<Principal, AuthError> {
+        let kept = self.verified.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(token).cloned();
+        let verified = match kept {
+            Some(v) => v,
+            None => {
+                let v = self.verify_signed(token)?;
+                let mut verified = self.verified.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if verified.len() >= VERIFIED_KEPT {
+                    verified.clear();
+                }
+                verified.insert(token.to_owned(), v.clone());
+                v
+            }
+        };
+        if verified.exp + LEEWAY < now {
+            return Err(AuthError::Expired { exp: verified.exp, now });
+        }
+        if verified.iat - LEEWAY > now {
+            return Err(AuthError::BadClaims(format!("issued in the future (iat {}, now {now})", verified.iat)));
+        }
+        Ok(Principal { trail: self.trail.clone(), ..verified.principal })
+    }
+
+    /// The signature and every claim but the times.
+    fn verify_signed(&self, token: &str) -> Result<Verified, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
         if header.alg != Algorithm::EdDSA {
             return Err(AuthError::WrongClaim {
@@ -179,12 +221,6 @@ impl TokenVerifier {
             _ => AuthError::Malformed(e.to_string()),
         })?;
         let c = data.claims;
-        if c.exp + LEEWAY < now {
-            return Err(AuthError::Expired { exp: c.exp, now });
-        }
-        if c.iat - LEEWAY > now {
-            return Err(AuthError::BadClaims(format!("issued in the future (iat {}, now {now})", c.iat)));
-        }
         if c.iss != self.issuer {
             return Err(AuthError::WrongClaim { claim: "iss", found: c.iss, expected: self.issuer.clone() });
         }
@@ -200,7 +236,7 @@ impl TokenVerifier {
             }
             _ => {}
         }
-        Ok(Principal {
+        let principal = Principal {
             subject: c.sub,
             kind: c.kind,
             tenant: c.tenant.filter(|_| c.kind == PrincipalKind::Tenant),
@@ -208,9 +244,10 @@ impl TokenVerifier {
             group: c.group.filter(|_| c.kind == PrincipalKind::Group),
             reader: c.reader.filter(|_| c.kind == PrincipalKind::Group),
             roles: c.roles,
-            trail: self.trail.clone(),
+            trail: Trail::default(),
         }
-        .sanitised())
+        .sanitised();
+        Ok(Verified { principal, iat: c.iat, exp: c.exp })
     }
 }
 
@@ -320,6 +357,9 @@ pub(crate) mod tests {
     fn bad_tokens_say_why() {
         let (signer, verifier) = pair();
         let token = signer.mint(&reader(), 1_000, 60).unwrap();
+        assert_eq!(verifier.verify(&token, 5_000).unwrap_err().reason(), "TOKEN_EXPIRED");
+        // Verified once and kept, a token is still refused once it expires.
+        assert!(verifier.verify(&token, 1_010).is_ok());
         assert_eq!(verifier.verify(&token, 5_000).unwrap_err().reason(), "TOKEN_EXPIRED");
         assert_eq!(verifier.verify_header(None, 0).unwrap_err(), AuthError::Missing);
         assert_eq!(verifier.verify_header(Some("Basic abc"), 0).unwrap_err(), AuthError::NotBearer);

@@ -122,6 +122,30 @@ pub fn venv_bin() -> PathBuf {
     PathBuf::from(home).join(".cache/meridian/tools/venv/bin")
 }
 
+/// A test CA and a server certificate it signs, P-256, written into `dir`
+/// by `python/make_certs.py` with the tools' Python (`cryptography`):
+/// `name`'s CA, certificate and key. `extra`: `--expired`, `--names a,b`
+/// (DNS names or IP addresses; 127.0.0.1 and localhost without it).
+pub struct TestCertificates {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+pub fn test_certificates(dir: &Path, name: &str, extra: &[&str]) -> TestCertificates {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/make_certs.py");
+    let out = std::process::Command::new(venv_bin().join("python"))
+        .arg(script)
+        .arg(dir)
+        .arg(name)
+        .args(extra)
+        .output()
+        .expect("the tools' Python runs (scripts/test installs it)");
+    assert!(out.status.success(), "make_certs.py: {}", String::from_utf8_lossy(&out.stderr));
+    let file = |suffix: &str| dir.join(format!("{name}-{suffix}"));
+    TestCertificates { ca: file("ca.pem"), cert: file("server.pem"), key: file("server.key") }
+}
+
 /// MLServer 1.7 (`scripts/test` installs it in a venv of its own, as its
 /// pins differ from the tools'): `MERIDIAN_MLSERVER`, or the default tools
 /// folder.

@@ -111,21 +111,48 @@ impl Audit {
     }
 }
 
+/// What the audit tests share: a region's audit topic on an embedded log,
+/// and what it holds.
 #[cfg(test)]
-mod tests {
-    use meridian_config::PrincipalKind;
+pub(crate) mod testing {
     use meridian_events::payload::Payload;
     use meridian_log::embedded::{EmbeddedLog, EmbeddedOptions};
     use meridian_log::{Position, TopicSpec};
 
     use super::*;
 
+    pub(crate) async fn audit_log(dir: &std::path::Path, region: &str) -> Arc<EmbeddedLog> {
+        let log = Arc::new(EmbeddedLog::open(&dir.join("log.redb"), EmbeddedOptions::default()).unwrap());
+        log.ensure_topic(&TopicSpec::new(audit_topic(region).unwrap(), 1)).await.unwrap();
+        log
+    }
+
+    /// Each record of the audit topic: its envelope's tenant and payload.
+    pub(crate) async fn audit_records(log: &EmbeddedLog, region: &str) -> Vec<(String, Payload)> {
+        let records =
+            meridian_log::contract::read_to_end(log, vec![Position::start(audit_topic(region).unwrap(), 0)]).await;
+        records
+            .iter()
+            .map(|r| {
+                let envelope = r.envelope().unwrap();
+                (envelope.meta.tenant.clone(), envelope.open_plain().unwrap())
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use meridian_config::PrincipalKind;
+    use meridian_events::payload::Payload;
+
+    use super::testing::{audit_log, audit_records};
+    use super::*;
+
     #[tokio::test]
     async fn each_study_accessed_is_one_phi_accessed_naming_who_what_and_where() {
         let dir = tempfile::TempDir::new().unwrap();
-        let log = Arc::new(EmbeddedLog::open(&dir.path().join("log.redb"), EmbeddedOptions::default()).unwrap());
-        let topic = TopicName::new("us-east", DataClass::Operational, "audit").unwrap();
-        log.ensure_topic(&TopicSpec::new(topic.clone(), 1)).await.unwrap();
+        let log = audit_log(dir.path(), "us-east").await;
         let audit = Audit::new("us-east", log.clone()).unwrap();
         let reader = Principal {
             subject: "dr-ana-ortiz".into(),
@@ -144,10 +171,10 @@ mod tests {
         ];
         audit.record(&reader, "reporting.get-report", &accessed, UnixMicros(5)).await.unwrap();
         audit.record(&reader, "nothing", &[], UnixMicros(6)).await.unwrap();
-        let records = meridian_log::contract::read_to_end(log.as_ref(), vec![Position::start(topic, 0)]).await;
-        let trail: Vec<(String, String, Vec<String>)> = records
-            .iter()
-            .map(|r| match r.envelope().unwrap().open_plain().unwrap() {
+        let trail: Vec<(String, String, Vec<String>)> = audit_records(&log, "us-east")
+            .await
+            .into_iter()
+            .map(|(_, payload)| match payload {
                 Payload::PhiAccessed(p) => (p.study_id, p.action, p.instance_ids),
                 other => panic!("{other:?}"),
             })

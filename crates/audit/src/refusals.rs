@@ -116,20 +116,16 @@ fn denial(region: &str, topic: &TopicName, r: Refusal, at: UnixMicros) -> Result
 mod tests {
     use std::time::Duration;
 
+    use super::*;
+    use crate::testing::{audit_log, audit_records};
     use meridian_auth::{Action, Principal, Resource, authorize};
     use meridian_config::PrincipalKind;
     use meridian_events::payload::Payload;
-    use meridian_log::embedded::{EmbeddedLog, EmbeddedOptions};
-    use meridian_log::{Position, TopicSpec};
-
-    use super::*;
 
     #[tokio::test]
     async fn a_refused_authorize_is_an_access_denied_on_the_regions_audit_topic() {
         let dir = tempfile::TempDir::new().unwrap();
-        let log = Arc::new(EmbeddedLog::open(&dir.path().join("log.redb"), EmbeddedOptions::default()).unwrap());
-        let topic = TopicName::new("eu-west", meridian_events::DataClass::Operational, "audit").unwrap();
-        log.ensure_topic(&TopicSpec::new(topic.clone(), 1)).await.unwrap();
+        let log = audit_log(dir.path(), "eu-west").await;
         let (trail, lost) = RefusalWriter::start("eu-west", log.clone()).unwrap();
         let reader = Principal {
             subject: "dr-ana-ortiz".into(),
@@ -146,16 +142,12 @@ mod tests {
         authorize(&reader, Action::ViewWorklist, &Resource::ReadingGroup { group: "lotus" }).unwrap_err();
         let mut denials = Vec::new();
         for _ in 0..200 {
-            let records =
-                meridian_log::contract::read_to_end(log.as_ref(), vec![Position::start(topic.clone(), 0)]).await;
-            denials = records
-                .iter()
-                .map(|r| {
-                    let envelope = r.envelope().unwrap();
-                    match envelope.open_plain().unwrap() {
-                        Payload::AccessDenied(d) => (envelope.meta.tenant.clone(), d),
-                        other => panic!("{other:?}"),
-                    }
+            denials = audit_records(&log, "eu-west")
+                .await
+                .into_iter()
+                .map(|(tenant, payload)| match payload {
+                    Payload::AccessDenied(d) => (tenant, d),
+                    other => panic!("{other:?}"),
                 })
                 .collect();
             if denials.len() == 2 {

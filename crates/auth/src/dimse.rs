@@ -53,7 +53,8 @@ pub fn resolve_association(
     peer: IpAddr,
     trail: &Trail,
 ) -> Result<Principal, AssociationRejected> {
-    resolve(platform, region, called_ae, calling_ae, peer, trail).inspect_err(|rejected| {
+    let resolved = resolve(platform, region, called_ae, calling_ae, peer);
+    let principal = resolved.inspect_err(|rejected| {
         trail.record(Refusal {
             subject: String::new(),
             principal_kind: "anonymous".into(),
@@ -71,16 +72,17 @@ pub fn resolve_association(
             code: rejected.code().into(),
             network_access_point: Some(peer.to_string()),
         })
-    })
+    })?;
+    Ok(Principal { trail: trail.clone(), ..principal })
 }
 
+/// The principal of an association, or why there is none.
 fn resolve(
     platform: &Platform,
     region: &str,
     called_ae: &str,
     calling_ae: &str,
     peer: IpAddr,
-    trail: &Trail,
 ) -> Result<Principal, AssociationRejected> {
     let (called, calling) = (called_ae.trim(), calling_ae.trim());
     let tenant = platform.called_ae_titles(region).get(called).copied().ok_or_else(|| {
@@ -105,7 +107,7 @@ fn resolve(
         group: None,
         reader: None,
         roles: vec!["facility".into()],
-        trail: trail.clone(),
+        trail: Trail::default(),
     })
 }
 

@@ -1486,6 +1486,11 @@ fn tail_payloads(data: &Path, stream: &str, kind: &str) -> Vec<Value> {
 }
 
 fn tail_payloads_in(data: &Path, region: &str, stream: &str, kind: &str) -> Vec<Value> {
+    tail_events(data, region, stream, kind).into_iter().map(|e| e["payload"].clone()).collect()
+}
+
+/// The events of `kind` on `region`'s `stream`, as `meridian log tail --json` prints them.
+fn tail_events(data: &Path, region: &str, stream: &str, kind: &str) -> Vec<Value> {
     let out = Command::new(MERIDIAN)
         .args(["log", "tail", "--json", "--stream", stream, "--region", region, "--data-dir"])
         .arg(data)
@@ -1495,7 +1500,6 @@ fn tail_payloads_in(data: &Path, region: &str, stream: &str, kind: &str) -> Vec<
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|e| e["payload_type"] == format!("meridian.events.v1.{kind}"))
-        .map(|e| e["payload"].clone())
         .collect()
 }
 
@@ -2367,22 +2371,6 @@ async fn every_acknowledged_signature_survives_a_sigkill_and_routing_completes_e
     dev.interrupt();
 }
 
-/// A test CA and a server certificate it signs, made by
-/// `integration-tests/python/make_certs.py` (`extra`: `--expired`,
-/// `--names a,b`): (CA, certificate, key) paths.
-fn certificates(dir: &Path, name: &str, extra: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
-    let out = Command::new(python())
-        .arg(repo().join("integration-tests/python/make_certs.py"))
-        .arg(dir)
-        .arg(name)
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let file = |suffix: &str| dir.join(format!("{name}-{suffix}"));
-    (file("ca.pem"), file("server.pem"), file("server.key"))
-}
-
 /// gRPC health of `grpc` (an https:// URL) trusting `ca`: SERVING, or the
 /// connection's error with its causes.
 async fn health_over_tls(grpc: &str, ca: &Path) -> Result<i32, String> {
@@ -2428,12 +2416,13 @@ async fn a_region_with_a_certificate_speaks_only_tls_refuses_bad_certificates_an
     assert_eq!(refused.status.code(), Some(64), "{said}");
     assert!(said.contains("regions/us-east.toml: tls.cert") && said.contains("secrets/tls/us-east.pem"), "{said}");
 
-    let install = |(_, cert, key): &(PathBuf, PathBuf, PathBuf)| {
+    let certificates = meridian_integration_tests::test_certificates;
+    let install = |pair: &meridian_integration_tests::TestCertificates| {
         std::fs::create_dir_all(&tls).unwrap();
         // The key first, as an operator's copy might: the certificate that
         // follows is what makes the pair whole.
-        std::fs::copy(key, tls.join("us-east.key")).unwrap();
-        std::fs::copy(cert, tls.join("us-east.pem")).unwrap();
+        std::fs::copy(&pair.key, tls.join("us-east.key")).unwrap();
+        std::fs::copy(&pair.cert, tls.join("us-east.pem")).unwrap();
     };
     let first = certificates(certs.path(), "first", &[]);
     install(&first);
@@ -2443,7 +2432,7 @@ async fn a_region_with_a_certificate_speaks_only_tls_refuses_bad_certificates_an
     assert_eq!(endpoints["regions"]["eu-west"]["tls"], false, "only the region with a certificate");
     let grpc = format!("https://{}", endpoints["regions"]["us-east"]["grpc"].as_str().unwrap());
     let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
-    assert_eq!(health_over_tls(&grpc, &first.0).await, Ok(serving));
+    assert_eq!(health_over_tls(&grpc, &first.ca).await, Ok(serving));
 
     // Plaintext to the TLS port gets nothing.
     let plain = format!("http://{}", endpoints["regions"]["us-east"]["grpc"].as_str().unwrap());
@@ -2469,12 +2458,12 @@ async fn a_region_with_a_certificate_speaks_only_tls_refuses_bad_certificates_an
             String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
         )
     };
-    let (ok, said) = tail(Some(&first.0));
+    let (ok, said) = tail(Some(&first.ca));
     assert!(ok && said.contains("ReaderRegistered"), "{said}");
     let (ok, said) = tail(None);
     assert!(!ok && said.contains("speaks TLS") && said.contains("--ca"), "{said}");
     // The probe's command too.
-    let probe = Command::new(MERIDIAN).args(["health", "--endpoint", &grpc, "--ca"]).arg(&first.0).output().unwrap();
+    let probe = Command::new(MERIDIAN).args(["health", "--endpoint", &grpc, "--ca"]).arg(&first.ca).output().unwrap();
     assert!(probe.status.success(), "{}", String::from_utf8_lossy(&probe.stdout));
 
     // HTTP speaks TLS too: curl trusting the CA, and not without it.
@@ -2489,7 +2478,7 @@ async fn a_region_with_a_certificate_speaks_only_tls_refuses_bad_certificates_an
         let out = command.arg(format!("{http}/healthz")).output().unwrap();
         (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
     };
-    assert_eq!(curl(Some(&first.0)), (Some(0), "200".to_owned()));
+    assert_eq!(curl(Some(&first.ca)), (Some(0), "200".to_owned()));
     assert_eq!(curl(None).0, Some(60), "curl: the peer's certificate cannot be verified");
 
     // DICOM over TLS (PS3.15 Annex B) with dcmtk: a PACS trusting the CA
@@ -2510,11 +2499,11 @@ async fn a_region_with_a_certificate_speaks_only_tls_refuses_bad_certificates_an
             .unwrap();
         (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
     };
-    let (ok, said) = dcmtk("echoscu", Some(&first.0), &[]);
+    let (ok, said) = dcmtk("echoscu", Some(&first.ca), &[]);
     assert!(ok, "echoscu over TLS: {said}");
     let (ok, _) = dcmtk("echoscu", None, &[]);
     assert!(!ok, "plaintext DICOM on the TLS port");
-    let (ok, said) = dcmtk("echoscu", Some(&stranger.0), &[]);
+    let (ok, said) = dcmtk("echoscu", Some(&stranger.ca), &[]);
     assert!(!ok, "a PACS trusting another CA: {said}");
     let files = tempfile::TempDir::new().unwrap();
     let file = meridian_integration_tests::dicom::one_instance_study(
@@ -2523,21 +2512,21 @@ async fn a_region_with_a_certificate_speaks_only_tls_refuses_bad_certificates_an
         "MRN-TLS",
         "ROUTINE",
     );
-    let (ok, said) = dcmtk("storescu", Some(&first.0), &[&file]);
+    let (ok, said) = dcmtk("storescu", Some(&first.ca), &[&file]);
     assert!(ok, "storescu over TLS: {said}");
     wait_for("the instance stored over TLS recorded", 20, || {
         let out = Command::new(MERIDIAN)
             .args(["log", "tail", "--stream", "ingest", "--region", "us-east", "--data-dir"])
             .arg(data.path())
             .arg("--ca")
-            .arg(&first.0)
+            .arg(&first.ca)
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).contains("StudyStarted").then_some(())
     });
 
     // A client trusting another CA is refused, naming why.
-    let refused = health_over_tls(&grpc, &stranger.0).await.unwrap_err();
+    let refused = health_over_tls(&grpc, &stranger.ca).await.unwrap_err();
     assert!(refused.contains("UnknownIssuer"), "{refused}");
 
     // Rotated without a restart: the next connection gets the new
@@ -2546,10 +2535,10 @@ async fn a_region_with_a_certificate_speaks_only_tls_refuses_bad_certificates_an
     install(&second);
     wait_for("the rotated certificate served", 20, || {
         tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(health_over_tls(&grpc, &second.0)).ok()
+            tokio::runtime::Handle::current().block_on(health_over_tls(&grpc, &second.ca)).ok()
         })
     });
-    let refused = health_over_tls(&grpc, &first.0).await.unwrap_err();
+    let refused = health_over_tls(&grpc, &first.ca).await.unwrap_err();
     assert!(refused.contains("UnknownIssuer"), "{refused}");
 
     // An expired certificate, and one for another name: clients refuse them.
@@ -2557,7 +2546,7 @@ async fn a_region_with_a_certificate_speaks_only_tls_refuses_bad_certificates_an
     install(&expired);
     let said = wait_for("the expired certificate served and refused", 20, || {
         let said = tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(health_over_tls(&grpc, &expired.0))
+            tokio::runtime::Handle::current().block_on(health_over_tls(&grpc, &expired.ca))
         });
         said.err().filter(|e| e.to_lowercase().contains("expired"))
     });
@@ -2566,7 +2555,7 @@ async fn a_region_with_a_certificate_speaks_only_tls_refuses_bad_certificates_an
     install(&misnamed);
     wait_for("the misnamed certificate served and refused", 20, || {
         let said = tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(health_over_tls(&grpc, &misnamed.0))
+            tokio::runtime::Handle::current().block_on(health_over_tls(&grpc, &misnamed.ca))
         });
         said.err().filter(|e| e.contains("NotValidForName") || e.contains("not valid for name"))
     });

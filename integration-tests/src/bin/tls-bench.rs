@@ -10,7 +10,7 @@
 //! (needs `MERIDIAN_PYTHON` with `cryptography` for the test certificate,
 //! as `scripts/test` sets it).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,14 +24,6 @@ use tonic_health::pb::health_client::HealthClient;
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let python = std::env::var("MERIDIAN_PYTHON").unwrap_or_else(|_| "python3".into());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/make_certs.py");
-    let out = std::process::Command::new(python).arg(script).arg(dir).arg("bench").output().expect("python runs");
-    assert!(out.status.success(), "make_certs.py: {}", String::from_utf8_lossy(&out.stderr));
-    (dir.join("bench-ca.pem"), dir.join("bench-server.pem"), dir.join("bench-server.key"))
 }
 
 /// Serves health on a loopback port, with or without TLS and the
@@ -122,8 +114,10 @@ async fn measure(url: &str, ca: &Path, token: Option<&str>, calls: usize) -> (f6
 async fn main() {
     let calls = arg("--calls", 40_000);
     let dir = tempfile::TempDir::new().unwrap();
-    let (ca, cert, key) = certificates(dir.path());
-    let tls = meridian_region::tls::ServerTls::load(meridian_region::tls::TlsFiles { cert, key }).unwrap();
+    let pair = meridian_integration_tests::test_certificates(dir.path(), "bench", &[]);
+    let ca = pair.ca;
+    let tls = meridian_region::tls::ServerTls::load(meridian_region::tls::TlsFiles { cert: pair.cert, key: pair.key })
+        .unwrap();
     let (private, public) = meridian_auth::token::generate_ed25519().unwrap();
     let verifier = Arc::new(TokenVerifier::new("iss", "aud", &[("k1".into(), public.into_bytes())]).unwrap());
     let signer = TokenSigner::new("k1", private.as_bytes(), "iss", "aud").unwrap();

@@ -84,12 +84,7 @@ struct TlsFront {
 
 impl TlsFront {
     fn start(dir: &Path, upstream: u16) -> TlsFront {
-        let out = Command::new(python())
-            .arg(repo().join("integration-tests/python/make_certs.py"))
-            .arg(dir)
-            .output()
-            .expect("cryptography in the tools' venv");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        meridian_integration_tests::test_certificates(dir, "test", &[]);
         let mlserver_python = meridian_integration_tests::mlserver_bin().with_file_name("python");
         let port_file = dir.join("front.port");
         let child = Command::new(mlserver_python)
@@ -133,13 +128,7 @@ async fn a_remote_model_behind_tls_is_reached_trusting_its_ca_and_refused_trusti
     }
     // Another CA: the certificate is not trusted, and the failure says so.
     let other = tempfile::TempDir::new().unwrap();
-    let out = Command::new(python())
-        .arg(repo().join("integration-tests/python/make_certs.py"))
-        .args([other.path().as_os_str(), "other".as_ref()])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let wrong = std::fs::read(other.path().join("other-ca.pem")).unwrap();
+    let wrong = std::fs::read(meridian_integration_tests::test_certificates(other.path(), "other", &[]).ca).unwrap();
     let e = remote_trusting(endpoint.clone(), &["ich"], Some(wrong)).run(&slices, "a-study").await.unwrap_err();
     let (reason, detail) = e.reason();
     assert_eq!(reason, "unreachable", "{detail}");

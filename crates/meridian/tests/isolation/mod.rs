@@ -481,16 +481,8 @@ async fn every_rpc_refuses_the_wrong_tenant_group_and_role_and_lists_nothing_of_
         requested.first().map(|d| d["deliveryId"].as_str().unwrap().to_owned())
     });
     let charge = wait_for("acme's read charged", 30, || {
-        let out = Command::new(MERIDIAN)
-            .args(["log", "tail", "--json", "--stream", "billing", "--region", "us-east", "--data-dir"])
-            .arg(data.path())
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|e| e["payload_type"] == "meridian.events.v1.ChargePosted")
-            .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        let charges = tail_events(data.path(), "us-east", "billing", "ChargePosted");
+        charges.first().map(|e| e["event_id"].as_str().unwrap().to_owned())
     });
     #[allow(clippy::disallowed_methods)] // the month the read was charged in, on the machine's clock
     let period = jiff::Timestamp::now().strftime("%Y-%m").to_string();

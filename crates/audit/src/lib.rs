@@ -127,6 +127,20 @@ pub(crate) mod testing {
         log
     }
 
+    /// Atlantic's reader dr-ana-ortiz, recording in `trail`.
+    pub(crate) fn reader(trail: meridian_auth::Trail) -> Principal {
+        Principal {
+            subject: "dr-ana-ortiz".into(),
+            kind: meridian_config::PrincipalKind::Group,
+            tenant: None,
+            facility: None,
+            group: Some("atlantic-rads".into()),
+            reader: Some("dr-ana-ortiz".into()),
+            roles: vec!["reader".into()],
+            trail,
+        }
+    }
+
     /// Each record of the audit topic: its envelope's tenant and payload.
     pub(crate) async fn audit_records(log: &EmbeddedLog, region: &str) -> Vec<(String, Payload)> {
         let records =
@@ -143,10 +157,9 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
-    use meridian_config::PrincipalKind;
     use meridian_events::payload::Payload;
 
-    use super::testing::{audit_log, audit_records};
+    use super::testing::{audit_log, audit_records, reader};
     use super::*;
 
     #[tokio::test]
@@ -154,16 +167,7 @@ mod tests {
         let dir = tempfile::TempDir::new().unwrap();
         let log = audit_log(dir.path(), "us-east").await;
         let audit = Audit::new("us-east", log.clone()).unwrap();
-        let reader = Principal {
-            subject: "dr-ana-ortiz".into(),
-            kind: PrincipalKind::Group,
-            tenant: None,
-            facility: None,
-            group: Some("atlantic-rads".into()),
-            reader: Some("dr-ana-ortiz".into()),
-            roles: vec!["reader".into()],
-            trail: Default::default(),
-        };
+        let reader = reader(Default::default());
         let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
         let accessed = [
             Accessed { tenant: "acme", study: a, items: vec!["report-1".into()] },

@@ -117,9 +117,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::testing::{audit_log, audit_records};
-    use meridian_auth::{Action, Principal, Resource, authorize};
-    use meridian_config::PrincipalKind;
+    use crate::testing::{audit_log, audit_records, reader};
+    use meridian_auth::{Action, Resource, authorize};
     use meridian_events::payload::Payload;
 
     #[tokio::test]
@@ -127,16 +126,7 @@ mod tests {
         let dir = tempfile::TempDir::new().unwrap();
         let log = audit_log(dir.path(), "eu-west").await;
         let (trail, lost) = RefusalWriter::start("eu-west", log.clone()).unwrap();
-        let reader = Principal {
-            subject: "dr-ana-ortiz".into(),
-            kind: PrincipalKind::Group,
-            tenant: None,
-            facility: None,
-            group: Some("atlantic-rads".into()),
-            reader: Some("dr-ana-ortiz".into()),
-            roles: vec!["reader".into()],
-            trail,
-        };
+        let reader = reader(trail);
         authorize(&reader, Action::ViewWorklist, &Resource::ReadingGroup { group: "atlantic-rads" }).unwrap();
         authorize(&reader, Action::ViewKpis, &Resource::Tenant { tenant: "acme" }).unwrap_err();
         authorize(&reader, Action::ViewWorklist, &Resource::ReadingGroup { group: "lotus" }).unwrap_err();

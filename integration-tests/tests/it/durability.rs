@@ -217,7 +217,7 @@ async fn billing_posts_each_charge_once_through_sigkills_and_failpoints() {
         write_reads(&log, 0, BILLED_READS).await.unwrap();
         log.close().await;
     }
-    let kills = kill_billing(log_path.to_str().unwrap(), &snapshots, 5..65).len() as u32;
+    let kills = kill_billing(log_path.to_str().unwrap(), &snapshots, 5..65, &Default::default()).len() as u32;
     let log = EmbeddedLog::open(&log_path, EmbeddedOptions::default()).unwrap();
     let keys = log.key_store();
     let copies = assert_billed_exactly(&log, &keys, kills).await;
@@ -237,10 +237,21 @@ async fn billing_on_tansu_posts_each_charge_once_while_fed_and_killed() {
         let t = TopicName::new("us-east", DataClass::Operational, stream).unwrap();
         feeder.ensure_topic(&TopicSpec::new(t, PARTITIONS)).await.unwrap();
     }
-    // The reads arrive in 40 parts over ~12 s while billing is killed.
+    // The reads arrive in 40 parts over ~12 s while billing is killed; a
+    // part waits for the kills before it (one per 8 parts), so that on a
+    // loaded machine, where a restart takes longer, kills still land
+    // while reads are fed.
+    let counted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let kills_so_far = counted.clone();
     let feeding = tokio::spawn(async move {
         let part = BILLED_READS / 40;
         for n in 0..40 {
+            let waited = std::time::Instant::now();
+            while kills_so_far.load(std::sync::atomic::Ordering::SeqCst) < (n as usize + 1) / 8
+                && waited.elapsed() < std::time::Duration::from_secs(60)
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
             write_reads(&feeder, n * part, part).await.unwrap();
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         }
@@ -248,7 +259,7 @@ async fn billing_on_tansu_posts_each_charge_once_while_fed_and_killed() {
     });
     let log = format!("kafka:{}", tansu.bootstrap());
     let snapshots = dir.path().join("snapshots");
-    let killed = tokio::task::spawn_blocking(move || kill_billing(&log, &snapshots, 100..900)).await.unwrap();
+    let killed = tokio::task::spawn_blocking(move || kill_billing(&log, &snapshots, 100..900, &counted)).await.unwrap();
     let (feeder, fed) = feeding.await.unwrap();
     let while_fed = killed.iter().filter(|at| **at < fed).count();
     assert!(while_fed >= 5, "only {while_fed} of the kills landed while the reads were being fed");
@@ -267,7 +278,13 @@ const BILLED_READS: u64 = 10_000;
 /// failpoints, then SIGKILLed 20 times at pseudo-random moments (`delay`
 /// ms after it has opened; a fixed seed: the same schedule every run).
 /// Returns when each kill landed.
-fn kill_billing(log: &str, snapshots: &Path, delay: std::ops::Range<u64>) -> Vec<std::time::Instant> {
+/// `counted` counts the kills as they happen.
+fn kill_billing(
+    log: &str,
+    snapshots: &Path,
+    delay: std::ops::Range<u64>,
+    counted: &std::sync::atomic::AtomicUsize,
+) -> Vec<std::time::Instant> {
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/dev");
     let victim = |failpoints: &str| {
         Command::new(env!("CARGO_BIN_EXE_billing-writer"))
@@ -311,6 +328,7 @@ fn kill_billing(log: &str, snapshots: &Path, delay: std::ops::Range<u64>) -> Vec
         child.kill().unwrap();
         child.wait().unwrap();
         kills.push(std::time::Instant::now());
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
     let mut child = victim("");
     let _ = line(&mut child);

@@ -10,7 +10,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::ERROR_DOMAIN;
 use crate::principal::{Denied, Principal};
-use crate::token::{AuthError, TokenVerifier, wall_clock_seconds};
+use crate::token::{AuthError, Authenticator, wall_clock_seconds};
 
 /// UNAUTHENTICATED with an ErrorInfo whose reason says what was wrong.
 pub fn unauthenticated(e: &AuthError) -> Status {
@@ -68,11 +68,11 @@ pub fn permission_denied(d: &Denied) -> Status {
 /// to every Meridian service; health and reflection stay open.
 #[derive(Clone)]
 pub struct Authenticate {
-    verifier: Arc<TokenVerifier>,
+    verifier: Arc<Authenticator>,
 }
 
 impl Authenticate {
-    pub fn new(verifier: Arc<TokenVerifier>) -> Authenticate {
+    pub fn new(verifier: Arc<Authenticator>) -> Authenticate {
         Authenticate { verifier }
     }
 }
@@ -80,9 +80,12 @@ impl Authenticate {
 impl tonic::service::Interceptor for Authenticate {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let header = request.metadata().get("authorization").map(|v| v.to_str().unwrap_or(""));
+        // Verified against the region's client CA by the handshake.
+        let certificates = request.peer_certs();
+        let certificate = certificates.as_deref().and_then(|chain| chain.first());
         let principal = self
             .verifier
-            .authenticate(header, wall_clock_seconds(), request.remote_addr())
+            .authenticate(header, certificate, wall_clock_seconds(), request.remote_addr())
             .map_err(|e| unauthenticated(&e))?;
         request.extensions_mut().insert(principal);
         Ok(request)

@@ -11,8 +11,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::certificate::PeerCertificate;
 use crate::principal::{Denied, Principal};
-use crate::token::{AuthError, TokenVerifier, wall_clock_seconds};
+use crate::token::{AuthError, Authenticator, wall_clock_seconds};
 
 impl IntoResponse for AuthError {
     fn into_response(self) -> Response {
@@ -39,11 +40,12 @@ impl IntoResponse for Denied {
 }
 
 /// `axum::middleware::from_fn_with_state(verifier, authenticate)`.
-pub async fn authenticate(State(verifier): State<Arc<TokenVerifier>>, mut request: Request, next: Next) -> Response {
+pub async fn authenticate(State(verifier): State<Arc<Authenticator>>, mut request: Request, next: Next) -> Response {
     let header = request.headers().get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or(""));
     let now = wall_clock_seconds();
     let peer = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0);
-    match verifier.authenticate(header, now, peer) {
+    let certificate = request.extensions().get::<PeerCertificate>().map(|c| &c.0);
+    match verifier.authenticate(header, certificate, now, peer) {
         Ok(principal) => {
             request.extensions_mut().insert(principal);
             next.run(request).await

@@ -7,8 +7,11 @@
 //!
 //! # Layout
 //! - [`principal`]: principals, actions, resources and [`authorize`].
-//! - [`token`]: EdDSA (Ed25519) JWTs: verifying against configured keys,
-//!   minting for `meridian dev`, generating dev key pairs.
+//! - [`token`]: the [`Authenticator`]; EdDSA (Ed25519) JWTs: verifying
+//!   against configured keys, minting for `meridian dev`, generating dev
+//!   key pairs.
+//! - [`certificate`]: client certificates as principals (systems that
+//!   cannot hold a token).
 //! - [`grpc`]: the tonic interceptor and rich `Status` errors.
 //! - [`http`]: the axum layer and JSON errors.
 //! - [`refusal`]: the trail every refusal is recorded in (AccessDenied).
@@ -20,6 +23,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod certificate;
 pub mod dimse;
 pub mod grpc;
 pub mod http;
@@ -27,9 +31,10 @@ pub mod principal;
 pub mod refusal;
 pub mod token;
 
+pub use certificate::{ClientCertificates, PeerCertificate, PresentedCertificate};
 pub use principal::{Action, Denied, Principal, Resource, authorize};
 pub use refusal::{Refusal, RefusalSink, Trail};
-pub use token::{AuthError, TokenSigner, TokenVerifier};
+pub use token::{AuthError, Authenticator, TokenSigner};
 
 /// The error domain in rich error details.
 pub const ERROR_DOMAIN: &str = "auth.meridian";

@@ -45,8 +45,6 @@ impl Principal {
         self.roles.iter().any(|r| r == role)
     }
 
-    /// Roles not valid for the principal's kind are dropped: a token cannot
-    /// grant a tenant principal the SRE role.
     /// Records `denied` in the principal's trail and returns it: for a
     /// refusal decided outside [`authorize`].
     pub fn refuse(&self, denied: Denied) -> Denied {
@@ -72,6 +70,8 @@ impl Principal {
         denied
     }
 
+    /// Roles not valid for the principal's kind are dropped: a token cannot
+    /// grant a tenant principal the SRE role.
     pub fn sanitised(mut self) -> Principal {
         let allowed = roles_for(self.kind);
         self.roles.retain(|r| allowed.contains(&r.as_str()));

@@ -11,6 +11,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use meridian_config::PrincipalKind;
 use serde::{Deserialize, Serialize};
 
+use rustls_pki_types::CertificateDer;
+
+use crate::certificate::ClientCertificates;
 use crate::principal::Principal;
 use crate::refusal::{Refusal, Trail};
 
@@ -64,6 +67,10 @@ pub enum AuthError {
     WrongClaim { claim: &'static str, found: String, expected: String },
     #[error("the token's claims are inconsistent: {0}")]
     BadClaims(String),
+    #[error("the client certificate (names {names:?}) is not one of auth.toml's client_certificates")]
+    CertificateUnknown { names: Vec<String> },
+    #[error("the client certificate cannot be read: {0}")]
+    CertificateUnreadable(String),
 }
 
 impl AuthError {
@@ -78,13 +85,16 @@ impl AuthError {
             AuthError::Expired { .. } => "TOKEN_EXPIRED",
             AuthError::WrongClaim { .. } => "TOKEN_WRONG_CLAIM",
             AuthError::BadClaims(_) => "TOKEN_BAD_CLAIMS",
+            AuthError::CertificateUnknown { .. } => "CERTIFICATE_UNKNOWN",
+            AuthError::CertificateUnreadable(_) => "CERTIFICATE_UNREADABLE",
         }
     }
 }
 
-/// Verifies tokens against the configured keys.
+/// Verifies callers: tokens against the configured keys, and client
+/// certificates against `auth.toml`'s list.
 #[derive(Clone)]
-pub struct TokenVerifier {
+pub struct Authenticator {
     keys: HashMap<String, DecodingKey>,
     issuer: String,
     audience: String,
@@ -96,6 +106,7 @@ pub struct TokenVerifier {
     /// verification costs more than a small RPC. Only the clock is checked
     /// again. Bounded: emptied when it reaches [`VERIFIED_KEPT`].
     verified: Arc<Mutex<HashMap<String, Verified>>>,
+    certificates: Arc<ClientCertificates>,
 }
 
 /// A verified token's principal and the times it is good between.
@@ -117,41 +128,59 @@ pub struct KeyError {
     pub reason: String,
 }
 
-impl TokenVerifier {
+impl Authenticator {
     /// `keys`: key id → SPKI PEM of an Ed25519 public key.
-    pub fn new(issuer: &str, audience: &str, keys: &[(String, Vec<u8>)]) -> Result<TokenVerifier, KeyError> {
+    pub fn new(issuer: &str, audience: &str, keys: &[(String, Vec<u8>)]) -> Result<Authenticator, KeyError> {
         let mut map = HashMap::new();
         for (id, pem) in keys {
             let key = DecodingKey::from_ed_pem(pem).map_err(|e| KeyError { id: id.clone(), reason: e.to_string() })?;
             map.insert(id.clone(), key);
         }
-        Ok(TokenVerifier {
+        Ok(Authenticator {
             keys: map,
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
             trail: Trail::default(),
             verified: Arc::default(),
+            certificates: Arc::default(),
         })
     }
 
+    /// The same verifier, taking these client certificates as principals.
+    pub fn with_certificates(self, certificates: ClientCertificates) -> Authenticator {
+        Authenticator { certificates: Arc::new(certificates), ..self }
+    }
+
+    pub fn certificates(&self) -> &ClientCertificates {
+        &self.certificates
+    }
+
     /// The same verifier, recording in `trail` (one region's audit).
-    pub fn with_trail(&self, trail: Trail) -> TokenVerifier {
-        TokenVerifier { trail, ..self.clone() }
+    pub fn with_trail(&self, trail: Trail) -> Authenticator {
+        Authenticator { trail, ..self.clone() }
     }
 
     pub fn trail(&self) -> &Trail {
         &self.trail
     }
 
-    /// [`verify_header`](Self::verify_header) at an edge: a refused token
-    /// is recorded in the trail with where it came from.
+    /// The caller at an edge: its token when it sends one (people), else
+    /// the client certificate its TLS handshake presented (systems). A
+    /// refusal is recorded in the trail with where it came from.
     pub fn authenticate(
         &self,
         header: Option<&str>,
+        certificate: Option<&CertificateDer<'_>>,
         now: i64,
         peer: Option<std::net::SocketAddr>,
     ) -> Result<Principal, AuthError> {
-        self.verify_header(header, now).inspect_err(|e| {
+        let resolved = match (header, certificate) {
+            (None, Some(certificate)) => {
+                self.certificates.principal(certificate).map(|p| Principal { trail: self.trail.clone(), ..p })
+            }
+            _ => self.verify_header(header, now),
+        };
+        resolved.inspect_err(|e| {
             self.trail.record(Refusal {
                 subject: String::new(),
                 principal_kind: "anonymous".into(),
@@ -307,10 +336,10 @@ pub fn generate_ed25519() -> Result<(String, String), KeyError> {
 pub(crate) mod tests {
     use super::*;
 
-    pub(crate) fn pair() -> (TokenSigner, TokenVerifier) {
+    pub(crate) fn pair() -> (TokenSigner, Authenticator) {
         let (private, public) = generate_ed25519().unwrap();
         let signer = TokenSigner::new("k1", private.as_bytes(), "iss", "aud").unwrap();
-        let verifier = TokenVerifier::new("iss", "aud", &[("k1".into(), public.into_bytes())]).unwrap();
+        let verifier = Authenticator::new("iss", "aud", &[("k1".into(), public.into_bytes())]).unwrap();
         (signer, verifier)
     }
 
@@ -334,15 +363,51 @@ pub(crate) mod tests {
         let verifier = verifier.with_trail(Trail::new(kept.clone()));
         let token = signer.mint(&reader(), 1_000, 60).unwrap();
         let peer: std::net::SocketAddr = "192.0.2.7:50100".parse().unwrap();
-        let principal = verifier.authenticate(Some(&format!("Bearer {token}")), 1_010, Some(peer)).unwrap();
+        let principal = verifier.authenticate(Some(&format!("Bearer {token}")), None, 1_010, Some(peer)).unwrap();
         assert!(principal.trail.is_kept());
         assert!(kept.0.lock().unwrap().is_empty());
-        let late = verifier.authenticate(Some(&format!("Bearer {token}")), 5_000, Some(peer)).unwrap_err();
-        verifier.authenticate(None, 5_000, None).unwrap_err();
+        let late = verifier.authenticate(Some(&format!("Bearer {token}")), None, 5_000, Some(peer)).unwrap_err();
+        verifier.authenticate(None, None, 5_000, None).unwrap_err();
         let kept = kept.0.lock().unwrap();
         let codes: Vec<_> = kept.iter().map(|r| (r.code.as_str(), r.network_access_point.as_deref())).collect();
         assert_eq!(codes, [("TOKEN_EXPIRED", Some("192.0.2.7:50100")), ("TOKEN_MISSING", None)]);
         assert_eq!((kept[0].principal_kind.as_str(), kept[0].reason.clone()), ("anonymous", late.to_string()));
+    }
+
+    #[test]
+    fn a_listed_client_certificate_is_its_facilitys_principal_and_a_token_beside_it_wins() {
+        use rustls_pki_types::pem::PemObject;
+        let fixture = |name: &str| {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+            CertificateDer::from_pem_file(path).unwrap()
+        };
+        let listed = meridian_config::ClientCertificate {
+            name: "ct1.acme-general.acme.example".into(),
+            tenant: "acme".into(),
+            facility: "acme-general".into(),
+            roles: vec!["facility".into(), "sre".into()],
+        };
+        let (signer, verifier) = pair();
+        let kept = std::sync::Arc::new(crate::refusal::tests::Kept::default());
+        let verifier =
+            verifier.with_trail(Trail::new(kept.clone())).with_certificates(ClientCertificates::new(&[listed]));
+        let (ct, engine) = (fixture("acme-general-ct.pem"), fixture("acme-interface-engine.pem"));
+        let system = verifier.authenticate(None, Some(&ct), 1_000, None).unwrap();
+        assert_eq!(
+            (system.subject.as_str(), system.tenant.as_deref(), system.facility.as_deref()),
+            ("certificate:ct1.acme-general.acme.example", Some("acme"), Some("acme-general"))
+        );
+        // A tenant principal holds no platform role, whatever is listed.
+        assert_eq!(system.roles, ["facility"]);
+        assert!(system.trail.is_kept());
+        // A person at a workstation that holds a certificate: the token speaks.
+        let token = signer.mint(&reader(), 1_000, 60).unwrap();
+        let person = verifier.authenticate(Some(&format!("Bearer {token}")), Some(&ct), 1_000, None).unwrap();
+        assert_eq!(person.subject, "dr-nair");
+        let unknown = verifier.authenticate(None, Some(&engine), 1_000, None).unwrap_err();
+        assert_eq!(unknown, AuthError::CertificateUnknown { names: vec!["urn://acme/interface-engine".into()] });
+        let codes: Vec<_> = kept.0.lock().unwrap().iter().map(|r| r.code.clone()).collect();
+        assert_eq!(codes, ["CERTIFICATE_UNKNOWN"]);
     }
 
     #[test]
@@ -376,7 +441,7 @@ pub(crate) mod tests {
         let (private, public) = generate_ed25519().unwrap();
         let wrong =
             TokenSigner::new("k1", private.as_bytes(), "evil", "aud").unwrap().mint(&reader(), 1_000, 60).unwrap();
-        let v = TokenVerifier::new("iss", "aud", &[("k1".into(), public.into_bytes())]).unwrap();
+        let v = Authenticator::new("iss", "aud", &[("k1".into(), public.into_bytes())]).unwrap();
         assert_eq!(v.verify(&wrong, 1_000).unwrap_err().reason(), "TOKEN_WRONG_CLAIM");
     }
 }

@@ -62,6 +62,12 @@ pub struct Region {
 pub struct TlsConfig {
     pub cert: SecretRef,
     pub key: SecretRef,
+    /// CA certificates (PEM) a client certificate must chain to. When
+    /// set, the region asks every TLS client for a certificate; one that
+    /// chains here and is listed in `auth.toml`'s `client_certificates`
+    /// is the caller's principal. Without it no certificate is asked for.
+    #[serde(default)]
+    pub client_ca: Option<SecretRef>,
 }
 
 /// `[billing]` of a region: the invoice issuer (the legal entity on the
@@ -375,6 +381,11 @@ pub struct Facility {
     /// orders, besides the facility's own name.
     #[serde(default)]
     pub hl7_sending_facilities: Vec<String>,
+    /// When true, a DICOM association from the facility must present a
+    /// client certificate of the facility (over TLS), else it is
+    /// rejected: AE titles are easy to copy, keys are not.
+    #[serde(default)]
+    pub client_certificate_required: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -1082,6 +1093,31 @@ pub struct Auth {
     pub keys: Vec<VerifyingKey>,
     #[serde(default)]
     pub principals: Vec<ExamplePrincipal>,
+    /// Client certificates that are principals, for PACS and interface
+    /// engines that cannot hold a token. Tokens stay for people.
+    #[serde(default)]
+    pub client_certificates: Vec<ClientCertificate>,
+}
+
+/// A client certificate that speaks for a facility: a certificate that
+/// chains to the region's `tls.client_ca` and carries `name` among its
+/// subject alternative names (DNS or URI) is this principal. The subject's
+/// common name is not matched (RFC 6125 retired it for identity).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertificate {
+    /// A DNS name or URI in the certificate's subject alternative names.
+    pub name: String,
+    pub tenant: String,
+    pub facility: String,
+    /// Roles of a tenant principal; a PACS or interface engine sends
+    /// studies and orders, so `facility` unless said otherwise.
+    #[serde(default = "facility_role")]
+    pub roles: Vec<String>,
+}
+
+fn facility_role() -> Vec<String> {
+    vec!["facility".into()]
 }
 
 #[derive(Clone, Debug, Deserialize)]

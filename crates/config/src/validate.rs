@@ -116,6 +116,13 @@ fn regions(out: &mut Out, f: &Files<'_>) {
         {
             out.at(file, "billing.invoice_series", format!("{series:?}: 1 to 16 of A-Z, 0-9 and '-'"));
         }
+        if let Some(tls) = &r.tls {
+            check_secret(out, file, "tls.cert", &tls.cert);
+            check_secret(out, file, "tls.key", &tls.key);
+            if let Some(ca) = &tls.client_ca {
+                check_secret(out, file, "tls.client_ca", ca);
+            }
+        }
         if let LogConfig::Kafka { bootstrap_servers, replication_factor, client, client_secrets_env, .. } = &r.log {
             if bootstrap_servers
                 .split(',')
@@ -821,6 +828,35 @@ fn check_auth(out: &mut Out, f: &Files<'_>, auth: &Auth) {
         }
         if p.roles.iter().any(|r| r == "reader") && p.reader.is_none() {
             out.at(file, at("reader"), "a principal with the reader role names its reader id");
+        }
+    }
+    let mut certificate_names = BTreeSet::new();
+    for (i, c) in auth.client_certificates.iter().enumerate() {
+        let at = |field: &str| format!("client_certificates[{i}].{field}");
+        if c.name.trim().is_empty() || c.name.trim() != c.name {
+            out.at(file, at("name"), "a subject alternative name (DNS name or URI), without spaces around it");
+        }
+        if !certificate_names.insert(&c.name) {
+            out.at(file, at("name"), format!("certificate name {:?} is listed twice", c.name));
+        }
+        match f.tenants.get(&c.tenant) {
+            None if !f.no_tenant(&c.tenant) => {}
+            None => out.at(file, at("tenant"), format!("unknown tenant {:?} ({})", c.tenant, known(f.tenants.keys()))),
+            Some((_, tenant)) => {
+                if !tenant.facilities.iter().any(|x| x.name == c.facility) {
+                    out.at(file, at("facility"), format!("tenant {:?} has no facility {:?}", c.tenant, c.facility));
+                }
+            }
+        }
+        let allowed = roles_for(PrincipalKind::Tenant);
+        for (j, role) in c.roles.iter().enumerate() {
+            if !allowed.contains(&role.as_str()) {
+                out.at(
+                    file,
+                    at(&format!("roles[{j}]")),
+                    format!("{role:?} is not a role of a tenant principal (roles: {})", allowed.join(", ")),
+                );
+            }
         }
     }
 }

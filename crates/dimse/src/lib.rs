@@ -25,8 +25,8 @@ use std::time::Duration;
 use dicom_ul::association::AsyncServerAssociation;
 use dicom_ul::pdu::{AssociationRJServiceUserReason, PDataValue, PDataValueType, UserIdentity};
 use dicom_ul::{Pdu, ServerAssociationOptions};
-use meridian_auth::dimse::{AssociationRejected, resolve_association};
-use meridian_auth::{Action, Principal, Resource, Trail, authorize};
+use meridian_auth::dimse::{AssociationRejected, Caller, resolve_association};
+use meridian_auth::{Action, Authenticator, PresentedCertificate, Principal, Resource, authorize};
 use meridian_config::Platform;
 use tokio::net::TcpStream;
 
@@ -135,7 +135,10 @@ struct Gate {
     platform: Arc<Platform>,
     region: String,
     peer: SocketAddr,
-    trail: Trail,
+    authenticator: Arc<Authenticator>,
+    /// The client certificate the TLS handshake verified (empty on a
+    /// plain connection, or when none was presented).
+    presented: PresentedCertificate,
     outcome: Mutex<Option<Result<Principal, AssociationRejected>>>,
     titles: Mutex<(String, String)>,
 }
@@ -149,14 +152,13 @@ impl dicom_ul::association::server::AccessControl for &Gate {
         called_ae_title: &str,
         _user_identity: Option<&UserIdentity>,
     ) -> Result<(), AssociationRJServiceUserReason> {
-        let outcome = resolve_association(
-            &self.platform,
-            &self.region,
-            called_ae_title,
-            calling_ae_title,
-            self.peer.ip(),
-            &self.trail,
-        );
+        let caller = Caller {
+            called_ae: called_ae_title,
+            calling_ae: calling_ae_title,
+            peer: self.peer.ip(),
+            certificate: self.presented.get(),
+        };
+        let outcome = resolve_association(&self.platform, &self.region, caller, &self.authenticator);
         let reason = match &outcome {
             Ok(_) => None,
             Err(e @ AssociationRejected::CalledAeNotRecognized { .. }) => {
@@ -174,17 +176,18 @@ impl dicom_ul::association::server::AccessControl for &Gate {
 
 /// Negotiates and serves one association on `socket`: Verification, and
 /// Storage when `store` is given; over TLS (PS3.15 Annex B) when `tls` is
-/// given. Refusals are recorded in `trail` (the region's audit).
+/// given, with the slot its handshake puts the client certificate in.
+/// Refusals are recorded in the authenticator's trail (the region's audit).
 #[allow(clippy::too_many_arguments)]
 pub async fn accept(
     socket: TcpStream,
     peer: SocketAddr,
     region: &str,
     platform: Arc<Platform>,
-    trail: &Trail,
+    authenticator: Arc<Authenticator>,
     limits: &Limits,
     store: Option<&dyn StoreService>,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<(Arc<rustls::ServerConfig>, PresentedCertificate)>,
 ) -> Result<Served, Error> {
     let protocol = |reason: String| Error::Protocol { peer, reason };
     socket.set_nodelay(true).map_err(|e| protocol(e.to_string()))?;
@@ -192,7 +195,8 @@ pub async fn accept(
         platform,
         region: region.to_owned(),
         peer,
-        trail: trail.clone(),
+        authenticator,
+        presented: tls.as_ref().map(|(_, presented)| presented.clone()).unwrap_or_default(),
         outcome: Mutex::new(None),
         titles: Mutex::new(Default::default()),
     };
@@ -219,7 +223,7 @@ pub async fn accept(
                 let negotiated = options.establish_async(socket).await;
                 serve(negotiated, &gate, region, limits, store).await
             }
-            Some(config) => {
+            Some((config, _)) => {
                 let negotiated = options.tls_config(config).establish_tls_async(socket).await;
                 serve(negotiated, &gate, region, limits, store).await
             }

@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use clap::Args;
 use meridian_auth::token::generate_ed25519;
-use meridian_auth::{Principal, TokenSigner, TokenVerifier};
+use meridian_auth::{Authenticator, Principal, TokenSigner};
 use meridian_config::{Platform, SecretRef};
 use meridian_events::UnixMicros;
 use meridian_region::{Listeners, RegionContext};
@@ -209,18 +209,21 @@ pub(crate) fn region_tls(
              name one with {{ file = \"...\" }}"
         )),
     };
-    let files = meridian_region::tls::TlsFiles { cert: file("cert", &tls.cert)?, key: file("key", &tls.key)? };
+    let client_ca = tls.client_ca.as_ref().map(|ca| file("client_ca", ca)).transpose()?;
+    let files =
+        meridian_region::tls::TlsFiles { cert: file("cert", &tls.cert)?, key: file("key", &tls.key)?, client_ca };
     meridian_region::tls::ServerTls::load(files).map(Some).map_err(|e| format!("regions/{region}.toml: {e}"))
 }
 
-pub(crate) fn verifier(platform: &Platform, secrets: &Path) -> anyhow::Result<TokenVerifier> {
+pub(crate) fn verifier(platform: &Platform, secrets: &Path) -> anyhow::Result<Authenticator> {
     let env = |name: &str| std::env::var(name).ok();
     let mut keys = Vec::new();
     for key in &platform.auth.keys {
         let pem = key.public_key.read(secrets, &env).with_context(|| format!("auth.toml: key {}", key.id))?;
         keys.push((key.id.clone(), pem));
     }
-    Ok(TokenVerifier::new(&platform.auth.issuer, &platform.auth.audience, &keys)?)
+    let certificates = meridian_auth::ClientCertificates::new(&platform.auth.client_certificates);
+    Ok(Authenticator::new(&platform.auth.issuer, &platform.auth.audience, &keys)?.with_certificates(certificates))
 }
 
 fn tokens(platform: &Platform, signer: &TokenSigner, now: i64, ttl: i64) -> anyhow::Result<serde_json::Value> {

@@ -1491,11 +1491,17 @@ fn tail_payloads_in(data: &Path, region: &str, stream: &str, kind: &str) -> Vec<
 
 /// The events of `kind` on `region`'s `stream`, as `meridian log tail --json` prints them.
 fn tail_events(data: &Path, region: &str, stream: &str, kind: &str) -> Vec<Value> {
-    let out = Command::new(MERIDIAN)
-        .args(["log", "tail", "--json", "--stream", stream, "--region", region, "--data-dir"])
-        .arg(data)
-        .output()
-        .unwrap();
+    tail_events_trusting(data, region, stream, kind, None)
+}
+
+/// [`tail_events`] of a region that speaks TLS with a certificate of `ca`.
+fn tail_events_trusting(data: &Path, region: &str, stream: &str, kind: &str, ca: Option<&Path>) -> Vec<Value> {
+    let mut command = Command::new(MERIDIAN);
+    command.args(["log", "tail", "--json", "--stream", stream, "--region", region, "--data-dir"]).arg(data);
+    if let Some(ca) = ca {
+        command.arg("--ca").arg(ca);
+    }
+    let out = command.output().unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -2368,6 +2374,172 @@ async fn every_acknowledged_signature_survives_a_sigkill_and_routing_completes_e
             .all(|s| done.iter().any(|c| c["studyId"] == s.as_str() && c["readType"] == "preliminary"))
             .then_some(())
     });
+    dev.interrupt();
+}
+
+/// Systems that cannot hold a token present a client certificate: DICOM,
+/// DICOMweb and gRPC take a listed one as its facility's principal, DICOM
+/// refuses one of another facility (A-ASSOCIATE-RJ reason 3), and a
+/// facility may require one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_speaks_for_its_facility_over_dicom_https_and_grpc_and_for_no_other() {
+    let config = tempfile::TempDir::new().unwrap();
+    meridian_integration_tests::copy_dir(&repo().join("deploy/examples/dev"), config.path());
+    let region = config.path().join("regions/us-east.toml");
+    let mut text = std::fs::read_to_string(&region).unwrap();
+    text.push_str(
+        "\n[tls]\ncert = { file = \"tls/site-server.pem\" }\nkey = { file = \"tls/site-server.key\" }\n\
+         client_ca = { file = \"tls/site-ca.pem\" }\n",
+    );
+    std::fs::write(&region, text).unwrap();
+    // The imaging center's PACS must prove itself with its certificate.
+    let acme = config.path().join("tenants/acme.toml");
+    let text = std::fs::read_to_string(&acme).unwrap().replace(
+        "calling_ae_titles = [\"ACMEIC_PACS\"]\n",
+        "calling_ae_titles = [\"ACMEIC_PACS\"]\nclient_certificate_required = true\n",
+    );
+    std::fs::write(&acme, text).unwrap();
+    let data = tempfile::TempDir::new().unwrap();
+    let tls = data.path().join("secrets/tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    let clients = "ct=ct1.acme-general.acme.example,ic=pacs.acme-imaging-center.acme.example,\
+                   nw=pacs.northwind-dublin.northwind.example,unlisted=modality.acme.example";
+    let site = meridian_integration_tests::test_certificates(&tls, "site", &["--clients", clients]);
+    // The same name as acme-general's CT, from a CA the region does not trust.
+    let forged = meridian_integration_tests::test_certificates(
+        &data.path().join("secrets"),
+        "forged",
+        &["--clients", "ct=ct1.acme-general.acme.example"],
+    );
+    let client =
+        |label: &str| (tls.join(format!("site-client-{label}.pem")), tls.join(format!("site-client-{label}.key")));
+    let dev = Dev::start_configured(config.path(), data.path(), "");
+    let endpoints = dev.json("endpoints.json");
+
+    // DICOM over TLS with dcmtk: `+tls key cert` presents a certificate,
+    // `+tla` none.
+    let port = dev.dicom_port("us-east").to_string();
+    let dcmtk = |tool: &str, calling: &str, identity: Option<(&Path, &Path)>, files: &[&Path]| {
+        let mut command = Command::new(tool);
+        match identity {
+            Some((cert, key)) => command.arg("+tls").arg(key).arg(cert),
+            None => command.arg("+tla"),
+        };
+        let out = command
+            .arg("+cf")
+            .arg(&site.ca)
+            .args(["-aet", calling, "-aec", "MERIDIAN_ACME", "127.0.0.1", &port])
+            .args(files)
+            .env("TCP_NODELAY", "1")
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ct_cert, ct_key) = client("ct");
+    let (ic_cert, ic_key) = client("ic");
+    let ct = Some((ct_cert.as_path(), ct_key.as_path()));
+    let ic = Some((ic_cert.as_path(), ic_key.as_path()));
+    let (ok, said) = dcmtk("echoscu", "ACME_CT1", ct, &[]);
+    assert!(ok, "acme-general's CT with its certificate: {said}");
+    let (ok, said) = dcmtk("echoscu", "ACME_CT1", None, &[]);
+    assert!(ok, "acme-general requires no certificate: {said}");
+    let (ok, said) = dcmtk("echoscu", "ACMEIC_PACS", ct, &[]);
+    assert!(!ok && said.contains("Calling AE Title Not Recognized"), "another facility's certificate: {said}");
+    let (ok, said) = dcmtk("echoscu", "ACMEIC_PACS", None, &[]);
+    assert!(!ok && said.contains("Calling AE Title Not Recognized"), "the imaging center requires one: {said}");
+    let (ok, said) = dcmtk("echoscu", "ACMEIC_PACS", ic, &[]);
+    assert!(ok, "the imaging center with its own: {said}");
+    let forged_ct =
+        (data.path().join("secrets/forged-client-ct.pem"), data.path().join("secrets/forged-client-ct.key"));
+    let (ok, _) = dcmtk("echoscu", "ACME_CT1", Some((&forged_ct.0, &forged_ct.1)), &[]);
+    assert!(!ok, "acme-general's name on a certificate from a CA the region does not trust gets no association");
+    let _ = forged;
+    let files = tempfile::TempDir::new().unwrap();
+    let file = meridian_integration_tests::dicom::one_instance_study(
+        files.path(),
+        "1.2.826.0.1.3680043.10.543.778",
+        "MRN-CERT",
+        "ROUTINE",
+    );
+    let (ok, said) = dcmtk("storescu", "ACMEIC_PACS", ic, &[&file]);
+    assert!(ok, "storescu with the imaging center's certificate: {said}");
+
+    // DICOMweb: STOW-RS with the certificate and no token.
+    let http = endpoints["regions"]["us-east"]["http"].as_str().unwrap().to_owned();
+    let boundary = "meridian-cert-test";
+    let mut body = format!("--{boundary}\r\nContent-Type: application/dicom\r\n\r\n").into_bytes();
+    let second = meridian_integration_tests::dicom::one_instance_study(
+        files.path(),
+        "1.2.826.0.1.3680043.10.543.779",
+        "MRN-CERT-2",
+        "ROUTINE",
+    );
+    body.extend(std::fs::read(&second).unwrap());
+    body.extend(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let body_file = files.path().join("stow.body");
+    std::fs::write(&body_file, body).unwrap();
+    let curl = |identity: Option<&str>| {
+        let mut command = Command::new("curl");
+        command.args(["-s", "-w", "\n%{http_code}", "--cacert"]).arg(&site.ca);
+        if let Some(label) = identity {
+            let (cert, key) = client(label);
+            command.arg("--cert").arg(cert).arg("--key").arg(key);
+        }
+        let out = command
+            .args(["-H", &format!("Content-Type: multipart/related; type=\"application/dicom\"; boundary={boundary}")])
+            .arg("--data-binary")
+            .arg(format!("@{}", body_file.display()))
+            .arg(format!("{http}/dicomweb/studies"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or_default();
+        (code.to_owned(), body.to_owned())
+    };
+    let (code, said) = curl(None);
+    assert_eq!(code, "401", "neither token nor certificate: {said}");
+    let (code, said) = curl(Some("unlisted"));
+    assert!(code == "401" && said.contains("CERTIFICATE_UNKNOWN") && said.contains("modality.acme.example"), "{said}");
+    let (code, said) = curl(Some("ct"));
+    assert_eq!(code, "200", "STOW-RS with acme-general's certificate: {said}");
+    // Northwind's certificate speaks for Northwind only: its STOW-RS to
+    // acme's region stores nothing of acme's.
+    let (code, said) = curl(Some("nw"));
+    assert_ne!(code, "200", "northwind's certificate storing into acme: {said}");
+
+    // gRPC: the certificate is the principal of a call without a token.
+    use meridian_proto::ingest::v1::ListRejectionsRequest;
+    use meridian_proto::ingest::v1::ingest_service_client::IngestServiceClient;
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let grpc = format!("https://{}", endpoints["regions"]["us-east"]["grpc"].as_str().unwrap());
+    let rejections = |identity: Option<&str>| {
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(std::fs::read(&site.ca).unwrap()));
+        if let Some(label) = identity {
+            let (cert, key) = client(label);
+            tls = tls.identity(Identity::from_pem(std::fs::read(cert).unwrap(), std::fs::read(key).unwrap()));
+        }
+        let grpc = grpc.clone();
+        async move {
+            let channel = Channel::from_shared(grpc).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
+            IngestServiceClient::new(channel).list_rejections(ListRejectionsRequest { page_size: 10 }).await
+        }
+    };
+    assert!(rejections(Some("ct")).await.is_ok(), "acme-general's certificate lists acme's rejections");
+    let refused = rejections(None).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let refused = rejections(Some("unlisted")).await.unwrap_err();
+    assert!(refused.code() == tonic::Code::Unauthenticated && refused.message().contains("modality.acme.example"));
+
+    // Each refusal is in the region's audit with its code.
+    let codes = wait_for("the certificate refusals audited", 20, || {
+        let found = tail_events_trusting(data.path(), "us-east", "audit", "AccessDenied", Some(&site.ca));
+        let codes: Vec<String> =
+            found.iter().map(|e| e["payload"]["code"].as_str().unwrap_or_default().to_owned()).collect();
+        (codes.iter().filter(|c| *c == "CERTIFICATE_UNKNOWN").count() >= 2).then_some(codes)
+    });
+    for code in ["CERTIFICATE_NOT_OF_FACILITY", "CERTIFICATE_REQUIRED", "TOKEN_MISSING"] {
+        assert!(codes.iter().any(|c| c == code), "{code} in {codes:?}");
+    }
     dev.interrupt();
 }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_auth::TokenVerifier;
+use meridian_auth::Authenticator;
 use meridian_config::{LogConfig, Platform};
 use meridian_events::payload::CATALOGUE;
 use meridian_events::{KeyStore, UnixMicros};
@@ -95,7 +95,7 @@ pub struct RegionContext {
     /// index, the embedded log and, on `[objects] kind = "local"`, objects.
     pub dir: PathBuf,
     /// Gives each principal it verifies the region's refusal trail.
-    pub verifier: Arc<TokenVerifier>,
+    pub verifier: Arc<Authenticator>,
     /// Refusals the audit trail could not keep (see `meridian_audit::refusals`).
     pub refusals_lost: Arc<meridian_audit::refusals::Lost>,
     /// What this process is (`dev`, `routing`, `ingest-1`…).
@@ -126,7 +126,7 @@ impl RegionContext {
         name: &str,
         dir: &Path,
         platform: Arc<Platform>,
-        verifier: Arc<TokenVerifier>,
+        verifier: Arc<Authenticator>,
         options: RegionOptions,
     ) -> Result<RegionContext, RegionError> {
         let RegionOptions { secrets, failpoints, key_encryption_key, process, ownership, peers, delivery_tokens } =
@@ -294,7 +294,7 @@ pub struct Region {
     pub platform: Arc<Platform>,
     pub log: Arc<dyn EventLog>,
     pub keys: Arc<dyn KeyStore>,
-    pub verifier: Arc<TokenVerifier>,
+    pub verifier: Arc<Authenticator>,
     services: Vec<Arc<dyn RegionService>>,
     summary: Mutex<Projector<EventSummary>>,
     summary_snapshots: Snapshotter,

@@ -118,7 +118,7 @@ pub async fn serve(
     let routes = routes.routes();
     // With the peer's address, so a refused call's audit says where it came from.
     let router = crate::http::router(region.clone());
-    let service_tls = listeners.tls.as_ref().map(ServerTls::config);
+    let service_tls = listeners.tls.clone();
     let (grpc, http) = match listeners.tls {
         None => {
             let router = router.into_make_service_with_connect_info::<std::net::SocketAddr>();

@@ -110,7 +110,7 @@ pub struct ServiceListeners {
     pub mllp: Option<TcpListener>,
     /// The region's TLS, when it has a certificate: the DICOM port speaks
     /// it too (PS3.15 Annex B).
-    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -5,6 +5,12 @@
 //! one (unknown CA, expired, plaintext on a TLS port) is logged with the
 //! peer and the reason, and holds up no one else.
 //!
+//! With a client CA (`tls.client_ca`), every handshake asks for a client
+//! certificate and verifies one against it; a client without one still
+//! connects (people send tokens). The DICOM port captures the certificate
+//! per association, as the association's principal is decided after the
+//! handshake (`meridian_auth::dimse`).
+//!
 //! One crypto provider: rustls's ring, the one the object store's and
 //! tonic's clients already use, named explicitly so no process-wide
 //! default is needed.
@@ -14,10 +20,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use meridian_auth::PresentedCertificate;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::UnixTime;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -38,12 +49,17 @@ pub struct TlsError {
     pub reason: String,
 }
 
-/// Where the certificate chain and its key are read from.
+/// Where the certificate chain and its key are read from, and the CA
+/// bundle client certificates are verified against.
 #[derive(Clone, Debug)]
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
 }
+
+/// The files' modification times: a change to any is a reload.
+type Stamp = [Option<SystemTime>; 3];
 
 fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
@@ -69,9 +85,154 @@ impl TlsFiles {
         Ok(certified)
     }
 
-    fn stamp(&self) -> (Option<SystemTime>, Option<SystemTime>) {
-        (modified(&self.cert), modified(&self.key))
+    /// A verifier of client certificates against the CA bundle, when
+    /// there is one.
+    fn load_client_ca(&self) -> Result<Option<Arc<dyn ClientCertVerifier>>, TlsError> {
+        let Some(path) = &self.client_ca else { return Ok(None) };
+        let err = |reason: String| TlsError { field: "tls.client_ca", path: path.display().to_string(), reason };
+        let mut roots = RootCertStore::empty();
+        let certificates: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| err(e.to_string()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| err(e.to_string()))?;
+        let (added, _) = roots.add_parsable_certificates(certificates);
+        if added == 0 {
+            return Err(err("no usable PEM CA certificate in the file".into()));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .allow_unauthenticated()
+            .build()
+            .map(Some)
+            .map_err(|e| err(e.to_string()))
     }
+
+    fn stamp(&self) -> Stamp {
+        [modified(&self.cert), modified(&self.key), self.client_ca.as_deref().and_then(modified)]
+    }
+}
+
+/// The client certificate verifier now, swapped when the CA file changes.
+#[derive(Debug)]
+struct Trusted {
+    current: RwLock<Arc<dyn ClientCertVerifier>>,
+}
+
+impl Trusted {
+    fn now(&self) -> Arc<dyn ClientCertVerifier> {
+        self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+}
+
+impl ClientCertVerifier for Trusted {
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    // No hints: clients with one certificate (PACS, interface engines)
+    // send it whatever is hinted, and the hints would follow rotation.
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.now().verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.now().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.now().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.now().supported_verify_schemes()
+    }
+}
+
+/// [`Trusted`] for one DICOM association: keeps the certificate it
+/// verified, for the association's access control to read.
+#[derive(Debug)]
+struct Capturing {
+    trusted: Arc<Trusted>,
+    presented: PresentedCertificate,
+}
+
+impl ClientCertVerifier for Capturing {
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self.trusted.verify_client_cert(end_entity, intermediates, now)?;
+        let _ = self.presented.set(end_entity.clone().into_owned());
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.trusted.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.trusted.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.trusted.supported_verify_schemes()
+    }
+}
+
+/// A server configuration serving `served`, asking for client
+/// certificates when `verifier` is given.
+fn server_config(
+    served: Arc<Served>,
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError { field: "tls", path: String::new(), reason: e.to_string() })?;
+    let builder = match verifier {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    Ok(builder.with_cert_resolver(served))
 }
 
 /// The certificate served now, swapped when its files change.
@@ -91,42 +252,49 @@ impl ResolvesServerCert for Served {
 pub struct ServerTls {
     files: TlsFiles,
     served: Arc<Served>,
+    trusted: Option<Arc<Trusted>>,
     config: Arc<rustls::ServerConfig>,
     acceptor: TlsAcceptor,
 }
 
 impl ServerTls {
-    /// Reads the certificate and key; an error names the field and file.
+    /// Reads the certificate, key and client CA; an error names the field
+    /// and file.
     pub fn load(files: TlsFiles) -> Result<ServerTls, TlsError> {
         let served = Arc::new(Served { current: RwLock::new(Arc::new(files.load()?)) });
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError { field: "tls", path: String::new(), reason: e.to_string() })?
-            .with_no_client_auth()
-            .with_cert_resolver(served.clone());
+        let trusted = files.load_client_ca()?.map(|v| Arc::new(Trusted { current: RwLock::new(v) }));
+        let verifier = trusted.clone().map(|t| t as Arc<dyn ClientCertVerifier>);
+        let mut config = server_config(served.clone(), verifier)?;
         // gRPC needs HTTP/2; browsers and curl may take either.
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let config = Arc::new(config);
-        Ok(ServerTls { files, served, acceptor: TlsAcceptor::from(config.clone()), config })
+        Ok(ServerTls { files, served, trusted, acceptor: TlsAcceptor::from(config.clone()), config })
     }
 
-    /// The configuration, for a port that runs its own handshake (DICOM):
-    /// it serves the certificate read last, as the others do.
-    pub fn config(&self) -> Arc<rustls::ServerConfig> {
-        self.config.clone()
+    /// A configuration for one DICOM association, which runs its own
+    /// handshake: it serves the certificate read last, as the others do,
+    /// and keeps the client certificate it verified in the slot returned.
+    pub fn for_association(&self) -> Result<(Arc<rustls::ServerConfig>, PresentedCertificate), TlsError> {
+        let presented = PresentedCertificate::default();
+        let Some(trusted) = &self.trusted else { return Ok((self.config.clone(), presented)) };
+        let capturing = Arc::new(Capturing { trusted: trusted.clone(), presented: presented.clone() });
+        Ok((Arc::new(server_config(self.served.clone(), Some(capturing))?), presented))
     }
 
     /// Reads the files again if they changed since `seen`; keeps serving
-    /// the certificate it has when the new one does not load.
-    fn reload_if_changed(&self, seen: &mut (Option<SystemTime>, Option<SystemTime>)) {
+    /// the certificate (and trusting the CA) it has when the new ones do
+    /// not load.
+    fn reload_if_changed(&self, seen: &mut Stamp) {
         let now = self.files.stamp();
         if now == *seen {
             return;
         }
-        match self.files.load() {
-            Ok(certified) => {
+        match self.files.load().and_then(|certified| Ok((certified, self.files.load_client_ca()?))) {
+            Ok((certified, verifier)) => {
                 *self.served.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(certified);
+                if let (Some(trusted), Some(verifier)) = (&self.trusted, verifier) {
+                    *trusted.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = verifier;
+                }
                 *seen = now;
                 tracing::info!(cert = %self.files.cert.display(), "serving the certificate read again");
             }
@@ -187,22 +355,34 @@ impl ServerTls {
     }
 }
 
-/// The peer of a TLS connection, as axum's connect info; handed on to
-/// the routes as `ConnectInfo<SocketAddr>`, as a plain connection's is.
-#[derive(Clone, Copy, Debug)]
-pub struct TlsPeer(pub SocketAddr);
+/// The peer of a TLS connection, as axum's connect info: its address and
+/// the client certificate its handshake verified, if any. Handed on to
+/// the routes as `ConnectInfo<SocketAddr>`, as a plain connection's is,
+/// and a [`PeerCertificate`](meridian_auth::PeerCertificate).
+#[derive(Clone, Debug)]
+pub struct TlsPeer {
+    pub addr: SocketAddr,
+    pub certificate: Option<CertificateDer<'static>>,
+}
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for TlsPeer {
     fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> TlsPeer {
-        TlsPeer(*stream.remote_addr())
+        let (_, connection) = stream.io().get_ref();
+        let certificate =
+            connection.peer_certificates().and_then(|chain| chain.first()).map(|c| c.clone().into_owned());
+        TlsPeer { addr: *stream.remote_addr(), certificate }
     }
 }
 
-/// Gives the routes a TLS peer's address where they read a plain one's.
+/// Gives the routes a TLS peer's address where they read a plain one's,
+/// and its certificate where the authentication layer looks.
 pub async fn plain_peer(mut request: axum::extract::Request) -> axum::extract::Request {
     use axum::extract::ConnectInfo;
-    if let Some(ConnectInfo(TlsPeer(addr))) = request.extensions().get::<ConnectInfo<TlsPeer>>().copied() {
-        request.extensions_mut().insert(ConnectInfo(addr));
+    if let Some(ConnectInfo(peer)) = request.extensions_mut().remove::<ConnectInfo<TlsPeer>>() {
+        request.extensions_mut().insert(ConnectInfo(peer.addr));
+        if let Some(certificate) = peer.certificate {
+            request.extensions_mut().insert(meridian_auth::PeerCertificate(certificate));
+        }
     }
     request
 }

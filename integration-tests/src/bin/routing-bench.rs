@@ -317,7 +317,7 @@ async fn main() -> anyhow::Result<()> {
 /// authorized, decided, appended durably and answered, one at a time.
 async fn grpc_claims(n_readers: usize, n_studies: usize) -> anyhow::Result<()> {
     use meridian_auth::grpc::Authenticate;
-    use meridian_auth::{Principal, TokenSigner, TokenVerifier};
+    use meridian_auth::{Authenticator, Principal, TokenSigner};
     use meridian_proto::routing::v1 as pb;
     use meridian_proto::routing::v1::routing_service_client::RoutingServiceClient;
     use meridian_proto::routing::v1::routing_service_server::RoutingServiceServer;
@@ -362,7 +362,7 @@ async fn grpc_claims(n_readers: usize, n_studies: usize) -> anyhow::Result<()> {
 
     let (private, public) = meridian_auth::token::generate_ed25519()?;
     let signer = TokenSigner::new("k", private.as_bytes(), "iss", "aud")?;
-    let verifier = Arc::new(TokenVerifier::new("iss", "aud", &[("k".into(), public.into_bytes())])?);
+    let verifier = Arc::new(Authenticator::new("iss", "aud", &[("k".into(), public.into_bytes())])?);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let service =

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meridian_auth::grpc::Authenticate;
-use meridian_auth::{Principal, TokenSigner, TokenVerifier};
+use meridian_auth::{Authenticator, Principal, TokenSigner};
 use meridian_config::PrincipalKind;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Server};
 use tonic_health::pb::HealthCheckRequest;
@@ -116,10 +116,14 @@ async fn main() {
     let dir = tempfile::TempDir::new().unwrap();
     let pair = meridian_integration_tests::test_certificates(dir.path(), "bench", &[]);
     let ca = pair.ca;
-    let tls = meridian_region::tls::ServerTls::load(meridian_region::tls::TlsFiles { cert: pair.cert, key: pair.key })
-        .unwrap();
+    let tls = meridian_region::tls::ServerTls::load(meridian_region::tls::TlsFiles {
+        cert: pair.cert,
+        key: pair.key,
+        client_ca: None,
+    })
+    .unwrap();
     let (private, public) = meridian_auth::token::generate_ed25519().unwrap();
-    let verifier = Arc::new(TokenVerifier::new("iss", "aud", &[("k1".into(), public.into_bytes())]).unwrap());
+    let verifier = Arc::new(Authenticator::new("iss", "aud", &[("k1".into(), public.into_bytes())]).unwrap());
     let signer = TokenSigner::new("k1", private.as_bytes(), "iss", "aud").unwrap();
     let reader = Principal {
         subject: "dr-bench".into(),

@@ -139,6 +139,7 @@ pub(crate) async fn scp_in(
         loop {
             let (socket, peer) = listener.accept().await.unwrap();
             let (ingest, platform, limits) = (scp_ingest.clone(), scp_platform.clone(), limits.clone());
+            let authenticator = Arc::new(meridian_auth::Authenticator::new("meridian-dev", "meridian", &[]).unwrap());
             tokio::spawn(async move {
                 let store: &dyn meridian_dimse::StoreService = ingest.as_ref();
                 let _ = meridian_dimse::accept(
@@ -146,7 +147,7 @@ pub(crate) async fn scp_in(
                     peer,
                     "us-east",
                     platform,
-                    &Default::default(),
+                    authenticator,
                     &limits,
                     Some(store),
                     None,

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use meridian_auth::TokenVerifier;
+use meridian_auth::Authenticator;
 use meridian_auth::token::generate_ed25519;
 use meridian_config::value::DurationSpec;
 use meridian_config::{LogConfig, Platform};
@@ -30,7 +30,7 @@ async fn open(
     name: &str,
     dir: &Path,
     platform: Arc<Platform>,
-    verifier: Arc<TokenVerifier>,
+    verifier: Arc<Authenticator>,
     now: UnixMicros,
 ) -> Region {
     let options = RegionOptions { key_encryption_key: kek(), process: "test".into(), ..Default::default() };
@@ -60,7 +60,7 @@ async fn a_region_runs_on_kafka_with_topics_provisioned_from_config() {
         client_secrets_env: BTreeMap::new(),
     };
     let (_, public) = generate_ed25519().unwrap();
-    let verifier = Arc::new(TokenVerifier::new("iss", "aud", &[("k".into(), public.into_bytes())]).unwrap());
+    let verifier = Arc::new(Authenticator::new("iss", "aud", &[("k".into(), public.into_bytes())]).unwrap());
     let dir = tempfile::TempDir::new().unwrap();
     let now = UnixMicros(1_790_000_000_000_000);
 

@@ -187,7 +187,7 @@ impl IngestService {
 async fn dicom(
     service: Arc<IngestService>,
     listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<meridian_region::tls::ServerTls>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let region = service.context.name.clone();
@@ -233,8 +233,17 @@ async fn dicom(
             let _slot = slot;
             let store: &dyn meridian_dimse::StoreService = service.ingest.as_ref();
             let platform = service.context.platform.clone();
-            let trail = service.context.verifier.trail();
-            match meridian_dimse::accept(socket, peer, &region, platform, trail, &limits, Some(store), tls).await {
+            let authenticator = service.context.verifier.clone();
+            let tls = match tls.as_ref().map(|t| t.for_association()).transpose() {
+                Ok(tls) => tls,
+                Err(e) => {
+                    tracing::error!(%region, %peer, error = %e, "no TLS configuration for the association");
+                    return;
+                }
+            };
+            match meridian_dimse::accept(socket, peer, &region, platform, authenticator, &limits, Some(store), tls)
+                .await
+            {
                 Ok(served) => tracing::info!(
                     %region,
                     subject = %served.principal.subject,

@@ -730,7 +730,7 @@ mod tests {
 
     use meridian_auth::grpc::Authenticate;
     use meridian_auth::token::generate_ed25519;
-    use meridian_auth::{TokenSigner, TokenVerifier};
+    use meridian_auth::{Authenticator, TokenSigner};
     use meridian_config::PrincipalKind;
     use meridian_events::DataClass;
     use meridian_log::embedded::{EmbeddedLog, EmbeddedOptions};
@@ -857,7 +857,7 @@ mod tests {
 
         let (private, public) = generate_ed25519().unwrap();
         let signer = TokenSigner::new("k", private.as_bytes(), "iss", "aud").unwrap();
-        let verifier = Arc::new(TokenVerifier::new("iss", "aud", &[("k".into(), public.into_bytes())]).unwrap());
+        let verifier = Arc::new(Authenticator::new("iss", "aud", &[("k".into(), public.into_bytes())]).unwrap());
         let token = |p: Principal| signer.mint(&p, at.0 / 1_000_000, 600).unwrap();
         let x = token(principal("dr-x", PrincipalKind::Group, Some("g"), Some("dr-x"), &["reader"]));
         let y = token(principal("dr-y", PrincipalKind::Group, Some("g"), Some("dr-y"), &["reader"]));

@@ -10,6 +10,8 @@
 //! - [`token`]: the [`Authenticator`]; EdDSA (Ed25519) JWTs: verifying
 //!   against configured keys, minting for `meridian dev`, generating dev
 //!   key pairs.
+//! - [`oidc`]: OpenID Connect issuers' ES256/RS256 tokens, keys from a
+//!   JSON Web Key Set file, each issuer speaking for one tenant or group.
 //! - [`certificate`]: client certificates as principals (systems that
 //!   cannot hold a token).
 //! - [`grpc`]: the tonic interceptor and rich `Status` errors.
@@ -27,6 +29,7 @@ pub mod certificate;
 pub mod dimse;
 pub mod grpc;
 pub mod http;
+pub mod oidc;
 pub mod principal;
 pub mod refusal;
 pub mod token;

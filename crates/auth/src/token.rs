@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use rustls_pki_types::CertificateDer;
 
 use crate::certificate::ClientCertificates;
+use crate::oidc::Issuer;
 use crate::principal::Principal;
 use crate::refusal::{Refusal, Trail};
 
@@ -107,6 +108,8 @@ pub struct Authenticator {
     /// again. Bounded: emptied when it reaches [`VERIFIED_KEPT`].
     verified: Arc<Mutex<HashMap<String, Verified>>>,
     certificates: Arc<ClientCertificates>,
+    /// Identity providers whose ES256/RS256 tokens are accepted too.
+    issuers: Arc<Vec<Issuer>>,
 }
 
 /// A verified token's principal and the times it is good between.
@@ -143,7 +146,13 @@ impl Authenticator {
             trail: Trail::default(),
             verified: Arc::default(),
             certificates: Arc::default(),
+            issuers: Arc::default(),
         })
+    }
+
+    /// The same verifier, accepting these identity providers' tokens too.
+    pub fn with_issuers(self, issuers: Vec<Issuer>) -> Authenticator {
+        Authenticator { issuers: Arc::new(issuers), ..self }
     }
 
     /// The same verifier, taking these client certificates as principals.
@@ -228,15 +237,25 @@ impl Authenticator {
         Ok(Principal { trail: self.trail.clone(), ..verified.principal })
     }
 
-    /// The signature and every claim but the times.
+    /// The signature and every claim but the times: Meridian's own
+    /// (EdDSA), or an identity provider's, found by the token's `iss`.
     fn verify_signed(&self, token: &str) -> Result<Verified, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
         if header.alg != Algorithm::EdDSA {
-            return Err(AuthError::WrongClaim {
-                claim: "alg",
-                found: format!("{:?}", header.alg),
-                expected: "EdDSA".into(),
-            });
+            // Which issuer's keys to verify with: read before verifying,
+            // trusted only once that issuer's key verifies the signature.
+            let unverified: serde_json::Value = jsonwebtoken::dangerous::insecure_decode_claims(token)
+                .map_err(|e| AuthError::Malformed(e.to_string()))?;
+            let iss = unverified.get("iss").and_then(serde_json::Value::as_str).unwrap_or_default();
+            let Some(issuer) = self.issuers.iter().find(|i| i.issuer() == iss) else {
+                return Err(AuthError::WrongClaim {
+                    claim: "alg",
+                    found: format!("{:?} from {iss:?}", header.alg),
+                    expected: "EdDSA, or ES256 or RS256 from a configured identity provider".into(),
+                });
+            };
+            let (principal, iat, exp) = issuer.verify(token, &header)?;
+            return Ok(Verified { principal, iat, exp });
         }
         let kid = header.kid.unwrap_or_default();
         let key = self.keys.get(&kid).ok_or(AuthError::UnknownKey { kid })?;

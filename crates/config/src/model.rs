@@ -1097,6 +1097,41 @@ pub struct Auth {
     /// engines that cannot hold a token. Tokens stay for people.
     #[serde(default)]
     pub client_certificates: Vec<ClientCertificate>,
+    /// Identity providers whose tokens are accepted too.
+    #[serde(default)]
+    pub oidc_issuers: Vec<OidcIssuer>,
+}
+
+/// An OpenID Connect identity provider whose ES256 or RS256 tokens are
+/// accepted beside Meridian's own (a hospital's or a reading group's
+/// single sign-on). Its tokens speak for the one tenant or reading group
+/// named here, never another, and never for the platform: a tenant's
+/// identity provider cannot mint another tenant's access.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcIssuer {
+    /// `iss` of its tokens.
+    pub issuer: String,
+    /// An `aud` its tokens must carry (a string or one of an array).
+    pub audience: String,
+    /// Its JSON Web Key Set (the document at its `jwks_uri`), saved to a
+    /// file: read again when a token names a key id not in it, so a
+    /// rotated key is taken without a restart. Nothing is fetched.
+    pub jwks: SecretRef,
+    /// The tenant its tokens speak for (a tenant principal), or
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// the reading group (a group principal): exactly one of the two.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// The claim holding the principal's Meridian roles, a flat array of
+    /// strings (an identity provider's role mapper writes it).
+    #[serde(default = "roles_claim")]
+    pub roles_claim: String,
+}
+
+fn roles_claim() -> String {
+    "roles".into()
 }
 
 /// A client certificate that speaks for a facility: a certificate that

@@ -830,6 +830,33 @@ fn check_auth(out: &mut Out, f: &Files<'_>, auth: &Auth) {
             out.at(file, at("reader"), "a principal with the reader role names its reader id");
         }
     }
+    let mut issuers = BTreeSet::from([auth.issuer.as_str()]);
+    for (i, o) in auth.oidc_issuers.iter().enumerate() {
+        let at = |field: &str| format!("oidc_issuers[{i}].{field}");
+        if !issuers.insert(o.issuer.as_str()) {
+            out.at(file, at("issuer"), format!("issuer {:?} is listed twice (or is Meridian's own)", o.issuer));
+        }
+        if o.audience.is_empty() {
+            out.at(file, at("audience"), "the audience its tokens must carry");
+        }
+        check_secret(out, file, &at("jwks"), &o.jwks);
+        match (&o.tenant, &o.group) {
+            (Some(t), None) => {
+                if f.tenants.get(t).is_none() && f.no_tenant(t) {
+                    out.at(file, at("tenant"), format!("unknown tenant {t:?} ({})", known(f.tenants.keys())));
+                }
+            }
+            (None, Some(g)) => {
+                if f.groups.get(g).is_none() && f.no_group(g) {
+                    out.at(file, at("group"), format!("unknown reading group {g:?} ({})", known(f.groups.keys())));
+                }
+            }
+            _ => out.at(file, at("tenant"), "name exactly one of tenant and group: whom the issuer's tokens speak for"),
+        }
+        if o.roles_claim.is_empty() {
+            out.at(file, at("roles_claim"), "the claim that holds the roles");
+        }
+    }
     let mut certificate_names = BTreeSet::new();
     for (i, c) in auth.client_certificates.iter().enumerate() {
         let at = |field: &str| format!("client_certificates[{i}].{field}");

@@ -223,7 +223,22 @@ pub(crate) fn verifier(platform: &Platform, secrets: &Path) -> anyhow::Result<Au
         keys.push((key.id.clone(), pem));
     }
     let certificates = meridian_auth::ClientCertificates::new(&platform.auth.client_certificates);
-    Ok(Authenticator::new(&platform.auth.issuer, &platform.auth.audience, &keys)?.with_certificates(certificates))
+    let mut issuers = Vec::new();
+    for (i, issuer) in platform.auth.oidc_issuers.iter().enumerate() {
+        let source = match &issuer.jwks {
+            SecretRef::File(rel) => meridian_auth::oidc::JwksSource::File(secrets.join(rel)),
+            SecretRef::Env(_) => meridian_auth::oidc::JwksSource::Fixed(
+                issuer.jwks.read(secrets, &env).with_context(|| format!("auth.toml: oidc_issuers[{i}].jwks"))?,
+            ),
+        };
+        issuers.push(
+            meridian_auth::oidc::Issuer::new(issuer, source)
+                .with_context(|| format!("auth.toml: oidc_issuers[{i}].jwks"))?,
+        );
+    }
+    Ok(Authenticator::new(&platform.auth.issuer, &platform.auth.audience, &keys)?
+        .with_certificates(certificates)
+        .with_issuers(issuers))
 }
 
 fn tokens(platform: &Platform, signer: &TokenSigner, now: i64, ttl: i64) -> anyhow::Result<serde_json::Value> {

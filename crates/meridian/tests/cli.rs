@@ -2543,6 +2543,90 @@ async fn a_client_certificate_speaks_for_its_facility_over_dicom_https_and_grpc_
     dev.interrupt();
 }
 
+/// A hospital's identity provider signs ES256 and RS256 tokens (here with
+/// Python's `cryptography`, not the Rust library that verifies them): they
+/// are taken for the tenant `auth.toml` says it speaks for, and for no
+/// other; a key rotated into its key set is taken without a restart.
+#[test]
+fn an_identity_providers_tokens_speak_for_its_tenant_and_no_other() {
+    let config = tempfile::TempDir::new().unwrap();
+    meridian_integration_tests::copy_dir(&repo().join("deploy/examples/dev"), config.path());
+    let auth = config.path().join("auth.toml");
+    let mut text = std::fs::read_to_string(&auth).unwrap();
+    text.push_str(
+        "\n[[oidc_issuers]]\nissuer = \"https://sso.acme.example\"\naudience = \"meridian\"\n\
+         jwks = { file = \"oidc/jwks.json\" }\ntenant = \"acme\"\n",
+    );
+    std::fs::write(&auth, text).unwrap();
+    let data = tempfile::TempDir::new().unwrap();
+    let idp = data.path().join("secrets/oidc");
+    std::fs::create_dir_all(&idp).unwrap();
+    let python = meridian_integration_tests::venv_bin().join("python");
+    let script = repo().join("integration-tests/python/oidc_idp.py");
+    let run = |args: &[&str]| {
+        let out = Command::new(&python).arg(&script).args(args).output().unwrap();
+        assert!(out.status.success(), "oidc_idp.py: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let idp_dir = idp.to_str().unwrap().to_owned();
+    run(&["keys", &idp_dir]);
+    let dev = Dev::start_configured(config.path(), data.path(), "");
+    #[allow(clippy::disallowed_methods)] // the tokens' times, as an identity provider reads them
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let token = |alg: &str, extra: &str| {
+        let claims = format!(
+            "{{\"iss\": \"https://sso.acme.example\", \"sub\": \"u-17\", \"aud\": [\"account\", \"meridian\"], \
+             \"iat\": {}, \"exp\": {}, \"roles\": [\"tenant-admin\"]{extra}}}",
+            now - 5,
+            now + 600
+        );
+        run(&["token", &idp_dir, alg, &claims])
+    };
+    let export = |token: &str, tenant: &str| {
+        let out = Command::new(MERIDIAN)
+            .args(["audit", "export", "--region", "us-east", "--tenant", tenant, "--token", token, "--data-dir"])
+            .arg(data.path())
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, said) = export(&token("ES256", ""), "acme");
+    assert!(ok, "an ES256 token of acme's identity provider exports acme's audit: {said}");
+    let (ok, said) = export(&token("RS256", ""), "acme");
+    assert!(ok, "and an RS256 one: {said}");
+    let (ok, said) = export(&token("ES256", ""), "northwind");
+    assert!(!ok && said.contains("PermissionDenied"), "acme's identity provider speaks for acme only: {said}");
+    let (ok, said) = export(&token("ES256", ", \"tenant\": \"northwind\""), "northwind");
+    assert!(
+        !ok && said.contains("Unauthenticated") && said.contains("expected \"acme\""),
+        "claiming northwind: {said}"
+    );
+
+    // The identity provider rotates: its next keys are published beside
+    // the current ones in the same file, and taken without a restart.
+    let next = data.path().join("secrets/oidc-next");
+    std::fs::create_dir_all(&next).unwrap();
+    let next_dir = next.to_str().unwrap().to_owned();
+    run(&["keys", &next_dir, "2"]);
+    let set =
+        |dir: &Path| serde_json::from_str::<Value>(&std::fs::read_to_string(dir.join("jwks.json")).unwrap()).unwrap();
+    let mut keys = set(&idp)["keys"].as_array().unwrap().clone();
+    keys.extend(set(&next)["keys"].as_array().unwrap().iter().cloned());
+    let claims = format!(
+        "{{\"iss\": \"https://sso.acme.example\", \"sub\": \"u-18\", \"aud\": \"meridian\", \
+         \"iat\": {}, \"exp\": {}, \"roles\": [\"tenant-admin\"]}}",
+        now - 5,
+        now + 600
+    );
+    let signed_by_next = run(&["token", &next_dir, "RS256", &claims, "2"]);
+    let (ok, said) = export(&signed_by_next, "acme");
+    assert!(!ok && said.contains("Unauthenticated") && said.contains("rsa-2"), "not yet published: {said}");
+    std::fs::write(idp.join("jwks.json"), serde_json::json!({"keys": keys}).to_string()).unwrap();
+    let (ok, said) = export(&signed_by_next, "acme");
+    assert!(ok, "published, the next key's token is taken: {said}");
+    dev.interrupt();
+}
+
 /// gRPC health of `grpc` (an https:// URL) trusting `ca`: SERVING, or the
 /// connection's error with its causes.
 async fn health_over_tls(grpc: &str, ca: &Path) -> Result<i32, String> {

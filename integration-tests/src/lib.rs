@@ -43,6 +43,7 @@ pub struct Tansu {
     pub port: u16,
     engine: String,
     env: Vec<(String, String)>,
+    advertised: Option<u16>,
 }
 
 impl Tansu {
@@ -65,10 +66,21 @@ impl Tansu {
         Tansu::spawn(free_port(), format!("s3://{bucket}/"), env)
     }
 
+    /// A broker that tells clients to reach it at `advertised` (a port on
+    /// loopback where something in front of it listens).
+    pub fn advertising(advertised: u16) -> Tansu {
+        Tansu::spawn_at(free_port(), Some(advertised), "memory://tansu/".into(), Vec::new())
+    }
+
     fn spawn(port: u16, engine: String, env: Vec<(String, String)>) -> Tansu {
+        Tansu::spawn_at(port, None, engine, env)
+    }
+
+    fn spawn_at(port: u16, advertised: Option<u16>, engine: String, env: Vec<(String, String)>) -> Tansu {
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised_url = format!("tcp://127.0.0.1:{}", advertised.unwrap_or(port));
         let child = Command::new(tansu_bin())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised_url])
             .args(["--storage-engine", &engine])
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
@@ -81,7 +93,7 @@ impl Tansu {
             assert!(Instant::now() < deadline, "tansu did not listen on {addr} within 20 s");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Tansu { child, port, engine, env }
+        Tansu { child, port, engine, env, advertised }
     }
 
     pub fn bootstrap(&self) -> String {
@@ -97,7 +109,7 @@ impl Tansu {
     /// Starts the broker again on the same port and storage.
     pub fn restart(&mut self) {
         self.stop();
-        let again = Tansu::spawn(self.port, self.engine.clone(), std::mem::take(&mut self.env));
+        let again = Tansu::spawn_at(self.port, self.advertised, self.engine.clone(), std::mem::take(&mut self.env));
         let old = std::mem::replace(self, again);
         drop(old); // already stopped
     }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers as _, Message, OwnedHeaders};
@@ -196,20 +196,60 @@ const MAX_GROUP: usize = 64;
 /// every job that was waiting when it began (group commit). A failure
 /// aborts the transaction and fails every job in it; callers retry, and
 /// de-duplication makes a retried append harmless.
-/// Makes the transactional producer, ready for its first transaction.
-async fn producer(config: &KafkaConfig) -> Result<FutureProducer, Error> {
-    let producer: FutureProducer = config
+/// What librdkafka said last about its connections (a certificate it
+/// cannot verify, a refused login, a broker away): the few latest distinct
+/// reasons, so that an operation that timed out can say why ("all brokers
+/// are down" alone would not).
+#[derive(Clone, Default)]
+struct Heard(Arc<Mutex<Vec<String>>>);
+
+/// Distinct reasons kept.
+const HEARD_KEPT: usize = 4;
+
+impl Heard {
+    fn last(&self) -> Option<String> {
+        let heard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        (!heard.is_empty()).then(|| heard.join("; "))
+    }
+}
+
+impl ClientContext for Heard {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "kafka client");
+        let mut heard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        heard.retain(|r| r != reason);
+        heard.push(reason.to_owned());
+        if heard.len() > HEARD_KEPT {
+            heard.remove(0);
+        }
+    }
+}
+
+type TransactionalProducer = FutureProducer<Heard>;
+
+/// Makes the transactional producer, ready for its first transaction. A
+/// failure says what the client last heard from its brokers.
+async fn producer(config: &KafkaConfig) -> Result<TransactionalProducer, Error> {
+    let heard = Heard::default();
+    let producer: TransactionalProducer = config
         .client()
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("transactional.id", &config.transactional_id)
         .set("linger.ms", "5")
         .set("queue.buffering.max.messages", "1000000")
-        .create()
+        .create_with_context(heard.clone())
         .map_err(kafka("create producer"))?;
     let p = producer.clone();
-    blocking("init transactions", move || p.init_transactions(TIMEOUT).map_err(kafka("init transactions"))).await?;
-    Ok(producer)
+    let initialised =
+        blocking("init transactions", move || p.init_transactions(TIMEOUT).map_err(kafka("init transactions"))).await;
+    match (initialised, heard.last()) {
+        (Ok(()), _) => Ok(producer),
+        (Err(Error::Kafka { operation, source }), Some(last)) => {
+            Err(Error::KafkaProtocol { operation, reason: format!("{source}; the client last heard: {last}") })
+        }
+        (Err(e), _) => Err(e),
+    }
 }
 
 /// Whether librdkafka's fatal error means this producer was fenced: a
@@ -223,7 +263,7 @@ fn is_fencing(code: RDKafkaErrorCode) -> bool {
 /// group runs on it); once fenced, it refuses every job, since writing
 /// again would fight the newer owner of the transactional id.
 async fn committer(
-    mut producer: FutureProducer,
+    mut producer: TransactionalProducer,
     config: KafkaConfig,
     fenced: Arc<std::sync::OnceLock<String>>,
     mut jobs: mpsc::Receiver<TxnJob>,
@@ -291,7 +331,7 @@ async fn committer(
 }
 
 async fn transaction(
-    producer: &FutureProducer,
+    producer: &TransactionalProducer,
     failpoints: &FailPoints,
     group: &[TxnJob],
 ) -> Result<Vec<Vec<Appended>>, Error> {

@@ -179,3 +179,88 @@ async fn a_region_runs_on_kafka_with_topics_provisioned_from_config() {
     let said = served.unwrap_err().to_string();
     assert!(said.contains("its event log can no longer write") && said.contains("fenced"), "{said}");
 }
+
+/// Terminates TLS on `listener` with `tls` and carries each connection to
+/// `upstream` in plaintext, as a load balancer in front of a broker would;
+/// counts the handshakes it completed.
+async fn terminate_tls(
+    listener: tokio::net::TcpListener,
+    tls: meridian_region::tls::ServerTls,
+    upstream: String,
+    handshakes: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let mut incoming = tls.incoming(listener, "kafka");
+    while let Some((mut client, _)) = incoming.recv().await {
+        handshakes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let upstream = upstream.clone();
+        tokio::spawn(async move {
+            if let Ok(mut broker) = tokio::net::TcpStream::connect(&upstream).await {
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+            }
+        });
+    }
+}
+
+/// The region reaches its broker over TLS through librdkafka's OpenSSL,
+/// configured by `[log] client` as a production region's is
+/// (`security.protocol`, `ssl.ca.location`), and does not start against a
+/// broker whose certificate it cannot verify. tansu 0.6 cannot serve TLS
+/// itself (its `--cert` and `--key` exclude each other in its command
+/// line), so TLS is terminated in front of it; the client side is what is
+/// under test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_reaches_its_broker_over_tls_and_not_one_it_cannot_verify() {
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front_port = front.local_addr().unwrap().port();
+    let tansu = Tansu::advertising(front_port);
+    let certs = tempfile::TempDir::new().unwrap();
+    let broker_certs = meridian_integration_tests::test_certificates(certs.path(), "broker", &[]);
+    let stranger = meridian_integration_tests::test_certificates(certs.path(), "stranger", &[]);
+    let files = meridian_region::tls::TlsFiles { cert: broker_certs.cert, key: broker_certs.key, client_ca: None };
+    let tls = meridian_region::tls::ServerTls::load(files).unwrap();
+    let handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn(terminate_tls(front, tls, tansu.bootstrap(), handshakes.clone()));
+
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/dev");
+    let over_tls = |ca: &Path| {
+        let mut platform = Platform::load(&examples).unwrap();
+        platform.regions.get_mut("in-south").unwrap().log = LogConfig::Kafka {
+            bootstrap_servers: format!("127.0.0.1:{front_port}"),
+            partitions: 1,
+            replication_factor: 1,
+            retention: None,
+            client: BTreeMap::from([
+                ("security.protocol".into(), "ssl".into()),
+                ("ssl.ca.location".into(), ca.display().to_string()),
+            ]),
+            client_secrets_env: BTreeMap::new(),
+        };
+        Arc::new(platform)
+    };
+    let (_, public) = generate_ed25519().unwrap();
+    let verifier = Arc::new(Authenticator::new("iss", "aud", &[("k".into(), public.into_bytes())]).unwrap());
+
+    // Trusting another CA: the region does not start, and nothing reached
+    // the broker in plaintext.
+    let dir = tempfile::TempDir::new().unwrap();
+    let options = RegionOptions { key_encryption_key: kek(), process: "test".into(), ..Default::default() };
+    let refused = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        RegionContext::open("in-south", dir.path(), over_tls(&stranger.ca), verifier.clone(), options),
+    )
+    .await
+    .expect("a broker it cannot verify is given up on, not waited for forever");
+    let said = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(said.contains("certificate verify failed"), "the refusal says why: {said}");
+    assert_eq!(handshakes.load(std::sync::atomic::Ordering::SeqCst), 0, "no handshake completed");
+
+    // Trusting the broker's CA: topics provisioned, readers bootstrapped
+    // and read back, every byte through TLS.
+    let dir = tempfile::TempDir::new().unwrap();
+    let now = UnixMicros(1_790_000_000_000_000);
+    let region = open("in-south", dir.path(), over_tls(&broker_certs.ca), verifier, now).await;
+    assert_eq!(region.topics().len(), 10);
+    let readers = region.summary().await.readers.len();
+    assert_eq!(readers, 5, "the readers written at bootstrap, read back over TLS");
+    assert!(handshakes.load(std::sync::atomic::Ordering::SeqCst) > 0);
+}

@@ -49,7 +49,12 @@ impl ReportingService {
             Receivers::new(context.delivery_tokens.clone()).map_err(|e| context.service_error("reporting", e))?;
         let reporting = Arc::new(reporting);
         Ok(Arc::new(ReportingService {
-            orders: OrderDesk::new(reporting.clone(), context.platform.clone(), &context.name),
+            orders: OrderDesk::new(
+                reporting.clone(),
+                context.platform.clone(),
+                &context.name,
+                context.verifier.clone(),
+            ),
             context: context.clone(),
             reporting,
             audit: Arc::new(audit),
@@ -86,8 +91,8 @@ impl RegionService for ReportingService {
         let mut tasks = Vec::new();
         // HL7 v2 orders, where this process has the MLLP port.
         if let Some(mllp) = listeners.mllp.take() {
-            let (orders, stop) = (self.orders.clone(), stopping.clone());
-            tasks.push(Task::spawn("reporting takes HL7 orders", orders.listen(mllp, stop.wait())));
+            let (orders, stop, tls) = (self.orders.clone(), stopping.clone(), listeners.tls.clone());
+            tasks.push(Task::spawn("reporting takes HL7 orders", orders.listen(mllp, tls, stop.wait())));
         }
         let reporting = self.reporting.clone();
         let stop = stopping.clone();

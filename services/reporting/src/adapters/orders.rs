@@ -1,7 +1,9 @@
 //! Where orders come in: an MLLP listener for HL7 v2 ORM^O01 / OMI^O23
 //! (the sending facility, MSH-4, names the tenant and facility; each
 //! message is answered with its ACK once the order is on the log, and a
-//! bad one does not close the connection), and `POST
+//! bad one does not close the connection; over TLS when the region has a
+//! certificate, where a client certificate presented must be the MSH-4
+//! facility's, and a facility may require one), and `POST
 //! /fhir/ServiceRequest` on the region's HTTP port (a facility's token;
 //! 400 with an OperationOutcome naming the element at fault).
 
@@ -12,12 +14,13 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use meridian_auth::{Action, Principal, Resource, authorize};
+use meridian_auth::{Action, AuthError, Authenticator, Principal, Resource, authorize};
 use meridian_config::Platform;
 use meridian_events::UnixMicros;
+use meridian_region::tls::ServerTls;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 use crate::adapters::hl7;
 use crate::adapters::hl7_order::{self, Header, Message, Refusal};
@@ -33,26 +36,80 @@ pub struct OrderDesk {
     reporting: Arc<Reporting>,
     platform: Arc<Platform>,
     region: String,
+    /// Maps a client certificate to its facility; records refusals.
+    authenticator: Arc<Authenticator>,
+}
+
+/// Who is on an MLLP connection: where from, and the principal of the
+/// client certificate its TLS handshake presented (or why it is none).
+#[derive(Clone, Debug, Default)]
+pub struct Sender {
+    pub peer: Option<std::net::SocketAddr>,
+    pub certificate: Option<Result<Principal, AuthError>>,
 }
 
 impl OrderDesk {
-    pub fn new(reporting: Arc<Reporting>, platform: Arc<Platform>, region: &str) -> Arc<OrderDesk> {
-        Arc::new(OrderDesk { reporting, platform, region: region.to_owned() })
+    pub fn new(
+        reporting: Arc<Reporting>,
+        platform: Arc<Platform>,
+        region: &str,
+        authenticator: Arc<Authenticator>,
+    ) -> Arc<OrderDesk> {
+        Arc::new(OrderDesk { reporting, platform, region: region.to_owned(), authenticator })
     }
 
     /// The tenant and facility an HL7 sending facility names, among the
-    /// tenants homed in this region.
-    fn sender(&self, sending_facility: &str) -> Option<(String, String)> {
+    /// tenants homed in this region, and whether the facility must
+    /// present its client certificate.
+    fn sender(&self, sending_facility: &str) -> Option<(String, String, bool)> {
         self.platform.tenants.values().filter(|t| t.home_regions.contains(&self.region)).find_map(|t| {
             let facility = t.facilities.iter().find(|f| {
                 f.name == sending_facility || f.hl7_sending_facilities.iter().any(|s| s == sending_facility)
             })?;
-            Some((t.name.clone(), facility.name.clone()))
+            Some((t.name.clone(), facility.name.clone(), facility.client_certificate_required))
         })
     }
 
-    /// Takes one HL7 message and answers its ACK.
-    pub async fn take_hl7(&self, text: &str, now: UnixMicros) -> String {
+    /// Whether the connection's certificate lets it speak for `facility`
+    /// of `tenant`: one presented must be the facility's, and a facility
+    /// that requires one gets nothing without it. A refusal is audited.
+    fn certificate_speaks_for(
+        &self,
+        sender: &Sender,
+        (tenant, facility, required): (&str, &str, bool),
+    ) -> Result<(), String> {
+        let (code, reason) = match &sender.certificate {
+            Some(Ok(p)) if p.tenant.as_deref() == Some(tenant) && p.facility.as_deref() == Some(facility) => {
+                return Ok(());
+            }
+            Some(Ok(p)) => (
+                "CERTIFICATE_NOT_OF_FACILITY",
+                format!("the client certificate ({}) does not speak for facility {facility}", p.subject),
+            ),
+            Some(Err(e)) => ("CERTIFICATE_NOT_OF_FACILITY", e.to_string()),
+            None if required => {
+                ("CERTIFICATE_REQUIRED", format!("facility {facility} must present its client certificate over TLS"))
+            }
+            None => return Ok(()),
+        };
+        self.authenticator.trail().record(meridian_auth::Refusal {
+            subject: String::new(),
+            principal_kind: "anonymous".into(),
+            tenant: Some(tenant.to_owned()),
+            group: None,
+            action: "submit_order".into(),
+            resource_kind: "facility".into(),
+            resource: format!("facility {facility}"),
+            resource_tenant: Some(tenant.to_owned()),
+            reason: reason.clone(),
+            code: code.into(),
+            network_access_point: sender.peer.map(|p| p.to_string()),
+        });
+        Err(reason)
+    }
+
+    /// Takes one HL7 message from `sender` and answers its ACK.
+    pub async fn take_hl7(&self, text: &str, sender: &Sender, now: UnixMicros) -> String {
         let no_header = || Header {
             sending_application: String::new(),
             sending_facility: String::new(),
@@ -64,7 +121,7 @@ impl OrderDesk {
             Err(r) => return self.refuse(&no_header(), r, now),
         };
         let h = hl7_order::header(&m);
-        let Some((tenant, facility)) = self.sender(&h.sending_facility) else {
+        let Some((tenant, facility, required)) = self.sender(&h.sending_facility) else {
             let refusal = Refusal {
                 code: "AR",
                 error: (204, "Unknown key identifier"),
@@ -77,6 +134,11 @@ impl OrderDesk {
             };
             return self.refuse(&h, refusal, now);
         };
+        if let Err(text) = self.certificate_speaks_for(sender, (&tenant, &facility, required)) {
+            let refusal =
+                Refusal { code: "AR", error: (204, "Unknown key identifier"), segment: "MSH", field: 4, text };
+            return self.refuse(&h, refusal, now);
+        }
         let order = match hl7_order::order(&m, &tenant, &facility) {
             Ok(o) => o,
             Err(r) => return self.refuse(&h, r, now),
@@ -112,33 +174,68 @@ impl OrderDesk {
         hl7_order::ack(h, Some(&refusal), &self.region, now)
     }
 
-    /// Serves MLLP on `listener` until `stopping` resolves: one task per
-    /// connection, each message answered in turn.
-    pub async fn listen(self: Arc<Self>, listener: TcpListener, stopping: impl std::future::Future<Output = ()>) {
+    /// Serves MLLP on `listener` (over TLS when `tls` is given) until
+    /// `stopping` resolves: one task per connection, each message answered
+    /// in turn.
+    pub async fn listen(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Option<ServerTls>,
+        stopping: impl std::future::Future<Output = ()>,
+    ) {
         tokio::pin!(stopping);
+        let Some(tls) = tls else {
+            loop {
+                tokio::select! {
+                    () = &mut stopping => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, peer)) => {
+                            let _ = stream.set_nodelay(true);
+                            self.clone().serve(stream, Sender { peer: Some(peer), certificate: None });
+                        }
+                        Err(e) => {
+                            tracing::warn!(region = %self.region, error = %e, "accepting an MLLP connection");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    },
+                }
+            }
+        };
+        // Handshakes run apart; what arrives here is a verified connection.
+        let mut incoming = tls.incoming(listener, "MLLP");
         loop {
             tokio::select! {
                 () = &mut stopping => return,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let desk = self.clone();
-                        tokio::spawn(async move {
-                            if let Err(e) = desk.connection(stream).await {
-                                tracing::info!(region = %desk.region, %peer, reason = %e, "MLLP connection closed");
-                            }
-                        });
-                    }
-                    Err(e) => {
-                        tracing::warn!(region = %self.region, error = %e, "accepting an MLLP connection");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
+                accepted = incoming.recv() => {
+                    let Some((stream, peer)) = accepted else { return };
+                    let (_, connection) = stream.get_ref();
+                    let certificate = connection
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .map(|c| self.authenticator.certificates().principal(c));
+                    self.clone().serve(stream, Sender { peer: Some(peer), certificate });
+                }
             }
         }
     }
 
-    async fn connection(&self, mut stream: TcpStream) -> Result<(), String> {
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    /// Serves one connection on its own task.
+    fn serve<S>(self: Arc<Self>, stream: S, sender: Sender)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        tokio::spawn(async move {
+            let peer = sender.peer;
+            if let Err(e) = self.connection(stream, &sender).await {
+                tracing::info!(region = %self.region, peer = ?peer, reason = %e, "MLLP connection closed");
+            }
+        });
+    }
+
+    async fn connection<S>(&self, mut stream: S, sender: &Sender) -> Result<(), String>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         let mut buffer: Vec<u8> = Vec::new();
         let mut chunk = vec![0u8; 64 * 1024];
         loop {
@@ -146,7 +243,7 @@ impl OrderDesk {
             // not ours and are dropped.
             while let Some(message) = next_frame(&mut buffer) {
                 let text = String::from_utf8_lossy(&message).into_owned();
-                let ack = self.take_hl7(&text, meridian_auth::grpc::arrival_time()).await;
+                let ack = self.take_hl7(&text, sender, meridian_auth::grpc::arrival_time()).await;
                 stream.write_all(&hl7::frame(&ack)).await.map_err(|e| e.to_string())?;
             }
             if buffer.len() > MAX_MESSAGE {

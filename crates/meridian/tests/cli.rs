@@ -596,6 +596,150 @@ fn every_instance_stow_rs_reported_stored_survives_a_sigkill_mid_request() {
     dev.interrupt();
 }
 
+/// SIGKILL mid-association over DICOM TLS and mid-STOW-RS over HTTPS:
+/// every instance dcmtk saw acknowledged and every instance a STOW-RS
+/// answer reported stored is retrievable after the restart.
+#[test]
+fn every_instance_acknowledged_over_tls_survives_a_sigkill_mid_association_and_mid_stow() {
+    use meridian_integration_tests::dicom::{CtInstance, acknowledged, write_ct};
+    let config = tempfile::TempDir::new().unwrap();
+    meridian_integration_tests::copy_dir(&repo().join("deploy/examples/dev"), config.path());
+    let region = config.path().join("regions/us-east.toml");
+    let mut text = std::fs::read_to_string(&region).unwrap();
+    text.push_str("\n[tls]\ncert = { file = \"tls/kill-server.pem\" }\nkey = { file = \"tls/kill-server.key\" }\n");
+    std::fs::write(&region, text).unwrap();
+    let data = tempfile::TempDir::new().unwrap();
+    let tls = data.path().join("secrets/tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    let certs = meridian_integration_tests::test_certificates(&tls, "kill", &[]);
+
+    // Two studies: one for the association, one for STOW-RS.
+    let files = tempfile::TempDir::new().unwrap();
+    let study = |study: &str, n: u16| -> Vec<(PathBuf, String)> {
+        let series = format!("{study}.1");
+        (1..=n)
+            .map(|i| {
+                let sop = format!("{series}.{i}");
+                let ct = CtInstance {
+                    study_uid: study,
+                    series_uid: &series,
+                    sop_uid: &sop,
+                    patient_id: "MRN-TLS-KILL",
+                    priority: "",
+                    pixels: [i, 1, 2, 3],
+                };
+                (write_ct(files.path(), &ct), sop)
+            })
+            .collect()
+    };
+    let over_dicom = study("1.2.826.0.1.3680043.10.543.610", 400);
+    let over_stow = study("1.2.826.0.1.3680043.10.543.611", 160);
+
+    let dev = Dev::start_configured(config.path(), data.path(), "");
+    let endpoints = dev.json("endpoints.json");
+    let https = endpoints["regions"]["us-east"]["http"].as_str().unwrap().to_owned();
+    let token = dev.token("acme-pacs");
+
+    // storescu over TLS, its verbose output to a file read as it goes.
+    let said_path = files.path().join("storescu.out");
+    let said_file = std::fs::File::create(&said_path).unwrap();
+    let mut storescu = Command::new("storescu")
+        .args(["-v", "+tla", "+cf"])
+        .arg(&certs.ca)
+        .args(["-aet", "ACME_CT1", "-aec", "MERIDIAN_ACME", "127.0.0.1", &dev.dicom_port("us-east").to_string()])
+        .args(over_dicom.iter().map(|(path, _)| path))
+        .env("TCP_NODELAY", "1")
+        .stdout(said_file.try_clone().unwrap())
+        .stderr(said_file)
+        .spawn()
+        .unwrap();
+
+    // STOW-RS over HTTPS, four instances a request, each answer's stored
+    // instances handed back.
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<String>>();
+    let stower = {
+        let (chunks, ca, https, token) =
+            (over_stow.chunks(4).map(<[_]>::to_vec).collect::<Vec<_>>(), certs.ca.clone(), https.clone(), token);
+        let dir = files.path().to_owned();
+        std::thread::spawn(move || {
+            let boundary = "meridian-kill-test";
+            for (n, chunk) in chunks.iter().enumerate() {
+                let mut body = Vec::new();
+                for (path, _) in chunk {
+                    body.extend(format!("--{boundary}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes());
+                    body.extend(std::fs::read(path).unwrap());
+                    body.extend(b"\r\n");
+                }
+                body.extend(format!("--{boundary}--\r\n").as_bytes());
+                let body_file = dir.join(format!("stow-{n}.body"));
+                std::fs::write(&body_file, body).unwrap();
+                let out = Command::new("curl")
+                    .args(["-sS", "--http1.1", "--cacert"])
+                    .arg(&ca)
+                    .args(["-H", &format!("Authorization: Bearer {token}")])
+                    .args([
+                        "-H",
+                        &format!("Content-Type: multipart/related; type=\"application/dicom\"; boundary={boundary}"),
+                    ])
+                    .arg("--data-binary")
+                    .arg(format!("@{}", body_file.display()))
+                    .arg(format!("{https}/dicomweb/studies"))
+                    .output()
+                    .unwrap();
+                let Ok(answer) = serde_json::from_slice::<Value>(&out.stdout) else { return };
+                let stored = answer["00081199"]["Value"].as_array().cloned().unwrap_or_default();
+                let uids = stored.iter().filter_map(|i| i["00081155"]["Value"][0].as_str().map(str::to_owned));
+                if tx.send(uids.collect()).is_err() {
+                    return;
+                }
+            }
+        })
+    };
+
+    // Both under way, then SIGKILL.
+    let mut reported: Vec<String> = Vec::new();
+    while reported.len() < 12 {
+        reported.extend(rx.recv_timeout(Duration::from_secs(30)).expect("STOW-RS answers over HTTPS"));
+    }
+    wait_for("storescu acknowledged some over TLS", 30, || {
+        let said = std::fs::read_to_string(&said_path).unwrap_or_default();
+        (acknowledged(&said).len() >= 10).then_some(())
+    });
+    let status = Command::new("kill").args(["-KILL", &dev.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let _ = storescu.wait();
+    stower.join().unwrap();
+    reported.extend(rx.try_iter().flatten());
+    let said = std::fs::read_to_string(&said_path).unwrap();
+    let by_path: std::collections::HashMap<String, String> =
+        over_dicom.iter().map(|(path, sop)| (path.display().to_string(), sop.clone())).collect();
+    let acked: Vec<String> = acknowledged(&said).iter().filter_map(|f| by_path.get(f).cloned()).collect();
+    assert!(acked.len() < over_dicom.len(), "the kill came mid-association ({} acknowledged)", acked.len());
+    assert!(reported.len() < over_stow.len(), "the kill came mid-STOW ({} reported)", reported.len());
+    drop(dev);
+
+    let dev = Dev::start_configured(config.path(), data.path(), "");
+    let https = dev.json("endpoints.json")["regions"]["us-east"]["http"].as_str().unwrap().to_owned();
+    let out = Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(&certs.ca)
+        .args(["-H", &format!("Authorization: Bearer {}", dev.token("acme-pacs"))])
+        .arg(format!("{https}/dicomweb/instances"))
+        .output()
+        .unwrap();
+    let found: Value = serde_json::from_slice(&out.stdout).expect("QIDO-RS answers over HTTPS");
+    let visible: std::collections::HashSet<String> = found
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["00080018"]["Value"][0].as_str().map(str::to_owned))
+        .collect();
+    for uid in acked.iter().chain(&reported) {
+        assert!(visible.contains(uid), "{uid} was acknowledged over TLS and is retrievable after SIGKILL");
+    }
+    dev.interrupt();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_grpc_upload_stores_answers_each_instance_and_replays_a_key() {
     use meridian_proto::ingest::v1 as ingest;

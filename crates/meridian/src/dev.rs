@@ -80,6 +80,10 @@ pub(crate) async fn bind(ip: IpAddr, port: u16, what: &str, region: &str) -> any
 
 /// Writes `bytes` to `path` atomically (temp file, fsync, rename), with
 /// owner-only permissions when `private`.
+/// How long `meridian dev` waits for each region to be ready before it
+/// writes endpoints.json anyway.
+const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut options = std::fs::OpenOptions::new();
@@ -308,6 +312,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let mut servers = Vec::new();
     let region_failed = Arc::new(tokio::sync::Notify::new());
     let (stop, stopped) = watch::channel(false);
+    let mut opened = Vec::new();
     for (i, name) in region_order(&platform).iter().enumerate() {
         let p = ports(&args, i as u16);
         let loopback = IpAddr::from([127, 0, 0, 1]);
@@ -353,6 +358,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         );
         let mut rx = stopped.clone();
         let region = Arc::new(region);
+        opened.push(region.clone());
         let serving = meridian_region::serve(
             region,
             Listeners { grpc, http, dicom: Some(dicom), mllp: Some(mllp), tls },
@@ -375,6 +381,19 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     }
     let tokens = tokens(&platform, &signer, wall.as_secs() as i64, args.token_hours * 3_600)?;
     write_atomic(&args.data_dir.join("tokens.json"), serde_json::to_vec_pretty(&tokens)?.as_slice(), true)?;
+    // Ready first: its log and objects answer and its consumers have read
+    // what came in while it was down. Bounded: a region that is not is
+    // named, and its /readyz says why.
+    for region in &opened {
+        if tokio::time::timeout(READY_WITHIN, region.until_ready()).await.is_err() {
+            eprintln!(
+                "meridian dev: region {} is not ready after {} s: {}",
+                region.name,
+                READY_WITHIN.as_secs(),
+                region.unready().join("; ")
+            );
+        }
+    }
     // Written last and atomically: its presence means every listener is up.
     let endpoints = json!({ "regions": endpoints });
     write_atomic(&args.data_dir.join("endpoints.json"), serde_json::to_vec_pretty(&endpoints)?.as_slice(), false)?;

@@ -118,6 +118,9 @@ pub struct RegionContext {
     topics: Vec<TopicName>,
     partitions: u32,
     snapshots: FileSnapshots,
+    /// The consumers started in this process, and whether each has read
+    /// to the log's end yet: readiness waits for every one.
+    consumers: std::sync::Mutex<Vec<(&'static str, crate::service::CaughtUp)>>,
 }
 
 impl RegionContext {
@@ -223,7 +226,23 @@ impl RegionContext {
             topics,
             partitions,
             snapshots: FileSnapshots::new(dir.join("snapshots")),
+            consumers: std::sync::Mutex::default(),
         })
+    }
+
+    /// Registers the consumer `what` (a service's intake from another's
+    /// topic): the process is not ready until the handle returned is
+    /// marked, when the consumer has read to the log's end once.
+    pub fn caught_up(&self, what: &'static str) -> crate::service::CaughtUp {
+        let handle = crate::service::CaughtUp::default();
+        self.consumers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((what, handle.clone()));
+        handle
+    }
+
+    /// The consumers that have not yet read to the log's end.
+    pub fn catching_up(&self) -> Vec<&'static str> {
+        let consumers = self.consumers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        consumers.iter().filter(|(_, c)| !c.is_caught_up()).map(|(what, _)| *what).collect()
     }
 
     /// Appends ConfigurationLoaded to the region's audit: the digest of the
@@ -301,6 +320,8 @@ pub struct Region {
     summary_opened: Resumed,
     /// Why the process is not ready now (empty: ready), from the last probe.
     unready: std::sync::Mutex<Vec<String>>,
+    /// Whether the last probe found it ready (false until one has).
+    ready: tokio::sync::watch::Sender<bool>,
 }
 
 /// The summary projection, resumed, before its region is assembled.
@@ -357,6 +378,7 @@ impl Region {
             summary: Mutex::new(summary.projector),
             summary_opened: summary.opened,
             unready: std::sync::Mutex::new(Vec::new()),
+            ready: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -375,8 +397,23 @@ impl Region {
         if let Some(fatal) = self.log.fatal() {
             reasons.push(format!("event log: {fatal}"));
         }
+        for what in self.context.catching_up() {
+            reasons.push(format!("{what}: still reading the log to its end since the start"));
+        }
         *self.unready.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = reasons.clone();
         reasons
+    }
+
+    /// Says whether the last probe found the region ready (its health
+    /// already set to match).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.send_replace(ready);
+    }
+
+    /// Resolves once a probe has found the region ready (its log and
+    /// object store answer, its consumers have read to the log's end).
+    pub async fn until_ready(&self) {
+        let _ = self.ready.subscribe().wait_for(|ready| *ready).await;
     }
 
     /// Why the process was not ready at the last probe (empty: ready).

@@ -53,29 +53,34 @@ async fn log_lost(region: Arc<Region>) -> String {
     }
 }
 
-/// How often readiness is probed.
+/// How often readiness is probed while ready, and while not (a process
+/// catching up at start is ready a moment after it has).
 const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+const PROBE_UNREADY_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// Probes the log and the object store every [`PROBE_EVERY`] until
-/// `shutdown`: gRPC health says NOT_SERVING (and `/readyz` 503 with the
-/// reasons) while either does not answer, SERVING again once both do.
+/// Probes the log, the object store and the consumers' first reads to the
+/// log's end until `shutdown`: gRPC health says NOT_SERVING (and `/readyz`
+/// 503 with the reasons) while any is wanting, SERVING once none is.
 async fn readiness(region: Arc<Region>, health: Health, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
-    let mut ready = true;
+    let mut ready = None;
     loop {
         let reasons = region.probe().await;
-        if reasons.is_empty() != ready {
-            ready = reasons.is_empty();
-            if ready {
-                tracing::info!(region = %region.name, "ready again");
-            } else {
-                tracing::warn!(region = %region.name, ?reasons, "not ready");
+        let now_ready = reasons.is_empty();
+        if ready != Some(now_ready) {
+            match ready {
+                None if now_ready => tracing::info!(region = %region.name, "ready"),
+                Some(false) if now_ready => tracing::info!(region = %region.name, "ready again"),
+                _ => tracing::warn!(region = %region.name, ?reasons, "not ready"),
             }
-            health.set_all(ready).await;
+            health.set_all(now_ready).await;
+            region.set_ready(now_ready);
+            ready = Some(now_ready);
         }
+        let every = if now_ready { PROBE_EVERY } else { PROBE_UNREADY_EVERY };
         tokio::select! {
             () = &mut shutdown => return,
-            () = tokio::time::sleep(PROBE_EVERY) => {}
+            () = tokio::time::sleep(every) => {}
         }
     }
 }

@@ -32,19 +32,42 @@ impl Stopping {
     /// Runs `pass` again and again until the stop comes. A pass is never
     /// cancelled mid-step (each returns within its own wait, and the stop
     /// is seen between passes); a failed one is logged as `what` and tried
-    /// again after a second.
-    pub async fn passes<F, Fut, E>(self, region: String, what: &'static str, mut pass: F)
+    /// again after a second. A pass returns when a read waited with
+    /// nothing, so the first that succeeds has read to the log's end:
+    /// `caught_up` is marked then.
+    pub async fn passes<F, Fut, E>(self, region: String, what: &'static str, caught_up: CaughtUp, mut pass: F)
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<(), E>>,
         E: std::fmt::Display,
     {
         while !self.is_stopping() {
-            if let Err(e) = pass().await {
-                tracing::warn!(%region, error = %e, "{what}");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            match pass().await {
+                Ok(()) => caught_up.mark(),
+                Err(e) => {
+                    tracing::warn!(%region, error = %e, "{what}");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
             }
         }
+    }
+}
+
+/// Whether a consumer has read to the log's end since the process
+/// started. Until it has, what its service answers may lag what the log
+/// holds (a worklist without the studies that came in while the process
+/// was down), so the process is not ready
+/// ([`RegionContext::caught_up`](crate::RegionContext::caught_up)).
+#[derive(Clone, Debug, Default)]
+pub struct CaughtUp(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl CaughtUp {
+    pub fn mark(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn is_caught_up(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

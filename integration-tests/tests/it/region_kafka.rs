@@ -102,6 +102,14 @@ async fn a_region_runs_on_kafka_with_topics_provisioned_from_config() {
     for topic in region.topics() {
         assert_eq!(region.log.partitions(topic).await.unwrap(), 3, "{topic} has the configured partition count");
     }
+    // Ready once its broker and bucket answer and every consumer it
+    // started has read to the log's end once.
+    assert_eq!(region.probe().await, Vec::<String>::new());
+    let lagging = region.context.caught_up("a consumer of the test");
+    let reasons = region.probe().await;
+    assert_eq!(reasons, ["a consumer of the test: still reading the log to its end since the start"]);
+    lagging.mark();
+    assert_eq!(region.probe().await, Vec::<String>::new());
     let readers: Vec<String> = region.summary().await.readers.into_iter().collect();
     assert_eq!(readers, ["dr-ana-ortiz", "dr-arjun-rao", "dr-ben-cole", "dr-ciara-byrne", "dr-priya-nair"]);
     assert!(!dir.path().join("keys.redb").exists(), "data keys live in the object store, shared by processes");

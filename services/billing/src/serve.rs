@@ -67,7 +67,10 @@ impl RegionService for BillingService {
         // within PASS_WAIT once the stop is asked.
         let steps = {
             let (service, region) = (self.clone(), self.context.name.clone());
-            stopping.clone().passes(region, "billing step", move || {
+            // Charges and invoices answered before billing read what came
+            // in meanwhile would be short: not ready until then.
+            let caught_up = self.context.caught_up("billing's intake of routing's events");
+            stopping.clone().passes(region, "billing step", caught_up, move || {
                 let service = service.clone();
                 async move { service.billing.pass(PASS_WAIT).await.map(|_| ()) }
             })

@@ -117,7 +117,10 @@ impl RegionService for RoutingService {
         // pass ends within INTAKE_WAIT once the stop is asked.
         let intake = {
             let (service, region) = (self.clone(), self.context.name.clone());
-            stopping.clone().passes(region, "routing intake", move || {
+            // A worklist served before intake read what came in meanwhile
+            // would miss those studies: not ready until then.
+            let caught_up = self.context.caught_up("routing's intake of completed studies and signed reads");
+            stopping.clone().passes(region, "routing intake", caught_up, move || {
                 let service = service.clone();
                 async move {
                     if service.routing.intake(INTAKE_WAIT).await? > 0 {

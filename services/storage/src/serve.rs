@@ -157,9 +157,12 @@ impl RegionService for StorageService {
         // taken as they complete (one long-lived reader on ingest's topic);
         // never cancelled mid-step: the stop is checked between passes.
         let storage = self.clone();
+        // Not a readiness concern: a derivative comes later, and what is
+        // served is not wrong meanwhile (an unregistered handle).
+        let caught_up = meridian_region::service::CaughtUp::default();
         tasks.push(Task::spawn(
             "derivatives",
-            stopping.clone().passes(self.context.name.clone(), "derivatives", move || {
+            stopping.clone().passes(self.context.name.clone(), "derivatives", caught_up, move || {
                 let storage = storage.clone();
                 async move { storage.derivatives.intake(DERIVATIVES_WAIT).await.map(|_| ()) }
             }),

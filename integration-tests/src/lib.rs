@@ -583,12 +583,29 @@ pub mod bench {
         files: &[PathBuf],
         associations: usize,
     ) -> anyhow::Result<f64> {
+        send_parallel_over(port, calling, called, files, associations, None)
+    }
+
+    /// [`send_parallel`], over TLS trusting `ca` when given (storescu's
+    /// `+tla +cf ca`: TLS without a client certificate).
+    pub fn send_parallel_over(
+        port: u16,
+        calling: &str,
+        called: &str,
+        files: &[PathBuf],
+        associations: usize,
+        ca: Option<&Path>,
+    ) -> anyhow::Result<f64> {
         let started = Instant::now();
         let chunk = files.len().div_ceil(associations);
         let runs: Vec<Child> = files
             .chunks(chunk)
             .map(|part| {
-                Command::new("storescu")
+                let mut storescu = Command::new("storescu");
+                if let Some(ca) = ca {
+                    storescu.arg("+tla").arg("+cf").arg(ca);
+                }
+                storescu
                     .args(["-aet", calling, "-aec", called, "127.0.0.1", &port.to_string()])
                     .args(part)
                     .env("TCP_NODELAY", "1")
@@ -753,13 +770,18 @@ pub mod bench {
     /// `meridian dev` (beside this binary) on the example configuration and
     /// `dir`, once it has written its endpoints.
     pub fn start_dev(dir: &Path, ports: &[&str]) -> anyhow::Result<Child> {
+        start_dev_configured(dir, &Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/dev"), ports)
+    }
+
+    /// [`start_dev`] on the configuration in `config`.
+    pub fn start_dev_configured(dir: &Path, config: &Path, ports: &[&str]) -> anyhow::Result<Child> {
         let meridian = std::env::current_exe()?.with_file_name("meridian");
         let _ = std::fs::remove_file(dir.join("endpoints.json"));
         let mut child = Command::new(&meridian)
             .arg("dev")
             .args(ports)
             .arg("--config")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/dev"))
+            .arg(config)
             .arg("--data-dir")
             .arg(dir)
             .env("RUST_LOG", "warn")

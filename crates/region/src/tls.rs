@@ -112,10 +112,14 @@ impl TlsFiles {
     }
 }
 
-/// The client certificate verifier now, swapped when the CA file changes.
-#[derive(Debug)]
+/// Client certificates trusted now: verified against the CA bundle read
+/// last (the verifier is swapped when the file changes). For one DICOM
+/// association, it also keeps the certificate it verified, for the
+/// association's access control to read (`presented`).
+#[derive(Clone, Debug)]
 struct Trusted {
-    current: RwLock<Arc<dyn ClientCertVerifier>>,
+    current: Arc<RwLock<Arc<dyn ClientCertVerifier>>>,
+    presented: Option<PresentedCertificate>,
 }
 
 impl Trusted {
@@ -141,7 +145,11 @@ impl ClientCertVerifier for Trusted {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.now().verify_client_cert(end_entity, intermediates, now)
+        let verified = self.now().verify_client_cert(end_entity, intermediates, now)?;
+        if let Some(presented) = &self.presented {
+            let _ = presented.set(end_entity.clone().into_owned());
+        }
+        Ok(verified)
     }
 
     fn verify_tls12_signature(
@@ -164,57 +172,6 @@ impl ClientCertVerifier for Trusted {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.now().supported_verify_schemes()
-    }
-}
-
-/// [`Trusted`] for one DICOM association: keeps the certificate it
-/// verified, for the association's access control to read.
-#[derive(Debug)]
-struct Capturing {
-    trusted: Arc<Trusted>,
-    presented: PresentedCertificate,
-}
-
-impl ClientCertVerifier for Capturing {
-    fn client_auth_mandatory(&self) -> bool {
-        false
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self.trusted.verify_client_cert(end_entity, intermediates, now)?;
-        let _ = self.presented.set(end_entity.clone().into_owned());
-        Ok(verified)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.trusted.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.trusted.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.trusted.supported_verify_schemes()
     }
 }
 
@@ -252,7 +209,7 @@ impl ResolvesServerCert for Served {
 pub struct ServerTls {
     files: TlsFiles,
     served: Arc<Served>,
-    trusted: Option<Arc<Trusted>>,
+    trusted: Option<Trusted>,
     config: Arc<rustls::ServerConfig>,
     acceptor: TlsAcceptor,
 }
@@ -262,8 +219,8 @@ impl ServerTls {
     /// and file.
     pub fn load(files: TlsFiles) -> Result<ServerTls, TlsError> {
         let served = Arc::new(Served { current: RwLock::new(Arc::new(files.load()?)) });
-        let trusted = files.load_client_ca()?.map(|v| Arc::new(Trusted { current: RwLock::new(v) }));
-        let verifier = trusted.clone().map(|t| t as Arc<dyn ClientCertVerifier>);
+        let trusted = files.load_client_ca()?.map(|v| Trusted { current: Arc::new(RwLock::new(v)), presented: None });
+        let verifier = trusted.clone().map(|t| Arc::new(t) as Arc<dyn ClientCertVerifier>);
         let mut config = server_config(served.clone(), verifier)?;
         // gRPC needs HTTP/2; browsers and curl may take either.
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -277,8 +234,8 @@ impl ServerTls {
     pub fn for_association(&self) -> Result<(Arc<rustls::ServerConfig>, PresentedCertificate), TlsError> {
         let presented = PresentedCertificate::default();
         let Some(trusted) = &self.trusted else { return Ok((self.config.clone(), presented)) };
-        let capturing = Arc::new(Capturing { trusted: trusted.clone(), presented: presented.clone() });
-        Ok((Arc::new(server_config(self.served.clone(), Some(capturing))?), presented))
+        let keeping = Arc::new(Trusted { presented: Some(presented.clone()), ..trusted.clone() });
+        Ok((Arc::new(server_config(self.served.clone(), Some(keeping))?), presented))
     }
 
     /// Reads the files again if they changed since `seen`; keeps serving

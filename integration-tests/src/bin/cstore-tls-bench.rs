@@ -125,7 +125,9 @@ fn start_receivers(
         let out = dir.join(name).tap_mkdir()?;
         let mut storescp = Command::new("storescp");
         if tls {
-            storescp.arg("+tls").arg(&certs.key).arg(&certs.cert);
+            // Verifies a client certificate when one comes, as Meridian
+            // does (storescp would otherwise require one).
+            storescp.arg("+tls").arg(&certs.key).arg(&certs.cert).arg("+vc");
         }
         let child = storescp
             .args(["--fork", "-od"])

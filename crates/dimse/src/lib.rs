@@ -320,7 +320,18 @@ where
                                     transfer_syntax: syntaxes.get(&context).cloned().unwrap_or_default(),
                                     data_set: std::mem::take(&mut data_set),
                                 };
-                                store.store(&sender, instance).await
+                                // One span per instance: the study's trace starts at
+                                // the C-STORE of its first instance.
+                                let span = tracing::info_span!(
+                                    "C-STORE",
+                                    otel.kind = "server",
+                                    dicom.sop_class = %request.affected_sop_class,
+                                    dicom.status = tracing::field::Empty,
+                                );
+                                let status =
+                                    tracing::Instrument::instrument(store.store(&sender, instance), span.clone()).await;
+                                span.record("dicom.status", format_args!("{status:#06x}"));
+                                status
                             }
                             None => command::STATUS_SOP_CLASS_NOT_SUPPORTED,
                         };

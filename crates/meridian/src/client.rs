@@ -196,6 +196,9 @@ pub fn tail_json(event: &pb::TailLogResponse) -> serde_json::Value {
         "sealed": event.data_class == "phi",
         "payload": payload,
     });
+    if !event.traceparent.is_empty() {
+        out["traceparent"] = event.traceparent.clone().into();
+    }
     if !event.error.is_empty() {
         out["error"] = event.error.clone().into();
     }

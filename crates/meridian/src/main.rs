@@ -635,12 +635,17 @@ fn config_check(dir: &std::path::Path) -> ExitCode {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    // Only the processes that serve export spans; a client command's
+    // would be a trace of one call nobody asked for.
+    let serves = matches!(cli.command, Command::Dev(_) | Command::Serve(_));
+    let exporting = match observe(serves) {
+        Ok(exporting) => exporting,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(64);
+        }
+    };
     let result = match cli.command {
         Command::Events => {
             print_events();
@@ -756,6 +761,10 @@ async fn main() -> ExitCode {
             client::routing(&target, reader, client::RoutingCommand::Release { study, reason }).await
         }
     };
+    if let Some(exporting) = exporting {
+        // The SDK's thread sends the last spans on this runtime: wait off it.
+        let _ = tokio::task::spawn_blocking(move || exporting.shutdown()).await;
+    }
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -763,6 +772,27 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs to stderr as `RUST_LOG` says (info by default; a span's fields,
+/// its trace id among them, prefix each line in it), and, for a process
+/// that serves with an OTLP collector named by the standard `OTEL_`
+/// variables, Meridian's spans to that collector.
+fn observe(serves: bool) -> Result<Option<meridian_telemetry::Exporting>, meridian_telemetry::Error> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()));
+    let exporting = if serves { meridian_telemetry::Exporting::from_env("meridian")? } else { None };
+    let spans = exporting.as_ref().map(|e| e.layer());
+    tracing_subscriber::registry().with(logs).with(spans).init();
+    if let Some(e) = &exporting {
+        tracing::info!(endpoint = e.endpoint(), "spans exported over OTLP");
+    }
+    Ok(exporting)
 }
 
 fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {

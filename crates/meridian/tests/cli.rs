@@ -57,6 +57,11 @@ impl Dev {
 
     /// Starts on the configuration in `config`.
     fn start_configured(config: &Path, data: &Path, failpoints: &str) -> Dev {
+        Dev::start_with(config, data, failpoints, &[])
+    }
+
+    /// Starts on `config` with `env` set besides.
+    fn start_with(config: &Path, data: &Path, failpoints: &str, env: &[(&str, &str)]) -> Dev {
         let _ = std::fs::remove_file(data.join("endpoints.json"));
         let child = Command::new(MERIDIAN)
             .args(["dev", "--ports", "auto", "--config"])
@@ -64,6 +69,7 @@ impl Dev {
             .arg("--data-dir")
             .arg(data)
             .env("MERIDIAN_FAILPOINTS", failpoints)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -470,10 +476,9 @@ fn no_acknowledged_instance_is_lost_when_the_region_dies_between_put_append_and_
     }
 }
 
-/// One STOW-RS request of `files` (Part-10) over a fresh connection; the
-/// status and body, or `None` when the connection broke first.
-fn stow(addr: &str, token: &str, files: &[PathBuf]) -> Option<(u16, Value)> {
-    use std::io::{Read, Write};
+/// The multipart/related body of one STOW-RS request of `files`
+/// (Part-10), and its Content-Type.
+fn stow_body(files: &[PathBuf]) -> (Vec<u8>, String) {
     let boundary = "meridian-stow-test";
     let mut body = Vec::new();
     for f in files {
@@ -482,10 +487,51 @@ fn stow(addr: &str, token: &str, files: &[PathBuf]) -> Option<(u16, Value)> {
         body.extend(b"\r\n");
     }
     body.extend(format!("--{boundary}--\r\n").as_bytes());
+    (body, format!("multipart/related; type=\"application/dicom\"; boundary={boundary}"))
+}
+
+/// The SOP Instance UIDs a STOW-RS answer reports stored (its Referenced
+/// SOP Sequence).
+fn stored_uids(answer: &Value) -> Vec<String> {
+    let stored = answer["00081199"]["Value"].as_array().cloned().unwrap_or_default();
+    stored.iter().filter_map(|i| i["00081155"]["Value"][0].as_str().map(str::to_owned)).collect()
+}
+
+/// One STOW-RS request of `files` to `https` with curl trusting `ca`, with
+/// `extra` arguments (a token's header, a client certificate): the status
+/// and the body, with what curl said. HTTP/1.1: a refusal answered before
+/// the upload is read ends an HTTP/2 stream with RST_STREAM, which curl
+/// 7.88 reports as an error in place of the status it received.
+fn stow_https(https: &str, ca: &Path, files: &[PathBuf], extra: &[&std::ffi::OsStr]) -> (String, String) {
+    use std::io::Write;
+    let (body, content_type) = stow_body(files);
+    let mut curl = Command::new("curl")
+        .args(["-sS", "--http1.1", "-w", "\n%{http_code}", "--cacert"])
+        .arg(ca)
+        .args(extra)
+        .args(["-H", &format!("Content-Type: {content_type}"), "--data-binary", "@-"])
+        .arg(format!("{https}/dicomweb/studies"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = curl.stdin.take().unwrap().write_all(&body);
+    let out = curl.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or_default();
+    (code.to_owned(), body.to_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
+/// One STOW-RS request of `files` (Part-10) over a fresh connection; the
+/// status and body, or `None` when the connection broke first.
+fn stow(addr: &str, token: &str, files: &[PathBuf]) -> Option<(u16, Value)> {
+    use std::io::{Read, Write};
+    let (body, content_type) = stow_body(files);
     let mut stream = std::net::TcpStream::connect(addr).ok()?;
     let head = format!(
         "POST /dicomweb/studies HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: multipart/related; type=\"application/dicom\"; boundary={boundary}\r\n\
+         Content-Type: {content_type}\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
@@ -568,9 +614,7 @@ fn every_instance_stow_rs_reported_stored_survives_a_sigkill_mid_request() {
         std::thread::spawn(move || {
             for chunk in all.chunks(4) {
                 let Some((200, answer)) = stow(&addr, &token, chunk) else { return };
-                let stored = answer["00081199"]["Value"].as_array().cloned().unwrap_or_default();
-                let uids = stored.iter().filter_map(|i| i["00081155"]["Value"][0].as_str().map(str::to_owned));
-                if tx.send(uids.collect()).is_err() {
+                if tx.send(stored_uids(&answer)).is_err() {
                     return;
                 }
             }
@@ -658,38 +702,13 @@ fn every_instance_acknowledged_over_tls_survives_a_sigkill_mid_association_and_m
     // instances handed back.
     let (tx, rx) = std::sync::mpsc::channel::<Vec<String>>();
     let stower = {
-        let (chunks, ca, https, token) =
-            (over_stow.chunks(4).map(<[_]>::to_vec).collect::<Vec<_>>(), certs.ca.clone(), https.clone(), token);
-        let dir = files.path().to_owned();
+        let paths: Vec<PathBuf> = over_stow.iter().map(|(path, _)| path.clone()).collect();
+        let (ca, https, bearer) = (certs.ca.clone(), https.clone(), format!("Authorization: Bearer {token}"));
         std::thread::spawn(move || {
-            let boundary = "meridian-kill-test";
-            for (n, chunk) in chunks.iter().enumerate() {
-                let mut body = Vec::new();
-                for (path, _) in chunk {
-                    body.extend(format!("--{boundary}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes());
-                    body.extend(std::fs::read(path).unwrap());
-                    body.extend(b"\r\n");
-                }
-                body.extend(format!("--{boundary}--\r\n").as_bytes());
-                let body_file = dir.join(format!("stow-{n}.body"));
-                std::fs::write(&body_file, body).unwrap();
-                let out = Command::new("curl")
-                    .args(["-sS", "--http1.1", "--cacert"])
-                    .arg(&ca)
-                    .args(["-H", &format!("Authorization: Bearer {token}")])
-                    .args([
-                        "-H",
-                        &format!("Content-Type: multipart/related; type=\"application/dicom\"; boundary={boundary}"),
-                    ])
-                    .arg("--data-binary")
-                    .arg(format!("@{}", body_file.display()))
-                    .arg(format!("{https}/dicomweb/studies"))
-                    .output()
-                    .unwrap();
-                let Ok(answer) = serde_json::from_slice::<Value>(&out.stdout) else { return };
-                let stored = answer["00081199"]["Value"].as_array().cloned().unwrap_or_default();
-                let uids = stored.iter().filter_map(|i| i["00081155"]["Value"][0].as_str().map(str::to_owned));
-                if tx.send(uids.collect()).is_err() {
+            for chunk in paths.chunks(4) {
+                let (_, said) = stow_https(&https, &ca, chunk, &["-H".as_ref(), bearer.as_ref()]);
+                let Ok(answer) = serde_json::from_str::<Value>(&said) else { return };
+                if tx.send(stored_uids(&answer)).is_err() {
                     return;
                 }
             }
@@ -2649,38 +2668,19 @@ async fn a_client_certificate_speaks_for_its_facility_over_dicom_https_and_grpc_
 
     // DICOMweb: STOW-RS with the certificate and no token.
     let http = endpoints["regions"]["us-east"]["http"].as_str().unwrap().to_owned();
-    let boundary = "meridian-cert-test";
-    let mut body = format!("--{boundary}\r\nContent-Type: application/dicom\r\n\r\n").into_bytes();
     let second = meridian_integration_tests::dicom::one_instance_study(
         files.path(),
         "1.2.826.0.1.3680043.10.543.779",
         "MRN-CERT-2",
         "ROUTINE",
     );
-    body.extend(std::fs::read(&second).unwrap());
-    body.extend(format!("\r\n--{boundary}--\r\n").as_bytes());
-    let body_file = files.path().join("stow.body");
-    std::fs::write(&body_file, body).unwrap();
-    let curl = |identity: Option<&str>| {
-        let mut command = Command::new("curl");
-        // HTTP/1.1: a refusal answered before the upload is read ends the
-        // HTTP/2 stream with RST_STREAM, which curl 7.88 reports as an
-        // error in place of the 401 it received.
-        command.args(["-sS", "--http1.1", "-w", "\n%{http_code}", "--cacert"]).arg(&site.ca);
-        if let Some(label) = identity {
+    let curl = |identity: Option<&str>| match identity {
+        None => stow_https(&http, &site.ca, std::slice::from_ref(&second), &[]),
+        Some(label) => {
             let (cert, key) = client(label);
-            command.arg("--cert").arg(cert).arg("--key").arg(key);
+            let extra = ["--cert".as_ref(), cert.as_os_str(), "--key".as_ref(), key.as_os_str()];
+            stow_https(&http, &site.ca, std::slice::from_ref(&second), &extra)
         }
-        let out = command
-            .args(["-H", &format!("Content-Type: multipart/related; type=\"application/dicom\"; boundary={boundary}")])
-            .arg("--data-binary")
-            .arg(format!("@{}", body_file.display()))
-            .arg(format!("{http}/dicomweb/studies"))
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or_default();
-        (code.to_owned(), body.to_owned() + &String::from_utf8_lossy(&out.stderr))
     };
     let (code, said) = curl(None);
     assert_eq!(code, "401", "neither token nor certificate: {said}");
@@ -3002,4 +3002,225 @@ async fn a_region_with_a_certificate_speaks_only_tls_refuses_bad_certificates_an
         said.err().filter(|e| e.contains("NotValidForName") || e.contains("not valid for name"))
     });
     dev.interrupt();
+}
+
+/// rotel's agent (an OpenTelemetry collector) on loopback, printing every
+/// span it receives in the collector's debug form; killed when dropped.
+struct Collector {
+    child: Child,
+    grpc: u16,
+    printed: PathBuf,
+}
+
+/// One span as the collector printed it.
+#[derive(Debug, Clone)]
+struct Printed {
+    trace: String,
+    parent: String,
+    id: String,
+    name: String,
+    kind: String,
+}
+
+impl Collector {
+    fn start(dir: &Path) -> Collector {
+        let rotel =
+            std::env::var("MERIDIAN_ROTEL").expect("MERIDIAN_ROTEL names rotel-agent (scripts/test installs it)");
+        let (grpc, http) = (meridian_integration_tests::free_port(), meridian_integration_tests::free_port());
+        let printed = dir.join("rotel.out");
+        let child = Command::new(rotel)
+            .args(["start", "--exporter", "blackhole", "--debug-log", "traces", "--debug-log-verbosity", "detailed"])
+            .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
+            .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
+            .arg("--log-file")
+            .arg(dir.join("rotel.log"))
+            .arg("--pid-file")
+            .arg(dir.join("rotel.pid"))
+            .stdout(std::fs::File::create(&printed).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let collector = Collector { child, grpc, printed };
+        wait_for("rotel listening", 20, || std::net::TcpStream::connect(("127.0.0.1", grpc)).ok());
+        collector
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc)
+    }
+
+    fn text(&self) -> String {
+        std::fs::read_to_string(&self.printed).unwrap_or_default()
+    }
+
+    /// Every span printed so far.
+    fn spans(&self) -> Vec<Printed> {
+        let field = |block: &str, name: &str| {
+            block
+                .lines()
+                .find_map(|l| l.trim_start().strip_prefix(name).and_then(|r| r.trim_start().strip_prefix(':')))
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_default()
+        };
+        self.text()
+            .split("Span #")
+            .skip(1)
+            .map(|block| Printed {
+                trace: field(block, "Trace ID"),
+                parent: field(block, "Parent ID"),
+                id: field(block, "ID"),
+                name: field(block, "Name"),
+                kind: field(block, "Kind"),
+            })
+            .collect()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The trace id and span id a `traceparent` names.
+fn trace_and_span(traceparent: &Value) -> (String, String) {
+    let text = traceparent.as_str().unwrap_or_else(|| panic!("no traceparent: {traceparent}"));
+    assert!(!text.is_empty());
+    let parts: Vec<&str> = text.split('-').collect();
+    assert_eq!(parts.len(), 4, "{text}");
+    (parts[1].to_owned(), parts[2].to_owned())
+}
+
+#[test]
+fn one_studys_spans_from_c_store_to_assignment_share_a_trace_across_the_log_and_a_dead_collector_fails_nothing() {
+    // Atlantic's one reader takes each STAT study pushed to her: the study
+    // is queued at its StudyStarted (STAT) and assigned at once, and
+    // completes a second after its last instance.
+    let config = tempfile::TempDir::new().unwrap();
+    meridian_integration_tests::one_reader_examples(&repo().join("deploy/examples/dev"), config.path());
+    let contract = config.path().join("contracts/acme-atlantic.toml");
+    let text = std::fs::read_to_string(&contract).unwrap();
+    assert!(text.contains("quiet_period = \"2m\""), "{text}");
+    std::fs::write(&contract, text.replace("quiet_period = \"2m\"", "quiet_period = \"1s\"")).unwrap();
+
+    let work = tempfile::TempDir::new().unwrap();
+    let collector = Collector::start(work.path());
+    let data = tempfile::TempDir::new().unwrap();
+    let endpoint = collector.endpoint();
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "200")];
+    let dev = Dev::start_with(config.path(), data.path(), "", &env);
+
+    let study_uid = "1.2.826.0.1.3680043.10.543.911";
+    let file = meridian_integration_tests::dicom::one_instance_study(work.path(), study_uid, "MRN-TRACE", "STAT");
+    let (ok, said) =
+        meridian_integration_tests::dicom::storescu(dev.dicom_port("us-east"), "ACME_CT1", "MERIDIAN_ACME", &[file]);
+    assert!(ok, "{said}");
+
+    // The log: every event of the study names the one trace.
+    let assigned = wait_for("the study assigned", 30, || {
+        tail_events(data.path(), "us-east", "routing", "StudyAssigned").into_iter().next()
+    });
+    let completed = wait_for("the study completed", 30, || {
+        tail_events(data.path(), "us-east", "ingest", "StudyCompleted").into_iter().next()
+    });
+    let started = tail_events(data.path(), "us-east", "ingest", "StudyStarted").remove(0);
+    let queued = tail_events(data.path(), "us-east", "routing", "StudyQueued").remove(0);
+    let (trace, c_store) = trace_and_span(&started["traceparent"]);
+    for (what, event) in [("StudyCompleted", &completed), ("StudyQueued", &queued), ("StudyAssigned", &assigned)] {
+        assert!(event["traceparent"].is_string(), "{what} names a trace: {event}");
+        assert_eq!(trace_and_span(&event["traceparent"]).0, trace, "{what} is in the study's trace: {event}");
+    }
+    let (_, intake_step) = trace_and_span(&queued["traceparent"]);
+    let (_, push) = trace_and_span(&assigned["traceparent"]);
+    assert!(intake_step != c_store && push != intake_step, "each service appends in a span of its own");
+
+    // The collector: the same trace, span by span, parent by parent.
+    let spans = wait_for("the study's spans at the collector", 30, || {
+        let spans: Vec<Printed> = collector.spans().into_iter().filter(|s| s.trace == trace).collect();
+        let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+        let whole = [
+            "dicom association",
+            "C-STORE",
+            "ingest.study completed",
+            "meridian.us-east.ops.ingest process",
+            "routing StudyAssigned",
+        ]
+        .iter()
+        .all(|n| names.contains(n));
+        whole.then_some(spans)
+    });
+    let named = |name: &str| spans.iter().find(|s| s.name == name).unwrap().clone();
+    let (association, store) = (named("dicom association"), named("C-STORE"));
+    assert_eq!(association.kind, "SPAN_KIND_SERVER", "{association:?}");
+    assert_eq!(association.parent, "", "the association begins the trace");
+    assert_eq!(store.parent, association.id, "each C-STORE is a step of its association");
+    assert_eq!(store.id, c_store, "StudyStarted was appended in the C-STORE's span");
+    let intake: Vec<&Printed> = spans.iter().filter(|s| s.name == "meridian.us-east.ops.ingest process").collect();
+    assert!(intake.iter().all(|s| s.kind == "SPAN_KIND_CONSUMER"), "{intake:?}");
+    assert!(
+        intake.iter().any(|s| s.parent == c_store && s.id == intake_step),
+        "routing's intake continued the C-STORE: {intake:?}"
+    );
+    let pushed = named("routing StudyAssigned");
+    assert_eq!(
+        (pushed.parent.as_str(), pushed.id.as_str()),
+        (intake_step.as_str(), push.as_str()),
+        "the push timer's assignment is a step after the queueing"
+    );
+    assert_eq!(named("ingest.study completed").parent, c_store, "completion continues the study's trace");
+
+    // An HTTP request is named by its route, never its path (which holds
+    // the Study Instance UID).
+    let reader = dev.token("acme-admin");
+    let series = tokio::runtime::Runtime::new().unwrap().block_on(http_get(
+        &dev.http("us-east"),
+        &format!("/dicomweb/studies/{study_uid}/series"),
+        Some(&reader),
+    ));
+    assert_eq!(series.0, 200, "{:?}", series.2);
+    wait_for("the DICOMweb request's span", 30, || {
+        collector
+            .spans()
+            .into_iter()
+            .find(|s| s.name == "GET /dicomweb/studies/{study}/series" && s.kind == "SPAN_KIND_SERVER")
+    });
+    // Spans leave the region: no UID, patient id or accession in them.
+    let printed = collector.text();
+    for phi in [study_uid, "MRN-TRACE", "1.2.826.0.1.3680043.10.543"] {
+        assert!(!printed.contains(phi), "{phi} reached the collector");
+    }
+    // A gRPC call is a span of its own, named by its method.
+    let claimed =
+        Command::new(MERIDIAN).args(["worklist", "--as", "dr-ortiz", "--data-dir"]).arg(data.path()).output().unwrap();
+    assert!(claimed.status.success(), "{}", String::from_utf8_lossy(&claimed.stderr));
+    wait_for("the worklist call's span", 30, || {
+        collector
+            .spans()
+            .into_iter()
+            .find(|s| s.name.ends_with("RoutingService/GetWorklist") && s.kind == "SPAN_KIND_SERVER")
+    });
+
+    // The collector dies: studies are still stored and assigned, and the
+    // spans that could not be sent are counted.
+    drop(collector);
+    let token = dev.token("sre");
+    let dropped = || {
+        let summary = tokio::runtime::Runtime::new().unwrap().block_on(http_get(
+            &dev.http("us-east"),
+            "/v1/summary",
+            Some(&token),
+        ));
+        summary.2["telemetry"]["spans_dropped"].as_u64().unwrap_or(0)
+    };
+    assert_eq!(dropped(), 0, "nothing dropped while the collector was up");
+    let second = "1.2.826.0.1.3680043.10.543.912";
+    let file = meridian_integration_tests::dicom::one_instance_study(work.path(), second, "MRN-TRACE2", "STAT");
+    let (ok, said) =
+        meridian_integration_tests::dicom::storescu(dev.dicom_port("us-east"), "ACME_CT1", "MERIDIAN_ACME", &[file]);
+    assert!(ok, "a dead collector refused a study: {said}");
+    wait_for("the second study queued", 30, || {
+        (tail_events(data.path(), "us-east", "routing", "StudyQueued").len() == 2).then_some(())
+    });
+    wait_for("the undeliverable spans counted", 30, || (dropped() > 0).then_some(()));
 }

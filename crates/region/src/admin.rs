@@ -55,6 +55,7 @@ fn render(record: &Record) -> pb::TailLogResponse {
     out.aggregate_version = envelope.meta.aggregate_version;
     out.tenant = envelope.meta.tenant.clone();
     out.occurred_at = Some(envelope.meta.occurred_at.to_timestamp());
+    out.traceparent = envelope.meta.traceparent.clone().unwrap_or_default();
     out.payload_text = match &envelope.body {
         // PHI stays sealed: the tail shows that it is there, not what it says.
         Body::Sealed { .. } => "(sealed)".to_owned(),

@@ -53,6 +53,25 @@ pub fn router(region: Arc<Region>) -> Router {
         .with_state(region.clone())
         .nest("/dicomweb", dicomweb)
         .nest("/fhir", fhir)
+        .layer(axum::middleware::from_fn(traced))
+}
+
+/// A request's span, named by its route's template (the path itself holds
+/// study UIDs, which never leave the region), continuing the caller's
+/// `traceparent`. Probes are not traced.
+async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let route = request.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_owned());
+    let route = match route.as_deref() {
+        Some("/healthz" | "/readyz") => return next.run(request).await,
+        Some(route) => route.to_owned(),
+        // Unmatched paths are named by their first segment only.
+        None => request.uri().path().split('/').take(2).collect::<Vec<_>>().join("/") + "/…",
+    };
+    let traceparent = request.headers().get(meridian_telemetry::TRACEPARENT).and_then(|v| v.to_str().ok());
+    let span = meridian_telemetry::http_server(request.method().as_str(), &route, traceparent);
+    let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
 }
 
 /// What a path under `/dicomweb` that names no resource here gets: the
@@ -99,5 +118,7 @@ async fn summary(State(region): State<Arc<Region>>, principal: Principal) -> Res
         "projection": {"name": "events.summary", "stats": stats},
         "projections": region.projections().await,
         "consumers": region.consumers(),
+        // The process's, not the region's: spans are exported per process.
+        "telemetry": {"spans_dropped": meridian_telemetry::spans_dropped()},
     })))
 }

@@ -85,6 +85,17 @@ async fn readiness(region: Arc<Region>, health: Health, shutdown: impl Future<Ou
     }
 }
 
+/// A gRPC call's span, continuing the caller's `traceparent`; none for
+/// health checks and reflection, which a probe sends every few seconds.
+fn grpc_span(request: &axum::http::Request<()>) -> tracing::Span {
+    let path = request.uri().path();
+    if path.starts_with("/grpc.") {
+        return tracing::Span::none();
+    }
+    let traceparent = request.headers().get(meridian_telemetry::TRACEPARENT).and_then(|v| v.to_str().ok());
+    meridian_telemetry::grpc_server(path, traceparent)
+}
+
 /// Serves gRPC (health, reflection v1 and v1alpha, admin and each
 /// service's own) and HTTP, starts each service's tasks and follows the log
 /// into the summary, until `shutdown` resolves.
@@ -127,7 +138,7 @@ pub async fn serve(
     let (grpc, http) = match listeners.tls {
         None => {
             let router = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-            let grpc = Server::builder().add_routes(routes).serve_with_incoming_shutdown(
+            let grpc = Server::builder().trace_fn(grpc_span).add_routes(routes).serve_with_incoming_shutdown(
                 TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
                 wait(stopped.clone()),
             );
@@ -138,8 +149,10 @@ pub async fn serve(
             let connections = tls.incoming(listeners.grpc, "gRPC");
             let connections = tokio_stream::wrappers::ReceiverStream::new(connections)
                 .map(|(stream, _)| Ok::<_, std::io::Error>(stream));
-            let grpc =
-                Server::builder().add_routes(routes).serve_with_incoming_shutdown(connections, wait(stopped.clone()));
+            let grpc = Server::builder()
+                .trace_fn(grpc_span)
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(connections, wait(stopped.clone()));
             let local =
                 listeners.http.local_addr().map_err(|source| ServeError::Http { region: name.clone(), source })?;
             let http_listener = TlsListener { incoming: tls.incoming(listeners.http, "HTTP"), local };

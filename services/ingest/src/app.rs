@@ -108,6 +108,9 @@ struct Arrival {
     received: pb::InstanceReceived,
     indexed: Received,
     now: UnixMicros,
+    /// The span it arrived in (a C-STORE, a STOW-RS request): the group
+    /// commit runs in whichever arrival's task takes the lock.
+    traceparent: Option<String>,
 }
 
 impl Arrival {
@@ -119,6 +122,7 @@ impl Arrival {
             received: Some(self.received.clone()),
             metadata_json: serde_json::to_vec(&self.indexed.metadata).unwrap_or_default(),
             arrived_at_micros: self.now.0,
+            traceparent: self.traceparent.clone().unwrap_or_default(),
         }
     }
 
@@ -142,7 +146,8 @@ impl Arrival {
             metadata: serde_json::from_slice(&wire.metadata_json).map_err(|e| bad("metadata_json", &e))?,
         };
         let now = UnixMicros(wire.arrived_at_micros);
-        Ok(Arrival { tenant: wire.tenant, facility: wire.facility, study, received, indexed, now })
+        let traceparent = Some(wire.traceparent).filter(|t| !t.is_empty());
+        Ok(Arrival { tenant: wire.tenant, facility: wire.facility, study, received, indexed, now, traceparent })
     }
 }
 
@@ -366,7 +371,15 @@ impl Ingest {
         }
     }
 
-    fn meta(&self, tenant: &str, study: Uuid, version: u64, event_id: EventId, now: UnixMicros) -> EventMeta {
+    fn meta(
+        &self,
+        tenant: &str,
+        study: Uuid,
+        version: u64,
+        event_id: EventId,
+        now: UnixMicros,
+        traceparent: Option<String>,
+    ) -> EventMeta {
         EventMeta {
             event_id,
             aggregate_type: STUDY.into(),
@@ -377,7 +390,7 @@ impl Ingest {
             occurred_at: now,
             causation_id: None,
             correlation_id: None,
-            traceparent: None,
+            traceparent,
         }
     }
 
@@ -513,7 +526,8 @@ impl Ingest {
             metadata: facts.metadata,
         };
         let ids = (study.as_uuid(), series.as_uuid(), instance_id.as_uuid());
-        let arrival = Arrival { tenant, facility, study, received, indexed, now };
+        let traceparent = meridian_telemetry::traceparent();
+        let arrival = Arrival { tenant, facility, study, received, indexed, now, traceparent };
         let status = match &self.replicas {
             Some(replicas) if !replicas.owns(study.as_uuid()) => {
                 let owner = replicas.owner_of(study.as_uuid());
@@ -670,7 +684,7 @@ impl Ingest {
     /// (sealed) and StudyStarted or StudyUpdated where due; `None` for the
     /// same bytes again.
     fn events_of(&self, state: &Studies, arrival: &Arrival) -> Result<Option<Vec<Record>>, Error> {
-        let Arrival { tenant, facility, study, received, now, .. } = arrival;
+        let Arrival { tenant, facility, study, received, now, traceparent, .. } = arrival;
         let known = state.open.get(&study.as_uuid());
         let previous = known.and_then(|s| s.instances.get(&received.instance_id));
         if previous == Some(&received.sha256) {
@@ -681,7 +695,7 @@ impl Ingest {
         let records = known.map_or(0, |s| s.instances_version) + 1;
         let meta = EventMeta {
             aggregate_type: INSTANCES.into(),
-            ..self.meta(tenant, study.as_uuid(), records, EventId::new_at(*now), *now)
+            ..self.meta(tenant, study.as_uuid(), records, EventId::new_at(*now), *now, traceparent.clone())
         };
         let sealed = Envelope::sealed(meta.clone(), &received, *study, self.keys.as_ref())?;
         let mut out =
@@ -696,7 +710,7 @@ impl Ingest {
         };
         if let Some(payload) = alongside {
             version += 1;
-            let meta = self.meta(tenant, study.as_uuid(), version, EventId::new_at(*now), *now);
+            let meta = self.meta(tenant, study.as_uuid(), version, EventId::new_at(*now), *now, traceparent.clone());
             let envelope = match &payload {
                 Payload::StudyStarted(p) => Envelope::plain(meta.clone(), p)?,
                 Payload::StudyUpdated(p) => Envelope::plain(meta.clone(), p)?,
@@ -763,7 +777,7 @@ impl Ingest {
             reason_code: rejection.code.to_owned(),
             reason: rejection.reason,
         };
-        let meta = self.meta(tenant, aggregate, version, EventId::new_at(now), now);
+        let meta = self.meta(tenant, aggregate, version, EventId::new_at(now), now, meridian_telemetry::traceparent());
         let batch = vec![Outgoing::new(self.ops_topic.clone(), &Envelope::plain(meta, &payload)?)?];
         let appended = self.log.append(batch.clone()).await?;
         projector.feed_appended(batch, appended, self.keys.as_ref())?;
@@ -826,7 +840,11 @@ impl Ingest {
         for (study, completed) in &done {
             let Some(s) = projector.state().open.get(study) else { continue };
             let event_id = EventId::timer(*study, "ingest.quiet", s.last_at);
-            let meta = self.meta(&s.tenant, *study, s.version + 1, event_id, now);
+            // Completion is a step of the study's trace, begun at its first
+            // instance (no request is in flight when a quiet period ends).
+            let span = meridian_telemetry::step("ingest.study completed", s.traceparent.as_deref());
+            let traceparent = meridian_telemetry::traceparent_of(&span);
+            let meta = self.meta(&s.tenant, *study, s.version + 1, event_id, now, traceparent);
             batch.push(Outgoing::new(self.ops_topic.clone(), &Envelope::plain(meta, completed)?)?);
         }
         let appended = self.log.append(batch.clone()).await?;

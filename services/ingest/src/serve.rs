@@ -229,7 +229,8 @@ async fn dicom(
             continue;
         };
         let (service, limits, region, tls) = (service.clone(), limits.clone(), region.clone(), tls.clone());
-        tokio::spawn(async move {
+        let span = meridian_telemetry::dicom_association(&region, peer, tls.is_some());
+        let association = async move {
             let _slot = slot;
             let store: &dyn meridian_dimse::StoreService = service.ingest.as_ref();
             let platform = service.context.platform.clone();
@@ -255,7 +256,8 @@ async fn dicom(
                 ),
                 Err(e) => tracing::info!(%region, error = %e, "association"),
             }
-        });
+        };
+        tokio::spawn(tracing::Instrument::instrument(association, span));
     }
 }
 

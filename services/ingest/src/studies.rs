@@ -41,6 +41,11 @@ pub struct Study {
     /// The last version of its instance records (`ingest.instances`, PHI):
     /// a stream of its own, on its own topic, so that each stays in order.
     pub instances_version: u64,
+    /// The trace its StudyStarted (or, reopened, StudyUpdated) was appended
+    /// in: its completion continues it, so that routing's decisions join
+    /// the trace of the C-STORE that began the study.
+    #[serde(default)]
+    pub traceparent: Option<String>,
 }
 
 impl Study {
@@ -220,7 +225,9 @@ pub fn apply(mut state: Studies, payload: &Payload, meta: &EventMeta) -> Studies
         Payload::StudyStarted(started) => {
             study.contract.clone_from(&started.contract);
             study.unroutable.clone_from(&started.unroutable_reason);
+            study.traceparent.clone_from(&meta.traceparent);
         }
+        Payload::StudyUpdated(_) if study.traceparent.is_none() => study.traceparent.clone_from(&meta.traceparent),
         Payload::StudyCompleted(c) => {
             let study = state.open.remove(&id).unwrap_or_default();
             let completed_at = c.completed_at.as_ref().map_or(meta.occurred_at, UnixMicros::from_timestamp);

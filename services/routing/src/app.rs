@@ -38,6 +38,11 @@ pub struct Folded {
     /// Keyed requests' answers, for their retries (bounded: see [`Answers`]).
     #[serde(default)]
     pub answers: Answers,
+    /// Each study's trace, as its StudyQueued carried it, while it is on
+    /// the worklist: a timer's decision about it (a push, an escalation)
+    /// is a step of that trace.
+    #[serde(default)]
+    pub traces: BTreeMap<Uuid, String>,
 }
 
 /// The projection of the routing topic.
@@ -54,6 +59,11 @@ impl Projection for RoutingProjection {
                 state.answers.record(meta.event_id, &e, meta.occurred_at);
                 state.worklist = worklist::apply(state.worklist, &e);
                 state.versions.insert(event.envelope.meta.aggregate_id, event.envelope.meta.aggregate_version);
+                if let (Event::StudyQueued(_), Some(trace)) = (&e, &meta.traceparent) {
+                    state.traces.insert(meta.aggregate_id, trace.clone());
+                } else if !state.worklist.studies.contains_key(&meta.aggregate_id) {
+                    state.traces.remove(&meta.aggregate_id);
+                }
             }
             Ok(None) => {}
             // Routing wrote it, so this is a bug or a newer writer: counted by
@@ -368,7 +378,7 @@ impl Routing {
     /// and nothing changes. A refused command refuses the batch.
     pub async fn execute_all(&self, commands: Vec<(Command, Cause)>, now: UnixMicros) -> Result<Vec<Event>, Error> {
         let mut projector = self.projector.lock().await;
-        let commands = commands.into_iter().map(|(command, cause)| (command, cause, now)).collect();
+        let commands = commands.into_iter().map(|(command, cause)| (command, cause, now, None)).collect();
         let (events, batch, _) = self.decide_in_turn(projector.state(), commands, |e| Err(e.into()))?;
         // Nothing new (or only retries answered again): nothing to append.
         if batch.is_empty() {
@@ -388,13 +398,16 @@ impl Routing {
     fn decide_in_turn(
         &self,
         state: &Folded,
-        commands: Vec<(Command, Cause, UnixMicros)>,
+        commands: Vec<(Command, Cause, UnixMicros, Option<tracing::Span>)>,
         mut refused: impl FnMut(worklist::Error) -> Result<(), Error>,
     ) -> Result<(Vec<Event>, Vec<Outgoing>, usize), Error> {
         let (mut events, mut batch, mut deciding) = (Vec::new(), Vec::new(), 0);
         let mut scratch: Option<Folded> = None;
         let last = commands.len().saturating_sub(1);
-        for (i, (command, cause, now)) in commands.into_iter().enumerate() {
+        for (i, (command, cause, now, span)) in commands.into_iter().enumerate() {
+            // An input's events are appended in the trace of the event that
+            // caused them (a request's, in its call's).
+            let _in_trace = span.as_ref().map(tracing::Span::enter);
             let folded = scratch.as_ref().unwrap_or(state);
             if let Cause::Request { tenant, idempotency_key } = &cause {
                 match folded.answers.retry(tenant, idempotency_key, &command) {
@@ -498,7 +511,12 @@ impl Routing {
                 occurred_at: now,
                 causation_id,
                 correlation_id: causation_id,
-                traceparent: None,
+                traceparent: meridian_telemetry::traceparent().or_else(|| {
+                    let trace = folded.traces.get(&aggregate_id)?;
+                    let short = type_name.rsplit('.').next().unwrap_or(type_name);
+                    let step = meridian_telemetry::step(&format!("routing {short}"), Some(trace));
+                    meridian_telemetry::traceparent_of(&step)
+                }),
             };
             batch.push(Outgoing::new(self.topic.clone(), &payload.plain_envelope(meta)?)?);
         }
@@ -553,7 +571,17 @@ impl Routing {
             let mut commands = Vec::new();
             for record in &batch {
                 match input(record, &self.policy, &self.region) {
-                    Ok(Some((cause, command, at))) => commands.push((command, Cause::Derived(cause), at)),
+                    Ok(Some((cause, command, at))) => {
+                        let traceparent = record.header(meridian_telemetry::TRACEPARENT);
+                        let span = meridian_telemetry::consuming(
+                            INTAKE,
+                            record.topic.as_str(),
+                            record.partition,
+                            record.offset,
+                            traceparent.and_then(|t| std::str::from_utf8(t).ok()),
+                        );
+                        commands.push((command, Cause::Derived(cause), at, Some(span)));
+                    }
                     Ok(None) => {}
                     Err((reason, what)) => self.intake_skips.skip(record, reason, &what),
                 }

@@ -235,10 +235,19 @@ impl Envelope {
         Envelope::try_from(pb::Envelope::decode(bytes)?)
     }
 
-    /// Digest of the encoded envelope: the same event id with another digest
-    /// is a conflict that consumers report.
-    pub fn digest(encoded: &[u8]) -> [u8; 32] {
-        Sha256::digest(encoded).into()
+    /// Digest of what the event says, `encoded` being this envelope's
+    /// bytes: the same event id with another digest is a conflict that
+    /// consumers report. The `traceparent` is left out: it names the span
+    /// an event was appended in, so the same event appended again after a
+    /// crash (by a retried consumer step, say) carries another one and is
+    /// still the same event.
+    pub fn digest(&self, encoded: &[u8]) -> [u8; 32] {
+        if self.meta.traceparent.is_none() {
+            return Sha256::digest(encoded).into();
+        }
+        let mut untraced = pb::Envelope::from(self);
+        untraced.traceparent.clear();
+        Sha256::digest(untraced.encode_to_vec()).into()
     }
 }
 
@@ -375,6 +384,25 @@ mod tests {
         let back = Envelope::decode(&env.encode_to_vec()).unwrap();
         assert_eq!(back, env);
         assert_eq!(back.open_plain().unwrap(), Payload::StudyStarted(payload));
+    }
+
+    /// An event appended again in another span (a retried step after a
+    /// crash) is the same event; another payload under its id is not.
+    #[test]
+    fn the_digest_of_an_event_ignores_the_span_it_was_appended_in() {
+        let payload = pb::StudyStarted { study_id: "x".into(), modality: "MR".into(), ..Default::default() };
+        let first = Envelope::plain(meta("ingest.study"), &payload).unwrap();
+        let mut again = first.clone();
+        again.meta.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+        let mut untraced = first.clone();
+        untraced.meta.traceparent = None;
+        let digest = |e: &Envelope| e.digest(&e.encode_to_vec());
+        assert_ne!(first.encode_to_vec(), again.encode_to_vec());
+        assert_eq!(digest(&first), digest(&again));
+        assert_eq!(digest(&first), digest(&untraced));
+        let other = pb::StudyStarted { modality: "CT".into(), ..payload };
+        let changed = Envelope::plain(first.meta.clone(), &other).unwrap();
+        assert_ne!(digest(&first), digest(&changed));
     }
 
     #[test]

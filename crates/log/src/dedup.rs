@@ -158,7 +158,7 @@ impl Deduplicator {
 
     /// Checks and, when new, records: true when the event should be applied.
     pub fn admit(&mut self, envelope: &Envelope, encoded: &[u8]) -> Result<bool, Conflict> {
-        let digest = Envelope::digest(encoded);
+        let digest = envelope.digest(encoded);
         match self.check(envelope, &digest)? {
             Verdict::New => {
                 self.record(envelope, digest);

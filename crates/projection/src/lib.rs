@@ -191,7 +191,7 @@ impl<P: Projection> Projector<P> {
                 return Ok(self.skip(record, "corrupt_envelope", &e));
             }
         };
-        let digest = Envelope::digest(&record.value);
+        let digest = envelope.digest(&record.value);
         match self.dedup.check(&envelope, &digest) {
             Ok(meridian_log::dedup::Verdict::New) => {}
             Ok(meridian_log::dedup::Verdict::Duplicate) => {

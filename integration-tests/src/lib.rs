@@ -775,6 +775,11 @@ pub mod bench {
 
     /// [`start_dev`] on the configuration in `config`.
     pub fn start_dev_configured(dir: &Path, config: &Path, ports: &[&str]) -> anyhow::Result<Child> {
+        start_dev_with(dir, config, ports, &[])
+    }
+
+    /// [`start_dev_configured`] with `env` set besides.
+    pub fn start_dev_with(dir: &Path, config: &Path, ports: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Child> {
         let meridian = std::env::current_exe()?.with_file_name("meridian");
         let _ = std::fs::remove_file(dir.join("endpoints.json"));
         let mut child = Command::new(&meridian)
@@ -785,6 +790,7 @@ pub mod bench {
             .arg("--data-dir")
             .arg(dir)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;

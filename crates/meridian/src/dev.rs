@@ -78,12 +78,12 @@ pub(crate) async fn bind(ip: IpAddr, port: u16, what: &str, region: &str) -> any
     TcpListener::bind(addr).await.with_context(|| format!("region {region}: binding the {what} port {addr}"))
 }
 
-/// Writes `bytes` to `path` atomically (temp file, fsync, rename), with
-/// owner-only permissions when `private`.
 /// How long `meridian dev` waits for each region to be ready before it
 /// writes endpoints.json anyway.
 const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Writes `bytes` to `path` atomically (temp file, fsync, rename), with
+/// owner-only permissions when `private`.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut options = std::fs::OpenOptions::new();

@@ -3145,6 +3145,8 @@ fn one_studys_spans_from_c_store_to_assignment_share_a_trace_across_the_log_and_
             "ingest.study completed",
             "meridian.us-east.ops.ingest process",
             "routing StudyAssigned",
+            "inference triage",
+            "meridian.us-east.ops.inference process",
         ]
         .iter()
         .all(|n| names.contains(n));
@@ -3161,6 +3163,15 @@ fn one_studys_spans_from_c_store_to_assignment_share_a_trace_across_the_log_and_
     assert!(
         intake.iter().any(|s| s.parent == c_store && s.id == intake_step),
         "routing's intake continued the C-STORE: {intake:?}"
+    );
+    // Inference's read follows the completion, and routing takes its
+    // outcome in the same trace.
+    let completion = named("ingest.study completed");
+    let triage = named("inference triage");
+    assert_eq!(triage.parent, completion.id, "the model read the completed study in its trace");
+    assert!(
+        spans.iter().any(|s| s.name == "meridian.us-east.ops.inference process" && s.parent != ""),
+        "routing took the triage outcome in the study's trace: {spans:?}"
     );
     let pushed = named("routing StudyAssigned");
     assert_eq!(

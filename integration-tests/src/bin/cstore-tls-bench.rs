@@ -3,18 +3,19 @@
 //! plaintext and over TLS (PS3.15 Annex B, `+tla`), and to dcmtk's
 //! `storescp --fork` in plaintext and over TLS (`+tls`) receiving the same
 //! files in the same run; (a) on one association, (b) on four. Runs are
-//! interleaved, each on fresh UIDs, and the median is reported.
+//! interleaved, each on fresh UIDs, and the median is reported. A third
+//! `meridian dev` in plaintext exports its spans to rotel's collector
+//! (`MERIDIAN_ROTEL`, discarding them): the cost of tracing on the ingest
+//! path.
 //!
-//!   target/release/cstore-tls-bench --count 500 --runs 3
+//!   MERIDIAN_ROTEL=… target/release/cstore-tls-bench --count 500 --runs 3
 //!
 //! The `meridian` binary is taken from beside this one (same target dir).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use meridian_integration_tests::bench::{
-    MkDir, STUDY, arg, send_parallel_over, slices, start_dev_configured, wait_for_port,
-};
+use meridian_integration_tests::bench::{MkDir, STUDY, arg, send_parallel_over, slices, start_dev_with, wait_for_port};
 
 /// A receiver: its process, DICOM port, AE titles, and the CA to trust
 /// when it speaks TLS.
@@ -62,7 +63,7 @@ fn main() -> anyhow::Result<()> {
         for (mode, associations) in [("a", 1), ("b", 4)] {
             let set_dir = work.path().join(format!("set-{run}-{mode}")).tap_mkdir()?;
             let files = slices(&set_dir, n, &format!("{STUDY}.{}", 200 + run * 2 + usize::from(mode == "b")))?.0;
-            for r in &receivers {
+            for r in receivers.iter().filter(|r| r.name != "rotel") {
                 let secs = send_parallel_over(r.port, r.calling, r.called, &files, associations, r.ca.as_deref())?;
                 rates.entry((mode, r.name)).or_default().push(n as f64 / secs);
             }
@@ -77,7 +78,7 @@ fn main() -> anyhow::Result<()> {
         sorted[sorted.len() / 2]
     };
     for mode in ["a", "b"] {
-        for name in ["meridian", "meridian+tls", "storescp", "storescp+tls"] {
+        for name in ["meridian", "meridian+traced", "meridian+tls", "storescp", "storescp+tls"] {
             let all = &rates[&(mode, name)];
             let shown: Vec<String> = all.iter().map(|r| format!("{r:.0}")).collect();
             println!(
@@ -94,6 +95,10 @@ fn main() -> anyhow::Result<()> {
             ratio("storescp+tls", "storescp"),
             median(&rates[&(mode, "meridian+tls")]) / median(&rates[&(mode, "storescp+tls")])
         );
+        println!(
+            "cstore-tls ({mode}) traced ÷ plaintext: meridian {:.3} (spans exported over OTLP to a collector)",
+            ratio("meridian+traced", "meridian"),
+        );
     }
     Ok(())
 }
@@ -108,14 +113,35 @@ fn start_receivers(
     port_base: u16,
 ) -> anyhow::Result<Vec<Receiver>> {
     let mut receivers = Vec::new();
-    for (name, config, base) in [("meridian", examples, port_base), ("meridian+tls", tls_config, port_base + 100)] {
+    // The collector the traced receiver exports to: rotel's agent, which
+    // receives and discards.
+    let rotel = std::env::var("MERIDIAN_ROTEL").map_err(|_| anyhow::anyhow!("MERIDIAN_ROTEL names no rotel-agent"))?;
+    let otlp = port_base + 300;
+    let collector = Command::new(rotel)
+        .args(["start", "--exporter", "blackhole", "--otlp-grpc-endpoint", &format!("127.0.0.1:{otlp}")])
+        .args(["--otlp-http-endpoint", &format!("127.0.0.1:{}", otlp + 1)])
+        .arg("--log-file")
+        .arg(dir.join("rotel.log"))
+        .arg("--pid-file")
+        .arg(dir.join("rotel.pid"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    wait_for_port(otlp)?;
+    let endpoint = format!("http://127.0.0.1:{otlp}");
+    let traced = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())];
+    for (name, config, base, env) in [
+        ("meridian", examples, port_base, &[][..]),
+        ("meridian+traced", examples, port_base + 50, &traced[..]),
+        ("meridian+tls", tls_config, port_base + 100, &[][..]),
+    ] {
         let data = dir.join(name).tap_mkdir()?;
         if config == tls_config {
             let tls = data.join("secrets/tls").tap_mkdir()?;
             std::fs::copy(&certs.cert, tls.join("bench-server.pem"))?;
             std::fs::copy(&certs.key, tls.join("bench-server.key"))?;
         }
-        let child = start_dev_configured(&data, config, &["--port-base", &base.to_string()])?;
+        let child = start_dev_with(&data, config, &["--port-base", &base.to_string()], env)?;
         let endpoints: serde_json::Value = serde_json::from_slice(&std::fs::read(data.join("endpoints.json"))?)?;
         let port = endpoints["regions"]["us-east"]["dicom"]["port"].as_u64().unwrap_or(0) as u16;
         let ca = (config == tls_config).then(|| certs.ca.clone());
@@ -140,6 +166,7 @@ fn start_receivers(
         let ca = tls.then(|| certs.ca.clone());
         receivers.push(Receiver { name, child, port, calling: "BENCH", called: "STORESCP", ca });
     }
+    receivers.push(Receiver { name: "rotel", child: collector, port: otlp, calling: "", called: "", ca: None });
     for r in &receivers {
         wait_for_port(r.port)?;
     }

@@ -59,6 +59,10 @@ pub struct Folded {
     /// `inference.study/<id>` and `inference.scores/<id>` → last version.
     pub versions: BTreeMap<String, u64>,
     pub unreadable: BTreeMap<String, (u64, String)>,
+    /// Each study's trace, as its completion (or latest update) carried
+    /// it, while the study is held: its reads are steps of that trace.
+    #[serde(default)]
+    pub traces: BTreeMap<Uuid, String>,
 }
 
 pub struct InferenceProjection;
@@ -82,6 +86,16 @@ impl Projection for InferenceProjection {
             Ok(Some(fact)) => folded.state = model::apply(std::mem::take(&mut folded.state), &fact),
             Ok(None) => {}
             Err(why) => meridian_projection::unreadable::count(&mut folded.unreadable, &why, meta.event_id),
+        }
+        use meridian_events::payload::Payload;
+        match (event.payload, &meta.traceparent) {
+            (Payload::StudyCompleted(_) | Payload::StudyUpdated(_), Some(trace)) => {
+                folded.traces.insert(meta.aggregate_id, trace.clone());
+            }
+            _ if !folded.state.studies.contains_key(&meta.aggregate_id) => {
+                folded.traces.remove(&meta.aggregate_id);
+            }
+            _ => {}
         }
         folded
     }
@@ -298,18 +312,29 @@ impl Inference {
         let due = {
             let mut projector = self.live.lock().await;
             catch_up(self.log.as_ref(), self.keys.as_ref(), &mut projector, self.idle).await?;
-            triage::due(&projector.state().state, &self.policy, now, INCOMPLETE_AFTER)
+            let folded = projector.state();
+            let due = triage::due(&folded.state, &self.policy, now, INCOMPLETE_AFTER);
+            let trace = |d: &Due| folded.traces.get(&d.study()).cloned();
+            due.into_iter().take(8).map(|d| (trace(&d), d)).collect::<Vec<_>>()
         };
-        let count = due.len().min(8);
-        for d in due.into_iter().take(8) {
-            let outcome = match d {
-                Due::Fail { study, model, reason, detail, cause } => {
-                    Outcome::Failed { study, model: model.id(), cause, reason, detail, input_digest: String::new() }
-                }
-                Due::Run { study, model, instances, cause } => self.read(study, &model, &instances, cause, now).await?,
+        let count = due.len();
+        for (trace, d) in due {
+            // A read is a step of its study's trace, begun at the study's
+            // first C-STORE: the runtime's time shows in it.
+            let step = meridian_telemetry::step("inference triage", trace.as_deref());
+            let read = async {
+                let outcome = match d {
+                    Due::Fail { study, model, reason, detail, cause } => {
+                        Outcome::Failed { study, model: model.id(), cause, reason, detail, input_digest: String::new() }
+                    }
+                    Due::Run { study, model, instances, cause } => {
+                        self.read(study, &model, &instances, cause, now).await?
+                    }
+                };
+                self.failpoints.hit(AFTER_RUN)?;
+                self.append(&outcome, now).await
             };
-            self.failpoints.hit(AFTER_RUN)?;
-            self.append(&outcome, now).await?;
+            tracing::Instrument::instrument(read, step).await?;
         }
         if count > 0 {
             self.raise_drift(now).await?;
@@ -366,7 +391,7 @@ impl Inference {
             occurred_at: now,
             causation_id: cause,
             correlation_id: None,
-            traceparent: None,
+            traceparent: meridian_telemetry::traceparent(),
         }
     }
 

@@ -124,6 +124,15 @@ pub enum Due {
     Fail { study: Uuid, model: ModelSpec, reason: &'static str, detail: String, cause: EventId },
 }
 
+impl Due {
+    /// The study it is about.
+    pub fn study(&self) -> Uuid {
+        match self {
+            Due::Run { study, .. } | Due::Fail { study, .. } => *study,
+        }
+    }
+}
+
 /// The reads due at `now`: each completed study's models not yet read it,
 /// and the reruns its latest StudyUpdated makes due. A study whose
 /// instances are not all here `incomplete_after` its completion fails

@@ -136,6 +136,34 @@ pub fn step(what: &str, traceparent: Option<&str>) -> Span {
     span
 }
 
+/// A consumer's span for one step over several events read together: the
+/// child of the one event's span when there is one, else linked to each
+/// (OpenTelemetry's batch receive), so that each input's trace leads to it.
+pub fn consuming_batch<'a>(consumer: &str, traceparents: impl IntoIterator<Item = Option<&'a str>>) -> Span {
+    let traceparents: Vec<&str> = traceparents.into_iter().flatten().collect();
+    let span = tracing::info_span!(
+        target: "meridian::log",
+        "process",
+        otel.name = %format_args!("{consumer} process"),
+        otel.kind = "consumer",
+        messaging.system = "kafka",
+        messaging.operation.type = "process",
+        messaging.batch.message_count = traceparents.len(),
+        messaging.consumer.group.name = %consumer,
+        trace_id = Empty,
+    );
+    match traceparents.as_slice() {
+        [one] => follow(&span, Some(one)),
+        many => {
+            for traceparent in many {
+                link(&span, Some(traceparent));
+            }
+            record_trace_id(&span);
+        }
+    }
+    span
+}
+
 /// A gRPC server span for `path` (`/package.Service/Method`), continuing
 /// the caller's trace when it sent a `traceparent`.
 pub fn grpc_server(path: &str, traceparent: Option<&str>) -> Span {
@@ -335,6 +363,22 @@ mod tests {
         ] {
             assert_eq!(trace_id(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_step_over_one_event_continues_its_trace_and_over_several_begins_its_own() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let provider = SdkTracerProvider::builder().build();
+        let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("test"));
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+            let a = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+            let b = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+            let one = consuming_batch("billing.ledger", [Some(a), None]);
+            assert_eq!(traceparent_of(&one).and_then(|t| trace_id(&t)), trace_id(a));
+            let two = consuming_batch("billing.ledger", [Some(a), Some(b)]);
+            let own = traceparent_of(&two).and_then(|t| trace_id(&t));
+            assert!(own.is_some() && own != trace_id(a) && own != trace_id(b));
+        });
     }
 
     #[test]

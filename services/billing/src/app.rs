@@ -271,7 +271,14 @@ impl Billing {
             projector.feed(record, self.keys.as_ref())?;
         }
         let facts = std::mem::take(&mut projector.state_mut().outbox);
-        let outputs = self.outgoing(&facts)?;
+        // The charges a step posts are appended in its span: in the study's
+        // trace for one input, linked to each input's otherwise.
+        let traceparents = batch.iter().map(|r| r.header(meridian_telemetry::TRACEPARENT));
+        let step = meridian_telemetry::consuming_batch(
+            CONSUMER,
+            traceparents.map(|t| t.and_then(|t| std::str::from_utf8(t).ok())),
+        );
+        let outputs = step.in_scope(|| self.outgoing(&facts))?;
         self.failpoints.hit(AFTER_DECIDE)?;
         let inputs = projector.positions();
         self.failpoints.hit(BEFORE_COMMIT)?;
@@ -296,7 +303,7 @@ impl Billing {
                     occurred_at: f.occurred_at,
                     causation_id: Some(f.cause),
                     correlation_id: None,
-                    traceparent: None,
+                    traceparent: meridian_telemetry::traceparent(),
                 };
                 let envelope = adapters::events::payload(f).plain_envelope(meta)?;
                 Ok(Outgoing::new(self.billing.clone(), &envelope)?)

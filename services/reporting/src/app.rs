@@ -381,7 +381,8 @@ impl Reporting {
             occurred_at: now,
             causation_id: None,
             correlation_id: None,
-            traceparent: None,
+            // A reader's draft or signature: its call's span.
+            traceparent: meridian_telemetry::traceparent(),
         }
     }
 

@@ -3029,7 +3029,8 @@ impl Collector {
         let (grpc, http) = (meridian_integration_tests::free_port(), meridian_integration_tests::free_port());
         let printed = dir.join("rotel.out");
         let child = Command::new(rotel)
-            .args(["start", "--exporter", "blackhole", "--debug-log", "traces", "--debug-log-verbosity", "detailed"])
+            .args(["start", "--exporter", "blackhole", "--debug-log", "traces", "--debug-log", "metrics"])
+            .args(["--debug-log-verbosity", "detailed"])
             .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
             .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
             .arg("--log-file")
@@ -3108,7 +3109,11 @@ fn one_studys_spans_from_c_store_to_assignment_share_a_trace_across_the_log_and_
     let collector = Collector::start(work.path());
     let data = tempfile::TempDir::new().unwrap();
     let endpoint = collector.endpoint();
-    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "200")];
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
+    ];
     let dev = Dev::start_with(config.path(), data.path(), "", &env);
 
     let study_uid = "1.2.826.0.1.3680043.10.543.911";
@@ -3170,7 +3175,7 @@ fn one_studys_spans_from_c_store_to_assignment_share_a_trace_across_the_log_and_
     let triage = named("inference triage");
     assert_eq!(triage.parent, completion.id, "the model read the completed study in its trace");
     assert!(
-        spans.iter().any(|s| s.name == "meridian.us-east.ops.inference process" && s.parent != ""),
+        spans.iter().any(|s| s.name == "meridian.us-east.ops.inference process" && !s.parent.is_empty()),
         "routing took the triage outcome in the study's trace: {spans:?}"
     );
     let pushed = named("routing StudyAssigned");
@@ -3181,6 +3186,22 @@ fn one_studys_spans_from_c_store_to_assignment_share_a_trace_across_the_log_and_
     );
     assert_eq!(named("ingest.study completed").parent, c_store, "completion continues the study's trace");
 
+    // Metrics reach the same collector: instances stored, the queue by
+    // priority, the model's reads.
+    let metrics = wait_for("the metrics at the collector", 30, || {
+        let text = collector.text();
+        [
+            "meridian.ingest.instances",
+            "meridian.ingest.bytes",
+            "meridian.routing.queue.depth",
+            "meridian.routing.sla.at_risk",
+            "meridian.inference.triage.duration",
+        ]
+        .iter()
+        .all(|m| text.contains(m))
+        .then_some(text)
+    });
+    assert!(metrics.contains("Str(stat)"), "the queue's gauge names its priority");
     // An HTTP request is named by its route, never its path (which holds
     // the Study Instance UID).
     let reader = dev.token("acme-admin");

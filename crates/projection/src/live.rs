@@ -34,6 +34,12 @@ impl<P: Projection> Live<P> {
     }
 
     /// The projector, for a decision and its append, or a read.
+    /// The projector when no one holds it: for readers that must not wait
+    /// (a metrics gauge read on the exporter's task).
+    pub fn try_lock(&self) -> Option<MutexGuard<'_, Projector<P>>> {
+        self.projector.try_lock().ok()
+    }
+
     pub async fn lock(&self) -> MutexGuard<'_, Projector<P>> {
         self.projector.lock().await
     }

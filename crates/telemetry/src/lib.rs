@@ -18,6 +18,8 @@
 //! slow costs spans, counted in [`spans_dropped`], never a request: spans
 //! queue in memory (bounded) and are sent from the SDK's own thread.
 
+pub mod metrics;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -220,6 +222,7 @@ pub fn dicom_association(region: &str, peer: std::net::SocketAddr, tls: bool) ->
 /// queued.
 pub struct Exporting {
     provider: SdkTracerProvider,
+    meters: Option<opentelemetry_sdk::metrics::SdkMeterProvider>,
     endpoint: String,
 }
 
@@ -265,9 +268,32 @@ impl Exporting {
         let resource = opentelemetry_sdk::Resource::builder().with_service_name(service.to_owned()).build();
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(Counted { inner: Arc::new(exporter), runtime })
-            .with_resource(resource)
+            .with_resource(resource.clone())
             .build();
-        Ok(Exporting { provider, endpoint: endpoint.to_owned() })
+        // Metrics to the same collector, read every OTEL_METRIC_EXPORT_INTERVAL
+        // (60 s by default) on the runtime, unless OTEL_METRICS_EXPORTER=none.
+        let meters = if std::env::var("OTEL_METRICS_EXPORTER").is_ok_and(|v| v.trim() == "none") {
+            None
+        } else {
+            let exporter = opentelemetry_otlp::MetricExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .with_timeout(EXPORT_TIMEOUT)
+                .build()
+                .map_err(|e| refused(e.to_string()))?;
+            let reader = opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader::builder(
+                exporter,
+                opentelemetry_sdk::runtime::Tokio,
+            )
+            .build();
+            let meters = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+                .with_reader(reader)
+                .with_resource(resource)
+                .build();
+            opentelemetry::global::set_meter_provider(meters.clone());
+            Some(meters)
+        };
+        Ok(Exporting { provider, meters, endpoint: endpoint.to_owned() })
     }
 
     /// Where spans go.
@@ -298,6 +324,9 @@ impl Exporting {
     pub fn shutdown(self) {
         if let Err(e) = self.provider.shutdown() {
             tracing::warn!(endpoint = %self.endpoint, error = %e, "spans not all sent at exit");
+        }
+        if let Some(Err(e)) = self.meters.map(|m| m.shutdown()) {
+            tracing::warn!(endpoint = %self.endpoint, error = %e, "metrics not sent at exit");
         }
     }
 }

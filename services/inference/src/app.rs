@@ -523,6 +523,14 @@ impl Inference {
         }
         let appended = self.log.append(batch.clone()).await?;
         projector.feed_appended(batch, appended, self.keys.as_ref())?;
+        match outcome {
+            Outcome::Completed { latency_ms, .. } => {
+                meridian_telemetry::metrics::triage_read(&self.region, &model, "completed", *latency_ms as f64 / 1e3);
+            }
+            Outcome::Failed { reason, .. } => {
+                meridian_telemetry::metrics::triage_read(&self.region, &model, reason, 0.0)
+            }
+        }
         Ok(())
     }
 

@@ -526,6 +526,7 @@ impl Ingest {
             metadata: facts.metadata,
         };
         let ids = (study.as_uuid(), series.as_uuid(), instance_id.as_uuid());
+        let (tenant_id, size) = (tenant.clone(), indexed.size);
         let traceparent = meridian_telemetry::traceparent();
         let arrival = Arrival { tenant, facility, study, received, indexed, now, traceparent };
         let status = match &self.replicas {
@@ -538,6 +539,9 @@ impl Ingest {
             }
             _ => self.acknowledge(arrival).await?,
         };
+        if status == STATUS_SUCCESS {
+            meridian_telemetry::metrics::instance_stored(&self.region, &tenant_id, size);
+        }
         Ok(Receipt { status, stored: Some(ids), refusal: None })
     }
 
@@ -761,6 +765,7 @@ impl Ingest {
         now: UnixMicros,
     ) -> Result<Receipt, Error> {
         tracing::info!(region = %self.region, %tenant, %facility, code = rejection.code, status = rejection.status, "instance rejected");
+        meridian_telemetry::metrics::instance_refused(&self.region, tenant, rejection.code);
         let receipt = Receipt::refused(rejection.status, rejection.code, rejection.reason.clone());
         let mut projector = self.projector.lock().await;
         // A refusal under a study this region holds is part of its

@@ -440,6 +440,7 @@ impl Reporting {
                 }
                 Event::DeliveryFailed { error, permanent, .. } => {
                     tracing::warn!(region = %self.region, endpoint = %d.endpoint, delivery = %d.id, %error, permanent, "delivery failed");
+                    meridian_telemetry::metrics::delivery_failed(&self.region, &d.endpoint, *permanent);
                 }
                 _ => {}
             }

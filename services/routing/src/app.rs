@@ -363,6 +363,12 @@ impl Routing {
         self.changed.send_modify(|n| *n += 1);
     }
 
+    /// Each priority's standing when the worklist is free this instant (a
+    /// gauge's read, which must not wait); `None` while a decision holds it.
+    pub fn standing_now(&self) -> Option<BTreeMap<crate::domain::model::Priority, worklist::Standing>> {
+        self.projector.try_lock().map(|p| p.state().worklist.standing())
+    }
+
     /// Reads under the lock, for queries.
     pub async fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
         f(&self.projector.lock().await.state().worklist)

@@ -48,6 +48,7 @@ impl RoutingService {
         .map_err(|e| err(e.to_string()))?;
         let service = RoutingService { context: context.clone(), routing: Arc::new(routing) };
         service.register_readers(now).await.map_err(err)?;
+        queue_gauges(&context.name, &service.routing);
         Ok(Arc::new(service))
     }
 
@@ -180,5 +181,46 @@ impl RegionService for RoutingService {
             let (readers, studies) = self.routing.read(|s| (s.readers.len(), s.studies.len())).await;
             format!("{readers} readers, {studies} studies")
         }))
+    }
+}
+
+/// The worklist's depth, SLA risk and breaches per priority, as gauges read
+/// at each metrics export. A read that finds the worklist busy reports what
+/// the last one saw.
+fn queue_gauges(region: &str, routing: &Arc<Routing>) {
+    use meridian_telemetry::metrics::gauge;
+    use opentelemetry::KeyValue;
+    type Last = std::sync::Mutex<Vec<(&'static str, crate::domain::worklist::Standing)>>;
+    let last: Arc<Last> = Arc::default();
+    let read = {
+        let (routing, last) = (Arc::downgrade(routing), last.clone());
+        move || {
+            let mut kept = last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(standing) = routing.upgrade().and_then(|r| r.standing_now()) {
+                *kept = standing.into_iter().map(|(p, s)| (p.as_str(), s)).collect();
+            }
+            kept.clone()
+        }
+    };
+    let read = Arc::new(read);
+    for (name, description, pick) in [
+        ("meridian.routing.queue.depth", "Studies waiting for a reader, by priority", 0),
+        ("meridian.routing.sla.at_risk", "Studies past an escalation of their SLA, not yet breached, by priority", 1),
+        ("meridian.routing.sla.breached", "Studies past their deadline, by priority", 2),
+    ] {
+        let (read, region) = (read.clone(), region.to_owned());
+        gauge(name, description, "{study}", move || {
+            read()
+                .into_iter()
+                .map(|(priority, s)| {
+                    let value = [s.queued, s.at_risk, s.breached][pick];
+                    let attributes = vec![
+                        KeyValue::new("meridian.region", region.clone()),
+                        KeyValue::new("meridian.priority", priority),
+                    ];
+                    (value, attributes)
+                })
+                .collect()
+        });
     }
 }

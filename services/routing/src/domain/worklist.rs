@@ -365,7 +365,33 @@ fn situation(policy: &Policy, reader: &Reader, study: &Study, load: Option<&Load
     }
 }
 
+/// How one priority's studies stand, for the people watching the queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Standing {
+    /// Waiting for a reader.
+    pub queued: u64,
+    /// Past at least one escalation fraction of their SLA, not breached.
+    pub at_risk: u64,
+    /// Past their deadline, unread.
+    pub breached: u64,
+}
+
 impl State {
+    /// Each priority's studies on the worklist: queued, at risk, breached.
+    pub fn standing(&self) -> BTreeMap<Priority, Standing> {
+        let mut by = BTreeMap::new();
+        for study in self.studies.values() {
+            let s: &mut Standing = by.entry(study.priority).or_default();
+            s.queued += u64::from(study.assignee.is_none());
+            if self.breached.contains(&study.id) {
+                s.breached += 1;
+            } else if study.escalations > 0 {
+                s.at_risk += 1;
+            }
+        }
+        by
+    }
+
     fn context<'a>(&self, policy: &'a Policy, now: UnixMicros, reader: &str) -> Context<'a> {
         let on_shift = self.readers.get(reader).is_some_and(|r| r.on_shift(now));
         Context { policy, now, open_assignments: self.load.get(reader).map_or(0, |l| l.open), on_shift }

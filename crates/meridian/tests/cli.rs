@@ -3246,6 +3246,9 @@ fn one_studys_spans_from_c_store_to_assignment_share_a_trace_across_the_log_and_
         summary.2["telemetry"]["spans_dropped"].as_u64().unwrap_or(0)
     };
     assert_eq!(dropped(), 0, "nothing dropped while the collector was up");
+    let summary =
+        tokio::runtime::Runtime::new().unwrap().block_on(http_get(&dev.http("us-east"), "/v1/summary", Some(&token)));
+    assert_eq!(summary.2["audit"]["refusals_overflowed"], 0, "{}", summary.2);
     let second = "1.2.826.0.1.3680043.10.543.912";
     let file = meridian_integration_tests::dicom::one_instance_study(work.path(), second, "MRN-TRACE2", "STAT");
     let (ok, said) =

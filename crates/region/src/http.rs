@@ -120,5 +120,11 @@ async fn summary(State(region): State<Arc<Region>>, principal: Principal) -> Res
         "consumers": region.consumers(),
         // The process's, not the region's: spans are exported per process.
         "telemetry": {"spans_dropped": meridian_telemetry::spans_dropped()},
+        // Refusals whose AccessDenied could not be written (queue full, or
+        // an append the log refused): any is an audit gap to investigate.
+        "audit": {
+            "refusals_overflowed": region.context.refusals_lost.overflowed.load(std::sync::atomic::Ordering::Relaxed),
+            "refusals_unappended": region.context.refusals_lost.unappended.load(std::sync::atomic::Ordering::Relaxed),
+        },
     })))
 }

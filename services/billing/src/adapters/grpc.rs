@@ -146,11 +146,16 @@ impl BillingService for BillingGrpc {
         let number = &request.get_ref().number;
         // Who may see no tenant's ledger is refused before the invoice is looked up.
         own_tenant(p, Action::ViewLedger)?;
+        let missing = || Status::not_found(format!("no invoice {number:?} was issued in this region"));
         let Some((issued, notes)) = self.billing.invoice(number).await else {
-            return Err(Status::not_found(format!("no invoice {number:?} was issued in this region")));
+            return Err(missing());
         };
-        authorize(p, Action::ViewLedger, &Resource::Tenant { tenant: &issued.tenant })
-            .map_err(|d| permission_denied(&d))?;
+        // Another tenant's invoice answers as a missing one (the refusal is
+        // audited all the same): numbers run in sequence per series, so
+        // telling "not yours" from "none" would tell another tenant's count.
+        if authorize(p, Action::ViewLedger, &Resource::Tenant { tenant: &issued.tenant }).is_err() {
+            return Err(missing());
+        }
         let document = self.billing.document(&issued).await.map_err(|e| Status::unavailable(e.to_string()))?;
         let currency = issued.currency.as_str();
         let invoice = pb::Invoice {
@@ -179,11 +184,14 @@ impl BillingService for BillingGrpc {
         let r = request.get_ref();
         // Who may issue for no tenant is refused before the invoice is looked up.
         own_tenant(p, Action::IssueInvoice)?;
+        let unknown = || credit_refused(&CreditRefused::UnknownInvoice { number: r.invoice_number.clone() });
         let Some((issued, _)) = self.billing.invoice(&r.invoice_number).await else {
-            return Err(credit_refused(&CreditRefused::UnknownInvoice { number: r.invoice_number.clone() }));
+            return Err(unknown());
         };
-        authorize(p, Action::IssueInvoice, &Resource::Tenant { tenant: &issued.tenant })
-            .map_err(|d| permission_denied(&d))?;
+        // As GetInvoice: another tenant's invoice is one that does not exist.
+        if authorize(p, Action::IssueInvoice, &Resource::Tenant { tenant: &issued.tenant }).is_err() {
+            return Err(unknown());
+        }
         let ask = Ask {
             invoice: r.invoice_number.clone(),
             lines: r.lines.iter().map(|l| (l.invoice_line, l.quantity)).collect(),

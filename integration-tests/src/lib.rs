@@ -144,6 +144,23 @@ pub struct TestCertificates {
     pub key: PathBuf,
 }
 
+/// The example configuration copied into `to`, with us-east serving the
+/// certificate [`test_certificates`] makes as `name` in the secrets
+/// directory's `tls/`, and asking clients for certificates of its CA when
+/// `client_ca`.
+pub fn examples_with_tls(to: &Path, name: &str, client_ca: bool) {
+    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/dev"), to);
+    let region = to.join("regions/us-east.toml");
+    let mut text = std::fs::read_to_string(&region).unwrap();
+    text.push_str(&format!(
+        "\n[tls]\ncert = {{ file = \"tls/{name}-server.pem\" }}\nkey = {{ file = \"tls/{name}-server.key\" }}\n"
+    ));
+    if client_ca {
+        text.push_str(&format!("client_ca = {{ file = \"tls/{name}-ca.pem\" }}\n"));
+    }
+    std::fs::write(&region, text).unwrap();
+}
+
 pub fn test_certificates(dir: &Path, name: &str, extra: &[&str]) -> TestCertificates {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/make_certs.py");
     let out = std::process::Command::new(venv_bin().join("python"))

@@ -647,11 +647,7 @@ fn every_instance_stow_rs_reported_stored_survives_a_sigkill_mid_request() {
 fn every_instance_acknowledged_over_tls_survives_a_sigkill_mid_association_and_mid_stow() {
     use meridian_integration_tests::dicom::{CtInstance, acknowledged, write_ct};
     let config = tempfile::TempDir::new().unwrap();
-    meridian_integration_tests::copy_dir(&repo().join("deploy/examples/dev"), config.path());
-    let region = config.path().join("regions/us-east.toml");
-    let mut text = std::fs::read_to_string(&region).unwrap();
-    text.push_str("\n[tls]\ncert = { file = \"tls/kill-server.pem\" }\nkey = { file = \"tls/kill-server.key\" }\n");
-    std::fs::write(&region, text).unwrap();
+    meridian_integration_tests::examples_with_tls(config.path(), "kill", false);
     let data = tempfile::TempDir::new().unwrap();
     let tls = data.path().join("secrets/tls");
     std::fs::create_dir_all(&tls).unwrap();
@@ -2547,14 +2543,7 @@ async fn every_acknowledged_signature_survives_a_sigkill_and_routing_completes_e
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_certificate_speaks_for_its_facility_over_dicom_https_and_grpc_and_for_no_other() {
     let config = tempfile::TempDir::new().unwrap();
-    meridian_integration_tests::copy_dir(&repo().join("deploy/examples/dev"), config.path());
-    let region = config.path().join("regions/us-east.toml");
-    let mut text = std::fs::read_to_string(&region).unwrap();
-    text.push_str(
-        "\n[tls]\ncert = { file = \"tls/site-server.pem\" }\nkey = { file = \"tls/site-server.key\" }\n\
-         client_ca = { file = \"tls/site-ca.pem\" }\n",
-    );
-    std::fs::write(&region, text).unwrap();
+    meridian_integration_tests::examples_with_tls(config.path(), "site", true);
     // The imaging center's PACS must prove itself with its certificate.
     let acme = config.path().join("tenants/acme.toml");
     let text = std::fs::read_to_string(&acme).unwrap().replace(

@@ -42,11 +42,7 @@ fn main() -> anyhow::Result<()> {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/dev");
     // The TLS configuration: the examples with a certificate for us-east.
     let tls_config = work.path().join("config-tls");
-    meridian_integration_tests::copy_dir(&examples, &tls_config);
-    let region = tls_config.join("regions/us-east.toml");
-    let mut text = std::fs::read_to_string(&region)?;
-    text.push_str("\n[tls]\ncert = { file = \"tls/bench-server.pem\" }\nkey = { file = \"tls/bench-server.key\" }\n");
-    std::fs::write(&region, text)?;
+    meridian_integration_tests::examples_with_tls(&tls_config, "bench", false);
     let certs_dir = work.path().join("certs").tap_mkdir()?;
     let certs = meridian_integration_tests::test_certificates(&certs_dir, "bench", &[]);
     let (_, bytes) = slices(&work.path().join("probe").tap_mkdir()?, 1, &format!("{STUDY}.0"))?;
@@ -153,7 +149,7 @@ fn start_receivers(
         if tls {
             // Verifies a client certificate when one comes, as Meridian
             // does (storescp would otherwise require one).
-            storescp.arg("+tls").arg(&certs.key).arg(&certs.cert).arg("+vc");
+            storescp.arg("+tls").arg(&certs.key).arg(&certs.cert).arg("-vc").arg("+cf").arg(&certs.ca);
         }
         let child = storescp
             .args(["--fork", "-od"])

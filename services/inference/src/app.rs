@@ -88,14 +88,15 @@ impl Projection for InferenceProjection {
             Err(why) => meridian_projection::unreadable::count(&mut folded.unreadable, &why, meta.event_id),
         }
         use meridian_events::payload::Payload;
-        match (event.payload, &meta.traceparent) {
-            (Payload::StudyCompleted(_) | Payload::StudyUpdated(_), Some(trace)) => {
-                folded.traces.insert(meta.aggregate_id, trace.clone());
-            }
-            _ if !folded.state.studies.contains_key(&meta.aggregate_id) => {
-                folded.traces.remove(&meta.aggregate_id);
-            }
-            _ => {}
+        if let (Payload::StudyCompleted(_) | Payload::StudyUpdated(_), Some(trace)) = (event.payload, &meta.traceparent)
+            && folded.state.studies.contains_key(&meta.aggregate_id)
+        {
+            folded.traces.insert(meta.aggregate_id, trace.clone());
+        }
+        // Studies are let go by time, at any event: their traces with them.
+        if folded.traces.len() > folded.state.studies.len() {
+            let held = &folded.state.studies;
+            folded.traces.retain(|study, _| held.contains_key(study));
         }
         folded
     }

@@ -59,8 +59,16 @@ impl Projection for RoutingProjection {
                 state.answers.record(meta.event_id, &e, meta.occurred_at);
                 state.worklist = worklist::apply(state.worklist, &e);
                 state.versions.insert(event.envelope.meta.aggregate_id, event.envelope.meta.aggregate_version);
-                if let (Event::StudyQueued(_), Some(trace)) = (&e, &meta.traceparent) {
+                if let (Event::StudyQueued(_), Some(trace)) = (&e, &meta.traceparent)
+                    && state.worklist.studies.contains_key(&meta.aggregate_id)
+                {
                     state.traces.insert(meta.aggregate_id, trace.clone());
+                }
+                // A study leaves the worklist by its own events, usually;
+                // whatever took it, its trace goes with it.
+                if state.traces.len() > state.worklist.studies.len() {
+                    let held = &state.worklist.studies;
+                    state.traces.retain(|study, _| held.contains_key(study));
                 } else if !state.worklist.studies.contains_key(&meta.aggregate_id) {
                     state.traces.remove(&meta.aggregate_id);
                 }

@@ -3185,6 +3185,7 @@ fn one_studys_spans_from_c_store_to_assignment_share_a_trace_across_the_log_and_
             "meridian.routing.queue.depth",
             "meridian.routing.sla.at_risk",
             "meridian.inference.triage.duration",
+            "meridian.consumer.lag",
         ]
         .iter()
         .all(|m| text.contains(m))
@@ -3238,6 +3239,16 @@ fn one_studys_spans_from_c_store_to_assignment_share_a_trace_across_the_log_and_
     let summary =
         tokio::runtime::Runtime::new().unwrap().block_on(http_get(&dev.http("us-east"), "/v1/summary", Some(&token)));
     assert_eq!(summary.2["audit"]["refusals_overflowed"], 0, "{}", summary.2);
+    // Lag is measured from committed positions, per consumer and topic.
+    let lag = summary.2["lag"].as_array().cloned().unwrap_or_default();
+    for (consumer, topic) in
+        [("routing.intake", "meridian.us-east.ops.ingest"), ("billing.ledger", "meridian.us-east.ops.routing")]
+    {
+        assert!(
+            lag.iter().any(|l| l["consumer"] == consumer && l["topic"] == topic && l["records"].is_u64()),
+            "{consumer} on {topic} in {lag:?}"
+        );
+    }
     let second = "1.2.826.0.1.3680043.10.543.912";
     let file = meridian_integration_tests::dicom::one_instance_study(work.path(), second, "MRN-TRACE2", "STAT");
     let (ok, said) =

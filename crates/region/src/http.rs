@@ -118,6 +118,7 @@ async fn summary(State(region): State<Arc<Region>>, principal: Principal) -> Res
         "projection": {"name": "events.summary", "stats": stats},
         "projections": region.projections().await,
         "consumers": region.consumers(),
+        "lag": region.lag(),
         // The process's, not the region's: spans are exported per process.
         "telemetry": {"spans_dropped": meridian_telemetry::spans_dropped()},
         // Refusals whose AccessDenied could not be written (queue full, or

@@ -322,6 +322,18 @@ pub struct Region {
     unready: std::sync::Mutex<Vec<String>>,
     /// Whether the last probe found it ready (false until one has).
     ready: tokio::sync::watch::Sender<bool>,
+    /// Each consumer's lag at the last measure ([`Region::measure_lag`]).
+    lag: std::sync::Mutex<Vec<Lag>>,
+}
+
+/// Records of a topic the region's follower has read and a consumer has
+/// not yet committed: measured from committed positions, never from the
+/// broker's "latest" offsets (tansu answers those wrongly after a restart).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Lag {
+    pub consumer: &'static str,
+    pub topic: String,
+    pub records: u64,
 }
 
 /// The summary projection, resumed, before its region is assembled.
@@ -379,7 +391,39 @@ impl Region {
             summary_opened: summary.opened,
             unready: std::sync::Mutex::new(Vec::new()),
             ready: tokio::sync::watch::Sender::new(false),
+            lag: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Measures each service's consumers' lag: per topic, the records the
+    /// region's follower has read past the consumer's committed positions.
+    pub async fn measure_lag(&self) {
+        let read: std::collections::BTreeMap<(String, u32), u64> = self
+            .summary
+            .lock()
+            .await
+            .positions()
+            .into_iter()
+            .map(|p| ((p.topic.to_string(), p.partition), p.offset))
+            .collect();
+        let mut measured = Vec::new();
+        for service in &self.services {
+            for (consumer, topic) in service.inputs() {
+                let Ok(committed) = self.log.resume(consumer, &topic).await else { continue };
+                let name = topic.to_string();
+                let records = committed
+                    .iter()
+                    .map(|c| read.get(&(name.clone(), c.partition)).map_or(0, |end| end.saturating_sub(c.offset)))
+                    .sum();
+                measured.push(Lag { consumer, topic: name, records });
+            }
+        }
+        *self.lag.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = measured;
+    }
+
+    /// Each consumer's lag at the last measure.
+    pub fn lag(&self) -> Vec<Lag> {
+        self.lag.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Asks the log and the object store whether they answer, remembers

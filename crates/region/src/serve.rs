@@ -64,9 +64,16 @@ const PROBE_UNREADY_EVERY: std::time::Duration = std::time::Duration::from_milli
 async fn readiness(region: Arc<Region>, health: Health, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     let mut ready = None;
+    let mut last_lag: Option<tokio::time::Instant> = None;
     loop {
         let reasons = region.probe().await;
         let now_ready = reasons.is_empty();
+        // Lag asks the log for committed positions: only while it answers,
+        // and not on every probe.
+        if now_ready && last_lag.is_none_or(|at| at.elapsed() >= LAG_EVERY) {
+            region.measure_lag().await;
+            last_lag = Some(tokio::time::Instant::now());
+        }
         if ready != Some(now_ready) {
             match ready {
                 None if now_ready => tracing::info!(region = %region.name, "ready"),
@@ -83,6 +90,35 @@ async fn readiness(region: Arc<Region>, health: Health, shutdown: impl Future<Ou
             () = tokio::time::sleep(every) => {}
         }
     }
+}
+
+/// How often consumers' lag is measured.
+const LAG_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Each consumer's lag as a gauge, read from the last measure.
+fn lag_gauge(region: &Arc<Region>) {
+    use opentelemetry::KeyValue;
+    let (region, name) = (Arc::downgrade(region), region.name.clone());
+    meridian_telemetry::metrics::gauge(
+        "meridian.consumer.lag",
+        "Records the region's follower has read past a consumer's committed position",
+        "{record}",
+        move || {
+            let Some(region) = region.upgrade() else { return Vec::new() };
+            region
+                .lag()
+                .into_iter()
+                .map(|l| {
+                    let attributes = vec![
+                        KeyValue::new("meridian.region", name.clone()),
+                        KeyValue::new("messaging.consumer.group.name", l.consumer),
+                        KeyValue::new("messaging.destination.name", l.topic),
+                    ];
+                    (l.records, attributes)
+                })
+                .collect()
+        },
+    );
 }
 
 /// A gRPC call's span, continuing the caller's `traceparent`; none for
@@ -164,6 +200,7 @@ pub async fn serve(
             (tokio::spawn(grpc), tokio::spawn(async move { http.await }))
         }
     };
+    lag_gauge(&region);
     let readiness = tokio::spawn(readiness(region.clone(), health.clone(), wait(stopped.clone())));
     let mut taken = ServiceListeners { dicom: listeners.dicom, mllp: listeners.mllp, tls: service_tls };
     let mut tasks = Vec::new();

@@ -179,6 +179,13 @@ pub trait RegionService: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// The consumer groups this service commits positions under, with the
+    /// topics each reads: their lag is measured against what the region's
+    /// follower has read.
+    fn inputs(&self) -> Vec<(&'static str, meridian_log::TopicName)> {
+        Vec::new()
+    }
+
     /// The projections this service rebuilds on request.
     fn rebuildable(&self) -> &'static [&'static str] {
         &[]

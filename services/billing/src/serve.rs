@@ -48,6 +48,12 @@ impl RegionService for BillingService {
         "billing"
     }
 
+    fn inputs(&self) -> Vec<(&'static str, meridian_log::TopicName)> {
+        let routing =
+            meridian_log::TopicName::new(&self.context.name, meridian_events::DataClass::Operational, "routing");
+        routing.ok().map(|t| (crate::app::CONSUMER, t)).into_iter().collect()
+    }
+
     fn grpc<'a>(
         &'a self,
         routes: &'a mut GrpcRoutes,

@@ -122,6 +122,11 @@ const INTAKE_BATCH: usize = 256;
 /// The streams routing takes input from, in its region.
 const INPUTS: [&str; 3] = ["ingest", "inference", "reporting"];
 
+/// The topics of [`INPUTS`] in `region`.
+pub fn intake_topics(region: &str) -> Vec<TopicName> {
+    INPUTS.iter().filter_map(|stream| TopicName::new(region, DataClass::Operational, stream).ok()).collect()
+}
+
 /// A command routing takes from an input: the cause, the command, and the
 /// moment it is decided at.
 type Input = (EventId, Command, UnixMicros);

@@ -172,6 +172,10 @@ impl RegionService for RoutingService {
         vec![self.routing.intake_skips().to_json()]
     }
 
+    fn inputs(&self) -> Vec<(&'static str, meridian_log::TopicName)> {
+        crate::app::intake_topics(&self.context.name).into_iter().map(|t| (crate::app::INTAKE, t)).collect()
+    }
+
     fn rebuildable(&self) -> &'static [&'static str] {
         &["routing.worklist"]
     }

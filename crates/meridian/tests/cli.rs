@@ -2080,11 +2080,17 @@ OBR|1|PO-{control}||70450^CT head^CPT||||||||||||||{accession}\r"
 fn acme_completing_in_a_second() -> tempfile::TempDir {
     let config = tempfile::TempDir::new().unwrap();
     meridian_integration_tests::copy_dir(&repo().join("deploy/examples/dev"), config.path());
-    let contract = config.path().join("contracts/acme-atlantic.toml");
+    completing_in_a_second(config.path());
+    config
+}
+
+/// acme's studies under `config` complete a second after their last
+/// instance (the example's contract waits two minutes), read by ich-demo.
+fn completing_in_a_second(config: &Path) {
+    let contract = config.join("contracts/acme-atlantic.toml");
     let text = std::fs::read_to_string(&contract).unwrap();
     assert!(text.contains("quiet_period = \"2m\"") && text.contains("ai_models = [\"ich-demo\"]"), "{text}");
     std::fs::write(&contract, text.replace("quiet_period = \"2m\"", "quiet_period = \"1s\"")).unwrap();
-    config
 }
 
 /// Head-CT slices `numbers` of `study` (the bleed on slice `bleed_on`, none
@@ -3089,10 +3095,7 @@ fn one_studys_spans_from_c_store_to_assignment_share_a_trace_across_the_log_and_
     // completes a second after its last instance.
     let config = tempfile::TempDir::new().unwrap();
     meridian_integration_tests::one_reader_examples(&repo().join("deploy/examples/dev"), config.path());
-    let contract = config.path().join("contracts/acme-atlantic.toml");
-    let text = std::fs::read_to_string(&contract).unwrap();
-    assert!(text.contains("quiet_period = \"2m\""), "{text}");
-    std::fs::write(&contract, text.replace("quiet_period = \"2m\"", "quiet_period = \"1s\"")).unwrap();
+    completing_in_a_second(config.path());
 
     let work = tempfile::TempDir::new().unwrap();
     let collector = Collector::start(work.path());

@@ -3088,6 +3088,33 @@ fn trace_and_span(traceparent: &Value) -> (String, String) {
     (parts[1].to_owned(), parts[2].to_owned())
 }
 
+/// A collector address that is not one stops the start, naming the
+/// variable and what it should be; a client command never exports and
+/// ignores it.
+#[test]
+fn a_malformed_collector_address_stops_the_start_naming_the_variable() {
+    let data = tempfile::TempDir::new().unwrap();
+    let refused = Command::new(MERIDIAN)
+        .args(["dev", "--ports", "auto", "--config"])
+        .arg(repo().join("deploy/examples/dev"))
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(64), "{said}");
+    assert!(said.contains("OTEL_EXPORTER_OTLP_ENDPOINT=collector:4317") && said.contains("http://"), "{said}");
+    assert!(!data.path().join("endpoints.json").exists(), "nothing started");
+    let check = Command::new(MERIDIAN)
+        .args(["config", "check"])
+        .arg(repo().join("deploy/examples/dev"))
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+}
+
 #[test]
 fn one_studys_spans_from_c_store_to_assignment_share_a_trace_across_the_log_and_a_dead_collector_fails_nothing() {
     // Atlantic's one reader takes each STAT study pushed to her: the study

@@ -134,40 +134,20 @@ async fn store(
     if meridian_storage::dicomweb::retrieve::media_type(content_type).0 == "application/dicom" {
         return single_part(&stow, &headers, study, sender_of(principal), body).await;
     }
-    let boundary = match multipart_boundary(content_type) {
-        Ok(b) => b,
+    let mut parts = match PartReader::new(body.into_data_stream(), content_type, stow.limits) {
+        Ok(parts) => parts,
         Err((status, message)) => return problem(status, "INVALID_ARGUMENT", message),
     };
-    let constraints =
-        multer::Constraints::new().size_limit(multer::SizeLimit::new().whole_stream(stow.limits.max_request_bytes));
-    let mut parts = multer::Multipart::with_constraints(body.into_data_stream(), boundary, constraints);
     let sender = sender_of(principal.clone());
     let mut outcomes = Vec::new();
-    let mut index = 0;
     loop {
-        let mut field = match parts.next_field().await {
-            Ok(Some(field)) => field,
+        let Part { index, media_type: part_type, bytes } = match parts.next().await {
+            Ok(Some(part)) => part,
             Ok(None) => break,
-            Err(e) => return cut_short(&headers, study.as_deref(), finish(outcomes).await, index, &e),
+            Err(e) => return cut_short(&headers, study.as_deref(), finish(outcomes).await, parts.read(), &e),
         };
-        index += 1;
-        let part_type = field.content_type().map(|m| m.essence_str().to_owned()).unwrap_or_default();
-        let mut bytes = Vec::new();
-        let mut too_large = false;
-        loop {
-            match field.chunk().await {
-                Ok(Some(chunk)) => {
-                    too_large |= (bytes.len() + chunk.len()) as u64 > stow.limits.max_instance_bytes;
-                    if too_large {
-                        bytes = Vec::new(); // read to its end, keep nothing
-                    } else {
-                        bytes.extend_from_slice(&chunk);
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => return cut_short(&headers, study.as_deref(), finish(outcomes).await, index, &e),
-            }
-        }
+        let too_large = bytes.is_none();
+        let bytes = bytes.unwrap_or_default();
         let now = arrival_time();
         let rejection = if too_large {
             let reason = format!("part {index} is over this region's per-instance limit");
@@ -200,6 +180,68 @@ async fn store(
         );
     }
     answer(&headers, study.as_deref(), &outcomes, None)
+}
+
+/// One part of a STOW-RS request, read whole.
+#[derive(Debug)]
+pub struct Part {
+    /// From 1, as answers and refusals name parts.
+    pub index: usize,
+    /// The part's media type without parameters; empty when it names none.
+    pub media_type: String,
+    /// The part's bytes; `None` when it was over the per-instance limit
+    /// (read to its end, nothing kept).
+    pub bytes: Option<Vec<u8>>,
+}
+
+/// Reads a STOW-RS multipart body one part at a time, the whole request
+/// bounded by the region's limits. Runtime-agnostic, so the fuzz target
+/// drives it as the route does.
+pub struct PartReader<'r> {
+    parts: multer::Multipart<'r>,
+    max_instance_bytes: u64,
+    read: usize,
+}
+
+impl<'r> PartReader<'r> {
+    /// Checks the request's Content-Type (see [`multipart_boundary`]) and
+    /// starts reading `body`.
+    pub fn new<S, O, E>(body: S, content_type: &str, limits: StowLimits) -> Result<PartReader<'r>, (StatusCode, String)>
+    where
+        S: futures_util::Stream<Item = Result<O, E>> + Send + 'r,
+        O: Into<bytes::Bytes> + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'r,
+    {
+        let boundary = multipart_boundary(content_type)?;
+        let constraints =
+            multer::Constraints::new().size_limit(multer::SizeLimit::new().whole_stream(limits.max_request_bytes));
+        let parts = multer::Multipart::with_constraints(body, boundary, constraints);
+        Ok(PartReader { parts, max_instance_bytes: limits.max_instance_bytes, read: 0 })
+    }
+
+    /// How many parts were read whole so far.
+    pub fn read(&self) -> usize {
+        self.read
+    }
+
+    /// The next part, `None` after the last. An error ends the request:
+    /// the body is malformed or over the request limit.
+    pub async fn next(&mut self) -> Result<Option<Part>, multer::Error> {
+        let Some(mut field) = self.parts.next_field().await? else { return Ok(None) };
+        let media_type = field.content_type().map(|m| m.essence_str().to_owned()).unwrap_or_default();
+        let mut bytes = Some(Vec::new());
+        while let Some(chunk) = field.chunk().await? {
+            if let Some(kept) = &mut bytes {
+                if (kept.len() + chunk.len()) as u64 > self.max_instance_bytes {
+                    bytes = None; // read to its end, keep nothing
+                } else {
+                    kept.extend_from_slice(&chunk);
+                }
+            }
+        }
+        self.read += 1;
+        Ok(Some(Part { index: self.read, media_type, bytes }))
+    }
 }
 
 /// One Part-10 body posted as `application/dicom` rather than multipart
@@ -256,7 +298,7 @@ pub(crate) fn sender_of(principal: Principal) -> Sender {
 }
 
 /// Checks the request's Content-Type and returns its boundary.
-fn multipart_boundary(content_type: &str) -> Result<String, (StatusCode, String)> {
+pub fn multipart_boundary(content_type: &str) -> Result<String, (StatusCode, String)> {
     let (media, params) = meridian_storage::dicomweb::retrieve::media_type(content_type);
     if media != "multipart/related" {
         return Err((
@@ -315,7 +357,11 @@ pub(crate) async fn store_file(
         outcome.receipt = refused(ingest, sender, rejection, now).await.receipt;
         return outcome;
     }
-    if let Ok(facts) = dataset::read_part10(&instance, &file) {
+    // Read from the file ingest stores (its meta rebuilt from the instance),
+    // never the file as sent: dicom-rs's meta reader may end the sender's
+    // meta elsewhere than `instance_of` did, and the data set it would
+    // then parse is one the length walk never saw.
+    if let Ok(facts) = dataset::read(&instance) {
         (outcome.study, outcome.series) = (facts.study_uid, facts.series_uid);
         if let Some(wanted) = study
             && wanted != outcome.study
@@ -332,12 +378,13 @@ pub(crate) async fn store_file(
 
 /// The instance a Part-10 file holds: its File Meta Information names the
 /// SOP class and instance and the transfer syntax of the data set after it.
-pub(crate) fn instance_of(file: &[u8]) -> Result<Instance, Rejection> {
+pub fn instance_of(file: &[u8]) -> Result<Instance, Rejection> {
     let unreadable =
         |reason: String| Rejection { status: STATUS_CANNOT_UNDERSTAND, code: "unreadable_data_set", reason };
     if file.get(128..132) != Some(b"DICM") {
         return Err(unreadable("not a DICOM Part-10 file (no \"DICM\" after the 128-byte preamble)".into()));
     }
+    dataset::meta_lengths_fit(&file[132..]).map_err(unreadable)?;
     let meta = dicom_object::meta::FileMetaTable::from_reader(&file[128..])
         .map_err(|e| unreadable(format!("the File Meta Information does not parse: {e}")))?;
     let start = 132 + 12 + meta.information_group_length as usize;
@@ -460,5 +507,21 @@ mod tests {
         let e = instance_of(b"hello").unwrap_err();
         assert_eq!(e.status, STATUS_CANNOT_UNDERSTAND);
         assert!(e.reason.contains("DICM"), "{}", e.reason);
+    }
+
+    /// dicom-rs's meta reader makes room for a declared length before
+    /// reading it: a file meta element declaring 4 GiB is refused first.
+    #[test]
+    fn a_file_meta_element_declaring_more_than_the_file_holds_is_refused_before_it_is_read() {
+        let mut file = vec![0u8; 128];
+        file.extend_from_slice(b"DICM");
+        file.extend_from_slice(&[0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0, 30, 0, 0, 0]);
+        file.extend_from_slice(&[0x02, 0x00, 0x01, 0x00, b'O', b'B', 0, 0, 0xF0, 0xFF, 0xFF, 0xFF, 0, 1]);
+        let e = instance_of(&file).unwrap_err();
+        assert_eq!((e.status, e.code), (STATUS_CANNOT_UNDERSTAND, "unreadable_data_set"));
+        assert_eq!(
+            e.reason,
+            "File Meta Information element (0002,0001) at byte 24 declares 4294967280 bytes, but only 2 follow"
+        );
     }
 }

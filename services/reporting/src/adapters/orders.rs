@@ -306,7 +306,7 @@ async fn service_request_post(
 }
 
 /// The first whole MLLP frame's content in `buffer`, taken out of it.
-fn next_frame(buffer: &mut Vec<u8>) -> Option<Vec<u8>> {
+pub fn next_frame(buffer: &mut Vec<u8>) -> Option<Vec<u8>> {
     let start = buffer.iter().position(|b| *b == 0x0b)?;
     let end = buffer[start..].windows(2).position(|w| w == [0x1c, 0x0d])? + start;
     let message = buffer[start + 1..end].to_vec();

@@ -46,7 +46,7 @@ pub(crate) fn record_meta(aggregate_type: &str, tenant: String, region: &str, at
         occurred_at: at,
         causation_id: None,
         correlation_id: None,
-        traceparent: None,
+        traceparent: meridian_telemetry::traceparent(),
     }
 }
 

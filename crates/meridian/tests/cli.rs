@@ -3231,12 +3231,19 @@ fn one_studys_spans_from_c_store_to_assignment_share_a_trace_across_the_log_and_
         Some(&reader),
     ));
     assert_eq!(series.0, 200, "{:?}", series.2);
-    wait_for("the DICOMweb request's span", 30, || {
+    let request = wait_for("the DICOMweb request's span", 30, || {
         collector
             .spans()
             .into_iter()
             .find(|s| s.name == "GET /dicomweb/studies/{study}/series" && s.kind == "SPAN_KIND_SERVER")
     });
+    // The access's audit record was appended in the request's span.
+    let accessed = wait_for("the access audited", 30, || {
+        tail_events(data.path(), "us-east", "audit", "PhiAccessed")
+            .into_iter()
+            .find(|e| e["traceparent"].is_string() && trace_and_span(&e["traceparent"]).1 == request.id)
+    });
+    assert_eq!(trace_and_span(&accessed["traceparent"]).0, request.trace);
     // Spans leave the region: no UID, patient id or accession in them.
     let printed = collector.text();
     for phi in [study_uid, "MRN-TRACE", "1.2.826.0.1.3680043.10.543"] {

@@ -355,7 +355,7 @@ impl Billing {
                 occurred_at: now,
                 causation_id: None,
                 correlation_id: None,
-                traceparent: None,
+                traceparent: meridian_telemetry::traceparent(),
             };
             let payload = adapters::events::invoice_issued(to_issue, &self.issuer, now);
             let envelope = meridian_events::Envelope::plain(meta, &payload)?;
@@ -403,7 +403,7 @@ impl Billing {
             occurred_at: now,
             causation_id: None,
             correlation_id: None,
-            traceparent: None,
+            traceparent: meridian_telemetry::traceparent(),
         };
         let payload =
             adapters::events::prices_in_force(&self.pricebook, &from, now).map_err(|e| Error::Prices(e.to_string()))?;
@@ -530,7 +530,7 @@ impl Billing {
             occurred_at: now,
             causation_id: Some(note.invoice_event_id),
             correlation_id: None,
-            traceparent: None,
+            traceparent: meridian_telemetry::traceparent(),
         };
         let payload = adapters::events::credit_note_issued(&note, &self.issuer);
         let batch = vec![Outgoing::new(self.billing.clone(), &meridian_events::Envelope::plain(meta, &payload)?)?];

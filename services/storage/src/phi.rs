@@ -275,7 +275,9 @@ pub(crate) fn storage_event(
         occurred_at: at,
         causation_id: cause,
         correlation_id: None,
-        traceparent: None,
+        // The span it was appended in: a DICOMweb request's, a consumer
+        // step's; none when no trace is recorded.
+        traceparent: meridian_telemetry::traceparent(),
     };
     Ok((topic, meta))
 }

@@ -88,15 +88,8 @@ fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", status.code(), status.message())
 }
 
-pub async fn tail(
-    target: &Target,
-    study: Option<String>,
-    streams: Vec<String>,
-    follow: bool,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
+pub async fn tail(target: &Target, request: pb::TailLogRequest, json: bool) -> anyhow::Result<ExitCode> {
     let mut c = connect(target).await?;
-    let request = pb::TailLogRequest { study_id: study.unwrap_or_default(), follow, streams };
     let mut stream = c.client.tail_log(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
     while let Some(event) = stream.message().await.map_err(status_error)? {
         if json {

@@ -81,6 +81,8 @@ pub(crate) async fn bind(ip: IpAddr, port: u16, what: &str, region: &str) -> any
 /// How long `meridian dev` waits for each region to be ready before it
 /// writes endpoints.json anyway.
 const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
+/// How often the replicator looks for what its sources appended.
+const REPLICATE_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Writes `bytes` to `path` atomically (temp file, fsync, rename), with
 /// owner-only permissions when `private`.
@@ -378,6 +380,20 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     }
     if servers.is_empty() {
         bail!("{} configures no region", args.config.display());
+    }
+    // The replicator, between this process's regions: each route the
+    // configuration needs copies its source's operational events into its
+    // destination's log.
+    for route in meridian_replicator::domain::routes(&platform) {
+        let region = |name: &str| opened.iter().find(|r| r.name == name).map(|r| r.log.clone());
+        let (Some(source), Some(destination)) = (region(&route.source), region(&route.destination)) else { continue };
+        let what = format!("replicating {} to {}", route.source, route.destination);
+        let replication =
+            meridian_replicator::app::Replication::open(route, source, destination).await.context(what)?;
+        let mut rx = stopped.clone();
+        tokio::spawn(replication.run(REPLICATE_EVERY, async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }));
     }
     let tokens = tokens(&platform, &signer, wall.as_secs() as i64, args.token_hours * 3_600)?;
     write_atomic(&args.data_dir.join("tokens.json"), serde_json::to_vec_pretty(&tokens)?.as_slice(), true)?;

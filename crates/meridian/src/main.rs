@@ -531,6 +531,10 @@ enum LogCommand {
         /// Only these streams (ingest, storage, audit, routing…).
         #[arg(long = "stream")]
         streams: Vec<String>,
+        /// The copies of this other region's operational events that the
+        /// replicator brought into the region, instead of its own.
+        #[arg(long, value_name = "REGION")]
+        copies_of: Option<String>,
         /// Keep following new events.
         #[arg(long, short)]
         follow: bool,
@@ -658,8 +662,14 @@ async fn main() -> ExitCode {
         Command::Config(ConfigCommand::Check { dir }) => Ok(config_check(&dir)),
         Command::Dev(args) => dev::run(args).await,
         Command::Serve(args) => serve::run(args).await,
-        Command::Log(LogCommand::Tail { target, study, streams, follow, json }) => {
-            client::tail(&target, study, streams, follow, json).await
+        Command::Log(LogCommand::Tail { target, study, streams, copies_of, follow, json }) => {
+            let request = meridian_proto::admin::v1::TailLogRequest {
+                study_id: study.unwrap_or_default(),
+                follow,
+                streams,
+                copies_of: copies_of.unwrap_or_default(),
+            };
+            client::tail(&target, request, json).await
         }
         Command::Projection(ProjectionCommand::Rebuild { name, target }) => client::rebuild(&target, name).await,
         Command::Index(IndexCommand::Compact { data_dir, region }) => index_compact(&data_dir, region),

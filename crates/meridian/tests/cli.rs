@@ -1668,6 +1668,60 @@ fn tail_events_trusting(data: &Path, region: &str, stream: &str, kind: &str, ca:
         .collect()
 }
 
+/// The copies of `source`'s `stream` events the replicator brought into
+/// `region`'s log.
+fn copied_events(data: &Path, region: &str, source: &str, stream: &str) -> Vec<Value> {
+    let out = Command::new(MERIDIAN)
+        .args(["log", "tail", "--json", "--stream", stream, "--copies-of", source, "--region", region, "--data-dir"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).collect()
+}
+
+#[test]
+fn the_replicator_copies_each_regions_operational_events_where_its_contracts_reach_and_nothing_phi() {
+    let data = tempfile::TempDir::new().unwrap();
+    let files = tempfile::TempDir::new().unwrap();
+    let dev = Dev::start(data.path());
+    let study_uid = "1.2.826.0.1.3680043.10.543.912";
+    let file = meridian_integration_tests::dicom::one_instance_study(files.path(), study_uid, "MRN-REPL", "STAT");
+    let (ok, said) =
+        meridian_integration_tests::dicom::storescu(dev.dicom_port("us-east"), "ACME_CT1", "MERIDIAN_ACME", &[file]);
+    assert!(ok, "{said}");
+    let queued = wait_for("the study queued in us-east", 30, || {
+        tail_events(data.path(), "us-east", "routing", "StudyQueued").into_iter().next()
+    });
+    // Acme's contract reads from in-south (Lotus): the queueing crosses
+    // there as the same event, under us-east's topic name.
+    let copy = wait_for("the queueing copied to in-south", 30, || {
+        copied_events(data.path(), "in-south", "us-east", "routing")
+            .into_iter()
+            .find(|e| e["event_id"] == queued["event_id"])
+    });
+    assert_eq!(copy["topic"], "meridian.us-east.ops.routing");
+    assert_eq!(
+        (&copy["aggregate_id"], &copy["aggregate_version"]),
+        (&queued["aggregate_id"], &queued["aggregate_version"])
+    );
+    // Ingest's operational events cross too; its PHI topic never does.
+    let ingest = wait_for("ingest's events copied", 30, || {
+        let copies = copied_events(data.path(), "in-south", "us-east", "ingest");
+        copies.iter().any(|e| e["payload_type"] == "meridian.events.v1.StudyStarted").then_some(copies)
+    });
+    assert!(ingest.iter().all(|e| e["data_class"] == "ops"), "{ingest:?}");
+    assert!(ingest.iter().all(|e| e["topic"] == "meridian.us-east.ops.ingest"), "{ingest:?}");
+    assert!(!ingest.iter().any(|e| e["payload_type"] == "meridian.events.v1.InstanceReceived"));
+    // And back: in-south's readers' events reach us-east.
+    wait_for("in-south's reader events in us-east", 30, || {
+        copied_events(data.path(), "us-east", "in-south", "routing")
+            .into_iter()
+            .find(|e| e["payload_type"] == "meridian.events.v1.ReaderRegistered")
+    });
+    dev.interrupt();
+}
+
 fn wait_for<T>(what: &str, seconds: u64, mut probe: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     loop {

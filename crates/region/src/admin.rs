@@ -10,8 +10,9 @@ use std::time::Duration;
 use futures_util::Stream;
 use meridian_auth::grpc::{permission_denied, principal};
 use meridian_auth::{Action, Resource, authorize};
+use meridian_events::DataClass;
 use meridian_events::envelope::Body;
-use meridian_log::{LogReader, Record};
+use meridian_log::{LogReader, Position, Record, TopicName};
 use meridian_proto::admin::v1 as pb;
 use meridian_proto::admin::v1::admin_service_server::AdminService;
 use tonic::{Request, Response, Status};
@@ -177,9 +178,27 @@ impl AdminService for Admin {
     async fn tail_log(&self, request: Request<pb::TailLogRequest>) -> Result<Response<TailStream>, Status> {
         self.allow(&request, Action::TailLog)?;
         let req = request.into_inner();
-        let from = self
-            .region
-            .start_positions()
+        let own = self.region.start_positions();
+        let from: Vec<Position> = if req.copies_of.is_empty() || req.copies_of == self.region.name {
+            own
+        } else {
+            // The replicator's copies: the source's operational topics, by
+            // the names they have in this log, where any came.
+            let mut copies = Vec::new();
+            for p in own.iter().filter(|p| p.topic.class() == DataClass::Operational) {
+                let Ok(topic) = TopicName::new(&req.copies_of, DataClass::Operational, p.topic.stream()) else {
+                    return Err(Status::invalid_argument(format!(
+                        "copies_of {:?} is not a region name",
+                        req.copies_of
+                    )));
+                };
+                if self.region.log.partitions(&topic).await.is_ok_and(|n| p.partition < n) {
+                    copies.push(Position { topic, partition: p.partition, offset: 0 });
+                }
+            }
+            copies
+        };
+        let from = from
             .into_iter()
             .filter(|p| req.streams.is_empty() || req.streams.iter().any(|s| s == p.topic.stream()))
             .collect();

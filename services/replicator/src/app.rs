@@ -109,6 +109,34 @@ impl Replication {
     }
 }
 
+impl Replication {
+    /// Passes every `every` until `stopped`: what the source appends
+    /// crosses within a pass of it. A failed pass is logged and tried again
+    /// from the destination's positions (nothing was committed).
+    pub async fn run(self, every: Duration, stopped: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stopped);
+        let (source, destination) = (self.route.source.clone(), self.route.destination.clone());
+        loop {
+            match self.pass(BATCH, IDLE).await {
+                Ok(copied) if copied.records > 0 || !copied.skipped.is_empty() => {
+                    tracing::debug!(%source, %destination, records = copied.records, skipped = ?copied.skipped, "replicated");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(%source, %destination, error = %e, "replication pass failed; trying again"),
+            }
+            tokio::select! {
+                () = &mut stopped => return,
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+}
+
+/// Records a step copies at most.
+const BATCH: usize = 512;
+/// A read of the source that stays empty this long ends a pass.
+const IDLE: Duration = Duration::from_millis(20);
+
 fn log_err(region: &str, source: meridian_log::Error) -> Error {
     Error::Log { region: region.to_owned(), source }
 }

@@ -30,13 +30,16 @@ pub enum ServiceName {
 }
 
 impl ServiceName {
-    pub const BUILT: [ServiceName; 6] = [
+    pub const ALL: [ServiceName; 7] = [
         ServiceName::Ingest,
         ServiceName::Storage,
         ServiceName::Routing,
         ServiceName::Reporting,
         ServiceName::Billing,
         ServiceName::Inference,
+        // Opened by `meridian dev` between its regions and by `meridian
+        // serve` against its sources' brokers, not on one region's context.
+        ServiceName::Replicator,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -49,10 +52,6 @@ impl ServiceName {
             ServiceName::Inference => "inference",
             ServiceName::Replicator => "replicator",
         }
-    }
-
-    pub fn is_built(self) -> bool {
-        Self::BUILT.contains(&self)
     }
 }
 

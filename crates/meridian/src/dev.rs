@@ -82,7 +82,7 @@ pub(crate) async fn bind(ip: IpAddr, port: u16, what: &str, region: &str) -> any
 /// writes endpoints.json anyway.
 const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
 /// How often the replicator looks for what its sources appended.
-const REPLICATE_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+pub(crate) const REPLICATE_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Writes `bytes` to `path` atomically (temp file, fsync, rename), with
 /// owner-only permissions when `private`.
@@ -347,7 +347,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("opening region {name}"))?;
         context.record_configuration(&args.config, now).await?;
-        let region = crate::compose::open(Arc::new(context), &ServiceName::BUILT, now).await?;
+        let region = crate::compose::open(Arc::new(context), &ServiceName::ALL, now).await?;
         endpoints.insert(
             name.clone(),
             json!({

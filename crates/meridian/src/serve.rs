@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use anyhow::Context;
 use clap::Args;
 use meridian_config::{LogConfig, ObjectStoreConfig, Platform};
 use meridian_events::UnixMicros;
@@ -75,6 +76,42 @@ pub struct ServeArgs {
     endpoints: Option<PathBuf>,
 }
 
+/// The routes into `region` and a Kafka client for each source: a source
+/// must be on Kafka; one on `region`'s own cluster is passed over (its
+/// topics are already there, and a copy would land in the topic it was
+/// read from).
+fn replication_sources(
+    platform: &Platform,
+    region: &str,
+) -> Result<Vec<(meridian_replicator::domain::Route, meridian_log::kafka::KafkaConfig)>, String> {
+    let servers = |name: &str| match platform.regions.get(name).map(|r| &r.log) {
+        Some(LogConfig::Kafka { bootstrap_servers, .. }) => Some(bootstrap_servers.clone()),
+        _ => None,
+    };
+    let mut sources = Vec::new();
+    for route in meridian_replicator::domain::routes(platform).into_iter().filter(|r| r.destination == region) {
+        let source = route.source.clone();
+        let Some(bootstrap) = servers(&source) else {
+            return Err(format!(
+                "regions/{source}.toml: [log] kind = \"embedded\": the replicator reads a source region over \
+                 Kafka (`meridian dev` replicates between its embedded regions itself)"
+            ));
+        };
+        if servers(region).as_deref() == Some(bootstrap.as_str()) {
+            // A copy would land in the topic it was read from: the
+            // source's topics are already on the cluster.
+            eprintln!("meridian serve: {source} shares {region}'s Kafka cluster ({bootstrap}): nothing to copy");
+            continue;
+        }
+        let log = &platform.regions[&source].log;
+        let mut kafka =
+            meridian_log::kafka::KafkaConfig::new(bootstrap, format!("meridian-{source}-replicator-{region}"));
+        kafka.extra = log.kafka_client(|variable| std::env::var(variable).ok())?;
+        sources.push((route, kafka));
+    }
+    Ok(sources)
+}
+
 fn refuse(message: impl std::fmt::Display) -> anyhow::Result<ExitCode> {
     eprintln!("meridian serve: {message}");
     Ok(ExitCode::from(USAGE))
@@ -82,14 +119,6 @@ fn refuse(message: impl std::fmt::Display) -> anyhow::Result<ExitCode> {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let service = args.service;
-    if !service.is_built() {
-        let built: Vec<&str> = ServiceName::BUILT.iter().map(|s| s.as_str()).collect();
-        return refuse(format!(
-            "the {} service is not built yet; this version serves {}",
-            service.as_str(),
-            built.join(", ")
-        ));
-    }
     let platform = match Platform::load(&args.config) {
         Ok(p) => Arc::new(p),
         Err(problems) => {
@@ -204,6 +233,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     context.record_configuration(&args.config, now).await?;
     let opened = crate::compose::open(Arc::new(context), &[service], now).await?;
+    if service == ServiceName::Replicator {
+        // Into this region, from each source its configuration needs.
+        let sources = match replication_sources(&platform, region) {
+            Ok(sources) => sources,
+            Err(reason) => return refuse(reason),
+        };
+        if sources.is_empty() {
+            eprintln!("meridian serve: no region's contracts reach {region}: nothing to replicate into it");
+        }
+        for (route, kafka) in sources {
+            let what = format!("replicating {} into {region}", route.source);
+            let source = meridian_log::kafka::KafkaLog::connect(kafka).await.with_context(|| what.clone())?;
+            let replication = meridian_replicator::app::Replication::open(route, Arc::new(source), opened.log.clone())
+                .await
+                .with_context(|| what.clone())?;
+            // Ends with the process: a step is a Kafka transaction, so one
+            // cut short is aborted and copied again from the same positions.
+            tokio::spawn(replication.run(crate::dev::REPLICATE_EVERY, std::future::pending()));
+        }
+    }
 
     let mut endpoint = json!({
         "grpc": grpc.local_addr()?.to_string(),

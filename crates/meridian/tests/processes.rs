@@ -700,3 +700,73 @@ fn inference_apart_reads_from_s3_once_through_an_abort_and_routing_raises_the_st
     assert_eq!(completed[0]["payload"]["studyId"], study.as_str());
     assert_eq!(completed[0]["payload"]["flagged"], true);
 }
+
+/// `meridian serve replicator` for eu-west, its broker not us-east's: what
+/// us-east's routing appends on its broker (its readers' registrations)
+/// is copied to eu-west's, same events under us-east's topic name, through
+/// a SIGKILL of the replicator; in-south shares eu-west's broker, so
+/// nothing of it is copied (its topics are already there).
+#[test]
+fn the_replicator_as_a_process_copies_a_regions_operational_events_to_another_broker_through_a_kill() {
+    let (tansu, other) = (Tansu::start(), Tansu::start());
+    let work = tempfile::TempDir::new().unwrap();
+    let (cluster, tokens) = Cluster::new(Path::new(MERIDIAN), &examples(), work.path(), &tansu, None);
+    let eu_west = cluster.config.join("regions/eu-west.toml");
+    let text = std::fs::read_to_string(&eu_west).unwrap().replace(&tansu.bootstrap(), &other.bootstrap());
+    std::fs::write(&eu_west, text).unwrap();
+    let in_south = cluster.config.join("regions/in-south.toml");
+    let mut text = std::fs::read_to_string(&in_south).unwrap();
+    text.push_str(&format!(
+        "\n[log]\nkind = \"kafka\"\nbootstrap_servers = \"{}\"\npartitions = 2\nreplication_factor = 1\n\n\
+         [keys]\nkey_encryption_key = {{ env = \"MERIDIAN_TEST_KEK\" }}\n",
+        other.bootstrap()
+    ));
+    std::fs::write(&in_south, text).unwrap();
+
+    let routing = cluster.start("routing", None);
+    let sre = &tokens["sre"];
+    let registered = wait_until("us-east's readers registered", 30, || {
+        let events = stream_events(Path::new(MERIDIAN), &routing, "us-east", "routing", sre);
+        let registered: Vec<String> =
+            of_type(&events, "ReaderRegistered").iter().map(|e| e["event_id"].as_str().unwrap().to_owned()).collect();
+        (!registered.is_empty()).then_some(registered)
+    });
+    let copies = |replicator: &meridian_integration_tests::processes::Service| {
+        let out = Command::new(MERIDIAN)
+            .args(["log", "tail", "--json", "--stream", "routing", "--copies-of", "us-east", "--region", "eu-west"])
+            .arg("--endpoint")
+            .arg(replicator.grpc())
+            .args(["--token", sre])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .collect::<Vec<_>>()
+    };
+    let replicator = cluster.start_in("eu-west", "replicator", None, "");
+    let first = wait_until("the registrations copied to eu-west's broker", 60, || {
+        let copied = copies(&replicator);
+        registered.iter().all(|id| copied.iter().any(|c| c["event_id"] == id.as_str())).then_some(copied)
+    });
+    assert!(first.iter().all(|c| c["topic"] == "meridian.us-east.ops.routing" && c["data_class"] == "ops"));
+    // Killed and started again, it goes on from the positions it committed
+    // with its copies: each event is there once.
+    replicator.kill();
+    let replicator = cluster.start_in("eu-west", "replicator", None, "");
+    std::thread::sleep(Duration::from_secs(2));
+    let again = copies(&replicator);
+    let mut ids: Vec<&str> = again.iter().map(|c| c["event_id"].as_str().unwrap()).collect();
+    let count = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), count, "no event copied twice: {again:?}");
+    assert_eq!(count, first.len());
+    // in-south shares eu-west's broker: its topics are there already, and
+    // the replicator said so rather than copy them onto themselves.
+    let said = std::fs::read_to_string(&replicator.log).unwrap();
+    assert!(said.contains("in-south shares eu-west's Kafka cluster"), "{said}");
+    replicator.kill();
+    routing.kill();
+}

@@ -77,11 +77,29 @@ impl Audit {
         Ok(Audit { region: region.to_owned(), log, topic })
     }
 
+    /// The region it records in.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
     /// Appends PhiAccessed for each of `accessed` (by `principal`, doing
     /// `action`, at `at`); returns once the log has them.
     pub async fn record(
         &self,
         principal: &Principal,
+        action: &str,
+        accessed: &[Accessed<'_>],
+        at: UnixMicros,
+    ) -> Result<(), AuditError> {
+        self.record_from(principal, &self.region, action, accessed, at).await
+    }
+
+    /// [`Audit::record`] of an access by a caller in `from_region` (a
+    /// reader in another region streaming a study from its home).
+    pub async fn record_from(
+        &self,
+        principal: &Principal,
+        from_region: &str,
         action: &str,
         accessed: &[Accessed<'_>],
         at: UnixMicros,
@@ -96,7 +114,7 @@ impl Audit {
                 study_id: a.study.to_string(),
                 principal: principal.subject.clone(),
                 principal_kind: principal.kind.as_str().to_owned(),
-                from_region: self.region.clone(),
+                from_region: from_region.to_owned(),
                 action: action.to_owned(),
                 instance_ids: a.items.clone(),
             };

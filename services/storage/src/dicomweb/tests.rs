@@ -77,6 +77,24 @@ struct Region {
     _dir: tempfile::TempDir,
     router: Router,
     assignments: Arc<Fixed>,
+    log: Arc<EmbeddedLog>,
+}
+
+impl Region {
+    /// Every PhiAccessed appended so far.
+    async fn accessed(&self) -> Vec<meridian_proto::events::v1::PhiAccessed> {
+        let topic = meridian_log::TopicName::new("us-east", meridian_events::DataClass::Operational, "audit").unwrap();
+        let from = (0..2).map(|p| meridian_log::Position::start(topic.clone(), p)).collect();
+        let mut reader = self.log.reader(from).await.unwrap();
+        let records = reader.catch_up_batch(1_000, std::time::Duration::from_millis(50)).await.unwrap();
+        records
+            .iter()
+            .filter_map(|r| match meridian_events::Envelope::decode(&r.value).unwrap().open_plain() {
+                Ok(meridian_events::Payload::PhiAccessed(a)) => Some(a),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 async fn region(max_results: u32) -> Region {
@@ -97,10 +115,16 @@ async fn region(max_results: u32) -> Region {
         asked: AtomicUsize::new(0),
     });
     let blobs = Arc::new(LocalBlobs::new(dir.path().join("objects")));
-    let web =
-        DicomWeb::new("us-east", Arc::new(platform), index, blobs, log, assignments.clone() as Arc<dyn Assignments>)
-            .unwrap();
-    Region { _dir: dir, router: Arc::new(web).router(), assignments }
+    let web = DicomWeb::new(
+        "us-east",
+        Arc::new(platform),
+        index,
+        blobs,
+        log.clone(),
+        assignments.clone() as Arc<dyn Assignments>,
+    )
+    .unwrap();
+    Region { _dir: dir, router: Arc::new(web).router(), assignments, log }
 }
 
 fn principal(kind: PrincipalKind) -> Principal {
@@ -182,4 +206,12 @@ async fn a_reader_sees_the_studies_assigned_to_them_and_routing_is_asked_once() 
     assert_eq!(region.assignments.asked.load(Ordering::Relaxed), 1, "one question to routing per search");
     let (_, _, filtered) = search(&region, &reader, "?PatientID=P7").await;
     assert_eq!(filtered, [study_uid(17)]);
+    // The accesses are recorded where the reader is: Lotus reads from
+    // in-south, through us-east's DICOMweb; the facility calls from home.
+    let accessed = region.accessed().await;
+    assert!(!accessed.is_empty());
+    assert!(accessed.iter().all(|a| a.principal == "dr-nair" && a.from_region == "in-south"), "{accessed:?}");
+    search(&region, &principal(PrincipalKind::Tenant), "?PatientID=P7").await;
+    let by_facility: Vec<_> = region.accessed().await.into_iter().filter(|a| a.principal == "acme-pacs").collect();
+    assert!(!by_facility.is_empty() && by_facility.iter().all(|a| a.from_region == "us-east"), "{by_facility:?}");
 }

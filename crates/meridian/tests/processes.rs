@@ -704,7 +704,7 @@ fn inference_apart_reads_from_s3_once_through_an_abort_and_routing_raises_the_st
 /// `meridian serve replicator` for eu-west, its broker not us-east's: what
 /// us-east's routing appends on its broker (its readers' registrations)
 /// is copied to eu-west's, same events under us-east's topic name, through
-/// a SIGKILL of the replicator; in-south shares eu-west's broker, so
+/// an abort at its first step's commit and a SIGKILL; in-south shares eu-west's broker, so
 /// nothing of it is copied (its topics are already there).
 #[test]
 fn the_replicator_as_a_process_copies_a_regions_operational_events_to_another_broker_through_a_kill() {
@@ -745,11 +745,31 @@ fn the_replicator_as_a_process_copies_a_regions_operational_events_to_another_br
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .collect::<Vec<_>>()
     };
+    // Aborted at its first copying step's commit (the first commit is its
+    // ConfigurationLoaded), then started again: what that step held is
+    // copied from the same positions.
+    let mut armed = cluster.start_in("eu-west", "replicator", None, "log.before_commit=abort@2");
+    let aborted = wait_until("the armed replicator to abort", 30, || armed.child.try_wait().unwrap());
+    assert!(!aborted.success(), "{}", std::fs::read_to_string(&armed.log).unwrap_or_default());
     let replicator = cluster.start_in("eu-west", "replicator", None, "");
     let first = wait_until("the registrations copied to eu-west's broker", 60, || {
         let copied = copies(&replicator);
         registered.iter().all(|id| copied.iter().any(|c| c["event_id"] == id.as_str())).then_some(copied)
     });
+    let ids = |copied: &[serde_json::Value]| {
+        let mut ids: Vec<String> = copied.iter().map(|c| c["event_id"].as_str().unwrap().to_owned()).collect();
+        ids.sort();
+        ids
+    };
+    // tansu shows a read_committed reader the records of the aborted
+    // transaction (a known gap: Kafka hides them); each is the same event
+    // as its committed copy, which a consumer's de-duplication drops.
+    for copy in &first {
+        let same: Vec<&serde_json::Value> = first.iter().filter(|c| c["event_id"] == copy["event_id"]).collect();
+        let what =
+            |c: &serde_json::Value| (c["partition"].clone(), c["aggregate_version"].clone(), c["payload"].clone());
+        assert!(same.iter().all(|c| what(c) == what(copy)), "{same:?}");
+    }
     assert!(first.iter().all(|c| c["topic"] == "meridian.us-east.ops.routing" && c["data_class"] == "ops"));
     // Killed and started again, it goes on from the positions it committed
     // with its copies: each event is there once.
@@ -757,12 +777,7 @@ fn the_replicator_as_a_process_copies_a_regions_operational_events_to_another_br
     let replicator = cluster.start_in("eu-west", "replicator", None, "");
     std::thread::sleep(Duration::from_secs(2));
     let again = copies(&replicator);
-    let mut ids: Vec<&str> = again.iter().map(|c| c["event_id"].as_str().unwrap()).collect();
-    let count = ids.len();
-    ids.sort();
-    ids.dedup();
-    assert_eq!(ids.len(), count, "no event copied twice: {again:?}");
-    assert_eq!(count, first.len());
+    assert_eq!(ids(&again), ids(&first), "nothing copied again after the SIGKILL");
     // in-south shares eu-west's broker: its topics are there already, and
     // the replicator said so rather than copy them onto themselves.
     let said = std::fs::read_to_string(&replicator.log).unwrap();

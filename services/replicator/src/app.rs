@@ -153,18 +153,8 @@ mod tests {
 
     fn meta(n: u128, aggregate_type: &str) -> EventMeta {
         let at = UnixMicros(1_800_000_000_000_000 + n as i64);
-        EventMeta {
-            event_id: EventId::new_at(at),
-            aggregate_type: aggregate_type.into(),
-            aggregate_id: uuid::Uuid::from_u128(n),
-            aggregate_version: 1,
-            tenant: "acme".into(),
-            home_region: "us-east".into(),
-            occurred_at: at,
-            causation_id: None,
-            correlation_id: None,
-            traceparent: None,
-        }
+        let meta = meridian_log::contract::meta(uuid::Uuid::from_u128(n), 1, EventId::new_at(at));
+        EventMeta { aggregate_type: aggregate_type.into(), ..meta }
     }
 
     async fn append_assignments(log: &dyn EventLog, from: u128, count: u128) {

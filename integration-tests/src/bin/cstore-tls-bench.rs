@@ -8,7 +8,7 @@
 //! (`MERIDIAN_ROTEL`, discarding them): the cost of tracing on the ingest
 //! path.
 //!
-//!   MERIDIAN_ROTEL=… target/release/cstore-tls-bench --count 500 --runs 3
+//!   MERIDIAN_ROTEL=… target/release/cstore-tls-bench --count 500 --runs 3 [--settle 10]
 //!
 //! The `meridian` binary is taken from beside this one (same target dir).
 
@@ -38,6 +38,9 @@ impl Drop for Receiver {
 fn main() -> anyhow::Result<()> {
     let n: usize = arg("--count").and_then(|v| v.parse().ok()).unwrap_or(500);
     let runs: usize = arg("--runs").and_then(|v| v.parse().ok()).unwrap_or(3);
+    // Seconds to wait before each receiver, so none is measured while the
+    // one before it still completes and triages its study.
+    let settle: u64 = arg("--settle").and_then(|v| v.parse().ok()).unwrap_or(0);
     let work = tempfile::TempDir::new()?;
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/dev");
     // The TLS configuration: the examples with a certificate for us-east.
@@ -60,6 +63,10 @@ fn main() -> anyhow::Result<()> {
             let set_dir = work.path().join(format!("set-{run}-{mode}")).tap_mkdir()?;
             let files = slices(&set_dir, n, &format!("{STUDY}.{}", 200 + run * 2 + usize::from(mode == "b")))?.0;
             for r in receivers.iter().filter(|r| r.name != "rotel") {
+                // The receiver before this one completes its study after
+                // the last instance (and inference reads it): on two cores
+                // that work would be measured against this receiver.
+                std::thread::sleep(std::time::Duration::from_secs(settle));
                 let secs = send_parallel_over(r.port, r.calling, r.called, &files, associations, r.ca.as_deref())?;
                 rates.entry((mode, r.name)).or_default().push(n as f64 / secs);
             }

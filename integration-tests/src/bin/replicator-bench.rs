@@ -35,8 +35,9 @@ fn event(aggregate: Uuid, version: u64) -> Envelope {
     while prost::Message::encoded_len(&payload) < 256 {
         payload.reader_id.push('x');
     }
-    Envelope::plain(meta(aggregate, version, EventId::derived(EventId(aggregate), "bench", version as u32)), &payload)
-        .expect("operational payload")
+    let meta = meta(aggregate, version, EventId::derived(EventId(aggregate), "bench", version as u32));
+    let meta = meridian_events::EventMeta { aggregate_type: "routing.study".into(), ..meta };
+    Envelope::plain(meta, &payload).expect("operational payload")
 }
 
 async fn fill(source: &dyn EventLog, topic: &TopicName, events: usize) -> anyhow::Result<()> {

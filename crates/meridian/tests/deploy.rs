@@ -66,7 +66,8 @@ fn each_regions_chart_runs_locked_down_probed_and_bounded_with_dicom_only_on_its
         assert!(of_kind(&objects, "Secret").is_empty(), "{region}: the chart never holds a secret");
         let workloads = of_kind(&objects, "StatefulSet");
         let services: Vec<&str> = workloads.iter().map(|w| name(w)).collect();
-        assert_eq!(services.len(), 6, "{region}: one workload per service: {services:?}");
+        assert_eq!(services.len(), 7, "{region}: one workload per service: {services:?}");
+        assert!(services.contains(&format!("meridian-{region}-replicator").as_str()), "{services:?}");
         let pods: Vec<(&str, &Value)> = workloads
             .iter()
             .map(|w| (name(w), &w["spec"]["template"]["spec"]))

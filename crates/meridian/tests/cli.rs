@@ -767,13 +767,33 @@ async fn the_grpc_upload_stores_answers_each_instance_and_replays_a_key() {
     pydicom_files(files.path());
     let junk = files.path().join("junk.dcm");
     std::fs::write(&junk, b"not a DICOM file").unwrap();
+    // pydicom's UN_sequence.dcm as it ships (674 bytes): dicom-rs reads its
+    // undefined-length UN on as explicit VR, to a 3.5 GiB value it would
+    // make room for before failing; ingest refuses it first, naming where.
+    let located = Command::new(python())
+        .args([
+            "-c",
+            "import pydicom, os; print(os.path.join(os.path.dirname(pydicom.__file__), 'data', 'test_files'))",
+        ])
+        .output()
+        .unwrap();
+    let test_files = PathBuf::from(String::from_utf8_lossy(&located.stdout).trim());
+    std::fs::copy(test_files.join("UN_sequence.dcm"), files.path().join("UN_sequence.dcm")).unwrap();
 
-    // `meridian send`: every file of the folder, one refused with its reason.
+    // `meridian send`: every file of the folder, the broken ones refused
+    // with their reasons and the others stored.
     let sent = meridian_send(data.path(), "us-east", "acme-pacs", files.path());
     let said = String::from_utf8_lossy(&sent.stdout);
     assert_eq!(sent.status.code(), Some(1), "a refusal fails the command: {said}");
-    assert!(said.contains("12 of 13 instances stored, 1 refused"), "{said}");
+    assert!(said.contains("12 of 14 instances stored, 2 refused"), "{said}");
     assert!(said.contains("junk.dcm: 0xC000 unreadable_data_set: not a DICOM Part-10 file"), "{said}");
+    assert!(
+        said.contains(
+            "UN_sequence.dcm: 0xC000 length_beyond_data_set: element (0008,1115) at byte 32 of the data set \
+             declares 3758161918 bytes, but only 284 follow"
+        ),
+        "{said}"
+    );
 
     // The stream by hand: a key answered once is replayed, not stored again;
     // the same key with other bytes is refused; a malformed stream ends

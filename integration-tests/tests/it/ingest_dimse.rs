@@ -526,6 +526,38 @@ async fn an_instance_over_the_size_limit_is_refused_and_the_association_goes_on(
     assert_eq!((rejected[0].reason_code.as_str(), rejected[0].dimse_status), ("instance_too_large", 0xA700));
 }
 
+/// A data set whose element declares 4 GiB with 16 bytes behind it: dicom-rs
+/// would make room for the 4 GiB before failing. It is refused first, with
+/// 0xC000 and a reason naming the element; the association goes on and the
+/// instances around it are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_declaring_more_bytes_than_it_sent_is_refused_before_it_is_parsed() {
+    use dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN;
+    let Scp { log, blobs, port, ops_topic, .. } = scp().await;
+    let files = tempfile::TempDir::new().unwrap();
+    let s1 = format!("{STUDY}.8");
+    let data_set = |sop: &str| {
+        let path = write_ct(files.path(), &ct(&s1, sop, [1, 2, 3, 4]));
+        let obj = dicom_object::open_file(&path).unwrap().into_inner();
+        let mut out = Vec::new();
+        obj.write_dataset_with_ts(&mut out, &EXPLICIT_VR_LITTLE_ENDIAN.erased()).unwrap();
+        out
+    };
+    let (a, b, c) = (format!("{s1}.1"), format!("{s1}.2"), format!("{s1}.3"));
+    let mut bomb = data_set(&b);
+    // (7FE1,0010) OB, after every other element: declared 0xFFFF_FFF0 bytes.
+    bomb.extend_from_slice(&[0xE1, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xF0, 0xFF, 0xFF, 0xFF]);
+    bomb.extend_from_slice(&[0x42; 16]);
+    let instances = vec![(a.clone(), data_set(&a)), (b.clone(), bomb), (c.clone(), data_set(&c))];
+    let statuses = tokio::task::spawn_blocking(move || send_raw(port, instances)).await.unwrap();
+    assert_eq!(statuses, [0x0000, 0xC000, 0x0000]);
+    assert_eq!(blobs.list("phi/acme/").await.unwrap().len(), 2, "the others are stored");
+    let rejected = rejections(&log, &ops_topic).await;
+    assert_eq!(rejected.len(), 1);
+    assert_eq!((rejected[0].reason_code.as_str(), rejected[0].dimse_status), ("length_beyond_data_set", 0xC000));
+    assert!(rejected[0].reason.contains("element (7FE1,0010)") && rejected[0].reason.contains("4294967280 bytes"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_associations_share_group_commits_and_keep_one_studys_history_in_order() {
     let Scp { log, keys, index, port, ingest, blobs, phi_topic, ops_topic, .. } = scp().await;

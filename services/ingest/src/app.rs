@@ -436,7 +436,7 @@ impl Ingest {
                 let study = self.secrets.get(&tenant).and_then(|secret| {
                     // Identify the study where the data set names one, so
                     // the tenant sees the rejection under it.
-                    study_of(&instance).map(|uid| StudyId::derive(secret, &uid).as_uuid())
+                    dataset::study_of(&instance).map(|uid| StudyId::derive(secret, &uid).as_uuid())
                 });
                 return self.reject(&tenant, &facility, study, rejection, now).await;
             }
@@ -914,17 +914,6 @@ impl Ingest {
     pub fn study_id_of(&self, tenant: &str, study_instance_uid: &str) -> Option<Uuid> {
         self.secrets.get(tenant).map(|secret| StudyId::derive(secret, study_instance_uid).as_uuid())
     }
-}
-
-/// The Study Instance UID of a data set that failed a later check, when it
-/// has a readable one.
-fn study_of(instance: &Instance) -> Option<String> {
-    use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry};
-    let ts = TransferSyntaxRegistry.get(&instance.transfer_syntax)?;
-    let obj = dicom_object::InMemDicomObject::read_dataset_with_ts(&instance.data_set[..], ts).ok()?;
-    let uid = obj.element(dicom_dictionary_std::tags::STUDY_INSTANCE_UID).ok()?.to_str().ok()?;
-    let uid = uid.trim_end_matches(['\0', ' ']);
-    dataset::valid_uid(uid).then(|| uid.to_owned())
 }
 
 #[async_trait::async_trait]

@@ -334,6 +334,18 @@ pub fn meta_lengths_fit(meta: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// The Study Instance UID of a data set that failed a check, when it has
+/// a readable one (so the tenant sees the refusal under its study).
+pub fn study_of(instance: &Instance) -> Option<String> {
+    let ts = TransferSyntaxRegistry.get(&instance.transfer_syntax)?;
+    // A refused data set may be one whose lengths do not fit: parsed, it
+    // would cost what it declares (the refusal would undo the check).
+    declared_lengths_fit(&instance.data_set, ts).ok()?;
+    let obj = InMemDicomObject::read_dataset_with_ts(&instance.data_set[..], ts).ok()?;
+    let uid = text(&obj, tags::STUDY_INSTANCE_UID);
+    valid_uid(&uid).then_some(uid)
+}
+
 /// The Part-10 file of a received instance: preamble, "DICM", the File
 /// Meta Information built from the association, then the data set exactly
 /// as received (stored in its transfer syntax, never re-encoded).

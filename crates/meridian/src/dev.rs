@@ -81,7 +81,7 @@ pub(crate) async fn bind(ip: IpAddr, port: u16, what: &str, region: &str) -> any
 /// How long `meridian dev` waits for each region to be ready before it
 /// writes endpoints.json anyway.
 const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
-/// How often the replicator looks for what its sources appended.
+/// How long a replicator's read of its source waits for new records.
 pub(crate) const REPLICATE_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Writes `bytes` to `path` atomically (temp file, fsync, rename), with

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_log::{EventLog, Outgoing, Position, Step, TopicName, TopicSpec};
+use meridian_log::{EventLog, LogReader, Outgoing, Position, Record, Step, TopicName, TopicSpec};
 
 use crate::domain::{self, Route, Skip};
 
@@ -67,66 +67,103 @@ impl Replication {
     /// to `batch` records a step, until a read of the source stays empty
     /// for `idle`.
     pub async fn pass(&self, batch: usize, idle: Duration) -> Result<Copied, Error> {
-        let (source, destination) = (&self.route.source, &self.route.destination);
-        let consumer = domain::consumer(source);
-        let mut from = Vec::new();
-        for topic in &self.topics {
-            from.extend(self.destination.resume(&consumer, topic).await.map_err(|e| log_err(destination, e))?);
-        }
-        let mut reader = self.source.reader(from).await.map_err(|e| log_err(source, e))?;
+        let mut reader = self.reader().await?;
         let mut copied = Copied::default();
         loop {
-            let records = reader.catch_up_batch(batch, idle).await.map_err(|e| log_err(source, e))?;
+            let records = reader.catch_up_batch(batch, idle).await.map_err(|e| log_err(&self.route.source, e))?;
             if records.is_empty() {
                 return Ok(copied);
             }
-            let mut outputs = Vec::with_capacity(records.len());
-            let mut after: BTreeMap<(TopicName, u32), Position> = BTreeMap::new();
-            for record in records {
-                after.insert((record.topic.clone(), record.partition), record.next_position());
-                match domain::check(source, &record) {
-                    Ok(event_id) => outputs.push(Outgoing {
-                        topic: record.topic,
-                        key: record.key,
-                        value: record.value,
-                        headers: record.headers,
-                        event_id,
-                    }),
-                    Err(skip) => {
-                        // Opaque only: the topic and place, never a value.
-                        tracing::warn!(
-                            %source, %destination, topic = %record.topic, partition = record.partition,
-                            offset = record.offset, reason = skip.as_str(), "record not replicated"
-                        );
-                        *copied.skipped.entry(skip).or_default() += 1;
-                    }
-                }
-            }
-            copied.records += outputs.len() as u64;
-            let step = Step { consumer: consumer.clone(), outputs, inputs: after.into_values().collect() };
-            self.destination.commit(step).await.map_err(|e| log_err(destination, e))?;
+            self.copy(records, &mut copied).await?;
         }
     }
-}
 
-impl Replication {
-    /// Passes every `every` until `stopped`: what the source appends
-    /// crosses within a pass of it. A failed pass is logged and tried again
-    /// from the destination's positions (nothing was committed).
-    pub async fn run(self, every: Duration, stopped: impl std::future::Future<Output = ()>) {
+    /// A reader of the source from the positions the destination holds.
+    async fn reader(&self) -> Result<Box<dyn LogReader>, Error> {
+        let consumer = domain::consumer(&self.route.source);
+        let mut from = Vec::new();
+        for topic in &self.topics {
+            let positions = self.destination.resume(&consumer, topic).await;
+            from.extend(positions.map_err(|e| log_err(&self.route.destination, e))?);
+        }
+        self.source.reader(from).await.map_err(|e| log_err(&self.route.source, e))
+    }
+
+    /// Checks `records` and commits the copies with the positions after
+    /// them, as one step.
+    async fn copy(&self, records: Vec<Record>, copied: &mut Copied) -> Result<(), Error> {
+        let (source, destination) = (&self.route.source, &self.route.destination);
+        let mut outputs = Vec::with_capacity(records.len());
+        let mut after: BTreeMap<(TopicName, u32), Position> = BTreeMap::new();
+        for record in records {
+            after.insert((record.topic.clone(), record.partition), record.next_position());
+            match domain::check(source, &record) {
+                Ok(event_id) => outputs.push(Outgoing {
+                    topic: record.topic,
+                    key: record.key,
+                    value: record.value,
+                    headers: record.headers,
+                    event_id,
+                }),
+                Err(skip) => {
+                    // Opaque only: the topic and place, never a value.
+                    tracing::warn!(
+                        %source, %destination, topic = %record.topic, partition = record.partition,
+                        offset = record.offset, reason = skip.as_str(), "record not replicated"
+                    );
+                    *copied.skipped.entry(skip).or_default() += 1;
+                }
+            }
+        }
+        let records = outputs.len() as u64;
+        let step = Step { consumer: domain::consumer(source), outputs, inputs: after.into_values().collect() };
+        self.destination.commit(step).await.map_err(|e| log_err(destination, e))?;
+        copied.records += records;
+        Ok(())
+    }
+
+    /// Copies as the source appends until `stopped`, with one long-lived
+    /// reader (a Kafka consumer is not made anew for every look), each read
+    /// waiting up to `wait`. After a failure it waits `wait`, then reads
+    /// again from the destination's positions (nothing uncommitted counts).
+    pub async fn run(self, wait: Duration, stopped: impl std::future::Future<Output = ()>) {
         tokio::pin!(stopped);
         let (source, destination) = (self.route.source.clone(), self.route.destination.clone());
+        let mut reader: Option<Box<dyn LogReader>> = None;
         loop {
-            match self.pass(BATCH, IDLE).await {
-                Ok(copied) if copied.records > 0 || !copied.skipped.is_empty() => {
-                    tracing::debug!(%source, %destination, records = copied.records, skipped = ?copied.skipped, "replicated");
+            let step = async {
+                let r = match &mut reader {
+                    Some(r) => r,
+                    None => reader.insert(self.reader().await?),
+                };
+                let records = r.next_batch(BATCH, wait).await.map_err(|e| log_err(&source, e))?;
+                let mut copied = Copied::default();
+                if !records.is_empty() {
+                    self.copy(records, &mut copied).await?;
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(%source, %destination, error = %e, "replication pass failed; trying again"),
-            }
-            tokio::select! {
+                Ok::<_, Error>(copied)
+            };
+            let failed = tokio::select! {
                 () = &mut stopped => return,
-                () = tokio::time::sleep(every) => {}
+                done = step => match done {
+                    Ok(copied) => {
+                        if copied.records > 0 || !copied.skipped.is_empty() {
+                            tracing::debug!(%source, %destination, records = copied.records, skipped = ?copied.skipped, "replicated");
+                        }
+                        false
+                    }
+                    Err(e) => {
+                        tracing::warn!(%source, %destination, error = %e, "replication step failed; reading again from the committed positions");
+                        true
+                    }
+                },
+            };
+            if failed {
+                reader = None;
+                tokio::select! {
+                    () = &mut stopped => return,
+                    () = tokio::time::sleep(wait) => {}
+                }
             }
         }
     }
@@ -134,8 +171,6 @@ impl Replication {
 
 /// Records a step copies at most.
 const BATCH: usize = 512;
-/// A read of the source that stays empty this long ends a pass.
-const IDLE: Duration = Duration::from_millis(20);
 
 fn log_err(region: &str, source: meridian_log::Error) -> Error {
     Error::Log { region: region.to_owned(), source }

@@ -361,6 +361,25 @@ pub fn one_reader_examples(examples: &Path, to: &Path) {
     std::fs::write(&auth, without).unwrap();
 }
 
+/// The examples copied to `to` with acme's contract on pull (its studies
+/// wait on worklists to be claimed) and dr-priya-nair (Lotus, in-south)
+/// on shift around the clock: an acme study homed in us-east sits on her
+/// worklist in in-south whatever the hour.
+pub fn nair_always_on_pull_examples(examples: &Path, to: &Path) {
+    copy_dir(examples, to);
+    let contract = to.join("contracts/acme-atlantic.toml");
+    let text = std::fs::read_to_string(&contract).unwrap();
+    assert!(text.contains("assignment = \"push\""), "the example's contract changed");
+    std::fs::write(&contract, text.replace("assignment = \"push\"", "assignment = \"pull\"")).unwrap();
+    let group = to.join("groups/lotus-teleradiology.toml");
+    let text = std::fs::read_to_string(&group).unwrap();
+    let nights = r#"shifts = [{ days = ["mon", "tue", "wed", "thu", "fri", "sat"], start = "07:30", end = "16:30" }]"#;
+    let always =
+        r#"shifts = [{ days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], start = "00:00", end = "23:59" }]"#;
+    assert!(text.contains(nights), "the example's reader changed");
+    std::fs::write(&group, text.replace(nights, always)).unwrap();
+}
+
 /// The example's principal of dr-ben-cole (Atlantic's peer reviewer).
 pub const DR_COLE: &str = r#"# Reads finals and Atlantic's peer reviews.
 [[principals]]

@@ -32,6 +32,7 @@ use serde::de::DeserializeOwned;
 
 pub mod applies;
 pub mod model;
+pub mod replication;
 mod validate;
 pub mod value;
 

@@ -9,6 +9,13 @@
 //! events claiming one version, is a [`Conflict`]: reported, never dropped
 //! silently.
 //!
+//! An aggregate is its writer's: the region that wrote the event (its
+//! envelope's home region) is part of its identity. A log holding another
+//! region's copies (the replicator's) may hold two regions' events for one
+//! aggregate id — a reader registered from configuration in every region
+//! before readers were registered only where they sit — and those are two
+//! aggregates, not a conflict; the fold chooses between them.
+//!
 //! # What stays caught once an aggregate leaves the window
 //! Audit events, refusals and other one-event aggregates would otherwise
 //! leave an entry each forever. The table keeps the [`WINDOW`] aggregates
@@ -40,6 +47,10 @@ pub const WINDOW: usize = 16_384;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Applied {
     aggregate_type: String,
+    /// The writing region; empty in tables stored before it was kept,
+    /// which then match any writer (each aggregate had one).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    region: String,
     version: u64,
     event_id: EventId,
     #[serde(with = "hex_digest")]
@@ -92,11 +103,13 @@ impl Deduplicator {
     }
 
     fn applied(&self, envelope: &Envelope) -> Option<&Applied> {
-        self.last
-            .get(&envelope.meta.aggregate_id)?
-            .types
-            .iter()
-            .find(|a| a.aggregate_type == envelope.meta.aggregate_type)
+        self.last.get(&envelope.meta.aggregate_id)?.types.iter().find(|a| Self::same(a, envelope))
+    }
+
+    /// Whether `applied` is of `envelope`'s aggregate: its type and writer.
+    fn same(applied: &Applied, envelope: &Envelope) -> bool {
+        applied.aggregate_type == envelope.meta.aggregate_type
+            && (applied.region.is_empty() || applied.region == envelope.meta.home_region)
     }
 
     /// The aggregate as error messages name it.
@@ -141,10 +154,16 @@ impl Deduplicator {
         self.order.remove(&entry.touched);
         entry.touched = touched;
         self.order.insert(touched, id);
-        match entry.types.iter_mut().find(|a| a.aggregate_type == envelope.meta.aggregate_type) {
-            Some(a) => (a.version, a.event_id, a.digest) = (version, event_id, digest),
+        match entry.types.iter_mut().find(|a| Self::same(a, envelope)) {
+            Some(a) => {
+                (a.version, a.event_id, a.digest) = (version, event_id, digest);
+                if a.region.is_empty() {
+                    a.region.clone_from(&envelope.meta.home_region);
+                }
+            }
             None => entry.types.push(Applied {
                 aggregate_type: envelope.meta.aggregate_type.clone(),
+                region: envelope.meta.home_region.clone(),
                 version,
                 event_id,
                 digest,
@@ -281,6 +300,31 @@ mod tests {
             assert!(admit(&mut table, &event(1, 2 + round as u64, 30 + round)).unwrap());
         }
         assert!(!admit(&mut table, &event(1, 3, 31)).unwrap(), "an old version of a live aggregate");
+    }
+
+    #[test]
+    fn one_aggregate_id_written_by_two_regions_is_two_aggregates() {
+        let mut table = Deduplicator::with_window(100);
+        let ours = event(1, 1, 10);
+        let mut theirs = event(1, 1, 10);
+        theirs.meta.home_region = "in-south".into();
+        assert!(admit(&mut table, &ours).unwrap());
+        // The same id and version from the other writer: new, not a conflict.
+        assert!(admit(&mut table, &theirs).unwrap());
+        let mut their_next = event(1, 2, 20);
+        their_next.meta.home_region = "in-south".into();
+        assert!(admit(&mut table, &their_next).unwrap());
+        assert!(!admit(&mut table, &theirs).unwrap(), "each writer's versions are its own");
+        assert!(matches!(admit(&mut table, &event(1, 1, 11)), Err(Conflict::VersionClaimedTwice { .. })));
+        // A table stored before writers were kept matches any writer.
+        let mut old: serde_json::Value = serde_json::to_value(&table).unwrap();
+        for entry in old["entries"].as_array_mut().unwrap() {
+            for applied in entry[1].as_array_mut().unwrap() {
+                applied.as_object_mut().unwrap().remove("region");
+            }
+        }
+        let old: Deduplicator = serde_json::from_value(old).unwrap();
+        assert!(!old.check(&ours, &ours.digest(&ours.encode_to_vec())).is_ok_and(|v| v == Verdict::New));
     }
 
     #[test]

@@ -132,6 +132,184 @@ pub async fn export_audit(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Whose objects and records, and when, the residency report covers.
+pub struct ResidencyScope {
+    pub tenant: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+/// The residency report: each region's survey (its admin RPC reads its own
+/// store and log), put together. A region that does not answer is a
+/// finding too; the report goes on to the next.
+pub async fn residency_report(
+    target: &Target,
+    endpoints: &[String],
+    scope: &ResidencyScope,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use pb::survey_residency_response::Finding;
+    let regions: Vec<(String, Option<String>)> = if endpoints.is_empty() {
+        let known = read_json(&target.data_dir.join("endpoints.json"))?;
+        known["regions"].as_object().map(|m| m.keys().map(|r| (r.clone(), None)).collect()).unwrap_or_default()
+    } else {
+        let mut named = Vec::new();
+        for e in endpoints {
+            let Some((region, url)) = e.split_once('=') else {
+                bail!("--endpoint {e:?}: expected REGION=URL, e.g. us-east=https://us-east.example:50051");
+            };
+            named.push((region.to_owned(), Some(url.to_owned())));
+        }
+        named
+    };
+    let request = pb::SurveyResidencyRequest {
+        tenant: scope.tenant.clone().unwrap_or_default(),
+        from: scope.from.as_deref().map(|f| instant("--from", f)).transpose()?,
+        to: scope.to.as_deref().map(|t| instant("--to", t)).transpose()?,
+    };
+    let mut report =
+        serde_json::json!({ "regions": {}, "violations": [], "accesses": [], "refusals": [], "unanswered": {} });
+    for (region, url) in &regions {
+        let t = Target { region: region.clone(), endpoint: url.clone(), ..target.clone() };
+        let survey = async {
+            let mut c = connect(&t).await?;
+            let mut stream = c
+                .client
+                .survey_residency(authorized(request.clone(), &c.token)?)
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let mut findings = Vec::new();
+            while let Some(f) = stream.message().await.map_err(status_error)? {
+                findings.extend(f.finding);
+            }
+            anyhow::Ok(findings)
+        };
+        let findings = match survey.await {
+            Ok(f) => f,
+            Err(e) => {
+                report["unanswered"][region] = format!("{e:#}").into();
+                continue;
+            }
+        };
+        report["regions"][region] = serde_json::json!({});
+        let at = |t: &Option<prost_types::Timestamp>| {
+            t.as_ref().and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok()).map(|t| t.to_string())
+        };
+        for f in findings {
+            match f {
+                Finding::Held(h) => {
+                    let held = &mut report["regions"][region][&h.kind];
+                    held[&h.tenant] = h.count.into();
+                }
+                Finding::Violation(v) => push(
+                    &mut report["violations"],
+                    serde_json::json!({
+                        "region": v.region, "key": v.key, "rule": v.rule, "detail": v.detail,
+                    }),
+                ),
+                Finding::Access(a) => push(
+                    &mut report["accesses"],
+                    serde_json::json!({
+                        "region": region, "at": at(&a.at), "tenant": a.tenant, "study_id": a.study_id,
+                        "principal": a.principal, "principal_kind": a.principal_kind,
+                        "from_region": a.from_region, "action": a.action,
+                    }),
+                ),
+                Finding::Refusal(r) => push(
+                    &mut report["refusals"],
+                    serde_json::json!({
+                        "region": region, "at": at(&r.at), "tenant": r.tenant, "to_region": r.region,
+                        "contract": r.contract, "study_id": r.study_id, "reason": r.reason,
+                    }),
+                ),
+            }
+        }
+    }
+    let count = |name: &str| report[name].as_array().map_or(0, Vec::len);
+    let (violations, unanswered) = (count("violations"), report["unanswered"].as_object().map_or(0, |m| m.len()));
+    if json {
+        say!("{report}");
+    } else {
+        print_residency(&report);
+    }
+    let clean = violations == 0 && unanswered == 0;
+    let asked = regions.len();
+    if clean {
+        eprintln!("residency: {asked} regions, no object where it may not be");
+    } else {
+        eprintln!("residency: {violations} violations, {unanswered} of {asked} regions unanswered");
+    }
+    Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn push(list: &mut serde_json::Value, item: serde_json::Value) {
+    if let Some(items) = list.as_array_mut() {
+        items.push(item);
+    }
+}
+
+/// The report as an operator reads it: holdings by region, then each
+/// violation, access and refusal on a line.
+fn print_residency(report: &serde_json::Value) {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    if let Some(regions) = report["regions"].as_object() {
+        for (region, kinds) in regions {
+            let mut held = Vec::new();
+            for (kind, tenants) in kinds.as_object().into_iter().flatten() {
+                for (tenant, n) in tenants.as_object().into_iter().flatten() {
+                    let whose = if tenant.is_empty() { String::new() } else { format!(" of {tenant}") };
+                    let n = n.as_u64().unwrap_or_default();
+                    let what = match (kind.as_str(), n) {
+                        ("phi", 1) => "PHI object",
+                        ("phi", _) => "PHI objects",
+                        ("derivative", 1) => "derivative",
+                        ("derivative", _) => "derivatives",
+                        ("data_key", 1) => "data key",
+                        ("data_key", _) => "data keys",
+                        (_, 1) => "object outside the key scheme",
+                        _ => "objects outside the key scheme",
+                    };
+                    held.push(format!("{n} {what}{whose}"));
+                }
+            }
+            let held = if held.is_empty() { "nothing".to_owned() } else { held.join(", ") };
+            say!("{region:<9} holds {held}");
+        }
+    }
+    for (region, why) in report["unanswered"].as_object().into_iter().flatten() {
+        say!("{region:<9} UNANSWERED {}", text(why));
+    }
+    for v in report["violations"].as_array().into_iter().flatten() {
+        say!("{:<9} VIOLATION {} {}: {}", text(&v["region"]), text(&v["rule"]), text(&v["key"]), text(&v["detail"]));
+    }
+    for a in report["accesses"].as_array().into_iter().flatten() {
+        say!(
+            "{:<9} access {} {} study {} by {} ({}) from {}: {}",
+            text(&a["region"]),
+            text(&a["at"]),
+            text(&a["tenant"]),
+            text(&a["study_id"]),
+            text(&a["principal"]),
+            text(&a["principal_kind"]),
+            text(&a["from_region"]),
+            text(&a["action"])
+        );
+    }
+    for r in report["refusals"].as_array().into_iter().flatten() {
+        say!(
+            "{:<9} refused {} {} write to {} (contract {}, study {}): {}",
+            text(&r["region"]),
+            text(&r["at"]),
+            text(&r["tenant"]),
+            text(&r["to_region"]),
+            text(&r["contract"]),
+            text(&r["study_id"]),
+            text(&r["reason"])
+        );
+    }
+}
+
 fn occurred_at(event: &pb::TailLogResponse) -> Option<String> {
     let t = event.occurred_at.as_ref()?;
     jiff::Timestamp::new(t.seconds, t.nanos).ok().map(|t| t.to_string())
@@ -248,57 +426,63 @@ fn print_entry(region: &str, e: &meridian_proto::routing::v1::WorklistEntry) {
     );
 }
 
-/// Every region's worklist for the reader: entries carry no PHI, so they
-/// may be gathered anywhere; commands go to the study's home region. The
-/// first `limit` of each region are merged by deadline, then priority (the
-/// order's study-level prefix; each region ranks its own ties).
+/// The reader's worklist, from the region they sit in: it shows the
+/// studies of every region whose contracts reach them (entries carry no
+/// PHI; the replicator copies each home region's worklist events there),
+/// each naming its home region, where commands about it go. Any region
+/// says where the reader sits (readers' events are copied to every region
+/// whose studies they read).
 pub async fn worklist(target: &Target, reader: Option<String>, limit: u32) -> anyhow::Result<ExitCode> {
-    use meridian_proto::routing::v1::GetWorklistRequest;
     use meridian_proto::routing::v1::routing_service_client::RoutingServiceClient;
+    use meridian_proto::routing::v1::{GetReaderRequest, GetWorklistRequest, ListAssignmentsRequest};
     let reader = reader_of(target, &reader)?;
     let endpoints = read_json(&target.data_dir.join("endpoints.json"))?;
     let regions: Vec<String> =
         endpoints["regions"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
-    let mut gathered = Vec::new();
-    let mut held = Vec::new();
-    let mut more = false;
-    for region in regions {
+    let mut sits_in = None;
+    let mut last_error = None;
+    for region in &regions {
         let t = Target { region: region.clone(), ..target.clone() };
         let c = connect(&t).await?;
-        let mut client = RoutingServiceClient::new(c.channel);
-        let request =
-            GetWorklistRequest { reader_id: reader.clone(), page_size: limit as i32, page_token: String::new() };
-        let list = client.get_worklist(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
-        more |= !list.next_page_token.is_empty();
-        gathered.extend(list.entries.into_iter().enumerate().map(|(i, e)| (region.clone(), i, e)));
-        let request = meridian_proto::routing::v1::ListAssignmentsRequest { reader_id: reader.clone() };
-        let mine = client.list_assignments(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
-        held.extend(mine.entries.into_iter().map(|e| (region.clone(), e)));
-    }
-    if !held.is_empty() {
-        held.sort_by_key(|(region, e)| {
-            (e.deadline.as_ref().map_or((i64::MAX, 0), |d| (d.seconds, d.nanos)), region.clone())
-        });
-        for (region, e) in &held {
-            print_entry(region, e);
+        let request = GetReaderRequest { reader_id: reader.clone() };
+        match RoutingServiceClient::new(c.channel).get_reader(authorized(request, &c.token)?).await {
+            Ok(r) => {
+                sits_in = r.into_inner().reader.map(|r| r.region);
+                break;
+            }
+            Err(e) if e.code() == tonic::Code::NotFound => last_error = Some(status_error(e)),
+            Err(e) => return Err(status_error(e)),
         }
-        eprintln!("{} studies assigned to {reader}", held.len());
     }
-    let urgency = |p: &str| ["stat", "urgent", "routine"].iter().position(|x| *x == p).unwrap_or(3);
-    gathered.sort_by_key(|(region, i, e)| {
-        let deadline = e.deadline.as_ref().map_or((i64::MAX, 0), |d| (d.seconds, d.nanos));
-        (deadline, urgency(&e.priority), region.clone(), *i)
-    });
-    more |= gathered.len() > limit as usize;
-    gathered.truncate(limit as usize);
-    for (region, _, e) in &gathered {
-        print_entry(region, e);
+    let Some(region) = sits_in else {
+        return Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no region runs in {}", target.data_dir.display())));
+    };
+    if !regions.contains(&region) {
+        bail!("reader {reader} sits in {region}, which {} does not run", target.data_dir.display());
     }
-    let shown = gathered.len();
-    if more {
-        eprintln!("the first {shown} studies of {reader}'s worklist (--limit shows more)");
+    let t = Target { region: region.clone(), ..target.clone() };
+    let c = connect(&t).await?;
+    let mut client = RoutingServiceClient::new(c.channel);
+    let request = ListAssignmentsRequest { reader_id: reader.clone() };
+    let held = client.list_assignments(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
+    for e in &held.entries {
+        print_entry(&e.home_region, e);
+    }
+    if !held.entries.is_empty() {
+        eprintln!("{} studies assigned to {reader}", held.entries.len());
+    }
+    let request = GetWorklistRequest { reader_id: reader.clone(), page_size: limit as i32, page_token: String::new() };
+    let list = client.get_worklist(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
+    for e in &list.entries {
+        print_entry(&e.home_region, e);
+    }
+    let shown = list.entries.len();
+    if list.next_page_token.is_empty() {
+        eprintln!("{shown} studies on {reader}'s worklist (from {region}, where they sit)");
     } else {
-        eprintln!("{shown} studies on {reader}'s worklist");
+        eprintln!(
+            "the first {shown} studies of {reader}'s worklist (from {region}, where they sit; --limit shows more)"
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -1107,14 +1291,14 @@ pub async fn routing(target: &Target, reader: Option<String>, command: RoutingCo
             let request = pb::ClaimRequest { reader_id: reader, study_id: study, idempotency_key: key };
             let r = client.claim(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
             if let Some(e) = r.entry {
-                print_entry(&target.region, &e);
+                print_entry(&e.home_region, &e);
             }
         }
         RoutingCommand::ClaimNext => {
             let request = pb::ClaimNextRequest { reader_id: reader, idempotency_key: key };
             let r = client.claim_next(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
             if let Some(e) = r.entry {
-                print_entry(&target.region, &e);
+                print_entry(&e.home_region, &e);
             }
         }
         RoutingCommand::Release { study, reason } => {

@@ -315,6 +315,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let region_failed = Arc::new(tokio::sync::Notify::new());
     let (stop, stopped) = watch::channel(false);
     let mut opened = Vec::new();
+    let mut listening = Vec::new();
     for (i, name) in region_order(&platform).iter().enumerate() {
         let p = ports(&args, i as u16);
         let loopback = IpAddr::from([127, 0, 0, 1]);
@@ -358,16 +359,35 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
                 "http": format!("{scheme}://{http_addr}"),
             }),
         );
-        let mut rx = stopped.clone();
         let region = Arc::new(region);
         opened.push(region.clone());
-        let serving = meridian_region::serve(
-            region,
-            Listeners { grpc, http, dicom: Some(dicom), mllp: Some(mllp), tls },
-            async move {
-                let _ = rx.wait_for(|s| *s).await;
-            },
-        );
+        listening.push((region, Listeners { grpc, http, dicom: Some(dicom), mllp: Some(mllp), tls }));
+    }
+    if listening.is_empty() {
+        bail!("{} configures no region", args.config.display());
+    }
+    // The replicator, between this process's regions: each route the
+    // configuration needs copies its source's operational events into its
+    // destination's log. A first pass before any region serves: each
+    // region's routing then knows the readers who sit elsewhere (their
+    // regions registered them) by the time it is ready.
+    for route in meridian_config::replication::routes(&platform) {
+        let region = |name: &str| opened.iter().find(|r| r.name == name).map(|r| r.log.clone());
+        let (Some(source), Some(destination)) = (region(&route.source), region(&route.destination)) else { continue };
+        let what = format!("replicating {} to {}", route.source, route.destination);
+        let replication =
+            meridian_replicator::app::Replication::open(route, source, destination).await.context(what.clone())?;
+        replication.pass(meridian_replicator::app::BATCH, std::time::Duration::from_millis(50)).await.context(what)?;
+        let mut rx = stopped.clone();
+        tokio::spawn(replication.run(REPLICATE_EVERY, async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }));
+    }
+    for (region, listeners) in listening {
+        let mut rx = stopped.clone();
+        let serving = meridian_region::serve(region, listeners, async move {
+            let _ = rx.wait_for(|s| *s).await;
+        });
         let failed = region_failed.clone();
         servers.push(tokio::spawn(async move {
             let served = serving.await;
@@ -376,23 +396,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
                 failed.notify_one();
             }
             served
-        }));
-    }
-    if servers.is_empty() {
-        bail!("{} configures no region", args.config.display());
-    }
-    // The replicator, between this process's regions: each route the
-    // configuration needs copies its source's operational events into its
-    // destination's log.
-    for route in meridian_replicator::domain::routes(&platform) {
-        let region = |name: &str| opened.iter().find(|r| r.name == name).map(|r| r.log.clone());
-        let (Some(source), Some(destination)) = (region(&route.source), region(&route.destination)) else { continue };
-        let what = format!("replicating {} to {}", route.source, route.destination);
-        let replication =
-            meridian_replicator::app::Replication::open(route, source, destination).await.context(what)?;
-        let mut rx = stopped.clone();
-        tokio::spawn(replication.run(REPLICATE_EVERY, async move {
-            let _ = rx.wait_for(|s| *s).await;
         }));
     }
     let tokens = tokens(&platform, &signer, wall.as_secs() as i64, args.token_hours * 3_600)?;

@@ -97,7 +97,7 @@ enum Command {
     /// Run the routing engine over a simulated day and report SLA compliance,
     /// utilisation and escalations, side by side with a FIFO worklist.
     Simulate(SimulateArgs),
-    /// A reader's worklist, gathered from every region (entries carry no PHI).
+    /// A reader's worklist from the region they sit in (every region's studies that reach them; no PHI).
     Worklist {
         /// `meridian dev`'s data directory.
         #[arg(long, default_value = ".meridian-dev")]
@@ -190,6 +190,9 @@ enum Command {
     /// The audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Where patient data is: proof of residency.
+    #[command(subcommand)]
+    Residency(ResidencyCommand),
     /// Give a claimed study back to the worklist.
     Release {
         study: String,
@@ -502,6 +505,47 @@ pub struct Target {
 }
 
 #[derive(Subcommand)]
+enum ResidencyCommand {
+    /// Every region's objects checked against the configuration (PHI only
+    /// in its tenant's home regions and named by its event, derivatives only
+    /// in their contract's destinations, nothing outside the key scheme, no
+    /// purged object left), every access to patient data and every refused
+    /// write (platform SRE). Exits 1 naming region, key and rule when any
+    /// object may not be where it is; every region is asked, whatever one
+    /// answers.
+    Report {
+        /// `meridian dev`'s data directory: every region of endpoints.json.
+        #[arg(long, default_value = ".meridian-dev")]
+        data_dir: PathBuf,
+        /// A deployed region's gRPC address, `REGION=URL` (repeat for each
+        /// region), instead of endpoints.json.
+        #[arg(long = "endpoint", value_name = "REGION=URL")]
+        endpoints: Vec<String>,
+        /// Act as this principal of `<data-dir>/tokens.json`.
+        #[arg(long = "as", default_value = "sre", conflicts_with = "token")]
+        as_principal: String,
+        /// A bearer token to use instead of `--as`.
+        #[arg(long)]
+        token: Option<String>,
+        /// The CA (PEM) that signs the regions' certificates, when they speak TLS.
+        #[arg(long, env = "MERIDIAN_CA")]
+        ca: Option<PathBuf>,
+        /// Only this tenant's objects and records.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Accesses and refusals from this instant (RFC 3339) or day, inclusive.
+        #[arg(long)]
+        from: Option<String>,
+        /// Up to this instant or day, exclusive.
+        #[arg(long)]
+        to: Option<String>,
+        /// One JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum AuditCommand {
     /// A tenant's audit trail in a region, as JSON lines in the shape of
     /// IHE ATNA audit messages (opaque ids; its administrator, or SRE).
@@ -701,6 +745,21 @@ async fn main() -> ExitCode {
             client::report_show(&target, &study).await
         }
         Command::Report { command: ReportCommand::Open { study, target } } => client::open_study(&target, &study).await,
+        Command::Residency(ResidencyCommand::Report {
+            data_dir,
+            endpoints,
+            as_principal,
+            token,
+            ca,
+            tenant,
+            from,
+            to,
+            json,
+        }) => {
+            let target = Target { region: String::new(), data_dir, as_principal, token, endpoint: None, ca };
+            let scope = client::ResidencyScope { tenant, from, to };
+            client::residency_report(&target, &endpoints, &scope, json).await
+        }
         Command::Audit(AuditCommand::Export { target, tenant, from, to }) => {
             client::export_audit(&target, &tenant, from.as_deref(), to.as_deref()).await
         }

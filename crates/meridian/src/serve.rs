@@ -83,13 +83,13 @@ pub struct ServeArgs {
 fn replication_sources(
     platform: &Platform,
     region: &str,
-) -> Result<Vec<(meridian_replicator::domain::Route, meridian_log::kafka::KafkaConfig)>, String> {
+) -> Result<Vec<(meridian_config::replication::Route, meridian_log::kafka::KafkaConfig)>, String> {
     let servers = |name: &str| match platform.regions.get(name).map(|r| &r.log) {
         Some(LogConfig::Kafka { bootstrap_servers, .. }) => Some(bootstrap_servers.clone()),
         _ => None,
     };
     let mut sources = Vec::new();
-    for route in meridian_replicator::domain::routes(platform).into_iter().filter(|r| r.destination == region) {
+    for route in meridian_config::replication::routes(platform).into_iter().filter(|r| r.destination == region) {
         let source = route.source.clone();
         let Some(bootstrap) = servers(&source) else {
             return Err(format!(

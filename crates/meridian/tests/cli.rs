@@ -1498,9 +1498,9 @@ async fn dev_serves_three_regions_with_health_reflection_dicom_echo_and_auth_and
         String::from_utf8(out.stdout).unwrap()
     };
     let us_east = tail("us-east");
-    // Every configured reader, in every region: a study's home region must
-    // know every reader it may offer the study to.
-    assert_eq!(us_east.lines().filter(|l| l.contains("ReaderRegistered")).count(), 5, "{us_east}");
+    // The readers who sit in us-east; the others are their regions' to
+    // register (us-east folds the copies of theirs).
+    assert_eq!(us_east.lines().filter(|l| l.contains("ReaderRegistered")).count(), 2, "{us_east}");
     assert!(us_east.contains("dr-ana-ortiz") && us_east.contains("dr-ben-cole"));
     // --study keeps one aggregate's events (here a reader's, the only aggregates yet).
     let aggregate =
@@ -1519,10 +1519,10 @@ async fn dev_serves_three_regions_with_health_reflection_dicom_echo_and_auth_and
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&rebuild.stdout);
-    // Five readers registered, billing's prices put in force, the
+    // In-south's two readers registered, billing's prices put in force, the
     // configuration the process started with, and the five refusals above.
-    assert!(rebuild.status.success() && text.contains("12 events applied") && text.contains("matches"), "{text}");
-    assert!(text.contains("AccessDenied=5, ConfigurationLoaded=1, PricesInForce=1, ReaderRegistered=5"), "{text}");
+    assert!(rebuild.status.success() && text.contains("9 events applied") && text.contains("matches"), "{text}");
+    assert!(text.contains("AccessDenied=5, ConfigurationLoaded=1, PricesInForce=1, ReaderRegistered=2"), "{text}");
     for name in ["ingest.studies", "routing.worklist"] {
         let rebuild = Command::new(MERIDIAN)
             .args(["projection", "rebuild", name, "--region", "us-east", "--data-dir"])
@@ -1645,8 +1645,8 @@ async fn dev_serves_three_regions_with_health_reflection_dicom_echo_and_auth_and
     let again = tail("us-east");
     assert_eq!(
         again.lines().filter(|l| l.contains("ReaderRegistered")).count(),
-        5,
-        "a restart registers nobody twice:\n{again}"
+        2,
+        "us-east registers its two readers, and a restart nobody twice:\n{again}"
     );
     drop(dev);
 }
@@ -1739,6 +1739,195 @@ fn the_replicator_copies_each_regions_operational_events_where_its_contracts_rea
             .into_iter()
             .find(|e| e["payload_type"] == "meridian.events.v1.ReaderRegistered")
     });
+    dev.interrupt();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_in_another_region_sees_claims_and_changes_through_their_own_region() {
+    use meridian_proto::routing::v1 as pb;
+    use meridian_proto::routing::v1::routing_service_client::RoutingServiceClient;
+    let config = tempfile::TempDir::new().unwrap();
+    meridian_integration_tests::nair_always_on_pull_examples(&repo().join("deploy/examples/dev"), config.path());
+    let data = tempfile::TempDir::new().unwrap();
+    let files = tempfile::TempDir::new().unwrap();
+    let dev = Dev::start_configured(config.path(), data.path(), "");
+    // Each region registered only the readers who sit in it.
+    for (region, sitting) in [("us-east", 2), ("eu-west", 1), ("in-south", 2)] {
+        let registered = tail_payloads_in(data.path(), region, "routing", "ReaderRegistered");
+        assert_eq!(registered.len(), sitting, "{region}: {registered:?}");
+        assert!(registered.iter().all(|r| r["region"] == region), "{region}: {registered:?}");
+    }
+    let study_uid = "1.2.826.0.1.3680043.10.543.2201";
+    let file = meridian_integration_tests::dicom::one_instance_study(files.path(), study_uid, "MRN-2201", "STAT");
+    let (ok, said) =
+        meridian_integration_tests::dicom::storescu(dev.dicom_port("us-east"), "ACME_CT1", "MERIDIAN_ACME", &[file]);
+    assert!(ok, "{said}");
+    let queued = wait_for("the study queued in us-east", 30, || {
+        tail_payloads(data.path(), "routing", "StudyQueued").into_iter().next()
+    });
+    let study = queued["studyId"].as_str().unwrap().to_owned();
+    let run = |args: &[&str]| {
+        let out = Command::new(MERIDIAN).args(args).arg("--data-dir").arg(data.path()).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    // Her worklist comes from in-south, where she sits: us-east's study is
+    // on it (copied there with no PHI), naming its home region.
+    let listed = wait_for("us-east's study on dr-priya-nair's worklist in in-south", 30, || {
+        let (ok, text) = run(&["worklist", "--as", "dr-nair"]);
+        (ok && text.contains(&study)).then_some(text)
+    });
+    let line = listed.lines().find(|l| l.contains(&study)).unwrap();
+    assert!(line.starts_with("us-east") && line.contains("offshore") && line.contains("stat"), "{listed}");
+    assert!(listed.contains("(from in-south, where they sit)") && !listed.contains(study_uid), "{listed}");
+    // A claim goes to the study's home region; in-south says so.
+    let (ok, said) = run(&["claim", &study, "--region", "in-south", "--as", "dr-nair"]);
+    assert!(!ok && said.contains("FailedPrecondition") && said.contains("homed in us-east"), "{said}");
+    let (ok, said) = run(&["claim", &study, "--region", "us-east", "--as", "dr-nair"]);
+    assert!(ok && said.contains(&study), "{said}");
+    wait_for("the claim shown in in-south", 30, || {
+        let (ok, text) = run(&["worklist", "--as", "dr-nair"]);
+        (ok && text.contains("1 studies assigned to dr-priya-nair")).then_some(())
+    });
+
+    // Her own changes are in-south's to write; us-east learns them from
+    // the copies and refuses to write them itself.
+    let client = |region: &str| {
+        let url = dev.grpc(region);
+        async move { RoutingServiceClient::new(Channel::from_shared(url).unwrap().connect().await.unwrap()) }
+    };
+    let nair = dev.token("dr-nair");
+    let away = || pb::SetAvailabilityRequest { reader_id: "dr-priya-nair".into(), status: "away".into() };
+    let refused = client("us-east").await.set_availability(bearer(away(), &nair)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("sits in in-south"), "{refused:?}");
+    let details = refused.get_error_details();
+    let violation = &details.precondition_failure().unwrap().violations[0];
+    assert_eq!((violation.r#type.as_str(), violation.subject.as_str()), ("REGION", "in-south/dr-priya-nair"));
+    client("in-south").await.set_availability(bearer(away(), &nair)).await.unwrap();
+    let reader = || pb::GetReaderRequest { reader_id: "dr-priya-nair".into() };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut us_east = client("us-east").await;
+    loop {
+        let r = us_east.get_reader(bearer(reader(), &nair)).await.unwrap().into_inner().reader.unwrap();
+        if r.status == "away" {
+            assert_eq!(r.region, "in-south");
+            break;
+        }
+        assert!(Instant::now() < deadline, "her availability in us-east within 30 s: {r:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Nothing about her was written by us-east.
+    let written_here = tail_payloads_in(data.path(), "us-east", "routing", "AvailabilityChanged");
+    assert!(written_here.is_empty(), "{written_here:?}");
+    dev.interrupt();
+}
+
+/// `meridian residency report` against `data`'s `meridian dev` with `args`:
+/// whether it exited 0, its stdout and its stderr.
+fn residency(data: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(MERIDIAN).args(["residency", "report", "--data-dir"]).arg(data).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Writes `bytes` at `key` of `region`'s local object store in `data`,
+/// behind the platform's back.
+fn plant(data: &Path, region: &str, key: &str, bytes: &[u8]) -> PathBuf {
+    let path = data.join(region).join("objects").join(key);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_residency_report_names_every_object_where_it_may_not_be_and_every_access() {
+    let data = tempfile::TempDir::new().unwrap();
+    let files = tempfile::TempDir::new().unwrap();
+    let dev = Dev::start(data.path());
+    let study_uid = "1.2.826.0.1.3680043.10.543.2207";
+    let file = meridian_integration_tests::dicom::one_instance_study(files.path(), study_uid, "MRN-2207", "ROUTINE");
+    let (ok, said) =
+        meridian_integration_tests::dicom::storescu(dev.dicom_port("us-east"), "ACME_CT1", "MERIDIAN_ACME", &[file]);
+    assert!(ok, "{said}");
+    wait_for("the instance's event", 30, || tail_events(data.path(), "us-east", "ingest", "StudyStarted").pop());
+    // The PACS reads its study back: an access, audited in us-east.
+    let addr = dev.http("us-east").trim_start_matches("http://").to_owned();
+    let (status, _, _) =
+        http_get(&addr, &format!("/dicomweb/studies/{study_uid}/metadata"), Some(&dev.token("acme-pacs"))).await;
+    assert_eq!(status, 200);
+
+    // Clean: acme's one object in us-east, the access, nothing else.
+    let (ok, out, err) = residency(data.path(), &[]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("us-east   holds 1 PHI object of acme"), "{out}");
+    assert!(out.contains("eu-west   holds nothing") && out.contains("in-south  holds nothing"), "{out}");
+    let access = out.lines().find(|l| l.contains(" access ")).unwrap_or_else(|| panic!("no access: {out}"));
+    assert!(access.starts_with("us-east   access ") && access.contains(" acme study "), "{out}");
+    assert!(access.contains(" from us-east: wado-rs.metadata"), "{out}");
+    assert!(!out.contains(study_uid) && !out.contains("MRN-2207"), "no UID or patient id in the report: {out}");
+    assert!(err.contains("residency: 3 regions, no object where it may not be"), "{err}");
+    // Only the SRE reads it.
+    let (ok, out, err) = residency(data.path(), &["--as", "acme-admin"]);
+    assert!(!ok && out.contains("us-east   UNANSWERED PermissionDenied"), "{out}");
+    assert!(err.contains("residency: 0 violations, 3 of 3 regions unanswered"), "{err}");
+
+    // Planted behind the platform's back: acme's object copied into
+    // eu-west's folder; a file outside the key scheme; an object of acme's
+    // that no event names, written two hours ago; a northwind derivative
+    // in us-east, which is no destination of its contract.
+    let stored = wait_for("acme's object", 10, || {
+        files_under(&data.path().join("us-east/objects/phi"))
+            .into_iter()
+            .find(|p| p.extension().is_some_and(|e| e == "dcm"))
+    });
+    let key = stored.strip_prefix(data.path().join("us-east/objects")).unwrap().to_string_lossy().replace('\\', "/");
+    plant(data.path(), "eu-west", &key, &std::fs::read(&stored).unwrap());
+    plant(data.path(), "us-east", "exports/patients.csv", b"name,mrn\n");
+    let sha = "5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef";
+    let ids = [
+        "0190f4a2-6f1c-8d3e-a000-000000000001",
+        "0190f4a2-6f1c-8d3e-a000-000000000002",
+        "0190f4a2-6f1c-8d3e-a000-000000000003",
+    ];
+    let orphan = format!("phi/acme/{}/{}/{}.{sha}.dcm", ids[0], ids[1], ids[2]);
+    let planted = plant(data.path(), "us-east", &orphan, b"DICM");
+    #[allow(clippy::disallowed_methods)] // an object written two hours ago
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7_200);
+    std::fs::File::options().write(true).open(&planted).unwrap().set_modified(two_hours_ago).unwrap();
+    let recent = format!("phi/acme/{}/{}/{}.{sha}.dcm", ids[0], ids[1], ids[0]);
+    plant(data.path(), "us-east", &recent, b"DICM");
+    let derivative = format!("deid/northwind/northwind-lotus/{}/{}/{}.{sha}.dcm", ids[0], ids[1], ids[2]);
+    plant(data.path(), "us-east", &derivative, b"DICM");
+
+    let (ok, out, err) = residency(data.path(), &[]);
+    assert!(!ok, "violations exit non-zero: {out}{err}");
+    let violation = |region: &str, rule: &str, key: &str| {
+        out.lines().any(|l| l.starts_with(region) && l.contains(&format!("VIOLATION {rule} {key}:")))
+    };
+    assert!(violation("eu-west", "phi_outside_home", &key), "{out}");
+    assert!(violation("us-east", "outside_key_scheme", "exports/patients.csv"), "{out}");
+    assert!(violation("us-east", "phi_no_event_names", &orphan), "{out}");
+    assert!(violation("us-east", "derivative_outside_destinations", &derivative), "{out}");
+    assert!(!out.contains(&recent), "an unnamed object inside the orphan grace may be in flight: {out}");
+    assert!(err.contains("residency: 4 violations, 0 of 3 regions unanswered"), "{err}");
+    // As JSON, and for one tenant: northwind's derivative only.
+    let (ok, json, _) = residency(data.path(), &["--json", "--tenant", "northwind"]);
+    assert!(!ok);
+    let report: Value = serde_json::from_str(&json).unwrap();
+    let rules: Vec<&str> =
+        report["violations"].as_array().unwrap().iter().map(|v| v["rule"].as_str().unwrap()).collect();
+    // A key outside the scheme names no tenant: it could hold anyone's
+    // data, so every tenant's report shows it.
+    assert_eq!(rules, ["derivative_outside_destinations", "outside_key_scheme"], "{report}");
+    assert_eq!(report["regions"]["us-east"]["derivative"]["northwind"], 1, "{report}");
+    assert_eq!(report["violations"][0]["region"], "us-east");
+    assert!(report["accesses"].as_array().unwrap().is_empty(), "acme's access is not northwind's: {report}");
     dev.interrupt();
 }
 

@@ -40,6 +40,9 @@ pub trait Blobs: Send + Sync {
     /// order: a listing of any size, one page in memory at a time.
     async fn list_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, BlobError>;
     async fn delete(&self, key: &str) -> Result<(), BlobError>;
+    /// When the object at `key` was written, as the store says (a file's
+    /// modification time, S3's Last-Modified); `None` when there is none.
+    async fn modified(&self, key: &str) -> Result<Option<meridian_events::UnixMicros>, BlobError>;
 }
 
 /// Files under a root directory. A put writes a temporary file in the
@@ -322,6 +325,19 @@ impl Blobs for LocalBlobs {
         })
         .await
     }
+
+    async fn modified(&self, key: &str) -> Result<Option<meridian_events::UnixMicros>, BlobError> {
+        let path = self.path(key)?;
+        blocking(move || match std::fs::metadata(&path).and_then(|m| m.modified()) {
+            Ok(at) => {
+                let since = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                Ok(Some(meridian_events::UnixMicros(i64::try_from(since.as_micros()).unwrap_or(i64::MAX))))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&path)(e)),
+        })
+        .await
+    }
 }
 
 /// Where an S3-API bucket is and how to sign for it.
@@ -455,6 +471,16 @@ impl Blobs for S3Blobs {
             Err(e) => Err(self.remote("delete", key)(e)),
         }
     }
+
+    async fn modified(&self, key: &str) -> Result<Option<meridian_events::UnixMicros>, BlobError> {
+        use object_store::ObjectStore;
+        let path = S3Blobs::path(key)?;
+        match self.store.head(&path).await {
+            Ok(meta) => Ok(Some(meridian_events::UnixMicros(meta.last_modified.timestamp_micros()))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.remote("head", key)(e)),
+        }
+    }
 }
 
 /// The object store a region's `[objects]` names: files under `folder`,
@@ -500,7 +526,14 @@ pub fn open(
 /// unit tests, S3 against moto in the integration tests). `blobs` must be
 /// empty.
 pub async fn contract(blobs: &dyn Blobs) {
+    assert_eq!(blobs.modified("phi/acme/s1/i1/abc.dcm").await.unwrap(), None, "nothing there yet");
     assert!(blobs.put_once("phi/acme/s1/i1/abc.dcm", b"one".to_vec()).await.unwrap());
+    // Written within the last day, by the store's clock (the test's host and
+    // an S3 server may differ by seconds, never by a day).
+    let written = blobs.modified("phi/acme/s1/i1/abc.dcm").await.unwrap().expect("a written object has a time");
+    #[allow(clippy::disallowed_methods)] // comparing with the store's clock
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64;
+    assert!((now - written.0).abs() < 86_400_000_000, "written {written:?}, now {now}");
     assert!(!blobs.put_once("phi/acme/s1/i1/abc.dcm", b"other".to_vec()).await.unwrap(), "no overwrite");
     assert_eq!(blobs.get("phi/acme/s1/i1/abc.dcm").await.unwrap().unwrap(), b"one");
     assert_eq!(blobs.get("phi/acme/s1/i1/none.dcm").await.unwrap(), None);

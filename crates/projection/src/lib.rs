@@ -40,6 +40,7 @@ pub mod live;
 pub mod run;
 pub mod snapshot;
 pub mod unreadable;
+pub mod writers;
 
 /// An event as a projection sees it: the envelope and its opened payload.
 pub struct Event<'a> {
@@ -49,6 +50,11 @@ pub struct Event<'a> {
     /// again later (an invoice's document) keeps these, not the event.
     pub partition: u32,
     pub offset: u64,
+    /// Another region's event, copied into this region's log by the
+    /// replicator (its topic names that region): a fold takes from a copy
+    /// only what it must learn from elsewhere (a reader's own events),
+    /// never what this region decides itself.
+    pub copied: bool,
 }
 
 /// A fold over events. `apply` must be pure: no I/O, no clock.
@@ -116,6 +122,9 @@ pub struct Projector<P: Projection> {
     positions: BTreeMap<(TopicName, u32), u64>,
     dedup: Deduplicator,
     stats: Stats,
+    /// The region whose log this is (records of topics naming another
+    /// region are copies); `None`: every record is the log's own.
+    region: Option<String>,
 }
 
 impl<P: Projection> Projector<P> {
@@ -126,7 +135,20 @@ impl<P: Projection> Projector<P> {
             positions: start.into_iter().map(|p| ((p.topic, p.partition), p.offset)).collect(),
             dedup: Deduplicator::default(),
             stats: Stats::default(),
+            region: None,
         }
+    }
+
+    /// The same projector, reading `region`'s log: records of topics that
+    /// name another region reach the fold marked [`Event::copied`].
+    pub fn in_region(mut self, region: Option<&str>) -> Self {
+        self.region = region.map(str::to_owned);
+        self
+    }
+
+    /// The region whose log it reads, if it was told.
+    pub fn region(&self) -> Option<&str> {
+        self.region.as_deref()
     }
 
     /// Adds a start position for every topic-partition not read yet (a
@@ -222,11 +244,16 @@ impl<P: Projection> Projector<P> {
             }
         };
         self.dedup.record(&envelope, digest);
+        let copied = self.region.as_deref().is_some_and(|region| record.topic.region() != region);
         let state = std::mem::take(&mut self.state);
-        self.state = P::apply(
-            state,
-            &Event { envelope: &envelope, payload: &payload, partition: record.partition, offset: record.offset },
-        );
+        let event = Event {
+            envelope: &envelope,
+            payload: &payload,
+            partition: record.partition,
+            offset: record.offset,
+            copied,
+        };
+        self.state = P::apply(state, &event);
         self.stats.applied += 1;
         Ok(Outcome::Applied)
     }
@@ -315,7 +342,7 @@ impl<P: Projection> Projector<P> {
             let topic: TopicName = topic.parse().map_err(|e| bad(format!("{e}")))?;
             positions.insert((topic, partition), offset);
         }
-        Ok(Projector { state: snapshot.state, positions, dedup: snapshot.dedup, stats: snapshot.stats })
+        Ok(Projector { state: snapshot.state, positions, dedup: snapshot.dedup, stats: snapshot.stats, region: None })
     }
 }
 

@@ -21,15 +21,17 @@ pub struct Live<P: Projection> {
 }
 
 impl<P: Projection> Live<P> {
-    /// Opens from the snapshot and the tail (see [`resume`]).
+    /// Opens from the snapshot and the tail (see [`resume`]) of `region`'s
+    /// log.
     pub async fn open(
+        region: &str,
         snapshots: Snapshotter,
         starts: Vec<Position>,
         log: &dyn EventLog,
         keys: &dyn KeyStore,
         idle: Duration,
     ) -> Result<Live<P>, Error> {
-        let (projector, opened) = resume::<P>(snapshots.files(), starts.clone(), log, keys, idle).await?;
+        let (projector, opened) = resume::<P>(Some(region), snapshots.files(), starts.clone(), log, keys, idle).await?;
         Ok(Live { projector: Mutex::new(projector), snapshots, opened, starts })
     }
 

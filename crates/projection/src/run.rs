@@ -57,7 +57,7 @@ pub async fn rebuild<P: Projection>(
     idle: Duration,
 ) -> Result<Rebuilt, Error> {
     let started = Instant::now();
-    let mut fresh = Projector::<P>::new(starts);
+    let mut fresh = Projector::<P>::new(starts).in_region(live.region());
     catch_up(log, keys, &mut fresh, idle).await?;
     for _ in 0..3 {
         catch_up(log, keys, live, idle).await?;
@@ -99,6 +99,7 @@ fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 /// the snapshot does not know starts at `starts`' offset. Then reads the
 /// tail. Memory and time follow the tail, not the log's length.
 pub async fn resume<P: Projection>(
+    region: Option<&str>,
     snapshots: &FileSnapshots,
     starts: Vec<Position>,
     log: &dyn EventLog,
@@ -106,7 +107,7 @@ pub async fn resume<P: Projection>(
     idle: Duration,
 ) -> Result<(Projector<P>, Resumed), Error> {
     let started = Instant::now();
-    let (mut projector, from_snapshot) = match snapshots.load_or_set_aside::<P>()? {
+    let (projector, from_snapshot) = match snapshots.load_or_set_aside::<P>()? {
         Loaded::Found(snapshot) => match Projector::restore(snapshot) {
             Ok(p) => (p, true),
             Err(e) => {
@@ -116,6 +117,7 @@ pub async fn resume<P: Projection>(
         },
         Loaded::Missing | Loaded::SetAside { .. } => (Projector::new(Vec::new()), false),
     };
+    let mut projector = projector.in_region(region);
     projector.ensure_positions(starts);
     let before = projector.fed() + projector.stats().behind_position;
     catch_up(log, keys, &mut projector, idle).await?;

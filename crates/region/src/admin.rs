@@ -10,8 +10,8 @@ use std::time::Duration;
 use futures_util::Stream;
 use meridian_auth::grpc::{permission_denied, principal};
 use meridian_auth::{Action, Resource, authorize};
-use meridian_events::DataClass;
 use meridian_events::envelope::Body;
+use meridian_events::{DataClass, UnixMicros};
 use meridian_log::{LogReader, Position, Record, TopicName};
 use meridian_proto::admin::v1 as pb;
 use meridian_proto::admin::v1::admin_service_server::AdminService;
@@ -102,6 +102,7 @@ struct Tail {
 
 type TailStream = Pin<Box<dyn Stream<Item = Result<pb::TailLogResponse, Status>> + Send>>;
 type AuditStream = Pin<Box<dyn Stream<Item = Result<pb::ExportAuditResponse, Status>> + Send>>;
+type SurveyStream = Pin<Box<dyn Stream<Item = Result<pb::SurveyResidencyResponse, Status>> + Send>>;
 
 /// A time bound of an export, in microseconds.
 fn bound(t: Option<prost_types::Timestamp>, open: i64) -> i64 {
@@ -172,6 +173,82 @@ impl AdminService for Admin {
                 }
             }
         });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type SurveyResidencyStream = SurveyStream;
+
+    async fn survey_residency(
+        &self,
+        request: Request<pb::SurveyResidencyRequest>,
+    ) -> Result<Response<SurveyStream>, Status> {
+        self.allow(&request, Action::ReadResidencyReport)?;
+        let req = request.into_inner();
+        let (from, to) = (bound(req.from, i64::MIN), bound(req.to, i64::MAX));
+        if from >= to {
+            return Err(meridian_auth::grpc::invalid_argument("to", "is not after from"));
+        }
+        let scope = crate::residency::Scope {
+            tenant: Some(req.tenant).filter(|t| !t.is_empty()),
+            from: req.from.map(|_| UnixMicros(from)),
+            to: req.to.map(|_| UnixMicros(to)),
+        };
+        let context = &self.region.context;
+        let grace = Duration::from_secs(context.config().housekeeping.orphan_grace.seconds);
+        #[allow(clippy::disallowed_methods)] // the edge: the report's moment
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let now = UnixMicros(i64::try_from(now.as_micros()).unwrap_or(i64::MAX));
+        let survey = crate::residency::survey(
+            &context.name,
+            &context.platform,
+            context.log.as_ref(),
+            context.keys.as_ref(),
+            context.blobs.as_ref(),
+            &scope,
+            now,
+            grace,
+            context.idle,
+        )
+        .await
+        .map_err(|e| Status::unavailable(format!("surveying {}: {e}", context.name)))?;
+        use pb::survey_residency_response::Finding;
+        let region = context.name.clone();
+        let mut findings = Vec::new();
+        for ((kind, tenant), count) in survey.held {
+            findings.push(Finding::Held(pb::HeldObjects { kind: kind.into(), tenant, count }));
+        }
+        findings.extend(survey.violations.into_iter().map(|v| {
+            Finding::Violation(pb::ResidencyViolation {
+                region: region.clone(),
+                key: v.key,
+                rule: v.rule.as_str().into(),
+                detail: v.detail,
+            })
+        }));
+        findings.extend(survey.accesses.into_iter().map(|a| {
+            Finding::Access(pb::PhiAccess {
+                at: Some(a.at.to_timestamp()),
+                tenant: a.tenant,
+                study_id: a.study,
+                principal: a.principal,
+                principal_kind: a.principal_kind,
+                from_region: a.from_region,
+                action: a.action,
+            })
+        }));
+        findings.extend(survey.refusals.into_iter().map(|r| {
+            Finding::Refusal(pb::RefusedWrite {
+                at: Some(r.at.to_timestamp()),
+                tenant: r.tenant,
+                region: r.region,
+                contract: r.contract,
+                study_id: r.study,
+                reason: r.reason,
+            })
+        }));
+        let stream = futures_util::stream::iter(
+            findings.into_iter().map(|f| Ok(pb::SurveyResidencyResponse { finding: Some(f) })),
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 

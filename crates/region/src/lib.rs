@@ -27,6 +27,7 @@
 pub mod admin;
 pub mod http;
 pub mod node;
+pub mod residency;
 pub mod serve;
 pub mod service;
 pub mod summary;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use meridian_auth::Authenticator;
 use meridian_config::{LogConfig, Platform};
 use meridian_events::payload::CATALOGUE;
-use meridian_events::{KeyStore, UnixMicros};
+use meridian_events::{DataClass, KeyStore, UnixMicros};
 use meridian_log::embedded::{EmbeddedLog, EmbeddedOptions};
 use meridian_log::kafka::{KafkaConfig, KafkaLog};
 use meridian_log::{EventLog, Position, TopicName, TopicSpec};
@@ -116,6 +116,10 @@ pub struct RegionContext {
     /// How long a read must stay empty to count as caught up.
     pub idle: Duration,
     topics: Vec<TopicName>,
+    /// Other regions' operational topics copied into this log by the
+    /// replicator (or MirrorMaker 2), under their own names: the regions
+    /// the configuration routes here (`meridian_config::replication`).
+    copies: Vec<TopicName>,
     partitions: u32,
     snapshots: FileSnapshots,
     /// The consumers started in this process, and whether each has read
@@ -200,6 +204,23 @@ impl RegionContext {
                 topics.push(topic);
             }
         }
+        // The copies exist before any consumer of them opens, with their
+        // source's partition count (a copy lands in the partition its key
+        // gives there): whoever starts first, replicator or consumer.
+        let mut copies = Vec::new();
+        for source in meridian_config::replication::sources_into(&platform, name) {
+            let partitions = platform.regions.get(&source).map_or(partitions, |r| r.log.partitions());
+            for info in CATALOGUE.iter().filter(|i| i.data_class == DataClass::Operational) {
+                let topic = TopicName::new(&source, DataClass::Operational, info.stream)
+                    .map_err(|e| config_err(e.to_string()))?;
+                if !copies.contains(&topic) {
+                    let retention_ms = if info.stream == AUDIT_STREAM { None } else { retention_ms };
+                    let spec = TopicSpec { name: topic.clone(), partitions, retention_ms };
+                    log.ensure_topic(&spec).await.map_err(log_err)?;
+                    copies.push(topic);
+                }
+            }
+        }
         // Every principal this region resolves carries its refusal trail.
         let (trail, refusals_lost) =
             meridian_audit::refusals::RefusalWriter::start(name, log.clone()).map_err(|e| config_err(e.to_string()))?;
@@ -224,6 +245,7 @@ impl RegionContext {
             service_key,
             idle,
             topics,
+            copies,
             partitions,
             snapshots: FileSnapshots::new(dir.join("snapshots")),
             consumers: std::sync::Mutex::default(),
@@ -264,6 +286,14 @@ impl RegionContext {
 
     pub fn start_positions(&self) -> Vec<Position> {
         start_positions(&self.topics, self.partitions)
+    }
+
+    /// The copies of other regions' `stream` topics in this log (see
+    /// [`RegionContext::copies`]): what a service folds to learn what only
+    /// another region writes (readers sit in one region; studies are homed
+    /// in one).
+    pub fn copies_of(&self, stream: &str) -> Vec<TopicName> {
+        self.copies.iter().filter(|t| t.stream() == stream).cloned().collect()
     }
 
     /// A projection's snapshots, due every [`SNAPSHOT_EVERY_EVENTS`] or
@@ -361,6 +391,7 @@ impl Region {
     pub async fn resume_summary(context: &RegionContext) -> Result<ResumedSummary, RegionError> {
         let proj_err = |source| RegionError::Projection { region: context.name.clone(), source: Box::new(source) };
         let (projector, opened) = resume::<EventSummary>(
+            Some(&context.name),
             &context.snapshots,
             context.start_positions(),
             context.log.as_ref(),

@@ -296,9 +296,16 @@ async fn main() -> anyhow::Result<()> {
     let write_secs = started.elapsed().as_secs_f64();
     let idle = Duration::from_millis(50);
     let started = Instant::now();
-    let routing =
-        Routing::open("us-east", log.clone(), keys, policy, idle, meridian_projection::run::Snapshotter::none())
-            .await?;
+    let routing = Routing::open(
+        "us-east",
+        Vec::new(),
+        log.clone(),
+        keys,
+        policy,
+        idle,
+        meridian_projection::run::Snapshotter::none(),
+    )
+    .await?;
     // The replay ends when a read stays empty for `idle`: not rebuild time.
     let secs = started.elapsed().as_secs_f64() - idle.as_secs_f64();
     let (rebuilt, assigned) =
@@ -357,7 +364,8 @@ async fn grpc_claims(n_readers: usize, n_studies: usize) -> anyhow::Result<()> {
     let keys: Arc<dyn KeyStore> = Arc::new(log.key_store());
     let idle = Duration::from_millis(50);
     let routing = Arc::new(
-        Routing::open("us-east", log, keys, policy(), idle, meridian_projection::run::Snapshotter::none()).await?,
+        Routing::open("us-east", Vec::new(), log, keys, policy(), idle, meridian_projection::run::Snapshotter::none())
+            .await?,
     );
 
     let (private, public) = meridian_auth::token::generate_ed25519()?;

@@ -179,7 +179,7 @@ impl Billing {
             (0..log.partitions(&billing).await?).map(|p| Position::start(billing.clone(), p)).collect();
         let own = Snapshotter::new(snapshots.files().clone(), 1_000, Duration::from_secs(5));
         let issuance: Live<IssuanceProjection> =
-            Live::open(own, billing_starts, log.as_ref(), keys.as_ref(), idle).await?;
+            Live::open(region, own, billing_starts, log.as_ref(), keys.as_ref(), idle).await?;
         let schedule = issuance.lock().await.state().prices.clone();
         let (projector, from_snapshot, tail) =
             recover(region, log.as_ref(), keys.as_ref(), &routing, &snapshots, &schedule, &pricebook, idle).await?;

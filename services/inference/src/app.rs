@@ -284,7 +284,7 @@ impl Inference {
         for t in [&ingest, &instances, &ops, &phi] {
             starts.extend((0..o.log.partitions(t).await?).map(|p| Position::start(t.clone(), p)));
         }
-        let live = Live::open(o.snapshots, starts, o.log.as_ref(), o.keys.as_ref(), o.idle).await?;
+        let live = Live::open(&o.region, o.snapshots, starts, o.log.as_ref(), o.keys.as_ref(), o.idle).await?;
         let audit = Audit::new(&o.region, o.log.clone()).map_err(|e| Error::Audit(e.to_string()))?;
         Ok(Inference {
             region: o.region,

@@ -271,7 +271,7 @@ impl Ingest {
             }
         };
         let (projector, indexed) =
-            tokio::join!(Live::open(snapshots, positions, log.as_ref(), keys.as_ref(), idle), index_caught_up);
+            tokio::join!(Live::open(region, snapshots, positions, log.as_ref(), keys.as_ref(), idle), index_caught_up);
         let (projector, indexed) = (projector?, indexed?);
         if indexed > 0 {
             tracing::info!(region, instances = indexed, "study index caught up from the log");

@@ -170,7 +170,7 @@ impl Replication {
 }
 
 /// Records a step copies at most.
-const BATCH: usize = 512;
+pub const BATCH: usize = 512;
 
 fn log_err(region: &str, source: meridian_log::Error) -> Error {
     Error::Log { region: region.to_owned(), source }

@@ -16,6 +16,7 @@ use meridian_events::{AccessionKey, DataClass, Envelope, EventId, KeyStore, Stud
 use meridian_log::{EventLog, Outgoing, Position, TopicName};
 use meridian_projection::live::Live;
 use meridian_projection::run::{Resumed, Snapshotter, catch_up};
+use meridian_projection::writers::OwnRegionWins;
 use meridian_projection::{Event as Logged, Projection, Stats};
 use meridian_proto::events::v1 as pb;
 use serde::{Deserialize, Serialize};
@@ -69,6 +70,10 @@ pub struct Folded {
     pub versions: BTreeMap<String, u64>,
     /// `payload.field` → (how many, the last reason and event).
     pub unreadable: BTreeMap<String, (u64, String)>,
+    /// Which reader events count: those of the region the reader sits in
+    /// (copied here when that is another), once one arrived.
+    #[serde(default)]
+    pub readers_written: OwnRegionWins,
 }
 
 pub struct ReportingProjection;
@@ -79,6 +84,23 @@ impl Projection for ReportingProjection {
 
     fn apply(mut folded: Folded, event: &Logged<'_>) -> Folded {
         let meta = &event.envelope.meta;
+        // From other regions' routing, only their readers (a final needs a
+        // licence where the patient is, wherever the reader sits).
+        let reader = match event.payload {
+            Payload::ReaderRegistered(r) => Some((&r.reader_id, Some(r.region.as_str()))),
+            Payload::LicenceUpdated(l) => Some((&l.reader_id, None)),
+            _ => None,
+        };
+        match reader {
+            Some((reader, registered_in))
+                if !folded.readers_written.takes(reader, registered_in, &meta.home_region, event.copied) =>
+            {
+                return folded;
+            }
+            Some(_) => {}
+            None if event.copied => return folded,
+            None => {}
+        }
         if [STUDY, TEXT, CRITICAL, CONTACT, PEER, ORDER, ORDER_MATCH].contains(&meta.aggregate_type.as_str()) {
             let last = folded.versions.entry(format!("{}/{}", meta.aggregate_type, meta.aggregate_id)).or_default();
             *last = (*last).max(meta.aggregate_version);
@@ -255,7 +277,18 @@ impl Reporting {
         for t in [&routing, &signed, &text, &ingest] {
             starts.extend((0..log.partitions(t).await?).map(|p| Position::start(t.clone(), p)));
         }
-        let live = Live::open(snapshots, starts, log.as_ref(), keys.as_ref(), idle).await?;
+        // The copies of the routing topics of the regions whose readers
+        // read here (their licences): the region's context makes them at
+        // start, so one missing means nothing was ever routed from there.
+        for source in meridian_config::replication::sources_into(&platform, region) {
+            let copy = topic(&source, DataClass::Operational, "routing")?;
+            match log.partitions(&copy).await {
+                Ok(n) => starts.extend((0..n).map(|p| Position::start(copy.clone(), p))),
+                Err(meridian_log::Error::UnknownTopic { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let live = Live::open(region, snapshots, starts, log.as_ref(), keys.as_ref(), idle).await?;
         let policy = policy(&platform);
         Ok(Reporting {
             region: region.to_owned(),

@@ -20,12 +20,13 @@ use meridian_log::skips::Skips;
 use meridian_log::{EventLog, Outgoing, Position, TopicName};
 use meridian_projection::live::Live;
 use meridian_projection::run::{Rebuilt, Resumed, Snapshotter, catch_up};
+use meridian_projection::writers::OwnRegionWins;
 use meridian_projection::{Event as Logged, Projection};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::adapters::events::{aggregate, from_payload, to_payload};
+use crate::adapters::events::{READER_AGGREGATE, aggregate, from_payload, to_payload};
 use crate::answers::{Answers, Retry};
 use crate::domain::policy::Policy;
 use crate::domain::worklist::{self, Command, Event, State};
@@ -43,6 +44,76 @@ pub struct Folded {
     /// is a step of that trace.
     #[serde(default)]
     pub traces: BTreeMap<Uuid, String>,
+    /// Region → its studies on the worklist, folded from the copies of its
+    /// routing topic: what this region shows its readers of studies homed
+    /// there (opaque ids and codes only). Commands about them go to their
+    /// home region; nothing here decides about them.
+    #[serde(default)]
+    pub elsewhere: BTreeMap<String, State>,
+    /// Which reader events count: their own region's, once one arrived
+    /// (a copy this region once registered from configuration no longer).
+    #[serde(default)]
+    pub readers_written: OwnRegionWins,
+}
+
+impl Folded {
+    /// What `reader` is offered here, at most `limit`: this region's
+    /// studies in the worklist's order and, placed among them by deadline
+    /// and priority, the studies homed elsewhere that their regions would
+    /// offer them (claimed in those regions).
+    pub fn offers(
+        &self,
+        policy: &Policy,
+        now: UnixMicros,
+        reader: &str,
+        limit: usize,
+    ) -> Result<Vec<&crate::domain::model::Study>, worklist::Error> {
+        let mut offered = self.worklist.offers(policy, now, reader, |_| true, limit)?;
+        let Some(r) = self.worklist.readers.get(reader) else { return Ok(offered) };
+        for theirs in self.elsewhere.values() {
+            offered.extend(theirs.offers_to(policy, now, r, |_| true, limit));
+        }
+        // Stable: this region's order holds among its own.
+        offered.sort_by_key(|s| (s.deadline, s.priority));
+        offered.truncate(limit);
+        Ok(offered)
+    }
+
+    /// The studies assigned to `reader`, here and shown here from their
+    /// home regions, due first first.
+    pub fn assignments(&self, reader: &str) -> Result<Vec<&crate::domain::model::Study>, worklist::Error> {
+        let mut held = self.worklist.assignments(reader)?;
+        for theirs in self.elsewhere.values() {
+            held.extend(theirs.studies.values().filter(|s| s.assignee.as_deref() == Some(reader)));
+        }
+        held.sort_by_key(|s| (s.deadline, s.priority));
+        Ok(held)
+    }
+
+    /// The region a study shown here is homed in, when that is another.
+    pub fn homed_elsewhere(&self, id: &Uuid) -> Option<&str> {
+        if self.worklist.studies.contains_key(id) {
+            return None;
+        }
+        self.elsewhere.values().find_map(|s| s.studies.get(id)).map(|s| s.home_region.as_str())
+    }
+
+    /// A study on this region's worklist or shown here from its home region.
+    pub fn study(&self, id: &Uuid) -> Option<&crate::domain::model::Study> {
+        self.worklist.studies.get(id).or_else(|| self.elsewhere.values().find_map(|s| s.studies.get(id)))
+    }
+}
+
+/// A reader event's reader, and the region a registration says they sit in.
+fn reader_of(e: &Event) -> Option<(&str, Option<&str>)> {
+    match e {
+        Event::ReaderRegistered(r) => Some((&r.id, Some(&r.region))),
+        Event::ReaderUpdated { reader, .. }
+        | Event::AvailabilityChanged { reader, .. }
+        | Event::LicenceUpdated { reader, .. }
+        | Event::CredentialUpdated { reader, .. } => Some((reader, None)),
+        _ => None,
+    }
 }
 
 /// The projection of the routing topic.
@@ -53,30 +124,53 @@ impl Projection for RoutingProjection {
     const NAME: &'static str = "routing.worklist";
 
     fn apply(mut state: Folded, event: &Logged<'_>) -> Folded {
-        match from_payload(event.payload) {
-            Ok(Some(e)) => {
-                let meta = &event.envelope.meta;
-                state.answers.record(meta.event_id, &e, meta.occurred_at);
-                state.worklist = worklist::apply(state.worklist, &e);
-                state.versions.insert(event.envelope.meta.aggregate_id, event.envelope.meta.aggregate_version);
-                if let (Event::StudyQueued(_), Some(trace)) = (&e, &meta.traceparent)
-                    && state.worklist.studies.contains_key(&meta.aggregate_id)
-                {
-                    state.traces.insert(meta.aggregate_id, trace.clone());
-                }
-                // A study leaves the worklist by its own events, usually;
-                // whatever took it, its trace goes with it.
-                if state.traces.len() > state.worklist.studies.len() {
-                    let held = &state.worklist.studies;
-                    state.traces.retain(|study, _| held.contains_key(study));
-                } else if !state.worklist.studies.contains_key(&meta.aggregate_id) {
-                    state.traces.remove(&meta.aggregate_id);
-                }
-            }
-            Ok(None) => {}
+        let e = match from_payload(event.payload) {
+            Ok(Some(e)) => e,
+            Ok(None) => return state,
             // Routing wrote it, so this is a bug or a newer writer: counted by
             // the projector as applied, logged here, never a crash.
-            Err(e) => tracing::error!(error = %e, event = %event.envelope.meta.event_id, "routing event does not map"),
+            Err(e) => {
+                tracing::error!(error = %e, event = %event.envelope.meta.event_id, "routing event does not map");
+                return state;
+            }
+        };
+        let meta = &event.envelope.meta;
+        // A reader's events are written by the region they sit in; a copy
+        // another region once made from configuration counts only until
+        // theirs arrive, and a copy of it is never taken.
+        if let Some((reader, registered_in)) = reader_of(&e) {
+            if !state.readers_written.takes(reader, registered_in, &meta.home_region, event.copied) {
+                return state;
+            }
+            state.worklist = worklist::apply(state.worklist, &e);
+            if !event.copied {
+                state.versions.insert(meta.aggregate_id, meta.aggregate_version);
+            }
+            return state;
+        }
+        if event.copied {
+            // Another region's study, shown to this region's readers.
+            if !matches!(e, Event::StudyUnroutable(_)) {
+                let theirs = state.elsewhere.remove(&meta.home_region).unwrap_or_default();
+                state.elsewhere.insert(meta.home_region.clone(), worklist::apply(theirs, &e));
+            }
+            return state;
+        }
+        state.answers.record(meta.event_id, &e, meta.occurred_at);
+        state.worklist = worklist::apply(state.worklist, &e);
+        state.versions.insert(meta.aggregate_id, meta.aggregate_version);
+        if let (Event::StudyQueued(_), Some(trace)) = (&e, &meta.traceparent)
+            && state.worklist.studies.contains_key(&meta.aggregate_id)
+        {
+            state.traces.insert(meta.aggregate_id, trace.clone());
+        }
+        // A study leaves the worklist by its own events, usually;
+        // whatever took it, its trace goes with it.
+        if state.traces.len() > state.worklist.studies.len() {
+            let held = &state.worklist.studies;
+            state.traces.retain(|study, _| held.contains_key(study));
+        } else if !state.worklist.studies.contains_key(&meta.aggregate_id) {
+            state.traces.remove(&meta.aggregate_id);
         }
         state
     }
@@ -92,6 +186,10 @@ pub enum Error {
     Projection(#[from] meridian_projection::Error),
     #[error("routing envelope: {0}")]
     Envelope(#[from] meridian_events::envelope::Error),
+    /// A change to a reader who sits in another region: only their region
+    /// writes their events (the others fold its copies).
+    #[error("reader {reader} sits in {region}: change them through {region}'s routing")]
+    ReaderElsewhere { reader: String, region: String },
     /// An idempotency key sent again with another request.
     #[error("idempotency key {key:?} was already used for another request: {first}")]
     KeyReused { key: String, first: String },
@@ -294,13 +392,24 @@ pub struct Routing {
     intake_skips: Skips,
     /// Intake's reader, kept between passes at the committed positions.
     intake_reader: tokio::sync::Mutex<Option<Box<dyn meridian_log::LogReader>>>,
+    /// Other regions' routing topics copied here.
+    copies: Vec<TopicName>,
+    /// The reader of `copies`, kept between passes at the projection's
+    /// positions.
+    copies_reader: tokio::sync::Mutex<Option<Box<dyn meridian_log::LogReader>>>,
+    /// Refuses changes to readers who sit in another region (see
+    /// [`Routing::only_its_readers`]).
+    only_its_readers: bool,
 }
 
 impl Routing {
     /// Opens the state from its snapshot and the tail of the routing topic
-    /// of `region`.
+    /// of `region` and of `copies`, other regions' routing topics copied
+    /// into its log (their readers, and the studies they show this
+    /// region's readers).
     pub async fn open(
         region: &str,
+        copies: Vec<TopicName>,
         log: Arc<dyn EventLog>,
         keys: Arc<dyn KeyStore>,
         policy: Policy,
@@ -309,9 +418,11 @@ impl Routing {
     ) -> Result<Routing, Error> {
         let topic = TopicName::new(region, DataClass::Operational, "routing")
             .map_err(|e| meridian_log::Error::UnknownTopic { topic: e.name })?;
-        let partitions = log.partitions(&topic).await?;
-        let starts = (0..partitions).map(|p| Position::start(topic.clone(), p)).collect();
-        let projector = Live::open(snapshots, starts, log.as_ref(), keys.as_ref(), idle).await?;
+        let mut starts = Vec::new();
+        for t in std::iter::once(&topic).chain(&copies) {
+            starts.extend((0..log.partitions(t).await?).map(|p| Position::start(t.clone(), p)));
+        }
+        let projector = Live::open(region, snapshots, starts, log.as_ref(), keys.as_ref(), idle).await?;
         Ok(Routing {
             region: region.to_owned(),
             topic,
@@ -323,7 +434,19 @@ impl Routing {
             stopping: std::sync::atomic::AtomicBool::new(false),
             intake_skips: Skips::new(INTAKE),
             intake_reader: tokio::sync::Mutex::new(None),
+            copies,
+            copies_reader: tokio::sync::Mutex::new(None),
+            only_its_readers: false,
         })
+    }
+
+    /// Writes only the events of readers who sit in this region, as a
+    /// region of a platform must (each reader's region is the one writer of
+    /// their events; the others fold its copies). Without it, one worklist
+    /// holds readers of every region: the simulator's and the benches' world.
+    pub fn only_its_readers(mut self) -> Routing {
+        self.only_its_readers = true;
+        self
     }
 
     /// What intake passed without a command, by reason.
@@ -387,6 +510,12 @@ impl Routing {
         f(&self.projector.lock().await.state().worklist)
     }
 
+    /// Reads the whole fold under the lock: the worklist and the studies
+    /// shown here from other regions.
+    pub async fn read_folded<T>(&self, f: impl FnOnce(&Folded) -> T) -> T {
+        f(self.projector.lock().await.state())
+    }
+
     /// Decides `command` at `now`, appends its events, applies them.
     pub async fn execute(&self, command: Command, now: UnixMicros, cause: Cause) -> Result<Vec<Event>, Error> {
         self.execute_all(vec![(command, cause)], now).await
@@ -441,6 +570,9 @@ impl Routing {
                     }
                 }
             }
+            if let Some((reader, region)) = self.sits_elsewhere(&folded.worklist, &command) {
+                return Err(Error::ReaderElsewhere { reader, region });
+            }
             let decided = match worklist::decide(&folded.worklist, &self.policy, command, now) {
                 Ok(decided) => decided,
                 Err(e) => {
@@ -461,6 +593,23 @@ impl Routing {
             events.extend(decided);
         }
         Ok((events, batch, deciding))
+    }
+
+    /// The reader `command` would change and the region they sit in, when
+    /// that is not this one.
+    fn sits_elsewhere(&self, state: &State, command: &Command) -> Option<(String, String)> {
+        if !self.only_its_readers {
+            return None;
+        }
+        let (reader, region) = match command {
+            Command::RegisterReader(r) => (&r.id, r.region.as_str()),
+            Command::UpdateReader { reader, .. }
+            | Command::SetAvailability { reader, .. }
+            | Command::UpdateLicences { reader, .. }
+            | Command::UpdateCredentials { reader, .. } => (reader, state.readers.get(reader)?.region.as_str()),
+            _ => return None,
+        };
+        (region != self.region).then(|| (reader.clone(), region.to_owned()))
     }
 
     /// Envelopes for `events`: the next version of each aggregate, ids from
@@ -632,6 +781,47 @@ impl Routing {
         }
     }
 
+    /// Folds what the replicator copied from other regions' routing topics
+    /// since the last pass, until a read waits `wait` with nothing. Returns
+    /// how many of their readers' events it folded (a reader who came on
+    /// may take a pending study).
+    pub async fn follow_copies(&self, wait: Duration) -> Result<usize, Error> {
+        if self.copies.is_empty() {
+            tokio::time::sleep(wait).await;
+            return Ok(0);
+        }
+        let mut kept = self.copies_reader.lock().await;
+        let mut reader = match kept.take() {
+            Some(reader) => reader,
+            None => {
+                let from = self.projector.lock().await.positions();
+                let from = from.into_iter().filter(|p| self.copies.contains(&p.topic)).collect();
+                self.log.reader(from).await?
+            }
+        };
+        let mut readers = 0;
+        loop {
+            if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                *kept = Some(reader);
+                return Ok(readers);
+            }
+            let batch = reader.next_batch(INTAKE_BATCH, wait).await?;
+            if batch.is_empty() {
+                *kept = Some(reader);
+                return Ok(readers);
+            }
+            let mut projector = self.projector.lock().await;
+            for record in &batch {
+                let applied = projector.feed(record, self.keys.as_ref())? == meridian_projection::Outcome::Applied;
+                if applied && record.envelope().is_ok_and(|e| e.meta.aggregate_type == READER_AGGREGATE) {
+                    readers += 1;
+                }
+            }
+            drop(projector);
+            self.announce();
+        }
+    }
+
     /// Reads what others appended to the routing topic since (none today:
     /// routing is the only writer), keeping the state current.
     pub async fn catch_up(&self, idle: Duration) -> Result<(), Error> {
@@ -738,7 +928,7 @@ pub(crate) mod tests {
     pub(crate) async fn open_with(log: &Arc<EmbeddedLog>, policy: Policy) -> Routing {
         let keys: Arc<dyn KeyStore> = Arc::new(log.key_store());
         let none = meridian_projection::run::Snapshotter::none();
-        Routing::open("us-east", log.clone(), keys, policy, Duration::from_millis(50), none).await.unwrap()
+        Routing::open("us-east", Vec::new(), log.clone(), keys, policy, Duration::from_millis(50), none).await.unwrap()
     }
 
     fn completed_event(study: u128, tenant: &str, at: UnixMicros) -> meridian_events::Envelope {

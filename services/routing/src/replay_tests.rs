@@ -244,8 +244,13 @@ fn start() -> Vec<Position> {
 }
 
 fn full_replay(partitions: &[Vec<Record>]) -> Projector<RoutingProjection> {
+    full_replay_in(None, partitions)
+}
+
+/// The full replay by a projector of `region`'s log (`None`: us-east's own).
+fn full_replay_in(region: Option<&str>, partitions: &[Vec<Record>]) -> Projector<RoutingProjection> {
     let keys = MemoryKeyStore::default();
-    let mut projector = Projector::new(start());
+    let mut projector = Projector::new(start()).in_region(region);
     for r in partitions.iter().flatten() {
         projector.feed(r, &keys).unwrap();
     }
@@ -253,8 +258,12 @@ fn full_replay(partitions: &[Vec<Record>]) -> Projector<RoutingProjection> {
 }
 
 fn with_crashes(partitions: &[Vec<Record>], steps: &[Step]) -> Projector<RoutingProjection> {
+    with_crashes_in(None, partitions, steps)
+}
+
+fn with_crashes_in(region: Option<&str>, partitions: &[Vec<Record>], steps: &[Step]) -> Projector<RoutingProjection> {
     let keys = MemoryKeyStore::default();
-    let mut projector = Projector::<RoutingProjection>::new(start());
+    let mut projector = Projector::<RoutingProjection>::new(start()).in_region(region);
     let mut cursors = vec![0u64; PARTITIONS as usize];
     let mut saved: Option<String> = None;
     for step in steps {
@@ -272,7 +281,8 @@ fn with_crashes(partitions: &[Vec<Record>], steps: &[Step]) -> Projector<Routing
                 projector = match &saved {
                     Some(json) => Projector::restore(serde_json::from_str(json).unwrap()).unwrap(),
                     None => Projector::new(start()),
-                };
+                }
+                .in_region(region);
                 for p in projector.positions() {
                     cursors[p.partition as usize] = p.offset;
                 }
@@ -315,6 +325,58 @@ proptest! {
         let rebuilt: State = serde_json::from_str(&serde_json::to_string(&folded).unwrap()).unwrap();
         prop_assert_eq!(rebuilt.queue(), folded.queue());
         prop_assert_eq!(&rebuilt, &folded);
+    }
+}
+
+fn steps() -> impl Strategy<Value = Vec<Step>> {
+    prop::collection::vec(
+        prop_oneof![
+            6 => (0..PARTITIONS).prop_map(Step::Read),
+            1 => (0..PARTITIONS, 1u64..4).prop_map(|(p, k)| Step::Rewind(p, k)),
+            2 => Just(Step::Snapshot),
+            2 => Just(Step::Crash),
+        ],
+        0..120,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// us-east's routing records, copied into in-south's log by the
+    /// replicator and folded there (with snapshots, crashes and rewinds):
+    /// in-south holds us-east's studies exactly as us-east's domain folded
+    /// them, the readers who sit in us-east as us-east has them, and none
+    /// of us-east's copies of readers who sit in in-south (theirs are
+    /// in-south's to write); it decides nothing about any of it.
+    #[test]
+    fn a_replicated_routing_stream_folds_to_the_home_regions_studies_and_readers(
+        ops in prop::collection::vec(op(), 1..60),
+        steps in steps(),
+    ) {
+        let (partitions, folded) = decided(&ops);
+        let replayed = full_replay_in(Some("in-south"), &partitions);
+        let resumed = with_crashes_in(Some("in-south"), &partitions, &steps);
+        prop_assert_eq!(resumed.state(), replayed.state());
+        prop_assert_eq!(resumed.positions(), replayed.positions());
+        let here = replayed.state();
+        // The domain's fold of what crossed, without readers: us-east's studies.
+        let mut studies = State::default();
+        for r in partitions.iter().flatten() {
+            let e = crate::adapters::events::from_payload(&r.envelope().unwrap().open_plain().unwrap()).unwrap().unwrap();
+            if !matches!(aggregate(&e).0, crate::adapters::events::READER_AGGREGATE)
+                && !matches!(e, worklist::Event::StudyUnroutable(_))
+            {
+                studies = worklist::apply(studies, &e);
+            }
+        }
+        let theirs = here.elsewhere.get("us-east").cloned().unwrap_or_default();
+        prop_assert_eq!(&theirs.studies, &folded.studies);
+        prop_assert_eq!(&theirs, &studies);
+        let sitting_there: std::collections::HashMap<_, _> =
+            folded.readers.iter().filter(|(_, r)| r.region == "us-east").map(|(k, r)| (k.clone(), r.clone())).collect();
+        prop_assert_eq!(&here.worklist.readers, &sitting_there);
+        prop_assert!(here.worklist.studies.is_empty() && here.versions.is_empty() && here.answers == Default::default());
     }
 }
 

@@ -38,6 +38,7 @@ impl RoutingService {
         let policy = crate::adapters::config::policy(&context.platform);
         let routing = Routing::open(
             &context.name,
+            context.copies_of("routing"),
             context.log.clone(),
             context.keys.clone(),
             policy,
@@ -45,24 +46,28 @@ impl RoutingService {
             context.snapshotter(),
         )
         .await
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| err(e.to_string()))?
+        .only_its_readers();
         let service = RoutingService { context: context.clone(), routing: Arc::new(routing) };
         service.register_readers(now).await.map_err(err)?;
         queue_gauges(&context.name, &service.routing);
         Ok(Arc::new(service))
     }
 
-    /// Every configured reader becomes a ReaderRegistered event in every
-    /// region at first start (reader events are operational: a study's home
-    /// region must know every reader it may offer the study to, wherever
-    /// they sit); afterwards they change through the routing API. Event ids
-    /// come from an idempotency key, so a registration repeated after a
-    /// crash, or by a second process, is recognised as the same events.
+    /// Every configured reader who sits in this region becomes a
+    /// ReaderRegistered event here at first start; afterwards they change
+    /// through this region's routing API. The other regions learn them
+    /// from the copies of this region's routing topic (the replicator's),
+    /// so a change made here reaches every region whose studies they read.
+    /// Event ids come from an idempotency key, so a registration repeated
+    /// after a crash, or by a second process, is recognised as the same
+    /// events.
     async fn register_readers(&self, now: UnixMicros) -> Result<(), String> {
         let known: BTreeSet<String> = self.routing.read(|s| s.readers.keys().cloned().collect()).await;
         let mut commands = Vec::new();
         for group in self.context.platform.groups.values() {
-            for reader in group.readers.iter().filter(|r| !known.contains(&r.id)) {
+            let here = group.readers.iter().filter(|r| r.region == self.context.name);
+            for reader in here.filter(|r| !known.contains(&r.id)) {
                 let registered = crate::adapters::config::reader(&group.name, reader)
                     .map_err(|e| format!("reader {}: {e}", reader.id))?;
                 let key = format!("bootstrap/reader/{}", reader.id);
@@ -131,6 +136,22 @@ impl RegionService for RoutingService {
                 }
             })
         };
+        // Other regions' readers and the studies they show this region's
+        // readers arrive as copies of their routing topics; a reader who
+        // came on may take a pending study at once.
+        let copies = {
+            let (service, region) = (self.clone(), self.context.name.clone());
+            let caught_up = self.context.caught_up("routing's copies of other regions' readers and studies");
+            stopping.clone().passes(region, "routing copies", caught_up, move || {
+                let service = service.clone();
+                async move {
+                    if service.routing.follow_copies(INTAKE_WAIT).await? > 0 {
+                        service.assign_pending().await;
+                    }
+                    Ok::<_, crate::app::Error>(())
+                }
+            })
+        };
         // Timer events carry ids derived from (study, timer, deadline), so
         // a tick repeated after a restart appends nothing twice.
         let timers = every(ROUTING_TICK, stopping.wait(), move |now| {
@@ -143,7 +164,11 @@ impl RegionService for RoutingService {
                 service.save_snapshots(false).await;
             }
         });
-        vec![Task::spawn("routing intake", intake), Task::spawn("routing ticks", timers)]
+        vec![
+            Task::spawn("routing intake", intake),
+            Task::spawn("routing copies", copies),
+            Task::spawn("routing ticks", timers),
+        ]
     }
 
     fn stop(&self) {

@@ -92,7 +92,7 @@ impl FoldedAssignments {
             .await
             .map_err(|source| meridian_projection::Error::Log { projection: StudyAssignees::NAME, source })?;
         let starts = (0..partitions).map(|p| Position::start(routing.clone(), p)).collect();
-        Ok(FoldedAssignments { live: Live::open(snapshots, starts, log, keys, idle).await? })
+        Ok(FoldedAssignments { live: Live::open(routing.region(), snapshots, starts, log, keys, idle).await? })
     }
 
     pub fn live(&self) -> &Live<StudyAssignees> {
@@ -128,7 +128,10 @@ mod tests {
                 ..meridian_log::contract::meta(study, i as u64 + 1, EventId(Uuid::from_u128(100 + i as u128)))
             };
             let envelope = Envelope::plain(meta, &pb::StudyQueued::default()).unwrap();
-            StudyAssignees::apply(held, &Event { envelope: &envelope, payload, partition: 0, offset: i as u64 })
+            StudyAssignees::apply(
+                held,
+                &Event { envelope: &envelope, payload, partition: 0, offset: i as u64, copied: false },
+            )
         })
     }
 

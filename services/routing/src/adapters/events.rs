@@ -20,14 +20,17 @@ pub struct Error {
     pub reason: String,
 }
 
+/// The aggregate type of a reader's events.
+pub const READER_AGGREGATE: &str = "routing.reader";
+
 /// The aggregate an event belongs to: readers by their key, studies by id.
 pub fn aggregate(e: &Event) -> (&'static str, Uuid) {
     match e {
-        Event::ReaderRegistered(r) => ("routing.reader", ReaderKey::of(&r.id).0),
+        Event::ReaderRegistered(r) => (READER_AGGREGATE, ReaderKey::of(&r.id).0),
         Event::ReaderUpdated { reader, .. }
         | Event::AvailabilityChanged { reader, .. }
         | Event::LicenceUpdated { reader, .. }
-        | Event::CredentialUpdated { reader, .. } => ("routing.reader", ReaderKey::of(reader).0),
+        | Event::CredentialUpdated { reader, .. } => (READER_AGGREGATE, ReaderKey::of(reader).0),
         Event::StudyQueued(s) => ("routing.study", s.id),
         Event::StudyUnroutable(u) => ("routing.study", u.study),
         Event::StudyAssigned { study, .. }

@@ -20,7 +20,7 @@ use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use uuid::Uuid;
 
-use crate::app::{Cause, Error, Routing};
+use crate::app::{Cause, Error, Folded, Routing};
 use crate::domain::model::{Availability, Credential, Licence, ReadType, Reader, Shift, Study};
 use crate::domain::worklist::{self, Command, Event, Profile, State};
 
@@ -78,6 +78,9 @@ pub fn status(e: Error) -> Status {
                     Status::with_error_details(Code::PermissionDenied, message, details)
                 }
             }
+        }
+        Error::ReaderElsewhere { ref reader, ref region } => {
+            precondition("REGION", &format!("{region}/{reader}"), e.to_string())
         }
         Error::KeyReused { .. } => {
             let message = e.to_string();
@@ -291,18 +294,32 @@ fn reader_out(state: &State, r: &Reader) -> pb::Reader {
     }
 }
 
+/// FAILED_PRECONDITION naming the home region when `study` is shown here
+/// but homed in another region: what is done to it is done there.
+fn elsewhere(folded: &Folded, study: &Uuid, what: &str) -> Result<(), Status> {
+    match folded.homed_elsewhere(study) {
+        None => Ok(()),
+        Some(home) => Err(precondition(
+            "REGION",
+            &format!("{home}/{study}"),
+            format!("study {study} is homed in {home}: {what} it through {home}'s routing"),
+        )),
+    }
+}
+
 /// The page `reader` watches, and why each study of `previous` that is not
 /// on it left.
 fn watched_page(
     routing: &Routing,
-    state: &State,
+    folded: &Folded,
     reader: &str,
     size: usize,
     previous: &[pb::WorklistEntry],
     at: UnixMicros,
 ) -> Result<pb::WatchWorklistResponse, Status> {
+    let state = &folded.worklist;
     let r = state.readers.get(reader).ok_or_else(|| not_found("reader", reader))?;
-    let studies = state.offers(routing.policy(), at, reader, |_| true, size).map_err(|e| status(Error::Domain(e)))?;
+    let studies = folded.offers(routing.policy(), at, reader, size).map_err(|e| status(Error::Domain(e)))?;
     let entries: Vec<pb::WorklistEntry> = studies.iter().map(|st| entry(routing, r, st)).collect();
     let now_on: BTreeSet<&str> = entries.iter().map(|e| e.study_id.as_str()).collect();
     let before: BTreeSet<&str> = previous.iter().map(|e| e.study_id.as_str()).collect();
@@ -313,10 +330,13 @@ fn watched_page(
         .filter(|e| !now_on.contains(e.study_id.as_str()))
         .map(|e| {
             let id = Uuid::parse_str(&e.study_id).unwrap_or_default();
-            let reason = match state.studies.get(&id) {
-                None => "no longer on this region's worklist".to_owned(),
+            let reason = match folded.study(&id) {
+                None => "no longer on a worklist this region knows".to_owned(),
                 Some(st) if st.assignee.as_deref() == Some(reader) => "assigned to you".to_owned(),
                 Some(st) if st.assignee.is_some() => "assigned to another reader".to_owned(),
+                Some(st) if !state.studies.contains_key(&id) => {
+                    format!("{} no longer offers it to you, or {size} studies come first", st.home_region)
+                }
                 Some(_) => match state.explain(routing.policy(), at, reader, id) {
                     Ok(checks) => match checks.into_iter().find(|c| !c.passed) {
                         Some(c) => format!("{}: {}", c.rule, c.reason),
@@ -375,8 +395,12 @@ impl RoutingGrpc {
     ) -> Result<pb::WorklistEntry, Status> {
         let routing = &self.routing;
         let contract_groups = routing
-            .read(|s| -> Result<Option<Vec<String>>, Status> {
-                acting_for(p, s, reader_id, Action::ViewWorklist)?;
+            .read_folded(|f| -> Result<Option<Vec<String>>, Status> {
+                acting_for(p, &f.worklist, reader_id, Action::ViewWorklist)?;
+                if let Some(id) = &study {
+                    elsewhere(f, id, "claim")?;
+                }
+                let s = &f.worklist;
                 Ok(study.and_then(|id| s.studies.get(&id)).map(|st| {
                     routing
                         .policy()
@@ -422,10 +446,10 @@ impl RoutingService for RoutingGrpc {
         let at = now();
         let routing = &self.routing;
         let (entries, more) = routing
-            .read(|s| -> Result<_, Status> {
-                let reader = acting_for(&p, s, &r.reader_id, Action::ViewWorklist)?;
-                let studies = s
-                    .offers(routing.policy(), at, &r.reader_id, |_| true, offset + size + 1)
+            .read_folded(|f| -> Result<_, Status> {
+                let reader = acting_for(&p, &f.worklist, &r.reader_id, Action::ViewWorklist)?;
+                let studies = f
+                    .offers(routing.policy(), at, &r.reader_id, offset + size + 1)
                     .map_err(|e| status(Error::Domain(e)))?;
                 let more = studies.len() > offset + size;
                 Ok((studies.into_iter().skip(offset).take(size).map(|st| entry(routing, reader, st)).collect(), more))
@@ -446,9 +470,9 @@ impl RoutingService for RoutingGrpc {
         let size = page_size(r.page_size);
         let routing = self.routing.clone();
         let first = routing
-            .read(|s| {
-                acting_for(&p, s, &r.reader_id, Action::ViewWorklist)?;
-                watched_page(&routing, s, &r.reader_id, size, &[], now())
+            .read_folded(|f| {
+                acting_for(&p, &f.worklist, &r.reader_id, Action::ViewWorklist)?;
+                watched_page(&routing, f, &r.reader_id, size, &[], now())
             })
             .await?;
         let mut changes = routing.changes();
@@ -464,7 +488,8 @@ impl RoutingService for RoutingGrpc {
                     changed = changes.changed() => if changed.is_err() { return },
                     () = tokio::time::sleep(WATCH_RECHECK) => {}
                 }
-                let page = routing.read(|s| watched_page(&routing, s, &r.reader_id, size, &previous, now())).await;
+                let page =
+                    routing.read_folded(|f| watched_page(&routing, f, &r.reader_id, size, &previous, now())).await;
                 match page {
                     Ok(page) if page.entries == previous => {}
                     Ok(page) => {
@@ -506,6 +531,7 @@ impl RoutingService for RoutingGrpc {
         let r = request.into_inner();
         let study = parse_study(&r.study_id)?;
         self.routing.read(|s| acting_for(&p, s, &r.reader_id, Action::ViewWorklist).map(|_| ())).await?;
+        self.routing.read_folded(|f| elsewhere(f, &study, "release")).await?;
         let command = Command::Release { reader: r.reader_id, study, reason: r.reason };
         self.routing.execute(command, now(), cause(&p, &r.idempotency_key)).await.map_err(status)?;
         Ok(Response::new(pb::ReleaseResponse {}))
@@ -661,9 +687,9 @@ impl RoutingService for RoutingGrpc {
         let reader_id = request.into_inner().reader_id;
         let routing = &self.routing;
         let entries = routing
-            .read(|s| -> Result<Vec<pb::WorklistEntry>, Status> {
-                let reader = acting_for(&p, s, &reader_id, Action::ViewWorklist)?;
-                let held = s.assignments(&reader_id).map_err(|e| status(Error::Domain(e)))?;
+            .read_folded(|f| -> Result<Vec<pb::WorklistEntry>, Status> {
+                let reader = acting_for(&p, &f.worklist, &reader_id, Action::ViewWorklist)?;
+                let held = f.assignments(&reader_id).map_err(|e| status(Error::Domain(e)))?;
                 Ok(held.into_iter().map(|st| entry(routing, reader, st)).collect())
             })
             .await?;

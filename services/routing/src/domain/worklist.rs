@@ -397,6 +397,10 @@ impl State {
         Context { policy, now, open_assignments: self.load.get(reader).map_or(0, |l| l.open), on_shift }
     }
 
+    fn context_for<'a>(&self, policy: &'a Policy, now: UnixMicros, r: &Reader) -> Context<'a> {
+        Context { policy, now, open_assignments: self.load.get(&r.id).map_or(0, |l| l.open), on_shift: r.on_shift(now) }
+    }
+
     fn mode(&self, policy: &Policy, study: &Study) -> Option<AssignmentMode> {
         policy.contracts.get(&study.contract).map(|c| c.mode)
     }
@@ -438,12 +442,26 @@ impl State {
         include: impl Fn(&ContractPolicy) -> bool,
         limit: usize,
     ) -> Result<Vec<&Study>, Error> {
-        let r = self.reader(reader)?;
-        let ctx = self.context(policy, now, reader);
-        let load = self.load.get(reader);
+        Ok(self.offers_to(policy, now, self.reader(reader)?, include, limit))
+    }
+
+    /// What this state's studies offer `r`, a reader as another state knows
+    /// them: a reader's region shows them the studies homed elsewhere
+    /// (folded from those regions' routing events), with the load those
+    /// regions gave them.
+    pub fn offers_to(
+        &self,
+        policy: &Policy,
+        now: UnixMicros,
+        r: &Reader,
+        include: impl Fn(&ContractPolicy) -> bool,
+        limit: usize,
+    ) -> Vec<&Study> {
+        let ctx = self.context_for(policy, now, r);
+        let load = self.load.get(&r.id);
         let mut offered = Vec::new();
         if !rules::reader_can_take_work(r, &ctx) {
-            return Ok(offered);
+            return offered;
         }
         let mut tied: Vec<(Rank, &Study)> = Vec::new();
         for place in merged(self.queue.for_reader(policy, r, include)) {
@@ -460,7 +478,7 @@ impl State {
         }
         flush(&mut tied, &mut offered);
         offered.truncate(limit);
-        Ok(offered)
+        offered
     }
 
     fn reader(&self, id: &str) -> Result<&Reader, Error> {

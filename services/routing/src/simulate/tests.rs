@@ -42,6 +42,7 @@ async fn the_simulator_and_the_live_service_decide_the_same_day() {
     let keys: Arc<dyn KeyStore> = Arc::new(log.key_store());
     let live = Routing::open(
         "us-east",
+        Vec::new(),
         log.clone(),
         keys.clone(),
         scenario.policy(),
@@ -63,6 +64,7 @@ async fn the_simulator_and_the_live_service_decide_the_same_day() {
     let folded = simulated.events.iter().fold(State::default(), worklist::apply);
     let rebuilt = Routing::open(
         "us-east",
+        Vec::new(),
         log,
         keys,
         scenario.policy(),

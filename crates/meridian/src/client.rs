@@ -1276,6 +1276,32 @@ pub enum RoutingCommand {
     Claim(String),
     ClaimNext,
     Release { study: String, reason: String },
+    ShowReader,
+    SetAvailability(String),
+}
+
+/// A reader as a line an operator reads.
+fn print_reader(r: &meridian_proto::routing::v1::Reader) {
+    let licences: Vec<String> = r
+        .licences
+        .iter()
+        .map(|l| {
+            let until = l.expires_at.and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok());
+            format!("{} until {}", l.jurisdiction, until.map(|t| t.to_string()).unwrap_or_default())
+        })
+        .collect();
+    let capacity = r.profile.as_ref().map_or(0, |p| p.capacity);
+    say!(
+        "{} of {} sits in {} ({}): {}, {} open of {}, licences {}",
+        r.reader_id,
+        r.reading_group,
+        r.region,
+        r.time_zone,
+        r.status,
+        r.open_assignments,
+        capacity,
+        licences.join(", ")
+    );
 }
 
 pub async fn routing(target: &Target, reader: Option<String>, command: RoutingCommand) -> anyhow::Result<ExitCode> {
@@ -1306,6 +1332,22 @@ pub async fn routing(target: &Target, reader: Option<String>, command: RoutingCo
                 pb::ReleaseRequest { reader_id: reader, study_id: study.clone(), reason, idempotency_key: key };
             client.release(authorized(request, &c.token)?).await.map_err(status_error)?;
             say!("released {study}");
+        }
+        RoutingCommand::ShowReader => {
+            let request = pb::GetReaderRequest { reader_id: reader };
+            let r = client.get_reader(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
+            if let Some(r) = r.reader {
+                print_reader(&r);
+            }
+        }
+        RoutingCommand::SetAvailability(status) => {
+            let request = pb::SetAvailabilityRequest { reader_id: reader.clone(), status };
+            client.set_availability(authorized(request, &c.token)?).await.map_err(status_error)?;
+            let request = pb::GetReaderRequest { reader_id: reader };
+            let r = client.get_reader(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
+            if let Some(r) = r.reader {
+                print_reader(&r);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

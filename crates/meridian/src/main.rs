@@ -193,6 +193,10 @@ enum Command {
     /// Where patient data is: proof of residency.
     #[command(subcommand)]
     Residency(ResidencyCommand),
+    /// A reader as a region knows them, or their availability changed (in
+    /// the region they sit in: only it writes their events).
+    #[command(subcommand)]
+    Reader(ReaderCommand),
     /// Give a claimed study back to the worklist.
     Release {
         study: String,
@@ -502,6 +506,27 @@ pub struct Target {
     /// The CA (PEM) that signs the region's certificate, when it speaks TLS.
     #[arg(long, env = "MERIDIAN_CA")]
     pub ca: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum ReaderCommand {
+    /// The reader: where they sit, status, shifts, licences, open assignments.
+    Show {
+        #[command(flatten)]
+        target: Target,
+        /// The reader id, when the principal is a group admin.
+        #[arg(long)]
+        reader: Option<String>,
+    },
+    /// Available, busy or away (the reader, or their group's admin).
+    Availability {
+        /// "available", "busy" or "away".
+        status: String,
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        reader: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -828,6 +853,12 @@ async fn main() -> ExitCode {
         }
         Command::Release { study, target, reader, reason } => {
             client::routing(&target, reader, client::RoutingCommand::Release { study, reason }).await
+        }
+        Command::Reader(ReaderCommand::Show { target, reader }) => {
+            client::routing(&target, reader, client::RoutingCommand::ShowReader).await
+        }
+        Command::Reader(ReaderCommand::Availability { status, target, reader }) => {
+            client::routing(&target, reader, client::RoutingCommand::SetAvailability(status)).await
         }
     };
     if let Some(exporting) = exporting {

@@ -783,6 +783,53 @@ fn the_replicator_as_a_process_copies_a_regions_operational_events_to_another_br
     // the replicator said so rather than copy them onto themselves.
     let said = std::fs::read_to_string(&replicator.log).unwrap();
     assert!(said.contains("in-south shares eu-west's Kafka cluster"), "{said}");
+
+    // What the copies are for: eu-west's routing, a process on the other
+    // broker, folds them. It knows us-east's readers (us-east writes them)
+    // and refuses to change one; a change made in us-east reaches it
+    // through the replicator, killed right after and restarted.
+    let eu_routing = cluster.start_in("eu-west", "routing", None, "");
+    let reader = |process: &meridian_integration_tests::processes::Service, region: &str, args: &[&str]| {
+        let out = Command::new(MERIDIAN)
+            .arg("reader")
+            .args(args)
+            .args(["--region", region, "--endpoint", &process.grpc(), "--token", &tokens["dr-ortiz"]])
+            .args(["--reader", "dr-ana-ortiz"])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    wait_until("eu-west's routing knows dr-ana-ortiz from us-east's events", 30, || {
+        let (ok, said) = reader(&eu_routing, "eu-west", &["show"]);
+        (ok && said.contains("dr-ana-ortiz of atlantic-rads sits in us-east") && said.contains(": available,"))
+            .then_some(())
+    });
+    let (ok, said) = reader(&eu_routing, "eu-west", &["availability", "away"]);
+    assert!(!ok && said.contains("FailedPrecondition") && said.contains("sits in us-east"), "{said}");
+    let (ok, said) = reader(&routing, "us-east", &["availability", "away"]);
+    assert!(ok && said.contains(": away,"), "{said}");
+    replicator.kill();
+    let replicator = cluster.start_in("eu-west", "replicator", None, "");
+    wait_until("her availability reaches eu-west", 60, || {
+        let (ok, said) = reader(&eu_routing, "eu-west", &["show"]);
+        (ok && said.contains(": away,")).then_some(())
+    });
+    // Each copy folded once: no conflict, whatever crossed twice.
+    let (status, summary) = meridian_integration_tests::processes::get(&eu_routing.http(), "/v1/summary", sre);
+    assert_eq!(status, 200, "{summary}");
+    let worklist = summary["projections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "routing.worklist")
+        .unwrap_or_else(|| panic!("{summary}"))
+        .clone();
+    assert_eq!(worklist["stats"]["conflicts"], 0, "{worklist}");
+    assert!(worklist["stats"]["applied"].as_u64().unwrap() >= 3, "{worklist}");
+    eu_routing.kill();
     replicator.kill();
     routing.kill();
 }

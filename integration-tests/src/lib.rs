@@ -480,19 +480,29 @@ pub mod dicom {
     /// block at 75 HU (fresh blood). No skull: the demonstration model
     /// reads any bright block as blood. Accession "ACC-AI".
     pub fn head_ct_slice(dir: &Path, study: &str, number: usize, bleed: bool) -> PathBuf {
-        let path = dir.join(format!("{study}.1.{number}.dcm"));
-        std::fs::write(&path, head_ct_bytes(study, number, bleed, 64)).unwrap();
+        head_ct_series_slice(dir, study, 1, number, bleed)
+    }
+
+    /// [`head_ct_slice`] of series `{study}.{series}`.
+    pub fn head_ct_series_slice(dir: &Path, study: &str, series: usize, number: usize, bleed: bool) -> PathBuf {
+        let path = dir.join(format!("{study}.{series}.{number}.dcm"));
+        std::fs::write(&path, head_ct_series_bytes(study, series, number, bleed, 64)).unwrap();
         path
     }
 
     /// [`head_ct_slice`]'s Part-10 bytes, `side` × `side` (the disc and the
     /// block scaled with it).
     pub fn head_ct_bytes(study: &str, number: usize, bleed: bool, side: u16) -> Vec<u8> {
+        head_ct_series_bytes(study, 1, number, bleed, side)
+    }
+
+    /// [`head_ct_bytes`] of series `{study}.{series}`.
+    pub fn head_ct_series_bytes(study: &str, series: usize, number: usize, bleed: bool, side: u16) -> Vec<u8> {
         use dicom_core::{DataElement, PrimitiveValue, VR};
         use dicom_dictionary_std::tags;
         use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
         const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
-        let (series, sop) = (format!("{study}.1"), format!("{study}.1.{number}"));
+        let (series, sop) = (format!("{study}.{series}"), format!("{study}.{series}.{number}"));
         let n = i32::from(side);
         let scale = |v: i32| v * n / 64;
         let pixels: Vec<u16> = (0..n * n)

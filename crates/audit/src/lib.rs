@@ -69,12 +69,22 @@ pub struct Audit {
     region: String,
     log: Arc<dyn EventLog>,
     topic: TopicName,
+    /// Reader id → the region they sit in: where a reader's access comes
+    /// from (readers stream studies from their home region, elsewhere).
+    readers: std::collections::BTreeMap<String, String>,
 }
 
 impl Audit {
     pub fn new(region: &str, log: Arc<dyn EventLog>) -> Result<Audit, AuditError> {
         let topic = audit_topic(region)?;
-        Ok(Audit { region: region.to_owned(), log, topic })
+        Ok(Audit { region: region.to_owned(), log, topic, readers: Default::default() })
+    }
+
+    /// The same writer, knowing where each reader sits (reader id, region):
+    /// a reader's access is recorded as coming from their region.
+    pub fn with_reader_regions(mut self, readers: impl IntoIterator<Item = (String, String)>) -> Audit {
+        self.readers = readers.into_iter().collect();
+        self
     }
 
     /// The region it records in.
@@ -91,12 +101,14 @@ impl Audit {
         accessed: &[Accessed<'_>],
         at: UnixMicros,
     ) -> Result<(), AuditError> {
-        self.record_from(principal, &self.region, action, accessed, at).await
+        // Where the caller is: a reader's region; anyone else calls here.
+        let reader_region = principal.reader.as_deref().and_then(|id| self.readers.get(id));
+        let from = reader_region.map_or(self.region.as_str(), String::as_str);
+        self.record_from(principal, from, action, accessed, at).await
     }
 
-    /// [`Audit::record`] of an access by a caller in `from_region` (a
-    /// reader in another region streaming a study from its home).
-    pub async fn record_from(
+    /// [`Audit::record`] of an access by a caller in `from_region`.
+    async fn record_from(
         &self,
         principal: &Principal,
         from_region: &str,

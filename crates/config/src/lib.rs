@@ -174,6 +174,11 @@ impl Loader {
 }
 
 impl Platform {
+    /// Each configured reader's id and the region they sit in.
+    pub fn reader_regions(&self) -> impl Iterator<Item = (String, String)> + '_ {
+        self.groups.values().flat_map(|g| &g.readers).map(|r| (r.id.clone(), r.region.clone()))
+    }
+
     /// Loads and validates the configuration in `dir`.
     pub fn load(dir: &Path) -> Result<Platform, Problems> {
         let mut l = Loader { root: dir.to_path_buf(), problems: Vec::new(), unparsed: Default::default() };

@@ -1931,6 +1931,178 @@ async fn the_residency_report_names_every_object_where_it_may_not_be_and_every_a
     dev.interrupt();
 }
 
+/// The examples for a study read across regions end to end: acme on pull
+/// with studies complete a second after their last instance;
+/// dr-priya-nair (Lotus, in-south: preliminaries, offshore) and
+/// dr-ana-ortiz (Atlantic, us-east: finals, onshore) on shift around the
+/// clock; acme's RIS (MLLP) and EHR (FHIR) at `ris` and `ehr` on loopback.
+fn read_across_regions_examples(to: &Path, ris: u16, ehr: u16) {
+    meridian_integration_tests::nair_always_on_pull_examples(&repo().join("deploy/examples/dev"), to);
+    completing_in_a_second(to);
+    let group = to.join("groups/atlantic-rads.toml");
+    let text = std::fs::read_to_string(&group).unwrap();
+    let weekdays = r#"shifts = [{ days = ["mon", "tue", "wed", "thu", "fri"], start = "08:00", end = "17:00" }]"#;
+    let always =
+        r#"shifts = [{ days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], start = "00:00", end = "23:59" }]"#;
+    assert!(text.contains(weekdays), "the example's reader changed");
+    std::fs::write(&group, text.replacen(weekdays, always, 1)).unwrap();
+    let tenant = to.join("tenants/acme.toml");
+    let text = std::fs::read_to_string(&tenant).unwrap();
+    let text = text
+        .replace("address = \"127.0.0.1:6661\"", &format!("address = \"127.0.0.1:{ris}\""))
+        .replace("address = \"https://ehr.acme.example/fhir\"", &format!("address = \"http://127.0.0.1:{ehr}/fhir\""))
+        .replace("enabled = false", "enabled = true");
+    assert_eq!(text.matches("\nenabled = true").count(), 2, "{text}");
+    std::fs::write(&tenant, text).unwrap();
+}
+
+#[test]
+fn a_head_ct_sent_to_us_east_is_triaged_read_offshore_then_onshore_reported_billed_and_stays_home() {
+    let work = tempfile::TempDir::new().unwrap();
+    let fhir_python = std::env::var_os("MERIDIAN_FHIR_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/meridian/tools/venv-fhir/bin/python")
+    });
+    let ris = Receiver::start(&python(), "mllp_receiver.py", work.path(), &[]);
+    let ehr = Receiver::start(&fhir_python, "fhir_receiver.py", work.path(), &["--token", "ehr-token-7"]);
+    let config = work.path().join("config");
+    read_across_regions_examples(&config, ris.port, ehr.port);
+    let data = work.path().join("data");
+    std::fs::create_dir_all(data.join("secrets")).unwrap();
+    std::fs::write(data.join("secrets/acme-ehr.token"), "ehr-token-7\n").unwrap();
+    let dev = Dev::start_configured(&config, &data, "");
+
+    // A two-series head CT (the axial series with a bleed on slice 2, and a
+    // second series) over one association to us-east.
+    let study_uid = "1.2.826.0.1.3680043.10.543.2222";
+    let files = work.path().join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    let mut slices: Vec<PathBuf> = (1..=3)
+        .map(|n| meridian_integration_tests::dicom::head_ct_series_slice(&files, study_uid, 1, n, n == 2))
+        .collect();
+    slices.extend(
+        (1..=2).map(|n| meridian_integration_tests::dicom::head_ct_series_slice(&files, study_uid, 2, n, false)),
+    );
+    let (ok, said) =
+        meridian_integration_tests::dicom::storescu(dev.dicom_port("us-east"), "ACME_CT1", "MERIDIAN_ACME", &slices);
+    assert!(ok, "{said}");
+
+    // AI triage reads it and raises it to STAT.
+    let study = wait_for("the study triaged and raised to STAT", 60, || {
+        let triaged = tail_payloads(&data, "routing", "StudyTriaged");
+        triaged.into_iter().find(|t| t["priority"] == "stat").map(|t| t["studyId"].as_str().unwrap().to_owned())
+    });
+    let completed = tail_payloads(&data, "ingest", "StudyCompleted");
+    assert!(completed.iter().any(|c| c["studyId"] == study.as_str() && c["seriesCount"] == 2), "{completed:?}");
+
+    // Offered to the offshore reader where she sits, claimed at home.
+    let run = |args: &[&str]| {
+        let out = Command::new(MERIDIAN).args(args).arg("--data-dir").arg(&data).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let listed = wait_for("the study on dr-priya-nair's worklist in in-south", 30, || {
+        let (ok, text) = run(&["worklist", "--as", "dr-nair"]);
+        (ok && text.lines().any(|l| l.contains(&study) && l.contains("stat"))).then_some(text)
+    });
+    let line = listed.lines().find(|l| l.contains(&study)).unwrap();
+    assert!(line.starts_with("us-east") && line.contains("offshore") && line.contains("[AI]"), "{listed}");
+    let (ok, said) = run(&["claim", &study, "--region", "us-east", "--as", "dr-nair"]);
+    assert!(ok, "{said}");
+    // She opens the images from home's DICOMweb; the access is audited at
+    // home as coming from in-south.
+    let cli = |args: &[&str]| us_east(&data, args);
+    let url = wait_for("the claim folded by storage", 30, || {
+        let (ok, url) = cli(&["report", "open", &study, "--as", "dr-nair"]);
+        ok.then(|| url.trim().to_owned())
+    });
+    let token = dev.token("dr-nair");
+    let metadata = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", &format!("authorization: Bearer {token}")])
+        .arg(format!("{url}/metadata"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&metadata.stdout), "200");
+    // The preliminary, written and signed by her in us-east.
+    let draft = |reader: &str, impression: &str| {
+        cli(&[
+            "report",
+            "draft",
+            &study,
+            "--as",
+            reader,
+            "--findings",
+            "Hyperdensity, right frontal.",
+            "--impression",
+            impression,
+            "--field",
+            "haemorrhage=present",
+        ])
+    };
+    let (ok, said) = draft("dr-nair", "Acute right frontal haemorrhage.");
+    assert!(ok, "{said}");
+    let (ok, said) = cli(&["report", "sign", &study, "--as", "dr-nair", "--read-type", "preliminary"]);
+    assert!(ok, "{said}");
+
+    // The final, onshore: queued after the preliminary, claimed and signed
+    // by dr-ana-ortiz.
+    wait_for("the final read queued", 30, || {
+        let queued = tail_payloads(&data, "routing", "StudyQueued");
+        queued.iter().any(|q| q["studyId"] == study.as_str() && q["readType"] == "final").then_some(())
+    });
+    let (ok, said) = run(&["claim", &study, "--region", "us-east", "--as", "dr-ortiz"]);
+    assert!(ok, "{said}");
+    let (ok, said) = wait_for("her draft of the final", 30, || {
+        let drafted = draft("dr-ortiz", "Acute right frontal intraparenchymal haemorrhage; agree with preliminary.");
+        drafted.0.then_some(drafted)
+    });
+    assert!(ok, "{said}");
+    let (ok, said) = cli(&["report", "sign", &study, "--as", "dr-ortiz", "--read-type", "final"]);
+    assert!(ok, "{said}");
+
+    // Delivered: the RIS gets both reads over MLLP, the EHR the final over
+    // FHIR, each valid under its validator.
+    wait_for("three deliveries", 60, || {
+        (tail_payloads(&data, "reporting", "ReportDelivered").len() >= 3).then_some(())
+    });
+    let ris_got = ris.records();
+    assert!(ris_got.iter().all(|r| r["error"] == "" && r["ack"] == "AA"), "{ris_got:?}");
+    let results: std::collections::BTreeSet<&str> = ris_got.iter().filter_map(|r| r["obr25"].as_str()).collect();
+    assert_eq!(results, ["F", "P"].into_iter().collect(), "{ris_got:?}");
+    let ehr_got = ehr.records();
+    assert!(ehr_got.iter().any(|r| r["error"] == "" && r["status"] == "final"), "{ehr_got:?}");
+
+    // Charged, and on the month's invoice preview.
+    let charges = wait_for("both reads charged", 30, || {
+        let c = tail_events(&data, "us-east", "billing", "ChargePosted");
+        let mine: Vec<Value> = c.into_iter().filter(|c| c["payload"]["studyId"] == study.as_str()).collect();
+        (mine.len() >= 2).then_some(mine)
+    });
+    let period = charges[0]["payload"]["period"].as_str().unwrap().to_owned();
+    let (ok, said) = cli(&["invoice", "preview", "--tenant", "acme", "--period", &period, "--as", "acme-admin"]);
+    assert!(ok && said.contains("acme-atlantic total"), "{said}");
+    assert!(said.contains("engagement.per_read_type.preliminary.CT"), "{said}");
+
+    // And no PHI left home: the residency report is clean; the reader's
+    // access is listed as hers, from in-south.
+    let out = Command::new(MERIDIAN).args(["residency", "report", "--data-dir"]).arg(&data).output().unwrap();
+    let (report, summary) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{report}{summary}");
+    assert!(report.contains("us-east   holds 5 PHI objects of acme"), "{report}");
+    assert!(report.contains("in-south  holds nothing") && report.contains("eu-west   holds nothing"), "{report}");
+    assert!(
+        report
+            .lines()
+            .any(|l| l.contains(&format!("study {study} by dr-nair (group) from in-south: wado-rs.metadata"))),
+        "{report}"
+    );
+    let opened = format!("study {study} by dr-nair (group) from in-south: reporting.open-study");
+    assert!(report.lines().any(|l| l.contains(&opened)), "{report}");
+    assert!(!report.contains(study_uid) && !report.contains("MRN-AI"), "{report}");
+    dev.interrupt();
+}
+
 fn wait_for<T>(what: &str, seconds: u64, mut probe: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     loop {

@@ -43,8 +43,9 @@ impl ReportingService {
         .await
         .map_err(|e| context.service_error("reporting", e))?
         .with_secrets(context.secrets.clone());
-        let audit =
-            Audit::new(&context.name, context.log.clone()).map_err(|e| context.service_error("reporting", e))?;
+        let audit = Audit::new(&context.name, context.log.clone())
+            .map_err(|e| context.service_error("reporting", e))?
+            .with_reader_regions(context.platform.reader_regions());
         let receivers =
             Receivers::new(context.delivery_tokens.clone()).map_err(|e| context.service_error("reporting", e))?;
         let reporting = Arc::new(reporting);

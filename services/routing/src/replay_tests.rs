@@ -297,21 +297,25 @@ fn with_crashes_in(region: Option<&str>, partitions: &[Vec<Record>], steps: &[St
     projector
 }
 
+fn steps() -> impl Strategy<Value = Vec<Step>> {
+    prop::collection::vec(
+        prop_oneof![
+            6 => (0..PARTITIONS).prop_map(Step::Read),
+            1 => (0..PARTITIONS, 1u64..4).prop_map(|(p, k)| Step::Rewind(p, k)),
+            2 => Just(Step::Snapshot),
+            2 => Just(Step::Crash),
+        ],
+        0..120,
+    )
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn routing_snapshot_plus_tail_equals_full_replay_and_the_domain_fold(
         ops in prop::collection::vec(op(), 1..60),
-        steps in prop::collection::vec(
-            prop_oneof![
-                6 => (0..PARTITIONS).prop_map(Step::Read),
-                1 => (0..PARTITIONS, 1u64..4).prop_map(|(p, k)| Step::Rewind(p, k)),
-                2 => Just(Step::Snapshot),
-                2 => Just(Step::Crash),
-            ],
-            0..120,
-        ),
+        steps in steps(),
     ) {
         let (partitions, folded) = decided(&ops);
         let replayed = full_replay(&partitions);
@@ -326,18 +330,6 @@ proptest! {
         prop_assert_eq!(rebuilt.queue(), folded.queue());
         prop_assert_eq!(&rebuilt, &folded);
     }
-}
-
-fn steps() -> impl Strategy<Value = Vec<Step>> {
-    prop::collection::vec(
-        prop_oneof![
-            6 => (0..PARTITIONS).prop_map(Step::Read),
-            1 => (0..PARTITIONS, 1u64..4).prop_map(|(p, k)| Step::Rewind(p, k)),
-            2 => Just(Step::Snapshot),
-            2 => Just(Step::Crash),
-        ],
-        0..120,
-    )
 }
 
 proptest! {

@@ -110,8 +110,9 @@ impl DicomWeb {
         log: Arc<dyn EventLog>,
         assignments: Arc<dyn Assignments>,
     ) -> Result<DicomWeb, meridian_log::Error> {
-        let trail =
-            Audit::new(region, log.clone()).map_err(|e| meridian_log::Error::UnknownTopic { topic: e.to_string() })?;
+        let trail = Audit::new(region, log.clone())
+            .map_err(|e| meridian_log::Error::UnknownTopic { topic: e.to_string() })?
+            .with_reader_regions(platform.reader_regions());
         let max_results = platform
             .regions
             .get(region)
@@ -272,17 +273,7 @@ impl DicomWeb {
             .map(|(tenant, study, items)| Accessed { tenant, study: *study, items: items.clone() })
             .collect();
         let at = meridian_auth::grpc::arrival_time();
-        // Where the caller is: a reader's region as their group configures
-        // it (readers stream their studies from the home region); anyone
-        // else calls from here.
-        let reader_region = principal.reader.as_deref().and_then(|id| {
-            self.platform.groups.values().flat_map(|g| &g.readers).find(|r| r.id == id).map(|r| r.region.as_str())
-        });
-        let from = reader_region.unwrap_or(self.trail.region());
-        self.trail
-            .record_from(principal, from, action, &accessed, at)
-            .await
-            .map_err(|e| WebError::Unavailable(e.to_string()))
+        self.trail.record(principal, action, &accessed, at).await.map_err(|e| WebError::Unavailable(e.to_string()))
     }
 
     async fn object(&self, entry: &InstanceEntry) -> Result<Vec<u8>, WebError> {

@@ -175,6 +175,19 @@ impl Deduplicator {
         }
     }
 
+    /// Takes every entry stored before writers were kept as `region`'s:
+    /// until then a consumer folded only its own region's topics, so they
+    /// are. Without this, an old table would take another region's copy of
+    /// an aggregate both wrote (a reader registered from configuration in
+    /// every region) for a conflict with this region's own.
+    pub fn own_unnamed(&mut self, region: &str) {
+        for entry in self.last.values_mut() {
+            for applied in entry.types.iter_mut().filter(|a| a.region.is_empty()) {
+                applied.region = region.to_owned();
+            }
+        }
+    }
+
     /// Checks and, when new, records: true when the event should be applied.
     pub fn admit(&mut self, envelope: &Envelope, encoded: &[u8]) -> Result<bool, Conflict> {
         let digest = envelope.digest(encoded);
@@ -323,8 +336,15 @@ mod tests {
                 applied.as_object_mut().unwrap().remove("region");
             }
         }
-        let old: Deduplicator = serde_json::from_value(old).unwrap();
+        let mut old: Deduplicator = serde_json::from_value(old).unwrap();
         assert!(!old.check(&ours, &ours.digest(&ours.encode_to_vec())).is_ok_and(|v| v == Verdict::New));
+        // Once told they were its own region's, another writer's event is
+        // its own aggregate again.
+        old.own_unnamed("test");
+        assert!(!admit(&mut old, &ours).unwrap());
+        let mut elsewhere = event(1, 1, 10);
+        elsewhere.meta.home_region = "eu-west".into();
+        assert!(admit(&mut old, &elsewhere).unwrap(), "another region's copy of the same id and version");
     }
 
     #[test]

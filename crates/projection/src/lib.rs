@@ -142,6 +142,10 @@ impl<P: Projection> Projector<P> {
     /// The same projector, reading `region`'s log: records of topics that
     /// name another region reach the fold marked [`Event::copied`].
     pub fn in_region(mut self, region: Option<&str>) -> Self {
+        if let Some(region) = region {
+            // A table from before writers were kept holds this region's own.
+            self.dedup.own_unnamed(region);
+        }
         self.region = region.map(str::to_owned);
         self
     }

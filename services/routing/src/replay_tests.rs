@@ -398,3 +398,81 @@ fn generated_sequences_assign_release_and_escalate() {
     assert!(escalating * 5 > n, "only {escalating} of {n} sequences escalate");
     assert!(handing_over * 5 > n, "only {handing_over} of {n} sequences sign a read");
 }
+
+/// One routing event as `writer` appended it to its topic (so as a copy
+/// when folded by another region), with the event id `id`.
+fn written(writer: &str, e: &worklist::Event, version: u64, id: u128, offset: u64) -> Record {
+    let (aggregate_type, aggregate_id) = aggregate(e);
+    let meta = EventMeta {
+        event_id: EventId(Uuid::from_u128(id)),
+        aggregate_type: aggregate_type.into(),
+        aggregate_id,
+        aggregate_version: version,
+        tenant: "platform".into(),
+        home_region: writer.into(),
+        occurred_at: UnixMicros(1_795_000_000_000_000),
+        causation_id: None,
+        correlation_id: None,
+        traceparent: None,
+    };
+    let topic = TopicName::new(writer, DataClass::Operational, "routing").unwrap();
+    let out = Outgoing::new(topic.clone(), &to_payload(e).plain_envelope(meta).unwrap()).unwrap();
+    Record { topic, partition: 0, offset, key: out.key, value: out.value, headers: out.headers }
+}
+
+/// An in-south data directory from before readers were registered only
+/// where they sit: in-south registered us-east's dr-a itself (the same
+/// event id as us-east's own registration: both came from one idempotency
+/// key) and changed her once. us-east's events, copied in, win from the
+/// first: her registration is not a conflict with in-south's, her own
+/// region's change stands, in-south's older change of her does not —
+/// folded from the start, and from a snapshot whose de-duplication table
+/// was stored before writers were kept.
+#[test]
+fn a_readers_own_region_wins_over_an_old_local_copy_of_them_even_from_an_old_snapshot() {
+    let keys = MemoryKeyStore::default();
+    let mut here = reader(0);
+    here.licences = vec![Licence { jurisdiction: "US-NY".into(), expires: UnixMicros(1) }];
+    let registered = |r: &Reader| worklist::Event::ReaderRegistered(r.clone());
+    let availability = |a| worklist::Event::AvailabilityChanged { reader: "dr-a".into(), availability: a };
+    let own_topic = TopicName::new("in-south", DataClass::Operational, "routing").unwrap();
+    let copy_topic = TopicName::new("us-east", DataClass::Operational, "routing").unwrap();
+    let starts: Vec<Position> = [own_topic, copy_topic].into_iter().map(|t| Position::start(t, 0)).collect();
+    let old_local = [written("in-south", &registered(&here), 1, 7, 0)];
+    let theirs = [
+        written("us-east", &registered(&reader(0)), 1, 7, 0),
+        written("us-east", &availability(Availability::Away), 2, 8, 1),
+    ];
+    let later_local = written("in-south", &availability(Availability::Busy), 2, 9, 1);
+
+    let fold = |projector: &mut Projector<RoutingProjection>, records: &[&Record]| {
+        for r in records {
+            projector.feed(r, &keys).unwrap();
+        }
+    };
+    // From the start.
+    let mut fresh = Projector::<RoutingProjection>::new(starts.clone()).in_region(Some("in-south"));
+    fold(&mut fresh, &[&old_local[0], &theirs[0], &theirs[1], &later_local]);
+    // From a snapshot taken after the old local registration, its table
+    // stored without writers (as the previous build stored it).
+    let mut before = Projector::<RoutingProjection>::new(starts).in_region(Some("in-south"));
+    fold(&mut before, &[&old_local[0]]);
+    let mut stored = serde_json::to_value(before.snapshot()).unwrap();
+    for entry in stored["dedup"]["entries"].as_array_mut().unwrap() {
+        for applied in entry[1].as_array_mut().unwrap() {
+            applied.as_object_mut().unwrap().remove("region");
+        }
+    }
+    let mut resumed = Projector::<RoutingProjection>::restore(serde_json::from_value(stored).unwrap())
+        .unwrap()
+        .in_region(Some("in-south"));
+    fold(&mut resumed, &[&theirs[0], &theirs[1], &later_local]);
+
+    for folded in [&fresh, &resumed] {
+        let r = &folded.state().worklist.readers["dr-a"];
+        assert_eq!(r.licences, reader(0).licences, "us-east's registration, not in-south's copy");
+        assert_eq!(r.availability, Availability::Away, "in-south's later change of her does not count");
+        assert_eq!(folded.stats().conflicts, 0, "{:?}", folded.stats());
+    }
+    assert_eq!(fresh.state().worklist, resumed.state().worklist);
+}

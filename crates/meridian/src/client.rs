@@ -433,9 +433,13 @@ fn print_entry(region: &str, e: &meridian_proto::routing::v1::WorklistEntry) {
 /// says where the reader sits (readers' events are copied to every region
 /// whose studies they read).
 pub async fn worklist(target: &Target, reader: Option<String>, limit: u32) -> anyhow::Result<ExitCode> {
+    use meridian_proto::routing::v1::GetReaderRequest;
     use meridian_proto::routing::v1::routing_service_client::RoutingServiceClient;
-    use meridian_proto::routing::v1::{GetReaderRequest, GetWorklistRequest, ListAssignmentsRequest};
     let reader = reader_of(target, &reader)?;
+    if target.endpoint.is_some() {
+        // A deployment: the caller names the reader's region's address.
+        return worklist_in(target, "the given endpoint", &reader, limit).await;
+    }
     let endpoints = read_json(&target.data_dir.join("endpoints.json"))?;
     let regions: Vec<String> =
         endpoints["regions"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
@@ -461,7 +465,16 @@ pub async fn worklist(target: &Target, reader: Option<String>, limit: u32) -> an
         bail!("reader {reader} sits in {region}, which {} does not run", target.data_dir.display());
     }
     let t = Target { region: region.clone(), ..target.clone() };
-    let c = connect(&t).await?;
+    worklist_in(&t, &region, &reader, limit).await
+}
+
+/// `reader`'s assignments and worklist from `target`'s region (`region`
+/// names it in what is printed).
+async fn worklist_in(target: &Target, region: &str, reader: &str, limit: u32) -> anyhow::Result<ExitCode> {
+    use meridian_proto::routing::v1::routing_service_client::RoutingServiceClient;
+    use meridian_proto::routing::v1::{GetWorklistRequest, ListAssignmentsRequest};
+    let reader = reader.to_owned();
+    let c = connect(target).await?;
     let mut client = RoutingServiceClient::new(c.channel);
     let request = ListAssignmentsRequest { reader_id: reader.clone() };
     let held = client.list_assignments(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();

@@ -103,8 +103,18 @@ enum Command {
         #[arg(long, default_value = ".meridian-dev")]
         data_dir: PathBuf,
         /// Act as this principal of tokens.json (a reader).
-        #[arg(long = "as")]
-        as_principal: String,
+        #[arg(long = "as", required_unless_present = "token", conflicts_with = "token")]
+        as_principal: Option<String>,
+        /// A bearer token to use instead of `--as` (then `--reader` names the reader).
+        #[arg(long)]
+        token: Option<String>,
+        /// The gRPC address of the region the reader sits in (a deployment),
+        /// instead of finding it through endpoints.json.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// The CA (PEM) that signs the region's certificate, when it speaks TLS.
+        #[arg(long, env = "MERIDIAN_CA")]
+        ca: Option<PathBuf>,
         /// The reader id, when the principal is a group admin.
         #[arg(long)]
         reader: Option<String>,
@@ -742,9 +752,9 @@ async fn main() -> ExitCode {
         }
         Command::Projection(ProjectionCommand::Rebuild { name, target }) => client::rebuild(&target, name).await,
         Command::Index(IndexCommand::Compact { data_dir, region }) => index_compact(&data_dir, region),
-        Command::Worklist { data_dir, as_principal, reader, limit } => {
-            let target =
-                Target { region: String::new(), data_dir, as_principal, token: None, endpoint: None, ca: None };
+        Command::Worklist { data_dir, as_principal, token, endpoint, ca, reader, limit } => {
+            let as_principal = as_principal.unwrap_or_default();
+            let target = Target { region: String::new(), data_dir, as_principal, token, endpoint, ca };
             client::worklist(&target, reader, limit).await
         }
         Command::Report {

@@ -1782,6 +1782,28 @@ async fn a_reader_in_another_region_sees_claims_and_changes_through_their_own_re
     let line = listed.lines().find(|l| l.contains(&study)).unwrap();
     assert!(line.starts_with("us-east") && line.contains("offshore") && line.contains("stat"), "{listed}");
     assert!(listed.contains("(from in-south, where they sit)") && !listed.contains(study_uid), "{listed}");
+    // As a deployment is asked: her region's address and a token.
+    let (ok, text) = run(&[
+        "worklist",
+        "--token",
+        &dev.token("dr-nair"),
+        "--reader",
+        "dr-priya-nair",
+        "--endpoint",
+        &dev.grpc("in-south"),
+    ]);
+    assert!(ok && text.lines().any(|l| l.starts_with("us-east") && l.contains(&study)), "{text}");
+    // Why she may read it, asked where she sits: as us-east would say.
+    let explained =
+        RoutingServiceClient::new(Channel::from_shared(dev.grpc("in-south")).unwrap().connect().await.unwrap())
+            .explain_eligibility(bearer(
+                pb::ExplainEligibilityRequest { reader_id: "dr-priya-nair".into(), study_id: study.clone() },
+                &dev.token("dr-nair"),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+    assert!(explained.eligible && !explained.checks.is_empty(), "{explained:?}");
     // A claim goes to the study's home region; in-south says so.
     let (ok, said) = run(&["claim", &study, "--region", "in-south", "--as", "dr-nair"]);
     assert!(!ok && said.contains("FailedPrecondition") && said.contains("homed in us-east"), "{said}");

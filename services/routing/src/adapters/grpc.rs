@@ -574,10 +574,14 @@ impl RoutingService for RoutingGrpc {
         let at = now();
         let routing = &self.routing;
         let checks = routing
-            .read(|s| -> Result<_, Status> {
-                let reader = acting_for(&p, s, &r.reader_id, Action::ViewWorklist)?;
+            .read_folded(|f| -> Result<_, Status> {
+                let reader = acting_for(&p, &f.worklist, &r.reader_id, Action::ViewWorklist)?;
+                // A study homed elsewhere is explained as its home region's
+                // worklist would, for this region's reader.
+                let holding = f.elsewhere.values().find(|s| s.studies.contains_key(&study));
+                let s = holding.filter(|_| !f.worklist.studies.contains_key(&study)).unwrap_or(&f.worklist);
                 seen_by(routing, s, &reader.group, study)?;
-                s.explain(routing.policy(), at, &r.reader_id, study).map_err(|e| status(Error::Domain(e)))
+                s.explain_to(routing.policy(), at, reader, study).map_err(|e| status(Error::Domain(e)))
             })
             .await?;
         Ok(Response::new(pb::ExplainEligibilityResponse {

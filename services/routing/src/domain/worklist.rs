@@ -412,9 +412,14 @@ impl State {
 
     /// Every rule's verdict for `reader` on `study`.
     pub fn explain(&self, policy: &Policy, now: UnixMicros, reader: &str, study: Uuid) -> Result<Vec<Check>, Error> {
-        let r = self.reader(reader)?;
+        self.explain_to(policy, now, self.reader(reader)?, study)
+    }
+
+    /// [`State::explain`] for `r`, a reader as another state knows them
+    /// (a study shown in the region the reader sits in).
+    pub fn explain_to(&self, policy: &Policy, now: UnixMicros, r: &Reader, study: Uuid) -> Result<Vec<Check>, Error> {
         let s = self.study(study)?;
-        Ok(rules::explain(r, s, &self.context(policy, now, reader)))
+        Ok(rules::explain(r, s, &self.context_for(policy, now, r)))
     }
 
     /// The studies assigned to `reader`, due first first.

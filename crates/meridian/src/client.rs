@@ -137,6 +137,7 @@ pub struct ResidencyScope {
     pub tenant: Option<String>,
     pub from: Option<String>,
     pub to: Option<String>,
+    pub objects: bool,
 }
 
 /// The residency report: each region's survey (its admin RPC reads its own
@@ -166,9 +167,11 @@ pub async fn residency_report(
         tenant: scope.tenant.clone().unwrap_or_default(),
         from: scope.from.as_deref().map(|f| instant("--from", f)).transpose()?,
         to: scope.to.as_deref().map(|t| instant("--to", t)).transpose()?,
+        objects: scope.objects,
     };
-    let mut report =
-        serde_json::json!({ "regions": {}, "violations": [], "accesses": [], "refusals": [], "unanswered": {} });
+    let mut report = serde_json::json!({
+        "regions": {}, "violations": [], "accesses": [], "refusals": [], "unanswered": {}, "objects": [],
+    });
     for (region, url) in &regions {
         let t = Target { region: region.clone(), endpoint: url.clone(), ..target.clone() };
         let survey = async {
@@ -202,6 +205,10 @@ pub async fn residency_report(
                     let held = &mut report["regions"][region][&h.kind];
                     held[&h.tenant] = h.count.into();
                 }
+                Finding::Object(o) => push(
+                    &mut report["objects"],
+                    serde_json::json!({ "region": region, "key": o.key, "kind": o.kind, "tenant": o.tenant }),
+                ),
                 Finding::Violation(v) => push(
                     &mut report["violations"],
                     serde_json::json!({
@@ -276,6 +283,11 @@ fn print_residency(report: &serde_json::Value) {
             let held = if held.is_empty() { "nothing".to_owned() } else { held.join(", ") };
             say!("{region:<9} holds {held}");
         }
+    }
+    for o in report["objects"].as_array().into_iter().flatten() {
+        let whose = text(&o["tenant"]);
+        let whose = if whose.is_empty() { String::new() } else { format!(" of {whose}") };
+        say!("{:<9} object {} ({}{whose})", text(&o["region"]), text(&o["key"]), text(&o["kind"]));
     }
     for (region, why) in report["unanswered"].as_object().into_iter().flatten() {
         say!("{region:<9} UNANSWERED {}", text(why));

@@ -577,6 +577,10 @@ enum ResidencyCommand {
         /// One JSON document instead of text.
         #[arg(long)]
         json: bool,
+        /// Every object of every store besides (the inventory), not only
+        /// counts and violations.
+        #[arg(long)]
+        objects: bool,
     },
 }
 
@@ -790,9 +794,10 @@ async fn main() -> ExitCode {
             from,
             to,
             json,
+            objects,
         }) => {
             let target = Target { region: String::new(), data_dir, as_principal, token, endpoint: None, ca };
-            let scope = client::ResidencyScope { tenant, from, to };
+            let scope = client::ResidencyScope { tenant, from, to, objects };
             client::residency_report(&target, &endpoints, &scope, json).await
         }
         Command::Audit(AuditCommand::Export { target, tenant, from, to }) => {

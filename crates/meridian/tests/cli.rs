@@ -1938,6 +1938,11 @@ async fn the_residency_report_names_every_object_where_it_may_not_be_and_every_a
     assert!(violation("us-east", "derivative_outside_destinations", &derivative), "{out}");
     assert!(!out.contains(&recent), "an unnamed object inside the orphan grace may be in flight: {out}");
     assert!(err.contains("residency: 4 violations, 0 of 3 regions unanswered"), "{err}");
+    // The inventory: every object, with what its key says it is.
+    let (_, out, _) = residency(data.path(), &["--objects"]);
+    assert!(out.contains(&format!("us-east   object {orphan} (phi of acme)")), "{out}");
+    assert!(out.contains("us-east   object exports/patients.csv (unknown)"), "{out}");
+    assert!(out.contains(&format!("eu-west   object {key} (phi of acme)")), "{out}");
     // As JSON, and for one tenant: northwind's derivative only.
     let (ok, json, _) = residency(data.path(), &["--json", "--tenant", "northwind"]);
     assert!(!ok);

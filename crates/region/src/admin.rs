@@ -192,6 +192,7 @@ impl AdminService for Admin {
             tenant: Some(req.tenant).filter(|t| !t.is_empty()),
             from: req.from.map(|_| UnixMicros(from)),
             to: req.to.map(|_| UnixMicros(to)),
+            objects: req.objects,
         };
         let context = &self.region.context;
         let grace = Duration::from_secs(context.config().housekeeping.orphan_grace.seconds);
@@ -217,6 +218,12 @@ impl AdminService for Admin {
         for ((kind, tenant), count) in survey.held {
             findings.push(Finding::Held(pb::HeldObjects { kind: kind.into(), tenant, count }));
         }
+        findings.extend(
+            survey
+                .objects
+                .into_iter()
+                .map(|(key, kind, tenant)| Finding::Object(pb::StoredObject { key, kind: kind.into(), tenant })),
+        );
         findings.extend(survey.violations.into_iter().map(|v| {
             Finding::Violation(pb::ResidencyViolation {
                 region: region.clone(),

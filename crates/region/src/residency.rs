@@ -116,6 +116,8 @@ pub struct Scope {
     /// are what the store holds now.
     pub from: Option<UnixMicros>,
     pub to: Option<UnixMicros>,
+    /// Every object too, not only counts and violations.
+    pub objects: bool,
 }
 
 impl Scope {
@@ -136,6 +138,10 @@ pub struct Survey {
     pub violations: Vec<Violation>,
     pub accesses: Vec<Access>,
     pub refusals: Vec<Refusal>,
+    /// With [`Scope::objects`]: every object's key, kind and tenant, in
+    /// key order (the store's inventory: one entry per object while the
+    /// report runs).
+    pub objects: Vec<(String, &'static str, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -320,7 +326,11 @@ pub async fn survey(
                 Err(_) if key.starts_with("deid/") => "derivative",
                 Err(_) => "unknown",
             };
-            *survey.held.entry((kind, tenant.unwrap_or_default())).or_default() += 1;
+            let tenant = tenant.unwrap_or_default();
+            if scope.objects {
+                survey.objects.push((key.clone(), kind, tenant.clone()));
+            }
+            *survey.held.entry((kind, tenant)).or_default() += 1;
             match holding {
                 Err(v) => survey.violations.push(v),
                 Ok(_) if purged.contains(&key) => survey.violations.push(Violation {

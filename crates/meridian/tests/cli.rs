@@ -2111,6 +2111,26 @@ fn a_head_ct_sent_to_us_east_is_triaged_read_offshore_then_onshore_reported_bill
     assert!(ok && said.contains("acme-atlantic total"), "{said}");
     assert!(said.contains("engagement.per_read_type.preliminary.CT"), "{said}");
 
+    // Each read queued, claimed, completed, signed and charged once (as the
+    // same run as processes through SIGKILLs ends: processes.rs).
+    std::thread::sleep(Duration::from_secs(2));
+    for (stream, kind, n) in [
+        ("billing", "ChargePosted", 2),
+        ("routing", "StudyQueued", 2),
+        ("routing", "AssignmentClaimed", 2),
+        ("routing", "AssignmentCompleted", 2),
+        ("routing", "StudyTriaged", 1),
+        ("reporting", "ReportSigned", 2),
+        ("ingest", "StudyCompleted", 1),
+    ] {
+        let ids: std::collections::BTreeSet<String> = tail_events(&data, "us-east", stream, kind)
+            .into_iter()
+            .filter(|e| e["payload"]["studyId"] == study.as_str())
+            .map(|e| e["event_id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(ids.len(), n, "{kind}");
+    }
+
     // And no PHI left home: the residency report is clean; the reader's
     // access is listed as hers, from in-south.
     let out = Command::new(MERIDIAN).args(["residency", "report", "--data-dir"]).arg(&data).output().unwrap();

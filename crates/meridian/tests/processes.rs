@@ -897,3 +897,165 @@ fn the_residency_report_asks_each_regions_process_and_names_an_object_planted_in
     ingest.kill();
     storage.kill();
 }
+
+/// The examples as the end-to-end run needs them: acme on pull, studies
+/// complete a second after their last instance, dr-priya-nair (in-south)
+/// on shift around the clock (dr-ana-ortiz is, by [`Cluster::new`]).
+fn read_across_regions(examples: &Path, to: &Path) {
+    meridian_integration_tests::nair_always_on_pull_examples(examples, to);
+    let contract = to.join("contracts/acme-atlantic.toml");
+    let text = std::fs::read_to_string(&contract).unwrap();
+    assert!(text.contains("quiet_period = \"2m\""), "{text}");
+    std::fs::write(&contract, text.replace("quiet_period = \"2m\"", "quiet_period = \"1s\"")).unwrap();
+}
+
+#[test]
+fn a_head_ct_read_across_two_brokers_as_processes_ends_as_in_one_through_sigkills_of_ingest_routing_and_billing() {
+    let (tansu, other, moto) = (Tansu::start(), Tansu::start(), Moto::start("unused"));
+    let work = tempfile::TempDir::new().unwrap();
+    let examples = work.path().join("examples");
+    read_across_regions(&self::examples(), &examples);
+    let (cluster, tokens) =
+        Cluster::new(Path::new(MERIDIAN), &examples, &work.path().join("cluster"), &tansu, Some(&moto));
+    // in-south on a broker of its own: what crosses, the replicator copies.
+    let in_south = cluster.config.join("regions/in-south.toml");
+    let mut text = std::fs::read_to_string(&in_south).unwrap();
+    text.push_str(&format!(
+        "\n[log]\nkind = \"kafka\"\nbootstrap_servers = \"{}\"\npartitions = 2\nreplication_factor = 1\n\n\
+         [keys]\nkey_encryption_key = {{ env = \"MERIDIAN_TEST_KEK\" }}\n",
+        other.bootstrap()
+    ));
+    std::fs::write(&in_south, text).unwrap();
+    let ingest = cluster.start("ingest", None);
+    let storage = cluster.start("storage", None);
+    let inference = cluster.start("inference", None);
+    let mut routing = cluster.start("routing", None);
+    let reporting = cluster.start("reporting", None);
+    let mut billing = cluster.start("billing", None);
+    let south = cluster.start_in("in-south", "routing", None, "");
+    // Each way a replicator: us-east's studies to in-south, in-south's
+    // readers to us-east.
+    let replicator = cluster.start_in("in-south", "replicator", None, "");
+    let back = cluster.start_in("us-east", "replicator", None, "");
+    let sre = &tokens["sre"];
+    let cli = |process: &meridian_integration_tests::processes::Service, region: &str, token: &str, args: &[&str]| {
+        let out = Command::new(MERIDIAN)
+            .args(args)
+            .args(["--region", region, "--endpoint", &process.grpc(), "--token", token])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+
+    // A two-series head CT, ingest killed between its first three slices
+    // and the last two.
+    let study_uid = "1.2.826.0.1.3680043.10.543.2233";
+    let files = tempfile::TempDir::new().unwrap();
+    let slice = |series, n| {
+        meridian_integration_tests::dicom::head_ct_series_slice(
+            files.path(),
+            study_uid,
+            series,
+            n,
+            series == 1 && n == 2,
+        )
+    };
+    let first: Vec<PathBuf> = (1..=3).map(|n| slice(1, n)).collect();
+    let (ok, said) = storescu(ingest.dicom_port(), "ACME_CT1", "MERIDIAN_ACME", &first);
+    assert!(ok, "{said}");
+    ingest.kill();
+    let ingest = cluster.start("ingest", None);
+    let rest: Vec<PathBuf> = (1..=2).map(|n| slice(2, n)).collect();
+    let (ok, said) = storescu(ingest.dicom_port(), "ACME_CT1", "MERIDIAN_ACME", &rest);
+    assert!(ok, "{said}");
+
+    // Triaged and raised to STAT; on her worklist in in-south, across the brokers.
+    let study = wait_until("the study triaged and raised to STAT", 90, || {
+        let events = stream_events(Path::new(MERIDIAN), &routing, "us-east", "routing", sre);
+        of_type(&events, "StudyTriaged")
+            .into_iter()
+            .find(|t| t["payload"]["priority"] == "stat")
+            .map(|t| t["payload"]["studyId"].as_str().unwrap().to_owned())
+    });
+    let nair = &tokens["dr-nair"];
+    wait_until("the study on dr-priya-nair's worklist in in-south", 60, || {
+        let out = Command::new(MERIDIAN)
+            .args(["worklist", "--reader", "dr-priya-nair", "--endpoint", &south.grpc(), "--token", nair])
+            .output()
+            .unwrap();
+        let (ok, said) = (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned());
+        (ok && said.lines().any(|l| l.starts_with("us-east") && l.contains(&study) && l.contains("stat"))).then_some(())
+    });
+    // She claims it at home; routing is killed right after and restarted.
+    let (ok, said) = cli(&routing, "us-east", nair, &["claim", &study, "--reader", "dr-priya-nair"]);
+    assert!(ok, "{said}");
+    routing.kill();
+    routing = cluster.start("routing", None);
+    // Her preliminary, then billing killed while it charges it.
+    let impression = "Acute right frontal haemorrhage.";
+    let draft = |token: &str| {
+        cli(
+            &reporting,
+            "us-east",
+            token,
+            &["report", "draft", &study, "--impression", impression, "--field", "haemorrhage=present"],
+        )
+    };
+    let (ok, said) = wait_until("her draft (reporting folded the claim)", 30, || Some(draft(nair)).filter(|d| d.0));
+    assert!(ok, "{said}");
+    let (ok, said) = cli(&reporting, "us-east", nair, &["report", "sign", &study, "--read-type", "preliminary"]);
+    assert!(ok, "{said}");
+    billing.kill();
+    billing = cluster.start("billing", None);
+    // The final, onshore, by dr-ana-ortiz.
+    let ortiz = &tokens["dr-ortiz"];
+    let (ok, said) = wait_until("the final read to claim", 30, || {
+        let claimed = cli(&routing, "us-east", ortiz, &["claim", &study, "--reader", "dr-ana-ortiz"]);
+        claimed.0.then_some(claimed)
+    });
+    assert!(ok, "{said}");
+    let (ok, said) = wait_until("her draft of the final", 30, || Some(draft(ortiz)).filter(|d| d.0));
+    assert!(ok, "{said}");
+    let (ok, said) = cli(&reporting, "us-east", ortiz, &["report", "sign", &study, "--read-type", "final"]);
+    assert!(ok, "{said}");
+
+    // The same final state as in one process: each read queued, claimed,
+    // completed and signed once, charged once, whatever was killed.
+    let charged = wait_until("both reads charged", 60, || {
+        let events = stream_events(Path::new(MERIDIAN), &billing, "us-east", "billing", sre);
+        let mine: Vec<serde_json::Value> = of_type(&events, "ChargePosted")
+            .into_iter()
+            .filter(|c| c["payload"]["studyId"] == study.as_str())
+            .cloned()
+            .collect();
+        (mine.len() >= 2).then_some(mine)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let count = |process, stream: &str, kind: &str| {
+        let events = stream_events(Path::new(MERIDIAN), process, "us-east", stream, sre);
+        let ids: std::collections::BTreeSet<String> = of_type(&events, kind)
+            .into_iter()
+            .filter(|e| e["payload"]["studyId"] == study.as_str())
+            .map(|e| e["event_id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.len()
+    };
+    assert_eq!(count(&billing, "billing", "ChargePosted"), 2, "{charged:?}");
+    for (kind, n) in [("StudyQueued", 2), ("AssignmentClaimed", 2), ("AssignmentCompleted", 2), ("StudyTriaged", 1)] {
+        assert_eq!(count(&routing, "routing", kind), n, "{kind}");
+    }
+    assert_eq!(count(&reporting, "reporting", "ReportSigned"), 2);
+    assert_eq!(count(&ingest, "ingest", "StudyCompleted"), 1);
+    // And its PHI stayed home.
+    let regions = [("us-east", storage.grpc()), ("in-south", south.grpc())];
+    let (code, out, err) = residency(sre, &regions, &[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("us-east   holds") && out.contains("5 PHI objects of acme"), "{out}");
+    assert!(out.contains("in-south  holds nothing"), "{out}");
+    for service in [ingest, storage, inference, routing, reporting, billing, south, replicator, back] {
+        service.kill();
+    }
+}

@@ -152,6 +152,22 @@ impl Cluster {
         (Cluster { meridian: meridian.to_owned(), config, work: work.to_owned(), env }, tokens)
     }
 
+    /// Puts `region`, which [`configure`] left on the embedded log, on
+    /// `broker`'s Kafka log (two partitions, its key-encryption key from the
+    /// environment): a region on a cluster of its own, which only a
+    /// replicator joins to the others.
+    pub fn on_broker(&self, region: &str, broker: &Tansu) {
+        let path = self.config.join(format!("regions/{region}.toml"));
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("[log]"), "{region} is on a log already: {text}");
+        text.push_str(&format!(
+            "\n[log]\nkind = \"kafka\"\nbootstrap_servers = \"{}\"\npartitions = 2\nreplication_factor = 1\n\n\
+             [keys]\nkey_encryption_key = {{ env = \"MERIDIAN_TEST_KEK\" }}\n",
+            broker.bootstrap()
+        ));
+        std::fs::write(&path, text).unwrap();
+    }
+
     /// Starts us-east's `service` (as replica `instance` where given) and
     /// waits for its endpoints file.
     pub fn start(&self, service: &str, instance: Option<u32>) -> Service {

@@ -715,14 +715,7 @@ fn the_replicator_as_a_process_copies_a_regions_operational_events_to_another_br
     let eu_west = cluster.config.join("regions/eu-west.toml");
     let text = std::fs::read_to_string(&eu_west).unwrap().replace(&tansu.bootstrap(), &other.bootstrap());
     std::fs::write(&eu_west, text).unwrap();
-    let in_south = cluster.config.join("regions/in-south.toml");
-    let mut text = std::fs::read_to_string(&in_south).unwrap();
-    text.push_str(&format!(
-        "\n[log]\nkind = \"kafka\"\nbootstrap_servers = \"{}\"\npartitions = 2\nreplication_factor = 1\n\n\
-         [keys]\nkey_encryption_key = {{ env = \"MERIDIAN_TEST_KEK\" }}\n",
-        other.bootstrap()
-    ));
-    std::fs::write(&in_south, text).unwrap();
+    cluster.on_broker("in-south", &other);
 
     let routing = cluster.start("routing", None);
     let sre = &tokens["sre"];
@@ -918,14 +911,7 @@ fn a_head_ct_read_across_two_brokers_as_processes_ends_as_in_one_through_sigkill
     let (cluster, tokens) =
         Cluster::new(Path::new(MERIDIAN), &examples, &work.path().join("cluster"), &tansu, Some(&moto));
     // in-south on a broker of its own: what crosses, the replicator copies.
-    let in_south = cluster.config.join("regions/in-south.toml");
-    let mut text = std::fs::read_to_string(&in_south).unwrap();
-    text.push_str(&format!(
-        "\n[log]\nkind = \"kafka\"\nbootstrap_servers = \"{}\"\npartitions = 2\nreplication_factor = 1\n\n\
-         [keys]\nkey_encryption_key = {{ env = \"MERIDIAN_TEST_KEK\" }}\n",
-        other.bootstrap()
-    ));
-    std::fs::write(&in_south, text).unwrap();
+    cluster.on_broker("in-south", &other);
     let ingest = cluster.start("ingest", None);
     let storage = cluster.start("storage", None);
     let inference = cluster.start("inference", None);

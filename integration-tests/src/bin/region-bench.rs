@@ -148,14 +148,7 @@ async fn main() -> anyhow::Result<()> {
     let (tansu, other) = (Tansu::start(), Tansu::start());
     let meridian = std::env::current_exe()?.with_file_name("meridian");
     let (cluster, tokens) = Cluster::new(&meridian, &config, &work.path().join("processes"), &tansu, None);
-    let in_south = cluster.config.join("regions/in-south.toml");
-    let mut text = std::fs::read_to_string(&in_south)?;
-    text.push_str(&format!(
-        "\n[log]\nkind = \"kafka\"\nbootstrap_servers = \"{}\"\npartitions = 2\nreplication_factor = 1\n\n\
-         [keys]\nkey_encryption_key = {{ env = \"MERIDIAN_TEST_KEK\" }}\n",
-        other.bootstrap()
-    ));
-    std::fs::write(&in_south, text)?;
+    cluster.on_broker("in-south", &other);
     let ingest = cluster.start("ingest", None);
     let routing = cluster.start("routing", None);
     let south = cluster.start_in("in-south", "routing", None, "");

@@ -2152,6 +2152,126 @@ fn a_head_ct_sent_to_us_east_is_triaged_read_offshore_then_onshore_reported_bill
     dev.interrupt();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_derivative_is_served_where_it_lands_to_the_reader_holding_its_study_and_audited_there() {
+    // Northwind (home eu-west) gives Lotus's readers de-identified images in
+    // in-south; dr-arjun-rao reads Northwind's, on shift around the clock.
+    let config = tempfile::TempDir::new().unwrap();
+    meridian_integration_tests::copy_dir(&repo().join("deploy/examples/dev"), config.path());
+    let group = config.path().join("groups/lotus-teleradiology.toml");
+    let text = std::fs::read_to_string(&group).unwrap();
+    let weekdays = r#"shifts = [{ days = ["mon", "tue", "wed", "thu", "fri"], start = "12:00", end = "21:00" }]"#;
+    let always =
+        r#"shifts = [{ days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], start = "00:00", end = "23:59" }]"#;
+    assert!(text.contains(weekdays), "the example's reader changed");
+    std::fs::write(&group, text.replace(weekdays, always)).unwrap();
+    let auth = config.path().join("auth.toml");
+    let mut text = std::fs::read_to_string(&auth).unwrap();
+    text.push_str(
+        "\n[[principals]]\nname = \"dr-rao\"\nkind = \"group\"\ngroup = \"lotus-teleradiology\"\n\
+         reader = \"dr-arjun-rao\"\nroles = [\"reader\"]\n",
+    );
+    std::fs::write(&auth, text).unwrap();
+    let data = tempfile::TempDir::new().unwrap();
+    let files = tempfile::TempDir::new().unwrap();
+    let dev = Dev::start_configured(config.path(), data.path(), "");
+    let study_uid = "1.2.826.0.1.3680043.10.543.2244";
+    for i in 1..=2 {
+        meridian_integration_tests::dicom::write_ct(
+            files.path(),
+            &meridian_integration_tests::dicom::CtInstance {
+                study_uid,
+                series_uid: &format!("{study_uid}.1"),
+                sop_uid: &format!("{study_uid}.1.{i}"),
+                patient_id: "NW-MRN-44",
+                priority: "",
+                pixels: [i, 2, 3, 4],
+            },
+        );
+    }
+    // Released only when it says no annotation is burned into its pixels.
+    for f in files_under(files.path()).into_iter().filter(|f| f.extension().is_some_and(|e| e == "dcm")) {
+        let modified = Command::new("dcmodify").args(["-nb", "-i", "(0028,0301)=NO"]).arg(&f).output().unwrap();
+        assert!(modified.status.success(), "{}", String::from_utf8_lossy(&modified.stderr));
+    }
+    for f in files_under(files.path()) {
+        if f.extension().is_some_and(|e| e == "dump") {
+            std::fs::remove_file(f).unwrap();
+        }
+    }
+    let sent = meridian_send(data.path(), "eu-west", "northwind-pacs", files.path());
+    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stdout));
+    {
+        use meridian_proto::ingest::v1 as ipb;
+        let channel = Channel::from_shared(dev.grpc("eu-west")).unwrap().connect().await.unwrap();
+        let complete = ipb::CompleteStudyRequest {
+            study: Some(ipb::complete_study_request::Study::StudyInstanceUid(study_uid.into())),
+        };
+        let done = ipb::ingest_service_client::IngestServiceClient::new(channel)
+            .complete_study(bearer(complete, &dev.token("northwind-pacs")))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(done.completed_now, "{done:?}");
+    }
+    let study = wait_for("the study queued in eu-west", 30, || {
+        let queued = tail_payloads_in(data.path(), "eu-west", "routing", "StudyQueued");
+        queued.first().map(|q| q["studyId"].as_str().unwrap().to_owned())
+    });
+    // Claimed at home (its worklist is pull).
+    let claim = Command::new(MERIDIAN)
+        .args(["claim", &study, "--region", "eu-west", "--as", "dr-rao", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(claim.status.success(), "{}", String::from_utf8_lossy(&claim.stderr));
+
+    // In in-south, where the derivative landed: her search finds it, under
+    // its de-identified UID, and its metadata carries no identifier.
+    let in_south = dev.http("in-south").trim_start_matches("http://").to_owned();
+    let rao = dev.token("dr-rao");
+    let mut found = Value::Null;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while found.as_array().is_none_or(|a| a.is_empty()) {
+        if Instant::now() >= deadline {
+            let (_, _, summary) = http_get(&in_south, "/v1/summary", Some(&dev.token("sre"))).await;
+            panic!("the derivative served in in-south within 30 s: {found}\n{summary}");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (status, _, body) = http_get(&in_south, "/dicomweb/studies", Some(&rao)).await;
+        assert_eq!(status, 200, "{body}");
+        found = body;
+    }
+    let studies = found.as_array().unwrap();
+    assert_eq!(studies.len(), 1, "{found}");
+    let uid = studies[0]["0020000D"]["Value"][0].as_str().unwrap().to_owned();
+    assert_ne!(uid, study_uid, "a de-identified UID");
+    let (status, _, metadata) = http_get(&in_south, &format!("/dicomweb/studies/{uid}/metadata"), Some(&rao)).await;
+    assert_eq!(status, 200, "{metadata}");
+    assert_eq!(metadata.as_array().map(Vec::len), Some(2), "{metadata}");
+    assert!(!metadata.to_string().contains("NW-MRN-44") && !metadata.to_string().contains(study_uid), "{metadata}");
+    // A Lotus reader who does not hold it sees nothing; at home she sees
+    // nothing of it either (home serves no derivative, and no original to
+    // a de-identified contract's reader).
+    let (_, _, theirs) = http_get(&in_south, "/dicomweb/studies", Some(&dev.token("dr-nair"))).await;
+    assert!(!theirs.to_string().contains(&uid), "{theirs}");
+    let eu_west = dev.http("eu-west").trim_start_matches("http://").to_owned();
+    let (status, _, home) = http_get(&eu_west, "/dicomweb/studies", Some(&rao)).await;
+    assert!(status == 403 || !home.to_string().contains(study_uid), "{status} {home}");
+    // Audited where it was read, as hers, from in-south.
+    let accessed = tail_payloads_in(data.path(), "in-south", "audit", "PhiAccessed");
+    assert!(
+        accessed
+            .iter()
+            .any(|a| a["action"] == "wado-rs.metadata" && a["principal"] == "dr-rao" && a["fromRegion"] == "in-south"),
+        "{accessed:?}"
+    );
+    let out = Command::new(MERIDIAN).args(["residency", "report", "--data-dir"]).arg(data.path()).output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && report.contains("in-south  holds 2 derivatives of northwind"), "{report}");
+    dev.interrupt();
+}
+
 fn wait_for<T>(what: &str, seconds: u64, mut probe: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     loop {

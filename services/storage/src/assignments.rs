@@ -23,6 +23,11 @@ use crate::dicomweb::Assignments;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Held {
     pub assignee: BTreeMap<Uuid, String>,
+    /// A de-identified derivative landed here → the study it was made
+    /// from (its home's DerivativeCreated, copied here): a reader holding
+    /// the study may read its derivative where it lands.
+    #[serde(default)]
+    pub derivative_of: BTreeMap<Uuid, Uuid>,
 }
 
 pub struct StudyAssignees;
@@ -66,6 +71,11 @@ impl Projection for StudyAssignees {
                     state.assignee.remove(&s);
                 }
             }
+            Payload::DerivativeCreated(d) => {
+                if let (Some(derivative), Some(original)) = (study(&d.derivative_study_id), study(&d.study_id)) {
+                    state.derivative_of.insert(derivative, original);
+                }
+            }
             _ => {}
         }
         state
@@ -79,19 +89,25 @@ pub struct FoldedAssignments {
 
 impl FoldedAssignments {
     /// Opens from the snapshot and the tail of the region's routing topic
-    /// (`meridian.{region}.ops.routing`).
+    /// (`meridian.{region}.ops.routing`) and of `copies`: other regions'
+    /// routing topics (who holds their studies) and storage topics (the
+    /// derivatives they wrote here), as the replicator copied them.
     pub async fn open(
         routing: &TopicName,
+        copies: &[TopicName],
         log: &dyn EventLog,
         keys: &dyn meridian_events::KeyStore,
         snapshots: Snapshotter,
         idle: std::time::Duration,
     ) -> Result<FoldedAssignments, meridian_projection::Error> {
-        let partitions = log
-            .partitions(routing)
-            .await
-            .map_err(|source| meridian_projection::Error::Log { projection: StudyAssignees::NAME, source })?;
-        let starts = (0..partitions).map(|p| Position::start(routing.clone(), p)).collect();
+        let mut starts = Vec::new();
+        for topic in std::iter::once(routing).chain(copies) {
+            let partitions = log
+                .partitions(topic)
+                .await
+                .map_err(|source| meridian_projection::Error::Log { projection: StudyAssignees::NAME, source })?;
+            starts.extend((0..partitions).map(|p| Position::start(topic.clone(), p)));
+        }
         Ok(FoldedAssignments { live: Live::open(routing.region(), snapshots, starts, log, keys, idle).await? })
     }
 
@@ -103,12 +119,20 @@ impl FoldedAssignments {
 #[async_trait::async_trait]
 impl Assignments for FoldedAssignments {
     async fn assignee(&self, study: Uuid) -> Option<String> {
-        self.live.lock().await.state().assignee.get(&study).cloned()
+        let projector = self.live.lock().await;
+        let held = projector.state();
+        let original = held.derivative_of.get(&study).unwrap_or(&study);
+        held.assignee.get(original).cloned()
     }
 
     async fn assigned_to(&self, reader: &str) -> BTreeSet<Uuid> {
         let projector = self.live.lock().await;
-        projector.state().assignee.iter().filter(|(_, r)| *r == reader).map(|(s, _)| *s).collect()
+        let held = projector.state();
+        let mut studies: BTreeSet<Uuid> = held.assignee.iter().filter(|(_, r)| *r == reader).map(|(s, _)| *s).collect();
+        let derivatives = held.derivative_of.iter().filter(|(_, original)| studies.contains(original));
+        let derivatives: Vec<Uuid> = derivatives.map(|(derivative, _)| *derivative).collect();
+        studies.extend(derivatives);
+        studies
     }
 }
 

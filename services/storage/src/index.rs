@@ -643,7 +643,42 @@ impl StudyIndex {
         }
     }
 
-    fn skip(&self, at: At<'_>) -> Result<(), IndexError> {
+    /// Indexes the objects of a de-identified derivative that landed in
+    /// this region's store (`deid/<tenant>/<contract>/<study>/…`): ids from
+    /// each key (this region holds no tenant id secret), attributes from the
+    /// object; then moves the position past `record` (the DerivativeCreated
+    /// that named it). Returns how many instances it indexed. An object that
+    /// does not read is counted in `skips` and passed; a failing store is an
+    /// error, before the position moves.
+    pub async fn index_derivative(
+        &self,
+        blobs: &dyn Blobs,
+        (tenant, contract, study): (&str, &str, Uuid),
+        record: &meridian_log::Record,
+        skips: &meridian_log::skips::Skips,
+    ) -> Result<usize, IndexError> {
+        let at = Some((&record.topic, record.partition, record.offset));
+        let prefix = format!("deid/{tenant}/{contract}/{}/", study.hyphenated());
+        let mut received = Vec::new();
+        for key in blobs.list(&prefix).await? {
+            let Some(bytes) = blobs.get(&key).await? else { continue };
+            match derivative(tenant, study, &prefix, &key, &bytes) {
+                Ok(r) => received.push(r),
+                Err(why) => skips.skip(record, "unparseable_derivative", &format!("{key}: {why}")),
+            }
+        }
+        if received.is_empty() {
+            self.skip(at)?;
+            return Ok(0);
+        }
+        let last = received.len() - 1;
+        let batch: Vec<(&Received, At<'_>)> =
+            received.iter().enumerate().map(|(i, r)| (r, if i == last { at } else { None })).collect();
+        self.record_all(&batch)?;
+        Ok(received.len())
+    }
+
+    pub(crate) fn skip(&self, at: At<'_>) -> Result<(), IndexError> {
         let Some((topic, partition, offset)) = at else { return Ok(()) };
         let txn = self.write(Durability::None)?;
         {
@@ -875,6 +910,47 @@ impl StudyIndex {
             None => Ok(None),
         }
     }
+}
+
+/// One landed derivative object as the index records it: `key` is
+/// `<prefix><series>/<instance>.<sha256>.dcm`.
+fn derivative(tenant: &str, study: Uuid, prefix: &str, key: &str, bytes: &[u8]) -> Result<Received, String> {
+    let rest = key.strip_prefix(prefix).ok_or("not under its study")?;
+    let (series, file) = rest.split_once('/').ok_or("no series in the key")?;
+    let mut parts = file.split('.');
+    let (Some(instance), Some(sha256), Some("dcm"), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err("not <instance>.<sha256>.dcm".into());
+    };
+    let uuid = |s: &str| Uuid::parse_str(s).map_err(|e| format!("{s:?}: {e}"));
+    let header = dicom_object::OpenFileOptions::new()
+        .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
+        .from_reader(bytes.get(128..).unwrap_or_default())
+        .map_err(|e| e.to_string())?;
+    let transfer_syntax = header.meta().transfer_syntax().trim_end_matches('\0').to_owned();
+    let uid = |tag| {
+        header
+            .element(tag)
+            .ok()
+            .and_then(|e| e.to_str().ok())
+            .map(|v| v.trim_end_matches(['\0', ' ']).to_owned())
+            .ok_or_else(|| format!("no {tag}"))
+    };
+    use dicom_dictionary_std::tags;
+    Ok(Received {
+        tenant: tenant.to_owned(),
+        study_id: study,
+        series_id: uuid(series)?,
+        instance_id: uuid(instance)?,
+        study_uid: uid(tags::STUDY_INSTANCE_UID)?,
+        series_uid: uid(tags::SERIES_INSTANCE_UID)?,
+        sop_uid: uid(tags::SOP_INSTANCE_UID)?,
+        object_key: key.to_owned(),
+        sha256: sha256.to_owned(),
+        size: bytes.len() as u64,
+        metadata: metadata(&header, &transfer_syntax),
+        transfer_syntax,
+    })
 }
 
 /// Follows the region's InstanceReceived into an index with one reader

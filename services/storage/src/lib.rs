@@ -33,5 +33,6 @@ pub mod deidentify;
 pub mod derivatives;
 pub mod dicomweb;
 pub mod index;
+pub mod landed;
 pub mod phi;
 pub mod serve;

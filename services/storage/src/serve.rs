@@ -46,6 +46,9 @@ pub struct StorageService {
     folded: Arc<FoldedAssignments>,
     /// Where ingest is another process: the index's follower of the log.
     follower: Option<Arc<IndexFollower>>,
+    /// Other regions' derivatives landed here, indexed as their
+    /// DerivativeCreated copies arrive.
+    landed: Arc<crate::landed::LandedDerivatives>,
 }
 
 impl StorageService {
@@ -94,8 +97,11 @@ impl StorageService {
         // for the log to stay quiet, which in turn would add up.
         let folding = async {
             let routing = topic("routing", meridian_events::DataClass::Operational)?;
+            let mut copies = context.copies_of("routing");
+            copies.extend(context.copies_of("storage"));
             let folded = FoldedAssignments::open(
                 &routing,
+                &copies,
                 context.log.as_ref(),
                 context.keys.as_ref(),
                 context.snapshotter(),
@@ -126,8 +132,16 @@ impl StorageService {
             folded.clone(),
         )
         .map_err(|e| err(e.to_string()))?;
+        let landed = Arc::new(crate::landed::LandedDerivatives::new(
+            name,
+            index.clone(),
+            context.log.clone(),
+            context.blobs.clone(),
+            context.copies_of("storage"),
+        ));
         let service = StorageService {
             context: context.clone(),
+            landed,
             index,
             dicomweb: Arc::new(dicomweb),
             derivatives,
@@ -191,6 +205,21 @@ impl RegionService for StorageService {
                 }),
             ));
         }
+        // Other regions' derivatives, indexed as they land (not a readiness
+        // concern: a derivative is served once it is indexed).
+        let landed = self.landed.clone();
+        tasks.push(Task::spawn(
+            "derivatives landed",
+            stopping.clone().passes(
+                self.context.name.clone(),
+                "derivatives landed",
+                meridian_region::service::CaughtUp::default(),
+                move || {
+                    let landed = landed.clone();
+                    async move { landed.follow(DERIVATIVES_WAIT).await.map(|_| ()) }
+                },
+            ),
+        ));
         let (folded, context) = (self.folded.clone(), self.context.clone());
         tasks.push(Task::spawn("assignments", async move {
             folded.live().follow(context.log.as_ref(), context.keys.as_ref(), stopping.wait()).await;
@@ -228,7 +257,7 @@ impl RegionService for StorageService {
     }
 
     fn consumers(&self) -> Vec<serde_json::Value> {
-        let mut skips = vec![self.derivatives.skips()];
+        let mut skips = vec![self.derivatives.skips(), self.landed.skips()];
         if let Some(follower) = &self.follower {
             skips.push(follower.skips());
         }

@@ -141,7 +141,9 @@ impl DicomWeb {
 
     /// The tenants whose studies `principal` may reach: its own tenant, or
     /// for a reader the tenants whose contracts name its group and stream
-    /// images from home. Denied when there are none.
+    /// images from home, or send de-identified derivatives here (where a
+    /// tenant is not homed, only derivatives are indexed). Denied when
+    /// there are none.
     fn tenants(&self, principal: &Principal) -> Result<Vec<String>, WebError> {
         let groups = |tenant: &str| -> Vec<String> {
             let contracts = self.platform.contracts.values().filter(|c| c.tenant == tenant);
@@ -155,7 +157,12 @@ impl DicomWeb {
                     .platform
                     .contracts
                     .values()
-                    .filter(|c| c.reading_groups.contains(&group) && c.image_access == ImageAccess::StreamFromHome)
+                    .filter(|c| {
+                        let lands_here = c.image_access == ImageAccess::Deidentified
+                            && c.deidentification_destinations.iter().any(|d| d == self.trail.region());
+                        c.reading_groups.contains(&group)
+                            && (c.image_access == ImageAccess::StreamFromHome || lands_here)
+                    })
                     .map(|c| c.tenant.clone())
                     .collect();
                 t.dedup();

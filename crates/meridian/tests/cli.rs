@@ -925,7 +925,7 @@ async fn dev_stops_on_sigterm_while_busy_and_restarts_from_its_snapshots_queuein
     let mut consumers: Vec<&str> =
         summary["consumers"].as_array().unwrap().iter().filter_map(|c| c["consumer"].as_str()).collect();
     consumers.sort();
-    assert_eq!(consumers, ["routing.intake", "storage.derivatives", "storage.index"]);
+    assert_eq!(consumers, ["routing.intake", "storage.derivatives", "storage.index", "storage.landed"]);
     assert!(summary["consumers"].as_array().unwrap().iter().all(|c| c["skipped_total"] == 0), "{summary}");
 
     // 1,500 studies are more than one QIDO-RS page (1,000 by default): the

@@ -62,6 +62,24 @@ impl TenantSecret {
         TenantSecret(self.mac(domain, &[name.as_bytes()]).to_vec())
     }
 
+    /// The key `contract`'s de-identification derives its replacements from
+    /// (UIDs, pseudonyms, date shifts): one per tenant and contract.
+    pub fn deidentification_key(&self, contract: &str) -> TenantSecret {
+        self.subkey("meridian.deid.contract.v1", contract)
+    }
+
+    /// What a contract's de-identification replaces `uid` with, under its
+    /// `deidentification_key`: `2.25.` and the decimal of a UUIDv8 made of
+    /// the first 128 bits of HMAC(key, UID). The home region computes a
+    /// derivative's UID with it as storage's de-identification writes it.
+    pub fn deidentified_uid(&self, uid: &str) -> String {
+        let uid = uid.trim_matches(|c: char| c == '\0' || c.is_ascii_whitespace());
+        let mac = self.mac("meridian.deid.uid.v1", &[uid.as_bytes()]);
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&mac[..16]);
+        format!("2.25.{}", uuid::Uuid::new_v8(bytes).as_u128())
+    }
+
     fn uuid_v8(&self, domain: &str, parts: &[&[u8]]) -> Uuid {
         uuid_v8_from(&self.mac(domain, parts))
     }

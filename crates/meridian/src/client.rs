@@ -973,8 +973,10 @@ pub async fn report_amend(target: &Target, study: &str, amend: Amend) -> anyhow:
     Ok(ExitCode::SUCCESS)
 }
 
-/// The DICOMweb URL of a study the caller reads, under the region's HTTP
-/// root (from endpoints.json, or the path alone with `--endpoint`).
+/// The DICOMweb URL of a study the caller reads, under the HTTP root of the
+/// region that serves it (the home, or where a de-identified contract's
+/// derivative landed), from endpoints.json; the path alone with
+/// `--endpoint`.
 pub async fn open_study(target: &Target, study: &str) -> anyhow::Result<ExitCode> {
     use meridian_proto::reporting::v1 as pb;
     use meridian_proto::reporting::v1::reporting_service_client::ReportingServiceClient;
@@ -986,8 +988,12 @@ pub async fn open_study(target: &Target, study: &str) -> anyhow::Result<ExitCode
         None
     } else {
         let endpoints = read_json(&target.data_dir.join("endpoints.json"))?;
-        endpoints["regions"][&target.region]["http"].as_str().map(str::to_owned)
+        let region = if r.region.is_empty() { &target.region } else { &r.region };
+        endpoints["regions"][region]["http"].as_str().map(str::to_owned)
     };
+    if !r.region.is_empty() && r.region != target.region {
+        eprintln!("served by {} (the contract gives readers de-identified images there)", r.region);
+    }
     say!("{}{}", root.unwrap_or_default(), r.dicomweb_path);
     Ok(ExitCode::SUCCESS)
 }

@@ -2246,6 +2246,15 @@ async fn a_derivative_is_served_where_it_lands_to_the_reader_holding_its_study_a
     assert_eq!(studies.len(), 1, "{found}");
     let uid = studies[0]["0020000D"]["Value"][0].as_str().unwrap().to_owned();
     assert_ne!(uid, study_uid, "a de-identified UID");
+    // Opened from home, the study is its derivative where he reads it.
+    let opened = Command::new(MERIDIAN)
+        .args(["report", "open", &study, "--region", "eu-west", "--as", "dr-rao", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    let url = String::from_utf8_lossy(&opened.stdout).trim().to_owned();
+    assert!(opened.status.success(), "{}", String::from_utf8_lossy(&opened.stderr));
+    assert_eq!(url, format!("http://{in_south}/dicomweb/studies/{uid}"));
     let (status, _, metadata) = http_get(&in_south, &format!("/dicomweb/studies/{uid}/metadata"), Some(&rao)).await;
     assert_eq!(status, 200, "{metadata}");
     assert_eq!(metadata.as_array().map(Vec::len), Some(2), "{metadata}");

@@ -307,6 +307,16 @@ impl Reporting {
         })
     }
 
+    /// The id secret of `tenant`, when it is homed here.
+    pub fn secret(&self, tenant: &str) -> Option<&TenantSecret> {
+        self.secrets.get(tenant)
+    }
+
+    /// The region it runs in.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
     /// The id secrets of the tenants homed here, which orders are keyed by
     /// (without them, orders are refused).
     pub fn with_secrets(mut self, secrets: BTreeMap<String, TenantSecret>) -> Reporting {

@@ -31,6 +31,30 @@ pub struct ReportingGrpc {
 }
 
 impl ReportingGrpc {
+    /// Where `p` reads a study of `tenant` under `contract` whose UID is
+    /// `uid`: here, or, when the contract gives readers de-identified
+    /// images, its derivative (the UID de-identification gave it) in the
+    /// destination it landed in — the reader's own region when it is one.
+    fn where_read(&self, p: &Principal, tenant: &str, contract: &str, uid: String) -> Result<(String, String), Status> {
+        let here = self.reporting.region().to_owned();
+        let Some(c) = self.platform.contracts.get(contract) else { return Ok((uid, here)) };
+        if c.image_access != meridian_config::ImageAccess::Deidentified {
+            return Ok((uid, here));
+        }
+        let sits_in = p
+            .reader
+            .as_deref()
+            .and_then(|id| self.platform.reader_regions().find(|(reader, _)| reader == id).map(|(_, region)| region));
+        let destinations = &c.deidentification_destinations;
+        let destination = sits_in.filter(|r| destinations.contains(r)).or_else(|| destinations.first().cloned());
+        let (Some(destination), Some(secret)) = (destination, self.reporting.secret(tenant)) else {
+            return Err(Status::failed_precondition(format!(
+                "contract {contract} gives readers de-identified images, and none is served for it"
+            )));
+        };
+        Ok((secret.deidentification_key(contract).deidentified_uid(&uid), destination))
+    }
+
     pub fn new(reporting: Arc<Reporting>, platform: Arc<Platform>, audit: Arc<Audit>) -> ReportingGrpc {
         ReportingGrpc { reporting, platform, audit }
     }
@@ -486,8 +510,9 @@ impl ReportingService for ReportingGrpc {
             .record(p, "reporting.open-study", &accessed, arrival_time())
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        let path = format!("/dicomweb/studies/{}", arrival.study_instance_uid);
-        Ok(Response::new(pb::OpenStudyResponse { study_instance_uid: arrival.study_instance_uid, dicomweb_path: path }))
+        let (uid, region) = self.where_read(p, &s.facts.tenant, &s.facts.contract, arrival.study_instance_uid)?;
+        let dicomweb_path = format!("/dicomweb/studies/{uid}");
+        Ok(Response::new(pb::OpenStudyResponse { study_instance_uid: uid, dicomweb_path, region }))
     }
 
     async fn get_kpis(&self, request: Request<pb::GetKpisRequest>) -> Result<Response<pb::GetKpisResponse>, Status> {

@@ -72,7 +72,7 @@ impl Profile {
     /// The profile of `contract`, keyed by a secret derived from its
     /// tenant's id secret.
     pub fn new(tenant_secret: &TenantSecret, contract: &str, options: &[ProfileOption]) -> Profile {
-        Profile { key: tenant_secret.subkey("meridian.deid.contract.v1", contract), options: options.to_vec() }
+        Profile { key: tenant_secret.deidentification_key(contract), options: options.to_vec() }
     }
 
     pub fn options(&self) -> &[ProfileOption] {
@@ -82,11 +82,7 @@ impl Profile {
     /// The replacement of `uid`: `2.25.` and the decimal of a UUIDv8 made
     /// of the first 128 bits of HMAC(contract key, UID).
     pub fn uid(&self, uid: &str) -> String {
-        let uid = uid.trim_matches(|c: char| c == '\0' || c.is_ascii_whitespace());
-        let mac = self.key.mac("meridian.deid.uid.v1", &[uid.as_bytes()]);
-        let mut bytes = [0u8; 16];
-        bytes.copy_from_slice(&mac[..16]);
-        format!("2.25.{}", uuid::Uuid::new_v8(bytes).as_u128())
+        self.key.deidentified_uid(uid)
     }
 
     /// De-identifies one Part-10 file (with its preamble).

@@ -444,6 +444,21 @@ fn contracts(out: &mut Out, f: &Files<'_>) {
                 );
             }
         }
+        // A de-identified contract's readers are served its derivatives in
+        // each destination; where the tenant is homed they would be served
+        // beside the originals.
+        let homes = f.tenants.get(&c.tenant).map(|(_, t)| t.home_regions.as_slice()).unwrap_or_default();
+        for (i, r) in c.deidentification_destinations.iter().enumerate().filter(|(_, r)| homes.contains(r)) {
+            out.at(
+                file,
+                format!("deidentification_destinations[{i}]"),
+                format!(
+                    "{r:?} is a home region of tenant {}: its readers of de-identified images would be served \
+                     beside the originals",
+                    c.tenant
+                ),
+            );
+        }
         if c.image_access == ImageAccess::Deidentified && c.deidentification_destinations.is_empty() {
             out.at(
                 file,

@@ -174,6 +174,31 @@ impl Loader {
 }
 
 impl Platform {
+    /// Why `tenant`'s de-identified derivative under `contract` may not
+    /// live in `region`, or `None` when it may: the contract is the
+    /// tenant's, gives readers de-identified images, and names the region
+    /// among its destinations. Pseudonymised data is still personal data,
+    /// so nothing else may hold it. The write path refuses by it; the
+    /// residency report checks every stored derivative by it.
+    pub fn derivative_refusal(&self, tenant: &str, contract: &str, region: &str) -> Option<String> {
+        let Some(c) = self.contracts.get(contract) else {
+            return Some(format!("no contract {contract} is configured"));
+        };
+        if c.tenant != tenant {
+            return Some(format!("contract {contract} is tenant {}'s, not {tenant}'s", c.tenant));
+        }
+        if c.image_access != ImageAccess::Deidentified {
+            return Some(format!("contract {contract} streams images from home: it allows no derivative"));
+        }
+        if !c.deidentification_destinations.iter().any(|d| d == region) {
+            return Some(format!(
+                "contract {contract} sends derivatives only to {:?}",
+                c.deidentification_destinations
+            ));
+        }
+        None
+    }
+
     /// Each configured reader's id and the region they sit in.
     pub fn reader_regions(&self) -> impl Iterator<Item = (String, String)> + '_ {
         self.groups.values().flat_map(|g| &g.readers).map(|r| (r.id.clone(), r.region.clone()))

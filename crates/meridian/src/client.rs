@@ -414,6 +414,7 @@ fn reader_of(target: &Target, reader: &Option<String>) -> anyhow::Result<String>
     let (_, entry) = credentials(target)?;
     match entry["reader"].as_str() {
         Some(r) => Ok(r.to_owned()),
+        None if target.token.is_some() => bail!("with --token, name the reader: pass --reader ID"),
         None => bail!("principal {:?} is not a reader: pass --reader ID", target.as_principal),
     }
 }

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use meridian_config::{ImageAccess, Platform};
+use meridian_config::Platform;
 use meridian_events::payload::Payload;
 use meridian_events::{DataClass, KeyStore, UnixMicros};
 use meridian_log::{EventLog, Position, TopicName};
@@ -179,19 +179,8 @@ pub fn classify(platform: &Platform, region: &str, key: &str) -> Result<Holding,
             if uuid(series).is_none() || !instance_file(file) {
                 return Err(outside("a deid key ends <series>/<instance>.<sha256>.dcm"));
             }
-            let refused = |why: String| violation(Rule::DerivativeOutsideDestinations, why);
-            let Some(c) = platform.contracts.get(*contract) else {
-                return Err(refused(format!("no contract {contract} is configured")));
-            };
-            if c.tenant != *tenant {
-                return Err(refused(format!("contract {contract} is tenant {}'s, not {tenant}'s", c.tenant)));
-            }
-            if c.image_access != ImageAccess::Deidentified {
-                return Err(refused(format!("contract {contract} streams images from home: no derivatives")));
-            }
-            if !c.deidentification_destinations.iter().any(|d| d == region) {
-                let to = &c.deidentification_destinations;
-                return Err(refused(format!("contract {contract} sends derivatives only to {to:?}")));
+            if let Some(why) = platform.derivative_refusal(tenant, contract, region) {
+                return Err(violation(Rule::DerivativeOutsideDestinations, why));
             }
             Ok(Holding::Derivative { tenant: (*tenant).to_owned(), contract: (*contract).to_owned(), study })
         }

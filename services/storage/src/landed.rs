@@ -109,6 +109,11 @@ impl LandedDerivatives {
                     .await?;
                 if n > 0 {
                     tracing::info!(region = %self.region, derivative = %study, instances = n, "derivative indexed where it landed");
+                } else if d.instance_count > 0 {
+                    // Its home says it wrote objects here; none is here.
+                    let why =
+                        format!("derivative {study}: {} instances recorded, none in this store", d.instance_count);
+                    self.skips.skip(record, "missing_derivative_objects", &why);
                 }
                 indexed += n;
             }

@@ -149,25 +149,15 @@ impl PhiWriter {
     /// and names the region among its destinations. Pseudonymised data is
     /// still personal data, so nothing else may hold it.
     pub fn check_derivative(&self, tenant: &str, contract: &str, region: &str) -> Result<(), PhiWriteError> {
-        let refused = |reason: String| PhiWriteError::DerivativeRefused {
-            tenant: tenant.to_owned(),
-            region: region.to_owned(),
-            contract: contract.to_owned(),
-            reason,
-        };
-        let Some(c) = self.platform.contracts.get(contract) else {
-            return Err(refused("no such contract".into()));
-        };
-        if c.tenant != tenant {
-            return Err(refused(format!("the contract is tenant {}'s", c.tenant)));
+        match self.platform.derivative_refusal(tenant, contract, region) {
+            None => Ok(()),
+            Some(reason) => Err(PhiWriteError::DerivativeRefused {
+                tenant: tenant.to_owned(),
+                region: region.to_owned(),
+                contract: contract.to_owned(),
+                reason,
+            }),
         }
-        if c.image_access != meridian_config::ImageAccess::Deidentified {
-            return Err(refused("the contract streams images from home; it allows no derivative".into()));
-        }
-        if !c.deidentification_destinations.iter().any(|d| d == region) {
-            return Err(refused(format!("its destinations are {:?}", c.deidentification_destinations)));
-        }
-        Ok(())
     }
 
     /// Stores a de-identified derivative's object in its destination
@@ -406,8 +396,8 @@ mod tests {
         // Not a destination; another tenant's contract; a contract that
         // streams from home: each refused with its reason, nothing stored.
         for (tenant, contract, destination, reason) in [
-            ("northwind", "northwind-lotus", "us-east", "its destinations are [\"in-south\"]"),
-            ("acme", "northwind-lotus", "in-south", "the contract is tenant northwind's"),
+            ("northwind", "northwind-lotus", "us-east", "sends derivatives only to [\"in-south\"]"),
+            ("acme", "northwind-lotus", "in-south", "is tenant northwind's, not acme's"),
             ("acme", "acme-atlantic", "in-south", "streams images from home"),
         ] {
             let err = phi.put_deidentified(derivative(tenant, contract, destination), now).await.unwrap_err();

@@ -71,6 +71,10 @@ pub trait KeyStore: Send + Sync {
     fn key(&self, id: DataKeyId) -> Result<KeyState, Error>;
     /// Deletes every key of the study; returns how many were deleted.
     fn shred(&self, study: StudyId) -> Result<usize, Error>;
+    /// Drops what this process remembers of the study's keys (another
+    /// process shredded them): the next use reads the store. A store that
+    /// keeps nothing apart from the store does nothing.
+    fn forget(&self, _study: StudyId) {}
 }
 
 impl DataKey {

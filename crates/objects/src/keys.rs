@@ -389,6 +389,13 @@ impl KeyStore for ObjectKeyStore {
         cache.keys.insert(id, (KeyState::Shredded, Instant::now()));
         Ok(usize::from(existed))
     }
+
+    fn forget(&self, study: StudyId) {
+        let mut cache = self.cache();
+        if let Some((key, _)) = cache.current.remove(&study) {
+            cache.keys.remove(&key.id);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -203,6 +203,18 @@ fn instance_file(name: &str) -> bool {
     uuid(instance).is_some() && sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// Whether `key` lies under a purged prefix and was written before that
+/// purge (a study sent again after its purge is held anew).
+async fn purged_before(purged: &BTreeMap<String, UnixMicros>, blobs: &dyn Blobs, key: &str) -> Result<bool, Error> {
+    // The prefix sorting last at or before the key is the only one that can
+    // contain it: prefixes of one store never nest (they end in a study id).
+    let Some((prefix, at)) = purged.range(..=key.to_owned()).next_back() else { return Ok(false) };
+    if !key.starts_with(prefix.as_str()) {
+        return Ok(false);
+    }
+    Ok(blobs.modified(key).await?.is_none_or(|written| written.0 <= at.0))
+}
+
 /// How many keys a listing page holds.
 const PAGE: usize = 1_000;
 
@@ -225,13 +237,21 @@ pub async fn survey(
 ) -> Result<Survey, Error> {
     let mut survey = Survey::default();
     let mut named: HashSet<String> = HashSet::new();
-    let mut purged: HashSet<String> = HashSet::new();
+    // A purge's key prefix in this region's store → when the purge was due:
+    // what was written there before it must be gone.
+    let mut purged: BTreeMap<String, UnixMicros> = BTreeMap::new();
     let topic = |class, stream| TopicName::new(region, class, stream).ok();
+    // Other regions' storage topics copied here name the derivatives
+    // purged here.
+    let copies = meridian_config::replication::sources_into(platform, region);
     let topics = [
         topic(DataClass::Phi, "ingest"),
         topic(DataClass::Operational, "storage"),
         topic(DataClass::Operational, "audit"),
-    ];
+    ]
+    .into_iter()
+    .chain(copies.iter().map(|source| TopicName::new(source, DataClass::Operational, "storage").ok()))
+    .collect::<Vec<_>>();
     let mut from = Vec::new();
     for t in topics.into_iter().flatten() {
         match log.partitions(&t).await {
@@ -260,8 +280,8 @@ pub async fn survey(
                 Payload::InstanceReceived(i) => {
                     named.insert(i.object_key);
                 }
-                Payload::ObjectPurged(p) => {
-                    purged.insert(p.object_key);
+                Payload::ObjectPurged(p) if p.region == region && p.object_key.ends_with('/') => {
+                    purged.insert(p.object_key, at);
                 }
                 Payload::PhiWriteRefused(r) if scope.tenant_in(&r.tenant) && scope.time_in(at) => {
                     survey.refusals.push(Refusal {
@@ -322,10 +342,10 @@ pub async fn survey(
             *survey.held.entry((kind, tenant)).or_default() += 1;
             match holding {
                 Err(v) => survey.violations.push(v),
-                Ok(_) if purged.contains(&key) => survey.violations.push(Violation {
+                Ok(_) if purged_before(&purged, blobs, &key).await? => survey.violations.push(Violation {
                     key: key.clone(),
                     rule: Rule::PurgedObjectHeld,
-                    detail: "an ObjectPurged names it: its retention ended".into(),
+                    detail: "written before an ObjectPurged of its study: its retention ended".into(),
                 }),
                 Ok(Holding::Phi { .. }) if !named.contains(&key) => {
                     let written = blobs.modified(&key).await?;

@@ -31,6 +31,9 @@ pub struct IngestService {
     context: Arc<RegionContext>,
     pub ingest: Arc<Ingest>,
     index: Arc<StudyIndex>,
+    /// The region's purges, followed into this index (a no-op where
+    /// storage, in this process, purged it already).
+    purges: meridian_storage::retention::IndexPurges,
 }
 
 impl IngestService {
@@ -64,7 +67,10 @@ impl IngestService {
         )
         .await
         .map_err(|e| context.service_error("ingest", e))?;
-        Ok(Arc::new(IngestService { context: context.clone(), ingest: Arc::new(ingest), index }))
+        let purges = meridian_storage::retention::IndexPurges::new(&context.name, index.clone(), context.log.clone())
+            .map_err(|e| context.service_error("ingest", e))?
+            .forgetting_keys(context.keys.clone());
+        Ok(Arc::new(IngestService { context: context.clone(), ingest: Arc::new(ingest), index, purges }))
     }
 
     fn limits(&self) -> &meridian_config::DicomLimits {
@@ -172,6 +178,11 @@ impl IngestService {
         }
         if let Err(e) = self.ingest.snapshot(false).await {
             tracing::warn!(%region, error = %e, "saving ingest's snapshot");
+        }
+        // A purged study is forgotten here too: its instances, sent again,
+        // are new, not already stored.
+        if let Err(e) = self.purges.follow(Duration::from_millis(5)).await {
+            tracing::warn!(%region, error = %e, "study index purges");
         }
         // The index's own commits are not synced (the log is the durable
         // copy); syncing each second bounds the catch-up.

@@ -76,6 +76,12 @@ impl Projection for StudyAssignees {
                     state.derivative_of.insert(derivative, original);
                 }
             }
+            // Its home purged the study: the derivative goes with it.
+            Payload::ObjectPurged(p) => {
+                if let Some(derivative) = study(&p.derivative_study_id) {
+                    state.derivative_of.remove(&derivative);
+                }
+            }
             _ => {}
         }
         state

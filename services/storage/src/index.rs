@@ -678,6 +678,65 @@ impl StudyIndex {
         Ok(received.len())
     }
 
+    /// Forgets the tenant's study with opaque id `study_id` (its purge):
+    /// its study, series and instance entries, what searches key it by,
+    /// and the objects its instances name; then moves the position past
+    /// `at`, in the same transaction. Returns how many instances it held
+    /// (0 for a study it does not hold: forgetting twice is once).
+    pub fn forget_study(&self, tenant: &str, study_id: Uuid, at: At<'_>) -> Result<usize, IndexError> {
+        let err = |e: redb::Error| self.err(e);
+        let txn = self.write(Durability::None)?;
+        let mut forgotten = 0;
+        {
+            let mut ids = txn.open_table(STUDY_IDS).map_err(|e| err(e.into()))?;
+            let id = format!("{tenant}\0{study_id}");
+            let uid = ids.remove(id.as_str()).map_err(|e| err(e.into()))?.map(|v| v.value().to_owned());
+            if let Some(uid) = uid {
+                let stkey = study_key(tenant, &uid);
+                let mut studies = txn.open_table(STUDIES).map_err(|e| err(e.into()))?;
+                let entry = match studies.remove(stkey.as_str()).map_err(|e| err(e.into()))? {
+                    Some(v) => Some(decode::<StudyEntry>(v.value())?),
+                    None => None,
+                };
+                if let Some(entry) = entry {
+                    let mut by = txn.open_table(STUDY_BY).map_err(|e| err(e.into()))?;
+                    let mut keyed: Vec<String> = SEEKABLE
+                        .iter()
+                        .flat_map(|tag| values(&entry.attrs, tag).map(move |v| (tag, v)))
+                        .map(|(tag, value)| format!("{tenant}\0{tag}\0{value}\0{uid}"))
+                        .collect();
+                    keyed.extend(
+                        entry.modalities.iter().map(|m| format!("{tenant}\0{MODALITIES_IN_STUDY}\0{m}\0{uid}")),
+                    );
+                    for key in keyed {
+                        by.remove(key.as_str()).map_err(|e| err(e.into()))?;
+                    }
+                }
+                let (from, to) = children(&stkey);
+                let mut series = txn.open_table(SERIES).map_err(|e| err(e.into()))?;
+                series.retain_in(from.as_str()..to.as_str(), |_, _| false).map_err(|e| err(e.into()))?;
+                let mut instances = txn.open_table(INSTANCES).map_err(|e| err(e.into()))?;
+                let mut objects = Vec::new();
+                for row in instances.range(from.as_str()..to.as_str()).map_err(|e| err(e.into()))? {
+                    let (_, v) = row.map_err(|e| err(e.into()))?;
+                    objects.push(object_id(&InstanceRow::decode(v.value())?.object_key));
+                }
+                instances.retain_in(from.as_str()..to.as_str(), |_, _| false).map_err(|e| err(e.into()))?;
+                let mut named = txn.open_table(OBJECTS).map_err(|e| err(e.into()))?;
+                for object in &objects {
+                    named.remove(*object).map_err(|e| err(e.into()))?;
+                }
+                forgotten = objects.len();
+            }
+            if let Some((topic, partition, offset)) = at {
+                let mut positions = txn.open_table(POSITIONS).map_err(|e| err(e.into()))?;
+                positions.insert(position_key(topic, partition).as_str(), offset + 1).map_err(|e| err(e.into()))?;
+            }
+        }
+        txn.commit().map_err(|e| self.err(e))?;
+        Ok(forgotten)
+    }
+
     pub(crate) fn skip(&self, at: At<'_>) -> Result<(), IndexError> {
         let Some((topic, partition, offset)) = at else { return Ok(()) };
         let txn = self.write(Durability::None)?;
@@ -1102,6 +1161,49 @@ mod tests {
         assert_eq!(index.studies("acme").unwrap().len(), 2);
         assert!(index.studies("acm").unwrap().is_empty(), "tenants are whole key segments");
         assert!(index.study("northwind", "1.2").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_forgotten_study_leaves_no_entry_and_its_neighbour_keeps_every_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = StudyIndex::open(&dir.path().join("index.redb")).unwrap();
+        let (purged, kept) = (Uuid::from_u128(10), Uuid::from_u128(11));
+        let mut rows = [
+            received("1.2", "1.2.1", "1.2.1.1", "CT", "aa"),
+            received("1.2", "1.2.2", "1.2.2.1", "SR", "bb"),
+            // A UID that extends the purged one's: a neighbour in key order.
+            received("1.23", "1.23.1", "1.23.1.1", "CT", "cc"),
+        ];
+        for (i, r) in rows.iter_mut().enumerate() {
+            r.study_id = if i < 2 { purged } else { kept };
+            r.metadata.insert("00100020".into(), json!({"vr": "LO", "Value": ["P1"]}));
+            index.record(r, None).unwrap();
+        }
+        let topic = TopicName::new("us-east", meridian_events::DataClass::Operational, "storage").unwrap();
+        assert_eq!(index.forget_study("acme", purged, Some((&topic, 0, 41))).unwrap(), 2);
+        assert!(index.study("acme", "1.2").unwrap().is_none());
+        assert!(index.series("acme", "1.2").unwrap().is_empty());
+        assert!(index.instances("acme", "1.2", None).unwrap().is_empty());
+        assert!(index.study_uid("acme", purged).unwrap().is_none());
+        let found = |seek: Seek| {
+            let mut seen = Vec::new();
+            index
+                .visit_studies("acme", &seek, |uid, _| {
+                    seen.push(uid.to_owned());
+                    true
+                })
+                .unwrap();
+            seen
+        };
+        assert_eq!(found(Seek::Value { tag: "00100020".into(), value: "P1".into() }), ["1.23"]);
+        assert!(found(Seek::Value { tag: MODALITIES_IN_STUDY.into(), value: "SR".into() }).is_empty());
+        let gone = rows[0].object_key.clone();
+        assert_eq!(index.unnamed(&[gone.clone(), rows[2].object_key.clone()]).unwrap(), [gone]);
+        assert_eq!(index.positions(&topic, 1).unwrap()[0].offset, 42, "the position moves with it");
+        // The neighbour is whole; forgetting again is a no-op.
+        assert_eq!(index.study("acme", "1.23").unwrap().unwrap().instances, 1);
+        assert_eq!(index.forget_study("acme", purged, None).unwrap(), 0);
+        assert_eq!(index.studies("acme").unwrap().len(), 1);
     }
 
     #[test]

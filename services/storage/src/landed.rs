@@ -6,9 +6,13 @@
 //! original study, folded from the home's copied routing events, is their
 //! right to it), audited here.
 //!
+//! When the home purges the study (its retention ended), the copied
+//! ObjectPurged naming a derivative here deletes the derivative's objects
+//! and forgets it in the index.
+//!
 //! Positions live in the study index, with the entries they produced: a
-//! crash indexes the same objects again (an instance recorded twice is one
-//! entry).
+//! crash indexes (or deletes) the same objects again (an instance recorded
+//! twice is one entry; a deletion twice is one).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,13 +94,23 @@ impl LandedDerivatives {
                 let at = Some((&record.topic, record.partition, record.offset));
                 let landed = record.envelope().ok().and_then(|envelope| match envelope.open_plain() {
                     Ok(Payload::DerivativeCreated(d)) if d.destination_region == self.region => {
-                        Some((envelope.meta.tenant.clone(), d))
+                        Some((envelope.meta.tenant.clone(), Landing::Created(d)))
+                    }
+                    Ok(Payload::ObjectPurged(p)) if !p.derivative_study_id.is_empty() && p.region == self.region => {
+                        Some((envelope.meta.tenant.clone(), Landing::Purged(p)))
                     }
                     _ => None,
                 });
-                let Some((tenant, d)) = landed else {
-                    self.index.skip(at)?;
-                    continue;
+                let (tenant, d) = match landed {
+                    Some((tenant, Landing::Created(d))) => (tenant, d),
+                    Some((tenant, Landing::Purged(p))) => {
+                        self.purge(&tenant, &p, record).await?;
+                        continue;
+                    }
+                    None => {
+                        self.index.skip(at)?;
+                        continue;
+                    }
                 };
                 let Ok(study) = Uuid::parse_str(&d.derivative_study_id) else {
                     self.skips.skip(record, "malformed_ids", &format!("derivative {:?}", d.derivative_study_id));
@@ -119,4 +133,45 @@ impl LandedDerivatives {
             }
         }
     }
+
+    /// A derivative's home purged the study it was made from: deletes the
+    /// derivative's objects from this region's store and forgets it in the
+    /// index, then moves the position. Only the key the record names, and
+    /// only when it is that derivative's place (`deid/<tenant>/<contract>/
+    /// <derivative>/`, the tenant the record's): a record never deletes
+    /// anything else here.
+    async fn purge(
+        &self,
+        tenant: &str,
+        p: &meridian_proto::events::v1::ObjectPurged,
+        record: &meridian_log::Record,
+    ) -> Result<(), IndexError> {
+        let at = Some((&record.topic, record.partition, record.offset));
+        let derivative = Uuid::parse_str(&p.derivative_study_id).ok();
+        let place = match p.object_key.split('/').collect::<Vec<_>>()[..] {
+            ["deid", t, contract, d, ""] if t == tenant && !contract.is_empty() => {
+                derivative.filter(|derivative| derivative.hyphenated().to_string() == d)
+            }
+            _ => None,
+        };
+        let Some(derivative) = place else {
+            let why = format!("derivative {:?}: {:?} is not its place", p.derivative_study_id, p.object_key);
+            self.skips.skip(record, "malformed_purge", &why);
+            return self.index.skip(at);
+        };
+        let mut deleted = 0;
+        for key in self.blobs.list(&p.object_key).await? {
+            self.blobs.delete(&key).await?;
+            deleted += 1;
+        }
+        let instances = self.index.forget_study(tenant, derivative, at)?;
+        tracing::info!(region = %self.region, %derivative, objects = deleted, instances, "derivative purged where it landed");
+        Ok(())
+    }
+}
+
+/// What a copied storage record asks of this region.
+enum Landing {
+    Created(meridian_proto::events::v1::DerivativeCreated),
+    Purged(meridian_proto::events::v1::ObjectPurged),
 }

@@ -35,4 +35,5 @@ pub mod dicomweb;
 pub mod index;
 pub mod landed;
 pub mod phi;
+pub mod retention;
 pub mod serve;

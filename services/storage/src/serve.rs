@@ -21,6 +21,7 @@ use crate::derivatives::Derivatives;
 use crate::dicomweb::DicomWeb;
 use crate::index::{IndexFollower, Read, StudyIndex};
 use crate::phi::PhiWriter;
+use crate::retention::{IndexPurges, Retention};
 
 /// Who keeps the study index current.
 pub enum IndexFeed {
@@ -32,6 +33,9 @@ pub enum IndexFeed {
 
 /// How often a separate storage process reads the log for new instances.
 const INDEX_FOLLOW: Duration = Duration::from_millis(100);
+
+/// How often the home region looks for studies whose retention ended.
+const RETENTION_TICK: Duration = Duration::from_secs(5);
 
 /// How long one derivatives pass waits for the next completed study
 /// before it returns (and is started again): bounds how late a stop is seen.
@@ -49,6 +53,11 @@ pub struct StorageService {
     /// Other regions' derivatives landed here, indexed as their
     /// DerivativeCreated copies arrive.
     landed: Arc<crate::landed::LandedDerivatives>,
+    /// This region's studies whose retention ends, and their purge.
+    retention: Arc<Retention>,
+    /// Where this process's index is its own (ingest elsewhere): the
+    /// purges of other storage replicas, followed into it.
+    purges: Option<Arc<IndexPurges>>,
 }
 
 impl StorageService {
@@ -139,9 +148,18 @@ impl StorageService {
             context.blobs.clone(),
             context.copies_of("storage"),
         ));
+        let retention = Arc::new(Retention::open(context, index.clone()).await.map_err(|e| err(e.to_string()))?);
+        let purges = match &follower {
+            Some(_) => Some(Arc::new(
+                IndexPurges::new(name, index.clone(), context.log.clone()).map_err(|e| err(e.to_string()))?,
+            )),
+            None => None,
+        };
         let service = StorageService {
             context: context.clone(),
             landed,
+            retention,
+            purges,
             index,
             dicomweb: Arc::new(dicomweb),
             derivatives,
@@ -220,6 +238,29 @@ impl RegionService for StorageService {
                 },
             ),
         ));
+        // Retention: the fold follows the log; a tick purges what is due.
+        let (retention, context) = (self.retention.clone(), self.context.clone());
+        let stop = stopping.clone();
+        tasks.push(Task::spawn("retention", async move {
+            retention.live().follow(context.log.as_ref(), context.keys.as_ref(), stop.wait()).await;
+        }));
+        let (retention, purges, region) = (self.retention.clone(), self.purges.clone(), self.context.name.clone());
+        tasks.push(Task::spawn(
+            "purges",
+            every(RETENTION_TICK, stopping.clone().wait(), move |now| {
+                let (retention, purges, region) = (retention.clone(), purges.clone(), region.clone());
+                async move {
+                    if let Err(e) = retention.purge_due(now).await {
+                        tracing::warn!(%region, error = %e, "purging studies whose retention ended");
+                    }
+                    if let Some(purges) = purges
+                        && let Err(e) = purges.follow(Duration::from_millis(5)).await
+                    {
+                        tracing::warn!(%region, error = %e, "study index purges");
+                    }
+                }
+            }),
+        ));
         let (folded, context) = (self.folded.clone(), self.context.clone());
         tasks.push(Task::spawn("assignments", async move {
             folded.live().follow(context.log.as_ref(), context.keys.as_ref(), stopping.wait()).await;
@@ -236,6 +277,9 @@ impl RegionService for StorageService {
             if let Err(e) = self.folded.live().snapshot(force).await {
                 tracing::warn!(region = %self.context.name, error = %e, "saving the assignments snapshot");
             }
+            if let Err(e) = self.retention.live().snapshot(force).await {
+                tracing::warn!(region = %self.context.name, error = %e, "saving the retention snapshot");
+            }
             if force
                 && self.follower.is_some()
                 && let Err(e) = self.index.sync()
@@ -249,10 +293,18 @@ impl RegionService for StorageService {
         Box::pin(async move {
             let folded = &self.folded;
             let held = folded.live().lock().await.state().assignee.len();
-            vec![serde_json::json!({
-                "name": "storage.assignments", "opened": folded.live().opened(),
-                "stats": folded.live().stats().await, "held": held,
-            })]
+            let retention = self.retention.live();
+            let kept = retention.lock().await.state().studies.len();
+            vec![
+                serde_json::json!({
+                    "name": "storage.assignments", "opened": folded.live().opened(),
+                    "stats": folded.live().stats().await, "held": held,
+                }),
+                serde_json::json!({
+                    "name": "storage.retention", "opened": retention.opened(),
+                    "stats": retention.stats().await, "studies": kept,
+                }),
+            ]
         })
     }
 
@@ -265,7 +317,7 @@ impl RegionService for StorageService {
     }
 
     fn rebuildable(&self) -> &'static [&'static str] {
-        &["storage.assignments"]
+        &["storage.assignments", "storage.retention"]
     }
 
     fn rebuild<'a>(
@@ -273,11 +325,21 @@ impl RegionService for StorageService {
         name: &'a str,
     ) -> BoxFuture<'a, Option<Result<meridian_region::service::Rebuilt, String>>> {
         Box::pin(async move {
+            let c = &self.context;
+            if name == "storage.retention" {
+                let live = self.retention.live();
+                let rebuilt = match live.rebuild(c.log.as_ref(), c.keys.as_ref(), c.idle).await {
+                    Ok(r) => r,
+                    Err(e) => return Some(Err(e.to_string())),
+                };
+                let kept = live.lock().await.state().studies.len();
+                let summary = format!("{kept} studies kept until their retention ends");
+                return Some(Ok(meridian_region::service::Rebuilt { rebuilt, summary }));
+            }
             if name != "storage.assignments" {
                 return None;
             }
             let folded = &self.folded;
-            let c = &self.context;
             let rebuilt = match folded.live().rebuild(c.log.as_ref(), c.keys.as_ref(), c.idle).await {
                 Ok(r) => r,
                 Err(e) => return Some(Err(e.to_string())),

@@ -380,6 +380,43 @@ pub fn nair_always_on_pull_examples(examples: &Path, to: &Path) {
     std::fs::write(&group, text.replace(nights, always)).unwrap();
 }
 
+/// The examples copied to `config`, where Northwind (home eu-west)
+/// gives Lotus's readers de-identified images in in-south and
+/// dr-arjun-rao (principal `dr-rao`) reads Northwind's, on shift around the
+/// clock. With `retention`, Northwind's contract keeps a study that long
+/// after its read, which is one final, and dr-ciara-byrne (principal
+/// `dr-byrne`, in eu-west) is on shift around the clock to give it.
+pub fn northwind_reads_in_in_south(examples: &Path, config: &Path, retention: Option<&str>) {
+    copy_dir(examples, config);
+    let always =
+        r#"shifts = [{ days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], start = "00:00", end = "23:59" }]"#;
+    let replace = |file: &str, from: &str, to: &str| {
+        let path = config.join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "the example's {file} changed: no {from}");
+        std::fs::write(&path, text.replace(from, to)).unwrap();
+    };
+    let weekdays = r#"shifts = [{ days = ["mon", "tue", "wed", "thu", "fri"], start = "12:00", end = "21:00" }]"#;
+    replace("groups/lotus-teleradiology.toml", weekdays, always);
+    let mut principals = "\n[[principals]]\nname = \"dr-rao\"\nkind = \"group\"\ngroup = \"lotus-teleradiology\"\n\
+         reader = \"dr-arjun-rao\"\nroles = [\"reader\"]\n"
+        .to_owned();
+    if let Some(retention) = retention {
+        replace("contracts/northwind-lotus.toml", "retention = \"30d\"", &format!("retention = \"{retention}\""));
+        let delivery = "[delivery]\npreliminary = [\"onshore\", \"offshore\"]\nfinal = [\"onshore\"]\n";
+        replace("contracts/northwind-lotus.toml", delivery, "[delivery]\nfinal = [\"onshore\"]\n");
+        let office = r#"shifts = [{ days = ["mon", "tue", "wed", "thu", "fri"], start = "09:00", end = "18:00" }]"#;
+        replace("groups/atlantic-rads.toml", office, always);
+        principals.push_str(
+            "\n[[principals]]\nname = \"dr-byrne\"\nkind = \"group\"\ngroup = \"atlantic-rads\"\n\
+             reader = \"dr-ciara-byrne\"\nroles = [\"reader\"]\n",
+        );
+    }
+    let auth = config.join("auth.toml");
+    let text = std::fs::read_to_string(&auth).unwrap() + &principals;
+    std::fs::write(&auth, text).unwrap();
+}
+
 /// The example's principal of dr-ben-cole (Atlantic's peer reviewer).
 pub const DR_COLE: &str = r#"# Reads finals and Atlantic's peer reviews.
 [[principals]]

@@ -2152,30 +2152,11 @@ fn a_head_ct_sent_to_us_east_is_triaged_read_offshore_then_onshore_reported_bill
     dev.interrupt();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_derivative_is_served_where_it_lands_to_the_reader_holding_its_study_and_audited_there() {
-    // Northwind (home eu-west) gives Lotus's readers de-identified images in
-    // in-south; dr-arjun-rao reads Northwind's, on shift around the clock.
-    let config = tempfile::TempDir::new().unwrap();
-    meridian_integration_tests::copy_dir(&repo().join("deploy/examples/dev"), config.path());
-    let group = config.path().join("groups/lotus-teleradiology.toml");
-    let text = std::fs::read_to_string(&group).unwrap();
-    let weekdays = r#"shifts = [{ days = ["mon", "tue", "wed", "thu", "fri"], start = "12:00", end = "21:00" }]"#;
-    let always =
-        r#"shifts = [{ days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], start = "00:00", end = "23:59" }]"#;
-    assert!(text.contains(weekdays), "the example's reader changed");
-    std::fs::write(&group, text.replace(weekdays, always)).unwrap();
-    let auth = config.path().join("auth.toml");
-    let mut text = std::fs::read_to_string(&auth).unwrap();
-    text.push_str(
-        "\n[[principals]]\nname = \"dr-rao\"\nkind = \"group\"\ngroup = \"lotus-teleradiology\"\n\
-         reader = \"dr-arjun-rao\"\nroles = [\"reader\"]\n",
-    );
-    std::fs::write(&auth, text).unwrap();
-    let data = tempfile::TempDir::new().unwrap();
+/// Sends Northwind's two-instance CT `study_uid` (no annotation burned
+/// into its pixels, so its derivative is released) to eu-west, completes
+/// it there, and returns its opaque id once routing queued it.
+async fn send_northwind_study(dev: &Dev, data: &Path, study_uid: &str) -> String {
     let files = tempfile::TempDir::new().unwrap();
-    let dev = Dev::start_configured(config.path(), data.path(), "");
-    let study_uid = "1.2.826.0.1.3680043.10.543.2244";
     for i in 1..=2 {
         meridian_integration_tests::dicom::write_ct(
             files.path(),
@@ -2189,7 +2170,6 @@ async fn a_derivative_is_served_where_it_lands_to_the_reader_holding_its_study_a
             },
         );
     }
-    // Released only when it says no annotation is burned into its pixels.
     for f in files_under(files.path()).into_iter().filter(|f| f.extension().is_some_and(|e| e == "dcm")) {
         let modified = Command::new("dcmodify").args(["-nb", "-i", "(0028,0301)=NO"]).arg(&f).output().unwrap();
         assert!(modified.status.success(), "{}", String::from_utf8_lossy(&modified.stderr));
@@ -2199,25 +2179,33 @@ async fn a_derivative_is_served_where_it_lands_to_the_reader_holding_its_study_a
             std::fs::remove_file(f).unwrap();
         }
     }
-    let sent = meridian_send(data.path(), "eu-west", "northwind-pacs", files.path());
+    let sent = meridian_send(data, "eu-west", "northwind-pacs", files.path());
     assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stdout));
-    {
-        use meridian_proto::ingest::v1 as ipb;
-        let channel = Channel::from_shared(dev.grpc("eu-west")).unwrap().connect().await.unwrap();
-        let complete = ipb::CompleteStudyRequest {
-            study: Some(ipb::complete_study_request::Study::StudyInstanceUid(study_uid.into())),
-        };
-        let done = ipb::ingest_service_client::IngestServiceClient::new(channel)
-            .complete_study(bearer(complete, &dev.token("northwind-pacs")))
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(done.completed_now, "{done:?}");
-    }
-    let study = wait_for("the study queued in eu-west", 30, || {
-        let queued = tail_payloads_in(data.path(), "eu-west", "routing", "StudyQueued");
+    use meridian_proto::ingest::v1 as ipb;
+    let channel = Channel::from_shared(dev.grpc("eu-west")).unwrap().connect().await.unwrap();
+    let complete = ipb::CompleteStudyRequest {
+        study: Some(ipb::complete_study_request::Study::StudyInstanceUid(study_uid.into())),
+    };
+    let done = ipb::ingest_service_client::IngestServiceClient::new(channel)
+        .complete_study(bearer(complete, &dev.token("northwind-pacs")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(done.completed_now, "{done:?}");
+    wait_for("the study queued in eu-west", 30, || {
+        let queued = tail_payloads_in(data, "eu-west", "routing", "StudyQueued");
         queued.first().map(|q| q["studyId"].as_str().unwrap().to_owned())
-    });
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_derivative_is_served_where_it_lands_to_the_reader_holding_its_study_and_audited_there() {
+    let config = tempfile::TempDir::new().unwrap();
+    meridian_integration_tests::northwind_reads_in_in_south(&repo().join("deploy/examples/dev"), config.path(), None);
+    let data = tempfile::TempDir::new().unwrap();
+    let dev = Dev::start_configured(config.path(), data.path(), "");
+    let study_uid = "1.2.826.0.1.3680043.10.543.2244";
+    let study = send_northwind_study(&dev, data.path(), study_uid).await;
     // Claimed at home (its worklist is pull).
     let claim = Command::new(MERIDIAN)
         .args(["claim", &study, "--region", "eu-west", "--as", "dr-rao", "--data-dir"])
@@ -2278,6 +2266,120 @@ async fn a_derivative_is_served_where_it_lands_to_the_reader_holding_its_study_a
     let out = Command::new(MERIDIAN).args(["residency", "report", "--data-dir"]).arg(data.path()).output().unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && report.contains("in-south  holds 2 derivatives of northwind"), "{report}");
+    dev.interrupt();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_study_is_purged_at_home_and_where_its_derivative_landed_when_its_retention_ends_through_a_crash() {
+    let config = tempfile::TempDir::new().unwrap();
+    meridian_integration_tests::northwind_reads_in_in_south(
+        &repo().join("deploy/examples/dev"),
+        config.path(),
+        Some("3s"),
+    );
+    let data = tempfile::TempDir::new().unwrap();
+    // The first purge dies after deleting and shredding, before its record.
+    let mut dev = Dev::start_configured(config.path(), data.path(), "retention.after_delete=abort");
+    let study_uid = "1.2.826.0.1.3680043.10.543.2251";
+    let study = send_northwind_study(&dev, data.path(), study_uid).await;
+    let objects = |region: &str, under: &str| -> Vec<PathBuf> {
+        let dir = data.path().join(region).join("objects").join(under);
+        files_under(&dir).into_iter().filter(|f| f.extension().is_some_and(|e| e == "dcm")).collect()
+    };
+    let home = format!("phi/northwind/{study}");
+    let originals = objects("eu-west", &home);
+    assert_eq!(originals.len(), 2, "{originals:?}");
+    wait_for("the derivative landed in in-south", 30, || {
+        (objects("in-south", "deid/northwind").len() == 2).then_some(())
+    });
+    let eu_west = |args: &[&str]| {
+        let out = Command::new(MERIDIAN)
+            .args(args)
+            .args(["--region", "eu-west", "--as", "dr-byrne", "--data-dir"])
+            .arg(data.path())
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {said}");
+    };
+    eu_west(&["claim", &study]);
+    eu_west(&["report", "draft", &study, "--findings", "No acute finding.", "--impression", "Normal CT."]);
+    eu_west(&["report", "sign", &study, "--read-type", "final"]);
+
+    // Three seconds after the signature, the purge: it deletes, shreds and dies.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = dev.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the armed purge did not run within 60 s of the signature");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success(), "aborted at retention.after_delete: {status}");
+    assert!(objects("eu-west", &home).is_empty(), "deleted before the crash");
+    assert_eq!(objects("in-south", "deid/northwind").len(), 2, "the derivative waits for the record");
+
+    // Restarted: the study is still due, the purge is done again and recorded.
+    dev = Dev::start_configured(config.path(), data.path(), "");
+    let purged = wait_for("the purge recorded in eu-west", 60, || {
+        let purged = tail_payloads_in(data.path(), "eu-west", "storage", "ObjectPurged");
+        (purged.len() >= 2).then_some(purged)
+    });
+    assert_eq!(purged.len(), 2, "one record for the derivative, one for the study: {purged:?}");
+    let (derivative, original) = (&purged[0], &purged[1]);
+    assert_eq!(original["objectKey"], format!("{home}/"), "{original}");
+    assert_eq!(original["region"], "eu-west");
+    assert_eq!(derivative["region"], "in-south");
+    let key = derivative["objectKey"].as_str().unwrap();
+    assert!(key.starts_with("deid/northwind/northwind-lotus/"), "{derivative}");
+    assert!(!purged.iter().any(|p| p.to_string().contains(study_uid)), "opaque ids only: {purged:?}");
+    assert!(original["reason"].as_str().unwrap().contains("northwind-lotus"), "{original}");
+    wait_for("the derivative purged where it landed", 30, || {
+        objects("in-south", "deid/northwind").is_empty().then_some(())
+    });
+    // Searched at home, the study is gone; the residency report is clean.
+    let addr = dev.http("eu-west").trim_start_matches("http://").to_owned();
+    let pacs = dev.token("northwind-pacs");
+    let search = format!("/dicomweb/studies?StudyInstanceUID={study_uid}");
+    let (status, _, found) = http_get(&addr, &search, Some(&pacs)).await;
+    assert!(status == 200 || status == 204, "{status} {found}");
+    assert!(!found.to_string().contains(study_uid), "{found}");
+    let (ok, out, err) = residency(data.path(), &[]);
+    assert!(ok, "{out}{err}");
+    dev.interrupt();
+    // Every index forgot it: at home, and where the derivative landed.
+    for region in ["eu-west", "in-south"] {
+        let index = meridian_storage::index::StudyIndex::open(&data.path().join(region).join("index.redb")).unwrap();
+        assert!(index.studies("northwind").unwrap().is_empty(), "{region}'s index still holds northwind's study");
+    }
+
+    // Sent again after its purge, the study is new: stored, found, and
+    // not a purged object.
+    let dev = Dev::start_configured(config.path(), data.path(), "");
+    let files = tempfile::TempDir::new().unwrap();
+    let resent = meridian_integration_tests::dicom::one_instance_study(files.path(), study_uid, "NW-MRN-44", "ROUTINE");
+    let sent = meridian_send(data.path(), "eu-west", "northwind-pacs", &resent);
+    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stdout));
+    assert_eq!(objects("eu-west", &home).len(), 1, "stored anew");
+    let addr = dev.http("eu-west").trim_start_matches("http://").to_owned();
+    let (status, _, found) = http_get(&addr, &search, Some(&dev.token("northwind-pacs"))).await;
+    assert_eq!(status, 200, "{found}");
+    assert!(found.to_string().contains(study_uid), "{found}");
+    let (ok, out, err) = residency(data.path(), &["--tenant", "northwind"]);
+    assert!(ok, "written after the purge: {out}{err}");
+    // An object of the purged study written before its purge, left behind.
+    let sha = "5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef";
+    let left = format!("{home}/0190f4a2-6f1c-8d3e-a000-000000000002/0190f4a2-6f1c-8d3e-a000-000000000003.{sha}.dcm");
+    let planted = plant(data.path(), "eu-west", &left, b"DICM");
+    #[allow(clippy::disallowed_methods)] // an object written two hours ago
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7_200);
+    std::fs::File::options().write(true).open(&planted).unwrap().set_modified(two_hours_ago).unwrap();
+    let (ok, out, _) = residency(data.path(), &["--tenant", "northwind"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("eu-west") && l.contains(&format!("VIOLATION purged_object_held {left}:"))),
+        "{out}"
+    );
     dev.interrupt();
 }
 

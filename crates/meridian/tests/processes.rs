@@ -1047,3 +1047,94 @@ fn a_head_ct_read_across_two_brokers_as_processes_ends_as_in_one_through_sigkill
         service.kill();
     }
 }
+
+/// Retention as processes on tansu and moto: eu-west's storage (its own
+/// process, aborted once between deleting and recording) purges a
+/// Northwind study three seconds after its final; ingest (another
+/// process, with its own copy of the study index) forgets it, so the same
+/// instance sent again is stored anew; in-south's storage deletes the
+/// derivative from its bucket.
+#[test]
+fn a_study_purged_by_storage_apart_is_forgotten_by_ingest_and_its_derivative_deleted_where_it_landed() {
+    use meridian_events::{StudyId, TenantSecret};
+    let (tansu, moto) = (Tansu::start(), Moto::start("unused"));
+    let work = tempfile::TempDir::new().unwrap();
+    let examples_here = work.path().join("examples");
+    meridian_integration_tests::northwind_reads_in_in_south(&examples(), &examples_here, Some("3s"));
+    let (cluster, tokens) = Cluster::new(Path::new(MERIDIAN), &examples_here, work.path(), &tansu, Some(&moto));
+    // in-south on the same broker: it reads eu-west's storage topic itself,
+    // as it would read the replicator's copy of it on a broker of its own.
+    cluster.on_broker("in-south", &tansu);
+    let ingest = cluster.start_in("eu-west", "ingest", None, "");
+    let routing = cluster.start_in("eu-west", "routing", None, "");
+    let reporting = cluster.start_in("eu-west", "reporting", None, "");
+    let mut storage = cluster.start_in("eu-west", "storage", None, "retention.after_delete=abort");
+    let _landed = cluster.start_in("in-south", "storage", None, "");
+    let uid = "1.2.826.0.1.3680043.10.543.2252";
+    let files = tempfile::TempDir::new().unwrap();
+    let instances = study_files(files.path(), uid, 2);
+    for file in &instances {
+        let modified = Command::new("dcmodify").args(["-nb", "-i", "(0028,0301)=NO"]).arg(file).output().unwrap();
+        assert!(modified.status.success(), "{}", String::from_utf8_lossy(&modified.stderr));
+    }
+    let (ok, said) = storescu(ingest.dicom_port(), "NW_DUB_CT", "MERIDIAN_NW", &instances);
+    assert!(ok, "{said}");
+    complete(&ingest, &tokens["northwind-pacs"], uid);
+    let secret = TenantSecret::new(std::fs::read(work.path().join("secrets/northwind.id-secret")).unwrap()).unwrap();
+    let study = StudyId::derive(&secret, uid).as_uuid().to_string();
+    let home = format!("phi/northwind/{study}/");
+    assert_eq!(keys_in(&moto, &bucket("eu-west"), &home).len(), 2);
+    wait_until("the derivative in in-south's bucket", 60, || {
+        (keys_in(&moto, &bucket("in-south"), "deid/northwind/").len() == 2).then_some(())
+    });
+    let byrne = &tokens["dr-byrne"];
+    let cli = |process: &meridian_integration_tests::processes::Service, args: &[&str]| {
+        let out = Command::new(MERIDIAN)
+            .args(args)
+            .args(["--region", "eu-west", "--endpoint", &process.grpc(), "--token", byrne])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), said)
+    };
+    let (ok, said) = wait_until("the study queued and claimed", 60, || {
+        Some(cli(&routing, &["claim", &study, "--reader", "dr-ciara-byrne"])).filter(|c| c.0)
+    });
+    assert!(ok, "{said}");
+    let draft = ["report", "draft", &study, "--findings", "No acute finding.", "--impression", "Normal CT."];
+    let (ok, said) =
+        wait_until("her draft (reporting folded the claim)", 30, || Some(cli(&reporting, &draft)).filter(|d| d.0));
+    assert!(ok, "{said}");
+    let (ok, said) = cli(&reporting, &["report", "sign", &study, "--read-type", "final"]);
+    assert!(ok, "{said}");
+
+    // Due three seconds after the final: storage deletes, shreds and dies.
+    let status = wait_until("the armed purge", 60, || storage.child.try_wait().unwrap());
+    assert!(!status.success(), "aborted at retention.after_delete: {status}");
+    assert!(keys_in(&moto, &bucket("eu-west"), &home).is_empty(), "deleted before the crash");
+    assert!(!keys_in(&moto, &bucket("eu-west"), "keys/v1/shredded/").is_empty(), "its data key shredded");
+    assert_eq!(keys_in(&moto, &bucket("in-south"), "deid/northwind/").len(), 2, "the derivative waits for the record");
+    storage = cluster.start_in("eu-west", "storage", None, "");
+    wait_until("the derivative deleted from in-south's bucket", 60, || {
+        keys_in(&moto, &bucket("in-south"), "deid/northwind/").is_empty().then_some(())
+    });
+    let events = stream_events(Path::new(MERIDIAN), &storage, "eu-west", "storage", &tokens["sre"]);
+    let purged = of_type(&events, "ObjectPurged");
+    assert_eq!(purged.len(), 2, "the derivative's record and the study's, once: {purged:?}");
+    assert_eq!(purged[1]["payload"]["objectKey"], home.as_str());
+    assert!(found(&storage, &tokens["northwind-pacs"]).is_empty(), "searched at home, the study is gone");
+
+    // Ingest's own index forgot it: the same instance, sent again, is new.
+    wait_until("ingest forgot the purged study", 30, || {
+        let said = std::fs::read_to_string(&ingest.log).unwrap();
+        said.contains("a purged study forgotten in this index").then_some(())
+    });
+    let (ok, said) = storescu(ingest.dicom_port(), "NW_DUB_CT", "MERIDIAN_NW", &instances[..1]);
+    assert!(ok, "{said}");
+    assert_eq!(keys_in(&moto, &bucket("eu-west"), &home).len(), 1);
+    // Recorded, so indexed again where storage serves it (an instance taken
+    // for one already held would be stored and named by no event).
+    let pacs = &tokens["northwind-pacs"];
+    let sop = format!("{uid}.1.1");
+    wait_until("the instance sent again found in eu-west", 30, || found(&storage, pacs).contains(&sop).then_some(()));
+}

@@ -143,7 +143,9 @@ async fn a_region_runs_on_kafka_with_topics_provisioned_from_config() {
     assert_eq!((rebuilt.applied, rebuilt.duplicates, rebuilt.skipped), (2, 0, 0), "{rebuilt:?}");
     assert!(rebuilt.matches_previous);
     // Every projection rebuilds from the broker to what it held.
-    assert_eq!(region.rebuildable(), ["events.summary", "routing.worklist", "ingest.studies", "storage.assignments"]);
+    let projections =
+        ["events.summary", "routing.worklist", "ingest.studies", "storage.assignments", "storage.retention"];
+    assert_eq!(region.rebuildable(), projections);
     for name in region.rebuildable() {
         let done = region.rebuild(name).await.unwrap().expect(name);
         assert!(done.rebuilt.matches_previous, "{name}: {done:?}");

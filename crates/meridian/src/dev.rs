@@ -267,6 +267,65 @@ fn tokens(platform: &Platform, signer: &TokenSigner, now: i64, ttl: i64) -> anyh
     Ok(json!({ "principals": principals }))
 }
 
+/// Where the reading room's viewer (OHIF's built `dist/`) is: the
+/// `MERIDIAN_VIEWER` folder, else where `scripts/install-viewer` puts it.
+fn viewer_dist() -> Option<PathBuf> {
+    let dist = match std::env::var_os("MERIDIAN_VIEWER") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let home = std::env::var_os("HOME").map(PathBuf::from)?;
+            home.join(".cache/meridian/viewer")
+                .join(format!("ohif-{}-room", meridian_reading_room::viewer::OHIF_VERSION))
+        }
+    };
+    if dist.join("index.html").is_file() {
+        Some(dist)
+    } else {
+        eprintln!(
+            "meridian dev: the reading room's viewer is not installed ({}): scripts/install-viewer installs it",
+            dist.display()
+        );
+        None
+    }
+}
+
+/// Every region's gRPC address, the example readers with their tokens, and
+/// every region's HTTP root: what each region's reading room needs in
+/// `meridian dev`.
+#[allow(clippy::type_complexity)]
+fn reading_rooms(
+    platform: &Platform,
+    endpoints: &BTreeMap<String, serde_json::Value>,
+    tokens: &serde_json::Value,
+) -> (BTreeMap<String, String>, Vec<(meridian_reading_room::DevPrincipal, String)>, BTreeMap<String, String>) {
+    let grpc = endpoints
+        .iter()
+        .filter_map(|(name, e)| {
+            let scheme = if e["tls"] == true { "https" } else { "http" };
+            e["grpc"].as_str().map(|address| (name.clone(), format!("{scheme}://{address}")))
+        })
+        .collect();
+    let readers = platform
+        .auth
+        .principals
+        .iter()
+        .filter_map(|p| {
+            let token = tokens["principals"][&p.name]["token"].as_str()?;
+            let principal = meridian_reading_room::DevPrincipal {
+                name: p.name.clone(),
+                reader: p.reader.clone()?,
+                group: p.group.clone().unwrap_or_default(),
+            };
+            Some((principal, token.to_owned()))
+        })
+        .collect();
+    let http = endpoints
+        .iter()
+        .filter_map(|(name, e)| e["http"].as_str().map(|root| (name.clone(), root.to_owned())))
+        .collect();
+    (grpc, readers, http)
+}
+
 pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -361,7 +420,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         );
         let region = Arc::new(region);
         opened.push(region.clone());
-        listening.push((region, Listeners { grpc, http, dicom: Some(dicom), mllp: Some(mllp), tls }));
+        listening.push((region, Listeners { grpc, http, dicom: Some(dicom), mllp: Some(mllp), tls, room: None }));
     }
     if listening.is_empty() {
         bail!("{} configures no region", args.config.display());
@@ -383,6 +442,22 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             let _ = rx.wait_for(|s| *s).await;
         }));
     }
+    let tokens = tokens(&platform, &signer, wall.as_secs() as i64, args.token_hours * 3_600)?;
+    // Each region's reading room, its development sign-in offering the
+    // example readers.
+    let rooms = reading_rooms(&platform, &endpoints, &tokens);
+    let viewer = viewer_dist();
+    for (region, listeners) in &mut listening {
+        let config = meridian_reading_room::RoomConfig {
+            region: region.name.clone(),
+            endpoints: rooms.0.clone(),
+            http_endpoints: rooms.2.clone(),
+            viewer: viewer.clone(),
+            dev_principals: rooms.1.clone(),
+            secure_cookie: listeners.tls.is_some(),
+        };
+        listeners.room = Some(meridian_reading_room::ReadingRoom::new(config).router());
+    }
     for (region, listeners) in listening {
         let mut rx = stopped.clone();
         let serving = meridian_region::serve(region, listeners, async move {
@@ -398,7 +473,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             served
         }));
     }
-    let tokens = tokens(&platform, &signer, wall.as_secs() as i64, args.token_hours * 3_600)?;
     write_atomic(&args.data_dir.join("tokens.json"), serde_json::to_vec_pretty(&tokens)?.as_slice(), true)?;
     // Ready first: its log and objects answer and its consumers have read
     // what came in while it was down. Bounded: a region that is not is

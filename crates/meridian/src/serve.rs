@@ -269,8 +269,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     endpoint["tls"] = tls.is_some().into();
     endpoint["http"] = format!("{scheme}://{}", http.local_addr()?).into();
-    let serving =
-        meridian_region::serve(Arc::new(opened), Listeners { grpc, http, dicom, mllp, tls }, shutdown_signal());
+    let serving = meridian_region::serve(
+        Arc::new(opened),
+        Listeners { grpc, http, dicom, mllp, tls, room: None },
+        shutdown_signal(),
+    );
     if let Some(path) = &args.endpoints {
         // Written atomically once every listener is bound: its presence
         // means the process is up.

@@ -4011,3 +4011,86 @@ fn one_studys_spans_from_c_store_to_assignment_share_a_trace_across_the_log_and_
     });
     wait_for("the undeliverable spans counted", 30, || (dropped() > 0).then_some(()));
 }
+
+/// The reading room in a real browser (Debian's chromium, driven by
+/// playwright-core from `integration-tests/browser/reading-room.mjs`): a
+/// reader signs in, sees a study arrive on her worklist without a reload,
+/// opens it, saves a draft and signs her preliminary; a forged session and
+/// a form without the session's CSRF token are refused; another group's
+/// reader sees nothing of it. Screenshots are kept in the test's target
+/// folder.
+#[test]
+fn a_reader_reads_a_study_in_the_reading_room_in_a_real_browser() {
+    let playwright = std::env::var("MERIDIAN_PLAYWRIGHT")
+        .expect("MERIDIAN_PLAYWRIGHT names playwright-core's folder (scripts/test installs it)");
+    let chromium =
+        std::env::var("MERIDIAN_CHROMIUM").expect("MERIDIAN_CHROMIUM names the browser (scripts/test installs it)");
+    // `meridian dev` serves it from there (the child inherits it).
+    let viewer = std::env::var("MERIDIAN_VIEWER")
+        .expect("MERIDIAN_VIEWER names OHIF's dist (scripts/install-viewer installs it)");
+    assert!(Path::new(&viewer).join("index.html").is_file(), "no OHIF in {viewer}");
+    // Atlantic's one reader, dr-ana-ortiz, always on shift: Acme's STAT
+    // study is pushed to her as soon as it arrives.
+    let config = tempfile::TempDir::new().unwrap();
+    meridian_integration_tests::one_reader_examples(&repo().join("deploy/examples/dev"), config.path());
+    let data = tempfile::TempDir::new().unwrap();
+    let dev = Dev::start_configured(config.path(), data.path(), "");
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("reading-room");
+    std::fs::create_dir_all(&shots).unwrap();
+    let mut browser = Command::new("node")
+        .arg(repo().join("integration-tests/browser/reading-room.mjs"))
+        .args([format!("http://{}", dev.http("us-east")), format!("http://{}", dev.http("in-south"))])
+        .arg(&shots)
+        .env("MERIDIAN_PLAYWRIGHT", &playwright)
+        .env("MERIDIAN_CHROMIUM", &chromium)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = std::io::BufReader::new(browser.stdout.take().unwrap());
+    let mut next = || {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut said, &mut line).unwrap();
+        line.trim().to_owned()
+    };
+    let first = next();
+    if first != "worklist-open" {
+        let out = browser.wait_with_output().unwrap();
+        panic!("the browser said {first:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let files = tempfile::TempDir::new().unwrap();
+    let uid = "1.2.826.0.1.3680043.10.543.2301";
+    let file = meridian_integration_tests::dicom::one_instance_study(files.path(), uid, "MRN-ROOM", "STAT");
+    let (ok, sent) =
+        meridian_integration_tests::dicom::storescu(dev.dicom_port("us-east"), "ACME_CT1", "MERIDIAN_ACME", &[file]);
+    assert!(ok, "{sent}");
+    std::io::Write::write_all(browser.stdin.as_mut().unwrap(), b"sent\n").unwrap();
+    let appeared = next();
+    let done = next();
+    let out = browser.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{appeared}\n{done}\n{stderr}");
+    let study = appeared.strip_prefix("study ").unwrap_or_else(|| panic!("{appeared}: {stderr}"));
+    let result: Value = serde_json::from_str(done.strip_prefix("done ").unwrap()).unwrap();
+    assert_eq!(result["signed"], true, "{result}");
+    assert!(result["viewer"]["max"].as_u64() > result["viewer"]["min"].as_u64(), "pixels drawn: {result}");
+    eprintln!("the viewer drew its first image {} ms after the click", result["first_image_ms"]);
+    assert!(!study.contains(uid), "the page names studies by opaque id");
+    // Signed on the log: the preliminary, by her, and its text held at home.
+    let signed = wait_for("the signature on the log", 30, || {
+        tail_payloads(data.path(), "reporting", "ReportSigned").into_iter().find(|s| s["studyId"] == study)
+    });
+    assert_eq!((signed["readType"].as_str(), signed["readerId"].as_str()), (Some("preliminary"), Some("dr-ana-ortiz")));
+    // Every image the viewer asked for went through her session to
+    // us-east's DICOMweb, which audited it as hers.
+    let accessed = tail_payloads(data.path(), "audit", "PhiAccessed");
+    let hers: Vec<&Value> =
+        accessed.iter().filter(|a| a["principal"] == "dr-ana-ortiz" || a["principal"] == "dr-ortiz").collect();
+    assert!(hers.iter().any(|a| a["action"].as_str().is_some_and(|x| x.starts_with("wado-rs"))), "{accessed:?}");
+    assert!(hers.iter().all(|a| a["studyId"] == study), "{hers:?}");
+    for shot in ["worklist.png", "editor.png", "viewer.png"] {
+        assert!(std::fs::metadata(shots.join(shot)).unwrap().len() > 1_000, "{shot} kept");
+    }
+    dev.interrupt();
+}

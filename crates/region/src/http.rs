@@ -17,7 +17,7 @@ use tower_http::cors::{Any, CorsLayer};
 
 use crate::node::Region;
 
-pub fn router(region: Arc<Region>) -> Router {
+pub fn router(region: Arc<Region>, room: Option<Router>) -> Router {
     let authenticate =
         || axum::middleware::from_fn_with_state(region.verifier.clone(), meridian_auth::http::authenticate);
     let authenticated =
@@ -46,14 +46,20 @@ pub fn router(region: Arc<Region>) -> Router {
     // FHIR resources a service takes (reporting: ServiceRequest orders).
     let fhir =
         region.services().iter().filter_map(|s| s.fhir()).fold(Router::new(), Router::merge).layer(authenticate());
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(authenticated)
         .with_state(region.clone())
         .nest("/dicomweb", dicomweb)
-        .nest("/fhir", fhir)
-        .layer(axum::middleware::from_fn(traced))
+        .nest("/fhir", fhir);
+    // The reading room brings its own sign-in (a session cookie, not a
+    // bearer token), so it is not behind the token layer.
+    let router = match room {
+        Some(room) => router.nest("/room", room),
+        None => router,
+    };
+    router.layer(axum::middleware::from_fn(traced))
 }
 
 /// A request's span, named by its route's template (the path itself holds

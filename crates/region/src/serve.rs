@@ -29,6 +29,9 @@ pub struct Listeners {
     pub mllp: Option<TcpListener>,
     /// The region's certificate: gRPC and HTTP speak TLS only when given.
     pub tls: Option<ServerTls>,
+    /// Pages this process serves on the HTTP port under `/room` (the
+    /// reading room), beside the region's own routes.
+    pub room: Option<axum::Router>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -169,7 +172,7 @@ pub async fn serve(
     };
     let routes = routes.routes();
     // With the peer's address, so a refused call's audit says where it came from.
-    let router = crate::http::router(region.clone());
+    let router = crate::http::router(region.clone(), listeners.room);
     let service_tls = listeners.tls.clone();
     let (grpc, http) = match listeners.tls {
         None => {

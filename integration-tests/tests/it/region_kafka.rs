@@ -181,6 +181,7 @@ async fn a_region_runs_on_kafka_with_topics_provisioned_from_config() {
         dicom: Some(bind().unwrap()),
         mllp: None,
         tls: None,
+        room: None,
     };
     let served = tokio::time::timeout(
         std::time::Duration::from_secs(30),

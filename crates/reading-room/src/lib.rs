@@ -1,0 +1,699 @@
+//! The reading room: what a radiologist uses in a browser. A thin adapter
+//! over the same gRPC services the CLI calls (routing's worklist, claim
+//! and release; reporting's drafts and signatures), mounted at `/room` on
+//! a region's HTTP port: HTML rendered on the server ([`page`]), a small
+//! script for live updates and deadlines counting down, sessions held
+//! here ([`session`]) so the browser never holds a bearer token.
+//!
+//! Where things go: the worklist is asked of the region the reader sits
+//! in (it gathers every region's studies that reach them), a command
+//! about a study goes to its home region, as the worklist names it.
+//!
+//! Built so far: sign-in (development: the example readers of
+//! `auth.toml`), the worklist live, claim and release, the report editor
+//! (draft, sign the held read). Not yet: OpenID Connect sign-in, the OHIF
+//! viewer, templates' coded fields, priors, critical results, addenda,
+//! peer review.
+
+#![forbid(unsafe_code)]
+
+pub mod page;
+pub mod session;
+pub mod viewer;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use futures_util::StreamExt;
+use meridian_proto::reporting::v1 as reporting;
+use meridian_proto::reporting::v1::reporting_service_client::ReportingServiceClient;
+use meridian_proto::routing::v1 as routing;
+use meridian_proto::routing::v1::routing_service_client::RoutingServiceClient;
+use serde::Deserialize;
+use tonic::transport::Channel;
+
+pub use page::DevPrincipal;
+use page::Signed;
+use session::{Session, Sessions};
+
+/// The session cookie's name.
+pub const COOKIE: &str = "meridian_room";
+
+const CSS: &str = include_str!("room.css");
+const SCRIPT: &str = include_str!("room.js");
+
+/// What a region's reading room is opened with.
+pub struct RoomConfig {
+    /// The region whose HTTP port serves it.
+    pub region: String,
+    /// Every region's gRPC address (`http://host:port`): where the room
+    /// asks for worklists and sends commands.
+    pub endpoints: BTreeMap<String, String>,
+    /// Every region's HTTP root (`http://host:port`): whose DICOMweb the
+    /// viewer's requests are passed to.
+    pub http_endpoints: BTreeMap<String, String>,
+    /// OHIF's built `dist/` folder, when the viewer is installed.
+    pub viewer: Option<std::path::PathBuf>,
+    /// Development sign-in: the example readers and their tokens. Empty
+    /// where none is offered.
+    pub dev_principals: Vec<(DevPrincipal, String)>,
+    /// The cookie's `Secure` attribute: set when the port speaks TLS.
+    pub secure_cookie: bool,
+}
+
+pub struct ReadingRoom {
+    config: RoomConfig,
+    sessions: Sessions,
+    channels: Mutex<HashMap<String, Channel>>,
+    /// The viewer's DICOMweb requests, passed on to the regions.
+    http: reqwest::Client,
+}
+
+#[derive(Debug)]
+enum Failure {
+    /// No live session: back to sign-in.
+    SignIn,
+    /// A state-changing request without the session's CSRF token, or from
+    /// another origin.
+    Forbidden(&'static str),
+    /// The platform refused or failed: shown to the reader.
+    Platform(String),
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(status: tonic::Status) -> Failure {
+        Failure::Platform(said(&status))
+    }
+}
+
+/// What the platform said, as a reader reads it: the code and the message
+/// (which names the rule that refused).
+fn said(status: &tonic::Status) -> String {
+    let code = match status.code() {
+        tonic::Code::FailedPrecondition => "Refused",
+        tonic::Code::PermissionDenied => "Not permitted",
+        tonic::Code::NotFound => "Not found",
+        tonic::Code::InvalidArgument => "Not accepted",
+        tonic::Code::Unavailable => "Unreachable",
+        tonic::Code::Unauthenticated => "Signed out",
+        _ => "Failed",
+    };
+    format!("{code}: {}", status.message())
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        match self {
+            Failure::SignIn => Redirect::to("/room/sign-in").into_response(),
+            Failure::Forbidden(why) => (StatusCode::FORBIDDEN, Html(page::layout("Refused", None, &format!(
+                "<h1>Refused</h1><p role=\"alert\">{}</p><p><a href=\"/room/worklist\">Back to the worklist</a></p>",
+                page::escape(why)
+            ))))
+                .into_response(),
+            Failure::Platform(message) => (StatusCode::BAD_GATEWAY, Html(page::layout("Failed", None, &format!(
+                "<h1>The platform did not answer as asked</h1><p role=\"alert\">{}</p>\
+                 <p><a href=\"/room/worklist\">Back to the worklist</a></p>",
+                page::escape(&message)
+            ))))
+                .into_response(),
+        }
+    }
+}
+
+#[allow(clippy::disallowed_methods)] // the edge: a session's clock
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+impl ReadingRoom {
+    pub fn new(config: RoomConfig) -> Arc<ReadingRoom> {
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(120))
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Arc::new(ReadingRoom { config, sessions: Sessions::default(), channels: Mutex::new(HashMap::new()), http })
+    }
+
+    /// The room's routes, to be nested at `/room`.
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new()
+            .route("/", get(|| async { Redirect::to("/room/worklist") }))
+            .route("/sign-in", get(sign_in_page).post(sign_in))
+            .route("/sign-out", post(sign_out))
+            .route("/worklist", get(worklist))
+            .route("/worklist/rows", get(worklist_rows))
+            .route("/worklist/events", get(worklist_events))
+            .route("/claim", post(claim))
+            .route("/release", post(release))
+            .route("/studies/{study}", get(study))
+            .route("/studies/{study}/draft", post(draft))
+            .route("/studies/{study}/sign", post(sign))
+            .route("/assets/room.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS) }))
+            .route(
+                "/assets/room.js",
+                get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], SCRIPT) }),
+            )
+            .route("/dicomweb/{region}/{*path}", get(dicomweb))
+            .layer(axum::middleware::from_fn(hardened))
+            .merge(
+                Router::new()
+                    .route("/viewer", get(viewer_file))
+                    .route("/viewer/{*path}", get(viewer_file))
+                    .layer(axum::middleware::from_fn(viewer_policy)),
+            )
+            .with_state(self)
+    }
+
+    fn channel(&self, region: &str) -> Result<Channel, Failure> {
+        let mut channels = self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = channels.get(region) {
+            return Ok(c.clone());
+        }
+        let address = self
+            .config
+            .endpoints
+            .get(region)
+            .ok_or_else(|| Failure::Platform(format!("region {region} is not one this room knows")))?;
+        let channel = Channel::from_shared(address.clone())
+            .map_err(|e| Failure::Platform(format!("region {region}'s address {address}: {e}")))?
+            .connect_lazy();
+        channels.insert(region.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    fn routing(&self, region: &str) -> Result<RoutingServiceClient<Channel>, Failure> {
+        Ok(RoutingServiceClient::new(self.channel(region)?))
+    }
+
+    fn reporting(&self, region: &str) -> Result<ReportingServiceClient<Channel>, Failure> {
+        Ok(ReportingServiceClient::new(self.channel(region)?))
+    }
+
+    /// The live session the request's cookie names.
+    fn session(&self, headers: &HeaderMap) -> Result<(String, Session), Failure> {
+        let id = cookie(headers, COOKIE).ok_or(Failure::SignIn)?;
+        let session = self.sessions.get(&id, now()).ok_or(Failure::SignIn)?;
+        Ok((id, session))
+    }
+
+    /// The session, for a state-changing request: same origin, and the
+    /// form's CSRF token is the session's.
+    fn changing(&self, headers: &HeaderMap, csrf: &str) -> Result<(String, Session), Failure> {
+        same_origin(headers)?;
+        let (id, session) = self.session(headers)?;
+        if !session::same_token(csrf, &session.csrf) {
+            return Err(Failure::Forbidden("the form's CSRF token is not this session's: reload the page"));
+        }
+        Ok((id, session))
+    }
+
+    /// Where the reader sits (their worklist is asked there).
+    async fn sits_in(&self, token: &str, reader: &str) -> Result<String, Failure> {
+        let request = authorized(routing::GetReaderRequest { reader_id: reader.to_owned() }, token)?;
+        let answer = self.routing(&self.config.region)?.get_reader(request).await?.into_inner();
+        Ok(answer.reader.map(|r| r.region).unwrap_or_else(|| self.config.region.clone()))
+    }
+
+    async fn rows(&self, session: &Session) -> Result<String, Failure> {
+        let region = self.sits_in(&session.token, &session.reader).await?;
+        let mut client = self.routing(&region)?;
+        let request =
+            authorized(routing::ListAssignmentsRequest { reader_id: session.reader.clone() }, &session.token)?;
+        let held = client.list_assignments(request).await?.into_inner().entries;
+        let request = routing::GetWorklistRequest {
+            reader_id: session.reader.clone(),
+            page_size: 100,
+            page_token: String::new(),
+        };
+        let offered = client.get_worklist(authorized(request, &session.token)?).await?.into_inner().entries;
+        Ok(page::worklist_rows(&held, &offered, &session.csrf))
+    }
+}
+
+fn signed(session: &Session) -> Signed<'_> {
+    Signed { principal: &session.principal, reader: &session.reader, csrf: &session.csrf }
+}
+
+fn authorized<T>(message: T, token: &str) -> Result<tonic::Request<T>, Failure> {
+    let mut request = tonic::Request::new(message);
+    let value = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| Failure::Platform("the session's token is not a header value".into()))?;
+    request.metadata_mut().insert("authorization", value);
+    Ok(request)
+}
+
+/// The named cookie's value.
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// A state-changing request from another origin is refused: its `Origin`
+/// (or, without one, its `Referer`) must name this host.
+fn same_origin(headers: &HeaderMap) -> Result<(), Failure> {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).ok_or(Failure::Forbidden("no Host header"))?;
+    let from = headers.get(header::ORIGIN).or_else(|| headers.get(header::REFERER)).and_then(|v| v.to_str().ok());
+    let Some(from) = from else { return Ok(()) };
+    let authority = from.split_once("://").map(|(_, rest)| rest.split('/').next().unwrap_or_default());
+    if authority == Some(host) { Ok(()) } else { Err(Failure::Forbidden("a request from another site: refused")) }
+}
+
+/// Every page: no framing by other sites, no sniffing, scripts and styles
+/// from this origin only, no caching of what a reader saw.
+async fn hardened(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    let set = [
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "same-origin"),
+        (header::CACHE_CONTROL, "no-store"),
+        (header::CONTENT_SECURITY_POLICY, "default-src 'self'; frame-ancestors 'none'; form-action 'self'"),
+    ];
+    for (name, value) in set {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// The viewer's pages: OHIF runs its own scripts inline, compiles
+/// WebAssembly codecs and starts workers from blobs; it still talks only
+/// to this origin and is never framed.
+async fn viewer_policy(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    let policy = "default-src 'self' blob: data:; script-src 'self' 'unsafe-inline' 'unsafe-eval' \
+                  'wasm-unsafe-eval' blob:; worker-src 'self' blob:; style-src 'self' 'unsafe-inline'; \
+                  img-src 'self' blob: data:; connect-src 'self' blob: data:; frame-ancestors 'none'";
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(policy));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    response
+}
+
+/// OHIF's files; its configuration, written for this room; its index for
+/// any other path (OHIF routes in the page).
+async fn viewer_file(
+    State(room): State<Arc<ReadingRoom>>,
+    headers: HeaderMap,
+    path: Option<Path<String>>,
+) -> Result<Response, Failure> {
+    // Only a signed-in reader gets the viewer (it shows patient data).
+    room.session(&headers)?;
+    let Some(dist) = room.config.viewer.as_deref() else {
+        let body = "<h1>The viewer is not installed</h1><p>Run <code>scripts/install-viewer</code> (it installs \
+                    OHIF into <code>~/.cache/meridian/viewer</code>) and start <code>meridian dev</code> again.</p>";
+        return Ok((StatusCode::NOT_FOUND, Html(page::layout("Viewer", None, body))).into_response());
+    };
+    let path = path.map(|Path(p)| p).unwrap_or_default();
+    if path == "app-config.js" {
+        let regions: Vec<&str> = room.config.http_endpoints.keys().map(String::as_str).collect();
+        let config = viewer::app_config(&regions);
+        return Ok(([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], config).into_response());
+    }
+    if let Some(file) = viewer::file_in(dist, &path)
+        && path != "index.html"
+    {
+        let bytes = tokio::fs::read(&file).await.map_err(|e| Failure::Platform(format!("the viewer's {path}: {e}")))?;
+        let cache = if path.contains(".bundle.") || path.ends_with(".wasm") { "max-age=86400" } else { "no-cache" };
+        return Ok(([(header::CONTENT_TYPE, viewer::content_type(&file)), (header::CACHE_CONTROL, cache)], bytes)
+            .into_response());
+    }
+    let index = tokio::fs::read_to_string(dist.join("index.html"))
+        .await
+        .map_err(|e| Failure::Platform(format!("the viewer's index.html: {e}")))?;
+    Ok(([(header::CACHE_CONTROL, "no-store")], Html(index)).into_response())
+}
+
+/// The viewer's DICOMweb requests, passed to `region`'s DICOMweb with the
+/// session's token: that region authorises the reader and audits the
+/// access. Only reads (GET), only under `/dicomweb`.
+async fn dicomweb(
+    State(room): State<Arc<ReadingRoom>>,
+    headers: HeaderMap,
+    Path((region, path)): Path<(String, String)>,
+    uri: axum::http::Uri,
+) -> Result<Response, Failure> {
+    let (_, session) = match room.session(&headers) {
+        Ok(s) => s,
+        Err(_) => return Ok(StatusCode::UNAUTHORIZED.into_response()),
+    };
+    let Some(root) = room.config.http_endpoints.get(&region) else {
+        return Ok((StatusCode::NOT_FOUND, format!("region {region} is not one this room knows")).into_response());
+    };
+    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let mut request = room.http.get(format!("{root}/dicomweb/{path}{query}")).bearer_auth(&session.token);
+    if let Some(accept) = headers.get(header::ACCEPT) {
+        request = request.header(header::ACCEPT, accept);
+    }
+    let answer = match request.send().await {
+        Ok(a) => a,
+        Err(e) => {
+            let why = format!("region {region}'s DICOMweb did not answer: {e}");
+            return Ok((StatusCode::BAD_GATEWAY, why).into_response());
+        }
+    };
+    let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut out = HeaderMap::new();
+    for name in [header::CONTENT_TYPE, header::WARNING, header::CONTENT_LOCATION] {
+        if let Some(v) = answer.headers().get(name.as_str()).and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()) {
+            out.insert(name, v);
+        }
+    }
+    let body = answer.bytes().await.map_err(|e| Failure::Platform(format!("region {region}'s DICOMweb: {e}")))?;
+    Ok((status, out, body).into_response())
+}
+
+async fn sign_in_page(State(room): State<Arc<ReadingRoom>>) -> Html<String> {
+    let principals: Vec<DevPrincipal> = room.config.dev_principals.iter().map(|(p, _)| p.clone()).collect();
+    Html(page::sign_in(&principals, None))
+}
+
+#[derive(Deserialize)]
+struct SignInForm {
+    principal: String,
+}
+
+async fn sign_in(
+    State(room): State<Arc<ReadingRoom>>,
+    headers: HeaderMap,
+    Form(form): Form<SignInForm>,
+) -> Result<Response, Failure> {
+    same_origin(&headers)?;
+    let Some((p, token)) = room.config.dev_principals.iter().find(|(p, _)| p.name == form.principal) else {
+        let principals: Vec<DevPrincipal> = room.config.dev_principals.iter().map(|(p, _)| p.clone()).collect();
+        let why = format!("{} is not a principal this room signs in", form.principal);
+        return Ok((StatusCode::UNAUTHORIZED, Html(page::sign_in(&principals, Some(&why)))).into_response());
+    };
+    let id = room
+        .sessions
+        .open(&p.name, &p.reader, token, now())
+        .map_err(|e| Failure::Platform(format!("no randomness for a session id: {e}")))?;
+    let secure = if room.config.secure_cookie { "; Secure" } else { "" };
+    let cookie =
+        format!("{COOKIE}={id}; Path=/room; HttpOnly; SameSite=Strict; Max-Age={}{secure}", session::LONGEST_SECONDS);
+    tracing::info!(region = %room.config.region, principal = %p.name, "signed in to the reading room");
+    Ok(([(header::SET_COOKIE, cookie)], Redirect::to("/room/worklist")).into_response())
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    csrf: String,
+}
+
+async fn sign_out(
+    State(room): State<Arc<ReadingRoom>>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, Failure> {
+    let (id, _) = room.changing(&headers, &form.csrf)?;
+    room.sessions.close(&id);
+    let cookie = format!("{COOKIE}=; Path=/room; HttpOnly; SameSite=Strict; Max-Age=0");
+    Ok(([(header::SET_COOKIE, cookie)], Redirect::to("/room/sign-in")).into_response())
+}
+
+#[derive(Deserialize, Default)]
+struct Said {
+    error: Option<String>,
+    saved: Option<String>,
+    region: Option<String>,
+}
+
+async fn worklist(
+    State(room): State<Arc<ReadingRoom>>,
+    headers: HeaderMap,
+    Query(said): Query<Said>,
+) -> Result<Html<String>, Failure> {
+    let (_, session) = room.session(&headers)?;
+    let (rows, message) = match room.rows(&session).await {
+        Ok(rows) => (rows, said.error),
+        // What the page can still show: the region that did not answer.
+        Err(Failure::Platform(why)) => (String::new(), Some(why)),
+        Err(other) => return Err(other),
+    };
+    Ok(Html(page::worklist(&signed(&session), &rows, message.as_deref(), said.saved.as_deref())))
+}
+
+async fn worklist_rows(State(room): State<Arc<ReadingRoom>>, headers: HeaderMap) -> Result<Response, Failure> {
+    let (_, session) = match room.session(&headers) {
+        Ok(s) => s,
+        // The script sees the 401 and goes to sign-in.
+        Err(_) => return Ok(StatusCode::UNAUTHORIZED.into_response()),
+    };
+    Ok(Html(room.rows(&session).await?).into_response())
+}
+
+/// Server-sent events: one `worklist` event each time routing reports the
+/// reader's page changed (the page then asks for its rows again).
+async fn worklist_events(State(room): State<Arc<ReadingRoom>>, headers: HeaderMap) -> Result<Response, Failure> {
+    let (_, session) = match room.session(&headers) {
+        Ok(s) => s,
+        Err(_) => return Ok(StatusCode::UNAUTHORIZED.into_response()),
+    };
+    let region = room.sits_in(&session.token, &session.reader).await?;
+    let request = routing::WatchWorklistRequest { reader_id: session.reader.clone(), page_size: 100 };
+    let stream = room.routing(&region)?.watch_worklist(authorized(request, &session.token)?).await?.into_inner();
+    let events = stream.map(|change| {
+        Ok::<_, std::convert::Infallible>(match change {
+            Ok(change) => Event::default().event("worklist").data(change.entries.len().to_string()),
+            Err(status) => Event::default().event("failed").data(said(&status)),
+        })
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+}
+
+#[derive(Deserialize)]
+struct StudyForm {
+    csrf: String,
+    study: String,
+    region: String,
+    #[serde(default)]
+    reason: String,
+}
+
+fn back_with_error(message: &str) -> Response {
+    Redirect::to(&format!("/room/worklist?error={}", page::query_part(message))).into_response()
+}
+
+async fn claim(
+    State(room): State<Arc<ReadingRoom>>,
+    headers: HeaderMap,
+    Form(form): Form<StudyForm>,
+) -> Result<Response, Failure> {
+    let (_, session) = room.changing(&headers, &form.csrf)?;
+    let request = routing::ClaimRequest {
+        reader_id: session.reader.clone(),
+        study_id: form.study.clone(),
+        idempotency_key: String::new(),
+    };
+    match room.routing(&form.region)?.claim(authorized(request, &session.token)?).await {
+        Ok(_) => Ok(Redirect::to(&format!(
+            "/room/studies/{}?region={}",
+            page::query_part(&form.study),
+            page::query_part(&form.region)
+        ))
+        .into_response()),
+        Err(status) => Ok(back_with_error(&said(&status))),
+    }
+}
+
+async fn release(
+    State(room): State<Arc<ReadingRoom>>,
+    headers: HeaderMap,
+    Form(form): Form<StudyForm>,
+) -> Result<Response, Failure> {
+    let (_, session) = room.changing(&headers, &form.csrf)?;
+    let request = routing::ReleaseRequest {
+        reader_id: session.reader.clone(),
+        study_id: form.study.clone(),
+        reason: form.reason.clone(),
+        idempotency_key: String::new(),
+    };
+    match room.routing(&form.region)?.release(authorized(request, &session.token)?).await {
+        Ok(_) => Ok(Redirect::to("/room/worklist").into_response()),
+        Err(status) => Ok(back_with_error(&said(&status))),
+    }
+}
+
+/// The report editor: the reader's held read of the study, the last draft
+/// of it, where its images are.
+async fn study(
+    State(room): State<Arc<ReadingRoom>>,
+    headers: HeaderMap,
+    Path(study): Path<String>,
+    Query(said_before): Query<Said>,
+) -> Result<Html<String>, Failure> {
+    let (_, session) = room.session(&headers)?;
+    let region = said_before.region.clone().unwrap_or_else(|| room.config.region.clone());
+    let sits_in = room.sits_in(&session.token, &session.reader).await?;
+    let request = authorized(routing::ListAssignmentsRequest { reader_id: session.reader.clone() }, &session.token)?;
+    let held = room.routing(&sits_in)?.list_assignments(request).await?.into_inner().entries;
+    let read_type = held.iter().find(|e| e.study_id == study).map(|e| e.read_type.clone());
+    let mut message = said_before.error.clone();
+    let mut images = None;
+    let (mut findings, mut impression, mut version) = (String::new(), String::new(), 0);
+    if let Some(read) = &read_type {
+        let mut reporting = room.reporting(&region)?;
+        let request = authorized(reporting::OpenStudyRequest { study_id: study.clone() }, &session.token)?;
+        match reporting.open_study(request).await {
+            Ok(open) => {
+                let open = open.into_inner();
+                images = Some((open.region, open.dicomweb_path));
+            }
+            Err(status) => message = Some(said(&status)),
+        }
+        let request = authorized(reporting::GetReportRequest { study_id: study.clone() }, &session.token)?;
+        if let Ok(report) = reporting.get_report(request).await {
+            let open = report.into_inner().reports.into_iter().find(|r| &r.read_type == read);
+            if let Some(last) = open.and_then(|r| r.text) {
+                let sections = last.sections.unwrap_or_default();
+                (findings, impression, version) = (sections.findings, sections.impression, last.version);
+            }
+        }
+    }
+    let images = images.as_ref().map(|(r, p)| (r.as_str(), p.as_str()));
+    let editor = page::Editor {
+        study: &study,
+        region: &region,
+        read_type: read_type.as_deref(),
+        findings: &findings,
+        impression: &impression,
+        version,
+        images,
+        message: message.as_deref(),
+        saved: said_before.saved.as_deref(),
+    };
+    Ok(Html(page::editor(&signed(&session), &editor)))
+}
+
+#[derive(Deserialize)]
+struct ReportForm {
+    csrf: String,
+    findings: String,
+    impression: String,
+    #[serde(default)]
+    version: u32,
+    #[serde(default)]
+    read_type: String,
+}
+
+#[derive(Deserialize)]
+struct InRegion {
+    region: String,
+}
+
+async fn save(
+    room: &ReadingRoom,
+    session: &Session,
+    study: &str,
+    region: &str,
+    form: &ReportForm,
+) -> Result<u32, tonic::Status> {
+    let sections = reporting::Sections {
+        findings: form.findings.clone(),
+        impression: form.impression.clone(),
+        fields: Default::default(),
+    };
+    let request = reporting::SaveDraftRequest {
+        study_id: study.to_owned(),
+        sections: Some(sections),
+        base_version: form.version,
+        idempotency_key: String::new(),
+    };
+    let request = authorized(request, &session.token).map_err(|_| tonic::Status::internal("the session's token"))?;
+    let mut client = room.reporting(region).map_err(|_| tonic::Status::unavailable(format!("region {region}")))?;
+    Ok(client.save_draft(request).await?.into_inner().version)
+}
+
+fn to_study(study: &str, region: &str, key: &str, text: &str) -> Response {
+    Redirect::to(&format!(
+        "/room/studies/{}?region={}&{key}={}",
+        page::query_part(study),
+        page::query_part(region),
+        page::query_part(text)
+    ))
+    .into_response()
+}
+
+async fn draft(
+    State(room): State<Arc<ReadingRoom>>,
+    headers: HeaderMap,
+    Path(study): Path<String>,
+    Query(InRegion { region }): Query<InRegion>,
+    Form(form): Form<ReportForm>,
+) -> Result<Response, Failure> {
+    let (_, session) = room.changing(&headers, &form.csrf)?;
+    Ok(match save(&room, &session, &study, &region, &form).await {
+        Ok(version) => to_study(&study, &region, "saved", &format!("Draft version {version} saved.")),
+        Err(status) => to_study(&study, &region, "error", &said(&status)),
+    })
+}
+
+/// Saves what the reader typed, then signs that version.
+async fn sign(
+    State(room): State<Arc<ReadingRoom>>,
+    headers: HeaderMap,
+    Path(study): Path<String>,
+    Query(InRegion { region }): Query<InRegion>,
+    Form(form): Form<ReportForm>,
+) -> Result<Response, Failure> {
+    let (_, session) = room.changing(&headers, &form.csrf)?;
+    let version = match save(&room, &session, &study, &region, &form).await {
+        Ok(version) => version,
+        Err(status) => return Ok(to_study(&study, &region, "error", &said(&status))),
+    };
+    let request = reporting::SignRequest {
+        study_id: study.clone(),
+        read_type: form.read_type.clone(),
+        version,
+        discrepancy: String::new(),
+    };
+    match room.reporting(&region)?.sign(authorized(request, &session.token)?).await {
+        Ok(_) => Ok(Redirect::to(&format!(
+            "/room/worklist?saved={}",
+            page::query_part(&format!("Signed {} of study {study}.", form.read_type))
+        ))
+        .into_response()),
+        Err(status) => Ok(to_study(&study, &region, "error", &said(&status))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_change_from_another_site_is_refused() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));
+        assert!(same_origin(&headers).is_ok(), "no Origin: a form post of this page's");
+        headers.insert(header::ORIGIN, HeaderValue::from_static("http://127.0.0.1:8080"));
+        assert!(same_origin(&headers).is_ok());
+        headers.insert(header::ORIGIN, HeaderValue::from_static("https://evil.example"));
+        assert!(matches!(same_origin(&headers), Err(Failure::Forbidden(_))));
+        headers.remove(header::ORIGIN);
+        headers.insert(header::REFERER, HeaderValue::from_static("http://127.0.0.1:8080.evil.example/x"));
+        assert!(matches!(same_origin(&headers), Err(Failure::Forbidden(_))));
+    }
+
+    #[test]
+    fn the_session_cookie_is_read_among_others() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::COOKIE, HeaderValue::from_static("a=1; meridian_room=abc; b=2"));
+        assert_eq!(cookie(&headers, COOKIE).as_deref(), Some("abc"));
+        assert_eq!(page::query_part("Refused: a b/c"), "Refused%3A%20a%20b%2Fc");
+    }
+}

@@ -1,0 +1,323 @@
+//! The reading room's HTML, rendered on the server from what routing and
+//! reporting answer (no rule is decided here). Every value is escaped;
+//! worklist entries carry no PHI (opaque ids, modality, body part,
+//! priority, deadline, delivery model, regions), so a page shows nothing a
+//! reader may not see.
+
+use std::fmt::Write;
+
+use meridian_proto::routing::v1::WorklistEntry;
+
+/// Text safe inside HTML elements and double-quoted attributes.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Who is signed in, as the page shows it.
+pub struct Signed<'a> {
+    pub principal: &'a str,
+    pub reader: &'a str,
+    pub csrf: &'a str,
+}
+
+/// A whole page: `body` inside the room's frame.
+pub fn layout(title: &str, signed: Option<&Signed<'_>>, body: &str) -> String {
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{} · Meridian reading room</title>\
+         <link rel=\"stylesheet\" href=\"/room/assets/room.css\">\
+         <script src=\"/room/assets/room.js\" defer></script></head><body>\
+         <header><a class=\"brand\" href=\"/room/worklist\">Meridian reading room</a>",
+        escape(title)
+    );
+    if let Some(s) = signed {
+        let _ = write!(
+            out,
+            "<form method=\"post\" action=\"/room/sign-out\" class=\"who\">\
+             <span>Signed in as <strong>{}</strong> (reader {})</span>\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <button type=\"submit\">Sign out</button></form>",
+            escape(s.principal),
+            escape(s.reader),
+            escape(s.csrf)
+        );
+    }
+    let _ = writeln!(out, "</header><main id=\"main\">{body}</main></body></html>");
+    out
+}
+
+/// A principal the development sign-in offers.
+#[derive(Clone, Debug)]
+pub struct DevPrincipal {
+    pub name: String,
+    pub reader: String,
+    pub group: String,
+}
+
+pub fn sign_in(principals: &[DevPrincipal], error: Option<&str>) -> String {
+    let mut body = String::from("<h1>Sign in</h1>");
+    if let Some(e) = error {
+        let _ = write!(body, "<p class=\"error\" role=\"alert\">{}</p>", escape(e));
+    }
+    if principals.is_empty() {
+        body.push_str(
+            "<p>No sign-in is configured for this region: the reading room's OpenID Connect sign-in is not built \
+             yet. In <code>meridian dev</code>, the example readers of <code>auth.toml</code> sign in here.</p>",
+        );
+        return layout("Sign in", None, &body);
+    }
+    body.push_str(
+        "<p class=\"notice\"><strong>Development sign-in.</strong> <code>meridian dev</code> lists the example \
+         readers of its <code>auth.toml</code> (their tokens are in <code>tokens.json</code>); a deployment signs \
+         readers in with its identity provider.</p><ul class=\"principals\">",
+    );
+    for p in principals {
+        let _ = write!(
+            body,
+            "<li><form method=\"post\" action=\"/room/sign-in\">\
+             <input type=\"hidden\" name=\"principal\" value=\"{name}\">\
+             <button type=\"submit\">Sign in as {name}</button> <span>{reader}, {group}</span></form></li>",
+            name = escape(&p.name),
+            reader = escape(&p.reader),
+            group = escape(&p.group)
+        );
+    }
+    body.push_str("</ul>");
+    layout("Sign in", None, &body)
+}
+
+/// The worklist page: the table's rows come from [`worklist_rows`] and are
+/// replaced in place when the worklist changes (the page's script follows
+/// `/room/worklist/events`).
+pub fn worklist(signed: &Signed<'_>, rows: &str, message: Option<&str>, saved: Option<&str>) -> String {
+    let mut body = String::new();
+    if let Some(m) = message {
+        let _ = write!(body, "<p class=\"error\" role=\"alert\">{}</p>", escape(m));
+    }
+    if let Some(s) = saved {
+        let _ = write!(body, "<p class=\"saved\" role=\"status\">{}</p>", escape(s));
+    }
+    let _ = write!(
+        body,
+        "<h1>Worklist</h1><p id=\"live\" role=\"status\" aria-live=\"polite\">Live: changes appear without a \
+         reload.</p><table id=\"worklist\" data-rows=\"/room/worklist/rows\"><caption>Studies assigned to you, then \
+         studies you may claim, in Meridian's order</caption><thead><tr><th scope=\"col\">Priority</th>\
+         <th scope=\"col\">Due</th><th scope=\"col\">Modality</th><th scope=\"col\">Body part</th>\
+         <th scope=\"col\">Read</th><th scope=\"col\">Delivery</th><th scope=\"col\">Home region</th>\
+         <th scope=\"col\">Tenant</th><th scope=\"col\">Study</th><th scope=\"col\">Action</th></tr></thead>\
+         <tbody>{rows}</tbody></table>"
+    );
+    layout("Worklist", Some(signed), &body)
+}
+
+/// Rows for the studies `held` by the reader (open, release) and those
+/// `offered` to them (claim), each naming its home region (where commands
+/// about it go).
+pub fn worklist_rows(held: &[WorklistEntry], offered: &[WorklistEntry], csrf: &str) -> String {
+    let mut out = String::new();
+    for e in held {
+        let action = format!(
+            "<a class=\"button\" href=\"/room/studies/{id}?region={home}\">Open</a> \
+             <form method=\"post\" action=\"/room/release\" class=\"inline\">{hidden}\
+             <label>Reason <input name=\"reason\" required></label> \
+             <button type=\"submit\">Release</button></form>",
+            id = escape(&e.study_id),
+            home = escape(&e.home_region),
+            hidden = hidden_study(e, csrf)
+        );
+        row(&mut out, e, "held", &action);
+    }
+    for e in offered {
+        let action = format!(
+            "<form method=\"post\" action=\"/room/claim\" class=\"inline\">{}\
+             <button type=\"submit\" aria-label=\"Claim {} study {}\">Claim</button></form>",
+            hidden_study(e, csrf),
+            escape(&e.modality),
+            escape(short(&e.study_id))
+        );
+        row(&mut out, e, "offered", &action);
+    }
+    if held.is_empty() && offered.is_empty() {
+        out.push_str("<tr><td colspan=\"10\">Nothing to read now.</td></tr>");
+    }
+    out
+}
+
+fn hidden_study(e: &WorklistEntry, csrf: &str) -> String {
+    format!(
+        "<input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"study\" value=\"{}\">\
+         <input type=\"hidden\" name=\"region\" value=\"{}\">",
+        escape(csrf),
+        escape(&e.study_id),
+        escape(&e.home_region)
+    )
+}
+
+fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+fn row(out: &mut String, e: &WorklistEntry, kind: &str, action: &str) {
+    let deadline = e.deadline.as_ref().and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok());
+    let due = deadline.map(|t| t.to_string()).unwrap_or_default();
+    let flagged = if e.ai_flagged { " <span class=\"flag\">AI flagged</span>" } else { "" };
+    let _ = write!(
+        out,
+        "<tr class=\"{kind} {priority}\" data-study=\"{id}\"><td>{priority}{flagged}</td>\
+         <td><time datetime=\"{due}\" data-deadline=\"{due}\">{due}</time></td><td>{modality}</td><td>{body}</td>\
+         <td>{read}</td><td>{delivery}</td><td>{home}</td><td>{tenant}</td><td><code title=\"{id}\">{short}</code></td>\
+         <td>{action}</td></tr>",
+        priority = escape(&e.priority),
+        id = escape(&e.study_id),
+        due = escape(&due),
+        modality = escape(&e.modality),
+        body = escape(&e.body_part),
+        read = escape(&e.read_type),
+        delivery = escape(&e.delivery_model),
+        home = escape(&e.home_region),
+        tenant = escape(&e.tenant),
+        short = escape(short(&e.study_id)),
+    );
+}
+
+/// Percent-encodes what goes into a URL's path segment or query value.
+pub fn query_part(text: &str) -> String {
+    let mut out = String::new();
+    for b in text.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// What the report editor shows of a study.
+pub struct Editor<'a> {
+    pub study: &'a str,
+    pub region: &'a str,
+    /// The open read's type, when the reader holds one.
+    pub read_type: Option<&'a str>,
+    pub findings: &'a str,
+    pub impression: &'a str,
+    /// The draft version shown (0: none saved).
+    pub version: u32,
+    /// Where the images are: the region and its DICOMweb path.
+    pub images: Option<(&'a str, &'a str)>,
+    pub message: Option<&'a str>,
+    pub saved: Option<&'a str>,
+}
+
+pub fn editor(signed: &Signed<'_>, e: &Editor<'_>) -> String {
+    let mut body = String::new();
+    let _ = write!(
+        body,
+        "<p><a href=\"/room/worklist\">Back to the worklist</a></p><h1>Study <code>{}</code></h1>\
+         <p>Home region {}</p>",
+        escape(e.study),
+        escape(e.region)
+    );
+    if let Some(m) = e.message {
+        let _ = write!(body, "<p class=\"error\" role=\"alert\">{}</p>", escape(m));
+    }
+    if let Some(s) = e.saved {
+        let _ = write!(body, "<p class=\"saved\" role=\"status\">{}</p>", escape(s));
+    }
+    if let Some((region, path)) = e.images {
+        // The viewer opens the study where its images are: the home, or
+        // the region its de-identified derivative landed in.
+        let uid = path.rsplit('/').next().unwrap_or_default();
+        let _ = write!(
+            body,
+            "<p><a class=\"button\" id=\"viewer\" href=\"/room/viewer/viewer/{region}?StudyInstanceUIDs={uid}\" \
+             target=\"_blank\" rel=\"noopener\">Open the images</a> <span>from {region_text}'s DICOMweb</span></p>",
+            region = escape(&query_part(region)),
+            uid = escape(&query_part(uid)),
+            region_text = escape(region),
+        );
+    }
+    let Some(read_type) = e.read_type else {
+        body.push_str("<p>You do not hold a read of this study (released, reassigned or signed).</p>");
+        return layout("Study", Some(signed), &body);
+    };
+    let action = |what: &str| format!("/room/studies/{}/{what}?region={}", escape(e.study), escape(e.region));
+    let _ = write!(
+        body,
+        "<form method=\"post\" action=\"{draft}\" id=\"report\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+         <input type=\"hidden\" name=\"version\" value=\"{version}\">\
+         <p><label for=\"findings\">Findings</label><br><textarea id=\"findings\" name=\"findings\" rows=\"8\" \
+         cols=\"80\">{findings}</textarea></p>\
+         <p><label for=\"impression\">Impression</label><br><textarea id=\"impression\" name=\"impression\" \
+         rows=\"4\" cols=\"80\">{impression}</textarea></p>\
+         <p><button type=\"submit\">Save draft</button> \
+         <button type=\"submit\" formaction=\"{sign}\" name=\"read_type\" value=\"{read}\">Sign {read}</button></p>\
+         </form>",
+        draft = action("draft"),
+        sign = action("sign"),
+        csrf = escape(signed.csrf),
+        version = e.version,
+        findings = escape(e.findings),
+        impression = escape(e.impression),
+        read = escape(read_type),
+    );
+    layout("Study", Some(signed), &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(study: &str, priority: &str) -> WorklistEntry {
+        WorklistEntry {
+            study_id: study.into(),
+            tenant: "acme".into(),
+            home_region: "us-east".into(),
+            modality: "CT".into(),
+            body_part: "HEAD".into(),
+            priority: priority.into(),
+            read_type: "preliminary".into(),
+            delivery_model: "offshore".into(),
+            deadline: Some(prost_types_timestamp(1_800_000_000)),
+            ..Default::default()
+        }
+    }
+
+    fn prost_types_timestamp(seconds: i64) -> prost_types::Timestamp {
+        prost_types::Timestamp { seconds, nanos: 0 }
+    }
+
+    #[test]
+    fn text_is_escaped_everywhere_it_is_shown() {
+        assert_eq!(escape("<a href=\"x\">'&'</a>"), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;");
+        let rows = worklist_rows(&[], &[entry("\"><script>alert(1)</script>", "stat")], "c\"sr");
+        assert!(!rows.contains("<script>") && rows.contains("&lt;script&gt;"), "{rows}");
+        assert!(rows.contains("value=\"c&quot;sr\""), "{rows}");
+    }
+
+    #[test]
+    fn held_studies_open_and_release_offered_ones_claim_each_naming_its_home() {
+        let rows = worklist_rows(&[entry("held-study-1", "stat")], &[entry("offered-2", "routine")], "token");
+        let (held, offered) = rows.split_once("offered-2").unwrap();
+        assert!(held.contains("href=\"/room/studies/held-study-1?region=us-east\"") && held.contains("Release"));
+        assert!(held.contains("<label>Reason <input name=\"reason\" required></label>"), "a labelled reason");
+        assert!(offered.contains("action=\"/room/claim\"") || rows.contains("action=\"/room/claim\""));
+        assert!(rows.contains("datetime=\"2027-01-15T08:00:00Z\""), "{rows}");
+        assert_eq!(rows.matches("name=\"csrf\" value=\"token\"").count(), 2, "each form carries the CSRF token");
+        assert!(worklist_rows(&[], &[], "t").contains("Nothing to read now."));
+    }
+}

@@ -1,0 +1,37 @@
+// The reading room's only script: the worklist follows routing's changes
+// (server-sent events; the rows come from the server, already escaped),
+// and each deadline counts down. Everything else is plain forms.
+(function () {
+  "use strict";
+  function left(ms) {
+    const late = ms < 0;
+    let m = Math.floor(Math.abs(ms) / 60000);
+    const d = Math.floor(m / 1440), h = Math.floor((m % 1440) / 60);
+    m = m % 60;
+    const text = (d ? d + "d " : "") + (d || h ? h + "h " : "") + m + "m";
+    return late ? "overdue by " + text : "in " + text;
+  }
+  function countdown() {
+    for (const t of document.querySelectorAll("time[data-deadline]")) {
+      const at = Date.parse(t.dataset.deadline);
+      if (!isNaN(at)) t.textContent = left(at - Date.now());
+    }
+  }
+  countdown();
+  setInterval(countdown, 30000);
+  const table = document.getElementById("worklist");
+  if (!table || !window.EventSource) return;
+  const status = document.getElementById("live");
+  const source = new EventSource("/room/worklist/events");
+  source.addEventListener("worklist", async function () {
+    const rows = await fetch(table.dataset.rows, { credentials: "same-origin" });
+    if (rows.status === 401) { window.location.href = "/room/sign-in"; return; }
+    if (!rows.ok) { status.textContent = "The worklist did not refresh: " + rows.status; return; }
+    table.tBodies[0].innerHTML = await rows.text();
+    table.dataset.updated = String(Number(table.dataset.updated || 0) + 1);
+    countdown();
+  });
+  source.addEventListener("failed", function (e) { status.textContent = "Live updates failed: " + e.data; });
+  source.onerror = function () { status.textContent = "Live updates interrupted; retrying."; };
+  source.onopen = function () { status.textContent = "Live: changes appear without a reload."; };
+})();

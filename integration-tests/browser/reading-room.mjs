@@ -118,6 +118,21 @@ try {
   result.viewer = drawn;
   result.first_image_ms = Date.now() - started;
   await viewer.close();
+
+  // Saved as she types, from the version the last save made.
+  const autosave = (p) => p.locator("#autosave");
+  await page.getByLabel("Findings").fill("No intracranial haemorrhage. No mass effect.");
+  await autosave(page).getByText("Draft version 2 saved.").waitFor({ timeout: 20_000 });
+  // The same draft in a second tab: the first to save wins, the other is
+  // told why, and nothing it typed replaces the saved draft.
+  const second = await context.newPage();
+  await second.goto(page.url());
+  await page.getByLabel("Impression").fill("Normal CT head.");
+  await autosave(page).getByText("Draft version 3 saved.").waitFor({ timeout: 20_000 });
+  await second.getByLabel("Impression").fill("Something else entirely.");
+  await autosave(second).getByText(/^Not saved: /).waitFor({ timeout: 20_000 });
+  result.second_tab = await autosave(second).innerText();
+  await second.close();
   await page.getByRole("button", { name: "Sign preliminary" }).click();
   await page.waitForURL("**/room/worklist**");
   await page.getByText("Nothing to read now.").waitFor();

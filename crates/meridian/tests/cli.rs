@@ -4074,6 +4074,7 @@ fn a_reader_reads_a_study_in_the_reading_room_in_a_real_browser() {
     let study = appeared.strip_prefix("study ").unwrap_or_else(|| panic!("{appeared}: {stderr}"));
     let result: Value = serde_json::from_str(done.strip_prefix("done ").unwrap()).unwrap();
     assert_eq!(result["signed"], true, "{result}");
+    assert!(result["second_tab"].as_str().is_some_and(|s| s.starts_with("Not saved: ")), "{result}");
     assert!(result["viewer"]["max"].as_u64() > result["viewer"]["min"].as_u64(), "pixels drawn: {result}");
     eprintln!("the viewer drew its first image {} ms after the click", result["first_image_ms"]);
     assert!(!study.contains(uid), "the page names studies by opaque id");
@@ -4082,6 +4083,8 @@ fn a_reader_reads_a_study_in_the_reading_room_in_a_real_browser() {
         tail_payloads(data.path(), "reporting", "ReportSigned").into_iter().find(|s| s["studyId"] == study)
     });
     assert_eq!((signed["readType"].as_str(), signed["readerId"].as_str()), (Some("preliminary"), Some("dr-ana-ortiz")));
+    // The version signed is the first tab's last, not the second tab's text.
+    assert_eq!(signed["reportVersion"], 4, "{signed}");
     // Every image the viewer asked for went through her session to
     // us-east's DICOMweb, which audited it as hers.
     let accessed = tail_payloads(data.path(), "audit", "PhiAccessed");

@@ -635,11 +635,30 @@ async fn draft(
     Query(InRegion { region }): Query<InRegion>,
     Form(form): Form<ReportForm>,
 ) -> Result<Response, Failure> {
-    let (_, session) = room.changing(&headers, &form.csrf)?;
-    Ok(match save(&room, &session, &study, &region, &form).await {
-        Ok(version) => to_study(&study, &region, "saved", &format!("Draft version {version} saved.")),
-        Err(status) => to_study(&study, &region, "error", &said(&status)),
+    // The page's script saves as the reader types and asks for JSON; a
+    // plain form post is answered with the page.
+    let json = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("json"));
+    let session = match room.changing(&headers, &form.csrf) {
+        Ok((_, session)) => session,
+        Err(Failure::SignIn) if json => return Ok(autosaved(StatusCode::UNAUTHORIZED, None, "your session ended")),
+        Err(Failure::Forbidden(why)) if json => return Ok(autosaved(StatusCode::FORBIDDEN, None, why)),
+        Err(other) => return Err(other),
+    };
+    Ok(match (save(&room, &session, &study, &region, &form).await, json) {
+        (Ok(version), true) => autosaved(StatusCode::OK, Some(version), ""),
+        (Err(status), true) => autosaved(StatusCode::CONFLICT, None, &said(&status)),
+        (Ok(version), false) => to_study(&study, &region, "saved", &format!("Draft version {version} saved.")),
+        (Err(status), false) => to_study(&study, &region, "error", &said(&status)),
     })
+}
+
+/// The answer to a save the page's script made: the version saved, or why not.
+fn autosaved(status: StatusCode, version: Option<u32>, error: &str) -> Response {
+    let body = match version {
+        Some(v) => format!("{{\"version\":{v}}}"),
+        None => format!("{{\"error\":{}}}", viewer::json_string(error)),
+    };
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// Saves what the reader typed, then signs that version.

@@ -264,6 +264,7 @@ pub fn editor(signed: &Signed<'_>, e: &Editor<'_>) -> String {
          cols=\"80\">{findings}</textarea></p>\
          <p><label for=\"impression\">Impression</label><br><textarea id=\"impression\" name=\"impression\" \
          rows=\"4\" cols=\"80\">{impression}</textarea></p>\
+         <p id=\"autosave\" role=\"status\" aria-live=\"polite\"></p>\
          <p><button type=\"submit\">Save draft</button> \
          <button type=\"submit\" formaction=\"{sign}\" name=\"read_type\" value=\"{read}\">Sign {read}</button></p>\
          </form>",

@@ -1,6 +1,7 @@
 // The reading room's only script: the worklist follows routing's changes
 // (server-sent events; the rows come from the server, already escaped),
-// and each deadline counts down. Everything else is plain forms.
+// each deadline counts down, and the editor saves drafts as the reader
+// types. Everything else is plain forms.
 (function () {
   "use strict";
   function left(ms) {
@@ -19,6 +20,50 @@
   }
   countdown();
   setInterval(countdown, 30000);
+
+  // The report editor saves the draft as the reader types (two seconds
+  // after the last key), each save from the version the last one made: a
+  // save from another tab or session in between is refused, and said. An
+  // ended session loses nothing saved: sign in again and it is there.
+  const report = document.getElementById("report");
+  if (report) {
+    const said = document.getElementById("autosave");
+    let timer = null;
+    let saving = false;
+    const save = async function () {
+      if (saving) { timer = setTimeout(save, 500); return; }
+      saving = true;
+      try {
+        const body = new URLSearchParams(new FormData(report));
+        const answer = await fetch(report.action, {
+          method: "POST",
+          credentials: "same-origin",
+          headers: { accept: "application/json" },
+          body: body,
+        });
+        const json = await answer.json();
+        if (answer.ok) {
+          report.elements.version.value = String(json.version);
+          report.dataset.saved = String(json.version);
+          said.textContent = "Draft version " + json.version + " saved.";
+        } else if (answer.status === 401) {
+          said.textContent = "Your session ended; the last saved draft is kept. Sign in again to go on.";
+          window.location.href = "/room/sign-in";
+        } else {
+          said.textContent = "Not saved: " + json.error;
+        }
+      } catch (e) {
+        said.textContent = "Not saved: " + e;
+      } finally {
+        saving = false;
+      }
+    };
+    report.addEventListener("input", function () {
+      clearTimeout(timer);
+      said.textContent = "Editing…";
+      timer = setTimeout(save, 2000);
+    });
+  }
   const table = document.getElementById("worklist");
   if (!table || !window.EventSource) return;
   const status = document.getElementById("live");

@@ -44,7 +44,7 @@ pub fn app_config(regions: &[&str]) -> String {
     )
 }
 
-fn json_string(text: &str) -> String {
+pub fn json_string(text: &str) -> String {
     let mut out = String::from("\"");
     for c in text.chars() {
         match c {

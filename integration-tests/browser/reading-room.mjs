@@ -137,6 +137,15 @@ try {
   await page.waitForURL("**/room/worklist**");
   await page.getByText("Nothing to read now.").waitFor();
   result.signed = true;
+  // Every region answers, and the page says so.
+  check((await page.locator("#regions").innerText()).includes("us-east: answers"), "regions listed");
+  // Why may she not take it now (its final)? Each rule, as routing says.
+  await page.getByLabel("Study id").fill(study);
+  await page.getByRole("button", { name: "Explain" }).click();
+  await page.getByText("You may not take this study now:").waitFor();
+  result.why = await page.locator("tbody tr.fails td:first-child").allInnerTexts();
+  check(result.why.length > 0, `no failing rule shown: ${await page.locator("main").innerText()}`);
+  await page.getByRole("link", { name: "Back to the worklist" }).click();
 
   // A forged session is not one: back to sign-in.
   const forged = await browser.newContext();

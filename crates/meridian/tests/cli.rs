@@ -4075,6 +4075,8 @@ fn a_reader_reads_a_study_in_the_reading_room_in_a_real_browser() {
     let result: Value = serde_json::from_str(done.strip_prefix("done ").unwrap()).unwrap();
     assert_eq!(result["signed"], true, "{result}");
     assert!(result["second_tab"].as_str().is_some_and(|s| s.starts_with("Not saved: ")), "{result}");
+    // Her own preliminary's final is not hers to read: a rule says why.
+    assert_eq!(result["why"], serde_json::json!(["conflict"]), "{result}");
     assert!(result["viewer"]["max"].as_u64() > result["viewer"]["min"].as_u64(), "pixels drawn: {result}");
     eprintln!("the viewer drew its first image {} ms after the click", result["first_image_ms"]);
     assert!(!study.contains(uid), "the page names studies by opaque id");

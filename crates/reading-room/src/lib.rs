@@ -149,6 +149,7 @@ impl ReadingRoom {
             .route("/worklist", get(worklist))
             .route("/worklist/rows", get(worklist_rows))
             .route("/worklist/events", get(worklist_events))
+            .route("/why", get(why))
             .route("/claim", post(claim))
             .route("/release", post(release))
             .route("/studies/{study}", get(study))
@@ -218,6 +219,17 @@ impl ReadingRoom {
         let request = authorized(routing::GetReaderRequest { reader_id: reader.to_owned() }, token)?;
         let answer = self.routing(&self.config.region)?.get_reader(request).await?.into_inner();
         Ok(answer.reader.map(|r| r.region).unwrap_or_else(|| self.config.region.clone()))
+    }
+
+    /// Whether each region answers (its `/readyz`, a second at most, all at
+    /// once).
+    async fn regions(&self) -> Vec<page::RegionState> {
+        let asks = self.config.http_endpoints.iter().map(|(name, root)| async move {
+            let ready = self.http.get(format!("{root}/readyz")).timeout(std::time::Duration::from_secs(1)).send();
+            let answers = matches!(ready.await, Ok(r) if r.status().is_success());
+            page::RegionState { name: name.clone(), answers }
+        });
+        futures_util::future::join_all(asks).await
     }
 
     async fn rows(&self, session: &Session) -> Result<String, Failure> {
@@ -444,7 +456,8 @@ async fn worklist(
         Err(Failure::Platform(why)) => (String::new(), Some(why)),
         Err(other) => return Err(other),
     };
-    Ok(Html(page::worklist(&signed(&session), &rows, message.as_deref(), said.saved.as_deref())))
+    let regions = room.regions().await;
+    Ok(Html(page::worklist(&signed(&session), &rows, message.as_deref(), said.saved.as_deref(), &regions)))
 }
 
 async fn worklist_rows(State(room): State<Arc<ReadingRoom>>, headers: HeaderMap) -> Result<Response, Failure> {
@@ -473,6 +486,27 @@ async fn worklist_events(State(room): State<Arc<ReadingRoom>>, headers: HeaderMa
         })
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+}
+
+#[derive(Deserialize)]
+struct WhyQuery {
+    study: String,
+}
+
+/// Each eligibility rule for the reader and a study, as routing in the
+/// region they sit in explains it (it knows other regions' studies too).
+async fn why(
+    State(room): State<Arc<ReadingRoom>>,
+    headers: HeaderMap,
+    Query(WhyQuery { study }): Query<WhyQuery>,
+) -> Result<Html<String>, Failure> {
+    let (_, session) = room.session(&headers)?;
+    let region = room.sits_in(&session.token, &session.reader).await?;
+    let request =
+        routing::ExplainEligibilityRequest { reader_id: session.reader.clone(), study_id: study.trim().to_owned() };
+    let answer = room.routing(&region)?.explain_eligibility(authorized(request, &session.token)?).await?.into_inner();
+    let checks: Vec<(String, bool, String)> = answer.checks.into_iter().map(|c| (c.rule, c.passed, c.reason)).collect();
+    Ok(Html(page::why(&signed(&session), study.trim(), answer.eligible, &checks)))
 }
 
 #[derive(Deserialize)]

@@ -103,7 +103,19 @@ pub fn sign_in(principals: &[DevPrincipal], error: Option<&str>) -> String {
 /// The worklist page: the table's rows come from [`worklist_rows`] and are
 /// replaced in place when the worklist changes (the page's script follows
 /// `/room/worklist/events`).
-pub fn worklist(signed: &Signed<'_>, rows: &str, message: Option<&str>, saved: Option<&str>) -> String {
+/// A region as the worklist page shows it: whether it answers.
+pub struct RegionState {
+    pub name: String,
+    pub answers: bool,
+}
+
+pub fn worklist(
+    signed: &Signed<'_>,
+    rows: &str,
+    message: Option<&str>,
+    saved: Option<&str>,
+    regions: &[RegionState],
+) -> String {
     let mut body = String::new();
     if let Some(m) = message {
         let _ = write!(body, "<p class=\"error\" role=\"alert\">{}</p>", escape(m));
@@ -120,6 +132,31 @@ pub fn worklist(signed: &Signed<'_>, rows: &str, message: Option<&str>, saved: O
          <th scope=\"col\">Read</th><th scope=\"col\">Delivery</th><th scope=\"col\">Home region</th>\
          <th scope=\"col\">Tenant</th><th scope=\"col\">Study</th><th scope=\"col\">Action</th></tr></thead>\
          <tbody>{rows}</tbody></table>"
+    );
+    // Which regions answer: studies homed in one that does not still show
+    // (their worklist entries are copied here) but cannot be claimed or
+    // reported until it is back.
+    let down: Vec<&str> = regions.iter().filter(|r| !r.answers).map(|r| r.name.as_str()).collect();
+    body.push_str(
+        "<section aria-labelledby=\"regions-title\"><h2 id=\"regions-title\">Regions</h2><ul id=\"regions\">",
+    );
+    for r in regions {
+        let state = if r.answers { "answers" } else { "does not answer" };
+        let _ = write!(body, "<li data-region=\"{0}\">{0}: {1}</li>", escape(&r.name), state);
+    }
+    body.push_str("</ul>");
+    if !down.is_empty() {
+        let _ = write!(
+            body,
+            "<p class=\"error\" role=\"alert\">{} does not answer: its studies stay listed, but claims, releases, \
+             drafts and signatures for them wait until it is back; every other region's work goes on.</p>",
+            escape(&down.join(", "))
+        );
+    }
+    body.push_str(
+        "</section><section aria-labelledby=\"why-title\"><h2 id=\"why-title\">Why can I not take a study?</h2>\
+         <form method=\"get\" action=\"/room/why\"><label>Study id <input name=\"study\" required size=\"40\"></label> \
+         <button type=\"submit\">Explain</button></form></section>",
     );
     layout("Worklist", Some(signed), &body)
 }
@@ -192,6 +229,29 @@ fn row(out: &mut String, e: &WorklistEntry, kind: &str, action: &str) {
         tenant = escape(&e.tenant),
         short = escape(short(&e.study_id)),
     );
+}
+
+/// Each eligibility rule routing checked for the reader and the study.
+pub fn why(signed: &Signed<'_>, study: &str, eligible: bool, checks: &[(String, bool, String)]) -> String {
+    let mut body = format!(
+        "<p><a href=\"/room/worklist\">Back to the worklist</a></p><h1>Study <code>{}</code></h1><p>{}</p>\
+         <table><caption>Each rule routing checks</caption><thead><tr><th scope=\"col\">Rule</th>\
+         <th scope=\"col\">Holds</th><th scope=\"col\">Why</th></tr></thead><tbody>",
+        escape(study),
+        if eligible { "You may take this study." } else { "You may not take this study now:" }
+    );
+    for (rule, passed, reason) in checks {
+        let _ = write!(
+            body,
+            "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td></tr>",
+            if *passed { "holds" } else { "fails" },
+            escape(rule),
+            if *passed { "yes" } else { "<strong>no</strong>" },
+            escape(reason)
+        );
+    }
+    body.push_str("</tbody></table>");
+    layout("Why", Some(signed), &body)
 }
 
 /// Percent-encodes what goes into a URL's path segment or query value.

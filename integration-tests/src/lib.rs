@@ -856,6 +856,40 @@ pub mod bench {
         start_dev_configured(dir, &Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/dev"), ports)
     }
 
+    /// What a started `meridian dev` wrote into its data directory: its
+    /// endpoints and the example principals' tokens.
+    pub struct DevFiles {
+        pub endpoints: serde_json::Value,
+        pub tokens: serde_json::Value,
+    }
+
+    impl DevFiles {
+        pub fn read(dir: &Path) -> anyhow::Result<DevFiles> {
+            let read = |name: &str| -> anyhow::Result<serde_json::Value> {
+                Ok(serde_json::from_slice(&std::fs::read(dir.join(name))?)?)
+            };
+            Ok(DevFiles { endpoints: read("endpoints.json")?, tokens: read("tokens.json")? })
+        }
+
+        pub fn token(&self, principal: &str) -> String {
+            self.tokens["principals"][principal]["token"].as_str().unwrap_or_default().to_owned()
+        }
+
+        /// `region`'s gRPC address, `host:port`.
+        pub fn grpc(&self, region: &str) -> String {
+            self.endpoints["regions"][region]["grpc"].as_str().unwrap_or_default().to_owned()
+        }
+
+        /// `region`'s HTTP root, `http://host:port`.
+        pub fn http(&self, region: &str) -> String {
+            self.endpoints["regions"][region]["http"].as_str().unwrap_or_default().to_owned()
+        }
+
+        pub fn dicom_port(&self, region: &str) -> u16 {
+            self.endpoints["regions"][region]["dicom"]["port"].as_u64().unwrap_or_default() as u16
+        }
+    }
+
     /// [`start_dev`] on the configuration in `config`.
     pub fn start_dev_configured(dir: &Path, config: &Path, ports: &[&str]) -> anyhow::Result<Child> {
         start_dev_with(dir, config, ports, &[])

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use meridian_integration_tests::Tansu;
-use meridian_integration_tests::bench::{STUDY, arg, peak_rss_mb, percentiles, start_dev_configured};
+use meridian_integration_tests::bench::{DevFiles, STUDY, arg, peak_rss_mb, percentiles, start_dev_configured};
 use meridian_integration_tests::processes::Cluster;
 use meridian_proto::ingest::v1 as ingest;
 use meridian_proto::routing::v1 as routing;
@@ -124,13 +124,10 @@ async fn main() -> anyhow::Result<()> {
     // meridian dev: every region in one process, the replicator between them.
     let dir = work.path().join("dev");
     let mut dev = start_dev_configured(&dir, &config, &["--ports", "auto"])?;
-    let endpoints: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("endpoints.json"))?)?;
-    let tokens: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("tokens.json"))?)?;
-    let token = |p: &str| tokens["principals"][p]["token"].as_str().unwrap_or_default().to_owned();
-    let region = |r: &str| &endpoints["regions"][r];
-    let port = region("us-east")["dicom"]["port"].as_u64().unwrap_or_default() as u16;
-    let us_east = region("us-east")["grpc"].as_str().unwrap_or_default().to_owned();
-    let in_south = region("in-south")["grpc"].as_str().unwrap_or_default().to_owned();
+    let files = DevFiles::read(&dir)?;
+    let token = |p: &str| files.token(p);
+    let port = files.dicom_port("us-east");
+    let (us_east, in_south) = (files.grpc("us-east"), files.grpc("in-south"));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle = rss_mb(dev.id()).unwrap_or_default();
     let (nair, pacs) = (token("dr-nair"), token("acme-pacs"));

@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use meridian_integration_tests::bench::{STUDY, arg, percentiles, start_dev_configured};
+use meridian_integration_tests::bench::{DevFiles, STUDY, arg, percentiles, start_dev_configured};
 use meridian_proto::ingest::v1 as ingest;
 use meridian_proto::routing::v1 as routing;
 use tokio_stream::StreamExt;
@@ -47,14 +47,10 @@ async fn main() -> anyhow::Result<()> {
     meridian_integration_tests::nair_always_on_pull_examples(&examples, &config);
     let dir = work.path().join("dev");
     let mut dev = start_dev_configured(&dir, &config, &["--ports", "auto"])?;
-    let endpoints: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("endpoints.json"))?)?;
-    let tokens: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("tokens.json"))?)?;
-    let token = |p: &str| tokens["principals"][p]["token"].as_str().unwrap_or_default().to_owned();
-    let region = |r: &str| &endpoints["regions"][r];
-    let port = region("us-east")["dicom"]["port"].as_u64().unwrap_or_default() as u16;
-    let us_east = region("us-east")["grpc"].as_str().unwrap_or_default().to_owned();
-    let in_south = region("in-south")["grpc"].as_str().unwrap_or_default().to_owned();
-    let room = region("in-south")["http"].as_str().unwrap_or_default().to_owned();
+    let files = DevFiles::read(&dir)?;
+    let token = |p: &str| files.token(p);
+    let port = files.dicom_port("us-east");
+    let (us_east, in_south, room) = (files.grpc("us-east"), files.grpc("in-south"), files.http("in-south"));
 
     let mut browser = Command::new("node")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/room-bench.mjs"))
@@ -102,12 +98,12 @@ async fn main() -> anyhow::Result<()> {
     let mut ingest_client =
         ingest::ingest_service_client::IngestServiceClient::connect(format!("http://{us_east}")).await?;
     let pacs = token("acme-pacs");
-    let files = work.path().join("studies");
-    std::fs::create_dir_all(&files)?;
+    let studies_dir = work.path().join("studies");
+    std::fs::create_dir_all(&studies_dir)?;
     let (mut from_ack, mut from_list) = (Vec::new(), Vec::new());
     for i in 0..studies {
         let study = format!("{STUDY}.23.{i}");
-        let file = meridian_integration_tests::dicom::one_instance_study(&files, &study, "MRN-ROOM", "");
+        let file = meridian_integration_tests::dicom::one_instance_study(&studies_dir, &study, "MRN-ROOM", "");
         meridian_integration_tests::bench::send_parallel(port, "ACME_CT1", "MERIDIAN_ACME", &[file], 1)?;
         let acknowledged = unix_ms();
         let request = ingest::CompleteStudyRequest {

@@ -84,9 +84,14 @@ try {
   await page.waitForURL(`**/room/studies/${study}**`);
   await page.getByLabel("Findings").fill("No intracranial haemorrhage.");
   await page.getByLabel("Impression").fill("Normal CT head.");
+  // The study's template, in the contract's language, with its coded fields.
+  await page.getByRole("heading", { name: "CT Head without contrast" }).waitFor();
+  await page.getByLabel("Intracranial haemorrhage").selectOption("absent");
   await page.getByRole("button", { name: "Save draft" }).click();
   await page.getByText("Draft version 1 saved.").waitFor();
   check((await page.getByLabel("Impression").inputValue()) === "Normal CT head.", "the draft read back");
+  check((await page.getByLabel("Intracranial haemorrhage").inputValue()) === "absent", "the coded field read back");
+  check((await page.locator("#findings").getAttribute("lang")) === "en", "the contract's language");
   await page.screenshot({ path: path.join(shots, "editor.png"), fullPage: true });
 
   // The images: OHIF, served by the room, through its DICOMweb proxy on

@@ -578,6 +578,7 @@ async fn study(
     let read_type = held.iter().find(|e| e.study_id == study).map(|e| e.read_type.clone());
     let mut message = said_before.error.clone();
     let mut images = None;
+    let (mut template, mut language, mut fields) = (None, String::new(), BTreeMap::new());
     let (mut findings, mut impression, mut version) = (String::new(), String::new(), 0);
     if let Some(read) = &read_type {
         let mut reporting = room.reporting(&region)?;
@@ -586,6 +587,7 @@ async fn study(
             Ok(open) => {
                 let open = open.into_inner();
                 images = Some((open.region, open.dicomweb_path));
+                (template, language) = (open.template, open.language);
             }
             Err(status) => message = Some(said(&status)),
         }
@@ -595,6 +597,7 @@ async fn study(
             if let Some(last) = open.and_then(|r| r.text) {
                 let sections = last.sections.unwrap_or_default();
                 (findings, impression, version) = (sections.findings, sections.impression, last.version);
+                fields = sections.fields.into_iter().collect();
             }
         }
     }
@@ -609,19 +612,44 @@ async fn study(
         images,
         message: message.as_deref(),
         saved: said_before.saved.as_deref(),
+        template: template.as_ref(),
+        language: &language,
+        fields: &fields,
     };
     Ok(Html(page::editor(&signed(&session), &editor)))
 }
 
-#[derive(Deserialize)]
+/// The editor's form: its sections, coded fields (`field.<name>`, those
+/// given), the version it was edited from, and the read signed.
+#[derive(Default)]
 struct ReportForm {
     csrf: String,
     findings: String,
     impression: String,
-    #[serde(default)]
     version: u32,
-    #[serde(default)]
     read_type: String,
+    fields: BTreeMap<String, String>,
+}
+
+impl ReportForm {
+    fn from_pairs(pairs: Vec<(String, String)>) -> ReportForm {
+        let mut form = ReportForm::default();
+        for (name, value) in pairs {
+            match name.as_str() {
+                "csrf" => form.csrf = value,
+                "findings" => form.findings = value,
+                "impression" => form.impression = value,
+                "version" => form.version = value.parse().unwrap_or(0),
+                "read_type" => form.read_type = value,
+                _ => {
+                    if let Some(field) = name.strip_prefix("field.").filter(|_| !value.is_empty()) {
+                        form.fields.insert(field.to_owned(), value);
+                    }
+                }
+            }
+        }
+        form
+    }
 }
 
 #[derive(Deserialize)]
@@ -639,7 +667,7 @@ async fn save(
     let sections = reporting::Sections {
         findings: form.findings.clone(),
         impression: form.impression.clone(),
-        fields: Default::default(),
+        fields: form.fields.clone().into_iter().collect(),
     };
     let request = reporting::SaveDraftRequest {
         study_id: study.to_owned(),
@@ -667,8 +695,9 @@ async fn draft(
     headers: HeaderMap,
     Path(study): Path<String>,
     Query(InRegion { region }): Query<InRegion>,
-    Form(form): Form<ReportForm>,
+    Form(pairs): Form<Vec<(String, String)>>,
 ) -> Result<Response, Failure> {
+    let form = ReportForm::from_pairs(pairs);
     // The page's script saves as the reader types and asks for JSON; a
     // plain form post is answered with the page.
     let json = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("json"));
@@ -701,8 +730,9 @@ async fn sign(
     headers: HeaderMap,
     Path(study): Path<String>,
     Query(InRegion { region }): Query<InRegion>,
-    Form(form): Form<ReportForm>,
+    Form(pairs): Form<Vec<(String, String)>>,
 ) -> Result<Response, Failure> {
+    let form = ReportForm::from_pairs(pairs);
     let (_, session) = room.changing(&headers, &form.csrf)?;
     let version = match save(&room, &session, &study, &region, &form).await {
         Ok(version) => version,

@@ -280,6 +280,40 @@ pub struct Editor<'a> {
     pub images: Option<(&'a str, &'a str)>,
     pub message: Option<&'a str>,
     pub saved: Option<&'a str>,
+    /// The study's template in the contract's language, if it has one.
+    pub template: Option<&'a meridian_proto::reporting::v1::StudyTemplate>,
+    /// The contract's report language (BCP 47).
+    pub language: &'a str,
+    /// The coded fields' values as last saved.
+    pub fields: &'a std::collections::BTreeMap<String, String>,
+}
+
+/// The template's coded fields as labelled choices (`field.<name>`), each
+/// with the value last saved chosen; a required one is marked.
+fn coded_fields(e: &Editor<'_>) -> String {
+    let Some(t) = e.template else { return String::new() };
+    let mut out = String::new();
+    for f in &t.fields {
+        let id = format!("field-{}", f.name);
+        let title = if f.title.is_empty() { &f.name } else { &f.title };
+        let required = if f.required { " required" } else { "" };
+        let _ = write!(
+            out,
+            "<p><label for=\"{id}\">{title}{mark}</label> <select id=\"{id}\" name=\"field.{name}\"{required}>\
+             <option value=\"\">(not given)</option>",
+            id = escape(&id),
+            title = escape(title),
+            mark = if f.required { " (required to sign)" } else { "" },
+            name = escape(&f.name),
+        );
+        let chosen = e.fields.get(&f.name);
+        for v in &f.values {
+            let selected = if chosen == Some(v) { " selected" } else { "" };
+            let _ = write!(out, "<option value=\"{0}\"{selected}>{0}</option>", escape(v));
+        }
+        out.push_str("</select></p>");
+    }
+    out
 }
 
 pub fn editor(signed: &Signed<'_>, e: &Editor<'_>) -> String {
@@ -320,10 +354,11 @@ pub fn editor(signed: &Signed<'_>, e: &Editor<'_>) -> String {
         "<form method=\"post\" action=\"{draft}\" id=\"report\">\
          <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
          <input type=\"hidden\" name=\"version\" value=\"{version}\">\
-         <p><label for=\"findings\">Findings</label><br><textarea id=\"findings\" name=\"findings\" rows=\"8\" \
-         cols=\"80\">{findings}</textarea></p>\
-         <p><label for=\"impression\">Impression</label><br><textarea id=\"impression\" name=\"impression\" \
-         rows=\"4\" cols=\"80\">{impression}</textarea></p>\
+         <h2>{title}</h2>\
+         <p><label for=\"findings\">{findings_title}</label><br><textarea id=\"findings\" name=\"findings\" \
+         rows=\"8\" cols=\"80\" lang=\"{lang}\">{findings}</textarea></p>\
+         <p><label for=\"impression\">{impression_title}</label><br><textarea id=\"impression\" \
+         name=\"impression\" rows=\"4\" cols=\"80\" lang=\"{lang}\">{impression}</textarea></p>{fields}\
          <p id=\"autosave\" role=\"status\" aria-live=\"polite\"></p>\
          <p><button type=\"submit\">Save draft</button> \
          <button type=\"submit\" formaction=\"{sign}\" name=\"read_type\" value=\"{read}\">Sign {read}</button></p>\
@@ -332,6 +367,13 @@ pub fn editor(signed: &Signed<'_>, e: &Editor<'_>) -> String {
         sign = action("sign"),
         csrf = escape(signed.csrf),
         version = e.version,
+        title = escape(e.template.map_or("Report", |t| t.title.as_str())),
+        findings_title =
+            escape(e.template.map(|t| t.findings_title.as_str()).filter(|t| !t.is_empty()).unwrap_or("Findings")),
+        impression_title =
+            escape(e.template.map(|t| t.impression_title.as_str()).filter(|t| !t.is_empty()).unwrap_or("Impression")),
+        lang = escape(e.language),
+        fields = coded_fields(e),
         findings = escape(e.findings),
         impression = escape(e.impression),
         read = escape(read_type),

@@ -808,6 +808,13 @@ impl Reporting {
     }
 
     /// The title of `template` in `language` ("" for none).
+    /// The template a study of `contract` with `modality` and `body_part`
+    /// is reported to, and the contract's language.
+    pub fn template_for(&self, contract: &str, modality: &str, body_part: &str) -> (Option<&Template>, String) {
+        let language = self.policy.language(contract).to_owned();
+        (Template::for_study(&self.policy.templates, modality, body_part), language)
+    }
+
     pub fn title(&self, template: &str, language: &str) -> String {
         let t = self.policy.templates.iter().find(|t| t.name == template);
         t.and_then(|t| in_language(&t.titles, language)).unwrap_or_default().to_owned()

@@ -512,7 +512,26 @@ impl ReportingService for ReportingGrpc {
             .map_err(|e| Status::unavailable(e.to_string()))?;
         let (uid, region) = self.where_read(p, &s.facts.tenant, &s.facts.contract, arrival.study_instance_uid)?;
         let dicomweb_path = format!("/dicomweb/studies/{uid}");
-        Ok(Response::new(pb::OpenStudyResponse { study_instance_uid: uid, dicomweb_path, region }))
+        let facts = &s.facts;
+        let (template, language) = self.reporting.template_for(&facts.contract, &facts.modality, &facts.body_part);
+        let text = |texts| crate::domain::template::in_language(texts, &language).unwrap_or_default().to_owned();
+        let template = template.map(|t| pb::StudyTemplate {
+            name: t.name.clone(),
+            title: text(&t.titles),
+            findings_title: text(&t.findings),
+            impression_title: text(&t.impression),
+            fields: t
+                .fields
+                .iter()
+                .map(|f| pb::TemplateField {
+                    name: f.name.clone(),
+                    title: text(&f.titles),
+                    values: f.values.clone(),
+                    required: f.required,
+                })
+                .collect(),
+        });
+        Ok(Response::new(pb::OpenStudyResponse { study_instance_uid: uid, dicomweb_path, region, template, language }))
     }
 
     async fn get_kpis(&self, request: Request<pb::GetKpisRequest>) -> Result<Response<pb::GetKpisResponse>, Status> {

@@ -138,10 +138,27 @@ try {
   await autosave(second).getByText(/^Not saved: /).waitFor({ timeout: 20_000 });
   result.second_tab = await autosave(second).innerText();
   await second.close();
+
+  // A critical result, flagged and then told to the referrer.
+  await page.getByLabel("ACR category").selectOption("2");
+  await page.getByRole("button", { name: "Flag" }).click();
+  await page.getByText(/Critical result category 2: open, to be communicated by /).waitFor();
+  await page.getByLabel("Told").fill("Dr Lee, ED attending");
+  await page.getByLabel("by", { exact: true }).selectOption("phone");
+  await page.getByRole("button", { name: "Record the communication" }).click();
+  await page.getByText(/Critical result category 2: closed in time/).waitFor();
+  result.critical = true;
   await page.getByRole("button", { name: "Sign preliminary" }).click();
   await page.waitForURL("**/room/worklist**");
   await page.getByText("Nothing to read now.").waitFor();
   result.signed = true;
+  // Signed, the read takes an addendum (the signed text stays).
+  await page.goto(`${room}/room/studies/${study}?region=us-east`);
+  await page.getByLabel("Addendum").fill("Addendum: reviewed with the referrer; no change.");
+  await page.getByRole("button", { name: "Add the addendum" }).click();
+  await page.getByText("Addendum added to your preliminary read.").waitFor();
+  result.addendum = true;
+  await page.goto(`${room}/room/worklist`);
   // Every region answers, and the page says so.
   check((await page.locator("#regions").innerText()).includes("us-east: answers"), "regions listed");
   // Why may she not take it now (its final)? Each rule, as routing says.

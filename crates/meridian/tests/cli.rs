@@ -4073,7 +4073,9 @@ fn a_reader_reads_a_study_in_the_reading_room_in_a_real_browser() {
     assert!(out.status.success(), "{appeared}\n{done}\n{stderr}");
     let study = appeared.strip_prefix("study ").unwrap_or_else(|| panic!("{appeared}: {stderr}"));
     let result: Value = serde_json::from_str(done.strip_prefix("done ").unwrap()).unwrap();
-    assert_eq!(result["signed"], true, "{result}");
+    for step in ["signed", "critical", "addendum"] {
+        assert_eq!(result[step], true, "{step}: {result}");
+    }
     assert!(result["second_tab"].as_str().is_some_and(|s| s.starts_with("Not saved: ")), "{result}");
     // Her own preliminary's final is not hers to read: a rule says why.
     assert_eq!(result["why"], serde_json::json!(["conflict"]), "{result}");

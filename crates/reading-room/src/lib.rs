@@ -155,6 +155,9 @@ impl ReadingRoom {
             .route("/studies/{study}", get(study))
             .route("/studies/{study}/draft", post(draft))
             .route("/studies/{study}/sign", post(sign))
+            .route("/studies/{study}/addendum", post(addendum))
+            .route("/studies/{study}/critical", post(critical))
+            .route("/studies/{study}/communication", post(communication))
             .route("/assets/room.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS) }))
             .route(
                 "/assets/room.js",
@@ -580,6 +583,15 @@ async fn study(
     let mut images = None;
     let (mut template, mut language, mut fields) = (None, String::new(), BTreeMap::new());
     let (mut findings, mut impression, mut version) = (String::new(), String::new(), 0);
+    let mut signed_reads = Vec::new();
+    let request = authorized(reporting::GetReportRequest { study_id: study.clone() }, &session.token)?;
+    if let Ok(report) = room.reporting(&region)?.get_report(request).await {
+        for r in report.into_inner().reports {
+            if r.signed_by == session.reader && r.signed_version > 0 {
+                signed_reads.push((r.read_type.clone(), r.status.clone(), r.amendments.len()));
+            }
+        }
+    }
     if let Some(read) = &read_type {
         let mut reporting = room.reporting(&region)?;
         let request = authorized(reporting::OpenStudyRequest { study_id: study.clone() }, &session.token)?;
@@ -615,6 +627,7 @@ async fn study(
         template: template.as_ref(),
         language: &language,
         fields: &fields,
+        signed: signed_reads,
     };
     Ok(Html(page::editor(&signed(&session), &editor)))
 }
@@ -722,6 +735,89 @@ fn autosaved(status: StatusCode, version: Option<u32>, error: &str) -> Response 
         None => format!("{{\"error\":{}}}", viewer::json_string(error)),
     };
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+#[derive(Deserialize)]
+struct AddendumForm {
+    csrf: String,
+    read_type: String,
+    text: String,
+}
+
+/// An addendum to a read the reader signed.
+async fn addendum(
+    State(room): State<Arc<ReadingRoom>>,
+    headers: HeaderMap,
+    Path(study): Path<String>,
+    Query(InRegion { region }): Query<InRegion>,
+    Form(form): Form<AddendumForm>,
+) -> Result<Response, Failure> {
+    let (_, session) = room.changing(&headers, &form.csrf)?;
+    let request = reporting::AddAddendumRequest {
+        study_id: study.clone(),
+        read_type: form.read_type.clone(),
+        text: form.text.clone(),
+        idempotency_key: String::new(),
+    };
+    Ok(match room.reporting(&region)?.add_addendum(authorized(request, &session.token)?).await {
+        Ok(_) => to_study(&study, &region, "saved", &format!("Addendum added to your {} read.", form.read_type)),
+        Err(status) => to_study(&study, &region, "error", &said(&status)),
+    })
+}
+
+#[derive(Deserialize)]
+struct CriticalForm {
+    csrf: String,
+    #[serde(default)]
+    category: u32,
+    #[serde(default)]
+    recipient: String,
+    #[serde(default)]
+    method: String,
+}
+
+fn critical_said(c: Option<reporting::CriticalResult>) -> String {
+    let Some(c) = c else { return "Recorded.".into() };
+    let deadline = c.deadline.and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok());
+    let by = deadline.map(|t| format!(", to be communicated by {t}")).unwrap_or_default();
+    format!("Critical result category {}: {}{by}.", c.category, c.state)
+}
+
+/// Flags a critical result on the study the reader holds.
+async fn critical(
+    State(room): State<Arc<ReadingRoom>>,
+    headers: HeaderMap,
+    Path(study): Path<String>,
+    Query(InRegion { region }): Query<InRegion>,
+    Form(form): Form<CriticalForm>,
+) -> Result<Response, Failure> {
+    let (_, session) = room.changing(&headers, &form.csrf)?;
+    let request = reporting::FlagCriticalRequest { study_id: study.clone(), category: form.category };
+    Ok(match room.reporting(&region)?.flag_critical(authorized(request, &session.token)?).await {
+        Ok(r) => to_study(&study, &region, "saved", &critical_said(r.into_inner().critical)),
+        Err(status) => to_study(&study, &region, "error", &said(&status)),
+    })
+}
+
+/// Records that the critical result was told to someone, now.
+async fn communication(
+    State(room): State<Arc<ReadingRoom>>,
+    headers: HeaderMap,
+    Path(study): Path<String>,
+    Query(InRegion { region }): Query<InRegion>,
+    Form(form): Form<CriticalForm>,
+) -> Result<Response, Failure> {
+    let (_, session) = room.changing(&headers, &form.csrf)?;
+    let request = reporting::RecordCommunicationRequest {
+        study_id: study.clone(),
+        recipient: form.recipient.clone(),
+        method: form.method.clone(),
+        communicated_at: None,
+    };
+    Ok(match room.reporting(&region)?.record_communication(authorized(request, &session.token)?).await {
+        Ok(r) => to_study(&study, &region, "saved", &critical_said(r.into_inner().critical)),
+        Err(status) => to_study(&study, &region, "error", &said(&status)),
+    })
 }
 
 /// Saves what the reader typed, then signs that version.

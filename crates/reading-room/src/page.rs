@@ -286,6 +286,9 @@ pub struct Editor<'a> {
     pub language: &'a str,
     /// The coded fields' values as last saved.
     pub fields: &'a std::collections::BTreeMap<String, String>,
+    /// The reader's signed reads of the study: (read type, status,
+    /// amendments so far), each open to an addendum.
+    pub signed: Vec<(String, String, usize)>,
 }
 
 /// The template's coded fields as labelled choices (`field.<name>`), each
@@ -344,6 +347,23 @@ pub fn editor(signed: &Signed<'_>, e: &Editor<'_>) -> String {
             region_text = escape(region),
         );
     }
+    for (read, status, amendments) in &e.signed {
+        let _ = write!(
+            body,
+            "<section aria-labelledby=\"addendum-{read}\"><h2 id=\"addendum-{read}\">Your {read} read: {status}\
+             {count}</h2><form method=\"post\" action=\"/room/studies/{study}/addendum?region={region}\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"read_type\" \
+             value=\"{read}\"><p><label for=\"addendum-text-{read}\">Addendum</label><br><textarea \
+             id=\"addendum-text-{read}\" name=\"text\" rows=\"3\" cols=\"80\" required></textarea></p>\
+             <p><button type=\"submit\">Add the addendum</button></p></form></section>",
+            read = escape(read),
+            status = escape(status),
+            count = if *amendments > 0 { format!(", {amendments} amendment(s)") } else { String::new() },
+            study = escape(&query_part(e.study)),
+            region = escape(&query_part(e.region)),
+            csrf = escape(signed.csrf),
+        );
+    }
     let Some(read_type) = e.read_type else {
         body.push_str("<p>You do not hold a read of this study (released, reassigned or signed).</p>");
         return layout("Study", Some(signed), &body);
@@ -377,6 +397,25 @@ pub fn editor(signed: &Signed<'_>, e: &Editor<'_>) -> String {
         findings = escape(e.findings),
         impression = escape(e.impression),
         read = escape(read_type),
+    );
+    // A critical result (ACR: category 1 within minutes, 2 within hours,
+    // 3 within days) and the record of telling someone.
+    let _ = write!(
+        body,
+        "<section aria-labelledby=\"critical-title\"><h2 id=\"critical-title\">Critical result</h2>\
+         <form method=\"post\" action=\"{flag}\" class=\"inline\"><input type=\"hidden\" name=\"csrf\" \
+         value=\"{csrf}\"><label for=\"category\">ACR category</label> <select id=\"category\" name=\"category\">\
+         <option value=\"1\">1: within minutes</option><option value=\"2\">2: within hours</option>\
+         <option value=\"3\">3: within days</option></select> <button type=\"submit\">Flag</button></form>\
+         <form method=\"post\" action=\"{told}\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+         <p><label for=\"recipient\">Told</label> <input id=\"recipient\" name=\"recipient\" required \
+         placeholder=\"Dr Lee, ED attending\"> <label for=\"method\">by</label> <select id=\"method\" \
+         name=\"method\"><option value=\"phone\">phone</option><option value=\"in_person\">in person</option>\
+         <option value=\"secure_message\">secure message</option></select> \
+         <button type=\"submit\">Record the communication</button></p></form></section>",
+        flag = action("critical"),
+        told = action("communication"),
+        csrf = escape(signed.csrf),
     );
     layout("Study", Some(signed), &body)
 }

@@ -84,6 +84,8 @@ try {
   await page.waitForURL(`**/room/studies/${study}**`);
   await page.getByLabel("Findings").fill("No intracranial haemorrhage.");
   await page.getByLabel("Impression").fill("Normal CT head.");
+  // Why it was asked for: the hospital's order, matched to it.
+  check((await page.locator("#order").innerText()).includes("Fall, rule out bleed"), "the order's reason");
   // The study's template, in the contract's language, with its coded fields.
   await page.getByRole("heading", { name: "CT Head without contrast" }).waitFor();
   await page.getByLabel("Intracranial haemorrhage").selectOption("absent");

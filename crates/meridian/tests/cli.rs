@@ -4059,6 +4059,23 @@ fn a_reader_reads_a_study_in_the_reading_room_in_a_real_browser() {
         let out = browser.wait_with_output().unwrap();
         panic!("the browser said {first:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
+    // The hospital's order for it first, over MLLP: why it is asked for.
+    let python = std::env::var_os("MERIDIAN_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/meridian/tools/venv/bin/python"));
+    let order = "MSH|^~\\&|EPIC|acme-general|MERIDIAN|us-east|20261203101500||ORM^O01^ORM_O01|ROOM-1|P|2.5.1\r\
+PID|1||MRN-ROOM^^^ACME GENERAL^MR||Doe^Jane\r\
+ORC|NW|PO-ROOM-1|||||^^^^^S||20261203101400|||1234^Lee^Sam\r\
+OBR|1|PO-ROOM-1||70450^CT head^CPT||||||||||||||ACC-77|||||||||||||^Fall, rule out bleed\r";
+    let orders = data.path().join("order.hl7");
+    std::fs::write(&orders, order).unwrap();
+    let sent = Command::new(python.with_file_name("mllp_send"))
+        .args(["--loose", "--file"])
+        .arg(&orders)
+        .args(["--port", &dev.mllp_port("us-east").to_string(), "127.0.0.1"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&sent.stdout).contains("MSA|AA|ROOM-1"), "{sent:?}");
     let files = tempfile::TempDir::new().unwrap();
     let uid = "1.2.826.0.1.3680043.10.543.2301";
     let file = meridian_integration_tests::dicom::one_instance_study(files.path(), uid, "MRN-ROOM", "STAT");

@@ -581,17 +581,20 @@ async fn study(
     let read_type = held.iter().find(|e| e.study_id == study).map(|e| e.read_type.clone());
     let mut message = said_before.error.clone();
     let mut images = None;
-    let (mut template, mut language, mut fields) = (None, String::new(), BTreeMap::new());
+    let (mut template, mut language, mut fields, mut order) = (None, String::new(), BTreeMap::new(), None);
     let (mut findings, mut impression, mut version) = (String::new(), String::new(), 0);
-    let mut signed_reads = Vec::new();
+    // The study's reports: the reader's signed reads (open to an
+    // addendum) and the held read's last draft.
     let request = authorized(reporting::GetReportRequest { study_id: study.clone() }, &session.token)?;
-    if let Ok(report) = room.reporting(&region)?.get_report(request).await {
-        for r in report.into_inner().reports {
-            if r.signed_by == session.reader && r.signed_version > 0 {
-                signed_reads.push((r.read_type.clone(), r.status.clone(), r.amendments.len()));
-            }
-        }
-    }
+    let reports = match room.reporting(&region)?.get_report(request).await {
+        Ok(r) => r.into_inner().reports,
+        Err(_) => Vec::new(),
+    };
+    let signed_reads: Vec<(String, String, usize)> = reports
+        .iter()
+        .filter(|r| r.signed_by == session.reader && r.signed_version > 0)
+        .map(|r| (r.read_type.clone(), r.status.clone(), r.amendments.len()))
+        .collect();
     if let Some(read) = &read_type {
         let mut reporting = room.reporting(&region)?;
         let request = authorized(reporting::OpenStudyRequest { study_id: study.clone() }, &session.token)?;
@@ -599,18 +602,15 @@ async fn study(
             Ok(open) => {
                 let open = open.into_inner();
                 images = Some((open.region, open.dicomweb_path));
-                (template, language) = (open.template, open.language);
+                (template, language, order) = (open.template, open.language, open.order);
             }
             Err(status) => message = Some(said(&status)),
         }
-        let request = authorized(reporting::GetReportRequest { study_id: study.clone() }, &session.token)?;
-        if let Ok(report) = reporting.get_report(request).await {
-            let open = report.into_inner().reports.into_iter().find(|r| &r.read_type == read);
-            if let Some(last) = open.and_then(|r| r.text) {
-                let sections = last.sections.unwrap_or_default();
-                (findings, impression, version) = (sections.findings, sections.impression, last.version);
-                fields = sections.fields.into_iter().collect();
-            }
+        let open = reports.into_iter().find(|r| &r.read_type == read);
+        if let Some(last) = open.and_then(|r| r.text) {
+            let sections = last.sections.unwrap_or_default();
+            (findings, impression, version) = (sections.findings, sections.impression, last.version);
+            fields = sections.fields.into_iter().collect();
         }
     }
     let images = images.as_ref().map(|(r, p)| (r.as_str(), p.as_str()));
@@ -628,6 +628,7 @@ async fn study(
         language: &language,
         fields: &fields,
         signed: signed_reads,
+        order: order.as_ref(),
     };
     Ok(Html(page::editor(&signed(&session), &editor)))
 }

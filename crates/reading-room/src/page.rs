@@ -289,6 +289,8 @@ pub struct Editor<'a> {
     /// The reader's signed reads of the study: (read type, status,
     /// amendments so far), each open to an addendum.
     pub signed: Vec<(String, String, usize)>,
+    /// The order it was made for, if one was matched.
+    pub order: Option<&'a meridian_proto::reporting::v1::StudyOrder>,
 }
 
 /// The template's coded fields as labelled choices (`field.<name>`), each
@@ -345,6 +347,18 @@ pub fn editor(signed: &Signed<'_>, e: &Editor<'_>) -> String {
             region = escape(&query_part(region)),
             uid = escape(&query_part(uid)),
             region_text = escape(region),
+        );
+    }
+    if let Some(o) = e.order {
+        let _ = write!(
+            body,
+            "<section aria-labelledby=\"order-title\"><h2 id=\"order-title\">The order</h2><dl id=\"order\">\
+             <dt>Reason for exam</dt><dd>{}</dd><dt>Procedure</dt><dd>{}</dd><dt>Ordering clinician</dt><dd>{}</dd>\
+             <dt>Priority</dt><dd>{}</dd></dl></section>",
+            escape(&o.reason),
+            escape(&o.procedure),
+            escape(&o.ordering_clinician),
+            escape(&o.priority)
         );
     }
     for (read, status, amendments) in &e.signed {

@@ -531,7 +531,26 @@ impl ReportingService for ReportingGrpc {
                 })
                 .collect(),
         });
-        Ok(Response::new(pb::OpenStudyResponse { study_instance_uid: uid, dicomweb_path, region, template, language }))
+        let order = match s.order {
+            Some(key) => {
+                let o = self.reporting.order(key).await.map_err(|e| status(&e))?;
+                Some(pb::StudyOrder {
+                    reason: o.reason,
+                    procedure: o.procedure,
+                    ordering_clinician: o.ordering_clinician,
+                    priority: o.priority,
+                })
+            }
+            None => None,
+        };
+        Ok(Response::new(pb::OpenStudyResponse {
+            study_instance_uid: uid,
+            dicomweb_path,
+            region,
+            template,
+            language,
+            order,
+        }))
     }
 
     async fn get_kpis(&self, request: Request<pb::GetKpisRequest>) -> Result<Response<pb::GetKpisResponse>, Status> {

@@ -82,10 +82,16 @@ try {
   // Open, write, sign the preliminary.
   await open.click();
   await page.waitForURL(`**/room/studies/${study}**`);
+  // Why it was asked for: the hospital's order, once reporting matched it
+  // to the study (its worker does so moments after the study arrives).
+  const matching = Date.now();
+  while ((await page.locator("#order").count()) === 0 && Date.now() - matching < 30_000) {
+    await page.waitForTimeout(500);
+    await page.reload();
+  }
+  check((await page.locator("#order").innerText()).includes("Fall, rule out bleed"), "the order's reason");
   await page.getByLabel("Findings").fill("No intracranial haemorrhage.");
   await page.getByLabel("Impression").fill("Normal CT head.");
-  // Why it was asked for: the hospital's order, matched to it.
-  check((await page.locator("#order").innerText()).includes("Fall, rule out bleed"), "the order's reason");
   // The study's template, in the contract's language, with its coded fields.
   await page.getByRole("heading", { name: "CT Head without contrast" }).waitFor();
   await page.getByLabel("Intracranial haemorrhage").selectOption("absent");

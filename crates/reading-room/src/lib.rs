@@ -694,6 +694,20 @@ async fn save(
     Ok(client.save_draft(request).await?.into_inner().version)
 }
 
+/// Back to the study's page, saying what reporting answered: `said` of
+/// its answer, or why it refused.
+fn back_to_study<T>(
+    study: &str,
+    region: &str,
+    answer: Result<tonic::Response<T>, tonic::Status>,
+    said_ok: impl FnOnce(T) -> String,
+) -> Response {
+    match answer {
+        Ok(r) => to_study(study, region, "saved", &said_ok(r.into_inner())),
+        Err(status) => to_study(study, region, "error", &said(&status)),
+    }
+}
+
 fn to_study(study: &str, region: &str, key: &str, text: &str) -> Response {
     Redirect::to(&format!(
         "/room/studies/{}?region={}&{key}={}",
@@ -760,10 +774,8 @@ async fn addendum(
         text: form.text.clone(),
         idempotency_key: String::new(),
     };
-    Ok(match room.reporting(&region)?.add_addendum(authorized(request, &session.token)?).await {
-        Ok(_) => to_study(&study, &region, "saved", &format!("Addendum added to your {} read.", form.read_type)),
-        Err(status) => to_study(&study, &region, "error", &said(&status)),
-    })
+    let answer = room.reporting(&region)?.add_addendum(authorized(request, &session.token)?).await;
+    Ok(back_to_study(&study, &region, answer, |_| format!("Addendum added to your {} read.", form.read_type)))
 }
 
 #[derive(Deserialize)]
@@ -794,10 +806,8 @@ async fn critical(
 ) -> Result<Response, Failure> {
     let (_, session) = room.changing(&headers, &form.csrf)?;
     let request = reporting::FlagCriticalRequest { study_id: study.clone(), category: form.category };
-    Ok(match room.reporting(&region)?.flag_critical(authorized(request, &session.token)?).await {
-        Ok(r) => to_study(&study, &region, "saved", &critical_said(r.into_inner().critical)),
-        Err(status) => to_study(&study, &region, "error", &said(&status)),
-    })
+    let answer = room.reporting(&region)?.flag_critical(authorized(request, &session.token)?).await;
+    Ok(back_to_study(&study, &region, answer, |r| critical_said(r.critical)))
 }
 
 /// Records that the critical result was told to someone, now.
@@ -815,10 +825,8 @@ async fn communication(
         method: form.method.clone(),
         communicated_at: None,
     };
-    Ok(match room.reporting(&region)?.record_communication(authorized(request, &session.token)?).await {
-        Ok(r) => to_study(&study, &region, "saved", &critical_said(r.into_inner().critical)),
-        Err(status) => to_study(&study, &region, "error", &said(&status)),
-    })
+    let answer = room.reporting(&region)?.record_communication(authorized(request, &session.token)?).await;
+    Ok(back_to_study(&study, &region, answer, |r| critical_said(r.critical)))
 }
 
 /// Saves what the reader typed, then signs that version.

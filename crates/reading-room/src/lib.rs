@@ -236,7 +236,7 @@ impl ReadingRoom {
     }
 
     async fn rows(&self, session: &Session) -> Result<String, Failure> {
-        let region = self.sits_in(&session.token, &session.reader).await?;
+        let region = session.region.clone();
         let mut client = self.routing(&region)?;
         let request =
             authorized(routing::ListAssignmentsRequest { reader_id: session.reader.clone() }, &session.token)?;
@@ -342,9 +342,12 @@ async fn viewer_file(
     if let Some(file) = viewer::file_in(dist, &path)
         && path != "index.html"
     {
-        let bytes = tokio::fs::read(&file).await.map_err(|e| Failure::Platform(format!("the viewer's {path}: {e}")))?;
+        // Streamed: OHIF's bundles are tens of megabytes.
+        let opened =
+            tokio::fs::File::open(&file).await.map_err(|e| Failure::Platform(format!("the viewer's {path}: {e}")))?;
+        let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(opened));
         let cache = if path.contains(".bundle.") || path.ends_with(".wasm") { "max-age=86400" } else { "no-cache" };
-        return Ok(([(header::CONTENT_TYPE, viewer::content_type(&file)), (header::CACHE_CONTROL, cache)], bytes)
+        return Ok(([(header::CONTENT_TYPE, viewer::content_type(&file)), (header::CACHE_CONTROL, cache)], body)
             .into_response());
     }
     let index = tokio::fs::read_to_string(dist.join("index.html"))
@@ -369,6 +372,11 @@ async fn dicomweb(
     let Some(root) = room.config.http_endpoints.get(&region) else {
         return Ok((StatusCode::NOT_FOUND, format!("region {region} is not one this room knows")).into_response());
     };
+    // Only DICOMweb resources: a path that climbs out of `/dicomweb` is
+    // not passed on.
+    if path.split('/').any(|segment| segment == "." || segment == ".." || segment.contains('\\')) {
+        return Ok((StatusCode::BAD_REQUEST, format!("{path:?} is not a DICOMweb resource path")).into_response());
+    }
     let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
     let mut request = room.http.get(format!("{root}/dicomweb/{path}{query}")).bearer_auth(&session.token);
     if let Some(accept) = headers.get(header::ACCEPT) {
@@ -388,8 +396,9 @@ async fn dicomweb(
             out.insert(name, v);
         }
     }
-    let body = answer.bytes().await.map_err(|e| Failure::Platform(format!("region {region}'s DICOMweb: {e}")))?;
-    Ok((status, out, body).into_response())
+    // Streamed as it comes: a study's retrieve may be hundreds of
+    // megabytes, never held here.
+    Ok((status, out, axum::body::Body::from_stream(answer.bytes_stream())).into_response())
 }
 
 async fn sign_in_page(State(room): State<Arc<ReadingRoom>>) -> Html<String> {
@@ -413,9 +422,11 @@ async fn sign_in(
         let why = format!("{} is not a principal this room signs in", form.principal);
         return Ok((StatusCode::UNAUTHORIZED, Html(page::sign_in(&principals, Some(&why)))).into_response());
     };
+    // Where the reader sits, asked once: their worklist is asked there.
+    let region = room.sits_in(token, &p.reader).await?;
     let id = room
         .sessions
-        .open(&p.name, &p.reader, token, now())
+        .open(&p.name, (&p.reader, &region), token, now())
         .map_err(|e| Failure::Platform(format!("no randomness for a session id: {e}")))?;
     let secure = if room.config.secure_cookie { "; Secure" } else { "" };
     let cookie =
@@ -479,7 +490,7 @@ async fn worklist_events(State(room): State<Arc<ReadingRoom>>, headers: HeaderMa
         Ok(s) => s,
         Err(_) => return Ok(StatusCode::UNAUTHORIZED.into_response()),
     };
-    let region = room.sits_in(&session.token, &session.reader).await?;
+    let region = session.region.clone();
     let request = routing::WatchWorklistRequest { reader_id: session.reader.clone(), page_size: 100 };
     let stream = room.routing(&region)?.watch_worklist(authorized(request, &session.token)?).await?.into_inner();
     let events = stream.map(|change| {
@@ -504,7 +515,7 @@ async fn why(
     Query(WhyQuery { study }): Query<WhyQuery>,
 ) -> Result<Html<String>, Failure> {
     let (_, session) = room.session(&headers)?;
-    let region = room.sits_in(&session.token, &session.reader).await?;
+    let region = session.region.clone();
     let request =
         routing::ExplainEligibilityRequest { reader_id: session.reader.clone(), study_id: study.trim().to_owned() };
     let answer = room.routing(&region)?.explain_eligibility(authorized(request, &session.token)?).await?.into_inner();
@@ -575,7 +586,7 @@ async fn study(
 ) -> Result<Html<String>, Failure> {
     let (_, session) = room.session(&headers)?;
     let region = said_before.region.clone().unwrap_or_else(|| room.config.region.clone());
-    let sits_in = room.sits_in(&session.token, &session.reader).await?;
+    let sits_in = session.region.clone();
     let request = authorized(routing::ListAssignmentsRequest { reader_id: session.reader.clone() }, &session.token)?;
     let held = room.routing(&sits_in)?.list_assignments(request).await?.into_inner().entries;
     let read_type = held.iter().find(|e| e.study_id == study).map(|e| e.read_type.clone());

@@ -23,6 +23,8 @@ pub const MOST: usize = 10_000;
 pub struct Session {
     pub principal: String,
     pub reader: String,
+    /// The region the reader sits in, where their worklist is asked.
+    pub region: String,
     pub token: String,
     pub csrf: String,
     pub signed_in_at: i64,
@@ -44,11 +46,18 @@ pub fn random_token() -> Result<String, getrandom::Error> {
 impl Sessions {
     /// Signs `principal` (reading as `reader`) in: returns the session id
     /// for the cookie.
-    pub fn open(&self, principal: &str, reader: &str, token: &str, now: i64) -> Result<String, getrandom::Error> {
+    pub fn open(
+        &self,
+        principal: &str,
+        (reader, region): (&str, &str),
+        token: &str,
+        now: i64,
+    ) -> Result<String, getrandom::Error> {
         let (id, csrf) = (random_token()?, random_token()?);
         let session = Session {
             principal: principal.to_owned(),
             reader: reader.to_owned(),
+            region: region.to_owned(),
             token: token.to_owned(),
             csrf,
             signed_in_at: now,
@@ -102,7 +111,7 @@ mod tests {
     #[test]
     fn a_session_lives_while_used_and_never_past_its_longest() {
         let sessions = Sessions::default();
-        let id = sessions.open("dr-nair", "dr-priya-nair", "tok", 0).unwrap();
+        let id = sessions.open("dr-nair", ("dr-priya-nair", "in-south"), "tok", 0).unwrap();
         assert_eq!(id.len(), 64);
         let s = sessions.get(&id, 60).unwrap();
         assert_eq!((s.reader.as_str(), s.token.as_str()), ("dr-priya-nair", "tok"));
@@ -114,10 +123,10 @@ mod tests {
             assert!(sessions.get(&id, t).is_some(), "used at {t}");
         }
         assert!(sessions.get(&id, LONGEST_SECONDS).is_none(), "over after twelve hours");
-        let idle = sessions.open("dr-nair", "dr-priya-nair", "tok", 0).unwrap();
+        let idle = sessions.open("dr-nair", ("dr-priya-nair", "in-south"), "tok", 0).unwrap();
         assert!(sessions.get(&idle, IDLE_SECONDS).is_none(), "over after 30 idle minutes");
         assert!(sessions.get("forged", 0).is_none());
-        let closed = sessions.open("dr-nair", "dr-priya-nair", "tok", 0).unwrap();
+        let closed = sessions.open("dr-nair", ("dr-priya-nair", "in-south"), "tok", 0).unwrap();
         sessions.close(&closed);
         assert!(sessions.get(&closed, 1).is_none());
     }

@@ -54,6 +54,7 @@ fn policy() -> Policy {
                 escalation_per_mille: vec![500, 800],
                 service: None,
                 subspecialty_required: false,
+                language: "en".into(),
             };
             (c.name.clone(), c)
         })

@@ -862,6 +862,7 @@ pub(crate) mod tests {
             escalation_per_mille: vec![500],
             service: None,
             subspecialty_required: false,
+            language: "en".into(),
         };
         Policy {
             contracts: BTreeMap::from([("c".to_string(), contract)]),

@@ -46,6 +46,7 @@ fn policy() -> Policy {
         escalation_per_mille: vec![500, 800],
         service: None,
         subspecialty_required: false,
+        language: "en".into(),
     };
     let region = |country: &str| RegionInfo { country: country.into(), nearshore: BTreeSet::new() };
     Policy {

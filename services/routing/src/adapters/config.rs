@@ -124,6 +124,7 @@ pub fn policy(platform: &cfg::Platform) -> Policy {
                     cfg::ServiceType::Hybrid => ServiceType::Hybrid,
                 }),
                 subspecialty_required: c.subspecialty_required,
+                language: c.report_language.clone(),
             };
             (c.name.clone(), policy)
         })

@@ -175,6 +175,7 @@ fn entry(routing: &Routing, reader: &Reader, s: &Study) -> pb::WorklistEntry {
         ai_flagged: s.ai_flagged,
         delivery_model: routing.policy().delivery_model(reader, s).as_str().into(),
         rvu_milli: s.rvu_milli,
+        language: routing.policy().contracts.get(&s.contract).map(|c| c.language.clone()).unwrap_or_default(),
     }
 }
 
@@ -854,6 +855,7 @@ mod tests {
             escalation_per_mille: vec![500],
             service: None,
             subspecialty_required: false,
+            language: "en".into(),
         };
         // A second contract names both groups: one group's reader may then
         // hold a study the other group's admin can see.

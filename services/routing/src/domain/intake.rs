@@ -122,6 +122,7 @@ mod tests {
             escalation_per_mille: Vec::new(),
             service,
             subspecialty_required,
+            language: "en".into(),
         };
         (name.to_owned(), c)
     }

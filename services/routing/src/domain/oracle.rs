@@ -147,6 +147,7 @@ fn policy(nearshore: bool, modes: [bool; 2], offshore: [bool; 2]) -> Policy {
                 escalation_per_mille: vec![500, 800],
                 service: None,
                 subspecialty_required: false,
+                language: "en".into(),
             };
             (c.name.clone(), c)
         })

@@ -36,6 +36,10 @@ pub struct ContractPolicy {
     /// Only readers of a study's subspecialty may read it.
     #[serde(default)]
     pub subspecialty_required: bool,
+    /// The language its reports are written in (BCP 47): shown beside
+    /// each study so a reader knows before claiming.
+    #[serde(default)]
+    pub language: String,
 }
 
 impl ContractPolicy {

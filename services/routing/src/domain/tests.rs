@@ -35,6 +35,7 @@ fn contract(name: &str, tenant: &str, mode: AssignmentMode, offshore_prelims: bo
         escalation_per_mille: vec![500, 800],
         service: None,
         subspecialty_required: false,
+        language: "en".into(),
     }
 }
 

@@ -303,6 +303,7 @@ impl Scenario {
                     escalation_per_mille: c.escalation.iter().map(|f| (f * 1_000.0).round() as u32).collect(),
                     service: None,
                     subspecialty_required: false,
+                    language: "en".into(),
                 };
                 (c.name.clone(), policy)
             })

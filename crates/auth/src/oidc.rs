@@ -297,6 +297,7 @@ mod tests {
             tenant: tenant.map(str::to_owned),
             group: group.map(str::to_owned),
             roles_claim: "roles".into(),
+            room: None,
         }
     }
 

@@ -1128,6 +1128,35 @@ pub struct OidcIssuer {
     /// strings (an identity provider's role mapper writes it).
     #[serde(default = "roles_claim")]
     pub roles_claim: String,
+    /// The reading room's sign-in through this provider (authorization
+    /// code with PKCE): the client registered there for the room. The
+    /// room offers no sign-in through it when absent.
+    #[serde(default)]
+    pub room: Option<RoomClient>,
+}
+
+/// The reading room as a client of an identity provider. Its endpoints
+/// are read from the issuer's discovery document
+/// (`<issuer>/.well-known/openid-configuration`) at the first sign-in;
+/// the provider must send the browser back to
+/// `<the room's origin>/room/oidc/callback`, registered with it. The
+/// access token it issues is what the room calls the platform with, so
+/// it carries this issuer's audience, the roles and, for a reading group,
+/// the `reader` claim.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomClient {
+    pub client_id: String,
+    /// A confidential client's secret (sent with HTTP Basic); a public
+    /// client relies on PKCE alone and has none.
+    #[serde(default)]
+    pub client_secret: Option<SecretRef>,
+    /// The sign-in button's words, e.g. "Radiology Partners single sign-on".
+    pub label: String,
+    /// Scopes asked for, beside `openid` (e.g. `offline_access` for a
+    /// refresh token: a session then outlives one access token).
+    #[serde(default)]
+    pub scopes: Vec<String>,
 }
 
 fn roles_claim() -> String {

@@ -871,6 +871,29 @@ fn check_auth(out: &mut Out, f: &Files<'_>, auth: &Auth) {
         if o.roles_claim.is_empty() {
             out.at(file, at("roles_claim"), "the claim that holds the roles");
         }
+        if let Some(room) = &o.room {
+            if room.client_id.trim().is_empty() {
+                out.at(file, at("room.client_id"), "the client id registered for the reading room");
+            }
+            if room.label.trim().is_empty() {
+                out.at(file, at("room.label"), "the sign-in button's words");
+            }
+            if let Some(secret) = &room.client_secret {
+                check_secret(out, file, &at("room.client_secret"), secret);
+            }
+            // The room sends an authorization code and a client secret to
+            // the provider: never in the clear, but on this machine.
+            if !secure_or_loopback(&o.issuer) {
+                out.at(
+                    file,
+                    at("issuer"),
+                    format!(
+                        "{:?}: the reading room signs in only through an https:// issuer (or one on loopback)",
+                        o.issuer
+                    ),
+                );
+            }
+        }
     }
     let mut certificate_names = BTreeSet::new();
     for (i, c) in auth.client_certificates.iter().enumerate() {
@@ -1052,4 +1075,19 @@ fn language_tag(tag: &str) -> bool {
     (2..=3).contains(&language.len())
         && language.chars().all(|c| c.is_ascii_lowercase())
         && parts.all(|p| (2..=8).contains(&p.len()) && p.chars().all(|c| c.is_ascii_alphanumeric()))
+}
+
+/// An issuer the room may talk to: https, or plain http on loopback (a
+/// test's or a developer's provider).
+fn secure_or_loopback(issuer: &str) -> bool {
+    if issuer.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = issuer.strip_prefix("http://") else { return false };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    };
+    matches!(host, "localhost" | "127.0.0.1" | "[::1]")
 }

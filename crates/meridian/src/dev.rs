@@ -247,6 +247,40 @@ pub(crate) fn verifier(platform: &Platform, secrets: &Path) -> anyhow::Result<Au
         .with_issuers(issuers))
 }
 
+/// The identity providers readers sign in to the reading room through
+/// (`[oidc_issuers.room]`), their client secrets read.
+pub(crate) fn room_providers(
+    platform: &Platform,
+    secrets: &Path,
+) -> anyhow::Result<Vec<meridian_reading_room::oidc::Provider>> {
+    let env = |name: &str| std::env::var(name).ok();
+    let mut providers = Vec::new();
+    for (i, issuer) in platform.auth.oidc_issuers.iter().enumerate() {
+        let Some(room) = &issuer.room else { continue };
+        let client_secret = match &room.client_secret {
+            Some(secret) => Some(
+                String::from_utf8(
+                    secret
+                        .read(secrets, &env)
+                        .with_context(|| format!("auth.toml: oidc_issuers[{i}].room.client_secret"))?,
+                )
+                .with_context(|| format!("auth.toml: oidc_issuers[{i}].room.client_secret is not UTF-8"))?
+                .trim()
+                .to_owned(),
+            ),
+            None => None,
+        };
+        providers.push(meridian_reading_room::oidc::Provider {
+            issuer: issuer.issuer.clone(),
+            label: room.label.clone(),
+            client_id: room.client_id.clone(),
+            client_secret,
+            scopes: room.scopes.clone(),
+        });
+    }
+    Ok(providers)
+}
+
 fn tokens(platform: &Platform, signer: &TokenSigner, now: i64, ttl: i64) -> anyhow::Result<serde_json::Value> {
     let mut principals = BTreeMap::new();
     for p in &platform.auth.principals {
@@ -447,6 +481,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     // example readers.
     let rooms = reading_rooms(&platform, &endpoints, &tokens);
     let viewer = viewer_dist();
+    let providers = room_providers(&platform, &secrets)?;
     for (region, listeners) in &mut listening {
         let config = meridian_reading_room::RoomConfig {
             region: region.name.clone(),
@@ -455,6 +490,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             viewer: viewer.clone(),
             dev_principals: rooms.1.clone(),
             secure_cookie: listeners.tls.is_some(),
+            providers: providers.clone(),
+            verifier: Some(verifier.clone()),
         };
         listeners.room = Some(meridian_reading_room::ReadingRoom::new(config).router());
     }

@@ -4012,6 +4012,105 @@ fn one_studys_spans_from_c_store_to_assignment_share_a_trace_across_the_log_and_
     wait_for("the undeliverable spans counted", 30, || (dropped() > 0).then_some(()));
 }
 
+/// A reader signs in to the reading room through a real OpenID Connect
+/// provider (oidc-provider, with PKCE): the provider's access token is
+/// verified as the platform verifies it, kept on the server, renewed with
+/// the refresh token before it ends; someone the provider knows who is not
+/// a reader gets no session and is told why; a callback this browser did
+/// not begin is refused.
+#[test]
+fn a_reader_signs_in_to_the_reading_room_through_an_identity_provider() {
+    let playwright = std::env::var("MERIDIAN_PLAYWRIGHT")
+        .expect("MERIDIAN_PLAYWRIGHT names playwright-core's folder (scripts/test installs it)");
+    let chromium =
+        std::env::var("MERIDIAN_CHROMIUM").expect("MERIDIAN_CHROMIUM names the browser (scripts/test installs it)");
+    let oidc_provider = std::env::var("MERIDIAN_OIDC_PROVIDER")
+        .expect("MERIDIAN_OIDC_PROVIDER names oidc-provider's folder (scripts/test installs it)");
+    let script = repo().join("integration-tests/browser/identity-provider.mjs");
+    let config = tempfile::TempDir::new().unwrap();
+    meridian_integration_tests::one_reader_examples(&repo().join("deploy/examples/dev"), config.path());
+    let data = tempfile::TempDir::new().unwrap();
+    let keys = data.path().join("secrets/oidc");
+    std::fs::create_dir_all(&keys).unwrap();
+    let made = Command::new("node").arg(&script).arg("keys").arg(&keys).output().unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let port = meridian_integration_tests::free_port();
+    let issuer = format!("http://127.0.0.1:{port}");
+    let auth = config.path().join("auth.toml");
+    let mut text = std::fs::read_to_string(&auth).unwrap();
+    text.push_str(&format!(
+        "\n[[oidc_issuers]]\nissuer = \"{issuer}\"\naudience = \"meridian\"\njwks = {{ file = \"oidc/jwks.json\" }}\n\
+         group = \"atlantic-rads\"\n[oidc_issuers.room]\nclient_id = \"reading-room\"\n\
+         label = \"Atlantic single sign-on\"\nscopes = [\"reading\"]\n"
+    ));
+    std::fs::write(&auth, text).unwrap();
+    let dev = Dev::start_configured(config.path(), data.path(), "");
+    let room = format!("http://{}", dev.http("us-east"));
+    // Access tokens live 65 s; the room renews one within a minute of its end.
+    let lifetime = 65;
+    let mut provider = Command::new("node")
+        .arg(&script)
+        .args(["serve", &port.to_string()])
+        .arg(&keys)
+        .arg(lifetime.to_string())
+        .arg(format!("{room}/room/oidc/callback"))
+        .env("MERIDIAN_OIDC_PROVIDER", &oidc_provider)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let provider_said = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let out = provider.stdout.take().unwrap();
+    let lines = provider_said.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok) {
+            lines.lock().unwrap().push(line);
+        }
+    });
+    wait_for("the identity provider", 30, || provider_said.lock().unwrap().iter().any(|l| l == "ready").then_some(()));
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("reading-room");
+    std::fs::create_dir_all(&shots).unwrap();
+    let browser = Command::new("node")
+        .arg(repo().join("integration-tests/browser/sign-in.mjs"))
+        .arg(&room)
+        .arg("7")
+        .arg(&shots)
+        .env("MERIDIAN_PLAYWRIGHT", &playwright)
+        .env("MERIDIAN_CHROMIUM", &chromium)
+        .output()
+        .unwrap();
+    let _ = provider.kill();
+    let provider_err = provider.wait_with_output().map(|o| String::from_utf8_lossy(&o.stderr).into_owned());
+    let stdout = String::from_utf8_lossy(&browser.stdout);
+    assert!(
+        browser.status.success(),
+        "{stdout}\n{}\nprovider: {provider_err:?}",
+        String::from_utf8_lossy(&browser.stderr)
+    );
+    let result: Value = serde_json::from_str(stdout.trim().strip_prefix("done ").unwrap()).unwrap();
+    // Signed in as the provider's subject, reading as the reader its token names.
+    let header = result["signed_in_as"].as_str().unwrap();
+    assert!(header.contains("oidc:atlantic-rads:dr-ana-ortiz") && header.contains("reader dr-ana-ortiz"), "{result}");
+    // Only the session's id in an HttpOnly cookie: no token in the page.
+    assert_eq!(result["cookies"], serde_json::json!(["meridian_room true Strict"]), "{result}");
+    assert_eq!(result["storage"], 0, "{result}");
+    // Renewed with the refresh token, unseen by the reader.
+    assert_eq!(result["after_renewal"], true, "{result}");
+    let granted = provider_said.lock().unwrap().clone();
+    assert!(granted.contains(&"granted authorization_code".to_owned()), "{granted:?}");
+    assert!(granted.contains(&"granted refresh_token".to_owned()), "the token was renewed: {granted:?}");
+    // Not a reader: no session, and the reason.
+    assert!(result["not_a_reader"].as_str().unwrap().contains("names no reader"), "{result}");
+    assert_eq!(
+        (result["not_a_reader_url"].as_str(), &result["not_a_reader_session"]),
+        (Some("/room/oidc/callback"), &Value::Bool(false))
+    );
+    assert_eq!(result["forged_status"], 401, "{result}");
+    assert!(result["forged"].as_str().unwrap().contains("not begun in this browser"), "{result}");
+    // Her worklist came from routing, asked with the provider's token.
+    assert_eq!(result["worklist"], "Nothing to read now.", "{result}");
+}
+
 /// The reading room in a real browser (Debian's chromium, driven by
 /// playwright-core from `integration-tests/browser/reading-room.mjs`): a
 /// reader signs in, sees a study arrive on her worklist without a reload,

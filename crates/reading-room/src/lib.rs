@@ -17,6 +17,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod oidc;
 pub mod page;
 pub mod session;
 pub mod viewer;
@@ -40,10 +41,15 @@ use tonic::transport::Channel;
 
 pub use page::DevPrincipal;
 use page::Signed;
-use session::{Session, Sessions};
+use session::{Grant, Session, Sessions};
 
 /// The session cookie's name.
 pub const COOKIE: &str = "meridian_room";
+
+/// The cookie that binds a sign-in through a provider to this browser.
+const LOGIN_COOKIE: &str = "meridian_room_login";
+/// A provider's access token is renewed this long before it ends.
+const RENEW_BEFORE_SECONDS: i64 = 60;
 
 const CSS: &str = include_str!("room.css");
 const SCRIPT: &str = include_str!("room.js");
@@ -65,11 +71,18 @@ pub struct RoomConfig {
     pub dev_principals: Vec<(DevPrincipal, String)>,
     /// The cookie's `Secure` attribute: set when the port speaks TLS.
     pub secure_cookie: bool,
+    /// Identity providers readers sign in through (`auth.toml`'s
+    /// `[oidc_issuers.room]`), in order.
+    pub providers: Vec<oidc::Provider>,
+    /// Verifies the access tokens providers issue, as the platform does:
+    /// who signed in, and as which reader.
+    pub verifier: Option<Arc<meridian_auth::Authenticator>>,
 }
 
 pub struct ReadingRoom {
     config: RoomConfig,
     sessions: Sessions,
+    logins: oidc::Logins,
     channels: Mutex<HashMap<String, Channel>>,
     /// The viewer's DICOMweb requests, passed on to the regions.
     http: reqwest::Client,
@@ -137,7 +150,13 @@ impl ReadingRoom {
             .timeout(std::time::Duration::from_secs(120))
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
-        Arc::new(ReadingRoom { config, sessions: Sessions::default(), channels: Mutex::new(HashMap::new()), http })
+        Arc::new(ReadingRoom {
+            config,
+            sessions: Sessions::default(),
+            logins: oidc::Logins::default(),
+            channels: Mutex::new(HashMap::new()),
+            http,
+        })
     }
 
     /// The room's routes, to be nested at `/room`.
@@ -146,11 +165,14 @@ impl ReadingRoom {
             .route("/", get(|| async { Redirect::to("/room/worklist") }))
             .route("/sign-in", get(sign_in_page).post(sign_in))
             .route("/sign-out", post(sign_out))
+            .route("/oidc/{provider}/start", get(oidc_start))
+            .route("/oidc/callback", get(oidc_callback))
             .route("/worklist", get(worklist))
             .route("/worklist/rows", get(worklist_rows))
             .route("/worklist/events", get(worklist_events))
             .route("/why", get(why))
             .route("/claim", post(claim))
+            .route("/claim-next", post(claim_next))
             .route("/release", post(release))
             .route("/studies/{study}", get(study))
             .route("/studies/{study}/draft", post(draft))
@@ -200,17 +222,62 @@ impl ReadingRoom {
     }
 
     /// The live session the request's cookie names.
-    fn session(&self, headers: &HeaderMap) -> Result<(String, Session), Failure> {
+    /// A token that ends within a minute is renewed first (its refresh
+    /// token); one that cannot be renewed ends the session (drafts are on
+    /// the log).
+    async fn session(&self, headers: &HeaderMap) -> Result<(String, Session), Failure> {
         let id = cookie(headers, COOKIE).ok_or(Failure::SignIn)?;
-        let session = self.sessions.get(&id, now()).ok_or(Failure::SignIn)?;
+        let now = now();
+        let mut session = self.sessions.get(&id, now).ok_or(Failure::SignIn)?;
+        if session.expires_at.is_some_and(|at| at - RENEW_BEFORE_SECONDS <= now) {
+            match self.renew(&session, now).await {
+                Ok(grant) => {
+                    self.sessions.renew(&id, grant.clone());
+                    (session.token, session.expires_at, session.refresh) =
+                        (grant.token, grant.expires_at, grant.refresh);
+                }
+                Err(why) => {
+                    tracing::info!(principal = %session.principal, %why, "a reading-room session's token ended");
+                    self.sessions.close(&id);
+                    return Err(Failure::SignIn);
+                }
+            }
+        }
         Ok((id, session))
+    }
+
+    /// A new access token for the session, from its refresh token.
+    async fn renew(&self, session: &Session, now: i64) -> Result<Grant, String> {
+        let (provider, refresh) = session.refresh.as_ref().ok_or("no refresh token")?;
+        let p = self.config.providers.get(*provider).ok_or("the provider is no longer configured")?;
+        let endpoints = self.endpoints(*provider).await?;
+        let tokens =
+            oidc::tokens(&self.http, &endpoints, p, &[("grant_type", "refresh_token"), ("refresh_token", refresh)])
+                .await?;
+        Ok(Grant {
+            expires_at: Some(tokens.expires_at(now)),
+            // A provider that rotates refresh tokens sends the next one.
+            refresh: Some((*provider, tokens.refresh_token.clone().unwrap_or_else(|| refresh.clone()))),
+            token: tokens.access_token,
+        })
+    }
+
+    /// The provider's endpoints, read from its discovery document once.
+    async fn endpoints(&self, provider: usize) -> Result<oidc::Endpoints, String> {
+        if let Some(e) = self.logins.endpoints(provider) {
+            return Ok(e);
+        }
+        let p = self.config.providers.get(provider).ok_or("no such provider")?;
+        let endpoints = oidc::discover(&self.http, &p.issuer).await?;
+        self.logins.keep_endpoints(provider, endpoints.clone());
+        Ok(endpoints)
     }
 
     /// The session, for a state-changing request: same origin, and the
     /// form's CSRF token is the session's.
-    fn changing(&self, headers: &HeaderMap, csrf: &str) -> Result<(String, Session), Failure> {
+    async fn changing(&self, headers: &HeaderMap, csrf: &str) -> Result<(String, Session), Failure> {
         same_origin(headers)?;
-        let (id, session) = self.session(headers)?;
+        let (id, session) = self.session(headers).await?;
         if !session::same_token(csrf, &session.csrf) {
             return Err(Failure::Forbidden("the form's CSRF token is not this session's: reload the page"));
         }
@@ -327,7 +394,7 @@ async fn viewer_file(
     path: Option<Path<String>>,
 ) -> Result<Response, Failure> {
     // Only a signed-in reader gets the viewer (it shows patient data).
-    room.session(&headers)?;
+    room.session(&headers).await?;
     let Some(dist) = room.config.viewer.as_deref() else {
         let body = "<h1>The viewer is not installed</h1><p>Run <code>scripts/install-viewer</code> (it installs \
                     OHIF into <code>~/.cache/meridian/viewer</code>) and start <code>meridian dev</code> again.</p>";
@@ -365,7 +432,7 @@ async fn dicomweb(
     Path((region, path)): Path<(String, String)>,
     uri: axum::http::Uri,
 ) -> Result<Response, Failure> {
-    let (_, session) = match room.session(&headers) {
+    let (_, session) = match room.session(&headers).await {
         Ok(s) => s,
         Err(_) => return Ok(StatusCode::UNAUTHORIZED.into_response()),
     };
@@ -402,8 +469,167 @@ async fn dicomweb(
 }
 
 async fn sign_in_page(State(room): State<Arc<ReadingRoom>>) -> Html<String> {
-    let principals: Vec<DevPrincipal> = room.config.dev_principals.iter().map(|(p, _)| p.clone()).collect();
-    Html(page::sign_in(&principals, None))
+    Html(room.sign_in_page(None))
+}
+
+impl ReadingRoom {
+    fn sign_in_page(&self, error: Option<&str>) -> String {
+        let principals: Vec<DevPrincipal> = self.config.dev_principals.iter().map(|(p, _)| p.clone()).collect();
+        let providers: Vec<&str> = self.config.providers.iter().map(|p| p.label.as_str()).collect();
+        page::sign_in(&providers, &principals, error)
+    }
+
+    /// Opens a session for `principal` reading as `reader` with `grant`:
+    /// the cookie that names it, and to the worklist.
+    async fn open_session(&self, principal: &str, reader: &str, grant: Grant) -> Result<Response, Failure> {
+        // Where the reader sits, asked once: their worklist is asked there.
+        let region = self.sits_in(&grant.token, reader).await?;
+        let id = self
+            .sessions
+            .open(principal, (reader, &region), grant, now())
+            .map_err(|e| Failure::Platform(format!("no randomness for a session id: {e}")))?;
+        let secure = if self.config.secure_cookie { "; Secure" } else { "" };
+        let cookie = format!(
+            "{COOKIE}={id}; Path=/room; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+            session::LONGEST_SECONDS
+        );
+        tracing::info!(region = %self.config.region, %principal, "signed in to the reading room");
+        let mut response = Redirect::to("/room/worklist").into_response();
+        response.headers_mut().append(header::SET_COOKIE, header_value(&cookie)?);
+        Ok(response)
+    }
+}
+
+fn header_value(text: &str) -> Result<HeaderValue, Failure> {
+    HeaderValue::from_str(text).map_err(|_| Failure::Platform("a header the room could not write".into()))
+}
+
+/// Sends the browser to the provider to sign in: PKCE's verifier, the
+/// state and the nonce stay here; the state is bound to this browser by a
+/// cookie that the provider's redirect back brings (SameSite=Lax: a
+/// top-level navigation from the provider's site).
+async fn oidc_start(
+    State(room): State<Arc<ReadingRoom>>,
+    headers: HeaderMap,
+    Path(provider): Path<usize>,
+) -> Result<Response, Failure> {
+    let Some(p) = room.config.providers.get(provider) else {
+        return Ok((StatusCode::NOT_FOUND, Html(room.sign_in_page(Some("No such identity provider")))).into_response());
+    };
+    let endpoints = match room.endpoints(provider).await {
+        Ok(e) => e,
+        Err(why) => {
+            let why = format!("{} cannot be reached to sign in: {why}", p.label);
+            return Ok((StatusCode::BAD_GATEWAY, Html(room.sign_in_page(Some(&why)))).into_response());
+        }
+    };
+    let random = || session::random_token().map_err(|e| Failure::Platform(format!("no randomness: {e}")));
+    let (state, verifier, nonce) = (random()?, random()?, random()?);
+    let scheme = if room.config.secure_cookie { "https" } else { "http" };
+    // The provider checks this against the URIs registered for the
+    // client: a forged Host header only gets its refusal.
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    let pending = oidc::Pending {
+        provider,
+        verifier,
+        nonce,
+        redirect_uri: format!("{scheme}://{host}/room/oidc/callback"),
+        at: now(),
+    };
+    let url = oidc::authorization_url(&endpoints, p, &pending, &state);
+    room.logins.begin(&state, pending);
+    let secure = if room.config.secure_cookie { "; Secure" } else { "" };
+    let cookie = format!(
+        "{LOGIN_COOKIE}={state}; Path=/room/oidc; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
+        oidc::PENDING_SECONDS
+    );
+    let mut response = Redirect::to(&url).into_response();
+    response.headers_mut().append(header::SET_COOKIE, header_value(&cookie)?);
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+struct Callback {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// The provider sends the browser back: the code is exchanged (with the
+/// verifier), the nonce checked, the access token verified as the
+/// platform verifies it, and a session opened for the reader it names.
+async fn oidc_callback(
+    State(room): State<Arc<ReadingRoom>>,
+    headers: HeaderMap,
+    Query(back): Query<Callback>,
+) -> Result<Response, Failure> {
+    let refused = |why: String| -> Result<Response, Failure> {
+        tracing::info!(region = %room.config.region, %why, "a reading-room sign-in was refused");
+        let clear = format!("{LOGIN_COOKIE}=; Path=/room/oidc; HttpOnly; SameSite=Lax; Max-Age=0");
+        let mut response = (StatusCode::UNAUTHORIZED, Html(room.sign_in_page(Some(&why)))).into_response();
+        response.headers_mut().append(header::SET_COOKIE, header_value(&clear)?);
+        Ok(response)
+    };
+    let state = back.state.unwrap_or_default();
+    let bound = cookie(&headers, LOGIN_COOKIE).is_some_and(|c| !state.is_empty() && session::same_token(&c, &state));
+    let pending = if bound { room.logins.finish(&state, now()) } else { None };
+    let Some(pending) = pending else {
+        return refused(
+            "This sign-in was not begun in this browser, or took longer than ten minutes: sign in again".into(),
+        );
+    };
+    if let Some(error) = back.error {
+        let description = back.error_description.unwrap_or_default();
+        return refused(format!("The identity provider refused the sign-in: {error} {description}").trim_end().into());
+    }
+    let Some(code) = back.code.filter(|c| !c.is_empty()) else {
+        return refused("The identity provider sent no authorization code".into());
+    };
+    let Some(provider) = room.config.providers.get(pending.provider) else {
+        return refused("The identity provider is no longer configured".into());
+    };
+    let endpoints = match room.endpoints(pending.provider).await {
+        Ok(e) => e,
+        Err(why) => return refused(format!("{} cannot be reached: {why}", provider.label)),
+    };
+    let grant = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", pending.redirect_uri.as_str()),
+        ("code_verifier", pending.verifier.as_str()),
+    ];
+    let tokens = match oidc::tokens(&room.http, &endpoints, provider, &grant).await {
+        Ok(t) => t,
+        Err(why) => return refused(format!("{} did not give a token: {why}", provider.label)),
+    };
+    let nonce = tokens.id_token.as_deref().and_then(oidc::nonce_of);
+    if !nonce.is_some_and(|n| session::same_token(&n, &pending.nonce)) {
+        return refused("The identity provider's ID token does not carry this sign-in's nonce".into());
+    }
+    let Some(verifier) = &room.config.verifier else {
+        return refused("This room cannot verify an identity provider's tokens".into());
+    };
+    let now = now();
+    let principal = match verifier.verify(&tokens.access_token, now) {
+        Ok(p) => p,
+        Err(e) => return refused(format!("The platform does not accept {}'s access token: {e}", provider.label)),
+    };
+    let Some(reader) = principal.reader.clone() else {
+        return refused(format!(
+            "Signed in as {}, but {}'s access token names no reader (its `reader` claim): only readers use the              reading room",
+            principal.subject, provider.label
+        ));
+    };
+    let grant = Grant {
+        expires_at: Some(tokens.expires_at(now)),
+        refresh: tokens.refresh_token.clone().map(|r| (pending.provider, r)),
+        token: tokens.access_token,
+    };
+    let mut response = room.open_session(&principal.subject, &reader, grant).await?;
+    let clear = format!("{LOGIN_COOKIE}=; Path=/room/oidc; HttpOnly; SameSite=Lax; Max-Age=0");
+    response.headers_mut().append(header::SET_COOKIE, header_value(&clear)?);
+    Ok(response)
 }
 
 #[derive(Deserialize)]
@@ -418,21 +644,10 @@ async fn sign_in(
 ) -> Result<Response, Failure> {
     same_origin(&headers)?;
     let Some((p, token)) = room.config.dev_principals.iter().find(|(p, _)| p.name == form.principal) else {
-        let principals: Vec<DevPrincipal> = room.config.dev_principals.iter().map(|(p, _)| p.clone()).collect();
         let why = format!("{} is not a principal this room signs in", form.principal);
-        return Ok((StatusCode::UNAUTHORIZED, Html(page::sign_in(&principals, Some(&why)))).into_response());
+        return Ok((StatusCode::UNAUTHORIZED, Html(room.sign_in_page(Some(&why)))).into_response());
     };
-    // Where the reader sits, asked once: their worklist is asked there.
-    let region = room.sits_in(token, &p.reader).await?;
-    let id = room
-        .sessions
-        .open(&p.name, (&p.reader, &region), token, now())
-        .map_err(|e| Failure::Platform(format!("no randomness for a session id: {e}")))?;
-    let secure = if room.config.secure_cookie { "; Secure" } else { "" };
-    let cookie =
-        format!("{COOKIE}={id}; Path=/room; HttpOnly; SameSite=Strict; Max-Age={}{secure}", session::LONGEST_SECONDS);
-    tracing::info!(region = %room.config.region, principal = %p.name, "signed in to the reading room");
-    Ok(([(header::SET_COOKIE, cookie)], Redirect::to("/room/worklist")).into_response())
+    room.open_session(&p.name, &p.reader, Grant::from(token.as_str())).await
 }
 
 #[derive(Deserialize)]
@@ -445,7 +660,7 @@ async fn sign_out(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, Failure> {
-    let (id, _) = room.changing(&headers, &form.csrf)?;
+    let (id, _) = room.changing(&headers, &form.csrf).await?;
     room.sessions.close(&id);
     let cookie = format!("{COOKIE}=; Path=/room; HttpOnly; SameSite=Strict; Max-Age=0");
     Ok(([(header::SET_COOKIE, cookie)], Redirect::to("/room/sign-in")).into_response())
@@ -463,7 +678,7 @@ async fn worklist(
     headers: HeaderMap,
     Query(said): Query<Said>,
 ) -> Result<Html<String>, Failure> {
-    let (_, session) = room.session(&headers)?;
+    let (_, session) = room.session(&headers).await?;
     let (rows, message) = match room.rows(&session).await {
         Ok(rows) => (rows, said.error),
         // What the page can still show: the region that did not answer.
@@ -475,7 +690,7 @@ async fn worklist(
 }
 
 async fn worklist_rows(State(room): State<Arc<ReadingRoom>>, headers: HeaderMap) -> Result<Response, Failure> {
-    let (_, session) = match room.session(&headers) {
+    let (_, session) = match room.session(&headers).await {
         Ok(s) => s,
         // The script sees the 401 and goes to sign-in.
         Err(_) => return Ok(StatusCode::UNAUTHORIZED.into_response()),
@@ -486,7 +701,7 @@ async fn worklist_rows(State(room): State<Arc<ReadingRoom>>, headers: HeaderMap)
 /// Server-sent events: one `worklist` event each time routing reports the
 /// reader's page changed (the page then asks for its rows again).
 async fn worklist_events(State(room): State<Arc<ReadingRoom>>, headers: HeaderMap) -> Result<Response, Failure> {
-    let (_, session) = match room.session(&headers) {
+    let (_, session) = match room.session(&headers).await {
         Ok(s) => s,
         Err(_) => return Ok(StatusCode::UNAUTHORIZED.into_response()),
     };
@@ -514,7 +729,7 @@ async fn why(
     headers: HeaderMap,
     Query(WhyQuery { study }): Query<WhyQuery>,
 ) -> Result<Html<String>, Failure> {
-    let (_, session) = room.session(&headers)?;
+    let (_, session) = room.session(&headers).await?;
     let region = session.region.clone();
     let request =
         routing::ExplainEligibilityRequest { reader_id: session.reader.clone(), study_id: study.trim().to_owned() };
@@ -541,7 +756,7 @@ async fn claim(
     headers: HeaderMap,
     Form(form): Form<StudyForm>,
 ) -> Result<Response, Failure> {
-    let (_, session) = room.changing(&headers, &form.csrf)?;
+    let (_, session) = room.changing(&headers, &form.csrf).await?;
     let request = routing::ClaimRequest {
         reader_id: session.reader.clone(),
         study_id: form.study.clone(),
@@ -558,12 +773,50 @@ async fn claim(
     }
 }
 
+/// Claims the first study routing offers the reader, in routing's order
+/// across every region (the worklist is that order): a study another
+/// reader took in between is passed over for the next.
+async fn claim_next(
+    State(room): State<Arc<ReadingRoom>>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, Failure> {
+    let (_, session) = room.changing(&headers, &form.csrf).await?;
+    let request = routing::GetWorklistRequest {
+        reader_id: session.reader.clone(),
+        page_size: CLAIM_NEXT_TRIES as i32,
+        page_token: String::new(),
+    };
+    let offered =
+        room.routing(&session.region)?.get_worklist(authorized(request, &session.token)?).await?.into_inner().entries;
+    let mut refused = None;
+    for entry in offered.iter().take(CLAIM_NEXT_TRIES) {
+        let request = routing::ClaimRequest {
+            reader_id: session.reader.clone(),
+            study_id: entry.study_id.clone(),
+            idempotency_key: String::new(),
+        };
+        match room.routing(&entry.home_region)?.claim(authorized(request, &session.token)?).await {
+            Ok(_) => return Ok(to_study(&entry.study_id, &entry.home_region, "saved", "Claimed: the next study")),
+            // Taken in between, or no longer eligible: the next one.
+            Err(status) if matches!(status.code(), tonic::Code::FailedPrecondition | tonic::Code::NotFound) => {
+                refused = Some(said(&status));
+            }
+            Err(status) => return Ok(back_with_error(&said(&status))),
+        }
+    }
+    Ok(back_with_error(&refused.unwrap_or_else(|| "Nothing to claim: no study is offered to you now".into())))
+}
+
+/// How many of the first offered studies "claim next" tries.
+const CLAIM_NEXT_TRIES: usize = 5;
+
 async fn release(
     State(room): State<Arc<ReadingRoom>>,
     headers: HeaderMap,
     Form(form): Form<StudyForm>,
 ) -> Result<Response, Failure> {
-    let (_, session) = room.changing(&headers, &form.csrf)?;
+    let (_, session) = room.changing(&headers, &form.csrf).await?;
     let request = routing::ReleaseRequest {
         reader_id: session.reader.clone(),
         study_id: form.study.clone(),
@@ -584,7 +837,7 @@ async fn study(
     Path(study): Path<String>,
     Query(said_before): Query<Said>,
 ) -> Result<Html<String>, Failure> {
-    let (_, session) = room.session(&headers)?;
+    let (_, session) = room.session(&headers).await?;
     let region = said_before.region.clone().unwrap_or_else(|| room.config.region.clone());
     let sits_in = session.region.clone();
     let request = authorized(routing::ListAssignmentsRequest { reader_id: session.reader.clone() }, &session.token)?;
@@ -740,7 +993,7 @@ async fn draft(
     // The page's script saves as the reader types and asks for JSON; a
     // plain form post is answered with the page.
     let json = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("json"));
-    let session = match room.changing(&headers, &form.csrf) {
+    let session = match room.changing(&headers, &form.csrf).await {
         Ok((_, session)) => session,
         Err(Failure::SignIn) if json => return Ok(autosaved(StatusCode::UNAUTHORIZED, None, "your session ended")),
         Err(Failure::Forbidden(why)) if json => return Ok(autosaved(StatusCode::FORBIDDEN, None, why)),
@@ -778,7 +1031,7 @@ async fn addendum(
     Query(InRegion { region }): Query<InRegion>,
     Form(form): Form<AddendumForm>,
 ) -> Result<Response, Failure> {
-    let (_, session) = room.changing(&headers, &form.csrf)?;
+    let (_, session) = room.changing(&headers, &form.csrf).await?;
     let request = reporting::AddAddendumRequest {
         study_id: study.clone(),
         read_type: form.read_type.clone(),
@@ -815,7 +1068,7 @@ async fn critical(
     Query(InRegion { region }): Query<InRegion>,
     Form(form): Form<CriticalForm>,
 ) -> Result<Response, Failure> {
-    let (_, session) = room.changing(&headers, &form.csrf)?;
+    let (_, session) = room.changing(&headers, &form.csrf).await?;
     let request = reporting::FlagCriticalRequest { study_id: study.clone(), category: form.category };
     let answer = room.reporting(&region)?.flag_critical(authorized(request, &session.token)?).await;
     Ok(back_to_study(&study, &region, answer, |r| critical_said(r.critical)))
@@ -829,7 +1082,7 @@ async fn communication(
     Query(InRegion { region }): Query<InRegion>,
     Form(form): Form<CriticalForm>,
 ) -> Result<Response, Failure> {
-    let (_, session) = room.changing(&headers, &form.csrf)?;
+    let (_, session) = room.changing(&headers, &form.csrf).await?;
     let request = reporting::RecordCommunicationRequest {
         study_id: study.clone(),
         recipient: form.recipient.clone(),
@@ -849,7 +1102,7 @@ async fn sign(
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Result<Response, Failure> {
     let form = ReportForm::from_pairs(pairs);
-    let (_, session) = room.changing(&headers, &form.csrf)?;
+    let (_, session) = room.changing(&headers, &form.csrf).await?;
     let version = match save(&room, &session, &study, &region, &form).await {
         Ok(version) => version,
         Err(status) => return Ok(to_study(&study, &region, "error", &said(&status))),

@@ -68,16 +68,32 @@ pub struct DevPrincipal {
     pub group: String,
 }
 
-pub fn sign_in(principals: &[DevPrincipal], error: Option<&str>) -> String {
+pub fn sign_in(providers: &[&str], principals: &[DevPrincipal], error: Option<&str>) -> String {
     let mut body = String::from("<h1>Sign in</h1>");
     if let Some(e) = error {
         let _ = write!(body, "<p class=\"error\" role=\"alert\">{}</p>", escape(e));
     }
-    if principals.is_empty() {
+    if providers.is_empty() && principals.is_empty() {
         body.push_str(
-            "<p>No sign-in is configured for this region: the reading room's OpenID Connect sign-in is not built \
-             yet. In <code>meridian dev</code>, the example readers of <code>auth.toml</code> sign in here.</p>",
+            "<p>No sign-in is configured for this room: an identity provider of <code>auth.toml</code> \
+             (<code>[oidc_issuers.room]</code>) offers one; in <code>meridian dev</code>, the example readers \
+             sign in here.</p>",
         );
+        return layout("Sign in", None, &body);
+    }
+    if !providers.is_empty() {
+        body.push_str("<ul class=\"principals\">");
+        for (i, label) in providers.iter().enumerate() {
+            // A link, not a form: the provider's page is a navigation away.
+            let _ = write!(
+                body,
+                "<li><a class=\"button\" href=\"/room/oidc/{i}/start\">Sign in with {}</a></li>",
+                escape(label)
+            );
+        }
+        body.push_str("</ul>");
+    }
+    if principals.is_empty() {
         return layout("Sign in", None, &body);
     }
     body.push_str(
@@ -123,14 +139,16 @@ pub fn worklist(
     if let Some(s) = saved {
         let _ = write!(body, "<p class=\"saved\" role=\"status\">{}</p>", escape(s));
     }
+    let csrf = escape(signed.csrf);
     let _ = write!(
         body,
         "<h1>Worklist</h1><p id=\"live\" role=\"status\" aria-live=\"polite\">Live: changes appear without a \
-         reload.</p><table id=\"worklist\" data-rows=\"/room/worklist/rows\"><caption>Studies assigned to you, then \
+         reload.</p><form method=\"post\" action=\"/room/claim-next\"><input type=\"hidden\" name=\"csrf\" \
+         value=\"{csrf}\"><button type=\"submit\" accesskey=\"n\">Claim the next study</button></form><table id=\"worklist\" data-rows=\"/room/worklist/rows\"><caption>Studies assigned to you, then \
          studies you may claim, in Meridian's order</caption><thead><tr><th scope=\"col\">Priority</th>\
          <th scope=\"col\">Due</th><th scope=\"col\">Modality</th><th scope=\"col\">Body part</th>\
          <th scope=\"col\">Read</th><th scope=\"col\">Delivery</th><th scope=\"col\">Home region</th>\
-         <th scope=\"col\">Tenant</th><th scope=\"col\">Study</th><th scope=\"col\">Action</th></tr></thead>\
+         <th scope=\"col\">Language</th><th scope=\"col\">Tenant</th><th scope=\"col\">Study</th><th scope=\"col\">Action</th></tr></thead>\
          <tbody>{rows}</tbody></table>"
     );
     // Which regions answer: studies homed in one that does not still show
@@ -189,7 +207,7 @@ pub fn worklist_rows(held: &[WorklistEntry], offered: &[WorklistEntry], csrf: &s
         row(&mut out, e, "offered", &action);
     }
     if held.is_empty() && offered.is_empty() {
-        out.push_str("<tr><td colspan=\"10\">Nothing to read now.</td></tr>");
+        out.push_str("<tr><td colspan=\"11\">Nothing to read now.</td></tr>");
     }
     out
 }
@@ -216,7 +234,7 @@ fn row(out: &mut String, e: &WorklistEntry, kind: &str, action: &str) {
         out,
         "<tr class=\"{kind} {priority}\" data-study=\"{id}\"><td>{priority}{flagged}</td>\
          <td><time datetime=\"{due}\" data-deadline=\"{due}\">{due}</time></td><td>{modality}</td><td>{body}</td>\
-         <td>{read}</td><td>{delivery}</td><td>{home}</td><td>{tenant}</td><td><code title=\"{id}\">{short}</code></td>\
+         <td>{read}</td><td>{delivery}</td><td>{home}</td><td lang=\"{language}\">{language}</td><td>{tenant}</td><td><code title=\"{id}\">{short}</code></td>\
          <td>{action}</td></tr>",
         priority = escape(&e.priority),
         id = escape(&e.study_id),
@@ -226,6 +244,7 @@ fn row(out: &mut String, e: &WorklistEntry, kind: &str, action: &str) {
         read = escape(&e.read_type),
         delivery = escape(&e.delivery_model),
         home = escape(&e.home_region),
+        language = escape(&e.language),
         tenant = escape(&e.tenant),
         short = escape(short(&e.study_id)),
     );

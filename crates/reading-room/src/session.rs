@@ -26,9 +26,29 @@ pub struct Session {
     /// The region the reader sits in, where their worklist is asked.
     pub region: String,
     pub token: String,
+    /// When the token ends (Unix seconds), for one that is renewed or ends
+    /// the session; `None`: it outlives the session.
+    pub expires_at: Option<i64>,
+    /// The provider (its index) and refresh token that renew it.
+    pub refresh: Option<(usize, String)>,
     pub csrf: String,
     pub signed_in_at: i64,
     pub used_at: i64,
+}
+
+/// The token a session calls the platform with, and how it is renewed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Grant {
+    pub token: String,
+    pub expires_at: Option<i64>,
+    pub refresh: Option<(usize, String)>,
+}
+
+impl From<&str> for Grant {
+    /// A token that outlives the session (development sign-in).
+    fn from(token: &str) -> Grant {
+        Grant { token: token.to_owned(), ..Grant::default() }
+    }
 }
 
 #[derive(Default)]
@@ -50,15 +70,18 @@ impl Sessions {
         &self,
         principal: &str,
         (reader, region): (&str, &str),
-        token: &str,
+        grant: impl Into<Grant>,
         now: i64,
     ) -> Result<String, getrandom::Error> {
+        let grant = grant.into();
         let (id, csrf) = (random_token()?, random_token()?);
         let session = Session {
             principal: principal.to_owned(),
             reader: reader.to_owned(),
             region: region.to_owned(),
-            token: token.to_owned(),
+            token: grant.token,
+            expires_at: grant.expires_at,
+            refresh: grant.refresh,
             csrf,
             signed_in_at: now,
             used_at: now,
@@ -87,6 +110,14 @@ impl Sessions {
                 None
             }
             None => None,
+        }
+    }
+
+    /// The session's token renewed.
+    pub fn renew(&self, id: &str, grant: Grant) {
+        let mut by_id = self.by_id.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(s) = by_id.get_mut(id) {
+            (s.token, s.expires_at, s.refresh) = (grant.token, grant.expires_at, grant.refresh);
         }
     }
 

@@ -156,10 +156,64 @@ try {
   await page.getByRole("button", { name: "Record the communication" }).click();
   await page.getByText(/Critical result category 2: closed in time/).waitFor();
   result.critical = true;
+  // Left open while she signs: her worklist in another tab, and the study
+  // in a third.
+  const watcher = await context.newPage();
+  await watcher.goto(`${room}/room/worklist`);
+  const watchedRow = watcher.locator(`#worklist tr[data-study="${study}"]`);
+  await watchedRow.waitFor();
+  await watcher.evaluate(() => {
+    window.meridianLoaded = true;
+  });
+  const stale = await context.newPage();
+  await stale.goto(page.url());
   await page.getByRole("button", { name: "Sign preliminary" }).click();
   await page.waitForURL("**/room/worklist**");
   await page.getByText("Nothing to read now.").waitFor();
   result.signed = true;
+  // The read completed: the other tab's worklist drops it without a
+  // reload, and the study's other tab says it is no longer hers.
+  await watchedRow.waitFor({ state: "detached", timeout: 30_000 });
+  check(await watcher.evaluate(() => window.meridianLoaded === true), "the worklist tab reloaded");
+  result.worklist_followed = true;
+  await stale.locator("#held").waitFor({ state: "visible", timeout: 30_000 });
+  result.stale_tab = await stale.locator("#held").innerText();
+  result.stale_buttons_disabled = await stale.getByRole("button", { name: "Save draft" }).isDisabled();
+  await watcher.close();
+  await stale.close();
+  await page.goto(`${room}/room/worklist`);
+  // Why may she not take it now (its final)? Each rule, as routing says.
+  await page.getByLabel("Study id").fill(study);
+  await page.getByRole("button", { name: "Explain" }).click();
+  await page.getByText("You may not take this study now:").waitFor();
+  result.why = await page.locator("tbody tr.fails td:first-child").allInnerTexts();
+  await page.screenshot({ path: path.join(shots, "why.png"), fullPage: true });
+  check(result.why.length > 0, `no failing rule shown: ${await page.locator("main").innerText()}`);
+  await page.getByRole("link", { name: "Back to the worklist" }).click();
+
+  // The final: dr-cole (finals only) gets it, reads it, signs it.
+  const finals = await browser.newContext();
+  const cole = await finals.newPage();
+  await cole.goto(`${room}/room/sign-in`);
+  await cole.getByRole("button", { name: "Sign in as dr-cole" }).click();
+  await cole.waitForURL("**/room/worklist");
+  const coleRow = cole.locator(`#worklist tr[data-study="${study}"]`);
+  await coleRow.waitFor({ timeout: 60_000 });
+  const claim = coleRow.getByRole("button", { name: /^Claim/ });
+  if ((await claim.count()) > 0) {
+    await claim.click();
+  } else {
+    await coleRow.getByRole("link", { name: "Open" }).click();
+  }
+  await cole.waitForURL(`**/room/studies/${study}**`);
+  await cole.getByLabel("Findings").fill("Agree with the preliminary read. No intracranial haemorrhage.");
+  await cole.getByLabel("Impression").fill("Normal CT head.");
+  await cole.getByLabel("Intracranial haemorrhage").selectOption("absent");
+  await cole.getByRole("button", { name: "Sign final" }).click();
+  await cole.waitForURL("**/room/worklist**");
+  check(!(await cole.getByText(/Refused|Not accepted|Failed/).count()), `the final: ${await cole.locator("main").innerText()}`);
+  result.final_signed = true;
+  await finals.close();
   // Signed, the read takes an addendum (the signed text stays).
   await page.goto(`${room}/room/studies/${study}?region=us-east`);
   await page.getByLabel("Addendum").fill("Addendum: reviewed with the referrer; no change.");
@@ -169,13 +223,6 @@ try {
   await page.goto(`${room}/room/worklist`);
   // Every region answers, and the page says so.
   check((await page.locator("#regions").innerText()).includes("us-east: answers"), "regions listed");
-  // Why may she not take it now (its final)? Each rule, as routing says.
-  await page.getByLabel("Study id").fill(study);
-  await page.getByRole("button", { name: "Explain" }).click();
-  await page.getByText("You may not take this study now:").waitFor();
-  result.why = await page.locator("tbody tr.fails td:first-child").allInnerTexts();
-  check(result.why.length > 0, `no failing rule shown: ${await page.locator("main").innerText()}`);
-  await page.getByRole("link", { name: "Back to the worklist" }).click();
 
   // A forged session is not one: back to sign-in.
   const forged = await browser.newContext();
@@ -204,6 +251,31 @@ try {
   await otherPage.waitForURL("**/room/worklist");
   check(!(await otherPage.content()).includes(study), "dr-nair sees the study");
   result.other_sees_nothing = true;
+
+  // Each page against WCAG 2 A and AA, by axe-core (injected, so this
+  // context alone lets the test's script past the room's CSP).
+  const axeSource = process.env.MERIDIAN_AXE;
+  const audit = await browser.newContext({ bypassCSP: true });
+  const audited = await audit.newPage();
+  result.axe = {};
+  const axe = async (name) => {
+    await audited.addScriptTag({ path: axeSource });
+    const found = await audited.evaluate(async () => {
+      const r = await window.axe.run(document, { runOnly: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"] });
+      return r.violations.map((v) => `${v.id} (${v.impact}): ${v.nodes.map((n) => n.target.join(" ")).join(", ")}`);
+    });
+    result.axe[name] = found;
+  };
+  await audited.goto(`${room}/room/sign-in`);
+  await axe("sign-in");
+  await audited.getByRole("button", { name: "Sign in as dr-ortiz" }).click();
+  await audited.waitForURL("**/room/worklist");
+  await axe("worklist");
+  await audited.goto(`${room}/room/studies/${study}?region=us-east`);
+  await axe("study");
+  await audited.goto(`${room}/room/why?study=${study}`);
+  await axe("why");
+  await audit.close();
   console.log(`done ${JSON.stringify(result)}`);
 } catch (e) {
   console.error(e.stack || String(e));

@@ -361,6 +361,35 @@ pub fn one_reader_examples(examples: &Path, to: &Path) {
     std::fs::write(&auth, without).unwrap();
 }
 
+/// [`one_reader_examples`], with dr-ben-cole kept beside dr-ana-ortiz
+/// for finals only, on shift around the clock: Acme's STAT study's
+/// preliminary is pushed to her (the only one who reads preliminaries),
+/// and its final, which she may not read (her own preliminary), to him.
+pub fn preliminary_and_final_examples(examples: &Path, to: &Path) {
+    one_reader_examples(examples, to);
+    let original = std::fs::read_to_string(examples.join("groups/atlantic-rads.toml")).unwrap();
+    let cole = original.split("\n[[readers]]").nth(2).unwrap();
+    assert!(cole.contains("id = \"dr-ben-cole\""), "the example's second reader changed: {cole}");
+    let cole = cole
+        .replace(r#"read_types = ["preliminary", "final", "peer_review"]"#, r#"read_types = ["final", "peer_review"]"#)
+        .replace(
+            r#"shifts = [{ days = ["sat", "sun"], start = "20:00", end = "08:00" }]"#,
+            r#"shifts = [{ days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], start = "00:00", end = "23:59" }]"#,
+        );
+    assert!(cole.contains(r#"["final", "peer_review"]"#) && cole.contains("\"sun\"], start = \"00:00\""), "{cole}");
+    let group = to.join("groups/atlantic-rads.toml");
+    let mut text = std::fs::read_to_string(&group).unwrap();
+    text.push_str("\n[[readers]]");
+    text.push_str(cole.trim_end());
+    text.push('\n');
+    std::fs::write(&group, text).unwrap();
+    let auth = to.join("auth.toml");
+    let mut text = std::fs::read_to_string(&auth).unwrap();
+    text.push('\n');
+    text.push_str(DR_COLE);
+    std::fs::write(&auth, text).unwrap();
+}
+
 /// The examples copied to `to` with acme's contract on pull (its studies
 /// wait on worklists to be claimed) and dr-priya-nair (Lotus, in-south)
 /// on shift around the clock: an acme study homed in us-east sits on her

@@ -4128,10 +4128,12 @@ fn a_reader_reads_a_study_in_the_reading_room_in_a_real_browser() {
     let viewer = std::env::var("MERIDIAN_VIEWER")
         .expect("MERIDIAN_VIEWER names OHIF's dist (scripts/install-viewer installs it)");
     assert!(Path::new(&viewer).join("index.html").is_file(), "no OHIF in {viewer}");
-    // Atlantic's one reader, dr-ana-ortiz, always on shift: Acme's STAT
-    // study is pushed to her as soon as it arrives.
+    // Atlantic's dr-ana-ortiz, always on shift: Acme's STAT study is
+    // pushed to her as soon as it arrives; dr-ben-cole reads its final.
     let config = tempfile::TempDir::new().unwrap();
-    meridian_integration_tests::one_reader_examples(&repo().join("deploy/examples/dev"), config.path());
+    meridian_integration_tests::preliminary_and_final_examples(&repo().join("deploy/examples/dev"), config.path());
+    let axe =
+        std::env::var("MERIDIAN_AXE").expect("MERIDIAN_AXE names axe-core's axe.min.js (scripts/test installs it)");
     let data = tempfile::TempDir::new().unwrap();
     let dev = Dev::start_configured(config.path(), data.path(), "");
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("reading-room");
@@ -4142,6 +4144,7 @@ fn a_reader_reads_a_study_in_the_reading_room_in_a_real_browser() {
         .arg(&shots)
         .env("MERIDIAN_PLAYWRIGHT", &playwright)
         .env("MERIDIAN_CHROMIUM", &chromium)
+        .env("MERIDIAN_AXE", &axe)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -4189,12 +4192,18 @@ OBR|1|PO-ROOM-1||70450^CT head^CPT||||||||||||||ACC-77|||||||||||||^Fall, rule o
     assert!(out.status.success(), "{appeared}\n{done}\n{stderr}");
     let study = appeared.strip_prefix("study ").unwrap_or_else(|| panic!("{appeared}: {stderr}"));
     let result: Value = serde_json::from_str(done.strip_prefix("done ").unwrap()).unwrap();
-    for step in ["signed", "critical", "addendum"] {
+    for step in ["signed", "critical", "addendum", "worklist_followed", "stale_buttons_disabled", "final_signed"] {
         assert_eq!(result[step], true, "{step}: {result}");
     }
     assert!(result["second_tab"].as_str().is_some_and(|s| s.starts_with("Not saved: ")), "{result}");
+    assert!(result["stale_tab"].as_str().is_some_and(|s| s.starts_with("You no longer hold this read")), "{result}");
     // Her own preliminary's final is not hers to read: a rule says why.
-    assert_eq!(result["why"], serde_json::json!(["conflict"]), "{result}");
+    assert!(result["why"].as_array().unwrap().contains(&Value::from("conflict")), "{result}");
+    // No WCAG 2 A or AA violation axe-core finds on any page of the room.
+    for (page, found) in result["axe"].as_object().unwrap() {
+        assert_eq!(found, &serde_json::json!([]), "axe-core on the {page} page: {found}");
+    }
+    assert_eq!(result["axe"].as_object().unwrap().len(), 4, "{result}");
     assert!(result["viewer"]["max"].as_u64() > result["viewer"]["min"].as_u64(), "pixels drawn: {result}");
     eprintln!("the viewer drew its first image {} ms after the click", result["first_image_ms"]);
     assert!(!study.contains(uid), "the page names studies by opaque id");
@@ -4205,6 +4214,13 @@ OBR|1|PO-ROOM-1||70450^CT head^CPT||||||||||||||ACC-77|||||||||||||^Fall, rule o
     assert_eq!((signed["readType"].as_str(), signed["readerId"].as_str()), (Some("preliminary"), Some("dr-ana-ortiz")));
     // The version signed is the first tab's last, not the second tab's text.
     assert_eq!(signed["reportVersion"], 4, "{signed}");
+    // And the final, signed by dr-ben-cole in his browser.
+    let final_read = wait_for("the final's signature on the log", 30, || {
+        tail_payloads(data.path(), "reporting", "ReportSigned")
+            .into_iter()
+            .find(|s| s["studyId"] == study && s["readType"] == "final")
+    });
+    assert_eq!(final_read["readerId"], "dr-ben-cole", "{final_read}");
     // Every image the viewer asked for went through her session to
     // us-east's DICOMweb, which audited it as hers.
     let accessed = tail_payloads(data.path(), "audit", "PhiAccessed");

@@ -710,7 +710,13 @@ async fn worklist_events(State(room): State<Arc<ReadingRoom>>, headers: HeaderMa
     let stream = room.routing(&region)?.watch_worklist(authorized(request, &session.token)?).await?.into_inner();
     let events = stream.map(|change| {
         Ok::<_, std::convert::Infallible>(match change {
-            Ok(change) => Event::default().event("worklist").data(change.entries.len().to_string()),
+            // The studies the reader holds: an open editor learns that its
+            // study was taken away (released, reassigned) as it happens.
+            Ok(change) => {
+                let held: Vec<&str> = change.held.iter().map(|e| e.study_id.as_str()).collect();
+                let data = serde_json::json!({"offered": change.entries.len(), "held": held});
+                Event::default().event("worklist").data(data.to_string())
+            }
             Err(status) => Event::default().event("failed").data(said(&status)),
         })
     });

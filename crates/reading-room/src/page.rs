@@ -404,7 +404,8 @@ pub fn editor(signed: &Signed<'_>, e: &Editor<'_>) -> String {
     let action = |what: &str| format!("/room/studies/{}/{what}?region={}", escape(e.study), escape(e.region));
     let _ = write!(
         body,
-        "<form method=\"post\" action=\"{draft}\" id=\"report\">\
+        "<form method=\"post\" action=\"{draft}\" id=\"report\" data-study=\"{study_id}\">\
+         <p id=\"held\" class=\"error\" role=\"alert\" hidden></p>\
          <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
          <input type=\"hidden\" name=\"version\" value=\"{version}\">\
          <h2>{title}</h2>\
@@ -417,6 +418,7 @@ pub fn editor(signed: &Signed<'_>, e: &Editor<'_>) -> String {
          <button type=\"submit\" formaction=\"{sign}\" name=\"read_type\" value=\"{read}\">Sign {read}</button></p>\
          </form>",
         draft = action("draft"),
+        study_id = escape(e.study),
         sign = action("sign"),
         csrf = escape(signed.csrf),
         version = e.version,

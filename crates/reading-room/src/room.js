@@ -59,9 +59,29 @@
       }
     };
     report.addEventListener("input", function () {
+      if (report.dataset.lost) return;
       clearTimeout(timer);
       said.textContent = "Editing…";
       timer = setTimeout(save, 2000);
+    });
+  }
+  // An open read that is taken away (released, reassigned, signed in
+  // another tab) says so, and its buttons stop: the last saved draft is
+  // kept.
+  if (report && window.EventSource) {
+    const held = document.getElementById("held");
+    const watch = new EventSource("/room/worklist/events");
+    watch.addEventListener("worklist", function (e) {
+      const now = JSON.parse(e.data).held;
+      const lost = now.indexOf(report.dataset.study) < 0;
+      if (lost && held.hidden) {
+        held.hidden = false;
+        held.textContent = "You no longer hold this read (released, reassigned or signed): nothing more is saved " +
+          "or signed from this page. The last saved draft is kept.";
+        for (const b of report.querySelectorAll("button")) b.disabled = true;
+        report.dataset.lost = "1";
+        clearTimeout(timer);
+      }
     });
   }
   const table = document.getElementById("worklist");

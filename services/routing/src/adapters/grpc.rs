@@ -349,7 +349,9 @@ fn watched_page(
             pb::WorklistRemoval { study_id: e.study_id.clone(), reason }
         })
         .collect();
-    Ok(pb::WatchWorklistResponse { entries, entered_study_ids: entered, removed })
+    let held = folded.assignments(reader).map_err(|e| status(Error::Domain(e)))?;
+    let held = held.into_iter().map(|st| entry(routing, r, st)).collect();
+    Ok(pb::WatchWorklistResponse { entries, entered_study_ids: entered, removed, held })
 }
 
 impl RoutingGrpc {
@@ -479,7 +481,7 @@ impl RoutingService for RoutingGrpc {
         let mut changes = routing.changes();
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         tokio::spawn(async move {
-            let mut previous = first.entries.clone();
+            let (mut previous, mut previous_held) = (first.entries.clone(), first.held.clone());
             if tx.send(Ok(first)).await.is_err() {
                 return;
             }
@@ -492,9 +494,9 @@ impl RoutingService for RoutingGrpc {
                 let page =
                     routing.read_folded(|f| watched_page(&routing, f, &r.reader_id, size, &previous, now())).await;
                 match page {
-                    Ok(page) if page.entries == previous => {}
+                    Ok(page) if page.entries == previous && page.held == previous_held => {}
                     Ok(page) => {
-                        previous = page.entries.clone();
+                        (previous, previous_held) = (page.entries.clone(), page.held.clone());
                         if tx.send(Ok(page)).await.is_err() {
                             return;
                         }

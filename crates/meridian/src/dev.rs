@@ -485,8 +485,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     for (region, listeners) in &mut listening {
         let config = meridian_reading_room::RoomConfig {
             region: region.name.clone(),
-            endpoints: rooms.0.clone(),
+            // One gRPC port serves every service of a region here.
+            routing: rooms.0.clone(),
+            reporting: rooms.0.clone(),
             http_endpoints: rooms.2.clone(),
+            ca: None,
             viewer: viewer.clone(),
             dev_principals: rooms.1.clone(),
             secure_cookie: listeners.tls.is_some(),

@@ -23,6 +23,7 @@ macro_rules! say {
 mod client;
 mod compose;
 mod dev;
+mod room;
 mod serve;
 
 #[derive(Parser)]
@@ -63,6 +64,9 @@ enum Command {
     Dev(dev::DevArgs),
     /// Run one service of one region as its own process, on the region's Kafka log.
     Serve(serve::ServeArgs),
+    /// Run the reading room as its own process: readers sign in through an
+    /// identity provider; it calls the regions' routing, reporting and DICOMweb.
+    Room(room::RoomArgs),
     /// Configuration as code.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -725,7 +729,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     // Only the processes that serve export spans; a client command's
     // would be a trace of one call nobody asked for.
-    let serves = matches!(cli.command, Command::Dev(_) | Command::Serve(_));
+    let serves = matches!(cli.command, Command::Dev(_) | Command::Serve(_) | Command::Room(_));
     let exporting = match observe(serves) {
         Ok(exporting) => exporting,
         Err(e) => {
@@ -745,6 +749,7 @@ async fn main() -> ExitCode {
         Command::Config(ConfigCommand::Check { dir }) => Ok(config_check(&dir)),
         Command::Dev(args) => dev::run(args).await,
         Command::Serve(args) => serve::run(args).await,
+        Command::Room(args) => room::run(args).await,
         Command::Log(LogCommand::Tail { target, study, streams, copies_of, follow, json }) => {
             let request = meridian_proto::admin::v1::TailLogRequest {
                 study_id: study.unwrap_or_default(),

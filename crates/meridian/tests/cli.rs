@@ -4012,14 +4012,16 @@ fn one_studys_spans_from_c_store_to_assignment_share_a_trace_across_the_log_and_
     wait_for("the undeliverable spans counted", 30, || (dropped() > 0).then_some(()));
 }
 
-/// A reader signs in to the reading room through a real OpenID Connect
-/// provider (oidc-provider, with PKCE): the provider's access token is
+/// A reader signs in to the reading room, run as its own process
+/// (`meridian room`, as a deployment runs it beside `meridian serve`'s
+/// services), through a real OpenID Connect provider (oidc-provider, with
+/// PKCE): the provider's access token is
 /// verified as the platform verifies it, kept on the server, renewed with
 /// the refresh token before it ends; someone the provider knows who is not
 /// a reader gets no session and is told why; a callback this browser did
 /// not begin is refused.
 #[test]
-fn a_reader_signs_in_to_the_reading_room_through_an_identity_provider() {
+fn a_reader_signs_in_to_the_reading_room_run_apart_through_an_identity_provider() {
     let playwright = std::env::var("MERIDIAN_PLAYWRIGHT")
         .expect("MERIDIAN_PLAYWRIGHT names playwright-core's folder (scripts/test installs it)");
     let chromium =
@@ -4045,7 +4047,23 @@ fn a_reader_signs_in_to_the_reading_room_through_an_identity_provider() {
     ));
     std::fs::write(&auth, text).unwrap();
     let dev = Dev::start_configured(config.path(), data.path(), "");
-    let room = format!("http://{}", dev.http("us-east"));
+    // The room apart, told each region's routing, reporting and DICOMweb
+    // (here all three are `meridian dev`'s ports of the region).
+    let mut command = Command::new(MERIDIAN);
+    command.args(["room", "--region", "us-east", "--http-port", "0", "--config"]).arg(config.path());
+    command.arg("--secrets").arg(data.path().join("secrets"));
+    let regions = dev.json("endpoints.json")["regions"].as_object().unwrap().clone();
+    assert!(regions.len() >= 3, "{regions:?}");
+    for (region, e) in &regions {
+        let grpc = format!("{region}=http://{}", e["grpc"].as_str().unwrap());
+        command.args(["--routing", &grpc, "--reporting", &grpc]);
+        command.args(["--dicomweb", &format!("{region}={}", e["http"].as_str().unwrap())]);
+    }
+    let room_endpoint = data.path().join("room.json");
+    let mut room_process = command.arg("--endpoints").arg(&room_endpoint).stderr(Stdio::piped()).spawn().unwrap();
+    wait_for("meridian room's port", 30, || room_endpoint.exists().then_some(()));
+    let room: Value = serde_json::from_str(&std::fs::read_to_string(&room_endpoint).unwrap()).unwrap();
+    let room = room["http"].as_str().unwrap().to_owned();
     // Access tokens live 65 s; the room renews one within a minute of its end.
     let lifetime = 65;
     let mut provider = Command::new("node")
@@ -4081,10 +4099,12 @@ fn a_reader_signs_in_to_the_reading_room_through_an_identity_provider() {
         .unwrap();
     let _ = provider.kill();
     let provider_err = provider.wait_with_output().map(|o| String::from_utf8_lossy(&o.stderr).into_owned());
+    let _ = room_process.kill();
+    let room_err = room_process.wait_with_output().map(|o| String::from_utf8_lossy(&o.stderr).into_owned());
     let stdout = String::from_utf8_lossy(&browser.stdout);
     assert!(
         browser.status.success(),
-        "{stdout}\n{}\nprovider: {provider_err:?}",
+        "{stdout}\n{}\nprovider: {provider_err:?}\nroom: {room_err:?}",
         String::from_utf8_lossy(&browser.stderr)
     );
     let result: Value = serde_json::from_str(stdout.trim().strip_prefix("done ").unwrap()).unwrap();

@@ -58,12 +58,18 @@ const SCRIPT: &str = include_str!("room.js");
 pub struct RoomConfig {
     /// The region whose HTTP port serves it.
     pub region: String,
-    /// Every region's gRPC address (`http://host:port`): where the room
-    /// asks for worklists and sends commands.
-    pub endpoints: BTreeMap<String, String>,
+    /// Every region's routing, by gRPC address (`http://host:port`, or
+    /// `https://` trusting `ca`): where worklists are asked and claims sent.
+    pub routing: BTreeMap<String, String>,
+    /// Every region's reporting, by gRPC address: drafts and signatures.
+    pub reporting: BTreeMap<String, String>,
     /// Every region's HTTP root (`http://host:port`): whose DICOMweb the
-    /// viewer's requests are passed to.
+    /// viewer's requests are passed to, and whose `/readyz` says whether
+    /// the region answers.
     pub http_endpoints: BTreeMap<String, String>,
+    /// The CA (PEM) that signs the regions' certificates, for `https://`
+    /// addresses.
+    pub ca: Option<Vec<u8>>,
     /// OHIF's built `dist/` folder, when the viewer is installed.
     pub viewer: Option<std::path::PathBuf>,
     /// Development sign-in: the example readers and their tokens. Empty
@@ -146,10 +152,11 @@ fn now() -> i64 {
 
 impl ReadingRoom {
     pub fn new(config: RoomConfig) -> Arc<ReadingRoom> {
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(120))
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
+        let mut http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(120));
+        if let Some(ca) = config.ca.as_deref().and_then(|pem| reqwest::Certificate::from_pem(pem).ok()) {
+            http = http.add_root_certificate(ca);
+        }
+        let http = http.build().unwrap_or_else(|_| reqwest::Client::new());
         Arc::new(ReadingRoom {
             config,
             sessions: Sessions::default(),
@@ -196,33 +203,40 @@ impl ReadingRoom {
             .with_state(self)
     }
 
-    fn channel(&self, region: &str) -> Result<Channel, Failure> {
+    /// The channel to `service` of `region` (one per address, kept).
+    fn channel(&self, service: &str, addresses: &BTreeMap<String, String>, region: &str) -> Result<Channel, Failure> {
+        let address = addresses
+            .get(region)
+            .ok_or_else(|| Failure::Platform(format!("region {region}'s {service} is not one this room knows")))?;
         let mut channels = self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(c) = channels.get(region) {
+        if let Some(c) = channels.get(address) {
             return Ok(c.clone());
         }
-        let address = self
-            .config
-            .endpoints
-            .get(region)
-            .ok_or_else(|| Failure::Platform(format!("region {region} is not one this room knows")))?;
-        let channel = Channel::from_shared(address.clone())
-            .map_err(|e| Failure::Platform(format!("region {region}'s address {address}: {e}")))?
-            .connect_lazy();
-        channels.insert(region.to_owned(), channel.clone());
+        let unusable =
+            |e: &dyn std::fmt::Display| Failure::Platform(format!("region {region}'s {service} at {address}: {e}"));
+        let mut endpoint = tonic::transport::Endpoint::from_shared(address.clone()).map_err(|e| unusable(&e))?;
+        if address.starts_with("https://") {
+            let Some(ca) = &self.config.ca else {
+                return Err(unusable(&"speaks TLS, and the room was given no CA to trust it by"));
+            };
+            let tls =
+                tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(ca));
+            endpoint = endpoint.tls_config(tls).map_err(|e| unusable(&e))?;
+        }
+        let channel = endpoint.connect_lazy();
+        channels.insert(address.clone(), channel.clone());
         Ok(channel)
     }
 
     fn routing(&self, region: &str) -> Result<RoutingServiceClient<Channel>, Failure> {
-        Ok(RoutingServiceClient::new(self.channel(region)?))
+        Ok(RoutingServiceClient::new(self.channel("routing", &self.config.routing, region)?))
     }
 
     fn reporting(&self, region: &str) -> Result<ReportingServiceClient<Channel>, Failure> {
-        Ok(ReportingServiceClient::new(self.channel(region)?))
+        Ok(ReportingServiceClient::new(self.channel("reporting", &self.config.reporting, region)?))
     }
 
-    /// The live session the request's cookie names.
-    /// A token that ends within a minute is renewed first (its refresh
+    /// The live session the request's cookie names. A token that ends within a minute is renewed first (its refresh
     /// token); one that cannot be renewed ends the session (drafts are on
     /// the log).
     async fn session(&self, headers: &HeaderMap) -> Result<(String, Session), Failure> {

@@ -2555,19 +2555,18 @@ fn a_reader_drafts_and_signs_the_read_they_hold_and_routing_pushes_them_the_next
     assert_eq!(kinds, ["ReportSigned", "CriticalResultFlagged", "CriticalResultClosed", "ReportAmended"]);
 }
 
-#[test]
-fn a_final_drawn_for_peer_review_is_read_again_blind_scored_and_arbitrated() {
-    // Finals only, every one drawn; dr-ana-ortiz reads them, dr-ben-cole
-    // (always on shift, peer reviews only) reviews them.
-    let config = tempfile::TempDir::new().unwrap();
-    meridian_integration_tests::one_reader_examples(&repo().join("deploy/examples/dev"), config.path());
-    let contract = config.path().join("contracts/acme-atlantic.toml");
+/// The examples in `config` with Acme's reads finals only, every one
+/// drawn for peer review: dr-ana-ortiz reads them, dr-ben-cole (always on
+/// shift, peer reviews only) reviews them.
+fn every_final_peer_reviewed(config: &Path) {
+    meridian_integration_tests::one_reader_examples(&repo().join("deploy/examples/dev"), config);
+    let contract = config.join("contracts/acme-atlantic.toml");
     let text = std::fs::read_to_string(&contract).unwrap();
     let text =
         text.replace("fraction = 0.05", "fraction = 1.0").replace("preliminary = [\"onshore\", \"offshore\"]\n", "");
     assert!(text.contains("fraction = 1.0") && !text.contains("preliminary = ["), "the example's contract changed");
     std::fs::write(&contract, text).unwrap();
-    let group = config.path().join("groups/atlantic-rads.toml");
+    let group = config.join("groups/atlantic-rads.toml");
     let mut text = std::fs::read_to_string(&group).unwrap();
     text.push_str(
         r#"
@@ -2586,12 +2585,19 @@ shifts = [{ days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], start = "0
 "#,
     );
     std::fs::write(&group, text).unwrap();
-    let auth = config.path().join("auth.toml");
+    let auth = config.join("auth.toml");
     let text = std::fs::read_to_string(&auth).unwrap() + "\n" + meridian_integration_tests::DR_COLE;
     std::fs::write(&auth, text).unwrap();
-    let check = Command::new(MERIDIAN).args(["config", "check"]).arg(config.path()).output().unwrap();
+    let check = Command::new(MERIDIAN).args(["config", "check"]).arg(config).output().unwrap();
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+}
 
+#[test]
+fn a_final_drawn_for_peer_review_is_read_again_blind_scored_and_arbitrated() {
+    // Finals only, every one drawn; dr-ana-ortiz reads them, dr-ben-cole
+    // (always on shift, peer reviews only) reviews them.
+    let config = tempfile::TempDir::new().unwrap();
+    every_final_peer_reviewed(config.path());
     let data = tempfile::TempDir::new().unwrap();
     let dev = Dev::start_configured(config.path(), data.path(), "");
     let files = tempfile::TempDir::new().unwrap();
@@ -4010,6 +4016,82 @@ fn one_studys_spans_from_c_store_to_assignment_share_a_trace_across_the_log_and_
         (tail_events(data.path(), "us-east", "routing", "StudyQueued").len() == 2).then_some(())
     });
     wait_for("the undeliverable spans counted", 30, || (dropped() > 0).then_some(()));
+}
+
+/// A peer review in the reading room: the reviewer reads the study blind
+/// (nothing of the reviewed read on his page), signs his read, finds it
+/// on his worklist to score, sees the reviewed read only then, and scores
+/// it by RADPEER; the score is on the log.
+#[test]
+fn a_reviewer_reads_blind_and_scores_by_radpeer_in_the_reading_room() {
+    let playwright = std::env::var("MERIDIAN_PLAYWRIGHT")
+        .expect("MERIDIAN_PLAYWRIGHT names playwright-core's folder (scripts/test installs it)");
+    let chromium =
+        std::env::var("MERIDIAN_CHROMIUM").expect("MERIDIAN_CHROMIUM names the browser (scripts/test installs it)");
+    let config = tempfile::TempDir::new().unwrap();
+    every_final_peer_reviewed(config.path());
+    let data = tempfile::TempDir::new().unwrap();
+    let dev = Dev::start_configured(config.path(), data.path(), "");
+    let files = tempfile::TempDir::new().unwrap();
+    let file = meridian_integration_tests::dicom::one_instance_study(
+        files.path(),
+        "1.2.826.0.1.3680043.10.543.402",
+        "MRN-PEER-ROOM",
+        "STAT",
+    );
+    let (ok, said) =
+        meridian_integration_tests::dicom::storescu(dev.dicom_port("us-east"), "ACME_CT1", "MERIDIAN_ACME", &[file]);
+    assert!(ok, "{said}");
+    let study = wait_for("the final pushed to dr-ana-ortiz", 30, || {
+        let assigned = tail_payloads(data.path(), "routing", "StudyAssigned");
+        assigned.first().map(|a| a["studyId"].as_str().unwrap().to_owned())
+    });
+    let cli = |args: &[&str]| us_east(data.path(), args);
+    let (ok, said) = cli(&[
+        "report",
+        "draft",
+        &study,
+        "--as",
+        "dr-ortiz",
+        "--findings",
+        "Findings.",
+        "--impression",
+        "No acute findings.",
+    ]);
+    assert!(ok, "{said}");
+    let (ok, said) = cli(&["report", "sign", &study, "--as", "dr-ortiz", "--read-type", "final"]);
+    assert!(ok, "{said}");
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("reading-room");
+    std::fs::create_dir_all(&shots).unwrap();
+    let browser = Command::new("node")
+        .arg(repo().join("integration-tests/browser/peer-review.mjs"))
+        .arg(format!("http://{}", dev.http("us-east")))
+        .arg(&study)
+        .arg(&shots)
+        .env("MERIDIAN_PLAYWRIGHT", &playwright)
+        .env("MERIDIAN_CHROMIUM", &chromium)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&browser.stdout);
+    assert!(browser.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&browser.stderr));
+    let result: Value = serde_json::from_str(stdout.trim().strip_prefix("done ").unwrap()).unwrap();
+    assert!(result["row"].as_str().unwrap().contains("peer review (blinded)"), "{result}");
+    assert_eq!(result["blind"], true, "nothing of the reviewed read before his own is signed: {result}");
+    assert_eq!(result["to_score"], 1, "{result}");
+    assert_eq!(result["reviewed_shown"], true, "{result}");
+    assert_eq!(result["scored"], "You scored 3b; the score awaits arbitration.", "{result}");
+    assert_eq!(result["to_score_after"], 0, "{result}");
+    // On the log: his blinded read signed, then the score.
+    let signed = wait_for("the review's signature", 30, || {
+        tail_payloads(data.path(), "reporting", "ReportSigned")
+            .into_iter()
+            .find(|s| s["studyId"] == study.as_str() && s["readType"] == "peer_review")
+    });
+    assert_eq!(signed["readerId"], "dr-ben-cole", "{signed}");
+    let scored = wait_for("the score", 30, || {
+        tail_payloads(data.path(), "reporting", "PeerReviewScored").into_iter().find(|s| s["studyId"] == study.as_str())
+    });
+    assert_eq!(scored["score"], "3b", "{scored}");
 }
 
 /// A reader signs in to the reading room, run as its own process

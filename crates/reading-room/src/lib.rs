@@ -187,6 +187,7 @@ impl ReadingRoom {
             .route("/studies/{study}/addendum", post(addendum))
             .route("/studies/{study}/critical", post(critical))
             .route("/studies/{study}/communication", post(communication))
+            .route("/studies/{study}/score", post(score))
             .route("/assets/room.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS) }))
             .route(
                 "/assets/room.js",
@@ -314,6 +315,22 @@ impl ReadingRoom {
             page::RegionState { name: name.clone(), answers }
         });
         futures_util::future::join_all(asks).await
+    }
+
+    /// The peer reviews the reader read blind and signed but has not
+    /// scored, in every region (a region that does not answer lists none).
+    async fn to_score(&self, session: &Session) -> Vec<page::ToScore> {
+        let asks = self.config.reporting.keys().map(|region| async move {
+            let request = reporting::ListReportsRequest { page_size: 1_000, ..Default::default() };
+            let mut client = self.reporting(region).ok()?;
+            let answer = client.list_reports(authorized(request, &session.token).ok()?).await.ok()?.into_inner();
+            let open = answer
+                .reports
+                .into_iter()
+                .filter(|r| r.read_type == "peer_review" && r.signed_by == session.reader && r.review_score.is_empty());
+            Some(open.map(|r| page::ToScore { study: r.study_id, region: region.clone() }).collect::<Vec<_>>())
+        });
+        futures_util::future::join_all(asks).await.into_iter().flatten().flatten().collect()
     }
 
     async fn rows(&self, session: &Session) -> Result<String, Failure> {
@@ -699,8 +716,9 @@ async fn worklist(
         Err(Failure::Platform(why)) => (String::new(), Some(why)),
         Err(other) => return Err(other),
     };
-    let regions = room.regions().await;
-    Ok(Html(page::worklist(&signed(&session), &rows, message.as_deref(), said.saved.as_deref(), &regions)))
+    let (regions, to_score) = tokio::join!(room.regions(), room.to_score(&session));
+    let page = page::worklist(&signed(&session), &rows, message.as_deref(), said.saved.as_deref(), &regions, &to_score);
+    Ok(Html(page))
 }
 
 async fn worklist_rows(State(room): State<Arc<ReadingRoom>>, headers: HeaderMap) -> Result<Response, Failure> {
@@ -871,9 +889,13 @@ async fn study(
     // addendum) and the held read's last draft.
     let request = authorized(reporting::GetReportRequest { study_id: study.clone() }, &session.token)?;
     let reports = match room.reporting(&region)?.get_report(request).await {
-        Ok(r) => r.into_inner().reports,
-        Err(_) => Vec::new(),
+        Ok(r) => {
+            let r = r.into_inner();
+            (r.reports, r.review)
+        }
+        Err(_) => (Vec::new(), None),
     };
+    let (reports, review) = reports;
     let signed_reads: Vec<(String, String, usize)> = reports
         .iter()
         .filter(|r| r.signed_by == session.reader && r.signed_version > 0)
@@ -890,14 +912,25 @@ async fn study(
             }
             Err(status) => message = Some(said(&status)),
         }
-        let open = reports.into_iter().find(|r| &r.read_type == read);
-        if let Some(last) = open.and_then(|r| r.text) {
+        let open = reports.iter().find(|r| &r.read_type == read);
+        if let Some(last) = open.and_then(|r| r.text.clone()) {
             let sections = last.sections.unwrap_or_default();
             (findings, impression, version) = (sections.findings, sections.impression, last.version);
             fields = sections.fields.into_iter().collect();
         }
     }
     let images = images.as_ref().map(|(r, p)| (r.as_str(), p.as_str()));
+    // What the reviewer scores: the read signed by the reader reviewed.
+    let reviewed = review.as_ref().and_then(|review| {
+        let read = reports.iter().find(|r| r.read_type != "peer_review" && r.signed_by == review.reviewed_reader_id)?;
+        let sections = read.text.as_ref().and_then(|t| t.sections.as_ref());
+        Some(page::Reviewed {
+            review,
+            read_type: &read.read_type,
+            findings: sections.map_or("", |s| s.findings.as_str()),
+            impression: sections.map_or("", |s| s.impression.as_str()),
+        })
+    });
     let editor = page::Editor {
         study: &study,
         region: &region,
@@ -913,6 +946,7 @@ async fn study(
         fields: &fields,
         signed: signed_reads,
         order: order.as_ref(),
+        review: reviewed,
     };
     Ok(Html(page::editor(&signed(&session), &editor)))
 }
@@ -1114,6 +1148,30 @@ async fn communication(
 }
 
 /// Saves what the reader typed, then signs that version.
+#[derive(Deserialize)]
+struct ScoreForm {
+    csrf: String,
+    score: String,
+}
+
+/// The reviewer's RADPEER score of the read they reviewed.
+async fn score(
+    State(room): State<Arc<ReadingRoom>>,
+    headers: HeaderMap,
+    Path(study): Path<String>,
+    Query(at): Query<Said>,
+    Form(form): Form<ScoreForm>,
+) -> Result<Response, Failure> {
+    let (_, session) = room.changing(&headers, &form.csrf).await?;
+    let region = at.region.clone().unwrap_or_else(|| room.config.region.clone());
+    let request = reporting::ScorePeerReviewRequest { study_id: study.clone(), score: form.score.clone() };
+    let answer = room.reporting(&region)?.score_peer_review(authorized(request, &session.token)?).await;
+    Ok(match answer {
+        Ok(_) => to_study(&study, &region, "saved", &format!("Scored {}", form.score)),
+        Err(status) => to_study(&study, &region, "error", &said(&status)),
+    })
+}
+
 async fn sign(
     State(room): State<Arc<ReadingRoom>>,
     headers: HeaderMap,

@@ -125,12 +125,19 @@ pub struct RegionState {
     pub answers: bool,
 }
 
+/// A peer review the reader read blind and signed, not scored yet.
+pub struct ToScore {
+    pub study: String,
+    pub region: String,
+}
+
 pub fn worklist(
     signed: &Signed<'_>,
     rows: &str,
     message: Option<&str>,
     saved: Option<&str>,
     regions: &[RegionState],
+    to_score: &[ToScore],
 ) -> String {
     let mut body = String::new();
     if let Some(m) = message {
@@ -151,6 +158,24 @@ pub fn worklist(
          <th scope=\"col\">Language</th><th scope=\"col\">Tenant</th><th scope=\"col\">Study</th><th scope=\"col\">Action</th></tr></thead>\
          <tbody>{rows}</tbody></table>"
     );
+    if !to_score.is_empty() {
+        body.push_str(
+            "<section aria-labelledby=\"to-score-title\"><h2 id=\"to-score-title\">Peer reviews to score</h2>\
+             <p>Your blinded reads are signed: score the reads you reviewed (RADPEER).</p><ul id=\"to-score\">",
+        );
+        for t in to_score {
+            let _ = write!(
+                body,
+                "<li><a href=\"/room/studies/{id}?region={region}#review\">Study <code>{short}</code></a> \
+                 ({region_text})</li>",
+                id = escape(&query_part(&t.study)),
+                region = escape(&query_part(&t.region)),
+                short = escape(short(&t.study)),
+                region_text = escape(&t.region),
+            );
+        }
+        body.push_str("</ul></section>");
+    }
     // Which regions answer: studies homed in one that does not still show
     // (their worklist entries are copied here) but cannot be claimed or
     // reported until it is back.
@@ -222,6 +247,14 @@ fn hidden_study(e: &WorklistEntry, csrf: &str) -> String {
     )
 }
 
+/// A read type as the worklist says it: a peer review is read blind.
+fn read_label(read_type: &str) -> String {
+    match read_type {
+        "peer_review" => "peer review (blinded)".into(),
+        other => other.replace('_', " "),
+    }
+}
+
 fn short(id: &str) -> &str {
     id.get(..8).unwrap_or(id)
 }
@@ -241,7 +274,7 @@ fn row(out: &mut String, e: &WorklistEntry, kind: &str, action: &str) {
         due = escape(&due),
         modality = escape(&e.modality),
         body = escape(&e.body_part),
-        read = escape(&e.read_type),
+        read = escape(&read_label(&e.read_type)),
         delivery = escape(&e.delivery_model),
         home = escape(&e.home_region),
         language = escape(&e.language),
@@ -310,6 +343,75 @@ pub struct Editor<'a> {
     pub signed: Vec<(String, String, usize)>,
     /// The order it was made for, if one was matched.
     pub order: Option<&'a meridian_proto::reporting::v1::StudyOrder>,
+    /// The study's peer review, when the reader reviews it and signed
+    /// their blinded read, with the reviewed read (its type and text).
+    pub review: Option<Reviewed<'a>>,
+}
+
+/// What a reviewer scores, once their blinded read is signed.
+pub struct Reviewed<'a> {
+    pub review: &'a meridian_proto::reporting::v1::PeerReview,
+    pub read_type: &'a str,
+    pub findings: &'a str,
+    pub impression: &'a str,
+}
+
+/// RADPEER 2016's scores, as a reviewer chooses one.
+pub const RADPEER: [(&str, &str); 5] = [
+    ("1", "1: concur with interpretation"),
+    (
+        "2a",
+        "2a: discrepancy, not ordinarily expected to be made (understandable miss), unlikely clinically significant",
+    ),
+    ("2b", "2b: discrepancy, not ordinarily expected to be made (understandable miss), likely clinically significant"),
+    ("3a", "3a: discrepancy, should be made most of the time, unlikely clinically significant"),
+    ("3b", "3b: discrepancy, should be made most of the time, likely clinically significant"),
+];
+
+/// The peer review: the reviewed read, and the RADPEER score given or
+/// the form to give it.
+fn peer_review(signed: &Signed<'_>, e: &Editor<'_>, r: &Reviewed<'_>) -> String {
+    let mut out = format!(
+        "<section aria-labelledby=\"review-title\" id=\"review\"><h2 id=\"review-title\">Peer review of the {read} \
+         read</h2><p>Your blinded read is signed; the read you review:</p><dl><dt>Findings</dt><dd>{findings}</dd>\
+         <dt>Impression</dt><dd>{impression}</dd></dl>",
+        read = escape(r.read_type),
+        findings = escape(r.findings),
+        impression = escape(r.impression),
+    );
+    if r.review.score.is_empty() {
+        let _ = write!(
+            out,
+            "<form method=\"post\" action=\"/room/studies/{study}/score?region={region}\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><fieldset><legend>RADPEER score</legend>",
+            study = escape(&query_part(e.study)),
+            region = escape(&query_part(e.region)),
+            csrf = escape(signed.csrf),
+        );
+        for (value, label) in RADPEER {
+            let _ = write!(
+                out,
+                "<p><input type=\"radio\" name=\"score\" id=\"score-{value}\" value=\"{value}\" required> \
+                 <label for=\"score-{value}\">{label}</label></p>",
+                label = escape(label)
+            );
+        }
+        out.push_str("</fieldset><p><button type=\"submit\">Score the read</button></p></form>");
+    } else {
+        let standing = if r.review.standing_score.is_empty() {
+            "awaits arbitration".to_owned()
+        } else {
+            format!("stands at {}", r.review.standing_score)
+        };
+        let _ = write!(
+            out,
+            "<p id=\"scored\">You scored {}; the score {}.</p>",
+            escape(&r.review.score),
+            escape(&standing)
+        );
+    }
+    out.push_str("</section>");
+    out
 }
 
 /// The template's coded fields as labelled choices (`field.<name>`), each
@@ -383,19 +485,23 @@ pub fn editor(signed: &Signed<'_>, e: &Editor<'_>) -> String {
     for (read, status, amendments) in &e.signed {
         let _ = write!(
             body,
-            "<section aria-labelledby=\"addendum-{read}\"><h2 id=\"addendum-{read}\">Your {read} read: {status}\
+            "<section aria-labelledby=\"addendum-{read}\"><h2 id=\"addendum-{read}\">Your {read_label} read: {status}\
              {count}</h2><form method=\"post\" action=\"/room/studies/{study}/addendum?region={region}\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"read_type\" \
              value=\"{read}\"><p><label for=\"addendum-text-{read}\">Addendum</label><br><textarea \
              id=\"addendum-text-{read}\" name=\"text\" rows=\"3\" cols=\"80\" required></textarea></p>\
              <p><button type=\"submit\">Add the addendum</button></p></form></section>",
             read = escape(read),
+            read_label = escape(&read.replace('_', " ")),
             status = escape(status),
             count = if *amendments > 0 { format!(", {amendments} amendment(s)") } else { String::new() },
             study = escape(&query_part(e.study)),
             region = escape(&query_part(e.region)),
             csrf = escape(signed.csrf),
         );
+    }
+    if let Some(r) = &e.review {
+        body.push_str(&peer_review(signed, e, r));
     }
     let Some(read_type) = e.read_type else {
         body.push_str("<p>You do not hold a read of this study (released, reassigned or signed).</p>");
@@ -415,7 +521,7 @@ pub fn editor(signed: &Signed<'_>, e: &Editor<'_>) -> String {
          name=\"impression\" rows=\"4\" cols=\"80\" lang=\"{lang}\">{impression}</textarea></p>{fields}\
          <p id=\"autosave\" role=\"status\" aria-live=\"polite\"></p>\
          <p><button type=\"submit\">Save draft</button> \
-         <button type=\"submit\" formaction=\"{sign}\" name=\"read_type\" value=\"{read}\">Sign {read}</button></p>\
+         <button type=\"submit\" formaction=\"{sign}\" name=\"read_type\" value=\"{read}\">Sign {read_label}</button></p>\
          </form>",
         draft = action("draft"),
         study_id = escape(e.study),
@@ -432,6 +538,7 @@ pub fn editor(signed: &Signed<'_>, e: &Editor<'_>) -> String {
         findings = escape(e.findings),
         impression = escape(e.impression),
         read = escape(read_type),
+        read_label = escape(&read_type.replace('_', " ")),
     );
     // A critical result (ACR: category 1 within minutes, 2 within hours,
     // 3 within days) and the record of telling someone.

@@ -220,6 +220,10 @@ fn summary(study: Uuid, s: &Study, r: &Report) -> pb::ReportSummary {
         signed_at: r.signed.as_ref().map(|sig| sig.at.to_timestamp()),
         versions: u32::try_from(r.versions.len()).unwrap_or(u32::MAX),
         contract: s.facts.contract.clone(),
+        review_score: match (&s.review, r.read_type.as_str()) {
+            (Some(review), "peer_review") => review.scored.as_ref().map_or(String::new(), |sc| sc.score.clone()),
+            _ => String::new(),
+        },
     }
 }
 
@@ -746,7 +750,13 @@ impl ReportingService for ReportingGrpc {
                 versions: u32::try_from(r.versions.len()).unwrap_or(u32::MAX),
             });
         }
-        Ok(Response::new(pb::GetReportResponse { study_id: study.to_string(), reports }))
+        // The reviewer, their blinded read signed, sees what they score.
+        let signed_review = s
+            .report("peer_review")
+            .and_then(|r| r.signed.as_ref())
+            .is_some_and(|sig| p.reader.as_deref() == Some(sig.reader.as_str()));
+        let review = s.review.as_ref().filter(|_| signed_review).map(|r| peer_review(study, r));
+        Ok(Response::new(pb::GetReportResponse { study_id: study.to_string(), reports, review }))
     }
 }
 

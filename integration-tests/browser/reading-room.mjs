@@ -150,11 +150,11 @@ try {
   // A critical result, flagged and then told to the referrer.
   await page.getByLabel("ACR category").selectOption("2");
   await page.getByRole("button", { name: "Flag" }).click();
-  await page.getByText(/Critical result category 2: open, to be communicated by /).waitFor();
+  await page.locator("#critical-state").getByText(/Critical result category 2: open, to be communicated by /).waitFor();
   await page.getByLabel("Told").fill("Dr Lee, ED attending");
   await page.getByLabel("by", { exact: true }).selectOption("phone");
   await page.getByRole("button", { name: "Record the communication" }).click();
-  await page.getByText(/Critical result category 2: closed in time/).waitFor();
+  await page.locator("#critical-state").getByText(/Critical result category 2: closed in time/).waitFor();
   result.critical = true;
   // Left open while she signs: her worklist in another tab, and the study
   // in a third.
@@ -220,6 +220,15 @@ try {
   await page.getByRole("button", { name: "Add the addendum" }).click();
   await page.getByText("Addendum added to your preliminary read.").waitFor();
   result.addendum = true;
+  // The critical result as it stands, on the study's page.
+  result.critical_state = (await page.locator("#critical-state").innerText()).trim();
+  // A correction of her signed read: current from now on, with why.
+  await page.getByText("Correct it, or mark it entered in error").click();
+  await page.getByLabel("Corrected findings").fill("No intracranial haemorrhage. No mass effect. No fracture.");
+  await page.getByLabel("Corrected impression").fill("Normal CT head.");
+  await page.getByLabel("Why", { exact: true }).fill("Fracture assessment omitted.");
+  await page.getByRole("button", { name: "Issue the correction" }).click();
+  result.corrected = (await page.locator("main").innerText()).match(/Your preliminary read is corrected\.|Refused: .*/)?.[0];
   await page.goto(`${room}/room/worklist`);
   // Every region answers, and the page says so.
   check((await page.locator("#regions").innerText()).includes("us-east: answers"), "regions listed");

@@ -4299,6 +4299,8 @@ OBR|1|PO-ROOM-1||70450^CT head^CPT||||||||||||||ACC-77|||||||||||||^Fall, rule o
     }
     assert!(result["second_tab"].as_str().is_some_and(|s| s.starts_with("Not saved: ")), "{result}");
     assert!(result["stale_tab"].as_str().is_some_and(|s| s.starts_with("You no longer hold this read")), "{result}");
+    assert!(result["critical_state"].as_str().is_some_and(|s| s.contains("closed in time")), "{result}");
+    assert_eq!(result["corrected"], "Your preliminary read is corrected.", "{result}");
     // Her own preliminary's final is not hers to read: a rule says why.
     assert!(result["why"].as_array().unwrap().contains(&Value::from("conflict")), "{result}");
     // No WCAG 2 A or AA violation axe-core finds on any page of the room.

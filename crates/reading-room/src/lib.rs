@@ -188,6 +188,8 @@ impl ReadingRoom {
             .route("/studies/{study}/critical", post(critical))
             .route("/studies/{study}/communication", post(communication))
             .route("/studies/{study}/score", post(score))
+            .route("/studies/{study}/correct", post(correct))
+            .route("/studies/{study}/entered-in-error", post(entered_in_error))
             .route("/assets/room.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS) }))
             .route(
                 "/assets/room.js",
@@ -891,11 +893,11 @@ async fn study(
     let reports = match room.reporting(&region)?.get_report(request).await {
         Ok(r) => {
             let r = r.into_inner();
-            (r.reports, r.review)
+            (r.reports, r.review, r.critical)
         }
-        Err(_) => (Vec::new(), None),
+        Err(_) => (Vec::new(), None, None),
     };
-    let (reports, review) = reports;
+    let (reports, review, critical) = reports;
     let signed_reads: Vec<(String, String, usize)> = reports
         .iter()
         .filter(|r| r.signed_by == session.reader && r.signed_version > 0)
@@ -947,6 +949,7 @@ async fn study(
         signed: signed_reads,
         order: order.as_ref(),
         review: reviewed,
+        critical: critical.as_ref().map(critical_said),
     };
     Ok(Html(page::editor(&signed(&session), &editor)))
 }
@@ -1107,8 +1110,9 @@ struct CriticalForm {
     method: String,
 }
 
-fn critical_said(c: Option<reporting::CriticalResult>) -> String {
-    let Some(c) = c else { return "Recorded.".into() };
+/// A critical result as it stands, as a reader reads it (the study's page
+/// shows it after every action).
+fn critical_said(c: &reporting::CriticalResult) -> String {
     let deadline = c.deadline.and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok());
     let by = deadline.map(|t| format!(", to be communicated by {t}")).unwrap_or_default();
     format!("Critical result category {}: {}{by}.", c.category, c.state)
@@ -1125,7 +1129,7 @@ async fn critical(
     let (_, session) = room.changing(&headers, &form.csrf).await?;
     let request = reporting::FlagCriticalRequest { study_id: study.clone(), category: form.category };
     let answer = room.reporting(&region)?.flag_critical(authorized(request, &session.token)?).await;
-    Ok(back_to_study(&study, &region, answer, |r| critical_said(r.critical)))
+    Ok(back_to_study(&study, &region, answer, |_| "Critical result flagged.".to_owned()))
 }
 
 /// Records that the critical result was told to someone, now.
@@ -1144,10 +1148,75 @@ async fn communication(
         communicated_at: None,
     };
     let answer = room.reporting(&region)?.record_communication(authorized(request, &session.token)?).await;
-    Ok(back_to_study(&study, &region, answer, |r| critical_said(r.critical)))
+    Ok(back_to_study(&study, &region, answer, |_| "Communication recorded.".to_owned()))
 }
 
 /// Saves what the reader typed, then signs that version.
+#[derive(Deserialize)]
+struct CorrectionForm {
+    csrf: String,
+    read_type: String,
+    #[serde(default)]
+    findings: String,
+    #[serde(default)]
+    impression: String,
+    reason: String,
+}
+
+/// A corrected text of a read the reader signed: current from now on, the
+/// signed text kept on record.
+async fn correct(
+    State(room): State<Arc<ReadingRoom>>,
+    headers: HeaderMap,
+    Path(study): Path<String>,
+    Query(at): Query<Said>,
+    Form(form): Form<CorrectionForm>,
+) -> Result<Response, Failure> {
+    let (_, session) = room.changing(&headers, &form.csrf).await?;
+    let region = at.region.clone().unwrap_or_else(|| room.config.region.clone());
+    let request = reporting::CorrectRequest {
+        study_id: study.clone(),
+        read_type: form.read_type.clone(),
+        sections: Some(reporting::Sections {
+            findings: form.findings.clone(),
+            impression: form.impression.clone(),
+            ..Default::default()
+        }),
+        reason: form.reason.clone(),
+        idempotency_key: String::new(),
+    };
+    let answer = room.reporting(&region)?.correct(authorized(request, &session.token)?).await;
+    Ok(match answer {
+        Ok(_) => to_study(&study, &region, "saved", &format!("Your {} read is corrected.", form.read_type)),
+        Err(status) => to_study(&study, &region, "error", &said(&status)),
+    })
+}
+
+/// Marks a read the reader signed entered in error: it takes no more
+/// amendments.
+async fn entered_in_error(
+    State(room): State<Arc<ReadingRoom>>,
+    headers: HeaderMap,
+    Path(study): Path<String>,
+    Query(at): Query<Said>,
+    Form(form): Form<CorrectionForm>,
+) -> Result<Response, Failure> {
+    let (_, session) = room.changing(&headers, &form.csrf).await?;
+    let region = at.region.clone().unwrap_or_else(|| room.config.region.clone());
+    let request = reporting::EnterInErrorRequest {
+        study_id: study.clone(),
+        read_type: form.read_type.clone(),
+        reason: form.reason.clone(),
+    };
+    let answer = room.reporting(&region)?.enter_in_error(authorized(request, &session.token)?).await;
+    Ok(match answer {
+        Ok(_) => {
+            to_study(&study, &region, "saved", &format!("Your {} read is marked entered in error.", form.read_type))
+        }
+        Err(status) => to_study(&study, &region, "error", &said(&status)),
+    })
+}
+
 #[derive(Deserialize)]
 struct ScoreForm {
     csrf: String,

@@ -346,6 +346,8 @@ pub struct Editor<'a> {
     /// The study's peer review, when the reader reviews it and signed
     /// their blinded read, with the reviewed read (its type and text).
     pub review: Option<Reviewed<'a>>,
+    /// The study's critical result as it stands, said as a reader reads it.
+    pub critical: Option<String>,
 }
 
 /// What a reviewer scores, once their blinded read is signed.
@@ -457,6 +459,9 @@ pub fn editor(signed: &Signed<'_>, e: &Editor<'_>) -> String {
     if let Some(s) = e.saved {
         let _ = write!(body, "<p class=\"saved\" role=\"status\">{}</p>", escape(s));
     }
+    if let Some(c) = &e.critical {
+        let _ = write!(body, "<p id=\"critical-state\" class=\"flag\" role=\"status\">{}</p>", escape(c));
+    }
     if let Some((region, path)) = e.images {
         // The viewer opens the study where its images are: the home, or
         // the region its de-identified derivative landed in.
@@ -483,6 +488,14 @@ pub fn editor(signed: &Signed<'_>, e: &Editor<'_>) -> String {
         );
     }
     for (read, status, amendments) in &e.signed {
+        if status == "entered-in-error" {
+            let _ = write!(
+                body,
+                "<section><h2>Your {} read: entered in error</h2><p>It takes no more amendments.</p></section>",
+                escape(&read.replace('_', " "))
+            );
+            continue;
+        }
         let _ = write!(
             body,
             "<section aria-labelledby=\"addendum-{read}\"><h2 id=\"addendum-{read}\">Your {read_label} read: {status}\
@@ -490,7 +503,21 @@ pub fn editor(signed: &Signed<'_>, e: &Editor<'_>) -> String {
              <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"read_type\" \
              value=\"{read}\"><p><label for=\"addendum-text-{read}\">Addendum</label><br><textarea \
              id=\"addendum-text-{read}\" name=\"text\" rows=\"3\" cols=\"80\" required></textarea></p>\
-             <p><button type=\"submit\">Add the addendum</button></p></form></section>",
+             <p><button type=\"submit\">Add the addendum</button></p></form>\
+             <details><summary>Correct it, or mark it entered in error</summary>\
+             <form method=\"post\" action=\"/room/studies/{study}/correct?region={region}\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"read_type\" \
+             value=\"{read}\"><p><label for=\"correct-findings-{read}\">Corrected findings</label><br><textarea \
+             id=\"correct-findings-{read}\" name=\"findings\" rows=\"4\" cols=\"80\" required></textarea></p>\
+             <p><label for=\"correct-impression-{read}\">Corrected impression</label><br><textarea \
+             id=\"correct-impression-{read}\" name=\"impression\" rows=\"2\" cols=\"80\" required></textarea></p>\
+             <p><label for=\"correct-reason-{read}\">Why</label> <input id=\"correct-reason-{read}\" name=\"reason\" \
+             required size=\"60\"></p><p><button type=\"submit\">Issue the correction</button></p></form>\
+             <form method=\"post\" action=\"/room/studies/{study}/entered-in-error?region={region}\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"read_type\" \
+             value=\"{read}\"><p><label for=\"error-reason-{read}\">Why it should never have been issued</label> \
+             <input id=\"error-reason-{read}\" name=\"reason\" required size=\"60\"></p>\
+             <p><button type=\"submit\">Mark entered in error</button></p></form></details></section>",
             read = escape(read),
             read_label = escape(&read.replace('_', " ")),
             status = escape(status),

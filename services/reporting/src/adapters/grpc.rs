@@ -756,7 +756,8 @@ impl ReportingService for ReportingGrpc {
             .and_then(|r| r.signed.as_ref())
             .is_some_and(|sig| p.reader.as_deref() == Some(sig.reader.as_str()));
         let review = s.review.as_ref().filter(|_| signed_review).map(|r| peer_review(study, r));
-        Ok(Response::new(pb::GetReportResponse { study_id: study.to_string(), reports, review }))
+        let critical = s.critical.as_ref().map(|c| critical(study, c));
+        Ok(Response::new(pb::GetReportResponse { study_id: study.to_string(), reports, review, critical }))
     }
 }
 

@@ -3,7 +3,9 @@
 // crates/meridian's cli tests, which starts `meridian dev`, sends a study
 // and signs its final (dr-ortiz) through the CLI.
 //
-// Usage: node peer-review.mjs ROOM_URL STUDY SCREENSHOTS_DIR
+// Usage: node peer-review.mjs ROOM_URL STUDY SCREENSHOTS_DIR [NEXT_STUDY]
+//   NEXT_STUDY: the same patient's next study, held by dr-ortiz: its page
+//   lists STUDY as a prior.
 // Environment: MERIDIAN_PLAYWRIGHT, MERIDIAN_CHROMIUM.
 // Prints `done <json>` on stdout; anything wrong: stderr and exit 1.
 
@@ -12,7 +14,7 @@ import path from "node:path";
 
 const require = createRequire(import.meta.url);
 const { chromium } = require(process.env.MERIDIAN_PLAYWRIGHT);
-const [room, study, shots] = process.argv.slice(2);
+const [room, study, shots, nextStudy] = process.argv.slice(2);
 
 const browser = await chromium.launch({
   executablePath: process.env.MERIDIAN_CHROMIUM,
@@ -57,6 +59,26 @@ try {
   // Scored: no longer listed to score.
   await page.goto(`${room}/room/worklist`);
   result.to_score_after = await page.locator("#to-score").count();
+
+  // The patient's next study, pushed to dr-ortiz: the first is its prior,
+  // with her signed final.
+  if (nextStudy) {
+    const hers = await browser.newContext();
+    const ortiz = await hers.newPage();
+    await ortiz.goto(`${room}/room/sign-in`);
+    await ortiz.getByRole("button", { name: "Sign in as dr-ortiz" }).click();
+    await ortiz.waitForURL("**/room/worklist");
+    const next = ortiz.locator(`#worklist tr[data-study="${nextStudy}"]`).getByRole("link", { name: "Open" });
+    await next.waitFor({ timeout: 60_000 });
+    await next.click();
+    await ortiz.waitForURL(`**/room/studies/${nextStudy}**`);
+    const priors = ortiz.locator("#priors li");
+    result.priors = await priors.count();
+    result.prior = (await priors.first().innerText()).replace(/\s+/g, " ");
+    result.prior_study = await priors.first().locator("code").getAttribute("title");
+    await ortiz.screenshot({ path: path.join(shots, "priors.png"), fullPage: true });
+    await hers.close();
+  }
   console.log(`done ${JSON.stringify(result)}`);
 } catch (e) {
   console.error(`${e.stack}\n${JSON.stringify(result)}`);

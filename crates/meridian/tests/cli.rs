@@ -4061,6 +4061,22 @@ fn a_reviewer_reads_blind_and_scores_by_radpeer_in_the_reading_room() {
     assert!(ok, "{said}");
     let (ok, said) = cli(&["report", "sign", &study, "--as", "dr-ortiz", "--read-type", "final"]);
     assert!(ok, "{said}");
+    // The same patient again: its final goes to dr-ortiz, free again.
+    let next = meridian_integration_tests::dicom::one_instance_study(
+        files.path(),
+        "1.2.826.0.1.3680043.10.543.403",
+        "MRN-PEER-ROOM",
+        "STAT",
+    );
+    let (ok, said) =
+        meridian_integration_tests::dicom::storescu(dev.dicom_port("us-east"), "ACME_CT1", "MERIDIAN_ACME", &[next]);
+    assert!(ok, "{said}");
+    let next_study = wait_for("the next study pushed to dr-ana-ortiz", 60, || {
+        tail_payloads(data.path(), "routing", "StudyAssigned")
+            .into_iter()
+            .find(|a| a["studyId"] != study.as_str() && a["readerId"] == "dr-ana-ortiz")
+            .map(|a| a["studyId"].as_str().unwrap().to_owned())
+    });
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("reading-room");
     std::fs::create_dir_all(&shots).unwrap();
     let browser = Command::new("node")
@@ -4068,6 +4084,7 @@ fn a_reviewer_reads_blind_and_scores_by_radpeer_in_the_reading_room() {
         .arg(format!("http://{}", dev.http("us-east")))
         .arg(&study)
         .arg(&shots)
+        .arg(&next_study)
         .env("MERIDIAN_PLAYWRIGHT", &playwright)
         .env("MERIDIAN_CHROMIUM", &chromium)
         .output()
@@ -4081,6 +4098,22 @@ fn a_reviewer_reads_blind_and_scores_by_radpeer_in_the_reading_room() {
     assert_eq!(result["reviewed_shown"], true, "{result}");
     assert_eq!(result["scored"], "You scored 3b; the score awaits arbitration.", "{result}");
     assert_eq!(result["to_score_after"], 0, "{result}");
+    // The patient's first study is the next one's prior: her signed final
+    // (never the blinded review), and reading it was audited as hers.
+    assert_eq!(
+        (&result["priors"], result["prior_study"].as_str()),
+        (&Value::from(1), Some(study.as_str())),
+        "{result}"
+    );
+    let prior = result["prior"].as_str().unwrap();
+    assert!(prior.contains("final (final): No acute findings.") && !prior.contains("subdural"), "{result}");
+    let accessed = tail_payloads(data.path(), "audit", "PhiAccessed");
+    assert!(
+        accessed.iter().any(|a| a["action"] == "reporting.list-priors"
+            && a["principal"] == "dr-ortiz"
+            && a.to_string().contains(study.as_str())),
+        "{accessed:?}"
+    );
     // On the log: his blinded read signed, then the score.
     let signed = wait_for("the review's signature", 30, || {
         tail_payloads(data.path(), "reporting", "ReportSigned")

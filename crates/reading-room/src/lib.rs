@@ -898,6 +898,12 @@ async fn study(
         Err(_) => (Vec::new(), None, None),
     };
     let (reports, review, critical) = reports;
+    // The patient's priors, for a reader who holds or read the study.
+    let request = authorized(reporting::ListPriorsRequest { study_id: study.clone() }, &session.token)?;
+    let priors = match room.reporting(&region)?.list_priors(request).await {
+        Ok(p) => p.into_inner().priors,
+        Err(_) => Vec::new(),
+    };
     let signed_reads: Vec<(String, String, usize)> = reports
         .iter()
         .filter(|r| r.signed_by == session.reader && r.signed_version > 0)
@@ -950,6 +956,7 @@ async fn study(
         order: order.as_ref(),
         review: reviewed,
         critical: critical.as_ref().map(critical_said),
+        priors: &priors,
     };
     Ok(Html(page::editor(&signed(&session), &editor)))
 }

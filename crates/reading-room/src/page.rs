@@ -348,6 +348,49 @@ pub struct Editor<'a> {
     pub review: Option<Reviewed<'a>>,
     /// The study's critical result as it stands, said as a reader reads it.
     pub critical: Option<String>,
+    /// The patient's other studies with their signed reads, newest first.
+    pub priors: &'a [meridian_proto::reporting::v1::Prior],
+}
+
+/// The patient's priors: when, what, and each signed read's impression
+/// (its findings a click away).
+fn priors(e: &Editor<'_>) -> String {
+    if e.priors.is_empty() {
+        return String::new();
+    }
+    let mut out =
+        String::from("<section aria-labelledby=\"priors-title\"><h2 id=\"priors-title\">Priors</h2><ol id=\"priors\">");
+    for p in e.priors {
+        let when = p
+            .completed_at
+            .as_ref()
+            .and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok())
+            .map(|t| t.strftime("%Y-%m-%d").to_string())
+            .unwrap_or_default();
+        let _ = write!(
+            out,
+            "<li><p><strong>{when}</strong> {modality} {body} <code title=\"{id}\">{short}</code></p>",
+            when = escape(&when),
+            modality = escape(&p.modality),
+            body = escape(&p.body_part),
+            id = escape(&p.study_id),
+            short = escape(short(&p.study_id)),
+        );
+        for r in &p.reports {
+            let sections = r.text.as_ref().and_then(|t| t.sections.as_ref());
+            let _ = write!(
+                out,
+                "<details><summary>{read} ({status}): {impression}</summary><p>{findings}</p></details>",
+                read = escape(&r.read_type.replace('_', " ")),
+                status = escape(&r.status),
+                impression = escape(sections.map_or("", |s| s.impression.as_str())),
+                findings = escape(sections.map_or("", |s| s.findings.as_str())),
+            );
+        }
+        out.push_str("</li>");
+    }
+    out.push_str("</ol></section>");
+    out
 }
 
 /// What a reviewer scores, once their blinded read is signed.
@@ -527,6 +570,7 @@ pub fn editor(signed: &Signed<'_>, e: &Editor<'_>) -> String {
             csrf = escape(signed.csrf),
         );
     }
+    body.push_str(&priors(e));
     if let Some(r) = &e.review {
         body.push_str(&peer_review(signed, e, r));
     }

@@ -266,6 +266,10 @@ fn cases() -> BTreeMap<&'static str, Case> {
             c(r#"{"studyId":"{study}","score":"1"}"#, &[("lotus-admin", Hidden), ("dr-ortiz", Denied)]),
         ),
         (
+            "meridian.reporting.v1.ReportingService/ListPriors",
+            c(r#"{"studyId":"{study}"}"#, &[("dr-nair", Denied), ("northwind-admin", Denied), ("sre", Denied)]),
+        ),
+        (
             "meridian.reporting.v1.ReportingService/ListReports",
             c(r#"{"tenant":"acme"}"#, &[("northwind-admin", Denied), ("dr-nair", Denied), ("sre", Denied)]),
         ),

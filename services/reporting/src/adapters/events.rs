@@ -39,6 +39,7 @@ pub fn fact(payload: &Payload, event_id: EventId, partition: u32, offset: u64) -
                 rvu_milli: q.rvu_milli,
                 completed_at: time(&q.completed_at),
                 deadlines: [(q.read_type.clone(), time(&q.sla_deadline))].into(),
+                patient_key: q.patient_key.clone(),
             },
             read_type: q.read_type.clone(),
         },
@@ -148,7 +149,7 @@ pub fn fact(payload: &Payload, event_id: EventId, partition: u32, offset: u64) -
             report: uuid("PeerReviewRequested", "report_id", &r.report_id)?,
             reviewed_reader: r.reviewed_reader_id.clone(),
             reviewed_group: r.reviewed_group.clone(),
-            facts: StudyFacts {
+            facts: Box::new(StudyFacts {
                 tenant: r.tenant.clone(),
                 contract: r.contract.clone(),
                 facility: r.facility.clone(),
@@ -158,7 +159,7 @@ pub fn fact(payload: &Payload, event_id: EventId, partition: u32, offset: u64) -
                 subspecialty: r.subspecialty.clone(),
                 rvu_milli: r.rvu_milli,
                 ..StudyFacts::default()
-            },
+            }),
             requested_at: time(&r.requested_at),
             due: time(&r.due),
         }),

@@ -684,6 +684,67 @@ impl ReportingService for ReportingGrpc {
         Ok(Response::new(pb::ArbitrateResponse { review: Some(peer_review(study, &review)) }))
     }
 
+    async fn list_priors(
+        &self,
+        request: Request<pb::ListPriorsRequest>,
+    ) -> Result<Response<pb::ListPriorsResponse>, Status> {
+        let p = principal(&request)?;
+        let (study, s) = self.study(p, Action::ReadReport, &request.get_ref().study_id).await?;
+        let deidentified = self
+            .platform
+            .contracts
+            .get(&s.facts.contract)
+            .is_some_and(|c| c.image_access == meridian_config::ImageAccess::Deidentified);
+        if deidentified || s.facts.patient_key.is_empty() {
+            return Ok(Response::new(pb::ListPriorsResponse { priors: Vec::new() }));
+        }
+        // The patient's other studies, newest first, with a signed read.
+        let key = (s.facts.tenant.clone(), s.facts.patient_key.clone());
+        let mut priors: Vec<(Uuid, Study)> = self
+            .reporting
+            .read_current(|f| {
+                let ids = f.state.patients.get(&key).into_iter().flatten().filter(|id| **id != study);
+                ids.filter_map(|id| f.state.studies.get(id).map(|st| (*id, st.clone())))
+                    .filter(|(_, st)| st.reports.iter().any(|r| r.signed.is_some() && r.read_type != "peer_review"))
+                    .collect()
+            })
+            .await
+            .map_err(|e| status(&e))?;
+        priors.sort_by_key(|(id, st)| (std::cmp::Reverse(st.facts.completed_at), *id));
+        priors.truncate(MOST_PRIORS);
+        let signed = |st: &Study| -> Vec<Report> {
+            st.reports.iter().filter(|r| r.signed.is_some() && r.read_type != "peer_review").cloned().collect()
+        };
+        // No audit, no text: each prior's reports are an access of their own.
+        let accessed: Vec<Accessed<'_>> = priors
+            .iter()
+            .map(|(id, st)| Accessed {
+                tenant: &st.facts.tenant,
+                study: *id,
+                items: signed(st).iter().map(|r| r.id.to_string()).collect(),
+            })
+            .collect();
+        self.audit
+            .record(p, "reporting.list-priors", &accessed, arrival_time())
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let mut out = Vec::new();
+        for (id, st) in &priors {
+            let mut reports = Vec::new();
+            for r in &signed(st) {
+                reports.push(self.report_message(*id, r).await?);
+            }
+            out.push(pb::Prior {
+                study_id: id.to_string(),
+                modality: st.facts.modality.clone(),
+                body_part: st.facts.body_part.clone(),
+                completed_at: Some(st.facts.completed_at.to_timestamp()),
+                reports,
+            });
+        }
+        Ok(Response::new(pb::ListPriorsResponse { priors: out }))
+    }
+
     async fn get_report(
         &self,
         request: Request<pb::GetReportRequest>,
@@ -699,56 +760,7 @@ impl ReportingService for ReportingGrpc {
             .map_err(|e| Status::unavailable(e.to_string()))?;
         let mut reports = Vec::new();
         for r in visible(&s, p.reader.as_deref()) {
-            let text = match r.current() {
-                Some(v) => {
-                    let t = self.reporting.text(study, v).await.map_err(|e| status(&e))?;
-                    let title = self.reporting.title(&t.template, &t.language);
-                    Some(pb::ReportVersion {
-                        version: v.version,
-                        author_id: v.author.clone(),
-                        saved_at: Some(v.saved_at.to_timestamp()),
-                        sections: Some(pb::Sections {
-                            findings: t.findings,
-                            impression: t.impression,
-                            fields: t.fields.into_iter().collect(),
-                        }),
-                        template: t.template,
-                        title,
-                        language: t.language,
-                    })
-                }
-                None => None,
-            };
-            let mut amendments = Vec::new();
-            for a in &r.amendments {
-                let sections = match r.versions.iter().find(|v| a.version != 0 && v.version == a.version) {
-                    Some(v) => {
-                        let t = self.reporting.text(study, v).await.map_err(|e| status(&e))?;
-                        Some(pb::Sections { findings: t.findings, impression: t.impression, ..Default::default() })
-                    }
-                    None => None,
-                };
-                amendments.push(pb::Amendment {
-                    kind: a.kind.clone(),
-                    version: a.version,
-                    reader_id: a.reader.clone(),
-                    at: Some(a.at.to_timestamp()),
-                    reason: a.reason.clone(),
-                    sections,
-                });
-            }
-            reports.push(pb::Report {
-                amendments,
-                report_id: r.id.to_string(),
-                read_type: r.read_type.clone(),
-                status: r.status().into(),
-                signed_version: r.signed.as_ref().map_or(0, |s| s.version),
-                signed_by: r.signed.as_ref().map_or(String::new(), |s| s.reader.clone()),
-                signed_at: r.signed.as_ref().map(|s| s.at.to_timestamp()),
-                discrepancy: r.signed.as_ref().map_or(String::new(), |s| s.discrepancy.clone()),
-                text,
-                versions: u32::try_from(r.versions.len()).unwrap_or(u32::MAX),
-            });
+            reports.push(self.report_message(study, r).await?);
         }
         // The reviewer, their blinded read signed, sees what they score.
         let signed_review = s
@@ -758,6 +770,66 @@ impl ReportingService for ReportingGrpc {
         let review = s.review.as_ref().filter(|_| signed_review).map(|r| peer_review(study, r));
         let critical = s.critical.as_ref().map(|c| critical(study, c));
         Ok(Response::new(pb::GetReportResponse { study_id: study.to_string(), reports, review, critical }))
+    }
+}
+
+/// At most this many priors are listed.
+const MOST_PRIORS: usize = 10;
+
+impl ReportingGrpc {
+    /// A report as the API gives it: its current text and its amendments'
+    /// texts, read from the log.
+    async fn report_message(&self, study: Uuid, r: &Report) -> Result<pb::Report, Status> {
+        let text = match r.current() {
+            Some(v) => {
+                let t = self.reporting.text(study, v).await.map_err(|e| status(&e))?;
+                let title = self.reporting.title(&t.template, &t.language);
+                Some(pb::ReportVersion {
+                    version: v.version,
+                    author_id: v.author.clone(),
+                    saved_at: Some(v.saved_at.to_timestamp()),
+                    sections: Some(pb::Sections {
+                        findings: t.findings,
+                        impression: t.impression,
+                        fields: t.fields.into_iter().collect(),
+                    }),
+                    template: t.template,
+                    title,
+                    language: t.language,
+                })
+            }
+            None => None,
+        };
+        let mut amendments = Vec::new();
+        for a in &r.amendments {
+            let sections = match r.versions.iter().find(|v| a.version != 0 && v.version == a.version) {
+                Some(v) => {
+                    let t = self.reporting.text(study, v).await.map_err(|e| status(&e))?;
+                    Some(pb::Sections { findings: t.findings, impression: t.impression, ..Default::default() })
+                }
+                None => None,
+            };
+            amendments.push(pb::Amendment {
+                kind: a.kind.clone(),
+                version: a.version,
+                reader_id: a.reader.clone(),
+                at: Some(a.at.to_timestamp()),
+                reason: a.reason.clone(),
+                sections,
+            });
+        }
+        Ok(pb::Report {
+            amendments,
+            report_id: r.id.to_string(),
+            read_type: r.read_type.clone(),
+            status: r.status().into(),
+            signed_version: r.signed.as_ref().map_or(0, |s| s.version),
+            signed_by: r.signed.as_ref().map_or(String::new(), |s| s.reader.clone()),
+            signed_at: r.signed.as_ref().map(|s| s.at.to_timestamp()),
+            discrepancy: r.signed.as_ref().map_or(String::new(), |s| s.discrepancy.clone()),
+            text,
+            versions: u32::try_from(r.versions.len()).unwrap_or(u32::MAX),
+        })
     }
 }
 

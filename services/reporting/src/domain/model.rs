@@ -86,6 +86,11 @@ pub struct StudyFacts {
     /// Each read's SLA deadline, as routing queued it.
     #[serde(default)]
     pub deadlines: BTreeMap<String, UnixMicros>,
+    /// The opaque patient key (an HMAC of the tenant's secret and the
+    /// patient id): the patient's other studies are their priors. Empty
+    /// when unknown.
+    #[serde(default)]
+    pub patient_key: String,
 }
 
 /// A licence to report: a jurisdiction (a national one covers its
@@ -258,6 +263,9 @@ pub struct State {
     /// Orders in, and the studies' accession keys they meet by.
     #[serde(default)]
     pub orders: Orders,
+    /// (tenant, patient key) → its studies: a study's priors.
+    #[serde(default)]
+    pub patients: BTreeMap<(String, String), std::collections::BTreeSet<Uuid>>,
 }
 
 /// The report id of `study`'s read of `read_type`: the same for all its
@@ -289,6 +297,10 @@ pub fn apply(mut state: State, fact: &Fact) -> State {
             deadlines.extend(facts.deadlines.clone());
             s.facts = StudyFacts { deadlines, ..facts.clone() };
             s.open = Some(OpenRead { read_type: read_type.clone(), holder: None });
+            if !facts.patient_key.is_empty() {
+                let key = (facts.tenant.clone(), facts.patient_key.clone());
+                state.patients.entry(key).or_default().insert(*study);
+            }
         }
         Fact::Held { study, reader } => {
             if let Some(open) = state.studies.get_mut(study).and_then(|s| s.open.as_mut()) {

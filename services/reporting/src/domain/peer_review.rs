@@ -91,7 +91,8 @@ pub enum PeerEvent {
         report: Uuid,
         reviewed_reader: String,
         reviewed_group: String,
-        facts: StudyFacts,
+        /// Boxed: the other events are a fraction of its size.
+        facts: Box<StudyFacts>,
         requested_at: UnixMicros,
         due: UnixMicros,
     },
@@ -180,7 +181,7 @@ pub fn drawn(
         report,
         reviewed_reader: reader.to_owned(),
         reviewed_group: state.groups.get(reader).cloned().unwrap_or_default(),
-        facts: s.facts.clone(),
+        facts: Box::new(s.facts.clone()),
         requested_at: now,
         due: UnixMicros(now.0.saturating_add(sample.within)),
     })

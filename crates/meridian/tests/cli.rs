@@ -4018,6 +4018,68 @@ fn one_studys_spans_from_c_store_to_assignment_share_a_trace_across_the_log_and_
     wait_for("the undeliverable spans counted", 30, || (dropped() > 0).then_some(()));
 }
 
+/// "Claim the next study": dr-nair, in in-south, is told nothing is
+/// offered; then Acme's study (homed in us-east, on pull) is offered to
+/// her, and the button claims it in its home region and opens it.
+#[test]
+fn a_reader_claims_the_next_study_from_another_region_in_the_reading_room() {
+    let playwright = std::env::var("MERIDIAN_PLAYWRIGHT")
+        .expect("MERIDIAN_PLAYWRIGHT names playwright-core's folder (scripts/test installs it)");
+    let chromium =
+        std::env::var("MERIDIAN_CHROMIUM").expect("MERIDIAN_CHROMIUM names the browser (scripts/test installs it)");
+    let config = tempfile::TempDir::new().unwrap();
+    meridian_integration_tests::nair_always_on_pull_examples(&repo().join("deploy/examples/dev"), config.path());
+    let data = tempfile::TempDir::new().unwrap();
+    let dev = Dev::start_configured(config.path(), data.path(), "");
+    let mut browser = Command::new("node")
+        .arg(repo().join("integration-tests/browser/claim-next.mjs"))
+        .arg(format!("http://{}", dev.http("in-south")))
+        .env("MERIDIAN_PLAYWRIGHT", &playwright)
+        .env("MERIDIAN_CHROMIUM", &chromium)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = std::io::BufReader::new(browser.stdout.take().unwrap());
+    let mut next = || {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut said, &mut line).unwrap();
+        line.trim().to_owned()
+    };
+    let first = next();
+    if first != "empty" {
+        let out = browser.wait_with_output().unwrap();
+        panic!("the browser said {first:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let files = tempfile::TempDir::new().unwrap();
+    let file = meridian_integration_tests::dicom::one_instance_study(
+        files.path(),
+        "1.2.826.0.1.3680043.10.543.2401",
+        "MRN-NEXT",
+        "STAT",
+    );
+    let (ok, sent) =
+        meridian_integration_tests::dicom::storescu(dev.dicom_port("us-east"), "ACME_CT1", "MERIDIAN_ACME", &[file]);
+    assert!(ok, "{sent}");
+    std::io::Write::write_all(browser.stdin.as_mut().unwrap(), b"sent\n").unwrap();
+    let done = next();
+    let out = browser.wait_with_output().unwrap();
+    assert!(out.status.success(), "{done}\n{}", String::from_utf8_lossy(&out.stderr));
+    let result: Value = serde_json::from_str(done.strip_prefix("done ").unwrap()).unwrap();
+    assert!(result["nothing"].as_str().unwrap().contains("Nothing to claim"), "{result}");
+    assert_eq!(result["claimed"], result["offered"], "{result}");
+    assert_eq!((result["home"].as_str(), result["language"].as_str()), (Some("us-east"), Some("en")), "{result}");
+    assert_eq!(result["said"], "Claimed: the next study", "{result}");
+    // Claimed where the study lives, by her.
+    let claimed = wait_for("the claim on us-east's log", 30, || {
+        tail_payloads(data.path(), "routing", "AssignmentClaimed")
+            .into_iter()
+            .find(|c| c["studyId"] == result["claimed"])
+    });
+    assert_eq!(claimed["readerId"], "dr-priya-nair", "{claimed}");
+}
+
 /// A peer review in the reading room: the reviewer reads the study blind
 /// (nothing of the reviewed read on his page), signs his read, finds it
 /// on his worklist to score, sees the reviewed read only then, and scores

@@ -1,0 +1,51 @@
+// "Claim the next study" in the reading room, in a real browser (Debian's
+// chromium through playwright-core), driven by the `claim_next` browser
+// test in crates/meridian's cli tests: dr-nair, in in-south, claims the
+// study routing offers her first, homed in us-east.
+//
+// Usage: node claim-next.mjs ROOM_URL; stdin: a line once the study is sent.
+// Protocol on stdout: `empty` once her empty worklist is shown, `done <json>`.
+
+import { createRequire } from "node:module";
+import { createInterface } from "node:readline";
+
+const require = createRequire(import.meta.url);
+const { chromium } = require(process.env.MERIDIAN_PLAYWRIGHT);
+const [room] = process.argv.slice(2);
+const lines = createInterface({ input: process.stdin });
+const browser = await chromium.launch({
+  executablePath: process.env.MERIDIAN_CHROMIUM,
+  headless: true,
+  args: ["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"],
+});
+const result = {};
+try {
+  const page = await (await browser.newContext()).newPage();
+  await page.goto(`${room}/room/sign-in`);
+  await page.getByRole("button", { name: "Sign in as dr-nair" }).click();
+  await page.waitForURL("**/room/worklist");
+  await page.getByText("Nothing to read now.").waitFor();
+  // Nothing offered: claiming the next says so.
+  await page.getByRole("button", { name: "Claim the next study" }).click();
+  await page.waitForURL("**/room/worklist**");
+  result.nothing = (await page.getByRole("alert").first().innerText()).trim();
+  console.log("empty");
+  await new Promise((resolve) => lines.once("line", resolve));
+  // Offered (a Claim button in its row), then claimed as the next one.
+  const row = page.locator("#worklist tr[data-study]");
+  await row.getByRole("button", { name: /^Claim/ }).first().waitFor({ timeout: 60_000 });
+  result.offered = await row.first().getAttribute("data-study");
+  result.language = (await row.first().locator("td[lang]").innerText()).trim();
+  await page.getByRole("button", { name: "Claim the next study" }).click();
+  await page.waitForURL("**/room/studies/**");
+  result.claimed = new URL(page.url()).pathname.split("/").pop();
+  result.home = new URL(page.url()).searchParams.get("region");
+  result.said = (await page.getByRole("status").first().innerText()).trim();
+  console.log(`done ${JSON.stringify(result)}`);
+} catch (e) {
+  console.error(`${e.stack}\n${JSON.stringify(result)}`);
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+  lines.close();
+}

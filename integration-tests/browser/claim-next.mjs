@@ -6,24 +6,16 @@
 // Usage: node claim-next.mjs ROOM_URL; stdin: a line once the study is sent.
 // Protocol on stdout: `empty` once her empty worklist is shown, `done <json>`.
 
-import { createRequire } from "node:module";
 import { createInterface } from "node:readline";
+import { launch, signInAs } from "./browser.mjs";
 
-const require = createRequire(import.meta.url);
-const { chromium } = require(process.env.MERIDIAN_PLAYWRIGHT);
 const [room] = process.argv.slice(2);
 const lines = createInterface({ input: process.stdin });
-const browser = await chromium.launch({
-  executablePath: process.env.MERIDIAN_CHROMIUM,
-  headless: true,
-  args: ["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"],
-});
+const browser = await launch();
 const result = {};
 try {
   const page = await (await browser.newContext()).newPage();
-  await page.goto(`${room}/room/sign-in`);
-  await page.getByRole("button", { name: "Sign in as dr-nair" }).click();
-  await page.waitForURL("**/room/worklist");
+  await signInAs(page, room, "dr-nair");
   await page.getByText("Nothing to read now.").waitFor();
   // Nothing offered: claiming the next says so.
   await page.getByRole("button", { name: "Claim the next study" }).click();

@@ -9,25 +9,17 @@
 // Environment: MERIDIAN_PLAYWRIGHT, MERIDIAN_CHROMIUM.
 // Prints `done <json>` on stdout; anything wrong: stderr and exit 1.
 
-import { createRequire } from "node:module";
 import path from "node:path";
+import { launch, signInAs } from "./browser.mjs";
 
-const require = createRequire(import.meta.url);
-const { chromium } = require(process.env.MERIDIAN_PLAYWRIGHT);
 const [room, study, shots, nextStudy] = process.argv.slice(2);
 
-const browser = await chromium.launch({
-  executablePath: process.env.MERIDIAN_CHROMIUM,
-  headless: true,
-  args: ["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"],
-});
+const browser = await launch();
 const result = {};
 try {
   const context = await browser.newContext();
   const page = await context.newPage();
-  await page.goto(`${room}/room/sign-in`);
-  await page.getByRole("button", { name: "Sign in as dr-cole" }).click();
-  await page.waitForURL("**/room/worklist");
+  await signInAs(page, room, "dr-cole");
   // The review is his to read: on his worklist, blinded.
   const row = page.locator(`#worklist tr[data-study="${study}"]`);
   await row.waitFor({ timeout: 60_000 });
@@ -65,9 +57,7 @@ try {
   if (nextStudy) {
     const hers = await browser.newContext();
     const ortiz = await hers.newPage();
-    await ortiz.goto(`${room}/room/sign-in`);
-    await ortiz.getByRole("button", { name: "Sign in as dr-ortiz" }).click();
-    await ortiz.waitForURL("**/room/worklist");
+    await signInAs(ortiz, room, "dr-ortiz");
     const next = ortiz.locator(`#worklist tr[data-study="${nextStudy}"]`).getByRole("link", { name: "Open" });
     await next.waitFor({ timeout: 60_000 });
     await next.click();

@@ -13,12 +13,10 @@
 // without a reload; `done <json>` at the end. Anything wrong: a message
 // on stderr and exit 1.
 
-import { createRequire } from "node:module";
 import { createInterface } from "node:readline";
 import path from "node:path";
+import { launch, signInAs } from "./browser.mjs";
 
-const require = createRequire(import.meta.url);
-const { chromium } = require(process.env.MERIDIAN_PLAYWRIGHT);
 const [room, otherRoom, shots] = process.argv.slice(2);
 const lines = createInterface({ input: process.stdin });
 const nextLine = () => new Promise((resolve) => lines.once("line", resolve));
@@ -29,19 +27,7 @@ function check(ok, what) {
   }
 }
 
-const browser = await chromium.launch({
-  executablePath: process.env.MERIDIAN_CHROMIUM,
-  headless: true,
-  // WebGL in software (SwiftShader): OHIF renders with it.
-  args: [
-    "--no-sandbox",
-    "--disable-background-networking",
-    "--disable-dev-shm-usage",
-    "--use-angle=swiftshader",
-    "--enable-unsafe-swiftshader",
-    "--ignore-gpu-blocklist",
-  ],
-});
+const browser = await launch({ webgl: true });
 const result = {};
 try {
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
@@ -194,9 +180,7 @@ try {
   // The final: dr-cole (finals only) gets it, reads it, signs it.
   const finals = await browser.newContext();
   const cole = await finals.newPage();
-  await cole.goto(`${room}/room/sign-in`);
-  await cole.getByRole("button", { name: "Sign in as dr-cole" }).click();
-  await cole.waitForURL("**/room/worklist");
+  await signInAs(cole, room, "dr-cole");
   const coleRow = cole.locator(`#worklist tr[data-study="${study}"]`);
   await coleRow.waitFor({ timeout: 60_000 });
   const claim = coleRow.getByRole("button", { name: /^Claim/ });
@@ -255,9 +239,7 @@ try {
   // Another group's reader sees nothing of it.
   const other = await browser.newContext();
   const otherPage = await other.newPage();
-  await otherPage.goto(`${otherRoom}/room/sign-in`);
-  await otherPage.getByRole("button", { name: "Sign in as dr-nair" }).click();
-  await otherPage.waitForURL("**/room/worklist");
+  await signInAs(otherPage, otherRoom, "dr-nair");
   check(!(await otherPage.content()).includes(study), "dr-nair sees the study");
   result.other_sees_nothing = true;
 

@@ -7,22 +7,14 @@
 // Output: `ready <json>` once the worklist is shown, then `row <study>
 // <unix ms>` per new row; ends when stdin closes.
 
-import { createRequire } from "node:module";
 import { createInterface } from "node:readline";
+import { launch, signInAs } from "./browser.mjs";
 
-const require = createRequire(import.meta.url);
-const { chromium } = require(process.env.MERIDIAN_PLAYWRIGHT);
 const [room] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.MERIDIAN_CHROMIUM,
-  headless: true,
-  args: ["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"],
-});
+const browser = await launch();
 try {
   const page = await (await browser.newContext()).newPage();
-  await page.goto(`${room}/room/sign-in`);
-  await page.getByRole("button", { name: "Sign in as dr-nair" }).click();
-  await page.waitForURL("**/room/worklist");
+  await signInAs(page, room, "dr-nair");
   await page.exposeFunction("meridianRow", (study, at) => console.log(`row ${study} ${at}`));
   const timings = await page.evaluate(() => {
     const nav = performance.getEntriesByType("navigation")[0];

@@ -7,11 +7,9 @@
 // Environment: MERIDIAN_PLAYWRIGHT, MERIDIAN_CHROMIUM.
 // Prints `done <json>` on stdout; anything wrong: stderr and exit 1.
 
-import { createRequire } from "node:module";
 import path from "node:path";
+import { launch } from "./browser.mjs";
 
-const require = createRequire(import.meta.url);
-const { chromium } = require(process.env.MERIDIAN_PLAYWRIGHT);
 const [room, renewAfter, shots] = process.argv.slice(2);
 
 function check(ok, what) {
@@ -37,11 +35,7 @@ async function signInAt(page, login) {
   await page.waitForURL(`${room}/room/**`);
 }
 
-const browser = await chromium.launch({
-  executablePath: process.env.MERIDIAN_CHROMIUM,
-  headless: true,
-  args: ["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"],
-});
+const browser = await launch();
 const result = {};
 try {
   // A reader signs in through the provider.

@@ -10,13 +10,11 @@
 // Usage: node viewer-bench.mjs ROOM_URL ORTHANC_HTTP VIEWER_DIST STUDY_UID STUDY_ID RUNS
 // Prints `done <json>`: each run's milliseconds for both.
 
-import { createRequire } from "node:module";
 import { createReadStream, statSync } from "node:fs";
 import http from "node:http";
 import path from "node:path";
+import { launch, signInAs } from "./browser.mjs";
 
-const require = createRequire(import.meta.url);
-const { chromium } = require(process.env.MERIDIAN_PLAYWRIGHT);
 const [room, orthanc, dist, uid, study, runs] = process.argv.slice(2);
 
 const types = { ".js": "text/javascript", ".css": "text/css", ".html": "text/html", ".wasm": "application/wasm",
@@ -60,12 +58,7 @@ function statSafe(f) {
 await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
 const local = `http://127.0.0.1:${server.address().port}`;
 
-const browser = await chromium.launch({
-  executablePath: process.env.MERIDIAN_CHROMIUM,
-  headless: true,
-  args: ["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage", "--use-angle=swiftshader",
-    "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist"],
-});
+const browser = await launch({ webgl: true });
 
 // Resolves when a canvas shows an image (not one colour), polled in the
 // page every 20 ms.
@@ -87,9 +80,7 @@ async function firstImage(page) {
 async function meridian() {
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   const page = await context.newPage();
-  await page.goto(`${room}/room/sign-in`);
-  await page.getByRole("button", { name: "Sign in as dr-ortiz" }).click();
-  await page.waitForURL("**/room/worklist");
+  await signInAs(page, room, "dr-ortiz");
   await page.goto(`${room}/room/studies/${study}?region=us-east`);
   const started = Date.now();
   const [viewer] = await Promise.all([context.waitForEvent("page"), page.locator("#viewer").click()]);

@@ -4018,15 +4018,22 @@ fn one_studys_spans_from_c_store_to_assignment_share_a_trace_across_the_log_and_
     wait_for("the undeliverable spans counted", 30, || (dropped() > 0).then_some(()));
 }
 
+/// playwright-core's folder and the browser it drives (scripts/test
+/// installs both).
+fn browser_tools() -> (String, String) {
+    let playwright = std::env::var("MERIDIAN_PLAYWRIGHT")
+        .expect("MERIDIAN_PLAYWRIGHT names playwright-core's folder (scripts/test installs it)");
+    let chromium =
+        std::env::var("MERIDIAN_CHROMIUM").expect("MERIDIAN_CHROMIUM names the browser (scripts/test installs it)");
+    (playwright, chromium)
+}
+
 /// "Claim the next study": dr-nair, in in-south, is told nothing is
 /// offered; then Acme's study (homed in us-east, on pull) is offered to
 /// her, and the button claims it in its home region and opens it.
 #[test]
 fn a_reader_claims_the_next_study_from_another_region_in_the_reading_room() {
-    let playwright = std::env::var("MERIDIAN_PLAYWRIGHT")
-        .expect("MERIDIAN_PLAYWRIGHT names playwright-core's folder (scripts/test installs it)");
-    let chromium =
-        std::env::var("MERIDIAN_CHROMIUM").expect("MERIDIAN_CHROMIUM names the browser (scripts/test installs it)");
+    let (playwright, chromium) = browser_tools();
     let config = tempfile::TempDir::new().unwrap();
     meridian_integration_tests::nair_always_on_pull_examples(&repo().join("deploy/examples/dev"), config.path());
     let data = tempfile::TempDir::new().unwrap();
@@ -4086,10 +4093,7 @@ fn a_reader_claims_the_next_study_from_another_region_in_the_reading_room() {
 /// it by RADPEER; the score is on the log.
 #[test]
 fn a_reviewer_reads_blind_and_scores_by_radpeer_in_the_reading_room() {
-    let playwright = std::env::var("MERIDIAN_PLAYWRIGHT")
-        .expect("MERIDIAN_PLAYWRIGHT names playwright-core's folder (scripts/test installs it)");
-    let chromium =
-        std::env::var("MERIDIAN_CHROMIUM").expect("MERIDIAN_CHROMIUM names the browser (scripts/test installs it)");
+    let (playwright, chromium) = browser_tools();
     let config = tempfile::TempDir::new().unwrap();
     every_final_peer_reviewed(config.path());
     let data = tempfile::TempDir::new().unwrap();
@@ -4199,10 +4203,7 @@ fn a_reviewer_reads_blind_and_scores_by_radpeer_in_the_reading_room() {
 /// not begin is refused.
 #[test]
 fn a_reader_signs_in_to_the_reading_room_run_apart_through_an_identity_provider() {
-    let playwright = std::env::var("MERIDIAN_PLAYWRIGHT")
-        .expect("MERIDIAN_PLAYWRIGHT names playwright-core's folder (scripts/test installs it)");
-    let chromium =
-        std::env::var("MERIDIAN_CHROMIUM").expect("MERIDIAN_CHROMIUM names the browser (scripts/test installs it)");
+    let (playwright, chromium) = browser_tools();
     let oidc_provider = std::env::var("MERIDIAN_OIDC_PROVIDER")
         .expect("MERIDIAN_OIDC_PROVIDER names oidc-provider's folder (scripts/test installs it)");
     let script = repo().join("integration-tests/browser/identity-provider.mjs");
@@ -4317,10 +4318,7 @@ fn a_reader_signs_in_to_the_reading_room_run_apart_through_an_identity_provider(
 /// folder.
 #[test]
 fn a_reader_reads_a_study_in_the_reading_room_in_a_real_browser() {
-    let playwright = std::env::var("MERIDIAN_PLAYWRIGHT")
-        .expect("MERIDIAN_PLAYWRIGHT names playwright-core's folder (scripts/test installs it)");
-    let chromium =
-        std::env::var("MERIDIAN_CHROMIUM").expect("MERIDIAN_CHROMIUM names the browser (scripts/test installs it)");
+    let (playwright, chromium) = browser_tools();
     // `meridian dev` serves it from there (the child inherits it).
     let viewer = std::env::var("MERIDIAN_VIEWER")
         .expect("MERIDIAN_VIEWER names OHIF's dist (scripts/install-viewer installs it)");

@@ -1193,10 +1193,7 @@ async fn correct(
         idempotency_key: String::new(),
     };
     let answer = room.reporting(&region)?.correct(authorized(request, &session.token)?).await;
-    Ok(match answer {
-        Ok(_) => to_study(&study, &region, "saved", &format!("Your {} read is corrected.", form.read_type)),
-        Err(status) => to_study(&study, &region, "error", &said(&status)),
-    })
+    Ok(back_to_study(&study, &region, answer, |_| format!("Your {} read is corrected.", form.read_type)))
 }
 
 /// Marks a read the reader signed entered in error: it takes no more
@@ -1216,12 +1213,7 @@ async fn entered_in_error(
         reason: form.reason.clone(),
     };
     let answer = room.reporting(&region)?.enter_in_error(authorized(request, &session.token)?).await;
-    Ok(match answer {
-        Ok(_) => {
-            to_study(&study, &region, "saved", &format!("Your {} read is marked entered in error.", form.read_type))
-        }
-        Err(status) => to_study(&study, &region, "error", &said(&status)),
-    })
+    Ok(back_to_study(&study, &region, answer, |_| format!("Your {} read is marked entered in error.", form.read_type)))
 }
 
 #[derive(Deserialize)]
@@ -1242,10 +1234,7 @@ async fn score(
     let region = at.region.clone().unwrap_or_else(|| room.config.region.clone());
     let request = reporting::ScorePeerReviewRequest { study_id: study.clone(), score: form.score.clone() };
     let answer = room.reporting(&region)?.score_peer_review(authorized(request, &session.token)?).await;
-    Ok(match answer {
-        Ok(_) => to_study(&study, &region, "saved", &format!("Scored {}", form.score)),
-        Err(status) => to_study(&study, &region, "error", &said(&status)),
-    })
+    Ok(back_to_study(&study, &region, answer, |_| format!("Scored {}", form.score)))
 }
 
 async fn sign(

@@ -699,11 +699,12 @@ impl ReportingService for ReportingGrpc {
             return Ok(Response::new(pb::ListPriorsResponse { priors: Vec::new() }));
         }
         // The patient's other studies, newest first, with a signed read.
-        let key = (s.facts.tenant.clone(), s.facts.patient_key.clone());
+        let (tenant, key) = (&s.facts.tenant, &s.facts.patient_key);
         let mut priors: Vec<(Uuid, Study)> = self
             .reporting
             .read_current(|f| {
-                let ids = f.state.patients.get(&key).into_iter().flatten().filter(|id| **id != study);
+                let of_patient = f.state.patients.get(tenant).and_then(|p| p.get(key));
+                let ids = of_patient.into_iter().flatten().filter(|id| **id != study);
                 ids.filter_map(|id| f.state.studies.get(id).map(|st| (*id, st.clone())))
                     .filter(|(_, st)| st.reports.iter().any(|r| r.signed.is_some() && r.read_type != "peer_review"))
                     .collect()

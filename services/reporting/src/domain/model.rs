@@ -263,9 +263,10 @@ pub struct State {
     /// Orders in, and the studies' accession keys they meet by.
     #[serde(default)]
     pub orders: Orders,
-    /// (tenant, patient key) → its studies: a study's priors.
+    /// Tenant → patient key → its studies: a study's priors. (Nested, not
+    /// keyed by a pair: a snapshot's map keys are strings.)
     #[serde(default)]
-    pub patients: BTreeMap<(String, String), std::collections::BTreeSet<Uuid>>,
+    pub patients: BTreeMap<String, BTreeMap<String, std::collections::BTreeSet<Uuid>>>,
 }
 
 /// The report id of `study`'s read of `read_type`: the same for all its
@@ -298,8 +299,8 @@ pub fn apply(mut state: State, fact: &Fact) -> State {
             s.facts = StudyFacts { deadlines, ..facts.clone() };
             s.open = Some(OpenRead { read_type: read_type.clone(), holder: None });
             if !facts.patient_key.is_empty() {
-                let key = (facts.tenant.clone(), facts.patient_key.clone());
-                state.patients.entry(key).or_default().insert(*study);
+                let of_tenant = state.patients.entry(facts.tenant.clone()).or_default();
+                of_tenant.entry(facts.patient_key.clone()).or_default().insert(*study);
             }
         }
         Fact::Held { study, reader } => {

@@ -844,3 +844,30 @@ fn a_keyed_addendum_retried_is_the_one_added() {
         Error::KeyReused { key: "add-1".into() }
     );
 }
+
+#[test]
+fn a_patients_studies_are_kept_by_tenant_and_key_and_survive_a_snapshot() {
+    let with_key = |tenant: &str, key: &str| StudyFacts { tenant: tenant.into(), patient_key: key.into(), ..facts() };
+    let (first, second, other, unknown) =
+        (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3), Uuid::from_u128(4));
+    let mut state = State::default();
+    for (study, facts) in [
+        (first, with_key("acme", "p1")),
+        (second, with_key("acme", "p1")),
+        // The same key in another tenant is another patient.
+        (other, with_key("northwind", "p1")),
+        // No Patient ID: no priors.
+        (unknown, with_key("acme", "")),
+    ] {
+        state = apply(state, &Fact::Queued { study, facts, read_type: "final".into() });
+    }
+    // A second read queued again is the same study.
+    state = apply(state, &Fact::Queued { study: first, facts: with_key("acme", "p1"), read_type: "final".into() });
+    assert_eq!(state.patients["acme"]["p1"], [first, second].into());
+    assert_eq!(state.patients["northwind"]["p1"], [other].into());
+    assert_eq!(state.patients["acme"].len(), 1, "{:?}", state.patients);
+    // Snapshots are JSON: the index must write and read back.
+    let json = serde_json::to_string(&state).unwrap();
+    let back: State = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.patients, state.patients);
+}

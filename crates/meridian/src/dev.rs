@@ -493,6 +493,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             viewer: viewer.clone(),
             dev_principals: rooms.1.clone(),
             secure_cookie: listeners.tls.is_some(),
+            public_url: None,
             providers: providers.clone(),
             verifier: Some(verifier.clone()),
         };

@@ -55,6 +55,12 @@ pub struct RoomArgs {
     /// OHIF's built `dist/` (scripts/install-viewer); no viewer when absent.
     #[arg(long, env = "MERIDIAN_VIEWER")]
     viewer: Option<PathBuf>,
+    /// Where readers' browsers reach the room, when a proxy (an ingress
+    /// ending TLS) stands between: `https://room.example`. The identity
+    /// provider sends them back there, and an https one makes the session
+    /// cookie Secure.
+    #[arg(long)]
+    public_url: Option<String>,
     /// Write the bound address here once the port is up.
     #[arg(long)]
     endpoints: Option<PathBuf>,
@@ -130,6 +136,12 @@ pub async fn run(args: RoomArgs) -> anyhow::Result<ExitCode> {
         Ok(tls) => tls,
         Err(e) => return refuse(e),
     };
+    let public_url = args.public_url.clone().map(|u| u.trim_end_matches('/').to_owned());
+    if let Some(url) = &public_url
+        && !(url.starts_with("https://") || url.starts_with("http://"))
+    {
+        return refuse(format!("--public-url {url:?}: the room's address as browsers reach it, https://…"));
+    }
     let viewer = args.viewer.clone().filter(|dist| dist.join("index.html").is_file());
     if let (Some(dist), None) = (&args.viewer, &viewer) {
         return refuse(format!(
@@ -145,7 +157,8 @@ pub async fn run(args: RoomArgs) -> anyhow::Result<ExitCode> {
         ca,
         viewer,
         dev_principals: Vec::new(),
-        secure_cookie: tls.is_some(),
+        secure_cookie: tls.is_some() || public_url.as_deref().is_some_and(|u| u.starts_with("https://")),
+        public_url,
         providers,
         verifier: Some(verifier),
     };

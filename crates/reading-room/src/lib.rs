@@ -75,8 +75,13 @@ pub struct RoomConfig {
     /// Development sign-in: the example readers and their tokens. Empty
     /// where none is offered.
     pub dev_principals: Vec<(DevPrincipal, String)>,
-    /// The cookie's `Secure` attribute: set when the port speaks TLS.
+    /// The cookie's `Secure` attribute: set when the port speaks TLS, or
+    /// readers reach the room over https through a proxy (`public_url`).
     pub secure_cookie: bool,
+    /// Where readers' browsers reach the room (`https://room.example`),
+    /// when a proxy stands between: the identity provider sends them back
+    /// there. Else the request's own scheme and Host.
+    pub public_url: Option<String>,
     /// Identity providers readers sign in through (`auth.toml`'s
     /// `[oidc_issuers.room]`), in order.
     pub providers: Vec<oidc::Provider>,
@@ -558,17 +563,18 @@ async fn oidc_start(
     };
     let random = || session::random_token().map_err(|e| Failure::Platform(format!("no randomness: {e}")));
     let (state, verifier, nonce) = (random()?, random()?, random()?);
-    let scheme = if room.config.secure_cookie { "https" } else { "http" };
     // The provider checks this against the URIs registered for the
     // client: a forged Host header only gets its refusal.
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
-    let pending = oidc::Pending {
-        provider,
-        verifier,
-        nonce,
-        redirect_uri: format!("{scheme}://{host}/room/oidc/callback"),
-        at: now(),
+    let origin = match &room.config.public_url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => {
+            let scheme = if room.config.secure_cookie { "https" } else { "http" };
+            let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+            format!("{scheme}://{host}")
+        }
     };
+    let pending =
+        oidc::Pending { provider, verifier, nonce, redirect_uri: format!("{origin}/room/oidc/callback"), at: now() };
     let url = oidc::authorization_url(&endpoints, p, &pending, &state);
     room.logins.begin(&state, pending);
     let secure = if room.config.secure_cookie { "; Secure" } else { "" };

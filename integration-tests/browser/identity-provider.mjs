@@ -57,6 +57,8 @@ const provider = new Provider(issuer, {
       grant_types: ["authorization_code", "refresh_token"],
       response_types: ["code"],
       redirect_uris: redirects,
+      // Signing out of the room ends the session here too, then back.
+      post_logout_redirect_uris: redirects.map((r) => r.replace("/room/oidc/callback", "/room/sign-in")),
     },
   ],
   jwks: JSON.parse(readFileSync(join(dir, "private.json"), "utf8")),

@@ -64,6 +64,14 @@ try {
   await page.goto(`${room}/room/worklist`);
   result.after_renewal = page.url().endsWith("/room/worklist")
     && (await page.getByRole("heading", { name: "Worklist" }).count()) === 1;
+  // Signing out ends her session at the provider too: the next sign-in
+  // at this browser asks who it is again.
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await page.getByRole("button", { name: "Yes, sign me out" }).click();
+  await page.waitForURL(`${room}/room/sign-in`);
+  await page.getByRole("link", { name: "Sign in with Atlantic single sign-on" }).click();
+  result.asked_again = await page.locator("input[name=login]").waitFor({ timeout: 10_000 })
+    .then(() => true, () => page.url());
   await context.close();
 
   // Someone who is not a reader signs in at the provider: the room says

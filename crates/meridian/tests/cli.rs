@@ -4294,6 +4294,8 @@ fn a_reader_signs_in_to_the_reading_room_run_apart_through_an_identity_provider(
     assert_eq!(result["storage"], 0, "{result}");
     // Renewed with the refresh token, unseen by the reader.
     assert_eq!(result["after_renewal"], true, "{result}");
+    // Signed out at the provider too: asked to sign in again.
+    assert_eq!(result["asked_again"], true, "{result}");
     let granted = provider_said.lock().unwrap().clone();
     assert!(granted.contains(&"granted authorization_code".to_owned()), "{granted:?}");
     assert!(granted.contains(&"granted refresh_token".to_owned()), "the token was renewed: {granted:?}");

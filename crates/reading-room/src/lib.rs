@@ -281,6 +281,7 @@ impl ReadingRoom {
             // A provider that rotates refresh tokens sends the next one.
             refresh: Some((*provider, tokens.refresh_token.clone().unwrap_or_else(|| refresh.clone()))),
             token: tokens.access_token,
+            signed_in_with: session.signed_in_with.clone(),
         })
     }
 
@@ -511,6 +512,21 @@ async fn sign_in_page(State(room): State<Arc<ReadingRoom>>) -> Html<String> {
 }
 
 impl ReadingRoom {
+    /// Where readers' browsers reach the room: its public address, or the
+    /// request's scheme and Host. The provider checks what is built on it
+    /// against the URIs registered for the client: a forged Host header
+    /// only gets its refusal.
+    fn origin(&self, headers: &HeaderMap) -> String {
+        match &self.config.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => {
+                let scheme = if self.config.secure_cookie { "https" } else { "http" };
+                let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+                format!("{scheme}://{host}")
+            }
+        }
+    }
+
     fn sign_in_page(&self, error: Option<&str>) -> String {
         let principals: Vec<DevPrincipal> = self.config.dev_principals.iter().map(|(p, _)| p.clone()).collect();
         let providers: Vec<&str> = self.config.providers.iter().map(|p| p.label.as_str()).collect();
@@ -563,16 +579,7 @@ async fn oidc_start(
     };
     let random = || session::random_token().map_err(|e| Failure::Platform(format!("no randomness: {e}")));
     let (state, verifier, nonce) = (random()?, random()?, random()?);
-    // The provider checks this against the URIs registered for the
-    // client: a forged Host header only gets its refusal.
-    let origin = match &room.config.public_url {
-        Some(url) => url.trim_end_matches('/').to_owned(),
-        None => {
-            let scheme = if room.config.secure_cookie { "https" } else { "http" };
-            let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
-            format!("{scheme}://{host}")
-        }
-    };
+    let origin = room.origin(&headers);
     let pending =
         oidc::Pending { provider, verifier, nonce, redirect_uri: format!("{origin}/room/oidc/callback"), at: now() };
     let url = oidc::authorization_url(&endpoints, p, &pending, &state);
@@ -663,6 +670,7 @@ async fn oidc_callback(
     let grant = Grant {
         expires_at: Some(tokens.expires_at(now)),
         refresh: tokens.refresh_token.clone().map(|r| (pending.provider, r)),
+        signed_in_with: tokens.id_token.clone().map(|t| (pending.provider, t)),
         token: tokens.access_token,
     };
     let mut response = room.open_session(&principal.subject, &reader, grant).await?;
@@ -699,9 +707,24 @@ async fn sign_out(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, Failure> {
-    let (id, _) = room.changing(&headers, &form.csrf).await?;
+    let (id, session) = room.changing(&headers, &form.csrf).await?;
     room.sessions.close(&id);
     let cookie = format!("{COOKIE}=; Path=/room; HttpOnly; SameSite=Strict; Max-Age=0");
+    // Signed in through a provider: its session ends too, so the next
+    // person at a shared reading-room workstation signs in as themselves.
+    if let Some((index, id_token)) = &session.signed_in_with
+        && let Some(provider) = room.config.providers.get(*index)
+        && let Ok(endpoints) = room.endpoints(*index).await
+        && let Some(end_session) = &endpoints.end_session_endpoint
+    {
+        let back = format!("{}/room/sign-in", room.origin(&headers));
+        let to = oidc::end_session_url(end_session, provider, id_token, &back);
+        // A page that moves on, not a redirect: the room's CSP lets forms
+        // post only to itself, and a browser holds a form's redirect to
+        // that too.
+        let page = page::signing_out(&provider.label, &to);
+        return Ok(([(header::SET_COOKIE, cookie)], Html(page)).into_response());
+    }
     Ok(([(header::SET_COOKIE, cookie)], Redirect::to("/room/sign-in")).into_response())
 }
 

@@ -54,6 +54,10 @@ pub(crate) struct Endpoints {
     pub issuer: String,
     pub authorization_endpoint: String,
     pub token_endpoint: String,
+    /// RP-Initiated Logout 1.0: where signing out of the room also ends
+    /// the reader's session at the provider, when it offers one.
+    #[serde(default)]
+    pub end_session_endpoint: Option<String>,
 }
 
 /// What the token endpoint answers.
@@ -180,6 +184,19 @@ pub(crate) async fn tokens(
     serde_json::from_slice(&bytes).map_err(|e| format!("the token endpoint's answer: {e}"))
 }
 
+/// Where the browser is sent to end its session at the provider too, then
+/// back to `back` (RP-Initiated Logout 1.0: the ID token as the hint, the
+/// client id, the address registered for the client).
+pub(crate) fn end_session_url(end_session: &str, provider: &Provider, id_token: &str, back: &str) -> String {
+    let separator = if end_session.contains('?') { '&' } else { '?' };
+    format!(
+        "{end_session}{separator}id_token_hint={}&client_id={}&post_logout_redirect_uri={}",
+        query_part(id_token),
+        query_part(&provider.client_id),
+        query_part(back)
+    )
+}
+
 /// The `nonce` of an ID token received straight from the token endpoint
 /// over the channel its discovery named (OpenID Connect Core 3.1.3.7:
 /// TLS authenticates the issuer there); the access token itself is
@@ -227,6 +244,7 @@ mod tests {
             issuer: "https://sso.example".into(),
             authorization_endpoint: "https://sso.example/auth".into(),
             token_endpoint: "https://sso.example/token".into(),
+            end_session_endpoint: None,
         };
         let provider = Provider {
             issuer: "https://sso.example".into(),

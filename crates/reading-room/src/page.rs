@@ -116,6 +116,22 @@ pub fn sign_in(providers: &[&str], principals: &[DevPrincipal], error: Option<&s
     layout("Sign in", None, &body)
 }
 
+/// Signed out of the room; on to the identity provider to end the
+/// session there too (a refresh, so no script is needed).
+pub fn signing_out(provider: &str, to: &str) -> String {
+    let body = format!(
+        "<h1>Signed out of the reading room</h1><p role=\"status\">Signing you out of {provider} too…</p>\
+         <p><a class=\"button\" href=\"{to}\">Continue to {provider}</a></p>",
+        provider = escape(provider),
+        to = escape(to),
+    );
+    layout("Signed out", None, &body).replacen(
+        "<title>",
+        &format!("<meta http-equiv=\"refresh\" content=\"0;url={}\"><title>", escape(to)),
+        1,
+    )
+}
+
 /// The worklist page: the table's rows come from [`worklist_rows`] and are
 /// replaced in place when the worklist changes (the page's script follows
 /// `/room/worklist/events`).

@@ -31,6 +31,9 @@ pub struct Session {
     pub expires_at: Option<i64>,
     /// The provider (its index) and refresh token that renew it.
     pub refresh: Option<(usize, String)>,
+    /// The provider (its index) and the ID token it signed the reader in
+    /// with: signing out ends that session too.
+    pub signed_in_with: Option<(usize, String)>,
     pub csrf: String,
     pub signed_in_at: i64,
     pub used_at: i64,
@@ -42,6 +45,7 @@ pub struct Grant {
     pub token: String,
     pub expires_at: Option<i64>,
     pub refresh: Option<(usize, String)>,
+    pub signed_in_with: Option<(usize, String)>,
 }
 
 impl From<&str> for Grant {
@@ -82,6 +86,7 @@ impl Sessions {
             token: grant.token,
             expires_at: grant.expires_at,
             refresh: grant.refresh,
+            signed_in_with: grant.signed_in_with,
             csrf,
             signed_in_at: now,
             used_at: now,

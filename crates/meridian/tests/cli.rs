@@ -4018,6 +4018,44 @@ fn one_studys_spans_from_c_store_to_assignment_share_a_trace_across_the_log_and_
     wait_for("the undeliverable spans counted", 30, || (dropped() > 0).then_some(()));
 }
 
+/// A browser script the test talks to line by line: it prints what it
+/// reached, the test answers on its stdin.
+struct Conversation {
+    child: Child,
+    said: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Conversation {
+    /// Starts `script` and waits for its first line, `first`.
+    fn start(mut script: Command, first: &str) -> Conversation {
+        let mut child = script.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let said = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut talk = Conversation { child, said };
+        let line = talk.next();
+        if line != first {
+            let (_, stderr) = talk.end();
+            panic!("the browser said {line:?}: {stderr}");
+        }
+        talk
+    }
+
+    fn next(&mut self) -> String {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut self.said, &mut line).unwrap();
+        line.trim().to_owned()
+    }
+
+    fn say(&mut self, line: &str) {
+        std::io::Write::write_all(self.child.stdin.as_mut().unwrap(), format!("{line}\n").as_bytes()).unwrap();
+    }
+
+    /// Waits for it to end: whether it succeeded, and its stderr.
+    fn end(self) -> (bool, String) {
+        let out = self.child.wait_with_output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
 /// playwright-core's folder and the browser it drives (scripts/test
 /// installs both).
 fn browser_tools() -> (String, String) {
@@ -4038,27 +4076,10 @@ fn a_reader_claims_the_next_study_from_another_region_in_the_reading_room() {
     meridian_integration_tests::nair_always_on_pull_examples(&repo().join("deploy/examples/dev"), config.path());
     let data = tempfile::TempDir::new().unwrap();
     let dev = Dev::start_configured(config.path(), data.path(), "");
-    let mut browser = Command::new("node")
-        .arg(repo().join("integration-tests/browser/claim-next.mjs"))
-        .arg(format!("http://{}", dev.http("in-south")))
-        .env("MERIDIAN_PLAYWRIGHT", &playwright)
-        .env("MERIDIAN_CHROMIUM", &chromium)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut said = std::io::BufReader::new(browser.stdout.take().unwrap());
-    let mut next = || {
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut said, &mut line).unwrap();
-        line.trim().to_owned()
-    };
-    let first = next();
-    if first != "empty" {
-        let out = browser.wait_with_output().unwrap();
-        panic!("the browser said {first:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
+    let mut script = Command::new("node");
+    script.arg(repo().join("integration-tests/browser/claim-next.mjs")).arg(format!("http://{}", dev.http("in-south")));
+    script.env("MERIDIAN_PLAYWRIGHT", &playwright).env("MERIDIAN_CHROMIUM", &chromium);
+    let mut browser = Conversation::start(script, "empty");
     let files = tempfile::TempDir::new().unwrap();
     let file = meridian_integration_tests::dicom::one_instance_study(
         files.path(),
@@ -4069,10 +4090,10 @@ fn a_reader_claims_the_next_study_from_another_region_in_the_reading_room() {
     let (ok, sent) =
         meridian_integration_tests::dicom::storescu(dev.dicom_port("us-east"), "ACME_CT1", "MERIDIAN_ACME", &[file]);
     assert!(ok, "{sent}");
-    std::io::Write::write_all(browser.stdin.as_mut().unwrap(), b"sent\n").unwrap();
-    let done = next();
-    let out = browser.wait_with_output().unwrap();
-    assert!(out.status.success(), "{done}\n{}", String::from_utf8_lossy(&out.stderr));
+    browser.say("sent");
+    let done = browser.next();
+    let (ok, stderr) = browser.end();
+    assert!(ok, "{done}\n{stderr}");
     let result: Value = serde_json::from_str(done.strip_prefix("done ").unwrap()).unwrap();
     assert!(result["nothing"].as_str().unwrap().contains("Nothing to claim"), "{result}");
     assert_eq!(result["claimed"], result["offered"], "{result}");
@@ -4335,29 +4356,11 @@ fn a_reader_reads_a_study_in_the_reading_room_in_a_real_browser() {
     let dev = Dev::start_configured(config.path(), data.path(), "");
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("reading-room");
     std::fs::create_dir_all(&shots).unwrap();
-    let mut browser = Command::new("node")
-        .arg(repo().join("integration-tests/browser/reading-room.mjs"))
-        .args([format!("http://{}", dev.http("us-east")), format!("http://{}", dev.http("in-south"))])
-        .arg(&shots)
-        .env("MERIDIAN_PLAYWRIGHT", &playwright)
-        .env("MERIDIAN_CHROMIUM", &chromium)
-        .env("MERIDIAN_AXE", &axe)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut said = std::io::BufReader::new(browser.stdout.take().unwrap());
-    let mut next = || {
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut said, &mut line).unwrap();
-        line.trim().to_owned()
-    };
-    let first = next();
-    if first != "worklist-open" {
-        let out = browser.wait_with_output().unwrap();
-        panic!("the browser said {first:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
+    let mut script = Command::new("node");
+    script.arg(repo().join("integration-tests/browser/reading-room.mjs"));
+    script.args([format!("http://{}", dev.http("us-east")), format!("http://{}", dev.http("in-south"))]).arg(&shots);
+    script.env("MERIDIAN_PLAYWRIGHT", &playwright).env("MERIDIAN_CHROMIUM", &chromium).env("MERIDIAN_AXE", &axe);
+    let mut browser = Conversation::start(script, "worklist-open");
     // The hospital's order for it first, over MLLP: why it is asked for.
     let python = std::env::var_os("MERIDIAN_PYTHON")
         .map(PathBuf::from)
@@ -4381,12 +4384,11 @@ OBR|1|PO-ROOM-1||70450^CT head^CPT||||||||||||||ACC-77|||||||||||||^Fall, rule o
     let (ok, sent) =
         meridian_integration_tests::dicom::storescu(dev.dicom_port("us-east"), "ACME_CT1", "MERIDIAN_ACME", &[file]);
     assert!(ok, "{sent}");
-    std::io::Write::write_all(browser.stdin.as_mut().unwrap(), b"sent\n").unwrap();
-    let appeared = next();
-    let done = next();
-    let out = browser.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{appeared}\n{done}\n{stderr}");
+    browser.say("sent");
+    let appeared = browser.next();
+    let done = browser.next();
+    let (ok, stderr) = browser.end();
+    assert!(ok, "{appeared}\n{done}\n{stderr}");
     let study = appeared.strip_prefix("study ").unwrap_or_else(|| panic!("{appeared}: {stderr}"));
     let result: Value = serde_json::from_str(done.strip_prefix("done ").unwrap()).unwrap();
     for step in ["signed", "critical", "addendum", "worklist_followed", "stale_buttons_disabled", "final_signed"] {

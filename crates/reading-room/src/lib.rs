@@ -9,11 +9,13 @@
 //! in (it gathers every region's studies that reach them), a command
 //! about a study goes to its home region, as the worklist names it.
 //!
-//! Built so far: sign-in (development: the example readers of
-//! `auth.toml`), the worklist live, claim and release, the report editor
-//! (draft, sign the held read). Not yet: OpenID Connect sign-in, the OHIF
-//! viewer, templates' coded fields, priors, critical results, addenda,
-//! peer review.
+//! What it does: sign-in through an identity provider ([`oidc`]) or, in
+//! `meridian dev`, as an example reader; the worklist live, claim, claim
+//! next, release; the report editor (the template's coded fields, drafts
+//! saved as the reader types, sign, addenda, corrections, critical
+//! results, priors); peer review scored by RADPEER; the OHIF viewer
+//! ([`viewer`]) through a DICOMweb proxy on the session. Not yet: priors'
+//! images (see ARCHITECTURE.md, "The reading room").
 
 #![forbid(unsafe_code)]
 

@@ -1201,6 +1201,7 @@ pub async fn report_list(target: &Target, tenant: &str, status: &str) -> anyhow:
             status: status.to_owned(),
             page_size: 500,
             page_token: page_token.clone(),
+            read_type: String::new(),
         };
         let r = client.list_reports(authorized(request, &c.token)?).await.map_err(status_error)?.into_inner();
         for s in &r.reports {

@@ -328,17 +328,32 @@ impl ReadingRoom {
     }
 
     /// The peer reviews the reader read blind and signed but has not
-    /// scored, in every region (a region that does not answer lists none).
+    /// scored, in every region (a region that does not answer lists none):
+    /// their own peer review reads, page after page.
     async fn to_score(&self, session: &Session) -> Vec<page::ToScore> {
         let asks = self.config.reporting.keys().map(|region| async move {
-            let request = reporting::ListReportsRequest { page_size: 1_000, ..Default::default() };
             let mut client = self.reporting(region).ok()?;
-            let answer = client.list_reports(authorized(request, &session.token).ok()?).await.ok()?.into_inner();
-            let open = answer
-                .reports
-                .into_iter()
-                .filter(|r| r.read_type == "peer_review" && r.signed_by == session.reader && r.review_score.is_empty());
-            Some(open.map(|r| page::ToScore { study: r.study_id, region: region.clone() }).collect::<Vec<_>>())
+            let (mut open, mut page_token) = (Vec::new(), String::new());
+            loop {
+                let request = reporting::ListReportsRequest {
+                    read_type: "peer_review".into(),
+                    page_size: 1_000,
+                    page_token,
+                    ..Default::default()
+                };
+                let answer = client.list_reports(authorized(request, &session.token).ok()?).await.ok()?.into_inner();
+                open.extend(
+                    answer
+                        .reports
+                        .into_iter()
+                        .filter(|r| r.signed_by == session.reader && r.review_score.is_empty())
+                        .map(|r| page::ToScore { study: r.study_id, region: region.clone() }),
+                );
+                if answer.next_page_token.is_empty() {
+                    return Some(open);
+                }
+                page_token = answer.next_page_token;
+            }
         });
         futures_util::future::join_all(asks).await.into_iter().flatten().flatten().collect()
     }
@@ -1207,11 +1222,10 @@ async fn correct(
     State(room): State<Arc<ReadingRoom>>,
     headers: HeaderMap,
     Path(study): Path<String>,
-    Query(at): Query<Said>,
+    Query(InRegion { region }): Query<InRegion>,
     Form(form): Form<CorrectionForm>,
 ) -> Result<Response, Failure> {
     let (_, session) = room.changing(&headers, &form.csrf).await?;
-    let region = at.region.clone().unwrap_or_else(|| room.config.region.clone());
     let request = reporting::CorrectRequest {
         study_id: study.clone(),
         read_type: form.read_type.clone(),
@@ -1233,11 +1247,10 @@ async fn entered_in_error(
     State(room): State<Arc<ReadingRoom>>,
     headers: HeaderMap,
     Path(study): Path<String>,
-    Query(at): Query<Said>,
+    Query(InRegion { region }): Query<InRegion>,
     Form(form): Form<CorrectionForm>,
 ) -> Result<Response, Failure> {
     let (_, session) = room.changing(&headers, &form.csrf).await?;
-    let region = at.region.clone().unwrap_or_else(|| room.config.region.clone());
     let request = reporting::EnterInErrorRequest {
         study_id: study.clone(),
         read_type: form.read_type.clone(),
@@ -1258,11 +1271,10 @@ async fn score(
     State(room): State<Arc<ReadingRoom>>,
     headers: HeaderMap,
     Path(study): Path<String>,
-    Query(at): Query<Said>,
+    Query(InRegion { region }): Query<InRegion>,
     Form(form): Form<ScoreForm>,
 ) -> Result<Response, Failure> {
     let (_, session) = room.changing(&headers, &form.csrf).await?;
-    let region = at.region.clone().unwrap_or_else(|| room.config.region.clone());
     let request = reporting::ScorePeerReviewRequest { study_id: study.clone(), score: form.score.clone() };
     let answer = room.reporting(&region)?.score_peer_review(authorized(request, &session.token)?).await;
     Ok(back_to_study(&study, &region, answer, |_| format!("Scored {}", form.score)))

@@ -176,7 +176,7 @@ fn page<'s>(
     state: &'s crate::domain::model::State,
     tenant: Option<&str>,
     author: Option<&str>,
-    status: &str,
+    (status, read_type): (&str, &str),
     after: Option<&(Uuid, String)>,
     size: usize,
 ) -> (Vec<(Uuid, &'s Study, &'s Report)>, bool) {
@@ -197,7 +197,7 @@ fn page<'s>(
             if (tenant.is_some() && rep.read_type == "peer_review") || (author.is_some() && !mine) {
                 continue;
             }
-            if !status.is_empty() && rep.status() != status {
+            if (!status.is_empty() && rep.status() != status) || (!read_type.is_empty() && rep.read_type != read_type) {
                 continue;
             }
             if out.len() == size {
@@ -624,8 +624,14 @@ impl ReportingService for ReportingGrpc {
         let (reports, more) = self
             .reporting
             .read_current(|f| {
-                let (listed, more) =
-                    page(&f.state, tenant.as_deref(), author.as_deref(), &r.status, after.as_ref(), size);
+                let (listed, more) = page(
+                    &f.state,
+                    tenant.as_deref(),
+                    author.as_deref(),
+                    (&r.status, &r.read_type),
+                    after.as_ref(),
+                    size,
+                );
                 (listed.into_iter().map(|(id, s, rep)| summary(id, s, rep)).collect::<Vec<_>>(), more)
             })
             .await
@@ -877,7 +883,7 @@ mod tests {
         let mut seen = Vec::new();
         let mut after: Option<(Uuid, String)> = None;
         loop {
-            let (listed, more) = page(&state, Some("acme"), None, "", after.as_ref(), 3);
+            let (listed, more) = page(&state, Some("acme"), None, ("", ""), after.as_ref(), 3);
             seen.extend(listed.iter().map(|(id, _, r)| (*id, r.read_type.clone())));
             let Some((id, _, r)) = listed.last() else { break };
             after = Some((*id, r.read_type.clone()));
@@ -890,10 +896,16 @@ mod tests {
         unique.dedup();
         assert_eq!(unique, seen);
         // A reader's own: the peer review is its reviewer's.
-        let (mine, _) = page(&state, None, Some("lee"), "", None, 100);
+        let (mine, _) = page(&state, None, Some("lee"), ("", ""), None, 100);
         assert_eq!(mine.iter().map(|(_, _, r)| r.read_type.as_str()).collect::<Vec<_>>(), ["peer_review"]);
-        let (drafts, _) = page(&state, Some("acme"), None, "final", None, 100);
+        let (drafts, _) = page(&state, Some("acme"), None, ("final", ""), None, 100);
         assert!(drafts.is_empty(), "nothing is signed");
-        assert_eq!(page(&state, Some("globex"), None, "", None, 100).0.len(), 0);
+        assert_eq!(page(&state, Some("globex"), None, ("", ""), None, 100).0.len(), 0);
+        // By read type: the finals, or a reader's peer reviews only.
+        let (finals, _) = page(&state, Some("acme"), None, ("", "final"), None, 100);
+        assert!(finals.len() == 5 && finals.iter().all(|(_, _, r)| r.read_type == "final"), "{}", finals.len());
+        let (reviews, _) = page(&state, None, Some("lee"), ("", "peer_review"), None, 100);
+        assert_eq!(reviews.len(), 1);
+        assert!(page(&state, None, Some("lee"), ("", "final"), None, 100).0.is_empty());
     }
 }

@@ -919,6 +919,18 @@ pub mod bench {
         }
     }
 
+    /// `meridian dev` in `work` on the examples with Acme's contract on pull
+    /// and dr-priya-nair (in-south) always on shift
+    /// ([`crate::nair_always_on_pull_examples`]): the process and its files.
+    pub fn start_dev_nair_on_pull(work: &Path) -> anyhow::Result<(Child, DevFiles)> {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/dev");
+        let config = work.join("config");
+        crate::nair_always_on_pull_examples(&examples, &config);
+        let dir = work.join("dev");
+        let dev = start_dev_configured(&dir, &config, &["--ports", "auto"])?;
+        Ok((dev, DevFiles::read(&dir)?))
+    }
+
     /// [`start_dev`] on the configuration in `config`.
     pub fn start_dev_configured(dir: &Path, config: &Path, ports: &[&str]) -> anyhow::Result<Child> {
         start_dev_with(dir, config, ports, &[])

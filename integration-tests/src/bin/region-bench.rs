@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use meridian_integration_tests::Tansu;
-use meridian_integration_tests::bench::{DevFiles, STUDY, arg, peak_rss_mb, percentiles, start_dev_configured};
+use meridian_integration_tests::bench::{STUDY, arg, peak_rss_mb, percentiles, start_dev_nair_on_pull};
 use meridian_integration_tests::processes::Cluster;
 use meridian_proto::ingest::v1 as ingest;
 use meridian_proto::routing::v1 as routing;
@@ -116,15 +116,9 @@ fn report(label: &str, ms: &[f64]) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let studies: usize = arg("--studies").and_then(|v| v.parse().ok()).unwrap_or(200);
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/dev");
     let work = tempfile::TempDir::new()?;
-    let config = work.path().join("config");
-    meridian_integration_tests::nair_always_on_pull_examples(&examples, &config);
-
     // meridian dev: every region in one process, the replicator between them.
-    let dir = work.path().join("dev");
-    let mut dev = start_dev_configured(&dir, &config, &["--ports", "auto"])?;
-    let files = DevFiles::read(&dir)?;
+    let (mut dev, files) = start_dev_nair_on_pull(work.path())?;
     let token = |p: &str| files.token(p);
     let port = files.dicom_port("us-east");
     let (us_east, in_south) = (files.grpc("us-east"), files.grpc("in-south"));
@@ -144,7 +138,8 @@ async fn main() -> anyhow::Result<()> {
     // The same across processes and brokers.
     let (tansu, other) = (Tansu::start(), Tansu::start());
     let meridian = std::env::current_exe()?.with_file_name("meridian");
-    let (cluster, tokens) = Cluster::new(&meridian, &config, &work.path().join("processes"), &tansu, None);
+    let (cluster, tokens) =
+        Cluster::new(&meridian, &work.path().join("config"), &work.path().join("processes"), &tansu, None);
     cluster.on_broker("in-south", &other);
     let ingest = cluster.start("ingest", None);
     let routing = cluster.start("routing", None);

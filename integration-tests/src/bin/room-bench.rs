@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use meridian_integration_tests::bench::{DevFiles, STUDY, arg, percentiles, start_dev_configured};
+use meridian_integration_tests::bench::{STUDY, arg, percentiles, start_dev_nair_on_pull};
 use meridian_proto::ingest::v1 as ingest;
 use meridian_proto::routing::v1 as routing;
 use tokio_stream::StreamExt;
@@ -41,13 +41,9 @@ async fn main() -> anyhow::Result<()> {
     let studies: usize = arg("--studies").and_then(|v| v.parse().ok()).unwrap_or(100);
     let playwright = std::env::var("MERIDIAN_PLAYWRIGHT")?;
     let chromium = std::env::var("MERIDIAN_CHROMIUM")?;
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/dev");
     let work = tempfile::TempDir::new()?;
-    let config = work.path().join("config");
-    meridian_integration_tests::nair_always_on_pull_examples(&examples, &config);
-    let dir = work.path().join("dev");
-    let mut dev = start_dev_configured(&dir, &config, &["--ports", "auto"])?;
-    let files = DevFiles::read(&dir)?;
+    // meridian dev: every region in one process, the replicator between them.
+    let (mut dev, files) = start_dev_nair_on_pull(work.path())?;
     let token = |p: &str| files.token(p);
     let port = files.dicom_port("us-east");
     let (us_east, in_south, room) = (files.grpc("us-east"), files.grpc("in-south"), files.http("in-south"));

@@ -171,6 +171,40 @@ pub async fn catch_up_ends_at_the_end(log: &dyn EventLog) {
     assert!(again.iter().all(|r| r.envelope().unwrap().meta.aggregate_version == 4));
 }
 
+/// A reader waiting at the end of its partitions is given the records
+/// appended to them after it began to wait, and nothing of the other
+/// partitions of its topic or of other topics, however many commits those
+/// see meanwhile.
+pub async fn a_waiting_reader_gets_its_own_partitions_only(log: &dyn EventLog) {
+    let mine = topic(log, DataClass::Operational, 2).await;
+    let other = topic(log, DataClass::Operational, 1).await;
+    let on = |partition: u32| -> Vec<Uuid> {
+        (0u128..)
+            .map(Uuid::from_u128)
+            .filter(|k| partition_for(k.hyphenated().to_string().as_bytes(), 2) == partition)
+            .take(3)
+            .collect()
+    };
+    let (zero, one) = (on(0), on(1));
+    log.append(vec![out(&mine, &event(zero[0], 1, "before"))]).await.unwrap();
+    let mut reader = log.reader(vec![Position { topic: mine.clone(), partition: 0, offset: 1 }]).await.unwrap();
+    let writes = async {
+        for (i, k) in one.iter().enumerate() {
+            log.append(vec![out(&other, &event(*k, 1, "elsewhere")), out(&mine, &event(*k, i as u64 + 1, "beside"))])
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        log.append(vec![out(&mine, &event(zero[1], 1, "mine"))]).await.unwrap();
+    };
+    let (got, ()) = tokio::join!(reader.next_batch(100, Duration::from_secs(20)), writes);
+    let got = got.unwrap();
+    assert_eq!(got.iter().map(marker).collect::<Vec<_>>(), ["mine"], "only the record on the reader's partition");
+    // Kafka counts its transaction markers among the offsets: after, not at, 1.
+    assert!(got[0].partition == 0 && got[0].offset >= 1, "{:?}", (got[0].partition, got[0].offset));
+    assert!(reader.next_batch(100, Duration::from_millis(300)).await.unwrap().is_empty(), "nothing more");
+}
+
 /// A batch is all or nothing, and an event whose data class does not match
 /// its topic is refused: built through `Outgoing::new` or by hand.
 pub async fn class_mismatch_is_refused_and_append_is_atomic(log: &dyn EventLog) {

@@ -5,7 +5,10 @@
 //! with `Durability::Immediate` (fsync), and only then acknowledges. A crash
 //! before the commit loses the whole group and acknowledges nothing; after
 //! it, everything in the group is there. Readers use redb read transactions
-//! (snapshots) and are woken by a watch channel after each commit.
+//! (snapshots) and are woken by a watch channel after each commit, which
+//! carries every partition's next offset: a reader reads only when one of
+//! its own partitions has grown, so a commit to one topic does not send
+//! every reader of the region to the file.
 //!
 //! redb locks its file to one process: tools talk to the running process,
 //! never to the file.
@@ -84,8 +87,12 @@ pub struct EmbeddedLog {
     topics: Topics,
     jobs: Option<mpsc::Sender<Job>>,
     writer: Option<JoinHandle<()>>,
-    committed: watch::Receiver<u64>,
+    committed: watch::Receiver<Heads>,
 }
+
+/// The next offset of every partition, by (topic number, partition), as of
+/// the last commit.
+type Heads = Arc<HashMap<(u32, u32), u64>>;
 
 /// The page cache of an embedded log file. redb's default (1 GiB a file)
 /// would let a region's memory grow with its history; appends and readers
@@ -131,16 +138,10 @@ impl EmbeddedLog {
             }
         }
         let topics = Arc::new(RwLock::new(topics));
-        let (notify, committed) = watch::channel(0u64);
+        let (notify, committed) = watch::channel(Arc::new(next_offsets.clone()));
         let (jobs, rx) = mpsc::channel();
-        let writer = Writer {
-            db: db.clone(),
-            topics: topics.clone(),
-            next_offsets,
-            failpoints: options.failpoints,
-            notify,
-            commits: 0,
-        };
+        let writer =
+            Writer { db: db.clone(), topics: topics.clone(), next_offsets, failpoints: options.failpoints, notify };
         let writer = std::thread::Builder::new()
             .name("meridian-log-writer".into())
             .spawn(move || writer.run(rx))
@@ -191,8 +192,7 @@ struct Writer {
     topics: Topics,
     next_offsets: HashMap<(u32, u32), u64>,
     failpoints: FailPoints,
-    notify: watch::Sender<u64>,
-    commits: u64,
+    notify: watch::Sender<Heads>,
 }
 
 /// A job's writes, planned before anything is written so that a job that
@@ -252,8 +252,7 @@ impl Writer {
                 if !new_topics.is_empty() {
                     self.topics.write().unwrap_or_else(|p| p.into_inner()).extend(new_topics);
                 }
-                self.commits += 1;
-                self.notify.send_replace(self.commits);
+                self.notify.send_replace(Arc::new(self.next_offsets.clone()));
                 let ack = self.failpoints.hit(failpoint::AFTER_COMMIT);
                 for plan in plans {
                     let failed = ack.as_ref().err().map(|e| match e {
@@ -494,7 +493,7 @@ struct EmbeddedReader {
     db: Arc<Database>,
     cursors: Vec<(u32, Position)>,
     next: usize,
-    committed: watch::Receiver<u64>,
+    committed: watch::Receiver<Heads>,
 }
 
 fn read_cursors(db: &Database, cursors: &[(u32, Position)], start: usize, max: usize) -> Result<Vec<Record>, Error> {
@@ -542,13 +541,23 @@ impl LogReader for EmbeddedReader {
         }
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            self.committed.borrow_and_update();
-            let db = self.db.clone();
-            let cursors = self.cursors.clone();
-            let start = self.next;
-            let batch = tokio::task::spawn_blocking(move || read_cursors(&db, &cursors, start, max))
-                .await
-                .map_err(|e| Error::Store { operation: "read", reason: e.to_string() })??;
+            // Only the partitions that have grown past this reader's
+            // position are read; none means nothing to read yet.
+            let heads = self.committed.borrow_and_update().clone();
+            let count = self.cursors.len();
+            let due: Vec<(u32, Position)> = (0..count)
+                .map(|i| &self.cursors[(self.next + i) % count])
+                .filter(|(number, p)| heads.get(&(*number, p.partition)).is_some_and(|next| *next > p.offset))
+                .cloned()
+                .collect();
+            let batch = if due.is_empty() {
+                Vec::new()
+            } else {
+                let db = self.db.clone();
+                tokio::task::spawn_blocking(move || read_cursors(&db, &due, 0, max))
+                    .await
+                    .map_err(|e| Error::Store { operation: "read", reason: e.to_string() })??
+            };
             if !batch.is_empty() {
                 for record in &batch {
                     if let Some((_, p)) = self

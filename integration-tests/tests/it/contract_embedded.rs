@@ -91,3 +91,9 @@ async fn embedded_catch_up_ends_at_the_end() {
     let dir = TempDir::new().unwrap();
     contract::catch_up_ends_at_the_end(&open(&dir, &FailPoints::default())).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_a_waiting_reader_gets_its_own_partitions_only() {
+    let dir = TempDir::new().unwrap();
+    contract::a_waiting_reader_gets_its_own_partitions_only(&open(&dir, &FailPoints::default())).await;
+}

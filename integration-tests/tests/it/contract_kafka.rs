@@ -123,3 +123,9 @@ async fn kafka_catch_up_ends_at_the_end() {
     let tansu = Tansu::start();
     contract::catch_up_ends_at_the_end(&connect(&tansu, &FailPoints::default()).await).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_a_waiting_reader_gets_its_own_partitions_only() {
+    let tansu = Tansu::start();
+    contract::a_waiting_reader_gets_its_own_partitions_only(&connect(&tansu, &FailPoints::default()).await).await;
+}

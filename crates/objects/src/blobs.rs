@@ -28,11 +28,36 @@ fn check_key(key: &str) -> Result<(), BlobError> {
     if plain { Ok(()) } else { Err(BlobError::BadKey { key: key.to_owned() }) }
 }
 
+/// The SHA-256 of `bytes`, in lower-case hex: a content-addressed object's
+/// version.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes))
+}
+
+/// Where a content-addressed put left its bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContentPut {
+    /// `<prefix>.<sha256><suffix>`.
+    pub key: String,
+    pub sha256: String,
+    /// True when this call created the key.
+    pub created: bool,
+}
+
 #[async_trait::async_trait]
 pub trait Blobs: Send + Sync {
     /// Stores `bytes` under `key` durably unless the key exists (same key,
     /// same content). True when this call created it.
     async fn put_once(&self, key: &str, bytes: Vec<u8>) -> Result<bool, BlobError>;
+    /// Stores `bytes` under `<prefix>.<their SHA-256 in hex><suffix>` as
+    /// [`Blobs::put_once`] does. The key names the content, so a store may
+    /// hash the bytes while they are on their way to its disk.
+    async fn put_content(&self, prefix: &str, suffix: &str, bytes: Vec<u8>) -> Result<ContentPut, BlobError> {
+        let sha256 = sha256_hex(&bytes);
+        let key = format!("{prefix}.{sha256}{suffix}");
+        let created = self.put_once(&key, bytes).await?;
+        Ok(ContentPut { key, sha256, created })
+    }
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BlobError>;
     /// Every key under `prefix`, sorted.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, BlobError>;
@@ -169,38 +194,103 @@ impl DirSyncs {
 fn put_blocking(root: &Path, path: &Path, bytes: &[u8], dir_syncs: &DirSyncs) -> Result<bool, BlobError> {
     let dir = path.parent().unwrap_or(root);
     if path.exists() {
-        // Its first put may have failed after the link, before the
-        // directory was synced: this answer must not come before that sync.
-        dir_syncs.after_link(dir, sync_dir)?;
-        return Ok(false);
+        return exists(dir, dir_syncs);
     }
-    if !root.is_dir() {
-        std::fs::create_dir_all(root).map_err(io(root))?;
-    }
-    create_dirs(root, dir)?;
-    let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::now_v7()));
-    let written = (|| {
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(&tmp)(e));
-    }
-    // A hard link creates the name only if it is free (a link would
-    // replace it): of writers racing on one key exactly one creates it,
-    // which the key store's pointers rely on.
-    let linked = std::fs::hard_link(&tmp, path);
-    let _ = std::fs::remove_file(&tmp);
-    let created = match linked {
-        Ok(()) => true,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
-        Err(e) => return Err(io(path)(e)),
-    };
-    dir_syncs.after_link(dir, sync_dir)?;
-    Ok(created)
+    Staged::write(root, dir, bytes)?.link(path, dir, dir_syncs)
 }
+
+/// The answer for a key that is already there. Its first put may have
+/// failed after the link, before the directory was synced: this answer
+/// must not come before that sync.
+fn exists(dir: &Path, dir_syncs: &DirSyncs) -> Result<bool, BlobError> {
+    dir_syncs.after_link(dir, sync_dir)?;
+    Ok(false)
+}
+
+/// [`put_blocking`] for a content-addressed key: the bytes are staged
+/// first and hashed while the disk writes them, then linked under the
+/// name the hash gives.
+fn put_content_blocking(
+    root: &Path,
+    prefix: &str,
+    suffix: &str,
+    bytes: &[u8],
+    dir_syncs: &DirSyncs,
+) -> Result<ContentPut, BlobError> {
+    let placed = root.join(prefix);
+    let dir = placed.parent().unwrap_or(root);
+    let staged = Staged::write(root, dir, bytes)?;
+    let sha256 = sha256_hex(bytes);
+    let key = format!("{prefix}.{sha256}{suffix}");
+    check_key(&key)?;
+    let path = root.join(&key);
+    let created = if path.exists() {
+        drop(staged);
+        exists(dir, dir_syncs)?
+    } else {
+        staged.link(&path, dir, dir_syncs)?
+    };
+    Ok(ContentPut { key, sha256, created })
+}
+
+/// An object's bytes in a temporary file of its directory, on their way to
+/// the disk; the file is removed when this is dropped.
+struct Staged {
+    tmp: PathBuf,
+    file: std::fs::File,
+}
+
+impl Staged {
+    fn write(root: &Path, dir: &Path, bytes: &[u8]) -> Result<Staged, BlobError> {
+        if !root.is_dir() {
+            std::fs::create_dir_all(root).map_err(io(root))?;
+        }
+        create_dirs(root, dir)?;
+        let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::now_v7()));
+        let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io(&tmp))?;
+        let mut staged = Staged { tmp, file };
+        staged.file.write_all(bytes).map_err(io(&staged.tmp))?;
+        start_writeback(&staged.file);
+        Ok(staged)
+    }
+
+    /// Makes the bytes durable, links them under `path` if that name is
+    /// free and syncs `dir`. True when this created the name.
+    fn link(self, path: &Path, dir: &Path, dir_syncs: &DirSyncs) -> Result<bool, BlobError> {
+        self.file.sync_all().map_err(io(&self.tmp))?;
+        // A hard link creates the name only if it is free (a link would
+        // replace it): of writers racing on one key exactly one creates it,
+        // which the key store's pointers rely on.
+        let linked = std::fs::hard_link(&self.tmp, path);
+        drop(self);
+        let created = match linked {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(io(path)(e)),
+        };
+        dir_syncs.after_link(dir, sync_dir)?;
+        Ok(created)
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+/// Starts writing the file's dirty pages to the disk without waiting for
+/// them, so that what the caller does next (hashing the same bytes)
+/// overlaps the device's work; the fsync after it waits only for the rest.
+/// DONTNEED starts that writeback and drops only pages already clean; it
+/// is advice, so a failure costs speed, never data.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &std::fs::File) {
+    let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed);
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_: &std::fs::File) {}
 
 /// Keys under `dir` (relative to `root`) that are under `prefix` and after
 /// `after`, in key order, until `out` holds `limit`. Entries sort as their
@@ -262,6 +352,14 @@ impl Blobs for LocalBlobs {
     async fn put_once(&self, key: &str, bytes: Vec<u8>) -> Result<bool, BlobError> {
         let (root, path, dir_syncs) = (self.root.clone(), self.path(key)?, self.dir_syncs.clone());
         blocking(move || put_blocking(&root, &path, &bytes, &dir_syncs)).await
+    }
+
+    async fn put_content(&self, prefix: &str, suffix: &str, bytes: Vec<u8>) -> Result<ContentPut, BlobError> {
+        // The name's shape is checked before anything is written.
+        check_key(&format!("{prefix}.0{suffix}"))?;
+        let (root, dir_syncs) = (self.root.clone(), self.dir_syncs.clone());
+        let (prefix, suffix) = (prefix.to_owned(), suffix.to_owned());
+        blocking(move || put_content_blocking(&root, &prefix, &suffix, &bytes, &dir_syncs)).await
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BlobError> {
@@ -564,6 +662,20 @@ pub async fn contract(blobs: &dyn Blobs) {
         blobs.list_page("phi/acme/", Some("phi/acme/s1/i2/jkl.dcm"), 10).await.unwrap(),
         ["phi/acme/s2/i9/def.dcm"]
     );
+    // A content-addressed put names the bytes by their SHA-256, once.
+    let content = blobs.put_content("content/acme/i1", ".dcm", b"seven".to_vec()).await.unwrap();
+    let sha = sha256_hex(b"seven");
+    assert_eq!(sha, "3ba8d02b16fd2a01c1a8ba1a1f036d7ce386ed953696fa57331c2ac48a80b255", "sha256sum's");
+    assert_eq!(content, ContentPut { key: format!("content/acme/i1.{sha}.dcm"), sha256: sha.clone(), created: true });
+    let again = blobs.put_content("content/acme/i1", ".dcm", b"seven".to_vec()).await.unwrap();
+    assert_eq!((again.key.as_str(), again.created), (content.key.as_str(), false), "the same bytes again");
+    assert_eq!(blobs.get(&content.key).await.unwrap().unwrap(), b"seven");
+    let other = blobs.put_content("content/acme/i1", ".dcm", b"eight".to_vec()).await.unwrap();
+    assert!(other.created && other.key != content.key, "other bytes are another version beside it");
+    for bad in ["../x", "content/../x", "content/.tmp-1"] {
+        let refused = blobs.put_content(bad, ".dcm", b"x".to_vec()).await;
+        assert!(matches!(refused, Err(BlobError::BadKey { .. })), "{bad}");
+    }
     blobs.delete("phi/acme/s1-b/x.dcm").await.unwrap();
     blobs.delete("phi/acme/s1/i2/jkl.dcm").await.unwrap();
     blobs.delete("phi/acme/s2/i9/def.dcm").await.unwrap();
@@ -582,6 +694,13 @@ mod tests {
         contract(&blobs).await;
         let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("phi/acme/s1/i1")).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
+        let mut content: Vec<_> = std::fs::read_dir(dir.path().join("content/acme"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        content.sort();
+        assert_eq!(content.len(), 2, "two versions and no temporary file, the same bytes again included: {content:?}");
+        assert!(content.iter().all(|name| name.starts_with("i1.") && name.ends_with(".dcm")), "{content:?}");
     }
 
     /// Many puts into one directory at once: each returns only after a

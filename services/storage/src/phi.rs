@@ -77,10 +77,7 @@ pub enum PhiWriteError {
     Envelope(#[from] meridian_events::envelope::Error),
 }
 
-/// SHA-256 of `bytes`, lower-case hex: an object's version.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes))
-}
+pub use meridian_objects::blobs::sha256_hex;
 
 pub struct PhiWriter {
     region: String,
@@ -273,18 +270,17 @@ pub(crate) fn storage_event(
 }
 
 /// Puts `bytes` under `<folder>/<instance>.<sha256>.dcm`, once: the
-/// version is the content, computed over every byte stored.
+/// version is the content, computed over every byte stored (by the store,
+/// which may hash while it writes).
 async fn store(
     blobs: &Arc<dyn Blobs>,
     folder: &str,
     instance: InstanceId,
     bytes: Vec<u8>,
 ) -> Result<Stored, PhiWriteError> {
-    let sha256 = sha256_hex(&bytes);
-    let key = format!("{folder}/{}.{sha256}.dcm", instance.as_uuid());
     let size = bytes.len() as u64;
-    let created = blobs.put_once(&key, bytes).await?;
-    Ok(Stored { key, sha256, size, created })
+    let put = blobs.put_content(&format!("{folder}/{}", instance.as_uuid()), ".dcm", bytes).await?;
+    Ok(Stored { key: put.key, sha256: put.sha256, size, created: put.created })
 }
 
 #[cfg(test)]

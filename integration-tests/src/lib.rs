@@ -708,6 +708,11 @@ pub mod bench {
         associations: usize,
         ca: Option<&Path>,
     ) -> anyhow::Result<f64> {
+        // What was written before without a sync (the slices just made,
+        // the files of a receiver that does not sync) would otherwise be
+        // written back during this send, against whichever receiver comes
+        // next: every send starts with nothing dirty. Not timed.
+        Command::new("sync").status()?;
         let started = Instant::now();
         let chunk = files.len().div_ceil(associations);
         let runs: Vec<Child> = files

@@ -46,16 +46,15 @@ impl Command {
         let obj = InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
             .map_err(|e| format!("command set does not decode: {e}"))?;
         let u16_of = |tag, name: &str| -> Result<u16, String> {
-            obj.element(tag)
-                .map_err(|_| format!("command set has no {name}"))?
+            obj.get(tag)
+                .ok_or_else(|| format!("command set has no {name}"))?
                 .to_int::<u16>()
                 .map_err(|e| format!("command set {name}: {e}"))
         };
         let field = u16_of(tags::COMMAND_FIELD, "Command Field (0000,0100)")?;
         let message_id = u16_of(tags::MESSAGE_ID, "Message ID (0000,0110)")?;
         let uid = |tag| {
-            obj.element(tag)
-                .ok()
+            obj.get(tag)
                 .and_then(|e| e.to_str().ok())
                 .map(|s| s.trim_end_matches(['\0', ' ']).to_owned())
                 .unwrap_or_default()

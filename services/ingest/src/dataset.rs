@@ -59,8 +59,9 @@ fn reject(status: u16, code: &'static str, reason: impl Into<String>) -> Rejecti
 }
 
 fn text(obj: &InMemDicomObject, tag: Tag) -> String {
-    obj.element(tag)
-        .ok()
+    // `get`, not `element`: dicom-rs captures a backtrace for every
+    // missing element `element` reports, and most optional ones are missing.
+    obj.get(tag)
         .and_then(|e| e.to_str().ok())
         .map(|s| s.trim_end_matches(['\0', ' ']).trim_start().to_owned())
         .unwrap_or_default()
@@ -136,8 +137,7 @@ pub fn read_part10(instance: &Instance, file: &[u8]) -> Result<Facts, Rejection>
         ));
     }
     let procedure_code = obj
-        .element(tags::PROCEDURE_CODE_SEQUENCE)
-        .ok()
+        .get(tags::PROCEDURE_CODE_SEQUENCE)
         .and_then(|e| e.items().and_then(|items| items.first().map(|item| text(item, tags::CODE_VALUE))))
         .unwrap_or_default();
     let requested_priority = match text(&obj, tags::REQUESTED_PROCEDURE_PRIORITY).to_ascii_uppercase().as_str() {

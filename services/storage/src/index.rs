@@ -989,8 +989,7 @@ fn derivative(tenant: &str, study: Uuid, prefix: &str, key: &str, bytes: &[u8]) 
     let transfer_syntax = header.meta().transfer_syntax().trim_end_matches('\0').to_owned();
     let uid = |tag| {
         header
-            .element(tag)
-            .ok()
+            .get(tag)
             .and_then(|e| e.to_str().ok())
             .map(|v| v.trim_end_matches(['\0', ' ']).to_owned())
             .ok_or_else(|| format!("no {tag}"))

@@ -141,14 +141,14 @@ pub fn frames(stored: &[u8], stored_ts: &str, want: &str, numbers: &[u32]) -> Re
     use dicom_core::value::Value as DicomValue;
     use dicom_dictionary_std::tags;
     let obj = if want == stored_ts { open(stored)? } else { transcoded(stored, stored_ts, want)? };
-    let int = |tag| obj.element(tag).ok().and_then(|e| e.to_int::<u32>().ok());
+    let int = |tag| obj.get(tag).and_then(|e| e.to_int::<u32>().ok());
     let count = int(tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1);
     if let Some(n) = numbers.iter().find(|n| **n == 0 || **n > count) {
         return Err(RetrieveError::NotAcceptable(format!("frame {n} is not in 1..={count}")));
     }
     let pixels = obj
-        .element(tags::PIXEL_DATA)
-        .map_err(|_| RetrieveError::NotAcceptable("the instance has no pixel data".into()))?;
+        .get(tags::PIXEL_DATA)
+        .ok_or_else(|| RetrieveError::NotAcceptable("the instance has no pixel data".into()))?;
     match pixels.value() {
         DicomValue::PixelSequence(seq) => {
             let fragments = seq.fragments();

@@ -479,6 +479,7 @@ async fn objects_no_event_names_are_swept_after_the_grace_period_and_no_others()
         series: SeriesId::derive(&secret, "1.2.3.9.1"),
         instance: InstanceId::derive(&secret, "1.2.3.9.1.1"),
         bytes: b"half a story".to_vec(),
+        held: None,
     };
     let t0 = UnixMicros(1_795_000_000_000_000);
     let orphan_key = phi.put(orphan, t0).await.unwrap().key;

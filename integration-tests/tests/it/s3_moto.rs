@@ -93,6 +93,7 @@ async fn dimse_instances_land_in_the_bucket_and_a_fresh_index_reads_them_back() 
         series: SeriesId::derive(&secret, "1.2.3.1"),
         instance: InstanceId::derive(&secret, "1.2.3.1.1"),
         bytes: b"not here".to_vec(),
+        held: None,
     };
     let refused = phi.put(object, UnixMicros(1)).await.unwrap_err();
     assert!(matches!(refused, PhiWriteError::Refused { .. }), "{refused}");

@@ -464,7 +464,15 @@ impl Ingest {
         } else {
             PatientKey::derive(secret, &facts.issuer_of_patient_id, &facts.patient_id).as_uuid().to_string()
         };
-        let object = PhiObject { tenant: tenant.clone(), study, series, instance: instance_id, bytes };
+        // A version already held (a re-send): the store then recognises the
+        // same bytes before writing them.
+        let held = self
+            .index
+            .instance(&tenant, &facts.study_uid, &facts.series_uid, &facts.sop_uid)
+            .ok()
+            .flatten()
+            .map(|current| current.sha256);
+        let object = PhiObject { tenant: tenant.clone(), study, series, instance: instance_id, bytes, held };
         let stored = match self.phi.put(object, now).await {
             Ok(stored) => stored,
             Err(refused @ (PhiWriteError::Refused { .. } | PhiWriteError::UnknownTenant { .. })) => {

@@ -28,6 +28,10 @@ pub struct PhiObject {
     pub instance: InstanceId,
     /// The Part-10 bytes.
     pub bytes: Vec<u8>,
+    /// The SHA-256 of the version of this instance the region already
+    /// holds, if any: a re-send, most often of the same bytes, which are
+    /// then recognised by hashing first, before anything is written.
+    pub held: Option<String>,
 }
 
 /// One de-identified object (PS3.15 Annex E) for a destination region.
@@ -138,7 +142,7 @@ impl PhiWriter {
             return Err(refused);
         }
         let folder = format!("phi/{}/{}/{}", object.tenant, object.study.as_uuid(), object.series.as_uuid());
-        store(&self.blobs, &folder, object.instance, object.bytes).await
+        store(&self.blobs, &folder, object.instance, object.bytes, object.held.is_some()).await
     }
 
     /// Whether `contract` lets `tenant`'s de-identified derivatives live
@@ -186,7 +190,7 @@ impl PhiWriter {
             object.study.as_uuid(),
             object.series.as_uuid()
         );
-        store(blobs, &folder, object.instance, object.bytes).await
+        store(blobs, &folder, object.instance, object.bytes, false).await
     }
 
     /// Whether `tenant`'s PHI may be written here, asked before anything
@@ -270,16 +274,25 @@ pub(crate) fn storage_event(
 }
 
 /// Puts `bytes` under `<folder>/<instance>.<sha256>.dcm`, once: the
-/// version is the content, computed over every byte stored (by the store,
-/// which may hash while it writes).
+/// version is the content, computed over every byte stored. A new
+/// instance is hashed by the store while it writes; one with a version
+/// `held` is hashed first, so that the same bytes again write nothing.
 async fn store(
     blobs: &Arc<dyn Blobs>,
     folder: &str,
     instance: InstanceId,
     bytes: Vec<u8>,
+    held: bool,
 ) -> Result<Stored, PhiWriteError> {
     let size = bytes.len() as u64;
-    let put = blobs.put_content(&format!("{folder}/{}", instance.as_uuid()), ".dcm", bytes).await?;
+    let prefix = format!("{folder}/{}", instance.as_uuid());
+    if held {
+        let sha256 = sha256_hex(&bytes);
+        let key = format!("{prefix}.{sha256}.dcm");
+        let created = blobs.put_once(&key, bytes).await?;
+        return Ok(Stored { key, sha256, size, created });
+    }
+    let put = blobs.put_content(&prefix, ".dcm", bytes).await?;
     Ok(Stored { key: put.key, sha256: put.sha256, size, created: put.created })
 }
 
@@ -309,6 +322,7 @@ mod tests {
             series: SeriesId::derive(&secret, "1.2.3.4"),
             instance: InstanceId::derive(&secret, "1.2.3.4.5"),
             bytes: bytes.to_vec(),
+            held: None,
         }
     }
 
@@ -334,6 +348,64 @@ mod tests {
         assert_ne!(second.key, first.key, "different bytes are a new version beside the first");
         assert_eq!(phi.blobs().list("phi/acme/").await.unwrap().len(), 2);
         assert_eq!(phi.blobs().get(&first.key).await.unwrap().unwrap(), b"DICM one");
+    }
+
+    /// A store that says which of its puts the write path asked for.
+    struct Watched {
+        inner: LocalBlobs,
+        puts: std::sync::Mutex<Vec<&'static str>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Blobs for Watched {
+        async fn put_once(&self, key: &str, bytes: Vec<u8>) -> Result<bool, BlobError> {
+            self.puts.lock().unwrap().push("put_once");
+            self.inner.put_once(key, bytes).await
+        }
+        async fn put_content(
+            &self,
+            prefix: &str,
+            suffix: &str,
+            bytes: Vec<u8>,
+        ) -> Result<crate::blobs::ContentPut, BlobError> {
+            self.puts.lock().unwrap().push("put_content");
+            self.inner.put_content(prefix, suffix, bytes).await
+        }
+        async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BlobError> {
+            self.inner.get(key).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<String>, BlobError> {
+            self.inner.list(prefix).await
+        }
+        async fn list_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, BlobError> {
+            self.inner.list_page(prefix, after, limit).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), BlobError> {
+            self.inner.delete(key).await
+        }
+        async fn modified(&self, key: &str) -> Result<Option<UnixMicros>, BlobError> {
+            self.inner.modified(key).await
+        }
+    }
+
+    /// A new instance is hashed by the store while it writes; one whose
+    /// version the region holds (a re-send) is hashed first, so that the
+    /// same bytes again are recognised before anything is written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_instance_is_hashed_while_written_and_a_held_one_before() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let log = Arc::new(EmbeddedLog::open(&dir.path().join("log.redb"), EmbeddedOptions::default()).unwrap());
+        let watched =
+            Arc::new(Watched { inner: LocalBlobs::new(dir.path().join("objects")), puts: Default::default() });
+        let phi = PhiWriter::new("us-east", platform(), watched.clone(), log);
+        let now = UnixMicros(1_795_000_000_000_000);
+        let first = phi.put(object(b"DICM one"), now).await.unwrap();
+        let again = phi.put(PhiObject { held: Some(first.sha256.clone()), ..object(b"DICM one") }, now).await.unwrap();
+        assert_eq!((again.key.as_str(), again.created), (first.key.as_str(), false), "the same bytes again");
+        let other = phi.put(PhiObject { held: Some(first.sha256.clone()), ..object(b"DICM two") }, now).await.unwrap();
+        assert!(other.created && other.sha256 == sha256_hex(b"DICM two"), "new bytes of a held instance are stored");
+        assert_eq!(*watched.puts.lock().unwrap(), ["put_content", "put_once", "put_once"]);
+        assert_eq!(phi.blobs().list("phi/acme/").await.unwrap().len(), 2);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,3 +22,18 @@ export async function signInAs(page, room, principal) {
   await page.getByRole("button", { name: `Sign in as ${principal}` }).click();
   await page.waitForURL("**/room/worklist");
 }
+
+// Runs a script's steps, then prints `done <result as JSON>`, the line the
+// Rust tests wait for; on a failure, the error and what was gathered so far
+// (exit code 1). `close` runs either way.
+export async function report(result, steps, close) {
+  try {
+    await steps();
+    console.log(`done ${JSON.stringify(result)}`);
+  } catch (e) {
+    console.error(`${e.stack}\n${JSON.stringify(result)}`);
+    process.exitCode = 1;
+  } finally {
+    await close();
+  }
+}

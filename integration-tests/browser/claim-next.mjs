@@ -7,13 +7,13 @@
 // Protocol on stdout: `empty` once her empty worklist is shown, `done <json>`.
 
 import { createInterface } from "node:readline";
-import { launch, signInAs } from "./browser.mjs";
+import { launch, report, signInAs } from "./browser.mjs";
 
 const [room] = process.argv.slice(2);
 const lines = createInterface({ input: process.stdin });
 const browser = await launch();
 const result = {};
-try {
+await report(result, async () => {
   const page = await (await browser.newContext()).newPage();
   await signInAs(page, room, "dr-nair");
   await page.getByText("Nothing to read now.").waitFor();
@@ -33,11 +33,7 @@ try {
   result.claimed = new URL(page.url()).pathname.split("/").pop();
   result.home = new URL(page.url()).searchParams.get("region");
   result.said = (await page.getByRole("status").first().innerText()).trim();
-  console.log(`done ${JSON.stringify(result)}`);
-} catch (e) {
-  console.error(`${e.stack}\n${JSON.stringify(result)}`);
-  process.exitCode = 1;
-} finally {
+}, async () => {
   await browser.close();
   lines.close();
-}
+});

@@ -10,13 +10,13 @@
 // Prints `done <json>` on stdout; anything wrong: stderr and exit 1.
 
 import path from "node:path";
-import { launch, signInAs } from "./browser.mjs";
+import { launch, report, signInAs } from "./browser.mjs";
 
 const [room, study, shots, nextStudy] = process.argv.slice(2);
 
 const browser = await launch();
 const result = {};
-try {
+await report(result, async () => {
   const context = await browser.newContext();
   const page = await context.newPage();
   await signInAs(page, room, "dr-cole");
@@ -69,10 +69,6 @@ try {
     await ortiz.screenshot({ path: path.join(shots, "priors.png"), fullPage: true });
     await hers.close();
   }
-  console.log(`done ${JSON.stringify(result)}`);
-} catch (e) {
-  console.error(`${e.stack}\n${JSON.stringify(result)}`);
-  process.exitCode = 1;
-} finally {
+}, async () => {
   await browser.close();
-}
+});

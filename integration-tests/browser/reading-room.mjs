@@ -15,7 +15,7 @@
 
 import { createInterface } from "node:readline";
 import path from "node:path";
-import { launch, signInAs } from "./browser.mjs";
+import { launch, report, signInAs } from "./browser.mjs";
 
 const [room, otherRoom, shots] = process.argv.slice(2);
 const lines = createInterface({ input: process.stdin });
@@ -29,7 +29,7 @@ function check(ok, what) {
 
 const browser = await launch({ webgl: true });
 const result = {};
-try {
+await report(result, async () => {
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   const page = await context.newPage();
   // Signing in: the development page lists the example readers.
@@ -267,11 +267,7 @@ try {
   await audited.goto(`${room}/room/why?study=${study}`);
   await axe("why");
   await audit.close();
-  console.log(`done ${JSON.stringify(result)}`);
-} catch (e) {
-  console.error(e.stack || String(e));
-  process.exitCode = 1;
-} finally {
+}, async () => {
   await browser.close();
   lines.close();
-}
+});

@@ -8,7 +8,7 @@
 // Prints `done <json>` on stdout; anything wrong: stderr and exit 1.
 
 import path from "node:path";
-import { launch } from "./browser.mjs";
+import { launch, report } from "./browser.mjs";
 
 const [room, renewAfter, shots] = process.argv.slice(2);
 
@@ -37,7 +37,7 @@ async function signInAt(page, login) {
 
 const browser = await launch();
 const result = {};
-try {
+await report(result, async () => {
   // A reader signs in through the provider.
   const context = await browser.newContext();
   const page = await context.newPage();
@@ -92,10 +92,6 @@ try {
   result.forged_status = answer.status();
   result.forged = (await tab.getByRole("alert").innerText()).trim();
   await forged.close();
-  console.log(`done ${JSON.stringify(result)}`);
-} catch (e) {
-  console.error(`${e.stack}\n${JSON.stringify(result)}`);
-  process.exitCode = 1;
-} finally {
+}, async () => {
   await browser.close();
-}
+});

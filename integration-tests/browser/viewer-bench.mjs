@@ -13,7 +13,7 @@
 import { createReadStream, statSync } from "node:fs";
 import http from "node:http";
 import path from "node:path";
-import { launch, signInAs } from "./browser.mjs";
+import { launch, report, signInAs } from "./browser.mjs";
 
 const [room, orthanc, dist, uid, study, runs] = process.argv.slice(2);
 
@@ -102,7 +102,7 @@ async function orthancRun() {
 }
 
 const result = { meridian: [], orthanc: [] };
-try {
+await report(result, async () => {
   for (let i = 0; i < Number(runs); i++) {
     // Alternating, so neither always runs on a warmer machine.
     if (i % 2 === 0) {
@@ -113,11 +113,7 @@ try {
       result.meridian.push(await meridian());
     }
   }
-  console.log(`done ${JSON.stringify(result)}`);
-} catch (e) {
-  console.error(`${e.stack}\n${JSON.stringify(result)}`);
-  process.exitCode = 1;
-} finally {
+}, async () => {
   await browser.close();
   server.close();
-}
+});
